@@ -1,0 +1,23 @@
+//! Compiles `proto/idvault/v1/*.proto` in pure Rust (protox): no `protoc`
+//! is needed on the build machine. Also writes the encoded descriptor set
+//! that the server's reflection service publishes.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/idvault/v1/subjects.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("idvault_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        // Decode failures must reach callers as INVALID_ARGUMENT, not the
+        // INTERNAL that tonic's default prost codec reports.
+        .codec_path("crate::codec::StrictProstCodec")
+        .compile_fds(fds)?;
+    Ok(())
+}

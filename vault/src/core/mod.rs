@@ -1,0 +1,16 @@
+//! The vault core: keys, packets, subjects and audit chaining.
+//!
+//! Everything here works on bytes and values. It must never open a socket,
+//! touch a file or a database, or read the clock or the OS RNG directly:
+//! time and randomness come in as [`Clock`] and [`Rng`] parameters so that
+//! expiry, rotation and nonces are testable. The store and the gRPC API are
+//! thin adapters around this module.
+
+pub mod audit;
+pub mod crypto;
+pub mod keys;
+pub mod packet;
+pub mod secret;
+pub mod subject;
+
+pub use crypto::{Clock, Rng, SystemClock, SystemRng};

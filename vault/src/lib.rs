@@ -1,0 +1,10 @@
+//! idvault: a privacy-preserving identity vault and tokenization service.
+//!
+//! - [`core`]: keys, packets, subjects and audit chaining; pure, no I/O.
+//! - [`store`]: the sqlx adapter (SQLite and PostgreSQL).
+//! - [`service`]: the use cases; ask the policy, run the core, write the store.
+//! - [`api`]: tonic services; map protobuf to the service and errors to status.
+//! - [`tls`], [`config`], [`keyfile`], [`devinit`], [`server`]: the edges.
+#![forbid(unsafe_code)]
+
+pub mod core;
