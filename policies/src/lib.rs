@@ -1,1 +1,166 @@
+//! Partner access decisions for idvault: pure, default deny.
+//!
+//! Every RPC asks [`decide`] whether a registered partner may perform an
+//! [`Action`]. Today a decision is role-based: each role grants a fixed set
+//! of actions, written in [`Role::grants`], and anything not granted is
+//! denied. A decision names the rule that made it so the audit log can say
+//! why. This crate does no I/O.
 
+use std::fmt;
+
+/// An operation a partner asks the vault to perform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Action {
+    /// Create a subject with fields.
+    CreateSubject,
+    /// Append field versions to a subject.
+    UpdateSubject,
+    /// Verify a subject's packet chain.
+    VerifySubjectChain,
+    /// Delete (crypto-shred) a subject.
+    DeleteSubject,
+}
+
+impl Action {
+    /// The RPC-style name used in audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CreateSubject => "CreateSubject",
+            Self::UpdateSubject => "UpdateSubject",
+            Self::VerifySubjectChain => "VerifySubjectChain",
+            Self::DeleteSubject => "DeleteSubject",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A role a partner holds in the partner registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Role {
+    /// `subjects.write`: create and update subjects.
+    SubjectsWrite,
+    /// `subjects.verify`: verify subject chains.
+    SubjectsVerify,
+    /// `subjects.delete`: delete subjects.
+    SubjectsDelete,
+}
+
+/// A role name that is not known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role '{0}' (known: {known})", known = Role::ALL_NAMES.join(", "))]
+pub struct UnknownRole(pub String);
+
+impl Role {
+    /// Every role name, for error messages and documentation.
+    pub const ALL_NAMES: &'static [&'static str] =
+        &["subjects.write", "subjects.verify", "subjects.delete"];
+
+    /// Parses a registry role name.
+    pub fn parse(s: &str) -> Result<Self, UnknownRole> {
+        match s {
+            "subjects.write" => Ok(Self::SubjectsWrite),
+            "subjects.verify" => Ok(Self::SubjectsVerify),
+            "subjects.delete" => Ok(Self::SubjectsDelete),
+            other => Err(UnknownRole(other.to_owned())),
+        }
+    }
+
+    /// The registry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SubjectsWrite => "subjects.write",
+            Self::SubjectsVerify => "subjects.verify",
+            Self::SubjectsDelete => "subjects.delete",
+        }
+    }
+
+    /// The actions this role grants.
+    pub fn grants(self) -> &'static [Action] {
+        match self {
+            Self::SubjectsWrite => &[Action::CreateSubject, Action::UpdateSubject],
+            Self::SubjectsVerify => &[Action::VerifySubjectChain],
+            Self::SubjectsDelete => &[Action::DeleteSubject],
+        }
+    }
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by the named rule (the role that granted it).
+    Allow {
+        /// Rule id, e.g. `role:subjects.write`.
+        rule: &'static str,
+    },
+    /// Denied: no rule granted it.
+    Deny,
+}
+
+impl Decision {
+    /// True when allowed.
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
+/// Decides whether a partner holding `roles` may perform `action`.
+/// Default deny: only an explicit grant allows.
+pub fn decide(roles: &[Role], action: Action) -> Decision {
+    roles
+        .iter()
+        .find(|r| r.grants().contains(&action))
+        .map_or(Decision::Deny, |r| Decision::Allow {
+            rule: match r {
+                Role::SubjectsWrite => "role:subjects.write",
+                Role::SubjectsVerify => "role:subjects.verify",
+                Role::SubjectsDelete => "role:subjects.delete",
+            },
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_deny() {
+        assert_eq!(decide(&[], Action::CreateSubject), Decision::Deny);
+        assert_eq!(
+            decide(&[Role::SubjectsVerify], Action::DeleteSubject),
+            Decision::Deny
+        );
+    }
+
+    #[test]
+    fn grants_name_their_rule() {
+        assert_eq!(
+            decide(
+                &[Role::SubjectsVerify, Role::SubjectsWrite],
+                Action::UpdateSubject
+            ),
+            Decision::Allow {
+                rule: "role:subjects.write"
+            }
+        );
+    }
+
+    #[test]
+    fn role_names_round_trip() {
+        for n in Role::ALL_NAMES {
+            assert_eq!(Role::parse(n).unwrap().name(), *n);
+        }
+        assert!(
+            Role::parse("admin")
+                .unwrap_err()
+                .to_string()
+                .contains("subjects.write")
+        );
+    }
+}

@@ -7,4 +7,14 @@
 //! - [`tls`], [`config`], [`keyfile`], [`devinit`], [`server`]: the edges.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod client;
+pub mod config;
 pub mod core;
+pub mod devinit;
+pub mod keyfile;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tls;

@@ -1,1 +1,488 @@
-fn main() {}
+//! The `idvault` binary: one command for every role.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use idvault::config::{CONFIG_FILE, Config};
+use idvault::core::SystemRng;
+use idvault_proto::v1::subject_service_client::SubjectServiceClient;
+use idvault_proto::v1::{
+    CreateSubjectRequest, DeleteSubjectRequest, Field, UpdateSubjectRequest,
+    VerifySubjectChainRequest,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "idvault",
+    version,
+    about = "Privacy-preserving identity vault and tokenization service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DataDir {
+    /// Data directory holding idvault.toml, root.key, tls/ and the SQLite database.
+    #[arg(long, default_value = "./idvault-data", env = "IDVAULT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Config file (default: DATA_DIR/idvault.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(CONFIG_FILE))
+    }
+    fn load(&self) -> anyhow::Result<Config> {
+        let p = self.config_path();
+        if !p.exists() {
+            bail!(
+                "{} not found: run `idvault init --dev --data-dir {}` (development) or `idvault init --data-dir {}`",
+                p.display(),
+                self.data_dir.display(),
+                self.data_dir.display()
+            );
+        }
+        Ok(Config::load(&p)?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a data directory: root key and config (with --dev: also a dev CA and certificates).
+    Init {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Also make a development CA, server certificate and partner certificates.
+        #[arg(long)]
+        dev: bool,
+        /// Listen address written to the config.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+    },
+    /// Serve the gRPC API over mTLS.
+    Serve {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Initialise whatever is missing with development defaults first.
+        #[arg(long)]
+        dev: bool,
+        /// Listen address (overrides the config).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Database URL: sqlite:PATH or postgres://… (overrides the config).
+        #[arg(long, env = "IDVAULT_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Root key tools.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Act as a partner institution against a running vault.
+    Partner(PartnerArgs),
+    /// Measure throughput of core operations.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Walk the hash chain and MACs of the audit log; name the first bad record.
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Database URL (overrides the config).
+        #[arg(long, env = "IDVAULT_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Add a new root key version; older versions stay and keep old data readable.
+    Rotate {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Seal, open and chain-verify packets in memory.
+    Packets {
+        /// Packets to seal.
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PartnerArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// Partner whose certificate to use (DATA_DIR/tls/NAME.crt and .key).
+    #[arg(long, default_value = "partner-a")]
+    name: String,
+    /// Vault URL.
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
+    server: String,
+    /// Name to verify in the server certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    #[command(subcommand)]
+    command: PartnerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PartnerCommand {
+    /// Create a subject: --field name=value (repeatable).
+    CreateSubject {
+        #[arg(long = "field", value_parser = parse_field, required = true)]
+        fields: Vec<(String, String)>,
+    },
+    /// Append field versions to a subject.
+    UpdateSubject {
+        subject_id: String,
+        #[arg(long = "field", value_parser = parse_field, required = true)]
+        fields: Vec<(String, String)>,
+    },
+    /// Verify a subject's packet chain.
+    VerifyChain { subject_id: String },
+    /// Delete (crypto-shred) a subject.
+    DeleteSubject { subject_id: String },
+}
+
+fn parse_field(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .ok_or_else(|| "expected NAME=VALUE".to_owned())
+}
+
+/// Shows a database URL without its password.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init { dir, dev, listen } => init(&dir, dev, &listen),
+        Command::Serve {
+            dir,
+            dev,
+            listen,
+            database_url,
+        } => serve(&dir, dev, listen, database_url).await,
+        Command::Audit {
+            command: AuditCommand::Verify { dir, database_url },
+        } => audit_verify(&dir, database_url).await,
+        Command::Keys {
+            command: KeysCommand::Rotate { dir },
+        } => {
+            let cfg = dir.load()?;
+            let v = idvault::keyfile::rotate(
+                &cfg.resolve(&cfg.file.keys.root_key_file),
+                &SystemRng::default(),
+            )?;
+            println!("root key version {v} is now current; older versions remain for reading");
+            Ok(())
+        }
+        Command::Partner(args) => {
+            partner(args)
+                .await
+                .map_err(|e| match e.downcast::<tonic::Status>() {
+                    // A refusal is an answer, not a crash: show code and message only.
+                    Ok(s) => anyhow::anyhow!("{:?}: {}", s.code(), s.message()),
+                    Err(e) => e,
+                })
+        }
+        Command::Bench {
+            command: BenchCommand::Packets { count },
+        } => bench_packets(count),
+    }
+}
+
+fn init(dir: &DataDir, dev: bool, listen: &str) -> anyhow::Result<()> {
+    let rng = SystemRng::default();
+    let made = if dev {
+        idvault::devinit::init_dev(&dir.data_dir, listen, &rng)?
+    } else {
+        std::fs::create_dir_all(&dir.data_dir)
+            .with_context(|| dir.data_dir.display().to_string())?;
+        let mut made = Vec::new();
+        let root = dir.data_dir.join("root.key");
+        if !root.exists() {
+            idvault::keyfile::create(&root, &rng)?;
+            made.push(root);
+        }
+        let cfg = dir.config_path();
+        if !cfg.exists() {
+            let text = idvault::devinit::dev_config(listen).replace(
+                "# Written by `idvault init --dev`: development settings, not for production.",
+                "# Put your CA, server certificate and key at the [tls] paths, then list partners.",
+            );
+            std::fs::write(&cfg, text)?;
+            made.push(cfg);
+        }
+        made
+    };
+    if made.is_empty() {
+        println!(
+            "{}: nothing to do, everything exists",
+            dir.data_dir.display()
+        );
+    }
+    for p in made {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+async fn serve(
+    dir: &DataDir,
+    dev: bool,
+    listen: Option<std::net::SocketAddr>,
+    database_url: Option<String>,
+) -> anyhow::Result<()> {
+    if dev {
+        let made =
+            idvault::devinit::init_dev(&dir.data_dir, "127.0.0.1:50051", &SystemRng::default())?;
+        for p in made {
+            tracing::info!(path = %p.display(), "initialised");
+        }
+    }
+    let cfg = dir.load()?;
+    let url = database_url.unwrap_or_else(|| cfg.database_url());
+    let loaded = idvault::app::load(&cfg, &url).await?;
+    let addr = listen.unwrap_or(cfg.file.server.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let mut server = idvault::server::start(
+        Arc::clone(&loaded.vault),
+        loaded.tls,
+        listener,
+        loaded.options,
+    )
+    .await?;
+    println!(
+        "idvault listening on {} (mTLS), storage {}",
+        server.addr,
+        redact_url(&url)
+    );
+    let stop = server.take_shutdown();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        if let Some(tx) = stop {
+            let _ = tx.send(());
+        }
+    });
+    server.wait().await?;
+    loaded.vault.store().close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn audit_verify(dir: &DataDir, database_url: Option<String>) -> anyhow::Result<()> {
+    let cfg = dir.load()?;
+    let keys = idvault::app::open_keys(&cfg)?;
+    let url = database_url.unwrap_or_else(|| cfg.database_url());
+    let store = idvault::store::Store::connect(&url).await?;
+    let verdict = idvault::service::verify_audit_log(&store, &keys).await?;
+    store.close().await;
+    match verdict {
+        idvault::service::AuditVerdict::Intact { records } => {
+            println!("audit log intact: {records} records verified");
+            Ok(())
+        }
+        idvault::service::AuditVerdict::Broken { seq, fault } => {
+            println!("audit log BROKEN at record {seq}: {fault}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
+    let creds =
+        idvault::client::PartnerCredentials::from_dir(&args.dir.data_dir.join("tls"), &args.name)?;
+    let channel = idvault::client::connect(&args.server, &args.server_name, &creds).await?;
+    let mut c = SubjectServiceClient::new(channel);
+    let fields = |f: Vec<(String, String)>| {
+        f.into_iter()
+            .map(|(name, value)| Field { name, value })
+            .collect()
+    };
+    match args.command {
+        PartnerCommand::CreateSubject { fields: f } => {
+            let r = c
+                .create_subject(CreateSubjectRequest { fields: fields(f) })
+                .await?
+                .into_inner();
+            println!(
+                "subject_id={} chain_length={} chain_head={}",
+                r.subject_id, r.chain_length, r.chain_head
+            );
+        }
+        PartnerCommand::UpdateSubject {
+            subject_id,
+            fields: f,
+        } => {
+            let r = c
+                .update_subject(UpdateSubjectRequest {
+                    subject_id,
+                    fields: fields(f),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "chain_length={} chain_head={}",
+                r.chain_length, r.chain_head
+            );
+        }
+        PartnerCommand::VerifyChain { subject_id } => {
+            let r = c
+                .verify_subject_chain(VerifySubjectChainRequest { subject_id })
+                .await?
+                .into_inner();
+            if r.intact {
+                println!(
+                    "intact: {} packets, head {}",
+                    r.packets_checked, r.chain_head
+                );
+            } else {
+                println!(
+                    "BROKEN at packet {}: {}",
+                    r.first_broken_sequence.unwrap_or_default(),
+                    r.reason().as_str_name()
+                );
+                std::process::exit(1);
+            }
+        }
+        PartnerCommand::DeleteSubject { subject_id } => {
+            let r = c
+                .delete_subject(DeleteSubjectRequest { subject_id })
+                .await?
+                .into_inner();
+            println!("deleted: {} packets destroyed", r.packets_destroyed);
+        }
+    }
+    Ok(())
+}
+
+fn bench_packets(count: u64) -> anyhow::Result<()> {
+    use idvault::core::keys::generate_dek;
+    use idvault::core::packet::{self, ChainHead};
+    use idvault::core::subject::{SubjectId, validate_fields};
+    let rng = SystemRng::default();
+    let id = SubjectId::generate(&rng)?;
+    let dek = generate_dek(&rng)?;
+    let fields = validate_fields([("email".to_owned(), "ada.lovelace@example.org".to_owned())])?;
+    let mut head = ChainHead::genesis(&id);
+    let mut stored = Vec::with_capacity(usize::try_from(count)?);
+    let t = Instant::now();
+    for _ in 0..count {
+        let (p, h) = packet::append(&id, &dek, head, &fields, 0, &rng)?;
+        head = h;
+        stored.extend(p.into_iter().map(|p| p.packet.into_bytes()));
+    }
+    let seal = t.elapsed();
+    let t = Instant::now();
+    let report = packet::verify_chain(
+        &id,
+        &dek,
+        stored.iter().zip(1u64..).map(|(b, s)| (s, b.as_slice())),
+        head,
+    );
+    let verify = t.elapsed();
+    if !report.intact() {
+        bail!("benchmark chain did not verify");
+    }
+    let rate = |d: std::time::Duration| count as f64 / d.as_secs_f64();
+    println!("packets: {count}, value 24 bytes, one core");
+    println!("seal+chain:        {:>12.0} packets/s", rate(seal));
+    println!("verify (decrypt):  {:>12.0} packets/s", rate(verify));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite:///x.db"), "sqlite:///x.db");
+    }
+
+    #[test]
+    fn field_args_parse() {
+        assert_eq!(parse_field("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_field("nope").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dev_config_parses() {
+        let t = idvault::devinit::dev_config("127.0.0.1:50051");
+        Config::parse(&t, Path::new("x"), Path::new("/d")).unwrap();
+    }
+}

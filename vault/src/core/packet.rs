@@ -296,6 +296,20 @@ pub enum BreakReason {
     HeadMismatch,
 }
 
+impl BreakReason {
+    /// Stable snake_case name, used in audit details.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::WrongSubject => "wrong_subject",
+            Self::SequenceGap => "sequence_gap",
+            Self::PreviousHashMismatch => "previous_hash_mismatch",
+            Self::DecryptionFailed => "decryption_failed",
+            Self::HeadMismatch => "head_mismatch",
+        }
+    }
+}
+
 /// Outcome of [`verify_chain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainReport {

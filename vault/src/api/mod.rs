@@ -1,0 +1,43 @@
+//! gRPC adapters (tonic). Handlers only translate protobuf to service calls
+//! and service errors to statuses; access control and validation live in
+//! [`crate::service`].
+
+mod subjects;
+
+pub use subjects::SubjectApi;
+
+use tonic::{Request, Status};
+
+use crate::service::{Caller, VaultError};
+use crate::tls::PeerInfo;
+
+/// The one mapping from domain errors to gRPC statuses. It decides what a
+/// caller may learn: messages come from `VaultError`'s `Display`, which
+/// holds no PII or key material; internal causes are logged, not returned.
+pub fn status(err: VaultError) -> Status {
+    use tonic::Code;
+    let code = match &err {
+        VaultError::Unregistered | VaultError::Denied(_) => Code::PermissionDenied,
+        VaultError::Invalid(_) => Code::InvalidArgument,
+        VaultError::NotFound => Code::NotFound,
+        VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
+        VaultError::Integrity(_) => Code::DataLoss,
+        _ => Code::Internal,
+    };
+    if matches!(code, Code::Unavailable | Code::DataLoss | Code::Internal) {
+        // Sources are storage or key errors: table/column names, versions.
+        tracing::error!(error = %err, source = ?std::error::Error::source(&err).map(ToString::to_string), "request failed");
+    }
+    Status::new(code, err.to_string())
+}
+
+/// The caller proven by the connection's client certificate.
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .map(|p| Caller {
+            spiffe_id: p.spiffe_id.as_str().to_owned(),
+        })
+        // Unreachable behind the TLS acceptor; refuse rather than guess.
+        .ok_or_else(|| Status::unauthenticated("no client certificate identity"))
+}

@@ -1,0 +1,365 @@
+//! The configuration file (`idvault.toml`) and the partner registry.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`) so a misspelt setting
+//! fails at start instead of being silently ignored. Relative paths are
+//! resolved against the directory holding the config file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use idvault_policies::Role;
+use serde::Deserialize;
+
+/// Name of the config file inside a data directory.
+pub const CONFIG_FILE: &str = "idvault.toml";
+
+/// Configuration errors; they name the setting, never key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown or mistyped key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[server]`
+    pub server: ServerSection,
+    /// `[storage]`
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// `[keys]`
+    pub keys: KeysSection,
+    /// `[tls]`
+    pub tls: TlsSection,
+    /// `[[partner]]` entries: the partner registry.
+    #[serde(default, rename = "partner")]
+    pub partners: Vec<PartnerEntry>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// SPIFFE trust domain of partner certificates.
+    pub trust_domain: String,
+    /// Largest request or response message, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Deadline applied to every RPC (a shorter client deadline wins).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_max_message() -> usize {
+    1024 * 1024
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// `sqlite:…` or `postgres://…`; default: SQLite `idvault.db` beside the config.
+    pub database_url: Option<String>,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Root key file (mode 0600).
+    pub root_key_file: PathBuf,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// CA that issues partner client certificates (PEM).
+    pub client_ca: PathBuf,
+    /// Server certificate chain (PEM).
+    pub server_cert: PathBuf,
+    /// Server private key (PEM).
+    pub server_key: PathBuf,
+    /// Certificate revocation lists (PEM or DER) checked for client certificates.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// One `[[partner]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerEntry {
+    /// Short name, e.g. `partner-a`.
+    pub name: String,
+    /// `spiffe://<trust-domain>/partner/<name>`.
+    pub spiffe_id: String,
+    /// Role names (see `idvault_policies::Role`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// A validated registry entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partner {
+    /// Short name.
+    pub name: String,
+    /// SPIFFE id.
+    pub spiffe_id: String,
+    /// Roles.
+    pub roles: Vec<Role>,
+}
+
+/// The validated partner registry.
+#[derive(Debug, Clone, Default)]
+pub struct PartnerRegistry {
+    partners: Vec<Partner>,
+}
+
+impl PartnerRegistry {
+    /// Finds a partner by the SPIFFE id of its certificate.
+    pub fn by_spiffe_id(&self, id: &str) -> Option<&Partner> {
+        self.partners.iter().find(|p| p.spiffe_id == id)
+    }
+
+    /// All partners.
+    pub fn partners(&self) -> &[Partner] {
+        &self.partners
+    }
+}
+
+/// A loaded and validated configuration with absolute paths.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as parsed.
+    pub file: ConfigFile,
+    /// Directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// The registry.
+    pub registry: PartnerRegistry,
+}
+
+/// Checks a partner name: lowercase letters, digits, `-`, `_`, `.`; 1..=63.
+pub fn valid_partner_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Checks a SPIFFE trust domain (a DNS-like name).
+pub fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+impl Config {
+    /// Parses and validates config text; `base_dir` resolves relative paths.
+    pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let registry = validate(&file)?;
+        Ok(Self {
+            file,
+            base_dir: base_dir.to_owned(),
+            registry,
+        })
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::parse(&text, path, &base)
+    }
+
+    /// Resolves a configured path.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The database URL (configured, or SQLite beside the config).
+    pub fn database_url(&self) -> String {
+        self.file.storage.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.base_dir.join("idvault.db").display()
+            )
+        })
+    }
+}
+
+fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
+    let td = &file.server.trust_domain;
+    if !valid_trust_domain(td) {
+        return Err(ConfigError::Invalid(format!(
+            "server.trust_domain '{td}' is not a valid trust domain"
+        )));
+    }
+    if file.server.max_message_bytes < 1024 || file.server.max_message_bytes > 64 * 1024 * 1024 {
+        return Err(ConfigError::Invalid(
+            "server.max_message_bytes must be 1 KiB ..= 64 MiB".into(),
+        ));
+    }
+    if file.server.request_timeout_secs == 0 || file.server.handshake_timeout_secs == 0 {
+        return Err(ConfigError::Invalid(
+            "timeouts must be at least 1 second".into(),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut ids = HashSet::new();
+    let mut partners = Vec::new();
+    for p in &file.partners {
+        if !valid_partner_name(&p.name) {
+            return Err(ConfigError::Invalid(format!(
+                "partner name '{}' is not valid",
+                p.name
+            )));
+        }
+        let expected = format!("spiffe://{td}/partner/{}", p.name);
+        if p.spiffe_id != expected {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': spiffe_id must be '{expected}'",
+                p.name
+            )));
+        }
+        if !names.insert(p.name.clone()) || !ids.insert(p.spiffe_id.clone()) {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}' is listed twice",
+                p.name
+            )));
+        }
+        let roles = p
+            .roles
+            .iter()
+            .map(|r| Role::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid(format!("partner '{}': {e}", p.name)))?;
+        partners.push(Partner {
+            name: p.name.clone(),
+            spiffe_id: p.spiffe_id.clone(),
+            roles,
+        });
+    }
+    Ok(PartnerRegistry { partners })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+trust_domain = "idvault.dev"
+[keys]
+root_key_file = "root.key"
+[tls]
+client_ca = "tls/ca.crt"
+server_cert = "tls/server.crt"
+server_key = "tls/server.key"
+[[partner]]
+name = "partner-a"
+spiffe_id = "spiffe://idvault.dev/partner/partner-a"
+roles = ["subjects.write"]
+"#;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("idvault.toml"), Path::new("/data"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.file.server.listen, default_listen());
+        assert_eq!(c.registry.partners().len(), 1);
+        assert_eq!(
+            c.resolve(Path::new("tls/ca.crt")),
+            PathBuf::from("/data/tls/ca.crt")
+        );
+        assert_eq!(c.database_url(), "sqlite:///data/idvault.db?mode=rwc");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_location() {
+        let bad = GOOD.replace("[keys]", "[keys]\nroot_kye = 1");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("root_kye") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn registry_is_validated() {
+        let wrong_td = GOOD.replace(
+            "spiffe://idvault.dev/partner/partner-a",
+            "spiffe://evil/partner/partner-a",
+        );
+        assert!(
+            parse(&wrong_td)
+                .unwrap_err()
+                .to_string()
+                .contains("spiffe_id must be")
+        );
+        let bad_role = GOOD.replace("subjects.write", "root");
+        assert!(
+            parse(&bad_role)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown role")
+        );
+        let dup = format!(
+            "{GOOD}\n[[partner]]\nname = \"partner-a\"\nspiffe_id = \"spiffe://idvault.dev/partner/partner-a\"\n"
+        );
+        assert!(parse(&dup).unwrap_err().to_string().contains("twice"));
+    }
+}

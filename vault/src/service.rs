@@ -1,0 +1,444 @@
+//! The vault's use cases: authorize in the domain, run the pure core,
+//! write through the store, audit every outcome.
+//!
+//! Order of work for every call: identify the partner in the registry,
+//! ask the policy, validate input, do the crypto, then write the data and
+//! its audit record in one transaction. A request refused at any step
+//! changes no data and still leaves an audit record; if that record cannot
+//! be written the caller gets an error (fail closed).
+
+use std::sync::Arc;
+
+use idvault_policies::{Action, Decision};
+
+use crate::config::{Partner, PartnerRegistry};
+use crate::core::audit::{self, AuditEvent};
+use crate::core::keys::{self, KeyError, KeyHierarchy};
+use crate::core::packet::{self, BreakReason, ChainHead, ChainReport};
+use crate::core::subject::{FieldError, SubjectId, validate_fields};
+use crate::core::{Clock, Rng};
+use crate::store::{AuditedTx, Store, StoreError, SubjectRow};
+
+/// Why a vault call failed. `Display` is safe to show a caller: it holds no
+/// PII and no key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// The certificate identity is not in the partner registry.
+    #[error("partner identity is not registered")]
+    Unregistered,
+    /// The policy denied the action.
+    #[error("{0} is not permitted for this partner")]
+    Denied(Action),
+    /// Input failed validation.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// No such subject for this partner.
+    #[error("subject not found")]
+    NotFound,
+    /// The audit record could not be written, so nothing was done.
+    #[error("audit log unavailable; request not performed")]
+    AuditUnavailable(#[source] StoreError),
+    /// The store failed.
+    #[error("storage unavailable")]
+    Storage(#[source] StoreError),
+    /// Stored data failed integrity checks.
+    #[error("stored data failed an integrity check")]
+    Integrity(&'static str),
+    /// A key was missing or a primitive failed.
+    #[error("internal key error")]
+    Key(#[source] KeyError),
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl From<KeyError> for VaultError {
+    fn from(e: KeyError) -> Self {
+        Self::Key(e)
+    }
+}
+
+impl VaultError {
+    /// Audit outcome word for this error.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Unregistered | Self::Denied(_) => "denied",
+            Self::Invalid(_) => "invalid",
+            Self::NotFound => "not_found",
+            _ => "error",
+        }
+    }
+}
+
+/// The authenticated caller: the SPIFFE id its certificate proved.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// SPIFFE id.
+    pub spiffe_id: String,
+}
+
+/// Result of a create or update.
+#[derive(Debug, Clone)]
+pub struct ChainUpdate {
+    /// The subject.
+    pub subject: SubjectId,
+    /// The new head.
+    pub head: ChainHead,
+}
+
+/// Result of a chain verification.
+#[derive(Debug, Clone)]
+pub struct ChainVerification {
+    /// Stored head.
+    pub head: ChainHead,
+    /// What verification found.
+    pub report: ChainReport,
+}
+
+/// The vault.
+#[derive(Debug)]
+pub struct Vault {
+    store: Store,
+    keys: KeyHierarchy,
+    registry: PartnerRegistry,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
+}
+
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+impl std::fmt::Debug for dyn Rng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rng")
+    }
+}
+
+impl Vault {
+    /// Assembles a vault.
+    pub fn new(
+        store: Store,
+        keys: KeyHierarchy,
+        registry: PartnerRegistry,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            registry,
+            clock,
+            rng,
+        }
+    }
+
+    /// The store (for operational commands and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key hierarchy.
+    pub fn keys(&self) -> &KeyHierarchy {
+        &self.keys
+    }
+
+    fn event(
+        &self,
+        caller: &Caller,
+        action: Action,
+        subject: Option<&SubjectId>,
+        outcome: &str,
+        detail: String,
+    ) -> AuditEvent {
+        AuditEvent {
+            time_ms: self.clock.now_millis(),
+            actor: caller.spiffe_id.clone(),
+            action: action.name().to_owned(),
+            subject: subject.map(ToString::to_string),
+            outcome: outcome.to_owned(),
+            detail,
+        }
+    }
+
+    /// Commits `tx` with its audit record.
+    async fn commit(&self, tx: AuditedTx, event: AuditEvent) -> Result<(), VaultError> {
+        let key = self.keys.audit_key(self.keys.current_version())?;
+        let (seq, prev) = tx.audit_position();
+        let record = audit::chain(seq, prev, event, &key);
+        tx.commit(&record)
+            .await
+            .map_err(VaultError::AuditUnavailable)
+    }
+
+    /// Records a refused or failed call in its own transaction and returns
+    /// the error; if even that fails, the caller learns the audit is down.
+    async fn refuse<T>(
+        &self,
+        caller: &Caller,
+        action: Action,
+        subject: Option<&SubjectId>,
+        err: VaultError,
+    ) -> Result<T, VaultError> {
+        let detail = match &err {
+            VaultError::Denied(_)
+            | VaultError::Unregistered
+            | VaultError::Invalid(_)
+            | VaultError::NotFound => err.to_string(),
+            VaultError::Integrity(what) => format!("integrity: {what}"),
+            _ => "internal".to_owned(),
+        };
+        let ev = self.event(caller, action, subject, err.outcome(), detail);
+        let tx = match self.store.begin_audited().await {
+            Ok(tx) => tx,
+            Err(e) => return Err(VaultError::AuditUnavailable(e)),
+        };
+        self.commit(tx, ev).await?;
+        Err(err)
+    }
+
+    /// Registry lookup plus policy decision (default deny).
+    async fn authorize(&self, caller: &Caller, action: Action) -> Result<&Partner, VaultError> {
+        let Some(partner) = self.registry.by_spiffe_id(&caller.spiffe_id) else {
+            return self
+                .refuse(caller, action, None, VaultError::Unregistered)
+                .await;
+        };
+        match idvault_policies::decide(&partner.roles, action) {
+            Decision::Allow { .. } => Ok(partner),
+            Decision::Deny => {
+                self.refuse(caller, action, None, VaultError::Denied(action))
+                    .await
+            }
+        }
+    }
+
+    /// Loads a subject the partner created, inside `tx`.
+    async fn owned_subject(
+        &self,
+        tx: &mut AuditedTx,
+        partner: &Partner,
+        id: &SubjectId,
+    ) -> Result<SubjectRow, VaultError> {
+        match tx.subject(id).await? {
+            // Another partner's subject is reported as absent: no existence oracle.
+            Some(row) if row.created_by == partner.name => Ok(row),
+            _ => Err(VaultError::NotFound),
+        }
+    }
+
+    /// Creates a subject holding `fields`.
+    pub async fn create_subject(
+        &self,
+        caller: &Caller,
+        fields: Vec<(String, String)>,
+    ) -> Result<ChainUpdate, VaultError> {
+        const A: Action = Action::CreateSubject;
+        let partner = self.authorize(caller, A).await?;
+        let fields = match validate_fields(fields) {
+            Ok(f) => f,
+            Err(e) => return self.refuse(caller, A, None, e.into()).await,
+        };
+        let now = self.clock.now_millis();
+        let rng = self.rng.as_ref();
+        let id = SubjectId::generate(rng).map_err(KeyError::from)?;
+        let dek = keys::generate_dek(rng)?;
+        let kek = self.keys.kek(self.keys.current_version())?;
+        let wrapped = keys::wrap_dek(&kek, &id, &dek, rng)?;
+        let (packets, head) = packet::append(&id, &dek, ChainHead::genesis(&id), &fields, now, rng)
+            .map_err(|_| VaultError::Integrity("packet sealing"))?;
+        let row = SubjectRow {
+            id,
+            created_by: partner.name.clone(),
+            wrapped_dek: wrapped,
+            head,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let mut tx = self
+            .store
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        tx.insert_subject(&row).await?;
+        tx.insert_packets(&id, &packets).await?;
+        let detail = format!("fields={}", fields.len());
+        self.commit(tx, self.event(caller, A, Some(&id), "ok", detail))
+            .await?;
+        Ok(ChainUpdate { subject: id, head })
+    }
+
+    /// Appends new versions of `fields` to a subject.
+    pub async fn update_subject(
+        &self,
+        caller: &Caller,
+        subject: &str,
+        fields: Vec<(String, String)>,
+    ) -> Result<ChainUpdate, VaultError> {
+        const A: Action = Action::UpdateSubject;
+        let partner = self.authorize(caller, A).await?;
+        let (id, fields) =
+            match SubjectId::parse(subject).and_then(|id| Ok((id, validate_fields(fields)?))) {
+                Ok(v) => v,
+                Err(e) => return self.refuse(caller, A, None, e.into()).await,
+            };
+        let mut tx = self
+            .store
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        let row = match self.owned_subject(&mut tx, partner, &id).await {
+            Ok(r) => r,
+            Err(e) => {
+                drop(tx);
+                return self.refuse(caller, A, Some(&id), e).await;
+            }
+        };
+        let kek = self.keys.kek(row.wrapped_dek.kek_version)?;
+        let dek = keys::unwrap_dek(&kek, &id, &row.wrapped_dek)
+            .map_err(|_| VaultError::Integrity("data key unwrap"))?;
+        let now = self.clock.now_millis();
+        let (packets, head) = packet::append(&id, &dek, row.head, &fields, now, self.rng.as_ref())
+            .map_err(|_| VaultError::Integrity("packet sealing"))?;
+        tx.insert_packets(&id, &packets).await?;
+        tx.set_head(&id, head, now).await?;
+        let detail = format!("fields={}", fields.len());
+        self.commit(tx, self.event(caller, A, Some(&id), "ok", detail))
+            .await?;
+        Ok(ChainUpdate { subject: id, head })
+    }
+
+    /// Verifies a subject's chain, decrypting every packet.
+    pub async fn verify_subject_chain(
+        &self,
+        caller: &Caller,
+        subject: &str,
+    ) -> Result<ChainVerification, VaultError> {
+        const A: Action = Action::VerifySubjectChain;
+        let partner = self.authorize(caller, A).await?;
+        let id = match SubjectId::parse(subject) {
+            Ok(id) => id,
+            Err(e) => return self.refuse(caller, A, None, e.into()).await,
+        };
+        let mut tx = self
+            .store
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        let row = match self.owned_subject(&mut tx, partner, &id).await {
+            Ok(r) => r,
+            Err(e) => {
+                drop(tx);
+                return self.refuse(caller, A, Some(&id), e).await;
+            }
+        };
+        let stored = tx.packets(&id).await?;
+        let kek = self.keys.kek(row.wrapped_dek.kek_version)?;
+        let report = match keys::unwrap_dek(&kek, &id, &row.wrapped_dek) {
+            Ok(dek) => packet::verify_chain(
+                &id,
+                &dek,
+                stored.iter().map(|(s, b)| (*s, b.as_slice())),
+                row.head,
+            ),
+            // A DEK that does not unwrap makes every packet unreadable.
+            Err(_) => ChainReport {
+                checked: 0,
+                first_break: Some((1, BreakReason::DecryptionFailed)),
+            },
+        };
+        let detail = match report.first_break {
+            None => format!("intact packets={}", report.checked),
+            Some((seq, r)) => format!("broken seq={seq} reason={}", r.name()),
+        };
+        self.commit(tx, self.event(caller, A, Some(&id), "ok", detail))
+            .await?;
+        Ok(ChainVerification {
+            head: row.head,
+            report,
+        })
+    }
+
+    /// Deletes a subject: its wrapped DEK and packets (crypto-shredding).
+    pub async fn delete_subject(&self, caller: &Caller, subject: &str) -> Result<u64, VaultError> {
+        const A: Action = Action::DeleteSubject;
+        let partner = self.authorize(caller, A).await?;
+        let id = match SubjectId::parse(subject) {
+            Ok(id) => id,
+            Err(e) => return self.refuse(caller, A, None, e.into()).await,
+        };
+        let mut tx = self
+            .store
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        if let Err(e) = self.owned_subject(&mut tx, partner, &id).await {
+            drop(tx);
+            return self.refuse(caller, A, Some(&id), e).await;
+        }
+        let n = tx.delete_subject(&id).await?;
+        self.commit(
+            tx,
+            self.event(caller, A, Some(&id), "ok", format!("packets={n}")),
+        )
+        .await?;
+        if let Err(e) = self.store.compact_after_delete().await {
+            tracing::warn!(error = %e, "WAL checkpoint after delete failed; deleted pages stay in the WAL until the next checkpoint");
+        }
+        Ok(n)
+    }
+}
+
+/// Outcome of [`verify_audit_log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditVerdict {
+    /// Every record verified.
+    Intact {
+        /// Records checked.
+        records: u64,
+    },
+    /// The first bad record.
+    Broken {
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong.
+        fault: audit::AuditFault,
+    },
+}
+
+/// Walks the whole audit log in pages and names the first bad record.
+pub async fn verify_audit_log(
+    store: &Store,
+    keys: &KeyHierarchy,
+) -> Result<AuditVerdict, VaultError> {
+    let mut verifier = audit::AuditVerifier::default();
+    let mut after = 0u64;
+    let mut key_cache: Vec<crate::core::secret::AuditKey> = Vec::new();
+    loop {
+        let page = store.audit_page(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in &page {
+            if !key_cache.iter().any(|k| k.version() == r.key_version) {
+                if let Ok(k) = keys.audit_key(r.key_version) {
+                    key_cache.push(k);
+                }
+            }
+            let key = key_cache.iter().find(|k| k.version() == r.key_version);
+            if let Err((seq, fault)) = verifier.check(r, key) {
+                return Ok(AuditVerdict::Broken { seq, fault });
+            }
+        }
+    }
+    let (head_seq, head_hash) = store.audit_head().await?;
+    Ok(match verifier.finish(head_seq, &head_hash) {
+        Ok(records) => AuditVerdict::Intact { records },
+        Err((seq, fault)) => AuditVerdict::Broken { seq, fault },
+    })
+}
