@@ -1,1 +1,224 @@
+//! Test support: a real idvault server on port 0 with real mTLS, over
+//! SQLite or a fresh PostgreSQL database, and partner clients for it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use idvault::config::Config;
+use idvault::core::SystemRng;
+use idvault::devinit::{ClientSpec, DevCa, Issued};
+use idvault::server::RunningServer;
+use idvault::service::Vault;
+use idvault_proto::v1::subject_service_client::SubjectServiceClient;
+use sqlx::AnyPool;
+use tonic::transport::Channel;
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Admin URL of the PostgreSQL server used for tests.
+pub fn postgres_admin_url() -> String {
+    std::env::var("IDVAULT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Whether PostgreSQL answers; the error says why not.
+pub async fn postgres_reachable() -> Result<(), String> {
+    sqlx::any::install_default_drivers();
+    let url = postgres_admin_url();
+    let fut = sqlx::AnyPool::connect(&url);
+    match tokio::time::timeout(Duration::from_secs(5), fut).await {
+        Ok(Ok(p)) => {
+            p.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("{url}: {e}")),
+        Err(_) => Err(format!("{url}: timed out")),
+    }
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) if i > url.find("://").map_or(0, |s| s + 2) => format!("{}/{db}", &url[..i]),
+        _ => format!("{url}/{db}"),
+    }
+}
+
+/// A running vault with its data directory and CA.
+pub struct TestVault {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub database_url: String,
+    pub ca: DevCa,
+    pub vault: Arc<Vault>,
+    pub addr: std::net::SocketAddr,
+    server: Option<RunningServer>,
+    pg_db: Option<String>,
+}
+
+impl TestVault {
+    /// Starts a vault with development defaults.
+    pub async fn start(backend: Backend) -> anyhow::Result<Self> {
+        Self::start_with(backend, |_, _| Ok(String::new())).await
+    }
+
+    /// Starts a vault; `extra` may write files into the data dir and
+    /// returns TOML lines to splice into `[tls]` (e.g. `crls = [...]`).
+    pub async fn start_with(
+        backend: Backend,
+        extra: impl FnOnce(&Path, &DevCa) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        idvault::devinit::init_dev(dir.path(), "127.0.0.1:0", &SystemRng::default())?;
+        let ca = DevCa::load(
+            &std::fs::read_to_string(dir.path().join("tls/ca.crt"))?,
+            &std::fs::read_to_string(dir.path().join("tls/ca.key"))?,
+        )?;
+        let tls_lines = extra(dir.path(), &ca)?;
+        let cfg_path = dir.path().join(idvault::config::CONFIG_FILE);
+        if !tls_lines.is_empty() {
+            let text = std::fs::read_to_string(&cfg_path)?
+                .replace("crls = []\n", &format!("{tls_lines}\n"));
+            std::fs::write(&cfg_path, text)?;
+        }
+        let config = Config::load(&cfg_path)?;
+        let (database_url, pg_db) = match backend {
+            Backend::Sqlite => (config.database_url(), None),
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let name = format!(
+                    "idvault_test_{}",
+                    hex::encode(uuid::Uuid::new_v4().as_bytes())
+                );
+                sqlx::any::install_default_drivers();
+                let pool = AnyPool::connect(&admin).await.with_context(|| {
+                    format!("PostgreSQL is required for this test but {admin} is unreachable")
+                })?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await?;
+                pool.close().await;
+                (with_database(&admin, &name), Some(name))
+            }
+        };
+        let (vault, server) = boot(&config, &database_url).await?;
+        Ok(Self {
+            backend,
+            dir,
+            config,
+            database_url,
+            ca,
+            vault,
+            addr: server.addr,
+            server: Some(server),
+            pg_db,
+        })
+    }
+
+    /// Stops the server and starts a new one on the same data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await?;
+        }
+        self.vault.store().close().await;
+        let (vault, server) = boot(&self.config, &self.database_url).await?;
+        self.vault = vault;
+        self.addr = server.addr;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// A direct connection to the vault's database (for tampering).
+    pub fn db(&self) -> &AnyPool {
+        self.vault.store().pool()
+    }
+
+    /// An mTLS channel as a dev partner (`partner-a`, `partner-b`).
+    pub async fn channel(&self, partner: &str) -> anyhow::Result<Channel> {
+        let creds = idvault::client::PartnerCredentials::from_dir(&self.tls_dir(), partner)?;
+        Ok(idvault::client::connect(&self.url(), "localhost", &creds).await?)
+    }
+
+    /// An mTLS channel with an arbitrary client certificate.
+    pub async fn channel_with(&self, issued: &Issued) -> anyhow::Result<Channel> {
+        let creds = idvault::client::PartnerCredentials {
+            ca_pem: self.ca.cert_pem.clone().into_bytes(),
+            cert_pem: issued.cert_pem.clone().into_bytes(),
+            key_pem: zeroize::Zeroizing::new(issued.key_pem.as_bytes().to_vec()),
+        };
+        Ok(idvault::client::connect(&self.url(), "localhost", &creds).await?)
+    }
+
+    pub async fn subjects(&self, partner: &str) -> anyhow::Result<SubjectServiceClient<Channel>> {
+        Ok(SubjectServiceClient::new(self.channel(partner).await?))
+    }
+
+    /// Issues a client certificate from this vault's CA.
+    pub fn issue(&self, spec: &ClientSpec) -> Issued {
+        self.ca.issue_client(spec, &SystemRng::default()).unwrap()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(self.db())
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server and drops the PostgreSQL database.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await?;
+        }
+        self.vault.store().close().await;
+        if let Some(db) = self.pg_db.take() {
+            let pool = AnyPool::connect(&postgres_admin_url()).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+            )))
+            .execute(&pool)
+            .await?;
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the vault and serves it on a fresh port-0 listener.
+async fn boot(config: &Config, database_url: &str) -> anyhow::Result<(Arc<Vault>, RunningServer)> {
+    let loaded = idvault::app::load(config, database_url).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = idvault::server::start(
+        Arc::clone(&loaded.vault),
+        loaded.tls,
+        listener,
+        loaded.options,
+    )
+    .await?;
+    Ok((loaded.vault, server))
+}
+
+pub use idvault;
+pub use idvault_proto;

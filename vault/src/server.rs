@@ -55,6 +55,22 @@ impl RunningServer {
     }
 }
 
+/// tonic refuses a message over the size limit with `OUT_OF_RANGE`; the
+/// gRPC status code guide names `RESOURCE_EXHAUSTED` for it, which is what
+/// clients retry-classify on. No idvault handler returns `OUT_OF_RANGE`, so
+/// the rewrite cannot hide another error. (Unary refusals travel in the
+/// response headers, "trailers-only", which is where this looks.)
+fn size_limit_is_resource_exhausted(
+    mut resp: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = http::HeaderValue::from_static("11");
+    if resp.headers().get("grpc-status") == Some(&out_of_range) {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
+}
+
 /// Starts serving `vault` on `listener`.
 pub async fn start(
     vault: Arc<Vault>,
@@ -88,6 +104,9 @@ pub async fn start(
     );
     let (tx, rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            size_limit_is_resource_exhausted,
+        ))
         .timeout(opts.request_timeout)
         .max_concurrent_streams(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -1,1 +1,118 @@
-fn main() {}
+//! End-to-end suite: every test runs a real server on port 0 with real
+//! mTLS, once on SQLite and once on a fresh PostgreSQL database.
+//!
+//! PostgreSQL: when it is unreachable the PostgreSQL variants are reported
+//! as ignored with a banner saying so, unless `CI` is set (or
+//! `IDVAULT_REQUIRE_POSTGRES=1`), in which case they run and fail.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    unreachable_pub
+)]
+
+mod audit;
+mod bad_input;
+mod logs;
+mod mtls;
+mod subjects;
+mod tamper;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use idvault_tests::Backend;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type TestFn = fn(Backend) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+macro_rules! tests {
+    ($($path:path),* $(,)?) => {
+        &[$((stringify!($path), |b| Box::pin($path(b)) as Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>)),*]
+    };
+}
+
+/// Tests that run on both backends.
+const BOTH: &[(&str, TestFn)] = tests![
+    subjects::lifecycle,
+    subjects::write_survives_restart,
+    subjects::owner_isolation,
+    subjects::crypto_shredding,
+    tamper::flipped_ciphertext_byte,
+    tamper::packet_moved_to_other_subject,
+    tamper::middle_packet_deleted,
+    audit::edited_record_is_named,
+    audit::fail_closed,
+    audit::refusals_are_audited_without_pii,
+    bad_input::invalid_fields,
+    bad_input::malformed_and_oversized_messages,
+];
+
+/// Tests of the TLS edge: the backend does not matter, SQLite is used.
+const EDGE: &[(&str, TestFn)] = tests![
+    mtls::no_client_certificate,
+    mtls::certificate_from_another_ca,
+    mtls::expired_certificate,
+    mtls::revoked_certificate,
+    mtls::certificate_without_partner_san,
+    mtls::certificate_from_another_trust_domain,
+    mtls::unregistered_partner_is_denied_and_audited,
+    mtls::health_and_reflection,
+    logs::no_pii_in_logs_or_statuses,
+];
+
+fn run(f: TestFn, backend: Backend) -> Result<(), Failed> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(e.to_string()))?;
+    rt.block_on(f(backend))
+        .map_err(|e| Failed::from(format!("{e:#}")))
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    logs::install_capture();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pg = rt.block_on(idvault_tests::postgres_reachable());
+    drop(rt);
+    let required = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+        || std::env::var("IDVAULT_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    let skip_pg = match &pg {
+        Ok(()) => false,
+        Err(why) if required => {
+            eprintln!(
+                "\nPostgreSQL is REQUIRED here (CI) but unreachable: {why}\nThe postgres:: tests will fail.\n"
+            );
+            false
+        }
+        Err(why) => {
+            eprintln!(
+                "\n*** PostgreSQL suite DID NOT RUN: {why}\n*** Start PostgreSQL or set IDVAULT_TEST_POSTGRES_URL; the postgres:: tests are marked ignored.\n"
+            );
+            true
+        }
+    };
+    let mut trials = Vec::new();
+    for (name, f) in BOTH {
+        let f = *f;
+        trials.push(Trial::test(format!("sqlite::{name}"), move || {
+            run(f, Backend::Sqlite)
+        }));
+        trials.push(
+            Trial::test(format!("postgres::{name}"), move || {
+                run(f, Backend::Postgres)
+            })
+            .with_ignored_flag(skip_pg),
+        );
+    }
+    for (name, f) in EDGE {
+        let f = *f;
+        trials.push(Trial::test(format!("edge::{name}"), move || {
+            run(f, Backend::Sqlite)
+        }));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -184,11 +184,12 @@ impl fmt::Debug for FieldValue {
 pub fn validate_fields(
     raw: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Vec<(FieldName, FieldValue)>, FieldError> {
-    let mut out: Vec<(FieldName, FieldValue)> = Vec::new();
+    let raw: Vec<(String, String)> = raw.into_iter().collect();
+    if raw.len() > MAX_FIELDS_PER_REQUEST {
+        return Err(FieldError::TooManyFields);
+    }
+    let mut out: Vec<(FieldName, FieldValue)> = Vec::with_capacity(raw.len());
     for (name, value) in raw {
-        if out.len() == MAX_FIELDS_PER_REQUEST {
-            return Err(FieldError::TooManyFields);
-        }
         let name = FieldName::parse(&name)?;
         if out.iter().any(|(n, _)| *n == name) {
             return Err(FieldError::Duplicate(name.as_str()));

@@ -1,0 +1,93 @@
+//! No PII or key bytes in logs or statuses: everything the vault logs
+//! during the suite is captured and searched.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use idvault_tests::idvault_proto::v1::{CreateSubjectRequest, UpdateSubjectRequest};
+use idvault_tests::{Backend, TestVault};
+
+use crate::subjects::fields;
+
+static CAPTURED: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Routes all tracing output (debug and up) of the test process to a buffer.
+pub fn install_capture() {
+    let buf = CAPTURED.get_or_init(Default::default).clone();
+    let writer = move || Capture(buf.clone());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug,h2=info,hyper=info,rustls=info,tower=info")
+        .with_writer(writer)
+        .try_init();
+}
+
+fn captured() -> String {
+    String::from_utf8_lossy(&CAPTURED.get().unwrap().lock().unwrap()).into_owned()
+}
+
+pub async fn no_pii_in_logs_or_statuses(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let marker = "Quixotic-Marmalade-0451";
+    let mut c = tv.subjects("partner-a").await?;
+    let id = c
+        .create_subject(CreateSubjectRequest {
+            fields: fields(&[("email", &format!("{marker}@example.org"))]),
+        })
+        .await?
+        .into_inner()
+        .subject_id;
+    let mut statuses = Vec::new();
+    for f in [
+        fields(&[("email", &format!("{marker}\u{1}"))]),
+        fields(&[(marker, "x")]),
+        fields(&[("city", &marker.repeat(300))]),
+    ] {
+        let e = c
+            .create_subject(CreateSubjectRequest { fields: f.clone() })
+            .await
+            .unwrap_err();
+        statuses.push(format!("{e:?}"));
+        let e = c
+            .update_subject(UpdateSubjectRequest {
+                subject_id: id.clone(),
+                fields: f,
+            })
+            .await
+            .unwrap_err();
+        statuses.push(format!("{e:?}"));
+    }
+    let root_key = std::fs::read_to_string(tv.dir.path().join("root.key"))?;
+    let key_hex = root_key
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    tv.stop().await?;
+    let logs = captured();
+    assert!(
+        logs.contains("TLS") || logs.contains("sqlx") || !logs.is_empty(),
+        "capture works"
+    );
+    for s in &statuses {
+        assert!(!s.contains(marker), "PII in status: {s}");
+    }
+    assert!(!logs.contains(marker), "PII in logs");
+    assert!(!logs.contains(&key_hex), "root key in logs");
+    Ok(())
+}

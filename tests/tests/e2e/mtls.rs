@@ -1,0 +1,245 @@
+//! The mTLS edge: who is refused at the handshake, and who is refused later.
+
+use std::sync::Arc;
+
+use idvault_tests::idvault::core::SystemRng;
+use idvault_tests::idvault::devinit::{ClientSpec, DevCa, Issued};
+use idvault_tests::idvault_proto::v1::CreateSubjectRequest;
+use idvault_tests::idvault_proto::v1::subject_service_client::SubjectServiceClient;
+use idvault_tests::{Backend, TestVault};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use time::{Duration, OffsetDateTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+use crate::subjects::fields;
+
+/// Connects with raw rustls, completes the client side of the handshake,
+/// then reads: a server that refuses the client certificate answers with
+/// an alert. Returns the error text, or `Ok` if the server accepted.
+async fn handshake(tv: &TestVault, client: Option<&Issued>) -> Result<(), String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(tv.ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match client {
+        Some(i) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(i.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(i.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(tv.addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err("closed without data".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+async fn refused(tv: &TestVault, client: Option<&Issued>, alert: &str) {
+    let err = handshake(tv, client)
+        .await
+        .expect_err("handshake must be refused");
+    assert!(err.contains(alert), "expected alert {alert}, got: {err}");
+    // A gRPC call over the same credentials fails too, at the transport.
+    if let Some(i) = client {
+        if let Ok(ch) = tv.channel_with(i).await {
+            let e = SubjectServiceClient::new(ch)
+                .create_subject(CreateSubjectRequest {
+                    fields: fields(&[("city", "X")]),
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e.code(),
+                    Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+                ),
+                "{e:?}"
+            );
+        }
+    }
+    assert_eq!(tv.count("SELECT count(*) FROM subjects").await, 0);
+}
+
+fn partner_a(tv: &TestVault) -> Issued {
+    Issued {
+        cert_pem: std::fs::read_to_string(tv.tls_dir().join("partner-a.crt")).unwrap(),
+        key_pem: zeroize::Zeroizing::new(
+            std::fs::read_to_string(tv.tls_dir().join("partner-a.key")).unwrap(),
+        ),
+        serial: vec![],
+    }
+}
+
+pub async fn no_client_certificate(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    refused(&tv, None, "CertificateRequired").await;
+    handshake(&tv, Some(&partner_a(&tv)))
+        .await
+        .expect("a valid partner is accepted");
+    tv.stop().await
+}
+
+pub async fn certificate_from_another_ca(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let rogue = DevCa::generate("rogue CA", &SystemRng::default())?;
+    let cert = rogue.issue_client(
+        &ClientSpec::partner("idvault.dev", "partner-a", 30),
+        &SystemRng::default(),
+    )?;
+    refused(&tv, Some(&cert), "UnknownCA").await;
+    tv.stop().await
+}
+
+pub async fn expired_certificate(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let now = OffsetDateTime::now_utc();
+    let spec = ClientSpec {
+        not_before: now - Duration::days(30),
+        not_after: now - Duration::days(1),
+        ..ClientSpec::partner("idvault.dev", "partner-a", 1)
+    };
+    refused(&tv, Some(&tv.issue(&spec)), "CertificateExpired").await;
+    tv.stop().await
+}
+
+pub async fn revoked_certificate(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start_with(b, |dir, ca| {
+        let rng = SystemRng::default();
+        let revoked =
+            ca.issue_client(&ClientSpec::partner("idvault.dev", "partner-a", 30), &rng)?;
+        std::fs::write(dir.join("tls/revoked.crt"), &revoked.cert_pem)?;
+        std::fs::write(dir.join("tls/revoked.key"), revoked.key_pem.as_bytes())?;
+        std::fs::write(dir.join("tls/partners.crl"), ca.crl(&[revoked.serial])?)?;
+        Ok("crls = [\"tls/partners.crl\"]".into())
+    })
+    .await?;
+    let revoked = Issued {
+        cert_pem: std::fs::read_to_string(tv.tls_dir().join("revoked.crt"))?,
+        key_pem: zeroize::Zeroizing::new(std::fs::read_to_string(
+            tv.tls_dir().join("revoked.key"),
+        )?),
+        serial: vec![],
+    };
+    refused(&tv, Some(&revoked), "CertificateRevoked").await;
+    // The same partner's unrevoked certificate still works: it is the CRL.
+    handshake(&tv, Some(&partner_a(&tv)))
+        .await
+        .expect("unrevoked certificate accepted");
+    tv.stop().await
+}
+
+pub async fn certificate_without_partner_san(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let spec = ClientSpec {
+        uri_sans: vec![],
+        ..ClientSpec::partner("idvault.dev", "partner-a", 30)
+    };
+    refused(&tv, Some(&tv.issue(&spec)), "AccessDenied").await;
+    let spec = ClientSpec {
+        uri_sans: vec!["spiffe://idvault.dev/service/partner-a".into()],
+        ..ClientSpec::partner("idvault.dev", "partner-a", 30)
+    };
+    refused(&tv, Some(&tv.issue(&spec)), "AccessDenied").await;
+    let spec = ClientSpec {
+        uri_sans: vec![
+            "spiffe://idvault.dev/partner/partner-a".into(),
+            "spiffe://idvault.dev/partner/partner-b".into(),
+        ],
+        ..ClientSpec::partner("idvault.dev", "partner-a", 30)
+    };
+    refused(&tv, Some(&tv.issue(&spec)), "AccessDenied").await;
+    tv.stop().await
+}
+
+pub async fn certificate_from_another_trust_domain(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let cert = tv.issue(&ClientSpec::partner("other.example", "partner-a", 30));
+    refused(&tv, Some(&cert), "AccessDenied").await;
+    tv.stop().await
+}
+
+pub async fn unregistered_partner_is_denied_and_audited(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let cert = tv.issue(&ClientSpec::partner("idvault.dev", "partner-z", 30));
+    let mut c = SubjectServiceClient::new(tv.channel_with(&cert).await?);
+    let e = c
+        .create_subject(CreateSubjectRequest {
+            fields: fields(&[("city", "Hanoi")]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("not registered"));
+    let (actor, outcome): (String, String) =
+        sqlx::query_as("SELECT actor, outcome FROM audit_log WHERE seq = 1")
+            .fetch_one(tv.db())
+            .await?;
+    assert_eq!(actor, "spiffe://idvault.dev/partner/partner-z");
+    assert_eq!(outcome, "denied");
+    assert_eq!(tv.count("SELECT count(*) FROM subjects").await, 0);
+    tv.stop().await
+}
+
+pub async fn health_and_reflection(b: Backend) -> anyhow::Result<()> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let tv = TestVault::start(b).await?;
+    let ch = tv.channel("partner-b").await?;
+    let h = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest {
+            service: "idvault.v1.SubjectService".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(h.status(), ServingStatus::Serving);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await?
+        .into_inner();
+    let resp = stream.message().await?.expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"idvault.v1.SubjectService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    tv.stop().await
+}

@@ -1,0 +1,113 @@
+//! Tampering with stored packets is detected and the broken link named.
+
+use idvault_tests::idvault::core::subject::SubjectId;
+use idvault_tests::idvault_proto::v1::{
+    ChainBreakReason, UpdateSubjectRequest, VerifySubjectChainRequest, VerifySubjectChainResponse,
+};
+use idvault_tests::{Backend, TestVault};
+
+use crate::subjects::{create, fields};
+
+async fn three_packets(tv: &TestVault) -> anyhow::Result<(String, SubjectId)> {
+    let id = create(
+        tv,
+        "partner-a",
+        &[("given_name", "Grace"), ("family_name", "Hopper")],
+    )
+    .await?;
+    tv.subjects("partner-a")
+        .await?
+        .update_subject(UpdateSubjectRequest {
+            subject_id: id.clone(),
+            fields: fields(&[("city", "Arlington")]),
+        })
+        .await?;
+    let sid = SubjectId::parse(&id)?;
+    Ok((id, sid))
+}
+
+async fn verify(tv: &TestVault, id: &str) -> anyhow::Result<VerifySubjectChainResponse> {
+    Ok(tv
+        .subjects("partner-a")
+        .await?
+        .verify_subject_chain(VerifySubjectChainRequest {
+            subject_id: id.into(),
+        })
+        .await?
+        .into_inner())
+}
+
+pub async fn flipped_ciphertext_byte(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (id, sid) = three_packets(&tv).await?;
+    let mut p: Vec<u8> =
+        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = 2")
+            .bind(sid.as_bytes().to_vec())
+            .fetch_one(tv.db())
+            .await?;
+    let last = p.len() - 20; // inside the ciphertext, before the tag
+    p[last] ^= 0x01;
+    sqlx::query("UPDATE packets SET packet = $1 WHERE subject_id = $2 AND seq = 2")
+        .bind(p)
+        .bind(sid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    let v = verify(&tv, &id).await?;
+    assert!(!v.intact);
+    assert_eq!(v.first_broken_sequence, Some(2));
+    assert_eq!(v.reason(), ChainBreakReason::DecryptionFailed);
+    assert_eq!(v.packets_checked, 1);
+    tv.stop().await
+}
+
+pub async fn packet_moved_to_other_subject(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (a, aid) = three_packets(&tv).await?;
+    let (bsub, bid) = three_packets(&tv).await?;
+    // Replace B's packet 2 with A's packet 2.
+    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 2")
+        .bind(bid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    sqlx::query("UPDATE packets SET subject_id = $1 WHERE subject_id = $2 AND seq = 2")
+        .bind(bid.as_bytes().to_vec())
+        .bind(aid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    let v = verify(&tv, &bsub).await?;
+    assert_eq!(
+        (v.first_broken_sequence, v.reason()),
+        (Some(2), ChainBreakReason::WrongSubject)
+    );
+    let v = verify(&tv, &a).await?;
+    assert_eq!(
+        (v.first_broken_sequence, v.reason()),
+        (Some(2), ChainBreakReason::SequenceGap)
+    );
+    tv.stop().await
+}
+
+pub async fn middle_packet_deleted(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (id, sid) = three_packets(&tv).await?;
+    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 2")
+        .bind(sid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    let v = verify(&tv, &id).await?;
+    assert_eq!(
+        (v.first_broken_sequence, v.reason()),
+        (Some(2), ChainBreakReason::SequenceGap)
+    );
+    // Deleting the newest packet is caught by the stored head.
+    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 3")
+        .bind(sid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    let v = verify(&tv, &id).await?;
+    assert_eq!(
+        (v.first_broken_sequence, v.reason()),
+        (Some(2), ChainBreakReason::HeadMismatch)
+    );
+    tv.stop().await
+}
