@@ -425,10 +425,10 @@ pub async fn verify_audit_log(
         let Some(last) = page.last() else { break };
         after = last.seq;
         for r in &page {
-            if !key_cache.iter().any(|k| k.version() == r.key_version) {
-                if let Ok(k) = keys.audit_key(r.key_version) {
-                    key_cache.push(k);
-                }
+            if !key_cache.iter().any(|k| k.version() == r.key_version)
+                && let Ok(k) = keys.audit_key(r.key_version)
+            {
+                key_cache.push(k);
             }
             let key = key_cache.iter().find(|k| k.version() == r.key_version);
             if let Err((seq, fault)) = verifier.check(r, key) {

@@ -16,6 +16,7 @@ mod audit;
 mod bad_input;
 mod logs;
 mod mtls;
+mod ops;
 mod subjects;
 mod tamper;
 
@@ -47,6 +48,8 @@ const BOTH: &[(&str, TestFn)] = tests![
     audit::refusals_are_audited_without_pii,
     bad_input::invalid_fields,
     bad_input::malformed_and_oversized_messages,
+    ops::concurrent_writes_keep_one_audit_chain,
+    ops::root_key_rotation_keeps_old_data,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.
@@ -60,6 +63,8 @@ const EDGE: &[(&str, TestFn)] = tests![
     mtls::unregistered_partner_is_denied_and_audited,
     mtls::health_and_reflection,
     logs::no_pii_in_logs_or_statuses,
+    ops::start_refuses_missing_material,
+    ops::loose_key_file_permissions_refused,
 ];
 
 fn run(f: TestFn, backend: Backend) -> Result<(), Failed> {
