@@ -24,7 +24,7 @@ pub enum ClientError {
 }
 
 /// PEM material a partner connects with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PartnerCredentials {
     /// CA that issued the vault's server certificate.
     pub ca_pem: Vec<u8>,
@@ -32,6 +32,12 @@ pub struct PartnerCredentials {
     pub cert_pem: Vec<u8>,
     /// The partner's private key.
     pub key_pem: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PartnerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartnerCredentials(key redacted)")
+    }
 }
 
 impl PartnerCredentials {

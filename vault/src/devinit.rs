@@ -54,7 +54,6 @@ pub enum InitError {
 }
 
 /// A certificate and its private key, PEM-encoded.
-#[derive(Debug)]
 pub struct Issued {
     /// Certificate PEM.
     pub cert_pem: String,
@@ -62,6 +61,16 @@ pub struct Issued {
     pub key_pem: Zeroizing<String>,
     /// Serial number bytes (for CRLs).
     pub serial: Vec<u8>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Issued(serial {}, key redacted)",
+            hex::encode(&self.serial)
+        )
+    }
 }
 
 /// What a client certificate should contain (tests use the odd cases).

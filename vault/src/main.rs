@@ -130,6 +130,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200_000)]
         count: u64,
     },
+    /// CreateSubject RPCs over real mTLS against an in-process server.
+    Subjects {
+        /// RPCs to send.
+        #[arg(long, default_value_t = 5_000)]
+        count: usize,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -230,6 +242,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Packets { count },
         } => bench_packets(count),
+        Command::Bench {
+            command:
+                BenchCommand::Subjects {
+                    count,
+                    concurrency,
+                    database_url,
+                },
+        } => bench_subjects(count, concurrency, database_url).await,
     }
 }
 
@@ -451,6 +471,86 @@ fn bench_packets(count: u64) -> anyhow::Result<()> {
     println!("packets: {count}, value 24 bytes, one core");
     println!("seal+chain:        {:>12.0} packets/s", rate(seal));
     println!("verify (decrypt):  {:>12.0} packets/s", rate(verify));
+    Ok(())
+}
+
+async fn bench_subjects(
+    count: usize,
+    concurrency: usize,
+    database_url: Option<String>,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
+    idvault::devinit::init_dev(&dir, "127.0.0.1:0", &SystemRng::default())?;
+    let cfg = Config::load(&dir.join(CONFIG_FILE))?;
+    let url = database_url.unwrap_or_else(|| cfg.database_url());
+    let loaded = idvault::app::load(&cfg, &url).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = idvault::server::start(
+        Arc::clone(&loaded.vault),
+        loaded.tls,
+        listener,
+        loaded.options,
+    )
+    .await?;
+    let creds = idvault::client::PartnerCredentials::from_dir(&dir.join("tls"), "partner-a")?;
+    let target = format!("https://{}", server.addr);
+    let per = count.div_ceil(concurrency.max(1));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency.max(1) {
+        let ch = idvault::client::connect(&target, "localhost", &creds).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut c = SubjectServiceClient::new(ch);
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let req = CreateSubjectRequest {
+                    fields: vec![
+                        Field {
+                            name: "given_name".into(),
+                            value: format!("Given{w}x{i}"),
+                        },
+                        Field {
+                            name: "family_name".into(),
+                            value: "Benchmark".into(),
+                        },
+                        Field {
+                            name: "email".into(),
+                            value: format!("p{w}x{i}@example.org"),
+                        },
+                    ],
+                };
+                let s = Instant::now();
+                c.create_subject(req).await?;
+                lat.push(s.elapsed());
+            }
+            Ok::<_, tonic::Status>(lat)
+        }));
+    }
+    let mut lat = Vec::with_capacity(count);
+    for task in tasks {
+        lat.extend(task.await??);
+    }
+    let elapsed = t.elapsed();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "CreateSubject over mTLS, 3 fields, {} RPCs, {concurrency} connections, storage {}",
+        lat.len(),
+        redact_url(&url).split(':').next().unwrap_or("")
+    );
+    println!(
+        "throughput: {:>10.0} RPC/s ({:.0} packets sealed and stored/s)",
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        3.0 * lat.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!("latency:    p50 {:?}  p99 {:?}", pct(0.50), pct(0.99));
+    server.shutdown().await?;
+    loaded.vault.store().close().await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

@@ -401,6 +401,7 @@ mod tests {
     use super::*;
     use crate::core::SystemRng;
     use crate::core::keys::generate_dek;
+    use proptest::prelude::Strategy;
 
     fn fields(pairs: &[(&str, &str)]) -> Vec<(FieldName, FieldValue)> {
         crate::core::subject::validate_fields(
@@ -543,6 +544,28 @@ mod tests {
                     "packet {i} byte {byte}"
                 );
             }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_round_trips_and_any_bit_flip_fails(
+            value in "[^\\p{Cc}]{1,200}".prop_filter("not blank", |v| !v.trim().is_empty()),
+            bit in 0usize..4096,
+        ) {
+            let rng = SystemRng::default();
+            let s = SubjectId::generate(&rng).unwrap();
+            let dek = generate_dek(&rng).unwrap();
+            let f = fields(&[("street_address", &value)]);
+            let (p, head) = append(&s, &dek, ChainHead::genesis(&s), &f, 42, &rng).unwrap();
+            let bytes = p[0].packet.as_bytes().to_vec();
+            let opened = parse(&bytes).unwrap().open(&dek).unwrap();
+            proptest::prop_assert_eq!(opened.expose(), value.as_str());
+            let mut t = bytes.clone();
+            let i = bit % (t.len() * 8);
+            t[i / 8] ^= 1 << (i % 8);
+            let report = verify_chain(&s, &dek, [(1, t.as_slice())], head);
+            proptest::prop_assert!(!report.intact());
         }
     }
 
