@@ -1,0 +1,643 @@
+//! Rewrites usage-log records, replacing identifier fields with tokens.
+//!
+//! Works on chunks of whole records (the caller splits a stream with
+//! [`split_point`]) so chunks can be processed on every core and written
+//! back in order. A record that cannot be rewritten is never passed
+//! through: it becomes a [`Reject`] with its line number and a reason that
+//! names the field and the problem but never the value.
+
+use crate::ident::{IdentifierType, NormalizeOptions, normalize};
+use crate::json::{self, FieldPath, Hit, ValueKind};
+
+/// Produces the token for a normalised identifier.
+pub trait TokenSource: Sync {
+    /// Appends the token to `out`; the error is a reason safe to log.
+    fn token_into(
+        &self,
+        ty: IdentifierType,
+        normalized: &str,
+        out: &mut String,
+    ) -> Result<(), String>;
+}
+
+impl TokenSource for crate::token::DomainKey {
+    fn token_into(
+        &self,
+        ty: IdentifierType,
+        normalized: &str,
+        out: &mut String,
+    ) -> Result<(), String> {
+        crate::token::DomainKey::token_into(self, ty, normalized, out);
+        Ok(())
+    }
+}
+
+/// A field to tokenize: dotted JSON path or CSV column name, and its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// `user.msisdn` (JSON) or `msisdn` (CSV column).
+    pub path: String,
+    /// How to normalise it.
+    pub ty: IdentifierType,
+}
+
+impl FieldSpec {
+    /// Parses `path` or `path=type`; without a type it is inferred from the name.
+    pub fn parse(s: &str) -> Result<Self, RewriteError> {
+        let (path, ty) = match s.split_once('=') {
+            Some((p, t)) => (
+                p,
+                IdentifierType::parse(t).ok_or_else(|| RewriteError::UnknownType(t.to_owned()))?,
+            ),
+            None => (s, IdentifierType::infer(s)),
+        };
+        if path.is_empty() {
+            return Err(RewriteError::BadPath(s.to_owned()));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            ty,
+        })
+    }
+}
+
+/// Record formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    JsonLines,
+    /// CSV with a header row (RFC 4180 quoting).
+    Csv {
+        /// Field delimiter, usually `b','`.
+        delimiter: u8,
+    },
+}
+
+/// Set-up errors (bad field list or header).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RewriteError {
+    /// Unknown identifier type after `=`.
+    #[error("unknown identifier type '{0}' (msisdn, email, account, service, location)")]
+    UnknownType(String),
+    /// A path with an empty segment.
+    #[error("invalid field path '{0}'")]
+    BadPath(String),
+    /// No fields.
+    #[error("at least one --field is required")]
+    NoFields,
+    /// Too many fields.
+    #[error("at most {} fields", json::MAX_PATHS)]
+    TooManyFields,
+    /// A CSV column named by --field is not in the header.
+    #[error("CSV header has no column '{0}'")]
+    MissingColumn(String),
+    /// The CSV header row is not readable.
+    #[error("CSV header row is not valid: {0}")]
+    BadHeader(String),
+}
+
+/// A record that was not rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// 1-based line number in the input.
+    pub line: u64,
+    /// Why, without the value.
+    pub reason: String,
+}
+
+/// Counts for one chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    /// Records rewritten.
+    pub rewritten: u64,
+    /// Records rejected.
+    pub rejected: u64,
+    /// Blank lines skipped.
+    pub blank: u64,
+    /// Lines consumed (to number the next chunk).
+    pub lines: u64,
+}
+
+/// The rewriter for one stream.
+pub struct Rewriter<'t> {
+    format: Format,
+    fields: Vec<FieldSpec>,
+    paths: Vec<FieldPath>,
+    columns: Vec<(usize, usize)>,
+    width: usize,
+    opts: NormalizeOptions,
+    tokens: &'t dyn TokenSource,
+}
+
+impl std::fmt::Debug for Rewriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewriter")
+            .field("format", &self.format)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+fn check_fields(fields: &[FieldSpec]) -> Result<(), RewriteError> {
+    if fields.is_empty() {
+        return Err(RewriteError::NoFields);
+    }
+    if fields.len() > json::MAX_PATHS {
+        return Err(RewriteError::TooManyFields);
+    }
+    Ok(())
+}
+
+impl<'t> Rewriter<'t> {
+    /// A JSON Lines rewriter.
+    pub fn json_lines(
+        fields: Vec<FieldSpec>,
+        opts: NormalizeOptions,
+        tokens: &'t dyn TokenSource,
+    ) -> Result<Self, RewriteError> {
+        check_fields(&fields)?;
+        let paths = fields
+            .iter()
+            .map(|f| FieldPath::parse(&f.path).ok_or_else(|| RewriteError::BadPath(f.path.clone())))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            format: Format::JsonLines,
+            fields,
+            paths,
+            columns: Vec::new(),
+            width: 0,
+            opts,
+            tokens,
+        })
+    }
+
+    /// A CSV rewriter; `header` is the header row's bytes (without newline).
+    pub fn csv(
+        fields: Vec<FieldSpec>,
+        header: &[u8],
+        delimiter: u8,
+        opts: NormalizeOptions,
+        tokens: &'t dyn TokenSource,
+    ) -> Result<Self, RewriteError> {
+        check_fields(&fields)?;
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .delimiter(delimiter)
+            .from_reader(header);
+        let mut rec = csv::ByteRecord::new();
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => return Err(RewriteError::BadHeader("empty".into())),
+            Err(e) => return Err(RewriteError::BadHeader(e.to_string())),
+        }
+        let mut columns = Vec::new();
+        for (fi, f) in fields.iter().enumerate() {
+            let found: Vec<usize> = rec
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| *c == f.path.as_bytes())
+                .map(|(i, _)| i)
+                .collect();
+            if found.is_empty() {
+                return Err(RewriteError::MissingColumn(f.path.clone()));
+            }
+            columns.extend(found.into_iter().map(|c| (c, fi)));
+        }
+        Ok(Self {
+            format: Format::Csv { delimiter },
+            fields,
+            paths: Vec::new(),
+            columns,
+            width: rec.len(),
+            opts,
+            tokens,
+        })
+    }
+
+    /// The format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    fn token_for(&self, field: usize, value: &str, out: &mut String) -> Result<(), String> {
+        let spec = self.fields.get(field).ok_or("internal: field index")?;
+        let norm = normalize(spec.ty, value, &self.opts)
+            .map_err(|e| format!("field {}: {e}", spec.path))?;
+        self.tokens
+            .token_into(spec.ty, &norm, out)
+            .map_err(|e| format!("field {}: {e}", spec.path))
+    }
+
+    /// Rewrites a chunk of whole records whose first line is `first_line`.
+    pub fn rewrite_chunk(
+        &self,
+        chunk: &[u8],
+        first_line: u64,
+        out: &mut Vec<u8>,
+        rejects: &mut Vec<Reject>,
+    ) -> ChunkStats {
+        match self.format {
+            Format::JsonLines => self.rewrite_json(chunk, first_line, out, rejects),
+            Format::Csv { delimiter } => {
+                self.rewrite_csv(chunk, delimiter, first_line, out, rejects)
+            }
+        }
+    }
+
+    fn rewrite_json(
+        &self,
+        chunk: &[u8],
+        first_line: u64,
+        out: &mut Vec<u8>,
+        rejects: &mut Vec<Reject>,
+    ) -> ChunkStats {
+        let mut stats = ChunkStats::default();
+        let mut hits: Vec<Hit> = Vec::with_capacity(self.paths.len() * 2);
+        let mut tok = String::with_capacity(64);
+        let mut found = vec![false; self.paths.len()];
+        for raw in chunk.split_inclusive(|&b| b == b'\n') {
+            stats.lines += 1;
+            let line_no = first_line + stats.lines - 1;
+            let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                stats.blank += 1;
+                continue;
+            }
+            let mark = out.len();
+            match self.rewrite_json_line(line, &mut hits, &mut found, &mut tok, out) {
+                Ok(()) => {
+                    out.push(b'\n');
+                    stats.rewritten += 1;
+                }
+                Err(reason) => {
+                    out.truncate(mark);
+                    stats.rejected += 1;
+                    rejects.push(Reject {
+                        line: line_no,
+                        reason,
+                    });
+                }
+            }
+        }
+        stats
+    }
+
+    fn rewrite_json_line(
+        &self,
+        line: &[u8],
+        hits: &mut Vec<Hit>,
+        found: &mut [bool],
+        tok: &mut String,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        if std::str::from_utf8(line).is_err() {
+            return Err("invalid UTF-8".into());
+        }
+        hits.clear();
+        json::scan(line, &self.paths, hits).map_err(|e| e.to_string())?;
+        found.fill(false);
+        for h in hits.iter() {
+            if let Some(f) = found.get_mut(h.path) {
+                *f = true;
+            }
+        }
+        if let Some(missing) = found.iter().position(|f| !f) {
+            let p = self.paths.get(missing).map_or("?", FieldPath::as_str);
+            return Err(format!("missing field {p}"));
+        }
+        let mut pos = 0;
+        for h in hits.iter() {
+            let span = line.get(h.start..h.end).ok_or("internal: span")?;
+            let unescaped;
+            let value: &str = match h.kind {
+                ValueKind::String { escaped: false } => {
+                    std::str::from_utf8(span.get(1..span.len() - 1).unwrap_or_default())
+                        .map_err(|_| "invalid UTF-8".to_owned())?
+                }
+                ValueKind::String { escaped: true } => {
+                    unescaped = json::unescape(span.get(1..span.len() - 1).unwrap_or_default())
+                        .ok_or_else(|| "invalid string escape".to_owned())?;
+                    &unescaped
+                }
+                ValueKind::Number => {
+                    std::str::from_utf8(span).map_err(|_| "invalid UTF-8".to_owned())?
+                }
+                ValueKind::Literal | ValueKind::Container => {
+                    let p = self.paths.get(h.path).map_or("?", FieldPath::as_str);
+                    return Err(format!("field {p} is not a string or number"));
+                }
+            };
+            tok.clear();
+            self.token_for(h.path, value, tok)?;
+            out.extend_from_slice(line.get(pos..h.start).unwrap_or_default());
+            out.push(b'"');
+            // Tokens are ASCII letters, digits and '_': no JSON escaping needed.
+            out.extend_from_slice(tok.as_bytes());
+            out.push(b'"');
+            pos = h.end;
+        }
+        out.extend_from_slice(line.get(pos..).unwrap_or_default());
+        Ok(())
+    }
+
+    fn rewrite_csv(
+        &self,
+        chunk: &[u8],
+        delimiter: u8,
+        first_line: u64,
+        out: &mut Vec<u8>,
+        rejects: &mut Vec<Reject>,
+    ) -> ChunkStats {
+        let newlines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        let mut stats = ChunkStats {
+            lines: newlines + u64::from(chunk.last().is_some_and(|&b| b != b'\n')),
+            ..ChunkStats::default()
+        };
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .delimiter(delimiter)
+            .flexible(true)
+            .from_reader(chunk);
+        let mut wtr = csv::WriterBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .from_writer(Vec::with_capacity(chunk.len() + chunk.len() / 2));
+        let mut rec = csv::ByteRecord::new();
+        let mut outrec = csv::ByteRecord::new();
+        let mut tok = String::with_capacity(64);
+        loop {
+            let line_no = first_line + rdr.position().line().saturating_sub(1);
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => break,
+                Err(e) => {
+                    stats.rejected += 1;
+                    rejects.push(Reject {
+                        line: line_no,
+                        reason: format!("unreadable CSV record: {}", csv_reason(&e)),
+                    });
+                    break;
+                }
+                Ok(true) => {}
+            }
+            let line_no = first_line
+                + rec
+                    .position()
+                    .map_or(1, csv::Position::line)
+                    .saturating_sub(1);
+            if rec.len() != self.width {
+                stats.rejected += 1;
+                rejects.push(Reject {
+                    line: line_no,
+                    reason: format!("expected {} columns, found {}", self.width, rec.len()),
+                });
+                continue;
+            }
+            outrec.clear();
+            let mut failed = None;
+            for (ci, col) in rec.iter().enumerate() {
+                match self.columns.iter().find(|(c, _)| *c == ci) {
+                    None => outrec.push_field(col),
+                    Some((_, fi)) => {
+                        let r = std::str::from_utf8(col)
+                            .map_err(|_| {
+                                format!(
+                                    "field {}: invalid UTF-8",
+                                    self.fields.get(*fi).map_or("?", |f| f.path.as_str())
+                                )
+                            })
+                            .and_then(|v| {
+                                tok.clear();
+                                self.token_for(*fi, v, &mut tok)
+                            });
+                        match r {
+                            Ok(()) => outrec.push_field(tok.as_bytes()),
+                            Err(reason) => {
+                                failed = Some(reason);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            match failed {
+                Some(reason) => {
+                    stats.rejected += 1;
+                    rejects.push(Reject {
+                        line: line_no,
+                        reason,
+                    });
+                }
+                None => match wtr.write_byte_record(&outrec) {
+                    Ok(()) => stats.rewritten += 1,
+                    Err(e) => {
+                        stats.rejected += 1;
+                        rejects.push(Reject {
+                            line: line_no,
+                            reason: format!("write failed: {}", csv_reason(&e)),
+                        });
+                    }
+                },
+            }
+        }
+        match wtr.into_inner() {
+            Ok(v) => out.extend_from_slice(&v),
+            Err(e) => rejects.push(Reject {
+                line: first_line,
+                reason: format!("write failed: {}", e.error()),
+            }),
+        }
+        stats
+    }
+}
+
+/// A CSV error's kind, without record contents.
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io.kind().to_string(),
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("expected {expected_len} columns, found {len}"),
+        _ => "malformed record".into(),
+    }
+}
+
+/// Where to cut `buf` so the first part holds only whole records: the
+/// index just past the last record-ending newline, or `None` if there is
+/// none. CSV newlines inside quotes do not end a record; `buf` must start
+/// at a record boundary.
+pub fn split_point(format: Format, buf: &[u8]) -> Option<usize> {
+    match format {
+        Format::JsonLines => buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1),
+        Format::Csv { .. } => {
+            let mut in_quotes = false;
+            let mut last = None;
+            for (i, &b) in buf.iter().enumerate() {
+                match b {
+                    b'"' => in_quotes = !in_quotes,
+                    b'\n' if !in_quotes => last = Some(i + 1),
+                    _ => {}
+                }
+            }
+            last
+        }
+    }
+}
+
+/// End of the first CSV record (the header), just past its newline.
+pub fn first_record_end(buf: &[u8]) -> Option<usize> {
+    let mut in_quotes = false;
+    for (i, &b) in buf.iter().enumerate() {
+        match b {
+            b'"' => in_quotes = !in_quotes,
+            b'\n' if !in_quotes => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::DomainKey;
+
+    fn key() -> DomainKey {
+        DomainKey::new("logs", 1, &[7; 32]).unwrap()
+    }
+
+    fn specs(s: &[&str]) -> Vec<FieldSpec> {
+        s.iter().map(|f| FieldSpec::parse(f).unwrap()).collect()
+    }
+
+    const UK: NormalizeOptions = NormalizeOptions {
+        default_country_code: Some(44),
+    };
+
+    #[test]
+    fn json_lines_rewrite_and_rejects() {
+        let k = key();
+        let rw = Rewriter::json_lines(specs(&["user.msisdn", "account_id"]), UK, &k).unwrap();
+        let input = concat!(
+            "{\"ts\":1,\"user\":{\"msisdn\":\"07700 900123\",\"plan\":\"x\"},\"account_id\":\"A-1\"}\n",
+            "{\"ts\":2,\"user\":{\"msisdn\":\"+447700900123\"},\"account_id\":\"A-1\"}\r\n",
+            "\n",
+            "{\"ts\":3,\"user\":{\"msisdn\":\"+447700900123\"}}\n",
+            "{\"ts\":4,\"user\":{\"msisdn\":\"+447700900123\"},\"account_id\":\"A-1\"\n",
+            "{\"ts\":5,\"user\":{\"msisdn\":\"\u{fffd}\"},\"account_id\":\"A-1\"}\n",
+        );
+        let mut bytes = input.as_bytes().to_vec();
+        // Line 6: invalid UTF-8 inside the value.
+        let p = bytes
+            .windows(3)
+            .rposition(|w| w == "\u{fffd}".as_bytes())
+            .unwrap();
+        bytes.splice(p..p + 3, [0xff, 0xfe]);
+        bytes.extend_from_slice(b"{\"ts\":7,\"user\":{\"msisdn\":null},\"account_id\":\"A-1\"}\n");
+        let mut out = Vec::new();
+        let mut rejects = Vec::new();
+        let stats = rw.rewrite_chunk(&bytes, 1, &mut out, &mut rejects);
+        assert_eq!(
+            stats,
+            ChunkStats {
+                rewritten: 2,
+                rejected: 4,
+                blank: 1,
+                lines: 7
+            }
+        );
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        let t_msisdn = k.token(IdentifierType::Msisdn, "+447700900123");
+        let t_acct = k.token(IdentifierType::Account, "A-1");
+        assert_eq!(
+            lines[0],
+            format!(
+                "{{\"ts\":1,\"user\":{{\"msisdn\":\"{t_msisdn}\",\"plan\":\"x\"}},\"account_id\":\"{t_acct}\"}}"
+            )
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "{{\"ts\":2,\"user\":{{\"msisdn\":\"{t_msisdn}\"}},\"account_id\":\"{t_acct}\"}}"
+            )
+        );
+        let got: Vec<(u64, &str)> = rejects
+            .iter()
+            .map(|r| (r.line, r.reason.as_str()))
+            .collect();
+        assert_eq!(got[0], (4, "missing field account_id"));
+        assert_eq!(got[1].0, 5);
+        assert!(got[1].1.starts_with("malformed JSON"), "{}", got[1].1);
+        assert_eq!(got[2], (6, "invalid UTF-8"));
+        assert_eq!(got[3], (7, "field user.msisdn is not a string or number"));
+        assert!(!out.contains("7700"), "no identifier survives");
+    }
+
+    #[test]
+    fn csv_rewrite_and_rejects() {
+        let k = key();
+        let header = b"ts,msisdn,note,account_id\n";
+        let rw = Rewriter::csv(specs(&["msisdn", "account_id"]), header, b',', UK, &k).unwrap();
+        let body = b"1,+44 7700 900123,\"hello, world\",A-1\n2,+447700900123,x\n3,+447700900123,\"multi\nline\",A-2\n4,not-a-phone,x,A-3\n";
+        let mut out = Vec::new();
+        let mut rejects = Vec::new();
+        let stats = rw.rewrite_chunk(body, 2, &mut out, &mut rejects);
+        assert_eq!((stats.rewritten, stats.rejected, stats.lines), (2, 2, 5));
+        let out = String::from_utf8(out).unwrap();
+        let t = k.token(IdentifierType::Msisdn, "+447700900123");
+        assert!(
+            out.starts_with(&format!(
+                "1,{t},\"hello, world\",{}\n",
+                k.token(IdentifierType::Account, "A-1")
+            )),
+            "{out}"
+        );
+        assert!(out.contains("\"multi\nline\""));
+        assert_eq!(
+            rejects[0],
+            Reject {
+                line: 3,
+                reason: "expected 4 columns, found 3".into()
+            }
+        );
+        assert_eq!(
+            rejects[1],
+            Reject {
+                line: 6,
+                reason: "field msisdn: msisdn is not an E.164 number".into()
+            }
+        );
+        assert!(matches!(
+            Rewriter::csv(specs(&["phone"]), header, b',', UK, &k),
+            Err(RewriteError::MissingColumn(_))
+        ));
+    }
+
+    #[test]
+    fn split_points() {
+        assert_eq!(split_point(Format::JsonLines, b"{}\n{}\n{"), Some(6));
+        assert_eq!(split_point(Format::JsonLines, b"{"), None);
+        let csv = Format::Csv { delimiter: b',' };
+        assert_eq!(split_point(csv, b"a,\"x\ny\"\nb,c"), Some(8));
+        assert_eq!(split_point(csv, b"a,\"x\ny"), None);
+        assert_eq!(first_record_end(b"h1,\"h\n2\"\nrow"), Some(9));
+    }
+
+    #[test]
+    fn field_specs() {
+        assert_eq!(
+            FieldSpec::parse("user.msisdn").unwrap().ty,
+            IdentifierType::Msisdn
+        );
+        assert_eq!(
+            FieldSpec::parse("x=email").unwrap(),
+            FieldSpec {
+                path: "x".into(),
+                ty: IdentifierType::Email
+            }
+        );
+        assert!(FieldSpec::parse("x=phone").is_err());
+    }
+}
