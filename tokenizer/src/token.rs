@@ -111,6 +111,90 @@ impl DomainKey {
     }
 }
 
+/// First line of an exported token key file.
+pub const KEY_FILE_HEADER: &str = "idvault-token-key v1";
+
+/// Why a token key file did not parse. Never contains key text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// Missing or wrong header line.
+    #[error("not an idvault token key file (first line must be '{KEY_FILE_HEADER}')")]
+    Header,
+    /// A `domain`, `version` or `key` line is missing, repeated or invalid.
+    #[error("token key file: missing or invalid '{0}' line")]
+    Field(&'static str),
+}
+
+/// Serialises an exported domain key:
+/// ```text
+/// idvault-token-key v1
+/// domain <name>
+/// version <n>
+/// key <64 hex digits>
+/// ```
+/// The text holds key material: write it only to a 0600 file.
+pub fn key_file_text(domain: &str, version: u32, key: &[u8; 32]) -> zeroize::Zeroizing<String> {
+    let mut hex = String::with_capacity(64);
+    for b in key {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    let out = zeroize::Zeroizing::new(format!(
+        "{KEY_FILE_HEADER}\ndomain {domain}\nversion {version}\nkey {hex}\n"
+    ));
+    hex.zeroize();
+    out
+}
+
+/// Parses an exported domain key file.
+pub fn parse_key_file(text: &str) -> Result<DomainKey, KeyFileError> {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    if lines.next() != Some(KEY_FILE_HEADER) {
+        return Err(KeyFileError::Header);
+    }
+    let (mut domain, mut version, mut key) = (None, None, None);
+    for line in lines {
+        let (k, v) = line.split_once(' ').ok_or(KeyFileError::Field("key"))?;
+        let slot = match k {
+            "domain" => &mut domain,
+            "version" => &mut version,
+            "key" => &mut key,
+            _ => return Err(KeyFileError::Field("unknown")),
+        };
+        if slot.replace(v.trim()).is_some() {
+            return Err(KeyFileError::Field(match k {
+                "domain" => "domain",
+                "version" => "version",
+                _ => "key",
+            }));
+        }
+    }
+    let domain = domain
+        .filter(|d| valid_domain(d))
+        .ok_or(KeyFileError::Field("domain"))?;
+    let version: u32 = version
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v > 0)
+        .ok_or(KeyFileError::Field("version"))?;
+    let hex = key
+        .filter(|k| k.len() == 64)
+        .ok_or(KeyFileError::Field("key"))?;
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        let pair = hex
+            .get(2 * i..2 * i + 2)
+            .ok_or(KeyFileError::Field("key"))?;
+        *b = u8::from_str_radix(pair, 16).map_err(|_| KeyFileError::Field("key"))?;
+    }
+    let k = DomainKey::new(domain, version, &bytes).map_err(|_| KeyFileError::Field("domain"));
+    bytes.zeroize();
+    k
+}
+
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 /// RFC 4648 base32, lower case, no padding.
@@ -192,6 +276,25 @@ mod tests {
         assert!(DomainKey::new("a_b", 1, &[0; 32]).is_err());
         assert!(DomainKey::new("", 1, &[0; 32]).is_err());
         assert!(DomainKey::new("billing-2", 1, &[0; 32]).is_ok());
+    }
+
+    #[test]
+    fn key_file_round_trip_and_errors() {
+        let text = key_file_text("logs", 3, &[0xab; 32]);
+        let k = parse_key_file(&text).unwrap();
+        assert_eq!((k.domain(), k.version()), ("logs", 3));
+        assert_eq!(
+            k.token(IdentifierType::Account, "x"),
+            DomainKey::new("logs", 3, &[0xab; 32])
+                .unwrap()
+                .token(IdentifierType::Account, "x")
+        );
+        assert_eq!(parse_key_file("nope").unwrap_err(), KeyFileError::Header);
+        let bad = text.replace("key ab", "key zz");
+        let e = parse_key_file(&bad).unwrap_err();
+        assert_eq!(e, KeyFileError::Field("key"));
+        assert!(!e.to_string().contains("zz"));
+        assert!(parse_key_file(&format!("{}version 4\n", &*text)).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;
@@ -18,3 +19,4 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod tokenize;

@@ -21,7 +21,7 @@ use std::fmt;
 use zeroize::Zeroize;
 
 use super::crypto::{self, CryptoError, NONCE_LEN, Rng};
-use super::secret::{AuditKey, DataKey, KEY_LEN, Kek, KeyPurpose, RootKey, Secret};
+use super::secret::{AuditKey, DataKey, KEY_LEN, Kek, KeyPurpose, RootKey, Secret, TokenKey};
 use super::subject::SubjectId;
 
 /// HKDF salt for every derivation from the root key.
@@ -30,6 +30,8 @@ pub const HKDF_SALT: &[u8] = b"idvault/v1/hkdf-salt";
 pub const LABEL_KEK: &str = "idvault/v1/kek";
 /// HKDF label of the audit MAC key.
 pub const LABEL_AUDIT_MAC: &str = "idvault/v1/audit-mac";
+/// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
+pub const LABEL_TOKEN_PREFIX: &str = "idvault/v1/token/";
 /// AAD prefix of a wrapped DEK.
 pub const DEK_WRAP_AAD: &[u8] = b"idvault/v1/dek-wrap";
 
@@ -202,6 +204,11 @@ impl KeyHierarchy {
     pub fn audit_key(&self, version: u32) -> Result<AuditKey, KeyError> {
         self.derive(LABEL_AUDIT_MAC, version)
     }
+
+    /// The HMAC key of token domain `domain` (validated by the caller) at `version`.
+    pub fn token_key(&self, domain: &str, version: u32) -> Result<TokenKey, KeyError> {
+        self.derive(&format!("{LABEL_TOKEN_PREFIX}{domain}"), version)
+    }
 }
 
 /// HKDF-SHA256 derivation of one labelled key from a root key.
@@ -338,6 +345,14 @@ mod tests {
         let kek1 = h.kek(1).unwrap();
         let kek2 = h.kek(2).unwrap();
         let audit1 = h.audit_key(1).unwrap();
+        assert_ne!(
+            h.token_key("logs", 1).unwrap().expose(),
+            h.token_key("logz", 1).unwrap().expose()
+        );
+        assert_ne!(
+            h.token_key("logs", 1).unwrap().expose(),
+            h.token_key("logs", 2).unwrap().expose()
+        );
         assert_ne!(kek1.expose(), kek2.expose());
         assert_ne!(kek1.expose(), audit1.expose());
         assert_eq!(h.kek(1).unwrap().expose(), kek1.expose());

@@ -37,6 +37,8 @@ purposes! {
     DataKeyMaterial => "data-key";
     /// The audit-log MAC key.
     AuditKeyMaterial => "audit-mac-key";
+    /// A token domain's HMAC key.
+    TokenKeyMaterial => "token-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.
@@ -95,6 +97,8 @@ pub type Kek = Secret<KekMaterial>;
 pub type DataKey = Secret<DataKeyMaterial>;
 /// The audit MAC key.
 pub type AuditKey = Secret<AuditKeyMaterial>;
+/// A token domain key.
+pub type TokenKey = Secret<TokenKeyMaterial>;
 
 #[cfg(test)]
 mod tests {
