@@ -7,7 +7,10 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/idvault/v1/subjects.proto"];
+    let protos = [
+        "proto/idvault/v1/subjects.proto",
+        "proto/idvault/v1/tokens.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -20,6 +20,8 @@ pub enum Action {
     VerifySubjectChain,
     /// Delete (crypto-shred) a subject.
     DeleteSubject,
+    /// Import identity-bridge records into the cross-reference table.
+    ImportBridge,
 }
 
 impl Action {
@@ -30,6 +32,7 @@ impl Action {
             Self::UpdateSubject => "UpdateSubject",
             Self::VerifySubjectChain => "VerifySubjectChain",
             Self::DeleteSubject => "DeleteSubject",
+            Self::ImportBridge => "ImportBridge",
         }
     }
 }
@@ -50,6 +53,8 @@ pub enum Role {
     SubjectsVerify,
     /// `subjects.delete`: delete subjects.
     SubjectsDelete,
+    /// `bridge.import`: import identity-bridge records.
+    BridgeImport,
 }
 
 /// A role name that is not known.
@@ -59,8 +64,12 @@ pub struct UnknownRole(pub String);
 
 impl Role {
     /// Every role name, for error messages and documentation.
-    pub const ALL_NAMES: &'static [&'static str] =
-        &["subjects.write", "subjects.verify", "subjects.delete"];
+    pub const ALL_NAMES: &'static [&'static str] = &[
+        "subjects.write",
+        "subjects.verify",
+        "subjects.delete",
+        "bridge.import",
+    ];
 
     /// Parses a registry role name.
     pub fn parse(s: &str) -> Result<Self, UnknownRole> {
@@ -68,6 +77,7 @@ impl Role {
             "subjects.write" => Ok(Self::SubjectsWrite),
             "subjects.verify" => Ok(Self::SubjectsVerify),
             "subjects.delete" => Ok(Self::SubjectsDelete),
+            "bridge.import" => Ok(Self::BridgeImport),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -78,6 +88,7 @@ impl Role {
             Self::SubjectsWrite => "subjects.write",
             Self::SubjectsVerify => "subjects.verify",
             Self::SubjectsDelete => "subjects.delete",
+            Self::BridgeImport => "bridge.import",
         }
     }
 
@@ -87,6 +98,7 @@ impl Role {
             Self::SubjectsWrite => &[Action::CreateSubject, Action::UpdateSubject],
             Self::SubjectsVerify => &[Action::VerifySubjectChain],
             Self::SubjectsDelete => &[Action::DeleteSubject],
+            Self::BridgeImport => &[Action::ImportBridge],
         }
     }
 }
@@ -121,6 +133,7 @@ pub fn decide(roles: &[Role], action: Action) -> Decision {
                 Role::SubjectsWrite => "role:subjects.write",
                 Role::SubjectsVerify => "role:subjects.verify",
                 Role::SubjectsDelete => "role:subjects.delete",
+                Role::BridgeImport => "role:bridge.import",
             },
         })
 }

@@ -25,7 +25,12 @@ pub const DEV_TRUST_DOMAIN: &str = "idvault.dev";
 pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
     (
         "partner-a",
-        &["subjects.write", "subjects.verify", "subjects.delete"],
+        &[
+            "subjects.write",
+            "subjects.verify",
+            "subjects.delete",
+            "bridge.import",
+        ],
     ),
     ("partner-b", &["subjects.write", "subjects.verify"]),
 ];

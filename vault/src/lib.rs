@@ -20,3 +20,4 @@ pub mod service;
 pub mod store;
 pub mod tls;
 pub mod tokenize;
+pub mod xref;

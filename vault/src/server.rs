@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::SubjectApi;
+use crate::api::{SubjectApi, TokenApi};
 use crate::service::Vault;
+use idvault_proto::v1::token_service_server::TokenServiceServer;
 
 /// Server limits.
 #[derive(Debug, Clone)]
@@ -93,6 +94,12 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(std::io::Error::other)?;
+    health_reporter
+        .set_serving::<TokenServiceServer<TokenApi>>()
+        .await;
+    let tokens = TokenServiceServer::new(TokenApi::new(Arc::clone(&vault)))
+        .max_decoding_message_size(opts.max_message_bytes)
+        .max_encoding_message_size(opts.max_message_bytes);
     let subjects = SubjectServiceServer::new(SubjectApi::new(vault))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
@@ -112,6 +119,7 @@ pub async fn start(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(subjects)
+        .add_service(tokens)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

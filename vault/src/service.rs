@@ -149,6 +149,28 @@ impl Vault {
         &self.keys
     }
 
+    /// Current time from the vault's clock.
+    pub(crate) fn now_millis(&self) -> i64 {
+        self.clock.now_millis()
+    }
+
+    /// The vault's RNG.
+    pub(crate) fn rng(&self) -> &dyn Rng {
+        self.rng.as_ref()
+    }
+
+    /// Commits `tx` with an `ok` audit record for a call without a subject.
+    pub(crate) async fn commit_with(
+        &self,
+        tx: AuditedTx,
+        caller: &Caller,
+        action: Action,
+        detail: String,
+    ) -> Result<(), VaultError> {
+        self.commit(tx, self.event(caller, action, None, "ok", detail))
+            .await
+    }
+
     fn event(
         &self,
         caller: &Caller,
@@ -179,7 +201,7 @@ impl Vault {
 
     /// Records a refused or failed call in its own transaction and returns
     /// the error; if even that fails, the caller learns the audit is down.
-    async fn refuse<T>(
+    pub(crate) async fn refuse<T>(
         &self,
         caller: &Caller,
         action: Action,
@@ -204,7 +226,11 @@ impl Vault {
     }
 
     /// Registry lookup plus policy decision (default deny).
-    async fn authorize(&self, caller: &Caller, action: Action) -> Result<&Partner, VaultError> {
+    pub(crate) async fn authorize(
+        &self,
+        caller: &Caller,
+        action: Action,
+    ) -> Result<&Partner, VaultError> {
         let Some(partner) = self.registry.by_spiffe_id(&caller.spiffe_id) else {
             return self
                 .refuse(caller, action, None, VaultError::Unregistered)

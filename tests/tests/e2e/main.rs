@@ -14,6 +14,7 @@
 
 mod audit;
 mod bad_input;
+mod bridge;
 mod logs;
 mod mtls;
 mod ops;
@@ -50,6 +51,9 @@ const BOTH: &[(&str, TestFn)] = tests![
     bad_input::malformed_and_oversized_messages,
     ops::concurrent_writes_keep_one_audit_chain,
     ops::root_key_rotation_keeps_old_data,
+    bridge::import_links_and_is_idempotent,
+    bridge::fragments_merge_into_one_customer,
+    bridge::import_needs_the_bridge_role,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.

@@ -3,8 +3,10 @@
 //! [`crate::service`].
 
 mod subjects;
+mod tokens;
 
 pub use subjects::SubjectApi;
+pub use tokens::TokenApi;
 
 use tonic::{Request, Status};
 

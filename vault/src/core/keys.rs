@@ -205,6 +205,11 @@ impl KeyHierarchy {
         self.derive(LABEL_AUDIT_MAC, version)
     }
 
+    /// The cross-reference blind-index key of `version`.
+    pub fn xref_index_key(&self, version: u32) -> Result<super::xref::XrefIndexKey, KeyError> {
+        self.derive(super::xref::LABEL_XREF_INDEX, version)
+    }
+
     /// The HMAC key of token domain `domain` (validated by the caller) at `version`.
     pub fn token_key(&self, domain: &str, version: u32) -> Result<TokenKey, KeyError> {
         self.derive(&format!("{LABEL_TOKEN_PREFIX}{domain}"), version)

@@ -12,5 +12,6 @@ pub mod keys;
 pub mod packet;
 pub mod secret;
 pub mod subject;
+pub mod xref;
 
 pub use crypto::{Clock, Rng, SystemClock, SystemRng};

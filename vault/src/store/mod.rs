@@ -196,6 +196,16 @@ impl Store {
         rows.iter().map(rows::audit_from_row).collect()
     }
 
+    /// Resolves an entity token (or an alias) to its canonical token.
+    pub async fn xref_resolve(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT token, alias_of FROM xref_entities WHERE token = $1")
+                .bind(token.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(t, a)| a.unwrap_or(t)))
+    }
+
     /// After a shredding delete: push the WAL into the main file and
     /// truncate it, so deleted pages (overwritten by `secure_delete`) do not
     /// survive in the WAL. Best effort; a busy reader can postpone it.
@@ -331,6 +341,79 @@ impl AuditedTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(n)
+    }
+
+    /// The canonical entity token linked to any of `indexes` (one identifier
+    /// under each live key version), following an alias if there is one.
+    pub async fn xref_find(
+        &mut self,
+        indexes: &[[u8; HASH_LEN]],
+    ) -> Result<Option<String>, StoreError> {
+        for bi in indexes {
+            let row: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT e.token, e.alias_of FROM xref_links l JOIN xref_entities e ON e.token = l.token \
+                 WHERE l.blind_index = $1",
+            )
+            .bind(bi.to_vec())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            if let Some((token, alias)) = row {
+                return Ok(Some(alias.unwrap_or(token)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates an entity.
+    pub async fn xref_create(&mut self, token: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO xref_entities (token, alias_of, created_at_ms) VALUES ($1, NULL, $2)",
+        )
+        .bind(token.to_owned())
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Links a blind index to an entity.
+    pub async fn xref_link(
+        &mut self,
+        index: &[u8; HASH_LEN],
+        key_version: u32,
+        id_type: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO xref_links (blind_index, key_version, id_type, token) VALUES ($1, $2, $3, $4)")
+            .bind(index.to_vec())
+            .bind(i64::from(key_version))
+            .bind(id_type.to_owned())
+            .bind(token.to_owned())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Merges `merged` entities into `survivor`: they and their aliases
+    /// become aliases of `survivor`, and their links move to it.
+    pub async fn xref_merge(
+        &mut self,
+        survivor: &str,
+        merged: &[String],
+    ) -> Result<(), StoreError> {
+        for m in merged {
+            sqlx::query("UPDATE xref_entities SET alias_of = $1 WHERE token = $2 OR alias_of = $2")
+                .bind(survivor.to_owned())
+                .bind(m.clone())
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query("UPDATE xref_links SET token = $1 WHERE token = $2")
+                .bind(survivor.to_owned())
+                .bind(m.clone())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Appends the audit record, moves the audit head and commits.

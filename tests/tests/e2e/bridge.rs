@@ -1,0 +1,211 @@
+//! Identity bridge import over mTLS: linking, idempotence, fragment merges.
+
+use idvault_tests::idvault_proto::v1::token_service_client::TokenServiceClient;
+use idvault_tests::idvault_proto::v1::{
+    BridgeIdentifier, BridgeRecord, IdentifierType, ImportBridgeRequest, ImportBridgeResponse,
+};
+use idvault_tests::{Backend, TestVault};
+use tonic::Code;
+
+fn rec(id: &str, ids: &[(IdentifierType, &str)]) -> BridgeRecord {
+    BridgeRecord {
+        record_id: id.into(),
+        identifiers: ids
+            .iter()
+            .map(|(t, v)| BridgeIdentifier {
+                r#type: (*t).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        customer_location: "lon-01".into(),
+        address_location: String::new(),
+    }
+}
+
+async fn import(
+    tv: &TestVault,
+    partner: &str,
+    batches: Vec<Vec<BridgeRecord>>,
+) -> Result<ImportBridgeResponse, tonic::Status> {
+    let mut c = TokenServiceClient::new(tv.channel(partner).await.unwrap());
+    let reqs: Vec<ImportBridgeRequest> = batches
+        .into_iter()
+        .map(|records| ImportBridgeRequest {
+            records,
+            default_country_code: 44,
+        })
+        .collect();
+    c.import_bridge(tokio_stream::iter(reqs))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn token_of(tv: &TestVault) -> Vec<(String, Option<String>)> {
+    sqlx::query_as("SELECT token, alias_of FROM xref_entities ORDER BY token")
+        .fetch_all(tv.db())
+        .await
+        .unwrap()
+}
+
+pub async fn import_links_and_is_idempotent(b: Backend) -> anyhow::Result<()> {
+    use IdentifierType::*;
+    let tv = TestVault::start(b).await?;
+    let file = vec![
+        vec![
+            rec(
+                "r1",
+                &[
+                    (Msisdn, "07700 900001"),
+                    (Account, "AC-1"),
+                    (Email, "Ann@Example.org"),
+                ],
+            ),
+            rec("r2", &[(Msisdn, "+44 7700 900002")]),
+        ],
+        vec![
+            // Same customer as r1, spelt differently: reuses r1's token.
+            rec("r3", &[(Msisdn, "+447700900001"), (Service, "tv-9")]),
+            rec("bad", &[(Msisdn, "not a phone")]),
+            rec("empty", &[]),
+        ],
+    ];
+    let s = import(&tv, "partner-a", file.clone()).await?;
+    assert_eq!(
+        (
+            s.records,
+            s.entities_created,
+            s.identifiers_linked,
+            s.records_unchanged
+        ),
+        (5, 2, 5, 0)
+    );
+    assert!(s.merges.is_empty());
+    let rejected: Vec<(u64, &str, &str)> = s
+        .rejected
+        .iter()
+        .map(|e| (e.index, e.record_id.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (3, "bad", "msisdn is not an E.164 number"),
+            (4, "empty", "no identifiers")
+        ]
+    );
+    let before = token_of(&tv).await;
+    assert_eq!(before.len(), 2);
+    assert!(
+        before
+            .iter()
+            .all(|(t, a)| t.starts_with("et_") && a.is_none())
+    );
+
+    // The same file again changes nothing.
+    let again = import(&tv, "partner-a", file).await?;
+    assert_eq!(
+        (
+            again.entities_created,
+            again.identifiers_linked,
+            again.records_unchanged
+        ),
+        (0, 0, 3)
+    );
+    assert_eq!(token_of(&tv).await, before);
+    assert_eq!(tv.count("SELECT count(*) FROM xref_links").await, 5);
+
+    // No cleartext identifier is stored anywhere in the cross-reference tables.
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id_type || token FROM xref_links")
+        .fetch_all(tv.db())
+        .await?;
+    assert!(
+        ids.iter()
+            .all(|r| !r.contains("7700") && !r.contains("AC-1"))
+    );
+    tv.stop().await
+}
+
+pub async fn fragments_merge_into_one_customer(b: Backend) -> anyhow::Result<()> {
+    use IdentifierType::*;
+    let tv = TestVault::start(b).await?;
+    // Three fragments of one customer, seen separately first.
+    let s = import(
+        &tv,
+        "partner-a",
+        vec![vec![
+            rec("a", &[(Account, "A")]),
+            rec("b", &[(Account, "B")]),
+            rec("c", &[(Account, "C")]),
+        ]],
+    )
+    .await?;
+    assert_eq!(s.entities_created, 3);
+    let tokens: Vec<String> = token_of(&tv).await.into_iter().map(|(t, _)| t).collect();
+    // Records that chain A–B and B–C reveal one customer.
+    let s = import(
+        &tv,
+        "partner-a",
+        vec![vec![
+            rec("ab", &[(Account, "A"), (Account, "B")]),
+            rec("bc", &[(Account, "B"), (Account, "C")]),
+        ]],
+    )
+    .await?;
+    assert_eq!(s.merges.len(), 2, "{:?}", s.merges);
+    let survivor = tokens.iter().min().unwrap().clone();
+    // Each merge keeps the smallest token it saw; the last one sees them all.
+    assert_eq!(s.merges.last().unwrap().surviving_token, survivor);
+    let entities = token_of(&tv).await;
+    for (t, alias) in &entities {
+        if *t == survivor {
+            assert_eq!(alias, &None);
+        } else {
+            assert_eq!(
+                alias.as_deref(),
+                Some(survivor.as_str()),
+                "every fragment is an alias of the survivor"
+            );
+        }
+    }
+    // Aliases still resolve, and every link points at the survivor.
+    for t in &tokens {
+        assert_eq!(
+            tv.vault.store().xref_resolve(t).await?.as_deref(),
+            Some(survivor.as_str())
+        );
+    }
+    let link_tokens: Vec<String> = sqlx::query_scalar("SELECT DISTINCT token FROM xref_links")
+        .fetch_all(tv.db())
+        .await?;
+    assert_eq!(link_tokens, vec![survivor.clone()]);
+    // Importing the merge records again is a no-op.
+    let s = import(
+        &tv,
+        "partner-a",
+        vec![vec![rec("ab", &[(Account, "A"), (Account, "B")])]],
+    )
+    .await?;
+    assert_eq!((s.records_unchanged, s.merges.len()), (1, 0));
+    tv.stop().await
+}
+
+pub async fn import_needs_the_bridge_role(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let e = import(
+        &tv,
+        "partner-b",
+        vec![vec![rec("x", &[(IdentifierType::Account, "A")])]],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(tv.count("SELECT count(*) FROM xref_entities").await, 0);
+    let (action, outcome): (String, String) =
+        sqlx::query_as("SELECT action, outcome FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_one(tv.db())
+            .await?;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("ImportBridge", "denied")
+    );
+    tv.stop().await
+}

@@ -1,0 +1,17 @@
+-- Cross-reference tokens: entities and the blind-index links to them.
+CREATE TABLE xref_entities (
+    token          TEXT    PRIMARY KEY,
+    alias_of       TEXT,
+    created_at_ms  BIGINT  NOT NULL
+);
+
+CREATE INDEX xref_entities_alias ON xref_entities (alias_of);
+
+CREATE TABLE xref_links (
+    blind_index  BYTEA   PRIMARY KEY CHECK (length(blind_index) = 32),
+    key_version  BIGINT  NOT NULL,
+    id_type      TEXT    NOT NULL,
+    token        TEXT    NOT NULL
+);
+
+CREATE INDEX xref_links_token ON xref_links (token);

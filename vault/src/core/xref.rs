@@ -1,0 +1,148 @@
+//! Cross-reference tokens (pure part): blind indexes of identifiers and
+//! the plan for linking one identity-bridge record.
+//!
+//! The cross-reference table is keyed by blind indexes,
+//! `HMAC-SHA256(index_key_v, type ‖ 0x00 ‖ normalised)`, never by
+//! cleartext. A record's identifiers either all resolve to no entity (a new
+//! random entity token is made), to one entity (reused, new identifiers
+//! join it), or to several: the customer was fragmented, and the entities
+//! are merged — connected components, one record at a time. The surviving
+//! token is the lexicographically smallest of the merged ones, so the
+//! outcome does not depend on which fragment was seen first; the others
+//! become aliases that still resolve.
+
+use idvault_tokenizer::IdentifierType;
+
+use super::crypto::{self, HASH_LEN};
+use super::secret::Secret;
+
+/// Key purpose of the blind-index key.
+#[derive(Debug, Clone, Copy)]
+pub enum XrefIndexMaterial {}
+impl super::secret::KeyPurpose for XrefIndexMaterial {
+    const NAME: &'static str = "xref-index-key";
+}
+
+/// HKDF label of the cross-reference blind-index key.
+pub const LABEL_XREF_INDEX: &str = "idvault/v1/xref-index";
+
+/// The blind-index key of one version.
+pub type XrefIndexKey = Secret<XrefIndexMaterial>;
+
+/// Blind index of a normalised identifier.
+pub fn blind_index(key: &XrefIndexKey, ty: IdentifierType, normalized: &str) -> [u8; HASH_LEN] {
+    crypto::hmac_sha256(
+        key.expose(),
+        &[ty.name().as_bytes(), &[0], normalized.as_bytes()],
+    )
+}
+
+/// What to do for one bridge record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkPlan {
+    /// The entity token the record's identifiers end up on.
+    pub token: String,
+    /// Whether `token` is new.
+    pub created: bool,
+    /// Indexes (into the record's identifiers) not linked yet.
+    pub new_links: Vec<usize>,
+    /// Entity tokens merged into `token` (they become aliases).
+    pub merged: Vec<String>,
+}
+
+impl LinkPlan {
+    /// True when the record changes nothing (re-import).
+    pub fn is_noop(&self) -> bool {
+        !self.created && self.new_links.is_empty() && self.merged.is_empty()
+    }
+}
+
+/// Plans one record. `existing[i]` is the canonical entity token that
+/// identifier `i` is linked to, if any; `fresh` makes a new random token.
+pub fn plan_record(existing: &[Option<String>], fresh: impl FnOnce() -> String) -> LinkPlan {
+    let mut canon: Vec<&String> = existing.iter().flatten().collect();
+    canon.sort();
+    canon.dedup();
+    let new_links: Vec<usize> = existing
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.is_none())
+        .map(|(i, _)| i)
+        .collect();
+    match canon.split_first() {
+        None => LinkPlan {
+            token: fresh(),
+            created: true,
+            new_links,
+            merged: Vec::new(),
+        },
+        Some((survivor, rest)) => LinkPlan {
+            token: (*survivor).clone(),
+            created: false,
+            new_links,
+            merged: rest.iter().map(|t| (*t).clone()).collect(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Option<String> {
+        Some(x.to_owned())
+    }
+
+    #[test]
+    fn new_reuse_and_merge() {
+        let p = plan_record(&[None, None], || "et_new".into());
+        assert_eq!(
+            p,
+            LinkPlan {
+                token: "et_new".into(),
+                created: true,
+                new_links: vec![0, 1],
+                merged: vec![]
+            }
+        );
+        let p = plan_record(&[s("et_b"), None], || unreachable!());
+        assert_eq!(
+            p,
+            LinkPlan {
+                token: "et_b".into(),
+                created: false,
+                new_links: vec![1],
+                merged: vec![]
+            }
+        );
+        let p = plan_record(&[s("et_c"), s("et_a"), s("et_c"), None], || unreachable!());
+        assert_eq!(
+            p,
+            LinkPlan {
+                token: "et_a".into(),
+                created: false,
+                new_links: vec![3],
+                merged: vec!["et_c".into()]
+            }
+        );
+        assert!(plan_record(&[s("et_a"), s("et_a")], || unreachable!()).is_noop());
+    }
+
+    #[test]
+    fn survivor_does_not_depend_on_order() {
+        let a = plan_record(&[s("et_z"), s("et_m")], || unreachable!());
+        let b = plan_record(&[s("et_m"), s("et_z")], || unreachable!());
+        assert_eq!(a.token, b.token);
+        assert_eq!(a.merged, b.merged);
+    }
+
+    #[test]
+    fn blind_indexes_separate_types_and_keys() {
+        let k1 = XrefIndexKey::from_bytes([1; 32], 1);
+        let k2 = XrefIndexKey::from_bytes([2; 32], 2);
+        let a = blind_index(&k1, IdentifierType::Account, "123");
+        assert_ne!(a, blind_index(&k1, IdentifierType::Msisdn, "123"));
+        assert_ne!(a, blind_index(&k2, IdentifierType::Account, "123"));
+        assert_eq!(a, blind_index(&k1, IdentifierType::Account, "123"));
+    }
+}

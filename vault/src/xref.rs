@@ -1,0 +1,225 @@
+//! Identity-bridge import: link a customer's identifiers to one entity
+//! token, merging fragments (see [`crate::core::xref`]).
+
+use idvault_policies::Action;
+use idvault_tokenizer::{IdentifierType, NormalizeOptions, normalize};
+
+use crate::core::crypto::HASH_LEN;
+use crate::core::keys::KeyError;
+use crate::core::xref::{blind_index, plan_record};
+use crate::service::{Caller, Vault, VaultError};
+
+/// Most records in one import batch (one transaction).
+pub const MAX_BATCH: usize = 1000;
+
+/// One bridge record as received.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeRecord {
+    /// The sender's record id, echoed in errors and merges (not PII).
+    pub record_id: String,
+    /// The customer's identifiers.
+    pub identifiers: Vec<(IdentifierType, String)>,
+    /// Customer location code (validated, not a link key).
+    pub customer_location: Option<String>,
+    /// Address location code (validated, not a link key).
+    pub address_location: Option<String>,
+}
+
+/// A merge the import performed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// Record that revealed the fragments.
+    pub record_id: String,
+    /// Token that survives.
+    pub surviving: String,
+    /// Tokens that became aliases of it.
+    pub merged: Vec<String>,
+}
+
+/// A record that was not imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// Position in the batch.
+    pub index: usize,
+    /// The record's id.
+    pub record_id: String,
+    /// Why (names the identifier type, never the value).
+    pub reason: String,
+}
+
+/// Import counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Records received.
+    pub records: u64,
+    /// New entities.
+    pub entities_created: u64,
+    /// New identifier links.
+    pub identifiers_linked: u64,
+    /// Records that changed nothing (already imported).
+    pub records_unchanged: u64,
+    /// Fragment merges.
+    pub merges: Vec<Merge>,
+    /// Records refused.
+    pub rejected: Vec<RecordError>,
+}
+
+impl ImportSummary {
+    /// Adds another batch's counts.
+    pub fn absorb(&mut self, other: Self) {
+        self.records += other.records;
+        self.entities_created += other.entities_created;
+        self.identifiers_linked += other.identifiers_linked;
+        self.records_unchanged += other.records_unchanged;
+        self.merges.extend(other.merges);
+        self.rejected.extend(other.rejected);
+    }
+}
+
+struct Prepared {
+    record_id: String,
+    /// (type, blind indexes for every live key version, newest first)
+    ids: Vec<(IdentifierType, Vec<[u8; HASH_LEN]>)>,
+}
+
+impl Vault {
+    fn prepare(
+        &self,
+        index: usize,
+        r: BridgeRecord,
+        opts: &NormalizeOptions,
+        keys: &[crate::core::xref::XrefIndexKey],
+    ) -> Result<Prepared, RecordError> {
+        let fail = |reason: String| RecordError {
+            index,
+            record_id: r.record_id.clone(),
+            reason,
+        };
+        if r.record_id.len() > 128 || r.record_id.chars().any(char::is_control) {
+            return Err(fail(
+                "record_id must be at most 128 printable characters".into(),
+            ));
+        }
+        if r.identifiers.is_empty() {
+            return Err(fail("no identifiers".into()));
+        }
+        if r.identifiers.len() > 64 {
+            return Err(fail("more than 64 identifiers".into()));
+        }
+        for loc in [&r.customer_location, &r.address_location]
+            .into_iter()
+            .flatten()
+        {
+            normalize(IdentifierType::Location, loc, opts).map_err(|e| fail(e.to_string()))?;
+        }
+        let mut ids: Vec<(IdentifierType, Vec<[u8; HASH_LEN]>)> = Vec::new();
+        for (ty, raw) in &r.identifiers {
+            let n = normalize(*ty, raw, opts).map_err(|e| fail(e.to_string()))?;
+            let idx: Vec<[u8; HASH_LEN]> = keys.iter().map(|k| blind_index(k, *ty, &n)).collect();
+            if !ids.iter().any(|(_, other)| other.first() == idx.first()) {
+                ids.push((*ty, idx));
+            }
+        }
+        Ok(Prepared {
+            record_id: r.record_id,
+            ids,
+        })
+    }
+
+    /// Imports one batch of bridge records in one audited transaction.
+    /// Invalid records are reported, not imported; valid ones are.
+    pub async fn import_bridge(
+        &self,
+        caller: &Caller,
+        records: Vec<BridgeRecord>,
+        opts: NormalizeOptions,
+    ) -> Result<ImportSummary, VaultError> {
+        const A: Action = Action::ImportBridge;
+        self.authorize(caller, A).await?;
+        if records.len() > MAX_BATCH {
+            return self
+                .refuse(
+                    caller,
+                    A,
+                    None,
+                    VaultError::Invalid(crate::core::subject::FieldError::TooManyFields),
+                )
+                .await;
+        }
+        let current = self.keys().current_version();
+        // Newest version first: new links use it; older ones still find old links.
+        let keys = (1..=current)
+            .rev()
+            .map(|v| self.keys().xref_index_key(v))
+            .collect::<Result<Vec<_>, KeyError>>()?;
+        let mut summary = ImportSummary {
+            records: records.len() as u64,
+            ..ImportSummary::default()
+        };
+        let mut prepared = Vec::with_capacity(records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            match self.prepare(i, r, &opts, &keys) {
+                Ok(p) => prepared.push(p),
+                Err(e) => summary.rejected.push(e),
+            }
+        }
+        let now = self.now_millis();
+        let mut tx = self
+            .store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        for p in &prepared {
+            let mut existing = Vec::with_capacity(p.ids.len());
+            for (_, idx) in &p.ids {
+                existing.push(tx.xref_find(idx).await?);
+            }
+            let mut fresh_err = None;
+            let plan = plan_record(&existing, || {
+                let mut b = [0u8; 16];
+                if let Err(e) = self.rng().fill(&mut b) {
+                    fresh_err = Some(e);
+                }
+                idvault_tokenizer::token::entity_token(&b)
+            });
+            if let Some(e) = fresh_err {
+                return Err(VaultError::Key(e.into()));
+            }
+            if plan.is_noop() {
+                summary.records_unchanged += 1;
+                continue;
+            }
+            if plan.created {
+                tx.xref_create(&plan.token, now).await?;
+                summary.entities_created += 1;
+            }
+            if !plan.merged.is_empty() {
+                tx.xref_merge(&plan.token, &plan.merged).await?;
+                summary.merges.push(Merge {
+                    record_id: p.record_id.clone(),
+                    surviving: plan.token.clone(),
+                    merged: plan.merged.clone(),
+                });
+            }
+            for &i in &plan.new_links {
+                if let Some((ty, idx)) = p.ids.get(i)
+                    && let Some(bi) = idx.first()
+                {
+                    tx.xref_link(bi, current, ty.name(), &plan.token).await?;
+                    summary.identifiers_linked += 1;
+                }
+            }
+        }
+        let detail = format!(
+            "records={} created={} linked={} merged={} unchanged={} rejected={}",
+            summary.records,
+            summary.entities_created,
+            summary.identifiers_linked,
+            summary.merges.len(),
+            summary.records_unchanged,
+            summary.rejected.len()
+        );
+        self.commit_with(tx, caller, A, detail).await?;
+        Ok(summary)
+    }
+}
