@@ -10,6 +10,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bridge_file;
 pub mod client;
 pub mod config;
 pub mod core;

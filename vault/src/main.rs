@@ -94,6 +94,11 @@ enum Command {
     },
     /// Act as a partner institution against a running vault.
     Partner(PartnerArgs),
+    /// Identity bridge tools.
+    Bridge {
+        #[command(subcommand)]
+        command: BridgeCommand,
+    },
     /// Replace identifier fields in usage logs (JSON Lines or CSV) with tokens.
     Tokenize(TokenizeArgs),
     /// Token domain keys.
@@ -127,6 +132,38 @@ enum KeysCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BridgeCommand {
+    /// Stream an identity-bridge file (JSON Lines or CSV) into the vault.
+    Import(BridgeImportArgs),
+}
+
+#[derive(Args, Debug)]
+struct BridgeImportArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// Partner whose certificate to use (needs the bridge.import role).
+    #[arg(long, default_value = "partner-a")]
+    name: String,
+    /// Vault URL.
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
+    server: String,
+    /// Name to verify in the server certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// File format (default: from the extension, else jsonl).
+    #[arg(long, value_parser = ["jsonl", "csv"])]
+    format: Option<String>,
+    /// Country calling code for national phone numbers.
+    #[arg(long)]
+    country_code: Option<u16>,
+    /// Records per batch (one transaction each, at most 1000).
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// The bridge file.
+    file: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -296,6 +333,14 @@ async fn main() -> anyhow::Result<()> {
             println!("root key version {v} is now current; older versions remain for reading");
             Ok(())
         }
+        Command::Bridge {
+            command: BridgeCommand::Import(args),
+        } => bridge_import(args)
+            .await
+            .map_err(|e| match e.downcast::<tonic::Status>() {
+                Ok(s) => anyhow::anyhow!("{:?}: {}", s.code(), s.message()),
+                Err(e) => e,
+            }),
         Command::Tokenize(args) => tokenize(args),
         Command::Tokens {
             command:
@@ -542,6 +587,125 @@ async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
                 .into_inner();
             println!("deleted: {} packets destroyed", r.packets_destroyed);
         }
+    }
+    Ok(())
+}
+
+async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> {
+    use idvault::bridge_file::{CsvLayout, LineError, parse_json_line};
+    use idvault_proto::v1::ImportBridgeRequest;
+    use idvault_proto::v1::token_service_client::TokenServiceClient;
+    use std::io::BufRead;
+
+    let batch = args.batch.clamp(1, idvault::xref::MAX_BATCH);
+    let csv = match args.format.as_deref() {
+        Some(f) => f == "csv",
+        None => args
+            .file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv")),
+    };
+    let file = std::fs::File::open(&args.file).with_context(|| args.file.display().to_string())?;
+    let country = u32::from(args.country_code.unwrap_or(0));
+    let (tx, rx) = tokio::sync::mpsc::channel::<ImportBridgeRequest>(4);
+    // Read on a blocking thread, a batch at a time: constant memory.
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<LineError>> {
+        let mut errors = Vec::new();
+        let mut records = Vec::with_capacity(batch);
+        let flush = |records: &mut Vec<_>| -> anyhow::Result<()> {
+            if !records.is_empty() {
+                let req = ImportBridgeRequest {
+                    records: std::mem::take(records),
+                    default_country_code: country,
+                };
+                tx.blocking_send(req)
+                    .map_err(|_| anyhow::anyhow!("import stream closed by the vault"))?;
+            }
+            Ok(())
+        };
+        if csv {
+            let mut rdr = ::csv::ReaderBuilder::new().flexible(true).from_reader(file);
+            let layout = CsvLayout::from_header(rdr.headers()?)
+                .map_err(|e| anyhow::anyhow!("header: {e}"))?;
+            for (i, row) in rdr.records().enumerate() {
+                let line = i as u64 + 2;
+                match row
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| layout.record(&r))
+                {
+                    Ok(r) => records.push(r),
+                    Err(reason) => errors.push(LineError { line, reason }),
+                }
+                if records.len() == batch {
+                    flush(&mut records)?;
+                }
+            }
+        } else {
+            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let line_no = i as u64 + 1;
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        errors.push(LineError {
+                            line: line_no,
+                            reason: e.kind().to_string(),
+                        });
+                        continue;
+                    }
+                };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match parse_json_line(&line) {
+                    Ok(r) => records.push(r),
+                    Err(reason) => errors.push(LineError {
+                        line: line_no,
+                        reason,
+                    }),
+                }
+                if records.len() == batch {
+                    flush(&mut records)?;
+                }
+            }
+        }
+        flush(&mut records)?;
+        Ok(errors)
+    });
+    let creds =
+        idvault::client::PartnerCredentials::from_dir(&args.dir.data_dir.join("tls"), &args.name)?;
+    let channel = idvault::client::connect(&args.server, &args.server_name, &creds).await?;
+    let mut client = TokenServiceClient::new(channel);
+    let response = client
+        .import_bridge(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    let line_errors = reader.await??;
+    let s = response?.into_inner();
+    println!(
+        "records sent {}: {} entities created, {} identifiers linked, {} unchanged, {} merges, {} refused by the vault, {} unreadable lines",
+        s.records,
+        s.entities_created,
+        s.identifiers_linked,
+        s.records_unchanged,
+        s.merges.len(),
+        s.rejected.len(),
+        line_errors.len()
+    );
+    for m in &s.merges {
+        println!(
+            "merge (record {}): {} <- {}",
+            m.record_id,
+            m.surviving_token,
+            m.merged_tokens.join(", ")
+        );
+    }
+    for e in &s.rejected {
+        println!(
+            "refused record #{} ({}): {}",
+            e.index, e.record_id, e.reason
+        );
+    }
+    for e in &line_errors {
+        println!("unreadable line {}: {}", e.line, e.reason);
     }
     Ok(())
 }

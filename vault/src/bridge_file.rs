@@ -1,0 +1,218 @@
+//! Identity-bridge files for `idvault bridge import`: JSON Lines or CSV.
+//!
+//! JSON Lines, one customer per line; identifier keys are the identifier
+//! types, each a string or an array of strings:
+//! ```text
+//! {"record_id":"r1","msisdn":"+447700900001","account":["AC-1","AC-9"],"email":"a@example.org",
+//!  "service":"tv-9","customer_location":"LON-01","address_location":"LON-02"}
+//! ```
+//! CSV: a header naming the same columns (type columns may repeat); empty
+//! cells are skipped. Unknown keys or columns are refused, so a misspelt
+//! column cannot silently drop identifiers.
+
+use idvault_proto::v1::{BridgeIdentifier, BridgeRecord, IdentifierType as PbType};
+use serde::Deserialize;
+
+/// A line that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line.
+    pub line: u64,
+    /// Why (never the values).
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRecord {
+    #[serde(default)]
+    record_id: String,
+    msisdn: Option<OneOrMany>,
+    email: Option<OneOrMany>,
+    account: Option<OneOrMany>,
+    service: Option<OneOrMany>,
+    #[serde(default)]
+    customer_location: String,
+    #[serde(default)]
+    address_location: String,
+}
+
+fn column_type(name: &str) -> Option<PbType> {
+    match name {
+        "msisdn" => Some(PbType::Msisdn),
+        "email" => Some(PbType::Email),
+        "account" => Some(PbType::Account),
+        "service" => Some(PbType::Service),
+        _ => None,
+    }
+}
+
+fn ids(ty: PbType, values: Option<OneOrMany>, out: &mut Vec<BridgeIdentifier>) {
+    for value in values.map(OneOrMany::into_vec).unwrap_or_default() {
+        out.push(BridgeIdentifier {
+            r#type: ty.into(),
+            value,
+        });
+    }
+}
+
+/// Parses one JSON Lines record.
+pub fn parse_json_line(line: &str) -> Result<BridgeRecord, String> {
+    let r: JsonRecord = serde_json::from_str(line).map_err(|e| {
+        // serde_json names the key and position, never the value.
+        format!(
+            "malformed record at column {}: {}",
+            e.column(),
+            e.classify_reason()
+        )
+    })?;
+    let mut identifiers = Vec::new();
+    ids(PbType::Msisdn, r.msisdn, &mut identifiers);
+    ids(PbType::Email, r.email, &mut identifiers);
+    ids(PbType::Account, r.account, &mut identifiers);
+    ids(PbType::Service, r.service, &mut identifiers);
+    Ok(BridgeRecord {
+        record_id: r.record_id,
+        identifiers,
+        customer_location: r.customer_location,
+        address_location: r.address_location,
+    })
+}
+
+trait Classify {
+    fn classify_reason(&self) -> &'static str;
+}
+
+impl Classify for serde_json::Error {
+    fn classify_reason(&self) -> &'static str {
+        let msg = self.to_string();
+        if msg.contains("unknown field") {
+            "unknown key (use record_id, msisdn, email, account, service, customer_location, address_location)"
+        } else if self.is_syntax() || self.is_eof() {
+            "not valid JSON"
+        } else {
+            "a key has the wrong type (expected a string or an array of strings)"
+        }
+    }
+}
+
+/// Column roles of a CSV bridge file.
+#[derive(Debug, Clone)]
+pub struct CsvLayout {
+    roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    RecordId,
+    Id(PbType),
+    CustomerLocation,
+    AddressLocation,
+}
+
+impl CsvLayout {
+    /// Reads the header row.
+    pub fn from_header(header: &csv::StringRecord) -> Result<Self, String> {
+        let roles = header
+            .iter()
+            .map(|h| match h.trim() {
+                "record_id" => Ok(Role::RecordId),
+                "customer_location" => Ok(Role::CustomerLocation),
+                "address_location" => Ok(Role::AddressLocation),
+                other => column_type(other)
+                    .map(Role::Id)
+                    .ok_or_else(|| format!("unknown column '{other}'")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { roles })
+    }
+
+    /// Builds a record from a CSV row.
+    pub fn record(&self, row: &csv::StringRecord) -> Result<BridgeRecord, String> {
+        if row.len() != self.roles.len() {
+            return Err(format!(
+                "expected {} columns, found {}",
+                self.roles.len(),
+                row.len()
+            ));
+        }
+        let mut r = BridgeRecord::default();
+        for (role, cell) in self.roles.iter().zip(row.iter()) {
+            if cell.is_empty() {
+                continue;
+            }
+            match role {
+                Role::RecordId => r.record_id = cell.to_owned(),
+                Role::CustomerLocation => r.customer_location = cell.to_owned(),
+                Role::AddressLocation => r.address_location = cell.to_owned(),
+                Role::Id(t) => r.identifiers.push(BridgeIdentifier {
+                    r#type: (*t).into(),
+                    value: cell.to_owned(),
+                }),
+            }
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_records() {
+        let r = parse_json_line(r#"{"record_id":"r1","msisdn":"+447700900001","account":["A","B"],"customer_location":"L"}"#).unwrap();
+        assert_eq!(r.record_id, "r1");
+        assert_eq!(r.identifiers.len(), 3);
+        let e = parse_json_line(r#"{"record_id":"r1","phone":"+447700900001"}"#).unwrap_err();
+        assert!(e.contains("unknown key") && !e.contains("7700"), "{e}");
+        let e = parse_json_line(r#"{"msisdn": 447700900001}"#).unwrap_err();
+        assert!(e.contains("wrong type") && !e.contains("7700"), "{e}");
+        assert!(parse_json_line("{").unwrap_err().contains("not valid JSON"));
+    }
+
+    #[test]
+    fn csv_records() {
+        let h = csv::StringRecord::from(vec![
+            "record_id",
+            "msisdn",
+            "account",
+            "account",
+            "customer_location",
+        ]);
+        let l = CsvLayout::from_header(&h).unwrap();
+        let r = l
+            .record(&csv::StringRecord::from(vec![
+                "r1",
+                "+447700900001",
+                "A",
+                "",
+                "L",
+            ]))
+            .unwrap();
+        assert_eq!(r.identifiers.len(), 2);
+        assert_eq!(r.customer_location, "L");
+        assert!(l.record(&csv::StringRecord::from(vec!["r1"])).is_err());
+        assert!(
+            CsvLayout::from_header(&csv::StringRecord::from(vec!["phone"]))
+                .unwrap_err()
+                .contains("unknown column")
+        );
+    }
+}
