@@ -1,0 +1,9 @@
+//! Exported token key files.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = idvault_tokenizer::token::parse_key_file(s);
+    }
+});
