@@ -22,6 +22,10 @@ pub enum Action {
     DeleteSubject,
     /// Import identity-bridge records into the cross-reference table.
     ImportBridge,
+    /// Tokenize usage logs inside the vault.
+    TokenizeLog,
+    /// Resolve an entity token to the customer's identifiers.
+    Detokenize,
 }
 
 impl Action {
@@ -33,6 +37,8 @@ impl Action {
             Self::VerifySubjectChain => "VerifySubjectChain",
             Self::DeleteSubject => "DeleteSubject",
             Self::ImportBridge => "ImportBridge",
+            Self::TokenizeLog => "TokenizeLog",
+            Self::Detokenize => "Detokenize",
         }
     }
 }
@@ -55,6 +61,10 @@ pub enum Role {
     SubjectsDelete,
     /// `bridge.import`: import identity-bridge records.
     BridgeImport,
+    /// `tokens.tokenize`: tokenize usage logs.
+    Tokenize,
+    /// `tokens.detokenize`: resolve entity tokens to identifiers.
+    Detokenize,
 }
 
 /// A role name that is not known.
@@ -78,6 +88,8 @@ impl Role {
             "subjects.verify" => Ok(Self::SubjectsVerify),
             "subjects.delete" => Ok(Self::SubjectsDelete),
             "bridge.import" => Ok(Self::BridgeImport),
+            "tokens.tokenize" => Ok(Self::Tokenize),
+            "tokens.detokenize" => Ok(Self::Detokenize),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -89,6 +101,8 @@ impl Role {
             Self::SubjectsVerify => "subjects.verify",
             Self::SubjectsDelete => "subjects.delete",
             Self::BridgeImport => "bridge.import",
+            Self::Tokenize => "tokens.tokenize",
+            Self::Detokenize => "tokens.detokenize",
         }
     }
 
@@ -99,6 +113,8 @@ impl Role {
             Self::SubjectsVerify => &[Action::VerifySubjectChain],
             Self::SubjectsDelete => &[Action::DeleteSubject],
             Self::BridgeImport => &[Action::ImportBridge],
+            Self::Tokenize => &[Action::TokenizeLog],
+            Self::Detokenize => &[Action::Detokenize],
         }
     }
 }
@@ -134,6 +150,8 @@ pub fn decide(roles: &[Role], action: Action) -> Decision {
                 Role::SubjectsVerify => "role:subjects.verify",
                 Role::SubjectsDelete => "role:subjects.delete",
                 Role::BridgeImport => "role:bridge.import",
+                Role::Tokenize => "role:tokens.tokenize",
+                Role::Detokenize => "role:tokens.detokenize",
             },
         })
 }

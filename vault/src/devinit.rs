@@ -30,9 +30,14 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "subjects.verify",
             "subjects.delete",
             "bridge.import",
+            "tokens.tokenize",
+            "tokens.detokenize",
         ],
     ),
-    ("partner-b", &["subjects.write", "subjects.verify"]),
+    (
+        "partner-b",
+        &["subjects.write", "subjects.verify", "tokens.tokenize"],
+    ),
 ];
 
 /// Errors making certificates or files.

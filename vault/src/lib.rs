@@ -16,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod devinit;
 pub mod keyfile;
+pub mod logtok;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -48,6 +48,9 @@ pub enum VaultError {
     /// A key was missing or a primitive failed.
     #[error("internal key error")]
     Key(#[source] KeyError),
+    /// The request's settings are not acceptable (message says why, no PII).
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl From<StoreError> for VaultError {
@@ -67,7 +70,7 @@ impl VaultError {
     fn outcome(&self) -> &'static str {
         match self {
             Self::Unregistered | Self::Denied(_) => "denied",
-            Self::Invalid(_) => "invalid",
+            Self::Invalid(_) | Self::BadRequest(_) => "invalid",
             Self::NotFound => "not_found",
             _ => "error",
         }
@@ -107,6 +110,7 @@ pub struct Vault {
     registry: PartnerRegistry,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
+    xref_cache: crate::logtok::XrefCache,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -136,7 +140,13 @@ impl Vault {
             registry,
             clock,
             rng,
+            xref_cache: crate::logtok::XrefCache::default(),
         }
+    }
+
+    /// The cross-reference lookup cache.
+    pub(crate) fn xref_cache(&self) -> &crate::logtok::XrefCache {
+        &self.xref_cache
     }
 
     /// The store (for operational commands and tests).

@@ -78,8 +78,12 @@ impl ImportSummary {
 
 struct Prepared {
     record_id: String,
-    /// (type, blind indexes for every live key version, newest first)
-    ids: Vec<(IdentifierType, Vec<[u8; HASH_LEN]>)>,
+    /// (type, blind indexes for every live key version newest first, normalised value)
+    ids: Vec<(
+        IdentifierType,
+        Vec<[u8; HASH_LEN]>,
+        zeroize::Zeroizing<String>,
+    )>,
 }
 
 impl Vault {
@@ -112,12 +116,16 @@ impl Vault {
         {
             normalize(IdentifierType::Location, loc, opts).map_err(|e| fail(e.to_string()))?;
         }
-        let mut ids: Vec<(IdentifierType, Vec<[u8; HASH_LEN]>)> = Vec::new();
+        let mut ids: Vec<(
+            IdentifierType,
+            Vec<[u8; HASH_LEN]>,
+            zeroize::Zeroizing<String>,
+        )> = Vec::new();
         for (ty, raw) in &r.identifiers {
             let n = normalize(*ty, raw, opts).map_err(|e| fail(e.to_string()))?;
             let idx: Vec<[u8; HASH_LEN]> = keys.iter().map(|k| blind_index(k, *ty, &n)).collect();
-            if !ids.iter().any(|(_, other)| other.first() == idx.first()) {
-                ids.push((*ty, idx));
+            if !ids.iter().any(|(_, other, _)| other.first() == idx.first()) {
+                ids.push((*ty, idx, zeroize::Zeroizing::new(n.into_owned())));
             }
         }
         Ok(Prepared {
@@ -156,6 +164,7 @@ impl Vault {
             records: records.len() as u64,
             ..ImportSummary::default()
         };
+        let seal_key = self.keys().xref_seal_key(current)?;
         let mut prepared = Vec::with_capacity(records.len());
         for (i, r) in records.into_iter().enumerate() {
             match self.prepare(i, r, &opts, &keys) {
@@ -171,7 +180,7 @@ impl Vault {
             .map_err(VaultError::AuditUnavailable)?;
         for p in &prepared {
             let mut existing = Vec::with_capacity(p.ids.len());
-            for (_, idx) in &p.ids {
+            for (_, idx, _) in &p.ids {
                 existing.push(tx.xref_find(idx).await?);
             }
             let mut fresh_err = None;
@@ -202,10 +211,14 @@ impl Vault {
                 });
             }
             for &i in &plan.new_links {
-                if let Some((ty, idx)) = p.ids.get(i)
+                if let Some((ty, idx, value)) = p.ids.get(i)
                     && let Some(bi) = idx.first()
                 {
-                    tx.xref_link(bi, current, ty.name(), &plan.token).await?;
+                    let sealed =
+                        crate::core::xref::seal_identifier(&seal_key, bi, value, self.rng())
+                            .map_err(|e| VaultError::Key(e.into()))?;
+                    tx.xref_link(bi, current, ty.name(), &plan.token, sealed)
+                        .await?;
                     summary.identifiers_linked += 1;
                 }
             }
@@ -220,6 +233,62 @@ impl Vault {
             summary.rejected.len()
         );
         self.commit_with(tx, caller, A, detail).await?;
+        // Links or merges changed: cached lookups may be stale.
+        self.xref_cache().clear();
         Ok(summary)
+    }
+}
+
+/// What detokenization reveals.
+#[derive(Debug)]
+pub struct Detokenized {
+    /// The canonical entity token (differs from the input for an alias).
+    pub token: String,
+    /// The customer's identifiers, normalised.
+    pub identifiers: Vec<(IdentifierType, zeroize::Zeroizing<String>)>,
+}
+
+impl Vault {
+    /// Resolves an entity token (or alias) to its customer's identifiers.
+    /// Only for partners whose role allows it; always audited.
+    pub async fn detokenize(
+        &self,
+        caller: &Caller,
+        token: &str,
+    ) -> Result<Detokenized, VaultError> {
+        const A: Action = Action::Detokenize;
+        self.authorize(caller, A).await?;
+        if !idvault_tokenizer::token::is_entity_token(token) {
+            let err = VaultError::BadRequest(
+                "not an entity token (et_ followed by 26 base32 characters)".into(),
+            );
+            return self.refuse(caller, A, None, err).await;
+        }
+        let Some(canonical) = self.store().xref_resolve(token).await? else {
+            return self.refuse(caller, A, None, VaultError::NotFound).await;
+        };
+        let links = self.store().xref_links_of(&canonical).await?;
+        let mut identifiers = Vec::with_capacity(links.len());
+        for (ty, version, bi, sealed) in links {
+            let key = self.keys().xref_seal_key(version)?;
+            let value = crate::core::xref::open_identifier(&key, &bi, &sealed)
+                .map_err(|_| VaultError::Integrity("sealed identifier"))?;
+            let ty = IdentifierType::parse(&ty).ok_or(VaultError::Integrity("identifier type"))?;
+            identifiers.push((ty, value));
+        }
+        let tx = self
+            .store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        let detail = format!(
+            "token={token} canonical={canonical} identifiers={}",
+            identifiers.len()
+        );
+        self.commit_with(tx, caller, A, detail).await?;
+        Ok(Detokenized {
+            token: canonical,
+            identifiers,
+        })
     }
 }

@@ -7,7 +7,7 @@ use idvault_tests::idvault_proto::v1::{
 use idvault_tests::{Backend, TestVault};
 use tonic::Code;
 
-fn rec(id: &str, ids: &[(IdentifierType, &str)]) -> BridgeRecord {
+pub fn rec(id: &str, ids: &[(IdentifierType, &str)]) -> BridgeRecord {
     BridgeRecord {
         record_id: id.into(),
         identifiers: ids
@@ -22,7 +22,7 @@ fn rec(id: &str, ids: &[(IdentifierType, &str)]) -> BridgeRecord {
     }
 }
 
-async fn import(
+pub async fn import(
     tv: &TestVault,
     partner: &str,
     batches: Vec<Vec<BridgeRecord>>,

@@ -20,6 +20,7 @@ mod mtls;
 mod ops;
 mod subjects;
 mod tamper;
+mod tokens;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +55,10 @@ const BOTH: &[(&str, TestFn)] = tests![
     bridge::import_links_and_is_idempotent,
     bridge::fragments_merge_into_one_customer,
     bridge::import_needs_the_bridge_role,
+    tokens::tokenize_stream_stateless,
+    tokens::tokenize_stream_cross_reference,
+    tokens::detokenize_is_role_gated_and_audited,
+    tokens::rotation_keeps_tokens_resolvable,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.

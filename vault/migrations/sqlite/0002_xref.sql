@@ -11,7 +11,10 @@ CREATE TABLE xref_links (
     blind_index  BLOB    PRIMARY KEY CHECK (length(blind_index) = 32),
     key_version  INTEGER NOT NULL,
     id_type      TEXT    NOT NULL,
-    token        TEXT    NOT NULL
+    token        TEXT    NOT NULL,
+    -- The identifier itself, AES-256-GCM under the xref seal key (aad = blind index),
+    -- for role-gated detokenization inside the vault.
+    sealed       BLOB    NOT NULL
 ) STRICT;
 
 CREATE INDEX xref_links_token ON xref_links (token);

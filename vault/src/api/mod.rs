@@ -20,7 +20,7 @@ pub fn status(err: VaultError) -> Status {
     use tonic::Code;
     let code = match &err {
         VaultError::Unregistered | VaultError::Denied(_) => Code::PermissionDenied,
-        VaultError::Invalid(_) => Code::InvalidArgument,
+        VaultError::Invalid(_) | VaultError::BadRequest(_) => Code::InvalidArgument,
         VaultError::NotFound => Code::NotFound,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,

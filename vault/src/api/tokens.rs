@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use idvault_proto::v1::token_service_server::TokenService;
 use idvault_proto::v1::{
-    EntityMerge, IdentifierType as PbType, ImportBridgeRequest, ImportBridgeResponse, RecordError,
+    BridgeIdentifier, DetokenizeRequest, DetokenizeResponse, EntityMerge, IdentifierType as PbType,
+    ImportBridgeRequest, ImportBridgeResponse, LogFormat, RecordError, RejectedRecord,
+    TokenizeLogRequest, TokenizeLogResponse, TokenizeMode,
 };
+use idvault_tokenizer::rewrite::{FieldSpec, Format};
 use idvault_tokenizer::{IdentifierType, NormalizeOptions};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,12 +39,162 @@ fn id_type(t: i32) -> Option<IdentifierType> {
     }
 }
 
+fn pb_type(t: IdentifierType) -> PbType {
+    match t {
+        IdentifierType::Msisdn => PbType::Msisdn,
+        IdentifierType::Email => PbType::Email,
+        IdentifierType::Account => PbType::Account,
+        IdentifierType::Service => PbType::Service,
+        // Locations are never linked identifiers.
+        _ => PbType::Unspecified,
+    }
+}
+
+fn settings(m: TokenizeLogRequest) -> Result<crate::logtok::Settings, Status> {
+    let s = m.settings.ok_or_else(|| {
+        Status::invalid_argument("the first TokenizeLog message must carry settings")
+    })?;
+    let delimiter = match s.csv_delimiter {
+        0 => b',',
+        d => u8::try_from(d)
+            .ok()
+            .filter(u8::is_ascii)
+            .ok_or_else(|| Status::invalid_argument("csv_delimiter must be one ASCII byte"))?,
+    };
+    let format = match LogFormat::try_from(s.format) {
+        Ok(LogFormat::JsonLines) => Format::JsonLines,
+        Ok(LogFormat::Csv) => Format::Csv { delimiter },
+        _ => {
+            return Err(Status::invalid_argument(
+                "format must be LOG_FORMAT_JSON_LINES or LOG_FORMAT_CSV",
+            ));
+        }
+    };
+    let mode = match TokenizeMode::try_from(s.mode) {
+        Ok(TokenizeMode::Stateless) => crate::logtok::Mode::Stateless { domain: s.domain },
+        Ok(TokenizeMode::CrossReference) => crate::logtok::Mode::CrossReference,
+        _ => {
+            return Err(Status::invalid_argument(
+                "mode must be STATELESS or CROSS_REFERENCE",
+            ));
+        }
+    };
+    let fields = s
+        .fields
+        .iter()
+        .map(|f| FieldSpec::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(crate::logtok::Settings {
+        format,
+        fields,
+        mode,
+        opts: NormalizeOptions {
+            default_country_code: u16::try_from(s.default_country_code)
+                .ok()
+                .filter(|c| *c > 0),
+        },
+        csv_header: s.csv_header,
+    })
+}
+
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
+    type TokenizeLogStream =
+        tokio_stream::wrappers::ReceiverStream<Result<TokenizeLogResponse, Status>>;
+
+    async fn tokenize_log(
+        &self,
+        req: Request<Streaming<TokenizeLogRequest>>,
+    ) -> Result<Response<Self::TokenizeLogStream>, Status> {
+        let who = caller(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty TokenizeLog stream"))?;
+        let data = first.data.clone();
+        let settings = settings(first)?;
+        let mut tok = self
+            .vault
+            .start_tokenize(&who, settings)
+            .await
+            .map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut next = Some(data);
+            loop {
+                let (data, last) = match next.take() {
+                    Some(d) => (d, false),
+                    None => match stream.message().await {
+                        Ok(Some(m)) => (m.data, false),
+                        Ok(None) => (Vec::new(), true),
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    },
+                };
+                let reply =
+                    tok.feed(&data, last)
+                        .await
+                        .map_err(status)
+                        .map(|fed| TokenizeLogResponse {
+                            data: fed.data,
+                            rejected: fed
+                                .rejects
+                                .into_iter()
+                                .map(|r| RejectedRecord {
+                                    line: r.line,
+                                    reason: r.reason,
+                                })
+                                .collect(),
+                            records_rewritten: fed.rewritten,
+                        });
+                let failed = reply.is_err();
+                let empty = reply
+                    .as_ref()
+                    .is_ok_and(|r| r.data.is_empty() && r.rejected.is_empty());
+                if (!empty || failed) && tx.send(reply).await.is_err() {
+                    return;
+                }
+                if last || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn detokenize(
+        &self,
+        req: Request<DetokenizeRequest>,
+    ) -> Result<Response<DetokenizeResponse>, Status> {
+        let who = caller(&req)?;
+        let d = self
+            .vault
+            .detokenize(&who, &req.into_inner().token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(DetokenizeResponse {
+            token: d.token,
+            identifiers: d
+                .identifiers
+                .into_iter()
+                .map(|(t, v)| BridgeIdentifier {
+                    r#type: pb_type(t).into(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn import_bridge(
         &self,
         req: Request<Streaming<ImportBridgeRequest>>,

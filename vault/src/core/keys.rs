@@ -210,6 +210,11 @@ impl KeyHierarchy {
         self.derive(super::xref::LABEL_XREF_INDEX, version)
     }
 
+    /// The cross-reference identifier seal key of `version`.
+    pub fn xref_seal_key(&self, version: u32) -> Result<super::xref::XrefSealKey, KeyError> {
+        self.derive(super::xref::LABEL_XREF_SEAL, version)
+    }
+
     /// The HMAC key of token domain `domain` (validated by the caller) at `version`.
     pub fn token_key(&self, domain: &str, version: u32) -> Result<TokenKey, KeyError> {
         self.derive(&format!("{LABEL_TOKEN_PREFIX}{domain}"), version)

@@ -25,6 +25,52 @@ impl super::secret::KeyPurpose for XrefIndexMaterial {
 
 /// HKDF label of the cross-reference blind-index key.
 pub const LABEL_XREF_INDEX: &str = "idvault/v1/xref-index";
+/// HKDF label of the key sealing linked identifiers for detokenization.
+pub const LABEL_XREF_SEAL: &str = "idvault/v1/xref-seal";
+const SEAL_AAD: &[u8] = b"idvault/v1/xref-seal";
+
+/// Key purpose of the identifier seal key.
+#[derive(Debug, Clone, Copy)]
+pub enum XrefSealMaterial {}
+impl super::secret::KeyPurpose for XrefSealMaterial {
+    const NAME: &'static str = "xref-seal-key";
+}
+
+/// The identifier seal key of one version.
+pub type XrefSealKey = Secret<XrefSealMaterial>;
+
+/// Seals a normalised identifier, bound to its blind index:
+/// `nonce ‖ AES-256-GCM(key, nonce, aad = label ‖ blind_index, value)`.
+pub fn seal_identifier(
+    key: &XrefSealKey,
+    index: &[u8; HASH_LEN],
+    normalized: &str,
+    rng: &dyn super::Rng,
+) -> Result<Vec<u8>, crypto::CryptoError> {
+    let nonce = crypto::random_nonce(rng)?;
+    let ct = crypto::aead_seal(
+        key.expose(),
+        &nonce,
+        &[SEAL_AAD, index].concat(),
+        normalized.as_bytes(),
+    )?;
+    Ok([nonce.as_slice(), &ct].concat())
+}
+
+/// Opens a sealed identifier; fails if it was moved to another link.
+pub fn open_identifier(
+    key: &XrefSealKey,
+    index: &[u8; HASH_LEN],
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<String>, crypto::CryptoError> {
+    let (nonce, ct) = sealed
+        .split_first_chunk::<{ crypto::NONCE_LEN }>()
+        .ok_or(crypto::CryptoError::Authentication)?;
+    let pt = crypto::aead_open(key.expose(), nonce, &[SEAL_AAD, index].concat(), ct)?;
+    String::from_utf8(pt.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| crypto::CryptoError::Authentication)
+}
 
 /// The blind-index key of one version.
 pub type XrefIndexKey = Secret<XrefIndexMaterial>;
@@ -134,6 +180,18 @@ mod tests {
         let b = plan_record(&[s("et_m"), s("et_z")], || unreachable!());
         assert_eq!(a.token, b.token);
         assert_eq!(a.merged, b.merged);
+    }
+
+    #[test]
+    fn sealed_identifiers_are_bound_to_their_index() {
+        let rng = crate::core::SystemRng::default();
+        let k = XrefSealKey::from_bytes([5; 32], 1);
+        let s = seal_identifier(&k, &[1; 32], "+447700900001", &rng).unwrap();
+        assert_eq!(
+            &*open_identifier(&k, &[1; 32], &s).unwrap(),
+            "+447700900001"
+        );
+        assert!(open_identifier(&k, &[2; 32], &s).is_err());
     }
 
     #[test]

@@ -196,6 +196,50 @@ impl Store {
         rows.iter().map(rows::audit_from_row).collect()
     }
 
+    /// Canonical entity tokens for blind indexes (absent ones are skipped).
+    pub async fn xref_lookup(
+        &self,
+        indexes: &[[u8; HASH_LEN]],
+    ) -> Result<Vec<([u8; HASH_LEN], String)>, StoreError> {
+        let mut out = Vec::with_capacity(indexes.len());
+        let mut conn = self.pool.acquire().await?;
+        for bi in indexes {
+            let row: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT e.token, e.alias_of FROM xref_links l JOIN xref_entities e ON e.token = l.token \
+                 WHERE l.blind_index = $1",
+            )
+            .bind(bi.to_vec())
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((token, alias)) = row {
+                out.push((*bi, alias.unwrap_or(token)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The links of a canonical entity: `(id_type, key_version, blind_index, sealed)`.
+    pub async fn xref_links_of(
+        &self,
+        token: &str,
+    ) -> Result<Vec<(String, u32, [u8; HASH_LEN], Vec<u8>)>, StoreError> {
+        let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT id_type, key_version, blind_index, sealed FROM xref_links WHERE token = $1 ORDER BY id_type, blind_index")
+                .bind(token.to_owned())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(t, v, bi, sealed)| {
+                let v =
+                    u32::try_from(v).map_err(|_| StoreError::Corrupt("xref_links.key_version"))?;
+                let bi: [u8; HASH_LEN] = bi
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
+                Ok((t, v, bi, sealed))
+            })
+            .collect()
+    }
+
     /// Resolves an entity token (or an alias) to its canonical token.
     pub async fn xref_resolve(&self, token: &str) -> Result<Option<String>, StoreError> {
         let row: Option<(String, Option<String>)> =
@@ -383,12 +427,14 @@ impl AuditedTx {
         key_version: u32,
         id_type: &str,
         token: &str,
+        sealed: Vec<u8>,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO xref_links (blind_index, key_version, id_type, token) VALUES ($1, $2, $3, $4)")
+        sqlx::query("INSERT INTO xref_links (blind_index, key_version, id_type, token, sealed) VALUES ($1, $2, $3, $4, $5)")
             .bind(index.to_vec())
             .bind(i64::from(key_version))
             .bind(id_type.to_owned())
             .bind(token.to_owned())
+            .bind(sealed)
             .execute(&mut *self.tx)
             .await?;
         Ok(())

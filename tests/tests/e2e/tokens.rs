@@ -1,0 +1,352 @@
+//! Tokenizing logs inside the vault, detokenization and key rotation.
+
+use idvault_tests::idvault::core::SystemRng;
+use idvault_tests::idvault_proto::v1::token_service_client::TokenServiceClient;
+use idvault_tests::idvault_proto::v1::{
+    DetokenizeRequest, IdentifierType, LogFormat, TokenizeLogRequest, TokenizeMode,
+    TokenizeSettings,
+};
+use idvault_tests::{Backend, TestVault};
+use idvault_tokenizer::DomainKey;
+use tonic::Code;
+
+use crate::bridge::{import, rec};
+
+struct Output {
+    data: String,
+    rejected: Vec<(u64, String)>,
+}
+
+async fn tokenize(
+    tv: &TestVault,
+    partner: &str,
+    mode: TokenizeMode,
+    input: &[u8],
+    split: usize,
+) -> Result<Output, tonic::Status> {
+    let mut c = TokenServiceClient::new(tv.channel(partner).await.unwrap());
+    let settings = TokenizeSettings {
+        format: LogFormat::JsonLines.into(),
+        fields: vec!["user.msisdn".into(), "account_id".into()],
+        mode: mode.into(),
+        domain: "logs".into(),
+        default_country_code: 44,
+        ..Default::default()
+    };
+    let mut reqs = vec![TokenizeLogRequest {
+        settings: Some(settings),
+        data: Vec::new(),
+    }];
+    // Split the input at arbitrary byte positions, not at record ends.
+    reqs.extend(input.chunks(split).map(|c| TokenizeLogRequest {
+        settings: None,
+        data: c.to_vec(),
+    }));
+    let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+    let mut out = Output {
+        data: String::new(),
+        rejected: Vec::new(),
+    };
+    while let Some(m) = stream.message().await? {
+        out.data.push_str(std::str::from_utf8(&m.data).unwrap());
+        out.rejected
+            .extend(m.rejected.into_iter().map(|r| (r.line, r.reason)));
+    }
+    Ok(out)
+}
+
+const LOG: &str = concat!(
+    "{\"ts\":1,\"user\":{\"msisdn\":\"07700 900001\"},\"account_id\":\"AC-1\"}\n",
+    "{\"ts\":2,\"user\":{\"msisdn\":\"+447700900001\"},\"account_id\":\"AC-2\"}\n",
+    "{\"ts\":3,\"user\":{\"msisdn\":\"+447700900009\"},\"account_id\":\"AC-1\"}\n",
+    "{\"ts\":4,\"user\":{}}\n",
+    "{\"ts\":5,\"user\":{\"msisdn\":\"+447700900001\"},\"account_id\":\"AC-1\"}",
+);
+
+fn domain_key(tv: &TestVault, version: u32) -> DomainKey {
+    let k = tv.vault.keys().token_key("logs", version).unwrap();
+    DomainKey::new("logs", version, k.expose()).unwrap()
+}
+
+pub async fn tokenize_stream_stateless(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let out = tokenize(&tv, "partner-b", TokenizeMode::Stateless, LOG.as_bytes(), 7).await?;
+    let k = domain_key(&tv, 1);
+    let t = k.token(idvault_tokenizer::IdentifierType::Msisdn, "+447700900001");
+    let lines: Vec<&str> = out.data.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[0].contains(&t) && lines[1].contains(&t) && lines[3].contains(&t),
+        "{}",
+        out.data
+    );
+    assert!(!out.data.contains("7700"));
+    assert_eq!(
+        out.rejected,
+        vec![(4, "missing field user.msisdn".to_owned())]
+    );
+    let audited: String =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'TokenizeLog'")
+            .fetch_one(tv.db())
+            .await?;
+    assert_eq!(audited, "mode=stateless domain=logs v1");
+    // Bad settings are refused up front.
+    let mut c = TokenServiceClient::new(tv.channel("partner-b").await?);
+    let bad = TokenizeLogRequest {
+        settings: Some(TokenizeSettings {
+            format: LogFormat::JsonLines.into(),
+            fields: vec!["a".into()],
+            mode: TokenizeMode::Stateless.into(),
+            domain: "Bad_Domain".into(),
+            ..Default::default()
+        }),
+        data: Vec::new(),
+    };
+    let e = c
+        .tokenize_log(tokio_stream::iter(vec![bad]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    tv.stop().await
+}
+
+pub async fn tokenize_stream_cross_reference(b: Backend) -> anyhow::Result<()> {
+    use IdentifierType::*;
+    let tv = TestVault::start(b).await?;
+    import(
+        &tv,
+        "partner-a",
+        vec![vec![
+            rec("c1", &[(Msisdn, "+447700900001"), (Account, "AC-1")]),
+            rec("c2", &[(Account, "AC-2")]),
+        ]],
+    )
+    .await?;
+    let out = tokenize(
+        &tv,
+        "partner-a",
+        TokenizeMode::CrossReference,
+        LOG.as_bytes(),
+        1000,
+    )
+    .await?;
+    let lines: Vec<&str> = out.data.lines().collect();
+    let entities: Vec<String> =
+        sqlx::query_scalar("SELECT token FROM xref_entities ORDER BY token")
+            .fetch_all(tv.db())
+            .await?;
+    assert_eq!(entities.len(), 2);
+    // Line 1: phone and account are the same customer: one entity token twice.
+    let e1 = lines[0]
+        .split('"')
+        .find(|s| s.starts_with("et_"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(lines[0].matches(&e1).count(), 2, "{}", lines[0]);
+    // Line 2: same phone, account AC-2 belongs to the other entity.
+    assert!(lines[1].contains(&e1));
+    assert_eq!(lines.len(), 3, "{}", out.data);
+    assert_eq!(
+        out.rejected,
+        vec![
+            (
+                3,
+                "field user.msisdn: identifier is not linked to any entity".to_owned()
+            ),
+            (4, "missing field user.msisdn".to_owned())
+        ]
+    );
+    // A record joining the two customers merges them; the (cached) lookup
+    // now answers with the survivor for both.
+    import(
+        &tv,
+        "partner-a",
+        vec![vec![rec("join", &[(Account, "AC-1"), (Account, "AC-2")])]],
+    )
+    .await?;
+    let survivor = entities.iter().min().unwrap().clone();
+    let out = tokenize(
+        &tv,
+        "partner-a",
+        TokenizeMode::CrossReference,
+        LOG.as_bytes(),
+        1000,
+    )
+    .await?;
+    let first_two: Vec<&str> = out.data.lines().take(2).collect();
+    assert!(
+        first_two.iter().all(|l| l.matches(&survivor).count() == 2),
+        "{}",
+        out.data
+    );
+    tv.stop().await
+}
+
+pub async fn detokenize_is_role_gated_and_audited(b: Backend) -> anyhow::Result<()> {
+    use IdentifierType::*;
+    let tv = TestVault::start(b).await?;
+    import(
+        &tv,
+        "partner-a",
+        vec![vec![
+            rec("a", &[(Account, "A-1")]),
+            rec("b", &[(Msisdn, "07700 900001"), (Email, "B@Example.org")]),
+        ]],
+    )
+    .await?;
+    let tokens: Vec<String> = sqlx::query_scalar("SELECT token FROM xref_entities ORDER BY token")
+        .fetch_all(tv.db())
+        .await?;
+    import(
+        &tv,
+        "partner-a",
+        vec![vec![rec(
+            "ab",
+            &[(Account, "A-1"), (Email, "b@example.org")],
+        )]],
+    )
+    .await?;
+    let alias = tokens.iter().max().unwrap().clone();
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let d = c
+        .detokenize(DetokenizeRequest {
+            token: alias.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        &d.token,
+        tokens.iter().min().unwrap(),
+        "an alias resolves to the survivor"
+    );
+    let mut ids: Vec<(i32, String)> = d
+        .identifiers
+        .into_iter()
+        .map(|i| (i.r#type, i.value))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            (i32::from(Msisdn), "+447700900001".to_owned()),
+            (i32::from(Email), "b@example.org".to_owned()),
+            (i32::from(Account), "A-1".to_owned()),
+        ]
+    );
+    let e = c
+        .detokenize(DetokenizeRequest {
+            token: "et_aaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .detokenize(DetokenizeRequest {
+            token: "tk_logs_v1_x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut other = TokenServiceClient::new(tv.channel("partner-b").await?);
+    let e = other
+        .detokenize(DetokenizeRequest { token: alias })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM audit_log WHERE action = 'Detokenize' ORDER BY seq",
+    )
+    .fetch_all(tv.db())
+    .await?;
+    assert_eq!(outcomes, ["ok", "not_found", "invalid", "denied"]);
+    tv.stop().await
+}
+
+pub async fn rotation_keeps_tokens_resolvable(b: Backend) -> anyhow::Result<()> {
+    use IdentifierType::*;
+    let mut tv = TestVault::start(b).await?;
+    import(
+        &tv,
+        "partner-a",
+        vec![vec![rec(
+            "c1",
+            &[(Msisdn, "+447700900001"), (Account, "AC-1")],
+        )]],
+    )
+    .await?;
+    let before = tokenize(
+        &tv,
+        "partner-a",
+        TokenizeMode::CrossReference,
+        LOG.as_bytes(),
+        64,
+    )
+    .await?;
+    let v1_stateless = tokenize(
+        &tv,
+        "partner-a",
+        TokenizeMode::Stateless,
+        LOG.as_bytes(),
+        64,
+    )
+    .await?;
+    assert!(v1_stateless.data.contains("tk_logs_v1_"));
+
+    idvault_tests::idvault::keyfile::rotate(
+        &tv.dir.path().join("root.key"),
+        &SystemRng::default(),
+    )?;
+    tv.restart().await?;
+
+    // Identifiers linked under v1 are still found, by every live version.
+    let after = tokenize(
+        &tv,
+        "partner-a",
+        TokenizeMode::CrossReference,
+        LOG.as_bytes(),
+        64,
+    )
+    .await?;
+    assert_eq!(after.data, before.data);
+    // A record mixing a v1-linked identifier with a new one reuses the token.
+    let s = import(
+        &tv,
+        "partner-a",
+        vec![vec![rec("c1b", &[(Account, "AC-1"), (Account, "AC-2")])]],
+    )
+    .await?;
+    assert_eq!((s.entities_created, s.identifiers_linked), (0, 1));
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT key_version FROM xref_links ORDER BY key_version")
+            .fetch_all(tv.db())
+            .await?;
+    assert_eq!(versions, [1, 1, 2]);
+    // Stateless tokens move to v2; v1 tokens still verify with the v1 key.
+    let v2 = tokenize(
+        &tv,
+        "partner-a",
+        TokenizeMode::Stateless,
+        LOG.as_bytes(),
+        64,
+    )
+    .await?;
+    assert!(v2.data.contains("tk_logs_v2_") && !v2.data.contains("tk_logs_v1_"));
+    let t1 = domain_key(&tv, 1).token(idvault_tokenizer::IdentifierType::Msisdn, "+447700900001");
+    assert!(
+        v1_stateless.data.contains(&t1),
+        "old tokens are reproducible from the retained v1 key"
+    );
+    // Detokenize opens identifiers sealed under both versions.
+    let token = after
+        .data
+        .split('"')
+        .find(|s| s.starts_with("et_"))
+        .unwrap()
+        .to_owned();
+    let d = TokenServiceClient::new(tv.channel("partner-a").await?)
+        .detokenize(DetokenizeRequest { token })
+        .await?
+        .into_inner();
+    assert_eq!(d.identifiers.len(), 3);
+    tv.stop().await
+}

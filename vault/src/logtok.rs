@@ -1,0 +1,330 @@
+//! Tokenizing usage logs inside the vault (the `TokenizeLog` stream), in
+//! stateless mode (the domain key is derived here and never leaves) or in
+//! cross-reference mode (identifiers become their customer's entity token).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use idvault_policies::Action;
+use idvault_tokenizer::rewrite::FieldSpec;
+use idvault_tokenizer::rewrite::{Format, Reject, Rewriter, TokenSource, split_point};
+use idvault_tokenizer::{DomainKey, IdentifierType, NormalizeOptions};
+use zeroize::Zeroize;
+
+use crate::core::crypto::HASH_LEN;
+use crate::core::xref::{XrefIndexKey, blind_index};
+use crate::service::{Caller, Vault, VaultError};
+use crate::tokenize::MAX_RECORD_BYTES;
+
+/// Entries kept in the lookup cache before it is emptied.
+const CACHE_LIMIT: usize = 1_000_000;
+
+/// Identifier → canonical entity token, by current-version blind index.
+/// Cleared whenever an import commits, so merges are never served stale.
+#[derive(Debug, Default)]
+pub struct XrefCache(RwLock<HashMap<[u8; HASH_LEN], String>>);
+
+impl XrefCache {
+    /// Drops every entry.
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.0.write() {
+            m.clear();
+        }
+    }
+
+    fn get(&self, k: &[u8; HASH_LEN]) -> Option<String> {
+        self.0.read().ok()?.get(k).cloned()
+    }
+
+    fn insert(&self, k: [u8; HASH_LEN], v: String) {
+        if let Ok(mut m) = self.0.write() {
+            if m.len() >= CACHE_LIMIT {
+                m.clear();
+            }
+            m.insert(k, v);
+        }
+    }
+}
+
+/// How tokens are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `tk_<domain>_v<n>_…` from the domain key.
+    Stateless {
+        /// Token domain.
+        domain: String,
+    },
+    /// The customer's entity token from the cross-reference table.
+    CrossReference,
+}
+
+/// Settings of one tokenize stream.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Record format.
+    pub format: Format,
+    /// Fields to replace.
+    pub fields: Vec<FieldSpec>,
+    /// Token mode.
+    pub mode: Mode,
+    /// Phone normalisation.
+    pub opts: NormalizeOptions,
+    /// CSV header row (CSV only).
+    pub csv_header: Vec<u8>,
+}
+
+/// Records every identifier asked for, answering with a placeholder.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<(IdentifierType, String)>>);
+
+impl TokenSource for Collect {
+    fn token_into(
+        &self,
+        ty: IdentifierType,
+        normalized: &str,
+        out: &mut String,
+    ) -> Result<(), String> {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((ty, normalized.to_owned()));
+        }
+        out.push('x');
+        Ok(())
+    }
+}
+
+/// Answers from a resolved map; unknown identifiers are refused.
+struct Resolved(HashMap<(IdentifierType, String), String>);
+
+impl TokenSource for Resolved {
+    fn token_into(
+        &self,
+        ty: IdentifierType,
+        normalized: &str,
+        out: &mut String,
+    ) -> Result<(), String> {
+        match self.0.get(&(ty, normalized.to_owned())) {
+            Some(t) => {
+                out.push_str(t);
+                Ok(())
+            }
+            None => Err("identifier is not linked to any entity".into()),
+        }
+    }
+}
+
+enum Source {
+    Stateless(Arc<DomainKey>),
+    CrossReference(Arc<Vec<XrefIndexKey>>),
+}
+
+/// One tokenize stream's state.
+pub struct LogTokenizer {
+    vault: Arc<Vault>,
+    settings: Arc<Settings>,
+    source: Source,
+    pending: Vec<u8>,
+    next_line: u64,
+}
+
+impl std::fmt::Debug for LogTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogTokenizer")
+            .field("mode", &self.settings.mode)
+            .field("next_line", &self.next_line)
+            .finish()
+    }
+}
+
+fn rewriter<'t>(s: &Settings, tokens: &'t dyn TokenSource) -> Result<Rewriter<'t>, String> {
+    match s.format {
+        Format::JsonLines => Rewriter::json_lines(s.fields.clone(), s.opts, tokens),
+        Format::Csv { delimiter } => {
+            Rewriter::csv(s.fields.clone(), &s.csv_header, delimiter, s.opts, tokens)
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Output of one fed chunk.
+#[derive(Debug, Default)]
+pub struct Fed {
+    /// Rewritten records.
+    pub data: Vec<u8>,
+    /// Records refused.
+    pub rejects: Vec<Reject>,
+    /// Records rewritten.
+    pub rewritten: u64,
+}
+
+impl Vault {
+    /// Opens a tokenize stream: authorises, audits (fail closed), derives keys.
+    pub async fn start_tokenize(
+        self: &Arc<Self>,
+        caller: &Caller,
+        settings: Settings,
+    ) -> Result<LogTokenizer, VaultError> {
+        const A: Action = Action::TokenizeLog;
+        self.authorize(caller, A).await?;
+        if let Err(e) = rewriter(&settings, &Collect::default()) {
+            let err = VaultError::BadRequest(e);
+            return self.refuse(caller, A, None, err).await;
+        }
+        let v = self.keys().current_version();
+        let (source, detail) = match &settings.mode {
+            Mode::Stateless { domain } => {
+                if !idvault_tokenizer::token::valid_domain(domain) {
+                    let err = VaultError::BadRequest(
+                        "invalid token domain (use 1-32 of a-z, 0-9, -)".into(),
+                    );
+                    return self.refuse(caller, A, None, err).await;
+                }
+                let k = self.keys().token_key(domain, v)?;
+                let mut bytes = *k.expose();
+                let dk = DomainKey::new(domain, v, &bytes)
+                    .map_err(|e| VaultError::BadRequest(e.to_string()));
+                bytes.zeroize();
+                (
+                    Source::Stateless(Arc::new(dk?)),
+                    format!("mode=stateless domain={domain} v{v}"),
+                )
+            }
+            Mode::CrossReference => {
+                let keys = (1..=v)
+                    .rev()
+                    .map(|x| self.keys().xref_index_key(x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (
+                    Source::CrossReference(Arc::new(keys)),
+                    "mode=cross_reference".to_owned(),
+                )
+            }
+        };
+        let tx = self
+            .store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        self.commit_with(tx, caller, A, detail).await?;
+        let first_line = if matches!(settings.format, Format::Csv { .. }) {
+            2
+        } else {
+            1
+        };
+        Ok(LogTokenizer {
+            vault: Arc::clone(self),
+            settings: Arc::new(settings),
+            source,
+            pending: Vec::new(),
+            next_line: first_line,
+        })
+    }
+}
+
+impl LogTokenizer {
+    /// Feeds bytes (any split); rewrites every whole record received so
+    /// far, or everything when `last`.
+    pub async fn feed(&mut self, data: &[u8], last: bool) -> Result<Fed, VaultError> {
+        self.pending.extend_from_slice(data);
+        let cut = if last {
+            self.pending.len()
+        } else {
+            match split_point(self.settings.format, &self.pending) {
+                Some(c) => c,
+                None if self.pending.len() > MAX_RECORD_BYTES => {
+                    return Err(VaultError::BadRequest(format!(
+                        "record longer than {MAX_RECORD_BYTES} bytes"
+                    )));
+                }
+                None => return Ok(Fed::default()),
+            }
+        };
+        let rest = self.pending.split_off(cut);
+        let chunk = std::mem::replace(&mut self.pending, rest);
+        let first = self.next_line;
+        self.next_line += chunk.iter().filter(|&&b| b == b'\n').count() as u64
+            + u64::from(chunk.last().is_some_and(|&b| b != b'\n'));
+        let settings = Arc::clone(&self.settings);
+        match &self.source {
+            Source::Stateless(key) => {
+                let key = Arc::clone(key);
+                tokio::task::spawn_blocking(move || rewrite(&settings, key.as_ref(), &chunk, first))
+                    .await
+                    .map_err(|_| VaultError::Integrity("tokenizer task failed"))?
+            }
+            Source::CrossReference(keys) => {
+                let keys = Arc::clone(keys);
+                let vault = Arc::clone(&self.vault);
+                // Pass 1: which identifiers does this chunk need?
+                let (chunk, settings, wanted) = tokio::task::spawn_blocking(move || {
+                    let c = Collect::default();
+                    let _ = rewrite(&settings, &c, &chunk, first);
+                    let mut wanted = c.0.into_inner().unwrap_or_default();
+                    wanted.sort();
+                    wanted.dedup();
+                    (chunk, settings, wanted)
+                })
+                .await
+                .map_err(|_| VaultError::Integrity("tokenizer task failed"))?;
+                let map = vault.resolve_entities(&keys, wanted).await?;
+                // Pass 2: rewrite with the resolved tokens.
+                tokio::task::spawn_blocking(move || {
+                    rewrite(&settings, &Resolved(map), &chunk, first)
+                })
+                .await
+                .map_err(|_| VaultError::Integrity("tokenizer task failed"))?
+            }
+        }
+    }
+}
+
+fn rewrite(
+    settings: &Settings,
+    tokens: &dyn TokenSource,
+    chunk: &[u8],
+    first: u64,
+) -> Result<Fed, VaultError> {
+    let rw = rewriter(settings, tokens).map_err(VaultError::BadRequest)?;
+    let mut fed = Fed {
+        data: Vec::with_capacity(chunk.len() + chunk.len() / 2),
+        ..Fed::default()
+    };
+    let stats = rw.rewrite_chunk(chunk, first, &mut fed.data, &mut fed.rejects);
+    fed.rewritten = stats.rewritten;
+    Ok(fed)
+}
+
+impl Vault {
+    /// Resolves normalised identifiers to canonical entity tokens, through
+    /// the cache, looking up every live key version's blind index on a miss.
+    async fn resolve_entities(
+        &self,
+        keys: &[XrefIndexKey],
+        wanted: Vec<(IdentifierType, String)>,
+    ) -> Result<HashMap<(IdentifierType, String), String>, VaultError> {
+        let mut out = HashMap::with_capacity(wanted.len());
+        let mut misses = Vec::new();
+        for (ty, n) in wanted {
+            let Some(current) = keys.first() else { break };
+            let bi = blind_index(current, ty, &n);
+            match self.xref_cache().get(&bi) {
+                Some(t) => {
+                    out.insert((ty, n), t);
+                }
+                None => misses.push((ty, n, bi)),
+            }
+        }
+        if misses.is_empty() {
+            return Ok(out);
+        }
+        for (ty, n, bi) in misses {
+            let indexes: Vec<[u8; HASH_LEN]> = std::iter::once(bi)
+                .chain(keys.iter().skip(1).map(|k| blind_index(k, ty, &n)))
+                .collect();
+            if let Some((_, token)) = self.store().xref_lookup(&indexes).await?.into_iter().next() {
+                self.xref_cache().insert(bi, token.clone());
+                out.insert((ty, n), token);
+            }
+        }
+        Ok(out)
+    }
+}
