@@ -97,6 +97,7 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
             trust_domain: s.trust_domain.clone(),
             max_message_bytes: s.max_message_bytes,
             request_timeout: Duration::from_secs(s.request_timeout_secs),
+            stream_timeout: Duration::from_secs(s.stream_timeout_secs),
             handshake_timeout: Duration::from_secs(s.handshake_timeout_secs),
         },
     })

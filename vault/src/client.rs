@@ -74,8 +74,9 @@ pub async fn connect(
         .domain_name(server_name);
     let channel = Endpoint::from_shared(url.to_owned())?
         .tls_config(tls)?
+        // No per-request timeout here: streams may run for a long time; the
+        // server enforces its deadlines and callers can set grpc-timeout.
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
         .connect()
         .await?;
     Ok(channel)

@@ -72,6 +72,9 @@ pub struct ServerSection {
     /// Deadline applied to every RPC (a shorter client deadline wins).
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// Deadline of a whole streaming call (bridge import, log tokenizing).
+    #[serde(default = "default_stream_timeout")]
+    pub stream_timeout_secs: u64,
     /// Time allowed for a TLS handshake.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
@@ -85,6 +88,9 @@ fn default_max_message() -> usize {
 }
 fn default_request_timeout() -> u64 {
     30
+}
+fn default_stream_timeout() -> u64 {
+    3600
 }
 fn default_handshake_timeout() -> u64 {
     10
@@ -253,7 +259,10 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             "server.max_message_bytes must be 1 KiB ..= 64 MiB".into(),
         ));
     }
-    if file.server.request_timeout_secs == 0 || file.server.handshake_timeout_secs == 0 {
+    if file.server.request_timeout_secs == 0
+        || file.server.handshake_timeout_secs == 0
+        || file.server.stream_timeout_secs == 0
+    {
         return Err(ConfigError::Invalid(
             "timeouts must be at least 1 second".into(),
         ));

@@ -21,8 +21,10 @@ pub struct ServerOptions {
     pub trust_domain: String,
     /// Largest message either way.
     pub max_message_bytes: usize,
-    /// Server-side deadline per RPC.
+    /// Server-side deadline of a unary RPC.
     pub request_timeout: Duration,
+    /// Server-side deadline of a whole streaming RPC.
+    pub stream_timeout: Duration,
     /// TLS handshake deadline.
     pub handshake_timeout: Duration,
 }
@@ -58,18 +60,55 @@ impl RunningServer {
 
 /// tonic refuses a message over the size limit with `OUT_OF_RANGE`; the
 /// gRPC status code guide names `RESOURCE_EXHAUSTED` for it, which is what
-/// clients retry-classify on. No idvault handler returns `OUT_OF_RANGE`, so
-/// the rewrite cannot hide another error. (Unary refusals travel in the
-/// response headers, "trailers-only", which is where this looks.)
+/// clients classify on. No idvault handler returns `OUT_OF_RANGE`, so the
+/// rewrite cannot hide another error. Unary refusals travel in the
+/// response headers ("trailers-only"); streaming ones in the trailers, so
+/// both are rewritten.
 fn size_limit_is_resource_exhausted(
-    mut resp: http::Response<tonic::body::Body>,
+    resp: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let out_of_range = http::HeaderValue::from_static("11");
-    if resp.headers().get("grpc-status") == Some(&out_of_range) {
-        resp.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    let (mut parts, body) = resp.into_parts();
+    fix_status(&mut parts.headers);
+    http::Response::from_parts(parts, tonic::body::Body::new(FixTrailers(body)))
+}
+
+fn fix_status(h: &mut http::HeaderMap) {
+    if h.get("grpc-status").is_some_and(|v| v == "11") {
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
-    resp
+}
+
+/// A response body whose trailers get [`fix_status`].
+struct FixTrailers(tonic::body::Body);
+
+impl http_body::Body for FixTrailers {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.0).poll_frame(cx).map(|f| {
+            f.map(|r| {
+                r.map(|frame| match frame.into_trailers() {
+                    Ok(mut t) => {
+                        fix_status(&mut t);
+                        http_body::Frame::trailers(t)
+                    }
+                    Err(frame) => frame,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.0)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.0)
+    }
 }
 
 /// Starts serving `vault` on `listener`.
@@ -97,10 +136,10 @@ pub async fn start(
     health_reporter
         .set_serving::<TokenServiceServer<TokenApi>>()
         .await;
-    let tokens = TokenServiceServer::new(TokenApi::new(Arc::clone(&vault)))
+    let tokens = TokenServiceServer::new(TokenApi::new(Arc::clone(&vault), opts.request_timeout))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
-    let subjects = SubjectServiceServer::new(SubjectApi::new(vault))
+    let subjects = SubjectServiceServer::new(SubjectApi::new(vault, opts.request_timeout))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
     let incoming = crate::tls::incoming(
@@ -114,7 +153,9 @@ pub async fn start(
         .layer(tower::util::MapResponseLayer::new(
             size_limit_is_resource_exhausted,
         ))
-        .timeout(opts.request_timeout)
+        // The transport deadline bounds streams; unary calls get the shorter
+        // `request_timeout` in the API layer (tonic has one global timeout).
+        .timeout(opts.stream_timeout)
         .max_concurrent_streams(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -59,6 +59,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::tokenize_stream_cross_reference,
     tokens::detokenize_is_role_gated_and_audited,
     tokens::rotation_keeps_tokens_resolvable,
+    tokens::oversized_stream_message_is_resource_exhausted,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.

@@ -350,3 +350,14 @@ pub async fn rotation_keeps_tokens_resolvable(b: Backend) -> anyhow::Result<()> 
     assert_eq!(d.identifiers.len(), 3);
     tv.stop().await
 }
+
+pub async fn oversized_stream_message_is_resource_exhausted(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let big = vec![b'{'; 2 * 1024 * 1024];
+    let e = match tokenize(&tv, "partner-a", TokenizeMode::Stateless, &big, big.len()).await {
+        Err(e) => e,
+        Ok(_) => anyhow::bail!("a 2 MiB message was accepted"),
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    tv.stop().await
+}

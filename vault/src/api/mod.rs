@@ -33,6 +33,19 @@ pub fn status(err: VaultError) -> Status {
     Status::new(code, err.to_string())
 }
 
+/// Runs a unary handler within the server's request deadline. Dropping a
+/// timed-out call drops its transaction, which rolls it back.
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(
+            "the request exceeded the server deadline",
+        ))
+    })
+}
+
 /// The caller proven by the connection's client certificate.
 pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()

@@ -10,7 +10,7 @@ use idvault_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{caller, status};
+use super::{caller, status, within};
 use crate::core::packet::BreakReason;
 use crate::service::Vault;
 
@@ -18,12 +18,13 @@ use crate::service::Vault;
 #[derive(Debug, Clone)]
 pub struct SubjectApi {
     vault: Arc<Vault>,
+    deadline: std::time::Duration,
 }
 
 impl SubjectApi {
-    /// Serves `vault`.
-    pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+    /// Serves `vault`; each call must finish within `deadline`.
+    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
+        Self { vault, deadline }
     }
 }
 
@@ -49,11 +50,13 @@ impl SubjectService for SubjectApi {
         req: Request<CreateSubjectRequest>,
     ) -> Result<Response<CreateSubjectResponse>, Status> {
         let who = caller(&req)?;
-        let r = self
-            .vault
-            .create_subject(&who, pairs(req.into_inner().fields))
-            .await
-            .map_err(status)?;
+        let r = within(self.deadline, async {
+            self.vault
+                .create_subject(&who, pairs(req.into_inner().fields))
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(CreateSubjectResponse {
             subject_id: r.subject.to_string(),
             chain_length: r.head.seq,
@@ -67,11 +70,13 @@ impl SubjectService for SubjectApi {
     ) -> Result<Response<UpdateSubjectResponse>, Status> {
         let who = caller(&req)?;
         let m = req.into_inner();
-        let r = self
-            .vault
-            .update_subject(&who, &m.subject_id, pairs(m.fields))
-            .await
-            .map_err(status)?;
+        let r = within(self.deadline, async {
+            self.vault
+                .update_subject(&who, &m.subject_id, pairs(m.fields))
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(UpdateSubjectResponse {
             chain_length: r.head.seq,
             chain_head: hex::encode(r.head.hash),
@@ -83,11 +88,13 @@ impl SubjectService for SubjectApi {
         req: Request<VerifySubjectChainRequest>,
     ) -> Result<Response<VerifySubjectChainResponse>, Status> {
         let who = caller(&req)?;
-        let v = self
-            .vault
-            .verify_subject_chain(&who, &req.into_inner().subject_id)
-            .await
-            .map_err(status)?;
+        let v = within(self.deadline, async {
+            self.vault
+                .verify_subject_chain(&who, &req.into_inner().subject_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(VerifySubjectChainResponse {
             intact: v.report.intact(),
             packets_checked: v.report.checked,
@@ -106,11 +113,13 @@ impl SubjectService for SubjectApi {
         req: Request<DeleteSubjectRequest>,
     ) -> Result<Response<DeleteSubjectResponse>, Status> {
         let who = caller(&req)?;
-        let n = self
-            .vault
-            .delete_subject(&who, &req.into_inner().subject_id)
-            .await
-            .map_err(status)?;
+        let n = within(self.deadline, async {
+            self.vault
+                .delete_subject(&who, &req.into_inner().subject_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(DeleteSubjectResponse {
             packets_destroyed: n,
         }))

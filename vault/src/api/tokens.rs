@@ -12,7 +12,7 @@ use idvault_tokenizer::rewrite::{FieldSpec, Format};
 use idvault_tokenizer::{IdentifierType, NormalizeOptions};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{caller, status};
+use super::{caller, status, within};
 use crate::service::Vault;
 use crate::xref::{BridgeRecord, ImportSummary};
 
@@ -20,12 +20,13 @@ use crate::xref::{BridgeRecord, ImportSummary};
 #[derive(Debug, Clone)]
 pub struct TokenApi {
     vault: Arc<Vault>,
+    deadline: std::time::Duration,
 }
 
 impl TokenApi {
-    /// Serves `vault`.
-    pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+    /// Serves `vault`; unary calls must finish within `deadline`.
+    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
+        Self { vault, deadline }
     }
 }
 
@@ -177,11 +178,13 @@ impl TokenService for TokenApi {
         req: Request<DetokenizeRequest>,
     ) -> Result<Response<DetokenizeResponse>, Status> {
         let who = caller(&req)?;
-        let d = self
-            .vault
-            .detokenize(&who, &req.into_inner().token)
-            .await
-            .map_err(status)?;
+        let d = within(self.deadline, async {
+            self.vault
+                .detokenize(&who, &req.into_inner().token)
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(DetokenizeResponse {
             token: d.token,
             identifiers: d
