@@ -6,9 +6,16 @@
 //! {"record_id":"r1","msisdn":"+447700900001","account":["AC-1","AC-9"],"email":"a@example.org",
 //!  "service":"tv-9","customer_location":"LON-01","address_location":"LON-02"}
 //! ```
-//! CSV: a header naming the same columns (type columns may repeat); empty
-//! cells are skipped. Unknown keys or columns are refused, so a misspelt
-//! column cannot silently drop identifiers.
+//! Identifiers sealed with the bridge key (`idvault bridge seal`) go under
+//! `"sealed"`, base64-encoded: `{"record_id":"r1","sealed":{"msisdn":"AAAAAQ…"}}`.
+//!
+//! CSV: a header naming the same columns (type columns may repeat; sealed
+//! ones are `sealed.msisdn` etc.); empty cells are skipped. Unknown keys or
+//! columns are refused, so a misspelt column cannot silently drop
+//! identifiers.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 
 use idvault_proto::v1::{BridgeIdentifier, BridgeRecord, IdentifierType as PbType};
 use serde::Deserialize;
@@ -38,9 +45,20 @@ impl OneOrMany {
     }
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Sealed {
+    msisdn: Option<OneOrMany>,
+    email: Option<OneOrMany>,
+    account: Option<OneOrMany>,
+    service: Option<OneOrMany>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonRecord {
+    #[serde(default)]
+    sealed: Option<Sealed>,
     #[serde(default)]
     record_id: String,
     msisdn: Option<OneOrMany>,
@@ -68,8 +86,27 @@ fn ids(ty: PbType, values: Option<OneOrMany>, out: &mut Vec<BridgeIdentifier>) {
         out.push(BridgeIdentifier {
             r#type: ty.into(),
             value,
+            sealed_value: Vec::new(),
         });
     }
+}
+
+fn sealed_ids(
+    ty: PbType,
+    values: Option<OneOrMany>,
+    out: &mut Vec<BridgeIdentifier>,
+) -> Result<(), String> {
+    for v in values.map(OneOrMany::into_vec).unwrap_or_default() {
+        let sealed_value = B64
+            .decode(v.trim())
+            .map_err(|_| format!("sealed {} is not base64", ty.as_str_name()))?;
+        out.push(BridgeIdentifier {
+            r#type: ty.into(),
+            value: String::new(),
+            sealed_value,
+        });
+    }
+    Ok(())
 }
 
 /// Parses one JSON Lines record.
@@ -87,6 +124,11 @@ pub fn parse_json_line(line: &str) -> Result<BridgeRecord, String> {
     ids(PbType::Email, r.email, &mut identifiers);
     ids(PbType::Account, r.account, &mut identifiers);
     ids(PbType::Service, r.service, &mut identifiers);
+    let sealed = r.sealed.unwrap_or_default();
+    sealed_ids(PbType::Msisdn, sealed.msisdn, &mut identifiers)?;
+    sealed_ids(PbType::Email, sealed.email, &mut identifiers)?;
+    sealed_ids(PbType::Account, sealed.account, &mut identifiers)?;
+    sealed_ids(PbType::Service, sealed.service, &mut identifiers)?;
     Ok(BridgeRecord {
         record_id: r.record_id,
         identifiers,
@@ -103,7 +145,7 @@ impl Classify for serde_json::Error {
     fn classify_reason(&self) -> &'static str {
         let msg = self.to_string();
         if msg.contains("unknown field") {
-            "unknown key (use record_id, msisdn, email, account, service, customer_location, address_location)"
+            "unknown key (use record_id, msisdn, email, account, service, sealed, customer_location, address_location)"
         } else if self.is_syntax() || self.is_eof() {
             "not valid JSON"
         } else {
@@ -122,6 +164,7 @@ pub struct CsvLayout {
 enum Role {
     RecordId,
     Id(PbType),
+    SealedId(PbType),
     CustomerLocation,
     AddressLocation,
 }
@@ -135,9 +178,11 @@ impl CsvLayout {
                 "record_id" => Ok(Role::RecordId),
                 "customer_location" => Ok(Role::CustomerLocation),
                 "address_location" => Ok(Role::AddressLocation),
-                other => column_type(other)
-                    .map(Role::Id)
-                    .ok_or_else(|| format!("unknown column '{other}'")),
+                other => match other.strip_prefix("sealed.") {
+                    Some(t) => column_type(t).map(Role::SealedId),
+                    None => column_type(other).map(Role::Id),
+                }
+                .ok_or_else(|| format!("unknown column '{other}'")),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { roles })
@@ -164,6 +209,14 @@ impl CsvLayout {
                 Role::Id(t) => r.identifiers.push(BridgeIdentifier {
                     r#type: (*t).into(),
                     value: cell.to_owned(),
+                    sealed_value: Vec::new(),
+                }),
+                Role::SealedId(t) => r.identifiers.push(BridgeIdentifier {
+                    r#type: (*t).into(),
+                    value: String::new(),
+                    sealed_value: B64
+                        .decode(cell.trim())
+                        .map_err(|_| format!("sealed {} is not base64", t.as_str_name()))?,
                 }),
             }
         }
@@ -185,6 +238,14 @@ mod tests {
         let e = parse_json_line(r#"{"msisdn": 447700900001}"#).unwrap_err();
         assert!(e.contains("wrong type") && !e.contains("7700"), "{e}");
         assert!(parse_json_line("{").unwrap_err().contains("not valid JSON"));
+        let r = parse_json_line(r#"{"sealed":{"msisdn":["AAECAw=="]},"account":"A"}"#).unwrap();
+        assert_eq!(r.identifiers[1].sealed_value, vec![0, 1, 2, 3]);
+        assert!(r.identifiers[1].value.is_empty());
+        assert!(
+            parse_json_line(r#"{"sealed":{"msisdn":"%%%"}}"#)
+                .unwrap_err()
+                .contains("not base64")
+        );
     }
 
     #[test]

@@ -138,6 +138,26 @@ enum KeysCommand {
 enum BridgeCommand {
     /// Stream an identity-bridge file (JSON Lines or CSV) into the vault.
     Import(BridgeImportArgs),
+    /// Export the key a sending platform seals bridge identifiers with.
+    ExportKey {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Where to write the key file (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seal the identifiers of a JSON Lines bridge file with an exported
+    /// bridge key, so the file carries no identifier in clear.
+    Seal {
+        /// Exported bridge key file.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Plain JSON Lines bridge file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -355,6 +375,28 @@ async fn main() -> anyhow::Result<()> {
             println!("root key version {v} is now current; older versions remain for reading");
             Ok(())
         }
+        Command::Bridge {
+            command: BridgeCommand::ExportKey { dir, out },
+        } => {
+            let cfg = dir.load()?;
+            let keys = idvault::app::open_keys(&cfg)?;
+            let key = keys.bridge_seal_key(keys.current_version())?;
+            write_secret_file(&out, &idvault::core::xref::bridge_key_file(&key))?;
+            println!(
+                "wrote {} (bridge seal key, version {}); give it only to the sending platform",
+                out.display(),
+                key.version()
+            );
+            Ok(())
+        }
+        Command::Bridge {
+            command:
+                BridgeCommand::Seal {
+                    key_file,
+                    output,
+                    file,
+                },
+        } => bridge_seal(&key_file, output.as_deref(), &file),
         Command::Bridge {
             command: BridgeCommand::Import(args),
         } => bridge_import(args)
@@ -873,21 +915,9 @@ async fn tokenize_remote(args: TokenizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn export_token_key(
-    dir: &DataDir,
-    domain: &str,
-    version: Option<u32>,
-    out: &std::path::Path,
-) -> anyhow::Result<()> {
+/// Creates `path` with mode 0600 (never overwriting) and writes `text`.
+fn write_secret_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    if !idvault_tokenizer::token::valid_domain(domain) {
-        bail!("invalid token domain '{domain}' (use 1-32 of a-z, 0-9, -)");
-    }
-    let cfg = dir.load()?;
-    let keys = idvault::app::open_keys(&cfg)?;
-    let version = version.unwrap_or_else(|| keys.current_version());
-    let key = keys.token_key(domain, version)?;
-    let text = idvault_tokenizer::token::key_file_text(domain, version, key.expose());
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -896,10 +926,102 @@ fn export_token_key(
         opts.mode(0o600);
     }
     let mut f = opts
-        .open(out)
-        .with_context(|| format!("cannot create {}", out.display()))?;
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
+    Ok(())
+}
+
+fn bridge_seal(
+    key_file: &std::path::Path,
+    output: Option<&std::path::Path>,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    use std::io::{BufRead, Write};
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(key_file).with_context(|| key_file.display().to_string())?,
+    );
+    let key = idvault::core::xref::parse_bridge_key_file(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+    let rng = SystemRng::default();
+    let input = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| file.display().to_string())?,
+    );
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // Errors name the line, never its content.
+        let mut rec: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
+            .map_err(|_| anyhow::anyhow!("line {}: not a JSON object", i + 1))?;
+        let mut sealed = serde_json::Map::new();
+        for ty in [
+            idvault_tokenizer::IdentifierType::Msisdn,
+            idvault_tokenizer::IdentifierType::Email,
+            idvault_tokenizer::IdentifierType::Account,
+            idvault_tokenizer::IdentifierType::Service,
+        ] {
+            let Some(v) = rec.remove(ty.name()) else {
+                continue;
+            };
+            let values: Vec<String> = match v {
+                serde_json::Value::String(s) => vec![s],
+                serde_json::Value::Array(a) => a
+                    .into_iter()
+                    .map(|x| x.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("line {}: {} must be strings", i + 1, ty.name())
+                    })?,
+                _ => bail!(
+                    "line {}: {} must be a string or an array of strings",
+                    i + 1,
+                    ty.name()
+                ),
+            };
+            let mut enc = Vec::with_capacity(values.len());
+            for v in values {
+                let s = idvault::core::xref::seal_bridge_identifier(&key, ty, &v, &rng)?;
+                enc.push(serde_json::Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(s),
+                ));
+            }
+            sealed.insert(ty.name().to_owned(), serde_json::Value::Array(enc));
+        }
+        if !sealed.is_empty() {
+            rec.insert("sealed".into(), serde_json::Value::Object(sealed));
+        }
+        serde_json::to_writer(&mut out, &rec)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn export_token_key(
+    dir: &DataDir,
+    domain: &str,
+    version: Option<u32>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    if !idvault_tokenizer::token::valid_domain(domain) {
+        bail!("invalid token domain '{domain}' (use 1-32 of a-z, 0-9, -)");
+    }
+    let cfg = dir.load()?;
+    let keys = idvault::app::open_keys(&cfg)?;
+    let version = version.unwrap_or_else(|| keys.current_version());
+    let key = keys.token_key(domain, version)?;
+    write_secret_file(
+        out,
+        &idvault_tokenizer::token::key_file_text(domain, version, key.expose()),
+    )?;
     println!(
         "wrote {} (token domain {domain}, version {version}); keep it as secret as the data",
         out.display()
@@ -1125,10 +1247,12 @@ async fn bench_tokenize_xref(records: u64) -> anyhow::Result<()> {
                         BridgeIdentifier {
                             r#type: T::Msisdn.into(),
                             value: format!("+44 7700 {u:06}"),
+                            sealed_value: Vec::new(),
                         },
                         BridgeIdentifier {
                             r#type: T::Account.into(),
                             value: format!("AC-{:08}", u * 7 + 13),
+                            sealed_value: Vec::new(),
                         },
                     ],
                     ..Default::default()

@@ -12,13 +12,22 @@ use crate::service::{Caller, Vault, VaultError};
 /// Most records in one import batch (one transaction).
 pub const MAX_BATCH: usize = 1000;
 
+/// An identifier as received: in clear, or sealed with the bridge key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdValue {
+    /// Clear text.
+    Plain(String),
+    /// `seal_bridge_identifier` output.
+    Sealed(Vec<u8>),
+}
+
 /// One bridge record as received.
 #[derive(Debug, Clone, Default)]
 pub struct BridgeRecord {
     /// The sender's record id, echoed in errors and merges (not PII).
     pub record_id: String,
     /// The customer's identifiers.
-    pub identifiers: Vec<(IdentifierType, String)>,
+    pub identifiers: Vec<(IdentifierType, IdValue)>,
     /// Customer location code (validated, not a link key).
     pub customer_location: Option<String>,
     /// Address location code (validated, not a link key).
@@ -121,7 +130,20 @@ impl Vault {
             Vec<[u8; HASH_LEN]>,
             zeroize::Zeroizing<String>,
         )> = Vec::new();
-        for (ty, raw) in &r.identifiers {
+        for (ty, value) in &r.identifiers {
+            let opened;
+            let raw: &str = match value {
+                IdValue::Plain(v) => v,
+                IdValue::Sealed(bytes) => {
+                    let key = crate::core::xref::sealed_bridge_version(bytes)
+                        .and_then(|v| self.keys().bridge_seal_key(v).ok())
+                        .ok_or_else(|| fail(format!("sealed {ty} names an unknown key version")))?;
+                    opened = crate::core::xref::open_bridge_identifier(&key, *ty, bytes).map_err(
+                        |_| fail(format!("sealed {ty} does not open with the bridge key")),
+                    )?;
+                    &opened
+                }
+            };
             let n = normalize(*ty, raw, opts).map_err(|e| fail(e.to_string()))?;
             let idx: Vec<[u8; HASH_LEN]> = keys.iter().map(|k| blind_index(k, *ty, &n)).collect();
             if !ids.iter().any(|(_, other, _)| other.first() == idx.first()) {

@@ -15,6 +15,7 @@ pub fn rec(id: &str, ids: &[(IdentifierType, &str)]) -> BridgeRecord {
             .map(|(t, v)| BridgeIdentifier {
                 r#type: (*t).into(),
                 value: (*v).into(),
+                sealed_value: Vec::new(),
             })
             .collect(),
         customer_location: "lon-01".into(),
@@ -206,6 +207,90 @@ pub async fn import_needs_the_bridge_role(b: Backend) -> anyhow::Result<()> {
     assert_eq!(
         (action.as_str(), outcome.as_str()),
         ("ImportBridge", "denied")
+    );
+    tv.stop().await
+}
+
+pub async fn sealed_identifiers_import_like_plain_ones(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault::core::SystemRng;
+    use idvault_tests::idvault::core::xref::{BridgeSealKey, seal_bridge_identifier};
+    let tv = TestVault::start(b).await?;
+    import(
+        &tv,
+        "partner-a",
+        vec![vec![rec(
+            "plain",
+            &[(IdentifierType::Msisdn, "+447700900001")],
+        )]],
+    )
+    .await?;
+    let key = tv.vault.keys().bridge_seal_key(1)?;
+    let rng = SystemRng::default();
+    let sealed = seal_bridge_identifier(
+        &key,
+        idvault_tokenizer::IdentifierType::Msisdn,
+        "07700 900001",
+        &rng,
+    )?;
+    let wrong = seal_bridge_identifier(
+        &BridgeSealKey::from_bytes([1; 32], 1),
+        idvault_tokenizer::IdentifierType::Account,
+        "X",
+        &rng,
+    )?;
+    let id = |t: IdentifierType, s: Vec<u8>| BridgeIdentifier {
+        r#type: t.into(),
+        value: String::new(),
+        sealed_value: s,
+    };
+    let recs = vec![
+        BridgeRecord {
+            record_id: "sealed".into(),
+            identifiers: vec![
+                id(IdentifierType::Msisdn, sealed.clone()),
+                BridgeIdentifier {
+                    r#type: IdentifierType::Account.into(),
+                    value: "AC-7".into(),
+                    sealed_value: Vec::new(),
+                },
+            ],
+            ..Default::default()
+        },
+        BridgeRecord {
+            record_id: "wrong-key".into(),
+            identifiers: vec![id(IdentifierType::Account, wrong)],
+            ..Default::default()
+        },
+        // Sealed as an msisdn, presented as an account: the type is bound in.
+        BridgeRecord {
+            record_id: "wrong-type".into(),
+            identifiers: vec![id(IdentifierType::Account, sealed.clone())],
+            ..Default::default()
+        },
+        BridgeRecord {
+            record_id: "both".into(),
+            identifiers: vec![BridgeIdentifier {
+                r#type: IdentifierType::Account.into(),
+                value: "A".into(),
+                sealed_value: sealed,
+            }],
+            ..Default::default()
+        },
+    ];
+    let s = import(&tv, "partner-a", vec![recs]).await?;
+    // The sealed phone is the plain one: no new entity, the account joins it.
+    assert_eq!(
+        (s.entities_created, s.identifiers_linked, s.merges.len()),
+        (0, 1, 0)
+    );
+    let reasons: Vec<&str> = s.rejected.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "sealed account does not open with the bridge key",
+            "sealed account does not open with the bridge key",
+            "identifier with an unknown type, or not exactly one of value and sealed_value"
+        ]
     );
     tv.stop().await
 }

@@ -193,6 +193,7 @@ impl TokenService for TokenApi {
                 .map(|(t, v)| BridgeIdentifier {
                     r#type: pb_type(t).into(),
                     value: v.to_string(),
+                    sealed_value: Vec::new(),
                 })
                 .collect(),
         }))
@@ -218,9 +219,15 @@ impl TokenService for TokenApi {
                 let mut ids = Vec::with_capacity(r.identifiers.len());
                 let mut bad = false;
                 for id in r.identifiers {
-                    match id_type(id.r#type) {
-                        Some(t) => ids.push((t, id.value)),
-                        None => bad = true,
+                    let value = match (id.value.is_empty(), id.sealed_value.is_empty()) {
+                        (false, true) => Some(crate::xref::IdValue::Plain(id.value)),
+                        (true, false) => Some(crate::xref::IdValue::Sealed(id.sealed_value)),
+                        // Both or neither: refuse rather than guess.
+                        _ => None,
+                    };
+                    match (id_type(id.r#type), value) {
+                        (Some(t), Some(v)) => ids.push((t, v)),
+                        _ => bad = true,
                     }
                 }
                 if bad {
@@ -243,7 +250,7 @@ impl TokenService for TokenApi {
                 .map_err(status)?;
             for e in &mut s.rejected {
                 if bad_types.contains(&e.index) {
-                    e.reason = "identifier type unspecified or unknown".into();
+                    e.reason = "identifier with an unknown type, or not exactly one of value and sealed_value".into();
                 }
             }
             for e in &mut s.rejected {

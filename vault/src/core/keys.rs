@@ -215,6 +215,11 @@ impl KeyHierarchy {
         self.derive(super::xref::LABEL_XREF_SEAL, version)
     }
 
+    /// The key partners seal identity-bridge identifiers with, of `version`.
+    pub fn bridge_seal_key(&self, version: u32) -> Result<super::xref::BridgeSealKey, KeyError> {
+        self.derive(super::xref::LABEL_BRIDGE_SEAL, version)
+    }
+
     /// The HMAC key of token domain `domain` (validated by the caller) at `version`.
     pub fn token_key(&self, domain: &str, version: u32) -> Result<TokenKey, KeyError> {
         self.derive(&format!("{LABEL_TOKEN_PREFIX}{domain}"), version)

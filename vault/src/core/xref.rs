@@ -75,6 +75,110 @@ pub fn open_identifier(
 /// The blind-index key of one version.
 pub type XrefIndexKey = Secret<XrefIndexMaterial>;
 
+/// HKDF label of the key partners seal bridge identifiers with.
+pub const LABEL_BRIDGE_SEAL: &str = "idvault/v1/bridge-seal";
+const BRIDGE_AAD: &[u8] = b"idvault/v1/bridge-identifier";
+
+/// Key purpose of the bridge seal key.
+#[derive(Debug, Clone, Copy)]
+pub enum BridgeSealMaterial {}
+impl super::secret::KeyPurpose for BridgeSealMaterial {
+    const NAME: &'static str = "bridge-seal-key";
+}
+
+/// The key a sending platform seals identity-bridge identifiers with.
+pub type BridgeSealKey = Secret<BridgeSealMaterial>;
+
+/// Seals one bridge identifier so the bridge file never holds it in clear:
+/// `version:u32be ‖ nonce:12 ‖ AES-256-GCM(key_v, nonce, aad = "idvault/v1/bridge-identifier" ‖ type, value)`.
+pub fn seal_bridge_identifier(
+    key: &BridgeSealKey,
+    ty: IdentifierType,
+    value: &str,
+    rng: &dyn super::Rng,
+) -> Result<Vec<u8>, crypto::CryptoError> {
+    let nonce = crypto::random_nonce(rng)?;
+    let ct = crypto::aead_seal(
+        key.expose(),
+        &nonce,
+        &[BRIDGE_AAD, ty.name().as_bytes()].concat(),
+        value.as_bytes(),
+    )?;
+    Ok([&key.version().to_be_bytes()[..], &nonce, &ct].concat())
+}
+
+/// The key version a sealed bridge identifier names.
+pub fn sealed_bridge_version(sealed: &[u8]) -> Option<u32> {
+    sealed.first_chunk::<4>().map(|v| u32::from_be_bytes(*v))
+}
+
+/// Opens a sealed bridge identifier with the key of its version.
+pub fn open_bridge_identifier(
+    key: &BridgeSealKey,
+    ty: IdentifierType,
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<String>, crypto::CryptoError> {
+    let rest = sealed.get(4..).ok_or(crypto::CryptoError::Authentication)?;
+    if sealed_bridge_version(sealed) != Some(key.version()) {
+        return Err(crypto::CryptoError::Authentication);
+    }
+    let (nonce, ct) = rest
+        .split_first_chunk::<{ crypto::NONCE_LEN }>()
+        .ok_or(crypto::CryptoError::Authentication)?;
+    let pt = crypto::aead_open(
+        key.expose(),
+        nonce,
+        &[BRIDGE_AAD, ty.name().as_bytes()].concat(),
+        ct,
+    )?;
+    String::from_utf8(pt.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| crypto::CryptoError::Authentication)
+}
+
+/// First line of an exported bridge seal key file.
+pub const BRIDGE_KEY_HEADER: &str = "idvault-bridge-key v1";
+
+/// Serialises a bridge seal key: header, `version N`, `key <hex>`.
+pub fn bridge_key_file(key: &BridgeSealKey) -> zeroize::Zeroizing<String> {
+    let mut hex = hex::encode(key.expose());
+    let out = zeroize::Zeroizing::new(format!(
+        "{BRIDGE_KEY_HEADER}\nversion {}\nkey {hex}\n",
+        key.version()
+    ));
+    zeroize::Zeroize::zeroize(&mut hex);
+    out
+}
+
+/// Parses a bridge seal key file; errors never echo key text.
+pub fn parse_bridge_key_file(text: &str) -> Result<BridgeSealKey, &'static str> {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    if lines.next() != Some(BRIDGE_KEY_HEADER) {
+        return Err("not an idvault bridge key file");
+    }
+    let version: u32 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("version "))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|v| *v > 0)
+        .ok_or("missing or invalid 'version' line")?;
+    let mut bytes = [0u8; 32];
+    lines
+        .next()
+        .and_then(|l| l.strip_prefix("key "))
+        .and_then(|k| hex::decode_to_slice(k.trim(), &mut bytes).ok())
+        .ok_or("missing or invalid 'key' line")?;
+    if lines.next().is_some() {
+        return Err("unexpected lines after 'key'");
+    }
+    let key = BridgeSealKey::from_bytes(bytes, version);
+    zeroize::Zeroize::zeroize(&mut bytes);
+    Ok(key)
+}
+
 /// Blind index of a normalised identifier.
 pub fn blind_index(key: &XrefIndexKey, ty: IdentifierType, normalized: &str) -> [u8; HASH_LEN] {
     crypto::hmac_sha256(
@@ -192,6 +296,27 @@ mod tests {
             "+447700900001"
         );
         assert!(open_identifier(&k, &[2; 32], &s).is_err());
+    }
+
+    #[test]
+    fn sealed_bridge_identifiers() {
+        let rng = crate::core::SystemRng::default();
+        let k = BridgeSealKey::from_bytes([9; 32], 3);
+        let s = seal_bridge_identifier(&k, IdentifierType::Msisdn, "+447700900001", &rng).unwrap();
+        assert_eq!(sealed_bridge_version(&s), Some(3));
+        assert_eq!(
+            &*open_bridge_identifier(&k, IdentifierType::Msisdn, &s).unwrap(),
+            "+447700900001"
+        );
+        // Bound to its type: an msisdn cannot be replayed as an account.
+        assert!(open_bridge_identifier(&k, IdentifierType::Account, &s).is_err());
+        let mut t = s.clone();
+        *t.last_mut().unwrap() ^= 1;
+        assert!(open_bridge_identifier(&k, IdentifierType::Msisdn, &t).is_err());
+        let f = bridge_key_file(&k);
+        let back = parse_bridge_key_file(&f).unwrap();
+        assert_eq!((back.version(), back.expose()), (3, &[9; 32]));
+        assert!(parse_bridge_key_file("idvault-bridge-key v1\nversion 1\nkey zz").is_err());
     }
 
     #[test]
