@@ -163,16 +163,7 @@ enum BridgeCommand {
 #[derive(Args, Debug)]
 struct BridgeImportArgs {
     #[command(flatten)]
-    dir: DataDir,
-    /// Partner whose certificate to use (needs the bridge.import role).
-    #[arg(long, default_value = "partner-a")]
-    name: String,
-    /// Vault URL.
-    #[arg(long, default_value = "https://127.0.0.1:50051")]
-    server: String,
-    /// Name to verify in the server certificate.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    conn: ConnectArgs,
     /// File format (default: from the extension, else jsonl).
     #[arg(long, value_parser = ["jsonl", "csv"])]
     format: Option<String>,
@@ -289,8 +280,9 @@ enum BenchCommand {
     },
 }
 
+/// How a partner command reaches the vault.
 #[derive(Args, Debug)]
-struct PartnerArgs {
+struct ConnectArgs {
     #[command(flatten)]
     dir: DataDir,
     /// Partner whose certificate to use (DATA_DIR/tls/NAME.crt and .key).
@@ -302,6 +294,30 @@ struct PartnerArgs {
     /// Name to verify in the server certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+}
+
+impl ConnectArgs {
+    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let creds = idvault::client::PartnerCredentials::from_dir(
+            &self.dir.data_dir.join("tls"),
+            &self.name,
+        )?;
+        Ok(idvault::client::connect(&self.server, &self.server_name, &creds).await?)
+    }
+}
+
+/// A gRPC refusal is an answer, not a crash: show code and message only.
+fn plain_status(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<tonic::Status>() {
+        Ok(s) => anyhow::anyhow!("{:?}: {}", s.code(), s.message()),
+        Err(e) => e,
+    }
+}
+
+#[derive(Args, Debug)]
+struct PartnerArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
     #[command(subcommand)]
     command: PartnerCommand,
 }
@@ -399,19 +415,9 @@ async fn main() -> anyhow::Result<()> {
         } => bridge_seal(&key_file, output.as_deref(), &file),
         Command::Bridge {
             command: BridgeCommand::Import(args),
-        } => bridge_import(args)
-            .await
-            .map_err(|e| match e.downcast::<tonic::Status>() {
-                Ok(s) => anyhow::anyhow!("{:?}: {}", s.code(), s.message()),
-                Err(e) => e,
-            }),
+        } => bridge_import(args).await.map_err(plain_status),
         Command::Tokenize(args) if args.server.is_some() => {
-            tokenize_remote(args)
-                .await
-                .map_err(|e| match e.downcast::<tonic::Status>() {
-                    Ok(s) => anyhow::anyhow!("{:?}: {}", s.code(), s.message()),
-                    Err(e) => e,
-                })
+            tokenize_remote(args).await.map_err(plain_status)
         }
         Command::Tokenize(args) => tokenize(args),
         Command::Tokens {
@@ -423,15 +429,7 @@ async fn main() -> anyhow::Result<()> {
                     out,
                 },
         } => export_token_key(&dir, &domain, version, &out),
-        Command::Partner(args) => {
-            partner(args)
-                .await
-                .map_err(|e| match e.downcast::<tonic::Status>() {
-                    // A refusal is an answer, not a crash: show code and message only.
-                    Ok(s) => anyhow::anyhow!("{:?}: {}", s.code(), s.message()),
-                    Err(e) => e,
-                })
-        }
+        Command::Partner(args) => partner(args).await.map_err(plain_status),
         Command::Bench {
             command: BenchCommand::Packets { count },
         } => bench_packets(count),
@@ -602,10 +600,7 @@ async fn audit_verify(dir: &DataDir, database_url: Option<String>) -> anyhow::Re
 }
 
 async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
-    let creds =
-        idvault::client::PartnerCredentials::from_dir(&args.dir.data_dir.join("tls"), &args.name)?;
-    let channel = idvault::client::connect(&args.server, &args.server_name, &creds).await?;
-    let mut c = SubjectServiceClient::new(channel);
+    let mut c = SubjectServiceClient::new(args.conn.channel().await?);
     let fields = |f: Vec<(String, String)>| {
         f.into_iter()
             .map(|(name, value)| Field { name, value })
@@ -748,10 +743,7 @@ async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> {
         flush(&mut records)?;
         Ok(errors)
     });
-    let creds =
-        idvault::client::PartnerCredentials::from_dir(&args.dir.data_dir.join("tls"), &args.name)?;
-    let channel = idvault::client::connect(&args.server, &args.server_name, &creds).await?;
-    let mut client = TokenServiceClient::new(channel);
+    let mut client = TokenServiceClient::new(args.conn.channel().await?);
     let response = client
         .import_bridge(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;

@@ -269,6 +269,34 @@ impl Vault {
         }
     }
 
+    /// Parses `subject`, starts the audited transaction and loads the
+    /// subject if `partner` owns it. Any refusal is audited here.
+    async fn open_owned(
+        &self,
+        caller: &Caller,
+        action: Action,
+        partner: &Partner,
+        subject: Result<SubjectId, FieldError>,
+    ) -> Result<(SubjectId, AuditedTx, SubjectRow), VaultError> {
+        let id = match subject {
+            Ok(id) => id,
+            Err(e) => return self.refuse(caller, action, None, e.into()).await,
+        };
+        let mut tx = self
+            .store
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        match self.owned_subject(&mut tx, partner, &id).await {
+            Ok(row) => Ok((id, tx, row)),
+            Err(e) => {
+                // Roll back before the refusal opens its own transaction.
+                drop(tx);
+                self.refuse(caller, action, Some(&id), e).await
+            }
+        }
+    }
+
     /// Creates a subject holding `fields`.
     pub async fn create_subject(
         &self,
@@ -319,23 +347,14 @@ impl Vault {
     ) -> Result<ChainUpdate, VaultError> {
         const A: Action = Action::UpdateSubject;
         let partner = self.authorize(caller, A).await?;
-        let (id, fields) =
-            match SubjectId::parse(subject).and_then(|id| Ok((id, validate_fields(fields)?))) {
-                Ok(v) => v,
-                Err(e) => return self.refuse(caller, A, None, e.into()).await,
-            };
-        let mut tx = self
-            .store
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
-        let row = match self.owned_subject(&mut tx, partner, &id).await {
-            Ok(r) => r,
-            Err(e) => {
-                drop(tx);
-                return self.refuse(caller, A, Some(&id), e).await;
-            }
+        // Validate the fields before touching storage.
+        let fields = match validate_fields(fields) {
+            Ok(f) => f,
+            Err(e) => return self.refuse(caller, A, None, e.into()).await,
         };
+        let (id, mut tx, row) = self
+            .open_owned(caller, A, partner, SubjectId::parse(subject))
+            .await?;
         let kek = self.keys.kek(row.wrapped_dek.kek_version)?;
         let dek = keys::unwrap_dek(&kek, &id, &row.wrapped_dek)
             .map_err(|_| VaultError::Integrity("data key unwrap"))?;
@@ -358,22 +377,9 @@ impl Vault {
     ) -> Result<ChainVerification, VaultError> {
         const A: Action = Action::VerifySubjectChain;
         let partner = self.authorize(caller, A).await?;
-        let id = match SubjectId::parse(subject) {
-            Ok(id) => id,
-            Err(e) => return self.refuse(caller, A, None, e.into()).await,
-        };
-        let mut tx = self
-            .store
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
-        let row = match self.owned_subject(&mut tx, partner, &id).await {
-            Ok(r) => r,
-            Err(e) => {
-                drop(tx);
-                return self.refuse(caller, A, Some(&id), e).await;
-            }
-        };
+        let (id, mut tx, row) = self
+            .open_owned(caller, A, partner, SubjectId::parse(subject))
+            .await?;
         let stored = tx.packets(&id).await?;
         let kek = self.keys.kek(row.wrapped_dek.kek_version)?;
         let report = match keys::unwrap_dek(&kek, &id, &row.wrapped_dek) {
@@ -405,19 +411,9 @@ impl Vault {
     pub async fn delete_subject(&self, caller: &Caller, subject: &str) -> Result<u64, VaultError> {
         const A: Action = Action::DeleteSubject;
         let partner = self.authorize(caller, A).await?;
-        let id = match SubjectId::parse(subject) {
-            Ok(id) => id,
-            Err(e) => return self.refuse(caller, A, None, e.into()).await,
-        };
-        let mut tx = self
-            .store
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
-        if let Err(e) = self.owned_subject(&mut tx, partner, &id).await {
-            drop(tx);
-            return self.refuse(caller, A, Some(&id), e).await;
-        }
+        let (id, mut tx, _) = self
+            .open_owned(caller, A, partner, SubjectId::parse(subject))
+            .await?;
         let n = tx.delete_subject(&id).await?;
         self.commit(
             tx,
