@@ -20,28 +20,52 @@ use crate::tokenize::MAX_RECORD_BYTES;
 const CACHE_LIMIT: usize = 1_000_000;
 
 /// Identifier → canonical entity token, by current-version blind index.
-/// Cleared whenever an import commits, so merges are never served stale.
+///
+/// Entries are tagged with the cross-reference generation they were read
+/// under. Imports that change links bump the generation in the database
+/// (so every replica sees it) and clear this cache locally; a lookup that
+/// raced with such an import does not insert its possibly pre-merge answer.
 #[derive(Debug, Default)]
-pub struct XrefCache(RwLock<HashMap<[u8; HASH_LEN], String>>);
+pub struct XrefCache(RwLock<CacheInner>);
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    generation: i64,
+    map: HashMap<[u8; HASH_LEN], String>,
+}
 
 impl XrefCache {
-    /// Drops every entry.
+    /// Drops every entry and forgets the generation.
     pub fn clear(&self) {
-        if let Ok(mut m) = self.0.write() {
-            m.clear();
+        if let Ok(mut c) = self.0.write() {
+            c.map.clear();
+            c.generation = -1;
+        }
+    }
+
+    /// Makes the cache current for `generation`, dropping older entries.
+    fn sync(&self, generation: i64) {
+        if let Ok(mut c) = self.0.write()
+            && c.generation != generation
+        {
+            c.map.clear();
+            c.generation = generation;
         }
     }
 
     fn get(&self, k: &[u8; HASH_LEN]) -> Option<String> {
-        self.0.read().ok()?.get(k).cloned()
+        self.0.read().ok()?.map.get(k).cloned()
     }
 
-    fn insert(&self, k: [u8; HASH_LEN], v: String) {
-        if let Ok(mut m) = self.0.write() {
-            if m.len() >= CACHE_LIMIT {
-                m.clear();
+    fn insert(&self, generation: i64, k: [u8; HASH_LEN], v: String) {
+        if let Ok(mut c) = self.0.write() {
+            if c.generation != generation {
+                return;
             }
-            m.insert(k, v);
+            if c.map.len() >= CACHE_LIMIT {
+                c.map.clear();
+            }
+            c.map.insert(k, v);
         }
     }
 }
@@ -249,7 +273,7 @@ impl LogTokenizer {
                 let key = Arc::clone(key);
                 tokio::task::spawn_blocking(move || rewrite(&settings, key.as_ref(), &chunk, first))
                     .await
-                    .map_err(|_| VaultError::Integrity("tokenizer task failed"))?
+                    .map_err(|_| VaultError::Internal("tokenizer task failed"))?
             }
             Source::CrossReference(keys) => {
                 let keys = Arc::clone(keys);
@@ -264,14 +288,14 @@ impl LogTokenizer {
                     (chunk, settings, wanted)
                 })
                 .await
-                .map_err(|_| VaultError::Integrity("tokenizer task failed"))?;
+                .map_err(|_| VaultError::Internal("tokenizer task failed"))?;
                 let map = vault.resolve_entities(&keys, wanted).await?;
                 // Pass 2: rewrite with the resolved tokens.
                 tokio::task::spawn_blocking(move || {
                     rewrite(&settings, &Resolved(map), &chunk, first)
                 })
                 .await
-                .map_err(|_| VaultError::Integrity("tokenizer task failed"))?
+                .map_err(|_| VaultError::Internal("tokenizer task failed"))?
             }
         }
     }
@@ -301,6 +325,9 @@ impl Vault {
         keys: &[XrefIndexKey],
         wanted: Vec<(IdentifierType, String)>,
     ) -> Result<HashMap<(IdentifierType, String), String>, VaultError> {
+        // One cheap read per chunk keeps every replica's cache honest.
+        let generation = self.store().xref_generation().await?;
+        self.xref_cache().sync(generation);
         let mut out = HashMap::with_capacity(wanted.len());
         let mut misses = Vec::new();
         for (ty, n) in wanted {
@@ -321,7 +348,7 @@ impl Vault {
                 .chain(keys.iter().skip(1).map(|k| blind_index(k, ty, &n)))
                 .collect();
             if let Some((_, token)) = self.store().xref_lookup(&indexes).await?.into_iter().next() {
-                self.xref_cache().insert(bi, token.clone());
+                self.xref_cache().insert(generation, bi, token.clone());
                 out.insert((ty, n), token);
             }
         }

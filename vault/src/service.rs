@@ -15,7 +15,7 @@ use crate::config::{Partner, PartnerRegistry};
 use crate::core::audit::{self, AuditEvent};
 use crate::core::keys::{self, KeyError, KeyHierarchy};
 use crate::core::packet::{self, BreakReason, ChainHead, ChainReport};
-use crate::core::subject::{FieldError, SubjectId, validate_fields};
+use crate::core::subject::{FieldError, FieldName, FieldValue, SubjectId, validate_fields};
 use crate::core::{Clock, Rng};
 use crate::store::{AuditedTx, Store, StoreError, SubjectRow};
 
@@ -51,6 +51,9 @@ pub enum VaultError {
     /// The request's settings are not acceptable (message says why, no PII).
     #[error("{0}")]
     BadRequest(String),
+    /// A failure inside the vault that is not the caller's doing.
+    #[error("internal error")]
+    Internal(&'static str),
 }
 
 impl From<StoreError> for VaultError {
@@ -269,31 +272,47 @@ impl Vault {
         }
     }
 
-    /// Parses `subject`, starts the audited transaction and loads the
-    /// subject if `partner` owns it. Any refusal is audited here.
-    async fn open_owned(
+    /// Audits a failure that happened after authorisation and returns it.
+    /// A failed audit append is returned as is (there is nothing to record
+    /// it in); every other error gets its own audit record.
+    pub(crate) async fn audit_failure<T>(
         &self,
         caller: &Caller,
         action: Action,
+        subject: Option<&SubjectId>,
+        err: VaultError,
+    ) -> Result<T, VaultError> {
+        match err {
+            VaultError::AuditUnavailable(_) => Err(err),
+            other => self.refuse(caller, action, subject, other).await,
+        }
+    }
+
+    /// Starts the audited transaction and loads the subject if `partner` owns it.
+    async fn open_owned(
+        &self,
         partner: &Partner,
-        subject: Result<SubjectId, FieldError>,
-    ) -> Result<(SubjectId, AuditedTx, SubjectRow), VaultError> {
-        let id = match subject {
-            Ok(id) => id,
-            Err(e) => return self.refuse(caller, action, None, e.into()).await,
-        };
+        id: &SubjectId,
+    ) -> Result<(AuditedTx, SubjectRow), VaultError> {
         let mut tx = self
             .store
             .begin_audited()
             .await
             .map_err(VaultError::AuditUnavailable)?;
-        match self.owned_subject(&mut tx, partner, &id).await {
-            Ok(row) => Ok((id, tx, row)),
-            Err(e) => {
-                // Roll back before the refusal opens its own transaction.
-                drop(tx);
-                self.refuse(caller, action, Some(&id), e).await
-            }
+        let row = self.owned_subject(&mut tx, partner, id).await?;
+        Ok((tx, row))
+    }
+
+    /// Parses a subject id; a bad one is refused and audited.
+    async fn parse_subject(
+        &self,
+        caller: &Caller,
+        action: Action,
+        subject: &str,
+    ) -> Result<SubjectId, VaultError> {
+        match SubjectId::parse(subject) {
+            Ok(id) => Ok(id),
+            Err(e) => self.refuse(caller, action, None, e.into()).await,
         }
     }
 
@@ -309,13 +328,25 @@ impl Vault {
             Ok(f) => f,
             Err(e) => return self.refuse(caller, A, None, e.into()).await,
         };
+        match self.create_inner(caller, partner, &fields).await {
+            Ok(r) => Ok(r),
+            Err(e) => self.audit_failure(caller, A, None, e).await,
+        }
+    }
+
+    async fn create_inner(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        fields: &[(FieldName, FieldValue)],
+    ) -> Result<ChainUpdate, VaultError> {
         let now = self.clock.now_millis();
         let rng = self.rng.as_ref();
         let id = SubjectId::generate(rng).map_err(KeyError::from)?;
         let dek = keys::generate_dek(rng)?;
         let kek = self.keys.kek(self.keys.current_version())?;
         let wrapped = keys::wrap_dek(&kek, &id, &dek, rng)?;
-        let (packets, head) = packet::append(&id, &dek, ChainHead::genesis(&id), &fields, now, rng)
+        let (packets, head) = packet::append(&id, &dek, ChainHead::genesis(&id), fields, now, rng)
             .map_err(|_| VaultError::Integrity("packet sealing"))?;
         let row = SubjectRow {
             id,
@@ -333,8 +364,11 @@ impl Vault {
         tx.insert_subject(&row).await?;
         tx.insert_packets(&id, &packets).await?;
         let detail = format!("fields={}", fields.len());
-        self.commit(tx, self.event(caller, A, Some(&id), "ok", detail))
-            .await?;
+        self.commit(
+            tx,
+            self.event(caller, Action::CreateSubject, Some(&id), "ok", detail),
+        )
+        .await?;
         Ok(ChainUpdate { subject: id, head })
     }
 
@@ -347,26 +381,40 @@ impl Vault {
     ) -> Result<ChainUpdate, VaultError> {
         const A: Action = Action::UpdateSubject;
         let partner = self.authorize(caller, A).await?;
-        // Validate the fields before touching storage.
         let fields = match validate_fields(fields) {
             Ok(f) => f,
             Err(e) => return self.refuse(caller, A, None, e.into()).await,
         };
-        let (id, mut tx, row) = self
-            .open_owned(caller, A, partner, SubjectId::parse(subject))
-            .await?;
+        let id = self.parse_subject(caller, A, subject).await?;
+        match self.update_inner(caller, partner, &id, &fields).await {
+            Ok(r) => Ok(r),
+            Err(e) => self.audit_failure(caller, A, Some(&id), e).await,
+        }
+    }
+
+    async fn update_inner(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        id: &SubjectId,
+        fields: &[(FieldName, FieldValue)],
+    ) -> Result<ChainUpdate, VaultError> {
+        let (mut tx, row) = self.open_owned(partner, id).await?;
         let kek = self.keys.kek(row.wrapped_dek.kek_version)?;
-        let dek = keys::unwrap_dek(&kek, &id, &row.wrapped_dek)
+        let dek = keys::unwrap_dek(&kek, id, &row.wrapped_dek)
             .map_err(|_| VaultError::Integrity("data key unwrap"))?;
         let now = self.clock.now_millis();
-        let (packets, head) = packet::append(&id, &dek, row.head, &fields, now, self.rng.as_ref())
+        let (packets, head) = packet::append(id, &dek, row.head, fields, now, self.rng.as_ref())
             .map_err(|_| VaultError::Integrity("packet sealing"))?;
-        tx.insert_packets(&id, &packets).await?;
-        tx.set_head(&id, head, now).await?;
+        tx.insert_packets(id, &packets).await?;
+        tx.set_head(id, head, now).await?;
         let detail = format!("fields={}", fields.len());
-        self.commit(tx, self.event(caller, A, Some(&id), "ok", detail))
-            .await?;
-        Ok(ChainUpdate { subject: id, head })
+        self.commit(
+            tx,
+            self.event(caller, Action::UpdateSubject, Some(id), "ok", detail),
+        )
+        .await?;
+        Ok(ChainUpdate { subject: *id, head })
     }
 
     /// Verifies a subject's chain, decrypting every packet.
@@ -377,14 +425,25 @@ impl Vault {
     ) -> Result<ChainVerification, VaultError> {
         const A: Action = Action::VerifySubjectChain;
         let partner = self.authorize(caller, A).await?;
-        let (id, mut tx, row) = self
-            .open_owned(caller, A, partner, SubjectId::parse(subject))
-            .await?;
-        let stored = tx.packets(&id).await?;
+        let id = self.parse_subject(caller, A, subject).await?;
+        match self.verify_inner(caller, partner, &id).await {
+            Ok(r) => Ok(r),
+            Err(e) => self.audit_failure(caller, A, Some(&id), e).await,
+        }
+    }
+
+    async fn verify_inner(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        id: &SubjectId,
+    ) -> Result<ChainVerification, VaultError> {
+        let (mut tx, row) = self.open_owned(partner, id).await?;
+        let stored = tx.packets(id).await?;
         let kek = self.keys.kek(row.wrapped_dek.kek_version)?;
-        let report = match keys::unwrap_dek(&kek, &id, &row.wrapped_dek) {
+        let report = match keys::unwrap_dek(&kek, id, &row.wrapped_dek) {
             Ok(dek) => packet::verify_chain(
-                &id,
+                id,
                 &dek,
                 stored.iter().map(|(s, b)| (*s, b.as_slice())),
                 row.head,
@@ -399,8 +458,11 @@ impl Vault {
             None => format!("intact packets={}", report.checked),
             Some((seq, r)) => format!("broken seq={seq} reason={}", r.name()),
         };
-        self.commit(tx, self.event(caller, A, Some(&id), "ok", detail))
-            .await?;
+        self.commit(
+            tx,
+            self.event(caller, Action::VerifySubjectChain, Some(id), "ok", detail),
+        )
+        .await?;
         Ok(ChainVerification {
             head: row.head,
             report,
@@ -411,18 +473,36 @@ impl Vault {
     pub async fn delete_subject(&self, caller: &Caller, subject: &str) -> Result<u64, VaultError> {
         const A: Action = Action::DeleteSubject;
         let partner = self.authorize(caller, A).await?;
-        let (id, mut tx, _) = self
-            .open_owned(caller, A, partner, SubjectId::parse(subject))
-            .await?;
-        let n = tx.delete_subject(&id).await?;
-        self.commit(
-            tx,
-            self.event(caller, A, Some(&id), "ok", format!("packets={n}")),
-        )
-        .await?;
+        let id = self.parse_subject(caller, A, subject).await?;
+        let n = match self.delete_inner(caller, partner, &id).await {
+            Ok(n) => n,
+            Err(e) => return self.audit_failure(caller, A, Some(&id), e).await,
+        };
         if let Err(e) = self.store.compact_after_delete().await {
             tracing::warn!(error = %e, "WAL checkpoint after delete failed; deleted pages stay in the WAL until the next checkpoint");
         }
+        Ok(n)
+    }
+
+    async fn delete_inner(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        id: &SubjectId,
+    ) -> Result<u64, VaultError> {
+        let (mut tx, _) = self.open_owned(partner, id).await?;
+        let n = tx.delete_subject(id).await?;
+        self.commit(
+            tx,
+            self.event(
+                caller,
+                Action::DeleteSubject,
+                Some(id),
+                "ok",
+                format!("packets={n}"),
+            ),
+        )
+        .await?;
         Ok(n)
     }
 }

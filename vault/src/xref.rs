@@ -13,7 +13,8 @@ use crate::service::{Caller, Vault, VaultError};
 pub const MAX_BATCH: usize = 1000;
 
 /// An identifier as received: in clear, or sealed with the bridge key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
 pub enum IdValue {
     /// Clear text.
     Plain(String),
@@ -21,7 +22,16 @@ pub enum IdValue {
     Sealed(Vec<u8>),
 }
 
-/// One bridge record as received.
+impl std::fmt::Debug for IdValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain(v) => write!(f, "Plain({} bytes, redacted)", v.len()),
+            Self::Sealed(v) => write!(f, "Sealed({} bytes)", v.len()),
+        }
+    }
+}
+
+/// One bridge record as received (its `Debug` redacts identifier values).
 #[derive(Debug, Clone, Default)]
 pub struct BridgeRecord {
     /// The sender's record id, echoed in errors and merges (not PII).
@@ -172,89 +182,104 @@ impl Vault {
                     caller,
                     A,
                     None,
-                    VaultError::Invalid(crate::core::subject::FieldError::TooManyFields),
+                    VaultError::BadRequest(format!(
+                        "at most {MAX_BATCH} records per ImportBridge message"
+                    )),
                 )
                 .await;
         }
-        let current = self.keys().current_version();
-        // Newest version first: new links use it; older ones still find old links.
-        let keys = (1..=current)
-            .rev()
-            .map(|v| self.keys().xref_index_key(v))
-            .collect::<Result<Vec<_>, KeyError>>()?;
-        let mut summary = ImportSummary {
-            records: records.len() as u64,
-            ..ImportSummary::default()
-        };
-        let seal_key = self.keys().xref_seal_key(current)?;
-        let mut prepared = Vec::with_capacity(records.len());
-        for (i, r) in records.into_iter().enumerate() {
-            match self.prepare(i, r, &opts, &keys) {
-                Ok(p) => prepared.push(p),
-                Err(e) => summary.rejected.push(e),
-            }
-        }
-        let now = self.now_millis();
-        let mut tx = self
-            .store()
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
-        for p in &prepared {
-            let mut existing = Vec::with_capacity(p.ids.len());
-            for (_, idx, _) in &p.ids {
-                existing.push(tx.xref_find(idx).await?);
-            }
-            let mut fresh_err = None;
-            let plan = plan_record(&existing, || {
-                let mut b = [0u8; 16];
-                if let Err(e) = self.rng().fill(&mut b) {
-                    fresh_err = Some(e);
+        let result = async {
+            let current = self.keys().current_version();
+            // Newest version first: new links use it; older ones still find old links.
+            let keys = (1..=current)
+                .rev()
+                .map(|v| self.keys().xref_index_key(v))
+                .collect::<Result<Vec<_>, KeyError>>()?;
+            let mut summary = ImportSummary {
+                records: records.len() as u64,
+                ..ImportSummary::default()
+            };
+            let seal_key = self.keys().xref_seal_key(current)?;
+            let mut prepared = Vec::with_capacity(records.len());
+            for (i, r) in records.into_iter().enumerate() {
+                match self.prepare(i, r, &opts, &keys) {
+                    Ok(p) => prepared.push(p),
+                    Err(e) => summary.rejected.push(e),
                 }
-                idvault_tokenizer::token::entity_token(&b)
-            });
-            if let Some(e) = fresh_err {
-                return Err(VaultError::Key(e.into()));
             }
-            if plan.is_noop() {
-                summary.records_unchanged += 1;
-                continue;
-            }
-            if plan.created {
-                tx.xref_create(&plan.token, now).await?;
-                summary.entities_created += 1;
-            }
-            if !plan.merged.is_empty() {
-                tx.xref_merge(&plan.token, &plan.merged).await?;
-                summary.merges.push(Merge {
-                    record_id: p.record_id.clone(),
-                    surviving: plan.token.clone(),
-                    merged: plan.merged.clone(),
+            let now = self.now_millis();
+            let mut tx = self
+                .store()
+                .begin_audited()
+                .await
+                .map_err(VaultError::AuditUnavailable)?;
+            for p in &prepared {
+                let mut existing = Vec::with_capacity(p.ids.len());
+                for (_, idx, _) in &p.ids {
+                    existing.push(tx.xref_find(idx).await?);
+                }
+                let mut fresh_err = None;
+                let plan = plan_record(&existing, || {
+                    let mut b = [0u8; 16];
+                    if let Err(e) = self.rng().fill(&mut b) {
+                        fresh_err = Some(e);
+                    }
+                    idvault_tokenizer::token::entity_token(&b)
                 });
-            }
-            for &i in &plan.new_links {
-                if let Some((ty, idx, value)) = p.ids.get(i)
-                    && let Some(bi) = idx.first()
-                {
-                    let sealed =
-                        crate::core::xref::seal_identifier(&seal_key, bi, value, self.rng())
-                            .map_err(|e| VaultError::Key(e.into()))?;
-                    tx.xref_link(bi, current, ty.name(), &plan.token, sealed)
-                        .await?;
-                    summary.identifiers_linked += 1;
+                if let Some(e) = fresh_err {
+                    return Err(VaultError::Key(e.into()));
+                }
+                if plan.is_noop() {
+                    summary.records_unchanged += 1;
+                    continue;
+                }
+                if plan.created {
+                    tx.xref_create(&plan.token, now).await?;
+                    summary.entities_created += 1;
+                }
+                if !plan.merged.is_empty() {
+                    tx.xref_merge(&plan.token, &plan.merged).await?;
+                    summary.merges.push(Merge {
+                        record_id: p.record_id.clone(),
+                        surviving: plan.token.clone(),
+                        merged: plan.merged.clone(),
+                    });
+                }
+                for &i in &plan.new_links {
+                    if let Some((ty, idx, value)) = p.ids.get(i)
+                        && let Some(bi) = idx.first()
+                    {
+                        let sealed =
+                            crate::core::xref::seal_identifier(&seal_key, bi, value, self.rng())
+                                .map_err(|e| VaultError::Key(e.into()))?;
+                        tx.xref_link(bi, current, ty.name(), &plan.token, sealed)
+                            .await?;
+                        summary.identifiers_linked += 1;
+                    }
                 }
             }
+            let detail = format!(
+                "records={} created={} linked={} merged={} unchanged={} rejected={}",
+                summary.records,
+                summary.entities_created,
+                summary.identifiers_linked,
+                summary.merges.len(),
+                summary.records_unchanged,
+                summary.rejected.len()
+            );
+            if summary.entities_created + summary.identifiers_linked > 0
+                || !summary.merges.is_empty()
+            {
+                tx.xref_bump_generation().await?;
+            }
+            self.commit_with(tx, caller, A, detail).await?;
+            Ok::<_, VaultError>(summary)
         }
-        let detail = format!(
-            "records={} created={} linked={} merged={} unchanged={} rejected={}",
-            summary.records,
-            summary.entities_created,
-            summary.identifiers_linked,
-            summary.merges.len(),
-            summary.records_unchanged,
-            summary.rejected.len()
-        );
-        self.commit_with(tx, caller, A, detail).await?;
+        .await;
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => return self.audit_failure(caller, A, None, e).await,
+        };
         // Links or merges changed: cached lookups may be stale.
         self.xref_cache().clear();
         Ok(summary)
@@ -272,7 +297,8 @@ pub struct Detokenized {
 
 impl Vault {
     /// Resolves an entity token (or alias) to its customer's identifiers.
-    /// Only for partners whose role allows it; always audited.
+    /// Only for partners whose role allows it; always audited. Reads happen
+    /// inside the audited transaction, so a concurrent merge is seen whole.
     pub async fn detokenize(
         &self,
         caller: &Caller,
@@ -286,10 +312,24 @@ impl Vault {
             );
             return self.refuse(caller, A, None, err).await;
         }
-        let Some(canonical) = self.store().xref_resolve(token).await? else {
-            return self.refuse(caller, A, None, VaultError::NotFound).await;
-        };
-        let links = self.store().xref_links_of(&canonical).await?;
+        match self.detokenize_inner(caller, token).await {
+            Ok(d) => Ok(d),
+            Err(e) => self.audit_failure(caller, A, None, e).await,
+        }
+    }
+
+    async fn detokenize_inner(
+        &self,
+        caller: &Caller,
+        token: &str,
+    ) -> Result<Detokenized, VaultError> {
+        let mut tx = self
+            .store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        let canonical = tx.xref_resolve(token).await?.ok_or(VaultError::NotFound)?;
+        let links = tx.xref_links_of(&canonical).await?;
         let mut identifiers = Vec::with_capacity(links.len());
         for (ty, version, bi, sealed) in links {
             let key = self.keys().xref_seal_key(version)?;
@@ -298,16 +338,12 @@ impl Vault {
             let ty = IdentifierType::parse(&ty).ok_or(VaultError::Integrity("identifier type"))?;
             identifiers.push((ty, value));
         }
-        let tx = self
-            .store()
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
         let detail = format!(
             "token={token} canonical={canonical} identifiers={}",
             identifiers.len()
         );
-        self.commit_with(tx, caller, A, detail).await?;
+        self.commit_with(tx, caller, Action::Detokenize, detail)
+            .await?;
         Ok(Detokenized {
             token: canonical,
             identifiers,

@@ -18,3 +18,12 @@ CREATE TABLE xref_links (
 );
 
 CREATE INDEX xref_links_token ON xref_links (token);
+
+-- Bumped by every import that changes links or merges entities, so that
+-- every replica's lookup cache notices and drops what it holds.
+CREATE TABLE xref_generation (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    value  BIGINT  NOT NULL
+);
+
+INSERT INTO xref_generation (id, value) VALUES (1, 0);

@@ -219,35 +219,22 @@ impl Store {
     }
 
     /// The links of a canonical entity: `(id_type, key_version, blind_index, sealed)`.
-    pub async fn xref_links_of(
-        &self,
-        token: &str,
-    ) -> Result<Vec<(String, u32, [u8; HASH_LEN], Vec<u8>)>, StoreError> {
-        let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT id_type, key_version, blind_index, sealed FROM xref_links WHERE token = $1 ORDER BY id_type, blind_index")
-                .bind(token.to_owned())
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|(t, v, bi, sealed)| {
-                let v =
-                    u32::try_from(v).map_err(|_| StoreError::Corrupt("xref_links.key_version"))?;
-                let bi: [u8; HASH_LEN] = bi
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
-                Ok((t, v, bi, sealed))
-            })
-            .collect()
+    pub async fn xref_links_of(&self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
+        links_of(&self.pool, token).await
+    }
+
+    /// The cross-reference generation (bumped by imports that change links).
+    pub async fn xref_generation(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM xref_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Resolves an entity token (or an alias) to its canonical token.
     pub async fn xref_resolve(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT token, alias_of FROM xref_entities WHERE token = $1")
-                .bind(token.to_owned())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(t, a)| a.unwrap_or(t)))
+        resolve(&self.pool, token).await
     }
 
     /// After a shredding delete: push the WAL into the main file and
@@ -261,6 +248,42 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// One stored link: `(id_type, key_version, blind_index, sealed identifier)`.
+pub type XrefLink = (String, u32, [u8; HASH_LEN], Vec<u8>);
+
+async fn links_of<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    token: &str,
+) -> Result<Vec<XrefLink>, StoreError> {
+    let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT id_type, key_version, blind_index, sealed FROM xref_links WHERE token = $1 ORDER BY id_type, blind_index",
+    )
+    .bind(token.to_owned())
+    .fetch_all(ex)
+    .await?;
+    rows.into_iter()
+        .map(|(t, v, bi, sealed)| {
+            let v = u32::try_from(v).map_err(|_| StoreError::Corrupt("xref_links.key_version"))?;
+            let bi: [u8; HASH_LEN] = bi
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
+            Ok((t, v, bi, sealed))
+        })
+        .collect()
+}
+
+async fn resolve<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    token: &str,
+) -> Result<Option<String>, StoreError> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT token, alias_of FROM xref_entities WHERE token = $1")
+            .bind(token.to_owned())
+            .fetch_optional(ex)
+            .await?;
+    Ok(row.map(|(t, a)| a.unwrap_or(t)))
 }
 
 /// A write transaction that ends by appending exactly one audit record.
@@ -406,6 +429,24 @@ impl AuditedTx {
             }
         }
         Ok(None)
+    }
+
+    /// Resolves an entity token (or alias) inside the transaction.
+    pub async fn xref_resolve(&mut self, token: &str) -> Result<Option<String>, StoreError> {
+        resolve(&mut *self.tx, token).await
+    }
+
+    /// The links of a canonical entity, inside the transaction.
+    pub async fn xref_links_of(&mut self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
+        links_of(&mut *self.tx, token).await
+    }
+
+    /// Bumps the cross-reference generation (links or merges changed).
+    pub async fn xref_bump_generation(&mut self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE xref_generation SET value = value + 1 WHERE id = 1")
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     /// Creates an entity.
