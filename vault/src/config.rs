@@ -138,6 +138,9 @@ pub struct PartnerEntry {
     /// Role names (see `idvault_policies::Role`).
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Token domains this partner may tokenize in through the vault.
+    #[serde(default)]
+    pub token_domains: Vec<String>,
 }
 
 /// A validated registry entry.
@@ -149,6 +152,8 @@ pub struct Partner {
     pub spiffe_id: String,
     /// Roles.
     pub roles: Vec<Role>,
+    /// Token domains it may use (TokenizeLog, stateless mode).
+    pub token_domains: Vec<String>,
 }
 
 /// The validated partner registry.
@@ -296,10 +301,21 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             .map(|r| Role::parse(r))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError::Invalid(format!("partner '{}': {e}", p.name)))?;
+        if let Some(d) = p
+            .token_domains
+            .iter()
+            .find(|d| !idvault_tokenizer::token::valid_domain(d))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': token domain '{d}' is not valid (1-32 of a-z, 0-9, -)",
+                p.name
+            )));
+        }
         partners.push(Partner {
             name: p.name.clone(),
             spiffe_id: p.spiffe_id.clone(),
             roles,
+            token_domains: p.token_domains.clone(),
         });
     }
     Ok(PartnerRegistry { partners })

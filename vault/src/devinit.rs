@@ -278,8 +278,14 @@ pub fn dev_config(listen: &str) -> String {
             .map(|r| format!("\"{r}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        // Each dev partner tokenizes in its own domain; partner-a also in "logs".
+        let domains = if *name == "partner-a" {
+            format!("\"logs\", \"{name}\"")
+        } else {
+            format!("\"{name}\"")
+        };
         s.push_str(&format!(
-            "\n[[partner]]\nname = \"{name}\"\nspiffe_id = \"spiffe://{DEV_TRUST_DOMAIN}/partner/{name}\"\nroles = [{roles}]\n"
+            "\n[[partner]]\nname = \"{name}\"\nspiffe_id = \"spiffe://{DEV_TRUST_DOMAIN}/partner/{name}\"\nroles = [{roles}]\ntoken_domains = [{domains}]\n"
         ));
     }
     s

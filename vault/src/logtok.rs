@@ -188,7 +188,7 @@ impl Vault {
         settings: Settings,
     ) -> Result<LogTokenizer, VaultError> {
         const A: Action = Action::TokenizeLog;
-        self.authorize(caller, A).await?;
+        let partner = self.authorize(caller, A).await?;
         if let Err(e) = rewriter(&settings, &Collect::default()) {
             let err = VaultError::BadRequest(e);
             return self.refuse(caller, A, None, err).await;
@@ -200,6 +200,13 @@ impl Vault {
                     let err = VaultError::BadRequest(
                         "invalid token domain (use 1-32 of a-z, 0-9, -)".into(),
                     );
+                    return self.refuse(caller, A, None, err).await;
+                }
+                if !partner.token_domains.iter().any(|d| d == domain) {
+                    // A domain key answers for whoever may use it: a partner
+                    // able to tokenize in another's domain could build a
+                    // dictionary of that partner's tokens.
+                    let err = VaultError::DomainDenied;
                     return self.refuse(caller, A, None, err).await;
                 }
                 let k = self.keys().token_key(domain, v)?;
@@ -215,7 +222,7 @@ impl Vault {
             Mode::CrossReference => {
                 let keys = (1..=v)
                     .rev()
-                    .map(|x| self.keys().xref_index_key(x))
+                    .map(|x| self.keys().xref_index_key(&partner.name, x))
                     .collect::<Result<Vec<_>, _>>()?;
                 (
                     Source::CrossReference(Arc::new(keys)),

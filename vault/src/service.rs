@@ -51,6 +51,9 @@ pub enum VaultError {
     /// The request's settings are not acceptable (message says why, no PII).
     #[error("{0}")]
     BadRequest(String),
+    /// The partner may not use this token domain.
+    #[error("this token domain is not allowed for this partner")]
+    DomainDenied,
     /// A failure inside the vault that is not the caller's doing.
     #[error("internal error")]
     Internal(&'static str),
@@ -72,7 +75,7 @@ impl VaultError {
     /// Audit outcome word for this error.
     fn outcome(&self) -> &'static str {
         match self {
-            Self::Unregistered | Self::Denied(_) => "denied",
+            Self::Unregistered | Self::Denied(_) | Self::DomainDenied => "denied",
             Self::Invalid(_) | Self::BadRequest(_) => "invalid",
             Self::NotFound => "not_found",
             _ => "error",
@@ -223,6 +226,7 @@ impl Vault {
     ) -> Result<T, VaultError> {
         let detail = match &err {
             VaultError::Denied(_)
+            | VaultError::DomainDenied
             | VaultError::Unregistered
             | VaultError::Invalid(_)
             | VaultError::NotFound => err.to_string(),

@@ -175,7 +175,7 @@ impl Vault {
         opts: NormalizeOptions,
     ) -> Result<ImportSummary, VaultError> {
         const A: Action = Action::ImportBridge;
-        self.authorize(caller, A).await?;
+        let owner = self.authorize(caller, A).await?.name.clone();
         if records.len() > MAX_BATCH {
             return self
                 .refuse(
@@ -193,7 +193,7 @@ impl Vault {
             // Newest version first: new links use it; older ones still find old links.
             let keys = (1..=current)
                 .rev()
-                .map(|v| self.keys().xref_index_key(v))
+                .map(|v| self.keys().xref_index_key(&owner, v))
                 .collect::<Result<Vec<_>, KeyError>>()?;
             let mut summary = ImportSummary {
                 records: records.len() as u64,
@@ -234,7 +234,7 @@ impl Vault {
                     continue;
                 }
                 if plan.created {
-                    tx.xref_create(&plan.token, now).await?;
+                    tx.xref_create(&owner, &plan.token, now).await?;
                     summary.entities_created += 1;
                 }
                 if !plan.merged.is_empty() {
@@ -252,7 +252,7 @@ impl Vault {
                         let sealed =
                             crate::core::xref::seal_identifier(&seal_key, bi, value, self.rng())
                                 .map_err(|e| VaultError::Key(e.into()))?;
-                        tx.xref_link(bi, current, ty.name(), &plan.token, sealed)
+                        tx.xref_link(bi, current, ty.name(), &owner, &plan.token, sealed)
                             .await?;
                         summary.identifiers_linked += 1;
                     }
@@ -305,14 +305,14 @@ impl Vault {
         token: &str,
     ) -> Result<Detokenized, VaultError> {
         const A: Action = Action::Detokenize;
-        self.authorize(caller, A).await?;
+        let owner = self.authorize(caller, A).await?.name.clone();
         if !idvault_tokenizer::token::is_entity_token(token) {
             let err = VaultError::BadRequest(
                 "not an entity token (et_ followed by 26 base32 characters)".into(),
             );
             return self.refuse(caller, A, None, err).await;
         }
-        match self.detokenize_inner(caller, token).await {
+        match self.detokenize_inner(caller, &owner, token).await {
             Ok(d) => Ok(d),
             Err(e) => self.audit_failure(caller, A, None, e).await,
         }
@@ -321,6 +321,7 @@ impl Vault {
     async fn detokenize_inner(
         &self,
         caller: &Caller,
+        owner: &str,
         token: &str,
     ) -> Result<Detokenized, VaultError> {
         let mut tx = self
@@ -328,7 +329,10 @@ impl Vault {
             .begin_audited()
             .await
             .map_err(VaultError::AuditUnavailable)?;
-        let canonical = tx.xref_resolve(token).await?.ok_or(VaultError::NotFound)?;
+        let canonical = tx
+            .xref_resolve(owner, token)
+            .await?
+            .ok_or(VaultError::NotFound)?;
         let links = tx.xref_links_of(&canonical).await?;
         let mut identifiers = Vec::with_capacity(links.len());
         for (ty, version, bi, sealed) in links {

@@ -170,7 +170,11 @@ pub async fn fragments_merge_into_one_customer(b: Backend) -> anyhow::Result<()>
     // Aliases still resolve, and every link points at the survivor.
     for t in &tokens {
         assert_eq!(
-            tv.vault.store().xref_resolve(t).await?.as_deref(),
+            tv.vault
+                .store()
+                .xref_resolve("partner-a", t)
+                .await?
+                .as_deref(),
             Some(survivor.as_str())
         );
     }

@@ -24,12 +24,23 @@ async fn tokenize(
     input: &[u8],
     split: usize,
 ) -> Result<Output, tonic::Status> {
+    tokenize_in(tv, partner, "logs", mode, input, split).await
+}
+
+async fn tokenize_in(
+    tv: &TestVault,
+    partner: &str,
+    domain: &str,
+    mode: TokenizeMode,
+    input: &[u8],
+    split: usize,
+) -> Result<Output, tonic::Status> {
     let mut c = TokenServiceClient::new(tv.channel(partner).await.unwrap());
     let settings = TokenizeSettings {
         format: LogFormat::JsonLines.into(),
         fields: vec!["user.msisdn".into(), "account_id".into()],
         mode: mode.into(),
-        domain: "logs".into(),
+        domain: domain.into(),
         default_country_code: 44,
         ..Default::default()
     };
@@ -70,7 +81,7 @@ fn domain_key(tv: &TestVault, version: u32) -> DomainKey {
 
 pub async fn tokenize_stream_stateless(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
-    let out = tokenize(&tv, "partner-b", TokenizeMode::Stateless, LOG.as_bytes(), 7).await?;
+    let out = tokenize(&tv, "partner-a", TokenizeMode::Stateless, LOG.as_bytes(), 7).await?;
     let k = domain_key(&tv, 1);
     let t = k.token(idvault_tokenizer::IdentifierType::Msisdn, "+447700900001");
     let lines: Vec<&str> = out.data.lines().collect();
@@ -91,7 +102,31 @@ pub async fn tokenize_stream_stateless(b: Backend) -> anyhow::Result<()> {
             .await?;
     assert_eq!(audited, "mode=stateless domain=logs v1");
     // Bad settings are refused up front.
-    let mut c = TokenServiceClient::new(tv.channel("partner-b").await?);
+    // partner-b may not tokenize in partner-a's domain (it could otherwise
+    // build a dictionary of partner-a's tokens); its own domain is unlinkable.
+    let e = tokenize_in(
+        &tv,
+        "partner-b",
+        "logs",
+        TokenizeMode::Stateless,
+        LOG.as_bytes(),
+        64,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let own = tokenize_in(
+        &tv,
+        "partner-b",
+        "partner-b",
+        TokenizeMode::Stateless,
+        LOG.as_bytes(),
+        64,
+    )
+    .await?;
+    assert!(own.data.contains("tk_partner-b_v1_") && !own.data.contains(&t));
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
     let bad = TokenizeLogRequest {
         settings: Some(TokenizeSettings {
             format: LogFormat::JsonLines.into(),

@@ -1,6 +1,10 @@
 -- Cross-reference tokens: entities and the blind-index links to them.
+-- Every entity and link belongs to the partner that imported it: each
+-- partner has its own blind-index key, tokens and merges (no cross-partner
+-- linkage through this table).
 CREATE TABLE xref_entities (
     token          TEXT    PRIMARY KEY,
+    owner          TEXT    NOT NULL,
     alias_of       TEXT,
     created_at_ms  BIGINT  NOT NULL
 );
@@ -11,6 +15,7 @@ CREATE TABLE xref_links (
     blind_index  BYTEA   PRIMARY KEY CHECK (length(blind_index) = 32),
     key_version  BIGINT  NOT NULL,
     id_type      TEXT    NOT NULL,
+    owner        TEXT    NOT NULL,
     token        TEXT    NOT NULL,
     -- The identifier itself, AES-256-GCM under the xref seal key (aad = blind index),
     -- for role-gated detokenization inside the vault.

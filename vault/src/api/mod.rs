@@ -19,7 +19,9 @@ use crate::tls::PeerInfo;
 pub fn status(err: VaultError) -> Status {
     use tonic::Code;
     let code = match &err {
-        VaultError::Unregistered | VaultError::Denied(_) => Code::PermissionDenied,
+        VaultError::Unregistered | VaultError::Denied(_) | VaultError::DomainDenied => {
+            Code::PermissionDenied
+        }
         VaultError::Invalid(_) | VaultError::BadRequest(_) => Code::InvalidArgument,
         VaultError::NotFound => Code::NotFound,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,

@@ -205,9 +205,18 @@ impl KeyHierarchy {
         self.derive(LABEL_AUDIT_MAC, version)
     }
 
-    /// The cross-reference blind-index key of `version`.
-    pub fn xref_index_key(&self, version: u32) -> Result<super::xref::XrefIndexKey, KeyError> {
-        self.derive(super::xref::LABEL_XREF_INDEX, version)
+    /// Partner `owner`'s cross-reference blind-index key of `version`
+    /// (`owner` is a validated partner name). One key per partner: the same
+    /// identifier has unrelated blind indexes in two partners' tables.
+    pub fn xref_index_key(
+        &self,
+        owner: &str,
+        version: u32,
+    ) -> Result<super::xref::XrefIndexKey, KeyError> {
+        self.derive(
+            &format!("{}/{owner}", super::xref::LABEL_XREF_INDEX),
+            version,
+        )
     }
 
     /// The cross-reference identifier seal key of `version`.

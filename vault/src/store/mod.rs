@@ -233,8 +233,12 @@ impl Store {
     }
 
     /// Resolves an entity token (or an alias) to its canonical token.
-    pub async fn xref_resolve(&self, token: &str) -> Result<Option<String>, StoreError> {
-        resolve(&self.pool, token).await
+    pub async fn xref_resolve(
+        &self,
+        owner: &str,
+        token: &str,
+    ) -> Result<Option<String>, StoreError> {
+        resolve(&self.pool, owner, token).await
     }
 
     /// After a shredding delete: push the WAL into the main file and
@@ -276,11 +280,13 @@ async fn links_of<'e>(
 
 async fn resolve<'e>(
     ex: impl Executor<'e, Database = Any>,
+    owner: &str,
     token: &str,
 ) -> Result<Option<String>, StoreError> {
     let row: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT token, alias_of FROM xref_entities WHERE token = $1")
+        sqlx::query_as("SELECT token, alias_of FROM xref_entities WHERE token = $1 AND owner = $2")
             .bind(token.to_owned())
+            .bind(owner.to_owned())
             .fetch_optional(ex)
             .await?;
     Ok(row.map(|(t, a)| a.unwrap_or(t)))
@@ -432,8 +438,12 @@ impl AuditedTx {
     }
 
     /// Resolves an entity token (or alias) inside the transaction.
-    pub async fn xref_resolve(&mut self, token: &str) -> Result<Option<String>, StoreError> {
-        resolve(&mut *self.tx, token).await
+    pub async fn xref_resolve(
+        &mut self,
+        owner: &str,
+        token: &str,
+    ) -> Result<Option<String>, StoreError> {
+        resolve(&mut *self.tx, owner, token).await
     }
 
     /// The links of a canonical entity, inside the transaction.
@@ -450,12 +460,16 @@ impl AuditedTx {
     }
 
     /// Creates an entity.
-    pub async fn xref_create(&mut self, token: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO xref_entities (token, alias_of, created_at_ms) VALUES ($1, NULL, $2)",
-        )
-        .bind(token.to_owned())
-        .bind(now_ms)
+    pub async fn xref_create(
+        &mut self,
+        owner: &str,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO xref_entities (token, owner, alias_of, created_at_ms) VALUES ($1, $2, NULL, $3)")
+            .bind(token.to_owned())
+            .bind(owner.to_owned())
+            .bind(now_ms)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -467,13 +481,17 @@ impl AuditedTx {
         index: &[u8; HASH_LEN],
         key_version: u32,
         id_type: &str,
+        owner: &str,
         token: &str,
         sealed: Vec<u8>,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO xref_links (blind_index, key_version, id_type, token, sealed) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query(
+            "INSERT INTO xref_links (blind_index, key_version, id_type, owner, token, sealed) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
             .bind(index.to_vec())
             .bind(i64::from(key_version))
             .bind(id_type.to_owned())
+            .bind(owner.to_owned())
             .bind(token.to_owned())
             .bind(sealed)
             .execute(&mut *self.tx)
