@@ -463,39 +463,98 @@ fn csv_reason(e: &csv::Error) -> String {
     }
 }
 
-/// Where to cut `buf` so the first part holds only whole records: the
-/// index just past the last record-ending newline, or `None` if there is
-/// none. CSV newlines inside quotes do not end a record; `buf` must start
-/// at a record boundary.
-pub fn split_point(format: Format, buf: &[u8]) -> Option<usize> {
-    match format {
-        Format::JsonLines => buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1),
-        Format::Csv { .. } => {
-            let mut in_quotes = false;
-            let mut last = None;
-            for (i, &b) in buf.iter().enumerate() {
-                match b {
-                    b'"' => in_quotes = !in_quotes,
-                    b'\n' if !in_quotes => last = Some(i + 1),
-                    _ => {}
+/// CSV lexer state, as csv-core reads it: a quote is special only at the
+/// start of a field, and `""` inside a quoted field is a literal quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CsvState {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    QuoteInQuoted,
+}
+
+/// Finds record boundaries incrementally: each byte is scanned once, so a
+/// long record arriving in small pieces costs linear, not quadratic, time.
+#[derive(Debug, Clone)]
+pub struct Splitter {
+    format: Format,
+    state: CsvState,
+    scanned: usize,
+    last_end: Option<usize>,
+}
+
+impl Splitter {
+    /// A splitter positioned at a record boundary.
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            state: CsvState::FieldStart,
+            scanned: 0,
+            last_end: None,
+        }
+    }
+
+    /// Scans the bytes of `buf` not seen yet; returns the index just past
+    /// the last record-ending newline found so far, if any.
+    pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+        let new = buf.get(self.scanned..).unwrap_or_default();
+        match self.format {
+            Format::JsonLines => {
+                if let Some(i) = new.iter().rposition(|&b| b == b'\n') {
+                    self.last_end = Some(self.scanned + i + 1);
                 }
             }
-            last
+            Format::Csv { delimiter } => {
+                for (i, &b) in new.iter().enumerate() {
+                    if self.csv_step(b, delimiter) {
+                        self.last_end = Some(self.scanned + i + 1);
+                    }
+                }
+            }
         }
+        self.scanned = buf.len();
+        self.last_end
+    }
+
+    /// Advances the CSV state by one byte; true when it ended a record.
+    fn csv_step(&mut self, b: u8, delimiter: u8) -> bool {
+        let (next, ended) = match (self.state, b) {
+            (CsvState::FieldStart, b'"') => (CsvState::Quoted, false),
+            (CsvState::Quoted, b'"') => (CsvState::QuoteInQuoted, false),
+            (CsvState::Quoted, _) => (CsvState::Quoted, false),
+            (CsvState::QuoteInQuoted, b'"') => (CsvState::Quoted, false),
+            (_, b'\n') => (CsvState::FieldStart, true),
+            (_, d) if d == delimiter => (CsvState::FieldStart, false),
+            _ => (CsvState::Unquoted, false),
+        };
+        self.state = next;
+        ended
+    }
+
+    /// The caller removed the first `n` bytes (a record end from [`scan`]).
+    ///
+    /// [`scan`]: Splitter::scan
+    pub fn consume(&mut self, n: usize) {
+        self.scanned = self.scanned.saturating_sub(n);
+        // `n` was the last record end seen: none remains in what is left.
+        self.last_end = None;
     }
 }
 
+/// Where to cut `buf` so the first part holds only whole records: the
+/// index just past the last record-ending newline, or `None` if there is
+/// none. CSV newlines inside quoted fields do not end a record; `buf` must
+/// start at a record boundary.
+pub fn split_point(format: Format, buf: &[u8]) -> Option<usize> {
+    Splitter::new(format).scan(buf)
+}
+
 /// End of the first CSV record (the header), just past its newline.
-pub fn first_record_end(buf: &[u8]) -> Option<usize> {
-    let mut in_quotes = false;
-    for (i, &b) in buf.iter().enumerate() {
-        match b {
-            b'"' => in_quotes = !in_quotes,
-            b'\n' if !in_quotes => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
+pub fn first_record_end(buf: &[u8], delimiter: u8) -> Option<usize> {
+    let mut s = Splitter::new(Format::Csv { delimiter });
+    buf.iter()
+        .position(|&b| s.csv_step(b, delimiter))
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -622,7 +681,21 @@ mod tests {
         let csv = Format::Csv { delimiter: b',' };
         assert_eq!(split_point(csv, b"a,\"x\ny\"\nb,c"), Some(8));
         assert_eq!(split_point(csv, b"a,\"x\ny"), None);
-        assert_eq!(first_record_end(b"h1,\"h\n2\"\nrow"), Some(9));
+        assert_eq!(first_record_end(b"h1,\"h\n2\"\nrow", b','), Some(9));
+        // A quote inside an unquoted field is a literal: it opens nothing.
+        assert_eq!(split_point(csv, b"7,27\" monitor,x\n8,y\n9"), Some(20));
+        assert_eq!(
+            split_point(csv, b"a,\"say \"\"hi\"\"\nthere\",b\nc"),
+            Some(23)
+        );
+        // Incremental scanning gives the same answer as one pass.
+        let data = b"a,\"x\ny\"\nb,c\nd,\"e";
+        let mut sp = Splitter::new(csv);
+        let mut last = None;
+        for n in 1..=data.len() {
+            last = sp.scan(&data[..n]);
+        }
+        assert_eq!(last, split_point(csv, data));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use idvault_policies::Action;
 use idvault_tokenizer::rewrite::FieldSpec;
-use idvault_tokenizer::rewrite::{Format, Reject, Rewriter, TokenSource, split_point};
+use idvault_tokenizer::rewrite::{Format, Reject, Rewriter, Splitter, TokenSource};
 use idvault_tokenizer::{DomainKey, IdentifierType, NormalizeOptions};
 use zeroize::Zeroize;
 
@@ -147,6 +147,7 @@ pub struct LogTokenizer {
     settings: Arc<Settings>,
     source: Source,
     pending: Vec<u8>,
+    splitter: Splitter,
     next_line: u64,
 }
 
@@ -236,6 +237,7 @@ impl Vault {
             .await
             .map_err(VaultError::AuditUnavailable)?;
         self.commit_with(tx, caller, A, detail).await?;
+        let format = settings.format;
         let first_line = if matches!(settings.format, Format::Csv { .. }) {
             2
         } else {
@@ -246,6 +248,7 @@ impl Vault {
             settings: Arc::new(settings),
             source,
             pending: Vec::new(),
+            splitter: Splitter::new(format),
             next_line: first_line,
         })
     }
@@ -259,7 +262,8 @@ impl LogTokenizer {
         let cut = if last {
             self.pending.len()
         } else {
-            match split_point(self.settings.format, &self.pending) {
+            // Each byte is scanned once however the client splits its data.
+            match self.splitter.scan(&self.pending) {
                 Some(c) => c,
                 None if self.pending.len() > MAX_RECORD_BYTES => {
                     return Err(VaultError::BadRequest(format!(
@@ -271,6 +275,7 @@ impl LogTokenizer {
         };
         let rest = self.pending.split_off(cut);
         let chunk = std::mem::replace(&mut self.pending, rest);
+        self.splitter.consume(cut);
         let first = self.next_line;
         self.next_line += chunk.iter().filter(|&&b| b == b'\n').count() as u64
             + u64::from(chunk.last().is_some_and(|&b| b != b'\n'));

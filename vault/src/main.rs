@@ -755,8 +755,8 @@ async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> {
         s.entities_created,
         s.identifiers_linked,
         s.records_unchanged,
-        s.merges.len(),
-        s.rejected.len(),
+        s.merges_total,
+        s.rejected_total,
         line_errors.len()
     );
     for m in &s.merges {
@@ -777,6 +777,14 @@ async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> {
         println!("unreadable line {}: {}", e.line, e.reason);
     }
     Ok(())
+}
+
+/// The CSV delimiter as one ASCII byte.
+fn delimiter_byte(c: char) -> anyhow::Result<u8> {
+    u8::try_from(u32::from(c))
+        .ok()
+        .filter(u8::is_ascii)
+        .context("delimiter must be one ASCII character")
 }
 
 /// Bytes per TokenizeLog message: well under the server's default 1 MiB
@@ -800,12 +808,13 @@ async fn tokenize_remote(args: TokenizeArgs) -> anyhow::Result<()> {
             .first()
             .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))),
     };
+    let delimiter = delimiter_byte(args.delimiter)?;
     let mut input: Box<dyn Read + Send> = match args.inputs.first() {
         Some(p) => Box::new(std::fs::File::open(p).with_context(|| p.display().to_string())?),
         None => Box::new(std::io::stdin()),
     };
     let (header, rest) = if csv {
-        idvault::tokenize::read_csv_header(&mut input)?
+        idvault::tokenize::read_csv_header(&mut input, delimiter)?
     } else {
         (Vec::new(), Vec::new())
     };
@@ -1052,8 +1061,7 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
             .first()
             .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))),
     };
-    let delimiter =
-        u8::try_from(u32::from(args.delimiter)).context("delimiter must be one ASCII character")?;
+    let delimiter = delimiter_byte(args.delimiter)?;
     let mut pipeline = PipelineOptions::default();
     if let Some(t) = args.threads {
         pipeline.threads = t.max(1);
@@ -1110,7 +1118,7 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
             }
         };
         let s = if csv {
-            let (header, rest) = tk::read_csv_header(&mut input)?;
+            let (header, rest) = tk::read_csv_header(&mut input, delimiter)?;
             match &csv_header {
                 None => {
                     output.write_all(&header)?;

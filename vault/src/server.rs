@@ -136,9 +136,13 @@ pub async fn start(
     health_reporter
         .set_serving::<TokenServiceServer<TokenApi>>()
         .await;
-    let tokens = TokenServiceServer::new(TokenApi::new(Arc::clone(&vault), opts.request_timeout))
-        .max_decoding_message_size(opts.max_message_bytes)
-        .max_encoding_message_size(opts.max_message_bytes);
+    let tokens = TokenServiceServer::new(TokenApi::new(
+        Arc::clone(&vault),
+        opts.request_timeout,
+        opts.stream_timeout,
+    ))
+    .max_decoding_message_size(opts.max_message_bytes)
+    .max_encoding_message_size(opts.max_message_bytes);
     let subjects = SubjectServiceServer::new(SubjectApi::new(vault, opts.request_timeout))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);

@@ -135,10 +135,10 @@ fn read_some(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> io::Result
 
 /// Reads the CSV header row from `input`; returns `(header, rest)` where
 /// `rest` holds bytes read past the header.
-pub fn read_csv_header(input: &mut dyn Read) -> io::Result<(Vec<u8>, Vec<u8>)> {
+pub fn read_csv_header(input: &mut dyn Read, delimiter: u8) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::new();
     loop {
-        if let Some(end) = idvault_tokenizer::rewrite::first_record_end(&buf) {
+        if let Some(end) = idvault_tokenizer::rewrite::first_record_end(&buf, delimiter) {
             let rest = buf.split_off(end);
             return Ok((buf, rest));
         }
@@ -476,7 +476,7 @@ mod tests {
         let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
         let data = b"a,msisdn\n1,+447700900123\n2,\"+44 7700\n900123\"\n3\n";
         let mut src: &[u8] = data;
-        let (header, rest) = read_csv_header(&mut src).unwrap();
+        let (header, rest) = read_csv_header(&mut src, b',').unwrap();
         assert_eq!(header, b"a,msisdn\n");
         let rw = Rewriter::csv(
             vec![FieldSpec::parse("msisdn").unwrap()],

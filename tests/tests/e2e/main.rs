@@ -61,6 +61,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::detokenize_is_role_gated_and_audited,
     tokens::rotation_keeps_tokens_resolvable,
     tokens::oversized_stream_message_is_resource_exhausted,
+    tokens::tokenize_stream_output_growth_and_csv_quotes,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.

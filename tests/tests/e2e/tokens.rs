@@ -396,3 +396,51 @@ pub async fn oversized_stream_message_is_resource_exhausted(b: Backend) -> anyho
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     tv.stop().await
 }
+
+/// Short identifiers grow into 43-byte tokens: a 256 KiB message of them
+/// rewrites to several MiB, which must come back in several responses.
+/// A quote inside an unquoted CSV field is a literal, not an opening quote.
+pub async fn tokenize_stream_output_growth_and_csv_quotes(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let mut input = String::from("id,note\n");
+    for i in 0..200_000 {
+        input.push_str(&format!("A{i},27\" monitor\n"));
+    }
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let settings = TokenizeSettings {
+        format: LogFormat::Csv.into(),
+        fields: vec!["id=account".into()],
+        mode: TokenizeMode::Stateless.into(),
+        domain: "logs".into(),
+        csv_header: b"id,note\n".to_vec(),
+        ..Default::default()
+    };
+    let body = &input.as_bytes()["id,note\n".len()..];
+    let mut reqs = vec![TokenizeLogRequest {
+        settings: Some(settings),
+        data: Vec::new(),
+    }];
+    reqs.extend(body.chunks(256 * 1024).map(|c| TokenizeLogRequest {
+        settings: None,
+        data: c.to_vec(),
+    }));
+    let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+    let (mut data, mut rewritten, mut rejected, mut messages) = (Vec::new(), 0, 0, 0);
+    while let Some(m) = stream.message().await? {
+        messages += 1;
+        data.extend_from_slice(&m.data);
+        rewritten += m.records_rewritten;
+        rejected += m.rejected.len();
+    }
+    assert_eq!((rewritten, rejected), (200_000, 0));
+    let text = String::from_utf8(data)?;
+    assert_eq!(text.lines().count(), 200_000);
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with("tk_logs_v1_") && l.ends_with(",\"27\"\" monitor\"")),
+        "{}",
+        &text[..200]
+    );
+    assert!(messages > 8, "output was split into {messages} responses");
+    tv.stop().await
+}

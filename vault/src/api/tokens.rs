@@ -21,12 +21,22 @@ use crate::xref::{BridgeRecord, ImportSummary};
 pub struct TokenApi {
     vault: Arc<Vault>,
     deadline: std::time::Duration,
+    stream_deadline: std::time::Duration,
 }
 
 impl TokenApi {
-    /// Serves `vault`; unary calls must finish within `deadline`.
-    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
-        Self { vault, deadline }
+    /// Serves `vault`; unary calls must finish within `deadline`, streams
+    /// within `stream_deadline`.
+    pub fn new(
+        vault: Arc<Vault>,
+        deadline: std::time::Duration,
+        stream_deadline: std::time::Duration,
+    ) -> Self {
+        Self {
+            vault,
+            deadline,
+            stream_deadline,
+        }
     }
 }
 
@@ -99,6 +109,50 @@ fn settings(m: TokenizeLogRequest) -> Result<crate::logtok::Settings, Status> {
     })
 }
 
+/// Merges and refusals listed in one ImportBridge answer.
+const REPORT_LIMIT: usize = 1000;
+/// How long a TokenizeLog stream may stay silent.
+const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+/// Bytes of rewritten data per response: rewriting can grow a record
+/// (short identifiers become 43-character tokens), so one input message
+/// may need several responses to stay under the message size limit.
+const RESPONSE_DATA: usize = 256 * 1024;
+/// Rejects per response (each under ~300 bytes).
+const RESPONSE_REJECTS: usize = 1000;
+
+/// Splits one fed chunk into responses under the size limits. Data is cut
+/// anywhere: the client concatenates `data` in order.
+fn responses(fed: crate::logtok::Fed) -> Vec<TokenizeLogResponse> {
+    let mut out = Vec::new();
+    let mut data = fed.data.as_slice();
+    let mut rejects = fed.rejects.into_iter().map(|r| RejectedRecord {
+        line: r.line,
+        reason: r.reason,
+    });
+    loop {
+        let (now, rest) = data.split_at(data.len().min(RESPONSE_DATA));
+        data = rest;
+        let rejected: Vec<RejectedRecord> = rejects.by_ref().take(RESPONSE_REJECTS).collect();
+        if now.is_empty() && rejected.is_empty() {
+            break;
+        }
+        out.push(TokenizeLogResponse {
+            data: now.to_vec(),
+            rejected,
+            records_rewritten: 0,
+        });
+    }
+    match out.last_mut() {
+        Some(last) => last.records_rewritten = fed.rewritten,
+        None if fed.rewritten > 0 => out.push(TokenizeLogResponse {
+            records_rewritten: fed.rewritten,
+            ..TokenizeLogResponse::default()
+        }),
+        None => {}
+    }
+    out
+}
+
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -126,44 +180,49 @@ impl TokenService for TokenApi {
             .await
             .map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let deadline = tokio::time::Instant::now() + self.stream_deadline;
         tokio::spawn(async move {
             let mut next = Some(data);
             loop {
                 let (data, last) = match next.take() {
                     Some(d) => (d, false),
-                    None => match stream.message().await {
-                        Ok(Some(m)) => (m.data, false),
-                        Ok(None) => (Vec::new(), true),
-                        Err(e) => {
+                    // A client that stops sending (or never ends) cannot
+                    // hold the task past the idle limit or the deadline.
+                    None => match tokio::time::timeout_at(
+                        deadline.min(tokio::time::Instant::now() + STREAM_IDLE),
+                        stream.message(),
+                    )
+                    .await
+                    {
+                        Ok(Ok(Some(m))) => (m.data, false),
+                        Ok(Ok(None)) => (Vec::new(), true),
+                        Ok(Err(e)) => {
                             let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = tx
+                                .send(Err(Status::deadline_exceeded(
+                                    "TokenizeLog stream idle or past its deadline",
+                                )))
+                                .await;
                             return;
                         }
                     },
                 };
-                let reply =
-                    tok.feed(&data, last)
-                        .await
-                        .map_err(status)
-                        .map(|fed| TokenizeLogResponse {
-                            data: fed.data,
-                            rejected: fed
-                                .rejects
-                                .into_iter()
-                                .map(|r| RejectedRecord {
-                                    line: r.line,
-                                    reason: r.reason,
-                                })
-                                .collect(),
-                            records_rewritten: fed.rewritten,
-                        });
-                let failed = reply.is_err();
-                let empty = reply
-                    .as_ref()
-                    .is_ok_and(|r| r.data.is_empty() && r.rejected.is_empty());
-                if (!empty || failed) && tx.send(reply).await.is_err() {
-                    return;
+                let fed = match tok.feed(&data, last).await {
+                    Ok(fed) => fed,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                for reply in responses(fed) {
+                    if tx.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
                 }
-                if last || failed {
+                if last {
                     return;
                 }
             }
@@ -269,6 +328,12 @@ impl TokenService for TokenApi {
                 .await
                 .map_err(status)?;
         }
+        // Every batch is already committed: the answer must fit the
+        // message limit whatever the stream held, so long lists are cut.
+        let merges_total = total.merges.len() as u64;
+        let rejected_total = total.rejected.len() as u64;
+        total.merges.truncate(REPORT_LIMIT);
+        total.rejected.truncate(REPORT_LIMIT);
         Ok(Response::new(ImportBridgeResponse {
             records: total.records,
             entities_created: total.entities_created,
@@ -292,6 +357,8 @@ impl TokenService for TokenApi {
                     reason: e.reason,
                 })
                 .collect(),
+            merges_total,
+            rejected_total,
         }))
     }
 }
