@@ -210,7 +210,10 @@ impl Vault {
                     let err = VaultError::DomainDenied;
                     return self.refuse(caller, A, None, err).await;
                 }
-                let k = self.keys().token_key(domain, v)?;
+                let k = match self.keys().token_key(domain, v) {
+                    Ok(k) => k,
+                    Err(e) => return self.audit_failure(caller, A, None, e.into()).await,
+                };
                 let mut bytes = *k.expose();
                 let dk = DomainKey::new(domain, v, &bytes)
                     .map_err(|e| VaultError::BadRequest(e.to_string()));
@@ -221,10 +224,14 @@ impl Vault {
                 )
             }
             Mode::CrossReference => {
-                let keys = (1..=v)
+                let keys = match (1..=v)
                     .rev()
                     .map(|x| self.keys().xref_index_key(&partner.name, x))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(k) => k,
+                    Err(e) => return self.audit_failure(caller, A, None, e.into()).await,
+                };
                 (
                     Source::CrossReference(Arc::new(keys)),
                     "mode=cross_reference".to_owned(),
