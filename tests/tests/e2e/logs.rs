@@ -69,6 +69,45 @@ pub async fn no_pii_in_logs_or_statuses(b: Backend) -> anyhow::Result<()> {
             .unwrap_err();
         statuses.push(format!("{e:?}"));
     }
+    // Bridge import and log tokenizing with the marker in bad identifiers.
+    use idvault_tests::idvault_proto::v1::token_service_client::TokenServiceClient;
+    use idvault_tests::idvault_proto::v1::{
+        BridgeIdentifier, BridgeRecord, IdentifierType, ImportBridgeRequest, LogFormat,
+        TokenizeLogRequest, TokenizeMode, TokenizeSettings,
+    };
+    let mut t = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let bad = BridgeRecord {
+        record_id: "r".into(),
+        identifiers: vec![BridgeIdentifier {
+            r#type: IdentifierType::Msisdn.into(),
+            value: marker.into(),
+            sealed_value: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    let r = t
+        .import_bridge(tokio_stream::iter(vec![ImportBridgeRequest {
+            records: vec![bad],
+            default_country_code: 0,
+        }]))
+        .await?
+        .into_inner();
+    statuses.push(format!("{r:?}"));
+    let settings = TokenizeSettings {
+        format: LogFormat::JsonLines.into(),
+        fields: vec!["m=msisdn".into()],
+        mode: TokenizeMode::CrossReference.into(),
+        ..Default::default()
+    };
+    let line = format!("{{\"m\":\"{marker}\"}}\n{{\"m\":\"+447700900123\"}}\n{{\"m\":\"{marker}");
+    let reqs = vec![TokenizeLogRequest {
+        settings: Some(settings),
+        data: line.into_bytes(),
+    }];
+    let mut out = t.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+    while let Some(m) = out.message().await? {
+        statuses.push(format!("{m:?}"));
+    }
     let root_key = std::fs::read_to_string(tv.dir.path().join("root.key"))?;
     let key_hex = root_key
         .lines()
