@@ -185,3 +185,67 @@ pub fn tokenize(
         threads,
     })
 }
+
+/// Errors of the in-process bench vault (a boxed error: this is tooling,
+/// not a library API).
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A vault served on port 0 from a fresh development data directory, for
+/// the end-to-end benchmarks. Removed again by [`InProcess::stop`].
+#[derive(Debug)]
+pub struct InProcess {
+    dir: std::path::PathBuf,
+    loaded: crate::app::Loaded,
+    server: crate::server::RunningServer,
+}
+
+impl InProcess {
+    /// Starts on `database_url`, or SQLite in the temporary directory.
+    pub async fn start(database_url: Option<String>) -> Result<Self, BenchError> {
+        let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
+        crate::devinit::init_dev(&dir, "127.0.0.1:0", &crate::core::SystemRng::default())?;
+        let cfg = crate::config::Config::load(&dir.join(crate::config::CONFIG_FILE))?;
+        let url = database_url.unwrap_or_else(|| cfg.database_url());
+        let loaded = crate::app::load(&cfg, &url).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let server = crate::server::start(
+            std::sync::Arc::clone(&loaded.vault),
+            std::sync::Arc::clone(&loaded.tls),
+            listener,
+            loaded.options.clone(),
+        )
+        .await?;
+        Ok(Self {
+            dir,
+            loaded,
+            server,
+        })
+    }
+
+    /// An mTLS channel as dev partner `name`.
+    pub async fn channel(&self, name: &str) -> Result<tonic::transport::Channel, BenchError> {
+        let creds = crate::client::PartnerCredentials::from_dir(&self.dir.join("tls"), name)?;
+        Ok(crate::client::connect(
+            &format!("https://{}", self.server.addr),
+            "localhost",
+            &creds,
+        )
+        .await?)
+    }
+
+    /// The storage backend's name.
+    pub fn backend(&self) -> &'static str {
+        match self.loaded.vault.store().backend() {
+            crate::store::Backend::Sqlite => "SQLite",
+            crate::store::Backend::Postgres => "PostgreSQL",
+        }
+    }
+
+    /// Stops the server and removes the directory.
+    pub async fn stop(self) -> Result<(), BenchError> {
+        self.server.shutdown().await?;
+        self.loaded.vault.store().close().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}

@@ -1220,21 +1220,14 @@ async fn bench_tokenize_xref(records: u64) -> anyhow::Result<()> {
         BridgeIdentifier, BridgeRecord, IdentifierType as T, ImportBridgeRequest, LogFormat,
         TokenizeLogRequest, TokenizeMode, TokenizeSettings,
     };
-    let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
-    idvault::devinit::init_dev(&dir, "127.0.0.1:0", &SystemRng::default())?;
-    let cfg = Config::load(&dir.join(CONFIG_FILE))?;
-    let loaded = idvault::app::load(&cfg, &cfg.database_url()).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = idvault::server::start(
-        Arc::clone(&loaded.vault),
-        loaded.tls,
-        listener,
-        loaded.options,
-    )
-    .await?;
-    let creds = idvault::client::PartnerCredentials::from_dir(&dir.join("tls"), "partner-a")?;
+    let vault = idvault::bench::InProcess::start(None)
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
     let mut c = TokenServiceClient::new(
-        idvault::client::connect(&format!("https://{}", server.addr), "localhost", &creds).await?,
+        vault
+            .channel("partner-a")
+            .await
+            .map_err(anyhow::Error::from_boxed)?,
     );
 
     let t = Instant::now();
@@ -1312,10 +1305,7 @@ async fn bench_tokenize_xref(records: u64) -> anyhow::Result<()> {
         "warm cache: {:>10.0} records/s",
         rates.get(1).copied().unwrap_or_default()
     );
-    server.shutdown().await?;
-    loaded.vault.store().close().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    vault.stop().await.map_err(anyhow::Error::from_boxed)
 }
 
 async fn bench_subjects(
@@ -1323,26 +1313,17 @@ async fn bench_subjects(
     concurrency: usize,
     database_url: Option<String>,
 ) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
-    idvault::devinit::init_dev(&dir, "127.0.0.1:0", &SystemRng::default())?;
-    let cfg = Config::load(&dir.join(CONFIG_FILE))?;
-    let url = database_url.unwrap_or_else(|| cfg.database_url());
-    let loaded = idvault::app::load(&cfg, &url).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = idvault::server::start(
-        Arc::clone(&loaded.vault),
-        loaded.tls,
-        listener,
-        loaded.options,
-    )
-    .await?;
-    let creds = idvault::client::PartnerCredentials::from_dir(&dir.join("tls"), "partner-a")?;
-    let target = format!("https://{}", server.addr);
+    let vault = idvault::bench::InProcess::start(database_url)
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
     let per = count.div_ceil(concurrency.max(1));
     let t = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency.max(1) {
-        let ch = idvault::client::connect(&target, "localhost", &creds).await?;
+        let ch = vault
+            .channel("partner-a")
+            .await
+            .map_err(anyhow::Error::from_boxed)?;
         tasks.push(tokio::spawn(async move {
             let mut c = SubjectServiceClient::new(ch);
             let mut lat = Vec::with_capacity(per);
@@ -1384,7 +1365,7 @@ async fn bench_subjects(
     println!(
         "CreateSubject over mTLS, 3 fields, {} RPCs, {concurrency} connections, storage {}",
         lat.len(),
-        redact_url(&url).split(':').next().unwrap_or("")
+        vault.backend()
     );
     println!(
         "throughput: {:>10.0} RPC/s ({:.0} packets sealed and stored/s)",
@@ -1392,10 +1373,7 @@ async fn bench_subjects(
         3.0 * lat.len() as f64 / elapsed.as_secs_f64()
     );
     println!("latency:    p50 {:?}  p99 {:?}", pct(0.50), pct(0.99));
-    server.shutdown().await?;
-    loaded.vault.store().close().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    vault.stop().await.map_err(anyhow::Error::from_boxed)
 }
 
 #[cfg(test)]

@@ -39,6 +39,12 @@ purposes! {
     AuditKeyMaterial => "audit-mac-key";
     /// A token domain's HMAC key.
     TokenKeyMaterial => "token-key";
+    /// A partner's cross-reference blind-index key.
+    XrefIndexMaterial => "xref-index-key";
+    /// The key sealing linked identifiers for detokenization.
+    XrefSealMaterial => "xref-seal-key";
+    /// The key partners seal identity-bridge identifiers with.
+    BridgeSealMaterial => "bridge-seal-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.

@@ -14,27 +14,13 @@
 use idvault_tokenizer::IdentifierType;
 
 use super::crypto::{self, HASH_LEN};
-use super::secret::Secret;
-
-/// Key purpose of the blind-index key.
-#[derive(Debug, Clone, Copy)]
-pub enum XrefIndexMaterial {}
-impl super::secret::KeyPurpose for XrefIndexMaterial {
-    const NAME: &'static str = "xref-index-key";
-}
+use super::secret::{BridgeSealMaterial, Secret, XrefIndexMaterial, XrefSealMaterial};
 
 /// HKDF label of the cross-reference blind-index key.
 pub const LABEL_XREF_INDEX: &str = "idvault/v1/xref-index";
 /// HKDF label of the key sealing linked identifiers for detokenization.
 pub const LABEL_XREF_SEAL: &str = "idvault/v1/xref-seal";
 const SEAL_AAD: &[u8] = b"idvault/v1/xref-seal";
-
-/// Key purpose of the identifier seal key.
-#[derive(Debug, Clone, Copy)]
-pub enum XrefSealMaterial {}
-impl super::secret::KeyPurpose for XrefSealMaterial {
-    const NAME: &'static str = "xref-seal-key";
-}
 
 /// The identifier seal key of one version.
 pub type XrefSealKey = Secret<XrefSealMaterial>;
@@ -78,13 +64,6 @@ pub type XrefIndexKey = Secret<XrefIndexMaterial>;
 /// HKDF label of the key partners seal bridge identifiers with.
 pub const LABEL_BRIDGE_SEAL: &str = "idvault/v1/bridge-seal";
 const BRIDGE_AAD: &[u8] = b"idvault/v1/bridge-identifier";
-
-/// Key purpose of the bridge seal key.
-#[derive(Debug, Clone, Copy)]
-pub enum BridgeSealMaterial {}
-impl super::secret::KeyPurpose for BridgeSealMaterial {
-    const NAME: &'static str = "bridge-seal-key";
-}
 
 /// The key a sending platform seals identity-bridge identifiers with.
 pub type BridgeSealKey = Secret<BridgeSealMaterial>;
