@@ -362,13 +362,22 @@ impl Vault {
         if misses.is_empty() {
             return Ok(out);
         }
-        for (ty, n, bi) in misses {
-            let indexes: Vec<[u8; HASH_LEN]> = std::iter::once(bi)
-                .chain(keys.iter().skip(1).map(|k| blind_index(k, ty, &n)))
-                .collect();
-            if let Some((_, token)) = self.store().xref_lookup(&indexes).await?.into_iter().next() {
+        // Every live version's blind index of every miss, in one batched lookup.
+        let per_miss: Vec<Vec<[u8; HASH_LEN]>> = misses
+            .iter()
+            .map(|(ty, n, bi)| {
+                std::iter::once(*bi)
+                    .chain(keys.iter().skip(1).map(|k| blind_index(k, *ty, n)))
+                    .collect()
+            })
+            .collect();
+        let all: Vec<[u8; HASH_LEN]> = per_miss.iter().flatten().copied().collect();
+        let found = self.store().xref_lookup(&all).await?;
+        for ((ty, n, bi), indexes) in misses.into_iter().zip(per_miss) {
+            // Newest version first, as at import.
+            if let Some(token) = indexes.iter().find_map(|i| found.get(i)) {
                 self.xref_cache().insert(generation, bi, token.clone());
-                out.insert((ty, n), token);
+                out.insert((ty, n), token.clone());
             }
         }
         Ok(out)

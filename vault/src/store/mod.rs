@@ -14,6 +14,7 @@
 
 mod rows;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -196,23 +197,35 @@ impl Store {
         rows.iter().map(rows::audit_from_row).collect()
     }
 
-    /// Canonical entity tokens for blind indexes (absent ones are skipped).
+    /// Canonical entity tokens for blind indexes (absent ones are left out),
+    /// in batches of up to 500 indexes per query.
     pub async fn xref_lookup(
         &self,
         indexes: &[[u8; HASH_LEN]],
-    ) -> Result<Vec<([u8; HASH_LEN], String)>, StoreError> {
-        let mut out = Vec::with_capacity(indexes.len());
+    ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
+        const BATCH: usize = 500;
+        let mut out = HashMap::with_capacity(indexes.len());
         let mut conn = self.pool.acquire().await?;
-        for bi in indexes {
-            let row: Option<(String, Option<String>)> = sqlx::query_as(
-                "SELECT e.token, e.alias_of FROM xref_links l JOIN xref_entities e ON e.token = l.token \
-                 WHERE l.blind_index = $1",
-            )
-            .bind(bi.to_vec())
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some((token, alias)) = row {
-                out.push((*bi, alias.unwrap_or(token)));
+        for part in indexes.chunks(BATCH) {
+            let placeholders: Vec<String> = (1..=part.len()).map(|n| format!("${n}")).collect();
+            // Only numbered placeholders are formatted into the text; every
+            // value is bound. (sqlx's QueryBuilder would emit `?` for the
+            // Any driver, which PostgreSQL does not accept.)
+            let sql = format!(
+                "SELECT l.blind_index, e.token, e.alias_of FROM xref_links l \
+                 JOIN xref_entities e ON e.token = l.token WHERE l.blind_index IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q =
+                sqlx::query_as::<_, (Vec<u8>, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+            for bi in part {
+                q = q.bind(bi.to_vec());
+            }
+            for (bi, token, alias) in q.fetch_all(&mut *conn).await? {
+                let bi: [u8; HASH_LEN] = bi
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
+                out.insert(bi, alias.unwrap_or(token));
             }
         }
         Ok(out)
