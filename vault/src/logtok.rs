@@ -31,7 +31,9 @@ pub struct XrefCache(RwLock<CacheInner>);
 #[derive(Debug, Default)]
 struct CacheInner {
     generation: i64,
-    map: HashMap<[u8; HASH_LEN], String>,
+    /// `None` records "linked to no entity" (any import that adds links
+    /// bumps the generation, which empties the cache).
+    map: HashMap<[u8; HASH_LEN], Option<String>>,
 }
 
 impl XrefCache {
@@ -53,11 +55,11 @@ impl XrefCache {
         }
     }
 
-    fn get(&self, k: &[u8; HASH_LEN]) -> Option<String> {
+    fn get(&self, k: &[u8; HASH_LEN]) -> Option<Option<String>> {
         self.0.read().ok()?.map.get(k).cloned()
     }
 
-    fn insert(&self, generation: i64, k: [u8; HASH_LEN], v: String) {
+    fn insert(&self, generation: i64, k: [u8; HASH_LEN], v: Option<String>) {
         if let Ok(mut c) = self.0.write() {
             if c.generation != generation {
                 return;
@@ -353,9 +355,11 @@ impl Vault {
             let Some(current) = keys.first() else { break };
             let bi = blind_index(current, ty, &n);
             match self.xref_cache().get(&bi) {
-                Some(t) => {
+                Some(Some(t)) => {
                     out.insert((ty, n), t);
                 }
+                // Known to be linked to nothing: no database round trip.
+                Some(None) => {}
                 None => misses.push((ty, n, bi)),
             }
         }
@@ -375,9 +379,10 @@ impl Vault {
         let found = self.store().xref_lookup(&all).await?;
         for ((ty, n, bi), indexes) in misses.into_iter().zip(per_miss) {
             // Newest version first, as at import.
-            if let Some(token) = indexes.iter().find_map(|i| found.get(i)) {
-                self.xref_cache().insert(generation, bi, token.clone());
-                out.insert((ty, n), token.clone());
+            let token = indexes.iter().find_map(|i| found.get(i)).cloned();
+            self.xref_cache().insert(generation, bi, token.clone());
+            if let Some(token) = token {
+                out.insert((ty, n), token);
             }
         }
         Ok(out)
