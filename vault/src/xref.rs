@@ -214,10 +214,18 @@ impl Vault {
                 .await
                 .map_err(VaultError::AuditUnavailable)?;
             for p in &prepared {
-                let mut existing = Vec::with_capacity(p.ids.len());
-                for (_, idx, _) in &p.ids {
-                    existing.push(tx.xref_find(idx).await?);
-                }
+                // One query for every identifier and key version of the record.
+                let all: Vec<[u8; HASH_LEN]> = p
+                    .ids
+                    .iter()
+                    .flat_map(|(_, idx, _)| idx.iter().copied())
+                    .collect();
+                let found = tx.xref_lookup(&all).await?;
+                let existing: Vec<Option<String>> = p
+                    .ids
+                    .iter()
+                    .map(|(_, idx, _)| idx.iter().find_map(|i| found.get(i)).cloned())
+                    .collect();
                 let mut fresh_err = None;
                 let plan = plan_record(&existing, || {
                     let mut b = [0u8; 16];

@@ -198,35 +198,15 @@ impl Store {
     }
 
     /// Canonical entity tokens for blind indexes (absent ones are left out),
-    /// in batches of up to 500 indexes per query.
+    /// in batches of [`LOOKUP_BATCH`] indexes per query.
     pub async fn xref_lookup(
         &self,
         indexes: &[[u8; HASH_LEN]],
     ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
-        const BATCH: usize = 500;
         let mut out = HashMap::with_capacity(indexes.len());
         let mut conn = self.pool.acquire().await?;
-        for part in indexes.chunks(BATCH) {
-            let placeholders: Vec<String> = (1..=part.len()).map(|n| format!("${n}")).collect();
-            // Only numbered placeholders are formatted into the text; every
-            // value is bound. (sqlx's QueryBuilder would emit `?` for the
-            // Any driver, which PostgreSQL does not accept.)
-            let sql = format!(
-                "SELECT l.blind_index, e.token, e.alias_of FROM xref_links l \
-                 JOIN xref_entities e ON e.token = l.token WHERE l.blind_index IN ({})",
-                placeholders.join(", ")
-            );
-            let mut q =
-                sqlx::query_as::<_, (Vec<u8>, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
-            for bi in part {
-                q = q.bind(bi.to_vec());
-            }
-            for (bi, token, alias) in q.fetch_all(&mut *conn).await? {
-                let bi: [u8; HASH_LEN] = bi
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
-                out.insert(bi, alias.unwrap_or(token));
-            }
+        for part in indexes.chunks(LOOKUP_BATCH) {
+            lookup_chunk(&mut *conn, part, &mut out).await?;
         }
         Ok(out)
     }
@@ -265,6 +245,41 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Blind indexes per lookup query.
+pub const LOOKUP_BATCH: usize = 500;
+
+/// Looks up at most [`LOOKUP_BATCH`] blind indexes in one query and adds
+/// the canonical token of each one found to `out`.
+async fn lookup_chunk<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    part: &[[u8; HASH_LEN]],
+    out: &mut HashMap<[u8; HASH_LEN], String>,
+) -> Result<(), StoreError> {
+    if part.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=part.len()).map(|n| format!("${n}")).collect();
+    // Only numbered placeholders are formatted into the text; every value
+    // is bound. (sqlx's QueryBuilder would emit `?` for the Any driver,
+    // which PostgreSQL does not accept.)
+    let sql = format!(
+        "SELECT l.blind_index, e.token, e.alias_of FROM xref_links l \
+         JOIN xref_entities e ON e.token = l.token WHERE l.blind_index IN ({})",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (Vec<u8>, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+    for bi in part {
+        q = q.bind(bi.to_vec());
+    }
+    for (bi, token, alias) in q.fetch_all(ex).await? {
+        let bi: [u8; HASH_LEN] = bi
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
+        out.insert(bi, alias.unwrap_or(token));
+    }
+    Ok(())
 }
 
 /// One stored link: `(id_type, key_version, blind_index, sealed identifier)`.
@@ -429,25 +444,16 @@ impl AuditedTx {
         Ok(n)
     }
 
-    /// The canonical entity token linked to any of `indexes` (one identifier
-    /// under each live key version), following an alias if there is one.
-    pub async fn xref_find(
+    /// Canonical tokens for blind indexes, inside the transaction.
+    pub async fn xref_lookup(
         &mut self,
         indexes: &[[u8; HASH_LEN]],
-    ) -> Result<Option<String>, StoreError> {
-        for bi in indexes {
-            let row: Option<(String, Option<String>)> = sqlx::query_as(
-                "SELECT e.token, e.alias_of FROM xref_links l JOIN xref_entities e ON e.token = l.token \
-                 WHERE l.blind_index = $1",
-            )
-            .bind(bi.to_vec())
-            .fetch_optional(&mut *self.tx)
-            .await?;
-            if let Some((token, alias)) = row {
-                return Ok(Some(alias.unwrap_or(token)));
-            }
+    ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
+        let mut out = HashMap::with_capacity(indexes.len());
+        for part in indexes.chunks(LOOKUP_BATCH) {
+            lookup_chunk(&mut *self.tx, part, &mut out).await?;
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// Resolves an entity token (or alias) inside the transaction.
