@@ -291,6 +291,20 @@ pub fn dev_config(listen: &str) -> String {
     s
 }
 
+/// The config `idvault init` (without `--dev`) writes: no partner is
+/// registered until the operator adds one, so nothing is granted by default.
+pub fn production_config(listen: &str) -> String {
+    format!(
+        "# Written by `idvault init`. Put your partner CA, server certificate and key\n\
+         # at the [tls] paths and your trust domain below, then register partners.\n\
+         [server]\nlisten = \"{listen}\"\ntrust_domain = \"example.org\"\n\n\
+         [keys]\nroot_key_file = \"root.key\"\n\n\
+         [tls]\nclient_ca = \"tls/ca.crt\"\nserver_cert = \"tls/server.crt\"\nserver_key = \"tls/server.key\"\ncrls = []\n\n\
+         # [[partner]]\n# name = \"bank-a\"\n# spiffe_id = \"spiffe://example.org/partner/bank-a\"\n\
+         # roles = [\"subjects.write\", \"subjects.verify\"]\n# token_domains = [\"bank-a\"]\n"
+    )
+}
+
 /// Creates whatever part of a development data directory is missing:
 /// root key, CA, server and partner certificates, config. Never replaces
 /// an existing root key. Returns the paths it wrote.

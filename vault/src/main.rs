@@ -495,10 +495,7 @@ fn init(dir: &DataDir, dev: bool, listen: &str) -> anyhow::Result<()> {
         }
         let cfg = dir.config_path();
         if !cfg.exists() {
-            let text = idvault::devinit::dev_config(listen).replace(
-                "# Written by `idvault init --dev`: development settings, not for production.",
-                "# Put your CA, server certificate and key at the [tls] paths, then list partners.",
-            );
+            let text = idvault::devinit::production_config(listen);
             std::fs::write(&cfg, text)?;
             made.push(cfg);
         }
@@ -1403,8 +1400,23 @@ mod tests {
     }
 
     #[test]
-    fn dev_config_parses() {
+    fn generated_configs_parse() {
         let t = idvault::devinit::dev_config("127.0.0.1:50051");
-        Config::parse(&t, Path::new("x"), Path::new("/d")).unwrap();
+        assert_eq!(
+            Config::parse(&t, Path::new("x"), Path::new("/d"))
+                .unwrap()
+                .registry
+                .partners()
+                .len(),
+            2
+        );
+        let t = idvault::devinit::production_config("0.0.0.0:50051");
+        assert!(
+            Config::parse(&t, Path::new("x"), Path::new("/d"))
+                .unwrap()
+                .registry
+                .partners()
+                .is_empty()
+        );
     }
 }
