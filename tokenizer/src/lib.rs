@@ -9,8 +9,10 @@
 
 pub mod ident;
 pub mod json;
+pub mod nicknames;
 pub mod rewrite;
 pub mod token;
+pub mod variants;
 
 pub use ident::{IdentifierType, NormalizeError, NormalizeOptions, normalize};
 pub use token::DomainKey;

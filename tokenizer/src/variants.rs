@@ -1,0 +1,481 @@
+//! Normalised variants of matchable fields, for blind matching.
+//!
+//! Each variant has a named, versioned kind (`name.folded.v1`, …): two
+//! records agree on a kind when their variants of that kind are equal. The
+//! vault stores only keyed blind indexes of variants, never the variants.
+//! Every rule is documented here and unit-tested; a rule change gets a new
+//! version so stored indexes of the old one stay meaningful.
+//!
+//! | field | kinds |
+//! |---|---|
+//! | given name | `name.folded.v1`, `name.nickname.v1` (one per canonical name), `name.phonetic.v1` (Double Metaphone primary and alternate) |
+//! | family name | `name.folded.v1`, `name.phonetic.v1` |
+//! | date of birth | `dob.iso.v1`, `dob.swapped.v1` (day and month exchanged, when both ≤ 12 and differ), `dob.year.v1` |
+//! | national id | `nid.full.v1` (alphanumerics, upper case), `nid.last4.v1` |
+//! | phone | `phone.e164.v1` |
+//! | e-mail | `email.canonical.v1` (lower case, `+tag` removed; Gmail: dots removed and googlemail.com → gmail.com) |
+//! | street address | `address.folded.v1` (folded, street types abbreviated) |
+//! | postcode | `postcode.folded.v1` (alphanumerics, upper case) |
+//! | city | `city.folded.v1` |
+//!
+//! Folding = Unicode NFKD, combining marks removed, lower case, every run
+//! of non-alphanumerics becomes one space, trimmed.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
+use crate::ident::{IdentifierType, NormalizeOptions, normalize};
+
+/// A matchable field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum MatchField {
+    /// Given (first) name.
+    GivenName,
+    /// Family name.
+    FamilyName,
+    /// Date of birth.
+    DateOfBirth,
+    /// National identity number.
+    NationalId,
+    /// Phone number.
+    Phone,
+    /// E-mail address.
+    Email,
+    /// Street address.
+    StreetAddress,
+    /// Postcode.
+    Postcode,
+    /// City.
+    City,
+}
+
+impl MatchField {
+    /// Every matchable field.
+    pub const ALL: [Self; 9] = [
+        Self::GivenName,
+        Self::FamilyName,
+        Self::DateOfBirth,
+        Self::NationalId,
+        Self::Phone,
+        Self::Email,
+        Self::StreetAddress,
+        Self::Postcode,
+        Self::City,
+    ];
+
+    /// The vault's field-catalogue name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GivenName => "given_name",
+            Self::FamilyName => "family_name",
+            Self::DateOfBirth => "date_of_birth",
+            Self::NationalId => "national_id",
+            Self::Phone => "phone",
+            Self::Email => "email",
+            Self::StreetAddress => "street_address",
+            Self::Postcode => "postcode",
+            Self::City => "city",
+        }
+    }
+
+    /// From a catalogue name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// A variant: its kind (with version) and value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Variant {
+    /// Kind, e.g. `name.folded.v1`.
+    pub kind: &'static str,
+    /// Normalised value.
+    pub value: String,
+}
+
+fn v(kind: &'static str, value: impl Into<String>) -> Variant {
+    Variant {
+        kind,
+        value: value.into(),
+    }
+}
+
+/// Folds text: NFKD, no combining marks, lower case, punctuation and
+/// whitespace runs to one space, trimmed.
+pub fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for c in s.nfkd().filter(|c| !is_combining_mark(*c)) {
+        if c.is_alphanumeric() {
+            if space && !out.is_empty() {
+                out.push(' ');
+            }
+            space = false;
+            out.extend(c.to_lowercase());
+        } else {
+            space = true;
+        }
+    }
+    out
+}
+
+/// Street-type abbreviations applied word by word after folding.
+pub const STREET_ABBREVIATIONS: &[(&str, &str)] = &[
+    ("street", "st"),
+    ("road", "rd"),
+    ("avenue", "ave"),
+    ("av", "ave"),
+    ("boulevard", "blvd"),
+    ("drive", "dr"),
+    ("lane", "ln"),
+    ("court", "ct"),
+    ("place", "pl"),
+    ("square", "sq"),
+    ("terrace", "ter"),
+    ("crescent", "cres"),
+    ("close", "cl"),
+    ("highway", "hwy"),
+    ("north", "n"),
+    ("south", "s"),
+    ("east", "e"),
+    ("west", "w"),
+    ("apartment", "apt"),
+    ("flat", "apt"),
+];
+
+/// Parses a date of birth into `(year, month, day)`: `YYYY-MM-DD`,
+/// `YYYY/MM/DD`, `YYYYMMDD`, `DD/MM/YYYY`, `DD.MM.YYYY`, `DD-MM-YYYY`.
+/// Day-first is the reading of the two-digit-first forms; the swapped
+/// variant covers month-first writers.
+pub fn parse_date(s: &str) -> Option<(u16, u8, u8)> {
+    let t = s.trim();
+    let parts: Vec<&str> = t
+        .split(['-', '/', '.', ' '])
+        .filter(|p| !p.is_empty())
+        .collect();
+    let (y, m, d) = match parts.as_slice() {
+        [one] if one.len() == 8 && one.bytes().all(|b| b.is_ascii_digit()) => {
+            (one.get(0..4)?, one.get(4..6)?, one.get(6..8)?)
+        }
+        [a, b, c] if a.len() == 4 => (*a, *b, *c),
+        [a, b, c] if c.len() == 4 => (*c, *b, *a),
+        _ => return None,
+    };
+    let (y, m, d): (u16, u8, u8) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    ((1800..=2200).contains(&y) && (1..=days).contains(&d)).then_some((y, m, d))
+}
+
+/// The variants of `value` as field `field`. Values that do not parse
+/// (a date that is no date) give no variant rather than a wrong one.
+pub fn variants(field: MatchField, value: &str, opts: &NormalizeOptions) -> Vec<Variant> {
+    let mut out = Vec::new();
+    match field {
+        MatchField::GivenName | MatchField::FamilyName => {
+            let f = fold(value);
+            if f.is_empty() {
+                return out;
+            }
+            if field == MatchField::GivenName {
+                // The first word carries the nickname (middle names vary).
+                let first = f.split(' ').next().unwrap_or(&f);
+                for c in crate::nicknames::canonical_forms(first) {
+                    out.push(v("name.nickname.v1", c));
+                }
+            }
+            let dm = rphonetic::DoubleMetaphone::new(None).double_metaphone(&f.replace(' ', ""));
+            out.push(v("name.phonetic.v1", dm.primary()));
+            if dm.alternate() != dm.primary() {
+                out.push(v("name.phonetic.v1", dm.alternate()));
+            }
+            out.push(v("name.folded.v1", f));
+        }
+        MatchField::DateOfBirth => {
+            if let Some((y, m, d)) = parse_date(value) {
+                out.push(v("dob.iso.v1", format!("{y:04}-{m:02}-{d:02}")));
+                if d <= 12 && d != m {
+                    out.push(v("dob.swapped.v1", format!("{y:04}-{d:02}-{m:02}")));
+                }
+                out.push(v("dob.year.v1", format!("{y:04}")));
+            }
+        }
+        MatchField::NationalId => {
+            let id: String = value
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_uppercase())
+                .collect();
+            if id.len() >= 4 {
+                out.push(v(
+                    "nid.last4.v1",
+                    id.get(id.len() - 4..).unwrap_or_default(),
+                ));
+                out.push(v("nid.full.v1", id));
+            }
+        }
+        MatchField::Phone => {
+            if let Ok(p) = normalize(IdentifierType::Msisdn, value, opts) {
+                out.push(v("phone.e164.v1", p.into_owned()));
+            }
+        }
+        MatchField::Email => {
+            if let Some(e) = canonical_email(value) {
+                out.push(v("email.canonical.v1", e));
+            }
+        }
+        MatchField::StreetAddress => {
+            let f = fold(value);
+            let words: Vec<&str> = f
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(|w| {
+                    STREET_ABBREVIATIONS
+                        .iter()
+                        .find(|(l, _)| *l == w)
+                        .map_or(w, |(_, s)| *s)
+                })
+                .collect();
+            if !words.is_empty() {
+                out.push(v("address.folded.v1", words.join(" ")));
+            }
+        }
+        MatchField::Postcode => {
+            let p: String = value
+                .chars()
+                .filter(|c| c.is_alphanumeric())
+                .flat_map(char::to_uppercase)
+                .collect();
+            if !p.is_empty() {
+                out.push(v("postcode.folded.v1", p));
+            }
+        }
+        MatchField::City => {
+            let f = fold(value);
+            if !f.is_empty() {
+                out.push(v("city.folded.v1", f));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Canonical e-mail: trimmed, lower case, `+tag` removed from the local
+/// part; for Gmail (gmail.com, googlemail.com) dots in the local part are
+/// removed and the domain is gmail.com, since Gmail ignores both.
+pub fn canonical_email(value: &str) -> Option<String> {
+    let e = normalize(IdentifierType::Email, value, &NormalizeOptions::default()).ok()?;
+    let (local, domain) = e.split_once('@')?;
+    let local = local.split('+').next().unwrap_or(local);
+    let (local, domain) = match domain {
+        "gmail.com" | "googlemail.com" => (local.replace('.', ""), "gmail.com"),
+        _ => (local.to_owned(), domain),
+    };
+    (!local.is_empty()).then(|| format!("{local}@{domain}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(field: MatchField, value: &str) -> Vec<(String, String)> {
+        variants(
+            field,
+            value,
+            &NormalizeOptions {
+                default_country_code: Some(44),
+            },
+        )
+        .into_iter()
+        .map(|v| (v.kind.to_owned(), v.value))
+        .collect()
+    }
+
+    fn has(field: MatchField, value: &str, kind: &str, want: &str) -> bool {
+        kinds(field, value)
+            .iter()
+            .any(|(k, v)| k == kind && v == want)
+    }
+
+    #[test]
+    fn folding_removes_accents_case_and_punctuation() {
+        assert_eq!(fold("  José-María  O'Brien "), "jose maria o brien");
+        assert_eq!(fold("ÉLODIE"), "elodie");
+        assert_eq!(fold("Zoë"), "zoe");
+        assert_eq!(fold("Ａｄａ"), "ada"); // full-width letters (NFKD)
+        assert_eq!(fold("---"), "");
+    }
+
+    #[test]
+    fn nicknames_and_phonetics() {
+        assert!(has(
+            MatchField::GivenName,
+            "Bill",
+            "name.nickname.v1",
+            "william"
+        ));
+        assert!(has(
+            MatchField::GivenName,
+            "William",
+            "name.nickname.v1",
+            "william"
+        ));
+        assert!(has(
+            MatchField::GivenName,
+            "Peggy Ann",
+            "name.nickname.v1",
+            "margaret"
+        ));
+        // "alex" is short for two names: both are variants.
+        assert!(has(
+            MatchField::GivenName,
+            "Alex",
+            "name.nickname.v1",
+            "alexander"
+        ));
+        assert!(has(
+            MatchField::GivenName,
+            "Alex",
+            "name.nickname.v1",
+            "alexandra"
+        ));
+        // Phonetic codes agree across spellings.
+        let a = kinds(MatchField::FamilyName, "Smith");
+        let b = kinds(MatchField::FamilyName, "Smyth");
+        assert!(
+            a.iter().any(|x| x.0 == "name.phonetic.v1" && b.contains(x)),
+            "{a:?} {b:?}"
+        );
+        let c = kinds(MatchField::FamilyName, "Schmidt");
+        assert!(
+            c.iter().any(|x| x.0 == "name.phonetic.v1" && b.contains(x)),
+            "{c:?} {b:?}"
+        );
+        // Unrelated names do not share a code.
+        let d = kinds(MatchField::FamilyName, "Lovelace");
+        assert!(
+            !d.iter().any(|x| x.0 == "name.phonetic.v1" && b.contains(x)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("1990-03-07"), Some((1990, 3, 7)));
+        assert_eq!(parse_date("07/03/1990"), Some((1990, 3, 7)));
+        assert_eq!(parse_date("07.03.1990"), Some((1990, 3, 7)));
+        assert_eq!(parse_date("19900307"), Some((1990, 3, 7)));
+        assert_eq!(parse_date("1990-02-30"), None);
+        assert_eq!(parse_date("2000-02-29"), Some((2000, 2, 29)));
+        assert_eq!(parse_date("1900-02-29"), None);
+        assert_eq!(parse_date("soon"), None);
+        assert!(has(
+            MatchField::DateOfBirth,
+            "1990-03-07",
+            "dob.swapped.v1",
+            "1990-07-03"
+        ));
+        assert!(has(
+            MatchField::DateOfBirth,
+            "1990-03-07",
+            "dob.year.v1",
+            "1990"
+        ));
+        // Day 25 cannot be a month: no swapped form. Equal day and month: none either.
+        assert!(
+            !kinds(MatchField::DateOfBirth, "1990-03-25")
+                .iter()
+                .any(|x| x.0 == "dob.swapped.v1")
+        );
+        assert!(
+            !kinds(MatchField::DateOfBirth, "1990-03-03")
+                .iter()
+                .any(|x| x.0 == "dob.swapped.v1")
+        );
+        assert!(kinds(MatchField::DateOfBirth, "31/31/1990").is_empty());
+    }
+
+    #[test]
+    fn ids_phones_emails_addresses() {
+        assert!(has(
+            MatchField::NationalId,
+            "ab 12 34 56 c",
+            "nid.last4.v1",
+            "456C"
+        ));
+        assert!(has(
+            MatchField::NationalId,
+            "ab 12 34 56 c",
+            "nid.full.v1",
+            "AB123456C"
+        ));
+        assert!(has(
+            MatchField::Phone,
+            "07700 900123",
+            "phone.e164.v1",
+            "+447700900123"
+        ));
+        assert!(kinds(MatchField::Phone, "not a phone").is_empty());
+        assert_eq!(
+            canonical_email(" Ada.Lovelace+news@GoogleMail.com ").as_deref(),
+            Some("adalovelace@gmail.com")
+        );
+        assert_eq!(
+            canonical_email("ada.l+x@example.org").as_deref(),
+            Some("ada.l@example.org")
+        );
+        assert_eq!(canonical_email("+only@example.org"), None);
+        assert!(has(
+            MatchField::StreetAddress,
+            "12 High Street, Flat 3",
+            "address.folded.v1",
+            "12 high st apt 3"
+        ));
+        assert!(has(
+            MatchField::StreetAddress,
+            "12, High St.",
+            "address.folded.v1",
+            "12 high st"
+        ));
+        assert!(has(
+            MatchField::Postcode,
+            "sw1a 1aa",
+            "postcode.folded.v1",
+            "SW1A1AA"
+        ));
+        assert!(has(
+            MatchField::City,
+            "São Paulo",
+            "city.folded.v1",
+            "sao paulo"
+        ));
+    }
+
+    #[test]
+    fn field_names_match_the_vault_catalogue() {
+        for f in MatchField::ALL {
+            assert_eq!(MatchField::parse(f.name()), Some(f));
+        }
+    }
+
+    #[test]
+    fn nickname_table_is_folded_and_sorted_by_canonical() {
+        let t = crate::nicknames::TABLE;
+        assert!(
+            t.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, no duplicate canonical names"
+        );
+        for (c, ds) in t {
+            assert_eq!(fold(c), *c);
+            assert!(ds.iter().all(|d| fold(d) == *d && d != c));
+        }
+    }
+}
