@@ -294,13 +294,24 @@ impl Vault {
     }
 }
 
-/// What detokenization reveals.
-#[derive(Debug)]
+/// What detokenization reveals. `Debug` shows the token and identifier
+/// types, never the identifiers.
 pub struct Detokenized {
     /// The canonical entity token (differs from the input for an alias).
     pub token: String,
     /// The customer's identifiers, normalised.
     pub identifiers: Vec<(IdentifierType, zeroize::Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for Detokenized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let types: Vec<&str> = self.identifiers.iter().map(|(t, _)| t.name()).collect();
+        write!(
+            f,
+            "Detokenized({}, identifiers {types:?}, values redacted)",
+            self.token
+        )
+    }
 }
 
 impl Vault {
