@@ -190,10 +190,17 @@ pub fn variants(field: MatchField, value: &str, opts: &NormalizeOptions) -> Vec<
                     out.push(v("name.nickname.v1", c));
                 }
             }
-            let dm = rphonetic::DoubleMetaphone::new(None).double_metaphone(&f.replace(' ', ""));
-            out.push(v("name.phonetic.v1", dm.primary()));
-            if dm.alternate() != dm.primary() {
-                out.push(v("name.phonetic.v1", dm.alternate()));
+            // Double Metaphone is defined on Latin letters, and the crate
+            // slices its input by byte: feed it ASCII only (the fuzzer found
+            // a panic on "SӔ"). Names in other scripts get no phonetic code.
+            let ascii: String = f.chars().filter(char::is_ascii_alphabetic).collect();
+            if !ascii.is_empty() {
+                let dm = rphonetic::DoubleMetaphone::new(None).double_metaphone(&ascii);
+                for code in [dm.primary(), dm.alternate()] {
+                    if !code.is_empty() {
+                        out.push(v("name.phonetic.v1", code));
+                    }
+                }
             }
             out.push(v("name.folded.v1", f));
         }
@@ -364,6 +371,22 @@ mod tests {
         assert!(
             !d.iter().any(|x| x.0 == "name.phonetic.v1" && b.contains(x)),
             "{d:?}"
+        );
+    }
+
+    #[test]
+    fn non_latin_names_do_not_panic() {
+        // Found by the match_variants fuzz target.
+        assert!(!kinds(MatchField::FamilyName, "SӔ").is_empty());
+        assert!(
+            kinds(MatchField::GivenName, "Дмитрий")
+                .iter()
+                .any(|x| x.0 == "name.folded.v1" && x.1 == "дмитрии")
+        );
+        assert!(
+            !kinds(MatchField::GivenName, "Дмитрий")
+                .iter()
+                .any(|x| x.0 == "name.phonetic.v1")
         );
     }
 
