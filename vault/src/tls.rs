@@ -271,6 +271,9 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// Most TLS handshakes in progress at once; further connections are dropped.
+pub const MAX_HANDSHAKES: usize = 1024;
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a
 /// slow or hostile client cannot stall the accept loop), yielding only
 /// authenticated connections. Refused handshakes are logged with the
@@ -283,6 +286,7 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -296,11 +300,18 @@ pub fn incoming(
                 },
                 () = tx.closed() => break,
             };
+            // Bound handshakes in flight: a flood of idle TCP connections
+            // must not grow tasks and memory without limit.
+            let Ok(permit) = std::sync::Arc::clone(&handshakes).try_acquire_owned() else {
+                tracing::warn!(%remote, "too many TLS handshakes in progress; connection dropped");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let td = trust_domain.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let id = tls
