@@ -667,13 +667,7 @@ async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> {
     use std::io::BufRead;
 
     let batch = args.batch.clamp(1, idvault::xref::MAX_BATCH);
-    let csv = match args.format.as_deref() {
-        Some(f) => f == "csv",
-        None => args
-            .file
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("csv")),
-    };
+    let csv = is_csv(args.format.as_deref(), Some(&args.file));
     let file = std::fs::File::open(&args.file).with_context(|| args.file.display().to_string())?;
     let country = u32::from(args.country_code.unwrap_or(0));
     let (tx, rx) = tokio::sync::mpsc::channel::<ImportBridgeRequest>(4);
@@ -776,6 +770,15 @@ async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether input is CSV: `--format` if given, else a `.csv` extension.
+fn is_csv(format: Option<&str>, first_input: Option<&PathBuf>) -> bool {
+    match format {
+        Some(f) => f == "csv",
+        None => first_input
+            .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))),
+    }
+}
+
 /// The CSV delimiter as one ASCII byte.
 fn delimiter_byte(c: char) -> anyhow::Result<u8> {
     u8::try_from(u32::from(c))
@@ -798,13 +801,7 @@ async fn tokenize_remote(args: TokenizeArgs) -> anyhow::Result<()> {
     if args.inputs.len() > 1 {
         bail!("--server takes one input file (or stdin)");
     }
-    let csv = match args.format.as_deref() {
-        Some(f) => f == "csv",
-        None => args
-            .inputs
-            .first()
-            .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))),
-    };
+    let csv = is_csv(args.format.as_deref(), args.inputs.first());
     let delimiter = delimiter_byte(args.delimiter)?;
     let mut input: Box<dyn Read + Send> = match args.inputs.first() {
         Some(p) => Box::new(std::fs::File::open(p).with_context(|| p.display().to_string())?),
@@ -1051,13 +1048,7 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let opts = NormalizeOptions {
         default_country_code: args.country_code,
     };
-    let csv = match args.format.as_deref() {
-        Some(f) => f == "csv",
-        None => args
-            .inputs
-            .first()
-            .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))),
-    };
+    let csv = is_csv(args.format.as_deref(), args.inputs.first());
     let delimiter = delimiter_byte(args.delimiter)?;
     let mut pipeline = PipelineOptions::default();
     if let Some(t) = args.threads {
