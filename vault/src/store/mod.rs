@@ -211,11 +211,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The links of a canonical entity: `(id_type, key_version, blind_index, sealed)`.
-    pub async fn xref_links_of(&self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
-        links_of(&self.pool, token).await
-    }
-
     /// The cross-reference generation (bumped by imports that change links).
     pub async fn xref_generation(&self) -> Result<i64, StoreError> {
         Ok(
