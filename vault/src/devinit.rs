@@ -189,9 +189,19 @@ impl DevCa {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(825);
+        self.sign_leaf(params, &key, rng)
+    }
+
+    /// Gives `params` a fresh random serial and signs them with this CA.
+    fn sign_leaf(
+        &self,
+        mut params: CertificateParams,
+        key: &KeyPair,
+        rng: &dyn Rng,
+    ) -> Result<Issued, InitError> {
         let s = serial(rng)?;
         params.serial_number = Some(SerialNumber::from_slice(&s));
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: Zeroizing::new(key.serialize_pem()),
@@ -214,14 +224,7 @@ impl DevCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
-        let s = serial(rng)?;
-        params.serial_number = Some(SerialNumber::from_slice(&s));
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: Zeroizing::new(key.serialize_pem()),
-            serial: s,
-        })
+        self.sign_leaf(params, &key, rng)
     }
 
     /// A CRL revoking `serials`, valid for 30 days.

@@ -25,6 +25,34 @@ const SEAL_AAD: &[u8] = b"idvault/v1/xref-seal";
 /// The identifier seal key of one version.
 pub type XrefSealKey = Secret<XrefSealMaterial>;
 
+/// `nonce ‖ AES-256-GCM(key, nonce, aad, value)`: the one sealing both
+/// identifier formats below use.
+fn seal_with(
+    key: &[u8; 32],
+    aad: &[u8],
+    value: &str,
+    rng: &dyn super::Rng,
+) -> Result<Vec<u8>, crypto::CryptoError> {
+    let nonce = crypto::random_nonce(rng)?;
+    let ct = crypto::aead_seal(key, &nonce, aad, value.as_bytes())?;
+    Ok([nonce.as_slice(), &ct].concat())
+}
+
+/// Opens [`seal_with`] output as UTF-8 text, wiped on drop.
+fn open_with(
+    key: &[u8; 32],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<String>, crypto::CryptoError> {
+    let (nonce, ct) = sealed
+        .split_first_chunk::<{ crypto::NONCE_LEN }>()
+        .ok_or(crypto::CryptoError::Authentication)?;
+    let pt = crypto::aead_open(key, nonce, aad, ct)?;
+    String::from_utf8(pt.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| crypto::CryptoError::Authentication)
+}
+
 /// Seals a normalised identifier, bound to its blind index:
 /// `nonce ‖ AES-256-GCM(key, nonce, aad = label ‖ blind_index, value)`.
 pub fn seal_identifier(
@@ -33,14 +61,7 @@ pub fn seal_identifier(
     normalized: &str,
     rng: &dyn super::Rng,
 ) -> Result<Vec<u8>, crypto::CryptoError> {
-    let nonce = crypto::random_nonce(rng)?;
-    let ct = crypto::aead_seal(
-        key.expose(),
-        &nonce,
-        &[SEAL_AAD, index].concat(),
-        normalized.as_bytes(),
-    )?;
-    Ok([nonce.as_slice(), &ct].concat())
+    seal_with(key.expose(), &[SEAL_AAD, index].concat(), normalized, rng)
 }
 
 /// Opens a sealed identifier; fails if it was moved to another link.
@@ -49,13 +70,7 @@ pub fn open_identifier(
     index: &[u8; HASH_LEN],
     sealed: &[u8],
 ) -> Result<zeroize::Zeroizing<String>, crypto::CryptoError> {
-    let (nonce, ct) = sealed
-        .split_first_chunk::<{ crypto::NONCE_LEN }>()
-        .ok_or(crypto::CryptoError::Authentication)?;
-    let pt = crypto::aead_open(key.expose(), nonce, &[SEAL_AAD, index].concat(), ct)?;
-    String::from_utf8(pt.to_vec())
-        .map(zeroize::Zeroizing::new)
-        .map_err(|_| crypto::CryptoError::Authentication)
+    open_with(key.expose(), &[SEAL_AAD, index].concat(), sealed)
 }
 
 /// The blind-index key of one version.
@@ -76,14 +91,13 @@ pub fn seal_bridge_identifier(
     value: &str,
     rng: &dyn super::Rng,
 ) -> Result<Vec<u8>, crypto::CryptoError> {
-    let nonce = crypto::random_nonce(rng)?;
-    let ct = crypto::aead_seal(
+    let sealed = seal_with(
         key.expose(),
-        &nonce,
         &[BRIDGE_AAD, ty.name().as_bytes()].concat(),
-        value.as_bytes(),
+        value,
+        rng,
     )?;
-    Ok([&key.version().to_be_bytes()[..], &nonce, &ct].concat())
+    Ok([&key.version().to_be_bytes()[..], &sealed].concat())
 }
 
 /// The key version a sealed bridge identifier names.
@@ -97,22 +111,15 @@ pub fn open_bridge_identifier(
     ty: IdentifierType,
     sealed: &[u8],
 ) -> Result<zeroize::Zeroizing<String>, crypto::CryptoError> {
-    let rest = sealed.get(4..).ok_or(crypto::CryptoError::Authentication)?;
     if sealed_bridge_version(sealed) != Some(key.version()) {
         return Err(crypto::CryptoError::Authentication);
     }
-    let (nonce, ct) = rest
-        .split_first_chunk::<{ crypto::NONCE_LEN }>()
-        .ok_or(crypto::CryptoError::Authentication)?;
-    let pt = crypto::aead_open(
+    let rest = sealed.get(4..).ok_or(crypto::CryptoError::Authentication)?;
+    open_with(
         key.expose(),
-        nonce,
         &[BRIDGE_AAD, ty.name().as_bytes()].concat(),
-        ct,
-    )?;
-    String::from_utf8(pt.to_vec())
-        .map(zeroize::Zeroizing::new)
-        .map_err(|_| crypto::CryptoError::Authentication)
+        rest,
+    )
 }
 
 /// First line of an exported bridge seal key file.
