@@ -26,6 +26,15 @@ async fn three_packets(tv: &TestVault) -> anyhow::Result<(String, SubjectId)> {
     Ok((id, sid))
 }
 
+async fn delete_packet(tv: &TestVault, sid: &SubjectId, seq: i64) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = $2")
+        .bind(sid.as_bytes().to_vec())
+        .bind(seq)
+        .execute(tv.db())
+        .await?;
+    Ok(())
+}
+
 async fn verify(tv: &TestVault, id: &str) -> anyhow::Result<VerifySubjectChainResponse> {
     Ok(tv
         .subjects("partner-a")
@@ -65,10 +74,7 @@ pub async fn packet_moved_to_other_subject(b: Backend) -> anyhow::Result<()> {
     let (a, aid) = three_packets(&tv).await?;
     let (bsub, bid) = three_packets(&tv).await?;
     // Replace B's packet 2 with A's packet 2.
-    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 2")
-        .bind(bid.as_bytes().to_vec())
-        .execute(tv.db())
-        .await?;
+    delete_packet(&tv, &bid, 2).await?;
     sqlx::query("UPDATE packets SET subject_id = $1 WHERE subject_id = $2 AND seq = 2")
         .bind(bid.as_bytes().to_vec())
         .bind(aid.as_bytes().to_vec())
@@ -90,20 +96,14 @@ pub async fn packet_moved_to_other_subject(b: Backend) -> anyhow::Result<()> {
 pub async fn middle_packet_deleted(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let (id, sid) = three_packets(&tv).await?;
-    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 2")
-        .bind(sid.as_bytes().to_vec())
-        .execute(tv.db())
-        .await?;
+    delete_packet(&tv, &sid, 2).await?;
     let v = verify(&tv, &id).await?;
     assert_eq!(
         (v.first_broken_sequence, v.reason()),
         (Some(2), ChainBreakReason::SequenceGap)
     );
     // Deleting the newest packet is caught by the stored head.
-    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 3")
-        .bind(sid.as_bytes().to_vec())
-        .execute(tv.db())
-        .await?;
+    delete_packet(&tv, &sid, 3).await?;
     let v = verify(&tv, &id).await?;
     assert_eq!(
         (v.first_broken_sequence, v.reason()),

@@ -27,6 +27,18 @@ async fn tokenize(
     tokenize_in(tv, partner, "logs", mode, input, split).await
 }
 
+/// The sample log through cross-reference mode as `partner`.
+async fn xref_log(tv: &TestVault, partner: &str) -> Result<Output, tonic::Status> {
+    tokenize(
+        tv,
+        partner,
+        TokenizeMode::CrossReference,
+        LOG.as_bytes(),
+        1000,
+    )
+    .await
+}
+
 async fn tokenize_in(
     tv: &TestVault,
     partner: &str,
@@ -157,14 +169,7 @@ pub async fn tokenize_stream_cross_reference(b: Backend) -> anyhow::Result<()> {
         ]],
     )
     .await?;
-    let out = tokenize(
-        &tv,
-        "partner-a",
-        TokenizeMode::CrossReference,
-        LOG.as_bytes(),
-        1000,
-    )
-    .await?;
+    let out = xref_log(&tv, "partner-a").await?;
     let lines: Vec<&str> = out.data.lines().collect();
     let entities: Vec<String> =
         sqlx::query_scalar("SELECT token FROM xref_entities ORDER BY token")
@@ -200,14 +205,7 @@ pub async fn tokenize_stream_cross_reference(b: Backend) -> anyhow::Result<()> {
     )
     .await?;
     let survivor = entities.iter().min().unwrap().clone();
-    let out = tokenize(
-        &tv,
-        "partner-a",
-        TokenizeMode::CrossReference,
-        LOG.as_bytes(),
-        1000,
-    )
-    .await?;
+    let out = xref_log(&tv, "partner-a").await?;
     let first_two: Vec<&str> = out.data.lines().take(2).collect();
     assert!(
         first_two.iter().all(|l| l.matches(&survivor).count() == 2),
