@@ -8,8 +8,8 @@
 //!
 //! | field | kinds |
 //! |---|---|
-//! | given name | `name.folded.v1`, `name.nickname.v1` (one per canonical name), `name.phonetic.v1` (Double Metaphone primary and alternate) |
-//! | family name | `name.folded.v1`, `name.phonetic.v1` |
+//! | given name | `name.folded.v1`, `name.nickname.v1` (one per canonical name), `name.phonetic.v1` (Double Metaphone primary and alternate), `name.edit1.v1` |
+//! | family name | `name.folded.v1`, `name.phonetic.v1`, `name.edit1.v1` |
 //! | date of birth | `dob.iso.v1`, `dob.swapped.v1` (day and month exchanged, when both ≤ 12 and differ), `dob.year.v1` |
 //! | national id | `nid.full.v1` (alphanumerics, upper case), `nid.last4.v1` |
 //! | phone | `phone.e164.v1` |
@@ -20,6 +20,14 @@
 //!
 //! Folding = Unicode NFKD, combining marks removed, lower case, every run
 //! of non-alphanumerics becomes one space, trimmed.
+//!
+//! `name.edit1.v1` is the symmetric-deletion neighbourhood of the folded
+//! name without spaces (the name itself and every string with one character
+//! deleted), for names of [`EDIT1_MIN_CHARS`] to [`EDIT1_MAX_CHARS`]
+//! characters. Two names share an entry exactly when one typo apart: a
+//! substitution, an insertion or deletion, or two adjacent letters swapped
+//! ("smith"/"smtih" share "smth"). Short names are left out because their
+//! neighbourhoods collide with too many other names.
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
@@ -120,6 +128,32 @@ pub fn fold(s: &str) -> String {
     out
 }
 
+/// Shortest name (in characters, spaces removed) given `name.edit1.v1` variants.
+pub const EDIT1_MIN_CHARS: usize = 4;
+/// Longest name given `name.edit1.v1` variants (bounds the rows per name).
+pub const EDIT1_MAX_CHARS: usize = 24;
+
+/// The one-deletion neighbourhood of `folded` (spaces removed), itself included.
+fn edit1(folded: &str) -> Vec<String> {
+    let chars: Vec<char> = folded.chars().filter(|c| *c != ' ').collect();
+    if !(EDIT1_MIN_CHARS..=EDIT1_MAX_CHARS).contains(&chars.len()) {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(chars.len() + 1);
+    out.push(chars.iter().collect());
+    for skip in 0..chars.len() {
+        out.push(
+            chars
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, c)| *c)
+                .collect(),
+        );
+    }
+    out
+}
+
 /// Street-type abbreviations applied word by word after folding.
 pub const STREET_ABBREVIATIONS: &[(&str, &str)] = &[
     ("street", "st"),
@@ -201,6 +235,9 @@ pub fn variants(field: MatchField, value: &str, opts: &NormalizeOptions) -> Vec<
                         out.push(v("name.phonetic.v1", code));
                     }
                 }
+            }
+            for e in edit1(&f) {
+                out.push(v("name.edit1.v1", e));
             }
             out.push(v("name.folded.v1", f));
         }
@@ -371,6 +408,28 @@ mod tests {
         assert!(
             !d.iter().any(|x| x.0 == "name.phonetic.v1" && b.contains(x)),
             "{d:?}"
+        );
+    }
+
+    #[test]
+    fn one_typo_apart_names_share_an_edit1_variant() {
+        let shares = |a: &str, b: &str| {
+            let a = kinds(MatchField::FamilyName, a);
+            let b = kinds(MatchField::FamilyName, b);
+            a.iter().any(|x| x.0 == "name.edit1.v1" && b.contains(x))
+        };
+        assert!(shares("Smith", "Smtih")); // transposition
+        assert!(shares("Jones", "Jonas")); // substitution
+        assert!(shares("Smith", "Smitth")); // insertion
+        assert!(shares("Bennett", "Benett")); // deletion
+        assert!(shares("O'Brien", "OBrien")); // punctuation
+        assert!(!shares("Smith", "Jones"));
+        assert!(!shares("Smith", "Smythe")); // two edits
+        // Short names get no neighbourhood.
+        assert!(
+            !kinds(MatchField::FamilyName, "Li")
+                .iter()
+                .any(|x| x.0 == "name.edit1.v1")
         );
     }
 

@@ -1,0 +1,451 @@
+//! Record-linkage scoring for blind matching (Fellegi–Sunter).
+//!
+//! A stored subject is represented only by blind indexes of its
+//! [`variants`](crate::variants). A query is turned into *probes*: a value
+//! to be blind-indexed under one variant kind's key, and the agreement
+//! [`Level`] a hit on it proves. Comparing a candidate then needs no
+//! plaintext: the vault checks which probe indexes the candidate holds.
+//!
+//! Each field contributes the weight of the best level hit, the disagreement
+//! weight when the candidate has the field but nothing agrees, or nothing
+//! when either side lacks the field. The weights are Fellegi–Sunter
+//! log-likelihood ratios `log2(m/u)` (agreement) and `log2((1-m)/(1-u))`
+//! (disagreement), where `m` is the probability of the outcome for two
+//! records of the same person and `u` for two different people; the table
+//! is [`WEIGHTS`], with the reasoning for each figure in
+//! `docs/blind-matching.md`. The total weight `W` (bits) becomes a score in
+//! \[0, 1\] by `1 / (1 + 2^(THRESHOLD_BITS - W))`, so the match threshold
+//! [`THRESHOLD_BITS`] is score 0.5.
+//!
+//! A query is answerable only when it could reach the threshold at all (the
+//! sum of its fields' best agreement weights) and names at least one
+//! *blocking* field, whose indexes select candidates: see [`assess`].
+
+use crate::ident::NormalizeOptions;
+use crate::variants::{MatchField, variants};
+
+/// What a probe hit proves about a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Level {
+    /// Same normalised value.
+    Exact,
+    /// Given names with a common canonical form (Bill / William).
+    Nickname,
+    /// Names one typo apart or sounding alike.
+    Similar,
+    /// Date of birth with day and month exchanged.
+    Swapped,
+    /// Same year of birth only.
+    Year,
+    /// Same last four characters of the national id only.
+    Last4,
+}
+
+impl Level {
+    /// Name used in answers and documentation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Nickname => "nickname",
+            Self::Similar => "similar",
+            Self::Swapped => "swapped",
+            Self::Year => "year",
+            Self::Last4 => "last4",
+        }
+    }
+}
+
+/// One value to blind-index under the key of `(field, kind)` and look up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The field.
+    pub field: MatchField,
+    /// The variant kind whose key indexes `value`.
+    pub kind: &'static str,
+    /// The value.
+    pub value: String,
+    /// What a hit proves.
+    pub level: Level,
+    /// Whether this probe selects candidates (selective enough to look up
+    /// without scanning a large share of the vault).
+    pub block: bool,
+}
+
+/// Fields whose exact indexes select candidates: each is close to unique
+/// per person (a date of birth is shared by about 1 in 25,000 people).
+pub const BLOCKING_FIELDS: [MatchField; 5] = [
+    MatchField::DateOfBirth,
+    MatchField::NationalId,
+    MatchField::Phone,
+    MatchField::Email,
+    MatchField::StreetAddress,
+];
+
+/// The probes of one query field. Stored subjects hold [`variants`] of the
+/// same value; the only cross-kind probe is the date of birth as given,
+/// looked up among stored day/month-swapped forms.
+pub fn probes(field: MatchField, value: &str, opts: &NormalizeOptions) -> Vec<Probe> {
+    let blocking = BLOCKING_FIELDS.contains(&field);
+    let mut out = Vec::new();
+    for var in variants(field, value, opts) {
+        let (kind, level, block) = match var.kind {
+            "name.folded.v1" | "dob.iso.v1" | "nid.full.v1" | "phone.e164.v1"
+            | "email.canonical.v1" | "address.folded.v1" | "postcode.folded.v1"
+            | "city.folded.v1" => (var.kind, Level::Exact, blocking),
+            "name.nickname.v1" => (var.kind, Level::Nickname, false),
+            "name.phonetic.v1" | "name.edit1.v1" => (var.kind, Level::Similar, false),
+            "dob.year.v1" => (var.kind, Level::Year, false),
+            "nid.last4.v1" => (var.kind, Level::Last4, false),
+            // The query's own swapped form would only find stored records
+            // with the same date; the swap is found by the probe below.
+            "dob.swapped.v1" => continue,
+            _ => continue,
+        };
+        if var.kind == "dob.iso.v1" {
+            out.push(Probe {
+                field,
+                kind: "dob.swapped.v1",
+                value: var.value.clone(),
+                level: Level::Swapped,
+                block: true,
+            });
+        }
+        out.push(Probe {
+            field,
+            kind,
+            value: var.value,
+            level,
+            block,
+        });
+    }
+    out
+}
+
+/// `m` and `u` probabilities of one outcome (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MU {
+    /// P(outcome | same person).
+    pub m: f64,
+    /// P(outcome | different people).
+    pub u: f64,
+}
+
+/// Agreement outcomes of one field, best level first, and its disagreement.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldWeights {
+    /// The field.
+    pub field: MatchField,
+    /// Agreement levels, best first.
+    pub agree: &'static [(Level, MU)],
+    /// Disagreement (both sides have the field, no level hit).
+    pub disagree: MU,
+}
+
+const fn mu(m: f64, u: f64) -> MU {
+    MU { m, u }
+}
+
+/// The weight table; reasoning per row in `docs/blind-matching.md`.
+pub const WEIGHTS: [FieldWeights; 9] = [
+    FieldWeights {
+        field: MatchField::GivenName,
+        agree: &[
+            (Level::Exact, mu(0.86, 0.01)),
+            (Level::Nickname, mu(0.06, 0.004)),
+            (Level::Similar, mu(0.05, 0.01)),
+        ],
+        disagree: mu(0.03, 0.976),
+    },
+    FieldWeights {
+        field: MatchField::FamilyName,
+        agree: &[
+            (Level::Exact, mu(0.88, 0.003)),
+            (Level::Similar, mu(0.09, 0.006)),
+        ],
+        disagree: mu(0.03, 0.991),
+    },
+    FieldWeights {
+        field: MatchField::DateOfBirth,
+        agree: &[
+            (Level::Exact, mu(0.88, 0.00004)),
+            (Level::Swapped, mu(0.05, 0.00004)),
+            (Level::Year, mu(0.04, 0.015)),
+        ],
+        disagree: mu(0.03, 0.984_92),
+    },
+    FieldWeights {
+        field: MatchField::NationalId,
+        agree: &[
+            (Level::Exact, mu(0.97, 0.000_000_1)),
+            (Level::Last4, mu(0.01, 0.0001)),
+        ],
+        disagree: mu(0.02, 0.999_899_9),
+    },
+    FieldWeights {
+        field: MatchField::Phone,
+        agree: &[(Level::Exact, mu(0.75, 0.000_001))],
+        disagree: mu(0.25, 0.999_999),
+    },
+    FieldWeights {
+        field: MatchField::Email,
+        agree: &[(Level::Exact, mu(0.85, 0.000_001))],
+        disagree: mu(0.15, 0.999_999),
+    },
+    FieldWeights {
+        field: MatchField::StreetAddress,
+        agree: &[(Level::Exact, mu(0.7, 0.0001))],
+        disagree: mu(0.3, 0.9999),
+    },
+    FieldWeights {
+        field: MatchField::Postcode,
+        agree: &[(Level::Exact, mu(0.8, 0.001))],
+        disagree: mu(0.2, 0.999),
+    },
+    FieldWeights {
+        field: MatchField::City,
+        agree: &[(Level::Exact, mu(0.9, 0.02))],
+        disagree: mu(0.1, 0.98),
+    },
+];
+
+/// Total weight (bits) at which a candidate scores 0.5: the match threshold.
+pub const THRESHOLD_BITS: f64 = 16.0;
+
+/// Weights of a field absent from [`WEIGHTS`] (none is; a test checks): no evidence.
+const NEUTRAL: FieldWeights = FieldWeights {
+    field: MatchField::City,
+    agree: &[],
+    disagree: mu(0.5, 0.5),
+};
+
+fn weights_of(field: MatchField) -> &'static FieldWeights {
+    WEIGHTS
+        .iter()
+        .find(|w| w.field == field)
+        .unwrap_or(&NEUTRAL)
+}
+
+/// Weight in bits of `level` on `field`, or of disagreement (`None`).
+pub fn weight(field: MatchField, level: Option<Level>) -> f64 {
+    let w = weights_of(field);
+    let MU { m, u } = match level {
+        None => w.disagree,
+        Some(l) => w
+            .agree
+            .iter()
+            .find(|(x, _)| *x == l)
+            .map_or(w.disagree, |(_, mu)| *mu),
+    };
+    (m / u).log2()
+}
+
+/// How one field of the query compared with a candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FieldOutcome {
+    /// The field.
+    pub field: MatchField,
+    /// Best agreement level, or `None` for disagreement.
+    pub level: Option<Level>,
+    /// Its weight in bits.
+    pub weight: f64,
+}
+
+/// The outcome of `field` given the levels of the probes the candidate
+/// holds (`hits`) and whether the candidate has the field at all; `None`
+/// when the candidate lacks it (no evidence either way).
+pub fn field_outcome(
+    field: MatchField,
+    hits: &[Level],
+    candidate_has_field: bool,
+) -> Option<FieldOutcome> {
+    let w = weights_of(field);
+    let best = w.agree.iter().map(|(l, _)| *l).find(|l| hits.contains(l));
+    if best.is_none() && !candidate_has_field {
+        return None;
+    }
+    Some(FieldOutcome {
+        field,
+        level: best,
+        weight: weight(field, best),
+    })
+}
+
+/// Score in \[0, 1\] of a total weight.
+pub fn score(total_bits: f64) -> f64 {
+    1.0 / (1.0 + (THRESHOLD_BITS - total_bits).exp2())
+}
+
+/// Why a query cannot be answered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryRefusal {
+    /// No field yields a usable variant.
+    #[error("no matchable field in the query (matchable: {})", matchable_names())]
+    Empty,
+    /// The best possible agreement stays below the threshold.
+    #[error(
+        "too little information to match: at most {have:.1} bits from the given fields, \
+         {need:.1} needed (add e.g. date_of_birth, national_id, phone or email)"
+    )]
+    TooLittle {
+        /// Attainable bits.
+        have: f64,
+        /// Threshold.
+        need: f64,
+    },
+    /// No blocking field: candidates cannot be selected without scanning.
+    #[error(
+        "the query needs at least one identifying field to find candidates: \
+         date_of_birth, national_id, phone, email or street_address"
+    )]
+    NoBlockingField,
+}
+
+fn matchable_names() -> String {
+    MatchField::ALL.map(MatchField::name).join(", ")
+}
+
+/// Refuses a query (given as its probes) that could never reach the
+/// threshold or that names no blocking field. Returns the attainable bits.
+pub fn assess(probes: &[Probe]) -> Result<f64, QueryRefusal> {
+    if probes.is_empty() {
+        return Err(QueryRefusal::Empty);
+    }
+    let mut have = 0.0;
+    for f in MatchField::ALL {
+        let levels: Vec<Level> = probes
+            .iter()
+            .filter(|p| p.field == f)
+            .map(|p| p.level)
+            .collect();
+        if let Some(o) = field_outcome(f, &levels, true)
+            && o.level.is_some()
+        {
+            have += o.weight;
+        }
+    }
+    if have < THRESHOLD_BITS {
+        return Err(QueryRefusal::TooLittle {
+            have,
+            need: THRESHOLD_BITS,
+        });
+    }
+    if !probes.iter().any(|p| p.block) {
+        return Err(QueryRefusal::NoBlockingField);
+    }
+    Ok(have)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(fields: &[(MatchField, &str)]) -> Vec<Probe> {
+        let opts = NormalizeOptions {
+            default_country_code: Some(44),
+        };
+        fields
+            .iter()
+            .flat_map(|(f, v)| probes(*f, v, &opts))
+            .collect()
+    }
+
+    #[test]
+    fn weight_table_is_in_field_order_and_sane() {
+        for (w, f) in WEIGHTS.iter().zip(MatchField::ALL) {
+            assert_eq!(w.field, f);
+            for (_, mu) in w.agree {
+                assert!(mu.m > mu.u, "{f:?}: agreement must be evidence for");
+            }
+            assert!(w.disagree.m < w.disagree.u, "{f:?}");
+            let m: f64 = w.agree.iter().map(|(_, x)| x.m).sum::<f64>() + w.disagree.m;
+            assert!((m - 1.0).abs() < 1e-9, "{f:?}: m sums to {m}");
+            let u: f64 = w.agree.iter().map(|(_, x)| x.u).sum::<f64>() + w.disagree.u;
+            assert!((u - 1.0).abs() < 1e-9, "{f:?}: u sums to {u}");
+        }
+    }
+
+    #[test]
+    fn scores_are_probabilities_around_the_threshold() {
+        assert!((score(THRESHOLD_BITS) - 0.5).abs() < 1e-12);
+        assert!(score(40.0) > 0.9999);
+        assert!(score(-40.0) < 1e-4);
+        assert!(weight(MatchField::DateOfBirth, Some(Level::Exact)) > 14.0);
+        assert!(weight(MatchField::GivenName, None) < 0.0);
+    }
+
+    #[test]
+    fn swapped_date_is_a_blocking_cross_kind_probe() {
+        let p = q(&[(MatchField::DateOfBirth, "1990-07-03")]);
+        assert!(p.iter().any(|x| x.kind == "dob.swapped.v1"
+            && x.value == "1990-07-03"
+            && x.level == Level::Swapped
+            && x.block));
+        assert!(p.iter().any(|x| x.kind == "dob.iso.v1" && x.block));
+        assert!(p.iter().any(|x| x.kind == "dob.year.v1" && !x.block));
+    }
+
+    #[test]
+    fn best_level_wins_and_missing_fields_are_neutral() {
+        let o = field_outcome(MatchField::GivenName, &[Level::Similar, Level::Exact], true);
+        assert_eq!(o.map(|o| o.level), Some(Some(Level::Exact)));
+        let o = field_outcome(MatchField::GivenName, &[], true);
+        assert_eq!(o.map(|o| o.level), Some(None));
+        assert_eq!(field_outcome(MatchField::GivenName, &[], false), None);
+    }
+
+    #[test]
+    fn queries_below_the_information_threshold_are_refused() {
+        assert!(matches!(
+            assess(&q(&[(MatchField::FamilyName, "Lovelace")])),
+            Err(QueryRefusal::TooLittle { .. })
+        ));
+        assert!(matches!(
+            assess(&q(&[
+                (MatchField::GivenName, "Ada"),
+                (MatchField::FamilyName, "Lovelace")
+            ])),
+            Err(QueryRefusal::TooLittle { .. })
+        ));
+        assert!(matches!(
+            assess(&q(&[(MatchField::DateOfBirth, "1815-12-10")])),
+            Err(QueryRefusal::TooLittle { .. })
+        ));
+        assert_eq!(
+            assess(&q(&[(MatchField::DateOfBirth, "not a date")])),
+            Err(QueryRefusal::Empty)
+        );
+        // Enough bits but nothing selective: refused too.
+        assert_eq!(
+            assess(&q(&[
+                (MatchField::GivenName, "Ada"),
+                (MatchField::FamilyName, "Lovelace"),
+                (MatchField::City, "London"),
+            ])),
+            Err(QueryRefusal::NoBlockingField)
+        );
+        assert!(
+            assess(&q(&[
+                (MatchField::FamilyName, "Lovelace"),
+                (MatchField::DateOfBirth, "1815-12-10")
+            ]))
+            .is_ok()
+        );
+        assert!(assess(&q(&[(MatchField::Phone, "+44 7700 900123")])).is_ok());
+    }
+
+    #[test]
+    fn a_typical_corrupted_duplicate_clears_the_threshold() {
+        // Nickname, swapped date, transposed family name: 3 weak agreements.
+        let total = weight(MatchField::GivenName, Some(Level::Nickname))
+            + weight(MatchField::FamilyName, Some(Level::Similar))
+            + weight(MatchField::DateOfBirth, Some(Level::Swapped));
+        assert!(score(total) > 0.5, "{total}");
+        // Same date of birth, different names: not a match.
+        let total = weight(MatchField::GivenName, None)
+            + weight(MatchField::FamilyName, None)
+            + weight(MatchField::DateOfBirth, Some(Level::Exact));
+        assert!(score(total) < 0.5, "{total}");
+    }
+}
