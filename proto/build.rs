@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/idvault/v1/subjects.proto",
         "proto/idvault/v1/tokens.proto",
+        "proto/idvault/v1/match.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

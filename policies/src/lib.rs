@@ -26,6 +26,8 @@ pub enum Action {
     TokenizeLog,
     /// Resolve an entity token to the customer's identifiers.
     Detokenize,
+    /// Blind-match records against the vault's subjects.
+    MatchSubjects,
 }
 
 impl Action {
@@ -39,6 +41,7 @@ impl Action {
             Self::ImportBridge => "ImportBridge",
             Self::TokenizeLog => "TokenizeLog",
             Self::Detokenize => "Detokenize",
+            Self::MatchSubjects => "Match",
         }
     }
 }
@@ -65,6 +68,8 @@ pub enum Role {
     Tokenize,
     /// `tokens.detokenize`: resolve entity tokens to identifiers.
     Detokenize,
+    /// `subjects.match`: blind-match records against subjects.
+    SubjectsMatch,
 }
 
 /// A role name that is not known.
@@ -78,7 +83,10 @@ impl Role {
         "subjects.write",
         "subjects.verify",
         "subjects.delete",
+        "subjects.match",
         "bridge.import",
+        "tokens.tokenize",
+        "tokens.detokenize",
     ];
 
     /// Parses a registry role name.
@@ -90,6 +98,7 @@ impl Role {
             "bridge.import" => Ok(Self::BridgeImport),
             "tokens.tokenize" => Ok(Self::Tokenize),
             "tokens.detokenize" => Ok(Self::Detokenize),
+            "subjects.match" => Ok(Self::SubjectsMatch),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -103,6 +112,7 @@ impl Role {
             Self::BridgeImport => "bridge.import",
             Self::Tokenize => "tokens.tokenize",
             Self::Detokenize => "tokens.detokenize",
+            Self::SubjectsMatch => "subjects.match",
         }
     }
 
@@ -115,6 +125,7 @@ impl Role {
             Self::BridgeImport => &[Action::ImportBridge],
             Self::Tokenize => &[Action::TokenizeLog],
             Self::Detokenize => &[Action::Detokenize],
+            Self::SubjectsMatch => &[Action::MatchSubjects],
         }
     }
 }
@@ -152,6 +163,7 @@ pub fn decide(roles: &[Role], action: Action) -> Decision {
                 Role::BridgeImport => "role:bridge.import",
                 Role::Tokenize => "role:tokens.tokenize",
                 Role::Detokenize => "role:tokens.detokenize",
+                Role::SubjectsMatch => "role:subjects.match",
             },
         })
 }

@@ -82,6 +82,23 @@ impl TestVault {
         backend: Backend,
         extra: impl FnOnce(&Path, &DevCa) -> anyhow::Result<String>,
     ) -> anyhow::Result<Self> {
+        Self::start_edited(backend, extra, |text| text).await
+    }
+
+    /// Starts a vault whose config text is first passed through `edit`
+    /// (e.g. to change a partner's settings).
+    pub async fn start_config(
+        backend: Backend,
+        edit: impl FnOnce(String) -> String,
+    ) -> anyhow::Result<Self> {
+        Self::start_edited(backend, |_, _| Ok(String::new()), edit).await
+    }
+
+    async fn start_edited(
+        backend: Backend,
+        extra: impl FnOnce(&Path, &DevCa) -> anyhow::Result<String>,
+        edit: impl FnOnce(String) -> String,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         idvault::devinit::init_dev(dir.path(), "127.0.0.1:0", &SystemRng::default())?;
         let ca = DevCa::load(
@@ -90,11 +107,11 @@ impl TestVault {
         )?;
         let tls_lines = extra(dir.path(), &ca)?;
         let cfg_path = dir.path().join(idvault::config::CONFIG_FILE);
+        let mut text = std::fs::read_to_string(&cfg_path)?;
         if !tls_lines.is_empty() {
-            let text = std::fs::read_to_string(&cfg_path)?
-                .replace("crls = []\n", &format!("{tls_lines}\n"));
-            std::fs::write(&cfg_path, text)?;
+            text = text.replace("crls = []\n", &format!("{tls_lines}\n"));
         }
+        std::fs::write(&cfg_path, edit(text))?;
         let config = Config::load(&cfg_path)?;
         let (database_url, pg_db) = match backend {
             Backend::Sqlite => (config.database_url(), None),
@@ -139,6 +156,15 @@ impl TestVault {
         self.vault = vault;
         self.addr = server.addr;
         self.server = Some(server);
+        Ok(())
+    }
+
+    /// Rewrites the config file through `edit` and reloads it; takes
+    /// effect at the next [`TestVault::restart`].
+    pub fn edit_config(&mut self, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {
+        let path = self.dir.path().join(idvault::config::CONFIG_FILE);
+        std::fs::write(&path, edit(std::fs::read_to_string(&path)?))?;
+        self.config = Config::load(&path)?;
         Ok(())
     }
 

@@ -91,6 +91,46 @@ impl MatchField {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.name() == s)
     }
+
+    /// Stable storage code (the index in [`Self::ALL`]; never renumbered).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::GivenName => 0,
+            Self::FamilyName => 1,
+            Self::DateOfBirth => 2,
+            Self::NationalId => 3,
+            Self::Phone => 4,
+            Self::Email => 5,
+            Self::StreetAddress => 6,
+            Self::Postcode => 7,
+            Self::City => 8,
+        }
+    }
+
+    /// From a storage code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.code() == code)
+    }
+}
+
+/// Every variant kind [`variants`] can produce for `field`.
+pub fn kinds(field: MatchField) -> &'static [&'static str] {
+    match field {
+        MatchField::GivenName => &[
+            "name.folded.v1",
+            "name.nickname.v1",
+            "name.phonetic.v1",
+            "name.edit1.v1",
+        ],
+        MatchField::FamilyName => &["name.folded.v1", "name.phonetic.v1", "name.edit1.v1"],
+        MatchField::DateOfBirth => &["dob.iso.v1", "dob.swapped.v1", "dob.year.v1"],
+        MatchField::NationalId => &["nid.full.v1", "nid.last4.v1"],
+        MatchField::Phone => &["phone.e164.v1"],
+        MatchField::Email => &["email.canonical.v1"],
+        MatchField::StreetAddress => &["address.folded.v1"],
+        MatchField::Postcode => &["postcode.folded.v1"],
+        MatchField::City => &["city.folded.v1"],
+    }
 }
 
 /// A variant: its kind (with version) and value.
@@ -542,9 +582,33 @@ mod tests {
     }
 
     #[test]
-    fn field_names_match_the_vault_catalogue() {
+    fn every_produced_kind_is_declared() {
+        let samples = [
+            "William Bill",
+            "O'Brien",
+            "1990-03-07",
+            "AB123456C",
+            "+44 7700 900123",
+            "ada@example.org",
+            "12 High Street",
+            "SW1A 1AA",
+            "London",
+        ];
         for f in MatchField::ALL {
+            for s in samples {
+                for var in kinds(f, s) {
+                    assert!(super::kinds(f).contains(&var.0.as_str()), "{f:?} {var:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn field_names_match_the_vault_catalogue() {
+        for (i, f) in MatchField::ALL.into_iter().enumerate() {
             assert_eq!(MatchField::parse(f.name()), Some(f));
+            assert_eq!(usize::from(f.code()), i);
+            assert_eq!(MatchField::from_code(f.code()), Some(f));
         }
     }
 

@@ -29,6 +29,9 @@ pub enum StartError {
     /// Storage problem.
     #[error("storage: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// Indexing match domains failed.
+    #[error("preparing blind matching: {0}")]
+    Matching(#[from] crate::service::VaultError),
 }
 
 /// Everything the server needs.
@@ -89,7 +92,9 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
         config.registry.clone(),
         Arc::new(SystemClock),
         Arc::new(SystemRng::default()),
-    );
+    )
+    .with_match_country_code(config.file.matching.default_country_code);
+    vault.prepare_matching().await?;
     Ok(Loaded {
         vault: Arc::new(vault),
         tls,

@@ -52,6 +52,9 @@ pub struct ConfigFile {
     pub keys: KeysSection,
     /// `[tls]`
     pub tls: TlsSection,
+    /// `[matching]`
+    #[serde(default)]
+    pub matching: MatchingSection,
     /// `[[partner]]` entries: the partner registry.
     #[serde(default, rename = "partner")]
     pub partners: Vec<PartnerEntry>,
@@ -127,6 +130,16 @@ pub struct TlsSection {
     pub crls: Vec<PathBuf>,
 }
 
+/// `[matching]`: settings of blind matching (docs/blind-matching.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchingSection {
+    /// Country calling code for phone numbers written without one, so that
+    /// "07700 900123" and "+44 7700 900123" agree. Changing it changes the
+    /// phone indexes of subjects written afterwards only.
+    pub default_country_code: Option<u16>,
+}
+
 /// One `[[partner]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +154,28 @@ pub struct PartnerEntry {
     /// Token domains this partner may tokenize in through the vault.
     #[serde(default)]
     pub token_domains: Vec<String>,
+    /// Blind-matching key domain (default: the partner name). Partners
+    /// sharing a domain share blind-index keys; see docs/blind-matching.md.
+    pub match_domain: Option<String>,
+    /// Sustained match queries per second (default 50).
+    pub match_queries_per_second: Option<u32>,
+    /// Match queries allowed in a burst (default 100; at least the largest
+    /// batch the partner sends).
+    pub match_burst: Option<u32>,
+}
+
+/// Default sustained match query rate per partner.
+pub const DEFAULT_MATCH_RATE: u32 = 50;
+/// Default match query burst per partner.
+pub const DEFAULT_MATCH_BURST: u32 = 100;
+
+/// A partner's match query rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchRate {
+    /// Sustained queries per second.
+    pub per_second: u32,
+    /// Burst size.
+    pub burst: u32,
 }
 
 /// A validated registry entry.
@@ -154,6 +189,10 @@ pub struct Partner {
     pub roles: Vec<Role>,
     /// Token domains it may use (TokenizeLog, stateless mode).
     pub token_domains: Vec<String>,
+    /// Blind-matching key domain.
+    pub match_domain: String,
+    /// Match query rate limit.
+    pub match_rate: MatchRate,
 }
 
 /// The validated partner registry.
@@ -171,6 +210,18 @@ impl PartnerRegistry {
     /// All partners.
     pub fn partners(&self) -> &[Partner] {
         &self.partners
+    }
+
+    /// Every distinct blind-matching domain, sorted.
+    pub fn match_domains(&self) -> Vec<String> {
+        let mut d: Vec<String> = self
+            .partners
+            .iter()
+            .map(|p| p.match_domain.clone())
+            .collect();
+        d.sort();
+        d.dedup();
+        d
     }
 }
 
@@ -311,11 +362,30 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
                 p.name
             )));
         }
+        let match_domain = p.match_domain.clone().unwrap_or_else(|| p.name.clone());
+        if !valid_partner_name(&match_domain) {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': match_domain '{match_domain}' is not valid (1-63 of a-z, 0-9, -, _, .)",
+                p.name
+            )));
+        }
+        let match_rate = MatchRate {
+            per_second: p.match_queries_per_second.unwrap_or(DEFAULT_MATCH_RATE),
+            burst: p.match_burst.unwrap_or(DEFAULT_MATCH_BURST),
+        };
+        if match_rate.per_second == 0 || match_rate.burst == 0 || match_rate.burst > 1_000_000 {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': match_queries_per_second and match_burst must be 1 ..= 1000000",
+                p.name
+            )));
+        }
         partners.push(Partner {
             name: p.name.clone(),
             spiffe_id: p.spiffe_id.clone(),
             roles,
             token_domains: p.token_domains.clone(),
+            match_domain,
+            match_rate,
         });
     }
     Ok(PartnerRegistry { partners })

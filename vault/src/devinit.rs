@@ -29,6 +29,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "subjects.write",
             "subjects.verify",
             "subjects.delete",
+            "subjects.match",
             "bridge.import",
             "tokens.tokenize",
             "tokens.detokenize",
@@ -36,7 +37,12 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
     ),
     (
         "partner-b",
-        &["subjects.write", "subjects.verify", "tokens.tokenize"],
+        &[
+            "subjects.write",
+            "subjects.verify",
+            "subjects.match",
+            "tokens.tokenize",
+        ],
     ),
 ];
 
@@ -273,7 +279,8 @@ pub fn dev_config(listen: &str) -> String {
         "# Written by `idvault init --dev`: development settings, not for production.\n\
          [server]\nlisten = \"{listen}\"\ntrust_domain = \"{DEV_TRUST_DOMAIN}\"\n\n\
          [keys]\nroot_key_file = \"root.key\"\n\n\
-         [tls]\nclient_ca = \"tls/ca.crt\"\nserver_cert = \"tls/server.crt\"\nserver_key = \"tls/server.key\"\ncrls = []\n"
+         [tls]\nclient_ca = \"tls/ca.crt\"\nserver_cert = \"tls/server.crt\"\nserver_key = \"tls/server.key\"\ncrls = []\n\n\
+         [matching]\n# Phone numbers without a country code are read as UK numbers.\ndefault_country_code = 44\n"
     );
     for (name, roles) in DEV_PARTNERS {
         let roles = roles

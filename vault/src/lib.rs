@@ -2,7 +2,8 @@
 //!
 //! - [`core`]: keys, packets, subjects and audit chaining; pure, no I/O.
 //! - [`store`]: the sqlx adapter (SQLite and PostgreSQL).
-//! - [`service`]: the use cases; ask the policy, run the core, write the store.
+//! - [`service`]: the use cases; ask the policy, run the core, write the store
+//!   ([`xref`], [`logtok`], [`matching`] hold the token and matching ones).
 //! - [`api`]: tonic services; map protobuf to the service and errors to status.
 //! - [`tls`], [`config`], [`keyfile`], [`devinit`], [`server`]: the edges.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod core;
 pub mod devinit;
 pub mod keyfile;
 pub mod logtok;
+pub mod matching;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use idvault_proto::v1::match_service_server::MatchServiceServer;
 use idvault_proto::v1::subject_service_server::SubjectServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{SubjectApi, TokenApi};
+use crate::api::{MatchApi, SubjectApi, TokenApi};
 use crate::service::Vault;
 use idvault_proto::v1::token_service_server::TokenServiceServer;
 
@@ -143,6 +144,16 @@ pub async fn start(
     ))
     .max_decoding_message_size(opts.max_message_bytes)
     .max_encoding_message_size(opts.max_message_bytes);
+    health_reporter
+        .set_serving::<MatchServiceServer<MatchApi>>()
+        .await;
+    let matching = MatchServiceServer::new(MatchApi::new(
+        Arc::clone(&vault),
+        opts.request_timeout,
+        opts.stream_timeout,
+    ))
+    .max_decoding_message_size(opts.max_message_bytes)
+    .max_encoding_message_size(opts.max_message_bytes);
     let subjects = SubjectServiceServer::new(SubjectApi::new(vault, opts.request_timeout))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
@@ -165,6 +176,7 @@ pub async fn start(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(subjects)
         .add_service(tokens)
+        .add_service(matching)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

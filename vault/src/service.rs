@@ -57,6 +57,9 @@ pub enum VaultError {
     /// A failure inside the vault that is not the caller's doing.
     #[error("internal error")]
     Internal(&'static str),
+    /// The partner's query budget is spent (its sustained rate per second).
+    #[error("match rate limit of {0} queries per second exceeded; retry later")]
+    RateLimited(u32),
 }
 
 impl From<StoreError> for VaultError {
@@ -78,6 +81,7 @@ impl VaultError {
             Self::Unregistered | Self::Denied(_) | Self::DomainDenied => "denied",
             Self::Invalid(_) | Self::BadRequest(_) => "invalid",
             Self::NotFound => "not_found",
+            Self::RateLimited(_) => "rate_limited",
             _ => "error",
         }
     }
@@ -97,6 +101,8 @@ pub struct ChainUpdate {
     pub subject: SubjectId,
     /// The new head.
     pub head: ChainHead,
+    /// The calling partner's pairwise token (set by create).
+    pub pairwise_token: Option<String>,
 }
 
 /// Result of a chain verification.
@@ -117,6 +123,7 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
     xref_cache: crate::logtok::XrefCache,
+    matching: crate::matching::MatchState,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -140,6 +147,7 @@ impl Vault {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
     ) -> Self {
+        let matching = crate::matching::MatchState::new(&registry, None);
         Self {
             store,
             keys,
@@ -147,7 +155,21 @@ impl Vault {
             clock,
             rng,
             xref_cache: crate::logtok::XrefCache::default(),
+            matching,
         }
+    }
+
+    /// Sets the country calling code phone numbers without one are read in
+    /// for blind matching (`[matching] default_country_code`).
+    #[must_use]
+    pub fn with_match_country_code(mut self, code: Option<u16>) -> Self {
+        self.matching = crate::matching::MatchState::new(&self.registry, code);
+        self
+    }
+
+    /// Blind-matching state.
+    pub(crate) fn matching(&self) -> &crate::matching::MatchState {
+        &self.matching
     }
 
     /// The cross-reference lookup cache.
@@ -229,7 +251,9 @@ impl Vault {
             | VaultError::DomainDenied
             | VaultError::Unregistered
             | VaultError::Invalid(_)
-            | VaultError::NotFound => err.to_string(),
+            | VaultError::NotFound
+            | VaultError::BadRequest(_)
+            | VaultError::RateLimited(_) => err.to_string(),
             VaultError::Integrity(what) => format!("integrity: {what}"),
             _ => "internal".to_owned(),
         };
@@ -360,6 +384,7 @@ impl Vault {
             created_at_ms: now,
             updated_at_ms: now,
         };
+        let match_rows = self.match_rows_of(fields)?;
         let mut tx = self
             .store
             .begin_audited()
@@ -367,13 +392,20 @@ impl Vault {
             .map_err(VaultError::AuditUnavailable)?;
         tx.insert_subject(&row).await?;
         tx.insert_packets(&id, &packets).await?;
+        self.write_match_rows(&mut tx, &id, &[], &match_rows)
+            .await?;
+        let token = self.issue_pairwise(&mut tx, partner, &id).await?;
         let detail = format!("fields={}", fields.len());
         self.commit(
             tx,
             self.event(caller, Action::CreateSubject, Some(&id), "ok", detail),
         )
         .await?;
-        Ok(ChainUpdate { subject: id, head })
+        Ok(ChainUpdate {
+            subject: id,
+            head,
+            pairwise_token: Some(token),
+        })
     }
 
     /// Appends new versions of `fields` to a subject.
@@ -412,13 +444,20 @@ impl Vault {
             .map_err(|_| VaultError::Integrity("packet sealing"))?;
         tx.insert_packets(id, &packets).await?;
         tx.set_head(id, head, now).await?;
+        let match_rows = self.match_rows_of(fields)?;
+        self.write_match_rows(&mut tx, id, fields, &match_rows)
+            .await?;
         let detail = format!("fields={}", fields.len());
         self.commit(
             tx,
             self.event(caller, Action::UpdateSubject, Some(id), "ok", detail),
         )
         .await?;
-        Ok(ChainUpdate { subject: *id, head })
+        Ok(ChainUpdate {
+            subject: *id,
+            head,
+            pairwise_token: None,
+        })
     }
 
     /// Verifies a subject's chain, decrypting every packet.

@@ -16,6 +16,7 @@ mod audit;
 mod bad_input;
 mod bridge;
 mod logs;
+mod matching;
 mod mtls;
 mod ops;
 mod subjects;
@@ -62,6 +63,14 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::rotation_keeps_tokens_resolvable,
     tokens::oversized_stream_message_is_resource_exhausted,
     tokens::tokenize_stream_output_growth_and_csv_quotes,
+    matching::same_person_gets_a_pairwise_token_per_partner,
+    matching::deleted_subject_is_no_longer_matchable,
+    matching::update_moves_the_index,
+    matching::thin_queries_are_refused_and_audited,
+    matching::stream_answers_batches_in_order,
+    matching::rate_limit_triggers,
+    matching::match_needs_the_match_role,
+    matching::new_match_domain_is_backfilled_at_start,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.

@@ -2,9 +2,11 @@
 //! and service errors to statuses; access control and validation live in
 //! [`crate::service`].
 
+mod matching;
 mod subjects;
 mod tokens;
 
+pub use matching::MatchApi;
 pub use subjects::SubjectApi;
 pub use tokens::TokenApi;
 
@@ -24,6 +26,7 @@ pub fn status(err: VaultError) -> Status {
         }
         VaultError::Invalid(_) | VaultError::BadRequest(_) => Code::InvalidArgument,
         VaultError::NotFound => Code::NotFound,
+        VaultError::RateLimited(_) => Code::ResourceExhausted,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
         _ => Code::Internal,

@@ -28,7 +28,7 @@ impl SubjectApi {
     }
 }
 
-fn pairs(fields: Vec<Field>) -> Vec<(String, String)> {
+pub(super) fn pairs(fields: Vec<Field>) -> Vec<(String, String)> {
     fields.into_iter().map(|f| (f.name, f.value)).collect()
 }
 
@@ -61,6 +61,7 @@ impl SubjectService for SubjectApi {
             subject_id: r.subject.to_string(),
             chain_length: r.head.seq,
             chain_head: hex::encode(r.head.hash),
+            pairwise_token: r.pairwise_token.unwrap_or_default(),
         }))
     }
 

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod crypto;
 pub mod keys;
+pub mod matching;
 pub mod packet;
 pub mod secret;
 pub mod subject;

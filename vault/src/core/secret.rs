@@ -45,6 +45,8 @@ purposes! {
     XrefSealMaterial => "xref-seal-key";
     /// The key partners seal identity-bridge identifiers with.
     BridgeSealMaterial => "bridge-seal-key";
+    /// A blind-matching index key (per match domain, field and variant kind).
+    MatchIndexMaterial => "match-index-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.

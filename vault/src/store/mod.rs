@@ -12,6 +12,7 @@
 //! `SQLITE_BUSY` under concurrency). If the audit record cannot be written,
 //! the whole transaction rolls back: the request fails closed.
 
+mod matching;
 mod rows;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+pub use matching::MatchRow;
 pub use rows::SubjectRow;
 use rows::{i64_to_u64, u64_to_i64};
 
@@ -425,17 +427,25 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// Deletes a subject's wrapped DEK and packets; returns packets removed.
+    /// Deletes a subject's wrapped DEK, packets, blind-matching indexes and
+    /// pairwise tokens; returns packets removed.
     pub async fn delete_subject(&mut self, id: &SubjectId) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM packets WHERE subject_id = $1")
             .bind(id.as_bytes().to_vec())
             .execute(&mut *self.tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM subjects WHERE subject_id = $1")
-            .bind(id.as_bytes().to_vec())
-            .execute(&mut *self.tx)
-            .await?;
+        for sql in [
+            "DELETE FROM subjects WHERE subject_id = $1",
+            // No longer matchable, and no partner's token points at it.
+            "DELETE FROM match_index WHERE subject_id = $1",
+            "DELETE FROM pairwise_tokens WHERE subject_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.as_bytes().to_vec())
+                .execute(&mut *self.tx)
+                .await?;
+        }
         Ok(n)
     }
 

@@ -1,0 +1,425 @@
+//! Blind matching over mTLS: pairwise tokens, refusals, rate limits,
+//! deletion, updates, backfill of a new match domain.
+
+use idvault_tests::idvault_proto::v1::match_service_client::MatchServiceClient;
+use idvault_tests::idvault_proto::v1::{
+    AgreementLevel, CreateSubjectRequest, DeleteSubjectRequest, Field, MatchBatchRequest,
+    MatchCandidate, MatchQuery, MatchRequest, UpdateSubjectRequest,
+};
+use idvault_tests::{Backend, TestVault};
+use prost::Message;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn fields(f: &[(&str, &str)]) -> Vec<Field> {
+    f.iter()
+        .map(|(n, v)| Field {
+            name: (*n).into(),
+            value: (*v).into(),
+        })
+        .collect()
+}
+
+const ADA: &[(&str, &str)] = &[
+    ("given_name", "William"),
+    ("family_name", "Smith"),
+    ("date_of_birth", "1990-03-07"),
+    ("phone", "07700 900123"),
+    ("email", "w.smith+bank@gmail.com"),
+    ("postcode", "SW1A 1AA"),
+    ("city", "London"),
+];
+
+/// Nickname, transposed letters, month-first date, international phone.
+const ADA_AS_SEEN_ELSEWHERE: &[(&str, &str)] = &[
+    ("given_name", "Bill"),
+    ("family_name", "Smtih"),
+    ("date_of_birth", "03/07/1990"),
+    ("phone", "+44 7700 900123"),
+];
+
+async fn client(tv: &TestVault, partner: &str) -> MatchServiceClient<Channel> {
+    MatchServiceClient::new(tv.channel(partner).await.unwrap())
+}
+
+async fn create(tv: &TestVault, partner: &str, f: &[(&str, &str)]) -> (String, String) {
+    let r = tv
+        .subjects(partner)
+        .await
+        .unwrap()
+        .create_subject(CreateSubjectRequest { fields: fields(f) })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.subject_id, r.pairwise_token)
+}
+
+async fn query(
+    c: &mut MatchServiceClient<Channel>,
+    f: &[(&str, &str)],
+) -> Result<Vec<MatchCandidate>, tonic::Status> {
+    Ok(c.r#match(MatchRequest {
+        query: Some(MatchQuery {
+            fields: fields(f),
+            max_results: 3,
+            ..Default::default()
+        }),
+    })
+    .await?
+    .into_inner()
+    .candidates)
+}
+
+/// Every text column of the audit log, concatenated per row.
+async fn audit_text(tv: &TestVault) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT actor || ' ' || action || ' ' || coalesce(subject, '-') || ' ' || outcome || ' ' || detail FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(tv.db())
+    .await
+    .unwrap()
+}
+
+fn assert_no_pii(haystack: &str, values: &[(&str, &str)]) {
+    let h = haystack.to_lowercase();
+    for (_, v) in values {
+        // Short numbers could occur by chance in ids and hashes: skip them.
+        let words = v
+            .split([' ', '/', '-', '+', '@', '.'])
+            .filter(|w| w.len() >= 4)
+            .filter(|w| w.len() >= 6 || !w.bytes().all(|b| b.is_ascii_digit()));
+        for word in words {
+            assert!(!h.contains(&word.to_lowercase()), "'{word}' leaked");
+        }
+    }
+}
+
+pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (_, token_a) = create(&tv, "partner-a", ADA).await;
+    assert!(
+        token_a.starts_with("pw_") && token_a.len() == 29,
+        "{token_a}"
+    );
+    create(
+        &tv,
+        "partner-a",
+        &[
+            ("given_name", "Grace"),
+            ("family_name", "Hopper"),
+            ("date_of_birth", "1906-12-09"),
+        ],
+    )
+    .await;
+
+    let mut a = client(&tv, "partner-a").await;
+    let found = query(&mut a, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].pairwise_token, token_a,
+        "creator gets its own token"
+    );
+    assert!(found[0].score > 0.99, "{found:?}");
+    let level = |c: &MatchCandidate, f: &str| {
+        c.agreements
+            .iter()
+            .find(|a| a.field == f)
+            .map(|a| a.level())
+    };
+    assert_eq!(
+        level(&found[0], "given_name"),
+        Some(AgreementLevel::Nickname)
+    );
+    assert_eq!(
+        level(&found[0], "family_name"),
+        Some(AgreementLevel::Similar)
+    );
+    assert_eq!(
+        level(&found[0], "date_of_birth"),
+        Some(AgreementLevel::Swapped)
+    );
+    assert_eq!(level(&found[0], "phone"), Some(AgreementLevel::Exact));
+
+    let mut bq = client(&tv, "partner-b").await;
+    let first = query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?;
+    let again = query(&mut bq, &[("email", "WSmith@googlemail.com")]).await?;
+    assert_eq!(first.len(), 1);
+    assert!(first[0].pairwise_token.starts_with("pw_"));
+    assert_ne!(
+        first[0].pairwise_token, token_a,
+        "partners get unrelated tokens"
+    );
+    assert_eq!(
+        again[0].pairwise_token, first[0].pairwise_token,
+        "stable per partner"
+    );
+
+    // Somebody else entirely: no candidate.
+    let none = query(
+        &mut bq,
+        &[
+            ("given_name", "Alan"),
+            ("family_name", "Turing"),
+            ("date_of_birth", "1912-06-23"),
+        ],
+    )
+    .await?;
+    assert!(none.is_empty(), "{none:?}");
+
+    // Neither answers nor audit records carry personal data.
+    let wire = [first.clone(), found.clone()]
+        .concat()
+        .iter()
+        .map(|c| format!("{:?}{}", c, String::from_utf8_lossy(&c.encode_to_vec())))
+        .collect::<String>();
+    assert_no_pii(&wire, ADA);
+    assert_no_pii(&wire, ADA_AS_SEEN_ELSEWHERE);
+    let audit = audit_text(&tv).await.join("\n");
+    assert_no_pii(&audit, ADA);
+    assert_no_pii(&audit, ADA_AS_SEEN_ELSEWHERE);
+    assert!(
+        !audit.contains(&token_a),
+        "tokens stay out of the audit log"
+    );
+    let matches = audit.lines().filter(|l| l.contains(" Match - ok ")).count();
+    assert_eq!(matches, 4, "every query is audited:\n{audit}");
+    tv.stop().await
+}
+
+pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (id, _) = create(&tv, "partner-a", ADA).await;
+    let mut bq = client(&tv, "partner-b").await;
+    assert_eq!(query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?.len(), 1);
+    tv.subjects("partner-a")
+        .await?
+        .delete_subject(DeleteSubjectRequest { subject_id: id })
+        .await?;
+    assert!(query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?.is_empty());
+    assert_eq!(tv.count("SELECT COUNT(*) FROM match_index").await, 0);
+    assert_eq!(tv.count("SELECT COUNT(*) FROM pairwise_tokens").await, 0);
+    tv.stop().await
+}
+
+pub async fn update_moves_the_index(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (id, token) = create(&tv, "partner-a", ADA).await;
+    tv.subjects("partner-a")
+        .await?
+        .update_subject(UpdateSubjectRequest {
+            subject_id: id,
+            fields: fields(&[("phone", "+44 7911 123456")]),
+        })
+        .await?;
+    let mut a = client(&tv, "partner-a").await;
+    assert!(
+        query(&mut a, &[("phone", "07700 900123")])
+            .await?
+            .is_empty()
+    );
+    let now = query(&mut a, &[("phone", "07911 123456")]).await?;
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].pairwise_token, token);
+    tv.stop().await
+}
+
+pub async fn thin_queries_are_refused_and_audited(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    create(&tv, "partner-a", ADA).await;
+    let mut bq = client(&tv, "partner-b").await;
+    for (thin, says) in [
+        (&[("family_name", "Smith")][..], "too little information"),
+        (
+            &[("given_name", "William"), ("family_name", "Smith")][..],
+            "too little information",
+        ),
+        (
+            &[
+                ("given_name", "William"),
+                ("family_name", "Smith"),
+                ("city", "London"),
+            ][..],
+            "identifying field",
+        ),
+        (&[("account_number", "12345678")][..], "not matchable"),
+        (&[("date_of_birth", "not a date")][..], "no matchable field"),
+    ] {
+        let e = query(&mut bq, thin).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{thin:?}");
+        assert!(e.message().contains(says), "{thin:?}: {}", e.message());
+        assert!(!e.message().contains("Smith"));
+    }
+    let audit = audit_text(&tv).await;
+    let refused = audit
+        .iter()
+        .filter(|l| l.contains(" Match - invalid "))
+        .count();
+    assert_eq!(refused, 5, "{audit:#?}");
+
+    // In a batch, a thin query is refused in place; the others are answered.
+    let mut out = bq
+        .match_stream(tokio_stream::iter([MatchBatchRequest {
+            queries: vec![
+                MatchQuery {
+                    fields: fields(&[("family_name", "Smith")]),
+                    query_id: "thin".into(),
+                    ..Default::default()
+                },
+                MatchQuery {
+                    fields: fields(ADA_AS_SEEN_ELSEWHERE),
+                    query_id: "good".into(),
+                    ..Default::default()
+                },
+            ],
+        }]))
+        .await?
+        .into_inner();
+    let r = out.message().await?.unwrap();
+    assert_eq!(r.results.len(), 2);
+    assert_eq!(r.results[0].query_id, "thin");
+    assert!(r.results[0].refused.contains("too little information"));
+    assert!(r.results[0].candidates.is_empty());
+    assert_eq!(r.results[1].query_id, "good");
+    assert!(r.results[1].refused.is_empty());
+    assert_eq!(r.results[1].candidates.len(), 1);
+    assert!(out.message().await?.is_none());
+    tv.stop().await
+}
+
+pub async fn stream_answers_batches_in_order(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let people: Vec<[(String, String); 3]> = (0..30)
+        .map(|i| {
+            [
+                ("family_name".to_owned(), format!("Person{i}")),
+                (
+                    "date_of_birth".to_owned(),
+                    format!("1980-01-{:02}", i % 28 + 1),
+                ),
+                ("email".to_owned(), format!("p{i}@example.org")),
+            ]
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for p in &people {
+        let f: Vec<(&str, &str)> = p.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        tokens.push(create(&tv, "partner-a", &f).await.1);
+    }
+    let batches: Vec<MatchBatchRequest> = people
+        .chunks(10)
+        .map(|chunk| MatchBatchRequest {
+            queries: chunk
+                .iter()
+                .map(|p| MatchQuery {
+                    fields: fields(&[("email", &p[2].1.to_uppercase())]),
+                    query_id: p[2].1.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect();
+    let mut out = client(&tv, "partner-a")
+        .await
+        .match_stream(tokio_stream::iter(batches))
+        .await?
+        .into_inner();
+    let mut i = 0;
+    while let Some(r) = out.message().await? {
+        assert_eq!(r.results.len(), 10);
+        for res in r.results {
+            assert_eq!(res.query_id, format!("p{i}@example.org"));
+            assert_eq!(res.candidates[0].pairwise_token, tokens[i]);
+            i += 1;
+        }
+    }
+    assert_eq!(i, 30);
+    tv.stop().await
+}
+
+pub async fn rate_limit_triggers(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start_config(b, |text| {
+        text.replace(
+            "name = \"partner-b\"\n",
+            "name = \"partner-b\"\nmatch_queries_per_second = 1\nmatch_burst = 2\n",
+        )
+    })
+    .await?;
+    create(&tv, "partner-a", ADA).await;
+    let mut bq = client(&tv, "partner-b").await;
+    query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?;
+    query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?;
+    let e = query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("rate limit"), "{}", e.message());
+    // Other partners have their own budget.
+    let mut a = client(&tv, "partner-a").await;
+    assert_eq!(query(&mut a, ADA_AS_SEEN_ELSEWHERE).await?.len(), 1);
+    // A batch larger than the burst can never be served: refused.
+    let e = bq
+        .match_stream(tokio_stream::iter([MatchBatchRequest {
+            queries: vec![
+                MatchQuery {
+                    fields: fields(ADA_AS_SEEN_ELSEWHERE),
+                    ..Default::default()
+                };
+                3
+            ],
+        }]))
+        .await?
+        .into_inner()
+        .message()
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("burst"), "{}", e.message());
+    let audit = audit_text(&tv).await;
+    assert!(
+        audit.iter().any(|l| l.contains(" Match - rate_limited ")),
+        "{audit:#?}"
+    );
+    tv.stop().await
+}
+
+pub async fn match_needs_the_match_role(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start_config(b, |text| {
+        text.replace(
+            "\"subjects.verify\", \"subjects.match\", \"tokens.tokenize\"",
+            "\"subjects.verify\", \"tokens.tokenize\"",
+        )
+    })
+    .await?;
+    create(&tv, "partner-a", ADA).await;
+    let e = query(&mut client(&tv, "partner-b").await, ADA_AS_SEEN_ELSEWHERE)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    tv.stop().await
+}
+
+pub async fn new_match_domain_is_backfilled_at_start(b: Backend) -> anyhow::Result<()> {
+    let mut tv = TestVault::start(b).await?;
+    create(&tv, "partner-a", ADA).await;
+    let before: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM match_index WHERE domain = 'partner-b'")
+            .fetch_one(tv.db())
+            .await?;
+    assert!(before > 0);
+    tv.edit_config(|t| {
+        t.replace(
+            "name = \"partner-b\"\n",
+            "name = \"partner-b\"\nmatch_domain = \"partner-b-2027\"\n",
+        )
+    })?;
+    tv.restart().await?;
+    let old: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM match_index WHERE domain = 'partner-b'")
+            .fetch_one(tv.db())
+            .await?;
+    assert_eq!(old, 0, "an unconfigured domain's indexes are dropped");
+    let found = query(&mut client(&tv, "partner-b").await, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(
+        found.len(),
+        1,
+        "existing subjects are indexed for the new domain"
+    );
+    tv.stop().await
+}
