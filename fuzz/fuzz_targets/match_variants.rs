@@ -1,13 +1,18 @@
 //! Field values from match queries and subjects: every variant rule.
 #![no_main]
 use idvault_tokenizer::NormalizeOptions;
+use idvault_tokenizer::matching::{assess, probes};
 use idvault_tokenizer::variants::{MatchField, variants};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
+        let opts = NormalizeOptions { default_country_code: Some(44) };
+        let mut all = Vec::new();
         for f in MatchField::ALL {
-            let _ = variants(f, s, &NormalizeOptions { default_country_code: Some(44) });
+            let _ = variants(f, s, &opts);
+            all.extend(probes(f, s, &opts));
         }
+        let _ = assess(&all);
     }
 });

@@ -82,6 +82,22 @@ pub const BLOCKING_FIELDS: [MatchField; 5] = [
     MatchField::StreetAddress,
 ];
 
+/// Whether stored variants of `kind` on `field` are looked up by blocking
+/// probes. Only these need an index by value; the others are compared
+/// within the candidates a blocking probe selected.
+pub fn is_blocking_kind(field: MatchField, kind: &str) -> bool {
+    BLOCKING_FIELDS.contains(&field)
+        && matches!(
+            kind,
+            "dob.iso.v1"
+                | "dob.swapped.v1"
+                | "nid.full.v1"
+                | "phone.e164.v1"
+                | "email.canonical.v1"
+                | "address.folded.v1"
+        )
+}
+
 /// The probes of one query field. Stored subjects hold [`variants`] of the
 /// same value; the only cross-kind probe is the date of birth as given,
 /// looked up among stored day/month-swapped forms.
@@ -384,6 +400,25 @@ mod tests {
             && x.block));
         assert!(p.iter().any(|x| x.kind == "dob.iso.v1" && x.block));
         assert!(p.iter().any(|x| x.kind == "dob.year.v1" && !x.block));
+    }
+
+    #[test]
+    fn blocking_probes_look_up_blocking_kinds_only() {
+        let p = q(&[
+            (MatchField::GivenName, "William"),
+            (MatchField::FamilyName, "Smith"),
+            (MatchField::DateOfBirth, "1990-03-07"),
+            (MatchField::NationalId, "AB123456C"),
+            (MatchField::Phone, "07700 900123"),
+            (MatchField::Email, "a@example.org"),
+            (MatchField::StreetAddress, "1 High Street"),
+            (MatchField::Postcode, "SW1A 1AA"),
+            (MatchField::City, "London"),
+        ]);
+        for x in &p {
+            assert_eq!(x.block, is_blocking_kind(x.field, x.kind), "{x:?}");
+        }
+        assert!(p.iter().filter(|x| x.block).count() >= 6);
     }
 
     #[test]

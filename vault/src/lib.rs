@@ -11,6 +11,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_match;
 pub mod bridge_file;
 pub mod client;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod matching;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod synth;
 pub mod tls;
 pub mod tokenize;
 pub mod xref;

@@ -266,6 +266,28 @@ enum BenchCommand {
         #[arg(long, default_value = "stateless", value_parser = ["stateless", "xref"])]
         mode: String,
     },
+    /// Blind-matching quality (precision, recall, F1 on synthetic people with
+    /// corrupted duplicates) and single-query latency at a large vault size.
+    Match {
+        /// People created in the vault for the quality run.
+        #[arg(long, default_value_t = 5_000)]
+        originals: usize,
+        /// People not in the vault, matched alongside the duplicates.
+        #[arg(long, default_value_t = 5_000)]
+        strangers: usize,
+        /// Vault size for the latency run (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        subjects: usize,
+        /// Single queries timed in the latency run.
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// CreateSubject RPCs over real mTLS against an in-process server.
     Subjects {
         /// RPCs to send.
@@ -339,6 +361,14 @@ enum PartnerCommand {
     VerifyChain { subject_id: String },
     /// Delete (crypto-shred) a subject.
     DeleteSubject { subject_id: String },
+    /// Blind-match a person: prints pairwise token, score and agreeing fields.
+    Match {
+        #[arg(long = "field", value_parser = parse_field, required = true)]
+        fields: Vec<(String, String)>,
+        /// Most candidates to print (1 to 10).
+        #[arg(long, default_value_t = 3)]
+        max_results: u32,
+    },
 }
 
 fn parse_field(s: &str) -> Result<(String, String), String> {
@@ -433,6 +463,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Packets { count },
         } => bench_packets(count),
+        Command::Bench {
+            command:
+                BenchCommand::Match {
+                    originals,
+                    strangers,
+                    subjects,
+                    queries,
+                    seed,
+                    database_url,
+                },
+        } => {
+            bench_match(idvault::bench_match::MatchBenchOptions {
+                originals,
+                strangers,
+                subjects,
+                queries,
+                seed,
+                database_url,
+            })
+            .await
+        }
         Command::Bench {
             command: BenchCommand::Tokenize { records, mode, .. },
         } if mode == "xref" => bench_tokenize_xref(records).await,
@@ -610,8 +661,8 @@ async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!(
-                "subject_id={} chain_length={} chain_head={}",
-                r.subject_id, r.chain_length, r.chain_head
+                "subject_id={} chain_length={} chain_head={} pairwise_token={}",
+                r.subject_id, r.chain_length, r.chain_head, r.pairwise_token
             );
         }
         PartnerCommand::UpdateSubject {
@@ -655,6 +706,44 @@ async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!("deleted: {} packets destroyed", r.packets_destroyed);
+        }
+        PartnerCommand::Match {
+            fields: f,
+            max_results,
+        } => {
+            use idvault_proto::v1::match_service_client::MatchServiceClient;
+            use idvault_proto::v1::{MatchQuery, MatchRequest};
+            let mut m = MatchServiceClient::new(args.conn.channel().await?);
+            let r = m
+                .r#match(MatchRequest {
+                    query: Some(MatchQuery {
+                        fields: fields(f),
+                        max_results,
+                        ..MatchQuery::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            if r.candidates.is_empty() {
+                println!("no match");
+            }
+            for c in r.candidates {
+                let agreed: Vec<String> = c
+                    .agreements
+                    .iter()
+                    .map(|a| {
+                        let level = a.level().as_str_name();
+                        let level = level.trim_start_matches("AGREEMENT_LEVEL_").to_lowercase();
+                        format!("{}:{level}", a.field)
+                    })
+                    .collect();
+                println!(
+                    "{} score={:.4} agreed={}",
+                    c.pairwise_token,
+                    c.score,
+                    agreed.join(",")
+                );
+            }
         }
     }
     Ok(())
@@ -1294,6 +1383,61 @@ async fn bench_tokenize_xref(records: u64) -> anyhow::Result<()> {
         rates.get(1).copied().unwrap_or_default()
     );
     vault.stop().await.map_err(anyhow::Error::from_boxed)
+}
+
+async fn bench_match(o: idvault::bench_match::MatchBenchOptions) -> anyhow::Result<()> {
+    use idvault::bench_match::{latency, quality};
+    if o.originals > 0 {
+        let q = quality(&o).await.map_err(anyhow::Error::from_boxed)?;
+        println!(
+            "quality: {} originals created in {:.1} s; {} corrupted duplicates and {} strangers matched (seed {})",
+            o.originals, q.create_secs, o.originals, o.strangers, o.seed
+        );
+        println!(
+            "  threshold score 0.5 ({} bits): TP {}  FP {}  FN {}  refused {}",
+            idvault_tokenizer::matching::THRESHOLD_BITS,
+            q.true_positives,
+            q.false_positives,
+            q.false_negatives,
+            q.refused
+        );
+        println!(
+            "  precision {:.4}  recall {:.4}  F1 {:.4}  ({:.0} queries/s in batches of 100)",
+            q.precision(),
+            q.recall(),
+            q.f1(),
+            q.queries_per_sec
+        );
+    }
+    if o.subjects > 0 {
+        let bar = idvault::tokenize::progress_bar();
+        let l = latency(&o, |n| {
+            if let Some(b) = &bar {
+                b.set_message(format!("{n} of {} subjects indexed", o.subjects));
+            }
+        })
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        println!(
+            "latency: {} subjects ({} index rows loaded in {:.0} s), {} single queries",
+            l.subjects,
+            l.rows,
+            l.load_secs,
+            l.samples.len()
+        );
+        println!(
+            "  p50 {:?}  p99 {:?}  max {:?}  (best answer right for {} of {})",
+            l.quantile(0.50),
+            l.quantile(0.99),
+            l.samples.last().copied().unwrap_or_default(),
+            l.correct,
+            l.samples.len()
+        );
+    }
+    Ok(())
 }
 
 async fn bench_subjects(

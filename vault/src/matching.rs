@@ -19,7 +19,9 @@ use idvault_tokenizer::variants::MatchField;
 
 use crate::config::{Partner, PartnerRegistry};
 use crate::core::keys::KeyError;
-use crate::core::matching::{MatchKeyring, QueryPlan};
+use crate::core::matching::{
+    MatchKeyring, QueryPlan, decode_signature, encode_signature, field_mask,
+};
 use crate::core::subject::{FieldName, FieldValue, SubjectId, validate_fields};
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, MatchRow};
@@ -113,6 +115,15 @@ impl MatchState {
     }
 }
 
+/// A subject's blind indexes in one match domain: `(field, index,
+/// blocking)` entries at key `version`.
+#[derive(Debug, Clone)]
+pub(crate) struct DomainIndexes {
+    domain: String,
+    version: u32,
+    entries: Vec<(MatchField, i64, bool)>,
+}
+
 /// A validated query, ready to run.
 struct Planned {
     plan: QueryPlan,
@@ -162,7 +173,17 @@ fn validate(
     })
 }
 
-/// A scored candidate, before its pairwise token is looked up.
+/// Validates and plans `q` as the service does, without a store: for the
+/// fuzz target over decoded requests. Returns the blocking probe count.
+pub fn check_query(
+    q: MatchQuery,
+    keyrings: &[Arc<MatchKeyring>],
+    opts: &NormalizeOptions,
+) -> Result<usize, String> {
+    validate(q, keyrings, opts).map(|p| p.plan.blocking_indexes().len())
+}
+
+/// A scored candidate.
 struct Hit {
     subject: SubjectId,
     score: f64,
@@ -173,32 +194,33 @@ struct Hit {
 /// `min_score`, best first, at most `max_results`.
 async fn best_candidates(
     tx: &mut AuditedTx,
-    domain: &str,
+    partner: &Partner,
     p: &Planned,
 ) -> Result<Vec<Hit>, VaultError> {
     let candidates = tx
-        .match_candidates(domain, &p.plan.blocking_indexes(), CANDIDATE_LIMIT)
+        .match_candidates(
+            &partner.match_domain,
+            &p.plan.blocking_indexes(),
+            CANDIDATE_LIMIT,
+        )
         .await?;
-    let mut rows: HashMap<SubjectId, Vec<(MatchField, i64)>> = HashMap::new();
-    for (s, code, i) in tx.match_rows(domain, &candidates).await? {
-        let f = MatchField::from_code(code).ok_or(VaultError::Integrity("match_index.field"))?;
-        rows.entry(s).or_default().push((f, i));
-    }
-    let mut hits: Vec<Hit> = candidates
-        .iter()
-        .filter_map(|s| {
-            let sc = p.plan.score(rows.get(s).map_or(&[][..], Vec::as_slice));
-            (sc.score >= p.min_score).then(|| Hit {
-                subject: *s,
+    let mut hits = Vec::new();
+    for c in candidates {
+        let entries = decode_signature(&c.signature)
+            .ok_or(VaultError::Integrity("match_subjects.signature"))?;
+        let sc = p.plan.score(c.present, &entries);
+        if sc.score >= p.min_score {
+            hits.push(Hit {
+                subject: c.subject,
                 score: sc.score,
                 agreements: sc
                     .outcomes
                     .iter()
                     .filter_map(|o| o.level.map(|l| (o.field, l)))
                     .collect(),
-            })
-        })
-        .collect();
+            });
+        }
+    }
     // Best first; ties in subject order, so answers are repeatable.
     hits.sort_by(|a, b| {
         b.score
@@ -244,49 +266,88 @@ impl Vault {
             .collect()
     }
 
-    /// Index rows of `fields` for every match domain, current key version.
-    /// Non-matchable fields give none.
+    /// The current keyring of `domain` (benchmarks load fixtures with it).
+    pub(crate) fn current_keyring(&self, domain: &str) -> Result<Arc<MatchKeyring>, VaultError> {
+        self.keyrings(domain)?
+            .into_iter()
+            .next()
+            .ok_or(VaultError::Internal("no key version"))
+    }
+
+    /// The country code phone numbers without one are read in.
+    pub(crate) fn match_options(&self) -> &NormalizeOptions {
+        &self.match_state().opts
+    }
+
+    /// The blind indexes of `fields` in every match domain, current key
+    /// version (computed before the transaction). Non-matchable fields give
+    /// none.
     pub(crate) fn match_rows_of(
         &self,
         fields: &[(FieldName, FieldValue)],
-    ) -> Result<Vec<(usize, u8, u32, i64)>, VaultError> {
+    ) -> Result<Vec<DomainIndexes>, VaultError> {
         let st = self.match_state();
-        let mut out = Vec::new();
-        for (d, domain) in st.domains.iter().enumerate() {
-            let Some(ring) = self.keyrings(domain)?.into_iter().next() else {
-                continue;
-            };
+        let mut out = Vec::with_capacity(st.domains.len());
+        for domain in &st.domains {
+            let ring = self.current_keyring(domain)?;
+            let mut entries = Vec::new();
             for (name, value) in fields {
                 if let Some(f) = MatchField::parse(name.as_str()) {
-                    for i in ring.subject_indexes(f, value.expose(), &st.opts) {
-                        out.push((d, f.code(), ring.version(), i));
+                    for (i, blocking) in ring.subject_indexes(f, value.expose(), &st.opts) {
+                        entries.push((f, i, blocking));
                     }
                 }
             }
+            out.push(DomainIndexes {
+                domain: domain.clone(),
+                version: ring.version(),
+                entries,
+            });
         }
         Ok(out)
     }
 
-    /// Writes `rows` (from [`Vault::match_rows_of`]) for `subject` in `tx`,
-    /// first removing the subject's old rows of the fields in `replace`.
+    /// Writes a subject's indexes in `tx`. With `replace` (an update), the
+    /// subject's old indexes of those fields are dropped first and its
+    /// other fields' indexes kept.
     pub(crate) async fn write_match_rows(
         &self,
         tx: &mut AuditedTx,
         subject: &SubjectId,
         replace: &[(FieldName, FieldValue)],
-        rows: &[(usize, u8, u32, i64)],
+        indexes: &[DomainIndexes],
     ) -> Result<(), VaultError> {
         let codes: Vec<u8> = replace
             .iter()
             .filter_map(|(n, _)| MatchField::parse(n.as_str()).map(MatchField::code))
             .collect();
-        tx.match_delete_fields(subject, &codes).await?;
-        let domains = &self.match_state().domains;
-        let rows: Vec<MatchRow<'_>> = rows
-            .iter()
-            .filter_map(|(d, f, v, i)| domains.get(*d).map(|dom| (dom.as_str(), *f, *v, *i)))
-            .collect();
-        tx.match_insert(subject, &rows).await?;
+        let mut old = if codes.is_empty() {
+            HashMap::new()
+        } else {
+            tx.match_delete_fields(subject, &codes).await?;
+            tx.match_signatures(subject).await?
+        };
+        for d in indexes {
+            let mut entries: Vec<(MatchField, i64)> = match old.remove(&d.domain) {
+                Some(sig) => decode_signature(&sig)
+                    .ok_or(VaultError::Integrity("match_subjects.signature"))?
+                    .into_iter()
+                    .filter(|(f, _)| !codes.contains(&f.code()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            entries.extend(d.entries.iter().map(|(f, i, _)| (*f, *i)));
+            let present = field_mask(entries.iter().map(|(f, _)| *f));
+            tx.match_set_subject(subject, &d.domain, present, encode_signature(&entries))
+                .await?;
+            let rows: Vec<MatchRow<'_>> = d
+                .entries
+                .iter()
+                .filter(|(_, _, blocking)| *blocking)
+                .map(|(f, i, _)| (d.domain.as_str(), f.code(), d.version, *i))
+                .collect();
+            tx.match_insert(subject, &rows).await?;
+        }
         Ok(())
     }
 
@@ -298,7 +359,8 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<String, VaultError> {
         let token = new_pairwise_token(self.rng())?;
-        tx.pairwise_insert(&partner.name, subject, &token).await?;
+        tx.pairwise_insert(&partner.name, &[(*subject, token.clone())])
+            .await?;
         Ok(token)
     }
 
@@ -418,32 +480,43 @@ impl Vault {
         partner: &Partner,
         planned: Vec<Result<Planned, String>>,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
-        let domain = partner.match_domain.as_str();
+        let started = std::time::Instant::now();
         let mut tx = self
             .store()
             .begin_audited()
             .await
             .map_err(VaultError::AuditUnavailable)?;
+        let began = started.elapsed();
         let mut kept: Vec<Result<Vec<Hit>, String>> = Vec::with_capacity(planned.len());
         for p in planned {
             kept.push(match p {
-                Ok(p) => Ok(best_candidates(&mut tx, domain, &p).await?),
+                Ok(p) => Ok(best_candidates(&mut tx, partner, &p).await?),
                 Err(why) => Err(why),
             });
         }
+        let looked_up = started.elapsed();
         let mut subjects: Vec<SubjectId> = kept
             .iter()
             .flat_map(|k| k.iter().flatten().map(|h| h.subject))
             .collect();
         subjects.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         subjects.dedup();
-        let mut tokens = tx.pairwise_tokens(&partner.name, &subjects).await?;
+        let mut tokens = if subjects.is_empty() {
+            HashMap::new()
+        } else {
+            tx.pairwise_tokens(&partner.name, &subjects).await?
+        };
+        // First answer to this partner about a subject: make its token.
+        let mut fresh = Vec::new();
         for s in &subjects {
             if !tokens.contains_key(s) {
                 let t = new_pairwise_token(self.rng())?;
-                tx.pairwise_insert(&partner.name, s, &t).await?;
-                tokens.insert(*s, t);
+                tokens.insert(*s, t.clone());
+                fresh.push((*s, t));
             }
+        }
+        if !fresh.is_empty() {
+            tx.pairwise_insert(&partner.name, &fresh).await?;
         }
         let refused = kept.iter().filter(|k| k.is_err()).count();
         let matched = kept
@@ -459,8 +532,17 @@ impl Vault {
                 .collect::<Vec<_>>()
                 .join(",")
         );
+        let tokens_done = started.elapsed();
         self.commit_with(tx, caller, Action::MatchSubjects, detail)
             .await?;
+        // Phase timings for latency work (`RUST_LOG=idvault::matching=debug`).
+        tracing::debug!(
+            begin_us = began.as_micros(),
+            lookup_us = (looked_up - began).as_micros(),
+            tokens_us = (tokens_done - looked_up).as_micros(),
+            commit_us = (started.elapsed() - tokens_done).as_micros(),
+            "match batch timings"
+        );
         Ok(kept
             .into_iter()
             .map(|k| match k {
@@ -557,14 +639,21 @@ impl Vault {
                     packets.iter().map(|(_, b)| b.as_slice()),
                 )
                 .map_err(|_| VaultError::Integrity("packet open"))?;
+                let mut entries = Vec::new();
                 let mut rows = Vec::new();
                 for (name, value) in &values {
                     if let Some(f) = MatchField::parse(name.as_str()) {
-                        for i in ring.subject_indexes(f, value.expose(), opts) {
-                            rows.push((domain, f.code(), ring.version(), i));
+                        for (i, blocking) in ring.subject_indexes(f, value.expose(), opts) {
+                            entries.push((f, i));
+                            if blocking {
+                                rows.push((domain, f.code(), ring.version(), i));
+                            }
                         }
                     }
                 }
+                let present = field_mask(entries.iter().map(|(f, _)| *f));
+                tx.match_set_subject(id, domain, present, encode_signature(&entries))
+                    .await?;
                 tx.match_insert(id, &rows).await?;
                 total += 1;
             }

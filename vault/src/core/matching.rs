@@ -97,21 +97,67 @@ impl MatchKeyring {
         Some(i64::from_be_bytes(head))
     }
 
-    /// The blind indexes stored for a subject's `field` holding `value`.
+    /// The blind indexes stored for a subject's `field` holding `value`,
+    /// each flagged when it is of a blocking kind (looked up by value).
     pub fn subject_indexes(
         &self,
         field: MatchField,
         value: &str,
         opts: &NormalizeOptions,
-    ) -> Vec<i64> {
-        let mut out: Vec<i64> = variants::variants(field, value, opts)
+    ) -> Vec<(i64, bool)> {
+        let mut out: Vec<(i64, bool)> = variants::variants(field, value, opts)
             .iter()
-            .filter_map(|v| self.index(field, v.kind, &v.value))
+            .filter_map(|v| {
+                self.index(field, v.kind, &v.value)
+                    .map(|i| (i, matching::is_blocking_kind(field, v.kind)))
+            })
             .collect();
         out.sort_unstable();
         out.dedup();
         out
     }
+}
+
+/// Bytes per signature entry: field code and big-endian blind index.
+const SIGNATURE_ENTRY: usize = 9;
+
+/// A subject's *signature* in one domain: every blind index of its
+/// variants with its field, packed as `field code ‖ index (8 bytes, BE)`
+/// entries. Scoring a candidate reads this one value instead of one row
+/// per variant.
+pub fn encode_signature(entries: &[(MatchField, i64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * SIGNATURE_ENTRY);
+    for (f, i) in entries {
+        out.push(f.code());
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+    out
+}
+
+/// Unpacks [`encode_signature`] output; `None` if it is malformed (a
+/// length that is not a whole number of entries, or an unknown field).
+pub fn decode_signature(bytes: &[u8]) -> Option<Vec<(MatchField, i64)>> {
+    if bytes.len() % SIGNATURE_ENTRY != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(SIGNATURE_ENTRY)
+        .map(|e| {
+            let (code, index) = e.split_first()?;
+            let index: [u8; 8] = index.try_into().ok()?;
+            Some((MatchField::from_code(*code)?, i64::from_be_bytes(index)))
+        })
+        .collect()
+}
+
+/// The bit of `field` in a presence mask (bit n = field code n).
+pub fn field_bit(field: MatchField) -> u16 {
+    1 << field.code()
+}
+
+/// The presence mask of `fields`: which fields a subject has indexes for.
+pub fn field_mask(fields: impl IntoIterator<Item = MatchField>) -> u16 {
+    fields.into_iter().fold(0, |m, f| m | field_bit(f))
 }
 
 /// One probe's blind index and what a hit on it proves.
@@ -200,8 +246,18 @@ impl QueryPlan {
         v
     }
 
-    /// Scores a candidate from its stored `(field, index)` rows.
-    pub fn score(&self, rows: &[(MatchField, i64)]) -> Scored {
+    /// Every probe index (what a candidate's rows are filtered by).
+    pub fn probe_indexes(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self.probes.iter().map(|p| p.index).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Scores a candidate from the fields it has indexes for (`present`,
+    /// see [`field_mask`]) and those of its `(field, index)` rows that are
+    /// probe indexes (other rows are ignored).
+    pub fn score(&self, present: u16, rows: &[(MatchField, i64)]) -> Scored {
         let mut hits: HashMap<MatchField, Vec<Level>> = HashMap::new();
         for (field, index) in rows {
             for i in self.by_index.get(index).into_iter().flatten() {
@@ -214,7 +270,7 @@ impl QueryPlan {
         }
         let mut outcomes = Vec::new();
         for f in &self.fields {
-            let has = rows.iter().any(|(rf, _)| rf == f);
+            let has = present & field_bit(*f) != 0;
             let levels = hits.get(f).map_or(&[][..], Vec::as_slice);
             if let Some(o) = matching::field_outcome(*f, levels, has) {
                 outcomes.push(o);
@@ -246,15 +302,17 @@ mod tests {
         }
     }
 
-    fn stored(ring: &MatchKeyring, fields: &[(MatchField, &str)]) -> Vec<(MatchField, i64)> {
-        fields
+    /// A stored subject: presence mask and index rows.
+    fn stored(ring: &MatchKeyring, fields: &[(MatchField, &str)]) -> (u16, Vec<(MatchField, i64)>) {
+        let rows: Vec<(MatchField, i64)> = fields
             .iter()
             .flat_map(|(f, v)| {
                 ring.subject_indexes(*f, v, &opts())
                     .into_iter()
-                    .map(|i| (*f, i))
+                    .map(|(i, _)| (*f, i))
             })
-            .collect()
+            .collect();
+        (field_mask(rows.iter().map(|(f, _)| *f)), rows)
     }
 
     #[test]
@@ -280,6 +338,15 @@ mod tests {
             key_label("partner-a", MatchField::FamilyName, "name.folded.v1"),
             "idvault/v1/match-index/partner-a/family_name/name.folded.v1"
         );
+    }
+
+    #[test]
+    fn signatures_round_trip_and_reject_garbage() {
+        let e = vec![(MatchField::City, -5), (MatchField::GivenName, i64::MAX)];
+        assert_eq!(decode_signature(&encode_signature(&e)), Some(e));
+        assert_eq!(decode_signature(&[]), Some(vec![]));
+        assert_eq!(decode_signature(&[0; 8]), None);
+        assert_eq!(decode_signature(&[42, 0, 0, 0, 0, 0, 0, 0, 0]), None);
     }
 
     #[test]
@@ -319,7 +386,7 @@ mod tests {
             &opts(),
         )
         .unwrap();
-        let s = plan.score(&ada);
+        let s = plan.score(ada.0, &ada.1);
         assert!(s.score > 0.5, "{s:?}");
         let level = |f| {
             s.outcomes
@@ -344,7 +411,7 @@ mod tests {
             &opts(),
         )
         .unwrap()
-        .score(&ada);
+        .score(ada.0, &ada.1);
         assert!(
             swapped
                 .outcomes
@@ -363,7 +430,7 @@ mod tests {
             &opts(),
         )
         .unwrap()
-        .score(&ada);
+        .score(ada.0, &ada.1);
         assert!(stranger.score < 0.5, "{stranger:?}");
     }
 
@@ -379,10 +446,10 @@ mod tests {
             &opts(),
         )
         .unwrap();
-        assert!(plan.blocking_indexes().contains(&old[0].1));
-        assert!(plan.score(&old).score > 0.5);
+        assert!(plan.blocking_indexes().contains(&old.1[0].1));
+        assert!(plan.score(old.0, &old.1).score > 0.5);
         let only_new =
             QueryPlan::new(&[&v2], &[(MatchField::Email, "ada@example.org")], &opts()).unwrap();
-        assert!(only_new.score(&old).score < 0.5);
+        assert!(only_new.score(old.0, &old.1).score < 0.5);
     }
 }

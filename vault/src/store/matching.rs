@@ -12,11 +12,24 @@ use super::rows::u64_to_i64;
 use super::{AuditedTx, Store, StoreError};
 use crate::core::subject::SubjectId;
 
+/// A candidate of a query (see [`AuditedTx::match_candidates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The subject.
+    pub subject: SubjectId,
+    /// Which fields it has indexes for (bit n = field code n).
+    pub present: u16,
+    /// Its packed signature (`core::matching::encode_signature`).
+    pub signature: Vec<u8>,
+}
+
 /// One index row to write: `(domain, field code, key version, blind index)`.
 pub type MatchRow<'a> = (&'a str, u8, u32, i64);
 
-/// Rows per multi-row INSERT (5 parameters each; well under SQLite's limit).
-const INSERT_CHUNK: usize = 400;
+/// Rows per multi-row INSERT (5 parameters each). Kept small because
+/// sqlx's SQLite driver looks every `$n` up by name, at a cost that grows
+/// with the square of a statement's parameter count.
+const INSERT_CHUNK: usize = 20;
 /// Values per `IN (…)` list.
 const IN_CHUNK: usize = 500;
 
@@ -31,10 +44,10 @@ fn subject_of(bytes: &[u8], col: &'static str) -> Result<SubjectId, StoreError> 
     SubjectId::from_slice(bytes).ok_or(StoreError::Corrupt(col))
 }
 
+/// Inserts rows `(domain, subject, field code, key version, index)`.
 async fn insert_rows<'e>(
     ex: impl Executor<'e, Database = Any>,
-    subject: &SubjectId,
-    rows: &[MatchRow<'_>],
+    rows: &[(&str, SubjectId, u8, u32, i64)],
 ) -> Result<(), StoreError> {
     let values: Vec<String> = (0..rows.len())
         .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
@@ -47,7 +60,7 @@ async fn insert_rows<'e>(
         values.join(", ")
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (domain, field, version, bidx) in rows {
+    for (domain, subject, field, version, bidx) in rows {
         q = q
             .bind((*domain).to_owned())
             .bind(*bidx)
@@ -59,6 +72,31 @@ async fn insert_rows<'e>(
     Ok(())
 }
 
+/// Adds `partner`'s pairwise tokens of at most [`IN_CHUNK`] subjects to `out`.
+async fn pairwise_chunk<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    partner: &str,
+    part: &[SubjectId],
+    out: &mut HashMap<SubjectId, String>,
+) -> Result<(), StoreError> {
+    if part.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT subject_id, token FROM pairwise_tokens WHERE partner = $1 AND subject_id IN ({})",
+        placeholders(2, part.len())
+    );
+    let mut q =
+        sqlx::query_as::<_, (Vec<u8>, String)>(sqlx::AssertSqlSafe(sql)).bind(partner.to_owned());
+    for s in part {
+        q = q.bind(s.as_bytes().to_vec());
+    }
+    for (s, t) in q.fetch_all(ex).await? {
+        out.insert(subject_of(&s, "pairwise_tokens.subject_id")?, t);
+    }
+    Ok(())
+}
+
 impl AuditedTx {
     /// Adds a subject's blind indexes.
     pub async fn match_insert(
@@ -66,8 +104,12 @@ impl AuditedTx {
         subject: &SubjectId,
         rows: &[MatchRow<'_>],
     ) -> Result<(), StoreError> {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(d, f, v, i)| (*d, *subject, *f, *v, *i))
+            .collect();
         for part in rows.chunks(INSERT_CHUNK) {
-            insert_rows(&mut *self.tx, subject, part).await?;
+            insert_rows(&mut *self.tx, part).await?;
         }
         Ok(())
     }
@@ -88,71 +130,77 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// Subjects in `domain` holding any of `indexes`, most hits first, at
-    /// most `limit`.
+    /// Sets `subject`'s presence mask and signature in `domain`.
+    pub async fn match_set_subject(
+        &mut self,
+        subject: &SubjectId,
+        domain: &str,
+        present: u16,
+        signature: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (domain, subject_id) DO UPDATE SET fields = $3, signature = $4",
+        )
+        .bind(domain.to_owned())
+        .bind(subject.as_bytes().to_vec())
+        .bind(i64::from(present))
+        .bind(signature)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// `subject`'s signatures, by domain.
+    pub async fn match_signatures(
+        &mut self,
+        subject: &SubjectId,
+    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT domain, signature FROM match_subjects WHERE subject_id = $1")
+                .bind(subject.as_bytes().to_vec())
+                .fetch_all(&mut *self.tx)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The candidates of one query in one round trip: the at most `limit`
+    /// subjects of `domain` holding the most `blocking` indexes, with their
+    /// presence masks and signatures.
     pub async fn match_candidates(
         &mut self,
         domain: &str,
-        indexes: &[i64],
+        blocking: &[i64],
         limit: u32,
-    ) -> Result<Vec<SubjectId>, StoreError> {
-        if indexes.is_empty() {
+    ) -> Result<Vec<Candidate>, StoreError> {
+        if blocking.is_empty() {
             return Ok(Vec::new());
         }
-        let mut hits: HashMap<SubjectId, usize> = HashMap::new();
-        for part in indexes.chunks(IN_CHUNK) {
-            let sql = format!(
-                "SELECT subject_id FROM match_index WHERE domain = $1 AND bidx IN ({})",
-                placeholders(2, part.len())
-            );
-            let mut q =
-                sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(sql)).bind(domain.to_owned());
-            for i in part {
-                q = q.bind(*i);
-            }
-            for s in q.fetch_all(&mut *self.tx).await? {
-                *hits
-                    .entry(subject_of(&s, "match_index.subject_id")?)
-                    .or_default() += 1;
-            }
+        let sql = format!(
+            "SELECT subject_id, fields, signature FROM match_subjects \
+             WHERE domain = $1 AND subject_id IN (SELECT subject_id FROM match_index \
+             WHERE domain = $1 AND bidx IN ({}) \
+             GROUP BY subject_id ORDER BY COUNT(*) DESC, subject_id LIMIT $2)",
+            placeholders(3, blocking.len()),
+        );
+        let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql))
+            .bind(domain.to_owned())
+            .bind(i64::from(limit));
+        for b in blocking {
+            q = q.bind(*b);
         }
-        let mut ranked: Vec<(SubjectId, usize)> = hits.into_iter().collect();
-        // Most hits first; ties in subject order, so answers are repeatable.
-        ranked.sort_unstable_by(|a, b| {
-            b.1.cmp(&a.1)
-                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
-        });
-        ranked.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(ranked.into_iter().map(|(s, _)| s).collect())
-    }
-
-    /// Every `(subject, field code, index)` row of `subjects` in `domain`.
-    pub async fn match_rows(
-        &mut self,
-        domain: &str,
-        subjects: &[SubjectId],
-    ) -> Result<Vec<(SubjectId, u8, i64)>, StoreError> {
-        let mut out = Vec::new();
-        for part in subjects.chunks(IN_CHUNK) {
-            if part.is_empty() {
-                continue;
-            }
-            let sql = format!(
-                "SELECT subject_id, field, bidx FROM match_index WHERE domain = $1 AND subject_id IN ({})",
-                placeholders(2, part.len())
-            );
-            let mut q = sqlx::query_as::<_, (Vec<u8>, i64, i64)>(sqlx::AssertSqlSafe(sql))
-                .bind(domain.to_owned());
-            for s in part {
-                q = q.bind(s.as_bytes().to_vec());
-            }
-            for (s, f, i) in q.fetch_all(&mut *self.tx).await? {
-                let field =
-                    u8::try_from(f).map_err(|_| StoreError::Corrupt("match_index.field"))?;
-                out.push((subject_of(&s, "match_index.subject_id")?, field, i));
-            }
-        }
-        Ok(out)
+        q.fetch_all(&mut *self.tx)
+            .await?
+            .into_iter()
+            .map(|(s, mask, signature)| {
+                Ok(Candidate {
+                    subject: subject_of(&s, "match_subjects.subject_id")?,
+                    present: u16::try_from(mask)
+                        .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
+                    signature,
+                })
+            })
+            .collect()
     }
 
     /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
@@ -163,40 +211,33 @@ impl AuditedTx {
     ) -> Result<HashMap<SubjectId, String>, StoreError> {
         let mut out = HashMap::new();
         for part in subjects.chunks(IN_CHUNK) {
-            if part.is_empty() {
-                continue;
-            }
-            let sql = format!(
-                "SELECT subject_id, token FROM pairwise_tokens WHERE partner = $1 AND subject_id IN ({})",
-                placeholders(2, part.len())
-            );
-            let mut q = sqlx::query_as::<_, (Vec<u8>, String)>(sqlx::AssertSqlSafe(sql))
-                .bind(partner.to_owned());
-            for s in part {
-                q = q.bind(s.as_bytes().to_vec());
-            }
-            for (s, t) in q.fetch_all(&mut *self.tx).await? {
-                out.insert(subject_of(&s, "pairwise_tokens.subject_id")?, t);
-            }
+            pairwise_chunk(&mut *self.tx, partner, part, &mut out).await?;
         }
         Ok(out)
     }
 
-    /// Records `partner`'s pairwise token of `subject`. Audited
+    /// Records `partner`'s pairwise tokens `(subject, token)`. Audited
     /// transactions are serialised by the audit head, so "read, then insert
     /// when absent" cannot race with another writer.
     pub async fn pairwise_insert(
         &mut self,
         partner: &str,
-        subject: &SubjectId,
-        token: &str,
+        tokens: &[(SubjectId, String)],
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES ($1, $2, $3)")
-            .bind(partner.to_owned())
-            .bind(subject.as_bytes().to_vec())
-            .bind(token.to_owned())
-            .execute(&mut *self.tx)
-            .await?;
+        for part in tokens.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("($1, {})", placeholders(i * 2 + 2, 2)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(partner.to_owned());
+            for (s, t) in part {
+                q = q.bind(s.as_bytes().to_vec()).bind(t.clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
         Ok(())
     }
 
@@ -213,6 +254,10 @@ impl AuditedTx {
                 .execute(&mut *self.tx)
                 .await?
                 .rows_affected();
+            sqlx::query("DELETE FROM match_subjects WHERE domain = $1")
+                .bind(d.clone())
+                .execute(&mut *self.tx)
+                .await?;
             sqlx::query("DELETE FROM match_domains WHERE domain = $1")
                 .bind(d.clone())
                 .execute(&mut *self.tx)
@@ -223,6 +268,51 @@ impl AuditedTx {
 }
 
 impl Store {
+    /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
+    pub async fn pairwise_tokens_of(
+        &self,
+        partner: &str,
+        subjects: &[SubjectId],
+    ) -> Result<HashMap<SubjectId, String>, StoreError> {
+        let mut out = HashMap::new();
+        let mut conn = self.pool().acquire().await?;
+        for part in subjects.chunks(IN_CHUNK) {
+            pairwise_chunk(&mut *conn, partner, part, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// A loader of benchmark fixtures (`idvault bench match` fills a
+    /// scratch vault with it); see [`BenchLoader`].
+    pub async fn bench_loader(
+        &self,
+        domain: &str,
+        version: u32,
+    ) -> Result<BenchLoader, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let sqlite = self.backend() == super::Backend::Sqlite;
+        if sqlite {
+            // One transaction for the whole load, held in memory: each
+            // commit of a big random-keyed index otherwise rewrites most
+            // of its pages.
+            sqlx::query("PRAGMA cache_size = -6291456")
+                .execute(&mut *conn)
+                .await?;
+            // Multi-row inserts keep a statement journal; in memory, not a
+            // temporary file.
+            sqlx::query("PRAGMA temp_store = MEMORY")
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        Ok(BenchLoader {
+            conn,
+            domain: domain.to_owned(),
+            version,
+            sqlite,
+        })
+    }
+
     /// Records `domain` as being indexed (`now_ms` 0: backfill under way;
     /// otherwise the time it came to cover every subject). Bookkeeping
     /// only, no personal data. Recording before the backfill means a
@@ -266,5 +356,74 @@ impl Store {
         rows.iter()
             .map(|s| subject_of(s, "subjects.subject_id"))
             .collect()
+    }
+}
+
+/// Writes `(subject, field code, index)` rows of one domain and key version
+/// in a single unaudited transaction, for benchmark fixtures only.
+#[derive(Debug)]
+pub struct BenchLoader {
+    conn: sqlx::pool::PoolConnection<Any>,
+    domain: String,
+    version: u32,
+    sqlite: bool,
+}
+
+impl BenchLoader {
+    /// Adds subjects: each with its blocking `(field code, index)` rows
+    /// (sorted here by index, so inserts land near each other), presence
+    /// mask and signature.
+    pub async fn load(
+        &mut self,
+        subjects: &[(SubjectId, Vec<(u8, i64)>, u16, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut rows: Vec<_> = subjects
+            .iter()
+            .flat_map(|(s, rows, _, _)| {
+                rows.iter()
+                    .map(|(f, i)| (self.domain.as_str(), *s, *f, self.version, *i))
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| r.4);
+        for part in rows.chunks(INSERT_CHUNK) {
+            insert_rows(&mut *self.conn, part).await?;
+        }
+        let mut order: Vec<&(SubjectId, Vec<(u8, i64)>, u16, Vec<u8>)> = subjects.iter().collect();
+        order.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for part in order.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (s, _, mask, sig) in part {
+                q = q
+                    .bind(self.domain.clone())
+                    .bind(s.as_bytes().to_vec())
+                    .bind(i64::from(*mask))
+                    .bind(sig.clone());
+            }
+            q.execute(&mut *self.conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits and restores the connection's cache size.
+    pub async fn finish(mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        if self.sqlite {
+            // Move the load out of the WAL, so reads do not look every page
+            // up in a multi-gigabyte WAL index.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut *self.conn)
+                .await?;
+            sqlx::query("PRAGMA cache_size = -65536; PRAGMA temp_store = DEFAULT")
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
     }
 }

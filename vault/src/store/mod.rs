@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-pub use matching::MatchRow;
+pub use matching::{BenchLoader, Candidate, MatchRow};
 pub use rows::SubjectRow;
 use rows::{i64_to_u64, u64_to_i64};
 
@@ -68,16 +68,24 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: audited transactions of this process queue here for
+    /// the write lock. SQLite's own busy handler sleeps and retries with
+    /// growing back-off (up to 100 ms a try), so under contention writers
+    /// would mostly sleep; a FIFO async lock hands over at once.
+    writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// SQLite settings applied to every connection. `synchronous=FULL` with WAL
 /// makes an acknowledged commit survive power loss; `secure_delete`
 /// overwrites deleted rows so a shredded DEK does not linger in free pages.
+/// A 64 MiB page cache per connection (the default is 2 MiB) keeps the
+/// upper levels of the blind-matching index in memory at millions of rows.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 10000; \
      PRAGMA secure_delete = ON; \
-     PRAGMA foreign_keys = ON;";
+     PRAGMA foreign_keys = ON; \
+     PRAGMA cache_size = -65536;";
 
 impl Store {
     /// Connects, applies the backend's pragmas, runs migrations and checks
@@ -98,6 +106,10 @@ impl Store {
             })
             .acquire_timeout(Duration::from_secs(15));
         if backend == Backend::Sqlite {
+            // An embedded database cannot drop a connection: skip the ping
+            // sqlx otherwise sends before handing one out (a round trip to
+            // the connection's worker thread on every transaction).
+            opts = opts.test_before_acquire(false);
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(SQLITE_PRAGMAS).await?;
@@ -106,7 +118,12 @@ impl Store {
             });
         }
         let pool = opts.connect(url).await?;
-        let store = Self { pool, backend };
+        let writer = (backend == Backend::Sqlite).then(Default::default);
+        let store = Self {
+            pool,
+            backend,
+            writer,
+        };
         match backend {
             Backend::Sqlite => {
                 SQLITE_MIGRATIONS.run(&store.pool).await?;
@@ -156,6 +173,10 @@ impl Store {
 
     /// Starts an audited write transaction; see the module docs.
     pub async fn begin_audited(&self) -> Result<AuditedTx, StoreError> {
+        let writer = match &self.writer {
+            Some(lock) => Some(std::sync::Arc::clone(lock).lock_owned().await),
+            None => None,
+        };
         let mut tx = self.pool.begin().await?;
         let row =
             sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
@@ -170,6 +191,7 @@ impl Store {
             tx,
             prev_seq: seq.saturating_sub(1),
             prev_hash,
+            _writer: writer,
         })
     }
 
@@ -324,6 +346,9 @@ pub struct AuditedTx {
     tx: Transaction<'static, Any>,
     prev_seq: u64,
     prev_hash: [u8; HASH_LEN],
+    /// Held until the transaction ends (declared after `tx`, so dropped
+    /// after it rolls back).
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Column list of `subjects`, as a macro so queries stay string literals
@@ -439,6 +464,7 @@ impl AuditedTx {
             "DELETE FROM subjects WHERE subject_id = $1",
             // No longer matchable, and no partner's token points at it.
             "DELETE FROM match_index WHERE subject_id = $1",
+            "DELETE FROM match_subjects WHERE subject_id = $1",
             "DELETE FROM pairwise_tokens WHERE subject_id = $1",
         ] {
             sqlx::query(sql)
