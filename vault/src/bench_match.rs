@@ -210,7 +210,7 @@ pub async fn quality(o: &MatchBenchOptions) -> Result<Quality, BenchError> {
         .iter()
         .map(|p| synth::duplicate(&mut rng, p))
         .collect();
-    let mut stranger_rng = Rng::new(o.seed ^ 0x5EED_0F_57_4A_6E_E5);
+    let mut stranger_rng = Rng::new(o.seed ^ 0x005E_ED0F_574A_6EE5);
     let strangers: Vec<Person> = (0..o.strangers)
         .map(|_| synth::person(&mut stranger_rng))
         .collect();
@@ -265,7 +265,7 @@ pub async fn latency(
     let scratch = Scratch::start(o.database_url.as_deref()).await?;
     let vault = Arc::clone(&scratch.vault);
     let ring = vault.current_keyring(PARTNER)?;
-    let opts = vault.match_options().clone();
+    let opts = *vault.match_options();
     let mut rng = Rng::new(o.seed.wrapping_add(1));
     let every = (o.subjects / o.queries.max(1)).max(1);
     let mut sampled: Vec<(SubjectId, Person)> = Vec::new();
@@ -289,8 +289,7 @@ pub async fn latency(
             .collect();
         // Variants and HMACs on every core.
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        type Loaded = (SubjectId, Vec<(u8, i64)>, u16, Vec<u8>);
-        let subjects: Vec<Loaded> = std::thread::scope(|s| {
+        let subjects: Vec<crate::store::LoadedSubject> = std::thread::scope(|s| {
             let handles: Vec<_> = people
                 .chunks(n.div_ceil(threads).max(1))
                 .map(|part| {

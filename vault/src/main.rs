@@ -1422,7 +1422,7 @@ async fn bench_match(o: idvault::bench_match::MatchBenchOptions) -> anyhow::Resu
             b.finish_and_clear();
         }
         println!(
-            "latency: {} subjects ({} index rows loaded in {:.0} s), {} single queries",
+            "latency: {} subjects ({} blocking index rows and signatures loaded in {:.0} s), {} single queries",
             l.subjects,
             l.rows,
             l.load_secs,

@@ -32,6 +32,9 @@ pub const MAX_BATCH: usize = 100;
 pub const MAX_RESULTS: u32 = 10;
 /// Candidates scored per query (those holding the most blocking indexes).
 pub const CANDIDATE_LIMIT: u32 = 64;
+/// Candidates fetched first: enough when the best of them beats anything
+/// a lower-ranked candidate could score (see `best_candidates`).
+pub const FIRST_CANDIDATES: u32 = 8;
 /// Lowest `min_score` a query may set: the vault's match threshold.
 pub const MIN_SCORE: f64 = 0.5;
 /// Longest `query_id`.
@@ -197,13 +200,31 @@ async fn best_candidates(
     partner: &Partner,
     p: &Planned,
 ) -> Result<Vec<Hit>, VaultError> {
-    let candidates = tx
-        .match_candidates(
-            &partner.match_domain,
-            &p.plan.blocking_indexes(),
-            CANDIDATE_LIMIT,
-        )
+    let blocking = p.plan.blocking_indexes();
+    let domain = partner.match_domain.as_str();
+    // Most queries are settled by their few best-ranked candidates: a
+    // candidate ranked lower holds at most as many blocking indexes as the
+    // last one fetched, which caps what it could score. Only when the best
+    // so far does not beat that cap are the rest fetched.
+    let mut candidates = tx
+        .match_candidates(domain, &blocking, FIRST_CANDIDATES)
         .await?;
+    if let Some(last) = candidates.last()
+        && candidates.len() == FIRST_CANDIDATES as usize
+    {
+        let cap = p.plan.bound_with_blocking_hits(last.blocking_hits);
+        let mut best = f64::NEG_INFINITY;
+        for c in &candidates {
+            let entries = decode_signature(&c.signature)
+                .ok_or(VaultError::Integrity("match_subjects.signature"))?;
+            best = best.max(p.plan.score(c.present, &entries).bits);
+        }
+        if best <= cap {
+            candidates = tx
+                .match_candidates(domain, &blocking, CANDIDATE_LIMIT)
+                .await?;
+        }
+    }
     let mut hits = Vec::new();
     for c in candidates {
         let entries = decode_signature(&c.signature)

@@ -197,6 +197,7 @@ pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Resul
         .await?;
     assert!(query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?.is_empty());
     assert_eq!(tv.count("SELECT COUNT(*) FROM match_index").await, 0);
+    assert_eq!(tv.count("SELECT COUNT(*) FROM match_subjects").await, 0);
     assert_eq!(tv.count("SELECT COUNT(*) FROM pairwise_tokens").await, 0);
     tv.stop().await
 }

@@ -137,7 +137,7 @@ pub fn encode_signature(entries: &[(MatchField, i64)]) -> Vec<u8> {
 /// Unpacks [`encode_signature`] output; `None` if it is malformed (a
 /// length that is not a whole number of entries, or an unknown field).
 pub fn decode_signature(bytes: &[u8]) -> Option<Vec<(MatchField, i64)>> {
-    if bytes.len() % SIGNATURE_ENTRY != 0 {
+    if !bytes.len().is_multiple_of(SIGNATURE_ENTRY) {
         return None;
     }
     bytes
@@ -252,6 +252,39 @@ impl QueryPlan {
         v.sort_unstable();
         v.dedup();
         v
+    }
+
+    /// The most bits a candidate holding at most `blocking_hits` blocking
+    /// indexes could score: every non-blocking field at its best level plus
+    /// the `blocking_hits` largest blocking-field weights. Lets a lookup
+    /// stop after the best-ranked candidates when one already beats it.
+    pub fn bound_with_blocking_hits(&self, blocking_hits: u32) -> f64 {
+        let best = |f: MatchField| {
+            matching::WEIGHTS
+                .iter()
+                .find(|w| w.field == f)
+                .and_then(|w| w.agree.first())
+                .map_or(0.0, |(l, _)| matching::weight(f, Some(*l)))
+        };
+        let blocking_field = |f: &MatchField| matching::BLOCKING_FIELDS.contains(f);
+        let mut blocking: Vec<f64> = self
+            .fields
+            .iter()
+            .filter(|f| blocking_field(f))
+            .map(|f| best(*f))
+            .collect();
+        blocking.sort_by(|a, b| b.total_cmp(a));
+        let others: f64 = self
+            .fields
+            .iter()
+            .filter(|f| !blocking_field(f))
+            .map(|f| best(*f))
+            .sum();
+        others
+            + blocking
+                .iter()
+                .take(usize::try_from(blocking_hits).unwrap_or(usize::MAX))
+                .sum::<f64>()
     }
 
     /// Scores a candidate from the fields it has indexes for (`present`,

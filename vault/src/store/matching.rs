@@ -21,7 +21,13 @@ pub struct Candidate {
     pub present: u16,
     /// Its packed signature (`core::matching::encode_signature`).
     pub signature: Vec<u8>,
+    /// How many blocking indexes of the query it holds (the rank).
+    pub blocking_hits: u32,
 }
+
+/// A benchmark fixture subject: blocking `(field code, index)` rows,
+/// presence mask, signature.
+pub type LoadedSubject = (SubjectId, Vec<(u8, i64)>, u16, Vec<u8>);
 
 /// One index row to write: `(domain, field code, key version, blind index)`.
 pub type MatchRow<'a> = (&'a str, u8, u32, i64);
@@ -166,7 +172,7 @@ impl AuditedTx {
 
     /// The candidates of one query in one round trip: the at most `limit`
     /// subjects of `domain` holding the most `blocking` indexes, with their
-    /// presence masks and signatures.
+    /// presence masks and signatures, most blocking hits first.
     pub async fn match_candidates(
         &mut self,
         domain: &str,
@@ -177,13 +183,14 @@ impl AuditedTx {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT subject_id, fields, signature FROM match_subjects \
-             WHERE domain = $1 AND subject_id IN (SELECT subject_id FROM match_index \
+            "SELECT s.subject_id, s.fields, s.signature, c.n FROM match_subjects s \
+             JOIN (SELECT subject_id, COUNT(*) AS n FROM match_index \
              WHERE domain = $1 AND bidx IN ({}) \
-             GROUP BY subject_id ORDER BY COUNT(*) DESC, subject_id LIMIT $2)",
+             GROUP BY subject_id ORDER BY COUNT(*) DESC, subject_id LIMIT $2) c \
+             ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.n DESC, s.subject_id",
             placeholders(3, blocking.len()),
         );
-        let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql))
+        let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, i64)>(sqlx::AssertSqlSafe(sql))
             .bind(domain.to_owned())
             .bind(i64::from(limit));
         for b in blocking {
@@ -192,12 +199,13 @@ impl AuditedTx {
         q.fetch_all(&mut *self.tx)
             .await?
             .into_iter()
-            .map(|(s, mask, signature)| {
+            .map(|(s, mask, signature, n)| {
                 Ok(Candidate {
                     subject: subject_of(&s, "match_subjects.subject_id")?,
                     present: u16::try_from(mask)
                         .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
                     signature,
+                    blocking_hits: u32::try_from(n).unwrap_or(u32::MAX),
                 })
             })
             .collect()
@@ -373,10 +381,7 @@ impl BenchLoader {
     /// Adds subjects: each with its blocking `(field code, index)` rows
     /// (sorted here by index, so inserts land near each other), presence
     /// mask and signature.
-    pub async fn load(
-        &mut self,
-        subjects: &[(SubjectId, Vec<(u8, i64)>, u16, Vec<u8>)],
-    ) -> Result<(), StoreError> {
+    pub async fn load(&mut self, subjects: &[LoadedSubject]) -> Result<(), StoreError> {
         let mut rows: Vec<_> = subjects
             .iter()
             .flat_map(|(s, rows, _, _)| {
@@ -388,7 +393,7 @@ impl BenchLoader {
         for part in rows.chunks(INSERT_CHUNK) {
             insert_rows(&mut *self.conn, part).await?;
         }
-        let mut order: Vec<&(SubjectId, Vec<(u8, i64)>, u16, Vec<u8>)> = subjects.iter().collect();
+        let mut order: Vec<&LoadedSubject> = subjects.iter().collect();
         order.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         for part in order.chunks(INSERT_CHUNK) {
             let values: Vec<String> = (0..part.len())

@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-pub use matching::{BenchLoader, Candidate, MatchRow};
+pub use matching::{BenchLoader, Candidate, LoadedSubject, MatchRow};
 pub use rows::SubjectRow;
 use rows::{i64_to_u64, u64_to_i64};
 
