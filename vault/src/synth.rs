@@ -687,7 +687,9 @@ pub fn person(rng: &mut Rng) -> Person {
                 "{}{sep}{}{}@{}",
                 ascii_lower(given),
                 ascii_lower(family),
-                rng.below(100),
+                // Real addresses are unique per person; with only two
+                // digits, common names gave strangers the same address.
+                rng.below(10_000),
                 rng.pick(EMAIL_DOMAINS)
             ),
         ));
