@@ -212,14 +212,18 @@ async fn best_candidates(
     if let Some(last) = candidates.last()
         && candidates.len() == FIRST_CANDIDATES as usize
     {
+        // Settled when the `max_results` best already fetched all beat
+        // anything a lower-ranked candidate could score.
         let cap = p.plan.bound_with_blocking_hits(last.blocking_hits);
-        let mut best = f64::NEG_INFINITY;
+        let mut above = 0;
         for c in &candidates {
             let entries = decode_signature(&c.signature)
                 .ok_or(VaultError::Integrity("match_subjects.signature"))?;
-            best = best.max(p.plan.score(c.present, &entries).bits);
+            if p.plan.score(c.present, &entries).bits > cap {
+                above += 1;
+            }
         }
-        if best <= cap {
+        if above < p.max_results {
             candidates = tx
                 .match_candidates(domain, &blocking, CANDIDATE_LIMIT)
                 .await?;
@@ -342,11 +346,16 @@ impl Vault {
             .iter()
             .filter_map(|(n, _)| MatchField::parse(n.as_str()).map(MatchField::code))
             .collect();
-        let mut old = if codes.is_empty() {
-            HashMap::new()
-        } else {
+        let update = !replace.is_empty();
+        if update && codes.is_empty() {
+            // An update of fields that are never matched: nothing changes.
+            return Ok(());
+        }
+        let mut old = if update {
             tx.match_delete_fields(subject, &codes).await?;
             tx.match_signatures(subject).await?
+        } else {
+            HashMap::new()
         };
         for d in indexes {
             let mut entries: Vec<(MatchField, i64)> = match old.remove(&d.domain) {

@@ -252,8 +252,10 @@ impl Vault {
             | VaultError::Unregistered
             | VaultError::Invalid(_)
             | VaultError::NotFound
-            | VaultError::BadRequest(_)
             | VaultError::RateLimited(_) => err.to_string(),
+            // Some of these messages quote what the caller sent (an unknown
+            // field path, a column name): keep caller text out of the log.
+            VaultError::BadRequest(_) => "bad request".to_owned(),
             VaultError::Integrity(what) => format!("integrity: {what}"),
             _ => "internal".to_owned(),
         };

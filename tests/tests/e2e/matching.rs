@@ -208,7 +208,7 @@ pub async fn update_moves_the_index(b: Backend) -> anyhow::Result<()> {
     tv.subjects("partner-a")
         .await?
         .update_subject(UpdateSubjectRequest {
-            subject_id: id,
+            subject_id: id.clone(),
             fields: fields(&[("phone", "+44 7911 123456")]),
         })
         .await?;
@@ -221,6 +221,24 @@ pub async fn update_moves_the_index(b: Backend) -> anyhow::Result<()> {
     let now = query(&mut a, &[("phone", "07911 123456")]).await?;
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].pairwise_token, token);
+    // The other fields still count after the update.
+    let full = query(&mut a, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert!(full[0].agreements.iter().any(|g| g.field == "family_name"));
+    // Updating a field that is never matched leaves matching as it was.
+    tv.subjects("partner-a")
+        .await?
+        .update_subject(UpdateSubjectRequest {
+            subject_id: id,
+            fields: fields(&[("country", "GB")]),
+        })
+        .await?;
+    let after = query(&mut a, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(
+        after.len(),
+        1,
+        "still matchable after a non-matchable update"
+    );
+    assert_eq!(after[0].score, full[0].score);
     tv.stop().await
 }
 

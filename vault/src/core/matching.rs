@@ -255,33 +255,41 @@ impl QueryPlan {
     }
 
     /// The most bits a candidate holding at most `blocking_hits` blocking
-    /// indexes could score: every non-blocking field at its best level plus
-    /// the `blocking_hits` largest blocking-field weights. Lets a lookup
-    /// stop after the best-ranked candidates when one already beats it.
+    /// indexes could score: every field at its best level, except that at
+    /// most `blocking_hits` blocking fields reach a blocking level (exact,
+    /// or a swapped date); the others get at most their best non-blocking
+    /// level (a year of birth, the last four of a national id). Lets a
+    /// lookup stop after the best-ranked candidates when they beat it.
     pub fn bound_with_blocking_hits(&self, blocking_hits: u32) -> f64 {
-        let best = |f: MatchField| {
+        let levels = |f: MatchField| {
             matching::WEIGHTS
                 .iter()
                 .find(|w| w.field == f)
-                .and_then(|w| w.agree.first())
-                .map_or(0.0, |(l, _)| matching::weight(f, Some(*l)))
+                .map_or(&[][..], |w| w.agree)
         };
-        let blocking_field = |f: &MatchField| matching::BLOCKING_FIELDS.contains(f);
-        let mut blocking: Vec<f64> = self
-            .fields
-            .iter()
-            .filter(|f| blocking_field(f))
-            .map(|f| best(*f))
-            .collect();
-        blocking.sort_by(|a, b| b.total_cmp(a));
-        let others: f64 = self
-            .fields
-            .iter()
-            .filter(|f| !blocking_field(f))
-            .map(|f| best(*f))
-            .sum();
-        others
-            + blocking
+        let best = |f: MatchField, blocking_level: Option<bool>| {
+            levels(f)
+                .iter()
+                .filter(|(l, _)| {
+                    blocking_level.is_none_or(|b| b == matches!(l, Level::Exact | Level::Swapped))
+                })
+                .map(|(l, _)| matching::weight(f, Some(*l)))
+                .fold(0.0, f64::max)
+        };
+        let mut total = 0.0;
+        let mut gains = Vec::new();
+        for f in &self.fields {
+            if matching::BLOCKING_FIELDS.contains(f) {
+                let without = best(*f, Some(false));
+                total += without;
+                gains.push(best(*f, Some(true)) - without);
+            } else {
+                total += best(*f, None);
+            }
+        }
+        gains.sort_by(|a, b| b.total_cmp(a));
+        total
+            + gains
                 .iter()
                 .take(usize::try_from(blocking_hits).unwrap_or(usize::MAX))
                 .sum::<f64>()
@@ -465,6 +473,38 @@ mod tests {
         .unwrap()
         .score(ada.0, &ada.1);
         assert!(stranger.score < 0.5, "{stranger:?}");
+    }
+
+    #[test]
+    fn the_bound_caps_every_candidate_with_that_many_blocking_hits() {
+        let h = hierarchy(1);
+        let ring = MatchKeyring::derive(&h, "d", 1).unwrap();
+        let query = [
+            (MatchField::GivenName, "Ada"),
+            (MatchField::FamilyName, "Lovelace"),
+            (MatchField::DateOfBirth, "1815-12-10"),
+            (MatchField::NationalId, "AB123456C"),
+            (MatchField::Email, "ada@example.org"),
+        ];
+        let plan = QueryPlan::new(&[&ring], &query, &opts()).unwrap();
+        // One blocking hit (the e-mail), plus the year and last four that
+        // are not blocking: the bound must still cover it.
+        let one_hit = stored(
+            &ring,
+            &[
+                (MatchField::GivenName, "Ada"),
+                (MatchField::FamilyName, "Lovelace"),
+                (MatchField::DateOfBirth, "1815-01-01"),
+                (MatchField::NationalId, "ZZ993456C"),
+                (MatchField::Email, "ada@example.org"),
+            ],
+        );
+        let s = plan.score(one_hit.0, &one_hit.1);
+        assert!(s.bits <= plan.bound_with_blocking_hits(1), "{s:?}");
+        let exact = stored(&ring, &query);
+        let s = plan.score(exact.0, &exact.1);
+        assert!(s.bits <= plan.bound_with_blocking_hits(3) + 1e-9);
+        assert!(s.bits > plan.bound_with_blocking_hits(1));
     }
 
     #[test]

@@ -346,8 +346,10 @@ pub struct AuditedTx {
     tx: Transaction<'static, Any>,
     prev_seq: u64,
     prev_hash: [u8; HASH_LEN],
-    /// Held until the transaction ends (declared after `tx`, so dropped
-    /// after it rolls back).
+    /// Held until the transaction ends. On a drop without commit, sqlx
+    /// only queues the rollback (it runs when the connection returns to
+    /// the pool), so the next writer may briefly wait in SQLite's busy
+    /// handler; it never sees this transaction's writes.
     _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
