@@ -357,6 +357,11 @@ impl Vault {
         } else {
             HashMap::new()
         };
+        // One statement for every domain's signature, one for every
+        // domain's blocking rows: each statement is a round trip inside the
+        // write lock.
+        let mut signatures = Vec::with_capacity(indexes.len());
+        let mut rows: Vec<MatchRow<'_>> = Vec::new();
         for d in indexes {
             let mut entries: Vec<(MatchField, i64)> = match old.remove(&d.domain) {
                 Some(sig) => decode_signature(&sig)
@@ -368,16 +373,16 @@ impl Vault {
             };
             entries.extend(d.entries.iter().map(|(f, i, _)| (*f, *i)));
             let present = field_mask(entries.iter().map(|(f, _)| *f));
-            tx.match_set_subject(subject, &d.domain, present, encode_signature(&entries))
-                .await?;
-            let rows: Vec<MatchRow<'_>> = d
-                .entries
-                .iter()
-                .filter(|(_, _, blocking)| *blocking)
-                .map(|(f, i, _)| (d.domain.as_str(), f.code(), d.version, *i))
-                .collect();
-            tx.match_insert(subject, &rows).await?;
+            signatures.push((d.domain.as_str(), present, encode_signature(&entries)));
+            rows.extend(
+                d.entries
+                    .iter()
+                    .filter(|(_, _, blocking)| *blocking)
+                    .map(|(f, i, _)| (d.domain.as_str(), f.code(), d.version, *i)),
+            );
         }
+        tx.match_set_subject(subject, &signatures).await?;
+        tx.match_insert(subject, &rows).await?;
         Ok(())
     }
 
@@ -682,7 +687,7 @@ impl Vault {
                     }
                 }
                 let present = field_mask(entries.iter().map(|(f, _)| *f));
-                tx.match_set_subject(id, domain, present, encode_signature(&entries))
+                tx.match_set_subject(id, &[(domain, present, encode_signature(&entries))])
                     .await?;
                 tx.match_insert(id, &rows).await?;
                 total += 1;

@@ -136,24 +136,33 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// Sets `subject`'s presence mask and signature in `domain`.
+    /// Sets `subject`'s presence mask and signature in each domain of
+    /// `by_domain` `(domain, mask, signature)`, in one statement.
     pub async fn match_set_subject(
         &mut self,
         subject: &SubjectId,
-        domain: &str,
-        present: u16,
-        signature: Vec<u8>,
+        by_domain: &[(&str, u16, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (domain, subject_id) DO UPDATE SET fields = $3, signature = $4",
-        )
-        .bind(domain.to_owned())
-        .bind(subject.as_bytes().to_vec())
-        .bind(i64::from(present))
-        .bind(signature)
-        .execute(&mut *self.tx)
-        .await?;
+        for part in by_domain.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES {} \
+                 ON CONFLICT (domain, subject_id) DO UPDATE \
+                 SET fields = excluded.fields, signature = excluded.signature",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (domain, present, signature) in part {
+                q = q
+                    .bind((*domain).to_owned())
+                    .bind(subject.as_bytes().to_vec())
+                    .bind(i64::from(*present))
+                    .bind(signature.clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
         Ok(())
     }
 
