@@ -266,15 +266,11 @@ fn new_pairwise_token(rng: &dyn crate::core::Rng) -> Result<String, VaultError> 
 }
 
 impl Vault {
-    fn match_state(&self) -> &MatchState {
-        self.matching()
-    }
-
     /// The keyrings of `domain`, newest version first (cached).
     fn keyrings(&self, domain: &str) -> Result<Vec<Arc<MatchKeyring>>, VaultError> {
         let current = self.keys().current_version();
         let mut cache = self
-            .match_state()
+            .matching()
             .keyrings
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -301,7 +297,7 @@ impl Vault {
 
     /// The country code phone numbers without one are read in.
     pub(crate) fn match_options(&self) -> &NormalizeOptions {
-        &self.match_state().opts
+        &self.matching().opts
     }
 
     /// The blind indexes of `fields` in every match domain, current key
@@ -311,7 +307,7 @@ impl Vault {
         &self,
         fields: &[(FieldName, FieldValue)],
     ) -> Result<Vec<DomainIndexes>, VaultError> {
-        let st = self.match_state();
+        let st = self.matching();
         let mut out = Vec::with_capacity(st.domains.len());
         for domain in &st.domains {
             let ring = self.current_keyring(domain)?;
@@ -448,7 +444,7 @@ impl Vault {
             Ok(k) => k,
             Err(e) => return self.audit_failure(caller, A, None, e).await,
         };
-        let opts = &self.match_state().opts;
+        let opts = &self.matching().opts;
         let planned: Vec<Result<Planned, String>> = queries
             .into_iter()
             .map(|q| validate(q, &keyrings, opts))
@@ -472,7 +468,7 @@ impl Vault {
         pacing: Pacing,
     ) -> Result<(), VaultError> {
         const A: Action = Action::MatchSubjects;
-        let Some(limiter) = self.match_state().limiters.get(&partner.name) else {
+        let Some(limiter) = self.matching().limiters.get(&partner.name) else {
             return self
                 .refuse(caller, A, None, VaultError::Internal("no rate limiter"))
                 .await;
@@ -599,7 +595,7 @@ impl Vault {
     /// domains no longer configured, and indexes existing subjects for new
     /// ones (decrypting each subject's newest values). Run at start.
     pub async fn prepare_matching(&self) -> Result<(), VaultError> {
-        let st = self.match_state();
+        let st = self.matching();
         let recorded = self.store().match_domains().await?;
         let indexed: Vec<&String> = recorded
             .iter()
@@ -645,7 +641,7 @@ impl Vault {
             .into_iter()
             .next()
             .ok_or(VaultError::Internal("no key version"))?;
-        let opts = &self.match_state().opts;
+        let opts = &self.matching().opts;
         let mut after: Option<SubjectId> = None;
         let mut total = 0u64;
         loop {

@@ -15,9 +15,6 @@ use super::{caller, status, within};
 use crate::matching::{MatchCandidate, MatchQuery, Pacing, QueryAnswer};
 use crate::service::Vault;
 
-/// A stream that sends nothing for this long is closed.
-const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
-
 /// The match service.
 #[derive(Debug, Clone)]
 pub struct MatchApi {
@@ -111,24 +108,11 @@ impl MatchService for MatchApi {
         let deadline = tokio::time::Instant::now() + self.stream_deadline;
         tokio::spawn(async move {
             loop {
-                let batch = match tokio::time::timeout_at(
-                    deadline.min(tokio::time::Instant::now() + STREAM_IDLE),
-                    stream.message(),
-                )
-                .await
-                {
-                    Ok(Ok(Some(m))) => m,
-                    Ok(Ok(None)) => return,
-                    Ok(Err(e)) => {
+                let batch = match super::next_message(&mut stream, deadline, "MatchStream").await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => {
                         let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = tx
-                            .send(Err(Status::deadline_exceeded(
-                                "MatchStream idle or past its deadline",
-                            )))
-                            .await;
                         return;
                     }
                 };

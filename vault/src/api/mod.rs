@@ -51,6 +51,30 @@ pub(crate) async fn within<T>(
     })
 }
 
+/// How long a client stream may stay silent before it is closed.
+pub(crate) const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The next message of a client stream, `Ok(None)` at its end. A client
+/// that stops sending (or never ends) cannot hold the handler past
+/// [`STREAM_IDLE`] or the call's `deadline`: that is DEADLINE_EXCEEDED,
+/// naming `call`.
+pub(crate) async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    deadline: tokio::time::Instant,
+    call: &str,
+) -> Result<Option<T>, Status> {
+    tokio::time::timeout_at(
+        deadline.min(tokio::time::Instant::now() + STREAM_IDLE),
+        stream.message(),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!(
+            "{call} stream idle or past its deadline"
+        )))
+    })
+}
+
 /// The caller proven by the connection's client certificate.
 pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()

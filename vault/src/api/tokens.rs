@@ -111,8 +111,6 @@ fn settings(m: TokenizeLogRequest) -> Result<crate::logtok::Settings, Status> {
 
 /// Merges and refusals listed in one ImportBridge answer.
 const REPORT_LIMIT: usize = 1000;
-/// How long a TokenizeLog stream may stay silent.
-const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 /// Bytes of rewritten data per response: rewriting can grow a record
 /// (short identifiers become 43-character tokens), so one input message
 /// may need several responses to stay under the message size limit.
@@ -186,26 +184,11 @@ impl TokenService for TokenApi {
             loop {
                 let (data, last) = match next.take() {
                     Some(d) => (d, false),
-                    // A client that stops sending (or never ends) cannot
-                    // hold the task past the idle limit or the deadline.
-                    None => match tokio::time::timeout_at(
-                        deadline.min(tokio::time::Instant::now() + STREAM_IDLE),
-                        stream.message(),
-                    )
-                    .await
-                    {
-                        Ok(Ok(Some(m))) => (m.data, false),
-                        Ok(Ok(None)) => (Vec::new(), true),
-                        Ok(Err(e)) => {
+                    None => match super::next_message(&mut stream, deadline, "TokenizeLog").await {
+                        Ok(Some(m)) => (m.data, false),
+                        Ok(None) => (Vec::new(), true),
+                        Err(e) => {
                             let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                        Err(_) => {
-                            let _ = tx
-                                .send(Err(Status::deadline_exceeded(
-                                    "TokenizeLog stream idle or past its deadline",
-                                )))
-                                .await;
                             return;
                         }
                     },
