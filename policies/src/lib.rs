@@ -28,6 +28,14 @@ pub enum Action {
     Detokenize,
     /// Blind-match records against the vault's subjects.
     MatchSubjects,
+    /// Issue a one-time device enrollment code for a subject.
+    IssueEnrollmentCode,
+    /// Ask for a consent challenge.
+    RequestChallenge,
+    /// Present a signed consent and receive the sealed fields.
+    ReleaseConsented,
+    /// Relay a device-authorised call (enroll, receipts, revocation).
+    DeviceCall,
 }
 
 impl Action {
@@ -42,6 +50,10 @@ impl Action {
             Self::TokenizeLog => "TokenizeLog",
             Self::Detokenize => "Detokenize",
             Self::MatchSubjects => "Match",
+            Self::IssueEnrollmentCode => "IssueEnrollmentCode",
+            Self::RequestChallenge => "RequestChallenge",
+            Self::ReleaseConsented => "Release",
+            Self::DeviceCall => "DeviceCall",
         }
     }
 }
@@ -70,6 +82,12 @@ pub enum Role {
     Detokenize,
     /// `subjects.match`: blind-match records against subjects.
     SubjectsMatch,
+    /// `devices.enroll`: issue device enrollment codes.
+    DevicesEnroll,
+    /// `consent.release`: request challenges and consented releases.
+    ConsentRelease,
+    /// `devices.wallet`: a mobile app relaying device-signed calls.
+    DevicesWallet,
 }
 
 /// A role name that is not known.
@@ -87,6 +105,9 @@ impl Role {
         "bridge.import",
         "tokens.tokenize",
         "tokens.detokenize",
+        "devices.enroll",
+        "consent.release",
+        "devices.wallet",
     ];
 
     /// Parses a registry role name.
@@ -99,6 +120,9 @@ impl Role {
             "tokens.tokenize" => Ok(Self::Tokenize),
             "tokens.detokenize" => Ok(Self::Detokenize),
             "subjects.match" => Ok(Self::SubjectsMatch),
+            "devices.enroll" => Ok(Self::DevicesEnroll),
+            "consent.release" => Ok(Self::ConsentRelease),
+            "devices.wallet" => Ok(Self::DevicesWallet),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -113,6 +137,9 @@ impl Role {
             Self::Tokenize => "tokens.tokenize",
             Self::Detokenize => "tokens.detokenize",
             Self::SubjectsMatch => "subjects.match",
+            Self::DevicesEnroll => "devices.enroll",
+            Self::ConsentRelease => "consent.release",
+            Self::DevicesWallet => "devices.wallet",
         }
     }
 
@@ -126,6 +153,9 @@ impl Role {
             Self::Tokenize => &[Action::TokenizeLog],
             Self::Detokenize => &[Action::Detokenize],
             Self::SubjectsMatch => &[Action::MatchSubjects],
+            Self::DevicesEnroll => &[Action::IssueEnrollmentCode],
+            Self::ConsentRelease => &[Action::RequestChallenge, Action::ReleaseConsented],
+            Self::DevicesWallet => &[Action::DeviceCall],
         }
     }
 }
@@ -164,6 +194,9 @@ pub fn decide(roles: &[Role], action: Action) -> Decision {
                 Role::Tokenize => "role:tokens.tokenize",
                 Role::Detokenize => "role:tokens.detokenize",
                 Role::SubjectsMatch => "role:subjects.match",
+                Role::DevicesEnroll => "role:devices.enroll",
+                Role::ConsentRelease => "role:consent.release",
+                Role::DevicesWallet => "role:devices.wallet",
             },
         })
 }

@@ -93,7 +93,8 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
         Arc::new(SystemClock),
         Arc::new(SystemRng::default()),
     )
-    .with_match_country_code(config.file.matching.default_country_code);
+    .with_match_country_code(config.file.matching.default_country_code)
+    .with_consent(config.file.consent.clone());
     vault.prepare_matching().await?;
     Ok(Loaded {
         vault: Arc::new(vault),

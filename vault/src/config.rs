@@ -55,6 +55,9 @@ pub struct ConfigFile {
     /// `[matching]`
     #[serde(default)]
     pub matching: MatchingSection,
+    /// `[consent]`
+    #[serde(default)]
+    pub consent: ConsentSection,
     /// `[[partner]]` entries: the partner registry.
     #[serde(default, rename = "partner")]
     pub partners: Vec<PartnerEntry>,
@@ -140,6 +143,66 @@ pub struct MatchingSection {
     pub default_country_code: Option<u16>,
 }
 
+/// `[consent]`: lifetimes of consent-signed release (docs/consent.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentSection {
+    /// How long a challenge may be used after it is issued.
+    #[serde(default = "default_challenge_ttl")]
+    pub challenge_ttl_seconds: u32,
+    /// How long an enrollment code works.
+    #[serde(default = "default_enrollment_ttl")]
+    pub enrollment_code_ttl_seconds: u32,
+    /// Longest lifetime (expires_at − issued_at) of a single-use grant.
+    #[serde(default = "default_single_use")]
+    pub max_single_use_seconds: u32,
+    /// Longest lifetime of a standing grant, in days.
+    #[serde(default = "default_standing_days")]
+    pub max_standing_days: u32,
+    /// Clock skew tolerated between phones and the vault.
+    #[serde(default = "default_skew")]
+    pub clock_skew_seconds: u32,
+}
+
+impl Default for ConsentSection {
+    fn default() -> Self {
+        Self {
+            challenge_ttl_seconds: default_challenge_ttl(),
+            enrollment_code_ttl_seconds: default_enrollment_ttl(),
+            max_single_use_seconds: default_single_use(),
+            max_standing_days: default_standing_days(),
+            clock_skew_seconds: default_skew(),
+        }
+    }
+}
+
+fn default_challenge_ttl() -> u32 {
+    300
+}
+fn default_enrollment_ttl() -> u32 {
+    900
+}
+fn default_single_use() -> u32 {
+    600
+}
+fn default_standing_days() -> u32 {
+    365
+}
+fn default_skew() -> u32 {
+    120
+}
+
+impl ConsentSection {
+    /// The limits the core applies to grants and device requests.
+    pub fn limits(&self) -> crate::core::consent::ConsentLimits {
+        crate::core::consent::ConsentLimits {
+            max_single_use_secs: i64::from(self.max_single_use_seconds),
+            max_standing_secs: i64::from(self.max_standing_days) * 86_400,
+            skew_secs: i64::from(self.clock_skew_seconds),
+        }
+    }
+}
+
 /// One `[[partner]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +225,15 @@ pub struct PartnerEntry {
     /// Match queries allowed in a burst (default 100; at least the largest
     /// batch the partner sends).
     pub match_burst: Option<u32>,
+    /// HPKE public key consented releases are sealed to: hex of the SEC1
+    /// uncompressed P-256 point (`idvault partner release-keygen` prints it).
+    pub release_key: Option<String>,
+    /// Purpose codes this partner may receive consented data for.
+    #[serde(default)]
+    pub release_purposes: Vec<String>,
+    /// Catalogue fields this partner may receive with consent.
+    #[serde(default)]
+    pub release_fields: Vec<String>,
 }
 
 /// Default sustained match query rate per partner.
@@ -193,6 +265,12 @@ pub struct Partner {
     pub match_domain: String,
     /// Match query rate limit.
     pub match_rate: MatchRate,
+    /// Release key (consented releases are sealed to it).
+    pub release_key: Option<crate::core::consent::ReleasePublicKey>,
+    /// Purposes it may receive consented data for.
+    pub release_purposes: Vec<String>,
+    /// Fields it may receive with consent.
+    pub release_fields: Vec<crate::core::subject::FieldName>,
 }
 
 /// The validated partner registry.
@@ -315,6 +393,18 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             "server.max_message_bytes must be 1 KiB ..= 64 MiB".into(),
         ));
     }
+    let c = &file.consent;
+    if c.challenge_ttl_seconds == 0
+        || c.enrollment_code_ttl_seconds == 0
+        || c.max_single_use_seconds == 0
+        || c.max_standing_days == 0
+        || c.max_standing_days > 3660
+        || c.clock_skew_seconds > 3600
+    {
+        return Err(ConfigError::Invalid(
+            "[consent] lifetimes must be at least 1 (max_standing_days at most 3660, clock_skew_seconds at most 3600)".into(),
+        ));
+    }
     if file.server.request_timeout_secs == 0
         || file.server.handshake_timeout_secs == 0
         || file.server.stream_timeout_secs == 0
@@ -379,6 +469,48 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
                 p.name
             )));
         }
+        let release_key = match &p.release_key {
+            None => None,
+            Some(h) => Some(
+                hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| crate::core::consent::ReleasePublicKey::from_sec1(&b))
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "partner '{}': release_key must be the hex of an uncompressed P-256 point (04…, 130 hex digits)",
+                            p.name
+                        ))
+                    })?,
+            ),
+        };
+        if let Some(bad) = p
+            .release_purposes
+            .iter()
+            .find(|x| !crate::core::consent::valid_purpose(x))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': release purpose '{bad}' is not valid (1-64 of a-z, 0-9, ., _, -)",
+                p.name
+            )));
+        }
+        let release_fields = p
+            .release_fields
+            .iter()
+            .map(|f| {
+                crate::core::subject::FieldName::parse(f).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "partner '{}': release field '{f}' is not in the field catalogue",
+                        p.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if roles.contains(&Role::ConsentRelease) && release_key.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': the consent.release role needs a release_key",
+                p.name
+            )));
+        }
         partners.push(Partner {
             name: p.name.clone(),
             spiffe_id: p.spiffe_id.clone(),
@@ -386,6 +518,9 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             token_domains: p.token_domains.clone(),
             match_domain,
             match_rate,
+            release_key,
+            release_purposes: p.release_purposes.clone(),
+            release_fields,
         });
     }
     Ok(PartnerRegistry { partners })

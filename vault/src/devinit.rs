@@ -33,6 +33,8 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "bridge.import",
             "tokens.tokenize",
             "tokens.detokenize",
+            "devices.enroll",
+            "consent.release",
         ],
     ),
     (
@@ -42,7 +44,37 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "subjects.verify",
             "subjects.match",
             "tokens.tokenize",
+            "consent.release",
         ],
+    ),
+    // The development wallet app: relays device-signed calls.
+    ("wallet", &["devices.wallet"]),
+];
+
+/// What each dev partner may receive with consent: `(name, purposes, fields)`.
+/// partner-b is narrower so refusals by allowance can be tried.
+pub const DEV_RELEASE_ALLOWANCES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "partner-a",
+        &["kyc", "account_opening"],
+        &[
+            "given_name",
+            "middle_name",
+            "family_name",
+            "date_of_birth",
+            "national_id",
+            "phone",
+            "email",
+            "street_address",
+            "postcode",
+            "city",
+            "country",
+        ],
+    ),
+    (
+        "partner-b",
+        &["kyc"],
+        &["given_name", "family_name", "date_of_birth", "email"],
     ),
 ];
 
@@ -273,8 +305,9 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), InitErro
     f.sync_all().map_err(io)
 }
 
-/// The development config file text.
-pub fn dev_config(listen: &str) -> String {
+/// The development config file text; `release_keys` are the dev
+/// partners' release public keys `(name, hex)`.
+pub fn dev_config(listen: &str, release_keys: &[(String, String)]) -> String {
     let mut s = format!(
         "# Written by `idvault init --dev`: development settings, not for production.\n\
          [server]\nlisten = \"{listen}\"\ntrust_domain = \"{DEV_TRUST_DOMAIN}\"\n\n\
@@ -289,14 +322,29 @@ pub fn dev_config(listen: &str) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         // Each dev partner tokenizes in its own domain; partner-a also in "logs".
-        let domains = if *name == "partner-a" {
-            format!("\"logs\", \"{name}\"")
-        } else {
-            format!("\"{name}\"")
+        let domains = match *name {
+            "partner-a" => format!("\"logs\", \"{name}\""),
+            "wallet" => String::new(),
+            _ => format!("\"{name}\""),
         };
         s.push_str(&format!(
             "\n[[partner]]\nname = \"{name}\"\nspiffe_id = \"spiffe://{DEV_TRUST_DOMAIN}/partner/{name}\"\nroles = [{roles}]\ntoken_domains = [{domains}]\n"
         ));
+        let quoted = |xs: &[&str]| {
+            xs.iter()
+                .map(|x| format!("\"{x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some((_, purposes, fields)) = DEV_RELEASE_ALLOWANCES.iter().find(|a| a.0 == *name)
+            && let Some((_, key)) = release_keys.iter().find(|k| k.0 == *name)
+        {
+            s.push_str(&format!(
+                "# Private half: tls/{name}.release.key\nrelease_key = \"{key}\"\nrelease_purposes = [{}]\nrelease_fields = [{}]\n",
+                quoted(purposes),
+                quoted(fields)
+            ));
+        }
     }
     s
 }
@@ -382,9 +430,28 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
             ca.issue_client(&ClientSpec::partner(DEV_TRUST_DOMAIN, name, 825), rng)
         })?;
     }
+    let mut release_keys = Vec::new();
+    for (name, _, _) in DEV_RELEASE_ALLOWANCES {
+        let path = tls.join(format!("{name}.release.key"));
+        let key = match std::fs::read_to_string(&path) {
+            Ok(pem) => crate::client::ReleaseKey::from_pem(&Zeroizing::new(pem)).ok(),
+            Err(_) => None,
+        };
+        let key = match key {
+            Some(k) => k,
+            None => {
+                let k = crate::client::ReleaseKey::generate(rng).map_err(|_| InitError::Rng)?;
+                let pem = k.to_pem().map_err(|_| InitError::Rng)?;
+                write_file(&path, pem.as_bytes(), true)?;
+                made.push(path);
+                k
+            }
+        };
+        release_keys.push(((*name).to_owned(), key.public_hex()));
+    }
     let cfg = dir.join(CONFIG_FILE);
     if !cfg.exists() {
-        write_file(&cfg, dev_config(listen).as_bytes(), false)?;
+        write_file(&cfg, dev_config(listen, &release_keys).as_bytes(), false)?;
         made.push(cfg);
     }
     Ok(made)

@@ -1,5 +1,7 @@
 //! The `idvault` binary: one command for every role.
 
+mod consent_cli;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,6 +96,8 @@ enum Command {
     },
     /// Act as a partner institution against a running vault.
     Partner(PartnerArgs),
+    /// Act as a person's phone: device key, enrollment, consents, receipts.
+    Device(consent_cli::DeviceArgs),
     /// Identity bridge tools.
     Bridge {
         #[command(subcommand)]
@@ -369,6 +373,8 @@ enum PartnerCommand {
         #[arg(long, default_value_t = 3)]
         max_results: u32,
     },
+    #[command(flatten)]
+    Consent(consent_cli::PartnerConsentCommand),
 }
 
 fn parse_field(s: &str) -> Result<(String, String), String> {
@@ -460,6 +466,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => export_token_key(&dir, &domain, version, &out),
         Command::Partner(args) => partner(args).await.map_err(plain_status),
+        Command::Device(args) => consent_cli::device(args).await.map_err(plain_status),
         Command::Bench {
             command: BenchCommand::Packets { count },
         } => bench_packets(count),
@@ -648,15 +655,18 @@ async fn audit_verify(dir: &DataDir, database_url: Option<String>) -> anyhow::Re
 }
 
 async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
-    let mut c = SubjectServiceClient::new(args.conn.channel().await?);
+    // Connect only for the commands that talk to the vault (release-keygen does not).
+    let subjects = async || anyhow::Ok(SubjectServiceClient::new(args.conn.channel().await?));
     let fields = |f: Vec<(String, String)>| {
         f.into_iter()
             .map(|(name, value)| Field { name, value })
             .collect()
     };
     match args.command {
+        PartnerCommand::Consent(c) => consent_cli::partner(&args.conn, c).await?,
         PartnerCommand::CreateSubject { fields: f } => {
-            let r = c
+            let r = subjects()
+                .await?
                 .create_subject(CreateSubjectRequest { fields: fields(f) })
                 .await?
                 .into_inner();
@@ -669,7 +679,8 @@ async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
             subject_id,
             fields: f,
         } => {
-            let r = c
+            let r = subjects()
+                .await?
                 .update_subject(UpdateSubjectRequest {
                     subject_id,
                     fields: fields(f),
@@ -682,7 +693,8 @@ async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
             );
         }
         PartnerCommand::VerifyChain { subject_id } => {
-            let r = c
+            let r = subjects()
+                .await?
                 .verify_subject_chain(VerifySubjectChainRequest { subject_id })
                 .await?
                 .into_inner();
@@ -701,7 +713,8 @@ async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
             }
         }
         PartnerCommand::DeleteSubject { subject_id } => {
-            let r = c
+            let r = subjects()
+                .await?
                 .delete_subject(DeleteSubjectRequest { subject_id })
                 .await?
                 .into_inner();
@@ -1536,14 +1549,20 @@ mod tests {
 
     #[test]
     fn generated_configs_parse() {
-        let t = idvault::devinit::dev_config("127.0.0.1:50051");
+        let key = idvault::client::ReleaseKey::generate(&idvault::core::SystemRng::default())
+            .unwrap()
+            .public_hex();
+        let t = idvault::devinit::dev_config(
+            "127.0.0.1:50051",
+            &[("partner-a".into(), key.clone()), ("partner-b".into(), key)],
+        );
         assert_eq!(
             Config::parse(&t, Path::new("x"), Path::new("/d"))
                 .unwrap()
                 .registry
                 .partners()
                 .len(),
-            2
+            idvault::devinit::DEV_PARTNERS.len()
         );
         let t = idvault::devinit::production_config("0.0.0.0:50051");
         assert!(

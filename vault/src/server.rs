@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use idvault_proto::v1::consent_service_server::ConsentServiceServer;
+use idvault_proto::v1::device_service_server::DeviceServiceServer;
 use idvault_proto::v1::match_service_server::MatchServiceServer;
 use idvault_proto::v1::subject_service_server::SubjectServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{MatchApi, SubjectApi, TokenApi};
+use crate::api::{ConsentApi, DeviceApi, MatchApi, SubjectApi, TokenApi};
 use crate::service::Vault;
 use idvault_proto::v1::token_service_server::TokenServiceServer;
 
@@ -154,6 +156,23 @@ pub async fn start(
     ))
     .max_decoding_message_size(opts.max_message_bytes)
     .max_encoding_message_size(opts.max_message_bytes);
+    health_reporter
+        .set_serving::<ConsentServiceServer<ConsentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<DeviceServiceServer<DeviceApi>>()
+        .await;
+    // Consent messages are small (a grant is at most 4 KiB): a lower cap
+    // than the bulk services.
+    let consent_limit = opts.max_message_bytes.min(64 * 1024);
+    let consent =
+        ConsentServiceServer::new(ConsentApi::new(Arc::clone(&vault), opts.request_timeout))
+            .max_decoding_message_size(consent_limit)
+            .max_encoding_message_size(opts.max_message_bytes);
+    let devices =
+        DeviceServiceServer::new(DeviceApi::new(Arc::clone(&vault), opts.request_timeout))
+            .max_decoding_message_size(consent_limit)
+            .max_encoding_message_size(opts.max_message_bytes);
     let subjects = SubjectServiceServer::new(SubjectApi::new(vault, opts.request_timeout))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
@@ -177,6 +196,8 @@ pub async fn start(
         .add_service(subjects)
         .add_service(tokens)
         .add_service(matching)
+        .add_service(consent)
+        .add_service(devices)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

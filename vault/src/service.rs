@@ -60,6 +60,9 @@ pub enum VaultError {
     /// The partner's query budget is spent (its sustained rate per second).
     #[error("match rate limit of {0} queries per second exceeded; retry later")]
     RateLimited(u32),
+    /// A consent, enrollment or device call was refused (docs/consent.md).
+    #[error("refused ({reason}): {0}", reason = .0.name())]
+    Refused(crate::core::consent::Refusal),
 }
 
 impl From<StoreError> for VaultError {
@@ -82,6 +85,7 @@ impl VaultError {
             Self::Invalid(_) | Self::BadRequest(_) => "invalid",
             Self::NotFound => "not_found",
             Self::RateLimited(_) => "rate_limited",
+            Self::Refused(_) => "refused",
             _ => "error",
         }
     }
@@ -124,6 +128,7 @@ pub struct Vault {
     rng: Arc<dyn Rng>,
     xref_cache: crate::logtok::XrefCache,
     matching: crate::matching::MatchState,
+    consent: crate::config::ConsentSection,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -156,7 +161,20 @@ impl Vault {
             rng,
             xref_cache: crate::logtok::XrefCache::default(),
             matching,
+            consent: crate::config::ConsentSection::default(),
         }
+    }
+
+    /// Sets the consent lifetimes (`[consent]`).
+    #[must_use]
+    pub fn with_consent(mut self, consent: crate::config::ConsentSection) -> Self {
+        self.consent = consent;
+        self
+    }
+
+    /// Consent lifetimes.
+    pub(crate) fn consent_settings(&self) -> &crate::config::ConsentSection {
+        &self.consent
     }
 
     /// Sets the country calling code phone numbers without one are read in
@@ -209,6 +227,19 @@ impl Vault {
             .await
     }
 
+    /// Commits `tx` with an `ok` audit record about `subject`.
+    pub(crate) async fn commit_event(
+        &self,
+        tx: AuditedTx,
+        caller: &Caller,
+        action: Action,
+        subject: Option<&SubjectId>,
+        detail: String,
+    ) -> Result<(), VaultError> {
+        self.commit(tx, self.event(caller, action, subject, "ok", detail))
+            .await
+    }
+
     fn event(
         &self,
         caller: &Caller,
@@ -256,6 +287,7 @@ impl Vault {
             // Some of these messages quote what the caller sent (an unknown
             // field path, a column name): keep caller text out of the log.
             VaultError::BadRequest(_) => "bad request".to_owned(),
+            VaultError::Refused(r) => r.name().to_owned(),
             VaultError::Integrity(what) => format!("integrity: {what}"),
             _ => "internal".to_owned(),
         };
@@ -334,7 +366,7 @@ impl Vault {
     }
 
     /// Parses a subject id; a bad one is refused and audited.
-    async fn parse_subject(
+    pub(crate) async fn parse_subject_id(
         &self,
         caller: &Caller,
         action: Action,
@@ -423,7 +455,7 @@ impl Vault {
             Ok(f) => f,
             Err(e) => return self.refuse(caller, A, None, e.into()).await,
         };
-        let id = self.parse_subject(caller, A, subject).await?;
+        let id = self.parse_subject_id(caller, A, subject).await?;
         match self.update_inner(caller, partner, &id, &fields).await {
             Ok(r) => Ok(r),
             Err(e) => self.audit_failure(caller, A, Some(&id), e).await,
@@ -470,7 +502,7 @@ impl Vault {
     ) -> Result<ChainVerification, VaultError> {
         const A: Action = Action::VerifySubjectChain;
         let partner = self.authorize(caller, A).await?;
-        let id = self.parse_subject(caller, A, subject).await?;
+        let id = self.parse_subject_id(caller, A, subject).await?;
         match self.verify_inner(caller, partner, &id).await {
             Ok(r) => Ok(r),
             Err(e) => self.audit_failure(caller, A, Some(&id), e).await,
@@ -518,7 +550,7 @@ impl Vault {
     pub async fn delete_subject(&self, caller: &Caller, subject: &str) -> Result<u64, VaultError> {
         const A: Action = Action::DeleteSubject;
         let partner = self.authorize(caller, A).await?;
-        let id = self.parse_subject(caller, A, subject).await?;
+        let id = self.parse_subject_id(caller, A, subject).await?;
         let n = match self.delete_inner(caller, partner, &id).await {
             Ok(n) => n,
             Err(e) => return self.audit_failure(caller, A, Some(&id), e).await,

@@ -2,10 +2,12 @@
 //! and service errors to statuses; access control and validation live in
 //! [`crate::service`].
 
+mod consent;
 mod matching;
 mod subjects;
 mod tokens;
 
+pub use consent::{ConsentApi, DeviceApi};
 pub use matching::MatchApi;
 pub use subjects::SubjectApi;
 pub use tokens::TokenApi;
@@ -29,13 +31,53 @@ pub fn status(err: VaultError) -> Status {
         VaultError::RateLimited(_) => Code::ResourceExhausted,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
+        VaultError::Refused(r) => refusal_code(*r),
         _ => Code::Internal,
     };
     if matches!(code, Code::Unavailable | Code::DataLoss | Code::Internal) {
         // Sources are storage or key errors: table/column names, versions.
         tracing::error!(error = %err, source = ?std::error::Error::source(&err).map(ToString::to_string), "request failed");
     }
-    Status::new(code, err.to_string())
+    let mut st = Status::new(code, err.to_string());
+    if let VaultError::Refused(r) = &err {
+        // Reason tokens are fixed ASCII words, always valid metadata.
+        st.metadata_mut().insert(
+            REFUSAL_METADATA,
+            tonic::metadata::MetadataValue::from_static(r.name()),
+        );
+    }
+    st
+}
+
+/// Response metadata key holding a refusal's reason token.
+pub const REFUSAL_METADATA: &str = "idvault-refusal";
+
+/// The status code of each consent refusal (docs/consent.md lists them).
+fn refusal_code(r: crate::core::consent::Refusal) -> tonic::Code {
+    use crate::core::consent::Refusal as R;
+    use tonic::Code;
+    match r {
+        R::Malformed | R::LifetimeTooLong => Code::InvalidArgument,
+        R::BadSignature => Code::Unauthenticated,
+        R::UnknownDevice | R::ConsentUnknown => Code::NotFound,
+        R::DeviceRevoked
+        | R::SubjectMismatch
+        | R::AudienceMismatch
+        | R::ChallengeMismatch
+        | R::PurposeNotAllowed
+        | R::FieldsNotAllowed
+        | R::ConsentRevoked
+        | R::WrongAction => Code::PermissionDenied,
+        R::NotYetValid
+        | R::Expired
+        | R::ChallengeUnknown
+        | R::ChallengeExpired
+        | R::EnrollmentCodeInvalid
+        | R::RequestOutsideWindow => Code::FailedPrecondition,
+        R::ChallengeReused | R::ConsentReplayed | R::RequestReplayed | R::DeviceAlreadyEnrolled => {
+            Code::AlreadyExists
+        }
+    }
 }
 
 /// Runs a unary handler within the server's request deadline. Dropping a

@@ -7,6 +7,7 @@
 //! thin adapters around this module.
 
 pub mod audit;
+pub mod consent;
 pub mod crypto;
 pub mod keys;
 pub mod matching;

@@ -12,6 +12,7 @@
 //! `SQLITE_BUSY` under concurrency). If the audit record cannot be written,
 //! the whole transaction rolls back: the request fails closed.
 
+mod consent;
 mod matching;
 mod rows;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+pub use consent::{ChallengeRow, ConsentRow, DeviceRow, EnrollmentCodeRow, ReceiptRow};
 pub use matching::{BenchLoader, Candidate, LoadedSubject, MatchRow};
 pub use rows::SubjectRow;
 use rows::{i64_to_u64, u64_to_i64};
@@ -454,8 +456,8 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// Deletes a subject's wrapped DEK, packets, blind-matching indexes and
-    /// pairwise tokens; returns packets removed.
+    /// Deletes a subject's wrapped DEK, packets, blind-matching indexes,
+    /// pairwise tokens and consent rows; returns packets removed.
     pub async fn delete_subject(&mut self, id: &SubjectId) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM packets WHERE subject_id = $1")
             .bind(id.as_bytes().to_vec())
@@ -468,6 +470,12 @@ impl AuditedTx {
             "DELETE FROM match_index WHERE subject_id = $1",
             "DELETE FROM match_subjects WHERE subject_id = $1",
             "DELETE FROM pairwise_tokens WHERE subject_id = $1",
+            // Its devices, codes, challenges, consents and receipts.
+            "DELETE FROM devices WHERE subject_id = $1",
+            "DELETE FROM enrollment_codes WHERE subject_id = $1",
+            "DELETE FROM consent_challenges WHERE subject_id = $1",
+            "DELETE FROM consents WHERE subject_id = $1",
+            "DELETE FROM consent_receipts WHERE subject_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(id.as_bytes().to_vec())

@@ -1,0 +1,216 @@
+//! `idvault.v1.ConsentService` (partners) and `idvault.v1.DeviceService`
+//! (wallet apps relaying device-signed calls).
+
+use std::sync::Arc;
+
+use idvault_proto::v1 as pb;
+use idvault_proto::v1::consent_service_server::ConsentService;
+use idvault_proto::v1::device_service_server::DeviceService;
+use tonic::{Request, Response, Status};
+
+use super::{caller, status, within};
+use crate::consent::{DeviceOp, DeviceOutcome, ReleaseInput, Signed};
+use crate::service::Vault;
+
+/// The partner-facing consent service.
+#[derive(Debug, Clone)]
+pub struct ConsentApi {
+    vault: Arc<Vault>,
+    deadline: std::time::Duration,
+}
+
+impl ConsentApi {
+    /// Serves `vault`; each call must finish within `deadline`.
+    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
+        Self { vault, deadline }
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentService for ConsentApi {
+    async fn issue_enrollment_code(
+        &self,
+        req: Request<pb::IssueEnrollmentCodeRequest>,
+    ) -> Result<Response<pb::IssueEnrollmentCodeResponse>, Status> {
+        let who = caller(&req)?;
+        let (code, expires_at) = within(self.deadline, async {
+            self.vault
+                .issue_enrollment_code(&who, &req.into_inner().subject_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::IssueEnrollmentCodeResponse {
+            enrollment_code: code.to_string(),
+            expires_at,
+        }))
+    }
+
+    async fn request_challenge(
+        &self,
+        req: Request<pb::RequestChallengeRequest>,
+    ) -> Result<Response<pb::RequestChallengeResponse>, Status> {
+        let who = caller(&req)?;
+        let (challenge, expires_at) = within(self.deadline, async {
+            self.vault
+                .issue_challenge(&who, &req.into_inner().subject_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::RequestChallengeResponse {
+            challenge: challenge.to_vec(),
+            expires_at,
+        }))
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        use pb::release_request::Consent;
+        let who = caller(&req)?;
+        let input = match req.into_inner().consent {
+            Some(Consent::Signed(s)) => ReleaseInput::Grant(Signed {
+                bytes: s.grant,
+                signature: s.signature,
+                device_id: s.device_id,
+            }),
+            Some(Consent::StandingConsentId(id)) => ReleaseInput::Standing(id),
+            None => {
+                return Err(Status::invalid_argument(
+                    "a signed grant or a standing consent id is required",
+                ));
+            }
+        };
+        let r = within(self.deadline, async {
+            self.vault.release(&who, input).await.map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::ReleaseResponse {
+            consent_id: r.consent_id.to_vec(),
+            subject_id: r.subject.to_string(),
+            enc: r.enc,
+            ciphertext: r.ciphertext,
+            receipt_id: r.receipt_id,
+            grant_hash: r.grant_hash.to_vec(),
+        }))
+    }
+}
+
+/// The wallet-facing device service.
+#[derive(Debug, Clone)]
+pub struct DeviceApi {
+    vault: Arc<Vault>,
+    deadline: std::time::Duration,
+}
+
+impl DeviceApi {
+    /// Serves `vault`; each call must finish within `deadline`.
+    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
+        Self { vault, deadline }
+    }
+
+    async fn call(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+        op: DeviceOp,
+    ) -> Result<DeviceOutcome, Status> {
+        let who = caller(&req)?;
+        let m = req.into_inner();
+        let s = Signed {
+            bytes: m.request,
+            signature: m.signature,
+            device_id: m.device_id,
+        };
+        within(self.deadline, async {
+            self.vault.device_call(&who, op, s).await.map_err(status)
+        })
+        .await
+    }
+}
+
+fn unexpected() -> Status {
+    Status::internal("unexpected device call outcome")
+}
+
+#[tonic::async_trait]
+impl DeviceService for DeviceApi {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let who = caller(&req)?;
+        let m = req.into_inner();
+        let device_id = within(self.deadline, async {
+            self.vault
+                .enroll_device(&who, &m.enrollment, &m.signature)
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::EnrollResponse { device_id }))
+    }
+
+    async fn list_receipts(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::ListReceiptsResponse>, Status> {
+        let DeviceOutcome::Receipts(rows) = self.call(req, DeviceOp::ListReceipts).await? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::ListReceiptsResponse {
+            receipts: rows
+                .into_iter()
+                .map(|r| pb::Receipt {
+                    receipt_id: r.receipt_id,
+                    consent_id: r.consent_id.to_vec(),
+                    partner: r.partner,
+                    purpose: r.purpose,
+                    fields: r.fields.split(',').map(str::to_owned).collect(),
+                    released_at_ms: r.released_at_ms,
+                    grant_hash: r.grant_hash.to_vec(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_consent(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::RevokeConsentResponse>, Status> {
+        let DeviceOutcome::Revoked(revoked) = self.call(req, DeviceOp::RevokeConsent).await? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::RevokeConsentResponse { revoked }))
+    }
+
+    async fn list_devices(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let DeviceOutcome::Devices(rows) = self.call(req, DeviceOp::ListDevices).await? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: rows
+                .into_iter()
+                .map(|d| pb::Device {
+                    device_id: d.device_id,
+                    enrolled_at_ms: d.enrolled_at_ms,
+                    revoked_at_ms: d.revoked_at_ms.unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
+        let DeviceOutcome::Revoked(revoked) = self.call(req, DeviceOp::RevokeDevice).await? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::RevokeDeviceResponse { revoked }))
+    }
+}

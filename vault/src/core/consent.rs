@@ -1,0 +1,683 @@
+//! Consent-signed release, the pure part: device keys, signature checks,
+//! strict decoding of signed messages, grant validation, enrollment codes
+//! and the HPKE seal of a release (docs/consent.md is the specification).
+//!
+//! "Sign the bytes, send the bytes": a device signs a context string and
+//! the exact serialized message; the vault verifies those bytes first and
+//! only then decodes them, and it decodes only the canonical encoding
+//! (see [`decode_canonical`]) so that no two readers of a signed message
+//! can disagree on what it says.
+
+use std::fmt;
+
+use hpke::{Deserializable, Serializable};
+use idvault_proto::v1 as pb;
+use p256::ecdsa::signature::MultipartVerifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::elliptic_curve::scalar::IsHigh;
+use prost::Message;
+use zeroize::Zeroizing;
+
+use super::crypto::{CryptoError, HASH_LEN, Rng, sha256};
+use super::subject::{FieldName, SubjectId};
+
+/// Signing context of a [`pb::ConsentGrant`].
+pub const GRANT_CONTEXT: &[u8] = b"idvault/v1/consent-grant\0";
+/// Signing context of a [`pb::DeviceEnrollment`].
+pub const ENROLL_CONTEXT: &[u8] = b"idvault/v1/device-enrollment\0";
+/// Signing context of a [`pb::DeviceRequest`].
+pub const DEVICE_REQUEST_CONTEXT: &[u8] = b"idvault/v1/device-request\0";
+/// HPKE `info` of every release.
+pub const RELEASE_INFO: &[u8] = b"idvault/v1/release";
+/// P1363 signature length: r and s, 32 bytes each.
+pub const SIGNATURE_LEN: usize = 64;
+/// SEC1 uncompressed P-256 point length.
+pub const PUBLIC_KEY_LEN: usize = 65;
+/// Consent ids and device request ids are 16 bytes.
+pub const ID_LEN: usize = 16;
+/// Challenges are 32 bytes.
+pub const CHALLENGE_LEN: usize = 32;
+/// Largest signed message the vault looks at.
+pub const MAX_SIGNED_LEN: usize = 4096;
+/// Longest purpose code.
+pub const MAX_PURPOSE_LEN: usize = 64;
+/// Longest audience (SPIFFE id).
+pub const MAX_AUDIENCE_LEN: usize = 512;
+
+/// Why a consent, enrollment or device call was refused. [`Refusal::name`]
+/// is the stable reason token clients switch on (the `idvault-refusal`
+/// response metadata and the audit detail). No variant carries caller data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The signed bytes are not a canonical, valid message.
+    #[error("the signed message is malformed or not canonically encoded")]
+    Malformed,
+    /// No device with that id.
+    #[error("no enrolled device has this id")]
+    UnknownDevice,
+    /// The device was revoked.
+    #[error("the device has been revoked")]
+    DeviceRevoked,
+    /// The signature does not verify under the device key, is not 64
+    /// bytes, or has a high S.
+    #[error("the signature does not verify for this device key")]
+    BadSignature,
+    /// The grant names a subject the signing device is not enrolled to.
+    #[error("the device is not enrolled to the grant's subject")]
+    SubjectMismatch,
+    /// The grant's audience is not the calling partner's identity.
+    #[error("the grant's audience is not the calling partner")]
+    AudienceMismatch,
+    /// `issued_at` is in the future (beyond the allowed clock skew).
+    #[error("the grant is not valid yet")]
+    NotYetValid,
+    /// `expires_at` has passed.
+    #[error("the grant has expired")]
+    Expired,
+    /// The grant's lifetime exceeds the maximum for its kind.
+    #[error("the grant's lifetime exceeds the maximum for its kind")]
+    LifetimeTooLong,
+    /// The challenge was never issued.
+    #[error("the challenge was not issued by this vault")]
+    ChallengeUnknown,
+    /// The challenge was issued to another partner or for another subject.
+    #[error("the challenge was issued to another partner or subject")]
+    ChallengeMismatch,
+    /// The challenge has expired.
+    #[error("the challenge has expired")]
+    ChallengeExpired,
+    /// The challenge was already used.
+    #[error("the challenge has already been used")]
+    ChallengeReused,
+    /// A grant with this consent id was already presented.
+    #[error("this consent id has already been presented")]
+    ConsentReplayed,
+    /// The partner's allowances do not include the purpose.
+    #[error("the purpose is not allowed for this partner")]
+    PurposeNotAllowed,
+    /// The partner's allowances do not include every requested field.
+    #[error("a requested field is not allowed for this partner")]
+    FieldsNotAllowed,
+    /// No standing consent with that id for this partner.
+    #[error("no standing consent with this id for this partner")]
+    ConsentUnknown,
+    /// The person revoked the consent.
+    #[error("the consent has been revoked")]
+    ConsentRevoked,
+    /// The enrollment code is unknown, expired, used, or for another subject.
+    #[error("the enrollment code is not valid for this subject")]
+    EnrollmentCodeInvalid,
+    /// The device key is already enrolled.
+    #[error("this device key is already enrolled")]
+    DeviceAlreadyEnrolled,
+    /// The device request id was seen before.
+    #[error("this device request has already been used")]
+    RequestReplayed,
+    /// The device request's `issued_at` is outside the accepted window.
+    #[error("the device request is outside its time window")]
+    RequestOutsideWindow,
+    /// The signed action is not the one the RPC performs.
+    #[error("the signed action does not match the call")]
+    WrongAction,
+}
+
+impl Refusal {
+    /// Stable reason token.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownDevice => "unknown_device",
+            Self::DeviceRevoked => "device_revoked",
+            Self::BadSignature => "bad_signature",
+            Self::SubjectMismatch => "subject_mismatch",
+            Self::AudienceMismatch => "audience_mismatch",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Expired => "expired",
+            Self::LifetimeTooLong => "lifetime_too_long",
+            Self::ChallengeUnknown => "challenge_unknown",
+            Self::ChallengeMismatch => "challenge_mismatch",
+            Self::ChallengeExpired => "challenge_expired",
+            Self::ChallengeReused => "challenge_reused",
+            Self::ConsentReplayed => "consent_replayed",
+            Self::PurposeNotAllowed => "purpose_not_allowed",
+            Self::FieldsNotAllowed => "fields_not_allowed",
+            Self::ConsentUnknown => "consent_unknown",
+            Self::ConsentRevoked => "consent_revoked",
+            Self::EnrollmentCodeInvalid => "enrollment_code_invalid",
+            Self::DeviceAlreadyEnrolled => "device_already_enrolled",
+            Self::RequestReplayed => "request_replayed",
+            Self::RequestOutsideWindow => "request_outside_window",
+            Self::WrongAction => "wrong_action",
+        }
+    }
+}
+
+/// An enrolled device's public key (P-256).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DevicePublicKey(VerifyingKey);
+
+impl fmt::Debug for DevicePublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DevicePublicKey({})", device_id(&self.to_sec1()))
+    }
+}
+
+impl DevicePublicKey {
+    /// From a SEC1 uncompressed point (65 bytes); compressed points and
+    /// points not on the curve are refused.
+    pub fn from_sec1(bytes: &[u8]) -> Result<Self, Refusal> {
+        if bytes.len() != PUBLIC_KEY_LEN || bytes.first() != Some(&0x04) {
+            return Err(Refusal::Malformed);
+        }
+        VerifyingKey::from_sec1_bytes(bytes)
+            .map(Self)
+            .map_err(|_| Refusal::Malformed)
+    }
+
+    /// SEC1 uncompressed point.
+    pub fn to_sec1(&self) -> Vec<u8> {
+        self.0.to_sec1_point(false).as_bytes().to_vec()
+    }
+
+    /// The underlying key.
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        &self.0
+    }
+
+    /// Verifies a P1363 signature over `context || msg`; see [`verify`].
+    pub fn verify(&self, context: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), Refusal> {
+        verify(&self.0, context, msg, sig)
+    }
+}
+
+/// `dev_` + hex of the first 16 bytes of SHA-256 of the SEC1 public key:
+/// a device can compute its id before enrolling.
+pub fn device_id(sec1: &[u8]) -> String {
+    let h = sha256(&[sec1]);
+    format!("dev_{}", hex::encode(h.get(..16).unwrap_or_default()))
+}
+
+/// Whether `s` has the shape of a device id.
+pub fn valid_device_id(s: &str) -> bool {
+    s.len() == 36
+        && s.starts_with("dev_")
+        && s.bytes()
+            .skip(4)
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The project's ECDSA verifier: P-256, SHA-256 over `context || msg`,
+/// a 64-byte IEEE P1363 signature (r || s), and S in the lower half of the
+/// group order.
+///
+/// One encoding only: P1363 is fixed-length, so there is no length or
+/// padding variant to parse (DER has several ways to go wrong), and it is
+/// the JOSE/ES256 form the digital-ID issue uses too. ECDSA is malleable:
+/// (r, n − s) verifies whenever (r, s) does, so a replay cache keyed on
+/// signature bytes could be dodged; refusing high S leaves one valid
+/// signature per (key, message, nonce).
+pub fn verify(key: &VerifyingKey, context: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), Refusal> {
+    if sig.len() != SIGNATURE_LEN {
+        return Err(Refusal::BadSignature);
+    }
+    // Refuses r or s of zero or not below the group order.
+    let sig = Signature::from_slice(sig).map_err(|_| Refusal::BadSignature)?;
+    if bool::from(sig.s().is_high()) {
+        return Err(Refusal::BadSignature);
+    }
+    key.multipart_verify(&[context, msg], &sig)
+        .map_err(|_| Refusal::BadSignature)
+}
+
+/// Converts a DER ECDSA signature (what Android Keystore and most
+/// platform APIs emit) to the low-S P1363 form the vault accepts. For
+/// device code; the vault itself never accepts DER.
+pub fn p1363_from_der(der: &[u8]) -> Option<[u8; SIGNATURE_LEN]> {
+    let sig = Signature::from_der(der).ok()?;
+    Some(sig.normalize_s().to_bytes().into())
+}
+
+/// Decodes `bytes` only if they are the canonical encoding of the message:
+/// re-encoding must give the same bytes. This refuses unknown fields,
+/// repeated occurrences of a singular field (protobuf parsers disagree on
+/// which one wins), explicitly encoded defaults and non-minimal varints.
+pub fn decode_canonical<M: Message + Default>(bytes: &[u8]) -> Option<M> {
+    if bytes.len() > MAX_SIGNED_LEN {
+        return None;
+    }
+    let m = M::decode(bytes).ok()?;
+    (m.encoded_len() == bytes.len() && m.encode_to_vec() == bytes).then_some(m)
+}
+
+/// Limits applied to grants and device requests (`[consent]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentLimits {
+    /// Longest lifetime of a single-use grant, seconds.
+    pub max_single_use_secs: i64,
+    /// Longest lifetime of a standing grant, seconds.
+    pub max_standing_secs: i64,
+    /// Clock skew tolerated on `issued_at`, seconds.
+    pub skew_secs: i64,
+}
+
+impl Default for ConsentLimits {
+    fn default() -> Self {
+        Self {
+            max_single_use_secs: 600,
+            max_standing_secs: 365 * 24 * 3600,
+            skew_secs: 120,
+        }
+    }
+}
+
+/// A verified and validated consent grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Consent id.
+    pub consent_id: [u8; ID_LEN],
+    /// Subject.
+    pub subject: SubjectId,
+    /// Audience: the partner's SPIFFE id.
+    pub audience: String,
+    /// Purpose code.
+    pub purpose: String,
+    /// Consented fields, sorted, each once.
+    pub fields: Vec<FieldName>,
+    /// Challenge.
+    pub challenge: [u8; CHALLENGE_LEN],
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Standing (true) or single-use.
+    pub standing: bool,
+}
+
+/// Whether `p` is a purpose code: 1-64 of `a-z 0-9 . _ -`.
+pub fn valid_purpose(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= MAX_PURPOSE_LEN
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// Parses field names: catalogue names, at least one, each once; sorted.
+pub fn parse_field_names<S: AsRef<str>>(names: &[S]) -> Option<Vec<FieldName>> {
+    if names.is_empty() || names.len() > super::subject::MAX_FIELDS_PER_REQUEST {
+        return None;
+    }
+    let mut out = names
+        .iter()
+        .map(|n| FieldName::parse(n.as_ref()).ok())
+        .collect::<Option<Vec<_>>>()?;
+    out.sort();
+    let n = out.len();
+    out.dedup();
+    (out.len() == n).then_some(out)
+}
+
+/// Decodes verified grant bytes. Call only after the signature verified.
+pub fn decode_grant(bytes: &[u8]) -> Result<Grant, Refusal> {
+    let g: pb::ConsentGrant = decode_canonical(bytes).ok_or(Refusal::Malformed)?;
+    let standing = match pb::ConsentKind::try_from(g.kind) {
+        Ok(pb::ConsentKind::SingleUse) => false,
+        Ok(pb::ConsentKind::Standing) => true,
+        _ => return Err(Refusal::Malformed),
+    };
+    let consent_id = g.consent_id.try_into().map_err(|_| Refusal::Malformed)?;
+    let challenge = g.challenge.try_into().map_err(|_| Refusal::Malformed)?;
+    let subject = SubjectId::parse(&g.subject_id).map_err(|_| Refusal::Malformed)?;
+    if g.audience.is_empty() || g.audience.len() > MAX_AUDIENCE_LEN || !valid_purpose(&g.purpose) {
+        return Err(Refusal::Malformed);
+    }
+    let fields = parse_field_names(&g.fields).ok_or(Refusal::Malformed)?;
+    Ok(Grant {
+        consent_id,
+        subject,
+        audience: g.audience,
+        purpose: g.purpose,
+        fields,
+        challenge,
+        issued_at: g.issued_at,
+        expires_at: g.expires_at,
+        standing,
+    })
+}
+
+impl Grant {
+    /// Checks the grant's window at `now` (Unix seconds): issued no later
+    /// than `now + skew`, not expired, and no longer-lived than its kind
+    /// allows.
+    pub fn check_window(&self, now: i64, limits: &ConsentLimits) -> Result<(), Refusal> {
+        let lifetime = self.expires_at.saturating_sub(self.issued_at);
+        let max = if self.standing {
+            limits.max_standing_secs
+        } else {
+            limits.max_single_use_secs
+        };
+        if lifetime <= 0 || lifetime > max {
+            return Err(Refusal::LifetimeTooLong);
+        }
+        if self.issued_at > now.saturating_add(limits.skew_secs) {
+            return Err(Refusal::NotYetValid);
+        }
+        if now >= self.expires_at {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of the signed grant bytes: the receipt's `grant_hash`.
+pub fn grant_hash(grant_bytes: &[u8]) -> [u8; HASH_LEN] {
+    sha256(&[grant_bytes])
+}
+
+/// A verified device enrollment.
+#[derive(Debug)]
+pub struct Enrollment {
+    /// Subject to enroll to.
+    pub subject: SubjectId,
+    /// The enrollment code as typed (normalised by [`enrollment_code_hash`]).
+    pub code: Zeroizing<String>,
+    /// The new device key.
+    pub key: DevicePublicKey,
+}
+
+/// Decodes an enrollment and checks its proof of possession: the key it
+/// carries signed it. (The key has to be read from the message first;
+/// the message is still refused unless those exact bytes verify.)
+pub fn verify_enrollment(bytes: &[u8], sig: &[u8]) -> Result<Enrollment, Refusal> {
+    let e: pb::DeviceEnrollment = decode_canonical(bytes).ok_or(Refusal::Malformed)?;
+    let key = DevicePublicKey::from_sec1(&e.public_key)?;
+    key.verify(ENROLL_CONTEXT, bytes, sig)?;
+    let subject = SubjectId::parse(&e.subject_id).map_err(|_| Refusal::Malformed)?;
+    Ok(Enrollment {
+        subject,
+        code: Zeroizing::new(e.enrollment_code),
+        key,
+    })
+}
+
+/// What a device asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// List the subject's release receipts.
+    ListReceipts,
+    /// Revoke a consent.
+    RevokeConsent([u8; ID_LEN]),
+    /// List the subject's devices.
+    ListDevices,
+    /// Revoke a device of the same subject.
+    RevokeDevice(String),
+}
+
+/// A verified device request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCall {
+    /// Request id (replay protection).
+    pub request_id: [u8; ID_LEN],
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// The action.
+    pub action: DeviceAction,
+}
+
+/// Decodes verified device-request bytes.
+pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
+    use pb::device_request::Action;
+    let r: pb::DeviceRequest = decode_canonical(bytes).ok_or(Refusal::Malformed)?;
+    let request_id = r.request_id.try_into().map_err(|_| Refusal::Malformed)?;
+    let action = match r.action.ok_or(Refusal::Malformed)? {
+        Action::ListReceipts(_) => DeviceAction::ListReceipts,
+        Action::ListDevices(_) => DeviceAction::ListDevices,
+        Action::RevokeConsent(c) => {
+            DeviceAction::RevokeConsent(c.consent_id.try_into().map_err(|_| Refusal::Malformed)?)
+        }
+        Action::RevokeDevice(d) if valid_device_id(&d.device_id) => {
+            DeviceAction::RevokeDevice(d.device_id)
+        }
+        Action::RevokeDevice(_) => return Err(Refusal::Malformed),
+    };
+    Ok(DeviceCall {
+        request_id,
+        issued_at: r.issued_at,
+        action,
+    })
+}
+
+/// Characters of an enrollment code (Crockford base32: no I, L, O, U).
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// Characters in an enrollment code: 100 bits.
+const CODE_CHARS: usize = 20;
+
+/// A fresh enrollment code, `XXXXX-XXXXX-XXXXX-XXXXX` (100 random bits).
+pub fn generate_enrollment_code(rng: &dyn Rng) -> Result<Zeroizing<String>, CryptoError> {
+    let mut raw = Zeroizing::new([0u8; CODE_CHARS]);
+    rng.fill(raw.as_mut())?;
+    let mut s = Zeroizing::new(String::with_capacity(CODE_CHARS + 3));
+    for (i, b) in raw.iter().enumerate() {
+        if i > 0 && i % 5 == 0 {
+            s.push('-');
+        }
+        let c = CODE_ALPHABET
+            .get(usize::from(b & 31))
+            .copied()
+            .unwrap_or(b'0');
+        s.push(char::from(c));
+    }
+    Ok(s)
+}
+
+/// What is stored for an enrollment code: SHA-256 of its normalised form
+/// (upper case, no separators), so a database reader cannot enroll.
+pub fn enrollment_code_hash(code: &str) -> [u8; HASH_LEN] {
+    let norm: Zeroizing<String> = Zeroizing::new(
+        code.chars()
+            .filter(|c| !matches!(c, '-' | ' '))
+            .map(|c| c.to_ascii_uppercase())
+            .collect(),
+    );
+    sha256(&[b"idvault/v1/enrollment-code\0", norm.as_bytes()])
+}
+
+/// A partner's registered release key (HPKE recipient public key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReleasePublicKey(<hpke::kem::DhP256HkdfSha256 as hpke::Kem>::PublicKey);
+
+impl fmt::Debug for ReleasePublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReleasePublicKey({})", hex::encode(self.to_sec1()))
+    }
+}
+
+impl ReleasePublicKey {
+    /// From a SEC1 uncompressed point (65 bytes).
+    pub fn from_sec1(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != PUBLIC_KEY_LEN || bytes.first() != Some(&0x04) {
+            return None;
+        }
+        <hpke::kem::DhP256HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(bytes)
+            .ok()
+            .map(Self)
+    }
+
+    /// SEC1 uncompressed point.
+    pub fn to_sec1(&self) -> Vec<u8> {
+        self.0.to_bytes().to_vec()
+    }
+}
+
+/// The HPKE suite: DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
+type Kem = hpke::kem::DhP256HkdfSha256;
+type Kdf = hpke::kdf::HkdfSha256;
+type Aead = hpke::aead::AesGcm256;
+
+/// The HPKE associated data of a release: consent id then subject id (16
+/// bytes each), so a sealed release cannot be passed off as another.
+pub fn release_aad(consent_id: &[u8; ID_LEN], subject: &SubjectId) -> [u8; 32] {
+    let mut aad = [0u8; 32];
+    let (a, b) = aad.split_at_mut(ID_LEN);
+    a.copy_from_slice(consent_id);
+    b.copy_from_slice(subject.as_bytes());
+    aad
+}
+
+/// Feeds the HPKE ephemeral-key derivation from bytes drawn beforehand
+/// from the vault's fallible [`Rng`]: hpke wants an infallible RNG.
+/// DHKEM(P-256) draws exactly one 32-byte seed (RFC 9180 §4.1,
+/// DeriveKeyPair(random(Nsk))). Should it ever ask for more, `exhausted`
+/// is set and the caller discards the result.
+struct SeedRng {
+    seed: Zeroizing<[u8; 32]>,
+    used: usize,
+    exhausted: bool,
+}
+
+impl hpke::rand_core::TryRng for SeedRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        match self.seed.get(self.used..self.used + dst.len()) {
+            Some(src) => {
+                dst.copy_from_slice(src);
+                self.used += dst.len();
+            }
+            None => {
+                dst.fill(0);
+                self.exhausted = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl hpke::rand_core::TryCryptoRng for SeedRng {}
+
+/// Seals `plaintext` to `pk` in HPKE base mode with `seed` as the
+/// ephemeral-key randomness. Public for the RFC 9180 known-answer test;
+/// the vault calls [`seal_release`].
+pub fn seal_with_seed(
+    pk: &ReleasePublicKey,
+    seed: [u8; 32],
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+    let mut rng = SeedRng {
+        seed: Zeroizing::new(seed),
+        used: 0,
+        exhausted: false,
+    };
+    let (enc, ct) = hpke::single_shot_seal_with_rng::<Aead, Kdf, Kem>(
+        &hpke::OpModeS::Base,
+        &pk.0,
+        info,
+        plaintext,
+        aad,
+        &mut rng,
+    )
+    .map_err(|_| CryptoError::InvalidLength)?;
+    if rng.exhausted {
+        return Err(CryptoError::Rng);
+    }
+    Ok((enc.to_bytes().to_vec(), ct))
+}
+
+/// Seals a release's plaintext to the partner's key: returns `(enc, ciphertext)`.
+pub fn seal_release(
+    pk: &ReleasePublicKey,
+    consent_id: &[u8; ID_LEN],
+    subject: &SubjectId,
+    plaintext: &[u8],
+    rng: &dyn Rng,
+) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill(seed.as_mut())?;
+    seal_with_seed(
+        pk,
+        *seed,
+        RELEASE_INFO,
+        &release_aad(consent_id, subject),
+        plaintext,
+    )
+}
+
+/// A partner's release private key (HPKE recipient).
+pub struct ReleaseSecretKey(<Kem as hpke::Kem>::PrivateKey);
+
+impl fmt::Debug for ReleaseSecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReleaseSecretKey(redacted)")
+    }
+}
+
+impl ReleaseSecretKey {
+    /// From the 32-byte big-endian scalar.
+    pub fn from_scalar(bytes: &[u8]) -> Option<Self> {
+        <Kem as hpke::Kem>::PrivateKey::from_bytes(bytes)
+            .ok()
+            .map(Self)
+    }
+
+    /// RFC 9180 DeriveKeyPair (for known-answer tests).
+    pub fn derive(ikm: &[u8]) -> Self {
+        Self(<Kem as hpke::Kem>::derive_keypair(ikm).0)
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> ReleasePublicKey {
+        ReleasePublicKey(<Kem as hpke::Kem>::sk_to_pk(&self.0))
+    }
+
+    /// Opens an HPKE base-mode ciphertext.
+    pub fn open(
+        &self,
+        enc: &[u8],
+        info: &[u8],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+            .map_err(|_| CryptoError::Authentication)?;
+        hpke::single_shot_open::<Aead, Kdf, Kem>(
+            &hpke::OpModeR::Base,
+            &self.0,
+            &enc,
+            info,
+            ciphertext,
+            aad,
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// Opens a release sealed by [`seal_release`].
+    pub fn open_release(
+        &self,
+        consent_id: &[u8; ID_LEN],
+        subject: &SubjectId,
+        enc: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.open(
+            enc,
+            RELEASE_INFO,
+            &release_aad(consent_id, subject),
+            ciphertext,
+        )
+    }
+}
