@@ -224,3 +224,115 @@ impl DeviceKey {
 pub fn unix_now() -> i64 {
     crate::core::Clock::now_millis(&crate::core::SystemClock).div_euclid(1000)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::consent::{
+        DevicePublicKey, ReleasePublicKey, ReleaseSecretKey, decode_grant, release_aad,
+        seal_with_seed,
+    };
+    use crate::core::subject::SubjectId;
+
+    /// The vectors published in docs/consent.md ("Test vectors"); if this
+    /// test changes, so must the document.
+    const DOC_DEVICE_SCALAR: &str =
+        "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
+    const DOC_SUBJECT: &str = "6f1c2b9e-8a41-4d3c-9b7e-2a5f0c1d3e4f";
+
+    fn doc_grant() -> GrantRequest {
+        GrantRequest {
+            subject_id: DOC_SUBJECT.into(),
+            audience: "spiffe://idvault.dev/partner/partner-b".into(),
+            purpose: "kyc".into(),
+            fields: vec!["given_name".into(), "email".into()],
+            challenge: vec![0xa5; 32],
+            issued_at: 1_795_000_000,
+            expires_at: 1_795_000_300,
+            standing: false,
+        }
+    }
+
+    #[test]
+    fn doc_vectors() {
+        let k = DeviceKey::from_scalar(&hex::decode(DOC_DEVICE_SCALAR).unwrap()).unwrap();
+        let consent_id: Vec<u8> = (0u8..16).collect();
+        let s = k
+            .sign_grant_with_id(consent_id.clone(), &doc_grant())
+            .unwrap();
+        assert_eq!(
+            hex::encode(k.public_key()),
+            "04515c3d6eb9e396b904d3feca7f54fdcd0cc1e997bf375dca515ad0a6c3b4035f4536be3a50f318fbf9a5475902a221502bef0d57e08c53b2cc0a56f17d9f9354"
+        );
+        assert_eq!(k.device_id(), "dev_4269889431e3131966fcaf6a45714194");
+        assert_eq!(
+            hex::encode(&s.grant),
+            "0a10000102030405060708090a0b0c0d0e0f122436663163326239652d386134312d346433632d396237652d3261356630633164336534661a267370696666653a2f2f69647661756c742e6465762f706172746e65722f706172746e65722d6222036b79632a0a676976656e5f6e616d652a05656d61696c3220a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a538c08df6d70640ec8ff6d7064801"
+        );
+        assert_eq!(
+            hex::encode(&s.signature),
+            "47ca627e8f01624718e791f97cfd02fce82646f1aa1be5029061364e9a9b93fb0cef6c9f462fbc5eb84c390ab269fd098a5c69cae91db44f0fde7a346fd39b24"
+        );
+        assert_eq!(
+            hex::encode(crate::core::consent::grant_hash(&s.grant)),
+            "0d2e5d5b16599232142a91b3f49c2cd9f64f44422d7033b1b1400b5d4b4f1ec0"
+        );
+        let key = DevicePublicKey::from_sec1(&k.public_key()).unwrap();
+        key.verify(GRANT_CONTEXT, &s.grant, &s.signature).unwrap();
+        decode_grant(&s.grant).unwrap();
+        // The release seal, with a fixed partner key and ephemeral seed.
+        let partner = ReleaseSecretKey::from_scalar(&[0x02; 32]).unwrap();
+        let pk = ReleasePublicKey::from_sec1(&partner.public_key().to_sec1()).unwrap();
+        let plain = pb::ReleasedFields {
+            fields: vec![
+                pb::Field {
+                    name: "email".into(),
+                    value: "amelie.ol@example.org".into(),
+                },
+                pb::Field {
+                    name: "given_name".into(),
+                    value: "Amélie".into(),
+                },
+            ],
+        }
+        .encode_to_vec();
+        let cid: [u8; 16] = consent_id.try_into().unwrap();
+        let subject = SubjectId::parse(DOC_SUBJECT).unwrap();
+        let aad = release_aad(&cid, &subject);
+        let (enc, ct) = seal_with_seed(
+            &pk,
+            [0x03; 32],
+            crate::core::consent::RELEASE_INFO,
+            &aad,
+            &plain,
+        )
+        .unwrap();
+        assert_eq!(
+            hex::encode(pk.to_sec1()),
+            "04550f471003f3df97c3df506ac797f6721fb1a1fb7b8f6f83d224498a65c88e24136093d7012e509a73715cbd0b00a3cc0ff4b5c01b3ffa196ab1fb327036b8e6"
+        );
+        assert_eq!(
+            hex::encode(&plain),
+            "0a1e0a05656d61696c1215616d656c69652e6f6c406578616d706c652e6f72670a150a0a676976656e5f6e616d651207416dc3a96c6965"
+        );
+        assert_eq!(
+            hex::encode(aad),
+            "000102030405060708090a0b0c0d0e0f6f1c2b9e8a414d3c9b7e2a5f0c1d3e4f"
+        );
+        assert_eq!(
+            hex::encode(&enc),
+            "04d93c1e7accd3e5e7f975c204a420c269e75ae1cdd7c9272e9764f49fa5a7d9a96a340c2555220402f66b4ec409f0cf904e9ba492a7151a7c412d421efba0b27a"
+        );
+        assert_eq!(
+            hex::encode(&ct),
+            "9832c71c4f87832ad95f680b9965b937318531630aa07a779b04da1acb4ea1f4fd2a096e06b7de4249031f9925b7099178d6251a8cd01e9f40daf7e71ade5f22d7d70611398c10"
+        );
+        assert_eq!(
+            partner
+                .open_release(&cid, &subject, &enc, &ct)
+                .unwrap()
+                .as_slice(),
+            &plain[..]
+        );
+    }
+}

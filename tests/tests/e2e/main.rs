@@ -15,6 +15,7 @@
 mod audit;
 mod bad_input;
 mod bridge;
+mod consent;
 mod logs;
 mod matching;
 mod mtls;
@@ -71,6 +72,13 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::rate_limit_triggers,
     matching::match_needs_the_match_role,
     matching::new_match_domain_is_backfilled_at_start,
+    consent::happy_path_end_to_end,
+    consent::signature_refusals,
+    consent::grant_checks_refuse,
+    consent::challenge_and_replay_refusals,
+    consent::replay_refused_after_restart,
+    consent::standing_consent_and_revocation,
+    consent::enrollment_and_device_call_checks,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.

@@ -230,11 +230,19 @@ pub fn verify(key: &VerifyingKey, context: &[u8], msg: &[u8], sig: &[u8]) -> Res
         .map_err(|_| Refusal::BadSignature)
 }
 
-/// Converts a DER ECDSA signature (what Android Keystore and most
-/// platform APIs emit) to the low-S P1363 form the vault accepts. For
-/// device code; the vault itself never accepts DER.
+/// Converts a strict-DER ECDSA signature (what Android Keystore, iOS
+/// `derRepresentation` and most platform APIs emit) to P1363, unchanged.
+/// For device code and tests; the vault itself never accepts DER. A
+/// device must also apply [`normalize_low_s`] before sending.
 pub fn p1363_from_der(der: &[u8]) -> Option<[u8; SIGNATURE_LEN]> {
     let sig = Signature::from_der(der).ok()?;
+    Some(sig.to_bytes().into())
+}
+
+/// Replaces S by n − S when S is high: the low-S twin the vault accepts.
+/// Platform signers (Android Keystore, iOS CryptoKit) do not normalise.
+pub fn normalize_low_s(sig: &[u8]) -> Option<[u8; SIGNATURE_LEN]> {
+    let sig = Signature::from_slice(sig).ok()?;
     Some(sig.normalize_s().to_bytes().into())
 }
 
@@ -679,5 +687,219 @@ impl ReleaseSecretKey {
             &release_aad(consent_id, subject),
             ciphertext,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::SystemRng;
+    use p256::ecdsa::SigningKey;
+    use p256::ecdsa::signature::{MultipartSigner, Verifier};
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    /// RFC 9180 test vector, mode 0 (base), DHKEM(P-256, HKDF-SHA256),
+    /// HKDF-SHA256, AES-256-GCM (kem 0x0010, kdf 0x0001, aead 0x0002),
+    /// first encryption.
+    #[test]
+    fn hpke_rfc9180_vector() {
+        let info = h("4f6465206f6e2061204772656369616e2055726e");
+        let ikm_e = h("a90d3417c3da9cb6c6ae19b4b5dd6cc9529a4cc24efb7ae0ace1f31887a8cd6c");
+        let ikm_r = h("a0ce15d49e28bd47a18a97e147582d814b08cbe00109fed5ec27d1b4e9f6f5e3");
+        let sk_rm = h("317f915db7bc629c48fe765587897e01e282d3e8445f79f27f65d031a88082b2");
+        let pk_rm = h(
+            "04abc7e49a4c6b3566d77d0304addc6ed0e98512ffccf505e6a8e3eb25c685136f853148544876de76c0f2ef99cdc3a05ccf5ded7860c7c021238f9e2073d2356c",
+        );
+        let enc = h(
+            "04c06b4f6bebc7bb495cb797ab753f911aff80aefb86fd8b6fcc35525f3ab5f03e0b21bd31a86c6048af3cb2d98e0d3bf01da5cc4c39ff5370d331a4f1f7d5a4e0",
+        );
+        let aad = h("436f756e742d30");
+        let pt = h("4265617574792069732074727574682c20747275746820626561757479");
+        let ct = h(
+            "58c61a45059d0c5704560e9d88b564a8b63f1364b8d1fcb3c4c6ddc1d291742465e902cd216f8908da49f8f96f",
+        );
+        // Key derivation and parsing.
+        assert_eq!(
+            ReleaseSecretKey::derive(&ikm_r).public_key().to_sec1(),
+            pk_rm
+        );
+        let sk = ReleaseSecretKey::from_scalar(&sk_rm).unwrap();
+        assert_eq!(sk.public_key().to_sec1(), pk_rm);
+        let pk = ReleasePublicKey::from_sec1(&pk_rm).unwrap();
+        // Seal with the vector's ephemeral seed: byte-exact.
+        let seed: [u8; 32] = ikm_e.try_into().unwrap();
+        let (e, c) = seal_with_seed(&pk, seed, &info, &aad, &pt).unwrap();
+        assert_eq!(
+            (e.as_slice(), c.as_slice()),
+            (enc.as_slice(), ct.as_slice())
+        );
+        // Open, and refuse a changed aad, info or ciphertext.
+        assert_eq!(sk.open(&enc, &info, &aad, &ct).unwrap().as_slice(), &pt[..]);
+        assert!(sk.open(&enc, &info, b"Count-1", &ct).is_err());
+        assert!(sk.open(&enc, b"other", &aad, &ct).is_err());
+        let mut bad = ct.clone();
+        bad[0] ^= 1;
+        assert!(sk.open(&enc, &info, &aad, &bad).is_err());
+    }
+
+    #[test]
+    fn release_round_trip_is_bound_to_consent_and_subject() {
+        let rng = SystemRng::default();
+        let sk = ReleaseSecretKey::derive(b"a partner release key seed, 32b!");
+        let subject = SubjectId::generate(&rng).unwrap();
+        let (enc, ct) =
+            seal_release(&sk.public_key(), &[1; 16], &subject, b"fields", &rng).unwrap();
+        assert_eq!(
+            sk.open_release(&[1; 16], &subject, &enc, &ct)
+                .unwrap()
+                .as_slice(),
+            b"fields"
+        );
+        assert!(sk.open_release(&[2; 16], &subject, &enc, &ct).is_err());
+        let other = SubjectId::generate(&rng).unwrap();
+        assert!(sk.open_release(&[1; 16], &other, &enc, &ct).is_err());
+        assert!(ReleasePublicKey::from_sec1(&[4; 65]).is_none());
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_slice(&[7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn high_s_is_refused_though_it_verifies_mathematically() {
+        let k = key();
+        let vk = *k.verifying_key();
+        let mut checked = 0;
+        for i in 0..16u8 {
+            let msg = [i; 8];
+            let sig: Signature = k.try_multipart_sign(&[GRANT_CONTEXT, &msg]).unwrap();
+            let low = sig.normalize_s();
+            let high = Signature::from_scalars(low.r().to_bytes(), (-*low.s()).to_bytes()).unwrap();
+            assert!(verify(&vk, GRANT_CONTEXT, &msg, &low.to_bytes()).is_ok());
+            // The plain verifier accepts the twin; ours does not.
+            let mut whole = GRANT_CONTEXT.to_vec();
+            whole.extend_from_slice(&msg);
+            assert!(vk.verify(&whole, &high).is_ok());
+            assert_eq!(
+                verify(&vk, GRANT_CONTEXT, &msg, &high.to_bytes()),
+                Err(Refusal::BadSignature)
+            );
+            // Another context does not verify.
+            assert!(verify(&vk, DEVICE_REQUEST_CONTEXT, &msg, &low.to_bytes()).is_err());
+            checked += 1;
+        }
+        assert_eq!(checked, 16);
+        assert_eq!(verify(&vk, b"", b"m", &[0; 64]), Err(Refusal::BadSignature));
+        assert_eq!(verify(&vk, b"", b"m", &[1; 63]), Err(Refusal::BadSignature));
+    }
+
+    fn sample_grant() -> pb::ConsentGrant {
+        pb::ConsentGrant {
+            consent_id: vec![1; 16],
+            subject_id: "6f1c2b9e-8a41-4d3c-9b7e-2a5f0c1d3e4f".into(),
+            audience: "spiffe://idvault.dev/partner/partner-b".into(),
+            purpose: "kyc".into(),
+            fields: vec!["given_name".into(), "email".into()],
+            challenge: vec![0xa5; 32],
+            issued_at: 1_795_000_000,
+            expires_at: 1_795_000_300,
+            kind: pb::ConsentKind::SingleUse.into(),
+        }
+    }
+
+    #[test]
+    fn only_canonical_grants_decode() {
+        let bytes = sample_grant().encode_to_vec();
+        let g = decode_grant(&bytes).unwrap();
+        assert_eq!(
+            g.fields.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            ["email", "given_name"]
+        );
+        assert!(!g.standing);
+        // A repeated singular field, an unknown field, an explicit default.
+        let mut dup = bytes.clone();
+        dup.extend_from_slice(&[0x22, 0x01, b'x']);
+        assert_eq!(decode_grant(&dup), Err(Refusal::Malformed));
+        let mut unknown = bytes.clone();
+        unknown.extend_from_slice(&[0xf8, 0x01, 0x01]);
+        assert_eq!(decode_grant(&unknown), Err(Refusal::Malformed));
+        let mut explicit_zero = vec![0x50, 0x00];
+        explicit_zero.extend_from_slice(&bytes);
+        assert_eq!(decode_grant(&explicit_zero), Err(Refusal::Malformed));
+        // Bad values.
+        for f in [
+            |g: &mut pb::ConsentGrant| g.consent_id = vec![1; 15],
+            |g: &mut pb::ConsentGrant| g.challenge = vec![1; 31],
+            |g: &mut pb::ConsentGrant| g.kind = 0,
+            |g: &mut pb::ConsentGrant| g.purpose = "KYC".into(),
+            |g: &mut pb::ConsentGrant| g.fields = vec![],
+            |g: &mut pb::ConsentGrant| g.fields = vec!["email".into(), "email".into()],
+            |g: &mut pb::ConsentGrant| g.subject_id = "nope".into(),
+            |g: &mut pb::ConsentGrant| g.audience = String::new(),
+        ] {
+            let mut g = sample_grant();
+            f(&mut g);
+            assert_eq!(decode_grant(&g.encode_to_vec()), Err(Refusal::Malformed));
+        }
+    }
+
+    #[test]
+    fn windows() {
+        let l = ConsentLimits::default();
+        let g = decode_grant(&sample_grant().encode_to_vec()).unwrap();
+        assert_eq!(g.check_window(1_795_000_000, &l), Ok(()));
+        assert_eq!(g.check_window(1_795_000_299, &l), Ok(()));
+        assert_eq!(g.check_window(1_795_000_300, &l), Err(Refusal::Expired));
+        assert_eq!(g.check_window(1_794_999_880, &l), Ok(()), "within skew");
+        assert_eq!(g.check_window(1_794_999_879, &l), Err(Refusal::NotYetValid));
+        let mut long = g.clone();
+        long.expires_at = long.issued_at + 601;
+        assert_eq!(
+            long.check_window(1_795_000_000, &l),
+            Err(Refusal::LifetimeTooLong)
+        );
+        long.standing = true;
+        assert_eq!(long.check_window(1_795_000_000, &l), Ok(()));
+        let mut backwards = g;
+        backwards.expires_at = backwards.issued_at;
+        assert_eq!(
+            backwards.check_window(1_795_000_000, &l),
+            Err(Refusal::LifetimeTooLong)
+        );
+    }
+
+    #[test]
+    fn enrollment_codes() {
+        let code = generate_enrollment_code(&SystemRng::default()).unwrap();
+        assert_eq!(code.len(), 23);
+        assert!(code.split('-').all(|p| p.len() == 5));
+        let typed = code.replace('-', " ").to_lowercase();
+        assert_eq!(enrollment_code_hash(&code), enrollment_code_hash(&typed));
+        assert_ne!(
+            enrollment_code_hash(&code),
+            enrollment_code_hash("00000-00000-00000-00000")
+        );
+    }
+
+    #[test]
+    fn device_ids() {
+        let sec1 = key()
+            .verifying_key()
+            .to_sec1_point(false)
+            .as_bytes()
+            .to_vec();
+        let id = device_id(&sec1);
+        assert!(valid_device_id(&id), "{id}");
+        assert!(!valid_device_id("dev_XYZ"));
+        assert!(DevicePublicKey::from_sec1(&sec1[..33]).is_err());
+        let compressed = key()
+            .verifying_key()
+            .to_sec1_point(true)
+            .as_bytes()
+            .to_vec();
+        assert!(DevicePublicKey::from_sec1(&compressed).is_err());
     }
 }

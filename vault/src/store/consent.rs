@@ -43,7 +43,7 @@ impl DeviceRow {
     fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
         Ok(Self {
             device_id: r.try_get("device_id")?,
-            subject: subject_col(r, "devices.subject_id")?,
+            subject: subject_col(r, "subject_id")?,
             public_key: r.try_get("public_key")?,
             enrolled_by: r.try_get("enrolled_by")?,
             enrolled_at_ms: r.try_get("enrolled_at_ms")?,
@@ -110,8 +110,8 @@ pub struct ConsentRow {
 impl ConsentRow {
     fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
         Ok(Self {
-            consent_id: fixed(r, "consents.consent_id")?,
-            subject: subject_col(r, "consents.subject_id")?,
+            consent_id: fixed(r, "consent_id")?,
+            subject: subject_col(r, "subject_id")?,
             device_id: r.try_get("device_id")?,
             audience: r.try_get("audience")?,
             purpose: r.try_get("purpose")?,
@@ -119,7 +119,7 @@ impl ConsentRow {
             standing: r.try_get::<i64, _>("standing")? == 1,
             issued_at: r.try_get("issued_at")?,
             expires_at: r.try_get("expires_at")?,
-            grant_hash: fixed(r, "consents.grant_hash")?,
+            grant_hash: fixed(r, "grant_hash")?,
             presented_at_ms: r.try_get("presented_at_ms")?,
             revoked_at_ms: r.try_get("revoked_at_ms")?,
         })
@@ -151,13 +151,13 @@ impl ReceiptRow {
     fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
         Ok(Self {
             receipt_id: r.try_get("receipt_id")?,
-            consent_id: fixed(r, "consent_receipts.consent_id")?,
-            subject: subject_col(r, "consent_receipts.subject_id")?,
+            consent_id: fixed(r, "consent_id")?,
+            subject: subject_col(r, "subject_id")?,
             partner: r.try_get("partner")?,
             purpose: r.try_get("purpose")?,
             fields: r.try_get("fields")?,
             released_at_ms: r.try_get("released_at_ms")?,
-            grant_hash: fixed(r, "consent_receipts.grant_hash")?,
+            grant_hash: fixed(r, "grant_hash")?,
         })
     }
 }
@@ -275,7 +275,7 @@ impl AuditedTx {
         .await?;
         row.map(|r| {
             Ok(EnrollmentCodeRow {
-                subject: subject_col(&r, "enrollment_codes.subject_id")?,
+                subject: subject_col(&r, "subject_id")?,
                 issued_to: r.try_get("issued_to")?,
                 expires_at_ms: r.try_get("expires_at_ms")?,
                 used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
@@ -336,7 +336,7 @@ impl AuditedTx {
         row.map(|r| {
             Ok(ChallengeRow {
                 partner: r.try_get("partner")?,
-                subject: subject_col(&r, "consent_challenges.subject_id")?,
+                subject: subject_col(&r, "subject_id")?,
                 expires_at_ms: r.try_get("expires_at_ms")?,
                 used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
             })

@@ -1,0 +1,841 @@
+//! Consent-signed release over mTLS: enrollment, challenge, device-signed
+//! grant, HPKE-sealed release opened by the partner, receipts, revocation,
+//! and every refusal with its own status, reason and audit record.
+
+use idvault_tests::idvault::client::ReleaseKey;
+use idvault_tests::idvault::core::SystemRng;
+use idvault_tests::idvault::core::consent::GRANT_CONTEXT;
+use idvault_tests::idvault::device::{DeviceKey, GrantRequest, unix_now};
+use idvault_tests::idvault_proto::v1 as pb;
+use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClient;
+use idvault_tests::idvault_proto::v1::device_service_client::DeviceServiceClient;
+use idvault_tests::{Backend, TestVault};
+use prost::Message;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const PARTNER_B: &str = "spiffe://idvault.dev/partner/partner-b";
+const PARTNER_A: &str = "spiffe://idvault.dev/partner/partner-a";
+
+const PERSON: &[(&str, &str)] = &[
+    ("given_name", "Amélie"),
+    ("family_name", "Okonkwo-Lindqvist"),
+    ("date_of_birth", "1987-11-02"),
+    ("national_id", "QQ123456C"),
+    ("email", "amelie.ol@example.org"),
+    ("phone", "+44 7700 900456"),
+];
+
+struct Ctx {
+    tv: TestVault,
+    subject: String,
+    device: DeviceKey,
+    a: ConsentServiceClient<Channel>,
+    b: ConsentServiceClient<Channel>,
+    wallet: DeviceServiceClient<Channel>,
+}
+
+fn reason(s: &tonic::Status) -> &str {
+    s.metadata()
+        .get("idvault-refusal")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Asserts a refusal's code and reason token.
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, why: &str) {
+    let s = r.expect_err(why);
+    assert_eq!((s.code(), reason(&s)), (code, why), "{}", s.message());
+    assert!(s.message().contains(why), "{}", s.message());
+}
+
+async fn create_subject(tv: &TestVault, f: &[(&str, &str)]) -> String {
+    tv.subjects("partner-a")
+        .await
+        .unwrap()
+        .create_subject(pb::CreateSubjectRequest {
+            fields: f
+                .iter()
+                .map(|(n, v)| pb::Field {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subject_id
+}
+
+/// Enrolls a fresh device to `subject` with a code from partner-a.
+async fn enroll(
+    a: &mut ConsentServiceClient<Channel>,
+    wallet: &mut DeviceServiceClient<Channel>,
+    subject: &str,
+) -> DeviceKey {
+    let code = a
+        .issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+            subject_id: subject.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment_code;
+    let key = DeviceKey::generate(&SystemRng::default()).unwrap();
+    let r = wallet
+        .enroll(key.enrollment(subject, &code).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.device_id, key.device_id());
+    key
+}
+
+async fn setup(backend: Backend) -> Ctx {
+    let tv = TestVault::start(backend).await.unwrap();
+    let subject = create_subject(&tv, PERSON).await;
+    let mut a = ConsentServiceClient::new(tv.channel("partner-a").await.unwrap());
+    let b = ConsentServiceClient::new(tv.channel("partner-b").await.unwrap());
+    let mut wallet = DeviceServiceClient::new(tv.channel("wallet").await.unwrap());
+    let device = enroll(&mut a, &mut wallet, &subject).await;
+    Ctx {
+        tv,
+        subject,
+        device,
+        a,
+        b,
+        wallet,
+    }
+}
+
+impl Ctx {
+    async fn challenge(&mut self, partner_b: bool) -> Vec<u8> {
+        let c = if partner_b { &mut self.b } else { &mut self.a };
+        c.request_challenge(pb::RequestChallengeRequest {
+            subject_id: self.subject.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+    }
+
+    /// A single-use grant for partner-b of given_name and email, valid 5 min.
+    fn grant(&self, challenge: Vec<u8>) -> GrantRequest {
+        let now = unix_now();
+        GrantRequest {
+            subject_id: self.subject.clone(),
+            audience: PARTNER_B.into(),
+            purpose: "kyc".into(),
+            fields: vec!["given_name".into(), "email".into()],
+            challenge,
+            issued_at: now,
+            expires_at: now + 300,
+            standing: false,
+        }
+    }
+
+    fn sign(&self, g: &GrantRequest) -> pb::SignedConsent {
+        self.device.sign_grant(g, &SystemRng::default()).unwrap()
+    }
+
+    async fn release(
+        &mut self,
+        partner_b: bool,
+        s: pb::SignedConsent,
+    ) -> Result<pb::ReleaseResponse, tonic::Status> {
+        let c = if partner_b { &mut self.b } else { &mut self.a };
+        c.release(pb::ReleaseRequest {
+            consent: Some(pb::release_request::Consent::Signed(s)),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
+    async fn release_standing(
+        &mut self,
+        partner_b: bool,
+        id: &[u8],
+    ) -> Result<pb::ReleaseResponse, tonic::Status> {
+        let c = if partner_b { &mut self.b } else { &mut self.a };
+        c.release(pb::ReleaseRequest {
+            consent: Some(pb::release_request::Consent::StandingConsentId(id.to_vec())),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
+    fn release_key(&self, partner: &str) -> ReleaseKey {
+        let pem = std::fs::read_to_string(self.tv.tls_dir().join(format!("{partner}.release.key")))
+            .unwrap();
+        ReleaseKey::from_pem(&pem).unwrap()
+    }
+
+    fn open(&self, r: &pb::ReleaseResponse) -> Vec<(String, String)> {
+        self.release_key("partner-b")
+            .open(r, Some(&self.subject))
+            .unwrap()
+            .into_iter()
+            .map(|(n, v)| (n, v.to_string()))
+            .collect()
+    }
+
+    fn device_request(
+        &self,
+        key: &DeviceKey,
+        action: pb::device_request::Action,
+    ) -> pb::SignedDeviceRequest {
+        key.sign_request(action, unix_now(), &SystemRng::default())
+            .unwrap()
+    }
+
+    async fn receipts(&mut self) -> Vec<pb::Receipt> {
+        let req = self.device_request(
+            &self.device,
+            pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+        );
+        self.wallet
+            .list_receipts(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .receipts
+    }
+
+    async fn revoke_consent(&mut self, id: &[u8]) -> bool {
+        let req = self.device_request(
+            &self.device,
+            pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
+                consent_id: id.to_vec(),
+            }),
+        );
+        self.wallet
+            .revoke_consent(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked
+    }
+
+    /// `(outcome, detail)` of every audit record of `action`.
+    async fn audit(&self, action: &str) -> Vec<(String, String)> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT outcome, detail FROM audit_log WHERE action = '{action}' ORDER BY seq"
+        )))
+        .fetch_all(self.tv.db())
+        .await
+        .unwrap()
+    }
+
+    async fn all_audit_text(&self) -> String {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT actor || ' ' || action || ' ' || coalesce(subject, '-') || ' ' || outcome || ' ' || detail FROM audit_log",
+        )
+        .fetch_all(self.tv.db())
+        .await
+        .unwrap();
+        rows.join("\n")
+    }
+}
+
+fn grant_of(s: &pb::SignedConsent) -> pb::ConsentGrant {
+    pb::ConsentGrant::decode(s.grant.as_slice()).unwrap()
+}
+
+/// enroll → challenge → device signs → release → partner opens exactly
+/// the consented fields; the receipt is listed on the device.
+pub async fn happy_path_end_to_end(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let signed = cx.sign(&g);
+    let consent_id = grant_of(&signed).consent_id;
+    let grant_bytes = signed.grant.clone();
+    let r = cx.release(true, signed).await?;
+    assert_eq!(r.subject_id, cx.subject);
+    assert_eq!(r.consent_id, consent_id);
+    // The ciphertext holds no value in the clear.
+    for (_, v) in PERSON {
+        assert!(!r.ciphertext.windows(v.len()).any(|w| w == v.as_bytes()));
+    }
+    let mut opened = cx.open(&r);
+    opened.sort();
+    assert_eq!(
+        opened,
+        vec![
+            ("email".to_owned(), "amelie.ol@example.org".to_owned()),
+            ("given_name".to_owned(), "Amélie".to_owned()),
+        ],
+        "exactly the consented fields"
+    );
+    // Another partner's key cannot open it.
+    assert!(cx.release_key("partner-a").open(&r, None).is_err());
+    // The receipt, listed by the person's device.
+    let receipts = cx.receipts().await;
+    assert_eq!(receipts.len(), 1);
+    let rc = &receipts[0];
+    assert_eq!(rc.receipt_id, r.receipt_id);
+    assert_eq!(
+        (rc.partner.as_str(), rc.purpose.as_str()),
+        (PARTNER_B, "kyc")
+    );
+    assert_eq!(rc.fields, vec!["email", "given_name"]);
+    assert_eq!(rc.consent_id, consent_id);
+    let hash = idvault_tests::idvault::core::crypto::sha256(&[&grant_bytes]);
+    assert_eq!(rc.grant_hash, hash.to_vec());
+    assert_eq!(r.grant_hash, hash.to_vec());
+    // Audited, and no value reaches the audit log.
+    let rel = cx.audit("Release").await;
+    assert_eq!(rel.len(), 1);
+    assert_eq!(rel[0].0, "ok");
+    assert!(rel[0].1.contains("fields=email,given_name"), "{}", rel[0].1);
+    let text = cx.all_audit_text().await;
+    for (_, v) in PERSON {
+        assert!(!text.contains(v), "audit log holds a value");
+    }
+    assert!(
+        !text.contains(&hex::encode(&g.challenge)),
+        "challenge in audit"
+    );
+    cx.tv.stop().await
+}
+
+/// Bad, tampered, high-S and unknown-key signatures; non-canonical bytes.
+pub async fn signature_refusals(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch.clone());
+    let good = cx.sign(&g);
+
+    let mut flipped = good.clone();
+    flipped.signature[10] ^= 1;
+    refused(
+        cx.release(true, flipped).await,
+        Code::Unauthenticated,
+        "bad_signature",
+    );
+
+    let mut tampered = good.clone();
+    let mut grant = grant_of(&tampered);
+    grant.fields.push("national_id".into());
+    tampered.grant = grant.encode_to_vec();
+    refused(
+        cx.release(true, tampered).await,
+        Code::Unauthenticated,
+        "bad_signature",
+    );
+
+    // (r, n - s) also verifies mathematically: the malleable twin is refused.
+    let mut high = good.clone();
+    high.signature = high_s(&good.signature);
+    refused(
+        cx.release(true, high).await,
+        Code::Unauthenticated,
+        "bad_signature",
+    );
+
+    let mut short = good.clone();
+    short.signature.truncate(63);
+    refused(
+        cx.release(true, short).await,
+        Code::Unauthenticated,
+        "bad_signature",
+    );
+
+    let stranger = DeviceKey::generate(&SystemRng::default()).unwrap();
+    let s = stranger.sign_grant(&g, &SystemRng::default()).unwrap();
+    refused(cx.release(true, s).await, Code::NotFound, "unknown_device");
+
+    // A singular field repeated (parsers disagree on which wins), signed
+    // properly: refused as not canonical.
+    let mut dup = good.grant.clone();
+    let extra = pb::ConsentGrant {
+        purpose: "marketing".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    dup.extend_from_slice(&extra);
+    let sig = cx.device.sign(GRANT_CONTEXT, &dup).unwrap().to_vec();
+    let s = pb::SignedConsent {
+        grant: dup,
+        signature: sig,
+        device_id: cx.device.device_id(),
+    };
+    refused(
+        cx.release(true, s).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+
+    // Nothing changed: the challenge still works with the good grant.
+    let r = cx.release(true, good).await?;
+    assert_eq!(cx.open(&r).len(), 2);
+    let outcomes: Vec<String> = cx
+        .audit("Release")
+        .await
+        .into_iter()
+        .map(|(o, d)| format!("{o}:{d}"))
+        .collect();
+    assert_eq!(
+        outcomes[..6],
+        [
+            "refused:bad_signature",
+            "refused:bad_signature",
+            "refused:bad_signature",
+            "refused:bad_signature",
+            "refused:unknown_device",
+            "refused:malformed"
+        ]
+    );
+    assert!(outcomes[6].starts_with("ok:"));
+    cx.tv.stop().await
+}
+
+/// `n - s` for a P1363 signature (the group order of P-256).
+fn high_s(sig: &[u8]) -> Vec<u8> {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let s = &sig[32..];
+    let mut out = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = (d + 256 * borrow) as u8;
+    }
+    let mut v = sig[..32].to_vec();
+    v.extend_from_slice(&out);
+    v
+}
+
+/// Audience, subject, window, lifetime, purpose and field allowances.
+pub async fn grant_checks_refuse(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let base = cx.grant(ch);
+    let now = unix_now();
+
+    let mut g = base.clone();
+    g.audience = PARTNER_A.into();
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::PermissionDenied,
+        "audience_mismatch",
+    );
+
+    let mut g = base.clone();
+    (g.issued_at, g.expires_at) = (now - 600, now - 10);
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::FailedPrecondition,
+        "expired",
+    );
+
+    let mut g = base.clone();
+    (g.issued_at, g.expires_at) = (now + 900, now + 1000);
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::FailedPrecondition,
+        "not_yet_valid",
+    );
+
+    let mut g = base.clone();
+    g.expires_at = now + 3600;
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::InvalidArgument,
+        "lifetime_too_long",
+    );
+
+    let mut g = base.clone();
+    g.purpose = "marketing".into();
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::PermissionDenied,
+        "purpose_not_allowed",
+    );
+
+    // partner-b's registry allowances exclude national_id.
+    let mut g = base.clone();
+    g.fields.push("national_id".into());
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::PermissionDenied,
+        "fields_not_allowed",
+    );
+
+    // The device of another person signs for this subject.
+    let other = create_subject(&cx.tv, &[("given_name", "Bo"), ("email", "bo@example.org")]).await;
+    let other_device = enroll(&mut cx.a, &mut cx.wallet, &other).await;
+    let s = other_device
+        .sign_grant(&base, &SystemRng::default())
+        .unwrap();
+    refused(
+        cx.release(true, s).await,
+        Code::PermissionDenied,
+        "subject_mismatch",
+    );
+
+    // A field outside the catalogue is malformed.
+    let mut g = base.clone();
+    g.fields = vec!["salary".into()];
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+
+    // None of that consumed the challenge or wrote a receipt.
+    assert_eq!(
+        cx.tv.count("SELECT COUNT(*) FROM consent_receipts").await,
+        0
+    );
+    cx.release(true, cx.sign(&base)).await?;
+    let reasons: Vec<String> = cx
+        .audit("Release")
+        .await
+        .into_iter()
+        .filter(|(o, _)| o == "refused")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "audience_mismatch",
+            "expired",
+            "not_yet_valid",
+            "lifetime_too_long",
+            "purpose_not_allowed",
+            "fields_not_allowed",
+            "subject_mismatch",
+            "malformed"
+        ]
+    );
+    cx.tv.stop().await
+}
+
+/// Challenges are single use, bound to partner and subject, and expire;
+/// consent ids are accepted once.
+pub async fn challenge_and_replay_refusals(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let first = cx.sign(&cx.grant(ch.clone()));
+    cx.release(true, first.clone()).await?;
+
+    refused(
+        cx.release(true, first).await,
+        Code::AlreadyExists,
+        "consent_replayed",
+    );
+    // A new consent id on the used challenge.
+    refused(
+        cx.release(true, cx.sign(&cx.grant(ch))).await,
+        Code::AlreadyExists,
+        "challenge_reused",
+    );
+    refused(
+        cx.release(true, cx.sign(&cx.grant(vec![7; 32]))).await,
+        Code::FailedPrecondition,
+        "challenge_unknown",
+    );
+    // A challenge partner-a asked for, presented by partner-b.
+    let ch_a = cx.challenge(false).await;
+    refused(
+        cx.release(true, cx.sign(&cx.grant(ch_a))).await,
+        Code::PermissionDenied,
+        "challenge_mismatch",
+    );
+    // An expired challenge.
+    let ch = cx.challenge(true).await;
+    sqlx::query("UPDATE consent_challenges SET expires_at_ms = 1 WHERE challenge = $1")
+        .bind(ch.clone())
+        .execute(cx.tv.db())
+        .await?;
+    refused(
+        cx.release(true, cx.sign(&cx.grant(ch))).await,
+        Code::FailedPrecondition,
+        "challenge_expired",
+    );
+    // A challenge for a subject that does not exist.
+    let e =
+        cx.b.request_challenge(pb::RequestChallengeRequest {
+            subject_id: "00000000-0000-4000-8000-000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(
+        cx.tv.count("SELECT COUNT(*) FROM consent_receipts").await,
+        1
+    );
+    cx.tv.stop().await
+}
+
+/// A consent and a device request presented again after a restart are
+/// still refused: replay state lives in the database.
+pub async fn replay_refused_after_restart(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let signed = cx.sign(&cx.grant(ch));
+    cx.release(true, signed.clone()).await?;
+    let list = cx.device_request(
+        &cx.device,
+        pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+    );
+    cx.wallet.list_receipts(list.clone()).await?;
+
+    cx.tv.restart().await?;
+    cx.b = ConsentServiceClient::new(cx.tv.channel("partner-b").await?);
+    cx.wallet = DeviceServiceClient::new(cx.tv.channel("wallet").await?);
+    refused(
+        cx.release(true, signed).await,
+        Code::AlreadyExists,
+        "consent_replayed",
+    );
+    refused(
+        cx.wallet.list_receipts(list).await,
+        Code::AlreadyExists,
+        "request_replayed",
+    );
+    cx.tv.stop().await
+}
+
+/// Standing consents are used by id until revoked; revoked devices sign
+/// nothing more.
+pub async fn standing_consent_and_revocation(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let mut g = cx.grant(ch);
+    g.standing = true;
+    g.expires_at = g.issued_at + 30 * 86_400;
+    let signed = cx.sign(&g);
+    let id = grant_of(&signed).consent_id;
+    let r1 = cx.release(true, signed).await?;
+    let r2 = cx.release_standing(true, &id).await?;
+    assert_ne!(r1.receipt_id, r2.receipt_id);
+    assert_eq!(cx.open(&r2).len(), 2);
+    // Only the audience may use it.
+    refused(
+        cx.release_standing(false, &id).await,
+        Code::NotFound,
+        "consent_unknown",
+    );
+    assert_eq!(cx.receipts().await.len(), 2);
+
+    assert!(cx.revoke_consent(&id).await);
+    assert!(!cx.revoke_consent(&id).await, "already revoked");
+    refused(
+        cx.release_standing(true, &id).await,
+        Code::PermissionDenied,
+        "consent_revoked",
+    );
+
+    // A single-use consent cannot be used again by id.
+    let ch = cx.challenge(true).await;
+    let s = cx.sign(&cx.grant(ch));
+    let single = grant_of(&s).consent_id;
+    cx.release(true, s).await?;
+    refused(
+        cx.release_standing(true, &single).await,
+        Code::AlreadyExists,
+        "consent_replayed",
+    );
+
+    // A second device revokes the first; the first then signs nothing.
+    let ch = cx.challenge(true).await;
+    let mut g = cx.grant(ch);
+    g.standing = true;
+    g.expires_at = g.issued_at + 86_400;
+    let s = cx.sign(&g);
+    let standing2 = grant_of(&s).consent_id;
+    cx.release(true, s).await?;
+    let second = enroll(&mut cx.a, &mut cx.wallet, &cx.subject.clone()).await;
+    let req = cx.device_request(
+        &second,
+        pb::device_request::Action::ListDevices(pb::ListDevices {}),
+    );
+    let devices = cx.wallet.list_devices(req).await?.into_inner().devices;
+    assert_eq!(devices.len(), 2);
+    let req = cx.device_request(
+        &second,
+        pb::device_request::Action::RevokeDevice(pb::RevokeDevice {
+            device_id: cx.device.device_id(),
+        }),
+    );
+    assert!(cx.wallet.revoke_device(req).await?.into_inner().revoked);
+    let ch = cx.challenge(true).await;
+    refused(
+        cx.release(true, cx.sign(&cx.grant(ch))).await,
+        Code::PermissionDenied,
+        "device_revoked",
+    );
+    refused(
+        cx.release_standing(true, &standing2).await,
+        Code::PermissionDenied,
+        "device_revoked",
+    );
+    let req = cx.device_request(
+        &cx.device,
+        pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+    );
+    refused(
+        cx.wallet.list_receipts(req).await,
+        Code::PermissionDenied,
+        "device_revoked",
+    );
+    cx.tv.stop().await
+}
+
+/// Enrollment codes work once, for their subject, until they expire;
+/// roles gate every call; device requests are bound to their RPC and time.
+pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let code =
+        cx.a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+            subject_id: cx.subject.clone(),
+        })
+        .await?
+        .into_inner()
+        .enrollment_code;
+    assert_eq!(code.len(), 23, "XXXXX-XXXXX-XXXXX-XXXXX");
+    let k1 = DeviceKey::generate(&SystemRng::default()).unwrap();
+    let k2 = DeviceKey::generate(&SystemRng::default()).unwrap();
+    // Wrong subject, then the right one; then the code is spent.
+    let other = create_subject(&cx.tv, &[("given_name", "Bo")]).await;
+    refused(
+        cx.wallet
+            .enroll(k1.enrollment(&other, &code).unwrap())
+            .await,
+        Code::FailedPrecondition,
+        "enrollment_code_invalid",
+    );
+    // Typed in lower case without dashes still works.
+    let typed = code.replace('-', "").to_lowercase();
+    cx.wallet
+        .enroll(k1.enrollment(&cx.subject, &typed).unwrap())
+        .await?;
+    refused(
+        cx.wallet
+            .enroll(k2.enrollment(&cx.subject, &code).unwrap())
+            .await,
+        Code::FailedPrecondition,
+        "enrollment_code_invalid",
+    );
+    // An expired code.
+    let code =
+        cx.a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+            subject_id: cx.subject.clone(),
+        })
+        .await?
+        .into_inner()
+        .enrollment_code;
+    sqlx::query("UPDATE enrollment_codes SET expires_at_ms = 1 WHERE used_at_ms IS NULL")
+        .execute(cx.tv.db())
+        .await?;
+    refused(
+        cx.wallet
+            .enroll(k2.enrollment(&cx.subject, &code).unwrap())
+            .await,
+        Code::FailedPrecondition,
+        "enrollment_code_invalid",
+    );
+    // The same key twice.
+    let code =
+        cx.a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+            subject_id: cx.subject.clone(),
+        })
+        .await?
+        .into_inner()
+        .enrollment_code;
+    refused(
+        cx.wallet
+            .enroll(k1.enrollment(&cx.subject, &code).unwrap())
+            .await,
+        Code::AlreadyExists,
+        "device_already_enrolled",
+    );
+    // Proof of possession: an enrollment signed by another key.
+    let mut e = k2.enrollment(&cx.subject, &code).unwrap();
+    e.signature = k1
+        .sign(b"idvault/v1/device-enrollment\0", &e.enrollment)
+        .unwrap()
+        .to_vec();
+    refused(
+        cx.wallet.enroll(e).await,
+        Code::Unauthenticated,
+        "bad_signature",
+    );
+
+    // Roles: partner-b may not issue codes; partners may not act as wallets;
+    // the wallet may not ask for challenges.
+    let e =
+        cx.b.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+            subject_id: cx.subject.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let mut as_partner = DeviceServiceClient::new(cx.tv.channel("partner-a").await?);
+    let req = cx.device_request(
+        &cx.device,
+        pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+    );
+    assert_eq!(
+        as_partner.list_receipts(req).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let mut wallet_as_partner = ConsentServiceClient::new(cx.tv.channel("wallet").await?);
+    let e = wallet_as_partner
+        .request_challenge(pb::RequestChallengeRequest {
+            subject_id: cx.subject.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // A signed ListReceipts sent to RevokeConsent; a stale request.
+    let req = cx.device_request(
+        &cx.device,
+        pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+    );
+    refused(
+        cx.wallet.revoke_consent(req).await,
+        Code::PermissionDenied,
+        "wrong_action",
+    );
+    let stale = cx
+        .device
+        .sign_request(
+            pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+            unix_now() - 3600,
+            &SystemRng::default(),
+        )
+        .unwrap();
+    refused(
+        cx.wallet.list_receipts(stale).await,
+        Code::FailedPrecondition,
+        "request_outside_window",
+    );
+    // Deleting the subject removes its devices.
+    cx.tv
+        .subjects("partner-a")
+        .await?
+        .delete_subject(pb::DeleteSubjectRequest {
+            subject_id: cx.subject.clone(),
+        })
+        .await?;
+    let req = cx.device_request(
+        &cx.device,
+        pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+    );
+    refused(
+        cx.wallet.list_receipts(req).await,
+        Code::NotFound,
+        "unknown_device",
+    );
+    cx.tv.stop().await
+}
