@@ -177,10 +177,10 @@ impl Vault {
         let partner = self.authorize(caller, A).await?;
         let id = self.parse_subject_id(caller, A, subject).await?;
         let r = async {
-            let mut tx = self.begin().await?;
-            if tx.subject(&id).await?.is_none() {
-                return Err(VaultError::NotFound);
-            }
+            // Only the partner that created the subject (and so verified
+            // the person) may let a phone enroll to it; another partner's
+            // subject reads as absent, as everywhere else.
+            let (mut tx, _) = self.open_owned(partner, &id).await?;
             let code = c::generate_enrollment_code(self.rng()).map_err(KeyError::from)?;
             let ttl = i64::from(self.consent_settings().enrollment_code_ttl_seconds);
             let expires = self.now_secs() + ttl;
@@ -219,10 +219,12 @@ impl Vault {
             let mut tx = self.begin().await?;
             // Unknown, used, expired and other-subject codes are one
             // refusal: the answer must not help guess codes.
-            match tx.enrollment_code(&hash).await? {
-                Some(row) if !row.used && row.subject == e.subject && now < row.expires_at_ms => {}
+            let issued_to = match tx.enrollment_code(&hash).await? {
+                Some(row) if !row.used && row.subject == e.subject && now < row.expires_at_ms => {
+                    row.issued_to
+                }
                 _ => return Err(refused(Refusal::EnrollmentCodeInvalid)),
-            }
+            };
             if !tx.use_enrollment_code(&hash, now).await? || tx.subject(&e.subject).await?.is_none()
             {
                 return Err(refused(Refusal::EnrollmentCodeInvalid));
@@ -233,7 +235,7 @@ impl Vault {
                 device_id: device_id.clone(),
                 subject: e.subject,
                 public_key: sec1,
-                enrolled_by: caller.spiffe_id.clone(),
+                enrolled_by: issued_to,
                 enrolled_at_ms: now,
                 revoked_at_ms: None,
             };
@@ -305,9 +307,13 @@ impl Vault {
         Ok((row, key))
     }
 
-    /// Re-checks inside `tx` that the device was not revoked meanwhile.
-    async fn still_active(&self, tx: &mut AuditedTx, device_id: &str) -> Result<(), VaultError> {
-        match tx.device(device_id).await? {
+    /// Re-checks inside `tx` that the device verified outside it is still
+    /// the same, active key of the same subject.
+    async fn still_active(&self, tx: &mut AuditedTx, seen: &DeviceRow) -> Result<(), VaultError> {
+        match tx.device(&seen.device_id).await? {
+            Some(d) if d.subject != seen.subject || d.public_key != seen.public_key => {
+                Err(refused(Refusal::UnknownDevice))
+            }
             Some(d) if d.revoked_at_ms.is_none() => Ok(()),
             Some(_) => Err(refused(Refusal::DeviceRevoked)),
             None => Err(refused(Refusal::UnknownDevice)),
@@ -325,13 +331,18 @@ impl Vault {
         let partner = self.authorize(caller, A).await?;
         match input {
             ReleaseInput::Grant(s) => {
-                let verified = self.verify_grant(caller, partner, &s).await;
-                let subject = verified.as_ref().ok().map(|(g, _)| g.subject);
-                let r = match verified {
-                    Ok((g, hash)) => self.release_grant(caller, partner, &s, &g, hash).await,
+                let r = match self.verify_grant(caller, partner, &s).await {
+                    Ok((g, device, hash)) => self
+                        .release_grant(caller, partner, &s, &g, &device, hash)
+                        .await
+                        .map_err(|e| (Some(g.subject), e)),
                     Err(e) => Err(e),
                 };
-                self.audited(caller, A, subject.as_ref(), r).await
+                match r {
+                    Ok(v) => Ok(v),
+                    // Once the signature verified, the record names the subject.
+                    Err((subject, e)) => self.audited(caller, A, subject.as_ref(), Err(e)).await,
+                }
             }
             ReleaseInput::Standing(id) => {
                 let r = self.release_standing(caller, partner, &id).await;
@@ -342,26 +353,34 @@ impl Vault {
     }
 
     /// Signature first, then decoding, then the checks that need no store.
+    /// An error carries the subject once the signature has verified.
     async fn verify_grant(
         &self,
         caller: &Caller,
         partner: &Partner,
         s: &Signed,
-    ) -> Result<(Grant, [u8; 32]), VaultError> {
-        let (device, key) = self.active_device(&s.device_id).await?;
+    ) -> Result<(Grant, DeviceRow, [u8; 32]), (Option<SubjectId>, VaultError)> {
+        let (device, key) = self
+            .active_device(&s.device_id)
+            .await
+            .map_err(|e| (None, e))?;
         key.verify(GRANT_CONTEXT, &s.bytes, &s.signature)
-            .map_err(refused)?;
-        let g = c::decode_grant(&s.bytes).map_err(refused)?;
-        if g.subject != device.subject {
-            return Err(refused(Refusal::SubjectMismatch));
-        }
-        if g.audience != caller.spiffe_id {
-            return Err(refused(Refusal::AudienceMismatch));
-        }
-        g.check_window(self.now_secs(), &self.consent_settings().limits())
-            .map_err(refused)?;
-        allowed(partner, &g.purpose, &g.fields).map_err(refused)?;
-        Ok((g, c::grant_hash(&s.bytes)))
+            .map_err(|r| (None, refused(r)))?;
+        let known = Some(device.subject);
+        let g = c::decode_grant(&s.bytes).map_err(|r| (known, refused(r)))?;
+        let check = || {
+            if g.subject != device.subject {
+                return Err(Refusal::SubjectMismatch);
+            }
+            if g.audience != caller.spiffe_id {
+                return Err(Refusal::AudienceMismatch);
+            }
+            g.check_window(self.now_secs(), &self.consent_settings().limits())?;
+            allowed(partner, &g.purpose, &g.fields)
+        };
+        check().map_err(|r| (known, refused(r)))?;
+        let hash = c::grant_hash(&s.bytes);
+        Ok((g, device, hash))
     }
 
     async fn release_grant(
@@ -370,11 +389,12 @@ impl Vault {
         partner: &Partner,
         s: &Signed,
         g: &Grant,
+        device: &DeviceRow,
         grant_hash: [u8; 32],
     ) -> Result<Release, VaultError> {
         let now = self.now_millis();
         let mut tx = self.begin().await?;
-        self.still_active(&mut tx, &s.device_id).await?;
+        self.still_active(&mut tx, device).await?;
         let row = ConsentRow {
             consent_id: g.consent_id,
             subject: g.subject,
@@ -431,7 +451,11 @@ impl Vault {
         if self.now_secs() >= row.expires_at {
             return Err(refused(Refusal::Expired));
         }
-        self.still_active(&mut tx, &row.device_id).await?;
+        match tx.device(&row.device_id).await? {
+            Some(d) if d.subject == row.subject && d.revoked_at_ms.is_none() => {}
+            Some(_) => return Err(refused(Refusal::DeviceRevoked)),
+            None => return Err(refused(Refusal::UnknownDevice)),
+        }
         // The registry may have narrowed since the grant was presented.
         let fields = c::parse_field_names(&row.fields.split(',').collect::<Vec<_>>())
             .ok_or(VaultError::Integrity("stored consent fields"))?;
@@ -460,12 +484,14 @@ impl Vault {
         // Only consented names are copied out: a field the person did not
         // sign for cannot reach the plaintext.
         let mut plain = pb::ReleasedFields::default();
+        let mut released = Vec::new();
         for (name, value) in &values {
             if consented.contains(&name.as_str()) {
                 plain.fields.push(pb::Field {
                     name: name.as_str().to_owned(),
                     value: value.expose().to_owned(),
                 });
+                released.push(name.as_str());
             }
         }
         let bytes = Zeroizing::new(plain.encode_to_vec());
@@ -484,17 +510,18 @@ impl Vault {
             subject: id,
             partner: caller.spiffe_id.clone(),
             purpose: consent.purpose.clone(),
-            fields: consent.fields.clone(),
+            // What was released: consented fields the subject has.
+            fields: released.join(","),
             released_at_ms: self.now_millis(),
             grant_hash: consent.grant_hash,
         };
         tx.insert_receipt(&receipt).await?;
         let detail = format!(
-            "consent={} purpose={} fields={} released={} receipt={}",
+            "consent={} purpose={} consented={} released={} receipt={}",
             hex::encode(consent.consent_id),
             consent.purpose,
             consent.fields,
-            plain.fields.len(),
+            receipt.fields,
             receipt.receipt_id
         );
         self.commit_event(tx, caller, Action::ReleaseConsented, Some(&id), detail)
@@ -535,13 +562,13 @@ impl Vault {
             if !op.matches(&call.action) {
                 return Err(refused(Refusal::WrongAction));
             }
-            let skew = i64::from(self.consent_settings().clock_skew_seconds);
-            if (call.issued_at - self.now_secs()).abs() > skew {
+            let skew = u64::from(self.consent_settings().clock_skew_seconds);
+            if call.issued_at.abs_diff(self.now_secs()) > skew {
                 return Err(refused(Refusal::RequestOutsideWindow));
             }
             let now = self.now_millis();
             let mut tx = self.begin().await?;
-            self.still_active(&mut tx, &device.device_id).await?;
+            self.still_active(&mut tx, &device).await?;
             if !tx
                 .insert_device_request(&call.request_id, &device.device_id, now)
                 .await?

@@ -301,7 +301,7 @@ mod tests {
         let aad = release_aad(&cid, &subject);
         let (enc, ct) = seal_with_seed(
             &pk,
-            [0x03; 32],
+            Zeroizing::new([0x03; 32]),
             crate::core::consent::RELEASE_INFO,
             &aad,
             &plain,

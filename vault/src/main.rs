@@ -292,6 +292,22 @@ enum BenchCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Consent verifications/s (against a bare ECDSA baseline) and full
+    /// consented releases/s (challenge, verify, decrypt, HPKE seal, audit).
+    Consent {
+        /// Releases to time (each with its own challenge).
+        #[arg(long, default_value_t = 2_000)]
+        count: usize,
+        /// Grant verifications in the in-memory run.
+        #[arg(long, default_value_t = 20_000)]
+        verifications: usize,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// CreateSubject RPCs over real mTLS against an in-process server.
     Subjects {
         /// RPCs to send.
@@ -467,6 +483,23 @@ async fn main() -> anyhow::Result<()> {
         } => export_token_key(&dir, &domain, version, &out),
         Command::Partner(args) => partner(args).await.map_err(plain_status),
         Command::Device(args) => consent_cli::device(args).await.map_err(plain_status),
+        Command::Bench {
+            command:
+                BenchCommand::Consent {
+                    count,
+                    verifications,
+                    concurrency,
+                    database_url,
+                },
+        } => {
+            bench_consent(idvault::bench_consent::ConsentBenchOptions {
+                count,
+                verifications,
+                concurrency,
+                database_url,
+            })
+            .await
+        }
         Command::Bench {
             command: BenchCommand::Packets { count },
         } => bench_packets(count),
@@ -1396,6 +1429,29 @@ async fn bench_tokenize_xref(records: u64) -> anyhow::Result<()> {
         rates.get(1).copied().unwrap_or_default()
     );
     vault.stop().await.map_err(anyhow::Error::from_boxed)
+}
+
+async fn bench_consent(o: idvault::bench_consent::ConsentBenchOptions) -> anyhow::Result<()> {
+    let r = idvault::bench_consent::run(&o)
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
+    println!(
+        "consent verification (one thread): {:>8.0} grants/s  (bare ECDSA P-256 verify: {:.0}/s, ratio {:.2})",
+        r.verifications_per_sec,
+        r.baseline_per_sec,
+        r.verifications_per_sec / r.baseline_per_sec
+    );
+    println!(
+        "full releases, {} {}, {} at a time: {:>8.0} releases/s  (challenges alone {:.0}/s)",
+        o.count, r.backend, o.concurrency, r.releases_per_sec, r.challenges_per_sec
+    );
+    println!(
+        "  release latency p50 {:?}  p99 {:?}; partner open {:?} each",
+        r.quantile(0.5),
+        r.quantile(0.99),
+        r.open_mean
+    );
+    Ok(())
 }
 
 async fn bench_match(o: idvault::bench_match::MatchBenchOptions) -> anyhow::Result<()> {

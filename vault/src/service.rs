@@ -351,7 +351,7 @@ impl Vault {
     }
 
     /// Starts the audited transaction and loads the subject if `partner` owns it.
-    async fn open_owned(
+    pub(crate) async fn open_owned(
         &self,
         partner: &Partner,
         id: &SubjectId,

@@ -289,7 +289,11 @@ pub async fn happy_path_end_to_end(backend: Backend) -> anyhow::Result<()> {
     let rel = cx.audit("Release").await;
     assert_eq!(rel.len(), 1);
     assert_eq!(rel[0].0, "ok");
-    assert!(rel[0].1.contains("fields=email,given_name"), "{}", rel[0].1);
+    assert!(
+        rel[0].1.contains("consented=email,given_name released=email,given_name"),
+        "{}",
+        rel[0].1
+    );
     let text = cx.all_audit_text().await;
     for (_, v) in PERSON {
         assert!(!text.contains(v), "audit log holds a value");
@@ -770,6 +774,26 @@ pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Resu
         "bad_signature",
     );
 
+    // Codes are issued only by the partner that created the subject.
+    let bs = cx
+        .tv
+        .subjects("partner-b")
+        .await?
+        .create_subject(pb::CreateSubjectRequest {
+            fields: vec![pb::Field {
+                name: "given_name".into(),
+                value: "Cy".into(),
+            }],
+        })
+        .await?
+        .into_inner()
+        .subject_id;
+    let e = cx
+        .a
+        .issue_enrollment_code(pb::IssueEnrollmentCodeRequest { subject_id: bs })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
     // Roles: partner-b may not issue codes; partners may not act as wallets;
     // the wallet may not ask for challenges.
     let e =

@@ -12,6 +12,24 @@ use super::{caller, status, within};
 use crate::consent::{DeviceOp, DeviceOutcome, ReleaseInput, Signed};
 use crate::service::Vault;
 
+/// Runs a use case on its own task and waits for it within `deadline`.
+/// A client that cancels or times out stops waiting, but the use case
+/// still finishes: a release's claim, receipt and audit record, or a
+/// refusal's audit record, are never cut off halfway.
+async fn detached<T, F>(deadline: std::time::Duration, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, crate::service::VaultError>> + Send + 'static,
+{
+    let task = tokio::spawn(f);
+    within(deadline, async {
+        task.await
+            .map_err(|_| Status::internal("internal error"))?
+            .map_err(status)
+    })
+    .await
+}
+
 /// The partner-facing consent service.
 #[derive(Debug, Clone)]
 pub struct ConsentApi {
@@ -33,11 +51,10 @@ impl ConsentService for ConsentApi {
         req: Request<pb::IssueEnrollmentCodeRequest>,
     ) -> Result<Response<pb::IssueEnrollmentCodeResponse>, Status> {
         let who = caller(&req)?;
-        let (code, expires_at) = within(self.deadline, async {
-            self.vault
-                .issue_enrollment_code(&who, &req.into_inner().subject_id)
-                .await
-                .map_err(status)
+        let vault = Arc::clone(&self.vault);
+        let subject = req.into_inner().subject_id;
+        let (code, expires_at) = detached(self.deadline, async move {
+            vault.issue_enrollment_code(&who, &subject).await
         })
         .await?;
         Ok(Response::new(pb::IssueEnrollmentCodeResponse {
@@ -51,11 +68,10 @@ impl ConsentService for ConsentApi {
         req: Request<pb::RequestChallengeRequest>,
     ) -> Result<Response<pb::RequestChallengeResponse>, Status> {
         let who = caller(&req)?;
-        let (challenge, expires_at) = within(self.deadline, async {
-            self.vault
-                .issue_challenge(&who, &req.into_inner().subject_id)
-                .await
-                .map_err(status)
+        let vault = Arc::clone(&self.vault);
+        let subject = req.into_inner().subject_id;
+        let (challenge, expires_at) = detached(self.deadline, async move {
+            vault.issue_challenge(&who, &subject).await
         })
         .await?;
         Ok(Response::new(pb::RequestChallengeResponse {
@@ -83,9 +99,11 @@ impl ConsentService for ConsentApi {
                 ));
             }
         };
-        let r = within(self.deadline, async {
-            self.vault.release(&who, input).await.map_err(status)
-        })
+        let vault = Arc::clone(&self.vault);
+        let r = detached(
+            self.deadline,
+            async move { vault.release(&who, input).await },
+        )
         .await?;
         Ok(Response::new(pb::ReleaseResponse {
             consent_id: r.consent_id.to_vec(),
@@ -123,8 +141,9 @@ impl DeviceApi {
             signature: m.signature,
             device_id: m.device_id,
         };
-        within(self.deadline, async {
-            self.vault.device_call(&who, op, s).await.map_err(status)
+        let vault = Arc::clone(&self.vault);
+        detached(self.deadline, async move {
+            vault.device_call(&who, op, s).await
         })
         .await
     }
@@ -142,11 +161,9 @@ impl DeviceService for DeviceApi {
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let who = caller(&req)?;
         let m = req.into_inner();
-        let device_id = within(self.deadline, async {
-            self.vault
-                .enroll_device(&who, &m.enrollment, &m.signature)
-                .await
-                .map_err(status)
+        let vault = Arc::clone(&self.vault);
+        let device_id = detached(self.deadline, async move {
+            vault.enroll_device(&who, &m.enrollment, &m.signature).await
         })
         .await?;
         Ok(Response::new(pb::EnrollResponse { device_id }))

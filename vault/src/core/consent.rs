@@ -383,7 +383,6 @@ pub fn grant_hash(grant_bytes: &[u8]) -> [u8; HASH_LEN] {
 }
 
 /// A verified device enrollment.
-#[derive(Debug)]
 pub struct Enrollment {
     /// Subject to enroll to.
     pub subject: SubjectId,
@@ -391,6 +390,16 @@ pub struct Enrollment {
     pub code: Zeroizing<String>,
     /// The new device key.
     pub key: DevicePublicKey,
+}
+
+impl fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Enrollment({:?}, code redacted, {:?})",
+            self.subject, self.key
+        )
+    }
 }
 
 /// Decodes an enrollment and checks its proof of possession: the key it
@@ -481,10 +490,15 @@ pub fn generate_enrollment_code(rng: &dyn Rng) -> Result<Zeroizing<String>, Cryp
 /// What is stored for an enrollment code: SHA-256 of its normalised form
 /// (upper case, no separators), so a database reader cannot enroll.
 pub fn enrollment_code_hash(code: &str) -> [u8; HASH_LEN] {
+    // Crockford decoding: case-insensitive, I and L read as 1, O as 0.
     let norm: Zeroizing<String> = Zeroizing::new(
         code.chars()
             .filter(|c| !matches!(c, '-' | ' '))
-            .map(|c| c.to_ascii_uppercase())
+            .map(|c| match c.to_ascii_uppercase() {
+                'I' | 'L' => '1',
+                'O' => '0',
+                c => c,
+            })
             .collect(),
     );
     sha256(&[b"idvault/v1/enrollment-code\0", norm.as_bytes()])
@@ -576,17 +590,18 @@ impl hpke::rand_core::TryRng for SeedRng {
 impl hpke::rand_core::TryCryptoRng for SeedRng {}
 
 /// Seals `plaintext` to `pk` in HPKE base mode with `seed` as the
-/// ephemeral-key randomness. Public for the RFC 9180 known-answer test;
-/// the vault calls [`seal_release`].
-pub fn seal_with_seed(
+/// ephemeral-key randomness. Crate-private on purpose: the same seed twice
+/// would reuse the AES-GCM key and nonce. The vault calls [`seal_release`];
+/// the known-answer tests call this.
+pub(crate) fn seal_with_seed(
     pk: &ReleasePublicKey,
-    seed: [u8; 32],
+    seed: Zeroizing<[u8; 32]>,
     info: &[u8],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
     let mut rng = SeedRng {
-        seed: Zeroizing::new(seed),
+        seed,
         used: 0,
         exhausted: false,
     };
@@ -617,7 +632,7 @@ pub fn seal_release(
     rng.fill(seed.as_mut())?;
     seal_with_seed(
         pk,
-        *seed,
+        seed,
         RELEASE_INFO,
         &release_aad(consent_id, subject),
         plaintext,
@@ -730,7 +745,7 @@ mod tests {
         assert_eq!(sk.public_key().to_sec1(), pk_rm);
         let pk = ReleasePublicKey::from_sec1(&pk_rm).unwrap();
         // Seal with the vector's ephemeral seed: byte-exact.
-        let seed: [u8; 32] = ikm_e.try_into().unwrap();
+        let seed = Zeroizing::new(<[u8; 32]>::try_from(ikm_e).unwrap());
         let (e, c) = seal_with_seed(&pk, seed, &info, &aad, &pt).unwrap();
         assert_eq!(
             (e.as_slice(), c.as_slice()),
@@ -881,6 +896,10 @@ mod tests {
         assert_ne!(
             enrollment_code_hash(&code),
             enrollment_code_hash("00000-00000-00000-00000")
+        );
+        assert_eq!(
+            enrollment_code_hash("1O1L0-00000-00000-00000"),
+            enrollment_code_hash("10110-00000-00000-0000o")
         );
     }
 

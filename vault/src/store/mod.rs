@@ -470,7 +470,10 @@ impl AuditedTx {
             "DELETE FROM match_index WHERE subject_id = $1",
             "DELETE FROM match_subjects WHERE subject_id = $1",
             "DELETE FROM pairwise_tokens WHERE subject_id = $1",
-            // Its devices, codes, challenges, consents and receipts.
+            // Its devices (and their request ids), codes, challenges,
+            // consents and receipts.
+            "DELETE FROM device_requests WHERE device_id IN \
+             (SELECT device_id FROM devices WHERE subject_id = $1)",
             "DELETE FROM devices WHERE subject_id = $1",
             "DELETE FROM enrollment_codes WHERE subject_id = $1",
             "DELETE FROM consent_challenges WHERE subject_id = $1",
