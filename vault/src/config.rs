@@ -290,11 +290,14 @@ impl PartnerRegistry {
         &self.partners
     }
 
-    /// Every distinct blind-matching domain, sorted.
+    /// Every distinct blind-matching domain of a partner that may match
+    /// (`subjects.match`), sorted. Only these are indexed: a domain nobody
+    /// can query would cost every CreateSubject a signature for nothing.
     pub fn match_domains(&self) -> Vec<String> {
         let mut d: Vec<String> = self
             .partners
             .iter()
+            .filter(|p| p.roles.contains(&Role::SubjectsMatch))
             .map(|p| p.match_domain.clone())
             .collect();
         d.sort();
