@@ -290,7 +290,9 @@ pub async fn happy_path_end_to_end(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(rel.len(), 1);
     assert_eq!(rel[0].0, "ok");
     assert!(
-        rel[0].1.contains("consented=email,given_name released=email,given_name"),
+        rel[0]
+            .1
+            .contains("consented=email,given_name released=email,given_name"),
         "{}",
         rel[0].1
     );
@@ -788,11 +790,10 @@ pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Resu
         .await?
         .into_inner()
         .subject_id;
-    let e = cx
-        .a
-        .issue_enrollment_code(pb::IssueEnrollmentCodeRequest { subject_id: bs })
-        .await
-        .unwrap_err();
+    let e =
+        cx.a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest { subject_id: bs })
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // Roles: partner-b may not issue codes; partners may not act as wallets;
     // the wallet may not ask for challenges.
