@@ -1,12 +1,23 @@
 //! Partner access decisions for idvault: pure, default deny.
 //!
-//! Every RPC asks [`decide`] whether a registered partner may perform an
-//! [`Action`]. Today a decision is role-based: each role grants a fixed set
-//! of actions, written in [`Role::grants`], and anything not granted is
-//! denied. A decision names the rule that made it so the audit log can say
-//! why. This crate does no I/O.
+//! Every RPC asks one policy decision point, [`PolicyEngine::decide`],
+//! whether a registered partner may perform an [`Action`] on a
+//! [`Resource`] in a [`RequestContext`]. The decision comes from a Cedar
+//! policy set (the files in `policies/default/` unless the operator points
+//! the vault at its own directory), validated against the schema
+//! `idvault.cedarschema`; anything no policy permits is denied, and a
+//! decision names the policy ids that made it so the audit log can say
+//! why. This crate does no I/O: the vault reads the files and hands their
+//! text to [`compile`].
 
 use std::fmt;
+
+mod engine;
+pub use engine::{
+    CompiledPolicies, DEFAULT_POLICIES, DEFAULT_SCHEMA, Decision, EntityError, PartnerFacts,
+    PolicyDiagnostic, PolicyEngine, PolicyFile, PolicySource, RequestContext, Resource,
+    bench_decisions, compile,
+};
 
 /// An operation a partner asks the vault to perform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,13 +43,32 @@ pub enum Action {
     IssueEnrollmentCode,
     /// Ask for a consent challenge.
     RequestChallenge,
-    /// Present a signed consent and receive the sealed fields.
+    /// Present signed consents at all (the gate before verification).
+    PresentConsent,
+    /// Receive a subject's fields under a verified consent.
     ReleaseConsented,
     /// Relay a device-authorised call (enroll, receipts, revocation).
     DeviceCall,
 }
 
 impl Action {
+    /// Every action, for building the policy engine's action entities.
+    pub const ALL: &'static [Action] = &[
+        Self::CreateSubject,
+        Self::UpdateSubject,
+        Self::VerifySubjectChain,
+        Self::DeleteSubject,
+        Self::ImportBridge,
+        Self::TokenizeLog,
+        Self::Detokenize,
+        Self::MatchSubjects,
+        Self::IssueEnrollmentCode,
+        Self::RequestChallenge,
+        Self::PresentConsent,
+        Self::ReleaseConsented,
+        Self::DeviceCall,
+    ];
+
     /// The RPC-style name used in audit records.
     pub fn name(self) -> &'static str {
         match self {
@@ -52,6 +82,7 @@ impl Action {
             Self::MatchSubjects => "Match",
             Self::IssueEnrollmentCode => "IssueEnrollmentCode",
             Self::RequestChallenge => "RequestChallenge",
+            Self::PresentConsent => "PresentConsent",
             Self::ReleaseConsented => "Release",
             Self::DeviceCall => "DeviceCall",
         }
@@ -142,90 +173,11 @@ impl Role {
             Self::DevicesWallet => "devices.wallet",
         }
     }
-
-    /// The actions this role grants.
-    pub fn grants(self) -> &'static [Action] {
-        match self {
-            Self::SubjectsWrite => &[Action::CreateSubject, Action::UpdateSubject],
-            Self::SubjectsVerify => &[Action::VerifySubjectChain],
-            Self::SubjectsDelete => &[Action::DeleteSubject],
-            Self::BridgeImport => &[Action::ImportBridge],
-            Self::Tokenize => &[Action::TokenizeLog],
-            Self::Detokenize => &[Action::Detokenize],
-            Self::SubjectsMatch => &[Action::MatchSubjects],
-            Self::DevicesEnroll => &[Action::IssueEnrollmentCode],
-            Self::ConsentRelease => &[Action::RequestChallenge, Action::ReleaseConsented],
-            Self::DevicesWallet => &[Action::DeviceCall],
-        }
-    }
-}
-
-/// The outcome of [`decide`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Allowed by the named rule (the role that granted it).
-    Allow {
-        /// Rule id, e.g. `role:subjects.write`.
-        rule: &'static str,
-    },
-    /// Denied: no rule granted it.
-    Deny,
-}
-
-impl Decision {
-    /// True when allowed.
-    pub fn is_allowed(self) -> bool {
-        matches!(self, Self::Allow { .. })
-    }
-}
-
-/// Decides whether a partner holding `roles` may perform `action`.
-/// Default deny: only an explicit grant allows.
-pub fn decide(roles: &[Role], action: Action) -> Decision {
-    roles
-        .iter()
-        .find(|r| r.grants().contains(&action))
-        .map_or(Decision::Deny, |r| Decision::Allow {
-            rule: match r {
-                Role::SubjectsWrite => "role:subjects.write",
-                Role::SubjectsVerify => "role:subjects.verify",
-                Role::SubjectsDelete => "role:subjects.delete",
-                Role::BridgeImport => "role:bridge.import",
-                Role::Tokenize => "role:tokens.tokenize",
-                Role::Detokenize => "role:tokens.detokenize",
-                Role::SubjectsMatch => "role:subjects.match",
-                Role::DevicesEnroll => "role:devices.enroll",
-                Role::ConsentRelease => "role:consent.release",
-                Role::DevicesWallet => "role:devices.wallet",
-            },
-        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_deny() {
-        assert_eq!(decide(&[], Action::CreateSubject), Decision::Deny);
-        assert_eq!(
-            decide(&[Role::SubjectsVerify], Action::DeleteSubject),
-            Decision::Deny
-        );
-    }
-
-    #[test]
-    fn grants_name_their_rule() {
-        assert_eq!(
-            decide(
-                &[Role::SubjectsVerify, Role::SubjectsWrite],
-                Action::UpdateSubject
-            ),
-            Decision::Allow {
-                rule: "role:subjects.write"
-            }
-        );
-    }
 
     #[test]
     fn role_names_round_trip() {

@@ -29,6 +29,9 @@ pub enum StartError {
     /// Storage problem.
     #[error("storage: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The policy set is invalid (each problem located).
+    #[error("invalid policy set; the vault does not start:\n{}", crate::policy::report(.0))]
+    Policies(Vec<idvault_policies::PolicyDiagnostic>),
     /// Indexing match domains failed.
     #[error("preparing blind matching: {0}")]
     Matching(#[from] crate::service::VaultError),
@@ -85,16 +88,21 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
         .collect::<Result<Vec<_>, _>>()?;
     let s = &config.file.server;
     let tls = crate::tls::server_config(&ca, chain, key, crls, &s.trust_domain)?;
+    let policy_dir = config.file.policies.dir.as_ref().map(|d| config.resolve(d));
+    let policies = crate::policy::engine(policy_dir.as_deref(), &config.registry)
+        .map_err(StartError::Policies)?;
     let store = Store::connect(database_url).await?;
     let vault = Vault::new(
         store,
         keys,
         config.registry.clone(),
+        policies,
         Arc::new(SystemClock),
         Arc::new(SystemRng::default()),
     )
     .with_match_country_code(config.file.matching.default_country_code)
-    .with_consent(config.file.consent.clone());
+    .with_consent(config.file.consent.clone())
+    .with_policy_dir(policy_dir);
     vault.prepare_matching().await?;
     Ok(Loaded {
         vault: Arc::new(vault),

@@ -85,12 +85,10 @@ const PERSON: &[(&str, &str)] = &[
 ];
 
 fn caller(name: &str) -> Caller {
-    Caller {
-        spiffe_id: format!(
-            "spiffe://{}/partner/{name}",
-            crate::devinit::DEV_TRUST_DOMAIN
-        ),
-    }
+    Caller::new(format!(
+        "spiffe://{}/partner/{name}",
+        crate::devinit::DEV_TRUST_DOMAIN
+    ))
 }
 
 fn grant(subject: &str, challenge: Vec<u8>) -> GrantRequest {

@@ -155,12 +155,10 @@ impl Scratch {
 }
 
 fn caller() -> Caller {
-    Caller {
-        spiffe_id: format!(
-            "spiffe://{}/partner/{PARTNER}",
-            crate::devinit::DEV_TRUST_DOMAIN
-        ),
-    }
+    Caller::new(format!(
+        "spiffe://{}/partner/{PARTNER}",
+        crate::devinit::DEV_TRUST_DOMAIN
+    ))
 }
 
 fn pairs(p: &Person) -> Vec<(String, String)> {

@@ -58,6 +58,9 @@ pub struct ConfigFile {
     /// `[consent]`
     #[serde(default)]
     pub consent: ConsentSection,
+    /// `[policies]`
+    #[serde(default)]
+    pub policies: PoliciesSection,
     /// `[[partner]]` entries: the partner registry.
     #[serde(default, rename = "partner")]
     pub partners: Vec<PartnerEntry>,
@@ -141,6 +144,15 @@ pub struct MatchingSection {
     /// "07700 900123" and "+44 7700 900123" agree. Changing it changes the
     /// phone indexes of subjects written afterwards only.
     pub default_country_code: Option<u16>,
+}
+
+/// `[policies]`: where the partner access policies are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesSection {
+    /// Directory holding one `.cedarschema` file and the `.cedar` policy
+    /// files (default: the built-in set, `policies/default/`).
+    pub dir: Option<PathBuf>,
 }
 
 /// `[consent]`: lifetimes of consent-signed release (docs/consent.md).

@@ -10,7 +10,7 @@
 //! Any refusal rolls the transaction back and is audited on its own with
 //! its reason token.
 
-use idvault_policies::Action;
+use idvault_policies::{Action, RequestContext, Resource};
 use idvault_proto::v1 as pb;
 use prost::Message;
 use zeroize::Zeroizing;
@@ -129,18 +129,50 @@ fn field_list(fields: &[FieldName]) -> String {
         .join(",")
 }
 
-/// Whether the partner's allowances permit the purpose and every field.
-fn allowed(partner: &Partner, purpose: &str, fields: &[FieldName]) -> Result<(), Refusal> {
+/// Why the policies refused a release: the registry allowance it breaks,
+/// or a policy of the operator's own.
+fn release_refusal(partner: &Partner, purpose: &str, fields: &[FieldName]) -> Refusal {
     if !partner.release_purposes.iter().any(|p| p == purpose) {
-        return Err(Refusal::PurposeNotAllowed);
+        Refusal::PurposeNotAllowed
+    } else if !fields.iter().all(|f| partner.release_fields.contains(f)) {
+        Refusal::FieldsNotAllowed
+    } else {
+        Refusal::PolicyDenied
     }
-    if !fields.iter().all(|f| partner.release_fields.contains(f)) {
-        return Err(Refusal::FieldsNotAllowed);
-    }
-    Ok(())
 }
 
 impl Vault {
+    /// The policy decision on releasing `fields` of `subject` for
+    /// `purpose` under a verified consent.
+    fn release_allowed(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        subject: &SubjectId,
+        purpose: &str,
+        fields: &[FieldName],
+    ) -> Result<(), Refusal> {
+        let names: Vec<&str> = fields.iter().map(|f| f.as_str()).collect();
+        let subject = subject.to_string();
+        let ctx = RequestContext {
+            purpose,
+            fields: &names,
+            consent_present: true,
+            now: 0,
+        };
+        if self.decide(
+            caller,
+            partner,
+            Action::ReleaseConsented,
+            Resource::Subject(&subject),
+            ctx,
+        ) {
+            Ok(())
+        } else {
+            Err(release_refusal(partner, purpose, fields))
+        }
+    }
+
     fn now_secs(&self) -> i64 {
         self.now_millis().div_euclid(1000)
     }
@@ -328,7 +360,10 @@ impl Vault {
         input: ReleaseInput,
     ) -> Result<Release, VaultError> {
         const A: Action = Action::ReleaseConsented;
-        let partner = self.authorize(caller, A).await?;
+        // The gate: may this partner present consents at all? (Checked
+        // before any signature work.) The release itself is decided once
+        // the consent verified.
+        let partner = self.authorize(caller, Action::PresentConsent).await?;
         match input {
             ReleaseInput::Grant(s) => {
                 let r = match self.verify_grant(caller, partner, &s).await {
@@ -376,7 +411,7 @@ impl Vault {
                 return Err(Refusal::AudienceMismatch);
             }
             g.check_window(self.now_secs(), &self.consent_settings().limits())?;
-            allowed(partner, &g.purpose, &g.fields)
+            self.release_allowed(caller, partner, &g.subject, &g.purpose, &g.fields)
         };
         check().map_err(|r| (known, refused(r)))?;
         let hash = c::grant_hash(&s.bytes);
@@ -459,7 +494,8 @@ impl Vault {
         // The registry may have narrowed since the grant was presented.
         let fields = c::parse_field_names(&row.fields.split(',').collect::<Vec<_>>())
             .ok_or(VaultError::Integrity("stored consent fields"))?;
-        allowed(partner, &row.purpose, &fields).map_err(refused)?;
+        self.release_allowed(caller, partner, &row.subject, &row.purpose, &fields)
+            .map_err(refused)?;
         self.seal_and_commit(tx, caller, partner, &row).await
     }
 

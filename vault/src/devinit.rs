@@ -313,7 +313,9 @@ pub fn dev_config(listen: &str, release_keys: &[(String, String)]) -> String {
          [server]\nlisten = \"{listen}\"\ntrust_domain = \"{DEV_TRUST_DOMAIN}\"\n\n\
          [keys]\nroot_key_file = \"root.key\"\n\n\
          [tls]\nclient_ca = \"tls/ca.crt\"\nserver_cert = \"tls/server.crt\"\nserver_key = \"tls/server.key\"\ncrls = []\n\n\
-         [matching]\n# Phone numbers without a country code are read as UK numbers.\ndefault_country_code = 44\n"
+         [matching]\n# Phone numbers without a country code are read as UK numbers.\ndefault_country_code = 44\n\n\
+         [policies]\n# Partner access policies (Cedar); `idvault policy check policies` validates them,\n\
+         # SIGHUP reloads them.\ndir = \"policies\"\n"
     );
     for (name, roles) in DEV_PARTNERS {
         let roles = roles
@@ -449,6 +451,14 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
         };
         release_keys.push(((*name).to_owned(), key.public_hex()));
     }
+    // The default policy set, for the operator to read and edit.
+    let policies = dir.join("policies");
+    made.extend(
+        crate::policy::write_defaults(&policies).map_err(|source| InitError::Io {
+            path: policies.clone(),
+            source,
+        })?,
+    );
     let cfg = dir.join(CONFIG_FILE);
     if !cfg.exists() {
         write_file(&cfg, dev_config(listen, &release_keys).as_bytes(), false)?;

@@ -23,6 +23,7 @@ pub mod devinit;
 pub mod keyfile;
 pub mod logtok;
 pub mod matching;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod store;

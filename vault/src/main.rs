@@ -110,6 +110,11 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Partner access policies (Cedar).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Measure throughput of core operations.
     Bench {
         #[command(subcommand)]
@@ -250,6 +255,13 @@ struct TokenizeArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Validate a policy directory (one .cedarschema, any .cedar files) as
+    /// the vault does at start: errors name file, line and column.
+    Check { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Seal, open and chain-verify packets in memory.
     Packets {
@@ -307,6 +319,16 @@ enum BenchCommand {
         /// Database URL (default: SQLite in a fresh temporary directory).
         #[arg(long)]
         database_url: Option<String>,
+    },
+    /// Partner access policy decisions per second on one thread, with the
+    /// built-in policy set or a policy directory.
+    Policy {
+        /// Decisions to time.
+        #[arg(long, default_value_t = 1_000_000)]
+        decisions: usize,
+        /// Policy directory (default: the built-in set).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// CreateSubject RPCs over real mTLS against an in-process server.
     Subjects {
@@ -482,6 +504,27 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => export_token_key(&dir, &domain, version, &out),
         Command::Partner(args) => partner(args).await.map_err(plain_status),
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+        } => {
+            let compiled =
+                idvault::policy::read_dir(&dir).and_then(|src| idvault_policies::compile(&src));
+            match compiled {
+                Ok(c) => {
+                    println!(
+                        "{}: {} policies valid against the schema ({})",
+                        dir.display(),
+                        c.ids().len(),
+                        c.ids().join(", ")
+                    );
+                    Ok(())
+                }
+                Err(d) => {
+                    eprintln!("{}", idvault::policy::report(&d));
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Device(args) => consent_cli::device(args).await.map_err(plain_status),
         Command::Bench {
             command:
@@ -499,6 +542,24 @@ async fn main() -> anyhow::Result<()> {
                 database_url,
             })
             .await
+        }
+        Command::Bench {
+            command: BenchCommand::Policy { decisions, dir },
+        } => {
+            let src = match &dir {
+                Some(d) => idvault::policy::read_dir(d),
+                None => Ok(idvault_policies::PolicySource::builtin()),
+            };
+            let compiled = src
+                .and_then(|s| idvault_policies::compile(&s))
+                .map_err(|d| anyhow::anyhow!(idvault::policy::report(&d)))?;
+            let ids = compiled.ids().len();
+            let (rate, allowed) = idvault_policies::bench_decisions(compiled, decisions)?;
+            println!(
+                "policy decisions (one thread, {ids} policies, {decisions} decisions, {:.0}% allowed): {rate:.0}/s",
+                allowed * 100.0
+            );
+            Ok(())
         }
         Command::Bench {
             command: BenchCommand::Packets { count },
@@ -636,6 +697,7 @@ async fn serve(
         server.addr,
         redact_url(&url)
     );
+    spawn_policy_reload(Arc::clone(&loaded.vault));
     let stop = server.take_shutdown();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -647,6 +709,30 @@ async fn serve(
     server.wait().await?;
     loaded.vault.store().close().await;
     Ok(())
+}
+
+/// SIGHUP reloads the policy set; an invalid set is reported and the one
+/// in force stays.
+fn spawn_policy_reload(vault: Arc<idvault::service::Vault>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; policies reload only at restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match vault.reload_policies() {
+                Ok(n) => tracing::info!(policies = n, "policy set reloaded"),
+                Err(d) => tracing::error!(
+                    errors = %idvault::policy::report(&d),
+                    "policy reload refused; the previous policy set stays in force"
+                ),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = vault;
 }
 
 async fn shutdown_signal() {

@@ -602,9 +602,7 @@ impl Vault {
             .filter(|(_, done)| *done)
             .map(|(d, _)| d)
             .collect();
-        let system = Caller {
-            spiffe_id: "idvault".to_owned(),
-        };
+        let system = Caller::new("idvault");
         let stale = recorded
             .iter()
             .filter(|(d, _)| !st.domains.contains(d))

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use idvault_policies::{Action, Decision};
+use idvault_policies::{Action, PolicyEngine, RequestContext, Resource};
 
 use crate::config::{Partner, PartnerRegistry};
 use crate::core::audit::{self, AuditEvent};
@@ -91,11 +91,45 @@ impl VaultError {
     }
 }
 
-/// The authenticated caller: the SPIFFE id its certificate proved.
-#[derive(Debug, Clone)]
+/// The authenticated caller: the SPIFFE id its certificate proved, and
+/// the policies that decided its request (recorded in its audit records).
+/// A clone starts with its own copy of the decision, so concurrent
+/// requests of one caller never share it.
+#[derive(Debug)]
 pub struct Caller {
     /// SPIFFE id.
     pub spiffe_id: String,
+    decided_by: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Clone for Caller {
+    fn clone(&self) -> Self {
+        Self {
+            spiffe_id: self.spiffe_id.clone(),
+            decided_by: Arc::new(std::sync::Mutex::new(self.decision_text())),
+        }
+    }
+}
+
+impl Caller {
+    /// A caller proven to hold `spiffe_id`.
+    pub fn new(spiffe_id: impl Into<String>) -> Self {
+        Self {
+            spiffe_id: spiffe_id.into(),
+            decided_by: Arc::default(),
+        }
+    }
+
+    /// Records the decision's policy ids for the request's audit records.
+    pub(crate) fn record_decision(&self, text: String) {
+        if let Ok(mut d) = self.decided_by.lock() {
+            *d = Some(text);
+        }
+    }
+
+    fn decision_text(&self) -> Option<String> {
+        self.decided_by.lock().ok().and_then(|d| d.clone())
+    }
 }
 
 /// Result of a create or update.
@@ -129,6 +163,8 @@ pub struct Vault {
     xref_cache: crate::logtok::XrefCache,
     matching: crate::matching::MatchState,
     consent: crate::config::ConsentSection,
+    policies: std::sync::RwLock<Arc<PolicyEngine>>,
+    policy_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -144,16 +180,20 @@ impl std::fmt::Debug for dyn Rng {
 }
 
 impl Vault {
-    /// Assembles a vault.
+    /// Assembles a vault deciding with `policies` (see
+    /// [`crate::policy::engine`]).
     pub fn new(
         store: Store,
         keys: KeyHierarchy,
         registry: PartnerRegistry,
+        policies: PolicyEngine,
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
     ) -> Self {
         let matching = crate::matching::MatchState::new(&registry, None);
         Self {
+            policies: std::sync::RwLock::new(Arc::new(policies)),
+            policy_dir: None,
             store,
             keys,
             registry,
@@ -163,6 +203,60 @@ impl Vault {
             matching,
             consent: crate::config::ConsentSection::default(),
         }
+    }
+
+    /// Sets the directory policies are reloaded from.
+    #[must_use]
+    pub fn with_policy_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.policy_dir = dir;
+        self
+    }
+
+    /// The partner registry.
+    pub fn registry(&self) -> &PartnerRegistry {
+        &self.registry
+    }
+
+    /// The policy engine in force.
+    pub fn policies(&self) -> Arc<PolicyEngine> {
+        match self.policies.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reloads the policy set from the configured directory (or the
+    /// built-in set) and swaps it in atomically. On any error the set in
+    /// force stays, and the errors are returned, located.
+    pub fn reload_policies(&self) -> Result<usize, Vec<idvault_policies::PolicyDiagnostic>> {
+        let engine = crate::policy::engine(self.policy_dir.as_deref(), &self.registry)?;
+        let n = engine.policy_ids().len();
+        match self.policies.write() {
+            Ok(mut p) => *p = Arc::new(engine),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
+        }
+        Ok(n)
+    }
+
+    /// Asks the policies whether `partner` may do `action` on `resource`
+    /// in `ctx`, and records the deciding policies on `caller`.
+    pub(crate) fn decide(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        action: Action,
+        resource: Resource<'_>,
+        ctx: RequestContext<'_>,
+    ) -> bool {
+        let ctx = RequestContext {
+            now: self.now_millis().div_euclid(1000),
+            ..ctx
+        };
+        let d = self
+            .policies()
+            .decide(&partner.name, action, resource, &ctx);
+        caller.record_decision(d.audit_text());
+        d.allowed
     }
 
     /// Sets the consent lifetimes (`[consent]`).
@@ -248,6 +342,12 @@ impl Vault {
         outcome: &str,
         detail: String,
     ) -> AuditEvent {
+        // Every decision is audited with the policies that made it.
+        let detail = match caller.decision_text() {
+            Some(d) if detail.is_empty() => d,
+            Some(d) => format!("{detail} {d}"),
+            None => detail,
+        };
         AuditEvent {
             time_ms: self.clock.now_millis(),
             actor: caller.spiffe_id.clone(),
@@ -311,12 +411,17 @@ impl Vault {
                 .refuse(caller, action, None, VaultError::Unregistered)
                 .await;
         };
-        match idvault_policies::decide(&partner.roles, action) {
-            Decision::Allow { .. } => Ok(partner),
-            Decision::Deny => {
-                self.refuse(caller, action, None, VaultError::Denied(action))
-                    .await
-            }
+        if self.decide(
+            caller,
+            partner,
+            action,
+            Resource::Vault,
+            RequestContext::default(),
+        ) {
+            Ok(partner)
+        } else {
+            self.refuse(caller, action, None, VaultError::Denied(action))
+                .await
         }
     }
 

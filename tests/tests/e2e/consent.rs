@@ -296,6 +296,8 @@ pub async fn happy_path_end_to_end(backend: Backend) -> anyhow::Result<()> {
         "{}",
         rel[0].1
     );
+    // Audited with the policy that allowed it.
+    assert!(rel[0].1.ends_with("policy=consent-release"), "{}", rel[0].1);
     let text = cx.all_audit_text().await;
     for (_, v) in PERSON {
         assert!(!text.contains(v), "audit log holds a value");
@@ -381,7 +383,7 @@ pub async fn signature_refusals(backend: Backend) -> anyhow::Result<()> {
         .audit("Release")
         .await
         .into_iter()
-        .map(|(o, d)| format!("{o}:{d}"))
+        .map(|(o, d)| format!("{o}:{}", d.split(' ').next().unwrap_or("")))
         .collect();
     assert_eq!(
         outcomes[..6],
@@ -506,7 +508,7 @@ pub async fn grant_checks_refuse(backend: Backend) -> anyhow::Result<()> {
         .await
         .into_iter()
         .filter(|(o, _)| o == "refused")
-        .map(|(_, d)| d)
+        .map(|(_, d)| d.split(' ').next().unwrap_or("").to_owned())
         .collect();
     assert_eq!(
         reasons,

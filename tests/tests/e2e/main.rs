@@ -20,6 +20,7 @@ mod logs;
 mod matching;
 mod mtls;
 mod ops;
+mod policies;
 mod subjects;
 mod tamper;
 mod tokens;
@@ -79,6 +80,9 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::replay_refused_after_restart,
     consent::standing_consent_and_revocation,
     consent::enrollment_and_device_call_checks,
+    policies::default_deny_and_decisions_audited,
+    policies::operator_forbid_overrides_and_is_named,
+    policies::reload_swaps_and_keeps_old_set_on_error,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.
@@ -94,6 +98,7 @@ const EDGE: &[(&str, TestFn)] = tests![
     logs::no_pii_in_logs_or_statuses,
     ops::start_refuses_missing_material,
     ops::loose_key_file_permissions_refused,
+    policies::invalid_policies_refuse_start_with_location,
 ];
 
 fn run(f: TestFn, backend: Backend) -> Result<(), Failed> {

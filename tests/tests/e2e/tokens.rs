@@ -112,7 +112,10 @@ pub async fn tokenize_stream_stateless(b: Backend) -> anyhow::Result<()> {
         sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'TokenizeLog'")
             .fetch_one(tv.db())
             .await?;
-    assert_eq!(audited, "mode=stateless domain=logs v1");
+    assert_eq!(
+        audited,
+        "mode=stateless domain=logs v1 policy=tokens-tokenize"
+    );
     // Bad settings are refused up front.
     // partner-b may not tokenize in partner-a's domain (it could otherwise
     // build a dictionary of partner-a's tokens); its own domain is unlinkable.

@@ -66,6 +66,7 @@ fn refusal_code(r: crate::core::consent::Refusal) -> tonic::Code {
         | R::ChallengeMismatch
         | R::PurposeNotAllowed
         | R::FieldsNotAllowed
+        | R::PolicyDenied
         | R::ConsentRevoked
         | R::WrongAction => Code::PermissionDenied,
         R::NotYetValid
@@ -121,9 +122,7 @@ pub(crate) async fn next_message<T>(
 pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()
         .get::<PeerInfo>()
-        .map(|p| Caller {
-            spiffe_id: p.spiffe_id.as_str().to_owned(),
-        })
+        .map(|p| Caller::new(p.spiffe_id.as_str()))
         // Unreachable behind the TLS acceptor; refuse rather than guess.
         .ok_or_else(|| Status::unauthenticated("no client certificate identity"))
 }

@@ -99,6 +99,10 @@ pub enum Refusal {
     /// The partner's allowances do not include every requested field.
     #[error("a requested field is not allowed for this partner")]
     FieldsNotAllowed,
+    /// The partner access policies refused the release for another reason
+    /// than the registry allowances (an operator's own policy).
+    #[error("the access policies do not permit this release")]
+    PolicyDenied,
     /// No standing consent with that id for this partner.
     #[error("no standing consent with this id for this partner")]
     ConsentUnknown,
@@ -142,6 +146,7 @@ impl Refusal {
             Self::ConsentReplayed => "consent_replayed",
             Self::PurposeNotAllowed => "purpose_not_allowed",
             Self::FieldsNotAllowed => "fields_not_allowed",
+            Self::PolicyDenied => "policy_denied",
             Self::ConsentUnknown => "consent_unknown",
             Self::ConsentRevoked => "consent_revoked",
             Self::EnrollmentCodeInvalid => "enrollment_code_invalid",
