@@ -161,7 +161,7 @@ fn diagnostics(file: &PolicyFile, d: &dyn Diagnostic) -> Vec<PolicyDiagnostic> {
             message,
         }];
     }
-    labels
+    let mut out: Vec<PolicyDiagnostic> = labels
         .iter()
         .map(|l: &miette::LabeledSpan| {
             let (line, column) = line_col(&file.text, l.offset());
@@ -172,7 +172,15 @@ fn diagnostics(file: &PolicyFile, d: &dyn Diagnostic) -> Vec<PolicyDiagnostic> {
                 message: message.clone(),
             }
         })
-        .collect()
+        .collect();
+    // A parse failure lists its second and later errors as related ones.
+    out.extend(
+        d.related()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| diagnostics(file, r)),
+    );
+    out
 }
 
 /// A validated policy set and its schema.
@@ -236,11 +244,20 @@ pub fn compile(src: &PolicySource) -> Result<CompiledPolicies, Vec<PolicyDiagnos
                 for (auto, id) in &names {
                     d.message = d.message.replace(auto, id);
                 }
-                if places.insert((d.line, d.column)) {
+                if places.insert((d.line, d.column, d.message.clone())) {
                     errors.push(d);
                 }
             }
         }
+        if parsed.templates().next().is_some() {
+            errors.push(PolicyDiagnostic {
+                file: file.name.clone(),
+                line: 0,
+                column: 0,
+                message: "policy templates (?principal, ?resource) are not supported".into(),
+            });
+        }
+        let starts = statement_starts(&file.text);
         for p in parsed.policies() {
             // Parsed policies are numbered `policyN` in file order.
             let at = p
@@ -248,7 +265,7 @@ pub fn compile(src: &PolicySource) -> Result<CompiledPolicies, Vec<PolicyDiagnos
                 .to_string()
                 .strip_prefix("policy")
                 .and_then(|n| n.parse::<usize>().ok())
-                .and_then(|n| statement_starts(&file.text).get(n).copied())
+                .and_then(|n| starts.get(n).copied())
                 .map_or((0, 0), |o| line_col(&file.text, o));
             let located = |message: String| PolicyDiagnostic {
                 file: file.name.clone(),
@@ -471,6 +488,32 @@ impl PolicyEngine {
             .iter()
             .map(|a| (*a, uid(&action_type, a.name())))
             .collect();
+        // The vault builds requests without validating them per call: check
+        // once here that what it sends fits the schema's context and types
+        // for every action, so a schema edit cannot make policies error at
+        // run time (an erroring forbid would otherwise be skipped).
+        let probe = uid(&partner_type, "schema-check");
+        for (action, action_uid) in &actions {
+            let resource = match action {
+                Action::ReleaseConsented => uid(&type_name("IdVault::Subject"), "schema-check"),
+                _ => uid(&type_name("IdVault::Vault"), "vault"),
+            };
+            let context = Self::context(&RequestContext::default())
+                .ok_or_else(|| EntityError("cannot build a request context".into()))?;
+            cedar_policy::Request::new(
+                probe.clone(),
+                action_uid.clone(),
+                resource,
+                context,
+                Some(&policies.schema),
+            )
+            .map_err(|e| {
+                EntityError(format!(
+                    "the schema does not accept the vault's {} requests: {e}",
+                    action.name()
+                ))
+            })?;
+        }
         let has_action_groups = policies.schema.action_groups().next().is_some();
         let mut slices = HashMap::new();
         for p in partners {
@@ -601,6 +644,24 @@ impl PolicyEngine {
             return Decision::deny();
         };
         let response = self.authorizer.is_authorized(&request, set, &self.entities);
+        // Cedar skips a policy whose evaluation errors: a broken forbid
+        // would then let the request through. Fail closed instead, naming
+        // the policies that errored.
+        let errored: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                    format!("error:{}", e.policy_id())
+                }
+            })
+            .collect();
+        if !errored.is_empty() {
+            return Decision {
+                allowed: false,
+                policies: errored,
+            };
+        }
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
@@ -865,6 +926,26 @@ mod tests {
             }
         }
         assert_eq!(checked, 2 * Action::ALL.len() * 3 * 2);
+    }
+
+    /// A forbid whose evaluation errors denies (fail closed) and is named.
+    #[test]
+    fn erroring_policy_fails_closed() {
+        let mut src = PolicySource::builtin();
+        // Passes validation, but overflows at run time.
+        src.policies.push(PolicyFile {
+            name: "overflow.cedar".into(),
+            text: "@id(\"overflow\")\nforbid (principal, action, resource) when { context.now * 9223372036854775807 > 0 };\n".into(),
+        });
+        let e = engine(&src);
+        let d = e.decide("a", Action::CreateSubject, Resource::Vault, &ctx());
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                policies: vec!["error:overflow".into()]
+            }
+        );
     }
 
     #[test]

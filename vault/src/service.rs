@@ -407,6 +407,7 @@ impl Vault {
         action: Action,
     ) -> Result<&Partner, VaultError> {
         let Some(partner) = self.registry.by_spiffe_id(&caller.spiffe_id) else {
+            caller.record_decision("policy=default-deny".into());
             return self
                 .refuse(caller, action, None, VaultError::Unregistered)
                 .await;
