@@ -244,7 +244,10 @@ pub fn compile(src: &PolicySource) -> Result<CompiledPolicies, Vec<PolicyDiagnos
                 for (auto, id) in &names {
                     d.message = d.message.replace(auto, id);
                 }
-                if places.insert((d.line, d.column, d.message.clone())) {
+                // The validator repeats one problem for every action a
+                // policy covers, with the action in the message: keep the
+                // first per place.
+                if places.insert((d.line, d.column)) {
                     errors.push(d);
                 }
             }
