@@ -218,6 +218,17 @@ enum DeviceCommand {
     },
 }
 
+fn print_revoked(revoked: bool) {
+    println!(
+        "{}",
+        if revoked {
+            "revoked"
+        } else {
+            "not revoked (unknown or already revoked)"
+        }
+    );
+}
+
 fn load_key(path: &Path) -> anyhow::Result<DeviceKey> {
     DeviceKey::from_pem(&read_pem(path)?).with_context(|| path.display().to_string())
 }
@@ -338,14 +349,7 @@ pub(crate) async fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 Action::RevokeConsent(pb::RevokeConsent { consent_id: id }),
             )?;
             let r = args.client().await?.revoke_consent(req).await?.into_inner();
-            println!(
-                "{}",
-                if r.revoked {
-                    "revoked"
-                } else {
-                    "not revoked (unknown or already revoked)"
-                }
-            );
+            print_revoked(r.revoked);
         }
         DeviceCommand::Revoke { key, device_id } => {
             let k = load_key(key)?;
@@ -355,14 +359,7 @@ pub(crate) async fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 Action::RevokeDevice(pb::RevokeDevice { device_id: target }),
             )?;
             let r = args.client().await?.revoke_device(req).await?.into_inner();
-            println!(
-                "{}",
-                if r.revoked {
-                    "revoked"
-                } else {
-                    "not revoked (unknown or already revoked)"
-                }
-            );
+            print_revoked(r.revoked);
         }
     }
     Ok(())

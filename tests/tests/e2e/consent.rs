@@ -68,20 +68,24 @@ async fn create_subject(tv: &TestVault, f: &[(&str, &str)]) -> String {
         .subject_id
 }
 
+/// A fresh enrollment code for `subject` from partner-a.
+async fn code_for(a: &mut ConsentServiceClient<Channel>, subject: &str) -> String {
+    a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+        subject_id: subject.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .enrollment_code
+}
+
 /// Enrolls a fresh device to `subject` with a code from partner-a.
 async fn enroll(
     a: &mut ConsentServiceClient<Channel>,
     wallet: &mut DeviceServiceClient<Channel>,
     subject: &str,
 ) -> DeviceKey {
-    let code = a
-        .issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
-            subject_id: subject.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .enrollment_code;
+    let code = code_for(a, subject).await;
     let key = DeviceKey::generate(&SystemRng::default()).unwrap();
     let r = wallet
         .enroll(key.enrollment(subject, &code).unwrap())
@@ -702,13 +706,7 @@ pub async fn standing_consent_and_revocation(backend: Backend) -> anyhow::Result
 /// roles gate every call; device requests are bound to their RPC and time.
 pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Result<()> {
     let mut cx = setup(backend).await;
-    let code =
-        cx.a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
-            subject_id: cx.subject.clone(),
-        })
-        .await?
-        .into_inner()
-        .enrollment_code;
+    let code = code_for(&mut cx.a, &cx.subject).await;
     assert_eq!(code.len(), 23, "XXXXX-XXXXX-XXXXX-XXXXX");
     let k1 = DeviceKey::generate(&SystemRng::default()).unwrap();
     let k2 = DeviceKey::generate(&SystemRng::default()).unwrap();
@@ -734,13 +732,7 @@ pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Resu
         "enrollment_code_invalid",
     );
     // An expired code.
-    let code =
-        cx.a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
-            subject_id: cx.subject.clone(),
-        })
-        .await?
-        .into_inner()
-        .enrollment_code;
+    let code = code_for(&mut cx.a, &cx.subject).await;
     sqlx::query("UPDATE enrollment_codes SET expires_at_ms = 1 WHERE used_at_ms IS NULL")
         .execute(cx.tv.db())
         .await?;
@@ -752,13 +744,7 @@ pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Resu
         "enrollment_code_invalid",
     );
     // The same key twice.
-    let code =
-        cx.a.issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
-            subject_id: cx.subject.clone(),
-        })
-        .await?
-        .into_inner()
-        .enrollment_code;
+    let code = code_for(&mut cx.a, &cx.subject).await;
     refused(
         cx.wallet
             .enroll(k1.enrollment(&cx.subject, &code).unwrap())
