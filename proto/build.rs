@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/idvault/v1/tokens.proto",
         "proto/idvault/v1/match.proto",
         "proto/idvault/v1/consent.proto",
+        "proto/idvault/v1/events.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -47,8 +47,14 @@ pub enum Action {
     PresentConsent,
     /// Receive a subject's fields under a verified consent.
     ReleaseConsented,
-    /// Relay a device-authorised call (enroll, receipts, revocation).
+    /// Relay a device-authorised call (enroll, receipts, revocation,
+    /// linked entities and rules).
     DeviceCall,
+    /// Report an event about a subject (the person's rules may turn it
+    /// into commands for other entities).
+    PublishEvent,
+    /// Drain and acknowledge the commands addressed to the partner.
+    ReceiveCommands,
 }
 
 impl Action {
@@ -67,6 +73,8 @@ impl Action {
         Self::PresentConsent,
         Self::ReleaseConsented,
         Self::DeviceCall,
+        Self::PublishEvent,
+        Self::ReceiveCommands,
     ];
 
     /// The RPC-style name used in audit records.
@@ -85,6 +93,8 @@ impl Action {
             Self::PresentConsent => "PresentConsent",
             Self::ReleaseConsented => "Release",
             Self::DeviceCall => "DeviceCall",
+            Self::PublishEvent => "PublishEvent",
+            Self::ReceiveCommands => "ReceiveCommands",
         }
     }
 }
@@ -119,6 +129,10 @@ pub enum Role {
     ConsentRelease,
     /// `devices.wallet`: a mobile app relaying device-signed calls.
     DevicesWallet,
+    /// `events.publish`: report events about subjects.
+    EventsPublish,
+    /// `commands.receive`: drain and acknowledge commands.
+    CommandsReceive,
 }
 
 /// A role name that is not known.
@@ -139,6 +153,8 @@ impl Role {
         "devices.enroll",
         "consent.release",
         "devices.wallet",
+        "events.publish",
+        "commands.receive",
     ];
 
     /// Parses a registry role name.
@@ -154,6 +170,8 @@ impl Role {
             "devices.enroll" => Ok(Self::DevicesEnroll),
             "consent.release" => Ok(Self::ConsentRelease),
             "devices.wallet" => Ok(Self::DevicesWallet),
+            "events.publish" => Ok(Self::EventsPublish),
+            "commands.receive" => Ok(Self::CommandsReceive),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -171,6 +189,8 @@ impl Role {
             Self::DevicesEnroll => "devices.enroll",
             Self::ConsentRelease => "consent.release",
             Self::DevicesWallet => "devices.wallet",
+            Self::EventsPublish => "events.publish",
+            Self::CommandsReceive => "commands.receive",
         }
     }
 }

@@ -77,6 +77,16 @@ pub enum DeviceOp {
     ListDevices,
     /// RevokeDevice.
     RevokeDevice,
+    /// LinkEntity.
+    LinkEntity,
+    /// UnlinkEntity.
+    UnlinkEntity,
+    /// SetRules.
+    SetRules,
+    /// ListRules.
+    ListRules,
+    /// SuggestRules.
+    SuggestRules,
 }
 
 impl DeviceOp {
@@ -87,6 +97,11 @@ impl DeviceOp {
                 | (Self::RevokeConsent, DeviceAction::RevokeConsent(_))
                 | (Self::ListDevices, DeviceAction::ListDevices)
                 | (Self::RevokeDevice, DeviceAction::RevokeDevice(_))
+                | (Self::LinkEntity, DeviceAction::LinkEntity(_))
+                | (Self::UnlinkEntity, DeviceAction::UnlinkEntity(_))
+                | (Self::SetRules, DeviceAction::SetRules(_))
+                | (Self::ListRules, DeviceAction::ListRules)
+                | (Self::SuggestRules, DeviceAction::SuggestRules)
         )
     }
 
@@ -96,6 +111,11 @@ impl DeviceOp {
             Self::RevokeConsent => "revoke_consent",
             Self::ListDevices => "list_devices",
             Self::RevokeDevice => "revoke_device",
+            Self::LinkEntity => "link_entity",
+            Self::UnlinkEntity => "unlink_entity",
+            Self::SetRules => "set_rules",
+            Self::ListRules => "list_rules",
+            Self::SuggestRules => "suggest_rules",
         }
     }
 }
@@ -109,6 +129,26 @@ pub enum DeviceOutcome {
     Devices(Vec<DeviceRow>),
     /// Whether a revocation changed anything.
     Revoked(bool),
+    /// Whether a link was made.
+    Linked(bool),
+    /// Whether a link was removed, and how many rules with it.
+    Unlinked {
+        /// The entity was linked.
+        unlinked: bool,
+        /// Rules removed with it.
+        rules_removed: u32,
+    },
+    /// The rules now stored.
+    Rules(Vec<crate::core::rules::Rule>),
+    /// Linked entities `(entity, linked_at_ms)` and rules.
+    RuleList {
+        /// Linked entities.
+        entities: Vec<(String, i64)>,
+        /// Rules.
+        rules: Vec<crate::core::rules::Rule>,
+    },
+    /// Suggested rule sets, best first.
+    Suggestions(Vec<crate::core::rules::Suggestion>),
 }
 
 fn refused(r: Refusal) -> VaultError {
@@ -636,6 +676,10 @@ impl Vault {
                         format!("target={id} revoked={done}"),
                     )
                 }
+                other => self
+                    .rules_action(&mut tx, &subject, other)
+                    .await?
+                    .ok_or(VaultError::Internal("unhandled device action"))?,
             };
             let detail = format!("op={} device={} {detail}", op.name(), device.device_id);
             self.commit_event(tx, caller, A, Some(&subject), detail)

@@ -35,6 +35,8 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "tokens.detokenize",
             "devices.enroll",
             "consent.release",
+            "events.publish",
+            "commands.receive",
         ],
     ),
     (
@@ -45,6 +47,8 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "subjects.match",
             "tokens.tokenize",
             "consent.release",
+            "events.publish",
+            "commands.receive",
         ],
     ),
     // The development wallet app: relays device-signed calls.

@@ -3,7 +3,8 @@
 //! - [`core`]: keys, packets, subjects and audit chaining; pure, no I/O.
 //! - [`store`]: the sqlx adapter (SQLite and PostgreSQL).
 //! - [`service`]: the use cases; ask the policy, run the core, write the store
-//!   ([`xref`], [`logtok`], [`matching`] hold the token and matching ones).
+//!   ([`xref`], [`logtok`], [`matching`], [`consent`], [`events`] hold the
+//!   token, matching, consent and rules ones).
 //! - [`api`]: tonic services; map protobuf to the service and errors to status.
 //! - [`tls`], [`config`], [`keyfile`], [`devinit`], [`server`]: the edges.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod consent;
 pub mod core;
 pub mod device;
 pub mod devinit;
+pub mod events;
 pub mod keyfile;
 pub mod logtok;
 pub mod matching;

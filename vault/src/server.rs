@@ -5,15 +5,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use idvault_proto::v1::command_service_server::CommandServiceServer;
 use idvault_proto::v1::consent_service_server::ConsentServiceServer;
 use idvault_proto::v1::device_service_server::DeviceServiceServer;
+use idvault_proto::v1::event_service_server::EventServiceServer;
 use idvault_proto::v1::match_service_server::MatchServiceServer;
 use idvault_proto::v1::subject_service_server::SubjectServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{ConsentApi, DeviceApi, MatchApi, SubjectApi, TokenApi};
+use crate::api::{CommandApi, ConsentApi, DeviceApi, EventApi, MatchApi, SubjectApi, TokenApi};
 use crate::service::Vault;
 use idvault_proto::v1::token_service_server::TokenServiceServer;
 
@@ -173,6 +175,23 @@ pub async fn start(
         DeviceServiceServer::new(DeviceApi::new(Arc::clone(&vault), opts.request_timeout))
             .max_decoding_message_size(consent_limit)
             .max_encoding_message_size(opts.max_message_bytes);
+    health_reporter
+        .set_serving::<EventServiceServer<EventApi>>()
+        .await;
+    health_reporter
+        .set_serving::<CommandServiceServer<CommandApi>>()
+        .await;
+    // Events carry at most 32 fields of 1 KiB: the consent cap fits them.
+    let events = EventServiceServer::new(EventApi::new(Arc::clone(&vault), opts.request_timeout))
+        .max_decoding_message_size(consent_limit)
+        .max_encoding_message_size(opts.max_message_bytes);
+    let commands = CommandServiceServer::new(CommandApi::new(
+        Arc::clone(&vault),
+        opts.request_timeout,
+        opts.stream_timeout,
+    ))
+    .max_decoding_message_size(opts.max_message_bytes)
+    .max_encoding_message_size(opts.max_message_bytes);
     let subjects = SubjectServiceServer::new(SubjectApi::new(vault, opts.request_timeout))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
@@ -198,6 +217,8 @@ pub async fn start(
         .add_service(matching)
         .add_service(consent)
         .add_service(devices)
+        .add_service(events)
+        .add_service(commands)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

@@ -165,6 +165,9 @@ pub struct Vault {
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
+    /// Woken when commands are written, so open command streams of this
+    /// process send them at once (other replicas' are found by polling).
+    commands_ready: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -202,6 +205,7 @@ impl Vault {
             xref_cache: crate::logtok::XrefCache::default(),
             matching,
             consent: crate::config::ConsentSection::default(),
+            commands_ready: tokio::sync::Notify::new(),
         }
     }
 
@@ -282,6 +286,11 @@ impl Vault {
     /// Blind-matching state.
     pub(crate) fn matching(&self) -> &crate::matching::MatchState {
         &self.matching
+    }
+
+    /// Notified whenever this process writes commands to the outbox.
+    pub fn commands_ready(&self) -> &tokio::sync::Notify {
+        &self.commands_ready
     }
 
     /// The cross-reference lookup cache.

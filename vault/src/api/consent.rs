@@ -10,13 +10,14 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, status, within};
 use crate::consent::{DeviceOp, DeviceOutcome, ReleaseInput, Signed};
+use crate::core::rules::Rule;
 use crate::service::Vault;
 
 /// Runs a use case on its own task and waits for it within `deadline`.
 /// A client that cancels or times out stops waiting, but the use case
 /// still finishes: a release's claim, receipt and audit record, or a
 /// refusal's audit record, are never cut off halfway.
-async fn detached<T, F>(deadline: std::time::Duration, f: F) -> Result<T, Status>
+pub(crate) async fn detached<T, F>(deadline: std::time::Duration, f: F) -> Result<T, Status>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, crate::service::VaultError>> + Send + 'static,
@@ -229,5 +230,84 @@ impl DeviceService for DeviceApi {
             return Err(unexpected());
         };
         Ok(Response::new(pb::RevokeDeviceResponse { revoked }))
+    }
+
+    async fn link_entity(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::LinkEntityResponse>, Status> {
+        let DeviceOutcome::Linked(linked) = self.call(req, DeviceOp::LinkEntity).await? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::LinkEntityResponse { linked }))
+    }
+
+    async fn unlink_entity(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::UnlinkEntityResponse>, Status> {
+        let DeviceOutcome::Unlinked {
+            unlinked,
+            rules_removed,
+        } = self.call(req, DeviceOp::UnlinkEntity).await?
+        else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::UnlinkEntityResponse {
+            unlinked,
+            rules_removed,
+        }))
+    }
+
+    async fn set_rules(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::SetRulesResponse>, Status> {
+        let DeviceOutcome::Rules(rules) = self.call(req, DeviceOp::SetRules).await? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::SetRulesResponse {
+            rules: rules.iter().map(Rule::to_pb).collect(),
+        }))
+    }
+
+    async fn list_rules(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        let DeviceOutcome::RuleList { entities, rules } =
+            self.call(req, DeviceOp::ListRules).await?
+        else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::ListRulesResponse {
+            entities: entities
+                .into_iter()
+                .map(|(entity, linked_at_ms)| pb::LinkedEntity {
+                    entity,
+                    linked_at_ms,
+                })
+                .collect(),
+            rules: rules.iter().map(Rule::to_pb).collect(),
+        }))
+    }
+
+    async fn suggest_rules(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::SuggestRulesResponse>, Status> {
+        let DeviceOutcome::Suggestions(s) = self.call(req, DeviceOp::SuggestRules).await? else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::SuggestRulesResponse {
+            suggestions: s
+                .into_iter()
+                .map(|s| pb::RuleSuggestion {
+                    rules: s.rules.iter().map(Rule::to_pb).collect(),
+                    confidence: s.confidence,
+                    support: u32::try_from(s.support).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }))
     }
 }

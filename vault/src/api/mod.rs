@@ -3,11 +3,13 @@
 //! [`crate::service`].
 
 mod consent;
+mod events;
 mod matching;
 mod subjects;
 mod tokens;
 
 pub use consent::{ConsentApi, DeviceApi};
+pub use events::{CommandApi, EventApi};
 pub use matching::MatchApi;
 pub use subjects::SubjectApi;
 pub use tokens::TokenApi;
@@ -59,7 +61,7 @@ fn refusal_code(r: crate::core::consent::Refusal) -> tonic::Code {
     match r {
         R::Malformed | R::LifetimeTooLong => Code::InvalidArgument,
         R::BadSignature => Code::Unauthenticated,
-        R::UnknownDevice | R::ConsentUnknown => Code::NotFound,
+        R::UnknownDevice | R::ConsentUnknown | R::EntityUnknown => Code::NotFound,
         R::DeviceRevoked
         | R::SubjectMismatch
         | R::AudienceMismatch
@@ -74,7 +76,8 @@ fn refusal_code(r: crate::core::consent::Refusal) -> tonic::Code {
         | R::ChallengeUnknown
         | R::ChallengeExpired
         | R::EnrollmentCodeInvalid
-        | R::RequestOutsideWindow => Code::FailedPrecondition,
+        | R::RequestOutsideWindow
+        | R::EntityNotLinked => Code::FailedPrecondition,
         R::ChallengeReused | R::ConsentReplayed | R::RequestReplayed | R::DeviceAlreadyEnrolled => {
             Code::AlreadyExists
         }

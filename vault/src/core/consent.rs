@@ -124,6 +124,12 @@ pub enum Refusal {
     /// The signed action is not the one the RPC performs.
     #[error("the signed action does not match the call")]
     WrongAction,
+    /// The entity is not a registered partner.
+    #[error("no registered entity has this identity")]
+    EntityUnknown,
+    /// A rule names an entity the person has not linked.
+    #[error("a rule names an entity the person has not linked")]
+    EntityNotLinked,
 }
 
 impl Refusal {
@@ -154,6 +160,8 @@ impl Refusal {
             Self::RequestReplayed => "request_replayed",
             Self::RequestOutsideWindow => "request_outside_window",
             Self::WrongAction => "wrong_action",
+            Self::EntityUnknown => "entity_unknown",
+            Self::EntityNotLinked => "entity_not_linked",
         }
     }
 }
@@ -433,6 +441,16 @@ pub enum DeviceAction {
     ListDevices,
     /// Revoke a device of the same subject.
     RevokeDevice(String),
+    /// Link a trusted entity (SPIFFE id) to the person's profile.
+    LinkEntity(String),
+    /// Unlink an entity, removing the rules that name it.
+    UnlinkEntity(String),
+    /// Replace the person's rules (validated, sorted by id).
+    SetRules(Vec<super::rules::Rule>),
+    /// List linked entities and rules.
+    ListRules,
+    /// Suggest rule sets from similar people's adoptions.
+    SuggestRules,
 }
 
 /// A verified device request.
@@ -461,6 +479,16 @@ pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
             DeviceAction::RevokeDevice(d.device_id)
         }
         Action::RevokeDevice(_) => return Err(Refusal::Malformed),
+        Action::LinkEntity(l) if super::rules::valid_entity(&l.entity) => {
+            DeviceAction::LinkEntity(l.entity)
+        }
+        Action::UnlinkEntity(l) if super::rules::valid_entity(&l.entity) => {
+            DeviceAction::UnlinkEntity(l.entity)
+        }
+        Action::LinkEntity(_) | Action::UnlinkEntity(_) => return Err(Refusal::Malformed),
+        Action::SetRules(r) => DeviceAction::SetRules(super::rules::rule_set(r.rules)?),
+        Action::ListRules(_) => DeviceAction::ListRules,
+        Action::SuggestRules(_) => DeviceAction::SuggestRules,
     };
     Ok(DeviceCall {
         request_id,

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod keys;
 pub mod matching;
 pub mod packet;
+pub mod rules;
 pub mod secret;
 pub mod subject;
 pub mod xref;

@@ -37,9 +37,9 @@ pub type MatchRow<'a> = (&'a str, u8, u32, i64);
 /// with the square of a statement's parameter count.
 const INSERT_CHUNK: usize = 20;
 /// Values per `IN (…)` list.
-const IN_CHUNK: usize = 500;
+pub(super) const IN_CHUNK: usize = 500;
 
-fn placeholders(from: usize, n: usize) -> String {
+pub(super) fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()

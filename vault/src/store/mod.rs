@@ -13,6 +13,7 @@
 //! the whole transaction rolls back: the request fails closed.
 
 mod consent;
+mod events;
 mod matching;
 mod rows;
 
@@ -23,6 +24,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 pub use consent::{ChallengeRow, ConsentRow, DeviceRow, EnrollmentCodeRow, ReceiptRow};
+pub use events::{CommandRow, EventRow, IGNORED_UNLINKED, NewCommand};
 pub use matching::{BenchLoader, Candidate, LoadedSubject, MatchRow};
 pub use rows::SubjectRow;
 use rows::{i64_to_u64, u64_to_i64};
@@ -457,7 +459,8 @@ impl AuditedTx {
     }
 
     /// Deletes a subject's wrapped DEK, packets, blind-matching indexes,
-    /// pairwise tokens and consent rows; returns packets removed.
+    /// pairwise tokens, consent rows, links, rules, events and pending
+    /// commands; returns packets removed.
     pub async fn delete_subject(&mut self, id: &SubjectId) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM packets WHERE subject_id = $1")
             .bind(id.as_bytes().to_vec())
@@ -479,6 +482,13 @@ impl AuditedTx {
             "DELETE FROM consent_challenges WHERE subject_id = $1",
             "DELETE FROM consents WHERE subject_id = $1",
             "DELETE FROM consent_receipts WHERE subject_id = $1",
+            // Its links, rules, event history and pending commands (whose
+            // payloads its data key sealed).
+            "DELETE FROM entity_links WHERE subject_id = $1",
+            "DELETE FROM subject_rules WHERE subject_id = $1",
+            "DELETE FROM events WHERE subject_id = $1",
+            "DELETE FROM command_outbox WHERE subject_id = $1",
+            "DELETE FROM command_counters WHERE subject_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(id.as_bytes().to_vec())
