@@ -137,7 +137,7 @@ pub(crate) async fn partner(
 #[derive(Args, Debug)]
 pub(crate) struct DeviceArgs {
     #[command(flatten)]
-    dir: DataDir,
+    pub(crate) dir: DataDir,
     /// Wallet app whose certificate to use (DATA_DIR/tls/NAME.crt and .key).
     #[arg(long, default_value = "wallet")]
     name: String,
@@ -216,6 +216,8 @@ enum DeviceCommand {
         key: PathBuf,
         device_id: Option<String>,
     },
+    #[command(flatten)]
+    Rules(super::events_cli::DeviceRulesCommand),
 }
 
 fn print_revoked(revoked: bool) {
@@ -229,12 +231,14 @@ fn print_revoked(revoked: bool) {
     );
 }
 
-fn load_key(path: &Path) -> anyhow::Result<DeviceKey> {
+pub(crate) fn load_key(path: &Path) -> anyhow::Result<DeviceKey> {
     DeviceKey::from_pem(&read_pem(path)?).with_context(|| path.display().to_string())
 }
 
 impl DeviceArgs {
-    async fn client(&self) -> anyhow::Result<DeviceServiceClient<tonic::transport::Channel>> {
+    pub(crate) async fn client(
+        &self,
+    ) -> anyhow::Result<DeviceServiceClient<tonic::transport::Channel>> {
         let creds = idvault::client::PartnerCredentials::from_dir(
             &self.dir.data_dir.join("tls"),
             &self.name,
@@ -250,6 +254,7 @@ pub(crate) async fn device(args: DeviceArgs) -> anyhow::Result<()> {
     use pb::device_request::Action;
     let signed = |key: &DeviceKey, action: Action| key.sign_request(action, unix_now(), &rng);
     match &args.command {
+        DeviceCommand::Rules(c) => super::events_cli::device(&args, c).await?,
         DeviceCommand::Keygen { out } => {
             let k = DeviceKey::generate(&rng)?;
             write_secret_file(out, &k.to_pem()?)?;

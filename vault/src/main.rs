@@ -1,6 +1,7 @@
 //! The `idvault` binary: one command for every role.
 
 mod consent_cli;
+mod events_cli;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -413,6 +414,8 @@ enum PartnerCommand {
     },
     #[command(flatten)]
     Consent(consent_cli::PartnerConsentCommand),
+    #[command(flatten)]
+    Events(events_cli::PartnerEventCommand),
 }
 
 fn parse_field(s: &str) -> Result<(String, String), String> {
@@ -783,6 +786,7 @@ async fn partner(args: PartnerArgs) -> anyhow::Result<()> {
     };
     match args.command {
         PartnerCommand::Consent(c) => consent_cli::partner(&args.conn, c).await?,
+        PartnerCommand::Events(c) => events_cli::partner(&args.conn, c).await?,
         PartnerCommand::CreateSubject { fields: f } => {
             let r = subjects()
                 .await?

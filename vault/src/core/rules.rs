@@ -802,7 +802,7 @@ mod tests {
         // Rules naming an entity I did not link are never suggested.
         assert!(s.iter().all(|x| !x.rules.contains(&to_c)));
         // What I already hold is not suggested.
-        let s = suggest(&me, &[fwd.clone()], &peers, 3, 10);
+        let s = suggest(&me, std::slice::from_ref(&fwd), &peers, 3, 10);
         assert!(s.iter().all(|x| !x.rules.contains(&fwd)));
         // Below the minimum support nothing is revealed.
         assert!(suggest(&me, &[], &peers[..2], 3, 10).is_empty());
