@@ -16,6 +16,7 @@ mod audit;
 mod bad_input;
 mod bridge;
 mod consent;
+mod events;
 mod logs;
 mod matching;
 mod mtls;
@@ -83,6 +84,12 @@ const BOTH: &[(&str, TestFn)] = tests![
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,
+    events::unlinked_and_unruled_events_are_ignored,
+    events::command_carries_only_named_fields,
+    events::ordered_redelivered_until_acknowledged,
+    events::following_stream_gets_new_commands,
+    events::rules_are_signed_linked_and_suggested,
+    events::publish_and_receive_are_policy_gated,
 ];
 
 /// Tests of the TLS edge: the backend does not matter, SQLite is used.

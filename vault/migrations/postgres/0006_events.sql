@@ -66,7 +66,7 @@ CREATE TABLE command_outbox (
     payload        BYTEA   NOT NULL,
     created_at_ms  BIGINT  NOT NULL,
     deliveries     BIGINT  NOT NULL DEFAULT 0,
-    acked_at_ms    BIGINT
+    acked_at_ms    BIGINT,
     UNIQUE (recipient, subject_id, subject_seq)
 );
 

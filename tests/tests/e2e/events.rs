@@ -1,0 +1,669 @@
+//! A person's rules and actions over mTLS: the phone links entities and
+//! signs rules, partners publish events, commands go through the durable
+//! outbox to the receiving partner, who drains and acknowledges them.
+//! Ignored events, field selection, ordering, redelivery across restarts,
+//! refusals and suggestions; every outcome checked in the audit log too.
+
+use std::collections::HashSet;
+
+use idvault_tests::idvault::core::SystemRng;
+use idvault_tests::idvault::device::{DeviceKey, unix_now};
+use idvault_tests::idvault_proto::v1 as pb;
+use idvault_tests::idvault_proto::v1::command_service_client::CommandServiceClient;
+use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClient;
+use idvault_tests::idvault_proto::v1::device_service_client::DeviceServiceClient;
+use idvault_tests::idvault_proto::v1::event_service_client::EventServiceClient;
+use idvault_tests::{Backend, TestVault};
+use pb::device_request::Action;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const A: &str = "spiffe://idvault.dev/partner/partner-a";
+const B: &str = "spiffe://idvault.dev/partner/partner-b";
+const WALLET: &str = "spiffe://idvault.dev/partner/wallet";
+
+fn reason(s: &tonic::Status) -> &str {
+    s.metadata()
+        .get("idvault-refusal")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn rule(source: &str, event_type: &str, target: &str, command: &str, fields: &[&str]) -> pb::Rule {
+    pb::Rule {
+        rule_id: String::new(),
+        source: source.into(),
+        event_type: event_type.into(),
+        target: target.into(),
+        command: command.into(),
+        fields: fields.iter().map(|f| (*f).into()).collect(),
+    }
+}
+
+fn field(name: &str, value: &str) -> pb::EventField {
+    pb::EventField {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+/// A person: subject (created by partner-a) and enrolled phone.
+struct Person {
+    subject: String,
+    key: DeviceKey,
+}
+
+struct Ctx {
+    tv: TestVault,
+    wallet: DeviceServiceClient<Channel>,
+}
+
+impl Ctx {
+    async fn start(backend: Backend) -> Self {
+        let tv = TestVault::start(backend).await.unwrap();
+        let wallet = DeviceServiceClient::new(tv.channel("wallet").await.unwrap());
+        Self { tv, wallet }
+    }
+
+    /// A new person with `fields`, enrolled with a fresh phone key.
+    async fn person(&mut self, name: &str) -> Person {
+        let subject = self
+            .tv
+            .subjects("partner-a")
+            .await
+            .unwrap()
+            .create_subject(pb::CreateSubjectRequest {
+                fields: vec![pb::Field {
+                    name: "given_name".into(),
+                    value: name.into(),
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .subject_id;
+        let code = ConsentServiceClient::new(self.tv.channel("partner-a").await.unwrap())
+            .issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+                subject_id: subject.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment_code;
+        let key = DeviceKey::generate(&SystemRng::default()).unwrap();
+        self.wallet
+            .enroll(key.enrollment(&subject, &code).unwrap())
+            .await
+            .unwrap();
+        Person { subject, key }
+    }
+
+    fn signed(&self, p: &Person, action: Action) -> pb::SignedDeviceRequest {
+        p.key
+            .sign_request(action, unix_now(), &SystemRng::default())
+            .unwrap()
+    }
+
+    async fn link(&mut self, p: &Person, entity: &str) -> Result<bool, tonic::Status> {
+        let req = self.signed(
+            p,
+            Action::LinkEntity(pb::LinkEntity {
+                entity: entity.into(),
+            }),
+        );
+        self.wallet
+            .link_entity(req)
+            .await
+            .map(|r| r.into_inner().linked)
+    }
+
+    async fn set_rules(
+        &mut self,
+        p: &Person,
+        rules: Vec<pb::Rule>,
+    ) -> Result<Vec<pb::Rule>, tonic::Status> {
+        let req = self.signed(p, Action::SetRules(pb::SetRules { rules }));
+        self.wallet
+            .set_rules(req)
+            .await
+            .map(|r| r.into_inner().rules)
+    }
+
+    async fn list_rules(&mut self, p: &Person) -> pb::ListRulesResponse {
+        let req = self.signed(p, Action::ListRules(pb::ListRules {}));
+        self.wallet.list_rules(req).await.unwrap().into_inner()
+    }
+
+    /// Links partner-a and partner-b and sets the address rule A → B.
+    async fn forward_addresses(&mut self, p: &Person) {
+        assert!(self.link(p, A).await.unwrap());
+        assert!(self.link(p, B).await.unwrap());
+        self.set_rules(
+            p,
+            vec![rule(
+                A,
+                "address.changed",
+                B,
+                "update_address",
+                &["address", "postcode"],
+            )],
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn publish(
+        &self,
+        partner: &str,
+        subject: &str,
+        event_type: &str,
+        event_id: &str,
+        fields: Vec<pb::EventField>,
+    ) -> Result<pb::PublishEventResponse, tonic::Status> {
+        EventServiceClient::new(self.tv.channel(partner).await.unwrap())
+            .publish_event(pb::PublishEventRequest {
+                subject: Some(pb::publish_event_request::Subject::SubjectId(
+                    subject.into(),
+                )),
+                event_type: event_type.into(),
+                event_id: event_id.into(),
+                fields,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Everything `partner` has waiting now (stream without follow).
+    async fn drain(&self, partner: &str) -> Vec<pb::Command> {
+        let mut c = CommandServiceClient::new(self.tv.channel(partner).await.unwrap());
+        let mut s = c
+            .stream_commands(pb::StreamCommandsRequest { follow: false })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = s.message().await.unwrap() {
+            out.push(m.command.unwrap());
+        }
+        out
+    }
+
+    async fn ack(&self, partner: &str, ids: Vec<String>) -> u32 {
+        CommandServiceClient::new(self.tv.channel(partner).await.unwrap())
+            .ack_commands(pb::AckCommandsRequest { command_ids: ids })
+            .await
+            .unwrap()
+            .into_inner()
+            .acknowledged
+    }
+
+    async fn audit(&self, action: &str) -> Vec<(String, String)> {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT outcome, detail FROM audit_log WHERE action = $1 ORDER BY seq",
+        )
+        .bind(action.to_owned())
+        .fetch_all(self.tv.db())
+        .await
+        .unwrap()
+    }
+}
+
+fn ids(c: &[pb::Command]) -> Vec<String> {
+    c.iter().map(|c| c.command_id.clone()).collect()
+}
+
+/// Events from an entity the person has not linked, or that no rule
+/// names, are ignored and audited as such; the publisher is told the same
+/// as for a delivered event.
+pub async fn unlinked_and_unruled_events_are_ignored(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    // Not linked at all yet.
+    let r = ctx
+        .publish(
+            "partner-a",
+            &p.subject,
+            "address.changed",
+            "e1",
+            vec![field("address", "x")],
+        )
+        .await?;
+    assert!(!r.duplicate);
+    ctx.forward_addresses(&p).await;
+    // Linked, but no rule for this event type.
+    ctx.publish("partner-a", &p.subject, "card.lost", "e2", vec![])
+        .await?;
+    assert!(ctx.drain("partner-b").await.is_empty());
+    assert!(ctx.drain("partner-a").await.is_empty());
+    // Unlinking partner-a removes the rule naming it; its events are
+    // ignored again.
+    let req = ctx.signed(
+        &p,
+        Action::UnlinkEntity(pb::UnlinkEntity { entity: A.into() }),
+    );
+    let u = ctx.wallet.unlink_entity(req).await?.into_inner();
+    assert!(u.unlinked);
+    assert_eq!(u.rules_removed, 1);
+    ctx.publish(
+        "partner-a",
+        &p.subject,
+        "address.changed",
+        "e4",
+        vec![field("address", "y")],
+    )
+    .await?;
+    assert!(ctx.drain("partner-b").await.is_empty());
+    let outcomes: Vec<String> = ctx
+        .audit("PublishEvent")
+        .await
+        .into_iter()
+        .map(|(o, d)| {
+            assert_eq!(o, "ok");
+            d.split_whitespace().next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "outcome=ignored_unlinked",
+            "outcome=ignored_no_rule",
+            "outcome=ignored_unlinked"
+        ]
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_outbox")
+        .fetch_one(ctx.tv.db())
+        .await?;
+    assert_eq!(n, 0);
+    ctx.tv.stop().await
+}
+
+/// A command carries only the fields its rule names (those the event
+/// had), the receiver's own pairwise token, and no value reaches the audit
+/// log or the outbox in clear.
+pub async fn command_carries_only_named_fields(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Grace").await;
+    ctx.forward_addresses(&p).await;
+    ctx.publish(
+        "partner-a",
+        &p.subject,
+        "address.changed",
+        "evt-1",
+        vec![
+            field("address", "221B Baker Street"),
+            field("national_id", "QQ123456C"),
+            field("mother_maiden_name", "Lovelace"),
+        ],
+    )
+    .await?;
+    let cmds = ctx.drain("partner-b").await;
+    assert_eq!(cmds.len(), 1);
+    let c = &cmds[0];
+    assert_eq!(c.command, "update_address");
+    assert_eq!(c.event_type, "address.changed");
+    assert_eq!(c.source, A);
+    assert_eq!(c.subject_seq, 1);
+    assert_eq!(c.delivery_attempt, 1);
+    assert!(c.command_id.starts_with("cmd_") && c.command_id.len() == 36);
+    // postcode is named but the event lacked it: absent, not empty.
+    assert_eq!(c.fields, vec![field("address", "221B Baker Street")]);
+    // The receiver's pairwise token, never the subject id.
+    assert!(c.pairwise_token.starts_with("pw_"));
+    assert!(!c.pairwise_token.contains(&p.subject));
+    let b_token: String =
+        sqlx::query_scalar("SELECT token FROM pairwise_tokens WHERE partner = 'partner-b'")
+            .fetch_one(ctx.tv.db())
+            .await?;
+    assert_eq!(c.pairwise_token, b_token);
+    // partner-b can publish about the person with that token too.
+    let r = EventServiceClient::new(ctx.tv.channel("partner-b").await?)
+        .publish_event(pb::PublishEventRequest {
+            subject: Some(pb::publish_event_request::Subject::PairwiseToken(
+                b_token.clone(),
+            )),
+            event_type: "contract.ended".into(),
+            event_id: "b-1".into(),
+            fields: vec![],
+        })
+        .await?
+        .into_inner();
+    assert!(!r.duplicate);
+    // No value in the audit log; the outbox holds only ciphertext.
+    let details: Vec<String> = sqlx::query_scalar("SELECT detail FROM audit_log")
+        .fetch_all(ctx.tv.db())
+        .await?;
+    for d in &details {
+        for secret in ["Baker", "QQ123456C", "Lovelace"] {
+            assert!(!d.contains(secret), "{d}");
+        }
+    }
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM command_outbox")
+        .fetch_all(ctx.tv.db())
+        .await?;
+    assert_eq!(payloads.len(), 1);
+    assert!(!payloads[0].windows(5).any(|w| w == b"Baker"));
+    // Deleting the person removes their pending commands (crypto-shredding).
+    ctx.tv
+        .subjects("partner-a")
+        .await?
+        .delete_subject(pb::DeleteSubjectRequest {
+            subject_id: p.subject.clone(),
+        })
+        .await?;
+    assert!(ctx.drain("partner-b").await.is_empty());
+    ctx.tv.stop().await
+}
+
+/// Commands of each subject arrive in event order; unacknowledged ones
+/// come again on every new stream and after a restart, with the same id;
+/// acknowledged ones never; a repeated event id does nothing.
+pub async fn ordered_redelivered_until_acknowledged(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p1 = ctx.person("Ada").await;
+    let p2 = ctx.person("Alan").await;
+    ctx.forward_addresses(&p1).await;
+    ctx.forward_addresses(&p2).await;
+    for i in 0..4 {
+        for (p, tag) in [(&p1, "p1"), (&p2, "p2")] {
+            ctx.publish(
+                "partner-a",
+                &p.subject,
+                "address.changed",
+                &format!("{tag}-{i}"),
+                vec![field("address", &format!("{tag} address {i}"))],
+            )
+            .await?;
+        }
+    }
+    let again = ctx
+        .publish(
+            "partner-a",
+            &p1.subject,
+            "address.changed",
+            "p1-0",
+            vec![field("address", "x")],
+        )
+        .await?;
+    assert!(again.duplicate);
+    let first = ctx.drain("partner-b").await;
+    assert_eq!(first.len(), 8, "a repeated event id adds no command");
+    for tag in ["p1", "p2"] {
+        let mine: Vec<&pb::Command> = first
+            .iter()
+            .filter(|c| c.fields[0].value.starts_with(tag))
+            .collect();
+        let seqs: Vec<u64> = mine.iter().map(|c| c.subject_seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let values: Vec<&str> = mine.iter().map(|c| c.fields[0].value.as_str()).collect();
+        assert_eq!(
+            values,
+            (0..4)
+                .map(|i| format!("{tag} address {i}"))
+                .collect::<Vec<_>>()
+        );
+    }
+    // Not acknowledged: delivered again, same ids, second attempt.
+    let second = ctx.drain("partner-b").await;
+    assert_eq!(ids(&second), ids(&first));
+    assert!(second.iter().all(|c| c.delivery_attempt == 2));
+    // Acknowledge the first three; acknowledging twice counts once;
+    // another partner cannot acknowledge them.
+    let three: Vec<String> = ids(&first)[..3].to_vec();
+    assert_eq!(ctx.ack("partner-a", three.clone()).await, 0);
+    assert_eq!(ctx.ack("partner-b", three.clone()).await, 3);
+    assert_eq!(ctx.ack("partner-b", three).await, 0);
+    ctx.tv.restart().await?;
+    let after = ctx.drain("partner-b").await;
+    assert_eq!(ids(&after), ids(&first)[3..].to_vec());
+    assert!(after.iter().all(|c| c.delivery_attempt == 3));
+    assert_eq!(ctx.ack("partner-b", ids(&after)).await, 5);
+    assert!(ctx.drain("partner-b").await.is_empty());
+    // A consumer de-duplicating on command ids saw each command once.
+    let distinct: HashSet<String> = ids(&first).into_iter().collect();
+    assert_eq!(distinct.len(), 8);
+    let audit = ctx.audit("ReceiveCommands").await;
+    assert!(audit.iter().any(|(_, d)| d.starts_with("delivered=8 ")));
+    assert!(audit.iter().any(|(_, d)| d.starts_with("acknowledged=3 ")));
+    ctx.tv.stop().await
+}
+
+/// A following stream gets a command written after it opened.
+pub async fn following_stream_gets_new_commands(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    ctx.forward_addresses(&p).await;
+    let mut c = CommandServiceClient::new(ctx.tv.channel("partner-b").await?);
+    let mut s = c
+        .stream_commands(pb::StreamCommandsRequest { follow: true })
+        .await?
+        .into_inner();
+    ctx.publish(
+        "partner-a",
+        &p.subject,
+        "address.changed",
+        "live-1",
+        vec![field("address", "a")],
+    )
+    .await?;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), s.message())
+        .await
+        .expect("a following stream delivers new commands")?
+        .unwrap()
+        .command
+        .unwrap();
+    assert_eq!(got.fields, vec![field("address", "a")]);
+    drop(s);
+    ctx.tv.stop().await
+}
+
+/// Rules may name only linked, registered entities; every rule call is
+/// device-signed and refused otherwise; suggestions come only from enough
+/// similar people and are applied only by a signed SetRules.
+pub async fn rules_are_signed_linked_and_suggested(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let me = ctx.person("Ada").await;
+    let r = ctx
+        .set_rules(
+            &me,
+            vec![rule(A, "address.changed", B, "update_address", &[])],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.code(), reason(&r)),
+        (Code::FailedPrecondition, "entity_not_linked")
+    );
+    let r = ctx
+        .link(&me, "spiffe://idvault.dev/partner/nobody")
+        .await
+        .unwrap_err();
+    assert_eq!((r.code(), reason(&r)), (Code::NotFound, "entity_unknown"));
+    let r = ctx.link(&me, "partner-a").await.unwrap_err();
+    assert_eq!((r.code(), reason(&r)), (Code::InvalidArgument, "malformed"));
+    assert!(ctx.link(&me, A).await?);
+    assert!(!ctx.link(&me, A).await?, "linking twice changes nothing");
+    assert!(ctx.link(&me, B).await?);
+    // A bad signature, a replayed request, and a signed action sent to
+    // the wrong call are refused.
+    let mut req = ctx.signed(&me, Action::ListRules(pb::ListRules {}));
+    req.signature[5] ^= 1;
+    let r = ctx.wallet.list_rules(req).await.unwrap_err();
+    assert_eq!(reason(&r), "bad_signature");
+    let req = ctx.signed(&me, Action::ListRules(pb::ListRules {}));
+    ctx.wallet.list_rules(req.clone()).await?;
+    let r = ctx.wallet.list_rules(req).await.unwrap_err();
+    assert_eq!(reason(&r), "request_replayed");
+    let req = ctx.signed(&me, Action::ListRules(pb::ListRules {}));
+    let r = ctx.wallet.set_rules(req).await.unwrap_err();
+    assert_eq!(reason(&r), "wrong_action");
+    // Three similar people adopted the address rule; two of them also the
+    // card rule; one a rule naming an entity I have not linked.
+    let fwd = rule(A, "address.changed", B, "update_address", &["address"]);
+    let block = rule(A, "card.lost", B, "block_card", &[]);
+    let to_wallet = rule(A, "address.changed", WALLET, "notify", &[]);
+    let mut peers = Vec::new();
+    for (i, rules) in [
+        vec![fwd.clone(), block.clone()],
+        vec![fwd.clone(), block.clone()],
+        vec![fwd.clone()],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = ctx.person(&format!("Peer{i}")).await;
+        ctx.link(&p, A).await?;
+        ctx.link(&p, B).await?;
+        let mut rules = rules;
+        if i == 2 {
+            ctx.link(&p, WALLET).await?;
+            rules.push(to_wallet.clone());
+        }
+        ctx.set_rules(&p, rules).await?;
+        peers.push(p);
+    }
+    let req = ctx.signed(&me, Action::SuggestRules(pb::SuggestRules {}));
+    let s = ctx
+        .wallet
+        .suggest_rules(req)
+        .await?
+        .into_inner()
+        .suggestions;
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].support, 3);
+    assert_eq!(s[0].rules.len(), 1);
+    assert_eq!(s[0].rules[0].command, "update_address");
+    assert!(s[0].confidence > 0.99);
+    assert!(!s.iter().flat_map(|x| &x.rules).any(|r| r.target == WALLET));
+    // Nothing was applied.
+    assert!(ctx.list_rules(&me).await.rules.is_empty());
+    // The person adopts it by signing it.
+    let stored = ctx.set_rules(&me, s[0].rules.clone()).await?;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].rule_id, s[0].rules[0].rule_id);
+    let listed = ctx.list_rules(&me).await;
+    assert_eq!(listed.rules, stored);
+    assert_eq!(
+        listed
+            .entities
+            .iter()
+            .map(|e| e.entity.as_str())
+            .collect::<Vec<_>>(),
+        [A, B]
+    );
+    // The card rule has two adopters only: below the minimum support.
+    let req = ctx.signed(&me, Action::SuggestRules(pb::SuggestRules {}));
+    let s = ctx
+        .wallet
+        .suggest_rules(req)
+        .await?
+        .into_inner()
+        .suggestions;
+    assert!(s.is_empty(), "{s:?}");
+    let audit = ctx.audit("DeviceCall").await;
+    assert!(
+        audit.iter().any(|(o, d)| o == "ok"
+            && d.contains("op=suggest_rules")
+            && d.contains("suggestions=1"))
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|(o, d)| o == "refused" && d.starts_with("entity_not_linked"))
+    );
+    ctx.tv.stop().await
+}
+
+/// Publishing and receiving are policy-gated (default deny, audited with
+/// the deciding policy), bad events are refused and change nothing, and a
+/// publisher cannot name a subject it does not know.
+pub async fn publish_and_receive_are_policy_gated(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    ctx.forward_addresses(&p).await;
+    let r = ctx
+        .publish("wallet", &p.subject, "address.changed", "w1", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::PermissionDenied);
+    let r = CommandServiceClient::new(ctx.tv.channel("wallet").await?)
+        .stream_commands(pb::StreamCommandsRequest { follow: false })
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::PermissionDenied);
+    let r = CommandServiceClient::new(ctx.tv.channel("wallet").await?)
+        .ack_commands(pb::AckCommandsRequest {
+            command_ids: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::PermissionDenied);
+    let denied = ctx.audit("PublishEvent").await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].0, "denied");
+    assert!(
+        denied[0].1.ends_with("policy=default-deny"),
+        "{}",
+        denied[0].1
+    );
+    assert!(
+        ctx.audit("ReceiveCommands")
+            .await
+            .iter()
+            .all(|(o, d)| o == "denied" && d.ends_with("policy=default-deny"))
+    );
+    // Bad events: refused, audited, nothing written.
+    for (t, id, f) in [
+        ("Address Changed", "x1", vec![]),
+        ("address.changed", "", vec![]),
+        (
+            "address.changed",
+            "x2",
+            vec![field("a", "1"), field("a", "2")],
+        ),
+        ("address.changed", "x3", vec![field("a", &"v".repeat(1025))]),
+    ] {
+        let r = ctx
+            .publish("partner-a", &p.subject, t, id, f)
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::InvalidArgument, "{}", r.message());
+    }
+    // An unknown subject, or one this publisher never met, reads as absent.
+    let r = ctx
+        .publish(
+            "partner-a",
+            "6f1c2b9e-8a41-4d3c-9b7e-2a5f0c1d3e4f",
+            "address.changed",
+            "x4",
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::NotFound);
+    let r = ctx
+        .publish("partner-b", &p.subject, "address.changed", "x5", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::NotFound);
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(ctx.tv.db())
+        .await?;
+    assert_eq!(n, 0);
+    // With the role, an operator's forbid still wins and is named.
+    std::fs::write(
+        ctx.tv.dir.path().join("policies/freeze.cedar"),
+        "@id(\"freeze-events-a\")\nforbid (principal == IdVault::Partner::\"partner-a\", action == IdVault::Action::\"PublishEvent\", resource);\n",
+    )?;
+    ctx.tv
+        .vault
+        .reload_policies()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let r = ctx
+        .publish("partner-a", &p.subject, "address.changed", "x6", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::PermissionDenied);
+    let last = ctx.audit("PublishEvent").await.pop().unwrap();
+    assert!(last.1.ends_with("policy=freeze-events-a"), "{}", last.1);
+    ctx.tv.stop().await
+}
