@@ -425,6 +425,8 @@ pub struct PolicyEngine {
     entities: Entities,
     partners: HashMap<String, EntityUid>,
     actions: HashMap<Action, EntityUid>,
+    /// Actions the schema does not declare: always denied.
+    undeclared: Vec<Action>,
     /// For each (partner, action), the policies that could apply: a
     /// decision evaluates one or two policies instead of the whole set.
     slices: HashMap<String, HashMap<Action, PolicySet>>,
@@ -487,10 +489,24 @@ impl PolicyEngine {
         }
         let entities = Entities::from_entities(entities, Some(&policies.schema))
             .map_err(|e| EntityError(e.to_string()))?;
-        let actions: HashMap<Action, EntityUid> = Action::ALL
-            .iter()
-            .map(|a| (*a, uid(&action_type, a.name())))
-            .collect();
+        // An operator's schema written for an older vault may not declare
+        // actions added since: those are left out, so every request for
+        // them is denied (default deny) until the schema and a policy
+        // permit them. `undeclared_actions` lets the vault say so.
+        let declared: HashSet<EntityUid> = policies.schema.actions().cloned().collect();
+        let (actions, undeclared): (HashMap<Action, EntityUid>, Vec<Action>) = {
+            let mut m = HashMap::new();
+            let mut missing = Vec::new();
+            for a in Action::ALL {
+                let u = uid(&action_type, a.name());
+                if declared.contains(&u) {
+                    m.insert(*a, u);
+                } else {
+                    missing.push(*a);
+                }
+            }
+            (m, missing)
+        };
         // The vault builds requests without validating them per call: check
         // once here that what it sends fits the schema's context and types
         // for every action, so a schema edit cannot make policies error at
@@ -545,6 +561,7 @@ impl PolicyEngine {
             entities,
             partners: uids,
             actions,
+            undeclared,
             slices,
             plain_context: std::sync::Mutex::new(None),
             vault: uid(&type_name("IdVault::Vault"), "vault"),
@@ -575,6 +592,12 @@ impl PolicyEngine {
             ("now".to_owned(), RestrictedExpression::new_long(ctx.now)),
         ])
         .ok()
+    }
+
+    /// Actions the schema does not declare (a schema from an older
+    /// vault): every request for them is denied.
+    pub fn undeclared_actions(&self) -> &[Action] {
+        &self.undeclared
     }
 
     /// The policy ids in force.
@@ -780,7 +803,12 @@ mod tests {
             PartnerFacts {
                 name: "a".into(),
                 spiffe_id: "spiffe://t/partner/a".into(),
-                roles: vec![Role::SubjectsWrite, Role::ConsentRelease],
+                roles: vec![
+                    Role::SubjectsWrite,
+                    Role::ConsentRelease,
+                    Role::EventsPublish,
+                    Role::CommandsReceive,
+                ],
                 token_domains: vec![],
                 release_purposes: vec!["kyc".into()],
                 release_fields: vec!["given_name".into(), "email".into()],
@@ -932,6 +960,48 @@ mod tests {
     }
 
     /// A forbid whose evaluation errors denies (fail closed) and is named.
+    #[test]
+    fn actions_an_older_schema_lacks_are_denied() {
+        // A schema copied before PublishEvent and ReceiveCommands existed.
+        let schema = DEFAULT_SCHEMA.replace(",\n         PublishEvent, ReceiveCommands", "");
+        assert_ne!(schema, DEFAULT_SCHEMA);
+        let policies = DEFAULT_POLICIES
+            .split("@id(")
+            .filter(|p| !p.contains("PublishEvent") && !p.contains("ReceiveCommands"))
+            .collect::<Vec<_>>()
+            .join("@id(");
+        let src = PolicySource {
+            schema: PolicyFile {
+                name: "old.cedarschema".into(),
+                text: schema,
+            },
+            policies: vec![PolicyFile {
+                name: "old.cedar".into(),
+                text: policies,
+            }],
+        };
+        let current = engine(&PolicySource::builtin());
+        assert!(current.undeclared_actions().is_empty());
+        for a in [Action::PublishEvent, Action::ReceiveCommands] {
+            let d = current.decide("a", a, Resource::Vault, &ctx());
+            assert!(d.allowed, "{a} with the shipped schema and policies");
+        }
+        let e = engine(&src);
+        assert_eq!(
+            e.undeclared_actions(),
+            [Action::PublishEvent, Action::ReceiveCommands]
+        );
+        for a in [Action::PublishEvent, Action::ReceiveCommands] {
+            let d = e.decide("a", a, Resource::Vault, &ctx());
+            assert!(!d.allowed);
+            assert_eq!(d.audit_text(), "policy=default-deny");
+        }
+        assert!(
+            e.decide("a", Action::CreateSubject, Resource::Vault, &ctx())
+                .allowed
+        );
+    }
+
     #[test]
     fn erroring_policy_fails_closed() {
         let mut src = PolicySource::builtin();

@@ -83,8 +83,25 @@ pub fn engine(
         None => PolicySource::builtin(),
     };
     let compiled = compile(&src)?;
-    PolicyEngine::new(compiled, &facts(registry))
-        .map_err(|e| problem(dir.unwrap_or(Path::new("built-in policies")), e.to_string()))
+    let engine = PolicyEngine::new(compiled, &facts(registry))
+        .map_err(|e| problem(dir.unwrap_or(Path::new("built-in policies")), e.to_string()))?;
+    if let Some(text) = undeclared_note(&engine) {
+        tracing::warn!("{text}");
+    }
+    Ok(engine)
+}
+
+/// A note naming the actions the set's schema does not declare (a schema
+/// copied from an older vault), which are therefore always denied.
+pub fn undeclared_note(engine: &PolicyEngine) -> Option<String> {
+    let missing = engine.undeclared_actions();
+    (!missing.is_empty()).then(|| {
+        let names: Vec<&str> = missing.iter().map(|a| a.name()).collect();
+        format!(
+            "the policy schema does not declare the actions {}: they are denied until the schema declares them and a policy permits them (the shipped schema is policies/default/idvault.cedarschema)",
+            names.join(", ")
+        )
+    })
 }
 
 /// Writes the shipped schema and default policies into `dir` (made if
