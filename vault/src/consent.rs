@@ -248,6 +248,7 @@ impl Vault {
         const A: Action = Action::IssueEnrollmentCode;
         let partner = self.authorize(caller, A).await?;
         let id = self.parse_subject_id(caller, A, subject).await?;
+        self.authorize_subject(caller, partner, A, &id, &[]).await?;
         let r = async {
             // Only the partner that created the subject (and so verified
             // the person) may let a phone enroll to it; another partner's
@@ -338,6 +339,7 @@ impl Vault {
         const A: Action = Action::RequestChallenge;
         let partner = self.authorize(caller, A).await?;
         let id = self.parse_subject_id(caller, A, subject).await?;
+        self.authorize_subject(caller, partner, A, &id, &[]).await?;
         let r = async {
             let mut tx = self.begin().await?;
             if tx.subject(&id).await?.is_none() {

@@ -12,7 +12,7 @@
 //! commands or not at all, so an acknowledged event's commands survive a
 //! crash.
 
-use idvault_policies::Action;
+use idvault_policies::{Action, RequestContext, Resource};
 use idvault_proto::v1 as pb;
 
 use crate::config::Partner;
@@ -108,6 +108,13 @@ impl Vault {
                 .await
                 .map_err(|e| (None, VaultError::AuditUnavailable(e)))?;
             let id = self.known_subject(&mut tx, partner, &subject).await?;
+            // The decision on this subject (operator policies may hold one);
+            // a refusal is audited once the transaction is dropped.
+            let text = id.to_string();
+            let on = Resource::Subject(&text);
+            if !self.decide(caller, partner, A, on, RequestContext::default()) {
+                return Err((Some(id), VaultError::Denied(A)));
+            }
             let outcome = self.apply_event(&mut tx, caller, &id, &event).await;
             let outcome = match outcome {
                 Ok(o) => o,

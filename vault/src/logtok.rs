@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use idvault_policies::Action;
+use idvault_policies::{Action, Resource};
 use idvault_tokenizer::rewrite::FieldSpec;
 use idvault_tokenizer::rewrite::{Format, Reject, Rewriter, Splitter, TokenSource};
 use idvault_tokenizer::{DomainKey, IdentifierType, NormalizeOptions};
@@ -208,10 +208,13 @@ impl Vault {
                 if !partner.token_domains.iter().any(|d| d == domain) {
                     // A domain key answers for whoever may use it: a partner
                     // able to tokenize in another's domain could build a
-                    // dictionary of that partner's tokens.
+                    // dictionary of that partner's tokens. (The registry's
+                    // list is the floor; policies can only narrow it.)
                     let err = VaultError::DomainDenied;
                     return self.refuse(caller, A, None, err).await;
                 }
+                self.authorize_on(caller, partner, A, Resource::TokenDomain(domain), &[])
+                    .await?;
                 let k = match self.keys().token_key(domain, v) {
                     Ok(k) => k,
                     Err(e) => return self.audit_failure(caller, A, None, e.into()).await,

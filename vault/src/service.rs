@@ -435,6 +435,49 @@ impl Vault {
         }
     }
 
+    /// The decision on one resource, after the call's gate
+    /// ([`Self::authorize`]): the subject it is about, or the token domain,
+    /// with the catalogue field names it touches, so operator policies can
+    /// forbid a subject (a legal hold), a domain or a field. With the
+    /// shipped policies it decides as the gate did. Refusals are audited.
+    pub(crate) async fn authorize_on(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        action: Action,
+        resource: Resource<'_>,
+        fields: &[&str],
+    ) -> Result<(), VaultError> {
+        let ctx = RequestContext {
+            fields,
+            ..RequestContext::default()
+        };
+        if self.decide(caller, partner, action, resource, ctx) {
+            return Ok(());
+        }
+        let subject = match resource {
+            Resource::Subject(s) => SubjectId::parse(s).ok(),
+            _ => None,
+        };
+        self.refuse(caller, action, subject.as_ref(), VaultError::Denied(action))
+            .await
+    }
+
+    /// [`Self::authorize_on`] for a subject.
+    pub(crate) async fn authorize_subject(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        action: Action,
+        id: &SubjectId,
+        fields: &[(FieldName, FieldValue)],
+    ) -> Result<(), VaultError> {
+        let names: Vec<&str> = fields.iter().map(|(f, _)| f.as_str()).collect();
+        let id = id.to_string();
+        self.authorize_on(caller, partner, action, Resource::Subject(&id), &names)
+            .await
+    }
+
     /// Loads a subject the partner created, inside `tx`.
     async fn owned_subject(
         &self,
@@ -505,6 +548,9 @@ impl Vault {
             Ok(f) => f,
             Err(e) => return self.refuse(caller, A, None, e.into()).await,
         };
+        let names: Vec<&str> = fields.iter().map(|(f, _)| f.as_str()).collect();
+        self.authorize_on(caller, partner, A, Resource::Vault, &names)
+            .await?;
         match self.create_inner(caller, partner, &fields).await {
             Ok(r) => Ok(r),
             Err(e) => self.audit_failure(caller, A, None, e).await,
@@ -571,6 +617,8 @@ impl Vault {
             Err(e) => return self.refuse(caller, A, None, e.into()).await,
         };
         let id = self.parse_subject_id(caller, A, subject).await?;
+        self.authorize_subject(caller, partner, A, &id, &fields)
+            .await?;
         match self.update_inner(caller, partner, &id, &fields).await {
             Ok(r) => Ok(r),
             Err(e) => self.audit_failure(caller, A, Some(&id), e).await,
@@ -618,6 +666,7 @@ impl Vault {
         const A: Action = Action::VerifySubjectChain;
         let partner = self.authorize(caller, A).await?;
         let id = self.parse_subject_id(caller, A, subject).await?;
+        self.authorize_subject(caller, partner, A, &id, &[]).await?;
         match self.verify_inner(caller, partner, &id).await {
             Ok(r) => Ok(r),
             Err(e) => self.audit_failure(caller, A, Some(&id), e).await,
@@ -666,6 +715,7 @@ impl Vault {
         const A: Action = Action::DeleteSubject;
         let partner = self.authorize(caller, A).await?;
         let id = self.parse_subject_id(caller, A, subject).await?;
+        self.authorize_subject(caller, partner, A, &id, &[]).await?;
         let n = match self.delete_inner(caller, partner, &id).await {
             Ok(n) => n,
             Err(e) => return self.audit_failure(caller, A, Some(&id), e).await,

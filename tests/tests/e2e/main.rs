@@ -84,6 +84,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,
+    policies::resource_and_field_policies,
     events::unlinked_and_unruled_events_are_ignored,
     events::command_carries_only_named_fields,
     events::ordered_redelivered_until_acknowledged,

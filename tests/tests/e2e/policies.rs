@@ -74,10 +74,9 @@ forbid (
 pub async fn default_deny_and_decisions_audited(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start_config(b, |t| {
         // partner-b loses every role: nothing permits it anything.
-        t.replace(
-            "roles = [\"subjects.write\", \"subjects.verify\", \"subjects.match\", \"tokens.tokenize\", \"consent.release\"]",
-            "roles = []",
-        )
+        let from = "roles = [\"subjects.write\", \"subjects.verify\", \"subjects.match\", \"tokens.tokenize\", \"consent.release\", \"events.publish\", \"commands.receive\"]";
+        assert!(t.contains(from), "the dev config changed: {t}");
+        t.replace(from, "roles = []")
     })
     .await?;
     create(&tv, "partner-a").await?;
@@ -187,5 +186,93 @@ pub async fn reload_swaps_and_keeps_old_set_on_error(b: Backend) -> anyhow::Resu
     std::fs::remove_file(policy_dir(&tv).join("review.cedar"))?;
     tv.vault.reload_policies().expect("valid set");
     matches(&tv, "partner-a").await?;
+    tv.stop().await
+}
+
+/// Decisions see the resource and the fields: an operator can forbid a
+/// catalogue field to one partner, or hold one subject, and the refusal is
+/// audited with the subject and the deciding policy.
+pub async fn resource_and_field_policies(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::{UpdateSubjectRequest, VerifySubjectChainRequest};
+    let mut tv = TestVault::start(b).await?;
+    let held = create(&tv, "partner-a").await?;
+    let free = create(&tv, "partner-a").await?;
+    std::fs::write(
+        policy_dir(&tv).join("operator.cedar"),
+        format!(
+            "@id(\"no-national-id-for-a\")\nforbid (principal == IdVault::Partner::\"partner-a\", action in [IdVault::Action::\"CreateSubject\", IdVault::Action::\"UpdateSubject\"], resource)\nwhen {{ context.fields.contains(\"national_id\") }};\n\
+             @id(\"legal-hold\")\nforbid (principal, action, resource == IdVault::Subject::\"{held}\");\n"
+        ),
+    )?;
+    tv.restart().await?;
+    let mut s = tv.subjects("partner-a").await?;
+    let e = s
+        .create_subject(CreateSubjectRequest {
+            fields: vec![
+                field("given_name", "Ada"),
+                field("national_id", "QQ123456C"),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    create(&tv, "partner-a").await?;
+    let e = s
+        .update_subject(UpdateSubjectRequest {
+            subject_id: free.clone(),
+            fields: vec![field("national_id", "QQ123456C")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    s.update_subject(UpdateSubjectRequest {
+        subject_id: free.clone(),
+        fields: vec![field("email", "ada@example.net")],
+    })
+    .await?;
+    for subject in [&held, &free] {
+        let r = s
+            .verify_subject_chain(VerifySubjectChainRequest {
+                subject_id: subject.clone(),
+            })
+            .await;
+        assert_eq!(r.is_ok(), subject == &free, "{r:?}");
+    }
+    let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT action, outcome, subject, detail FROM audit_log WHERE outcome = 'denied' ORDER BY seq",
+    )
+    .fetch_all(tv.db())
+    .await?;
+    let got: Vec<(&str, Option<&str>, &str)> = rows
+        .iter()
+        .map(|(a, _, s, d)| {
+            (
+                a.as_str(),
+                s.as_deref(),
+                d.rsplit(' ').next().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("CreateSubject", None, "policy=no-national-id-for-a"),
+            (
+                "UpdateSubject",
+                Some(free.as_str()),
+                "policy=no-national-id-for-a"
+            ),
+            (
+                "VerifySubjectChain",
+                Some(held.as_str()),
+                "policy=legal-hold"
+            ),
+        ]
+    );
+    // The values never reach the audit log.
+    let details: Vec<String> = sqlx::query_scalar("SELECT detail FROM audit_log")
+        .fetch_all(tv.db())
+        .await?;
+    assert!(details.iter().all(|d| !d.contains("QQ123456C")));
     tv.stop().await
 }
