@@ -368,9 +368,7 @@ impl Vault {
                 .begin_audited()
                 .await
                 .map_err(VaultError::AuditUnavailable)?;
-            let n = tx
-                .ack_commands(&partner.name, &ids, self.now_millis())
-                .await?;
+            let n = tx.ack_commands(&partner.name, &ids).await?;
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             self.commit_with(tx, caller, A, format!("acknowledged={n}"))
                 .await?;

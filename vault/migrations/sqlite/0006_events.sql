@@ -50,8 +50,10 @@ CREATE TABLE command_counters (
     PRIMARY KEY (recipient, subject_id)
 ) STRICT;
 
--- The durable outbox. `seq` grows in commit order (every writer first
--- takes the audit head), so draining by `seq` keeps each subject's order.
+-- The durable outbox: commands not yet acknowledged (an acknowledgement
+-- deletes its row, payload included). `seq` grows in commit order (every
+-- writer first takes the audit head), so draining by `seq` keeps each
+-- subject's order.
 CREATE TABLE command_outbox (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     command_id     TEXT    NOT NULL UNIQUE,
@@ -66,9 +68,8 @@ CREATE TABLE command_outbox (
     payload        BLOB    NOT NULL,
     created_at_ms  INTEGER NOT NULL,
     deliveries     INTEGER NOT NULL DEFAULT 0,
-    acked_at_ms    INTEGER,
     UNIQUE (recipient, subject_id, subject_seq)
 ) STRICT;
 
-CREATE INDEX command_outbox_pending ON command_outbox (recipient, seq) WHERE acked_at_ms IS NULL;
+CREATE INDEX command_outbox_pending ON command_outbox (recipient, seq);
 CREATE INDEX command_outbox_subject ON command_outbox (subject_id);

@@ -2,8 +2,8 @@
 //! events, and the command outbox (docs/events.md).
 //!
 //! The outbox is drained by `seq`, which grows in commit order because
-//! every audited transaction first takes the audit head; a command is
-//! acknowledged by a conditional update, so acknowledging twice is a no-op.
+//! every audited transaction first takes the audit head; acknowledging a
+//! command deletes it, so acknowledging twice is a no-op.
 
 use std::collections::HashMap;
 
@@ -110,7 +110,7 @@ impl super::Store {
         after: u64,
     ) -> Result<bool, StoreError> {
         let n: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM command_outbox WHERE recipient = $1 AND acked_at_ms IS NULL AND seq > $2 LIMIT 1",
+            "SELECT 1 FROM command_outbox WHERE recipient = $1 AND seq > $2 LIMIT 1",
         )
         .bind(recipient.to_owned())
         .bind(u64_to_i64(after)?)
@@ -315,7 +315,7 @@ impl AuditedTx {
         i64_to_u64(seq, "command_counters.last_seq")
     }
 
-    /// Up to `limit` unacknowledged commands of `recipient` after outbox
+    /// Up to `limit` commands of `recipient` after outbox
     /// position `after`, oldest first, counting this delivery.
     pub async fn take_commands(
         &mut self,
@@ -326,7 +326,7 @@ impl AuditedTx {
         let rows = sqlx::query(
             "SELECT seq, command_id, subject_id, subject_seq, pairwise_token, source, event_type, \
              command, rule_id, payload, created_at_ms, deliveries FROM command_outbox \
-             WHERE recipient = $1 AND acked_at_ms IS NULL AND seq > $2 ORDER BY seq LIMIT $3",
+             WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(recipient.to_owned())
         .bind(u64_to_i64(after)?)
@@ -357,7 +357,7 @@ impl AuditedTx {
         if let (Some(first), Some(last)) = (out.first(), out.last()) {
             sqlx::query(
                 "UPDATE command_outbox SET deliveries = deliveries + 1 \
-                 WHERE recipient = $1 AND acked_at_ms IS NULL AND seq >= $2 AND seq <= $3",
+                 WHERE recipient = $1 AND seq >= $2 AND seq <= $3",
             )
             .bind(recipient.to_owned())
             .bind(u64_to_i64(first.seq)?)
@@ -368,24 +368,22 @@ impl AuditedTx {
         Ok(out)
     }
 
-    /// Acknowledges `recipient`'s commands among `ids`; returns how many
-    /// were newly acknowledged.
+    /// Acknowledges `recipient`'s commands among `ids`: they leave the
+    /// outbox, sealed payload and all. Returns how many were acknowledged
+    /// (an id acknowledged before is gone, so it counts zero).
     pub async fn ack_commands(
         &mut self,
         recipient: &str,
         ids: &[String],
-        now_ms: i64,
     ) -> Result<u64, StoreError> {
         let mut n = 0;
         for part in ids.chunks(IN_CHUNK) {
+            // Only numbered placeholders are formatted into the text.
             let sql = format!(
-                "UPDATE command_outbox SET acked_at_ms = $1 WHERE recipient = $2 \
-                 AND acked_at_ms IS NULL AND command_id IN ({})",
-                placeholders(3, part.len())
+                "DELETE FROM command_outbox WHERE recipient = $1 AND command_id IN ({})",
+                placeholders(2, part.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(now_ms)
-                .bind(recipient.to_owned());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(recipient.to_owned());
             for id in part {
                 q = q.bind(id.clone());
             }
