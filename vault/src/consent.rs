@@ -217,7 +217,8 @@ impl Vault {
         self.now_millis().div_euclid(1000)
     }
 
-    async fn begin(&self) -> Result<AuditedTx, VaultError> {
+    /// Starts an audited transaction; failing to is an audit failure.
+    pub(crate) async fn begin(&self) -> Result<AuditedTx, VaultError> {
         self.store()
             .begin_audited()
             .await

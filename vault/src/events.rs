@@ -102,11 +102,7 @@ impl Vault {
             }
         };
         let r = async {
-            let mut tx = self
-                .store()
-                .begin_audited()
-                .await
-                .map_err(|e| (None, VaultError::AuditUnavailable(e)))?;
+            let mut tx = self.begin().await.map_err(|e| (None, e))?;
             let id = self.known_subject(&mut tx, partner, &subject).await?;
             // The decision on this subject (operator policies may hold one);
             // a refusal is audited once the transaction is dropped.
@@ -281,11 +277,7 @@ impl Vault {
             {
                 return Ok(Vec::new());
             }
-            let mut tx = self
-                .store()
-                .begin_audited()
-                .await
-                .map_err(VaultError::AuditUnavailable)?;
+            let mut tx = self.begin().await?;
             let rows = tx
                 .take_commands(&partner.name, after, DELIVERY_BATCH)
                 .await?;
@@ -363,11 +355,7 @@ impl Vault {
                 .await;
         }
         let r = async {
-            let mut tx = self
-                .store()
-                .begin_audited()
-                .await
-                .map_err(VaultError::AuditUnavailable)?;
+            let mut tx = self.begin().await?;
             let n = tx.ack_commands(&partner.name, &ids).await?;
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             self.commit_with(tx, caller, A, format!("acknowledged={n}"))

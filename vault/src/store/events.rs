@@ -16,8 +16,15 @@ use super::{AuditedTx, StoreError};
 use crate::core::rules::{History, Rule};
 use crate::core::subject::SubjectId;
 
+/// The outcome word below, as a macro so queries can `concat!` it.
+macro_rules! ignored_unlinked {
+    () => {
+        "ignored_unlinked"
+    };
+}
+
 /// Outcome word of an event whose publisher the person has not linked.
-pub const IGNORED_UNLINKED: &str = "ignored_unlinked";
+pub const IGNORED_UNLINKED: &str = ignored_unlinked!();
 
 /// A command to write to the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,10 +101,6 @@ fn rule_from_row(r: &AnyRow) -> Result<Rule, StoreError> {
             .map(str::to_owned)
             .collect(),
     })
-}
-
-fn subjects_in(part: &[SubjectId]) -> String {
-    placeholders(1, part.len())
 }
 
 impl super::Store {
@@ -399,6 +402,22 @@ impl AuditedTx {
         Ok(h.remove(subject).unwrap_or_default())
     }
 
+    /// Rows of `head IN (…)` for at most [`IN_CHUNK`] subjects. `head` is
+    /// a constant query ending in a subject id column; only numbered
+    /// placeholders are formatted into the text, every id is bound.
+    async fn rows_for(
+        &mut self,
+        head: &'static str,
+        part: &[SubjectId],
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let sql = format!("{head} IN ({})", placeholders(1, part.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in part {
+            q = q.bind(s.as_bytes().to_vec());
+        }
+        Ok(q.fetch_all(&mut *self.tx).await?)
+    }
+
     /// Histories of `subjects`.
     async fn histories(
         &mut self,
@@ -406,31 +425,21 @@ impl AuditedTx {
     ) -> Result<HashMap<SubjectId, History>, StoreError> {
         let mut out: HashMap<SubjectId, History> = HashMap::new();
         for part in subjects.chunks(IN_CHUNK) {
-            let sql = format!(
-                "SELECT subject_id, entity FROM entity_links WHERE subject_id IN ({})",
-                subjects_in(part)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for s in part {
-                q = q.bind(s.as_bytes().to_vec());
-            }
-            for r in q.fetch_all(&mut *self.tx).await? {
+            let links = "SELECT subject_id, entity FROM entity_links WHERE subject_id";
+            for r in self.rows_for(links, part).await? {
                 let s = subject_col(&r, "subject_id")?;
                 out.entry(s)
                     .or_default()
                     .linked
                     .insert(r.try_get("entity")?);
             }
-            let sql = format!(
-                "SELECT DISTINCT subject_id, source, event_type FROM events \
-                 WHERE outcome <> '{IGNORED_UNLINKED}' AND subject_id IN ({})",
-                subjects_in(part)
+            let events = concat!(
+                "SELECT DISTINCT subject_id, source, event_type FROM events ",
+                "WHERE outcome <> '",
+                ignored_unlinked!(),
+                "' AND subject_id"
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for s in part {
-                q = q.bind(s.as_bytes().to_vec());
-            }
-            for r in q.fetch_all(&mut *self.tx).await? {
+            for r in self.rows_for(events, part).await? {
                 let s = subject_col(&r, "subject_id")?;
                 out.entry(s)
                     .or_default()
@@ -471,16 +480,11 @@ impl AuditedTx {
         let mut histories = self.histories(&ids).await?;
         let mut rules: HashMap<SubjectId, Vec<Rule>> = HashMap::new();
         for part in ids.chunks(IN_CHUNK) {
-            let sql = format!(
-                "SELECT subject_id, source, event_type, target, command, fields FROM subject_rules \
-                 WHERE subject_id IN ({})",
-                subjects_in(part)
+            let rules_sql = concat!(
+                "SELECT subject_id, source, event_type, target, command, fields ",
+                "FROM subject_rules WHERE subject_id"
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for s in part {
-                q = q.bind(s.as_bytes().to_vec());
-            }
-            for r in q.fetch_all(&mut *self.tx).await? {
+            for r in self.rows_for(rules_sql, part).await? {
                 rules
                     .entry(subject_col(&r, "subject_id")?)
                     .or_default()
