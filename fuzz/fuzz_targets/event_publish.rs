@@ -23,6 +23,19 @@ impl idvault::core::Rng for Fixed {
     }
 }
 
+fn header<'a>(subject: &'a SubjectId, rule_id: &'a str) -> rules::CommandHeader<'a> {
+    rules::CommandHeader {
+        command_id: "cmd_x",
+        recipient: "partner-b",
+        subject,
+        pairwise_token: "pw_x",
+        source: A,
+        event_type: "address.changed",
+        command: "cmd",
+        rule_id,
+    }
+}
+
 fn rule_set() -> Vec<Rule> {
     ["address.changed", "a", "card.lost"]
         .iter()
@@ -49,10 +62,10 @@ fuzz_target!(|data: &[u8]| {
         let set = rule_set();
         for hit in rules::triggered(&set, A, &ev) {
             assert!(hit.fields.iter().all(|(n, _)| hit.rule.fields.contains(n)));
-            let sealed = rules::seal_payload(&dek, "cmd_x", "partner-b", &subject, &hit.fields, &Fixed)
-                .expect("seal");
-            let opened = rules::open_payload(&dek, "cmd_x", "partner-b", &subject, &sealed)
-                .expect("open");
+            let rule_id = hit.rule.id();
+            let h = header(&subject, &rule_id);
+            let sealed = rules::seal_payload(&dek, &h, &hit.fields, &Fixed).expect("seal");
+            let opened = rules::open_payload(&dek, &h, &sealed).expect("open");
             assert_eq!(opened, hit.fields);
         }
     }
@@ -64,7 +77,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(a) = pb::AckCommandsRequest::decode(data) {
-        let _ = a.command_ids.len();
+        for id in &a.command_ids {
+            if rules::valid_command_id(id) {
+                assert!(id.is_ascii() && id.len() == 36);
+            }
+        }
     }
-    let _ = rules::open_payload(&dek, "cmd_x", "partner-b", &subject, data);
+    let _ = rules::valid_entity(&String::from_utf8_lossy(data));
+    let _ = rules::open_payload(&dek, &header(&subject, "rul_x"), data);
 });

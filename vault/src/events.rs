@@ -19,7 +19,7 @@ use crate::config::Partner;
 use crate::consent::DeviceOutcome;
 use crate::core::consent::{DeviceAction, Refusal};
 use crate::core::keys::{self, KeyError};
-use crate::core::rules::{self, EventValue, Rule, Suggestion};
+use crate::core::rules::{self, Rule, Suggestion};
 use crate::core::subject::SubjectId;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, EventRow, IGNORED_UNLINKED, NewCommand};
@@ -30,14 +30,44 @@ pub const DELIVERY_BATCH: u32 = 64;
 pub const MAX_ACK_IDS: usize = 1000;
 /// Most peers a suggestion looks at.
 pub const MAX_PEERS: u32 = 1000;
+/// Most command streams one partner may have open at once.
+pub const MAX_STREAMS_PER_PARTNER: usize = 4;
 
-/// How a publisher names the person.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An open command stream's place in its partner's allowance; freed on
+/// drop.
+#[derive(Debug)]
+pub struct StreamSlot {
+    vault: std::sync::Arc<Vault>,
+    partner: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.vault.command_streams.lock()
+            && let Some(n) = m.get_mut(&self.partner)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// How a publisher names the person. `Debug` shows which form, never the
+/// id or token.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SubjectRef {
     /// The subject id (the publisher created the subject).
     Id(String),
     /// The publisher's pairwise token for the person.
     Pairwise(String),
+}
+
+impl std::fmt::Debug for SubjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Id(_) => "SubjectRef::Id(redacted)",
+            Self::Pairwise(_) => "SubjectRef::Pairwise(redacted)",
+        })
+    }
 }
 
 /// What happened to an event (audited; not told to the publisher).
@@ -65,12 +95,43 @@ impl EventOutcome {
 }
 
 /// A command as delivered: its outbox position and the wire message.
-#[derive(Debug, Clone)]
+/// `Debug` shows the id only: the command carries personal data.
+#[derive(Clone)]
 pub struct Delivered {
-    /// Outbox position (the stream's cursor).
+    /// Outbox position.
     pub seq: u64,
     /// The command, fields opened.
     pub command: pb::Command,
+}
+
+impl std::fmt::Debug for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Delivered({}, fields redacted)", self.command.command_id)
+    }
+}
+
+/// One delivery batch: the commands that opened, and the outbox position
+/// to continue after (past any command that could not be opened).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Commands to send, oldest first.
+    pub commands: Vec<Delivered>,
+    /// The stream's new cursor.
+    pub next_after: u64,
+}
+
+/// What a command's payload is sealed to.
+fn header(c: &NewCommand) -> rules::CommandHeader<'_> {
+    rules::CommandHeader {
+        command_id: &c.command_id,
+        recipient: &c.recipient,
+        subject: &c.subject,
+        pairwise_token: &c.pairwise_token,
+        source: &c.source,
+        event_type: &c.event_type,
+        command: &c.command,
+        rule_id: &c.rule_id,
+    }
 }
 
 /// `cmd_` + 32 random hex digits.
@@ -111,24 +172,27 @@ impl Vault {
             if !self.decide(caller, partner, A, on, RequestContext::default()) {
                 return Err((Some(id), VaultError::Denied(A)));
             }
-            let outcome = self.apply_event(&mut tx, caller, &id, &event).await;
-            let outcome = match outcome {
+            let (outcome, ids, skipped) = match self.apply_event(&mut tx, caller, &id, &event).await
+            {
                 Ok(o) => o,
                 Err(e) => return Err((Some(id), e)),
             };
-            let detail = match outcome.0 {
+            let mut detail = match outcome {
                 EventOutcome::Delivered(n) => {
-                    format!("outcome=delivered commands={n} ids={}", outcome.1.join(","))
+                    format!("outcome=delivered commands={n} ids={}", ids.join(","))
                 }
                 o => format!("outcome={}", o.word()),
             };
+            if !skipped.is_empty() {
+                detail.push_str(&format!(" skipped_unregistered={}", skipped.join(",")));
+            }
             self.commit_event(tx, caller, A, Some(&id), detail)
                 .await
                 .map_err(|e| (Some(id), e))?;
-            if matches!(outcome.0, EventOutcome::Delivered(_)) {
+            if matches!(outcome, EventOutcome::Delivered(n) if n > 0) {
                 self.commands_ready().notify_waiters();
             }
-            Ok(outcome.0)
+            Ok(outcome)
         }
         .await;
         match r {
@@ -155,6 +219,9 @@ impl Vault {
                     .map_err(|e| (None, e.into()))?;
                 known.contains_key(&id).then_some(id)
             }
+            // A token of the wrong shape names no one (and never reaches
+            // the database).
+            SubjectRef::Pairwise(t) if !crate::matching::valid_pairwise_token(t) => None,
             SubjectRef::Pairwise(t) => tx
                 .subject_of_pairwise(&partner.name, t)
                 .await
@@ -163,67 +230,64 @@ impl Vault {
         found.ok_or((None, VaultError::NotFound))
     }
 
-    /// Inside `tx`: the event's outcome, and the ids of the commands it
-    /// wrote.
+    /// Inside `tx`: the event's outcome, the ids of the commands it wrote,
+    /// and the ids of triggered rules whose target is no longer registered.
     async fn apply_event(
         &self,
         tx: &mut AuditedTx,
         caller: &Caller,
         id: &SubjectId,
         event: &rules::Event,
-    ) -> Result<(EventOutcome, Vec<String>), VaultError> {
+    ) -> Result<(EventOutcome, Vec<String>, Vec<String>), VaultError> {
         if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
-            return Ok((EventOutcome::Duplicate, Vec::new()));
+            return Ok((EventOutcome::Duplicate, Vec::new(), Vec::new()));
         }
         let now = self.now_millis();
-        let mut ids = Vec::new();
-        let outcome = if tx.is_linked(id, &caller.spiffe_id).await? {
-            let stored = tx
-                .rules_for_event(id, &caller.spiffe_id, &event.event_type)
-                .await?;
-            let hits = rules::triggered(&stored, &caller.spiffe_id, event);
-            if hits.is_empty() {
-                EventOutcome::IgnoredNoRule
-            } else {
-                let subject = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
-                let kek = self.keys().kek(subject.wrapped_dek.kek_version)?;
-                let dek = keys::unwrap_dek(&kek, id, &subject.wrapped_dek)
-                    .map_err(|_| VaultError::Integrity("data key unwrap"))?;
-                for hit in hits {
-                    // A target removed from the registry gets nothing.
-                    let Some(target) = self.registry().by_spiffe_id(&hit.rule.target) else {
-                        continue;
-                    };
-                    let token = self.pairwise_for(tx, target, id).await?;
-                    let command_id = new_command_id(self)?;
-                    let payload = rules::seal_payload(
-                        &dek,
-                        &command_id,
-                        &target.name,
-                        id,
-                        &hit.fields,
-                        self.rng(),
-                    )
-                    .map_err(|_| VaultError::Internal("command sealing"))?;
-                    tx.enqueue_command(&NewCommand {
-                        command_id: command_id.clone(),
-                        recipient: target.name.clone(),
-                        subject: *id,
-                        pairwise_token: token,
-                        source: caller.spiffe_id.clone(),
-                        event_type: event.event_type.clone(),
-                        command: hit.rule.command.clone(),
-                        rule_id: hit.rule.id(),
-                        payload,
-                        created_at_ms: now,
-                    })
-                    .await?;
-                    ids.push(command_id);
-                }
-                EventOutcome::Delivered(u32::try_from(ids.len()).unwrap_or(u32::MAX))
-            }
+        // Both lookups run whatever the first finds, so an unlinked
+        // publisher and a linked one without a rule cost the same
+        // (docs/events.md, "What leaks").
+        let linked = tx.is_linked(id, &caller.spiffe_id).await?;
+        let stored = tx
+            .rules_for_event(id, &caller.spiffe_id, &event.event_type)
+            .await?;
+        let hits = if linked {
+            rules::triggered(&stored, &caller.spiffe_id, event)
         } else {
+            Vec::new()
+        };
+        let (mut ids, mut skipped) = (Vec::new(), Vec::new());
+        let outcome = if !linked {
             EventOutcome::IgnoredUnlinked
+        } else if hits.is_empty() {
+            EventOutcome::IgnoredNoRule
+        } else {
+            let dek = self.subject_dek_in(tx, id).await?;
+            for hit in hits {
+                // A target removed from the registry gets nothing (audited).
+                let Some(target) = self.registry().by_spiffe_id(&hit.rule.target) else {
+                    skipped.push(hit.rule.id());
+                    continue;
+                };
+                let token = self.pairwise_for(tx, target, id).await?;
+                let command = NewCommand {
+                    command_id: new_command_id(self)?,
+                    recipient: target.name.clone(),
+                    subject: *id,
+                    pairwise_token: token,
+                    source: caller.spiffe_id.clone(),
+                    event_type: event.event_type.clone(),
+                    command: hit.rule.command.clone(),
+                    rule_id: hit.rule.id(),
+                    payload: Vec::new(),
+                    created_at_ms: now,
+                };
+                let payload = rules::seal_payload(&dek, &header(&command), &hit.fields, self.rng())
+                    .map_err(|_| VaultError::Internal("command sealing"))?;
+                let command = NewCommand { payload, ..command };
+                tx.enqueue_command(&command).await?;
+                ids.push(command.command_id);
+            }
+            EventOutcome::Delivered(u32::try_from(ids.len()).unwrap_or(u32::MAX))
         };
         let row = EventRow {
             source: caller.spiffe_id.clone(),
@@ -234,10 +298,34 @@ impl Vault {
             commands: u32::try_from(ids.len()).unwrap_or(u32::MAX),
             accepted_at_ms: now,
         };
+        // `event_seen` ran in this transaction and audited transactions are
+        // serialised, so the id cannot have been taken since; if it was,
+        // roll everything back rather than commit commands as a duplicate.
         if !tx.insert_event(&row).await? {
-            return Ok((EventOutcome::Duplicate, Vec::new()));
+            return Err(VaultError::Internal("event id taken concurrently"));
         }
-        Ok((outcome, ids))
+        Ok((outcome, ids, skipped))
+    }
+
+    /// The subject's data key, inside `tx`.
+    async fn subject_dek_in(
+        &self,
+        tx: &mut AuditedTx,
+        id: &SubjectId,
+    ) -> Result<crate::core::secret::DataKey, VaultError> {
+        let row = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
+        self.unwrap_subject_dek(id, &row)
+    }
+
+    /// Unwraps a subject row's data key.
+    fn unwrap_subject_dek(
+        &self,
+        id: &SubjectId,
+        row: &crate::store::SubjectRow,
+    ) -> Result<crate::core::secret::DataKey, VaultError> {
+        let kek = self.keys().kek(row.wrapped_dek.kek_version)?;
+        keys::unwrap_dek(&kek, id, &row.wrapped_dek)
+            .map_err(|_| VaultError::Integrity("data key unwrap"))
     }
 
     /// `partner`'s pairwise token for the subject, issued if it has none.
@@ -253,90 +341,145 @@ impl Vault {
         }
     }
 
-    /// Authorises a command receiver (audited when refused).
-    pub async fn authorize_receiver(&self, caller: &Caller) -> Result<(), VaultError> {
-        self.authorize(caller, Action::ReceiveCommands)
-            .await
-            .map(|_| ())
+    /// Authorises a command receiver and takes one of its stream slots
+    /// (refusals audited).
+    pub async fn open_command_stream(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+    ) -> Result<StreamSlot, VaultError> {
+        const A: Action = Action::ReceiveCommands;
+        let partner = self.authorize(caller, A).await?;
+        let taken = match self.command_streams.lock() {
+            Ok(mut m) => {
+                let n = m.entry(partner.name.clone()).or_insert(0);
+                if *n >= MAX_STREAMS_PER_PARTNER {
+                    false
+                } else {
+                    *n += 1;
+                    true
+                }
+            }
+            Err(_) => false,
+        };
+        if !taken {
+            let err = VaultError::TooManyStreams(MAX_STREAMS_PER_PARTNER);
+            return self.refuse(caller, A, None, err).await;
+        }
+        Ok(StreamSlot {
+            vault: std::sync::Arc::clone(self),
+            partner: partner.name.clone(),
+        })
+    }
+
+    /// Ends every following command stream (server shutdown).
+    pub fn stop_streams(&self) {
+        self.streams_stop.send_replace(true);
+    }
+
+    /// Whether streams must end, and a receiver to wait for it.
+    pub fn streams_stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.streams_stop.subscribe()
     }
 
     /// The calling partner's next unacknowledged commands after outbox
     /// position `after`, fields opened; the delivery is audited.
-    pub async fn next_commands(
-        &self,
-        caller: &Caller,
-        after: u64,
-    ) -> Result<Vec<Delivered>, VaultError> {
+    ///
+    /// Rows are read and opened outside the write lock; only the delivery
+    /// count and the audit record are written under it. A command that
+    /// cannot be opened (a tampered row, a missing key) is not sent: it is
+    /// named in the audit record and logged by id, and the cursor moves
+    /// past it, so one bad row cannot stop the partner's other commands.
+    pub async fn next_commands(&self, caller: &Caller, after: u64) -> Result<Batch, VaultError> {
         const A: Action = Action::ReceiveCommands;
         let partner = self.authorize(caller, A).await?;
         let r = async {
-            if !self
+            let rows = self
                 .store()
-                .has_pending_commands(&partner.name, after)
-                .await?
-            {
-                return Ok(Vec::new());
-            }
-            let mut tx = self.begin().await?;
-            let rows = tx
-                .take_commands(&partner.name, after, DELIVERY_BATCH)
+                .pending_commands(&partner.name, after, DELIVERY_BATCH)
                 .await?;
-            if rows.is_empty() {
-                // Nothing read, nothing to audit: the empty transaction
-                // rolls back (the audit head bump with it).
-                return Ok(Vec::new());
-            }
+            let Some(last) = rows.last() else {
+                return Ok(Batch {
+                    commands: Vec::new(),
+                    next_after: after,
+                });
+            };
+            let next_after = last.seq;
             let mut out = Vec::with_capacity(rows.len());
+            let mut unreadable = Vec::new();
             let mut deks: Vec<(SubjectId, crate::core::secret::DataKey)> = Vec::new();
             for row in rows {
-                let c = row.command;
-                if !deks.iter().any(|(s, _)| *s == c.subject) {
-                    let subject = tx
-                        .subject(&c.subject)
-                        .await?
-                        .ok_or(VaultError::Integrity("command subject"))?;
-                    let kek = self.keys().kek(subject.wrapped_dek.kek_version)?;
-                    let dek = keys::unwrap_dek(&kek, &c.subject, &subject.wrapped_dek)
-                        .map_err(|_| VaultError::Integrity("data key unwrap"))?;
-                    deks.push((c.subject, dek));
+                match self.open_command(&row, &mut deks).await {
+                    Ok(Some(d)) => out.push(d),
+                    // Its subject was deleted since the read: gone.
+                    Ok(None) => {}
+                    Err(VaultError::Integrity(what)) => {
+                        tracing::error!(command_id = %row.command.command_id, what, "outbox command cannot be opened; skipped");
+                        unreadable.push(row.command.command_id);
+                    }
+                    Err(e) => return Err(e),
                 }
-                let dek = deks
-                    .iter()
-                    .find(|(s, _)| *s == c.subject)
-                    .map(|(_, d)| d)
-                    .ok_or(VaultError::Internal("data key cache"))?;
-                let fields =
-                    rules::open_payload(dek, &c.command_id, &c.recipient, &c.subject, &c.payload)
-                        .map_err(|_| VaultError::Integrity("command payload"))?;
-                out.push(Delivered {
-                    seq: row.seq,
-                    command: pb::Command {
-                        command_id: c.command_id,
-                        pairwise_token: c.pairwise_token,
-                        subject_seq: row.subject_seq,
-                        command: c.command,
-                        event_type: c.event_type,
-                        source: c.source,
-                        fields: fields
-                            .iter()
-                            .map(|(n, v): &(String, EventValue)| pb::EventField {
-                                name: n.clone(),
-                                value: v.expose().to_owned(),
-                            })
-                            .collect(),
-                        created_at_ms: c.created_at_ms,
-                        rule_id: c.rule_id,
-                        delivery_attempt: row.deliveries,
-                    },
-                });
             }
+            let mut tx = self.begin().await?;
+            let seqs: Vec<u64> = out.iter().map(|d| d.seq).collect();
+            tx.count_deliveries(&partner.name, &seqs).await?;
             let ids: Vec<&str> = out.iter().map(|d| d.command.command_id.as_str()).collect();
-            let detail = format!("delivered={} ids={}", out.len(), ids.join(","));
+            let mut detail = format!("delivered={} ids={}", out.len(), ids.join(","));
+            if !unreadable.is_empty() {
+                detail.push_str(&format!(" unreadable={}", unreadable.join(",")));
+            }
             self.commit_with(tx, caller, A, detail).await?;
-            Ok(out)
+            Ok(Batch {
+                commands: out,
+                next_after,
+            })
         }
         .await;
         self.audited_failure(caller, A, r).await
+    }
+
+    /// Opens one outbox row; `None` when its subject is gone. `deks`
+    /// caches the batch's data keys.
+    async fn open_command(
+        &self,
+        row: &crate::store::CommandRow,
+        deks: &mut Vec<(SubjectId, crate::core::secret::DataKey)>,
+    ) -> Result<Option<Delivered>, VaultError> {
+        let c = &row.command;
+        if !deks.iter().any(|(s, _)| *s == c.subject) {
+            let Some(subject) = self.store().subject_row(&c.subject).await? else {
+                return Ok(None);
+            };
+            let dek = self.unwrap_subject_dek(&c.subject, &subject)?;
+            deks.push((c.subject, dek));
+        }
+        let dek = deks
+            .iter()
+            .find(|(s, _)| *s == c.subject)
+            .map(|(_, d)| d)
+            .ok_or(VaultError::Internal("data key cache"))?;
+        let fields = rules::open_payload(dek, &header(c), &c.payload)
+            .map_err(|_| VaultError::Integrity("command payload"))?;
+        Ok(Some(Delivered {
+            seq: row.seq,
+            command: pb::Command {
+                command_id: c.command_id.clone(),
+                pairwise_token: c.pairwise_token.clone(),
+                subject_seq: row.subject_seq,
+                command: c.command.clone(),
+                event_type: c.event_type.clone(),
+                source: c.source.clone(),
+                fields: fields
+                    .iter()
+                    .map(|(n, v)| pb::EventField {
+                        name: n.clone(),
+                        value: v.expose().to_owned(),
+                    })
+                    .collect(),
+                created_at_ms: c.created_at_ms,
+                rule_id: c.rule_id.clone(),
+                delivery_attempt: row.deliveries,
+            },
+        }))
     }
 
     /// Acknowledges the calling partner's commands; returns how many this
@@ -356,6 +499,12 @@ impl Vault {
         }
         let r = async {
             let mut tx = self.begin().await?;
+            // Ids of another shape name no command (and never reach the
+            // database).
+            let ids: Vec<String> = ids
+                .into_iter()
+                .filter(|i| rules::valid_command_id(i))
+                .collect();
             let n = tx.ack_commands(&partner.name, &ids).await?;
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             self.commit_with(tx, caller, A, format!("acknowledged={n}"))
@@ -400,14 +549,19 @@ impl Vault {
                 )
             }
             DeviceAction::UnlinkEntity(e) => {
-                let (unlinked, removed) = tx.unlink_entity(subject, e).await?;
+                // Withdrawing trust withdraws what still waits for it.
+                let recipient = self.registry().by_spiffe_id(e).map(|p| p.name.as_str());
+                let (unlinked, removed, withdrawn) =
+                    tx.unlink_entity(subject, e, recipient).await?;
                 let removed = u32::try_from(removed).unwrap_or(u32::MAX);
                 (
                     DeviceOutcome::Unlinked {
                         unlinked,
                         rules_removed: removed,
                     },
-                    format!("entity={e} unlinked={unlinked} rules_removed={removed}"),
+                    format!(
+                        "entity={e} unlinked={unlinked} rules_removed={removed} commands_withdrawn={withdrawn}"
+                    ),
                 )
             }
             DeviceAction::SetRules(rules) => {

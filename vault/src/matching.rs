@@ -256,6 +256,16 @@ async fn best_candidates(
     Ok(hits)
 }
 
+/// Whether `s` has the shape of a pairwise token: `pw_` and 26 lower-case
+/// base32 characters.
+pub fn valid_pairwise_token(s: &str) -> bool {
+    s.len() == PAIRWISE_PREFIX.len() + 26
+        && s.strip_prefix(PAIRWISE_PREFIX).is_some_and(|t| {
+            t.bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+        })
+}
+
 /// A new random pairwise token: `pw_` and 26 base32 characters (128 bits).
 fn new_pairwise_token(rng: &dyn crate::core::Rng) -> Result<String, VaultError> {
     let mut b = [0u8; 16];

@@ -192,6 +192,7 @@ pub async fn start(
     ))
     .max_decoding_message_size(opts.max_message_bytes)
     .max_encoding_message_size(opts.max_message_bytes);
+    let streams = Arc::clone(&vault);
     let subjects = SubjectServiceServer::new(SubjectApi::new(vault, opts.request_timeout))
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
@@ -222,8 +223,11 @@ pub async fn start(
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
-    let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;
+        // Following command streams would otherwise hold the graceful
+        // shutdown until their deadline.
+        streams.stop_streams();
     }));
     Ok(RunningServer {
         addr,

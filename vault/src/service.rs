@@ -63,6 +63,9 @@ pub enum VaultError {
     /// A consent, enrollment or device call was refused (docs/consent.md).
     #[error("refused ({reason}): {0}", reason = .0.name())]
     Refused(crate::core::consent::Refusal),
+    /// The partner already has this many command streams open.
+    #[error("at most {0} command streams may be open per partner; close one and retry")]
+    TooManyStreams(usize),
 }
 
 impl From<StoreError> for VaultError {
@@ -84,7 +87,7 @@ impl VaultError {
             Self::Unregistered | Self::Denied(_) | Self::DomainDenied => "denied",
             Self::Invalid(_) | Self::BadRequest(_) => "invalid",
             Self::NotFound => "not_found",
-            Self::RateLimited(_) => "rate_limited",
+            Self::RateLimited(_) | Self::TooManyStreams(_) => "rate_limited",
             Self::Refused(_) => "refused",
             _ => "error",
         }
@@ -168,6 +171,10 @@ pub struct Vault {
     /// Woken when commands are written, so open command streams of this
     /// process send them at once (other replicas' are found by polling).
     commands_ready: tokio::sync::Notify,
+    /// Open command streams per partner name.
+    pub(crate) command_streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Set when the server shuts down: following streams end.
+    pub(crate) streams_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -206,6 +213,8 @@ impl Vault {
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),
+            command_streams: std::sync::Mutex::default(),
+            streams_stop: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -392,7 +401,8 @@ impl Vault {
             | VaultError::Unregistered
             | VaultError::Invalid(_)
             | VaultError::NotFound
-            | VaultError::RateLimited(_) => err.to_string(),
+            | VaultError::RateLimited(_)
+            | VaultError::TooManyStreams(_) => err.to_string(),
             // Some of these messages quote what the caller sent (an unknown
             // field path, a column name): keep caller text out of the log.
             VaultError::BadRequest(_) => "bad request".to_owned(),

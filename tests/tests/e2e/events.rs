@@ -452,7 +452,117 @@ pub async fn following_stream_gets_new_commands(backend: Backend) -> anyhow::Res
         .command
         .unwrap();
     assert_eq!(got.fields, vec![field("address", "a")]);
-    drop(s);
+    // An open following stream does not hold up a graceful shutdown: it
+    // ends cleanly and the server stops.
+    tokio::time::timeout(std::time::Duration::from_secs(20), ctx.tv.stop())
+        .await
+        .expect("shutdown with a following stream open")?;
+    let end = tokio::time::timeout(std::time::Duration::from_secs(20), s.message()).await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "the stream ended");
+    Ok(())
+}
+
+/// Concurrent publishers about one person: commands are numbered in the
+/// order their events committed and streamed in that order; a command
+/// that cannot be opened is skipped (and audited) without blocking the
+/// rest; unlinking the receiver withdraws what still waits for it; a rule
+/// set of the documented maximum fits.
+pub async fn concurrency_bad_rows_unlink_and_limits(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    let q = ctx.person("Alan").await;
+    ctx.forward_addresses(&p).await;
+    ctx.forward_addresses(&q).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let ch = ctx.tv.channel("partner-a").await?;
+        let subject = p.subject.clone();
+        tasks.push(tokio::spawn(async move {
+            EventServiceClient::new(ch)
+                .publish_event(pb::PublishEventRequest {
+                    subject: Some(pb::publish_event_request::Subject::SubjectId(subject)),
+                    event_type: "address.changed".into(),
+                    event_id: format!("c-{i}"),
+                    fields: vec![field("address", &format!("a{i}"))],
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let got = ctx.drain("partner-b").await;
+    assert_eq!(
+        got.iter().map(|c| c.subject_seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<u64>>()
+    );
+    let distinct: HashSet<&str> = got.iter().map(|c| c.fields[0].value.as_str()).collect();
+    assert_eq!(distinct.len(), 8);
+    assert_eq!(ctx.ack("partner-b", ids(&got)).await, 8);
+    // One tampered row: skipped and named in the audit, the next delivered.
+    ctx.publish(
+        "partner-a",
+        &p.subject,
+        "address.changed",
+        "bad",
+        vec![field("address", "x")],
+    )
+    .await?;
+    ctx.publish(
+        "partner-a",
+        &q.subject,
+        "address.changed",
+        "good",
+        vec![field("address", "y")],
+    )
+    .await?;
+    sqlx::query("UPDATE command_outbox SET command = 'delete_account' WHERE subject_seq = 9")
+        .execute(ctx.tv.db())
+        .await?;
+    let got = ctx.drain("partner-b").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].fields, vec![field("address", "y")]);
+    let audit = ctx.audit("ReceiveCommands").await;
+    assert!(
+        audit.iter().any(|(_, d)| d.contains(" unreadable=cmd_")),
+        "{audit:?}"
+    );
+    // Unlinking partner-b withdraws the person's commands waiting for it.
+    ctx.publish(
+        "partner-a",
+        &q.subject,
+        "address.changed",
+        "w",
+        vec![field("address", "z")],
+    )
+    .await?;
+    let req = ctx.signed(
+        &q,
+        Action::UnlinkEntity(pb::UnlinkEntity { entity: B.into() }),
+    );
+    let u = ctx.wallet.unlink_entity(req).await?.into_inner();
+    assert!(u.unlinked && u.rules_removed == 1);
+    let left: Vec<String> = ctx
+        .drain("partner-b")
+        .await
+        .iter()
+        .flat_map(|c| c.fields.iter().map(|f| f.value.clone()))
+        .collect();
+    assert!(!left.iter().any(|v| v == "y" || v == "z"), "{left:?}");
+    // 64 rules of 32 fields each fit in one signed request.
+    let many: Vec<pb::Rule> = (0..64)
+        .map(|i| {
+            let fields: Vec<String> = (0..32).map(|f| format!("field_{f:02}")).collect();
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            rule(A, &format!("event.{i:02}"), B, "cmd", &fields)
+        })
+        .collect();
+    assert_eq!(ctx.set_rules(&p, many).await?.len(), 64);
+    let too_many: Vec<pb::Rule> = (0..65)
+        .map(|i| rule(A, &format!("e{i}"), B, "cmd", &[]))
+        .collect();
+    let r = ctx.set_rules(&p, too_many).await.unwrap_err();
+    assert_eq!(reason(&r), "malformed");
     ctx.tv.stop().await
 }
 

@@ -89,6 +89,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     events::command_carries_only_named_fields,
     events::ordered_redelivered_until_acknowledged,
     events::following_stream_gets_new_commands,
+    events::concurrency_bad_rows_unlink_and_limits,
     events::rules_are_signed_linked_and_suggested,
     events::publish_and_receive_are_policy_gated,
 ];

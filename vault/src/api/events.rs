@@ -98,38 +98,50 @@ impl CommandService for CommandApi {
         let who = caller(&req)?;
         let follow = req.into_inner().follow;
         // A refused receiver gets a status, not an empty stream.
-        within(self.deadline, async {
-            self.vault.authorize_receiver(&who).await.map_err(status)
+        let vault = Arc::clone(&self.vault);
+        let slot = within(self.deadline, async {
+            vault.open_command_stream(&who).await.map_err(status)
         })
         .await?;
-        let vault = Arc::clone(&self.vault);
         let (tx, rx) = tokio::sync::mpsc::channel(crate::events::DELIVERY_BATCH as usize);
         let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        let mut stop = vault.streams_stop_signal();
         tokio::spawn(async move {
+            let _slot = slot;
             // Every stream starts from the oldest unacknowledged command.
             let mut cursor = 0u64;
             loop {
+                if *stop.borrow_and_update() || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
                 // Registered before the read, so a write that lands
                 // between the read and the wait still wakes it.
                 let ready = vault.commands_ready().notified();
                 tokio::pin!(ready);
                 ready.as_mut().enable();
-                let batch = match tokio::time::timeout_at(
-                    deadline,
-                    vault.next_commands(&who, cursor),
-                )
-                .await
-                {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
+                // Not cut off by the deadline: a batch is bounded, and its
+                // audit record must not be lost halfway.
+                let batch = match vault.next_commands(&who, cursor).await {
+                    Ok(b) => b,
+                    Err(e) => {
                         let _ = tx.send(Err(status(e))).await;
                         return;
                     }
-                    // The deadline ends a stream cleanly: the client
-                    // reconnects and gets what it has not acknowledged.
-                    Err(_) => return,
                 };
-                if batch.is_empty() {
+                let idle = batch.commands.is_empty() && batch.next_after == cursor;
+                cursor = batch.next_after;
+                for d in batch.commands {
+                    let msg = pb::StreamCommandsResponse {
+                        command: Some(d.command),
+                    };
+                    // A receiver that stops reading cannot hold the task
+                    // past the deadline.
+                    match tokio::time::timeout_at(deadline, tx.send(Ok(msg))).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                if idle {
                     if !follow {
                         return;
                     }
@@ -138,16 +150,7 @@ impl CommandService for CommandApi {
                         () = tokio::time::sleep(POLL) => {}
                         () = tokio::time::sleep_until(deadline) => return,
                         () = tx.closed() => return,
-                    }
-                    continue;
-                }
-                for d in batch {
-                    cursor = d.seq;
-                    let msg = pb::StreamCommandsResponse {
-                        command: Some(d.command),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
+                        _ = stop.changed() => return,
                     }
                 }
             }

@@ -30,7 +30,7 @@ pub fn status(err: VaultError) -> Status {
         }
         VaultError::Invalid(_) | VaultError::BadRequest(_) => Code::InvalidArgument,
         VaultError::NotFound => Code::NotFound,
-        VaultError::RateLimited(_) => Code::ResourceExhausted,
+        VaultError::RateLimited(_) | VaultError::TooManyStreams(_) => Code::ResourceExhausted,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
         VaultError::Refused(r) => refusal_code(*r),

@@ -37,8 +37,11 @@ pub const PUBLIC_KEY_LEN: usize = 65;
 pub const ID_LEN: usize = 16;
 /// Challenges are 32 bytes.
 pub const CHALLENGE_LEN: usize = 32;
-/// Largest signed message the vault looks at.
+/// Largest signed grant or enrollment the vault looks at.
 pub const MAX_SIGNED_LEN: usize = 4096;
+/// Largest signed device request (a whole rule set travels in one; the
+/// DeviceService message cap of 64 KiB leaves room for the envelope).
+pub const MAX_DEVICE_REQUEST_LEN: usize = 60 * 1024;
 /// Longest purpose code.
 pub const MAX_PURPOSE_LEN: usize = 64;
 /// Longest audience (SPIFFE id).
@@ -264,7 +267,12 @@ pub fn normalize_low_s(sig: &[u8]) -> Option<[u8; SIGNATURE_LEN]> {
 /// repeated occurrences of a singular field (protobuf parsers disagree on
 /// which one wins), explicitly encoded defaults and non-minimal varints.
 pub fn decode_canonical<M: Message + Default>(bytes: &[u8]) -> Option<M> {
-    if bytes.len() > MAX_SIGNED_LEN {
+    decode_canonical_within(bytes, MAX_SIGNED_LEN)
+}
+
+/// [`decode_canonical`] with its own size limit.
+fn decode_canonical_within<M: Message + Default>(bytes: &[u8], max: usize) -> Option<M> {
+    if bytes.len() > max {
         return None;
     }
     let m = M::decode(bytes).ok()?;
@@ -467,7 +475,8 @@ pub struct DeviceCall {
 /// Decodes verified device-request bytes.
 pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
     use pb::device_request::Action;
-    let r: pb::DeviceRequest = decode_canonical(bytes).ok_or(Refusal::Malformed)?;
+    let r: pb::DeviceRequest =
+        decode_canonical_within(bytes, MAX_DEVICE_REQUEST_LEN).ok_or(Refusal::Malformed)?;
     let request_id = r.request_id.try_into().map_err(|_| Refusal::Malformed)?;
     let action = match r.action.ok_or(Refusal::Malformed)? {
         Action::ListReceipts(_) => DeviceAction::ListReceipts,

@@ -51,10 +51,28 @@ pub fn valid_event_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_EVENT_ID_LEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-/// Whether `s` could name an entity (a SPIFFE id); whether it is a
-/// registered partner is the registry's question.
+/// Whether `s` could name an entity: a SPIFFE id, `spiffe://` then a trust
+/// domain and path of letters, digits and `. - _ /` only (no spaces,
+/// control characters or `=`: entity ids end up in audit details).
+/// Whether it is a registered partner is the registry's question.
 pub fn valid_entity(s: &str) -> bool {
-    s.starts_with("spiffe://") && s.len() <= MAX_AUDIENCE_LEN && s.is_ascii()
+    s.len() <= MAX_AUDIENCE_LEN
+        && s.strip_prefix("spiffe://").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        })
+}
+
+/// Whether `s` has the shape of a command id: `cmd_` and 32 lower-case
+/// hex digits.
+pub fn valid_command_id(s: &str) -> bool {
+    s.len() == COMMAND_ID_PREFIX.len() + 32
+        && s.strip_prefix(COMMAND_ID_PREFIX).is_some_and(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 fn lp(out: &mut Vec<u8>, s: &[u8]) {
@@ -188,8 +206,8 @@ pub enum EventError {
     /// A field name appears twice.
     #[error("an event field name appears more than once")]
     DuplicateField,
-    /// A field value is too long.
-    #[error("event field values are at most 1024 bytes")]
+    /// A field value is empty, too long, or holds control characters.
+    #[error("event field values are 1-1024 bytes without control characters")]
     FieldValue,
 }
 
@@ -246,7 +264,10 @@ pub fn validate_event(
         if !valid_code(&f.name) {
             return Err(EventError::FieldName);
         }
-        if f.value.len() > MAX_EVENT_VALUE_LEN {
+        if f.value.is_empty()
+            || f.value.len() > MAX_EVENT_VALUE_LEN
+            || f.value.chars().any(char::is_control)
+        {
             return Err(EventError::FieldValue);
         }
         out.push((f.name, EventValue::new(f.value)));
@@ -303,23 +324,52 @@ fn payload_key(dek: &DataKey) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
     Ok(k)
 }
 
-fn payload_aad(command_id: &str, recipient: &str, subject: &SubjectId) -> Vec<u8> {
+/// What a sealed command payload is bound to: changing any of it in the
+/// outbox makes the payload fail to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandHeader<'a> {
+    /// `cmd_…` id.
+    pub command_id: &'a str,
+    /// Recipient partner name.
+    pub recipient: &'a str,
+    /// The person.
+    pub subject: &'a SubjectId,
+    /// The recipient's pairwise token for the person.
+    pub pairwise_token: &'a str,
+    /// Publisher SPIFFE id.
+    pub source: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Command name.
+    pub command: &'a str,
+    /// Rule id.
+    pub rule_id: &'a str,
+}
+
+fn payload_aad(h: &CommandHeader<'_>) -> Vec<u8> {
     let mut aad = PAYLOAD_AAD_LABEL.to_vec();
-    lp(&mut aad, command_id.as_bytes());
-    lp(&mut aad, recipient.as_bytes());
-    aad.extend_from_slice(subject.as_bytes());
+    for part in [
+        h.command_id,
+        h.recipient,
+        h.pairwise_token,
+        h.source,
+        h.event_type,
+        h.command,
+        h.rule_id,
+    ] {
+        lp(&mut aad, part.as_bytes());
+    }
+    aad.extend_from_slice(h.subject.as_bytes());
     aad
 }
 
 /// Seals a command's fields for the outbox under a key derived from the
 /// subject's data key (so shredding the subject shreds its pending
-/// commands), bound to the command id, recipient and subject. Returns
+/// commands), bound to the whole [`CommandHeader`]. Returns
 /// `nonce || ciphertext || tag`.
 pub fn seal_payload(
     dek: &DataKey,
-    command_id: &str,
-    recipient: &str,
-    subject: &SubjectId,
+    header: &CommandHeader<'_>,
     fields: &[(String, EventValue)],
     rng: &dyn Rng,
 ) -> Result<Vec<u8>, CryptoError> {
@@ -335,12 +385,7 @@ pub fn seal_payload(
     }
     let key = payload_key(dek)?;
     let nonce = crypto::random_nonce(rng)?;
-    let ct = crypto::aead_seal(
-        &key,
-        &nonce,
-        &payload_aad(command_id, recipient, subject),
-        &plain,
-    )?;
+    let ct = crypto::aead_seal(&key, &nonce, &payload_aad(header), &plain)?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&ct);
     Ok(out)
@@ -362,13 +407,11 @@ fn take_str(b: &mut &[u8]) -> Option<String> {
     String::from_utf8(take(b, n)?.to_vec()).ok()
 }
 
-/// Opens a payload sealed by [`seal_payload`]. Any change to the bytes,
-/// the id, the recipient or the subject fails.
+/// Opens a payload sealed by [`seal_payload`]. Any change to the bytes or
+/// to the header fails.
 pub fn open_payload(
     dek: &DataKey,
-    command_id: &str,
-    recipient: &str,
-    subject: &SubjectId,
+    header: &CommandHeader<'_>,
     sealed: &[u8],
 ) -> Result<Vec<(String, EventValue)>, CryptoError> {
     let (nonce, ct) = sealed
@@ -376,12 +419,7 @@ pub fn open_payload(
         .ok_or(CryptoError::Authentication)?;
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Authentication)?;
     let key = payload_key(dek)?;
-    let plain = crypto::aead_open(
-        &key,
-        &nonce,
-        &payload_aad(command_id, recipient, subject),
-        ct,
-    )?;
+    let plain = crypto::aead_open(&key, &nonce, &payload_aad(header), ct)?;
     let mut b: &[u8] = &plain;
     let n = take_u32(&mut b).ok_or(CryptoError::Authentication)?;
     let mut out = Vec::with_capacity(n.min(MAX_EVENT_FIELDS));
@@ -445,16 +483,39 @@ pub struct Suggestion {
     pub support: usize,
 }
 
+/// Support buckets: a suggestion reports the largest bucket its support
+/// reaches, not the exact count.
+const SUPPORT_BUCKETS: &[usize] = &[1000, 500, 200, 100, 50, 20, 10, 5, 3, 2, 1];
+
+fn support_bucket(n: usize) -> usize {
+    SUPPORT_BUCKETS
+        .iter()
+        .copied()
+        .find(|b| n >= *b)
+        .unwrap_or(0)
+}
+
+/// Confidence to one decimal: exact similarity sums would let a person
+/// who links and unlinks entities between queries read peers' histories.
+fn coarse(confidence: f64) -> f64 {
+    ((confidence * 10.0).round() / 10.0).clamp(0.0, 1.0)
+}
+
 /// Suggests rule sets for a person from peers' adoptions.
 ///
 /// A peer is similar when its history shares anything with the person's
 /// (Jaccard similarity above zero). From each similar peer's rules the
-/// candidate set keeps those naming only entities the person linked and
-/// not already held; each candidate rule counts alone, and the peer's
-/// whole candidate set counts as one set too. A set's confidence is the
-/// similarity-weighted share of similar peers who hold it; sets held by
-/// fewer than `min_support` peers are dropped (one peer's rules are never
-/// revealed). Best `max` first: confidence, then larger sets, then support.
+/// candidate set keeps those naming only entities the person linked; each
+/// candidate rule counts alone, and the peer's whole candidate set counts
+/// as one set too. Sets are counted before the person's own rules are
+/// taken out, so what a person holds cannot be varied to isolate one
+/// peer's set. A set's confidence is the similarity-weighted share of
+/// similar peers who hold it; sets held by fewer than `min_support` peers
+/// are dropped (one peer's rules are never revealed), and the rules the
+/// person already holds are removed from what is shown (a set left empty
+/// is not shown). Confidence is reported to one decimal and support as a
+/// bucket (3, 5, 10, 20, …). Best `max` first: confidence, then larger
+/// sets, then support.
 pub fn suggest(
     me: &History,
     mine: &[Rule],
@@ -474,7 +535,7 @@ pub fn suggest(
         let mut cand: Vec<&Rule> = p
             .rules
             .iter()
-            .filter(|r| !held.contains(r) && r.entities().iter().all(|e| me.linked.contains(*e)))
+            .filter(|r| r.entities().iter().all(|e| me.linked.contains(*e)))
             .collect();
         cand.sort();
         cand.dedup();
@@ -491,30 +552,44 @@ pub fn suggest(
     if total <= 0.0 {
         return Vec::new();
     }
-    let mut out: Vec<Suggestion> = sets
+    let mut ranked: Vec<(Vec<Rule>, f64, usize)> = sets
         .into_iter()
         .filter(|(_, (_, n))| *n >= min_support.max(1))
-        .map(|(rules, (w, n))| {
-            let mut rules: Vec<Rule> = rules.into_iter().cloned().collect();
+        .filter_map(|(rules, (w, n))| {
+            let mut rules: Vec<Rule> = rules
+                .into_iter()
+                .filter(|r| !held.contains(r))
+                .cloned()
+                .collect();
             rules.sort_by_cached_key(Rule::id);
-            Suggestion {
-                rules,
-                confidence: (w / total).min(1.0),
-                support: n,
-            }
+            (!rules.is_empty()).then_some((rules, (w / total).min(1.0), n))
         })
         .collect();
-    out.sort_by(|a, b| {
-        b.confidence
-            .total_cmp(&a.confidence)
-            .then_with(|| b.rules.len().cmp(&a.rules.len()))
-            .then_with(|| b.support.cmp(&a.support))
+    ranked.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| b.0.len().cmp(&a.0.len()))
+            .then_with(|| b.2.cmp(&a.2))
             .then_with(|| {
-                let ids = |s: &Suggestion| s.rules.iter().map(Rule::id).collect::<Vec<_>>();
-                ids(a).cmp(&ids(b))
+                let ids = |r: &[Rule]| r.iter().map(Rule::id).collect::<Vec<_>>();
+                ids(&a.0).cmp(&ids(&b.0))
             })
     });
-    out.truncate(max);
+    // Taking held rules out can make two sets show the same rules: the
+    // better-ranked one stays.
+    let mut out: Vec<Suggestion> = Vec::new();
+    for (rules, confidence, n) in ranked {
+        if out.iter().any(|s| s.rules == rules) {
+            continue;
+        }
+        out.push(Suggestion {
+            rules,
+            confidence: coarse(confidence),
+            support: support_bucket(n),
+        });
+        if out.len() == max {
+            break;
+        }
+    }
     out
 }
 
@@ -649,10 +724,17 @@ mod tests {
             ok("a", "i", vec![f("x", "1"), f("x", "2")]),
             Err(EventError::DuplicateField)
         );
-        assert_eq!(
-            ok("a", "i", vec![f("x", &"v".repeat(1025))]),
-            Err(EventError::FieldValue)
-        );
+        for bad in [
+            "v".repeat(1025),
+            String::new(),
+            "a\nb".into(),
+            "\u{0}".into(),
+        ] {
+            assert_eq!(
+                ok("a", "i", vec![f("x", &bad)]),
+                Err(EventError::FieldValue)
+            );
+        }
         assert_eq!(
             ok(
                 "a",
@@ -705,6 +787,19 @@ mod tests {
         DataKey::from_bytes([b; 32], 1)
     }
 
+    fn header<'a>(s: &'a SubjectId, id: &'a str) -> CommandHeader<'a> {
+        CommandHeader {
+            command_id: id,
+            recipient: "partner-b",
+            subject: s,
+            pairwise_token: "pw_abc",
+            source: A,
+            event_type: "address.changed",
+            command: "update_address",
+            rule_id: "rul_1",
+        }
+    }
+
     #[test]
     fn payload_round_trip_and_binding() {
         let s = SubjectId::from_bytes([9; 16]);
@@ -713,21 +808,59 @@ mod tests {
             ("postcode".to_owned(), EventValue::new("AB1 2CD".into())),
         ];
         let rng = SystemRng::default();
-        let sealed = seal_payload(&dek(1), "cmd_1", "partner-b", &s, &fields, &rng).unwrap();
-        assert_eq!(
-            open_payload(&dek(1), "cmd_1", "partner-b", &s, &sealed).unwrap(),
-            fields
-        );
+        let h = header(&s, "cmd_1");
+        let sealed = seal_payload(&dek(1), &h, &fields, &rng).unwrap();
+        assert_eq!(open_payload(&dek(1), &h, &sealed).unwrap(), fields);
         let other = SubjectId::from_bytes([8; 16]);
-        for bad in [
-            open_payload(&dek(2), "cmd_1", "partner-b", &s, &sealed),
-            open_payload(&dek(1), "cmd_2", "partner-b", &s, &sealed),
-            open_payload(&dek(1), "cmd_1", "partner-a", &s, &sealed),
-            open_payload(&dek(1), "cmd_1", "partner-b", &other, &sealed),
-            open_payload(&dek(1), "cmd_1", "partner-b", &s, &sealed[..10]),
-        ] {
-            assert_eq!(bad, Err(CryptoError::Authentication));
+        // Every header part is bound: moving the payload to another
+        // command, receiver, person, token, source, type, command or rule
+        // fails, as does another key or a cut payload.
+        let changed = [
+            CommandHeader {
+                command_id: "cmd_2",
+                ..h
+            },
+            CommandHeader {
+                recipient: "partner-a",
+                ..h
+            },
+            CommandHeader {
+                subject: &other,
+                ..h
+            },
+            CommandHeader {
+                pairwise_token: "pw_xyz",
+                ..h
+            },
+            CommandHeader { source: B, ..h },
+            CommandHeader {
+                event_type: "card.lost",
+                ..h
+            },
+            CommandHeader {
+                command: "block",
+                ..h
+            },
+            CommandHeader {
+                rule_id: "rul_2",
+                ..h
+            },
+        ];
+        for c in &changed {
+            assert_eq!(
+                open_payload(&dek(1), c, &sealed),
+                Err(CryptoError::Authentication),
+                "{c:?}"
+            );
         }
+        assert_eq!(
+            open_payload(&dek(2), &h, &sealed),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            open_payload(&dek(1), &h, &sealed[..10]),
+            Err(CryptoError::Authentication)
+        );
         // The value never shows in Debug output.
         assert!(!format!("{fields:?}").contains("High"));
     }
@@ -738,10 +871,11 @@ mod tests {
             let s = SubjectId::from_bytes([3; 16]);
             let fields = vec![("x".to_owned(), EventValue::new("value".into()))];
             let rng = SystemRng::default();
-            let mut sealed = seal_payload(&dek(4), "cmd_9", "b", &s, &fields, &rng).unwrap();
+            let h = header(&s, "cmd_9");
+            let mut sealed = seal_payload(&dek(4), &h, &fields, &rng).unwrap();
             let i = byte % sealed.len();
             sealed[i] ^= 1 << bit;
-            prop_assert!(open_payload(&dek(4), "cmd_9", "b", &s, &sealed).is_err());
+            prop_assert!(open_payload(&dek(4), &h, &sealed).is_err());
         }
     }
 
@@ -753,6 +887,27 @@ mod tests {
                 .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn ids_and_entities_are_strict() {
+        assert!(valid_entity(A));
+        for bad in [
+            "spiffe://",
+            "partner-a",
+            "spiffe://x y",
+            "spiffe://x\nop=forged",
+            "spiffe://a=b",
+        ] {
+            assert!(!valid_entity(bad), "{bad:?}");
+        }
+        assert!(valid_command_id("cmd_0123456789abcdef0123456789abcdef"));
+        assert!(!valid_command_id("cmd_0123456789ABCDEF0123456789abcdef"));
+        assert!(!valid_command_id("cmd_\0"));
+        assert_eq!(support_bucket(2), 2);
+        assert_eq!(support_bucket(4), 3);
+        assert_eq!(support_bucket(19), 10);
+        assert!((coarse(0.66) - 0.7).abs() < 1e-12);
     }
 
     #[test]
@@ -790,7 +945,7 @@ mod tests {
         // fwd: 4 of 5 similar peers; the {fwd, block} set: 3 of 5; block: 3 of 5.
         assert_eq!(s.len(), 3, "{s:?}");
         assert_eq!(s[0].rules, vec![fwd.clone()]);
-        assert_eq!(s[0].support, 4);
+        assert_eq!(s[0].support, 3, "4 adopters, reported as the bucket 3");
         assert!((s[0].confidence - 0.8).abs() < 1e-9);
         assert_eq!(
             s[1].rules.len(),
@@ -801,9 +956,12 @@ mod tests {
         assert_eq!(s[2].rules, vec![block.clone()]);
         // Rules naming an entity I did not link are never suggested.
         assert!(s.iter().all(|x| !x.rules.contains(&to_c)));
-        // What I already hold is not suggested.
+        // What I already hold is not suggested; the {fwd, block} set shows
+        // as {block}, once.
         let s = suggest(&me, std::slice::from_ref(&fwd), &peers, 3, 10);
         assert!(s.iter().all(|x| !x.rules.contains(&fwd)));
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].rules, vec![block.clone()]);
         // Below the minimum support nothing is revealed.
         assert!(suggest(&me, &[], &peers[..2], 3, 10).is_empty());
     }

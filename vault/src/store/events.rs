@@ -104,6 +104,68 @@ fn rule_from_row(r: &AnyRow) -> Result<Rule, StoreError> {
 }
 
 impl super::Store {
+    /// Up to `limit` commands of `recipient` after outbox position
+    /// `after`, oldest first. Read outside any write transaction: opening
+    /// them (key unwrap, decryption) does not hold the write lock.
+    pub async fn pending_commands(
+        &self,
+        recipient: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, command_id, subject_id, subject_seq, pairwise_token, source, event_type, \
+             command, rule_id, payload, created_at_ms, deliveries FROM command_outbox \
+             WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(recipient.to_owned())
+        .bind(u64_to_i64(after)?)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let deliveries: i64 = r.try_get("deliveries")?;
+                Ok(CommandRow {
+                    seq: i64_to_u64(r.try_get("seq")?, "command_outbox.seq")?,
+                    subject_seq: i64_to_u64(
+                        r.try_get("subject_seq")?,
+                        "command_outbox.subject_seq",
+                    )?,
+                    deliveries: u32::try_from(deliveries.saturating_add(1)).unwrap_or(u32::MAX),
+                    command: NewCommand {
+                        command_id: r.try_get("command_id")?,
+                        recipient: recipient.to_owned(),
+                        subject: subject_col(r, "subject_id")?,
+                        pairwise_token: r.try_get("pairwise_token")?,
+                        source: r.try_get("source")?,
+                        event_type: r.try_get("event_type")?,
+                        command: r.try_get("command")?,
+                        rule_id: r.try_get("rule_id")?,
+                        payload: r.try_get("payload")?,
+                        created_at_ms: r.try_get("created_at_ms")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// A subject row, read outside any write transaction.
+    pub async fn subject_row(
+        &self,
+        id: &SubjectId,
+    ) -> Result<Option<super::SubjectRow>, StoreError> {
+        let row: Option<AnyRow> = sqlx::query(concat!(
+            "SELECT ",
+            subject_columns!(),
+            " FROM subjects WHERE subject_id = $1"
+        ))
+        .bind(id.as_bytes().to_vec())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(super::SubjectRow::from_row).transpose()
+    }
+
     /// Whether `recipient` has unacknowledged commands after outbox
     /// position `after` (a read outside any write transaction, so idle
     /// command streams do not queue for the write lock).
@@ -144,13 +206,27 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
-    /// Unlinks `entity` and removes the rules naming it; returns whether
-    /// it was linked and how many rules went.
+    /// Unlinks `entity` and removes the rules naming it and, when it is a
+    /// registered partner (`recipient`), the commands about the person
+    /// still waiting for it; returns whether it was linked, how many rules
+    /// and how many commands went.
     pub async fn unlink_entity(
         &mut self,
         subject: &SubjectId,
         entity: &str,
-    ) -> Result<(bool, u64), StoreError> {
+        recipient: Option<&str>,
+    ) -> Result<(bool, u64, u64), StoreError> {
+        let withdrawn = match recipient {
+            Some(name) => {
+                sqlx::query("DELETE FROM command_outbox WHERE subject_id = $1 AND recipient = $2")
+                    .bind(subject.as_bytes().to_vec())
+                    .bind(name.to_owned())
+                    .execute(&mut *self.tx)
+                    .await?
+                    .rows_affected()
+            }
+            None => 0,
+        };
         let n = sqlx::query("DELETE FROM entity_links WHERE subject_id = $1 AND entity = $2")
             .bind(subject.as_bytes().to_vec())
             .bind(entity.to_owned())
@@ -165,7 +241,7 @@ impl AuditedTx {
         .execute(&mut *self.tx)
         .await?
         .rows_affected();
-        Ok((n == 1, r))
+        Ok((n == 1, r, withdrawn))
     }
 
     /// The person's linked entities `(entity, linked_at_ms)`, by entity.
@@ -318,57 +394,26 @@ impl AuditedTx {
         i64_to_u64(seq, "command_counters.last_seq")
     }
 
-    /// Up to `limit` commands of `recipient` after outbox
-    /// position `after`, oldest first, counting this delivery.
-    pub async fn take_commands(
+    /// Counts a delivery of `recipient`'s commands at outbox positions
+    /// `seqs` (rows acknowledged meanwhile are gone and not counted).
+    pub async fn count_deliveries(
         &mut self,
         recipient: &str,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<CommandRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, command_id, subject_id, subject_seq, pairwise_token, source, event_type, \
-             command, rule_id, payload, created_at_ms, deliveries FROM command_outbox \
-             WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(recipient.to_owned())
-        .bind(u64_to_i64(after)?)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let deliveries: i64 = r.try_get("deliveries")?;
-            out.push(CommandRow {
-                seq: i64_to_u64(r.try_get("seq")?, "command_outbox.seq")?,
-                subject_seq: i64_to_u64(r.try_get("subject_seq")?, "command_outbox.subject_seq")?,
-                deliveries: u32::try_from(deliveries.saturating_add(1)).unwrap_or(u32::MAX),
-                command: NewCommand {
-                    command_id: r.try_get("command_id")?,
-                    recipient: recipient.to_owned(),
-                    subject: subject_col(r, "subject_id")?,
-                    pairwise_token: r.try_get("pairwise_token")?,
-                    source: r.try_get("source")?,
-                    event_type: r.try_get("event_type")?,
-                    command: r.try_get("command")?,
-                    rule_id: r.try_get("rule_id")?,
-                    payload: r.try_get("payload")?,
-                    created_at_ms: r.try_get("created_at_ms")?,
-                },
-            });
+        seqs: &[u64],
+    ) -> Result<(), StoreError> {
+        for part in seqs.chunks(IN_CHUNK) {
+            // Only numbered placeholders are formatted into the text.
+            let sql = format!(
+                "UPDATE command_outbox SET deliveries = deliveries + 1 WHERE recipient = $1 AND seq IN ({})",
+                placeholders(2, part.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(recipient.to_owned());
+            for seq in part {
+                q = q.bind(u64_to_i64(*seq)?);
+            }
+            q.execute(&mut *self.tx).await?;
         }
-        if let (Some(first), Some(last)) = (out.first(), out.last()) {
-            sqlx::query(
-                "UPDATE command_outbox SET deliveries = deliveries + 1 \
-                 WHERE recipient = $1 AND seq >= $2 AND seq <= $3",
-            )
-            .bind(recipient.to_owned())
-            .bind(u64_to_i64(first.seq)?)
-            .bind(u64_to_i64(last.seq)?)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Acknowledges `recipient`'s commands among `ids`: they leave the

@@ -12,6 +12,14 @@
 //! `SQLITE_BUSY` under concurrency). If the audit record cannot be written,
 //! the whole transaction rolls back: the request fails closed.
 
+/// Column list of `subjects`, as a macro so queries stay string literals
+/// (sqlx refuses dynamically built SQL).
+macro_rules! subject_columns {
+    () => {
+        "subject_id, created_by, wrapped_dek, kek_version, head_seq, head_hash, created_at_ms, updated_at_ms"
+    };
+}
+
 mod consent;
 mod events;
 mod matching;
@@ -357,13 +365,6 @@ pub struct AuditedTx {
     _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-/// Column list of `subjects`, as a macro so queries stay string literals
-/// (sqlx refuses dynamically built SQL).
-macro_rules! subject_columns {
-    () => {
-        "subject_id, created_by, wrapped_dek, kek_version, head_seq, head_hash, created_at_ms, updated_at_ms"
-    };
-}
 
 impl AuditedTx {
     /// The audit position the record must chain after.
