@@ -13,6 +13,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bench_consent;
+pub mod bench_events;
 pub mod bench_match;
 pub mod bridge_file;
 pub mod client;

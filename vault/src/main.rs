@@ -321,6 +321,23 @@ enum BenchCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Events to delivered commands over mTLS: ignored events/s as the
+    /// baseline, then events that each trigger one command, drained and
+    /// acknowledged by the receiving partner (commands/s end to end, latency).
+    Events {
+        /// People set up (enrolled phone, two links, one rule each).
+        #[arg(long, default_value_t = 200)]
+        subjects: usize,
+        /// Events published in each phase.
+        #[arg(long, default_value_t = 5_000)]
+        events: usize,
+        /// Concurrent publishers.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Partner access policy decisions per second on one thread, with the
     /// built-in policy set or a policy directory.
     Policy {
@@ -545,6 +562,26 @@ async fn main() -> anyhow::Result<()> {
                 database_url,
             })
             .await
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Events {
+                    subjects,
+                    events,
+                    concurrency,
+                    database_url,
+                },
+        } => {
+            let r = idvault::bench_events::run(&idvault::bench_events::EventsBenchOptions {
+                subjects,
+                events,
+                concurrency,
+                database_url,
+            })
+            .await
+            .map_err(anyhow::Error::from_boxed)?;
+            print!("{r}");
+            Ok(())
         }
         Command::Bench {
             command: BenchCommand::Policy { decisions, dir },

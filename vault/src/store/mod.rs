@@ -365,7 +365,6 @@ pub struct AuditedTx {
     _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-
 impl AuditedTx {
     /// The audit position the record must chain after.
     pub fn audit_position(&self) -> (u64, [u8; HASH_LEN]) {
