@@ -2,7 +2,7 @@
 #![no_main]
 use std::path::Path;
 
-use idvault::config::Config;
+use idvault_server::config::Config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! vault does, plus the device-key and DER parsers. Decoding runs on every
 //! input, not only on ones that verify, so the parsers see arbitrary bytes.
 #![no_main]
-use idvault::core::consent::{
+use idvault_core::consent::{
     self, ConsentLimits, DevicePublicKey, GRANT_CONTEXT, decode_device_request, decode_grant,
     verify_enrollment,
 };

@@ -4,9 +4,9 @@
 //! SetRules and AckCommandsRequest decoded and validated, and arbitrary
 //! bytes opened as a sealed command payload.
 #![no_main]
-use idvault::core::rules::{self, Rule};
-use idvault::core::secret::DataKey;
-use idvault::core::subject::SubjectId;
+use idvault_core::rules::{self, Rule};
+use idvault_core::secret::DataKey;
+use idvault_core::subject::SubjectId;
 use idvault_proto::v1 as pb;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -16,8 +16,8 @@ const B: &str = "spiffe://idvault.dev/partner/partner-b";
 
 /// A fixed RNG: the target checks parsing and field selection, not nonces.
 struct Fixed;
-impl idvault::core::Rng for Fixed {
-    fn fill(&self, out: &mut [u8]) -> Result<(), idvault::core::crypto::CryptoError> {
+impl idvault_core::Rng for Fixed {
+    fn fill(&self, out: &mut [u8]) -> Result<(), idvault_core::crypto::CryptoError> {
         out.fill(7);
         Ok(())
     }

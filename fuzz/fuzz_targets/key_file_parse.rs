@@ -1,6 +1,6 @@
 //! The root key file format.
 #![no_main]
-use idvault::core::keys::StaticKeyProvider;
+use idvault_core::keys::StaticKeyProvider;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,10 +4,10 @@
 #![no_main]
 use std::sync::{Arc, OnceLock};
 
-use idvault::core::keys::{KeyHierarchy, StaticKeyProvider};
-use idvault::core::matching::MatchKeyring;
-use idvault::core::secret::RootKey;
-use idvault::matching::{MatchQuery, check_query};
+use idvault_core::keys::{KeyHierarchy, StaticKeyProvider};
+use idvault_core::matching::MatchKeyring;
+use idvault_core::secret::RootKey;
+use idvault_server::service::matching::{MatchQuery, check_query};
 use idvault_proto::v1::{MatchBatchRequest, MatchRequest};
 use idvault_tokenizer::NormalizeOptions;
 use libfuzzer_sys::fuzz_target;

@@ -1,7 +1,7 @@
 //! Packets come back from storage: parsing and opening must never panic.
 #![no_main]
-use idvault::core::packet;
-use idvault::core::secret::DataKey;
+use idvault_core::packet;
+use idvault_core::secret::DataKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

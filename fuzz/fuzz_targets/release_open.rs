@@ -3,8 +3,8 @@
 #![no_main]
 use std::sync::OnceLock;
 
-use idvault::client::ReleaseKey;
-use idvault::core::consent::ReleaseSecretKey;
+use idvault_client::ReleaseKey;
+use idvault_core::consent::ReleaseSecretKey;
 use idvault_proto::v1::ReleaseResponse;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -13,7 +13,7 @@ fn key() -> &'static ReleaseKey {
     static KEY: OnceLock<ReleaseKey> = OnceLock::new();
     KEY.get_or_init(|| {
         // A fixed key in PKCS#8 form, through the same loader partners use.
-        let generated = ReleaseKey::generate(&idvault::core::SystemRng::default()).expect("key");
+        let generated = ReleaseKey::generate(&idvault_core::SystemRng::default()).expect("key");
         ReleaseKey::from_pem(&generated.to_pem().expect("pem")).expect("load")
     })
 }

@@ -1,7 +1,7 @@
 //! Request bytes from the network: protobuf decode, then the same
 //! validation the service applies.
 #![no_main]
-use idvault::core::subject::{SubjectId, validate_fields};
+use idvault_core::subject::{SubjectId, validate_fields};
 use idvault_proto::v1::{CreateSubjectRequest, UpdateSubjectRequest};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = idvault::tls::partner_spiffe_id(data, "idvault.dev");
+    let _ = idvault_server::tls::partner_spiffe_id(data, "idvault.dev");
 });

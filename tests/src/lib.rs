@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use idvault::config::Config;
-use idvault::core::SystemRng;
-use idvault::devinit::{ClientSpec, DevCa, Issued};
-use idvault::server::RunningServer;
-use idvault::service::Vault;
+use idvault_core::SystemRng;
 use idvault_proto::v1::subject_service_client::SubjectServiceClient;
+use idvault_server::config::Config;
+use idvault_server::devinit::{ClientSpec, DevCa, Issued};
+use idvault_server::server::RunningServer;
+use idvault_server::service::Vault;
 use sqlx::AnyPool;
 use tonic::transport::Channel;
 
@@ -100,13 +100,13 @@ impl TestVault {
         edit: impl FnOnce(String) -> String,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        idvault::devinit::init_dev(dir.path(), "127.0.0.1:0", &SystemRng::default())?;
+        idvault_server::devinit::init_dev(dir.path(), "127.0.0.1:0", &SystemRng::default())?;
         let ca = DevCa::load(
             &std::fs::read_to_string(dir.path().join("tls/ca.crt"))?,
             &std::fs::read_to_string(dir.path().join("tls/ca.key"))?,
         )?;
         let tls_lines = extra(dir.path(), &ca)?;
-        let cfg_path = dir.path().join(idvault::config::CONFIG_FILE);
+        let cfg_path = dir.path().join(idvault_server::config::CONFIG_FILE);
         let mut text = std::fs::read_to_string(&cfg_path)?;
         if !tls_lines.is_empty() {
             text = text.replace("crls = []\n", &format!("{tls_lines}\n"));
@@ -162,7 +162,7 @@ impl TestVault {
     /// Rewrites the config file through `edit` and reloads it; takes
     /// effect at the next [`TestVault::restart`].
     pub fn edit_config(&mut self, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {
-        let path = self.dir.path().join(idvault::config::CONFIG_FILE);
+        let path = self.dir.path().join(idvault_server::config::CONFIG_FILE);
         std::fs::write(&path, edit(std::fs::read_to_string(&path)?))?;
         self.config = Config::load(&path)?;
         Ok(())
@@ -183,18 +183,18 @@ impl TestVault {
 
     /// An mTLS channel as a dev partner (`partner-a`, `partner-b`).
     pub async fn channel(&self, partner: &str) -> anyhow::Result<Channel> {
-        let creds = idvault::client::PartnerCredentials::from_dir(&self.tls_dir(), partner)?;
-        Ok(idvault::client::connect(&self.url(), "localhost", &creds).await?)
+        let creds = idvault_client::PartnerCredentials::from_dir(&self.tls_dir(), partner)?;
+        Ok(idvault_client::connect(&self.url(), "localhost", &creds).await?)
     }
 
     /// An mTLS channel with an arbitrary client certificate.
     pub async fn channel_with(&self, issued: &Issued) -> anyhow::Result<Channel> {
-        let creds = idvault::client::PartnerCredentials {
+        let creds = idvault_client::PartnerCredentials {
             ca_pem: self.ca.cert_pem.clone().into_bytes(),
             cert_pem: issued.cert_pem.clone().into_bytes(),
             key_pem: zeroize::Zeroizing::new(issued.key_pem.as_bytes().to_vec()),
         };
-        Ok(idvault::client::connect(&self.url(), "localhost", &creds).await?)
+        Ok(idvault_client::connect(&self.url(), "localhost", &creds).await?)
     }
 
     pub async fn subjects(&self, partner: &str) -> anyhow::Result<SubjectServiceClient<Channel>> {
@@ -234,9 +234,9 @@ impl TestVault {
 
 /// Loads the vault and serves it on a fresh port-0 listener.
 async fn boot(config: &Config, database_url: &str) -> anyhow::Result<(Arc<Vault>, RunningServer)> {
-    let loaded = idvault::app::load(config, database_url).await?;
+    let loaded = idvault_server::app::load(config, database_url).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = idvault::server::start(
+    let server = idvault_server::server::start(
         Arc::clone(&loaded.vault),
         loaded.tls,
         listener,
@@ -246,5 +246,7 @@ async fn boot(config: &Config, database_url: &str) -> anyhow::Result<(Arc<Vault>
     Ok((loaded.vault, server))
 }
 
-pub use idvault;
+pub use idvault_client;
+pub use idvault_core;
 pub use idvault_proto;
+pub use idvault_server;

@@ -5,14 +5,18 @@
 //! - [`variants`], [`nicknames`], [`matching`]: normalised variants of
 //!   matchable fields and Fellegi–Sunter scoring for blind matching.
 //!
-//! This crate does no I/O and never logs: it works on strings and bytes
-//! handed to it, and its errors never carry identifier values.
+//! - [`pipeline`]: the multi-core, constant-memory log rewriting pipeline.
+//!
+//! This crate does no I/O of its own and never logs: it works on strings,
+//! bytes and the reader and writer handles given to it, and its errors
+//! never carry identifier values.
 #![forbid(unsafe_code)]
 
 pub mod ident;
 pub mod json;
 pub mod matching;
 pub mod nicknames;
+pub mod pipeline;
 pub mod rewrite;
 pub mod token;
 pub mod variants;

@@ -1,10 +1,10 @@
 //! The audit log: tamper detection, fail-closed writes, no PII.
 
-use idvault_tests::idvault::core::audit::AuditFault;
-use idvault_tests::idvault::service::{AuditVerdict, verify_audit_log};
+use idvault_tests::idvault_core::audit::AuditFault;
 use idvault_tests::idvault_proto::v1::{
     CreateSubjectRequest, UpdateSubjectRequest, VerifySubjectChainRequest,
 };
+use idvault_tests::idvault_server::service::{AuditVerdict, verify_audit_log};
 use idvault_tests::{Backend, TestVault};
 use tonic::Code;
 

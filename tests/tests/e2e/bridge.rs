@@ -216,8 +216,8 @@ pub async fn import_needs_the_bridge_role(b: Backend) -> anyhow::Result<()> {
 }
 
 pub async fn sealed_identifiers_import_like_plain_ones(b: Backend) -> anyhow::Result<()> {
-    use idvault_tests::idvault::core::SystemRng;
-    use idvault_tests::idvault::core::xref::{BridgeSealKey, seal_bridge_identifier};
+    use idvault_tests::idvault_core::SystemRng;
+    use idvault_tests::idvault_core::xref::{BridgeSealKey, seal_bridge_identifier};
     let tv = TestVault::start(b).await?;
     import(
         &tv,

@@ -2,10 +2,10 @@
 //! grant, HPKE-sealed release opened by the partner, receipts, revocation,
 //! and every refusal with its own status, reason and audit record.
 
-use idvault_tests::idvault::client::ReleaseKey;
-use idvault_tests::idvault::core::SystemRng;
-use idvault_tests::idvault::core::consent::GRANT_CONTEXT;
-use idvault_tests::idvault::device::{DeviceKey, GrantRequest, unix_now};
+use idvault_tests::idvault_client::ReleaseKey;
+use idvault_tests::idvault_client::device::{DeviceKey, GrantRequest, unix_now};
+use idvault_tests::idvault_core::SystemRng;
+use idvault_tests::idvault_core::consent::GRANT_CONTEXT;
 use idvault_tests::idvault_proto::v1 as pb;
 use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClient;
 use idvault_tests::idvault_proto::v1::device_service_client::DeviceServiceClient;
@@ -286,7 +286,7 @@ pub async fn happy_path_end_to_end(backend: Backend) -> anyhow::Result<()> {
     );
     assert_eq!(rc.fields, vec!["email", "given_name"]);
     assert_eq!(rc.consent_id, consent_id);
-    let hash = idvault_tests::idvault::core::crypto::sha256(&[&grant_bytes]);
+    let hash = idvault_tests::idvault_core::crypto::sha256(&[&grant_bytes]);
     assert_eq!(rc.grant_hash, hash.to_vec());
     assert_eq!(r.grant_hash, hash.to_vec());
     // Audited, and no value reaches the audit log.

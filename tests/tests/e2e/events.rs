@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 
-use idvault_tests::idvault::core::SystemRng;
-use idvault_tests::idvault::device::{DeviceKey, unix_now};
+use idvault_tests::idvault_client::device::{DeviceKey, unix_now};
+use idvault_tests::idvault_core::SystemRng;
 use idvault_tests::idvault_proto::v1 as pb;
 use idvault_tests::idvault_proto::v1::command_service_client::CommandServiceClient;
 use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClient;

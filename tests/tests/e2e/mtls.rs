@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use idvault_tests::idvault::core::SystemRng;
-use idvault_tests::idvault::devinit::{ClientSpec, DevCa, Issued};
+use idvault_tests::idvault_core::SystemRng;
 use idvault_tests::idvault_proto::v1::CreateSubjectRequest;
 use idvault_tests::idvault_proto::v1::subject_service_client::SubjectServiceClient;
+use idvault_tests::idvault_server::devinit::{ClientSpec, DevCa, Issued};
 use idvault_tests::{Backend, TestVault};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};

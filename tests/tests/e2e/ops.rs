@@ -1,10 +1,10 @@
 //! Operations: concurrency, key rotation, start-up refusals.
 
-use idvault_tests::idvault::core::SystemRng;
-use idvault_tests::idvault::service::{AuditVerdict, verify_audit_log};
+use idvault_tests::idvault_core::SystemRng;
 use idvault_tests::idvault_proto::v1::{
     CreateSubjectRequest, UpdateSubjectRequest, VerifySubjectChainRequest,
 };
+use idvault_tests::idvault_server::service::{AuditVerdict, verify_audit_log};
 use idvault_tests::{Backend, TestVault};
 
 use crate::subjects::{create, fields};
@@ -60,7 +60,7 @@ pub async fn concurrent_writes_keep_one_audit_chain(b: Backend) -> anyhow::Resul
 pub async fn root_key_rotation_keeps_old_data(b: Backend) -> anyhow::Result<()> {
     let mut tv = TestVault::start(b).await?;
     let old = create(&tv, "partner-a", &[("email", "old@example.org")]).await?;
-    let v = idvault_tests::idvault::keyfile::rotate(
+    let v = idvault_tests::idvault_server::keyfile::rotate(
         &tv.dir.path().join("root.key"),
         &SystemRng::default(),
     )?;
@@ -102,7 +102,7 @@ pub async fn start_refuses_missing_material(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     std::fs::remove_file(tv.dir.path().join("tls/server.key"))?;
     std::fs::remove_file(tv.dir.path().join("root.key"))?;
-    let err = idvault_tests::idvault::app::load(&tv.config, &tv.database_url)
+    let err = idvault_tests::idvault_server::app::load(&tv.config, &tv.database_url)
         .await
         .unwrap_err()
         .to_string();
@@ -120,7 +120,7 @@ pub async fn loose_key_file_permissions_refused(b: Backend) -> anyhow::Result<()
     let tv = TestVault::start(b).await?;
     let p = tv.dir.path().join("root.key");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640))?;
-    let err = idvault_tests::idvault::app::load(&tv.config, &tv.database_url)
+    let err = idvault_tests::idvault_server::app::load(&tv.config, &tv.database_url)
         .await
         .unwrap_err()
         .to_string();

@@ -135,7 +135,7 @@ pub async fn invalid_policies_refuse_start_with_location(b: Backend) -> anyhow::
         &bad,
         "@id(\"typo\")\npermit (\n  principal,\n  action == IdVault::Action::\"Match\",\n  resource\n) when { principal.rolez == \"x\" };\n",
     )?;
-    let err = idvault_tests::idvault::app::load(&tv.config, &tv.database_url)
+    let err = idvault_tests::idvault_server::app::load(&tv.config, &tv.database_url)
         .await
         .unwrap_err()
         .to_string();
@@ -143,7 +143,7 @@ pub async fn invalid_policies_refuse_start_with_location(b: Backend) -> anyhow::
     assert!(err.contains(&at), "{err}");
     assert!(err.contains("does not start"), "{err}");
     std::fs::write(&bad, "permit (principal, action, resource")?;
-    let err = idvault_tests::idvault::app::load(&tv.config, &tv.database_url)
+    let err = idvault_tests::idvault_server::app::load(&tv.config, &tv.database_url)
         .await
         .unwrap_err()
         .to_string();

@@ -1,9 +1,9 @@
 //! Subject lifecycle over mTLS.
 
 use anyhow::ensure;
-use idvault_tests::idvault::core::keys::{WrappedDek, unwrap_dek};
-use idvault_tests::idvault::core::packet;
-use idvault_tests::idvault::core::subject::SubjectId;
+use idvault_tests::idvault_core::keys::{WrappedDek, unwrap_dek};
+use idvault_tests::idvault_core::packet;
+use idvault_tests::idvault_core::subject::SubjectId;
 use idvault_tests::idvault_proto::v1::{
     CreateSubjectRequest, DeleteSubjectRequest, Field, UpdateSubjectRequest,
     VerifySubjectChainRequest,
@@ -115,11 +115,11 @@ pub async fn lifecycle(b: Backend) -> anyhow::Result<()> {
     assert_eq!(gone.code(), Code::NotFound);
 
     let verdict =
-        idvault_tests::idvault::service::verify_audit_log(tv.vault.store(), tv.vault.keys())
+        idvault_tests::idvault_server::service::verify_audit_log(tv.vault.store(), tv.vault.keys())
             .await?;
     assert_eq!(
         verdict,
-        idvault_tests::idvault::service::AuditVerdict::Intact { records: 5 }
+        idvault_tests::idvault_server::service::AuditVerdict::Intact { records: 5 }
     );
     tv.stop().await
 }

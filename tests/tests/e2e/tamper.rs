@@ -1,6 +1,6 @@
 //! Tampering with stored packets is detected and the broken link named.
 
-use idvault_tests::idvault::core::subject::SubjectId;
+use idvault_tests::idvault_core::subject::SubjectId;
 use idvault_tests::idvault_proto::v1::{
     ChainBreakReason, UpdateSubjectRequest, VerifySubjectChainRequest, VerifySubjectChainResponse,
 };

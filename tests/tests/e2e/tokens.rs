@@ -1,6 +1,6 @@
 //! Tokenizing logs inside the vault, detokenization and key rotation.
 
-use idvault_tests::idvault::core::SystemRng;
+use idvault_tests::idvault_core::SystemRng;
 use idvault_tests::idvault_proto::v1::token_service_client::TokenServiceClient;
 use idvault_tests::idvault_proto::v1::{
     DetokenizeRequest, IdentifierType, LogFormat, TokenizeLogRequest, TokenizeMode,
@@ -328,7 +328,7 @@ pub async fn rotation_keeps_tokens_resolvable(b: Backend) -> anyhow::Result<()> 
     .await?;
     assert!(v1_stateless.data.contains("tk_logs_v1_"));
 
-    idvault_tests::idvault::keyfile::rotate(
+    idvault_tests::idvault_server::keyfile::rotate(
         &tv.dir.path().join("root.key"),
         &SystemRng::default(),
     )?;

@@ -1,0 +1,507 @@
+//! The `idvault tokenize` pipeline: streams records through a
+//! [`Rewriter`] on every core, in constant memory, keeping input order.
+//! It reads and writes only the handles it is given; it opens nothing.
+//!
+//! ```text
+//! reader thread ──chunks (≤ chunk_bytes, whole records)──▶ N workers ──▶ writer (this thread, reorders)
+//! ```
+//! At most `2 × threads` chunks are in flight, so memory stays bounded by
+//! about `4 × threads × chunk_bytes` whatever the input size. A record
+//! longer than [`MAX_RECORD_BYTES`] is rejected and skipped, never buffered
+//! whole.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use crate::rewrite::{Format, Reject, Rewriter, split_point};
+
+/// Longest record accepted.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Pipeline settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineOptions {
+    /// Worker threads.
+    pub threads: usize,
+    /// Target chunk size in bytes.
+    pub chunk_bytes: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records written with tokens.
+    pub rewritten: u64,
+    /// Records sent to the reject file.
+    pub rejected: u64,
+    /// Blank lines skipped.
+    pub blank: u64,
+    /// Input bytes read.
+    pub bytes: u64,
+}
+
+struct Chunk {
+    seq: u64,
+    first_line: u64,
+    data: Vec<u8>,
+    /// Records rejected by the reader itself (over-long), reported in order.
+    rejects: Vec<Reject>,
+}
+
+struct Done {
+    seq: u64,
+    out: Vec<u8>,
+    rejects: Vec<Reject>,
+    stats: crate::rewrite::ChunkStats,
+    bytes: u64,
+}
+
+/// Writes one reject as a JSON line: `{"line":N,"reason":"…"}`. Reasons
+/// name fields and problems, never values, so the file holds no PII.
+pub fn write_reject(w: &mut dyn Write, r: &Reject) -> io::Result<()> {
+    let reason = serde_json::to_string(&r.reason).map_err(io::Error::other)?;
+    writeln!(w, "{{\"line\":{},\"reason\":{reason}}}", r.line)
+}
+
+/// Prefixes each reject line written through it with `"file":NAME`.
+pub struct FileTagged<'w> {
+    inner: &'w mut dyn Write,
+    prefix: Vec<u8>,
+    at_line_start: bool,
+}
+
+impl<'w> FileTagged<'w> {
+    /// Tags rejects with `file`.
+    pub fn new(inner: &'w mut dyn Write, file: &str) -> io::Result<Self> {
+        let name = serde_json::to_string(file).map_err(io::Error::other)?;
+        Ok(Self {
+            inner,
+            prefix: format!("{{\"file\":{name},").into_bytes(),
+            at_line_start: true,
+        })
+    }
+}
+
+impl std::fmt::Debug for FileTagged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileTagged")
+    }
+}
+
+impl Write for FileTagged<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Each reject is written whole by `write_reject`: `{` starts a line.
+        for line in buf.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                match line.strip_prefix(b"{") {
+                    Some(rest) => {
+                        self.inner.write_all(&self.prefix)?;
+                        self.inner.write_all(rest)?;
+                    }
+                    None => self.inner.write_all(line)?,
+                }
+            } else {
+                self.inner.write_all(line)?;
+            }
+            self.at_line_start = line.ends_with(b"\n");
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn read_some(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let n = loop {
+        match input.read(buf.get_mut(start..).unwrap_or_default()) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    };
+    buf.truncate(start + n);
+    Ok(n)
+}
+
+/// Reads the CSV header row from `input`; returns `(header, rest)` where
+/// `rest` holds bytes read past the header.
+pub fn read_csv_header(input: &mut dyn Read, delimiter: u8) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = crate::rewrite::first_record_end(&buf, delimiter) {
+            let rest = buf.split_off(end);
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_RECORD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "CSV header row longer than 8 MiB",
+            ));
+        }
+        if read_some(input, &mut buf, 64 * 1024)? == 0 {
+            let rest = Vec::new();
+            return Ok((buf, rest));
+        }
+    }
+}
+
+/// Runs the pipeline. `pending` holds bytes already read from `input`
+/// (after a CSV header); `first_line` numbers its first line. `progress` is
+/// called after each chunk is written.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the stream's parts are independent inputs; a struct would only rename them"
+)]
+pub fn run(
+    rewriter: &Rewriter<'_>,
+    input: &mut (dyn Read + Send),
+    pending: Vec<u8>,
+    first_line: u64,
+    output: &mut dyn Write,
+    rejects: &mut dyn Write,
+    opts: PipelineOptions,
+    progress: &mut dyn FnMut(&Summary),
+) -> io::Result<Summary> {
+    let threads = opts.threads.max(1);
+    let chunk_bytes = opts.chunk_bytes.max(4096);
+    let format = rewriter.format();
+    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<Chunk>(threads * 2);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<Done>(threads * 2);
+    std::thread::scope(|s| {
+        let reader = s
+            .spawn(move || read_chunks(input, pending, first_line, format, chunk_bytes, &chunk_tx));
+        for _ in 0..threads {
+            let rx = chunk_rx.clone();
+            let tx = done_tx.clone();
+            s.spawn(move || {
+                for c in rx {
+                    let mut out = Vec::with_capacity(c.data.len() + c.data.len() / 2);
+                    let mut rejects = c.rejects;
+                    let stats =
+                        rewriter.rewrite_chunk(&c.data, c.first_line, &mut out, &mut rejects);
+                    rejects.sort_by_key(|r| r.line);
+                    let done = Done {
+                        seq: c.seq,
+                        out,
+                        rejects,
+                        stats,
+                        bytes: c.data.len() as u64,
+                    };
+                    if tx.send(done).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(chunk_rx);
+        drop(done_tx);
+        let mut summary = Summary::default();
+        let mut next = 0u64;
+        let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut write_err = None;
+        for d in &done_rx {
+            waiting.insert(d.seq, d);
+            while let Some(d) = waiting.remove(&next) {
+                next += 1;
+                if write_err.is_none() {
+                    let r = output
+                        .write_all(&d.out)
+                        .and_then(|()| d.rejects.iter().try_for_each(|r| write_reject(rejects, r)));
+                    if let Err(e) = r {
+                        write_err = Some(e);
+                    }
+                }
+                summary.rewritten += d.stats.rewritten;
+                summary.rejected += d.rejects.len() as u64;
+                summary.blank += d.stats.blank;
+                summary.bytes += d.bytes;
+                progress(&summary);
+            }
+            if write_err.is_some() {
+                // Stop the workers and reader: dropping the receiver ends them.
+                break;
+            }
+        }
+        drop(done_rx);
+        let read_result = reader
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("reader thread panicked")));
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        read_result?;
+        output.flush()?;
+        rejects.flush()?;
+        Ok(summary)
+    })
+}
+
+fn read_chunks(
+    input: &mut (dyn Read + Send),
+    mut buf: Vec<u8>,
+    mut line: u64,
+    format: Format,
+    chunk_bytes: usize,
+    tx: &crossbeam_channel::Sender<Chunk>,
+) -> io::Result<()> {
+    let mut seq = 0u64;
+    let mut eof = false;
+    loop {
+        while !eof && buf.len() < chunk_bytes {
+            let want = chunk_bytes - buf.len() + 4096;
+            if read_some(input, &mut buf, want)? == 0 {
+                eof = true;
+            }
+        }
+        if buf.is_empty() && eof {
+            return Ok(());
+        }
+        let over_long = buf.len() > MAX_RECORD_BYTES
+            && split_point(format, buf.get(..MAX_RECORD_BYTES).unwrap_or_default()).is_none();
+        if over_long {
+            // Reject the record and skip to the newline that ends it.
+            let reject = Reject {
+                line,
+                reason: format!("record longer than {MAX_RECORD_BYTES} bytes"),
+            };
+            loop {
+                if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    buf.drain(..=i);
+                    break;
+                }
+                buf.clear();
+                if read_some(input, &mut buf, 64 * 1024)? == 0 {
+                    eof = true;
+                    break;
+                }
+            }
+            send(
+                tx,
+                Chunk {
+                    seq,
+                    first_line: line,
+                    data: Vec::new(),
+                    rejects: vec![reject],
+                },
+            )?;
+            seq += 1;
+            line += 1;
+            continue;
+        }
+        let cut = if eof {
+            buf.len()
+        } else if let Some(c) = split_point(format, &buf) {
+            c
+        } else {
+            // One record longer than a chunk: read on until it ends.
+            if read_some(input, &mut buf, 64 * 1024)? == 0 {
+                eof = true;
+            }
+            continue;
+        };
+        let rest = buf.split_off(cut);
+        let data = std::mem::replace(&mut buf, rest);
+        let lines = data.iter().filter(|&&b| b == b'\n').count() as u64
+            + u64::from(data.last().is_some_and(|&b| b != b'\n'));
+        send(
+            tx,
+            Chunk {
+                seq,
+                first_line: line,
+                data,
+                rejects: Vec::new(),
+            },
+        )?;
+        seq += 1;
+        line += lines;
+    }
+}
+
+fn send(tx: &crossbeam_channel::Sender<Chunk>, c: Chunk) -> io::Result<()> {
+    tx.send(c)
+        .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipeline stopped"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::FieldSpec;
+    use crate::{DomainKey, IdentifierType, NormalizeOptions};
+
+    fn run_str(
+        rw: &Rewriter<'_>,
+        input: &[u8],
+        pending: Vec<u8>,
+        first: u64,
+        opts: PipelineOptions,
+    ) -> (Summary, String, String) {
+        let mut out = Vec::new();
+        let mut rej = Vec::new();
+        let mut src = input;
+        let s = run(
+            rw,
+            &mut src,
+            pending,
+            first,
+            &mut out,
+            &mut rej,
+            opts,
+            &mut |_| {},
+        )
+        .unwrap();
+        (
+            s,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(rej).unwrap(),
+        )
+    }
+
+    #[test]
+    fn keeps_order_across_threads_and_small_chunks() {
+        let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
+        let fields = vec![FieldSpec::parse("id=account").unwrap()];
+        let rw = Rewriter::json_lines(fields, NormalizeOptions::default(), &key).unwrap();
+        let mut input = String::new();
+        for i in 0..5000 {
+            if i % 997 == 0 {
+                input.push_str("{broken\n");
+            } else {
+                input.push_str(&format!("{{\"n\":{i},\"id\":\"A{i}\"}}\n"));
+            }
+        }
+        input.push_str("{\"n\":5000,\"id\":\"last-without-newline\"}");
+        let opts = PipelineOptions {
+            threads: 4,
+            chunk_bytes: 4096,
+        };
+        let (s, out, rej) = run_str(&rw, input.as_bytes(), Vec::new(), 1, opts);
+        assert_eq!(s.rewritten, 4995);
+        assert_eq!(s.rejected, 6);
+        let ns: Vec<u64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, sorted, "input order is kept");
+        assert!(out.lines().all(|l| l.contains("tk_logs_v1_")));
+        let lines: Vec<u64> = rej
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(lines, vec![1, 998, 1995, 2992, 3989, 4986]);
+        assert_eq!(
+            out.lines().last().unwrap(),
+            format!(
+                "{{\"n\":5000,\"id\":\"{}\"}}",
+                key.token(IdentifierType::Account, "last-without-newline")
+            )
+        );
+    }
+
+    #[test]
+    fn over_long_record_is_rejected_and_skipped() {
+        let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
+        let rw = Rewriter::json_lines(
+            vec![FieldSpec::parse("id=account").unwrap()],
+            NormalizeOptions::default(),
+            &key,
+        )
+        .unwrap();
+        let mut input = b"{\"id\":\"a\"}\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES + 10));
+        input.extend_from_slice(b"\n{\"id\":\"b\"}\n");
+        let (s, out, rej) = run_str(
+            &rw,
+            &input,
+            Vec::new(),
+            1,
+            PipelineOptions {
+                threads: 2,
+                chunk_bytes: 1 << 16,
+            },
+        );
+        assert_eq!((s.rewritten, s.rejected), (2, 1));
+        assert_eq!(out.lines().count(), 2);
+        assert!(
+            rej.starts_with("{\"line\":2,\"reason\":\"record longer than"),
+            "{rej}"
+        );
+    }
+
+    #[test]
+    fn csv_header_then_body() {
+        let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
+        let data = b"a,msisdn\n1,+447700900123\n2,\"+44 7700\n900123\"\n3\n";
+        let mut src: &[u8] = data;
+        let (header, rest) = read_csv_header(&mut src, b',').unwrap();
+        assert_eq!(header, b"a,msisdn\n");
+        let rw = Rewriter::csv(
+            vec![FieldSpec::parse("msisdn").unwrap()],
+            &header,
+            b',',
+            NormalizeOptions::default(),
+            &key,
+        )
+        .unwrap();
+        let (s, out, rej) = run_str(
+            &rw,
+            src,
+            rest,
+            2,
+            PipelineOptions {
+                threads: 2,
+                chunk_bytes: 4096,
+            },
+        );
+        assert_eq!((s.rewritten, s.rejected), (1, 2));
+        assert!(out.starts_with("1,tk_logs_v1_"));
+        assert!(
+            rej.contains("\"line\":3") && rej.contains("\"line\":5"),
+            "{rej}"
+        );
+    }
+
+    #[test]
+    fn file_tagging() {
+        let mut buf = Vec::new();
+        {
+            let mut t = FileTagged::new(&mut buf, "a.jsonl").unwrap();
+            write_reject(
+                &mut t,
+                &Reject {
+                    line: 3,
+                    reason: "x".into(),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"file\":\"a.jsonl\",\"line\":3,\"reason\":\"x\"}\n"
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! A real vault on port 0, with the dev PKI, for the end-to-end benchmarks.
+
+use idvault_server::config::{CONFIG_FILE, Config};
+
+/// A vault served on port 0 from a fresh development data directory, for
+/// the end-to-end benchmarks. Removed again by [`InProcess::stop`].
+#[derive(Debug)]
+pub struct InProcess {
+    dir: std::path::PathBuf,
+    loaded: idvault_server::app::Loaded,
+    server: idvault_server::server::RunningServer,
+}
+
+impl InProcess {
+    /// Starts on `database_url`, or SQLite in the temporary directory.
+    pub async fn start(database_url: Option<String>) -> Result<Self, crate::BenchError> {
+        let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
+        idvault_server::devinit::init_dev(
+            &dir,
+            "127.0.0.1:0",
+            &idvault_core::SystemRng::default(),
+        )?;
+        let cfg = Config::load(&dir.join(CONFIG_FILE))?;
+        let url = database_url.unwrap_or_else(|| cfg.database_url());
+        let loaded = idvault_server::app::load(&cfg, &url).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let server = idvault_server::server::start(
+            std::sync::Arc::clone(&loaded.vault),
+            std::sync::Arc::clone(&loaded.tls),
+            listener,
+            loaded.options.clone(),
+        )
+        .await?;
+        Ok(Self {
+            dir,
+            loaded,
+            server,
+        })
+    }
+
+    /// An mTLS channel as dev partner `name`.
+    pub async fn channel(
+        &self,
+        name: &str,
+    ) -> Result<tonic::transport::Channel, crate::BenchError> {
+        let creds = idvault_client::PartnerCredentials::from_dir(&self.dir.join("tls"), name)?;
+        Ok(idvault_client::connect(
+            &format!("https://{}", self.server.addr),
+            "localhost",
+            &creds,
+        )
+        .await?)
+    }
+
+    /// The storage backend's name.
+    pub fn backend(&self) -> &'static str {
+        match self.loaded.vault.store().backend() {
+            idvault_server::store::Backend::Sqlite => "SQLite",
+            idvault_server::store::Backend::Postgres => "PostgreSQL",
+        }
+    }
+
+    /// Stops the server and removes the directory.
+    pub async fn stop(self) -> Result<(), crate::BenchError> {
+        self.server.shutdown().await?;
+        self.loaded.vault.store().close().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}

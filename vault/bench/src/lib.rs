@@ -1,0 +1,26 @@
+//! idvault-bench: the benchmarks behind `idvault bench …` and the
+//! synthetic people generator they share. Method and figures are in
+//! `docs/BENCHMARKS.md`; nothing here is a test (no timing is asserted).
+//!
+//! - [`tokenize`]: the stateless log tokenizer against a bare loop.
+//! - [`matching`]: blind-matching quality and latency.
+//! - [`consent`]: grant verification and consented releases.
+//! - [`events`]: events to delivered commands.
+//! - [`synth`]: synthetic people with realistic typos and variants.
+//! - [`inprocess`]: a real vault on port 0 for the end-to-end ones.
+#![forbid(unsafe_code)]
+// Benchmarks measure wall time: reading the clock is their job.
+#![allow(clippy::disallowed_methods)]
+
+pub mod consent;
+pub mod events;
+pub mod inprocess;
+pub mod matching;
+pub mod synth;
+pub mod tokenize;
+
+pub use inprocess::InProcess;
+
+/// Errors of the benchmarks (a boxed error: this is tooling, not a
+/// library API).
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;

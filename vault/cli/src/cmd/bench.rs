@@ -1,0 +1,506 @@
+//! `idvault bench …`: the benchmarks (idvault-bench) and their reports.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::Subcommand;
+use idvault_core::SystemRng;
+
+use idvault_proto::v1::subject_service_client::SubjectServiceClient;
+use idvault_proto::v1::*;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Seal, open and chain-verify packets in memory.
+    Packets {
+        /// Packets to seal.
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+    },
+    /// Stateless `tokenize` versus a bare parse-and-HMAC loop on a synthetic log;
+    /// with `--mode xref`, the TokenizeLog stream against an in-process vault.
+    Tokenize {
+        /// Log lines to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// `stateless` (local, with baseline) or `xref` (through the vault, warm cache).
+        #[arg(long, default_value = "stateless", value_parser = ["stateless", "xref"])]
+        mode: String,
+    },
+    /// Blind-matching quality (precision, recall, F1 on synthetic people with
+    /// corrupted duplicates) and single-query latency at a large vault size.
+    Match {
+        /// People created in the vault for the quality run.
+        #[arg(long, default_value_t = 5_000)]
+        originals: usize,
+        /// People not in the vault, matched alongside the duplicates.
+        #[arg(long, default_value_t = 5_000)]
+        strangers: usize,
+        /// Vault size for the latency run (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        subjects: usize,
+        /// Single queries timed in the latency run.
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Consent verifications/s (against a bare ECDSA baseline) and full
+    /// consented releases/s (challenge, verify, decrypt, HPKE seal, audit).
+    Consent {
+        /// Releases to time (each with its own challenge).
+        #[arg(long, default_value_t = 2_000)]
+        count: usize,
+        /// Grant verifications in the in-memory run.
+        #[arg(long, default_value_t = 20_000)]
+        verifications: usize,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Events to delivered commands over mTLS: ignored events/s as the
+    /// baseline, then events that each trigger one command, drained and
+    /// acknowledged by the receiving partner (commands/s end to end, latency).
+    Events {
+        /// People set up (enrolled phone, two links, one rule each).
+        #[arg(long, default_value_t = 200)]
+        subjects: usize,
+        /// Events published in each phase.
+        #[arg(long, default_value_t = 5_000)]
+        events: usize,
+        /// Concurrent publishers.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Partner access policy decisions per second on one thread, with the
+    /// built-in policy set or a policy directory.
+    Policy {
+        /// Decisions to time.
+        #[arg(long, default_value_t = 1_000_000)]
+        decisions: usize,
+        /// Policy directory (default: the built-in set).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// CreateSubject RPCs over real mTLS against an in-process server.
+    Subjects {
+        /// RPCs to send.
+        #[arg(long, default_value_t = 5_000)]
+        count: usize,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+}
+
+pub(crate) fn bench_packets(count: u64) -> anyhow::Result<()> {
+    use idvault_core::keys::generate_dek;
+    use idvault_core::packet::{self, ChainHead};
+    use idvault_core::subject::{SubjectId, validate_fields};
+    let rng = SystemRng::default();
+    let id = SubjectId::generate(&rng)?;
+    let dek = generate_dek(&rng)?;
+    let fields = validate_fields([("email".to_owned(), "ada.lovelace@example.org".to_owned())])?;
+    let mut head = ChainHead::genesis(&id);
+    let mut stored = Vec::with_capacity(usize::try_from(count)?);
+    let t = Instant::now();
+    for _ in 0..count {
+        let (p, h) = packet::append(&id, &dek, head, &fields, 0, &rng)?;
+        head = h;
+        stored.extend(p.into_iter().map(|p| p.packet.into_bytes()));
+    }
+    let seal = t.elapsed();
+    let t = Instant::now();
+    let report = packet::verify_chain(
+        &id,
+        &dek,
+        stored.iter().zip(1u64..).map(|(b, s)| (s, b.as_slice())),
+        head,
+    );
+    let verify = t.elapsed();
+    if !report.intact() {
+        bail!("benchmark chain did not verify");
+    }
+    let rate = |d: std::time::Duration| count as f64 / d.as_secs_f64();
+    println!("packets: {count}, value 24 bytes, one core");
+    println!("seal+chain:        {:>12.0} packets/s", rate(seal));
+    println!("verify (decrypt):  {:>12.0} packets/s", rate(verify));
+    Ok(())
+}
+
+/// Cross-reference mode: imports the synthetic log's 100,000 customers
+/// (phone and account linked), then streams the log through TokenizeLog
+/// twice over mTLS; the second pass runs on a warm lookup cache.
+pub(crate) async fn bench_tokenize_xref(records: u64) -> anyhow::Result<()> {
+    use idvault_proto::v1::token_service_client::TokenServiceClient;
+    use idvault_proto::v1::{
+        BridgeIdentifier, BridgeRecord, IdentifierType as T, ImportBridgeRequest, LogFormat,
+        TokenizeLogRequest, TokenizeMode, TokenizeSettings,
+    };
+    let vault = idvault_bench::InProcess::start(None)
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
+    let mut c = TokenServiceClient::new(
+        vault
+            .channel("partner-a")
+            .await
+            .map_err(anyhow::Error::from_boxed)?,
+    );
+
+    let t = Instant::now();
+    let batches: Vec<ImportBridgeRequest> = (0..100u64)
+        .map(|b| ImportBridgeRequest {
+            records: (b * 1000..(b + 1) * 1000)
+                .map(|u| BridgeRecord {
+                    record_id: format!("u{u}"),
+                    identifiers: vec![
+                        BridgeIdentifier {
+                            r#type: T::Msisdn.into(),
+                            value: format!("+44 7700 {u:06}"),
+                            sealed_value: Vec::new(),
+                        },
+                        BridgeIdentifier {
+                            r#type: T::Account.into(),
+                            value: format!("AC-{:08}", u * 7 + 13),
+                            sealed_value: Vec::new(),
+                        },
+                    ],
+                    ..Default::default()
+                })
+                .collect(),
+            default_country_code: 44,
+        })
+        .collect();
+    let s = c
+        .import_bridge(tokio_stream::iter(batches))
+        .await?
+        .into_inner();
+    let import_secs = t.elapsed().as_secs_f64();
+
+    let mut log = Vec::new();
+    idvault_bench::tokenize::generate_log(&mut log, records)?;
+    let settings = TokenizeSettings {
+        format: LogFormat::JsonLines.into(),
+        fields: vec!["user.msisdn".into(), "account_id".into()],
+        mode: TokenizeMode::CrossReference.into(),
+        ..Default::default()
+    };
+    let mut rates = Vec::new();
+    for _ in 0..2 {
+        let mut reqs = vec![TokenizeLogRequest {
+            settings: Some(settings.clone()),
+            data: Vec::new(),
+        }];
+        reqs.extend(
+            log.chunks(super::tokenize::REMOTE_CHUNK)
+                .map(|ch| TokenizeLogRequest {
+                    settings: None,
+                    data: ch.to_vec(),
+                }),
+        );
+        let t = Instant::now();
+        let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+        let (mut done, mut rejected) = (0u64, 0usize);
+        while let Some(m) = stream.message().await? {
+            done += m.records_rewritten;
+            rejected += m.rejected.len();
+        }
+        if done != records || rejected != 0 {
+            bail!("tokenized {done} of {records} records, {rejected} rejected");
+        }
+        rates.push(records as f64 / t.elapsed().as_secs_f64());
+    }
+    println!(
+        "bridge import: {} customers, {} identifiers linked, {:.0} records/s",
+        s.records,
+        s.identifiers_linked,
+        s.records as f64 / import_secs
+    );
+    println!("TokenizeLog cross-reference, {records} records over mTLS, SQLite:");
+    println!(
+        "cold cache: {:>10.0} records/s",
+        rates.first().copied().unwrap_or_default()
+    );
+    println!(
+        "warm cache: {:>10.0} records/s",
+        rates.get(1).copied().unwrap_or_default()
+    );
+    vault.stop().await.map_err(anyhow::Error::from_boxed)
+}
+
+pub(crate) async fn bench_consent(
+    o: idvault_bench::consent::ConsentBenchOptions,
+) -> anyhow::Result<()> {
+    let r = idvault_bench::consent::run(&o)
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
+    println!(
+        "consent verification (one thread): {:>8.0} grants/s  (bare ECDSA P-256 verify: {:.0}/s, ratio {:.2})",
+        r.verifications_per_sec,
+        r.baseline_per_sec,
+        r.verifications_per_sec / r.baseline_per_sec
+    );
+    println!(
+        "full releases, {} {}, {} at a time: {:>8.0} releases/s  (challenges alone {:.0}/s)",
+        o.count, r.backend, o.concurrency, r.releases_per_sec, r.challenges_per_sec
+    );
+    println!(
+        "  release latency p50 {:?}  p99 {:?}; partner open {:?} each",
+        r.quantile(0.5),
+        r.quantile(0.99),
+        r.open_mean
+    );
+    Ok(())
+}
+
+pub(crate) async fn bench_match(
+    o: idvault_bench::matching::MatchBenchOptions,
+) -> anyhow::Result<()> {
+    use idvault_bench::matching::{latency, quality};
+    if o.originals > 0 {
+        let q = quality(&o).await.map_err(anyhow::Error::from_boxed)?;
+        println!(
+            "quality: {} originals created in {:.1} s; {} corrupted duplicates and {} strangers matched (seed {})",
+            o.originals, q.create_secs, o.originals, o.strangers, o.seed
+        );
+        println!(
+            "  threshold score 0.5 ({} bits): TP {}  FP {}  FN {}  refused {}",
+            idvault_tokenizer::matching::THRESHOLD_BITS,
+            q.true_positives,
+            q.false_positives,
+            q.false_negatives,
+            q.refused
+        );
+        println!(
+            "  precision {:.4}  recall {:.4}  F1 {:.4}  ({:.0} queries/s in batches of 100)",
+            q.precision(),
+            q.recall(),
+            q.f1(),
+            q.queries_per_sec
+        );
+    }
+    if o.subjects > 0 {
+        let bar = crate::progress::progress_bar();
+        let l = latency(&o, |n| {
+            if let Some(b) = &bar {
+                b.set_message(format!("{n} of {} subjects indexed", o.subjects));
+            }
+        })
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        println!(
+            "latency: {} subjects ({} blocking index rows and signatures loaded in {:.0} s), {} single queries",
+            l.subjects,
+            l.rows,
+            l.load_secs,
+            l.samples.len()
+        );
+        println!(
+            "  p50 {:?}  p99 {:?}  max {:?}  (best answer right for {} of {})",
+            l.quantile(0.50),
+            l.quantile(0.99),
+            l.samples.last().copied().unwrap_or_default(),
+            l.correct,
+            l.samples.len()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn bench_subjects(
+    count: usize,
+    concurrency: usize,
+    database_url: Option<String>,
+) -> anyhow::Result<()> {
+    let vault = idvault_bench::InProcess::start(database_url)
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
+    let per = count.div_ceil(concurrency.max(1));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency.max(1) {
+        let ch = vault
+            .channel("partner-a")
+            .await
+            .map_err(anyhow::Error::from_boxed)?;
+        tasks.push(tokio::spawn(async move {
+            let mut c = SubjectServiceClient::new(ch);
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let req = CreateSubjectRequest {
+                    fields: vec![
+                        Field {
+                            name: "given_name".into(),
+                            value: format!("Given{w}x{i}"),
+                        },
+                        Field {
+                            name: "family_name".into(),
+                            value: "Benchmark".into(),
+                        },
+                        Field {
+                            name: "email".into(),
+                            value: format!("p{w}x{i}@example.org"),
+                        },
+                    ],
+                };
+                let s = Instant::now();
+                c.create_subject(req).await?;
+                lat.push(s.elapsed());
+            }
+            Ok::<_, tonic::Status>(lat)
+        }));
+    }
+    let mut lat = Vec::with_capacity(count);
+    for task in tasks {
+        lat.extend(task.await??);
+    }
+    let elapsed = t.elapsed();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "CreateSubject over mTLS, 3 fields, {} RPCs, {concurrency} connections, storage {}",
+        lat.len(),
+        vault.backend()
+    );
+    println!(
+        "throughput: {:>10.0} RPC/s ({:.0} packets sealed and stored/s)",
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        3.0 * lat.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!("latency:    p50 {:?}  p99 {:?}", pct(0.50), pct(0.99));
+    vault.stop().await.map_err(anyhow::Error::from_boxed)
+}
+
+/// Runs a `bench` subcommand.
+pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Consent {
+            count,
+            verifications,
+            concurrency,
+            database_url,
+        } => {
+            bench_consent(idvault_bench::consent::ConsentBenchOptions {
+                count,
+                verifications,
+                concurrency,
+                database_url,
+            })
+            .await
+        }
+        BenchCommand::Events {
+            subjects,
+            events,
+            concurrency,
+            database_url,
+        } => {
+            let r = idvault_bench::events::run(&idvault_bench::events::EventsBenchOptions {
+                subjects,
+                events,
+                concurrency,
+                database_url,
+            })
+            .await
+            .map_err(anyhow::Error::from_boxed)?;
+            print!("{r}");
+            Ok(())
+        }
+        BenchCommand::Policy { decisions, dir } => {
+            let src = match &dir {
+                Some(d) => idvault_server::policy::read_dir(d),
+                None => Ok(idvault_policies::PolicySource::builtin()),
+            };
+            let compiled = src
+                .and_then(|s| idvault_policies::compile(&s))
+                .map_err(|d| anyhow::anyhow!(idvault_server::policy::report(&d)))?;
+            let ids = compiled.ids().len();
+            let (rate, allowed) = idvault_policies::bench_decisions(compiled, decisions)?;
+            println!(
+                "policy decisions (one thread, {ids} policies, {decisions} decisions, {:.0}% allowed): {rate:.0}/s",
+                allowed * 100.0
+            );
+            Ok(())
+        }
+        BenchCommand::Packets { count } => bench_packets(count),
+        BenchCommand::Match {
+            originals,
+            strangers,
+            subjects,
+            queries,
+            seed,
+            database_url,
+        } => {
+            bench_match(idvault_bench::matching::MatchBenchOptions {
+                originals,
+                strangers,
+                subjects,
+                queries,
+                seed,
+                database_url,
+            })
+            .await
+        }
+        BenchCommand::Tokenize { records, mode, .. } if mode == "xref" => {
+            bench_tokenize_xref(records).await
+        }
+        BenchCommand::Tokenize {
+            records, threads, ..
+        } => {
+            let threads = threads
+                .unwrap_or_else(|| idvault_tokenizer::pipeline::PipelineOptions::default().threads);
+            let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir)?;
+            let r = idvault_bench::tokenize::tokenize(&dir, records, threads);
+            let _ = std::fs::remove_dir_all(&dir);
+            let r = r?;
+            let rate = |d: std::time::Duration| r.records as f64 / d.as_secs_f64();
+            println!(
+                "synthetic usage log: {} records, {:.1} MiB, 2 identifier fields, {} threads",
+                r.records,
+                r.bytes as f64 / 1048576.0,
+                r.threads
+            );
+            println!(
+                "idvault tokenize (stateless, file to file): {:>12.0} records/s",
+                rate(r.tokenize)
+            );
+            println!(
+                "bare loop (read, parse, normalise, HMAC):   {:>12.0} records/s",
+                rate(r.bare)
+            );
+            println!(
+                "ratio tokenize / bare loop:                 {:>12.2}",
+                rate(r.tokenize) / rate(r.bare)
+            );
+            Ok(())
+        }
+        BenchCommand::Subjects {
+            count,
+            concurrency,
+            database_url,
+        } => bench_subjects(count, concurrency, database_url).await,
+    }
+}

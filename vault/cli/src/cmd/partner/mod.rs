@@ -1,0 +1,158 @@
+//! `idvault partner …`: act as a partner institution against a running vault.
+
+use clap::{Args, Subcommand};
+
+mod consent;
+mod events;
+
+use super::{ConnectArgs, parse_field};
+use idvault_proto::v1::subject_service_client::SubjectServiceClient;
+use idvault_proto::v1::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct PartnerArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    #[command(subcommand)]
+    command: PartnerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PartnerCommand {
+    /// Create a subject: --field name=value (repeatable).
+    CreateSubject {
+        #[arg(long = "field", value_parser = parse_field, required = true)]
+        fields: Vec<(String, String)>,
+    },
+    /// Append field versions to a subject.
+    UpdateSubject {
+        subject_id: String,
+        #[arg(long = "field", value_parser = parse_field, required = true)]
+        fields: Vec<(String, String)>,
+    },
+    /// Verify a subject's packet chain.
+    VerifyChain { subject_id: String },
+    /// Delete (crypto-shred) a subject.
+    DeleteSubject { subject_id: String },
+    /// Blind-match a person: prints pairwise token, score and agreeing fields.
+    Match {
+        #[arg(long = "field", value_parser = parse_field, required = true)]
+        fields: Vec<(String, String)>,
+        /// Most candidates to print (1 to 10).
+        #[arg(long, default_value_t = 3)]
+        max_results: u32,
+    },
+    #[command(flatten)]
+    Consent(consent::PartnerConsentCommand),
+    #[command(flatten)]
+    Events(events::PartnerEventCommand),
+}
+
+pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
+    // Connect only for the commands that talk to the vault (release-keygen does not).
+    let subjects = async || anyhow::Ok(SubjectServiceClient::new(args.conn.channel().await?));
+    let fields = |f: Vec<(String, String)>| {
+        f.into_iter()
+            .map(|(name, value)| Field { name, value })
+            .collect()
+    };
+    match args.command {
+        PartnerCommand::Consent(c) => consent::partner(&args.conn, c).await?,
+        PartnerCommand::Events(c) => events::partner(&args.conn, c).await?,
+        PartnerCommand::CreateSubject { fields: f } => {
+            let r = subjects()
+                .await?
+                .create_subject(CreateSubjectRequest { fields: fields(f) })
+                .await?
+                .into_inner();
+            println!(
+                "subject_id={} chain_length={} chain_head={} pairwise_token={}",
+                r.subject_id, r.chain_length, r.chain_head, r.pairwise_token
+            );
+        }
+        PartnerCommand::UpdateSubject {
+            subject_id,
+            fields: f,
+        } => {
+            let r = subjects()
+                .await?
+                .update_subject(UpdateSubjectRequest {
+                    subject_id,
+                    fields: fields(f),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "chain_length={} chain_head={}",
+                r.chain_length, r.chain_head
+            );
+        }
+        PartnerCommand::VerifyChain { subject_id } => {
+            let r = subjects()
+                .await?
+                .verify_subject_chain(VerifySubjectChainRequest { subject_id })
+                .await?
+                .into_inner();
+            if r.intact {
+                println!(
+                    "intact: {} packets, head {}",
+                    r.packets_checked, r.chain_head
+                );
+            } else {
+                println!(
+                    "BROKEN at packet {}: {}",
+                    r.first_broken_sequence.unwrap_or_default(),
+                    r.reason().as_str_name()
+                );
+                std::process::exit(1);
+            }
+        }
+        PartnerCommand::DeleteSubject { subject_id } => {
+            let r = subjects()
+                .await?
+                .delete_subject(DeleteSubjectRequest { subject_id })
+                .await?
+                .into_inner();
+            println!("deleted: {} packets destroyed", r.packets_destroyed);
+        }
+        PartnerCommand::Match {
+            fields: f,
+            max_results,
+        } => {
+            use idvault_proto::v1::match_service_client::MatchServiceClient;
+            use idvault_proto::v1::{MatchQuery, MatchRequest};
+            let mut m = MatchServiceClient::new(args.conn.channel().await?);
+            let r = m
+                .r#match(MatchRequest {
+                    query: Some(MatchQuery {
+                        fields: fields(f),
+                        max_results,
+                        ..MatchQuery::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            if r.candidates.is_empty() {
+                println!("no match");
+            }
+            for c in r.candidates {
+                let agreed: Vec<String> = c
+                    .agreements
+                    .iter()
+                    .map(|a| {
+                        let level = a.level().as_str_name();
+                        let level = level.trim_start_matches("AGREEMENT_LEVEL_").to_lowercase();
+                        format!("{}:{level}", a.field)
+                    })
+                    .collect();
+                println!(
+                    "{} score={:.4} agreed={}",
+                    c.pairwise_token,
+                    c.score,
+                    agreed.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}

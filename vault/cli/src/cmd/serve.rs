@@ -1,0 +1,111 @@
+//! `idvault serve`: the vault over mTLS gRPC, until a signal.
+use std::sync::Arc;
+
+use anyhow::Context;
+use idvault_core::SystemRng;
+
+use super::DataDir;
+
+pub(crate) async fn run(
+    dir: &DataDir,
+    dev: bool,
+    listen: Option<std::net::SocketAddr>,
+    database_url: Option<String>,
+) -> anyhow::Result<()> {
+    if dev {
+        let made = idvault_server::devinit::init_dev(
+            &dir.data_dir,
+            "127.0.0.1:50051",
+            &SystemRng::default(),
+        )?;
+        for p in made {
+            tracing::info!(path = %p.display(), "initialised");
+        }
+    }
+    let cfg = dir.load()?;
+    let url = database_url.unwrap_or_else(|| cfg.database_url());
+    let loaded = idvault_server::app::load(&cfg, &url).await?;
+    let addr = listen.unwrap_or(cfg.file.server.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let mut server = idvault_server::server::start(
+        Arc::clone(&loaded.vault),
+        loaded.tls,
+        listener,
+        loaded.options,
+    )
+    .await?;
+    println!(
+        "idvault listening on {} (mTLS), storage {}",
+        server.addr,
+        redact_url(&url)
+    );
+    spawn_policy_reload(Arc::clone(&loaded.vault));
+    let stop = server.take_shutdown();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        if let Some(tx) = stop {
+            let _ = tx.send(());
+        }
+    });
+    server.wait().await?;
+    loaded.vault.store().close().await;
+    Ok(())
+}
+
+/// SIGHUP reloads the policy set; an invalid set is reported and the one
+/// in force stays.
+pub(crate) fn spawn_policy_reload(vault: Arc<idvault_server::service::Vault>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; policies reload only at restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match vault.reload_policies() {
+                Ok(n) => tracing::info!(policies = n, "policy set reloaded"),
+                Err(d) => tracing::error!(
+                    errors = %idvault_server::policy::report(&d),
+                    "policy reload refused; the previous policy set stays in force"
+                ),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = vault;
+}
+
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Shows a database URL without its password.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,173 @@
+//! The `idvault` binary: one command for every role. Each command group
+//! lives in its own file under `cmd/`; this file is only the command line's
+//! shape and the dispatch.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+use cmd::{DataDir, plain_status};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "idvault",
+    version,
+    about = "Privacy-preserving identity vault and tokenization service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a data directory: root key and config (with --dev: also a dev CA and certificates).
+    Init {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Also make a development CA, server certificate and partner certificates.
+        #[arg(long)]
+        dev: bool,
+        /// Listen address written to the config.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+    },
+    /// Serve the gRPC API over mTLS.
+    Serve {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Initialise whatever is missing with development defaults first.
+        #[arg(long)]
+        dev: bool,
+        /// Listen address (overrides the config).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Database URL: sqlite:PATH or postgres://… (overrides the config).
+        #[arg(long, env = "IDVAULT_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: cmd::audit::AuditCommand,
+    },
+    /// Root key tools.
+    Keys {
+        #[command(subcommand)]
+        command: cmd::keys::KeysCommand,
+    },
+    /// Act as a partner institution against a running vault.
+    Partner(cmd::partner::PartnerArgs),
+    /// Act as a person's phone: device key, enrollment, consents, receipts.
+    Device(cmd::device::DeviceArgs),
+    /// Identity bridge tools.
+    Bridge {
+        #[command(subcommand)]
+        command: cmd::bridge::BridgeCommand,
+    },
+    /// Replace identifier fields in usage logs (JSON Lines or CSV) with tokens.
+    Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Token domain keys.
+    Tokens {
+        #[command(subcommand)]
+        command: cmd::tokens::TokensCommand,
+    },
+    /// Partner access policies (Cedar).
+    Policy {
+        #[command(subcommand)]
+        command: cmd::policy::PolicyCommand,
+    },
+    /// Measure throughput of core operations.
+    Bench {
+        #[command(subcommand)]
+        command: cmd::bench::BenchCommand,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Init { dir, dev, listen } => cmd::init::run(&dir, dev, &listen),
+        Command::Serve {
+            dir,
+            dev,
+            listen,
+            database_url,
+        } => cmd::serve::run(&dir, dev, listen, database_url).await,
+        Command::Audit { command } => cmd::audit::run(command).await,
+        Command::Keys { command } => cmd::keys::run(command),
+        Command::Partner(args) => cmd::partner::run(args).await.map_err(plain_status),
+        Command::Device(args) => cmd::device::run(args).await.map_err(plain_status),
+        Command::Bridge { command } => cmd::bridge::run(command).await,
+        Command::Tokenize(args) => cmd::tokenize::run(args).await,
+        Command::Tokens { command } => cmd::tokens::run(command),
+        Command::Policy { command } => cmd::policy::run(command),
+        Command::Bench { command } => cmd::bench::run(command).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::parse_field;
+    use crate::cmd::serve::redact_url;
+    use idvault_server::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite:///x.db"), "sqlite:///x.db");
+    }
+
+    #[test]
+    fn field_args_parse() {
+        assert_eq!(parse_field("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_field("nope").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn generated_configs_parse() {
+        let key = idvault_client::ReleaseKey::generate(&idvault_core::SystemRng::default())
+            .unwrap()
+            .public_hex();
+        let t = idvault_server::devinit::dev_config(
+            "127.0.0.1:50051",
+            &[("partner-a".into(), key.clone()), ("partner-b".into(), key)],
+        );
+        assert_eq!(
+            Config::parse(&t, Path::new("x"), Path::new("/d"))
+                .unwrap()
+                .registry
+                .partners()
+                .len(),
+            idvault_server::devinit::DEV_PARTNERS.len()
+        );
+        let t = idvault_server::devinit::production_config("0.0.0.0:50051");
+        assert!(
+            Config::parse(&t, Path::new("x"), Path::new("/d"))
+                .unwrap()
+                .registry
+                .partners()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! The key hierarchy.
+//!
+//! ```text
+//! root key (KeyProvider, versioned)
+//!   └─ HKDF-SHA256(salt = SALT, ikm = root, info = label ‖ 0x00 ‖ version_be32)
+//!        ├─ "idvault/v1/kek"        → key-encryption key, wraps subject DEKs
+//!        ├─ "idvault/v1/audit-mac"  → audit-log record MAC key
+//!        └─ (later) token, blind-index keys, one label each
+//! subject DEK: 32 random bytes, stored only wrapped:
+//!   AES-256-GCM(kek_v, nonce, aad = "idvault/v1/dek-wrap" ‖ subject_id ‖ version_be32)
+//! ```
+//!
+//! Labels are fixed strings written down in `docs/keys.md`; two purposes
+//! never share a label, so no derived key can stand in for another. A
+//! derived key carries the version of the root key it came from, and the
+//! wrapped DEK records it, so rotating the root never breaks old data.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use zeroize::Zeroize;
+
+use super::crypto::{self, CryptoError, NONCE_LEN, Rng};
+use super::secret::{AuditKey, DataKey, KEY_LEN, Kek, KeyPurpose, RootKey, Secret, TokenKey};
+use super::subject::SubjectId;
+
+/// HKDF salt for every derivation from the root key.
+pub const HKDF_SALT: &[u8] = b"idvault/v1/hkdf-salt";
+/// HKDF label of the key-encryption key.
+pub const LABEL_KEK: &str = "idvault/v1/kek";
+/// HKDF label of the audit MAC key.
+pub const LABEL_AUDIT_MAC: &str = "idvault/v1/audit-mac";
+/// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
+pub const LABEL_TOKEN_PREFIX: &str = "idvault/v1/token/";
+/// AAD prefix of a wrapped DEK.
+pub const DEK_WRAP_AAD: &[u8] = b"idvault/v1/dek-wrap";
+
+/// Errors of the key hierarchy. They name versions, never key bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The provider has no root key of this version.
+    #[error("no root key with version {0}")]
+    UnknownVersion(u32),
+    /// The provider holds no key at all.
+    #[error("the key provider holds no root key")]
+    Empty,
+    /// A key file did not parse.
+    #[error("malformed key file: {0}")]
+    Malformed(&'static str),
+    /// A wrapped key was altered, or belongs to another subject.
+    #[error("wrapped data key failed to unwrap")]
+    Unwrap,
+    /// A cryptographic primitive failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// Where root keys come from: a key file today, a KMS or HSM tomorrow.
+pub trait KeyProvider: Send + Sync + fmt::Debug {
+    /// The version new data is protected under.
+    fn current_version(&self) -> u32;
+    /// The root key of `version`.
+    fn root_key(&self, version: u32) -> Result<RootKey, KeyError>;
+}
+
+/// Root keys held in memory, parsed from the key-file format.
+///
+/// Key file format (text, one key per line, `#` comments allowed):
+/// ```text
+/// idvault-root-keys v1
+/// 1 <64 hex digits>
+/// 2 <64 hex digits>
+/// ```
+/// The highest version is current.
+pub struct StaticKeyProvider {
+    keys: BTreeMap<u32, RootKey>,
+}
+
+impl fmt::Debug for StaticKeyProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKeyProvider")
+            .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// First line of a root key file.
+pub const KEY_FILE_HEADER: &str = "idvault-root-keys v1";
+
+impl StaticKeyProvider {
+    /// Builds a provider from keys; fails if empty.
+    pub fn new(keys: impl IntoIterator<Item = RootKey>) -> Result<Self, KeyError> {
+        let keys: BTreeMap<u32, RootKey> = keys.into_iter().map(|k| (k.version(), k)).collect();
+        if keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(Self { keys })
+    }
+
+    /// Parses the key-file format. Error messages never contain key text.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        if lines.next() != Some(KEY_FILE_HEADER) {
+            return Err(KeyError::Malformed("missing 'idvault-root-keys v1' header"));
+        }
+        let mut keys = BTreeMap::new();
+        for line in lines {
+            let (ver, hex_key) = line
+                .split_once(char::is_whitespace)
+                .ok_or(KeyError::Malformed("expected '<version> <hex key>'"))?;
+            let version: u32 = ver
+                .parse()
+                .map_err(|_| KeyError::Malformed("version is not a number"))?;
+            if version == 0 {
+                return Err(KeyError::Malformed("version 0 is reserved"));
+            }
+            let mut bytes = [0u8; KEY_LEN];
+            hex::decode_to_slice(hex_key.trim(), &mut bytes)
+                .map_err(|_| KeyError::Malformed("key is not 64 hex digits"))?;
+            let key = RootKey::from_bytes(bytes, version);
+            bytes.zeroize();
+            if keys.insert(version, key).is_some() {
+                return Err(KeyError::Malformed("duplicate key version"));
+            }
+        }
+        Self::new(keys.into_values())
+    }
+
+    /// Serialises to the key-file format. The result holds key material:
+    /// it is wiped on drop and must only be written to a 0600 file.
+    pub fn to_key_file(&self) -> zeroize::Zeroizing<String> {
+        let mut out = zeroize::Zeroizing::new(format!("{KEY_FILE_HEADER}\n"));
+        for (v, k) in &self.keys {
+            let mut h = hex::encode(k.expose());
+            out.push_str(&format!("{v} {h}\n"));
+            h.zeroize();
+        }
+        out
+    }
+
+    /// Draws a fresh root key of `version` from `rng`.
+    pub fn generate_key(rng: &dyn Rng, version: u32) -> Result<RootKey, KeyError> {
+        let mut bytes = [0u8; KEY_LEN];
+        rng.fill(&mut bytes)?;
+        let key = RootKey::from_bytes(bytes, version);
+        bytes.zeroize();
+        Ok(key)
+    }
+
+    /// Returns a provider with a new current version appended (rotation).
+    pub fn rotated(&self, rng: &dyn Rng) -> Result<Self, KeyError> {
+        let next = self.current_version().saturating_add(1);
+        let new = Self::generate_key(rng, next)?;
+        Self::new(self.keys.values().cloned().chain(std::iter::once(new)))
+    }
+}
+
+impl KeyProvider for StaticKeyProvider {
+    fn current_version(&self) -> u32 {
+        self.keys.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn root_key(&self, version: u32) -> Result<RootKey, KeyError> {
+        self.keys
+            .get(&version)
+            .cloned()
+            .ok_or(KeyError::UnknownVersion(version))
+    }
+}
+
+/// Derives purpose keys from a [`KeyProvider`]'s root keys.
+#[derive(Debug)]
+pub struct KeyHierarchy {
+    provider: Box<dyn KeyProvider>,
+}
+
+impl KeyHierarchy {
+    /// Wraps a provider.
+    pub fn new(provider: Box<dyn KeyProvider>) -> Self {
+        Self { provider }
+    }
+
+    /// The version new keys are derived under.
+    pub fn current_version(&self) -> u32 {
+        self.provider.current_version()
+    }
+
+    /// Derives the key labelled `label` from root key `version`.
+    pub fn derive<P: KeyPurpose>(&self, label: &str, version: u32) -> Result<Secret<P>, KeyError> {
+        let root = self.provider.root_key(version)?;
+        derive_from_root(&root, label)
+    }
+
+    /// The key-encryption key of `version`.
+    pub fn kek(&self, version: u32) -> Result<Kek, KeyError> {
+        self.derive(LABEL_KEK, version)
+    }
+
+    /// The audit MAC key of `version`.
+    pub fn audit_key(&self, version: u32) -> Result<AuditKey, KeyError> {
+        self.derive(LABEL_AUDIT_MAC, version)
+    }
+
+    /// Partner `owner`'s cross-reference blind-index key of `version`
+    /// (`owner` is a validated partner name). One key per partner: the same
+    /// identifier has unrelated blind indexes in two partners' tables.
+    pub fn xref_index_key(
+        &self,
+        owner: &str,
+        version: u32,
+    ) -> Result<super::xref::XrefIndexKey, KeyError> {
+        self.derive(
+            &format!("{}/{owner}", super::xref::LABEL_XREF_INDEX),
+            version,
+        )
+    }
+
+    /// The cross-reference identifier seal key of `version`.
+    pub fn xref_seal_key(&self, version: u32) -> Result<super::xref::XrefSealKey, KeyError> {
+        self.derive(super::xref::LABEL_XREF_SEAL, version)
+    }
+
+    /// The key partners seal identity-bridge identifiers with, of `version`.
+    pub fn bridge_seal_key(&self, version: u32) -> Result<super::xref::BridgeSealKey, KeyError> {
+        self.derive(super::xref::LABEL_BRIDGE_SEAL, version)
+    }
+
+    /// The HMAC key of token domain `domain` (validated by the caller) at `version`.
+    pub fn token_key(&self, domain: &str, version: u32) -> Result<TokenKey, KeyError> {
+        self.derive(&format!("{LABEL_TOKEN_PREFIX}{domain}"), version)
+    }
+}
+
+/// HKDF-SHA256 derivation of one labelled key from a root key.
+pub fn derive_from_root<P: KeyPurpose>(root: &RootKey, label: &str) -> Result<Secret<P>, KeyError> {
+    let mut info = Vec::with_capacity(label.len() + 5);
+    info.extend_from_slice(label.as_bytes());
+    info.push(0);
+    info.extend_from_slice(&root.version().to_be_bytes());
+    let mut okm = [0u8; KEY_LEN];
+    crypto::hkdf_sha256(HKDF_SALT, root.expose(), &info, &mut okm)?;
+    let key = Secret::from_bytes(okm, root.version());
+    okm.zeroize();
+    Ok(key)
+}
+
+/// A DEK wrapped under a KEK: `nonce ‖ ciphertext ‖ tag`, with the KEK version.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedDek {
+    /// Version of the KEK (root key) that wrapped it.
+    pub kek_version: u32,
+    /// `nonce ‖ ciphertext ‖ tag`.
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedDek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "WrappedDek(kek v{}, {} bytes)",
+            self.kek_version,
+            self.bytes.len()
+        )
+    }
+}
+
+fn wrap_aad(subject: &SubjectId, kek_version: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(DEK_WRAP_AAD.len() + 20);
+    aad.extend_from_slice(DEK_WRAP_AAD);
+    aad.extend_from_slice(subject.as_bytes());
+    aad.extend_from_slice(&kek_version.to_be_bytes());
+    aad
+}
+
+/// Draws a fresh random DEK (version 1: DEKs are never re-derived).
+pub fn generate_dek(rng: &dyn Rng) -> Result<DataKey, KeyError> {
+    let mut bytes = [0u8; KEY_LEN];
+    rng.fill(&mut bytes)?;
+    let dek = DataKey::from_bytes(bytes, 1);
+    bytes.zeroize();
+    Ok(dek)
+}
+
+/// Wraps `dek` for `subject` under `kek`. The subject id is bound in, so a
+/// wrapped DEK copied to another subject does not unwrap.
+pub fn wrap_dek(
+    kek: &Kek,
+    subject: &SubjectId,
+    dek: &DataKey,
+    rng: &dyn Rng,
+) -> Result<WrappedDek, KeyError> {
+    let nonce = crypto::random_nonce(rng)?;
+    let ct = crypto::aead_seal(
+        kek.expose(),
+        &nonce,
+        &wrap_aad(subject, kek.version()),
+        dek.expose(),
+    )?;
+    let mut bytes = Vec::with_capacity(NONCE_LEN + ct.len());
+    bytes.extend_from_slice(&nonce);
+    bytes.extend_from_slice(&ct);
+    Ok(WrappedDek {
+        kek_version: kek.version(),
+        bytes,
+    })
+}
+
+/// Unwraps a DEK wrapped by [`wrap_dek`].
+pub fn unwrap_dek(
+    kek: &Kek,
+    subject: &SubjectId,
+    wrapped: &WrappedDek,
+) -> Result<DataKey, KeyError> {
+    if kek.version() != wrapped.kek_version {
+        return Err(KeyError::Unwrap);
+    }
+    let (nonce, ct) = wrapped
+        .bytes
+        .split_first_chunk::<NONCE_LEN>()
+        .ok_or(KeyError::Unwrap)?;
+    let pt = crypto::aead_open(kek.expose(), nonce, &wrap_aad(subject, kek.version()), ct)
+        .map_err(|_| KeyError::Unwrap)?;
+    let bytes: [u8; KEY_LEN] = pt.as_slice().try_into().map_err(|_| KeyError::Unwrap)?;
+    Ok(DataKey::from_bytes(bytes, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> StaticKeyProvider {
+        StaticKeyProvider::new([
+            RootKey::from_bytes([1; 32], 1),
+            RootKey::from_bytes([2; 32], 2),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn key_file_round_trip() {
+        let p = provider();
+        let text = p.to_key_file();
+        let q = StaticKeyProvider::parse(&text).unwrap();
+        assert_eq!(q.current_version(), 2);
+        assert_eq!(q.root_key(1).unwrap().expose(), &[1; 32]);
+    }
+
+    #[test]
+    fn key_file_errors_do_not_echo_key_text() {
+        let bad = format!("{KEY_FILE_HEADER}\n1 {}\n", "zz".repeat(32));
+        let err = StaticKeyProvider::parse(&bad).unwrap_err().to_string();
+        assert!(!err.contains("zz"), "{err}");
+        assert!(StaticKeyProvider::parse("nope").is_err());
+        assert!(StaticKeyProvider::parse(KEY_FILE_HEADER).is_err());
+        let dup = format!("{KEY_FILE_HEADER}\n1 {h}\n1 {h}\n", h = "00".repeat(32));
+        assert_eq!(
+            StaticKeyProvider::parse(&dup).unwrap_err(),
+            KeyError::Malformed("duplicate key version")
+        );
+    }
+
+    #[test]
+    fn labels_and_versions_separate_keys() {
+        let h = KeyHierarchy::new(Box::new(provider()));
+        let kek1 = h.kek(1).unwrap();
+        let kek2 = h.kek(2).unwrap();
+        let audit1 = h.audit_key(1).unwrap();
+        assert_ne!(
+            h.token_key("logs", 1).unwrap().expose(),
+            h.token_key("logz", 1).unwrap().expose()
+        );
+        assert_ne!(
+            h.token_key("logs", 1).unwrap().expose(),
+            h.token_key("logs", 2).unwrap().expose()
+        );
+        assert_ne!(kek1.expose(), kek2.expose());
+        assert_ne!(kek1.expose(), audit1.expose());
+        assert_eq!(h.kek(1).unwrap().expose(), kek1.expose());
+        assert_eq!(h.kek(9).unwrap_err(), KeyError::UnknownVersion(9));
+    }
+
+    #[test]
+    fn wrapped_dek_is_bound_to_subject_and_version() {
+        let rng = crate::SystemRng::default();
+        let h = KeyHierarchy::new(Box::new(provider()));
+        let kek = h.kek(1).unwrap();
+        let s1 = SubjectId::from_bytes([1; 16]);
+        let s2 = SubjectId::from_bytes([2; 16]);
+        let dek = generate_dek(&rng).unwrap();
+        let w = wrap_dek(&kek, &s1, &dek, &rng).unwrap();
+        assert_eq!(unwrap_dek(&kek, &s1, &w).unwrap().expose(), dek.expose());
+        assert_eq!(unwrap_dek(&kek, &s2, &w).unwrap_err(), KeyError::Unwrap);
+        assert_eq!(
+            unwrap_dek(&h.kek(2).unwrap(), &s1, &w).unwrap_err(),
+            KeyError::Unwrap
+        );
+        let mut bad = w.clone();
+        bad.bytes[20] ^= 1;
+        assert_eq!(unwrap_dek(&kek, &s1, &bad).unwrap_err(), KeyError::Unwrap);
+    }
+}

@@ -1,0 +1,26 @@
+//! idvault-core: keys, packets, subjects, audit chaining, consent and rule
+//! checks, matching plans and the partner registry's domain types.
+//!
+//! Everything here works on bytes and values. It must never open a socket,
+//! touch a file or a database, or read the clock or the OS RNG directly:
+//! time and randomness come in as [`Clock`] and [`Rng`] parameters so that
+//! expiry, rotation and nonces are testable. The store and the gRPC API are
+//! thin adapters around this crate; its dependency list (no tokio, sqlx,
+//! tonic, hyper) is what proves it. The one OS source it names,
+//! [`SystemRng`], is only ever passed in by the binary.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod consent;
+pub mod crypto;
+pub mod keys;
+pub mod matching;
+pub mod packet;
+pub mod partner;
+pub mod rules;
+pub mod secret;
+pub mod subject;
+pub mod xref;
+
+pub use crypto::{Clock, Rng, SystemRng};

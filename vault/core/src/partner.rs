@@ -1,0 +1,102 @@
+//! The partner registry's domain types: who a certificate identity is,
+//! which roles it holds and what it may receive. Parsing the config file
+//! that fills it is the server's job; this module only holds the values.
+
+use idvault_policies::Role;
+
+/// Default sustained match query rate per partner.
+pub const DEFAULT_MATCH_RATE: u32 = 50;
+/// Default match query burst per partner.
+pub const DEFAULT_MATCH_BURST: u32 = 100;
+
+/// A partner's match query rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchRate {
+    /// Sustained queries per second.
+    pub per_second: u32,
+    /// Burst size.
+    pub burst: u32,
+}
+
+/// A validated registry entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partner {
+    /// Short name.
+    pub name: String,
+    /// SPIFFE id.
+    pub spiffe_id: String,
+    /// Roles.
+    pub roles: Vec<Role>,
+    /// Token domains it may use (TokenizeLog, stateless mode).
+    pub token_domains: Vec<String>,
+    /// Blind-matching key domain.
+    pub match_domain: String,
+    /// Match query rate limit.
+    pub match_rate: MatchRate,
+    /// Release key (consented releases are sealed to it).
+    pub release_key: Option<crate::consent::ReleasePublicKey>,
+    /// Purposes it may receive consented data for.
+    pub release_purposes: Vec<String>,
+    /// Fields it may receive with consent.
+    pub release_fields: Vec<crate::subject::FieldName>,
+}
+
+/// The validated partner registry.
+#[derive(Debug, Clone, Default)]
+pub struct PartnerRegistry {
+    partners: Vec<Partner>,
+}
+
+impl PartnerRegistry {
+    /// A registry of already validated partners.
+    pub fn new(partners: Vec<Partner>) -> Self {
+        Self { partners }
+    }
+
+    /// Finds a partner by the SPIFFE id of its certificate.
+    pub fn by_spiffe_id(&self, id: &str) -> Option<&Partner> {
+        self.partners.iter().find(|p| p.spiffe_id == id)
+    }
+
+    /// All partners.
+    pub fn partners(&self) -> &[Partner] {
+        &self.partners
+    }
+
+    /// Every distinct blind-matching domain of a partner that may match
+    /// (`subjects.match`), sorted. Only these are indexed: a domain nobody
+    /// can query would cost every CreateSubject a signature for nothing.
+    pub fn match_domains(&self) -> Vec<String> {
+        let mut d: Vec<String> = self
+            .partners
+            .iter()
+            .filter(|p| p.roles.contains(&Role::SubjectsMatch))
+            .map(|p| p.match_domain.clone())
+            .collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+}
+
+/// Checks a partner name: lowercase letters, digits, `-`, `_`, `.`; 1..=63.
+pub fn valid_partner_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Checks a SPIFFE trust domain (a DNS-like name).
+pub fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}

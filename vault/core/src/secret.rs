@@ -1,0 +1,122 @@
+//! Typed, fixed-size secrets that are wiped on drop and never printed.
+//!
+//! Each key purpose is its own type (`Secret<RootKeyMaterial>` cannot be
+//! passed where a `Secret<DataKeyMaterial>` is expected). `Debug` prints the
+//! purpose and the version, never the bytes. Reading the bytes is an
+//! explicit [`Secret::expose`] call, so every use is greppable.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Length of every symmetric key in the vault (256 bits).
+pub const KEY_LEN: usize = 32;
+
+/// Names a key purpose; implemented by zero-sized marker types.
+pub trait KeyPurpose {
+    /// Human-readable purpose printed by `Debug`.
+    const NAME: &'static str;
+}
+
+macro_rules! purposes {
+    ($($(#[$m:meta])* $ty:ident => $name:literal;)*) => {$(
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy)]
+        pub enum $ty {}
+        impl KeyPurpose for $ty { const NAME: &'static str = $name; }
+    )*};
+}
+
+purposes! {
+    /// The root key held by a [`crate::keys::KeyProvider`].
+    RootKeyMaterial => "root-key";
+    /// A key-encryption key: wraps per-subject data keys.
+    KekMaterial => "key-encryption-key";
+    /// A per-subject data encryption key (DEK).
+    DataKeyMaterial => "data-key";
+    /// The audit-log MAC key.
+    AuditKeyMaterial => "audit-mac-key";
+    /// A token domain's HMAC key.
+    TokenKeyMaterial => "token-key";
+    /// A partner's cross-reference blind-index key.
+    XrefIndexMaterial => "xref-index-key";
+    /// The key sealing linked identifiers for detokenization.
+    XrefSealMaterial => "xref-seal-key";
+    /// The key partners seal identity-bridge identifiers with.
+    BridgeSealMaterial => "bridge-seal-key";
+    /// A blind-matching index key (per match domain, field and variant kind).
+    MatchIndexMaterial => "match-index-key";
+}
+
+/// A 256-bit secret of purpose `P` with a key version.
+pub struct Secret<P: KeyPurpose> {
+    bytes: [u8; KEY_LEN],
+    version: u32,
+    _purpose: PhantomData<P>,
+}
+
+impl<P: KeyPurpose> Secret<P> {
+    /// Wraps raw key bytes. The caller's copy should be zeroized.
+    pub fn from_bytes(bytes: [u8; KEY_LEN], version: u32) -> Self {
+        Self {
+            bytes,
+            version,
+            _purpose: PhantomData,
+        }
+    }
+
+    /// The key's version number.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Exposes the key bytes to a cryptographic primitive. Never log them.
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        &self.bytes
+    }
+}
+
+impl<P: KeyPurpose> Clone for Secret<P> {
+    fn clone(&self) -> Self {
+        Self::from_bytes(self.bytes, self.version)
+    }
+}
+
+impl<P: KeyPurpose> Drop for Secret<P> {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl<P: KeyPurpose> ZeroizeOnDrop for Secret<P> {}
+
+impl<P: KeyPurpose> fmt::Debug for Secret<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret<{}>(v{}, redacted)", P::NAME, self.version)
+    }
+}
+
+/// The root key.
+pub type RootKey = Secret<RootKeyMaterial>;
+/// A key-encryption key.
+pub type Kek = Secret<KekMaterial>;
+/// A subject's data key.
+pub type DataKey = Secret<DataKeyMaterial>;
+/// The audit MAC key.
+pub type AuditKey = Secret<AuditKeyMaterial>;
+/// A token domain key.
+pub type TokenKey = Secret<TokenKeyMaterial>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_bytes() {
+        let k = RootKey::from_bytes([0xAB; KEY_LEN], 3);
+        let s = format!("{k:?}");
+        assert_eq!(s, "Secret<root-key>(v3, redacted)");
+        assert!(!s.to_lowercase().contains("ab"));
+    }
+}

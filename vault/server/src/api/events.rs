@@ -1,0 +1,178 @@
+//! `idvault.v1.EventService` (publishers) and `idvault.v1.CommandService`
+//! (receivers draining the outbox).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idvault_proto::v1 as pb;
+use idvault_proto::v1::command_service_server::CommandService;
+use idvault_proto::v1::event_service_server::EventService;
+use tonic::{Request, Response, Status};
+
+use super::{caller, status, within};
+use crate::service::Vault;
+use crate::service::events::{EventOutcome, SubjectRef};
+
+/// How often an idle following stream looks for commands written by
+/// other replicas (this process's writes wake it at once).
+const POLL: Duration = Duration::from_millis(500);
+
+/// The publisher-facing event service.
+#[derive(Debug, Clone)]
+pub struct EventApi {
+    vault: Arc<Vault>,
+    deadline: Duration,
+}
+
+impl EventApi {
+    /// Serves `vault`; each call must finish within `deadline`.
+    pub fn new(vault: Arc<Vault>, deadline: Duration) -> Self {
+        Self { vault, deadline }
+    }
+}
+
+#[tonic::async_trait]
+impl EventService for EventApi {
+    async fn publish_event(
+        &self,
+        req: Request<pb::PublishEventRequest>,
+    ) -> Result<Response<pb::PublishEventResponse>, Status> {
+        use pb::publish_event_request::Subject;
+        let who = caller(&req)?;
+        let m = req.into_inner();
+        let subject = match m.subject {
+            Some(Subject::SubjectId(s)) => SubjectRef::Id(s),
+            Some(Subject::PairwiseToken(t)) => SubjectRef::Pairwise(t),
+            None => {
+                return Err(Status::invalid_argument(
+                    "a subject_id or a pairwise_token is required",
+                ));
+            }
+        };
+        let event_id = m.event_id.clone();
+        let vault = Arc::clone(&self.vault);
+        // On its own task: a cancelled call still ends with its event, its
+        // commands and its audit record all written, or none of them.
+        let outcome = super::consent::detached(self.deadline, async move {
+            vault
+                .publish_event(&who, subject, m.event_type, m.event_id, m.fields)
+                .await
+        })
+        .await?;
+        Ok(Response::new(pb::PublishEventResponse {
+            event_id,
+            duplicate: outcome == EventOutcome::Duplicate,
+        }))
+    }
+}
+
+/// The receiver-facing command service.
+#[derive(Debug, Clone)]
+pub struct CommandApi {
+    vault: Arc<Vault>,
+    deadline: Duration,
+    stream_deadline: Duration,
+}
+
+impl CommandApi {
+    /// Serves `vault`; acknowledgements must finish within `deadline`,
+    /// command streams end (cleanly) at `stream_deadline`.
+    pub fn new(vault: Arc<Vault>, deadline: Duration, stream_deadline: Duration) -> Self {
+        Self {
+            vault,
+            deadline,
+            stream_deadline,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CommandService for CommandApi {
+    type StreamCommandsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::StreamCommandsResponse, Status>>;
+
+    async fn stream_commands(
+        &self,
+        req: Request<pb::StreamCommandsRequest>,
+    ) -> Result<Response<Self::StreamCommandsStream>, Status> {
+        let who = caller(&req)?;
+        let follow = req.into_inner().follow;
+        // A refused receiver gets a status, not an empty stream.
+        let vault = Arc::clone(&self.vault);
+        let slot = within(self.deadline, async {
+            vault.open_command_stream(&who).await.map_err(status)
+        })
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::service::events::DELIVERY_BATCH as usize);
+        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        let mut stop = vault.streams_stop_signal();
+        tokio::spawn(async move {
+            let _slot = slot;
+            // Every stream starts from the oldest unacknowledged command.
+            let mut cursor = 0u64;
+            loop {
+                if *stop.borrow_and_update() || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                // Registered before the read, so a write that lands
+                // between the read and the wait still wakes it.
+                let ready = vault.commands_ready().notified();
+                tokio::pin!(ready);
+                ready.as_mut().enable();
+                // Not cut off by the deadline: a batch is bounded, and its
+                // audit record must not be lost halfway.
+                let batch = match vault.next_commands(&who, cursor).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                let idle = batch.commands.is_empty() && batch.next_after == cursor;
+                cursor = batch.next_after;
+                for d in batch.commands {
+                    let msg = pb::StreamCommandsResponse {
+                        command: Some(d.command),
+                    };
+                    // A receiver that stops reading cannot hold the task
+                    // past the deadline.
+                    match tokio::time::timeout_at(deadline, tx.send(Ok(msg))).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                if idle {
+                    if !follow {
+                        return;
+                    }
+                    tokio::select! {
+                        () = &mut ready => {}
+                        () = tokio::time::sleep(POLL) => {}
+                        () = tokio::time::sleep_until(deadline) => return,
+                        () = tx.closed() => return,
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn ack_commands(
+        &self,
+        req: Request<pb::AckCommandsRequest>,
+    ) -> Result<Response<pb::AckCommandsResponse>, Status> {
+        let who = caller(&req)?;
+        let ids = req.into_inner().command_ids;
+        let vault = Arc::clone(&self.vault);
+        let acknowledged =
+            super::consent::detached(
+                self.deadline,
+                async move { vault.ack_commands(&who, ids).await },
+            )
+            .await?;
+        Ok(Response::new(pb::AckCommandsResponse { acknowledged }))
+    }
+}

@@ -1,0 +1,167 @@
+//! `idvault.v1.MatchService`.
+
+use std::sync::Arc;
+
+use idvault_proto::v1::match_service_server::MatchService;
+use idvault_proto::v1::{
+    AgreementLevel, FieldAgreement, MatchBatchRequest, MatchBatchResponse,
+    MatchCandidate as PbCandidate, MatchRequest, MatchResponse, MatchResult,
+};
+use idvault_tokenizer::matching::Level;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::subjects::pairs;
+use super::{caller, status, within};
+use crate::service::Vault;
+use crate::service::matching::{MatchCandidate, MatchQuery, Pacing, QueryAnswer};
+
+/// The match service.
+#[derive(Debug, Clone)]
+pub struct MatchApi {
+    vault: Arc<Vault>,
+    deadline: std::time::Duration,
+    stream_deadline: std::time::Duration,
+}
+
+impl MatchApi {
+    /// Serves `vault`; unary calls must finish within `deadline`, streams
+    /// within `stream_deadline`.
+    pub fn new(
+        vault: Arc<Vault>,
+        deadline: std::time::Duration,
+        stream_deadline: std::time::Duration,
+    ) -> Self {
+        Self {
+            vault,
+            deadline,
+            stream_deadline,
+        }
+    }
+}
+
+fn query(q: idvault_proto::v1::MatchQuery) -> MatchQuery {
+    MatchQuery {
+        fields: pairs(q.fields),
+        max_results: q.max_results,
+        min_score: q.min_score,
+        query_id: q.query_id,
+    }
+}
+
+fn level(l: Level) -> AgreementLevel {
+    match l {
+        Level::Exact => AgreementLevel::Exact,
+        Level::Nickname => AgreementLevel::Nickname,
+        Level::Similar => AgreementLevel::Similar,
+        Level::Swapped => AgreementLevel::Swapped,
+        Level::Year => AgreementLevel::Year,
+        Level::Last4 => AgreementLevel::Last4,
+        _ => AgreementLevel::Unspecified,
+    }
+}
+
+fn candidates(c: Vec<MatchCandidate>) -> Vec<PbCandidate> {
+    c.into_iter()
+        .map(|c| PbCandidate {
+            pairwise_token: c.pairwise_token,
+            score: c.score,
+            agreements: c
+                .agreements
+                .into_iter()
+                .map(|(f, l)| FieldAgreement {
+                    field: f.name().to_owned(),
+                    level: level(l).into(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl MatchService for MatchApi {
+    type MatchStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<MatchBatchResponse, Status>>;
+
+    async fn r#match(&self, req: Request<MatchRequest>) -> Result<Response<MatchResponse>, Status> {
+        let who = caller(&req)?;
+        let q = req
+            .into_inner()
+            .query
+            .ok_or_else(|| Status::invalid_argument("MatchRequest.query is required"))?;
+        let found = within(self.deadline, async {
+            self.vault.match_one(&who, query(q)).await.map_err(status)
+        })
+        .await?;
+        Ok(Response::new(MatchResponse {
+            candidates: candidates(found),
+        }))
+    }
+
+    async fn match_stream(
+        &self,
+        req: Request<Streaming<MatchBatchRequest>>,
+    ) -> Result<Response<Self::MatchStreamStream>, Status> {
+        let who = caller(&req)?;
+        let mut stream = req.into_inner();
+        let vault = Arc::clone(&self.vault);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        tokio::spawn(async move {
+            loop {
+                let batch = match super::next_message(&mut stream, deadline, "MatchStream").await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let ids: Vec<String> = batch.queries.iter().map(|q| q.query_id.clone()).collect();
+                let queries = batch.queries.into_iter().map(query).collect();
+                // Pacing waits for the rate budget; the deadline still holds.
+                let answered = tokio::time::timeout_at(
+                    deadline,
+                    vault.match_batch(&who, queries, Pacing::Wait, false),
+                )
+                .await;
+                let answers = match answered {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx
+                            .send(Err(Status::deadline_exceeded(
+                                "MatchStream past its deadline",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                let results = ids
+                    .into_iter()
+                    .zip(answers)
+                    .map(|(query_id, a)| match a {
+                        QueryAnswer::Answered(c) => MatchResult {
+                            query_id,
+                            candidates: candidates(c),
+                            refused: String::new(),
+                        },
+                        QueryAnswer::Refused(why) => MatchResult {
+                            query_id,
+                            candidates: Vec::new(),
+                            refused: why,
+                        },
+                    })
+                    .collect();
+                if tx.send(Ok(MatchBatchResponse { results })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}

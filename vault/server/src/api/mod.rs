@@ -1,0 +1,131 @@
+//! gRPC adapters (tonic). Handlers only translate protobuf to service calls
+//! and service errors to statuses; access control and validation live in
+//! [`crate::service`].
+
+mod consent;
+mod events;
+mod matching;
+mod subjects;
+mod tokens;
+
+pub use consent::{ConsentApi, DeviceApi};
+pub use events::{CommandApi, EventApi};
+pub use matching::MatchApi;
+pub use subjects::SubjectApi;
+pub use tokens::TokenApi;
+
+use tonic::{Request, Status};
+
+use crate::service::{Caller, VaultError};
+use crate::tls::PeerInfo;
+
+/// The one mapping from domain errors to gRPC statuses. It decides what a
+/// caller may learn: messages come from `VaultError`'s `Display`, which
+/// holds no PII or key material; internal causes are logged, not returned.
+pub fn status(err: VaultError) -> Status {
+    use tonic::Code;
+    let code = match &err {
+        VaultError::Unregistered | VaultError::Denied(_) | VaultError::DomainDenied => {
+            Code::PermissionDenied
+        }
+        VaultError::Invalid(_) | VaultError::BadRequest(_) => Code::InvalidArgument,
+        VaultError::NotFound => Code::NotFound,
+        VaultError::RateLimited(_) | VaultError::TooManyStreams(_) => Code::ResourceExhausted,
+        VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
+        VaultError::Integrity(_) => Code::DataLoss,
+        VaultError::Refused(r) => refusal_code(*r),
+        _ => Code::Internal,
+    };
+    if matches!(code, Code::Unavailable | Code::DataLoss | Code::Internal) {
+        // Sources are storage or key errors: table/column names, versions.
+        tracing::error!(error = %err, source = ?std::error::Error::source(&err).map(ToString::to_string), "request failed");
+    }
+    let mut st = Status::new(code, err.to_string());
+    if let VaultError::Refused(r) = &err {
+        // Reason tokens are fixed ASCII words, always valid metadata.
+        st.metadata_mut().insert(
+            REFUSAL_METADATA,
+            tonic::metadata::MetadataValue::from_static(r.name()),
+        );
+    }
+    st
+}
+
+/// Response metadata key holding a refusal's reason token.
+pub const REFUSAL_METADATA: &str = "idvault-refusal";
+
+/// The status code of each consent refusal (docs/consent.md lists them).
+fn refusal_code(r: idvault_core::consent::Refusal) -> tonic::Code {
+    use idvault_core::consent::Refusal as R;
+    use tonic::Code;
+    match r {
+        R::Malformed | R::LifetimeTooLong => Code::InvalidArgument,
+        R::BadSignature => Code::Unauthenticated,
+        R::UnknownDevice | R::ConsentUnknown | R::EntityUnknown => Code::NotFound,
+        R::DeviceRevoked
+        | R::SubjectMismatch
+        | R::AudienceMismatch
+        | R::ChallengeMismatch
+        | R::PurposeNotAllowed
+        | R::FieldsNotAllowed
+        | R::PolicyDenied
+        | R::ConsentRevoked
+        | R::WrongAction => Code::PermissionDenied,
+        R::NotYetValid
+        | R::Expired
+        | R::ChallengeUnknown
+        | R::ChallengeExpired
+        | R::EnrollmentCodeInvalid
+        | R::RequestOutsideWindow
+        | R::EntityNotLinked => Code::FailedPrecondition,
+        R::ChallengeReused | R::ConsentReplayed | R::RequestReplayed | R::DeviceAlreadyEnrolled => {
+            Code::AlreadyExists
+        }
+    }
+}
+
+/// Runs a unary handler within the server's request deadline. Dropping a
+/// timed-out call drops its transaction, which rolls it back.
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(
+            "the request exceeded the server deadline",
+        ))
+    })
+}
+
+/// How long a client stream may stay silent before it is closed.
+pub(crate) const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The next message of a client stream, `Ok(None)` at its end. A client
+/// that stops sending (or never ends) cannot hold the handler past
+/// [`STREAM_IDLE`] or the call's `deadline`: that is DEADLINE_EXCEEDED,
+/// naming `call`.
+pub(crate) async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    deadline: tokio::time::Instant,
+    call: &str,
+) -> Result<Option<T>, Status> {
+    tokio::time::timeout_at(
+        deadline.min(tokio::time::Instant::now() + STREAM_IDLE),
+        stream.message(),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!(
+            "{call} stream idle or past its deadline"
+        )))
+    })
+}
+
+/// The caller proven by the connection's client certificate.
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .map(|p| Caller::new(p.spiffe_id.as_str()))
+        // Unreachable behind the TLS acceptor; refuse rather than guess.
+        .ok_or_else(|| Status::unauthenticated("no client certificate identity"))
+}

@@ -1,0 +1,119 @@
+//! Start-up: from a validated [`Config`] to a ready [`Vault`] and TLS
+//! configuration, with clear errors that say what to run when something
+//! is missing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::server::ServerOptions;
+use crate::service::Vault;
+use crate::store::Store;
+use idvault_core::SystemRng;
+use idvault_core::keys::KeyHierarchy;
+
+/// Why the vault cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Required files are missing.
+    #[error("missing {}: run `idvault init --dev --data-dir <DIR>` for a development set-up, or provide them and fix the paths in the config", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Missing(Vec<PathBuf>),
+    /// Key file problem.
+    #[error(transparent)]
+    KeyFile(#[from] crate::keyfile::KeyFileError),
+    /// TLS problem.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Storage problem.
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The policy set is invalid (each problem located).
+    #[error("invalid policy set; the vault does not start:\n{}", crate::policy::report(.0))]
+    Policies(Vec<idvault_policies::PolicyDiagnostic>),
+    /// Indexing match domains failed.
+    #[error("preparing blind matching: {0}")]
+    Matching(#[from] crate::service::VaultError),
+}
+
+/// Everything the server needs.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The vault.
+    pub vault: Arc<Vault>,
+    /// TLS configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Server limits.
+    pub options: ServerOptions,
+}
+
+/// Lists configured files that do not exist.
+pub fn missing_files(config: &Config) -> Vec<PathBuf> {
+    let t = &config.file.tls;
+    [
+        &config.file.keys.root_key_file,
+        &t.client_ca,
+        &t.server_cert,
+        &t.server_key,
+    ]
+    .into_iter()
+    .chain(t.crls.iter())
+    .map(|p| config.resolve(p))
+    .filter(|p| !p.exists())
+    .collect()
+}
+
+/// Opens the key hierarchy from the configured root key file.
+pub fn open_keys(config: &Config) -> Result<KeyHierarchy, StartError> {
+    let provider = crate::keyfile::load(&config.resolve(&config.file.keys.root_key_file))?;
+    Ok(KeyHierarchy::new(Box::new(provider)))
+}
+
+/// Loads keys, TLS material and the store.
+pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartError> {
+    let missing = missing_files(config);
+    if !missing.is_empty() {
+        return Err(StartError::Missing(missing));
+    }
+    let keys = open_keys(config)?;
+    let t = &config.file.tls;
+    let ca = crate::tls::read_certs(&config.resolve(&t.client_ca))?;
+    let chain = crate::tls::read_certs(&config.resolve(&t.server_cert))?;
+    let key = crate::tls::read_key(&config.resolve(&t.server_key))?;
+    let crls = t
+        .crls
+        .iter()
+        .map(|p| crate::tls::read_crl(&config.resolve(p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let s = &config.file.server;
+    let tls = crate::tls::server_config(&ca, chain, key, crls, &s.trust_domain)?;
+    let policy_dir = config.file.policies.dir.as_ref().map(|d| config.resolve(d));
+    let policies = crate::policy::engine(policy_dir.as_deref(), &config.registry)
+        .map_err(StartError::Policies)?;
+    let store = Store::connect(database_url).await?;
+    let vault = Vault::new(
+        store,
+        keys,
+        config.registry.clone(),
+        policies,
+        Arc::new(SystemClock),
+        Arc::new(SystemRng::default()),
+    )
+    .with_match_country_code(config.file.matching.default_country_code)
+    .with_consent(config.file.consent.clone())
+    .with_policy_dir(policy_dir);
+    vault.prepare_matching().await?;
+    Ok(Loaded {
+        vault: Arc::new(vault),
+        tls,
+        options: ServerOptions {
+            trust_domain: s.trust_domain.clone(),
+            max_message_bytes: s.max_message_bytes,
+            request_timeout: Duration::from_secs(s.request_timeout_secs),
+            stream_timeout: Duration::from_secs(s.stream_timeout_secs),
+            handshake_timeout: Duration::from_secs(s.handshake_timeout_secs),
+        },
+    })
+}

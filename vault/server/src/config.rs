@@ -1,0 +1,522 @@
+//! The configuration file (`idvault.toml`) and the partner registry.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`) so a misspelt setting
+//! fails at start instead of being silently ignored. Relative paths are
+//! resolved against the directory holding the config file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use idvault_core::partner::{
+    DEFAULT_MATCH_BURST, DEFAULT_MATCH_RATE, MatchRate, Partner, PartnerRegistry,
+    valid_partner_name, valid_trust_domain,
+};
+use idvault_policies::Role;
+use serde::Deserialize;
+
+/// Name of the config file inside a data directory.
+pub const CONFIG_FILE: &str = "idvault.toml";
+
+/// Configuration errors; they name the setting, never key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown or mistyped key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[server]`
+    pub server: ServerSection,
+    /// `[storage]`
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// `[keys]`
+    pub keys: KeysSection,
+    /// `[tls]`
+    pub tls: TlsSection,
+    /// `[matching]`
+    #[serde(default)]
+    pub matching: MatchingSection,
+    /// `[consent]`
+    #[serde(default)]
+    pub consent: ConsentSection,
+    /// `[policies]`
+    #[serde(default)]
+    pub policies: PoliciesSection,
+    /// `[[partner]]` entries: the partner registry.
+    #[serde(default, rename = "partner")]
+    pub partners: Vec<PartnerEntry>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// SPIFFE trust domain of partner certificates.
+    pub trust_domain: String,
+    /// Largest request or response message, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Deadline applied to every RPC (a shorter client deadline wins).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Deadline of a whole streaming call (bridge import, log tokenizing).
+    #[serde(default = "default_stream_timeout")]
+    pub stream_timeout_secs: u64,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_max_message() -> usize {
+    1024 * 1024
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_stream_timeout() -> u64 {
+    3600
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// `sqlite:…` or `postgres://…`; default: SQLite `idvault.db` beside the config.
+    pub database_url: Option<String>,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Root key file (mode 0600).
+    pub root_key_file: PathBuf,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// CA that issues partner client certificates (PEM).
+    pub client_ca: PathBuf,
+    /// Server certificate chain (PEM).
+    pub server_cert: PathBuf,
+    /// Server private key (PEM).
+    pub server_key: PathBuf,
+    /// Certificate revocation lists (PEM or DER) checked for client certificates.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// `[matching]`: settings of blind matching (docs/blind-matching.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchingSection {
+    /// Country calling code for phone numbers written without one, so that
+    /// "07700 900123" and "+44 7700 900123" agree. Changing it changes the
+    /// phone indexes of subjects written afterwards only.
+    pub default_country_code: Option<u16>,
+}
+
+/// `[policies]`: where the partner access policies are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesSection {
+    /// Directory holding one `.cedarschema` file and the `.cedar` policy
+    /// files (default: the built-in set, `policies/default/`).
+    pub dir: Option<PathBuf>,
+}
+
+/// `[consent]`: lifetimes of consent-signed release (docs/consent.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentSection {
+    /// How long a challenge may be used after it is issued.
+    #[serde(default = "default_challenge_ttl")]
+    pub challenge_ttl_seconds: u32,
+    /// How long an enrollment code works.
+    #[serde(default = "default_enrollment_ttl")]
+    pub enrollment_code_ttl_seconds: u32,
+    /// Longest lifetime (expires_at − issued_at) of a single-use grant.
+    #[serde(default = "default_single_use")]
+    pub max_single_use_seconds: u32,
+    /// Longest lifetime of a standing grant, in days.
+    #[serde(default = "default_standing_days")]
+    pub max_standing_days: u32,
+    /// Clock skew tolerated between phones and the vault.
+    #[serde(default = "default_skew")]
+    pub clock_skew_seconds: u32,
+}
+
+impl Default for ConsentSection {
+    fn default() -> Self {
+        Self {
+            challenge_ttl_seconds: default_challenge_ttl(),
+            enrollment_code_ttl_seconds: default_enrollment_ttl(),
+            max_single_use_seconds: default_single_use(),
+            max_standing_days: default_standing_days(),
+            clock_skew_seconds: default_skew(),
+        }
+    }
+}
+
+fn default_challenge_ttl() -> u32 {
+    300
+}
+fn default_enrollment_ttl() -> u32 {
+    900
+}
+fn default_single_use() -> u32 {
+    600
+}
+fn default_standing_days() -> u32 {
+    365
+}
+fn default_skew() -> u32 {
+    120
+}
+
+impl ConsentSection {
+    /// The limits the core applies to grants and device requests.
+    pub fn limits(&self) -> idvault_core::consent::ConsentLimits {
+        idvault_core::consent::ConsentLimits {
+            max_single_use_secs: i64::from(self.max_single_use_seconds),
+            max_standing_secs: i64::from(self.max_standing_days) * 86_400,
+            skew_secs: i64::from(self.clock_skew_seconds),
+        }
+    }
+}
+
+/// One `[[partner]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerEntry {
+    /// Short name, e.g. `partner-a`.
+    pub name: String,
+    /// `spiffe://<trust-domain>/partner/<name>`.
+    pub spiffe_id: String,
+    /// Role names (see `idvault_policies::Role`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Token domains this partner may tokenize in through the vault.
+    #[serde(default)]
+    pub token_domains: Vec<String>,
+    /// Blind-matching key domain (default: the partner name). Partners
+    /// sharing a domain share blind-index keys; see docs/blind-matching.md.
+    pub match_domain: Option<String>,
+    /// Sustained match queries per second (default 50).
+    pub match_queries_per_second: Option<u32>,
+    /// Match queries allowed in a burst (default 100; at least the largest
+    /// batch the partner sends).
+    pub match_burst: Option<u32>,
+    /// HPKE public key consented releases are sealed to: hex of the SEC1
+    /// uncompressed P-256 point (`idvault partner release-keygen` prints it).
+    pub release_key: Option<String>,
+    /// Purpose codes this partner may receive consented data for.
+    #[serde(default)]
+    pub release_purposes: Vec<String>,
+    /// Catalogue fields this partner may receive with consent.
+    #[serde(default)]
+    pub release_fields: Vec<String>,
+}
+
+/// A loaded and validated configuration with absolute paths.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as parsed.
+    pub file: ConfigFile,
+    /// Directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// The registry.
+    pub registry: PartnerRegistry,
+}
+
+impl Config {
+    /// Parses and validates config text; `base_dir` resolves relative paths.
+    pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let registry = validate(&file)?;
+        Ok(Self {
+            file,
+            base_dir: base_dir.to_owned(),
+            registry,
+        })
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::parse(&text, path, &base)
+    }
+
+    /// Resolves a configured path.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The database URL (configured, or SQLite beside the config).
+    pub fn database_url(&self) -> String {
+        self.file.storage.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.base_dir.join("idvault.db").display()
+            )
+        })
+    }
+}
+
+fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
+    let td = &file.server.trust_domain;
+    if !valid_trust_domain(td) {
+        return Err(ConfigError::Invalid(format!(
+            "server.trust_domain '{td}' is not a valid trust domain"
+        )));
+    }
+    if file.server.max_message_bytes < 1024 || file.server.max_message_bytes > 64 * 1024 * 1024 {
+        return Err(ConfigError::Invalid(
+            "server.max_message_bytes must be 1 KiB ..= 64 MiB".into(),
+        ));
+    }
+    let c = &file.consent;
+    if c.challenge_ttl_seconds == 0
+        || c.enrollment_code_ttl_seconds == 0
+        || c.max_single_use_seconds == 0
+        || c.max_standing_days == 0
+        || c.max_standing_days > 3660
+        || c.clock_skew_seconds > 3600
+    {
+        return Err(ConfigError::Invalid(
+            "[consent] lifetimes must be at least 1 (max_standing_days at most 3660, clock_skew_seconds at most 3600)".into(),
+        ));
+    }
+    if file.server.request_timeout_secs == 0
+        || file.server.handshake_timeout_secs == 0
+        || file.server.stream_timeout_secs == 0
+    {
+        return Err(ConfigError::Invalid(
+            "timeouts must be at least 1 second".into(),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut ids = HashSet::new();
+    let mut partners = Vec::new();
+    for p in &file.partners {
+        if !valid_partner_name(&p.name) {
+            return Err(ConfigError::Invalid(format!(
+                "partner name '{}' is not valid",
+                p.name
+            )));
+        }
+        let expected = format!("spiffe://{td}/partner/{}", p.name);
+        if p.spiffe_id != expected {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': spiffe_id must be '{expected}'",
+                p.name
+            )));
+        }
+        if !names.insert(p.name.clone()) || !ids.insert(p.spiffe_id.clone()) {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}' is listed twice",
+                p.name
+            )));
+        }
+        let roles = p
+            .roles
+            .iter()
+            .map(|r| Role::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid(format!("partner '{}': {e}", p.name)))?;
+        if let Some(d) = p
+            .token_domains
+            .iter()
+            .find(|d| !idvault_tokenizer::token::valid_domain(d))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': token domain '{d}' is not valid (1-32 of a-z, 0-9, -)",
+                p.name
+            )));
+        }
+        let match_domain = p.match_domain.clone().unwrap_or_else(|| p.name.clone());
+        if !valid_partner_name(&match_domain) {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': match_domain '{match_domain}' is not valid (1-63 of a-z, 0-9, -, _, .)",
+                p.name
+            )));
+        }
+        let match_rate = MatchRate {
+            per_second: p.match_queries_per_second.unwrap_or(DEFAULT_MATCH_RATE),
+            burst: p.match_burst.unwrap_or(DEFAULT_MATCH_BURST),
+        };
+        if match_rate.per_second == 0 || match_rate.burst == 0 || match_rate.burst > 1_000_000 {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': match_queries_per_second and match_burst must be 1 ..= 1000000",
+                p.name
+            )));
+        }
+        let release_key = match &p.release_key {
+            None => None,
+            Some(h) => Some(
+                hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| idvault_core::consent::ReleasePublicKey::from_sec1(&b))
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "partner '{}': release_key must be the hex of an uncompressed P-256 point (04…, 130 hex digits)",
+                            p.name
+                        ))
+                    })?,
+            ),
+        };
+        if let Some(bad) = p
+            .release_purposes
+            .iter()
+            .find(|x| !idvault_core::consent::valid_purpose(x))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': release purpose '{bad}' is not valid (1-64 of a-z, 0-9, ., _, -)",
+                p.name
+            )));
+        }
+        let release_fields = p
+            .release_fields
+            .iter()
+            .map(|f| {
+                idvault_core::subject::FieldName::parse(f).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "partner '{}': release field '{f}' is not in the field catalogue",
+                        p.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if roles.contains(&Role::ConsentRelease) && release_key.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': the consent.release role needs a release_key",
+                p.name
+            )));
+        }
+        partners.push(Partner {
+            name: p.name.clone(),
+            spiffe_id: p.spiffe_id.clone(),
+            roles,
+            token_domains: p.token_domains.clone(),
+            match_domain,
+            match_rate,
+            release_key,
+            release_purposes: p.release_purposes.clone(),
+            release_fields,
+        });
+    }
+    Ok(PartnerRegistry::new(partners))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+trust_domain = "idvault.dev"
+[keys]
+root_key_file = "root.key"
+[tls]
+client_ca = "tls/ca.crt"
+server_cert = "tls/server.crt"
+server_key = "tls/server.key"
+[[partner]]
+name = "partner-a"
+spiffe_id = "spiffe://idvault.dev/partner/partner-a"
+roles = ["subjects.write"]
+"#;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("idvault.toml"), Path::new("/data"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.file.server.listen, default_listen());
+        assert_eq!(c.registry.partners().len(), 1);
+        assert_eq!(
+            c.resolve(Path::new("tls/ca.crt")),
+            PathBuf::from("/data/tls/ca.crt")
+        );
+        assert_eq!(c.database_url(), "sqlite:///data/idvault.db?mode=rwc");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_location() {
+        let bad = GOOD.replace("[keys]", "[keys]\nroot_kye = 1");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("root_kye") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn registry_is_validated() {
+        let wrong_td = GOOD.replace(
+            "spiffe://idvault.dev/partner/partner-a",
+            "spiffe://evil/partner/partner-a",
+        );
+        assert!(
+            parse(&wrong_td)
+                .unwrap_err()
+                .to_string()
+                .contains("spiffe_id must be")
+        );
+        let bad_role = GOOD.replace("subjects.write", "root");
+        assert!(
+            parse(&bad_role)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown role")
+        );
+        let dup = format!(
+            "{GOOD}\n[[partner]]\nname = \"partner-a\"\nspiffe_id = \"spiffe://idvault.dev/partner/partner-a\"\n"
+        );
+        assert!(parse(&dup).unwrap_err().to_string().contains("twice"));
+    }
+}

@@ -1,0 +1,616 @@
+//! A person's rules and actions, the use cases: partners publish events,
+//! the person's rules turn them into commands in a durable outbox, and
+//! receiving partners drain and acknowledge them; the person's device
+//! links entities, sets rules and asks for suggestions (docs/events.md).
+//!
+//! Order of work for an event: authorise the publisher, validate the
+//! event, find the subject the publisher knows, then in one audited
+//! transaction: refuse a repeated event id, ignore (and audit) an event
+//! from an entity the person has not linked or that no rule names, and
+//! otherwise seal each triggered command's fields under the subject's
+//! data key and write it to the outbox. The audit record commits with the
+//! commands or not at all, so an acknowledged event's commands survive a
+//! crash.
+
+use idvault_policies::{Action, RequestContext, Resource};
+use idvault_proto::v1 as pb;
+
+use crate::config::Partner;
+use crate::service::consent::DeviceOutcome;
+use crate::service::{Caller, Vault, VaultError};
+use crate::store::{AuditedTx, EventRow, IGNORED_UNLINKED, NewCommand};
+use idvault_core::consent::{DeviceAction, Refusal};
+use idvault_core::keys::{self, KeyError};
+use idvault_core::rules::{self, Rule, Suggestion};
+use idvault_core::subject::SubjectId;
+
+/// Most commands one delivery batch reads.
+pub const DELIVERY_BATCH: u32 = 64;
+/// Most command ids one acknowledgement takes.
+pub const MAX_ACK_IDS: usize = 1000;
+/// Most peers a suggestion looks at.
+pub const MAX_PEERS: u32 = 1000;
+/// Most command streams one partner may have open at once.
+pub const MAX_STREAMS_PER_PARTNER: usize = 4;
+
+/// An open command stream's place in its partner's allowance; freed on
+/// drop.
+#[derive(Debug)]
+pub struct StreamSlot {
+    vault: std::sync::Arc<Vault>,
+    partner: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.vault.command_streams.lock()
+            && let Some(n) = m.get_mut(&self.partner)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// How a publisher names the person. `Debug` shows which form, never the
+/// id or token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SubjectRef {
+    /// The subject id (the publisher created the subject).
+    Id(String),
+    /// The publisher's pairwise token for the person.
+    Pairwise(String),
+}
+
+impl std::fmt::Debug for SubjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Id(_) => "SubjectRef::Id(redacted)",
+            Self::Pairwise(_) => "SubjectRef::Pairwise(redacted)",
+        })
+    }
+}
+
+/// What happened to an event (audited; not told to the publisher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Commands were written for its rules.
+    Delivered(u32),
+    /// The person has not linked the publisher.
+    IgnoredUnlinked,
+    /// No rule of the person names this publisher and event type.
+    IgnoredNoRule,
+    /// This event id was accepted before; nothing was done.
+    Duplicate,
+}
+
+impl EventOutcome {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Delivered(_) => "delivered",
+            Self::IgnoredUnlinked => IGNORED_UNLINKED,
+            Self::IgnoredNoRule => "ignored_no_rule",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// A command as delivered: its outbox position and the wire message.
+/// `Debug` shows the id only: the command carries personal data.
+#[derive(Clone)]
+pub struct Delivered {
+    /// Outbox position.
+    pub seq: u64,
+    /// The command, fields opened.
+    pub command: pb::Command,
+}
+
+impl std::fmt::Debug for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Delivered({}, fields redacted)", self.command.command_id)
+    }
+}
+
+/// One delivery batch: the commands that opened, and the outbox position
+/// to continue after (past any command that could not be opened).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Commands to send, oldest first.
+    pub commands: Vec<Delivered>,
+    /// The stream's new cursor.
+    pub next_after: u64,
+}
+
+/// What a command's payload is sealed to.
+fn header(c: &NewCommand) -> rules::CommandHeader<'_> {
+    rules::CommandHeader {
+        command_id: &c.command_id,
+        recipient: &c.recipient,
+        subject: &c.subject,
+        pairwise_token: &c.pairwise_token,
+        source: &c.source,
+        event_type: &c.event_type,
+        command: &c.command,
+        rule_id: &c.rule_id,
+    }
+}
+
+/// `cmd_` + 32 random hex digits.
+fn new_command_id(vault: &Vault) -> Result<String, VaultError> {
+    let mut b = [0u8; 16];
+    vault.rng().fill(&mut b).map_err(KeyError::from)?;
+    Ok(format!("{}{}", rules::COMMAND_ID_PREFIX, hex::encode(b)))
+}
+
+impl Vault {
+    /// Accepts an event about a person from the calling partner and turns
+    /// it into commands by the person's rules.
+    pub async fn publish_event(
+        &self,
+        caller: &Caller,
+        subject: SubjectRef,
+        event_type: String,
+        event_id: String,
+        fields: Vec<pb::EventField>,
+    ) -> Result<EventOutcome, VaultError> {
+        const A: Action = Action::PublishEvent;
+        let partner = self.authorize(caller, A).await?;
+        let event = match rules::validate_event(event_type, event_id, fields) {
+            Ok(e) => e,
+            Err(e) => {
+                return self
+                    .refuse(caller, A, None, VaultError::BadRequest(e.to_string()))
+                    .await;
+            }
+        };
+        let r = async {
+            let mut tx = self.begin().await.map_err(|e| (None, e))?;
+            let id = self.known_subject(&mut tx, partner, &subject).await?;
+            // The decision on this subject (operator policies may hold one);
+            // a refusal is audited once the transaction is dropped.
+            let text = id.to_string();
+            let on = Resource::Subject(&text);
+            if !self.decide(caller, partner, A, on, RequestContext::default()) {
+                return Err((Some(id), VaultError::Denied(A)));
+            }
+            let (outcome, ids, skipped) = match self.apply_event(&mut tx, caller, &id, &event).await
+            {
+                Ok(o) => o,
+                Err(e) => return Err((Some(id), e)),
+            };
+            let mut detail = match outcome {
+                EventOutcome::Delivered(n) => {
+                    format!("outcome=delivered commands={n} ids={}", ids.join(","))
+                }
+                o => format!("outcome={}", o.word()),
+            };
+            if !skipped.is_empty() {
+                detail.push_str(&format!(" skipped_unregistered={}", skipped.join(",")));
+            }
+            self.commit_event(tx, caller, A, Some(&id), detail)
+                .await
+                .map_err(|e| (Some(id), e))?;
+            if matches!(outcome, EventOutcome::Delivered(n) if n > 0) {
+                self.commands_ready().notify_waiters();
+            }
+            Ok(outcome)
+        }
+        .await;
+        match r {
+            Ok(o) => Ok(o),
+            Err((subject, e)) => self.audit_failure(caller, A, subject.as_ref(), e).await,
+        }
+    }
+
+    /// The subject `r` names, if the partner knows it: by id when the
+    /// partner holds a pairwise token for it (creator or matcher), or by
+    /// the partner's own pairwise token. Anything else reads as absent.
+    async fn known_subject(
+        &self,
+        tx: &mut AuditedTx,
+        partner: &Partner,
+        r: &SubjectRef,
+    ) -> Result<SubjectId, (Option<SubjectId>, VaultError)> {
+        let found = match r {
+            SubjectRef::Id(s) => {
+                let id = SubjectId::parse(s).map_err(|e| (None, e.into()))?;
+                let known = tx
+                    .pairwise_tokens(&partner.name, &[id])
+                    .await
+                    .map_err(|e| (None, e.into()))?;
+                known.contains_key(&id).then_some(id)
+            }
+            // A token of the wrong shape names no one (and never reaches
+            // the database).
+            SubjectRef::Pairwise(t) if !crate::service::matching::valid_pairwise_token(t) => None,
+            SubjectRef::Pairwise(t) => tx
+                .subject_of_pairwise(&partner.name, t)
+                .await
+                .map_err(|e| (None, e.into()))?,
+        };
+        found.ok_or((None, VaultError::NotFound))
+    }
+
+    /// Inside `tx`: the event's outcome, the ids of the commands it wrote,
+    /// and the ids of triggered rules whose target is no longer registered.
+    async fn apply_event(
+        &self,
+        tx: &mut AuditedTx,
+        caller: &Caller,
+        id: &SubjectId,
+        event: &rules::Event,
+    ) -> Result<(EventOutcome, Vec<String>, Vec<String>), VaultError> {
+        if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
+            return Ok((EventOutcome::Duplicate, Vec::new(), Vec::new()));
+        }
+        let now = self.now_millis();
+        // Both lookups run whatever the first finds, so an unlinked
+        // publisher and a linked one without a rule cost the same
+        // (docs/events.md, "What leaks").
+        let linked = tx.is_linked(id, &caller.spiffe_id).await?;
+        let stored = tx
+            .rules_for_event(id, &caller.spiffe_id, &event.event_type)
+            .await?;
+        let hits = if linked {
+            rules::triggered(&stored, &caller.spiffe_id, event)
+        } else {
+            Vec::new()
+        };
+        let (mut ids, mut skipped) = (Vec::new(), Vec::new());
+        let outcome = if !linked {
+            EventOutcome::IgnoredUnlinked
+        } else if hits.is_empty() {
+            EventOutcome::IgnoredNoRule
+        } else {
+            let dek = self.subject_dek_in(tx, id).await?;
+            for hit in hits {
+                // A target removed from the registry gets nothing (audited).
+                let Some(target) = self.registry().by_spiffe_id(&hit.rule.target) else {
+                    skipped.push(hit.rule.id());
+                    continue;
+                };
+                let token = self.pairwise_for(tx, target, id).await?;
+                let command = NewCommand {
+                    command_id: new_command_id(self)?,
+                    recipient: target.name.clone(),
+                    subject: *id,
+                    pairwise_token: token,
+                    source: caller.spiffe_id.clone(),
+                    event_type: event.event_type.clone(),
+                    command: hit.rule.command.clone(),
+                    rule_id: hit.rule.id(),
+                    payload: Vec::new(),
+                    created_at_ms: now,
+                };
+                let payload = rules::seal_payload(&dek, &header(&command), &hit.fields, self.rng())
+                    .map_err(|_| VaultError::Internal("command sealing"))?;
+                let command = NewCommand { payload, ..command };
+                tx.enqueue_command(&command).await?;
+                ids.push(command.command_id);
+            }
+            EventOutcome::Delivered(u32::try_from(ids.len()).unwrap_or(u32::MAX))
+        };
+        let row = EventRow {
+            source: caller.spiffe_id.clone(),
+            event_id: event.event_id.clone(),
+            subject: *id,
+            event_type: event.event_type.clone(),
+            outcome: outcome.word(),
+            commands: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            accepted_at_ms: now,
+        };
+        // `event_seen` ran in this transaction and audited transactions are
+        // serialised, so the id cannot have been taken since; if it was,
+        // roll everything back rather than commit commands as a duplicate.
+        if !tx.insert_event(&row).await? {
+            return Err(VaultError::Internal("event id taken concurrently"));
+        }
+        Ok((outcome, ids, skipped))
+    }
+
+    /// The subject's data key, inside `tx`.
+    async fn subject_dek_in(
+        &self,
+        tx: &mut AuditedTx,
+        id: &SubjectId,
+    ) -> Result<idvault_core::secret::DataKey, VaultError> {
+        let row = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
+        self.unwrap_subject_dek(id, &row)
+    }
+
+    /// Unwraps a subject row's data key.
+    fn unwrap_subject_dek(
+        &self,
+        id: &SubjectId,
+        row: &crate::store::SubjectRow,
+    ) -> Result<idvault_core::secret::DataKey, VaultError> {
+        let kek = self.keys().kek(row.wrapped_dek.kek_version)?;
+        keys::unwrap_dek(&kek, id, &row.wrapped_dek)
+            .map_err(|_| VaultError::Integrity("data key unwrap"))
+    }
+
+    /// `partner`'s pairwise token for the subject, issued if it has none.
+    async fn pairwise_for(
+        &self,
+        tx: &mut AuditedTx,
+        partner: &Partner,
+        id: &SubjectId,
+    ) -> Result<String, VaultError> {
+        match tx.pairwise_tokens(&partner.name, &[*id]).await?.remove(id) {
+            Some(t) => Ok(t),
+            None => self.issue_pairwise(tx, partner, id).await,
+        }
+    }
+
+    /// Authorises a command receiver and takes one of its stream slots
+    /// (refusals audited).
+    pub async fn open_command_stream(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+    ) -> Result<StreamSlot, VaultError> {
+        const A: Action = Action::ReceiveCommands;
+        let partner = self.authorize(caller, A).await?;
+        let taken = match self.command_streams.lock() {
+            Ok(mut m) => {
+                let n = m.entry(partner.name.clone()).or_insert(0);
+                if *n >= MAX_STREAMS_PER_PARTNER {
+                    false
+                } else {
+                    *n += 1;
+                    true
+                }
+            }
+            Err(_) => false,
+        };
+        if !taken {
+            let err = VaultError::TooManyStreams(MAX_STREAMS_PER_PARTNER);
+            return self.refuse(caller, A, None, err).await;
+        }
+        Ok(StreamSlot {
+            vault: std::sync::Arc::clone(self),
+            partner: partner.name.clone(),
+        })
+    }
+
+    /// Ends every following command stream (server shutdown).
+    pub fn stop_streams(&self) {
+        self.streams_stop.send_replace(true);
+    }
+
+    /// Whether streams must end, and a receiver to wait for it.
+    pub fn streams_stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.streams_stop.subscribe()
+    }
+
+    /// The calling partner's next unacknowledged commands after outbox
+    /// position `after`, fields opened; the delivery is audited.
+    ///
+    /// Rows are read and opened outside the write lock; only the delivery
+    /// count and the audit record are written under it. A command that
+    /// cannot be opened (a tampered row, a missing key) is not sent: it is
+    /// named in the audit record and logged by id, and the cursor moves
+    /// past it, so one bad row cannot stop the partner's other commands.
+    pub async fn next_commands(&self, caller: &Caller, after: u64) -> Result<Batch, VaultError> {
+        const A: Action = Action::ReceiveCommands;
+        let partner = self.authorize(caller, A).await?;
+        let r = async {
+            let rows = self
+                .store()
+                .pending_commands(&partner.name, after, DELIVERY_BATCH)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(Batch {
+                    commands: Vec::new(),
+                    next_after: after,
+                });
+            };
+            let next_after = last.seq;
+            let mut out = Vec::with_capacity(rows.len());
+            let mut unreadable = Vec::new();
+            let mut deks: Vec<(SubjectId, idvault_core::secret::DataKey)> = Vec::new();
+            for row in rows {
+                match self.open_command(&row, &mut deks).await {
+                    Ok(Some(d)) => out.push(d),
+                    // Its subject was deleted since the read: gone.
+                    Ok(None) => {}
+                    Err(VaultError::Integrity(what)) => {
+                        tracing::error!(command_id = %row.command.command_id, what, "outbox command cannot be opened; skipped");
+                        unreadable.push(row.command.command_id);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut tx = self.begin().await?;
+            let seqs: Vec<u64> = out.iter().map(|d| d.seq).collect();
+            tx.count_deliveries(&partner.name, &seqs).await?;
+            let ids: Vec<&str> = out.iter().map(|d| d.command.command_id.as_str()).collect();
+            let mut detail = format!("delivered={} ids={}", out.len(), ids.join(","));
+            if !unreadable.is_empty() {
+                detail.push_str(&format!(" unreadable={}", unreadable.join(",")));
+            }
+            self.commit_with(tx, caller, A, detail).await?;
+            Ok(Batch {
+                commands: out,
+                next_after,
+            })
+        }
+        .await;
+        self.audited_failure(caller, A, r).await
+    }
+
+    /// Opens one outbox row; `None` when its subject is gone. `deks`
+    /// caches the batch's data keys.
+    async fn open_command(
+        &self,
+        row: &crate::store::CommandRow,
+        deks: &mut Vec<(SubjectId, idvault_core::secret::DataKey)>,
+    ) -> Result<Option<Delivered>, VaultError> {
+        let c = &row.command;
+        if !deks.iter().any(|(s, _)| *s == c.subject) {
+            let Some(subject) = self.store().subject_row(&c.subject).await? else {
+                return Ok(None);
+            };
+            let dek = self.unwrap_subject_dek(&c.subject, &subject)?;
+            deks.push((c.subject, dek));
+        }
+        let dek = deks
+            .iter()
+            .find(|(s, _)| *s == c.subject)
+            .map(|(_, d)| d)
+            .ok_or(VaultError::Internal("data key cache"))?;
+        let fields = rules::open_payload(dek, &header(c), &c.payload)
+            .map_err(|_| VaultError::Integrity("command payload"))?;
+        Ok(Some(Delivered {
+            seq: row.seq,
+            command: pb::Command {
+                command_id: c.command_id.clone(),
+                pairwise_token: c.pairwise_token.clone(),
+                subject_seq: row.subject_seq,
+                command: c.command.clone(),
+                event_type: c.event_type.clone(),
+                source: c.source.clone(),
+                fields: fields
+                    .iter()
+                    .map(|(n, v)| pb::EventField {
+                        name: n.clone(),
+                        value: v.expose().to_owned(),
+                    })
+                    .collect(),
+                created_at_ms: c.created_at_ms,
+                rule_id: c.rule_id.clone(),
+                delivery_attempt: row.deliveries,
+            },
+        }))
+    }
+
+    /// Acknowledges the calling partner's commands; returns how many this
+    /// call acknowledged.
+    pub async fn ack_commands(&self, caller: &Caller, ids: Vec<String>) -> Result<u32, VaultError> {
+        const A: Action = Action::ReceiveCommands;
+        let partner = self.authorize(caller, A).await?;
+        if ids.len() > MAX_ACK_IDS {
+            return self
+                .refuse(
+                    caller,
+                    A,
+                    None,
+                    VaultError::BadRequest(format!("at most {MAX_ACK_IDS} command ids per call")),
+                )
+                .await;
+        }
+        let r = async {
+            let mut tx = self.begin().await?;
+            // Ids of another shape name no command (and never reach the
+            // database).
+            let ids: Vec<String> = ids
+                .into_iter()
+                .filter(|i| rules::valid_command_id(i))
+                .collect();
+            let n = tx.ack_commands(&partner.name, &ids).await?;
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            self.commit_with(tx, caller, A, format!("acknowledged={n}"))
+                .await?;
+            Ok(n)
+        }
+        .await;
+        self.audited_failure(caller, A, r).await
+    }
+
+    async fn audited_failure<T>(
+        &self,
+        caller: &Caller,
+        action: Action,
+        r: Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => self.audit_failure(caller, action, None, e).await,
+        }
+    }
+
+    /// A device action on the person's links and rules, inside the device
+    /// call's transaction; returns the outcome and the audit detail (ids
+    /// and counts only).
+    pub(crate) async fn rules_action(
+        &self,
+        tx: &mut AuditedTx,
+        subject: &SubjectId,
+        action: &DeviceAction,
+    ) -> Result<Option<(DeviceOutcome, String)>, VaultError> {
+        let now = self.now_millis();
+        Ok(Some(match action {
+            DeviceAction::LinkEntity(e) => {
+                if self.registry().by_spiffe_id(e).is_none() {
+                    return Err(VaultError::Refused(Refusal::EntityUnknown));
+                }
+                let linked = tx.link_entity(subject, e, now).await?;
+                (
+                    DeviceOutcome::Linked(linked),
+                    format!("entity={e} linked={linked}"),
+                )
+            }
+            DeviceAction::UnlinkEntity(e) => {
+                // Withdrawing trust withdraws what still waits for it.
+                let recipient = self.registry().by_spiffe_id(e).map(|p| p.name.as_str());
+                let (unlinked, removed, withdrawn) =
+                    tx.unlink_entity(subject, e, recipient).await?;
+                let removed = u32::try_from(removed).unwrap_or(u32::MAX);
+                (
+                    DeviceOutcome::Unlinked {
+                        unlinked,
+                        rules_removed: removed,
+                    },
+                    format!(
+                        "entity={e} unlinked={unlinked} rules_removed={removed} commands_withdrawn={withdrawn}"
+                    ),
+                )
+            }
+            DeviceAction::SetRules(rules) => {
+                let linked: Vec<String> = tx
+                    .links_of(subject)
+                    .await?
+                    .into_iter()
+                    .map(|(e, _)| e)
+                    .collect();
+                if rules
+                    .iter()
+                    .any(|r| r.entities().iter().any(|e| !linked.iter().any(|l| l == e)))
+                {
+                    return Err(VaultError::Refused(Refusal::EntityNotLinked));
+                }
+                tx.set_rules(subject, rules).await?;
+                let ids: Vec<String> = rules.iter().map(Rule::id).collect();
+                (
+                    DeviceOutcome::Rules(rules.clone()),
+                    format!("rules={} ids={}", rules.len(), ids.join(",")),
+                )
+            }
+            DeviceAction::ListRules => {
+                let entities = tx.links_of(subject).await?;
+                let rules = tx.rules_of(subject).await?;
+                let detail = format!("entities={} rules={}", entities.len(), rules.len());
+                (DeviceOutcome::RuleList { entities, rules }, detail)
+            }
+            DeviceAction::SuggestRules => {
+                let me = tx.history_of(subject).await?;
+                let mine = tx.rules_of(subject).await?;
+                let entities: Vec<String> = me.linked.iter().cloned().collect();
+                let peers: Vec<rules::Peer> = tx
+                    .peers(subject, &entities, MAX_PEERS)
+                    .await?
+                    .into_iter()
+                    .map(|(history, rules)| rules::Peer { history, rules })
+                    .collect();
+                let s: Vec<Suggestion> = rules::suggest(
+                    &me,
+                    &mine,
+                    &peers,
+                    rules::DEFAULT_MIN_SUPPORT,
+                    rules::MAX_SUGGESTIONS,
+                );
+                let detail = format!("peers={} suggestions={}", peers.len(), s.len());
+                (DeviceOutcome::Suggestions(s), detail)
+            }
+            _ => return Ok(None),
+        }))
+    }
+}

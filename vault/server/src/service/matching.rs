@@ -1,0 +1,705 @@
+//! Blind matching use cases: index subjects' variants on write, answer
+//! match queries with pairwise tokens, pace partners, backfill domains.
+//!
+//! Index rows are written in the same transaction as the packets they
+//! describe, for every configured match domain, under the current key
+//! version; a query probes every live version. Every query runs inside an
+//! audited transaction, so a subject deleted before it is never answered,
+//! and the audit record lists which subjects were revealed to whom.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use idvault_policies::Action;
+use idvault_tokenizer::NormalizeOptions;
+use idvault_tokenizer::matching::Level;
+use idvault_tokenizer::variants::MatchField;
+
+use crate::config::{Partner, PartnerRegistry};
+use crate::service::{Caller, Vault, VaultError};
+use crate::store::{AuditedTx, MatchRow};
+use idvault_core::keys::KeyError;
+use idvault_core::matching::{
+    MatchKeyring, QueryPlan, decode_signature, encode_signature, field_mask,
+};
+use idvault_core::subject::{FieldName, FieldValue, SubjectId, validate_fields};
+
+/// Most queries in one batch message.
+pub const MAX_BATCH: usize = 100;
+/// Most candidates one query may ask for.
+pub const MAX_RESULTS: u32 = 10;
+/// Candidates scored per query (those holding the most blocking indexes).
+pub const CANDIDATE_LIMIT: u32 = 64;
+/// Candidates fetched first: enough when the best of them beats anything
+/// a lower-ranked candidate could score (see `best_candidates`).
+pub const FIRST_CANDIDATES: u32 = 8;
+/// Lowest `min_score` a query may set: the vault's match threshold.
+pub const MIN_SCORE: f64 = 0.5;
+/// Longest `query_id`.
+pub const MAX_QUERY_ID: usize = 128;
+/// Prefix of pairwise tokens.
+pub const PAIRWISE_PREFIX: &str = "pw_";
+
+/// One match query as received.
+#[derive(Debug, Clone, Default)]
+pub struct MatchQuery {
+    /// `(catalogue name, value)` pairs.
+    pub fields: Vec<(String, String)>,
+    /// Most candidates (0 means 1).
+    pub max_results: u32,
+    /// Lowest score (0 means [`MIN_SCORE`]).
+    pub min_score: f64,
+    /// Caller reference, echoed.
+    pub query_id: String,
+}
+
+/// One answer candidate: no PII, only this partner's token for the subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchCandidate {
+    /// The partner's pairwise token.
+    pub pairwise_token: String,
+    /// Score in \[0, 1\].
+    pub score: f64,
+    /// Fields that agreed, and how.
+    pub agreements: Vec<(MatchField, Level)>,
+}
+
+/// The answer to one query of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryAnswer {
+    /// Answered (possibly with no candidate).
+    Answered(Vec<MatchCandidate>),
+    /// Refused; the reason names fields and figures, never values.
+    Refused(String),
+}
+
+/// How a batch meets the partner's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Refuse when the budget is spent (unary calls).
+    Refuse,
+    /// Wait for the budget (streams: a bulk job runs at the allowed rate).
+    Wait,
+}
+
+/// Blind-matching state of a vault: settings, derived keyrings, limiters.
+#[derive(Debug)]
+pub(crate) struct MatchState {
+    opts: NormalizeOptions,
+    domains: Vec<String>,
+    keyrings: Mutex<HashMap<(String, u32), Arc<MatchKeyring>>>,
+    limiters: HashMap<String, DefaultDirectRateLimiter>,
+}
+
+impl MatchState {
+    pub(crate) fn new(registry: &PartnerRegistry, default_country_code: Option<u16>) -> Self {
+        let limiters = registry
+            .partners()
+            .iter()
+            .map(|p| {
+                let per = NonZeroU32::new(p.match_rate.per_second).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(p.match_rate.burst).unwrap_or(NonZeroU32::MIN);
+                (
+                    p.name.clone(),
+                    RateLimiter::direct(Quota::per_second(per).allow_burst(burst)),
+                )
+            })
+            .collect();
+        Self {
+            opts: NormalizeOptions {
+                default_country_code,
+            },
+            domains: registry.match_domains(),
+            keyrings: Mutex::new(HashMap::new()),
+            limiters,
+        }
+    }
+}
+
+/// A subject's blind indexes in one match domain: `(field, index,
+/// blocking)` entries at key `version`.
+#[derive(Debug, Clone)]
+pub(crate) struct DomainIndexes {
+    domain: String,
+    version: u32,
+    entries: Vec<(MatchField, i64, bool)>,
+}
+
+/// A validated query, ready to run.
+struct Planned {
+    plan: QueryPlan,
+    max_results: usize,
+    min_score: f64,
+}
+
+fn validate(
+    q: MatchQuery,
+    keyrings: &[Arc<MatchKeyring>],
+    opts: &NormalizeOptions,
+) -> Result<Planned, String> {
+    if q.query_id.len() > MAX_QUERY_ID {
+        return Err(format!("query_id is longer than {MAX_QUERY_ID} bytes"));
+    }
+    let max_results = match q.max_results {
+        0 => 1,
+        n if n <= MAX_RESULTS => n,
+        _ => return Err(format!("max_results must be at most {MAX_RESULTS}")),
+    };
+    let min_score = if q.min_score == 0.0 {
+        MIN_SCORE
+    } else {
+        q.min_score
+    };
+    // NaN fails both comparisons' negation, so test the accepted range.
+    if !(MIN_SCORE..=1.0).contains(&min_score) {
+        return Err(format!("min_score must be in [{MIN_SCORE}, 1]"));
+    }
+    let fields = validate_fields(q.fields).map_err(|e| e.to_string())?;
+    let mut matchable: Vec<(MatchField, &str)> = Vec::with_capacity(fields.len());
+    for (name, value) in &fields {
+        let Some(f) = MatchField::parse(name.as_str()) else {
+            return Err(format!(
+                "field '{}' is not matchable (matchable: {})",
+                name.as_str(),
+                MatchField::ALL.map(MatchField::name).join(", ")
+            ));
+        };
+        matchable.push((f, value.expose()));
+    }
+    let plan = QueryPlan::new(keyrings, &matchable, opts).map_err(|e| e.to_string())?;
+    Ok(Planned {
+        plan,
+        max_results: usize::try_from(max_results).unwrap_or(1),
+        min_score,
+    })
+}
+
+/// Validates and plans `q` as the service does, without a store: for the
+/// fuzz target over decoded requests. Returns the blocking probe count.
+pub fn check_query(
+    q: MatchQuery,
+    keyrings: &[Arc<MatchKeyring>],
+    opts: &NormalizeOptions,
+) -> Result<usize, String> {
+    validate(q, keyrings, opts).map(|p| p.plan.blocking_indexes().len())
+}
+
+/// A scored candidate.
+struct Hit {
+    subject: SubjectId,
+    score: f64,
+    agreements: Vec<(MatchField, Level)>,
+}
+
+/// Candidates of one planned query in `domain` scoring at least its
+/// `min_score`, best first, at most `max_results`.
+async fn best_candidates(
+    tx: &mut AuditedTx,
+    partner: &Partner,
+    p: &Planned,
+) -> Result<Vec<Hit>, VaultError> {
+    let blocking = p.plan.blocking_indexes();
+    let domain = partner.match_domain.as_str();
+    // Most queries are settled by their few best-ranked candidates: a
+    // candidate ranked lower holds at most as many blocking indexes as the
+    // last one fetched, which caps what it could score. Only when the best
+    // so far does not beat that cap are the rest fetched.
+    let mut candidates = tx
+        .match_candidates(domain, &blocking, FIRST_CANDIDATES)
+        .await?;
+    if let Some(last) = candidates.last()
+        && candidates.len() == FIRST_CANDIDATES as usize
+    {
+        // Settled when the `max_results` best already fetched all beat
+        // anything a lower-ranked candidate could score.
+        let cap = p.plan.bound_with_blocking_hits(last.blocking_hits);
+        let mut above = 0;
+        for c in &candidates {
+            let entries = decode_signature(&c.signature)
+                .ok_or(VaultError::Integrity("match_subjects.signature"))?;
+            if p.plan.score(c.present, &entries).bits > cap {
+                above += 1;
+            }
+        }
+        if above < p.max_results {
+            candidates = tx
+                .match_candidates(domain, &blocking, CANDIDATE_LIMIT)
+                .await?;
+        }
+    }
+    let mut hits = Vec::new();
+    for c in candidates {
+        let entries = decode_signature(&c.signature)
+            .ok_or(VaultError::Integrity("match_subjects.signature"))?;
+        let sc = p.plan.score(c.present, &entries);
+        if sc.score >= p.min_score {
+            hits.push(Hit {
+                subject: c.subject,
+                score: sc.score,
+                agreements: sc
+                    .outcomes
+                    .iter()
+                    .filter_map(|o| o.level.map(|l| (o.field, l)))
+                    .collect(),
+            });
+        }
+    }
+    // Best first; ties in subject order, so answers are repeatable.
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.subject.as_bytes().cmp(b.subject.as_bytes()))
+    });
+    hits.truncate(p.max_results);
+    Ok(hits)
+}
+
+/// Whether `s` has the shape of a pairwise token: `pw_` and 26 lower-case
+/// base32 characters.
+pub fn valid_pairwise_token(s: &str) -> bool {
+    s.len() == PAIRWISE_PREFIX.len() + 26
+        && s.strip_prefix(PAIRWISE_PREFIX).is_some_and(|t| {
+            t.bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+        })
+}
+
+/// A new random pairwise token: `pw_` and 26 base32 characters (128 bits).
+fn new_pairwise_token(rng: &dyn idvault_core::Rng) -> Result<String, VaultError> {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b).map_err(KeyError::from)?;
+    let mut out = String::from(PAIRWISE_PREFIX);
+    idvault_tokenizer::token::base32_lower_into(&b, &mut out);
+    Ok(out)
+}
+
+impl Vault {
+    /// The keyrings of `domain`, newest version first (cached).
+    fn keyrings(&self, domain: &str) -> Result<Vec<Arc<MatchKeyring>>, VaultError> {
+        let current = self.keys().current_version();
+        let mut cache = self
+            .matching()
+            .keyrings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (1..=current)
+            .rev()
+            .map(|v| {
+                if let Some(k) = cache.get(&(domain.to_owned(), v)) {
+                    return Ok(Arc::clone(k));
+                }
+                let k = Arc::new(MatchKeyring::derive(self.keys(), domain, v)?);
+                cache.insert((domain.to_owned(), v), Arc::clone(&k));
+                Ok(k)
+            })
+            .collect()
+    }
+
+    /// The current keyring of `domain` (benchmarks load fixtures with it).
+    pub fn current_keyring(&self, domain: &str) -> Result<Arc<MatchKeyring>, VaultError> {
+        self.keyrings(domain)?
+            .into_iter()
+            .next()
+            .ok_or(VaultError::Internal("no key version"))
+    }
+
+    /// The country code phone numbers without one are read in.
+    pub fn match_options(&self) -> &NormalizeOptions {
+        &self.matching().opts
+    }
+
+    /// The blind indexes of `fields` in every match domain, current key
+    /// version (computed before the transaction). Non-matchable fields give
+    /// none.
+    pub(crate) fn match_rows_of(
+        &self,
+        fields: &[(FieldName, FieldValue)],
+    ) -> Result<Vec<DomainIndexes>, VaultError> {
+        let st = self.matching();
+        let mut out = Vec::with_capacity(st.domains.len());
+        for domain in &st.domains {
+            let ring = self.current_keyring(domain)?;
+            let mut entries = Vec::new();
+            for (name, value) in fields {
+                if let Some(f) = MatchField::parse(name.as_str()) {
+                    for (i, blocking) in ring.subject_indexes(f, value.expose(), &st.opts) {
+                        entries.push((f, i, blocking));
+                    }
+                }
+            }
+            out.push(DomainIndexes {
+                domain: domain.clone(),
+                version: ring.version(),
+                entries,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes a subject's indexes in `tx`. With `replace` (an update), the
+    /// subject's old indexes of those fields are dropped first and its
+    /// other fields' indexes kept.
+    pub(crate) async fn write_match_rows(
+        &self,
+        tx: &mut AuditedTx,
+        subject: &SubjectId,
+        replace: &[(FieldName, FieldValue)],
+        indexes: &[DomainIndexes],
+    ) -> Result<(), VaultError> {
+        let codes: Vec<u8> = replace
+            .iter()
+            .filter_map(|(n, _)| MatchField::parse(n.as_str()).map(MatchField::code))
+            .collect();
+        let update = !replace.is_empty();
+        if update && codes.is_empty() {
+            // An update of fields that are never matched: nothing changes.
+            return Ok(());
+        }
+        let mut old = if update {
+            tx.match_delete_fields(subject, &codes).await?;
+            tx.match_signatures(subject).await?
+        } else {
+            HashMap::new()
+        };
+        // One statement for every domain's signature, one for every
+        // domain's blocking rows: each statement is a round trip inside the
+        // write lock.
+        let mut signatures = Vec::with_capacity(indexes.len());
+        let mut rows: Vec<MatchRow<'_>> = Vec::new();
+        for d in indexes {
+            let mut entries: Vec<(MatchField, i64)> = match old.remove(&d.domain) {
+                Some(sig) => decode_signature(&sig)
+                    .ok_or(VaultError::Integrity("match_subjects.signature"))?
+                    .into_iter()
+                    .filter(|(f, _)| !codes.contains(&f.code()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            entries.extend(d.entries.iter().map(|(f, i, _)| (*f, *i)));
+            let present = field_mask(entries.iter().map(|(f, _)| *f));
+            signatures.push((d.domain.as_str(), present, encode_signature(&entries)));
+            rows.extend(
+                d.entries
+                    .iter()
+                    .filter(|(_, _, blocking)| *blocking)
+                    .map(|(f, i, _)| (d.domain.as_str(), f.code(), d.version, *i)),
+            );
+        }
+        tx.match_set_subject(subject, &signatures).await?;
+        tx.match_insert(subject, &rows).await?;
+        Ok(())
+    }
+
+    /// Records the creator's pairwise token of a new subject; returns it.
+    pub(crate) async fn issue_pairwise(
+        &self,
+        tx: &mut AuditedTx,
+        partner: &Partner,
+        subject: &SubjectId,
+    ) -> Result<String, VaultError> {
+        let token = new_pairwise_token(self.rng())?;
+        tx.pairwise_insert(&partner.name, &[(*subject, token.clone())])
+            .await?;
+        Ok(token)
+    }
+
+    /// Matches one query. A query with too little information is refused
+    /// with [`VaultError::BadRequest`]; a spent rate budget with
+    /// [`VaultError::RateLimited`]. Both are audited.
+    pub async fn match_one(
+        &self,
+        caller: &Caller,
+        query: MatchQuery,
+    ) -> Result<Vec<MatchCandidate>, VaultError> {
+        match self
+            .match_batch(caller, vec![query], Pacing::Refuse, true)
+            .await?
+            .pop()
+        {
+            Some(QueryAnswer::Answered(c)) => Ok(c),
+            // Refusals end the unary call (already audited in the batch).
+            Some(QueryAnswer::Refused(why)) => Err(VaultError::BadRequest(why)),
+            None => Err(VaultError::Internal("no answer")),
+        }
+    }
+
+    /// Matches a batch of queries (1 to [`MAX_BATCH`]), answering each in
+    /// order; a query with too little information gets a refusal in its
+    /// place. With `refusal_is_error`, a batch whose only query is refused
+    /// is audited as refused.
+    pub async fn match_batch(
+        &self,
+        caller: &Caller,
+        queries: Vec<MatchQuery>,
+        pacing: Pacing,
+        refusal_is_error: bool,
+    ) -> Result<Vec<QueryAnswer>, VaultError> {
+        const A: Action = Action::MatchSubjects;
+        let partner = self.authorize(caller, A).await?;
+        let n = queries.len();
+        if n == 0 || n > MAX_BATCH {
+            return self
+                .refuse(
+                    caller,
+                    A,
+                    None,
+                    VaultError::BadRequest(format!("a batch holds 1 to {MAX_BATCH} queries")),
+                )
+                .await;
+        }
+        self.spend_rate(caller, partner, n, pacing).await?;
+        let keyrings = match self.keyrings(&partner.match_domain) {
+            Ok(k) => k,
+            Err(e) => return self.audit_failure(caller, A, None, e).await,
+        };
+        let opts = &self.matching().opts;
+        let planned: Vec<Result<Planned, String>> = queries
+            .into_iter()
+            .map(|q| validate(q, &keyrings, opts))
+            .collect();
+        if refusal_is_error && let [Err(why)] = planned.as_slice() {
+            return self
+                .refuse(caller, A, None, VaultError::BadRequest(why.clone()))
+                .await;
+        }
+        match self.run_batch(caller, partner, planned).await {
+            Ok(a) => Ok(a),
+            Err(e) => self.audit_failure(caller, A, None, e).await,
+        }
+    }
+
+    async fn spend_rate(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        n: usize,
+        pacing: Pacing,
+    ) -> Result<(), VaultError> {
+        const A: Action = Action::MatchSubjects;
+        let Some(limiter) = self.matching().limiters.get(&partner.name) else {
+            return self
+                .refuse(caller, A, None, VaultError::Internal("no rate limiter"))
+                .await;
+        };
+        let cells =
+            NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let outcome = match pacing {
+            Pacing::Refuse => limiter.check_n(cells).map(|r| r.is_ok()),
+            Pacing::Wait => limiter.until_n_ready(cells).await.map(|()| true),
+        };
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.refuse(
+                    caller,
+                    A,
+                    None,
+                    VaultError::RateLimited(partner.match_rate.per_second),
+                )
+                .await
+            }
+            Err(_) => {
+                let burst = partner.match_rate.burst;
+                self.refuse(
+                    caller,
+                    A,
+                    None,
+                    VaultError::BadRequest(format!(
+                        "a batch of {n} queries exceeds this partner's match burst of {burst}"
+                    )),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn run_batch(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        planned: Vec<Result<Planned, String>>,
+    ) -> Result<Vec<QueryAnswer>, VaultError> {
+        let started = std::time::Instant::now();
+        let mut tx = self
+            .store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        let began = started.elapsed();
+        let mut kept: Vec<Result<Vec<Hit>, String>> = Vec::with_capacity(planned.len());
+        for p in planned {
+            kept.push(match p {
+                Ok(p) => Ok(best_candidates(&mut tx, partner, &p).await?),
+                Err(why) => Err(why),
+            });
+        }
+        let looked_up = started.elapsed();
+        let mut subjects: Vec<SubjectId> = kept
+            .iter()
+            .flat_map(|k| k.iter().flatten().map(|h| h.subject))
+            .collect();
+        subjects.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        subjects.dedup();
+        let mut tokens = if subjects.is_empty() {
+            HashMap::new()
+        } else {
+            tx.pairwise_tokens(&partner.name, &subjects).await?
+        };
+        // First answer to this partner about a subject: make its token.
+        let mut fresh = Vec::new();
+        for s in &subjects {
+            if !tokens.contains_key(s) {
+                let t = new_pairwise_token(self.rng())?;
+                tokens.insert(*s, t.clone());
+                fresh.push((*s, t));
+            }
+        }
+        if !fresh.is_empty() {
+            tx.pairwise_insert(&partner.name, &fresh).await?;
+        }
+        let refused = kept.iter().filter(|k| k.is_err()).count();
+        let matched = kept
+            .iter()
+            .filter(|k| matches!(k, Ok(c) if !c.is_empty()))
+            .count();
+        let detail = format!(
+            "queries={} refused={refused} matched={matched} subjects=[{}]",
+            kept.len(),
+            subjects
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let tokens_done = started.elapsed();
+        self.commit_with(tx, caller, Action::MatchSubjects, detail)
+            .await?;
+        // Phase timings for latency work (`RUST_LOG=idvault::matching=debug`).
+        tracing::debug!(
+            begin_us = began.as_micros(),
+            lookup_us = (looked_up - began).as_micros(),
+            tokens_us = (tokens_done - looked_up).as_micros(),
+            commit_us = (started.elapsed() - tokens_done).as_micros(),
+            "match batch timings"
+        );
+        Ok(kept
+            .into_iter()
+            .map(|k| match k {
+                Err(why) => QueryAnswer::Refused(why),
+                Ok(c) => QueryAnswer::Answered(
+                    c.into_iter()
+                        .map(|h| MatchCandidate {
+                            pairwise_token: tokens.get(&h.subject).cloned().unwrap_or_default(),
+                            score: h.score,
+                            agreements: h.agreements,
+                        })
+                        .collect(),
+                ),
+            })
+            .collect())
+    }
+
+    /// Makes every configured match domain cover every subject: forgets
+    /// domains no longer configured, and indexes existing subjects for new
+    /// ones (decrypting each subject's newest values). Run at start.
+    pub async fn prepare_matching(&self) -> Result<(), VaultError> {
+        let st = self.matching();
+        let recorded = self.store().match_domains().await?;
+        let indexed: Vec<&String> = recorded
+            .iter()
+            .filter(|(_, done)| *done)
+            .map(|(d, _)| d)
+            .collect();
+        let system = Caller::new("idvault");
+        let stale = recorded
+            .iter()
+            .filter(|(d, _)| !st.domains.contains(d))
+            .count();
+        if stale > 0 {
+            let mut tx = self
+                .store()
+                .begin_audited()
+                .await
+                .map_err(VaultError::AuditUnavailable)?;
+            let rows = tx.match_drop_domains_except(&st.domains).await?;
+            let detail = format!("reindex dropped_domains={stale} rows={rows}");
+            self.commit_with(tx, &system, Action::MatchSubjects, detail)
+                .await?;
+        }
+        for domain in st.domains.iter().filter(|d| !indexed.contains(d)) {
+            self.store().mark_match_domain(domain, 0).await?;
+            let n = self.backfill(&system, domain).await?;
+            // Bookkeeping only (no personal data): not an audited write.
+            self.store()
+                .mark_match_domain(domain, self.now_millis())
+                .await?;
+            tracing::info!(domain = %domain, subjects = n, "match domain indexed");
+        }
+        Ok(())
+    }
+
+    /// Indexes every subject for `domain`, a page per audited transaction;
+    /// returns subjects indexed.
+    async fn backfill(&self, system: &Caller, domain: &str) -> Result<u64, VaultError> {
+        const PAGE: u32 = 200;
+        let ring = self
+            .keyrings(domain)?
+            .into_iter()
+            .next()
+            .ok_or(VaultError::Internal("no key version"))?;
+        let opts = &self.matching().opts;
+        let mut after: Option<SubjectId> = None;
+        let mut total = 0u64;
+        loop {
+            let ids = self.store().subject_ids_after(after.as_ref(), PAGE).await?;
+            let Some(last) = ids.last().copied() else {
+                break;
+            };
+            after = Some(last);
+            let mut tx = self
+                .store()
+                .begin_audited()
+                .await
+                .map_err(VaultError::AuditUnavailable)?;
+            for id in &ids {
+                // Deleted since the page was read: nothing to index.
+                let Some(row) = tx.subject(id).await? else {
+                    continue;
+                };
+                let packets = tx.packets(id).await?;
+                let kek = self.keys().kek(row.wrapped_dek.kek_version)?;
+                let dek = idvault_core::keys::unwrap_dek(&kek, id, &row.wrapped_dek)
+                    .map_err(|_| VaultError::Integrity("data key unwrap"))?;
+                let values = idvault_core::packet::newest_values(
+                    id,
+                    &dek,
+                    packets.iter().map(|(_, b)| b.as_slice()),
+                )
+                .map_err(|_| VaultError::Integrity("packet open"))?;
+                let mut entries = Vec::new();
+                let mut rows = Vec::new();
+                for (name, value) in &values {
+                    if let Some(f) = MatchField::parse(name.as_str()) {
+                        for (i, blocking) in ring.subject_indexes(f, value.expose(), opts) {
+                            entries.push((f, i));
+                            if blocking {
+                                rows.push((domain, f.code(), ring.version(), i));
+                            }
+                        }
+                    }
+                }
+                let present = field_mask(entries.iter().map(|(f, _)| *f));
+                tx.match_set_subject(id, &[(domain, present, encode_signature(&entries))])
+                    .await?;
+                tx.match_insert(id, &rows).await?;
+                total += 1;
+            }
+            let detail = format!("reindex domain={domain} subjects={}", ids.len());
+            self.commit_with(tx, system, Action::MatchSubjects, detail)
+                .await?;
+        }
+        Ok(total)
+    }
+}

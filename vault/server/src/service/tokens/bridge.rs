@@ -1,0 +1,375 @@
+//! Identity-bridge import: link a customer's identifiers to one entity
+//! token, merging fragments (see [`idvault_core::xref`]).
+
+use idvault_policies::Action;
+use idvault_tokenizer::{IdentifierType, NormalizeOptions, normalize};
+
+use crate::service::{Caller, Vault, VaultError};
+use idvault_core::crypto::HASH_LEN;
+use idvault_core::keys::KeyError;
+use idvault_core::xref::{blind_index, plan_record};
+
+/// Most records in one import batch (one transaction).
+pub const MAX_BATCH: usize = 1000;
+
+/// An identifier as received: in clear, or sealed with the bridge key.
+/// `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum IdValue {
+    /// Clear text.
+    Plain(String),
+    /// `seal_bridge_identifier` output.
+    Sealed(Vec<u8>),
+}
+
+impl std::fmt::Debug for IdValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain(v) => write!(f, "Plain({} bytes, redacted)", v.len()),
+            Self::Sealed(v) => write!(f, "Sealed({} bytes)", v.len()),
+        }
+    }
+}
+
+/// One bridge record as received (its `Debug` redacts identifier values).
+#[derive(Debug, Clone, Default)]
+pub struct BridgeRecord {
+    /// The sender's record id, echoed in errors and merges (not PII).
+    pub record_id: String,
+    /// The customer's identifiers.
+    pub identifiers: Vec<(IdentifierType, IdValue)>,
+    /// Customer location code (validated, not a link key).
+    pub customer_location: Option<String>,
+    /// Address location code (validated, not a link key).
+    pub address_location: Option<String>,
+}
+
+/// A merge the import performed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// Record that revealed the fragments.
+    pub record_id: String,
+    /// Token that survives.
+    pub surviving: String,
+    /// Tokens that became aliases of it.
+    pub merged: Vec<String>,
+}
+
+/// A record that was not imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// Position in the batch.
+    pub index: usize,
+    /// The record's id.
+    pub record_id: String,
+    /// Why (names the identifier type, never the value).
+    pub reason: String,
+}
+
+/// Import counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Records received.
+    pub records: u64,
+    /// New entities.
+    pub entities_created: u64,
+    /// New identifier links.
+    pub identifiers_linked: u64,
+    /// Records that changed nothing (already imported).
+    pub records_unchanged: u64,
+    /// Fragment merges.
+    pub merges: Vec<Merge>,
+    /// Records refused.
+    pub rejected: Vec<RecordError>,
+}
+
+impl ImportSummary {
+    /// Adds another batch's counts.
+    pub fn absorb(&mut self, other: Self) {
+        self.records += other.records;
+        self.entities_created += other.entities_created;
+        self.identifiers_linked += other.identifiers_linked;
+        self.records_unchanged += other.records_unchanged;
+        self.merges.extend(other.merges);
+        self.rejected.extend(other.rejected);
+    }
+}
+
+struct Prepared {
+    record_id: String,
+    /// (type, blind indexes for every live key version newest first, normalised value)
+    ids: Vec<(
+        IdentifierType,
+        Vec<[u8; HASH_LEN]>,
+        zeroize::Zeroizing<String>,
+    )>,
+}
+
+impl Vault {
+    fn prepare(
+        &self,
+        index: usize,
+        r: BridgeRecord,
+        opts: &NormalizeOptions,
+        keys: &[idvault_core::xref::XrefIndexKey],
+    ) -> Result<Prepared, RecordError> {
+        let fail = |reason: String| RecordError {
+            index,
+            record_id: r.record_id.clone(),
+            reason,
+        };
+        if r.record_id.len() > 128 || r.record_id.chars().any(char::is_control) {
+            return Err(fail(
+                "record_id must be at most 128 printable characters".into(),
+            ));
+        }
+        if r.identifiers.is_empty() {
+            return Err(fail("no identifiers".into()));
+        }
+        if r.identifiers.len() > 64 {
+            return Err(fail("more than 64 identifiers".into()));
+        }
+        for loc in [&r.customer_location, &r.address_location]
+            .into_iter()
+            .flatten()
+        {
+            normalize(IdentifierType::Location, loc, opts).map_err(|e| fail(e.to_string()))?;
+        }
+        let mut ids: Vec<(
+            IdentifierType,
+            Vec<[u8; HASH_LEN]>,
+            zeroize::Zeroizing<String>,
+        )> = Vec::new();
+        for (ty, value) in &r.identifiers {
+            let opened;
+            let raw: &str = match value {
+                IdValue::Plain(v) => v,
+                IdValue::Sealed(bytes) => {
+                    let key = idvault_core::xref::sealed_bridge_version(bytes)
+                        .and_then(|v| self.keys().bridge_seal_key(v).ok())
+                        .ok_or_else(|| fail(format!("sealed {ty} names an unknown key version")))?;
+                    opened = idvault_core::xref::open_bridge_identifier(&key, *ty, bytes).map_err(
+                        |_| fail(format!("sealed {ty} does not open with the bridge key")),
+                    )?;
+                    &opened
+                }
+            };
+            let n = normalize(*ty, raw, opts).map_err(|e| fail(e.to_string()))?;
+            let idx: Vec<[u8; HASH_LEN]> = keys.iter().map(|k| blind_index(k, *ty, &n)).collect();
+            if !ids.iter().any(|(_, other, _)| other.first() == idx.first()) {
+                ids.push((*ty, idx, zeroize::Zeroizing::new(n.into_owned())));
+            }
+        }
+        Ok(Prepared {
+            record_id: r.record_id,
+            ids,
+        })
+    }
+
+    /// Imports one batch of bridge records in one audited transaction.
+    /// Invalid records are reported, not imported; valid ones are.
+    pub async fn import_bridge(
+        &self,
+        caller: &Caller,
+        records: Vec<BridgeRecord>,
+        opts: NormalizeOptions,
+    ) -> Result<ImportSummary, VaultError> {
+        const A: Action = Action::ImportBridge;
+        let owner = self.authorize(caller, A).await?.name.clone();
+        if records.len() > MAX_BATCH {
+            return self
+                .refuse(
+                    caller,
+                    A,
+                    None,
+                    VaultError::BadRequest(format!(
+                        "at most {MAX_BATCH} records per ImportBridge message"
+                    )),
+                )
+                .await;
+        }
+        let result = async {
+            let current = self.keys().current_version();
+            // Newest version first: new links use it; older ones still find old links.
+            let keys = (1..=current)
+                .rev()
+                .map(|v| self.keys().xref_index_key(&owner, v))
+                .collect::<Result<Vec<_>, KeyError>>()?;
+            let mut summary = ImportSummary {
+                records: records.len() as u64,
+                ..ImportSummary::default()
+            };
+            let seal_key = self.keys().xref_seal_key(current)?;
+            let mut prepared = Vec::with_capacity(records.len());
+            for (i, r) in records.into_iter().enumerate() {
+                match self.prepare(i, r, &opts, &keys) {
+                    Ok(p) => prepared.push(p),
+                    Err(e) => summary.rejected.push(e),
+                }
+            }
+            let now = self.now_millis();
+            let mut tx = self
+                .store()
+                .begin_audited()
+                .await
+                .map_err(VaultError::AuditUnavailable)?;
+            for p in &prepared {
+                // One query for every identifier and key version of the record.
+                let all: Vec<[u8; HASH_LEN]> = p
+                    .ids
+                    .iter()
+                    .flat_map(|(_, idx, _)| idx.iter().copied())
+                    .collect();
+                let found = tx.xref_lookup(&all).await?;
+                let existing: Vec<Option<String>> = p
+                    .ids
+                    .iter()
+                    .map(|(_, idx, _)| idx.iter().find_map(|i| found.get(i)).cloned())
+                    .collect();
+                let mut fresh_err = None;
+                let plan = plan_record(&existing, || {
+                    let mut b = [0u8; 16];
+                    if let Err(e) = self.rng().fill(&mut b) {
+                        fresh_err = Some(e);
+                    }
+                    idvault_tokenizer::token::entity_token(&b)
+                });
+                if let Some(e) = fresh_err {
+                    return Err(VaultError::Key(e.into()));
+                }
+                if plan.is_noop() {
+                    summary.records_unchanged += 1;
+                    continue;
+                }
+                if plan.created {
+                    tx.xref_create(&owner, &plan.token, now).await?;
+                    summary.entities_created += 1;
+                }
+                if !plan.merged.is_empty() {
+                    tx.xref_merge(&plan.token, &plan.merged).await?;
+                    summary.merges.push(Merge {
+                        record_id: p.record_id.clone(),
+                        surviving: plan.token.clone(),
+                        merged: plan.merged.clone(),
+                    });
+                }
+                for &i in &plan.new_links {
+                    if let Some((ty, idx, value)) = p.ids.get(i)
+                        && let Some(bi) = idx.first()
+                    {
+                        let sealed =
+                            idvault_core::xref::seal_identifier(&seal_key, bi, value, self.rng())
+                                .map_err(|e| VaultError::Key(e.into()))?;
+                        tx.xref_link(bi, current, ty.name(), &owner, &plan.token, sealed)
+                            .await?;
+                        summary.identifiers_linked += 1;
+                    }
+                }
+            }
+            let detail = format!(
+                "records={} created={} linked={} merged={} unchanged={} rejected={}",
+                summary.records,
+                summary.entities_created,
+                summary.identifiers_linked,
+                summary.merges.len(),
+                summary.records_unchanged,
+                summary.rejected.len()
+            );
+            if summary.entities_created + summary.identifiers_linked > 0
+                || !summary.merges.is_empty()
+            {
+                tx.xref_bump_generation().await?;
+            }
+            self.commit_with(tx, caller, A, detail).await?;
+            Ok::<_, VaultError>(summary)
+        }
+        .await;
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => return self.audit_failure(caller, A, None, e).await,
+        };
+        // Links or merges changed: cached lookups may be stale.
+        self.xref_cache().clear();
+        Ok(summary)
+    }
+}
+
+/// What detokenization reveals. `Debug` shows the token and identifier
+/// types, never the identifiers.
+pub struct Detokenized {
+    /// The canonical entity token (differs from the input for an alias).
+    pub token: String,
+    /// The customer's identifiers, normalised.
+    pub identifiers: Vec<(IdentifierType, zeroize::Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for Detokenized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let types: Vec<&str> = self.identifiers.iter().map(|(t, _)| t.name()).collect();
+        write!(
+            f,
+            "Detokenized({}, identifiers {types:?}, values redacted)",
+            self.token
+        )
+    }
+}
+
+impl Vault {
+    /// Resolves an entity token (or alias) to its customer's identifiers.
+    /// Only for partners whose role allows it; always audited. Reads happen
+    /// inside the audited transaction, so a concurrent merge is seen whole.
+    pub async fn detokenize(
+        &self,
+        caller: &Caller,
+        token: &str,
+    ) -> Result<Detokenized, VaultError> {
+        const A: Action = Action::Detokenize;
+        let owner = self.authorize(caller, A).await?.name.clone();
+        if !idvault_tokenizer::token::is_entity_token(token) {
+            let err = VaultError::BadRequest(
+                "not an entity token (et_ followed by 26 base32 characters)".into(),
+            );
+            return self.refuse(caller, A, None, err).await;
+        }
+        match self.detokenize_inner(caller, &owner, token).await {
+            Ok(d) => Ok(d),
+            Err(e) => self.audit_failure(caller, A, None, e).await,
+        }
+    }
+
+    async fn detokenize_inner(
+        &self,
+        caller: &Caller,
+        owner: &str,
+        token: &str,
+    ) -> Result<Detokenized, VaultError> {
+        let mut tx = self
+            .store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        let canonical = tx
+            .xref_resolve(owner, token)
+            .await?
+            .ok_or(VaultError::NotFound)?;
+        let links = tx.xref_links_of(&canonical).await?;
+        let mut identifiers = Vec::with_capacity(links.len());
+        for (ty, version, bi, sealed) in links {
+            let key = self.keys().xref_seal_key(version)?;
+            let value = idvault_core::xref::open_identifier(&key, &bi, &sealed)
+                .map_err(|_| VaultError::Integrity("sealed identifier"))?;
+            let ty = IdentifierType::parse(&ty).ok_or(VaultError::Integrity("identifier type"))?;
+            identifiers.push((ty, value));
+        }
+        let detail = format!(
+            "token={token} canonical={canonical} identifiers={}",
+            identifiers.len()
+        );
+        self.commit_with(tx, caller, Action::Detokenize, detail)
+            .await?;
+        Ok(Detokenized {
+            token: canonical,
+            identifiers,
+        })
+    }
+}

@@ -1,0 +1,393 @@
+//! Tokenizing usage logs inside the vault (the `TokenizeLog` stream), in
+//! stateless mode (the domain key is derived here and never leaves) or in
+//! cross-reference mode (identifiers become their customer's entity token).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use idvault_policies::{Action, Resource};
+use idvault_tokenizer::rewrite::FieldSpec;
+use idvault_tokenizer::rewrite::{Format, Reject, Rewriter, Splitter, TokenSource};
+use idvault_tokenizer::{DomainKey, IdentifierType, NormalizeOptions};
+use zeroize::Zeroize;
+
+use crate::service::{Caller, Vault, VaultError};
+use idvault_core::crypto::HASH_LEN;
+use idvault_core::xref::{XrefIndexKey, blind_index};
+use idvault_tokenizer::pipeline::MAX_RECORD_BYTES;
+
+/// Entries kept in the lookup cache before it is emptied.
+const CACHE_LIMIT: usize = 1_000_000;
+
+/// Identifier → canonical entity token, by current-version blind index.
+///
+/// Entries are tagged with the cross-reference generation they were read
+/// under. Imports that change links bump the generation in the database
+/// (so every replica sees it) and clear this cache locally; a lookup that
+/// raced with such an import does not insert its possibly pre-merge answer.
+#[derive(Debug, Default)]
+pub struct XrefCache(RwLock<CacheInner>);
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    generation: i64,
+    /// `None` records "linked to no entity" (any import that adds links
+    /// bumps the generation, which empties the cache).
+    map: HashMap<[u8; HASH_LEN], Option<String>>,
+}
+
+impl XrefCache {
+    /// Drops every entry and forgets the generation.
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.0.write() {
+            c.map.clear();
+            c.generation = -1;
+        }
+    }
+
+    /// Makes the cache current for `generation`, dropping older entries.
+    fn sync(&self, generation: i64) {
+        if let Ok(mut c) = self.0.write()
+            && c.generation != generation
+        {
+            c.map.clear();
+            c.generation = generation;
+        }
+    }
+
+    fn get(&self, k: &[u8; HASH_LEN]) -> Option<Option<String>> {
+        self.0.read().ok()?.map.get(k).cloned()
+    }
+
+    fn insert(&self, generation: i64, k: [u8; HASH_LEN], v: Option<String>) {
+        if let Ok(mut c) = self.0.write() {
+            if c.generation != generation {
+                return;
+            }
+            if c.map.len() >= CACHE_LIMIT {
+                c.map.clear();
+            }
+            c.map.insert(k, v);
+        }
+    }
+}
+
+/// How tokens are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `tk_<domain>_v<n>_…` from the domain key.
+    Stateless {
+        /// Token domain.
+        domain: String,
+    },
+    /// The customer's entity token from the cross-reference table.
+    CrossReference,
+}
+
+/// Settings of one tokenize stream.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Record format.
+    pub format: Format,
+    /// Fields to replace.
+    pub fields: Vec<FieldSpec>,
+    /// Token mode.
+    pub mode: Mode,
+    /// Phone normalisation.
+    pub opts: NormalizeOptions,
+    /// CSV header row (CSV only).
+    pub csv_header: Vec<u8>,
+}
+
+/// Records every identifier asked for, answering with a placeholder.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<(IdentifierType, String)>>);
+
+impl TokenSource for Collect {
+    fn token_into(
+        &self,
+        ty: IdentifierType,
+        normalized: &str,
+        out: &mut String,
+    ) -> Result<(), String> {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((ty, normalized.to_owned()));
+        }
+        out.push('x');
+        Ok(())
+    }
+}
+
+/// Answers from a resolved map; unknown identifiers are refused.
+struct Resolved(HashMap<(IdentifierType, String), String>);
+
+impl TokenSource for Resolved {
+    fn token_into(
+        &self,
+        ty: IdentifierType,
+        normalized: &str,
+        out: &mut String,
+    ) -> Result<(), String> {
+        match self.0.get(&(ty, normalized.to_owned())) {
+            Some(t) => {
+                out.push_str(t);
+                Ok(())
+            }
+            None => Err("identifier is not linked to any entity".into()),
+        }
+    }
+}
+
+enum Source {
+    Stateless(Arc<DomainKey>),
+    CrossReference(Arc<Vec<XrefIndexKey>>),
+}
+
+/// One tokenize stream's state.
+pub struct LogTokenizer {
+    vault: Arc<Vault>,
+    settings: Arc<Settings>,
+    source: Source,
+    pending: Vec<u8>,
+    splitter: Splitter,
+    next_line: u64,
+}
+
+impl std::fmt::Debug for LogTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogTokenizer")
+            .field("mode", &self.settings.mode)
+            .field("next_line", &self.next_line)
+            .finish()
+    }
+}
+
+fn rewriter<'t>(s: &Settings, tokens: &'t dyn TokenSource) -> Result<Rewriter<'t>, String> {
+    match s.format {
+        Format::JsonLines => Rewriter::json_lines(s.fields.clone(), s.opts, tokens),
+        Format::Csv { delimiter } => {
+            Rewriter::csv(s.fields.clone(), &s.csv_header, delimiter, s.opts, tokens)
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Output of one fed chunk.
+#[derive(Debug, Default)]
+pub struct Fed {
+    /// Rewritten records.
+    pub data: Vec<u8>,
+    /// Records refused.
+    pub rejects: Vec<Reject>,
+    /// Records rewritten.
+    pub rewritten: u64,
+}
+
+impl Vault {
+    /// Opens a tokenize stream: authorises, audits (fail closed), derives keys.
+    pub async fn start_tokenize(
+        self: &Arc<Self>,
+        caller: &Caller,
+        settings: Settings,
+    ) -> Result<LogTokenizer, VaultError> {
+        const A: Action = Action::TokenizeLog;
+        let partner = self.authorize(caller, A).await?;
+        if let Err(e) = rewriter(&settings, &Collect::default()) {
+            let err = VaultError::BadRequest(e);
+            return self.refuse(caller, A, None, err).await;
+        }
+        let v = self.keys().current_version();
+        let (source, detail) = match &settings.mode {
+            Mode::Stateless { domain } => {
+                if !idvault_tokenizer::token::valid_domain(domain) {
+                    let err = VaultError::BadRequest(
+                        "invalid token domain (use 1-32 of a-z, 0-9, -)".into(),
+                    );
+                    return self.refuse(caller, A, None, err).await;
+                }
+                if !partner.token_domains.iter().any(|d| d == domain) {
+                    // A domain key answers for whoever may use it: a partner
+                    // able to tokenize in another's domain could build a
+                    // dictionary of that partner's tokens. (The registry's
+                    // list is the floor; policies can only narrow it.)
+                    let err = VaultError::DomainDenied;
+                    return self.refuse(caller, A, None, err).await;
+                }
+                self.authorize_on(caller, partner, A, Resource::TokenDomain(domain), &[])
+                    .await?;
+                let k = match self.keys().token_key(domain, v) {
+                    Ok(k) => k,
+                    Err(e) => return self.audit_failure(caller, A, None, e.into()).await,
+                };
+                let mut bytes = *k.expose();
+                let dk = DomainKey::new(domain, v, &bytes)
+                    .map_err(|e| VaultError::BadRequest(e.to_string()));
+                bytes.zeroize();
+                (
+                    Source::Stateless(Arc::new(dk?)),
+                    format!("mode=stateless domain={domain} v{v}"),
+                )
+            }
+            Mode::CrossReference => {
+                let keys = match (1..=v)
+                    .rev()
+                    .map(|x| self.keys().xref_index_key(&partner.name, x))
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(k) => k,
+                    Err(e) => return self.audit_failure(caller, A, None, e.into()).await,
+                };
+                (
+                    Source::CrossReference(Arc::new(keys)),
+                    "mode=cross_reference".to_owned(),
+                )
+            }
+        };
+        let tx = self
+            .store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        self.commit_with(tx, caller, A, detail).await?;
+        let format = settings.format;
+        let first_line = if matches!(settings.format, Format::Csv { .. }) {
+            2
+        } else {
+            1
+        };
+        Ok(LogTokenizer {
+            vault: Arc::clone(self),
+            settings: Arc::new(settings),
+            source,
+            pending: Vec::new(),
+            splitter: Splitter::new(format),
+            next_line: first_line,
+        })
+    }
+}
+
+impl LogTokenizer {
+    /// Feeds bytes (any split); rewrites every whole record received so
+    /// far, or everything when `last`.
+    pub async fn feed(&mut self, data: &[u8], last: bool) -> Result<Fed, VaultError> {
+        self.pending.extend_from_slice(data);
+        let cut = if last {
+            self.pending.len()
+        } else {
+            // Each byte is scanned once however the client splits its data.
+            match self.splitter.scan(&self.pending) {
+                Some(c) => c,
+                None if self.pending.len() > MAX_RECORD_BYTES => {
+                    return Err(VaultError::BadRequest(format!(
+                        "record longer than {MAX_RECORD_BYTES} bytes"
+                    )));
+                }
+                None => return Ok(Fed::default()),
+            }
+        };
+        let rest = self.pending.split_off(cut);
+        let chunk = std::mem::replace(&mut self.pending, rest);
+        self.splitter.consume(cut);
+        let first = self.next_line;
+        self.next_line += chunk.iter().filter(|&&b| b == b'\n').count() as u64
+            + u64::from(chunk.last().is_some_and(|&b| b != b'\n'));
+        let settings = Arc::clone(&self.settings);
+        match &self.source {
+            Source::Stateless(key) => {
+                let key = Arc::clone(key);
+                tokio::task::spawn_blocking(move || rewrite(&settings, key.as_ref(), &chunk, first))
+                    .await
+                    .map_err(|_| VaultError::Internal("tokenizer task failed"))?
+            }
+            Source::CrossReference(keys) => {
+                let keys = Arc::clone(keys);
+                let vault = Arc::clone(&self.vault);
+                // Pass 1: which identifiers does this chunk need?
+                let (chunk, settings, wanted) = tokio::task::spawn_blocking(move || {
+                    let c = Collect::default();
+                    let _ = rewrite(&settings, &c, &chunk, first);
+                    let mut wanted = c.0.into_inner().unwrap_or_default();
+                    wanted.sort();
+                    wanted.dedup();
+                    (chunk, settings, wanted)
+                })
+                .await
+                .map_err(|_| VaultError::Internal("tokenizer task failed"))?;
+                let map = vault.resolve_entities(&keys, wanted).await?;
+                // Pass 2: rewrite with the resolved tokens.
+                tokio::task::spawn_blocking(move || {
+                    rewrite(&settings, &Resolved(map), &chunk, first)
+                })
+                .await
+                .map_err(|_| VaultError::Internal("tokenizer task failed"))?
+            }
+        }
+    }
+}
+
+fn rewrite(
+    settings: &Settings,
+    tokens: &dyn TokenSource,
+    chunk: &[u8],
+    first: u64,
+) -> Result<Fed, VaultError> {
+    let rw = rewriter(settings, tokens).map_err(VaultError::BadRequest)?;
+    let mut fed = Fed {
+        data: Vec::with_capacity(chunk.len() + chunk.len() / 2),
+        ..Fed::default()
+    };
+    let stats = rw.rewrite_chunk(chunk, first, &mut fed.data, &mut fed.rejects);
+    fed.rewritten = stats.rewritten;
+    Ok(fed)
+}
+
+impl Vault {
+    /// Resolves normalised identifiers to canonical entity tokens, through
+    /// the cache, looking up every live key version's blind index on a miss.
+    async fn resolve_entities(
+        &self,
+        keys: &[XrefIndexKey],
+        wanted: Vec<(IdentifierType, String)>,
+    ) -> Result<HashMap<(IdentifierType, String), String>, VaultError> {
+        // One cheap read per chunk keeps every replica's cache honest.
+        let generation = self.store().xref_generation().await?;
+        self.xref_cache().sync(generation);
+        let mut out = HashMap::with_capacity(wanted.len());
+        let mut misses = Vec::new();
+        for (ty, n) in wanted {
+            let Some(current) = keys.first() else { break };
+            let bi = blind_index(current, ty, &n);
+            match self.xref_cache().get(&bi) {
+                Some(Some(t)) => {
+                    out.insert((ty, n), t);
+                }
+                // Known to be linked to nothing: no database round trip.
+                Some(None) => {}
+                None => misses.push((ty, n, bi)),
+            }
+        }
+        if misses.is_empty() {
+            return Ok(out);
+        }
+        // Every live version's blind index of every miss, in one batched lookup.
+        let per_miss: Vec<Vec<[u8; HASH_LEN]>> = misses
+            .iter()
+            .map(|(ty, n, bi)| {
+                std::iter::once(*bi)
+                    .chain(keys.iter().skip(1).map(|k| blind_index(k, *ty, n)))
+                    .collect()
+            })
+            .collect();
+        let all: Vec<[u8; HASH_LEN]> = per_miss.iter().flatten().copied().collect();
+        let found = self.store().xref_lookup(&all).await?;
+        for ((ty, n, bi), indexes) in misses.into_iter().zip(per_miss) {
+            // Newest version first, as at import.
+            let token = indexes.iter().find_map(|i| found.get(i)).cloned();
+            self.xref_cache().insert(generation, bi, token.clone());
+            if let Some(token) = token {
+                out.insert((ty, n), token);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,475 @@
+//! Consent rows: devices, enrollment codes, challenges, consents, receipts
+//! and device request ids.
+//!
+//! Every "accepted once" rule is a conditional write whose affected-row
+//! count says whether this caller won: `UPDATE … WHERE used_at_ms IS NULL`
+//! or `INSERT … ON CONFLICT DO NOTHING`. Two vault replicas racing on
+//! PostgreSQL serialise on the row, so exactly one sees a row written.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{AuditedTx, Store, StoreError};
+use idvault_core::subject::SubjectId;
+
+fn subject_col(row: &AnyRow, col: &'static str) -> Result<SubjectId, StoreError> {
+    let b: Vec<u8> = row.try_get(col)?;
+    SubjectId::from_slice(&b).ok_or(StoreError::Corrupt(col))
+}
+
+fn fixed<const N: usize>(row: &AnyRow, col: &'static str) -> Result<[u8; N], StoreError> {
+    let b: Vec<u8> = row.try_get(col)?;
+    b.try_into().map_err(|_| StoreError::Corrupt(col))
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// `dev_…` id.
+    pub device_id: String,
+    /// Its subject.
+    pub subject: SubjectId,
+    /// SEC1 uncompressed public key.
+    pub public_key: Vec<u8>,
+    /// Partner that issued the enrollment code.
+    pub enrolled_by: String,
+    /// Enrollment time.
+    pub enrolled_at_ms: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl DeviceRow {
+    fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            device_id: r.try_get("device_id")?,
+            subject: subject_col(r, "subject_id")?,
+            public_key: r.try_get("public_key")?,
+            enrolled_by: r.try_get("enrolled_by")?,
+            enrolled_at_ms: r.try_get("enrolled_at_ms")?,
+            revoked_at_ms: r.try_get("revoked_at_ms")?,
+        })
+    }
+}
+
+/// An enrollment code's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentCodeRow {
+    /// Subject it enrolls to.
+    pub subject: SubjectId,
+    /// Partner it was issued to.
+    pub issued_to: String,
+    /// Expiry.
+    pub expires_at_ms: i64,
+    /// Whether it was used.
+    pub used: bool,
+}
+
+/// A challenge's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeRow {
+    /// Partner name it was issued to.
+    pub partner: String,
+    /// Subject it is for.
+    pub subject: SubjectId,
+    /// Expiry.
+    pub expires_at_ms: i64,
+    /// Whether it was used.
+    pub used: bool,
+}
+
+/// A presented consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentRow {
+    /// Consent id.
+    pub consent_id: [u8; 16],
+    /// Subject.
+    pub subject: SubjectId,
+    /// Device that signed.
+    pub device_id: String,
+    /// Partner SPIFFE id.
+    pub audience: String,
+    /// Purpose code.
+    pub purpose: String,
+    /// Field names, comma-separated, sorted.
+    pub fields: String,
+    /// Standing or single-use.
+    pub standing: bool,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// SHA-256 of the signed grant bytes.
+    pub grant_hash: [u8; 32],
+    /// When it was presented.
+    pub presented_at_ms: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl ConsentRow {
+    fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            consent_id: fixed(r, "consent_id")?,
+            subject: subject_col(r, "subject_id")?,
+            device_id: r.try_get("device_id")?,
+            audience: r.try_get("audience")?,
+            purpose: r.try_get("purpose")?,
+            fields: r.try_get("fields")?,
+            standing: r.try_get::<i64, _>("standing")? == 1,
+            issued_at: r.try_get("issued_at")?,
+            expires_at: r.try_get("expires_at")?,
+            grant_hash: fixed(r, "grant_hash")?,
+            presented_at_ms: r.try_get("presented_at_ms")?,
+            revoked_at_ms: r.try_get("revoked_at_ms")?,
+        })
+    }
+}
+
+/// A release receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    /// Receipt id.
+    pub receipt_id: String,
+    /// Consent id.
+    pub consent_id: [u8; 16],
+    /// Subject.
+    pub subject: SubjectId,
+    /// Partner SPIFFE id.
+    pub partner: String,
+    /// Purpose code.
+    pub purpose: String,
+    /// Released field names, comma-separated.
+    pub fields: String,
+    /// Release time.
+    pub released_at_ms: i64,
+    /// SHA-256 of the signed grant bytes.
+    pub grant_hash: [u8; 32],
+}
+
+impl ReceiptRow {
+    fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            receipt_id: r.try_get("receipt_id")?,
+            consent_id: fixed(r, "consent_id")?,
+            subject: subject_col(r, "subject_id")?,
+            partner: r.try_get("partner")?,
+            purpose: r.try_get("purpose")?,
+            fields: r.try_get("fields")?,
+            released_at_ms: r.try_get("released_at_ms")?,
+            grant_hash: fixed(r, "grant_hash")?,
+        })
+    }
+}
+
+/// `SELECT` of every device column, as a macro so queries stay string
+/// literals.
+macro_rules! select_devices {
+    () => {
+        "SELECT device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms FROM devices"
+    };
+}
+
+impl Store {
+    /// A device by id (read outside any write transaction, so signature
+    /// checks do not hold the write lock).
+    pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let row = sqlx::query(concat!(select_devices!(), " WHERE device_id = $1"))
+            .bind(device_id.to_owned())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(DeviceRow::from_row).transpose()
+    }
+}
+
+impl AuditedTx {
+    /// A device by id, inside the transaction.
+    pub async fn device(&mut self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let row = sqlx::query(concat!(select_devices!(), " WHERE device_id = $1"))
+            .bind(device_id.to_owned())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(DeviceRow::from_row).transpose()
+    }
+
+    /// A subject's devices, oldest first.
+    pub async fn devices_of(&mut self, subject: &SubjectId) -> Result<Vec<DeviceRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            select_devices!(),
+            " WHERE subject_id = $1 ORDER BY enrolled_at_ms, device_id"
+        ))
+        .bind(subject.as_bytes().to_vec())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(DeviceRow::from_row).collect()
+    }
+
+    /// Enrolls a device; false when its id or key is already enrolled.
+    pub async fn insert_device(&mut self, d: &DeviceRow) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO devices (device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT DO NOTHING",
+        )
+        .bind(d.device_id.clone())
+        .bind(d.subject.as_bytes().to_vec())
+        .bind(d.public_key.clone())
+        .bind(d.enrolled_by.clone())
+        .bind(d.enrolled_at_ms)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Revokes a device of `subject`; false if absent or already revoked.
+    pub async fn revoke_device(
+        &mut self,
+        device_id: &str,
+        subject: &SubjectId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE devices SET revoked_at_ms = $1 \
+             WHERE device_id = $2 AND subject_id = $3 AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(device_id.to_owned())
+        .bind(subject.as_bytes().to_vec())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Stores an enrollment code's hash.
+    pub async fn insert_enrollment_code(
+        &mut self,
+        code_hash: &[u8; 32],
+        subject: &SubjectId,
+        issued_to: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO enrollment_codes (code_hash, subject_id, issued_to, expires_at_ms, used_at_ms) \
+             VALUES ($1, $2, $3, $4, NULL)",
+        )
+        .bind(code_hash.to_vec())
+        .bind(subject.as_bytes().to_vec())
+        .bind(issued_to.to_owned())
+        .bind(expires_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// An enrollment code's state.
+    pub async fn enrollment_code(
+        &mut self,
+        code_hash: &[u8; 32],
+    ) -> Result<Option<EnrollmentCodeRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT subject_id, issued_to, expires_at_ms, used_at_ms FROM enrollment_codes WHERE code_hash = $1",
+        )
+        .bind(code_hash.to_vec())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|r| {
+            Ok(EnrollmentCodeRow {
+                subject: subject_col(&r, "subject_id")?,
+                issued_to: r.try_get("issued_to")?,
+                expires_at_ms: r.try_get("expires_at_ms")?,
+                used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Marks a code used; false if someone else used it first.
+    pub async fn use_enrollment_code(
+        &mut self,
+        code_hash: &[u8; 32],
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE enrollment_codes SET used_at_ms = $1 WHERE code_hash = $2 AND used_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(code_hash.to_vec())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Stores a new challenge.
+    pub async fn insert_challenge(
+        &mut self,
+        challenge: &[u8; 32],
+        partner: &str,
+        subject: &SubjectId,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consent_challenges (challenge, partner, subject_id, expires_at_ms, used_at_ms) \
+             VALUES ($1, $2, $3, $4, NULL)",
+        )
+        .bind(challenge.to_vec())
+        .bind(partner.to_owned())
+        .bind(subject.as_bytes().to_vec())
+        .bind(expires_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A challenge's state.
+    pub async fn challenge(
+        &mut self,
+        challenge: &[u8; 32],
+    ) -> Result<Option<ChallengeRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT partner, subject_id, expires_at_ms, used_at_ms FROM consent_challenges WHERE challenge = $1",
+        )
+        .bind(challenge.to_vec())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|r| {
+            Ok(ChallengeRow {
+                partner: r.try_get("partner")?,
+                subject: subject_col(&r, "subject_id")?,
+                expires_at_ms: r.try_get("expires_at_ms")?,
+                used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Marks a challenge used; false if it was used already.
+    pub async fn use_challenge(
+        &mut self,
+        challenge: &[u8; 32],
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE consent_challenges SET used_at_ms = $1 WHERE challenge = $2 AND used_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(challenge.to_vec())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Records a presented consent; false if its id was presented before.
+    pub async fn insert_consent(&mut self, c: &ConsentRow) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, fields, standing, \
+             issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL) ON CONFLICT DO NOTHING",
+        )
+        .bind(c.consent_id.to_vec())
+        .bind(c.subject.as_bytes().to_vec())
+        .bind(c.device_id.clone())
+        .bind(c.audience.clone())
+        .bind(c.purpose.clone())
+        .bind(c.fields.clone())
+        .bind(i64::from(c.standing))
+        .bind(c.issued_at)
+        .bind(c.expires_at)
+        .bind(c.grant_hash.to_vec())
+        .bind(c.presented_at_ms)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// A consent by id.
+    pub async fn consent(&mut self, id: &[u8; 16]) -> Result<Option<ConsentRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
+             expires_at, grant_hash, presented_at_ms, revoked_at_ms FROM consents WHERE consent_id = $1",
+        )
+        .bind(id.to_vec())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(ConsentRow::from_row).transpose()
+    }
+
+    /// Revokes a consent of `subject`; false if absent or already revoked.
+    pub async fn revoke_consent(
+        &mut self,
+        id: &[u8; 16],
+        subject: &SubjectId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE consents SET revoked_at_ms = $1 \
+             WHERE consent_id = $2 AND subject_id = $3 AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id.to_vec())
+        .bind(subject.as_bytes().to_vec())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Appends a receipt.
+    pub async fn insert_receipt(&mut self, r: &ReceiptRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consent_receipts (receipt_id, consent_id, subject_id, partner, purpose, fields, \
+             released_at_ms, grant_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(r.receipt_id.clone())
+        .bind(r.consent_id.to_vec())
+        .bind(r.subject.as_bytes().to_vec())
+        .bind(r.partner.clone())
+        .bind(r.purpose.clone())
+        .bind(r.fields.clone())
+        .bind(r.released_at_ms)
+        .bind(r.grant_hash.to_vec())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A subject's newest `limit` receipts, newest first.
+    pub async fn receipts_of(
+        &mut self,
+        subject: &SubjectId,
+        limit: u32,
+    ) -> Result<Vec<ReceiptRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT receipt_id, consent_id, subject_id, partner, purpose, fields, released_at_ms, grant_hash \
+             FROM consent_receipts WHERE subject_id = $1 ORDER BY released_at_ms DESC, receipt_id DESC LIMIT $2",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(ReceiptRow::from_row).collect()
+    }
+
+    /// Records a device request id; false if it was seen before.
+    pub async fn insert_device_request(
+        &mut self,
+        request_id: &[u8; 16],
+        device_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO device_requests (request_id, device_id, at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(request_id.to_vec())
+        .bind(device_id.to_owned())
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,568 @@
+//! Rows of a person's rules and actions: linked entities, rules, accepted
+//! events, and the command outbox (docs/events.md).
+//!
+//! The outbox is drained by `seq`, which grows in commit order because
+//! every audited transaction first takes the audit head; acknowledging a
+//! command deletes it, so acknowledging twice is a no-op.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::matching::{IN_CHUNK, placeholders};
+use super::rows::{i64_to_u64, u64_to_i64};
+use super::{AuditedTx, StoreError};
+use idvault_core::rules::{History, Rule};
+use idvault_core::subject::SubjectId;
+
+/// The outcome word below, as a macro so queries can `concat!` it.
+macro_rules! ignored_unlinked {
+    () => {
+        "ignored_unlinked"
+    };
+}
+
+/// Outcome word of an event whose publisher the person has not linked.
+pub const IGNORED_UNLINKED: &str = ignored_unlinked!();
+
+/// A command to write to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCommand {
+    /// `cmd_…` id.
+    pub command_id: String,
+    /// Recipient partner name.
+    pub recipient: String,
+    /// The person.
+    pub subject: SubjectId,
+    /// The recipient's pairwise token for the person.
+    pub pairwise_token: String,
+    /// Publisher SPIFFE id.
+    pub source: String,
+    /// Event type.
+    pub event_type: String,
+    /// Command name.
+    pub command: String,
+    /// Rule id.
+    pub rule_id: String,
+    /// Sealed fields (`core::rules::seal_payload`).
+    pub payload: Vec<u8>,
+    /// When the event was accepted.
+    pub created_at_ms: i64,
+}
+
+/// A pending command as read from the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRow {
+    /// Outbox position.
+    pub seq: u64,
+    /// Order within (recipient, subject), from 1.
+    pub subject_seq: u64,
+    /// The command.
+    pub command: NewCommand,
+    /// Deliveries so far, this one included.
+    pub deliveries: u32,
+}
+
+/// An accepted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Publisher SPIFFE id.
+    pub source: String,
+    /// Publisher's event id.
+    pub event_id: String,
+    /// The person.
+    pub subject: SubjectId,
+    /// Event type.
+    pub event_type: String,
+    /// `delivered`, `ignored_unlinked` or `ignored_no_rule`.
+    pub outcome: &'static str,
+    /// Commands written.
+    pub commands: u32,
+    /// Acceptance time.
+    pub accepted_at_ms: i64,
+}
+
+fn subject_col(row: &AnyRow, col: &'static str) -> Result<SubjectId, StoreError> {
+    let b: Vec<u8> = row.try_get(col)?;
+    SubjectId::from_slice(&b).ok_or(StoreError::Corrupt(col))
+}
+
+fn rule_from_row(r: &AnyRow) -> Result<Rule, StoreError> {
+    let fields: String = r.try_get("fields")?;
+    Ok(Rule {
+        source: r.try_get("source")?,
+        event_type: r.try_get("event_type")?,
+        target: r.try_get("target")?,
+        command: r.try_get("command")?,
+        fields: fields
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+impl super::Store {
+    /// Up to `limit` commands of `recipient` after outbox position
+    /// `after`, oldest first. Read outside any write transaction: opening
+    /// them (key unwrap, decryption) does not hold the write lock.
+    pub async fn pending_commands(
+        &self,
+        recipient: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, command_id, subject_id, subject_seq, pairwise_token, source, event_type, \
+             command, rule_id, payload, created_at_ms, deliveries FROM command_outbox \
+             WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(recipient.to_owned())
+        .bind(u64_to_i64(after)?)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let deliveries: i64 = r.try_get("deliveries")?;
+                Ok(CommandRow {
+                    seq: i64_to_u64(r.try_get("seq")?, "command_outbox.seq")?,
+                    subject_seq: i64_to_u64(
+                        r.try_get("subject_seq")?,
+                        "command_outbox.subject_seq",
+                    )?,
+                    deliveries: u32::try_from(deliveries.saturating_add(1)).unwrap_or(u32::MAX),
+                    command: NewCommand {
+                        command_id: r.try_get("command_id")?,
+                        recipient: recipient.to_owned(),
+                        subject: subject_col(r, "subject_id")?,
+                        pairwise_token: r.try_get("pairwise_token")?,
+                        source: r.try_get("source")?,
+                        event_type: r.try_get("event_type")?,
+                        command: r.try_get("command")?,
+                        rule_id: r.try_get("rule_id")?,
+                        payload: r.try_get("payload")?,
+                        created_at_ms: r.try_get("created_at_ms")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// A subject row, read outside any write transaction.
+    pub async fn subject_row(
+        &self,
+        id: &SubjectId,
+    ) -> Result<Option<super::SubjectRow>, StoreError> {
+        let row: Option<AnyRow> = sqlx::query(concat!(
+            "SELECT ",
+            subject_columns!(),
+            " FROM subjects WHERE subject_id = $1"
+        ))
+        .bind(id.as_bytes().to_vec())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(super::SubjectRow::from_row).transpose()
+    }
+
+    /// Whether `recipient` has unacknowledged commands after outbox
+    /// position `after` (a read outside any write transaction, so idle
+    /// command streams do not queue for the write lock).
+    pub async fn has_pending_commands(
+        &self,
+        recipient: &str,
+        after: u64,
+    ) -> Result<bool, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM command_outbox WHERE recipient = $1 AND seq > $2 LIMIT 1",
+        )
+        .bind(recipient.to_owned())
+        .bind(u64_to_i64(after)?)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(n.is_some())
+    }
+}
+
+impl AuditedTx {
+    /// Links `entity` to the person; false when it already was.
+    pub async fn link_entity(
+        &mut self,
+        subject: &SubjectId,
+        entity: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO entity_links (subject_id, entity, linked_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .bind(entity.to_owned())
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Unlinks `entity` and removes the rules naming it and, when it is a
+    /// registered partner (`recipient`), the commands about the person
+    /// still waiting for it; returns whether it was linked, how many rules
+    /// and how many commands went.
+    pub async fn unlink_entity(
+        &mut self,
+        subject: &SubjectId,
+        entity: &str,
+        recipient: Option<&str>,
+    ) -> Result<(bool, u64, u64), StoreError> {
+        let withdrawn = match recipient {
+            Some(name) => {
+                sqlx::query("DELETE FROM command_outbox WHERE subject_id = $1 AND recipient = $2")
+                    .bind(subject.as_bytes().to_vec())
+                    .bind(name.to_owned())
+                    .execute(&mut *self.tx)
+                    .await?
+                    .rows_affected()
+            }
+            None => 0,
+        };
+        let n = sqlx::query("DELETE FROM entity_links WHERE subject_id = $1 AND entity = $2")
+            .bind(subject.as_bytes().to_vec())
+            .bind(entity.to_owned())
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        let r = sqlx::query(
+            "DELETE FROM subject_rules WHERE subject_id = $1 AND (source = $2 OR target = $2)",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .bind(entity.to_owned())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok((n == 1, r, withdrawn))
+    }
+
+    /// The person's linked entities `(entity, linked_at_ms)`, by entity.
+    pub async fn links_of(
+        &mut self,
+        subject: &SubjectId,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT entity, linked_at_ms FROM entity_links WHERE subject_id = $1 ORDER BY entity",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    /// Whether the person linked `entity`.
+    pub async fn is_linked(
+        &mut self,
+        subject: &SubjectId,
+        entity: &str,
+    ) -> Result<bool, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM entity_links WHERE subject_id = $1 AND entity = $2")
+                .bind(subject.as_bytes().to_vec())
+                .bind(entity.to_owned())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        Ok(n.is_some())
+    }
+
+    /// Replaces the person's rules.
+    pub async fn set_rules(
+        &mut self,
+        subject: &SubjectId,
+        rules: &[Rule],
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM subject_rules WHERE subject_id = $1")
+            .bind(subject.as_bytes().to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        for r in rules {
+            sqlx::query(
+                "INSERT INTO subject_rules (subject_id, rule_id, source, event_type, target, command, fields) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(subject.as_bytes().to_vec())
+            .bind(r.id())
+            .bind(r.source.clone())
+            .bind(r.event_type.clone())
+            .bind(r.target.clone())
+            .bind(r.command.clone())
+            .bind(r.fields.join(","))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The person's rules, by id.
+    pub async fn rules_of(&mut self, subject: &SubjectId) -> Result<Vec<Rule>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, event_type, target, command, fields FROM subject_rules \
+             WHERE subject_id = $1 ORDER BY rule_id",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(rule_from_row).collect()
+    }
+
+    /// The person's rules that `source` reporting `event_type` triggers.
+    pub async fn rules_for_event(
+        &mut self,
+        subject: &SubjectId,
+        source: &str,
+        event_type: &str,
+    ) -> Result<Vec<Rule>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, event_type, target, command, fields FROM subject_rules \
+             WHERE subject_id = $1 AND source = $2 AND event_type = $3 ORDER BY rule_id",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .bind(source.to_owned())
+        .bind(event_type.to_owned())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(rule_from_row).collect()
+    }
+
+    /// Whether `source` already published `event_id`.
+    pub async fn event_seen(&mut self, source: &str, event_id: &str) -> Result<bool, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM events WHERE source = $1 AND event_id = $2")
+                .bind(source.to_owned())
+                .bind(event_id.to_owned())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        Ok(n.is_some())
+    }
+
+    /// Records an accepted event; false when its id was already taken.
+    pub async fn insert_event(&mut self, e: &EventRow) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO events (source, event_id, subject_id, event_type, outcome, commands, accepted_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(e.source.clone())
+        .bind(e.event_id.clone())
+        .bind(e.subject.as_bytes().to_vec())
+        .bind(e.event_type.clone())
+        .bind(e.outcome)
+        .bind(i64::from(e.commands))
+        .bind(e.accepted_at_ms)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Writes a command to the outbox with the next sequence number of
+    /// its (recipient, subject); returns that number.
+    pub async fn enqueue_command(&mut self, c: &NewCommand) -> Result<u64, StoreError> {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO command_counters (recipient, subject_id, last_seq) VALUES ($1, $2, 1) \
+             ON CONFLICT (recipient, subject_id) DO UPDATE SET last_seq = command_counters.last_seq + 1 \
+             RETURNING last_seq",
+        )
+        .bind(c.recipient.clone())
+        .bind(c.subject.as_bytes().to_vec())
+        .fetch_one(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO command_outbox (command_id, recipient, subject_id, subject_seq, pairwise_token, \
+             source, event_type, command, rule_id, payload, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(c.command_id.clone())
+        .bind(c.recipient.clone())
+        .bind(c.subject.as_bytes().to_vec())
+        .bind(seq)
+        .bind(c.pairwise_token.clone())
+        .bind(c.source.clone())
+        .bind(c.event_type.clone())
+        .bind(c.command.clone())
+        .bind(c.rule_id.clone())
+        .bind(c.payload.clone())
+        .bind(c.created_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        i64_to_u64(seq, "command_counters.last_seq")
+    }
+
+    /// Counts a delivery of `recipient`'s commands at outbox positions
+    /// `seqs` (rows acknowledged meanwhile are gone and not counted).
+    pub async fn count_deliveries(
+        &mut self,
+        recipient: &str,
+        seqs: &[u64],
+    ) -> Result<(), StoreError> {
+        for part in seqs.chunks(IN_CHUNK) {
+            // Only numbered placeholders are formatted into the text.
+            let sql = format!(
+                "UPDATE command_outbox SET deliveries = deliveries + 1 WHERE recipient = $1 AND seq IN ({})",
+                placeholders(2, part.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(recipient.to_owned());
+            for seq in part {
+                q = q.bind(u64_to_i64(*seq)?);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges `recipient`'s commands among `ids`: they leave the
+    /// outbox, sealed payload and all. Returns how many were acknowledged
+    /// (an id acknowledged before is gone, so it counts zero).
+    pub async fn ack_commands(
+        &mut self,
+        recipient: &str,
+        ids: &[String],
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for part in ids.chunks(IN_CHUNK) {
+            // Only numbered placeholders are formatted into the text.
+            let sql = format!(
+                "DELETE FROM command_outbox WHERE recipient = $1 AND command_id IN ({})",
+                placeholders(2, part.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(recipient.to_owned());
+            for id in part {
+                q = q.bind(id.clone());
+            }
+            n += q.execute(&mut *self.tx).await?.rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// The person's engagement history: linked entities, and the
+    /// (publisher, event type) pairs of events from linked publishers.
+    pub async fn history_of(&mut self, subject: &SubjectId) -> Result<History, StoreError> {
+        let mut h = self.histories(&[*subject]).await?;
+        Ok(h.remove(subject).unwrap_or_default())
+    }
+
+    /// Rows of `head IN (…)` for at most [`IN_CHUNK`] subjects. `head` is
+    /// a constant query ending in a subject id column; only numbered
+    /// placeholders are formatted into the text, every id is bound.
+    async fn rows_for(
+        &mut self,
+        head: &'static str,
+        part: &[SubjectId],
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let sql = format!("{head} IN ({})", placeholders(1, part.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in part {
+            q = q.bind(s.as_bytes().to_vec());
+        }
+        Ok(q.fetch_all(&mut *self.tx).await?)
+    }
+
+    /// Histories of `subjects`.
+    async fn histories(
+        &mut self,
+        subjects: &[SubjectId],
+    ) -> Result<HashMap<SubjectId, History>, StoreError> {
+        let mut out: HashMap<SubjectId, History> = HashMap::new();
+        for part in subjects.chunks(IN_CHUNK) {
+            let links = "SELECT subject_id, entity FROM entity_links WHERE subject_id";
+            for r in self.rows_for(links, part).await? {
+                let s = subject_col(&r, "subject_id")?;
+                out.entry(s)
+                    .or_default()
+                    .linked
+                    .insert(r.try_get("entity")?);
+            }
+            let events = concat!(
+                "SELECT DISTINCT subject_id, source, event_type FROM events ",
+                "WHERE outcome <> '",
+                ignored_unlinked!(),
+                "' AND subject_id"
+            );
+            for r in self.rows_for(events, part).await? {
+                let s = subject_col(&r, "subject_id")?;
+                out.entry(s)
+                    .or_default()
+                    .events
+                    .insert((r.try_get("source")?, r.try_get("event_type")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` other people who linked one of `entities` and hold
+    /// rules, with their histories and rules.
+    pub async fn peers(
+        &mut self,
+        me: &SubjectId,
+        entities: &[String],
+        limit: u32,
+    ) -> Result<Vec<(History, Vec<Rule>)>, StoreError> {
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT DISTINCT l.subject_id FROM entity_links l WHERE l.entity IN ({}) \
+             AND l.subject_id <> $1 AND EXISTS (SELECT 1 FROM subject_rules r WHERE r.subject_id = l.subject_id) \
+             ORDER BY l.subject_id LIMIT {limit}",
+            placeholders(2, entities.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(me.as_bytes().to_vec());
+        for e in entities {
+            q = q.bind(e.clone());
+        }
+        let ids: Vec<SubjectId> = q
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(|r| subject_col(r, "subject_id"))
+            .collect::<Result<_, _>>()?;
+        let mut histories = self.histories(&ids).await?;
+        let mut rules: HashMap<SubjectId, Vec<Rule>> = HashMap::new();
+        for part in ids.chunks(IN_CHUNK) {
+            let rules_sql = concat!(
+                "SELECT subject_id, source, event_type, target, command, fields ",
+                "FROM subject_rules WHERE subject_id"
+            );
+            for r in self.rows_for(rules_sql, part).await? {
+                rules
+                    .entry(subject_col(&r, "subject_id")?)
+                    .or_default()
+                    .push(rule_from_row(&r)?);
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|s| {
+                (
+                    histories.remove(s).unwrap_or_default(),
+                    rules.remove(s).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// The subject a partner's pairwise token names.
+    pub async fn subject_of_pairwise(
+        &mut self,
+        partner: &str,
+        token: &str,
+    ) -> Result<Option<SubjectId>, StoreError> {
+        let b: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT subject_id FROM pairwise_tokens WHERE partner = $1 AND token = $2",
+        )
+        .bind(partner.to_owned())
+        .bind(token.to_owned())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        b.map(|b| {
+            SubjectId::from_slice(&b).ok_or(StoreError::Corrupt("pairwise_tokens.subject_id"))
+        })
+        .transpose()
+    }
+}

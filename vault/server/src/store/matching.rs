@@ -1,0 +1,443 @@
+//! Blind-matching rows: variant indexes, indexed domains, pairwise tokens.
+//!
+//! Lists of values go into `IN (…)` with numbered placeholders only; every
+//! value is bound (see `lookup_chunk` in the parent module for why the
+//! text is formatted by hand).
+
+use std::collections::HashMap;
+
+use sqlx::{Any, Executor};
+
+use super::rows::u64_to_i64;
+use super::{AuditedTx, Store, StoreError};
+use idvault_core::subject::SubjectId;
+
+/// A candidate of a query (see [`AuditedTx::match_candidates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The subject.
+    pub subject: SubjectId,
+    /// Which fields it has indexes for (bit n = field code n).
+    pub present: u16,
+    /// Its packed signature (`core::matching::encode_signature`).
+    pub signature: Vec<u8>,
+    /// How many blocking indexes of the query it holds (the rank).
+    pub blocking_hits: u32,
+}
+
+/// A benchmark fixture subject: blocking `(field code, index)` rows,
+/// presence mask, signature.
+pub type LoadedSubject = (SubjectId, Vec<(u8, i64)>, u16, Vec<u8>);
+
+/// One index row to write: `(domain, field code, key version, blind index)`.
+pub type MatchRow<'a> = (&'a str, u8, u32, i64);
+
+/// Rows per multi-row INSERT (5 parameters each). Kept small because
+/// sqlx's SQLite driver looks every `$n` up by name, at a cost that grows
+/// with the square of a statement's parameter count.
+const INSERT_CHUNK: usize = 20;
+/// Values per `IN (…)` list.
+pub(super) const IN_CHUNK: usize = 500;
+
+pub(super) fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn subject_of(bytes: &[u8], col: &'static str) -> Result<SubjectId, StoreError> {
+    SubjectId::from_slice(bytes).ok_or(StoreError::Corrupt(col))
+}
+
+/// Inserts rows `(domain, subject, field code, key version, index)`.
+async fn insert_rows<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    rows: &[(&str, SubjectId, u8, u32, i64)],
+) -> Result<(), StoreError> {
+    let values: Vec<String> = (0..rows.len())
+        .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+        .collect();
+    // Conflicts are a re-index of the same value (or a 2^-64 chance
+    // collision inside one key): the row already says what it would say.
+    let sql = format!(
+        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) VALUES {} \
+         ON CONFLICT DO NOTHING",
+        values.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (domain, subject, field, version, bidx) in rows {
+        q = q
+            .bind((*domain).to_owned())
+            .bind(*bidx)
+            .bind(subject.as_bytes().to_vec())
+            .bind(i64::from(*field))
+            .bind(i64::from(*version));
+    }
+    q.execute(ex).await?;
+    Ok(())
+}
+
+/// Adds `partner`'s pairwise tokens of at most [`IN_CHUNK`] subjects to `out`.
+async fn pairwise_chunk<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    partner: &str,
+    part: &[SubjectId],
+    out: &mut HashMap<SubjectId, String>,
+) -> Result<(), StoreError> {
+    if part.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT subject_id, token FROM pairwise_tokens WHERE partner = $1 AND subject_id IN ({})",
+        placeholders(2, part.len())
+    );
+    let mut q =
+        sqlx::query_as::<_, (Vec<u8>, String)>(sqlx::AssertSqlSafe(sql)).bind(partner.to_owned());
+    for s in part {
+        q = q.bind(s.as_bytes().to_vec());
+    }
+    for (s, t) in q.fetch_all(ex).await? {
+        out.insert(subject_of(&s, "pairwise_tokens.subject_id")?, t);
+    }
+    Ok(())
+}
+
+impl AuditedTx {
+    /// Adds a subject's blind indexes.
+    pub async fn match_insert(
+        &mut self,
+        subject: &SubjectId,
+        rows: &[MatchRow<'_>],
+    ) -> Result<(), StoreError> {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(d, f, v, i)| (*d, *subject, *f, *v, *i))
+            .collect();
+        for part in rows.chunks(INSERT_CHUNK) {
+            insert_rows(&mut *self.tx, part).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a subject's blind indexes of `fields` (codes) in every domain.
+    pub async fn match_delete_fields(
+        &mut self,
+        subject: &SubjectId,
+        fields: &[u8],
+    ) -> Result<(), StoreError> {
+        for f in fields {
+            sqlx::query("DELETE FROM match_index WHERE subject_id = $1 AND field = $2")
+                .bind(subject.as_bytes().to_vec())
+                .bind(i64::from(*f))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets `subject`'s presence mask and signature in each domain of
+    /// `by_domain` `(domain, mask, signature)`, in one statement.
+    pub async fn match_set_subject(
+        &mut self,
+        subject: &SubjectId,
+        by_domain: &[(&str, u16, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        for part in by_domain.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES {} \
+                 ON CONFLICT (domain, subject_id) DO UPDATE \
+                 SET fields = excluded.fields, signature = excluded.signature",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (domain, present, signature) in part {
+                q = q
+                    .bind((*domain).to_owned())
+                    .bind(subject.as_bytes().to_vec())
+                    .bind(i64::from(*present))
+                    .bind(signature.clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// `subject`'s signatures, by domain.
+    pub async fn match_signatures(
+        &mut self,
+        subject: &SubjectId,
+    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT domain, signature FROM match_subjects WHERE subject_id = $1")
+                .bind(subject.as_bytes().to_vec())
+                .fetch_all(&mut *self.tx)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The candidates of one query in one round trip: the at most `limit`
+    /// subjects of `domain` holding the most `blocking` indexes, with their
+    /// presence masks and signatures, most blocking hits first.
+    pub async fn match_candidates(
+        &mut self,
+        domain: &str,
+        blocking: &[i64],
+        limit: u32,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        if blocking.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT s.subject_id, s.fields, s.signature, c.n FROM match_subjects s \
+             JOIN (SELECT subject_id, COUNT(*) AS n FROM match_index \
+             WHERE domain = $1 AND bidx IN ({}) \
+             GROUP BY subject_id ORDER BY COUNT(*) DESC, subject_id LIMIT $2) c \
+             ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.n DESC, s.subject_id",
+            placeholders(3, blocking.len()),
+        );
+        let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, i64)>(sqlx::AssertSqlSafe(sql))
+            .bind(domain.to_owned())
+            .bind(i64::from(limit));
+        for b in blocking {
+            q = q.bind(*b);
+        }
+        q.fetch_all(&mut *self.tx)
+            .await?
+            .into_iter()
+            .map(|(s, mask, signature, n)| {
+                Ok(Candidate {
+                    subject: subject_of(&s, "match_subjects.subject_id")?,
+                    present: u16::try_from(mask)
+                        .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
+                    signature,
+                    blocking_hits: u32::try_from(n).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
+    pub async fn pairwise_tokens(
+        &mut self,
+        partner: &str,
+        subjects: &[SubjectId],
+    ) -> Result<HashMap<SubjectId, String>, StoreError> {
+        let mut out = HashMap::new();
+        for part in subjects.chunks(IN_CHUNK) {
+            pairwise_chunk(&mut *self.tx, partner, part, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// Records `partner`'s pairwise tokens `(subject, token)`. Audited
+    /// transactions are serialised by the audit head, so "read, then insert
+    /// when absent" cannot race with another writer.
+    pub async fn pairwise_insert(
+        &mut self,
+        partner: &str,
+        tokens: &[(SubjectId, String)],
+    ) -> Result<(), StoreError> {
+        for part in tokens.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("($1, {})", placeholders(i * 2 + 2, 2)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(partner.to_owned());
+            for (s, t) in part {
+                q = q.bind(s.as_bytes().to_vec()).bind(t.clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets domains no longer configured, and their indexes.
+    pub async fn match_drop_domains_except(&mut self, keep: &[String]) -> Result<u64, StoreError> {
+        // Every domain is recorded here before it gets any row.
+        let stored: Vec<String> = sqlx::query_scalar("SELECT domain FROM match_domains")
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let mut removed = 0;
+        for d in stored.iter().filter(|d| !keep.contains(d)) {
+            removed += sqlx::query("DELETE FROM match_index WHERE domain = $1")
+                .bind(d.clone())
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM match_subjects WHERE domain = $1")
+                .bind(d.clone())
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query("DELETE FROM match_domains WHERE domain = $1")
+                .bind(d.clone())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(removed)
+    }
+}
+
+impl Store {
+    /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
+    pub async fn pairwise_tokens_of(
+        &self,
+        partner: &str,
+        subjects: &[SubjectId],
+    ) -> Result<HashMap<SubjectId, String>, StoreError> {
+        let mut out = HashMap::new();
+        let mut conn = self.pool().acquire().await?;
+        for part in subjects.chunks(IN_CHUNK) {
+            pairwise_chunk(&mut *conn, partner, part, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// A loader of benchmark fixtures (`idvault bench match` fills a
+    /// scratch vault with it); see [`BenchLoader`].
+    pub async fn bench_loader(
+        &self,
+        domain: &str,
+        version: u32,
+    ) -> Result<BenchLoader, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let sqlite = self.backend() == super::Backend::Sqlite;
+        if sqlite {
+            // One transaction for the whole load, held in memory: each
+            // commit of a big random-keyed index otherwise rewrites most
+            // of its pages.
+            sqlx::query("PRAGMA cache_size = -6291456")
+                .execute(&mut *conn)
+                .await?;
+            // Multi-row inserts keep a statement journal; in memory, not a
+            // temporary file.
+            sqlx::query("PRAGMA temp_store = MEMORY")
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        Ok(BenchLoader {
+            conn,
+            domain: domain.to_owned(),
+            version,
+            sqlite,
+        })
+    }
+
+    /// Records `domain` as being indexed (`now_ms` 0: backfill under way;
+    /// otherwise the time it came to cover every subject). Bookkeeping
+    /// only, no personal data. Recording before the backfill means a
+    /// domain whose backfill was interrupted is still known, so its rows
+    /// are dropped if it leaves the configuration.
+    pub async fn mark_match_domain(&self, domain: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO match_domains (domain, indexed_at_ms) VALUES ($1, $2) \
+             ON CONFLICT (domain) DO UPDATE SET indexed_at_ms = excluded.indexed_at_ms",
+        )
+        .bind(domain.to_owned())
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Recorded match domains: `(domain, complete)`.
+    pub async fn match_domains(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT domain, indexed_at_ms FROM match_domains ORDER BY domain")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.into_iter().map(|(d, t)| (d, t > 0)).collect())
+    }
+
+    /// Up to `limit` subject ids after `after` (all from the start when
+    /// `None`), ascending: for paging through every subject.
+    pub async fn subject_ids_after(
+        &self,
+        after: Option<&SubjectId>,
+        limit: u32,
+    ) -> Result<Vec<SubjectId>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT subject_id FROM subjects WHERE subject_id > $1 ORDER BY subject_id LIMIT $2",
+        )
+        .bind(after.map_or_else(Vec::new, |s| s.as_bytes().to_vec()))
+        .bind(u64_to_i64(u64::from(limit))?)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|s| subject_of(s, "subjects.subject_id"))
+            .collect()
+    }
+}
+
+/// Writes `(subject, field code, index)` rows of one domain and key version
+/// in a single unaudited transaction, for benchmark fixtures only.
+#[derive(Debug)]
+pub struct BenchLoader {
+    conn: sqlx::pool::PoolConnection<Any>,
+    domain: String,
+    version: u32,
+    sqlite: bool,
+}
+
+impl BenchLoader {
+    /// Adds subjects: each with its blocking `(field code, index)` rows
+    /// (sorted here by index, so inserts land near each other), presence
+    /// mask and signature.
+    pub async fn load(&mut self, subjects: &[LoadedSubject]) -> Result<(), StoreError> {
+        let mut rows: Vec<_> = subjects
+            .iter()
+            .flat_map(|(s, rows, _, _)| {
+                rows.iter()
+                    .map(|(f, i)| (self.domain.as_str(), *s, *f, self.version, *i))
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| r.4);
+        for part in rows.chunks(INSERT_CHUNK) {
+            insert_rows(&mut *self.conn, part).await?;
+        }
+        let mut order: Vec<&LoadedSubject> = subjects.iter().collect();
+        order.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for part in order.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (s, _, mask, sig) in part {
+                q = q
+                    .bind(self.domain.clone())
+                    .bind(s.as_bytes().to_vec())
+                    .bind(i64::from(*mask))
+                    .bind(sig.clone());
+            }
+            q.execute(&mut *self.conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits and restores the connection's cache size.
+    pub async fn finish(mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        if self.sqlite {
+            // Move the load out of the WAL, so reads do not look every page
+            // up in a multi-gigabyte WAL index.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut *self.conn)
+                .await?;
+            sqlx::query("PRAGMA cache_size = -65536; PRAGMA temp_store = DEFAULT")
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,629 @@
+//! Storage adapter: one store over SQLite (embedded default) or PostgreSQL.
+//!
+//! Thin on purpose: it moves rows, it does not decide. Both backends run the
+//! same SQL through sqlx's `Any` driver (positional `$n` parameters work on
+//! both); schemas and migrations are kept per backend in `migrations/`.
+//!
+//! Every audited write is one transaction that starts by bumping the audit
+//! head row (`UPDATE … RETURNING`). That first statement takes the write
+//! lock on SQLite and a row lock on PostgreSQL, so audit records are chained
+//! in commit order even across several vault replicas, and a SQLite
+//! transaction never has to upgrade from a read lock (which can fail with
+//! `SQLITE_BUSY` under concurrency). If the audit record cannot be written,
+//! the whole transaction rolls back: the request fails closed.
+
+/// Column list of `subjects`, as a macro so queries stay string literals
+/// (sqlx refuses dynamically built SQL).
+macro_rules! subject_columns {
+    () => {
+        "subject_id, created_by, wrapped_dek, kek_version, head_seq, head_hash, created_at_ms, updated_at_ms"
+    };
+}
+
+mod consent;
+mod events;
+mod matching;
+mod rows;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+pub use consent::{ChallengeRow, ConsentRow, DeviceRow, EnrollmentCodeRow, ReceiptRow};
+pub use events::{CommandRow, EventRow, IGNORED_UNLINKED, NewCommand};
+pub use matching::{BenchLoader, Candidate, LoadedSubject, MatchRow};
+pub use rows::SubjectRow;
+use rows::{i64_to_u64, u64_to_i64};
+
+use idvault_core::audit::AuditRecord;
+use idvault_core::crypto::HASH_LEN;
+use idvault_core::packet::{ChainHead, NewPacket};
+use idvault_core::subject::SubjectId;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Storage failures. Messages name tables and columns, never values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored column holds an impossible value.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The database URL names no supported backend.
+    #[error("unsupported database URL (use sqlite:… or postgres://…)")]
+    UnsupportedUrl,
+    /// SQLite durability settings did not take effect.
+    #[error("SQLite durability check failed: {0}")]
+    Durability(String),
+}
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite.
+    Sqlite,
+    /// PostgreSQL (or a compatible distributed engine).
+    Postgres,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite only: audited transactions of this process queue here for
+    /// the write lock. SQLite's own busy handler sleeps and retries with
+    /// growing back-off (up to 100 ms a try), so under contention writers
+    /// would mostly sleep; a FIFO async lock hands over at once.
+    writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// SQLite settings applied to every connection. `synchronous=FULL` with WAL
+/// makes an acknowledged commit survive power loss; `secure_delete`
+/// overwrites deleted rows so a shredded DEK does not linger in free pages.
+/// A 64 MiB page cache per connection (the default is 2 MiB) keeps the
+/// upper levels of the blind-matching index in memory at millions of rows.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 10000; \
+     PRAGMA secure_delete = ON; \
+     PRAGMA foreign_keys = ON; \
+     PRAGMA cache_size = -65536;";
+
+impl Store {
+    /// Connects, applies the backend's pragmas, runs migrations and checks
+    /// SQLite durability settings by reading them back.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(15));
+        if backend == Backend::Sqlite {
+            // An embedded database cannot drop a connection: skip the ping
+            // sqlx otherwise sends before handing one out (a round trip to
+            // the connection's worker thread on every transaction).
+            opts = opts.test_before_acquire(false);
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(url).await?;
+        let writer = (backend == Backend::Sqlite).then(Default::default);
+        let store = Self {
+            pool,
+            backend,
+            writer,
+        };
+        match backend {
+            Backend::Sqlite => {
+                SQLITE_MIGRATIONS.run(&store.pool).await?;
+                store.check_sqlite_durability().await?;
+            }
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
+        }
+        Ok(store)
+    }
+
+    async fn check_sqlite_durability(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Durability(format!(
+                "journal_mode is {mode}, not wal"
+            )));
+        }
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await?;
+        // 2 = FULL, 3 = EXTRA: both fsync the WAL on every commit.
+        if sync < 2 {
+            return Err(StoreError::Durability(format!(
+                "synchronous is {sync}, not FULL (2)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for operational tools and tests.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts an audited write transaction; see the module docs.
+    pub async fn begin_audited(&self) -> Result<AuditedTx, StoreError> {
+        let writer = match &self.writer {
+            Some(lock) => Some(std::sync::Arc::clone(lock).lock_owned().await),
+            None => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        let row =
+            sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+                .fetch_one(&mut *tx)
+                .await?;
+        let seq = i64_to_u64(row.try_get("seq")?, "audit_head.seq")?;
+        let hash: Vec<u8> = row.try_get("hash")?;
+        let prev_hash: [u8; HASH_LEN] = hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("audit_head.hash"))?;
+        Ok(AuditedTx {
+            tx,
+            prev_seq: seq.saturating_sub(1),
+            prev_hash,
+            _writer: writer,
+        })
+    }
+
+    /// The stored audit head `(seq, hash)`.
+    pub async fn audit_head(&self) -> Result<(u64, [u8; HASH_LEN]), StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let hash: Vec<u8> = row.try_get("hash")?;
+        Ok((
+            i64_to_u64(row.try_get("seq")?, "audit_head.seq")?,
+            hash.try_into()
+                .map_err(|_| StoreError::Corrupt("audit_head.hash"))?,
+        ))
+    }
+
+    /// Up to `limit` audit records with `seq > after`, ascending.
+    pub async fn audit_page(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, time_ms, actor, action, subject, outcome, detail, key_version, \
+             prev_hash, hash, mac FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(u64_to_i64(after)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::audit_from_row).collect()
+    }
+
+    /// Canonical entity tokens for blind indexes (absent ones are left out),
+    /// in batches of [`LOOKUP_BATCH`] indexes per query.
+    pub async fn xref_lookup(
+        &self,
+        indexes: &[[u8; HASH_LEN]],
+    ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
+        let mut out = HashMap::with_capacity(indexes.len());
+        let mut conn = self.pool.acquire().await?;
+        for part in indexes.chunks(LOOKUP_BATCH) {
+            lookup_chunk(&mut *conn, part, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// The cross-reference generation (bumped by imports that change links).
+    pub async fn xref_generation(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM xref_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Resolves an entity token (or an alias) to its canonical token.
+    pub async fn xref_resolve(
+        &self,
+        owner: &str,
+        token: &str,
+    ) -> Result<Option<String>, StoreError> {
+        resolve(&self.pool, owner, token).await
+    }
+
+    /// After a shredding delete: push the WAL into the main file and
+    /// truncate it, so deleted pages (overwritten by `secure_delete`) do not
+    /// survive in the WAL. Best effort; a busy reader can postpone it.
+    pub async fn compact_after_delete(&self) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Blind indexes per lookup query.
+pub const LOOKUP_BATCH: usize = 500;
+
+/// Looks up at most [`LOOKUP_BATCH`] blind indexes in one query and adds
+/// the canonical token of each one found to `out`.
+async fn lookup_chunk<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    part: &[[u8; HASH_LEN]],
+    out: &mut HashMap<[u8; HASH_LEN], String>,
+) -> Result<(), StoreError> {
+    if part.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=part.len()).map(|n| format!("${n}")).collect();
+    // Only numbered placeholders are formatted into the text; every value
+    // is bound. (sqlx's QueryBuilder would emit `?` for the Any driver,
+    // which PostgreSQL does not accept.)
+    let sql = format!(
+        "SELECT l.blind_index, e.token, e.alias_of FROM xref_links l \
+         JOIN xref_entities e ON e.token = l.token WHERE l.blind_index IN ({})",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (Vec<u8>, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+    for bi in part {
+        q = q.bind(bi.to_vec());
+    }
+    for (bi, token, alias) in q.fetch_all(ex).await? {
+        let bi: [u8; HASH_LEN] = bi
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
+        out.insert(bi, alias.unwrap_or(token));
+    }
+    Ok(())
+}
+
+/// One stored link: `(id_type, key_version, blind_index, sealed identifier)`.
+pub type XrefLink = (String, u32, [u8; HASH_LEN], Vec<u8>);
+
+async fn links_of<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    token: &str,
+) -> Result<Vec<XrefLink>, StoreError> {
+    let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT id_type, key_version, blind_index, sealed FROM xref_links WHERE token = $1 ORDER BY id_type, blind_index",
+    )
+    .bind(token.to_owned())
+    .fetch_all(ex)
+    .await?;
+    rows.into_iter()
+        .map(|(t, v, bi, sealed)| {
+            let v = u32::try_from(v).map_err(|_| StoreError::Corrupt("xref_links.key_version"))?;
+            let bi: [u8; HASH_LEN] = bi
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("xref_links.blind_index"))?;
+            Ok((t, v, bi, sealed))
+        })
+        .collect()
+}
+
+async fn resolve<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    owner: &str,
+    token: &str,
+) -> Result<Option<String>, StoreError> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT token, alias_of FROM xref_entities WHERE token = $1 AND owner = $2")
+            .bind(token.to_owned())
+            .bind(owner.to_owned())
+            .fetch_optional(ex)
+            .await?;
+    Ok(row.map(|(t, a)| a.unwrap_or(t)))
+}
+
+/// A write transaction that ends by appending exactly one audit record.
+/// Dropping it without [`AuditedTx::commit`] rolls everything back.
+#[derive(Debug)]
+pub struct AuditedTx {
+    tx: Transaction<'static, Any>,
+    prev_seq: u64,
+    prev_hash: [u8; HASH_LEN],
+    /// Held until the transaction ends. On a drop without commit, sqlx
+    /// only queues the rollback (it runs when the connection returns to
+    /// the pool), so the next writer may briefly wait in SQLite's busy
+    /// handler; it never sees this transaction's writes.
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl AuditedTx {
+    /// The audit position the record must chain after.
+    pub fn audit_position(&self) -> (u64, [u8; HASH_LEN]) {
+        (self.prev_seq, self.prev_hash)
+    }
+
+    /// Loads a subject row.
+    pub async fn subject(&mut self, id: &SubjectId) -> Result<Option<SubjectRow>, StoreError> {
+        let row: Option<AnyRow> = sqlx::query(concat!(
+            "SELECT ",
+            subject_columns!(),
+            " FROM subjects WHERE subject_id = $1"
+        ))
+        .bind(id.as_bytes().to_vec())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(SubjectRow::from_row).transpose()
+    }
+
+    /// A subject's packets as `(seq, bytes)`, ascending.
+    pub async fn packets(&mut self, id: &SubjectId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, packet FROM packets WHERE subject_id = $1 ORDER BY seq")
+                .bind(id.as_bytes().to_vec())
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    i64_to_u64(r.try_get("seq")?, "packets.seq")?,
+                    r.try_get("packet")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Inserts a new subject row.
+    pub async fn insert_subject(&mut self, s: &SubjectRow) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO subjects (",
+            subject_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(s.id.as_bytes().to_vec())
+        .bind(s.created_by.clone())
+        .bind(s.wrapped_dek.bytes.clone())
+        .bind(i64::from(s.wrapped_dek.kek_version))
+        .bind(u64_to_i64(s.head.seq)?)
+        .bind(s.head.hash.to_vec())
+        .bind(s.created_at_ms)
+        .bind(s.updated_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends packets.
+    pub async fn insert_packets(
+        &mut self,
+        id: &SubjectId,
+        packets: &[NewPacket],
+    ) -> Result<(), StoreError> {
+        for p in packets {
+            sqlx::query(
+                "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id.as_bytes().to_vec())
+            .bind(u64_to_i64(p.seq)?)
+            .bind(p.field.as_str())
+            .bind(p.packet.as_bytes().to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Moves a subject's chain head.
+    pub async fn set_head(
+        &mut self,
+        id: &SubjectId,
+        head: ChainHead,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE subjects SET head_seq = $1, head_hash = $2, updated_at_ms = $3 WHERE subject_id = $4")
+            .bind(u64_to_i64(head.seq)?)
+            .bind(head.hash.to_vec())
+            .bind(now_ms)
+            .bind(id.as_bytes().to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a subject's wrapped DEK, packets, blind-matching indexes,
+    /// pairwise tokens, consent rows, links, rules, events and pending
+    /// commands; returns packets removed.
+    pub async fn delete_subject(&mut self, id: &SubjectId) -> Result<u64, StoreError> {
+        let n = sqlx::query("DELETE FROM packets WHERE subject_id = $1")
+            .bind(id.as_bytes().to_vec())
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        for sql in [
+            "DELETE FROM subjects WHERE subject_id = $1",
+            // No longer matchable, and no partner's token points at it.
+            "DELETE FROM match_index WHERE subject_id = $1",
+            "DELETE FROM match_subjects WHERE subject_id = $1",
+            "DELETE FROM pairwise_tokens WHERE subject_id = $1",
+            // Its devices (and their request ids), codes, challenges,
+            // consents and receipts.
+            "DELETE FROM device_requests WHERE device_id IN \
+             (SELECT device_id FROM devices WHERE subject_id = $1)",
+            "DELETE FROM devices WHERE subject_id = $1",
+            "DELETE FROM enrollment_codes WHERE subject_id = $1",
+            "DELETE FROM consent_challenges WHERE subject_id = $1",
+            "DELETE FROM consents WHERE subject_id = $1",
+            "DELETE FROM consent_receipts WHERE subject_id = $1",
+            // Its links, rules, event history and pending commands (whose
+            // payloads its data key sealed).
+            "DELETE FROM entity_links WHERE subject_id = $1",
+            "DELETE FROM subject_rules WHERE subject_id = $1",
+            "DELETE FROM events WHERE subject_id = $1",
+            "DELETE FROM command_outbox WHERE subject_id = $1",
+            "DELETE FROM command_counters WHERE subject_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.as_bytes().to_vec())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Canonical tokens for blind indexes, inside the transaction.
+    pub async fn xref_lookup(
+        &mut self,
+        indexes: &[[u8; HASH_LEN]],
+    ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
+        let mut out = HashMap::with_capacity(indexes.len());
+        for part in indexes.chunks(LOOKUP_BATCH) {
+            lookup_chunk(&mut *self.tx, part, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// Resolves an entity token (or alias) inside the transaction.
+    pub async fn xref_resolve(
+        &mut self,
+        owner: &str,
+        token: &str,
+    ) -> Result<Option<String>, StoreError> {
+        resolve(&mut *self.tx, owner, token).await
+    }
+
+    /// The links of a canonical entity, inside the transaction.
+    pub async fn xref_links_of(&mut self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
+        links_of(&mut *self.tx, token).await
+    }
+
+    /// Bumps the cross-reference generation (links or merges changed).
+    pub async fn xref_bump_generation(&mut self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE xref_generation SET value = value + 1 WHERE id = 1")
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates an entity.
+    pub async fn xref_create(
+        &mut self,
+        owner: &str,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO xref_entities (token, owner, alias_of, created_at_ms) VALUES ($1, $2, NULL, $3)")
+            .bind(token.to_owned())
+            .bind(owner.to_owned())
+            .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Links a blind index to an entity.
+    pub async fn xref_link(
+        &mut self,
+        index: &[u8; HASH_LEN],
+        key_version: u32,
+        id_type: &str,
+        owner: &str,
+        token: &str,
+        sealed: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO xref_links (blind_index, key_version, id_type, owner, token, sealed) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+            .bind(index.to_vec())
+            .bind(i64::from(key_version))
+            .bind(id_type.to_owned())
+            .bind(owner.to_owned())
+            .bind(token.to_owned())
+            .bind(sealed)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Merges `merged` entities into `survivor`: they and their aliases
+    /// become aliases of `survivor`, and their links move to it.
+    pub async fn xref_merge(
+        &mut self,
+        survivor: &str,
+        merged: &[String],
+    ) -> Result<(), StoreError> {
+        for m in merged {
+            sqlx::query("UPDATE xref_entities SET alias_of = $1 WHERE token = $2 OR alias_of = $2")
+                .bind(survivor.to_owned())
+                .bind(m.clone())
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query("UPDATE xref_links SET token = $1 WHERE token = $2")
+                .bind(survivor.to_owned())
+                .bind(m.clone())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the audit record, moves the audit head and commits.
+    pub async fn commit(mut self, record: &AuditRecord) -> Result<(), StoreError> {
+        if record.seq != self.prev_seq + 1 || record.prev_hash != self.prev_hash {
+            return Err(StoreError::Corrupt(
+                "audit record does not chain to the head",
+            ));
+        }
+        let e = &record.event;
+        sqlx::query(
+            "INSERT INTO audit_log (seq, time_ms, actor, action, subject, outcome, detail, \
+             key_version, prev_hash, hash, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(u64_to_i64(record.seq)?)
+        .bind(e.time_ms)
+        .bind(e.actor.clone())
+        .bind(e.action.clone())
+        .bind(e.subject.clone())
+        .bind(e.outcome.clone())
+        .bind(e.detail.clone())
+        .bind(i64::from(record.key_version))
+        .bind(record.prev_hash.to_vec())
+        .bind(record.hash.to_vec())
+        .bind(record.mac.to_vec())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(record.hash.to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
