@@ -784,6 +784,7 @@ pub fn bench_decisions(policies: CompiledPolicies, n: usize) -> Result<(f64, f64
     ];
     let n = n.max(1);
     let mut allowed = 0usize;
+    #[allow(clippy::disallowed_methods)] // a benchmark measures wall time
     let t = std::time::Instant::now();
     for (p, a, r, c) in cases.iter().cycle().take(n) {
         if std::hint::black_box(engine.decide(p, *a, *r, c)).allowed {

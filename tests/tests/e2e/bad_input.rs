@@ -150,3 +150,82 @@ pub async fn malformed_and_oversized_messages(b: Backend) -> anyhow::Result<()> 
     nothing_written(&tv, 1, 1).await;
     tv.stop().await
 }
+
+/// `(action, outcome, detail)` of the newest audit record.
+async fn last_audit(tv: &TestVault) -> (String, String, String) {
+    sqlx::query_as("SELECT action, outcome, detail FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_one(tv.db())
+        .await
+        .unwrap()
+}
+
+/// A message the edge cannot map to a request (a required field missing,
+/// an unknown enum value) is refused through the one request pipeline:
+/// INVALID_ARGUMENT, and an audit record naming the action, outcome
+/// `invalid` and the deciding policies, never the caller's text.
+pub async fn edge_refusals_are_audited(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1 as pb;
+    let tv = TestVault::start(b).await?;
+    let expect = async |e: tonic::Status, action: &str| {
+        assert_eq!(e.code(), Code::InvalidArgument, "{action}: {e:?}");
+        let (a, outcome, detail) = last_audit(&tv).await;
+        assert_eq!((a.as_str(), outcome.as_str()), (action, "invalid"), "{detail}");
+        assert!(detail.contains("policy="), "{action}: {detail}");
+        assert!(detail.starts_with("bad request"), "{action}: {detail}");
+    };
+
+    let mut m = pb::match_service_client::MatchServiceClient::new(tv.channel("partner-b").await?);
+    let e = m
+        .r#match(pb::MatchRequest { query: None })
+        .await
+        .unwrap_err();
+    expect(e, "Match").await;
+
+    let mut c =
+        pb::consent_service_client::ConsentServiceClient::new(tv.channel("partner-b").await?);
+    let e = c
+        .release(pb::ReleaseRequest { consent: None })
+        .await
+        .unwrap_err();
+    expect(e, "PresentConsent").await;
+
+    let mut ev = pb::event_service_client::EventServiceClient::new(tv.channel("partner-a").await?);
+    let e = ev
+        .publish_event(pb::PublishEventRequest {
+            subject: None,
+            event_type: "address.changed".into(),
+            event_id: "ev-1".into(),
+            fields: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    expect(e, "PublishEvent").await;
+
+    let mut t = pb::token_service_client::TokenServiceClient::new(tv.channel("partner-a").await?);
+    let no_settings = pb::TokenizeLogRequest {
+        settings: None,
+        data: b"{}\n".to_vec(),
+    };
+    let e = t
+        .tokenize_log(tokio_stream::iter([no_settings]))
+        .await
+        .unwrap_err();
+    expect(e, "TokenizeLog").await;
+    let bad_mode = pb::TokenizeLogRequest {
+        settings: Some(pb::TokenizeSettings {
+            format: pb::LogFormat::JsonLines.into(),
+            fields: vec!["user.msisdn".into()],
+            mode: 99,
+            ..Default::default()
+        }),
+        data: Vec::new(),
+    };
+    let e = t
+        .tokenize_log(tokio_stream::iter([bad_mode]))
+        .await
+        .unwrap_err();
+    expect(e, "TokenizeLog").await;
+
+    nothing_written(&tv, 0, 0).await;
+    tv.stop().await
+}

@@ -54,6 +54,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     audit::refusals_are_audited_without_pii,
     bad_input::invalid_fields,
     bad_input::malformed_and_oversized_messages,
+    bad_input::edge_refusals_are_audited,
     ops::concurrent_writes_keep_one_audit_chain,
     ops::root_key_rotation_keeps_old_data,
     bridge::import_links_and_is_idempotent,

@@ -2,7 +2,10 @@
 //! synthetic people generator they share. Method and figures are in
 //! `docs/BENCHMARKS.md`; nothing here is a test (no timing is asserted).
 //!
-//! - [`tokenize`]: the stateless log tokenizer against a bare loop.
+//! - [`packets`]: sealing and verifying chained packets in memory.
+//! - [`subjects`]: CreateSubject RPCs over mTLS, RPC/s and latency.
+//! - [`tokenize`]: the stateless log tokenizer against a bare loop, and
+//!   TokenizeLog in cross-reference mode through the vault.
 //! - [`matching`]: blind-matching quality and latency.
 //! - [`consent`]: grant verification and consented releases.
 //! - [`events`]: events to delivered commands.
@@ -16,6 +19,8 @@ pub mod consent;
 pub mod events;
 pub mod inprocess;
 pub mod matching;
+pub mod packets;
+pub mod subjects;
 pub mod synth;
 pub mod tokenize;
 

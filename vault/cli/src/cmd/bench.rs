@@ -1,13 +1,7 @@
 //! `idvault bench …`: the benchmarks (idvault-bench) and their reports.
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::bail;
 use clap::Subcommand;
-use idvault_core::SystemRng;
-
-use idvault_proto::v1::subject_service_client::SubjectServiceClient;
-use idvault_proto::v1::*;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
@@ -109,141 +103,6 @@ pub(crate) enum BenchCommand {
     },
 }
 
-pub(crate) fn bench_packets(count: u64) -> anyhow::Result<()> {
-    use idvault_core::keys::generate_dek;
-    use idvault_core::packet::{self, ChainHead};
-    use idvault_core::subject::{SubjectId, validate_fields};
-    let rng = SystemRng::default();
-    let id = SubjectId::generate(&rng)?;
-    let dek = generate_dek(&rng)?;
-    let fields = validate_fields([("email".to_owned(), "ada.lovelace@example.org".to_owned())])?;
-    let mut head = ChainHead::genesis(&id);
-    let mut stored = Vec::with_capacity(usize::try_from(count)?);
-    let t = Instant::now();
-    for _ in 0..count {
-        let (p, h) = packet::append(&id, &dek, head, &fields, 0, &rng)?;
-        head = h;
-        stored.extend(p.into_iter().map(|p| p.packet.into_bytes()));
-    }
-    let seal = t.elapsed();
-    let t = Instant::now();
-    let report = packet::verify_chain(
-        &id,
-        &dek,
-        stored.iter().zip(1u64..).map(|(b, s)| (s, b.as_slice())),
-        head,
-    );
-    let verify = t.elapsed();
-    if !report.intact() {
-        bail!("benchmark chain did not verify");
-    }
-    let rate = |d: std::time::Duration| count as f64 / d.as_secs_f64();
-    println!("packets: {count}, value 24 bytes, one core");
-    println!("seal+chain:        {:>12.0} packets/s", rate(seal));
-    println!("verify (decrypt):  {:>12.0} packets/s", rate(verify));
-    Ok(())
-}
-
-/// Cross-reference mode: imports the synthetic log's 100,000 customers
-/// (phone and account linked), then streams the log through TokenizeLog
-/// twice over mTLS; the second pass runs on a warm lookup cache.
-pub(crate) async fn bench_tokenize_xref(records: u64) -> anyhow::Result<()> {
-    use idvault_proto::v1::token_service_client::TokenServiceClient;
-    use idvault_proto::v1::{
-        BridgeIdentifier, BridgeRecord, IdentifierType as T, ImportBridgeRequest, LogFormat,
-        TokenizeLogRequest, TokenizeMode, TokenizeSettings,
-    };
-    let vault = idvault_bench::InProcess::start(None)
-        .await
-        .map_err(anyhow::Error::from_boxed)?;
-    let mut c = TokenServiceClient::new(
-        vault
-            .channel("partner-a")
-            .await
-            .map_err(anyhow::Error::from_boxed)?,
-    );
-
-    let t = Instant::now();
-    let batches: Vec<ImportBridgeRequest> = (0..100u64)
-        .map(|b| ImportBridgeRequest {
-            records: (b * 1000..(b + 1) * 1000)
-                .map(|u| BridgeRecord {
-                    record_id: format!("u{u}"),
-                    identifiers: vec![
-                        BridgeIdentifier {
-                            r#type: T::Msisdn.into(),
-                            value: format!("+44 7700 {u:06}"),
-                            sealed_value: Vec::new(),
-                        },
-                        BridgeIdentifier {
-                            r#type: T::Account.into(),
-                            value: format!("AC-{:08}", u * 7 + 13),
-                            sealed_value: Vec::new(),
-                        },
-                    ],
-                    ..Default::default()
-                })
-                .collect(),
-            default_country_code: 44,
-        })
-        .collect();
-    let s = c
-        .import_bridge(tokio_stream::iter(batches))
-        .await?
-        .into_inner();
-    let import_secs = t.elapsed().as_secs_f64();
-
-    let mut log = Vec::new();
-    idvault_bench::tokenize::generate_log(&mut log, records)?;
-    let settings = TokenizeSettings {
-        format: LogFormat::JsonLines.into(),
-        fields: vec!["user.msisdn".into(), "account_id".into()],
-        mode: TokenizeMode::CrossReference.into(),
-        ..Default::default()
-    };
-    let mut rates = Vec::new();
-    for _ in 0..2 {
-        let mut reqs = vec![TokenizeLogRequest {
-            settings: Some(settings.clone()),
-            data: Vec::new(),
-        }];
-        reqs.extend(
-            log.chunks(super::tokenize::REMOTE_CHUNK)
-                .map(|ch| TokenizeLogRequest {
-                    settings: None,
-                    data: ch.to_vec(),
-                }),
-        );
-        let t = Instant::now();
-        let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
-        let (mut done, mut rejected) = (0u64, 0usize);
-        while let Some(m) = stream.message().await? {
-            done += m.records_rewritten;
-            rejected += m.rejected.len();
-        }
-        if done != records || rejected != 0 {
-            bail!("tokenized {done} of {records} records, {rejected} rejected");
-        }
-        rates.push(records as f64 / t.elapsed().as_secs_f64());
-    }
-    println!(
-        "bridge import: {} customers, {} identifiers linked, {:.0} records/s",
-        s.records,
-        s.identifiers_linked,
-        s.records as f64 / import_secs
-    );
-    println!("TokenizeLog cross-reference, {records} records over mTLS, SQLite:");
-    println!(
-        "cold cache: {:>10.0} records/s",
-        rates.first().copied().unwrap_or_default()
-    );
-    println!(
-        "warm cache: {:>10.0} records/s",
-        rates.get(1).copied().unwrap_or_default()
-    );
-    vault.stop().await.map_err(anyhow::Error::from_boxed)
-}
-
 pub(crate) async fn bench_consent(
     o: idvault_bench::consent::ConsentBenchOptions,
 ) -> anyhow::Result<()> {
@@ -326,74 +185,6 @@ pub(crate) async fn bench_match(
     Ok(())
 }
 
-pub(crate) async fn bench_subjects(
-    count: usize,
-    concurrency: usize,
-    database_url: Option<String>,
-) -> anyhow::Result<()> {
-    let vault = idvault_bench::InProcess::start(database_url)
-        .await
-        .map_err(anyhow::Error::from_boxed)?;
-    let per = count.div_ceil(concurrency.max(1));
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..concurrency.max(1) {
-        let ch = vault
-            .channel("partner-a")
-            .await
-            .map_err(anyhow::Error::from_boxed)?;
-        tasks.push(tokio::spawn(async move {
-            let mut c = SubjectServiceClient::new(ch);
-            let mut lat = Vec::with_capacity(per);
-            for i in 0..per {
-                let req = CreateSubjectRequest {
-                    fields: vec![
-                        Field {
-                            name: "given_name".into(),
-                            value: format!("Given{w}x{i}"),
-                        },
-                        Field {
-                            name: "family_name".into(),
-                            value: "Benchmark".into(),
-                        },
-                        Field {
-                            name: "email".into(),
-                            value: format!("p{w}x{i}@example.org"),
-                        },
-                    ],
-                };
-                let s = Instant::now();
-                c.create_subject(req).await?;
-                lat.push(s.elapsed());
-            }
-            Ok::<_, tonic::Status>(lat)
-        }));
-    }
-    let mut lat = Vec::with_capacity(count);
-    for task in tasks {
-        lat.extend(task.await??);
-    }
-    let elapsed = t.elapsed();
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    println!(
-        "CreateSubject over mTLS, 3 fields, {} RPCs, {concurrency} connections, storage {}",
-        lat.len(),
-        vault.backend()
-    );
-    println!(
-        "throughput: {:>10.0} RPC/s ({:.0} packets sealed and stored/s)",
-        lat.len() as f64 / elapsed.as_secs_f64(),
-        3.0 * lat.len() as f64 / elapsed.as_secs_f64()
-    );
-    println!("latency:    p50 {:?}  p99 {:?}", pct(0.50), pct(0.99));
-    vault.stop().await.map_err(anyhow::Error::from_boxed)
-}
-
 /// Runs a `bench` subcommand.
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
@@ -444,7 +235,9 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        BenchCommand::Packets { count } => bench_packets(count),
+        BenchCommand::Packets { count } => {
+            idvault_bench::packets::run(count).map_err(anyhow::Error::from_boxed)
+        }
         BenchCommand::Match {
             originals,
             strangers,
@@ -464,7 +257,9 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             .await
         }
         BenchCommand::Tokenize { records, mode, .. } if mode == "xref" => {
-            bench_tokenize_xref(records).await
+            idvault_bench::tokenize::xref(records)
+                .await
+                .map_err(anyhow::Error::from_boxed)
         }
         BenchCommand::Tokenize {
             records, threads, ..
@@ -501,6 +296,8 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             count,
             concurrency,
             database_url,
-        } => bench_subjects(count, concurrency, database_url).await,
+        } => idvault_bench::subjects::run(count, concurrency, database_url)
+            .await
+            .map_err(anyhow::Error::from_boxed),
     }
 }

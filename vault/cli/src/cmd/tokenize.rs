@@ -153,6 +153,7 @@ pub(crate) async fn tokenize_remote(args: TokenizeArgs) -> anyhow::Result<()> {
     )
     .await?;
     let mut client = TokenServiceClient::new(channel);
+    #[allow(clippy::disallowed_methods)] // progress on a terminal: elapsed wall time
     let started = Instant::now();
     let mut stream = client
         .tokenize_log(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -243,6 +244,7 @@ pub(crate) fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
         std::fs::File::create(&rejects_path).with_context(|| rejects_path.display().to_string())?,
     );
     let bar = crate::progress::progress_bar();
+    #[allow(clippy::disallowed_methods)] // progress on a terminal: elapsed wall time
     let started = Instant::now();
     let mut total = tk::Summary::default();
     let sources: Vec<Option<PathBuf>> = if args.inputs.is_empty() {

@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, status, within};
 use crate::service::Vault;
-use crate::service::consent::{DeviceOp, DeviceOutcome, ReleaseInput, Signed};
+use crate::service::consent::{ReleaseInput, Signed};
+use crate::service::devices::{DeviceOp, DeviceOutcome};
 use idvault_core::rules::Rule;
 
 /// Runs a use case on its own task and waits for it within `deadline`.
@@ -95,9 +96,13 @@ impl ConsentService for ConsentApi {
             }),
             Some(Consent::StandingConsentId(id)) => ReleaseInput::Standing(id),
             None => {
-                return Err(Status::invalid_argument(
+                return Err(super::malformed(
+                    &self.vault,
+                    &who,
+                    idvault_policies::Action::PresentConsent,
                     "a signed grant or a standing consent id is required",
-                ));
+                )
+                .await);
             }
         };
         let vault = Arc::clone(&self.vault);

@@ -44,9 +44,13 @@ impl EventService for EventApi {
             Some(Subject::SubjectId(s)) => SubjectRef::Id(s),
             Some(Subject::PairwiseToken(t)) => SubjectRef::Pairwise(t),
             None => {
-                return Err(Status::invalid_argument(
+                return Err(super::malformed(
+                    &self.vault,
+                    &who,
+                    idvault_policies::Action::PublishEvent,
                     "a subject_id or a pairwise_token is required",
-                ));
+                )
+                .await);
             }
         };
         let event_id = m.event_id.clone();

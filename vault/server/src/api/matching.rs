@@ -84,10 +84,15 @@ impl MatchService for MatchApi {
 
     async fn r#match(&self, req: Request<MatchRequest>) -> Result<Response<MatchResponse>, Status> {
         let who = caller(&req)?;
-        let q = req
-            .into_inner()
-            .query
-            .ok_or_else(|| Status::invalid_argument("MatchRequest.query is required"))?;
+        let Some(q) = req.into_inner().query else {
+            return Err(super::malformed(
+                &self.vault,
+                &who,
+                idvault_policies::Action::MatchSubjects,
+                "MatchRequest.query is required",
+            )
+            .await);
+        };
         let found = within(self.deadline, async {
             self.vault.match_one(&who, query(q)).await.map_err(status)
         })

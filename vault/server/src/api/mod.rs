@@ -97,6 +97,22 @@ pub(crate) async fn within<T>(
     })
 }
 
+/// Refuses a message the edge could not map to a request (a required
+/// field missing, an unknown enum value): through the pipeline, so it is
+/// identified, gated and audited like every other refusal.
+pub(crate) async fn malformed(
+    vault: &crate::service::Vault,
+    who: &Caller,
+    action: idvault_policies::Action,
+    why: impl Into<String>,
+) -> Status {
+    status(
+        vault
+            .reject(who, action, VaultError::BadRequest(why.into()))
+            .await,
+    )
+}
+
 /// How long a client stream may stay silent before it is closed.
 pub(crate) const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 

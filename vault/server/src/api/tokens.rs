@@ -61,24 +61,24 @@ fn pb_type(t: IdentifierType) -> PbType {
     }
 }
 
-fn settings(m: TokenizeLogRequest) -> Result<crate::service::tokens::log::Settings, Status> {
-    let s = m.settings.ok_or_else(|| {
-        Status::invalid_argument("the first TokenizeLog message must carry settings")
-    })?;
+/// The settings of a TokenizeLog stream's first message; `Err` says what
+/// is wrong (never quoting the data).
+fn settings(m: TokenizeLogRequest) -> Result<crate::service::tokens::log::Settings, String> {
+    let s = m
+        .settings
+        .ok_or("the first TokenizeLog message must carry settings")?;
     let delimiter = match s.csv_delimiter {
         0 => b',',
         d => u8::try_from(d)
             .ok()
             .filter(u8::is_ascii)
-            .ok_or_else(|| Status::invalid_argument("csv_delimiter must be one ASCII byte"))?,
+            .ok_or("csv_delimiter must be one ASCII byte")?,
     };
     let format = match LogFormat::try_from(s.format) {
         Ok(LogFormat::JsonLines) => Format::JsonLines,
         Ok(LogFormat::Csv) => Format::Csv { delimiter },
         _ => {
-            return Err(Status::invalid_argument(
-                "format must be LOG_FORMAT_JSON_LINES or LOG_FORMAT_CSV",
-            ));
+            return Err("format must be LOG_FORMAT_JSON_LINES or LOG_FORMAT_CSV".into());
         }
     };
     let mode = match TokenizeMode::try_from(s.mode) {
@@ -87,9 +87,7 @@ fn settings(m: TokenizeLogRequest) -> Result<crate::service::tokens::log::Settin
         }
         Ok(TokenizeMode::CrossReference) => crate::service::tokens::log::Mode::CrossReference,
         _ => {
-            return Err(Status::invalid_argument(
-                "mode must be STATELESS or CROSS_REFERENCE",
-            ));
+            return Err("mode must be STATELESS or CROSS_REFERENCE".into());
         }
     };
     let fields = s
@@ -97,7 +95,7 @@ fn settings(m: TokenizeLogRequest) -> Result<crate::service::tokens::log::Settin
         .iter()
         .map(|f| FieldSpec::parse(f))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     Ok(crate::service::tokens::log::Settings {
         format,
         fields,
@@ -166,21 +164,27 @@ impl TokenService for TokenApi {
         &self,
         req: Request<Streaming<TokenizeLogRequest>>,
     ) -> Result<Response<Self::TokenizeLogStream>, Status> {
+        const A: idvault_policies::Action = idvault_policies::Action::TokenizeLog;
         let who = caller(&req)?;
         let mut stream = req.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty TokenizeLog stream"))?;
-        let data = first.data.clone();
-        let settings = settings(first)?;
+        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        let first = super::next_message(&mut stream, deadline, "TokenizeLog").await?;
+        let settings = match first.as_ref().map(|m| settings(m.clone())) {
+            Some(Ok(s)) => s,
+            Some(Err(why)) => return Err(super::malformed(&self.vault, &who, A, why).await),
+            None => {
+                return Err(
+                    super::malformed(&self.vault, &who, A, "empty TokenizeLog stream").await,
+                );
+            }
+        };
+        let data = first.map(|m| m.data).unwrap_or_default();
         let mut tok = self
             .vault
             .start_tokenize(&who, settings)
             .await
             .map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let deadline = tokio::time::Instant::now() + self.stream_deadline;
         tokio::spawn(async move {
             let mut next = Some(data);
             loop {
@@ -252,7 +256,8 @@ impl TokenService for TokenApi {
         let mut total = ImportSummary::default();
         let mut offset = 0u64;
         let mut batches = 0u64;
-        while let Some(batch) = stream.message().await? {
+        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        while let Some(batch) = super::next_message(&mut stream, deadline, "ImportBridge").await? {
             batches += 1;
             let opts = NormalizeOptions {
                 default_country_code: u16::try_from(batch.default_country_code)

@@ -12,15 +12,15 @@
 //! commands or not at all, so an acknowledged event's commands survive a
 //! crash.
 
-use idvault_policies::{Action, RequestContext, Resource};
+use idvault_policies::Action;
 use idvault_proto::v1 as pb;
 
 use crate::config::Partner;
-use crate::service::consent::DeviceOutcome;
+use crate::service::devices::DeviceOutcome;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, EventRow, IGNORED_UNLINKED, NewCommand};
 use idvault_core::consent::{DeviceAction, Refusal};
-use idvault_core::keys::{self, KeyError};
+use idvault_core::keys::KeyError;
 use idvault_core::rules::{self, Rule, Suggestion};
 use idvault_core::subject::SubjectId;
 
@@ -152,31 +152,16 @@ impl Vault {
         event_id: String,
         fields: Vec<pb::EventField>,
     ) -> Result<EventOutcome, VaultError> {
-        const A: Action = Action::PublishEvent;
-        let partner = self.authorize(caller, A).await?;
-        let event = match rules::validate_event(event_type, event_id, fields) {
-            Ok(e) => e,
-            Err(e) => {
-                return self
-                    .refuse(caller, A, None, VaultError::BadRequest(e.to_string()))
-                    .await;
-            }
-        };
-        let r = async {
-            let mut tx = self.begin().await.map_err(|e| (None, e))?;
-            let id = self.known_subject(&mut tx, partner, &subject).await?;
+        self.handle(caller, Action::PublishEvent, async |req| {
+            let event = rules::validate_event(event_type, event_id, fields)
+                .map_err(|e| VaultError::BadRequest(e.to_string()))?;
+            let mut tx = self.begin().await?;
+            let id = self.known_subject(&mut tx, req.partner, &subject).await?;
             // The decision on this subject (operator policies may hold one);
             // a refusal is audited once the transaction is dropped.
-            let text = id.to_string();
-            let on = Resource::Subject(&text);
-            if !self.decide(caller, partner, A, on, RequestContext::default()) {
-                return Err((Some(id), VaultError::Denied(A)));
-            }
-            let (outcome, ids, skipped) = match self.apply_event(&mut tx, caller, &id, &event).await
-            {
-                Ok(o) => o,
-                Err(e) => return Err((Some(id), e)),
-            };
+            req.decide_on_subject(&id, &[])?;
+            let (outcome, ids, skipped) =
+                self.apply_event(&mut tx, req.caller, &id, &event).await?;
             let mut detail = match outcome {
                 EventOutcome::Delivered(n) => {
                     format!("outcome=delivered commands={n} ids={}", ids.join(","))
@@ -186,19 +171,13 @@ impl Vault {
             if !skipped.is_empty() {
                 detail.push_str(&format!(" skipped_unregistered={}", skipped.join(",")));
             }
-            self.commit_event(tx, caller, A, Some(&id), detail)
-                .await
-                .map_err(|e| (Some(id), e))?;
+            self.commit(tx, req, Some(&id), detail).await?;
             if matches!(outcome, EventOutcome::Delivered(n) if n > 0) {
                 self.commands_ready().notify_waiters();
             }
             Ok(outcome)
-        }
-        .await;
-        match r {
-            Ok(o) => Ok(o),
-            Err((subject, e)) => self.audit_failure(caller, A, subject.as_ref(), e).await,
-        }
+        })
+        .await
     }
 
     /// The subject `r` names, if the partner knows it: by id when the
@@ -209,25 +188,19 @@ impl Vault {
         tx: &mut AuditedTx,
         partner: &Partner,
         r: &SubjectRef,
-    ) -> Result<SubjectId, (Option<SubjectId>, VaultError)> {
+    ) -> Result<SubjectId, VaultError> {
         let found = match r {
             SubjectRef::Id(s) => {
-                let id = SubjectId::parse(s).map_err(|e| (None, e.into()))?;
-                let known = tx
-                    .pairwise_tokens(&partner.name, &[id])
-                    .await
-                    .map_err(|e| (None, e.into()))?;
+                let id = SubjectId::parse(s)?;
+                let known = tx.pairwise_tokens(&partner.name, &[id]).await?;
                 known.contains_key(&id).then_some(id)
             }
             // A token of the wrong shape names no one (and never reaches
             // the database).
             SubjectRef::Pairwise(t) if !crate::service::matching::valid_pairwise_token(t) => None,
-            SubjectRef::Pairwise(t) => tx
-                .subject_of_pairwise(&partner.name, t)
-                .await
-                .map_err(|e| (None, e.into()))?,
+            SubjectRef::Pairwise(t) => tx.subject_of_pairwise(&partner.name, t).await?,
         };
-        found.ok_or((None, VaultError::NotFound))
+        found.ok_or(VaultError::NotFound)
     }
 
     /// Inside `tx`: the event's outcome, the ids of the commands it wrote,
@@ -314,18 +287,7 @@ impl Vault {
         id: &SubjectId,
     ) -> Result<idvault_core::secret::DataKey, VaultError> {
         let row = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
-        self.unwrap_subject_dek(id, &row)
-    }
-
-    /// Unwraps a subject row's data key.
-    fn unwrap_subject_dek(
-        &self,
-        id: &SubjectId,
-        row: &crate::store::SubjectRow,
-    ) -> Result<idvault_core::secret::DataKey, VaultError> {
-        let kek = self.keys().kek(row.wrapped_dek.kek_version)?;
-        keys::unwrap_dek(&kek, id, &row.wrapped_dek)
-            .map_err(|_| VaultError::Integrity("data key unwrap"))
+        self.subject_dek(&row)
     }
 
     /// `partner`'s pairwise token for the subject, issued if it has none.
@@ -347,28 +309,29 @@ impl Vault {
         self: &std::sync::Arc<Self>,
         caller: &Caller,
     ) -> Result<StreamSlot, VaultError> {
-        const A: Action = Action::ReceiveCommands;
-        let partner = self.authorize(caller, A).await?;
-        let taken = match self.command_streams.lock() {
-            Ok(mut m) => {
-                let n = m.entry(partner.name.clone()).or_insert(0);
-                if *n >= MAX_STREAMS_PER_PARTNER {
-                    false
-                } else {
-                    *n += 1;
-                    true
+        self.handle(caller, Action::ReceiveCommands, async |req| {
+            let partner = req.partner;
+            let taken = match self.command_streams.lock() {
+                Ok(mut m) => {
+                    let n = m.entry(partner.name.clone()).or_insert(0);
+                    if *n >= MAX_STREAMS_PER_PARTNER {
+                        false
+                    } else {
+                        *n += 1;
+                        true
+                    }
                 }
+                Err(_) => false,
+            };
+            if !taken {
+                return Err(VaultError::TooManyStreams(MAX_STREAMS_PER_PARTNER));
             }
-            Err(_) => false,
-        };
-        if !taken {
-            let err = VaultError::TooManyStreams(MAX_STREAMS_PER_PARTNER);
-            return self.refuse(caller, A, None, err).await;
-        }
-        Ok(StreamSlot {
-            vault: std::sync::Arc::clone(self),
-            partner: partner.name.clone(),
+            Ok(StreamSlot {
+                vault: std::sync::Arc::clone(self),
+                partner: partner.name.clone(),
+            })
         })
+        .await
     }
 
     /// Ends every following command stream (server shutdown).
@@ -390,9 +353,8 @@ impl Vault {
     /// named in the audit record and logged by id, and the cursor moves
     /// past it, so one bad row cannot stop the partner's other commands.
     pub async fn next_commands(&self, caller: &Caller, after: u64) -> Result<Batch, VaultError> {
-        const A: Action = Action::ReceiveCommands;
-        let partner = self.authorize(caller, A).await?;
-        let r = async {
+        self.handle(caller, Action::ReceiveCommands, async |req| {
+            let partner = req.partner;
             let rows = self
                 .store()
                 .pending_commands(&partner.name, after, DELIVERY_BATCH)
@@ -427,14 +389,13 @@ impl Vault {
             if !unreadable.is_empty() {
                 detail.push_str(&format!(" unreadable={}", unreadable.join(",")));
             }
-            self.commit_with(tx, caller, A, detail).await?;
+            self.commit(tx, req, None, detail).await?;
             Ok(Batch {
                 commands: out,
                 next_after,
             })
-        }
-        .await;
-        self.audited_failure(caller, A, r).await
+        })
+        .await
     }
 
     /// Opens one outbox row; `None` when its subject is gone. `deks`
@@ -449,7 +410,7 @@ impl Vault {
             let Some(subject) = self.store().subject_row(&c.subject).await? else {
                 return Ok(None);
             };
-            let dek = self.unwrap_subject_dek(&c.subject, &subject)?;
+            let dek = self.subject_dek(&subject)?;
             deks.push((c.subject, dek));
         }
         let dek = deks
@@ -485,19 +446,12 @@ impl Vault {
     /// Acknowledges the calling partner's commands; returns how many this
     /// call acknowledged.
     pub async fn ack_commands(&self, caller: &Caller, ids: Vec<String>) -> Result<u32, VaultError> {
-        const A: Action = Action::ReceiveCommands;
-        let partner = self.authorize(caller, A).await?;
-        if ids.len() > MAX_ACK_IDS {
-            return self
-                .refuse(
-                    caller,
-                    A,
-                    None,
-                    VaultError::BadRequest(format!("at most {MAX_ACK_IDS} command ids per call")),
-                )
-                .await;
-        }
-        let r = async {
+        self.handle(caller, Action::ReceiveCommands, async |req| {
+            if ids.len() > MAX_ACK_IDS {
+                return Err(VaultError::BadRequest(format!(
+                    "at most {MAX_ACK_IDS} command ids per call"
+                )));
+            }
             let mut tx = self.begin().await?;
             // Ids of another shape name no command (and never reach the
             // database).
@@ -505,26 +459,13 @@ impl Vault {
                 .into_iter()
                 .filter(|i| rules::valid_command_id(i))
                 .collect();
-            let n = tx.ack_commands(&partner.name, &ids).await?;
+            let n = tx.ack_commands(&req.partner.name, &ids).await?;
             let n = u32::try_from(n).unwrap_or(u32::MAX);
-            self.commit_with(tx, caller, A, format!("acknowledged={n}"))
+            self.commit(tx, req, None, format!("acknowledged={n}"))
                 .await?;
             Ok(n)
-        }
-        .await;
-        self.audited_failure(caller, A, r).await
-    }
-
-    async fn audited_failure<T>(
-        &self,
-        caller: &Caller,
-        action: Action,
-        r: Result<T, VaultError>,
-    ) -> Result<T, VaultError> {
-        match r {
-            Ok(v) => Ok(v),
-            Err(e) => self.audit_failure(caller, action, None, e).await,
-        }
+        })
+        .await
     }
 
     /// A device action on the person's links and rules, inside the device

@@ -275,6 +275,25 @@ fn new_pairwise_token(rng: &dyn idvault_core::Rng) -> Result<String, VaultError>
     Ok(out)
 }
 
+/// The blind indexes of a subject's `fields` under `ring`: `(field,
+/// index, blocking)`. The one place indexes are built, for a create or an
+/// update as for a re-index.
+fn subject_entries(
+    ring: &MatchKeyring,
+    fields: &[(FieldName, FieldValue)],
+    opts: &NormalizeOptions,
+) -> Vec<(MatchField, i64, bool)> {
+    let mut entries = Vec::new();
+    for (name, value) in fields {
+        if let Some(f) = MatchField::parse(name.as_str()) {
+            for (i, blocking) in ring.subject_indexes(f, value.expose(), opts) {
+                entries.push((f, i, blocking));
+            }
+        }
+    }
+    entries
+}
+
 impl Vault {
     /// The keyrings of `domain`, newest version first (cached).
     fn keyrings(&self, domain: &str) -> Result<Vec<Arc<MatchKeyring>>, VaultError> {
@@ -321,18 +340,10 @@ impl Vault {
         let mut out = Vec::with_capacity(st.domains.len());
         for domain in &st.domains {
             let ring = self.current_keyring(domain)?;
-            let mut entries = Vec::new();
-            for (name, value) in fields {
-                if let Some(f) = MatchField::parse(name.as_str()) {
-                    for (i, blocking) in ring.subject_indexes(f, value.expose(), &st.opts) {
-                        entries.push((f, i, blocking));
-                    }
-                }
-            }
             out.push(DomainIndexes {
                 domain: domain.clone(),
                 version: ring.version(),
-                entries,
+                entries: subject_entries(&ring, fields, &st.opts),
             });
         }
         Ok(out)
@@ -436,52 +447,39 @@ impl Vault {
         pacing: Pacing,
         refusal_is_error: bool,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
-        const A: Action = Action::MatchSubjects;
-        let partner = self.authorize(caller, A).await?;
-        let n = queries.len();
-        if n == 0 || n > MAX_BATCH {
-            return self
-                .refuse(
-                    caller,
-                    A,
-                    None,
-                    VaultError::BadRequest(format!("a batch holds 1 to {MAX_BATCH} queries")),
-                )
-                .await;
-        }
-        self.spend_rate(caller, partner, n, pacing).await?;
-        let keyrings = match self.keyrings(&partner.match_domain) {
-            Ok(k) => k,
-            Err(e) => return self.audit_failure(caller, A, None, e).await,
-        };
-        let opts = &self.matching().opts;
-        let planned: Vec<Result<Planned, String>> = queries
-            .into_iter()
-            .map(|q| validate(q, &keyrings, opts))
-            .collect();
-        if refusal_is_error && let [Err(why)] = planned.as_slice() {
-            return self
-                .refuse(caller, A, None, VaultError::BadRequest(why.clone()))
-                .await;
-        }
-        match self.run_batch(caller, partner, planned).await {
-            Ok(a) => Ok(a),
-            Err(e) => self.audit_failure(caller, A, None, e).await,
-        }
+        self.handle(caller, Action::MatchSubjects, async |req| {
+            let partner = req.partner;
+            let n = queries.len();
+            if n == 0 || n > MAX_BATCH {
+                return Err(VaultError::BadRequest(format!(
+                    "a batch holds 1 to {MAX_BATCH} queries"
+                )));
+            }
+            self.spend_rate(partner, n, pacing).await?;
+            let keyrings = self.keyrings(&partner.match_domain)?;
+            let opts = &self.matching().opts;
+            let planned: Vec<Result<Planned, String>> = queries
+                .into_iter()
+                .map(|q| validate(q, &keyrings, opts))
+                .collect();
+            if refusal_is_error && let [Err(why)] = planned.as_slice() {
+                return Err(VaultError::BadRequest(why.clone()));
+            }
+            self.run_batch(req, planned).await
+        })
+        .await
     }
 
+    /// Spends `n` queries of the partner's rate budget: waits for it or
+    /// refuses, as `pacing` says.
     async fn spend_rate(
         &self,
-        caller: &Caller,
         partner: &Partner,
         n: usize,
         pacing: Pacing,
     ) -> Result<(), VaultError> {
-        const A: Action = Action::MatchSubjects;
         let Some(limiter) = self.matching().limiters.get(&partner.name) else {
-            return self
-                .refuse(caller, A, None, VaultError::Internal("no rate limiter"))
-                .await;
+            return Err(VaultError::Internal("no rate limiter"));
         };
         let cells =
             NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
@@ -491,42 +489,25 @@ impl Vault {
         };
         match outcome {
             Ok(true) => Ok(()),
-            Ok(false) => {
-                self.refuse(
-                    caller,
-                    A,
-                    None,
-                    VaultError::RateLimited(partner.match_rate.per_second),
-                )
-                .await
-            }
+            Ok(false) => Err(VaultError::RateLimited(partner.match_rate.per_second)),
             Err(_) => {
                 let burst = partner.match_rate.burst;
-                self.refuse(
-                    caller,
-                    A,
-                    None,
-                    VaultError::BadRequest(format!(
-                        "a batch of {n} queries exceeds this partner's match burst of {burst}"
-                    )),
-                )
-                .await
+                Err(VaultError::BadRequest(format!(
+                    "a batch of {n} queries exceeds this partner's match burst of {burst}"
+                )))
             }
         }
     }
 
     async fn run_batch(
         &self,
-        caller: &Caller,
-        partner: &Partner,
+        req: &super::pipeline::Request<'_>,
         planned: Vec<Result<Planned, String>>,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
-        let started = std::time::Instant::now();
-        let mut tx = self
-            .store()
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
+        let partner = req.partner;
+        // Monotonic, for the debug phase timings only (never a decision).
+        let started = tokio::time::Instant::now();
+        let mut tx = self.begin().await?;
         let began = started.elapsed();
         let mut kept: Vec<Result<Vec<Hit>, String>> = Vec::with_capacity(planned.len());
         for p in planned {
@@ -574,8 +555,7 @@ impl Vault {
                 .join(",")
         );
         let tokens_done = started.elapsed();
-        self.commit_with(tx, caller, Action::MatchSubjects, detail)
-            .await?;
+        self.commit(tx, req, None, detail).await?;
         // Phase timings for latency work (`RUST_LOG=idvault::matching=debug`).
         tracing::debug!(
             begin_us = began.as_micros(),
@@ -625,7 +605,7 @@ impl Vault {
                 .map_err(VaultError::AuditUnavailable)?;
             let rows = tx.match_drop_domains_except(&st.domains).await?;
             let detail = format!("reindex dropped_domains={stale} rows={rows}");
-            self.commit_with(tx, &system, Action::MatchSubjects, detail)
+            self.commit_job(tx, &system, Action::MatchSubjects, detail)
                 .await?;
         }
         for domain in st.domains.iter().filter(|d| !indexed.contains(d)) {
@@ -668,36 +648,17 @@ impl Vault {
                 let Some(row) = tx.subject(id).await? else {
                     continue;
                 };
-                let packets = tx.packets(id).await?;
-                let kek = self.keys().kek(row.wrapped_dek.kek_version)?;
-                let dek = idvault_core::keys::unwrap_dek(&kek, id, &row.wrapped_dek)
-                    .map_err(|_| VaultError::Integrity("data key unwrap"))?;
-                let values = idvault_core::packet::newest_values(
-                    id,
-                    &dek,
-                    packets.iter().map(|(_, b)| b.as_slice()),
-                )
-                .map_err(|_| VaultError::Integrity("packet open"))?;
-                let mut entries = Vec::new();
-                let mut rows = Vec::new();
-                for (name, value) in &values {
-                    if let Some(f) = MatchField::parse(name.as_str()) {
-                        for (i, blocking) in ring.subject_indexes(f, value.expose(), opts) {
-                            entries.push((f, i));
-                            if blocking {
-                                rows.push((domain, f.code(), ring.version(), i));
-                            }
-                        }
-                    }
-                }
-                let present = field_mask(entries.iter().map(|(f, _)| *f));
-                tx.match_set_subject(id, &[(domain, present, encode_signature(&entries))])
-                    .await?;
-                tx.match_insert(id, &rows).await?;
+                let values = self.newest_values(&mut tx, &row).await?;
+                let indexes = [DomainIndexes {
+                    domain: domain.to_owned(),
+                    version: ring.version(),
+                    entries: subject_entries(&ring, &values, opts),
+                }];
+                self.write_match_rows(&mut tx, id, &[], &indexes).await?;
                 total += 1;
             }
             let detail = format!("reindex domain={domain} subjects={}", ids.len());
-            self.commit_with(tx, system, Action::MatchSubjects, detail)
+            self.commit_job(tx, system, Action::MatchSubjects, detail)
                 .await?;
         }
         Ok(total)

@@ -174,26 +174,34 @@ impl Vault {
         records: Vec<BridgeRecord>,
         opts: NormalizeOptions,
     ) -> Result<ImportSummary, VaultError> {
-        const A: Action = Action::ImportBridge;
-        let owner = self.authorize(caller, A).await?.name.clone();
-        if records.len() > MAX_BATCH {
-            return self
-                .refuse(
-                    caller,
-                    A,
-                    None,
-                    VaultError::BadRequest(format!(
+        let summary = self
+            .handle(caller, Action::ImportBridge, async |req| {
+                if records.len() > MAX_BATCH {
+                    return Err(VaultError::BadRequest(format!(
                         "at most {MAX_BATCH} records per ImportBridge message"
-                    )),
-                )
-                .await;
-        }
-        let result = async {
+                    )));
+                }
+                self.import_batch(req, records, &opts).await
+            })
+            .await?;
+        // Links or merges changed: cached lookups may be stale.
+        self.xref_cache().clear();
+        Ok(summary)
+    }
+
+    async fn import_batch(
+        &self,
+        req: &crate::service::pipeline::Request<'_>,
+        records: Vec<BridgeRecord>,
+        opts: &NormalizeOptions,
+    ) -> Result<ImportSummary, VaultError> {
+        let owner = &req.partner.name;
+        {
             let current = self.keys().current_version();
             // Newest version first: new links use it; older ones still find old links.
             let keys = (1..=current)
                 .rev()
-                .map(|v| self.keys().xref_index_key(&owner, v))
+                .map(|v| self.keys().xref_index_key(owner, v))
                 .collect::<Result<Vec<_>, KeyError>>()?;
             let mut summary = ImportSummary {
                 records: records.len() as u64,
@@ -202,17 +210,13 @@ impl Vault {
             let seal_key = self.keys().xref_seal_key(current)?;
             let mut prepared = Vec::with_capacity(records.len());
             for (i, r) in records.into_iter().enumerate() {
-                match self.prepare(i, r, &opts, &keys) {
+                match self.prepare(i, r, opts, &keys) {
                     Ok(p) => prepared.push(p),
                     Err(e) => summary.rejected.push(e),
                 }
             }
             let now = self.now_millis();
-            let mut tx = self
-                .store()
-                .begin_audited()
-                .await
-                .map_err(VaultError::AuditUnavailable)?;
+            let mut tx = self.begin().await?;
             for p in &prepared {
                 // One query for every identifier and key version of the record.
                 let all: Vec<[u8; HASH_LEN]> = p
@@ -242,7 +246,7 @@ impl Vault {
                     continue;
                 }
                 if plan.created {
-                    tx.xref_create(&owner, &plan.token, now).await?;
+                    tx.xref_create(owner, &plan.token, now).await?;
                     summary.entities_created += 1;
                 }
                 if !plan.merged.is_empty() {
@@ -260,7 +264,7 @@ impl Vault {
                         let sealed =
                             idvault_core::xref::seal_identifier(&seal_key, bi, value, self.rng())
                                 .map_err(|e| VaultError::Key(e.into()))?;
-                        tx.xref_link(bi, current, ty.name(), &owner, &plan.token, sealed)
+                        tx.xref_link(bi, current, ty.name(), owner, &plan.token, sealed)
                             .await?;
                         summary.identifiers_linked += 1;
                     }
@@ -280,17 +284,9 @@ impl Vault {
             {
                 tx.xref_bump_generation().await?;
             }
-            self.commit_with(tx, caller, A, detail).await?;
-            Ok::<_, VaultError>(summary)
+            self.commit(tx, req, None, detail).await?;
+            Ok(summary)
         }
-        .await;
-        let summary = match result {
-            Ok(s) => s,
-            Err(e) => return self.audit_failure(caller, A, None, e).await,
-        };
-        // Links or merges changed: cached lookups may be stale.
-        self.xref_cache().clear();
-        Ok(summary)
     }
 }
 
@@ -323,33 +319,25 @@ impl Vault {
         caller: &Caller,
         token: &str,
     ) -> Result<Detokenized, VaultError> {
-        const A: Action = Action::Detokenize;
-        let owner = self.authorize(caller, A).await?.name.clone();
-        if !idvault_tokenizer::token::is_entity_token(token) {
-            let err = VaultError::BadRequest(
-                "not an entity token (et_ followed by 26 base32 characters)".into(),
-            );
-            return self.refuse(caller, A, None, err).await;
-        }
-        match self.detokenize_inner(caller, &owner, token).await {
-            Ok(d) => Ok(d),
-            Err(e) => self.audit_failure(caller, A, None, e).await,
-        }
+        self.handle(caller, Action::Detokenize, async |req| {
+            if !idvault_tokenizer::token::is_entity_token(token) {
+                return Err(VaultError::BadRequest(
+                    "not an entity token (et_ followed by 26 base32 characters)".into(),
+                ));
+            }
+            self.detokenize_in(req, token).await
+        })
+        .await
     }
 
-    async fn detokenize_inner(
+    async fn detokenize_in(
         &self,
-        caller: &Caller,
-        owner: &str,
+        req: &crate::service::pipeline::Request<'_>,
         token: &str,
     ) -> Result<Detokenized, VaultError> {
-        let mut tx = self
-            .store()
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
+        let mut tx = self.begin().await?;
         let canonical = tx
-            .xref_resolve(owner, token)
+            .xref_resolve(&req.partner.name, token)
             .await?
             .ok_or(VaultError::NotFound)?;
         let links = tx.xref_links_of(&canonical).await?;
@@ -365,8 +353,7 @@ impl Vault {
             "token={token} canonical={canonical} identifiers={}",
             identifiers.len()
         );
-        self.commit_with(tx, caller, Action::Detokenize, detail)
-            .await?;
+        self.commit(tx, req, None, detail).await?;
         Ok(Detokenized {
             token: canonical,
             identifiers,

@@ -190,65 +190,15 @@ impl Vault {
         caller: &Caller,
         settings: Settings,
     ) -> Result<LogTokenizer, VaultError> {
-        const A: Action = Action::TokenizeLog;
-        let partner = self.authorize(caller, A).await?;
-        if let Err(e) = rewriter(&settings, &Collect::default()) {
-            let err = VaultError::BadRequest(e);
-            return self.refuse(caller, A, None, err).await;
-        }
-        let v = self.keys().current_version();
-        let (source, detail) = match &settings.mode {
-            Mode::Stateless { domain } => {
-                if !idvault_tokenizer::token::valid_domain(domain) {
-                    let err = VaultError::BadRequest(
-                        "invalid token domain (use 1-32 of a-z, 0-9, -)".into(),
-                    );
-                    return self.refuse(caller, A, None, err).await;
-                }
-                if !partner.token_domains.iter().any(|d| d == domain) {
-                    // A domain key answers for whoever may use it: a partner
-                    // able to tokenize in another's domain could build a
-                    // dictionary of that partner's tokens. (The registry's
-                    // list is the floor; policies can only narrow it.)
-                    let err = VaultError::DomainDenied;
-                    return self.refuse(caller, A, None, err).await;
-                }
-                self.authorize_on(caller, partner, A, Resource::TokenDomain(domain), &[])
-                    .await?;
-                let k = match self.keys().token_key(domain, v) {
-                    Ok(k) => k,
-                    Err(e) => return self.audit_failure(caller, A, None, e.into()).await,
-                };
-                let mut bytes = *k.expose();
-                let dk = DomainKey::new(domain, v, &bytes)
-                    .map_err(|e| VaultError::BadRequest(e.to_string()));
-                bytes.zeroize();
-                (
-                    Source::Stateless(Arc::new(dk?)),
-                    format!("mode=stateless domain={domain} v{v}"),
-                )
-            }
-            Mode::CrossReference => {
-                let keys = match (1..=v)
-                    .rev()
-                    .map(|x| self.keys().xref_index_key(&partner.name, x))
-                    .collect::<Result<Vec<_>, _>>()
-                {
-                    Ok(k) => k,
-                    Err(e) => return self.audit_failure(caller, A, None, e.into()).await,
-                };
-                (
-                    Source::CrossReference(Arc::new(keys)),
-                    "mode=cross_reference".to_owned(),
-                )
-            }
-        };
-        let tx = self
-            .store()
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)?;
-        self.commit_with(tx, caller, A, detail).await?;
+        let (source, settings) = self
+            .handle(caller, Action::TokenizeLog, async |req| {
+                rewriter(&settings, &Collect::default()).map_err(VaultError::BadRequest)?;
+                let (source, detail) = self.token_source(req, &settings.mode)?;
+                let tx = self.begin().await?;
+                self.commit(tx, req, None, detail).await?;
+                Ok((source, settings))
+            })
+            .await?;
         let format = settings.format;
         let first_line = if matches!(settings.format, Format::Csv { .. }) {
             2
@@ -263,6 +213,55 @@ impl Vault {
             splitter: Splitter::new(format),
             next_line: first_line,
         })
+    }
+}
+
+impl Vault {
+    /// The token source of a tokenize stream, after the checks on its
+    /// mode, and the audit detail that names it.
+    fn token_source(
+        &self,
+        req: &mut crate::service::pipeline::Request<'_>,
+        mode: &Mode,
+    ) -> Result<(Source, String), VaultError> {
+        let partner = req.partner;
+        let v = self.keys().current_version();
+        match mode {
+            Mode::Stateless { domain } => {
+                if !idvault_tokenizer::token::valid_domain(domain) {
+                    return Err(VaultError::BadRequest(
+                        "invalid token domain (use 1-32 of a-z, 0-9, -)".into(),
+                    ));
+                }
+                if !partner.token_domains.iter().any(|d| d == domain) {
+                    // A domain key answers for whoever may use it: a partner
+                    // able to tokenize in another's domain could build a
+                    // dictionary of that partner's tokens. (The registry's
+                    // list is the floor; policies can only narrow it.)
+                    return Err(VaultError::DomainDenied);
+                }
+                req.decide_on(Resource::TokenDomain(domain), &[])?;
+                let k = self.keys().token_key(domain, v)?;
+                let mut bytes = *k.expose();
+                let dk = DomainKey::new(domain, v, &bytes)
+                    .map_err(|e| VaultError::BadRequest(e.to_string()));
+                bytes.zeroize();
+                Ok((
+                    Source::Stateless(Arc::new(dk?)),
+                    format!("mode=stateless domain={domain} v{v}"),
+                ))
+            }
+            Mode::CrossReference => {
+                let keys = (1..=v)
+                    .rev()
+                    .map(|x| self.keys().xref_index_key(&partner.name, x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((
+                    Source::CrossReference(Arc::new(keys)),
+                    "mode=cross_reference".to_owned(),
+                ))
+            }
+        }
     }
 }
 

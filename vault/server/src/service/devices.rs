@@ -1,0 +1,289 @@
+//! Devices: enrollment codes, enrolling a phone's P-256 key (proof of
+//! possession plus a one-time code), and the person's own device-signed
+//! calls (receipts, devices, revocation, and the rules actions that
+//! [`super::events`] serves). docs/consent.md specifies the formats.
+
+use idvault_policies::Action;
+use zeroize::Zeroizing;
+
+use super::consent::refused;
+use crate::service::{Caller, Vault, VaultError};
+use crate::store::{AuditedTx, DeviceRow, ReceiptRow};
+use idvault_core::consent::{
+    self as c, DEVICE_REQUEST_CONTEXT, DeviceAction, DevicePublicKey, Refusal,
+};
+use idvault_core::keys::KeyError;
+
+pub use super::consent::Signed;
+
+/// Most receipts a device listing returns.
+pub const MAX_RECEIPTS: u32 = 1000;
+
+/// Which device RPC is being served (the signed action must match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceOp {
+    /// ListReceipts.
+    ListReceipts,
+    /// RevokeConsent.
+    RevokeConsent,
+    /// ListDevices.
+    ListDevices,
+    /// RevokeDevice.
+    RevokeDevice,
+    /// LinkEntity.
+    LinkEntity,
+    /// UnlinkEntity.
+    UnlinkEntity,
+    /// SetRules.
+    SetRules,
+    /// ListRules.
+    ListRules,
+    /// SuggestRules.
+    SuggestRules,
+}
+
+impl DeviceOp {
+    fn matches(self, a: &DeviceAction) -> bool {
+        matches!(
+            (self, a),
+            (Self::ListReceipts, DeviceAction::ListReceipts)
+                | (Self::RevokeConsent, DeviceAction::RevokeConsent(_))
+                | (Self::ListDevices, DeviceAction::ListDevices)
+                | (Self::RevokeDevice, DeviceAction::RevokeDevice(_))
+                | (Self::LinkEntity, DeviceAction::LinkEntity(_))
+                | (Self::UnlinkEntity, DeviceAction::UnlinkEntity(_))
+                | (Self::SetRules, DeviceAction::SetRules(_))
+                | (Self::ListRules, DeviceAction::ListRules)
+                | (Self::SuggestRules, DeviceAction::SuggestRules)
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::ListReceipts => "list_receipts",
+            Self::RevokeConsent => "revoke_consent",
+            Self::ListDevices => "list_devices",
+            Self::RevokeDevice => "revoke_device",
+            Self::LinkEntity => "link_entity",
+            Self::UnlinkEntity => "unlink_entity",
+            Self::SetRules => "set_rules",
+            Self::ListRules => "list_rules",
+            Self::SuggestRules => "suggest_rules",
+        }
+    }
+}
+
+/// Answer to a device call.
+#[derive(Debug, Clone)]
+pub enum DeviceOutcome {
+    /// The subject's receipts, newest first.
+    Receipts(Vec<ReceiptRow>),
+    /// The subject's devices.
+    Devices(Vec<DeviceRow>),
+    /// Whether a revocation changed anything.
+    Revoked(bool),
+    /// Whether a link was made.
+    Linked(bool),
+    /// Whether a link was removed, and how many rules with it.
+    Unlinked {
+        /// The entity was linked.
+        unlinked: bool,
+        /// Rules removed with it.
+        rules_removed: u32,
+    },
+    /// The rules now stored.
+    Rules(Vec<idvault_core::rules::Rule>),
+    /// Linked entities `(entity, linked_at_ms)` and rules.
+    RuleList {
+        /// Linked entities.
+        entities: Vec<(String, i64)>,
+        /// Rules.
+        rules: Vec<idvault_core::rules::Rule>,
+    },
+    /// Suggested rule sets, best first.
+    Suggestions(Vec<idvault_core::rules::Suggestion>),
+}
+
+impl Vault {
+    /// Issues a one-time enrollment code for `subject`; returns the code
+    /// and its expiry (Unix seconds).
+    pub async fn issue_enrollment_code(
+        &self,
+        caller: &Caller,
+        subject: &str,
+    ) -> Result<(Zeroizing<String>, i64), VaultError> {
+        self.handle(caller, Action::IssueEnrollmentCode, async |req| {
+            let id = req.subject_id(subject)?;
+            req.decide_on_subject(&id, &[])?;
+            // Only the partner that created the subject (and so verified
+            // the person) may let a phone enroll to it; another partner's
+            // subject reads as absent, as everywhere else.
+            let (mut tx, _) = self.open_owned(req, &id).await?;
+            let code = c::generate_enrollment_code(self.rng()).map_err(KeyError::from)?;
+            let ttl = i64::from(self.consent_settings().enrollment_code_ttl_seconds);
+            let expires = self.now_secs() + ttl;
+            tx.insert_enrollment_code(
+                &c::enrollment_code_hash(&code),
+                &id,
+                &req.partner.name,
+                expires * 1000,
+            )
+            .await?;
+            self.commit(tx, req, Some(&id), format!("expires_at={expires}"))
+                .await?;
+            Ok((code, expires))
+        })
+        .await
+    }
+
+    /// Enrolls a device key with a signed enrollment (proof of possession)
+    /// and a one-time code. Called by a wallet app.
+    pub async fn enroll_device(
+        &self,
+        caller: &Caller,
+        enrollment: &[u8],
+        signature: &[u8],
+    ) -> Result<String, VaultError> {
+        self.handle(caller, Action::DeviceCall, async |req| {
+            let e = c::verify_enrollment(enrollment, signature).map_err(refused)?;
+            req.about(e.subject);
+            let now = self.now_millis();
+            let hash = c::enrollment_code_hash(&e.code);
+            let mut tx = self.begin().await?;
+            // Unknown, used, expired and other-subject codes are one
+            // refusal: the answer must not help guess codes.
+            let issued_to = match tx.enrollment_code(&hash).await? {
+                Some(row) if !row.used && row.subject == e.subject && now < row.expires_at_ms => {
+                    row.issued_to
+                }
+                _ => return Err(refused(Refusal::EnrollmentCodeInvalid)),
+            };
+            if !tx.use_enrollment_code(&hash, now).await? || tx.subject(&e.subject).await?.is_none()
+            {
+                return Err(refused(Refusal::EnrollmentCodeInvalid));
+            }
+            let sec1 = e.key.to_sec1();
+            let device_id = c::device_id(&sec1);
+            let row = DeviceRow {
+                device_id: device_id.clone(),
+                subject: e.subject,
+                public_key: sec1,
+                enrolled_by: issued_to,
+                enrolled_at_ms: now,
+                revoked_at_ms: None,
+            };
+            if !tx.insert_device(&row).await? {
+                return Err(refused(Refusal::DeviceAlreadyEnrolled));
+            }
+            let detail = format!("op=enroll device={device_id}");
+            self.commit(tx, req, Some(&e.subject), detail).await?;
+            Ok(device_id)
+        })
+        .await
+    }
+
+    /// An active device and its key, read outside the write transaction.
+    pub(crate) async fn active_device(
+        &self,
+        device_id: &str,
+    ) -> Result<(DeviceRow, DevicePublicKey), VaultError> {
+        if !c::valid_device_id(device_id) {
+            return Err(refused(Refusal::Malformed));
+        }
+        let row = self
+            .store()
+            .device(device_id)
+            .await?
+            .ok_or(refused(Refusal::UnknownDevice))?;
+        if row.revoked_at_ms.is_some() {
+            return Err(refused(Refusal::DeviceRevoked));
+        }
+        let key = DevicePublicKey::from_sec1(&row.public_key)
+            .map_err(|_| VaultError::Integrity("stored device key"))?;
+        Ok((row, key))
+    }
+
+    /// Re-checks inside `tx` that the device verified outside it is still
+    /// the same, active key of the same subject.
+    pub(crate) async fn still_active(
+        &self,
+        tx: &mut AuditedTx,
+        seen: &DeviceRow,
+    ) -> Result<(), VaultError> {
+        match tx.device(&seen.device_id).await? {
+            Some(d) if d.subject != seen.subject || d.public_key != seen.public_key => {
+                Err(refused(Refusal::UnknownDevice))
+            }
+            Some(d) if d.revoked_at_ms.is_none() => Ok(()),
+            Some(_) => Err(refused(Refusal::DeviceRevoked)),
+            None => Err(refused(Refusal::UnknownDevice)),
+        }
+    }
+
+    /// Serves a device-signed call for the person's own records.
+    pub async fn device_call(
+        &self,
+        caller: &Caller,
+        op: DeviceOp,
+        s: Signed,
+    ) -> Result<DeviceOutcome, VaultError> {
+        self.handle(caller, Action::DeviceCall, async |req| {
+            let (device, key) = self.active_device(&s.device_id).await?;
+            key.verify(DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
+                .map_err(refused)?;
+            let call = c::decode_device_request(&s.bytes).map_err(refused)?;
+            let subject = device.subject;
+            req.about(subject);
+            if !op.matches(&call.action) {
+                return Err(refused(Refusal::WrongAction));
+            }
+            let skew = u64::from(self.consent_settings().clock_skew_seconds);
+            if call.issued_at.abs_diff(self.now_secs()) > skew {
+                return Err(refused(Refusal::RequestOutsideWindow));
+            }
+            let now = self.now_millis();
+            let mut tx = self.begin().await?;
+            self.still_active(&mut tx, &device).await?;
+            if !tx
+                .insert_device_request(&call.request_id, &device.device_id, now)
+                .await?
+            {
+                return Err(refused(Refusal::RequestReplayed));
+            }
+            let (out, detail) = match &call.action {
+                DeviceAction::ListReceipts => {
+                    let r = tx.receipts_of(&subject, MAX_RECEIPTS).await?;
+                    let n = r.len();
+                    (DeviceOutcome::Receipts(r), format!("receipts={n}"))
+                }
+                DeviceAction::ListDevices => {
+                    let d = tx.devices_of(&subject).await?;
+                    let n = d.len();
+                    (DeviceOutcome::Devices(d), format!("devices={n}"))
+                }
+                DeviceAction::RevokeConsent(id) => {
+                    let done = tx.revoke_consent(id, &subject, now).await?;
+                    (
+                        DeviceOutcome::Revoked(done),
+                        format!("consent={} revoked={done}", hex::encode(id)),
+                    )
+                }
+                DeviceAction::RevokeDevice(id) => {
+                    let done = tx.revoke_device(id, &subject, now).await?;
+                    (
+                        DeviceOutcome::Revoked(done),
+                        format!("target={id} revoked={done}"),
+                    )
+                }
+                other => self
+                    .rules_action(&mut tx, &subject, other)
+                    .await?
+                    .ok_or(VaultError::Internal("unhandled device action"))?,
+            };
+            let detail = format!("op={} device={} {detail}", op.name(), device.device_id);
+            self.commit(tx, req, Some(&subject), detail).await?;
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,307 @@
+//! The one request path. Every use case runs through [`Vault::handle`]:
+//!
+//! 1. identify the partner from the certificate identity (registry);
+//! 2. ask the policy once for the call's gate, getting a [`Decision`] back;
+//! 3. run the use case with a [`Request`] that carries who asked, for
+//!    what, what was decided and which subject it is about; the use case
+//!    validates, asks the policy again on a narrower resource where it
+//!    needs to ([`Request::decide_on`]) and ends in one audited commit
+//!    ([`Vault::commit`]);
+//! 4. audit any refusal or failure once, here, in its own transaction.
+//!
+//! The status mapping is the API's (`crate::api::status`). A use case never
+//! writes its own refusal record, and nothing here is shared between
+//! requests: a decision lives in its request, not in the caller.
+
+use idvault_core::audit::{self, AuditEvent};
+use idvault_core::subject::SubjectId;
+use idvault_policies::{Action, Decision, RequestContext, Resource};
+
+use super::{Caller, Vault, VaultError};
+use crate::config::Partner;
+use crate::store::AuditedTx;
+
+/// A request on its way through the pipeline: the identified partner, the
+/// action it is audited as, the policy decision in force and, once known,
+/// the subject it is about.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    /// The proven caller.
+    pub(crate) caller: &'a Caller,
+    /// Its registry entry.
+    pub(crate) partner: &'a Partner,
+    /// What the request is audited as.
+    pub(crate) action: Action,
+    decision: Decision,
+    subject: Option<SubjectId>,
+    vault: &'a Vault,
+}
+
+impl Request<'_> {
+    /// Names the subject the request is about: its refusal and failure
+    /// records name it from here on.
+    pub(crate) fn about(&mut self, id: SubjectId) {
+        self.subject = Some(id);
+    }
+
+    /// The subject named so far.
+    pub(crate) fn subject(&self) -> Option<&SubjectId> {
+        self.subject.as_ref()
+    }
+
+    /// Parses a caller-supplied subject id and names it (a bad one is an
+    /// invalid request).
+    pub(crate) fn subject_id(&mut self, text: &str) -> Result<SubjectId, VaultError> {
+        let id = SubjectId::parse(text)?;
+        self.about(id);
+        Ok(id)
+    }
+
+    /// Asks the policy about `resource` in `ctx` and keeps the decision
+    /// for the request's audit record; returns whether it allowed.
+    pub(crate) fn decide(&mut self, resource: Resource<'_>, ctx: RequestContext<'_>) -> bool {
+        self.decision = self
+            .vault
+            .decision(self.partner, self.action, resource, ctx);
+        self.decision.allowed
+    }
+
+    /// The decision on one resource after the gate: the subject a call is
+    /// about, or the token domain, with the catalogue field names it
+    /// touches, so operator policies can forbid a subject (a legal hold),
+    /// a domain or a field. A denial is `Denied`.
+    pub(crate) fn decide_on(
+        &mut self,
+        resource: Resource<'_>,
+        fields: &[&str],
+    ) -> Result<(), VaultError> {
+        let ctx = RequestContext {
+            fields,
+            ..RequestContext::default()
+        };
+        if self.decide(resource, ctx) {
+            Ok(())
+        } else {
+            Err(VaultError::Denied(self.action))
+        }
+    }
+
+    /// [`Self::decide_on`] for a subject, which the request is then about.
+    pub(crate) fn decide_on_subject(
+        &mut self,
+        id: &SubjectId,
+        fields: &[&str],
+    ) -> Result<(), VaultError> {
+        self.about(*id);
+        let text = id.to_string();
+        self.decide_on(Resource::Subject(&text), fields)
+    }
+
+    /// The audit record of this request with `outcome` and `detail`; the
+    /// deciding policies are appended, so every decision is audited.
+    fn event(&self, subject: Option<&SubjectId>, outcome: &str, detail: String) -> AuditEvent {
+        event(
+            self.vault,
+            self.caller,
+            self.action,
+            subject,
+            outcome,
+            detail,
+            Some(&self.decision),
+        )
+    }
+}
+
+fn event(
+    vault: &Vault,
+    caller: &Caller,
+    action: Action,
+    subject: Option<&SubjectId>,
+    outcome: &str,
+    detail: String,
+    decision: Option<&Decision>,
+) -> AuditEvent {
+    let detail = match decision.map(Decision::audit_text) {
+        Some(p) if detail.is_empty() => p,
+        Some(p) => format!("{detail} {p}"),
+        None => detail,
+    };
+    AuditEvent {
+        time_ms: vault.now_millis(),
+        actor: caller.spiffe_id.clone(),
+        action: action.name().to_owned(),
+        subject: subject.map(ToString::to_string),
+        outcome: outcome.to_owned(),
+        detail,
+    }
+}
+
+/// What an audit record may say about a refusal: never caller text, never
+/// an internal cause.
+fn refusal_detail(err: &VaultError) -> String {
+    match err {
+        VaultError::Denied(_)
+        | VaultError::DomainDenied
+        | VaultError::Unregistered
+        | VaultError::Invalid(_)
+        | VaultError::NotFound
+        | VaultError::RateLimited(_)
+        | VaultError::TooManyStreams(_) => err.to_string(),
+        // Some of these messages quote what the caller sent (an unknown
+        // field path, a column name): keep caller text out of the log.
+        VaultError::BadRequest(_) => "bad request".to_owned(),
+        VaultError::Refused(r) => r.name().to_owned(),
+        VaultError::Integrity(what) => format!("integrity: {what}"),
+        _ => "internal".to_owned(),
+    }
+}
+
+impl Vault {
+    /// The one request path (see the module comment): identify, decide
+    /// `action`'s gate, run `body`, audit a failure once.
+    pub(crate) async fn handle<T>(
+        &self,
+        caller: &Caller,
+        action: Action,
+        body: impl AsyncFnOnce(&mut Request<'_>) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        self.handle_gated(caller, action, action, body).await
+    }
+
+    /// [`Self::handle`] for a call whose gate is another action than the
+    /// one it is audited as once past the gate (a release is gated as
+    /// `PresentConsent` before any signature work, decided and audited as
+    /// `ReleaseConsented`).
+    pub(crate) async fn handle_gated<T>(
+        &self,
+        caller: &Caller,
+        gate: Action,
+        action: Action,
+        body: impl AsyncFnOnce(&mut Request<'_>) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let Some(partner) = self.registry().by_spiffe_id(&caller.spiffe_id) else {
+            let decision = Decision {
+                allowed: false,
+                policies: Vec::new(),
+            };
+            let ev = event(
+                self,
+                caller,
+                gate,
+                None,
+                "denied",
+                refusal_detail(&VaultError::Unregistered),
+                Some(&decision),
+            );
+            return self.record_refusal(ev, VaultError::Unregistered).await;
+        };
+        let mut req = Request {
+            caller,
+            partner,
+            action: gate,
+            decision: Decision {
+                allowed: false,
+                policies: Vec::new(),
+            },
+            subject: None,
+            vault: self,
+        };
+        if !req.decide(Resource::Vault, RequestContext::default()) {
+            return self.refuse(&req, VaultError::Denied(gate)).await;
+        }
+        req.action = action;
+        match body(&mut req).await {
+            Ok(v) => Ok(v),
+            // Nothing to record it in: the caller learns the audit is down.
+            Err(e @ VaultError::AuditUnavailable(_)) => Err(e),
+            Err(e) => self.refuse(&req, e).await,
+        }
+    }
+
+    /// Refuses a request that could not even be decoded at the edge (a
+    /// malformed message): identified, gated and audited like any other,
+    /// and answered with the error the caller may see.
+    pub async fn reject(&self, caller: &Caller, action: Action, err: VaultError) -> VaultError {
+        match self
+            .handle(caller, action, async |_| Err::<(), _>(err))
+            .await
+        {
+            Err(e) => e,
+            Ok(()) => VaultError::Internal("a rejected request was accepted"),
+        }
+    }
+
+    /// The policy decision for `partner` doing `action` on `resource`.
+    pub(crate) fn decision(
+        &self,
+        partner: &Partner,
+        action: Action,
+        resource: Resource<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Decision {
+        let ctx = RequestContext {
+            now: self.now_millis().div_euclid(1000),
+            ..ctx
+        };
+        self.policies()
+            .decide(&partner.name, action, resource, &ctx)
+    }
+
+    /// Starts the request's audited transaction; failing to is an audit
+    /// failure (fail closed).
+    pub(crate) async fn begin(&self) -> Result<AuditedTx, VaultError> {
+        self.store()
+            .begin_audited()
+            .await
+            .map_err(VaultError::AuditUnavailable)
+    }
+
+    /// Commits `tx` with the request's `ok` record about `subject` (the
+    /// one commit of a use case).
+    pub(crate) async fn commit(
+        &self,
+        tx: AuditedTx,
+        req: &Request<'_>,
+        subject: Option<&SubjectId>,
+        detail: String,
+    ) -> Result<(), VaultError> {
+        self.append(tx, req.event(subject, "ok", detail)).await
+    }
+
+    /// Commits `tx` with an `ok` record of one of the vault's own jobs
+    /// (no partner asked, so no policy decided): `actor` names the job.
+    pub(crate) async fn commit_job(
+        &self,
+        tx: AuditedTx,
+        actor: &Caller,
+        action: Action,
+        detail: String,
+    ) -> Result<(), VaultError> {
+        let ev = event(self, actor, action, None, "ok", detail, None);
+        self.append(tx, ev).await
+    }
+
+    /// Appends `event` to the audit chain in `tx` and commits.
+    async fn append(&self, tx: AuditedTx, event: AuditEvent) -> Result<(), VaultError> {
+        let key = self.keys().audit_key(self.keys().current_version())?;
+        let (seq, prev) = tx.audit_position();
+        let record = audit::chain(seq, prev, event, &key);
+        tx.commit(&record)
+            .await
+            .map_err(VaultError::AuditUnavailable)
+    }
+
+    /// Records a refusal or failure of `req` in its own transaction and
+    /// returns the error; if even that fails, the caller learns the audit
+    /// is down.
+    async fn refuse<T>(&self, req: &Request<'_>, err: VaultError) -> Result<T, VaultError> {
+        let ev = req.event(req.subject(), err.outcome(), refusal_detail(&err));
+        self.record_refusal(ev, err).await
+    }
+
+    async fn record_refusal<T>(&self, ev: AuditEvent, err: VaultError) -> Result<T, VaultError> {
+        let tx = self.begin().await?;
+        self.append(tx, ev).await?;
+        Err(err)
+    }
+}

@@ -1,0 +1,190 @@
+//! Subjects: create, update, verify and delete a person's chained packets.
+//! The packet format and chain checks are `idvault_core::packet`; this
+//! module decides who may do it and writes it, audited, in one commit.
+
+use idvault_core::keys;
+use idvault_core::packet::{self, BreakReason, ChainHead, ChainReport};
+use idvault_core::subject::{FieldName, FieldValue, SubjectId, validate_fields};
+use idvault_policies::{Action, Resource};
+
+use super::pipeline::Request;
+use super::{Vault, VaultError};
+use crate::store::{AuditedTx, SubjectRow};
+
+/// Result of a create or update.
+#[derive(Debug, Clone)]
+pub struct ChainUpdate {
+    /// The subject.
+    pub subject: SubjectId,
+    /// The new head.
+    pub head: ChainHead,
+    /// The calling partner's pairwise token (set by create).
+    pub pairwise_token: Option<String>,
+}
+
+/// Result of a chain verification.
+#[derive(Debug, Clone)]
+pub struct ChainVerification {
+    /// Stored head.
+    pub head: ChainHead,
+    /// What verification found.
+    pub report: ChainReport,
+}
+
+fn names(fields: &[(FieldName, FieldValue)]) -> Vec<&str> {
+    fields.iter().map(|(f, _)| f.as_str()).collect()
+}
+
+impl Vault {
+    /// Starts the request's transaction and loads the subject if the
+    /// calling partner created it. Another partner's subject is reported
+    /// as absent: no existence oracle.
+    pub(crate) async fn open_owned(
+        &self,
+        req: &Request<'_>,
+        id: &SubjectId,
+    ) -> Result<(AuditedTx, SubjectRow), VaultError> {
+        let mut tx = self.begin().await?;
+        match tx.subject(id).await? {
+            Some(row) if row.created_by == req.partner.name => Ok((tx, row)),
+            _ => Err(VaultError::NotFound),
+        }
+    }
+
+    /// Creates a subject holding `fields`.
+    pub async fn create_subject(
+        &self,
+        caller: &super::Caller,
+        fields: Vec<(String, String)>,
+    ) -> Result<ChainUpdate, VaultError> {
+        self.handle(caller, Action::CreateSubject, async |req| {
+            let fields = validate_fields(fields)?;
+            req.decide_on(Resource::Vault, &names(&fields))?;
+            let now = self.now_millis();
+            let rng = self.rng();
+            let id = SubjectId::generate(rng).map_err(keys::KeyError::from)?;
+            let dek = keys::generate_dek(rng)?;
+            let kek = self.keys().kek(self.keys().current_version())?;
+            let wrapped = keys::wrap_dek(&kek, &id, &dek, rng)?;
+            let (packets, head) =
+                packet::append(&id, &dek, ChainHead::genesis(&id), &fields, now, rng)
+                    .map_err(|_| VaultError::Integrity("packet sealing"))?;
+            let row = SubjectRow {
+                id,
+                created_by: req.partner.name.clone(),
+                wrapped_dek: wrapped,
+                head,
+                created_at_ms: now,
+                updated_at_ms: now,
+            };
+            let match_rows = self.match_rows_of(&fields)?;
+            let mut tx = self.begin().await?;
+            tx.insert_subject(&row).await?;
+            tx.insert_packets(&id, &packets).await?;
+            self.write_match_rows(&mut tx, &id, &[], &match_rows)
+                .await?;
+            let token = self.issue_pairwise(&mut tx, req.partner, &id).await?;
+            let detail = format!("fields={}", fields.len());
+            self.commit(tx, req, Some(&id), detail).await?;
+            Ok(ChainUpdate {
+                subject: id,
+                head,
+                pairwise_token: Some(token),
+            })
+        })
+        .await
+    }
+
+    /// Appends new versions of `fields` to a subject.
+    pub async fn update_subject(
+        &self,
+        caller: &super::Caller,
+        subject: &str,
+        fields: Vec<(String, String)>,
+    ) -> Result<ChainUpdate, VaultError> {
+        self.handle(caller, Action::UpdateSubject, async |req| {
+            let fields = validate_fields(fields)?;
+            let id = req.subject_id(subject)?;
+            req.decide_on_subject(&id, &names(&fields))?;
+            let (mut tx, row) = self.open_owned(req, &id).await?;
+            let dek = self.subject_dek(&row)?;
+            let now = self.now_millis();
+            let (packets, head) = packet::append(&id, &dek, row.head, &fields, now, self.rng())
+                .map_err(|_| VaultError::Integrity("packet sealing"))?;
+            tx.insert_packets(&id, &packets).await?;
+            tx.set_head(&id, head, now).await?;
+            let match_rows = self.match_rows_of(&fields)?;
+            self.write_match_rows(&mut tx, &id, &fields, &match_rows)
+                .await?;
+            let detail = format!("fields={}", fields.len());
+            self.commit(tx, req, Some(&id), detail).await?;
+            Ok(ChainUpdate {
+                subject: id,
+                head,
+                pairwise_token: None,
+            })
+        })
+        .await
+    }
+
+    /// Verifies a subject's chain, decrypting every packet.
+    pub async fn verify_subject_chain(
+        &self,
+        caller: &super::Caller,
+        subject: &str,
+    ) -> Result<ChainVerification, VaultError> {
+        self.handle(caller, Action::VerifySubjectChain, async |req| {
+            let id = req.subject_id(subject)?;
+            req.decide_on_subject(&id, &[])?;
+            let (mut tx, row) = self.open_owned(req, &id).await?;
+            let stored = tx.packets(&id).await?;
+            let report = match self.subject_dek(&row) {
+                Ok(dek) => packet::verify_chain(
+                    &id,
+                    &dek,
+                    stored.iter().map(|(s, b)| (*s, b.as_slice())),
+                    row.head,
+                ),
+                // A DEK that does not unwrap makes every packet unreadable.
+                Err(VaultError::Integrity(_)) => ChainReport {
+                    checked: 0,
+                    first_break: Some((1, BreakReason::DecryptionFailed)),
+                },
+                Err(e) => return Err(e),
+            };
+            let detail = match report.first_break {
+                None => format!("intact packets={}", report.checked),
+                Some((seq, r)) => format!("broken seq={seq} reason={}", r.name()),
+            };
+            self.commit(tx, req, Some(&id), detail).await?;
+            Ok(ChainVerification {
+                head: row.head,
+                report,
+            })
+        })
+        .await
+    }
+
+    /// Deletes a subject: its wrapped DEK and packets (crypto-shredding).
+    pub async fn delete_subject(
+        &self,
+        caller: &super::Caller,
+        subject: &str,
+    ) -> Result<u64, VaultError> {
+        let n = self
+            .handle(caller, Action::DeleteSubject, async |req| {
+                let id = req.subject_id(subject)?;
+                req.decide_on_subject(&id, &[])?;
+                let (mut tx, _) = self.open_owned(req, &id).await?;
+                let n = tx.delete_subject(&id).await?;
+                self.commit(tx, req, Some(&id), format!("packets={n}"))
+                    .await?;
+                Ok(n)
+            })
+            .await?;
+        if let Err(e) = self.store().compact_after_delete().await {
+            tracing::warn!(error = %e, "WAL checkpoint after delete failed; deleted pages stay in the WAL until the next checkpoint");
+        }
+        Ok(n)
+    }
+}
