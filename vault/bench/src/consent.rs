@@ -179,9 +179,7 @@ where
 /// The full run.
 pub async fn run(o: &ConsentBenchOptions) -> Result<ConsentReport, BenchError> {
     let (verifications_per_sec, baseline_per_sec) = verifications(o.verifications)?;
-    let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
-    let rng = SystemRng::default();
-    idvault_server::devinit::init_dev(&dir, "127.0.0.1:0", &rng)?;
+    let dir = crate::inprocess::dev_data_dir()?;
     let cfg = idvault_server::config::Config::load(&dir.join(idvault_server::config::CONFIG_FILE))?;
     let url = o.database_url.clone().unwrap_or_else(|| cfg.database_url());
     let backend = if url.starts_with("sqlite:") {

@@ -2,6 +2,14 @@
 
 use idvault_server::config::{CONFIG_FILE, Config};
 
+/// A fresh development data directory (root key, dev PKI, config) under
+/// the system's temporary directory; the caller removes it.
+pub fn dev_data_dir() -> Result<std::path::PathBuf, crate::BenchError> {
+    let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
+    idvault_server::devinit::init_dev(&dir, "127.0.0.1:0", &idvault_core::SystemRng::default())?;
+    Ok(dir)
+}
+
 /// A vault served on port 0 from a fresh development data directory, for
 /// the end-to-end benchmarks. Removed again by [`InProcess::stop`].
 #[derive(Debug)]
@@ -14,12 +22,7 @@ pub struct InProcess {
 impl InProcess {
     /// Starts on `database_url`, or SQLite in the temporary directory.
     pub async fn start(database_url: Option<String>) -> Result<Self, crate::BenchError> {
-        let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
-        idvault_server::devinit::init_dev(
-            &dir,
-            "127.0.0.1:0",
-            &idvault_core::SystemRng::default(),
-        )?;
+        let dir = dev_data_dir()?;
         let cfg = Config::load(&dir.join(CONFIG_FILE))?;
         let url = database_url.unwrap_or_else(|| cfg.database_url());
         let loaded = idvault_server::app::load(&cfg, &url).await?;

@@ -129,12 +129,7 @@ struct Scratch {
 
 impl Scratch {
     async fn start(database_url: Option<&str>) -> Result<Self, BenchError> {
-        let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
-        idvault_server::devinit::init_dev(
-            &dir,
-            "127.0.0.1:0",
-            &idvault_core::SystemRng::default(),
-        )?;
+        let dir = crate::inprocess::dev_data_dir()?;
         let path = dir.join(idvault_server::config::CONFIG_FILE);
         let text = std::fs::read_to_string(&path)?.replace(
             &format!("name = \"{PARTNER}\"\n"),

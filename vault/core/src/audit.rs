@@ -11,6 +11,10 @@
 //! rewrote a suffix of the chain also held the audit key. Records never
 //! carry PII: actors are SPIFFE ids, subjects are random ids, details are
 //! error classes.
+//!
+//! Pure functions only: this module computes and checks the chain; it
+//! never stores or sends a record, and must never put PII or key bytes
+//! into one.
 
 use super::crypto::{self, HASH_LEN};
 use super::secret::AuditKey;

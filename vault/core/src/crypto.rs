@@ -4,6 +4,11 @@
 //! from `hkdf`, HMAC-SHA256 and SHA-256 from `ring`. Everything else in the
 //! vault calls these functions, and the known-answer tests (Wycheproof)
 //! exercise exactly these functions.
+//!
+//! It must never bring in a second implementation of a primitive, compare
+//! a MAC or tag with `==` (use [`ct_eq`] or [`hmac_sha256_verify`]), or
+//! print key bytes. The clock and the RNG are traits ([`Clock`], [`Rng`])
+//! so that callers pass them in; [`SystemRng`] is for the binary only.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};

@@ -14,6 +14,11 @@
 //! never share a label, so no derived key can stand in for another. A
 //! derived key carries the version of the root key it came from, and the
 //! wrapped DEK records it, so rotating the root never breaks old data.
+//!
+//! This module never reads a key file or a KMS itself (a [`KeyProvider`]
+//! hands it root keys; a key file is parsed from text the caller read),
+//! data keys leave it for storage only as a [`WrappedDek`], and it never
+//! prints key bytes: `Debug` and [`KeyError`] show versions only.
 
 use std::collections::BTreeMap;
 use std::fmt;

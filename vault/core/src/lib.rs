@@ -10,6 +10,7 @@
 //! [`SystemRng`], is only ever passed in by the binary.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod consent;
@@ -22,5 +23,9 @@ pub mod rules;
 pub mod secret;
 pub mod subject;
 pub mod xref;
+
+// The protobuf boundary; its public items are re-exported from `consent`
+// and `rules`.
+mod wire;
 
 pub use crypto::{Clock, Rng, SystemRng};

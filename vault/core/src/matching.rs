@@ -15,6 +15,10 @@
 //! every live key version, tagged with the field and agreement level it
 //! proves. Candidates are the subjects holding a *blocking* probe; each is
 //! scored from the indexes it holds ([`QueryPlan::score`]).
+//!
+//! Values come in only to be turned into blind indexes: this module must
+//! never store, return or print a cleartext value or a key, and it never
+//! touches the store (the server looks the indexes up).
 
 use std::collections::HashMap;
 

@@ -12,6 +12,10 @@
 //! another subject, renumbered, renamed or re-linked no longer decrypts.
 //! Each packet names the hash of the one before it, and the subject row
 //! stores the hash of the newest, so deletion and truncation are caught too.
+//!
+//! Parsing works on outside bytes and must never panic or index out of
+//! bounds; a value is only ever returned after its packet authenticated.
+//! Times come in as parameters; nothing here reads the clock or the store.
 
 use std::collections::BTreeMap;
 

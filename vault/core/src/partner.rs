@@ -1,6 +1,7 @@
 //! The partner registry's domain types: who a certificate identity is,
 //! which roles it holds and what it may receive. Parsing the config file
-//! that fills it is the server's job; this module only holds the values.
+//! that fills it is the server's job; this module only holds the values
+//! and checks names, and must never read a file or the network.
 
 use idvault_policies::Role;
 

@@ -3,6 +3,9 @@
 //! Lifecycle as types: a request's raw strings become [`FieldName`] and
 //! [`FieldValue`] only through the validating constructors, and only
 //! validated values reach packet sealing.
+//!
+//! Field values are personal data: a [`FieldValue`] is wiped on drop, and
+//! neither its `Debug` output nor a [`FieldError`] may ever contain one.
 
 use std::fmt;
 

@@ -125,9 +125,6 @@ pub async fn start(
 ) -> std::io::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SubjectServiceServer<SubjectApi>>()
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(idvault_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -138,64 +135,58 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(std::io::Error::other)?;
-    health_reporter
-        .set_serving::<TokenServiceServer<TokenApi>>()
-        .await;
-    let tokens = TokenServiceServer::new(TokenApi::new(
-        Arc::clone(&vault),
-        opts.request_timeout,
-        opts.stream_timeout,
-    ))
-    .max_decoding_message_size(opts.max_message_bytes)
-    .max_encoding_message_size(opts.max_message_bytes);
-    health_reporter
-        .set_serving::<MatchServiceServer<MatchApi>>()
-        .await;
-    let matching = MatchServiceServer::new(MatchApi::new(
-        Arc::clone(&vault),
-        opts.request_timeout,
-        opts.stream_timeout,
-    ))
-    .max_decoding_message_size(opts.max_message_bytes)
-    .max_encoding_message_size(opts.max_message_bytes);
-    health_reporter
-        .set_serving::<ConsentServiceServer<ConsentApi>>()
-        .await;
-    health_reporter
-        .set_serving::<DeviceServiceServer<DeviceApi>>()
-        .await;
-    // Consent messages are small (a grant is at most 4 KiB): a lower cap
-    // than the bulk services.
-    let consent_limit = opts.max_message_bytes.min(64 * 1024);
-    let consent =
-        ConsentServiceServer::new(ConsentApi::new(Arc::clone(&vault), opts.request_timeout))
-            .max_decoding_message_size(consent_limit)
-            .max_encoding_message_size(opts.max_message_bytes);
-    let devices =
-        DeviceServiceServer::new(DeviceApi::new(Arc::clone(&vault), opts.request_timeout))
-            .max_decoding_message_size(consent_limit)
-            .max_encoding_message_size(opts.max_message_bytes);
-    health_reporter
-        .set_serving::<EventServiceServer<EventApi>>()
-        .await;
-    health_reporter
-        .set_serving::<CommandServiceServer<CommandApi>>()
-        .await;
-    // Events carry at most 32 fields of 1 KiB: the consent cap fits them.
-    let events = EventServiceServer::new(EventApi::new(Arc::clone(&vault), opts.request_timeout))
-        .max_decoding_message_size(consent_limit)
-        .max_encoding_message_size(opts.max_message_bytes);
-    let commands = CommandServiceServer::new(CommandApi::new(
-        Arc::clone(&vault),
-        opts.request_timeout,
-        opts.stream_timeout,
-    ))
-    .max_decoding_message_size(opts.max_message_bytes)
-    .max_encoding_message_size(opts.max_message_bytes);
+    let bulk = opts.max_message_bytes;
+    // Consent messages are small (a grant is at most 4 KiB) and events carry
+    // at most 32 fields of 1 KiB: a lower request cap than the bulk services.
+    let small = bulk.min(64 * 1024);
+    // Marks one service as serving in the health check and caps the size of
+    // the messages it decodes (answers keep the bulk cap).
+    macro_rules! service {
+        ($server:ident < $api:ty >, $new:expr, $decode:expr) => {{
+            health_reporter.set_serving::<$server<$api>>().await;
+            $server::new($new)
+                .max_decoding_message_size($decode)
+                .max_encoding_message_size(bulk)
+        }};
+    }
+    let (unary, stream) = (opts.request_timeout, opts.stream_timeout);
+    let v = || Arc::clone(&vault);
+    let tokens = service!(
+        TokenServiceServer<TokenApi>,
+        TokenApi::new(v(), unary, stream),
+        bulk
+    );
+    let matching = service!(
+        MatchServiceServer<MatchApi>,
+        MatchApi::new(v(), unary, stream),
+        bulk
+    );
+    let consent = service!(
+        ConsentServiceServer<ConsentApi>,
+        ConsentApi::new(v(), unary),
+        small
+    );
+    let devices = service!(
+        DeviceServiceServer<DeviceApi>,
+        DeviceApi::new(v(), unary),
+        small
+    );
+    let events = service!(
+        EventServiceServer<EventApi>,
+        EventApi::new(v(), unary),
+        small
+    );
+    let commands = service!(
+        CommandServiceServer<CommandApi>,
+        CommandApi::new(v(), unary, stream),
+        bulk
+    );
+    let subjects = service!(
+        SubjectServiceServer<SubjectApi>,
+        SubjectApi::new(v(), unary),
+        bulk
+    );
     let streams = Arc::clone(&vault);
-    let subjects = SubjectServiceServer::new(SubjectApi::new(vault, opts.request_timeout))
-        .max_decoding_message_size(opts.max_message_bytes)
-        .max_encoding_message_size(opts.max_message_bytes);
     let incoming = crate::tls::incoming(
         listener,
         tls,

@@ -1,0 +1,43 @@
+//! Device requests: what a person's enrolled device asks the vault to do,
+//! once its signed request has verified and decoded (`decode_device_request`).
+//!
+//! Plain values only: nothing here decodes bytes, checks a signature or
+//! decides whether the action is allowed; the request's replay and time
+//! window checks happen where it is used.
+
+use super::ID_LEN;
+use crate::rules::Rule;
+
+/// What a device asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// List the subject's release receipts.
+    ListReceipts,
+    /// Revoke a consent.
+    RevokeConsent([u8; ID_LEN]),
+    /// List the subject's devices.
+    ListDevices,
+    /// Revoke a device of the same subject.
+    RevokeDevice(String),
+    /// Link a trusted entity (SPIFFE id) to the person's profile.
+    LinkEntity(String),
+    /// Unlink an entity, removing the rules that name it.
+    UnlinkEntity(String),
+    /// Replace the person's rules (validated, sorted by id).
+    SetRules(Vec<Rule>),
+    /// List linked entities and rules.
+    ListRules,
+    /// Suggest rule sets from similar people's adoptions.
+    SuggestRules,
+}
+
+/// A verified device request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCall {
+    /// Request id (replay protection).
+    pub request_id: [u8; ID_LEN],
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// The action.
+    pub action: DeviceAction,
+}

@@ -1,0 +1,145 @@
+//! Consent grants: what a verified grant says, the limits on its lifetime,
+//! its time window, and the checks on purposes and field names.
+//!
+//! A [`Grant`] only ever comes from bytes whose signature verified (see
+//! `decode_grant`); this module never decodes wire bytes and never reads
+//! the clock: `now` is a parameter.
+
+use super::{CHALLENGE_LEN, ID_LEN, MAX_AUDIENCE_LEN, MAX_PURPOSE_LEN, Refusal};
+use crate::crypto::{HASH_LEN, sha256};
+use crate::subject::{FieldName, SubjectId};
+
+/// Limits applied to grants and device requests (`[consent]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentLimits {
+    /// Longest lifetime of a single-use grant, seconds.
+    pub max_single_use_secs: i64,
+    /// Longest lifetime of a standing grant, seconds.
+    pub max_standing_secs: i64,
+    /// Clock skew tolerated on `issued_at`, seconds.
+    pub skew_secs: i64,
+}
+
+impl Default for ConsentLimits {
+    fn default() -> Self {
+        Self {
+            max_single_use_secs: 600,
+            max_standing_secs: 365 * 24 * 3600,
+            skew_secs: 120,
+        }
+    }
+}
+
+/// A verified and validated consent grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Consent id.
+    pub consent_id: [u8; ID_LEN],
+    /// Subject.
+    pub subject: SubjectId,
+    /// Audience: the partner's SPIFFE id.
+    pub audience: String,
+    /// Purpose code.
+    pub purpose: String,
+    /// Consented fields, sorted, each once.
+    pub fields: Vec<FieldName>,
+    /// Challenge.
+    pub challenge: [u8; CHALLENGE_LEN],
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Standing (true) or single-use.
+    pub standing: bool,
+}
+
+/// Whether `p` is a purpose code: 1-64 of `a-z 0-9 . _ -`.
+pub fn valid_purpose(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= MAX_PURPOSE_LEN
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// Parses field names: catalogue names, at least one, each once; sorted.
+pub fn parse_field_names<S: AsRef<str>>(names: &[S]) -> Option<Vec<FieldName>> {
+    if names.is_empty() || names.len() > crate::subject::MAX_FIELDS_PER_REQUEST {
+        return None;
+    }
+    let mut out = names
+        .iter()
+        .map(|n| FieldName::parse(n.as_ref()).ok())
+        .collect::<Option<Vec<_>>>()?;
+    out.sort();
+    let n = out.len();
+    out.dedup();
+    (out.len() == n).then_some(out)
+}
+
+/// Whether `a` can be a grant's audience: 1 to [`MAX_AUDIENCE_LEN`] bytes.
+/// (Whether it is the calling partner is checked when the grant is used.)
+pub(crate) fn valid_audience(a: &str) -> bool {
+    !a.is_empty() && a.len() <= MAX_AUDIENCE_LEN
+}
+
+impl Grant {
+    /// Checks the grant's window at `now` (Unix seconds): issued no later
+    /// than `now + skew`, not expired, and no longer-lived than its kind
+    /// allows.
+    pub fn check_window(&self, now: i64, limits: &ConsentLimits) -> Result<(), Refusal> {
+        let lifetime = self.expires_at.saturating_sub(self.issued_at);
+        let max = if self.standing {
+            limits.max_standing_secs
+        } else {
+            limits.max_single_use_secs
+        };
+        if lifetime <= 0 || lifetime > max {
+            return Err(Refusal::LifetimeTooLong);
+        }
+        if self.issued_at > now.saturating_add(limits.skew_secs) {
+            return Err(Refusal::NotYetValid);
+        }
+        if now >= self.expires_at {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of the signed grant bytes: the receipt's `grant_hash`.
+pub fn grant_hash(grant_bytes: &[u8]) -> [u8; HASH_LEN] {
+    sha256(&[grant_bytes])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode_grant;
+    use crate::wire::tests::sample_grant;
+    use prost::Message;
+
+    #[test]
+    fn windows() {
+        let l = ConsentLimits::default();
+        let g = decode_grant(&sample_grant().encode_to_vec()).unwrap();
+        assert_eq!(g.check_window(1_795_000_000, &l), Ok(()));
+        assert_eq!(g.check_window(1_795_000_299, &l), Ok(()));
+        assert_eq!(g.check_window(1_795_000_300, &l), Err(Refusal::Expired));
+        assert_eq!(g.check_window(1_794_999_880, &l), Ok(()), "within skew");
+        assert_eq!(g.check_window(1_794_999_879, &l), Err(Refusal::NotYetValid));
+        let mut long = g.clone();
+        long.expires_at = long.issued_at + 601;
+        assert_eq!(
+            long.check_window(1_795_000_000, &l),
+            Err(Refusal::LifetimeTooLong)
+        );
+        long.standing = true;
+        assert_eq!(long.check_window(1_795_000_000, &l), Ok(()));
+        let mut backwards = g;
+        backwards.expires_at = backwards.issued_at;
+        assert_eq!(
+            backwards.check_window(1_795_000_000, &l),
+            Err(Refusal::LifetimeTooLong)
+        );
+    }
+}

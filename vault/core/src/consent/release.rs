@@ -1,0 +1,347 @@
+//! The release seal: HPKE (RFC 9180, base mode, DHKEM(P-256, HKDF-SHA256),
+//! HKDF-SHA256, AES-256-GCM) of a release's plaintext to the partner's
+//! registered release key, bound to the consent id and the subject.
+//!
+//! The vault only seals; opening is for partners and tests. This module
+//! must never seal twice with the same ephemeral seed (hence
+//! [`seal_with_seed`] is crate-private) and never print key bytes of a
+//! [`ReleaseSecretKey`].
+
+use std::fmt;
+
+use hpke::{Deserializable, Serializable};
+use zeroize::Zeroizing;
+
+use super::{ID_LEN, PUBLIC_KEY_LEN, RELEASE_INFO};
+use crate::crypto::{CryptoError, Rng};
+use crate::subject::SubjectId;
+
+/// A partner's registered release key (HPKE recipient public key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReleasePublicKey(<hpke::kem::DhP256HkdfSha256 as hpke::Kem>::PublicKey);
+
+impl fmt::Debug for ReleasePublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReleasePublicKey({})", hex::encode(self.to_sec1()))
+    }
+}
+
+impl ReleasePublicKey {
+    /// From a SEC1 uncompressed point (65 bytes).
+    pub fn from_sec1(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != PUBLIC_KEY_LEN || bytes.first() != Some(&0x04) {
+            return None;
+        }
+        <hpke::kem::DhP256HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(bytes)
+            .ok()
+            .map(Self)
+    }
+
+    /// SEC1 uncompressed point.
+    pub fn to_sec1(&self) -> Vec<u8> {
+        self.0.to_bytes().to_vec()
+    }
+}
+
+/// The HPKE suite: DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
+type Kem = hpke::kem::DhP256HkdfSha256;
+type Kdf = hpke::kdf::HkdfSha256;
+type Aead = hpke::aead::AesGcm256;
+
+/// The HPKE associated data of a release: consent id then subject id (16
+/// bytes each), so a sealed release cannot be passed off as another.
+pub fn release_aad(consent_id: &[u8; ID_LEN], subject: &SubjectId) -> [u8; 32] {
+    let mut aad = [0u8; 32];
+    let (a, b) = aad.split_at_mut(ID_LEN);
+    a.copy_from_slice(consent_id);
+    b.copy_from_slice(subject.as_bytes());
+    aad
+}
+
+/// Feeds the HPKE ephemeral-key derivation from bytes drawn beforehand
+/// from the vault's fallible [`Rng`]: hpke wants an infallible RNG.
+/// DHKEM(P-256) draws exactly one 32-byte seed (RFC 9180 §4.1,
+/// DeriveKeyPair(random(Nsk))). Should it ever ask for more, `exhausted`
+/// is set and the caller discards the result.
+struct SeedRng {
+    seed: Zeroizing<[u8; 32]>,
+    used: usize,
+    exhausted: bool,
+}
+
+impl hpke::rand_core::TryRng for SeedRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        match self.seed.get(self.used..self.used + dst.len()) {
+            Some(src) => {
+                dst.copy_from_slice(src);
+                self.used += dst.len();
+            }
+            None => {
+                dst.fill(0);
+                self.exhausted = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl hpke::rand_core::TryCryptoRng for SeedRng {}
+
+/// Seals `plaintext` to `pk` in HPKE base mode with `seed` as the
+/// ephemeral-key randomness. Crate-private on purpose: the same seed twice
+/// would reuse the AES-GCM key and nonce. The vault calls [`seal_release`];
+/// the known-answer tests call this.
+pub(crate) fn seal_with_seed(
+    pk: &ReleasePublicKey,
+    seed: Zeroizing<[u8; 32]>,
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+    let mut rng = SeedRng {
+        seed,
+        used: 0,
+        exhausted: false,
+    };
+    let (enc, ct) = hpke::single_shot_seal_with_rng::<Aead, Kdf, Kem>(
+        &hpke::OpModeS::Base,
+        &pk.0,
+        info,
+        plaintext,
+        aad,
+        &mut rng,
+    )
+    .map_err(|_| CryptoError::InvalidLength)?;
+    if rng.exhausted {
+        return Err(CryptoError::Rng);
+    }
+    Ok((enc.to_bytes().to_vec(), ct))
+}
+
+/// Seals a release's plaintext to the partner's key: returns `(enc, ciphertext)`.
+pub fn seal_release(
+    pk: &ReleasePublicKey,
+    consent_id: &[u8; ID_LEN],
+    subject: &SubjectId,
+    plaintext: &[u8],
+    rng: &dyn Rng,
+) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill(seed.as_mut())?;
+    seal_with_seed(
+        pk,
+        seed,
+        RELEASE_INFO,
+        &release_aad(consent_id, subject),
+        plaintext,
+    )
+}
+
+/// A partner's release private key (HPKE recipient).
+pub struct ReleaseSecretKey(<Kem as hpke::Kem>::PrivateKey);
+
+impl fmt::Debug for ReleaseSecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReleaseSecretKey(redacted)")
+    }
+}
+
+impl ReleaseSecretKey {
+    /// From the 32-byte big-endian scalar.
+    pub fn from_scalar(bytes: &[u8]) -> Option<Self> {
+        <Kem as hpke::Kem>::PrivateKey::from_bytes(bytes)
+            .ok()
+            .map(Self)
+    }
+
+    /// RFC 9180 DeriveKeyPair (for known-answer tests).
+    pub fn derive(ikm: &[u8]) -> Self {
+        Self(<Kem as hpke::Kem>::derive_keypair(ikm).0)
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> ReleasePublicKey {
+        ReleasePublicKey(<Kem as hpke::Kem>::sk_to_pk(&self.0))
+    }
+
+    /// Opens an HPKE base-mode ciphertext.
+    pub fn open(
+        &self,
+        enc: &[u8],
+        info: &[u8],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+            .map_err(|_| CryptoError::Authentication)?;
+        hpke::single_shot_open::<Aead, Kdf, Kem>(
+            &hpke::OpModeR::Base,
+            &self.0,
+            &enc,
+            info,
+            ciphertext,
+            aad,
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// Opens a release sealed by [`seal_release`].
+    pub fn open_release(
+        &self,
+        consent_id: &[u8; ID_LEN],
+        subject: &SubjectId,
+        enc: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.open(
+            enc,
+            RELEASE_INFO,
+            &release_aad(consent_id, subject),
+            ciphertext,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SystemRng;
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    /// RFC 9180 test vector, mode 0 (base), DHKEM(P-256, HKDF-SHA256),
+    /// HKDF-SHA256, AES-256-GCM (kem 0x0010, kdf 0x0001, aead 0x0002),
+    /// first encryption.
+    #[test]
+    fn hpke_rfc9180_vector() {
+        let info = h("4f6465206f6e2061204772656369616e2055726e");
+        let ikm_e = h("a90d3417c3da9cb6c6ae19b4b5dd6cc9529a4cc24efb7ae0ace1f31887a8cd6c");
+        let ikm_r = h("a0ce15d49e28bd47a18a97e147582d814b08cbe00109fed5ec27d1b4e9f6f5e3");
+        let sk_rm = h("317f915db7bc629c48fe765587897e01e282d3e8445f79f27f65d031a88082b2");
+        let pk_rm = h(
+            "04abc7e49a4c6b3566d77d0304addc6ed0e98512ffccf505e6a8e3eb25c685136f853148544876de76c0f2ef99cdc3a05ccf5ded7860c7c021238f9e2073d2356c",
+        );
+        let enc = h(
+            "04c06b4f6bebc7bb495cb797ab753f911aff80aefb86fd8b6fcc35525f3ab5f03e0b21bd31a86c6048af3cb2d98e0d3bf01da5cc4c39ff5370d331a4f1f7d5a4e0",
+        );
+        let aad = h("436f756e742d30");
+        let pt = h("4265617574792069732074727574682c20747275746820626561757479");
+        let ct = h(
+            "58c61a45059d0c5704560e9d88b564a8b63f1364b8d1fcb3c4c6ddc1d291742465e902cd216f8908da49f8f96f",
+        );
+        // Key derivation and parsing.
+        assert_eq!(
+            ReleaseSecretKey::derive(&ikm_r).public_key().to_sec1(),
+            pk_rm
+        );
+        let sk = ReleaseSecretKey::from_scalar(&sk_rm).unwrap();
+        assert_eq!(sk.public_key().to_sec1(), pk_rm);
+        let pk = ReleasePublicKey::from_sec1(&pk_rm).unwrap();
+        // Seal with the vector's ephemeral seed: byte-exact.
+        let seed = Zeroizing::new(<[u8; 32]>::try_from(ikm_e).unwrap());
+        let (e, c) = seal_with_seed(&pk, seed, &info, &aad, &pt).unwrap();
+        assert_eq!(
+            (e.as_slice(), c.as_slice()),
+            (enc.as_slice(), ct.as_slice())
+        );
+        // Open, and refuse a changed aad, info or ciphertext.
+        assert_eq!(sk.open(&enc, &info, &aad, &ct).unwrap().as_slice(), &pt[..]);
+        assert!(sk.open(&enc, &info, b"Count-1", &ct).is_err());
+        assert!(sk.open(&enc, b"other", &aad, &ct).is_err());
+        let mut bad = ct.clone();
+        bad[0] ^= 1;
+        assert!(sk.open(&enc, &info, &aad, &bad).is_err());
+    }
+
+    #[test]
+    fn release_round_trip_is_bound_to_consent_and_subject() {
+        let rng = SystemRng::default();
+        let sk = ReleaseSecretKey::derive(b"a partner release key seed, 32b!");
+        let subject = SubjectId::generate(&rng).unwrap();
+        let (enc, ct) =
+            seal_release(&sk.public_key(), &[1; 16], &subject, b"fields", &rng).unwrap();
+        assert_eq!(
+            sk.open_release(&[1; 16], &subject, &enc, &ct)
+                .unwrap()
+                .as_slice(),
+            b"fields"
+        );
+        assert!(sk.open_release(&[2; 16], &subject, &enc, &ct).is_err());
+        let other = SubjectId::generate(&rng).unwrap();
+        assert!(sk.open_release(&[1; 16], &other, &enc, &ct).is_err());
+        assert!(ReleasePublicKey::from_sec1(&[4; 65]).is_none());
+    }
+
+    /// The release seal vector published in docs/consent.md ("Test
+    /// vectors"); the device half is checked in idvault-client.
+    #[test]
+    fn doc_release_vector() {
+        use idvault_proto::v1 as pb;
+        use prost::Message;
+        // The release seal, with a fixed partner key and ephemeral seed.
+        let partner = ReleaseSecretKey::from_scalar(&[0x02; 32]).unwrap();
+        let pk = ReleasePublicKey::from_sec1(&partner.public_key().to_sec1()).unwrap();
+        let plain = pb::ReleasedFields {
+            fields: vec![
+                pb::Field {
+                    name: "email".into(),
+                    value: "amelie.ol@example.org".into(),
+                },
+                pb::Field {
+                    name: "given_name".into(),
+                    value: "Amélie".into(),
+                },
+            ],
+        }
+        .encode_to_vec();
+        let cid: [u8; 16] = (0u8..16).collect::<Vec<u8>>().try_into().unwrap();
+        let subject = SubjectId::parse("6f1c2b9e-8a41-4d3c-9b7e-2a5f0c1d3e4f").unwrap();
+        let aad = release_aad(&cid, &subject);
+        let (enc, ct) =
+            seal_with_seed(&pk, Zeroizing::new([0x03; 32]), RELEASE_INFO, &aad, &plain).unwrap();
+        assert_eq!(
+            hex::encode(pk.to_sec1()),
+            "04550f471003f3df97c3df506ac797f6721fb1a1fb7b8f6f83d224498a65c88e24136093d7012e509a73715cbd0b00a3cc0ff4b5c01b3ffa196ab1fb327036b8e6"
+        );
+        assert_eq!(
+            hex::encode(&plain),
+            "0a1e0a05656d61696c1215616d656c69652e6f6c406578616d706c652e6f72670a150a0a676976656e5f6e616d651207416dc3a96c6965"
+        );
+        assert_eq!(
+            hex::encode(aad),
+            "000102030405060708090a0b0c0d0e0f6f1c2b9e8a414d3c9b7e2a5f0c1d3e4f"
+        );
+        assert_eq!(
+            hex::encode(&enc),
+            "04d93c1e7accd3e5e7f975c204a420c269e75ae1cdd7c9272e9764f49fa5a7d9a96a340c2555220402f66b4ec409f0cf904e9ba492a7151a7c412d421efba0b27a"
+        );
+        assert_eq!(
+            hex::encode(&ct),
+            "9832c71c4f87832ad95f680b9965b937318531630aa07a779b04da1acb4ea1f4fd2a096e06b7de4249031f9925b7099178d6251a8cd01e9f40daf7e71ade5f22d7d70611398c10"
+        );
+        assert_eq!(
+            partner
+                .open_release(&cid, &subject, &enc, &ct)
+                .unwrap()
+                .as_slice(),
+            &plain[..]
+        );
+    }
+}
