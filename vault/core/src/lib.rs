@@ -19,6 +19,7 @@ pub mod keys;
 pub mod matching;
 pub mod packet;
 pub mod partner;
+pub mod records;
 pub mod rules;
 pub mod secret;
 pub mod subject;

@@ -17,12 +17,15 @@
 //! - `grant`: consent grants, their limits and time window.
 //! - `enrollment`: device enrollment and enrollment codes.
 //! - `device_request`: what a signed device request asks for.
+//! - `records`: the consent state the vault keeps (devices, codes,
+//!   challenges, consents, receipts) and the pure checks on it.
 //! - `release`: the HPKE seal of released fields to a partner.
 
 mod device_key;
 mod device_request;
 mod enrollment;
 mod grant;
+mod records;
 mod release;
 
 pub use device_key::{
@@ -33,6 +36,7 @@ pub use enrollment::{
     Enrollment, enrollment_code_hash, generate_enrollment_code, verify_enrollment,
 };
 pub use grant::{ConsentLimits, Grant, grant_hash, parse_field_names, valid_purpose};
+pub use records::{Challenge, Consent, Device, EnrollmentCode, Receipt};
 pub use release::{ReleasePublicKey, ReleaseSecretKey, release_aad, seal_release};
 
 pub use crate::wire::{decode_canonical, decode_device_request, decode_grant};

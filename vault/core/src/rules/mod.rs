@@ -12,10 +12,12 @@
 //! Submodules, each re-exported here:
 //! - `rule`: a validated [`Rule`], its id, and rule sets.
 //! - `event`: validated events and the commands they trigger.
+//! - `outbox`: commands waiting for their recipient and accepted events.
 //! - `payload`: the sealed command payloads of the outbox.
 //! - `suggest`: rule suggestions from similar people's adoptions.
 
 mod event;
+mod outbox;
 mod payload;
 mod rule;
 mod suggest;
@@ -23,6 +25,7 @@ mod suggest;
 mod test_support;
 
 pub use event::{Event, EventError, EventValue, Triggered, triggered};
+pub use outbox::{AcceptedEvent, OutboxCommand, PendingCommand};
 pub use payload::{CommandHeader, open_payload, seal_payload};
 pub use rule::{Rule, validate_rule_set};
 pub use suggest::{History, Peer, Suggestion, suggest};

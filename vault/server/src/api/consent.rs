@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use idvault_policies::Action;
 use idvault_proto::v1 as pb;
 use idvault_proto::v1::consent_service_server::ConsentService;
 use idvault_proto::v1::device_service_server::DeviceService;
@@ -99,8 +100,9 @@ impl ConsentService for ConsentApi {
                 return Err(super::malformed(
                     &self.vault,
                     &who,
-                    idvault_policies::Action::PresentConsent,
+                    (Action::PresentConsent, Action::ReleaseConsented),
                     "a signed grant or a standing consent id is required",
+                    self.deadline,
                 )
                 .await);
             }
@@ -190,7 +192,7 @@ impl DeviceService for DeviceApi {
                     consent_id: r.consent_id.to_vec(),
                     partner: r.partner,
                     purpose: r.purpose,
-                    fields: r.fields.split(',').map(str::to_owned).collect(),
+                    fields: r.fields.iter().map(|f| f.as_str().to_owned()).collect(),
                     released_at_ms: r.released_at_ms,
                     grant_hash: r.grant_hash.to_vec(),
                 })

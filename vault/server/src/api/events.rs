@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use idvault_policies::Action;
 use idvault_proto::v1 as pb;
 use idvault_proto::v1::command_service_server::CommandService;
 use idvault_proto::v1::event_service_server::EventService;
@@ -47,8 +48,9 @@ impl EventService for EventApi {
                 return Err(super::malformed(
                     &self.vault,
                     &who,
-                    idvault_policies::Action::PublishEvent,
+                    (Action::PublishEvent, Action::PublishEvent),
                     "a subject_id or a pairwise_token is required",
+                    self.deadline,
                 )
                 .await);
             }

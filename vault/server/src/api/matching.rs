@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use idvault_policies::Action;
 use idvault_proto::v1::match_service_server::MatchService;
 use idvault_proto::v1::{
     AgreementLevel, FieldAgreement, MatchBatchRequest, MatchBatchResponse,
@@ -88,8 +89,9 @@ impl MatchService for MatchApi {
             return Err(super::malformed(
                 &self.vault,
                 &who,
-                idvault_policies::Action::MatchSubjects,
+                (Action::MatchSubjects, Action::MatchSubjects),
                 "MatchRequest.query is required",
+                self.deadline,
             )
             .await);
         };

@@ -99,18 +99,29 @@ pub(crate) async fn within<T>(
 
 /// Refuses a message the edge could not map to a request (a required
 /// field missing, an unknown enum value): through the pipeline, so it is
-/// identified, gated and audited like every other refusal.
+/// identified, gated by `gate` and audited as `action` like every other
+/// refusal. It runs on its own task within `deadline`, like the consent
+/// and event calls, so a cancelled call cannot cut its audit record off.
 pub(crate) async fn malformed(
-    vault: &crate::service::Vault,
+    vault: &std::sync::Arc<crate::service::Vault>,
     who: &Caller,
-    action: idvault_policies::Action,
+    (gate, action): (idvault_policies::Action, idvault_policies::Action),
     why: impl Into<String>,
+    deadline: std::time::Duration,
 ) -> Status {
-    status(
-        vault
-            .reject(who, action, VaultError::BadRequest(why.into()))
-            .await,
-    )
+    let (vault, who, why) = (std::sync::Arc::clone(vault), who.clone(), why.into());
+    let refused = consent::detached(deadline, async move {
+        Err::<(), _>(
+            vault
+                .reject(&who, gate, action, VaultError::BadRequest(why))
+                .await,
+        )
+    })
+    .await;
+    match refused {
+        Err(st) => st,
+        Ok(()) => Status::internal("internal error"),
+    }
 }
 
 /// How long a client stream may stay silent before it is closed.

@@ -171,11 +171,18 @@ impl TokenService for TokenApi {
         let first = super::next_message(&mut stream, deadline, "TokenizeLog").await?;
         let settings = match first.as_ref().map(|m| settings(m.clone())) {
             Some(Ok(s)) => s,
-            Some(Err(why)) => return Err(super::malformed(&self.vault, &who, A, why).await),
+            Some(Err(why)) => {
+                return Err(super::malformed(&self.vault, &who, (A, A), why, self.deadline).await);
+            }
             None => {
-                return Err(
-                    super::malformed(&self.vault, &who, A, "empty TokenizeLog stream").await,
-                );
+                return Err(super::malformed(
+                    &self.vault,
+                    &who,
+                    (A, A),
+                    "empty TokenizeLog stream",
+                    self.deadline,
+                )
+                .await);
             }
         };
         let data = first.map(|m| m.data).unwrap_or_default();

@@ -18,8 +18,11 @@ use zeroize::Zeroizing;
 use super::pipeline::Request;
 use crate::config::Partner;
 use crate::service::{Caller, Vault, VaultError};
-use crate::store::{AuditedTx, ConsentRow, DeviceRow, ReceiptRow};
-use idvault_core::consent::{self as c, CHALLENGE_LEN, GRANT_CONTEXT, Grant, ID_LEN, Refusal};
+use crate::store::AuditedTx;
+use idvault_core::consent::{
+    self as c, CHALLENGE_LEN, Challenge, Consent, Device, GRANT_CONTEXT, Grant, ID_LEN, Receipt,
+    Refusal,
+};
 use idvault_core::keys::KeyError;
 use idvault_core::subject::{FieldName, SubjectId};
 
@@ -76,10 +79,11 @@ pub(crate) fn refused(r: Refusal) -> VaultError {
     VaultError::Refused(r)
 }
 
-pub(crate) fn field_list(fields: &[FieldName]) -> String {
+/// Field names joined by commas, for audit details.
+fn names(fields: &[FieldName]) -> String {
     fields
         .iter()
-        .map(|f| f.as_str())
+        .map(FieldName::as_str)
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -171,7 +175,7 @@ impl Vault {
         &self,
         req: &mut Request<'_>,
         s: &Signed,
-    ) -> Result<(Grant, DeviceRow, [u8; 32]), VaultError> {
+    ) -> Result<(Grant, Device, [u8; 32]), VaultError> {
         let (device, key) = self.active_device(&s.device_id).await?;
         key.verify(GRANT_CONTEXT, &s.bytes, &s.signature)
             .map_err(refused)?;
@@ -195,19 +199,19 @@ impl Vault {
         req: &Request<'_>,
         s: &Signed,
         g: &Grant,
-        device: &DeviceRow,
+        device: &Device,
         grant_hash: [u8; 32],
     ) -> Result<Release, VaultError> {
         let now = self.now_millis();
         let mut tx = self.begin().await?;
         self.still_active(&mut tx, device).await?;
-        let row = ConsentRow {
+        let row = Consent {
             consent_id: g.consent_id,
             subject: g.subject,
             device_id: s.device_id.clone(),
             audience: g.audience.clone(),
             purpose: g.purpose.clone(),
-            fields: field_list(&g.fields),
+            fields: g.fields.clone(),
             standing: g.standing,
             issued_at: g.issued_at,
             expires_at: g.expires_at,
@@ -218,17 +222,9 @@ impl Vault {
         if !tx.insert_consent(&row).await? {
             return Err(refused(Refusal::ConsentReplayed));
         }
-        match tx.challenge(&g.challenge).await? {
-            None => return Err(refused(Refusal::ChallengeUnknown)),
-            Some(ch) if ch.partner != req.partner.name || ch.subject != g.subject => {
-                return Err(refused(Refusal::ChallengeMismatch));
-            }
-            Some(ch) if ch.used => return Err(refused(Refusal::ChallengeReused)),
-            Some(ch) if now >= ch.expires_at_ms => {
-                return Err(refused(Refusal::ChallengeExpired));
-            }
-            Some(_) => {}
-        }
+        let challenge = tx.challenge(&g.challenge).await?;
+        Challenge::check(challenge.as_ref(), &req.partner.name, &g.subject, now)
+            .map_err(refused)?;
         if !tx.use_challenge(&g.challenge, now).await? {
             return Err(refused(Refusal::ChallengeReused));
         }
@@ -242,31 +238,19 @@ impl Vault {
     ) -> Result<Release, VaultError> {
         let id: [u8; ID_LEN] = id.try_into().map_err(|_| refused(Refusal::Malformed))?;
         let mut tx = self.begin().await?;
-        let row = match tx.consent(&id).await? {
-            // Another partner's consent is reported as unknown.
-            Some(r) if r.audience == req.caller.spiffe_id => r,
-            _ => return Err(refused(Refusal::ConsentUnknown)),
-        };
+        let stored = tx.consent(&id).await?;
+        // Another partner's consent is reported as unknown.
+        let row = Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
+            .map_err(refused)?;
         req.about(row.subject);
-        if !row.standing {
-            return Err(refused(Refusal::ConsentReplayed));
-        }
-        if row.revoked_at_ms.is_some() {
-            return Err(refused(Refusal::ConsentRevoked));
-        }
-        if self.now_secs() >= row.expires_at {
-            return Err(refused(Refusal::Expired));
-        }
-        match tx.device(&row.device_id).await? {
-            Some(d) if d.subject == row.subject && d.revoked_at_ms.is_none() => {}
-            Some(_) => return Err(refused(Refusal::DeviceRevoked)),
-            None => return Err(refused(Refusal::UnknownDevice)),
-        }
+        tx.device(&row.device_id)
+            .await?
+            .ok_or(Refusal::UnknownDevice)
+            .and_then(|d| d.check_active_for(&row.subject))
+            .map_err(refused)?;
         // The registry may have narrowed since the grant was presented.
-        let fields = c::parse_field_names(&row.fields.split(',').collect::<Vec<_>>())
-            .ok_or(VaultError::Integrity("stored consent fields"))?;
-        release_allowed(req, &row.subject, &row.purpose, &fields).map_err(refused)?;
-        self.seal_and_commit(tx, req, &row).await
+        release_allowed(req, &row.subject, &row.purpose, &row.fields).map_err(refused)?;
+        self.seal_and_commit(tx, req, row).await
     }
 
     /// Decrypts the consented fields, seals them to the partner, writes
@@ -275,23 +259,22 @@ impl Vault {
         &self,
         mut tx: AuditedTx,
         req: &Request<'_>,
-        consent: &ConsentRow,
+        consent: &Consent,
     ) -> Result<Release, VaultError> {
         let id = consent.subject;
         let subject = tx.subject(&id).await?.ok_or(VaultError::NotFound)?;
         let values = self.newest_values(&mut tx, &subject).await?;
-        let consented: Vec<&str> = consent.fields.split(',').collect();
         // Only consented names are copied out: a field the person did not
         // sign for cannot reach the plaintext.
         let mut plain = pb::ReleasedFields::default();
         let mut released = Vec::new();
         for (name, value) in &values {
-            if consented.contains(&name.as_str()) {
+            if consent.fields.contains(name) {
                 plain.fields.push(pb::Field {
                     name: name.as_str().to_owned(),
                     value: value.expose().to_owned(),
                 });
-                released.push(name.as_str());
+                released.push(*name);
             }
         }
         let bytes = Zeroizing::new(plain.encode_to_vec());
@@ -305,14 +288,14 @@ impl Vault {
             .ok_or(VaultError::Internal("partner has no release key"))?;
         let (enc, ciphertext) = c::seal_release(key, &consent.consent_id, &id, &bytes, self.rng())
             .map_err(|_| VaultError::Internal("release sealing"))?;
-        let receipt = ReceiptRow {
+        let receipt = Receipt {
             receipt_id: self.random_id("rcp_")?,
             consent_id: consent.consent_id,
             subject: id,
             partner: req.caller.spiffe_id.clone(),
             purpose: consent.purpose.clone(),
             // What was released: consented fields the subject has.
-            fields: released.join(","),
+            fields: released,
             released_at_ms: self.now_millis(),
             grant_hash: consent.grant_hash,
         };
@@ -321,8 +304,8 @@ impl Vault {
             "consent={} purpose={} consented={} released={} receipt={}",
             hex::encode(consent.consent_id),
             consent.purpose,
-            consent.fields,
-            receipt.fields,
+            names(&consent.fields),
+            names(&receipt.fields),
             receipt.receipt_id
         );
         self.commit(tx, req, Some(&id), detail).await?;

@@ -8,9 +8,10 @@ use zeroize::Zeroizing;
 
 use super::consent::refused;
 use crate::service::{Caller, Vault, VaultError};
-use crate::store::{AuditedTx, DeviceRow, ReceiptRow};
+use crate::store::AuditedTx;
 use idvault_core::consent::{
-    self as c, DEVICE_REQUEST_CONTEXT, DeviceAction, DevicePublicKey, Refusal,
+    self as c, DEVICE_REQUEST_CONTEXT, Device, DeviceAction, DevicePublicKey, EnrollmentCode,
+    Receipt, Refusal,
 };
 use idvault_core::keys::KeyError;
 
@@ -77,9 +78,9 @@ impl DeviceOp {
 #[derive(Debug, Clone)]
 pub enum DeviceOutcome {
     /// The subject's receipts, newest first.
-    Receipts(Vec<ReceiptRow>),
+    Receipts(Vec<Receipt>),
     /// The subject's devices.
-    Devices(Vec<DeviceRow>),
+    Devices(Vec<Device>),
     /// Whether a revocation changed anything.
     Revoked(bool),
     /// Whether a link was made.
@@ -152,19 +153,16 @@ impl Vault {
             let mut tx = self.begin().await?;
             // Unknown, used, expired and other-subject codes are one
             // refusal: the answer must not help guess codes.
-            let issued_to = match tx.enrollment_code(&hash).await? {
-                Some(row) if !row.used && row.subject == e.subject && now < row.expires_at_ms => {
-                    row.issued_to
-                }
-                _ => return Err(refused(Refusal::EnrollmentCodeInvalid)),
-            };
+            let code = tx.enrollment_code(&hash).await?;
+            EnrollmentCode::check(code.as_ref(), &e.subject, now).map_err(refused)?;
+            let issued_to = code.map(|c| c.issued_to).unwrap_or_default();
             if !tx.use_enrollment_code(&hash, now).await? || tx.subject(&e.subject).await?.is_none()
             {
                 return Err(refused(Refusal::EnrollmentCodeInvalid));
             }
             let sec1 = e.key.to_sec1();
             let device_id = c::device_id(&sec1);
-            let row = DeviceRow {
+            let row = Device {
                 device_id: device_id.clone(),
                 subject: e.subject,
                 public_key: sec1,
@@ -186,7 +184,7 @@ impl Vault {
     pub(crate) async fn active_device(
         &self,
         device_id: &str,
-    ) -> Result<(DeviceRow, DevicePublicKey), VaultError> {
+    ) -> Result<(Device, DevicePublicKey), VaultError> {
         if !c::valid_device_id(device_id) {
             return Err(refused(Refusal::Malformed));
         }
@@ -208,16 +206,13 @@ impl Vault {
     pub(crate) async fn still_active(
         &self,
         tx: &mut AuditedTx,
-        seen: &DeviceRow,
+        seen: &Device,
     ) -> Result<(), VaultError> {
-        match tx.device(&seen.device_id).await? {
-            Some(d) if d.subject != seen.subject || d.public_key != seen.public_key => {
-                Err(refused(Refusal::UnknownDevice))
-            }
-            Some(d) if d.revoked_at_ms.is_none() => Ok(()),
-            Some(_) => Err(refused(Refusal::DeviceRevoked)),
-            None => Err(refused(Refusal::UnknownDevice)),
-        }
+        tx.device(&seen.device_id)
+            .await?
+            .ok_or(Refusal::UnknownDevice)
+            .and_then(|d| d.check_still(seen))
+            .map_err(refused)
     }
 
     /// Serves a device-signed call for the person's own records.

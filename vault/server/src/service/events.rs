@@ -18,10 +18,11 @@ use idvault_proto::v1 as pb;
 use crate::config::Partner;
 use crate::service::devices::DeviceOutcome;
 use crate::service::{Caller, Vault, VaultError};
-use crate::store::{AuditedTx, EventRow, IGNORED_UNLINKED, NewCommand};
+use crate::store::{AuditedTx, IGNORED_UNLINKED};
 use idvault_core::consent::{DeviceAction, Refusal};
 use idvault_core::keys::KeyError;
 use idvault_core::rules::{self, Rule, Suggestion};
+use idvault_core::rules::{AcceptedEvent, OutboxCommand, PendingCommand};
 use idvault_core::subject::SubjectId;
 
 /// Most commands one delivery batch reads.
@@ -121,19 +122,6 @@ pub struct Batch {
 }
 
 /// What a command's payload is sealed to.
-fn header(c: &NewCommand) -> rules::CommandHeader<'_> {
-    rules::CommandHeader {
-        command_id: &c.command_id,
-        recipient: &c.recipient,
-        subject: &c.subject,
-        pairwise_token: &c.pairwise_token,
-        source: &c.source,
-        event_type: &c.event_type,
-        command: &c.command,
-        rule_id: &c.rule_id,
-    }
-}
-
 /// `cmd_` + 32 random hex digits.
 fn new_command_id(vault: &Vault) -> Result<String, VaultError> {
     let mut b = [0u8; 16];
@@ -242,7 +230,7 @@ impl Vault {
                     continue;
                 };
                 let token = self.pairwise_for(tx, target, id).await?;
-                let command = NewCommand {
+                let command = OutboxCommand {
                     command_id: new_command_id(self)?,
                     recipient: target.name.clone(),
                     subject: *id,
@@ -254,15 +242,15 @@ impl Vault {
                     payload: Vec::new(),
                     created_at_ms: now,
                 };
-                let payload = rules::seal_payload(&dek, &header(&command), &hit.fields, self.rng())
+                let payload = rules::seal_payload(&dek, &command.header(), &hit.fields, self.rng())
                     .map_err(|_| VaultError::Internal("command sealing"))?;
-                let command = NewCommand { payload, ..command };
+                let command = OutboxCommand { payload, ..command };
                 tx.enqueue_command(&command).await?;
                 ids.push(command.command_id);
             }
             EventOutcome::Delivered(u32::try_from(ids.len()).unwrap_or(u32::MAX))
         };
-        let row = EventRow {
+        let row = AcceptedEvent {
             source: caller.spiffe_id.clone(),
             event_id: event.event_id.clone(),
             subject: *id,
@@ -402,7 +390,7 @@ impl Vault {
     /// caches the batch's data keys.
     async fn open_command(
         &self,
-        row: &crate::store::CommandRow,
+        row: &PendingCommand,
         deks: &mut Vec<(SubjectId, idvault_core::secret::DataKey)>,
     ) -> Result<Option<Delivered>, VaultError> {
         let c = &row.command;
@@ -418,7 +406,7 @@ impl Vault {
             .find(|(s, _)| *s == c.subject)
             .map(|(_, d)| d)
             .ok_or(VaultError::Internal("data key cache"))?;
-        let fields = rules::open_payload(dek, &header(c), &c.payload)
+        let fields = rules::open_payload(dek, &c.header(), &c.payload)
             .map_err(|_| VaultError::Integrity("command payload"))?;
         Ok(Some(Delivered {
             seq: row.seq,

@@ -22,38 +22,53 @@ use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, MatchRow};
 use idvault_core::keys::KeyError;
 use idvault_core::matching::{
-    MatchKeyring, QueryPlan, decode_signature, encode_signature, field_mask,
+    BadSignature, CANDIDATE_LIMIT, FIRST_CANDIDATES, Hit, MatchKeyring, PlannedQuery,
+    decode_signature, encode_signature, field_mask, plan_query,
 };
-use idvault_core::subject::{FieldName, FieldValue, SubjectId, validate_fields};
+pub use idvault_core::matching::{MAX_QUERY_ID, MAX_RESULTS, MIN_SCORE, MatchQuery};
+use idvault_core::subject::{FieldName, FieldValue, SubjectId};
 
 /// Most queries in one batch message.
 pub const MAX_BATCH: usize = 100;
-/// Most candidates one query may ask for.
-pub const MAX_RESULTS: u32 = 10;
-/// Candidates scored per query (those holding the most blocking indexes).
-pub const CANDIDATE_LIMIT: u32 = 64;
-/// Candidates fetched first: enough when the best of them beats anything
-/// a lower-ranked candidate could score (see `best_candidates`).
-pub const FIRST_CANDIDATES: u32 = 8;
-/// Lowest `min_score` a query may set: the vault's match threshold.
-pub const MIN_SCORE: f64 = 0.5;
-/// Longest `query_id`.
-pub const MAX_QUERY_ID: usize = 128;
+/// Validates and plans `q` as the service does, without a store: for the
+/// fuzz target over decoded requests. Returns the blocking probe count.
+pub fn check_query(
+    q: MatchQuery,
+    keyrings: &[Arc<MatchKeyring>],
+    opts: &NormalizeOptions,
+) -> Result<usize, String> {
+    plan_query(q, keyrings, opts).map(|p| p.plan.blocking_indexes().len())
+}
+
+impl From<BadSignature> for VaultError {
+    fn from(_: BadSignature) -> Self {
+        VaultError::Integrity("match_subjects.signature")
+    }
+}
+
+/// Candidates of one planned query in the partner's domain scoring at
+/// least its cut-off, best first: the few best-ranked first, all of them
+/// only when those do not settle it (`PlannedQuery::settled_by`).
+async fn best_candidates(
+    tx: &mut AuditedTx,
+    partner: &Partner,
+    p: &PlannedQuery,
+) -> Result<Vec<Hit>, VaultError> {
+    let blocking = p.plan.blocking_indexes();
+    let domain = partner.match_domain.as_str();
+    let mut candidates = tx
+        .match_candidates(domain, &blocking, FIRST_CANDIDATES)
+        .await?;
+    if !p.settled_by(&candidates)? {
+        candidates = tx
+            .match_candidates(domain, &blocking, CANDIDATE_LIMIT)
+            .await?;
+    }
+    Ok(p.rank(candidates)?)
+}
+
 /// Prefix of pairwise tokens.
 pub const PAIRWISE_PREFIX: &str = "pw_";
-
-/// One match query as received.
-#[derive(Debug, Clone, Default)]
-pub struct MatchQuery {
-    /// `(catalogue name, value)` pairs.
-    pub fields: Vec<(String, String)>,
-    /// Most candidates (0 means 1).
-    pub max_results: u32,
-    /// Lowest score (0 means [`MIN_SCORE`]).
-    pub min_score: f64,
-    /// Caller reference, echoed.
-    pub query_id: String,
-}
 
 /// One answer candidate: no PII, only this partner's token for the subject.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,135 +140,6 @@ pub(crate) struct DomainIndexes {
     domain: String,
     version: u32,
     entries: Vec<(MatchField, i64, bool)>,
-}
-
-/// A validated query, ready to run.
-struct Planned {
-    plan: QueryPlan,
-    max_results: usize,
-    min_score: f64,
-}
-
-fn validate(
-    q: MatchQuery,
-    keyrings: &[Arc<MatchKeyring>],
-    opts: &NormalizeOptions,
-) -> Result<Planned, String> {
-    if q.query_id.len() > MAX_QUERY_ID {
-        return Err(format!("query_id is longer than {MAX_QUERY_ID} bytes"));
-    }
-    let max_results = match q.max_results {
-        0 => 1,
-        n if n <= MAX_RESULTS => n,
-        _ => return Err(format!("max_results must be at most {MAX_RESULTS}")),
-    };
-    let min_score = if q.min_score == 0.0 {
-        MIN_SCORE
-    } else {
-        q.min_score
-    };
-    // NaN fails both comparisons' negation, so test the accepted range.
-    if !(MIN_SCORE..=1.0).contains(&min_score) {
-        return Err(format!("min_score must be in [{MIN_SCORE}, 1]"));
-    }
-    let fields = validate_fields(q.fields).map_err(|e| e.to_string())?;
-    let mut matchable: Vec<(MatchField, &str)> = Vec::with_capacity(fields.len());
-    for (name, value) in &fields {
-        let Some(f) = MatchField::parse(name.as_str()) else {
-            return Err(format!(
-                "field '{}' is not matchable (matchable: {})",
-                name.as_str(),
-                MatchField::ALL.map(MatchField::name).join(", ")
-            ));
-        };
-        matchable.push((f, value.expose()));
-    }
-    let plan = QueryPlan::new(keyrings, &matchable, opts).map_err(|e| e.to_string())?;
-    Ok(Planned {
-        plan,
-        max_results: usize::try_from(max_results).unwrap_or(1),
-        min_score,
-    })
-}
-
-/// Validates and plans `q` as the service does, without a store: for the
-/// fuzz target over decoded requests. Returns the blocking probe count.
-pub fn check_query(
-    q: MatchQuery,
-    keyrings: &[Arc<MatchKeyring>],
-    opts: &NormalizeOptions,
-) -> Result<usize, String> {
-    validate(q, keyrings, opts).map(|p| p.plan.blocking_indexes().len())
-}
-
-/// A scored candidate.
-struct Hit {
-    subject: SubjectId,
-    score: f64,
-    agreements: Vec<(MatchField, Level)>,
-}
-
-/// Candidates of one planned query in `domain` scoring at least its
-/// `min_score`, best first, at most `max_results`.
-async fn best_candidates(
-    tx: &mut AuditedTx,
-    partner: &Partner,
-    p: &Planned,
-) -> Result<Vec<Hit>, VaultError> {
-    let blocking = p.plan.blocking_indexes();
-    let domain = partner.match_domain.as_str();
-    // Most queries are settled by their few best-ranked candidates: a
-    // candidate ranked lower holds at most as many blocking indexes as the
-    // last one fetched, which caps what it could score. Only when the best
-    // so far does not beat that cap are the rest fetched.
-    let mut candidates = tx
-        .match_candidates(domain, &blocking, FIRST_CANDIDATES)
-        .await?;
-    if let Some(last) = candidates.last()
-        && candidates.len() == FIRST_CANDIDATES as usize
-    {
-        // Settled when the `max_results` best already fetched all beat
-        // anything a lower-ranked candidate could score.
-        let cap = p.plan.bound_with_blocking_hits(last.blocking_hits);
-        let mut above = 0;
-        for c in &candidates {
-            let entries = decode_signature(&c.signature)
-                .ok_or(VaultError::Integrity("match_subjects.signature"))?;
-            if p.plan.score(c.present, &entries).bits > cap {
-                above += 1;
-            }
-        }
-        if above < p.max_results {
-            candidates = tx
-                .match_candidates(domain, &blocking, CANDIDATE_LIMIT)
-                .await?;
-        }
-    }
-    let mut hits = Vec::new();
-    for c in candidates {
-        let entries = decode_signature(&c.signature)
-            .ok_or(VaultError::Integrity("match_subjects.signature"))?;
-        let sc = p.plan.score(c.present, &entries);
-        if sc.score >= p.min_score {
-            hits.push(Hit {
-                subject: c.subject,
-                score: sc.score,
-                agreements: sc
-                    .outcomes
-                    .iter()
-                    .filter_map(|o| o.level.map(|l| (o.field, l)))
-                    .collect(),
-            });
-        }
-    }
-    // Best first; ties in subject order, so answers are repeatable.
-    hits.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.subject.as_bytes().cmp(b.subject.as_bytes()))
-    });
-    hits.truncate(p.max_results);
-    Ok(hits)
 }
 
 /// Whether `s` has the shape of a pairwise token: `pw_` and 26 lower-case
@@ -458,9 +344,9 @@ impl Vault {
             self.spend_rate(partner, n, pacing).await?;
             let keyrings = self.keyrings(&partner.match_domain)?;
             let opts = &self.matching().opts;
-            let planned: Vec<Result<Planned, String>> = queries
+            let planned: Vec<Result<PlannedQuery, String>> = queries
                 .into_iter()
-                .map(|q| validate(q, &keyrings, opts))
+                .map(|q| plan_query(q, &keyrings, opts))
                 .collect();
             if refusal_is_error && let [Err(why)] = planned.as_slice() {
                 return Err(VaultError::BadRequest(why.clone()));
@@ -502,7 +388,7 @@ impl Vault {
     async fn run_batch(
         &self,
         req: &super::pipeline::Request<'_>,
-        planned: Vec<Result<Planned, String>>,
+        planned: Vec<Result<PlannedQuery, String>>,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
         let partner = req.partner;
         // Monotonic, for the debug phase timings only (never a decision).

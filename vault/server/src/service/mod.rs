@@ -28,9 +28,10 @@ pub use subjects::{ChainUpdate, ChainVerification};
 use idvault_policies::{Action, PolicyEngine};
 
 use crate::config::PartnerRegistry;
-use crate::store::{AuditedTx, Store, StoreError, SubjectRow};
+use crate::store::{AuditedTx, Store, StoreError};
 use idvault_core::keys::{self, KeyError, KeyHierarchy};
 use idvault_core::packet;
+use idvault_core::records::SubjectRecord;
 use idvault_core::secret::DataKey;
 use idvault_core::subject::{FieldError, FieldName, FieldValue};
 use idvault_core::{Clock, Rng};
@@ -269,7 +270,7 @@ impl Vault {
 
     /// Unwraps a subject row's data key: the one place a DEK is unwrapped.
     /// A DEK that does not unwrap is an integrity failure of the row.
-    pub(crate) fn subject_dek(&self, row: &SubjectRow) -> Result<DataKey, VaultError> {
+    pub(crate) fn subject_dek(&self, row: &SubjectRecord) -> Result<DataKey, VaultError> {
         let kek = self.keys.kek(row.wrapped_dek.kek_version)?;
         keys::unwrap_dek(&kek, &row.id, &row.wrapped_dek)
             .map_err(|_| VaultError::Integrity("data key unwrap"))
@@ -280,7 +281,7 @@ impl Vault {
     pub(crate) async fn newest_values(
         &self,
         tx: &mut AuditedTx,
-        row: &SubjectRow,
+        row: &SubjectRecord,
     ) -> Result<Vec<(FieldName, FieldValue)>, VaultError> {
         let dek = self.subject_dek(row)?;
         let stored = tx.packets(&row.id).await?;

@@ -219,11 +219,18 @@ impl Vault {
     }
 
     /// Refuses a request that could not even be decoded at the edge (a
-    /// malformed message): identified, gated and audited like any other,
-    /// and answered with the error the caller may see.
-    pub async fn reject(&self, caller: &Caller, action: Action, err: VaultError) -> VaultError {
+    /// malformed message): identified, gated by `gate`, audited as
+    /// `action` like any other refusal past the gate, and answered with the
+    /// error the caller may see.
+    pub async fn reject(
+        &self,
+        caller: &Caller,
+        gate: Action,
+        action: Action,
+        err: VaultError,
+    ) -> VaultError {
         match self
-            .handle(caller, action, async |_| Err::<(), _>(err))
+            .handle_gated(caller, gate, action, async |_| Err::<(), _>(err))
             .await
         {
             Err(e) => e,

@@ -9,7 +9,8 @@ use idvault_policies::{Action, Resource};
 
 use super::pipeline::Request;
 use super::{Vault, VaultError};
-use crate::store::{AuditedTx, SubjectRow};
+use crate::store::AuditedTx;
+use idvault_core::records::SubjectRecord;
 
 /// Result of a create or update.
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ impl Vault {
         &self,
         req: &Request<'_>,
         id: &SubjectId,
-    ) -> Result<(AuditedTx, SubjectRow), VaultError> {
+    ) -> Result<(AuditedTx, SubjectRecord), VaultError> {
         let mut tx = self.begin().await?;
         match tx.subject(id).await? {
             Some(row) if row.created_by == req.partner.name => Ok((tx, row)),
@@ -69,7 +70,7 @@ impl Vault {
             let (packets, head) =
                 packet::append(&id, &dek, ChainHead::genesis(&id), &fields, now, rng)
                     .map_err(|_| VaultError::Integrity("packet sealing"))?;
-            let row = SubjectRow {
+            let row = SubjectRecord {
                 id,
                 created_by: req.partner.name.clone(),
                 wrapped_dek: wrapped,

@@ -10,7 +10,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{AuditedTx, Store, StoreError};
-use idvault_core::subject::SubjectId;
+use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
+use idvault_core::subject::{FieldName, SubjectId};
 
 fn subject_col(row: &AnyRow, col: &'static str) -> Result<SubjectId, StoreError> {
     let b: Vec<u8> = row.try_get(col)?;
@@ -22,144 +23,68 @@ fn fixed<const N: usize>(row: &AnyRow, col: &'static str) -> Result<[u8; N], Sto
     b.try_into().map_err(|_| StoreError::Corrupt(col))
 }
 
-/// An enrolled device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRow {
-    /// `dev_…` id.
-    pub device_id: String,
-    /// Its subject.
-    pub subject: SubjectId,
-    /// SEC1 uncompressed public key.
-    pub public_key: Vec<u8>,
-    /// Partner that issued the enrollment code.
-    pub enrolled_by: String,
-    /// Enrollment time.
-    pub enrolled_at_ms: i64,
-    /// Revocation time, if revoked.
-    pub revoked_at_ms: Option<i64>,
-}
-
-impl DeviceRow {
-    fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
-        Ok(Self {
-            device_id: r.try_get("device_id")?,
-            subject: subject_col(r, "subject_id")?,
-            public_key: r.try_get("public_key")?,
-            enrolled_by: r.try_get("enrolled_by")?,
-            enrolled_at_ms: r.try_get("enrolled_at_ms")?,
-            revoked_at_ms: r.try_get("revoked_at_ms")?,
-        })
+/// A stored comma-joined field list, as written by [`field_list`]: the
+/// one place the encoding is read. A name outside the catalogue is a
+/// corrupt row.
+fn fields_col(row: &AnyRow, col: &'static str) -> Result<Vec<FieldName>, StoreError> {
+    let text: String = row.try_get(col)?;
+    if text.is_empty() {
+        return Ok(Vec::new());
     }
+    text.split(',')
+        .map(|n| FieldName::parse(n).map_err(|_| StoreError::Corrupt(col)))
+        .collect()
 }
 
-/// An enrollment code's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnrollmentCodeRow {
-    /// Subject it enrolls to.
-    pub subject: SubjectId,
-    /// Partner it was issued to.
-    pub issued_to: String,
-    /// Expiry.
-    pub expires_at_ms: i64,
-    /// Whether it was used.
-    pub used: bool,
+/// The stored encoding of a field list: catalogue names joined by commas
+/// (no catalogue name holds one).
+fn field_list(fields: &[FieldName]) -> String {
+    fields
+        .iter()
+        .map(FieldName::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// A challenge's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChallengeRow {
-    /// Partner name it was issued to.
-    pub partner: String,
-    /// Subject it is for.
-    pub subject: SubjectId,
-    /// Expiry.
-    pub expires_at_ms: i64,
-    /// Whether it was used.
-    pub used: bool,
+fn device(r: &AnyRow) -> Result<Device, StoreError> {
+    Ok(Device {
+        device_id: r.try_get("device_id")?,
+        subject: subject_col(r, "subject_id")?,
+        public_key: r.try_get("public_key")?,
+        enrolled_by: r.try_get("enrolled_by")?,
+        enrolled_at_ms: r.try_get("enrolled_at_ms")?,
+        revoked_at_ms: r.try_get("revoked_at_ms")?,
+    })
 }
 
-/// A presented consent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsentRow {
-    /// Consent id.
-    pub consent_id: [u8; 16],
-    /// Subject.
-    pub subject: SubjectId,
-    /// Device that signed.
-    pub device_id: String,
-    /// Partner SPIFFE id.
-    pub audience: String,
-    /// Purpose code.
-    pub purpose: String,
-    /// Field names, comma-separated, sorted.
-    pub fields: String,
-    /// Standing or single-use.
-    pub standing: bool,
-    /// Unix seconds.
-    pub issued_at: i64,
-    /// Unix seconds.
-    pub expires_at: i64,
-    /// SHA-256 of the signed grant bytes.
-    pub grant_hash: [u8; 32],
-    /// When it was presented.
-    pub presented_at_ms: i64,
-    /// Revocation time, if revoked.
-    pub revoked_at_ms: Option<i64>,
+fn consent(r: &AnyRow) -> Result<Consent, StoreError> {
+    Ok(Consent {
+        consent_id: fixed(r, "consent_id")?,
+        subject: subject_col(r, "subject_id")?,
+        device_id: r.try_get("device_id")?,
+        audience: r.try_get("audience")?,
+        purpose: r.try_get("purpose")?,
+        fields: fields_col(r, "fields")?,
+        standing: r.try_get::<i64, _>("standing")? == 1,
+        issued_at: r.try_get("issued_at")?,
+        expires_at: r.try_get("expires_at")?,
+        grant_hash: fixed(r, "grant_hash")?,
+        presented_at_ms: r.try_get("presented_at_ms")?,
+        revoked_at_ms: r.try_get("revoked_at_ms")?,
+    })
 }
 
-impl ConsentRow {
-    fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
-        Ok(Self {
-            consent_id: fixed(r, "consent_id")?,
-            subject: subject_col(r, "subject_id")?,
-            device_id: r.try_get("device_id")?,
-            audience: r.try_get("audience")?,
-            purpose: r.try_get("purpose")?,
-            fields: r.try_get("fields")?,
-            standing: r.try_get::<i64, _>("standing")? == 1,
-            issued_at: r.try_get("issued_at")?,
-            expires_at: r.try_get("expires_at")?,
-            grant_hash: fixed(r, "grant_hash")?,
-            presented_at_ms: r.try_get("presented_at_ms")?,
-            revoked_at_ms: r.try_get("revoked_at_ms")?,
-        })
-    }
-}
-
-/// A release receipt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceiptRow {
-    /// Receipt id.
-    pub receipt_id: String,
-    /// Consent id.
-    pub consent_id: [u8; 16],
-    /// Subject.
-    pub subject: SubjectId,
-    /// Partner SPIFFE id.
-    pub partner: String,
-    /// Purpose code.
-    pub purpose: String,
-    /// Released field names, comma-separated.
-    pub fields: String,
-    /// Release time.
-    pub released_at_ms: i64,
-    /// SHA-256 of the signed grant bytes.
-    pub grant_hash: [u8; 32],
-}
-
-impl ReceiptRow {
-    fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
-        Ok(Self {
-            receipt_id: r.try_get("receipt_id")?,
-            consent_id: fixed(r, "consent_id")?,
-            subject: subject_col(r, "subject_id")?,
-            partner: r.try_get("partner")?,
-            purpose: r.try_get("purpose")?,
-            fields: r.try_get("fields")?,
-            released_at_ms: r.try_get("released_at_ms")?,
-            grant_hash: fixed(r, "grant_hash")?,
-        })
-    }
+fn receipt(r: &AnyRow) -> Result<Receipt, StoreError> {
+    Ok(Receipt {
+        receipt_id: r.try_get("receipt_id")?,
+        consent_id: fixed(r, "consent_id")?,
+        subject: subject_col(r, "subject_id")?,
+        partner: r.try_get("partner")?,
+        purpose: r.try_get("purpose")?,
+        fields: fields_col(r, "fields")?,
+        released_at_ms: r.try_get("released_at_ms")?,
+        grant_hash: fixed(r, "grant_hash")?,
+    })
 }
 
 /// `SELECT` of every device column, as a macro so queries stay string
@@ -173,27 +98,27 @@ macro_rules! select_devices {
 impl Store {
     /// A device by id (read outside any write transaction, so signature
     /// checks do not hold the write lock).
-    pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    pub async fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
         let row = sqlx::query(concat!(select_devices!(), " WHERE device_id = $1"))
             .bind(device_id.to_owned())
             .fetch_optional(self.pool())
             .await?;
-        row.as_ref().map(DeviceRow::from_row).transpose()
+        row.as_ref().map(device).transpose()
     }
 }
 
 impl AuditedTx {
     /// A device by id, inside the transaction.
-    pub async fn device(&mut self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    pub async fn device(&mut self, device_id: &str) -> Result<Option<Device>, StoreError> {
         let row = sqlx::query(concat!(select_devices!(), " WHERE device_id = $1"))
             .bind(device_id.to_owned())
             .fetch_optional(&mut *self.tx)
             .await?;
-        row.as_ref().map(DeviceRow::from_row).transpose()
+        row.as_ref().map(device).transpose()
     }
 
     /// A subject's devices, oldest first.
-    pub async fn devices_of(&mut self, subject: &SubjectId) -> Result<Vec<DeviceRow>, StoreError> {
+    pub async fn devices_of(&mut self, subject: &SubjectId) -> Result<Vec<Device>, StoreError> {
         let rows = sqlx::query(concat!(
             select_devices!(),
             " WHERE subject_id = $1 ORDER BY enrolled_at_ms, device_id"
@@ -201,11 +126,11 @@ impl AuditedTx {
         .bind(subject.as_bytes().to_vec())
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(DeviceRow::from_row).collect()
+        rows.iter().map(device).collect()
     }
 
     /// Enrolls a device; false when its id or key is already enrolled.
-    pub async fn insert_device(&mut self, d: &DeviceRow) -> Result<bool, StoreError> {
+    pub async fn insert_device(&mut self, d: &Device) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "INSERT INTO devices (device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms) \
              VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT DO NOTHING",
@@ -266,7 +191,7 @@ impl AuditedTx {
     pub async fn enrollment_code(
         &mut self,
         code_hash: &[u8; 32],
-    ) -> Result<Option<EnrollmentCodeRow>, StoreError> {
+    ) -> Result<Option<EnrollmentCode>, StoreError> {
         let row = sqlx::query(
             "SELECT subject_id, issued_to, expires_at_ms, used_at_ms FROM enrollment_codes WHERE code_hash = $1",
         )
@@ -274,7 +199,7 @@ impl AuditedTx {
         .fetch_optional(&mut *self.tx)
         .await?;
         row.map(|r| {
-            Ok(EnrollmentCodeRow {
+            Ok(EnrollmentCode {
                 subject: subject_col(&r, "subject_id")?,
                 issued_to: r.try_get("issued_to")?,
                 expires_at_ms: r.try_get("expires_at_ms")?,
@@ -326,7 +251,7 @@ impl AuditedTx {
     pub async fn challenge(
         &mut self,
         challenge: &[u8; 32],
-    ) -> Result<Option<ChallengeRow>, StoreError> {
+    ) -> Result<Option<Challenge>, StoreError> {
         let row = sqlx::query(
             "SELECT partner, subject_id, expires_at_ms, used_at_ms FROM consent_challenges WHERE challenge = $1",
         )
@@ -334,7 +259,7 @@ impl AuditedTx {
         .fetch_optional(&mut *self.tx)
         .await?;
         row.map(|r| {
-            Ok(ChallengeRow {
+            Ok(Challenge {
                 partner: r.try_get("partner")?,
                 subject: subject_col(&r, "subject_id")?,
                 expires_at_ms: r.try_get("expires_at_ms")?,
@@ -362,7 +287,7 @@ impl AuditedTx {
     }
 
     /// Records a presented consent; false if its id was presented before.
-    pub async fn insert_consent(&mut self, c: &ConsentRow) -> Result<bool, StoreError> {
+    pub async fn insert_consent(&mut self, c: &Consent) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, fields, standing, \
              issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms) \
@@ -373,7 +298,7 @@ impl AuditedTx {
         .bind(c.device_id.clone())
         .bind(c.audience.clone())
         .bind(c.purpose.clone())
-        .bind(c.fields.clone())
+        .bind(field_list(&c.fields))
         .bind(i64::from(c.standing))
         .bind(c.issued_at)
         .bind(c.expires_at)
@@ -386,7 +311,7 @@ impl AuditedTx {
     }
 
     /// A consent by id.
-    pub async fn consent(&mut self, id: &[u8; 16]) -> Result<Option<ConsentRow>, StoreError> {
+    pub async fn consent(&mut self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
         let row = sqlx::query(
             "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
              expires_at, grant_hash, presented_at_ms, revoked_at_ms FROM consents WHERE consent_id = $1",
@@ -394,7 +319,7 @@ impl AuditedTx {
         .bind(id.to_vec())
         .fetch_optional(&mut *self.tx)
         .await?;
-        row.as_ref().map(ConsentRow::from_row).transpose()
+        row.as_ref().map(consent).transpose()
     }
 
     /// Revokes a consent of `subject`; false if absent or already revoked.
@@ -418,7 +343,7 @@ impl AuditedTx {
     }
 
     /// Appends a receipt.
-    pub async fn insert_receipt(&mut self, r: &ReceiptRow) -> Result<(), StoreError> {
+    pub async fn insert_receipt(&mut self, r: &Receipt) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO consent_receipts (receipt_id, consent_id, subject_id, partner, purpose, fields, \
              released_at_ms, grant_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -428,7 +353,7 @@ impl AuditedTx {
         .bind(r.subject.as_bytes().to_vec())
         .bind(r.partner.clone())
         .bind(r.purpose.clone())
-        .bind(r.fields.clone())
+        .bind(field_list(&r.fields))
         .bind(r.released_at_ms)
         .bind(r.grant_hash.to_vec())
         .execute(&mut *self.tx)
@@ -441,7 +366,7 @@ impl AuditedTx {
         &mut self,
         subject: &SubjectId,
         limit: u32,
-    ) -> Result<Vec<ReceiptRow>, StoreError> {
+    ) -> Result<Vec<Receipt>, StoreError> {
         let rows = sqlx::query(
             "SELECT receipt_id, consent_id, subject_id, partner, purpose, fields, released_at_ms, grant_hash \
              FROM consent_receipts WHERE subject_id = $1 ORDER BY released_at_ms DESC, receipt_id DESC LIMIT $2",
@@ -450,7 +375,7 @@ impl AuditedTx {
         .bind(i64::from(limit))
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(ReceiptRow::from_row).collect()
+        rows.iter().map(receipt).collect()
     }
 
     /// Records a device request id; false if it was seen before.

@@ -13,7 +13,8 @@ use sqlx::any::AnyRow;
 use super::matching::{IN_CHUNK, placeholders};
 use super::rows::{i64_to_u64, u64_to_i64};
 use super::{AuditedTx, StoreError};
-use idvault_core::rules::{History, Rule};
+use idvault_core::records::SubjectRecord;
+use idvault_core::rules::{AcceptedEvent, History, OutboxCommand, PendingCommand, Rule};
 use idvault_core::subject::SubjectId;
 
 /// The outcome word below, as a macro so queries can `concat!` it.
@@ -25,63 +26,6 @@ macro_rules! ignored_unlinked {
 
 /// Outcome word of an event whose publisher the person has not linked.
 pub const IGNORED_UNLINKED: &str = ignored_unlinked!();
-
-/// A command to write to the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewCommand {
-    /// `cmd_…` id.
-    pub command_id: String,
-    /// Recipient partner name.
-    pub recipient: String,
-    /// The person.
-    pub subject: SubjectId,
-    /// The recipient's pairwise token for the person.
-    pub pairwise_token: String,
-    /// Publisher SPIFFE id.
-    pub source: String,
-    /// Event type.
-    pub event_type: String,
-    /// Command name.
-    pub command: String,
-    /// Rule id.
-    pub rule_id: String,
-    /// Sealed fields (`core::rules::seal_payload`).
-    pub payload: Vec<u8>,
-    /// When the event was accepted.
-    pub created_at_ms: i64,
-}
-
-/// A pending command as read from the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandRow {
-    /// Outbox position.
-    pub seq: u64,
-    /// Order within (recipient, subject), from 1.
-    pub subject_seq: u64,
-    /// The command.
-    pub command: NewCommand,
-    /// Deliveries so far, this one included.
-    pub deliveries: u32,
-}
-
-/// An accepted event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRow {
-    /// Publisher SPIFFE id.
-    pub source: String,
-    /// Publisher's event id.
-    pub event_id: String,
-    /// The person.
-    pub subject: SubjectId,
-    /// Event type.
-    pub event_type: String,
-    /// `delivered`, `ignored_unlinked` or `ignored_no_rule`.
-    pub outcome: &'static str,
-    /// Commands written.
-    pub commands: u32,
-    /// Acceptance time.
-    pub accepted_at_ms: i64,
-}
 
 fn subject_col(row: &AnyRow, col: &'static str) -> Result<SubjectId, StoreError> {
     let b: Vec<u8> = row.try_get(col)?;
@@ -112,7 +56,7 @@ impl super::Store {
         recipient: &str,
         after: u64,
         limit: u32,
-    ) -> Result<Vec<CommandRow>, StoreError> {
+    ) -> Result<Vec<PendingCommand>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, command_id, subject_id, subject_seq, pairwise_token, source, event_type, \
              command, rule_id, payload, created_at_ms, deliveries FROM command_outbox \
@@ -126,14 +70,14 @@ impl super::Store {
         rows.iter()
             .map(|r| {
                 let deliveries: i64 = r.try_get("deliveries")?;
-                Ok(CommandRow {
+                Ok(PendingCommand {
                     seq: i64_to_u64(r.try_get("seq")?, "command_outbox.seq")?,
                     subject_seq: i64_to_u64(
                         r.try_get("subject_seq")?,
                         "command_outbox.subject_seq",
                     )?,
                     deliveries: u32::try_from(deliveries.saturating_add(1)).unwrap_or(u32::MAX),
-                    command: NewCommand {
+                    command: OutboxCommand {
                         command_id: r.try_get("command_id")?,
                         recipient: recipient.to_owned(),
                         subject: subject_col(r, "subject_id")?,
@@ -151,10 +95,7 @@ impl super::Store {
     }
 
     /// A subject row, read outside any write transaction.
-    pub async fn subject_row(
-        &self,
-        id: &SubjectId,
-    ) -> Result<Option<super::SubjectRow>, StoreError> {
+    pub async fn subject_row(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
         let row: Option<AnyRow> = sqlx::query(concat!(
             "SELECT ",
             subject_columns!(),
@@ -163,7 +104,7 @@ impl super::Store {
         .bind(id.as_bytes().to_vec())
         .fetch_optional(self.pool())
         .await?;
-        row.as_ref().map(super::SubjectRow::from_row).transpose()
+        row.as_ref().map(super::rows::subject_record).transpose()
     }
 
     /// Whether `recipient` has unacknowledged commands after outbox
@@ -343,7 +284,7 @@ impl AuditedTx {
     }
 
     /// Records an accepted event; false when its id was already taken.
-    pub async fn insert_event(&mut self, e: &EventRow) -> Result<bool, StoreError> {
+    pub async fn insert_event(&mut self, e: &AcceptedEvent) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "INSERT INTO events (source, event_id, subject_id, event_type, outcome, commands, accepted_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
@@ -363,7 +304,7 @@ impl AuditedTx {
 
     /// Writes a command to the outbox with the next sequence number of
     /// its (recipient, subject); returns that number.
-    pub async fn enqueue_command(&mut self, c: &NewCommand) -> Result<u64, StoreError> {
+    pub async fn enqueue_command(&mut self, c: &OutboxCommand) -> Result<u64, StoreError> {
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO command_counters (recipient, subject_id, last_seq) VALUES ($1, $2, 1) \
              ON CONFLICT (recipient, subject_id) DO UPDATE SET last_seq = command_counters.last_seq + 1 \

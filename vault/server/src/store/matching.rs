@@ -10,20 +10,8 @@ use sqlx::{Any, Executor};
 
 use super::rows::u64_to_i64;
 use super::{AuditedTx, Store, StoreError};
+use idvault_core::matching::Candidate;
 use idvault_core::subject::SubjectId;
-
-/// A candidate of a query (see [`AuditedTx::match_candidates`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// The subject.
-    pub subject: SubjectId,
-    /// Which fields it has indexes for (bit n = field code n).
-    pub present: u16,
-    /// Its packed signature (`core::matching::encode_signature`).
-    pub signature: Vec<u8>,
-    /// How many blocking indexes of the query it holds (the rank).
-    pub blocking_hits: u32,
-}
 
 /// A benchmark fixture subject: blocking `(field code, index)` rows,
 /// presence mask, signature.

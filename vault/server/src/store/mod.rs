@@ -31,15 +31,15 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-pub use consent::{ChallengeRow, ConsentRow, DeviceRow, EnrollmentCodeRow, ReceiptRow};
-pub use events::{CommandRow, EventRow, IGNORED_UNLINKED, NewCommand};
-pub use matching::{BenchLoader, Candidate, LoadedSubject, MatchRow};
-pub use rows::SubjectRow;
+pub use events::IGNORED_UNLINKED;
+pub use matching::{BenchLoader, LoadedSubject, MatchRow};
+
 use rows::{i64_to_u64, u64_to_i64};
 
 use idvault_core::audit::AuditRecord;
 use idvault_core::crypto::HASH_LEN;
 use idvault_core::packet::{ChainHead, NewPacket};
+use idvault_core::records::SubjectRecord;
 use idvault_core::subject::SubjectId;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -372,7 +372,7 @@ impl AuditedTx {
     }
 
     /// Loads a subject row.
-    pub async fn subject(&mut self, id: &SubjectId) -> Result<Option<SubjectRow>, StoreError> {
+    pub async fn subject(&mut self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
         let row: Option<AnyRow> = sqlx::query(concat!(
             "SELECT ",
             subject_columns!(),
@@ -381,7 +381,7 @@ impl AuditedTx {
         .bind(id.as_bytes().to_vec())
         .fetch_optional(&mut *self.tx)
         .await?;
-        row.as_ref().map(SubjectRow::from_row).transpose()
+        row.as_ref().map(rows::subject_record).transpose()
     }
 
     /// A subject's packets as `(seq, bytes)`, ascending.
@@ -402,7 +402,7 @@ impl AuditedTx {
     }
 
     /// Inserts a new subject row.
-    pub async fn insert_subject(&mut self, s: &SubjectRow) -> Result<(), StoreError> {
+    pub async fn insert_subject(&mut self, s: &SubjectRecord) -> Result<(), StoreError> {
         sqlx::query(concat!(
             "INSERT INTO subjects (",
             subject_columns!(),

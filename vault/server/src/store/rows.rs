@@ -11,24 +11,8 @@ use super::StoreError;
 use idvault_core::audit::{AuditEvent, AuditRecord};
 use idvault_core::keys::WrappedDek;
 use idvault_core::packet::ChainHead;
+use idvault_core::records::SubjectRecord;
 use idvault_core::subject::SubjectId;
-
-/// A subject row.
-#[derive(Debug, Clone)]
-pub struct SubjectRow {
-    /// The subject.
-    pub id: SubjectId,
-    /// Partner name that created it.
-    pub created_by: String,
-    /// The wrapped DEK (deleting it is crypto-shredding).
-    pub wrapped_dek: WrappedDek,
-    /// Newest packet.
-    pub head: ChainHead,
-    /// Creation time.
-    pub created_at_ms: i64,
-    /// Last update time.
-    pub updated_at_ms: i64,
-}
 
 pub(super) fn i64_to_u64(v: i64, col: &'static str) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(col))
@@ -42,27 +26,26 @@ fn array32(v: Vec<u8>, col: &'static str) -> Result<[u8; 32], StoreError> {
     v.try_into().map_err(|_| StoreError::Corrupt(col))
 }
 
-impl SubjectRow {
-    pub(super) fn from_row(r: &AnyRow) -> Result<Self, StoreError> {
-        let id: Vec<u8> = r.try_get("subject_id")?;
-        let kek_version: i64 = r.try_get("kek_version")?;
-        let head_seq: i64 = r.try_get("head_seq")?;
-        Ok(Self {
-            id: SubjectId::from_slice(&id).ok_or(StoreError::Corrupt("subjects.subject_id"))?,
-            created_by: r.try_get("created_by")?,
-            wrapped_dek: WrappedDek {
-                kek_version: u32::try_from(kek_version)
-                    .map_err(|_| StoreError::Corrupt("subjects.kek_version"))?,
-                bytes: r.try_get("wrapped_dek")?,
-            },
-            head: ChainHead {
-                seq: i64_to_u64(head_seq, "subjects.head_seq")?,
-                hash: array32(r.try_get("head_hash")?, "subjects.head_hash")?,
-            },
-            created_at_ms: r.try_get("created_at_ms")?,
-            updated_at_ms: r.try_get("updated_at_ms")?,
-        })
-    }
+/// A `subjects` row as the domain record.
+pub(super) fn subject_record(r: &AnyRow) -> Result<SubjectRecord, StoreError> {
+    let id: Vec<u8> = r.try_get("subject_id")?;
+    let kek_version: i64 = r.try_get("kek_version")?;
+    let head_seq: i64 = r.try_get("head_seq")?;
+    Ok(SubjectRecord {
+        id: SubjectId::from_slice(&id).ok_or(StoreError::Corrupt("subjects.subject_id"))?,
+        created_by: r.try_get("created_by")?,
+        wrapped_dek: WrappedDek {
+            kek_version: u32::try_from(kek_version)
+                .map_err(|_| StoreError::Corrupt("subjects.kek_version"))?,
+            bytes: r.try_get("wrapped_dek")?,
+        },
+        head: ChainHead {
+            seq: i64_to_u64(head_seq, "subjects.head_seq")?,
+            hash: array32(r.try_get("head_hash")?, "subjects.head_hash")?,
+        },
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
 }
 
 pub(super) fn audit_from_row(r: &AnyRow) -> Result<AuditRecord, StoreError> {

@@ -14,13 +14,22 @@
 //! A query becomes a [`QueryPlan`]: the blind index of each probe under
 //! every live key version, tagged with the field and agreement level it
 //! proves. Candidates are the subjects holding a *blocking* probe; each is
-//! scored from the indexes it holds ([`QueryPlan::score`]).
+//! scored from the indexes it holds ([`QueryPlan::score`]). The `query`
+//! submodule validates a partner's query into a [`PlannedQuery`] and ranks
+//! its candidates with the score cut-off.
 //!
 //! Values come in only to be turned into blind indexes: this module must
 //! never store, return or print a cleartext value or a key, and it never
 //! touches the store (the server looks the indexes up).
 
 use std::collections::HashMap;
+
+mod query;
+
+pub use query::{
+    BadSignature, CANDIDATE_LIMIT, Candidate, FIRST_CANDIDATES, Hit, MAX_QUERY_ID, MAX_RESULTS,
+    MIN_SCORE, MatchQuery, PlannedQuery, plan_query,
+};
 
 use idvault_tokenizer::NormalizeOptions;
 use idvault_tokenizer::matching::{self, FieldOutcome, Level, QueryRefusal};

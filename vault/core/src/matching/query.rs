@@ -1,0 +1,315 @@
+//! One partner match query, the pure decisions: validating it into a
+//! plan, deciding whether the first candidates fetched settle it, and
+//! ranking candidates with the score cut-off. The server fetches
+//! candidates from the store and hands them in; this module never touches
+//! the store and never returns or prints a query value.
+
+use std::ops::Deref;
+
+use idvault_tokenizer::NormalizeOptions;
+use idvault_tokenizer::matching::Level;
+use idvault_tokenizer::variants::MatchField;
+
+use super::{MatchKeyring, QueryPlan, decode_signature};
+use crate::subject::{SubjectId, validate_fields};
+
+/// Most candidates one query may ask for.
+pub const MAX_RESULTS: u32 = 10;
+/// Candidates scored per query (those holding the most blocking indexes).
+pub const CANDIDATE_LIMIT: u32 = 64;
+/// Candidates fetched first: enough when the best of them beats anything
+/// a lower-ranked candidate could score (see [`PlannedQuery::settled_by`]).
+pub const FIRST_CANDIDATES: u32 = 8;
+/// Lowest `min_score` a query may set: the vault's match threshold.
+pub const MIN_SCORE: f64 = 0.5;
+/// Longest `query_id`.
+pub const MAX_QUERY_ID: usize = 128;
+
+/// One match query as received.
+#[derive(Debug, Clone, Default)]
+pub struct MatchQuery {
+    /// `(catalogue name, value)` pairs.
+    pub fields: Vec<(String, String)>,
+    /// Most candidates (0 means 1).
+    pub max_results: u32,
+    /// Lowest score (0 means [`MIN_SCORE`]).
+    pub min_score: f64,
+    /// Caller reference, echoed.
+    pub query_id: String,
+}
+
+/// A candidate of a query as the store found it: a subject holding at
+/// least one of the query's blocking indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The subject.
+    pub subject: SubjectId,
+    /// Which fields it has indexes for (bit n = field code n).
+    pub present: u16,
+    /// Its packed signature ([`super::encode_signature`]).
+    pub signature: Vec<u8>,
+    /// How many blocking indexes of the query it holds (the rank).
+    pub blocking_hits: u32,
+}
+
+/// A stored signature that does not decode: a corrupt index row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a stored match signature does not decode")]
+pub struct BadSignature;
+
+/// A scored candidate that passed the query's cut-off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// The subject.
+    pub subject: SubjectId,
+    /// Score in \[0, 1\].
+    pub score: f64,
+    /// Fields that agreed, and how.
+    pub agreements: Vec<(MatchField, Level)>,
+}
+
+/// A validated query, ready to run.
+#[derive(Debug, Clone)]
+pub struct PlannedQuery {
+    /// The probes.
+    pub plan: QueryPlan,
+    /// Most hits to answer.
+    pub max_results: usize,
+    /// The score cut-off.
+    pub min_score: f64,
+}
+
+/// Validates `q` and plans it with the keyrings of the partner's domain.
+/// The error names fields and figures, never values.
+pub fn plan_query(
+    q: MatchQuery,
+    keyrings: &[impl Deref<Target = MatchKeyring>],
+    opts: &NormalizeOptions,
+) -> Result<PlannedQuery, String> {
+    if q.query_id.len() > MAX_QUERY_ID {
+        return Err(format!("query_id is longer than {MAX_QUERY_ID} bytes"));
+    }
+    let max_results = match q.max_results {
+        0 => 1,
+        n if n <= MAX_RESULTS => n,
+        _ => return Err(format!("max_results must be at most {MAX_RESULTS}")),
+    };
+    let min_score = if q.min_score == 0.0 {
+        MIN_SCORE
+    } else {
+        q.min_score
+    };
+    // NaN fails both comparisons' negation, so test the accepted range.
+    if !(MIN_SCORE..=1.0).contains(&min_score) {
+        return Err(format!("min_score must be in [{MIN_SCORE}, 1]"));
+    }
+    let fields = validate_fields(q.fields).map_err(|e| e.to_string())?;
+    let mut matchable: Vec<(MatchField, &str)> = Vec::with_capacity(fields.len());
+    for (name, value) in &fields {
+        let Some(f) = MatchField::parse(name.as_str()) else {
+            return Err(format!(
+                "field '{}' is not matchable (matchable: {})",
+                name.as_str(),
+                MatchField::ALL.map(MatchField::name).join(", ")
+            ));
+        };
+        matchable.push((f, value.expose()));
+    }
+    let plan = QueryPlan::new(keyrings, &matchable, opts).map_err(|e| e.to_string())?;
+    Ok(PlannedQuery {
+        plan,
+        max_results: usize::try_from(max_results).unwrap_or(1),
+        min_score,
+    })
+}
+
+impl PlannedQuery {
+    /// Whether the first [`FIRST_CANDIDATES`] fetched (best ranked first)
+    /// settle the query: the `max_results` best of them already beat
+    /// anything a lower-ranked candidate could score, since such a
+    /// candidate holds at most as many blocking indexes as the last one
+    /// fetched. Fewer than a full first page means every candidate is in.
+    pub fn settled_by(&self, first: &[Candidate]) -> Result<bool, BadSignature> {
+        let Some(last) = first.last() else {
+            return Ok(true);
+        };
+        if first.len() < FIRST_CANDIDATES as usize {
+            return Ok(true);
+        }
+        let cap = self.plan.bound_with_blocking_hits(last.blocking_hits);
+        let mut above = 0;
+        for c in first {
+            let entries = decode_signature(&c.signature).ok_or(BadSignature)?;
+            if self.plan.score(c.present, &entries).bits > cap {
+                above += 1;
+            }
+        }
+        Ok(above >= self.max_results)
+    }
+
+    /// The candidates scoring at least the cut-off, best first (ties in
+    /// subject order, so answers are repeatable), at most `max_results`.
+    pub fn rank(&self, candidates: Vec<Candidate>) -> Result<Vec<Hit>, BadSignature> {
+        let mut hits = Vec::new();
+        for c in candidates {
+            let entries = decode_signature(&c.signature).ok_or(BadSignature)?;
+            let sc = self.plan.score(c.present, &entries);
+            if sc.score >= self.min_score {
+                hits.push(Hit {
+                    subject: c.subject,
+                    score: sc.score,
+                    agreements: sc
+                        .outcomes
+                        .iter()
+                        .filter_map(|o| o.level.map(|l| (o.field, l)))
+                        .collect(),
+                });
+            }
+        }
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.subject.as_bytes().cmp(b.subject.as_bytes()))
+        });
+        hits.truncate(self.max_results);
+        Ok(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyHierarchy, StaticKeyProvider};
+    use crate::matching::{encode_signature, field_mask};
+    use crate::secret::RootKey;
+
+    fn ring() -> MatchKeyring {
+        let root = RootKey::from_bytes([7; 32], 1);
+        let h = KeyHierarchy::new(Box::new(StaticKeyProvider::new([root]).unwrap()));
+        MatchKeyring::derive(&h, "partner-a", 1).unwrap()
+    }
+
+    fn opts() -> NormalizeOptions {
+        NormalizeOptions {
+            default_country_code: Some(44),
+        }
+    }
+
+    fn query(fields: &[(&str, &str)]) -> MatchQuery {
+        MatchQuery {
+            fields: fields
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..MatchQuery::default()
+        }
+    }
+
+    const ADA: &[(&str, &str)] = &[
+        ("given_name", "Ada"),
+        ("family_name", "Lovelace"),
+        ("date_of_birth", "1815-12-10"),
+        ("email", "ada@example.org"),
+    ];
+
+    /// A candidate as the store would return it for `fields`.
+    fn candidate(ring: &MatchKeyring, id: u8, fields: &[(&str, &str)], hits: u32) -> Candidate {
+        let mut entries = Vec::new();
+        for (n, v) in fields {
+            let f = MatchField::parse(n).unwrap();
+            for (i, _) in ring.subject_indexes(f, v, &opts()) {
+                entries.push((f, i));
+            }
+        }
+        Candidate {
+            subject: SubjectId::from_bytes([id; 16]),
+            present: field_mask(entries.iter().map(|(f, _)| *f)),
+            signature: encode_signature(&entries),
+            blocking_hits: hits,
+        }
+    }
+
+    #[test]
+    fn bad_queries_are_refused_by_name_never_by_value() {
+        let r = ring();
+        let rings = [&r];
+        let refused = |q: MatchQuery| plan_query(q, &rings, &opts()).unwrap_err();
+        let mut q = query(ADA);
+        q.query_id = "x".repeat(MAX_QUERY_ID + 1);
+        assert!(refused(q).contains("query_id"));
+        let mut q = query(ADA);
+        q.max_results = MAX_RESULTS + 1;
+        assert!(refused(q).contains("max_results"));
+        for bad in [0.49, 1.01, f64::NAN, f64::INFINITY] {
+            let mut q = query(ADA);
+            q.min_score = bad;
+            assert!(refused(q).contains("min_score"), "{bad}");
+        }
+        let e = refused(query(&[
+            ("family_name", "Lovelace"),
+            ("account_number", "secret-42"),
+        ]));
+        assert!(
+            e.contains("account_number") && !e.contains("secret-42"),
+            "{e}"
+        );
+        let e = refused(query(&[("family_name", "Lovelace")]));
+        assert!(!e.contains("Lovelace"), "{e}");
+        let p = plan_query(query(ADA), &rings, &opts()).unwrap();
+        assert_eq!((p.max_results, p.min_score), (1, MIN_SCORE));
+    }
+
+    #[test]
+    fn rank_cuts_at_min_score_orders_best_first_and_truncates() {
+        let r = ring();
+        let mut q = query(ADA);
+        q.max_results = 2;
+        let p = plan_query(q, &[&r], &opts()).unwrap();
+        let same = candidate(&r, 9, ADA, 4);
+        let twin = candidate(&r, 3, ADA, 4);
+        let near = candidate(
+            &r,
+            5,
+            &[("given_name", "Ada"), ("family_name", "Lovelace")],
+            2,
+        );
+        let stranger = candidate(
+            &r,
+            1,
+            &[("family_name", "Babbage"), ("given_name", "Charles")],
+            1,
+        );
+        let hits = p
+            .rank(vec![stranger.clone(), near, same.clone(), twin.clone()])
+            .unwrap();
+        // Two equal best scores: subject order breaks the tie; the
+        // stranger is under the cut-off; at most max_results.
+        assert_eq!(
+            hits.iter().map(|h| h.subject).collect::<Vec<_>>(),
+            [twin.subject, same.subject]
+        );
+        assert!(hits.iter().all(|h| h.score >= MIN_SCORE));
+        assert!(p.rank(vec![stranger]).unwrap().is_empty());
+        let mut corrupt = candidate(&r, 2, ADA, 4);
+        corrupt.signature = vec![1, 2, 3];
+        assert_eq!(p.rank(vec![corrupt]), Err(BadSignature));
+    }
+
+    #[test]
+    fn a_short_first_page_or_a_clear_winner_settles_the_query() {
+        let r = ring();
+        let p = plan_query(query(ADA), &[&r], &opts()).unwrap();
+        assert_eq!(p.settled_by(&[]), Ok(true));
+        let full = |c: &Candidate| vec![c.clone(); FIRST_CANDIDATES as usize];
+        // A page of weak candidates holding one blocking index each: a
+        // lower-ranked one might still score as well, so not settled…
+        let weak = candidate(&r, 1, &[("family_name", "Lovelace")], 1);
+        assert_eq!(p.settled_by(&full(&weak)[..1]), Ok(true));
+        assert_eq!(p.settled_by(&full(&weak)), Ok(false));
+        // …but a full match beats anything that holds only one blocking
+        // index, so the first page settles it.
+        let mut page = full(&weak);
+        page[0] = candidate(&r, 2, ADA, 4);
+        assert_eq!(p.settled_by(&page), Ok(true));
+    }
+}
