@@ -20,7 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("idvault_descriptor.bin"), fds.encode_to_vec())?;
+    // The gRPC stubs only with the `grpc` feature: the pure core takes the
+    // messages alone.
+    let grpc = env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
         // Decode failures must reach callers as INVALID_ARGUMENT, not the
         // INTERNAL that tonic's default prost codec reports.
         .codec_path("crate::codec::StrictProstCodec")

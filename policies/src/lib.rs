@@ -10,6 +10,9 @@
 //! why. This crate does no I/O: the vault reads the files and hands their
 //! text to [`compile`].
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::fmt;
 
 mod engine;

@@ -11,6 +11,7 @@
 //! bytes and the reader and writer handles given to it, and its errors
 //! never carry identifier values.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod ident;
 pub mod json;

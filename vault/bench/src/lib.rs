@@ -12,6 +12,7 @@
 //! - [`synth`]: synthetic people with realistic typos and variants.
 //! - [`inprocess`]: a real vault on port 0 for the end-to-end ones.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 // Benchmarks measure wall time: reading the clock is their job.
 #![allow(clippy::disallowed_methods)]
 

@@ -12,6 +12,7 @@
 //! The wire types are in `idvault-proto`; the signing contexts and formats
 //! come from `idvault-core`, so client and vault cannot drift apart.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bridge_file;
 pub mod channel;

@@ -11,6 +11,7 @@
 //! - [`tls`], [`config`], [`keyfile`], [`policy`], [`devinit`], [`clock`]:
 //!   the edges; [`app`] and [`server`] assemble and run them.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod app;
