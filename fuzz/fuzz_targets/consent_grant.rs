@@ -4,10 +4,8 @@
 //! vault does, plus the device-key and DER parsers. Decoding runs on every
 //! input, not only on ones that verify, so the parsers see arbitrary bytes.
 #![no_main]
-use idvault_core::consent::{
-    self, ConsentLimits, DevicePublicKey, GRANT_CONTEXT, decode_device_request, decode_grant,
-    verify_enrollment,
-};
+use idvault_core::consent::{self, ConsentLimits, DevicePublicKey, GRANT_CONTEXT};
+use idvault_core::wire::{decode_device_request, decode_grant, verify_enrollment};
 use idvault_proto::v1::{EnrollRequest, ReleaseRequest, SignedDeviceRequest, release_request};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     let dek = DataKey::from_bytes([5; 32], 1);
     let subject = SubjectId::from_bytes([1; 16]);
     if let Ok(r) = pb::PublishEventRequest::decode(data)
-        && let Ok(ev) = rules::validate_event(r.event_type, r.event_id, r.fields)
+        && let Ok(ev) = idvault_core::wire::validate_event(r.event_type, r.event_id, r.fields)
     {
         let set = rule_set();
         for hit in rules::triggered(&set, A, &ev) {
@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(s) = pb::SetRules::decode(data)
-        && let Ok(set) = rules::rule_set(s.rules)
+        && let Ok(set) = idvault_core::wire::rule_set(s.rules)
     {
         for r in &set {
             assert_eq!(Rule::from_pb(r.to_pb()).as_ref(), Ok(r));

@@ -28,7 +28,8 @@ use crate::BenchError;
 use idvault_client::ReleaseKey;
 use idvault_client::device::{DeviceKey, GrantRequest, unix_now};
 use idvault_core::SystemRng;
-use idvault_core::consent::{ConsentLimits, DevicePublicKey, GRANT_CONTEXT, decode_grant};
+use idvault_core::consent::{ConsentLimits, DevicePublicKey, GRANT_CONTEXT};
+use idvault_core::wire::decode_grant;
 use idvault_server::service::consent::{ReleaseInput, Signed};
 use idvault_server::service::{Caller, Vault};
 

@@ -232,7 +232,8 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idvault_core::consent::{DevicePublicKey, decode_grant};
+    use idvault_core::consent::DevicePublicKey;
+    use idvault_core::wire::decode_grant;
 
     /// The vectors published in docs/consent.md ("Test vectors"); if this
     /// test changes, so must the document.

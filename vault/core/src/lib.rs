@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod consent;
 pub mod crypto;
+pub mod device_request;
 pub mod keys;
 pub mod matching;
 pub mod packet;
@@ -27,6 +28,6 @@ pub mod xref;
 
 // The protobuf boundary; its public items are re-exported from `consent`
 // and `rules`.
-mod wire;
+pub mod wire;
 
 pub use crypto::{Clock, Rng, SystemRng};

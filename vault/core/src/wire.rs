@@ -18,9 +18,10 @@ use prost::Message;
 use zeroize::Zeroizing;
 
 use crate::consent::{
-    DeviceAction, DeviceCall, Grant, MAX_DEVICE_REQUEST_LEN, MAX_SIGNED_LEN, Refusal,
-    UnverifiedEnrollment, parse_field_names, valid_audience, valid_device_id, valid_purpose,
+    Enrollment, Grant, MAX_DEVICE_REQUEST_LEN, MAX_SIGNED_LEN, Refusal, UnverifiedEnrollment,
+    parse_field_names, valid_audience, valid_device_id, valid_purpose,
 };
+use crate::device_request::{DeviceAction, DeviceCall};
 use crate::rules::{self, Event, EventError, MAX_RULES, Rule, validate_rule_set};
 use crate::subject::SubjectId;
 
@@ -69,8 +70,14 @@ pub fn decode_grant(bytes: &[u8]) -> Result<Grant, Refusal> {
     })
 }
 
+/// Decodes an enrollment and checks its proof of possession: the key it
+/// carries signed these exact bytes.
+pub fn verify_enrollment(bytes: &[u8], sig: &[u8]) -> Result<Enrollment, Refusal> {
+    crate::consent::check_enrollment(decode_enrollment(bytes)?, bytes, sig)
+}
+
 /// Decodes enrollment bytes whose signature is still to be checked (by
-/// [`crate::consent::verify_enrollment`], with the key they carry).
+/// [`verify_enrollment`], with the key they carry).
 pub(crate) fn decode_enrollment(bytes: &[u8]) -> Result<UnverifiedEnrollment, Refusal> {
     let e: pb::DeviceEnrollment = decode_canonical(bytes).ok_or(Refusal::Malformed)?;
     Ok(UnverifiedEnrollment {

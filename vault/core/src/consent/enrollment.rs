@@ -3,7 +3,7 @@
 //!
 //! Enrollment codes are secrets: they are wiped on drop, never printed, and
 //! only their hash is stored. This module never decodes wire bytes itself
-//! (`decode_enrollment` does) and never draws randomness except from the
+//! (the `wire` module does) and never draws randomness except from the
 //! [`Rng`] it is given.
 
 use std::fmt;
@@ -45,11 +45,15 @@ pub(crate) struct UnverifiedEnrollment {
     pub(crate) public_key: Vec<u8>,
 }
 
-/// Decodes an enrollment and checks its proof of possession: the key it
-/// carries signed it. (The key has to be read from the message first;
-/// the message is still refused unless those exact bytes verify.)
-pub fn verify_enrollment(bytes: &[u8], sig: &[u8]) -> Result<Enrollment, Refusal> {
-    let e = crate::wire::decode_enrollment(bytes)?;
+/// Checks a decoded enrollment's proof of possession: the key it carries
+/// signed `bytes`, the exact bytes it was decoded from (the key has to be
+/// read from the message first; the message is still refused unless those
+/// bytes verify). [`crate::wire::verify_enrollment`] decodes and calls this.
+pub(crate) fn check_enrollment(
+    e: UnverifiedEnrollment,
+    bytes: &[u8],
+    sig: &[u8],
+) -> Result<Enrollment, Refusal> {
     let key = DevicePublicKey::from_sec1(&e.public_key)?;
     key.verify(ENROLL_CONTEXT, bytes, sig)?;
     let subject = SubjectId::parse(&e.subject_id).map_err(|_| Refusal::Malformed)?;
@@ -146,7 +150,7 @@ mod tests {
             .encode_to_vec()
         };
         let bytes = enrollment(subject, sec1.clone());
-        let e = verify_enrollment(&bytes, &sign(&k, &bytes)).unwrap();
+        let e = crate::wire::verify_enrollment(&bytes, &sign(&k, &bytes)).unwrap();
         assert_eq!(e.subject, SubjectId::parse(subject).unwrap());
         assert_eq!(e.code.as_str(), "ABCDE-FGHJK-MNPQR-STVWX");
         assert_eq!(e.key.to_sec1(), sec1);
@@ -154,28 +158,28 @@ mod tests {
         assert!(!format!("{e:?}").contains("ABCDE"));
         // Signed by another key, or the signature of other bytes.
         assert_eq!(
-            verify_enrollment(&bytes, &sign(&other, &bytes)).map(|_| ()),
+            crate::wire::verify_enrollment(&bytes, &sign(&other, &bytes)).map(|_| ()),
             Err(Refusal::BadSignature)
         );
         let moved = enrollment("7f1c2b9e-8a41-4d3c-9b7e-2a5f0c1d3e4f", sec1.clone());
         assert_eq!(
-            verify_enrollment(&moved, &sign(&k, &bytes)).map(|_| ()),
+            crate::wire::verify_enrollment(&moved, &sign(&k, &bytes)).map(|_| ()),
             Err(Refusal::BadSignature)
         );
         // A bad key, a bad subject (even when signed), bytes that are not
         // an enrollment.
         let bad_key = enrollment(subject, sec1[..33].to_vec());
         assert_eq!(
-            verify_enrollment(&bad_key, &sign(&k, &bad_key)).map(|_| ()),
+            crate::wire::verify_enrollment(&bad_key, &sign(&k, &bad_key)).map(|_| ()),
             Err(Refusal::Malformed)
         );
         let bad_subject = enrollment("nope", sec1);
         assert_eq!(
-            verify_enrollment(&bad_subject, &sign(&k, &bad_subject)).map(|_| ()),
+            crate::wire::verify_enrollment(&bad_subject, &sign(&k, &bad_subject)).map(|_| ()),
             Err(Refusal::Malformed)
         );
         assert_eq!(
-            verify_enrollment(&[0xff; 8], &[0; 64]).map(|_| ()),
+            crate::wire::verify_enrollment(&[0xff; 8], &[0; 64]).map(|_| ()),
             Err(Refusal::Malformed)
         );
     }

@@ -5,7 +5,7 @@
 //! "Sign the bytes, send the bytes": a device signs a context string and
 //! the exact serialized message; the vault verifies those bytes first and
 //! only then decodes them, and it decodes only the canonical encoding
-//! (see [`decode_canonical`]) so that no two readers of a signed message
+//! (see `crate::wire::decode_canonical`) so that no two readers of a signed message
 //! can disagree on what it says. The decoding itself lives in the crate's
 //! `wire` module; this module and its submodules work on the decoded
 //! domain types and must never touch protobuf types, the clock or the OS
@@ -16,13 +16,11 @@
 //!   verifier.
 //! - `grant`: consent grants, their limits and time window.
 //! - `enrollment`: device enrollment and enrollment codes.
-//! - `device_request`: what a signed device request asks for.
 //! - `records`: the consent state the vault keeps (devices, codes,
 //!   challenges, consents, receipts) and the pure checks on it.
 //! - `release`: the HPKE seal of released fields to a partner.
 
 mod device_key;
-mod device_request;
 mod enrollment;
 mod grant;
 mod records;
@@ -31,17 +29,12 @@ mod release;
 pub use device_key::{
     DevicePublicKey, device_id, normalize_low_s, p1363_from_der, valid_device_id, verify,
 };
-pub use device_request::{DeviceAction, DeviceCall};
-pub use enrollment::{
-    Enrollment, enrollment_code_hash, generate_enrollment_code, verify_enrollment,
-};
+pub use enrollment::{Enrollment, enrollment_code_hash, generate_enrollment_code};
 pub use grant::{ConsentLimits, Grant, grant_hash, parse_field_names, valid_purpose};
 pub use records::{Challenge, Consent, Device, EnrollmentCode, Receipt};
 pub use release::{ReleasePublicKey, ReleaseSecretKey, release_aad, seal_release};
 
-pub use crate::wire::{decode_canonical, decode_device_request, decode_grant};
-
-pub(crate) use enrollment::UnverifiedEnrollment;
+pub(crate) use enrollment::{UnverifiedEnrollment, check_enrollment};
 pub(crate) use grant::valid_audience;
 
 /// Signing context of a consent grant (`idvault.v1.ConsentGrant`).

@@ -149,8 +149,8 @@ pub fn triggered<'r>(rules: &'r [Rule], source: &str, event: &Event) -> Vec<Trig
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{A, B, C, rule};
-    use super::super::validate_event;
     use super::*;
+    use crate::wire::validate_event;
     use idvault_proto::v1 as pb;
 
     fn event(ev: &str, fields: &[(&str, &str)]) -> Event {

@@ -30,8 +30,6 @@ pub use payload::{CommandHeader, open_payload, seal_payload};
 pub use rule::{Rule, validate_rule_set};
 pub use suggest::{History, Peer, Suggestion, suggest};
 
-pub use crate::wire::{rule_set, validate_event};
-
 use crate::consent::{MAX_AUDIENCE_LEN, valid_purpose};
 
 /// Most rules a person may hold.

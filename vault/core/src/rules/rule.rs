@@ -109,9 +109,9 @@ pub fn validate_rule_set(mut rules: Vec<Rule>) -> Result<Vec<Rule>, Refusal> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::rule_set;
     use super::super::test_support::{A, B, rule};
     use super::*;
+    use crate::wire::rule_set;
     use idvault_proto::v1 as pb;
 
     /// The rule id is published in docs/events.md: if this changes, so

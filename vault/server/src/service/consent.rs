@@ -180,7 +180,7 @@ impl Vault {
         key.verify(GRANT_CONTEXT, &s.bytes, &s.signature)
             .map_err(refused)?;
         req.about(device.subject);
-        let g = c::decode_grant(&s.bytes).map_err(refused)?;
+        let g = idvault_core::wire::decode_grant(&s.bytes).map_err(refused)?;
         if g.subject != device.subject {
             return Err(refused(Refusal::SubjectMismatch));
         }

@@ -10,9 +10,9 @@ use super::consent::refused;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::AuditedTx;
 use idvault_core::consent::{
-    self as c, DEVICE_REQUEST_CONTEXT, Device, DeviceAction, DevicePublicKey, EnrollmentCode,
-    Receipt, Refusal,
+    self as c, DEVICE_REQUEST_CONTEXT, Device, DevicePublicKey, EnrollmentCode, Receipt, Refusal,
 };
+use idvault_core::device_request::DeviceAction;
 use idvault_core::keys::KeyError;
 
 pub use super::consent::Signed;
@@ -146,7 +146,8 @@ impl Vault {
         signature: &[u8],
     ) -> Result<String, VaultError> {
         self.handle(caller, Action::DeviceCall, async |req| {
-            let e = c::verify_enrollment(enrollment, signature).map_err(refused)?;
+            let e =
+                idvault_core::wire::verify_enrollment(enrollment, signature).map_err(refused)?;
             req.about(e.subject);
             let now = self.now_millis();
             let hash = c::enrollment_code_hash(&e.code);
@@ -226,7 +227,7 @@ impl Vault {
             let (device, key) = self.active_device(&s.device_id).await?;
             key.verify(DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
                 .map_err(refused)?;
-            let call = c::decode_device_request(&s.bytes).map_err(refused)?;
+            let call = idvault_core::wire::decode_device_request(&s.bytes).map_err(refused)?;
             let subject = device.subject;
             req.about(subject);
             if !op.matches(&call.action) {

@@ -19,7 +19,8 @@ use crate::config::Partner;
 use crate::service::devices::DeviceOutcome;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, IGNORED_UNLINKED};
-use idvault_core::consent::{DeviceAction, Refusal};
+use idvault_core::consent::Refusal;
+use idvault_core::device_request::DeviceAction;
 use idvault_core::keys::KeyError;
 use idvault_core::rules::{self, Rule, Suggestion};
 use idvault_core::rules::{AcceptedEvent, OutboxCommand, PendingCommand};
@@ -141,7 +142,7 @@ impl Vault {
         fields: Vec<pb::EventField>,
     ) -> Result<EventOutcome, VaultError> {
         self.handle(caller, Action::PublishEvent, async |req| {
-            let event = rules::validate_event(event_type, event_id, fields)
+            let event = idvault_core::wire::validate_event(event_type, event_id, fields)
                 .map_err(|e| VaultError::BadRequest(e.to_string()))?;
             let mut tx = self.begin().await?;
             let id = self.known_subject(&mut tx, req.partner, &subject).await?;

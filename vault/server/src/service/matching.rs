@@ -9,15 +9,14 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use idvault_policies::Action;
 use idvault_tokenizer::NormalizeOptions;
 use idvault_tokenizer::matching::Level;
 use idvault_tokenizer::variants::MatchField;
 
-use crate::config::{Partner, PartnerRegistry};
+use crate::config::Partner;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, MatchRow};
 use idvault_core::keys::KeyError;
@@ -97,40 +96,6 @@ pub enum Pacing {
     Refuse,
     /// Wait for the budget (streams: a bulk job runs at the allowed rate).
     Wait,
-}
-
-/// Blind-matching state of a vault: settings, derived keyrings, limiters.
-#[derive(Debug)]
-pub(crate) struct MatchState {
-    opts: NormalizeOptions,
-    domains: Vec<String>,
-    keyrings: Mutex<HashMap<(String, u32), Arc<MatchKeyring>>>,
-    limiters: HashMap<String, DefaultDirectRateLimiter>,
-}
-
-impl MatchState {
-    pub(crate) fn new(registry: &PartnerRegistry, default_country_code: Option<u16>) -> Self {
-        let limiters = registry
-            .partners()
-            .iter()
-            .map(|p| {
-                let per = NonZeroU32::new(p.match_rate.per_second).unwrap_or(NonZeroU32::MIN);
-                let burst = NonZeroU32::new(p.match_rate.burst).unwrap_or(NonZeroU32::MIN);
-                (
-                    p.name.clone(),
-                    RateLimiter::direct(Quota::per_second(per).allow_burst(burst)),
-                )
-            })
-            .collect();
-        Self {
-            opts: NormalizeOptions {
-                default_country_code,
-            },
-            domains: registry.match_domains(),
-            keyrings: Mutex::new(HashMap::new()),
-            limiters,
-        }
-    }
 }
 
 /// A subject's blind indexes in one match domain: `(field, index,

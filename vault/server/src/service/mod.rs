@@ -19,6 +19,7 @@ pub mod devices;
 pub mod events;
 pub mod matching;
 pub(crate) mod pipeline;
+mod state;
 pub mod subjects;
 pub mod tokens;
 
@@ -137,8 +138,8 @@ pub struct Vault {
     registry: PartnerRegistry,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
-    xref_cache: crate::service::tokens::log::XrefCache,
-    matching: crate::service::matching::MatchState,
+    xref_cache: state::XrefCache,
+    matching: state::MatchState,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -162,7 +163,7 @@ impl Vault {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
     ) -> Self {
-        let matching = crate::service::matching::MatchState::new(&registry, None);
+        let matching = state::MatchState::new(&registry, None);
         Self {
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir: None,
@@ -171,7 +172,7 @@ impl Vault {
             registry,
             clock,
             rng,
-            xref_cache: crate::service::tokens::log::XrefCache::default(),
+            xref_cache: state::XrefCache::default(),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),
@@ -229,12 +230,12 @@ impl Vault {
     /// for blind matching (`[matching] default_country_code`).
     #[must_use]
     pub fn with_match_country_code(mut self, code: Option<u16>) -> Self {
-        self.matching = crate::service::matching::MatchState::new(&self.registry, code);
+        self.matching = state::MatchState::new(&self.registry, code);
         self
     }
 
     /// Blind-matching state.
-    pub(crate) fn matching(&self) -> &crate::service::matching::MatchState {
+    pub(crate) fn matching(&self) -> &state::MatchState {
         &self.matching
     }
 
@@ -244,7 +245,7 @@ impl Vault {
     }
 
     /// The cross-reference lookup cache.
-    pub(crate) fn xref_cache(&self) -> &crate::service::tokens::log::XrefCache {
+    pub(crate) fn xref_cache(&self) -> &state::XrefCache {
         &self.xref_cache
     }
 

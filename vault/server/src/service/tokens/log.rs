@@ -3,7 +3,7 @@
 //! cross-reference mode (identifiers become their customer's entity token).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use idvault_policies::{Action, Resource};
 use idvault_tokenizer::rewrite::FieldSpec;
@@ -15,62 +15,6 @@ use crate::service::{Caller, Vault, VaultError};
 use idvault_core::crypto::HASH_LEN;
 use idvault_core::xref::{XrefIndexKey, blind_index};
 use idvault_tokenizer::pipeline::MAX_RECORD_BYTES;
-
-/// Entries kept in the lookup cache before it is emptied.
-const CACHE_LIMIT: usize = 1_000_000;
-
-/// Identifier → canonical entity token, by current-version blind index.
-///
-/// Entries are tagged with the cross-reference generation they were read
-/// under. Imports that change links bump the generation in the database
-/// (so every replica sees it) and clear this cache locally; a lookup that
-/// raced with such an import does not insert its possibly pre-merge answer.
-#[derive(Debug, Default)]
-pub struct XrefCache(RwLock<CacheInner>);
-
-#[derive(Debug, Default)]
-struct CacheInner {
-    generation: i64,
-    /// `None` records "linked to no entity" (any import that adds links
-    /// bumps the generation, which empties the cache).
-    map: HashMap<[u8; HASH_LEN], Option<String>>,
-}
-
-impl XrefCache {
-    /// Drops every entry and forgets the generation.
-    pub fn clear(&self) {
-        if let Ok(mut c) = self.0.write() {
-            c.map.clear();
-            c.generation = -1;
-        }
-    }
-
-    /// Makes the cache current for `generation`, dropping older entries.
-    fn sync(&self, generation: i64) {
-        if let Ok(mut c) = self.0.write()
-            && c.generation != generation
-        {
-            c.map.clear();
-            c.generation = generation;
-        }
-    }
-
-    fn get(&self, k: &[u8; HASH_LEN]) -> Option<Option<String>> {
-        self.0.read().ok()?.map.get(k).cloned()
-    }
-
-    fn insert(&self, generation: i64, k: [u8; HASH_LEN], v: Option<String>) {
-        if let Ok(mut c) = self.0.write() {
-            if c.generation != generation {
-                return;
-            }
-            if c.map.len() >= CACHE_LIMIT {
-                c.map.clear();
-            }
-            c.map.insert(k, v);
-        }
-    }
-}
 
 /// How tokens are made.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,13 @@
 //! Device requests: what a person's enrolled device asks the vault to do,
-//! once its signed request has verified and decoded (`decode_device_request`).
+//! once its signed request has verified and decoded
+//! ([`crate::wire::decode_device_request`]). It names consent and rules
+//! actions alike, so it stands beside both modules, not in either.
 //!
 //! Plain values only: nothing here decodes bytes, checks a signature or
 //! decides whether the action is allowed; the request's replay and time
 //! window checks happen where it is used.
 
-use super::ID_LEN;
+use crate::consent::ID_LEN;
 use crate::rules::Rule;
 
 /// What a device asks for.

@@ -1,0 +1,105 @@
+//! State the use cases share inside one process, built at start: the
+//! blind-matching keyrings and rate limiters, and the cross-reference
+//! lookup cache. It holds values only; it never calls a use case (the
+//! `Vault` owns it, the use cases read it).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use idvault_core::crypto::HASH_LEN;
+use idvault_core::matching::MatchKeyring;
+use idvault_tokenizer::NormalizeOptions;
+
+use crate::config::PartnerRegistry;
+
+/// Blind-matching state of a vault: settings, derived keyrings, limiters.
+#[derive(Debug)]
+pub(crate) struct MatchState {
+    pub(crate) opts: NormalizeOptions,
+    pub(crate) domains: Vec<String>,
+    pub(crate) keyrings: Mutex<HashMap<(String, u32), Arc<MatchKeyring>>>,
+    pub(crate) limiters: HashMap<String, DefaultDirectRateLimiter>,
+}
+
+impl MatchState {
+    pub(crate) fn new(registry: &PartnerRegistry, default_country_code: Option<u16>) -> Self {
+        let limiters = registry
+            .partners()
+            .iter()
+            .map(|p| {
+                let per = NonZeroU32::new(p.match_rate.per_second).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(p.match_rate.burst).unwrap_or(NonZeroU32::MIN);
+                (
+                    p.name.clone(),
+                    RateLimiter::direct(Quota::per_second(per).allow_burst(burst)),
+                )
+            })
+            .collect();
+        Self {
+            opts: NormalizeOptions {
+                default_country_code,
+            },
+            domains: registry.match_domains(),
+            keyrings: Mutex::new(HashMap::new()),
+            limiters,
+        }
+    }
+}
+
+/// Entries kept in the lookup cache before it is emptied.
+const CACHE_LIMIT: usize = 1_000_000;
+
+/// Identifier → canonical entity token, by current-version blind index.
+///
+/// Entries are tagged with the cross-reference generation they were read
+/// under. Imports that change links bump the generation in the database
+/// (so every replica sees it) and clear this cache locally; a lookup that
+/// raced with such an import does not insert its possibly pre-merge answer.
+#[derive(Debug, Default)]
+pub(crate) struct XrefCache(RwLock<CacheInner>);
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    generation: i64,
+    /// `None` records "linked to no entity" (any import that adds links
+    /// bumps the generation, which empties the cache).
+    map: HashMap<[u8; HASH_LEN], Option<String>>,
+}
+
+impl XrefCache {
+    /// Drops every entry and forgets the generation.
+    pub(crate) fn clear(&self) {
+        if let Ok(mut c) = self.0.write() {
+            c.map.clear();
+            c.generation = -1;
+        }
+    }
+
+    /// Makes the cache current for `generation`, dropping older entries.
+    pub(crate) fn sync(&self, generation: i64) {
+        if let Ok(mut c) = self.0.write()
+            && c.generation != generation
+        {
+            c.map.clear();
+            c.generation = generation;
+        }
+    }
+
+    pub(crate) fn get(&self, k: &[u8; HASH_LEN]) -> Option<Option<String>> {
+        self.0.read().ok()?.map.get(k).cloned()
+    }
+
+    pub(crate) fn insert(&self, generation: i64, k: [u8; HASH_LEN], v: Option<String>) {
+        if let Ok(mut c) = self.0.write() {
+            if c.generation != generation {
+                return;
+            }
+            if c.map.len() >= CACHE_LIMIT {
+                c.map.clear();
+            }
+            c.map.insert(k, v);
+        }
+    }
+}
