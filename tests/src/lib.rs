@@ -213,6 +213,14 @@ impl TestVault {
             .unwrap()
     }
 
+    /// `(action, outcome, detail)` of the newest audit record.
+    pub async fn last_audit(&self) -> (String, String, String) {
+        sqlx::query_as("SELECT action, outcome, detail FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_one(self.db())
+            .await
+            .unwrap()
+    }
+
     /// Stops the server and drops the PostgreSQL database.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(s) = self.server.take() {

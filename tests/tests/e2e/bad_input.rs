@@ -151,14 +151,6 @@ pub async fn malformed_and_oversized_messages(b: Backend) -> anyhow::Result<()> 
     tv.stop().await
 }
 
-/// `(action, outcome, detail)` of the newest audit record.
-async fn last_audit(tv: &TestVault) -> (String, String, String) {
-    sqlx::query_as("SELECT action, outcome, detail FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_one(tv.db())
-        .await
-        .unwrap()
-}
-
 /// A message the edge cannot map to a request (a required field missing,
 /// an unknown enum value) is refused through the one request pipeline:
 /// INVALID_ARGUMENT, and an audit record naming the action, outcome
@@ -168,7 +160,7 @@ pub async fn edge_refusals_are_audited(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let expect = async |e: tonic::Status, action: &str| {
         assert_eq!(e.code(), Code::InvalidArgument, "{action}: {e:?}");
-        let (a, outcome, detail) = last_audit(&tv).await;
+        let (a, outcome, detail) = tv.last_audit().await;
         assert_eq!(
             (a.as_str(), outcome.as_str()),
             (action, "invalid"),

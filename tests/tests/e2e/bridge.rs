@@ -204,10 +204,7 @@ pub async fn import_needs_the_bridge_role(b: Backend) -> anyhow::Result<()> {
     .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert_eq!(tv.count("SELECT count(*) FROM xref_entities").await, 0);
-    let (action, outcome): (String, String) =
-        sqlx::query_as("SELECT action, outcome FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_one(tv.db())
-            .await?;
+    let (action, outcome, _) = tv.last_audit().await;
     assert_eq!(
         (action.as_str(), outcome.as_str()),
         ("ImportBridge", "denied")

@@ -36,6 +36,16 @@ pub const FIELD_CATALOGUE: &[&str] = &[
     "account_number",
 ];
 
+/// Catalogue field names joined by commas (no catalogue name holds one):
+/// how field lists are stored and audited.
+pub fn join_field_names(fields: &[FieldName]) -> String {
+    fields
+        .iter()
+        .map(FieldName::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Validation failures. They name the field, never its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::config::CONFIG_FILE;
 use idvault_core::Rng;
+use idvault_core::subject::FIELD_CATALOGUE;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 
 /// Default development trust domain.
@@ -62,19 +63,8 @@ pub const DEV_RELEASE_ALLOWANCES: &[(&str, &[&str], &[&str])] = &[
     (
         "partner-a",
         &["kyc", "account_opening"],
-        &[
-            "given_name",
-            "middle_name",
-            "family_name",
-            "date_of_birth",
-            "national_id",
-            "phone",
-            "email",
-            "street_address",
-            "postcode",
-            "city",
-            "country",
-        ],
+        // Every catalogue field but `account_number`, which is last.
+        FIELD_CATALOGUE.split_at(FIELD_CATALOGUE.len() - 1).0,
     ),
     (
         "partner-b",
@@ -483,5 +473,18 @@ fn random_p256_key(rng: &dyn Rng) -> Result<p256::SecretKey, InitError> {
         if let Ok(k) = p256::SecretKey::from_slice(b.as_ref()) {
             return Ok(k);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partner_a_may_receive_every_field_but_account_numbers() {
+        let (_, _, fields) = DEV_RELEASE_ALLOWANCES[0];
+        assert_eq!(fields.len(), FIELD_CATALOGUE.len() - 1);
+        assert!(!fields.contains(&"account_number"));
+        assert!(fields.contains(&"country") && fields.contains(&"given_name"));
     }
 }

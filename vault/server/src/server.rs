@@ -151,41 +151,14 @@ pub async fn start(
     }
     let (unary, stream) = (opts.request_timeout, opts.stream_timeout);
     let v = || Arc::clone(&vault);
-    let tokens = service!(
-        TokenServiceServer<TokenApi>,
-        TokenApi::new(v(), unary, stream),
-        bulk
-    );
-    let matching = service!(
-        MatchServiceServer<MatchApi>,
-        MatchApi::new(v(), unary, stream),
-        bulk
-    );
-    let consent = service!(
-        ConsentServiceServer<ConsentApi>,
-        ConsentApi::new(v(), unary),
-        small
-    );
-    let devices = service!(
-        DeviceServiceServer<DeviceApi>,
-        DeviceApi::new(v(), unary),
-        small
-    );
-    let events = service!(
-        EventServiceServer<EventApi>,
-        EventApi::new(v(), unary),
-        small
-    );
-    let commands = service!(
-        CommandServiceServer<CommandApi>,
-        CommandApi::new(v(), unary, stream),
-        bulk
-    );
-    let subjects = service!(
-        SubjectServiceServer<SubjectApi>,
-        SubjectApi::new(v(), unary),
-        bulk
-    );
+    let tokens = service! {TokenServiceServer<TokenApi>, TokenApi::new(v(), unary, stream), bulk};
+    let matching = service! {MatchServiceServer<MatchApi>, MatchApi::new(v(), unary, stream), bulk};
+    let consent = service! {ConsentServiceServer<ConsentApi>, ConsentApi::new(v(), unary), small};
+    let devices = service! {DeviceServiceServer<DeviceApi>, DeviceApi::new(v(), unary), small};
+    let events = service! {EventServiceServer<EventApi>, EventApi::new(v(), unary), small};
+    let commands =
+        service! {CommandServiceServer<CommandApi>, CommandApi::new(v(), unary, stream), bulk};
+    let subjects = service! {SubjectServiceServer<SubjectApi>, SubjectApi::new(v(), unary), bulk};
     let streams = Arc::clone(&vault);
     let incoming = crate::tls::incoming(
         listener,

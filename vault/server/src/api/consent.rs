@@ -10,7 +10,6 @@ use idvault_proto::v1::device_service_server::DeviceService;
 use tonic::{Request, Response, Status};
 
 use super::{caller, status, within};
-use crate::service::Vault;
 use crate::service::consent::{ReleaseInput, Signed};
 use crate::service::devices::{DeviceOp, DeviceOutcome};
 use idvault_core::rules::Rule;
@@ -33,19 +32,10 @@ where
     .await
 }
 
-/// The partner-facing consent service.
-#[derive(Debug, Clone)]
-pub struct ConsentApi {
-    vault: Arc<Vault>,
-    deadline: std::time::Duration,
-}
-
-impl ConsentApi {
-    /// Serves `vault`; each call must finish within `deadline`.
-    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
-        Self { vault, deadline }
-    }
-}
+adapter!(
+    /// The partner-facing consent service.
+    ConsentApi
+);
 
 #[tonic::async_trait]
 impl ConsentService for ConsentApi {
@@ -97,14 +87,13 @@ impl ConsentService for ConsentApi {
             }),
             Some(Consent::StandingConsentId(id)) => ReleaseInput::Standing(id),
             None => {
-                return Err(super::malformed(
-                    &self.vault,
-                    &who,
-                    (Action::PresentConsent, Action::ReleaseConsented),
-                    "a signed grant or a standing consent id is required",
-                    self.deadline,
-                )
-                .await);
+                return Err(self
+                    .malformed(
+                        &who,
+                        (Action::PresentConsent, Action::ReleaseConsented),
+                        "a signed grant or a standing consent id is required",
+                    )
+                    .await);
             }
         };
         let vault = Arc::clone(&self.vault);
@@ -124,19 +113,12 @@ impl ConsentService for ConsentApi {
     }
 }
 
-/// The wallet-facing device service.
-#[derive(Debug, Clone)]
-pub struct DeviceApi {
-    vault: Arc<Vault>,
-    deadline: std::time::Duration,
-}
+adapter!(
+    /// The wallet-facing device service.
+    DeviceApi
+);
 
 impl DeviceApi {
-    /// Serves `vault`; each call must finish within `deadline`.
-    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
-        Self { vault, deadline }
-    }
-
     async fn call(
         &self,
         req: Request<pb::SignedDeviceRequest>,

@@ -11,26 +11,16 @@ use idvault_proto::v1::event_service_server::EventService;
 use tonic::{Request, Response, Status};
 
 use super::{caller, status, within};
-use crate::service::Vault;
 use crate::service::events::{EventOutcome, SubjectRef};
 
 /// How often an idle following stream looks for commands written by
 /// other replicas (this process's writes wake it at once).
 const POLL: Duration = Duration::from_millis(500);
 
-/// The publisher-facing event service.
-#[derive(Debug, Clone)]
-pub struct EventApi {
-    vault: Arc<Vault>,
-    deadline: Duration,
-}
-
-impl EventApi {
-    /// Serves `vault`; each call must finish within `deadline`.
-    pub fn new(vault: Arc<Vault>, deadline: Duration) -> Self {
-        Self { vault, deadline }
-    }
-}
+adapter!(
+    /// The publisher-facing event service.
+    EventApi
+);
 
 #[tonic::async_trait]
 impl EventService for EventApi {
@@ -45,14 +35,13 @@ impl EventService for EventApi {
             Some(Subject::SubjectId(s)) => SubjectRef::Id(s),
             Some(Subject::PairwiseToken(t)) => SubjectRef::Pairwise(t),
             None => {
-                return Err(super::malformed(
-                    &self.vault,
-                    &who,
-                    (Action::PublishEvent, Action::PublishEvent),
-                    "a subject_id or a pairwise_token is required",
-                    self.deadline,
-                )
-                .await);
+                return Err(self
+                    .malformed(
+                        &who,
+                        (Action::PublishEvent, Action::PublishEvent),
+                        "a subject_id or a pairwise_token is required",
+                    )
+                    .await);
             }
         };
         let event_id = m.event_id.clone();
@@ -72,25 +61,10 @@ impl EventService for EventApi {
     }
 }
 
-/// The receiver-facing command service.
-#[derive(Debug, Clone)]
-pub struct CommandApi {
-    vault: Arc<Vault>,
-    deadline: Duration,
-    stream_deadline: Duration,
-}
-
-impl CommandApi {
-    /// Serves `vault`; acknowledgements must finish within `deadline`,
-    /// command streams end (cleanly) at `stream_deadline`.
-    pub fn new(vault: Arc<Vault>, deadline: Duration, stream_deadline: Duration) -> Self {
-        Self {
-            vault,
-            deadline,
-            stream_deadline,
-        }
-    }
-}
+adapter!(
+    /// The receiver-facing command service.
+    CommandApi, streams
+);
 
 #[tonic::async_trait]
 impl CommandService for CommandApi {

@@ -13,32 +13,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::subjects::pairs;
 use super::{caller, status, within};
-use crate::service::Vault;
 use crate::service::matching::{MatchCandidate, MatchQuery, Pacing, QueryAnswer};
 
-/// The match service.
-#[derive(Debug, Clone)]
-pub struct MatchApi {
-    vault: Arc<Vault>,
-    deadline: std::time::Duration,
-    stream_deadline: std::time::Duration,
-}
-
-impl MatchApi {
-    /// Serves `vault`; unary calls must finish within `deadline`, streams
-    /// within `stream_deadline`.
-    pub fn new(
-        vault: Arc<Vault>,
-        deadline: std::time::Duration,
-        stream_deadline: std::time::Duration,
-    ) -> Self {
-        Self {
-            vault,
-            deadline,
-            stream_deadline,
-        }
-    }
-}
+adapter!(
+    /// The match service.
+    MatchApi, streams
+);
 
 fn query(q: idvault_proto::v1::MatchQuery) -> MatchQuery {
     MatchQuery {
@@ -86,14 +66,13 @@ impl MatchService for MatchApi {
     async fn r#match(&self, req: Request<MatchRequest>) -> Result<Response<MatchResponse>, Status> {
         let who = caller(&req)?;
         let Some(q) = req.into_inner().query else {
-            return Err(super::malformed(
-                &self.vault,
-                &who,
-                (Action::MatchSubjects, Action::MatchSubjects),
-                "MatchRequest.query is required",
-                self.deadline,
-            )
-            .await);
+            return Err(self
+                .malformed(
+                    &who,
+                    (Action::MatchSubjects, Action::MatchSubjects),
+                    "MatchRequest.query is required",
+                )
+                .await);
         };
         let found = within(self.deadline, async {
             self.vault.match_one(&who, query(q)).await.map_err(status)

@@ -2,6 +2,70 @@
 //! and service errors to statuses; access control and validation live in
 //! [`crate::service`].
 
+/// Declares a tonic service adapter: the vault it serves and the deadline
+/// of its unary calls (`deadline`), and with `streams`, of its streams.
+macro_rules! adapter {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            vault: std::sync::Arc<crate::service::Vault>,
+            deadline: std::time::Duration,
+        }
+
+        impl $name {
+            /// Serves `vault`; each call must finish within `deadline`.
+            pub fn new(
+                vault: std::sync::Arc<crate::service::Vault>,
+                deadline: std::time::Duration,
+            ) -> Self {
+                Self { vault, deadline }
+            }
+        }
+        adapter!(@edge $name);
+    };
+    ($(#[$doc:meta])* $name:ident, streams) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            vault: std::sync::Arc<crate::service::Vault>,
+            deadline: std::time::Duration,
+            stream_deadline: std::time::Duration,
+        }
+
+        impl $name {
+            /// Serves `vault`; unary calls must finish within `deadline`,
+            /// streams end at `stream_deadline`.
+            pub fn new(
+                vault: std::sync::Arc<crate::service::Vault>,
+                deadline: std::time::Duration,
+                stream_deadline: std::time::Duration,
+            ) -> Self {
+                Self {
+                    vault,
+                    deadline,
+                    stream_deadline,
+                }
+            }
+        }
+        adapter!(@edge $name);
+    };
+    (@edge $name:ident) => {
+        impl $name {
+            /// [`malformed`](crate::api::malformed) within this service's deadline.
+            #[allow(dead_code)] // not every service has a message to refuse at the edge
+            async fn malformed(
+                &self,
+                who: &crate::service::Caller,
+                actions: (idvault_policies::Action, idvault_policies::Action),
+                why: &str,
+            ) -> tonic::Status {
+                crate::api::malformed(&self.vault, who, actions, why, self.deadline).await
+            }
+        }
+    };
+}
+
 mod consent;
 mod events;
 mod matching;

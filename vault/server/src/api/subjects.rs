@@ -1,7 +1,5 @@
 //! `idvault.v1.SubjectService`.
 
-use std::sync::Arc;
-
 use idvault_proto::v1::subject_service_server::SubjectService;
 use idvault_proto::v1::{
     ChainBreakReason, CreateSubjectRequest, CreateSubjectResponse, DeleteSubjectRequest,
@@ -11,22 +9,12 @@ use idvault_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{caller, status, within};
-use crate::service::Vault;
 use idvault_core::packet::BreakReason;
 
-/// The subject service.
-#[derive(Debug, Clone)]
-pub struct SubjectApi {
-    vault: Arc<Vault>,
-    deadline: std::time::Duration,
-}
-
-impl SubjectApi {
-    /// Serves `vault`; each call must finish within `deadline`.
-    pub fn new(vault: Arc<Vault>, deadline: std::time::Duration) -> Self {
-        Self { vault, deadline }
-    }
-}
+adapter!(
+    /// The subject service.
+    SubjectApi
+);
 
 pub(super) fn pairs(fields: Vec<Field>) -> Vec<(String, String)> {
     fields.into_iter().map(|f| (f.name, f.value)).collect()

@@ -1,7 +1,5 @@
 //! `idvault.v1.TokenService`.
 
-use std::sync::Arc;
-
 use idvault_proto::v1::token_service_server::TokenService;
 use idvault_proto::v1::{
     BridgeIdentifier, DetokenizeRequest, DetokenizeResponse, EntityMerge, IdentifierType as PbType,
@@ -13,32 +11,12 @@ use idvault_tokenizer::{IdentifierType, NormalizeOptions};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{caller, status, within};
-use crate::service::Vault;
 use crate::service::tokens::bridge::{BridgeRecord, ImportSummary};
 
-/// The token service.
-#[derive(Debug, Clone)]
-pub struct TokenApi {
-    vault: Arc<Vault>,
-    deadline: std::time::Duration,
-    stream_deadline: std::time::Duration,
-}
-
-impl TokenApi {
-    /// Serves `vault`; unary calls must finish within `deadline`, streams
-    /// within `stream_deadline`.
-    pub fn new(
-        vault: Arc<Vault>,
-        deadline: std::time::Duration,
-        stream_deadline: std::time::Duration,
-    ) -> Self {
-        Self {
-            vault,
-            deadline,
-            stream_deadline,
-        }
-    }
-}
+adapter!(
+    /// The token service.
+    TokenApi, streams
+);
 
 fn id_type(t: i32) -> Option<IdentifierType> {
     match PbType::try_from(t).ok()? {
@@ -172,17 +150,12 @@ impl TokenService for TokenApi {
         let settings = match first.as_ref().map(|m| settings(m.clone())) {
             Some(Ok(s)) => s,
             Some(Err(why)) => {
-                return Err(super::malformed(&self.vault, &who, (A, A), why, self.deadline).await);
+                return Err(self.malformed(&who, (A, A), &why).await);
             }
             None => {
-                return Err(super::malformed(
-                    &self.vault,
-                    &who,
-                    (A, A),
-                    "empty TokenizeLog stream",
-                    self.deadline,
-                )
-                .await);
+                return Err(self
+                    .malformed(&who, (A, A), "empty TokenizeLog stream")
+                    .await);
             }
         };
         let data = first.map(|m| m.data).unwrap_or_default();

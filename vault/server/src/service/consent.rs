@@ -24,7 +24,7 @@ use idvault_core::consent::{
     Refusal,
 };
 use idvault_core::keys::KeyError;
-use idvault_core::subject::{FieldName, SubjectId};
+use idvault_core::subject::{FieldName, SubjectId, join_field_names};
 
 /// A signed message as it arrived: bytes, signature, signing device.
 #[derive(Debug, Clone)]
@@ -77,15 +77,6 @@ fn release_refusal(partner: &Partner, purpose: &str, fields: &[FieldName]) -> Re
 
 pub(crate) fn refused(r: Refusal) -> VaultError {
     VaultError::Refused(r)
-}
-
-/// Field names joined by commas, for audit details.
-fn names(fields: &[FieldName]) -> String {
-    fields
-        .iter()
-        .map(FieldName::as_str)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The policy decision on releasing `fields` of `subject` for `purpose`
@@ -304,8 +295,8 @@ impl Vault {
             "consent={} purpose={} consented={} released={} receipt={}",
             hex::encode(consent.consent_id),
             consent.purpose,
-            names(&consent.fields),
-            names(&receipt.fields),
+            join_field_names(&consent.fields),
+            join_field_names(&receipt.fields),
             receipt.receipt_id
         );
         self.commit(tx, req, Some(&id), detail).await?;

@@ -9,21 +9,12 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::rows::{fixed, subject_col};
 use super::{AuditedTx, Store, StoreError};
 use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
-use idvault_core::subject::{FieldName, SubjectId};
+use idvault_core::subject::{FieldName, SubjectId, join_field_names};
 
-fn subject_col(row: &AnyRow, col: &'static str) -> Result<SubjectId, StoreError> {
-    let b: Vec<u8> = row.try_get(col)?;
-    SubjectId::from_slice(&b).ok_or(StoreError::Corrupt(col))
-}
-
-fn fixed<const N: usize>(row: &AnyRow, col: &'static str) -> Result<[u8; N], StoreError> {
-    let b: Vec<u8> = row.try_get(col)?;
-    b.try_into().map_err(|_| StoreError::Corrupt(col))
-}
-
-/// A stored comma-joined field list, as written by [`field_list`]: the
+/// A stored comma-joined field list, as written by `join_field_names`: the
 /// one place the encoding is read. A name outside the catalogue is a
 /// corrupt row.
 fn fields_col(row: &AnyRow, col: &'static str) -> Result<Vec<FieldName>, StoreError> {
@@ -34,16 +25,6 @@ fn fields_col(row: &AnyRow, col: &'static str) -> Result<Vec<FieldName>, StoreEr
     text.split(',')
         .map(|n| FieldName::parse(n).map_err(|_| StoreError::Corrupt(col)))
         .collect()
-}
-
-/// The stored encoding of a field list: catalogue names joined by commas
-/// (no catalogue name holds one).
-fn field_list(fields: &[FieldName]) -> String {
-    fields
-        .iter()
-        .map(FieldName::as_str)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn device(r: &AnyRow) -> Result<Device, StoreError> {
@@ -298,7 +279,7 @@ impl AuditedTx {
         .bind(c.device_id.clone())
         .bind(c.audience.clone())
         .bind(c.purpose.clone())
-        .bind(field_list(&c.fields))
+        .bind(join_field_names(&c.fields))
         .bind(i64::from(c.standing))
         .bind(c.issued_at)
         .bind(c.expires_at)
@@ -353,7 +334,7 @@ impl AuditedTx {
         .bind(r.subject.as_bytes().to_vec())
         .bind(r.partner.clone())
         .bind(r.purpose.clone())
-        .bind(field_list(&r.fields))
+        .bind(join_field_names(&r.fields))
         .bind(r.released_at_ms)
         .bind(r.grant_hash.to_vec())
         .execute(&mut *self.tx)

@@ -11,7 +11,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::matching::{IN_CHUNK, placeholders};
-use super::rows::{i64_to_u64, u64_to_i64};
+use super::rows::{i64_to_u64, subject_col, u64_to_i64};
 use super::{AuditedTx, StoreError};
 use idvault_core::records::SubjectRecord;
 use idvault_core::rules::{AcceptedEvent, History, OutboxCommand, PendingCommand, Rule};
@@ -26,11 +26,6 @@ macro_rules! ignored_unlinked {
 
 /// Outcome word of an event whose publisher the person has not linked.
 pub const IGNORED_UNLINKED: &str = ignored_unlinked!();
-
-fn subject_col(row: &AnyRow, col: &'static str) -> Result<SubjectId, StoreError> {
-    let b: Vec<u8> = row.try_get(col)?;
-    SubjectId::from_slice(&b).ok_or(StoreError::Corrupt(col))
-}
 
 fn rule_from_row(r: &AnyRow) -> Result<Rule, StoreError> {
     let fields: String = r.try_get("fields")?;

@@ -22,6 +22,21 @@ pub(super) fn u64_to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt("value out of range"))
 }
 
+/// A subject id column (16 bytes).
+pub(super) fn subject_col(row: &AnyRow, col: &'static str) -> Result<SubjectId, StoreError> {
+    let b: Vec<u8> = row.try_get(col)?;
+    SubjectId::from_slice(&b).ok_or(StoreError::Corrupt(col))
+}
+
+/// A fixed-length byte column.
+pub(super) fn fixed<const N: usize>(
+    row: &AnyRow,
+    col: &'static str,
+) -> Result<[u8; N], StoreError> {
+    let b: Vec<u8> = row.try_get(col)?;
+    b.try_into().map_err(|_| StoreError::Corrupt(col))
+}
+
 fn array32(v: Vec<u8>, col: &'static str) -> Result<[u8; 32], StoreError> {
     v.try_into().map_err(|_| StoreError::Corrupt(col))
 }
