@@ -5,6 +5,9 @@
 
 use idvault_policies::Role;
 
+use crate::consent::Refusal;
+use crate::subject::FieldName;
+
 /// Default sustained match query rate per partner.
 pub const DEFAULT_MATCH_RATE: u32 = 50;
 /// Default match query burst per partner.
@@ -39,13 +42,28 @@ pub struct Partner {
     /// Purposes it may receive consented data for.
     pub release_purposes: Vec<String>,
     /// Fields it may receive with consent.
-    pub release_fields: Vec<crate::subject::FieldName>,
+    pub release_fields: Vec<FieldName>,
 }
 
 /// The validated partner registry.
 #[derive(Debug, Clone, Default)]
 pub struct PartnerRegistry {
     partners: Vec<Partner>,
+}
+
+impl Partner {
+    /// Why the policies refused a release to this partner: the registry
+    /// allowance the request breaks (purpose first, then fields), or else
+    /// a policy of the operator's own.
+    pub fn release_refusal(&self, purpose: &str, fields: &[FieldName]) -> Refusal {
+        if !self.release_purposes.iter().any(|p| p == purpose) {
+            Refusal::PurposeNotAllowed
+        } else if !fields.iter().all(|f| self.release_fields.contains(f)) {
+            Refusal::FieldsNotAllowed
+        } else {
+            Refusal::PolicyDenied
+        }
+    }
 }
 
 impl PartnerRegistry {
@@ -100,4 +118,40 @@ pub fn valid_trust_domain(td: &str) -> bool {
         && td
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_refusals_name_the_allowance_broken() {
+        let f = |n| FieldName::parse(n).unwrap();
+        let p = Partner {
+            name: "b".into(),
+            spiffe_id: "spiffe://t/partner/b".into(),
+            roles: Vec::new(),
+            token_domains: Vec::new(),
+            match_domain: "b".into(),
+            match_rate: MatchRate {
+                per_second: 1,
+                burst: 1,
+            },
+            release_key: None,
+            release_purposes: vec!["kyc".into()],
+            release_fields: vec![f("email")],
+        };
+        assert_eq!(
+            p.release_refusal("marketing", &[f("email")]),
+            Refusal::PurposeNotAllowed
+        );
+        assert_eq!(
+            p.release_refusal("kyc", &[f("email"), f("phone")]),
+            Refusal::FieldsNotAllowed
+        );
+        assert_eq!(
+            p.release_refusal("kyc", &[f("email")]),
+            Refusal::PolicyDenied
+        );
+    }
 }

@@ -5,7 +5,8 @@
 //! grants, enrollments, device requests and the rule sets they carry) and
 //! converts wire rules and event fields to and from the plain domain types
 //! of [`crate::consent`] and [`crate::rules`], which never see a protobuf
-//! type. The public functions here are re-exported from those modules.
+//! type; it also encodes the released fields a partner opens. Callers use
+//! it as `idvault_core::wire::…`.
 //!
 //! It must never decode anything but the canonical encoding (see
 //! [`decode_canonical`]) and never decide anything a domain check decides:
@@ -23,7 +24,7 @@ use crate::consent::{
 };
 use crate::device_request::{DeviceAction, DeviceCall};
 use crate::rules::{self, Event, EventError, MAX_RULES, Rule, validate_rule_set};
-use crate::subject::SubjectId;
+use crate::subject::{FieldName, SubjectId};
 
 /// Decodes `bytes` only if they are the canonical encoding of the message:
 /// re-encoding must give the same bytes. This refuses unknown fields,
@@ -68,6 +69,26 @@ pub fn decode_grant(bytes: &[u8]) -> Result<Grant, Refusal> {
         expires_at: g.expires_at,
         standing,
     })
+}
+
+/// The plaintext of a release: `idvault.v1.ReleasedFields` holding
+/// `fields` in the order given (docs/consent.md). The values are wiped
+/// from the intermediate message; the bytes wipe themselves on drop.
+pub fn encode_released_fields(fields: &[(FieldName, &str)]) -> Zeroizing<Vec<u8>> {
+    let mut plain = pb::ReleasedFields {
+        fields: fields
+            .iter()
+            .map(|(name, value)| pb::Field {
+                name: name.as_str().to_owned(),
+                value: (*value).to_owned(),
+            })
+            .collect(),
+    };
+    let bytes = Zeroizing::new(plain.encode_to_vec());
+    for f in &mut plain.fields {
+        zeroize::Zeroize::zeroize(&mut f.value);
+    }
+    bytes
 }
 
 /// Decodes an enrollment and checks its proof of possession: the key it

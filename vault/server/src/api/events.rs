@@ -48,9 +48,10 @@ impl EventService for EventApi {
         let vault = Arc::clone(&self.vault);
         // On its own task: a cancelled call still ends with its event, its
         // commands and its audit record all written, or none of them.
+        let fields = m.fields.into_iter().map(|f| (f.name, f.value)).collect();
         let outcome = super::consent::detached(self.deadline, async move {
             vault
-                .publish_event(&who, subject, m.event_type, m.event_id, m.fields)
+                .publish_event(&who, subject, m.event_type, m.event_id, fields)
                 .await
         })
         .await?;
@@ -112,7 +113,7 @@ impl CommandService for CommandApi {
                 cursor = batch.next_after;
                 for d in batch.commands {
                     let msg = pb::StreamCommandsResponse {
-                        command: Some(d.command),
+                        command: Some(command(d)),
                     };
                     // A receiver that stops reading cannot hold the task
                     // past the deadline.
@@ -154,5 +155,30 @@ impl CommandService for CommandApi {
             )
             .await?;
         Ok(Response::new(pb::AckCommandsResponse { acknowledged }))
+    }
+}
+
+/// A delivered command on the wire.
+fn command(d: crate::service::events::Delivered) -> pb::Command {
+    let row = d.command;
+    let c = row.command;
+    pb::Command {
+        command_id: c.command_id,
+        pairwise_token: c.pairwise_token,
+        subject_seq: row.subject_seq,
+        command: c.command,
+        event_type: c.event_type,
+        source: c.source,
+        fields: d
+            .fields
+            .iter()
+            .map(|(n, v)| pb::EventField {
+                name: n.clone(),
+                value: v.expose().to_owned(),
+            })
+            .collect(),
+        created_at_ms: c.created_at_ms,
+        rule_id: c.rule_id,
+        delivery_attempt: row.deliveries,
     }
 }

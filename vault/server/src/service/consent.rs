@@ -11,12 +11,8 @@
 //! with its reason token.
 
 use idvault_policies::{Action, RequestContext, Resource};
-use idvault_proto::v1 as pb;
-use prost::Message;
-use zeroize::Zeroizing;
 
 use super::pipeline::Request;
-use crate::config::Partner;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::AuditedTx;
 use idvault_core::consent::{
@@ -63,18 +59,6 @@ pub struct Release {
     pub grant_hash: [u8; 32],
 }
 
-/// Why the policies refused a release: the registry allowance it breaks,
-/// or a policy of the operator's own.
-fn release_refusal(partner: &Partner, purpose: &str, fields: &[FieldName]) -> Refusal {
-    if !partner.release_purposes.iter().any(|p| p == purpose) {
-        Refusal::PurposeNotAllowed
-    } else if !fields.iter().all(|f| partner.release_fields.contains(f)) {
-        Refusal::FieldsNotAllowed
-    } else {
-        Refusal::PolicyDenied
-    }
-}
-
 pub(crate) fn refused(r: Refusal) -> VaultError {
     VaultError::Refused(r)
 }
@@ -98,7 +82,7 @@ fn release_allowed(
     if req.decide(Resource::Subject(&text), ctx) {
         Ok(())
     } else {
-        Err(release_refusal(req.partner, purpose, fields))
+        Err(req.partner.release_refusal(purpose, fields))
     }
 }
 
@@ -257,21 +241,13 @@ impl Vault {
         let values = self.newest_values(&mut tx, &subject).await?;
         // Only consented names are copied out: a field the person did not
         // sign for cannot reach the plaintext.
-        let mut plain = pb::ReleasedFields::default();
-        let mut released = Vec::new();
-        for (name, value) in &values {
-            if consent.fields.contains(name) {
-                plain.fields.push(pb::Field {
-                    name: name.as_str().to_owned(),
-                    value: value.expose().to_owned(),
-                });
-                released.push(*name);
-            }
-        }
-        let bytes = Zeroizing::new(plain.encode_to_vec());
-        for f in &mut plain.fields {
-            zeroize::Zeroize::zeroize(&mut f.value);
-        }
+        let chosen: Vec<(FieldName, &str)> = values
+            .iter()
+            .filter(|(name, _)| consent.fields.contains(name))
+            .map(|(name, value)| (*name, value.expose()))
+            .collect();
+        let released: Vec<FieldName> = chosen.iter().map(|(n, _)| *n).collect();
+        let bytes = idvault_core::wire::encode_released_fields(&chosen);
         let key = req
             .partner
             .release_key

@@ -13,7 +13,6 @@
 //! crash.
 
 use idvault_policies::Action;
-use idvault_proto::v1 as pb;
 
 use crate::config::Partner;
 use crate::service::devices::DeviceOutcome;
@@ -102,13 +101,19 @@ impl EventOutcome {
 pub struct Delivered {
     /// Outbox position.
     pub seq: u64,
-    /// The command, fields opened.
-    pub command: pb::Command,
+    /// The command as it waits in the outbox.
+    pub command: PendingCommand,
+    /// Its fields, opened (wiped on drop).
+    pub fields: Vec<(String, rules::EventValue)>,
 }
 
 impl std::fmt::Debug for Delivered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Delivered({}, fields redacted)", self.command.command_id)
+        write!(
+            f,
+            "Delivered({}, fields redacted)",
+            self.command.command.command_id
+        )
     }
 }
 
@@ -122,7 +127,6 @@ pub struct Batch {
     pub next_after: u64,
 }
 
-/// What a command's payload is sealed to.
 /// `cmd_` + 32 random hex digits.
 fn new_command_id(vault: &Vault) -> Result<String, VaultError> {
     let mut b = [0u8; 16];
@@ -139,10 +143,10 @@ impl Vault {
         subject: SubjectRef,
         event_type: String,
         event_id: String,
-        fields: Vec<pb::EventField>,
+        fields: Vec<(String, String)>,
     ) -> Result<EventOutcome, VaultError> {
         self.handle(caller, Action::PublishEvent, async |req| {
-            let event = idvault_core::wire::validate_event(event_type, event_id, fields)
+            let event = rules::Event::new(event_type, event_id, fields)
                 .map_err(|e| VaultError::BadRequest(e.to_string()))?;
             let mut tx = self.begin().await?;
             let id = self.known_subject(&mut tx, req.partner, &subject).await?;
@@ -373,7 +377,10 @@ impl Vault {
             let mut tx = self.begin().await?;
             let seqs: Vec<u64> = out.iter().map(|d| d.seq).collect();
             tx.count_deliveries(&partner.name, &seqs).await?;
-            let ids: Vec<&str> = out.iter().map(|d| d.command.command_id.as_str()).collect();
+            let ids: Vec<&str> = out
+                .iter()
+                .map(|d| d.command.command.command_id.as_str())
+                .collect();
             let mut detail = format!("delivered={} ids={}", out.len(), ids.join(","));
             if !unreadable.is_empty() {
                 detail.push_str(&format!(" unreadable={}", unreadable.join(",")));
@@ -411,24 +418,8 @@ impl Vault {
             .map_err(|_| VaultError::Integrity("command payload"))?;
         Ok(Some(Delivered {
             seq: row.seq,
-            command: pb::Command {
-                command_id: c.command_id.clone(),
-                pairwise_token: c.pairwise_token.clone(),
-                subject_seq: row.subject_seq,
-                command: c.command.clone(),
-                event_type: c.event_type.clone(),
-                source: c.source.clone(),
-                fields: fields
-                    .iter()
-                    .map(|(n, v)| pb::EventField {
-                        name: n.clone(),
-                        value: v.expose().to_owned(),
-                    })
-                    .collect(),
-                created_at_ms: c.created_at_ms,
-                rule_id: c.rule_id.clone(),
-                delivery_attempt: row.deliveries,
-            },
+            command: row.clone(),
+            fields,
         }))
     }
 

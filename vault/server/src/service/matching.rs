@@ -449,11 +449,7 @@ impl Vault {
             .filter(|(d, _)| !st.domains.contains(d))
             .count();
         if stale > 0 {
-            let mut tx = self
-                .store()
-                .begin_audited()
-                .await
-                .map_err(VaultError::AuditUnavailable)?;
+            let mut tx = self.begin().await?;
             let rows = tx.match_drop_domains_except(&st.domains).await?;
             let detail = format!("reindex dropped_domains={stale} rows={rows}");
             self.commit_job(tx, &system, Action::MatchSubjects, detail)
@@ -489,11 +485,7 @@ impl Vault {
                 break;
             };
             after = Some(last);
-            let mut tx = self
-                .store()
-                .begin_audited()
-                .await
-                .map_err(VaultError::AuditUnavailable)?;
+            let mut tx = self.begin().await?;
             for id in &ids {
                 // Deleted since the page was read: nothing to index.
                 let Some(row) = tx.subject(id).await? else {

@@ -9,22 +9,21 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::rows::{fixed, subject_col};
+use super::rows::{fixed, list_col, list_text, subject_col};
 use super::{AuditedTx, Store, StoreError};
 use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
-use idvault_core::subject::{FieldName, SubjectId, join_field_names};
+use idvault_core::subject::{FieldName, SubjectId};
 
-/// A stored comma-joined field list, as written by `join_field_names`: the
-/// one place the encoding is read. A name outside the catalogue is a
-/// corrupt row.
+/// A stored field list: a name outside the catalogue is a corrupt row.
 fn fields_col(row: &AnyRow, col: &'static str) -> Result<Vec<FieldName>, StoreError> {
-    let text: String = row.try_get(col)?;
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
-    text.split(',')
+    list_col(row, col)?
+        .iter()
         .map(|n| FieldName::parse(n).map_err(|_| StoreError::Corrupt(col)))
         .collect()
+}
+
+fn field_list(fields: &[FieldName]) -> String {
+    list_text(fields.iter().map(FieldName::as_str))
 }
 
 fn device(r: &AnyRow) -> Result<Device, StoreError> {
@@ -279,7 +278,7 @@ impl AuditedTx {
         .bind(c.device_id.clone())
         .bind(c.audience.clone())
         .bind(c.purpose.clone())
-        .bind(join_field_names(&c.fields))
+        .bind(field_list(&c.fields))
         .bind(i64::from(c.standing))
         .bind(c.issued_at)
         .bind(c.expires_at)
@@ -334,7 +333,7 @@ impl AuditedTx {
         .bind(r.subject.as_bytes().to_vec())
         .bind(r.partner.clone())
         .bind(r.purpose.clone())
-        .bind(join_field_names(&r.fields))
+        .bind(field_list(&r.fields))
         .bind(r.released_at_ms)
         .bind(r.grant_hash.to_vec())
         .execute(&mut *self.tx)

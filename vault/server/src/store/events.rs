@@ -11,7 +11,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::matching::{IN_CHUNK, placeholders};
-use super::rows::{i64_to_u64, subject_col, u64_to_i64};
+use super::rows::{i64_to_u64, list_col, list_text, subject_col, u64_to_i64};
 use super::{AuditedTx, StoreError};
 use idvault_core::records::SubjectRecord;
 use idvault_core::rules::{AcceptedEvent, History, OutboxCommand, PendingCommand, Rule};
@@ -28,17 +28,12 @@ macro_rules! ignored_unlinked {
 pub const IGNORED_UNLINKED: &str = ignored_unlinked!();
 
 fn rule_from_row(r: &AnyRow) -> Result<Rule, StoreError> {
-    let fields: String = r.try_get("fields")?;
     Ok(Rule {
         source: r.try_get("source")?,
         event_type: r.try_get("event_type")?,
         target: r.try_get("target")?,
         command: r.try_get("command")?,
-        fields: fields
-            .split(',')
-            .filter(|f| !f.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        fields: list_col(r, "fields")?,
     })
 }
 
@@ -229,7 +224,7 @@ impl AuditedTx {
             .bind(r.event_type.clone())
             .bind(r.target.clone())
             .bind(r.command.clone())
-            .bind(r.fields.join(","))
+            .bind(list_text(r.fields.iter().map(String::as_str)))
             .execute(&mut *self.tx)
             .await?;
         }

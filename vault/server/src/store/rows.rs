@@ -37,6 +37,22 @@ pub(super) fn fixed<const N: usize>(
     b.try_into().map_err(|_| StoreError::Corrupt(col))
 }
 
+/// A stored list column: items joined by commas (every list stored this
+/// way holds names that cannot contain one). The one reader of the encoding.
+pub(super) fn list_col(row: &AnyRow, col: &'static str) -> Result<Vec<String>, StoreError> {
+    let text: String = row.try_get(col)?;
+    Ok(text
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The stored form of a list column (see [`list_col`]): the one writer.
+pub(super) fn list_text<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    items.into_iter().collect::<Vec<_>>().join(",")
+}
+
 fn array32(v: Vec<u8>, col: &'static str) -> Result<[u8; 32], StoreError> {
     v.try_into().map_err(|_| StoreError::Corrupt(col))
 }
