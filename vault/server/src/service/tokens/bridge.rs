@@ -196,97 +196,93 @@ impl Vault {
         opts: &NormalizeOptions,
     ) -> Result<ImportSummary, VaultError> {
         let owner = &req.partner.name;
-        {
-            let current = self.keys().current_version();
-            // Newest version first: new links use it; older ones still find old links.
-            let keys = (1..=current)
-                .rev()
-                .map(|v| self.keys().xref_index_key(owner, v))
-                .collect::<Result<Vec<_>, KeyError>>()?;
-            let mut summary = ImportSummary {
-                records: records.len() as u64,
-                ..ImportSummary::default()
-            };
-            let seal_key = self.keys().xref_seal_key(current)?;
-            let mut prepared = Vec::with_capacity(records.len());
-            for (i, r) in records.into_iter().enumerate() {
-                match self.prepare(i, r, opts, &keys) {
-                    Ok(p) => prepared.push(p),
-                    Err(e) => summary.rejected.push(e),
-                }
+        let current = self.keys().current_version();
+        // Newest version first: new links use it; older ones still find old links.
+        let keys = (1..=current)
+            .rev()
+            .map(|v| self.keys().xref_index_key(owner, v))
+            .collect::<Result<Vec<_>, KeyError>>()?;
+        let mut summary = ImportSummary {
+            records: records.len() as u64,
+            ..ImportSummary::default()
+        };
+        let seal_key = self.keys().xref_seal_key(current)?;
+        let mut prepared = Vec::with_capacity(records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            match self.prepare(i, r, opts, &keys) {
+                Ok(p) => prepared.push(p),
+                Err(e) => summary.rejected.push(e),
             }
-            let now = self.now_millis();
-            let mut tx = self.begin().await?;
-            for p in &prepared {
-                // One query for every identifier and key version of the record.
-                let all: Vec<[u8; HASH_LEN]> = p
-                    .ids
-                    .iter()
-                    .flat_map(|(_, idx, _)| idx.iter().copied())
-                    .collect();
-                let found = tx.xref_lookup(&all).await?;
-                let existing: Vec<Option<String>> = p
-                    .ids
-                    .iter()
-                    .map(|(_, idx, _)| idx.iter().find_map(|i| found.get(i)).cloned())
-                    .collect();
-                let mut fresh_err = None;
-                let plan = plan_record(&existing, || {
-                    let mut b = [0u8; 16];
-                    if let Err(e) = self.rng().fill(&mut b) {
-                        fresh_err = Some(e);
-                    }
-                    idvault_tokenizer::token::entity_token(&b)
-                });
-                if let Some(e) = fresh_err {
-                    return Err(VaultError::Key(e.into()));
-                }
-                if plan.is_noop() {
-                    summary.records_unchanged += 1;
-                    continue;
-                }
-                if plan.created {
-                    tx.xref_create(owner, &plan.token, now).await?;
-                    summary.entities_created += 1;
-                }
-                if !plan.merged.is_empty() {
-                    tx.xref_merge(&plan.token, &plan.merged).await?;
-                    summary.merges.push(Merge {
-                        record_id: p.record_id.clone(),
-                        surviving: plan.token.clone(),
-                        merged: plan.merged.clone(),
-                    });
-                }
-                for &i in &plan.new_links {
-                    if let Some((ty, idx, value)) = p.ids.get(i)
-                        && let Some(bi) = idx.first()
-                    {
-                        let sealed =
-                            idvault_core::xref::seal_identifier(&seal_key, bi, value, self.rng())
-                                .map_err(|e| VaultError::Key(e.into()))?;
-                        tx.xref_link(bi, current, ty.name(), owner, &plan.token, sealed)
-                            .await?;
-                        summary.identifiers_linked += 1;
-                    }
-                }
-            }
-            let detail = format!(
-                "records={} created={} linked={} merged={} unchanged={} rejected={}",
-                summary.records,
-                summary.entities_created,
-                summary.identifiers_linked,
-                summary.merges.len(),
-                summary.records_unchanged,
-                summary.rejected.len()
-            );
-            if summary.entities_created + summary.identifiers_linked > 0
-                || !summary.merges.is_empty()
-            {
-                tx.xref_bump_generation().await?;
-            }
-            self.commit(tx, req, None, detail).await?;
-            Ok(summary)
         }
+        let now = self.now_millis();
+        let mut tx = self.begin().await?;
+        for p in &prepared {
+            // One query for every identifier and key version of the record.
+            let all: Vec<[u8; HASH_LEN]> = p
+                .ids
+                .iter()
+                .flat_map(|(_, idx, _)| idx.iter().copied())
+                .collect();
+            let found = tx.xref_lookup(&all).await?;
+            let existing: Vec<Option<String>> = p
+                .ids
+                .iter()
+                .map(|(_, idx, _)| idx.iter().find_map(|i| found.get(i)).cloned())
+                .collect();
+            let mut fresh_err = None;
+            let plan = plan_record(&existing, || {
+                let mut b = [0u8; 16];
+                if let Err(e) = self.rng().fill(&mut b) {
+                    fresh_err = Some(e);
+                }
+                idvault_tokenizer::token::entity_token(&b)
+            });
+            if let Some(e) = fresh_err {
+                return Err(VaultError::Key(e.into()));
+            }
+            if plan.is_noop() {
+                summary.records_unchanged += 1;
+                continue;
+            }
+            if plan.created {
+                tx.xref_create(owner, &plan.token, now).await?;
+                summary.entities_created += 1;
+            }
+            if !plan.merged.is_empty() {
+                tx.xref_merge(&plan.token, &plan.merged).await?;
+                summary.merges.push(Merge {
+                    record_id: p.record_id.clone(),
+                    surviving: plan.token.clone(),
+                    merged: plan.merged.clone(),
+                });
+            }
+            for &i in &plan.new_links {
+                if let Some((ty, idx, value)) = p.ids.get(i)
+                    && let Some(bi) = idx.first()
+                {
+                    let sealed =
+                        idvault_core::xref::seal_identifier(&seal_key, bi, value, self.rng())
+                            .map_err(|e| VaultError::Key(e.into()))?;
+                    tx.xref_link(bi, current, ty.name(), owner, &plan.token, sealed)
+                        .await?;
+                    summary.identifiers_linked += 1;
+                }
+            }
+        }
+        let detail = format!(
+            "records={} created={} linked={} merged={} unchanged={} rejected={}",
+            summary.records,
+            summary.entities_created,
+            summary.identifiers_linked,
+            summary.merges.len(),
+            summary.records_unchanged,
+            summary.rejected.len()
+        );
+        if summary.entities_created + summary.identifiers_linked > 0 || !summary.merges.is_empty() {
+            tx.xref_bump_generation().await?;
+        }
+        self.commit(tx, req, None, detail).await?;
+        Ok(summary)
     }
 }
 
