@@ -5,6 +5,7 @@
 //!   └─ HKDF-SHA256(salt = SALT, ikm = root, info = label ‖ 0x00 ‖ version_be32)
 //!        ├─ "idvault/v1/kek"        → key-encryption key, wraps subject DEKs
 //!        ├─ "idvault/v1/audit-mac"  → audit-log record MAC key
+//!        ├─ "idvault/v1/audit-signing" → Ed25519 seed signing audit checkpoints
 //!        └─ (later) token, blind-index keys, one label each
 //! subject DEK: 32 random bytes, stored only wrapped:
 //!   AES-256-GCM(kek_v, nonce, aad = "idvault/v1/dek-wrap" ‖ subject_id ‖ version_be32)
@@ -26,7 +27,9 @@ use std::fmt;
 use zeroize::Zeroize;
 
 use super::crypto::{self, CryptoError, NONCE_LEN, Rng};
-use super::secret::{AuditKey, DataKey, KEY_LEN, Kek, KeyPurpose, RootKey, Secret, TokenKey};
+use super::secret::{
+    AuditKey, AuditSigningSeed, DataKey, KEY_LEN, Kek, KeyPurpose, RootKey, Secret, TokenKey,
+};
 use super::subject::SubjectId;
 
 /// HKDF salt for every derivation from the root key.
@@ -35,6 +38,9 @@ pub const HKDF_SALT: &[u8] = b"idvault/v1/hkdf-salt";
 pub const LABEL_KEK: &str = "idvault/v1/kek";
 /// HKDF label of the audit MAC key.
 pub const LABEL_AUDIT_MAC: &str = "idvault/v1/audit-mac";
+/// HKDF label of the audit checkpoint signing seed (Ed25519, see
+/// [`crate::tlog::checkpoint`]).
+pub const LABEL_AUDIT_SIGNING: &str = "idvault/v1/audit-signing";
 /// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
 pub const LABEL_TOKEN_PREFIX: &str = "idvault/v1/token/";
 /// AAD prefix of a wrapped DEK.
@@ -208,6 +214,11 @@ impl KeyHierarchy {
     /// The audit MAC key of `version`.
     pub fn audit_key(&self, version: u32) -> Result<AuditKey, KeyError> {
         self.derive(LABEL_AUDIT_MAC, version)
+    }
+
+    /// The Ed25519 seed that signs audit checkpoints, of `version`.
+    pub fn audit_signing_seed(&self, version: u32) -> Result<AuditSigningSeed, KeyError> {
+        self.derive(LABEL_AUDIT_SIGNING, version)
     }
 
     /// Partner `owner`'s cross-reference blind-index key of `version`
@@ -384,6 +395,9 @@ mod tests {
         );
         assert_ne!(kek1.expose(), kek2.expose());
         assert_ne!(kek1.expose(), audit1.expose());
+        let signing1 = h.audit_signing_seed(1).unwrap();
+        assert_ne!(signing1.expose(), audit1.expose());
+        assert_ne!(signing1.expose(), h.audit_signing_seed(2).unwrap().expose());
         assert_eq!(h.kek(1).unwrap().expose(), kek1.expose());
         assert_eq!(h.kek(9).unwrap_err(), KeyError::UnknownVersion(9));
     }

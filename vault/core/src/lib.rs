@@ -1,4 +1,4 @@
-//! idvault-core: keys, packets, subjects, audit chaining, consent and rule
+//! idvault-core: keys, packets, subjects, the audit transparency log, consent and rule
 //! checks, matching plans and the partner registry's domain types.
 //!
 //! Everything here works on bytes and values. It must never open a socket,
@@ -12,7 +12,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod audit;
 pub mod consent;
 pub mod crypto;
 pub mod device_request;
@@ -24,6 +23,7 @@ pub mod records;
 pub mod rules;
 pub mod secret;
 pub mod subject;
+pub mod tlog;
 pub mod xref;
 
 // The protobuf boundary; its public items are re-exported from `consent`

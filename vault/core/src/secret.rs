@@ -37,6 +37,8 @@ purposes! {
     DataKeyMaterial => "data-key";
     /// The audit-log MAC key.
     AuditKeyMaterial => "audit-mac-key";
+    /// The Ed25519 seed the audit transparency log signs checkpoints with.
+    AuditSigningMaterial => "audit-signing-seed";
     /// A token domain's HMAC key.
     TokenKeyMaterial => "token-key";
     /// A partner's cross-reference blind-index key.
@@ -105,6 +107,8 @@ pub type Kek = Secret<KekMaterial>;
 pub type DataKey = Secret<DataKeyMaterial>;
 /// The audit MAC key.
 pub type AuditKey = Secret<AuditKeyMaterial>;
+/// The audit checkpoint signing seed (an Ed25519 private key).
+pub type AuditSigningSeed = Secret<AuditSigningMaterial>;
 /// A token domain key.
 pub type TokenKey = Secret<TokenKeyMaterial>;
 
