@@ -58,6 +58,8 @@ pub enum Action {
     PublishEvent,
     /// Drain and acknowledge the commands addressed to the partner.
     ReceiveCommands,
+    /// Read the audit log's checkpoints and proofs (`AuditService`).
+    ReadAudit,
 }
 
 impl Action {
@@ -78,6 +80,7 @@ impl Action {
         Self::DeviceCall,
         Self::PublishEvent,
         Self::ReceiveCommands,
+        Self::ReadAudit,
     ];
 
     /// The RPC-style name used in audit records.
@@ -98,6 +101,7 @@ impl Action {
             Self::DeviceCall => "DeviceCall",
             Self::PublishEvent => "PublishEvent",
             Self::ReceiveCommands => "ReceiveCommands",
+            Self::ReadAudit => "ReadAudit",
         }
     }
 }
@@ -136,6 +140,8 @@ pub enum Role {
     EventsPublish,
     /// `commands.receive`: drain and acknowledge commands.
     CommandsReceive,
+    /// `audit.read`: fetch audit checkpoints and proofs of its own requests.
+    AuditRead,
 }
 
 /// A role name that is not known.
@@ -158,6 +164,7 @@ impl Role {
         "devices.wallet",
         "events.publish",
         "commands.receive",
+        "audit.read",
     ];
 
     /// Parses a registry role name.
@@ -175,6 +182,7 @@ impl Role {
             "devices.wallet" => Ok(Self::DevicesWallet),
             "events.publish" => Ok(Self::EventsPublish),
             "commands.receive" => Ok(Self::CommandsReceive),
+            "audit.read" => Ok(Self::AuditRead),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -194,6 +202,7 @@ impl Role {
             Self::DevicesWallet => "devices.wallet",
             Self::EventsPublish => "events.publish",
             Self::CommandsReceive => "commands.receive",
+            Self::AuditRead => "audit.read",
         }
     }
 }

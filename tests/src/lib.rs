@@ -213,9 +213,32 @@ impl TestVault {
             .unwrap()
     }
 
+    /// Waits (up to 20 s) until the sequencer has put every leaf written so
+    /// far into a signed checkpoint.
+    pub async fn checkpointed(&self) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            if self
+                .count("SELECT count(*) FROM audit_log WHERE idx IS NULL")
+                .await
+                == 0
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("audit leaves still not in a checkpoint after 20 s")
+    }
+
+    /// Waits for the checkpoint, then verifies the whole audit log with
+    /// the vault's keys (signatures and MACs).
+    pub async fn verify_audit(&self) -> anyhow::Result<idvault_server::service::AuditVerdict> {
+        self.checkpointed().await?;
+        Ok(self.vault.verify_own_audit_log().await?)
+    }
+
     /// `(action, outcome, detail)` of the newest audit record.
     pub async fn last_audit(&self) -> (String, String, String) {
-        sqlx::query_as("SELECT action, outcome, detail FROM audit_log ORDER BY seq DESC LIMIT 1")
+        sqlx::query_as("SELECT action, outcome, detail FROM audit_log ORDER BY id DESC LIMIT 1")
             .fetch_one(self.db())
             .await
             .unwrap()

@@ -1,52 +1,382 @@
 //! The audit log: tamper detection, fail-closed writes, no PII.
 
-use idvault_tests::idvault_core::audit::AuditFault;
+use idvault_tests::idvault_core::tlog::checkpoint::{NoteVerifier, open_checkpoint};
+use idvault_tests::idvault_core::tlog::leaf::AuditLeaf;
+use idvault_tests::idvault_core::tlog::merkle;
+use idvault_tests::idvault_proto::v1::audit_service_client::AuditServiceClient;
 use idvault_tests::idvault_proto::v1::{
-    CreateSubjectRequest, UpdateSubjectRequest, VerifySubjectChainRequest,
+    CreateSubjectRequest, GetCheckpointRequest, GetConsistencyProofRequest,
+    GetInclusionProofRequest, UpdateSubjectRequest, VerifySubjectChainRequest,
+    get_inclusion_proof_request::Leaf,
 };
-use idvault_tests::idvault_server::service::{AuditVerdict, verify_audit_log};
+use idvault_tests::idvault_server::service::AuditVerdict;
+use idvault_tests::idvault_server::service::audit::{AuditFault, verify_audit_log};
 use idvault_tests::{Backend, TestVault};
 use tonic::Code;
 
 use crate::subjects::{create, fields};
 
-pub async fn edited_record_is_named(b: Backend) -> anyhow::Result<()> {
+/// Writes `n` subjects and waits for their checkpoint.
+async fn log_of(b: Backend, n: usize) -> anyhow::Result<TestVault> {
     let tv = TestVault::start(b).await?;
-    for _ in 0..3 {
-        create(&tv, "partner-a", &[("city", "Lima")]).await?;
+    for i in 0..n {
+        create(&tv, "partner-a", &[("city", &format!("Lima {i}"))]).await?;
     }
-    assert_eq!(
-        verify_audit_log(tv.vault.store(), tv.vault.keys()).await?,
-        AuditVerdict::Intact { records: 3 }
+    let v = tv.verify_audit().await?;
+    assert!(
+        matches!(v, AuditVerdict::Intact { leaves, pending: 0, .. } if leaves == n as u64),
+        "{v:?}"
     );
+    Ok(tv)
+}
+
+async fn verdict(tv: &TestVault) -> anyhow::Result<AuditVerdict> {
+    Ok(tv.vault.verify_own_audit_log().await?)
+}
+
+async fn public_verdict(tv: &TestVault) -> anyhow::Result<AuditVerdict> {
+    let keys: Vec<NoteVerifier> = tv
+        .vault
+        .audit_verifier_keys()?
+        .iter()
+        .map(|k| NoteVerifier::parse(k))
+        .collect::<Result<_, _>>()?;
+    Ok(verify_audit_log(tv.vault.store(), &keys, keys[0].name(), None).await?)
+}
+
+async fn leaf_at(tv: &TestVault, idx: i64) -> anyhow::Result<AuditLeaf> {
+    let bytes: Vec<u8> = sqlx::query_scalar("SELECT leaf FROM audit_log WHERE idx = $1")
+        .bind(idx)
+        .fetch_one(tv.db())
+        .await?;
+    Ok(AuditLeaf::decode(&bytes)?)
+}
+
+async fn rewrite_leaf(tv: &TestVault, idx: i64, leaf: &AuditLeaf) -> anyhow::Result<()> {
+    sqlx::query("UPDATE audit_log SET leaf = $1, actor = $2 WHERE idx = $3")
+        .bind(leaf.encode())
+        .bind(leaf.actor.clone())
+        .bind(idx)
+        .execute(tv.db())
+        .await?;
+    Ok(())
+}
+
+fn broken(v: AuditVerdict) -> AuditFault {
+    match v {
+        AuditVerdict::Broken(f) => f,
+        other => panic!("expected a fault, got {other:?}"),
+    }
+}
+
+/// Editing a leaf's column, its bytes, or its bytes and its tree node:
+/// each is named, with the public key alone.
+pub async fn edited_record_is_named(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 4).await?;
+    assert!(matches!(
+        public_verdict(&tv).await?,
+        AuditVerdict::Intact { leaves: 4, .. }
+    ));
+    // A column edited (what an operator's query would show).
     sqlx::query(
-        "UPDATE audit_log SET actor = 'spiffe://idvault.dev/partner/partner-b' WHERE seq = 2",
+        "UPDATE audit_log SET actor = 'spiffe://idvault.dev/partner/partner-b' WHERE idx = 1",
     )
     .execute(tv.db())
     .await?;
+    let f = broken(public_verdict(&tv).await?);
     assert_eq!(
-        verify_audit_log(tv.vault.store(), tv.vault.keys()).await?,
-        AuditVerdict::Broken {
-            seq: 2,
-            fault: AuditFault::ContentMismatch
+        f,
+        AuditFault::LeafEdited {
+            index: Some(1),
+            row: f_row(&f)
         }
     );
-    // Removing the last record is caught by the head.
-    sqlx::query(
-        "UPDATE audit_log SET actor = 'spiffe://idvault.dev/partner/partner-a' WHERE seq = 2",
-    )
-    .execute(tv.db())
-    .await?;
-    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+    assert!(f.to_string().contains("leaf 1"), "{f}");
+    // The leaf bytes re-encoded to agree with the column: its stored
+    // tree node no longer matches.
+    let mut leaf = leaf_at(&tv, 1).await?;
+    leaf.actor = "spiffe://idvault.dev/partner/partner-b".into();
+    rewrite_leaf(&tv, 1, &leaf).await?;
+    assert!(matches!(
+        broken(public_verdict(&tv).await?),
+        AuditFault::LeafEdited { index: Some(1), .. }
+    ));
+    // The node rewritten too: the signed root does not match.
+    sqlx::query("UPDATE audit_nodes SET hash = $1 WHERE level = 0 AND idx = 1")
+        .bind(merkle::leaf_hash(&leaf.encode()).to_vec())
+        .execute(tv.db())
+        .await?;
+    let f = broken(public_verdict(&tv).await?);
+    assert!(matches!(f, AuditFault::CheckpointRoot { .. }), "{f:?}");
+    // With the root key the forged leaf's MAC is named first.
+    assert!(matches!(
+        broken(verdict(&tv).await?),
+        AuditFault::BadMac { index: Some(1), .. }
+    ));
+    tv.stop().await
+}
+
+fn f_row(f: &AuditFault) -> i64 {
+    match f {
+        AuditFault::LeafEdited { row, .. } | AuditFault::BadMac { row, .. } => *row,
+        _ => -1,
+    }
+}
+
+/// Deleting the newest leaves after they were checkpointed, or swapping
+/// two leaves, is caught with the public key alone.
+pub async fn removed_and_reordered_leaves_are_named(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 5).await?;
+    sqlx::query("DELETE FROM audit_log WHERE idx >= 3")
         .execute(tv.db())
         .await?;
     assert_eq!(
-        verify_audit_log(tv.vault.store(), tv.vault.keys()).await?,
-        AuditVerdict::Broken {
-            seq: 3,
-            fault: AuditFault::HeadMismatch
+        broken(public_verdict(&tv).await?),
+        AuditFault::LeafMissing { index: 3 }
+    );
+    tv.stop().await?;
+
+    let tv = log_of(b, 5).await?;
+    // Swap leaves 1 and 2 (through a free index: idx is unique).
+    for sql in [
+        "UPDATE audit_log SET idx = 1000 WHERE idx = 1",
+        "UPDATE audit_log SET idx = 1 WHERE idx = 2",
+        "UPDATE audit_log SET idx = 2 WHERE idx = 1000",
+    ] {
+        sqlx::query(sql).execute(tv.db()).await?;
+    }
+    assert!(matches!(
+        broken(public_verdict(&tv).await?),
+        AuditFault::LeafEdited { index: Some(1), .. }
+    ));
+    tv.stop().await
+}
+
+/// A checkpoint whose note was altered (a different root signed by no
+/// one) is named by its size.
+pub async fn forged_checkpoint_is_named(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 3).await?;
+    let (size, note): (i64, String) = sqlx::query_as(
+        "SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+    )
+    .fetch_one(tv.db())
+    .await?;
+    let forged = note.replacen(&format!("\n{size}\n"), &format!("\n{}\n", size + 1), 1);
+    assert_ne!(forged, note);
+    sqlx::query("UPDATE audit_checkpoints SET note = $1 WHERE tree_size = $2")
+        .bind(forged)
+        .bind(size)
+        .execute(tv.db())
+        .await?;
+    assert_eq!(
+        broken(public_verdict(&tv).await?),
+        AuditFault::CheckpointSignature { size: size as u64 }
+    );
+    tv.stop().await
+}
+
+/// A leaf inserted by a database writer without the audit key is never
+/// signed into the tree, and the root key names it.
+pub async fn forged_leaf_is_not_sequenced(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 2).await?;
+    let mut leaf = leaf_at(&tv, 0).await?;
+    leaf.actor = "spiffe://idvault.dev/partner/partner-b".into();
+    leaf.request_id = [7; 16];
+    sqlx::query(
+        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
+         head_seq, leaf, key_version, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10)",
+    )
+    .bind(leaf.time_ms)
+    .bind(leaf.actor.clone())
+    .bind(leaf.action.clone())
+    .bind(leaf.subject.clone())
+    .bind(leaf.outcome.clone())
+    .bind(leaf.detail.clone())
+    .bind(leaf.request_id.to_vec())
+    .bind(leaf.head.map(|(s, _)| s as i64))
+    .bind(leaf.encode())
+    .bind(vec![0u8; 32])
+    .execute(tv.db())
+    .await?;
+    // A real write after it is sequenced; the forged one never is.
+    create(&tv, "partner-a", &[("city", "Oslo")]).await?;
+    for _ in 0..100 {
+        if tv
+            .count("SELECT count(*) FROM audit_log WHERE idx IS NOT NULL")
+            .await
+            == 3
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE idx IS NOT NULL")
+            .await,
+        3
+    );
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE idx IS NULL")
+            .await,
+        1
+    );
+    assert!(matches!(
+        broken(verdict(&tv).await?),
+        AuditFault::BadMac { index: None, .. }
+    ));
+    tv.stop().await
+}
+
+/// A subject's chain rolled back (newest packet dropped, head reset) is
+/// caught by `audit verify` and by VerifySubjectChain.
+pub async fn rolled_back_chain_is_detected(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let id = create(&tv, "partner-a", &[("city", "Lima")]).await?;
+    let mut c = tv.subjects("partner-a").await?;
+    c.update_subject(UpdateSubjectRequest {
+        subject_id: id.clone(),
+        fields: fields(&[("city", "Cusco")]),
+    })
+    .await?;
+    assert!(matches!(
+        tv.verify_audit().await?,
+        AuditVerdict::Intact { .. }
+    ));
+    let raw = hex::decode(id.replace('-', ""))?;
+    // Drop the newest packet and reset the head to the one before it.
+    let prev: Vec<u8> =
+        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = 1")
+            .bind(raw.clone())
+            .fetch_one(tv.db())
+            .await?;
+    let head = idvault_tests::idvault_core::packet::packet_hash(&prev);
+    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 2")
+        .bind(raw.clone())
+        .execute(tv.db())
+        .await?;
+    sqlx::query("UPDATE subjects SET head_seq = 1, head_hash = $1 WHERE subject_id = $2")
+        .bind(head.to_vec())
+        .bind(raw)
+        .execute(tv.db())
+        .await?;
+    let f = broken(verdict(&tv).await?);
+    assert_eq!(
+        f,
+        AuditFault::SubjectRolledBack {
+            subject: id.clone()
         }
     );
+    let v = c
+        .verify_subject_chain(VerifySubjectChainRequest { subject_id: id })
+        .await?
+        .into_inner();
+    assert!(!v.intact, "{v:?}");
+    tv.stop().await
+}
+
+/// Over gRPC: a partner gets the signed checkpoint, proves its own
+/// request is in the tree by the request id its response carried, and
+/// checks consistency with an older checkpoint; another partner's leaf is
+/// not found for it.
+pub async fn proofs_over_grpc(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let mut c = tv.subjects("partner-a").await?;
+    let resp = c
+        .create_subject(CreateSubjectRequest {
+            fields: fields(&[("city", "Lima")]),
+        })
+        .await?;
+    let request_id = resp
+        .metadata()
+        .get("idvault-request-id")
+        .expect("request id header")
+        .to_str()?
+        .to_owned();
+    assert_eq!(request_id.len(), 32);
+    tv.checkpointed().await?;
+    let keys: Vec<NoteVerifier> = tv
+        .vault
+        .audit_verifier_keys()?
+        .iter()
+        .map(|k| NoteVerifier::parse(k))
+        .collect::<Result<_, _>>()?;
+    let origin = keys[0].name().to_owned();
+    let mut audit = AuditServiceClient::new(tv.channel("partner-a").await?);
+    let first = audit
+        .get_checkpoint(GetCheckpointRequest {})
+        .await?
+        .into_inner();
+    let first_cp = open_checkpoint(&first.note, &keys, &origin)?;
+    let p = audit
+        .get_inclusion_proof(GetInclusionProofRequest {
+            leaf: Some(Leaf::RequestId(request_id.clone())),
+            tree_size: 0,
+        })
+        .await?
+        .into_inner();
+    let cp = open_checkpoint(&p.checkpoint, &keys, &origin)?;
+    let hashes: Vec<[u8; 32]> = p
+        .hashes
+        .iter()
+        .map(|h| h.as_slice().try_into())
+        .collect::<Result<_, _>>()?;
+    merkle::verify_inclusion(
+        p.leaf_index,
+        cp.size,
+        &merkle::leaf_hash(&p.leaf),
+        &hashes,
+        &cp.root,
+    )?;
+    let leaf = AuditLeaf::decode(&p.leaf)?;
+    assert_eq!(hex::encode(leaf.request_id), request_id);
+    assert_eq!(leaf.action, "CreateSubject");
+    // More writes, a newer checkpoint, consistent with the first.
+    for i in 0..3 {
+        create(&tv, "partner-b", &[("city", &format!("Rome {i}"))]).await?;
+    }
+    tv.checkpointed().await?;
+    let newer = audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: first_cp.size,
+            new_size: 0,
+        })
+        .await?
+        .into_inner();
+    let new_cp = open_checkpoint(&newer.checkpoint, &keys, &origin)?;
+    assert!(new_cp.size > first_cp.size);
+    let hashes: Vec<[u8; 32]> = newer
+        .hashes
+        .iter()
+        .map(|h| h.as_slice().try_into())
+        .collect::<Result<_, _>>()?;
+    merkle::verify_consistency(
+        first_cp.size,
+        new_cp.size,
+        &first_cp.root,
+        &new_cp.root,
+        &hashes,
+    )?;
+    // partner-b's leaves are not partner-a's to read.
+    let b_leaf: i64 = sqlx::query_scalar(
+        "SELECT idx FROM audit_log WHERE actor = 'spiffe://idvault.dev/partner/partner-b' ORDER BY idx LIMIT 1",
+    )
+    .fetch_one(tv.db())
+    .await?;
+    let e = audit
+        .get_inclusion_proof(GetInclusionProofRequest {
+            leaf: Some(Leaf::LeafIndex(b_leaf as u64)),
+            tree_size: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // The wallet app holds no audit.read role.
+    let mut audit_w = AuditServiceClient::new(tv.channel("wallet").await?);
+    let e = audit_w
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     tv.stop().await
 }
 
@@ -80,7 +410,7 @@ pub async fn fail_closed(b: Backend) -> anyhow::Result<()> {
     let before = (
         tv.count("SELECT count(*) FROM subjects").await,
         tv.count("SELECT count(*) FROM packets").await,
-        tv.count("SELECT seq FROM audit_head").await,
+        tv.count("SELECT count(*) FROM audit_log").await,
     );
     let mut c = tv.subjects("partner-a").await?;
     let e = c
@@ -109,7 +439,7 @@ pub async fn fail_closed(b: Backend) -> anyhow::Result<()> {
     let after = (
         tv.count("SELECT count(*) FROM subjects").await,
         tv.count("SELECT count(*) FROM packets").await,
-        tv.count("SELECT seq FROM audit_head").await,
+        tv.count("SELECT count(*) FROM audit_log").await,
     );
     assert_eq!(before, after, "nothing changed");
     let drop = match b {
@@ -122,10 +452,14 @@ pub async fn fail_closed(b: Backend) -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(v.intact && v.packets_checked == 1);
-    assert_eq!(
-        verify_audit_log(tv.vault.store(), tv.vault.keys()).await?,
-        AuditVerdict::Intact { records: 2 }
-    );
+    assert!(matches!(
+        tv.verify_audit().await?,
+        AuditVerdict::Intact {
+            leaves: 2,
+            pending: 0,
+            ..
+        }
+    ));
     tv.stop().await
 }
 
@@ -156,7 +490,7 @@ pub async fn refusals_are_audited_without_pii(b: Backend) -> anyhow::Result<()> 
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT actor, outcome, detail FROM audit_log ORDER BY seq")
+        sqlx::query_as("SELECT actor, outcome, detail FROM audit_log ORDER BY id")
             .fetch_all(tv.db())
             .await?;
     let outcomes: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();

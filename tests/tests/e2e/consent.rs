@@ -225,7 +225,7 @@ impl Ctx {
     /// `(outcome, detail)` of every audit record of `action`.
     async fn audit(&self, action: &str) -> Vec<(String, String)> {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT outcome, detail FROM audit_log WHERE action = '{action}' ORDER BY seq"
+            "SELECT outcome, detail FROM audit_log WHERE action = '{action}' ORDER BY id"
         )))
         .fetch_all(self.tv.db())
         .await

@@ -199,7 +199,7 @@ impl Ctx {
 
     async fn audit(&self, action: &str) -> Vec<(String, String)> {
         sqlx::query_as::<_, (String, String)>(
-            "SELECT outcome, detail FROM audit_log WHERE action = $1 ORDER BY seq",
+            "SELECT outcome, detail FROM audit_log WHERE action = $1 ORDER BY id",
         )
         .bind(action.to_owned())
         .fetch_all(self.tv.db())

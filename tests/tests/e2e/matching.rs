@@ -73,7 +73,7 @@ async fn query(
 /// Every text column of the audit log, concatenated per row.
 async fn audit_text(tv: &TestVault) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT actor || ' ' || action || ' ' || coalesce(subject, '-') || ' ' || outcome || ' ' || detail FROM audit_log ORDER BY seq",
+        "SELECT actor || ' ' || action || ' ' || coalesce(subject, '-') || ' ' || outcome || ' ' || detail FROM audit_log ORDER BY id",
     )
     .fetch_all(tv.db())
     .await

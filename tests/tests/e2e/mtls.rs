@@ -197,12 +197,33 @@ pub async fn unregistered_partner_is_denied_and_audited(b: Backend) -> anyhow::R
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("not registered"));
-    let (actor, outcome): (String, String) =
-        sqlx::query_as("SELECT actor, outcome FROM audit_log WHERE seq = 1")
-            .fetch_one(tv.db())
-            .await?;
+    // Refusals of unregistered identities are coalesced: one leaf per
+    // identity per interval, with the count.
+    let _ = c
+        .create_subject(CreateSubjectRequest {
+            fields: fields(&[("city", "Hue")]),
+        })
+        .await
+        .unwrap_err();
+    tv.checkpointed().await?;
+    let mut row: Option<(String, String, String)> = None;
+    for _ in 0..50 {
+        row =
+            sqlx::query_as("SELECT actor, outcome, detail FROM audit_log WHERE action = 'Refused'")
+                .fetch_optional(tv.db())
+                .await?;
+        if row.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (actor, outcome, detail) = row.expect("coalesced refusal audited");
     assert_eq!(actor, "spiffe://idvault.dev/partner/partner-z");
     assert_eq!(outcome, "denied");
+    assert!(
+        detail.starts_with("unregistered identity count=2"),
+        "{detail}"
+    );
     assert_eq!(tv.count("SELECT count(*) FROM subjects").await, 0);
     tv.stop().await
 }

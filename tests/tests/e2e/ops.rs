@@ -4,7 +4,7 @@ use idvault_tests::idvault_core::SystemRng;
 use idvault_tests::idvault_proto::v1::{
     CreateSubjectRequest, UpdateSubjectRequest, VerifySubjectChainRequest,
 };
-use idvault_tests::idvault_server::service::{AuditVerdict, verify_audit_log};
+use idvault_tests::idvault_server::service::AuditVerdict;
 use idvault_tests::{Backend, TestVault};
 
 use crate::subjects::{create, fields};
@@ -49,8 +49,12 @@ pub async fn concurrent_writes_keep_one_audit_chain(b: Backend) -> anyhow::Resul
         .into_inner();
     assert!(v.intact && v.packets_checked == 11, "{v:?}");
     assert_eq!(
-        verify_audit_log(tv.vault.store(), tv.vault.keys()).await?,
-        AuditVerdict::Intact { records: 42 }
+        tv.verify_audit().await?,
+        AuditVerdict::Intact {
+            leaves: 42,
+            checkpoints: tv.count("SELECT count(*) FROM audit_checkpoints").await as u64,
+            pending: 0
+        }
     );
     tv.stop().await
 }
@@ -91,8 +95,12 @@ pub async fn root_key_rotation_keeps_old_data(b: Backend) -> anyhow::Result<()> 
             .await?;
     assert_eq!(key_versions, [1, 2]);
     assert_eq!(
-        verify_audit_log(tv.vault.store(), tv.vault.keys()).await?,
-        AuditVerdict::Intact { records: 5 }
+        tv.verify_audit().await?,
+        AuditVerdict::Intact {
+            leaves: 5,
+            checkpoints: tv.count("SELECT count(*) FROM audit_checkpoints").await as u64,
+            pending: 0
+        }
     );
     tv.stop().await
 }

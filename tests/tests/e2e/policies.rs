@@ -50,7 +50,7 @@ async fn matches(tv: &TestVault, partner: &str) -> Result<(), tonic::Status> {
 
 /// `(action, outcome, detail)` of every audit record, in order.
 async fn audit(tv: &TestVault) -> Vec<(String, String, String)> {
-    sqlx::query_as("SELECT action, outcome, detail FROM audit_log ORDER BY seq")
+    sqlx::query_as("SELECT action, outcome, detail FROM audit_log ORDER BY id")
         .fetch_all(tv.db())
         .await
         .unwrap()
@@ -74,7 +74,7 @@ forbid (
 pub async fn default_deny_and_decisions_audited(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start_config(b, |t| {
         // partner-b loses every role: nothing permits it anything.
-        let from = "roles = [\"subjects.write\", \"subjects.verify\", \"subjects.match\", \"tokens.tokenize\", \"consent.release\", \"events.publish\", \"commands.receive\"]";
+        let from = "roles = [\"subjects.write\", \"subjects.verify\", \"subjects.match\", \"tokens.tokenize\", \"consent.release\", \"events.publish\", \"commands.receive\", \"audit.read\"]";
         assert!(t.contains(from), "the dev config changed: {t}");
         t.replace(from, "roles = []")
     })
@@ -239,7 +239,7 @@ pub async fn resource_and_field_policies(b: Backend) -> anyhow::Result<()> {
         assert_eq!(r.is_ok(), subject == &free, "{r:?}");
     }
     let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT action, outcome, subject, detail FROM audit_log WHERE outcome = 'denied' ORDER BY seq",
+        "SELECT action, outcome, subject, detail FROM audit_log WHERE outcome = 'denied' ORDER BY id",
     )
     .fetch_all(tv.db())
     .await?;

@@ -289,11 +289,10 @@ pub async fn detokenize_is_role_gated_and_audited(b: Backend) -> anyhow::Result<
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let outcomes: Vec<String> = sqlx::query_scalar(
-        "SELECT outcome FROM audit_log WHERE action = 'Detokenize' ORDER BY seq",
-    )
-    .fetch_all(tv.db())
-    .await?;
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM audit_log WHERE action = 'Detokenize' ORDER BY id")
+            .fetch_all(tv.db())
+            .await?;
     assert_eq!(outcomes, ["ok", "not_found", "invalid", "denied"]);
     tv.stop().await
 }

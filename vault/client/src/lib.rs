@@ -6,6 +6,8 @@
 //! - [`release`]: opening a consented release sealed to the partner ([`ReleaseKey`]).
 //! - [`bridge_file`]: reading an identity-bridge file (JSON Lines or CSV)
 //!   into the records `ImportBridge` takes.
+//! - [`audit`]: checking the vault's audit log: signed checkpoints,
+//!   consistency with the last one kept, inclusion of one's own request.
 //! - [`device`]: the phone's P-256 key, enrollment, signed consents and
 //!   device requests ([`DeviceKey`]).
 //!
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod bridge_file;
 pub mod channel;
 pub mod device;

@@ -65,6 +65,9 @@ pub struct ConfigFile {
     /// `[policies]`
     #[serde(default)]
     pub policies: PoliciesSection,
+    /// `[audit]`
+    #[serde(default)]
+    pub audit: AuditSection,
     /// `[[partner]]` entries: the partner registry.
     #[serde(default, rename = "partner")]
     pub partners: Vec<PartnerEntry>,
@@ -157,6 +160,36 @@ pub struct PoliciesSection {
     /// Directory holding one `.cedarschema` file and the `.cedar` policy
     /// files (default: the built-in set, `policies/default/`).
     pub dir: Option<PathBuf>,
+}
+
+/// `[audit]`: the transparency log's checkpoints (docs/audit.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The log's origin line, also the signed-note key name: a unique,
+    /// schema-less URL naming this log.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// How often the sequencer extends the tree and signs a checkpoint
+    /// while there are new leaves.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            origin: default_origin(),
+            checkpoint_interval_ms: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_origin() -> String {
+    "idvault.local/audit".into()
+}
+fn default_checkpoint_interval() -> u64 {
+    500
 }
 
 /// `[consent]`: lifetimes of consent-signed release (docs/consent.md).
@@ -318,6 +351,22 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
     if file.server.max_message_bytes < 1024 || file.server.max_message_bytes > 64 * 1024 * 1024 {
         return Err(ConfigError::Invalid(
             "server.max_message_bytes must be 1 KiB ..= 64 MiB".into(),
+        ));
+    }
+    let a = &file.audit;
+    if a.origin.is_empty()
+        || a.origin.len() > 200
+        || a.origin
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '+')
+    {
+        return Err(ConfigError::Invalid(
+            "[audit] origin must be 1..=200 characters, no spaces or '+' (it names the signing key)".into(),
+        ));
+    }
+    if !(10..=1000).contains(&a.checkpoint_interval_ms) {
+        return Err(ConfigError::Invalid(
+            "[audit] checkpoint_interval_ms must be 10 ..= 1000 (a checkpoint at least once a second)".into(),
         ));
     }
     let c = &file.consent;

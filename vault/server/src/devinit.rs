@@ -39,6 +39,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "consent.release",
             "events.publish",
             "commands.receive",
+            "audit.read",
         ],
     ),
     (
@@ -51,6 +52,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "consent.release",
             "events.publish",
             "commands.receive",
+            "audit.read",
         ],
     ),
     // The development wallet app: relays device-signed calls.

@@ -15,8 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{CommandApi, ConsentApi, DeviceApi, EventApi, MatchApi, SubjectApi, TokenApi};
+use crate::api::{
+    AuditApi, CommandApi, ConsentApi, DeviceApi, EventApi, MatchApi, RequestId, SubjectApi,
+    TokenApi,
+};
 use crate::service::Vault;
+use idvault_proto::v1::audit_service_server::AuditServiceServer;
 use idvault_proto::v1::token_service_server::TokenServiceServer;
 
 /// Server limits.
@@ -41,20 +45,28 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl RunningServer {
-    /// Stops accepting, finishes in-flight calls, and waits.
+    /// Stops accepting, finishes in-flight calls, sequences the last
+    /// leaves into a checkpoint, and waits.
     pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.handle.await.unwrap_or(Ok(()))
+        self.wait().await
     }
 
-    /// Waits for the server to end by itself.
-    pub async fn wait(self) -> Result<(), tonic::transport::Error> {
-        self.handle.await.unwrap_or(Ok(()))
+    /// Waits for the server to end by itself, then stops the background
+    /// jobs (after one last sequencer step).
+    pub async fn wait(mut self) -> Result<(), tonic::transport::Error> {
+        let served = (&mut self.handle).await.unwrap_or(Ok(()));
+        if let Some((stop, job)) = self.background.take() {
+            let _ = stop.send(true);
+            let _ = job.await;
+        }
+        served
     }
 
     /// A sender that stops the server when fired.
@@ -159,6 +171,7 @@ pub async fn start(
     let commands =
         service! {CommandServiceServer<CommandApi>, CommandApi::new(v(), unary, stream), bulk};
     let subjects = service! {SubjectServiceServer<SubjectApi>, SubjectApi::new(v(), unary), bulk};
+    let audit = service! {AuditServiceServer<AuditApi>, AuditApi::new(v(), unary), small};
     let streams = Arc::clone(&vault);
     let incoming = crate::tls::incoming(
         listener,
@@ -171,6 +184,7 @@ pub async fn start(
         .layer(tower::util::MapResponseLayer::new(
             size_limit_is_resource_exhausted,
         ))
+        .layer(tower::layer::layer_fn(RequestIds))
         // The transport deadline bounds streams; unary calls get the shorter
         // `request_timeout` in the API layer (tonic has one global timeout).
         .timeout(opts.stream_timeout)
@@ -184,6 +198,7 @@ pub async fn start(
         .add_service(devices)
         .add_service(events)
         .add_service(commands)
+        .add_service(audit)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
@@ -193,9 +208,51 @@ pub async fn start(
         // shutdown until their deadline.
         streams.stop_streams();
     }));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let job = tokio::spawn(Arc::clone(&vault).run_background(stopped));
     Ok(RunningServer {
         addr,
         shutdown: Some(tx),
         handle,
+        background: Some((stop, job)),
     })
+}
+
+/// Gives every call a random request id: in the request's extensions for
+/// the handlers (its audit leaves carry it) and in the
+/// `idvault-request-id` response header for the caller, who can later ask
+/// for the inclusion proof of its request.
+#[derive(Debug, Clone)]
+struct RequestIds<S>(S);
+
+impl<S, B, R> tower::Service<http::Request<B>> for RequestIds<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let id = uuid::Uuid::new_v4().into_bytes();
+        req.extensions_mut().insert(RequestId(id));
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            if let Ok(v) = http::HeaderValue::from_str(&hex::encode(id)) {
+                resp.headers_mut().insert(crate::api::REQUEST_ID_HEADER, v);
+            }
+            Ok(resp)
+        })
+    }
 }

@@ -66,12 +66,14 @@ macro_rules! adapter {
     };
 }
 
+mod audit;
 mod consent;
 mod events;
 mod matching;
 mod subjects;
 mod tokens;
 
+pub use audit::AuditApi;
 pub use consent::{ConsentApi, DeviceApi};
 pub use events::{CommandApi, EventApi};
 pub use matching::MatchApi;
@@ -94,7 +96,10 @@ pub fn status(err: VaultError) -> Status {
         }
         VaultError::Invalid(_) | VaultError::BadRequest(_) => Code::InvalidArgument,
         VaultError::NotFound => Code::NotFound,
-        VaultError::RateLimited(_) | VaultError::TooManyStreams(_) => Code::ResourceExhausted,
+        VaultError::RateLimited(_) | VaultError::TooManyStreams(_) | VaultError::Overloaded(_) => {
+            Code::ResourceExhausted
+        }
+        VaultError::DeadlineExceeded => Code::DeadlineExceeded,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
         VaultError::Refused(r) => refusal_code(*r),
@@ -212,11 +217,86 @@ pub(crate) async fn next_message<T>(
     })
 }
 
-/// The caller proven by the connection's client certificate.
+/// The caller proven by the connection's client certificate, with the
+/// request id the edge gave the call and the caller's deadline.
 pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions()
+    let who = req
+        .extensions()
         .get::<PeerInfo>()
         .map(|p| Caller::new(p.spiffe_id.as_str()))
         // Unreachable behind the TLS acceptor; refuse rather than guess.
-        .ok_or_else(|| Status::unauthenticated("no client certificate identity"))
+        .ok_or_else(|| Status::unauthenticated("no client certificate identity"))?;
+    let who = match req.extensions().get::<RequestId>() {
+        Some(id) => who.with_request_id(id.0),
+        None => who,
+    };
+    let deadline = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)
+        .map(|d| tokio::time::Instant::now() + d);
+    Ok(who.with_deadline(deadline))
+}
+
+/// The id of one call, given at the edge ([`crate::server`]) and returned
+/// in the `idvault-request-id` response header; its audit leaves carry it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId(pub [u8; 16]);
+
+/// Response header carrying the request id (32 hex digits).
+pub const REQUEST_ID_HEADER: &str = "idvault-request-id";
+
+/// Parses a `grpc-timeout` header value (gRPC over HTTP/2: up to 8 digits
+/// and a unit `H M S m u n`); `None` when malformed. Values are capped at
+/// a day (a longer wait is no wait at all for admission control).
+pub fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let at = v.len().checked_sub(1)?;
+    if !v.is_char_boundary(at) {
+        return None;
+    }
+    let (digits, unit) = v.split_at(at);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(d.min(Duration::from_secs(86_400)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("99999999H"), Some(Duration::from_secs(86_400)));
+        assert_eq!(grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        for bad in [
+            "",
+            "m",
+            "1",
+            "123456789S",
+            "1x",
+            "-1S",
+            "1.5S",
+            "１S",
+            "1１",
+        ] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
 }

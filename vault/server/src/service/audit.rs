@@ -1,56 +1,675 @@
-//! Verifying the audit log: walk every record, check the chain and MACs,
-//! name the first bad record.
+//! The audit log as a transparency log (docs/audit.md): the sequencer that
+//! extends the tree and signs checkpoints, the proofs partners ask for, and
+//! the verifier behind `idvault audit verify`.
+//!
+//! Requests never wait for any of this: each writes its leaf in its own
+//! transaction ([`super::pipeline`]). The sequencer runs beside them, one
+//! per database (on PostgreSQL the replica holding the advisory lock),
+//! gives the new leaves consecutive indexes in one batch, stores the
+//! completed perfect subtrees and a signed checkpoint, all in one
+//! transaction.
 
-use idvault_core::audit;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idvault_core::crypto;
 use idvault_core::keys::KeyHierarchy;
+use idvault_core::secret::AuditKey;
+use idvault_core::tlog::checkpoint::{self, Checkpoint, NoteSigner, NoteVerifier};
+use idvault_core::tlog::leaf::AuditLeaf;
+use idvault_core::tlog::merkle::{self, Appender, Hash, NodeId};
+use idvault_policies::Action;
 
-use super::VaultError;
-use crate::store::Store;
+use super::{Caller, Vault, VaultError};
+use crate::store::{CheckpointRow, LeafColumns, LeafRow, SequencerLease, Store};
+
+/// Leaves one sequencer batch takes at most.
+const SEQUENCE_BATCH: u32 = 20_000;
+
+/// Bad leaves (MAC does not verify) the sequencer remembers skipping.
+const MAX_SKIPPED: usize = 10_000;
+
+/// A signed checkpoint handed to a partner.
+#[derive(Debug, Clone)]
+pub struct SignedCheckpoint {
+    /// The signed note.
+    pub note: String,
+    /// Tree size.
+    pub size: u64,
+    /// Root hash.
+    pub root: Hash,
+}
+
+/// An inclusion proof of one of the caller's leaves.
+#[derive(Debug, Clone)]
+pub struct Inclusion {
+    /// Leaf index.
+    pub index: u64,
+    /// Tree size proved against.
+    pub size: u64,
+    /// Audit path.
+    pub hashes: Vec<Hash>,
+    /// Canonical leaf bytes.
+    pub leaf: Vec<u8>,
+    /// The signed checkpoint of `size`.
+    pub checkpoint: String,
+}
+
+/// A consistency proof between two tree sizes.
+#[derive(Debug, Clone)]
+pub struct Consistency {
+    /// Older size.
+    pub old_size: u64,
+    /// Newer size (a published checkpoint).
+    pub new_size: u64,
+    /// The proof.
+    pub hashes: Vec<Hash>,
+    /// The signed checkpoint of `new_size`.
+    pub checkpoint: String,
+}
+
+/// Which leaf an inclusion proof is for.
+#[derive(Debug, Clone)]
+pub enum LeafRef {
+    /// By tree index.
+    Index(u64),
+    /// By the request id an audited response carried.
+    Request([u8; 16]),
+}
+
+/// The audit signing key of root key `version`, named by `origin`.
+pub fn audit_signer(
+    keys: &KeyHierarchy,
+    origin: &str,
+    version: u32,
+) -> Result<NoteSigner, VaultError> {
+    let seed = keys.audit_signing_seed(version)?;
+    NoteSigner::from_seed(origin, seed.expose())
+        .map_err(|_| VaultError::Internal("audit signing key"))
+}
+
+/// The verifier keys (signed-note form) of every root key version.
+pub fn verifier_keys(keys: &KeyHierarchy, origin: &str) -> Result<Vec<String>, VaultError> {
+    (1..=keys.current_version())
+        .filter_map(|v| keys.audit_signing_seed(v).ok().map(|_| v))
+        .map(|v| Ok(audit_signer(keys, origin, v)?.verifier_key()))
+        .collect()
+}
+
+/// Sequencer state kept between batches.
+#[derive(Debug, Default)]
+pub struct SequencerState {
+    lease: Option<SequencerLease>,
+    skipped: HashSet<i64>,
+    keys: HashMap<u32, AuditKey>,
+}
+
+impl Vault {
+    fn signer(&self) -> Result<NoteSigner, VaultError> {
+        audit_signer(
+            self.keys(),
+            &self.audit_settings().origin,
+            self.keys().current_version(),
+        )
+    }
+
+    /// The verifier keys of this vault's audit log.
+    pub fn audit_verifier_keys(&self) -> Result<Vec<String>, VaultError> {
+        verifier_keys(self.keys(), &self.audit_settings().origin)
+    }
+
+    /// One sequencer step: when this process holds (or takes) the lease,
+    /// sequences the waiting leaves and publishes a checkpoint. Returns
+    /// how many leaves it sequenced (`None` when another replica holds the
+    /// lease).
+    pub async fn sequence_once(&self, st: &mut SequencerState) -> Result<Option<u64>, VaultError> {
+        if st.lease.is_none() {
+            st.lease = self.store().sequencer_lease().await?;
+        }
+        let Some(lease) = st.lease.as_mut() else {
+            return Ok(None);
+        };
+        match sequence(self, lease, &mut st.skipped, &mut st.keys).await {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => {
+                // The lease's connection may be gone with its lock: take
+                // the lease again next time (another replica may have it).
+                st.lease = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the sequencer and the coalesced-refusal flush until `stop`
+    /// turns true, then runs one last step.
+    pub async fn run_background(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let every = Duration::from_millis(self.audit_settings().checkpoint_interval_ms);
+        let mut st = SequencerState::default();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_flush = tokio::time::Instant::now();
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                r = stop.changed() => r.is_err() || *stop.borrow(),
+            };
+            if stopping || last_flush.elapsed() >= REFUSAL_INTERVAL {
+                last_flush = tokio::time::Instant::now();
+                if let Err(e) = self.flush_refusals().await {
+                    tracing::error!(error = %e, "auditing coalesced refusals failed");
+                }
+            }
+            if let Err(e) = self.sequence_once(&mut st).await {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "audit sequencer step failed");
+            }
+            if stopping {
+                break;
+            }
+        }
+    }
+
+    /// The newest signed checkpoint.
+    pub async fn audit_checkpoint(&self, caller: &Caller) -> Result<SignedCheckpoint, VaultError> {
+        self.handle(caller, Action::ReadAudit, async |_req| {
+            let cp = self.store().latest_checkpoint().await?.ok_or_else(|| {
+                VaultError::BadRequest("no checkpoint has been published yet".into())
+            })?;
+            Ok(SignedCheckpoint {
+                note: cp.note,
+                size: cp.size,
+                root: cp.root,
+            })
+        })
+        .await
+    }
+
+    /// An inclusion proof for one of the caller's own leaves, against the
+    /// checkpoint of `size` (0 = the newest).
+    pub async fn audit_inclusion(
+        &self,
+        caller: &Caller,
+        leaf: LeafRef,
+        size: u64,
+    ) -> Result<Inclusion, VaultError> {
+        self.handle(caller, Action::ReadAudit, async |_req| {
+            let row = match leaf {
+                LeafRef::Index(i) => self.store().leaf_at(i).await?,
+                LeafRef::Request(id) => self.store().leaf_by_request(&id).await?,
+            };
+            // Another partner's leaf is as absent as a missing one: its
+            // content is not this caller's to read.
+            let row = row
+                .filter(|r| crypto::ct_eq(r.columns.actor.as_bytes(), caller.spiffe_id.as_bytes()))
+                .ok_or(VaultError::NotFound)?;
+            let Some(index) = row.idx else {
+                return Err(VaultError::BadRequest(
+                    "the leaf is not in a checkpoint yet; retry in a second".into(),
+                ));
+            };
+            let cp = self.checkpoint_of(size).await?;
+            if index >= cp.size {
+                return Err(VaultError::BadRequest(
+                    "the leaf is not in that checkpoint; ask for a newer one".into(),
+                ));
+            }
+            let get = self
+                .nodes(&merkle::inclusion_nodes(index, cp.size).map_err(tree_err)?)
+                .await?;
+            let hashes = merkle::inclusion_proof(index, cp.size, &|id| get.get(&id).copied())
+                .map_err(tree_err)?;
+            Ok(Inclusion {
+                index,
+                size: cp.size,
+                hashes,
+                leaf: row.bytes,
+                checkpoint: cp.note,
+            })
+        })
+        .await
+    }
+
+    /// A consistency proof from `old` to the checkpoint of `new` (0 = the
+    /// newest).
+    pub async fn audit_consistency(
+        &self,
+        caller: &Caller,
+        old: u64,
+        new: u64,
+    ) -> Result<Consistency, VaultError> {
+        self.handle(caller, Action::ReadAudit, async |_req| {
+            let cp = self.checkpoint_of(new).await?;
+            if old == 0 || old > cp.size {
+                return Err(VaultError::BadRequest(format!(
+                    "old_size must be 1 ..= {} (the new checkpoint's size)",
+                    cp.size
+                )));
+            }
+            let get = self
+                .nodes(&merkle::consistency_nodes(old, cp.size).map_err(tree_err)?)
+                .await?;
+            let hashes = merkle::consistency_proof(old, cp.size, &|id| get.get(&id).copied())
+                .map_err(tree_err)?;
+            Ok(Consistency {
+                old_size: old,
+                new_size: cp.size,
+                hashes,
+                checkpoint: cp.note,
+            })
+        })
+        .await
+    }
+
+    async fn checkpoint_of(&self, size: u64) -> Result<CheckpointRow, VaultError> {
+        let cp = if size == 0 {
+            self.store().latest_checkpoint().await?
+        } else {
+            self.store().checkpoint(size).await?
+        };
+        cp.ok_or_else(|| VaultError::BadRequest("no checkpoint of that size".into()))
+    }
+
+    async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, VaultError> {
+        let found = self.store().audit_nodes(ids).await?;
+        if found.len() != ids.len() {
+            return Err(VaultError::Integrity("audit tree nodes missing"));
+        }
+        Ok(found.into_iter().collect())
+    }
+}
+
+/// How often coalesced refusals are written.
+const REFUSAL_INTERVAL: Duration = Duration::from_secs(1);
+
+fn tree_err(_: merkle::TreeError) -> VaultError {
+    VaultError::Integrity("audit tree")
+}
+
+fn mac_ok(keys: &KeyHierarchy, cache: &mut HashMap<u32, AuditKey>, row: &LeafRow) -> bool {
+    if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(row.key_version) {
+        match keys.audit_key(row.key_version) {
+            Ok(k) => {
+                e.insert(k);
+            }
+            Err(_) => return false,
+        }
+    }
+    cache.get(&row.key_version).is_some_and(|k| {
+        crypto::hmac_sha256_verify(k.expose(), &merkle::leaf_hash(&row.bytes), &row.mac)
+    })
+}
+
+async fn sequence(
+    vault: &Vault,
+    lease: &mut SequencerLease,
+    skipped: &mut HashSet<i64>,
+    keys: &mut HashMap<u32, AuditKey>,
+) -> Result<u64, VaultError> {
+    let store = vault.store();
+    let mut tx = lease.begin(store).await?;
+    let (size, edge) = tx.tree_state(merkle::root_nodes).await?;
+    let extra = u32::try_from(skipped.len()).unwrap_or(u32::MAX);
+    let pending = tx.pending(SEQUENCE_BATCH.saturating_add(extra)).await?;
+    let mut tree = Appender::resume(size, &edge).map_err(tree_err)?;
+    let mut assigned = Vec::with_capacity(pending.len());
+    let mut nodes = Vec::new();
+    for row in &pending {
+        if skipped.contains(&row.id) {
+            continue;
+        }
+        // A row a database writer inserted without the audit key is never
+        // signed into the tree; `audit verify` reports it.
+        if !mac_ok(vault.keys(), keys, row) {
+            tracing::error!(
+                row = row.id,
+                "audit leaf MAC does not verify; not sequenced"
+            );
+            if skipped.len() < MAX_SKIPPED {
+                skipped.insert(row.id);
+            }
+            continue;
+        }
+        let index = tree.size();
+        nodes.extend(tree.push(merkle::leaf_hash(&row.bytes)));
+        assigned.push((row.id, index));
+    }
+    if assigned.is_empty() {
+        return Ok(0);
+    }
+    tx.assign(&assigned).await?;
+    tx.insert_nodes(&nodes).await?;
+    let cp = Checkpoint {
+        origin: vault.audit_settings().origin.clone(),
+        size: tree.size(),
+        root: tree.root(),
+    };
+    let note = vault
+        .signer()?
+        .sign_checkpoint(&cp)
+        .map_err(|_| VaultError::Internal("checkpoint signing"))?;
+    tx.insert_checkpoint(&CheckpointRow {
+        size: cp.size,
+        root: cp.root,
+        note,
+        time_ms: vault.now_millis(),
+    })
+    .await?;
+    tx.commit().await.map_err(VaultError::AuditUnavailable)?;
+    Ok(assigned.len() as u64)
+}
 
 /// Outcome of [`verify_audit_log`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditVerdict {
-    /// Every record verified.
+    /// Everything checked verified.
     Intact {
-        /// Records checked.
-        records: u64,
+        /// Sequenced leaves checked.
+        leaves: u64,
+        /// Checkpoints checked.
+        checkpoints: u64,
+        /// Leaves written but not yet in a checkpoint (checked too).
+        pending: u64,
     },
-    /// The first bad record.
-    Broken {
-        /// Its sequence number.
-        seq: u64,
-        /// What is wrong.
-        fault: audit::AuditFault,
+    /// The first fault found.
+    Broken(AuditFault),
+}
+
+/// What is wrong, and where: the first bad leaf, checkpoint or subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditFault {
+    /// A checkpoint's signature does not verify with the given keys, or
+    /// the note is malformed or for another log.
+    CheckpointSignature {
+        /// Its tree size as stored.
+        size: u64,
+    },
+    /// The stored leaves do not hash to a signed checkpoint's root: a leaf
+    /// in `(from, size]` was edited, inserted or reordered.
+    CheckpointRoot {
+        /// The checkpoint's size.
+        size: u64,
+        /// The previous checkpoint's size.
+        from: u64,
+    },
+    /// A leaf a signed checkpoint covers is missing (deleted).
+    LeafMissing {
+        /// Its index.
+        index: u64,
+    },
+    /// A leaf's bytes no longer hash to the tree's stored node for it, or
+    /// do not decode, or its columns disagree with its bytes (edited).
+    LeafEdited {
+        /// Its index (or, unsequenced, `None`).
+        index: Option<u64>,
+        /// Its row id.
+        row: i64,
+    },
+    /// A leaf's MAC does not verify with the root key (forged).
+    BadMac {
+        /// Its index (or, unsequenced, `None`).
+        index: Option<u64>,
+        /// Its row id.
+        row: i64,
+    },
+    /// A subject's stored chain head is not the head its newest leaf
+    /// recorded (its chain was rolled back, or a deleted subject is back).
+    SubjectRolledBack {
+        /// The subject id.
+        subject: String,
     },
 }
 
-/// Walks the whole audit log in pages and names the first bad record.
+impl std::fmt::Display for AuditFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |i: &Option<u64>, row: &i64| match i {
+            Some(i) => format!("leaf {i}"),
+            None => format!("unsequenced leaf (row {row})"),
+        };
+        match self {
+            Self::CheckpointSignature { size } => write!(
+                f,
+                "checkpoint of size {size}: signature does not verify (or malformed, or another log's)"
+            ),
+            Self::CheckpointRoot { size, from } => write!(
+                f,
+                "checkpoint of size {size}: the stored leaves {from}..{size} do not hash to its signed root (edited, inserted or reordered)"
+            ),
+            Self::LeafMissing { index } => {
+                write!(
+                    f,
+                    "leaf {index}: missing, though a signed checkpoint covers it (deleted)"
+                )
+            }
+            Self::LeafEdited { index, row } => {
+                write!(
+                    f,
+                    "{}: edited (bytes, columns or tree node disagree)",
+                    at(index, row)
+                )
+            }
+            Self::BadMac { index, row } => {
+                write!(
+                    f,
+                    "{}: MAC does not verify (forged without the audit key)",
+                    at(index, row)
+                )
+            }
+            Self::SubjectRolledBack { subject } => write!(
+                f,
+                "subject {subject}: stored chain head differs from the head its newest leaf recorded (rolled back)"
+            ),
+        }
+    }
+}
+
+const PAGE: u32 = 2_000;
+
+/// Walks the whole log: every checkpoint's signature (`verifiers`, for the
+/// log named `origin`), every leaf against its stored node and the signed
+/// roots (consecutive checkpoints are consistent exactly when both roots
+/// come from one leaf sequence), leaf columns against leaf bytes, subject
+/// chain heads against their newest leaves, and, given the root key
+/// (`keys`), every leaf's MAC. Returns the first fault.
 pub async fn verify_audit_log(
     store: &Store,
-    keys: &KeyHierarchy,
+    verifiers: &[NoteVerifier],
+    origin: &str,
+    keys: Option<&KeyHierarchy>,
 ) -> Result<AuditVerdict, VaultError> {
-    let mut verifier = audit::AuditVerifier::default();
-    let mut after = 0u64;
-    let mut key_cache: Vec<idvault_core::secret::AuditKey> = Vec::new();
+    let mut cps = Vec::new();
+    let mut after = 0;
     loop {
-        let page = store.audit_page(after, 1000).await?;
+        let page = store.checkpoints_after(after, PAGE).await?;
         let Some(last) = page.last() else { break };
-        after = last.seq;
-        for r in &page {
-            if !key_cache.iter().any(|k| k.version() == r.key_version)
-                && let Ok(k) = keys.audit_key(r.key_version)
-            {
-                key_cache.push(k);
+        after = last.size;
+        for c in page {
+            let good = checkpoint::open_checkpoint(&c.note, verifiers, origin)
+                .is_ok_and(|cp| cp.size == c.size && crypto::ct_eq(&cp.root, &c.root));
+            if !good {
+                return Ok(AuditVerdict::Broken(AuditFault::CheckpointSignature {
+                    size: c.size,
+                }));
             }
-            let key = key_cache.iter().find(|k| k.version() == r.key_version);
-            if let Err((seq, fault)) = verifier.check(r, key) {
-                return Ok(AuditVerdict::Broken { seq, fault });
+            cps.push((c.size, c.root));
+        }
+    }
+    let mut tree = Appender::new();
+    let mut next_cp = cps.iter().peekable();
+    let mut prev_cp = 0;
+    let mut mac_keys = HashMap::new();
+    let mut heads: HashMap<String, Option<(u64, Hash)>> = HashMap::new();
+    loop {
+        let from = tree.size();
+        let page = store.leaves_from(from, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        let stored = store
+            .audit_nodes(
+                &(from..from + page.len() as u64)
+                    .map(|index| NodeId { level: 0, index })
+                    .collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .collect::<HashMap<_, _>>();
+        for row in &page {
+            let index = tree.size();
+            if row.idx != Some(index) {
+                return Ok(AuditVerdict::Broken(AuditFault::LeafMissing { index }));
+            }
+            let hash = merkle::leaf_hash(&row.bytes);
+            let node_ok = stored
+                .get(&NodeId { level: 0, index })
+                .is_some_and(|h| crypto::ct_eq(h, &hash));
+            if let Some(fault) = check_leaf(row, keys, &mut mac_keys, &mut heads) {
+                return Ok(AuditVerdict::Broken(fault));
+            }
+            if !node_ok {
+                return Ok(AuditVerdict::Broken(AuditFault::LeafEdited {
+                    index: Some(index),
+                    row: row.id,
+                }));
+            }
+            tree.push(hash);
+            if let Some((size, root)) = next_cp.peek()
+                && *size == tree.size()
+            {
+                if !crypto::ct_eq(root, &tree.root()) {
+                    return Ok(AuditVerdict::Broken(AuditFault::CheckpointRoot {
+                        size: *size,
+                        from: prev_cp,
+                    }));
+                }
+                prev_cp = *size;
+                next_cp.next();
             }
         }
     }
-    let (head_seq, head_hash) = store.audit_head().await?;
-    Ok(match verifier.finish(head_seq, &head_hash) {
-        Ok(records) => AuditVerdict::Intact { records },
-        Err((seq, fault)) => AuditVerdict::Broken { seq, fault },
+    if let Some((size, _)) = next_cp.peek()
+        && *size > tree.size()
+    {
+        return Ok(AuditVerdict::Broken(AuditFault::LeafMissing {
+            index: tree.size(),
+        }));
+    }
+    let leaves = tree.size();
+    let mut pending = 0u64;
+    let mut after_id = i64::MIN;
+    loop {
+        let page = store.unsequenced_leaves(after_id, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after_id = last.id;
+        for row in &page {
+            if let Some(fault) = check_leaf(row, keys, &mut mac_keys, &mut heads) {
+                return Ok(AuditVerdict::Broken(fault));
+            }
+            pending += 1;
+        }
+    }
+    let mut subjects: Vec<_> = heads.into_iter().collect();
+    subjects.sort();
+    for (subject, head) in subjects {
+        let Ok(id) = idvault_core::subject::SubjectId::parse(&subject) else {
+            continue;
+        };
+        let row = store.subject_row(&id).await?;
+        let matches = match (&row, head) {
+            (None, None) => true,
+            (Some(r), Some((seq, hash))) => r.head.seq == seq && crypto::ct_eq(&r.head.hash, &hash),
+            _ => false,
+        };
+        if !matches {
+            return Ok(AuditVerdict::Broken(AuditFault::SubjectRolledBack {
+                subject,
+            }));
+        }
+    }
+    Ok(AuditVerdict::Intact {
+        leaves,
+        checkpoints: cps.len() as u64,
+        pending,
     })
+}
+
+/// Checks one leaf row: bytes decode, columns agree, MAC (with keys); and
+/// notes the subject head it records.
+fn check_leaf(
+    row: &LeafRow,
+    keys: Option<&KeyHierarchy>,
+    mac_keys: &mut HashMap<u32, AuditKey>,
+    heads: &mut HashMap<String, Option<(u64, Hash)>>,
+) -> Option<AuditFault> {
+    let edited = AuditFault::LeafEdited {
+        index: row.idx,
+        row: row.id,
+    };
+    let Ok(leaf) = AuditLeaf::decode(&row.bytes) else {
+        return Some(edited);
+    };
+    let head_seq = leaf.head.map(|(s, _)| i64::try_from(s).unwrap_or(-1));
+    if LeafColumns::of(&leaf) != row.columns
+        || row.request_id != leaf.request_id
+        || row.head_seq != head_seq
+    {
+        return Some(edited);
+    }
+    if let Some(k) = keys
+        && !mac_ok(k, mac_keys, row)
+    {
+        return Some(AuditFault::BadMac {
+            index: row.idx,
+            row: row.id,
+        });
+    }
+    if let Some(subject) = &leaf.subject
+        && leaf.outcome == "ok"
+    {
+        if let Some(h) = leaf.head {
+            heads.insert(subject.clone(), Some(h));
+        } else if leaf.action == Action::DeleteSubject.name() {
+            heads.insert(subject.clone(), None);
+        }
+    }
+    None
+}
+
+impl Vault {
+    /// Whether `row`'s chain head is the one its newest head-recording
+    /// leaf names, and that leaf is authentic (its MAC verifies). A subject
+    /// with no such leaf (written before leaves recorded heads) passes.
+    pub(crate) fn head_matches_leaf(
+        &self,
+        row: &idvault_core::records::SubjectRecord,
+        leaf: Option<&LeafRow>,
+    ) -> bool {
+        let Some(l) = leaf else { return true };
+        let mut cache = HashMap::new();
+        if !mac_ok(self.keys(), &mut cache, l) {
+            return false;
+        }
+        match AuditLeaf::decode(&l.bytes).ok().and_then(|d| d.head) {
+            Some((seq, hash)) => seq == row.head.seq && crypto::ct_eq(&hash, &row.head.hash),
+            None => false,
+        }
+    }
+
+    /// [`verify_audit_log`] of this vault's own log with its own keys
+    /// (signatures and MACs).
+    pub async fn verify_own_audit_log(&self) -> Result<AuditVerdict, VaultError> {
+        let verifiers = self
+            .audit_verifier_keys()?
+            .iter()
+            .map(|k| NoteVerifier::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| VaultError::Internal("audit verifier key"))?;
+        verify_audit_log(
+            self.store(),
+            &verifiers,
+            &self.audit_settings().origin,
+            Some(self.keys()),
+        )
+        .await
+    }
 }

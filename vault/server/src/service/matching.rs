@@ -49,17 +49,17 @@ impl From<BadSignature> for VaultError {
 /// least its cut-off, best first: the few best-ranked first, all of them
 /// only when those do not settle it (`PlannedQuery::settled_by`).
 async fn best_candidates(
-    tx: &mut AuditedTx,
+    store: &crate::store::Store,
     partner: &Partner,
     p: &PlannedQuery,
 ) -> Result<Vec<Hit>, VaultError> {
     let blocking = p.plan.blocking_indexes();
     let domain = partner.match_domain.as_str();
-    let mut candidates = tx
+    let mut candidates = store
         .match_candidates(domain, &blocking, FIRST_CANDIDATES)
         .await?;
     if !p.settled_by(&candidates)? {
-        candidates = tx
+        candidates = store
             .match_candidates(domain, &blocking, CANDIDATE_LIMIT)
             .await?;
     }
@@ -358,12 +358,13 @@ impl Vault {
         let partner = req.partner;
         // Monotonic, for the debug phase timings only (never a decision).
         let started = tokio::time::Instant::now();
-        let mut tx = self.begin().await?;
+        // Candidates and known tokens are read from the pool, outside the
+        // writer; only new tokens and the leaf go through it.
         let began = started.elapsed();
         let mut kept: Vec<Result<Vec<Hit>, String>> = Vec::with_capacity(planned.len());
         for p in planned {
             kept.push(match p {
-                Ok(p) => Ok(best_candidates(&mut tx, partner, &p).await?),
+                Ok(p) => Ok(best_candidates(self.store(), partner, &p).await?),
                 Err(why) => Err(why),
             });
         }
@@ -377,19 +378,23 @@ impl Vault {
         let mut tokens = if subjects.is_empty() {
             HashMap::new()
         } else {
-            tx.pairwise_tokens(&partner.name, &subjects).await?
+            self.store()
+                .pairwise_tokens(&partner.name, &subjects)
+                .await?
         };
-        // First answer to this partner about a subject: make its token.
+        // First answer to this partner about a subject: make its token
+        // (or take the one a concurrent match made first).
         let mut fresh = Vec::new();
         for s in &subjects {
             if !tokens.contains_key(s) {
-                let t = new_pairwise_token(self.rng())?;
-                tokens.insert(*s, t.clone());
-                fresh.push((*s, t));
+                fresh.push((*s, new_pairwise_token(self.rng())?));
             }
         }
+        let mut tx = self.begin().await?;
         if !fresh.is_empty() {
             tx.pairwise_insert(&partner.name, &fresh).await?;
+            let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
+            tokens.extend(tx.pairwise_tokens(&partner.name, &made).await?);
         }
         let refused = kept.iter().filter(|k| k.is_err()).count();
         let matched = kept

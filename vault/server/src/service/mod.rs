@@ -84,6 +84,13 @@ pub enum VaultError {
     /// The partner already has this many command streams open.
     #[error("at most {0} command streams may be open per partner; close one and retry")]
     TooManyStreams(usize),
+    /// Admission control refused the request: the partner has this many
+    /// requests in flight, or the writer queue is this long.
+    #[error("the vault is busy ({0} requests in flight or queued); retry with back-off")]
+    Overloaded(usize),
+    /// The request's deadline passed before it could run; it did nothing.
+    #[error("the request's deadline passed before it ran; nothing was done")]
+    DeadlineExceeded,
 }
 
 impl From<StoreError> for VaultError {
@@ -105,7 +112,8 @@ impl VaultError {
             Self::Unregistered | Self::Denied(_) | Self::DomainDenied => "denied",
             Self::Invalid(_) | Self::BadRequest(_) => "invalid",
             Self::NotFound => "not_found",
-            Self::RateLimited(_) | Self::TooManyStreams(_) => "rate_limited",
+            Self::RateLimited(_) | Self::TooManyStreams(_) | Self::Overloaded(_) => "rate_limited",
+            Self::DeadlineExceeded => "deadline_exceeded",
             Self::Refused(_) => "refused",
             _ => "error",
         }
@@ -119,14 +127,33 @@ impl VaultError {
 pub struct Caller {
     /// SPIFFE id.
     pub spiffe_id: String,
+    /// The request id its audit leaves carry (and its response returns).
+    pub request_id: [u8; 16],
+    /// When the caller stops waiting, if it said.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl Caller {
-    /// A caller proven to hold `spiffe_id`.
+    /// A caller proven to hold `spiffe_id`, with a fresh random request id
+    /// and no deadline.
     pub fn new(spiffe_id: impl Into<String>) -> Self {
         Self {
             spiffe_id: spiffe_id.into(),
+            request_id: uuid::Uuid::new_v4().into_bytes(),
+            deadline: None,
         }
+    }
+
+    /// The same caller with the request id the edge gave the call.
+    pub fn with_request_id(mut self, id: [u8; 16]) -> Self {
+        self.request_id = id;
+        self
+    }
+
+    /// The same caller with a deadline.
+    pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 }
 
@@ -140,6 +167,8 @@ pub struct Vault {
     rng: Arc<dyn Rng>,
     xref_cache: state::XrefCache,
     matching: state::MatchState,
+    admission: state::Admission,
+    audit: crate::config::AuditSection,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -164,6 +193,7 @@ impl Vault {
         rng: Arc<dyn Rng>,
     ) -> Self {
         let matching = state::MatchState::new(&registry, None);
+        let admission = state::Admission::new(&registry);
         Self {
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir: None,
@@ -173,6 +203,8 @@ impl Vault {
             clock,
             rng,
             xref_cache: state::XrefCache::default(),
+            admission,
+            audit: crate::config::AuditSection::default(),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),
@@ -212,6 +244,18 @@ impl Vault {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
         }
         Ok(n)
+    }
+
+    /// Sets the audit log's origin and checkpoint interval (`[audit]`).
+    #[must_use]
+    pub fn with_audit(mut self, audit: crate::config::AuditSection) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// The `[audit]` settings.
+    pub(crate) fn audit_settings(&self) -> &crate::config::AuditSection {
+        &self.audit
     }
 
     /// Sets the consent lifetimes (`[consent]`).

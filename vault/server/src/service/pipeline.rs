@@ -9,17 +9,33 @@
 //!    ([`Vault::commit`]);
 //! 4. audit any refusal or failure once, here, in its own transaction.
 //!
+//! Before step 1 runs, admission control: a partner has at most
+//! [`MAX_IN_FLIGHT_PER_PARTNER`] requests in flight and the writer queue is
+//! bounded, both refused at once with `RESOURCE_EXHAUSTED`; a request whose
+//! deadline passes while it waits for the writer is not executed. Those
+//! refusals, and those of unregistered identities, are counted and audited
+//! once per interval per identity ([`Vault::flush_refusals`]) so a flood
+//! cannot flood the log.
+//!
 //! The status mapping is the API's (`crate::api::status`). A use case never
 //! writes its own refusal record, and nothing here is shared between
 //! requests: a decision lives in its request, not in the caller.
 
-use idvault_core::audit::{self, AuditEvent};
+use idvault_core::crypto;
 use idvault_core::subject::SubjectId;
+use idvault_core::tlog::leaf::AuditLeaf;
+use idvault_core::tlog::merkle;
 use idvault_policies::{Action, Decision, RequestContext, Resource};
 
+use super::state::MAX_IN_FLIGHT_PER_PARTNER;
 use super::{Caller, Vault, VaultError};
 use crate::config::Partner;
-use crate::store::AuditedTx;
+use crate::store::{AuditedTx, NewLeaf, StoreError};
+
+tokio::task_local! {
+    /// The deadline of the request this task serves, if it has one.
+    static DEADLINE: tokio::time::Instant;
+}
 
 /// A request on its way through the pipeline: the identified partner, the
 /// action it is audited as, the policy decision in force and, once known,
@@ -97,13 +113,13 @@ impl Request<'_> {
         self.decide_on(Resource::Subject(&text), fields)
     }
 
-    /// The audit record of this request with `outcome` and `detail`; the
+    /// The audit leaf of this request with `outcome` and `detail`; the
     /// deciding policies are appended, so every decision is audited.
-    fn event(&self, subject: Option<&SubjectId>, outcome: &str, detail: String) -> AuditEvent {
+    fn event(&self, subject: Option<&SubjectId>, outcome: &str, detail: String) -> AuditLeaf {
         event(
             self.vault,
             self.caller,
-            self.action,
+            self.action.name(),
             subject,
             outcome,
             detail,
@@ -115,24 +131,27 @@ impl Request<'_> {
 fn event(
     vault: &Vault,
     caller: &Caller,
-    action: Action,
+    action: &str,
     subject: Option<&SubjectId>,
     outcome: &str,
     detail: String,
     decision: Option<&Decision>,
-) -> AuditEvent {
+) -> AuditLeaf {
     let detail = match decision.map(Decision::audit_text) {
         Some(p) if detail.is_empty() => p,
         Some(p) => format!("{detail} {p}"),
         None => detail,
     };
-    AuditEvent {
+    AuditLeaf {
         time_ms: vault.now_millis(),
         actor: caller.spiffe_id.clone(),
-        action: action.name().to_owned(),
+        action: action.to_owned(),
         subject: subject.map(ToString::to_string),
         outcome: outcome.to_owned(),
         detail,
+        policies: decision.map(|d| d.policies.clone()).unwrap_or_default(),
+        request_id: caller.request_id,
+        head: None,
     }
 }
 
@@ -146,7 +165,9 @@ fn refusal_detail(err: &VaultError) -> String {
         | VaultError::Invalid(_)
         | VaultError::NotFound
         | VaultError::RateLimited(_)
-        | VaultError::TooManyStreams(_) => err.to_string(),
+        | VaultError::TooManyStreams(_)
+        | VaultError::Overloaded(_)
+        | VaultError::DeadlineExceeded => err.to_string(),
         // Some of these messages quote what the caller sent (an unknown
         // field path, a column name): keep caller text out of the log.
         VaultError::BadRequest(_) => "bad request".to_owned(),
@@ -180,21 +201,33 @@ impl Vault {
         body: impl AsyncFnOnce(&mut Request<'_>) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let Some(partner) = self.registry().by_spiffe_id(&caller.spiffe_id) else {
-            let decision = Decision {
-                allowed: false,
-                policies: Vec::new(),
-            };
-            let ev = event(
-                self,
-                caller,
-                gate,
-                None,
-                "denied",
-                refusal_detail(&VaultError::Unregistered),
-                Some(&decision),
-            );
-            return self.record_refusal(ev, VaultError::Unregistered).await;
+            self.admission
+                .count_refusal(&caller.spiffe_id, REFUSED_UNREGISTERED);
+            return Err(VaultError::Unregistered);
         };
+        let Some(_slot) = self.admission.enter(&partner.name) else {
+            self.admission
+                .count_refusal(&caller.spiffe_id, REFUSED_BUSY);
+            return Err(VaultError::Overloaded(MAX_IN_FLIGHT_PER_PARTNER));
+        };
+        match caller.deadline {
+            Some(d) => {
+                DEADLINE
+                    .scope(d, self.admitted(caller, partner, gate, action, body))
+                    .await
+            }
+            None => self.admitted(caller, partner, gate, action, body).await,
+        }
+    }
+
+    async fn admitted<T>(
+        &self,
+        caller: &Caller,
+        partner: &Partner,
+        gate: Action,
+        action: Action,
+        body: impl AsyncFnOnce(&mut Request<'_>) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         let mut req = Request {
             caller,
             partner,
@@ -214,6 +247,15 @@ impl Vault {
             Ok(v) => Ok(v),
             // Nothing to record it in: the caller learns the audit is down.
             Err(e @ VaultError::AuditUnavailable(_)) => Err(e),
+            // Not executed: counted, not recorded one by one.
+            Err(e @ (VaultError::Overloaded(_) | VaultError::DeadlineExceeded)) => {
+                let why = match e {
+                    VaultError::Overloaded(_) => REFUSED_BUSY,
+                    _ => REFUSED_LATE,
+                };
+                self.admission.count_refusal(&caller.spiffe_id, why);
+                Err(e)
+            }
             Err(e) => self.refuse(&req, e).await,
         }
     }
@@ -255,12 +297,22 @@ impl Vault {
     }
 
     /// Starts the request's audited transaction; failing to is an audit
-    /// failure (fail closed).
+    /// failure (fail closed). A full writer queue is `Overloaded`, at once;
+    /// a request whose deadline passes while it waits for the writer is
+    /// not executed (`DeadlineExceeded`).
     pub(crate) async fn begin(&self) -> Result<AuditedTx, VaultError> {
-        self.store()
-            .begin_audited()
-            .await
-            .map_err(VaultError::AuditUnavailable)
+        let deadline = DEADLINE.try_with(|d| *d).ok();
+        let begun = match deadline {
+            Some(d) => tokio::time::timeout_at(d, self.store().begin_audited())
+                .await
+                .map_err(|_| VaultError::DeadlineExceeded)?,
+            None => self.store().begin_audited().await,
+        };
+        match begun {
+            Ok(tx) => Ok(tx),
+            Err(StoreError::QueueFull(n)) => Err(VaultError::Overloaded(n)),
+            Err(e) => Err(VaultError::AuditUnavailable(e)),
+        }
     }
 
     /// Commits `tx` with the request's `ok` record about `subject` (the
@@ -284,18 +336,67 @@ impl Vault {
         action: Action,
         detail: String,
     ) -> Result<(), VaultError> {
-        let ev = event(self, actor, action, None, "ok", detail, None);
+        let ev = event(self, actor, action.name(), None, "ok", detail, None);
         self.append(tx, ev).await
     }
 
-    /// Appends `event` to the audit chain in `tx` and commits.
-    async fn append(&self, tx: AuditedTx, event: AuditEvent) -> Result<(), VaultError> {
+    /// Writes `leaf` in `tx` and commits. The leaf names the chain head
+    /// the transaction left its subject at, so a rolled-back chain shows.
+    async fn append(&self, tx: AuditedTx, mut leaf: AuditLeaf) -> Result<(), VaultError> {
+        if let Some((id, head)) = tx.changed_head() {
+            let id = id.to_string();
+            if leaf.subject.as_ref().is_none_or(|s| *s == id) {
+                leaf.subject = Some(id);
+                leaf.head = Some((head.seq, head.hash));
+            }
+        }
         let key = self.keys().audit_key(self.keys().current_version())?;
-        let (seq, prev) = tx.audit_position();
-        let record = audit::chain(seq, prev, event, &key);
-        tx.commit(&record)
-            .await
-            .map_err(VaultError::AuditUnavailable)
+        let bytes = leaf.encode();
+        let mac = crypto::hmac_sha256(key.expose(), &[&merkle::leaf_hash(&bytes)]);
+        let new = NewLeaf {
+            leaf: &leaf,
+            bytes: &bytes,
+            key_version: key.version(),
+            mac,
+        };
+        tx.commit(&new).await.map_err(VaultError::AuditUnavailable)
+    }
+
+    /// Audits the refusals counted since the last call, one leaf per
+    /// identity and reason (`count=N`), in one transaction.
+    pub async fn flush_refusals(&self) -> Result<usize, VaultError> {
+        let counts = self.admission.take_refusals();
+        if counts.is_empty() {
+            return Ok(0);
+        }
+        let n = counts.len();
+        for ((who, why), count) in counts {
+            let caller = Caller::new(who);
+            let decision = Decision {
+                allowed: false,
+                policies: Vec::new(),
+            };
+            let leaf = event(
+                self,
+                &caller,
+                "Refused",
+                None,
+                if why == REFUSED_UNREGISTERED {
+                    "denied"
+                } else {
+                    "rate_limited"
+                },
+                format!("{why} count={count}"),
+                Some(&decision),
+            );
+            let tx = self
+                .store()
+                .begin_audited()
+                .await
+                .map_err(VaultError::AuditUnavailable)?;
+            self.append(tx, leaf).await?;
+        }
+        Ok(n)
     }
 
     /// Records a refusal or failure of `req` in its own transaction and
@@ -306,9 +407,23 @@ impl Vault {
         self.record_refusal(ev, err).await
     }
 
-    async fn record_refusal<T>(&self, ev: AuditEvent, err: VaultError) -> Result<T, VaultError> {
-        let tx = self.begin().await?;
+    async fn record_refusal<T>(&self, ev: AuditLeaf, err: VaultError) -> Result<T, VaultError> {
+        let tx = match self.begin().await {
+            Ok(tx) => tx,
+            Err(e @ (VaultError::Overloaded(_) | VaultError::DeadlineExceeded)) => {
+                // Counted instead, so the refusal is still on the record.
+                self.admission.count_refusal(&ev.actor, REFUSED_UNRECORDED);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.append(tx, ev).await?;
         Err(err)
     }
 }
+
+/// Coalesced refusal reasons (the `detail` of their leaves).
+const REFUSED_UNREGISTERED: &str = "unregistered identity";
+const REFUSED_BUSY: &str = "overloaded";
+const REFUSED_LATE: &str = "deadline passed in the queue";
+const REFUSED_UNRECORDED: &str = "refused while the writer was busy";

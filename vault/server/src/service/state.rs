@@ -103,3 +103,71 @@ impl XrefCache {
         }
     }
 }
+
+/// Requests in flight per partner, at most (admission control).
+pub(crate) const MAX_IN_FLIGHT_PER_PARTNER: usize = 64;
+
+/// Distinct identities whose coalesced refusals are counted per interval;
+/// the rest share one counter.
+const MAX_REFUSAL_KEYS: usize = 1024;
+
+/// Admission control: a limit of requests in flight per partner, so one
+/// partner cannot occupy the writer queue, and coalesced counts of the
+/// refusals that must not each write a leaf (unregistered identities,
+/// overload, calls whose deadline passed in the queue), so a flood cannot
+/// flood the log either.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    per_partner: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    refusals: Mutex<HashMap<(String, &'static str), u64>>,
+}
+
+impl Admission {
+    pub(crate) fn new(registry: &PartnerRegistry) -> Self {
+        Self {
+            per_partner: registry
+                .partners()
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_PARTNER)),
+                    )
+                })
+                .collect(),
+            refusals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one request of `partner`, or `None` when it already has
+    /// [`MAX_IN_FLIGHT_PER_PARTNER`] in flight.
+    pub(crate) fn enter(&self, partner: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let s = self.per_partner.get(partner)?;
+        Arc::clone(s).try_acquire_owned().ok()
+    }
+
+    /// Counts one coalesced refusal of `who` for `why`.
+    pub(crate) fn count_refusal(&self, who: &str, why: &'static str) {
+        let mut m = match self.refusals.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let key = if m.len() < MAX_REFUSAL_KEYS || m.contains_key(&(who.to_owned(), why)) {
+            (who.to_owned(), why)
+        } else {
+            ("(other identities)".to_owned(), why)
+        };
+        *m.entry(key).or_default() += 1;
+    }
+
+    /// Takes the counts gathered since the last call.
+    pub(crate) fn take_refusals(&self) -> Vec<((String, &'static str), u64)> {
+        let mut m = match self.refusals.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut v: Vec<_> = m.drain().collect();
+        v.sort();
+        v
+    }
+}

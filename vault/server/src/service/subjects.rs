@@ -137,13 +137,18 @@ impl Vault {
         self.handle(caller, Action::VerifySubjectChain, async |req| {
             let id = req.subject_id(subject)?;
             req.decide_on_subject(&id, &[])?;
-            let (mut tx, row) = self.open_owned(req, &id).await?;
-            let stored = tx.packets(&id).await?;
-            let report = match self.subject_dek(&row) {
+            // Read outside the writer, from one snapshot; only the leaf
+            // goes through it.
+            let snap = match self.store().subject_snapshot(&id).await? {
+                Some(s) if s.row.created_by == req.partner.name => s,
+                _ => return Err(VaultError::NotFound),
+            };
+            let row = snap.row;
+            let mut report = match self.subject_dek(&row) {
                 Ok(dek) => packet::verify_chain(
                     &id,
                     &dek,
-                    stored.iter().map(|(s, b)| (*s, b.as_slice())),
+                    snap.packets.iter().map(|(s, b)| (*s, b.as_slice())),
                     row.head,
                 ),
                 // A DEK that does not unwrap makes every packet unreadable.
@@ -153,6 +158,13 @@ impl Vault {
                 },
                 Err(e) => return Err(e),
             };
+            // The stored head must be the one the subject's newest leaf
+            // recorded (a leaf whose MAC verifies): otherwise the chain was
+            // rolled back (newest packets dropped, head reset).
+            if report.first_break.is_none() && !self.head_matches_leaf(&row, snap.leaf.as_ref()) {
+                report.first_break = Some((row.head.seq + 1, BreakReason::HeadMismatch));
+            }
+            let tx = self.begin().await?;
             let detail = match report.first_break {
                 None => format!("intact packets={}", report.checked),
                 Some((seq, r)) => format!("broken seq={seq} reason={}", r.name()),

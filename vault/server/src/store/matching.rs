@@ -167,47 +167,6 @@ impl AuditedTx {
         Ok(rows.into_iter().collect())
     }
 
-    /// The candidates of one query in one round trip: the at most `limit`
-    /// subjects of `domain` holding the most `blocking` indexes, with their
-    /// presence masks and signatures, most blocking hits first.
-    pub async fn match_candidates(
-        &mut self,
-        domain: &str,
-        blocking: &[i64],
-        limit: u32,
-    ) -> Result<Vec<Candidate>, StoreError> {
-        if blocking.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT s.subject_id, s.fields, s.signature, c.n FROM match_subjects s \
-             JOIN (SELECT subject_id, COUNT(*) AS n FROM match_index \
-             WHERE domain = $1 AND bidx IN ({}) \
-             GROUP BY subject_id ORDER BY COUNT(*) DESC, subject_id LIMIT $2) c \
-             ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.n DESC, s.subject_id",
-            placeholders(3, blocking.len()),
-        );
-        let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, i64)>(sqlx::AssertSqlSafe(sql))
-            .bind(domain.to_owned())
-            .bind(i64::from(limit));
-        for b in blocking {
-            q = q.bind(*b);
-        }
-        q.fetch_all(&mut *self.tx)
-            .await?
-            .into_iter()
-            .map(|(s, mask, signature, n)| {
-                Ok(Candidate {
-                    subject: subject_of(&s, "match_subjects.subject_id")?,
-                    present: u16::try_from(mask)
-                        .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
-                    signature,
-                    blocking_hits: u32::try_from(n).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
-    }
-
     /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
     pub async fn pairwise_tokens(
         &mut self,
@@ -221,9 +180,9 @@ impl AuditedTx {
         Ok(out)
     }
 
-    /// Records `partner`'s pairwise tokens `(subject, token)`. Audited
-    /// transactions are serialised by the audit head, so "read, then insert
-    /// when absent" cannot race with another writer.
+    /// Records `partner`'s pairwise tokens `(subject, token)` where it has
+    /// none yet (a concurrent match may have made one first: read them
+    /// back, in the same transaction, with [`Self::pairwise_tokens`]).
     pub async fn pairwise_insert(
         &mut self,
         partner: &str,
@@ -234,7 +193,8 @@ impl AuditedTx {
                 .map(|i| format!("($1, {})", placeholders(i * 2 + 2, 2)))
                 .collect();
             let sql = format!(
-                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES {}",
+                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES {} \
+                 ON CONFLICT (partner, subject_id) DO NOTHING",
                 values.join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(partner.to_owned());
@@ -273,6 +233,33 @@ impl AuditedTx {
 }
 
 impl Store {
+    /// The candidates of one query in one round trip, from the pool (not
+    /// through the writer): the at most `limit` subjects of `domain`
+    /// holding the most `blocking` indexes, with their presence masks and
+    /// signatures, most blocking hits first.
+    pub async fn match_candidates(
+        &self,
+        domain: &str,
+        blocking: &[i64],
+        limit: u32,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        candidates(self.pool(), domain, blocking, limit).await
+    }
+
+    /// `partner`'s pairwise tokens of `subjects`, from the pool.
+    pub async fn pairwise_tokens(
+        &self,
+        partner: &str,
+        subjects: &[SubjectId],
+    ) -> Result<HashMap<SubjectId, String>, StoreError> {
+        let mut out = HashMap::new();
+        let mut conn = self.pool().acquire().await?;
+        for part in subjects.chunks(IN_CHUNK) {
+            pairwise_chunk(&mut *conn, partner, part, &mut out).await?;
+        }
+        Ok(out)
+    }
+
     /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
     pub async fn pairwise_tokens_of(
         &self,
@@ -428,4 +415,45 @@ impl BenchLoader {
         }
         Ok(())
     }
+}
+
+/// The candidates of one query in one round trip: the at most `limit`
+/// subjects of `domain` holding the most `blocking` indexes, with their
+/// presence masks and signatures, most blocking hits first.
+pub(super) async fn candidates<'e>(
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    domain: &str,
+    blocking: &[i64],
+    limit: u32,
+) -> Result<Vec<Candidate>, StoreError> {
+    if blocking.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT s.subject_id, s.fields, s.signature, c.n FROM match_subjects s \
+             JOIN (SELECT subject_id, COUNT(*) AS n FROM match_index \
+             WHERE domain = $1 AND bidx IN ({}) \
+             GROUP BY subject_id ORDER BY COUNT(*) DESC, subject_id LIMIT $2) c \
+             ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.n DESC, s.subject_id",
+        placeholders(3, blocking.len()),
+    );
+    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, i64)>(sqlx::AssertSqlSafe(sql))
+        .bind(domain.to_owned())
+        .bind(i64::from(limit));
+    for b in blocking {
+        q = q.bind(*b);
+    }
+    q.fetch_all(ex)
+        .await?
+        .into_iter()
+        .map(|(s, mask, signature, n)| {
+            Ok(Candidate {
+                subject: subject_of(&s, "match_subjects.subject_id")?,
+                present: u16::try_from(mask)
+                    .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
+                signature,
+                blocking_hits: u32::try_from(n).unwrap_or(u32::MAX),
+            })
+        })
+        .collect()
 }

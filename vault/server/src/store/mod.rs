@@ -4,13 +4,12 @@
 //! same SQL through sqlx's `Any` driver (positional `$n` parameters work on
 //! both); schemas and migrations are kept per backend in `migrations/`.
 //!
-//! Every audited write is one transaction that starts by bumping the audit
-//! head row (`UPDATE … RETURNING`). That first statement takes the write
-//! lock on SQLite and a row lock on PostgreSQL, so audit records are chained
-//! in commit order even across several vault replicas, and a SQLite
-//! transaction never has to upgrade from a read lock (which can fail with
-//! `SQLITE_BUSY` under concurrency). If the audit record cannot be written,
-//! the whole transaction rolls back: the request fails closed.
+//! Every write is one [`AuditedTx`] that ends by writing exactly one audit
+//! leaf and committing: if the leaf cannot be written, nothing is (the
+//! request fails closed). No shared row is touched on the way: SQLite
+//! requests share group commits ([`writer`]), PostgreSQL requests commit
+//! in parallel and a subject's writes are ordered by its own row lock.
+//! Reads that need no write go to the pool, never through the writer.
 
 /// Column list of `subjects`, as a macro so queries stay string literals
 /// (sqlx refuses dynamically built SQL).
@@ -20,23 +19,29 @@ macro_rules! subject_columns {
     };
 }
 
+mod audit;
 mod consent;
 mod events;
 mod matching;
 mod rows;
+mod writer;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyPool, Executor, Row};
 
+pub use audit::{
+    CheckpointRow, LeafColumns, LeafRow, NewLeaf, SequencerLease, SequencerTx, SubjectSnapshot,
+};
 pub use events::IGNORED_UNLINKED;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
+pub use writer::MAX_BATCH;
 
 use rows::{i64_to_u64, u64_to_i64};
+use writer::{GroupWriter, TxConn};
 
-use idvault_core::audit::AuditRecord;
 use idvault_core::crypto::HASH_LEN;
 use idvault_core::packet::{ChainHead, NewPacket};
 use idvault_core::records::SubjectRecord;
@@ -64,6 +69,12 @@ pub enum StoreError {
     /// SQLite durability settings did not take effect.
     #[error("SQLite durability check failed: {0}")]
     Durability(String),
+    /// The group commit this write joined did not become durable.
+    #[error("the write batch failed: {0}")]
+    Batch(String),
+    /// The writer queue is full (this many writes queued or running).
+    #[error("the writer queue is full ({0} writes)")]
+    QueueFull(usize),
 }
 
 /// Which database is behind the store.
@@ -80,12 +91,17 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite only: audited transactions of this process queue here for
-    /// the write lock. SQLite's own busy handler sleeps and retries with
-    /// growing back-off (up to 100 ms a try), so under contention writers
-    /// would mostly sleep; a FIFO async lock hands over at once.
-    writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite only: the group-commit writer (see [`writer`]). SQLite's own
+    /// busy handler sleeps and retries with growing back-off, so writers
+    /// of this process queue here instead, and share each fsync.
+    writer: Option<std::sync::Arc<GroupWriter>>,
+    /// Bounds the writes queued or running (admission control): a write
+    /// beyond it is refused at once instead of waiting.
+    queue: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Writes queued for or holding the writer, at most.
+pub const WRITE_QUEUE: usize = 1024;
 
 /// SQLite settings applied to every connection. `synchronous=FULL` with WAL
 /// makes an acknowledged commit survive power loss; `secure_delete`
@@ -113,7 +129,8 @@ impl Store {
         };
         let mut opts = AnyPoolOptions::new()
             .max_connections(match backend {
-                Backend::Sqlite => 4,
+                // One is the batch writer's; the rest serve reads.
+                Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })
             .acquire_timeout(Duration::from_secs(15));
@@ -130,16 +147,18 @@ impl Store {
             });
         }
         let pool = opts.connect(url).await?;
-        let writer = (backend == Backend::Sqlite).then(Default::default);
-        let store = Self {
+        let mut store = Self {
             pool,
             backend,
-            writer,
+            writer: None,
+            queue: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
         };
         match backend {
             Backend::Sqlite => {
                 SQLITE_MIGRATIONS.run(&store.pool).await?;
                 store.check_sqlite_durability().await?;
+                let conn = store.pool.acquire().await?;
+                store.writer = Some(std::sync::Arc::new(GroupWriter::new(conn)));
             }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
         }
@@ -183,54 +202,37 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Starts an audited write transaction; see the module docs.
+    /// Starts a write transaction; see the module docs. Refused at once
+    /// with [`StoreError::QueueFull`] when [`WRITE_QUEUE`] writes are
+    /// already queued or running.
     pub async fn begin_audited(&self) -> Result<AuditedTx, StoreError> {
-        let writer = match &self.writer {
-            Some(lock) => Some(std::sync::Arc::clone(lock).lock_owned().await),
-            None => None,
+        let slot = std::sync::Arc::clone(&self.queue)
+            .try_acquire_owned()
+            .map_err(|_| StoreError::QueueFull(WRITE_QUEUE))?;
+        self.begin_write(slot).await
+    }
+
+    async fn begin_write(
+        &self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<AuditedTx, StoreError> {
+        let tx = match &self.writer {
+            Some(w) => TxConn::Batch(w.begin().await?),
+            None => TxConn::Own(self.pool.begin().await?),
         };
-        let mut tx = self.pool.begin().await?;
-        let row =
-            sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-                .fetch_one(&mut *tx)
-                .await?;
-        let seq = i64_to_u64(row.try_get("seq")?, "audit_head.seq")?;
-        let hash: Vec<u8> = row.try_get("hash")?;
-        let prev_hash: [u8; HASH_LEN] = hash
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("audit_head.hash"))?;
         Ok(AuditedTx {
             tx,
-            prev_seq: seq.saturating_sub(1),
-            prev_hash,
-            _writer: writer,
+            backend: self.backend,
+            writer: self.writer.clone(),
+            changed: None,
+            _slot: slot,
         })
     }
 
-    /// The stored audit head `(seq, hash)`.
-    pub async fn audit_head(&self) -> Result<(u64, [u8; HASH_LEN]), StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        let hash: Vec<u8> = row.try_get("hash")?;
-        Ok((
-            i64_to_u64(row.try_get("seq")?, "audit_head.seq")?,
-            hash.try_into()
-                .map_err(|_| StoreError::Corrupt("audit_head.hash"))?,
-        ))
-    }
-
-    /// Up to `limit` audit records with `seq > after`, ascending.
-    pub async fn audit_page(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, time_ms, actor, action, subject, outcome, detail, key_version, \
-             prev_hash, hash, mac FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(u64_to_i64(after)?)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::audit_from_row).collect()
+    /// Commits a write without a leaf: only the sequencer's own batches,
+    /// which write the tree itself.
+    async fn commit_write(&self, tx: AuditedTx) -> Result<(), StoreError> {
+        tx.finish().await
     }
 
     /// Canonical entity tokens for blind indexes (absent ones are left out),
@@ -351,36 +353,60 @@ async fn resolve<'e>(
     Ok(row.map(|(t, a)| a.unwrap_or(t)))
 }
 
-/// A write transaction that ends by appending exactly one audit record.
-/// Dropping it without [`AuditedTx::commit`] rolls everything back.
+/// A write transaction that ends by appending exactly one audit leaf.
+/// Dropping it without [`AuditedTx::commit`] rolls its writes back.
 #[derive(Debug)]
 pub struct AuditedTx {
-    tx: Transaction<'static, Any>,
-    prev_seq: u64,
-    prev_hash: [u8; HASH_LEN],
-    /// Held until the transaction ends. On a drop without commit, sqlx
-    /// only queues the rollback (it runs when the connection returns to
-    /// the pool), so the next writer may briefly wait in SQLite's busy
-    /// handler; it never sees this transaction's writes.
-    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    tx: TxConn,
+    backend: Backend,
+    writer: Option<std::sync::Arc<GroupWriter>>,
+    changed: Option<(SubjectId, ChainHead)>,
+    /// Its place in the writer queue, given back when it ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl AuditedTx {
-    /// The audit position the record must chain after.
-    pub fn audit_position(&self) -> (u64, [u8; HASH_LEN]) {
-        (self.prev_seq, self.prev_hash)
+    /// The subject chain head this transaction wrote last (its leaf
+    /// records it, so a rolled-back chain is detected).
+    pub fn changed_head(&self) -> Option<(SubjectId, ChainHead)> {
+        self.changed
     }
 
-    /// Loads a subject row.
+    /// Appends the leaf and commits; returns once the write is durable.
+    pub async fn commit(mut self, leaf: &NewLeaf<'_>) -> Result<(), StoreError> {
+        self.insert_leaf(leaf).await?;
+        self.finish().await
+    }
+
+    async fn finish(self) -> Result<(), StoreError> {
+        let _slot = self._slot;
+        match (self.tx, &self.writer) {
+            (TxConn::Own(t), _) => Ok(t.commit().await?),
+            (TxConn::Batch(b), Some(w)) => w.commit(b).await,
+            (TxConn::Batch(_), None) => Err(StoreError::Corrupt("batch without a writer")),
+        }
+    }
+
+    /// Loads a subject row. On PostgreSQL it also locks the row until the
+    /// transaction ends: the per-subject guard that orders concurrent
+    /// writes to one subject (on SQLite the writer already orders them).
     pub async fn subject(&mut self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
-        let row: Option<AnyRow> = sqlx::query(concat!(
-            "SELECT ",
-            subject_columns!(),
-            " FROM subjects WHERE subject_id = $1"
-        ))
-        .bind(id.as_bytes().to_vec())
-        .fetch_optional(&mut *self.tx)
-        .await?;
+        let sql = match self.backend {
+            Backend::Sqlite => concat!(
+                "SELECT ",
+                subject_columns!(),
+                " FROM subjects WHERE subject_id = $1"
+            ),
+            Backend::Postgres => concat!(
+                "SELECT ",
+                subject_columns!(),
+                " FROM subjects WHERE subject_id = $1 FOR UPDATE"
+            ),
+        };
+        let row: Option<AnyRow> = sqlx::query(sql)
+            .bind(id.as_bytes().to_vec())
+            .fetch_optional(&mut *self.tx)
+            .await?;
         row.as_ref().map(rows::subject_record).transpose()
     }
 
@@ -418,6 +444,7 @@ impl AuditedTx {
         .bind(s.updated_at_ms)
         .execute(&mut *self.tx)
         .await?;
+        self.changed = Some((s.id, s.head));
         Ok(())
     }
 
@@ -455,6 +482,7 @@ impl AuditedTx {
             .bind(id.as_bytes().to_vec())
             .execute(&mut *self.tx)
             .await?;
+        self.changed = Some((*id, head));
         Ok(())
     }
 
@@ -591,39 +619,6 @@ impl AuditedTx {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        Ok(())
-    }
-
-    /// Appends the audit record, moves the audit head and commits.
-    pub async fn commit(mut self, record: &AuditRecord) -> Result<(), StoreError> {
-        if record.seq != self.prev_seq + 1 || record.prev_hash != self.prev_hash {
-            return Err(StoreError::Corrupt(
-                "audit record does not chain to the head",
-            ));
-        }
-        let e = &record.event;
-        sqlx::query(
-            "INSERT INTO audit_log (seq, time_ms, actor, action, subject, outcome, detail, \
-             key_version, prev_hash, hash, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(u64_to_i64(record.seq)?)
-        .bind(e.time_ms)
-        .bind(e.actor.clone())
-        .bind(e.action.clone())
-        .bind(e.subject.clone())
-        .bind(e.outcome.clone())
-        .bind(e.detail.clone())
-        .bind(i64::from(record.key_version))
-        .bind(record.prev_hash.to_vec())
-        .bind(record.hash.to_vec())
-        .bind(record.mac.to_vec())
-        .execute(&mut *self.tx)
-        .await?;
-        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-            .bind(record.hash.to_vec())
-            .execute(&mut *self.tx)
-            .await?;
-        self.tx.commit().await?;
         Ok(())
     }
 }

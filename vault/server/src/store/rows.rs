@@ -8,7 +8,6 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::StoreError;
-use idvault_core::audit::{AuditEvent, AuditRecord};
 use idvault_core::keys::WrappedDek;
 use idvault_core::packet::ChainHead;
 use idvault_core::records::SubjectRecord;
@@ -76,26 +75,5 @@ pub(super) fn subject_record(r: &AnyRow) -> Result<SubjectRecord, StoreError> {
         },
         created_at_ms: r.try_get("created_at_ms")?,
         updated_at_ms: r.try_get("updated_at_ms")?,
-    })
-}
-
-pub(super) fn audit_from_row(r: &AnyRow) -> Result<AuditRecord, StoreError> {
-    let seq: i64 = r.try_get("seq")?;
-    let key_version: i64 = r.try_get("key_version")?;
-    Ok(AuditRecord {
-        seq: i64_to_u64(seq, "audit_log.seq")?,
-        event: AuditEvent {
-            time_ms: r.try_get("time_ms")?,
-            actor: r.try_get("actor")?,
-            action: r.try_get("action")?,
-            subject: r.try_get("subject")?,
-            outcome: r.try_get("outcome")?,
-            detail: r.try_get("detail")?,
-        },
-        key_version: u32::try_from(key_version)
-            .map_err(|_| StoreError::Corrupt("audit_log.key_version"))?,
-        prev_hash: array32(r.try_get("prev_hash")?, "audit_log.prev_hash")?,
-        hash: array32(r.try_get("hash")?, "audit_log.hash")?,
-        mac: array32(r.try_get("mac")?, "audit_log.mac")?,
     })
 }

@@ -42,6 +42,23 @@ pub(crate) enum PartnerCommand {
         #[arg(long, default_value_t = 3)]
         max_results: u32,
     },
+    /// Check the vault's audit log: verify the newest signed checkpoint
+    /// with the vault's public key, prove it extends the checkpoint kept in
+    /// --state (a rolled-back or forked log exits 1), optionally prove a
+    /// request of ours is in it, then keep the new checkpoint.
+    AuditCheck {
+        /// Verifier key file (`idvault audit public-key`), one key per line.
+        #[arg(long, value_name = "FILE")]
+        public_key: std::path::PathBuf,
+        /// Where the last seen checkpoint is kept
+        /// (default: DATA_DIR/audit-checkpoint.NAME).
+        #[arg(long, value_name = "FILE")]
+        state: Option<std::path::PathBuf>,
+        /// Also prove this request (the `idvault-request-id` a response
+        /// carried) is in the log.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
     #[command(flatten)]
     Consent(consent::PartnerConsentCommand),
     #[command(flatten)]
@@ -57,6 +74,19 @@ pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
             .collect()
     };
     match args.command {
+        PartnerCommand::AuditCheck {
+            public_key,
+            state,
+            request_id,
+        } => {
+            let state = state.unwrap_or_else(|| {
+                args.conn
+                    .dir
+                    .data_dir
+                    .join(format!("audit-checkpoint.{}", args.conn.name))
+            });
+            audit_check(&args.conn, &public_key, &state, request_id.as_deref()).await?;
+        }
         PartnerCommand::Consent(c) => consent::partner(&args.conn, c).await?,
         PartnerCommand::Events(c) => events::partner(&args.conn, c).await?,
         PartnerCommand::CreateSubject { fields: f } => {
@@ -153,6 +183,62 @@ pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+async fn audit_check(
+    conn: &ConnectArgs,
+    public_key: &std::path::Path,
+    state: &std::path::Path,
+    request_id: Option<&str>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (keys, origin) = super::audit::read_verifiers(public_key)?;
+    let kept = match std::fs::read_to_string(state) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
+    };
+    let checked = idvault_client::audit::check(
+        conn.channel().await?,
+        &keys,
+        &origin,
+        kept.as_deref(),
+        request_id,
+    )
+    .await;
+    let c = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            println!("audit check FAILED: {e}");
+            std::process::exit(1);
+        }
+    };
+    // Keep the new checkpoint: write a temporary file, then rename, so a
+    // crash never leaves a torn state file.
+    let tmp = state.with_extension("tmp");
+    std::fs::write(&tmp, &c.note).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, state).with_context(|| format!("replacing {}", state.display()))?;
+    match c.extends {
+        Some(old) => println!(
+            "checkpoint {} verified; consistent with the kept checkpoint {old}",
+            c.checkpoint.size
+        ),
+        None => println!(
+            "checkpoint {} verified; kept in {} (first check)",
+            c.checkpoint.size,
+            state.display()
+        ),
+    }
+    if let Some((index, leaf)) = c.included {
+        println!(
+            "request {} is leaf {index}: {} {} {}",
+            hex::encode(leaf.request_id),
+            leaf.action,
+            leaf.subject.as_deref().unwrap_or("-"),
+            leaf.outcome
+        );
     }
     Ok(())
 }

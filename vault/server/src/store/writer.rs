@@ -1,0 +1,229 @@
+//! Write transactions: group commit on SQLite, parallel transactions on
+//! PostgreSQL.
+//!
+//! SQLite has one writer at a time and pays one fsync per COMMIT
+//! (`synchronous=FULL`). So the process keeps one writer connection and
+//! runs every request's writes as a SAVEPOINT inside a shared batch
+//! transaction: a request takes the writer, opens its savepoint, does its
+//! reads and writes, appends its audit leaf and RELEASEs the savepoint. If
+//! no other request is waiting for the writer (or the batch is full) it
+//! COMMITs the batch; otherwise it hands the writer to the next request
+//! and waits for the batch's COMMIT. One fsync serves the whole batch, and
+//! every request is answered only after the COMMIT that made it durable.
+//! A request that fails or is dropped before its RELEASE leaves its
+//! savepoint open; whoever takes the writer next rolls back to it first,
+//! so only that request's writes are undone.
+//!
+//! PostgreSQL needs none of this: each request is its own transaction from
+//! the pool and concurrent requests commit in parallel. Per-subject order
+//! comes from the subject's own row (`SELECT … FOR UPDATE`), never from a
+//! shared one.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Executor, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+
+use super::StoreError;
+
+/// Requests in one SQLite batch at most: bounds the work one fsync waits
+/// for and the size of a batch lost to an I/O error.
+pub const MAX_BATCH: usize = 256;
+
+/// How long a request whose savepoint was released waits for a later
+/// request to commit the batch before it commits it itself (covers a
+/// waiter that gave up in the queue).
+const HANDOVER_GRACE: Duration = Duration::from_millis(20);
+
+/// The SQLite group-commit writer.
+#[derive(Debug)]
+pub(super) struct GroupWriter {
+    batch: Arc<Mutex<Batch>>,
+    /// Requests queued for the writer. A request that finds nobody queued
+    /// commits at once, so a lone request never waits for company.
+    queued: AtomicUsize,
+}
+
+/// The writer connection and the batch open on it.
+#[derive(Debug)]
+pub(super) struct Batch {
+    /// Detached from the pool: it is the writer's for the life of the
+    /// store, and closing the pool must not wait for it to come back.
+    conn: AnyConnection,
+    /// `BEGIN IMMEDIATE` issued and not yet committed.
+    open: bool,
+    /// A request's savepoint is open (it is running, or it ended without
+    /// releasing: then it is rolled back before anything else runs).
+    in_savepoint: bool,
+    /// Batches ended so far; a member checks it to learn whether its batch
+    /// is still open.
+    generation: u64,
+    /// Requests released into the open batch, waiting for its end.
+    members: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Decrements the queue count when the wait ends, however it ends.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl GroupWriter {
+    pub(super) fn new(conn: PoolConnection<Any>) -> Self {
+        Self {
+            batch: Arc::new(Mutex::new(Batch {
+                conn: conn.detach(),
+                open: false,
+                in_savepoint: false,
+                generation: 0,
+                members: Vec::new(),
+            })),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes the writer and opens a savepoint for one request.
+    pub(super) async fn begin(&self) -> Result<OwnedMutexGuard<Batch>, StoreError> {
+        let mut b = {
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            let _q = Queued(&self.queued);
+            Arc::clone(&self.batch).lock_owned().await
+        };
+        b.undo_abandoned().await;
+        if !b.open {
+            // IMMEDIATE: take the write lock now, so no statement of the
+            // batch ever has to upgrade a read lock (which can fail busy).
+            b.conn.execute("BEGIN IMMEDIATE").await?;
+            b.open = true;
+        }
+        if let Err(e) = b.conn.execute("SAVEPOINT request").await {
+            b.abort("savepoint failed").await;
+            return Err(e.into());
+        }
+        b.in_savepoint = true;
+        Ok(b)
+    }
+
+    /// Releases the request's savepoint into the batch and waits until the
+    /// batch is durable (or failed).
+    pub(super) async fn commit(&self, mut b: OwnedMutexGuard<Batch>) -> Result<(), StoreError> {
+        b.conn.execute("RELEASE request").await?;
+        b.in_savepoint = false;
+        let (tx, mut rx) = oneshot::channel();
+        b.members.push(tx);
+        let generation = b.generation;
+        if self.queued.load(Ordering::SeqCst) == 0 || b.members.len() >= MAX_BATCH {
+            b.end().await;
+        }
+        drop(b);
+        let res = match tokio::time::timeout(HANDOVER_GRACE, &mut rx).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Nobody ended the batch in time: end it ourselves.
+                let mut b = Arc::clone(&self.batch).lock_owned().await;
+                if b.generation == generation {
+                    b.undo_abandoned().await;
+                    b.end().await;
+                }
+                drop(b);
+                rx.await
+            }
+        };
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(StoreError::Batch(why)),
+            Err(_) => Err(StoreError::Batch("the batch writer went away".into())),
+        }
+    }
+}
+
+impl Batch {
+    /// Rolls back a savepoint its request left open (failed or dropped).
+    async fn undo_abandoned(&mut self) {
+        if !self.in_savepoint {
+            return;
+        }
+        self.in_savepoint = false;
+        let undone = async {
+            self.conn.execute("ROLLBACK TO request").await?;
+            self.conn.execute("RELEASE request").await
+        }
+        .await;
+        if undone.is_err() {
+            // SQLite rolled the whole transaction back (an I/O error, a
+            // full disk): the batch's earlier members are lost with it and
+            // must not be acknowledged.
+            self.abort("a batch member's rollback failed").await;
+        }
+    }
+
+    /// Commits the batch and answers every member.
+    async fn end(&mut self) {
+        if !self.open {
+            return;
+        }
+        match self.conn.execute("COMMIT").await {
+            Ok(_) => {
+                self.open = false;
+                self.generation += 1;
+                for m in self.members.drain(..) {
+                    let _ = m.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "batch commit failed");
+                self.abort("the batch commit failed").await;
+            }
+        }
+    }
+
+    /// Rolls the batch back and fails every member.
+    async fn abort(&mut self, why: &str) {
+        if let Err(e) = self.conn.execute("ROLLBACK").await {
+            // No transaction left to roll back is the expected case after
+            // SQLite's own rollback; anything else is logged.
+            tracing::warn!(error = %e, "batch rollback");
+        }
+        self.open = false;
+        self.in_savepoint = false;
+        self.generation += 1;
+        for m in self.members.drain(..) {
+            let _ = m.send(Err(why.to_owned()));
+        }
+    }
+}
+
+/// The connection a write transaction runs on.
+#[derive(Debug)]
+pub(super) enum TxConn {
+    /// PostgreSQL: the request's own transaction.
+    Own(Transaction<'static, Any>),
+    /// SQLite: a savepoint in the shared batch.
+    Batch(OwnedMutexGuard<Batch>),
+}
+
+impl Deref for TxConn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Self::Own(t) => t,
+            Self::Batch(b) => &b.conn,
+        }
+    }
+}
+
+impl DerefMut for TxConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Own(t) => &mut *t,
+            Self::Batch(b) => &mut b.conn,
+        }
+    }
+}
