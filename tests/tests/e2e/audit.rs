@@ -507,3 +507,136 @@ pub async fn refusals_are_audited_without_pii(b: Backend) -> anyhow::Result<()> 
     );
     tv.stop().await
 }
+
+/// Group commit: many concurrent writes share batches; one that fails
+/// after writing leaves the others committed and its own writes absent.
+pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::crypto;
+    use idvault_tests::idvault_server::store::NewLeaf;
+    let tv = TestVault::start(b).await?;
+    let store = tv.vault.store().clone();
+    let key = tv.vault.keys().audit_key(1)?;
+    let key_bytes = *key.expose();
+    let mut tasks = Vec::new();
+    for i in 0..24u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = store.begin_audited().await?;
+            tx.xref_create("group-test", &format!("tok-{i}"), 1).await?;
+            if i == 7 {
+                // A second statement fails (duplicate key): the request
+                // ends with an error and its first insert must not stay.
+                tx.xref_create("group-test", &format!("tok-{i}"), 1).await?;
+            }
+            let leaf = AuditLeaf {
+                time_ms: 1,
+                actor: "idvault-test".into(),
+                action: "GroupCommitTest".into(),
+                subject: None,
+                outcome: "ok".into(),
+                detail: format!("i={i}"),
+                policies: Vec::new(),
+                request_id: [i; 16],
+                head: None,
+            };
+            let bytes = leaf.encode();
+            let mac = crypto::hmac_sha256(&key_bytes, &[&merkle::leaf_hash(&bytes)]);
+            tx.commit(&NewLeaf {
+                leaf: &leaf,
+                bytes: &bytes,
+                key_version: 1,
+                mac,
+            })
+            .await?;
+            anyhow::Ok(())
+        }));
+    }
+    let mut failed = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if t.await?.is_err() {
+            failed.push(i);
+        }
+    }
+    assert_eq!(failed, [7]);
+    let tokens: Vec<String> = sqlx::query_scalar(
+        "SELECT token FROM xref_entities WHERE owner = 'group-test' ORDER BY token",
+    )
+    .fetch_all(tv.db())
+    .await?;
+    assert_eq!(tokens.len(), 23, "{tokens:?}");
+    assert!(!tokens.contains(&"tok-7".to_owned()));
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE action = 'GroupCommitTest'")
+            .await,
+        23
+    );
+    assert!(matches!(
+        tv.verify_audit().await?,
+        AuditVerdict::Intact { .. }
+    ));
+    tv.stop().await
+}
+
+/// Admission control: while the writer is held, a flood of calls from one
+/// partner gets RESOURCE_EXHAUSTED at once beyond its in-flight limit (no
+/// task left waiting), and the refusals are audited coalesced.
+pub async fn flood_is_refused_at_once(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    // Hold the writer: on SQLite every write now queues behind it.
+    let held = tv.vault.store().begin_audited().await?;
+    let channel = tv.channel("partner-a").await?;
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        let mut c =
+            idvault_tests::idvault_proto::v1::subject_service_client::SubjectServiceClient::new(
+                channel.clone(),
+            );
+        calls.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(CreateSubjectRequest {
+                fields: fields(&[("city", &format!("Flood {i}"))]),
+            });
+            req.set_timeout(std::time::Duration::from_secs(3));
+            c.create_subject(req)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
+        }));
+    }
+    // Give the flood time to arrive, then let the writer go.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    drop(held);
+    let mut exhausted = 0;
+    let mut ok = 0;
+    for c in calls {
+        match c.await? {
+            Ok(()) => ok += 1,
+            Err(Code::ResourceExhausted) => exhausted += 1,
+            Err(Code::DeadlineExceeded) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(ok <= 64, "at most the in-flight limit ran: {ok}");
+    assert!(exhausted >= 200 - 64, "refused at once: {exhausted}");
+    assert_eq!(
+        tv.count("SELECT count(*) FROM subjects").await,
+        ok as i64,
+        "every acknowledged write, and only those"
+    );
+    // The refusals are one coalesced leaf, not one each.
+    tv.checkpointed().await?;
+    let mut detail: Option<String> = None;
+    for _ in 0..50 {
+        detail = sqlx::query_scalar(
+            "SELECT detail FROM audit_log WHERE action = 'Refused' AND detail LIKE 'overloaded%'",
+        )
+        .fetch_optional(tv.db())
+        .await?;
+        if detail.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let detail = detail.expect("coalesced overload refusal audited");
+    assert!(detail.contains(&format!("count={exhausted}")), "{detail}");
+    tv.stop().await
+}
