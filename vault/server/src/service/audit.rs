@@ -627,6 +627,15 @@ fn check_leaf(
         && leaf.outcome == "ok"
     {
         if let Some(h) = leaf.head {
+            // A chain only grows: a head at or below one already recorded
+            // is a replayed leaf (a rollback dressed up as a new leaf).
+            if let Some(Some((seen, _))) = heads.get(subject)
+                && h.0 <= *seen
+            {
+                return Some(AuditFault::SubjectRolledBack {
+                    subject: subject.clone(),
+                });
+            }
             heads.insert(subject.clone(), Some(h));
         } else if leaf.action == Action::DeleteSubject.name() {
             heads.insert(subject.clone(), None);
@@ -649,7 +658,17 @@ impl Vault {
         if !mac_ok(self.keys(), &mut cache, l) {
             return false;
         }
-        match AuditLeaf::decode(&l.bytes).ok().and_then(|d| d.head) {
+        // The leaf must be about this subject and agree with the columns
+        // that selected it (they are not under the MAC).
+        let Ok(leaf) = AuditLeaf::decode(&l.bytes) else {
+            return false;
+        };
+        if leaf.subject.as_deref() != Some(row.id.to_string().as_str())
+            || LeafColumns::of(&leaf) != l.columns
+        {
+            return false;
+        }
+        match leaf.head {
             Some((seq, hash)) => seq == row.head.seq && crypto::ct_eq(&hash, &row.head.hash),
             None => false,
         }

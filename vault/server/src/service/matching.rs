@@ -391,6 +391,15 @@ impl Vault {
             }
         }
         let mut tx = self.begin().await?;
+        // A subject deleted since the lookup gets no token (on PostgreSQL
+        // the row lock also orders this against a concurrent delete).
+        let mut live = Vec::with_capacity(fresh.len());
+        for (s, t) in fresh {
+            if tx.subject(&s).await?.is_some() {
+                live.push((s, t));
+            }
+        }
+        let fresh = live;
         if !fresh.is_empty() {
             tx.pairwise_insert(&partner.name, &fresh).await?;
             let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
@@ -426,10 +435,14 @@ impl Vault {
                 Err(why) => QueryAnswer::Refused(why),
                 Ok(c) => QueryAnswer::Answered(
                     c.into_iter()
-                        .map(|h| MatchCandidate {
-                            pairwise_token: tokens.get(&h.subject).cloned().unwrap_or_default(),
-                            score: h.score,
-                            agreements: h.agreements,
+                        // A subject deleted since the lookup has no token:
+                        // it is no longer an answer.
+                        .filter_map(|h| {
+                            Some(MatchCandidate {
+                                pairwise_token: tokens.get(&h.subject)?.clone(),
+                                score: h.score,
+                                agreements: h.agreements,
+                            })
                         })
                         .collect(),
                 ),

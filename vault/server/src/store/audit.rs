@@ -6,7 +6,6 @@
 //! verify` checks that the two agree.
 
 use sqlx::any::AnyRow;
-use sqlx::pool::PoolConnection;
 use sqlx::{Any, Connection, Row, Transaction};
 
 use super::rows::{fixed, i64_to_u64, u64_to_i64};
@@ -328,8 +327,9 @@ impl Store {
                     .await?;
                 Ok(held.then(|| SequencerLease {
                     // Out of the pool: the lock lives as long as this
-                    // connection, which no one else may use.
-                    conn: Some(conn),
+                    // connection, which no one else may use; dropping the
+                    // lease closes it and so frees the lock.
+                    conn: Some(conn.detach()),
                 }))
             }
         }
@@ -375,7 +375,7 @@ async fn nodes(
 /// The right to run the sequencer (see [`Store::sequencer_lease`]).
 #[derive(Debug)]
 pub struct SequencerLease {
-    conn: Option<PoolConnection<Any>>,
+    conn: Option<sqlx::AnyConnection>,
 }
 
 /// One sequencer batch: a write transaction that assigns indexes, stores
@@ -398,11 +398,7 @@ impl SequencerLease {
         let conn = match &mut self.conn {
             None => {
                 // The sequencer waits for its place instead of being refused.
-                let slot = std::sync::Arc::clone(&store.queue)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| StoreError::Batch("the store is closed".into()))?;
-                SeqConn::Sqlite(store.begin_write(slot).await?)
+                SeqConn::Sqlite(store.begin_audited_waiting().await?)
             }
             Some(c) => SeqConn::Postgres(c.begin().await?),
         };

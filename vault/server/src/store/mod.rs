@@ -212,6 +212,17 @@ impl Store {
         self.begin_write(slot).await
     }
 
+    /// [`Self::begin_audited`] that waits for a place in the writer queue
+    /// instead of being refused: the vault's own jobs (the sequencer, the
+    /// coalesced refusal records), never a partner's request.
+    pub async fn begin_audited_waiting(&self) -> Result<AuditedTx, StoreError> {
+        let slot = std::sync::Arc::clone(&self.queue)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Batch("the store is closed".into()))?;
+        self.begin_write(slot).await
+    }
+
     async fn begin_write(
         &self,
         slot: tokio::sync::OwnedSemaphorePermit,

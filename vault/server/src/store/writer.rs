@@ -90,7 +90,21 @@ impl GroupWriter {
     }
 
     /// Takes the writer and opens a savepoint for one request.
-    pub(super) async fn begin(&self) -> Result<OwnedMutexGuard<Batch>, StoreError> {
+    ///
+    /// The writer's own steps (BEGIN, SAVEPOINT, RELEASE, COMMIT and the
+    /// bookkeeping beside them) run on a task of their own: a request
+    /// cancelled mid-step (its deadline, the client going away) cannot
+    /// leave the connection and this record of it disagreeing. The task
+    /// finishes the step; a savepoint left open is rolled back by the next
+    /// holder.
+    pub(super) async fn begin(self: &Arc<Self>) -> Result<OwnedMutexGuard<Batch>, StoreError> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.begin_step().await })
+            .await
+            .map_err(|_| StoreError::Batch("the writer task failed".into()))?
+    }
+
+    async fn begin_step(&self) -> Result<OwnedMutexGuard<Batch>, StoreError> {
         let mut b = {
             self.queued.fetch_add(1, Ordering::SeqCst);
             let _q = Queued(&self.queued);
@@ -113,26 +127,27 @@ impl GroupWriter {
 
     /// Releases the request's savepoint into the batch and waits until the
     /// batch is durable (or failed).
-    pub(super) async fn commit(&self, mut b: OwnedMutexGuard<Batch>) -> Result<(), StoreError> {
-        b.conn.execute("RELEASE request").await?;
-        b.in_savepoint = false;
-        let (tx, mut rx) = oneshot::channel();
-        b.members.push(tx);
-        let generation = b.generation;
-        if self.queued.load(Ordering::SeqCst) == 0 || b.members.len() >= MAX_BATCH {
-            b.end().await;
-        }
-        drop(b);
+    pub(super) async fn commit(
+        self: &Arc<Self>,
+        b: OwnedMutexGuard<Batch>,
+    ) -> Result<(), StoreError> {
+        let me = Arc::clone(self);
+        let (generation, mut rx) = tokio::spawn(async move { me.release_step(b).await })
+            .await
+            .map_err(|_| StoreError::Batch("the writer task failed".into()))??;
         let res = match tokio::time::timeout(HANDOVER_GRACE, &mut rx).await {
             Ok(r) => r,
             Err(_) => {
                 // Nobody ended the batch in time: end it ourselves.
-                let mut b = Arc::clone(&self.batch).lock_owned().await;
-                if b.generation == generation {
-                    b.undo_abandoned().await;
-                    b.end().await;
-                }
-                drop(b);
+                let me = Arc::clone(self);
+                let _ = tokio::spawn(async move {
+                    let mut b = Arc::clone(&me.batch).lock_owned().await;
+                    if b.generation == generation {
+                        b.undo_abandoned().await;
+                        b.end().await;
+                    }
+                })
+                .await;
                 rx.await
             }
         };
@@ -141,6 +156,21 @@ impl GroupWriter {
             Ok(Err(why)) => Err(StoreError::Batch(why)),
             Err(_) => Err(StoreError::Batch("the batch writer went away".into())),
         }
+    }
+
+    async fn release_step(
+        &self,
+        mut b: OwnedMutexGuard<Batch>,
+    ) -> Result<(u64, oneshot::Receiver<Result<(), String>>), StoreError> {
+        b.conn.execute("RELEASE request").await?;
+        b.in_savepoint = false;
+        let (tx, rx) = oneshot::channel();
+        b.members.push(tx);
+        let generation = b.generation;
+        if self.queued.load(Ordering::SeqCst) == 0 || b.members.len() >= MAX_BATCH {
+            b.end().await;
+        }
+        Ok((generation, rx))
     }
 }
 
