@@ -101,7 +101,7 @@ pub fn verifier_keys(keys: &KeyHierarchy, origin: &str) -> Result<Vec<String>, V
 #[derive(Debug, Default)]
 pub struct SequencerState {
     lease: Option<SequencerLease>,
-    skipped: HashSet<i64>,
+    skipped: HashSet<(i64, Hash)>,
     keys: HashMap<u32, AuditKey>,
 }
 
@@ -302,7 +302,7 @@ fn mac_ok(keys: &KeyHierarchy, cache: &mut HashMap<u32, AuditKey>, row: &LeafRow
 async fn sequence(
     vault: &Vault,
     lease: &mut SequencerLease,
-    skipped: &mut HashSet<i64>,
+    skipped: &mut HashSet<(i64, Hash)>,
     keys: &mut HashMap<u32, AuditKey>,
 ) -> Result<u64, VaultError> {
     let store = vault.store();
@@ -314,7 +314,10 @@ async fn sequence(
     let mut assigned = Vec::with_capacity(pending.len());
     let mut nodes = Vec::new();
     for row in &pending {
-        if skipped.contains(&row.id) {
+        // Keyed by content too: a reused row id with other bytes is a
+        // new leaf and gets its own check.
+        let hash = merkle::leaf_hash(&row.bytes);
+        if skipped.contains(&(row.id, hash)) {
             continue;
         }
         // A row a database writer inserted without the audit key is never
@@ -325,12 +328,12 @@ async fn sequence(
                 "audit leaf MAC does not verify; not sequenced"
             );
             if skipped.len() < MAX_SKIPPED {
-                skipped.insert(row.id);
+                skipped.insert((row.id, hash));
             }
             continue;
         }
         let index = tree.size();
-        nodes.extend(tree.push(merkle::leaf_hash(&row.bytes)));
+        nodes.extend(tree.push(hash));
         assigned.push((row.id, index));
     }
     if assigned.is_empty() {

@@ -20,6 +20,7 @@ use idvault_core::consent::{
     Refusal,
 };
 use idvault_core::keys::KeyError;
+use idvault_core::packet;
 use idvault_core::subject::{FieldName, SubjectId, join_field_names};
 
 /// A signed message as it arrived: bytes, signature, signing device.
@@ -84,6 +85,13 @@ fn release_allowed(
     } else {
         Err(req.partner.release_refusal(purpose, fields))
     }
+}
+
+/// A release sealed to its partner, before its receipt is written.
+struct Sealed {
+    enc: Vec<u8>,
+    ciphertext: Vec<u8>,
+    released: Vec<FieldName>,
 }
 
 impl Vault {
@@ -178,8 +186,6 @@ impl Vault {
         grant_hash: [u8; 32],
     ) -> Result<Release, VaultError> {
         let now = self.now_millis();
-        let mut tx = self.begin().await?;
-        self.still_active(&mut tx, device).await?;
         let row = Consent {
             consent_id: g.consent_id,
             subject: g.subject,
@@ -194,6 +200,11 @@ impl Vault {
             presented_at_ms: now,
             revoked_at_ms: None,
         };
+        // Decrypt and seal outside the writer; the claim (consent row,
+        // challenge) and the receipt are one transaction.
+        let sealed = self.seal(req, &row).await?;
+        let mut tx = self.begin().await?;
+        self.still_active(&mut tx, device).await?;
         if !tx.insert_consent(&row).await? {
             return Err(refused(Refusal::ConsentReplayed));
         }
@@ -203,7 +214,7 @@ impl Vault {
         if !tx.use_challenge(&g.challenge, now).await? {
             return Err(refused(Refusal::ChallengeReused));
         }
-        self.seal_and_commit(tx, req, &row).await
+        self.commit_release(tx, req, &row, sealed).await
     }
 
     async fn release_standing(
@@ -212,33 +223,51 @@ impl Vault {
         id: &[u8],
     ) -> Result<Release, VaultError> {
         let id: [u8; ID_LEN] = id.try_into().map_err(|_| refused(Refusal::Malformed))?;
-        let mut tx = self.begin().await?;
-        let stored = tx.consent(&id).await?;
+        // Checked and sealed outside the writer, from the pool …
+        let stored = self.store().consent(&id).await?;
         // Another partner's consent is reported as unknown.
         let row = Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
             .map_err(refused)?;
         req.about(row.subject);
-        tx.device(&row.device_id)
+        self.store()
+            .device(&row.device_id)
             .await?
             .ok_or(Refusal::UnknownDevice)
             .and_then(|d| d.check_active_for(&row.subject))
             .map_err(refused)?;
         // The registry may have narrowed since the grant was presented.
         release_allowed(req, &row.subject, &row.purpose, &row.fields).map_err(refused)?;
-        self.seal_and_commit(tx, req, row).await
+        let sealed = self.seal(req, row).await?;
+        // … then checked again in the transaction that records the
+        // receipt: a revocation that landed meanwhile wins.
+        let mut tx = self.begin().await?;
+        let stored = tx.consent(&id).await?;
+        let row = Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
+            .map_err(refused)?;
+        tx.device(&row.device_id)
+            .await?
+            .ok_or(Refusal::UnknownDevice)
+            .and_then(|d| d.check_active_for(&row.subject))
+            .map_err(refused)?;
+        self.commit_release(tx, req, row, sealed).await
     }
 
-    /// Decrypts the consented fields, seals them to the partner, writes
-    /// the receipt and commits with the audit record.
-    async fn seal_and_commit(
-        &self,
-        mut tx: AuditedTx,
-        req: &Request<'_>,
-        consent: &Consent,
-    ) -> Result<Release, VaultError> {
+    /// Decrypts the consented fields and seals them to the partner,
+    /// reading from the pool: the decrypt and the HPKE seal never run
+    /// under the writer.
+    async fn seal(&self, req: &Request<'_>, consent: &Consent) -> Result<Sealed, VaultError> {
         let id = consent.subject;
-        let subject = tx.subject(&id).await?.ok_or(VaultError::NotFound)?;
-        let values = self.newest_values(&mut tx, &subject).await?;
+        let snap = self
+            .store()
+            .subject_snapshot(&id)
+            .await?
+            .ok_or(VaultError::NotFound)?;
+        let dek = self.subject_dek(&snap.row)?;
+        let values: Vec<(FieldName, _)> =
+            packet::newest_values(&id, &dek, snap.packets.iter().map(|(_, b)| b.as_slice()))
+                .map_err(|_| VaultError::Integrity("packet open"))?
+                .into_iter()
+                .collect();
         // Only consented names are copied out: a field the person did not
         // sign for cannot reach the plaintext.
         let chosen: Vec<(FieldName, &str)> = values
@@ -255,6 +284,25 @@ impl Vault {
             .ok_or(VaultError::Internal("partner has no release key"))?;
         let (enc, ciphertext) = c::seal_release(key, &consent.consent_id, &id, &bytes, self.rng())
             .map_err(|_| VaultError::Internal("release sealing"))?;
+        Ok(Sealed {
+            enc,
+            ciphertext,
+            released,
+        })
+    }
+
+    /// Writes the receipt of a sealed release and commits with the audit
+    /// record. The subject must still exist (on PostgreSQL its row lock
+    /// orders this against a concurrent delete).
+    async fn commit_release(
+        &self,
+        mut tx: AuditedTx,
+        req: &Request<'_>,
+        consent: &Consent,
+        sealed: Sealed,
+    ) -> Result<Release, VaultError> {
+        let id = consent.subject;
+        tx.subject(&id).await?.ok_or(VaultError::NotFound)?;
         let receipt = Receipt {
             receipt_id: self.random_id("rcp_")?,
             consent_id: consent.consent_id,
@@ -262,7 +310,7 @@ impl Vault {
             partner: req.caller.spiffe_id.clone(),
             purpose: consent.purpose.clone(),
             // What was released: consented fields the subject has.
-            fields: released,
+            fields: sealed.released,
             released_at_ms: self.now_millis(),
             grant_hash: consent.grant_hash,
         };
@@ -279,8 +327,8 @@ impl Vault {
         Ok(Release {
             consent_id: consent.consent_id,
             subject: id,
-            enc,
-            ciphertext,
+            enc: sealed.enc,
+            ciphertext: sealed.ciphertext,
             receipt_id: receipt.receipt_id,
             grant_hash: consent.grant_hash,
         })

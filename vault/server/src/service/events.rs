@@ -228,6 +228,14 @@ impl Vault {
             EventOutcome::IgnoredNoRule
         } else {
             let dek = self.subject_dek_in(tx, id).await?;
+            // Outbox positions of a recipient commit in order (no stream
+            // passes one that commits later).
+            let recipients: Vec<&str> = hits
+                .iter()
+                .filter_map(|h| self.registry().by_spiffe_id(&h.rule.target))
+                .map(|t| t.name.as_str())
+                .collect();
+            tx.lock_outboxes(&recipients).await?;
             for hit in hits {
                 // A target removed from the registry gets nothing (audited).
                 let Some(target) = self.registry().by_spiffe_id(&hit.rule.target) else {

@@ -75,7 +75,26 @@ macro_rules! select_devices {
     };
 }
 
+async fn consent_by_id<'e>(
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: &[u8; 16],
+) -> Result<Option<Consent>, StoreError> {
+    let row = sqlx::query(
+        "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
+         expires_at, grant_hash, presented_at_ms, revoked_at_ms FROM consents WHERE consent_id = $1",
+    )
+    .bind(id.to_vec())
+    .fetch_optional(ex)
+    .await?;
+    row.as_ref().map(consent).transpose()
+}
+
 impl Store {
+    /// A consent by id (read outside any write transaction).
+    pub async fn consent(&self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
+        consent_by_id(self.pool(), id).await
+    }
+
     /// A device by id (read outside any write transaction, so signature
     /// checks do not hold the write lock).
     pub async fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
@@ -290,16 +309,9 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
-    /// A consent by id.
+    /// A consent by id, inside the transaction.
     pub async fn consent(&mut self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
-        let row = sqlx::query(
-            "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
-             expires_at, grant_hash, presented_at_ms, revoked_at_ms FROM consents WHERE consent_id = $1",
-        )
-        .bind(id.to_vec())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.as_ref().map(consent).transpose()
+        consent_by_id(&mut *self.tx, id).await
     }
 
     /// Revokes a consent of `subject`; false if absent or already revoked.

@@ -292,6 +292,25 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
+    /// Takes the outbox rows of `recipients` (sorted, so two transactions
+    /// never wait on each other in opposite orders) until the transaction
+    /// ends; see migration 0008. Call before [`Self::enqueue_command`].
+    pub async fn lock_outboxes(&mut self, recipients: &[&str]) -> Result<(), StoreError> {
+        let mut sorted = recipients.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for r in sorted {
+            sqlx::query(
+                "INSERT INTO outbox_recipients (recipient, enqueued) VALUES ($1, 1) \
+                 ON CONFLICT (recipient) DO UPDATE SET enqueued = outbox_recipients.enqueued + 1",
+            )
+            .bind(r.to_owned())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Writes a command to the outbox with the next sequence number of
     /// its (recipient, subject); returns that number.
     pub async fn enqueue_command(&mut self, c: &OutboxCommand) -> Result<u64, StoreError> {

@@ -278,6 +278,11 @@ impl Store {
         resolve(&self.pool, owner, token).await
     }
 
+    /// The links of a canonical entity, read outside any write transaction.
+    pub async fn xref_links_of(&self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
+        links_of(&self.pool, token).await
+    }
+
     /// After a shredding delete: push the WAL into the main file and
     /// truncate it, so deleted pages (overwritten by `secure_delete`) do not
     /// survive in the WAL. Best effort; a busy reader can postpone it.

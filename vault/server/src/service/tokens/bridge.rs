@@ -331,12 +331,13 @@ impl Vault {
         req: &crate::service::pipeline::Request<'_>,
         token: &str,
     ) -> Result<Detokenized, VaultError> {
-        let mut tx = self.begin().await?;
-        let canonical = tx
+        // Read and opened outside the writer; only the leaf goes through it.
+        let canonical = self
+            .store()
             .xref_resolve(&req.partner.name, token)
             .await?
             .ok_or(VaultError::NotFound)?;
-        let links = tx.xref_links_of(&canonical).await?;
+        let links = self.store().xref_links_of(&canonical).await?;
         let mut identifiers = Vec::with_capacity(links.len());
         for (ty, version, bi, sealed) in links {
             let key = self.keys().xref_seal_key(version)?;
@@ -349,6 +350,7 @@ impl Vault {
             "token={token} canonical={canonical} identifiers={}",
             identifiers.len()
         );
+        let tx = self.begin().await?;
         self.commit(tx, req, None, detail).await?;
         Ok(Detokenized {
             token: canonical,
