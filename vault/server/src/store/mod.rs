@@ -296,6 +296,10 @@ impl Store {
     }
 }
 
+/// Packets per insert statement (3 parameters each, well under SQLite's
+/// bound-parameter limit).
+const PACKET_CHUNK: usize = 100;
+
 /// Blind indexes per lookup query.
 pub const LOOKUP_BATCH: usize = 500;
 
@@ -464,22 +468,30 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// Appends packets.
+    /// Appends packets, in one statement (each statement is a round trip
+    /// while the writer is held).
     pub async fn insert_packets(
         &mut self,
         id: &SubjectId,
         packets: &[NewPacket],
     ) -> Result<(), StoreError> {
-        for p in packets {
-            sqlx::query(
-                "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(id.as_bytes().to_vec())
-            .bind(u64_to_i64(p.seq)?)
-            .bind(p.field.as_str())
-            .bind(p.packet.as_bytes().to_vec())
-            .execute(&mut *self.tx)
-            .await?;
+        for part in packets.chunks(PACKET_CHUNK) {
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("($1, ${}, ${}, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+                .collect();
+            // Only numbered placeholders are formatted in; values are bound.
+            let sql = format!(
+                "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_bytes().to_vec());
+            for p in part {
+                q = q
+                    .bind(u64_to_i64(p.seq)?)
+                    .bind(p.field.as_str())
+                    .bind(p.packet.as_bytes().to_vec());
+            }
+            q.execute(&mut *self.tx).await?;
         }
         Ok(())
     }
