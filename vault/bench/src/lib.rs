@@ -21,6 +21,7 @@ pub mod events;
 pub mod inprocess;
 pub mod matching;
 pub mod packets;
+pub mod rpc;
 pub mod subjects;
 pub mod synth;
 pub mod tokenize;

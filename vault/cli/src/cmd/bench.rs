@@ -89,6 +89,30 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// RPC throughput over real mTLS in one run: health Check (baseline),
+    /// CreateSubject, Match and a full consented Release, each with RPC/s,
+    /// p50/p99 and the ratio to the baseline; then the audit log's
+    /// checkpoint lag and a durability count.
+    Rpc {
+        /// Concurrent mTLS connections (one call in flight on each).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Calls per phase instead of `--seconds`.
+        #[arg(long)]
+        count: Option<usize>,
+        /// People created (CreateSubject, before the timed phases) for the Match phase.
+        #[arg(long, default_value_t = 10_000)]
+        subjects: usize,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// CreateSubject RPCs over real mTLS against an in-process server.
     Subjects {
         /// RPCs to send.
@@ -180,6 +204,88 @@ pub(crate) async fn bench_match(
             l.samples.last().copied().unwrap_or_default(),
             l.correct,
             l.samples.len()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn bench_rpc(
+    o: idvault_bench::rpc::RpcBenchOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    use idvault_bench::rpc::quantile;
+    if o.subjects == 0 {
+        anyhow::bail!("--subjects must be at least 1 (the Match phase queries them)");
+    }
+    if o.count.is_none() && (!o.seconds.is_finite() || o.seconds <= 0.0) {
+        anyhow::bail!("--seconds must be positive");
+    }
+    let bar = crate::progress::progress_bar();
+    let r = idvault_bench::rpc::run(&o, &|m: &str| {
+        if let Some(b) = &bar {
+            b.set_message(m.to_owned());
+        }
+    })
+    .await
+    .map_err(anyhow::Error::from_boxed)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let phases: Vec<serde_json::Value> = r
+            .phases
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "call": p.name,
+                    "calls": p.ok,
+                    "errors": p.errors,
+                    "first_error": p.first_error,
+                    "seconds": p.secs,
+                    "rpc_per_sec": p.rate(),
+                    "p50_ms": ms(p.quantile(0.5)),
+                    "p99_ms": ms(p.quantile(0.99)),
+                    "ratio_to_baseline": r.ratio(p),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "backend": r.backend,
+            "connections": r.connections,
+            "seconds_per_phase": o.count.is_none().then_some(o.seconds),
+            "count_per_phase": o.count,
+            "subjects_loaded": r.subjects_loaded,
+            "load_seconds": r.load_secs,
+            "phases": phases,
+            "match_hits": r.match_hits,
+            "release_rpc_alone": {
+                "p50_ms": ms(quantile(&r.release_rpc, 0.5)),
+                "p99_ms": ms(quantile(&r.release_rpc, 0.99)),
+            },
+            "releases_opened": r.releases_opened,
+            "partner_open_mean_ms": ms(r.open_mean),
+            "checkpoint_lag_ms": {
+                "leaves": r.lag_ms.len(),
+                "p50": quantile(&r.lag_ms, 0.5),
+                "p99": quantile(&r.lag_ms, 0.99),
+                "max": r.lag_ms.last().copied().unwrap_or_default(),
+            },
+            "checkpoints": r.checkpoints,
+            "sequenced_wait_seconds": r.sequenced_wait_secs,
+            "creates_acknowledged": r.creates_acknowledged,
+            "subjects_stored": r.subjects_stored,
+            "durable": r.durable(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{r}");
+    }
+    if !r.durable() {
+        anyhow::bail!(
+            "{} subjects stored but {} creates acknowledged",
+            r.subjects_stored,
+            r.creates_acknowledged
         );
     }
     Ok(())
@@ -291,6 +397,26 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 rate(r.tokenize) / rate(r.bare)
             );
             Ok(())
+        }
+        BenchCommand::Rpc {
+            connections,
+            seconds,
+            count,
+            subjects,
+            database_url,
+            json,
+        } => {
+            bench_rpc(
+                idvault_bench::rpc::RpcBenchOptions {
+                    connections,
+                    seconds,
+                    count,
+                    subjects,
+                    database_url,
+                },
+                json,
+            )
+            .await
         }
         BenchCommand::Subjects {
             count,
