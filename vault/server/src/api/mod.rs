@@ -153,8 +153,10 @@ fn refusal_code(r: idvault_core::consent::Refusal) -> tonic::Code {
     }
 }
 
-/// Runs a unary handler within the server's request deadline. Dropping a
-/// timed-out call drops its transaction, which rolls it back.
+/// Runs a unary handler within the server's request deadline. A call that
+/// times out before its commit began is rolled back; one whose commit had
+/// begun may still commit (durably, with its audit leaf) after the caller
+/// was told DEADLINE_EXCEEDED.
 pub(crate) async fn within<T>(
     limit: std::time::Duration,
     fut: impl Future<Output = Result<T, Status>>,

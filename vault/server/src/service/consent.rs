@@ -92,7 +92,13 @@ struct Sealed {
     enc: Vec<u8>,
     ciphertext: Vec<u8>,
     released: Vec<FieldName>,
+    /// The subject's chain head the values were read at.
+    head: idvault_core::packet::ChainHead,
 }
+
+/// Seal-then-record attempts of one release when the subject keeps
+/// changing in between.
+const RELEASE_TRIES: usize = 3;
 
 impl Vault {
     pub(crate) fn now_secs(&self) -> i64 {
@@ -185,8 +191,7 @@ impl Vault {
         device: &Device,
         grant_hash: [u8; 32],
     ) -> Result<Release, VaultError> {
-        let now = self.now_millis();
-        let row = Consent {
+        let mut row = Consent {
             consent_id: g.consent_id,
             subject: g.subject,
             device_id: s.device_id.clone(),
@@ -197,24 +202,31 @@ impl Vault {
             issued_at: g.issued_at,
             expires_at: g.expires_at,
             grant_hash,
-            presented_at_ms: now,
+            presented_at_ms: 0,
             revoked_at_ms: None,
         };
         // Decrypt and seal outside the writer; the claim (consent row,
         // challenge) and the receipt are one transaction.
-        let sealed = self.seal(req, &row).await?;
-        let mut tx = self.begin().await?;
-        self.still_active(&mut tx, device).await?;
-        if !tx.insert_consent(&row).await? {
-            return Err(refused(Refusal::ConsentReplayed));
+        for _ in 0..RELEASE_TRIES {
+            let sealed = self.seal(req, &row).await?;
+            let mut tx = self.begin().await?;
+            let now = self.now_millis();
+            row.presented_at_ms = now;
+            self.still_active(&mut tx, device).await?;
+            if !tx.insert_consent(&row).await? {
+                return Err(refused(Refusal::ConsentReplayed));
+            }
+            let challenge = tx.challenge(&g.challenge).await?;
+            Challenge::check(challenge.as_ref(), &req.partner.name, &g.subject, now)
+                .map_err(refused)?;
+            if !tx.use_challenge(&g.challenge, now).await? {
+                return Err(refused(Refusal::ChallengeReused));
+            }
+            if let Some(r) = self.commit_release(tx, req, &row, sealed).await? {
+                return Ok(r);
+            }
         }
-        let challenge = tx.challenge(&g.challenge).await?;
-        Challenge::check(challenge.as_ref(), &req.partner.name, &g.subject, now)
-            .map_err(refused)?;
-        if !tx.use_challenge(&g.challenge, now).await? {
-            return Err(refused(Refusal::ChallengeReused));
-        }
-        self.commit_release(tx, req, &row, sealed).await
+        Err(VaultError::Overloaded(RELEASE_TRIES))
     }
 
     async fn release_standing(
@@ -226,30 +238,47 @@ impl Vault {
         // Checked and sealed outside the writer, from the pool …
         let stored = self.store().consent(&id).await?;
         // Another partner's consent is reported as unknown.
-        let row = Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
-            .map_err(refused)?;
-        req.about(row.subject);
+        let first =
+            Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
+                .map_err(refused)?
+                .clone();
+        req.about(first.subject);
         self.store()
-            .device(&row.device_id)
+            .device(&first.device_id)
             .await?
             .ok_or(Refusal::UnknownDevice)
-            .and_then(|d| d.check_active_for(&row.subject))
+            .and_then(|d| d.check_active_for(&first.subject))
             .map_err(refused)?;
         // The registry may have narrowed since the grant was presented.
-        release_allowed(req, &row.subject, &row.purpose, &row.fields).map_err(refused)?;
-        let sealed = self.seal(req, row).await?;
-        // … then checked again in the transaction that records the
-        // receipt: a revocation that landed meanwhile wins.
-        let mut tx = self.begin().await?;
-        let stored = tx.consent(&id).await?;
-        let row = Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
-            .map_err(refused)?;
-        tx.device(&row.device_id)
-            .await?
-            .ok_or(Refusal::UnknownDevice)
-            .and_then(|d| d.check_active_for(&row.subject))
-            .map_err(refused)?;
-        self.commit_release(tx, req, row, sealed).await
+        release_allowed(req, &first.subject, &first.purpose, &first.fields).map_err(refused)?;
+        for _ in 0..RELEASE_TRIES {
+            let sealed = self.seal(req, &first).await?;
+            // … then checked again in the transaction that records the
+            // receipt, with the consent and device rows locked: a
+            // revocation that landed meanwhile wins.
+            let mut tx = self.begin().await?;
+            let stored = tx.consent(&id).await?;
+            let row =
+                Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
+                    .map_err(refused)?;
+            // What was sealed must be what is recorded.
+            if row.subject != first.subject
+                || row.fields != first.fields
+                || row.purpose != first.purpose
+                || row.grant_hash != first.grant_hash
+            {
+                return Err(refused(Refusal::ConsentUnknown));
+            }
+            tx.device(&row.device_id)
+                .await?
+                .ok_or(Refusal::UnknownDevice)
+                .and_then(|d| d.check_active_for(&row.subject))
+                .map_err(refused)?;
+            if let Some(r) = self.commit_release(tx, req, row, sealed).await? {
+                return Ok(r);
+            }
+        }
+        Err(VaultError::Overloaded(RELEASE_TRIES))
     }
 
     /// Decrypts the consented fields and seals them to the partner,
@@ -288,21 +317,26 @@ impl Vault {
             enc,
             ciphertext,
             released,
+            head: snap.row.head,
         })
     }
 
     /// Writes the receipt of a sealed release and commits with the audit
     /// record. The subject must still exist (on PostgreSQL its row lock
-    /// orders this against a concurrent delete).
+    /// orders this against a concurrent delete) and be as sealed: if it
+    /// changed since, `None` (nothing written; seal again).
     async fn commit_release(
         &self,
         mut tx: AuditedTx,
         req: &Request<'_>,
         consent: &Consent,
         sealed: Sealed,
-    ) -> Result<Release, VaultError> {
+    ) -> Result<Option<Release>, VaultError> {
         let id = consent.subject;
-        tx.subject(&id).await?.ok_or(VaultError::NotFound)?;
+        let now = tx.subject(&id).await?.ok_or(VaultError::NotFound)?;
+        if now.head != sealed.head {
+            return Ok(None);
+        }
         let receipt = Receipt {
             receipt_id: self.random_id("rcp_")?,
             consent_id: consent.consent_id,
@@ -324,14 +358,14 @@ impl Vault {
             receipt.receipt_id
         );
         self.commit(tx, req, Some(&id), detail).await?;
-        Ok(Release {
+        Ok(Some(Release {
             consent_id: consent.consent_id,
             subject: id,
             enc: sealed.enc,
             ciphertext: sealed.ciphertext,
             receipt_id: receipt.receipt_id,
             grant_hash: consent.grant_hash,
-        })
+        }))
     }
 
     /// A random id with `prefix` (receipts, rules).

@@ -78,11 +78,21 @@ macro_rules! select_devices {
 async fn consent_by_id<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     id: &[u8; 16],
+    lock: bool,
 ) -> Result<Option<Consent>, StoreError> {
-    let row = sqlx::query(
-        "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
-         expires_at, grant_hash, presented_at_ms, revoked_at_ms FROM consents WHERE consent_id = $1",
-    )
+    macro_rules! select {
+        () => {
+            "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
+             expires_at, grant_hash, presented_at_ms, revoked_at_ms FROM consents WHERE consent_id = $1"
+        };
+    }
+    // Locked (PostgreSQL): a revocation racing a release waits for it, or
+    // the release sees the revocation; never both acknowledged.
+    let row = sqlx::query(if lock {
+        concat!(select!(), " FOR UPDATE")
+    } else {
+        select!()
+    })
     .bind(id.to_vec())
     .fetch_optional(ex)
     .await?;
@@ -92,7 +102,7 @@ async fn consent_by_id<'e>(
 impl Store {
     /// A consent by id (read outside any write transaction).
     pub async fn consent(&self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
-        consent_by_id(self.pool(), id).await
+        consent_by_id(self.pool(), id, false).await
     }
 
     /// A device by id (read outside any write transaction, so signature
@@ -107,9 +117,16 @@ impl Store {
 }
 
 impl AuditedTx {
-    /// A device by id, inside the transaction.
+    /// A device by id, inside the transaction; on PostgreSQL locked until
+    /// it ends, so a revocation and a use of the device are ordered.
     pub async fn device(&mut self, device_id: &str) -> Result<Option<Device>, StoreError> {
-        let row = sqlx::query(concat!(select_devices!(), " WHERE device_id = $1"))
+        let sql = match self.backend {
+            super::Backend::Postgres => {
+                concat!(select_devices!(), " WHERE device_id = $1 FOR UPDATE")
+            }
+            super::Backend::Sqlite => concat!(select_devices!(), " WHERE device_id = $1"),
+        };
+        let row = sqlx::query(sql)
             .bind(device_id.to_owned())
             .fetch_optional(&mut *self.tx)
             .await?;
@@ -311,7 +328,8 @@ impl AuditedTx {
 
     /// A consent by id, inside the transaction.
     pub async fn consent(&mut self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
-        consent_by_id(&mut *self.tx, id).await
+        let lock = self.backend == super::Backend::Postgres;
+        consent_by_id(&mut *self.tx, id, lock).await
     }
 
     /// Revokes a consent of `subject`; false if absent or already revoked.

@@ -227,9 +227,12 @@ impl Store {
         &self,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<AuditedTx, StoreError> {
-        let tx = match &self.writer {
-            Some(w) => TxConn::Batch(w.begin().await?),
-            None => TxConn::Own(self.pool.begin().await?),
+        let (tx, slot) = match &self.writer {
+            Some(w) => {
+                let (batch, slot) = w.begin(slot).await?;
+                (TxConn::Batch(batch), slot)
+            }
+            None => (TxConn::Own(self.pool.begin().await?), slot),
         };
         Ok(AuditedTx {
             tx,
@@ -278,9 +281,26 @@ impl Store {
         resolve(&self.pool, owner, token).await
     }
 
-    /// The links of a canonical entity, read outside any write transaction.
-    pub async fn xref_links_of(&self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
-        links_of(&self.pool, token).await
+    /// Resolves `token` for `owner` and reads its canonical entity's links
+    /// outside any write transaction, from one snapshot (REPEATABLE READ
+    /// on PostgreSQL), so a concurrent merge is seen whole or not at all.
+    pub async fn xref_detokenize(
+        &self,
+        owner: &str,
+        token: &str,
+    ) -> Result<Option<(String, Vec<XrefLink>)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let Some(canonical) = resolve(&mut *tx, owner, token).await? else {
+            return Ok(None);
+        };
+        let links = links_of(&mut *tx, &canonical).await?;
+        tx.commit().await?;
+        Ok(Some((canonical, links)))
     }
 
     /// After a shredding delete: push the WAL into the main file and

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, Executor, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, oneshot};
 
 use super::StoreError;
 
@@ -97,32 +97,35 @@ impl GroupWriter {
     /// leave the connection and this record of it disagreeing. The task
     /// finishes the step; a savepoint left open is rolled back by the next
     /// holder.
-    pub(super) async fn begin(self: &Arc<Self>) -> Result<OwnedMutexGuard<Batch>, StoreError> {
+    ///
+    /// `slot` (the request's place in the writer queue) travels with the
+    /// task and comes back with the writer: a caller that gave up while
+    /// queued still holds its place until its task is done, so abandoned
+    /// waits cannot pile up beyond the queue bound, and a task whose
+    /// caller is gone when its turn comes opens nothing.
+    pub(super) async fn begin(
+        self: &Arc<Self>,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(OwnedMutexGuard<Batch>, OwnedSemaphorePermit), StoreError> {
         let me = Arc::clone(self);
-        tokio::spawn(async move { me.begin_step().await })
-            .await
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut b = {
+                me.queued.fetch_add(1, Ordering::SeqCst);
+                let _q = Queued(&me.queued);
+                Arc::clone(&me.batch).lock_owned().await
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let opened = b.open_savepoint().await.map(|()| (b, slot));
+            // If the caller left meanwhile, the writer comes back here and
+            // is dropped: its open savepoint is rolled back by the next
+            // holder.
+            let _ = tx.send(opened);
+        });
+        rx.await
             .map_err(|_| StoreError::Batch("the writer task failed".into()))?
-    }
-
-    async fn begin_step(&self) -> Result<OwnedMutexGuard<Batch>, StoreError> {
-        let mut b = {
-            self.queued.fetch_add(1, Ordering::SeqCst);
-            let _q = Queued(&self.queued);
-            Arc::clone(&self.batch).lock_owned().await
-        };
-        b.undo_abandoned().await;
-        if !b.open {
-            // IMMEDIATE: take the write lock now, so no statement of the
-            // batch ever has to upgrade a read lock (which can fail busy).
-            b.conn.execute("BEGIN IMMEDIATE").await?;
-            b.open = true;
-        }
-        if let Err(e) = b.conn.execute("SAVEPOINT request").await {
-            b.abort("savepoint failed").await;
-            return Err(e.into());
-        }
-        b.in_savepoint = true;
-        Ok(b)
     }
 
     /// Releases the request's savepoint into the batch and waits until the
@@ -175,6 +178,23 @@ impl GroupWriter {
 }
 
 impl Batch {
+    /// Opens a request's savepoint (and the batch, if none is open).
+    async fn open_savepoint(&mut self) -> Result<(), StoreError> {
+        self.undo_abandoned().await;
+        if !self.open {
+            // IMMEDIATE: take the write lock now, so no statement of the
+            // batch ever has to upgrade a read lock (which can fail busy).
+            self.conn.execute("BEGIN IMMEDIATE").await?;
+            self.open = true;
+        }
+        if let Err(e) = self.conn.execute("SAVEPOINT request").await {
+            self.abort("savepoint failed").await;
+            return Err(e.into());
+        }
+        self.in_savepoint = true;
+        Ok(())
+    }
+
     /// Rolls back a savepoint its request left open (failed or dropped).
     async fn undo_abandoned(&mut self) {
         if !self.in_savepoint {

@@ -308,8 +308,9 @@ impl std::fmt::Debug for Detokenized {
 
 impl Vault {
     /// Resolves an entity token (or alias) to its customer's identifiers.
-    /// Only for partners whose role allows it; always audited. Reads happen
-    /// inside the audited transaction, so a concurrent merge is seen whole.
+    /// Only for partners whose role allows it; always audited. The reads
+    /// come from one snapshot outside the writer, so a concurrent merge is
+    /// seen whole; nothing is answered unless the audit leaf commits.
     pub async fn detokenize(
         &self,
         caller: &Caller,
@@ -331,13 +332,13 @@ impl Vault {
         req: &crate::service::pipeline::Request<'_>,
         token: &str,
     ) -> Result<Detokenized, VaultError> {
-        // Read and opened outside the writer; only the leaf goes through it.
-        let canonical = self
+        // Read (one snapshot) and opened outside the writer; only the leaf
+        // goes through it, and nothing is answered unless it commits.
+        let (canonical, links) = self
             .store()
-            .xref_resolve(&req.partner.name, token)
+            .xref_detokenize(&req.partner.name, token)
             .await?
             .ok_or(VaultError::NotFound)?;
-        let links = self.store().xref_links_of(&canonical).await?;
         let mut identifiers = Vec::with_capacity(links.len());
         for (ty, version, bi, sealed) in links {
             let key = self.keys().xref_seal_key(version)?;
