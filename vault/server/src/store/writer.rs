@@ -221,6 +221,9 @@ impl Batch {
         }
         match self.conn.execute("COMMIT").await {
             Ok(_) => {
+                // Batch sizes, for group-commit tuning
+                // (`RUST_LOG=idvault_server::store=trace`).
+                tracing::trace!(members = self.members.len(), "batch committed");
                 self.open = false;
                 self.generation += 1;
                 for m in self.members.drain(..) {
