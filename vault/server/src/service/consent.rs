@@ -286,17 +286,26 @@ impl Vault {
     /// under the writer.
     async fn seal(&self, req: &Request<'_>, consent: &Consent) -> Result<Sealed, VaultError> {
         let id = consent.subject;
-        let snap = self
+        // Two plain reads: `commit_release` re-checks the head they saw.
+        let (row, packets) = self
             .store()
-            .subject_snapshot(&id)
+            .subject_with_packets(&id)
             .await?
             .ok_or(VaultError::NotFound)?;
-        let dek = self.subject_dek(&snap.row)?;
-        let values: Vec<(FieldName, _)> =
-            packet::newest_values(&id, &dek, snap.packets.iter().map(|(_, b)| b.as_slice()))
-                .map_err(|_| VaultError::Integrity("packet open"))?
-                .into_iter()
-                .collect();
+        // Packets newer than the head read first are left out, so what is
+        // sealed is exactly the chain up to `row.head`.
+        let dek = self.subject_dek(&row)?;
+        let values: Vec<(FieldName, _)> = packet::newest_values(
+            &id,
+            &dek,
+            packets
+                .iter()
+                .filter(|(seq, _)| *seq <= row.head.seq)
+                .map(|(_, b)| b.as_slice()),
+        )
+        .map_err(|_| VaultError::Integrity("packet open"))?
+        .into_iter()
+        .collect();
         // Only consented names are copied out: a field the person did not
         // sign for cannot reach the plaintext.
         let chosen: Vec<(FieldName, &str)> = values
@@ -317,7 +326,7 @@ impl Vault {
             enc,
             ciphertext,
             released,
-            head: snap.row.head,
+            head: row.head,
         })
     }
 

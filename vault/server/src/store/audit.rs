@@ -306,6 +306,34 @@ impl Store {
         Ok(Some(SubjectSnapshot { row, packets, leaf }))
     }
 
+    /// A subject row and its packets, read from the pool with two plain
+    /// queries (no snapshot): the caller must check, in its write
+    /// transaction, that the head it acts on is still the row's (a release
+    /// does), since a write may land between the two reads.
+    pub async fn subject_with_packets(
+        &self,
+        id: &idvault_core::subject::SubjectId,
+    ) -> Result<Option<(idvault_core::records::SubjectRecord, Vec<(u64, Vec<u8>)>)>, StoreError>
+    {
+        let Some(row) = self.subject_row(id).await? else {
+            return Ok(None);
+        };
+        let packets =
+            sqlx::query("SELECT seq, packet FROM packets WHERE subject_id = $1 ORDER BY seq")
+                .bind(id.as_bytes().to_vec())
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        i64_to_u64(r.try_get("seq")?, "packets.seq")?,
+                        r.try_get("packet")?,
+                    ))
+                })
+                .collect::<Result<Vec<(u64, Vec<u8>)>, StoreError>>()?;
+        Ok(Some((row, packets)))
+    }
+
     /// Stored perfect nodes among `ids` (missing ones are left out).
     pub async fn audit_nodes(&self, ids: &[NodeId]) -> Result<Vec<(NodeId, Hash)>, StoreError> {
         let mut conn = self.pool.acquire().await?;

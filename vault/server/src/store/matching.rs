@@ -396,6 +396,23 @@ impl BenchLoader {
                     .bind(sig.clone());
             }
             q.execute(&mut *self.conn).await?;
+            // A stand-in subject row for each (no data key, no packets):
+            // Match answers only subjects that exist.
+            let values: Vec<String> = (0..part.len())
+                .map(|i| format!("(${}, 'bench-loader', $1, 0, 0, $2, 0, 0)", i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, head_seq, \
+                 head_hash, created_at_ms, updated_at_ms) VALUES {} ON CONFLICT (subject_id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(Vec::<u8>::new())
+                .bind(vec![0u8; 32]);
+            for (s, _, _, _) in part {
+                q = q.bind(s.as_bytes().to_vec());
+            }
+            q.execute(&mut *self.conn).await?;
         }
         Ok(())
     }
