@@ -379,7 +379,7 @@ impl Vault {
             HashMap::new()
         } else {
             self.store()
-                .pairwise_tokens(&partner.name, &subjects)
+                .pairwise_tokens_of(&partner.name, &subjects)
                 .await?
         };
         // First answer to this partner about a subject: make its token

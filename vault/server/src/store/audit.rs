@@ -242,20 +242,6 @@ impl Store {
         row.as_ref().map(leaf_row).transpose()
     }
 
-    /// The newest leaf about `subject` written by a call that changed it
-    /// (a chain head, or the subject's deletion).
-    pub async fn newest_subject_leaf(&self, subject: &str) -> Result<Option<LeafRow>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 \
-             AND (head_seq IS NOT NULL OR (action = 'DeleteSubject' AND outcome = 'ok')) \
-             ORDER BY id DESC LIMIT 1"
-        )))
-        .bind(subject.to_owned())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(leaf_row).transpose()
-    }
-
     /// One consistent read of a subject for chain verification, outside
     /// the writer: its row, its packets and its newest subject-changing
     /// leaf, all from one snapshot (a read transaction; REPEATABLE READ
@@ -270,30 +256,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let row: Option<AnyRow> = sqlx::query(concat!(
-            "SELECT ",
-            subject_columns!(),
-            " FROM subjects WHERE subject_id = $1"
-        ))
-        .bind(id.as_bytes().to_vec())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row.as_ref().map(super::rows::subject_record).transpose()? else {
+        let Some(row) = super::subject_by_id(&mut *tx, id).await? else {
             return Ok(None);
         };
-        let packets =
-            sqlx::query("SELECT seq, packet FROM packets WHERE subject_id = $1 ORDER BY seq")
-                .bind(id.as_bytes().to_vec())
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        i64_to_u64(r.try_get("seq")?, "packets.seq")?,
-                        r.try_get("packet")?,
-                    ))
-                })
-                .collect::<Result<Vec<(u64, Vec<u8>)>, StoreError>>()?;
+        let packets = super::packets_of(&mut *tx, id).await?;
         let leaf = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 AND head_seq IS NOT NULL \
              ORDER BY id DESC LIMIT 1"
@@ -318,20 +284,7 @@ impl Store {
         let Some(row) = self.subject_row(id).await? else {
             return Ok(None);
         };
-        let packets =
-            sqlx::query("SELECT seq, packet FROM packets WHERE subject_id = $1 ORDER BY seq")
-                .bind(id.as_bytes().to_vec())
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        i64_to_u64(r.try_get("seq")?, "packets.seq")?,
-                        r.try_get("packet")?,
-                    ))
-                })
-                .collect::<Result<Vec<(u64, Vec<u8>)>, StoreError>>()?;
-        Ok(Some((row, packets)))
+        Ok(Some((row, super::packets_of(&self.pool, id).await?)))
     }
 
     /// Stored perfect nodes among `ids` (missing ones are left out).

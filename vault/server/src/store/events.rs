@@ -86,15 +86,7 @@ impl super::Store {
 
     /// A subject row, read outside any write transaction.
     pub async fn subject_row(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
-        let row: Option<AnyRow> = sqlx::query(concat!(
-            "SELECT ",
-            subject_columns!(),
-            " FROM subjects WHERE subject_id = $1"
-        ))
-        .bind(id.as_bytes().to_vec())
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(super::rows::subject_record).transpose()
+        super::subject_by_id(self.pool(), id).await
     }
 
     /// Whether `recipient` has unacknowledged commands after outbox

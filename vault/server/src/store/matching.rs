@@ -246,21 +246,8 @@ impl Store {
         candidates(self.pool(), domain, blocking, limit).await
     }
 
-    /// `partner`'s pairwise tokens of `subjects`, from the pool.
-    pub async fn pairwise_tokens(
-        &self,
-        partner: &str,
-        subjects: &[SubjectId],
-    ) -> Result<HashMap<SubjectId, String>, StoreError> {
-        let mut out = HashMap::new();
-        let mut conn = self.pool().acquire().await?;
-        for part in subjects.chunks(IN_CHUNK) {
-            pairwise_chunk(&mut *conn, partner, part, &mut out).await?;
-        }
-        Ok(out)
-    }
-
-    /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
+    /// `partner`'s pairwise tokens of `subjects` (absent ones left out),
+    /// from the pool.
     pub async fn pairwise_tokens_of(
         &self,
         partner: &str,

@@ -320,6 +320,41 @@ impl Store {
 /// bound-parameter limit).
 const PACKET_CHUNK: usize = 100;
 
+/// A subject's packets as `(seq, bytes)`, ascending.
+async fn packets_of<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &SubjectId,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let rows = sqlx::query("SELECT seq, packet FROM packets WHERE subject_id = $1 ORDER BY seq")
+        .bind(id.as_bytes().to_vec())
+        .fetch_all(ex)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                i64_to_u64(r.try_get("seq")?, "packets.seq")?,
+                r.try_get("packet")?,
+            ))
+        })
+        .collect()
+}
+
+/// A subject row, without a lock.
+async fn subject_by_id<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &SubjectId,
+) -> Result<Option<SubjectRecord>, StoreError> {
+    let row: Option<AnyRow> = sqlx::query(concat!(
+        "SELECT ",
+        subject_columns!(),
+        " FROM subjects WHERE subject_id = $1"
+    ))
+    .bind(id.as_bytes().to_vec())
+    .fetch_optional(ex)
+    .await?;
+    row.as_ref().map(rows::subject_record).transpose()
+}
+
 /// Blind indexes per lookup query.
 pub const LOOKUP_BATCH: usize = 500;
 
@@ -452,19 +487,7 @@ impl AuditedTx {
 
     /// A subject's packets as `(seq, bytes)`, ascending.
     pub async fn packets(&mut self, id: &SubjectId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT seq, packet FROM packets WHERE subject_id = $1 ORDER BY seq")
-                .bind(id.as_bytes().to_vec())
-                .fetch_all(&mut *self.tx)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    i64_to_u64(r.try_get("seq")?, "packets.seq")?,
-                    r.try_get("packet")?,
-                ))
-            })
-            .collect()
+        packets_of(&mut *self.tx, id).await
     }
 
     /// Inserts a new subject row.
