@@ -34,13 +34,18 @@ async fn verdict(tv: &TestVault) -> anyhow::Result<AuditVerdict> {
     Ok(tv.vault.verify_own_audit_log().await?)
 }
 
-async fn public_verdict(tv: &TestVault) -> anyhow::Result<AuditVerdict> {
-    let keys: Vec<NoteVerifier> = tv
+/// The vault's audit verifier keys, parsed as a partner would.
+fn verifiers(tv: &TestVault) -> anyhow::Result<Vec<NoteVerifier>> {
+    Ok(tv
         .vault
         .audit_verifier_keys()?
         .iter()
         .map(|k| NoteVerifier::parse(k))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()?)
+}
+
+async fn public_verdict(tv: &TestVault) -> anyhow::Result<AuditVerdict> {
+    let keys = verifiers(tv)?;
     Ok(verify_audit_log(tv.vault.store(), &keys, keys[0].name(), None).await?)
 }
 
@@ -274,6 +279,13 @@ pub async fn rolled_back_chain_is_detected(b: Backend) -> anyhow::Result<()> {
     tv.stop().await
 }
 
+/// The 32-byte hashes of a proof answer.
+fn proof_hashes(v: &[Vec<u8>]) -> anyhow::Result<Vec<[u8; 32]>> {
+    Ok(v.iter()
+        .map(|h| h.as_slice().try_into())
+        .collect::<Result<_, _>>()?)
+}
+
 /// Over gRPC: a partner gets the signed checkpoint, proves its own
 /// request is in the tree by the request id its response carried, and
 /// checks consistency with an older checkpoint; another partner's leaf is
@@ -294,12 +306,7 @@ pub async fn proofs_over_grpc(b: Backend) -> anyhow::Result<()> {
         .to_owned();
     assert_eq!(request_id.len(), 32);
     tv.checkpointed().await?;
-    let keys: Vec<NoteVerifier> = tv
-        .vault
-        .audit_verifier_keys()?
-        .iter()
-        .map(|k| NoteVerifier::parse(k))
-        .collect::<Result<_, _>>()?;
+    let keys = verifiers(&tv)?;
     let origin = keys[0].name().to_owned();
     let mut audit = AuditServiceClient::new(tv.channel("partner-a").await?);
     let first = audit
@@ -315,11 +322,7 @@ pub async fn proofs_over_grpc(b: Backend) -> anyhow::Result<()> {
         .await?
         .into_inner();
     let cp = open_checkpoint(&p.checkpoint, &keys, &origin)?;
-    let hashes: Vec<[u8; 32]> = p
-        .hashes
-        .iter()
-        .map(|h| h.as_slice().try_into())
-        .collect::<Result<_, _>>()?;
+    let hashes = proof_hashes(&p.hashes)?;
     merkle::verify_inclusion(
         p.leaf_index,
         cp.size,
@@ -344,11 +347,7 @@ pub async fn proofs_over_grpc(b: Backend) -> anyhow::Result<()> {
         .into_inner();
     let new_cp = open_checkpoint(&newer.checkpoint, &keys, &origin)?;
     assert!(new_cp.size > first_cp.size);
-    let hashes: Vec<[u8; 32]> = newer
-        .hashes
-        .iter()
-        .map(|h| h.as_slice().try_into())
-        .collect::<Result<_, _>>()?;
+    let hashes = proof_hashes(&newer.hashes)?;
     merkle::verify_consistency(
         first_cp.size,
         new_cp.size,

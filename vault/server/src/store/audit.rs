@@ -117,6 +117,13 @@ pub struct CheckpointRow {
     pub time_ms: i64,
 }
 
+/// The columns [`checkpoint_row`] reads.
+macro_rules! checkpoint_columns {
+    () => {
+        "SELECT tree_size, root, note, time_ms FROM audit_checkpoints"
+    };
+}
+
 fn checkpoint_row(r: &AnyRow) -> Result<CheckpointRow, StoreError> {
     Ok(CheckpointRow {
         size: i64_to_u64(r.try_get("tree_size")?, "audit_checkpoints.tree_size")?,
@@ -155,10 +162,10 @@ impl AuditedTx {
 impl Store {
     /// The newest checkpoint, if any.
     pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT tree_size, root, note, time_ms FROM audit_checkpoints \
-             ORDER BY tree_size DESC LIMIT 1",
-        )
+        let row = sqlx::query(concat!(
+            checkpoint_columns!(),
+            " ORDER BY tree_size DESC LIMIT 1"
+        ))
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(checkpoint_row).transpose()
@@ -166,12 +173,10 @@ impl Store {
 
     /// The checkpoint of exactly `size` leaves.
     pub async fn checkpoint(&self, size: u64) -> Result<Option<CheckpointRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT tree_size, root, note, time_ms FROM audit_checkpoints WHERE tree_size = $1",
-        )
-        .bind(u64_to_i64(size)?)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(concat!(checkpoint_columns!(), " WHERE tree_size = $1"))
+            .bind(u64_to_i64(size)?)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(checkpoint_row).transpose()
     }
 
@@ -181,10 +186,10 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<CheckpointRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tree_size, root, note, time_ms FROM audit_checkpoints \
-             WHERE tree_size > $1 ORDER BY tree_size LIMIT $2",
-        )
+        let rows = sqlx::query(concat!(
+            checkpoint_columns!(),
+            " WHERE tree_size > $1 ORDER BY tree_size LIMIT $2"
+        ))
         .bind(u64_to_i64(after)?)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
