@@ -520,7 +520,7 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
     for i in 0..24u8 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tx = store.begin_audited().await?;
+            let mut tx = store.begin_audited(None)?;
             tx.xref_create("group-test", &format!("tok-{i}"), 1).await?;
             if i == 7 {
                 // A second statement fails (duplicate key): the request
@@ -576,13 +576,103 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
     tv.stop().await
 }
 
+/// Batched write sets (requests that only insert): one member of a batch
+/// failing (its token is taken) leaves the others committed and none of its
+/// own rows, its leaf included.
+pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::crypto;
+    use idvault_tests::idvault_core::subject::SubjectId;
+    use idvault_tests::idvault_server::store::{NewLeaf, Store};
+    let tv = TestVault::start(b).await?;
+    let store = tv.vault.store().clone();
+    let key = tv.vault.keys().audit_key(1)?;
+    let key_bytes = *key.expose();
+    async fn one(store: Store, key: [u8; 32], i: u8, token: String) -> anyhow::Result<()> {
+        let mut tx = store.begin_audited(None)?;
+        tx.pairwise_insert(
+            "group-test",
+            &[(SubjectId::from_slice(&[i; 16]).expect("16"), token)],
+        );
+        // A second row of the same request, written only if all of it is.
+        tx.pairwise_insert(
+            "group-test",
+            &[(
+                SubjectId::from_slice(&[i | 0x80; 16]).expect("16"),
+                format!("second-{i}"),
+            )],
+        );
+        let leaf = AuditLeaf {
+            time_ms: 1,
+            actor: "idvault-test".into(),
+            action: "WriteSetTest".into(),
+            subject: None,
+            outcome: "ok".into(),
+            detail: format!("i={i}"),
+            policies: Vec::new(),
+            request_id: [i; 16],
+            head: None,
+        };
+        let bytes = leaf.encode();
+        let mac = crypto::hmac_sha256(&key, &[&merkle::leaf_hash(&bytes)]);
+        tx.commit(&NewLeaf {
+            leaf: &leaf,
+            bytes: &bytes,
+            key_version: 1,
+            mac,
+        })
+        .await?;
+        Ok(())
+    }
+    one(store.clone(), key_bytes, 100, "taken".into()).await?;
+    let mut tasks = Vec::new();
+    for i in 0..48u8 {
+        let token = if i == 7 {
+            "taken".to_owned()
+        } else {
+            format!("tok-{i}")
+        };
+        tasks.push(tokio::spawn(one(store.clone(), key_bytes, i, token)));
+    }
+    let mut failed = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if t.await?.is_err() {
+            failed.push(i);
+        }
+    }
+    assert_eq!(failed, [7]);
+    assert_eq!(
+        tv.count("SELECT count(*) FROM pairwise_tokens WHERE partner = 'group-test'")
+            .await,
+        2 * 47 + 2,
+    );
+    assert_eq!(
+        tv.count("SELECT count(*) FROM pairwise_tokens WHERE token = 'second-7'")
+            .await,
+        0
+    );
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE action = 'WriteSetTest'")
+            .await,
+        48
+    );
+    assert!(matches!(
+        tv.verify_audit().await?,
+        AuditVerdict::Intact { .. }
+    ));
+    tv.stop().await
+}
+
 /// Admission control: while the writer is held, a flood of calls from one
 /// partner gets RESOURCE_EXHAUSTED at once beyond its in-flight limit (no
 /// task left waiting), and the refusals are audited coalesced.
 pub async fn flood_is_refused_at_once(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
-    // Hold the writer: on SQLite every write now queues behind it.
-    let held = tv.vault.store().begin_audited().await?;
+    // Hold the writer (a transaction takes it at its first statement): on
+    // SQLite every write now queues behind it.
+    let mut held = tv.vault.store().begin_audited(None)?;
+    let nobody =
+        idvault_tests::idvault_core::subject::SubjectId::from_slice(&[0; 16]).expect("16 bytes");
+    assert!(held.subject(&nobody).await?.is_none());
     let channel = tv.channel("partner-a").await?;
     let mut calls = Vec::new();
     for i in 0..200 {

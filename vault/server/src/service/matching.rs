@@ -249,8 +249,8 @@ impl Vault {
                     .map(|(f, i, _)| (d.domain.as_str(), f.code(), d.version, *i)),
             );
         }
-        tx.match_set_subject(subject, &signatures).await?;
-        tx.match_insert(subject, &rows).await?;
+        tx.match_set_subject(subject, &signatures);
+        tx.match_insert(subject, &rows);
         Ok(())
     }
 
@@ -262,8 +262,7 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<String, VaultError> {
         let token = new_pairwise_token(self.rng())?;
-        tx.pairwise_insert(&partner.name, &[(*subject, token.clone())])
-            .await?;
+        tx.pairwise_insert(&partner.name, &[(*subject, token.clone())]);
         Ok(token)
     }
 
@@ -401,7 +400,7 @@ impl Vault {
         }
         let fresh = live;
         if !fresh.is_empty() {
-            tx.pairwise_insert(&partner.name, &fresh).await?;
+            tx.pairwise_insert(&partner.name, &fresh);
             let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
             tokens.extend(tx.pairwise_tokens(&partner.name, &made).await?);
         }

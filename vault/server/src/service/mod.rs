@@ -95,7 +95,14 @@ pub enum VaultError {
 
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
-        Self::Storage(e)
+        match e {
+            // A write that waited past its deadline (for the writer or in
+            // the batch queue) did nothing; one refused by a full queue
+            // was never queued.
+            StoreError::Deadline => Self::DeadlineExceeded,
+            StoreError::QueueFull(n) => Self::Overloaded(n),
+            e => Self::Storage(e),
+        }
     }
 }
 

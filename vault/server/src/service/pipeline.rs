@@ -302,13 +302,10 @@ impl Vault {
     /// not executed (`DeadlineExceeded`).
     pub(crate) async fn begin(&self) -> Result<AuditedTx, VaultError> {
         let deadline = DEADLINE.try_with(|d| *d).ok();
-        let begun = match deadline {
-            Some(d) => tokio::time::timeout_at(d, self.store().begin_audited())
-                .await
-                .map_err(|_| VaultError::DeadlineExceeded)?,
-            None => self.store().begin_audited().await,
-        };
-        match begun {
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            return Err(VaultError::DeadlineExceeded);
+        }
+        match self.store().begin_audited(deadline) {
             Ok(tx) => Ok(tx),
             Err(StoreError::QueueFull(n)) => Err(VaultError::Overloaded(n)),
             Err(e) => Err(VaultError::AuditUnavailable(e)),
@@ -359,7 +356,10 @@ impl Vault {
             key_version: key.version(),
             mac,
         };
-        tx.commit(&new).await.map_err(VaultError::AuditUnavailable)
+        tx.commit(&new).await.map_err(|e| match e {
+            StoreError::Deadline | StoreError::QueueFull(_) => VaultError::from(e),
+            e => VaultError::AuditUnavailable(e),
+        })
     }
 
     /// Audits the refusals counted since the last call, one leaf per
@@ -391,8 +391,7 @@ impl Vault {
             );
             let tx = self
                 .store()
-                .begin_audited()
-                .await
+                .begin_audited(None)
                 .map_err(VaultError::AuditUnavailable)?;
             self.append(tx, leaf).await?;
         }
@@ -417,8 +416,15 @@ impl Vault {
             }
             Err(e) => return Err(e),
         };
-        self.append(tx, ev).await?;
-        Err(err)
+        let actor = ev.actor.clone();
+        match self.append(tx, ev).await {
+            Ok(()) => Err(err),
+            Err(e @ (VaultError::Overloaded(_) | VaultError::DeadlineExceeded)) => {
+                self.admission.count_refusal(&actor, REFUSED_UNRECORDED);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -80,8 +80,8 @@ impl Vault {
             };
             let match_rows = self.match_rows_of(&fields)?;
             let mut tx = self.begin().await?;
-            tx.insert_subject(&row).await?;
-            tx.insert_packets(&id, &packets).await?;
+            tx.insert_subject(&row)?;
+            tx.insert_packets(&id, &packets)?;
             self.write_match_rows(&mut tx, &id, &[], &match_rows)
                 .await?;
             let token = self.issue_pairwise(&mut tx, req.partner, &id).await?;
@@ -112,7 +112,7 @@ impl Vault {
             let now = self.now_millis();
             let (packets, head) = packet::append(&id, &dek, row.head, &fields, now, self.rng())
                 .map_err(|_| VaultError::Integrity("packet sealing"))?;
-            tx.insert_packets(&id, &packets).await?;
+            tx.insert_packets(&id, &packets)?;
             tx.set_head(&id, head, now).await?;
             let match_rows = self.match_rows_of(&fields)?;
             self.write_match_rows(&mut tx, &id, &fields, &match_rows)

@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Connection, Row, Transaction};
 
 use super::rows::{fixed, i64_to_u64, u64_to_i64};
+use super::writeset::Value;
 use super::{AuditedTx, Backend, Store, StoreError};
 use idvault_core::crypto::HASH_LEN;
 use idvault_core::tlog::leaf::AuditLeaf;
@@ -133,29 +134,23 @@ fn checkpoint_row(r: &AnyRow) -> Result<CheckpointRow, StoreError> {
     })
 }
 
-impl AuditedTx {
-    /// Writes the request's leaf (the last statement before COMMIT).
-    pub(super) async fn insert_leaf(&mut self, l: &NewLeaf<'_>) -> Result<(), StoreError> {
-        let head_seq = l.leaf.head.map(|(seq, _)| u64_to_i64(seq)).transpose()?;
-        sqlx::query(
-            "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, \
-             request_id, head_seq, leaf, key_version, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(l.leaf.time_ms)
-        .bind(l.leaf.actor.clone())
-        .bind(l.leaf.action.clone())
-        .bind(l.leaf.subject.clone())
-        .bind(l.leaf.outcome.clone())
-        .bind(l.leaf.detail.clone())
-        .bind(l.leaf.request_id.to_vec())
-        .bind(head_seq)
-        .bind(l.bytes.to_vec())
-        .bind(i64::from(l.key_version))
-        .bind(l.mac.to_vec())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+impl NewLeaf<'_> {
+    /// The leaf's `audit_log` row, as the write set inserts it.
+    pub(super) fn values(&self) -> Result<Vec<Value>, StoreError> {
+        let l = self.leaf;
+        Ok(vec![
+            Value::Int(l.time_ms),
+            Value::Text(l.actor.clone()),
+            Value::Text(l.action.clone()),
+            Value::OptText(l.subject.clone()),
+            Value::Text(l.outcome.clone()),
+            Value::Text(l.detail.clone()),
+            Value::Bytes(l.request_id.to_vec()),
+            Value::OptInt(l.head.map(|(seq, _)| u64_to_i64(seq)).transpose()?),
+            Value::Bytes(self.bytes.to_vec()),
+            Value::Int(i64::from(self.key_version)),
+            Value::Bytes(self.mac.to_vec()),
+        ])
     }
 }
 
@@ -374,7 +369,7 @@ pub struct SequencerTx<'a> {
 
 #[derive(Debug)]
 enum SeqConn<'a> {
-    Sqlite(AuditedTx),
+    Sqlite(Box<AuditedTx>),
     Postgres(Transaction<'a, Any>),
 }
 
@@ -384,7 +379,7 @@ impl SequencerLease {
         let conn = match &mut self.conn {
             None => {
                 // The sequencer waits for its place instead of being refused.
-                SeqConn::Sqlite(store.begin_audited_waiting().await?)
+                SeqConn::Sqlite(Box::new(store.begin_audited_waiting().await?))
             }
             Some(c) => SeqConn::Postgres(c.begin().await?),
         };
@@ -393,10 +388,10 @@ impl SequencerLease {
 }
 
 impl SequencerTx<'_> {
-    fn conn(&mut self) -> &mut sqlx::AnyConnection {
+    async fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, StoreError> {
         match &mut self.conn {
-            SeqConn::Sqlite(tx) => &mut tx.tx,
-            SeqConn::Postgres(t) => &mut *t,
+            SeqConn::Sqlite(tx) => tx.conn().await,
+            SeqConn::Postgres(t) => Ok(&mut *t),
         }
     }
 
@@ -406,14 +401,14 @@ impl SequencerTx<'_> {
         edge: impl Fn(u64) -> Vec<NodeId>,
     ) -> Result<(u64, Vec<(NodeId, Hash)>), StoreError> {
         let size: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
-            .fetch_one(self.conn())
+            .fetch_one(self.conn().await?)
             .await?;
         let size = size
             .map(|s| i64_to_u64(s, "audit_checkpoints.tree_size"))
             .transpose()?
             .unwrap_or(0);
         let ids = edge(size);
-        let found = nodes(self.conn(), &ids).await?;
+        let found = nodes(self.conn().await?, &ids).await?;
         if found.len() != ids.len() {
             return Err(StoreError::Corrupt(
                 "audit_nodes: right edge of the newest checkpoint missing",
@@ -428,7 +423,7 @@ impl SequencerTx<'_> {
             "SELECT {LEAF_COLUMNS} FROM audit_log WHERE idx IS NULL ORDER BY id LIMIT $1"
         )))
         .bind(i64::from(limit))
-        .fetch_all(self.conn())
+        .fetch_all(self.conn().await?)
         .await?;
         rows.iter().map(leaf_row).collect()
     }
@@ -454,7 +449,7 @@ impl SequencerTx<'_> {
             for (id, idx) in part {
                 q = q.bind(*id).bind(u64_to_i64(*idx)?);
             }
-            let n = q.execute(self.conn()).await?.rows_affected();
+            let n = q.execute(self.conn().await?).await?.rows_affected();
             if n != part.len() as u64 {
                 return Err(StoreError::Corrupt("audit_log: a leaf was sequenced twice"));
             }
@@ -477,7 +472,7 @@ impl SequencerTx<'_> {
                     .bind(u64_to_i64(id.index)?)
                     .bind(h.to_vec());
             }
-            q.execute(self.conn()).await?;
+            q.execute(self.conn().await?).await?;
         }
         Ok(())
     }
@@ -491,7 +486,7 @@ impl SequencerTx<'_> {
         .bind(cp.root.to_vec())
         .bind(cp.note.clone())
         .bind(cp.time_ms)
-        .execute(self.conn())
+        .execute(self.conn().await?)
         .await?;
         Ok(())
     }
@@ -499,7 +494,7 @@ impl SequencerTx<'_> {
     /// Commits the batch (durably, before it returns).
     pub async fn commit(self) -> Result<(), StoreError> {
         match self.conn {
-            SeqConn::Sqlite(tx) => self.store.commit_write(tx).await,
+            SeqConn::Sqlite(tx) => self.store.commit_write(*tx).await,
             SeqConn::Postgres(t) => Ok(t.commit().await?),
         }
     }

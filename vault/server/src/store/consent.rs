@@ -120,7 +120,7 @@ impl AuditedTx {
     /// A device by id, inside the transaction; on PostgreSQL locked until
     /// it ends, so a revocation and a use of the device are ordered.
     pub async fn device(&mut self, device_id: &str) -> Result<Option<Device>, StoreError> {
-        let sql = match self.backend {
+        let sql = match self.store.backend {
             super::Backend::Postgres => {
                 concat!(select_devices!(), " WHERE device_id = $1 FOR UPDATE")
             }
@@ -128,7 +128,7 @@ impl AuditedTx {
         };
         let row = sqlx::query(sql)
             .bind(device_id.to_owned())
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn().await?)
             .await?;
         row.as_ref().map(device).transpose()
     }
@@ -140,7 +140,7 @@ impl AuditedTx {
             " WHERE subject_id = $1 ORDER BY enrolled_at_ms, device_id"
         ))
         .bind(subject.as_bytes().to_vec())
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn().await?)
         .await?;
         rows.iter().map(device).collect()
     }
@@ -156,7 +156,7 @@ impl AuditedTx {
         .bind(d.public_key.clone())
         .bind(d.enrolled_by.clone())
         .bind(d.enrolled_at_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -176,7 +176,7 @@ impl AuditedTx {
         .bind(now_ms)
         .bind(device_id.to_owned())
         .bind(subject.as_bytes().to_vec())
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -198,7 +198,7 @@ impl AuditedTx {
         .bind(subject.as_bytes().to_vec())
         .bind(issued_to.to_owned())
         .bind(expires_at_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?;
         Ok(())
     }
@@ -212,7 +212,7 @@ impl AuditedTx {
             "SELECT subject_id, issued_to, expires_at_ms, used_at_ms FROM enrollment_codes WHERE code_hash = $1",
         )
         .bind(code_hash.to_vec())
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.conn().await?)
         .await?;
         row.map(|r| {
             Ok(EnrollmentCode {
@@ -236,7 +236,7 @@ impl AuditedTx {
         )
         .bind(now_ms)
         .bind(code_hash.to_vec())
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -258,7 +258,7 @@ impl AuditedTx {
         .bind(partner.to_owned())
         .bind(subject.as_bytes().to_vec())
         .bind(expires_at_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?;
         Ok(())
     }
@@ -272,7 +272,7 @@ impl AuditedTx {
             "SELECT partner, subject_id, expires_at_ms, used_at_ms FROM consent_challenges WHERE challenge = $1",
         )
         .bind(challenge.to_vec())
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.conn().await?)
         .await?;
         row.map(|r| {
             Ok(Challenge {
@@ -296,7 +296,7 @@ impl AuditedTx {
         )
         .bind(now_ms)
         .bind(challenge.to_vec())
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -320,7 +320,7 @@ impl AuditedTx {
         .bind(c.expires_at)
         .bind(c.grant_hash.to_vec())
         .bind(c.presented_at_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -328,8 +328,8 @@ impl AuditedTx {
 
     /// A consent by id, inside the transaction.
     pub async fn consent(&mut self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
-        let lock = self.backend == super::Backend::Postgres;
-        consent_by_id(&mut *self.tx, id, lock).await
+        let lock = self.store.backend == super::Backend::Postgres;
+        consent_by_id(self.conn().await?, id, lock).await
     }
 
     /// Revokes a consent of `subject`; false if absent or already revoked.
@@ -346,7 +346,7 @@ impl AuditedTx {
         .bind(now_ms)
         .bind(id.to_vec())
         .bind(subject.as_bytes().to_vec())
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -366,7 +366,7 @@ impl AuditedTx {
         .bind(field_list(&r.fields))
         .bind(r.released_at_ms)
         .bind(r.grant_hash.to_vec())
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?;
         Ok(())
     }
@@ -383,7 +383,7 @@ impl AuditedTx {
         )
         .bind(subject.as_bytes().to_vec())
         .bind(i64::from(limit))
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn().await?)
         .await?;
         rows.iter().map(receipt).collect()
     }
@@ -402,7 +402,7 @@ impl AuditedTx {
         .bind(request_id.to_vec())
         .bind(device_id.to_owned())
         .bind(now_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)

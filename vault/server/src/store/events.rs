@@ -123,7 +123,7 @@ impl AuditedTx {
         .bind(subject.as_bytes().to_vec())
         .bind(entity.to_owned())
         .bind(now_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -144,7 +144,7 @@ impl AuditedTx {
                 sqlx::query("DELETE FROM command_outbox WHERE subject_id = $1 AND recipient = $2")
                     .bind(subject.as_bytes().to_vec())
                     .bind(name.to_owned())
-                    .execute(&mut *self.tx)
+                    .execute(self.conn().await?)
                     .await?
                     .rows_affected()
             }
@@ -153,7 +153,7 @@ impl AuditedTx {
         let n = sqlx::query("DELETE FROM entity_links WHERE subject_id = $1 AND entity = $2")
             .bind(subject.as_bytes().to_vec())
             .bind(entity.to_owned())
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?
             .rows_affected();
         let r = sqlx::query(
@@ -161,7 +161,7 @@ impl AuditedTx {
         )
         .bind(subject.as_bytes().to_vec())
         .bind(entity.to_owned())
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok((n == 1, r, withdrawn))
@@ -176,7 +176,7 @@ impl AuditedTx {
             "SELECT entity, linked_at_ms FROM entity_links WHERE subject_id = $1 ORDER BY entity",
         )
         .bind(subject.as_bytes().to_vec())
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn().await?)
         .await?)
     }
 
@@ -190,7 +190,7 @@ impl AuditedTx {
             sqlx::query_scalar("SELECT 1 FROM entity_links WHERE subject_id = $1 AND entity = $2")
                 .bind(subject.as_bytes().to_vec())
                 .bind(entity.to_owned())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await?;
         Ok(n.is_some())
     }
@@ -203,7 +203,7 @@ impl AuditedTx {
     ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM subject_rules WHERE subject_id = $1")
             .bind(subject.as_bytes().to_vec())
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?;
         for r in rules {
             sqlx::query(
@@ -217,7 +217,7 @@ impl AuditedTx {
             .bind(r.target.clone())
             .bind(r.command.clone())
             .bind(list_text(r.fields.iter().map(String::as_str)))
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?;
         }
         Ok(())
@@ -230,7 +230,7 @@ impl AuditedTx {
              WHERE subject_id = $1 ORDER BY rule_id",
         )
         .bind(subject.as_bytes().to_vec())
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn().await?)
         .await?;
         rows.iter().map(rule_from_row).collect()
     }
@@ -249,7 +249,7 @@ impl AuditedTx {
         .bind(subject.as_bytes().to_vec())
         .bind(source.to_owned())
         .bind(event_type.to_owned())
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn().await?)
         .await?;
         rows.iter().map(rule_from_row).collect()
     }
@@ -260,7 +260,7 @@ impl AuditedTx {
             sqlx::query_scalar("SELECT 1 FROM events WHERE source = $1 AND event_id = $2")
                 .bind(source.to_owned())
                 .bind(event_id.to_owned())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await?;
         Ok(n.is_some())
     }
@@ -278,7 +278,7 @@ impl AuditedTx {
         .bind(e.outcome)
         .bind(i64::from(e.commands))
         .bind(e.accepted_at_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -297,7 +297,7 @@ impl AuditedTx {
                  ON CONFLICT (recipient) DO UPDATE SET enqueued = outbox_recipients.enqueued + 1",
             )
             .bind(r.to_owned())
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?;
         }
         Ok(())
@@ -313,7 +313,7 @@ impl AuditedTx {
         )
         .bind(c.recipient.clone())
         .bind(c.subject.as_bytes().to_vec())
-        .fetch_one(&mut *self.tx)
+        .fetch_one(self.conn().await?)
         .await?;
         sqlx::query(
             "INSERT INTO command_outbox (command_id, recipient, subject_id, subject_seq, pairwise_token, \
@@ -331,7 +331,7 @@ impl AuditedTx {
         .bind(c.rule_id.clone())
         .bind(c.payload.clone())
         .bind(c.created_at_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?;
         i64_to_u64(seq, "command_counters.last_seq")
     }
@@ -353,7 +353,7 @@ impl AuditedTx {
             for seq in part {
                 q = q.bind(u64_to_i64(*seq)?);
             }
-            q.execute(&mut *self.tx).await?;
+            q.execute(self.conn().await?).await?;
         }
         Ok(())
     }
@@ -377,7 +377,7 @@ impl AuditedTx {
             for id in part {
                 q = q.bind(id.clone());
             }
-            n += q.execute(&mut *self.tx).await?.rows_affected();
+            n += q.execute(self.conn().await?).await?.rows_affected();
         }
         Ok(n)
     }
@@ -402,7 +402,7 @@ impl AuditedTx {
         for s in part {
             q = q.bind(s.as_bytes().to_vec());
         }
-        Ok(q.fetch_all(&mut *self.tx).await?)
+        Ok(q.fetch_all(self.conn().await?).await?)
     }
 
     /// Histories of `subjects`.
@@ -459,7 +459,7 @@ impl AuditedTx {
             q = q.bind(e.clone());
         }
         let ids: Vec<SubjectId> = q
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.conn().await?)
             .await?
             .iter()
             .map(|r| subject_col(r, "subject_id"))
@@ -500,7 +500,7 @@ impl AuditedTx {
         )
         .bind(partner.to_owned())
         .bind(token.to_owned())
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.conn().await?)
         .await?;
         b.map(|b| {
             SubjectId::from_slice(&b).ok_or(StoreError::Corrupt("pairwise_tokens.subject_id"))

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use sqlx::{Any, Executor};
 
 use super::rows::u64_to_i64;
+use super::writeset::{Table, Value};
 use super::{AuditedTx, Store, StoreError};
 use idvault_core::matching::Candidate;
 use idvault_core::subject::SubjectId;
@@ -93,19 +94,19 @@ async fn pairwise_chunk<'e>(
 
 impl AuditedTx {
     /// Adds a subject's blind indexes.
-    pub async fn match_insert(
-        &mut self,
-        subject: &SubjectId,
-        rows: &[MatchRow<'_>],
-    ) -> Result<(), StoreError> {
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|(d, f, v, i)| (*d, *subject, *f, *v, *i))
-            .collect();
-        for part in rows.chunks(INSERT_CHUNK) {
-            insert_rows(&mut *self.tx, part).await?;
+    pub fn match_insert(&mut self, subject: &SubjectId, rows: &[MatchRow<'_>]) {
+        for (domain, field, version, bidx) in rows {
+            self.pending.push(
+                Table::MatchIndex,
+                vec![
+                    Value::Text((*domain).to_owned()),
+                    Value::Int(*bidx),
+                    Value::Bytes(subject.as_bytes().to_vec()),
+                    Value::Int(i64::from(*field)),
+                    Value::Int(i64::from(*version)),
+                ],
+            );
         }
-        Ok(())
     }
 
     /// Removes a subject's blind indexes of `fields` (codes) in every domain.
@@ -118,7 +119,7 @@ impl AuditedTx {
             sqlx::query("DELETE FROM match_index WHERE subject_id = $1 AND field = $2")
                 .bind(subject.as_bytes().to_vec())
                 .bind(i64::from(*f))
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
         }
         Ok(())
@@ -126,32 +127,18 @@ impl AuditedTx {
 
     /// Sets `subject`'s presence mask and signature in each domain of
     /// `by_domain` `(domain, mask, signature)`, in one statement.
-    pub async fn match_set_subject(
-        &mut self,
-        subject: &SubjectId,
-        by_domain: &[(&str, u16, Vec<u8>)],
-    ) -> Result<(), StoreError> {
-        for part in by_domain.chunks(INSERT_CHUNK) {
-            let values: Vec<String> = (0..part.len())
-                .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES {} \
-                 ON CONFLICT (domain, subject_id) DO UPDATE \
-                 SET fields = excluded.fields, signature = excluded.signature",
-                values.join(", ")
+    pub fn match_set_subject(&mut self, subject: &SubjectId, by_domain: &[(&str, u16, Vec<u8>)]) {
+        for (domain, present, signature) in by_domain {
+            self.pending.push(
+                Table::MatchSubjects,
+                vec![
+                    Value::Text((*domain).to_owned()),
+                    Value::Bytes(subject.as_bytes().to_vec()),
+                    Value::Int(i64::from(*present)),
+                    Value::Bytes(signature.clone()),
+                ],
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (domain, present, signature) in part {
-                q = q
-                    .bind((*domain).to_owned())
-                    .bind(subject.as_bytes().to_vec())
-                    .bind(i64::from(*present))
-                    .bind(signature.clone());
-            }
-            q.execute(&mut *self.tx).await?;
         }
-        Ok(())
     }
 
     /// `subject`'s signatures, by domain.
@@ -162,7 +149,7 @@ impl AuditedTx {
         let rows: Vec<(String, Vec<u8>)> =
             sqlx::query_as("SELECT domain, signature FROM match_subjects WHERE subject_id = $1")
                 .bind(subject.as_bytes().to_vec())
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.conn().await?)
                 .await?;
         Ok(rows.into_iter().collect())
     }
@@ -175,7 +162,7 @@ impl AuditedTx {
     ) -> Result<HashMap<SubjectId, String>, StoreError> {
         let mut out = HashMap::new();
         for part in subjects.chunks(IN_CHUNK) {
-            pairwise_chunk(&mut *self.tx, partner, part, &mut out).await?;
+            pairwise_chunk(self.conn().await?, partner, part, &mut out).await?;
         }
         Ok(out)
     }
@@ -183,49 +170,39 @@ impl AuditedTx {
     /// Records `partner`'s pairwise tokens `(subject, token)` where it has
     /// none yet (a concurrent match may have made one first: read them
     /// back, in the same transaction, with [`Self::pairwise_tokens`]).
-    pub async fn pairwise_insert(
-        &mut self,
-        partner: &str,
-        tokens: &[(SubjectId, String)],
-    ) -> Result<(), StoreError> {
-        for part in tokens.chunks(INSERT_CHUNK) {
-            let values: Vec<String> = (0..part.len())
-                .map(|i| format!("($1, {})", placeholders(i * 2 + 2, 2)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES {} \
-                 ON CONFLICT (partner, subject_id) DO NOTHING",
-                values.join(", ")
+    pub fn pairwise_insert(&mut self, partner: &str, tokens: &[(SubjectId, String)]) {
+        for (subject, token) in tokens {
+            self.pending.push(
+                Table::Pairwise,
+                vec![
+                    Value::Text(partner.to_owned()),
+                    Value::Bytes(subject.as_bytes().to_vec()),
+                    Value::Text(token.clone()),
+                ],
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(partner.to_owned());
-            for (s, t) in part {
-                q = q.bind(s.as_bytes().to_vec()).bind(t.clone());
-            }
-            q.execute(&mut *self.tx).await?;
         }
-        Ok(())
     }
 
     /// Forgets domains no longer configured, and their indexes.
     pub async fn match_drop_domains_except(&mut self, keep: &[String]) -> Result<u64, StoreError> {
         // Every domain is recorded here before it gets any row.
         let stored: Vec<String> = sqlx::query_scalar("SELECT domain FROM match_domains")
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.conn().await?)
             .await?;
         let mut removed = 0;
         for d in stored.iter().filter(|d| !keep.contains(d)) {
             removed += sqlx::query("DELETE FROM match_index WHERE domain = $1")
                 .bind(d.clone())
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?
                 .rows_affected();
             sqlx::query("DELETE FROM match_subjects WHERE domain = $1")
                 .bind(d.clone())
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
             sqlx::query("DELETE FROM match_domains WHERE domain = $1")
                 .bind(d.clone())
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
         }
         Ok(removed)

@@ -9,7 +9,9 @@
 //! request fails closed). No shared row is touched on the way: SQLite
 //! requests share group commits ([`writer`]), PostgreSQL requests commit
 //! in parallel and a subject's writes are ordered by its own row lock.
-//! Reads that need no write go to the pool, never through the writer.
+//! Transactions that only insert are applied many at a time by
+//! [`writeset`]. Reads that need no write go to the pool, never through
+//! the writer.
 
 /// Column list of `subjects`, as a macro so queries stay string literals
 /// (sqlx refuses dynamically built SQL).
@@ -25,6 +27,7 @@ mod events;
 mod matching;
 mod rows;
 mod writer;
+mod writeset;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +44,7 @@ pub use writer::MAX_BATCH;
 
 use rows::{i64_to_u64, u64_to_i64};
 use writer::{GroupWriter, TxConn};
+use writeset::{Applier, Table, Value, WriteSet};
 
 use idvault_core::crypto::HASH_LEN;
 use idvault_core::packet::{ChainHead, NewPacket};
@@ -75,6 +79,10 @@ pub enum StoreError {
     /// The writer queue is full (this many writes queued or running).
     #[error("the writer queue is full ({0} writes)")]
     QueueFull(usize),
+    /// The request's deadline passed while its write waited; nothing of it
+    /// was written.
+    #[error("the deadline passed while the write was queued")]
+    Deadline,
 }
 
 /// Which database is behind the store.
@@ -95,6 +103,9 @@ pub struct Store {
     /// busy handler sleeps and retries with growing back-off, so writers
     /// of this process queue here instead, and share each fsync.
     writer: Option<std::sync::Arc<GroupWriter>>,
+    /// Applies the write sets of requests that only insert, in batches
+    /// (see [`writeset`]). Set once connected.
+    applier: Option<std::sync::Arc<Applier>>,
     /// Bounds the writes queued or running (admission control): a write
     /// beyond it is refused at once instead of waiting.
     queue: std::sync::Arc<tokio::sync::Semaphore>,
@@ -151,6 +162,7 @@ impl Store {
             pool,
             backend,
             writer: None,
+            applier: None,
             queue: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
         };
         match backend {
@@ -162,6 +174,11 @@ impl Store {
             }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
         }
+        store.applier = Some(std::sync::Arc::new(Applier::start(
+            backend,
+            &store.pool,
+            store.writer.clone(),
+        )));
         Ok(store)
     }
 
@@ -204,12 +221,17 @@ impl Store {
 
     /// Starts a write transaction; see the module docs. Refused at once
     /// with [`StoreError::QueueFull`] when [`WRITE_QUEUE`] writes are
-    /// already queued or running.
-    pub async fn begin_audited(&self) -> Result<AuditedTx, StoreError> {
+    /// already queued or running. If `deadline` passes while the write
+    /// waits for the writer (or in the applier's queue), it is not
+    /// executed: [`StoreError::Deadline`].
+    pub fn begin_audited(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<AuditedTx, StoreError> {
         let slot = std::sync::Arc::clone(&self.queue)
             .try_acquire_owned()
             .map_err(|_| StoreError::QueueFull(WRITE_QUEUE))?;
-        self.begin_write(slot).await
+        Ok(self.write_tx(slot, deadline))
     }
 
     /// [`Self::begin_audited`] that waits for a place in the writer queue
@@ -220,26 +242,36 @@ impl Store {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Batch("the store is closed".into()))?;
-        self.begin_write(slot).await
+        Ok(self.write_tx(slot, None))
     }
 
-    async fn begin_write(
+    fn write_tx(
         &self,
         slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<AuditedTx, StoreError> {
-        let (tx, slot) = match &self.writer {
+        deadline: Option<tokio::time::Instant>,
+    ) -> AuditedTx {
+        AuditedTx {
+            tx: None,
+            pending: WriteSet::default(),
+            store: self.clone(),
+            deadline,
+            changed: None,
+            slot: Some(slot),
+        }
+    }
+
+    /// Opens the connection of a write: the writer's savepoint on SQLite,
+    /// a transaction of its own on PostgreSQL.
+    async fn open_write(
+        &self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(TxConn, tokio::sync::OwnedSemaphorePermit), StoreError> {
+        Ok(match &self.writer {
             Some(w) => {
                 let (batch, slot) = w.begin(slot).await?;
                 (TxConn::Batch(batch), slot)
             }
             None => (TxConn::Own(self.pool.begin().await?), slot),
-        };
-        Ok(AuditedTx {
-            tx,
-            backend: self.backend,
-            writer: self.writer.clone(),
-            changed: None,
-            _slot: slot,
         })
     }
 
@@ -315,10 +347,6 @@ impl Store {
         Ok(())
     }
 }
-
-/// Packets per insert statement (3 parameters each, well under SQLite's
-/// bound-parameter limit).
-const PACKET_CHUNK: usize = 100;
 
 /// A subject's packets as `(seq, bytes)`, ascending.
 async fn packets_of<'e>(
@@ -430,14 +458,21 @@ async fn resolve<'e>(
 
 /// A write transaction that ends by appending exactly one audit leaf.
 /// Dropping it without [`AuditedTx::commit`] rolls its writes back.
+///
+/// It takes a connection only when a statement needs one (a read, an
+/// update, a delete); plain inserts wait in its write set until then, or
+/// until the commit, where a transaction that never needed a connection
+/// is handed whole to the batch applier ([`writeset`]).
 #[derive(Debug)]
 pub struct AuditedTx {
-    tx: TxConn,
-    backend: Backend,
-    writer: Option<std::sync::Arc<GroupWriter>>,
+    tx: Option<TxConn>,
+    pending: WriteSet,
+    store: Store,
+    deadline: Option<tokio::time::Instant>,
     changed: Option<(SubjectId, ChainHead)>,
-    /// Its place in the writer queue, given back when it ends.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Its place in the writer queue, given back when it ends (while its
+    /// connection is being opened, the opening task holds it).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AuditedTx {
@@ -449,16 +484,55 @@ impl AuditedTx {
 
     /// Appends the leaf and commits; returns once the write is durable.
     pub async fn commit(mut self, leaf: &NewLeaf<'_>) -> Result<(), StoreError> {
-        self.insert_leaf(leaf).await?;
+        self.pending.push(Table::Leaves, leaf.values()?);
+        if self.tx.is_none()
+            && let Some(applier) = self.store.applier.clone()
+            && let Some(slot) = self.slot.take()
+        {
+            let set = std::mem::take(&mut self.pending);
+            return applier.submit(set, self.deadline, slot).await;
+        }
         self.finish().await
     }
 
-    async fn finish(self) -> Result<(), StoreError> {
-        let _slot = self._slot;
-        match (self.tx, &self.writer) {
-            (TxConn::Own(t), _) => Ok(t.commit().await?),
-            (TxConn::Batch(b), Some(w)) => w.commit(b).await,
-            (TxConn::Batch(_), None) => Err(StoreError::Corrupt("batch without a writer")),
+    /// The transaction's connection, opened on first use; rows waiting in
+    /// the write set are written on it first, so reads see them.
+    async fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, StoreError> {
+        if self.tx.is_none() {
+            let slot = self
+                .slot
+                .take()
+                .ok_or(StoreError::Batch("the write lost its queue place".into()))?;
+            let opened = match self.deadline {
+                Some(d) => tokio::time::timeout_at(d, self.store.open_write(slot))
+                    .await
+                    .map_err(|_| StoreError::Deadline)?,
+                None => self.store.open_write(slot).await,
+            }?;
+            self.tx = Some(opened.0);
+            self.slot = Some(opened.1);
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(StoreError::Batch("the write has no connection".into()));
+        };
+        if !self.pending.is_empty() {
+            let set = std::mem::take(&mut self.pending);
+            writeset::apply(tx, self.store.backend, &[&set]).await?;
+        }
+        Ok(tx)
+    }
+
+    async fn finish(mut self) -> Result<(), StoreError> {
+        if !self.pending.is_empty() {
+            self.conn().await?;
+        }
+        let _slot = self.slot.take();
+        match (self.tx.take(), &self.store.writer) {
+            // Nothing was ever written: nothing to commit.
+            (None, _) => Ok(()),
+            (Some(TxConn::Own(t)), _) => Ok(t.commit().await?),
+            (Some(TxConn::Batch(b)), Some(w)) => w.commit(b).await,
+            (Some(TxConn::Batch(_)), None) => Err(StoreError::Corrupt("batch without a writer")),
         }
     }
 
@@ -466,7 +540,7 @@ impl AuditedTx {
     /// transaction ends: the per-subject guard that orders concurrent
     /// writes to one subject (on SQLite the writer already orders them).
     pub async fn subject(&mut self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
-        let sql = match self.backend {
+        let sql = match self.store.backend {
             Backend::Sqlite => concat!(
                 "SELECT ",
                 subject_columns!(),
@@ -480,61 +554,51 @@ impl AuditedTx {
         };
         let row: Option<AnyRow> = sqlx::query(sql)
             .bind(id.as_bytes().to_vec())
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn().await?)
             .await?;
         row.as_ref().map(rows::subject_record).transpose()
     }
 
     /// A subject's packets as `(seq, bytes)`, ascending.
     pub async fn packets(&mut self, id: &SubjectId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        packets_of(&mut *self.tx, id).await
+        packets_of(self.conn().await?, id).await
     }
 
     /// Inserts a new subject row.
-    pub async fn insert_subject(&mut self, s: &SubjectRecord) -> Result<(), StoreError> {
-        sqlx::query(concat!(
-            "INSERT INTO subjects (",
-            subject_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ))
-        .bind(s.id.as_bytes().to_vec())
-        .bind(s.created_by.clone())
-        .bind(s.wrapped_dek.bytes.clone())
-        .bind(i64::from(s.wrapped_dek.kek_version))
-        .bind(u64_to_i64(s.head.seq)?)
-        .bind(s.head.hash.to_vec())
-        .bind(s.created_at_ms)
-        .bind(s.updated_at_ms)
-        .execute(&mut *self.tx)
-        .await?;
+    pub fn insert_subject(&mut self, s: &SubjectRecord) -> Result<(), StoreError> {
+        self.pending.push(
+            Table::Subjects,
+            vec![
+                Value::Bytes(s.id.as_bytes().to_vec()),
+                Value::Text(s.created_by.clone()),
+                Value::Bytes(s.wrapped_dek.bytes.clone()),
+                Value::Int(i64::from(s.wrapped_dek.kek_version)),
+                Value::Int(u64_to_i64(s.head.seq)?),
+                Value::Bytes(s.head.hash.to_vec()),
+                Value::Int(s.created_at_ms),
+                Value::Int(s.updated_at_ms),
+            ],
+        );
         self.changed = Some((s.id, s.head));
         Ok(())
     }
 
-    /// Appends packets, in one statement (each statement is a round trip
-    /// while the writer is held).
-    pub async fn insert_packets(
+    /// Appends packets.
+    pub fn insert_packets(
         &mut self,
         id: &SubjectId,
         packets: &[NewPacket],
     ) -> Result<(), StoreError> {
-        for part in packets.chunks(PACKET_CHUNK) {
-            let values: Vec<String> = (0..part.len())
-                .map(|i| format!("($1, ${}, ${}, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4))
-                .collect();
-            // Only numbered placeholders are formatted in; values are bound.
-            let sql = format!(
-                "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES {}",
-                values.join(", ")
+        for p in packets {
+            self.pending.push(
+                Table::Packets,
+                vec![
+                    Value::Bytes(id.as_bytes().to_vec()),
+                    Value::Int(u64_to_i64(p.seq)?),
+                    Value::Text(p.field.as_str().to_owned()),
+                    Value::Bytes(p.packet.as_bytes().to_vec()),
+                ],
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_bytes().to_vec());
-            for p in part {
-                q = q
-                    .bind(u64_to_i64(p.seq)?)
-                    .bind(p.field.as_str())
-                    .bind(p.packet.as_bytes().to_vec());
-            }
-            q.execute(&mut *self.tx).await?;
         }
         Ok(())
     }
@@ -551,7 +615,7 @@ impl AuditedTx {
             .bind(head.hash.to_vec())
             .bind(now_ms)
             .bind(id.as_bytes().to_vec())
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?;
         self.changed = Some((*id, head));
         Ok(())
@@ -563,7 +627,7 @@ impl AuditedTx {
     pub async fn delete_subject(&mut self, id: &SubjectId) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM packets WHERE subject_id = $1")
             .bind(id.as_bytes().to_vec())
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?
             .rows_affected();
         for sql in [
@@ -591,7 +655,7 @@ impl AuditedTx {
         ] {
             sqlx::query(sql)
                 .bind(id.as_bytes().to_vec())
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
         }
         Ok(n)
@@ -604,7 +668,7 @@ impl AuditedTx {
     ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
         let mut out = HashMap::with_capacity(indexes.len());
         for part in indexes.chunks(LOOKUP_BATCH) {
-            lookup_chunk(&mut *self.tx, part, &mut out).await?;
+            lookup_chunk(self.conn().await?, part, &mut out).await?;
         }
         Ok(out)
     }
@@ -615,18 +679,18 @@ impl AuditedTx {
         owner: &str,
         token: &str,
     ) -> Result<Option<String>, StoreError> {
-        resolve(&mut *self.tx, owner, token).await
+        resolve(self.conn().await?, owner, token).await
     }
 
     /// The links of a canonical entity, inside the transaction.
     pub async fn xref_links_of(&mut self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
-        links_of(&mut *self.tx, token).await
+        links_of(self.conn().await?, token).await
     }
 
     /// Bumps the cross-reference generation (links or merges changed).
     pub async fn xref_bump_generation(&mut self) -> Result<(), StoreError> {
         sqlx::query("UPDATE xref_generation SET value = value + 1 WHERE id = 1")
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?;
         Ok(())
     }
@@ -642,7 +706,7 @@ impl AuditedTx {
             .bind(token.to_owned())
             .bind(owner.to_owned())
             .bind(now_ms)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await?;
         Ok(())
     }
@@ -666,7 +730,7 @@ impl AuditedTx {
             .bind(owner.to_owned())
             .bind(token.to_owned())
             .bind(sealed)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?;
         Ok(())
     }
@@ -682,12 +746,12 @@ impl AuditedTx {
             sqlx::query("UPDATE xref_entities SET alias_of = $1 WHERE token = $2 OR alias_of = $2")
                 .bind(survivor.to_owned())
                 .bind(m.clone())
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
             sqlx::query("UPDATE xref_links SET token = $1 WHERE token = $2")
                 .bind(survivor.to_owned())
                 .bind(m.clone())
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
         }
         Ok(())

@@ -29,6 +29,7 @@ use sqlx::{Any, AnyConnection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, oneshot};
 
 use super::StoreError;
+use super::writeset::{self, Submitted, WriteSet, fail_all};
 
 /// Requests in one SQLite batch at most: bounds the work one fsync waits
 /// for and the size of a batch lost to an I/O error.
@@ -63,7 +64,7 @@ pub(super) struct Batch {
     /// is still open.
     generation: u64,
     /// Requests released into the open batch, waiting for its end.
-    members: Vec<oneshot::Sender<Result<(), String>>>,
+    members: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// Decrements the queue count when the wait ends, however it ends.
@@ -155,16 +156,94 @@ impl GroupWriter {
             }
         };
         match res {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(StoreError::Batch(why)),
+            Ok(r) => r,
             Err(_) => Err(StoreError::Batch("the batch writer went away".into())),
+        }
+    }
+
+    /// Applies a group of write sets (see [`super::writeset`]) as members
+    /// of the open batch: one savepoint and one statement per table for
+    /// the whole group; if those fail, a savepoint per write set, so only
+    /// the failing ones are undone. Each member is answered when the batch
+    /// ends. Runs on the applier's task, which no request can cancel.
+    pub(super) async fn apply_group(self: &Arc<Self>, group: Vec<Submitted>) {
+        if group.is_empty() {
+            return;
+        }
+        let mut b = {
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            let _q = Queued(&self.queued);
+            Arc::clone(&self.batch).lock_owned().await
+        };
+        b.undo_abandoned().await;
+        let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
+        // BEGIN (if needed), the savepoint, every insert and its release in
+        // one call to the connection (see `writeset::apply_script`).
+        let before = if b.open {
+            "SAVEPOINT request"
+        } else {
+            // IMMEDIATE: see `open_savepoint`.
+            "BEGIN IMMEDIATE; SAVEPOINT request"
+        };
+        let together = writeset::apply_script(&mut b.conn, before, &sets, "RELEASE request").await;
+        drop(sets);
+        if together.is_ok() {
+            b.open = true;
+            b.members.extend(group.into_iter().map(|s| s.done));
+        } else {
+            // Undo the group's statements, keep its savepoint, and apply
+            // each write set alone inside it. If there is no savepoint to
+            // roll back to, the script failed before opening it: the batch
+            // is in an unknown state and is ended as failed.
+            tracing::debug!(
+                members = group.len(),
+                "a write-set batch failed; applying its members one by one"
+            );
+            if b.conn.execute("ROLLBACK TO request").await.is_err() {
+                b.abort("the batch could not be continued").await;
+                return fail_all(group, "the batch was rolled back");
+            }
+            b.open = true;
+            let mut rest = group.into_iter();
+            while let Some(s) = rest.next() {
+                match b.apply_alone(&s.set).await {
+                    Ok(()) => b.members.push(s.done),
+                    Err(e) => {
+                        let _ = s.done.send(Err(e));
+                        if !b.open {
+                            // The batch itself is gone (an undo failed).
+                            return fail_all(rest.collect(), "the batch was rolled back");
+                        }
+                    }
+                }
+            }
+            if b.conn.execute("RELEASE request").await.is_err() {
+                b.abort("a batch member's release failed").await;
+                return;
+            }
+        }
+        if self.queued.load(Ordering::SeqCst) == 0 || b.members.len() >= MAX_BATCH {
+            b.end().await;
+        } else {
+            // A request is waiting for the writer and will end the batch;
+            // if it gives up, end it after the grace period.
+            let generation = b.generation;
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(HANDOVER_GRACE).await;
+                let mut b = Arc::clone(&me.batch).lock_owned().await;
+                if b.generation == generation {
+                    b.undo_abandoned().await;
+                    b.end().await;
+                }
+            });
         }
     }
 
     async fn release_step(
         &self,
         mut b: OwnedMutexGuard<Batch>,
-    ) -> Result<(u64, oneshot::Receiver<Result<(), String>>), StoreError> {
+    ) -> Result<(u64, oneshot::Receiver<Result<(), StoreError>>), StoreError> {
         b.conn.execute("RELEASE request").await?;
         b.in_savepoint = false;
         let (tx, rx) = oneshot::channel();
@@ -193,6 +272,26 @@ impl Batch {
         }
         self.in_savepoint = true;
         Ok(())
+    }
+
+    /// Applies one write set in a savepoint of its own (inside the group's).
+    /// On failure its rows are undone and the error returned; if even the
+    /// undo fails the batch is aborted (then `open` is false).
+    async fn apply_alone(&mut self, set: &WriteSet) -> Result<(), StoreError> {
+        match writeset::apply_script(&mut self.conn, "SAVEPOINT one", &[set], "RELEASE one").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let undone = async {
+                    self.conn.execute("ROLLBACK TO one").await?;
+                    self.conn.execute("RELEASE one").await
+                }
+                .await;
+                if undone.is_err() {
+                    self.abort("a batch member's rollback failed").await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Rolls back a savepoint its request left open (failed or dropped).
@@ -248,7 +347,7 @@ impl Batch {
         self.in_savepoint = false;
         self.generation += 1;
         for m in self.members.drain(..) {
-            let _ = m.send(Err(why.to_owned()));
+            let _ = m.send(Err(StoreError::Batch(why.to_owned())));
         }
     }
 }

@@ -1,0 +1,435 @@
+//! Write sets: the rows a request only inserts, applied for many requests
+//! at once.
+//!
+//! Most writes (a new subject, its packets and blind indexes, a pairwise
+//! token, every audit leaf) are plain inserts that read nothing back. An
+//! [`super::AuditedTx`] keeps them here instead of sending each statement
+//! at once; a request that never needs to read inside its transaction
+//! hands its whole write set to the [`Applier`] at commit. The applier
+//! takes every write set waiting, applies them with one multi-row
+//! statement per table, commits, and answers each request once the commit
+//! is durable. A statement costs a round trip (on SQLite a hand-off to
+//! the connection's worker thread, on PostgreSQL a parse, plan and
+//! network turn), so this turns about eight round trips per request into
+//! about eight per batch.
+//!
+//! A request that does read (an update, a delete, a consent) takes a
+//! connection as before; its pending rows are flushed on it before the
+//! first statement, so it always reads its own writes.
+//!
+//! Failure isolation: if a batch's statements fail, the batch is undone
+//! and each write set is applied again on its own, so one bad request
+//! fails alone. A failed COMMIT fails every member (its outcome is
+//! unknown, and a retry could write a request twice).
+
+use std::sync::Arc;
+
+use sqlx::any::AnyArguments;
+use sqlx::{Any, AnyConnection, AnyPool};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::writer::GroupWriter;
+use super::{Backend, StoreError};
+
+/// Write sets applied together at most (also the SQLite batch bound).
+const MAX_GROUP: usize = super::writer::MAX_BATCH;
+
+/// Rows per statement. Parameters stay far below both backends' limits
+/// (SQLite 32,766, PostgreSQL 65,535), and a few fixed sizes keep the
+/// number of distinct prepared statements small.
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// PostgreSQL appliers running at once, each on its own connection:
+/// batches still commit in parallel, as the requests did.
+const POSTGRES_APPLIERS: usize = 4;
+
+/// One bound value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Value {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+    Bytes(Vec<u8>),
+}
+
+/// A table a write set inserts into, in the order they are applied
+/// (parents before children, for foreign keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Table {
+    Subjects,
+    Packets,
+    MatchSubjects,
+    MatchIndex,
+    Pairwise,
+    Leaves,
+}
+
+impl Table {
+    const ALL: [Self; 6] = [
+        Self::Subjects,
+        Self::Packets,
+        Self::MatchSubjects,
+        Self::MatchIndex,
+        Self::Pairwise,
+        Self::Leaves,
+    ];
+
+    /// The statement up to `VALUES`, the number of columns, and what
+    /// follows the rows.
+    fn shape(self) -> (&'static str, usize, &'static str) {
+        match self {
+            Self::Subjects => (
+                concat!("INSERT INTO subjects (", subject_columns!(), ") VALUES "),
+                8,
+                "",
+            ),
+            Self::Packets => (
+                "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ",
+                4,
+                "",
+            ),
+            Self::MatchSubjects => (
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES ",
+                4,
+                " ON CONFLICT (domain, subject_id) DO UPDATE \
+                 SET fields = excluded.fields, signature = excluded.signature",
+            ),
+            // Conflicts are a re-index of the same value (or a 2^-64
+            // chance collision inside one key): the row already says what
+            // it would say.
+            Self::MatchIndex => (
+                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) VALUES ",
+                5,
+                " ON CONFLICT DO NOTHING",
+            ),
+            // A concurrent match may have made the token first; the
+            // request reads back whichever was stored.
+            Self::Pairwise => (
+                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES ",
+                3,
+                " ON CONFLICT (partner, subject_id) DO NOTHING",
+            ),
+            Self::Leaves => (
+                "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, \
+                 request_id, head_seq, leaf, key_version, mac) VALUES ",
+                11,
+                "",
+            ),
+        }
+    }
+
+    /// Whether rows of this table may wait on a concurrent transaction's
+    /// uncommitted row (a conflict clause): on PostgreSQL such rows are
+    /// inserted in key order, so two batches never wait on each other in
+    /// a cycle.
+    fn may_conflict(self) -> bool {
+        !self.shape().2.is_empty()
+    }
+}
+
+/// Rows one request inserts, by table.
+#[derive(Debug, Default)]
+pub(super) struct WriteSet {
+    subjects: Vec<Vec<Value>>,
+    packets: Vec<Vec<Value>>,
+    match_subjects: Vec<Vec<Value>>,
+    match_index: Vec<Vec<Value>>,
+    pairwise: Vec<Vec<Value>>,
+    leaves: Vec<Vec<Value>>,
+}
+
+impl WriteSet {
+    fn rows(&self, t: Table) -> &[Vec<Value>] {
+        match t {
+            Table::Subjects => &self.subjects,
+            Table::Packets => &self.packets,
+            Table::MatchSubjects => &self.match_subjects,
+            Table::MatchIndex => &self.match_index,
+            Table::Pairwise => &self.pairwise,
+            Table::Leaves => &self.leaves,
+        }
+    }
+
+    /// Adds a row of `t` (as many values as its columns, in their order).
+    pub(super) fn push(&mut self, t: Table, row: Vec<Value>) {
+        debug_assert_eq!(row.len(), t.shape().1, "{t:?}");
+        match t {
+            Table::Subjects => self.subjects.push(row),
+            Table::Packets => self.packets.push(row),
+            Table::MatchSubjects => self.match_subjects.push(row),
+            Table::MatchIndex => self.match_index.push(row),
+            Table::Pairwise => self.pairwise.push(row),
+            Table::Leaves => self.leaves.push(row),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        Table::ALL.iter().all(|t| self.rows(*t).is_empty())
+    }
+}
+
+/// The rows of `sets`, by table in the fixed order, in chunks of at most
+/// [`ROWS_PER_STATEMENT`] (sorted where they may wait on another
+/// transaction, on PostgreSQL).
+fn statements<'s>(backend: Backend, sets: &[&'s WriteSet]) -> Vec<(Table, Vec<&'s Vec<Value>>)> {
+    let mut out = Vec::new();
+    for t in Table::ALL {
+        let mut rows: Vec<&Vec<Value>> = sets.iter().flat_map(|s| s.rows(t)).collect();
+        if backend == Backend::Postgres && t.may_conflict() {
+            rows.sort();
+        }
+        for part in rows.chunks(ROWS_PER_STATEMENT) {
+            out.push((t, part.to_vec()));
+        }
+    }
+    out
+}
+
+/// Appends one multi-row INSERT of `rows` rows of `t` to `sql`; `n` counts
+/// the placeholders so far (PostgreSQL numbers them).
+fn push_insert(sql: &mut String, backend: Backend, t: Table, rows: usize, n: &mut usize) {
+    let (head, width, tail) = t.shape();
+    sql.push_str(head);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..width {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            *n += 1;
+            match backend {
+                // Anonymous: sqlx's SQLite driver binds them by position,
+                // where `$n` costs a name lookup per parameter (quadratic
+                // in a statement's parameters).
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&n.to_string());
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+}
+
+fn bind_rows<'q>(
+    mut q: sqlx::query::Query<'q, Any, AnyArguments>,
+    rows: &[&Vec<Value>],
+) -> sqlx::query::Query<'q, Any, AnyArguments> {
+    for row in rows {
+        for v in row.iter() {
+            q = match v {
+                Value::Int(x) => q.bind(*x),
+                Value::OptInt(x) => q.bind(*x),
+                Value::Text(x) => q.bind(x.clone()),
+                Value::OptText(x) => q.bind(x.clone()),
+                Value::Bytes(x) => q.bind(x.clone()),
+            };
+        }
+    }
+    q
+}
+
+/// Inserts the rows of `sets` on `conn`: one multi-row statement per
+/// table (and per [`ROWS_PER_STATEMENT`] rows), tables in a fixed order.
+pub(super) async fn apply(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    sets: &[&WriteSet],
+) -> Result<(), StoreError> {
+    for (t, rows) in statements(backend, sets) {
+        let mut sql = String::new();
+        push_insert(&mut sql, backend, t, rows.len(), &mut 0);
+        // Only placeholders are formatted in; every value is bound.
+        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), &rows);
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// SQLite only: runs `before`, the inserts of `sets` and `after` as one
+/// script, in one call to the connection's worker thread (every call is a
+/// hand-off between threads, which costs more than the inserts). It stops
+/// at the first statement that fails; the caller undoes the rest with the
+/// savepoint it opened in `before`.
+pub(super) async fn apply_script(
+    conn: &mut AnyConnection,
+    before: &str,
+    sets: &[&WriteSet],
+    after: &str,
+) -> Result<(), StoreError> {
+    let parts = statements(Backend::Sqlite, sets);
+    let mut sql = String::from(before);
+    for (t, rows) in &parts {
+        sql.push_str("; ");
+        push_insert(&mut sql, Backend::Sqlite, *t, rows.len(), &mut 0);
+    }
+    sql.push_str("; ");
+    sql.push_str(after);
+    let all: Vec<&Vec<Value>> = parts.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    // Only placeholders are formatted in; every value is bound, in order
+    // across the script's statements. Not cached: nearly every script is
+    // a different shape.
+    let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), &all).persistent(false);
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// A write set handed to the applier, with whom to answer.
+#[derive(Debug)]
+pub(super) struct Submitted {
+    pub(super) set: WriteSet,
+    /// Not applied if it is still queued when this passes.
+    pub(super) deadline: Option<Instant>,
+    pub(super) done: oneshot::Sender<Result<(), StoreError>>,
+    /// The request's place in the writer queue, held until its rows are
+    /// applied (a batch waiting for its commit is bounded by its size).
+    pub(super) _slot: OwnedSemaphorePermit,
+}
+
+impl Submitted {
+    /// Answers a request whose deadline passed while it was queued; the
+    /// rest go on.
+    fn expired(self) -> Option<Self> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            let _ = self.done.send(Err(StoreError::Deadline));
+            None
+        } else {
+            Some(self)
+        }
+    }
+}
+
+/// Takes write sets from requests and applies them in batches.
+#[derive(Debug)]
+pub(super) struct Applier {
+    queue: mpsc::Sender<Submitted>,
+}
+
+impl Applier {
+    /// Starts the applier tasks: on SQLite one, on the group-commit
+    /// writer; on PostgreSQL a few, each with its own transactions from
+    /// the pool. They end when the last store handle is dropped.
+    pub(super) fn start(
+        backend: Backend,
+        pool: &AnyPool,
+        writer: Option<Arc<GroupWriter>>,
+    ) -> Self {
+        // The writer queue's own bound (every submitted set holds a place
+        // in it) also bounds this channel.
+        let (queue, rx) = mpsc::channel(super::WRITE_QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        match (backend, writer) {
+            (Backend::Sqlite, Some(w)) => {
+                tokio::spawn(async move {
+                    while let Some(group) = next_group(&rx).await {
+                        w.apply_group(group).await;
+                    }
+                });
+            }
+            _ => {
+                for _ in 0..POSTGRES_APPLIERS {
+                    let rx = Arc::clone(&rx);
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        while let Some(group) = next_group(&rx).await {
+                            apply_own_transactions(&pool, group).await;
+                        }
+                    });
+                }
+            }
+        }
+        Self { queue }
+    }
+
+    /// Queues `set` and waits until it is durable (or failed).
+    pub(super) async fn submit(
+        &self,
+        set: WriteSet,
+        deadline: Option<Instant>,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        let item = Submitted {
+            set,
+            deadline,
+            done,
+            _slot: slot,
+        };
+        self.queue
+            .try_send(item)
+            .map_err(|_| StoreError::QueueFull(super::WRITE_QUEUE))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Batch("the write applier went away".into()))?
+    }
+}
+
+/// Waits for one write set, then takes every other one already waiting
+/// (up to [`MAX_GROUP`]); `None` once no store handle is left.
+async fn next_group(rx: &Mutex<mpsc::Receiver<Submitted>>) -> Option<Vec<Submitted>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut group = Vec::with_capacity(16);
+    group.extend(first.expired());
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(s) => group.extend(s.expired()),
+            Err(_) => break,
+        }
+    }
+    Some(group)
+}
+
+/// PostgreSQL: the group in one transaction; if its statements fail,
+/// each member in a transaction of its own.
+async fn apply_own_transactions(pool: &AnyPool, group: Vec<Submitted>) {
+    if group.is_empty() {
+        return;
+    }
+    let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
+    let mut tx = match pool.begin().await {
+        Ok(t) => t,
+        Err(e) => return fail_all(group, &e.to_string()),
+    };
+    if apply(&mut tx, Backend::Postgres, &sets).await.is_ok() {
+        match tx.commit().await {
+            Ok(()) => {
+                for s in group {
+                    let _ = s.done.send(Ok(()));
+                }
+            }
+            Err(e) => fail_all(group, &e.to_string()),
+        }
+        return;
+    }
+    drop(tx);
+    tracing::debug!(
+        members = group.len(),
+        "a write-set batch failed; applying its members one by one"
+    );
+    for s in group {
+        let res = async {
+            let mut tx = pool.begin().await?;
+            apply(&mut tx, Backend::Postgres, &[&s.set]).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        let _ = s.done.send(res);
+    }
+}
+
+/// Answers every member of a group with the same failure.
+pub(super) fn fail_all(group: Vec<Submitted>, why: &str) {
+    tracing::error!(members = group.len(), error = why, "write batch failed");
+    for s in group {
+        let _ = s.done.send(Err(StoreError::Batch(why.to_owned())));
+    }
+}
