@@ -97,7 +97,17 @@ async fn enroll(
 }
 
 async fn setup(backend: Backend) -> Ctx {
-    let tv = TestVault::start(backend).await.unwrap();
+    setup_with(backend, |_, _| Ok(String::new())).await
+}
+
+async fn setup_with(
+    backend: Backend,
+    extra: impl FnOnce(
+        &std::path::Path,
+        &idvault_tests::idvault_server::devinit::DevCa,
+    ) -> anyhow::Result<String>,
+) -> Ctx {
+    let tv = TestVault::start_with(backend, extra).await.unwrap();
     let subject = create_subject(&tv, PERSON).await;
     let mut a = ConsentServiceClient::new(tv.channel("partner-a").await.unwrap());
     let b = ConsentServiceClient::new(tv.channel("partner-b").await.unwrap());
@@ -532,6 +542,53 @@ pub async fn grant_checks_refuse(backend: Backend) -> anyhow::Result<()> {
 
 /// Challenges are single use, bound to partner and subject, and expire;
 /// consent ids are accepted once.
+/// The registry's release allowances hold even when an operator adds a
+/// `permit` for every release: purposes and fields are checked in code
+/// before the policies (deny wins), and the refusal names the check.
+pub async fn allowances_hold_against_a_broad_permit(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup_with(backend, |dir, _| {
+        std::fs::write(
+            dir.join("policies/too-broad.cedar"),
+            "@id(\"release-everything\")\npermit (principal, action == IdVault::Action::\"Release\", resource);\n",
+        )?;
+        Ok(String::new())
+    })
+    .await;
+    let ch = cx.challenge(true).await;
+    let mut g = cx.grant(ch);
+    g.purpose = "marketing".into();
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::PermissionDenied,
+        "purpose_not_allowed",
+    );
+    let ch = cx.challenge(true).await;
+    let mut g = cx.grant(ch);
+    g.fields.push("national_id".into());
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::PermissionDenied,
+        "fields_not_allowed",
+    );
+    // Within the allowances the release goes through.
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let r = cx.release(true, cx.sign(&g)).await?;
+    assert_eq!(cx.open(&r).len(), 2);
+    let denied: Vec<String> = cx
+        .audit("Release")
+        .await
+        .into_iter()
+        .filter(|(outcome, _)| outcome == "refused")
+        .map(|(_, detail)| detail)
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    for d in &denied {
+        assert!(d.ends_with("policy=registry-allowance"), "{d}");
+    }
+    cx.tv.stop().await
+}
+
 pub async fn challenge_and_replay_refusals(backend: Backend) -> anyhow::Result<()> {
     let mut cx = setup(backend).await;
     let ch = cx.challenge(true).await;

@@ -85,6 +85,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::happy_path_end_to_end,
     consent::signature_refusals,
     consent::grant_checks_refuse,
+    consent::allowances_hold_against_a_broad_permit,
     consent::challenge_and_replay_refusals,
     consent::replay_refused_after_restart,
     consent::standing_consent_and_revocation,

@@ -52,6 +52,13 @@ pub struct PartnerRegistry {
 }
 
 impl Partner {
+    /// Whether releasing `fields` for `purpose` stays within the partner's
+    /// registered allowances (checked in code before any policy).
+    pub fn release_within_allowances(&self, purpose: &str, fields: &[FieldName]) -> bool {
+        self.release_purposes.iter().any(|p| p == purpose)
+            && fields.iter().all(|f| self.release_fields.contains(f))
+    }
+
     /// Why the policies refused a release to this partner: the registry
     /// allowance the request breaks (purpose first, then fields), or else
     /// a policy of the operator's own.
@@ -153,5 +160,9 @@ mod tests {
             p.release_refusal("kyc", &[f("email")]),
             Refusal::PolicyDenied
         );
+        assert!(p.release_within_allowances("kyc", &[f("email")]));
+        assert!(p.release_within_allowances("kyc", &[]));
+        assert!(!p.release_within_allowances("marketing", &[f("email")]));
+        assert!(!p.release_within_allowances("kyc", &[f("email"), f("phone")]));
     }
 }

@@ -64,14 +64,26 @@ pub(crate) fn refused(r: Refusal) -> VaultError {
     VaultError::Refused(r)
 }
 
-/// The policy decision on releasing `fields` of `subject` for `purpose`
-/// under a verified consent (kept as the request's decision).
+/// The audit record's name for the registry allowance check (it stands
+/// where a policy id would).
+pub(crate) const ALLOWANCE_CHECK: &str = "registry-allowance";
+
+/// The decision on releasing `fields` of `subject` for `purpose` under a
+/// verified consent (kept as the request's decision).
+///
+/// The partner's registered purposes and fields are checked here first,
+/// and then the policies are asked: an operator `permit` broader than
+/// intended cannot widen what the registry allows (deny wins).
 fn release_allowed(
     req: &mut Request<'_>,
     subject: &SubjectId,
     purpose: &str,
     fields: &[FieldName],
 ) -> Result<(), Refusal> {
+    if !req.partner.release_within_allowances(purpose, fields) {
+        req.deny_in_code(ALLOWANCE_CHECK);
+        return Err(req.partner.release_refusal(purpose, fields));
+    }
     let names: Vec<&str> = fields.iter().map(|f| f.as_str()).collect();
     let text = subject.to_string();
     let ctx = RequestContext {

@@ -82,6 +82,16 @@ impl Request<'_> {
         self.decision.allowed
     }
 
+    /// Records a refusal decided in code, before any policy is asked:
+    /// `check` names the check in the audit record, where a policy id
+    /// would stand.
+    pub(crate) fn deny_in_code(&mut self, check: &str) {
+        self.decision = Decision {
+            allowed: false,
+            policies: vec![check.to_owned()],
+        };
+    }
+
     /// The decision on one resource after the gate: the subject a call is
     /// about, or the token domain, with the catalogue field names it
     /// touches, so operator policies can forbid a subject (a legal hold),
