@@ -117,6 +117,9 @@ pub struct ChunkStats {
     pub blank: u64,
     /// Lines consumed (to number the next chunk).
     pub lines: u64,
+    /// The chunk was cut short: its rejects reached the rewriter's limit
+    /// ([`Rewriter::with_reject_limit`]) with records left to read.
+    pub stopped: bool,
 }
 
 /// The rewriter for one stream.
@@ -128,6 +131,7 @@ pub struct Rewriter<'t> {
     width: usize,
     opts: NormalizeOptions,
     tokens: &'t dyn TokenSource,
+    reject_limit: u64,
 }
 
 impl std::fmt::Debug for Rewriter<'_> {
@@ -169,6 +173,7 @@ impl<'t> Rewriter<'t> {
             width: 0,
             opts,
             tokens,
+            reject_limit: u64::MAX,
         })
     }
 
@@ -212,7 +217,17 @@ impl<'t> Rewriter<'t> {
             width: rec.len(),
             opts,
             tokens,
+            reject_limit: u64::MAX,
         })
+    }
+
+    /// Stops a chunk once it has rejected `n` records (the rest unread,
+    /// [`ChunkStats::stopped`] set), so rejects held for a reader that is
+    /// slow or never reads stay bounded. Unlimited by default.
+    #[must_use]
+    pub fn with_reject_limit(mut self, n: u64) -> Self {
+        self.reject_limit = n;
+        self
     }
 
     /// The format.
@@ -257,6 +272,10 @@ impl<'t> Rewriter<'t> {
         let mut tok = String::with_capacity(64);
         let mut found = vec![false; self.paths.len()];
         for raw in chunk.split_inclusive(|&b| b == b'\n') {
+            if stats.rejected >= self.reject_limit {
+                stats.stopped = true;
+                break;
+            }
             stats.lines += 1;
             let line_no = first_line + stats.lines - 1;
             let line = raw.strip_suffix(b"\n").unwrap_or(raw);
@@ -368,6 +387,10 @@ impl<'t> Rewriter<'t> {
         let mut outrec = csv::ByteRecord::new();
         let mut tok = String::with_capacity(64);
         loop {
+            if stats.rejected >= self.reject_limit {
+                stats.stopped = true;
+                break;
+            }
             let line_no = first_line + rdr.position().line().saturating_sub(1);
             match rdr.read_byte_record(&mut rec) {
                 Ok(false) => break,
@@ -603,7 +626,8 @@ mod tests {
                 rewritten: 2,
                 rejected: 4,
                 blank: 1,
-                lines: 7
+                lines: 7,
+                stopped: false,
             }
         );
         let out = String::from_utf8(out).unwrap();
@@ -672,6 +696,33 @@ mod tests {
             Rewriter::csv(specs(&["phone"]), header, b',', UK, &k),
             Err(RewriteError::MissingColumn(_))
         ));
+    }
+
+    #[test]
+    fn reject_limit_stops_a_chunk() {
+        let k = key();
+        let bad = b"x\n".repeat(1000);
+        let rw = Rewriter::json_lines(specs(&["user.msisdn"]), UK, &k)
+            .unwrap()
+            .with_reject_limit(10);
+        let (mut out, mut rejects) = (Vec::new(), Vec::new());
+        let stats = rw.rewrite_chunk(&bad, 1, &mut out, &mut rejects);
+        assert_eq!(
+            (rejects.len(), stats.rejected, stats.stopped),
+            (10, 10, true)
+        );
+        // Exactly at the limit with nothing left: not stopped.
+        let (mut out, mut rejects) = (Vec::new(), Vec::new());
+        let stats = rw.rewrite_chunk(&bad[..20], 1, &mut out, &mut rejects);
+        assert_eq!((rejects.len(), stats.stopped), (10, false));
+
+        let rw = Rewriter::csv(specs(&["msisdn"]), b"ts,msisdn", b',', UK, &k)
+            .unwrap()
+            .with_reject_limit(5);
+        let body = b"1,not-a-phone\n".repeat(100);
+        let (mut out, mut rejects) = (Vec::new(), Vec::new());
+        let stats = rw.rewrite_chunk(&body, 2, &mut out, &mut rejects);
+        assert_eq!((rejects.len(), stats.stopped), (5, true));
     }
 
     #[test]

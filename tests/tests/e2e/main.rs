@@ -73,6 +73,8 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::detokenize_is_role_gated_and_audited,
     tokens::rotation_keeps_tokens_resolvable,
     tokens::oversized_stream_message_is_resource_exhausted,
+    tokens::tokenize_rejects_are_capped,
+    tokens::tokenize_streams_per_partner_are_limited,
     tokens::tokenize_stream_output_growth_and_csv_quotes,
     matching::same_person_gets_a_pairwise_token_per_partner,
     matching::deleted_subject_is_no_longer_matchable,

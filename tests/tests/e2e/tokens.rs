@@ -444,3 +444,143 @@ pub async fn tokenize_stream_output_growth_and_csv_quotes(b: Backend) -> anyhow:
     assert!(messages > 8, "output was split into {messages} responses");
     tv.stop().await
 }
+
+fn stateless_settings() -> TokenizeSettings {
+    TokenizeSettings {
+        format: LogFormat::JsonLines.into(),
+        fields: vec!["user.msisdn=msisdn".into()],
+        mode: TokenizeMode::Stateless.into(),
+        domain: "logs".into(),
+        ..Default::default()
+    }
+}
+
+/// Rejects are capped: a message of one-byte junk lines (about 500,000
+/// rejects in 1 MB) ends the stream with RESOURCE_EXHAUSTED instead of
+/// being held in memory, and so does a stream whose messages add up past
+/// the per-stream cap. A message within the caps is answered normally.
+pub async fn tokenize_rejects_are_capped(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::tokens::log::{
+        MAX_REJECTS_PER_MESSAGE, MAX_REJECTS_PER_STREAM,
+    };
+    let tv = TestVault::start(b).await?;
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let junk = b"x\n".repeat(500_000);
+    let reqs = vec![
+        TokenizeLogRequest {
+            settings: Some(stateless_settings()),
+            data: Vec::new(),
+        },
+        TokenizeLogRequest {
+            settings: None,
+            data: junk,
+        },
+    ];
+    let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+    let e = loop {
+        match stream.message().await {
+            Ok(Some(m)) => assert!(m.rejected.is_empty(), "rejects sent before the cap"),
+            Ok(None) => anyhow::bail!("the stream ended without a status"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("rejected records in one message"),
+        "{}",
+        e.message()
+    );
+
+    // Each message under the per-message cap; together over the stream's.
+    let per = MAX_REJECTS_PER_MESSAGE - 1;
+    let messages = MAX_REJECTS_PER_STREAM / per + 1;
+    let mut reqs = vec![TokenizeLogRequest {
+        settings: Some(stateless_settings()),
+        data: Vec::new(),
+    }];
+    reqs.extend((0..messages).map(|_| TokenizeLogRequest {
+        settings: None,
+        data: b"x\n".repeat(per),
+    }));
+    let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+    let mut rejected = 0;
+    let e = loop {
+        match stream.message().await {
+            Ok(Some(m)) => rejected += m.rejected.len(),
+            Ok(None) => anyhow::bail!("the stream ended without a status"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("in one stream"), "{}", e.message());
+    assert!(rejected <= MAX_REJECTS_PER_STREAM, "{rejected}");
+    tv.stop().await
+}
+
+/// A partner holds at most a few TokenizeLog streams at once; the next is
+/// refused with RESOURCE_EXHAUSTED (and audited), another partner is not
+/// affected, and a closed stream gives its place back.
+pub async fn tokenize_streams_per_partner_are_limited(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::streams::MAX_STREAMS_PER_PARTNER;
+    let tv = TestVault::start(b).await?;
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    // Streams whose request side stays open: each holds its place.
+    let mut open = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_PARTNER {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(TokenizeLogRequest {
+            settings: Some(stateless_settings()),
+            data: Vec::new(),
+        })
+        .await?;
+        open.push(
+            c.tokenize_log(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner(),
+        );
+        senders.push(tx);
+    }
+    let one = || {
+        tokio_stream::iter(vec![TokenizeLogRequest {
+            settings: Some(stateless_settings()),
+            data: b"{\"user\":{\"msisdn\":\"+447700900123\"}}\n".to_vec(),
+        }])
+    };
+    let e = c.tokenize_log(one()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("TokenizeLog streams"),
+        "{}",
+        e.message()
+    );
+    // Another partner is not affected.
+    let mut other = TokenServiceClient::new(tv.channel("partner-b").await?);
+    let mut settings = stateless_settings();
+    settings.domain = "partner-b".into();
+    let mut s = other
+        .tokenize_log(tokio_stream::iter(vec![TokenizeLogRequest {
+            settings: Some(settings),
+            data: Vec::new(),
+        }]))
+        .await?
+        .into_inner();
+    while s.message().await?.is_some() {}
+    // Closing one stream frees its place.
+    drop(senders.pop());
+    let mut closed = open.pop().expect("a stream");
+    while closed.message().await?.is_some() {}
+    let mut s = c.tokenize_log(one()).await?.into_inner();
+    let mut rewritten = 0;
+    while let Some(m) = s.message().await? {
+        rewritten += m.records_rewritten;
+    }
+    assert_eq!(rewritten, 1);
+    let refused = tv
+        .count(
+            "SELECT count(*) FROM audit_log WHERE action = 'TokenizeLog' AND outcome = 'rate_limited'",
+        )
+        .await;
+    assert_eq!(refused, 1);
+    tv.stop().await
+}

@@ -105,7 +105,7 @@ impl CommandService for CommandApi {
                 let batch = match vault.next_commands(&who, cursor).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
+                        super::send_final(&tx, status(e)).await;
                         return;
                     }
                 };
@@ -115,11 +115,9 @@ impl CommandService for CommandApi {
                     let msg = pb::StreamCommandsResponse {
                         command: Some(command(d)),
                     };
-                    // A receiver that stops reading cannot hold the task
-                    // past the deadline.
-                    match tokio::time::timeout_at(deadline, tx.send(Ok(msg))).await {
-                        Ok(Ok(())) => {}
-                        _ => return,
+                    // A receiver that stops reading cannot hold the task.
+                    if !super::send_within(&tx, Ok(msg), deadline).await {
+                        return;
                     }
                 }
                 if idle {

@@ -98,7 +98,7 @@ impl MatchService for MatchApi {
                     Ok(Some(m)) => m,
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        super::send_final(&tx, e).await;
                         return;
                     }
                 };
@@ -113,15 +113,12 @@ impl MatchService for MatchApi {
                 let answers = match answered {
                     Ok(Ok(a)) => a,
                     Ok(Err(e)) => {
-                        let _ = tx.send(Err(status(e))).await;
+                        super::send_final(&tx, status(e)).await;
                         return;
                     }
                     Err(_) => {
-                        let _ = tx
-                            .send(Err(Status::deadline_exceeded(
-                                "MatchStream past its deadline",
-                            )))
-                            .await;
+                        let e = Status::deadline_exceeded("MatchStream past its deadline");
+                        super::send_final(&tx, e).await;
                         return;
                     }
                 };
@@ -141,7 +138,7 @@ impl MatchService for MatchApi {
                         },
                     })
                     .collect();
-                if tx.send(Ok(MatchBatchResponse { results })).await.is_err() {
+                if !super::send_within(&tx, Ok(MatchBatchResponse { results }), deadline).await {
                     return;
                 }
             }

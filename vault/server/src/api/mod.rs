@@ -96,9 +96,10 @@ pub fn status(err: VaultError) -> Status {
         }
         VaultError::Invalid(_) | VaultError::BadRequest(_) => Code::InvalidArgument,
         VaultError::NotFound => Code::NotFound,
-        VaultError::RateLimited(_) | VaultError::TooManyStreams(_) | VaultError::Overloaded(_) => {
-            Code::ResourceExhausted
-        }
+        VaultError::RateLimited(_)
+        | VaultError::TooManyStreams(..)
+        | VaultError::TooManyRejects(..)
+        | VaultError::Overloaded(_) => Code::ResourceExhausted,
         VaultError::DeadlineExceeded => Code::DeadlineExceeded,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
@@ -217,6 +218,31 @@ pub(crate) async fn next_message<T>(
             "{call} stream idle or past its deadline"
         )))
     })
+}
+
+/// Sends `item` on a server stream, waiting for the client to make room
+/// at most [`STREAM_IDLE`] and never past `deadline`: a client that stops
+/// reading cannot hold the task and its buffers. `false` means the stream
+/// must end (the client is gone or too slow).
+pub(crate) async fn send_within<T>(
+    tx: &tokio::sync::mpsc::Sender<T>,
+    item: T,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let until = deadline.min(tokio::time::Instant::now() + STREAM_IDLE);
+    matches!(
+        tokio::time::timeout_at(until, tx.send(item)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// How long a stream's closing status may wait for room (its deadline may
+/// already have passed).
+const FINAL_SEND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends a stream's closing error, waiting at most [`FINAL_SEND`].
+pub(crate) async fn send_final<T>(tx: &tokio::sync::mpsc::Sender<Result<T, Status>>, e: Status) {
+    let _ = tokio::time::timeout(FINAL_SEND, tx.send(Err(e))).await;
 }
 
 /// The caller proven by the connection's client certificate, with the

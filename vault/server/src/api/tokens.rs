@@ -174,7 +174,7 @@ impl TokenService for TokenApi {
                         Ok(Some(m)) => (m.data, false),
                         Ok(None) => (Vec::new(), true),
                         Err(e) => {
-                            let _ = tx.send(Err(e)).await;
+                            super::send_final(&tx, e).await;
                             return;
                         }
                     },
@@ -182,12 +182,12 @@ impl TokenService for TokenApi {
                 let fed = match tok.feed(&data, last).await {
                     Ok(fed) => fed,
                     Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
+                        super::send_final(&tx, status(e)).await;
                         return;
                     }
                 };
                 for reply in responses(fed) {
-                    if tx.send(Ok(reply)).await.is_err() {
+                    if !super::send_within(&tx, Ok(reply), deadline).await {
                         return;
                     }
                 }

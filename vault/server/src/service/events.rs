@@ -14,6 +14,7 @@
 
 use idvault_policies::Action;
 
+use super::streams::{StreamKind, StreamSlot};
 use crate::config::Partner;
 use crate::service::devices::DeviceOutcome;
 use crate::service::{Caller, Vault, VaultError};
@@ -31,27 +32,6 @@ pub const DELIVERY_BATCH: u32 = 64;
 pub const MAX_ACK_IDS: usize = 1000;
 /// Most peers a suggestion looks at.
 pub const MAX_PEERS: u32 = 1000;
-/// Most command streams one partner may have open at once.
-pub const MAX_STREAMS_PER_PARTNER: usize = 4;
-
-/// An open command stream's place in its partner's allowance; freed on
-/// drop.
-#[derive(Debug)]
-pub struct StreamSlot {
-    vault: std::sync::Arc<Vault>,
-    partner: String,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.vault.command_streams.lock()
-            && let Some(n) = m.get_mut(&self.partner)
-        {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
-
 /// How a publisher names the person. `Debug` shows which form, never the
 /// id or token.
 #[derive(Clone, PartialEq, Eq)]
@@ -311,26 +291,7 @@ impl Vault {
         caller: &Caller,
     ) -> Result<StreamSlot, VaultError> {
         self.handle(caller, Action::ReceiveCommands, async |req| {
-            let partner = req.partner;
-            let taken = match self.command_streams.lock() {
-                Ok(mut m) => {
-                    let n = m.entry(partner.name.clone()).or_insert(0);
-                    if *n >= MAX_STREAMS_PER_PARTNER {
-                        false
-                    } else {
-                        *n += 1;
-                        true
-                    }
-                }
-                Err(_) => false,
-            };
-            if !taken {
-                return Err(VaultError::TooManyStreams(MAX_STREAMS_PER_PARTNER));
-            }
-            Ok(StreamSlot {
-                vault: std::sync::Arc::clone(self),
-                partner: partner.name.clone(),
-            })
+            self.take_stream_slot(StreamKind::Commands, &req.partner.name)
         })
         .await
     }

@@ -20,10 +20,12 @@ pub mod events;
 pub mod matching;
 pub(crate) mod pipeline;
 mod state;
+pub mod streams;
 pub mod subjects;
 pub mod tokens;
 
 pub use audit::{AuditVerdict, verify_audit_log};
+pub use streams::{StreamKind, StreamSlot};
 pub use subjects::{ChainUpdate, ChainVerification};
 
 use idvault_policies::{Action, PolicyEngine};
@@ -81,9 +83,13 @@ pub enum VaultError {
     /// A consent, enrollment or device call was refused (docs/consent.md).
     #[error("refused ({reason}): {0}", reason = .0.name())]
     Refused(idvault_core::consent::Refusal),
-    /// The partner already has this many command streams open.
-    #[error("at most {0} command streams may be open per partner; close one and retry")]
-    TooManyStreams(usize),
+    /// The partner already has this many streams of this kind open.
+    #[error("at most {1} {0} streams may be open per partner; close one and retry")]
+    TooManyStreams(StreamKind, usize),
+    /// A TokenizeLog stream rejected more records than it may report: the
+    /// stream ends (the input is most likely not in the declared format).
+    #[error("more than {0} rejected records {1}; check the stream's format and fields")]
+    TooManyRejects(usize, &'static str),
     /// Admission control refused the request: the partner has this many
     /// requests in flight, or the writer queue is this long.
     #[error("the vault is busy ({0} requests in flight or queued); retry with back-off")]
@@ -117,9 +123,9 @@ impl VaultError {
     fn outcome(&self) -> &'static str {
         match self {
             Self::Unregistered | Self::Denied(_) | Self::DomainDenied => "denied",
-            Self::Invalid(_) | Self::BadRequest(_) => "invalid",
+            Self::Invalid(_) | Self::BadRequest(_) | Self::TooManyRejects(..) => "invalid",
             Self::NotFound => "not_found",
-            Self::RateLimited(_) | Self::TooManyStreams(_) | Self::Overloaded(_) => "rate_limited",
+            Self::RateLimited(_) | Self::TooManyStreams(..) | Self::Overloaded(_) => "rate_limited",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Refused(_) => "refused",
             _ => "error",
@@ -182,8 +188,9 @@ pub struct Vault {
     /// Woken when commands are written, so open command streams of this
     /// process send them at once (other replicas' are found by polling).
     commands_ready: tokio::sync::Notify,
-    /// Open command streams per partner name.
-    pub(crate) command_streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Open long-lived streams per kind and partner name.
+    pub(crate) open_streams:
+        std::sync::Mutex<std::collections::HashMap<(StreamKind, String), usize>>,
     /// Set when the server shuts down: following streams end.
     pub(crate) streams_stop: tokio::sync::watch::Sender<bool>,
 }
@@ -215,7 +222,7 @@ impl Vault {
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),
-            command_streams: std::sync::Mutex::default(),
+            open_streams: std::sync::Mutex::default(),
             streams_stop: tokio::sync::watch::Sender::new(false),
         }
     }

@@ -175,7 +175,8 @@ fn refusal_detail(err: &VaultError) -> String {
         | VaultError::Invalid(_)
         | VaultError::NotFound
         | VaultError::RateLimited(_)
-        | VaultError::TooManyStreams(_)
+        | VaultError::TooManyStreams(..)
+        | VaultError::TooManyRejects(..)
         | VaultError::Overloaded(_)
         | VaultError::DeadlineExceeded => err.to_string(),
         // Some of these messages quote what the caller sent (an unknown
@@ -367,7 +368,13 @@ impl Vault {
             mac,
         };
         tx.commit(&new).await.map_err(|e| match e {
-            StoreError::Deadline | StoreError::QueueFull(_) => VaultError::from(e),
+            // Not executed, or a statement of the request failed (its rows
+            // were inserted at commit): the request's own failure, which
+            // the pipeline records in a transaction of its own.
+            StoreError::Deadline | StoreError::QueueFull(_) | StoreError::Database(_) => {
+                VaultError::from(e)
+            }
+            // The commit itself failed or the batch was rolled back.
             e => VaultError::AuditUnavailable(e),
         })
     }

@@ -175,6 +175,16 @@ impl GroupWriter {
             let _q = Queued(&self.queued);
             Arc::clone(&self.batch).lock_owned().await
         };
+        // Waiting for the writer may have taken a member past its deadline.
+        let group: Vec<Submitted> = group.into_iter().filter_map(Submitted::expired).collect();
+        if group.is_empty() {
+            // Nothing to add; still end the batch if nobody else will.
+            if self.queued.load(Ordering::SeqCst) == 0 {
+                b.undo_abandoned().await;
+                b.end().await;
+            }
+            return;
+        }
         b.undo_abandoned().await;
         let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
         // BEGIN (if needed), the savepoint, every insert and its release in

@@ -45,7 +45,7 @@ const ROWS_PER_STATEMENT: usize = 64;
 const POSTGRES_APPLIERS: usize = 4;
 
 /// One bound value.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum Value {
     Int(i64),
     OptInt(Option<i64>),
@@ -177,6 +177,14 @@ fn statements<'s>(backend: Backend, sets: &[&'s WriteSet]) -> Vec<(Table, Vec<&'
     let mut out = Vec::new();
     for t in Table::ALL {
         let mut rows: Vec<&Vec<Value>> = sets.iter().flat_map(|s| s.rows(t)).collect();
+        if t == Table::MatchSubjects {
+            // An upsert: one statement may not touch a key twice on
+            // PostgreSQL. The last row of a key is the one that counts.
+            let mut seen = std::collections::HashSet::new();
+            rows.reverse();
+            rows.retain(|r| seen.insert(r.get(..2)));
+            rows.reverse();
+        }
         if backend == Backend::Postgres && t.may_conflict() {
             rows.sort();
         }
@@ -296,7 +304,7 @@ pub(super) struct Submitted {
 impl Submitted {
     /// Answers a request whose deadline passed while it was queued; the
     /// rest go on.
-    fn expired(self) -> Option<Self> {
+    pub(super) fn expired(self) -> Option<Self> {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = self.done.send(Err(StoreError::Deadline));
             None
@@ -362,9 +370,13 @@ impl Applier {
             done,
             _slot: slot,
         };
-        self.queue
-            .try_send(item)
-            .map_err(|_| StoreError::QueueFull(super::WRITE_QUEUE))?;
+        self.queue.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::QueueFull(super::WRITE_QUEUE),
+            // The applier task is gone: an alarm, not a busy vault.
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::Batch("the write applier went away".into())
+            }
+        })?;
         answer
             .await
             .map_err(|_| StoreError::Batch("the write applier went away".into()))?
@@ -393,11 +405,13 @@ async fn apply_own_transactions(pool: &AnyPool, group: Vec<Submitted>) {
     if group.is_empty() {
         return;
     }
-    let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
     let mut tx = match pool.begin().await {
         Ok(t) => t,
         Err(e) => return fail_all(group, &e.to_string()),
     };
+    // Waiting for a connection may have taken a member past its deadline.
+    let group: Vec<Submitted> = group.into_iter().filter_map(Submitted::expired).collect();
+    let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
     if apply(&mut tx, Backend::Postgres, &sets).await.is_ok() {
         match tx.commit().await {
             Ok(()) => {
@@ -414,7 +428,7 @@ async fn apply_own_transactions(pool: &AnyPool, group: Vec<Submitted>) {
         members = group.len(),
         "a write-set batch failed; applying its members one by one"
     );
-    for s in group {
+    for s in group.into_iter().filter_map(Submitted::expired) {
         let res = async {
             let mut tx = pool.begin().await?;
             apply(&mut tx, Backend::Postgres, &[&s.set]).await?;

@@ -11,10 +11,19 @@ use idvault_tokenizer::rewrite::{Format, Reject, Rewriter, Splitter, TokenSource
 use idvault_tokenizer::{DomainKey, IdentifierType, NormalizeOptions};
 use zeroize::Zeroize;
 
+use crate::service::streams::{StreamKind, StreamSlot};
 use crate::service::{Caller, Vault, VaultError};
 use idvault_core::crypto::HASH_LEN;
 use idvault_core::xref::{XrefIndexKey, blind_index};
 use idvault_tokenizer::pipeline::MAX_RECORD_BYTES;
+
+/// Rejected records one message may produce: the rest of a message past
+/// this is not read and the stream ends (RESOURCE_EXHAUSTED). A 1 MiB
+/// message of one-byte lines would otherwise make about 500,000 rejects,
+/// held until a slow reader takes them.
+pub const MAX_REJECTS_PER_MESSAGE: usize = 10_000;
+/// Rejected records one stream may produce in all.
+pub const MAX_REJECTS_PER_STREAM: usize = 100_000;
 
 /// How tokens are made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +104,10 @@ pub struct LogTokenizer {
     pending: Vec<u8>,
     splitter: Splitter,
     next_line: u64,
+    /// Records rejected so far.
+    rejected: usize,
+    /// Its place among the partner's open TokenizeLog streams.
+    _slot: StreamSlot,
 }
 
 impl std::fmt::Debug for LogTokenizer {
@@ -134,13 +147,14 @@ impl Vault {
         caller: &Caller,
         settings: Settings,
     ) -> Result<LogTokenizer, VaultError> {
-        let (source, settings) = self
+        let (source, settings, slot) = self
             .handle(caller, Action::TokenizeLog, async |req| {
                 rewriter(&settings, &Collect::default()).map_err(VaultError::BadRequest)?;
                 let (source, detail) = self.token_source(req, &settings.mode)?;
+                let slot = self.take_stream_slot(StreamKind::TokenizeLog, &req.partner.name)?;
                 let tx = self.begin().await?;
                 self.commit(tx, req, None, detail).await?;
-                Ok((source, settings))
+                Ok((source, settings, slot))
             })
             .await?;
         let format = settings.format;
@@ -156,6 +170,8 @@ impl Vault {
             pending: Vec::new(),
             splitter: Splitter::new(format),
             next_line: first_line,
+            rejected: 0,
+            _slot: slot,
         })
     }
 }
@@ -235,7 +251,7 @@ impl LogTokenizer {
         self.next_line += chunk.iter().filter(|&&b| b == b'\n').count() as u64
             + u64::from(chunk.last().is_some_and(|&b| b != b'\n'));
         let settings = Arc::clone(&self.settings);
-        match &self.source {
+        let fed = match &self.source {
             Source::Stateless(key) => {
                 let key = Arc::clone(key);
                 tokio::task::spawn_blocking(move || rewrite(&settings, key.as_ref(), &chunk, first))
@@ -264,7 +280,15 @@ impl LogTokenizer {
                 .await
                 .map_err(|_| VaultError::Internal("tokenizer task failed"))?
             }
+        }?;
+        self.rejected += fed.rejects.len();
+        if self.rejected > MAX_REJECTS_PER_STREAM {
+            return Err(VaultError::TooManyRejects(
+                MAX_REJECTS_PER_STREAM,
+                "in one stream",
+            ));
         }
+        Ok(fed)
     }
 }
 
@@ -274,12 +298,20 @@ fn rewrite(
     chunk: &[u8],
     first: u64,
 ) -> Result<Fed, VaultError> {
-    let rw = rewriter(settings, tokens).map_err(VaultError::BadRequest)?;
+    let rw = rewriter(settings, tokens)
+        .map_err(VaultError::BadRequest)?
+        .with_reject_limit(MAX_REJECTS_PER_MESSAGE as u64);
     let mut fed = Fed {
         data: Vec::with_capacity(chunk.len() + chunk.len() / 2),
         ..Fed::default()
     };
     let stats = rw.rewrite_chunk(chunk, first, &mut fed.data, &mut fed.rejects);
+    if stats.stopped {
+        return Err(VaultError::TooManyRejects(
+            MAX_REJECTS_PER_MESSAGE,
+            "in one message",
+        ));
+    }
     fed.rewritten = stats.rewritten;
     Ok(fed)
 }

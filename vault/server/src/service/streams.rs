@@ -1,0 +1,79 @@
+//! Long-lived streams a partner may hold open, counted per kind: each one
+//! holds a task and buffers, so a partner gets a few of each, never an
+//! unbounded number.
+
+use std::sync::Arc;
+
+use super::{Vault, VaultError};
+
+/// Most streams of one kind one partner may have open at once.
+pub const MAX_STREAMS_PER_PARTNER: usize = 4;
+
+/// A kind of long-lived stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// `ReceiveCommands`.
+    Commands,
+    /// `TokenizeLog`.
+    TokenizeLog,
+}
+
+impl std::fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Commands => "command",
+            Self::TokenizeLog => "TokenizeLog",
+        })
+    }
+}
+
+/// An open stream's place in its partner's allowance; freed on drop.
+#[derive(Debug)]
+pub struct StreamSlot {
+    vault: Arc<Vault>,
+    key: (StreamKind, String),
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.vault.open_streams.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Vault {
+    /// Takes one of `partner`'s slots for a stream of `kind`, or refuses
+    /// with [`VaultError::TooManyStreams`].
+    pub(crate) fn take_stream_slot(
+        self: &Arc<Self>,
+        kind: StreamKind,
+        partner: &str,
+    ) -> Result<StreamSlot, VaultError> {
+        let key = (kind, partner.to_owned());
+        let taken = match self.open_streams.lock() {
+            Ok(mut m) => {
+                let n = m.entry(key.clone()).or_insert(0);
+                if *n >= MAX_STREAMS_PER_PARTNER {
+                    false
+                } else {
+                    *n += 1;
+                    true
+                }
+            }
+            Err(_) => false,
+        };
+        if !taken {
+            return Err(VaultError::TooManyStreams(kind, MAX_STREAMS_PER_PARTNER));
+        }
+        Ok(StreamSlot {
+            vault: Arc::clone(self),
+            key,
+        })
+    }
+}
