@@ -225,16 +225,18 @@ pub async fn sealed_identifiers_import_like_plain_ones(b: Backend) -> anyhow::Re
         )]],
     )
     .await?;
-    let key = tv.vault.keys().bridge_seal_key(1)?;
+    let key = tv.vault.keys().bridge_seal_key("partner-a", 1)?;
     let rng = SystemRng::default();
     let sealed = seal_bridge_identifier(
         &key,
+        "partner-a",
         idvault_tokenizer::IdentifierType::Msisdn,
         "07700 900001",
         &rng,
     )?;
     let wrong = seal_bridge_identifier(
         &BridgeSealKey::from_bytes([1; 32], 1),
+        "partner-a",
         idvault_tokenizer::IdentifierType::Account,
         "X",
         &rng,
@@ -288,10 +290,66 @@ pub async fn sealed_identifiers_import_like_plain_ones(b: Backend) -> anyhow::Re
     assert_eq!(
         reasons,
         [
-            "sealed account does not open with the bridge key",
-            "sealed account does not open with the bridge key",
+            "sealed account does not open with this partner's bridge key",
+            "sealed account does not open with this partner's bridge key",
             "identifier with an unknown type, or not exactly one of value and sealed_value"
         ]
+    );
+    tv.stop().await
+}
+
+/// A bridge file sealed for partner-a does not open for partner-b, even
+/// though partner-b may import and detokenize: each partner has its own
+/// seal key, and the partner is in the associated data. So partner-b
+/// cannot turn partner-a's sealed identifiers into plaintext through its
+/// own namespace.
+pub async fn sealed_bridge_file_opens_only_for_its_partner(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::SystemRng;
+    use idvault_tests::idvault_core::xref::seal_bridge_identifier;
+    // partner-b may import and detokenize too.
+    let tv = TestVault::start_config(b, |text| {
+        text.replace(
+            "spiffe_id = \"spiffe://idvault.dev/partner/partner-b\"\nroles = [",
+            "spiffe_id = \"spiffe://idvault.dev/partner/partner-b\"\nroles = [\"bridge.import\", \"tokens.detokenize\", ",
+        )
+    })
+    .await?;
+    let rng = SystemRng::default();
+    let a_key = tv.vault.keys().bridge_seal_key("partner-a", 1)?;
+    let sealed = |key, partner| {
+        seal_bridge_identifier(
+            key,
+            partner,
+            idvault_tokenizer::IdentifierType::Msisdn,
+            "+447700900001",
+            &rng,
+        )
+    };
+    let record = |bytes: Vec<u8>| BridgeRecord {
+        record_id: "r1".into(),
+        identifiers: vec![BridgeIdentifier {
+            r#type: IdentifierType::Msisdn.into(),
+            value: String::new(),
+            sealed_value: bytes,
+        }],
+        ..Default::default()
+    };
+    let for_a = sealed(&a_key, "partner-a")?;
+    // partner-b replays partner-a's file: refused, nothing linked.
+    let s = import(&tv, "partner-b", vec![vec![record(for_a.clone())]]).await?;
+    assert_eq!((s.entities_created, s.identifiers_linked), (0, 0));
+    assert_eq!(s.rejected.len(), 1);
+    // Re-labelled for partner-b under partner-a's key: still refused.
+    let relabelled = sealed(&a_key, "partner-b")?;
+    let s = import(&tv, "partner-b", vec![vec![record(relabelled)]]).await?;
+    assert_eq!(s.rejected.len(), 1);
+    // partner-a imports its own file.
+    let s = import(&tv, "partner-a", vec![vec![record(for_a)]]).await?;
+    assert_eq!((s.entities_created, s.rejected.len()), (1, 0));
+    assert_eq!(
+        tv.count("SELECT count(*) FROM xref_entities WHERE owner = 'partner-b'")
+            .await,
+        0
     );
     tv.stop().await
 }

@@ -240,9 +240,18 @@ impl KeyHierarchy {
         self.derive(super::xref::LABEL_XREF_SEAL, version)
     }
 
-    /// The key partners seal identity-bridge identifiers with, of `version`.
-    pub fn bridge_seal_key(&self, version: u32) -> Result<super::xref::BridgeSealKey, KeyError> {
-        self.derive(super::xref::LABEL_BRIDGE_SEAL, version)
+    /// The key `partner`'s sending platform seals its identity-bridge
+    /// identifiers with, of `version` (one per partner: a file sealed for
+    /// one partner opens for no other).
+    pub fn bridge_seal_key(
+        &self,
+        partner: &str,
+        version: u32,
+    ) -> Result<super::xref::BridgeSealKey, KeyError> {
+        self.derive(
+            &format!("{}/{partner}", super::xref::LABEL_BRIDGE_SEAL),
+            version,
+        )
     }
 
     /// The HMAC key of token domain `domain` (validated by the caller) at `version`.

@@ -76,27 +76,33 @@ pub fn open_identifier(
 /// The blind-index key of one version.
 pub type XrefIndexKey = Secret<XrefIndexMaterial>;
 
-/// HKDF label of the key partners seal bridge identifiers with.
+/// HKDF label prefix of the keys partners seal bridge identifiers with:
+/// each partner has its own, `idvault/v1/bridge-seal/<partner>`.
 pub const LABEL_BRIDGE_SEAL: &str = "idvault/v1/bridge-seal";
 const BRIDGE_AAD: &[u8] = b"idvault/v1/bridge-identifier";
 
-/// The key a sending platform seals identity-bridge identifiers with.
+/// The key a sending platform seals one partner's identity-bridge
+/// identifiers with.
 pub type BridgeSealKey = Secret<BridgeSealMaterial>;
 
-/// Seals one bridge identifier so the bridge file never holds it in clear:
-/// `version:u32be ‖ nonce:12 ‖ AES-256-GCM(key_v, nonce, aad = "idvault/v1/bridge-identifier" ‖ type, value)`.
+/// Associated data of a sealed bridge identifier: its type and the partner
+/// it is sealed for, so a file sealed for one partner opens for no other.
+fn bridge_aad(partner: &str, ty: IdentifierType) -> Vec<u8> {
+    [BRIDGE_AAD, ty.name().as_bytes(), &[0], partner.as_bytes()].concat()
+}
+
+/// Seals one bridge identifier for `partner` so the bridge file never
+/// holds it in clear: `version:u32be ‖ nonce:12 ‖ AES-256-GCM(key_v, nonce,
+/// aad = "idvault/v1/bridge-identifier" ‖ type ‖ 0x00 ‖ partner, value)`,
+/// with the partner's own key.
 pub fn seal_bridge_identifier(
     key: &BridgeSealKey,
+    partner: &str,
     ty: IdentifierType,
     value: &str,
     rng: &dyn super::Rng,
 ) -> Result<Vec<u8>, crypto::CryptoError> {
-    let sealed = seal_with(
-        key.expose(),
-        &[BRIDGE_AAD, ty.name().as_bytes()].concat(),
-        value,
-        rng,
-    )?;
+    let sealed = seal_with(key.expose(), &bridge_aad(partner, ty), value, rng)?;
     Ok([&key.version().to_be_bytes()[..], &sealed].concat())
 }
 
@@ -105,9 +111,11 @@ pub fn sealed_bridge_version(sealed: &[u8]) -> Option<u32> {
     sealed.first_chunk::<4>().map(|v| u32::from_be_bytes(*v))
 }
 
-/// Opens a sealed bridge identifier with the key of its version.
+/// Opens a bridge identifier sealed for `partner` with that partner's key
+/// of its version.
 pub fn open_bridge_identifier(
     key: &BridgeSealKey,
+    partner: &str,
     ty: IdentifierType,
     sealed: &[u8],
 ) -> Result<zeroize::Zeroizing<String>, crypto::CryptoError> {
@@ -115,36 +123,59 @@ pub fn open_bridge_identifier(
         return Err(crypto::CryptoError::Authentication);
     }
     let rest = sealed.get(4..).ok_or(crypto::CryptoError::Authentication)?;
-    open_with(
-        key.expose(),
-        &[BRIDGE_AAD, ty.name().as_bytes()].concat(),
-        rest,
-    )
+    open_with(key.expose(), &bridge_aad(partner, ty), rest)
 }
 
 /// First line of an exported bridge seal key file.
-pub const BRIDGE_KEY_HEADER: &str = "idvault-bridge-key v1";
+pub const BRIDGE_KEY_HEADER: &str = "idvault-bridge-key v2";
+/// The first format's header: one key shared by every partner, refused.
+const BRIDGE_KEY_HEADER_V1: &str = "idvault-bridge-key v1";
 
-/// Serialises a bridge seal key: header, `version N`, `key <hex>`.
-pub fn bridge_key_file(key: &BridgeSealKey) -> zeroize::Zeroizing<String> {
+/// Whether `name` can stand in a bridge key file and associated data
+/// (partner names in the registry satisfy it).
+fn valid_partner_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Serialises a partner's bridge seal key: header, `partner NAME`,
+/// `version N`, `key <hex>`.
+pub fn bridge_key_file(partner: &str, key: &BridgeSealKey) -> zeroize::Zeroizing<String> {
     let mut hex = hex::encode(key.expose());
     let out = zeroize::Zeroizing::new(format!(
-        "{BRIDGE_KEY_HEADER}\nversion {}\nkey {hex}\n",
+        "{BRIDGE_KEY_HEADER}\npartner {partner}\nversion {}\nkey {hex}\n",
         key.version()
     ));
     zeroize::Zeroize::zeroize(&mut hex);
     out
 }
 
-/// Parses a bridge seal key file; errors never echo key text.
-pub fn parse_bridge_key_file(text: &str) -> Result<BridgeSealKey, &'static str> {
+/// Parses a bridge seal key file into its partner and key; errors never
+/// echo key text.
+pub fn parse_bridge_key_file(text: &str) -> Result<(String, BridgeSealKey), &'static str> {
     let mut lines = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    if lines.next() != Some(BRIDGE_KEY_HEADER) {
-        return Err("not an idvault bridge key file");
+    match lines.next() {
+        Some(BRIDGE_KEY_HEADER) => {}
+        Some(BRIDGE_KEY_HEADER_V1) => {
+            return Err(
+                "a v1 bridge key was shared by every partner and is no longer \
+                        accepted; export the partner's own key with \
+                        `idvault bridge export-key --partner NAME`",
+            );
+        }
+        _ => return Err("not an idvault bridge key file"),
     }
+    let partner = lines
+        .next()
+        .and_then(|l| l.strip_prefix("partner "))
+        .map(str::trim)
+        .filter(|p| valid_partner_name(p))
+        .ok_or("missing or invalid 'partner' line")?
+        .to_owned();
     let version: u32 = lines
         .next()
         .and_then(|l| l.strip_prefix("version "))
@@ -162,7 +193,7 @@ pub fn parse_bridge_key_file(text: &str) -> Result<BridgeSealKey, &'static str> 
     }
     let key = BridgeSealKey::from_bytes(bytes, version);
     zeroize::Zeroize::zeroize(&mut bytes);
-    Ok(key)
+    Ok((partner, key))
 }
 
 /// Blind index of a normalised identifier.
@@ -288,22 +319,72 @@ mod tests {
     fn sealed_bridge_identifiers() {
         let rng = crate::SystemRng::default();
         let k = BridgeSealKey::from_bytes([9; 32], 3);
-        let s = seal_bridge_identifier(&k, IdentifierType::Msisdn, "+447700900001", &rng).unwrap();
+        let s = seal_bridge_identifier(
+            &k,
+            "partner-a",
+            IdentifierType::Msisdn,
+            "+447700900001",
+            &rng,
+        )
+        .unwrap();
         assert_eq!(sealed_bridge_version(&s), Some(3));
         assert_eq!(
-            &*open_bridge_identifier(&k, IdentifierType::Msisdn, &s).unwrap(),
+            &*open_bridge_identifier(&k, "partner-a", IdentifierType::Msisdn, &s).unwrap(),
             "+447700900001"
         );
         // Bound to its type: an msisdn cannot be replayed as an account.
-        assert!(open_bridge_identifier(&k, IdentifierType::Account, &s).is_err());
+        assert!(open_bridge_identifier(&k, "partner-a", IdentifierType::Account, &s).is_err());
+        // Bound to its partner, even under the same key bytes.
+        assert!(open_bridge_identifier(&k, "partner-b", IdentifierType::Msisdn, &s).is_err());
         let mut t = s.clone();
         *t.last_mut().unwrap() ^= 1;
-        assert!(open_bridge_identifier(&k, IdentifierType::Msisdn, &t).is_err());
-        let f = bridge_key_file(&k);
-        let back = parse_bridge_key_file(&f).unwrap();
+        assert!(open_bridge_identifier(&k, "partner-a", IdentifierType::Msisdn, &t).is_err());
+        let f = bridge_key_file("partner-a", &k);
+        let (partner, back) = parse_bridge_key_file(&f).unwrap();
+        assert_eq!(partner, "partner-a");
         assert_eq!((back.version(), back.expose()), (3, &[9; 32]));
-        assert!(parse_bridge_key_file("idvault-bridge-key v1\nversion 1\nkey zz").is_err());
+        assert!(
+            parse_bridge_key_file("idvault-bridge-key v2\npartner a\nversion 1\nkey zz").is_err()
+        );
+        assert!(parse_bridge_key_file("idvault-bridge-key v2\nversion 1\nkey 00").is_err());
+        let v1 = format!("idvault-bridge-key v1\nversion 1\nkey {}", "00".repeat(32));
+        assert!(
+            parse_bridge_key_file(&v1)
+                .unwrap_err()
+                .contains("--partner")
+        );
     }
+
+    /// Known answer: the sealed layout and associated data, with a fixed
+    /// key and nonce, so another language can check its own sealing.
+    #[test]
+    fn sealed_bridge_identifier_vector() {
+        struct Fixed;
+        impl crate::crypto::Rng for Fixed {
+            fn fill(&self, dest: &mut [u8]) -> Result<(), crypto::CryptoError> {
+                for (i, b) in dest.iter_mut().enumerate() {
+                    *b = u8::try_from(i).unwrap();
+                }
+                Ok(())
+            }
+        }
+        let k = BridgeSealKey::from_bytes([0x42; 32], 1);
+        let s = seal_bridge_identifier(
+            &k,
+            "partner-a",
+            IdentifierType::Msisdn,
+            "+447700900001",
+            &Fixed,
+        )
+        .unwrap();
+        assert_eq!(
+            hex::encode(&s),
+            BRIDGE_VECTOR,
+            "update docs/tokenize.md with the new vector"
+        );
+    }
+
+    const BRIDGE_VECTOR: &str = "00000001000102030405060708090a0b2eeaa5ea861cc232ad367423e030dd5cfe963e0a4868c43f7102318660";
 
     #[test]
     fn blind_indexes_separate_types_and_keys() {

@@ -16,6 +16,11 @@ pub(crate) enum BridgeCommand {
     ExportKey {
         #[command(flatten)]
         dir: DataDir,
+        /// The partner (registry name) whose sending platform gets the key:
+        /// each partner has its own, and a file sealed with it imports only
+        /// into that partner's namespace.
+        #[arg(long)]
+        partner: String,
         /// Where to write the key file (mode 0600; never overwritten).
         #[arg(long)]
         out: PathBuf,
@@ -173,7 +178,7 @@ pub(crate) fn bridge_seal(
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(key_file).with_context(|| key_file.display().to_string())?,
     );
-    let key = idvault_core::xref::parse_bridge_key_file(&text)
+    let (partner, key) = idvault_core::xref::parse_bridge_key_file(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
     let rng = SystemRng::default();
     let input = std::io::BufReader::new(
@@ -218,7 +223,7 @@ pub(crate) fn bridge_seal(
             };
             let mut enc = Vec::with_capacity(values.len());
             for v in values {
-                let s = idvault_core::xref::seal_bridge_identifier(&key, ty, &v, &rng)?;
+                let s = idvault_core::xref::seal_bridge_identifier(&key, &partner, ty, &v, &rng)?;
                 enc.push(serde_json::Value::String(
                     base64::engine::general_purpose::STANDARD.encode(s),
                 ));
@@ -238,13 +243,16 @@ pub(crate) fn bridge_seal(
 /// Runs a `bridge` subcommand.
 pub(crate) async fn run(command: BridgeCommand) -> anyhow::Result<()> {
     match command {
-        BridgeCommand::ExportKey { dir, out } => {
+        BridgeCommand::ExportKey { dir, partner, out } => {
             let cfg = dir.load()?;
+            if !cfg.file.partners.iter().any(|p| p.name == partner) {
+                bail!("no partner named {partner:?} in the registry");
+            }
             let keys = idvault_server::app::open_keys(&cfg)?;
-            let key = keys.bridge_seal_key(keys.current_version())?;
-            write_secret_file(&out, &idvault_core::xref::bridge_key_file(&key))?;
+            let key = keys.bridge_seal_key(&partner, keys.current_version())?;
+            write_secret_file(&out, &idvault_core::xref::bridge_key_file(&partner, &key))?;
             println!(
-                "wrote {} (bridge seal key, version {}); give it only to the sending platform",
+                "wrote {} (bridge seal key of {partner}, version {}); give it only to {partner}'s sending platform",
                 out.display(),
                 key.version()
             );

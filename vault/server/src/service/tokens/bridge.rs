@@ -108,6 +108,7 @@ struct Prepared {
 impl Vault {
     fn prepare(
         &self,
+        owner: &str,
         index: usize,
         r: BridgeRecord,
         opts: &NormalizeOptions,
@@ -145,12 +146,17 @@ impl Vault {
             let raw: &str = match value {
                 IdValue::Plain(v) => v,
                 IdValue::Sealed(bytes) => {
+                    // The caller's own key and name: a file sealed for
+                    // another partner does not open here.
                     let key = idvault_core::xref::sealed_bridge_version(bytes)
-                        .and_then(|v| self.keys().bridge_seal_key(v).ok())
+                        .and_then(|v| self.keys().bridge_seal_key(owner, v).ok())
                         .ok_or_else(|| fail(format!("sealed {ty} names an unknown key version")))?;
-                    opened = idvault_core::xref::open_bridge_identifier(&key, *ty, bytes).map_err(
-                        |_| fail(format!("sealed {ty} does not open with the bridge key")),
-                    )?;
+                    opened = idvault_core::xref::open_bridge_identifier(&key, owner, *ty, bytes)
+                        .map_err(|_| {
+                            fail(format!(
+                                "sealed {ty} does not open with this partner's bridge key"
+                            ))
+                        })?;
                     &opened
                 }
             };
@@ -209,7 +215,7 @@ impl Vault {
         let seal_key = self.keys().xref_seal_key(current)?;
         let mut prepared = Vec::with_capacity(records.len());
         for (i, r) in records.into_iter().enumerate() {
-            match self.prepare(i, r, opts, &keys) {
+            match self.prepare(owner, i, r, opts, &keys) {
                 Ok(p) => prepared.push(p),
                 Err(e) => summary.rejected.push(e),
             }
