@@ -440,6 +440,9 @@ impl Vault {
                 self.admission.count_refusal(&actor, REFUSED_UNRECORDED);
                 Err(e)
             }
+            // Even the refusal's own leaf could not be written: the audit
+            // log is what failed.
+            Err(VaultError::Storage(e)) => Err(VaultError::AuditUnavailable(e)),
             Err(e) => Err(e),
         }
     }
