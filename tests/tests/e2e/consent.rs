@@ -186,9 +186,14 @@ impl Ctx {
         ReleaseKey::from_pem(&pem).unwrap()
     }
 
+    /// The vault's release verification keys, as a partner holds them.
+    fn vault_keys(&self) -> idvault_tests::idvault_client::ReleaseVerifier {
+        self.tv.vault.release_verifier().unwrap()
+    }
+
     fn open(&self, r: &pb::ReleaseResponse) -> Vec<(String, String)> {
         self.release_key("partner-b")
-            .open(r, Some(&self.subject))
+            .open(r, Some(&self.subject), &self.vault_keys())
             .unwrap()
             .into_iter()
             .map(|(n, v)| (n, v.to_string()))
@@ -284,7 +289,11 @@ pub async fn happy_path_end_to_end(backend: Backend) -> anyhow::Result<()> {
         "exactly the consented fields"
     );
     // Another partner's key cannot open it.
-    assert!(cx.release_key("partner-a").open(&r, None).is_err());
+    assert!(
+        cx.release_key("partner-a")
+            .open(&r, None, &cx.vault_keys())
+            .is_err()
+    );
     // The receipt, listed by the person's device.
     let receipts = cx.receipts().await;
     assert_eq!(receipts.len(), 1);
@@ -586,6 +595,80 @@ pub async fn allowances_hold_against_a_broad_permit(backend: Backend) -> anyhow:
     for d in &denied {
         assert!(d.ends_with("policy=registry-allowance"), "{d}");
     }
+    cx.tv.stop().await
+}
+
+/// A release sealed by anyone but the vault is refused by the partner's
+/// open: HPKE base mode to the partner's public key is easy to forge (the
+/// key is in the config), so a TLS-terminating proxy could swap in its own
+/// identity data; the vault's signature over the whole response is what
+/// the partner checks first. Altering any signed field is refused too.
+pub async fn forged_release_is_refused(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_client::ReleaseError;
+    use idvault_tests::idvault_core::consent::{
+        ReleasePublicKey, release_signed_bytes, seal_release,
+    };
+    use idvault_tests::idvault_core::subject::SubjectId;
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let real = cx.release(true, cx.sign(&g)).await?;
+    assert_eq!(cx.open(&real).len(), 2);
+    let key = cx.release_key("partner-b");
+    let vault = cx.vault_keys();
+
+    // The proxy seals forged fields to partner-b's public key, for the
+    // same consent and subject.
+    let partner_pk =
+        ReleasePublicKey::from_sec1(&hex::decode(key.public_hex())?).expect("partner key");
+    let consent_id: [u8; 16] = real.consent_id.as_slice().try_into()?;
+    let subject = SubjectId::parse(&real.subject_id)?;
+    let forged_plain = pb::ReleasedFields {
+        fields: vec![pb::Field {
+            name: "given_name".into(),
+            value: "Mallory".into(),
+        }],
+    }
+    .encode_to_vec();
+    let (enc, ciphertext) = seal_release(
+        &partner_pk,
+        &consent_id,
+        &subject,
+        &forged_plain,
+        &SystemRng::default(),
+    )?;
+    let mut forged = real.clone();
+    forged.enc = enc.clone();
+    forged.ciphertext = ciphertext.clone();
+    assert!(matches!(
+        key.open(&forged, None, &vault),
+        Err(ReleaseError::Unsigned)
+    ));
+    // Signed with a key of its own making: still not the vault's.
+    let mallory = idvault_tests::idvault_core::consent::ReleaseSigner::from_seed(&[7; 32])?;
+    let grant_hash: [u8; 32] = real.grant_hash.as_slice().try_into()?;
+    forged.signature = mallory.sign(&release_signed_bytes(
+        &consent_id,
+        &subject,
+        &grant_hash,
+        &real.receipt_id,
+        &enc,
+        &ciphertext,
+    )?);
+    assert!(matches!(
+        key.open(&forged, None, &vault),
+        Err(ReleaseError::Unsigned)
+    ));
+    // Unsigned, or one signed field changed.
+    let mut unsigned = real.clone();
+    unsigned.signature.clear();
+    assert!(key.open(&unsigned, None, &vault).is_err());
+    let mut other_receipt = real.clone();
+    other_receipt.receipt_id.push('x');
+    assert!(key.open(&other_receipt, None, &vault).is_err());
+    let mut other_hash = real.clone();
+    other_hash.grant_hash[0] ^= 1;
+    assert!(key.open(&other_hash, None, &vault).is_err());
     cx.tv.stop().await
 }
 

@@ -89,6 +89,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::signature_refusals,
     consent::grant_checks_refuse,
     consent::allowances_hold_against_a_broad_permit,
+    consent::forged_release_is_refused,
     consent::challenge_and_replay_refusals,
     consent::replay_refused_after_restart,
     consent::standing_consent_and_revocation,

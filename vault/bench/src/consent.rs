@@ -268,6 +268,7 @@ async fn releases(
     let key = ReleaseKey::from_pem(&std::fs::read_to_string(
         dir.join("tls/partner-a.release.key"),
     )?)?;
+    let verifier = vault.release_verifier()?;
     let t = Instant::now();
     for (r, _) in &released {
         let resp = idvault_proto::v1::ReleaseResponse {
@@ -277,8 +278,9 @@ async fn releases(
             ciphertext: r.ciphertext.clone(),
             receipt_id: r.receipt_id.clone(),
             grant_hash: r.grant_hash.to_vec(),
+            signature: r.signature.clone(),
         };
-        if key.open(&resp, Some(&subject))?.len() != 4 {
+        if key.open(&resp, Some(&subject), &verifier)?.len() != 4 {
             return Err("a release did not hold the 4 consented fields".into());
         }
     }

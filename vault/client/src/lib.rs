@@ -25,5 +25,6 @@ pub mod release;
 pub use channel::{ClientError, PartnerCredentials, connect};
 pub use device::{DeviceKey, GrantRequest, unix_now};
 pub use idvault_core::SystemRng;
+pub use idvault_core::consent::ReleaseVerifier;
 pub use idvault_proto::v1 as pb;
 pub use release::{ReleaseError, ReleaseKey};

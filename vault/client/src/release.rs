@@ -16,6 +16,10 @@ pub enum ReleaseError {
     /// HPKE open failed: not sealed to this key, or altered.
     #[error("the release does not open with this key")]
     Open,
+    /// The release is not signed by a vault key the partner trusts: it
+    /// may have been sealed by anyone holding the partner's public key.
+    #[error("the release is not signed by the vault")]
+    Unsigned,
 }
 
 /// A partner's release key: consented releases are sealed to its public
@@ -74,12 +78,16 @@ impl ReleaseKey {
     }
 
     /// Opens a `ReleaseResponse`: checks it names `expected_subject` (when
-    /// given), opens the HPKE ciphertext bound to its consent id and
-    /// subject, and returns the released fields.
+    /// given), checks the vault's signature over the whole response with
+    /// `vault` (the keys `idvault keys release-public-key` prints), opens
+    /// the HPKE ciphertext bound to its consent id and subject, and
+    /// returns the released fields. An unsigned or forged release is
+    /// refused before anything is decrypted.
     pub fn open(
         &self,
         r: &idvault_proto::v1::ReleaseResponse,
         expected_subject: Option<&str>,
+        vault: &idvault_core::consent::ReleaseVerifier,
     ) -> Result<Vec<ReleasedField>, ReleaseError> {
         use prost::Message;
         if expected_subject.is_some_and(|s| s != r.subject_id) {
@@ -92,6 +100,23 @@ impl ReleaseKey {
             .map_err(|_| ReleaseError::Malformed)?;
         let subject = idvault_core::subject::SubjectId::parse(&r.subject_id)
             .map_err(|_| ReleaseError::Malformed)?;
+        let grant_hash: [u8; 32] = r
+            .grant_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| ReleaseError::Malformed)?;
+        let signed = idvault_core::consent::release_signed_bytes(
+            &consent_id,
+            &subject,
+            &grant_hash,
+            &r.receipt_id,
+            &r.enc,
+            &r.ciphertext,
+        )
+        .map_err(|_| ReleaseError::Malformed)?;
+        if !vault.verify(&signed, &r.signature) {
+            return Err(ReleaseError::Unsigned);
+        }
         let plain = self
             .0
             .open_release(&consent_id, &subject, &r.enc, &r.ciphertext)

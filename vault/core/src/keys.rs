@@ -28,7 +28,8 @@ use zeroize::Zeroize;
 
 use super::crypto::{self, CryptoError, NONCE_LEN, Rng};
 use super::secret::{
-    AuditKey, AuditSigningSeed, DataKey, KEY_LEN, Kek, KeyPurpose, RootKey, Secret, TokenKey,
+    AuditKey, AuditSigningSeed, DataKey, KEY_LEN, Kek, KeyPurpose, ReleaseSigningSeed, RootKey,
+    Secret, TokenKey,
 };
 use super::subject::SubjectId;
 
@@ -41,6 +42,9 @@ pub const LABEL_AUDIT_MAC: &str = "idvault/v1/audit-mac";
 /// HKDF label of the audit checkpoint signing seed (Ed25519, see
 /// [`crate::tlog::checkpoint`]).
 pub const LABEL_AUDIT_SIGNING: &str = "idvault/v1/audit-signing";
+/// HKDF label of the release signing seed (Ed25519, see
+/// [`crate::consent::release`]).
+pub const LABEL_RELEASE_SIGNING: &str = "idvault/v1/release-signing";
 /// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
 pub const LABEL_TOKEN_PREFIX: &str = "idvault/v1/token/";
 /// AAD prefix of a wrapped DEK.
@@ -219,6 +223,13 @@ impl KeyHierarchy {
     /// The Ed25519 seed that signs audit checkpoints, of `version`.
     pub fn audit_signing_seed(&self, version: u32) -> Result<AuditSigningSeed, KeyError> {
         self.derive(LABEL_AUDIT_SIGNING, version)
+    }
+
+    /// The Ed25519 seed the vault signs consented releases with, of
+    /// `version`: a partner checks a release came from the vault, not from
+    /// whoever holds the partner's public release key.
+    pub fn release_signing_seed(&self, version: u32) -> Result<ReleaseSigningSeed, KeyError> {
+        self.derive(LABEL_RELEASE_SIGNING, version)
     }
 
     /// Partner `owner`'s cross-reference blind-index key of `version`

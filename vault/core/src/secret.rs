@@ -39,6 +39,8 @@ purposes! {
     AuditKeyMaterial => "audit-mac-key";
     /// The Ed25519 seed the audit transparency log signs checkpoints with.
     AuditSigningMaterial => "audit-signing-seed";
+    /// The Ed25519 seed the vault signs consented releases with.
+    ReleaseSigningMaterial => "release-signing-seed";
     /// A token domain's HMAC key.
     TokenKeyMaterial => "token-key";
     /// A partner's cross-reference blind-index key.
@@ -109,6 +111,8 @@ pub type DataKey = Secret<DataKeyMaterial>;
 pub type AuditKey = Secret<AuditKeyMaterial>;
 /// The audit checkpoint signing seed (an Ed25519 private key).
 pub type AuditSigningSeed = Secret<AuditSigningMaterial>;
+/// The release signing seed (an Ed25519 private key).
+pub type ReleaseSigningSeed = Secret<ReleaseSigningMaterial>;
 /// A token domain key.
 pub type TokenKey = Secret<TokenKeyMaterial>;
 

@@ -383,7 +383,7 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
     let root = dir.join("root.key");
     if !root.exists() {
         crate::keyfile::create(&root, rng)?;
-        made.push(root);
+        made.push(root.clone());
     }
     let (ca_crt, ca_key) = (tls.join("ca.crt"), tls.join("ca.key"));
     let ca = match (
@@ -450,6 +450,21 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
         let public = hex::encode(p256::PublicKey::from(&key).to_sec1_bytes());
         release_keys.push(((*name).to_owned(), public));
     }
+    // The vault's release verification keys, where the dev partners'
+    // command line looks for them (a real partner gets them from the
+    // operator: `idvault keys release-public-key`). Rewritten every time:
+    // they follow the root key's versions.
+    let verifier_path = tls.join(RELEASE_VERIFIER_FILE);
+    let keys = idvault_core::keys::KeyHierarchy::new(Box::new(crate::keyfile::load(&root)?));
+    let verifier = crate::service::consent::release_verifier(&keys).map_err(|_| InitError::Rng)?;
+    let text = release_verifier_text(&verifier);
+    if std::fs::read_to_string(&verifier_path).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(&verifier_path, text).map_err(|source| InitError::Io {
+            path: verifier_path.clone(),
+            source,
+        })?;
+        made.push(verifier_path);
+    }
     // The default policy set, for the operator to read and edit.
     let policies = dir.join("policies");
     made.extend(
@@ -464,6 +479,21 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
         made.push(cfg);
     }
     Ok(made)
+}
+
+/// The file (under `tls/`) holding the vault's release verification keys
+/// for the dev partners' command line.
+pub const RELEASE_VERIFIER_FILE: &str = "vault.release.pub";
+
+/// The text of a release verifier file: a comment, then one key per line
+/// (hex), oldest version first.
+pub fn release_verifier_text(v: &idvault_core::consent::ReleaseVerifier) -> String {
+    let mut out = String::from("# idvault release verification keys (Ed25519), oldest first\n");
+    for k in v.keys() {
+        out.push_str(&hex::encode(k));
+        out.push('\n');
+    }
+    out
 }
 
 /// A fresh P-256 key from `rng` (a dev partner's release key; the partner

@@ -12,6 +12,17 @@ pub(crate) enum KeysCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// Print the vault's release verification key (Ed25519, 64 hex digits):
+    /// partners check every release's signature with it
+    /// (docs/consent.md); with --all, one line per root key version,
+    /// oldest first.
+    ReleasePublicKey {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Every version's key (the last is current).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Runs a `keys` subcommand.
@@ -24,6 +35,20 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
                 &SystemRng::default(),
             )?;
             println!("root key version {v} is now current; older versions remain for reading");
+            Ok(())
+        }
+        KeysCommand::ReleasePublicKey { dir, all } => {
+            let cfg = dir.load()?;
+            let keys = idvault_server::app::open_keys(&cfg)?;
+            let v = idvault_server::service::consent::release_verifier(&keys)?;
+            let skip = if all {
+                0
+            } else {
+                v.keys().len().saturating_sub(1)
+            };
+            for k in v.keys().iter().skip(skip) {
+                println!("{}", hex::encode(k));
+            }
             Ok(())
         }
     }

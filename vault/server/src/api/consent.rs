@@ -109,6 +109,7 @@ impl ConsentService for ConsentApi {
             ciphertext: r.ciphertext,
             receipt_id: r.receipt_id,
             grant_hash: r.grant_hash.to_vec(),
+            signature: r.signature,
         }))
     }
 }

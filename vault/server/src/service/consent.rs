@@ -19,7 +19,7 @@ use idvault_core::consent::{
     self as c, CHALLENGE_LEN, Challenge, Consent, Device, GRANT_CONTEXT, Grant, ID_LEN, Receipt,
     Refusal,
 };
-use idvault_core::keys::KeyError;
+use idvault_core::keys::{KeyError, KeyHierarchy};
 use idvault_core::packet;
 use idvault_core::subject::{FieldName, SubjectId, join_field_names};
 
@@ -58,6 +58,24 @@ pub struct Release {
     pub receipt_id: String,
     /// SHA-256 of the signed grant.
     pub grant_hash: [u8; 32],
+    /// The vault's Ed25519 signature over the release
+    /// ([`idvault_core::consent::release_signed_bytes`]).
+    pub signature: Vec<u8>,
+}
+
+fn release_signer(keys: &KeyHierarchy, version: u32) -> Result<c::ReleaseSigner, VaultError> {
+    let seed = keys.release_signing_seed(version)?;
+    c::ReleaseSigner::from_seed(seed.expose())
+        .map_err(|_| VaultError::Internal("release signing key"))
+}
+
+/// The release verification keys of every root key version, oldest first.
+pub fn release_verifier(keys: &KeyHierarchy) -> Result<c::ReleaseVerifier, VaultError> {
+    let keys = (1..=keys.current_version())
+        .filter(|v| keys.release_signing_seed(*v).is_ok())
+        .map(|v| Ok(release_signer(keys, v)?.public_key()))
+        .collect::<Result<Vec<_>, VaultError>>()?;
+    Ok(c::ReleaseVerifier::new(keys))
 }
 
 pub(crate) fn refused(r: Refusal) -> VaultError {
@@ -378,6 +396,16 @@ impl Vault {
             join_field_names(&receipt.fields),
             receipt.receipt_id
         );
+        let signed = c::release_signed_bytes(
+            &consent.consent_id,
+            &id,
+            &consent.grant_hash,
+            &receipt.receipt_id,
+            &sealed.enc,
+            &sealed.ciphertext,
+        )
+        .map_err(|_| VaultError::Internal("release too large to sign"))?;
+        let signature = self.release_signer()?.sign(&signed);
         self.commit(tx, req, Some(&id), detail).await?;
         Ok(Some(Release {
             consent_id: consent.consent_id,
@@ -386,7 +414,19 @@ impl Vault {
             ciphertext: sealed.ciphertext,
             receipt_id: receipt.receipt_id,
             grant_hash: consent.grant_hash,
+            signature,
         }))
+    }
+
+    /// The signer of releases (the current root key version's).
+    fn release_signer(&self) -> Result<c::ReleaseSigner, VaultError> {
+        release_signer(self.keys(), self.keys().current_version())
+    }
+
+    /// The release verification keys of every root key version, oldest
+    /// first (`idvault keys release-public-key`).
+    pub fn release_verifier(&self) -> Result<c::ReleaseVerifier, VaultError> {
+        release_verifier(self.keys())
     }
 
     /// A random id with `prefix` (receipts, rules).

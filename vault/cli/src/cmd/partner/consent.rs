@@ -36,6 +36,12 @@ pub(crate) enum PartnerConsentCommand {
         /// Release private key (default: DATA_DIR/tls/NAME.release.key).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// The vault's release verification keys, one per line, as
+        /// `idvault keys release-public-key --all` prints them (default:
+        /// DATA_DIR/tls/vault.release.pub, written by `init --dev`).
+        /// Releases not signed by one of them are refused.
+        #[arg(long)]
+        vault_key: Option<PathBuf>,
     },
     /// Make a release key pair: writes the private key (PKCS#8 PEM, mode
     /// 0600) and prints the `release_key` line to register.
@@ -82,6 +88,7 @@ pub(crate) async fn partner(
             consent,
             standing,
             key,
+            vault_key,
         } => {
             let key_path = key.unwrap_or_else(|| {
                 conn.dir
@@ -91,6 +98,24 @@ pub(crate) async fn partner(
             });
             let key = ReleaseKey::from_pem(&read_pem(&key_path)?)
                 .with_context(|| key_path.display().to_string())?;
+            let vault_path = vault_key.unwrap_or_else(|| {
+                conn.dir
+                    .data_dir
+                    .join("tls")
+                    .join(idvault_server::devinit::RELEASE_VERIFIER_FILE)
+            });
+            let vault = std::fs::read_to_string(&vault_path)
+                .with_context(|| {
+                    format!(
+                        "cannot read the vault's release key {} (get it with \
+                         `idvault keys release-public-key` and pass --vault-key FILE)",
+                        vault_path.display()
+                    )
+                })
+                .and_then(|t| {
+                    idvault_client::ReleaseVerifier::from_text(&t)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", vault_path.display()))
+                })?;
             let req = match (consent, standing) {
                 (Some(f), _) => {
                     let bytes = std::fs::read(&f)
@@ -109,7 +134,7 @@ pub(crate) async fn partner(
                 .release(pb::ReleaseRequest { consent: Some(req) })
                 .await?
                 .into_inner();
-            let fields = key.open(&r, None)?;
+            let fields = key.open(&r, None, &vault)?;
             println!(
                 "subject_id={} consent_id={} receipt_id={} grant_hash={}",
                 r.subject_id,
