@@ -64,6 +64,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     bad_input::edge_refusals_are_audited,
     ops::concurrent_writes_keep_one_audit_chain,
     ops::root_key_rotation_keeps_old_data,
+    ops::retention_prunes_spent_rows_only,
     bridge::import_links_and_is_idempotent,
     bridge::fragments_merge_into_one_customer,
     bridge::import_needs_the_bridge_role,

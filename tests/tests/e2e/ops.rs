@@ -135,3 +135,94 @@ pub async fn loose_key_file_permissions_refused(b: Backend) -> anyhow::Result<()
     assert!(err.contains("chmod 600"), "{err}");
     tv.stop().await
 }
+
+/// The retention job removes spent single-use rows and old processed
+/// events, in audited batches, and keeps everything still in use: fresh
+/// challenges and codes, device request ids inside their replay window,
+/// recent events.
+pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::store::Prunable;
+    let tv = TestVault::start(b).await?;
+    let now = idvault_tests::idvault_client::unix_now() * 1000;
+    let day = 86_400_000i64;
+    let old = now - 400 * day;
+    let mut t = tv.db().begin().await?;
+    for (i, at) in [(1u8, old), (2, now + 300_000)] {
+        sqlx::query(
+            "INSERT INTO consent_challenges (challenge, partner, subject_id, expires_at_ms) VALUES ($1, 'partner-b', $2, $3)",
+        )
+        .bind(vec![i; 32])
+        .bind(vec![9u8; 16])
+        .bind(at)
+        .execute(&mut *t)
+        .await?;
+        sqlx::query(
+            "INSERT INTO enrollment_codes (code_hash, subject_id, issued_to, expires_at_ms) VALUES ($1, $2, 'partner-a', $3)",
+        )
+        .bind(vec![i; 32])
+        .bind(vec![9u8; 16])
+        .bind(at)
+        .execute(&mut *t)
+        .await?;
+        sqlx::query(
+            "INSERT INTO events (source, event_id, subject_id, event_type, outcome, commands, accepted_at_ms) \
+             VALUES ('partner-a', $1, $2, 'address_changed', 'accepted', 0, $3)",
+        )
+        .bind(format!("ev-{i}"))
+        .bind(vec![9u8; 16])
+        .bind(at.min(now))
+        .execute(&mut *t)
+        .await?;
+    }
+    // More old replay ids than one batch holds, and one still in its window.
+    let n_old = idvault_tests::idvault_server::service::retention::PRUNE_BATCH as usize + 5;
+    for i in 0..=n_old {
+        let at = if i == n_old { now - 60_000 } else { old };
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        sqlx::query(
+            "INSERT INTO device_requests (request_id, device_id, at_ms) VALUES ($1, 'dev_x', $2)",
+        )
+        .bind(id.to_vec())
+        .bind(at)
+        .execute(&mut *t)
+        .await?;
+    }
+    t.commit().await?;
+
+    let done = tv.vault.prune_once().await?;
+    let removed = |k: Prunable| done.iter().find(|(x, _)| *x == k).map(|(_, n)| *n);
+    assert_eq!(removed(Prunable::Challenges), Some(1));
+    assert_eq!(removed(Prunable::EnrollmentCodes), Some(1));
+    assert_eq!(removed(Prunable::Events), Some(1));
+    assert_eq!(removed(Prunable::DeviceRequests), Some(n_old as u64));
+    assert_eq!(tv.count("SELECT count(*) FROM consent_challenges").await, 1);
+    assert_eq!(tv.count("SELECT count(*) FROM enrollment_codes").await, 1);
+    assert_eq!(tv.count("SELECT count(*) FROM events").await, 1);
+    assert_eq!(tv.count("SELECT count(*) FROM device_requests").await, 1);
+    // Audited: one record per batch (device requests took two).
+    let details: Vec<String> =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'Retention' ORDER BY id")
+            .fetch_all(tv.db())
+            .await?;
+    assert_eq!(details.len(), 5, "{details:?}");
+    assert!(
+        details
+            .iter()
+            .any(|d| d.starts_with("kind=device_requests removed=1000 "))
+    );
+    // A second run finds nothing and writes nothing.
+    let again = tv.vault.prune_once().await?;
+    assert!(again.iter().all(|(_, n)| *n == 0));
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE action = 'Retention'")
+            .await,
+        5
+    );
+    tv.checkpointed().await?;
+    assert!(matches!(
+        tv.verify_audit().await?,
+        idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
+    ));
+    tv.stop().await
+}

@@ -68,6 +68,9 @@ pub struct ConfigFile {
     /// `[audit]`
     #[serde(default)]
     pub audit: AuditSection,
+    /// `[retention]`
+    #[serde(default)]
+    pub retention: RetentionSection,
     /// `[[partner]]` entries: the partner registry.
     #[serde(default, rename = "partner")]
     pub partners: Vec<PartnerEntry>,
@@ -174,6 +177,47 @@ pub struct AuditSection {
     /// while there are new leaves.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
+}
+
+/// `[retention]`: how long spent single-use records and processed events
+/// are kept before the retention job removes them (docs/events.md,
+/// docs/consent.md). Subjects, receipts, consents and the audit log are
+/// never pruned by it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// How often the job runs.
+    #[serde(default = "default_retention_interval")]
+    pub interval_minutes: u32,
+    /// Expired challenges and enrollment codes are removed this long after
+    /// they expire (an expired one is refused whether its row is there or
+    /// not).
+    #[serde(default = "default_expired_grace")]
+    pub expired_grace_hours: u32,
+    /// Processed events are kept this long: within it a republished event
+    /// id is recognised as a duplicate; after it, it is an event again.
+    #[serde(default = "default_event_days")]
+    pub events_days: u32,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            interval_minutes: default_retention_interval(),
+            expired_grace_hours: default_expired_grace(),
+            events_days: default_event_days(),
+        }
+    }
+}
+
+fn default_retention_interval() -> u32 {
+    60
+}
+fn default_expired_grace() -> u32 {
+    24
+}
+fn default_event_days() -> u32 {
+    90
 }
 
 impl Default for AuditSection {
@@ -367,6 +411,15 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
     if !(10..=1000).contains(&a.checkpoint_interval_ms) {
         return Err(ConfigError::Invalid(
             "[audit] checkpoint_interval_ms must be 10 ..= 1000 (a checkpoint at least once a second)".into(),
+        ));
+    }
+    let r = &file.retention;
+    if !(1..=7 * 24 * 60).contains(&r.interval_minutes)
+        || r.expired_grace_hours > 24 * 366
+        || !(1..=3660).contains(&r.events_days)
+    {
+        return Err(ConfigError::Invalid(
+            "[retention] interval_minutes must be 1 ..= 10080, expired_grace_hours at most 8784, events_days 1 ..= 3660".into(),
         ));
     }
     let c = &file.consent;

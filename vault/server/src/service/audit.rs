@@ -142,13 +142,16 @@ impl Vault {
     }
 
     /// Runs the sequencer and the coalesced-refusal flush until `stop`
-    /// turns true, then runs one last step.
+    /// turns true, then runs one last step; starts the retention job
+    /// beside them.
     pub async fn run_background(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let every = Duration::from_millis(self.audit_settings().checkpoint_interval_ms);
         let mut st = SequencerState::default();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_flush = tokio::time::Instant::now();
+        // On its own task: a long first clean-up must not delay checkpoints.
+        tokio::spawn(Arc::clone(&self).run_retention(stop.clone()));
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,

@@ -19,6 +19,7 @@ pub mod devices;
 pub mod events;
 pub mod matching;
 pub(crate) mod pipeline;
+pub mod retention;
 mod state;
 pub mod streams;
 pub mod subjects;
@@ -182,6 +183,7 @@ pub struct Vault {
     matching: state::MatchState,
     admission: state::Admission,
     audit: crate::config::AuditSection,
+    retention: crate::config::RetentionSection,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -219,6 +221,7 @@ impl Vault {
             xref_cache: state::XrefCache::default(),
             admission,
             audit: crate::config::AuditSection::default(),
+            retention: crate::config::RetentionSection::default(),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),
@@ -265,6 +268,18 @@ impl Vault {
     pub fn with_audit(mut self, audit: crate::config::AuditSection) -> Self {
         self.audit = audit;
         self
+    }
+
+    /// Sets what the retention job keeps (`[retention]`).
+    #[must_use]
+    pub fn with_retention(mut self, retention: crate::config::RetentionSection) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The `[retention]` settings.
+    pub(crate) fn retention_settings(&self) -> &crate::config::RetentionSection {
+        &self.retention
     }
 
     /// The `[audit]` settings.

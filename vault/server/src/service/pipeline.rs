@@ -344,7 +344,19 @@ impl Vault {
         action: Action,
         detail: String,
     ) -> Result<(), VaultError> {
-        let ev = event(self, actor, action.name(), None, "ok", detail, None);
+        self.commit_job_as(tx, actor, action.name(), detail).await
+    }
+
+    /// [`Self::commit_job`] for a job that is no partner action (the
+    /// retention job): `action` is the name its records carry.
+    pub(crate) async fn commit_job_as(
+        &self,
+        tx: AuditedTx,
+        actor: &Caller,
+        action: &str,
+        detail: String,
+    ) -> Result<(), VaultError> {
+        let ev = event(self, actor, action, None, "ok", detail, None);
         self.append(tx, ev).await
     }
 

@@ -25,6 +25,7 @@ mod audit;
 mod consent;
 mod events;
 mod matching;
+mod retention;
 mod rows;
 mod writer;
 mod writeset;
@@ -40,6 +41,7 @@ pub use audit::{
 };
 pub use events::IGNORED_UNLINKED;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
+pub use retention::Prunable;
 pub use writer::MAX_BATCH;
 
 use rows::{i64_to_u64, u64_to_i64};

@@ -1,0 +1,83 @@
+//! Deleting spent single-use rows and old processed events, a bounded
+//! batch per statement (the retention job decides what is old).
+
+use super::{AuditedTx, StoreError};
+
+/// What the retention job removes, with the time column and key that
+/// select a batch. Table and column names are constants (never input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prunable {
+    /// `consent_challenges` by expiry.
+    Challenges,
+    /// `enrollment_codes` by expiry.
+    EnrollmentCodes,
+    /// `device_requests` (replay ids) by the time they were accepted.
+    DeviceRequests,
+    /// `events` by the time they were accepted.
+    Events,
+}
+
+impl Prunable {
+    /// All kinds, in the order the job runs them.
+    pub const ALL: [Self; 4] = [
+        Self::Challenges,
+        Self::EnrollmentCodes,
+        Self::DeviceRequests,
+        Self::Events,
+    ];
+
+    /// The name the audit record uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Challenges => "challenges",
+            Self::EnrollmentCodes => "enrollment_codes",
+            Self::DeviceRequests => "device_requests",
+            Self::Events => "events",
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        // One batch: the oldest rows before the cut-off, by their key (the
+        // time column is indexed, migration 0009).
+        match self {
+            Self::Challenges => {
+                "DELETE FROM consent_challenges WHERE challenge IN \
+                 (SELECT challenge FROM consent_challenges WHERE expires_at_ms < $1 \
+                  ORDER BY expires_at_ms LIMIT $2)"
+            }
+            Self::EnrollmentCodes => {
+                "DELETE FROM enrollment_codes WHERE code_hash IN \
+                 (SELECT code_hash FROM enrollment_codes WHERE expires_at_ms < $1 \
+                  ORDER BY expires_at_ms LIMIT $2)"
+            }
+            Self::DeviceRequests => {
+                "DELETE FROM device_requests WHERE request_id IN \
+                 (SELECT request_id FROM device_requests WHERE at_ms < $1 \
+                  ORDER BY at_ms LIMIT $2)"
+            }
+            Self::Events => {
+                "DELETE FROM events WHERE (source, event_id) IN \
+                 (SELECT source, event_id FROM events WHERE accepted_at_ms < $1 \
+                  ORDER BY accepted_at_ms LIMIT $2)"
+            }
+        }
+    }
+}
+
+impl AuditedTx {
+    /// Deletes at most `limit` rows of `kind` older than `before_ms`;
+    /// returns how many.
+    pub async fn prune(
+        &mut self,
+        kind: Prunable,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(kind.sql())
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(self.conn().await?)
+            .await?
+            .rows_affected())
+    }
+}
