@@ -7,7 +7,7 @@
 #![no_main]
 use std::sync::OnceLock;
 
-use idvault_client::ReleaseKey;
+use idvault_client::{Expected, ReleaseKey};
 use idvault_core::consent::{
     ReleaseSecretKey, ReleaseSigner, ReleaseVerifier, release_signed_bytes,
 };
@@ -37,8 +37,14 @@ fn vault() -> &'static (ReleaseSigner, ReleaseVerifier) {
 fuzz_target!(|data: &[u8]| {
     let (signer, verifier) = vault();
     if let Ok(mut r) = ReleaseResponse::decode(data) {
-        let _ = key().open(&r, None, verifier);
-        let _ = key().open(&r, Some("6f1c2b9e-8a41-4d3c-9b7e-2a5f0c1d3e4f"), verifier);
+        let any = Expected::default();
+        let _ = key().open(&r, &any, verifier);
+        let one = Expected {
+            subject: Some("6f1c2b9e-8a41-4d3c-9b7e-2a5f0c1d3e4f"),
+            consent_id: Some(&[0; 16]),
+            nonce: b"nonce",
+        };
+        let _ = key().open(&r, &one, verifier);
         let ids = (
             <[u8; 16]>::try_from(r.consent_id.as_slice()),
             SubjectId::parse(&r.subject_id),
@@ -46,10 +52,10 @@ fuzz_target!(|data: &[u8]| {
         );
         if let (Ok(c), Ok(s), Ok(g)) = ids
             && let Ok(signed) =
-                release_signed_bytes(&c, &s, &g, &r.receipt_id, &r.enc, &r.ciphertext)
+                release_signed_bytes(&c, &s, &g, b"", &r.receipt_id, &r.enc, &r.ciphertext)
         {
             r.signature = signer.sign(&signed);
-            let _ = key().open(&r, None, verifier);
+            let _ = key().open(&r, &any, verifier);
         }
     }
     if data.len() >= 65 {

@@ -180,7 +180,10 @@ pub async fn edge_refusals_are_audited(b: Backend) -> anyhow::Result<()> {
     let mut c =
         pb::consent_service_client::ConsentServiceClient::new(tv.channel("partner-b").await?);
     let e = c
-        .release(pb::ReleaseRequest { consent: None })
+        .release(pb::ReleaseRequest {
+            consent: None,
+            nonce: Vec::new(),
+        })
         .await
         .unwrap_err();
     // Past the gate (the partner may present consents), so audited as the

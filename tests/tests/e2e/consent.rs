@@ -2,7 +2,19 @@
 //! grant, HPKE-sealed release opened by the partner, receipts, revocation,
 //! and every refusal with its own status, reason and audit record.
 
-use idvault_tests::idvault_client::ReleaseKey;
+use idvault_tests::idvault_client::{Expected, ReleaseKey};
+
+/// The nonce every release request of these tests sends.
+const NONCE: [u8; 16] = [0x5a; 16];
+
+/// Expect a release answering a request with `nonce`, any consent.
+fn expected(nonce: &[u8]) -> Expected<'_> {
+    Expected {
+        subject: None,
+        consent_id: None,
+        nonce,
+    }
+}
 use idvault_tests::idvault_client::device::{DeviceKey, GrantRequest, unix_now};
 use idvault_tests::idvault_core::SystemRng;
 use idvault_tests::idvault_core::consent::GRANT_CONTEXT;
@@ -162,6 +174,7 @@ impl Ctx {
         let c = if partner_b { &mut self.b } else { &mut self.a };
         c.release(pb::ReleaseRequest {
             consent: Some(pb::release_request::Consent::Signed(s)),
+            nonce: NONCE.to_vec(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -175,6 +188,7 @@ impl Ctx {
         let c = if partner_b { &mut self.b } else { &mut self.a };
         c.release(pb::ReleaseRequest {
             consent: Some(pb::release_request::Consent::StandingConsentId(id.to_vec())),
+            nonce: NONCE.to_vec(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -192,8 +206,13 @@ impl Ctx {
     }
 
     fn open(&self, r: &pb::ReleaseResponse) -> Vec<(String, String)> {
+        let expected = Expected {
+            subject: Some(&self.subject),
+            consent_id: None,
+            nonce: &NONCE,
+        };
         self.release_key("partner-b")
-            .open(r, Some(&self.subject), &self.vault_keys())
+            .open(r, &expected, &self.vault_keys())
             .unwrap()
             .into_iter()
             .map(|(n, v)| (n, v.to_string()))
@@ -291,7 +310,7 @@ pub async fn happy_path_end_to_end(backend: Backend) -> anyhow::Result<()> {
     // Another partner's key cannot open it.
     assert!(
         cx.release_key("partner-a")
-            .open(&r, None, &cx.vault_keys())
+            .open(&r, &expected(&NONCE), &cx.vault_keys())
             .is_err()
     );
     // The receipt, listed by the person's device.
@@ -641,7 +660,7 @@ pub async fn forged_release_is_refused(backend: Backend) -> anyhow::Result<()> {
     forged.enc = enc.clone();
     forged.ciphertext = ciphertext.clone();
     assert!(matches!(
-        key.open(&forged, None, &vault),
+        key.open(&forged, &expected(&NONCE), &vault),
         Err(ReleaseError::Unsigned)
     ));
     // Signed with a key of its own making: still not the vault's.
@@ -651,24 +670,46 @@ pub async fn forged_release_is_refused(backend: Backend) -> anyhow::Result<()> {
         &consent_id,
         &subject,
         &grant_hash,
+        &NONCE,
         &real.receipt_id,
         &enc,
         &ciphertext,
     )?);
     assert!(matches!(
-        key.open(&forged, None, &vault),
+        key.open(&forged, &expected(&NONCE), &vault),
         Err(ReleaseError::Unsigned)
     ));
     // Unsigned, or one signed field changed.
     let mut unsigned = real.clone();
     unsigned.signature.clear();
-    assert!(key.open(&unsigned, None, &vault).is_err());
+    assert!(key.open(&unsigned, &expected(&NONCE), &vault).is_err());
     let mut other_receipt = real.clone();
     other_receipt.receipt_id.push('x');
-    assert!(key.open(&other_receipt, None, &vault).is_err());
+    assert!(key.open(&other_receipt, &expected(&NONCE), &vault).is_err());
     let mut other_hash = real.clone();
     other_hash.grant_hash[0] ^= 1;
-    assert!(key.open(&other_hash, None, &vault).is_err());
+    assert!(key.open(&other_hash, &expected(&NONCE), &vault).is_err());
+    // A genuine release replayed as the answer to another request (another
+    // nonce) or another consent is refused too.
+    assert!(matches!(
+        key.open(&real, &expected(&[1; 16]), &vault),
+        Err(ReleaseError::Unsigned)
+    ));
+    let other_consent = Expected {
+        subject: None,
+        consent_id: Some(&[0xee; 16]),
+        nonce: &NONCE,
+    };
+    assert!(matches!(
+        key.open(&real, &other_consent, &vault),
+        Err(ReleaseError::Mismatch)
+    ));
+    let this_consent = Expected {
+        subject: Some(&real.subject_id),
+        consent_id: Some(&real.consent_id),
+        nonce: &NONCE,
+    };
+    assert_eq!(key.open(&real, &this_consent, &vault)?.len(), 2);
     cx.tv.stop().await
 }
 

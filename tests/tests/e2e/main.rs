@@ -83,6 +83,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::update_moves_the_index,
     matching::thin_queries_are_refused_and_audited,
     matching::stream_answers_batches_in_order,
+    matching::match_streams_per_partner_are_limited,
     matching::rate_limit_triggers,
     matching::match_needs_the_match_role,
     matching::new_match_domain_is_backfilled_at_start,

@@ -442,3 +442,42 @@ pub async fn new_match_domain_is_backfilled_at_start(b: Backend) -> anyhow::Resu
     );
     tv.stop().await
 }
+
+/// A partner holds at most a few MatchStreams at once: the next is
+/// refused with RESOURCE_EXHAUSTED (a status, not an empty stream), and a
+/// closed stream gives its place back.
+pub async fn match_streams_per_partner_are_limited(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::streams::MAX_STREAMS_PER_PARTNER;
+    let tv = TestVault::start(b).await?;
+    let mut c = MatchServiceClient::new(tv.channel("partner-a").await?);
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_PARTNER {
+        let (tx, rx) = tokio::sync::mpsc::channel::<MatchBatchRequest>(1);
+        let s = c
+            .match_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        open.push((tx, s));
+    }
+    let e = c
+        .match_stream(tokio_stream::iter(Vec::<MatchBatchRequest>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("MatchStream streams"),
+        "{}",
+        e.message()
+    );
+    let (tx, mut s) = open.pop().expect("a stream");
+    drop(tx);
+    while s.message().await?.is_some() {}
+    let mut s = c
+        .match_stream(tokio_stream::iter(Vec::<MatchBatchRequest>::new()))
+        .await?
+        .into_inner();
+    while s.message().await?.is_some() {}
+    // Close the others too: a graceful stop waits for open streams.
+    drop(open);
+    tv.stop().await
+}

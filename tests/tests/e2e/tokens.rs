@@ -514,6 +514,36 @@ pub async fn tokenize_rejects_are_capped(b: Backend) -> anyhow::Result<()> {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("in one stream"), "{}", e.message());
     assert!(rejected <= MAX_REJECTS_PER_STREAM, "{rejected}");
+
+    // Cross-reference mode: well-formed identifiers linked to nothing are
+    // rejects too, and their lookups stop at the cap.
+    let mut junk = String::new();
+    for i in 0..(2 * MAX_REJECTS_PER_MESSAGE) {
+        junk.push_str(&format!("{{\"user\":{{\"msisdn\":\"+4477{i:08}\"}}}}\n"));
+    }
+    let mut settings = stateless_settings();
+    settings.mode = TokenizeMode::CrossReference.into();
+    settings.domain = String::new();
+    let reqs = vec![
+        TokenizeLogRequest {
+            settings: Some(settings),
+            data: Vec::new(),
+        },
+        TokenizeLogRequest {
+            settings: None,
+            data: junk.into_bytes(),
+        },
+    ];
+    let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+    let e = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the stream ended without a status"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("in one message"), "{}", e.message());
     tv.stop().await
 }
 
@@ -582,5 +612,8 @@ pub async fn tokenize_streams_per_partner_are_limited(b: Backend) -> anyhow::Res
         )
         .await;
     assert_eq!(refused, 1);
+    // Close the others too: a graceful stop waits for open streams.
+    drop(senders);
+    drop(open);
     tv.stop().await
 }

@@ -258,7 +258,7 @@ async fn releases(
                     signature: s.signature.clone(),
                     device_id: s.device_id.clone(),
                 });
-                Ok(vault.release(&partner, input).await?)
+                Ok(vault.release(&partner, input, &[]).await?)
             }
         })
         .await?
@@ -280,7 +280,12 @@ async fn releases(
             grant_hash: r.grant_hash.to_vec(),
             signature: r.signature.clone(),
         };
-        if key.open(&resp, Some(&subject), &verifier)?.len() != 4 {
+        let expected = idvault_client::Expected {
+            subject: Some(&subject),
+            consent_id: Some(&r.consent_id),
+            nonce: &[],
+        };
+        if key.open(&resp, &expected, &verifier)?.len() != 4 {
             return Err("a release did not hold the 4 consented fields".into());
         }
     }

@@ -637,17 +637,20 @@ async fn phases(
                         },
                         &SystemRng::default(),
                     )?;
+                    let nonce = idvault_client::release_nonce(&SystemRng::default())?;
                     let t = Instant::now();
                     let resp = c
                         .release(ReleaseRequest {
                             consent: Some(release_request::Consent::Signed(signed)),
+                            nonce: nonce.to_vec(),
                         })
                         .await?
                         .into_inner();
-                    Ok::<(ReleaseResponse, Duration, String), BenchError>((
+                    Ok::<(ReleaseResponse, Duration, String, [u8; 16]), BenchError>((
                         resp,
                         t.elapsed(),
                         h.subject.clone(),
+                        nonce,
                     ))
                 }
             },
@@ -669,14 +672,19 @@ async fn phases(
             .join(idvault_server::devinit::RELEASE_VERIFIER_FILE),
     )?)?;
     let t = Instant::now();
-    for (resp, _, subject) in &released {
-        if key.open(resp, Some(subject), &verifier)?.len() != RELEASED.len() {
+    for (resp, _, subject, nonce) in &released {
+        let expected = idvault_client::Expected {
+            subject: Some(subject),
+            consent_id: None,
+            nonce,
+        };
+        if key.open(resp, &expected, &verifier)?.len() != RELEASED.len() {
             return Err("a release did not hold the consented fields".into());
         }
         r.releases_opened += 1;
     }
     r.open_mean = t.elapsed() / u32::try_from(released.len().max(1)).unwrap_or(u32::MAX);
-    r.release_rpc = released.iter().map(|(_, d, _)| *d).collect();
+    r.release_rpc = released.iter().map(|(_, d, _, _)| *d).collect();
     r.release_rpc.sort();
 
     progress("waiting for every audit leaf to be sequenced");

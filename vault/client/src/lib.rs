@@ -27,4 +27,4 @@ pub use device::{DeviceKey, GrantRequest, unix_now};
 pub use idvault_core::SystemRng;
 pub use idvault_core::consent::ReleaseVerifier;
 pub use idvault_proto::v1 as pb;
-pub use release::{ReleaseError, ReleaseKey};
+pub use release::{Expected, ReleaseError, ReleaseKey, release_nonce};

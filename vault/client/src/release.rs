@@ -35,6 +35,28 @@ impl std::fmt::Debug for ReleaseKey {
 /// One released field.
 pub type ReleasedField = (String, zeroize::Zeroizing<String>);
 
+/// What a partner asked for, checked against the signed release: a
+/// release answering another request (another consent or subject, or an
+/// older answer replayed by a proxy) is refused.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The subject the consent is about, when known.
+    pub subject: Option<&'a str>,
+    /// The consent presented (the grant's id, or the standing consent id).
+    pub consent_id: Option<&'a [u8]>,
+    /// The `ReleaseRequest.nonce` sent (empty if none was).
+    pub nonce: &'a [u8],
+}
+
+/// A fresh nonce for a `ReleaseRequest` (16 random bytes).
+pub fn release_nonce(
+    rng: &dyn idvault_core::Rng,
+) -> Result<[u8; 16], idvault_core::crypto::CryptoError> {
+    let mut n = [0u8; 16];
+    rng.fill(&mut n)?;
+    Ok(n)
+}
+
 impl ReleaseKey {
     /// A fresh key from `rng`.
     pub fn generate(
@@ -77,20 +99,25 @@ impl ReleaseKey {
         hex::encode(self.0.public_key().to_sec1())
     }
 
-    /// Opens a `ReleaseResponse`: checks it names `expected_subject` (when
-    /// given), checks the vault's signature over the whole response with
-    /// `vault` (the keys `idvault keys release-public-key` prints), opens
-    /// the HPKE ciphertext bound to its consent id and subject, and
-    /// returns the released fields. An unsigned or forged release is
-    /// refused before anything is decrypted.
+    /// Opens a `ReleaseResponse`: checks it names the `expected` subject
+    /// and consent (when given), checks the vault's signature over the
+    /// whole response and the request's nonce with `vault` (the keys
+    /// `idvault keys release-public-key` prints), opens the HPKE
+    /// ciphertext bound to its consent id and subject, and returns the
+    /// released fields. An unsigned, forged or replayed release is refused
+    /// before anything is decrypted.
     pub fn open(
         &self,
         r: &idvault_proto::v1::ReleaseResponse,
-        expected_subject: Option<&str>,
+        expected: &Expected<'_>,
         vault: &idvault_core::consent::ReleaseVerifier,
     ) -> Result<Vec<ReleasedField>, ReleaseError> {
         use prost::Message;
-        if expected_subject.is_some_and(|s| s != r.subject_id) {
+        if expected.subject.is_some_and(|s| s != r.subject_id)
+            || expected
+                .consent_id
+                .is_some_and(|c| c != r.consent_id.as_slice())
+        {
             return Err(ReleaseError::Mismatch);
         }
         let consent_id: [u8; 16] = r
@@ -109,6 +136,7 @@ impl ReleaseKey {
             &consent_id,
             &subject,
             &grant_hash,
+            expected.nonce,
             &r.receipt_id,
             &r.enc,
             &r.ciphertext,

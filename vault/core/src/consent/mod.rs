@@ -33,8 +33,8 @@ pub use enrollment::{Enrollment, enrollment_code_hash, generate_enrollment_code}
 pub use grant::{ConsentLimits, Grant, grant_hash, parse_field_names, valid_purpose};
 pub use records::{Challenge, Consent, Device, EnrollmentCode, Receipt};
 pub use release::{
-    ReleasePublicKey, ReleaseSecretKey, ReleaseSigner, ReleaseVerifier, release_aad,
-    release_signed_bytes, seal_release,
+    MAX_RELEASE_NONCE, ReleasePublicKey, ReleaseSecretKey, ReleaseSigner, ReleaseVerifier,
+    release_aad, release_signed_bytes, seal_release,
 };
 
 pub(crate) use enrollment::{UnverifiedEnrollment, check_enrollment};

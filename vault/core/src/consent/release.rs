@@ -227,19 +227,27 @@ impl ReleaseSecretKey {
 /// Domain separation of the release signature.
 const RELEASE_SIGNATURE_DST: &[u8] = b"idvault/v1/release-signature\x00";
 
+/// Most bytes of a release request's nonce.
+pub const MAX_RELEASE_NONCE: usize = 64;
+
 /// The bytes the vault signs for one release: `"idvault/v1/release-signature"
 /// ‖ 0x00 ‖ consent_id[16] ‖ subject[16] ‖ grant_hash[32] ‖ u16be(len) ‖
-/// receipt_id ‖ u16be(len) ‖ enc ‖ u32be(len) ‖ ciphertext`. Every field of
-/// the response a partner acts on is covered; each variable field is
+/// nonce ‖ u16be(len) ‖ receipt_id ‖ u16be(len) ‖ enc ‖ u32be(len) ‖
+/// ciphertext`. Every field of the response a partner acts on is covered,
+/// and the nonce of the request it answers; each variable field is
 /// length-prefixed so no two responses share signed bytes.
 pub fn release_signed_bytes(
     consent_id: &[u8; ID_LEN],
     subject: &SubjectId,
     grant_hash: &[u8; 32],
+    nonce: &[u8],
     receipt_id: &str,
     enc: &[u8],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
+    if nonce.len() > MAX_RELEASE_NONCE {
+        return Err(CryptoError::InvalidLength);
+    }
     let short = |n: usize| u16::try_from(n).map_err(|_| CryptoError::InvalidLength);
     let long = |n: usize| u32::try_from(n).map_err(|_| CryptoError::InvalidLength);
     let mut out = Vec::with_capacity(
@@ -249,6 +257,8 @@ pub fn release_signed_bytes(
     out.extend_from_slice(consent_id);
     out.extend_from_slice(subject.as_bytes());
     out.extend_from_slice(grant_hash);
+    out.extend_from_slice(&short(nonce.len())?.to_be_bytes());
+    out.extend_from_slice(nonce);
     out.extend_from_slice(&short(receipt_id.len())?.to_be_bytes());
     out.extend_from_slice(receipt_id.as_bytes());
     out.extend_from_slice(&short(enc.len())?.to_be_bytes());
@@ -479,6 +489,7 @@ mod tests {
             &[0x33; 16],
             &subject,
             &[0x44; 32],
+            &[0x66; 16],
             "rcp_0123",
             &[0x04; 65],
             &[0x55; 20],
@@ -501,5 +512,5 @@ mod tests {
     }
 
     const RELEASE_PUBLIC: &str = "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737";
-    const RELEASE_SIGNATURE: &str = "c227c058ad38f5cd9a61493d0fad37a1ddf3029f16961e4f595682c2dc43b7217c945f4423339bfb03ce9ccbd6ee1e758065d2e21019f979452acd0139f6d309";
+    const RELEASE_SIGNATURE: &str = "16b07b27876ce578203c7c8fafa5471786971253bb93ba5176eefdb9d7c3c2f8bbb7f650629bff37d93ce32d8751b9af1febecaf1357abe1cf18937d8a9a7b0c";
 }

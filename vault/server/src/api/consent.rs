@@ -79,7 +79,18 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         use pb::release_request::Consent;
         let who = caller(&req)?;
-        let input = match req.into_inner().consent {
+        let req = req.into_inner();
+        let nonce = req.nonce;
+        if nonce.len() > idvault_core::consent::MAX_RELEASE_NONCE {
+            return Err(self
+                .malformed(
+                    &who,
+                    (Action::PresentConsent, Action::ReleaseConsented),
+                    "ReleaseRequest.nonce is at most 64 bytes",
+                )
+                .await);
+        }
+        let input = match req.consent {
             Some(Consent::Signed(s)) => ReleaseInput::Grant(Signed {
                 bytes: s.grant,
                 signature: s.signature,
@@ -97,10 +108,9 @@ impl ConsentService for ConsentApi {
             }
         };
         let vault = Arc::clone(&self.vault);
-        let r = detached(
-            self.deadline,
-            async move { vault.release(&who, input).await },
-        )
+        let r = detached(self.deadline, async move {
+            vault.release(&who, input, &nonce).await
+        })
         .await?;
         Ok(Response::new(pb::ReleaseResponse {
             consent_id: r.consent_id.to_vec(),

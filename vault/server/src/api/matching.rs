@@ -90,9 +90,16 @@ impl MatchService for MatchApi {
         let who = caller(&req)?;
         let mut stream = req.into_inner();
         let vault = Arc::clone(&self.vault);
+        // A partner holds a few streams at once, not an unbounded number
+        // of tasks; a refused one gets a status, not an empty stream.
+        let slot = within(self.deadline, async {
+            vault.open_match_stream(&who).await.map_err(status)
+        })
+        .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let deadline = tokio::time::Instant::now() + self.stream_deadline;
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let batch = match super::next_message(&mut stream, deadline, "MatchStream").await {
                     Ok(Some(m)) => m,

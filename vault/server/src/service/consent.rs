@@ -169,6 +169,35 @@ impl Vault {
         &self,
         caller: &Caller,
         input: ReleaseInput,
+        nonce: &[u8],
+    ) -> Result<Release, VaultError> {
+        if nonce.len() > c::MAX_RELEASE_NONCE {
+            // Caught at the edge (audited there); a direct caller gets the
+            // same answer.
+            return Err(VaultError::BadRequest(format!(
+                "the nonce is at most {} bytes",
+                c::MAX_RELEASE_NONCE
+            )));
+        }
+        let mut r = self.release_unsigned(caller, input).await?;
+        let signed = c::release_signed_bytes(
+            &r.consent_id,
+            &r.subject,
+            &r.grant_hash,
+            nonce,
+            &r.receipt_id,
+            &r.enc,
+            &r.ciphertext,
+        )
+        .map_err(|_| VaultError::Internal("release too large to sign"))?;
+        r.signature = self.release_signer()?.sign(&signed);
+        Ok(r)
+    }
+
+    async fn release_unsigned(
+        &self,
+        caller: &Caller,
+        input: ReleaseInput,
     ) -> Result<Release, VaultError> {
         // The gate: may this partner present consents at all? (Checked
         // before any signature work.) The release itself is decided once
@@ -396,16 +425,6 @@ impl Vault {
             join_field_names(&receipt.fields),
             receipt.receipt_id
         );
-        let signed = c::release_signed_bytes(
-            &consent.consent_id,
-            &id,
-            &consent.grant_hash,
-            &receipt.receipt_id,
-            &sealed.enc,
-            &sealed.ciphertext,
-        )
-        .map_err(|_| VaultError::Internal("release too large to sign"))?;
-        let signature = self.release_signer()?.sign(&signed);
         self.commit(tx, req, Some(&id), detail).await?;
         Ok(Some(Release {
             consent_id: consent.consent_id,
@@ -414,13 +433,26 @@ impl Vault {
             ciphertext: sealed.ciphertext,
             receipt_id: receipt.receipt_id,
             grant_hash: consent.grant_hash,
-            signature,
+            signature: Vec::new(),
         }))
     }
 
-    /// The signer of releases (the current root key version's).
-    fn release_signer(&self) -> Result<c::ReleaseSigner, VaultError> {
-        release_signer(self.keys(), self.keys().current_version())
+    /// The signer of releases (the current root key version's), made once
+    /// per version.
+    fn release_signer(&self) -> Result<std::sync::Arc<c::ReleaseSigner>, VaultError> {
+        let v = self.keys().current_version();
+        let mut cached = self
+            .release_signer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((version, s)) = cached.as_ref()
+            && *version == v
+        {
+            return Ok(std::sync::Arc::clone(s));
+        }
+        let s = std::sync::Arc::new(release_signer(self.keys(), v)?);
+        *cached = Some((v, std::sync::Arc::clone(&s)));
+        Ok(s)
     }
 
     /// The release verification keys of every root key version, oldest

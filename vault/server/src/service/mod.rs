@@ -184,6 +184,10 @@ pub struct Vault {
     admission: state::Admission,
     audit: crate::config::AuditSection,
     retention: crate::config::RetentionSection,
+    /// The release signer of the current key version, made once: each
+    /// ring key pair left behind would be a copy of the private key in
+    /// freed memory.
+    release_signer: std::sync::Mutex<Option<(u32, Arc<idvault_core::consent::ReleaseSigner>)>>,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -222,6 +226,7 @@ impl Vault {
             admission,
             audit: crate::config::AuditSection::default(),
             retention: crate::config::RetentionSection::default(),
+            release_signer: std::sync::Mutex::default(),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),

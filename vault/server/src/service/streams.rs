@@ -16,6 +16,8 @@ pub enum StreamKind {
     Commands,
     /// `TokenizeLog`.
     TokenizeLog,
+    /// `MatchStream`.
+    Match,
 }
 
 impl std::fmt::Display for StreamKind {
@@ -23,6 +25,7 @@ impl std::fmt::Display for StreamKind {
         f.write_str(match self {
             Self::Commands => "command",
             Self::TokenizeLog => "TokenizeLog",
+            Self::Match => "MatchStream",
         })
     }
 }
@@ -75,5 +78,21 @@ impl Vault {
             vault: Arc::clone(self),
             key,
         })
+    }
+}
+
+impl Vault {
+    /// Authorises a `MatchStream` and takes one of the partner's slots for
+    /// it (refusals audited; each batch is audited as it is answered).
+    pub async fn open_match_stream(
+        self: &Arc<Self>,
+        caller: &super::Caller,
+    ) -> Result<StreamSlot, VaultError> {
+        self.handle(
+            caller,
+            idvault_policies::Action::MatchSubjects,
+            async |req| self.take_stream_slot(StreamKind::Match, &req.partner.name),
+        )
+        .await
     }
 }

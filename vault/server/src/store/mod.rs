@@ -458,6 +458,16 @@ async fn resolve<'e>(
     Ok(row.map(|(t, a)| a.unwrap_or(t)))
 }
 
+/// A database error of a COMMIT, as [`StoreError::Batch`]: unlike a
+/// failed statement, it is not the request's own failure (its outcome may
+/// be unknown), so the pipeline must not record it as a refusal.
+pub(super) fn commit_failed(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Database(e) => StoreError::Batch(format!("the commit failed: {e}")),
+        e => e,
+    }
+}
+
 /// A write transaction that ends by appending exactly one audit leaf.
 /// Dropping it without [`AuditedTx::commit`] rolls its writes back.
 ///
@@ -494,7 +504,10 @@ impl AuditedTx {
             let set = std::mem::take(&mut self.pending);
             return applier.submit(set, self.deadline, slot).await;
         }
-        self.finish().await
+        // The request's own rows first: a failure here is the request's.
+        self.conn().await?;
+        // A failed COMMIT is not: its outcome may be unknown.
+        self.finish().await.map_err(commit_failed)
     }
 
     /// The transaction's connection, opened on first use; rows waiting in

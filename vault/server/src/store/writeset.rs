@@ -430,9 +430,14 @@ async fn apply_own_transactions(pool: &AnyPool, group: Vec<Submitted>) {
     );
     for s in group.into_iter().filter_map(Submitted::expired) {
         let res = async {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool
+                .begin()
+                .await
+                .map_err(|e| super::commit_failed(e.into()))?;
             apply(&mut tx, Backend::Postgres, &[&s.set]).await?;
-            tx.commit().await?;
+            tx.commit()
+                .await
+                .map_err(|e| super::commit_failed(e.into()))?;
             Ok(())
         }
         .await;

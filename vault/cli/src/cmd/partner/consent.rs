@@ -116,25 +116,41 @@ pub(crate) async fn partner(
                     idvault_client::ReleaseVerifier::from_text(&t)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", vault_path.display()))
                 })?;
-            let req = match (consent, standing) {
+            let (req, consent_id) = match (consent, standing) {
                 (Some(f), _) => {
                     let bytes = std::fs::read(&f)
                         .with_context(|| format!("cannot read {}", f.display()))?;
                     let s = pb::SignedConsent::decode(bytes.as_slice())
                         .context("the consent file is not a SignedConsent")?;
-                    pb::release_request::Consent::Signed(s)
+                    let grant = pb::ConsentGrant::decode(s.grant.as_slice())
+                        .context("the consent file's grant does not decode")?;
+                    (pb::release_request::Consent::Signed(s), grant.consent_id)
                 }
-                (None, Some(h)) => pb::release_request::Consent::StandingConsentId(
-                    hex::decode(h.trim()).context("--standing takes a hex consent id")?,
-                ),
+                (None, Some(h)) => {
+                    let id = hex::decode(h.trim()).context("--standing takes a hex consent id")?;
+                    (
+                        pb::release_request::Consent::StandingConsentId(id.clone()),
+                        id,
+                    )
+                }
                 (None, None) => bail!("give --consent FILE or --standing ID"),
             };
+            let nonce = idvault_client::release_nonce(&SystemRng::default())?;
             let mut c = ConsentServiceClient::new(conn.channel().await?);
             let r = c
-                .release(pb::ReleaseRequest { consent: Some(req) })
+                .release(pb::ReleaseRequest {
+                    consent: Some(req),
+                    nonce: nonce.to_vec(),
+                })
                 .await?
                 .into_inner();
-            let fields = key.open(&r, None, &vault)?;
+            // The release must answer this request: this consent, this nonce.
+            let expected = idvault_client::Expected {
+                subject: None,
+                consent_id: Some(&consent_id),
+                nonce: &nonce,
+            };
+            let fields = key.open(&r, &expected, &vault)?;
             println!(
                 "subject_id={} consent_id={} receipt_id={} grant_hash={}",
                 r.subject_id,

@@ -22,6 +22,8 @@ use idvault_tokenizer::pipeline::MAX_RECORD_BYTES;
 /// message of one-byte lines would otherwise make about 500,000 rejects,
 /// held until a slow reader takes them.
 pub const MAX_REJECTS_PER_MESSAGE: usize = 10_000;
+/// Identifiers looked up per database round of a cross-reference chunk.
+const RESOLVE_CHUNK: usize = 2_000;
 /// Rejected records one stream may produce in all.
 pub const MAX_REJECTS_PER_STREAM: usize = 100_000;
 
@@ -272,7 +274,9 @@ impl LogTokenizer {
                 })
                 .await
                 .map_err(|_| VaultError::Internal("tokenizer task failed"))?;
-                let map = vault.resolve_entities(&keys, wanted).await?;
+                let map = vault
+                    .resolve_entities(&keys, wanted, MAX_REJECTS_PER_MESSAGE)
+                    .await?;
                 // Pass 2: rewrite with the resolved tokens.
                 tokio::task::spawn_blocking(move || {
                     rewrite(&settings, &Resolved(map), &chunk, first)
@@ -319,16 +323,21 @@ fn rewrite(
 impl Vault {
     /// Resolves normalised identifiers to canonical entity tokens, through
     /// the cache, looking up every live key version's blind index on a miss.
+    /// More than `max_unlinked` identifiers linked to nothing end the
+    /// message (each would be a refused record): the lookups stop there,
+    /// so junk cannot buy unbounded database work.
     async fn resolve_entities(
         &self,
         keys: &[XrefIndexKey],
         wanted: Vec<(IdentifierType, String)>,
+        max_unlinked: usize,
     ) -> Result<HashMap<(IdentifierType, String), String>, VaultError> {
         // One cheap read per chunk keeps every replica's cache honest.
         let generation = self.store().xref_generation().await?;
         self.xref_cache().sync(generation);
         let mut out = HashMap::with_capacity(wanted.len());
         let mut misses = Vec::new();
+        let mut unlinked = 0usize;
         for (ty, n) in wanted {
             let Some(current) = keys.first() else { break };
             let bi = blind_index(current, ty, &n);
@@ -337,30 +346,42 @@ impl Vault {
                     out.insert((ty, n), t);
                 }
                 // Known to be linked to nothing: no database round trip.
-                Some(None) => {}
+                Some(None) => unlinked += 1,
                 None => misses.push((ty, n, bi)),
             }
         }
-        if misses.is_empty() {
-            return Ok(out);
+        let too_many = || VaultError::TooManyRejects(max_unlinked, "in one message");
+        if unlinked > max_unlinked {
+            return Err(too_many());
         }
-        // Every live version's blind index of every miss, in one batched lookup.
-        let per_miss: Vec<Vec<[u8; HASH_LEN]>> = misses
-            .iter()
-            .map(|(ty, n, bi)| {
-                std::iter::once(*bi)
-                    .chain(keys.iter().skip(1).map(|k| blind_index(k, *ty, n)))
-                    .collect()
-            })
-            .collect();
-        let all: Vec<[u8; HASH_LEN]> = per_miss.iter().flatten().copied().collect();
-        let found = self.store().xref_lookup(&all).await?;
-        for ((ty, n, bi), indexes) in misses.into_iter().zip(per_miss) {
-            // Newest version first, as at import.
-            let token = indexes.iter().find_map(|i| found.get(i)).cloned();
-            self.xref_cache().insert(generation, bi, token.clone());
-            if let Some(token) = token {
-                out.insert((ty, n), token);
+        // Every live version's blind index of every miss, looked up a
+        // chunk at a time so a message of junk stops early.
+        let mut misses = misses.into_iter().peekable();
+        while misses.peek().is_some() {
+            let chunk: Vec<_> = misses.by_ref().take(RESOLVE_CHUNK).collect();
+            let per_miss: Vec<Vec<[u8; HASH_LEN]>> = chunk
+                .iter()
+                .map(|(ty, n, bi)| {
+                    std::iter::once(*bi)
+                        .chain(keys.iter().skip(1).map(|k| blind_index(k, *ty, n)))
+                        .collect()
+                })
+                .collect();
+            let all: Vec<[u8; HASH_LEN]> = per_miss.iter().flatten().copied().collect();
+            let found = self.store().xref_lookup(&all).await?;
+            for ((ty, n, bi), indexes) in chunk.into_iter().zip(per_miss) {
+                // Newest version first, as at import.
+                let token = indexes.iter().find_map(|i| found.get(i)).cloned();
+                self.xref_cache().insert(generation, bi, token.clone());
+                match token {
+                    Some(token) => {
+                        out.insert((ty, n), token);
+                    }
+                    None => unlinked += 1,
+                }
+            }
+            if unlinked > max_unlinked {
+                return Err(too_many());
             }
         }
         Ok(out)
