@@ -277,10 +277,10 @@ pub fn derive_from_root<P: KeyPurpose>(root: &RootKey, label: &str) -> Result<Se
     info.extend_from_slice(label.as_bytes());
     info.push(0);
     info.extend_from_slice(&root.version().to_be_bytes());
-    let mut okm = [0u8; KEY_LEN];
-    crypto::hkdf_sha256(HKDF_SALT, root.expose(), &info, &mut okm)?;
-    let key = Secret::from_bytes(okm, root.version());
-    okm.zeroize();
+    // Derived straight into the key's own (heap) storage: no copy of the
+    // output stays on the stack.
+    let mut key = Secret::from_bytes([0u8; KEY_LEN], root.version());
+    crypto::hkdf_sha256(HKDF_SALT, root.expose(), &info, key.expose_mut())?;
     Ok(key)
 }
 
@@ -360,8 +360,9 @@ pub fn unwrap_dek(
         .ok_or(KeyError::Unwrap)?;
     let pt = crypto::aead_open(kek.expose(), nonce, &wrap_aad(subject, kek.version()), ct)
         .map_err(|_| KeyError::Unwrap)?;
-    let bytes: [u8; KEY_LEN] = pt.as_slice().try_into().map_err(|_| KeyError::Unwrap)?;
-    Ok(DataKey::from_bytes(bytes, 1))
+    // Straight from the wiped plaintext buffer into the key's own storage:
+    // no copy of the DEK is left on the stack.
+    DataKey::from_slice(&pt, 1).ok_or(KeyError::Unwrap)
 }
 
 #[cfg(test)]

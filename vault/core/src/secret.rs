@@ -54,20 +54,41 @@ purposes! {
 }
 
 /// A 256-bit secret of purpose `P` with a key version.
+///
+/// The bytes live on the heap, in one place for the secret's life: moving
+/// a `Secret` (returning it, storing it) moves a pointer, not the key, so
+/// no stale copies are left in old stack frames; the one copy is wiped on
+/// drop.
 pub struct Secret<P: KeyPurpose> {
-    bytes: [u8; KEY_LEN],
+    bytes: Box<[u8; KEY_LEN]>,
     version: u32,
     _purpose: PhantomData<P>,
 }
 
 impl<P: KeyPurpose> Secret<P> {
-    /// Wraps raw key bytes. The caller's copy should be zeroized.
+    /// Wraps raw key bytes. The caller's copy should be zeroized (or use
+    /// [`Self::from_slice`], which leaves none).
     pub fn from_bytes(bytes: [u8; KEY_LEN], version: u32) -> Self {
         Self {
-            bytes,
+            bytes: Box::new(bytes),
             version,
             _purpose: PhantomData,
         }
+    }
+
+    /// Copies key bytes straight into the secret's own storage (no
+    /// intermediate array); `None` unless `bytes` is [`KEY_LEN`] long.
+    pub fn from_slice(bytes: &[u8], version: u32) -> Option<Self> {
+        if bytes.len() != KEY_LEN {
+            return None;
+        }
+        let mut s = Self {
+            bytes: Box::new([0u8; KEY_LEN]),
+            version,
+            _purpose: PhantomData,
+        };
+        s.bytes.copy_from_slice(bytes);
+        Some(s)
     }
 
     /// The key's version number.
@@ -79,11 +100,20 @@ impl<P: KeyPurpose> Secret<P> {
     pub fn expose(&self) -> &[u8; KEY_LEN] {
         &self.bytes
     }
+
+    /// The key's storage, for a derivation to write into in place.
+    pub(crate) fn expose_mut(&mut self) -> &mut [u8; KEY_LEN] {
+        &mut self.bytes
+    }
 }
 
 impl<P: KeyPurpose> Clone for Secret<P> {
     fn clone(&self) -> Self {
-        Self::from_bytes(self.bytes, self.version)
+        Self {
+            bytes: Box::new(*self.bytes),
+            version: self.version,
+            _purpose: PhantomData,
+        }
     }
 }
 
@@ -119,6 +149,16 @@ pub type TokenKey = Secret<TokenKeyMaterial>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_slice_takes_exactly_a_key() {
+        let k = DataKey::from_slice(&[7; KEY_LEN], 3).unwrap();
+        assert_eq!((k.expose(), k.version()), (&[7; KEY_LEN], 3));
+        assert!(DataKey::from_slice(&[7; KEY_LEN - 1], 1).is_none());
+        assert!(DataKey::from_slice(&[7; KEY_LEN + 1], 1).is_none());
+        let c = k.clone();
+        assert_eq!(c.expose(), k.expose());
+    }
 
     #[test]
     fn debug_never_prints_bytes() {
