@@ -713,6 +713,68 @@ pub async fn forged_release_is_refused(backend: Backend) -> anyhow::Result<()> {
     cx.tv.stop().await
 }
 
+/// A release decrypts only the newest packet of each field: a damaged
+/// older version of a field does not stop it (the chain's own check is
+/// `VerifySubjectChain`), and the newest value is what is released. A
+/// damaged newest packet still fails closed.
+pub async fn release_reads_only_the_newest_packets(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::subject::SubjectId;
+    use idvault_tests::idvault_proto::v1::UpdateSubjectRequest;
+    let mut cx = setup(backend).await;
+    let mut s = cx.tv.subjects("partner-a").await?;
+    for v in ["ada@second.example", "ada@third.example"] {
+        s.update_subject(UpdateSubjectRequest {
+            subject_id: cx.subject.clone(),
+            fields: vec![pb::Field {
+                name: "email".into(),
+                value: v.into(),
+            }],
+        })
+        .await?;
+    }
+    let sid = SubjectId::parse(&cx.subject)?.as_bytes().to_vec();
+    let flip = async |tv: &TestVault, seq: i64| -> anyhow::Result<()> {
+        let mut bytes: Vec<u8> =
+            sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = $2")
+                .bind(sid.clone())
+                .bind(seq)
+                .fetch_one(tv.db())
+                .await?;
+        *bytes.last_mut().expect("bytes") ^= 1;
+        sqlx::query("UPDATE packets SET packet = $1 WHERE subject_id = $2 AND seq = $3")
+            .bind(bytes)
+            .bind(sid.clone())
+            .bind(seq)
+            .execute(tv.db())
+            .await?;
+        Ok(())
+    };
+    let emails: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM packets WHERE subject_id = $1 AND field_name = 'email' ORDER BY seq",
+    )
+    .bind(sid.clone())
+    .fetch_all(cx.tv.db())
+    .await?;
+    assert_eq!(emails.len(), 3);
+    // The first email packet is damaged: the release does not open it.
+    flip(&cx.tv, emails[0]).await?;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let r = cx.release(true, cx.sign(&g)).await?;
+    let got = cx.open(&r);
+    assert!(
+        got.contains(&("email".to_owned(), "ada@third.example".to_owned())),
+        "{got:?}"
+    );
+    // The newest one damaged: refused, nothing released.
+    flip(&cx.tv, emails[2]).await?;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let e = cx.release(true, cx.sign(&g)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    cx.tv.stop().await
+}
+
 pub async fn challenge_and_replay_refusals(backend: Backend) -> anyhow::Result<()> {
     let mut cx = setup(backend).await;
     let ch = cx.challenge(true).await;

@@ -253,3 +253,45 @@ pub async fn crypto_shredding(b: Backend) -> anyhow::Result<()> {
     }
     tv.stop().await
 }
+
+/// A subject's chain is capped: an update that would take it past
+/// `MAX_CHAIN_PACKETS` is refused (FAILED_PRECONDITION, audited) and
+/// writes nothing; one that fits still goes through.
+pub async fn chain_length_is_capped(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let id = create(&tv, "partner-a", &[("city", "Lima")]).await?;
+    let sid = SubjectId::parse(&id)?;
+    // Stand in for a long history: the cap is checked against the head's
+    // sequence number before any work.
+    sqlx::query("UPDATE subjects SET head_seq = $1 WHERE subject_id = $2")
+        .bind(i64::try_from(packet::MAX_CHAIN_PACKETS)? - 1)
+        .bind(sid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    let mut c = tv.subjects("partner-a").await?;
+    let e = c
+        .update_subject(UpdateSubjectRequest {
+            subject_id: id.clone(),
+            fields: fields(&[("city", "Cusco"), ("email", "x@example.org")]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("at most 10000 packets"),
+        "{}",
+        e.message()
+    );
+    let packets: i64 = sqlx::query_scalar("SELECT count(*) FROM packets WHERE subject_id = $1")
+        .bind(sid.as_bytes().to_vec())
+        .fetch_one(tv.db())
+        .await?;
+    assert_eq!(packets, 1, "nothing written");
+    let outcome: String = sqlx::query_scalar(
+        "SELECT outcome FROM audit_log WHERE action = 'UpdateSubject' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(tv.db())
+    .await?;
+    assert_eq!(outcome, "invalid");
+    tv.stop().await
+}

@@ -247,6 +247,12 @@ pub struct NewPacket {
     pub packet: SealedPacket,
 }
 
+/// Most packets one subject's chain may hold. Every update appends (up to
+/// a dozen fields of up to 4 KiB each), so an unbounded chain would make
+/// every full read of a subject (its verification, a re-index) grow
+/// without end; past this the vault refuses the update.
+pub const MAX_CHAIN_PACKETS: u64 = 10_000;
+
 /// Seals `fields` as the next packets of the chain at `head`.
 /// Returns the packets and the new head. Pure: nothing is stored.
 pub fn append(
@@ -384,21 +390,26 @@ pub fn newest_values<'a>(
     dek: &DataKey,
     stored: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<BTreeMap<FieldName, FieldValue>, PacketError> {
-    let mut out: BTreeMap<FieldName, (u64, FieldValue)> = BTreeMap::new();
+    // Headers first (cheap, and authenticated by the open below), then
+    // only the newest packet of each field is decrypted: the cost is the
+    // number of fields, not the length of the history.
+    let mut newest: BTreeMap<FieldName, ParsedPacket<'a>> = BTreeMap::new();
     for bytes in stored {
         let p = parse(bytes)?;
         if p.header.subject != *subject {
             return Err(PacketError::Malformed);
         }
-        let v = p.open(dek)?;
-        match out.get(&p.header.field) {
-            Some((seq, _)) if *seq > p.header.seq => {}
+        match newest.get(&p.header.field) {
+            Some(q) if q.header.seq > p.header.seq => {}
             _ => {
-                out.insert(p.header.field, (p.header.seq, v));
+                newest.insert(p.header.field, p);
             }
         }
     }
-    Ok(out.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    newest
+        .into_iter()
+        .map(|(field, p)| Ok((field, p.open(dek)?)))
+        .collect()
 }
 
 #[cfg(test)]

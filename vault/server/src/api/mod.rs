@@ -101,6 +101,7 @@ pub fn status(err: VaultError) -> Status {
         | VaultError::TooManyRejects(..)
         | VaultError::Overloaded(_) => Code::ResourceExhausted,
         VaultError::DeadlineExceeded => Code::DeadlineExceeded,
+        VaultError::ChainFull(_) => Code::FailedPrecondition,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
         VaultError::Refused(r) => refusal_code(*r),

@@ -346,9 +346,10 @@ impl Vault {
     async fn seal(&self, req: &Request<'_>, consent: &Consent) -> Result<Sealed, VaultError> {
         let id = consent.subject;
         // Two plain reads: `commit_release` re-checks the head they saw.
+        // Only the newest packet of each field is read and decrypted.
         let (row, packets) = self
             .store()
-            .subject_with_packets(&id)
+            .subject_with_newest_packets(&id)
             .await?
             .ok_or(VaultError::NotFound)?;
         // Packets newer than the head read first are left out, so what is

@@ -87,6 +87,10 @@ pub enum VaultError {
     /// The partner already has this many streams of this kind open.
     #[error("at most {1} {0} streams may be open per partner; close one and retry")]
     TooManyStreams(StreamKind, usize),
+    /// The subject's chain would grow past its limit
+    /// ([`idvault_core::packet::MAX_CHAIN_PACKETS`]).
+    #[error("the subject's chain may hold at most {0} packets; this update would exceed it")]
+    ChainFull(u64),
     /// A TokenizeLog stream rejected more records than it may report: the
     /// stream ends (the input is most likely not in the declared format).
     #[error("more than {0} rejected records {1}; check the stream's format and fields")]
@@ -124,7 +128,10 @@ impl VaultError {
     fn outcome(&self) -> &'static str {
         match self {
             Self::Unregistered | Self::Denied(_) | Self::DomainDenied => "denied",
-            Self::Invalid(_) | Self::BadRequest(_) | Self::TooManyRejects(..) => "invalid",
+            Self::Invalid(_)
+            | Self::BadRequest(_)
+            | Self::TooManyRejects(..)
+            | Self::ChainFull(_) => "invalid",
             Self::NotFound => "not_found",
             Self::RateLimited(_) | Self::TooManyStreams(..) | Self::Overloaded(_) => "rate_limited",
             Self::DeadlineExceeded => "deadline_exceeded",

@@ -177,6 +177,7 @@ fn refusal_detail(err: &VaultError) -> String {
         | VaultError::RateLimited(_)
         | VaultError::TooManyStreams(..)
         | VaultError::TooManyRejects(..)
+        | VaultError::ChainFull(_)
         | VaultError::Overloaded(_)
         | VaultError::DeadlineExceeded => err.to_string(),
         // Some of these messages quote what the caller sent (an unknown

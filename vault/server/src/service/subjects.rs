@@ -108,6 +108,9 @@ impl Vault {
             let id = req.subject_id(subject)?;
             req.decide_on_subject(&id, &names(&fields))?;
             let (mut tx, row) = self.open_owned(req, &id).await?;
+            if row.head.seq + fields.len() as u64 > packet::MAX_CHAIN_PACKETS {
+                return Err(VaultError::ChainFull(packet::MAX_CHAIN_PACKETS));
+            }
             let dek = self.subject_dek(&row)?;
             let now = self.now_millis();
             let (packets, head) = packet::append(&id, &dek, row.head, &fields, now, self.rng())

@@ -272,11 +272,14 @@ impl Store {
         Ok(Some(SubjectSnapshot { row, packets, leaf }))
     }
 
-    /// A subject row and its packets, read from the pool with two plain
+    /// A subject's row and, up to the head that row names, the newest
+    /// packet of each field (by the `field_name` column; the caller opens
+    /// them, and the packet header it authenticates is what counts). What a
+    /// release reads: the number of fields, not the history. Two plain
     /// queries (no snapshot): the caller must check, in its write
     /// transaction, that the head it acts on is still the row's (a release
     /// does), since a write may land between the two reads.
-    pub async fn subject_with_packets(
+    pub async fn subject_with_newest_packets(
         &self,
         id: &idvault_core::subject::SubjectId,
     ) -> Result<Option<(idvault_core::records::SubjectRecord, Vec<(u64, Vec<u8>)>)>, StoreError>
@@ -284,7 +287,21 @@ impl Store {
         let Some(row) = self.subject_row(id).await? else {
             return Ok(None);
         };
-        Ok(Some((row, super::packets_of(&self.pool, id).await?)))
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT p.seq, p.packet FROM packets p \
+             JOIN (SELECT field_name, max(seq) AS seq FROM packets \
+                   WHERE subject_id = $1 AND seq <= $2 GROUP BY field_name) n \
+             ON p.seq = n.seq WHERE p.subject_id = $1 ORDER BY p.seq",
+        )
+        .bind(id.as_bytes().to_vec())
+        .bind(u64_to_i64(row.head.seq)?)
+        .fetch_all(&self.pool)
+        .await?;
+        let packets = rows
+            .into_iter()
+            .map(|(seq, b)| Ok((i64_to_u64(seq, "packets.seq")?, b)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some((row, packets)))
     }
 
     /// Stored perfect nodes among `ids` (missing ones are left out).
