@@ -17,6 +17,7 @@ mod bad_input;
 mod bridge;
 mod consent;
 mod events;
+mod hostile;
 mod logs;
 mod matching;
 mod mtls;
@@ -47,6 +48,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     subjects::owner_isolation,
     subjects::crypto_shredding,
     subjects::chain_length_is_capped,
+    hostile::other_partners_ids_look_absent,
     tamper::flipped_ciphertext_byte,
     tamper::packet_moved_to_other_subject,
     tamper::middle_packet_deleted,
