@@ -48,8 +48,10 @@ impl MatchState {
     }
 }
 
-/// Entries kept in the lookup cache before it is emptied.
-const CACHE_LIMIT: usize = 1_000_000;
+/// Entries one partner's part of the lookup cache keeps before that part
+/// is emptied: one partner's lookups (a stream of unlinked junk, say)
+/// never evict another partner's entries.
+const CACHE_LIMIT_PER_PARTNER: usize = 250_000;
 
 /// Identifier → canonical entity token, by current-version blind index.
 ///
@@ -63,16 +65,18 @@ pub(crate) struct XrefCache(RwLock<CacheInner>);
 #[derive(Debug, Default)]
 struct CacheInner {
     generation: i64,
+    /// Per partner (its cross-reference namespace): blind index → token.
     /// `None` records "linked to no entity" (any import that adds links
-    /// bumps the generation, which empties the cache).
-    map: HashMap<[u8; HASH_LEN], Option<String>>,
+    /// bumps the generation, which empties the cache). Partners come from
+    /// the registry, so the number of parts is bounded too.
+    parts: HashMap<String, HashMap<[u8; HASH_LEN], Option<String>>>,
 }
 
 impl XrefCache {
     /// Drops every entry and forgets the generation.
     pub(crate) fn clear(&self) {
         if let Ok(mut c) = self.0.write() {
-            c.map.clear();
+            c.parts.clear();
             c.generation = -1;
         }
     }
@@ -82,24 +86,37 @@ impl XrefCache {
         if let Ok(mut c) = self.0.write()
             && c.generation != generation
         {
-            c.map.clear();
+            c.parts.clear();
             c.generation = generation;
         }
     }
 
-    pub(crate) fn get(&self, k: &[u8; HASH_LEN]) -> Option<Option<String>> {
-        self.0.read().ok()?.map.get(k).cloned()
+    pub(crate) fn get(&self, owner: &str, k: &[u8; HASH_LEN]) -> Option<Option<String>> {
+        self.0.read().ok()?.parts.get(owner)?.get(k).cloned()
     }
 
-    pub(crate) fn insert(&self, generation: i64, k: [u8; HASH_LEN], v: Option<String>) {
+    pub(crate) fn insert(
+        &self,
+        generation: i64,
+        owner: &str,
+        k: [u8; HASH_LEN],
+        v: Option<String>,
+    ) {
         if let Ok(mut c) = self.0.write() {
             if c.generation != generation {
                 return;
             }
-            if c.map.len() >= CACHE_LIMIT {
-                c.map.clear();
+            // No allocation for the owner's name on the hot path.
+            if !c.parts.contains_key(owner) {
+                c.parts.insert(owner.to_owned(), HashMap::new());
             }
-            c.map.insert(k, v);
+            let Some(part) = c.parts.get_mut(owner) else {
+                return;
+            };
+            if part.len() >= CACHE_LIMIT_PER_PARTNER {
+                part.clear();
+            }
+            part.insert(k, v);
         }
     }
 }
@@ -169,5 +186,29 @@ impl Admission {
         let mut v: Vec<_> = m.drain().collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_partners_lookups_never_evict_anothers() {
+        let c = XrefCache::default();
+        c.sync(1);
+        c.insert(1, "a", [1; HASH_LEN], Some("et_a".into()));
+        for i in 0..=CACHE_LIMIT_PER_PARTNER as u32 {
+            let mut k = [0u8; HASH_LEN];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            c.insert(1, "b", k, None);
+        }
+        assert_eq!(c.get("a", &[1; HASH_LEN]), Some(Some("et_a".into())));
+        // Namespaces do not see each other's entries.
+        assert_eq!(c.get("b", &[1; HASH_LEN]), None);
+        // A new generation empties every part; a stale insert is dropped.
+        c.sync(2);
+        c.insert(1, "a", [1; HASH_LEN], Some("et_a".into()));
+        assert_eq!(c.get("a", &[1; HASH_LEN]), None);
     }
 }

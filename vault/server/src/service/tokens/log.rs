@@ -95,7 +95,9 @@ impl TokenSource for Resolved {
 
 enum Source {
     Stateless(Arc<DomainKey>),
-    CrossReference(Arc<Vec<XrefIndexKey>>),
+    /// The partner (its cross-reference namespace) and its blind-index
+    /// keys, newest version first.
+    CrossReference(String, Arc<Vec<XrefIndexKey>>),
 }
 
 /// One tokenize stream's state.
@@ -219,7 +221,7 @@ impl Vault {
                     .map(|x| self.keys().xref_index_key(&partner.name, x))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((
-                    Source::CrossReference(Arc::new(keys)),
+                    Source::CrossReference(partner.name.clone(), Arc::new(keys)),
                     "mode=cross_reference".to_owned(),
                 ))
             }
@@ -260,8 +262,8 @@ impl LogTokenizer {
                     .await
                     .map_err(|_| VaultError::Internal("tokenizer task failed"))?
             }
-            Source::CrossReference(keys) => {
-                let keys = Arc::clone(keys);
+            Source::CrossReference(owner, keys) => {
+                let (owner, keys) = (owner.clone(), Arc::clone(keys));
                 let vault = Arc::clone(&self.vault);
                 // Pass 1: which identifiers does this chunk need?
                 let (chunk, settings, wanted) = tokio::task::spawn_blocking(move || {
@@ -275,7 +277,7 @@ impl LogTokenizer {
                 .await
                 .map_err(|_| VaultError::Internal("tokenizer task failed"))?;
                 let map = vault
-                    .resolve_entities(&keys, wanted, MAX_REJECTS_PER_MESSAGE)
+                    .resolve_entities(&owner, &keys, wanted, MAX_REJECTS_PER_MESSAGE)
                     .await?;
                 // Pass 2: rewrite with the resolved tokens.
                 tokio::task::spawn_blocking(move || {
@@ -328,6 +330,7 @@ impl Vault {
     /// so junk cannot buy unbounded database work.
     async fn resolve_entities(
         &self,
+        owner: &str,
         keys: &[XrefIndexKey],
         wanted: Vec<(IdentifierType, String)>,
         max_unlinked: usize,
@@ -341,7 +344,7 @@ impl Vault {
         for (ty, n) in wanted {
             let Some(current) = keys.first() else { break };
             let bi = blind_index(current, ty, &n);
-            match self.xref_cache().get(&bi) {
+            match self.xref_cache().get(owner, &bi) {
                 Some(Some(t)) => {
                     out.insert((ty, n), t);
                 }
@@ -372,7 +375,8 @@ impl Vault {
             for ((ty, n, bi), indexes) in chunk.into_iter().zip(per_miss) {
                 // Newest version first, as at import.
                 let token = indexes.iter().find_map(|i| found.get(i)).cloned();
-                self.xref_cache().insert(generation, bi, token.clone());
+                self.xref_cache()
+                    .insert(generation, owner, bi, token.clone());
                 match token {
                     Some(token) => {
                         out.insert((ty, n), token);
