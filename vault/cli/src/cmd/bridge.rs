@@ -18,9 +18,10 @@ pub(crate) enum BridgeCommand {
         dir: DataDir,
         /// The partner (registry name) whose sending platform gets the key:
         /// each partner has its own, and a file sealed with it imports only
-        /// into that partner's namespace.
+        /// into that partner's namespace. Default: the one partner holding
+        /// `bridge.import`, if exactly one does.
         #[arg(long)]
-        partner: String,
+        partner: Option<String>,
         /// Where to write the key file (mode 0600; never overwritten).
         #[arg(long)]
         out: PathBuf,
@@ -245,6 +246,22 @@ pub(crate) async fn run(command: BridgeCommand) -> anyhow::Result<()> {
     match command {
         BridgeCommand::ExportKey { dir, partner, out } => {
             let cfg = dir.load()?;
+            let importers: Vec<&str> = cfg
+                .file
+                .partners
+                .iter()
+                .filter(|p| p.roles.iter().any(|r| r == "bridge.import"))
+                .map(|p| p.name.as_str())
+                .collect();
+            let partner = match (partner, importers.as_slice()) {
+                (Some(p), _) => p,
+                (None, [only]) => (*only).to_owned(),
+                (None, []) => bail!("no partner holds bridge.import; name one with --partner"),
+                (None, many) => bail!(
+                    "several partners may import bridge files ({}); name one with --partner",
+                    many.join(", ")
+                ),
+            };
             if !cfg.file.partners.iter().any(|p| p.name == partner) {
                 bail!("no partner named {partner:?} in the registry");
             }
