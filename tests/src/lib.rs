@@ -94,6 +94,29 @@ impl TestVault {
         Self::start_edited(backend, |_, _| Ok(String::new()), edit).await
     }
 
+    /// Starts a vault where dev partner `partner` also holds `roles`.
+    /// Panics if the dev config no longer has the shape this edits, so a
+    /// test never runs silently without the roles it asked for.
+    pub async fn start_with_roles(
+        backend: Backend,
+        partner: &str,
+        roles: &[&str],
+    ) -> anyhow::Result<Self> {
+        let anchor = format!(
+            "spiffe_id = \"spiffe://{}/partner/{partner}\"\nroles = [",
+            idvault_server::devinit::DEV_TRUST_DOMAIN
+        );
+        let added: String = roles.iter().map(|r| format!("\"{r}\", ")).collect();
+        Self::start_config(backend, |text| {
+            assert!(
+                text.contains(&anchor),
+                "no roles line for {partner} in the dev config"
+            );
+            text.replace(&anchor, &format!("{anchor}{added}"))
+        })
+        .await
+    }
+
     async fn start_edited(
         backend: Backend,
         extra: impl FnOnce(&Path, &DevCa) -> anyhow::Result<String>,

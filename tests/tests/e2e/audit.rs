@@ -509,9 +509,40 @@ pub async fn refusals_are_audited_without_pii(b: Backend) -> anyhow::Result<()> 
 
 /// Group commit: many concurrent writes share batches; one that fails
 /// after writing leaves the others committed and its own writes absent.
-pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
+/// Commits `tx` with a test leaf of `action` numbered `i` (request id
+/// `[i; 16]`), MACed with audit key version 1.
+async fn commit_test_leaf(
+    tx: idvault_tests::idvault_server::store::AuditedTx,
+    key: &[u8; 32],
+    action: &str,
+    i: u8,
+) -> anyhow::Result<()> {
     use idvault_tests::idvault_core::crypto;
     use idvault_tests::idvault_server::store::NewLeaf;
+    let leaf = AuditLeaf {
+        time_ms: 1,
+        actor: "idvault-test".into(),
+        action: action.into(),
+        subject: None,
+        outcome: "ok".into(),
+        detail: format!("i={i}"),
+        policies: Vec::new(),
+        request_id: [i; 16],
+        head: None,
+    };
+    let bytes = leaf.encode();
+    let mac = crypto::hmac_sha256(key, &[&merkle::leaf_hash(&bytes)]);
+    tx.commit(&NewLeaf {
+        leaf: &leaf,
+        bytes: &bytes,
+        key_version: 1,
+        mac,
+    })
+    .await?;
+    Ok(())
+}
+
+pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let store = tv.vault.store().clone();
     let key = tv.vault.keys().audit_key(1)?;
@@ -527,26 +558,7 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
                 // ends with an error and its first insert must not stay.
                 tx.xref_create("group-test", &format!("tok-{i}"), 1).await?;
             }
-            let leaf = AuditLeaf {
-                time_ms: 1,
-                actor: "idvault-test".into(),
-                action: "GroupCommitTest".into(),
-                subject: None,
-                outcome: "ok".into(),
-                detail: format!("i={i}"),
-                policies: Vec::new(),
-                request_id: [i; 16],
-                head: None,
-            };
-            let bytes = leaf.encode();
-            let mac = crypto::hmac_sha256(&key_bytes, &[&merkle::leaf_hash(&bytes)]);
-            tx.commit(&NewLeaf {
-                leaf: &leaf,
-                bytes: &bytes,
-                key_version: 1,
-                mac,
-            })
-            .await?;
+            commit_test_leaf(tx, &key_bytes, "GroupCommitTest", i).await?;
             anyhow::Ok(())
         }));
     }
@@ -580,9 +592,8 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
 /// failing (its token is taken) leaves the others committed and none of its
 /// own rows, its leaf included.
 pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
-    use idvault_tests::idvault_core::crypto;
     use idvault_tests::idvault_core::subject::SubjectId;
-    use idvault_tests::idvault_server::store::{NewLeaf, Store};
+    use idvault_tests::idvault_server::store::Store;
     let tv = TestVault::start(b).await?;
     let store = tv.vault.store().clone();
     let key = tv.vault.keys().audit_key(1)?;
@@ -601,27 +612,7 @@ pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Re
                 format!("second-{i}"),
             )],
         );
-        let leaf = AuditLeaf {
-            time_ms: 1,
-            actor: "idvault-test".into(),
-            action: "WriteSetTest".into(),
-            subject: None,
-            outcome: "ok".into(),
-            detail: format!("i={i}"),
-            policies: Vec::new(),
-            request_id: [i; 16],
-            head: None,
-        };
-        let bytes = leaf.encode();
-        let mac = crypto::hmac_sha256(&key, &[&merkle::leaf_hash(&bytes)]);
-        tx.commit(&NewLeaf {
-            leaf: &leaf,
-            bytes: &bytes,
-            key_version: 1,
-            mac,
-        })
-        .await?;
-        Ok(())
+        commit_test_leaf(tx, &key, "WriteSetTest", i).await
     }
     one(store.clone(), key_bytes, 100, "taken".into()).await?;
     let mut tasks = Vec::new();

@@ -307,13 +307,8 @@ pub async fn sealed_bridge_file_opens_only_for_its_partner(b: Backend) -> anyhow
     use idvault_tests::idvault_core::SystemRng;
     use idvault_tests::idvault_core::xref::seal_bridge_identifier;
     // partner-b may import and detokenize too.
-    let tv = TestVault::start_config(b, |text| {
-        text.replace(
-            "spiffe_id = \"spiffe://idvault.dev/partner/partner-b\"\nroles = [",
-            "spiffe_id = \"spiffe://idvault.dev/partner/partner-b\"\nroles = [\"bridge.import\", \"tokens.detokenize\", ",
-        )
-    })
-    .await?;
+    let tv = TestVault::start_with_roles(b, "partner-b", &["bridge.import", "tokens.detokenize"])
+        .await?;
     let rng = SystemRng::default();
     let a_key = tv.vault.keys().bridge_seal_key("partner-a", 1)?;
     let sealed = |key, partner| {

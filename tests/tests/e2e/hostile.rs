@@ -22,12 +22,11 @@ fn refusal<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (tonic::Code, Str
 pub async fn other_partners_ids_look_absent(b: Backend) -> anyhow::Result<()> {
     // partner-b may delete subjects and detokenize too, so every refusal
     // below is about the identifier, not the role.
-    let tv = TestVault::start_config(b, |text| {
-        text.replace(
-            "spiffe_id = \"spiffe://idvault.dev/partner/partner-b\"\nroles = [",
-            "spiffe_id = \"spiffe://idvault.dev/partner/partner-b\"\nroles = [\"subjects.delete\", \"tokens.detokenize\", \"bridge.import\", ",
-        )
-    })
+    let tv = TestVault::start_with_roles(
+        b,
+        "partner-b",
+        &["subjects.delete", "tokens.detokenize", "bridge.import"],
+    )
     .await?;
     let theirs = create(&tv, "partner-a", &[("city", "Paris")]).await?;
     let nobody = "00000000-0000-4000-8000-000000000000".to_owned();
