@@ -974,18 +974,18 @@ pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Resu
         Code::FailedPrecondition,
         "enrollment_code_invalid",
     );
-    // An expired code.
+    // A code whose expiry was edited in the database is refused as forged
+    // (its row MAC covers the expiry; the expiry check itself is a core
+    // unit test, `enrollment_codes_refuse_alike`).
     let code = code_for(&mut cx.a, &cx.subject).await;
     sqlx::query("UPDATE enrollment_codes SET expires_at_ms = 1 WHERE used_at_ms IS NULL")
         .execute(cx.tv.db())
         .await?;
-    refused(
-        cx.wallet
-            .enroll(k2.enrollment(&cx.subject, &code).unwrap())
-            .await,
-        Code::FailedPrecondition,
-        "enrollment_code_invalid",
-    );
+    let r = cx
+        .wallet
+        .enroll(k2.enrollment(&cx.subject, &code).unwrap())
+        .await;
+    forged(&cx, r, "enrollment code row MAC").await;
     // The same key twice.
     let code = code_for(&mut cx.a, &cx.subject).await;
     refused(
@@ -1093,5 +1093,162 @@ pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Resu
         Code::NotFound,
         "unknown_device",
     );
+    cx.tv.stop().await
+}
+
+/// Asserts a refusal for a row that failed its MAC: DATA_LOSS, and the
+/// newest audit record says which row kind, as an integrity failure.
+async fn forged(cx: &Ctx, r: Result<impl std::fmt::Debug, tonic::Status>, what: &str) {
+    let s = r.expect_err(what);
+    assert_eq!(s.code(), Code::DataLoss, "{what}: {}", s.message());
+    let (_, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(outcome, "error", "{what}");
+    assert!(detail.contains(&format!("integrity: {what}")), "{detail}");
+}
+
+async fn exec(cx: &Ctx, sql: &'static str, binds: &[Vec<u8>]) {
+    let mut q = sqlx::query(sql);
+    for b in binds {
+        q = q.bind(b.clone());
+    }
+    q.execute(cx.tv.db()).await.unwrap();
+}
+
+/// A database writer without the root key (SECURITY.md) can neither widen,
+/// copy, revive nor invent a consent, nor put their own key in a device
+/// row, nor plant an enrollment code: each such row is refused with
+/// DATA_LOSS, audited as an integrity failure, and releases nothing.
+pub async fn forged_consent_rows_authorise_nothing(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let mut g = cx.grant(ch);
+    g.standing = true;
+    g.expires_at = g.issued_at + 86_400;
+    let signed = cx.sign(&g);
+    let id = grant_of(&signed).consent_id;
+    cx.release(true, signed).await?;
+    let r = cx.release_standing(true, &id).await?;
+    assert_eq!(cx.open(&r).len(), 2);
+    let receipts = cx.receipts().await.len();
+
+    // Widened: one more field in the stored row.
+    let fields: String = sqlx::query_scalar("SELECT fields FROM consents WHERE consent_id = $1")
+        .bind(id.clone())
+        .fetch_one(cx.tv.db())
+        .await?;
+    sqlx::query("UPDATE consents SET fields = $1 WHERE consent_id = $2")
+        .bind(format!("family_name,{fields}"))
+        .bind(id.clone())
+        .execute(cx.tv.db())
+        .await?;
+    let r = cx.release_standing(true, &id).await;
+    forged(&cx, r, "consent row MAC").await;
+    sqlx::query("UPDATE consents SET fields = $1 WHERE consent_id = $2")
+        .bind(fields)
+        .bind(id.clone())
+        .execute(cx.tv.db())
+        .await?;
+    cx.release_standing(true, &id).await?;
+
+    // Copied for partner-a, MAC and all (another id, another audience).
+    let copy = vec![0xc0; 16];
+    exec(
+        &cx,
+        "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, fields, standing, \
+         issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
+         mac_version, mac) SELECT $1, subject_id, device_id, 'spiffe://idvault.dev/partner/partner-a', \
+         purpose, fields, standing, issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms, \
+         grant_bytes, grant_signature, mac_version, mac FROM consents WHERE consent_id = $2",
+        &[copy.clone(), id.clone()],
+    )
+    .await;
+    let r = cx.release_standing(false, &copy).await;
+    forged(&cx, r, "consent row MAC").await;
+    // Invented, without a MAC (as a row from before row MACs).
+    exec(
+        &cx,
+        "UPDATE consents SET mac = NULL, mac_version = NULL WHERE consent_id = $1",
+        std::slice::from_ref(&copy),
+    )
+    .await;
+    let r = cx.release_standing(false, &copy).await;
+    forged(&cx, r, "consent row MAC").await;
+
+    // Revived: revoked by the phone, then the revocation cleared.
+    assert!(cx.revoke_consent(&id).await);
+    exec(
+        &cx,
+        "UPDATE consents SET revoked_at_ms = NULL WHERE consent_id = $1",
+        std::slice::from_ref(&id),
+    )
+    .await;
+    let r = cx.release_standing(true, &id).await;
+    forged(&cx, r, "consent row MAC").await;
+
+    // The attacker's own key in a device row of the person: as a new row
+    // (no MAC), then in place of the real device's key (its MAC kept).
+    let mallory = DeviceKey::generate(&SystemRng::default()).unwrap();
+    let their_key = mallory.public_key();
+    let subject_bytes = uuid::Uuid::parse_str(&cx.subject)?.as_bytes().to_vec();
+    sqlx::query(
+        "INSERT INTO devices (device_id, subject_id, public_key, enrolled_by, enrolled_at_ms) \
+         VALUES ($1, $2, $3, 'partner-a', 1)",
+    )
+    .bind(mallory.device_id())
+    .bind(subject_bytes.clone())
+    .bind(their_key.clone())
+    .execute(cx.tv.db())
+    .await?;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let s = mallory.sign_grant(&g, &SystemRng::default()).unwrap();
+    let r = cx.release(true, s).await;
+    forged(&cx, r, "device row MAC").await;
+    // (The planted row goes first: a key is enrolled once.)
+    sqlx::query("DELETE FROM devices WHERE device_id = $1")
+        .bind(mallory.device_id())
+        .execute(cx.tv.db())
+        .await?;
+    sqlx::query("UPDATE devices SET public_key = $1 WHERE device_id = $2")
+        .bind(their_key)
+        .bind(cx.device.device_id())
+        .execute(cx.tv.db())
+        .await?;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let mut s = mallory.sign_grant(&g, &SystemRng::default()).unwrap();
+    s.device_id = cx.device.device_id();
+    let r = cx.release(true, s).await;
+    forged(&cx, r, "device row MAC").await;
+
+    // A planted enrollment code enrolls nothing.
+    let code = "ABCDE-FGHJK-MNPQR-STVWX";
+    let hash = idvault_tests::idvault_core::consent::enrollment_code_hash(code);
+    let far = i64::MAX / 2;
+    sqlx::query(
+        "INSERT INTO enrollment_codes (code_hash, subject_id, issued_to, expires_at_ms) VALUES ($1, $2, 'partner-a', $3)",
+    )
+    .bind(hash.to_vec())
+    .bind(subject_bytes)
+    .bind(far)
+    .execute(cx.tv.db())
+    .await?;
+    let intruder = DeviceKey::generate(&SystemRng::default()).unwrap();
+    let r = cx
+        .wallet
+        .enroll(intruder.enrollment(&cx.subject, code).unwrap())
+        .await;
+    forged(&cx, r, "enrollment code row MAC").await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE device_id = $1")
+        .bind(intruder.device_id())
+        .fetch_one(cx.tv.db())
+        .await?;
+    assert_eq!(n, 0, "nothing enrolled");
+
+    // Nothing was released by any of it.
+    let released: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consent_receipts")
+        .fetch_one(cx.tv.db())
+        .await?;
+    assert_eq!(usize::try_from(released)?, receipts + 1);
     cx.tv.stop().await
 }

@@ -777,3 +777,116 @@ pub async fn publish_and_receive_are_policy_gated(backend: Backend) -> anyhow::R
     assert!(last.1.ends_with("policy=freeze-events-a"), "{}", last.1);
     ctx.tv.stop().await
 }
+
+/// A database writer without the root key (SECURITY.md) cannot route a
+/// person's data by planting links or rules: a rule or link row without
+/// the vault's MAC (or with another row's) stops the event with DATA_LOSS,
+/// audited as an integrity failure, and no command is written.
+pub async fn forged_links_and_rules_route_nothing(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Mallory's target").await;
+    assert!(ctx.link(&p, A).await?);
+    let subject = uuid::Uuid::parse_str(&p.subject)?.as_bytes().to_vec();
+    let plant_rule = async |ctx: &Ctx, mac: Option<Vec<u8>>| {
+        sqlx::query(
+            "INSERT INTO subject_rules (subject_id, rule_id, source, event_type, target, command, fields, \
+             mac_version, mac) VALUES ($1, 'r_planted', $2, 'address.changed', $3, 'update_address', \
+             'address', 1, $4)",
+        )
+        .bind(subject.clone())
+        .bind(A)
+        .bind(B)
+        .bind(mac)
+        .execute(ctx.tv.db())
+        .await
+        .unwrap();
+    };
+    let refused_as = async |ctx: &Ctx, id: &str, what: &str| {
+        let s = ctx
+            .publish(
+                "partner-a",
+                &p.subject,
+                "address.changed",
+                id,
+                vec![field("address", "1 Main St")],
+            )
+            .await
+            .expect_err(what);
+        assert_eq!(s.code(), Code::DataLoss, "{what}: {}", s.message());
+        let (_, outcome, detail) = ctx.tv.last_audit().await;
+        assert_eq!(outcome, "error");
+        assert!(detail.contains(&format!("integrity: {what}")), "{detail}");
+    };
+
+    // A rule A → B with no MAC, then with the MAC of the person's real link.
+    plant_rule(&ctx, None).await;
+    refused_as(&ctx, "e1", "rule row MAC").await;
+    let link_mac: Vec<u8> =
+        sqlx::query_scalar("SELECT mac FROM entity_links WHERE subject_id = $1 AND entity = $2")
+            .bind(subject.clone())
+            .bind(A)
+            .fetch_one(ctx.tv.db())
+            .await?;
+    sqlx::query("DELETE FROM subject_rules WHERE subject_id = $1")
+        .bind(subject.clone())
+        .execute(ctx.tv.db())
+        .await?;
+    plant_rule(&ctx, Some(link_mac)).await;
+    refused_as(&ctx, "e2", "rule row MAC").await;
+
+    // A real rule's target edited to another partner.
+    sqlx::query("DELETE FROM subject_rules WHERE subject_id = $1")
+        .bind(subject.clone())
+        .execute(ctx.tv.db())
+        .await?;
+    assert!(ctx.link(&p, B).await?);
+    ctx.set_rules(
+        &p,
+        vec![rule(
+            A,
+            "address.changed",
+            A,
+            "update_address",
+            &["address"],
+        )],
+    )
+    .await?;
+    sqlx::query("UPDATE subject_rules SET target = $1 WHERE subject_id = $2")
+        .bind(B)
+        .bind(subject.clone())
+        .execute(ctx.tv.db())
+        .await?;
+    refused_as(&ctx, "e3", "rule row MAC").await;
+
+    // A link planted for a person who never linked the publisher.
+    let q = ctx.person("Quiet").await;
+    let q_subject = uuid::Uuid::parse_str(&q.subject)?.as_bytes().to_vec();
+    sqlx::query("INSERT INTO entity_links (subject_id, entity, linked_at_ms) VALUES ($1, $2, 1)")
+        .bind(q_subject)
+        .bind(A)
+        .execute(ctx.tv.db())
+        .await?;
+    let s = ctx
+        .publish("partner-a", &q.subject, "address.changed", "q1", vec![])
+        .await
+        .expect_err("planted link");
+    assert_eq!(s.code(), Code::DataLoss);
+    assert!(
+        ctx.tv
+            .last_audit()
+            .await
+            .2
+            .contains("integrity: entity link row MAC")
+    );
+    // The person's own listing says so too, rather than show the link.
+    let req = ctx.signed(&q, Action::ListRules(pb::ListRules {}));
+    assert_eq!(
+        ctx.wallet.list_rules(req).await.unwrap_err().code(),
+        Code::DataLoss
+    );
+
+    // Nothing reached anyone.
+    assert!(ctx.drain("partner-b").await.is_empty());
+    assert!(ctx.drain("partner-a").await.is_empty());
+    ctx.tv.stop().await
+}

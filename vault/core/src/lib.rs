@@ -20,6 +20,7 @@ pub mod matching;
 pub mod packet;
 pub mod partner;
 pub mod records;
+pub mod rowmac;
 pub mod rules;
 pub mod secret;
 pub mod subject;

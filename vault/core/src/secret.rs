@@ -51,6 +51,8 @@ purposes! {
     BridgeSealMaterial => "bridge-seal-key";
     /// A blind-matching index key (per match domain, field and variant kind).
     MatchIndexMaterial => "match-index-key";
+    /// The key MACing rows that authorise something (see [`crate::rowmac`]).
+    RowMacMaterial => "row-mac-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.

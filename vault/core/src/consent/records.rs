@@ -136,9 +136,37 @@ pub struct Consent {
     pub presented_at_ms: i64,
     /// Revocation time, if revoked.
     pub revoked_at_ms: Option<i64>,
+    /// The signed grant bytes as presented (kept so that every later use
+    /// can verify the person's signature again, not trust this row).
+    pub grant: Vec<u8>,
+    /// The device's signature over [`Self::grant`].
+    pub signature: Vec<u8>,
 }
 
 impl Consent {
+    /// Whether the kept grant is signed by `key` (the device this row
+    /// names) and says exactly what this row says. A row a database
+    /// writer made or edited fails here unless they hold the device key.
+    pub fn kept_grant_matches(&self, key: &super::DevicePublicKey) -> bool {
+        if key
+            .verify(super::GRANT_CONTEXT, &self.grant, &self.signature)
+            .is_err()
+            || !crate::crypto::ct_eq(&super::grant_hash(&self.grant), &self.grant_hash)
+        {
+            return false;
+        }
+        crate::wire::decode_grant(&self.grant).is_ok_and(|g| {
+            g.consent_id == self.consent_id
+                && g.subject == self.subject
+                && g.audience == self.audience
+                && g.purpose == self.purpose
+                && g.fields == self.fields
+                && g.standing == self.standing
+                && g.issued_at == self.issued_at
+                && g.expires_at == self.expires_at
+        })
+    }
+
     /// Whether `consent` (as stored, or `None`) may be presented again by
     /// its id by the partner `audience` at `now_secs`. Another partner's
     /// consent reads as unknown.
@@ -266,6 +294,8 @@ mod tests {
             grant_hash: [0; 32],
             presented_at_ms: 0,
             revoked_at_ms: None,
+            grant: Vec::new(),
+            signature: Vec::new(),
         };
         assert!(Consent::check_standing(Some(&c), "spiffe://a", 99).is_ok());
         let err = |c: Option<&Consent>, who, now| Consent::check_standing(c, who, now).err();
@@ -323,5 +353,109 @@ mod tests {
             revoked.check_active_for(&subject(1)),
             Err(Refusal::DeviceRevoked)
         );
+    }
+
+    /// A standing consent row as the vault keeps it, signed by `key`.
+    fn kept(key: &p256::ecdsa::SigningKey) -> Consent {
+        use p256::ecdsa::signature::MultipartSigner;
+        use prost::Message;
+        let s = subject(3);
+        let grant = idvault_proto::v1::ConsentGrant {
+            consent_id: vec![5; ID_LEN],
+            subject_id: s.to_string(),
+            audience: "spiffe://idvault.test/partner-a".into(),
+            purpose: "kyc".into(),
+            fields: vec!["email".into(), "given_name".into()],
+            challenge: vec![6; 32],
+            issued_at: 1_000,
+            expires_at: 2_000,
+            kind: idvault_proto::v1::ConsentKind::Standing as i32,
+        }
+        .encode_to_vec();
+        let sig: p256::ecdsa::Signature = key
+            .try_multipart_sign(&[super::super::GRANT_CONTEXT, &grant])
+            .unwrap();
+        Consent {
+            consent_id: [5; ID_LEN],
+            subject: s,
+            device_id: "dev_x".into(),
+            audience: "spiffe://idvault.test/partner-a".into(),
+            purpose: "kyc".into(),
+            fields: vec![
+                FieldName::parse("email").unwrap(),
+                FieldName::parse("given_name").unwrap(),
+            ],
+            standing: true,
+            issued_at: 1_000,
+            expires_at: 2_000,
+            grant_hash: super::super::grant_hash(&grant),
+            presented_at_ms: 0,
+            revoked_at_ms: None,
+            grant,
+            signature: sig.normalize_s().to_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_kept_grant_must_be_signed_and_say_what_the_row_says() {
+        let k = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let pk = super::super::DevicePublicKey::from_sec1(
+            k.verifying_key().to_sec1_point(false).as_bytes(),
+        )
+        .unwrap();
+        let c = kept(&k);
+        assert!(c.kept_grant_matches(&pk));
+        // Another device's key.
+        let other = p256::ecdsa::SigningKey::from_slice(&[8u8; 32]).unwrap();
+        let other_pk = super::super::DevicePublicKey::from_sec1(
+            other.verifying_key().to_sec1_point(false).as_bytes(),
+        )
+        .unwrap();
+        assert!(!c.kept_grant_matches(&other_pk));
+        // A row widened or redirected after the fact.
+        for edited in [
+            Consent {
+                purpose: "marketing".into(),
+                ..c.clone()
+            },
+            Consent {
+                audience: "spiffe://idvault.test/partner-b".into(),
+                ..c.clone()
+            },
+            Consent {
+                fields: vec![FieldName::parse("phone").unwrap()],
+                ..c.clone()
+            },
+            Consent {
+                expires_at: 9_000,
+                ..c.clone()
+            },
+            Consent {
+                subject: subject(4),
+                ..c.clone()
+            },
+            Consent {
+                consent_id: [6; ID_LEN],
+                ..c.clone()
+            },
+            Consent {
+                standing: false,
+                ..c.clone()
+            },
+            Consent {
+                grant_hash: [0; 32],
+                ..c.clone()
+            },
+            Consent {
+                grant: Vec::new(),
+                ..c.clone()
+            },
+            Consent {
+                signature: Vec::new(),
+                ..c.clone()
+            },
+        ] {
+            assert!(!edited.kept_grant_matches(&pk), "{edited:?}");
+        }
     }
 }

@@ -16,8 +16,8 @@ use super::pipeline::Request;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::AuditedTx;
 use idvault_core::consent::{
-    self as c, CHALLENGE_LEN, Challenge, Consent, Device, GRANT_CONTEXT, Grant, ID_LEN, Receipt,
-    Refusal,
+    self as c, CHALLENGE_LEN, Challenge, Consent, Device, DevicePublicKey, GRANT_CONTEXT, Grant,
+    ID_LEN, Receipt, Refusal,
 };
 use idvault_core::keys::{KeyError, KeyHierarchy};
 use idvault_core::packet;
@@ -263,6 +263,9 @@ impl Vault {
             grant_hash,
             presented_at_ms: 0,
             revoked_at_ms: None,
+            // Kept, so a standing consent is verified again on every use.
+            grant: s.bytes.clone(),
+            signature: s.signature.clone(),
         };
         // Decrypt and seal outside the writer; the claim (consent row,
         // challenge) and the receipt are one transaction.
@@ -302,12 +305,20 @@ impl Vault {
                 .map_err(refused)?
                 .clone();
         req.about(first.subject);
-        self.store()
+        let device = self
+            .store()
             .device(&first.device_id)
             .await?
-            .ok_or(Refusal::UnknownDevice)
-            .and_then(|d| d.check_active_for(&first.subject))
-            .map_err(refused)?;
+            .ok_or(refused(Refusal::UnknownDevice))?;
+        device.check_active_for(&first.subject).map_err(refused)?;
+        // The row is MACed, but the person's own signature is what
+        // authorises: the kept grant must verify under the device's key
+        // and say what the row says.
+        let key = DevicePublicKey::from_sec1(&device.public_key)
+            .map_err(|_| VaultError::Integrity("stored device key"))?;
+        if !first.kept_grant_matches(&key) {
+            return Err(VaultError::Integrity("kept consent grant"));
+        }
         // The registry may have narrowed since the grant was presented.
         release_allowed(req, &first.subject, &first.purpose, &first.fields).map_err(refused)?;
         for _ in 0..RELEASE_TRIES {
@@ -322,6 +333,7 @@ impl Vault {
                     .map_err(refused)?;
             // What was sealed must be what is recorded.
             if row.subject != first.subject
+                || row.device_id != first.device_id
                 || row.fields != first.fields
                 || row.purpose != first.purpose
                 || row.grant_hash != first.grant_hash
@@ -331,7 +343,7 @@ impl Vault {
             tx.device(&row.device_id)
                 .await?
                 .ok_or(Refusal::UnknownDevice)
-                .and_then(|d| d.check_active_for(&row.subject))
+                .and_then(|d| d.check_still(&device))
                 .map_err(refused)?;
             if let Some(r) = self.commit_release(tx, req, row, sealed).await? {
                 return Ok(r);

@@ -112,6 +112,16 @@ impl From<StoreError> for VaultError {
             // was never queued.
             StoreError::Deadline => Self::DeadlineExceeded,
             StoreError::QueueFull(n) => Self::Overloaded(n),
+            // A row that authorises something and fails its MAC: refused,
+            // and audited as an integrity failure naming the row kind.
+            StoreError::Forged(kind) => Self::Integrity(match kind {
+                "device" => "device row MAC",
+                "enrollment-code" => "enrollment code row MAC",
+                "consent" => "consent row MAC",
+                "entity-link" => "entity link row MAC",
+                "rule" => "rule row MAC",
+                _ => "row MAC key missing",
+            }),
             e => Self::Storage(e),
         }
     }
@@ -221,6 +231,15 @@ impl Vault {
     ) -> Self {
         let matching = state::MatchState::new(&registry, None);
         let admission = state::Admission::new(&registry);
+        let mut store = store;
+        // Without row keys the store refuses every row that authorises
+        // something (fail closed); the current version always derives.
+        match idvault_core::rowmac::RowMac::derive(&keys) {
+            Ok(m) => store.set_row_mac(m),
+            Err(e) => {
+                tracing::error!(error = %e, "no row MAC key: devices, consents, links and rules are refused")
+            }
+        }
         Self {
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir: None,

@@ -10,8 +10,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::rows::{fixed, list_col, list_text, subject_col};
-use super::{AuditedTx, Store, StoreError};
+use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
+use idvault_core::rowmac::{self, RowMac};
 use idvault_core::subject::{FieldName, SubjectId};
 
 /// A stored field list: a name outside the catalogue is a corrupt row.
@@ -26,19 +27,24 @@ fn field_list(fields: &[FieldName]) -> String {
     list_text(fields.iter().map(FieldName::as_str))
 }
 
-fn device(r: &AnyRow) -> Result<Device, StoreError> {
-    Ok(Device {
+/// A device row, its MAC checked.
+fn device(keys: &RowMac, r: &AnyRow) -> Result<Device, StoreError> {
+    let d = Device {
         device_id: r.try_get("device_id")?,
         subject: subject_col(r, "subject_id")?,
         public_key: r.try_get("public_key")?,
         enrolled_by: r.try_get("enrolled_by")?,
         enrolled_at_ms: r.try_get("enrolled_at_ms")?,
         revoked_at_ms: r.try_get("revoked_at_ms")?,
-    })
+    };
+    check_row(keys, &rowmac::device(&d), r)?;
+    Ok(d)
 }
 
-fn consent(r: &AnyRow) -> Result<Consent, StoreError> {
-    Ok(Consent {
+/// A consent row, its MAC checked. (The grant it keeps is verified by the
+/// caller, against the device it names.)
+fn consent(keys: &RowMac, r: &AnyRow) -> Result<Consent, StoreError> {
+    let c = Consent {
         consent_id: fixed(r, "consent_id")?,
         subject: subject_col(r, "subject_id")?,
         device_id: r.try_get("device_id")?,
@@ -51,7 +57,15 @@ fn consent(r: &AnyRow) -> Result<Consent, StoreError> {
         grant_hash: fixed(r, "grant_hash")?,
         presented_at_ms: r.try_get("presented_at_ms")?,
         revoked_at_ms: r.try_get("revoked_at_ms")?,
-    })
+        grant: r
+            .try_get::<Option<Vec<u8>>, _>("grant_bytes")?
+            .unwrap_or_default(),
+        signature: r
+            .try_get::<Option<Vec<u8>>, _>("grant_signature")?
+            .unwrap_or_default(),
+    };
+    check_row(keys, &rowmac::consent(&c), r)?;
+    Ok(c)
 }
 
 fn receipt(r: &AnyRow) -> Result<Receipt, StoreError> {
@@ -71,11 +85,13 @@ fn receipt(r: &AnyRow) -> Result<Receipt, StoreError> {
 /// literals.
 macro_rules! select_devices {
     () => {
-        "SELECT device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms FROM devices"
+        "SELECT device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
+         mac_version, mac FROM devices"
     };
 }
 
 async fn consent_by_id<'e>(
+    keys: &RowMac,
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     id: &[u8; 16],
     lock: bool,
@@ -83,7 +99,8 @@ async fn consent_by_id<'e>(
     macro_rules! select {
         () => {
             "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
-             expires_at, grant_hash, presented_at_ms, revoked_at_ms FROM consents WHERE consent_id = $1"
+             expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
+             mac_version, mac FROM consents WHERE consent_id = $1"
         };
     }
     // Locked (PostgreSQL): a revocation racing a release waits for it, or
@@ -96,13 +113,13 @@ async fn consent_by_id<'e>(
     .bind(id.to_vec())
     .fetch_optional(ex)
     .await?;
-    row.as_ref().map(consent).transpose()
+    row.as_ref().map(|r| consent(keys, r)).transpose()
 }
 
 impl Store {
     /// A consent by id (read outside any write transaction).
     pub async fn consent(&self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
-        consent_by_id(self.pool(), id, false).await
+        consent_by_id(&*self.row_keys()?, self.pool(), id, false).await
     }
 
     /// A device by id (read outside any write transaction, so signature
@@ -112,7 +129,9 @@ impl Store {
             .bind(device_id.to_owned())
             .fetch_optional(self.pool())
             .await?;
-        row.as_ref().map(device).transpose()
+        row.as_ref()
+            .map(|r| device(&*self.row_keys()?, r))
+            .transpose()
     }
 }
 
@@ -130,7 +149,9 @@ impl AuditedTx {
             .bind(device_id.to_owned())
             .fetch_optional(self.conn().await?)
             .await?;
-        row.as_ref().map(device).transpose()
+        row.as_ref()
+            .map(|r| device(&*self.store.row_keys()?, r))
+            .transpose()
     }
 
     /// A subject's devices, oldest first.
@@ -142,20 +163,28 @@ impl AuditedTx {
         .bind(subject.as_bytes().to_vec())
         .fetch_all(self.conn().await?)
         .await?;
-        rows.iter().map(device).collect()
+        let keys = self.store.row_keys()?;
+        rows.iter().map(|r| device(&keys, r)).collect()
     }
 
     /// Enrolls a device; false when its id or key is already enrolled.
     pub async fn insert_device(&mut self, d: &Device) -> Result<bool, StoreError> {
+        let row = Device {
+            revoked_at_ms: None,
+            ..d.clone()
+        };
+        let (v, mac) = seal_row(&*self.store.row_keys()?, &rowmac::device(&row));
         let n = sqlx::query(
-            "INSERT INTO devices (device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT DO NOTHING",
+            "INSERT INTO devices (device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
+             mac_version, mac) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(d.device_id.clone())
         .bind(d.subject.as_bytes().to_vec())
         .bind(d.public_key.clone())
         .bind(d.enrolled_by.clone())
         .bind(d.enrolled_at_ms)
+        .bind(v)
+        .bind(mac)
         .execute(self.conn().await?)
         .await?
         .rows_affected();
@@ -163,17 +192,32 @@ impl AuditedTx {
     }
 
     /// Revokes a device of `subject`; false if absent or already revoked.
+    /// The row is read (MAC checked, locked on PostgreSQL) and written
+    /// back with its new MAC.
     pub async fn revoke_device(
         &mut self,
         device_id: &str,
         subject: &SubjectId,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let Some(d) = self.device(device_id).await? else {
+            return Ok(false);
+        };
+        if d.subject != *subject || d.revoked_at_ms.is_some() {
+            return Ok(false);
+        }
+        let revoked = Device {
+            revoked_at_ms: Some(now_ms),
+            ..d
+        };
+        let (v, mac) = seal_row(&*self.store.row_keys()?, &rowmac::device(&revoked));
         let n = sqlx::query(
-            "UPDATE devices SET revoked_at_ms = $1 \
-             WHERE device_id = $2 AND subject_id = $3 AND revoked_at_ms IS NULL",
+            "UPDATE devices SET revoked_at_ms = $1, mac_version = $2, mac = $3 \
+             WHERE device_id = $4 AND subject_id = $5 AND revoked_at_ms IS NULL",
         )
         .bind(now_ms)
+        .bind(v)
+        .bind(mac)
         .bind(device_id.to_owned())
         .bind(subject.as_bytes().to_vec())
         .execute(self.conn().await?)
@@ -190,14 +234,26 @@ impl AuditedTx {
         issued_to: &str,
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
+        let code = EnrollmentCode {
+            subject: *subject,
+            issued_to: issued_to.to_owned(),
+            expires_at_ms,
+            used: false,
+        };
+        let (v, mac) = seal_row(
+            &*self.store.row_keys()?,
+            &rowmac::enrollment_code(code_hash, &code),
+        );
         sqlx::query(
-            "INSERT INTO enrollment_codes (code_hash, subject_id, issued_to, expires_at_ms, used_at_ms) \
-             VALUES ($1, $2, $3, $4, NULL)",
+            "INSERT INTO enrollment_codes (code_hash, subject_id, issued_to, expires_at_ms, used_at_ms, \
+             mac_version, mac) VALUES ($1, $2, $3, $4, NULL, $5, $6)",
         )
         .bind(code_hash.to_vec())
         .bind(subject.as_bytes().to_vec())
         .bind(issued_to.to_owned())
         .bind(expires_at_ms)
+        .bind(v)
+        .bind(mac)
         .execute(self.conn().await?)
         .await?;
         Ok(())
@@ -209,18 +265,22 @@ impl AuditedTx {
         code_hash: &[u8; 32],
     ) -> Result<Option<EnrollmentCode>, StoreError> {
         let row = sqlx::query(
-            "SELECT subject_id, issued_to, expires_at_ms, used_at_ms FROM enrollment_codes WHERE code_hash = $1",
+            "SELECT subject_id, issued_to, expires_at_ms, used_at_ms, mac_version, mac \
+             FROM enrollment_codes WHERE code_hash = $1",
         )
         .bind(code_hash.to_vec())
         .fetch_optional(self.conn().await?)
         .await?;
+        let keys = self.store.row_keys()?;
         row.map(|r| {
-            Ok(EnrollmentCode {
+            let code = EnrollmentCode {
                 subject: subject_col(&r, "subject_id")?,
                 issued_to: r.try_get("issued_to")?,
                 expires_at_ms: r.try_get("expires_at_ms")?,
                 used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
-            })
+            };
+            check_row(&keys, &rowmac::enrollment_code(code_hash, &code), &r)?;
+            Ok(code)
         })
         .transpose()
     }
@@ -304,10 +364,16 @@ impl AuditedTx {
 
     /// Records a presented consent; false if its id was presented before.
     pub async fn insert_consent(&mut self, c: &Consent) -> Result<bool, StoreError> {
+        let row = Consent {
+            revoked_at_ms: None,
+            ..c.clone()
+        };
+        let (v, mac) = seal_row(&*self.store.row_keys()?, &rowmac::consent(&row));
         let n = sqlx::query(
             "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, fields, standing, \
-             issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL) ON CONFLICT DO NOTHING",
+             issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
+             mac_version, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13, $14, $15) ON CONFLICT DO NOTHING",
         )
         .bind(c.consent_id.to_vec())
         .bind(c.subject.as_bytes().to_vec())
@@ -320,6 +386,10 @@ impl AuditedTx {
         .bind(c.expires_at)
         .bind(c.grant_hash.to_vec())
         .bind(c.presented_at_ms)
+        .bind(c.grant.clone())
+        .bind(c.signature.clone())
+        .bind(v)
+        .bind(mac)
         .execute(self.conn().await?)
         .await?
         .rows_affected();
@@ -329,21 +399,37 @@ impl AuditedTx {
     /// A consent by id, inside the transaction.
     pub async fn consent(&mut self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
         let lock = self.store.backend == super::Backend::Postgres;
-        consent_by_id(self.conn().await?, id, lock).await
+        let keys = self.store.row_keys()?;
+        consent_by_id(&keys, self.conn().await?, id, lock).await
     }
 
     /// Revokes a consent of `subject`; false if absent or already revoked.
+    /// The row is read (MAC checked, locked on PostgreSQL) and written
+    /// back with its new MAC.
     pub async fn revoke_consent(
         &mut self,
         id: &[u8; 16],
         subject: &SubjectId,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let Some(c) = self.consent(id).await? else {
+            return Ok(false);
+        };
+        if c.subject != *subject || c.revoked_at_ms.is_some() {
+            return Ok(false);
+        }
+        let revoked = Consent {
+            revoked_at_ms: Some(now_ms),
+            ..c
+        };
+        let (v, mac) = seal_row(&*self.store.row_keys()?, &rowmac::consent(&revoked));
         let n = sqlx::query(
-            "UPDATE consents SET revoked_at_ms = $1 \
-             WHERE consent_id = $2 AND subject_id = $3 AND revoked_at_ms IS NULL",
+            "UPDATE consents SET revoked_at_ms = $1, mac_version = $2, mac = $3 \
+             WHERE consent_id = $4 AND subject_id = $5 AND revoked_at_ms IS NULL",
         )
         .bind(now_ms)
+        .bind(v)
+        .bind(mac)
         .bind(id.to_vec())
         .bind(subject.as_bytes().to_vec())
         .execute(self.conn().await?)

@@ -12,8 +12,9 @@ use sqlx::any::AnyRow;
 
 use super::matching::{IN_CHUNK, placeholders};
 use super::rows::{i64_to_u64, list_col, list_text, subject_col, u64_to_i64};
-use super::{AuditedTx, StoreError};
+use super::{AuditedTx, StoreError, check_row, seal_row};
 use idvault_core::records::SubjectRecord;
+use idvault_core::rowmac::{self, RowMac};
 use idvault_core::rules::{AcceptedEvent, History, OutboxCommand, PendingCommand, Rule};
 use idvault_core::subject::SubjectId;
 
@@ -27,14 +28,45 @@ macro_rules! ignored_unlinked {
 /// Outcome word of an event whose publisher the person has not linked.
 pub const IGNORED_UNLINKED: &str = ignored_unlinked!();
 
-fn rule_from_row(r: &AnyRow) -> Result<Rule, StoreError> {
-    Ok(Rule {
+/// A rule row of `subject`, its MAC checked.
+fn rule_from_row(keys: &RowMac, subject: &SubjectId, r: &AnyRow) -> Result<Rule, StoreError> {
+    let rule = Rule {
         source: r.try_get("source")?,
         event_type: r.try_get("event_type")?,
         target: r.try_get("target")?,
         command: r.try_get("command")?,
         fields: list_col(r, "fields")?,
-    })
+    };
+    check_row(keys, &rowmac::rule(subject, &rule), r)?;
+    Ok(rule)
+}
+
+/// A link row `(entity, linked_at_ms)` of `subject`, its MAC checked.
+fn link_from_row(
+    keys: &RowMac,
+    subject: &SubjectId,
+    r: &AnyRow,
+) -> Result<(String, i64), StoreError> {
+    let entity: String = r.try_get("entity")?;
+    let at: i64 = r.try_get("linked_at_ms")?;
+    check_row(keys, &rowmac::entity_link(subject, &entity, at), r)?;
+    Ok((entity, at))
+}
+
+/// A row that failed its MAC as `None` (logged, without values), any
+/// other error as itself.
+fn verified<T>(r: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::Forged(kind)) => {
+            tracing::warn!(
+                kind,
+                "a row failed its MAC check and was left out of suggestions"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl super::Store {
@@ -116,13 +148,19 @@ impl AuditedTx {
         entity: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let (v, mac) = seal_row(
+            &*self.store.row_keys()?,
+            &rowmac::entity_link(subject, entity, now_ms),
+        );
         let n = sqlx::query(
-            "INSERT INTO entity_links (subject_id, entity, linked_at_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO entity_links (subject_id, entity, linked_at_ms, mac_version, mac) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(subject.as_bytes().to_vec())
         .bind(entity.to_owned())
         .bind(now_ms)
+        .bind(v)
+        .bind(mac)
         .execute(self.conn().await?)
         .await?
         .rows_affected();
@@ -172,12 +210,17 @@ impl AuditedTx {
         &mut self,
         subject: &SubjectId,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT entity, linked_at_ms FROM entity_links WHERE subject_id = $1 ORDER BY entity",
+        let rows = sqlx::query(
+            "SELECT entity, linked_at_ms, mac_version, mac FROM entity_links \
+             WHERE subject_id = $1 ORDER BY entity",
         )
         .bind(subject.as_bytes().to_vec())
         .fetch_all(self.conn().await?)
-        .await?)
+        .await?;
+        let keys = self.store.row_keys()?;
+        rows.iter()
+            .map(|r| link_from_row(&keys, subject, r))
+            .collect()
     }
 
     /// Whether the person linked `entity`.
@@ -186,13 +229,18 @@ impl AuditedTx {
         subject: &SubjectId,
         entity: &str,
     ) -> Result<bool, StoreError> {
-        let n: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM entity_links WHERE subject_id = $1 AND entity = $2")
-                .bind(subject.as_bytes().to_vec())
-                .bind(entity.to_owned())
-                .fetch_optional(self.conn().await?)
-                .await?;
-        Ok(n.is_some())
+        let row = sqlx::query(
+            "SELECT entity, linked_at_ms, mac_version, mac FROM entity_links \
+             WHERE subject_id = $1 AND entity = $2",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .bind(entity.to_owned())
+        .fetch_optional(self.conn().await?)
+        .await?;
+        match row {
+            None => Ok(false),
+            Some(r) => link_from_row(&*self.store.row_keys()?, subject, &r).map(|_| true),
+        }
     }
 
     /// Replaces the person's rules.
@@ -205,10 +253,12 @@ impl AuditedTx {
             .bind(subject.as_bytes().to_vec())
             .execute(self.conn().await?)
             .await?;
+        let keys = self.store.row_keys()?;
         for r in rules {
+            let (v, mac) = seal_row(&keys, &rowmac::rule(subject, r));
             sqlx::query(
-                "INSERT INTO subject_rules (subject_id, rule_id, source, event_type, target, command, fields) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO subject_rules (subject_id, rule_id, source, event_type, target, command, fields, \
+                 mac_version, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(subject.as_bytes().to_vec())
             .bind(r.id())
@@ -217,6 +267,8 @@ impl AuditedTx {
             .bind(r.target.clone())
             .bind(r.command.clone())
             .bind(list_text(r.fields.iter().map(String::as_str)))
+            .bind(v)
+            .bind(mac.clone())
             .execute(self.conn().await?)
             .await?;
         }
@@ -226,13 +278,16 @@ impl AuditedTx {
     /// The person's rules, by id.
     pub async fn rules_of(&mut self, subject: &SubjectId) -> Result<Vec<Rule>, StoreError> {
         let rows = sqlx::query(
-            "SELECT source, event_type, target, command, fields FROM subject_rules \
+            "SELECT source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
              WHERE subject_id = $1 ORDER BY rule_id",
         )
         .bind(subject.as_bytes().to_vec())
         .fetch_all(self.conn().await?)
         .await?;
-        rows.iter().map(rule_from_row).collect()
+        let keys = self.store.row_keys()?;
+        rows.iter()
+            .map(|r| rule_from_row(&keys, subject, r))
+            .collect()
     }
 
     /// The person's rules that `source` reporting `event_type` triggers.
@@ -243,7 +298,7 @@ impl AuditedTx {
         event_type: &str,
     ) -> Result<Vec<Rule>, StoreError> {
         let rows = sqlx::query(
-            "SELECT source, event_type, target, command, fields FROM subject_rules \
+            "SELECT source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
              WHERE subject_id = $1 AND source = $2 AND event_type = $3 ORDER BY rule_id",
         )
         .bind(subject.as_bytes().to_vec())
@@ -251,7 +306,10 @@ impl AuditedTx {
         .bind(event_type.to_owned())
         .fetch_all(self.conn().await?)
         .await?;
-        rows.iter().map(rule_from_row).collect()
+        let keys = self.store.row_keys()?;
+        rows.iter()
+            .map(|r| rule_from_row(&keys, subject, r))
+            .collect()
     }
 
     /// Whether `source` already published `event_id`.
@@ -411,14 +469,18 @@ impl AuditedTx {
         subjects: &[SubjectId],
     ) -> Result<HashMap<SubjectId, History>, StoreError> {
         let mut out: HashMap<SubjectId, History> = HashMap::new();
+        let keys = self.store.row_keys()?;
         for part in subjects.chunks(IN_CHUNK) {
-            let links = "SELECT subject_id, entity FROM entity_links WHERE subject_id";
+            let links = "SELECT subject_id, entity, linked_at_ms, mac_version, mac FROM entity_links \
+                         WHERE subject_id";
             for r in self.rows_for(links, part).await? {
                 let s = subject_col(&r, "subject_id")?;
-                out.entry(s)
-                    .or_default()
-                    .linked
-                    .insert(r.try_get("entity")?);
+                // Histories only feed suggestions: a forged link is left
+                // out (it suggests nothing) rather than failing the call.
+                let Some((entity, _)) = verified(link_from_row(&keys, &s, &r))? else {
+                    continue;
+                };
+                out.entry(s).or_default().linked.insert(entity);
             }
             let events = concat!(
                 "SELECT DISTINCT subject_id, source, event_type FROM events ",
@@ -466,16 +528,19 @@ impl AuditedTx {
             .collect::<Result<_, _>>()?;
         let mut histories = self.histories(&ids).await?;
         let mut rules: HashMap<SubjectId, Vec<Rule>> = HashMap::new();
+        let keys = self.store.row_keys()?;
         for part in ids.chunks(IN_CHUNK) {
             let rules_sql = concat!(
-                "SELECT subject_id, source, event_type, target, command, fields ",
+                "SELECT subject_id, source, event_type, target, command, fields, mac_version, mac ",
                 "FROM subject_rules WHERE subject_id"
             );
             for r in self.rows_for(rules_sql, part).await? {
-                rules
-                    .entry(subject_col(&r, "subject_id")?)
-                    .or_default()
-                    .push(rule_from_row(&r)?);
+                let s = subject_col(&r, "subject_id")?;
+                // Another person's rules only shape suggestions: a forged
+                // one is left out.
+                if let Some(rule) = verified(rule_from_row(&keys, &s, &r))? {
+                    rules.entry(s).or_default().push(rule);
+                }
             }
         }
         Ok(ids

@@ -51,6 +51,7 @@ use writeset::{Applier, Table, Value, WriteSet};
 use idvault_core::crypto::HASH_LEN;
 use idvault_core::packet::{ChainHead, NewPacket};
 use idvault_core::records::SubjectRecord;
+use idvault_core::rowmac::{RowBytes, RowMac};
 use idvault_core::subject::SubjectId;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -85,6 +86,33 @@ pub enum StoreError {
     /// was written.
     #[error("the deadline passed while the write was queued")]
     Deadline,
+    /// A row that authorises something failed its MAC check (written or
+    /// edited by someone without the root key), or the store has no row
+    /// key to check it with. Names the row kind only.
+    #[error("a {0} row failed its integrity check")]
+    Forged(&'static str),
+}
+
+impl From<idvault_core::rowmac::RowMacError> for StoreError {
+    fn from(e: idvault_core::rowmac::RowMacError) -> Self {
+        match e {
+            idvault_core::rowmac::RowMacError::Forged(kind) => Self::Forged(kind),
+        }
+    }
+}
+
+/// Checks a row's stored MAC (its `mac_version` and `mac` columns).
+pub(crate) fn check_row(keys: &RowMac, row: &RowBytes, r: &AnyRow) -> Result<(), StoreError> {
+    let version: Option<i64> = r.try_get("mac_version")?;
+    let mac: Option<Vec<u8>> = r.try_get("mac")?;
+    keys.check(row, version, mac.as_deref())?;
+    Ok(())
+}
+
+/// The MAC of a row about to be written: `(mac_version, mac)` to bind.
+pub(crate) fn seal_row(keys: &RowMac, row: &RowBytes) -> (i64, Vec<u8>) {
+    let (v, mac) = keys.seal(row);
+    (i64::from(v), mac.to_vec())
 }
 
 /// Which database is behind the store.
@@ -111,6 +139,11 @@ pub struct Store {
     /// Bounds the writes queued or running (admission control): a write
     /// beyond it is refused at once instead of waiting.
     queue: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Keys of the MACs on rows that authorise something (devices,
+    /// enrollment codes, consents, links, rules): every such row written
+    /// carries one and every one read is checked. Without keys (never set)
+    /// those rows can be neither written nor trusted.
+    row_mac: Option<std::sync::Arc<RowMac>>,
 }
 
 /// Writes queued for or holding the writer, at most.
@@ -166,6 +199,7 @@ impl Store {
             writer: None,
             applier: None,
             queue: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
+            row_mac: None,
         };
         match backend {
             Backend::Sqlite => {
@@ -204,6 +238,37 @@ impl Store {
             )));
         }
         Ok(())
+    }
+
+    /// Installs the row MAC keys (done by the vault when it starts, from
+    /// its key hierarchy).
+    pub fn set_row_mac(&mut self, keys: RowMac) {
+        self.row_mac = Some(std::sync::Arc::new(keys));
+    }
+
+    /// The row MAC keys; refused when none were installed.
+    pub(crate) fn row_keys(&self) -> Result<std::sync::Arc<RowMac>, StoreError> {
+        self.row_mac
+            .clone()
+            .ok_or(StoreError::Forged("any (no row key)"))
+    }
+
+    /// How many rows that authorise something carry no MAC (written before
+    /// row MACs existed): they authorise nothing, and the vault says so
+    /// when it starts.
+    pub async fn unsealed_rows(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for sql in [
+            "SELECT COUNT(*) FROM devices WHERE mac IS NULL",
+            "SELECT COUNT(*) FROM enrollment_codes WHERE mac IS NULL",
+            "SELECT COUNT(*) FROM consents WHERE mac IS NULL",
+            "SELECT COUNT(*) FROM entity_links WHERE mac IS NULL",
+            "SELECT COUNT(*) FROM subject_rules WHERE mac IS NULL",
+        ] {
+            let c: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await?;
+            n += u64::try_from(c).unwrap_or(0);
+        }
+        Ok(n)
     }
 
     /// The backend.
