@@ -66,6 +66,8 @@ pub struct TestVault {
     pub ca: DevCa,
     pub vault: Arc<Vault>,
     pub addr: std::net::SocketAddr,
+    /// The server's client verifier (CRLs) and open connections.
+    pub client_auth: Arc<idvault_server::crl::ClientAuth>,
     server: Option<RunningServer>,
     pg_db: Option<String>,
 }
@@ -155,8 +157,9 @@ impl TestVault {
                 (with_database(&admin, &name), Some(name))
             }
         };
-        let (vault, server) = boot(&config, &database_url).await?;
+        let (vault, server, client_auth) = boot(&config, &database_url).await?;
         Ok(Self {
+            client_auth,
             backend,
             dir,
             config,
@@ -175,8 +178,9 @@ impl TestVault {
             s.shutdown().await?;
         }
         self.vault.store().close().await;
-        let (vault, server) = boot(&self.config, &self.database_url).await?;
+        let (vault, server, client_auth) = boot(&self.config, &self.database_url).await?;
         self.vault = vault;
+        self.client_auth = client_auth;
         self.addr = server.addr;
         self.server = Some(server);
         Ok(())
@@ -287,8 +291,16 @@ impl TestVault {
 }
 
 /// Loads the vault and serves it on a fresh port-0 listener.
-async fn boot(config: &Config, database_url: &str) -> anyhow::Result<(Arc<Vault>, RunningServer)> {
+async fn boot(
+    config: &Config,
+    database_url: &str,
+) -> anyhow::Result<(
+    Arc<Vault>,
+    RunningServer,
+    Arc<idvault_server::crl::ClientAuth>,
+)> {
     let loaded = idvault_server::app::load(config, database_url).await?;
+    let client_auth = Arc::clone(&loaded.options.client_auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = idvault_server::server::start(
         Arc::clone(&loaded.vault),
@@ -297,7 +309,7 @@ async fn boot(config: &Config, database_url: &str) -> anyhow::Result<(Arc<Vault>
         loaded.options,
     )
     .await?;
-    Ok((loaded.vault, server))
+    Ok((loaded.vault, server, client_auth))
 }
 
 pub use idvault_client;

@@ -121,6 +121,7 @@ const EDGE: &[(&str, TestFn)] = tests![
     mtls::certificate_from_another_ca,
     mtls::expired_certificate,
     mtls::revoked_certificate,
+    mtls::crl_reload_closes_revoked_connections,
     mtls::certificate_without_partner_san,
     mtls::certificate_from_another_trust_domain,
     mtls::unregistered_partner_is_denied_and_audited,

@@ -82,13 +82,14 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
     let ca = crate::tls::read_certs(&config.resolve(&t.client_ca))?;
     let chain = crate::tls::read_certs(&config.resolve(&t.server_cert))?;
     let key = crate::tls::read_key(&config.resolve(&t.server_key))?;
-    let crls = t
-        .crls
-        .iter()
-        .map(|p| crate::tls::read_crl(&config.resolve(p)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let client_auth = crate::crl::ClientAuth::new(
+        &ca,
+        t.crls.iter().map(|p| config.resolve(p)).collect(),
+        t.stale_crl,
+        crate::tls::provider(),
+    )?;
     let s = &config.file.server;
-    let tls = crate::tls::server_config(&ca, chain, key, crls, &s.trust_domain)?;
+    let tls = crate::tls::server_config(&client_auth, chain, key, &s.trust_domain)?;
     let policy_dir = config.file.policies.dir.as_ref().map(|d| config.resolve(d));
     let policies = crate::policy::engine(policy_dir.as_deref(), &config.registry)
         .map_err(StartError::Policies)?;
@@ -107,6 +108,18 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
     .with_retention(config.file.retention.clone())
     .with_policy_dir(policy_dir);
     vault.prepare_matching().await?;
+    // Rows from before row MACs authorise nothing (migration 0010): say so
+    // once, with a count (never their contents).
+    match vault.store().unsealed_rows().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            rows = n,
+            "device, enrollment code, consent, link or rule rows carry no MAC (written before \
+             row MACs, or inserted by hand): they authorise nothing until enrolled, signed or \
+             set again"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not count rows without a MAC"),
+    }
     Ok(Loaded {
         vault: Arc::new(vault),
         tls,
@@ -116,6 +129,8 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
             request_timeout: Duration::from_secs(s.request_timeout_secs),
             stream_timeout: Duration::from_secs(s.stream_timeout_secs),
             handshake_timeout: Duration::from_secs(s.handshake_timeout_secs),
+            client_auth,
+            crl_poll: Duration::from_secs(t.crl_poll_seconds.clamp(1, 3600)),
         },
     })
 }

@@ -141,9 +141,23 @@ pub struct TlsSection {
     pub server_cert: PathBuf,
     /// Server private key (PEM).
     pub server_key: PathBuf,
-    /// Certificate revocation lists (PEM or DER) checked for client certificates.
+    /// Certificate revocation lists (PEM or DER) checked for client
+    /// certificates, for the whole chain. Reloaded on SIGHUP and when a
+    /// file changes; connections of a newly revoked certificate close.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// A CRL past its `nextUpdate`: `"refuse"` (default) refuses the
+    /// certificates it covers, `"warn"` keeps using it and logs an error.
+    #[serde(default)]
+    pub stale_crl: crate::crl::StaleCrl,
+    /// How often the CRL files are checked for changes, in seconds
+    /// (1–3600, default 10).
+    #[serde(default = "default_crl_poll_seconds")]
+    pub crl_poll_seconds: u64,
+}
+
+fn default_crl_poll_seconds() -> u64 {
+    10
 }
 
 /// `[matching]`: settings of blind matching (docs/blind-matching.md).

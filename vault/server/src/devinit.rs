@@ -265,10 +265,28 @@ impl DevCa {
     /// A CRL revoking `serials`, valid for 30 days.
     pub fn crl(&self, serials: &[Vec<u8>]) -> Result<String, InitError> {
         let now = OffsetDateTime::now_utc();
+        self.crl_valid(
+            serials,
+            now - Duration::minutes(5),
+            now + Duration::days(30),
+            1,
+        )
+    }
+
+    /// A CRL number `number` revoking `serials`, issued at `this_update`
+    /// and due for replacement at `next_update`.
+    pub fn crl_valid(
+        &self,
+        serials: &[Vec<u8>],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        number: u64,
+    ) -> Result<String, InitError> {
+        let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(30),
-            crl_number: SerialNumber::from(1u64),
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: serials
                 .iter()

@@ -17,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod crl;
 pub mod devinit;
 pub mod keyfile;
 pub mod policy;

@@ -36,6 +36,11 @@ pub struct ServerOptions {
     pub stream_timeout: Duration,
     /// TLS handshake deadline.
     pub handshake_timeout: Duration,
+    /// The client verifier (CRLs reloadable) and the connections it
+    /// admitted.
+    pub client_auth: Arc<crate::crl::ClientAuth>,
+    /// How often the CRL files are checked for changes.
+    pub crl_poll: Duration,
 }
 
 /// A running server.
@@ -176,6 +181,7 @@ pub async fn start(
     let incoming = crate::tls::incoming(
         listener,
         tls,
+        Arc::clone(&opts.client_auth),
         opts.trust_domain.clone(),
         opts.handshake_timeout,
     );
@@ -209,13 +215,53 @@ pub async fn start(
         streams.stop_streams();
     }));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let crl_watch = tokio::spawn(watch_crls(
+        Arc::clone(&opts.client_auth),
+        opts.crl_poll,
+        stopped.clone(),
+    ));
     let job = tokio::spawn(Arc::clone(&vault).run_background(stopped));
+    let job = tokio::spawn(async move {
+        let _ = job.await;
+        let _ = crl_watch.await;
+    });
     Ok(RunningServer {
         addr,
         shutdown: Some(tx),
         handle,
         background: Some((stop, job)),
     })
+}
+
+/// Reloads the CRLs when a file changes, until `stopped` turns true.
+async fn watch_crls(
+    auth: Arc<crate::crl::ClientAuth>,
+    every: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            r = stopped.wait_for(|s| *s) => {
+                let _ = r;
+                return;
+            }
+        }
+        let a = Arc::clone(&auth);
+        // File reads and chain checks are blocking work.
+        match tokio::task::spawn_blocking(move || a.reload_if_changed()).await {
+            Ok(Some(Ok(r))) => tracing::info!(
+                crls = r.crls,
+                closed_connections = r.closed,
+                "client CRLs reloaded"
+            ),
+            Ok(Some(Err(e))) => tracing::error!(
+                error = %e,
+                "client CRL reload failed; the CRLs in force stay"
+            ),
+            Ok(None) | Err(_) => {}
+        }
+    }
 }
 
 /// Gives every call a random request id: in the request's extensions for

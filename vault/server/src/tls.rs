@@ -20,17 +20,16 @@ use std::time::Duration;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
+
+use crate::crl::{ClientAuth, Registration};
 
 /// TLS set-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -121,10 +120,13 @@ pub fn partner_spiffe_id(cert_der: &[u8], trust_domain: &str) -> Option<SpiffeId
     crate::config::valid_partner_name(name).then(|| SpiffeId(Arc::from(uri)))
 }
 
-/// Wraps the WebPKI verifier and also demands a partner SPIFFE id.
+/// Wraps the WebPKI verifier in force (see [`crate::crl`]) and also
+/// demands a partner SPIFFE id.
 #[derive(Debug)]
 struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    auth: Arc<ClientAuth>,
+    /// The client CA's names (fixed: only the CRLs are reloaded).
+    hints: Vec<DistinguishedName>,
     trust_domain: String,
 }
 
@@ -136,7 +138,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         true
     }
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.hints
     }
     fn verify_client_cert(
         &self,
@@ -145,7 +147,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ok = self
-            .inner
+            .auth
+            .verifier()
             .verify_client_cert(end_entity, intermediates, now)?;
         if partner_spiffe_id(end_entity, &self.trust_domain).is_none() {
             return Err(rustls::Error::InvalidCertificate(
@@ -160,7 +163,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.auth
+            .verifier()
+            .verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -168,38 +173,32 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.auth
+            .verifier()
+            .verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.auth.verifier().supported_verify_schemes()
     }
 }
 
-/// Builds the server's rustls configuration.
+/// The crypto provider of every TLS configuration here.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server's rustls configuration around `auth`, the client
+/// verifier whose CRLs can be reloaded while the server runs.
 pub fn server_config(
-    client_ca: &[CertificateDer<'static>],
+    auth: &Arc<ClientAuth>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    crls: Vec<CertificateRevocationListDer<'static>>,
     trust_domain: &str,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for c in client_ca {
-        roots
-            .add(c.clone())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-    }
-    let mut builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    if !crls.is_empty() {
-        builder = builder.with_crls(crls).only_check_end_entity_revocation();
-    }
-    let inner = builder
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let provider = provider();
     let verifier = Arc::new(SpiffeClientVerifier {
-        inner,
+        hints: auth.verifier().root_hint_subjects().to_vec(),
+        auth: Arc::clone(auth),
         trust_domain: trust_domain.to_owned(),
     });
     let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -209,6 +208,12 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session skips the client verifier,
+    // so a client whose certificate was revoked (or expired) since could
+    // reconnect on its old session. Every connection does a full handshake
+    // (gRPC clients keep their connections, so this costs little).
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
@@ -221,11 +226,21 @@ pub struct PeerInfo {
     pub spiffe_id: SpiffeId,
 }
 
-/// An accepted, authenticated TLS connection.
+/// An accepted, authenticated TLS connection. It is registered with the
+/// [`ClientAuth`] that admitted it, which closes it if a reloaded CRL
+/// revokes its certificate: every read and write then fails.
 #[derive(Debug)]
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    registration: Registration,
+}
+
+fn closed_by_revocation() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "client certificate no longer accepted",
+    )
 }
 
 impl Connected for TlsConn {
@@ -241,6 +256,9 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.registration.closer.is_closed(cx) {
+            return Poll::Ready(Err(closed_by_revocation()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -251,6 +269,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.registration.closer.is_closed(cx) {
+            return Poll::Ready(Err(closed_by_revocation()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -281,6 +302,7 @@ pub const MAX_HANDSHAKES: usize = 1024;
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    auth: Arc<ClientAuth>,
     trust_domain: String,
     handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<TlsConn>> {
@@ -310,22 +332,26 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let td = trust_domain.clone();
+            let auth = Arc::clone(&auth);
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let id = tls
+                        let chain: Vec<CertificateDer<'static>> = tls
                             .get_ref()
                             .1
                             .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| partner_spiffe_id(c, &td));
+                            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                            .unwrap_or_default();
+                        let id = chain.first().and_then(|c| partner_spiffe_id(c, &td));
                         // The verifier already demanded the id; this cannot
                         // be None, but a connection without one is dropped.
                         if let Some(spiffe_id) = id {
+                            let registration = auth.register(spiffe_id.as_str(), chain);
                             let conn = TlsConn {
                                 inner: tls,
                                 info: PeerInfo { remote, spiffe_id },
+                                registration,
                             };
                             let _ = tx.send(Ok(conn)).await;
                         }

@@ -26,6 +26,7 @@ pub(crate) async fn run(
     let url = database_url.unwrap_or_else(|| cfg.database_url());
     let loaded = idvault_server::app::load(&cfg, &url).await?;
     let addr = listen.unwrap_or(cfg.file.server.listen);
+    let client_auth = Arc::clone(&loaded.options.client_auth);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -41,7 +42,7 @@ pub(crate) async fn run(
         server.addr,
         redact_url(&url)
     );
-    spawn_policy_reload(Arc::clone(&loaded.vault));
+    spawn_reload(Arc::clone(&loaded.vault), client_auth);
     let stop = server.take_shutdown();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -55,14 +56,19 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// SIGHUP reloads the policy set; an invalid set is reported and the one
-/// in force stays.
-pub(crate) fn spawn_policy_reload(vault: Arc<idvault_server::service::Vault>) {
+/// SIGHUP reloads the policy set and the client CRLs; an invalid policy
+/// set or an unreadable CRL is reported and what is in force stays.
+pub(crate) fn spawn_reload(
+    vault: Arc<idvault_server::service::Vault>,
+    auth: Arc<idvault_server::crl::ClientAuth>,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; policies reload only at restart");
+            tracing::warn!(
+                "cannot listen for SIGHUP; policies and CRLs reload only at restart (CRL files are still polled)"
+            );
             return;
         };
         while hup.recv().await.is_some() {
@@ -73,10 +79,23 @@ pub(crate) fn spawn_policy_reload(vault: Arc<idvault_server::service::Vault>) {
                     "policy reload refused; the previous policy set stays in force"
                 ),
             }
+            let a = Arc::clone(&auth);
+            match tokio::task::spawn_blocking(move || a.reload()).await {
+                Ok(Ok(r)) => tracing::info!(
+                    crls = r.crls,
+                    closed_connections = r.closed,
+                    "client CRLs reloaded"
+                ),
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "client CRL reload failed; the CRLs in force stay"
+                ),
+                Err(_) => {}
+            }
         }
     });
     #[cfg(not(unix))]
-    let _ = vault;
+    let _ = (vault, auth);
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -1,0 +1,341 @@
+//! Client certificate revocation that follows the CRL files while the
+//! vault runs.
+//!
+//! [`ClientAuth`] owns the client-certificate verifier. It is rebuilt
+//! from the configured CRL files on SIGHUP and whenever one of them
+//! changes (polled, [`ClientAuth::reload_if_changed`]); a file that cannot
+//! be read or parsed keeps the verifier in force (and says so), it never
+//! drops revocation checking. Every CRL is checked for the whole chain
+//! (an intermediate CA revoked by its issuer is refused too, and a chain
+//! certificate no configured CRL covers is refused), and past its
+//! `nextUpdate` a CRL either refuses every certificate it covers
+//! (`stale_crl = "refuse"`, the default) or is still used with a loud
+//! warning (`"warn"`).
+//!
+//! Open connections are registered with the certificate chain they
+//! authenticated with. After each reload every open connection's chain is
+//! verified again; a connection whose certificate is now revoked (or
+//! covered by a stale CRL under `refuse`) is closed at once, so a revoked
+//! partner cannot keep using an HTTP/2 connection it opened before.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use atomic_waker::AtomicWaker;
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use serde::Deserialize;
+
+use crate::tls::TlsError;
+
+/// What a CRL past its `nextUpdate` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleCrl {
+    /// Certificates the stale CRL covers are refused (handshakes fail and
+    /// open connections close) until a fresh CRL is installed.
+    #[default]
+    Refuse,
+    /// The stale CRL is still used, with an error logged at every reload
+    /// and every poll.
+    Warn,
+}
+
+/// A file's identity for change detection: modification time and length.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(p: &PathBuf) -> Stamp {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The verifier in force and what it was built from.
+struct Current {
+    verifier: Arc<dyn ClientCertVerifier>,
+    stamps: Vec<Stamp>,
+    /// The earliest `nextUpdate` of the loaded CRLs (Unix seconds).
+    next_update: Option<i64>,
+}
+
+/// Closes one connection from outside its task.
+#[derive(Debug, Default)]
+pub struct Closer {
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Closer {
+    /// Whether the connection was closed; registers the task's waker first
+    /// so a close that races this check still wakes it.
+    pub(crate) fn is_closed(&self, cx: &std::task::Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+struct OpenConn {
+    spiffe_id: String,
+    chain: Vec<CertificateDer<'static>>,
+    closer: Arc<Closer>,
+}
+
+/// Unregisters a connection when it ends.
+#[derive(Debug)]
+pub struct Registration {
+    auth: Arc<ClientAuth>,
+    id: u64,
+    /// The connection's close signal.
+    pub closer: Arc<Closer>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.auth.conns().remove(&self.id);
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    /// CRL files loaded.
+    pub crls: usize,
+    /// Open connections closed because their chain no longer verifies.
+    pub closed: usize,
+}
+
+/// The client-certificate verifier, its CRL files and the open
+/// connections it admitted.
+pub struct ClientAuth {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    crl_paths: Vec<PathBuf>,
+    stale: StaleCrl,
+    current: RwLock<Current>,
+    conns: Mutex<HashMap<u64, OpenConn>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("crl_paths", &self.crl_paths)
+            .field("stale", &self.stale)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientAuth {
+    /// Builds the verifier for `client_ca` with the CRLs in `crl_paths`
+    /// (read now; a missing or unparsable one is an error at start).
+    pub fn new(
+        client_ca: &[CertificateDer<'static>],
+        crl_paths: Vec<PathBuf>,
+        stale: StaleCrl,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in client_ca {
+            roots
+                .add(c.clone())
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        let roots = Arc::new(roots);
+        let current = build(&roots, &provider, &crl_paths, stale)?;
+        warn_if_stale(current.next_update, stale, now_secs());
+        Ok(Arc::new(Self {
+            roots,
+            provider,
+            crl_paths,
+            stale,
+            current: RwLock::new(current),
+            conns: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// The verifier in force.
+    pub(crate) fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .verifier,
+        )
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenConn>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers an authenticated connection; it is unregistered when the
+    /// returned value drops.
+    pub fn register(
+        self: &Arc<Self>,
+        spiffe_id: &str,
+        chain: Vec<CertificateDer<'static>>,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let closer = Arc::new(Closer::default());
+        self.conns().insert(
+            id,
+            OpenConn {
+                spiffe_id: spiffe_id.to_owned(),
+                chain,
+                closer: Arc::clone(&closer),
+            },
+        );
+        Registration {
+            auth: Arc::clone(self),
+            id,
+            closer,
+        }
+    }
+
+    /// Open connections (for tests and logs).
+    pub fn open_connections(&self) -> usize {
+        self.conns().len()
+    }
+
+    /// Reads every CRL file again and swaps the verifier; then closes the
+    /// open connections whose chain no longer verifies. On a read or parse
+    /// error the verifier in force stays and the error is returned.
+    pub fn reload(&self) -> Result<Reloaded, TlsError> {
+        let fresh = build(&self.roots, &self.provider, &self.crl_paths, self.stale)?;
+        warn_if_stale(fresh.next_update, self.stale, now_secs());
+        let verifier = Arc::clone(&fresh.verifier);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        let closed = self.close_refused(verifier.as_ref());
+        Ok(Reloaded {
+            crls: self.crl_paths.len(),
+            closed,
+        })
+    }
+
+    /// [`Self::reload`] when a CRL file changed since the last load (and
+    /// a stale-CRL warning when one has passed its `nextUpdate`); `None`
+    /// when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<Reloaded, TlsError>> {
+        let (changed, next_update) = {
+            let c = self.current.read().unwrap_or_else(PoisonError::into_inner);
+            let now: Vec<Stamp> = self.crl_paths.iter().map(stamp).collect();
+            (now != c.stamps, c.next_update)
+        };
+        if changed {
+            return Some(self.reload());
+        }
+        let now = now_secs();
+        if next_update.is_some_and(|t| now >= t) {
+            warn_if_stale(next_update, self.stale, now);
+            if self.stale == StaleCrl::Refuse {
+                // Expiry alone changes what the verifier accepts.
+                let v = self.verifier();
+                let closed = self.close_refused(v.as_ref());
+                if closed > 0 {
+                    return Some(Ok(Reloaded {
+                        crls: self.crl_paths.len(),
+                        closed,
+                    }));
+                }
+            }
+        }
+        None
+    }
+
+    /// Closes every open connection whose chain `verifier` refuses now.
+    fn close_refused(&self, verifier: &dyn ClientCertVerifier) -> usize {
+        let now = UnixTime::now();
+        let mut closed = 0;
+        let mut conns = self.conns();
+        conns.retain(|_, c| {
+            let ok = c.chain.split_first().is_some_and(|(ee, rest)| {
+                verifier.verify_client_cert(ee, rest, now).is_ok()
+            });
+            if !ok {
+                tracing::warn!(
+                    partner = %c.spiffe_id,
+                    "closing a connection: its client certificate is now refused (revoked, or its CRL is stale)"
+                );
+                c.closer.close();
+                closed += 1;
+            }
+            ok
+        });
+        closed
+    }
+}
+
+/// Now, on the clock rustls verifies certificates and CRLs with.
+fn now_secs() -> i64 {
+    i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX)
+}
+
+fn warn_if_stale(next_update: Option<i64>, stale: StaleCrl, now: i64) {
+    if next_update.is_some_and(|t| now >= t) {
+        match stale {
+            StaleCrl::Refuse => tracing::error!(
+                "a client CRL is past its nextUpdate: certificates it covers are REFUSED until a fresh CRL is installed"
+            ),
+            StaleCrl::Warn => tracing::error!(
+                "a client CRL is past its nextUpdate and still used (stale_crl = \"warn\"): revocations since it was issued are NOT seen"
+            ),
+        }
+    }
+}
+
+/// Reads `paths` and builds a verifier checking the whole chain.
+fn build(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    paths: &[PathBuf],
+    stale: StaleCrl,
+) -> Result<Current, TlsError> {
+    // Stamps first: a file replaced while it is read is read again at the
+    // next poll.
+    let stamps: Vec<Stamp> = paths.iter().map(stamp).collect();
+    let crls = paths
+        .iter()
+        .map(|p| crate::tls::read_crl(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut next_update = None;
+    for (crl, path) in crls.iter().zip(paths) {
+        let t = crl_next_update(crl)
+            .ok_or_else(|| TlsError::Config(format!("{}: not a parsable CRL", path.display())))?;
+        next_update = Some(next_update.map_or(t, |n: i64| n.min(t)));
+    }
+    let mut b =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(provider));
+    if !crls.is_empty() {
+        // Whole chain (rustls' default once CRLs are given): an
+        // intermediate revoked by its issuer is refused, and so is a chain
+        // certificate no configured CRL covers.
+        b = b.with_crls(crls);
+        if stale == StaleCrl::Refuse {
+            b = b.enforce_revocation_expiration();
+        }
+    }
+    let verifier = b.build().map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Current {
+        verifier,
+        stamps,
+        next_update: if paths.is_empty() { None } else { next_update },
+    })
+}
+
+/// A CRL's `nextUpdate` (Unix seconds); one without it never goes stale
+/// (`i64::MAX`). `None` when the bytes are not a CRL.
+fn crl_next_update(crl: &CertificateRevocationListDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_crl(crl).ok()?;
+    Some(parsed.next_update().map_or(i64::MAX, |t| t.timestamp()))
+}
