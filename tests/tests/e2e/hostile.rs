@@ -105,3 +105,219 @@ pub async fn other_partners_ids_look_absent(b: Backend) -> anyhow::Result<()> {
     a_tokens.detokenize(DetokenizeRequest { token }).await?;
     tv.stop().await
 }
+
+/// Pairwise tokens, subject ids in the consent and event RPCs, standing
+/// consent ids and command ids of another partner: each answers exactly
+/// as an identifier that does not exist, and changes nothing.
+pub async fn other_partners_tokens_consents_and_commands_look_absent(
+    b: Backend,
+) -> anyhow::Result<()> {
+    use idvault_tests::idvault_client::device::{DeviceKey, GrantRequest, unix_now};
+    use idvault_tests::idvault_core::SystemRng;
+    use idvault_tests::idvault_proto::v1 as pb;
+    use pb::command_service_client::CommandServiceClient;
+    use pb::consent_service_client::ConsentServiceClient;
+    use pb::device_service_client::DeviceServiceClient;
+    use pb::event_service_client::EventServiceClient;
+
+    const A: &str = "spiffe://idvault.dev/partner/partner-a";
+    const B: &str = "spiffe://idvault.dev/partner/partner-b";
+    // partner-b holds every role these RPCs need, so each refusal below
+    // is about the identifier.
+    let tv = TestVault::start_with_roles(
+        b,
+        "partner-b",
+        &["devices.enroll", "events.publish", "commands.receive"],
+    )
+    .await?;
+    let created = tv
+        .subjects("partner-a")
+        .await?
+        .create_subject(pb::CreateSubjectRequest {
+            fields: fields(&[("given_name", "Ada")]),
+        })
+        .await?
+        .into_inner();
+    let (theirs, their_token) = (created.subject_id, created.pairwise_token);
+    let nobody = "00000000-0000-4000-8000-000000000000".to_owned();
+    let no_token = "pw_aaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned();
+    let mut b_events = EventServiceClient::new(tv.channel("partner-b").await?);
+    let mut b_consent = ConsentServiceClient::new(tv.channel("partner-b").await?);
+    let subjects_before = tv.count("SELECT count(*) FROM subjects").await;
+
+    // Events about their subject, by pairwise token and by id.
+    let publish = |s: pb::publish_event_request::Subject| pb::PublishEventRequest {
+        subject: Some(s),
+        event_type: "address.changed".into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        fields: vec![],
+    };
+    use pb::publish_event_request::Subject as S;
+    let by_token = refusal(
+        b_events
+            .publish_event(publish(S::PairwiseToken(their_token.clone())))
+            .await,
+    );
+    let by_none = refusal(
+        b_events
+            .publish_event(publish(S::PairwiseToken(no_token)))
+            .await,
+    );
+    assert_eq!(
+        by_token, by_none,
+        "another's pairwise token must look absent"
+    );
+    let by_id = refusal(
+        b_events
+            .publish_event(publish(S::SubjectId(theirs.clone())))
+            .await,
+    );
+    let by_nobody = refusal(
+        b_events
+            .publish_event(publish(S::SubjectId(nobody.clone())))
+            .await,
+    );
+    assert_eq!(
+        by_id, by_nobody,
+        "another's subject must look absent to events"
+    );
+    assert_eq!(by_token.0, tonic::Code::NotFound);
+
+    // Challenges and enrollment codes for their subject.
+    let challenge = |s: &str| pb::RequestChallengeRequest {
+        subject_id: s.to_owned(),
+    };
+    let code = |s: &str| pb::IssueEnrollmentCodeRequest {
+        subject_id: s.to_owned(),
+    };
+    // A challenge is issued for any subject id (the person hands theirs to
+    // the partner that wants their data), existing or not: no oracle.
+    for s in [&theirs, &nobody] {
+        let c = b_consent
+            .request_challenge(challenge(s))
+            .await?
+            .into_inner();
+        assert_eq!(c.challenge.len(), 32);
+    }
+    assert_eq!(
+        refusal(b_consent.issue_enrollment_code(code(&theirs)).await),
+        refusal(b_consent.issue_enrollment_code(code(&nobody)).await),
+    );
+
+    // A standing consent the person gave partner-a.
+    let mut a_consent = ConsentServiceClient::new(tv.channel("partner-a").await?);
+    let mut wallet = DeviceServiceClient::new(tv.channel("wallet").await?);
+    let enrollment = a_consent
+        .issue_enrollment_code(code(&theirs))
+        .await?
+        .into_inner()
+        .enrollment_code;
+    let phone = DeviceKey::generate(&SystemRng::default()).unwrap();
+    wallet
+        .enroll(phone.enrollment(&theirs, &enrollment).unwrap())
+        .await?;
+    let ch = a_consent
+        .request_challenge(challenge(&theirs))
+        .await?
+        .into_inner()
+        .challenge;
+    let now = unix_now();
+    let signed = phone
+        .sign_grant(
+            &GrantRequest {
+                subject_id: theirs.clone(),
+                audience: A.into(),
+                purpose: "kyc".into(),
+                fields: vec!["given_name".into()],
+                challenge: ch,
+                issued_at: now,
+                expires_at: now + 3600,
+                standing: true,
+            },
+            &SystemRng::default(),
+        )
+        .unwrap();
+    let consent_id = {
+        use prost::Message;
+        pb::ConsentGrant::decode(signed.grant.as_slice())?.consent_id
+    };
+    a_consent
+        .release(pb::ReleaseRequest {
+            consent: Some(pb::release_request::Consent::Signed(signed)),
+            nonce: vec![1; 16],
+        })
+        .await?;
+    let standing = |id: Vec<u8>| pb::ReleaseRequest {
+        consent: Some(pb::release_request::Consent::StandingConsentId(id)),
+        nonce: vec![2; 16],
+    };
+    let on_theirs = refusal(b_consent.release(standing(consent_id.clone())).await);
+    let on_none = refusal(b_consent.release(standing(vec![0x5a; 16])).await);
+    assert_eq!(on_theirs, on_none, "another's consent must look absent");
+    assert_eq!(on_theirs.0, tonic::Code::NotFound);
+    // partner-a still uses it.
+    a_consent.release(standing(consent_id)).await?;
+
+    // A command waiting for partner-b, acknowledged by partner-a.
+    let sign = |action| {
+        phone
+            .sign_request(action, unix_now(), &SystemRng::default())
+            .unwrap()
+    };
+    use pb::device_request::Action;
+    for e in [A, B] {
+        wallet
+            .link_entity(sign(Action::LinkEntity(pb::LinkEntity {
+                entity: e.into(),
+            })))
+            .await?;
+    }
+    wallet
+        .set_rules(sign(Action::SetRules(pb::SetRules {
+            rules: vec![pb::Rule {
+                rule_id: String::new(),
+                source: A.into(),
+                event_type: "address.changed".into(),
+                target: B.into(),
+                command: "update_address".into(),
+                fields: vec!["address".into()],
+            }],
+        })))
+        .await?;
+    EventServiceClient::new(tv.channel("partner-a").await?)
+        .publish_event(pb::PublishEventRequest {
+            subject: Some(S::SubjectId(theirs.clone())),
+            event_type: "address.changed".into(),
+            event_id: "e-1".into(),
+            fields: vec![pb::EventField {
+                name: "address".into(),
+                value: "1 Main St".into(),
+            }],
+        })
+        .await?;
+    let command_id: String = sqlx::query_scalar("SELECT command_id FROM command_outbox")
+        .fetch_one(tv.db())
+        .await?;
+    let mut a_commands = CommandServiceClient::new(tv.channel("partner-a").await?);
+    let ack = async |c: &mut CommandServiceClient<tonic::transport::Channel>, id: String| {
+        c.ack_commands(pb::AckCommandsRequest {
+            command_ids: vec![id],
+        })
+        .await
+        .map(|r| r.into_inner().acknowledged)
+    };
+    assert_eq!(ack(&mut a_commands, command_id.clone()).await?, 0);
+    assert_eq!(
+        ack(&mut a_commands, format!("cmd_{}", "0".repeat(32))).await?,
+        0
+    );
+    assert_eq!(tv.count("SELECT count(*) FROM command_outbox").await, 1);
+    let mut b_commands = CommandServiceClient::new(tv.channel("partner-b").await?);
+    assert_eq!(ack(&mut b_commands, command_id).await?, 1);
+
+    assert_eq!(
+        tv.count("SELECT count(*) FROM subjects").await,
+        subjects_before
+    );
+    tv.stop().await
+}

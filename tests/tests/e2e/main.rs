@@ -49,6 +49,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     subjects::crypto_shredding,
     subjects::chain_length_is_capped,
     hostile::other_partners_ids_look_absent,
+    hostile::other_partners_tokens_consents_and_commands_look_absent,
     tamper::flipped_ciphertext_byte,
     tamper::packet_moved_to_other_subject,
     tamper::middle_packet_deleted,

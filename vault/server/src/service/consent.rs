@@ -145,10 +145,10 @@ impl Vault {
         self.handle(caller, Action::RequestChallenge, async |req| {
             let id = req.subject_id(subject)?;
             req.decide_on_subject(&id, &[])?;
+            // Issued whether or not the subject exists: the answer must
+            // not tell a partner which subject ids exist (a grant for a
+            // subject that does not exist is refused when presented).
             let mut tx = self.begin().await?;
-            if tx.subject(&id).await?.is_none() {
-                return Err(VaultError::NotFound);
-            }
             let mut challenge = [0u8; CHALLENGE_LEN];
             self.rng().fill(&mut challenge).map_err(KeyError::from)?;
             let ttl = i64::from(self.consent_settings().challenge_ttl_seconds);
