@@ -214,6 +214,25 @@ impl TestVault {
         Ok(idvault_client::connect(&self.url(), "localhost", &creds).await?)
     }
 
+    /// Starts a second vault replica on the same data and database (for
+    /// PostgreSQL: two vault processes sharing one database); it serves
+    /// until the returned server is shut down.
+    pub async fn replica(&self) -> anyhow::Result<(Arc<Vault>, RunningServer)> {
+        let (vault, server, _) = boot(&self.config, &self.database_url).await?;
+        Ok((vault, server))
+    }
+
+    /// An mTLS channel as a dev partner to the server at `addr` (a
+    /// replica).
+    pub async fn channel_at(
+        &self,
+        addr: std::net::SocketAddr,
+        partner: &str,
+    ) -> anyhow::Result<Channel> {
+        let creds = idvault_client::PartnerCredentials::from_dir(&self.tls_dir(), partner)?;
+        Ok(idvault_client::connect(&format!("https://{addr}"), "localhost", &creds).await?)
+    }
+
     /// An mTLS channel with an arbitrary client certificate.
     pub async fn channel_with(&self, issued: &Issued) -> anyhow::Result<Channel> {
         let creds = idvault_client::PartnerCredentials {

@@ -804,25 +804,47 @@ pub async fn challenge_and_replay_refusals(backend: Backend) -> anyhow::Result<(
         Code::PermissionDenied,
         "challenge_mismatch",
     );
-    // An expired challenge.
+    // A grant presented after its challenge's lifetime (as the grant's own
+    // issue time shows) is refused, whatever the challenge row says.
+    let ch = cx.challenge(true).await;
+    let mut late = cx.grant(ch);
+    late.issued_at -= 500;
+    late.standing = true;
+    late.expires_at = late.issued_at + 86_400;
+    refused(
+        cx.release(true, cx.sign(&late)).await,
+        Code::FailedPrecondition,
+        "challenge_expired",
+    );
+    // A challenge whose expiry was edited in the database is refused as
+    // forged (the stored-expiry check itself is the core unit test
+    // `challenges_bind_partner_subject_use_and_time`).
     let ch = cx.challenge(true).await;
     sqlx::query("UPDATE consent_challenges SET expires_at_ms = 1 WHERE challenge = $1")
         .bind(ch.clone())
         .execute(cx.tv.db())
         .await?;
-    refused(
-        cx.release(true, cx.sign(&cx.grant(ch))).await,
-        Code::FailedPrecondition,
-        "challenge_expired",
-    );
-    // A challenge for a subject that does not exist.
-    let e =
+    let r = cx.release(true, cx.sign(&cx.grant(ch))).await;
+    forged(&cx, r, "challenge row MAC").await;
+    // A challenge for a subject that does not exist is issued (the answer
+    // must not say which ids exist), and nothing can be released with it:
+    // no device of that subject can sign, and a grant naming it with this
+    // device is refused.
+    let ghost = "00000000-0000-4000-8000-000000000000";
+    let ch =
         cx.b.request_challenge(pb::RequestChallengeRequest {
-            subject_id: "00000000-0000-4000-8000-000000000000".into(),
+            subject_id: ghost.into(),
         })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound);
+        .await?
+        .into_inner()
+        .challenge;
+    let mut g = cx.grant(ch);
+    g.subject_id = ghost.into();
+    refused(
+        cx.release(true, cx.sign(&g)).await,
+        Code::PermissionDenied,
+        "subject_mismatch",
+    );
     assert_eq!(
         cx.tv.count("SELECT COUNT(*) FROM consent_receipts").await,
         1
@@ -1185,6 +1207,39 @@ pub async fn forged_consent_rows_authorise_nothing(backend: Backend) -> anyhow::
     let r = cx.release_standing(true, &id).await;
     forged(&cx, r, "consent row MAC").await;
 
+    // A single-use grant presented again: the writer deletes its consent
+    // row and marks its challenge unused; then plants a challenge outright.
+    let ch = cx.challenge(true).await;
+    let once = cx.sign(&cx.grant(ch.clone()));
+    let once_id = grant_of(&once).consent_id;
+    cx.release(true, once.clone()).await?;
+    exec(
+        &cx,
+        "DELETE FROM consents WHERE consent_id = $1",
+        std::slice::from_ref(&once_id),
+    )
+    .await;
+    exec(
+        &cx,
+        "UPDATE consent_challenges SET used_at_ms = NULL WHERE challenge = $1",
+        std::slice::from_ref(&ch),
+    )
+    .await;
+    let r = cx.release(true, once).await;
+    forged(&cx, r, "challenge row MAC").await;
+    let planted = vec![0x77; 32];
+    sqlx::query(
+        "INSERT INTO consent_challenges (challenge, partner, subject_id, expires_at_ms) \
+         SELECT $1, partner, subject_id, $2 FROM consent_challenges WHERE challenge = $3",
+    )
+    .bind(planted.clone())
+    .bind(i64::MAX / 2)
+    .bind(ch)
+    .execute(cx.tv.db())
+    .await?;
+    let r = cx.release(true, cx.sign(&cx.grant(planted))).await;
+    forged(&cx, r, "challenge row MAC").await;
+
     // The attacker's own key in a device row of the person: as a new row
     // (no MAC), then in place of the real device's key (its MAC kept).
     let mallory = DeviceKey::generate(&SystemRng::default()).unwrap();
@@ -1249,6 +1304,80 @@ pub async fn forged_consent_rows_authorise_nothing(backend: Backend) -> anyhow::
     let released: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consent_receipts")
         .fetch_one(cx.tv.db())
         .await?;
-    assert_eq!(usize::try_from(released)?, receipts + 1);
+    // The two real releases after the count (standing, single-use).
+    assert_eq!(usize::try_from(released)?, receipts + 2);
+    cx.tv.stop().await
+}
+
+/// Two vault replicas share one PostgreSQL database. A grant presented to
+/// one is refused by the other (replay state is the database's, not a
+/// process's); a grant signed for partner-b is refused when partner-a
+/// presents it on either replica; a device request replayed on the other
+/// replica is refused; a grant raced to both replicas at once is released
+/// exactly once.
+pub async fn grant_replay_across_replicas(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let (_replica, server) = cx.tv.replica().await?;
+    let mut b2 = ConsentServiceClient::new(cx.tv.channel_at(server.addr, "partner-b").await?);
+    let mut a2 = ConsentServiceClient::new(cx.tv.channel_at(server.addr, "partner-a").await?);
+    let mut wallet2 = DeviceServiceClient::new(cx.tv.channel_at(server.addr, "wallet").await?);
+    let present = |s: pb::SignedConsent| pb::ReleaseRequest {
+        consent: Some(pb::release_request::Consent::Signed(s)),
+        nonce: NONCE.to_vec(),
+    };
+
+    // Released on replica 1, replayed on replica 2.
+    let ch = cx.challenge(true).await;
+    let signed = cx.sign(&cx.grant(ch));
+    cx.release(true, signed.clone()).await?;
+    refused(
+        b2.release(present(signed.clone())).await,
+        Code::AlreadyExists,
+        "consent_replayed",
+    );
+    // Signed for partner-b, presented by partner-a on either replica.
+    let ch = cx.challenge(true).await;
+    let for_b = cx.sign(&cx.grant(ch));
+    refused(
+        a2.release(present(for_b.clone())).await,
+        Code::PermissionDenied,
+        "audience_mismatch",
+    );
+    refused(
+        cx.release(false, for_b.clone()).await,
+        Code::PermissionDenied,
+        "audience_mismatch",
+    );
+    // Raced to both replicas: exactly one release.
+    let (r1, r2) = tokio::join!(
+        cx.b.release(present(for_b.clone())),
+        b2.release(present(for_b))
+    );
+    assert_eq!(
+        usize::from(r1.is_ok()) + usize::from(r2.is_ok()),
+        1,
+        "{r1:?} {r2:?}"
+    );
+    let loser = r1.err().or(r2.err()).expect("one refused");
+    assert!(
+        matches!(reason(&loser), "consent_replayed" | "challenge_reused"),
+        "{loser:?}"
+    );
+    // A device request answered by replica 1, replayed on replica 2.
+    let list = cx.device_request(
+        &cx.device,
+        pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+    );
+    cx.wallet.list_receipts(list.clone()).await?;
+    refused(
+        wallet2.list_receipts(list).await,
+        Code::AlreadyExists,
+        "request_replayed",
+    );
+    assert_eq!(
+        cx.tv.count("SELECT COUNT(*) FROM consent_receipts").await,
+        2
+    );
+    server.shutdown().await?;
     cx.tv.stop().await
 }

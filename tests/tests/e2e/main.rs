@@ -50,6 +50,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     subjects::chain_length_is_capped,
     hostile::other_partners_ids_look_absent,
     hostile::other_partners_tokens_consents_and_commands_look_absent,
+    hostile::every_rpc_refuses_oversized_and_nested_messages,
     tamper::flipped_ciphertext_byte,
     tamper::packet_moved_to_other_subject,
     tamper::middle_packet_deleted,
@@ -81,6 +82,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::oversized_stream_message_is_resource_exhausted,
     tokens::tokenize_rejects_are_capped,
     tokens::tokenize_streams_per_partner_are_limited,
+    tokens::streams_that_never_read_are_ended_at_their_deadline,
     tokens::tokenize_stream_output_growth_and_csv_quotes,
     matching::same_person_gets_a_pairwise_token_per_partner,
     matching::deleted_subject_is_no_longer_matchable,
@@ -134,6 +136,10 @@ const EDGE: &[(&str, TestFn)] = tests![
     policies::invalid_policies_refuse_start_with_location,
 ];
 
+/// Tests of several vault replicas sharing one database: PostgreSQL only
+/// (SQLite serves one process).
+const POSTGRES_ONLY: &[(&str, TestFn)] = tests![consent::grant_replay_across_replicas];
+
 fn run(f: TestFn, backend: Backend) -> Result<(), Failed> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,6 +179,15 @@ fn main() {
         trials.push(Trial::test(format!("sqlite::{name}"), move || {
             run(f, Backend::Sqlite)
         }));
+        trials.push(
+            Trial::test(format!("postgres::{name}"), move || {
+                run(f, Backend::Postgres)
+            })
+            .with_ignored_flag(skip_pg),
+        );
+    }
+    for (name, f) in POSTGRES_ONLY {
+        let f = *f;
         trials.push(
             Trial::test(format!("postgres::{name}"), move || {
                 run(f, Backend::Postgres)

@@ -617,3 +617,90 @@ pub async fn tokenize_streams_per_partner_are_limited(b: Backend) -> anyhow::Res
     drop(open);
     tv.stop().await
 }
+
+/// A hostile client fills every TokenizeLog place it has with streams that
+/// send a lot and never read an answer: each stream's task gives up at the
+/// call's deadline (its sends wait for room at most that long), so its
+/// place and buffers come back, and the partner can stream again. Without
+/// send deadlines the places would stay held for as long as the client
+/// liked.
+pub async fn streams_that_never_read_are_ended_at_their_deadline(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::streams::MAX_STREAMS_PER_PARTNER;
+    let tv = TestVault::start(b).await?;
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let line = b"{\"user\":{\"msisdn\":\"+447700900123\",\"email\":\"a@example.org\"}}\n";
+    let chunk: Vec<u8> = line.repeat(200_000 / line.len());
+    let mut unread = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_PARTNER {
+        let mut msgs = vec![TokenizeLogRequest {
+            settings: Some(stateless_settings()),
+            data: Vec::new(),
+        }];
+        msgs.extend((0..60).map(|_| TokenizeLogRequest {
+            settings: None,
+            data: chunk.clone(),
+        }));
+        let mut req = tonic::Request::new(tokio_stream::iter(msgs));
+        req.set_timeout(std::time::Duration::from_secs(3));
+        // The response stream is kept and never polled.
+        unread.push(c.tokenize_log(req).await?.into_inner());
+    }
+    let one = || {
+        tokio_stream::iter(vec![TokenizeLogRequest {
+            settings: Some(stateless_settings()),
+            data: line.to_vec(),
+        }])
+    };
+    // Another connection of the same partner (the unread streams' data
+    // holds the first connection's flow-control window).
+    let first = c;
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    // Every place is taken now…
+    assert_eq!(
+        c.tokenize_log(one()).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    // …and free again once the deadline passed, though nothing was read.
+    let mut freed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Ok(r) = c.tokenize_log(one()).await {
+            let mut s = r.into_inner();
+            while s.message().await?.is_some() {}
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "streams that never read kept their places");
+    // A stream cut short ends with DEADLINE_EXCEEDED after what it did
+    // send, never with OK: read late, it must not pass for a whole answer.
+    // (The other unread streams go first: their buffered data holds the
+    // connection's flow-control window.)
+    let mut late = unread.pop().expect("a stream");
+    drop(unread);
+    let (mut rewritten, mut records) = (0u64, 0u64);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match late.message().await {
+                Ok(Some(m)) => {
+                    rewritten += m.records_rewritten;
+                    records += m.records_rewritten + m.rejected.len() as u64;
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e.code()),
+            }
+        }
+    })
+    .await
+    .expect("the cut stream ends");
+    // Either it was cut (DEADLINE_EXCEEDED after part of the answer), or,
+    // on a machine fast enough to finish before its deadline, it is whole.
+    let whole = u64::try_from(60 * (chunk.len() / line.len()))?;
+    assert!(
+        end == Some(Code::DeadlineExceeded) || (end.is_none() && records == whole),
+        "{end:?} after {rewritten} of {whole} records"
+    );
+    drop(late);
+    drop(first);
+    tv.stop().await
+}

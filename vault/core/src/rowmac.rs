@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::consent::{Consent, Device, EnrollmentCode};
+use crate::consent::{Challenge, Consent, Device, EnrollmentCode};
 use crate::crypto;
 use crate::keys::{KeyError, KeyHierarchy};
 use crate::rules::Rule;
@@ -123,14 +123,27 @@ pub fn device(d: &Device) -> RowBytes {
 }
 
 /// An enrollment code: its hash, subject, the partner it was issued to,
-/// expiry. (Its use is not covered: marking a code unused helps no one
-/// who does not know the code, and only its hash is stored.)
+/// expiry, and whether it was used (so marking a used code unused breaks
+/// the MAC: whoever saw the code could otherwise enroll a second device).
 pub fn enrollment_code(code_hash: &[u8; 32], c: &EnrollmentCode) -> RowBytes {
     RowBytes::new("enrollment-code")
         .bytes(code_hash)
         .bytes(c.subject.as_bytes())
         .text(&c.issued_to)
         .int(c.expires_at_ms)
+        .flag(c.used)
+}
+
+/// A consent challenge: the challenge, the partner it was issued to, its
+/// subject, expiry, and whether it was used (a planted or revived
+/// challenge must not let a signed grant be presented again).
+pub fn challenge(challenge: &[u8; 32], c: &Challenge) -> RowBytes {
+    RowBytes::new("challenge")
+        .bytes(challenge)
+        .text(&c.partner)
+        .bytes(c.subject.as_bytes())
+        .int(c.expires_at_ms)
+        .flag(c.used)
 }
 
 /// A presented consent: id, subject, device, audience, purpose, fields,

@@ -306,6 +306,7 @@ impl ConsentSection {
             max_single_use_secs: i64::from(self.max_single_use_seconds),
             max_standing_secs: i64::from(self.max_standing_days) * 86_400,
             skew_secs: i64::from(self.clock_skew_seconds),
+            challenge_ttl_secs: i64::from(self.challenge_ttl_seconds),
         }
     }
 }

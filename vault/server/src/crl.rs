@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::SystemTime;
 
 use atomic_waker::AtomicWaker;
 use rustls::RootCertStore;
@@ -47,12 +46,16 @@ pub enum StaleCrl {
     Warn,
 }
 
-/// A file's identity for change detection: modification time and length.
-type Stamp = Option<(SystemTime, u64)>;
+/// A file's identity for change detection: the SHA-256 of its bytes
+/// (`None` when unreadable). Not its time and size: a refreshed CRL of the
+/// same length copied with its time kept (`cp -p`, `rsync -t`) must still
+/// be seen.
+type Stamp = Option<[u8; 32]>;
 
 fn stamp(p: &PathBuf) -> Stamp {
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    std::fs::read(p)
+        .ok()
+        .map(|b| idvault_core::crypto::sha256(&[&b]))
 }
 
 /// The verifier in force and what it was built from.
@@ -124,6 +127,9 @@ pub struct ClientAuth {
     current: RwLock<Current>,
     conns: Mutex<HashMap<u64, OpenConn>>,
     next_id: AtomicU64,
+    /// Serialises reloads (SIGHUP and the file poll), so a slower one never
+    /// installs an older CRL set over a newer one.
+    reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -161,6 +167,7 @@ impl ClientAuth {
             current: RwLock::new(current),
             conns: Mutex::default(),
             next_id: AtomicU64::new(1),
+            reloading: Mutex::new(()),
         }))
     }
 
@@ -181,6 +188,13 @@ impl ClientAuth {
 
     /// Registers an authenticated connection; it is unregistered when the
     /// returned value drops.
+    ///
+    /// The chain is verified again here against the verifier in force,
+    /// under the registry lock: a handshake that passed under the previous
+    /// CRLs while a reload ran (a client can stretch its handshake) would
+    /// otherwise register after the reload closed the refused connections,
+    /// and stay open. A reload swaps the verifier before it takes this
+    /// lock, so one of the two always sees the other.
     pub fn register(
         self: &Arc<Self>,
         spiffe_id: &str,
@@ -188,7 +202,17 @@ impl ClientAuth {
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
-        self.conns().insert(
+        let mut conns = self.conns();
+        let verifier = self.verifier();
+        let still_ok = chain_ok(verifier.as_ref(), &chain, UnixTime::now());
+        if !still_ok {
+            tracing::warn!(
+                partner = %spiffe_id,
+                "closing a new connection: its certificate was refused by CRLs reloaded during its handshake"
+            );
+            closer.close();
+        }
+        conns.insert(
             id,
             OpenConn {
                 spiffe_id: spiffe_id.to_owned(),
@@ -196,6 +220,7 @@ impl ClientAuth {
                 closer: Arc::clone(&closer),
             },
         );
+        drop(conns);
         Registration {
             auth: Arc::clone(self),
             id,
@@ -212,6 +237,10 @@ impl ClientAuth {
     /// open connections whose chain no longer verifies. On a read or parse
     /// error the verifier in force stays and the error is returned.
     pub fn reload(&self) -> Result<Reloaded, TlsError> {
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let fresh = build(&self.roots, &self.provider, &self.crl_paths, self.stale)?;
         warn_if_stale(fresh.next_update, self.stale, now_secs());
         let verifier = Arc::clone(&fresh.verifier);
@@ -254,15 +283,25 @@ impl ClientAuth {
     }
 
     /// Closes every open connection whose chain `verifier` refuses now.
+    /// The chains are checked outside the registry lock (the lock is taken
+    /// by every connection's start and end on async threads).
     fn close_refused(&self, verifier: &dyn ClientCertVerifier) -> usize {
         let now = UnixTime::now();
-        let mut closed = 0;
+        let open: Vec<(u64, Vec<CertificateDer<'static>>)> = self
+            .conns()
+            .iter()
+            .map(|(id, c)| (*id, c.chain.clone()))
+            .collect();
+        let refused: Vec<u64> = open
+            .into_iter()
+            .filter(|(_, chain)| !chain_ok(verifier, chain, now))
+            .map(|(id, _)| id)
+            .collect();
         let mut conns = self.conns();
-        conns.retain(|_, c| {
-            let ok = c.chain.split_first().is_some_and(|(ee, rest)| {
-                verifier.verify_client_cert(ee, rest, now).is_ok()
-            });
-            if !ok {
+        let mut closed = 0;
+        for id in refused {
+            // Gone already if the connection ended meanwhile.
+            if let Some(c) = conns.remove(&id) {
                 tracing::warn!(
                     partner = %c.spiffe_id,
                     "closing a connection: its client certificate is now refused (revoked, or its CRL is stale)"
@@ -270,10 +309,20 @@ impl ClientAuth {
                 c.closer.close();
                 closed += 1;
             }
-            ok
-        });
+        }
         closed
     }
+}
+
+/// Whether `verifier` accepts `chain` (end entity first) at `now`.
+fn chain_ok(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> bool {
+    chain
+        .split_first()
+        .is_some_and(|(ee, rest)| verifier.verify_client_cert(ee, rest, now).is_ok())
 }
 
 /// Now, on the clock rustls verifies certificates and CRLs with.

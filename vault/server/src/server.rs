@@ -43,12 +43,18 @@ pub struct ServerOptions {
     pub crl_poll: Duration,
 }
 
+/// How long a graceful stop waits for open connections before it drops
+/// them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// A running server.
 #[derive(Debug)]
 pub struct RunningServer {
     /// Bound address (the real port when asked for port 0).
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Turns true once a shutdown was asked for (by either sender).
+    stopping: tokio::sync::watch::Receiver<bool>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
 }
@@ -66,7 +72,30 @@ impl RunningServer {
     /// Waits for the server to end by itself, then stops the background
     /// jobs (after one last sequencer step).
     pub async fn wait(mut self) -> Result<(), tonic::transport::Error> {
-        let served = (&mut self.handle).await.unwrap_or(Ok(()));
+        let mut stopping = self.stopping.clone();
+        let served = tokio::select! {
+            r = &mut self.handle => r.unwrap_or(Ok(())),
+            () = async {
+                // (The guard `wait_for` returns must not live across the
+                // await below.)
+                let _ = stopping.wait_for(|s| *s).await.map(|_| ());
+            } => {
+                // A graceful stop waits for every connection to finish, and
+                // a client that stopped reading never lets its last frames
+                // go out: after the grace period the rest are dropped.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.handle).await {
+                    Ok(r) => r.unwrap_or(Ok(())),
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_secs = SHUTDOWN_GRACE.as_secs(),
+                            "connections still open after the shutdown grace period were dropped"
+                        );
+                        self.handle.abort();
+                        Ok(())
+                    }
+                }
+            }
+        };
         if let Some((stop, job)) = self.background.take() {
             let _ = stop.send(true);
             let _ = job.await;
@@ -208,8 +237,10 @@ pub async fn start(
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;
+        let _ = stopping_tx.send(true);
         // Following command streams would otherwise hold the graceful
         // shutdown until their deadline.
         streams.stop_streams();
@@ -228,6 +259,7 @@ pub async fn start(
     Ok(RunningServer {
         addr,
         shutdown: Some(tx),
+        stopping,
         handle,
         background: Some((stop, job)),
     })

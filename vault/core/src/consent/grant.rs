@@ -18,6 +18,11 @@ pub struct ConsentLimits {
     pub max_standing_secs: i64,
     /// Clock skew tolerated on `issued_at`, seconds.
     pub skew_secs: i64,
+    /// Lifetime of a challenge, seconds: a grant is first presented while
+    /// the challenge it names lives, so one presented later than this
+    /// (plus the skew) after its `issued_at` is refused whatever the
+    /// challenge row says.
+    pub challenge_ttl_secs: i64,
 }
 
 impl Default for ConsentLimits {
@@ -26,6 +31,7 @@ impl Default for ConsentLimits {
             max_single_use_secs: 600,
             max_standing_secs: 365 * 24 * 3600,
             skew_secs: 120,
+            challenge_ttl_secs: 300,
         }
     }
 }
@@ -102,6 +108,16 @@ impl Grant {
         if now >= self.expires_at {
             return Err(Refusal::Expired);
         }
+        // The challenge it names has expired by now, whatever the stored
+        // challenge row says (a database writer could plant or revive
+        // one): a signed grant cannot be presented again long after.
+        let presentable_until = self
+            .issued_at
+            .saturating_add(limits.challenge_ttl_secs)
+            .saturating_add(limits.skew_secs);
+        if now > presentable_until {
+            return Err(Refusal::ChallengeExpired);
+        }
         Ok(())
     }
 }
@@ -114,6 +130,30 @@ pub fn grant_hash(grant_bytes: &[u8]) -> [u8; HASH_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_is_presentable_only_while_its_challenge_lives() {
+        let limits = ConsentLimits::default();
+        let g = Grant {
+            consent_id: [1; crate::consent::ID_LEN],
+            subject: crate::subject::SubjectId::from_bytes([2; 16]),
+            audience: "spiffe://a".into(),
+            purpose: "kyc".into(),
+            fields: Vec::new(),
+            challenge: [3; 32],
+            issued_at: 1_000,
+            expires_at: 1_000 + 86_400,
+            standing: true,
+        };
+        let last = 1_000 + limits.challenge_ttl_secs + limits.skew_secs;
+        assert_eq!(g.check_window(last, &limits), Ok(()));
+        // Long before its own expiry, but its challenge is gone: a signed
+        // grant kept by a partner cannot be presented again later.
+        assert_eq!(
+            g.check_window(last + 1, &limits),
+            Err(Refusal::ChallengeExpired)
+        );
+    }
     use crate::wire::decode_grant;
     use crate::wire::tests::sample_grant;
     use prost::Message;

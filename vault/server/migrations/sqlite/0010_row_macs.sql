@@ -7,7 +7,8 @@
 -- verified again on every standing release.
 --
 -- Rows written before this migration have no MAC and authorise nothing:
--- the person enrolls again, signs again, links and sets rules again. The
+-- the person enrolls again, signs again, links and sets rules again; a
+-- partner asks for a new challenge. The
 -- vault logs how many such rows it finds when it starts. Nothing here
 -- backfills MACs: a backfill would bless whatever the table held.
 
@@ -16,6 +17,9 @@ ALTER TABLE devices ADD COLUMN mac BLOB;
 
 ALTER TABLE enrollment_codes ADD COLUMN mac_version INTEGER;
 ALTER TABLE enrollment_codes ADD COLUMN mac BLOB;
+
+ALTER TABLE consent_challenges ADD COLUMN mac_version INTEGER;
+ALTER TABLE consent_challenges ADD COLUMN mac BLOB;
 
 ALTER TABLE consents ADD COLUMN grant_bytes BLOB;
 ALTER TABLE consents ADD COLUMN grant_signature BLOB;

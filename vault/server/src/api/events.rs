@@ -69,8 +69,7 @@ adapter!(
 
 #[tonic::async_trait]
 impl CommandService for CommandApi {
-    type StreamCommandsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::StreamCommandsResponse, Status>>;
+    type StreamCommandsStream = super::Replies<pb::StreamCommandsResponse>;
 
     async fn stream_commands(
         &self,
@@ -84,8 +83,8 @@ impl CommandService for CommandApi {
             vault.open_command_stream(&who).await.map_err(status)
         })
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(crate::service::events::DELIVERY_BATCH as usize);
-        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        let (tx, rx) = super::replies(crate::service::events::DELIVERY_BATCH as usize);
+        let deadline = super::stream_deadline(&who, self.stream_deadline);
         let mut stop = vault.streams_stop_signal();
         tokio::spawn(async move {
             let _slot = slot;
@@ -116,7 +115,7 @@ impl CommandService for CommandApi {
                         command: Some(command(d)),
                     };
                     // A receiver that stops reading cannot hold the task.
-                    if !super::send_within(&tx, Ok(msg), deadline).await {
+                    if !super::send_within(&tx, msg, deadline).await {
                         return;
                     }
                 }
@@ -134,9 +133,7 @@ impl CommandService for CommandApi {
                 }
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        Ok(Response::new(rx))
     }
 
     async fn ack_commands(

@@ -60,8 +60,7 @@ fn candidates(c: Vec<MatchCandidate>) -> Vec<PbCandidate> {
 
 #[tonic::async_trait]
 impl MatchService for MatchApi {
-    type MatchStreamStream =
-        tokio_stream::wrappers::ReceiverStream<Result<MatchBatchResponse, Status>>;
+    type MatchStreamStream = super::Replies<MatchBatchResponse>;
 
     async fn r#match(&self, req: Request<MatchRequest>) -> Result<Response<MatchResponse>, Status> {
         let who = caller(&req)?;
@@ -96,8 +95,8 @@ impl MatchService for MatchApi {
             vault.open_match_stream(&who).await.map_err(status)
         })
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        let (tx, rx) = super::replies(4);
+        let deadline = super::stream_deadline(&who, self.stream_deadline);
         tokio::spawn(async move {
             let _slot = slot;
             loop {
@@ -145,13 +144,11 @@ impl MatchService for MatchApi {
                         },
                     })
                     .collect();
-                if !super::send_within(&tx, Ok(MatchBatchResponse { results }), deadline).await {
+                if !super::send_within(&tx, MatchBatchResponse { results }, deadline).await {
                     return;
                 }
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        Ok(Response::new(rx))
     }
 }

@@ -197,6 +197,15 @@ pub(crate) async fn malformed(
     }
 }
 
+/// When a stream call must end: its own deadline (`grpc-timeout`) if the
+/// caller set one, and never later than `max` from now. A client that
+/// stops reading therefore holds a stream's task, place and buffers at
+/// most until the deadline it chose.
+pub(crate) fn stream_deadline(who: &Caller, max: std::time::Duration) -> tokio::time::Instant {
+    let longest = tokio::time::Instant::now() + max;
+    who.deadline.map_or(longest, |d| d.min(longest))
+}
+
 /// How long a client stream may stay silent before it is closed.
 pub(crate) const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -221,29 +230,108 @@ pub(crate) async fn next_message<T>(
     })
 }
 
+/// The sending half of a server stream's replies. A reply that cannot be
+/// sent in time (the client stopped reading) cuts the stream, and a cut
+/// stream ends with DEADLINE_EXCEEDED, never with OK: a client that reads
+/// again later must not take a truncated answer for a whole one.
+#[derive(Debug)]
+pub(crate) struct ReplyTx<T> {
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The replies a server stream answers with (see [`ReplyTx`]).
+#[derive(Debug)]
+pub struct Replies<T> {
+    rx: tokio_stream::wrappers::ReceiverStream<Result<T, Status>>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ended: bool,
+}
+
+impl<T> ReplyTx<T> {
+    /// Resolves when the client has gone (the reply stream was dropped).
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+/// A reply channel holding at most `cap` replies.
+pub(crate) fn replies<T>(cap: usize) -> (ReplyTx<T>, Replies<T>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap);
+    let cut = std::sync::Arc::default();
+    (
+        ReplyTx {
+            tx,
+            cut: std::sync::Arc::clone(&cut),
+        },
+        Replies {
+            rx: tokio_stream::wrappers::ReceiverStream::new(rx),
+            cut,
+            ended: false,
+        },
+    )
+}
+
+impl<T> tokio_stream::Stream for Replies<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.rx).poll_next(cx) {
+            std::task::Poll::Ready(None) => {
+                self.ended = true;
+                // The sender is gone, so the flag is final.
+                if self.cut.load(std::sync::atomic::Ordering::Acquire) {
+                    std::task::Poll::Ready(Some(Err(Status::deadline_exceeded(
+                        "the stream was cut: its replies were not read in time",
+                    ))))
+                } else {
+                    std::task::Poll::Ready(None)
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Sends `item` on a server stream, waiting for the client to make room
 /// at most [`STREAM_IDLE`] and never past `deadline`: a client that stops
 /// reading cannot hold the task and its buffers. `false` means the stream
-/// must end (the client is gone or too slow).
+/// must end (the client is gone or too slow); it is then cut.
 pub(crate) async fn send_within<T>(
-    tx: &tokio::sync::mpsc::Sender<T>,
+    tx: &ReplyTx<T>,
     item: T,
     deadline: tokio::time::Instant,
 ) -> bool {
     let until = deadline.min(tokio::time::Instant::now() + STREAM_IDLE);
-    matches!(
-        tokio::time::timeout_at(until, tx.send(item)).await,
+    let sent = matches!(
+        tokio::time::timeout_at(until, tx.tx.send(Ok(item))).await,
         Ok(Ok(()))
-    )
+    );
+    if !sent {
+        tx.cut.store(true, std::sync::atomic::Ordering::Release);
+    }
+    sent
 }
 
 /// How long a stream's closing status may wait for room (its deadline may
 /// already have passed).
 const FINAL_SEND: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Sends a stream's closing error, waiting at most [`FINAL_SEND`].
-pub(crate) async fn send_final<T>(tx: &tokio::sync::mpsc::Sender<Result<T, Status>>, e: Status) {
-    let _ = tokio::time::timeout(FINAL_SEND, tx.send(Err(e))).await;
+/// Sends a stream's closing error, waiting at most [`FINAL_SEND`]; if it
+/// does not fit, the stream is cut (and still ends in an error).
+pub(crate) async fn send_final<T>(tx: &ReplyTx<T>, e: Status) {
+    if !matches!(
+        tokio::time::timeout(FINAL_SEND, tx.tx.send(Err(e))).await,
+        Ok(Ok(()))
+    ) {
+        tx.cut.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The caller proven by the connection's client certificate, with the

@@ -135,8 +135,7 @@ fn non_empty(s: String) -> Option<String> {
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    type TokenizeLogStream =
-        tokio_stream::wrappers::ReceiverStream<Result<TokenizeLogResponse, Status>>;
+    type TokenizeLogStream = super::Replies<TokenizeLogResponse>;
 
     async fn tokenize_log(
         &self,
@@ -145,7 +144,7 @@ impl TokenService for TokenApi {
         const A: idvault_policies::Action = idvault_policies::Action::TokenizeLog;
         let who = caller(&req)?;
         let mut stream = req.into_inner();
-        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        let deadline = super::stream_deadline(&who, self.stream_deadline);
         let first = super::next_message(&mut stream, deadline, "TokenizeLog").await?;
         let settings = match first.as_ref().map(|m| settings(m.clone())) {
             Some(Ok(s)) => s,
@@ -164,7 +163,7 @@ impl TokenService for TokenApi {
             .start_tokenize(&who, settings)
             .await
             .map_err(status)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, rx) = super::replies(4);
         tokio::spawn(async move {
             let mut next = Some(data);
             loop {
@@ -187,7 +186,7 @@ impl TokenService for TokenApi {
                     }
                 };
                 for reply in responses(fed) {
-                    if !super::send_within(&tx, Ok(reply), deadline).await {
+                    if !super::send_within(&tx, reply, deadline).await {
                         return;
                     }
                 }
@@ -196,9 +195,7 @@ impl TokenService for TokenApi {
                 }
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        Ok(Response::new(rx))
     }
 
     async fn detokenize(
@@ -236,7 +233,7 @@ impl TokenService for TokenApi {
         let mut total = ImportSummary::default();
         let mut offset = 0u64;
         let mut batches = 0u64;
-        let deadline = tokio::time::Instant::now() + self.stream_deadline;
+        let deadline = super::stream_deadline(&who, self.stream_deadline);
         while let Some(batch) = super::next_message(&mut stream, deadline, "ImportBridge").await? {
             batches += 1;
             let opts = NormalizeOptions {

@@ -281,7 +281,10 @@ impl Vault {
             let challenge = tx.challenge(&g.challenge).await?;
             Challenge::check(challenge.as_ref(), &req.partner.name, &g.subject, now)
                 .map_err(refused)?;
-            if !tx.use_challenge(&g.challenge, now).await? {
+            let Some(challenge) = challenge else {
+                return Err(refused(Refusal::ChallengeUnknown));
+            };
+            if !tx.use_challenge(&g.challenge, &challenge, now).await? {
                 return Err(refused(Refusal::ChallengeReused));
             }
             if let Some(r) = self.commit_release(tx, req, &row, sealed).await? {

@@ -156,8 +156,11 @@ impl Vault {
             // refusal: the answer must not help guess codes.
             let code = tx.enrollment_code(&hash).await?;
             EnrollmentCode::check(code.as_ref(), &e.subject, now).map_err(refused)?;
-            let issued_to = code.map(|c| c.issued_to).unwrap_or_default();
-            if !tx.use_enrollment_code(&hash, now).await? || tx.subject(&e.subject).await?.is_none()
+            let Some(code) = code else {
+                return Err(refused(Refusal::EnrollmentCodeInvalid));
+            };
+            if !tx.use_enrollment_code(&hash, &code, now).await?
+                || tx.subject(&e.subject).await?.is_none()
             {
                 return Err(refused(Refusal::EnrollmentCodeInvalid));
             }
@@ -167,7 +170,7 @@ impl Vault {
                 device_id: device_id.clone(),
                 subject: e.subject,
                 public_key: sec1,
-                enrolled_by: issued_to,
+                enrolled_by: code.issued_to,
                 enrolled_at_ms: now,
                 revoked_at_ms: None,
             };

@@ -117,6 +117,7 @@ impl From<StoreError> for VaultError {
             StoreError::Forged(kind) => Self::Integrity(match kind {
                 "device" => "device row MAC",
                 "enrollment-code" => "enrollment code row MAC",
+                "challenge" => "challenge row MAC",
                 "consent" => "consent row MAC",
                 "entity-link" => "entity link row MAC",
                 "rule" => "rule row MAC",

@@ -285,16 +285,29 @@ impl AuditedTx {
         .transpose()
     }
 
-    /// Marks a code used; false if someone else used it first.
+    /// Marks a code used (its state as read, `code`, re-MACed as used);
+    /// false if someone else used it first.
     pub async fn use_enrollment_code(
         &mut self,
         code_hash: &[u8; 32],
+        code: &EnrollmentCode,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let used = EnrollmentCode {
+            used: true,
+            ..code.clone()
+        };
+        let (v, mac) = seal_row(
+            &*self.store.row_keys()?,
+            &rowmac::enrollment_code(code_hash, &used),
+        );
         let n = sqlx::query(
-            "UPDATE enrollment_codes SET used_at_ms = $1 WHERE code_hash = $2 AND used_at_ms IS NULL",
+            "UPDATE enrollment_codes SET used_at_ms = $1, mac_version = $2, mac = $3 \
+             WHERE code_hash = $4 AND used_at_ms IS NULL",
         )
         .bind(now_ms)
+        .bind(v)
+        .bind(mac)
         .bind(code_hash.to_vec())
         .execute(self.conn().await?)
         .await?
@@ -310,14 +323,26 @@ impl AuditedTx {
         subject: &SubjectId,
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
+        let row = Challenge {
+            partner: partner.to_owned(),
+            subject: *subject,
+            expires_at_ms,
+            used: false,
+        };
+        let (v, mac) = seal_row(
+            &*self.store.row_keys()?,
+            &rowmac::challenge(challenge, &row),
+        );
         sqlx::query(
-            "INSERT INTO consent_challenges (challenge, partner, subject_id, expires_at_ms, used_at_ms) \
-             VALUES ($1, $2, $3, $4, NULL)",
+            "INSERT INTO consent_challenges (challenge, partner, subject_id, expires_at_ms, used_at_ms, \
+             mac_version, mac) VALUES ($1, $2, $3, $4, NULL, $5, $6)",
         )
         .bind(challenge.to_vec())
         .bind(partner.to_owned())
         .bind(subject.as_bytes().to_vec())
         .bind(expires_at_ms)
+        .bind(v)
+        .bind(mac)
         .execute(self.conn().await?)
         .await?;
         Ok(())
@@ -329,32 +354,49 @@ impl AuditedTx {
         challenge: &[u8; 32],
     ) -> Result<Option<Challenge>, StoreError> {
         let row = sqlx::query(
-            "SELECT partner, subject_id, expires_at_ms, used_at_ms FROM consent_challenges WHERE challenge = $1",
+            "SELECT partner, subject_id, expires_at_ms, used_at_ms, mac_version, mac \
+             FROM consent_challenges WHERE challenge = $1",
         )
         .bind(challenge.to_vec())
         .fetch_optional(self.conn().await?)
         .await?;
+        let keys = self.store.row_keys()?;
         row.map(|r| {
-            Ok(Challenge {
+            let c = Challenge {
                 partner: r.try_get("partner")?,
                 subject: subject_col(&r, "subject_id")?,
                 expires_at_ms: r.try_get("expires_at_ms")?,
                 used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
-            })
+            };
+            check_row(&keys, &rowmac::challenge(challenge, &c), &r)?;
+            Ok(c)
         })
         .transpose()
     }
 
-    /// Marks a challenge used; false if it was used already.
+    /// Marks a challenge used (its state as read, `row`, re-MACed as
+    /// used); false if it was used already.
     pub async fn use_challenge(
         &mut self,
         challenge: &[u8; 32],
+        row: &Challenge,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let used = Challenge {
+            used: true,
+            ..row.clone()
+        };
+        let (v, mac) = seal_row(
+            &*self.store.row_keys()?,
+            &rowmac::challenge(challenge, &used),
+        );
         let n = sqlx::query(
-            "UPDATE consent_challenges SET used_at_ms = $1 WHERE challenge = $2 AND used_at_ms IS NULL",
+            "UPDATE consent_challenges SET used_at_ms = $1, mac_version = $2, mac = $3 \
+             WHERE challenge = $4 AND used_at_ms IS NULL",
         )
         .bind(now_ms)
+        .bind(v)
+        .bind(mac)
         .bind(challenge.to_vec())
         .execute(self.conn().await?)
         .await?

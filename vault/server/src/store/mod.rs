@@ -261,6 +261,7 @@ impl Store {
         for sql in [
             "SELECT COUNT(*) FROM devices WHERE mac IS NULL",
             "SELECT COUNT(*) FROM enrollment_codes WHERE mac IS NULL",
+            "SELECT COUNT(*) FROM consent_challenges WHERE mac IS NULL",
             "SELECT COUNT(*) FROM consents WHERE mac IS NULL",
             "SELECT COUNT(*) FROM entity_links WHERE mac IS NULL",
             "SELECT COUNT(*) FROM subject_rules WHERE mac IS NULL",
