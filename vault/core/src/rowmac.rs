@@ -124,7 +124,8 @@ pub fn device(d: &Device) -> RowBytes {
 
 /// An enrollment code: its hash, subject, the partner it was issued to,
 /// expiry, and whether it was used (so marking a used code unused breaks
-/// the MAC: whoever saw the code could otherwise enroll a second device).
+/// the MAC, unless the writer kept the row from before its use: whoever
+/// saw the code could otherwise enroll a second device).
 pub fn enrollment_code(code_hash: &[u8; 32], c: &EnrollmentCode) -> RowBytes {
     RowBytes::new("enrollment-code")
         .bytes(code_hash)

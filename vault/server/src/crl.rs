@@ -228,6 +228,16 @@ impl ClientAuth {
         }
     }
 
+    /// Closes every open connection (a stop whose grace period ran out);
+    /// returns how many.
+    pub fn close_all(&self) -> usize {
+        let conns = self.conns();
+        for c in conns.values() {
+            c.closer.close();
+        }
+        conns.len()
+    }
+
     /// Open connections (for tests and logs).
     pub fn open_connections(&self) -> usize {
         self.conns().len()
@@ -256,9 +266,10 @@ impl ClientAuth {
     /// a stale-CRL warning when one has passed its `nextUpdate`); `None`
     /// when nothing changed.
     pub fn reload_if_changed(&self) -> Option<Result<Reloaded, TlsError>> {
+        // Read and hashed before the lock: handshakes read it.
+        let now: Vec<Stamp> = self.crl_paths.iter().map(stamp).collect();
         let (changed, next_update) = {
             let c = self.current.read().unwrap_or_else(PoisonError::into_inner);
-            let now: Vec<Stamp> = self.crl_paths.iter().map(stamp).collect();
             (now != c.stamps, c.next_update)
         };
         if changed {

@@ -55,6 +55,9 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     /// Turns true once a shutdown was asked for (by either sender).
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// The connections the server admitted (closed when a stop's grace
+    /// period runs out).
+    client_auth: Arc<crate::crl::ClientAuth>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
 }
@@ -86,12 +89,22 @@ impl RunningServer {
                 match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.handle).await {
                     Ok(r) => r.unwrap_or(Ok(())),
                     Err(_) => {
+                        // Each connection is its own task: close them, so
+                        // their handlers end before the last checkpoint
+                        // and the store closes.
+                        let open = self.client_auth.close_all();
                         tracing::warn!(
                             grace_secs = SHUTDOWN_GRACE.as_secs(),
-                            "connections still open after the shutdown grace period were dropped"
+                            connections = open,
+                            "connections still open after the shutdown grace period were closed"
                         );
-                        self.handle.abort();
-                        Ok(())
+                        match tokio::time::timeout(Duration::from_secs(5), &mut self.handle).await {
+                            Ok(r) => r.unwrap_or(Ok(())),
+                            Err(_) => {
+                                self.handle.abort();
+                                Ok(())
+                            }
+                        }
                     }
                 }
             }
@@ -260,6 +273,7 @@ pub async fn start(
         addr,
         shutdown: Some(tx),
         stopping,
+        client_auth: Arc::clone(&opts.client_auth),
         handle,
         background: Some((stop, job)),
     })
