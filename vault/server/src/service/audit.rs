@@ -309,6 +309,11 @@ async fn sequence(
     keys: &mut HashMap<u32, AuditKey>,
 ) -> Result<u64, VaultError> {
     let store = vault.store();
+    // Nothing waiting (a pool read): do not take the writer at all. On
+    // SQLite the writer's transaction is SQLite's one write lock.
+    if store.unsequenced_leaves(0, 1).await?.is_empty() {
+        return Ok(0);
+    }
     let mut tx = lease.begin(store).await?;
     let (size, edge) = tx.tree_state(merkle::root_nodes).await?;
     let extra = u32::try_from(skipped.len()).unwrap_or(u32::MAX);
@@ -340,6 +345,11 @@ async fn sequence(
         assigned.push((row.id, index));
     }
     if assigned.is_empty() {
+        // Ended, not dropped: a dropped SQLite writer transaction stays
+        // open (holding the database's write lock, so every other writer,
+        // an operator's tool included, gets SQLITE_BUSY) until the next
+        // write comes, which on an idle vault is never.
+        tx.commit().await?;
         return Ok(0);
     }
     tx.assign(&assigned).await?;
