@@ -60,6 +60,14 @@ pub enum Action {
     ReceiveCommands,
     /// Read the audit log's checkpoints and proofs (`AuditService`).
     ReadAudit,
+    /// Issue a digital ID to a person's enrolled device (the wallet relays
+    /// the device-signed request; context.fields are the catalogue fields
+    /// its claims are made from).
+    IssueCredential,
+    /// Ask the vault to verify a digital-ID presentation.
+    VerifyPresentation,
+    /// Read the digital-ID issuer keys (public).
+    GetIssuerKeys,
 }
 
 impl Action {
@@ -81,6 +89,9 @@ impl Action {
         Self::PublishEvent,
         Self::ReceiveCommands,
         Self::ReadAudit,
+        Self::IssueCredential,
+        Self::VerifyPresentation,
+        Self::GetIssuerKeys,
     ];
 
     /// The RPC-style name used in audit records.
@@ -102,6 +113,9 @@ impl Action {
             Self::PublishEvent => "PublishEvent",
             Self::ReceiveCommands => "ReceiveCommands",
             Self::ReadAudit => "ReadAudit",
+            Self::IssueCredential => "IssueCredential",
+            Self::VerifyPresentation => "VerifyPresentation",
+            Self::GetIssuerKeys => "GetIssuerKeys",
         }
     }
 }
@@ -142,6 +156,8 @@ pub enum Role {
     CommandsReceive,
     /// `audit.read`: fetch audit checkpoints and proofs of its own requests.
     AuditRead,
+    /// `credentials.verify`: ask the vault to verify digital-ID presentations.
+    CredentialsVerify,
 }
 
 /// A role name that is not known.
@@ -165,6 +181,7 @@ impl Role {
         "events.publish",
         "commands.receive",
         "audit.read",
+        "credentials.verify",
     ];
 
     /// Parses a registry role name.
@@ -183,6 +200,7 @@ impl Role {
             "events.publish" => Ok(Self::EventsPublish),
             "commands.receive" => Ok(Self::CommandsReceive),
             "audit.read" => Ok(Self::AuditRead),
+            "credentials.verify" => Ok(Self::CredentialsVerify),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -203,6 +221,7 @@ impl Role {
             Self::EventsPublish => "events.publish",
             Self::CommandsReceive => "commands.receive",
             Self::AuditRead => "audit.read",
+            Self::CredentialsVerify => "credentials.verify",
         }
     }
 }

@@ -16,6 +16,7 @@ mod audit;
 mod bad_input;
 mod bridge;
 mod consent;
+mod credentials;
 mod events;
 mod hostile;
 mod logs;
@@ -104,6 +105,9 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::standing_consent_and_revocation,
     consent::forged_consent_rows_authorise_nothing,
     consent::enrollment_and_device_call_checks,
+    credentials::issue_present_and_verify,
+    credentials::presentations_are_refused_for_each_fault,
+    credentials::issuance_checks_and_policy,
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,

@@ -8,6 +8,7 @@
 //!   TokenizeLog in cross-reference mode through the vault.
 //! - [`matching`]: blind-matching quality and latency.
 //! - [`consent`]: grant verification and consented releases.
+//! - [`credentials`]: digital IDs issued, presented and verified.
 //! - [`events`]: events to delivered commands.
 //! - [`synth`]: synthetic people with realistic typos and variants.
 //! - [`inprocess`]: a real vault on port 0 for the end-to-end ones.
@@ -17,6 +18,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod consent;
+pub mod credentials;
 pub mod events;
 pub mod inprocess;
 pub mod matching;

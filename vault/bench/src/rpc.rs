@@ -258,7 +258,7 @@ struct HealthCheckResponse {
 
 /// One `grpc.health.v1.Health/Check` of the whole server; fails unless
 /// it answers SERVING.
-async fn health_check(ch: Channel) -> Result<(), BenchError> {
+pub(crate) async fn health_check(ch: Channel) -> Result<(), BenchError> {
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await?;
     let codec =
@@ -279,14 +279,14 @@ async fn health_check(ch: Channel) -> Result<(), BenchError> {
 }
 
 /// The vault and its server, with partner-a's match rate limit lifted.
-struct Served {
+pub(crate) struct Served {
     dir: std::path::PathBuf,
-    vault: Arc<Vault>,
+    pub(crate) vault: Arc<Vault>,
     server: idvault_server::server::RunningServer,
 }
 
 impl Served {
-    async fn start(database_url: Option<String>) -> Result<Self, BenchError> {
+    pub(crate) async fn start(database_url: Option<String>) -> Result<Self, BenchError> {
         let dir = crate::inprocess::dev_data_dir()?;
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)?.replace(
@@ -314,7 +314,7 @@ impl Served {
         })
     }
 
-    async fn channel(&self, name: &str) -> Result<Channel, BenchError> {
+    pub(crate) async fn channel(&self, name: &str) -> Result<Channel, BenchError> {
         let creds = PartnerCredentials::from_dir(&self.dir.join("tls"), name)?;
         Ok(idvault_client::connect(
             &format!("https://{}", self.server.addr),
@@ -324,7 +324,7 @@ impl Served {
         .await?)
     }
 
-    async fn stop(self) -> Result<(), BenchError> {
+    pub(crate) async fn stop(self) -> Result<(), BenchError> {
         self.server.shutdown().await?;
         self.vault.store().close().await;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -342,7 +342,7 @@ fn now_ms() -> i64 {
 
 /// When a phase ends.
 #[derive(Debug, Clone, Copy)]
-enum Limit {
+pub(crate) enum Limit {
     Count(usize),
     Until(Instant),
 }
@@ -350,7 +350,7 @@ enum Limit {
 /// Runs `f(channel, worker, i)` on every channel, one call at a time each,
 /// with `i` counting calls across workers, until `limit`. Returns the
 /// phase and the successful calls' outputs.
-async fn closed_loop<T, F, Fut>(
+pub(crate) async fn closed_loop<T, F, Fut>(
     name: &'static str,
     channels: &[Channel],
     limit: Limit,
@@ -419,14 +419,18 @@ fn field(name: &str, value: impl Into<String>) -> Field {
 }
 
 /// A release subject with its enrolled device.
-struct Holder {
-    subject: String,
-    device: DeviceKey,
+pub(crate) struct Holder {
+    pub(crate) subject: String,
+    pub(crate) device: DeviceKey,
 }
 
 /// Creates one subject per connection over RPC and enrolls a device to
 /// each (enrollment code from the partner, enrollment from the wallet).
-async fn holders(served: &Served, partner: &Channel, n: usize) -> Result<Vec<Holder>, BenchError> {
+pub(crate) async fn holders(
+    served: &Served,
+    partner: &Channel,
+    n: usize,
+) -> Result<Vec<Holder>, BenchError> {
     let rng = SystemRng::default();
     let wallet = served.channel("wallet").await?;
     let mut out = Vec::with_capacity(n);

@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: cmd::audit::AuditCommand,
     },
+    /// Digital-ID issuer keys.
+    Issuer {
+        #[command(subcommand)]
+        command: cmd::issuer::IssuerCommand,
+    },
     /// Root key tools.
     Keys {
         #[command(subcommand)]
@@ -105,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         } => cmd::serve::run(&dir, dev, listen, database_url).await,
         Command::Audit { command } => cmd::audit::run(command).await,
         Command::Keys { command } => cmd::keys::run(command),
+        Command::Issuer { command } => cmd::issuer::run(command),
         Command::Partner(args) => cmd::partner::run(args).await.map_err(plain_status),
         Command::Device(args) => cmd::device::run(args).await.map_err(plain_status),
         Command::Bridge { command } => cmd::bridge::run(command).await,

@@ -31,6 +31,9 @@ pub enum DeviceAction {
     ListRules,
     /// Suggest rule sets from similar people's adoptions.
     SuggestRules,
+    /// Issue a digital ID with these claims (empty: every claim the
+    /// person's fields allow). Names are valid, unique and sorted.
+    IssueCredential(Vec<String>),
 }
 
 /// A verified device request.

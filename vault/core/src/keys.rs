@@ -45,6 +45,9 @@ pub const LABEL_AUDIT_SIGNING: &str = "idvault/v1/audit-signing";
 /// HKDF label of the release signing seed (Ed25519, see
 /// [`crate::consent::release`]).
 pub const LABEL_RELEASE_SIGNING: &str = "idvault/v1/release-signing";
+/// HKDF label of the digital-ID issuer key (a P-256 scalar, see
+/// [`KeyHierarchy::issuer_key`]).
+pub const LABEL_ISSUER_KEY: &str = "idvault/v1/issuer-key";
 /// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
 pub const LABEL_TOKEN_PREFIX: &str = "idvault/v1/token/";
 /// AAD prefix of a wrapped DEK.
@@ -230,6 +233,29 @@ impl KeyHierarchy {
     /// whoever holds the partner's public release key.
     pub fn release_signing_seed(&self, version: u32) -> Result<ReleaseSigningSeed, KeyError> {
         self.derive(LABEL_RELEASE_SIGNING, version)
+    }
+
+    /// The P-256 key the vault signs digital IDs with, of `version`.
+    ///
+    /// HKDF output is a P-256 scalar only if it is non-zero and below the
+    /// group order (all but about 2^-32 of outputs). Rather than reduce
+    /// modulo the order (a bias), a refused candidate is followed by the
+    /// next label: `idvault/v1/issuer-key`, then `…/1`, `…/2`, up to `…/7`.
+    pub fn issuer_key(&self, version: u32) -> Result<crate::sdjwt::IssuerKey, KeyError> {
+        for attempt in 0..8u32 {
+            let label = if attempt == 0 {
+                LABEL_ISSUER_KEY.to_owned()
+            } else {
+                format!("{LABEL_ISSUER_KEY}/{attempt}")
+            };
+            let seed: super::secret::IssuerKeySeed = self.derive(&label, version)?;
+            if let Some(k) = crate::sdjwt::IssuerKey::from_scalar(seed.expose()) {
+                return Ok(k);
+            }
+        }
+        Err(KeyError::Malformed(
+            "no issuer key candidate is a P-256 scalar",
+        ))
     }
 
     /// Partner `owner`'s cross-reference blind-index key of `version`
@@ -421,6 +447,20 @@ mod tests {
         assert_ne!(signing1.expose(), h.audit_signing_seed(2).unwrap().expose());
         assert_eq!(h.kek(1).unwrap().expose(), kek1.expose());
         assert_eq!(h.kek(9).unwrap_err(), KeyError::UnknownVersion(9));
+    }
+
+    /// Vector cross-checked with Python (`hmac`/`hashlib` HKDF and
+    /// `cryptography`'s `derive_private_key`); also in docs/keys.md.
+    #[test]
+    fn issuer_key_known_answer() {
+        let h = KeyHierarchy::new(Box::new(provider()));
+        let k = h.issuer_key(1).unwrap();
+        assert_eq!(k.kid(), "re45oNZ7aBpzR-cOdFYVc9A__MSYm8l7fSYsa91YBpo");
+        let jwk = k.jwk().to_json();
+        assert_eq!(jwk["x"], "sj1QCYgnF_uDUJSMzIxpf9gVfHlxK0eDHSGTL9HtjJ8");
+        assert_eq!(jwk["y"], "JZwIzs8zmcI8DEJRuRaD-lFvLwV-RsQtpqQ1aUYwGZo");
+        assert_ne!(h.issuer_key(2).unwrap().kid(), k.kid());
+        assert!(!format!("{k:?}").contains("299e01"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod partner;
 pub mod records;
 pub mod rowmac;
 pub mod rules;
+pub mod sdjwt;
 pub mod secret;
 pub mod subject;
 pub mod tlog;

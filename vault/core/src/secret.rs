@@ -53,6 +53,9 @@ purposes! {
     MatchIndexMaterial => "match-index-key";
     /// The key MACing rows that authorise something (see [`crate::rowmac`]).
     RowMacMaterial => "row-mac-key";
+    /// The P-256 scalar the vault signs digital IDs with (see
+    /// [`crate::sdjwt`]).
+    IssuerKeyMaterial => "issuer-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.
@@ -145,6 +148,9 @@ pub type AuditKey = Secret<AuditKeyMaterial>;
 pub type AuditSigningSeed = Secret<AuditSigningMaterial>;
 /// The release signing seed (an Ed25519 private key).
 pub type ReleaseSigningSeed = Secret<ReleaseSigningMaterial>;
+/// A candidate digital-ID issuer scalar (P-256), see
+/// [`crate::keys::KeyHierarchy::issuer_key`].
+pub type IssuerKeySeed = Secret<IssuerKeyMaterial>;
 /// A token domain key.
 pub type TokenKey = Secret<TokenKeyMaterial>;
 

@@ -134,12 +134,30 @@ pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
         Action::SetRules(r) => DeviceAction::SetRules(rule_set(r.rules)?),
         Action::ListRules(_) => DeviceAction::ListRules,
         Action::SuggestRules(_) => DeviceAction::SuggestRules,
+        Action::IssueCredential(c) => DeviceAction::IssueCredential(claim_list(c.claims)?),
     };
     Ok(DeviceCall {
         request_id,
         issued_at: r.issued_at,
         action,
     })
+}
+
+/// Validates the claims a device asks a credential for: known names
+/// (crate::sdjwt::claims), each once; returned sorted.
+fn claim_list(mut claims: Vec<String>) -> Result<Vec<String>, Refusal> {
+    if claims.len() > crate::sdjwt::claims::CLAIM_NAMES.len()
+        || !claims.iter().all(|c| crate::sdjwt::claims::is_claim(c))
+    {
+        return Err(Refusal::Malformed);
+    }
+    claims.sort();
+    let n = claims.len();
+    claims.dedup();
+    if claims.len() != n {
+        return Err(Refusal::Malformed);
+    }
+    Ok(claims)
 }
 
 impl Rule {

@@ -104,6 +104,7 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
     )
     .with_match_country_code(config.file.matching.default_country_code)
     .with_consent(config.file.consent.clone())
+    .with_credentials(config.file.credentials.clone())
     .with_audit(config.file.audit.clone())
     .with_retention(config.file.retention.clone())
     .with_policy_dir(policy_dir);

@@ -71,6 +71,9 @@ pub struct ConfigFile {
     /// `[retention]`
     #[serde(default)]
     pub retention: RetentionSection,
+    /// `[credentials]`
+    #[serde(default)]
+    pub credentials: CredentialsSection,
     /// `[[partner]]` entries: the partner registry.
     #[serde(default, rename = "partner")]
     pub partners: Vec<PartnerEntry>,
@@ -248,6 +251,48 @@ fn default_origin() -> String {
 }
 fn default_checkpoint_interval() -> u64 {
     500
+}
+
+/// `[credentials]`: digital IDs (docs/digital-id.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsSection {
+    /// The `iss` of every credential: a URL or URN naming this vault.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// The credential type (`vct`).
+    #[serde(default = "default_vct")]
+    pub vct: String,
+    /// How long a credential is valid.
+    #[serde(default = "default_credential_days")]
+    pub lifetime_days: u32,
+    /// Oldest key binding `VerifyPresentation` accepts (KB-JWT `iat`).
+    #[serde(default = "default_kb_age")]
+    pub max_presentation_age_seconds: u32,
+}
+
+impl Default for CredentialsSection {
+    fn default() -> Self {
+        Self {
+            issuer: default_issuer(),
+            vct: default_vct(),
+            lifetime_days: default_credential_days(),
+            max_presentation_age_seconds: default_kb_age(),
+        }
+    }
+}
+
+fn default_issuer() -> String {
+    "https://idvault.local".into()
+}
+fn default_vct() -> String {
+    idvault_core::sdjwt::DEFAULT_VCT.into()
+}
+fn default_credential_days() -> u32 {
+    30
+}
+fn default_kb_age() -> u32 {
+    300
 }
 
 /// `[consent]`: lifetimes of consent-signed release (docs/consent.md).
@@ -435,6 +480,21 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
     {
         return Err(ConfigError::Invalid(
             "[retention] interval_minutes must be 1 ..= 10080, expired_grace_hours at most 8784, events_days 1 ..= 3660".into(),
+        ));
+    }
+    let cr = &file.credentials;
+    let printable = |t: &str, max: usize| {
+        !t.is_empty()
+            && t.len() <= max
+            && !t.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+    };
+    if !printable(&cr.issuer, 200)
+        || !printable(&cr.vct, 200)
+        || !(1..=3660).contains(&cr.lifetime_days)
+        || !(1..=3600).contains(&cr.max_presentation_age_seconds)
+    {
+        return Err(ConfigError::Invalid(
+            "[credentials] issuer and vct must be 1..=200 characters without spaces; lifetime_days 1 ..= 3660; max_presentation_age_seconds 1 ..= 3600".into(),
         ));
     }
     let c = &file.consent;

@@ -40,6 +40,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "events.publish",
             "commands.receive",
             "audit.read",
+            "credentials.verify",
         ],
     ),
     (

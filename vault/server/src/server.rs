@@ -16,11 +16,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    AuditApi, CommandApi, ConsentApi, DeviceApi, EventApi, MatchApi, RequestId, SubjectApi,
-    TokenApi,
+    AuditApi, CommandApi, ConsentApi, CredentialApi, DeviceApi, EventApi, MatchApi, RequestId,
+    SubjectApi, TokenApi,
 };
 use crate::service::Vault;
 use idvault_proto::v1::audit_service_server::AuditServiceServer;
+use idvault_proto::v1::credential_service_server::CredentialServiceServer;
 use idvault_proto::v1::token_service_server::TokenServiceServer;
 
 /// Server limits.
@@ -219,6 +220,8 @@ pub async fn start(
         service! {CommandServiceServer<CommandApi>, CommandApi::new(v(), unary, stream), bulk};
     let subjects = service! {SubjectServiceServer<SubjectApi>, SubjectApi::new(v(), unary), bulk};
     let audit = service! {AuditServiceServer<AuditApi>, AuditApi::new(v(), unary), small};
+    let credentials =
+        service! {CredentialServiceServer<CredentialApi>, CredentialApi::new(v(), unary), small};
     let streams = Arc::clone(&vault);
     let incoming = crate::tls::incoming(
         listener,
@@ -247,6 +250,7 @@ pub async fn start(
         .add_service(events)
         .add_service(commands)
         .add_service(audit)
+        .add_service(credentials)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

@@ -113,6 +113,23 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Digital IDs: issue, present and verify in process, and
+    /// IssueCredential / VerifyPresentation over mTLS against the
+    /// Health/Check baseline.
+    Credentials {
+        /// Operations per in-process measurement.
+        #[arg(long, default_value_t = 2_000)]
+        count: usize,
+        /// Concurrent mTLS connections (one call in flight on each).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds per RPC phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// CreateSubject RPCs over real mTLS against an in-process server.
     Subjects {
         /// RPCs to send.
@@ -417,6 +434,24 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 json,
             )
             .await
+        }
+        BenchCommand::Credentials {
+            count,
+            connections,
+            seconds,
+            database_url,
+        } => {
+            let o = idvault_bench::credentials::CredentialBenchOptions {
+                count,
+                connections,
+                seconds,
+                database_url,
+            };
+            let r = idvault_bench::credentials::run(&o, &|m| eprintln!("{m}"))
+                .await
+                .map_err(anyhow::Error::from_boxed)?;
+            print!("{r}");
+            Ok(())
         }
         BenchCommand::Subjects {
             count,

@@ -6,6 +6,7 @@ pub(crate) mod bench;
 pub(crate) mod bridge;
 pub(crate) mod device;
 pub(crate) mod init;
+pub(crate) mod issuer;
 pub(crate) mod keys;
 pub(crate) mod partner;
 pub(crate) mod policy;

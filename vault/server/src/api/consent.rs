@@ -310,4 +310,11 @@ impl DeviceService for DeviceApi {
                 .collect(),
         }))
     }
+
+    async fn issue_credential(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::IssueCredentialResponse>, Status> {
+        super::credentials::issue_credential(&self.vault, self.deadline, req).await
+    }
 }

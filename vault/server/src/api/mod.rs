@@ -68,6 +68,7 @@ macro_rules! adapter {
 
 mod audit;
 mod consent;
+mod credentials;
 mod events;
 mod matching;
 mod subjects;
@@ -75,6 +76,7 @@ mod tokens;
 
 pub use audit::AuditApi;
 pub use consent::{ConsentApi, DeviceApi};
+pub use credentials::CredentialApi;
 pub use events::{CommandApi, EventApi};
 pub use matching::MatchApi;
 pub use subjects::SubjectApi;
@@ -105,6 +107,7 @@ pub fn status(err: VaultError) -> Status {
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
         VaultError::Refused(r) => refusal_code(*r),
+        VaultError::Credential(_) => Code::InvalidArgument,
         _ => Code::Internal,
     };
     if matches!(code, Code::Unavailable | Code::DataLoss | Code::Internal) {
@@ -112,11 +115,16 @@ pub fn status(err: VaultError) -> Status {
         tracing::error!(error = %err, source = ?std::error::Error::source(&err).map(ToString::to_string), "request failed");
     }
     let mut st = Status::new(code, err.to_string());
-    if let VaultError::Refused(r) = &err {
-        // Reason tokens are fixed ASCII words, always valid metadata.
+    // Reason tokens are fixed ASCII words, always valid metadata.
+    let reason = match &err {
+        VaultError::Refused(r) => Some(r.name()),
+        VaultError::Credential(e) => Some(e.code()),
+        _ => None,
+    };
+    if let Some(r) = reason {
         st.metadata_mut().insert(
             REFUSAL_METADATA,
-            tonic::metadata::MetadataValue::from_static(r.name()),
+            tonic::metadata::MetadataValue::from_static(r),
         );
     }
     st

@@ -21,7 +21,7 @@ use idvault_core::consent::{
 };
 use idvault_core::keys::{KeyError, KeyHierarchy};
 use idvault_core::packet;
-use idvault_core::subject::{FieldName, SubjectId, join_field_names};
+use idvault_core::subject::{FieldName, FieldValue, SubjectId, join_field_names};
 
 /// A signed message as it arrived: bytes, signature, signing device.
 #[derive(Debug, Clone)]
@@ -360,27 +360,8 @@ impl Vault {
     /// under the writer.
     async fn seal(&self, req: &Request<'_>, consent: &Consent) -> Result<Sealed, VaultError> {
         let id = consent.subject;
-        // Two plain reads: `commit_release` re-checks the head they saw.
-        // Only the newest packet of each field is read and decrypted.
-        let (row, packets) = self
-            .store()
-            .subject_with_newest_packets(&id)
-            .await?
-            .ok_or(VaultError::NotFound)?;
-        // Packets newer than the head read first are left out, so what is
-        // sealed is exactly the chain up to `row.head`.
-        let dek = self.subject_dek(&row)?;
-        let values: Vec<(FieldName, _)> = packet::newest_values(
-            &id,
-            &dek,
-            packets
-                .iter()
-                .filter(|(seq, _)| *seq <= row.head.seq)
-                .map(|(_, b)| b.as_slice()),
-        )
-        .map_err(|_| VaultError::Integrity("packet open"))?
-        .into_iter()
-        .collect();
+        // `commit_release` re-checks the head the values were read at.
+        let (head, values) = self.newest_fields(&id).await?;
         // Only consented names are copied out: a field the person did not
         // sign for cannot reach the plaintext.
         let chosen: Vec<(FieldName, &str)> = values
@@ -401,8 +382,36 @@ impl Vault {
             enc,
             ciphertext,
             released,
-            head: row.head,
+            head,
         })
+    }
+
+    /// The subject's newest value of each field and the chain head they
+    /// were read at, from the pool (never under the writer): two plain
+    /// reads, then one decrypt per field. Packets newer than the head read
+    /// first are left out, so the values are exactly the chain up to it.
+    pub(crate) async fn newest_fields(
+        &self,
+        id: &SubjectId,
+    ) -> Result<(packet::ChainHead, Vec<(FieldName, FieldValue)>), VaultError> {
+        let (row, packets) = self
+            .store()
+            .subject_with_newest_packets(id)
+            .await?
+            .ok_or(VaultError::NotFound)?;
+        let dek = self.subject_dek(&row)?;
+        let values = packet::newest_values(
+            id,
+            &dek,
+            packets
+                .iter()
+                .filter(|(seq, _)| *seq <= row.head.seq)
+                .map(|(_, b)| b.as_slice()),
+        )
+        .map_err(|_| VaultError::Integrity("packet open"))?
+        .into_iter()
+        .collect();
+        Ok((row.head, values))
     }
 
     /// Writes the receipt of a sealed release and commits with the audit

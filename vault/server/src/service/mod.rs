@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 pub mod audit;
 pub mod consent;
+pub mod credentials;
 pub mod devices;
 pub mod events;
 pub mod matching;
@@ -102,6 +103,10 @@ pub enum VaultError {
     /// The request's deadline passed before it could run; it did nothing.
     #[error("the request's deadline passed before it ran; nothing was done")]
     DeadlineExceeded,
+    /// A digital-ID presentation was refused (the message names the check,
+    /// never a claim value).
+    #[error("presentation refused: {0}")]
+    Credential(idvault_core::sdjwt::SdJwtError),
 }
 
 impl From<StoreError> for VaultError {
@@ -146,7 +151,7 @@ impl VaultError {
             Self::NotFound => "not_found",
             Self::RateLimited(_) | Self::TooManyStreams(..) | Self::Overloaded(_) => "rate_limited",
             Self::DeadlineExceeded => "deadline_exceeded",
-            Self::Refused(_) => "refused",
+            Self::Refused(_) | Self::Credential(_) => "refused",
             _ => "error",
         }
     }
@@ -206,6 +211,12 @@ pub struct Vault {
     /// ring key pair left behind would be a copy of the private key in
     /// freed memory.
     release_signer: std::sync::Mutex<Option<(u32, Arc<idvault_core::consent::ReleaseSigner>)>>,
+    /// The digital-ID issuer key of the current version, made once (same
+    /// reason).
+    issuer_key: std::sync::Mutex<Option<(u32, Arc<idvault_core::sdjwt::IssuerKey>)>>,
+    /// The issuer JWK Set for the current version.
+    issuer_jwks: std::sync::Mutex<Option<(u32, Arc<idvault_core::sdjwt::Jwks>)>>,
+    credentials: crate::config::CredentialsSection,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -254,6 +265,9 @@ impl Vault {
             audit: crate::config::AuditSection::default(),
             retention: crate::config::RetentionSection::default(),
             release_signer: std::sync::Mutex::default(),
+            issuer_key: std::sync::Mutex::default(),
+            issuer_jwks: std::sync::Mutex::default(),
+            credentials: crate::config::CredentialsSection::default(),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),
@@ -317,6 +331,18 @@ impl Vault {
     /// The `[audit]` settings.
     pub(crate) fn audit_settings(&self) -> &crate::config::AuditSection {
         &self.audit
+    }
+
+    /// Sets the digital-ID settings (`[credentials]`).
+    #[must_use]
+    pub fn with_credentials(mut self, credentials: crate::config::CredentialsSection) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// The `[credentials]` settings.
+    pub(crate) fn credential_settings(&self) -> &crate::config::CredentialsSection {
+        &self.credentials
     }
 
     /// Sets the consent lifetimes (`[consent]`).

@@ -184,6 +184,7 @@ fn refusal_detail(err: &VaultError) -> String {
         // field path, a column name): keep caller text out of the log.
         VaultError::BadRequest(_) => "bad request".to_owned(),
         VaultError::Refused(r) => r.name().to_owned(),
+        VaultError::Credential(e) => format!("presentation: {}", e.code()),
         VaultError::Integrity(what) => format!("integrity: {what}"),
         _ => "internal".to_owned(),
     }

@@ -1,6 +1,7 @@
 //! `idvault device …`: act as a person's phone (docs/consent.md,
 //! docs/events.md).
 
+mod credential;
 mod rules;
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,11 @@ enum DeviceCommand {
     },
     #[command(flatten)]
     Rules(rules::DeviceRulesCommand),
+    /// Hold and present a digital ID (SD-JWT VC).
+    Credential {
+        #[command(subcommand)]
+        command: credential::CredentialCommand,
+    },
 }
 
 fn print_revoked(revoked: bool) {
@@ -138,6 +144,7 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let signed = |key: &DeviceKey, action: Action| key.sign_request(action, unix_now(), &rng);
     match &args.command {
         DeviceCommand::Rules(c) => rules::device(&args, c).await?,
+        DeviceCommand::Credential { command } => credential::device(&args, command).await?,
         DeviceCommand::Keygen { out } => {
             let k = DeviceKey::generate(&rng)?;
             write_secret_file(out, &k.to_pem()?)?;

@@ -1,0 +1,450 @@
+//! Digital IDs over mTLS (docs/digital-id.md): a device asks for an SD-JWT
+//! VC, presents a subset of its claims bound to a relying party's audience
+//! and nonce, and the relying party verifies it through the vault and
+//! offline with the published issuer keys; every fault is refused with its
+//! reason and audited without the person's data.
+
+use idvault_tests::idvault_client::device::{DeviceKey, unix_now};
+use idvault_tests::idvault_core::SystemRng;
+use idvault_tests::idvault_core::sdjwt::{self, Credential, Disclosure, Expectations, Jwks};
+use idvault_tests::idvault_proto::v1 as pb;
+use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClient;
+use idvault_tests::idvault_proto::v1::credential_service_client::CredentialServiceClient;
+use idvault_tests::idvault_proto::v1::device_service_client::DeviceServiceClient;
+use idvault_tests::{Backend, TestVault};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const PARTNER_A: &str = "spiffe://idvault.dev/partner/partner-a";
+const PARTNER_B: &str = "spiffe://idvault.dev/partner/partner-b";
+
+const PERSON: &[(&str, &str)] = &[
+    ("given_name", "Amélie"),
+    ("family_name", "Okonkwo-Lindqvist"),
+    ("date_of_birth", "02/11/1987"),
+    ("national_id", "QQ123456C"),
+    ("email", "amelie.ol@example.org"),
+    ("phone", "+44 7700 900456"),
+    ("city", "Malmö"),
+    ("country", "SE"),
+    ("account_number", "SE4550000000058398257466"),
+];
+
+struct Ctx {
+    tv: TestVault,
+    device: DeviceKey,
+    wallet: DeviceServiceClient<Channel>,
+    rp: CredentialServiceClient<Channel>,
+}
+
+async fn create_subject(tv: &TestVault, f: &[(&str, &str)]) -> String {
+    tv.subjects("partner-a")
+        .await
+        .unwrap()
+        .create_subject(pb::CreateSubjectRequest {
+            fields: f
+                .iter()
+                .map(|(n, v)| pb::Field {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subject_id
+}
+
+async fn enroll(
+    tv: &TestVault,
+    wallet: &mut DeviceServiceClient<Channel>,
+    subject: &str,
+) -> DeviceKey {
+    let mut a = ConsentServiceClient::new(tv.channel("partner-a").await.unwrap());
+    let code = a
+        .issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+            subject_id: subject.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment_code;
+    let key = DeviceKey::generate(&SystemRng::default()).unwrap();
+    wallet
+        .enroll(key.enrollment(subject, &code).unwrap())
+        .await
+        .unwrap();
+    key
+}
+
+async fn setup(tv: TestVault) -> Ctx {
+    let subject = create_subject(&tv, PERSON).await;
+    let mut wallet = DeviceServiceClient::new(tv.channel("wallet").await.unwrap());
+    let device = enroll(&tv, &mut wallet, &subject).await;
+    let rp = CredentialServiceClient::new(tv.channel("partner-a").await.unwrap());
+    Ctx {
+        tv,
+        device,
+        wallet,
+        rp,
+    }
+}
+
+fn ask(claims: &[&str]) -> pb::device_request::Action {
+    pb::device_request::Action::IssueCredential(pb::IssueCredential {
+        claims: claims.iter().map(|c| (*c).into()).collect(),
+    })
+}
+
+fn reason(s: &tonic::Status) -> &str {
+    s.metadata()
+        .get("idvault-refusal")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+impl Ctx {
+    async fn issue(
+        &mut self,
+        claims: &[&str],
+    ) -> Result<pb::IssueCredentialResponse, tonic::Status> {
+        let req = self
+            .device
+            .sign_request(ask(claims), unix_now(), &SystemRng::default())
+            .unwrap();
+        self.wallet
+            .issue_credential(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn verify(
+        &mut self,
+        presentation: &str,
+        nonce: &str,
+    ) -> Result<pb::VerifyPresentationResponse, tonic::Status> {
+        self.rp
+            .verify_presentation(pb::VerifyPresentationRequest {
+                presentation: presentation.into(),
+                audience: String::new(),
+                nonce: nonce.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every audit record's text, to check no personal data reached it.
+    async fn audit_text(&self) -> String {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT action, outcome, detail FROM audit_log")
+                .fetch_all(self.tv.db())
+                .await
+                .unwrap();
+        format!("{rows:?}")
+    }
+}
+
+/// Issue, present a subset, verify by RPC and offline; the audit names
+/// claims, never values.
+pub async fn issue_present_and_verify(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let issued = cx.issue(&[]).await?;
+    let mut claims = issued.claims.clone();
+    claims.sort();
+    assert_eq!(
+        claims,
+        [
+            "address",
+            "age_over_16",
+            "age_over_18",
+            "age_over_21",
+            "age_over_65",
+            "birthdate",
+            "email",
+            "family_name",
+            "given_name",
+            "national_id",
+            "phone_number"
+        ],
+        "account_number is never a claim"
+    );
+    assert!(issued.expires_at > unix_now() + 29 * 86_400);
+    let (action, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("IssueCredential", "ok")
+    );
+    assert!(detail.contains("op=issue_credential"), "{detail}");
+    assert!(detail.contains(&format!("kid={}", issued.kid)), "{detail}");
+
+    // The JWK Set, fetched by any registered partner (partner-b here).
+    let mut b_keys = CredentialServiceClient::new(cx.tv.channel("partner-b").await?);
+    let jwks = b_keys
+        .get_issuer_keys(pb::GetIssuerKeysRequest {})
+        .await?
+        .into_inner()
+        .jwks;
+    let keys = Jwks::parse(&jwks)?;
+    assert!(keys.kids().any(|k| k == issued.kid));
+
+    let cred = Credential::parse(&issued.credential)?;
+    assert_eq!(cred.claim_names().len(), issued.claims.len());
+    let nonce = "rp-nonce-7Qf2";
+    let p = cx.device.present_credential(
+        &issued.credential,
+        &["given_name", "age_over_18", "address"],
+        PARTNER_A,
+        nonce,
+        unix_now(),
+    )?;
+    assert!(!p.contains(&sdjwt::jose::b64("Okonkwo".as_bytes())));
+
+    // By the vault.
+    let v = cx.verify(&p, nonce).await?;
+    let mut disclosed = v.disclosed.clone();
+    disclosed.sort();
+    assert_eq!(disclosed, ["address", "age_over_18", "given_name"]);
+    let json: serde_json::Value = serde_json::from_str(&v.claims_json)?;
+    assert_eq!(json["given_name"], "Amélie");
+    assert_eq!(json["age_over_18"], true);
+    assert_eq!(
+        json["address"],
+        serde_json::json!({"locality": "Malmö", "country": "SE"})
+    );
+    assert!(json.get("family_name").is_none());
+    assert_eq!(v.vct, sdjwt::DEFAULT_VCT);
+    assert_eq!(v.kid, issued.kid);
+    let (action, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("VerifyPresentation", "ok")
+    );
+    assert!(detail.contains("disclosed="), "{detail}");
+
+    // Offline, with the pinned JWK Set.
+    let expect = Expectations {
+        typ: sdjwt::TYP_CREDENTIAL,
+        audience: PARTNER_A,
+        nonce,
+        now: unix_now(),
+        skew_secs: 120,
+        max_key_binding_age_secs: 300,
+    };
+    let off = sdjwt::verify_presentation(&p, &keys, &expect)?;
+    assert_eq!(off.disclosed.len(), 3);
+    assert_eq!(off.disclosed["given_name"], "Amélie");
+
+    // The birthdate claim is ISO, whatever form the field was stored in.
+    let full = cx.device.present_credential(
+        &issued.credential,
+        &["birthdate", "national_id"],
+        PARTNER_A,
+        nonce,
+        unix_now(),
+    )?;
+    let v = cx.verify(&full, nonce).await?;
+    let json: serde_json::Value = serde_json::from_str(&v.claims_json)?;
+    assert_eq!(json["birthdate"], "1987-11-02");
+
+    // A subset asked for at issue.
+    let only = cx.issue(&["email", "given_name"]).await?;
+    assert_eq!(only.claims, ["given_name", "email"]);
+
+    let audit = cx.audit_text().await;
+    for (_, value) in PERSON {
+        assert!(!audit.contains(value), "audit holds a value: {audit}");
+    }
+    assert!(!audit.contains("1987-11-02"));
+    assert!(matches!(
+        cx.tv.verify_audit().await?,
+        idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
+    ));
+    cx.tv.stop().await
+}
+
+/// Each fault in a presentation is its own refusal, audited.
+pub async fn presentations_are_refused_for_each_fault(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let issued = cx.issue(&[]).await?;
+    let nonce = "n-1";
+    let present = |key: &DeviceKey, aud: &str, nonce: &str| {
+        key.present_credential(&issued.credential, &["given_name"], aud, nonce, unix_now())
+            .unwrap()
+            .to_string()
+    };
+    let refused = |r: Result<pb::VerifyPresentationResponse, tonic::Status>, why: &str| {
+        let s = r.expect_err(why);
+        assert_eq!(
+            (s.code(), reason(&s)),
+            (Code::InvalidArgument, why),
+            "{}",
+            s.message()
+        );
+        assert!(!s.message().contains("Amélie"), "{}", s.message());
+    };
+    let good = present(&cx.device, PARTNER_A, nonce);
+    cx.verify(&good, nonce).await?;
+
+    // Wrong nonce; aimed at another relying party.
+    refused(cx.verify(&good, "n-2").await, "bad_key_binding");
+    let for_b = present(&cx.device, PARTNER_B, nonce);
+    refused(cx.verify(&for_b, nonce).await, "bad_key_binding");
+    let (action, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("VerifyPresentation", "refused")
+    );
+    assert!(
+        detail.starts_with("presentation: bad_key_binding"),
+        "{detail}"
+    );
+
+    // Bound by a key that is not the credential's.
+    let thief = DeviceKey::generate(&SystemRng::default())?;
+    refused(
+        cx.verify(&present(&thief, PARTNER_A, nonce), nonce).await,
+        "bad_key_binding",
+    );
+
+    // A disclosure swapped for another value under the same name, then
+    // bound afresh by the real device: the digest is not in the credential.
+    let sd = Credential::parse(&issued.credential)?.disclose(&["given_name"])?;
+    let real = sd.split('~').nth(1).unwrap_or_default().to_owned();
+    let fake = Disclosure::new(b"0123456789abcdef", "given_name", "Mallory".into());
+    let swapped = sd.replace(&real, fake.encoded());
+    let input = sdjwt::key_binding_input(&swapped, PARTNER_A, nonce, unix_now());
+    let sig = cx.device.sign(b"", input.as_bytes())?;
+    let tampered = sdjwt::with_key_binding(&swapped, &input, &sig);
+    refused(cx.verify(&tampered, nonce).await, "bad_disclosure");
+
+    // No key binding at all.
+    refused(cx.verify(&sd, nonce).await, "bad_key_binding");
+    // Not an SD-JWT.
+    refused(cx.verify("hello world", nonce).await, "malformed");
+
+    // An expired credential, checked offline where the time is the
+    // verifier's (the vault's own clock cannot be moved from here).
+    let keys = Jwks::parse(
+        &cx.rp
+            .get_issuer_keys(pb::GetIssuerKeysRequest {})
+            .await?
+            .into_inner()
+            .jwks,
+    )?;
+    let late = Expectations {
+        typ: sdjwt::TYP_CREDENTIAL,
+        audience: PARTNER_A,
+        nonce,
+        now: issued.expires_at + 3600,
+        skew_secs: 120,
+        max_key_binding_age_secs: 300,
+    };
+    assert_eq!(
+        sdjwt::verify_presentation(&good, &keys, &late).unwrap_err(),
+        sdjwt::SdJwtError::Expired
+    );
+
+    // Partner-b lacks `credentials.verify`.
+    let mut b_rp = CredentialServiceClient::new(cx.tv.channel("partner-b").await?);
+    let e = b_rp
+        .verify_presentation(pb::VerifyPresentationRequest {
+            presentation: good.clone(),
+            audience: PARTNER_A.into(),
+            nonce: nonce.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // An empty nonce is a bad request, not a verification.
+    assert_eq!(
+        cx.verify(&good, "").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    cx.tv.stop().await
+}
+
+/// Issuing needs the person's device: a replayed or misdirected request,
+/// an unknown claim and a revoked device are refused; an operator policy
+/// can forbid claims by the fields they disclose.
+pub async fn issuance_checks_and_policy(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let req = cx
+        .device
+        .sign_request(ask(&["given_name"]), unix_now(), &SystemRng::default())?;
+    cx.wallet.issue_credential(req.clone()).await?;
+    let e = cx.wallet.issue_credential(req).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e)),
+        (Code::AlreadyExists, "request_replayed")
+    );
+
+    // An IssueCredential request sent to another device RPC, and another
+    // action sent here.
+    let req = cx
+        .device
+        .sign_request(ask(&[]), unix_now(), &SystemRng::default())?;
+    let e = cx.wallet.list_receipts(req).await.unwrap_err();
+    assert_eq!(reason(&e), "wrong_action");
+    let req = cx.device.sign_request(
+        pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
+        unix_now(),
+        &SystemRng::default(),
+    )?;
+    let e = cx.wallet.issue_credential(req).await.unwrap_err();
+    assert_eq!(reason(&e), "wrong_action");
+    // Unknown and repeated claim names.
+    for bad in [&["shoe_size"][..], &["email", "email"]] {
+        let e = cx.issue(bad).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e)), (Code::InvalidArgument, "malformed"));
+    }
+    // Stale request.
+    let req = cx
+        .device
+        .sign_request(ask(&[]), unix_now() - 3600, &SystemRng::default())?;
+    let e = cx.wallet.issue_credential(req).await.unwrap_err();
+    assert_eq!(reason(&e), "request_outside_window");
+
+    // The operator forbids national_id in digital IDs.
+    let policy = cx
+        .tv
+        .dir
+        .path()
+        .join("policies")
+        .join("no-national-id.cedar");
+    std::fs::write(
+        &policy,
+        r#"@id("no-national-id-in-credentials")
+forbid (
+  principal,
+  action == IdVault::Action::"IssueCredential",
+  resource
+) when { context.fields.contains("national_id") };
+"#,
+    )?;
+    cx.tv.restart().await?;
+    let mut cx = Ctx {
+        wallet: DeviceServiceClient::new(cx.tv.channel("wallet").await?),
+        rp: CredentialServiceClient::new(cx.tv.channel("partner-a").await?),
+        ..cx
+    };
+    let e = cx.issue(&[]).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let (_, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(outcome, "denied");
+    assert!(detail.contains("no-national-id-in-credentials"), "{detail}");
+    let ok = cx.issue(&["given_name", "age_over_18"]).await?;
+    assert_eq!(ok.claims, ["given_name", "age_over_18"]);
+
+    // A revoked device gets nothing.
+    let me = cx.device.device_id();
+    let req = cx.device.sign_request(
+        pb::device_request::Action::RevokeDevice(pb::RevokeDevice { device_id: me }),
+        unix_now(),
+        &SystemRng::default(),
+    )?;
+    cx.wallet.revoke_device(req).await?;
+    let e = cx.issue(&["given_name"]).await.unwrap_err();
+    assert_eq!(reason(&e), "device_revoked");
+    cx.tv.stop().await
+}

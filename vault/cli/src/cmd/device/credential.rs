@@ -1,0 +1,102 @@
+//! `idvault device credential …`: hold and present a digital ID
+//! (docs/digital-id.md).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use idvault_client::device::unix_now;
+use idvault_core::SystemRng;
+use idvault_proto::v1 as pb;
+
+use super::{DeviceArgs, load_key};
+use crate::cmd::write_secret_file;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CredentialCommand {
+    /// Ask the vault for a digital ID bound to this device key; writes it
+    /// (mode 0600: it holds the person's data) to --out.
+    Get {
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the credential (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Claims wanted, comma-separated (default: every claim the
+        /// person's fields allow).
+        #[arg(long, value_delimiter = ',')]
+        claims: Vec<String>,
+    },
+    /// Present a held credential: only the --disclose claims, bound to
+    /// --audience and --nonce with the device key. Prints the
+    /// presentation (or writes it to --out).
+    Present {
+        #[arg(long)]
+        key: PathBuf,
+        /// The credential file `get` wrote.
+        #[arg(long)]
+        credential: PathBuf,
+        /// Claims to disclose, comma-separated (none: prove holding only).
+        #[arg(long, value_delimiter = ',')]
+        disclose: Vec<String>,
+        /// The relying party's identifier (its SPIFFE id, for the vault's
+        /// VerifyPresentation).
+        #[arg(long)]
+        audience: String,
+        /// The nonce the relying party gave.
+        #[arg(long)]
+        nonce: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::Result<()> {
+    match c {
+        CredentialCommand::Get { key, out, claims } => {
+            let k = load_key(key)?;
+            let action = pb::device_request::Action::IssueCredential(pb::IssueCredential {
+                claims: claims.clone(),
+            });
+            let req = k.sign_request(action, unix_now(), &SystemRng::default())?;
+            let r = args
+                .client()
+                .await?
+                .issue_credential(req)
+                .await?
+                .into_inner();
+            write_secret_file(out, &r.credential)?;
+            println!(
+                "credential written to {} kid={} expires_at={} claims={}",
+                out.display(),
+                r.kid,
+                r.expires_at,
+                r.claims.join(",")
+            );
+        }
+        CredentialCommand::Present {
+            key,
+            credential,
+            disclose,
+            audience,
+            nonce,
+            out,
+        } => {
+            let k = load_key(key)?;
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(credential)
+                    .with_context(|| format!("cannot read {}", credential.display()))?,
+            );
+            let names: Vec<&str> = disclose.iter().map(String::as_str).collect();
+            let p = k.present_credential(&text, &names, audience, nonce, unix_now())?;
+            match out {
+                Some(path) => {
+                    write_secret_file(path, &p)?;
+                    println!("presentation written to {}", path.display());
+                }
+                None => println!("{}", p.as_str()),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Digital IDs: an SD-JWT VC issued to a person's enrolled device, the
+//! issuer keys as a JWK Set, and presentations verified for relying
+//! parties (docs/digital-id.md).
+//!
+//! Issuing is a device-signed call like the person's other calls
+//! ([`super::devices`]): the signature is checked over the bytes as sent,
+//! then the request is decoded, its window and replay checked. The
+//! person's values are read and decrypted from the pool, never under the
+//! writer; the issuance policy is asked about the catalogue fields the
+//! claims are made from; only the replay record and the audit leaf are
+//! written.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use idvault_core::consent::{DEVICE_REQUEST_CONTEXT, Refusal};
+use idvault_core::device_request::DeviceAction;
+use idvault_core::keys::KeyHierarchy;
+use idvault_core::sdjwt::{
+    self, CredentialSpec, EcJwk, Expectations, IssuerKey, Jwks, TYP_CREDENTIAL, Verified, claims,
+};
+use idvault_policies::Action;
+use zeroize::Zeroizing;
+
+use super::consent::{Signed, refused};
+use crate::service::{Caller, Vault, VaultError};
+
+/// A credential issued to a device.
+#[derive(Debug)]
+pub struct IssuedCredential {
+    /// `<jwt>~<disclosure>~…~` (personal data; wiped on drop).
+    pub credential: Zeroizing<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The issuer key's id.
+    pub kid: String,
+    /// The claims it can disclose.
+    pub claims: Vec<String>,
+}
+
+/// Longest nonce a relying party may name.
+pub const MAX_NONCE_LEN: usize = 256;
+/// Longest audience a relying party may name.
+pub const MAX_AUDIENCE_LEN: usize = 512;
+
+/// The issuer keys of every root key version, oldest first: a credential
+/// signed under an older version verifies until it expires.
+pub fn issuer_jwks(keys: &KeyHierarchy) -> Result<Jwks, VaultError> {
+    let mut out = Vec::new();
+    for v in 1..=keys.current_version() {
+        match keys.issuer_key(v) {
+            Ok(k) => out.push((k.kid().to_owned(), k.jwk().clone())),
+            // A version the provider no longer holds signs nothing new and
+            // its credentials cannot be checked here either.
+            Err(idvault_core::keys::KeyError::UnknownVersion(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Jwks::new(out))
+}
+
+impl Vault {
+    /// Issues a digital ID to the device that signed `s` (a DeviceRequest
+    /// whose action is `IssueCredential`).
+    pub async fn issue_credential(
+        &self,
+        caller: &Caller,
+        s: Signed,
+    ) -> Result<IssuedCredential, VaultError> {
+        self.handle(caller, Action::IssueCredential, async |req| {
+            let (device, key) = self.active_device(&s.device_id).await?;
+            key.verify(DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
+                .map_err(refused)?;
+            let call = idvault_core::wire::decode_device_request(&s.bytes).map_err(refused)?;
+            let subject = device.subject;
+            req.about(subject);
+            let DeviceAction::IssueCredential(wanted) = &call.action else {
+                return Err(refused(Refusal::WrongAction));
+            };
+            let skew = u64::from(self.consent_settings().clock_skew_seconds);
+            let now = self.now_secs();
+            if call.issued_at.abs_diff(now) > skew {
+                return Err(refused(Refusal::RequestOutsideWindow));
+            }
+
+            let (_, values) = self.newest_fields(&subject).await?;
+            let pairs: Vec<_> = values.iter().map(|(n, v)| (*n, v.expose())).collect();
+            let wanted = (!wanted.is_empty()).then_some(wanted.as_slice());
+            let made = claims::person_claims(&pairs, claims::civil_date(now), wanted);
+            if made.is_empty() {
+                return Err(VaultError::BadRequest(
+                    "the person has no field any asked-for claim is made from".into(),
+                ));
+            }
+            // The issuance policy sees the catalogue fields the claims
+            // disclose (an operator may forbid, say, national_id).
+            let held: BTreeSet<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+            let fields: Vec<&str> = made
+                .iter()
+                .flat_map(|(n, _)| claims::claim_fields(n).iter().copied())
+                .filter(|f| held.contains(f))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            req.decide_on_subject(&subject, &fields)?;
+
+            let issuer = self.issuer_key()?;
+            let holder = EcJwk::from_sec1(&device.public_key)
+                .map_err(|_| VaultError::Integrity("stored device key"))?;
+            let cfg = self.credential_settings();
+            let expires_at = now + i64::from(cfg.lifetime_days) * 86_400;
+            let names: Vec<String> = made.iter().map(|(n, _)| n.clone()).collect();
+            let spec = CredentialSpec {
+                issuer: &cfg.issuer,
+                vct: &cfg.vct,
+                issued_at: now,
+                expires_at,
+                holder: &holder,
+                status: None,
+            };
+            let credential = sdjwt::issue(&issuer, &spec, made, self.rng())
+                .map_err(|_| VaultError::Internal("credential signing"))?;
+
+            let mut tx = self.begin().await?;
+            self.still_active(&mut tx, &device).await?;
+            if !tx
+                .insert_device_request(&call.request_id, &device.device_id, self.now_millis())
+                .await?
+            {
+                return Err(refused(Refusal::RequestReplayed));
+            }
+            let detail = format!(
+                "op=issue_credential device={} kid={} claims={} expires_at={expires_at}",
+                device.device_id,
+                issuer.kid(),
+                names.join(",")
+            );
+            self.commit(tx, req, Some(&subject), detail).await?;
+            Ok(IssuedCredential {
+                credential,
+                expires_at,
+                kid: issuer.kid().to_owned(),
+                claims: names,
+            })
+        })
+        .await
+    }
+
+    /// The issuer keys as a JWK Set (`GetIssuerKeys`).
+    pub async fn issuer_keys(&self, caller: &Caller) -> Result<Arc<Jwks>, VaultError> {
+        self.handle(caller, Action::GetIssuerKeys, async |_| self.issuer_jwks())
+            .await
+    }
+
+    /// Verifies a presentation for a relying party. `audience` empty means
+    /// the caller's own SPIFFE identity.
+    pub async fn verify_credential(
+        &self,
+        caller: &Caller,
+        presentation: &str,
+        audience: &str,
+        nonce: &str,
+    ) -> Result<Verified, VaultError> {
+        self.handle(caller, Action::VerifyPresentation, async |req| {
+            if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+                return Err(VaultError::BadRequest(format!(
+                    "nonce must be 1..={MAX_NONCE_LEN} bytes"
+                )));
+            }
+            if audience.len() > MAX_AUDIENCE_LEN {
+                return Err(VaultError::BadRequest(format!(
+                    "audience must be at most {MAX_AUDIENCE_LEN} bytes"
+                )));
+            }
+            let audience = if audience.is_empty() {
+                caller.spiffe_id.as_str()
+            } else {
+                audience
+            };
+            let keys = self.issuer_jwks()?;
+            let expect = Expectations {
+                typ: TYP_CREDENTIAL,
+                audience,
+                nonce,
+                now: self.now_secs(),
+                skew_secs: i64::from(self.consent_settings().clock_skew_seconds),
+                max_key_binding_age_secs: i64::from(
+                    self.credential_settings().max_presentation_age_seconds,
+                ),
+            };
+            let v = sdjwt::verify_presentation(presentation, &keys, &expect)
+                .map_err(VaultError::Credential)?;
+            // Names only: the values are the person's data.
+            let detail = format!(
+                "kid={} vct={} disclosed={}",
+                v.kid.as_deref().unwrap_or("-"),
+                v.vct.as_deref().unwrap_or("-"),
+                v.disclosed.keys().cloned().collect::<Vec<_>>().join(",")
+            );
+            let tx = self.begin().await?;
+            self.commit(tx, req, None, detail).await?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// The signing key of the current root key version, made once per
+    /// version (each copy left behind would be the private key in freed
+    /// memory).
+    fn issuer_key(&self) -> Result<Arc<IssuerKey>, VaultError> {
+        let v = self.keys().current_version();
+        let mut cached = self
+            .issuer_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((version, k)) = cached.as_ref()
+            && *version == v
+        {
+            return Ok(Arc::clone(k));
+        }
+        let k = Arc::new(self.keys().issuer_key(v)?);
+        *cached = Some((v, Arc::clone(&k)));
+        Ok(k)
+    }
+
+    /// The JWK Set, made once per current root key version.
+    fn issuer_jwks(&self) -> Result<Arc<Jwks>, VaultError> {
+        let v = self.keys().current_version();
+        let mut cached = self
+            .issuer_jwks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((version, k)) = cached.as_ref()
+            && *version == v
+        {
+            return Ok(Arc::clone(k));
+        }
+        let k = Arc::new(issuer_jwks(self.keys())?);
+        *cached = Some((v, Arc::clone(&k)));
+        Ok(k)
+    }
+}
