@@ -94,7 +94,18 @@ async fn setup(tv: TestVault) -> Ctx {
 fn ask(claims: &[&str]) -> pb::device_request::Action {
     pb::device_request::Action::IssueCredential(pb::IssueCredential {
         claims: claims.iter().map(|c| (*c).into()).collect(),
+        response_key: idvault_tests::idvault_core::consent::ReleaseSecretKey::derive(b"t")
+            .public_key()
+            .to_sec1(),
     })
+}
+
+/// An issued credential: what the vault answered, and the credential the
+/// phone opened from it.
+#[derive(Debug)]
+struct Issued {
+    r: pb::IssueCredentialResponse,
+    credential: String,
 }
 
 fn reason(s: &tonic::Status) -> &str {
@@ -105,18 +116,15 @@ fn reason(s: &tonic::Status) -> &str {
 }
 
 impl Ctx {
-    async fn issue(
-        &mut self,
-        claims: &[&str],
-    ) -> Result<pb::IssueCredentialResponse, tonic::Status> {
-        let req = self
+    async fn issue(&mut self, claims: &[&str]) -> Result<Issued, tonic::Status> {
+        let claims: Vec<String> = claims.iter().map(|c| (*c).into()).collect();
+        let (req, pending) = self
             .device
-            .sign_request(ask(claims), unix_now(), &SystemRng::default())
+            .request_credential(&claims, unix_now(), &SystemRng::default())
             .unwrap();
-        self.wallet
-            .issue_credential(req)
-            .await
-            .map(tonic::Response::into_inner)
+        let r = self.wallet.issue_credential(req).await?.into_inner();
+        let credential = pending.open(&r).unwrap().to_string();
+        Ok(Issued { r, credential })
     }
 
     async fn verify(
@@ -150,7 +158,13 @@ impl Ctx {
 pub async fn issue_present_and_verify(b: Backend) -> anyhow::Result<()> {
     let mut cx = setup(TestVault::start(b).await?).await;
     let issued = cx.issue(&[]).await?;
-    let mut claims = issued.claims.clone();
+    // What the wallet app (and anything between it and the vault) sees:
+    // ciphertext, no claim value.
+    let wire = format!("{:?}", issued.r);
+    for (_, value) in PERSON {
+        assert!(!wire.contains(value), "{wire}");
+    }
+    let mut claims = issued.r.claims.clone();
     claims.sort();
     assert_eq!(
         claims,
@@ -169,14 +183,17 @@ pub async fn issue_present_and_verify(b: Backend) -> anyhow::Result<()> {
         ],
         "account_number is never a claim"
     );
-    assert!(issued.expires_at > unix_now() + 29 * 86_400);
+    assert!(issued.r.expires_at > unix_now() + 29 * 86_400);
     let (action, outcome, detail) = cx.tv.last_audit().await;
     assert_eq!(
         (action.as_str(), outcome.as_str()),
         ("IssueCredential", "ok")
     );
     assert!(detail.contains("op=issue_credential"), "{detail}");
-    assert!(detail.contains(&format!("kid={}", issued.kid)), "{detail}");
+    assert!(
+        detail.contains(&format!("kid={}", issued.r.kid)),
+        "{detail}"
+    );
 
     // The JWK Set, fetched by any registered partner (partner-b here).
     let mut b_keys = CredentialServiceClient::new(cx.tv.channel("partner-b").await?);
@@ -186,10 +203,10 @@ pub async fn issue_present_and_verify(b: Backend) -> anyhow::Result<()> {
         .into_inner()
         .jwks;
     let keys = Jwks::parse(&jwks)?;
-    assert!(keys.kids().any(|k| k == issued.kid));
+    assert!(keys.kids().any(|k| k == issued.r.kid));
 
     let cred = Credential::parse(&issued.credential)?;
-    assert_eq!(cred.claim_names().len(), issued.claims.len());
+    assert_eq!(cred.claim_names().len(), issued.r.claims.len());
     let nonce = "rp-nonce-7Qf2";
     let p = cx.device.present_credential(
         &issued.credential,
@@ -214,7 +231,7 @@ pub async fn issue_present_and_verify(b: Backend) -> anyhow::Result<()> {
     );
     assert!(json.get("family_name").is_none());
     assert_eq!(v.vct, sdjwt::DEFAULT_VCT);
-    assert_eq!(v.kid, issued.kid);
+    assert_eq!(v.kid, issued.r.kid);
     let (action, outcome, detail) = cx.tv.last_audit().await;
     assert_eq!(
         (action.as_str(), outcome.as_str()),
@@ -249,7 +266,11 @@ pub async fn issue_present_and_verify(b: Backend) -> anyhow::Result<()> {
 
     // A subset asked for at issue.
     let only = cx.issue(&["email", "given_name"]).await?;
-    assert_eq!(only.claims, ["given_name", "email"]);
+    assert_eq!(only.r.claims, ["given_name", "email"]);
+    assert_eq!(
+        Credential::parse(&only.credential)?.claim_names(),
+        ["given_name", "email"]
+    );
 
     let audit = cx.audit_text().await;
     for (_, value) in PERSON {
@@ -336,7 +357,7 @@ pub async fn presentations_are_refused_for_each_fault(b: Backend) -> anyhow::Res
         typ: sdjwt::TYP_CREDENTIAL,
         audience: PARTNER_A,
         nonce,
-        now: issued.expires_at + 3600,
+        now: issued.r.expires_at + 3600,
         skew_secs: 120,
         max_key_binding_age_secs: 300,
     };
@@ -344,6 +365,20 @@ pub async fn presentations_are_refused_for_each_fault(b: Backend) -> anyhow::Res
         sdjwt::verify_presentation(&good, &keys, &late).unwrap_err(),
         sdjwt::SdJwtError::Expired
     );
+
+    // Partner-a may not have the vault vouch for a presentation meant for
+    // partner-b by naming partner-b's audience.
+    let e = cx
+        .rp
+        .verify_presentation(pb::VerifyPresentationRequest {
+            presentation: for_b.clone(),
+            audience: PARTNER_B.into(),
+            nonce: nonce.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("audience"), "{}", e.message());
 
     // Partner-b lacks `credentials.verify`.
     let mut b_rp = CredentialServiceClient::new(cx.tv.channel("partner-b").await?);
@@ -398,6 +433,32 @@ pub async fn issuance_checks_and_policy(b: Backend) -> anyhow::Result<()> {
         let e = cx.issue(bad).await.unwrap_err();
         assert_eq!((e.code(), reason(&e)), (Code::InvalidArgument, "malformed"));
     }
+    // A response key that is not a P-256 point.
+    let bad_key = pb::device_request::Action::IssueCredential(pb::IssueCredential {
+        claims: Vec::new(),
+        response_key: vec![4; 65],
+    });
+    let req = cx
+        .device
+        .sign_request(bad_key, unix_now(), &SystemRng::default())?;
+    let e = cx.wallet.issue_credential(req).await.unwrap_err();
+    assert_eq!(reason(&e), "malformed");
+    // The answer opens only with its own request's key and binding.
+    let (req, pending) = cx
+        .device
+        .request_credential(&[], unix_now(), &SystemRng::default())?;
+    let (_, other) = cx
+        .device
+        .request_credential(&[], unix_now(), &SystemRng::default())?;
+    let r = cx.wallet.issue_credential(req).await?.into_inner();
+    assert!(other.open(&r).is_err());
+    let mut flipped = r.clone();
+    if let Some(b) = flipped.sealed_credential.last_mut() {
+        *b ^= 1;
+    }
+    assert!(pending.open(&flipped).is_err());
+    Credential::parse(&pending.open(&r)?)?;
+
     // Stale request.
     let req = cx
         .device
@@ -434,7 +495,7 @@ forbid (
     assert_eq!(outcome, "denied");
     assert!(detail.contains("no-national-id-in-credentials"), "{detail}");
     let ok = cx.issue(&["given_name", "age_over_18"]).await?;
-    assert_eq!(ok.claims, ["given_name", "age_over_18"]);
+    assert_eq!(ok.r.claims, ["given_name", "age_over_18"]);
 
     // A revoked device gets nothing.
     let me = cx.device.device_id();

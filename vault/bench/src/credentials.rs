@@ -8,8 +8,9 @@
 //!    database URL is given), `connections` connections, one call in flight
 //!    each, `seconds` per phase: the `Health/Check` baseline,
 //!    `IssueCredential` (a fresh device-signed request per call: signature
-//!    check, decrypt of the person's fields, issue, replay row, audit
-//!    leaf, durable commit) and `VerifyPresentation` (verify, audit leaf,
+//!    check, decrypt of the person's fields, issue, HPKE seal to the
+//!    request's one-time key, replay row, audit leaf, durable commit; the
+//!    client opens every answer) and `VerifyPresentation` (verify, audit leaf,
 //!    commit), each with its ratio to the baseline.
 
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use idvault_core::SystemRng;
 use idvault_core::sdjwt::{self, CredentialSpec, EcJwk, Expectations, IssuerKey, Jwks};
 use idvault_proto::v1::credential_service_client::CredentialServiceClient;
 use idvault_proto::v1::device_service_client::DeviceServiceClient;
-use idvault_proto::v1::{self as pb, GetIssuerKeysRequest, VerifyPresentationRequest};
+use idvault_proto::v1::{GetIssuerKeysRequest, VerifyPresentationRequest};
 use serde_json::json;
 
 use crate::BenchError;
@@ -224,17 +225,16 @@ async fn remote(
             let people = std::sync::Arc::clone(&people);
             async move {
                 let h = people.get(w).ok_or("holder")?;
-                let action = pb::device_request::Action::IssueCredential(pb::IssueCredential {
-                    claims: Vec::new(),
-                });
-                let req = h
-                    .device
-                    .sign_request(action, unix_now(), &SystemRng::default())?;
+                let (req, pending) =
+                    h.device
+                        .request_credential(&[], unix_now(), &SystemRng::default())?;
                 let c = DeviceServiceClient::new(ch)
                     .issue_credential(req)
                     .await?
                     .into_inner();
-                Ok::<_, BenchError>((w, c.credential))
+                // The phone's part: open the sealed answer.
+                let credential = pending.open(&c)?.to_string();
+                Ok::<_, BenchError>((w, credential))
             }
         })
         .await?

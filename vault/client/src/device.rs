@@ -208,8 +208,43 @@ impl DeviceKey {
         issued_at: i64,
         rng: &dyn Rng,
     ) -> Result<pb::SignedDeviceRequest, DeviceError> {
+        self.sign_request_with_id(action, random_id(rng)?, issued_at)
+    }
+
+    /// A signed request for a digital ID with `claims` (empty: all), and
+    /// the one-time key its answer is sealed to (docs/digital-id.md).
+    pub fn request_credential(
+        &self,
+        claims: &[String],
+        issued_at: i64,
+        rng: &dyn Rng,
+    ) -> Result<(pb::SignedDeviceRequest, CredentialRequest), DeviceError> {
+        let secret = one_time_key(rng)?;
+        let action = pb::device_request::Action::IssueCredential(pb::IssueCredential {
+            claims: claims.to_vec(),
+            response_key: secret.public_key().to_sec1(),
+        });
+        let mut request_id = [0u8; ID_LEN];
+        rng.fill(&mut request_id)?;
+        let signed = self.sign_request_with_id(action, request_id.to_vec(), issued_at)?;
+        Ok((
+            signed,
+            CredentialRequest {
+                secret,
+                request_id,
+                device_id: self.device_id(),
+            },
+        ))
+    }
+
+    fn sign_request_with_id(
+        &self,
+        action: pb::device_request::Action,
+        request_id: Vec<u8>,
+        issued_at: i64,
+    ) -> Result<pb::SignedDeviceRequest, DeviceError> {
         let request = pb::DeviceRequest {
-            request_id: random_id(rng)?,
+            request_id,
             issued_at,
             action: Some(action),
         }
@@ -220,6 +255,51 @@ impl DeviceKey {
             signature,
             device_id: self.device_id(),
         })
+    }
+}
+
+/// A fresh HPKE P-256 key: a random scalar, drawn again in the ~2^-32
+/// case it is not one.
+fn one_time_key(rng: &dyn Rng) -> Result<idvault_core::consent::ReleaseSecretKey, DeviceError> {
+    for _ in 0..8 {
+        let mut b = Zeroizing::new([0u8; 32]);
+        rng.fill(b.as_mut())?;
+        if let Some(k) = idvault_core::consent::ReleaseSecretKey::from_scalar(b.as_ref()) {
+            return Ok(k);
+        }
+    }
+    Err(DeviceError::Sign)
+}
+
+/// A digital-ID request in flight: opens the vault's sealed answer.
+#[derive(Debug)]
+pub struct CredentialRequest {
+    secret: idvault_core::consent::ReleaseSecretKey,
+    request_id: [u8; ID_LEN],
+    device_id: String,
+}
+
+impl CredentialRequest {
+    /// The credential `<jwt>~<disclosure>~…~` from the vault's answer; an
+    /// answer sealed for another request or altered on the way fails.
+    pub fn open(&self, r: &pb::IssueCredentialResponse) -> Result<Zeroizing<String>, DeviceError> {
+        let pt = self
+            .secret
+            .open_credential(
+                &self.request_id,
+                &self.device_id,
+                &r.enc,
+                &r.sealed_credential,
+            )
+            .map_err(|_| {
+                DeviceError::Credential(idvault_core::sdjwt::SdJwtError::Malformed(
+                    "sealed credential does not open",
+                ))
+            })?;
+        let text = std::str::from_utf8(&pt).map_err(|_| {
+            DeviceError::Credential(idvault_core::sdjwt::SdJwtError::Malformed("credential"))
+        })?;
+        Ok(Zeroizing::new(text.to_owned()))
     }
 }
 

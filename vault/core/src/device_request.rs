@@ -31,9 +31,14 @@ pub enum DeviceAction {
     ListRules,
     /// Suggest rule sets from similar people's adoptions.
     SuggestRules,
-    /// Issue a digital ID with these claims (empty: every claim the
-    /// person's fields allow). Names are valid, unique and sorted.
-    IssueCredential(Vec<String>),
+    /// Issue a digital ID.
+    IssueCredential {
+        /// The claims (empty: every claim the person's fields allow);
+        /// valid, unique and sorted.
+        claims: Vec<String>,
+        /// The one-time key the credential is sealed to.
+        response_key: crate::consent::ReleasePublicKey,
+    },
 }
 
 /// A verified device request.

@@ -43,6 +43,9 @@ pub struct Partner {
     pub release_purposes: Vec<String>,
     /// Fields it may receive with consent.
     pub release_fields: Vec<FieldName>,
+    /// Audiences besides its SPIFFE id it may name when it asks the vault
+    /// to verify a digital-ID presentation (its own web origins).
+    pub presentation_audiences: Vec<String>,
 }
 
 /// The validated partner registry.
@@ -52,6 +55,12 @@ pub struct PartnerRegistry {
 }
 
 impl Partner {
+    /// Whether a presentation addressed to `audience` is this partner's to
+    /// verify: its SPIFFE id or one of its registered audiences.
+    pub fn owns_audience(&self, audience: &str) -> bool {
+        audience == self.spiffe_id || self.presentation_audiences.iter().any(|a| a == audience)
+    }
+
     /// Whether releasing `fields` for `purpose` stays within the partner's
     /// registered allowances (checked in code before any policy).
     pub fn release_within_allowances(&self, purpose: &str, fields: &[FieldName]) -> bool {
@@ -147,6 +156,7 @@ mod tests {
             release_key: None,
             release_purposes: vec!["kyc".into()],
             release_fields: vec![f("email")],
+            presentation_audiences: Vec::new(),
         };
         assert_eq!(
             p.release_refusal("marketing", &[f("email")]),

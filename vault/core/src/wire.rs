@@ -134,7 +134,11 @@ pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
         Action::SetRules(r) => DeviceAction::SetRules(rule_set(r.rules)?),
         Action::ListRules(_) => DeviceAction::ListRules,
         Action::SuggestRules(_) => DeviceAction::SuggestRules,
-        Action::IssueCredential(c) => DeviceAction::IssueCredential(claim_list(c.claims)?),
+        Action::IssueCredential(c) => DeviceAction::IssueCredential {
+            claims: claim_list(c.claims)?,
+            response_key: crate::consent::ReleasePublicKey::from_sec1(&c.response_key)
+                .ok_or(Refusal::Malformed)?,
+        },
     };
     Ok(DeviceCall {
         request_id,

@@ -387,6 +387,10 @@ pub struct PartnerEntry {
     /// Catalogue fields this partner may receive with consent.
     #[serde(default)]
     pub release_fields: Vec<String>,
+    /// Audiences besides its SPIFFE id (its own web origins, say) that
+    /// digital-ID presentations it asks the vault to verify may name.
+    #[serde(default)]
+    pub presentation_audiences: Vec<String>,
 }
 
 /// A loaded and validated configuration with absolute paths.
@@ -609,6 +613,18 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if p.presentation_audiences.len() > 16
+            || p.presentation_audiences.iter().any(|a| {
+                a.is_empty()
+                    || a.len() > 512
+                    || a.chars().any(|c| c.is_whitespace() || c.is_control())
+            })
+        {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': presentation_audiences holds at most 16 audiences of 1..=512 characters without spaces",
+                p.name
+            )));
+        }
         if roles.contains(&Role::ConsentRelease) && release_key.is_none() {
             return Err(ConfigError::Invalid(format!(
                 "partner '{}': the consent.release role needs a release_key",
@@ -625,6 +641,7 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             release_key,
             release_purposes: p.release_purposes.clone(),
             release_fields,
+            presentation_audiences: p.presentation_audiences.clone(),
         });
     }
     Ok(PartnerRegistry::new(partners))

@@ -33,8 +33,9 @@ pub use enrollment::{Enrollment, enrollment_code_hash, generate_enrollment_code}
 pub use grant::{ConsentLimits, Grant, grant_hash, parse_field_names, valid_purpose};
 pub use records::{Challenge, Consent, Device, EnrollmentCode, Receipt};
 pub use release::{
-    MAX_RELEASE_NONCE, ReleasePublicKey, ReleaseSecretKey, ReleaseSigner, ReleaseVerifier,
-    release_aad, release_signed_bytes, seal_release,
+    CREDENTIAL_SEAL_INFO, MAX_RELEASE_NONCE, ReleasePublicKey, ReleaseSecretKey, ReleaseSigner,
+    ReleaseVerifier, credential_aad, release_aad, release_signed_bytes, seal_credential,
+    seal_release,
 };
 
 pub(crate) use enrollment::{UnverifiedEnrollment, check_enrollment};

@@ -158,6 +158,41 @@ pub fn seal_release(
     )
 }
 
+/// The HPKE associated data of a sealed digital ID: the device request id
+/// (16 bytes) then the device id, so a sealed credential answers exactly
+/// one request of one device.
+pub fn credential_aad(request_id: &[u8; ID_LEN], device_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(ID_LEN + device_id.len());
+    aad.extend_from_slice(request_id);
+    aad.extend_from_slice(device_id.as_bytes());
+    aad
+}
+
+/// Seals an issued digital ID to the one-time key the phone put in its
+/// signed request (docs/digital-id.md, "Issuing"): the wallet app relaying
+/// the answer, and any TLS-terminating proxy, see only ciphertext.
+/// Returns `(enc, ciphertext)`.
+pub fn seal_credential(
+    pk: &ReleasePublicKey,
+    request_id: &[u8; ID_LEN],
+    device_id: &str,
+    credential: &[u8],
+    rng: &dyn Rng,
+) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill(seed.as_mut())?;
+    seal_with_seed(
+        pk,
+        seed,
+        CREDENTIAL_SEAL_INFO,
+        &credential_aad(request_id, device_id),
+        credential,
+    )
+}
+
+/// HPKE `info` of a sealed digital ID.
+pub const CREDENTIAL_SEAL_INFO: &[u8] = b"idvault/v1/credential-seal";
+
 /// A partner's release private key (HPKE recipient).
 pub struct ReleaseSecretKey(<Kem as hpke::Kem>::PrivateKey);
 
@@ -205,6 +240,22 @@ impl ReleaseSecretKey {
         )
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// Opens a digital ID sealed by [`seal_credential`].
+    pub fn open_credential(
+        &self,
+        request_id: &[u8; ID_LEN],
+        device_id: &str,
+        enc: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.open(
+            enc,
+            CREDENTIAL_SEAL_INFO,
+            &credential_aad(request_id, device_id),
+            ciphertext,
+        )
     }
 
     /// Opens a release sealed by [`seal_release`].

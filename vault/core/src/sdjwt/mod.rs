@@ -51,6 +51,10 @@ pub const SALT_LEN: usize = 16;
 pub const MAX_PRESENTATION_BYTES: usize = 64 * 1024;
 /// Most disclosures one SD-JWT may carry.
 pub const MAX_DISCLOSURES: usize = 64;
+/// Claims that must be in the signed payload, never in a disclosure.
+pub const REGISTERED_CLAIMS: &[&str] = &[
+    "iss", "iat", "exp", "nbf", "sub", "cnf", "vct", "status", "aud", "jti",
+];
 
 /// Why an SD-JWT was refused. Messages name the check, never a claim
 /// value or key bytes.
@@ -456,8 +460,8 @@ struct Pool {
 }
 
 impl Pool {
-    /// The disclosure for `digest`, once; any digest met twice is an error
-    /// (RFC 9901 section 7.1, step 3.2.5... "more than once").
+    /// The disclosure for `digest`, once; a digest met twice anywhere in
+    /// the payload is an error (RFC 9901 section 7.1).
     fn take(&mut self, digest: &str) -> Result<Option<Disclosure>, SdJwtError> {
         if !self.seen.insert(digest.to_owned()) {
             return Err(SdJwtError::Disclosure("digest appears twice"));
@@ -622,23 +626,31 @@ pub fn verify_presentation(
         }
         pool.items.push(d);
     }
-    let alg = payload.remove("_sd_alg");
+    // The registered claims come from the signed payload itself, never
+    // from a disclosure (SD-JWT VC: they are not selectively disclosable).
+    let holder = payload
+        .get("cnf")
+        .and_then(|c| c.get("jwk"))
+        .ok_or(SdJwtError::KeyBinding("credential has no cnf.jwk"))
+        .and_then(EcJwk::from_json)?;
+    let issuer = str_claim(&payload, "iss");
+    let vct = str_claim(&payload, "vct");
+    let issued_at = int_claim(&payload, "iat")?;
+    let status = payload.get("status").cloned();
+    payload.remove("_sd_alg");
     let mut root = Value::Object(std::mem::take(&mut payload));
     let top = process(&mut root, &mut pool)?;
     if pool.used.iter().any(|u| !u) {
         return Err(SdJwtError::Disclosure("disclosure not referenced"));
     }
-    drop(alg);
+    if top.iter().any(|n| REGISTERED_CLAIMS.contains(&n.as_str())) {
+        return Err(SdJwtError::Disclosure("a registered claim is disclosed"));
+    }
     let Value::Object(claims) = root else {
         return Err(SdJwtError::Malformed("payload"));
     };
 
     // 4. Key binding.
-    let holder = claims
-        .get("cnf")
-        .and_then(|c| c.get("jwk"))
-        .ok_or(SdJwtError::KeyBinding("credential has no cnf.jwk"))
-        .and_then(EcJwk::from_json)?;
     let kb = ParsedJws::parse(kb, TYP_KEY_BINDING).map_err(|e| match e {
         SdJwtError::Unsupported(w) | SdJwtError::Malformed(w) => SdJwtError::KeyBinding(w),
         other => other,
@@ -673,13 +685,13 @@ pub fn verify_presentation(
             .get("kid")
             .and_then(Value::as_str)
             .map(str::to_owned),
-        issuer: str_claim(&claims, "iss"),
-        vct: str_claim(&claims, "vct"),
-        issued_at: int_claim(&claims, "iat")?,
+        issuer,
+        vct,
+        issued_at,
         expires_at: exp,
         disclosed,
         holder,
-        status: claims.get("status").cloned(),
+        status,
     })
 }
 

@@ -489,3 +489,42 @@ const DOC_PRESENTATION: &str = concat!(
     "WyJGVmxqd2l6OVBDUFdieHVCUXp1WXJnIiwiYWdlX292ZXJfMTgiLHRydWVd~",
     "eyJhbGciOiJFUzI1NiIsInR5cCI6ImtiK2p3dCJ9.eyJhdWQiOiJzcGlmZmU6Ly9pZHZhdWx0LmRldi9wYXJ0bmVyL3BhcnRuZXItYSIsImlhdCI6MTgwMDAwMDEwMCwibm9uY2UiOiJuLTBTNl9XekEyTWoiLCJzZF9oYXNoIjoiYzZHclNsMFhaS1dKUUE0cktpR284R0dHY0lBR2pqUTBrN2stNUpTLWNTWSJ9.8sj2S9s78xce-WJ1oPlJ6Hmo-Ig_5SiGDXswqsiqpb5UEkL5lxbsB90ergod8SaxNUXlbI-SgJaYApluEqtLrA",
 );
+
+#[test]
+fn registered_claims_cannot_come_from_a_disclosure() {
+    let w = Wallet(SigningKey::from_slice(&[5u8; 32]).unwrap());
+    let holder = w.jwk();
+    let spec = CredentialSpec {
+        issuer: "https://idvault.example",
+        vct: DEFAULT_VCT,
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_086_400,
+        holder: &holder,
+        status: None,
+    };
+    let e = ours(1_800_000_100);
+    for (name, value) in [
+        (
+            "status",
+            json!({"status_list": {"idx": 0, "uri": "https://x"}}),
+        ),
+        ("iss", json!("https://evil.example")),
+        ("sub", json!("someone")),
+    ] {
+        let cred = issue(
+            &issuer(),
+            &spec,
+            vec![(name.into(), value)],
+            &SystemRng::default(),
+        )
+        .unwrap();
+        let p = w.present(&cred, &[name], e.audience, e.nonce, e.now);
+        assert!(
+            matches!(
+                verify_presentation(&p, &issuer_set(), &e),
+                Err(SdJwtError::Disclosure(_))
+            ),
+            "{name}"
+        );
+    }
+}

@@ -79,7 +79,8 @@ pub(crate) async fn issue_credential(
     )
     .await?;
     Ok(Response::new(pb::IssueCredentialResponse {
-        credential: c.credential.to_string(),
+        enc: c.enc,
+        sealed_credential: c.sealed,
         expires_at: c.expires_at,
         kid: c.kid,
         claims: c.claims,

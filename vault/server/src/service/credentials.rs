@@ -25,11 +25,14 @@ use zeroize::Zeroizing;
 use super::consent::{Signed, refused};
 use crate::service::{Caller, Vault, VaultError};
 
-/// A credential issued to a device.
+/// A credential issued to a device, sealed to the one-time key of its
+/// request.
 #[derive(Debug)]
 pub struct IssuedCredential {
-    /// `<jwt>~<disclosure>~…~` (personal data; wiped on drop).
-    pub credential: Zeroizing<String>,
+    /// HPKE encapsulated key.
+    pub enc: Vec<u8>,
+    /// HPKE ciphertext of `<jwt>~<disclosure>~…~`.
+    pub sealed: Vec<u8>,
     /// Unix seconds.
     pub expires_at: i64,
     /// The issuer key's id.
@@ -74,7 +77,11 @@ impl Vault {
             let call = idvault_core::wire::decode_device_request(&s.bytes).map_err(refused)?;
             let subject = device.subject;
             req.about(subject);
-            let DeviceAction::IssueCredential(wanted) = &call.action else {
+            let DeviceAction::IssueCredential {
+                claims: wanted,
+                response_key,
+            } = &call.action
+            else {
                 return Err(refused(Refusal::WrongAction));
             };
             let skew = u64::from(self.consent_settings().clock_skew_seconds);
@@ -118,8 +125,19 @@ impl Vault {
                 holder: &holder,
                 status: None,
             };
-            let credential = sdjwt::issue(&issuer, &spec, made, self.rng())
+            let credential: Zeroizing<String> = sdjwt::issue(&issuer, &spec, made, self.rng())
                 .map_err(|_| VaultError::Internal("credential signing"))?;
+            // Sealed to the phone's one-time key: the wallet app relaying
+            // the answer and any TLS-terminating proxy see ciphertext only.
+            let (enc, sealed) = idvault_core::consent::seal_credential(
+                response_key,
+                &call.request_id,
+                &device.device_id,
+                credential.as_bytes(),
+                self.rng(),
+            )
+            .map_err(|_| VaultError::Internal("credential sealing"))?;
+            drop(credential);
 
             let mut tx = self.begin().await?;
             self.still_active(&mut tx, &device).await?;
@@ -137,7 +155,8 @@ impl Vault {
             );
             self.commit(tx, req, Some(&subject), detail).await?;
             Ok(IssuedCredential {
-                credential,
+                enc,
+                sealed,
                 expires_at,
                 kid: issuer.kid().to_owned(),
                 claims: names,
@@ -153,7 +172,9 @@ impl Vault {
     }
 
     /// Verifies a presentation for a relying party. `audience` empty means
-    /// the caller's own SPIFFE identity.
+    /// the caller's own SPIFFE identity; otherwise it must be that identity
+    /// or one of the partner's `presentation_audiences`: a partner cannot
+    /// have the vault vouch for a presentation meant for another.
     pub async fn verify_credential(
         &self,
         caller: &Caller,
@@ -174,8 +195,12 @@ impl Vault {
             }
             let audience = if audience.is_empty() {
                 caller.spiffe_id.as_str()
-            } else {
+            } else if req.partner.owns_audience(audience) {
                 audience
+            } else {
+                return Err(VaultError::BadRequest(
+                    "the audience must be the caller's SPIFFE id or one of its registered presentation_audiences".into(),
+                ));
             };
             let keys = self.issuer_jwks()?;
             let expect = Expectations {

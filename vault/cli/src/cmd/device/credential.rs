@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::Subcommand;
 use idvault_client::device::unix_now;
 use idvault_core::SystemRng;
-use idvault_proto::v1 as pb;
 
 use super::{DeviceArgs, load_key};
 use crate::cmd::write_secret_file;
@@ -55,17 +54,15 @@ pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::
     match c {
         CredentialCommand::Get { key, out, claims } => {
             let k = load_key(key)?;
-            let action = pb::device_request::Action::IssueCredential(pb::IssueCredential {
-                claims: claims.clone(),
-            });
-            let req = k.sign_request(action, unix_now(), &SystemRng::default())?;
+            let (req, pending) = k.request_credential(claims, unix_now(), &SystemRng::default())?;
             let r = args
                 .client()
                 .await?
                 .issue_credential(req)
                 .await?
                 .into_inner();
-            write_secret_file(out, &r.credential)?;
+            let credential = pending.open(&r)?;
+            write_secret_file(out, &credential)?;
             println!(
                 "credential written to {} kid={} expires_at={} claims={}",
                 out.display(),
