@@ -233,7 +233,7 @@ async fn remote(
                     .await?
                     .into_inner();
                 // The phone's part: open the sealed answer.
-                let credential = pending.open(&c)?.to_string();
+                let credential = pending.open(&c, None)?.0.to_string();
                 Ok::<_, BenchError>((w, credential))
             }
         })

@@ -227,12 +227,15 @@ impl DeviceKey {
         let mut request_id = [0u8; ID_LEN];
         rng.fill(&mut request_id)?;
         let signed = self.sign_request_with_id(action, request_id.to_vec(), issued_at)?;
+        let holder = idvault_core::sdjwt::EcJwk::new(*self.0.verifying_key());
         Ok((
             signed,
             CredentialRequest {
                 secret,
                 request_id,
                 device_id: self.device_id(),
+                holder,
+                asked: claims.to_vec(),
             },
         ))
     }
@@ -271,18 +274,31 @@ fn one_time_key(rng: &dyn Rng) -> Result<idvault_core::consent::ReleaseSecretKey
     Err(DeviceError::Sign)
 }
 
-/// A digital-ID request in flight: opens the vault's sealed answer.
+/// A digital-ID request in flight: opens the vault's sealed answer. Its
+/// one-time key is wiped when it is dropped; drop it once the answer is
+/// opened.
 #[derive(Debug)]
 pub struct CredentialRequest {
     secret: idvault_core::consent::ReleaseSecretKey,
     request_id: [u8; ID_LEN],
     device_id: String,
+    holder: idvault_core::sdjwt::EcJwk,
+    asked: Vec<String>,
 }
 
 impl CredentialRequest {
-    /// The credential `<jwt>~<disclosure>~…~` from the vault's answer; an
-    /// answer sealed for another request or altered on the way fails.
-    pub fn open(&self, r: &pb::IssueCredentialResponse) -> Result<Zeroizing<String>, DeviceError> {
+    /// The credential `<jwt>~<disclosure>~…~` from the vault's answer, and
+    /// its parsed form. Refused: an answer sealed for another request,
+    /// altered on the way, bound to another key, holding claims that were
+    /// not asked for, or (with `issuer_keys` pinned) not signed by the
+    /// vault. HPKE base mode does not say who sealed the answer, so without
+    /// pinned keys a forged credential is caught only by a relying party.
+    pub fn open(
+        &self,
+        r: &pb::IssueCredentialResponse,
+        issuer_keys: Option<&idvault_core::sdjwt::Jwks>,
+    ) -> Result<(Zeroizing<String>, idvault_core::sdjwt::Credential), DeviceError> {
+        use idvault_core::sdjwt::{Credential, SdJwtError};
         let pt = self
             .secret
             .open_credential(
@@ -292,14 +308,16 @@ impl CredentialRequest {
                 &r.sealed_credential,
             )
             .map_err(|_| {
-                DeviceError::Credential(idvault_core::sdjwt::SdJwtError::Malformed(
-                    "sealed credential does not open",
-                ))
+                DeviceError::Credential(SdJwtError::Malformed("sealed credential does not open"))
             })?;
-        let text = std::str::from_utf8(&pt).map_err(|_| {
-            DeviceError::Credential(idvault_core::sdjwt::SdJwtError::Malformed("credential"))
-        })?;
-        Ok(Zeroizing::new(text.to_owned()))
+        let text = std::str::from_utf8(&pt)
+            .map_err(|_| DeviceError::Credential(SdJwtError::Malformed("credential")))?;
+        let text = Zeroizing::new(text.to_owned());
+        let parsed = Credential::parse(&text).map_err(DeviceError::Credential)?;
+        parsed
+            .check_issued(issuer_keys, &self.holder, &self.asked)
+            .map_err(DeviceError::Credential)?;
+        Ok((text, parsed))
     }
 }
 

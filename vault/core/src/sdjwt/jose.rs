@@ -9,7 +9,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use serde_json::{Map, Value};
 
@@ -120,10 +120,16 @@ pub fn verify_es256(key: &VerifyingKey, input: &[u8], sig: &[u8]) -> Result<(), 
     if sig.len() != SIGNATURE_LEN {
         return Err(SdJwtError::BadSignature);
     }
-    // Refuses r or s of zero or not below the group order.
-    let sig = Signature::from_slice(sig).map_err(|_| SdJwtError::BadSignature)?;
-    key.verify(input, &sig)
-        .map_err(|_| SdJwtError::BadSignature)
+    // ring's verifier: about four times faster than the pure-Rust one here,
+    // and the same `r || s` encoding (it refuses r or s of zero or not
+    // below the group order, and a point not on the curve).
+    let point = key.to_sec1_point(false);
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        point.as_bytes(),
+    )
+    .verify(input, sig)
+    .map_err(|_| SdJwtError::BadSignature)
 }
 
 /// Signs `header.payload` with ES256 (RFC 6979 deterministic nonces) and
@@ -378,6 +384,24 @@ mod tests {
         assert!(ParsedJws::parse(&sign_compact(&key, &h, "{}"), "kb+jwt").is_err());
         assert!(ParsedJws::parse("a.b", "kb+jwt").is_err());
         assert!(ParsedJws::parse("a.b.c.d", "kb+jwt").is_err());
+    }
+
+    /// Both S forms verify (JOSE does not require low S; platform
+    /// signers do not normalise); anything else does not.
+    #[test]
+    fn es256_accepts_both_s_forms_only_for_the_right_key() {
+        let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let sig: Signature = key.sign(b"input");
+        let low = sig.normalize_s();
+        let high = Signature::from_scalars(low.r().to_bytes(), (-*low.s()).to_bytes()).unwrap();
+        let vk = key.verifying_key();
+        verify_es256(vk, b"input", &low.to_bytes()).unwrap();
+        verify_es256(vk, b"input", &high.to_bytes()).unwrap();
+        assert!(verify_es256(vk, b"other", &low.to_bytes()).is_err());
+        let other = SigningKey::from_slice(&[8u8; 32]).unwrap();
+        assert!(verify_es256(other.verifying_key(), b"input", &low.to_bytes()).is_err());
+        assert!(verify_es256(vk, b"input", &[0u8; 64]).is_err());
+        assert!(verify_es256(vk, b"input", &low.to_bytes()[..63]).is_err());
     }
 
     #[test]

@@ -259,6 +259,13 @@ pub fn issue(
 ) -> Result<Zeroizing<String>, SdJwtError> {
     let mut disclosures = Vec::with_capacity(claims.len());
     for (name, value) in claims {
+        if REGISTERED_CLAIMS.contains(&name.as_str())
+            || matches!(name.as_str(), "_sd" | "..." | "_sd_alg")
+        {
+            return Err(SdJwtError::Malformed(
+                "a registered claim cannot be selectively disclosable",
+            ));
+        }
         let mut salt = [0u8; SALT_LEN];
         rng.fill(&mut salt)?;
         disclosures.push(Disclosure::new(&salt, &name, value));
@@ -314,6 +321,9 @@ fn sd_jwt_alphabet(text: &str) -> bool {
 pub struct Credential {
     jwt: String,
     disclosures: Vec<Disclosure>,
+    kid: Option<String>,
+    expires_at: Option<i64>,
+    holder: Option<EcJwk>,
 }
 
 impl fmt::Debug for Credential {
@@ -326,8 +336,8 @@ impl fmt::Debug for Credential {
 
 impl Credential {
     /// Parses `<jwt>~<disclosure>~…~` (no key binding). The signature is
-    /// not checked here: the holder got it from the vault over mTLS, and
-    /// a verifier checks it with [`verify_presentation`].
+    /// not checked here ([`Self::check_issued`] does, for a holder with
+    /// the issuer keys; a verifier checks it with [`verify_presentation`]).
     pub fn parse(text: &str) -> Result<Self, SdJwtError> {
         let text = text.trim();
         if text.len() > MAX_PRESENTATION_BYTES || !sd_jwt_alphabet(text) {
@@ -338,7 +348,7 @@ impl Credential {
             .ok_or(SdJwtError::Malformed("an issued SD-JWT ends with '~'"))?;
         let mut parts = body.split('~');
         let jwt = parts.next().unwrap_or_default();
-        ParsedJws::parse(jwt, TYP_CREDENTIAL)?;
+        let jws = ParsedJws::parse(jwt, TYP_CREDENTIAL)?;
         let disclosures = parts
             .map(Disclosure::parse)
             .collect::<Result<Vec<_>, _>>()?;
@@ -348,7 +358,63 @@ impl Credential {
         Ok(Self {
             jwt: jwt.to_owned(),
             disclosures,
+            kid: jws.kid().map(str::to_owned),
+            expires_at: int_claim(&jws.payload, "exp")?,
+            holder: jws
+                .payload
+                .get("cnf")
+                .and_then(|c| c.get("jwk"))
+                .map(EcJwk::from_json)
+                .transpose()?,
         })
+    }
+
+    /// What a phone checks of a credential it was just given: signed by
+    /// one of `keys` (when it has them pinned), bound to its own key
+    /// `holder`, every disclosure referenced by the signed payload, and
+    /// carrying only claims from `asked` (when it asked for some). An
+    /// answer forged on the way (HPKE base mode does not say who sealed
+    /// it) fails here rather than sitting on the phone.
+    pub fn check_issued(
+        &self,
+        keys: Option<&Jwks>,
+        holder: &EcJwk,
+        asked: &[String],
+    ) -> Result<(), SdJwtError> {
+        let jws = ParsedJws::parse(&self.jwt, TYP_CREDENTIAL)?;
+        if let Some(keys) = keys {
+            let key = keys.key(jws.kid()).ok_or(SdJwtError::UnknownKey)?;
+            jws.verify(key.verifying_key())?;
+        }
+        if self.holder.as_ref() != Some(holder) {
+            return Err(SdJwtError::KeyBinding("credential is bound to another key"));
+        }
+        let digests: HashSet<&str> = jws
+            .payload
+            .get("_sd")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for d in &self.disclosures {
+            if !digests.contains(d.digest().as_str()) {
+                return Err(SdJwtError::Disclosure("disclosure not referenced"));
+            }
+            let name = d.name().unwrap_or_default();
+            if !asked.is_empty() && !asked.iter().any(|a| a == name) {
+                return Err(SdJwtError::Disclosure("a claim that was not asked for"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The issuer key id (`kid`), as the JWS header says.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// `exp`, as the payload says.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires_at
     }
 
     /// The names of the claims it can disclose, in issue order.

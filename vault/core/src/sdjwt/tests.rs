@@ -2,7 +2,7 @@
 
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::crypto::SystemRng;
@@ -503,21 +503,39 @@ fn registered_claims_cannot_come_from_a_disclosure() {
         status: None,
     };
     let e = ours(1_800_000_100);
+    let key = issuer();
     for (name, value) in [
         (
             "status",
             json!({"status_list": {"idx": 0, "uri": "https://x"}}),
         ),
-        ("iss", json!("https://evil.example")),
         ("sub", json!("someone")),
+        ("cnf", json!({"jwk": {}})),
     ] {
-        let cred = issue(
-            &issuer(),
-            &spec,
-            vec![(name.into(), value)],
-            &SystemRng::default(),
-        )
-        .unwrap();
+        // The vault's issuer refuses to make one…
+        assert!(
+            issue(
+                &key,
+                &spec,
+                vec![(name.into(), value.clone())],
+                &SystemRng::default()
+            )
+            .is_err()
+        );
+        // …and a verifier refuses one another issuer made.
+        let d = Disclosure::new(b"0123456789abcdef", name, value);
+        let mut cnf = Map::new();
+        cnf.insert("jwk".into(), Value::Object(holder.to_json()));
+        let payload = json!({
+            "_sd": [d.digest()], "_sd_alg": "sha-256", "exp": spec.expires_at,
+            "iat": spec.issued_at, "iss": spec.issuer, "vct": spec.vct, "cnf": cnf,
+        });
+        let mut header = Map::new();
+        header.insert("alg".into(), "ES256".into());
+        header.insert("kid".into(), key.kid().into());
+        header.insert("typ".into(), TYP_CREDENTIAL.into());
+        let jwt = jose::sign_compact(&key.key, &header, &payload.to_string());
+        let cred = format!("{jwt}~{}~", d.encoded());
         let p = w.present(&cred, &[name], e.audience, e.nonce, e.now);
         assert!(
             matches!(
@@ -527,4 +545,27 @@ fn registered_claims_cannot_come_from_a_disclosure() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn a_phone_checks_what_it_was_given() {
+    let w = Wallet(SigningKey::from_slice(&[5u8; 32]).unwrap());
+    let cred = Credential::parse(&issued(&w)).unwrap();
+    let keys = issuer_set();
+    assert_eq!(cred.kid(), Some(issuer().kid()));
+    assert_eq!(cred.expires_at(), Some(1_800_086_400));
+    cred.check_issued(Some(&keys), &w.jwk(), &[]).unwrap();
+    cred.check_issued(None, &w.jwk(), &[]).unwrap();
+    // Bound to another phone's key.
+    let other = EcJwk::new(*SigningKey::from_slice(&[6u8; 32]).unwrap().verifying_key());
+    assert!(cred.check_issued(Some(&keys), &other, &[]).is_err());
+    // Claims that were not asked for.
+    assert!(
+        cred.check_issued(Some(&keys), &w.jwk(), &["given_name".into()])
+            .is_err()
+    );
+    // Signed by someone else.
+    let stranger = IssuerKey::from_scalar(&[4u8; 32]).unwrap();
+    let set = Jwks::new(vec![(issuer().kid().into(), stranger.jwk().clone())]);
+    assert!(cred.check_issued(Some(&set), &w.jwk(), &[]).is_err());
 }

@@ -81,8 +81,5 @@ pub(crate) async fn issue_credential(
     Ok(Response::new(pb::IssueCredentialResponse {
         enc: c.enc,
         sealed_credential: c.sealed,
-        expires_at: c.expires_at,
-        kid: c.kid,
-        claims: c.claims,
     }))
 }

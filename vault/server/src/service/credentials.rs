@@ -33,12 +33,6 @@ pub struct IssuedCredential {
     pub enc: Vec<u8>,
     /// HPKE ciphertext of `<jwt>~<disclosure>~…~`.
     pub sealed: Vec<u8>,
-    /// Unix seconds.
-    pub expires_at: i64,
-    /// The issuer key's id.
-    pub kid: String,
-    /// The claims it can disclose.
-    pub claims: Vec<String>,
 }
 
 /// Longest nonce a relying party may name.
@@ -88,6 +82,10 @@ impl Vault {
             let now = self.now_secs();
             if call.issued_at.abs_diff(now) > skew {
                 return Err(refused(Refusal::RequestOutsideWindow));
+            }
+            // A replay is refused before the decrypt and the signature.
+            if self.store().device_request_seen(&call.request_id).await? {
+                return Err(refused(Refusal::RequestReplayed));
             }
 
             let (_, values) = self.newest_fields(&subject).await?;
@@ -154,13 +152,7 @@ impl Vault {
                 names.join(",")
             );
             self.commit(tx, req, Some(&subject), detail).await?;
-            Ok(IssuedCredential {
-                enc,
-                sealed,
-                expires_at,
-                kid: issuer.kid().to_owned(),
-                claims: names,
-            })
+            Ok(IssuedCredential { enc, sealed })
         })
         .await
     }

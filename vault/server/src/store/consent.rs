@@ -133,6 +133,18 @@ impl Store {
             .map(|r| device(&*self.row_keys()?, r))
             .transpose()
     }
+
+    /// Whether a device request id was accepted before: a pool read, so a
+    /// replayed request is turned away before any costly work. The insert
+    /// in the request's own transaction stays the authority.
+    pub async fn device_request_seen(&self, request_id: &[u8; 16]) -> Result<bool, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM device_requests WHERE request_id = $1")
+                .bind(request_id.to_vec())
+                .fetch_one(self.pool())
+                .await?;
+        Ok(n > 0)
+    }
 }
 
 impl AuditedTx {

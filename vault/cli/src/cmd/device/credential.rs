@@ -25,6 +25,10 @@ pub(crate) enum CredentialCommand {
         /// person's fields allow).
         #[arg(long, value_delimiter = ',')]
         claims: Vec<String>,
+        /// The issuer keys, pinned (`idvault issuer jwks`): the credential
+        /// must be signed by one of them.
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
     },
     /// Present a held credential: only the --disclose claims, bound to
     /// --audience and --nonce with the device key. Prints the
@@ -52,7 +56,19 @@ pub(crate) enum CredentialCommand {
 
 pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::Result<()> {
     match c {
-        CredentialCommand::Get { key, out, claims } => {
+        CredentialCommand::Get {
+            key,
+            out,
+            claims,
+            jwks,
+        } => {
+            let pinned = match jwks {
+                Some(f) => Some(idvault_core::sdjwt::Jwks::parse(
+                    &std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?,
+                )?),
+                None => None,
+            };
             let k = load_key(key)?;
             let (req, pending) = k.request_credential(claims, unix_now(), &SystemRng::default())?;
             let r = args
@@ -61,14 +77,14 @@ pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::
                 .issue_credential(req)
                 .await?
                 .into_inner();
-            let credential = pending.open(&r)?;
+            let (credential, parsed) = pending.open(&r, pinned.as_ref())?;
             write_secret_file(out, &credential)?;
             println!(
                 "credential written to {} kid={} expires_at={} claims={}",
                 out.display(),
-                r.kid,
-                r.expires_at,
-                r.claims.join(",")
+                parsed.kid().unwrap_or("-"),
+                parsed.expires_at().unwrap_or_default(),
+                parsed.claim_names().join(",")
             );
         }
         CredentialCommand::Present {
