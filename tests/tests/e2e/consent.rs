@@ -47,7 +47,7 @@ struct Ctx {
     wallet: DeviceServiceClient<Channel>,
 }
 
-fn reason(s: &tonic::Status) -> &str {
+pub(crate) fn reason(s: &tonic::Status) -> &str {
     s.metadata()
         .get("idvault-refusal")
         .and_then(|v| v.to_str().ok())
@@ -61,7 +61,7 @@ fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, why: &st
     assert!(s.message().contains(why), "{}", s.message());
 }
 
-async fn create_subject(tv: &TestVault, f: &[(&str, &str)]) -> String {
+pub(crate) async fn create_subject(tv: &TestVault, f: &[(&str, &str)]) -> String {
     tv.subjects("partner-a")
         .await
         .unwrap()

@@ -12,6 +12,8 @@ use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClie
 use idvault_tests::idvault_proto::v1::credential_service_client::CredentialServiceClient;
 use idvault_tests::idvault_proto::v1::device_service_client::DeviceServiceClient;
 use idvault_tests::{Backend, TestVault};
+
+use super::consent::{create_subject, reason};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -35,25 +37,6 @@ struct Ctx {
     device: DeviceKey,
     wallet: DeviceServiceClient<Channel>,
     rp: CredentialServiceClient<Channel>,
-}
-
-async fn create_subject(tv: &TestVault, f: &[(&str, &str)]) -> String {
-    tv.subjects("partner-a")
-        .await
-        .unwrap()
-        .create_subject(pb::CreateSubjectRequest {
-            fields: f
-                .iter()
-                .map(|(n, v)| pb::Field {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .subject_id
 }
 
 async fn enroll(
@@ -107,13 +90,6 @@ struct Issued {
     r: pb::IssueCredentialResponse,
     credential: String,
     parsed: Credential,
-}
-
-fn reason(s: &tonic::Status) -> &str {
-    s.metadata()
-        .get("idvault-refusal")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 impl Ctx {

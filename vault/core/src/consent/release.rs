@@ -147,15 +147,26 @@ pub fn seal_release(
     plaintext: &[u8],
     rng: &dyn Rng,
 ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    rng.fill(seed.as_mut())?;
-    seal_with_seed(
+    seal(
         pk,
-        seed,
         RELEASE_INFO,
         &release_aad(consent_id, subject),
         plaintext,
+        rng,
     )
+}
+
+/// Seals with a fresh seed from `rng`.
+fn seal(
+    pk: &ReleasePublicKey,
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+    rng: &dyn Rng,
+) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill(seed.as_mut())?;
+    seal_with_seed(pk, seed, info, aad, plaintext)
 }
 
 /// The HPKE associated data of a sealed digital ID: the device request id
@@ -179,14 +190,12 @@ pub fn seal_credential(
     credential: &[u8],
     rng: &dyn Rng,
 ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    rng.fill(seed.as_mut())?;
-    seal_with_seed(
+    seal(
         pk,
-        seed,
         CREDENTIAL_SEAL_INFO,
         &credential_aad(request_id, device_id),
         credential,
+        rng,
     )
 }
 

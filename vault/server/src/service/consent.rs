@@ -466,18 +466,7 @@ impl Vault {
     /// per version.
     fn release_signer(&self) -> Result<std::sync::Arc<c::ReleaseSigner>, VaultError> {
         let v = self.keys().current_version();
-        let mut cached = self
-            .release_signer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((version, s)) = cached.as_ref()
-            && *version == v
-        {
-            return Ok(std::sync::Arc::clone(s));
-        }
-        let s = std::sync::Arc::new(release_signer(self.keys(), v)?);
-        *cached = Some((v, std::sync::Arc::clone(&s)));
-        Ok(s)
+        super::per_version(&self.release_signer, v, || release_signer(self.keys(), v))
     }
 
     /// The release verification keys of every root key version, oldest

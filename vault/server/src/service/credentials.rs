@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use idvault_core::consent::{DEVICE_REQUEST_CONTEXT, Refusal};
+use idvault_core::consent::Refusal;
 use idvault_core::device_request::DeviceAction;
 use idvault_core::keys::KeyHierarchy;
 use idvault_core::sdjwt::{
@@ -65,12 +65,12 @@ impl Vault {
         s: Signed,
     ) -> Result<IssuedCredential, VaultError> {
         self.handle(caller, Action::IssueCredential, async |req| {
-            let (device, key) = self.active_device(&s.device_id).await?;
-            key.verify(DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
-                .map_err(refused)?;
-            let call = idvault_core::wire::decode_device_request(&s.bytes).map_err(refused)?;
+            let (device, call) = self
+                .verified_device_request(req, &s, |a| {
+                    matches!(a, DeviceAction::IssueCredential { .. })
+                })
+                .await?;
             let subject = device.subject;
-            req.about(subject);
             let DeviceAction::IssueCredential {
                 claims: wanted,
                 response_key,
@@ -78,11 +78,7 @@ impl Vault {
             else {
                 return Err(refused(Refusal::WrongAction));
             };
-            let skew = u64::from(self.consent_settings().clock_skew_seconds);
             let now = self.now_secs();
-            if call.issued_at.abs_diff(now) > skew {
-                return Err(refused(Refusal::RequestOutsideWindow));
-            }
             // A replay is refused before the decrypt and the signature.
             if self.store().device_request_seen(&call.request_id).await? {
                 return Err(refused(Refusal::RequestReplayed));
@@ -226,34 +222,12 @@ impl Vault {
     /// memory).
     fn issuer_key(&self) -> Result<Arc<IssuerKey>, VaultError> {
         let v = self.keys().current_version();
-        let mut cached = self
-            .issuer_key
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((version, k)) = cached.as_ref()
-            && *version == v
-        {
-            return Ok(Arc::clone(k));
-        }
-        let k = Arc::new(self.keys().issuer_key(v)?);
-        *cached = Some((v, Arc::clone(&k)));
-        Ok(k)
+        super::per_version(&self.issuer_key, v, || Ok(self.keys().issuer_key(v)?))
     }
 
     /// The JWK Set, made once per current root key version.
     fn issuer_jwks(&self) -> Result<Arc<Jwks>, VaultError> {
         let v = self.keys().current_version();
-        let mut cached = self
-            .issuer_jwks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((version, k)) = cached.as_ref()
-            && *version == v
-        {
-            return Ok(Arc::clone(k));
-        }
-        let k = Arc::new(issuer_jwks(self.keys())?);
-        *cached = Some((v, Arc::clone(&k)));
-        Ok(k)
+        super::per_version(&self.issuer_jwks, v, || issuer_jwks(self.keys()))
     }
 }

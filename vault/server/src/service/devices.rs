@@ -219,6 +219,33 @@ impl Vault {
             .map_err(refused)
     }
 
+    /// The checks every device-signed request passes before its action
+    /// runs (docs/consent.md, "Device requests"), in this order: an active
+    /// device, its signature over the bytes as sent, only then decoding,
+    /// the action the RPC `expects`, and the time window. The request is
+    /// then about the device's subject. Replay (the request id) is checked
+    /// by the caller, in its transaction.
+    pub(crate) async fn verified_device_request(
+        &self,
+        req: &mut super::pipeline::Request<'_>,
+        s: &Signed,
+        expects: impl Fn(&DeviceAction) -> bool,
+    ) -> Result<(Device, idvault_core::device_request::DeviceCall), VaultError> {
+        let (device, key) = self.active_device(&s.device_id).await?;
+        key.verify(DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
+            .map_err(refused)?;
+        let call = idvault_core::wire::decode_device_request(&s.bytes).map_err(refused)?;
+        req.about(device.subject);
+        if !expects(&call.action) {
+            return Err(refused(Refusal::WrongAction));
+        }
+        let skew = u64::from(self.consent_settings().clock_skew_seconds);
+        if call.issued_at.abs_diff(self.now_secs()) > skew {
+            return Err(refused(Refusal::RequestOutsideWindow));
+        }
+        Ok((device, call))
+    }
+
     /// Serves a device-signed call for the person's own records.
     pub async fn device_call(
         &self,
@@ -227,19 +254,10 @@ impl Vault {
         s: Signed,
     ) -> Result<DeviceOutcome, VaultError> {
         self.handle(caller, Action::DeviceCall, async |req| {
-            let (device, key) = self.active_device(&s.device_id).await?;
-            key.verify(DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
-                .map_err(refused)?;
-            let call = idvault_core::wire::decode_device_request(&s.bytes).map_err(refused)?;
+            let (device, call) = self
+                .verified_device_request(req, &s, |a| op.matches(a))
+                .await?;
             let subject = device.subject;
-            req.about(subject);
-            if !op.matches(&call.action) {
-                return Err(refused(Refusal::WrongAction));
-            }
-            let skew = u64::from(self.consent_settings().clock_skew_seconds);
-            if call.issued_at.abs_diff(self.now_secs()) > skew {
-                return Err(refused(Refusal::RequestOutsideWindow));
-            }
             let now = self.now_millis();
             let mut tx = self.begin().await?;
             self.still_active(&mut tx, &device).await?;

@@ -194,6 +194,31 @@ impl Caller {
     }
 }
 
+/// A value made once per root key version and kept while that version is
+/// current (signing keys: each copy made and dropped would leave the
+/// private key in freed memory).
+pub(crate) type PerVersion<T> = std::sync::Mutex<Option<(u32, Arc<T>)>>;
+
+/// The value in `slot` for version `v`, made by `make` if the slot holds
+/// another version or none.
+pub(crate) fn per_version<T>(
+    slot: &PerVersion<T>,
+    v: u32,
+    make: impl FnOnce() -> Result<T, VaultError>,
+) -> Result<Arc<T>, VaultError> {
+    let mut cached = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((version, k)) = cached.as_ref()
+        && *version == v
+    {
+        return Ok(Arc::clone(k));
+    }
+    let k = Arc::new(make()?);
+    *cached = Some((v, Arc::clone(&k)));
+    Ok(k)
+}
+
 /// The vault.
 #[derive(Debug)]
 pub struct Vault {
@@ -210,12 +235,12 @@ pub struct Vault {
     /// The release signer of the current key version, made once: each
     /// ring key pair left behind would be a copy of the private key in
     /// freed memory.
-    release_signer: std::sync::Mutex<Option<(u32, Arc<idvault_core::consent::ReleaseSigner>)>>,
+    release_signer: PerVersion<idvault_core::consent::ReleaseSigner>,
     /// The digital-ID issuer key of the current version, made once (same
     /// reason).
-    issuer_key: std::sync::Mutex<Option<(u32, Arc<idvault_core::sdjwt::IssuerKey>)>>,
+    issuer_key: PerVersion<idvault_core::sdjwt::IssuerKey>,
     /// The issuer JWK Set for the current version.
-    issuer_jwks: std::sync::Mutex<Option<(u32, Arc<idvault_core::sdjwt::Jwks>)>>,
+    issuer_jwks: PerVersion<idvault_core::sdjwt::Jwks>,
     credentials: crate::config::CredentialsSection,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
