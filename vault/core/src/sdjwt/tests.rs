@@ -208,6 +208,18 @@ impl Wallet {
     }
 }
 
+/// The credential metadata of these tests: one day from 1,800,000,000.
+fn test_spec(holder: &EcJwk) -> CredentialSpec<'_> {
+    CredentialSpec {
+        issuer: "https://idvault.example",
+        vct: DEFAULT_VCT,
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_086_400,
+        holder,
+        status: None,
+    }
+}
+
 fn issuer() -> IssuerKey {
     IssuerKey::from_scalar(&[3u8; 32]).unwrap()
 }
@@ -224,14 +236,7 @@ fn issued(wallet: &Wallet) -> String {
         ),
     ];
     let holder = wallet.jwk();
-    let spec = CredentialSpec {
-        issuer: "https://idvault.example",
-        vct: DEFAULT_VCT,
-        issued_at: 1_800_000_000,
-        expires_at: 1_800_086_400,
-        holder: &holder,
-        status: None,
-    };
+    let spec = test_spec(&holder);
     issue(&issuer(), &spec, claims, &SystemRng::default())
         .unwrap()
         .to_string()
@@ -494,14 +499,7 @@ const DOC_PRESENTATION: &str = concat!(
 fn registered_claims_cannot_come_from_a_disclosure() {
     let w = Wallet(SigningKey::from_slice(&[5u8; 32]).unwrap());
     let holder = w.jwk();
-    let spec = CredentialSpec {
-        issuer: "https://idvault.example",
-        vct: DEFAULT_VCT,
-        issued_at: 1_800_000_000,
-        expires_at: 1_800_086_400,
-        holder: &holder,
-        status: None,
-    };
+    let spec = test_spec(&holder);
     let e = ours(1_800_000_100);
     let key = issuer();
     for (name, value) in [

@@ -136,17 +136,21 @@ impl DeviceApi {
         op: DeviceOp,
     ) -> Result<DeviceOutcome, Status> {
         let who = caller(&req)?;
-        let m = req.into_inner();
-        let s = Signed {
-            bytes: m.request,
-            signature: m.signature,
-            device_id: m.device_id,
-        };
+        let s = signed(req.into_inner());
         let vault = Arc::clone(&self.vault);
         detached(self.deadline, async move {
             vault.device_call(&who, op, s).await
         })
         .await
+    }
+}
+
+/// A signed device request as it arrived, for the service.
+pub(crate) fn signed(m: pb::SignedDeviceRequest) -> Signed {
+    Signed {
+        bytes: m.request,
+        signature: m.signature,
+        device_id: m.device_id,
     }
 }
 

@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 
 use super::consent::detached;
 use super::{caller, status, within};
-use crate::service::consent::Signed;
 
 adapter!(
     /// The relying-party credential service.
@@ -66,12 +65,7 @@ pub(crate) async fn issue_credential(
     req: Request<pb::SignedDeviceRequest>,
 ) -> Result<Response<pb::IssueCredentialResponse>, Status> {
     let who = caller(&req)?;
-    let m = req.into_inner();
-    let s = Signed {
-        bytes: m.request,
-        signature: m.signature,
-        device_id: m.device_id,
-    };
+    let s = super::consent::signed(req.into_inner());
     let vault = Arc::clone(vault);
     let c = detached(
         deadline,
