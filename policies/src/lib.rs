@@ -68,6 +68,10 @@ pub enum Action {
     VerifyPresentation,
     /// Read the digital-ID issuer keys (public).
     GetIssuerKeys,
+    /// Read a digital-ID status list token (public).
+    GetStatusList,
+    /// Revoke a digital ID by its status list entry (the operator).
+    RevokeCredential,
 }
 
 impl Action {
@@ -92,6 +96,8 @@ impl Action {
         Self::IssueCredential,
         Self::VerifyPresentation,
         Self::GetIssuerKeys,
+        Self::GetStatusList,
+        Self::RevokeCredential,
     ];
 
     /// The RPC-style name used in audit records.
@@ -116,6 +122,8 @@ impl Action {
             Self::IssueCredential => "IssueCredential",
             Self::VerifyPresentation => "VerifyPresentation",
             Self::GetIssuerKeys => "GetIssuerKeys",
+            Self::GetStatusList => "GetStatusList",
+            Self::RevokeCredential => "RevokeCredential",
         }
     }
 }
@@ -158,6 +166,8 @@ pub enum Role {
     AuditRead,
     /// `credentials.verify`: ask the vault to verify digital-ID presentations.
     CredentialsVerify,
+    /// `credentials.revoke`: revoke any digital ID (the operator's role).
+    CredentialsRevoke,
 }
 
 /// A role name that is not known.
@@ -182,6 +192,7 @@ impl Role {
         "commands.receive",
         "audit.read",
         "credentials.verify",
+        "credentials.revoke",
     ];
 
     /// Parses a registry role name.
@@ -201,6 +212,7 @@ impl Role {
             "commands.receive" => Ok(Self::CommandsReceive),
             "audit.read" => Ok(Self::AuditRead),
             "credentials.verify" => Ok(Self::CredentialsVerify),
+            "credentials.revoke" => Ok(Self::CredentialsRevoke),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -222,6 +234,7 @@ impl Role {
             Self::CommandsReceive => "commands.receive",
             Self::AuditRead => "audit.read",
             Self::CredentialsVerify => "credentials.verify",
+            Self::CredentialsRevoke => "credentials.revoke",
         }
     }
 }

@@ -6,7 +6,9 @@
 
 use idvault_tests::idvault_client::device::{DeviceKey, unix_now};
 use idvault_tests::idvault_core::SystemRng;
-use idvault_tests::idvault_core::sdjwt::{self, Credential, Disclosure, Expectations, Jwks};
+use idvault_tests::idvault_core::sdjwt::{
+    self, Credential, Disclosure, Expectations, Jwks, status,
+};
 use idvault_tests::idvault_proto::v1 as pb;
 use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClient;
 use idvault_tests::idvault_proto::v1::credential_service_client::CredentialServiceClient;
@@ -498,4 +500,229 @@ forbid (
     let e = cx.issue(&["given_name"]).await.unwrap_err();
     assert_eq!(reason(&e), "device_revoked");
     cx.tv.stop().await
+}
+
+impl Ctx {
+    /// A fresh presentation of `issued` (given_name only) for partner-a.
+    fn present(&self, issued: &Issued, nonce: &str) -> String {
+        self.device
+            .present_credential(
+                &issued.credential,
+                &["given_name"],
+                PARTNER_A,
+                nonce,
+                unix_now(),
+            )
+            .unwrap()
+            .to_string()
+    }
+
+    /// The status list `uri` names, fetched by partner-b and verified.
+    async fn status_list(&mut self, uri: &str) -> status::StatusListToken {
+        let mut b = CredentialServiceClient::new(self.tv.channel("partner-b").await.unwrap());
+        let token = b
+            .get_status_list(pb::GetStatusListRequest { uri: uri.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status_list_token;
+        let keys = self.issuer_keys().await;
+        status::verify_status_list(&token, &keys, Some(uri), unix_now(), 60).unwrap()
+    }
+
+    /// Whether the vault and an offline verifier (with a freshly fetched
+    /// status list) accept a presentation of `issued`.
+    async fn accepted(&mut self, issued: &Issued) -> (Result<(), String>, Result<(), String>) {
+        let p = self.present(issued, "n-status");
+        let by_vault = match self.verify(&p, "n-status").await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(reason(&e).to_owned()),
+        };
+        let keys = self.issuer_keys().await;
+        let expect = Expectations {
+            typ: sdjwt::TYP_CREDENTIAL,
+            audience: PARTNER_A,
+            nonce: "n-status",
+            now: unix_now(),
+            skew_secs: 120,
+            max_key_binding_age_secs: 300,
+        };
+        let v = sdjwt::verify_presentation(&p, &keys, &expect).unwrap();
+        let list = self.status_list(&issued.parsed.status().unwrap().uri).await;
+        let offline = status::check_status(&v, &list).map_err(|e| e.code().to_owned());
+        (by_vault, offline)
+    }
+
+    async fn device_revoke(
+        &mut self,
+        key: &DeviceKey,
+        issued: &Issued,
+    ) -> Result<bool, tonic::Status> {
+        let s = issued.parsed.status().unwrap();
+        let req = key
+            .sign_request(
+                pb::device_request::Action::RevokeCredential(pb::RevokeCredential {
+                    status_list_uri: s.uri,
+                    index: s.idx,
+                }),
+                unix_now(),
+                &SystemRng::default(),
+            )
+            .unwrap();
+        self.wallet
+            .revoke_credential(req)
+            .await
+            .map(|r| r.into_inner().revoked)
+    }
+}
+
+/// Revocation (docs/digital-id.md, "Revocation"): every credential carries
+/// a status list entry; the person's device, the operator, revoking the
+/// device and deleting the person each revoke, seen at once by
+/// VerifyPresentation and by an offline verifier with a fresh status list
+/// token; a database writer can neither reinstate a revoked credential by
+/// editing or deleting its row.
+pub async fn revocation_by_device_operator_and_deletion(b: Backend) -> anyhow::Result<()> {
+    let ok = (Ok(()), Ok(()));
+    let revoked = || (Err("revoked".to_owned()), Err("revoked".to_owned()));
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let a = cx.issue(&[]).await?;
+    let b_cred = cx.issue(&["given_name"]).await?;
+    let (sa, sb) = (a.parsed.status()?, b_cred.parsed.status()?);
+    assert_eq!(sa.uri, "https://idvault.local/statuslists/1");
+    assert_eq!(sa.uri, sb.uri);
+    assert_ne!(sa.idx, sb.idx);
+    assert!(sa.idx < 1 << 20 && sb.idx < 1 << 20);
+    let (_, _, detail) = cx.tv.last_audit().await;
+    assert!(
+        detail.contains(&format!("status={}#{}", sb.uri, sb.idx)),
+        "{detail}"
+    );
+    assert_eq!(cx.accepted(&a).await, ok);
+    // The newest list when no URI is named; an unknown URI is refused.
+    let list = cx.status_list(&sa.uri).await;
+    assert_eq!(list.list.len(), 1 << 20);
+    assert_eq!(list.ttl, Some(300));
+    let e = cx
+        .rp
+        .get_status_list(pb::GetStatusListRequest {
+            uri: "https://idvault.local/statuslists/9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // The person revokes A from their device: once.
+    let device = cx.device.clone();
+    assert!(cx.device_revoke(&device, &a).await?);
+    assert!(!cx.device_revoke(&device, &a).await?);
+    assert_eq!(cx.accepted(&a).await, revoked());
+    let (action, outcome, _) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("VerifyPresentation", "refused")
+    );
+    assert_eq!(cx.accepted(&b_cred).await, ok, "B is untouched");
+
+    // Another person's device cannot revoke (or learn of) this person's
+    // credential; nor can it name an index nobody holds.
+    let other = create_subject(&cx.tv, &[("given_name", "Tove"), ("family_name", "Berg")]).await;
+    let mut wallet = cx.wallet.clone();
+    let stranger = enroll(&cx.tv, &mut wallet, &other).await;
+    let e = cx.device_revoke(&stranger, &b_cred).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(cx.accepted(&b_cred).await, ok);
+
+    // The operator: partner-b lacks credentials.revoke; partner-a has it.
+    let op = |s: &status::StatusRef| pb::RevokeCredentialRequest {
+        credential: Some(pb::RevokeCredential {
+            status_list_uri: s.uri.clone(),
+            index: s.idx,
+        }),
+    };
+    let mut b_rp = CredentialServiceClient::new(cx.tv.channel("partner-b").await?);
+    let e = b_rp.revoke_credential(op(&sb)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(cx.accepted(&b_cred).await, ok);
+    assert!(cx.rp.revoke_credential(op(&sb)).await?.into_inner().revoked);
+    assert_eq!(cx.accepted(&b_cred).await, revoked());
+    let (action, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("VerifyPresentation", "refused")
+    );
+    assert!(detail.contains("revoked"), "{detail}");
+
+    // A database writer without the root key: un-revoking B's row breaks
+    // its MAC; deleting A's row leaves A revoked (its index is recomputed
+    // from the list's count).
+    sqlx::query("UPDATE credentials SET revoked_at_ms = NULL WHERE idx = $1")
+        .bind(i64::try_from(sb.idx)?)
+        .execute(cx.tv.db())
+        .await?;
+    sqlx::query("DELETE FROM credentials WHERE idx = $1")
+        .bind(i64::try_from(sa.idx)?)
+        .execute(cx.tv.db())
+        .await?;
+    // (A revocation re-signs the list at once; the one below does.)
+    let c = cx.issue(&["given_name", "email"]).await?;
+    assert_eq!(cx.accepted(&c).await, ok);
+
+    // Revoking the device revokes what was issued to it.
+    let req = cx.device.sign_request(
+        pb::device_request::Action::RevokeDevice(pb::RevokeDevice {
+            device_id: cx.device.device_id(),
+        }),
+        unix_now(),
+        &SystemRng::default(),
+    )?;
+    assert!(cx.wallet.revoke_device(req).await?.into_inner().revoked);
+    let (_, _, detail) = cx.tv.last_audit().await;
+    assert!(detail.contains("credentials_revoked=1"), "{detail}");
+    assert_eq!(cx.accepted(&c).await, revoked());
+    assert_eq!(
+        cx.accepted(&a).await,
+        revoked(),
+        "deleted row stays revoked"
+    );
+    assert_eq!(
+        cx.accepted(&b_cred).await,
+        revoked(),
+        "edited row stays revoked"
+    );
+
+    // Deleting a person revokes their credentials and forgets them in the
+    // status entries.
+    let mut cx2 = Ctx {
+        device: stranger,
+        wallet,
+        rp: cx.rp.clone(),
+        tv: cx.tv,
+    };
+    let d = cx2.issue(&[]).await?;
+    assert_eq!(cx2.accepted(&d).await, ok);
+    cx2.tv
+        .subjects("partner-a")
+        .await?
+        .delete_subject(pb::DeleteSubjectRequest {
+            subject_id: other.clone(),
+        })
+        .await?;
+    let (_, _, detail) = cx2.tv.last_audit().await;
+    assert!(detail.contains("credentials_revoked=1"), "{detail}");
+    assert_eq!(cx2.accepted(&d).await, revoked());
+    // Of the four rows left (A's was deleted), only D's forgot its person.
+    let forgotten: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM credentials WHERE subject_id IS NULL AND device_id IS NULL",
+    )
+    .fetch_one(cx2.tv.db())
+    .await?;
+    assert_eq!(forgotten, 1);
+    assert_eq!(cx2.tv.count("SELECT count(*) FROM credentials").await, 3);
+
+    assert!(matches!(
+        cx2.tv.verify_audit().await?,
+        idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
+    ));
+    cx2.tv.stop().await
 }

@@ -108,6 +108,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     credentials::issue_present_and_verify,
     credentials::presentations_are_refused_for_each_fault,
     credentials::issuance_checks_and_policy,
+    credentials::revocation_by_device_operator_and_deletion,
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,

@@ -11,16 +11,20 @@
 //!    check, decrypt of the person's fields, issue, HPKE seal to the
 //!    request's one-time key, replay row, audit leaf, durable commit; the
 //!    client opens every answer) and `VerifyPresentation` (verify, audit leaf,
-//!    commit), each with its ratio to the baseline.
+//!    commit) and `GetStatusList` (the signed token of the newest list,
+//!    as rebuilt after phase 2), each with its ratio to the baseline.
+//! 3. **Revocation, in process**: building, compressing and signing a
+//!    2^20-entry status list holding 100,000 credentials (1 % revoked),
+//!    and a relying party's offline check against the token.
 
 use std::time::{Duration, Instant};
 
 use idvault_client::device::unix_now;
 use idvault_core::SystemRng;
-use idvault_core::sdjwt::{self, CredentialSpec, EcJwk, Expectations, IssuerKey, Jwks};
+use idvault_core::sdjwt::{self, CredentialSpec, EcJwk, Expectations, IssuerKey, Jwks, status};
 use idvault_proto::v1::credential_service_client::CredentialServiceClient;
 use idvault_proto::v1::device_service_client::DeviceServiceClient;
-use idvault_proto::v1::{GetIssuerKeysRequest, VerifyPresentationRequest};
+use idvault_proto::v1::{GetIssuerKeysRequest, GetStatusListRequest, VerifyPresentationRequest};
 use serde_json::json;
 
 use crate::BenchError;
@@ -48,16 +52,23 @@ pub struct CredentialReport {
     pub connections: usize,
     /// In-process: (name, operations per second on one core, mean time).
     pub local: Vec<(&'static str, f64, Duration)>,
-    /// Health/Check, IssueCredential, VerifyPresentation.
+    /// Health/Check, IssueCredential, VerifyPresentation, GetStatusList.
     pub phases: Vec<Phase>,
+    /// Size of the status list token built in process.
+    pub status_token_bytes: usize,
 }
 
 impl std::fmt::Display for CredentialReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "in process, one core:")?;
         for (name, rate, mean) in &self.local {
-            writeln!(f, "  {name:<44} {rate:>9.0}/s  {mean:>10.2?} each")?;
+            writeln!(f, "  {name:<50} {rate:>9.0}/s  {mean:>10.2?} each")?;
         }
+        writeln!(
+            f,
+            "  status list token (2^20 entries, 100k placed, 1% revoked): {} bytes",
+            self.status_token_bytes
+        )?;
         writeln!(
             f,
             "RPCs over mTLS, {}, {} connections (one call in flight each):",
@@ -169,6 +180,88 @@ fn local(o: &CredentialBenchOptions, r: &mut CredentialReport) -> Result<(), Ben
         n as f64 / d.as_secs_f64(),
         d / n as u32,
     ));
+    status_lists(n, &issuer, &set, r)
+}
+
+/// Revocation: building and signing a full-size list the way the vault
+/// does (2^20 entries, `STATUS_PLACED` credentials, 1 % revoked), and a
+/// relying party's offline check of one credential against its token.
+fn status_lists(
+    n: usize,
+    issuer: &IssuerKey,
+    set: &Jwks,
+    r: &mut CredentialReport,
+) -> Result<(), BenchError> {
+    const STATUS_PLACED: i64 = 100_000;
+    const BUILDS: usize = 5;
+    let perm = status::IndexPermutation::new(&[5u8; 32], 20).ok_or("permutation")?;
+    let state = status::StatusListState {
+        list_id: 1,
+        log2: 20,
+        key_version: 1,
+        next_seq: STATUS_PLACED,
+    };
+    let entries: Vec<(status::CredentialEntry, bool)> = (0..STATUS_PLACED)
+        .map(|seq| {
+            let idx = i64::try_from(perm.apply(seq.unsigned_abs())).unwrap_or_default();
+            let e = status::CredentialEntry {
+                list_id: 1,
+                idx,
+                seq,
+                subject: None,
+                device_id: None,
+                expires_at: 0,
+                revoked_at_ms: (seq % 100 == 0).then_some(1),
+            };
+            (e, true)
+        })
+        .collect();
+    let uri = "https://idvault.local/statuslists/1";
+    let spec = status::ListSpec {
+        uri,
+        issued_at: unix_now(),
+        expires_at: unix_now() + 3000,
+        ttl: 300,
+    };
+    let mut token = String::new();
+    let d = time(BUILDS, |_| {
+        let list = status::build_list(&state, &perm, entries.clone());
+        token = status::sign_status_list(issuer, &spec, &list);
+        Ok(())
+    })?;
+    r.local.push((
+        "status list: build + compress + sign (2^20, 100k)",
+        BUILDS as f64 / d.as_secs_f64(),
+        d / BUILDS as u32,
+    ));
+    r.status_token_bytes = token.len();
+    let presented = sdjwt::Verified {
+        kid: None,
+        issuer: None,
+        vct: None,
+        issued_at: None,
+        expires_at: 0,
+        disclosed: serde_json::Map::new(),
+        holder: issuer.jwk().clone(),
+        status: Some(
+            status::StatusRef {
+                idx: perm.apply(1),
+                uri: uri.into(),
+            }
+            .to_claim(),
+        ),
+    };
+    let checks = n.clamp(1, 200);
+    let d = time(checks, |_| {
+        let t = status::verify_status_list(&token, set, Some(uri), unix_now(), 120)?;
+        status::check_status(&presented, &t)?;
+        Ok(())
+    })?;
+    r.local.push((
+        "status check offline (verify + inflate token)",
+        checks as f64 / d.as_secs_f64(),
+        d / checks as u32,
+    ));
     Ok(())
 }
 
@@ -211,14 +304,14 @@ async fn remote(
     }
     let limit = || Limit::Until(Instant::now() + Duration::from_secs_f64(o.seconds));
 
-    progress("phase 1 of 3: health Check (baseline)");
+    progress("phase 1 of 4: health Check (baseline)");
     let (p, _) = closed_loop("Health/Check (baseline)", &rp, limit(), |ch, _, _| {
         health_check(ch)
     })
     .await?;
     r.phases.push(p);
 
-    progress("phase 2 of 3: IssueCredential");
+    progress("phase 2 of 4: IssueCredential");
     let (p, creds) = {
         let people = std::sync::Arc::clone(&people);
         closed_loop("IssueCredential", &wallets, limit(), move |ch, w, _| {
@@ -267,7 +360,7 @@ async fn remote(
         .get_issuer_keys(GetIssuerKeysRequest {})
         .await?;
     let presentations = std::sync::Arc::new(presentations);
-    progress("phase 3 of 3: VerifyPresentation");
+    progress("phase 3 of 4: VerifyPresentation");
     let (p, _) = closed_loop("VerifyPresentation", &rp, limit(), move |ch, w, _| {
         let presentations = std::sync::Arc::clone(&presentations);
         async move {
@@ -281,6 +374,16 @@ async fn remote(
                 .await?;
             Ok::<(), BenchError>(())
         }
+    })
+    .await?;
+    r.phases.push(p);
+
+    progress("phase 4 of 4: GetStatusList");
+    let (p, _) = closed_loop("GetStatusList", &rp, limit(), |ch, _, _| async move {
+        CredentialServiceClient::new(ch)
+            .get_status_list(GetStatusListRequest { uri: String::new() })
+            .await?;
+        Ok::<(), BenchError>(())
     })
     .await?;
     r.phases.push(p);

@@ -39,6 +39,9 @@ pub enum DeviceAction {
         /// The one-time key the credential is sealed to.
         response_key: crate::consent::ReleasePublicKey,
     },
+    /// Revoke one of the person's digital IDs, named by its status list
+    /// entry.
+    RevokeCredential(crate::sdjwt::status::StatusRef),
 }
 
 /// A verified device request.

@@ -48,6 +48,8 @@ pub const LABEL_RELEASE_SIGNING: &str = "idvault/v1/release-signing";
 /// HKDF label of the digital-ID issuer key (a P-256 scalar, see
 /// [`KeyHierarchy::issuer_key`]).
 pub const LABEL_ISSUER_KEY: &str = "idvault/v1/issuer-key";
+/// HKDF label of a status list's index permutation key.
+pub const LABEL_STATUS_INDEX: &str = "idvault/v1/status-index";
 /// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
 pub const LABEL_TOKEN_PREFIX: &str = "idvault/v1/token/";
 /// AAD prefix of a wrapped DEK.
@@ -256,6 +258,15 @@ impl KeyHierarchy {
         Err(KeyError::Malformed(
             "no issuer key candidate is a P-256 scalar",
         ))
+    }
+
+    /// The key of the permutation placing credentials in a status list
+    /// (whose row names the `version` it was made under).
+    pub fn status_index_key(
+        &self,
+        version: u32,
+    ) -> Result<super::secret::Secret<super::secret::StatusIndexMaterial>, KeyError> {
+        self.derive(LABEL_STATUS_INDEX, version)
     }
 
     /// Partner `owner`'s cross-reference blind-index key of `version`

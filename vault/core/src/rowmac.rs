@@ -28,6 +28,7 @@ use crate::consent::{Challenge, Consent, Device, EnrollmentCode};
 use crate::crypto;
 use crate::keys::{KeyError, KeyHierarchy};
 use crate::rules::Rule;
+use crate::sdjwt::status::{CredentialEntry, StatusListState};
 use crate::secret::{RowMacMaterial, Secret};
 use crate::subject::SubjectId;
 
@@ -187,6 +188,31 @@ pub fn rule(subject: &SubjectId, r: &Rule) -> RowBytes {
         .text(&r.target)
         .text(&r.command)
         .list(&r.fields)
+}
+
+/// A status list: id, size (log2), permutation key version, and how many
+/// credentials it has placed (so a credential row deleted by a database
+/// writer still shows as revoked: its index is recomputed from the count).
+pub fn status_list(l: &StatusListState) -> RowBytes {
+    RowBytes::new("status-list")
+        .int(l.list_id)
+        .int(i64::from(l.log2))
+        .int(i64::from(l.key_version))
+        .int(l.next_seq)
+}
+
+/// A credential's status entry: list, index, sequence number, subject and
+/// device (both empty once the subject is deleted), expiry, revocation
+/// time.
+pub fn credential_entry(e: &CredentialEntry) -> RowBytes {
+    RowBytes::new("credential")
+        .int(e.list_id)
+        .int(e.idx)
+        .int(e.seq)
+        .bytes(e.subject.as_ref().map_or(&[][..], |s| s.as_bytes()))
+        .text(e.device_id.as_deref().unwrap_or_default())
+        .int(e.expires_at)
+        .opt_int(e.revoked_at_ms)
 }
 
 /// Why a row failed its check. Names the row kind only.

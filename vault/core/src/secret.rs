@@ -56,6 +56,9 @@ purposes! {
     /// The P-256 scalar the vault signs digital IDs with (see
     /// [`crate::sdjwt`]).
     IssuerKeyMaterial => "issuer-key";
+    /// The key of the permutation that places credentials in a status list
+    /// (see [`crate::sdjwt::status`]).
+    StatusIndexMaterial => "status-index-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.

@@ -139,6 +139,13 @@ pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
             response_key: crate::consent::ReleasePublicKey::from_sec1(&c.response_key)
                 .ok_or(Refusal::Malformed)?,
         },
+        Action::RevokeCredential(c) if crate::sdjwt::status::valid_uri(&c.status_list_uri) => {
+            DeviceAction::RevokeCredential(crate::sdjwt::status::StatusRef {
+                idx: c.index,
+                uri: c.status_list_uri,
+            })
+        }
+        Action::RevokeCredential(_) => return Err(Refusal::Malformed),
     };
     Ok(DeviceCall {
         request_id,
@@ -312,6 +319,25 @@ pub(crate) mod tests {
         assert_eq!(rules.len(), 2);
         assert!(rules.windows(2).all(|w| w[0].id() < w[1].id()));
         assert!(rules.iter().all(|r| r.fields == ["address", "postcode"]));
+        let revoke = |uri: &str| {
+            request(Action::RevokeCredential(pb::RevokeCredential {
+                status_list_uri: uri.into(),
+                index: 42,
+            }))
+        };
+        assert_eq!(
+            decode_device_request(&revoke("https://v.example/statuslists/1").encode_to_vec())
+                .map(|c| c.action),
+            Ok(DeviceAction::RevokeCredential(
+                crate::sdjwt::status::StatusRef {
+                    idx: 42,
+                    uri: "https://v.example/statuslists/1".into()
+                }
+            ))
+        );
+        for bad in ["", "has space", &"u".repeat(513)] {
+            assert!(decode_device_request(&revoke(bad).encode_to_vec()).is_err());
+        }
         // Refused: no action, a short id, a bad device id or entity, a bad
         // rule, a non-canonical encoding, an oversized request.
         let mut none = request(Action::ListReceipts(pb::ListReceipts {}));

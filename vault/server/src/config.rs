@@ -269,6 +269,30 @@ pub struct CredentialsSection {
     /// Oldest key binding `VerifyPresentation` accepts (KB-JWT `iat`).
     #[serde(default = "default_kb_age")]
     pub max_presentation_age_seconds: u32,
+    /// Where status lists live: list N is `<status_list_base>/N` (the
+    /// `uri` of a credential's `status` claim and the `sub` of the list's
+    /// token). Default: `<issuer>/statuslists`.
+    #[serde(default)]
+    pub status_list_base: Option<String>,
+    /// Each status list holds 2^this credentials (one bit each; 20 =
+    /// 1,048,576 entries, 128 KiB before compression); a full list is
+    /// followed by the next.
+    #[serde(default = "default_status_log2")]
+    pub status_list_size_log2: u32,
+    /// The status list token's `ttl` and how often the vault re-signs it;
+    /// a revocation re-signs at once. Its `exp` is ten times this after
+    /// its `iat`.
+    #[serde(default = "default_status_ttl")]
+    pub status_list_ttl_seconds: u32,
+}
+
+impl CredentialsSection {
+    /// The base URI of the status lists.
+    pub fn status_list_base(&self) -> String {
+        self.status_list_base
+            .clone()
+            .unwrap_or_else(|| format!("{}/statuslists", self.issuer.trim_end_matches('/')))
+    }
 }
 
 impl Default for CredentialsSection {
@@ -278,6 +302,9 @@ impl Default for CredentialsSection {
             vct: default_vct(),
             lifetime_days: default_credential_days(),
             max_presentation_age_seconds: default_kb_age(),
+            status_list_base: None,
+            status_list_size_log2: default_status_log2(),
+            status_list_ttl_seconds: default_status_ttl(),
         }
     }
 }
@@ -292,6 +319,12 @@ fn default_credential_days() -> u32 {
     30
 }
 fn default_kb_age() -> u32 {
+    300
+}
+fn default_status_log2() -> u32 {
+    20
+}
+fn default_status_ttl() -> u32 {
     300
 }
 
@@ -499,6 +532,17 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
     {
         return Err(ConfigError::Invalid(
             "[credentials] issuer and vct must be 1..=200 characters without spaces; lifetime_days 1 ..= 3660; max_presentation_age_seconds 1 ..= 3600".into(),
+        ));
+    }
+    let base = cr.status_list_base();
+    let base_ok = printable(&base, 400)
+        && idvault_core::sdjwt::status::valid_uri(&format!("{base}/{}", i64::MAX));
+    if !base_ok
+        || !(10..=24).contains(&cr.status_list_size_log2)
+        || !(10..=86_400).contains(&cr.status_list_ttl_seconds)
+    {
+        return Err(ConfigError::Invalid(
+            "[credentials] status_list_base must be a URI of at most 400 characters without spaces; status_list_size_log2 10 ..= 24; status_list_ttl_seconds 10 ..= 86400".into(),
         ));
     }
     let c = &file.consent;

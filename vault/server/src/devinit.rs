@@ -41,6 +41,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "commands.receive",
             "audit.read",
             "credentials.verify",
+            "credentials.revoke",
         ],
     ),
     (

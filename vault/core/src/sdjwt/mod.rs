@@ -21,6 +21,7 @@
 
 pub mod claims;
 pub mod jose;
+pub mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -88,6 +89,11 @@ pub enum SdJwtError {
     /// The credential's status says revoked.
     #[error("credential revoked")]
     Revoked,
+    /// The credential's status cannot be established: no `status` claim,
+    /// or a status list token that is malformed, expired, for another
+    /// list or too short.
+    #[error("credential status refused: {0}")]
+    Status(&'static str),
     /// Randomness failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -106,6 +112,7 @@ impl SdJwtError {
             Self::Disclosure(_) => "bad_disclosure",
             Self::KeyBinding(_) => "bad_key_binding",
             Self::Revoked => "revoked",
+            Self::Status(_) => "bad_status",
             Self::Crypto(_) => "internal",
         }
     }
@@ -324,6 +331,7 @@ pub struct Credential {
     kid: Option<String>,
     expires_at: Option<i64>,
     holder: Option<EcJwk>,
+    status: Option<Value>,
 }
 
 impl fmt::Debug for Credential {
@@ -366,6 +374,7 @@ impl Credential {
                 .and_then(|c| c.get("jwk"))
                 .map(EcJwk::from_json)
                 .transpose()?,
+            status: jws.payload.get("status").cloned(),
         })
     }
 
@@ -415,6 +424,15 @@ impl Credential {
     /// `exp`, as the payload says.
     pub fn expires_at(&self) -> Option<i64> {
         self.expires_at
+    }
+
+    /// Its status list entry (the `status` claim), as the payload says.
+    pub fn status(&self) -> Result<status::StatusRef, SdJwtError> {
+        status::StatusRef::from_claim(
+            self.status
+                .as_ref()
+                .ok_or(SdJwtError::Status("credential has no status claim"))?,
+        )
     }
 
     /// The names of the claims it can disclose, in issue order.

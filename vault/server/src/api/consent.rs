@@ -236,6 +236,17 @@ impl DeviceService for DeviceApi {
         Ok(Response::new(pb::RevokeDeviceResponse { revoked }))
     }
 
+    async fn revoke_credential(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
+        let DeviceOutcome::Revoked(revoked) = self.call(req, DeviceOp::RevokeCredential).await?
+        else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::RevokeCredentialResponse { revoked }))
+    }
+
     async fn link_entity(
         &self,
         req: Request<pb::SignedDeviceRequest>,

@@ -31,6 +31,51 @@ impl CredentialService for CredentialApi {
         }))
     }
 
+    async fn get_status_list(
+        &self,
+        req: Request<pb::GetStatusListRequest>,
+    ) -> Result<Response<pb::GetStatusListResponse>, Status> {
+        let who = caller(&req)?;
+        let uri = req.into_inner().uri;
+        let token = within(self.deadline, async {
+            self.vault
+                .status_list_token(&who, &uri)
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::GetStatusListResponse {
+            status_list_token: token.as_str().to_owned(),
+        }))
+    }
+
+    async fn revoke_credential(
+        &self,
+        req: Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
+        let who = caller(&req)?;
+        let c = req
+            .into_inner()
+            .credential
+            .filter(|c| idvault_core::sdjwt::status::valid_uri(&c.status_list_uri))
+            .ok_or_else(|| {
+                Status::invalid_argument("credential: a status_list_uri and an index")
+            })?;
+        let r = idvault_core::sdjwt::status::StatusRef {
+            idx: c.index,
+            uri: c.status_list_uri,
+        };
+        let vault = Arc::clone(&self.vault);
+        // Detached: once started, a revocation completes and is audited.
+        let out = detached(self.deadline, async move {
+            vault.revoke_credential(&who, &r).await
+        })
+        .await?;
+        Ok(Response::new(pb::RevokeCredentialResponse {
+            revoked: out.revoked,
+        }))
+    }
+
     async fn verify_presentation(
         &self,
         req: Request<pb::VerifyPresentationRequest>,

@@ -152,6 +152,7 @@ impl Vault {
         let mut last_flush = tokio::time::Instant::now();
         // On its own task: a long first clean-up must not delay checkpoints.
         tokio::spawn(Arc::clone(&self).run_retention(stop.clone()));
+        tokio::spawn(Arc::clone(&self).run_status_lists(stop.clone()));
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,

@@ -111,13 +111,27 @@ impl Vault {
             let cfg = self.credential_settings();
             let expires_at = now + i64::from(cfg.lifetime_days) * 86_400;
             let names: Vec<String> = made.iter().map(|(n, _)| n.clone()).collect();
+
+            let mut tx = self.begin().await?;
+            self.still_active(&mut tx, &device).await?;
+            if !tx
+                .insert_device_request(&call.request_id, &device.device_id, self.now_millis())
+                .await?
+            {
+                return Err(refused(Refusal::RequestReplayed));
+            }
+            // Its place in a status list is taken in the same transaction
+            // that records the issuance: no credential without its entry.
+            let (status, new_list) = self
+                .place_credential(&mut tx, &subject, &device.device_id, expires_at)
+                .await?;
             let spec = CredentialSpec {
                 issuer: &cfg.issuer,
                 vct: &cfg.vct,
                 issued_at: now,
                 expires_at,
                 holder: &holder,
-                status: None,
+                status: Some(status.to_claim()),
             };
             let credential: Zeroizing<String> = sdjwt::issue(&issuer, &spec, made, self.rng())
                 .map_err(|_| VaultError::Internal("credential signing"))?;
@@ -132,22 +146,18 @@ impl Vault {
             )
             .map_err(|_| VaultError::Internal("credential sealing"))?;
             drop(credential);
-
-            let mut tx = self.begin().await?;
-            self.still_active(&mut tx, &device).await?;
-            if !tx
-                .insert_device_request(&call.request_id, &device.device_id, self.now_millis())
-                .await?
-            {
-                return Err(refused(Refusal::RequestReplayed));
-            }
             let detail = format!(
-                "op=issue_credential device={} kid={} claims={} expires_at={expires_at}",
+                "op=issue_credential device={} kid={} claims={} expires_at={expires_at} status={}#{}",
                 device.device_id,
                 issuer.kid(),
-                names.join(",")
+                names.join(","),
+                status.uri,
+                status.idx
             );
             self.commit(tx, req, Some(&subject), detail).await?;
+            if new_list {
+                self.status_changed();
+            }
             Ok(IssuedCredential { enc, sealed })
         })
         .await
@@ -203,6 +213,7 @@ impl Vault {
             };
             let v = sdjwt::verify_presentation(presentation, &keys, &expect)
                 .map_err(VaultError::Credential)?;
+            self.check_status(&v).await?;
             // Names only: the values are the person's data.
             let detail = format!(
                 "kid={} vct={} disclosed={}",
@@ -220,7 +231,7 @@ impl Vault {
     /// The signing key of the current root key version, made once per
     /// version (each copy left behind would be the private key in freed
     /// memory).
-    fn issuer_key(&self) -> Result<Arc<IssuerKey>, VaultError> {
+    pub(crate) fn issuer_key(&self) -> Result<Arc<IssuerKey>, VaultError> {
         let v = self.keys().current_version();
         super::per_version(&self.issuer_key, v, || Ok(self.keys().issuer_key(v)?))
     }

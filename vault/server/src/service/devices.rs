@@ -41,6 +41,8 @@ pub enum DeviceOp {
     ListRules,
     /// SuggestRules.
     SuggestRules,
+    /// RevokeCredential.
+    RevokeCredential,
 }
 
 impl DeviceOp {
@@ -56,6 +58,7 @@ impl DeviceOp {
                 | (Self::SetRules, DeviceAction::SetRules(_))
                 | (Self::ListRules, DeviceAction::ListRules)
                 | (Self::SuggestRules, DeviceAction::SuggestRules)
+                | (Self::RevokeCredential, DeviceAction::RevokeCredential(_))
         )
     }
 
@@ -70,6 +73,7 @@ impl DeviceOp {
             Self::SetRules => "set_rules",
             Self::ListRules => "list_rules",
             Self::SuggestRules => "suggest_rules",
+            Self::RevokeCredential => "revoke_credential",
         }
     }
 }
@@ -287,9 +291,23 @@ impl Vault {
                 }
                 DeviceAction::RevokeDevice(id) => {
                     let done = tx.revoke_device(id, &subject, now).await?;
+                    // A digital ID bound to the revoked device's key goes
+                    // with it.
+                    let credentials = if done {
+                        tx.revoke_credentials_of_device(id, now).await?
+                    } else {
+                        0
+                    };
                     (
                         DeviceOutcome::Revoked(done),
-                        format!("target={id} revoked={done}"),
+                        format!("target={id} revoked={done} credentials_revoked={credentials}"),
+                    )
+                }
+                DeviceAction::RevokeCredential(r) => {
+                    let (out, _) = self.revoke_entry(&mut tx, r, Some(&subject)).await?;
+                    (
+                        DeviceOutcome::Revoked(out.revoked),
+                        format!("list={} idx={} revoked={}", r.uri, r.idx, out.revoked),
                     )
                 }
                 other => self
@@ -299,6 +317,9 @@ impl Vault {
             };
             let detail = format!("op={} device={} {detail}", op.name(), device.device_id);
             self.commit(tx, req, Some(&subject), detail).await?;
+            if matches!(op, DeviceOp::RevokeDevice | DeviceOp::RevokeCredential) {
+                self.status_changed();
+            }
             Ok(out)
         })
         .await

@@ -22,6 +22,7 @@ pub mod matching;
 pub(crate) mod pipeline;
 pub mod retention;
 mod state;
+pub mod status_lists;
 pub mod streams;
 pub mod subjects;
 pub mod tokens;
@@ -242,6 +243,8 @@ pub struct Vault {
     /// The issuer JWK Set for the current version.
     issuer_jwks: PerVersion<idvault_core::sdjwt::Jwks>,
     credentials: crate::config::CredentialsSection,
+    /// The signed status list tokens (docs/digital-id.md, "Revocation").
+    status_lists: status_lists::StatusLists,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -293,6 +296,7 @@ impl Vault {
             issuer_key: std::sync::Mutex::default(),
             issuer_jwks: std::sync::Mutex::default(),
             credentials: crate::config::CredentialsSection::default(),
+            status_lists: status_lists::StatusLists::default(),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),

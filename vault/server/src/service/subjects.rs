@@ -192,12 +192,21 @@ impl Vault {
                 let id = req.subject_id(subject)?;
                 req.decide_on_subject(&id, &[])?;
                 let (mut tx, _) = self.open_owned(req, &id).await?;
+                // Their digital IDs are revoked and the status entries
+                // forget them (the entries stay: an index is never reused).
+                let credentials = tx.forget_credentials_of(&id, self.now_millis()).await?;
                 let n = tx.delete_subject(&id).await?;
-                self.commit(tx, req, Some(&id), format!("packets={n}"))
-                    .await?;
+                self.commit(
+                    tx,
+                    req,
+                    Some(&id),
+                    format!("packets={n} credentials_revoked={credentials}"),
+                )
+                .await?;
                 Ok(n)
             })
             .await?;
+        self.status_changed();
         if let Err(e) = self.store().compact_after_delete().await {
             tracing::warn!(error = %e, "WAL checkpoint after delete failed; deleted pages stay in the WAL until the next checkpoint");
         }

@@ -23,6 +23,7 @@ macro_rules! subject_columns {
 
 mod audit;
 mod consent;
+mod credentials;
 mod events;
 mod matching;
 mod retention;

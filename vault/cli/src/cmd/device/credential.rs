@@ -52,6 +52,22 @@ pub(crate) enum CredentialCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a held credential: its status list entry turns invalid, so
+    /// no relying party accepts it any more (docs/digital-id.md,
+    /// "Revocation").
+    Revoke {
+        #[arg(long)]
+        key: PathBuf,
+        /// The credential file `get` wrote.
+        #[arg(long)]
+        credential: PathBuf,
+    },
+}
+
+fn read_credential(path: &PathBuf) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    Ok(zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+    ))
 }
 
 pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::Result<()> {
@@ -79,8 +95,11 @@ pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::
                 .into_inner();
             let (credential, parsed) = pending.open(&r, pinned.as_ref())?;
             write_secret_file(out, &credential)?;
+            let status = parsed
+                .status()
+                .map_or_else(|_| "-".to_owned(), |s| format!("{}#{}", s.uri, s.idx));
             println!(
-                "credential written to {} kid={} expires_at={} claims={}",
+                "credential written to {} kid={} expires_at={} status={status} claims={}",
                 out.display(),
                 parsed.kid().unwrap_or("-"),
                 parsed.expires_at().unwrap_or_default(),
@@ -96,10 +115,7 @@ pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::
             out,
         } => {
             let k = load_key(key)?;
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(credential)
-                    .with_context(|| format!("cannot read {}", credential.display()))?,
-            );
+            let text = read_credential(credential)?;
             let names: Vec<&str> = disclose.iter().map(String::as_str).collect();
             let p = k.present_credential(&text, &names, audience, nonce, unix_now())?;
             match out {
@@ -109,6 +125,34 @@ pub(crate) async fn device(args: &DeviceArgs, c: &CredentialCommand) -> anyhow::
                 }
                 None => println!("{}", p.as_str()),
             }
+        }
+        CredentialCommand::Revoke { key, credential } => {
+            let k = load_key(key)?;
+            let status =
+                idvault_core::sdjwt::Credential::parse(&read_credential(credential)?)?.status()?;
+            let action = idvault_proto::v1::device_request::Action::RevokeCredential(
+                idvault_proto::v1::RevokeCredential {
+                    status_list_uri: status.uri.clone(),
+                    index: status.idx,
+                },
+            );
+            let req = k.sign_request(action, unix_now(), &SystemRng::default())?;
+            let r = args
+                .client()
+                .await?
+                .revoke_credential(req)
+                .await?
+                .into_inner();
+            println!(
+                "{} {}#{}",
+                if r.revoked {
+                    "revoked"
+                } else {
+                    "already revoked"
+                },
+                status.uri,
+                status.idx
+            );
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 
 mod consent;
+mod credentials;
 mod events;
 
 use super::{ConnectArgs, parse_field};
@@ -59,28 +60,8 @@ pub(crate) enum PartnerCommand {
         #[arg(long)]
         request_id: Option<String>,
     },
-    /// Verify a digital-ID presentation (docs/digital-id.md): by the vault
-    /// (VerifyPresentation), or with --offline against a pinned JWK Set
-    /// (`idvault issuer jwks`). Prints the disclosed claims as JSON; a
-    /// refused presentation exits 1 with the reason.
-    VerifyPresentation {
-        /// The presentation file (`<jwt>~<disclosure>~…~<kb-jwt>`).
-        file: std::path::PathBuf,
-        /// The nonce this partner gave the wallet.
-        #[arg(long)]
-        nonce: String,
-        /// The audience the key binding must name (default: this
-        /// partner's SPIFFE id, as the vault sees it; required with
-        /// --offline).
-        #[arg(long)]
-        audience: Option<String>,
-        /// Verify here, with the issuer keys in --jwks, without the vault.
-        #[arg(long, requires = "jwks")]
-        offline: bool,
-        /// JWK Set file for --offline.
-        #[arg(long, value_name = "FILE")]
-        jwks: Option<std::path::PathBuf>,
-    },
+    #[command(flatten)]
+    Credentials(credentials::PartnerCredentialCommand),
     #[command(flatten)]
     Consent(consent::PartnerConsentCommand),
     #[command(flatten)]
@@ -109,22 +90,7 @@ pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
             });
             audit_check(&args.conn, &public_key, &state, request_id.as_deref()).await?;
         }
-        PartnerCommand::VerifyPresentation {
-            file,
-            nonce,
-            audience,
-            offline,
-            jwks,
-        } => {
-            verify_presentation(
-                &args.conn,
-                &file,
-                &nonce,
-                audience.as_deref(),
-                offline.then_some(jwks).flatten().as_deref(),
-            )
-            .await?
-        }
+        PartnerCommand::Credentials(c) => credentials::partner(&args.conn, c).await?,
         PartnerCommand::Consent(c) => consent::partner(&args.conn, c).await?,
         PartnerCommand::Events(c) => events::partner(&args.conn, c).await?,
         PartnerCommand::CreateSubject { fields: f } => {
@@ -278,70 +244,5 @@ async fn audit_check(
             leaf.outcome
         );
     }
-    Ok(())
-}
-
-/// `partner verify-presentation`.
-async fn verify_presentation(
-    conn: &super::ConnectArgs,
-    file: &std::path::Path,
-    nonce: &str,
-    audience: Option<&str>,
-    offline_jwks: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
-    );
-    let claims = match offline_jwks {
-        Some(jwks_file) => {
-            let audience = audience.context("--offline needs --audience")?;
-            let jwks = std::fs::read_to_string(jwks_file)
-                .with_context(|| format!("cannot read {}", jwks_file.display()))?;
-            let keys = idvault_core::sdjwt::Jwks::parse(&jwks)?;
-            let expect = idvault_core::sdjwt::Expectations {
-                typ: idvault_core::sdjwt::TYP_CREDENTIAL,
-                audience,
-                nonce,
-                now: idvault_client::device::unix_now(),
-                skew_secs: 120,
-                max_key_binding_age_secs: 300,
-            };
-            // No status check offline yet: revocation needs the status list.
-            match idvault_core::sdjwt::verify_presentation(&text, &keys, &expect) {
-                Ok(v) => serde_json::Value::Object(v.disclosed).to_string(),
-                Err(e) => {
-                    eprintln!("refused ({}): {e}", e.code());
-                    std::process::exit(1);
-                }
-            }
-        }
-        None => {
-            let mut client =
-                credential_service_client::CredentialServiceClient::new(conn.channel().await?);
-            let r = client
-                .verify_presentation(VerifyPresentationRequest {
-                    presentation: text.to_string(),
-                    audience: audience.unwrap_or_default().to_owned(),
-                    nonce: nonce.to_owned(),
-                })
-                .await;
-            match r {
-                Ok(r) => r.into_inner().claims_json,
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    let reason = s
-                        .metadata()
-                        .get("idvault-refusal")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("invalid")
-                        .to_owned();
-                    eprintln!("refused ({reason}): {}", s.message());
-                    std::process::exit(1);
-                }
-                Err(s) => return Err(s.into()),
-            }
-        }
-    };
-    println!("{claims}");
     Ok(())
 }

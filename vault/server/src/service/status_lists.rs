@@ -1,0 +1,334 @@
+//! Revoking digital IDs: where an issued credential is placed in a Token
+//! Status List, revoking it (by the person's device, by the operator, by
+//! deleting the person or their device), the signed status list tokens
+//! relying parties fetch, and the live check `VerifyPresentation` makes
+//! (docs/digital-id.md, "Revocation").
+//!
+//! The published list fails closed against a database writer: an entry is
+//! valid only when its row's MAC verifies and it is not revoked, and every
+//! credential the list's (MACed) count says was placed but whose row is
+//! gone is published as revoked ([`idvault_core::sdjwt::status::build_list`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idvault_core::sdjwt::status::{
+    self, CredentialEntry, IndexPermutation, ListSpec, StatusListState, StatusRef,
+};
+use idvault_core::sdjwt::{SdJwtError, Verified};
+use idvault_core::subject::SubjectId;
+use idvault_policies::Action;
+
+use crate::service::{Caller, Vault, VaultError};
+use crate::store::AuditedTx;
+
+/// The signed tokens of every list, and when they were made.
+#[derive(Debug, Default)]
+pub(crate) struct StatusCache {
+    tokens: BTreeMap<i64, Arc<String>>,
+    built_at: Option<i64>,
+    /// Bumped by every revocation; the tokens are current when they were
+    /// built at this generation.
+    generation: u64,
+    built_generation: u64,
+}
+
+/// The status list state shared by the vault: the cache and the lock that
+/// lets one rebuild run at a time.
+#[derive(Debug, Default)]
+pub(crate) struct StatusLists {
+    cache: std::sync::Mutex<StatusCache>,
+    rebuild: tokio::sync::Mutex<()>,
+}
+
+impl StatusLists {
+    fn cache(&self) -> std::sync::MutexGuard<'_, StatusCache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A revocation's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    /// False when it was revoked already.
+    pub revoked: bool,
+}
+
+impl Vault {
+    fn status_list_base(&self) -> String {
+        self.credential_settings().status_list_base()
+    }
+
+    /// The URI of list `list_id`.
+    pub fn status_list_uri(&self, list_id: i64) -> String {
+        format!("{}/{list_id}", self.status_list_base())
+    }
+
+    /// The list a URI names, if it is one of this vault's (canonical
+    /// decimal id from 1).
+    fn status_list_id(&self, uri: &str) -> Option<i64> {
+        let base = self.status_list_base();
+        let id = uri.strip_prefix(base.as_str())?.strip_prefix('/')?;
+        let n: i64 = id.parse().ok()?;
+        (n >= 1 && n.to_string() == id).then_some(n)
+    }
+
+    fn permutation(&self, l: &StatusListState) -> Result<IndexPermutation, VaultError> {
+        let key = self.keys().status_index_key(l.key_version)?;
+        IndexPermutation::new(key.expose(), l.log2).ok_or(VaultError::Integrity("status list size"))
+    }
+
+    /// Places a credential of `subject`'s `device` expiring at
+    /// `expires_at` in the newest list (starting the next one when it is
+    /// full), inside the issuing transaction; returns its `status` claim
+    /// and whether it started a list (whose token the caller must have
+    /// made once it commits: [`Self::status_changed`]).
+    pub(crate) async fn place_credential(
+        &self,
+        tx: &mut AuditedTx,
+        subject: &SubjectId,
+        device_id: &str,
+        expires_at: i64,
+    ) -> Result<(StatusRef, bool), VaultError> {
+        let log2 = self.credential_settings().status_list_size_log2;
+        let mut list = None;
+        let mut started = false;
+        // Twice at most: a list another replica started between our read
+        // and our insert is read again (locked) the second time.
+        for _ in 0..2 {
+            match tx.newest_status_list().await? {
+                Some(l) if !l.is_full() => {
+                    list = Some(l);
+                    break;
+                }
+                newest => {
+                    let l = StatusListState {
+                        list_id: newest.map_or(1, |n| n.list_id + 1),
+                        log2,
+                        key_version: self.keys().current_version(),
+                        next_seq: 0,
+                    };
+                    if tx.insert_status_list(&l, self.now_millis()).await? {
+                        list = Some(l);
+                        started = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let l = list.ok_or(VaultError::Internal("no status list could be started"))?;
+        let idx = self.permutation(&l)?.apply(
+            u64::try_from(l.next_seq).map_err(|_| VaultError::Integrity("status list count"))?,
+        );
+        let idx = i64::try_from(idx).map_err(|_| VaultError::Integrity("status index"))?;
+        // The list row is locked (or the writer is ours): neither can fail
+        // unless the rows were edited behind the vault's back.
+        if !tx.advance_status_list(&l).await? {
+            return Err(VaultError::Integrity("status list count moved"));
+        }
+        let entry = CredentialEntry {
+            list_id: l.list_id,
+            idx,
+            seq: l.next_seq,
+            subject: Some(*subject),
+            device_id: Some(device_id.to_owned()),
+            expires_at,
+            revoked_at_ms: None,
+        };
+        if !tx.insert_credential(&entry).await? {
+            return Err(VaultError::Integrity("status index already taken"));
+        }
+        Ok((
+            StatusRef {
+                idx: idx.unsigned_abs(),
+                uri: self.status_list_uri(l.list_id),
+            },
+            started,
+        ))
+    }
+
+    /// Revokes the credential at `r` inside `tx`. With `owner`, only one
+    /// of that person's (another person's, or an unknown one, is "not
+    /// found" alike: the answer must not say which indexes are someone's).
+    /// Returns whether it changed, and the person it belonged to.
+    pub(crate) async fn revoke_entry(
+        &self,
+        tx: &mut AuditedTx,
+        r: &StatusRef,
+        owner: Option<&SubjectId>,
+    ) -> Result<(Revoked, Option<SubjectId>), VaultError> {
+        let not_found =
+            || VaultError::BadRequest("no credential of this vault has that status entry".into());
+        let list_id = self.status_list_id(&r.uri).ok_or_else(not_found)?;
+        let idx = i64::try_from(r.idx).map_err(|_| not_found())?;
+        let Some((e, mac_ok)) = tx.credential_entry(list_id, idx).await? else {
+            return Err(not_found());
+        };
+        if let Some(owner) = owner
+            && !(mac_ok && e.subject.as_ref() == Some(owner))
+        {
+            return Err(not_found());
+        }
+        let changed = mac_ok && e.revoked_at_ms.is_none();
+        if changed || !mac_ok {
+            tx.revoke_credential(&e, self.now_millis(), false).await?;
+        }
+        Ok((Revoked { revoked: changed }, e.subject.filter(|_| mac_ok)))
+    }
+
+    /// A revocation (or a new list) committed: the next token request
+    /// rebuilds.
+    pub(crate) fn status_changed(&self) {
+        self.status_lists.cache().generation += 1;
+    }
+
+    /// The operator revokes a credential (`CredentialService.RevokeCredential`,
+    /// role `credentials.revoke`).
+    pub async fn revoke_credential(
+        &self,
+        caller: &Caller,
+        r: &StatusRef,
+    ) -> Result<Revoked, VaultError> {
+        let out = self
+            .handle(caller, Action::RevokeCredential, async |req| {
+                let mut tx = self.begin().await?;
+                let (out, subject) = self.revoke_entry(&mut tx, r, None).await?;
+                if let Some(s) = subject {
+                    req.about(s);
+                }
+                let detail = format!(
+                    "op=revoke_credential list={} idx={} revoked={}",
+                    r.uri, r.idx, out.revoked
+                );
+                self.commit(tx, req, subject.as_ref(), detail).await?;
+                Ok(out)
+            })
+            .await?;
+        self.status_changed();
+        Ok(out)
+    }
+
+    /// The signed token of the list `uri` names (empty: the newest list).
+    pub async fn status_list_token(
+        &self,
+        caller: &Caller,
+        uri: &str,
+    ) -> Result<Arc<String>, VaultError> {
+        self.handle(caller, Action::GetStatusList, async |_| {
+            let tokens = self.current_tokens().await?;
+            let token = if uri.is_empty() {
+                tokens.values().next_back()
+            } else {
+                self.status_list_id(uri).and_then(|id| tokens.get(&id))
+            };
+            token.cloned().ok_or_else(|| {
+                VaultError::BadRequest(if uri.is_empty() {
+                    "no credential has been issued yet, so there is no status list".into()
+                } else {
+                    "no status list of this vault has that URI".into()
+                })
+            })
+        })
+        .await
+    }
+
+    /// The tokens, rebuilt when older than the ttl or a revocation came
+    /// since. One rebuild runs at a time; those waiting take its result.
+    async fn current_tokens(&self) -> Result<BTreeMap<i64, Arc<String>>, VaultError> {
+        let fresh = |c: &StatusCache, now: i64, ttl: i64| {
+            c.built_at.is_some_and(|b| now - b < ttl) && c.built_generation == c.generation
+        };
+        let ttl = i64::from(self.credential_settings().status_list_ttl_seconds);
+        {
+            let c = self.status_lists.cache();
+            if fresh(&c, self.now_secs(), ttl) {
+                return Ok(c.tokens.clone());
+            }
+        }
+        let _one = self.status_lists.rebuild.lock().await;
+        {
+            let c = self.status_lists.cache();
+            if fresh(&c, self.now_secs(), ttl) {
+                return Ok(c.tokens.clone());
+            }
+        }
+        self.rebuild_status_lists().await
+    }
+
+    /// Builds and signs every list from the store.
+    async fn rebuild_status_lists(&self) -> Result<BTreeMap<i64, Arc<String>>, VaultError> {
+        let generation = self.status_lists.cache().generation;
+        let now = self.now_secs();
+        let ttl = self.credential_settings().status_list_ttl_seconds;
+        let key = self.issuer_key()?;
+        let mut tokens = BTreeMap::new();
+        for l in self.store().status_lists().await? {
+            let perm = self.permutation(&l)?;
+            let entries = self.store().credential_entries(l.list_id).await?;
+            let list = status::build_list(&l, &perm, entries);
+            let uri = self.status_list_uri(l.list_id);
+            let spec = ListSpec {
+                uri: &uri,
+                issued_at: now,
+                expires_at: now + 10 * i64::from(ttl),
+                ttl: u64::from(ttl),
+            };
+            tokens.insert(
+                l.list_id,
+                Arc::new(status::sign_status_list(&key, &spec, &list)),
+            );
+        }
+        let mut c = self.status_lists.cache();
+        c.tokens = tokens.clone();
+        c.built_at = Some(now);
+        c.built_generation = generation;
+        Ok(tokens)
+    }
+
+    /// Re-signs the lists every ttl (so a relying party's copy never goes
+    /// stale while the vault runs), until `stop`.
+    pub async fn run_status_lists(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let every = Duration::from_secs(u64::from(
+            self.credential_settings().status_list_ttl_seconds,
+        ));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            }
+            let _one = self.status_lists.rebuild.lock().await;
+            if let Err(e) = self.rebuild_status_lists().await {
+                tracing::error!(error = %e, "re-signing the status lists failed");
+            }
+        }
+    }
+
+    /// The live status check of `VerifyPresentation`: the credential's
+    /// entry must be one of this vault's, its row must verify and it must
+    /// not be revoked. Read from the database (not the published token),
+    /// so a revocation on any replica counts at once.
+    pub(crate) async fn check_status(&self, v: &Verified) -> Result<(), VaultError> {
+        let refuse = |e| Err(VaultError::Credential(e));
+        let Some(claim) = v.status.as_ref() else {
+            return refuse(SdJwtError::Status("credential has no status claim"));
+        };
+        let r = StatusRef::from_claim(claim).map_err(VaultError::Credential)?;
+        let Some(list_id) = self.status_list_id(&r.uri) else {
+            return refuse(SdJwtError::Status("status list is not this vault's"));
+        };
+        let Ok(idx) = i64::try_from(r.idx) else {
+            return refuse(SdJwtError::Status("status index out of range"));
+        };
+        match self.store().credential_entry(list_id, idx).await? {
+            Some((e, true)) if e.revoked_at_ms.is_none() => Ok(()),
+            // Revoked, a row that does not verify, or none at all (the
+            // issuer signed this index, so its row was removed).
+            _ => refuse(SdJwtError::Revoked),
+        }
+    }
+}
