@@ -72,6 +72,11 @@ pub enum Action {
     GetStatusList,
     /// Revoke a digital ID by its status list entry (the operator).
     RevokeCredential,
+    /// Ask for a one-time transaction code for a person (context.fields
+    /// are the catalogue fields the wanted claims are made from).
+    RequestTransactionCode,
+    /// Read (and wait for) the outcome of one's own transaction.
+    AwaitTransaction,
 }
 
 impl Action {
@@ -98,6 +103,8 @@ impl Action {
         Self::GetIssuerKeys,
         Self::GetStatusList,
         Self::RevokeCredential,
+        Self::RequestTransactionCode,
+        Self::AwaitTransaction,
     ];
 
     /// The RPC-style name used in audit records.
@@ -124,6 +131,8 @@ impl Action {
             Self::GetIssuerKeys => "GetIssuerKeys",
             Self::GetStatusList => "GetStatusList",
             Self::RevokeCredential => "RevokeCredential",
+            Self::RequestTransactionCode => "RequestTransactionCode",
+            Self::AwaitTransaction => "AwaitTransaction",
         }
     }
 }
@@ -168,6 +177,8 @@ pub enum Role {
     CredentialsVerify,
     /// `credentials.revoke`: revoke any digital ID (the operator's role).
     CredentialsRevoke,
+    /// `transactions.request`: ask for one-time transaction codes.
+    TransactionsRequest,
 }
 
 /// A role name that is not known.
@@ -193,6 +204,7 @@ impl Role {
         "audit.read",
         "credentials.verify",
         "credentials.revoke",
+        "transactions.request",
     ];
 
     /// Parses a registry role name.
@@ -213,6 +225,7 @@ impl Role {
             "audit.read" => Ok(Self::AuditRead),
             "credentials.verify" => Ok(Self::CredentialsVerify),
             "credentials.revoke" => Ok(Self::CredentialsRevoke),
+            "transactions.request" => Ok(Self::TransactionsRequest),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -235,6 +248,7 @@ impl Role {
             Self::AuditRead => "audit.read",
             Self::CredentialsVerify => "credentials.verify",
             Self::CredentialsRevoke => "credentials.revoke",
+            Self::TransactionsRequest => "transactions.request",
         }
     }
 }

@@ -41,7 +41,7 @@ struct Ctx {
     rp: CredentialServiceClient<Channel>,
 }
 
-async fn enroll(
+pub(crate) async fn enroll(
     tv: &TestVault,
     wallet: &mut DeviceServiceClient<Channel>,
     subject: &str,

@@ -27,6 +27,7 @@ mod policies;
 mod subjects;
 mod tamper;
 mod tokens;
+mod transactions;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -109,6 +110,9 @@ const BOTH: &[(&str, TestFn)] = tests![
     credentials::presentations_are_refused_for_each_fault,
     credentials::issuance_checks_and_policy,
     credentials::revocation_by_device_operator_and_deletion,
+    transactions::approve_and_deny_with_two_third_parties,
+    transactions::every_refusal_is_distinct_and_audited,
+    transactions::codes_are_single_use_under_concurrency,
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,

@@ -42,6 +42,20 @@ pub enum DeviceAction {
     /// Revoke one of the person's digital IDs, named by its status list
     /// entry.
     RevokeCredential(crate::sdjwt::status::StatusRef),
+    /// What a typed transaction code is for.
+    LookupTransaction(crate::transaction::TransactionCode),
+    /// The person's answer to a transaction.
+    AnswerTransaction {
+        /// The transaction.
+        id: [u8; crate::transaction::TRANSACTION_ID_LEN],
+        /// Its code, as typed.
+        code: crate::transaction::TransactionCode,
+        /// Approved or declined.
+        approve: bool,
+        /// Approved claims (valid, unique, sorted; empty: all asked for;
+        /// always empty when declined).
+        claims: Vec<String>,
+    },
 }
 
 /// A verified device request.

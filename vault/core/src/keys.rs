@@ -48,6 +48,8 @@ pub const LABEL_RELEASE_SIGNING: &str = "idvault/v1/release-signing";
 /// HKDF label of the digital-ID issuer key (a P-256 scalar, see
 /// [`KeyHierarchy::issuer_key`]).
 pub const LABEL_ISSUER_KEY: &str = "idvault/v1/issuer-key";
+/// HKDF label of the key MACing one-time transaction codes.
+pub const LABEL_TRANSACTION_CODE: &str = "idvault/v1/transaction-code";
 /// HKDF label of a status list's index permutation key.
 pub const LABEL_STATUS_INDEX: &str = "idvault/v1/status-index";
 /// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
@@ -267,6 +269,16 @@ impl KeyHierarchy {
         version: u32,
     ) -> Result<super::secret::Secret<super::secret::StatusIndexMaterial>, KeyError> {
         self.derive(LABEL_STATUS_INDEX, version)
+    }
+
+    /// The key MACing one-time transaction codes, of `version`: stored
+    /// codes are MACs, so 40-bit codes cannot be recovered from a copy of
+    /// the database by trying them all.
+    pub fn transaction_code_key(
+        &self,
+        version: u32,
+    ) -> Result<super::secret::Secret<super::secret::TransactionCodeMaterial>, KeyError> {
+        self.derive(LABEL_TRANSACTION_CODE, version)
     }
 
     /// Partner `owner`'s cross-reference blind-index key of `version`

@@ -26,6 +26,7 @@ pub mod sdjwt;
 pub mod secret;
 pub mod subject;
 pub mod tlog;
+pub mod transaction;
 pub mod xref;
 
 // The protobuf boundary; its public items are re-exported from `consent`

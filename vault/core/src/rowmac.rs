@@ -215,6 +215,28 @@ pub fn credential_entry(e: &CredentialEntry) -> RowBytes {
         .opt_int(e.revoked_at_ms)
 }
 
+/// A one-time transaction: id, code MAC, partner, subject, pairwise token,
+/// binding message, claims, creation and expiry, wrong attempts, state,
+/// answering device and time, approved claims (a forged or edited row must
+/// not hand a third party an approval the person never gave).
+pub fn transaction(t: &crate::transaction::Transaction) -> RowBytes {
+    RowBytes::new("transaction")
+        .bytes(&t.id)
+        .bytes(&t.code_mac)
+        .text(&t.partner)
+        .bytes(t.subject.as_bytes())
+        .text(&t.pairwise)
+        .text(&t.binding_message)
+        .list(&t.claims)
+        .int(t.created_at_ms)
+        .int(t.expires_at_ms)
+        .int(i64::from(t.attempts))
+        .text(t.state.name())
+        .text(t.answered_by.as_deref().unwrap_or_default())
+        .opt_int(t.answered_at_ms)
+        .list(&t.approved)
+}
+
 /// Why a row failed its check. Names the row kind only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RowMacError {

@@ -59,6 +59,9 @@ purposes! {
     /// The key of the permutation that places credentials in a status list
     /// (see [`crate::sdjwt::status`]).
     StatusIndexMaterial => "status-index-key";
+    /// The key MACing one-time transaction codes (see
+    /// [`crate::transaction`]).
+    TransactionCodeMaterial => "transaction-code-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.

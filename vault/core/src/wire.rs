@@ -146,6 +146,21 @@ pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
             })
         }
         Action::RevokeCredential(_) => return Err(Refusal::Malformed),
+        Action::LookupTransaction(l) => DeviceAction::LookupTransaction(
+            crate::transaction::TransactionCode::parse(&l.code).map_err(|_| Refusal::Malformed)?,
+        ),
+        Action::AnswerTransaction(a) => {
+            if !a.approve && !a.claims.is_empty() {
+                return Err(Refusal::Malformed);
+            }
+            DeviceAction::AnswerTransaction {
+                id: crate::transaction::parse_id(&a.transaction_id).ok_or(Refusal::Malformed)?,
+                code: crate::transaction::TransactionCode::parse(&a.code)
+                    .map_err(|_| Refusal::Malformed)?,
+                approve: a.approve,
+                claims: claim_list(a.claims)?,
+            }
+        }
     };
     Ok(DeviceCall {
         request_id,
@@ -337,6 +352,41 @@ pub(crate) mod tests {
         );
         for bad in ["", "has space", &"u".repeat(513)] {
             assert!(decode_device_request(&revoke(bad).encode_to_vec()).is_err());
+        }
+        let answer = |id: &str, code: &str, approve: bool, claims: &[&str]| {
+            request(Action::AnswerTransaction(pb::AnswerTransaction {
+                transaction_id: id.into(),
+                code: code.into(),
+                approve,
+                claims: claims.iter().map(|c| (*c).into()).collect(),
+            }))
+        };
+        let id = "tx_00112233445566778899aabbccddeeff";
+        let Ok(DeviceCall {
+            action:
+                DeviceAction::AnswerTransaction {
+                    approve: true,
+                    claims,
+                    ..
+                },
+            ..
+        }) = decode_device_request(
+            &answer(id, "abcd-efgh", true, &["given_name", "age_over_18"]).encode_to_vec(),
+        )
+        else {
+            panic!("a valid answer did not decode");
+        };
+        assert_eq!(claims, ["age_over_18", "given_name"]);
+        for bad in [
+            answer("tx_00", "abcd-efgh", true, &[]),
+            answer(id, "abcd-efg", true, &[]),
+            answer(id, "abcd-efgh", false, &["given_name"]),
+            answer(id, "abcd-efgh", true, &["shoe_size"]),
+            request(Action::LookupTransaction(pb::LookupTransaction {
+                code: "UUUU-UUUU".into(),
+            })),
+        ] {
+            assert!(decode_device_request(&bad.encode_to_vec()).is_err());
         }
         // Refused: no action, a short id, a bad device id or entity, a bad
         // rule, a non-canonical encoding, an oversized request.

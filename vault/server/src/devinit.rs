@@ -42,6 +42,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "audit.read",
             "credentials.verify",
             "credentials.revoke",
+            "transactions.request",
         ],
     ),
     (
@@ -55,6 +56,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "events.publish",
             "commands.receive",
             "audit.read",
+            "transactions.request",
         ],
     ),
     // The development wallet app: relays device-signed calls.

@@ -17,12 +17,13 @@ use tokio::task::JoinHandle;
 
 use crate::api::{
     AuditApi, CommandApi, ConsentApi, CredentialApi, DeviceApi, EventApi, MatchApi, RequestId,
-    SubjectApi, TokenApi,
+    SubjectApi, TokenApi, TransactionApi,
 };
 use crate::service::Vault;
 use idvault_proto::v1::audit_service_server::AuditServiceServer;
 use idvault_proto::v1::credential_service_server::CredentialServiceServer;
 use idvault_proto::v1::token_service_server::TokenServiceServer;
+use idvault_proto::v1::transaction_service_server::TransactionServiceServer;
 
 /// Server limits.
 #[derive(Debug, Clone)]
@@ -222,6 +223,7 @@ pub async fn start(
     let audit = service! {AuditServiceServer<AuditApi>, AuditApi::new(v(), unary), small};
     let credentials =
         service! {CredentialServiceServer<CredentialApi>, CredentialApi::new(v(), unary), small};
+    let transactions = service! {TransactionServiceServer<TransactionApi>, TransactionApi::new(v(), unary, stream), small};
     let streams = Arc::clone(&vault);
     let incoming = crate::tls::incoming(
         listener,
@@ -251,6 +253,7 @@ pub async fn start(
         .add_service(commands)
         .add_service(audit)
         .add_service(credentials)
+        .add_service(transactions)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

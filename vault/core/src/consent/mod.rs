@@ -154,6 +154,23 @@ pub enum Refusal {
     /// A rule names an entity the person has not linked.
     #[error("a rule names an entity the person has not linked")]
     EntityNotLinked,
+    /// No outstanding transaction of this person has that code (the
+    /// attempt is counted against their outstanding codes).
+    #[error("the code does not match a transaction of this person")]
+    WrongCode,
+    /// The transaction's code has expired.
+    #[error("the transaction code has expired")]
+    CodeExpired,
+    /// The transaction was already answered or has ended.
+    #[error("the transaction has already been answered or has ended")]
+    CodeUsed,
+    /// The code belongs to another person's transaction (which ends).
+    #[error("the code belongs to another person; that transaction is ended")]
+    WrongPerson,
+    /// Too many wrong codes: this device may not enter codes for a while,
+    /// or the transaction died of them.
+    #[error("too many wrong codes; try again later")]
+    TooManyAttempts,
 }
 
 impl Refusal {
@@ -186,6 +203,11 @@ impl Refusal {
             Self::WrongAction => "wrong_action",
             Self::EntityUnknown => "entity_unknown",
             Self::EntityNotLinked => "entity_not_linked",
+            Self::WrongCode => "wrong_code",
+            Self::CodeExpired => "code_expired",
+            Self::CodeUsed => "code_used",
+            Self::WrongPerson => "wrong_person",
+            Self::TooManyAttempts => "too_many_attempts",
         }
     }
 }

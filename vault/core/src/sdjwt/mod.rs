@@ -235,6 +235,12 @@ impl IssuerKey {
     pub fn jwk(&self) -> &EcJwk {
         &self.jwk
     }
+
+    /// The signing key (the vault's other signed tokens: status lists,
+    /// transaction assertions).
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
 }
 
 /// What a credential says besides its claims.

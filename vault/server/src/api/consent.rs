@@ -332,4 +332,18 @@ impl DeviceService for DeviceApi {
     ) -> Result<Response<pb::IssueCredentialResponse>, Status> {
         super::credentials::issue_credential(&self.vault, self.deadline, req).await
     }
+
+    async fn lookup_transaction(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::LookupTransactionResponse>, Status> {
+        super::transactions::lookup_transaction(&self.vault, self.deadline, req).await
+    }
+
+    async fn answer_transaction(
+        &self,
+        req: Request<pb::SignedDeviceRequest>,
+    ) -> Result<Response<pb::AnswerTransactionResponse>, Status> {
+        super::transactions::answer_transaction(&self.vault, self.deadline, req).await
+    }
 }

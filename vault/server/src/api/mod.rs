@@ -73,6 +73,7 @@ mod events;
 mod matching;
 mod subjects;
 mod tokens;
+mod transactions;
 
 pub use audit::AuditApi;
 pub use consent::{ConsentApi, DeviceApi};
@@ -81,6 +82,7 @@ pub use events::{CommandApi, EventApi};
 pub use matching::MatchApi;
 pub use subjects::SubjectApi;
 pub use tokens::TokenApi;
+pub use transactions::TransactionApi;
 
 use tonic::{Request, Status};
 
@@ -101,7 +103,8 @@ pub fn status(err: VaultError) -> Status {
         VaultError::RateLimited(_)
         | VaultError::TooManyStreams(..)
         | VaultError::TooManyRejects(..)
-        | VaultError::Overloaded(_) => Code::ResourceExhausted,
+        | VaultError::Overloaded(_)
+        | VaultError::Limit(_) => Code::ResourceExhausted,
         VaultError::DeadlineExceeded => Code::DeadlineExceeded,
         VaultError::ChainFull(_) => Code::FailedPrecondition,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
@@ -156,7 +159,11 @@ fn refusal_code(r: idvault_core::consent::Refusal) -> tonic::Code {
         | R::ChallengeExpired
         | R::EnrollmentCodeInvalid
         | R::RequestOutsideWindow
-        | R::EntityNotLinked => Code::FailedPrecondition,
+        | R::EntityNotLinked
+        | R::CodeExpired
+        | R::CodeUsed => Code::FailedPrecondition,
+        R::WrongCode | R::WrongPerson => Code::PermissionDenied,
+        R::TooManyAttempts => Code::ResourceExhausted,
         R::ChallengeReused | R::ConsentReplayed | R::RequestReplayed | R::DeviceAlreadyEnrolled => {
             Code::AlreadyExists
         }

@@ -26,6 +26,7 @@ pub mod status_lists;
 pub mod streams;
 pub mod subjects;
 pub mod tokens;
+pub mod transactions;
 
 pub use audit::{AuditVerdict, verify_audit_log};
 pub use streams::{StreamKind, StreamSlot};
@@ -108,6 +109,9 @@ pub enum VaultError {
     /// never a claim value).
     #[error("presentation refused: {0}")]
     Credential(idvault_core::sdjwt::SdJwtError),
+    /// A bound on outstanding work was reached (the message names it).
+    #[error("{0}")]
+    Limit(&'static str),
 }
 
 impl From<StoreError> for VaultError {
@@ -150,7 +154,10 @@ impl VaultError {
             | Self::TooManyRejects(..)
             | Self::ChainFull(_) => "invalid",
             Self::NotFound => "not_found",
-            Self::RateLimited(_) | Self::TooManyStreams(..) | Self::Overloaded(_) => "rate_limited",
+            Self::RateLimited(_)
+            | Self::TooManyStreams(..)
+            | Self::Overloaded(_)
+            | Self::Limit(_) => "rate_limited",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Refused(_) | Self::Credential(_) => "refused",
             _ => "error",
@@ -245,6 +252,9 @@ pub struct Vault {
     credentials: crate::config::CredentialsSection,
     /// The signed status list tokens (docs/digital-id.md, "Revocation").
     status_lists: status_lists::StatusLists,
+    /// Woken when a transaction is answered, so waiting third parties of
+    /// this process hear at once (other replicas' answers by polling).
+    transactions_changed: tokio::sync::Notify,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -297,6 +307,7 @@ impl Vault {
             issuer_jwks: std::sync::Mutex::default(),
             credentials: crate::config::CredentialsSection::default(),
             status_lists: status_lists::StatusLists::default(),
+            transactions_changed: tokio::sync::Notify::new(),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),

@@ -51,6 +51,8 @@ pub(crate) struct Request<'a> {
     decision: Decision,
     subject: Option<SubjectId>,
     vault: &'a Vault,
+    /// Its refusal is on the record already ([`Vault::commit_refused`]).
+    refusal_recorded: bool,
 }
 
 impl Request<'_> {
@@ -179,6 +181,7 @@ fn refusal_detail(err: &VaultError) -> String {
         | VaultError::TooManyRejects(..)
         | VaultError::ChainFull(_)
         | VaultError::Overloaded(_)
+        | VaultError::Limit(_)
         | VaultError::DeadlineExceeded => err.to_string(),
         // Some of these messages quote what the caller sent (an unknown
         // field path, a column name): keep caller text out of the log.
@@ -251,6 +254,7 @@ impl Vault {
             },
             subject: None,
             vault: self,
+            refusal_recorded: false,
         };
         if !req.decide(Resource::Vault, RequestContext::default()) {
             return self.refuse(&req, VaultError::Denied(gate)).await;
@@ -258,6 +262,7 @@ impl Vault {
         req.action = action;
         match body(&mut req).await {
             Ok(v) => Ok(v),
+            Err(e) if req.refusal_recorded => Err(e),
             // Nothing to record it in: the caller learns the audit is down.
             Err(e @ VaultError::AuditUnavailable(_)) => Err(e),
             // Not executed: counted, not recorded one by one.
@@ -335,6 +340,32 @@ impl Vault {
         detail: String,
     ) -> Result<(), VaultError> {
         self.append(tx, req.event(subject, "ok", detail)).await
+    }
+
+    /// Commits `tx`, the writes a refused request must keep (a wrong code
+    /// counted against the person's outstanding codes), with the request's
+    /// refusal record; returns the refusal for the caller. The pipeline
+    /// does not record it again.
+    pub(crate) async fn commit_refused(
+        &self,
+        tx: AuditedTx,
+        req: &mut Request<'_>,
+        subject: Option<&SubjectId>,
+        err: VaultError,
+        detail: &str,
+    ) -> VaultError {
+        let ev = req.event(
+            subject,
+            err.outcome(),
+            format!("{} {detail}", refusal_detail(&err)),
+        );
+        match self.append(tx, ev).await {
+            Ok(()) => {
+                req.refusal_recorded = true;
+                err
+            }
+            Err(e) => e,
+        }
     }
 
     /// Commits `tx` with an `ok` record of one of the vault's own jobs

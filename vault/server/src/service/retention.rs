@@ -1,6 +1,7 @@
 //! The retention job: removes spent single-use records (expired consent
 //! challenges and enrollment codes, device request ids past their replay
-//! window) and processed events older than `[retention] events_days`, in
+//! window, expired transaction codes and old wrong-code records) and
+//! processed events older than `[retention] events_days`, in
 //! audited batches. It never touches subjects, consents, receipts,
 //! devices or the audit log.
 
@@ -25,7 +26,11 @@ impl Vault {
         let r = self.retention_settings();
         let grace = i64::from(r.expired_grace_hours) * 3_600_000;
         match kind {
-            Prunable::Challenges | Prunable::EnrollmentCodes => now - grace,
+            Prunable::Challenges | Prunable::EnrollmentCodes | Prunable::Transactions => {
+                now - grace
+            }
+            // Only the last hour counts towards a device's limit.
+            Prunable::CodeFailures => now - super::transactions::FAILURE_WINDOW_MS,
             Prunable::DeviceRequests => {
                 // A request is accepted only if issued within ±skew of the
                 // vault's clock, so a replay of a request accepted at `t`

@@ -28,6 +28,7 @@ mod events;
 mod matching;
 mod retention;
 mod rows;
+mod transactions;
 mod writer;
 mod writeset;
 
@@ -722,6 +723,10 @@ impl AuditedTx {
             // consents and receipts.
             "DELETE FROM device_requests WHERE device_id IN \
              (SELECT device_id FROM devices WHERE subject_id = $1)",
+            "DELETE FROM code_failures WHERE device_id IN \
+             (SELECT device_id FROM devices WHERE subject_id = $1)",
+            // Its one-time transactions (their third parties see NotFound).
+            "DELETE FROM transactions WHERE subject_id = $1",
             "DELETE FROM devices WHERE subject_id = $1",
             "DELETE FROM enrollment_codes WHERE subject_id = $1",
             "DELETE FROM consent_challenges WHERE subject_id = $1",

@@ -15,15 +15,21 @@ pub enum Prunable {
     DeviceRequests,
     /// `events` by the time they were accepted.
     Events,
+    /// `transactions` (one-time codes) by expiry.
+    Transactions,
+    /// `code_failures` (wrong codes entered) by time.
+    CodeFailures,
 }
 
 impl Prunable {
     /// All kinds, in the order the job runs them.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 6] = [
         Self::Challenges,
         Self::EnrollmentCodes,
         Self::DeviceRequests,
         Self::Events,
+        Self::Transactions,
+        Self::CodeFailures,
     ];
 
     /// The name the audit record uses.
@@ -33,6 +39,8 @@ impl Prunable {
             Self::EnrollmentCodes => "enrollment_codes",
             Self::DeviceRequests => "device_requests",
             Self::Events => "events",
+            Self::Transactions => "transactions",
+            Self::CodeFailures => "code_failures",
         }
     }
 
@@ -59,6 +67,16 @@ impl Prunable {
                 "DELETE FROM events WHERE (source, event_id) IN \
                  (SELECT source, event_id FROM events WHERE accepted_at_ms < $1 \
                   ORDER BY accepted_at_ms LIMIT $2)"
+            }
+            Self::Transactions => {
+                "DELETE FROM transactions WHERE transaction_id IN \
+                 (SELECT transaction_id FROM transactions WHERE expires_at_ms < $1 \
+                  ORDER BY expires_at_ms LIMIT $2)"
+            }
+            Self::CodeFailures => {
+                "DELETE FROM code_failures WHERE (device_id, at_ms) IN \
+                 (SELECT device_id, at_ms FROM code_failures WHERE at_ms < $1 \
+                  ORDER BY at_ms LIMIT $2)"
             }
         }
     }

@@ -1,0 +1,581 @@
+//! One-time transaction codes over mTLS (docs/digital-id.md, "Transaction
+//! codes"): a third party asks for a code, the person's phone looks it up
+//! and answers, the third party gets a signed assertion; every refusal is
+//! its own audited answer, codes are single use under concurrency, and
+//! several third parties' codes for one person stay apart.
+
+use idvault_tests::idvault_client::device::{DeviceKey, unix_now};
+use idvault_tests::idvault_core::SystemRng;
+use idvault_tests::idvault_core::sdjwt::Jwks;
+use idvault_tests::idvault_core::transaction::{self as txn, TransactionCode};
+use idvault_tests::idvault_proto::v1 as pb;
+use idvault_tests::idvault_proto::v1::credential_service_client::CredentialServiceClient;
+use idvault_tests::idvault_proto::v1::device_service_client::DeviceServiceClient;
+use idvault_tests::idvault_proto::v1::match_service_client::MatchServiceClient;
+use idvault_tests::idvault_proto::v1::transaction_service_client::TransactionServiceClient;
+use idvault_tests::{Backend, TestVault};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::consent::reason;
+use super::credentials::enroll;
+
+const PARTNER_A: &str = "spiffe://idvault.dev/partner/partner-a";
+
+const PERSON: &[(&str, &str)] = &[
+    ("given_name", "Amélie"),
+    ("family_name", "Okonkwo-Lindqvist"),
+    ("date_of_birth", "02/11/1987"),
+    ("email", "amelie.ol@example.org"),
+    ("phone", "+44 7700 900456"),
+    ("city", "Malmö"),
+    ("country", "SE"),
+];
+
+struct Ctx {
+    tv: TestVault,
+    phone: DeviceKey,
+    wallet: DeviceServiceClient<Channel>,
+    a: TransactionServiceClient<Channel>,
+    token_a: String,
+}
+
+fn fields(f: &[(&str, &str)]) -> Vec<pb::Field> {
+    f.iter()
+        .map(|(n, v)| pb::Field {
+            name: (*n).into(),
+            value: (*v).into(),
+        })
+        .collect()
+}
+
+async fn setup(b: Backend) -> anyhow::Result<Ctx> {
+    let tv = TestVault::start(b).await?;
+    let created = tv
+        .subjects("partner-a")
+        .await?
+        .create_subject(pb::CreateSubjectRequest {
+            fields: fields(PERSON),
+        })
+        .await?
+        .into_inner();
+    let mut wallet = DeviceServiceClient::new(tv.channel("wallet").await?);
+    let phone = enroll(&tv, &mut wallet, &created.subject_id).await;
+    let a = TransactionServiceClient::new(tv.channel("partner-a").await?);
+    Ok(Ctx {
+        tv,
+        phone,
+        wallet,
+        a,
+        token_a: created.pairwise_token,
+    })
+}
+
+fn ask(token: &str, message: &str, claims: &[&str], ttl_seconds: u32) -> pb::RequestCodeRequest {
+    pb::RequestCodeRequest {
+        pairwise_token: token.into(),
+        binding_message: message.into(),
+        claims: claims.iter().map(|c| (*c).into()).collect(),
+        ttl_seconds,
+    }
+}
+
+fn signed(key: &DeviceKey, action: pb::device_request::Action) -> pb::SignedDeviceRequest {
+    key.sign_request(action, unix_now(), &SystemRng::default())
+        .unwrap()
+}
+
+fn lookup_req(key: &DeviceKey, code: &str) -> pb::SignedDeviceRequest {
+    signed(
+        key,
+        pb::device_request::Action::LookupTransaction(pb::LookupTransaction { code: code.into() }),
+    )
+}
+
+fn answer_req(
+    key: &DeviceKey,
+    id: &str,
+    code: &str,
+    approve: bool,
+    claims: &[&str],
+) -> pb::SignedDeviceRequest {
+    signed(
+        key,
+        pb::device_request::Action::AnswerTransaction(pb::AnswerTransaction {
+            transaction_id: id.into(),
+            code: code.into(),
+            approve,
+            claims: claims.iter().map(|c| (*c).into()).collect(),
+        }),
+    )
+}
+
+async fn state_of(
+    c: &mut TransactionServiceClient<Channel>,
+    id: &str,
+    wait: u32,
+) -> pb::AwaitTransactionResponse {
+    c.await_transaction(pb::AwaitTransactionRequest {
+        transaction_id: id.into(),
+        wait_seconds: wait,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn refusal<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("refused");
+    (s.code(), reason(&s).to_owned())
+}
+
+async fn issuer_keys(tv: &TestVault) -> Jwks {
+    let jwks = CredentialServiceClient::new(tv.channel("partner-b").await.unwrap())
+        .get_issuer_keys(pb::GetIssuerKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwks;
+    Jwks::parse(&jwks).unwrap()
+}
+
+/// The happy path, with two third parties waiting on one person at once:
+/// each sees only its own transaction; the approved one gets an assertion
+/// holding exactly the approved claims.
+pub async fn approve_and_deny_with_two_third_parties(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(b).await?;
+    let r =
+        cx.a.request_code(ask(
+            &cx.token_a,
+            "Pay 45.00 EUR to Shop Ltd, order 7781",
+            &["given_name", "age_over_18"],
+            0,
+        ))
+        .await?
+        .into_inner();
+    assert!(txn::parse_id(&r.transaction_id).is_some());
+    assert_eq!(r.code.len(), 9);
+    assert_eq!(TransactionCode::parse(&r.code)?.display(), r.code);
+    assert!(r.expires_at <= unix_now() + 300 && r.expires_at > unix_now() + 290);
+    let (action, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("RequestTransactionCode", "ok")
+    );
+    assert!(
+        !detail.contains("Shop") && !detail.contains(&r.code),
+        "{detail}"
+    );
+
+    // Partner-b finds the same person by matching and asks too.
+    let found = MatchServiceClient::new(cx.tv.channel("partner-b").await?)
+        .r#match(pb::MatchRequest {
+            query: Some(pb::MatchQuery {
+                fields: fields(&PERSON[..6]),
+                max_results: 1,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .candidates;
+    let token_b = found[0].pairwise_token.clone();
+    let mut b_client = TransactionServiceClient::new(cx.tv.channel("partner-b").await?);
+    let rb = b_client
+        .request_code(ask(
+            &token_b,
+            "Open an account at Bank B",
+            &["family_name"],
+            120,
+        ))
+        .await?
+        .into_inner();
+    assert_ne!(rb.code, r.code);
+    // Each sees only its own.
+    assert_eq!(
+        state_of(&mut cx.a, &r.transaction_id, 0).await.state,
+        "pending"
+    );
+    let e = b_client
+        .await_transaction(pb::AwaitTransactionRequest {
+            transaction_id: r.transaction_id.clone(),
+            wait_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Partner-a waits while the person answers.
+    let mut waiting = cx.a.clone();
+    let id = r.transaction_id.clone();
+    let waiter = tokio::spawn(async move { state_of(&mut waiting, &id, 20).await });
+
+    // The phone: the code as typed (lower case, no dash), then approve
+    // only one of the two claims.
+    let typed = r.code.replace('-', "").to_lowercase();
+    let shown = cx
+        .wallet
+        .lookup_transaction(lookup_req(&cx.phone, &typed))
+        .await?
+        .into_inner();
+    assert_eq!(shown.transaction_id, r.transaction_id);
+    assert_eq!(shown.requester, PARTNER_A);
+    assert_eq!(
+        shown.binding_message,
+        "Pay 45.00 EUR to Shop Ltd, order 7781"
+    );
+    assert_eq!(shown.claims, ["age_over_18", "given_name"]);
+    let answer = answer_req(&cx.phone, &r.transaction_id, &typed, true, &["given_name"]);
+    let out = cx
+        .wallet
+        .answer_transaction(answer.clone())
+        .await?
+        .into_inner();
+    assert_eq!(out.state, "approved");
+    let got = waiter.await?;
+    assert_eq!(got.state, "approved");
+    assert_eq!(got.approved, ["given_name"]);
+    let keys = issuer_keys(&cx.tv).await;
+    let a = txn::verify_assertion(
+        &got.assertion,
+        &keys,
+        PARTNER_A,
+        Some(&r.transaction_id),
+        unix_now(),
+        60,
+    )?;
+    assert_eq!(a.subject, cx.token_a);
+    assert_eq!(a.binding_message, "Pay 45.00 EUR to Shop Ltd, order 7781");
+    assert_eq!(a.claims.len(), 1);
+    assert_eq!(a.claims["given_name"], "Amélie");
+    assert_eq!(a.issuer, "https://idvault.local");
+    // Not for another audience.
+    assert!(
+        txn::verify_assertion(
+            &got.assertion,
+            &keys,
+            "spiffe://idvault.dev/partner/partner-b",
+            None,
+            unix_now(),
+            60
+        )
+        .is_err()
+    );
+
+    // Replayed answer, and a fresh answer to a used code.
+    assert_eq!(
+        refusal(cx.wallet.answer_transaction(answer).await),
+        (Code::AlreadyExists, "request_replayed".into())
+    );
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .answer_transaction(answer_req(&cx.phone, &r.transaction_id, &typed, false, &[]))
+                .await
+        ),
+        (Code::FailedPrecondition, "code_used".into())
+    );
+
+    // Partner-b's is still pending; the person declines it.
+    assert_eq!(
+        state_of(&mut b_client, &rb.transaction_id, 0).await.state,
+        "pending"
+    );
+    cx.wallet
+        .lookup_transaction(lookup_req(&cx.phone, &rb.code))
+        .await?;
+    let out = cx
+        .wallet
+        .answer_transaction(answer_req(
+            &cx.phone,
+            &rb.transaction_id,
+            &rb.code,
+            false,
+            &[],
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(out.state, "denied");
+    let got = state_of(&mut b_client, &rb.transaction_id, 0).await;
+    assert_eq!((got.state.as_str(), got.assertion.as_str()), ("denied", ""));
+    let (action, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!((action.as_str(), outcome.as_str()), ("DeviceCall", "ok"));
+    assert!(detail.contains("state=denied"), "{detail}");
+
+    // The audit log holds no claim value, binding message or code.
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT detail FROM audit_log")
+        .fetch_all(cx.tv.db())
+        .await?;
+    let text = format!("{rows:?}");
+    for secret in ["Amélie", "Shop Ltd", "Bank B", &r.code, &rb.code] {
+        assert!(!text.contains(secret), "{secret} in the audit log");
+    }
+    assert!(text.contains("op=assertion"));
+    assert!(matches!(
+        cx.tv.verify_audit().await?,
+        idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
+    ));
+    cx.tv.stop().await
+}
+
+/// Every refusal end to end, each its own audited outcome: expiry, wrong
+/// codes (the outstanding code dies at five), another person's device
+/// (that code dies), a device that guessed too often, bad requests, and a
+/// partner without the role.
+pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(b).await?;
+    let last = async |cx: &Ctx| {
+        let (action, outcome, detail) = cx.tv.last_audit().await;
+        format!("{action} {outcome} {detail}")
+    };
+
+    // Expiry.
+    let r =
+        cx.a.request_code(ask(&cx.token_a, "Short-lived", &[], 1))
+            .await?
+            .into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&cx.phone, &r.code))
+                .await
+        ),
+        (Code::FailedPrecondition, "code_expired".into())
+    );
+    assert!(last(&cx).await.contains("code_expired"));
+    assert_eq!(
+        state_of(&mut cx.a, &r.transaction_id, 0).await.state,
+        "expired"
+    );
+
+    // Wrong codes: each counted against the outstanding code; the fifth
+    // ends it; the right code is then used up.
+    let r =
+        cx.a.request_code(ask(&cx.token_a, "Login to Shop", &["email"], 0))
+            .await?
+            .into_inner();
+    let wrong = if r.code == "0000-0000" {
+        "1111-1111"
+    } else {
+        "0000-0000"
+    };
+    for i in 1..=txn::MAX_ATTEMPTS {
+        assert_eq!(
+            refusal(
+                cx.wallet
+                    .lookup_transaction(lookup_req(&cx.phone, wrong))
+                    .await
+            ),
+            (Code::PermissionDenied, "wrong_code".into()),
+            "attempt {i}"
+        );
+        let audited = last(&cx).await;
+        assert!(
+            audited.contains("refused") && audited.contains("wrong_code"),
+            "{audited}"
+        );
+    }
+    assert!(last(&cx).await.contains("ended=1"));
+    assert_eq!(
+        state_of(&mut cx.a, &r.transaction_id, 0).await.state,
+        "too_many_attempts"
+    );
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&cx.phone, &r.code))
+                .await
+        ),
+        (Code::FailedPrecondition, "code_used".into())
+    );
+
+    // Another person's device enters this person's code: refused, and the
+    // code dies.
+    let other = cx
+        .tv
+        .subjects("partner-a")
+        .await?
+        .create_subject(pb::CreateSubjectRequest {
+            fields: fields(&[("given_name", "Tove"), ("family_name", "Berg")]),
+        })
+        .await?
+        .into_inner();
+    let mut wallet = cx.wallet.clone();
+    let stranger = enroll(&cx.tv, &mut wallet, &other.subject_id).await;
+    let r =
+        cx.a.request_code(ask(&cx.token_a, "Transfer 900 EUR", &[], 0))
+            .await?
+            .into_inner();
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&stranger, &r.code))
+                .await
+        ),
+        (Code::PermissionDenied, "wrong_person".into())
+    );
+    assert!(last(&cx).await.contains("wrong_person"));
+    assert_eq!(
+        state_of(&mut cx.a, &r.transaction_id, 0).await.state,
+        "wrong_person"
+    );
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&cx.phone, &r.code))
+                .await
+        ),
+        (Code::FailedPrecondition, "code_used".into())
+    );
+    // An answer naming another transaction than the code's is a wrong code.
+    let r2 =
+        cx.a.request_code(ask(&cx.token_a, "Second", &[], 0))
+            .await?
+            .into_inner();
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .answer_transaction(answer_req(
+                    &cx.phone,
+                    &r.transaction_id,
+                    &r2.code,
+                    true,
+                    &[]
+                ))
+                .await
+        ),
+        (Code::PermissionDenied, "wrong_code".into())
+    );
+    // Approving a claim that was not asked for is malformed.
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .answer_transaction(answer_req(
+                    &cx.phone,
+                    &r2.transaction_id,
+                    &r2.code,
+                    true,
+                    &["email"]
+                ))
+                .await
+        ),
+        (Code::InvalidArgument, "malformed".into())
+    );
+
+    // A device that keeps guessing is stopped (10 wrong codes an hour;
+    // the stranger has one).
+    for _ in 0..9 {
+        let _ = cx
+            .wallet
+            .lookup_transaction(lookup_req(&stranger, "2222-2222"))
+            .await;
+    }
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&stranger, "2222-2222"))
+                .await
+        ),
+        (Code::ResourceExhausted, "too_many_attempts".into())
+    );
+
+    // Bad requests from the third party change nothing.
+    let before = cx.tv.count("SELECT count(*) FROM transactions").await;
+    for bad in [
+        ask(&cx.token_a, "line\nbreak", &[], 0),
+        ask(&cx.token_a, "", &[], 0),
+        ask(&cx.token_a, "ok", &["shoe_size"], 0),
+        ask(&cx.token_a, "ok", &["email", "email"], 0),
+        ask(&cx.token_a, "ok", &[], 301),
+    ] {
+        assert_eq!(
+            cx.a.request_code(bad).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+    // A token that is not this partner's, or of no one.
+    for token in ["pw_aaaaaaaaaaaaaaaaaaaaaaaaaa", "not-a-token"] {
+        assert_eq!(
+            cx.a.request_code(ask(token, "ok", &[], 0))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
+    }
+    let mut b_client = TransactionServiceClient::new(cx.tv.channel("partner-b").await?);
+    assert_eq!(
+        b_client
+            .request_code(ask(&cx.token_a, "ok", &[], 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound,
+        "partner-a's token names no one for partner-b"
+    );
+    assert_eq!(
+        cx.tv.count("SELECT count(*) FROM transactions").await,
+        before
+    );
+    // The wallet partner lacks transactions.request.
+    let mut w = TransactionServiceClient::new(cx.tv.channel("wallet").await?);
+    assert_eq!(
+        w.request_code(ask(&cx.token_a, "ok", &[], 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+
+    // A forged approval in the database authorises nothing.
+    let r3 =
+        cx.a.request_code(ask(&cx.token_a, "Forged", &["given_name"], 0))
+            .await?
+            .into_inner();
+    let id = txn::parse_id(&r3.transaction_id).unwrap();
+    sqlx::query("UPDATE transactions SET state = 'approved', approved = 'given_name' WHERE transaction_id = $1")
+        .bind(id.to_vec())
+        .execute(cx.tv.db())
+        .await?;
+    let e =
+        cx.a.await_transaction(pb::AwaitTransactionRequest {
+            transaction_id: r3.transaction_id.clone(),
+            wait_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    cx.tv.stop().await
+}
+
+/// One code, many answers at once: exactly one is accepted.
+pub async fn codes_are_single_use_under_concurrency(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(b).await?;
+    let r =
+        cx.a.request_code(ask(&cx.token_a, "Race", &["given_name"], 0))
+            .await?
+            .into_inner();
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let mut w = DeviceServiceClient::new(cx.tv.channel("wallet").await?);
+        let req = answer_req(&cx.phone, &r.transaction_id, &r.code, i % 2 == 0, &[]);
+        calls.push(tokio::spawn(async move { w.answer_transaction(req).await }));
+    }
+    let mut won = Vec::new();
+    for c in calls {
+        match c.await? {
+            Ok(r) => won.push(r.into_inner().state),
+            Err(e) => assert_eq!(reason(&e), "code_used", "{e:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let got = state_of(&mut cx.a, &r.transaction_id, 0).await;
+    assert_eq!(got.state, won[0]);
+    let answers = cx
+        .tv
+        .count("SELECT count(*) FROM audit_log WHERE detail LIKE '%op=answer_transaction%' AND outcome = 'ok'")
+        .await;
+    assert_eq!(answers, 1);
+    cx.tv.stop().await
+}
