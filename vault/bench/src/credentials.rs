@@ -225,7 +225,7 @@ fn status_lists(
     };
     let mut token = String::new();
     let d = time(BUILDS, |_| {
-        let list = status::build_list(&state, &perm, entries.clone());
+        let list = status::build_list(&state, &perm, entries.clone()).ok_or("list size")?;
         token = status::sign_status_list(issuer, &spec, &list);
         Ok(())
     })?;

@@ -202,14 +202,16 @@ pub fn status_list(l: &StatusListState) -> RowBytes {
 }
 
 /// A credential's status entry: list, index, sequence number, subject and
-/// device (both empty once the subject is deleted), expiry, revocation
-/// time.
+/// device (each a presence flag then its bytes; both absent once the
+/// subject is deleted), expiry, revocation time.
 pub fn credential_entry(e: &CredentialEntry) -> RowBytes {
     RowBytes::new("credential")
         .int(e.list_id)
         .int(e.idx)
         .int(e.seq)
+        .flag(e.subject.is_some())
         .bytes(e.subject.as_ref().map_or(&[][..], |s| s.as_bytes()))
+        .flag(e.device_id.is_some())
         .text(e.device_id.as_deref().unwrap_or_default())
         .int(e.expires_at)
         .opt_int(e.revoked_at_ms)

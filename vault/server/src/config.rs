@@ -280,8 +280,8 @@ pub struct CredentialsSection {
     #[serde(default = "default_status_log2")]
     pub status_list_size_log2: u32,
     /// The status list token's `ttl` and how often the vault re-signs it;
-    /// a revocation re-signs at once. Its `exp` is ten times this after
-    /// its `iat`.
+    /// a revocation re-signs at once (on the replica that made it). Its
+    /// `exp` is four times this after its `iat`.
     #[serde(default = "default_status_ttl")]
     pub status_list_ttl_seconds: u32,
 }
@@ -291,6 +291,7 @@ impl CredentialsSection {
     pub fn status_list_base(&self) -> String {
         self.status_list_base
             .clone()
+            .map(|b| b.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("{}/statuslists", self.issuer.trim_end_matches('/')))
     }
 }

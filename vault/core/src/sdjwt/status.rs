@@ -207,8 +207,8 @@ pub struct StatusListToken {
     pub uri: String,
     /// `iat`.
     pub issued_at: i64,
-    /// `exp`, if any.
-    pub expires_at: Option<i64>,
+    /// `exp`.
+    pub expires_at: i64,
     /// `ttl`, seconds, if any: how long a copy may be kept before fetching
     /// a new one.
     pub ttl: Option<u64>,
@@ -277,14 +277,13 @@ pub fn verify_status_list(
     if issued_at > now + skew_secs {
         return Err(SdJwtError::Status("status list token issued in the future"));
     }
-    let expires_at = match p.get("exp") {
-        None => None,
-        Some(v) => Some(
-            v.as_i64()
-                .ok_or(SdJwtError::Status("status list token exp"))?,
-        ),
-    };
-    if expires_at.is_some_and(|e| now >= e.saturating_add(skew_secs)) {
+    // Required here (the draft recommends it): a token without one would
+    // be good for ever, and the vault always sets it.
+    let expires_at = p
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(SdJwtError::Status("status list token has no exp"))?;
+    if now >= expires_at.saturating_add(skew_secs) {
         return Err(SdJwtError::Status("status list token expired"));
     }
     let ttl = match p.get("ttl") {
@@ -380,39 +379,30 @@ pub struct CredentialEntry {
 }
 
 /// Builds a one-bit list from its state and its stored entries, each with
-/// whether its row MAC verified. Fails closed: an entry is [`VALID`] only
-/// if its row verified and is not revoked; a sequence number below
-/// `next_seq` with no such row (deleted, or edited) is [`INVALID`] at the
-/// index the permutation gives it; so is a row that did not verify.
+/// whether its row MAC verified. Fails closed: an entry placed before the
+/// count was read (`seq < next_seq`) is [`VALID`] only if its row verified
+/// and is not revoked; one with no such row (deleted, or edited) is
+/// [`INVALID`] at the index the permutation gives it, and so is a row that
+/// did not verify. A verified row at or past the count was placed after
+/// the count was read (the caller reads the list first, then its
+/// entries): it keeps its own state.
 pub fn build_list(
     state: &StatusListState,
     perm: &IndexPermutation,
     entries: impl IntoIterator<Item = (CredentialEntry, bool)>,
-) -> StatusList {
+) -> Option<StatusList> {
     let size = perm.size();
-    let mut list =
-        StatusList::new(1, usize::try_from(size).unwrap_or(usize::MAX)).unwrap_or_else(|| {
-            StatusList {
-                bits: 1,
-                bytes: Vec::new(),
-            }
-        });
+    let mut list = StatusList::new(1, usize::try_from(size).ok()?)?;
     let placed = u64::try_from(state.next_seq).unwrap_or(0).min(size);
-    let mut valid = vec![false; usize::try_from(placed).unwrap_or(0)];
+    let mut valid = vec![false; usize::try_from(placed).ok()?];
     for (e, mac_ok) in entries {
         let Ok(idx) = u64::try_from(e.idx) else {
             continue;
         };
-        let seq = u64::try_from(e.seq).ok().filter(|s| *s < placed);
-        match seq {
-            Some(seq) if mac_ok && e.revoked_at_ms.is_none() => {
-                if let Some(v) = usize::try_from(seq).ok().and_then(|s| valid.get_mut(s)) {
-                    *v = true;
-                }
-            }
-            _ => {
-                list.set(idx, INVALID);
-            }
+        if !mac_ok || e.revoked_at_ms.is_some() {
+            list.set(idx, INVALID);
+        } else if let Some(v) = usize::try_from(e.seq).ok().and_then(|s| valid.get_mut(s)) {
+            *v = true;
         }
     }
     for (seq, ok) in (0u64..).zip(&valid) {
@@ -420,7 +410,7 @@ pub fn build_list(
             list.set(perm.apply(seq), INVALID);
         }
     }
-    list
+    Some(list)
 }
 
 /// Rounds of the Feistel network (four: a pseudo-random permutation when
@@ -607,7 +597,7 @@ mod tests {
         let t = sign_status_list(&k, &spec, &list);
         let v = verify_status_list(&t, &jwks, Some(uri), 1_100, 60).unwrap();
         assert_eq!((v.uri.as_str(), v.issued_at), (uri, 1_000));
-        assert_eq!((v.expires_at, v.ttl), (Some(4_600), Some(300)));
+        assert_eq!((v.expires_at, v.ttl), (4_600, Some(300)));
         assert_eq!(v.list, list);
 
         let at = |idx: u64, uri: &str| {
@@ -680,16 +670,17 @@ mod tests {
             expires_at: 0,
             revoked_at_ms: revoked.then_some(1),
         };
-        // 0 and 1 valid; 2 deleted; 3 revoked; 4 edited (MAC fails); a
-        // verified row beyond the count (a count rolled back) refused.
+        // 0 and 1 valid; 2 deleted; 3 revoked; 4 edited (MAC fails); 9
+        // and 10 placed after the count was read keep their own state.
         let rows = vec![
             (entry(0, false), true),
             (entry(1, false), true),
             (entry(3, true), true),
             (entry(4, false), false),
             (entry(9, false), true),
+            (entry(10, true), true),
         ];
-        let list = build_list(&state, &perm, rows);
+        let list = build_list(&state, &perm, rows).unwrap();
         assert_eq!(list.len(), 1024);
         for (seq, want) in [
             (0, VALID),
@@ -700,7 +691,8 @@ mod tests {
         ] {
             assert_eq!(list.get(perm.apply(seq)), Some(want), "seq {seq}");
         }
-        assert_eq!(list.get(perm.apply(9)), Some(INVALID));
+        assert_eq!(list.get(perm.apply(9)), Some(VALID));
+        assert_eq!(list.get(perm.apply(10)), Some(INVALID));
         // Entries never placed stay valid (nothing refers to them).
         let invalid = (0..1024).filter(|i| list.get(*i) == Some(INVALID)).count();
         assert_eq!(invalid, 4);

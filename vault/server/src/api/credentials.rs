@@ -37,11 +37,11 @@ impl CredentialService for CredentialApi {
     ) -> Result<Response<pb::GetStatusListResponse>, Status> {
         let who = caller(&req)?;
         let uri = req.into_inner().uri;
-        let token = within(self.deadline, async {
-            self.vault
-                .status_list_token(&who, &uri)
-                .await
-                .map_err(status)
+        let vault = Arc::clone(&self.vault);
+        // Detached: a rebuild a caller started is finished (and cached)
+        // even if that caller stops waiting.
+        let token = detached(self.deadline, async move {
+            vault.status_list_token(&who, &uri).await
         })
         .await?;
         Ok(Response::new(pb::GetStatusListResponse {

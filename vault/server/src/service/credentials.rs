@@ -113,6 +113,11 @@ impl Vault {
             let names: Vec<String> = made.iter().map(|(n, _)| n.clone()).collect();
 
             let mut tx = self.begin().await?;
+            // The per-subject guard first (locked on PostgreSQL, in the
+            // order deletion takes its locks): a deletion racing this
+            // issuance either waits for it and revokes the new credential,
+            // or has happened and the person is gone.
+            tx.subject(&subject).await?.ok_or(VaultError::NotFound)?;
             self.still_active(&mut tx, &device).await?;
             if !tx
                 .insert_device_request(&call.request_id, &device.device_id, self.now_millis())

@@ -257,71 +257,79 @@ impl Vault {
         op: DeviceOp,
         s: Signed,
     ) -> Result<DeviceOutcome, VaultError> {
-        self.handle(caller, Action::DeviceCall, async |req| {
-            let (device, call) = self
-                .verified_device_request(req, &s, |a| op.matches(a))
-                .await?;
-            let subject = device.subject;
-            let now = self.now_millis();
-            let mut tx = self.begin().await?;
-            self.still_active(&mut tx, &device).await?;
-            if !tx
-                .insert_device_request(&call.request_id, &device.device_id, now)
-                .await?
-            {
-                return Err(refused(Refusal::RequestReplayed));
-            }
-            let (out, detail) = match &call.action {
-                DeviceAction::ListReceipts => {
-                    let r = tx.receipts_of(&subject, MAX_RECEIPTS).await?;
-                    let n = r.len();
-                    (DeviceOutcome::Receipts(r), format!("receipts={n}"))
+        let out = self
+            .handle(caller, Action::DeviceCall, async |req| {
+                let (device, call) = self
+                    .verified_device_request(req, &s, |a| op.matches(a))
+                    .await?;
+                let subject = device.subject;
+                let now = self.now_millis();
+                let mut tx = self.begin().await?;
+                if matches!(op, DeviceOp::RevokeDevice | DeviceOp::RevokeCredential) {
+                    // Subject, then device, then credential rows: the order
+                    // deletion locks them in (PostgreSQL), so the two cannot
+                    // deadlock.
+                    tx.subject(&subject).await?.ok_or(VaultError::NotFound)?;
                 }
-                DeviceAction::ListDevices => {
-                    let d = tx.devices_of(&subject).await?;
-                    let n = d.len();
-                    (DeviceOutcome::Devices(d), format!("devices={n}"))
-                }
-                DeviceAction::RevokeConsent(id) => {
-                    let done = tx.revoke_consent(id, &subject, now).await?;
-                    (
-                        DeviceOutcome::Revoked(done),
-                        format!("consent={} revoked={done}", hex::encode(id)),
-                    )
-                }
-                DeviceAction::RevokeDevice(id) => {
-                    let done = tx.revoke_device(id, &subject, now).await?;
-                    // A digital ID bound to the revoked device's key goes
-                    // with it.
-                    let credentials = if done {
-                        tx.revoke_credentials_of_device(id, now).await?
-                    } else {
-                        0
-                    };
-                    (
-                        DeviceOutcome::Revoked(done),
-                        format!("target={id} revoked={done} credentials_revoked={credentials}"),
-                    )
-                }
-                DeviceAction::RevokeCredential(r) => {
-                    let (out, _) = self.revoke_entry(&mut tx, r, Some(&subject)).await?;
-                    (
-                        DeviceOutcome::Revoked(out.revoked),
-                        format!("list={} idx={} revoked={}", r.uri, r.idx, out.revoked),
-                    )
-                }
-                other => self
-                    .rules_action(&mut tx, &subject, other)
+                self.still_active(&mut tx, &device).await?;
+                if !tx
+                    .insert_device_request(&call.request_id, &device.device_id, now)
                     .await?
-                    .ok_or(VaultError::Internal("unhandled device action"))?,
-            };
-            let detail = format!("op={} device={} {detail}", op.name(), device.device_id);
-            self.commit(tx, req, Some(&subject), detail).await?;
-            if matches!(op, DeviceOp::RevokeDevice | DeviceOp::RevokeCredential) {
-                self.status_changed();
-            }
-            Ok(out)
-        })
-        .await
+                {
+                    return Err(refused(Refusal::RequestReplayed));
+                }
+                let (out, detail) = match &call.action {
+                    DeviceAction::ListReceipts => {
+                        let r = tx.receipts_of(&subject, MAX_RECEIPTS).await?;
+                        let n = r.len();
+                        (DeviceOutcome::Receipts(r), format!("receipts={n}"))
+                    }
+                    DeviceAction::ListDevices => {
+                        let d = tx.devices_of(&subject).await?;
+                        let n = d.len();
+                        (DeviceOutcome::Devices(d), format!("devices={n}"))
+                    }
+                    DeviceAction::RevokeConsent(id) => {
+                        let done = tx.revoke_consent(id, &subject, now).await?;
+                        (
+                            DeviceOutcome::Revoked(done),
+                            format!("consent={} revoked={done}", hex::encode(id)),
+                        )
+                    }
+                    DeviceAction::RevokeDevice(id) => {
+                        let done = tx.revoke_device(id, &subject, now).await?;
+                        // A digital ID bound to the revoked device's key goes
+                        // with it.
+                        let credentials = if done {
+                            tx.revoke_credentials_of_device(id, now).await?
+                        } else {
+                            0
+                        };
+                        (
+                            DeviceOutcome::Revoked(done),
+                            format!("target={id} revoked={done} credentials_revoked={credentials}"),
+                        )
+                    }
+                    DeviceAction::RevokeCredential(r) => {
+                        let (out, _) = self.revoke_entry(&mut tx, r, Some(&subject)).await?;
+                        (
+                            DeviceOutcome::Revoked(out.revoked),
+                            format!("list={} idx={} revoked={}", r.uri, r.idx, out.revoked),
+                        )
+                    }
+                    other => self
+                        .rules_action(&mut tx, &subject, other)
+                        .await?
+                        .ok_or(VaultError::Internal("unhandled device action"))?,
+                };
+                let detail = format!("op={} device={} {detail}", op.name(), device.device_id);
+                self.commit(tx, req, Some(&subject), detail).await?;
+                Ok(out)
+            })
+            .await;
+        if matches!(op, DeviceOp::RevokeDevice | DeviceOp::RevokeCredential) {
+            self.status_maybe_changed(&out, |o| matches!(o, DeviceOutcome::Revoked(true)));
+        }
+        out
     }
 }

@@ -50,6 +50,10 @@ impl StatusLists {
     }
 }
 
+/// A status list token's `exp`, in `ttl`s after its `iat`: how long an
+/// offline verifier may keep using a copy while the vault is unreachable.
+const STATUS_EXP_TTLS: i64 = 4;
+
 /// A revocation's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Revoked {
@@ -185,6 +189,28 @@ impl Vault {
         self.status_lists.cache().generation += 1;
     }
 
+    /// After a call that may have revoked: rebuild if it did, or if its
+    /// commit's outcome is unknown (a storage failure or deadline during
+    /// the commit may still have committed). A call that changed nothing
+    /// costs no rebuild.
+    pub(crate) fn status_maybe_changed<T>(
+        &self,
+        r: &Result<T, VaultError>,
+        changed: impl FnOnce(&T) -> bool,
+    ) {
+        let uncertain = |e: &VaultError| {
+            matches!(
+                e,
+                VaultError::Storage(_)
+                    | VaultError::AuditUnavailable(_)
+                    | VaultError::DeadlineExceeded
+            )
+        };
+        if r.as_ref().map_or_else(uncertain, changed) {
+            self.status_changed();
+        }
+    }
+
     /// The operator revokes a credential (`CredentialService.RevokeCredential`,
     /// role `credentials.revoke`).
     pub async fn revoke_credential(
@@ -206,9 +232,9 @@ impl Vault {
                 self.commit(tx, req, subject.as_ref(), detail).await?;
                 Ok(out)
             })
-            .await?;
-        self.status_changed();
-        Ok(out)
+            .await;
+        self.status_maybe_changed(&out, |o| o.revoked);
+        out
     }
 
     /// The signed token of the list `uri` names (empty: the newest list).
@@ -258,28 +284,43 @@ impl Vault {
         self.rebuild_status_lists().await
     }
 
-    /// Builds and signs every list from the store.
+    /// Builds and signs every list from the store. Each list's row is
+    /// read before its entries (a credential placed in between keeps its
+    /// own state, see [`status::build_list`]); the CPU work runs off the
+    /// async workers. A list whose row fails its check is left out (and
+    /// logged): its token is refused rather than published wrong.
     async fn rebuild_status_lists(&self) -> Result<BTreeMap<i64, Arc<String>>, VaultError> {
         let generation = self.status_lists.cache().generation;
         let now = self.now_secs();
         let ttl = self.credential_settings().status_list_ttl_seconds;
         let key = self.issuer_key()?;
         let mut tokens = BTreeMap::new();
-        for l in self.store().status_lists().await? {
+        for (list_id, l) in self.store().status_lists().await? {
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(list_id, error = %e, "status list row refused; its token is not published");
+                    continue;
+                }
+            };
             let perm = self.permutation(&l)?;
             let entries = self.store().credential_entries(l.list_id).await?;
-            let list = status::build_list(&l, &perm, entries);
             let uri = self.status_list_uri(l.list_id);
-            let spec = ListSpec {
-                uri: &uri,
-                issued_at: now,
-                expires_at: now + 10 * i64::from(ttl),
-                ttl: u64::from(ttl),
-            };
-            tokens.insert(
-                l.list_id,
-                Arc::new(status::sign_status_list(&key, &spec, &list)),
-            );
+            let key = Arc::clone(&key);
+            let token = tokio::task::spawn_blocking(move || {
+                let list = status::build_list(&l, &perm, entries)?;
+                let spec = ListSpec {
+                    uri: &uri,
+                    issued_at: now,
+                    expires_at: now + STATUS_EXP_TTLS * i64::from(ttl),
+                    ttl: u64::from(ttl),
+                };
+                Some(status::sign_status_list(&key, &spec, &list))
+            })
+            .await
+            .map_err(|_| VaultError::Internal("status list build"))?
+            .ok_or(VaultError::Integrity("status list size"))?;
+            tokens.insert(l.list_id, Arc::new(token));
         }
         let mut c = self.status_lists.cache();
         c.tokens = tokens.clone();

@@ -187,7 +187,7 @@ impl Vault {
         caller: &super::Caller,
         subject: &str,
     ) -> Result<u64, VaultError> {
-        let n = self
+        let done = self
             .handle(caller, Action::DeleteSubject, async |req| {
                 let id = req.subject_id(subject)?;
                 req.decide_on_subject(&id, &[])?;
@@ -203,10 +203,11 @@ impl Vault {
                     format!("packets={n} credentials_revoked={credentials}"),
                 )
                 .await?;
-                Ok(n)
+                Ok((n, credentials))
             })
-            .await?;
-        self.status_changed();
+            .await;
+        self.status_maybe_changed(&done, |(_, credentials)| *credentials > 0);
+        let (n, _) = done?;
         if let Err(e) = self.store().compact_after_delete().await {
             tracing::warn!(error = %e, "WAL checkpoint after delete failed; deleted pages stay in the WAL until the next checkpoint");
         }

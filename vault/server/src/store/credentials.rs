@@ -63,16 +63,27 @@ fn entry_row(keys: &RowMac, r: &AnyRow) -> Result<(CredentialEntry, bool), Store
 }
 
 impl Store {
-    /// Every status list, oldest first, MACs checked.
-    pub async fn status_lists(&self) -> Result<Vec<StatusListState>, StoreError> {
+    /// Every status list, oldest first, each with its MAC checked on its
+    /// own (one bad row does not hide the others).
+    pub async fn status_lists(
+        &self,
+    ) -> Result<Vec<(i64, Result<StatusListState, StoreError>)>, StoreError> {
         let rows = sqlx::query(concat!(select_lists!(), " ORDER BY list_id"))
             .fetch_all(self.pool())
             .await?;
         let keys = self.row_keys()?;
-        rows.iter().map(|r| list_row(&keys, r)).collect()
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let id = r.try_get::<i64, _>("list_id").unwrap_or_default();
+                (id, list_row(&keys, r))
+            })
+            .collect())
     }
 
-    /// Every entry of a list, each with whether its MAC verified.
+    /// Every entry of a list, each with whether its MAC verified. A row
+    /// that does not even decode is left out: the list's count publishes
+    /// its sequence number as revoked.
     pub async fn credential_entries(
         &self,
         list_id: i64,
@@ -82,7 +93,10 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         let keys = self.row_keys()?;
-        rows.iter().map(|r| entry_row(&keys, r)).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|r| entry_row(&keys, r).ok())
+            .collect())
     }
 
     /// One entry, with whether its MAC verified.
@@ -293,10 +307,13 @@ impl AuditedTx {
         drop(keys);
         let mut n = 0;
         for (e, ok) in rows {
-            if ok && e.revoked_at_ms.is_none() {
-                n += 1;
+            let valid = ok && e.revoked_at_ms.is_none();
+            // Revoked and verified already: nothing to write (unless the
+            // person is being forgotten).
+            if valid || !ok || forget {
+                self.revoke_credential(&e, now_ms, forget).await?;
             }
-            self.revoke_credential(&e, now_ms, forget).await?;
+            n += u64::from(valid);
         }
         Ok(n)
     }

@@ -50,14 +50,18 @@ pub(crate) enum PartnerCredentialCommand {
         status_list: Option<PathBuf>,
     },
     /// Fetch a signed status list token (the newest list, or --uri) and
-    /// check its signature against the vault's issuer keys; prints it or
-    /// writes it to --out.
+    /// check its signature against the issuer keys (pinned with --jwks, or
+    /// else as the vault answers them over the same connection); prints it
+    /// or writes it to --out.
     StatusList {
         /// The list's URI (a credential's `status.status_list.uri`).
         #[arg(long)]
         uri: Option<String>,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Pinned JWK Set (`idvault issuer jwks`).
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
     },
     /// Revoke a credential as the operator (role `credentials.revoke`), by
     /// its status list entry: --uri and --index, or read from a
@@ -103,7 +107,7 @@ pub(crate) async fn partner(conn: &ConnectArgs, c: PartnerCredentialCommand) -> 
             };
             println!("{claims}");
         }
-        PartnerCredentialCommand::StatusList { uri, out } => {
+        PartnerCredentialCommand::StatusList { uri, out, jwks } => {
             let mut client = CredentialServiceClient::new(conn.channel().await?);
             let token = client
                 .get_status_list(pb::GetStatusListRequest {
@@ -112,11 +116,16 @@ pub(crate) async fn partner(conn: &ConnectArgs, c: PartnerCredentialCommand) -> 
                 .await?
                 .into_inner()
                 .status_list_token;
-            let jwks = client
-                .get_issuer_keys(pb::GetIssuerKeysRequest {})
-                .await?
-                .into_inner()
-                .jwks;
+            let jwks = match jwks {
+                Some(f) => read(&f)?.to_string(),
+                None => {
+                    client
+                        .get_issuer_keys(pb::GetIssuerKeysRequest {})
+                        .await?
+                        .into_inner()
+                        .jwks
+                }
+            };
             let t = status::verify_status_list(
                 &token,
                 &Jwks::parse(&jwks)?,
@@ -137,7 +146,7 @@ pub(crate) async fn partner(conn: &ConnectArgs, c: PartnerCredentialCommand) -> 
                         path.display(),
                         t.list.len(),
                         t.issued_at,
-                        t.expires_at.unwrap_or_default(),
+                        t.expires_at,
                         t.ttl.unwrap_or_default()
                     );
                 }
@@ -205,6 +214,16 @@ fn offline_verify(
     };
     let checked = sdjwt::verify_presentation(text, &keys, &expect).and_then(|v| {
         let token = status::verify_status_list(list, &keys, None, now, OFFLINE_SKEW_SECS)?;
+        // Past its ttl the vault has re-signed the list: a revocation since
+        // this copy was fetched is not in it (the copy is refused at exp).
+        if let Some(ttl) = token.ttl
+            && now > token.issued_at.saturating_add_unsigned(ttl) + OFFLINE_SKEW_SECS
+        {
+            eprintln!(
+                "warning: the status list is {} s old, past its ttl of {ttl} s; fetch a new one (idvault partner status-list)",
+                now - token.issued_at
+            );
+        }
         status::check_status(&v, &token)?;
         Ok(v)
     });
