@@ -113,6 +113,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     transactions::approve_and_deny_with_two_third_parties,
     transactions::every_refusal_is_distinct_and_audited,
     transactions::codes_are_single_use_under_concurrency,
+    transactions::codes_expire,
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,

@@ -92,21 +92,18 @@ fn lookup_req(key: &DeviceKey, code: &str) -> pb::SignedDeviceRequest {
     )
 }
 
+/// The phone's answer to what it was shown.
 fn answer_req(
     key: &DeviceKey,
-    id: &str,
+    shown: &pb::LookupTransactionResponse,
     code: &str,
     approve: bool,
     claims: &[&str],
 ) -> pb::SignedDeviceRequest {
+    let claims: Vec<String> = claims.iter().map(|c| (*c).into()).collect();
     signed(
         key,
-        pb::device_request::Action::AnswerTransaction(pb::AnswerTransaction {
-            transaction_id: id.into(),
-            code: code.into(),
-            approve,
-            claims: claims.iter().map(|c| (*c).into()).collect(),
-        }),
+        idvault_tests::idvault_client::device::transaction_answer(shown, code, approve, &claims),
     )
 }
 
@@ -225,7 +222,19 @@ pub async fn approve_and_deny_with_two_third_parties(b: Backend) -> anyhow::Resu
         "Pay 45.00 EUR to Shop Ltd, order 7781"
     );
     assert_eq!(shown.claims, ["age_over_18", "given_name"]);
-    let answer = answer_req(&cx.phone, &r.transaction_id, &typed, true, &["given_name"]);
+    // What a proxy or wallet app might show instead: the vault refuses an
+    // answer to anything but the transaction as it holds it.
+    let mut altered = shown.clone();
+    altered.binding_message = "Log in to Shop Ltd".into();
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .answer_transaction(answer_req(&cx.phone, &altered, &typed, true, &[]))
+                .await
+        ),
+        (Code::PermissionDenied, "shown_mismatch".into())
+    );
+    let answer = answer_req(&cx.phone, &shown, &typed, true, &["given_name"]);
     let out = cx
         .wallet
         .answer_transaction(answer.clone())
@@ -240,7 +249,7 @@ pub async fn approve_and_deny_with_two_third_parties(b: Backend) -> anyhow::Resu
         &got.assertion,
         &keys,
         PARTNER_A,
-        Some(&r.transaction_id),
+        &r.transaction_id,
         unix_now(),
         60,
     )?;
@@ -255,7 +264,7 @@ pub async fn approve_and_deny_with_two_third_parties(b: Backend) -> anyhow::Resu
             &got.assertion,
             &keys,
             "spiffe://idvault.dev/partner/partner-b",
-            None,
+            &r.transaction_id,
             unix_now(),
             60
         )
@@ -270,7 +279,7 @@ pub async fn approve_and_deny_with_two_third_parties(b: Backend) -> anyhow::Resu
     assert_eq!(
         refusal(
             cx.wallet
-                .answer_transaction(answer_req(&cx.phone, &r.transaction_id, &typed, false, &[]))
+                .answer_transaction(answer_req(&cx.phone, &shown, &typed, false, &[]))
                 .await
         ),
         (Code::FailedPrecondition, "code_used".into())
@@ -281,26 +290,33 @@ pub async fn approve_and_deny_with_two_third_parties(b: Backend) -> anyhow::Resu
         state_of(&mut b_client, &rb.transaction_id, 0).await.state,
         "pending"
     );
-    cx.wallet
+    let shown_b = cx
+        .wallet
         .lookup_transaction(lookup_req(&cx.phone, &rb.code))
-        .await?;
+        .await?
+        .into_inner();
+    assert_eq!(shown_b.requester, "spiffe://idvault.dev/partner/partner-b");
     let out = cx
         .wallet
-        .answer_transaction(answer_req(
-            &cx.phone,
-            &rb.transaction_id,
-            &rb.code,
-            false,
-            &[],
-        ))
+        .answer_transaction(answer_req(&cx.phone, &shown_b, &rb.code, false, &[]))
         .await?
         .into_inner();
     assert_eq!(out.state, "denied");
     let got = state_of(&mut b_client, &rb.transaction_id, 0).await;
     assert_eq!((got.state.as_str(), got.assertion.as_str()), ("denied", ""));
+    // Both sides of the denial are on the record.
     let (action, outcome, detail) = cx.tv.last_audit().await;
-    assert_eq!((action.as_str(), outcome.as_str()), ("DeviceCall", "ok"));
-    assert!(detail.contains("state=denied"), "{detail}");
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("AwaitTransaction", "ok")
+    );
+    assert!(detail.contains("state=denied assertion=false"), "{detail}");
+    assert_eq!(
+        cx.tv
+            .count("SELECT count(*) FROM audit_log WHERE action = 'DeviceCall' AND detail LIKE '%op=answer_transaction%state=denied%'")
+            .await,
+        1
+    );
 
     // The audit log holds no claim value, binding message or code.
     let rows: Vec<(String,)> = sqlx::query_as("SELECT detail FROM audit_log")
@@ -310,7 +326,7 @@ pub async fn approve_and_deny_with_two_third_parties(b: Backend) -> anyhow::Resu
     for secret in ["Amélie", "Shop Ltd", "Bank B", &r.code, &rb.code] {
         assert!(!text.contains(secret), "{secret} in the audit log");
     }
-    assert!(text.contains("op=assertion"));
+    assert!(text.contains("op=outcome") && text.contains("assertion=true"));
     assert!(matches!(
         cx.tv.verify_audit().await?,
         idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
@@ -328,26 +344,6 @@ pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result
         let (action, outcome, detail) = cx.tv.last_audit().await;
         format!("{action} {outcome} {detail}")
     };
-
-    // Expiry.
-    let r =
-        cx.a.request_code(ask(&cx.token_a, "Short-lived", &[], 1))
-            .await?
-            .into_inner();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(
-        refusal(
-            cx.wallet
-                .lookup_transaction(lookup_req(&cx.phone, &r.code))
-                .await
-        ),
-        (Code::FailedPrecondition, "code_expired".into())
-    );
-    assert!(last(&cx).await.contains("code_expired"));
-    assert_eq!(
-        state_of(&mut cx.a, &r.transaction_id, 0).await.state,
-        "expired"
-    );
 
     // Wrong codes: each counted against the outstanding code; the fifth
     // ends it; the right code is then used up.
@@ -407,15 +403,21 @@ pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result
         cx.a.request_code(ask(&cx.token_a, "Transfer 900 EUR", &[], 0))
             .await?
             .into_inner();
+    // The phone hears only "wrong code" (a guesser must not learn it hit
+    // a code); the audit log and the third party say what happened.
     assert_eq!(
         refusal(
             cx.wallet
                 .lookup_transaction(lookup_req(&stranger, &r.code))
                 .await
         ),
-        (Code::PermissionDenied, "wrong_person".into())
+        (Code::PermissionDenied, "wrong_code".into())
     );
-    assert!(last(&cx).await.contains("wrong_person"));
+    let audited = last(&cx).await;
+    assert!(
+        audited.contains("wrong_person") && audited.contains("ended=true"),
+        "{audited}"
+    );
     assert_eq!(
         state_of(&mut cx.a, &r.transaction_id, 0).await.state,
         "wrong_person"
@@ -433,31 +435,28 @@ pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result
         cx.a.request_code(ask(&cx.token_a, "Second", &[], 0))
             .await?
             .into_inner();
+    let shown2 = cx
+        .wallet
+        .lookup_transaction(lookup_req(&cx.phone, &r2.code))
+        .await?
+        .into_inner();
+    let other_id = pb::LookupTransactionResponse {
+        transaction_id: r.transaction_id.clone(),
+        ..shown2.clone()
+    };
     assert_eq!(
         refusal(
             cx.wallet
-                .answer_transaction(answer_req(
-                    &cx.phone,
-                    &r.transaction_id,
-                    &r2.code,
-                    true,
-                    &[]
-                ))
+                .answer_transaction(answer_req(&cx.phone, &other_id, &r2.code, true, &[]))
                 .await
         ),
         (Code::PermissionDenied, "wrong_code".into())
     );
-    // Approving a claim that was not asked for is malformed.
+    // Sharing a claim that was not asked for is malformed.
     assert_eq!(
         refusal(
             cx.wallet
-                .answer_transaction(answer_req(
-                    &cx.phone,
-                    &r2.transaction_id,
-                    &r2.code,
-                    true,
-                    &["email"]
-                ))
+                .answer_transaction(answer_req(&cx.phone, &shown2, &r2.code, true, &["email"]))
                 .await
         ),
         (Code::InvalidArgument, "malformed".into())
@@ -488,6 +487,8 @@ pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result
         ask(&cx.token_a, "ok", &["shoe_size"], 0),
         ask(&cx.token_a, "ok", &["email", "email"], 0),
         ask(&cx.token_a, "ok", &[], 301),
+        ask(&cx.token_a, "ok", &[], 29),
+        ask(&cx.token_a, "zero\u{200B}width", &[], 0),
     ] {
         assert_eq!(
             cx.a.request_code(bad).await.unwrap_err().code(),
@@ -546,6 +547,54 @@ pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+
+    // At most 3 pending per third party and person (r2 is one).
+    for n in 0..2 {
+        cx.a.request_code(ask(&cx.token_a, &format!("Cap {n}"), &[], 0))
+            .await?;
+    }
+    let e =
+        cx.a.request_code(ask(&cx.token_a, "Cap 3", &[], 0))
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        !e.message().contains('3') || e.message().contains("this person"),
+        "{}",
+        e.message()
+    );
+    cx.tv.stop().await
+}
+
+/// A code past its lifetime (at least 30 s) is refused, audited, and the
+/// third party reads `expired`.
+pub async fn codes_expire(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(b).await?;
+    let r =
+        cx.a.request_code(ask(&cx.token_a, "Short-lived", &[], 30))
+            .await?
+            .into_inner();
+    assert!(r.expires_at <= unix_now() + 30);
+    tokio::time::sleep(std::time::Duration::from_millis(31_200)).await;
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&cx.phone, &r.code))
+                .await
+        ),
+        (Code::FailedPrecondition, "code_expired".into())
+    );
+    let (_, outcome, detail) = cx.tv.last_audit().await;
+    assert!(
+        outcome == "refused" && detail.contains("code_expired"),
+        "{detail}"
+    );
+    assert_eq!(
+        state_of(&mut cx.a, &r.transaction_id, 0).await.state,
+        "expired"
+    );
+    let (_, _, detail) = cx.tv.last_audit().await;
+    assert!(detail.contains("state=expired"), "{detail}");
     cx.tv.stop().await
 }
 
@@ -556,10 +605,15 @@ pub async fn codes_are_single_use_under_concurrency(b: Backend) -> anyhow::Resul
         cx.a.request_code(ask(&cx.token_a, "Race", &["given_name"], 0))
             .await?
             .into_inner();
+    let shown = cx
+        .wallet
+        .lookup_transaction(lookup_req(&cx.phone, &r.code))
+        .await?
+        .into_inner();
     let mut calls = Vec::new();
     for i in 0..8 {
         let mut w = DeviceServiceClient::new(cx.tv.channel("wallet").await?);
-        let req = answer_req(&cx.phone, &r.transaction_id, &r.code, i % 2 == 0, &[]);
+        let req = answer_req(&cx.phone, &shown, &r.code, i % 2 == 0, &[]);
         calls.push(tokio::spawn(async move { w.answer_transaction(req).await }));
     }
     let mut won = Vec::new();

@@ -13,6 +13,10 @@
 //!    client opens every answer) and `VerifyPresentation` (verify, audit leaf,
 //!    commit) and `GetStatusList` (the signed token of the newest list,
 //!    as rebuilt after phase 2), each with its ratio to the baseline.
+//!    Then one-time transaction codes: a full round trip per call (the
+//!    third party asks for a code, the phone looks it up and approves,
+//!    both device-signed, the third party reads the outcome with its
+//!    signed assertion).
 //! 3. **Revocation, in process**: building, compressing and signing a
 //!    2^20-entry status list holding 100,000 credentials (1 % revoked),
 //!    and a relying party's offline check against the token.
@@ -22,9 +26,14 @@ use std::time::{Duration, Instant};
 use idvault_client::device::unix_now;
 use idvault_core::SystemRng;
 use idvault_core::sdjwt::{self, CredentialSpec, EcJwk, Expectations, IssuerKey, Jwks, status};
+use idvault_proto::v1 as pb;
 use idvault_proto::v1::credential_service_client::CredentialServiceClient;
 use idvault_proto::v1::device_service_client::DeviceServiceClient;
-use idvault_proto::v1::{GetIssuerKeysRequest, GetStatusListRequest, VerifyPresentationRequest};
+use idvault_proto::v1::transaction_service_client::TransactionServiceClient;
+use idvault_proto::v1::{
+    AwaitTransactionRequest, GetIssuerKeysRequest, GetStatusListRequest, RequestCodeRequest,
+    VerifyPresentationRequest,
+};
 use serde_json::json;
 
 use crate::BenchError;
@@ -304,14 +313,14 @@ async fn remote(
     }
     let limit = || Limit::Until(Instant::now() + Duration::from_secs_f64(o.seconds));
 
-    progress("phase 1 of 4: health Check (baseline)");
+    progress("phase 1 of 5: health Check (baseline)");
     let (p, _) = closed_loop("Health/Check (baseline)", &rp, limit(), |ch, _, _| {
         health_check(ch)
     })
     .await?;
     r.phases.push(p);
 
-    progress("phase 2 of 4: IssueCredential");
+    progress("phase 2 of 5: IssueCredential");
     let (p, creds) = {
         let people = std::sync::Arc::clone(&people);
         closed_loop("IssueCredential", &wallets, limit(), move |ch, w, _| {
@@ -360,7 +369,7 @@ async fn remote(
         .get_issuer_keys(GetIssuerKeysRequest {})
         .await?;
     let presentations = std::sync::Arc::new(presentations);
-    progress("phase 3 of 4: VerifyPresentation");
+    progress("phase 3 of 5: VerifyPresentation");
     let (p, _) = closed_loop("VerifyPresentation", &rp, limit(), move |ch, w, _| {
         let presentations = std::sync::Arc::clone(&presentations);
         async move {
@@ -378,7 +387,7 @@ async fn remote(
     .await?;
     r.phases.push(p);
 
-    progress("phase 4 of 4: GetStatusList");
+    progress("phase 4 of 5: GetStatusList");
     let (p, _) = closed_loop("GetStatusList", &rp, limit(), |ch, _, _| async move {
         CredentialServiceClient::new(ch)
             .get_status_list(GetStatusListRequest { uri: String::new() })
@@ -387,5 +396,67 @@ async fn remote(
     })
     .await?;
     r.phases.push(p);
+
+    progress("phase 5 of 5: transaction-code round trips");
+    let wallets = std::sync::Arc::new(wallets);
+    let (p, _) = closed_loop(
+        "transaction round trip (4 RPCs)",
+        &rp,
+        limit(),
+        move |ch, w, _| {
+            let people = std::sync::Arc::clone(&people);
+            let wallets = std::sync::Arc::clone(&wallets);
+            async move { transaction_round_trip(ch, &wallets, &people, w).await }
+        },
+    )
+    .await?;
+    r.phases.push(p);
+    Ok(())
+}
+
+/// One one-time code round trip: the third party asks, the phone looks
+/// the code up and approves, the third party reads the outcome and opens
+/// the assertion.
+async fn transaction_round_trip(
+    ch: tonic::transport::Channel,
+    wallets: &[tonic::transport::Channel],
+    people: &[crate::rpc::Holder],
+    w: usize,
+) -> Result<(), BenchError> {
+    let h = people.get(w).ok_or("holder")?;
+    let wallet = wallets.get(w).ok_or("wallet")?.clone();
+    let mut tp = TransactionServiceClient::new(ch);
+    let r = tp
+        .request_code(RequestCodeRequest {
+            pairwise_token: h.pairwise.clone(),
+            binding_message: "Pay 12.50 EUR to Bench Shop".into(),
+            claims: vec!["given_name".into(), "age_over_18".into()],
+            ttl_seconds: 120,
+        })
+        .await?
+        .into_inner();
+    let rng = SystemRng::default();
+    let mut phone = DeviceServiceClient::new(wallet);
+    let lookup = pb::device_request::Action::LookupTransaction(pb::LookupTransaction {
+        code: r.code.clone(),
+    });
+    let shown = phone
+        .lookup_transaction(h.device.sign_request(lookup, unix_now(), &rng)?)
+        .await?
+        .into_inner();
+    let answer = idvault_client::device::transaction_answer(&shown, &r.code, true, &shown.claims);
+    phone
+        .answer_transaction(h.device.sign_request(answer, unix_now(), &rng)?)
+        .await?;
+    let out = tp
+        .await_transaction(AwaitTransactionRequest {
+            transaction_id: r.transaction_id,
+            wait_seconds: 0,
+        })
+        .await?
+        .into_inner();
+    if out.assertion.is_empty() {
+        return Err(format!("transaction ended {}", out.state).into());
+    }
     Ok(())
 }

@@ -421,6 +421,8 @@ fn field(name: &str, value: impl Into<String>) -> Field {
 /// A release subject with its enrolled device.
 pub(crate) struct Holder {
     pub(crate) subject: String,
+    /// The creating partner's pairwise token for the person.
+    pub(crate) pairwise: String,
     pub(crate) device: DeviceKey,
 }
 
@@ -436,11 +438,11 @@ pub(crate) async fn holders(
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let fields = RELEASED.iter().map(|(n, v)| field(n, *v)).collect();
-        let subject = SubjectServiceClient::new(partner.clone())
+        let created = SubjectServiceClient::new(partner.clone())
             .create_subject(CreateSubjectRequest { fields })
             .await?
-            .into_inner()
-            .subject_id;
+            .into_inner();
+        let (subject, pairwise) = (created.subject_id, created.pairwise_token);
         let code = ConsentServiceClient::new(partner.clone())
             .issue_enrollment_code(IssueEnrollmentCodeRequest {
                 subject_id: subject.clone(),
@@ -452,7 +454,11 @@ pub(crate) async fn holders(
         DeviceServiceClient::new(wallet.clone())
             .enroll(device.enrollment(&subject, &code)?)
             .await?;
-        out.push(Holder { subject, device });
+        out.push(Holder {
+            subject,
+            pairwise,
+            device,
+        });
     }
     Ok(out)
 }

@@ -349,6 +349,32 @@ impl DeviceKey {
     }
 }
 
+/// The answer to a transaction the phone looked up and showed (docs/
+/// digital-id.md, "Transaction codes"): binds the digest of exactly what
+/// `shown` said, so an answer to an altered lookup is refused. `claims`
+/// are the ones the person chose to share (none is allowed).
+pub fn transaction_answer(
+    shown: &pb::LookupTransactionResponse,
+    code: &str,
+    approve: bool,
+    claims: &[String],
+) -> pb::device_request::Action {
+    let digest = idvault_core::transaction::shown_digest(
+        &shown.transaction_id,
+        &shown.requester,
+        &shown.binding_message,
+        &shown.claims,
+        shown.expires_at,
+    );
+    pb::device_request::Action::AnswerTransaction(pb::AnswerTransaction {
+        transaction_id: shown.transaction_id.clone(),
+        code: code.to_owned(),
+        approve,
+        claims: if approve { claims.to_vec() } else { Vec::new() },
+        shown: digest.to_vec(),
+    })
+}
+
 /// Unix seconds now, for `issued_at`.
 #[allow(clippy::disallowed_methods)] // the device's clock: it dates what it signs
 pub fn unix_now() -> i64 {

@@ -52,9 +52,11 @@ pub enum DeviceAction {
         code: crate::transaction::TransactionCode,
         /// Approved or declined.
         approve: bool,
-        /// Approved claims (valid, unique, sorted; empty: all asked for;
-        /// always empty when declined).
+        /// Approved claims (valid, unique, sorted; always empty when
+        /// declined).
         claims: Vec<String>,
+        /// [`crate::transaction::shown_digest`] of what the phone showed.
+        shown: [u8; 32],
     },
 }
 

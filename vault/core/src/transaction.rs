@@ -109,19 +109,81 @@ impl TransactionCode {
 }
 
 /// A binding message as a third party may send it: 1 to
-/// [`MAX_BINDING_MESSAGE`] characters, no control characters, no leading
-/// or trailing space (it is shown to the person as it is).
+/// [`MAX_BINDING_MESSAGE`] characters, no leading or trailing space, and
+/// no character that is not shown as it reads (it is shown to the person
+/// as it is; see [`hidden_or_reordering`]).
 pub fn valid_binding_message(s: &str) -> bool {
     let n = s.chars().count();
     (1..=MAX_BINDING_MESSAGE).contains(&n)
         && s.trim() == s
-        && !s.chars().any(|c| c.is_control() || is_bidi_control(c))
+        && !s.chars().any(|c| c.is_control() || hidden_or_reordering(c))
 }
 
-/// Bidirectional overrides and isolates: they can make a message read
-/// differently on the phone than the third party wrote it.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+/// Characters that hide text, reorder it or break lines on a phone's
+/// screen, so a message could read differently there than the third party
+/// wrote it: Unicode format characters (bidirectional marks, overrides and
+/// isolates, zero-width characters, the soft hyphen, tags, interlinear
+/// annotations), line and paragraph separators, and private-use
+/// characters.
+fn hidden_or_reordering(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{E000}'..='\u{F8FF}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'..='\u{E007F}'
+            | '\u{F0000}'..
+    )
+}
+
+/// What the phone showed the person, as a digest its signed answer
+/// carries: a proxy or wallet app that altered the lookup's answer (another
+/// binding message, other claims) makes the vault refuse the answer.
+/// `SHA-256("idvault/v1/transaction-shown\0" ‖ for each of transaction id,
+/// requester, binding message, each claim: u32 length ‖ bytes ‖ then
+/// expires_at as 8 bytes big-endian)`.
+pub fn shown_digest(
+    transaction_id: &str,
+    requester: &str,
+    binding_message: &str,
+    claims: &[String],
+    expires_at: i64,
+) -> [u8; 32] {
+    let mut b = Vec::with_capacity(128 + binding_message.len());
+    b.extend_from_slice(b"idvault/v1/transaction-shown\0");
+    let mut text = |t: &str| {
+        b.extend_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_be_bytes());
+        b.extend_from_slice(t.as_bytes());
+    };
+    text(transaction_id);
+    text(requester);
+    text(binding_message);
+    for c in claims {
+        text(c);
+    }
+    b.extend_from_slice(
+        &u32::try_from(claims.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    b.extend_from_slice(&expires_at.to_be_bytes());
+    crate::crypto::sha256(&[&b])
 }
 
 /// Where a transaction stands.
@@ -305,14 +367,16 @@ impl std::fmt::Debug for Assertion {
 /// Largest assertion accepted, bytes.
 pub const MAX_ASSERTION_BYTES: usize = 16 * 1024;
 
-/// Verifies an assertion for the third party `audience`: ES256 by a key
-/// of `keys`, `typ` `txn+jwt`, `aud` equal to `audience`, `txn` equal to
-/// `txn` when one is expected, and `now` within `iat − skew … exp + skew`.
+/// Verifies an assertion for the third party `audience` about transaction
+/// `txn`: ES256 by a key of `keys`, `typ` `txn+jwt`, `aud` equal to
+/// `audience`, `txn` equal to `txn` (an assertion of another transaction of
+/// the same third party is refused), and `now` within
+/// `iat − skew … exp + skew`.
 pub fn verify_assertion(
     text: &str,
     keys: &Jwks,
     audience: &str,
-    txn: Option<&str>,
+    txn: &str,
     now: i64,
     skew_secs: i64,
 ) -> Result<Assertion, SdJwtError> {
@@ -338,7 +402,7 @@ pub fn verify_assertion(
     if aud != audience {
         return Err(SdJwtError::KeyBinding("audience"));
     }
-    if txn.is_some_and(|t| t != got_txn) {
+    if txn != got_txn {
         return Err(SdJwtError::Malformed("txn is another transaction's"));
     }
     let mut time = |name: &'static str| -> Result<i64, SdJwtError> {
@@ -443,11 +507,38 @@ mod tests {
             "line\nbreak",
             "nul\0",
             "rtl \u{202E}olleh",
+            "zero\u{200B}width",
+            "line\u{2028}separator",
+            "arabic mark \u{061C}",
+            "bom\u{FEFF}",
+            "private \u{E000}",
+            "tag \u{E0041}",
             &"x".repeat(201),
         ] {
             assert!(!valid_binding_message(bad), "{bad:?}");
         }
         assert!(valid_binding_message(&"é".repeat(200)));
+    }
+
+    #[test]
+    fn shown_digest_binds_every_part() {
+        let claims = vec!["age_over_18".to_owned(), "given_name".to_owned()];
+        let d = shown_digest("tx_1", "spiffe://a/partner/b", "Pay 5", &claims, 77);
+        assert_eq!(
+            hex::encode(d),
+            hex::encode(crate::crypto::sha256(&[
+                b"idvault/v1/transaction-shown\0\0\0\0\x04tx_1\0\0\0\x14spiffe://a/partner/b\0\0\0\x05Pay 5\0\0\0\x0bage_over_18\0\0\0\x0agiven_name\0\0\0\x02\0\0\0\0\0\0\0\x4d"
+            ]))
+        );
+        for other in [
+            shown_digest("tx_2", "spiffe://a/partner/b", "Pay 5", &claims, 77),
+            shown_digest("tx_1", "spiffe://a/partner/c", "Pay 5", &claims, 77),
+            shown_digest("tx_1", "spiffe://a/partner/b", "Pay 6", &claims, 77),
+            shown_digest("tx_1", "spiffe://a/partner/b", "Pay 5", &claims[..1], 77),
+            shown_digest("tx_1", "spiffe://a/partner/b", "Pay 5", &claims, 78),
+        ] {
+            assert_ne!(other, d);
+        }
     }
 
     #[test]
@@ -493,7 +584,7 @@ mod tests {
             ("age_over_18".to_owned(), Value::from(true)),
         ];
         let t = sign_assertion(&k, &spec, claims).unwrap();
-        let a = verify_assertion(&t, &keys, spec.audience, Some(spec.txn), 1_010, 60).unwrap();
+        let a = verify_assertion(&t, &keys, spec.audience, spec.txn, 1_010, 60).unwrap();
         assert_eq!(a.subject, spec.subject);
         assert_eq!(a.binding_message, "Pay 45 EUR");
         assert_eq!(a.claims.len(), 2);
@@ -505,7 +596,7 @@ mod tests {
                 &t,
                 &keys,
                 "spiffe://x/partner/y",
-                None,
+                spec.txn,
                 1_010,
                 60
             )),
@@ -516,24 +607,45 @@ mod tests {
                 &t,
                 &keys,
                 spec.audience,
-                Some("tx_other"),
+                "tx_other",
                 1_010,
                 60
             )),
             "malformed"
         );
         assert_eq!(
-            e(verify_assertion(&t, &keys, spec.audience, None, 1_360, 60)),
+            e(verify_assertion(
+                &t,
+                &keys,
+                spec.audience,
+                spec.txn,
+                1_360,
+                60
+            )),
             "expired"
         );
         assert_eq!(
-            e(verify_assertion(&t, &keys, spec.audience, None, 900, 60)),
+            e(verify_assertion(
+                &t,
+                &keys,
+                spec.audience,
+                spec.txn,
+                900,
+                60
+            )),
             "not_yet_valid"
         );
         let other = IssuerKey::from_scalar(&[0x22; 32]).unwrap();
         let other = Jwks::new(vec![(k.kid().to_owned(), other.jwk().clone())]);
         assert_eq!(
-            e(verify_assertion(&t, &other, spec.audience, None, 1_010, 60)),
+            e(verify_assertion(
+                &t,
+                &other,
+                spec.audience,
+                spec.txn,
+                1_010,
+                60
+            )),
             "bad_issuer_signature"
         );
         let bad = vec![("sub".to_owned(), Value::from("x"))];

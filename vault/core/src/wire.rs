@@ -159,6 +159,7 @@ pub fn decode_device_request(bytes: &[u8]) -> Result<DeviceCall, Refusal> {
                     .map_err(|_| Refusal::Malformed)?,
                 approve: a.approve,
                 claims: claim_list(a.claims)?,
+                shown: a.shown.try_into().map_err(|_| Refusal::Malformed)?,
             }
         }
     };
@@ -359,6 +360,7 @@ pub(crate) mod tests {
                 code: code.into(),
                 approve,
                 claims: claims.iter().map(|c| (*c).into()).collect(),
+                shown: vec![9; 32],
             }))
         };
         let id = "tx_00112233445566778899aabbccddeeff";
@@ -382,6 +384,13 @@ pub(crate) mod tests {
             answer(id, "abcd-efg", true, &[]),
             answer(id, "abcd-efgh", false, &["given_name"]),
             answer(id, "abcd-efgh", true, &["shoe_size"]),
+            request(Action::AnswerTransaction(pb::AnswerTransaction {
+                transaction_id: id.into(),
+                code: "abcd-efgh".into(),
+                approve: true,
+                claims: Vec::new(),
+                shown: vec![9; 31],
+            })),
             request(Action::LookupTransaction(pb::LookupTransaction {
                 code: "UUUU-UUUU".into(),
             })),

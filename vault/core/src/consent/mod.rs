@@ -171,6 +171,10 @@ pub enum Refusal {
     /// or the transaction died of them.
     #[error("too many wrong codes; try again later")]
     TooManyAttempts,
+    /// The answer's digest of what the phone showed does not match the
+    /// transaction (the lookup's answer was altered on its way).
+    #[error("the answer is not to the transaction as the vault holds it")]
+    ShownMismatch,
 }
 
 impl Refusal {
@@ -208,6 +212,7 @@ impl Refusal {
             Self::CodeUsed => "code_used",
             Self::WrongPerson => "wrong_person",
             Self::TooManyAttempts => "too_many_attempts",
+            Self::ShownMismatch => "shown_mismatch",
         }
     }
 }

@@ -4,7 +4,7 @@
 -- code_mac is HMAC(transaction-code key, code): a copy of the table does
 -- not give the 40-bit codes away. Rows carry row MACs: a forged or edited
 -- row (an approval the person never gave) is refused. The retention job
--- removes transactions a day after they expire.
+-- removes transactions an hour after they expire.
 CREATE TABLE transactions (
     transaction_id  BYTEA   PRIMARY KEY CHECK (octet_length(transaction_id) = 16),
     code_mac        BYTEA   NOT NULL UNIQUE CHECK (octet_length(code_mac) = 32),
@@ -24,8 +24,9 @@ CREATE TABLE transactions (
     mac             BYTEA
 );
 
-CREATE INDEX transactions_subject ON transactions (subject_id, state);
-CREATE INDEX transactions_partner ON transactions (partner, state);
+-- The pending counts read only unexpired rows through these.
+CREATE INDEX transactions_subject ON transactions (subject_id, state, expires_at_ms);
+CREATE INDEX transactions_partner ON transactions (partner, state, expires_at_ms);
 CREATE INDEX transactions_expiry ON transactions (expires_at_ms);
 
 -- Wrong codes entered per device, to rate-limit guessing (pruned by the

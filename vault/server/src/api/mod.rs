@@ -162,7 +162,7 @@ fn refusal_code(r: idvault_core::consent::Refusal) -> tonic::Code {
         | R::EntityNotLinked
         | R::CodeExpired
         | R::CodeUsed => Code::FailedPrecondition,
-        R::WrongCode | R::WrongPerson => Code::PermissionDenied,
+        R::WrongCode | R::WrongPerson | R::ShownMismatch => Code::PermissionDenied,
         R::TooManyAttempts => Code::ResourceExhausted,
         R::ChallengeReused | R::ConsentReplayed | R::RequestReplayed | R::DeviceAlreadyEnrolled => {
             Code::AlreadyExists

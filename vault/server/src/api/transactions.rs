@@ -8,8 +8,8 @@ use idvault_proto::v1 as pb;
 use idvault_proto::v1::transaction_service_server::TransactionService;
 use tonic::{Request, Response, Status};
 
+use super::caller;
 use super::consent::detached;
-use super::{caller, status, within};
 
 adapter!(
     /// The third parties' transaction service.
@@ -57,11 +57,11 @@ impl TransactionService for TransactionApi {
         let limit = self.stream_deadline;
         let wait = Duration::from_secs(u64::from(m.wait_seconds))
             .min(limit.saturating_sub(Duration::from_secs(1)));
-        let out = within(limit, async {
-            self.vault
-                .await_transaction(&who, &m.transaction_id, wait)
-                .await
-                .map_err(status)
+        let vault = Arc::clone(&self.vault);
+        // Detached: an outcome read (and the assertion it may carry) is on
+        // the record even if the caller stops waiting.
+        let out = detached(limit, async move {
+            vault.await_transaction(&who, &m.transaction_id, wait).await
         })
         .await?;
         Ok(Response::new(pb::AwaitTransactionResponse {

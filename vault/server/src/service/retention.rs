@@ -26,9 +26,10 @@ impl Vault {
         let r = self.retention_settings();
         let grace = i64::from(r.expired_grace_hours) * 3_600_000;
         match kind {
-            Prunable::Challenges | Prunable::EnrollmentCodes | Prunable::Transactions => {
-                now - grace
-            }
+            Prunable::Challenges | Prunable::EnrollmentCodes => now - grace,
+            // An hour after expiry: past any assertion (5 minutes after the
+            // answer) and any third party still asking for the outcome.
+            Prunable::Transactions => now - super::transactions::TRANSACTION_KEEP_MS,
             // Only the last hour counts towards a device's limit.
             Prunable::CodeFailures => now - super::transactions::FAILURE_WINDOW_MS,
             Prunable::DeviceRequests => {

@@ -1,18 +1,23 @@
 //! One-time transaction codes (docs/digital-id.md, "Transaction codes"):
 //! a third party asks for a code naming a person by its pairwise token, a
 //! binding message and the claims it wants; the person's phone looks the
-//! code up and answers with signed device requests; the third party waits
-//! for the outcome and, when approved, gets an assertion signed by the
-//! issuer key.
+//! code up and answers with signed device requests (the answer carries a
+//! digest of what the phone showed); the third party waits for the outcome
+//! and, when approved, gets an assertion signed by the issuer key.
 //!
 //! Every outcome is its own audited answer: approved, denied, expired
 //! (`code_expired`), a wrong code (`wrong_code`, counted against the
 //! person's outstanding codes, which die at [`MAX_ATTEMPTS`]), a code
-//! entered on another person's device (`wrong_person`, that transaction
-//! dies), an answered code used again (`code_used`), a replayed request
+//! entered on another person's device (audited as `wrong_person`, answered
+//! as `wrong_code` so a guesser learns nothing; that transaction dies), an
+//! answered code used again (`code_used`), an answer to something else
+//! than what was shown (`shown_mismatch`), a replayed request
 //! (`request_replayed`), and a device that entered too many wrong codes
 //! (`too_many_attempts`). The wrong-code writes are kept although the
 //! request is refused ([`Vault::commit_refused`]).
+//!
+//! Lock order, as everywhere a person's rows are written: the subject row,
+//! then the device, then the transactions.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -41,9 +46,18 @@ pub const MAX_DEVICE_FAILURES: i64 = 10;
 pub const FAILURE_WINDOW_MS: i64 = 3_600_000;
 /// Pending transactions a third party may have at once.
 pub const MAX_PENDING_PER_PARTNER: i64 = 10_000;
-/// Pending transactions one person may have at once (several third
-/// parties may be waiting on them).
-pub const MAX_PENDING_PER_PERSON: i64 = 16;
+/// Pending transactions one third party may have for one person: a
+/// hostile third party cannot take a person's place from everyone else.
+pub const MAX_PENDING_PER_PARTNER_PERSON: i64 = 3;
+/// Pending transactions one person may have at once, all third parties
+/// together.
+pub const MAX_PENDING_PER_PERSON: i64 = 64;
+/// Shortest code lifetime a third party may ask for, seconds: with the
+/// per-partner cap on pending codes this bounds how fast it makes them.
+pub const MIN_CODE_TTL_SECS: i64 = 30;
+/// How long a transaction is kept after it expires (then the retention
+/// job removes it), ms.
+pub const TRANSACTION_KEEP_MS: i64 = 3_600_000;
 /// Longest `AwaitTransaction` wait, seconds.
 pub const MAX_WAIT_SECS: u32 = 30;
 /// How often a waiting call re-reads the transaction (an answer on
@@ -62,7 +76,7 @@ pub struct CodeIssued {
 }
 
 /// What the phone shows before the person answers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Lookup {
     /// `tx_…`.
     pub transaction_id: String,
@@ -76,16 +90,36 @@ pub struct Lookup {
     pub expires_at: i64,
 }
 
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The binding message may be personal ("Pay 900 EUR to …").
+        f.debug_struct("Lookup")
+            .field("transaction_id", &self.transaction_id)
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a third party's transaction stands.
-#[derive(Debug)]
 pub struct Outcome {
     /// `pending`, `approved`, `denied`, `expired`, `too_many_attempts`,
     /// `wrong_person`.
     pub state: &'static str,
-    /// The signed assertion, when approved.
+    /// The signed assertion, when approved (and within
+    /// [`txn::ASSERTION_TTL_SECS`] of the approval).
     pub assertion: Option<Zeroizing<String>>,
     /// Approved claim names.
     pub approved: Vec<String>,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The assertion carries claim values.
+        f.debug_struct("Outcome")
+            .field("state", &self.state)
+            .field("approved", &self.approved)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks and sorts a claim list from a third party.
@@ -100,15 +134,47 @@ fn claim_set(claims: Vec<String>) -> Result<Vec<String>, VaultError> {
     Ok(set.into_iter().collect())
 }
 
+/// The catalogue fields `claims` are made from (what the policy decides
+/// on).
+fn fields_of(claims: &[String]) -> Vec<&'static str> {
+    claims
+        .iter()
+        .flat_map(|c| claims::claim_fields(c).iter().copied())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 impl Vault {
-    fn code_mac(&self, code: &TransactionCode) -> Result<[u8; 32], VaultError> {
-        let key = self
-            .keys()
-            .transaction_code_key(self.keys().current_version())?;
+    fn code_mac(&self, code: &TransactionCode, version: u32) -> Result<[u8; 32], VaultError> {
+        let key = self.keys().transaction_code_key(version)?;
         Ok(crypto::hmac_sha256(
             key.expose(),
             &[code.as_str().as_bytes()],
         ))
+    }
+
+    /// The code's MACs a lookup tries: under the current root key version
+    /// (what new codes are stored under) and the one before it (a code
+    /// made just before a rotation still works; codes live 5 minutes).
+    fn code_macs(&self, code: &TransactionCode) -> Result<Vec<[u8; 32]>, VaultError> {
+        let v = self.keys().current_version();
+        let mut out = vec![self.code_mac(code, v)?];
+        if v > 1
+            && let Ok(m) = self.code_mac(code, v - 1)
+        {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// The SPIFFE id of a transaction's third party, if still registered.
+    fn requester(&self, t: &Transaction) -> Option<String> {
+        self.registry()
+            .partners()
+            .iter()
+            .find(|p| p.name == t.partner)
+            .map(|p| p.spiffe_id.clone())
     }
 
     /// `TransactionService.RequestCode`.
@@ -123,17 +189,17 @@ impl Vault {
         self.handle(caller, Action::RequestTransactionCode, async |req| {
             if !txn::valid_binding_message(binding_message) {
                 return Err(VaultError::BadRequest(format!(
-                    "binding_message must be 1 to {} characters without control or direction-override characters, not starting or ending with a space",
+                    "binding_message must be 1 to {} characters without control, format or direction characters, not starting or ending with a space",
                     txn::MAX_BINDING_MESSAGE
                 )));
             }
             let wanted = claim_set(wanted)?;
             let ttl = match i64::from(ttl_secs) {
                 0 => MAX_CODE_TTL_SECS,
-                t if t <= MAX_CODE_TTL_SECS => t,
+                t if (MIN_CODE_TTL_SECS..=MAX_CODE_TTL_SECS).contains(&t) => t,
                 _ => {
                     return Err(VaultError::BadRequest(format!(
-                        "ttl_seconds must be at most {MAX_CODE_TTL_SECS}"
+                        "ttl_seconds must be {MIN_CODE_TTL_SECS} to {MAX_CODE_TTL_SECS} (0: {MAX_CODE_TTL_SECS})"
                     )));
                 }
             };
@@ -147,13 +213,11 @@ impl Vault {
                 .ok_or(VaultError::NotFound)?;
             // The policy sees the catalogue fields the claims are made
             // from (an operator may forbid some, as for credentials).
-            let fields: Vec<&str> = wanted
-                .iter()
-                .flat_map(|c| claims::claim_fields(c).iter().copied())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            req.decide_on_subject(&subject, &fields)?;
+            req.decide_on_subject(&subject, &fields_of(&wanted))?;
+            // The per-subject guard (locked on PostgreSQL): the counts and
+            // the insert are ordered per person, and a deletion racing
+            // this request either removes the new row or has happened.
+            tx.subject(&subject).await?.ok_or(VaultError::NotFound)?;
             let now = self.now_millis();
             if tx
                 .count_pending_transactions(Some(&req.partner.name), None, now)
@@ -164,24 +228,33 @@ impl Vault {
                     "this partner has 10000 transactions pending; wait for some to end",
                 ));
             }
+            // One message for both person caps: it must not tell a third
+            // party whether others are asking about the same person.
             if tx
-                .count_pending_transactions(None, Some(&subject), now)
+                .count_pending_transactions(Some(&req.partner.name), Some(&subject), now)
                 .await?
-                >= MAX_PENDING_PER_PERSON
+                >= MAX_PENDING_PER_PARTNER_PERSON
+                || tx
+                    .count_pending_transactions(None, Some(&subject), now)
+                    .await?
+                    >= MAX_PENDING_PER_PERSON
             {
                 return Err(VaultError::Limit(
-                    "this person has 16 transactions pending; try again later",
+                    "too many transactions are pending for this person; try again later",
                 ));
             }
             // A fresh id and code; a code equal to an outstanding one
             // (about one in 2^40 / outstanding) is drawn again.
             for _ in 0..4 {
-                let code = TransactionCode::generate(self.rng()).map_err(idvault_core::keys::KeyError::from)?;
+                let code = TransactionCode::generate(self.rng())
+                    .map_err(idvault_core::keys::KeyError::from)?;
                 let mut id = [0u8; txn::TRANSACTION_ID_LEN];
-                self.rng().fill(&mut id).map_err(idvault_core::keys::KeyError::from)?;
+                self.rng()
+                    .fill(&mut id)
+                    .map_err(idvault_core::keys::KeyError::from)?;
                 let t = Transaction {
                     id,
-                    code_mac: self.code_mac(&code)?,
+                    code_mac: self.code_mac(&code, self.keys().current_version())?,
                     partner: req.partner.name.clone(),
                     subject,
                     pairwise: pairwise.to_owned(),
@@ -221,42 +294,48 @@ impl Vault {
         caller: &Caller,
         s: Signed,
     ) -> Result<Lookup, VaultError> {
-        self.handle(caller, Action::DeviceCall, async |req| {
-            let (device, call) = self
-                .verified_device_request(req, &s, |a| {
-                    matches!(a, DeviceAction::LookupTransaction(_))
+        let out = self
+            .handle(caller, Action::DeviceCall, async |req| {
+                let (device, call) = self
+                    .verified_device_request(req, &s, |a| {
+                        matches!(a, DeviceAction::LookupTransaction(_))
+                    })
+                    .await?;
+                let DeviceAction::LookupTransaction(code) = &call.action else {
+                    return Err(refused(Refusal::WrongAction));
+                };
+                let (tx, t) = self.by_code(req, &device, &call, code, None).await?;
+                // A third party removed from the registry since: nothing
+                // to approve for.
+                let requester = self
+                    .requester(&t)
+                    .ok_or_else(|| refused(Refusal::EntityUnknown))?;
+                let detail = format!(
+                    "op=lookup_transaction device={} txn={}",
+                    device.device_id,
+                    t.id_text()
+                );
+                self.commit(tx, req, Some(&device.subject), detail).await?;
+                Ok(Lookup {
+                    transaction_id: t.id_text(),
+                    requester,
+                    binding_message: t.binding_message,
+                    claims: t.claims,
+                    expires_at: t.expires_at_ms / 1000,
                 })
-                .await?;
-            let DeviceAction::LookupTransaction(code) = &call.action else {
-                return Err(refused(Refusal::WrongAction));
-            };
-            let (tx, t) = self.by_code(req, &device, &call, code, None).await?;
-            let detail = format!(
-                "op=lookup_transaction device={} txn={}",
-                device.device_id,
-                t.id_text()
-            );
-            self.commit(tx, req, Some(&device.subject), detail).await?;
-            let requester = self
-                .registry()
-                .partners()
-                .iter()
-                .find(|p| p.name == t.partner)
-                .map(|p| p.spiffe_id.clone())
-                .unwrap_or_else(|| format!("(unregistered partner {})", t.partner));
-            Ok(Lookup {
-                transaction_id: t.id_text(),
-                requester,
-                binding_message: t.binding_message,
-                claims: t.claims,
-                expires_at: t.expires_at_ms / 1000,
             })
-        })
-        .await
+            .await;
+        // A refusal may have ended transactions (wrong codes, another
+        // person's code): their waiting third parties hear at once.
+        if out.is_err() {
+            self.transactions_changed.notify_waiters();
+        }
+        out
     }
 
-    /// `DeviceService.AnswerTransaction`: the person approves (all or some
-    /// of the claims asked for) or declines. Returns the new state.
+    /// `DeviceService.AnswerTransaction`: the person approves (sharing the
+    /// claims they chose of those asked for, possibly none) or declines
+    /// what their phone showed. Returns the new state.
     pub async fn answer_transaction(
         &self,
         caller: &Caller,
@@ -274,19 +353,31 @@ impl Vault {
                     code,
                     approve,
                     claims: approved,
+                    shown,
                 } = &call.action
                 else {
                     return Err(refused(Refusal::WrongAction));
                 };
                 let (mut tx, t) = self.by_code(req, &device, &call, code, Some(id)).await?;
-                let approved = match (approve, approved.is_empty()) {
-                    (false, _) => Vec::new(),
-                    (true, true) => t.claims.clone(),
-                    (true, false) if approved.iter().all(|c| t.claims.contains(c)) => {
-                        approved.clone()
-                    }
-                    (true, false) => return Err(refused(Refusal::Malformed)),
-                };
+                // The answer is to what the phone showed, or to nothing: a
+                // lookup answer altered on its way (another binding
+                // message, more claims) does not match the stored one.
+                let requester = self
+                    .requester(&t)
+                    .ok_or_else(|| refused(Refusal::EntityUnknown))?;
+                let expected = txn::shown_digest(
+                    &t.id_text(),
+                    &requester,
+                    &t.binding_message,
+                    &t.claims,
+                    t.expires_at_ms / 1000,
+                );
+                if !crypto::ct_eq(&expected, shown) {
+                    return Err(refused(Refusal::ShownMismatch));
+                }
+                if !approved.iter().all(|c| t.claims.contains(c)) {
+                    return Err(refused(Refusal::Malformed));
+                }
                 let answered = Transaction {
                     state: if *approve {
                         TxState::Approved
@@ -295,7 +386,11 @@ impl Vault {
                     },
                     answered_by: Some(device.device_id.clone()),
                     answered_at_ms: Some(self.now_millis()),
-                    approved,
+                    approved: if *approve {
+                        approved.clone()
+                    } else {
+                        Vec::new()
+                    },
                     ..t.clone()
                 };
                 // Conditional on it still being pending as read: two
@@ -313,9 +408,9 @@ impl Vault {
                 self.commit(tx, req, Some(&device.subject), detail).await?;
                 Ok(answered.state.name())
             })
-            .await?;
+            .await;
         self.transactions_changed.notify_waiters();
-        Ok(state)
+        state
     }
 
     /// The pending, unexpired transaction of the device's person that
@@ -331,33 +426,46 @@ impl Vault {
         code: &TransactionCode,
         expect: Option<&[u8; txn::TRANSACTION_ID_LEN]>,
     ) -> Result<(AuditedTx, Transaction), VaultError> {
-        let now = self.now_millis();
-        let failures = self
-            .store()
-            .code_failures_since(&device.device_id, now - FAILURE_WINDOW_MS)
-            .await?;
-        if failures >= MAX_DEVICE_FAILURES {
-            return Err(refused(Refusal::TooManyAttempts));
-        }
         if self.store().device_request_seen(&call.request_id).await? {
             return Err(refused(Refusal::RequestReplayed));
         }
-        let mac = self.code_mac(code)?;
+        let macs = self.code_macs(code)?;
+        let now = self.now_millis();
         let mut tx = self.begin().await?;
+        tx.subject(&device.subject)
+            .await?
+            .ok_or(VaultError::NotFound)?;
         self.still_active(&mut tx, device).await?;
+        // Counted under the device's lock (PostgreSQL) or the writer
+        // (SQLite): concurrent guesses from one device are seen one after
+        // the other, so a burst cannot outrun the limit.
+        if tx
+            .code_failures_since(&device.device_id, now - FAILURE_WINDOW_MS)
+            .await?
+            >= MAX_DEVICE_FAILURES
+        {
+            return Err(refused(Refusal::TooManyAttempts));
+        }
         if !tx
             .insert_device_request(&call.request_id, &device.device_id, now)
             .await?
         {
             return Err(refused(Refusal::RequestReplayed));
         }
-        let found = tx.transaction_by_code(&mac).await?;
+        let mut found = None;
+        for mac in &macs {
+            found = tx.transaction_by_code(mac).await?;
+            if found.is_some() {
+                break;
+            }
+        }
         match found {
             Some(t) if t.subject != device.subject => {
-                // Someone else's code on this phone: a relay or a mix-up.
-                // That transaction ends, so the code cannot be tried
-                // further; its third party sees `wrong_person`.
-                let ended = t.state == TxState::Pending;
+                // Someone else's code on this phone: a relay, a mix-up or
+                // a guess. A pending code ends, so it cannot be tried
+                // further; the phone is told only "wrong code" (a guesser
+                // must not learn it hit one).
+                let ended = t.state == TxState::Pending && t.expires_at_ms > now;
                 if ended {
                     let dead = Transaction {
                         state: TxState::WrongPerson,
@@ -373,7 +481,7 @@ impl Vault {
                     device.device_id,
                     t.id_text()
                 );
-                Err(self
+                let recorded = self
                     .commit_refused(
                         tx,
                         req,
@@ -381,7 +489,11 @@ impl Vault {
                         refused(Refusal::WrongPerson),
                         &detail,
                     )
-                    .await)
+                    .await;
+                Err(match recorded {
+                    VaultError::Refused(Refusal::WrongPerson) => refused(Refusal::WrongCode),
+                    other => other,
+                })
             }
             Some(t) if expect.is_none_or(|id| *id == t.id) => {
                 if t.state != TxState::Pending {
@@ -401,7 +513,7 @@ impl Vault {
                     .pending_transactions_of(
                         &device.subject,
                         now,
-                        u32::try_from(MAX_PENDING_PER_PERSON).unwrap_or(16),
+                        u32::try_from(MAX_PENDING_PER_PERSON).unwrap_or(64),
                     )
                     .await?;
                 let mut ended = 0;
@@ -410,14 +522,19 @@ impl Vault {
                     let counted = Transaction {
                         attempts,
                         state: if attempts >= MAX_ATTEMPTS {
-                            ended += 1;
                             TxState::TooManyAttempts
                         } else {
                             TxState::Pending
                         },
                         ..t.clone()
                     };
-                    tx.update_transaction(t, &counted).await?;
+                    // Rows are locked (PostgreSQL) or the writer is ours:
+                    // the conditional update cannot lose.
+                    if tx.update_transaction(t, &counted).await?
+                        && counted.state == TxState::TooManyAttempts
+                    {
+                        ended += 1;
+                    }
                 }
                 let detail = format!(
                     "op=code device={} counted={} ended={ended}",
@@ -439,8 +556,11 @@ impl Vault {
 
     /// `TransactionService.AwaitTransaction`: the third party's own
     /// transaction, waiting up to `wait` while it is pending. An approved
-    /// one comes with the assertion, its claims made from the person's
-    /// newest values now (nothing of them is stored with the transaction).
+    /// one comes with the assertion (for [`txn::ASSERTION_TTL_SECS`] after
+    /// the approval, the policy asked again), its claims made from the
+    /// person's newest values now: nothing of them is stored with the
+    /// transaction. A final outcome read is audited; a pending one is not
+    /// (polling would flood the log).
     pub async fn await_transaction(
         &self,
         caller: &Caller,
@@ -472,29 +592,40 @@ impl Vault {
                     () = tokio::time::sleep_until(until) => {}
                 }
             };
+            let now_ms = self.now_millis();
             let state = match t.state {
-                TxState::Pending if t.expires_at_ms <= self.now_millis() => "expired",
+                TxState::Pending if t.expires_at_ms <= now_ms => "expired",
+                TxState::Pending => {
+                    return Ok(Outcome {
+                        state: "pending",
+                        assertion: None,
+                        approved: Vec::new(),
+                    });
+                }
                 s => s.name(),
             };
-            if t.state != TxState::Approved {
-                return Ok(Outcome {
-                    state,
-                    assertion: None,
-                    approved: Vec::new(),
-                });
-            }
-            let assertion = self.assertion(req, &t).await?;
-            // Claim values left the vault: on the record, names only.
+            let fresh = t
+                .answered_at_ms
+                .is_some_and(|a| now_ms < a + txn::ASSERTION_TTL_SECS * 1000);
+            let assertion = if t.state == TxState::Approved && fresh {
+                req.decide_on_subject(&t.subject, &fields_of(&t.approved))?;
+                Some(self.assertion(req, &t).await?)
+            } else {
+                None
+            };
+            // Claim values leave the vault with an assertion: on the
+            // record, names only.
             let detail = format!(
-                "op=assertion txn={} claims={}",
+                "op=outcome txn={} state={state} assertion={} claims={}",
                 t.id_text(),
+                assertion.is_some(),
                 t.approved.join(",")
             );
             let tx = self.begin().await?;
             self.commit(tx, req, Some(&t.subject), detail).await?;
             Ok(Outcome {
                 state,
-                assertion: Some(assertion),
+                assertion,
                 approved: t.approved.clone(),
             })
         })

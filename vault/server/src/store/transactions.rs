@@ -196,6 +196,21 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
+    /// Wrong codes entered on `device_id` since `since_ms`.
+    pub async fn code_failures_since(
+        &mut self,
+        device_id: &str,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM code_failures WHERE device_id = $1 AND at_ms >= $2",
+        )
+        .bind(device_id.to_owned())
+        .bind(since_ms)
+        .fetch_one(self.conn().await?)
+        .await?)
+    }
+
     /// Records a wrong code entered on `device_id`.
     pub async fn insert_code_failure(
         &mut self,
@@ -208,22 +223,5 @@ impl AuditedTx {
             .execute(self.conn().await?)
             .await?;
         Ok(())
-    }
-}
-
-impl Store {
-    /// Wrong codes entered on `device_id` since `since_ms`.
-    pub async fn code_failures_since(
-        &self,
-        device_id: &str,
-        since_ms: i64,
-    ) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM code_failures WHERE device_id = $1 AND at_ms >= $2",
-        )
-        .bind(device_id.to_owned())
-        .bind(since_ms)
-        .fetch_one(self.pool())
-        .await?)
     }
 }

@@ -3,6 +3,7 @@
 
 mod credential;
 mod rules;
+mod transaction;
 
 use std::path::{Path, PathBuf};
 
@@ -107,6 +108,11 @@ enum DeviceCommand {
         #[command(subcommand)]
         command: credential::CredentialCommand,
     },
+    /// Answer a third party's one-time transaction code.
+    Transaction {
+        #[command(subcommand)]
+        command: transaction::TransactionCommand,
+    },
 }
 
 fn print_revoked(revoked: bool) {
@@ -145,6 +151,7 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     match &args.command {
         DeviceCommand::Rules(c) => rules::device(&args, c).await?,
         DeviceCommand::Credential { command } => credential::device(&args, command).await?,
+        DeviceCommand::Transaction { command } => transaction::device(&args, command).await?,
         DeviceCommand::Keygen { out } => {
             let k = DeviceKey::generate(&rng)?;
             write_secret_file(out, &k.to_pem()?)?;

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 mod consent;
 mod credentials;
 mod events;
+mod transactions;
 
 use super::{ConnectArgs, parse_field};
 use idvault_proto::v1::subject_service_client::SubjectServiceClient;
@@ -62,6 +63,11 @@ pub(crate) enum PartnerCommand {
     },
     #[command(flatten)]
     Credentials(credentials::PartnerCredentialCommand),
+    /// One-time transaction codes (role `transactions.request`).
+    Transaction {
+        #[command(subcommand)]
+        command: transactions::PartnerTransactionCommand,
+    },
     #[command(flatten)]
     Consent(consent::PartnerConsentCommand),
     #[command(flatten)]
@@ -91,6 +97,9 @@ pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
             audit_check(&args.conn, &public_key, &state, request_id.as_deref()).await?;
         }
         PartnerCommand::Credentials(c) => credentials::partner(&args.conn, c).await?,
+        PartnerCommand::Transaction { command } => {
+            transactions::partner(&args.conn, command).await?
+        }
         PartnerCommand::Consent(c) => consent::partner(&args.conn, c).await?,
         PartnerCommand::Events(c) => events::partner(&args.conn, c).await?,
         PartnerCommand::CreateSubject { fields: f } => {
