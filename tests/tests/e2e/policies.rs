@@ -74,7 +74,7 @@ forbid (
 pub async fn default_deny_and_decisions_audited(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start_config(b, |t| {
         // partner-b loses every role: nothing permits it anything.
-        let from = "roles = [\"subjects.write\", \"subjects.verify\", \"subjects.match\", \"tokens.tokenize\", \"consent.release\", \"events.publish\", \"commands.receive\", \"audit.read\"]";
+        let from = "roles = [\"subjects.write\", \"subjects.verify\", \"subjects.match\", \"tokens.tokenize\", \"consent.release\", \"events.publish\", \"commands.receive\", \"audit.read\", \"transactions.request\"]";
         assert!(t.contains(from), "the dev config changed: {t}");
         t.replace(from, "roles = []")
     })

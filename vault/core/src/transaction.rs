@@ -156,8 +156,8 @@ fn hidden_or_reordering(c: char) -> bool {
 /// carries: a proxy or wallet app that altered the lookup's answer (another
 /// binding message, other claims) makes the vault refuse the answer.
 /// `SHA-256("idvault/v1/transaction-shown\0" ‖ for each of transaction id,
-/// requester, binding message, each claim: u32 length ‖ bytes ‖ then
-/// expires_at as 8 bytes big-endian)`.
+/// requester, binding message and each claim: u32 length ‖ bytes; then the
+/// number of claims as u32 and expires_at as i64, big-endian)`.
 pub fn shown_digest(
     transaction_id: &str,
     requester: &str,

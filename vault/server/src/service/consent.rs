@@ -272,6 +272,10 @@ impl Vault {
         for _ in 0..RELEASE_TRIES {
             let sealed = self.seal(req, &row).await?;
             let mut tx = self.begin().await?;
+            // The subject row first (PostgreSQL): the lock order of every
+            // call that writes a person's rows, so a release cannot
+            // deadlock with a revocation or an issuance from the same phone.
+            tx.subject(&g.subject).await?.ok_or(VaultError::NotFound)?;
             let now = self.now_millis();
             row.presented_at_ms = now;
             self.still_active(&mut tx, device).await?;
@@ -330,6 +334,10 @@ impl Vault {
             // receipt, with the consent and device rows locked: a
             // revocation that landed meanwhile wins.
             let mut tx = self.begin().await?;
+            // The subject row first, as above.
+            tx.subject(&first.subject)
+                .await?
+                .ok_or(VaultError::NotFound)?;
             let stored = tx.consent(&id).await?;
             let row =
                 Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())

@@ -286,9 +286,10 @@ impl Vault {
 
     /// Builds and signs every list from the store. Each list's row is
     /// read before its entries (a credential placed in between keeps its
-    /// own state, see [`status::build_list`]); the CPU work runs off the
-    /// async workers. A list whose row fails its check is left out (and
-    /// logged): its token is refused rather than published wrong.
+    /// own state, see [`status::build_list`]). A list that cannot be built
+    /// (its row fails its check, its key version is gone, its entries do
+    /// not load) is left out and logged: its token is refused rather than
+    /// published wrong, and the other lists are still served.
     async fn rebuild_status_lists(&self) -> Result<BTreeMap<i64, Arc<String>>, VaultError> {
         let generation = self.status_lists.cache().generation;
         let now = self.now_secs();
@@ -303,30 +304,50 @@ impl Vault {
                     continue;
                 }
             };
-            let perm = self.permutation(&l)?;
-            let entries = self.store().credential_entries(l.list_id).await?;
-            let uri = self.status_list_uri(l.list_id);
-            let key = Arc::clone(&key);
-            let token = tokio::task::spawn_blocking(move || {
-                let list = status::build_list(&l, &perm, entries)?;
-                let spec = ListSpec {
-                    uri: &uri,
-                    issued_at: now,
-                    expires_at: now + STATUS_EXP_TTLS * i64::from(ttl),
-                    ttl: u64::from(ttl),
-                };
-                Some(status::sign_status_list(&key, &spec, &list))
-            })
-            .await
-            .map_err(|_| VaultError::Internal("status list build"))?
-            .ok_or(VaultError::Integrity("status list size"))?;
-            tokens.insert(l.list_id, Arc::new(token));
+            match self.sign_list(&l, &key, now, ttl).await {
+                Ok(token) => {
+                    tokens.insert(l.list_id, Arc::new(token));
+                }
+                Err(e) => {
+                    tracing::error!(list_id, error = %e, "status list not rebuilt; its token is not published");
+                }
+            }
         }
         let mut c = self.status_lists.cache();
         c.tokens = tokens.clone();
         c.built_at = Some(now);
         c.built_generation = generation;
         Ok(tokens)
+    }
+
+    /// Builds and signs one list (the permutation key of its version, its
+    /// entries from the store; building and signing off the async
+    /// workers).
+    async fn sign_list(
+        &self,
+        l: &StatusListState,
+        key: &Arc<idvault_core::sdjwt::IssuerKey>,
+        now: i64,
+        ttl: u32,
+    ) -> Result<String, VaultError> {
+        let perm = self.permutation(l)?;
+        let entries = self.store().credential_entries(l.list_id).await?;
+        let uri = self.status_list_uri(l.list_id);
+        let key = Arc::clone(key);
+        let l = *l;
+        tokio::task::spawn_blocking(move || {
+            let list = status::build_list(&l, &perm, entries)?;
+            let spec = ListSpec {
+                uri: &uri,
+                issued_at: now,
+                expires_at: now + STATUS_EXP_TTLS * i64::from(ttl),
+                ttl: u64::from(ttl),
+            };
+            Some(status::sign_status_list(&key, &spec, &list))
+        })
+        .await
+        .map_err(|_| VaultError::Internal("status list build"))?
+        .ok_or(VaultError::Integrity("status list size"))
     }
 
     /// Re-signs the lists every ttl (so a relying party's copy never goes

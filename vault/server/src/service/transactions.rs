@@ -134,6 +134,40 @@ fn claim_set(claims: Vec<String>) -> Result<Vec<String>, VaultError> {
     Ok(set.into_iter().collect())
 }
 
+/// Counts a wrong code against each of `subject`'s outstanding codes
+/// (locked by the caller's subject lock); those reaching [`MAX_ATTEMPTS`]
+/// end. Returns how many were counted and how many ended.
+async fn count_wrong_code(
+    tx: &mut AuditedTx,
+    subject: &idvault_core::subject::SubjectId,
+    now: i64,
+) -> Result<(usize, usize), VaultError> {
+    let pending = tx
+        .pending_transactions_of(
+            subject,
+            now,
+            u32::try_from(MAX_PENDING_PER_PERSON).unwrap_or(64),
+        )
+        .await?;
+    let mut ended = 0;
+    for t in &pending {
+        let attempts = t.attempts + 1;
+        let counted = Transaction {
+            attempts,
+            state: if attempts >= MAX_ATTEMPTS {
+                TxState::TooManyAttempts
+            } else {
+                TxState::Pending
+            },
+            ..t.clone()
+        };
+        if tx.update_transaction(t, &counted).await? && counted.state == TxState::TooManyAttempts {
+            ended += 1;
+        }
+    }
+    Ok((pending.len(), ended))
+}
+
 /// The catalogue fields `claims` are made from (what the policy decides
 /// on).
 fn fields_of(claims: &[String]) -> Vec<&'static str> {
@@ -243,8 +277,9 @@ impl Vault {
                     "too many transactions are pending for this person; try again later",
                 ));
             }
-            // A fresh id and code; a code equal to an outstanding one
-            // (about one in 2^40 / outstanding) is drawn again.
+            // A fresh id and code; a code equal to one stored under the
+            // current key version (about one in 2^40 / outstanding) is
+            // drawn again.
             for _ in 0..4 {
                 let code = TransactionCode::generate(self.rng())
                     .map_err(idvault_core::keys::KeyError::from)?;
@@ -476,8 +511,11 @@ impl Vault {
                     tx.update_transaction(&t, &dead).await?;
                 }
                 tx.insert_code_failure(&device.device_id, now).await?;
+                // Counted against the phone's own person as any wrong code
+                // is, so the guesser cannot tell a hit from a miss.
+                let (counted, own_ended) = count_wrong_code(&mut tx, &device.subject, now).await?;
                 let detail = format!(
-                    "op=code device={} txn={} ended={ended}",
+                    "op=code device={} txn={} ended={ended} counted={counted} own_ended={own_ended}",
                     device.device_id,
                     t.id_text()
                 );
@@ -509,37 +547,10 @@ impl Vault {
             // still outstanding.
             _ => {
                 tx.insert_code_failure(&device.device_id, now).await?;
-                let pending = tx
-                    .pending_transactions_of(
-                        &device.subject,
-                        now,
-                        u32::try_from(MAX_PENDING_PER_PERSON).unwrap_or(64),
-                    )
-                    .await?;
-                let mut ended = 0;
-                for t in &pending {
-                    let attempts = t.attempts + 1;
-                    let counted = Transaction {
-                        attempts,
-                        state: if attempts >= MAX_ATTEMPTS {
-                            TxState::TooManyAttempts
-                        } else {
-                            TxState::Pending
-                        },
-                        ..t.clone()
-                    };
-                    // Rows are locked (PostgreSQL) or the writer is ours:
-                    // the conditional update cannot lose.
-                    if tx.update_transaction(t, &counted).await?
-                        && counted.state == TxState::TooManyAttempts
-                    {
-                        ended += 1;
-                    }
-                }
+                let (counted, ended) = count_wrong_code(&mut tx, &device.subject, now).await?;
                 let detail = format!(
-                    "op=code device={} counted={} ended={ended}",
-                    device.device_id,
-                    pending.len()
+                    "op=code device={} counted={counted} ended={ended}",
+                    device.device_id
                 );
                 Err(self
                     .commit_refused(
@@ -569,8 +580,13 @@ impl Vault {
     ) -> Result<Outcome, VaultError> {
         self.handle(caller, Action::AwaitTransaction, async |req| {
             let id = txn::parse_id(id).ok_or(VaultError::NotFound)?;
-            let until = tokio::time::Instant::now()
+            let mut until = tokio::time::Instant::now()
                 + wait.min(Duration::from_secs(u64::from(MAX_WAIT_SECS)));
+            // A second before the caller's own deadline, so the outcome
+            // (and its audit record) reaches it.
+            if let Some(d) = caller.deadline {
+                until = until.min(d.checked_sub(Duration::from_secs(1)).unwrap_or(d));
+            }
             let t = loop {
                 // Registered before the read, so an answer between the
                 // read and the wait is not missed.

@@ -271,7 +271,11 @@ impl AuditedTx {
         subject: &SubjectId,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let rows = sqlx::query(concat!(select_entries!(), " WHERE subject_id = $1"))
+        let sql = match self.store.backend {
+            Backend::Postgres => concat!(select_entries!(), " WHERE subject_id = $1 FOR UPDATE"),
+            Backend::Sqlite => concat!(select_entries!(), " WHERE subject_id = $1"),
+        };
+        let rows = sqlx::query(sql)
             .bind(subject.as_bytes().to_vec())
             .fetch_all(self.conn().await?)
             .await?;
@@ -286,7 +290,11 @@ impl AuditedTx {
         device_id: &str,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let rows = sqlx::query(concat!(select_entries!(), " WHERE device_id = $1"))
+        let sql = match self.store.backend {
+            Backend::Postgres => concat!(select_entries!(), " WHERE device_id = $1 FOR UPDATE"),
+            Backend::Sqlite => concat!(select_entries!(), " WHERE device_id = $1"),
+        };
+        let rows = sqlx::query(sql)
             .bind(device_id.to_owned())
             .fetch_all(self.conn().await?)
             .await?;
