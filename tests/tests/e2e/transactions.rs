@@ -548,7 +548,12 @@ pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result
         .unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
 
-    // At most 3 pending per third party and person (r2 is one).
+    // At most 3 pending per third party and person (r2 is one); codes for
+    // another person do not count.
+    for n in 0..3 {
+        cx.a.request_code(ask(&other.pairwise_token, &format!("Other {n}"), &[], 0))
+            .await?;
+    }
     for n in 0..2 {
         cx.a.request_code(ask(&cx.token_a, &format!("Cap {n}"), &[], 0))
             .await?;

@@ -145,7 +145,8 @@ impl AuditedTx {
             .collect())
     }
 
-    /// Pending, unexpired transactions of a partner, or of a person.
+    /// Pending, unexpired transactions of a partner, of a person, or of a
+    /// partner for a person.
     pub async fn count_pending_transactions(
         &mut self,
         partner: Option<&str>,
@@ -153,7 +154,13 @@ impl AuditedTx {
         now_ms: i64,
     ) -> Result<i64, StoreError> {
         let q = match (partner, subject) {
-            (Some(p), _) => sqlx::query_scalar::<_, i64>(
+            (Some(p), Some(s)) => sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM transactions WHERE subject_id = $1 AND partner = $2 \
+                 AND state = 'pending' AND expires_at_ms > $3",
+            )
+            .bind(s.as_bytes().to_vec())
+            .bind(p.to_owned()),
+            (Some(p), None) => sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM transactions WHERE partner = $1 AND state = 'pending' \
                  AND expires_at_ms > $2",
             )
