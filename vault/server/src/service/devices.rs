@@ -156,16 +156,19 @@ impl Vault {
             let now = self.now_millis();
             let hash = c::enrollment_code_hash(&e.code);
             let mut tx = self.begin().await?;
-            // Unknown, used, expired and other-subject codes are one
-            // refusal: the answer must not help guess codes.
+            // The subject row first (PostgreSQL), as every call writing a
+            // person's rows takes it: a deletion running meanwhile cannot
+            // deadlock with this enrollment.
+            let subject_exists = tx.subject(&e.subject).await?.is_some();
+            // Unknown, used, expired and other-subject codes, and a deleted
+            // subject, are one refusal: the answer must not help guess
+            // codes.
             let code = tx.enrollment_code(&hash).await?;
             EnrollmentCode::check(code.as_ref(), &e.subject, now).map_err(refused)?;
             let Some(code) = code else {
                 return Err(refused(Refusal::EnrollmentCodeInvalid));
             };
-            if !tx.use_enrollment_code(&hash, &code, now).await?
-                || tx.subject(&e.subject).await?.is_none()
-            {
+            if !subject_exists || !tx.use_enrollment_code(&hash, &code, now).await? {
                 return Err(refused(Refusal::EnrollmentCodeInvalid));
             }
             let sec1 = e.key.to_sec1();
@@ -265,12 +268,11 @@ impl Vault {
                 let subject = device.subject;
                 let now = self.now_millis();
                 let mut tx = self.begin().await?;
-                if matches!(op, DeviceOp::RevokeDevice | DeviceOp::RevokeCredential) {
-                    // Subject, then device, then credential rows: the order
-                    // deletion locks them in (PostgreSQL), so the two cannot
-                    // deadlock.
-                    tx.subject(&subject).await?.ok_or(VaultError::NotFound)?;
-                }
+                // Subject, then device, then the rows the action writes:
+                // the order every call writing a person's rows locks them
+                // in (PostgreSQL), so none of them can deadlock with
+                // another (a revocation with a release or a deletion).
+                tx.subject(&subject).await?.ok_or(VaultError::NotFound)?;
                 self.still_active(&mut tx, &device).await?;
                 if !tx
                     .insert_device_request(&call.request_id, &device.device_id, now)
