@@ -646,6 +646,17 @@ pub async fn revocation_by_device_operator_and_deletion(b: Backend) -> anyhow::R
     let e = b_rp.revoke_credential(op(&sb)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert_eq!(cx.accepted(&b_cred).await, ok);
+    let e = cx
+        .rp
+        .revoke_credential(pb::RevokeCredentialRequest { credential: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let (action, outcome, _) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("RevokeCredential", "invalid")
+    );
     assert!(cx.rp.revoke_credential(op(&sb)).await?.into_inner().revoked);
     assert_eq!(cx.accepted(&b_cred).await, revoked());
     let (action, outcome, detail) = cx.tv.last_audit().await;

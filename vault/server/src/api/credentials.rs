@@ -54,13 +54,17 @@ impl CredentialService for CredentialApi {
         req: Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
         let who = caller(&req)?;
-        let c = req
+        let Some(c) = req
             .into_inner()
             .credential
             .filter(|c| idvault_core::sdjwt::status::valid_uri(&c.status_list_uri))
-            .ok_or_else(|| {
-                Status::invalid_argument("credential: a status_list_uri and an index")
-            })?;
+        else {
+            // Refused at the edge, gated and audited like any refusal.
+            let a = idvault_policies::Action::RevokeCredential;
+            return Err(self
+                .malformed(&who, (a, a), "credential: a status_list_uri and an index")
+                .await);
+        };
         let r = idvault_core::sdjwt::status::StatusRef {
             idx: c.index,
             uri: c.status_list_uri,
