@@ -151,12 +151,11 @@ impl AuditedTx {
     /// A device by id, inside the transaction; on PostgreSQL locked until
     /// it ends, so a revocation and a use of the device are ordered.
     pub async fn device(&mut self, device_id: &str) -> Result<Option<Device>, StoreError> {
-        let sql = match self.store.backend {
-            super::Backend::Postgres => {
-                concat!(select_devices!(), " WHERE device_id = $1 FOR UPDATE")
-            }
-            super::Backend::Sqlite => concat!(select_devices!(), " WHERE device_id = $1"),
-        };
+        let sql = locked!(
+            self.store.backend,
+            select_devices!(),
+            " WHERE device_id = $1"
+        );
         let row = sqlx::query(sql)
             .bind(device_id.to_owned())
             .fetch_optional(self.conn().await?)

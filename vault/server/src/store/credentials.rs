@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::rows::subject_col;
-use super::{AuditedTx, Backend, Store, StoreError, check_row, seal_row};
+use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::rowmac::{self, RowMac};
 use idvault_core::sdjwt::status::{CredentialEntry, StatusListState};
 use idvault_core::subject::SubjectId;
@@ -122,12 +122,11 @@ impl AuditedTx {
     /// The newest status list, MAC checked; on PostgreSQL locked until the
     /// transaction ends (issuers take indexes one at a time).
     pub async fn newest_status_list(&mut self) -> Result<Option<StatusListState>, StoreError> {
-        let sql = match self.store.backend {
-            Backend::Postgres => {
-                concat!(select_lists!(), " ORDER BY list_id DESC LIMIT 1 FOR UPDATE")
-            }
-            Backend::Sqlite => concat!(select_lists!(), " ORDER BY list_id DESC LIMIT 1"),
-        };
+        let sql = locked!(
+            self.store.backend,
+            select_lists!(),
+            " ORDER BY list_id DESC LIMIT 1"
+        );
         let row = sqlx::query(sql).fetch_optional(self.conn().await?).await?;
         row.as_ref()
             .map(|r| list_row(&*self.store.row_keys()?, r))
@@ -211,13 +210,11 @@ impl AuditedTx {
         list_id: i64,
         idx: i64,
     ) -> Result<Option<(CredentialEntry, bool)>, StoreError> {
-        let sql = match self.store.backend {
-            Backend::Postgres => concat!(
-                select_entries!(),
-                " WHERE list_id = $1 AND idx = $2 FOR UPDATE"
-            ),
-            Backend::Sqlite => concat!(select_entries!(), " WHERE list_id = $1 AND idx = $2"),
-        };
+        let sql = locked!(
+            self.store.backend,
+            select_entries!(),
+            " WHERE list_id = $1 AND idx = $2"
+        );
         let row = sqlx::query(sql)
             .bind(list_id)
             .bind(idx)
@@ -271,10 +268,11 @@ impl AuditedTx {
         subject: &SubjectId,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let sql = match self.store.backend {
-            Backend::Postgres => concat!(select_entries!(), " WHERE subject_id = $1 FOR UPDATE"),
-            Backend::Sqlite => concat!(select_entries!(), " WHERE subject_id = $1"),
-        };
+        let sql = locked!(
+            self.store.backend,
+            select_entries!(),
+            " WHERE subject_id = $1"
+        );
         let rows = sqlx::query(sql)
             .bind(subject.as_bytes().to_vec())
             .fetch_all(self.conn().await?)
@@ -290,10 +288,11 @@ impl AuditedTx {
         device_id: &str,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let sql = match self.store.backend {
-            Backend::Postgres => concat!(select_entries!(), " WHERE device_id = $1 FOR UPDATE"),
-            Backend::Sqlite => concat!(select_entries!(), " WHERE device_id = $1"),
-        };
+        let sql = locked!(
+            self.store.backend,
+            select_entries!(),
+            " WHERE device_id = $1"
+        );
         let rows = sqlx::query(sql)
             .bind(device_id.to_owned())
             .fetch_all(self.conn().await?)

@@ -21,6 +21,19 @@ macro_rules! subject_columns {
     };
 }
 
+/// A `SELECT` that locks its rows until the transaction ends on
+/// PostgreSQL (`… FOR UPDATE`); on SQLite the writer already orders
+/// writes. The parts are string literals (or macros giving them), so the
+/// query stays a literal.
+macro_rules! locked {
+    ($backend:expr, $($sql:tt)+) => {
+        match $backend {
+            $crate::store::Backend::Postgres => concat!($($sql)+, " FOR UPDATE"),
+            $crate::store::Backend::Sqlite => concat!($($sql)+),
+        }
+    };
+}
+
 mod audit;
 mod consent;
 mod credentials;
@@ -623,18 +636,12 @@ impl AuditedTx {
     /// transaction ends: the per-subject guard that orders concurrent
     /// writes to one subject (on SQLite the writer already orders them).
     pub async fn subject(&mut self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
-        let sql = match self.store.backend {
-            Backend::Sqlite => concat!(
-                "SELECT ",
-                subject_columns!(),
-                " FROM subjects WHERE subject_id = $1"
-            ),
-            Backend::Postgres => concat!(
-                "SELECT ",
-                subject_columns!(),
-                " FROM subjects WHERE subject_id = $1 FOR UPDATE"
-            ),
-        };
+        let sql = locked!(
+            self.store.backend,
+            "SELECT ",
+            subject_columns!(),
+            " FROM subjects WHERE subject_id = $1"
+        );
         let row: Option<AnyRow> = sqlx::query(sql)
             .bind(id.as_bytes().to_vec())
             .fetch_optional(self.conn().await?)

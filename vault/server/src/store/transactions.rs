@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::rows::{fixed, list_col, list_text, subject_col};
-use super::{AuditedTx, Backend, Store, StoreError, check_row, seal_row};
+use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::rowmac::{self, RowMac};
 use idvault_core::subject::SubjectId;
 use idvault_core::transaction::{Transaction, TxState};
@@ -98,10 +98,11 @@ impl AuditedTx {
         &mut self,
         code_mac: &[u8; 32],
     ) -> Result<Option<Transaction>, StoreError> {
-        let sql = match self.store.backend {
-            Backend::Postgres => concat!(select_transactions!(), " WHERE code_mac = $1 FOR UPDATE"),
-            Backend::Sqlite => concat!(select_transactions!(), " WHERE code_mac = $1"),
-        };
+        let sql = locked!(
+            self.store.backend,
+            select_transactions!(),
+            " WHERE code_mac = $1"
+        );
         let row = sqlx::query(sql)
             .bind(code_mac.to_vec())
             .fetch_optional(self.conn().await?)
@@ -120,18 +121,12 @@ impl AuditedTx {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<Transaction>, StoreError> {
-        let sql = match self.store.backend {
-            Backend::Postgres => concat!(
-                select_transactions!(),
-                " WHERE subject_id = $1 AND state = 'pending' AND expires_at_ms > $2 \
-                 ORDER BY transaction_id LIMIT $3 FOR UPDATE"
-            ),
-            Backend::Sqlite => concat!(
-                select_transactions!(),
-                " WHERE subject_id = $1 AND state = 'pending' AND expires_at_ms > $2 \
-                 ORDER BY transaction_id LIMIT $3"
-            ),
-        };
+        let sql = locked!(
+            self.store.backend,
+            select_transactions!(),
+            " WHERE subject_id = $1 AND state = 'pending' AND expires_at_ms > $2 \
+             ORDER BY transaction_id LIMIT $3"
+        );
         let rows = sqlx::query(sql)
             .bind(subject.as_bytes().to_vec())
             .bind(now_ms)
