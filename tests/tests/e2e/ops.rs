@@ -66,6 +66,7 @@ pub async fn root_key_rotation_keeps_old_data(b: Backend) -> anyhow::Result<()> 
     let old = create(&tv, "partner-a", &[("email", "old@example.org")]).await?;
     let v = idvault_tests::idvault_server::keyfile::rotate(
         &tv.dir.path().join("root.key"),
+        None,
         &SystemRng::default(),
     )?;
     assert_eq!(v, 2);

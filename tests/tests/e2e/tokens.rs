@@ -329,6 +329,7 @@ pub async fn rotation_keeps_tokens_resolvable(b: Backend) -> anyhow::Result<()> 
 
     idvault_tests::idvault_server::keyfile::rotate(
         &tv.dir.path().join("root.key"),
+        None,
         &SystemRng::default(),
     )?;
     tv.restart().await?;

@@ -33,6 +33,8 @@ enum Command {
         /// Listen address written to the config.
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
+        #[command(flatten)]
+        seal: cmd::init::SealArgs,
     },
     /// Serve the gRPC API over mTLS.
     Serve {
@@ -101,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Init { dir, dev, listen } => cmd::init::run(&dir, dev, &listen),
+        Command::Init {
+            dir,
+            dev,
+            listen,
+            seal,
+        } => cmd::init::run(&dir, dev, &listen, &seal),
         Command::Serve {
             dir,
             dev,

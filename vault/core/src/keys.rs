@@ -21,6 +21,8 @@
 //! data keys leave it for storage only as a [`WrappedDek`], and it never
 //! prints key bytes: `Debug` and [`KeyError`] show versions only.
 
+pub mod sealed;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -67,7 +67,9 @@ pub fn missing_files(config: &Config) -> Vec<PathBuf> {
 
 /// Opens the key hierarchy from the configured root key file.
 pub fn open_keys(config: &Config) -> Result<KeyHierarchy, StartError> {
-    let provider = crate::keyfile::load(&config.resolve(&config.file.keys.root_key_file))?;
+    let k = &config.file.keys;
+    let pin_file = k.pin_file.as_ref().map(|p| config.resolve(p));
+    let provider = crate::keyfile::load(&config.resolve(&k.root_key_file), pin_file.as_deref())?;
     Ok(KeyHierarchy::new(Box::new(provider)))
 }
 

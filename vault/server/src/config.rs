@@ -130,8 +130,12 @@ pub struct StorageSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
-    /// Root key file (mode 0600).
+    /// Root key file (mode 0600), plain or sealed (docs/keys.md).
     pub root_key_file: PathBuf,
+    /// File holding the PKCS#11 token PIN of a sealed key file (mode
+    /// 0600); without it the PIN comes from `IDVAULT_PKCS11_PIN`.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
 }
 
 /// `[tls]`

@@ -404,7 +404,7 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
     let mut made = Vec::new();
     let root = dir.join("root.key");
     if !root.exists() {
-        crate::keyfile::create(&root, rng)?;
+        crate::keyfile::create(&root, &crate::keyfile::Protection::Plain, None, rng)?;
         made.push(root.clone());
     }
     let (ca_crt, ca_key) = (tls.join("ca.crt"), tls.join("ca.key"));
@@ -477,7 +477,7 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
     // operator: `idvault keys release-public-key`). Rewritten every time:
     // they follow the root key's versions.
     let verifier_path = tls.join(RELEASE_VERIFIER_FILE);
-    let keys = idvault_core::keys::KeyHierarchy::new(Box::new(crate::keyfile::load(&root)?));
+    let keys = idvault_core::keys::KeyHierarchy::new(Box::new(crate::keyfile::load(&root, None)?));
     let verifier = crate::service::consent::release_verifier(&keys).map_err(|_| InitError::Rng)?;
     let text = release_verifier_text(&verifier);
     if std::fs::read_to_string(&verifier_path).ok().as_deref() != Some(text.as_str()) {

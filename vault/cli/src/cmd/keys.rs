@@ -12,6 +12,22 @@ pub(crate) enum KeysCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// Seal an existing plain root key file with a PKCS#11 (HSM) key,
+    /// made in the token if absent; the PIN comes from `[keys] pin_file`
+    /// or IDVAULT_PKCS11_PIN.
+    Seal {
+        #[command(flatten)]
+        dir: DataDir,
+        /// PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+        #[arg(long)]
+        module: std::path::PathBuf,
+        /// Label of the token holding the seal key.
+        #[arg(long)]
+        token_label: String,
+        /// Label of the AES seal key.
+        #[arg(long)]
+        key_label: String,
+    },
     /// Print the vault's release verification key (Ed25519, 64 hex digits):
     /// partners check every release's signature with it
     /// (docs/consent.md); with --all, one line per root key version,
@@ -32,9 +48,41 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
             let cfg = dir.load()?;
             let v = idvault_server::keyfile::rotate(
                 &cfg.resolve(&cfg.file.keys.root_key_file),
+                cfg.file
+                    .keys
+                    .pin_file
+                    .as_ref()
+                    .map(|p| cfg.resolve(p))
+                    .as_deref(),
                 &SystemRng::default(),
             )?;
             println!("root key version {v} is now current; older versions remain for reading");
+            Ok(())
+        }
+        KeysCommand::Seal {
+            dir,
+            module,
+            token_label,
+            key_label,
+        } => {
+            let cfg = dir.load()?;
+            let path = cfg.resolve(&cfg.file.keys.root_key_file);
+            idvault_server::keyfile::seal_existing(
+                &path,
+                &idvault_server::keyfile::pkcs11::Pkcs11Params {
+                    module,
+                    token_label,
+                    key_label,
+                },
+                cfg.file
+                    .keys
+                    .pin_file
+                    .as_ref()
+                    .map(|p| cfg.resolve(p))
+                    .as_deref(),
+                &SystemRng::default(),
+            )?;
+            println!("{}: sealed; its plain text is gone", path.display());
             Ok(())
         }
         KeysCommand::ReleasePublicKey { dir, all } => {

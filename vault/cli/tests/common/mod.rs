@@ -74,8 +74,19 @@ impl Server {
     /// Starts `idvault serve` on a free port and waits for its
     /// "listening on" line. `n` names its log file (`serve-N.log`).
     pub(crate) async fn start(dir: &Path, database_url: Option<&str>, n: u32) -> Self {
+        Self::start_env(dir, database_url, n, &[]).await
+    }
+
+    /// [`Server::start`] with extra environment variables for the child.
+    pub(crate) async fn start_env(
+        dir: &Path,
+        database_url: Option<&str>,
+        n: u32,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!("serve-{n}.log"));
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir)
@@ -329,8 +340,14 @@ pub(crate) fn sqlite_url(dir: &Path) -> String {
 /// environment, run from a directory without `./idvault-data`; killed
 /// (and the test failed) if it runs longer than [`STEP`].
 pub(crate) fn idvault(args: &[&str]) -> Output {
+    idvault_env(args, &[])
+}
+
+/// [`idvault`] with extra environment variables.
+pub(crate) fn idvault_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("IDVAULT_DATABASE_URL")
         .env_remove("IDVAULT_DATA_DIR")
         .current_dir(std::env::temp_dir())

@@ -1,0 +1,333 @@
+//! Root key file I/O: the file-backed [`KeyProvider`](idvault_core::keys::KeyProvider).
+//!
+//! The file must be readable by its owner only; a key file that group or
+//! others can read is refused, because anyone who reads it can decrypt
+//! every subject. It is either plain (`idvault-root-keys v1`, the dev
+//! default) or sealed (`idvault-sealed-root-keys v1`): the same text
+//! encrypted by a [`Seal`], today an HSM key through PKCS#11
+//! ([`pkcs11`]). A sealed file is unsealed into memory at start; its plain
+//! text never touches the disk.
+//!
+//! Another seal (a cloud KMS's Encrypt/Decrypt, say) is one more
+//! implementation of [`Seal`] and one more arm in [`seal_for`]; nothing
+//! else in the vault changes (docs/keys.md, "Seals").
+
+pub mod pkcs11;
+
+use std::io::Write;
+use std::path::Path;
+
+use idvault_core::Rng;
+use idvault_core::keys::sealed::{SealedKeyFile, is_sealed};
+use idvault_core::keys::{KeyError, KeyProvider, StaticKeyProvider};
+use zeroize::Zeroizing;
+
+pub use pkcs11::SealError;
+
+/// Key file errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// I/O failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is readable by group or others.
+    #[error("{0}: key file must not be readable by group or others (chmod 600)")]
+    Permissions(String),
+    /// Content did not parse.
+    #[error("{path}: {source}")]
+    Key {
+        /// Which file.
+        path: String,
+        /// Why.
+        source: KeyError,
+    },
+    /// The seal refused (HSM missing, wrong PIN, wrong key, altered file).
+    #[error("{path}: {source}")]
+    Seal {
+        /// Which file.
+        path: String,
+        /// Why.
+        source: SealError,
+    },
+}
+
+/// What encrypts a sealed key file: an HSM key (PKCS#11) today.
+pub trait Seal: std::fmt::Debug {
+    /// The kind written on the file's `seal` line.
+    fn kind(&self) -> &'static str;
+    /// Non-secret parameters written (and authenticated) in the file.
+    fn params(&self) -> Vec<(String, String)>;
+    /// Encrypts `plaintext` bound to `aad`.
+    fn seal(&self, aad: &[u8], plaintext: &[u8], rng: &dyn Rng) -> Result<Vec<u8>, SealError>;
+    /// Decrypts what [`Seal::seal`] produced; fails closed.
+    fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError>;
+}
+
+/// The PKCS#11 seal: parameters plus the PIN to log in with.
+#[derive(Debug)]
+pub struct Pkcs11Seal {
+    /// Module, token and key label.
+    pub params: pkcs11::Pkcs11Params,
+    /// The token's user PIN.
+    pub pin: pkcs11::Pin,
+}
+
+impl Seal for Pkcs11Seal {
+    fn kind(&self) -> &'static str {
+        pkcs11::SEAL_KIND
+    }
+    fn params(&self) -> Vec<(String, String)> {
+        self.params.to_file_params()
+    }
+    fn seal(&self, aad: &[u8], plaintext: &[u8], rng: &dyn Rng) -> Result<Vec<u8>, SealError> {
+        pkcs11::seal(&self.params, &self.pin, aad, plaintext, rng)
+    }
+    fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        pkcs11::unseal(&self.params, &self.pin, aad, sealed)
+    }
+}
+
+/// The seal a sealed file names, with its PIN from `pin_file` or the
+/// environment.
+pub fn seal_for(file: &SealedKeyFile, pin_file: Option<&Path>) -> Result<Box<dyn Seal>, SealError> {
+    match file.seal.as_str() {
+        pkcs11::SEAL_KIND => Ok(Box::new(Pkcs11Seal {
+            params: pkcs11::Pkcs11Params::from_file(file)?,
+            pin: pkcs11::Pin::from_file_or_env(pin_file)?,
+        })),
+        other => Err(SealError::Other(format!(
+            "unknown seal '{other}' (this build knows: {})",
+            pkcs11::SEAL_KIND
+        ))),
+    }
+}
+
+/// How a key file is kept at rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    /// Plain text, mode 0600 (development, or a disk the operator trusts).
+    Plain,
+    /// Sealed by an HSM key through PKCS#11.
+    Pkcs11(pkcs11::Pkcs11Params),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
+    move |source| KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn key_err(path: &Path) -> impl FnOnce(KeyError) -> KeyFileError + '_ {
+    move |source| KeyFileError::Key {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn seal_err(path: &Path) -> impl FnOnce(SealError) -> KeyFileError + '_ {
+    move |source| KeyFileError::Seal {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn check_owner_only(path: &Path) -> Result<(), KeyFileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(io(path))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Permissions(path.display().to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Loads a root key file, checking its permissions; a sealed file is
+/// unsealed with the PIN from `pin_file` or `IDVAULT_PKCS11_PIN`.
+pub fn load(path: &Path, pin_file: Option<&Path>) -> Result<StaticKeyProvider, KeyFileError> {
+    Ok(load_with_protection(path, pin_file)?.0)
+}
+
+/// [`load`], also saying how the file is protected (so a rewrite keeps it so).
+pub fn load_with_protection(
+    path: &Path,
+    pin_file: Option<&Path>,
+) -> Result<(StaticKeyProvider, Protection), KeyFileError> {
+    check_owner_only(path)?;
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io(path))?);
+    if !is_sealed(&text) {
+        let keys = StaticKeyProvider::parse(&text).map_err(key_err(path))?;
+        return Ok((keys, Protection::Plain));
+    }
+    let file = SealedKeyFile::parse(&text).map_err(key_err(path))?;
+    let seal = seal_for(&file, pin_file).map_err(seal_err(path))?;
+    let plain = seal
+        .unseal(&file.aad(), &file.sealed)
+        .map_err(seal_err(path))?;
+    let plain = std::str::from_utf8(&plain)
+        .map_err(|_| key_err(path)(KeyError::Malformed("sealed content is not text")))?;
+    let keys = StaticKeyProvider::parse(plain).map_err(key_err(path))?;
+    let protection = match file.seal.as_str() {
+        pkcs11::SEAL_KIND => {
+            Protection::Pkcs11(pkcs11::Pkcs11Params::from_file(&file).map_err(seal_err(path))?)
+        }
+        _ => Protection::Plain,
+    };
+    Ok((keys, protection))
+}
+
+/// The bytes to write for `provider` under `protection`.
+fn file_text(
+    path: &Path,
+    provider: &StaticKeyProvider,
+    protection: &Protection,
+    pin_file: Option<&Path>,
+    rng: &dyn Rng,
+) -> Result<Zeroizing<String>, KeyFileError> {
+    let plain = provider.to_key_file();
+    match protection {
+        Protection::Plain => Ok(plain),
+        Protection::Pkcs11(params) => {
+            let seal = Pkcs11Seal {
+                params: params.clone(),
+                pin: pkcs11::Pin::from_file_or_env(pin_file).map_err(seal_err(path))?,
+            };
+            // The header is fixed before sealing so that it is what the
+            // AEAD authenticates.
+            let header = SealedKeyFile::new(seal.kind(), seal.params(), Vec::new())
+                .map_err(key_err(path))?;
+            let sealed = seal
+                .seal(&header.aad(), plain.as_bytes(), rng)
+                .map_err(seal_err(path))?;
+            let file = SealedKeyFile { sealed, ..header };
+            // Prove the file opens before it replaces anything.
+            let back = seal
+                .unseal(&file.aad(), &file.sealed)
+                .map_err(seal_err(path))?;
+            if back.as_slice() != plain.as_bytes() {
+                return Err(seal_err(path)(SealError::Unseal));
+            }
+            Ok(Zeroizing::new(file.to_text()))
+        }
+    }
+}
+
+/// Writes `text` to `path` with mode 0600. Refuses to overwrite unless
+/// `replace`, which writes a temp file, syncs it and renames it over.
+fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError> {
+    let tmp = path.with_extension("tmp");
+    let target = if replace { tmp.as_path() } else { path };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    if replace {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let mut f = opts.open(target).map_err(io(target))?;
+    f.write_all(text.as_bytes()).map_err(io(target))?;
+    f.sync_all().map_err(io(target))?;
+    if replace {
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        // The rename is durable only once the directory is synced.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Writes `provider` to `path` (mode 0600) under `protection`.
+pub fn write(
+    path: &Path,
+    provider: &StaticKeyProvider,
+    protection: &Protection,
+    pin_file: Option<&Path>,
+    rng: &dyn Rng,
+    replace: bool,
+) -> Result<(), KeyFileError> {
+    let text = file_text(path, provider, protection, pin_file, rng)?;
+    write_text(path, &text, replace)
+}
+
+/// Creates a new key file with one fresh root key (version 1). With a
+/// PKCS#11 seal, the HSM key is generated in the token first if it is not
+/// there yet.
+pub fn create(
+    path: &Path,
+    protection: &Protection,
+    pin_file: Option<&Path>,
+    rng: &dyn Rng,
+) -> Result<StaticKeyProvider, KeyFileError> {
+    if let Protection::Pkcs11(params) = protection {
+        let pin = pkcs11::Pin::from_file_or_env(pin_file).map_err(seal_err(path))?;
+        pkcs11::ensure_key(params, &pin).map_err(seal_err(path))?;
+    }
+    let key = StaticKeyProvider::generate_key(rng, 1).map_err(key_err(path))?;
+    let provider = StaticKeyProvider::new([key]).map_err(key_err(path))?;
+    write(path, &provider, protection, pin_file, rng, false)?;
+    Ok(provider)
+}
+
+/// Rewrites the key file with `change` applied, keeping its protection.
+/// Returns the new provider.
+pub fn update(
+    path: &Path,
+    pin_file: Option<&Path>,
+    rng: &dyn Rng,
+    change: impl FnOnce(&StaticKeyProvider) -> Result<StaticKeyProvider, KeyError>,
+) -> Result<StaticKeyProvider, KeyFileError> {
+    let (current, protection) = load_with_protection(path, pin_file)?;
+    let next = change(&current).map_err(key_err(path))?;
+    write(path, &next, &protection, pin_file, rng, true)?;
+    Ok(next)
+}
+
+/// Adds a new root key version to the file; old versions stay readable.
+pub fn rotate(path: &Path, pin_file: Option<&Path>, rng: &dyn Rng) -> Result<u32, KeyFileError> {
+    let next = update(path, pin_file, rng, |cur| cur.rotated(rng))?;
+    Ok(next.current_version())
+}
+
+/// Seals an existing plain key file in place with a PKCS#11 key (made in
+/// the token if missing). The plain text is replaced by rename, so no
+/// half-written file is ever left.
+pub fn seal_existing(
+    path: &Path,
+    params: &pkcs11::Pkcs11Params,
+    pin_file: Option<&Path>,
+    rng: &dyn Rng,
+) -> Result<(), KeyFileError> {
+    let (keys, protection) = load_with_protection(path, pin_file)?;
+    if protection != Protection::Plain {
+        return Err(key_err(path)(KeyError::Malformed(
+            "the key file is already sealed",
+        )));
+    }
+    let pin = pkcs11::Pin::from_file_or_env(pin_file).map_err(seal_err(path))?;
+    pkcs11::ensure_key(params, &pin).map_err(seal_err(path))?;
+    write(
+        path,
+        &keys,
+        &Protection::Pkcs11(params.clone()),
+        pin_file,
+        rng,
+        true,
+    )
+}
