@@ -136,6 +136,13 @@ async fn setup_with(
 }
 
 impl Ctx {
+    /// New clients after the server restarted (on a new port).
+    async fn reconnect(&mut self) {
+        self.a = ConsentServiceClient::new(self.tv.channel("partner-a").await.unwrap());
+        self.b = ConsentServiceClient::new(self.tv.channel("partner-b").await.unwrap());
+        self.wallet = DeviceServiceClient::new(self.tv.channel("wallet").await.unwrap());
+    }
+
     async fn challenge(&mut self, partner_b: bool) -> Vec<u8> {
         let c = if partner_b { &mut self.b } else { &mut self.a };
         c.request_challenge(pb::RequestChallengeRequest {
@@ -1379,5 +1386,191 @@ pub async fn grant_replay_across_replicas(backend: Backend) -> anyhow::Result<()
         2
     );
     server.shutdown().await?;
+    cx.tv.stop().await
+}
+
+/// `keys rewrap` then `keys retire` (the operations the CLI runs): after a
+/// rotation, version 1 is referenced by data keys, match indexes, links,
+/// row MACs and audit MACs; the rewrap moves every one of them to version
+/// 2; then version 1 is removed from the key file and, after a restart
+/// without it, every chain verifies, every person matches, every link is
+/// found, the person's device still signs consents that release, and the
+/// audit log verifies (old checkpoints with the kept public key).
+pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::keys::{RetiredPublicKey, RetiredPurpose};
+    use idvault_tests::idvault_proto::v1::match_service_client::MatchServiceClient;
+    use idvault_tests::idvault_server::service::{Caller, audit, receipts};
+    use pb::IdentifierType::{Account, Msisdn};
+
+    let mut cx = setup(backend).await;
+    // A release: challenge, consent and consent receipt rows.
+    let ch = cx.challenge(true).await;
+    let signed = cx.sign(&cx.grant(ch));
+    cx.release(true, signed).await?;
+    // People to match, and cross-reference links to find again.
+    let mut people = Vec::new();
+    for i in 0..25 {
+        let given = format!("Given{i}");
+        let family = format!("Family{}", i * 7);
+        let dob = format!("19{:02}-0{}-1{}", 50 + i, 1 + i % 9, i % 10);
+        let id = create_subject(
+            &cx.tv,
+            &[
+                ("given_name", &given),
+                ("family_name", &family),
+                ("date_of_birth", &dob),
+            ],
+        )
+        .await;
+        people.push((id, given, family, dob));
+    }
+    let records = || {
+        vec![vec![
+            super::bridge::rec("k1", &[(Msisdn, "+447700900111"), (Account, "KA-1")]),
+            super::bridge::rec("k2", &[(Account, "KA-2")]),
+        ]]
+    };
+    let first = super::bridge::import(&cx.tv, "partner-a", records()).await?;
+    assert_eq!(first.entities_created, 2);
+    let mut matcher = MatchServiceClient::new(cx.tv.channel("partner-a").await?);
+    let token_of = async |m: &mut MatchServiceClient<_>,
+                          (_, g, f, d): &(String, String, String, String)| {
+        m.r#match(pb::MatchRequest {
+            query: Some(pb::MatchQuery {
+                fields: [("given_name", g), ("family_name", f), ("date_of_birth", d)]
+                    .iter()
+                    .map(|(n, v)| pb::Field {
+                        name: (*n).into(),
+                        value: (*v).clone(),
+                    })
+                    .collect(),
+                max_results: 1,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates
+        .first()
+        .map(|c| c.pairwise_token.clone())
+    };
+    let mut tokens = Vec::new();
+    for p in &people {
+        tokens.push(token_of(&mut matcher, p).await.expect("found before"));
+    }
+
+    let root = cx.tv.dir.path().join("root.key");
+    let domains: Vec<String> = vec!["logs".into(), "partner-a".into(), "partner-b".into()];
+    let (v, _) = idvault_tests::idvault_server::keyfile::rotate(
+        &root,
+        None,
+        &SystemRng::default(),
+        &domains,
+    )?;
+    assert_eq!(v, 2);
+    cx.tv.restart().await?;
+    cx.reconnect().await;
+    let refs = cx.tv.vault.version_references(1).await?;
+    let named = |refs: &[(String, u64)], what: &str| refs.iter().any(|(w, _)| w.starts_with(what));
+    for what in [
+        "subjects",
+        "match index",
+        "cross-reference links",
+        "devices",
+        "consents",
+        "consent_challenges",
+        "audit leaves",
+    ] {
+        assert!(
+            named(&refs, what),
+            "{what} references v1 before the rewrap: {refs:?}"
+        );
+    }
+
+    let mut seen = Vec::new();
+    let report = cx
+        .tv
+        .vault
+        .rewrap(&Caller::new("idvault"), |p| seen.push(p.phase))
+        .await?;
+    assert_eq!(report.target, 2);
+    assert_eq!(report.left_behind(), 0, "{report:?}");
+    assert_eq!(report.subjects, 26, "{report:?}");
+    assert_eq!(report.links, 3, "{report:?}");
+    assert!(report.row_macs >= 3 && report.leaves > 30, "{report:?}");
+    assert!(seen.contains(&"subjects") && seen.contains(&"audit-leaves"));
+    assert_eq!(cx.tv.vault.version_references(1).await?, Vec::new());
+    // A second run finds nothing left.
+    let again = cx.tv.vault.rewrap(&Caller::new("idvault"), |_| {}).await?;
+    assert_eq!((again.subjects, again.links, again.row_macs), (0, 0, 0));
+
+    // Retire version 1: out of the key file, its verification keys kept.
+    let keys = cx.tv.vault.keys();
+    let origin = cx.tv.vault.audit_settings().origin.clone();
+    let public = vec![
+        RetiredPublicKey {
+            version: 1,
+            purpose: RetiredPurpose::AuditSigning,
+            public: audit::audit_signer(keys, &origin, 1)?.public_key(),
+        },
+        RetiredPublicKey {
+            version: 1,
+            purpose: RetiredPurpose::ReceiptSigning,
+            public: receipts::receipt_signer(keys, &origin, 1)?.public_key(),
+        },
+    ];
+    let tokens_before: Vec<_> = domains.clone();
+    idvault_tests::idvault_server::keyfile::update(&root, None, &SystemRng::default(), |cur| {
+        let mut p = cur.clone();
+        for d in &tokens_before {
+            p = p.with_token_domain(d, 2)?;
+        }
+        p.without_version(1, public)
+    })?;
+    cx.tv.restart().await?;
+    cx.reconnect().await;
+    assert_eq!(cx.tv.vault.keys().versions(), vec![2]);
+
+    let mut subjects = cx.tv.subjects("partner-a").await?;
+    for (id, ..) in people.iter().chain(std::iter::once(&(
+        cx.subject.clone(),
+        String::new(),
+        String::new(),
+        String::new(),
+    ))) {
+        let r = subjects
+            .verify_subject_chain(pb::VerifySubjectChainRequest {
+                subject_id: id.clone(),
+            })
+            .await?
+            .into_inner();
+        assert!(r.intact, "{id}: {r:?}");
+    }
+    let mut matcher = MatchServiceClient::new(cx.tv.channel("partner-a").await?);
+    for (p, t) in people.iter().zip(&tokens) {
+        assert_eq!(
+            token_of(&mut matcher, p).await.as_ref(),
+            Some(t),
+            "{} still matches",
+            p.0
+        );
+    }
+    let again = super::bridge::import(&cx.tv, "partner-a", records()).await?;
+    assert_eq!(
+        (again.entities_created, again.identifiers_linked),
+        (0, 0),
+        "every link is found under version 2"
+    );
+    // The person's device (its row re-MACed) still signs a consent that releases.
+    let ch = cx.challenge(true).await;
+    let signed = cx.sign(&cx.grant(ch));
+    let r = cx.release(true, signed).await?;
+    assert!(!cx.open(&r).is_empty());
+    cx.tv.checkpointed().await?;
+    assert!(matches!(
+        cx.tv.verify_audit().await?,
+        idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
+    ));
     cx.tv.stop().await
 }

@@ -68,7 +68,9 @@ pub async fn root_key_rotation_keeps_old_data(b: Backend) -> anyhow::Result<()> 
         &tv.dir.path().join("root.key"),
         None,
         &SystemRng::default(),
-    )?;
+        &[],
+    )?
+    .0;
     assert_eq!(v, 2);
     tv.restart().await?;
     let new = create(&tv, "partner-a", &[("email", "new@example.org")]).await?;

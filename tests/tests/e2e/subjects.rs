@@ -295,3 +295,81 @@ pub async fn chain_length_is_capped(b: Backend) -> anyhow::Result<()> {
     assert_eq!(outcome, "invalid");
     tv.stop().await
 }
+
+/// DeleteSubject answers with a receipt signed by the vault: it verifies
+/// with the published receipt key alone, names the subject, the deleter,
+/// what was destroyed and the audit leaf that logs it (whose leaf hash is
+/// the stored leaf's); any edit breaks it, and another key does not
+/// verify it.
+pub async fn deletion_receipt_verifies(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::receipt::{ReceiptError, open_receipt};
+    use idvault_tests::idvault_core::tlog::checkpoint::{NoteError, NoteVerifier};
+    use idvault_tests::idvault_core::tlog::merkle::leaf_hash;
+
+    let tv = TestVault::start(b).await?;
+    let mut c = tv.subjects("partner-a").await?;
+    let id = c
+        .create_subject(CreateSubjectRequest {
+            fields: [("given_name", "Rosa"), ("email", "rosa@example.org")]
+                .iter()
+                .map(|(n, v)| Field {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        })
+        .await?
+        .into_inner()
+        .subject_id;
+    let d = c
+        .delete_subject(DeleteSubjectRequest {
+            subject_id: id.clone(),
+        })
+        .await?
+        .into_inner();
+    let origin = tv.vault.audit_settings().origin.clone();
+    let published = idvault_tests::idvault_server::service::receipts::receipt_verifier_keys(
+        tv.vault.keys(),
+        &origin,
+    )?;
+    let verifiers: Vec<NoteVerifier> = published
+        .iter()
+        .map(|k| NoteVerifier::parse(k))
+        .collect::<Result<_, _>>()?;
+    let r = open_receipt(&d.receipt, &verifiers)?;
+    assert_eq!(r.subject, id);
+    assert_eq!(r.vault, origin);
+    assert_eq!(r.deleted_by, "spiffe://idvault.dev/partner/partner-a");
+    let count = |w: &str| r.destroyed.iter().find(|(x, _)| x == w).map(|(_, n)| *n);
+    assert_eq!(count("packets"), Some(2));
+    assert_eq!(count("data-key"), Some(1));
+    assert!(count("match-index").is_some_and(|n| n > 0));
+    // The leaf it names is the stored leaf of the delete, by request id.
+    let row = sqlx::query("SELECT action, leaf FROM audit_log WHERE request_id = $1")
+        .bind(r.request_id.to_vec())
+        .fetch_one(tv.db())
+        .await?;
+    let action: String = row.try_get("action")?;
+    let leaf: Vec<u8> = row.try_get("leaf")?;
+    assert_eq!(action, "DeleteSubject");
+    assert_eq!(leaf_hash(&leaf), r.audit_leaf);
+    // Any edit breaks it.
+    for (from, to) in [
+        ("packets=2", "packets=3"),
+        (id.as_str(), "00000000-0000-4000-8000-000000000000"),
+        ("partner-a", "partner-b"),
+    ] {
+        let bad = d.receipt.replace(from, to);
+        assert!(open_receipt(&bad, &verifiers).is_err(), "{from} -> {to}");
+    }
+    // Another vault's key (same name) does not verify it.
+    let other = idvault_tests::idvault_core::tlog::checkpoint::NoteSigner::from_seed(
+        &idvault_tests::idvault_core::receipt::receipt_key_name(&origin),
+        &[7; 32],
+    )?;
+    assert!(matches!(
+        open_receipt(&d.receipt, &[other.verifier()]),
+        Err(ReceiptError::Note(NoteError::NoKnownSignature))
+    ));
+    tv.stop().await
+}

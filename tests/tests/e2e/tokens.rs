@@ -331,7 +331,9 @@ pub async fn rotation_keeps_tokens_resolvable(b: Backend) -> anyhow::Result<()> 
         &tv.dir.path().join("root.key"),
         None,
         &SystemRng::default(),
-    )?;
+        &[],
+    )?
+    .0;
     tv.restart().await?;
 
     // Identifiers linked under v1 are still found, by every live version.
@@ -703,5 +705,58 @@ pub async fn streams_that_never_read_are_ended_at_their_deadline(b: Backend) -> 
     );
     drop(late);
     drop(first);
+    tv.stop().await
+}
+
+/// Rotating one token domain moves only its tokens: the other domains'
+/// stay byte for byte; a domain already on the newest root version gets a
+/// new root version, a domain behind it moves up without one.
+pub async fn token_domain_rotation_is_per_domain(b: Backend) -> anyhow::Result<()> {
+    let mut tv = TestVault::start(b).await?;
+    let run = async |tv: &TestVault, domain: &str| {
+        tokenize_in(
+            tv,
+            "partner-a",
+            domain,
+            TokenizeMode::Stateless,
+            LOG.as_bytes(),
+            64,
+        )
+        .await
+        .unwrap()
+        .data
+    };
+    let (logs1, own1) = (run(&tv, "logs").await, run(&tv, "partner-a").await);
+    assert!(logs1.contains("tk_logs_v1_") && own1.contains("tk_partner-a_v1_"));
+    let root = tv.dir.path().join("root.key");
+    let domains: Vec<String> = vec!["logs".into(), "partner-a".into(), "partner-b".into()];
+    let r = idvault_tests::idvault_server::keyfile::rotate_token_domain(
+        &root,
+        None,
+        &SystemRng::default(),
+        "logs",
+        &domains,
+    )?;
+    assert_eq!((r.from, r.to, r.added_root_version), (1, 2, true));
+    tv.restart().await?;
+    let (logs2, own2) = (run(&tv, "logs").await, run(&tv, "partner-a").await);
+    assert!(logs2.contains("tk_logs_v2_") && !logs2.contains("tk_logs_v1_"));
+    assert_eq!(own2, own1, "the other domain's tokens are unchanged");
+    // The old version's tokens are still reproducible from its key.
+    let t1 = domain_key(&tv, 1).token(idvault_tokenizer::IdentifierType::Msisdn, "+447700900001");
+    assert!(logs1.contains(&t1));
+    // partner-a is behind the newest root version: it moves up, no new root.
+    let r = idvault_tests::idvault_server::keyfile::rotate_token_domain(
+        &root,
+        None,
+        &SystemRng::default(),
+        "partner-a",
+        &domains,
+    )?;
+    assert_eq!((r.from, r.to, r.added_root_version), (1, 2, false));
+    tv.restart().await?;
+    let (logs3, own3) = (run(&tv, "logs").await, run(&tv, "partner-a").await);
+    assert_eq!(logs3, logs2, "logs is unchanged by partner-a's rotation");
+    assert!(own3.contains("tk_partner-a_v2_") && own3 != own1);
     tv.stop().await
 }

@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
             database_url,
         } => cmd::serve::run(&dir, dev, listen, database_url).await,
         Command::Audit { command } => cmd::audit::run(command).await,
-        Command::Keys { command } => cmd::keys::run(command),
+        Command::Keys { command } => cmd::keys::run(command).await,
         Command::Issuer { command } => cmd::issuer::run(command),
         Command::Partner(args) => cmd::partner::run(args).await.map_err(plain_status),
         Command::Device(args) => cmd::device::run(args).await.map_err(plain_status),

@@ -47,6 +47,9 @@ pub const LABEL_AUDIT_SIGNING: &str = "idvault/v1/audit-signing";
 /// HKDF label of the release signing seed (Ed25519, see
 /// [`crate::consent::release`]).
 pub const LABEL_RELEASE_SIGNING: &str = "idvault/v1/release-signing";
+/// HKDF label of the deletion receipt signing seed (Ed25519, see
+/// [`crate::receipt`]).
+pub const LABEL_RECEIPT_SIGNING: &str = "idvault/v1/receipt-signing";
 /// HKDF label of the digital-ID issuer key (a P-256 scalar, see
 /// [`KeyHierarchy::issuer_key`]).
 pub const LABEL_ISSUER_KEY: &str = "idvault/v1/issuer-key";
@@ -80,33 +83,112 @@ pub enum KeyError {
     Crypto(#[from] CryptoError),
 }
 
-/// Where root keys come from: a key file today, a KMS or HSM tomorrow.
+/// Where root keys come from: a key file (plain, or sealed by an HSM)
+/// today; a KMS-backed provider implements the same trait.
 pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// The version new data is protected under.
     fn current_version(&self) -> u32;
     /// The root key of `version`.
     fn root_key(&self, version: u32) -> Result<RootKey, KeyError>;
+    /// Every version held, oldest first (retired versions are gone).
+    fn versions(&self) -> Vec<u32> {
+        (1..=self.current_version())
+            .filter(|v| self.root_key(*v).is_ok())
+            .collect()
+    }
+    /// The version token domain `domain` is pinned to, if any (a domain
+    /// not pinned follows the current version).
+    fn token_domain_version(&self, _domain: &str) -> Option<u32> {
+        None
+    }
+    /// Public keys of retired versions kept for checking what those
+    /// versions signed (audit checkpoints, deletion receipts).
+    fn retired_public_keys(&self) -> Vec<RetiredPublicKey> {
+        Vec::new()
+    }
+}
+
+/// What a retired version's kept public key verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RetiredPurpose {
+    /// Audit checkpoints (Ed25519, `idvault/v1/audit-signing`).
+    AuditSigning,
+    /// Deletion receipts (Ed25519, `idvault/v1/receipt-signing`).
+    ReceiptSigning,
+}
+
+impl RetiredPurpose {
+    /// The word in the key file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuditSigning => "audit-signing",
+            Self::ReceiptSigning => "receipt-signing",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "audit-signing" => Some(Self::AuditSigning),
+            "receipt-signing" => Some(Self::ReceiptSigning),
+            _ => None,
+        }
+    }
+}
+
+/// The public half of a retired version's signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredPublicKey {
+    /// The retired root key version.
+    pub version: u32,
+    /// What it verifies.
+    pub purpose: RetiredPurpose,
+    /// The Ed25519 public key.
+    pub public: [u8; 32],
 }
 
 /// Root keys held in memory, parsed from the key-file format.
 ///
-/// Key file format (text, one key per line, `#` comments allowed):
+/// Key file format (text, one item per line, `#` comments allowed):
 /// ```text
 /// idvault-root-keys v1
-/// 1 <64 hex digits>
 /// 2 <64 hex digits>
+/// 3 <64 hex digits>
+/// token-domain logs 2
+/// retired 1 audit-signing <64 hex digits: Ed25519 public key>
 /// ```
-/// The highest version is current.
+/// The highest version is current. `token-domain D V` pins token domain
+/// `D` to version `V` (docs/keys.md, "Token domains"); `retired` lines
+/// keep the public keys of a retired version so what it signed stays
+/// verifiable.
 pub struct StaticKeyProvider {
     keys: BTreeMap<u32, RootKey>,
+    domains: BTreeMap<String, u32>,
+    retired: Vec<RetiredPublicKey>,
 }
 
 impl fmt::Debug for StaticKeyProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StaticKeyProvider")
             .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .field("token_domains", &self.domains)
+            .field("retired", &self.retired.len())
             .finish()
     }
+}
+
+impl Clone for StaticKeyProvider {
+    fn clone(&self) -> Self {
+        self.clone_all()
+    }
+}
+
+/// Whether `d` is a token domain name (`[a-z0-9-]{1,32}`; the tokenizer
+/// crate's rule, repeated here because the core does not depend on it).
+fn valid_domain(d: &str) -> bool {
+    (1..=32).contains(&d.len())
+        && d.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// First line of a root key file.
@@ -119,7 +201,90 @@ impl StaticKeyProvider {
         if keys.is_empty() {
             return Err(KeyError::Empty);
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            domains: BTreeMap::new(),
+            retired: Vec::new(),
+        })
+    }
+
+    /// Checks the cross-line rules: every pinned domain names a held
+    /// version.
+    fn checked(self) -> Result<Self, KeyError> {
+        if self.domains.values().any(|v| !self.keys.contains_key(v)) {
+            return Err(KeyError::Malformed(
+                "a token domain is pinned to a version the file does not hold",
+            ));
+        }
+        if self
+            .retired
+            .iter()
+            .any(|r| self.keys.contains_key(&r.version))
+        {
+            return Err(KeyError::Malformed("a version is both held and retired"));
+        }
+        Ok(self)
+    }
+
+    /// The token domains pinned to a version, by name.
+    pub fn token_domains(&self) -> &BTreeMap<String, u32> {
+        &self.domains
+    }
+
+    /// A copy with a new current version, every domain of `domains` not
+    /// pinned yet first pinned to the version it used (the old current),
+    /// so that adding the version changes none of their tokens.
+    pub fn clone_pins_then_rotate(
+        &self,
+        domains: &[String],
+        rng: &dyn Rng,
+    ) -> Result<Self, KeyError> {
+        let mut next = self.rotated(rng)?;
+        for d in domains {
+            if !self.domains.contains_key(d) {
+                next = next.with_token_domain(d, self.current_version())?;
+            }
+        }
+        Ok(next)
+    }
+
+    /// A copy with token domain `domain` pinned to `version` (which the
+    /// file must hold).
+    pub fn with_token_domain(&self, domain: &str, version: u32) -> Result<Self, KeyError> {
+        if !valid_domain(domain) {
+            return Err(KeyError::Malformed("invalid token domain name"));
+        }
+        let mut next = self.clone_all();
+        next.domains.insert(domain.to_owned(), version);
+        next.checked()
+    }
+
+    /// A copy without version `version`, keeping `public` (the retired
+    /// version's verification keys). Refuses to remove the current version.
+    pub fn without_version(
+        &self,
+        version: u32,
+        public: Vec<RetiredPublicKey>,
+    ) -> Result<Self, KeyError> {
+        if version == self.current_version() {
+            return Err(KeyError::Malformed("the current version cannot be retired"));
+        }
+        if !self.keys.contains_key(&version) {
+            return Err(KeyError::UnknownVersion(version));
+        }
+        let mut next = self.clone_all();
+        next.keys.remove(&version);
+        next.retired.extend(public);
+        next.retired.sort_by_key(|r| (r.version, r.purpose));
+        next.checked()
+    }
+
+    fn clone_all(&self) -> Self {
+        Self {
+            keys: self.keys.clone(),
+            domains: self.domains.clone(),
+            retired: self.retired.clone(),
+        }
     }
 
     /// Parses the key-file format. Error messages never contain key text.
@@ -132,10 +297,60 @@ impl StaticKeyProvider {
             return Err(KeyError::Malformed("missing 'idvault-root-keys v1' header"));
         }
         let mut keys = BTreeMap::new();
+        let mut domains = BTreeMap::new();
+        let mut retired: Vec<RetiredPublicKey> = Vec::new();
         for line in lines {
             let (ver, hex_key) = line
                 .split_once(char::is_whitespace)
                 .ok_or(KeyError::Malformed("expected '<version> <hex key>'"))?;
+            if ver == "token-domain" {
+                let mut parts = hex_key.split_whitespace();
+                let (Some(d), Some(v), None) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(KeyError::Malformed(
+                        "expected 'token-domain <domain> <version>'",
+                    ));
+                };
+                let v: u32 = v
+                    .parse()
+                    .map_err(|_| KeyError::Malformed("token-domain version is not a number"))?;
+                if !valid_domain(d) {
+                    return Err(KeyError::Malformed("invalid token domain name"));
+                }
+                if domains.insert(d.to_owned(), v).is_some() {
+                    return Err(KeyError::Malformed("duplicate token-domain line"));
+                }
+                continue;
+            }
+            if ver == "retired" {
+                let mut parts = hex_key.split_whitespace();
+                let (Some(v), Some(purpose), Some(public), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(KeyError::Malformed(
+                        "expected 'retired <version> <purpose> <hex public key>'",
+                    ));
+                };
+                let version: u32 = v
+                    .parse()
+                    .map_err(|_| KeyError::Malformed("retired version is not a number"))?;
+                let purpose = RetiredPurpose::parse(purpose)
+                    .ok_or(KeyError::Malformed("unknown retired key purpose"))?;
+                let mut key = [0u8; 32];
+                hex::decode_to_slice(public, &mut key)
+                    .map_err(|_| KeyError::Malformed("retired public key is not 64 hex digits"))?;
+                if retired
+                    .iter()
+                    .any(|r| r.version == version && r.purpose == purpose)
+                {
+                    return Err(KeyError::Malformed("duplicate retired line"));
+                }
+                retired.push(RetiredPublicKey {
+                    version,
+                    purpose,
+                    public: key,
+                });
+                continue;
+            }
             let version: u32 = ver
                 .parse()
                 .map_err(|_| KeyError::Malformed("version is not a number"))?;
@@ -151,7 +366,10 @@ impl StaticKeyProvider {
                 return Err(KeyError::Malformed("duplicate key version"));
             }
         }
-        Self::new(keys.into_values())
+        let mut p = Self::new(keys.into_values())?;
+        p.domains = domains;
+        p.retired = retired;
+        p.checked()
     }
 
     /// Serialises to the key-file format. The result holds key material:
@@ -162,6 +380,17 @@ impl StaticKeyProvider {
             let mut h = hex::encode(k.expose());
             out.push_str(&format!("{v} {h}\n"));
             h.zeroize();
+        }
+        for (d, v) in &self.domains {
+            out.push_str(&format!("token-domain {d} {v}\n"));
+        }
+        for r in &self.retired {
+            out.push_str(&format!(
+                "retired {} {} {}\n",
+                r.version,
+                r.purpose.as_str(),
+                hex::encode(r.public)
+            ));
         }
         out
     }
@@ -179,7 +408,9 @@ impl StaticKeyProvider {
     pub fn rotated(&self, rng: &dyn Rng) -> Result<Self, KeyError> {
         let next = self.current_version().saturating_add(1);
         let new = Self::generate_key(rng, next)?;
-        Self::new(self.keys.values().cloned().chain(std::iter::once(new)))
+        let mut out = self.clone_all();
+        out.keys.insert(next, new);
+        Ok(out)
     }
 }
 
@@ -193,6 +424,18 @@ impl KeyProvider for StaticKeyProvider {
             .get(&version)
             .cloned()
             .ok_or(KeyError::UnknownVersion(version))
+    }
+
+    fn versions(&self) -> Vec<u32> {
+        self.keys.keys().copied().collect()
+    }
+
+    fn token_domain_version(&self, domain: &str) -> Option<u32> {
+        self.domains.get(domain).copied()
+    }
+
+    fn retired_public_keys(&self) -> Vec<RetiredPublicKey> {
+        self.retired.clone()
     }
 }
 
@@ -211,6 +454,29 @@ impl KeyHierarchy {
     /// The version new keys are derived under.
     pub fn current_version(&self) -> u32 {
         self.provider.current_version()
+    }
+
+    /// Every version held, oldest first: lookups that must find data
+    /// written under any live version probe exactly these.
+    pub fn versions(&self) -> Vec<u32> {
+        self.provider.versions()
+    }
+
+    /// The version token domain `domain` issues tokens under: its pin, or
+    /// the current version.
+    pub fn token_version(&self, domain: &str) -> u32 {
+        self.provider
+            .token_domain_version(domain)
+            .unwrap_or_else(|| self.current_version())
+    }
+
+    /// Public keys kept from retired versions for `purpose`.
+    pub fn retired_public_keys(&self, purpose: RetiredPurpose) -> Vec<RetiredPublicKey> {
+        self.provider
+            .retired_public_keys()
+            .into_iter()
+            .filter(|r| r.purpose == purpose)
+            .collect()
     }
 
     /// Derives the key labelled `label` from root key `version`.
@@ -239,6 +505,14 @@ impl KeyHierarchy {
     /// whoever holds the partner's public release key.
     pub fn release_signing_seed(&self, version: u32) -> Result<ReleaseSigningSeed, KeyError> {
         self.derive(LABEL_RELEASE_SIGNING, version)
+    }
+
+    /// The Ed25519 seed the vault signs deletion receipts with, of `version`.
+    pub fn receipt_signing_seed(
+        &self,
+        version: u32,
+    ) -> Result<super::secret::ReceiptSigningSeed, KeyError> {
+        self.derive(LABEL_RECEIPT_SIGNING, version)
     }
 
     /// The P-256 key the vault signs digital IDs with, of `version`.

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod matching;
 pub mod packet;
 pub mod partner;
+pub mod receipt;
 pub mod records;
 pub mod rowmac;
 pub mod rules;

@@ -262,14 +262,11 @@ impl RowMac {
     pub fn derive(keys: &KeyHierarchy) -> Result<Self, KeyError> {
         let current = keys.current_version();
         let mut out = BTreeMap::new();
-        for v in 1..=current {
-            match keys.derive::<RowMacMaterial>(LABEL_ROW_MAC, v) {
-                Ok(k) => {
-                    out.insert(v, k);
-                }
-                Err(KeyError::UnknownVersion(_)) if v != current => {}
-                Err(e) => return Err(e),
-            }
+        for v in keys.versions() {
+            out.insert(v, keys.derive::<RowMacMaterial>(LABEL_ROW_MAC, v)?);
+        }
+        if !out.contains_key(&current) {
+            return Err(KeyError::UnknownVersion(current));
         }
         Ok(Self { current, keys: out })
     }

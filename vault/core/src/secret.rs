@@ -41,6 +41,8 @@ purposes! {
     AuditSigningMaterial => "audit-signing-seed";
     /// The Ed25519 seed the vault signs consented releases with.
     ReleaseSigningMaterial => "release-signing-seed";
+    /// The Ed25519 seed the vault signs deletion receipts with.
+    ReceiptSigningMaterial => "receipt-signing-seed";
     /// A token domain's HMAC key.
     TokenKeyMaterial => "token-key";
     /// A partner's cross-reference blind-index key.
@@ -154,6 +156,8 @@ pub type AuditKey = Secret<AuditKeyMaterial>;
 pub type AuditSigningSeed = Secret<AuditSigningMaterial>;
 /// The release signing seed (an Ed25519 private key).
 pub type ReleaseSigningSeed = Secret<ReleaseSigningMaterial>;
+/// The deletion receipt signing seed (an Ed25519 private key).
+pub type ReceiptSigningSeed = Secret<ReceiptSigningMaterial>;
 /// A candidate digital-ID issuer scalar (P-256), see
 /// [`crate::keys::KeyHierarchy::issuer_key`].
 pub type IssuerKeySeed = Secret<IssuerKeyMaterial>;

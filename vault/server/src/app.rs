@@ -73,25 +73,10 @@ pub fn open_keys(config: &Config) -> Result<KeyHierarchy, StartError> {
     Ok(KeyHierarchy::new(Box::new(provider)))
 }
 
-/// Loads keys, TLS material and the store.
-pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartError> {
-    let missing = missing_files(config);
-    if !missing.is_empty() {
-        return Err(StartError::Missing(missing));
-    }
+/// Opens the vault on its keys and store, without serving: the server
+/// and the maintenance commands (`keys rewrap`, `keys retire`) share it.
+pub async fn open_vault(config: &Config, database_url: &str) -> Result<Vault, StartError> {
     let keys = open_keys(config)?;
-    let t = &config.file.tls;
-    let ca = crate::tls::read_certs(&config.resolve(&t.client_ca))?;
-    let chain = crate::tls::read_certs(&config.resolve(&t.server_cert))?;
-    let key = crate::tls::read_key(&config.resolve(&t.server_key))?;
-    let client_auth = crate::crl::ClientAuth::new(
-        &ca,
-        t.crls.iter().map(|p| config.resolve(p)).collect(),
-        t.stale_crl,
-        crate::tls::provider(),
-    )?;
-    let s = &config.file.server;
-    let tls = crate::tls::server_config(&client_auth, chain, key, &s.trust_domain)?;
     let policy_dir = config.file.policies.dir.as_ref().map(|d| config.resolve(d));
     let policies = crate::policy::engine(policy_dir.as_deref(), &config.registry)
         .map_err(StartError::Policies)?;
@@ -123,6 +108,28 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
         ),
         Err(e) => tracing::warn!(error = %e, "could not count rows without a MAC"),
     }
+    Ok(vault)
+}
+
+/// Loads keys, TLS material and the store.
+pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartError> {
+    let missing = missing_files(config);
+    if !missing.is_empty() {
+        return Err(StartError::Missing(missing));
+    }
+    let t = &config.file.tls;
+    let ca = crate::tls::read_certs(&config.resolve(&t.client_ca))?;
+    let chain = crate::tls::read_certs(&config.resolve(&t.server_cert))?;
+    let key = crate::tls::read_key(&config.resolve(&t.server_key))?;
+    let client_auth = crate::crl::ClientAuth::new(
+        &ca,
+        t.crls.iter().map(|p| config.resolve(p)).collect(),
+        t.stale_crl,
+        crate::tls::provider(),
+    )?;
+    let s = &config.file.server;
+    let tls = crate::tls::server_config(&client_auth, chain, key, &s.trust_domain)?;
+    let vault = open_vault(config, database_url).await?;
     Ok(Loaded {
         vault: Arc::new(vault),
         tls,

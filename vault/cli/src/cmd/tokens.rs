@@ -15,12 +15,24 @@ pub(crate) enum TokensCommand {
         /// Token domain (1-32 of a-z, 0-9, -); it appears in every token.
         #[arg(long)]
         domain: String,
-        /// Key version (default: the current root key version).
+        /// Key version (default: the domain's current version, as the key
+        /// file pins it, else the current root key version).
         #[arg(long)]
         version: Option<u32>,
         /// Where to write the key file (created with mode 0600; never overwritten).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Move one token domain to a new key version; every other domain
+    /// keeps its version (and its tokens). New tokens of the domain differ
+    /// from its old ones, which still resolve until their version is
+    /// retired. Takes effect at each vault process's next start.
+    Rotate {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Token domain to rotate.
+        #[arg(long)]
+        domain: String,
     },
 }
 
@@ -35,16 +47,63 @@ pub(crate) fn export_token_key(
     }
     let cfg = dir.load()?;
     let keys = idvault_server::app::open_keys(&cfg)?;
-    let version = version.unwrap_or_else(|| keys.current_version());
+    let current = keys.token_version(domain);
+    let version = version.unwrap_or(current);
     let key = keys.token_key(domain, version)?;
     write_secret_file(
         out,
         &idvault_tokenizer::token::key_file_text(domain, version, key.expose()),
     )?;
     println!(
-        "wrote {} (token domain {domain}, version {version}); keep it as secret as the data",
-        out.display()
+        "wrote {} (token domain {domain}, version {version}{}); keep it as secret as the data",
+        out.display(),
+        if version == current {
+            ", the domain's current version".to_owned()
+        } else {
+            format!("; the domain's current version is {current}")
+        }
     );
+    Ok(())
+}
+
+/// Moves `domain` to a newer version: the current root version if the
+/// domain is behind it, else a new root version (every other configured
+/// domain pinned where it is first, so none of their tokens change).
+fn rotate(dir: &DataDir, domain: &str) -> anyhow::Result<()> {
+    if !idvault_tokenizer::token::valid_domain(domain) {
+        bail!("invalid token domain '{domain}' (use 1-32 of a-z, 0-9, -)");
+    }
+    let cfg = dir.load()?;
+    let domains = super::keys::configured_domains(&cfg);
+    if !domains.iter().any(|d| d == domain) {
+        bail!(
+            "no partner has token domain '{domain}' (configured: {})",
+            if domains.is_empty() {
+                "none".to_owned()
+            } else {
+                domains.join(", ")
+            }
+        );
+    }
+    let r = idvault_server::keyfile::rotate_token_domain(
+        &cfg.resolve(&cfg.file.keys.root_key_file),
+        super::keys::pin_file(&cfg).as_deref(),
+        &idvault_core::SystemRng::default(),
+        domain,
+        &domains,
+    )?;
+    let (from, to) = (r.from, r.to);
+    println!(
+        "token domain {domain}: version {from} -> {to} (from each vault process's next start); other \
+         domains unchanged. Its version-{from} tokens can still be made (`idvault tokens export-key \
+         --version {from}`) until version {from} is retired"
+    );
+    if r.added_root_version {
+        println!(
+            "root key version {to} was added for it and is current for new data too (`idvault keys \
+             rewrap` moves old data forward)"
+        );
+    }
     Ok(())
 }
 
@@ -57,5 +116,6 @@ pub(crate) fn run(command: TokensCommand) -> anyhow::Result<()> {
             version,
             out,
         } => export_token_key(&dir, &domain, version, &out),
+        TokensCommand::Rotate { dir, domain } => rotate(&dir, &domain),
     }
 }

@@ -295,6 +295,19 @@ pub struct NoteVerifier {
 }
 
 impl NoteVerifier {
+    /// The verifier of Ed25519 `public_key` under key name `name` (a
+    /// retired version's kept key, say).
+    pub fn from_public(name: &str, public_key: [u8; 32]) -> Result<Self, NoteError> {
+        if !is_valid_name(name) {
+            return Err(NoteError::BadName);
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key_id: key_id(name, &public_key),
+            public_key,
+        })
+    }
+
     /// Parses a verifier key `name+hex8(key_id)+base64(0x01 ‖ public key)`
     /// and checks that the key id matches the name and key.
     pub fn parse(vkey: &str) -> Result<Self, NoteError> {

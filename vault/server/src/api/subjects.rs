@@ -110,7 +110,8 @@ impl SubjectService for SubjectApi {
         })
         .await?;
         Ok(Response::new(DeleteSubjectResponse {
-            packets_destroyed: n,
+            packets_destroyed: n.packets,
+            receipt: n.receipt,
         }))
     }
 }

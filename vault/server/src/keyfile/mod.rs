@@ -300,9 +300,68 @@ pub fn update(
 }
 
 /// Adds a new root key version to the file; old versions stay readable.
-pub fn rotate(path: &Path, pin_file: Option<&Path>, rng: &dyn Rng) -> Result<u32, KeyFileError> {
-    let next = update(path, pin_file, rng, |cur| cur.rotated(rng))?;
-    Ok(next.current_version())
+/// Every domain of `token_domains` not pinned yet is pinned to the
+/// version it used, so a root rotation changes no domain's tokens; returns
+/// the new version and the domains it pinned.
+pub fn rotate(
+    path: &Path,
+    pin_file: Option<&Path>,
+    rng: &dyn Rng,
+    token_domains: &[String],
+) -> Result<(u32, Vec<String>), KeyFileError> {
+    let mut pinned = Vec::new();
+    let next = update(path, pin_file, rng, |cur| {
+        pinned = token_domains
+            .iter()
+            .filter(|d| cur.token_domain_version(d).is_none())
+            .cloned()
+            .collect();
+        cur.clone_pins_then_rotate(token_domains, rng)
+    })?;
+    Ok((next.current_version(), pinned))
+}
+
+/// What a token domain rotation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainRotation {
+    /// The domain's version before.
+    pub from: u32,
+    /// Its version now.
+    pub to: u32,
+    /// Whether a root key version was added for it.
+    pub added_root_version: bool,
+}
+
+/// Moves token domain `domain` to a newer version: the current root
+/// version if it is behind, else a new root version (every other domain
+/// of `token_domains` first pinned where it is, so none of their tokens
+/// change).
+pub fn rotate_token_domain(
+    path: &Path,
+    pin_file: Option<&Path>,
+    rng: &dyn Rng,
+    domain: &str,
+    token_domains: &[String],
+) -> Result<DomainRotation, KeyFileError> {
+    let (mut from, mut added) = (0, false);
+    let next = update(path, pin_file, rng, |cur| {
+        let current = cur.current_version();
+        from = cur.token_domain_version(domain).unwrap_or(current);
+        if from < current {
+            return cur.with_token_domain(domain, current);
+        }
+        added = true;
+        let p = cur.clone_pins_then_rotate(token_domains, rng)?;
+        let v = p.current_version();
+        p.with_token_domain(domain, v)
+    })?;
+    Ok(DomainRotation {
+        from,
+        to: next
+            .token_domain_version(domain)
+            .unwrap_or_else(|| next.current_version()),
+        added_root_version: added,
+    })
 }
 
 /// Seals an existing plain key file in place with a PKCS#11 key (made in

@@ -89,12 +89,24 @@ pub fn audit_signer(
         .map_err(|_| VaultError::Internal("audit signing key"))
 }
 
-/// The verifier keys (signed-note form) of every root key version.
+/// The verifier keys (signed-note form) of every root key version, oldest
+/// first: the held versions' and the kept public keys of retired ones, so
+/// checkpoints a retired version signed still verify.
 pub fn verifier_keys(keys: &KeyHierarchy, origin: &str) -> Result<Vec<String>, VaultError> {
-    (1..=keys.current_version())
-        .filter_map(|v| keys.audit_signing_seed(v).ok().map(|_| v))
-        .map(|v| Ok(audit_signer(keys, origin, v)?.verifier_key()))
-        .collect()
+    let mut out: Vec<(u32, String)> = keys
+        .retired_public_keys(idvault_core::keys::RetiredPurpose::AuditSigning)
+        .into_iter()
+        .map(|r| {
+            NoteVerifier::from_public(origin, r.public)
+                .map(|v| (r.version, v.to_vkey()))
+                .map_err(|_| VaultError::Internal("retired audit key"))
+        })
+        .collect::<Result<_, _>>()?;
+    for v in keys.versions() {
+        out.push((v, audit_signer(keys, origin, v)?.verifier_key()));
+    }
+    out.sort_by_key(|(v, _)| *v);
+    Ok(out.into_iter().map(|(_, k)| k).collect())
 }
 
 /// Sequencer state kept between batches.

@@ -71,8 +71,9 @@ fn release_signer(keys: &KeyHierarchy, version: u32) -> Result<c::ReleaseSigner,
 
 /// The release verification keys of every root key version, oldest first.
 pub fn release_verifier(keys: &KeyHierarchy) -> Result<c::ReleaseVerifier, VaultError> {
-    let keys = (1..=keys.current_version())
-        .filter(|v| keys.release_signing_seed(*v).is_ok())
+    let keys = keys
+        .versions()
+        .into_iter()
         .map(|v| Ok(release_signer(keys, v)?.public_key()))
         .collect::<Result<Vec<_>, VaultError>>()?;
     Ok(c::ReleaseVerifier::new(keys))

@@ -44,7 +44,7 @@ pub const MAX_AUDIENCE_LEN: usize = 512;
 /// signed under an older version verifies until it expires.
 pub fn issuer_jwks(keys: &KeyHierarchy) -> Result<Jwks, VaultError> {
     let mut out = Vec::new();
-    for v in 1..=keys.current_version() {
+    for v in keys.versions() {
         match keys.issuer_key(v) {
             Ok(k) => out.push((k.kid().to_owned(), k.jwk().clone())),
             // A version the provider no longer holds signs nothing new and

@@ -148,13 +148,14 @@ fn subject_entries(
 impl Vault {
     /// The keyrings of `domain`, newest version first (cached).
     fn keyrings(&self, domain: &str) -> Result<Vec<Arc<MatchKeyring>>, VaultError> {
-        let current = self.keys().current_version();
+        let versions = self.keys().versions();
         let mut cache = self
             .matching()
             .keyrings
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        (1..=current)
+        versions
+            .into_iter()
             .rev()
             .map(|v| {
                 if let Some(k) = cache.get(&(domain.to_owned(), v)) {

@@ -20,6 +20,8 @@ pub mod devices;
 pub mod events;
 pub mod matching;
 pub(crate) mod pipeline;
+pub mod receipts;
+pub mod rekey;
 pub mod retention;
 mod state;
 pub mod status_lists;
@@ -369,7 +371,7 @@ impl Vault {
     }
 
     /// The `[audit]` settings.
-    pub(crate) fn audit_settings(&self) -> &crate::config::AuditSection {
+    pub fn audit_settings(&self) -> &crate::config::AuditSection {
         &self.audit
     }
 
@@ -431,7 +433,7 @@ impl Vault {
     }
 
     /// Current time from the vault's clock.
-    pub(crate) fn now_millis(&self) -> i64 {
+    pub fn now_millis(&self) -> i64 {
         self.clock.now_millis()
     }
 

@@ -339,6 +339,20 @@ impl Vault {
         subject: Option<&SubjectId>,
         detail: String,
     ) -> Result<(), VaultError> {
+        self.append(tx, req.event(subject, "ok", detail))
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::commit`], returning the RFC 9162 leaf hash of the record
+    /// written (a deletion receipt names it).
+    pub(crate) async fn commit_leaf(
+        &self,
+        tx: AuditedTx,
+        req: &Request<'_>,
+        subject: Option<&SubjectId>,
+        detail: String,
+    ) -> Result<[u8; 32], VaultError> {
         self.append(tx, req.event(subject, "ok", detail)).await
     }
 
@@ -360,7 +374,7 @@ impl Vault {
             format!("{} {detail}", refusal_detail(&err)),
         );
         match self.append(tx, ev).await {
-            Ok(()) => {
+            Ok(_) => {
                 req.refusal_recorded = true;
                 err
             }
@@ -390,12 +404,12 @@ impl Vault {
         detail: String,
     ) -> Result<(), VaultError> {
         let ev = event(self, actor, action, None, "ok", detail, None);
-        self.append(tx, ev).await
+        self.append(tx, ev).await.map(|_| ())
     }
 
     /// Writes `leaf` in `tx` and commits. The leaf names the chain head
     /// the transaction left its subject at, so a rolled-back chain shows.
-    async fn append(&self, tx: AuditedTx, mut leaf: AuditLeaf) -> Result<(), VaultError> {
+    async fn append(&self, tx: AuditedTx, mut leaf: AuditLeaf) -> Result<[u8; 32], VaultError> {
         if let Some((id, head)) = tx.changed_head() {
             let id = id.to_string();
             if leaf.subject.as_ref().is_none_or(|s| *s == id) {
@@ -405,7 +419,8 @@ impl Vault {
         }
         let key = self.keys().audit_key(self.keys().current_version())?;
         let bytes = leaf.encode();
-        let mac = crypto::hmac_sha256(key.expose(), &[&merkle::leaf_hash(&bytes)]);
+        let leaf_hash = merkle::leaf_hash(&bytes);
+        let mac = crypto::hmac_sha256(key.expose(), &[&leaf_hash]);
         let new = NewLeaf {
             leaf: &leaf,
             bytes: &bytes,
@@ -421,7 +436,8 @@ impl Vault {
             }
             // The commit itself failed or the batch was rolled back.
             e => VaultError::AuditUnavailable(e),
-        })
+        })?;
+        Ok(leaf_hash)
     }
 
     /// Audits the refusals counted since the last call, one leaf per
@@ -480,7 +496,7 @@ impl Vault {
         };
         let actor = ev.actor.clone();
         match self.append(tx, ev).await {
-            Ok(()) => Err(err),
+            Ok(_) => Err(err),
             Err(e @ (VaultError::Overloaded(_) | VaultError::DeadlineExceeded)) => {
                 self.admission.count_refusal(&actor, REFUSED_UNRECORDED);
                 Err(e)

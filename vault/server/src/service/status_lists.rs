@@ -104,7 +104,10 @@ impl Vault {
         // and our insert is read again (locked) the second time.
         for _ in 0..2 {
             match tx.newest_status_list().await? {
-                Some(l) if !l.is_full() => {
+                // A list made under an older root key version takes no new
+                // credentials: once its credentials expire nothing needs
+                // that version's permutation key, so it can be retired.
+                Some(l) if !l.is_full() && l.key_version >= self.keys().current_version() => {
                     list = Some(l);
                     break;
                 }

@@ -4,6 +4,7 @@
 
 use idvault_core::keys;
 use idvault_core::packet::{self, BreakReason, ChainHead, ChainReport};
+use idvault_core::receipt::DeletionReceipt;
 use idvault_core::subject::{FieldName, FieldValue, SubjectId, validate_fields};
 use idvault_policies::{Action, Resource};
 
@@ -181,36 +182,84 @@ impl Vault {
         .await
     }
 
-    /// Deletes a subject: its wrapped DEK and packets (crypto-shredding).
+    /// Deletes a subject: its wrapped DEK and packets (crypto-shredding),
+    /// and everything else naming it; answers with a signed receipt.
     pub async fn delete_subject(
         &self,
         caller: &super::Caller,
         subject: &str,
-    ) -> Result<u64, VaultError> {
+    ) -> Result<Deletion, VaultError> {
         let done = self
             .handle(caller, Action::DeleteSubject, async |req| {
                 let id = req.subject_id(subject)?;
                 req.decide_on_subject(&id, &[])?;
-                let (mut tx, _) = self.open_owned(req, &id).await?;
+                let (mut tx, row) = self.open_owned(req, &id).await?;
                 // Their digital IDs are revoked and the status entries
                 // forget them (the entries stay: an index is never reused).
                 let credentials = tx.forget_credentials_of(&id, self.now_millis()).await?;
-                let n = tx.delete_subject(&id).await?;
-                self.commit(
-                    tx,
-                    req,
-                    Some(&id),
-                    format!("packets={n} credentials_revoked={credentials}"),
-                )
-                .await?;
-                Ok((n, credentials))
+                let removed = tx.delete_subject(&id).await?;
+                let packets = removed.first().map_or(0, |(_, n)| *n);
+                let leaf = self
+                    .commit_leaf(
+                        tx,
+                        req,
+                        Some(&id),
+                        format!("packets={packets} credentials_revoked={credentials}"),
+                    )
+                    .await?;
+                let mut destroyed: Vec<(String, u64)> = removed
+                    .iter()
+                    .filter(|(what, n)| *n > 0 || matches!(*what, "packets" | "data-key"))
+                    .map(|(what, n)| ((*what).to_owned(), *n))
+                    .collect();
+                if credentials > 0 {
+                    destroyed.push(("credentials-revoked".to_owned(), credentials));
+                }
+                let receipt = DeletionReceipt {
+                    vault: self.audit_settings().origin.clone(),
+                    subject: id.to_string(),
+                    deleted_by: req.caller.spiffe_id.clone(),
+                    deleted_at_ms: self.now_millis(),
+                    request_id: req.caller.request_id,
+                    audit_leaf: leaf,
+                    destroyed,
+                    final_when: format!(
+                        "{}; copies made before it (backups, disk images) hold the data key under \
+                         root key version {} and are unreadable once that version is retired",
+                        self.deletion_final_text(),
+                        row.wrapped_dek.kek_version
+                    ),
+                };
+                // The deletion is committed: a receipt that cannot be
+                // signed is logged, and the caller still learns of the
+                // deletion (an empty receipt), never that it failed.
+                let receipt = self.sign_receipt(&receipt).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "deletion receipt not signed");
+                    String::new()
+                });
+                Ok(Deletion {
+                    packets,
+                    credentials_revoked: credentials,
+                    receipt,
+                })
             })
             .await;
-        self.status_maybe_changed(&done, |(_, credentials)| *credentials > 0);
-        let (n, _) = done?;
+        self.status_maybe_changed(&done, |d| d.credentials_revoked > 0);
+        let d = done?;
         if let Err(e) = self.store().compact_after_delete().await {
-            tracing::warn!(error = %e, "WAL checkpoint after delete failed; deleted pages stay in the WAL until the next checkpoint");
+            tracing::warn!(error = %e, "compaction after delete failed; deleted rows stay in the WAL or as dead tuples until the next checkpoint or VACUUM");
         }
-        Ok(n)
+        Ok(d)
     }
+}
+
+/// What DeleteSubject did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// Packets destroyed.
+    pub packets: u64,
+    /// Digital IDs revoked.
+    pub credentials_revoked: u64,
+    /// The signed deletion receipt (idvault_core::receipt).
+    pub receipt: String,
 }

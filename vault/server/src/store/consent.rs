@@ -28,7 +28,7 @@ fn field_list(fields: &[FieldName]) -> String {
 }
 
 /// A device row, its MAC checked.
-fn device(keys: &RowMac, r: &AnyRow) -> Result<Device, StoreError> {
+pub(super) fn device(keys: &RowMac, r: &AnyRow) -> Result<Device, StoreError> {
     let d = Device {
         device_id: r.try_get("device_id")?,
         subject: subject_col(r, "subject_id")?,
@@ -43,7 +43,7 @@ fn device(keys: &RowMac, r: &AnyRow) -> Result<Device, StoreError> {
 
 /// A consent row, its MAC checked. (The grant it keeps is verified by the
 /// caller, against the device it names.)
-fn consent(keys: &RowMac, r: &AnyRow) -> Result<Consent, StoreError> {
+pub(super) fn consent(keys: &RowMac, r: &AnyRow) -> Result<Consent, StoreError> {
     let c = Consent {
         consent_id: fixed(r, "consent_id")?,
         subject: subject_col(r, "subject_id")?,

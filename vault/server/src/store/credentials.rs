@@ -28,7 +28,7 @@ macro_rules! select_entries {
     };
 }
 
-fn list_row(keys: &RowMac, r: &AnyRow) -> Result<StatusListState, StoreError> {
+pub(super) fn list_row(keys: &RowMac, r: &AnyRow) -> Result<StatusListState, StoreError> {
     let int = |col: &'static str| -> Result<u32, StoreError> {
         u32::try_from(r.try_get::<i64, _>(col)?).map_err(|_| StoreError::Corrupt(col))
     };
@@ -44,7 +44,7 @@ fn list_row(keys: &RowMac, r: &AnyRow) -> Result<StatusListState, StoreError> {
 
 /// An entry and whether its MAC verified (a list is built from every row,
 /// verified or not: one that fails is published as revoked).
-fn entry_row(keys: &RowMac, r: &AnyRow) -> Result<(CredentialEntry, bool), StoreError> {
+pub(super) fn entry_row(keys: &RowMac, r: &AnyRow) -> Result<(CredentialEntry, bool), StoreError> {
     let subject = match r.try_get::<Option<Vec<u8>>, _>("subject_id")? {
         None => None,
         Some(_) => Some(subject_col(r, "subject_id")?),

@@ -29,7 +29,11 @@ macro_rules! ignored_unlinked {
 pub const IGNORED_UNLINKED: &str = ignored_unlinked!();
 
 /// A rule row of `subject`, its MAC checked.
-fn rule_from_row(keys: &RowMac, subject: &SubjectId, r: &AnyRow) -> Result<Rule, StoreError> {
+pub(super) fn rule_from_row(
+    keys: &RowMac,
+    subject: &SubjectId,
+    r: &AnyRow,
+) -> Result<Rule, StoreError> {
     let rule = Rule {
         source: r.try_get("source")?,
         event_type: r.try_get("event_type")?,
@@ -42,7 +46,7 @@ fn rule_from_row(keys: &RowMac, subject: &SubjectId, r: &AnyRow) -> Result<Rule,
 }
 
 /// A link row `(entity, linked_at_ms)` of `subject`, its MAC checked.
-fn link_from_row(
+pub(super) fn link_from_row(
     keys: &RowMac,
     subject: &SubjectId,
     r: &AnyRow,

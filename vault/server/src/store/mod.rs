@@ -39,6 +39,7 @@ mod consent;
 mod credentials;
 mod events;
 mod matching;
+mod rekey;
 mod retention;
 mod rows;
 mod transactions;
@@ -56,6 +57,7 @@ pub use audit::{
 };
 pub use events::IGNORED_UNLINKED;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
+pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};
 pub use retention::Prunable;
 pub use writer::MAX_BATCH;
 
@@ -159,6 +161,9 @@ pub struct Store {
     /// carries one and every one read is checked. Without keys (never set)
     /// those rows can be neither written nor trusted.
     row_mac: Option<std::sync::Arc<RowMac>>,
+    /// A deletion wants a VACUUM (PostgreSQL), and whether one runs.
+    vacuum_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    vacuum_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Writes queued for or holding the writer, at most.
@@ -215,6 +220,8 @@ impl Store {
             applier: None,
             queue: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
             row_mac: None,
+            vacuum_due: std::sync::Arc::default(),
+            vacuum_running: std::sync::Arc::default(),
         };
         match backend {
             Backend::Sqlite => {
@@ -421,11 +428,46 @@ impl Store {
     /// After a shredding delete: push the WAL into the main file and
     /// truncate it, so deleted pages (overwritten by `secure_delete`) do not
     /// survive in the WAL. Best effort; a busy reader can postpone it.
+    ///
+    /// On PostgreSQL a deleted row stays in its page as a dead tuple until
+    /// VACUUM reclaims it: one VACUUM of the tables holding a person's keys
+    /// and data is started in the background (at most one at a time; a
+    /// delete while one runs marks another as due).
     pub async fn compact_after_delete(&self) -> Result<(), StoreError> {
-        if self.backend == Backend::Sqlite {
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.pool)
-                .await?;
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Backend::Postgres => {
+                use std::sync::atomic::Ordering;
+                self.vacuum_due.store(true, Ordering::SeqCst);
+                if self.vacuum_running.swap(true, Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let (pool, due, running) = (
+                    self.pool.clone(),
+                    std::sync::Arc::clone(&self.vacuum_due),
+                    std::sync::Arc::clone(&self.vacuum_running),
+                );
+                tokio::spawn(async move {
+                    while due.swap(false, Ordering::SeqCst) {
+                        // A second of deletes shares one VACUUM.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if let Err(e) = sqlx::query(
+                            "VACUUM subjects, packets, match_index, match_subjects, \
+                             pairwise_tokens, devices, consents, consent_receipts, command_outbox",
+                        )
+                        .execute(&pool)
+                        .await
+                        {
+                            tracing::warn!(error = %e, "VACUUM after delete failed; autovacuum reclaims the rows later");
+                        }
+                    }
+                    running.store(false, Ordering::SeqCst);
+                });
+            }
         }
         Ok(())
     }
@@ -713,46 +755,85 @@ impl AuditedTx {
 
     /// Deletes a subject's wrapped DEK, packets, blind-matching indexes,
     /// pairwise tokens, consent rows, links, rules, events and pending
-    /// commands; returns packets removed.
-    pub async fn delete_subject(&mut self, id: &SubjectId) -> Result<u64, StoreError> {
-        let n = sqlx::query("DELETE FROM packets WHERE subject_id = $1")
-            .bind(id.as_bytes().to_vec())
-            .execute(self.conn().await?)
-            .await?
-            .rows_affected();
-        for sql in [
-            "DELETE FROM subjects WHERE subject_id = $1",
+    /// commands; returns what it removed, `(what, rows)` in this order,
+    /// `packets` first (a deletion receipt lists them).
+    pub async fn delete_subject(
+        &mut self,
+        id: &SubjectId,
+    ) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let mut out = Vec::with_capacity(19);
+        for (what, sql) in [
+            ("packets", "DELETE FROM packets WHERE subject_id = $1"),
+            ("data-key", "DELETE FROM subjects WHERE subject_id = $1"),
             // No longer matchable, and no partner's token points at it.
-            "DELETE FROM match_index WHERE subject_id = $1",
-            "DELETE FROM match_subjects WHERE subject_id = $1",
-            "DELETE FROM pairwise_tokens WHERE subject_id = $1",
+            (
+                "match-index",
+                "DELETE FROM match_index WHERE subject_id = $1",
+            ),
+            (
+                "match-signatures",
+                "DELETE FROM match_subjects WHERE subject_id = $1",
+            ),
+            (
+                "pairwise-tokens",
+                "DELETE FROM pairwise_tokens WHERE subject_id = $1",
+            ),
             // Its devices (and their request ids), codes, challenges,
             // consents and receipts.
-            "DELETE FROM device_requests WHERE device_id IN \
-             (SELECT device_id FROM devices WHERE subject_id = $1)",
-            "DELETE FROM code_failures WHERE device_id IN \
-             (SELECT device_id FROM devices WHERE subject_id = $1)",
+            (
+                "device-requests",
+                "DELETE FROM device_requests WHERE device_id IN \
+                 (SELECT device_id FROM devices WHERE subject_id = $1)",
+            ),
+            (
+                "code-failures",
+                "DELETE FROM code_failures WHERE device_id IN \
+                 (SELECT device_id FROM devices WHERE subject_id = $1)",
+            ),
             // Its one-time transactions (their third parties see NotFound).
-            "DELETE FROM transactions WHERE subject_id = $1",
-            "DELETE FROM devices WHERE subject_id = $1",
-            "DELETE FROM enrollment_codes WHERE subject_id = $1",
-            "DELETE FROM consent_challenges WHERE subject_id = $1",
-            "DELETE FROM consents WHERE subject_id = $1",
-            "DELETE FROM consent_receipts WHERE subject_id = $1",
+            (
+                "transactions",
+                "DELETE FROM transactions WHERE subject_id = $1",
+            ),
+            ("devices", "DELETE FROM devices WHERE subject_id = $1"),
+            (
+                "enrollment-codes",
+                "DELETE FROM enrollment_codes WHERE subject_id = $1",
+            ),
+            (
+                "consent-challenges",
+                "DELETE FROM consent_challenges WHERE subject_id = $1",
+            ),
+            ("consents", "DELETE FROM consents WHERE subject_id = $1"),
+            (
+                "consent-receipts",
+                "DELETE FROM consent_receipts WHERE subject_id = $1",
+            ),
             // Its links, rules, event history and pending commands (whose
             // payloads its data key sealed).
-            "DELETE FROM entity_links WHERE subject_id = $1",
-            "DELETE FROM subject_rules WHERE subject_id = $1",
-            "DELETE FROM events WHERE subject_id = $1",
-            "DELETE FROM command_outbox WHERE subject_id = $1",
-            "DELETE FROM command_counters WHERE subject_id = $1",
+            (
+                "entity-links",
+                "DELETE FROM entity_links WHERE subject_id = $1",
+            ),
+            ("rules", "DELETE FROM subject_rules WHERE subject_id = $1"),
+            ("events", "DELETE FROM events WHERE subject_id = $1"),
+            (
+                "commands",
+                "DELETE FROM command_outbox WHERE subject_id = $1",
+            ),
+            (
+                "command-counters",
+                "DELETE FROM command_counters WHERE subject_id = $1",
+            ),
         ] {
-            sqlx::query(sql)
+            let n = sqlx::query(sql)
                 .bind(id.as_bytes().to_vec())
                 .execute(self.conn().await?)
-                .await?;
+                .await?
+                .rows_affected();
+            out.push((what, n));
         }
-        Ok(n)
+        Ok(out)
     }
 
     /// Canonical tokens for blind indexes, inside the transaction.

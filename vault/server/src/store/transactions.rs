@@ -22,7 +22,7 @@ macro_rules! select_transactions {
 }
 
 /// A transaction row, its MAC checked.
-fn transaction(keys: &RowMac, r: &AnyRow) -> Result<Transaction, StoreError> {
+pub(super) fn transaction(keys: &RowMac, r: &AnyRow) -> Result<Transaction, StoreError> {
     let state: String = r.try_get("state")?;
     let t = Transaction {
         id: fixed(r, "transaction_id")?,

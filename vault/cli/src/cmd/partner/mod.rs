@@ -34,8 +34,25 @@ pub(crate) enum PartnerCommand {
     },
     /// Verify a subject's packet chain.
     VerifyChain { subject_id: String },
-    /// Delete (crypto-shred) a subject.
-    DeleteSubject { subject_id: String },
+    /// Delete (crypto-shred) a subject; prints the vault's signed
+    /// deletion receipt, or writes it to --receipt.
+    DeleteSubject {
+        subject_id: String,
+        /// Write the signed receipt to this file (created; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        receipt: Option<std::path::PathBuf>,
+    },
+    /// Verify a signed deletion receipt with the vault's receipt key
+    /// (`idvault keys receipt-public-key`), offline: prints what it states,
+    /// exits 1 if it does not verify.
+    VerifyReceipt {
+        /// The receipt (as DeleteSubject returned it).
+        #[arg(long, value_name = "FILE")]
+        receipt: std::path::PathBuf,
+        /// Receipt verifier key file, one key per line.
+        #[arg(long, value_name = "FILE")]
+        public_key: std::path::PathBuf,
+    },
     /// Blind-match a person: prints pairwise token, score and agreeing fields.
     Match {
         #[arg(long = "field", value_parser = parse_field, required = true)]
@@ -150,14 +167,33 @@ pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        PartnerCommand::DeleteSubject { subject_id } => {
+        PartnerCommand::DeleteSubject {
+            subject_id,
+            receipt,
+        } => {
             let r = subjects()
                 .await?
                 .delete_subject(DeleteSubjectRequest { subject_id })
                 .await?
                 .into_inner();
             println!("deleted: {} packets destroyed", r.packets_destroyed);
+            match receipt {
+                Some(path) => {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, r.receipt.as_bytes()))
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    println!("receipt written to {}", path.display());
+                }
+                None => print!("{}", r.receipt),
+            }
         }
+        PartnerCommand::VerifyReceipt {
+            receipt,
+            public_key,
+        } => verify_receipt(&receipt, &public_key)?,
         PartnerCommand::Match {
             fields: f,
             max_results,
@@ -254,4 +290,40 @@ async fn audit_check(
         );
     }
     Ok(())
+}
+
+/// `partner verify-receipt`: offline, with pinned receipt verifier keys.
+fn verify_receipt(receipt: &std::path::Path, public_key: &std::path::Path) -> anyhow::Result<()> {
+    let (keys, _) = crate::cmd::audit::read_verifiers(public_key)?;
+    let note = std::fs::read_to_string(receipt)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", receipt.display()))?;
+    match idvault_core::receipt::open_receipt(&note, &keys) {
+        Ok(r) => {
+            println!(
+                "receipt verified: subject {} deleted at {} ms by {}",
+                r.subject, r.deleted_at_ms, r.deleted_by
+            );
+            println!(
+                "audit record: request {} (leaf hash {}); prove it is logged with \
+                 `idvault partner audit-check --request-id {}`",
+                hex::encode(r.request_id),
+                hex::encode(r.audit_leaf),
+                hex::encode(r.request_id)
+            );
+            println!(
+                "destroyed: {}",
+                r.destroyed
+                    .iter()
+                    .map(|(w, n)| format!("{w}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!("final: {}", r.final_when);
+            Ok(())
+        }
+        Err(e) => {
+            println!("receipt NOT verified: {e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -204,7 +204,10 @@ impl Vault {
         let owner = &req.partner.name;
         let current = self.keys().current_version();
         // Newest version first: new links use it; older ones still find old links.
-        let keys = (1..=current)
+        let keys = self
+            .keys()
+            .versions()
+            .into_iter()
             .rev()
             .map(|v| self.keys().xref_index_key(owner, v))
             .collect::<Result<Vec<_>, KeyError>>()?;

@@ -189,7 +189,6 @@ impl Vault {
         mode: &Mode,
     ) -> Result<(Source, String), VaultError> {
         let partner = req.partner;
-        let v = self.keys().current_version();
         match mode {
             Mode::Stateless { domain } => {
                 if !idvault_tokenizer::token::valid_domain(domain) {
@@ -205,6 +204,9 @@ impl Vault {
                     return Err(VaultError::DomainDenied);
                 }
                 req.decide_on(Resource::TokenDomain(domain), &[])?;
+                // Each domain issues under its own version (docs/keys.md,
+                // "Token domains"): rotating one leaves the others' tokens.
+                let v = self.keys().token_version(domain);
                 let k = self.keys().token_key(domain, v)?;
                 let mut bytes = *k.expose();
                 let dk = DomainKey::new(domain, v, &bytes)
@@ -216,7 +218,10 @@ impl Vault {
                 ))
             }
             Mode::CrossReference => {
-                let keys = (1..=v)
+                let keys = self
+                    .keys()
+                    .versions()
+                    .into_iter()
                     .rev()
                     .map(|x| self.keys().xref_index_key(&partner.name, x))
                     .collect::<Result<Vec<_>, _>>()?;

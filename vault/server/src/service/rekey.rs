@@ -1,0 +1,354 @@
+//! Rewrap: moving everything stored forward to the current root key
+//! version, online, in audited batches (docs/keys.md, "Rewrap and
+//! retire").
+//!
+//! Four passes, each resumable because each selects only what is still
+//! below the target version (a crash loses at most the batch in flight,
+//! which rolled back whole):
+//!
+//! 1. subjects: the data key is unwrapped and wrapped again, and every
+//!    match index and signature is recomputed from the decrypted values
+//!    under the new keyring (so a lookup needs to probe one version once
+//!    the old one is retired); packets and command payloads are sealed
+//!    under the data key, which does not change;
+//! 2. cross-reference links: each identifier is opened, re-indexed with
+//!    its owner's new blind-index key and sealed under the new seal key;
+//! 3. row MACs of every MACed table; a row whose MAC fails is left as it
+//!    is (never re-MACed: that would bless a forgery);
+//! 4. audit leaf MACs (the leaf bytes, and so the tree, do not change).
+//!
+//! Each batch is one transaction through the same writer as requests
+//! (one audit leaf per batch), so requests keep flowing between batches;
+//! each subject is read locked, so a concurrent update waits for the
+//! batch or the batch sees the update.
+
+use idvault_core::keys::{self as ckeys};
+use idvault_core::tlog::merkle;
+use idvault_core::{crypto, xref};
+use idvault_tokenizer::ident::IdentifierType;
+
+use super::{Caller, Vault, VaultError};
+use crate::store::MacTable;
+
+/// Items per batch transaction.
+pub const REWRAP_BATCH: u32 = 100;
+
+/// What a rewrap pass reports as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrapProgress {
+    /// `subjects`, `links`, `row-macs` or `audit-leaves`.
+    pub phase: &'static str,
+    /// Items of this phase handled so far in this run.
+    pub done: u64,
+    /// Items of this phase below the target when the run started.
+    pub total: u64,
+}
+
+/// What a rewrap run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RewrapReport {
+    /// The version everything moved to.
+    pub target: u32,
+    /// Subjects rewrapped and re-indexed.
+    pub subjects: u64,
+    /// Subjects left behind: their data key or packets did not open.
+    pub damaged_subjects: u64,
+    /// Cross-reference links moved.
+    pub links: u64,
+    /// Links whose sealed identifier did not open.
+    pub damaged_links: u64,
+    /// Rows re-MACed.
+    pub row_macs: u64,
+    /// Rows whose MAC did not verify (left as they are).
+    pub forged_rows: u64,
+    /// Audit leaves re-MACed.
+    pub leaves: u64,
+    /// Leaves whose MAC did not verify (left as they are).
+    pub forged_leaves: u64,
+    /// Batches committed (one audit leaf each).
+    pub batches: u64,
+}
+
+impl RewrapReport {
+    /// Whether anything was left under an older version.
+    pub fn left_behind(&self) -> u64 {
+        self.damaged_subjects + self.damaged_links + self.forged_rows + self.forged_leaves
+    }
+}
+
+/// The audit action name of rewrap batches.
+pub const REWRAP_ACTION: &str = "KeyRewrap";
+
+impl Vault {
+    /// Moves everything below the current root key version forward to it.
+    /// `progress` is called after every batch.
+    pub async fn rewrap(
+        &self,
+        actor: &Caller,
+        mut progress: impl FnMut(&RewrapProgress),
+    ) -> Result<RewrapReport, VaultError> {
+        let target = self.keys().current_version();
+        let mut report = RewrapReport {
+            target,
+            ..RewrapReport::default()
+        };
+        let backlog = self.store().rewrap_backlog(target).await?;
+        let total = |i: usize| backlog.get(i).map_or(0, |(_, n)| *n);
+        self.rewrap_subjects(actor, target, total(0), &mut report, &mut progress)
+            .await?;
+        self.rewrap_links(actor, target, total(1), &mut report, &mut progress)
+            .await?;
+        self.rewrap_row_macs(actor, target, total(2), &mut report, &mut progress)
+            .await?;
+        self.rewrap_leaves(actor, target, total(3), &mut report, &mut progress)
+            .await?;
+        Ok(report)
+    }
+
+    async fn rewrap_subjects(
+        &self,
+        actor: &Caller,
+        target: u32,
+        total: u64,
+        report: &mut RewrapReport,
+        progress: &mut impl FnMut(&RewrapProgress),
+    ) -> Result<(), VaultError> {
+        let kek = self.keys().kek(target)?;
+        let mut after = None;
+        let mut done = 0;
+        loop {
+            let ids = self
+                .store()
+                .subjects_below(after.as_ref(), target, REWRAP_BATCH)
+                .await?;
+            let Some(last) = ids.last().copied() else {
+                break;
+            };
+            after = Some(last);
+            let mut tx = self.begin().await?;
+            let (mut moved, mut damaged) = (0u64, 0u64);
+            for id in &ids {
+                // Locked on PostgreSQL: an update of this person waits for
+                // the batch, or the batch reads the update.
+                let Some(row) = tx.subject(id).await? else {
+                    continue;
+                };
+                let old = row.wrapped_dek.kek_version;
+                if old >= target {
+                    continue;
+                }
+                let Ok(dek) = self.subject_dek(&row) else {
+                    damaged += 1;
+                    continue;
+                };
+                let Ok(values) = self.newest_values(&mut tx, &row).await else {
+                    damaged += 1;
+                    continue;
+                };
+                let wrapped = ckeys::wrap_dek(&kek, id, &dek, self.rng())?;
+                drop(dek);
+                if !tx.rewrap_subject_key(id, old, &wrapped).await? {
+                    continue;
+                }
+                let indexes = self.match_rows_of(&values)?;
+                tx.match_delete_subject(id).await?;
+                self.write_match_rows(&mut tx, id, &[], &indexes).await?;
+                moved += 1;
+            }
+            let detail = format!("rewrap to=v{target} subjects={moved} damaged={damaged}");
+            self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+            report.subjects += moved;
+            report.damaged_subjects += damaged;
+            report.batches += 1;
+            done += ids.len() as u64;
+            progress(&RewrapProgress {
+                phase: "subjects",
+                done,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    async fn rewrap_links(
+        &self,
+        actor: &Caller,
+        target: u32,
+        total: u64,
+        report: &mut RewrapReport,
+        progress: &mut impl FnMut(&RewrapProgress),
+    ) -> Result<(), VaultError> {
+        let seal = self.keys().xref_seal_key(target)?;
+        let mut after: Option<[u8; 32]> = None;
+        let mut done = 0;
+        loop {
+            let rows = self
+                .store()
+                .links_below(after.as_ref(), target, REWRAP_BATCH)
+                .await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = Some(last.blind_index);
+            let mut tx = self.begin().await?;
+            let (mut moved, mut damaged) = (0u64, 0u64);
+            for row in &rows {
+                let old_seal = self.keys().xref_seal_key(row.key_version)?;
+                let (Ok(value), Some(ty)) = (
+                    xref::open_identifier(&old_seal, &row.blind_index, &row.sealed),
+                    IdentifierType::parse(&row.id_type),
+                ) else {
+                    damaged += 1;
+                    continue;
+                };
+                let index_key = self.keys().xref_index_key(&row.owner, target)?;
+                let index = xref::blind_index(&index_key, ty, &value);
+                let sealed = xref::seal_identifier(&seal, &index, &value, self.rng())
+                    .map_err(ckeys::KeyError::from)?;
+                if tx.relink(row, &index, target, sealed).await? {
+                    moved += 1;
+                }
+            }
+            tx.bump_xref_generation().await?;
+            let detail = format!("rewrap to=v{target} links={moved} damaged={damaged}");
+            self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+            report.links += moved;
+            report.damaged_links += damaged;
+            report.batches += 1;
+            done += rows.len() as u64;
+            progress(&RewrapProgress {
+                phase: "links",
+                done,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    async fn rewrap_row_macs(
+        &self,
+        actor: &Caller,
+        target: u32,
+        total: u64,
+        report: &mut RewrapReport,
+        progress: &mut impl FnMut(&RewrapProgress),
+    ) -> Result<(), VaultError> {
+        let mut done = 0;
+        for table in MacTable::ALL {
+            let mut skip = 0u64;
+            loop {
+                let mut tx = self.begin().await?;
+                let b = tx
+                    .remac_rows(table, target, REWRAP_BATCH, skip)
+                    .await
+                    .map_err(VaultError::from)?;
+                if b.seen == 0 {
+                    // Nothing read and nothing written: the transaction
+                    // ends unused.
+                    drop(tx);
+                    break;
+                }
+                skip += b.forged;
+                let detail = format!(
+                    "rewrap to=v{target} table={} row_macs={} forged={}",
+                    table.name(),
+                    b.moved,
+                    b.forged
+                );
+                self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+                report.row_macs += b.moved;
+                report.forged_rows += b.forged;
+                report.batches += 1;
+                done += b.seen;
+                progress(&RewrapProgress {
+                    phase: "row-macs",
+                    done,
+                    total,
+                });
+                if b.seen < u64::from(REWRAP_BATCH) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn rewrap_leaves(
+        &self,
+        actor: &Caller,
+        target: u32,
+        total: u64,
+        report: &mut RewrapReport,
+        progress: &mut impl FnMut(&RewrapProgress),
+    ) -> Result<(), VaultError> {
+        let key = self.keys().audit_key(target)?;
+        let mut old_keys = std::collections::HashMap::new();
+        let mut after = 0i64;
+        let mut done = 0;
+        loop {
+            // Larger batches: a leaf costs two HMACs.
+            let rows = self
+                .store()
+                .leaf_macs_below(after, target, REWRAP_BATCH * 10)
+                .await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = last.id;
+            let mut tx = self.begin().await?;
+            let (mut moved, mut forged) = (0u64, 0u64);
+            for row in &rows {
+                let hash = merkle::leaf_hash(&row.leaf);
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    old_keys.entry(row.key_version)
+                {
+                    e.insert(self.keys().audit_key(row.key_version).ok());
+                }
+                let ok = old_keys
+                    .get(&row.key_version)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|old| crypto::hmac_sha256_verify(old.expose(), &hash, &row.mac));
+                if !ok {
+                    forged += 1;
+                    continue;
+                }
+                let mac = crypto::hmac_sha256(key.expose(), &[&hash]);
+                if tx
+                    .remac_leaf(row, target, &mac)
+                    .await
+                    .map_err(VaultError::from)?
+                {
+                    moved += 1;
+                }
+            }
+            let detail = format!("rewrap to=v{target} leaves={moved} forged={forged}");
+            self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+            report.leaves += moved;
+            report.forged_leaves += forged;
+            report.batches += 1;
+            done += rows.len() as u64;
+            progress(&RewrapProgress {
+                phase: "audit-leaves",
+                done,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    /// What still names root key version `version` in the database, with
+    /// a non-zero count each (the key file's token domain pins are the
+    /// caller's to add).
+    pub async fn version_references(&self, version: u32) -> Result<Vec<(String, u64)>, VaultError> {
+        let now_s = self.now_millis() / 1000;
+        Ok(self.store().version_references(version, now_s).await?)
+    }
+
+    /// Work left below the current version: `(what, rows)`.
+    pub async fn rewrap_backlog(&self) -> Result<Vec<(String, u64)>, VaultError> {
+        Ok(self
+            .store()
+            .rewrap_backlog(self.keys().current_version())
+            .await?)
+    }
+}

@@ -1,0 +1,688 @@
+//! Moving stored rows forward to a newer root key version, and counting
+//! what still names a version (docs/keys.md, "Rewrap and retire").
+//!
+//! Every change here is conditional on the row being as read (its old
+//! version, its old MAC): a request that rewrote the row meanwhile wrote
+//! it under the current version already, and the rewrap leaves it alone.
+//! A row whose MAC does not verify is never re-MACed (that would bless a
+//! forgery); it keeps naming its old version, and `keys retire` counts it.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::rows::u64_to_i64;
+use super::rows::{fixed, list_col, subject_col};
+use super::{AuditedTx, Store, StoreError, check_row, seal_row};
+use idvault_core::consent::{Challenge, EnrollmentCode};
+use idvault_core::keys::WrappedDek;
+use idvault_core::rowmac::{self, RowBytes, RowMac};
+use idvault_core::subject::SubjectId;
+
+/// A table whose rows carry row MACs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacTable {
+    /// `devices`
+    Devices,
+    /// `enrollment_codes`
+    EnrollmentCodes,
+    /// `consent_challenges`
+    ConsentChallenges,
+    /// `consents`
+    Consents,
+    /// `entity_links`
+    EntityLinks,
+    /// `subject_rules`
+    SubjectRules,
+    /// `status_lists`
+    StatusLists,
+    /// `credentials`
+    Credentials,
+    /// `transactions`
+    Transactions,
+}
+
+/// A primary key value to bind.
+enum Pk {
+    Blob(Vec<u8>),
+    Text(String),
+    Int(i64),
+}
+
+impl MacTable {
+    /// Every MACed table.
+    pub const ALL: [Self; 9] = [
+        Self::Devices,
+        Self::EnrollmentCodes,
+        Self::ConsentChallenges,
+        Self::Consents,
+        Self::EntityLinks,
+        Self::SubjectRules,
+        Self::StatusLists,
+        Self::Credentials,
+        Self::Transactions,
+    ];
+
+    /// The table's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Devices => "devices",
+            Self::EnrollmentCodes => "enrollment_codes",
+            Self::ConsentChallenges => "consent_challenges",
+            Self::Consents => "consents",
+            Self::EntityLinks => "entity_links",
+            Self::SubjectRules => "subject_rules",
+            Self::StatusLists => "status_lists",
+            Self::Credentials => "credentials",
+            Self::Transactions => "transactions",
+        }
+    }
+
+    /// Rows below `$1`, in the order of the `(mac_version, key)` index
+    /// (migration 0013), `$2` of them after skipping `$3`.
+    fn select(self) -> &'static str {
+        match self {
+            Self::Devices => {
+                "SELECT device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
+                 mac_version, mac FROM devices WHERE mac_version < $1 \
+                 ORDER BY mac_version, device_id LIMIT $2 OFFSET $3"
+            }
+            Self::EnrollmentCodes => {
+                "SELECT code_hash, subject_id, issued_to, expires_at_ms, used_at_ms, mac_version, mac \
+                 FROM enrollment_codes WHERE mac_version < $1 \
+                 ORDER BY mac_version, code_hash LIMIT $2 OFFSET $3"
+            }
+            Self::ConsentChallenges => {
+                "SELECT challenge, partner, subject_id, expires_at_ms, used_at_ms, mac_version, mac \
+                 FROM consent_challenges WHERE mac_version < $1 \
+                 ORDER BY mac_version, challenge LIMIT $2 OFFSET $3"
+            }
+            Self::Consents => {
+                "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
+                 expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
+                 mac_version, mac FROM consents WHERE mac_version < $1 \
+                 ORDER BY mac_version, consent_id LIMIT $2 OFFSET $3"
+            }
+            Self::EntityLinks => {
+                "SELECT subject_id, entity, linked_at_ms, mac_version, mac FROM entity_links \
+                 WHERE mac_version < $1 ORDER BY mac_version, subject_id, entity LIMIT $2 OFFSET $3"
+            }
+            Self::SubjectRules => {
+                "SELECT subject_id, rule_id, source, event_type, target, command, fields, mac_version, mac \
+                 FROM subject_rules WHERE mac_version < $1 \
+                 ORDER BY mac_version, subject_id, rule_id LIMIT $2 OFFSET $3"
+            }
+            Self::StatusLists => {
+                "SELECT list_id, log2, key_version, next_seq, mac_version, mac FROM status_lists \
+                 WHERE mac_version < $1 ORDER BY mac_version, list_id LIMIT $2 OFFSET $3"
+            }
+            Self::Credentials => {
+                "SELECT list_id, idx, seq, subject_id, device_id, expires_at, revoked_at_ms, mac_version, mac \
+                 FROM credentials WHERE mac_version < $1 \
+                 ORDER BY mac_version, list_id, idx LIMIT $2 OFFSET $3"
+            }
+            Self::Transactions => {
+                "SELECT transaction_id, code_mac, partner, subject_id, pairwise_token, binding_message, \
+                 claims, created_at_ms, expires_at_ms, attempts, state, answered_by, answered_at_ms, \
+                 approved, mac_version, mac FROM transactions WHERE mac_version < $1 \
+                 ORDER BY mac_version, transaction_id LIMIT $2 OFFSET $3"
+            }
+        }
+    }
+
+    /// Sets `(mac_version, mac) = ($1, $2)` where the key is `$3…` and
+    /// the MAC is still the one read (last parameter).
+    fn update(self) -> &'static str {
+        match self {
+            Self::Devices => {
+                "UPDATE devices SET mac_version = $1, mac = $2 WHERE device_id = $3 AND mac = $4"
+            }
+            Self::EnrollmentCodes => {
+                "UPDATE enrollment_codes SET mac_version = $1, mac = $2 WHERE code_hash = $3 AND mac = $4"
+            }
+            Self::ConsentChallenges => {
+                "UPDATE consent_challenges SET mac_version = $1, mac = $2 WHERE challenge = $3 AND mac = $4"
+            }
+            Self::Consents => {
+                "UPDATE consents SET mac_version = $1, mac = $2 WHERE consent_id = $3 AND mac = $4"
+            }
+            Self::EntityLinks => {
+                "UPDATE entity_links SET mac_version = $1, mac = $2 \
+                 WHERE subject_id = $3 AND entity = $4 AND mac = $5"
+            }
+            Self::SubjectRules => {
+                "UPDATE subject_rules SET mac_version = $1, mac = $2 \
+                 WHERE subject_id = $3 AND rule_id = $4 AND mac = $5"
+            }
+            Self::StatusLists => {
+                "UPDATE status_lists SET mac_version = $1, mac = $2 WHERE list_id = $3 AND mac = $4"
+            }
+            Self::Credentials => {
+                "UPDATE credentials SET mac_version = $1, mac = $2 \
+                 WHERE list_id = $3 AND idx = $4 AND mac = $5"
+            }
+            Self::Transactions => {
+                "UPDATE transactions SET mac_version = $1, mac = $2 WHERE transaction_id = $3 AND mac = $4"
+            }
+        }
+    }
+
+    /// Rows MACed under exactly `$1`.
+    fn count_at(self) -> &'static str {
+        match self {
+            Self::Devices => "SELECT COUNT(*) FROM devices WHERE mac_version = $1",
+            Self::EnrollmentCodes => "SELECT COUNT(*) FROM enrollment_codes WHERE mac_version = $1",
+            Self::ConsentChallenges => {
+                "SELECT COUNT(*) FROM consent_challenges WHERE mac_version = $1"
+            }
+            Self::Consents => "SELECT COUNT(*) FROM consents WHERE mac_version = $1",
+            Self::EntityLinks => "SELECT COUNT(*) FROM entity_links WHERE mac_version = $1",
+            Self::SubjectRules => "SELECT COUNT(*) FROM subject_rules WHERE mac_version = $1",
+            Self::StatusLists => "SELECT COUNT(*) FROM status_lists WHERE mac_version = $1",
+            Self::Credentials => "SELECT COUNT(*) FROM credentials WHERE mac_version = $1",
+            Self::Transactions => "SELECT COUNT(*) FROM transactions WHERE mac_version = $1",
+        }
+    }
+
+    /// Rows MACed under a version below `$1`.
+    fn count_below(self) -> &'static str {
+        match self {
+            Self::Devices => "SELECT COUNT(*) FROM devices WHERE mac_version < $1",
+            Self::EnrollmentCodes => "SELECT COUNT(*) FROM enrollment_codes WHERE mac_version < $1",
+            Self::ConsentChallenges => {
+                "SELECT COUNT(*) FROM consent_challenges WHERE mac_version < $1"
+            }
+            Self::Consents => "SELECT COUNT(*) FROM consents WHERE mac_version < $1",
+            Self::EntityLinks => "SELECT COUNT(*) FROM entity_links WHERE mac_version < $1",
+            Self::SubjectRules => "SELECT COUNT(*) FROM subject_rules WHERE mac_version < $1",
+            Self::StatusLists => "SELECT COUNT(*) FROM status_lists WHERE mac_version < $1",
+            Self::Credentials => "SELECT COUNT(*) FROM credentials WHERE mac_version < $1",
+            Self::Transactions => "SELECT COUNT(*) FROM transactions WHERE mac_version < $1",
+        }
+    }
+
+    /// The row's MACed bytes, its stored MAC checked first, and its key.
+    fn row(self, keys: &RowMac, r: &AnyRow) -> Result<(RowBytes, Vec<Pk>), StoreError> {
+        let blob = |c: &str| -> Result<Pk, StoreError> { Ok(Pk::Blob(r.try_get(c)?)) };
+        let text = |c: &str| -> Result<Pk, StoreError> { Ok(Pk::Text(r.try_get(c)?)) };
+        let int = |c: &str| -> Result<Pk, StoreError> { Ok(Pk::Int(r.try_get(c)?)) };
+        Ok(match self {
+            Self::Devices => {
+                let d = super::consent::device(keys, r)?;
+                (rowmac::device(&d), vec![text("device_id")?])
+            }
+            Self::EnrollmentCodes => {
+                let hash: [u8; 32] = fixed(r, "code_hash")?;
+                let code = EnrollmentCode {
+                    subject: subject_col(r, "subject_id")?,
+                    issued_to: r.try_get("issued_to")?,
+                    expires_at_ms: r.try_get("expires_at_ms")?,
+                    used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
+                };
+                let bytes = rowmac::enrollment_code(&hash, &code);
+                check_row(keys, &bytes, r)?;
+                (bytes, vec![blob("code_hash")?])
+            }
+            Self::ConsentChallenges => {
+                let challenge: [u8; 32] = fixed(r, "challenge")?;
+                let c = Challenge {
+                    partner: r.try_get("partner")?,
+                    subject: subject_col(r, "subject_id")?,
+                    expires_at_ms: r.try_get("expires_at_ms")?,
+                    used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
+                };
+                let bytes = rowmac::challenge(&challenge, &c);
+                check_row(keys, &bytes, r)?;
+                (bytes, vec![blob("challenge")?])
+            }
+            Self::Consents => {
+                let c = super::consent::consent(keys, r)?;
+                (rowmac::consent(&c), vec![blob("consent_id")?])
+            }
+            Self::EntityLinks => {
+                let subject = subject_col(r, "subject_id")?;
+                let (entity, at) = super::events::link_from_row(keys, &subject, r)?;
+                (
+                    rowmac::entity_link(&subject, &entity, at),
+                    vec![blob("subject_id")?, text("entity")?],
+                )
+            }
+            Self::SubjectRules => {
+                let subject = subject_col(r, "subject_id")?;
+                let rule = super::events::rule_from_row(keys, &subject, r)?;
+                // The rule id is the row's key, derived from the rule.
+                let _: Vec<String> = list_col(r, "fields")?;
+                (
+                    rowmac::rule(&subject, &rule),
+                    vec![blob("subject_id")?, text("rule_id")?],
+                )
+            }
+            Self::StatusLists => {
+                let l = super::credentials::list_row(keys, r)?;
+                (rowmac::status_list(&l), vec![int("list_id")?])
+            }
+            Self::Credentials => {
+                let (e, ok) = super::credentials::entry_row(keys, r)?;
+                if !ok {
+                    return Err(StoreError::Forged("credential"));
+                }
+                (
+                    rowmac::credential_entry(&e),
+                    vec![int("list_id")?, int("idx")?],
+                )
+            }
+            Self::Transactions => {
+                let t = super::transactions::transaction(keys, r)?;
+                (rowmac::transaction(&t), vec![blob("transaction_id")?])
+            }
+        })
+    }
+}
+
+/// What one re-MAC batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemacBatch {
+    /// Rows read.
+    pub seen: u64,
+    /// Rows re-MACed under the current version.
+    pub moved: u64,
+    /// Rows whose MAC did not verify (left as they are).
+    pub forged: u64,
+}
+
+/// One cross-reference link as stored.
+#[derive(Debug, Clone)]
+pub struct LinkRow {
+    /// Its blind index (the primary key).
+    pub blind_index: [u8; 32],
+    /// The version of its index and seal keys.
+    pub key_version: u32,
+    /// Identifier type.
+    pub id_type: String,
+    /// Owning partner.
+    pub owner: String,
+    /// Entity token.
+    pub token: String,
+    /// The sealed identifier.
+    pub sealed: Vec<u8>,
+}
+
+/// One audit leaf's MAC as stored.
+#[derive(Debug, Clone)]
+pub struct LeafMacRow {
+    /// Its row id.
+    pub id: i64,
+    /// The leaf bytes.
+    pub leaf: Vec<u8>,
+    /// MAC key version.
+    pub key_version: u32,
+    /// The MAC.
+    pub mac: Vec<u8>,
+}
+
+fn version_col(r: &AnyRow, col: &'static str) -> Result<u32, StoreError> {
+    u32::try_from(r.try_get::<i64, _>(col)?).map_err(|_| StoreError::Corrupt(col))
+}
+
+impl Store {
+    /// Up to `limit` subjects after `after` (by id) whose data key is
+    /// wrapped under a version below `target`.
+    pub async fn subjects_below(
+        &self,
+        after: Option<&SubjectId>,
+        target: u32,
+        limit: u32,
+    ) -> Result<Vec<SubjectId>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT subject_id FROM subjects WHERE subject_id > $1 AND kek_version < $2 \
+             ORDER BY subject_id LIMIT $3",
+        )
+        .bind(after.map_or_else(Vec::new, |s| s.as_bytes().to_vec()))
+        .bind(i64::from(target))
+        .bind(u64_to_i64(u64::from(limit))?)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|b| SubjectId::from_slice(b).ok_or(StoreError::Corrupt("subjects.subject_id")))
+            .collect()
+    }
+
+    /// Up to `limit` cross-reference links after `after` (by blind index)
+    /// under a version below `target`.
+    pub async fn links_below(
+        &self,
+        after: Option<&[u8; 32]>,
+        target: u32,
+        limit: u32,
+    ) -> Result<Vec<LinkRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT blind_index, key_version, id_type, owner, token, sealed FROM xref_links \
+             WHERE blind_index > $1 AND key_version < $2 ORDER BY blind_index LIMIT $3",
+        )
+        .bind(after.map_or_else(Vec::new, |b| b.to_vec()))
+        .bind(i64::from(target))
+        .bind(u64_to_i64(u64::from(limit))?)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LinkRow {
+                    blind_index: fixed(r, "blind_index")?,
+                    key_version: version_col(r, "key_version")?,
+                    id_type: r.try_get("id_type")?,
+                    owner: r.try_get("owner")?,
+                    token: r.try_get("token")?,
+                    sealed: r.try_get("sealed")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` audit leaves after row `after` MACed under a version
+    /// below `target`.
+    pub async fn leaf_macs_below(
+        &self,
+        after: i64,
+        target: u32,
+        limit: u32,
+    ) -> Result<Vec<LeafMacRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, leaf, key_version, mac FROM audit_log WHERE id > $1 AND key_version < $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(i64::from(target))
+        .bind(u64_to_i64(u64::from(limit))?)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LeafMacRow {
+                    id: r.try_get("id")?,
+                    leaf: r.try_get("leaf")?,
+                    key_version: version_col(r, "key_version")?,
+                    mac: r.try_get("mac")?,
+                })
+            })
+            .collect()
+    }
+
+    /// 1 if the newest audit leaf was written after `since_ms` under a
+    /// MAC key version below `target` (a vault process that does not hold
+    /// `target` yet is writing), else 0.
+    pub async fn recent_leaves_below(&self, target: u32, since_ms: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT key_version, time_ms FROM audit_log ORDER BY id DESC LIMIT 1) t \
+             WHERE t.key_version < $1 AND t.time_ms > $2",
+        )
+        .bind(i64::from(target))
+        .bind(since_ms)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n.unsigned_abs())
+    }
+
+    async fn scalar(&self, sql: &'static str, v: u32) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(sql)
+            .bind(i64::from(v))
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n.unsigned_abs())
+    }
+
+    /// What still names root key version `version`, as `(what, count)`
+    /// pairs with a non-zero count. `now_s` dates credentials (a list's
+    /// permutation key and the issuer key are needed until the last
+    /// credential placed in it expires).
+    pub async fn version_references(
+        &self,
+        version: u32,
+        now_s: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut add = |what: &str, n: u64| {
+            if n > 0 {
+                out.push((what.to_owned(), n));
+            }
+        };
+        // A subject's match signature may mix versions from its kek
+        // version up to the current one, so every subject wrapped at or
+        // below `version` may still hold an index under it.
+        add(
+            "subjects (data keys or match signatures)",
+            self.scalar(
+                "SELECT COUNT(*) FROM subjects WHERE kek_version <= $1",
+                version,
+            )
+            .await?,
+        );
+        add(
+            "match index rows",
+            self.scalar(
+                "SELECT COUNT(*) FROM match_index WHERE key_version = $1",
+                version,
+            )
+            .await?,
+        );
+        add(
+            "cross-reference links",
+            self.scalar(
+                "SELECT COUNT(*) FROM xref_links WHERE key_version = $1",
+                version,
+            )
+            .await?,
+        );
+        for t in MacTable::ALL {
+            add(
+                &format!("{} rows (row MACs)", t.name()),
+                self.scalar(t.count_at(), version).await?,
+            );
+        }
+        add(
+            "audit leaves (MACs)",
+            self.scalar(
+                "SELECT COUNT(*) FROM audit_log WHERE key_version = $1",
+                version,
+            )
+            .await?,
+        );
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM credentials c JOIN status_lists l ON c.list_id = l.list_id \
+             WHERE l.key_version = $1 AND c.expires_at > $2 AND c.revoked_at_ms IS NULL",
+        )
+        .bind(i64::from(version))
+        .bind(now_s)
+        .fetch_one(self.pool())
+        .await?;
+        add(
+            "unexpired credentials (issuer key and status list permutation)",
+            live.unsigned_abs(),
+        );
+        Ok(out)
+    }
+
+    /// Work left for a rewrap to `target`: `(what, rows)`.
+    pub async fn rewrap_backlog(&self, target: u32) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = vec![
+            (
+                "subjects".to_owned(),
+                self.scalar(
+                    "SELECT COUNT(*) FROM subjects WHERE kek_version < $1",
+                    target,
+                )
+                .await?,
+            ),
+            (
+                "cross-reference links".to_owned(),
+                self.scalar(
+                    "SELECT COUNT(*) FROM xref_links WHERE key_version < $1",
+                    target,
+                )
+                .await?,
+            ),
+        ];
+        let mut macs = 0;
+        for t in MacTable::ALL {
+            macs += self.scalar(t.count_below(), target).await?;
+        }
+        out.push(("row MACs".to_owned(), macs));
+        out.push((
+            "audit leaf MACs".to_owned(),
+            self.scalar(
+                "SELECT COUNT(*) FROM audit_log WHERE key_version < $1",
+                target,
+            )
+            .await?,
+        ));
+        Ok(out)
+    }
+}
+
+impl AuditedTx {
+    /// Replaces a subject's wrapped data key if it is still wrapped under
+    /// `old_version`; returns whether it was.
+    pub async fn rewrap_subject_key(
+        &mut self,
+        id: &SubjectId,
+        old_version: u32,
+        new: &WrappedDek,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE subjects SET wrapped_dek = $1, kek_version = $2 \
+             WHERE subject_id = $3 AND kek_version = $4",
+        )
+        .bind(new.bytes.clone())
+        .bind(i64::from(new.kek_version))
+        .bind(id.as_bytes().to_vec())
+        .bind(i64::from(old_version))
+        .execute(self.conn().await?)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Removes every blocking row of a subject, in every domain (its
+    /// signatures are rewritten whole by the caller).
+    pub async fn match_delete_subject(&mut self, id: &SubjectId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM match_index WHERE subject_id = $1")
+            .bind(id.as_bytes().to_vec())
+            .execute(self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a link to its new blind index and seal, if it is still as
+    /// read; returns whether it moved.
+    pub async fn relink(
+        &mut self,
+        old: &LinkRow,
+        new_index: &[u8; 32],
+        new_version: u32,
+        sealed: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "DELETE FROM xref_links WHERE blind_index = $1 AND key_version = $2 AND token = $3",
+        )
+        .bind(old.blind_index.to_vec())
+        .bind(i64::from(old.key_version))
+        .bind(old.token.clone())
+        .execute(self.conn().await?)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        // A link under the new index can only exist if the same identifier
+        // was linked again meanwhile; it is then the one that counts.
+        sqlx::query(
+            "INSERT INTO xref_links (blind_index, key_version, id_type, owner, token, sealed) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (blind_index) DO NOTHING",
+        )
+        .bind(new_index.to_vec())
+        .bind(i64::from(new_version))
+        .bind(old.id_type.clone())
+        .bind(old.owner.clone())
+        .bind(old.token.clone())
+        .bind(sealed)
+        .execute(self.conn().await?)
+        .await?;
+        Ok(true)
+    }
+
+    /// Tells every replica's link cache to drop what it holds.
+    pub async fn bump_xref_generation(&mut self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE xref_generation SET value = value + 1 WHERE id = 1")
+            .execute(self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a leaf's MAC if it is still the one read.
+    pub async fn remac_leaf(
+        &mut self,
+        row: &LeafMacRow,
+        version: u32,
+        mac: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE audit_log SET key_version = $1, mac = $2 WHERE id = $3 AND mac = $4",
+        )
+        .bind(i64::from(version))
+        .bind(mac.to_vec())
+        .bind(row.id)
+        .bind(row.mac.clone())
+        .execute(self.conn().await?)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Re-MACs up to `limit` rows of `table` below `target` under the
+    /// current row MAC key, skipping the first `skip` (rows earlier
+    /// batches found forged, which keep their place in the order).
+    pub async fn remac_rows(
+        &mut self,
+        table: MacTable,
+        target: u32,
+        limit: u32,
+        skip: u64,
+    ) -> Result<RemacBatch, StoreError> {
+        let keys = self.store.row_keys()?;
+        let rows = sqlx::query(table.select())
+            .bind(i64::from(target))
+            .bind(u64_to_i64(u64::from(limit))?)
+            .bind(u64_to_i64(skip)?)
+            .fetch_all(self.conn().await?)
+            .await?;
+        let mut out = RemacBatch::default();
+        for r in &rows {
+            out.seen += 1;
+            let (bytes, pk) = match table.row(&keys, r) {
+                Ok(x) => x,
+                Err(StoreError::Forged(_)) => {
+                    out.forged += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let old_mac: Vec<u8> = r
+                .try_get::<Option<Vec<u8>>, _>("mac")?
+                .ok_or(StoreError::Corrupt("mac"))?;
+            let (v, mac) = seal_row(&keys, &bytes);
+            let mut q = sqlx::query(table.update()).bind(v).bind(mac);
+            for k in pk {
+                q = match k {
+                    Pk::Blob(b) => q.bind(b),
+                    Pk::Text(t) => q.bind(t),
+                    Pk::Int(i) => q.bind(i),
+                };
+            }
+            let n = q
+                .bind(old_mac)
+                .execute(self.conn().await?)
+                .await?
+                .rows_affected();
+            out.moved += n;
+        }
+        Ok(out)
+    }
+}
