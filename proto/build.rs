@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/idvault/v1/audit.proto",
         "proto/idvault/v1/credentials.proto",
         "proto/idvault/v1/transactions.proto",
+        "proto/idvault/v1/keys.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -77,6 +77,9 @@ pub enum Action {
     RequestTransactionCode,
     /// Read (and wait for) the outcome of one's own transaction.
     AwaitTransaction,
+    /// Move stored data forward to the current root key version (the
+    /// operator, `KeyService.Rewrap`).
+    RewrapKeys,
 }
 
 impl Action {
@@ -105,6 +108,7 @@ impl Action {
         Self::RevokeCredential,
         Self::RequestTransactionCode,
         Self::AwaitTransaction,
+        Self::RewrapKeys,
     ];
 
     /// The RPC-style name used in audit records.
@@ -133,6 +137,7 @@ impl Action {
             Self::RevokeCredential => "RevokeCredential",
             Self::RequestTransactionCode => "RequestTransactionCode",
             Self::AwaitTransaction => "AwaitTransaction",
+            Self::RewrapKeys => "RewrapKeys",
         }
     }
 }
@@ -179,6 +184,9 @@ pub enum Role {
     CredentialsRevoke,
     /// `transactions.request`: ask for one-time transaction codes.
     TransactionsRequest,
+    /// `keys.admin`: rewrap stored data to the current root key version
+    /// (the operator's role).
+    KeysAdmin,
 }
 
 /// A role name that is not known.
@@ -205,6 +213,7 @@ impl Role {
         "credentials.verify",
         "credentials.revoke",
         "transactions.request",
+        "keys.admin",
     ];
 
     /// Parses a registry role name.
@@ -226,6 +235,7 @@ impl Role {
             "credentials.verify" => Ok(Self::CredentialsVerify),
             "credentials.revoke" => Ok(Self::CredentialsRevoke),
             "transactions.request" => Ok(Self::TransactionsRequest),
+            "keys.admin" => Ok(Self::KeysAdmin),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -249,6 +259,7 @@ impl Role {
             Self::CredentialsVerify => "credentials.verify",
             Self::CredentialsRevoke => "credentials.revoke",
             Self::TransactionsRequest => "transactions.request",
+            Self::KeysAdmin => "keys.admin",
         }
     }
 }

@@ -229,3 +229,63 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
     ));
     tv.stop().await
 }
+
+/// `KeyService.Rewrap` needs `keys.admin` (a refusal is audited), streams
+/// progress and ends with a report; the data moved is readable after.
+pub async fn rewrap_rpc_is_gated_and_reports(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::key_service_client::KeyServiceClient;
+    use idvault_tests::idvault_proto::v1::{RewrapRequest, RewrapUpdate};
+    let mut tv = TestVault::start(b).await?;
+    let id = create(&tv, "partner-a", &[("email", "rewrap@example.org")]).await?;
+    idvault_tests::idvault_server::keyfile::rotate(
+        &tv.dir.path().join("root.key"),
+        None,
+        &SystemRng::default(),
+        &[],
+    )?;
+    tv.restart().await?;
+    let denied = KeyServiceClient::new(tv.channel("partner-b").await?)
+        .rewrap(RewrapRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let (action, outcome, _) = tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("RewrapKeys", "denied")
+    );
+
+    let mut s = KeyServiceClient::new(tv.channel("partner-a").await?)
+        .rewrap(RewrapRequest {})
+        .await?
+        .into_inner();
+    let mut updates: Vec<RewrapUpdate> = Vec::new();
+    while let Some(u) = s.message().await? {
+        updates.push(u);
+    }
+    let last = updates.last().expect("a final update");
+    assert!(last.finished, "{updates:?}");
+    assert_eq!(
+        (last.target_version, last.subjects, last.left_behind),
+        (2, 1, 0),
+        "{last:?}"
+    );
+    assert!(updates.iter().any(|u| u.phase == "subjects"));
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT kek_version FROM subjects")
+        .fetch_all(tv.db())
+        .await?;
+    assert_eq!(versions, [2]);
+    let r = tv
+        .subjects("partner-a")
+        .await?
+        .verify_subject_chain(VerifySubjectChainRequest { subject_id: id })
+        .await?
+        .into_inner();
+    assert!(r.intact);
+    let actors: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT actor FROM audit_log WHERE action = 'KeyRewrap'")
+            .fetch_all(tv.db())
+            .await?;
+    assert_eq!(actors, ["spiffe://idvault.dev/partner/partner-a"]);
+    tv.stop().await
+}

@@ -43,6 +43,7 @@ pub const DEV_PARTNERS: &[(&str, &[&str])] = &[
             "credentials.verify",
             "credentials.revoke",
             "transactions.request",
+            "keys.admin",
         ],
     ),
     (

@@ -16,12 +16,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    AuditApi, CommandApi, ConsentApi, CredentialApi, DeviceApi, EventApi, MatchApi, RequestId,
-    SubjectApi, TokenApi, TransactionApi,
+    AuditApi, CommandApi, ConsentApi, CredentialApi, DeviceApi, EventApi, KeyApi, MatchApi,
+    RequestId, SubjectApi, TokenApi, TransactionApi,
 };
 use crate::service::Vault;
 use idvault_proto::v1::audit_service_server::AuditServiceServer;
 use idvault_proto::v1::credential_service_server::CredentialServiceServer;
+use idvault_proto::v1::key_service_server::KeyServiceServer;
 use idvault_proto::v1::token_service_server::TokenServiceServer;
 use idvault_proto::v1::transaction_service_server::TransactionServiceServer;
 
@@ -224,6 +225,7 @@ pub async fn start(
     let credentials =
         service! {CredentialServiceServer<CredentialApi>, CredentialApi::new(v(), unary), small};
     let transactions = service! {TransactionServiceServer<TransactionApi>, TransactionApi::new(v(), unary, stream), small};
+    let keys = service! {KeyServiceServer<KeyApi>, KeyApi::new(v(), unary, stream), small};
     let streams = Arc::clone(&vault);
     let incoming = crate::tls::incoming(
         listener,
@@ -254,6 +256,7 @@ pub async fn start(
         .add_service(audit)
         .add_service(credentials)
         .add_service(transactions)
+        .add_service(keys)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

@@ -70,6 +70,7 @@ mod audit;
 mod consent;
 mod credentials;
 mod events;
+mod keys;
 mod matching;
 mod subjects;
 mod tokens;
@@ -79,6 +80,7 @@ pub use audit::AuditApi;
 pub use consent::{ConsentApi, DeviceApi};
 pub use credentials::CredentialApi;
 pub use events::{CommandApi, EventApi};
+pub use keys::KeyApi;
 pub use matching::MatchApi;
 pub use subjects::SubjectApi;
 pub use tokens::TokenApi;
@@ -107,6 +109,7 @@ pub fn status(err: VaultError) -> Status {
         | VaultError::Limit(_) => Code::ResourceExhausted,
         VaultError::DeadlineExceeded => Code::DeadlineExceeded,
         VaultError::ChainFull(_) => Code::FailedPrecondition,
+        VaultError::Busy(_) => Code::Aborted,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
         VaultError::Integrity(_) => Code::DataLoss,
         VaultError::Refused(r) => refusal_code(*r),

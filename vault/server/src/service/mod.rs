@@ -107,6 +107,9 @@ pub enum VaultError {
     /// The request's deadline passed before it could run; it did nothing.
     #[error("the request's deadline passed before it ran; nothing was done")]
     DeadlineExceeded,
+    /// A one-at-a-time operation is already running.
+    #[error("{0}")]
+    Busy(&'static str),
     /// A digital-ID presentation was refused (the message names the check,
     /// never a claim value).
     #[error("presentation refused: {0}")]
@@ -268,6 +271,8 @@ pub struct Vault {
         std::sync::Mutex<std::collections::HashMap<(StreamKind, String), usize>>,
     /// Set when the server shuts down: following streams end.
     pub(crate) streams_stop: tokio::sync::watch::Sender<bool>,
+    /// Whether a rewrap runs in this process (`KeyService.Rewrap`).
+    pub(crate) rewrap_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Vault {
@@ -293,6 +298,7 @@ impl Vault {
             }
         }
         Self {
+            rewrap_running: Arc::default(),
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir: None,
             store,

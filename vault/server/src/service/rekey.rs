@@ -336,6 +336,38 @@ impl Vault {
         Ok(())
     }
 
+    /// `KeyService.Rewrap`: checks the caller may (`RewrapKeys`, refusals
+    /// audited), then runs [`Self::rewrap`] on a task of its own, so it
+    /// ends even if the caller goes away. Progress goes to `progress`
+    /// (dropped when the receiver is slow); the task's result is the
+    /// report. One rewrap per process at a time ([`VaultError::Busy`]).
+    pub async fn start_rewrap(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        progress: tokio::sync::mpsc::Sender<RewrapProgress>,
+    ) -> Result<tokio::task::JoinHandle<Result<RewrapReport, VaultError>>, VaultError> {
+        self.handle(caller, idvault_policies::Action::RewrapKeys, async |_| {
+            Ok(())
+        })
+        .await?;
+        let running = std::sync::Arc::clone(&self.rewrap_running);
+        if running.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(VaultError::Busy("a rewrap is already running"));
+        }
+        let vault = std::sync::Arc::clone(self);
+        // The batches' audit records name the operator who asked.
+        let actor = Caller::new(&caller.spiffe_id);
+        Ok(tokio::spawn(async move {
+            let r = vault
+                .rewrap(&actor, |p| {
+                    let _ = progress.try_send(p.clone());
+                })
+                .await;
+            running.store(false, std::sync::atomic::Ordering::SeqCst);
+            r
+        }))
+    }
+
     /// What still names root key version `version` in the database, with
     /// a non-zero count each (the key file's token domain pins are the
     /// caller's to add).

@@ -42,6 +42,10 @@ pub(crate) enum PartnerCommand {
         #[arg(long, value_name = "FILE")]
         receipt: Option<std::path::PathBuf>,
     },
+    /// Ask the vault to rewrap stored data to its current root key version
+    /// (`KeyService.Rewrap`, role `keys.admin`): prints progress and the
+    /// report; exits 1 if anything was left behind.
+    RewrapKeys,
     /// Verify a signed deletion receipt with the vault's receipt key
     /// (`idvault keys receipt-public-key`), offline: prints what it states,
     /// exits 1 if it does not verify.
@@ -188,6 +192,33 @@ pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
                     println!("receipt written to {}", path.display());
                 }
                 None => print!("{}", r.receipt),
+            }
+        }
+        PartnerCommand::RewrapKeys => {
+            use idvault_proto::v1::key_service_client::KeyServiceClient;
+            let mut k = KeyServiceClient::new(args.conn.channel().await?);
+            let mut s = k
+                .rewrap(idvault_proto::v1::RewrapRequest {})
+                .await?
+                .into_inner();
+            while let Some(u) = s.message().await? {
+                if u.finished {
+                    println!(
+                        "rewrapped to version {}: {} subjects, {} links, {} row MACs, {} audit leaf MACs ({} batches), {} left behind",
+                        u.target_version,
+                        u.subjects,
+                        u.links,
+                        u.row_macs,
+                        u.audit_leaves,
+                        u.batches,
+                        u.left_behind
+                    );
+                    if u.left_behind > 0 {
+                        std::process::exit(1);
+                    }
+                } else {
+                    eprintln!("{}: {}/{}", u.phase, u.done, u.total);
+                }
             }
         }
         PartnerCommand::VerifyReceipt {
