@@ -332,8 +332,7 @@ pub async fn rotation_keeps_tokens_resolvable(b: Backend) -> anyhow::Result<()> 
         None,
         &SystemRng::default(),
         &[],
-    )?
-    .0;
+    )?;
     tv.restart().await?;
 
     // Identifiers linked under v1 are still found, by every live version.

@@ -260,3 +260,322 @@ async fn sealed_start_postgres() {
     sealed_start(Some(&db.url)).await;
     db.drop_now().await;
 }
+
+// ---------------------------------------------------------------------------
+// Rewrap killed at random points under load, resumed, then retire.
+
+use idvault_proto::v1::match_service_client::MatchServiceClient;
+use idvault_proto::v1::token_service_client::TokenServiceClient;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// People to find again: `(subject id, given, family, birth date)`.
+type Person = (String, String, String, String);
+
+fn person_fields(p: &Person) -> Vec<pb::Field> {
+    [
+        ("given_name", &p.1),
+        ("family_name", &p.2),
+        ("date_of_birth", &p.3),
+    ]
+    .iter()
+    .map(|(n, v)| pb::Field {
+        name: (*n).into(),
+        value: (*v).clone(),
+    })
+    .collect()
+}
+
+async fn match_token(ch: &tonic::transport::Channel, p: &Person) -> Option<String> {
+    MatchServiceClient::new(ch.clone())
+        .r#match(pb::MatchRequest {
+            query: Some(pb::MatchQuery {
+                fields: person_fields(p),
+                max_results: 1,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("match {}: {e}", p.0))
+        .into_inner()
+        .candidates
+        .first()
+        .map(|c| c.pairwise_token.clone())
+}
+
+fn bridge_records() -> Vec<pb::BridgeRecord> {
+    (0..20)
+        .map(|i| pb::BridgeRecord {
+            record_id: format!("r{i}"),
+            identifiers: vec![
+                pb::BridgeIdentifier {
+                    r#type: pb::IdentifierType::Msisdn.into(),
+                    value: format!("+4477009{i:05}"),
+                    sealed_value: Vec::new(),
+                },
+                pb::BridgeIdentifier {
+                    r#type: pb::IdentifierType::Account.into(),
+                    value: format!("AC-{i}"),
+                    sealed_value: Vec::new(),
+                },
+            ],
+            customer_location: "lon-01".into(),
+            address_location: String::new(),
+        })
+        .collect()
+}
+
+async fn import(ch: &tonic::transport::Channel) -> pb::ImportBridgeResponse {
+    TokenServiceClient::new(ch.clone())
+        .import_bridge(tokio_stream::iter(vec![pb::ImportBridgeRequest {
+            records: bridge_records(),
+            default_country_code: 44,
+        }]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Every person's chain verifies and every person matches to the token
+/// they matched to before; every link is found again.
+async fn check_everything(server: &Server, d: &Path, people: &[Person], tokens: &[String]) {
+    let ch = server.channel(d, "partner-a").await;
+    let mut subjects = SubjectServiceClient::new(ch.clone());
+    for (p, t) in people.iter().zip(tokens) {
+        let r = subjects
+            .verify_subject_chain(pb::VerifySubjectChainRequest {
+                subject_id: p.0.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.intact, "{}: {r:?}", p.0);
+        assert_eq!(
+            match_token(&ch, p).await.as_ref(),
+            Some(t),
+            "{} matches",
+            p.0
+        );
+    }
+    let again = import(&ch).await;
+    assert_eq!(
+        (again.entities_created, again.identifiers_linked),
+        (0, 0),
+        "every link is found"
+    );
+}
+
+/// Calls CreateSubject and Match in a loop until told to stop; counts
+/// calls and failures.
+fn spawn_load(
+    ch: tonic::transport::Channel,
+    people: Vec<Person>,
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0usize;
+        while !stop.load(Ordering::SeqCst) {
+            i += 1;
+            let created = SubjectServiceClient::new(ch.clone())
+                .create_subject(pb::CreateSubjectRequest {
+                    fields: vec![pb::Field {
+                        name: "email".into(),
+                        value: format!("load{i}@example.org"),
+                    }],
+                })
+                .await;
+            if let Err(e) = created {
+                failures.lock().unwrap().push(format!("create: {e}"));
+            }
+            let p = &people[i % people.len()];
+            let m = MatchServiceClient::new(ch.clone())
+                .r#match(pb::MatchRequest {
+                    query: Some(pb::MatchQuery {
+                        fields: person_fields(p),
+                        max_results: 1,
+                        ..Default::default()
+                    }),
+                })
+                .await;
+            match m {
+                Ok(r) if !r.get_ref().candidates.is_empty() => {}
+                Ok(_) => failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("match: {} not found", p.0)),
+                Err(e) => failures.lock().unwrap().push(format!("match: {e}")),
+            }
+            calls.fetch_add(2, Ordering::SeqCst);
+        }
+    })
+}
+
+async fn v1_subjects(url: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subjects WHERE kek_version = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+async fn rewrap_killed_and_resumed(database_url: Option<&str>) {
+    const PEOPLE: usize = 300;
+    let dir = TempDir::new();
+    let d = dir.0.as_path();
+    let ds = d.to_str().unwrap();
+    run_cli(d, &["init", "--dev"], None);
+    // Matching every person twice, under load, is far above the default
+    // per-partner match rate.
+    let cfg = d.join("idvault.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let anchor = "token_domains = [\"logs\", \"partner-a\"]\n";
+    assert!(text.contains(anchor), "dev config shape changed");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            anchor,
+            &format!("{anchor}match_queries_per_second = 100000\nmatch_burst = 100000\n"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(d, database_url, 1).await;
+    let ch = server.channel(d, "partner-a").await;
+    let mut people: Vec<Person> = Vec::new();
+    for i in 0..PEOPLE {
+        let p = (
+            String::new(),
+            format!("Given{i}"),
+            format!("Family{}", i * 13 % 997),
+            format!("19{:02}-{:02}-{:02}", 30 + i % 60, 1 + i % 12, 1 + i % 28),
+        );
+        let id = SubjectServiceClient::new(ch.clone())
+            .create_subject(pb::CreateSubjectRequest {
+                fields: person_fields(&p),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .subject_id;
+        people.push((id, p.1, p.2, p.3));
+    }
+    let mut tokens = Vec::new();
+    for p in &people {
+        tokens.push(match_token(&ch, p).await.expect("matches before"));
+    }
+    let first = import(&ch).await;
+    assert_eq!(first.entities_created, 20);
+    server.terminate().await;
+
+    run_cli(d, &["keys", "rotate"], None);
+    let server = Server::start(d, database_url, 2).await;
+    let load_ch = server.channel(d, "partner-a").await;
+    let (stop, calls, failures) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let load = spawn_load(
+        load_ch,
+        people.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&calls),
+        Arc::clone(&failures),
+    );
+
+    let mut rewrap_args = vec!["keys", "rewrap", "--data-dir", ds];
+    if let Some(u) = database_url {
+        rewrap_args.extend(["--database-url", u]);
+    }
+    let url = database_url.map_or_else(|| sqlite_url(d), str::to_owned);
+    let mut kills = 0;
+    let mut lefts = Vec::new();
+    for cycle in 0..6 {
+        let mut child = Command::new(BIN)
+            .args(&rewrap_args)
+            .env_remove("IDVAULT_DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(random_ms(150, 2000)).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        let left = v1_subjects(&url).await;
+        eprintln!("key_custody: rewrap cycle {cycle}: {status}, {left} subjects left on version 1");
+        lefts.push(left);
+    }
+    // The kills landed inside the work: it advanced between cycles and
+    // was not finished when the last one was killed.
+    assert!(
+        lefts.first().is_some_and(|f| *f < PEOPLE as i64) || lefts.windows(2).any(|w| w[1] < w[0]),
+        "no killed run made progress: {lefts:?}"
+    );
+    // Whatever is left still names version 1: retiring it is refused.
+    let mut retire = vec!["keys", "retire", "1", "--data-dir", ds];
+    if let Some(u) = database_url {
+        retire.extend(["--database-url", u]);
+    }
+    let refused = idvault(&retire);
+    assert!(!refused.status.success(), "{}", show(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("still referenced"),
+        "{}",
+        show(&refused)
+    );
+    // Resumed to the end.
+    let out = run_cli(d, &["keys", "rewrap"], database_url);
+    assert!(out.contains("rewrapped"), "{out}");
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let failed = failures.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "calls failed during the rewrap: {failed:?}"
+    );
+    let n = calls.load(Ordering::SeqCst);
+    assert!(n > 0);
+    eprintln!("key_custody: {kills} rewraps killed; {n} calls under load, none failed");
+    check_everything(&server, d, &people, &tokens).await;
+
+    // Every domain off version 1, then version 1 retired.
+    for domain in ["logs", "partner-a", "partner-b"] {
+        run_cli(d, &["tokens", "rotate", "--domain", domain], None);
+    }
+    let out = run_cli(d, &["keys", "retire", "1"], database_url);
+    assert!(out.contains("retired"), "{out}");
+    let key_file = std::fs::read_to_string(d.join("root.key")).unwrap();
+    assert!(
+        !key_file.lines().any(|l| l.starts_with("1 ")),
+        "version 1 is gone"
+    );
+    server.terminate().await;
+
+    // Without version 1: everything still works and the log verifies.
+    let server = Server::start(d, database_url, 3).await;
+    check_everything(&server, d, &people, &tokens).await;
+    server.terminate().await;
+    let out = run_cli(d, &["audit", "verify"], database_url);
+    assert!(out.contains("audit log intact"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrap_killed_and_resumed_sqlite() {
+    rewrap_killed_and_resumed(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrap_killed_and_resumed_postgres() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    rewrap_killed_and_resumed(Some(&db.url)).await;
+    db.drop_now().await;
+}

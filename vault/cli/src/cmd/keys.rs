@@ -168,6 +168,7 @@ async fn rewrap(dir: &DataDir, database_url: Option<String>) -> anyhow::Result<(
             .join(", ")
     );
     let pb = crate::progress::progress_bar();
+    #[allow(clippy::disallowed_methods)] // progress on a terminal: elapsed wall time
     let started = std::time::Instant::now();
     let actor = idvault_server::service::Caller::new("idvault");
     let report = vault
