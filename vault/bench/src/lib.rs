@@ -23,6 +23,7 @@ pub mod events;
 pub mod inprocess;
 pub mod matching;
 pub mod packets;
+pub mod rekey;
 pub mod rpc;
 pub mod subjects;
 pub mod synth;

@@ -342,9 +342,12 @@ fn now_ms() -> i64 {
 
 /// When a phase ends.
 #[derive(Debug, Clone, Copy)]
+#[allow(dead_code)]
 pub(crate) enum Limit {
     Count(usize),
     Until(Instant),
+    /// Until the flag is set.
+    While(&'static std::sync::atomic::AtomicBool),
 }
 
 /// Runs `f(channel, worker, i)` on every channel, one call at a time each,
@@ -374,6 +377,7 @@ where
                 match limit {
                     Limit::Count(n) if i >= n => break,
                     Limit::Until(end) if Instant::now() >= end => break,
+                    Limit::While(stop) if stop.load(Ordering::Relaxed) => break,
                     _ => {}
                 }
                 let s = Instant::now();

@@ -36,6 +36,17 @@ pub enum StartError {
     /// Indexing match domains failed.
     #[error("preparing blind matching: {0}")]
     Matching(#[from] crate::service::VaultError),
+    /// The database moved to a root key version this key file lacks.
+    #[error(
+        "the database was moved to root key version {floor} (`keys rewrap`), but this key file's \
+         newest version is {current}: start with the current key file"
+    )]
+    KeysBehind {
+        /// The database's key floor.
+        floor: u32,
+        /// This process's current version.
+        current: u32,
+    },
 }
 
 /// Everything the server needs.
@@ -81,6 +92,10 @@ pub async fn open_vault(config: &Config, database_url: &str) -> Result<Vault, St
     let policies = crate::policy::engine(policy_dir.as_deref(), &config.registry)
         .map_err(StartError::Policies)?;
     let store = Store::connect(database_url).await?;
+    let (floor, current) = (store.key_floor().await?, keys.current_version());
+    if current < floor {
+        return Err(StartError::KeysBehind { floor, current });
+    }
     let vault = Vault::new(
         store,
         keys,

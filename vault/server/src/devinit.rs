@@ -389,6 +389,17 @@ pub fn production_config(listen: &str) -> String {
 /// root key, CA, server and partner certificates, config. Never replaces
 /// an existing root key. Returns the paths it wrote.
 pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>, InitError> {
+    init_dev_sealed(dir, listen, rng, None)
+}
+
+/// [`init_dev`] where the root key file may be sealed (created before by
+/// `init --seal`): `pin_file` holds the token PIN, else the environment.
+pub fn init_dev_sealed(
+    dir: &Path,
+    listen: &str,
+    rng: &dyn Rng,
+    pin_file: Option<&Path>,
+) -> Result<Vec<PathBuf>, InitError> {
     let tls = dir.join("tls");
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -478,7 +489,8 @@ pub fn init_dev(dir: &Path, listen: &str, rng: &dyn Rng) -> Result<Vec<PathBuf>,
     // operator: `idvault keys release-public-key`). Rewritten every time:
     // they follow the root key's versions.
     let verifier_path = tls.join(RELEASE_VERIFIER_FILE);
-    let keys = idvault_core::keys::KeyHierarchy::new(Box::new(crate::keyfile::load(&root, None)?));
+    let keys =
+        idvault_core::keys::KeyHierarchy::new(Box::new(crate::keyfile::load(&root, pin_file)?));
     let verifier = crate::service::consent::release_verifier(&keys).map_err(|_| InitError::Rng)?;
     let text = release_verifier_text(&verifier);
     if std::fs::read_to_string(&verifier_path).ok().as_deref() != Some(text.as_str()) {

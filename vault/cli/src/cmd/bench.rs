@@ -130,6 +130,22 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Rewrap after a root key rotation: subjects/s, and CreateSubject and
+    /// Match over mTLS during it as ratios to a baseline of the same run.
+    Rewrap {
+        /// People created (CreateSubject) before the rotation.
+        #[arg(long, default_value_t = 20_000)]
+        subjects: usize,
+        /// Concurrent mTLS connections of the load (half each call).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds of each baseline phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Database URL (default: SQLite in a fresh temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// CreateSubject RPCs over real mTLS against an in-process server.
     Subjects {
         /// RPCs to send.
@@ -451,6 +467,57 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::from_boxed)?;
             print!("{r}");
+            Ok(())
+        }
+        BenchCommand::Rewrap {
+            subjects,
+            connections,
+            seconds,
+            database_url,
+        } => {
+            let o = idvault_bench::rekey::RewrapBenchOptions {
+                subjects,
+                connections,
+                seconds,
+                database_url,
+            };
+            let r = idvault_bench::rekey::run(&o, &|m| eprintln!("{m}"))
+                .await
+                .map_err(anyhow::Error::from_boxed)?;
+            println!(
+                "{}: {} people created in {:.1} s; rewrap of {} subjects (those, and the baseline's) and {} audit leaf MACs in {:.1} s = {:.0} subjects/s",
+                r.backend,
+                o.subjects,
+                r.load_secs,
+                r.subjects,
+                r.leaves,
+                r.rewrap_secs,
+                r.rate()
+            );
+            for (b, d) in r.baseline.iter().zip(&r.during) {
+                println!(
+                    "{:<14} baseline {:>7.0}/s p99 {:>6.1} ms | during rewrap {:>7.0}/s p99 {:>6.1} ms | ratio {:.2}{}",
+                    b.name,
+                    b.rate(),
+                    b.quantile(0.99).as_secs_f64() * 1e3,
+                    d.rate(),
+                    d.quantile(0.99).as_secs_f64() * 1e3,
+                    if b.rate() > 0.0 {
+                        d.rate() / b.rate()
+                    } else {
+                        0.0
+                    },
+                    if b.errors + d.errors > 0 {
+                        format!(
+                            " ({} errors: {:?})",
+                            b.errors + d.errors,
+                            d.first_error.as_ref().or(b.first_error.as_ref())
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
             Ok(())
         }
         BenchCommand::Subjects {

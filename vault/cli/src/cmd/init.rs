@@ -95,10 +95,11 @@ pub(crate) fn run(dir: &DataDir, dev: bool, listen: &str, seal: &SealArgs) -> an
         made.push(root.clone());
     }
     if dev {
-        made.extend(idvault_server::devinit::init_dev(
+        made.extend(idvault_server::devinit::init_dev_sealed(
             &dir.data_dir,
             listen,
             &rng,
+            seal.pin_file.as_deref(),
         )?);
     } else {
         if !root.exists() {

@@ -241,7 +241,7 @@ async fn retire(dir: &DataDir, version: u32, database_url: Option<String>) -> an
     let url = database_url.unwrap_or_else(|| cfg.database_url());
     let path = cfg.resolve(&cfg.file.keys.root_key_file);
     let pin = pin_file(&cfg);
-    let (file, protection) = idvault_server::keyfile::load_with_protection(&path, pin.as_deref())?;
+    let (file, _) = idvault_server::keyfile::load_with_protection(&path, pin.as_deref())?;
     if version == file.current_version() {
         bail!("version {version} is current: rotate first (`idvault keys rotate`), then rewrap");
     }
@@ -249,6 +249,13 @@ async fn retire(dir: &DataDir, version: u32, database_url: Option<String>) -> an
         bail!("the key file holds no version {version}");
     }
     let vault = idvault_server::app::open_vault(&cfg, &url).await?;
+    // No process may write under an older version from now on (its audit
+    // leaves fall below the floor and its writes fail), so nothing can
+    // start naming `version` between this count and the key file's edit.
+    vault
+        .store()
+        .raise_key_floor(file.current_version())
+        .await?;
     let refs = references(&vault, &file, version).await?;
     if !refs.is_empty() {
         vault.store().close().await;
@@ -276,23 +283,9 @@ async fn retire(dir: &DataDir, version: u32, database_url: Option<String>) -> an
             public: receipt.public_key(),
         },
     ];
-    let rng = SystemRng::default();
-    idvault_server::keyfile::update(&path, pin.as_deref(), &rng, |cur| {
+    idvault_server::keyfile::update(&path, pin.as_deref(), &SystemRng::default(), |cur| {
         cur.without_version(version, public)
     })?;
-    // A write racing the count (a process that did not restart after a
-    // rotation) would now name a key that is gone: count again, and put
-    // the version back if anything appeared.
-    let again = references(&vault, &file, version).await?;
-    if !again.is_empty() {
-        idvault_server::keyfile::write(&path, &file, &protection, pin.as_deref(), &rng, true)?;
-        vault.store().close().await;
-        bail!(
-            "rows under version {version} appeared while retiring it (a vault process still \
-             writes under it); the version was put back:\n{}",
-            show_refs(&again)
-        );
-    }
     vault.store().close().await;
     println!(
         "root key version {version} retired: removed from {} (its audit and receipt verification \

@@ -46,6 +46,20 @@ pub(crate) fn export_token_key(
         bail!("invalid token domain '{domain}' (use 1-32 of a-z, 0-9, -)");
     }
     let cfg = dir.load()?;
+    // A domain no partner has is not pinned by `keys rotate`: its tokens
+    // would change at the next rotation under whoever uses this key.
+    let domains = super::keys::configured_domains(&cfg);
+    if !domains.iter().any(|d| d == domain) {
+        bail!(
+            "no partner has token domain '{domain}' (configured: {}); add it to a partner's \
+             token_domains first",
+            if domains.is_empty() {
+                "none".to_owned()
+            } else {
+                domains.join(", ")
+            }
+        );
+    }
     let keys = idvault_server::app::open_keys(&cfg)?;
     let current = keys.token_version(domain);
     let version = version.unwrap_or(current);

@@ -12,8 +12,11 @@
 //!
 //! Every line before `sealed` is a non-secret parameter of the seal and is
 //! authenticated: the seal's AEAD takes the exact bytes of those lines as
-//! its associated data ([`SealedKeyFile::aad`]), so a parameter edited in
-//! the file makes the unseal fail rather than silently mean something else.
+//! its associated data ([`SealedKeyFile::aad`]), so an edited token or key
+//! label makes the unseal fail rather than silently mean something else.
+//! The `module` line is authenticated the same way, but only by the module
+//! once loaded: the server therefore loads only an absolute path that
+//! nobody but its owner can write (`keyfile::pkcs11`).
 //! This module only parses and prints the format; sealing itself happens in
 //! the server's key file adapter, which talks to the HSM.
 

@@ -224,9 +224,18 @@ fn file_text(
 }
 
 /// Writes `text` to `path` with mode 0600. Refuses to overwrite unless
-/// `replace`, which writes a temp file, syncs it and renames it over.
+/// `replace`, which writes a temp file of a random name beside it, syncs
+/// it and renames it over.
 fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError> {
-    let tmp = path.with_extension("tmp");
+    let mut salt = [0u8; 8];
+    idvault_core::SystemRng::default()
+        .fill(&mut salt)
+        .map_err(|e| io(path)(std::io::Error::other(e.to_string())))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", hex::encode(salt)));
     let target = if replace { tmp.as_path() } else { path };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -235,14 +244,19 @@ fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    if replace {
-        let _ = std::fs::remove_file(&tmp);
-    }
     let mut f = opts.open(target).map_err(io(target))?;
-    f.write_all(text.as_bytes()).map_err(io(target))?;
-    f.sync_all().map_err(io(target))?;
+    let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        if replace {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return Err(io(target)(e));
+    }
     if replace {
-        std::fs::rename(&tmp, path).map_err(io(path))?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(path)(e));
+        }
         // The rename is durable only once the directory is synced.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && let Ok(d) = std::fs::File::open(dir)
@@ -286,13 +300,29 @@ pub fn create(
 }
 
 /// Rewrites the key file with `change` applied, keeping its protection.
-/// Returns the new provider.
+/// Returns the new provider. An exclusive lock on `<key file>.lock` is
+/// held from the read to the rename, so two commands editing the file
+/// (a rotation and a retirement, say) never lose each other's change.
 pub fn update(
     path: &Path,
     pin_file: Option<&Path>,
     rng: &dyn Rng,
     change: impl FnOnce(&StaticKeyProvider) -> Result<StaticKeyProvider, KeyError>,
 ) -> Result<StaticKeyProvider, KeyFileError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock_path = path.with_file_name(format!("{name}.lock"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let lock = opts.open(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
     let (current, protection) = load_with_protection(path, pin_file)?;
     let next = change(&current).map_err(key_err(path))?;
     write(path, &next, &protection, pin_file, rng, true)?;

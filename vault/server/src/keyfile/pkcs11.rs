@@ -12,13 +12,14 @@
 //! initialising the same module at once (`C_Initialize` is per process).
 
 use std::path::{Path, PathBuf};
+
 use std::sync::Mutex;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use idvault_core::Rng;
@@ -196,7 +197,40 @@ struct Open {
     _ctx: Pkcs11,
 }
 
+/// Refuses a module that is not an absolute path, or that (or its
+/// directory) others than its owner can write: loading it runs its code
+/// in the vault and hands it the PIN, so only a file the operator
+/// controls is loaded. (The sealed file names the module and is
+/// authenticated, but only by the module itself, after it is loaded.)
+fn check_module(module: &Path) -> Result<(), SealError> {
+    let refuse = |reason: &str| SealError::Module {
+        module: module.display().to_string(),
+        reason: reason.to_owned(),
+    };
+    if !module.is_absolute() {
+        return Err(refuse("the module path must be absolute"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = module.parent().unwrap_or(module);
+        for p in [module, parent] {
+            let mode = std::fs::metadata(p)
+                .map_err(|e| refuse(&e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o022 != 0 {
+                return Err(refuse(
+                    "it or its directory is writable by group or others; refusing to load it",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn open(params: &Pkcs11Params, pin: &Pin, rw: bool) -> Result<Open, SealError> {
+    check_module(&params.module)?;
     let ctx = Pkcs11::new(&params.module).map_err(|e| SealError::Module {
         module: params.module.display().to_string(),
         reason: e.to_string(),
@@ -257,7 +291,27 @@ fn find_key(open: &Open, params: &Pkcs11Params) -> Result<Option<ObjectHandle>, 
         .map_err(other)?;
     match found.as_slice() {
         [] => Ok(None),
-        [k] => Ok(Some(*k)),
+        [k] => {
+            // A key someone made extractable (or not sensitive) could have
+            // left the HSM: it does not protect the root key.
+            let attrs = open
+                .session
+                .get_attributes(*k, &[AttributeType::Extractable, AttributeType::Sensitive])
+                .map_err(other)?;
+            let safe = attrs.iter().all(|a| match a {
+                Attribute::Extractable(x) => !*x,
+                Attribute::Sensitive(s) => *s,
+                _ => true,
+            }) && attrs.len() == 2;
+            if !safe {
+                return Err(SealError::Other(format!(
+                    "token '{}': key '{}' is extractable or not sensitive; a seal key must never \
+                     leave the HSM",
+                    params.token_label, params.key_label
+                )));
+            }
+            Ok(Some(*k))
+        }
         more => Err(SealError::AmbiguousKey {
             token: params.token_label.clone(),
             key: params.key_label.clone(),

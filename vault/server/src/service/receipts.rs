@@ -40,19 +40,29 @@ pub fn receipt_verifier_keys(keys: &KeyHierarchy, origin: &str) -> Result<Vec<St
 }
 
 impl Vault {
-    /// When a deletion is final on this vault's backend, as a receipt
-    /// says it (SECURITY.md, "When a deletion is final").
-    pub(crate) fn deletion_final_text(&self) -> &'static str {
-        match self.store().backend() {
-            Backend::Sqlite => {
-                "now in the database: rows overwritten (secure_delete), the WAL checkpointed and \
-                 truncated"
+    /// When a deletion is final, as a receipt states it (SECURITY.md,
+    /// "When a deletion is final"): `compacted` says whether the database
+    /// files no longer hold the rows; `kek_version` is the root key
+    /// version the data key was wrapped under.
+    pub(crate) fn deletion_final_text(&self, compacted: bool, kek_version: u32) -> String {
+        let db = match (self.store().backend(), compacted) {
+            (Backend::Sqlite, true) => {
+                "the database no longer holds it: rows overwritten (secure_delete), the WAL \
+                 checkpointed and truncated"
             }
-            Backend::Postgres => {
-                "in the database once VACUUM reclaims the rows (the vault starts one after \
-                 deletions); WAL archives keep them until they expire"
+            (Backend::Sqlite, false) => {
+                "rows overwritten (secure_delete); copies in the WAL go at its next checkpoint"
             }
-        }
+            (Backend::Postgres, _) => {
+                "the rows are dead tuples until VACUUM (started after deletions) reclaims them; \
+                 their bytes can stay in data files and WAL archives"
+            }
+        };
+        format!(
+            "{db}; a copy made before (a backup, a WAL archive, a disk image) holds the data key \
+             wrapped under root key version {kek_version} or older, and becomes unreadable once \
+             those versions are retired"
+        )
     }
 
     /// Signs a receipt with the current version's receipt key.

@@ -88,6 +88,16 @@ impl Vault {
         mut progress: impl FnMut(&RewrapProgress),
     ) -> Result<RewrapReport, VaultError> {
         let target = self.keys().current_version();
+        // From here on no process without `target` can write (its audit
+        // leaves fall below the floor): nothing new is written under a
+        // version this run moves away from.
+        let floor = self.store().key_floor().await?;
+        if floor > target {
+            return Err(VaultError::Busy(
+                "the database was moved past this process's current root key version; restart with the current key file",
+            ));
+        }
+        self.store().raise_key_floor(target).await?;
         let mut report = RewrapReport {
             target,
             ..RewrapReport::default()
@@ -193,14 +203,28 @@ impl Vault {
             let mut tx = self.begin().await?;
             let (mut moved, mut damaged) = (0u64, 0u64);
             for row in &rows {
-                let old_seal = self.keys().xref_seal_key(row.key_version)?;
-                let (Ok(value), Some(ty)) = (
-                    xref::open_identifier(&old_seal, &row.blind_index, &row.sealed),
-                    IdentifierType::parse(&row.id_type),
-                ) else {
+                // The owner and type columns are not sealed: the row is
+                // moved only if its blind index is the one its owner's key
+                // gives for the identifier it seals and its type, so an
+                // edited owner or type (a database writer's) never makes
+                // the vault compute another partner's index.
+                let opened = self
+                    .keys()
+                    .xref_seal_key(row.key_version)
+                    .ok()
+                    .and_then(|k| xref::open_identifier(&k, &row.blind_index, &row.sealed).ok());
+                let ty = IdentifierType::parse(&row.id_type);
+                let old_index_key = self.keys().xref_index_key(&row.owner, row.key_version).ok();
+                let (Some(value), Some(ty), Some(old_index_key)) = (opened, ty, old_index_key)
+                else {
                     damaged += 1;
                     continue;
                 };
+                let recomputed = xref::blind_index(&old_index_key, ty, &value);
+                if !crypto::ct_eq(&recomputed, &row.blind_index) {
+                    damaged += 1;
+                    continue;
+                }
                 let index_key = self.keys().xref_index_key(&row.owner, target)?;
                 let index = xref::blind_index(&index_key, ty, &value);
                 let sealed = xref::seal_identifier(&seal, &index, &value, self.rng())
@@ -236,6 +260,11 @@ impl Vault {
         let mut done = 0;
         for table in MacTable::ALL {
             let mut skip = 0u64;
+            // Forged rows keep their place in the order and are skipped
+            // by count; should one vanish meanwhile (retention), the count
+            // overshoots and good rows are passed over: a second pass from
+            // the start (bounded) picks them up.
+            let (mut passes, mut table_forged) = (0, 0u64);
             loop {
                 let mut tx = self.begin().await?;
                 let b = tx
@@ -249,6 +278,7 @@ impl Vault {
                     break;
                 }
                 skip += b.forged;
+                table_forged += b.forged;
                 let detail = format!(
                     "rewrap to=v{target} table={} row_macs={} forged={}",
                     table.name(),
@@ -266,6 +296,14 @@ impl Vault {
                     total,
                 });
                 if b.seen < u64::from(REWRAP_BATCH) {
+                    passes += 1;
+                    let left = self.store().mac_rows_below(table, target).await?;
+                    if left > skip && passes < 3 {
+                        // The next pass meets the same forged rows again.
+                        report.forged_rows -= table_forged;
+                        (skip, table_forged) = (0, 0);
+                        continue;
+                    }
                     break;
                 }
             }

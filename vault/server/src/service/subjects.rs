@@ -198,7 +198,14 @@ impl Vault {
                 // forget them (the entries stay: an index is never reused).
                 let credentials = tx.forget_credentials_of(&id, self.now_millis()).await?;
                 let removed = tx.delete_subject(&id).await?;
-                let packets = removed.first().map_or(0, |(_, n)| *n);
+                let count = |what: &str| {
+                    removed
+                        .iter()
+                        .filter(|(w, _)| *w == what)
+                        .map(|(_, n)| *n)
+                        .sum::<u64>()
+                };
+                let packets = count("packets");
                 let leaf = self
                     .commit_leaf(
                         tx,
@@ -207,14 +214,16 @@ impl Vault {
                         format!("packets={packets} credentials_revoked={credentials}"),
                     )
                     .await?;
-                let mut destroyed: Vec<(String, u64)> = removed
+                // The person's own data by kind; everything else (other
+                // partners' tokens, consents, commands) as one total, so
+                // the deleting partner learns nothing of the others.
+                let own = ["packets", "data-key", "match-index", "match-signatures"];
+                let related: u64 = removed
                     .iter()
-                    .filter(|(what, n)| *n > 0 || matches!(*what, "packets" | "data-key"))
-                    .map(|(what, n)| ((*what).to_owned(), *n))
-                    .collect();
-                if credentials > 0 {
-                    destroyed.push(("credentials-revoked".to_owned(), credentials));
-                }
+                    .filter(|(w, _)| !own.contains(w))
+                    .map(|(_, n)| *n)
+                    .sum::<u64>()
+                    + credentials;
                 let receipt = DeletionReceipt {
                     vault: self.audit_settings().origin.clone(),
                     subject: id.to_string(),
@@ -222,34 +231,43 @@ impl Vault {
                     deleted_at_ms: self.now_millis(),
                     request_id: req.caller.request_id,
                     audit_leaf: leaf,
-                    destroyed,
-                    final_when: format!(
-                        "{}; copies made before it (backups, disk images) hold the data key under \
-                         root key version {} and are unreadable once that version is retired",
-                        self.deletion_final_text(),
-                        row.wrapped_dek.kek_version
-                    ),
+                    destroyed: vec![
+                        ("packets".to_owned(), packets),
+                        ("data-key".to_owned(), count("data-key")),
+                        (
+                            "match-index".to_owned(),
+                            count("match-index") + count("match-signatures"),
+                        ),
+                        ("related-rows".to_owned(), related),
+                    ],
+                    final_when: String::new(),
                 };
-                // The deletion is committed: a receipt that cannot be
-                // signed is logged, and the caller still learns of the
-                // deletion (an empty receipt), never that it failed.
-                let receipt = self.sign_receipt(&receipt).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "deletion receipt not signed");
-                    String::new()
-                });
-                Ok(Deletion {
-                    packets,
-                    credentials_revoked: credentials,
-                    receipt,
-                })
+                Ok((packets, credentials, receipt, row.wrapped_dek.kek_version))
             })
             .await;
-        self.status_maybe_changed(&done, |d| d.credentials_revoked > 0);
-        let d = done?;
-        if let Err(e) = self.store().compact_after_delete().await {
-            tracing::warn!(error = %e, "compaction after delete failed; deleted rows stay in the WAL or as dead tuples until the next checkpoint or VACUUM");
-        }
-        Ok(d)
+        self.status_maybe_changed(&done, |d| d.1 > 0);
+        let (packets, credentials_revoked, mut receipt, kek_version) = done?;
+        // Compacted before the receipt says how final the deletion is.
+        let compacted = match self.store().compact_after_delete().await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %e, "compaction after delete failed; deleted rows stay in the WAL or as dead tuples until the next checkpoint or VACUUM");
+                false
+            }
+        };
+        receipt.final_when = self.deletion_final_text(compacted, kek_version);
+        // The deletion is committed: a receipt that cannot be signed is
+        // logged, and the caller still learns of the deletion (an empty
+        // receipt), never that it failed.
+        let receipt = self.sign_receipt(&receipt).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "deletion receipt not signed");
+            String::new()
+        });
+        Ok(Deletion {
+            packets,
+            credentials_revoked,
+            receipt,
+        })
     }
 }
 

@@ -433,18 +433,24 @@ impl Store {
     /// VACUUM reclaims it: one VACUUM of the tables holding a person's keys
     /// and data is started in the background (at most one at a time; a
     /// delete while one runs marks another as due).
-    pub async fn compact_after_delete(&self) -> Result<(), StoreError> {
+    ///
+    /// Returns whether the deleted rows are gone from the database files
+    /// now (SQLite: the checkpoint was not held back by a reader).
+    pub async fn compact_after_delete(&self) -> Result<bool, StoreError> {
         match self.backend {
             Backend::Sqlite => {
-                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(&self.pool)
+                // One row: (busy, WAL frames, frames checkpointed); busy = 1
+                // means a reader held the checkpoint back.
+                let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&self.pool)
                     .await?;
+                Ok(busy == 0)
             }
             Backend::Postgres => {
                 use std::sync::atomic::Ordering;
                 self.vacuum_due.store(true, Ordering::SeqCst);
                 if self.vacuum_running.swap(true, Ordering::SeqCst) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let (pool, due, running) = (
                     self.pool.clone(),
@@ -452,24 +458,34 @@ impl Store {
                     std::sync::Arc::clone(&self.vacuum_running),
                 );
                 tokio::spawn(async move {
-                    while due.swap(false, Ordering::SeqCst) {
-                        // A second of deletes shares one VACUUM.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        if let Err(e) = sqlx::query(
-                            "VACUUM subjects, packets, match_index, match_subjects, \
-                             pairwise_tokens, devices, consents, consent_receipts, command_outbox",
-                        )
-                        .execute(&pool)
-                        .await
-                        {
-                            tracing::warn!(error = %e, "VACUUM after delete failed; autovacuum reclaims the rows later");
+                    loop {
+                        while due.swap(false, Ordering::SeqCst) {
+                            // A second of deletes shares one VACUUM.
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            if let Err(e) = sqlx::query(
+                                "VACUUM subjects, packets, match_index, match_subjects, \
+                                 pairwise_tokens, devices, enrollment_codes, consent_challenges, \
+                                 consents, consent_receipts, transactions, credentials, \
+                                 entity_links, subject_rules, events, command_outbox, \
+                                 command_counters",
+                            )
+                            .execute(&pool)
+                            .await
+                            {
+                                tracing::warn!(error = %e, "VACUUM after delete failed; autovacuum reclaims the rows later");
+                            }
+                        }
+                        running.store(false, Ordering::SeqCst);
+                        // A delete that marked one due after the last check
+                        // and saw this task still running is served here.
+                        if !due.load(Ordering::SeqCst) || running.swap(true, Ordering::SeqCst) {
+                            break;
                         }
                     }
-                    running.store(false, Ordering::SeqCst);
                 });
+                Ok(false)
             }
         }
-        Ok(())
     }
 }
 

@@ -406,6 +406,24 @@ impl Store {
             .collect()
     }
 
+    /// The key version floor (migration 0013): no audit leaf, and so no
+    /// write, below it.
+    pub async fn key_floor(&self) -> Result<u32, StoreError> {
+        let v: i64 = sqlx::query_scalar("SELECT version FROM key_floor WHERE id = 1")
+            .fetch_one(self.pool())
+            .await?;
+        u32::try_from(v).map_err(|_| StoreError::Corrupt("key_floor.version"))
+    }
+
+    /// Raises the key version floor to `version` (never lowers it).
+    pub async fn raise_key_floor(&self, version: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE key_floor SET version = $1 WHERE id = 1 AND version < $1")
+            .bind(i64::from(version))
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// 1 if the newest audit leaf was written after `since_ms` under a
     /// MAC key version below `target` (a vault process that does not hold
     /// `target` yet is writing), else 0.
@@ -498,6 +516,11 @@ impl Store {
             live.unsigned_abs(),
         );
         Ok(out)
+    }
+
+    /// Rows of `table` MACed below `target`.
+    pub async fn mac_rows_below(&self, table: MacTable, target: u32) -> Result<u64, StoreError> {
+        self.scalar(table.count_below(), target).await
     }
 
     /// Work left for a rewrap to `target`: `(what, rows)`.
@@ -656,9 +679,16 @@ impl AuditedTx {
         let mut out = RemacBatch::default();
         for r in &rows {
             out.seen += 1;
+            // A row that does not verify or does not even parse (a
+            // database writer's, or damage) is left as it is and counted:
+            // one bad row must not stop the whole run.
             let (bytes, pk) = match table.row(&keys, r) {
                 Ok(x) => x,
-                Err(StoreError::Forged(_)) => {
+                Err(
+                    StoreError::Forged(_)
+                    | StoreError::Corrupt(_)
+                    | StoreError::Database(sqlx::Error::ColumnDecode { .. }),
+                ) => {
                     out.forged += 1;
                     continue;
                 }
