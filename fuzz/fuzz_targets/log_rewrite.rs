@@ -6,8 +6,13 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let key = DomainKey::new("fuzz", 1, &[3; 32]).unwrap();
-    let opts = NormalizeOptions { default_country_code: Some(44) };
-    let fields = vec![FieldSpec::parse("user.msisdn").unwrap(), FieldSpec::parse("a=email").unwrap()];
+    let opts = NormalizeOptions {
+        default_country_code: Some(44),
+    };
+    let fields = vec![
+        FieldSpec::parse("user.msisdn").unwrap(),
+        FieldSpec::parse("a=email").unwrap(),
+    ];
     let mut out = Vec::new();
     let mut rejects = Vec::new();
     let rw = Rewriter::json_lines(fields, opts, &key).unwrap();

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use idvault_core::keys::{KeyHierarchy, StaticKeyProvider};
 use idvault_core::matching::MatchKeyring;
 use idvault_core::secret::RootKey;
-use idvault_server::service::matching::{MatchQuery, check_query};
 use idvault_proto::v1::{MatchBatchRequest, MatchRequest};
+use idvault_server::service::matching::{MatchQuery, check_query};
 use idvault_tokenizer::NormalizeOptions;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -18,7 +18,9 @@ fn ring() -> &'static [Arc<MatchKeyring>] {
     RING.get_or_init(|| {
         let provider = StaticKeyProvider::new([RootKey::from_bytes([7; 32], 1)]).expect("key");
         let keys = KeyHierarchy::new(Box::new(provider));
-        vec![Arc::new(MatchKeyring::derive(&keys, "fuzz", 1).expect("ring"))]
+        vec![Arc::new(
+            MatchKeyring::derive(&keys, "fuzz", 1).expect("ring"),
+        )]
     })
 }
 

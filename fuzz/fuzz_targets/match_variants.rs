@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let opts = NormalizeOptions { default_country_code: Some(44) };
+        let opts = NormalizeOptions {
+            default_country_code: Some(44),
+        };
         let mut all = Vec::new();
         for f in MatchField::ALL {
             let _ = variants(f, s, &opts);

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
             // What parses serialises back to a file that parses the same.
             let again = idvault_core::xref::bridge_key_file(&partner, &key);
             let (p2, k2) = idvault_core::xref::parse_bridge_key_file(&again).expect("round trip");
-            assert_eq!((p2.as_str(), k2.version()), (partner.as_str(), key.version()));
+            assert_eq!(
+                (p2.as_str(), k2.version()),
+                (partner.as_str(), key.version())
+            );
             assert_eq!(k2.expose(), key.expose());
         }
     }

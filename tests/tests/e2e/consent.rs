@@ -1574,3 +1574,70 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
     ));
     cx.tv.stop().await
 }
+
+/// What a database writer forged or edited is never blessed by a rewrap:
+/// a device row whose MAC fails keeps its old MAC, and a link whose
+/// `owner` was changed is not re-indexed under the new owner's key; both
+/// are counted, and version 1 stays referenced (retire refuses).
+pub async fn rewrap_leaves_forged_rows_and_edited_links(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::Caller;
+    use pb::IdentifierType::{Account, Msisdn};
+
+    let mut cx = setup(backend).await;
+    let first = super::bridge::import(
+        &cx.tv,
+        "partner-a",
+        vec![vec![
+            super::bridge::rec("e1", &[(Msisdn, "+447700900222")]),
+            super::bridge::rec("e2", &[(Account, "EA-2")]),
+        ]],
+    )
+    .await?;
+    assert_eq!(first.entities_created, 2);
+    idvault_tests::idvault_server::keyfile::rotate(
+        &cx.tv.dir.path().join("root.key"),
+        None,
+        &SystemRng::default(),
+        &[],
+    )?;
+    cx.tv.restart().await?;
+    cx.reconnect().await;
+    // A database writer edits one link's owner and one device row.
+    sqlx::query(
+        "UPDATE xref_links SET owner = 'partner-b' WHERE id_type = (SELECT min(id_type) FROM xref_links)",
+    )
+    .execute(cx.tv.db())
+    .await?;
+    sqlx::query("UPDATE devices SET enrolled_by = 'someone-else'")
+        .execute(cx.tv.db())
+        .await?;
+    let report = cx.tv.vault.rewrap(&Caller::new("idvault"), |_| {}).await?;
+    assert_eq!(report.damaged_links, 1, "{report:?}");
+    assert_eq!(report.links, 1, "{report:?}");
+    assert_eq!(report.forged_rows, 1, "{report:?}");
+    assert_eq!(report.left_behind(), 2, "{report:?}");
+    let moved_to_b: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM xref_links WHERE owner = 'partner-b' AND key_version = 2",
+    )
+    .fetch_one(cx.tv.db())
+    .await?;
+    assert_eq!(moved_to_b, 0, "no index computed under partner-b's key");
+    let device_version: i64 = sqlx::query_scalar("SELECT mac_version FROM devices")
+        .fetch_one(cx.tv.db())
+        .await?;
+    assert_eq!(device_version, 1, "the forged row keeps its old MAC");
+    let refs = cx.tv.vault.version_references(1).await?;
+    assert!(
+        refs.iter()
+            .any(|(w, n)| w.starts_with("cross-reference") && *n == 1)
+            && refs
+                .iter()
+                .any(|(w, n)| w.starts_with("devices") && *n == 1),
+        "{refs:?}"
+    );
+    // The edited device authorises nothing.
+    let ch = cx.challenge(true).await;
+    let signed = cx.sign(&cx.grant(ch));
+    assert!(cx.release(true, signed).await.is_err());
+    cx.tv.stop().await
+}

@@ -106,6 +106,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::standing_consent_and_revocation,
     consent::forged_consent_rows_authorise_nothing,
     consent::rewrap_then_retire,
+    consent::rewrap_leaves_forged_rows_and_edited_links,
     ops::rewrap_rpc_is_gated_and_reports,
     subjects::deletion_receipt_verifies,
     tokens::token_domain_rotation_is_per_domain,

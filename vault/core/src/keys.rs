@@ -726,6 +726,51 @@ mod tests {
     }
 
     #[test]
+    fn key_file_pins_and_retired_keys() {
+        let text = format!(
+            "{KEY_FILE_HEADER}\n2 {k}\n3 {k}\ntoken-domain logs 2\nretired 1 audit-signing {p}\n",
+            k = "11".repeat(32),
+            p = "22".repeat(32)
+        );
+        let p = StaticKeyProvider::parse(&text).unwrap();
+        assert_eq!(p.versions(), vec![2, 3]);
+        assert_eq!(p.token_domain_version("logs"), Some(2));
+        assert_eq!(p.token_domain_version("other"), None);
+        assert_eq!(p.retired_public_keys().len(), 1);
+        let h = KeyHierarchy::new(Box::new(p.clone()));
+        assert_eq!((h.token_version("logs"), h.token_version("other")), (2, 3));
+        assert_eq!(
+            h.retired_public_keys(RetiredPurpose::AuditSigning)[0].version,
+            1
+        );
+        let again = StaticKeyProvider::parse(&p.to_key_file()).unwrap();
+        assert_eq!(again.token_domains(), p.token_domains());
+        // Cross-line rules.
+        for bad in [
+            text.replace("token-domain logs 2", "token-domain logs 9"),
+            text.replace("retired 1", "retired 2"),
+            text.replace("token-domain logs 2", "token-domain LOGS 2"),
+            format!("{text}token-domain logs 3\n"),
+            text.replace("audit-signing", "signing"),
+        ] {
+            assert!(StaticKeyProvider::parse(&bad).is_err(), "{bad}");
+        }
+        // Retiring: never the current version; the public keys are kept.
+        assert!(p.without_version(3, vec![]).is_err());
+        assert!(p.without_version(2, vec![]).is_err(), "logs is pinned to 2");
+        let q = p.with_token_domain("logs", 3).unwrap();
+        let r = q.without_version(2, vec![]).unwrap();
+        assert_eq!(r.versions(), vec![3]);
+        // Rotating pins the listed domains where they are.
+        let rng = crate::SystemRng::default();
+        let s = r
+            .clone_pins_then_rotate(&["fresh".to_owned()], &rng)
+            .unwrap();
+        assert_eq!(s.current_version(), 4);
+        assert_eq!(s.token_domain_version("fresh"), Some(3));
+    }
+
+    #[test]
     fn labels_and_versions_separate_keys() {
         let h = KeyHierarchy::new(Box::new(provider()));
         let kek1 = h.kek(1).unwrap();
