@@ -249,12 +249,14 @@ async fn retire(dir: &DataDir, version: u32, database_url: Option<String>) -> an
         bail!("the key file holds no version {version}");
     }
     let vault = idvault_server::app::open_vault(&cfg, &url).await?;
-    // No process may write under an older version from now on (its audit
-    // leaves fall below the floor and its writes fail), so nothing can
-    // start naming `version` between this count and the key file's edit.
+    // No process may write under `version` from now on (its audit leaves
+    // fall below the floor and its writes fail), so nothing can start
+    // naming it between this count and the key file's edit. Only processes
+    // whose current version is `version` are stopped: any newer one writes
+    // on.
     vault
         .store()
-        .raise_key_floor(file.current_version())
+        .raise_key_floor(version.saturating_add(1))
         .await?;
     let refs = references(&vault, &file, version).await?;
     if !refs.is_empty() {

@@ -258,9 +258,7 @@ fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
             return Err(io(path)(e));
         }
         // The rename is durable only once the directory is synced.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(d) = std::fs::File::open(dir)
-        {
+        if let Ok(d) = std::fs::File::open(parent_dir(path)) {
             let _ = d.sync_all();
         }
     }
@@ -309,6 +307,17 @@ pub fn update(
     rng: &dyn Rng,
     change: impl FnOnce(&StaticKeyProvider) -> Result<StaticKeyProvider, KeyError>,
 ) -> Result<StaticKeyProvider, KeyFileError> {
+    let _lock = lock(path)?;
+    let (current, protection) = load_with_protection(path, pin_file)?;
+    let next = change(&current).map_err(key_err(path))?;
+    write(path, &next, &protection, pin_file, rng, true)?;
+    Ok(next)
+}
+
+/// Takes the exclusive lock on `<key file>.lock` (released when the
+/// returned file is dropped, or the process dies) and removes temp files a
+/// crashed writer left beside the key file (they may hold key text).
+fn lock(path: &Path) -> Result<std::fs::File, KeyFileError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -323,10 +332,25 @@ pub fn update(
     }
     let lock = opts.open(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
-    let (current, protection) = load_with_protection(path, pin_file)?;
-    let next = change(&current).map_err(key_err(path))?;
-    write(path, &next, &protection, pin_file, rng, true)?;
-    Ok(next)
+    let dir = parent_dir(path);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let prefix = format!(".{name}.");
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) && n.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(lock)
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Adds a new root key version to the file; old versions stay readable.
@@ -403,6 +427,7 @@ pub fn seal_existing(
     pin_file: Option<&Path>,
     rng: &dyn Rng,
 ) -> Result<(), KeyFileError> {
+    let _lock = lock(path)?;
     let (keys, protection) = load_with_protection(path, pin_file)?;
     if protection != Protection::Plain {
         return Err(key_err(path)(KeyError::Malformed(

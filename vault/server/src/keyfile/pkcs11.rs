@@ -197,32 +197,34 @@ struct Open {
     _ctx: Pkcs11,
 }
 
-/// Refuses a module that is not an absolute path, or that (or its
-/// directory) others than its owner can write: loading it runs its code
-/// in the vault and hands it the PIN, so only a file the operator
-/// controls is loaded. (The sealed file names the module and is
+/// Refuses a module unless it is an absolute path whose file and every
+/// directory above it (symbolic links resolved) belong to root or to this
+/// process's user and are writable by nobody else: loading it runs its code
+/// in the vault and hands it the PIN, so only a file the operator (or the
+/// system) controls is loaded. (The sealed file names the module and is
 /// authenticated, but only by the module itself, after it is loaded.)
 fn check_module(module: &Path) -> Result<(), SealError> {
-    let refuse = |reason: &str| SealError::Module {
+    let refuse = |reason: String| SealError::Module {
         module: module.display().to_string(),
-        reason: reason.to_owned(),
+        reason,
     };
     if !module.is_absolute() {
-        return Err(refuse("the module path must be absolute"));
+        return Err(refuse("the module path must be absolute".into()));
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let parent = module.parent().unwrap_or(module);
-        for p in [module, parent] {
-            let mode = std::fs::metadata(p)
-                .map_err(|e| refuse(&e.to_string()))?
-                .permissions()
-                .mode();
-            if mode & 0o022 != 0 {
-                return Err(refuse(
-                    "it or its directory is writable by group or others; refusing to load it",
-                ));
+        use std::os::unix::fs::MetadataExt;
+        let real = std::fs::canonicalize(module).map_err(|e| refuse(e.to_string()))?;
+        // This process's user: the owner of its own /proc entry.
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        for p in real.ancestors() {
+            let m = std::fs::metadata(p).map_err(|e| refuse(e.to_string()))?;
+            let owner_ok = m.uid() == 0 || Some(m.uid()) == me;
+            if !owner_ok || m.mode() & 0o022 != 0 {
+                return Err(refuse(format!(
+                    "{} is writable by others than root or this user; refusing to load the module",
+                    p.display()
+                )));
             }
         }
     }
@@ -296,13 +298,24 @@ fn find_key(open: &Open, params: &Pkcs11Params) -> Result<Option<ObjectHandle>, 
             // left the HSM: it does not protect the root key.
             let attrs = open
                 .session
-                .get_attributes(*k, &[AttributeType::Extractable, AttributeType::Sensitive])
+                .get_attributes(
+                    *k,
+                    &[
+                        AttributeType::Extractable,
+                        AttributeType::Sensitive,
+                        AttributeType::NeverExtractable,
+                        AttributeType::AlwaysSensitive,
+                    ],
+                )
                 .map_err(other)?;
+            // Not extractable now, and never was: a key exported once and
+            // then locked down does not count.
             let safe = attrs.iter().all(|a| match a {
                 Attribute::Extractable(x) => !*x,
-                Attribute::Sensitive(s) => *s,
+                Attribute::Sensitive(s) | Attribute::AlwaysSensitive(s) => *s,
+                Attribute::NeverExtractable(n) => *n,
                 _ => true,
-            }) && attrs.len() == 2;
+            }) && attrs.len() == 4;
             if !safe {
                 return Err(SealError::Other(format!(
                     "token '{}': key '{}' is extractable or not sensitive; a seal key must never \

@@ -327,6 +327,18 @@ async fn sequence(
     if store.unsequenced_leaves(0, 1).await?.is_empty() {
         return Ok(0);
     }
+    // A process left behind by a rewrap or retire (the key floor above its
+    // current version) cannot check the newer leaves' MACs and would sign
+    // with a key about to be retired: it sequences nothing, and says so.
+    let floor = store.key_floor().await?;
+    if vault.keys().current_version() < floor {
+        tracing::error!(
+            floor,
+            current = vault.keys().current_version(),
+            "this process's root key file is behind the database's key floor: not sequencing; restart it with the current key file"
+        );
+        return Ok(0);
+    }
     let mut tx = lease.begin(store).await?;
     let (size, edge) = tx.tree_state(merkle::root_nodes).await?;
     let extra = u32::try_from(skipped.len()).unwrap_or(u32::MAX);

@@ -51,7 +51,8 @@ impl Vault {
                  checkpointed and truncated"
             }
             (Backend::Sqlite, false) => {
-                "rows overwritten (secure_delete); copies in the WAL go at its next checkpoint"
+                "rows overwritten (secure_delete) in the database file; copies in the WAL go at \
+                 its next checkpoint"
             }
             (Backend::Postgres, _) => {
                 "the rows are dead tuples until VACUUM (started after deletions) reclaims them; \
@@ -61,7 +62,7 @@ impl Vault {
         format!(
             "{db}; a copy made before (a backup, a WAL archive, a disk image) holds the data key \
              wrapped under root key version {kek_version} or older, and becomes unreadable once \
-             those versions are retired"
+             those versions are retired, provided no copy of a key file holding them survives"
         )
     }
 

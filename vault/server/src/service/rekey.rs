@@ -259,51 +259,52 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let mut done = 0;
         for table in MacTable::ALL {
-            let mut skip = 0u64;
-            // Forged rows keep their place in the order and are skipped
-            // by count; should one vanish meanwhile (retention), the count
-            // overshoots and good rows are passed over: a second pass from
-            // the start (bounded) picks them up.
-            let (mut passes, mut table_forged) = (0, 0u64);
-            loop {
-                let mut tx = self.begin().await?;
-                let b = tx
-                    .remac_rows(table, target, REWRAP_BATCH, skip)
-                    .await
-                    .map_err(VaultError::from)?;
-                if b.seen == 0 {
-                    // Nothing read and nothing written: the transaction
-                    // ends unused.
-                    drop(tx);
-                    break;
-                }
-                skip += b.forged;
-                table_forged += b.forged;
-                let detail = format!(
-                    "rewrap to=v{target} table={} row_macs={} forged={}",
-                    table.name(),
-                    b.moved,
-                    b.forged
-                );
-                self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
-                report.row_macs += b.moved;
-                report.forged_rows += b.forged;
-                report.batches += 1;
-                done += b.seen;
-                progress(&RewrapProgress {
-                    phase: "row-macs",
-                    done,
-                    total,
-                });
-                if b.seen < u64::from(REWRAP_BATCH) {
-                    passes += 1;
-                    let left = self.store().mac_rows_below(table, target).await?;
-                    if left > skip && passes < 3 {
-                        // The next pass meets the same forged rows again.
-                        report.forged_rows -= table_forged;
-                        (skip, table_forged) = (0, 0);
-                        continue;
+            // Forged rows keep their place in the order and are skipped by
+            // count. Should one vanish during a pass (retention, a
+            // deletion), the count overshoots and good rows are passed
+            // over: each pass after the first starts again from the top,
+            // until a pass moves nothing (all that is left is forged) or
+            // three passes ran; only the last pass's forged count is kept.
+            for pass in 0..3 {
+                let (mut skip, mut moved) = (0u64, 0u64);
+                loop {
+                    let mut tx = self.begin().await?;
+                    let b = tx
+                        .remac_rows(table, target, REWRAP_BATCH, skip)
+                        .await
+                        .map_err(VaultError::from)?;
+                    if b.seen == 0 {
+                        // Nothing read and nothing written: the
+                        // transaction ends unused.
+                        drop(tx);
+                        break;
                     }
+                    skip += b.forged;
+                    moved += b.moved;
+                    let detail = format!(
+                        "rewrap to=v{target} table={} row_macs={} forged={}",
+                        table.name(),
+                        b.moved,
+                        b.forged
+                    );
+                    self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+                    report.row_macs += b.moved;
+                    report.batches += 1;
+                    if pass == 0 {
+                        done += b.seen;
+                        progress(&RewrapProgress {
+                            phase: "row-macs",
+                            done,
+                            total,
+                        });
+                    }
+                    if b.seen < u64::from(REWRAP_BATCH) {
+                        break;
+                    }
+                }
+                let left = self.store().mac_rows_below(table, target).await?;
+                if moved == 0 || left == 0 || pass == 2 {
+                    report.forged_rows += left;
                     break;
                 }
             }

@@ -222,8 +222,7 @@ impl Vault {
                     .iter()
                     .filter(|(w, _)| !own.contains(w))
                     .map(|(_, n)| *n)
-                    .sum::<u64>()
-                    + credentials;
+                    .sum::<u64>();
                 let receipt = DeletionReceipt {
                     vault: self.audit_settings().origin.clone(),
                     subject: id.to_string(),
@@ -239,6 +238,9 @@ impl Vault {
                             count("match-index") + count("match-signatures"),
                         ),
                         ("related-rows".to_owned(), related),
+                        // Revoked and cleared of the person, not removed:
+                        // a status list index is never reused.
+                        ("credentials-revoked".to_owned(), credentials),
                     ],
                     final_when: String::new(),
                 };
@@ -247,13 +249,21 @@ impl Vault {
             .await;
         self.status_maybe_changed(&done, |d| d.1 > 0);
         let (packets, credentials_revoked, mut receipt, kek_version) = done?;
-        // Compacted before the receipt says how final the deletion is.
-        let compacted = match self.store().compact_after_delete().await {
-            Ok(done) => done,
-            Err(e) => {
+        // Compacted before the receipt says how final the deletion is; a
+        // checkpoint held up by readers is not waited for (the committed
+        // deletion's receipt must reach the caller within its deadline).
+        let compacted = match tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self.store().compact_after_delete(),
+        )
+        .await
+        {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "compaction after delete failed; deleted rows stay in the WAL or as dead tuples until the next checkpoint or VACUUM");
                 false
             }
+            Err(_) => false,
         };
         receipt.final_when = self.deletion_final_text(compacted, kek_version);
         // The deletion is committed: a receipt that cannot be signed is

@@ -464,7 +464,8 @@ impl Store {
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             if let Err(e) = sqlx::query(
                                 "VACUUM subjects, packets, match_index, match_subjects, \
-                                 pairwise_tokens, devices, enrollment_codes, consent_challenges, \
+                                 pairwise_tokens, device_requests, code_failures, devices, \
+                                 enrollment_codes, consent_challenges, \
                                  consents, consent_receipts, transactions, credentials, \
                                  entity_links, subject_rules, events, command_outbox, \
                                  command_counters",

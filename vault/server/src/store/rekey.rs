@@ -415,12 +415,22 @@ impl Store {
         u32::try_from(v).map_err(|_| StoreError::Corrupt("key_floor.version"))
     }
 
-    /// Raises the key version floor to `version` (never lowers it).
+    /// Raises the key version floor to `version` (never lowers it). On
+    /// PostgreSQL it takes the floor's advisory lock exclusively (every
+    /// leaf insert takes it shared, migration 0014), so it returns only
+    /// once no transaction that checked the old floor can still commit.
     pub async fn raise_key_floor(&self, version: u32) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        if self.backend() == super::Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7418210)")
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("UPDATE key_floor SET version = $1 WHERE id = 1 AND version < $1")
             .bind(i64::from(version))
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
