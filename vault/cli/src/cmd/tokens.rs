@@ -36,18 +36,17 @@ pub(crate) enum TokensCommand {
     },
 }
 
-pub(crate) fn export_token_key(
+/// The config and every configured token domain, once `domain` is checked
+/// to be one. A domain no partner has is not pinned by `keys rotate`: its
+/// tokens would change at the next rotation under whoever uses its key.
+fn configured(
     dir: &DataDir,
     domain: &str,
-    version: Option<u32>,
-    out: &std::path::Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(idvault_server::config::Config, Vec<String>)> {
     if !idvault_tokenizer::token::valid_domain(domain) {
         bail!("invalid token domain '{domain}' (use 1-32 of a-z, 0-9, -)");
     }
     let cfg = dir.load()?;
-    // A domain no partner has is not pinned by `keys rotate`: its tokens
-    // would change at the next rotation under whoever uses this key.
     let domains = super::keys::configured_domains(&cfg);
     if !domains.iter().any(|d| d == domain) {
         bail!(
@@ -60,6 +59,16 @@ pub(crate) fn export_token_key(
             }
         );
     }
+    Ok((cfg, domains))
+}
+
+pub(crate) fn export_token_key(
+    dir: &DataDir,
+    domain: &str,
+    version: Option<u32>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (cfg, _) = configured(dir, domain)?;
     let keys = idvault_server::app::open_keys(&cfg)?;
     let current = keys.token_version(domain);
     let version = version.unwrap_or(current);
@@ -84,21 +93,7 @@ pub(crate) fn export_token_key(
 /// domain is behind it, else a new root version (every other configured
 /// domain pinned where it is first, so none of their tokens change).
 fn rotate(dir: &DataDir, domain: &str) -> anyhow::Result<()> {
-    if !idvault_tokenizer::token::valid_domain(domain) {
-        bail!("invalid token domain '{domain}' (use 1-32 of a-z, 0-9, -)");
-    }
-    let cfg = dir.load()?;
-    let domains = super::keys::configured_domains(&cfg);
-    if !domains.iter().any(|d| d == domain) {
-        bail!(
-            "no partner has token domain '{domain}' (configured: {})",
-            if domains.is_empty() {
-                "none".to_owned()
-            } else {
-                domains.join(", ")
-            }
-        );
-    }
+    let (cfg, domains) = configured(dir, domain)?;
     let r = idvault_server::keyfile::rotate_token_domain(
         &cfg.resolve(&cfg.file.keys.root_key_file),
         super::keys::pin_file(&cfg).as_deref(),
