@@ -367,11 +367,15 @@ async fn kill_during_writes_postgres() {
 }
 
 /// Granted PostgreSQL advisory locks in the current database.
+/// Holders of the sequencer's advisory lock (key 0x696476736571, "idvseq":
+/// pg_locks shows a bigint key as its high and low 32 bits). Writers take
+/// another advisory lock, the key floor's, shared while they insert a leaf.
 async fn advisory_locks(url: &str) -> i64 {
     scalar(
         url,
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()",
+         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() \
+         AND l.classid = 26980 AND l.objid = 1987274097",
     )
     .await
 }
