@@ -342,7 +342,6 @@ fn now_ms() -> i64 {
 
 /// When a phase ends.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code)]
 pub(crate) enum Limit {
     Count(usize),
     Until(Instant),
