@@ -24,7 +24,7 @@
 
 use idvault_core::keys::{self as ckeys};
 use idvault_core::tlog::merkle;
-use idvault_core::{crypto, xref};
+use idvault_core::{crypto, packet, xref};
 use idvault_tokenizer::ident::IdentifierType;
 
 use super::{Caller, Vault, VaultError};
@@ -136,35 +136,42 @@ impl Vault {
             };
             after = Some(last);
             let mut tx = self.begin().await?;
-            let (mut moved, mut damaged) = (0u64, 0u64);
-            for id in &ids {
-                // Locked on PostgreSQL: an update of this person waits for
-                // the batch, or the batch reads the update.
-                let Some(row) = tx.subject(id).await? else {
-                    continue;
-                };
-                let old = row.wrapped_dek.kek_version;
-                if old >= target {
-                    continue;
-                }
+            let mut damaged = 0u64;
+            let mut moves = Vec::with_capacity(ids.len());
+            let mut indexes = Vec::with_capacity(ids.len());
+            // Two reads, one update and one delete per batch (the match
+            // rows go in with the commit): per-subject statements made the
+            // PostgreSQL rewrap round-trip bound.
+            for (row, packets) in tx.subjects_for_rewrap(&ids, target).await? {
                 let Ok(dek) = self.subject_dek(&row) else {
                     damaged += 1;
                     continue;
                 };
-                let Ok(values) = self.newest_values(&mut tx, &row).await else {
+                let Ok(values) =
+                    packet::newest_values(&row.id, &dek, packets.iter().map(|(_, b)| b.as_slice()))
+                else {
                     damaged += 1;
                     continue;
                 };
-                let wrapped = ckeys::wrap_dek(&kek, id, &dek, self.rng())?;
+                let values: Vec<_> = values.into_iter().collect();
+                let wrapped = ckeys::wrap_dek(&kek, &row.id, &dek, self.rng())?;
                 drop(dek);
-                if !tx.rewrap_subject_key(id, old, &wrapped).await? {
-                    continue;
-                }
-                let indexes = self.match_rows_of(&values)?;
-                tx.match_delete_subject(id).await?;
-                self.write_match_rows(&mut tx, id, &[], &indexes).await?;
-                moved += 1;
+                indexes.push(self.match_rows_of(&values)?);
+                moves.push((row.id, row.wrapped_dek.kek_version, wrapped));
             }
+            let moved = tx.rewrap_subject_keys(&moves).await?;
+            let moved_ids: Vec<_> = moves
+                .iter()
+                .map(|(id, _, _)| *id)
+                .filter(|id| moved.contains(id))
+                .collect();
+            tx.match_delete_subjects(&moved_ids).await?;
+            for ((id, _, _), idx) in moves.iter().zip(&indexes) {
+                if moved.contains(id) {
+                    self.write_match_rows(&mut tx, id, &[], idx).await?;
+                }
+            }
+            let moved = moved.len() as u64;
             let detail = format!("rewrap to=v{target} subjects={moved} damaged={damaged}");
             self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
             report.subjects += moved;

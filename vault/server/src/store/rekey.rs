@@ -7,14 +7,18 @@
 //! A row whose MAC does not verify is never re-MACed (that would bless a
 //! forgery); it keeps naming its old version, and `keys retire` counts it.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::rows::u64_to_i64;
+use super::matching::placeholders;
+use super::rows::{self, i64_to_u64, u64_to_i64};
 use super::rows::{fixed, list_col, subject_col};
 use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, EnrollmentCode};
 use idvault_core::keys::WrappedDek;
+use idvault_core::records::SubjectRecord;
 use idvault_core::rowmac::{self, RowBytes, RowMac};
 use idvault_core::subject::SubjectId;
 
@@ -570,36 +574,126 @@ impl Store {
     }
 }
 
+/// A subject row of a rewrap batch with its packets (`(seq, bytes)`,
+/// ascending).
+pub(crate) type SubjectWithPackets = (SubjectRecord, Vec<(u64, Vec<u8>)>);
+
 impl AuditedTx {
-    /// Replaces a subject's wrapped data key if it is still wrapped under
-    /// `old_version`; returns whether it was.
-    pub async fn rewrap_subject_key(
+    /// Loads the subjects of `ids` still wrapped below `target`, with
+    /// their packets, in two statements whatever the batch size (one round
+    /// trip per subject made PostgreSQL rewraps round-trip bound). On
+    /// PostgreSQL the subject rows stay locked until the transaction ends:
+    /// a concurrent update of one of them waits for the batch, or the
+    /// batch reads the update.
+    pub async fn subjects_for_rewrap(
         &mut self,
-        id: &SubjectId,
-        old_version: u32,
-        new: &WrappedDek,
-    ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE subjects SET wrapped_dek = $1, kek_version = $2 \
-             WHERE subject_id = $3 AND kek_version = $4",
-        )
-        .bind(new.bytes.clone())
-        .bind(i64::from(new.kek_version))
-        .bind(id.as_bytes().to_vec())
-        .bind(i64::from(old_version))
-        .execute(self.conn().await?)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        ids: &[SubjectId],
+        target: u32,
+    ) -> Result<Vec<SubjectWithPackets>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lock = match self.store.backend {
+            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT {} FROM subjects WHERE kek_version < $1 AND subject_id IN ({}) \
+             ORDER BY subject_id{lock}",
+            subject_columns!(),
+            placeholders(2, ids.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(target));
+        for id in ids {
+            q = q.bind(id.as_bytes().to_vec());
+        }
+        let rows: Vec<AnyRow> = q.fetch_all(self.conn().await?).await?;
+        let subjects = rows
+            .iter()
+            .map(rows::subject_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT subject_id, seq, packet FROM packets WHERE subject_id IN ({}) \
+             ORDER BY subject_id, seq",
+            placeholders(1, subjects.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in &subjects {
+            q = q.bind(s.id.as_bytes().to_vec());
+        }
+        let mut packets: HashMap<SubjectId, Vec<(u64, Vec<u8>)>> = HashMap::new();
+        for r in q.fetch_all(self.conn().await?).await? {
+            let id = subject_col(&r, "subject_id")?;
+            let seq = i64_to_u64(r.try_get("seq")?, "packets.seq")?;
+            packets
+                .entry(id)
+                .or_default()
+                .push((seq, r.try_get("packet")?));
+        }
+        Ok(subjects
+            .into_iter()
+            .map(|s| {
+                let p = packets.remove(&s.id).unwrap_or_default();
+                (s, p)
+            })
+            .collect())
     }
 
-    /// Removes every blocking row of a subject, in every domain (its
+    /// Replaces the wrapped data keys of `moves` `(subject, old version,
+    /// new key)`, each only if still wrapped under its old version, in one
+    /// statement; returns the subjects that moved.
+    pub async fn rewrap_subject_keys(
+        &mut self,
+        moves: &[(SubjectId, u32, WrappedDek)],
+    ) -> Result<HashSet<SubjectId>, StoreError> {
+        if moves.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // `VALUES` names its columns column1… on both backends; UPDATE …
+        // FROM and RETURNING need SQLite 3.35 (sqlx bundles newer).
+        let values = (0..moves.len())
+            .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE subjects SET wrapped_dek = v.column3, kek_version = v.column4 \
+             FROM (VALUES {values}) AS v \
+             WHERE subjects.subject_id = v.column1 AND subjects.kek_version = v.column2 \
+             RETURNING subject_id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, old, new) in moves {
+            q = q
+                .bind(id.as_bytes().to_vec())
+                .bind(i64::from(*old))
+                .bind(new.bytes.clone())
+                .bind(i64::from(new.kek_version));
+        }
+        q.fetch_all(self.conn().await?)
+            .await?
+            .iter()
+            .map(|r| subject_col(r, "subject_id"))
+            .collect()
+    }
+
+    /// Removes every blocking row of `ids`, in every domain (their
     /// signatures are rewritten whole by the caller).
-    pub async fn match_delete_subject(&mut self, id: &SubjectId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM match_index WHERE subject_id = $1")
-            .bind(id.as_bytes().to_vec())
-            .execute(self.conn().await?)
-            .await?;
+    pub async fn match_delete_subjects(&mut self, ids: &[SubjectId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "DELETE FROM match_index WHERE subject_id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(id.as_bytes().to_vec());
+        }
+        q.execute(self.conn().await?).await?;
         Ok(())
     }
 
