@@ -5,6 +5,8 @@
 //! - [`variants`], [`nicknames`], [`matching`]: normalised variants of
 //!   matchable fields and Fellegi–Sunter scoring for blind matching.
 //!
+//! - [`manifest`]: hash manifests that compare two platforms' exports
+//!   without revealing field values.
 //! - [`pipeline`]: the multi-core, constant-memory log rewriting pipeline.
 //!
 //! This crate does no I/O of its own and never logs: it works on strings,
@@ -15,6 +17,7 @@
 
 pub mod ident;
 pub mod json;
+pub mod manifest;
 pub mod matching;
 pub mod nicknames;
 pub mod pipeline;

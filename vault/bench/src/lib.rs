@@ -10,6 +10,7 @@
 //! - [`consent`]: grant verification and consented releases.
 //! - [`credentials`]: digital IDs issued, presented and verified.
 //! - [`events`]: events to delivered commands.
+//! - [`manifest`]: hash manifests built, diffed and summarised at scale.
 //! - [`synth`]: synthetic people with realistic typos and variants.
 //! - [`inprocess`]: a real vault on port 0 for the end-to-end ones.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod consent;
 pub mod credentials;
 pub mod events;
 pub mod inprocess;
+pub mod manifest;
 pub mod matching;
 pub mod packets;
 pub mod rekey;

@@ -81,6 +81,12 @@ enum Command {
         #[command(subcommand)]
         command: cmd::tokens::TokensCommand,
     },
+    /// Check a migration between two platforms by hash manifests,
+    /// without either side revealing field values.
+    Manifest {
+        #[command(subcommand)]
+        command: cmd::manifest::ManifestCommand,
+    },
     /// Partner access policies (Cedar).
     Policy {
         #[command(subcommand)]
@@ -123,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bridge { command } => cmd::bridge::run(command).await,
         Command::Tokenize(args) => cmd::tokenize::run(args).await,
         Command::Tokens { command } => cmd::tokens::run(command),
+        Command::Manifest { command } => cmd::manifest::run(command),
         Command::Policy { command } => cmd::policy::run(command),
         Command::Bench { command } => cmd::bench::run(command).await,
     }

@@ -146,6 +146,20 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Hash manifests: build, diff and summary diff of two exports of the
+    /// same people written differently, with a fraction differing.
+    Manifest {
+        /// Records in each export.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Fraction of records that differ (0.0001 = 0.01 %).
+        #[arg(long, default_value_t = 0.0001)]
+        differ: f64,
+        /// Directory for the exports and manifests (default: a temporary
+        /// one, removed afterwards).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// CreateSubject RPCs over real mTLS against an in-process server.
     Subjects {
         /// RPCs to send.
@@ -467,6 +481,78 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::from_boxed)?;
             print!("{r}");
+            Ok(())
+        }
+        BenchCommand::Manifest {
+            records,
+            differ,
+            dir,
+        } => {
+            let o = idvault_bench::manifest::ManifestBenchOptions {
+                records,
+                differ,
+                dir,
+            };
+            let r = tokio::task::spawn_blocking(move || {
+                idvault_bench::manifest::run(&o, &|m| eprintln!("{m}"))
+            })
+            .await?
+            .map_err(anyhow::Error::from_boxed)?;
+            let rate = |n: u64, s: f64| n as f64 / s.max(1e-9);
+            let mib = |b: u64| b as f64 / 1048576.0;
+            println!(
+                "exports: A {} records ({:.0} MiB CSV), B {} records ({:.0} MiB JSON Lines); made {} missing in B, {} changed, {} extra in B",
+                r.records_a,
+                mib(r.export_bytes.0),
+                r.records_b,
+                mib(r.export_bytes.1),
+                r.made.0,
+                r.made.1,
+                r.made.2
+            );
+            println!(
+                "baseline  read+parse A (CSV)      {:>10.0} records/s  ({:.1} s)",
+                rate(r.records_a, r.parse_secs),
+                r.parse_secs
+            );
+            println!(
+                "build A (CSV)                     {:>10.0} records/s  ({:.1} s, ratio to baseline {:.2}), manifest {:.0} MiB",
+                rate(r.records_a, r.build_secs.0),
+                r.build_secs.0,
+                r.parse_secs / r.build_secs.0.max(1e-9),
+                mib(r.manifest_bytes.0)
+            );
+            println!(
+                "build B (JSON Lines)              {:>10.0} records/s  ({:.1} s), manifest {:.0} MiB",
+                rate(r.records_b, r.build_secs.1),
+                r.build_secs.1,
+                mib(r.manifest_bytes.1)
+            );
+            println!(
+                "diff A B (full manifests)         {:>10.0} records/s  ({:.1} s); bytes shipped: B's manifest, {} ({:.0} MiB)",
+                rate(r.records_a + r.records_b, r.diff_secs),
+                r.diff_secs,
+                r.manifest_bytes.1,
+                mib(r.manifest_bytes.1)
+            );
+            println!(
+                "summary of B ({} cells)       {:>10.0} records/s  ({:.1} s); bytes shipped: the summary, {} ({:.2} MiB, {:.4} of the manifest)",
+                r.summary_cells,
+                rate(r.records_b, r.summary_secs),
+                r.summary_secs,
+                r.summary_bytes,
+                mib(r.summary_bytes),
+                r.summary_bytes as f64 / r.manifest_bytes.1.max(1) as f64
+            );
+            println!(
+                "diff A against B's summary        {:>10.0} records/s  ({:.1} s; A read twice)",
+                rate(r.records_a, r.summary_diff_secs),
+                r.summary_diff_secs
+            );
+            println!(
+                "found: {} missing in B, {} missing in A, {} differ (both methods, as made); peak memory {:.0} MiB",
+                r.found.missing_in_b, r.found.missing_in_a, r.found.differ, r.peak_rss_mib
+            );
             Ok(())
         }
         BenchCommand::Rewrap {

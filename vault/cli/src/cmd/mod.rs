@@ -8,6 +8,7 @@ pub(crate) mod device;
 pub(crate) mod init;
 pub(crate) mod issuer;
 pub(crate) mod keys;
+pub(crate) mod manifest;
 pub(crate) mod partner;
 pub(crate) mod policy;
 pub(crate) mod serve;
