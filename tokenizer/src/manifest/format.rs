@@ -214,6 +214,29 @@ impl Header {
     }
 }
 
+/// Reads the magic line and the header line of a manifest or summary
+/// (`magic`), both MACed, and checks the file was built under `key`;
+/// returns the header, its JSON and the MAC so far.
+pub(crate) fn read_header(
+    r: &mut impl BufRead,
+    magic: &str,
+    key: &ComparisonKey,
+) -> Result<(Header, serde_json::Value, hmac::Context), ManifestError> {
+    let mut ctx = hmac::Context::with_key(key.file_mac_key());
+    let first = read_line(r)?;
+    if first != magic.as_bytes() {
+        return Err(ManifestError::Format(format!("not an {magic} file")));
+    }
+    ctx.update(&first);
+    ctx.update(b"\n");
+    let line = read_line(r)?;
+    ctx.update(&line);
+    ctx.update(b"\n");
+    let (header, json) = Header::parse(&line)?;
+    header.check_key(key)?;
+    Ok((header, json, ctx))
+}
+
 /// A writer that MACs every byte it passes on; [`MacWriter::finish`]
 /// appends the MAC.
 pub(crate) struct MacWriter<W: Write> {
@@ -341,20 +364,7 @@ impl<R> std::fmt::Debug for ManifestReader<'_, R> {
 impl<'k, R: BufRead> ManifestReader<'k, R> {
     /// Reads and checks the header: a manifest built under `key`.
     pub fn new(mut inner: R, key: &'k ComparisonKey) -> Result<Self, ManifestError> {
-        let mut ctx = hmac::Context::with_key(key.file_mac_key());
-        let magic = read_line(&mut inner)?;
-        if magic != MANIFEST_MAGIC.as_bytes() {
-            return Err(ManifestError::Format(format!(
-                "not an {MANIFEST_MAGIC} file"
-            )));
-        }
-        ctx.update(&magic);
-        ctx.update(b"\n");
-        let line = read_line(&mut inner)?;
-        ctx.update(&line);
-        ctx.update(b"\n");
-        let (header, _) = Header::parse(&line)?;
-        header.check_key(key)?;
+        let (header, _, ctx) = read_header(&mut inner, MANIFEST_MAGIC, key)?;
         Ok(Self {
             inner,
             key,

@@ -20,9 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 
-use ring::hmac;
-
-use super::format::{Header, MacRead, MacWriter, ManifestReader, check_mac, read_line};
+use super::format::{Header, MacRead, MacWriter, ManifestReader, check_mac, read_header};
 use super::{ComparisonKey, DiffItem, DiffStatus, DiffTotals, ManifestError};
 
 /// The first line of a summary file.
@@ -167,21 +165,8 @@ impl Summary {
     /// Reads a summary built under `key`, bounded by [`MAX_CELLS`], and
     /// checks its closing MAC and that every cell's count is possible.
     pub fn read(mut r: impl BufRead, key: &ComparisonKey) -> Result<Self, ManifestError> {
-        let mut ctx = hmac::Context::with_key(key.file_mac_key());
-        let magic = read_line(&mut r)?;
-        if magic != SUMMARY_MAGIC.as_bytes() {
-            return Err(ManifestError::Format(format!(
-                "not an {SUMMARY_MAGIC} file"
-            )));
-        }
-        ctx.update(&magic);
-        ctx.update(b"\n");
-        let line = read_line(&mut r)?;
-        ctx.update(&line);
-        ctx.update(b"\n");
+        let (header, v, mut ctx) = read_header(&mut r, SUMMARY_MAGIC, key)?;
         let bad = |m: &str| ManifestError::Format(format!("summary header: {m}"));
-        let (header, v) = Header::parse(&line)?;
-        header.check_key(key)?;
         let cells = v
             .get("cells")
             .and_then(serde_json::Value::as_u64)

@@ -98,6 +98,7 @@ impl Vault {
             ));
         }
         self.store().raise_key_floor(target).await?;
+        self.store().analyze_for_rewrap().await?;
         let mut report = RewrapReport {
             target,
             ..RewrapReport::default()
