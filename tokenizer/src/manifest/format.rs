@@ -350,6 +350,7 @@ pub struct ManifestReader<'k, R> {
     header: Header,
     read: u64,
     last: Option<[u8; 32]>,
+    failed: bool,
 }
 
 impl<R> std::fmt::Debug for ManifestReader<'_, R> {
@@ -372,6 +373,7 @@ impl<'k, R: BufRead> ManifestReader<'k, R> {
             header,
             read: 0,
             last: None,
+            failed: false,
         })
     }
 
@@ -383,8 +385,21 @@ impl<'k, R: BufRead> ManifestReader<'k, R> {
     /// The next entry, or `None` after the last once the closing MAC
     /// verified. Refuses entries out of order, a duplicated key digest, a
     /// clear key that does not match its digest, and a count other than
-    /// the header's.
+    /// the header's. After an error every later call fails too, so a
+    /// retrying caller can never take a tampered file for a verified one.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, ManifestError> {
+        if self.failed {
+            return Err(ManifestError::Format(
+                "the manifest already failed a check".into(),
+            ));
+        }
+        let r = self.next_checked();
+        self.failed = r.is_err();
+        r
+    }
+
+    fn next_checked(&mut self) -> Result<Option<Entry>, ManifestError> {
+        // `ctx` is gone only once the closing MAC verified.
         let Some(ctx) = self.ctx.as_mut() else {
             return Ok(None);
         };
@@ -509,6 +524,12 @@ mod tests {
             b[i] ^= 1;
             assert!(read_all(&k, &b).is_err(), "byte {i} flipped");
         }
+        let mut bad = whole.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let mut r = ManifestReader::new(&bad[..], &k).unwrap_or_else(|_| unreachable!());
+        while let Ok(Some(_)) = r.next_entry() {}
+        assert!(r.next_entry().is_err(), "a failed MAC stays failed");
         let mut longer = whole.clone();
         longer.push(0);
         assert!(read_all(&k, &longer).is_err(), "bytes after the MAC");
