@@ -14,11 +14,7 @@ use idvault_tokenizer::manifest::{
 use libfuzzer_sys::fuzz_target;
 
 fn schema() -> Schema {
-    let f = |name: &str, column: &str, normaliser| SchemaField {
-        name: name.into(),
-        column: column.into(),
-        normaliser,
-    };
+    let f = SchemaField::new;
     Schema {
         key: f("id", "id", Normaliser::Trim),
         fields: vec![

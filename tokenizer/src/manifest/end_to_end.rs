@@ -8,25 +8,19 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use super::summary::{self, Summary, cells_for, diff_with_summary};
 use super::*;
 
-fn field(name: &str, column: &str, n: Normaliser) -> SchemaField {
-    SchemaField {
-        name: name.into(),
-        column: column.into(),
-        normaliser: n,
-    }
-}
+use SchemaField as F;
 
 /// Platform A's schema (CSV columns) and B's (JSON paths): same names
 /// and normalisers, different columns.
 fn schemas() -> (Schema, Schema) {
     let a = Schema {
-        key: field("id", "customer_id", Normaliser::Trim),
+        key: F::new("id", "customer_id", Normaliser::Trim),
         fields: vec![
-            field("given_name", "given", Normaliser::Fold),
-            field("family_name", "family", Normaliser::Case),
-            field("date_of_birth", "dob", Normaliser::Date),
-            field("phone", "phone", Normaliser::Phone),
-            field("email", "email", Normaliser::Email),
+            F::new("given_name", "given", Normaliser::Fold),
+            F::new("family_name", "family", Normaliser::Case),
+            F::new("date_of_birth", "dob", Normaliser::Date),
+            F::new("phone", "phone", Normaliser::Phone),
+            F::new("email", "email", Normaliser::Email),
         ],
         default_country_code: Some(44),
     };

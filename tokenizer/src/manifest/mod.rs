@@ -231,6 +231,17 @@ pub struct SchemaField {
     pub normaliser: Normaliser,
 }
 
+impl SchemaField {
+    /// A field named `name`, read from `column`, normalised by `normaliser`.
+    pub fn new(name: &str, column: &str, normaliser: Normaliser) -> Self {
+        Self {
+            name: name.to_owned(),
+            column: column.to_owned(),
+            normaliser,
+        }
+    }
+}
+
 /// What a manifest compares: the record key and the fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema {
@@ -463,11 +474,7 @@ mod tests {
     }
 
     fn schema() -> Schema {
-        let f = |n: &str, norm| SchemaField {
-            name: n.into(),
-            column: n.into(),
-            normaliser: norm,
-        };
+        let f = |n: &str, norm| SchemaField::new(n, n, norm);
         Schema {
             key: f("id", Normaliser::Trim),
             fields: vec![f("name", Normaliser::Case), f("dob", Normaliser::Date)],

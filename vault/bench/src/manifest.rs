@@ -73,23 +73,15 @@ pub struct ManifestBenchReport {
     pub peak_rss_mib: f64,
 }
 
-fn field(name: &str, column: &str, normaliser: Normaliser) -> SchemaField {
-    SchemaField {
-        name: name.into(),
-        column: column.into(),
-        normaliser,
-    }
-}
-
 fn schemas() -> (Schema, Schema) {
     let a = Schema {
-        key: field("id", "id", Normaliser::Trim),
+        key: SchemaField::new("id", "id", Normaliser::Trim),
         fields: vec![
-            field("given_name", "given_name", Normaliser::Fold),
-            field("family_name", "family_name", Normaliser::Case),
-            field("date_of_birth", "date_of_birth", Normaliser::Date),
-            field("phone", "phone", Normaliser::Phone),
-            field("email", "email", Normaliser::Email),
+            SchemaField::new("given_name", "given_name", Normaliser::Fold),
+            SchemaField::new("family_name", "family_name", Normaliser::Case),
+            SchemaField::new("date_of_birth", "date_of_birth", Normaliser::Date),
+            SchemaField::new("phone", "phone", Normaliser::Phone),
+            SchemaField::new("email", "email", Normaliser::Email),
         ],
         default_country_code: Some(44),
     };
@@ -245,7 +237,8 @@ pub fn run(
                 ..BuildOptions::default()
             };
             manifest::build(schema, &key, &opts, open(input)?, &mut w, &mut || {
-                tempfile_in(&dir)
+                // Unnamed: removed by the system as soon as it is closed.
+                tempfile::tempfile_in(&dir)
             })?;
             w.sync_all()?;
             Ok(t.elapsed().as_secs_f64())
@@ -296,9 +289,4 @@ pub fn run(
         }
     }
     Ok(r)
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<File> {
-    // An unnamed file: removed by the system as soon as it is closed.
-    tempfile::tempfile_in(dir)
 }

@@ -22,6 +22,14 @@ fn idvault(args: &[&str]) -> Output {
         .expect("run idvault")
 }
 
+/// `idvault manifest build --schema SCHEMA --key KEY [EXTRA…] FILE`.
+fn build(schema: &str, key: &str, extra: &[&str], file: &str) -> Output {
+    let mut args = vec!["manifest", "build", "--schema", schema, "--key", key];
+    args.extend_from_slice(extra);
+    args.push(file);
+    idvault(&args)
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -140,20 +148,8 @@ fn build_and_diff_two_platforms() {
     let b = write(d, "b.jsonl", &jsonl);
     let sa = write(d, "a.toml", SCHEMA_A);
     let sb = write(d, "b.toml", &schema_b());
-    let ma = ok(&idvault(&[
-        "manifest",
-        "build",
-        "--schema",
-        &sa,
-        "--key",
-        key,
-        "--run-records",
-        "100",
-        &a,
-    ]));
-    let mb = ok(&idvault(&[
-        "manifest", "build", "--schema", &sb, "--key", key, &b,
-    ]));
+    let ma = ok(&build(&sa, key, &["--run-records", "100"], &a));
+    let mb = ok(&build(&sb, key, &[], &b));
     let (ma, mb) = (ma.trim(), mb.trim());
     assert_eq!(ma, format!("{a}.manifest"));
     assert!(
@@ -221,17 +217,7 @@ fn build_and_diff_two_platforms() {
     // Same data: exit 0, nothing printed (a second build of A's export;
     // one file offered as both sides is refused).
     let ma2 = d.join("a2.manifest");
-    ok(&idvault(&[
-        "manifest",
-        "build",
-        "--schema",
-        &sa,
-        "--key",
-        key,
-        "--out",
-        ma2.to_str().unwrap(),
-        &a,
-    ]));
+    ok(&build(&sa, key, &["--out", ma2.to_str().unwrap()], &a));
     let out = idvault(&["manifest", "diff", "--key", key, ma, ma2.to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
@@ -274,52 +260,27 @@ fn build_and_diff_two_platforms() {
         other.to_str().unwrap(),
     ]));
     let mo = d.join("o.manifest");
-    ok(&idvault(&[
-        "manifest",
-        "build",
-        "--schema",
+    ok(&build(
         &sa,
-        "--key",
         other.to_str().unwrap(),
-        "--out",
-        mo.to_str().unwrap(),
+        &["--out", mo.to_str().unwrap()],
         &a,
-    ]));
+    ));
     let out = idvault(&["manifest", "diff", "--key", key, ma, mo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "errors exit 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("another comparison key"));
     // A key file passed as the schema is not echoed.
-    let out = idvault(&[
-        "manifest",
-        "build",
-        "--schema",
-        key,
-        "--key",
-        key,
-        "--out",
-        "/dev/null/x",
-        &a,
-    ]);
+    let out = build(key, key, &["--out", "/dev/null/x"], &a);
     let secret = std::fs::read_to_string(key).unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains(secret.trim()));
     let bad = write(d, "bad.toml", &SCHEMA_A.replace("\"fold\"", "\"soundex\""));
-    let out = idvault(&[
-        "manifest",
-        "build",
-        "--schema",
-        &bad,
-        "--key",
-        key,
-        "--out",
-        "/dev/null/x",
-        &a,
-    ]);
+    let out = build(&bad, key, &["--out", "/dev/null/x"], &a);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown normaliser"));
 
     // A malformed record fails the build, names the record and leaves no
     // manifest; the value itself is not echoed.
     let broken = write(d, "broken.csv", &format!("{csv}999,Secretvalue\n"));
-    let out = idvault(&["manifest", "build", "--schema", &sa, "--key", key, &broken]);
+    let out = build(&sa, key, &[], &broken);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -131,11 +131,7 @@ fn field(f: FieldFile, what: &str) -> anyhow::Result<SchemaField> {
             all.join(", ")
         )
     })?;
-    Ok(SchemaField {
-        name,
-        column,
-        normaliser,
-    })
+    Ok(SchemaField::new(&name, &column, normaliser))
 }
 
 /// Largest schema file read.
