@@ -66,6 +66,8 @@ pub struct TestVault {
     pub ca: DevCa,
     pub vault: Arc<Vault>,
     pub addr: std::net::SocketAddr,
+    /// The metrics endpoint (the dev config serves one on port 0).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The server's client verifier (CRLs) and open connections.
     pub client_auth: Arc<idvault_server::crl::ClientAuth>,
     server: Option<RunningServer>,
@@ -167,6 +169,7 @@ impl TestVault {
             ca,
             vault,
             addr: server.addr,
+            metrics_addr: server.metrics_addr,
             server: Some(server),
             pg_db,
         })
@@ -182,6 +185,7 @@ impl TestVault {
         self.vault = vault;
         self.client_auth = client_auth;
         self.addr = server.addr;
+        self.metrics_addr = server.metrics_addr;
         self.server = Some(server);
         Ok(())
     }

@@ -24,14 +24,16 @@ impl Write for Capture {
     }
 }
 
-/// Routes all tracing output (debug and up) of the test process to a buffer.
+/// Routes all tracing output (debug and up) of the test process to a
+/// buffer, in the vault's JSON log format (`--log-format json`).
 pub fn install_capture() {
     let buf = CAPTURED.get_or_init(Default::default).clone();
     let writer = move || Capture(buf.clone());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("debug,h2=info,hyper=info,rustls=info,tower=info")
-        .with_writer(writer)
-        .try_init();
+    let _ = idvault_tests::idvault_server::logging::install(
+        idvault_tests::idvault_server::logging::LogFormat::Json,
+        tracing_subscriber::EnvFilter::new("debug,h2=info,hyper=info,rustls=info,tower=info"),
+        writer,
+    );
 }
 
 fn captured() -> String {
@@ -125,6 +127,31 @@ pub async fn no_pii_in_logs_or_statuses(b: Backend) -> anyhow::Result<()> {
     );
     for s in &statuses {
         assert!(!s.contains(marker), "PII in status: {s}");
+    }
+    // Every line is one JSON object; each answered call has its access
+    // line with the request id, partner, method, outcome and latency.
+    let mut access = Vec::new();
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line:.200}"));
+        assert!(v.is_object(), "not an object: {line:.200}");
+        assert!(v.get("timestamp").is_some() && v.get("level").is_some());
+        if v["target"] == "idvault::access" {
+            access.push(v);
+        }
+    }
+    let create = "/idvault.v1.SubjectService/CreateSubject";
+    let line_for = |outcome: &str| {
+        access
+            .iter()
+            .find(|v| v["rpc"] == create && v["outcome"] == outcome && v["partner"] == "partner-a")
+    };
+    for outcome in ["OK", "INVALID_ARGUMENT"] {
+        let v = line_for(outcome).unwrap_or_else(|| panic!("no {outcome} access line"));
+        let id = v["request_id"].as_str().unwrap();
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(v["latency_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(v["spiffe_id"], "spiffe://idvault.dev/partner/partner-a");
     }
     assert!(!logs.contains(marker), "PII in logs");
     assert!(!logs.contains(&key_hex), "root key in logs");

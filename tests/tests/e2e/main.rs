@@ -21,6 +21,7 @@ mod events;
 mod hostile;
 mod logs;
 mod matching;
+mod metrics;
 mod mtls;
 mod ops;
 mod policies;
@@ -45,6 +46,7 @@ macro_rules! tests {
 
 /// Tests that run on both backends.
 const BOTH: &[(&str, TestFn)] = tests![
+    metrics::scraped_values_move_and_labels_are_bounded,
     subjects::lifecycle,
     subjects::write_survives_restart,
     subjects::owner_isolation,

@@ -17,6 +17,10 @@ use cmd::{DataDir, plain_status};
     about = "Privacy-preserving identity vault and tokenization service"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line); `serve` falls
+    /// back to the config's `[log] format`.
+    #[arg(long, global = true, env = "IDVAULT_LOG_FORMAT")]
+    log_format: Option<idvault_server::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,7 +53,19 @@ enum Command {
         /// Database URL: sqlite:PATH or postgres://… (overrides the config).
         #[arg(long, env = "IDVAULT_DATABASE_URL")]
         database_url: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (overrides
+        /// the config's `[metrics] listen`).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
+    /// Take a consistent online backup of the SQLite database (the root
+    /// key is never in it: keep the key file's own copy apart).
+    Backup(cmd::backup::BackupArgs),
+    /// Restore a backup and crypto-shred again everyone deleted since it
+    /// was taken (from the deletion journals and the replaced database).
+    Restore(cmd::backup::RestoreArgs),
+    /// Walk through every capability on a throw-away development vault.
+    Demo(cmd::demo::DemoArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -101,14 +117,25 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let format = cli.log_format.unwrap_or_else(|| match &cli.command {
+        // A config that does not load yet is reported by `serve` itself.
+        Command::Serve { dir, .. } => dir.load().map(|c| c.file.log.format).unwrap_or_default(),
+        _ => idvault_server::logging::LogFormat::default(),
+    });
+    let default_filter = match &cli.command {
+        // The demo's own story is its output; warnings and errors still show.
+        Command::Demo(_) => "warn,sqlx=warn",
+        _ => "info,sqlx=warn",
+    };
+    idvault_server::logging::install(
+        format,
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| default_filter.into()),
+        std::io::stderr,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    match cli.command {
         Command::Init {
             dir,
             dev,
@@ -120,7 +147,11 @@ async fn main() -> anyhow::Result<()> {
             dev,
             listen,
             database_url,
-        } => cmd::serve::run(&dir, dev, listen, database_url).await,
+            metrics_listen,
+        } => cmd::serve::run(&dir, dev, listen, database_url, metrics_listen).await,
+        Command::Backup(args) => cmd::backup::backup(&args).await,
+        Command::Restore(args) => cmd::backup::restore(&args).await,
+        Command::Demo(args) => cmd::demo::run(&args).await,
         Command::Audit { command } => cmd::audit::run(command).await,
         Command::Keys { command } => cmd::keys::run(command).await,
         Command::Issuer { command } => cmd::issuer::run(command),

@@ -57,6 +57,8 @@ pub const LABEL_ISSUER_KEY: &str = "idvault/v1/issuer-key";
 pub const LABEL_TRANSACTION_CODE: &str = "idvault/v1/transaction-code";
 /// HKDF label of a status list's index permutation key.
 pub const LABEL_STATUS_INDEX: &str = "idvault/v1/status-index";
+/// HKDF label of the key MACing deletion journal entries.
+pub const LABEL_SHRED_LOG: &str = "idvault/v1/shred-log";
 /// HKDF label prefix of token domain keys: `idvault/v1/token/<domain>`.
 pub const LABEL_TOKEN_PREFIX: &str = "idvault/v1/token/";
 /// AAD prefix of a wrapped DEK.
@@ -545,6 +547,15 @@ impl KeyHierarchy {
         version: u32,
     ) -> Result<super::secret::Secret<super::secret::StatusIndexMaterial>, KeyError> {
         self.derive(LABEL_STATUS_INDEX, version)
+    }
+
+    /// The key MACing deletion journal entries, of `version`
+    /// ([`crate::shred`]).
+    pub fn shred_log_key(
+        &self,
+        version: u32,
+    ) -> Result<super::secret::Secret<super::secret::ShredLogMaterial>, KeyError> {
+        self.derive(LABEL_SHRED_LOG, version)
     }
 
     /// The key MACing one-time transaction codes, of `version`: stored

@@ -25,6 +25,7 @@ pub mod rowmac;
 pub mod rules;
 pub mod sdjwt;
 pub mod secret;
+pub mod shred;
 pub mod subject;
 pub mod tlog;
 pub mod transaction;

@@ -64,6 +64,8 @@ purposes! {
     /// The key MACing one-time transaction codes (see
     /// [`crate::transaction`]).
     TransactionCodeMaterial => "transaction-code-key";
+    /// The key MACing deletion journal entries (see [`crate::shred`]).
+    ShredLogMaterial => "shred-log-key";
 }
 
 /// A 256-bit secret of purpose `P` with a key version.

@@ -109,7 +109,8 @@ pub async fn open_vault(config: &Config, database_url: &str) -> Result<Vault, St
     .with_credentials(config.file.credentials.clone())
     .with_audit(config.file.audit.clone())
     .with_retention(config.file.retention.clone())
-    .with_policy_dir(policy_dir);
+    .with_policy_dir(policy_dir)
+    .with_shred_log(config.shred_log_path().map(crate::shredlog::ShredLog::new));
     vault.prepare_matching().await?;
     // Rows from before row MACs authorise nothing (migration 0010): say so
     // once, with a count (never their contents).
@@ -156,6 +157,7 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
             handshake_timeout: Duration::from_secs(s.handshake_timeout_secs),
             client_auth,
             crl_poll: Duration::from_secs(t.crl_poll_seconds.clamp(1, 3600)),
+            metrics_listen: config.file.metrics.listen,
         },
     })
 }

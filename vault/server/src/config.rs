@@ -74,6 +74,15 @@ pub struct ConfigFile {
     /// `[credentials]`
     #[serde(default)]
     pub credentials: CredentialsSection,
+    /// `[metrics]`
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// `[log]`
+    #[serde(default)]
+    pub log: LogSection,
+    /// `[backup]`
+    #[serde(default)]
+    pub backup: BackupSection,
     /// `[[partner]]` entries: the partner registry.
     #[serde(default, rename = "partner")]
     pub partners: Vec<PartnerEntry>,
@@ -184,6 +193,58 @@ pub struct PoliciesSection {
     /// Directory holding one `.cedarschema` file and the `.cedar` policy
     /// files (default: the built-in set, `policies/default/`).
     pub dir: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus endpoint (docs/operations.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where `GET /metrics` is served (plain HTTP: a loopback or
+    /// monitoring-network address). Absent: no metrics endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`: what the log lines look like.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (the default) or `json` (one object per line); the
+    /// `--log-format` flag wins over it.
+    #[serde(default)]
+    pub format: crate::logging::LogFormat,
+}
+
+/// `[backup]`: backups and the deletion journal (docs/operations.md,
+/// "Backup and restore").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    /// The deletion journal: every committed deletion is appended here,
+    /// outside the database, so `idvault restore` can shred again whoever
+    /// was deleted after a backup was taken. Keep it on other storage than
+    /// the database and the backups. An empty string turns it off.
+    #[serde(default = "default_shred_log")]
+    pub shred_log: PathBuf,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        Self {
+            shred_log: default_shred_log(),
+        }
+    }
+}
+
+fn default_shred_log() -> PathBuf {
+    PathBuf::from("shreds.log")
+}
+
+impl Config {
+    /// The deletion journal's path, unless turned off.
+    pub fn shred_log_path(&self) -> Option<PathBuf> {
+        let p = &self.file.backup.shred_log;
+        (!p.as_os_str().is_empty()).then(|| self.resolve(p))
+    }
 }
 
 /// `[audit]`: the transparency log's checkpoints (docs/audit.md).

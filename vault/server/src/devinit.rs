@@ -325,6 +325,16 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), InitErro
     f.sync_all().map_err(io)
 }
 
+/// The dev metrics address: the gRPC listen host on port 9464 (the
+/// Prometheus port convention), or port 0 when the gRPC port is 0 (tests).
+fn dev_metrics_listen(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() == 0 => std::net::SocketAddr::new(a.ip(), 0).to_string(),
+        Ok(a) => std::net::SocketAddr::new(a.ip(), 9464).to_string(),
+        Err(_) => "127.0.0.1:9464".to_owned(),
+    }
+}
+
 /// The development config file text; `release_keys` are the dev
 /// partners' release public keys `(name, hex)`.
 pub fn dev_config(listen: &str, release_keys: &[(String, String)]) -> String {
@@ -335,7 +345,9 @@ pub fn dev_config(listen: &str, release_keys: &[(String, String)]) -> String {
          [tls]\nclient_ca = \"tls/ca.crt\"\nserver_cert = \"tls/server.crt\"\nserver_key = \"tls/server.key\"\ncrls = []\n\n\
          [matching]\n# Phone numbers without a country code are read as UK numbers.\ndefault_country_code = 44\n\n\
          [policies]\n# Partner access policies (Cedar); `idvault policy check policies` validates them,\n\
-         # SIGHUP reloads them.\ndir = \"policies\"\n"
+         # SIGHUP reloads them.\ndir = \"policies\"\n\n\
+         [metrics]\n# Prometheus scrapes http://{metrics}/metrics (docs/operations.md).\nlisten = \"{metrics}\"\n",
+        metrics = dev_metrics_listen(listen)
     );
     for (name, roles) in DEV_PARTNERS {
         let roles = roles

@@ -15,13 +15,18 @@
 
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod crl;
 pub mod devinit;
 pub mod keyfile;
+pub mod logging;
+pub mod metrics;
+pub mod metrics_http;
 pub mod policy;
 pub mod server;
 pub mod service;
+pub mod shredlog;
 pub mod store;
 pub mod tls;

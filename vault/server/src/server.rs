@@ -44,6 +44,8 @@ pub struct ServerOptions {
     pub client_auth: Arc<crate::crl::ClientAuth>,
     /// How often the CRL files are checked for changes.
     pub crl_poll: Duration,
+    /// Where `/metrics` is served (`[metrics] listen`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How long a graceful stop waits for open connections before it drops
@@ -55,6 +57,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct RunningServer {
     /// Bound address (the real port when asked for port 0).
     pub addr: SocketAddr,
+    /// The metrics endpoint's bound address, when one was asked for.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     /// Turns true once a shutdown was asked for (by either sender).
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -186,6 +190,11 @@ pub async fn start(
     opts: ServerOptions,
 ) -> std::io::Result<RunningServer> {
     let addr = listener.local_addr()?;
+    // Bound first: a metrics address that is taken fails the start.
+    let metrics_listener = match opts.metrics_listen {
+        Some(a) => Some(crate::metrics_http::bind(a).await?),
+        None => None,
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(idvault_proto::FILE_DESCRIPTOR_SET)
@@ -235,11 +244,17 @@ pub async fn start(
         opts.handshake_timeout,
     );
     let (tx, rx) = oneshot::channel::<()>();
+    let edge = Arc::clone(&vault);
     let router = tonic::transport::Server::builder()
+        // Outermost, so it sees the statuses as the caller does (after the
+        // size-limit rewrite below).
+        .layer(tower::layer::layer_fn(move |inner| Edge {
+            inner,
+            vault: Arc::clone(&edge),
+        }))
         .layer(tower::util::MapResponseLayer::new(
             size_limit_is_resource_exhausted,
         ))
-        .layer(tower::layer::layer_fn(RequestIds))
         // The transport deadline bounds streams; unary calls get the shorter
         // `request_timeout` in the API layer (tonic has one global timeout).
         .timeout(opts.stream_timeout)
@@ -274,13 +289,28 @@ pub async fn start(
         opts.crl_poll,
         stopped.clone(),
     ));
+    let (metrics_addr, metrics_job) = match metrics_listener {
+        Some(l) => (
+            Some(l.local_addr()?),
+            Some(tokio::spawn(crate::metrics_http::serve(
+                Arc::clone(&vault),
+                l,
+                stopped.clone(),
+            ))),
+        ),
+        None => (None, None),
+    };
     let job = tokio::spawn(Arc::clone(&vault).run_background(stopped));
     let job = tokio::spawn(async move {
         let _ = job.await;
         let _ = crl_watch.await;
+        if let Some(m) = metrics_job {
+            let _ = m.await;
+        }
     });
     Ok(RunningServer {
         addr,
+        metrics_addr,
         shutdown: Some(tx),
         stopping,
         client_auth: Arc::clone(&opts.client_auth),
@@ -320,16 +350,20 @@ async fn watch_crls(
     }
 }
 
-/// Gives every call a random request id: in the request's extensions for
-/// the handlers (its audit leaves carry it) and in the
+/// The edge of every call: gives it a random request id (in the request's
+/// extensions for the handlers, whose audit leaves carry it, and in the
 /// `idvault-request-id` response header for the caller, who can later ask
-/// for the inclusion proof of its request.
+/// for the inclusion proof of its request), then, once the call's status
+/// is known, counts it in the metrics and writes its access log line.
 #[derive(Debug, Clone)]
-struct RequestIds<S>(S);
+struct Edge<S> {
+    inner: S,
+    vault: Arc<Vault>,
+}
 
-impl<S, B, R> tower::Service<http::Request<B>> for RequestIds<S>
+impl<S, B> tower::Service<http::Request<B>> for Edge<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -342,19 +376,138 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id = uuid::Uuid::new_v4().into_bytes();
         req.extensions_mut().insert(RequestId(id));
-        let fut = self.0.call(req);
+        let call = CallRecord {
+            vault: Arc::clone(&self.vault),
+            id,
+            path: req.uri().path().to_owned(),
+            spiffe_id: req
+                .extensions()
+                .get::<crate::tls::PeerInfo>()
+                .map(|p| p.spiffe_id.as_str().to_owned()),
+            // Monotonic (tokio's clock): a latency, not a time of day.
+            started: tokio::time::Instant::now(),
+            done: false,
+        };
+        let fut = self.inner.call(req);
         Box::pin(async move {
+            // Until the response exists, dropping `call` (the transport's
+            // deadline, the client going away) records the call as
+            // cancelled.
+            let mut call = call;
             let mut resp = fut.await?;
             if let Ok(v) = http::HeaderValue::from_str(&hex::encode(id)) {
                 resp.headers_mut().insert(crate::api::REQUEST_ID_HEADER, v);
             }
-            Ok(resp)
+            // A "trailers-only" answer (every unary error) carries its
+            // status in the headers; otherwise it comes in the trailers.
+            if let Some(code) = grpc_status(resp.headers()) {
+                call.finish(code);
+                return Ok(resp);
+            }
+            let (parts, body) = resp.into_parts();
+            Ok(http::Response::from_parts(
+                parts,
+                tonic::body::Body::new(ObservedBody { body, call }),
+            ))
         })
+    }
+}
+
+fn grpc_status(h: &http::HeaderMap) -> Option<i32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// One call on its way through the edge; recorded exactly once: by
+/// [`Self::finish`] with its status, or when dropped before that as
+/// `CANCELLED` (the call ended without a status: the client went away or
+/// the stream's deadline cut it).
+struct CallRecord {
+    vault: Arc<Vault>,
+    id: [u8; 16],
+    path: String,
+    spiffe_id: Option<String>,
+    started: tokio::time::Instant,
+    done: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, code: i32) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        let metrics = self.vault.metrics();
+        metrics.observe_rpc(&self.path, code, elapsed);
+        let spiffe_id = self.spiffe_id.as_deref().unwrap_or("-");
+        let partner = self
+            .vault
+            .registry()
+            .by_spiffe_id(spiffe_id)
+            .map_or("-", |p| p.name.as_str());
+        // The access log line: who called what, how it ended and how long
+        // it took. The method is the bounded label (a path the vault does
+        // not serve is `other`, so a caller's bytes never reach the log);
+        // no value of a request or response is ever logged.
+        tracing::info!(
+            target: "idvault::access",
+            request_id = %hex::encode(self.id),
+            partner,
+            spiffe_id,
+            rpc = metrics.method_label(&self.path),
+            outcome = crate::metrics::code_name(code),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "rpc"
+        );
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.finish(1);
+    }
+}
+
+/// A response body that records its call when the trailers (and so the
+/// status) go out.
+struct ObservedBody {
+    body: tonic::body::Body,
+    call: CallRecord,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.call.finish(code);
+                }
+            }
+            // A body error ends the call without a status trailer.
+            std::task::Poll::Ready(Some(Err(e))) => this.call.finish(e.code() as i32),
+            std::task::Poll::Ready(None) | std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.body)
     }
 }

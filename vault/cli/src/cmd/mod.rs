@@ -2,8 +2,10 @@
 //! arguments they share (data directory, how to reach the vault).
 
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod bridge;
+pub(crate) mod demo;
 pub(crate) mod device;
 pub(crate) mod init;
 pub(crate) mod issuer;

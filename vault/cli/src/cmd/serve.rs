@@ -11,6 +11,7 @@ pub(crate) async fn run(
     dev: bool,
     listen: Option<std::net::SocketAddr>,
     database_url: Option<String>,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     if dev {
         let made = idvault_server::devinit::init_dev(
@@ -24,7 +25,21 @@ pub(crate) async fn run(
     }
     let cfg = dir.load()?;
     let url = database_url.unwrap_or_else(|| cfg.database_url());
-    let loaded = idvault_server::app::load(&cfg, &url).await?;
+    let mut loaded = idvault_server::app::load(&cfg, &url).await?;
+    if metrics_listen.is_some() {
+        loaded.options.metrics_listen = metrics_listen;
+    } else if dev
+        && let Some(m) = loaded.options.metrics_listen
+        && std::net::TcpListener::bind(m).is_err()
+    {
+        // A second dev vault on one machine: its metrics port is taken.
+        // In production a busy metrics address fails the start instead.
+        tracing::warn!(
+            addr = %m,
+            "the dev metrics address is in use; serving without metrics (pass --metrics-listen)"
+        );
+        loaded.options.metrics_listen = None;
+    }
     let addr = listen.unwrap_or(cfg.file.server.listen);
     let client_auth = Arc::clone(&loaded.options.client_auth);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -42,6 +57,9 @@ pub(crate) async fn run(
         server.addr,
         redact_url(&url)
     );
+    if let Some(m) = server.metrics_addr {
+        println!("metrics at http://{m}/metrics");
+    }
     spawn_reload(Arc::clone(&loaded.vault), client_auth);
     let stop = server.take_shutdown();
     tokio::spawn(async move {

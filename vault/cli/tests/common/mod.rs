@@ -91,6 +91,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env_remove("IDVAULT_DATABASE_URL")
             .env_remove("IDVAULT_DATA_DIR")
             .stdin(Stdio::null())

@@ -301,7 +301,13 @@ fn tree_err(_: merkle::TreeError) -> VaultError {
     VaultError::Integrity("audit tree")
 }
 
-fn mac_ok(keys: &KeyHierarchy, cache: &mut HashMap<u32, AuditKey>, row: &LeafRow) -> bool {
+/// Whether `row`'s MAC verifies under the audit key of its version
+/// (keys are cached in `cache`).
+pub(crate) fn mac_ok(
+    keys: &KeyHierarchy,
+    cache: &mut HashMap<u32, AuditKey>,
+    row: &LeafRow,
+) -> bool {
     if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(row.key_version) {
         match keys.audit_key(row.key_version) {
             Ok(k) => {

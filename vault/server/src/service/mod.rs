@@ -22,6 +22,7 @@ pub mod matching;
 pub(crate) mod pipeline;
 pub mod receipts;
 pub mod rekey;
+pub mod restore;
 pub mod retention;
 mod state;
 pub mod status_lists;
@@ -273,6 +274,11 @@ pub struct Vault {
     pub(crate) streams_stop: tokio::sync::watch::Sender<bool>,
     /// Whether a rewrap runs in this process (`KeyService.Rewrap`).
     pub(crate) rewrap_running: Arc<std::sync::atomic::AtomicBool>,
+    /// Prometheus metrics (served by [`crate::metrics_http`]).
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Where each committed deletion is journaled, outside the database
+    /// (see [`crate::shredlog`]); `None`: not journaled.
+    shred_log: Option<crate::shredlog::ShredLog>,
 }
 
 impl Vault {
@@ -297,8 +303,11 @@ impl Vault {
                 tracing::error!(error = %e, "no row MAC key: devices, consents, links and rules are refused")
             }
         }
+        let metrics = Arc::new(crate::metrics::Metrics::new(store.batch_sizes()));
         Self {
             rewrap_running: Arc::default(),
+            metrics,
+            shred_log: None,
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir: None,
             store,
@@ -329,6 +338,65 @@ impl Vault {
     pub fn with_policy_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
         self.policy_dir = dir;
         self
+    }
+
+    /// Journals every committed deletion to `log` (see
+    /// [`crate::shredlog`]).
+    #[must_use]
+    pub fn with_shred_log(mut self, log: Option<crate::shredlog::ShredLog>) -> Self {
+        self.shred_log = log;
+        self
+    }
+
+    /// The deletion journal, when configured.
+    pub fn shred_log(&self) -> Option<&crate::shredlog::ShredLog> {
+        self.shred_log.as_ref()
+    }
+
+    /// The vault's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Reads the database gauges of the metrics (outbox per registered
+    /// partner, audit sequencing, pool and write queue).
+    pub async fn database_gauges(&self) -> Result<crate::metrics::DatabaseGauges, VaultError> {
+        let now_ms = self.now_millis();
+        let store = self.store();
+        let mut outbox = Vec::new();
+        let rows = store.outbox_stats().await?;
+        // Only registered partners become label values: a recipient
+        // written into the table by hand is not one of them.
+        for p in self.registry.partners() {
+            let (depth, oldest) = rows
+                .iter()
+                .find(|(r, _, _)| *r == p.name)
+                .map_or((0, None), |(_, d, o)| (*d, *o));
+            let age = oldest.map_or(0.0, |t| {
+                // Milliseconds to seconds, as a float gauge.
+                #[allow(clippy::cast_precision_loss)]
+                let secs = now_ms.saturating_sub(t).max(0) as f64 / 1000.0;
+                secs
+            });
+            outbox.push((p.name.clone(), depth, age));
+        }
+        let latest = store.latest_checkpoint().await?;
+        let (tree_size, checkpoint_age_secs) = latest.map_or((0, 0.0), |c| {
+            #[allow(clippy::cast_precision_loss)]
+            let age = now_ms.saturating_sub(c.time_ms).max(0) as f64 / 1000.0;
+            (c.size, age)
+        });
+        let pool = store.pool_use();
+        Ok(crate::metrics::DatabaseGauges {
+            outbox,
+            unsequenced_leaves: store.unsequenced_count().await?,
+            tree_size,
+            checkpoint_age_secs,
+            pool_open: pool.0,
+            pool_idle: pool.1,
+            pool_max: pool.2,
+            write_queue: store.write_queue_use(),
+        })
     }
 
     /// The partner registry.

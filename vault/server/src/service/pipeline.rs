@@ -216,6 +216,20 @@ impl Vault {
         action: Action,
         body: impl AsyncFnOnce(&mut Request<'_>) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
+        let r = self.identified(caller, gate, action, body).await;
+        if let Err(e) = &r {
+            self.metrics().observe_error(e);
+        }
+        r
+    }
+
+    async fn identified<T>(
+        &self,
+        caller: &Caller,
+        gate: Action,
+        action: Action,
+        body: impl AsyncFnOnce(&mut Request<'_>) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         let Some(partner) = self.registry().by_spiffe_id(&caller.spiffe_id) else {
             self.admission
                 .count_refusal(&caller.spiffe_id, REFUSED_UNREGISTERED);
@@ -405,6 +419,20 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let ev = event(self, actor, action, None, "ok", detail, None);
         self.append(tx, ev).await.map(|_| ())
+    }
+
+    /// [`Self::commit_job_as`] for a job acting on `subject` (the record
+    /// names it); returns the leaf's hash.
+    pub(crate) async fn commit_job_on(
+        &self,
+        tx: AuditedTx,
+        actor: &Caller,
+        action: &str,
+        subject: &SubjectId,
+        detail: String,
+    ) -> Result<[u8; 32], VaultError> {
+        let ev = event(self, actor, action, Some(subject), "ok", detail, None);
+        self.append(tx, ev).await
     }
 
     /// Writes `leaf` in `tx` and commits. The leaf names the chain head

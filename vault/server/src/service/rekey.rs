@@ -87,6 +87,23 @@ impl Vault {
         actor: &Caller,
         mut progress: impl FnMut(&RewrapProgress),
     ) -> Result<RewrapReport, VaultError> {
+        let metrics = std::sync::Arc::clone(self.metrics());
+        metrics.rewrap_running(true);
+        let r = self
+            .rewrap_all(actor, &mut |p: &RewrapProgress| {
+                metrics.rewrap_progress(p.phase, p.done, p.total);
+                progress(p);
+            })
+            .await;
+        metrics.rewrap_running(false);
+        r
+    }
+
+    async fn rewrap_all(
+        &self,
+        actor: &Caller,
+        mut progress: impl FnMut(&RewrapProgress),
+    ) -> Result<RewrapReport, VaultError> {
         let target = self.keys().current_version();
         // From here on no process without `target` can write (its audit
         // leaves fall below the floor): nothing new is written under a

@@ -249,6 +249,7 @@ impl Vault {
             .await;
         self.status_maybe_changed(&done, |d| d.1 > 0);
         let (packets, credentials_revoked, mut receipt, kek_version) = done?;
+        self.journal_deletion(&receipt).await;
         // Compacted before the receipt says how final the deletion is; a
         // checkpoint held up by readers is not waited for (the committed
         // deletion's receipt must reach the caller within its deadline).
@@ -278,6 +279,40 @@ impl Vault {
             credentials_revoked,
             receipt,
         })
+    }
+}
+
+impl Vault {
+    /// Appends a committed deletion to the deletion journal (see
+    /// [`crate::shredlog`]) and waits until it is on disk. The deletion is
+    /// committed whatever happens here: a journal that cannot be written
+    /// is logged and counted, and the audit log still holds the deletion.
+    async fn journal_deletion(&self, receipt: &DeletionReceipt) {
+        let Some(log) = self.shred_log() else {
+            return;
+        };
+        let Ok(subject) = idvault_core::subject::SubjectId::parse(&receipt.subject) else {
+            return;
+        };
+        let entry = idvault_core::shred::ShredEntry {
+            subject,
+            deleted_at_ms: receipt.deleted_at_ms,
+            request_id: receipt.request_id,
+            audit_leaf: receipt.audit_leaf,
+        };
+        let written = match entry.to_line(self.keys()) {
+            Ok(line) => log.append(line).await,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        if let Err(e) = written {
+            self.metrics().shred_log_failed();
+            tracing::error!(
+                error = %e,
+                path = %log.path().display(),
+                "a committed deletion could not be written to the deletion journal; \
+                 `idvault restore` still finds it in this database's audit log"
+            );
+        }
     }
 }
 

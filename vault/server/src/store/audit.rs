@@ -220,6 +220,25 @@ impl Store {
         rows.iter().map(leaf_row).collect()
     }
 
+    /// Up to `limit` leaves recording a deletion that succeeded, with an
+    /// id above `after`, by id (restore reads them; their MACs are the
+    /// caller's to check).
+    pub async fn deletion_leaves(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LeafRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LEAF_COLUMNS} FROM audit_log \
+             WHERE action = 'DeleteSubject' AND outcome = 'ok' AND id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(leaf_row).collect()
+    }
+
     /// The newest leaf carrying `request_id`.
     pub async fn leaf_by_request(&self, request_id: &[u8]) -> Result<Option<LeafRow>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -164,6 +164,8 @@ pub struct Store {
     /// A deletion wants a VACUUM (PostgreSQL), and whether one runs.
     vacuum_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
     vacuum_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Requests per committed batch (a metric; shared with the writers).
+    batch_sizes: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Writes queued for or holding the writer, at most.
@@ -222,13 +224,17 @@ impl Store {
             row_mac: None,
             vacuum_due: std::sync::Arc::default(),
             vacuum_running: std::sync::Arc::default(),
+            batch_sizes: crate::metrics::batch_histogram(),
         };
         match backend {
             Backend::Sqlite => {
                 SQLITE_MIGRATIONS.run(&store.pool).await?;
                 store.check_sqlite_durability().await?;
                 let conn = store.pool.acquire().await?;
-                store.writer = Some(std::sync::Arc::new(GroupWriter::new(conn)));
+                store.writer = Some(std::sync::Arc::new(GroupWriter::new(
+                    conn,
+                    store.batch_sizes.clone(),
+                )));
             }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
         }
@@ -236,6 +242,7 @@ impl Store {
             backend,
             &store.pool,
             store.writer.clone(),
+            store.batch_sizes.clone(),
         )));
         Ok(store)
     }
@@ -292,6 +299,47 @@ impl Store {
             n += u64::try_from(c).unwrap_or(0);
         }
         Ok(n)
+    }
+
+    /// The histogram of requests per committed batch.
+    pub fn batch_sizes(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.batch_sizes.clone()
+    }
+
+    /// Pool connections open, idle, and the pool's limit.
+    pub fn pool_use(&self) -> (u64, u64, u64) {
+        let open = u64::from(self.pool.size());
+        let idle = u64::try_from(self.pool.num_idle()).unwrap_or(u64::MAX);
+        let max = u64::from(self.pool.options().get_max_connections());
+        (open, idle, max)
+    }
+
+    /// Writes queued for or holding the writer.
+    pub fn write_queue_use(&self) -> u64 {
+        let free = self.queue.available_permits();
+        u64::try_from(WRITE_QUEUE.saturating_sub(free)).unwrap_or(u64::MAX)
+    }
+
+    /// Per outbox recipient: commands waiting and the oldest one's
+    /// creation time (unix ms).
+    pub async fn outbox_stats(&self) -> Result<Vec<(String, u64, Option<i64>)>, StoreError> {
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT recipient, COUNT(*), MIN(created_at_ms) FROM command_outbox GROUP BY recipient",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(r, n, t)| (r, u64::try_from(n).unwrap_or(0), t))
+            .collect())
+    }
+
+    /// Audit leaves written and not yet sequenced into the tree.
+    pub async fn unsequenced_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE idx IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// The backend.

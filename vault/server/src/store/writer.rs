@@ -65,6 +65,8 @@ pub(super) struct Batch {
     generation: u64,
     /// Requests released into the open batch, waiting for its end.
     members: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// Requests per committed batch (a metric).
+    sizes: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Decrements the queue count when the wait ends, however it ends.
@@ -77,7 +79,10 @@ impl Drop for Queued<'_> {
 }
 
 impl GroupWriter {
-    pub(super) fn new(conn: PoolConnection<Any>) -> Self {
+    pub(super) fn new(
+        conn: PoolConnection<Any>,
+        sizes: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
         Self {
             batch: Arc::new(Mutex::new(Batch {
                 conn: conn.detach(),
@@ -85,6 +90,7 @@ impl GroupWriter {
                 in_savepoint: false,
                 generation: 0,
                 members: Vec::new(),
+                sizes,
             })),
             queued: AtomicUsize::new(0),
         }
@@ -333,6 +339,8 @@ impl Batch {
                 // Batch sizes, for group-commit tuning
                 // (`RUST_LOG=idvault_server::store=trace`).
                 tracing::trace!(members = self.members.len(), "batch committed");
+                #[allow(clippy::cast_precision_loss)] // at most MAX_BATCH
+                self.sizes.observe(self.members.len() as f64);
                 self.open = false;
                 self.generation += 1;
                 for m in self.members.drain(..) {

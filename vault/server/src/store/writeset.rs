@@ -328,6 +328,7 @@ impl Applier {
         backend: Backend,
         pool: &AnyPool,
         writer: Option<Arc<GroupWriter>>,
+        sizes: prometheus_client::metrics::histogram::Histogram,
     ) -> Self {
         // The writer queue's own bound (every submitted set holds a place
         // in it) also bounds this channel.
@@ -345,9 +346,10 @@ impl Applier {
                 for _ in 0..POSTGRES_APPLIERS {
                     let rx = Arc::clone(&rx);
                     let pool = pool.clone();
+                    let sizes = sizes.clone();
                     tokio::spawn(async move {
                         while let Some(group) = next_group(&rx).await {
-                            apply_own_transactions(&pool, group).await;
+                            apply_own_transactions(&pool, group, &sizes).await;
                         }
                     });
                 }
@@ -401,7 +403,11 @@ async fn next_group(rx: &Mutex<mpsc::Receiver<Submitted>>) -> Option<Vec<Submitt
 
 /// PostgreSQL: the group in one transaction; if its statements fail,
 /// each member in a transaction of its own.
-async fn apply_own_transactions(pool: &AnyPool, group: Vec<Submitted>) {
+async fn apply_own_transactions(
+    pool: &AnyPool,
+    group: Vec<Submitted>,
+    sizes: &prometheus_client::metrics::histogram::Histogram,
+) {
     if group.is_empty() {
         return;
     }
@@ -415,6 +421,8 @@ async fn apply_own_transactions(pool: &AnyPool, group: Vec<Submitted>) {
     if apply(&mut tx, Backend::Postgres, &sets).await.is_ok() {
         match tx.commit().await {
             Ok(()) => {
+                #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
+                sizes.observe(group.len() as f64);
                 for s in group {
                     let _ = s.done.send(Ok(()));
                 }

@@ -1,0 +1,281 @@
+//! Backup and restore with the real binary: a backup taken while the vault
+//! serves, people deleted after it, then a restore. Whoever was deleted
+//! after the backup stays unreadable and unmatchable (from the deletion
+//! journal alone, from the replaced database alone), everyone else is
+//! intact, and the audit log verifies. On PostgreSQL the documented
+//! procedure (pg_dump, pg_restore into a new database, `idvault restore`
+//! without --from) is exercised the same way.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+
+use std::path::Path;
+use std::process::Command;
+
+use idvault_proto::v1 as pb;
+use idvault_proto::v1::match_service_client::MatchServiceClient;
+use idvault_proto::v1::subject_service_client::SubjectServiceClient;
+
+fn person(i: usize) -> Vec<pb::Field> {
+    let given = [
+        "Ottoline", "Barnaby", "Cressida", "Ignatius", "Philippa", "Leopold",
+    ][i];
+    let family = [
+        "Fairweather",
+        "Quennell",
+        "Trelawney",
+        "Ashdown",
+        "Marchbanks",
+        "Vantongeren",
+    ][i];
+    [
+        ("given_name", given.to_owned()),
+        ("family_name", family.to_owned()),
+        ("date_of_birth", format!("19{}-0{}-1{}", 50 + i, 1 + i, i)),
+        (
+            "email",
+            format!("{}.{}@example.org", given, family).to_lowercase(),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| pb::Field {
+        name: name.into(),
+        value,
+    })
+    .collect()
+}
+
+/// Creates six people; returns `(subject id, pairwise token)` of each.
+async fn create_people(server: &Server, dir: &Path) -> Vec<(String, String)> {
+    let mut c = SubjectServiceClient::new(server.channel(dir, "partner-a").await);
+    let mut out = Vec::new();
+    for i in 0..6 {
+        let r = c
+            .create_subject(pb::CreateSubjectRequest { fields: person(i) })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push((r.subject_id, r.pairwise_token));
+    }
+    out
+}
+
+async fn delete(server: &Server, dir: &Path, id: &str) {
+    SubjectServiceClient::new(server.channel(dir, "partner-a").await)
+        .delete_subject(pb::DeleteSubjectRequest {
+            subject_id: id.to_owned(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Whether person `i` is readable (its chain verifies) and matchable (an
+/// exact query finds its token).
+async fn present(server: &Server, dir: &Path, i: usize, who: &(String, String)) -> (bool, bool) {
+    let mut s = SubjectServiceClient::new(server.channel(dir, "partner-a").await);
+    let readable = match s
+        .verify_subject_chain(pb::VerifySubjectChainRequest {
+            subject_id: who.0.clone(),
+        })
+        .await
+    {
+        Ok(r) => {
+            assert!(r.into_inner().intact, "person {i}'s chain is broken");
+            true
+        }
+        Err(e) if e.code() == tonic::Code::NotFound => false,
+        Err(e) => panic!("person {i}: {e:?}"),
+    };
+    let mut m = MatchServiceClient::new(server.channel(dir, "partner-a").await);
+    let found = m
+        .r#match(pb::MatchRequest {
+            query: Some(pb::MatchQuery {
+                fields: person(i),
+                max_results: 3,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates
+        .iter()
+        .any(|c| c.pairwise_token == who.1);
+    (readable, found)
+}
+
+async fn check_after_restore(
+    server: &Server,
+    dir: &Path,
+    people: &[(String, String)],
+    deleted: &[usize],
+) {
+    for (i, who) in people.iter().enumerate() {
+        let (readable, matchable) = present(server, dir, i, who).await;
+        if deleted.contains(&i) {
+            assert!(!readable, "deleted person {i} came back (readable)");
+            assert!(!matchable, "deleted person {i} came back (matchable)");
+        } else {
+            assert!(
+                readable && matchable,
+                "kept person {i} lost: {readable} {matchable}"
+            );
+        }
+    }
+}
+
+fn audit_verify(dir: &Path, database_url: Option<&str>) {
+    let out = run_cli(dir, &["audit", "verify"], database_url);
+    assert!(out.contains("intact"), "{out}");
+}
+
+/// Serves, backs up while serving, deletes 0, 2 and 3, stops; returns the
+/// people.
+async fn back_up_then_delete(dir: &Path) -> Vec<(String, String)> {
+    run_cli(dir, &["init", "--dev"], None);
+    let server = Server::start(dir, None, 1).await;
+    let people = create_people(&server, dir).await;
+    delete(&server, dir, &people[5].0).await; // before the backup: stays deleted
+    let backup = dir.join("backup.db");
+    let out = run_cli(dir, &["backup", "--out", backup.to_str().unwrap()], None);
+    assert!(out.contains("5 subjects"), "{out}");
+    // A backup never overwrites.
+    let again = idvault(&[
+        "backup",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success() && show(&again).contains("exists already"));
+    for i in [0, 2, 3] {
+        delete(&server, dir, &people[i].0).await;
+    }
+    server.terminate().await;
+    people
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restore_from_the_journal_alone_keeps_the_deleted_deleted() {
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    let people = back_up_then_delete(dir).await;
+    // The database is lost: only the backup and the journal are left.
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("idvault.db{s}")));
+    }
+    let backup = dir.join("backup.db");
+    let out = run_cli(dir, &["restore", "--from", backup.to_str().unwrap()], None);
+    assert!(out.contains("3 subjects shredded"), "{out}");
+    assert!(out.contains("audit log intact"), "{out}");
+    audit_verify(dir, None);
+    let server = Server::start(dir, None, 2).await;
+    check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
+    server.terminate().await;
+    audit_verify(dir, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restore_reads_the_replaced_database_and_refuses_blind() {
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    let people = back_up_then_delete(dir).await;
+    // The journal is lost (or was turned off): the replaced database's
+    // audit log still says who was deleted.
+    std::fs::remove_file(dir.join("shreds.log")).unwrap();
+    let backup = dir.join("backup.db");
+    // With neither a journal nor a database to replace, it refuses.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for s in ["", "-wal", "-shm"] {
+        let from = dir.join(format!("idvault.db{s}"));
+        if from.exists() {
+            std::fs::rename(&from, elsewhere.join(format!("idvault.db{s}"))).unwrap();
+        }
+    }
+    let blind = idvault(&[
+        "restore",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--from",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(!blind.status.success(), "{}", show(&blind));
+    assert!(show(&blind).contains("would come back"), "{}", show(&blind));
+    assert!(
+        !dir.join("idvault.db").exists(),
+        "a refused restore changed nothing"
+    );
+    for s in ["", "-wal", "-shm"] {
+        let from = elsewhere.join(format!("idvault.db{s}"));
+        if from.exists() {
+            std::fs::rename(&from, dir.join(format!("idvault.db{s}"))).unwrap();
+        }
+    }
+    let out = run_cli(dir, &["restore", "--from", backup.to_str().unwrap()], None);
+    assert!(out.contains("3 subjects shredded"), "{out}");
+    assert!(out.contains("kept as"), "{out}");
+    let server = Server::start(dir, None, 2).await;
+    check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
+    server.terminate().await;
+    audit_verify(dir, None);
+}
+
+fn pg_tool(tool: &str, args: &[&str]) {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} is needed for the PostgreSQL backup procedure: {e}"));
+    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+}
+
+/// docs/operations.md, "PostgreSQL": pg_dump while serving, pg_restore
+/// into a new database, then `idvault restore` without --from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_documented_procedure_keeps_the_deleted_deleted() {
+    let Some(old) = PgDb::create().await else {
+        return;
+    };
+    let Some(new) = PgDb::create().await else {
+        return;
+    };
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    run_cli(dir, &["init", "--dev"], None);
+    let server = Server::start(dir, Some(&old.url), 1).await;
+    let people = create_people(&server, dir).await;
+    let dump = dir.join("vault.dump");
+    pg_tool(
+        "pg_dump",
+        &[
+            "--format=custom",
+            "--file",
+            dump.to_str().unwrap(),
+            &old.url,
+        ],
+    );
+    for i in [1, 4] {
+        delete(&server, dir, &people[i].0).await;
+    }
+    server.terminate().await;
+    pg_tool(
+        "pg_restore",
+        &["--no-owner", "--dbname", &new.url, dump.to_str().unwrap()],
+    );
+    let out = run_cli(dir, &["restore"], Some(&new.url));
+    assert!(out.contains("2 subjects shredded"), "{out}");
+    audit_verify(dir, Some(&new.url));
+    let server = Server::start(dir, Some(&new.url), 2).await;
+    check_after_restore(&server, dir, &people, &[1, 4]).await;
+    server.terminate().await;
+    audit_verify(dir, Some(&new.url));
+    new.drop_now().await;
+    old.drop_now().await;
+}

@@ -1,0 +1,273 @@
+//! Backups of the SQLite database and putting one back (docs/operations.md,
+//! "Backup and restore"). The shredding again of people deleted after the
+//! backup is [`crate::service::restore`]'s; PostgreSQL is backed up and
+//! restored with its own tools (`pg_dump`, `pg_restore`), then shredded
+//! again the same way.
+//!
+//! The snapshot is SQLite's `VACUUM INTO`: it runs in one read
+//! transaction, so it is a consistent snapshot taken while the vault keeps
+//! serving (WAL mode: writers go on), the same guarantee as the online
+//! backup API, without the `unsafe` FFI that API needs from Rust (this
+//! workspace forbids `unsafe`). It also writes only live rows: the pages
+//! freed by crypto-shredding (already overwritten with `secure_delete`)
+//! are not carried into the backup.
+//!
+//! The root key is never in a backup: it is not in the database.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::{Connection, Executor};
+
+/// Why a backup or a restore's file step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The database URL is not a SQLite file.
+    #[error(
+        "`idvault backup` snapshots SQLite; back PostgreSQL up with pg_dump or pg_basebackup (docs/operations.md, \"Backup and restore\")"
+    )]
+    NotSqlite,
+    /// The output exists already.
+    #[error("{0} exists already; choose a new file (a backup never overwrites one)")]
+    Exists(PathBuf),
+    /// A file is not a usable idvault SQLite database.
+    #[error("{path} is not an intact idvault database: {why}")]
+    NotABackup {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// SQLite refused.
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] sqlx::Error),
+    /// A file step failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Subjects in it.
+    pub subjects: u64,
+    /// Audit leaves in it (sequenced or not).
+    pub audit_leaves: u64,
+    /// Size of its newest checkpoint.
+    pub tree_size: u64,
+}
+
+/// The file path of a `sqlite:` URL; `None` for other URLs or an
+/// in-memory database.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
+    let path = path.to_owned();
+    move |source| BackupError::Io { what, path, source }
+}
+
+fn url_of(path: &Path, mode: &str) -> String {
+    format!("sqlite://{}?mode={mode}", path.display())
+}
+
+async fn open(path: &Path, mode: &str) -> Result<sqlx::AnyConnection, BackupError> {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url_of(path, mode)).await?;
+    // Wait for a writer's checkpoint rather than fail at once.
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    Ok(conn)
+}
+
+/// A unique temporary name beside `path`.
+fn temp_beside(path: &Path, tag: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{tag}-{}", uuid::Uuid::new_v4().simple()))
+}
+
+fn sync_dir(path: &Path) -> Result<(), BackupError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing the directory of", path))
+}
+
+/// Takes a consistent snapshot of the SQLite database at `db_url` into
+/// `out` (a new file, mode 0600), while the vault may be serving; the
+/// snapshot is checked before it gets its name.
+pub async fn snapshot(db_url: &str, out: &Path) -> Result<SnapshotInfo, BackupError> {
+    let db = sqlite_path(db_url).ok_or(BackupError::NotSqlite)?;
+    if !db.exists() {
+        return Err(BackupError::NotABackup {
+            path: db,
+            why: "no such database".into(),
+        });
+    }
+    if out.exists() {
+        return Err(BackupError::Exists(out.to_owned()));
+    }
+    let tmp = temp_beside(out, "partial");
+    let result = async {
+        let mut conn = open(&db, "ro").await?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(tmp.to_string_lossy().into_owned())
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        restrict(&tmp)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("syncing", &tmp))?;
+        let info = check(&tmp).await?;
+        // Refuses to replace a file that appeared meanwhile.
+        std::fs::hard_link(&tmp, out).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                BackupError::Exists(out.to_owned())
+            } else {
+                io("naming the backup", out)(e)
+            }
+        })?;
+        sync_dir(out)?;
+        Ok(info)
+    }
+    .await;
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+fn restrict(path: &Path) -> Result<(), BackupError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("restricting", path))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Checks that `path` is an intact idvault SQLite database and says what
+/// it holds.
+pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
+    let not = |why: String| BackupError::NotABackup {
+        path: path.to_owned(),
+        why,
+    };
+    if !path.is_file() {
+        return Err(not("no such file".into()));
+    }
+    let mut conn = open(path, "ro")
+        .await
+        .map_err(|e| not(format!("does not open ({e})")))?;
+    let verdict: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| not(format!("integrity check failed ({e})")))?;
+    if verdict != "ok" {
+        return Err(not("SQLite's integrity check failed".into()));
+    }
+    let subjects = count(&mut conn, "SELECT COUNT(*) FROM subjects")
+        .await
+        .map_err(|_| not("it has no idvault tables".into()))?;
+    let audit_leaves = count(&mut conn, "SELECT COUNT(*) FROM audit_log")
+        .await
+        .map_err(|_| not("it has no audit log".into()))?;
+    let tree_size = count(
+        &mut conn,
+        "SELECT COALESCE(MAX(tree_size), 0) FROM audit_checkpoints",
+    )
+    .await
+    .map_err(|_| not("it has no audit checkpoints table".into()))?;
+    conn.close().await?;
+    Ok(SnapshotInfo {
+        subjects,
+        audit_leaves,
+        tree_size,
+    })
+}
+
+async fn count(conn: &mut sqlx::AnyConnection, sql: &'static str) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(sql).fetch_one(conn).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Puts the checked backup `backup` in place of the SQLite database at
+/// `db`: the database's files (with its `-wal` and `-shm`) are kept aside
+/// under `<db>.replaced-<now_ms / 1000>` and returned, never deleted (they
+/// may hold data written after the backup). The vault must be stopped.
+pub async fn install(
+    backup: &Path,
+    db: &Path,
+    now_ms: i64,
+) -> Result<Option<PathBuf>, BackupError> {
+    check(backup).await?;
+    let tmp = temp_beside(db, "restoring");
+    let result = (|| {
+        std::fs::copy(backup, &tmp).map_err(io("copying the backup to", &tmp))?;
+        restrict(&tmp)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("syncing", &tmp))?;
+        let aside = if db.exists() {
+            let secs = now_ms / 1000;
+            let aside = db.with_file_name(format!(
+                "{}.replaced-{secs}",
+                db.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            for suffix in ["-wal", "-shm", ""] {
+                let from = PathBuf::from(format!("{}{suffix}", db.display()));
+                let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                if from.exists() {
+                    std::fs::rename(&from, &to).map_err(io("moving aside", &from))?;
+                }
+            }
+            Some(aside)
+        } else {
+            None
+        };
+        std::fs::rename(&tmp, db).map_err(io("putting the backup in place at", db))?;
+        sync_dir(db)?;
+        Ok(aside)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_path;
+    use std::path::PathBuf;
+
+    #[test]
+    fn sqlite_urls() {
+        assert_eq!(
+            sqlite_path("sqlite:///data/idvault.db?mode=rwc"),
+            Some(PathBuf::from("/data/idvault.db"))
+        );
+        assert_eq!(sqlite_path("sqlite:x.db"), Some(PathBuf::from("x.db")));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! The deletion journal's file: appended after every committed deletion,
+//! read by `idvault restore` (the line format and its MAC are
+//! [`idvault_core::shred`]).
+//!
+//! Appends are serialised in this process and each is on disk (`fsync`)
+//! before the deletion is answered. Several processes (PostgreSQL
+//! replicas) each keep their own file; a restore reads them all.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use idvault_core::keys::KeyHierarchy;
+use idvault_core::shred::{MAX_LINE, ShredEntry};
+use idvault_core::subject::SubjectId;
+
+/// An append-only deletion journal file.
+#[derive(Debug)]
+pub struct ShredLog {
+    path: PathBuf,
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ShredLog {
+    /// The journal at `path` (created on the first deletion, mode 0600).
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            lock: std::sync::Arc::default(),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `line` and waits until it is on disk.
+    pub async fn append(&self, line: String) -> std::io::Result<()> {
+        let _one_at_a_time = self.lock.lock().await;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || append_blocking(&path, line.as_bytes()))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    let created = !path.exists();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(line)?;
+    f.sync_data()?;
+    if created {
+        // The new file's directory entry must survive a crash too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// What reading journals found.
+#[derive(Debug, Default)]
+pub struct JournalRead {
+    /// Each deleted subject once, with its latest deletion time.
+    pub deleted: BTreeMap<SubjectId, i64>,
+    /// Lines accepted.
+    pub lines: u64,
+    /// A last line cut short (a crash during an append): skipped.
+    pub torn_tail: u64,
+    /// Lines refused, with why (file and line number; never the line).
+    pub refused: Vec<String>,
+}
+
+/// Reads journal `path` into `into`, authenticating every line with
+/// `keys`. A file that cannot be read is an error; a refused line is
+/// recorded in [`JournalRead::refused`] and skipped.
+pub fn read_journal(
+    path: &Path,
+    keys: &KeyHierarchy,
+    into: &mut JournalRead,
+) -> std::io::Result<()> {
+    let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut buf = Vec::with_capacity(MAX_LINE + 1);
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        // One line at most MAX_LINE + 1 bytes: a longer one is refused
+        // without being held in memory.
+        let read = Read::take(&mut r, u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1)
+            .read_until(b'\n', &mut buf)?;
+        if read == 0 {
+            return Ok(());
+        }
+        n += 1;
+        if buf.last() != Some(&b'\n') {
+            if read > MAX_LINE {
+                into.refused
+                    .push(format!("{}:{n}: line too long", path.display()));
+                // Skip the rest of the long line.
+                let mut rest = Vec::new();
+                r.read_until(b'\n', &mut rest)?;
+                continue;
+            }
+            // The end of the file without a newline: a torn last append.
+            into.torn_tail += 1;
+            return Ok(());
+        }
+        buf.pop();
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            into.refused
+                .push(format!("{}:{n}: not text", path.display()));
+            continue;
+        };
+        match ShredEntry::from_line(line, keys) {
+            Ok(e) => {
+                into.lines += 1;
+                let t = into.deleted.entry(e.subject).or_insert(e.deleted_at_ms);
+                *t = (*t).max(e.deleted_at_ms);
+            }
+            // Never the line itself in the report: only where and why.
+            Err(e) => into.refused.push(format!("{}:{n}: {e}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use idvault_core::keys::StaticKeyProvider;
+    use idvault_core::secret::RootKey;
+
+    fn keys() -> KeyHierarchy {
+        let root = RootKey::from_bytes([0x22; 32], 1);
+        KeyHierarchy::new(Box::new(StaticKeyProvider::new([root]).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn appended_lines_read_back_and_bad_ones_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shreds.log");
+        let k = keys();
+        let log = ShredLog::new(path.clone());
+        for i in 0..3u8 {
+            let e = ShredEntry {
+                subject: SubjectId::from_bytes([i; 16]),
+                deleted_at_ms: 1000 + i64::from(i),
+                request_id: [i; 16],
+                audit_leaf: [i; 32],
+            };
+            log.append(e.to_line(&k).unwrap()).await.unwrap();
+        }
+        // A forged line, a long line and a torn tail.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(
+            f,
+            "shred1 09090909-0909-0909-0909-090909090909 1 {} {} 1 {}",
+            "00".repeat(16),
+            "00".repeat(32),
+            "00".repeat(32)
+        )
+        .unwrap();
+        writeln!(f, "{}", "x".repeat(2000)).unwrap();
+        write!(f, "shred1 0707").unwrap();
+        drop(f);
+        let mut read = JournalRead::default();
+        read_journal(&path, &k, &mut read).unwrap();
+        assert_eq!(read.lines, 3);
+        assert_eq!(read.deleted.len(), 3);
+        assert_eq!(read.torn_tail, 1);
+        assert_eq!(read.refused.len(), 2, "{:?}", read.refused);
+        assert!(read.refused[0].contains("MAC"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0);
+        }
+    }
+}
