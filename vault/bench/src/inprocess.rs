@@ -55,6 +55,22 @@ impl InProcess {
         .await?)
     }
 
+    /// The vault behind the server (for what a partner holds out of band:
+    /// verifier keys).
+    pub fn vault(&self) -> &std::sync::Arc<idvault_server::service::Vault> {
+        &self.loaded.vault
+    }
+
+    /// The data directory (dev PKI under `tls/`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The metrics endpoint's address (the dev config serves one).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.metrics_addr
+    }
+
     /// The storage backend's name.
     pub fn backend(&self) -> &'static str {
         match self.loaded.vault.store().backend() {
