@@ -178,6 +178,20 @@ async fn sqlite_restore_from_the_journal_alone_keeps_the_deleted_deleted() {
     audit_verify(dir, None);
     let server = Server::start(dir, None, 2).await;
     check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
+    // No restore under a serving vault.
+    let busy = idvault(&[
+        "restore",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--from",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(!busy.status.success(), "{}", show(&busy));
+    assert!(
+        show(&busy).contains("stop every vault process"),
+        "{}",
+        show(&busy)
+    );
     server.terminate().await;
     audit_verify(dir, None);
 }
@@ -219,9 +233,31 @@ async fn sqlite_restore_reads_the_replaced_database_and_refuses_blind() {
             std::fs::rename(&from, dir.join(format!("idvault.db{s}"))).unwrap();
         }
     }
+    // An unfinished restore (its marker left behind) keeps the vault from
+    // starting.
+    std::fs::write(dir.join("restore-pending"), "# test\n").unwrap();
+    let refused = idvault(&[
+        "serve",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!refused.status.success(), "{}", show(&refused));
+    assert!(
+        show(&refused).contains("did not finish"),
+        "{}",
+        show(&refused)
+    );
     let out = run_cli(dir, &["restore", "--from", backup.to_str().unwrap()], None);
     assert!(out.contains("3 subjects shredded"), "{out}");
     assert!(out.contains("kept as"), "{out}");
+    assert!(
+        !dir.join("restore-pending").exists(),
+        "a finished restore leaves no marker"
+    );
     let server = Server::start(dir, None, 2).await;
     check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
     server.terminate().await;

@@ -36,6 +36,12 @@ pub enum StartError {
     /// Indexing match domains failed.
     #[error("preparing blind matching: {0}")]
     Matching(#[from] crate::service::VaultError),
+    /// An `idvault restore` did not finish.
+    #[error(
+        "{0} exists: an `idvault restore` did not finish, and the restored data may still hold \
+         people deleted after the backup. Run `idvault restore` (without --from) to finish it"
+    )]
+    RestorePending(PathBuf),
     /// The database moved to a root key version this key file lacks.
     #[error(
         "the database was moved to root key version {floor} (`keys rewrap`), but this key file's \
@@ -132,6 +138,10 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
     let missing = missing_files(config);
     if !missing.is_empty() {
         return Err(StartError::Missing(missing));
+    }
+    let pending = config.base_dir.join(crate::backup::RESTORE_PENDING);
+    if pending.exists() {
+        return Err(StartError::RestorePending(pending));
     }
     let t = &config.file.tls;
     let ca = crate::tls::read_certs(&config.resolve(&t.client_ca))?;

@@ -16,7 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sqlx::{Connection, Executor};
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 /// Why a backup or a restore's file step failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,16 +81,17 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupE
     move |source| BackupError::Io { what, path, source }
 }
 
-fn url_of(path: &Path, mode: &str) -> String {
-    format!("sqlite://{}?mode={mode}", path.display())
-}
-
-async fn open(path: &Path, mode: &str) -> Result<sqlx::AnyConnection, BackupError> {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&url_of(path, mode)).await?;
-    // Wait for a writer's checkpoint rather than fail at once.
-    conn.execute("PRAGMA busy_timeout = 10000").await?;
-    Ok(conn)
+/// Opens the SQLite file at `path` (never creating it): built from the
+/// path itself, not a URL, so no character of the path is read as URL
+/// syntax.
+async fn open(path: &Path, read_only: bool) -> Result<SqliteConnection, BackupError> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(read_only)
+        .create_if_missing(false)
+        // Wait for a writer's checkpoint rather than fail at once.
+        .busy_timeout(std::time::Duration::from_secs(10));
+    Ok(SqliteConnection::connect_with(&opts).await?)
 }
 
 /// A unique temporary name beside `path`.
@@ -127,13 +129,16 @@ pub async fn snapshot(db_url: &str, out: &Path) -> Result<SnapshotInfo, BackupEr
     }
     let tmp = temp_beside(out, "partial");
     let result = async {
-        let mut conn = open(&db, "ro").await?;
+        // Made empty with mode 0600 first (VACUUM INTO fills an empty
+        // file), so the snapshot is never readable by others, not even
+        // while it is written.
+        create_private(&tmp)?;
+        let mut conn = open(&db, true).await?;
         sqlx::query("VACUUM INTO $1")
             .bind(tmp.to_string_lossy().into_owned())
             .execute(&mut conn)
             .await?;
         conn.close().await?;
-        restrict(&tmp)?;
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(io("syncing", &tmp))?;
@@ -154,16 +159,16 @@ pub async fn snapshot(db_url: &str, out: &Path) -> Result<SnapshotInfo, BackupEr
     result
 }
 
-fn restrict(path: &Path) -> Result<(), BackupError> {
+/// Creates `path` new and empty, readable by its owner only.
+fn create_private(path: &Path) -> Result<std::fs::File, BackupError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("restricting", path))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
+    opts.open(path).map_err(io("creating", path))
 }
 
 /// Checks that `path` is an intact idvault SQLite database and says what
@@ -176,7 +181,7 @@ pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
     if !path.is_file() {
         return Err(not("no such file".into()));
     }
-    let mut conn = open(path, "ro")
+    let mut conn = open(path, true)
         .await
         .map_err(|e| not(format!("does not open ({e})")))?;
     let verdict: String = sqlx::query_scalar("PRAGMA integrity_check")
@@ -206,15 +211,17 @@ pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
     })
 }
 
-async fn count(conn: &mut sqlx::AnyConnection, sql: &'static str) -> Result<u64, sqlx::Error> {
+async fn count(conn: &mut SqliteConnection, sql: &'static str) -> Result<u64, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(sql).fetch_one(conn).await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Puts the checked backup `backup` in place of the SQLite database at
 /// `db`: the database's files (with its `-wal` and `-shm`) are kept aside
-/// under `<db>.replaced-<now_ms / 1000>` and returned, never deleted (they
-/// may hold data written after the backup). The vault must be stopped.
+/// under `<db>.replaced-<now_ms / 1000>-<random>` and returned, never
+/// deleted (they may hold data written after the backup). If any step
+/// fails, what was moved is moved back. The vault must be stopped (see
+/// [`DataDirLock`]).
 pub async fn install(
     backup: &Path,
     db: &Path,
@@ -223,37 +230,103 @@ pub async fn install(
     check(backup).await?;
     let tmp = temp_beside(db, "restoring");
     let result = (|| {
-        std::fs::copy(backup, &tmp).map_err(io("copying the backup to", &tmp))?;
-        restrict(&tmp)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("syncing", &tmp))?;
-        let aside = if db.exists() {
-            let secs = now_ms / 1000;
-            let aside = db.with_file_name(format!(
-                "{}.replaced-{secs}",
-                db.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ));
+        let mut f = create_private(&tmp)?;
+        let mut src = std::fs::File::open(backup).map_err(io("reading", backup))?;
+        std::io::copy(&mut src, &mut f).map_err(io("copying the backup to", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        drop(f);
+        let name = db
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = db.with_file_name(format!(
+            "{name}.replaced-{}-{}",
+            now_ms / 1000,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        // The WAL and shared-memory files go first: a restored file must
+        // never meet the old database's WAL under its name.
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut step = || -> Result<(), BackupError> {
             for suffix in ["-wal", "-shm", ""] {
                 let from = PathBuf::from(format!("{}{suffix}", db.display()));
                 let to = PathBuf::from(format!("{}{suffix}", aside.display()));
                 if from.exists() {
                     std::fs::rename(&from, &to).map_err(io("moving aside", &from))?;
+                    moved.push((from, to));
                 }
             }
-            Some(aside)
-        } else {
-            None
+            std::fs::rename(&tmp, db).map_err(io("putting the backup in place at", db))?;
+            sync_dir(db)
         };
-        std::fs::rename(&tmp, db).map_err(io("putting the backup in place at", db))?;
-        sync_dir(db)?;
-        Ok(aside)
+        match step() {
+            Ok(()) => Ok((!moved.is_empty()).then_some(aside)),
+            Err(e) => {
+                for (from, to) in moved.iter().rev() {
+                    let _ = std::fs::rename(to, from);
+                }
+                Err(e)
+            }
+        }
     })();
     let _ = std::fs::remove_file(&tmp);
     result
 }
+
+/// The data directory's lock: every serving process holds it shared, a
+/// restore exclusively, so a restore never swaps files under a running
+/// vault and no vault starts during a restore. (Several processes on one
+/// machine share one data directory's lock; replicas elsewhere are the
+/// operator's to stop, docs/operations.md.)
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// The lock file's name in the data directory.
+pub const LOCK_FILE: &str = "idvault.lock";
+
+impl DataDirLock {
+    fn open(dir: &Path) -> Result<std::fs::File, BackupError> {
+        let path = dir.join(LOCK_FILE);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("opening the lock file", &path))
+    }
+
+    /// Taken by a serving process; refused while a restore runs.
+    pub fn serving(dir: &Path) -> Result<Self, String> {
+        let f = Self::open(dir).map_err(|e| e.to_string())?;
+        f.try_lock_shared().map_err(|_| {
+            format!(
+                "a restore holds {}: wait for it to finish",
+                dir.join(LOCK_FILE).display()
+            )
+        })?;
+        Ok(Self { _file: f })
+    }
+
+    /// Taken by a restore; refused while a vault serves from `dir`.
+    pub fn restoring(dir: &Path) -> Result<Self, String> {
+        let f = Self::open(dir).map_err(|e| e.to_string())?;
+        f.try_lock().map_err(|_| {
+            format!(
+                "a vault process serves from {} (it holds {}): stop every vault process first",
+                dir.display(),
+                LOCK_FILE
+            )
+        })?;
+        Ok(Self { _file: f })
+    }
+}
+
+/// Left in the data directory while a restore is unfinished: the vault
+/// refuses to start (the restored data may still hold people deleted after
+/// the backup) and the next `idvault restore` reads the sources it names.
+pub const RESTORE_PENDING: &str = "restore-pending";
 
 #[cfg(test)]
 mod tests {

@@ -325,13 +325,13 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), InitErro
     f.sync_all().map_err(io)
 }
 
-/// The dev metrics address: the gRPC listen host on port 9464 (the
-/// Prometheus port convention), or port 0 when the gRPC port is 0 (tests).
+/// The dev metrics address: loopback (whatever the gRPC host: metrics
+/// carry no authentication) on port 9464 (the Prometheus port
+/// convention), or port 0 when the gRPC port is 0 (tests).
 fn dev_metrics_listen(listen: &str) -> String {
     match listen.parse::<std::net::SocketAddr>() {
-        Ok(a) if a.port() == 0 => std::net::SocketAddr::new(a.ip(), 0).to_string(),
-        Ok(a) => std::net::SocketAddr::new(a.ip(), 9464).to_string(),
-        Err(_) => "127.0.0.1:9464".to_owned(),
+        Ok(a) if a.port() == 0 => "127.0.0.1:0".to_owned(),
+        _ => "127.0.0.1:9464".to_owned(),
     }
 }
 

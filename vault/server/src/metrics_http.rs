@@ -6,10 +6,11 @@
 //! outbox depth per partner: bind it to loopback or a monitoring network,
 //! never to the partners' network (docs/operations.md).
 //!
-//! Bounded like every other door: at most [`MAX_CONNECTIONS`] scrapers at
-//! once (more wait in the kernel's accept queue), a request's headers must
-//! arrive within [`HEADER_DEADLINE`] and a whole connection ends after
-//! [`CONNECTION_DEADLINE`], so a slow or hostile client cannot hold it.
+//! Bounded like every other door: at most [`MAX_CONNECTIONS`] connections
+//! at once (more are closed at once), one request per connection, a
+//! request's headers must arrive within [`HEADER_DEADLINE`] and a whole
+//! connection ends after [`CONNECTION_DEADLINE`], so a slow or idle client
+//! cannot hold a slot for long.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// Time allowed for a request's headers.
 pub const HEADER_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest life of one connection.
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics` on `listener` until `stop` turns true.
 pub async fn serve(
@@ -38,13 +39,6 @@ pub async fn serve(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = stopped(&mut stop) => return,
-        };
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -56,6 +50,12 @@ pub async fn serve(
                 }
             },
             () = stopped(&mut stop) => return,
+        };
+        // All slots taken (slow or idle clients): close at once rather
+        // than queue, so the next scrape is not stuck behind them.
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(tcp);
+            continue;
         };
         let vault = Arc::clone(&vault);
         tokio::spawn(async move {
@@ -73,7 +73,9 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_DEADLINE)
-                .keep_alive(true)
+                // One request per connection: an idle keep-alive client
+                // cannot hold a slot.
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service);
             match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
                 Ok(Ok(())) | Err(_) => {}

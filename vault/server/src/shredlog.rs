@@ -14,8 +14,9 @@ use idvault_core::keys::KeyHierarchy;
 use idvault_core::shred::{MAX_LINE, ShredEntry};
 use idvault_core::subject::SubjectId;
 
-/// An append-only deletion journal file.
-#[derive(Debug)]
+/// An append-only deletion journal file (clones share the file and its
+/// append lock).
+#[derive(Debug, Clone)]
 pub struct ShredLog {
     path: PathBuf,
     lock: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -46,15 +47,28 @@ impl ShredLog {
 }
 
 fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
     let created = !path.exists();
     let mut opts = std::fs::OpenOptions::new();
-    opts.create(true).append(true);
+    opts.create(true).read(true).append(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
+    // A crash during an earlier append may have left a line cut short:
+    // end it first, so this line is not glued onto it (the reader skips
+    // the torn line and keeps this one).
+    let len = f.metadata()?.len();
+    if len > 0 {
+        f.seek(SeekFrom::Start(len - 1))?;
+        let mut last = [0u8; 1];
+        f.read_exact(&mut last)?;
+        if last != *b"\n" {
+            f.write_all(b"\n")?;
+        }
+    }
     f.write_all(line)?;
     f.sync_data()?;
     if created {
@@ -104,9 +118,7 @@ pub fn read_journal(
             if read > MAX_LINE {
                 into.refused
                     .push(format!("{}:{n}: line too long", path.display()));
-                // Skip the rest of the long line.
-                let mut rest = Vec::new();
-                r.read_until(b'\n', &mut rest)?;
+                skip_line(&mut r)?;
                 continue;
             }
             // The end of the file without a newline: a torn last append.
@@ -128,6 +140,22 @@ pub fn read_journal(
             // Never the line itself in the report: only where and why.
             Err(e) => into.refused.push(format!("{}:{n}: {e}", path.display())),
         }
+    }
+}
+
+/// Skips to the next line in bounded steps (a long line is never held).
+fn skip_line(r: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = chunk.iter().position(|b| *b == b'\n') {
+            r.consume(i + 1);
+            return Ok(());
+        }
+        let n = chunk.len();
+        r.consume(n);
     }
 }
 
@@ -171,7 +199,7 @@ mod tests {
             "00".repeat(32)
         )
         .unwrap();
-        writeln!(f, "{}", "x".repeat(2000)).unwrap();
+        writeln!(f, "{}", "x".repeat(20_000)).unwrap();
         write!(f, "shred1 0707").unwrap();
         drop(f);
         let mut read = JournalRead::default();
@@ -180,6 +208,20 @@ mod tests {
         assert_eq!(read.deleted.len(), 3);
         assert_eq!(read.torn_tail, 1);
         assert_eq!(read.refused.len(), 2, "{:?}", read.refused);
+        // An append after a torn line (a crash mid-write) is kept whole.
+        let e = ShredEntry {
+            subject: SubjectId::from_bytes([9; 16]),
+            deleted_at_ms: 5,
+            request_id: [9; 16],
+            audit_leaf: [9; 32],
+        };
+        log.append(e.to_line(&k).unwrap()).await.unwrap();
+        let mut read = JournalRead::default();
+        read_journal(&path, &k, &mut read).unwrap();
+        assert_eq!(read.lines, 4);
+        assert!(read.deleted.contains_key(&e.subject));
+        assert_eq!(read.torn_tail, 0);
+        assert_eq!(read.refused.len(), 3, "{:?}", read.refused);
         assert!(read.refused[0].contains("MAC"));
         #[cfg(unix)]
         {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 use idvault_core::subject::SubjectId;
+use idvault_core::tlog::checkpoint::NoteVerifier;
 use idvault_server::backup;
+use idvault_server::service::audit::AuditVerdict;
 use idvault_server::service::restore::{Reshred, recorded_deletions};
 use idvault_server::shredlog::{JournalRead, read_journal};
 
@@ -51,6 +53,12 @@ pub(crate) struct RestoreArgs {
     /// can say who was deleted after the backup (they would come back).
     #[arg(long)]
     without_deletion_record: bool,
+    /// Go on although some deletion records cannot be verified (journal
+    /// lines under a key version this key file lacks or with a bad MAC,
+    /// or a replaced database whose audit log does not verify); the
+    /// deletions they would prove are not applied again.
+    #[arg(long)]
+    accept_unverified_deletions: bool,
 }
 
 pub(crate) async fn backup(args: &BackupArgs) -> anyhow::Result<()> {
@@ -81,11 +89,32 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| cfg.database_url());
     let keys = idvault_server::app::open_keys(&cfg)?;
+    // No vault may serve from this data directory meanwhile, and none
+    // starts before the restore ends.
+    let _lock = backup::DataDirLock::restoring(&cfg.base_dir).map_err(anyhow::Error::msg)?;
+    let marker = cfg.base_dir.join(backup::RESTORE_PENDING);
+    // An unfinished restore left the database it replaced aside: read it.
+    let mut replaced: Vec<String> = args.replaced_database.iter().cloned().collect();
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        replaced.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("replaced-database "))
+                .map(str::to_owned),
+        );
+        println!("finishing the restore {} describes", marker.display());
+    }
+    if args.from.is_some()
+        && args.replaced_database.is_none()
+        && let Some(p) = backup::sqlite_path(&url).filter(|p| p.exists())
+    {
+        replaced.push(format!("sqlite://{}", p.display()));
+    }
 
     // Who was deleted: every journal, and the audit log of the database
     // being replaced. Read before anything is moved.
     let mut journals = JournalRead::default();
     let mut sources = Vec::new();
+    let mut unverified = Vec::new();
     if let Some(p) = cfg.shred_log_path().filter(|p| p.exists()) {
         read_journal(&p, &keys, &mut journals)
             .with_context(|| format!("reading the deletion journal {}", p.display()))?;
@@ -97,40 +126,74 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         sources.push(p.display().to_string());
     }
     for r in &journals.refused {
-        eprintln!("warning: deletion journal line refused: {r}");
+        unverified.push(format!("deletion journal line refused: {r}"));
     }
     if journals.torn_tail > 0 {
         eprintln!(
-            "warning: {} journal(s) end in a line cut short (a crash while appending): skipped",
+            "note: {} journal(s) end in a line cut short (a crash while appending): skipped; \
+             the database's audit log still records that deletion",
             journals.torn_tail
         );
     }
     let mut deleted: BTreeMap<SubjectId, i64> = journals.deleted.clone();
-    let replaced = match (&args.replaced_database, &args.from) {
-        (Some(u), _) => Some(u.clone()),
-        (None, Some(_)) => backup::sqlite_path(&url)
-            .filter(|p| p.exists())
-            .map(|_| url.clone()),
-        (None, None) => None,
-    };
-    if let Some(u) = &replaced {
+    replaced.sort();
+    replaced.dedup();
+    for u in &replaced {
         let store = idvault_server::store::Store::connect(u)
             .await
-            .context("opening the database being replaced, to read its deletions")?;
+            .with_context(|| {
+                format!(
+                    "opening the replaced database {}, to read its deletions",
+                    redact(u)
+                )
+            })?;
+        // Its log must verify first: a row removed or edited by someone
+        // without the root key could hide a deletion.
+        let origin = cfg.file.audit.origin.clone();
+        let verifiers: Vec<NoteVerifier> =
+            idvault_server::service::audit::verifier_keys(&keys, &origin)?
+                .iter()
+                .map(|k| NoteVerifier::parse(k))
+                .collect::<Result<_, _>>()?;
+        let verdict = idvault_server::service::audit::verify_audit_log(
+            &store,
+            &verifiers,
+            &origin,
+            Some(&keys),
+        )
+        .await;
         let rec = recorded_deletions(&store, &keys).await;
         store.close().await;
+        if let AuditVerdict::Broken(f) = verdict? {
+            unverified.push(format!(
+                "the audit log of the replaced database {} does not verify: {f}",
+                redact(u)
+            ));
+        }
         let rec = rec?;
         if rec.refused > 0 {
-            eprintln!(
-                "warning: {} deletion records in the replaced database's audit log do not verify (not written by this vault): ignored",
-                rec.refused
-            );
+            unverified.push(format!(
+                "{} deletion records in the audit log of {} do not verify",
+                rec.refused,
+                redact(u)
+            ));
         }
         for (id, t) in rec.deleted {
             let e = deleted.entry(id).or_insert(t);
             *e = (*e).max(t);
         }
-        sources.push("the replaced database's audit log".to_owned());
+        sources.push(format!("the audit log of {}", redact(u)));
+    }
+    if !unverified.is_empty() {
+        for u in &unverified {
+            eprintln!("warning: {u}");
+        }
+        if !args.accept_unverified_deletions {
+            bail!(
+                "some deletion records cannot be verified (above): a person they record could come \
+                 back. Use the key file that wrote them, or pass --accept-unverified-deletions"
+            );
+        }
     }
     if sources.is_empty() && !args.without_deletion_record {
         bail!(
@@ -147,6 +210,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             "--from restores a SQLite backup; for PostgreSQL use pg_restore, then `idvault restore` without --from (docs/operations.md)"
         })?;
         let info = backup::check(from).await?;
+        write_marker(&marker, &replaced)?;
         let now_ms = idvault_core::Clock::now_millis(&idvault_server::clock::SystemClock);
         let aside = backup::install(from, &db, now_ms).await?;
         println!(
@@ -157,11 +221,18 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             db.display()
         );
         if let Some(a) = aside {
+            // From here on the replaced database lives under this name: a
+            // restore that stops before the end finds it in the marker.
+            replaced.retain(|u| backup::sqlite_path(u).as_deref() != Some(db.as_path()));
+            replaced.push(format!("sqlite://{}", a.display()));
+            write_marker(&marker, &replaced)?;
             println!(
                 "the replaced database is kept as {} (delete it once you no longer need it)",
                 a.display()
             );
         }
+    } else {
+        write_marker(&marker, &replaced)?;
     }
 
     // Shred again, in the restored database, everyone deleted.
@@ -192,8 +263,9 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     vault.store().close().await;
     if let Some(e) = failed {
         bail!(
-            "shredding again stopped after {shredded} subjects: {e}. Nothing is half done; run \
-             `idvault restore` again without --from to finish (the vault must not serve before)"
+            "shredding again stopped after {shredded} subjects: {e}. The vault will not start \
+             until `idvault restore` (without --from) finishes; {} names the sources",
+            marker.display()
         );
     }
     let sequenced = sequenced?;
@@ -207,16 +279,42 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             sources.join(", ")
         }
     );
-    use idvault_server::service::audit::AuditVerdict;
     match verdict? {
         AuditVerdict::Intact {
             leaves, pending, ..
         } => {
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("removing {}", marker.display()))?;
             println!(
                 "audit log intact: {leaves} leaves ({sequenced} sequenced now, {pending} pending)"
             );
             Ok(())
         }
-        AuditVerdict::Broken(f) => bail!("the restored audit log does not verify: {f}"),
+        AuditVerdict::Broken(f) => bail!(
+            "the restored audit log does not verify: {f}; the vault will not start while {} exists",
+            marker.display()
+        ),
     }
+}
+
+/// Writes the restore-pending marker durably: the sources a rerun needs.
+fn write_marker(path: &std::path::Path, replaced: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut text = String::from(
+        "# An `idvault restore` has not finished: the vault refuses to start until\n\
+         # `idvault restore` (without --from) ends. Sources it reads:\n",
+    );
+    for u in replaced {
+        text.push_str(&format!("replaced-database {u}\n"));
+    }
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A database URL without its password.
+fn redact(url: &str) -> String {
+    super::serve::redact_url(url)
 }

@@ -102,11 +102,12 @@ impl SubjectService for SubjectApi {
         req: Request<DeleteSubjectRequest>,
     ) -> Result<Response<DeleteSubjectResponse>, Status> {
         let who = caller(&req)?;
-        let n = within(self.deadline, async {
-            self.vault
-                .delete_subject(&who, &req.into_inner().subject_id)
-                .await
-                .map_err(status)
+        let subject = req.into_inner().subject_id;
+        let vault = std::sync::Arc::clone(&self.vault);
+        // Detached: once committed, a deletion is journaled for restores
+        // (service::subjects) even if the caller stops waiting.
+        let n = super::consent::detached(self.deadline, async move {
+            vault.delete_subject(&who, &subject).await
         })
         .await?;
         Ok(Response::new(DeleteSubjectResponse {

@@ -72,7 +72,9 @@ impl Vault {
             Err(_) => false,
         };
         if !taken {
-            return Err(VaultError::TooManyStreams(kind, MAX_STREAMS_PER_PARTNER));
+            let e = VaultError::TooManyStreams(kind, MAX_STREAMS_PER_PARTNER);
+            self.metrics().observe_error(&e);
+            return Err(e);
         }
         Ok(StreamSlot {
             vault: Arc::clone(self),

@@ -300,11 +300,17 @@ impl Vault {
             request_id: receipt.request_id,
             audit_leaf: receipt.audit_leaf,
         };
-        let written = match entry.to_line(self.keys()) {
-            Ok(line) => log.append(line).await,
-            Err(e) => Err(std::io::Error::other(e.to_string())),
+        let line = match entry.to_line(self.keys()) {
+            Ok(line) => line,
+            Err(e) => {
+                self.metrics().shred_log_failed();
+                tracing::error!(error = %e, "deletion journal line not made");
+                return;
+            }
         };
-        if let Err(e) = written {
+        // (The API runs the deletion on a task of its own, so a caller
+        // going away cannot cancel this append of a committed deletion.)
+        if let Err(e) = log.append(line).await {
             self.metrics().shred_log_failed();
             tracing::error!(
                 error = %e,
