@@ -11,8 +11,47 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
 use super::format::{Entry, MacWriter};
 use super::{Canonical, ComparisonKey, Header, MAX_KEY_BYTES, ManifestError, Schema};
 
-/// Longest JSON line accepted.
+/// Longest JSON line, or CSV record (quoted newlines included), accepted.
 const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Counts the bytes a CSV reader pulls and refuses to go more than
+/// [`MAX_LINE_BYTES`] (plus the reader's buffer) past the end of the last
+/// whole record: an unterminated quote cannot make one record the size of
+/// the file in memory.
+struct BoundedRecords<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+    record_start: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+/// The io error [`BoundedRecords`] stops with.
+#[derive(Debug)]
+struct RecordTooLong;
+
+impl std::fmt::Display for RecordTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "record over {MAX_LINE_BYTES} bytes")
+    }
+}
+
+impl std::error::Error for RecordTooLong {}
+
+/// The csv reader's own buffer: it may read this far ahead of a record.
+const CSV_BUFFER: u64 = 64 * 1024;
+
+impl<R: Read> Read for BoundedRecords<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let limit = self.record_start.get() + MAX_LINE_BYTES as u64 + CSV_BUFFER;
+        let room = limit.saturating_sub(self.read.get());
+        if room == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, RecordTooLong));
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(buf.get_mut(..want).unwrap_or_default())?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
 
 /// The input's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,11 +286,24 @@ fn read_csv(
     summary: &mut BuildSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), ManifestError> {
+    let record_start = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let input = BoundedRecords {
+        inner: input,
+        read: std::rc::Rc::default(),
+        record_start: std::rc::Rc::clone(&record_start),
+    };
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
+        .buffer_capacity(usize::try_from(CSV_BUFFER).unwrap_or(usize::MAX))
         .from_reader(input);
     let csv_err = |e: csv::Error, n: u64| match e.into_kind() {
+        csv::ErrorKind::Io(e) if e.get_ref().is_some_and(|x| x.is::<RecordTooLong>()) => {
+            ManifestError::Record {
+                record: n,
+                why: RecordTooLong.to_string(),
+            }
+        }
         csv::ErrorKind::Io(e) => ManifestError::Io(e),
         csv::ErrorKind::UnequalLengths { .. } => ManifestError::Record {
             record: n,
@@ -282,6 +334,7 @@ fn read_csv(
     let mut rec = csv::StringRecord::new();
     let mut n = 0u64;
     loop {
+        record_start.set(r.position().byte());
         let more = r.read_record(&mut rec).map_err(|e| csv_err(e, n + 1))?;
         if !more {
             return Ok(());

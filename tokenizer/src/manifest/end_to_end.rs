@@ -292,6 +292,18 @@ fn refusals() -> Result<(), ManifestError> {
         build_bytes(&sa, &key, InputFormat::Csv, no_key, 10),
         Err(ManifestError::Record { record: 1, .. })
     ));
+    // An unterminated quote: refused at the record bound, not read whole.
+    let mut open_quote = b"customer_id,given,family,dob,phone,email\n1,\"".to_vec();
+    open_quote.extend(std::iter::repeat_n(b'x', 9 * 1024 * 1024));
+    assert!(matches!(
+        build_bytes(&sa, &key, InputFormat::Csv, &open_quote, 10),
+        Err(ManifestError::Record { record: 1, ref why }) if why.contains("bytes")
+    ));
+    // A large but bounded quoted field (with a newline) is fine.
+    let mut big = b"customer_id,given,family,dob,phone,email\n1,\"".to_vec();
+    big.extend(std::iter::repeat_n(b'y', 1024 * 1024));
+    big.extend_from_slice(b"\ny\",b,,,\n");
+    assert!(build_bytes(&sa, &key, InputFormat::Csv, &big, 10).is_ok());
     let ragged = b"customer_id,given,family,dob,phone,email\n1,a\n";
     assert!(matches!(
         build_bytes(&sa, &key, InputFormat::Csv, ragged, 10),

@@ -23,22 +23,34 @@ impl InProcess {
     /// Starts on `database_url`, or SQLite in the temporary directory.
     pub async fn start(database_url: Option<String>) -> Result<Self, crate::BenchError> {
         let dir = dev_data_dir()?;
-        let cfg = Config::load(&dir.join(CONFIG_FILE))?;
-        let url = database_url.unwrap_or_else(|| cfg.database_url());
-        let loaded = idvault_server::app::load(&cfg, &url).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let server = idvault_server::server::start(
-            std::sync::Arc::clone(&loaded.vault),
-            std::sync::Arc::clone(&loaded.tls),
-            listener,
-            loaded.options.clone(),
-        )
-        .await?;
-        Ok(Self {
-            dir,
-            loaded,
-            server,
-        })
+        let started = async {
+            let cfg = Config::load(&dir.join(CONFIG_FILE))?;
+            let url = database_url.unwrap_or_else(|| cfg.database_url());
+            let loaded = idvault_server::app::load(&cfg, &url).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let server = idvault_server::server::start(
+                std::sync::Arc::clone(&loaded.vault),
+                std::sync::Arc::clone(&loaded.tls),
+                listener,
+                loaded.options.clone(),
+            )
+            .await?;
+            Ok::<_, crate::BenchError>((loaded, server))
+        }
+        .await;
+        match started {
+            Ok((loaded, server)) => Ok(Self {
+                dir,
+                loaded,
+                server,
+            }),
+            Err(e) => {
+                // The directory holds a root key and a CA key: never left
+                // behind.
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
     }
 
     /// An mTLS channel as dev partner `name`.
@@ -79,11 +91,12 @@ impl InProcess {
         }
     }
 
-    /// Stops the server and removes the directory.
+    /// Stops the server and removes the directory (also when the stop
+    /// fails).
     pub async fn stop(self) -> Result<(), crate::BenchError> {
-        self.server.shutdown().await?;
+        let stopped = self.server.shutdown().await;
         self.loaded.vault.store().close().await;
         let _ = std::fs::remove_dir_all(&self.dir);
-        Ok(())
+        Ok(stopped?)
     }
 }

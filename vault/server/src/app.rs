@@ -92,7 +92,21 @@ pub fn open_keys(config: &Config) -> Result<KeyHierarchy, StartError> {
 
 /// Opens the vault on its keys and store, without serving: the server
 /// and the maintenance commands (`keys rewrap`, `keys retire`) share it.
+/// Refused while an `idvault restore` is unfinished.
 pub async fn open_vault(config: &Config, database_url: &str) -> Result<Vault, StartError> {
+    let pending = config.base_dir.join(crate::backup::RESTORE_PENDING);
+    if pending.exists() {
+        return Err(StartError::RestorePending(pending));
+    }
+    open_vault_restoring(config, database_url).await
+}
+
+/// [`open_vault`] for `idvault restore` itself, which finishes what the
+/// restore-pending marker stands for.
+pub async fn open_vault_restoring(
+    config: &Config,
+    database_url: &str,
+) -> Result<Vault, StartError> {
     let keys = open_keys(config)?;
     let policy_dir = config.file.policies.dir.as_ref().map(|d| config.resolve(d));
     let policies = crate::policy::engine(policy_dir.as_deref(), &config.registry)
@@ -138,10 +152,6 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
     let missing = missing_files(config);
     if !missing.is_empty() {
         return Err(StartError::Missing(missing));
-    }
-    let pending = config.base_dir.join(crate::backup::RESTORE_PENDING);
-    if pending.exists() {
-        return Err(StartError::RestorePending(pending));
     }
     let t = &config.file.tls;
     let ca = crate::tls::read_certs(&config.resolve(&t.client_ca))?;

@@ -64,6 +64,9 @@ pub struct SnapshotInfo {
     pub audit_leaves: u64,
     /// Size of its newest checkpoint.
     pub tree_size: u64,
+    /// Time of its newest audit leaf (unix ms; 0 when none): deletions
+    /// after it are the ones a restore of it must apply again.
+    pub newest_leaf_ms: i64,
 }
 
 /// The file path of a `sqlite:` URL; `None` for other URLs or an
@@ -84,10 +87,13 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupE
 /// Opens the SQLite file at `path` (never creating it): built from the
 /// path itself, not a URL, so no character of the path is read as URL
 /// syntax.
-async fn open(path: &Path, read_only: bool) -> Result<SqliteConnection, BackupError> {
+async fn open(path: &Path, immutable: bool) -> Result<SqliteConnection, BackupError> {
     let opts = SqliteConnectOptions::new()
         .filename(path)
-        .read_only(read_only)
+        .read_only(true)
+        // A file nothing else writes (a backup) is read without creating
+        // `-wal` or `-shm` files beside it.
+        .immutable(immutable)
         .create_if_missing(false)
         // Wait for a writer's checkpoint rather than fail at once.
         .busy_timeout(std::time::Duration::from_secs(10));
@@ -133,7 +139,7 @@ pub async fn snapshot(db_url: &str, out: &Path) -> Result<SnapshotInfo, BackupEr
         // file), so the snapshot is never readable by others, not even
         // while it is written.
         create_private(&tmp)?;
-        let mut conn = open(&db, true).await?;
+        let mut conn = open(&db, false).await?;
         sqlx::query("VACUUM INTO $1")
             .bind(tmp.to_string_lossy().into_owned())
             .execute(&mut conn)
@@ -184,6 +190,7 @@ pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
     let mut conn = open(path, true)
         .await
         .map_err(|e| not(format!("does not open ({e})")))?;
+
     let verdict: String = sqlx::query_scalar("PRAGMA integrity_check")
         .fetch_one(&mut conn)
         .await
@@ -203,11 +210,16 @@ pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
     )
     .await
     .map_err(|_| not("it has no audit checkpoints table".into()))?;
+    let newest_leaf_ms: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(time_ms), 0) FROM audit_log")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|_| not("it has no audit log".into()))?;
     conn.close().await?;
     Ok(SnapshotInfo {
         subjects,
         audit_leaves,
         tree_size,
+        newest_leaf_ms,
     })
 }
 
@@ -216,17 +228,33 @@ async fn count(conn: &mut SqliteConnection, sql: &'static str) -> Result<u64, sq
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// The name the database at `db` is set aside under by a restore:
+/// `<db>.replaced-<now_ms / 1000>-<random>` (chosen by the caller before
+/// anything moves, so an interrupted restore can name it).
+pub fn aside_name(db: &Path, now_ms: i64) -> PathBuf {
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    db.with_file_name(format!(
+        "{name}.replaced-{}-{}",
+        now_ms / 1000,
+        tag.get(..8).unwrap_or_default()
+    ))
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", p.display()))
+}
+
 /// Puts the checked backup `backup` in place of the SQLite database at
-/// `db`: the database's files (with its `-wal` and `-shm`) are kept aside
-/// under `<db>.replaced-<now_ms / 1000>-<random>` and returned, never
-/// deleted (they may hold data written after the backup). If any step
-/// fails, what was moved is moved back. The vault must be stopped (see
-/// [`DataDirLock`]).
-pub async fn install(
-    backup: &Path,
-    db: &Path,
-    now_ms: i64,
-) -> Result<Option<PathBuf>, BackupError> {
+/// `db`; the database's files (with its `-wal` and `-shm`) are kept aside
+/// under `aside` ([`aside_name`]), never deleted (they may hold data
+/// written after the backup). If a step fails, what was moved is moved
+/// back. Returns whether anything was set aside. The vault must be
+/// stopped (see [`DataDirLock`]).
+pub async fn install(backup: &Path, db: &Path, aside: &Path) -> Result<bool, BackupError> {
     check(backup).await?;
     let tmp = temp_beside(db, "restoring");
     let result = (|| {
@@ -235,22 +263,13 @@ pub async fn install(
         std::io::copy(&mut src, &mut f).map_err(io("copying the backup to", &tmp))?;
         f.sync_all().map_err(io("syncing", &tmp))?;
         drop(f);
-        let name = db
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let aside = db.with_file_name(format!(
-            "{name}.replaced-{}-{}",
-            now_ms / 1000,
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
         // The WAL and shared-memory files go first: a restored file must
         // never meet the old database's WAL under its name.
         let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
         let mut step = || -> Result<(), BackupError> {
             for suffix in ["-wal", "-shm", ""] {
-                let from = PathBuf::from(format!("{}{suffix}", db.display()));
-                let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                let from = with_suffix(db, suffix);
+                let to = with_suffix(aside, suffix);
                 if from.exists() {
                     std::fs::rename(&from, &to).map_err(io("moving aside", &from))?;
                     moved.push((from, to));
@@ -260,17 +279,40 @@ pub async fn install(
             sync_dir(db)
         };
         match step() {
-            Ok(()) => Ok((!moved.is_empty()).then_some(aside)),
+            Ok(()) => Ok(!moved.is_empty()),
             Err(e) => {
                 for (from, to) in moved.iter().rev() {
                     let _ = std::fs::rename(to, from);
                 }
+                let _ = sync_dir(db);
                 Err(e)
             }
         }
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// After a restore stopped between moving the old database's `-wal` (or
+/// `-shm`) aside and moving its main file: puts them back beside the main
+/// file, so it is read with its newest transactions. Returns whether it
+/// moved anything.
+pub fn recover_interrupted(db: &Path, aside: &Path) -> Result<bool, BackupError> {
+    if aside.exists() || !db.exists() {
+        return Ok(false);
+    }
+    let mut moved = false;
+    for suffix in ["-wal", "-shm"] {
+        let (stray, home) = (with_suffix(aside, suffix), with_suffix(db, suffix));
+        if stray.exists() && !home.exists() {
+            std::fs::rename(&stray, &home).map_err(io("moving back", &stray))?;
+            moved = true;
+        }
+    }
+    if moved {
+        sync_dir(db)?;
+    }
+    Ok(moved)
 }
 
 /// The data directory's lock: every serving process holds it shared, a
@@ -297,29 +339,46 @@ impl DataDirLock {
             .map_err(io("opening the lock file", &path))
     }
 
-    /// Taken by a serving process; refused while a restore runs.
-    pub fn serving(dir: &Path) -> Result<Self, String> {
-        let f = Self::open(dir).map_err(|e| e.to_string())?;
-        f.try_lock_shared().map_err(|_| {
-            format!(
+    /// Taken (shared) by a serving process and by the maintenance
+    /// commands; refused while a restore runs. A data directory where the
+    /// lock file cannot be made (read-only) is served without it, with a
+    /// warning.
+    pub fn shared(dir: &Path) -> Result<Option<Self>, String> {
+        let f = match Self::open(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "no data directory lock: a restore could not tell this process is running");
+                return Ok(None);
+            }
+        };
+        match f.try_lock_shared() {
+            Ok(()) => Ok(Some(Self { _file: f })),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
                 "a restore holds {}: wait for it to finish",
                 dir.join(LOCK_FILE).display()
-            )
-        })?;
-        Ok(Self { _file: f })
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(error = %e, "the data directory lock is not supported here");
+                Ok(None)
+            }
+        }
     }
 
     /// Taken by a restore; refused while a vault serves from `dir`.
-    pub fn restoring(dir: &Path) -> Result<Self, String> {
+    pub fn exclusive(dir: &Path) -> Result<Self, String> {
         let f = Self::open(dir).map_err(|e| e.to_string())?;
-        f.try_lock().map_err(|_| {
-            format!(
-                "a vault process serves from {} (it holds {}): stop every vault process first",
+        match f.try_lock() {
+            Ok(()) => Ok(Self { _file: f }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "a vault process (or a maintenance command) uses {} (it holds {}): stop every vault process first",
                 dir.display(),
                 LOCK_FILE
-            )
-        })?;
-        Ok(Self { _file: f })
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!(
+                "cannot lock {}: {e}",
+                dir.join(LOCK_FILE).display()
+            )),
+        }
     }
 }
 
@@ -330,8 +389,48 @@ pub const RESTORE_PENDING: &str = "restore-pending";
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_path;
-    use std::path::PathBuf;
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn snapshot_install_and_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("idvault.db");
+        let url = format!("sqlite://{}?mode=rwc", db.display());
+        let store = crate::store::Store::connect(&url).await.unwrap();
+        let out = dir.path().join("b.db");
+        let info = snapshot(&url, &out).await.unwrap();
+        assert_eq!(info.subjects, 0);
+        // Never over an existing file; private from the start.
+        assert!(matches!(
+            snapshot(&url, &out).await,
+            Err(BackupError::Exists(_))
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0);
+        }
+        // A file that is no database is refused before anything moves.
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, b"not a database").unwrap();
+        let aside = aside_name(&db, 1_700_000_000_000);
+        assert!(install(&junk, &db, &aside).await.is_err());
+        assert!(db.exists() && !aside.exists());
+        store.close().await;
+        // The swap: the old files aside, the backup in place.
+        assert!(install(&out, &db, &aside).await.unwrap());
+        assert!(aside.exists() && db.exists());
+        assert!(!with_suffix(&db, "-wal").exists());
+        // A restore stopped after moving only the WAL aside: it goes back.
+        let other = aside_name(&db, 1_700_000_000_000);
+        assert_ne!(other, aside);
+        std::fs::write(with_suffix(&other, "-wal"), b"wal").unwrap();
+        assert!(recover_interrupted(&db, &other).unwrap());
+        assert!(with_suffix(&db, "-wal").exists());
+        assert!(!recover_interrupted(&db, &other).unwrap());
+    }
 
     #[test]
     fn sqlite_urls() {

@@ -67,6 +67,8 @@ pub struct RunningServer {
     client_auth: Arc<crate::crl::ClientAuth>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// Waited for at the end: use cases detached from their calls.
+    vault: Arc<Vault>,
 }
 
 impl RunningServer {
@@ -116,6 +118,14 @@ impl RunningServer {
                 }
             }
         };
+        // A deletion that committed is journaled before the store closes.
+        let left = self.vault.wait_detached(SHUTDOWN_GRACE).await;
+        if left > 0 {
+            tracing::warn!(
+                detached = left,
+                "use cases still running at shutdown were cut off"
+            );
+        }
         if let Some((stop, job)) = self.background.take() {
             let _ = stop.send(true);
             let _ = job.await;
@@ -316,6 +326,7 @@ pub async fn start(
         client_auth: Arc::clone(&opts.client_auth),
         handle,
         background: Some((stop, job)),
+        vault,
     })
 }
 

@@ -57,16 +57,24 @@ fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
-    // A crash during an earlier append may have left a line cut short:
-    // end it first, so this line is not glued onto it (the reader skips
-    // the torn line and keeps this one).
+    // A crash during an earlier append may have left a line cut short (it
+    // was never on disk whole, so its deletion was not yet answered: the
+    // database's audit log holds it). Cut it off, so this line starts
+    // clean and the journal stays all whole lines.
     let len = f.metadata()?.len();
     if len > 0 {
-        f.seek(SeekFrom::Start(len - 1))?;
-        let mut last = [0u8; 1];
-        f.read_exact(&mut last)?;
-        if last != *b"\n" {
-            f.write_all(b"\n")?;
+        let back = len.min(u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1);
+        f.seek(SeekFrom::Start(len - back))?;
+        let mut tail = vec![0u8; usize::try_from(back).unwrap_or(0)];
+        f.read_exact(&mut tail)?;
+        if tail.last() != Some(&b'\n') {
+            let keep = match tail.iter().rposition(|b| *b == b'\n') {
+                Some(i) => len - back + u64::try_from(i).unwrap_or(0) + 1,
+                // No newline in the last MAX_LINE bytes: the whole tail
+                // is one torn line (or no journal at all).
+                None => len - back,
+            };
+            f.set_len(keep)?;
         }
     }
     f.write_all(line)?;
@@ -85,6 +93,9 @@ fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
 pub struct JournalRead {
     /// Each deleted subject once, with its latest deletion time.
     pub deleted: BTreeMap<SubjectId, i64>,
+    /// Every accepted line's deletion time, request id and audit leaf
+    /// hash (a restore checks the replaced database's log holds them).
+    pub leaves: Vec<(i64, [u8; 16], [u8; 32])>,
     /// Lines accepted.
     pub lines: u64,
     /// A last line cut short (a crash during an append): skipped.
@@ -134,6 +145,8 @@ pub fn read_journal(
         match ShredEntry::from_line(line, keys) {
             Ok(e) => {
                 into.lines += 1;
+                into.leaves
+                    .push((e.deleted_at_ms, e.request_id, e.audit_leaf));
                 let t = into.deleted.entry(e.subject).or_insert(e.deleted_at_ms);
                 *t = (*t).max(e.deleted_at_ms);
             }
@@ -221,7 +234,8 @@ mod tests {
         assert_eq!(read.lines, 4);
         assert!(read.deleted.contains_key(&e.subject));
         assert_eq!(read.torn_tail, 0);
-        assert_eq!(read.refused.len(), 3, "{:?}", read.refused);
+        // The torn line was cut off, not turned into a refused line.
+        assert_eq!(read.refused.len(), 2, "{:?}", read.refused);
         assert!(read.refused[0].contains("MAC"));
         #[cfg(unix)]
         {

@@ -63,6 +63,15 @@ pub(crate) struct RestoreArgs {
 
 pub(crate) async fn backup(args: &BackupArgs) -> anyhow::Result<()> {
     let cfg = args.dir.load()?;
+    // Not during a restore (a snapshot of half-restored data).
+    let _lock = backup::DataDirLock::shared(&cfg.base_dir).map_err(anyhow::Error::msg)?;
+    let pending = cfg.base_dir.join(backup::RESTORE_PENDING);
+    if pending.exists() {
+        bail!(
+            "{} exists: an `idvault restore` did not finish; finish it before taking a backup",
+            pending.display()
+        );
+    }
     let url = args
         .database_url
         .clone()
@@ -91,26 +100,63 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let keys = idvault_server::app::open_keys(&cfg)?;
     // No vault may serve from this data directory meanwhile, and none
     // starts before the restore ends.
-    let _lock = backup::DataDirLock::restoring(&cfg.base_dir).map_err(anyhow::Error::msg)?;
+    let _lock = backup::DataDirLock::exclusive(&cfg.base_dir).map_err(anyhow::Error::msg)?;
     let marker = cfg.base_dir.join(backup::RESTORE_PENDING);
-    // An unfinished restore left the database it replaced aside: read it.
+    let db = backup::sqlite_path(&url);
+
+    // The databases whose audit logs say who was deleted.
     let mut replaced: Vec<String> = args.replaced_database.iter().cloned().collect();
+    // An unfinished restore: the database it set aside is a source (and
+    // files it left half moved go back first).
+    let mut swapped_before = false;
     if let Ok(text) = std::fs::read_to_string(&marker) {
-        replaced.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("replaced-database "))
-                .map(str::to_owned),
-        );
         println!("finishing the restore {} describes", marker.display());
+        for aside in text.lines().filter_map(|l| l.strip_prefix("set-aside ")) {
+            let aside = PathBuf::from(aside);
+            if let Some(db) = &db
+                && backup::recover_interrupted(db, &aside)?
+            {
+                println!("moved the old database's WAL back beside it (the swap had not happened)");
+            }
+            if aside.exists() {
+                swapped_before = true;
+                replaced.push(format!("sqlite://{}", aside.display()));
+            }
+        }
+        if !swapped_before && args.from.is_none() {
+            std::fs::remove_file(&marker)?;
+            bail!(
+                "the last restore stopped before it put the backup in place (the database is as \
+                 it was): run `idvault restore --from FILE` again"
+            );
+        }
     }
     if args.from.is_some()
-        && args.replaced_database.is_none()
-        && let Some(p) = backup::sqlite_path(&url).filter(|p| p.exists())
+        && let Some(p) = db.as_ref().filter(|p| p.exists())
     {
         replaced.push(format!("sqlite://{}", p.display()));
     }
+    replaced.sort();
+    replaced.dedup();
 
-    // Who was deleted: every journal, and the audit log of the database
+    // Deletions after the backup are the ones to check closely.
+    let backup_info = match &args.from {
+        Some(from) => Some(backup::check(from).await?),
+        None => None,
+    };
+    let backup_time = match &backup_info {
+        Some(i) => i.newest_leaf_ms,
+        None => {
+            let store = idvault_server::store::Store::connect(&url)
+                .await
+                .context("opening the restored database")?;
+            let t = store.newest_leaf_ms().await;
+            store.close().await;
+            t?
+        }
+    };
+
+    // Who was deleted: every journal, and the audit log of each database
     // being replaced. Read before anything is moved.
     let mut journals = JournalRead::default();
     let mut sources = Vec::new();
@@ -136,8 +182,18 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         );
     }
     let mut deleted: BTreeMap<SubjectId, i64> = journals.deleted.clone();
-    replaced.sort();
-    replaced.dedup();
+    // Journal lines after the backup, not yet found in a replaced log.
+    let mut unseen: Vec<&(i64, [u8; 16], [u8; 32])> = journals
+        .leaves
+        .iter()
+        .filter(|(t, _, _)| *t > backup_time)
+        .collect();
+    let origin = cfg.file.audit.origin.clone();
+    let verifiers: Vec<NoteVerifier> =
+        idvault_server::service::audit::verifier_keys(&keys, &origin)?
+            .iter()
+            .map(|k| NoteVerifier::parse(k))
+            .collect::<Result<_, _>>()?;
     for u in &replaced {
         let store = idvault_server::store::Store::connect(u)
             .await
@@ -149,12 +205,6 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             })?;
         // Its log must verify first: a row removed or edited by someone
         // without the root key could hide a deletion.
-        let origin = cfg.file.audit.origin.clone();
-        let verifiers: Vec<NoteVerifier> =
-            idvault_server::service::audit::verifier_keys(&keys, &origin)?
-                .iter()
-                .map(|k| NoteVerifier::parse(k))
-                .collect::<Result<_, _>>()?;
         let verdict = idvault_server::service::audit::verify_audit_log(
             &store,
             &verifiers,
@@ -163,6 +213,21 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         )
         .await;
         let rec = recorded_deletions(&store, &keys).await;
+        // Each journal line after the backup must be in a replaced log: a
+        // log whose newest records were cut off still verifies on its own.
+        let mut still = Vec::with_capacity(unseen.len());
+        for l in unseen {
+            let found = store.leaf_by_request(&l.1).await?.is_some_and(|row| {
+                idvault_core::crypto::ct_eq(
+                    &idvault_core::tlog::merkle::leaf_hash(&row.bytes),
+                    &l.2,
+                )
+            });
+            if !found {
+                still.push(l);
+            }
+        }
+        unseen = still;
         store.close().await;
         if let AuditVerdict::Broken(f) = verdict? {
             unverified.push(format!(
@@ -183,6 +248,14 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             *e = (*e).max(t);
         }
         sources.push(format!("the audit log of {}", redact(u)));
+    }
+    if !replaced.is_empty() && !unseen.is_empty() {
+        unverified.push(format!(
+            "{} deletions the journals record after the backup are missing from the replaced \
+             database's audit log (its newest records were removed?); they are applied again \
+             from the journals",
+            unseen.len()
+        ));
     }
     if !unverified.is_empty() {
         for u in &unverified {
@@ -205,38 +278,52 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         );
     }
 
-    if let Some(from) = &args.from {
-        let db = backup::sqlite_path(&url).with_context(|| {
+    if let (Some(from), Some(info)) = (&args.from, &backup_info) {
+        let db = db.as_ref().with_context(|| {
             "--from restores a SQLite backup; for PostgreSQL use pg_restore, then `idvault restore` without --from (docs/operations.md)"
         })?;
-        let info = backup::check(from).await?;
-        write_marker(&marker, &replaced)?;
         let now_ms = idvault_core::Clock::now_millis(&idvault_server::clock::SystemClock);
-        let aside = backup::install(from, &db, now_ms).await?;
-        println!(
-            "restored {} ({} subjects, {} audit leaves) to {}",
-            from.display(),
-            info.subjects,
-            info.audit_leaves,
-            db.display()
-        );
-        if let Some(a) = aside {
-            // From here on the replaced database lives under this name: a
-            // restore that stops before the end finds it in the marker.
-            replaced.retain(|u| backup::sqlite_path(u).as_deref() != Some(db.as_path()));
-            replaced.push(format!("sqlite://{}", a.display()));
-            write_marker(&marker, &replaced)?;
-            println!(
-                "the replaced database is kept as {} (delete it once you no longer need it)",
-                a.display()
-            );
+        let aside = backup::aside_name(db, now_ms);
+        // Before anything moves: where the old database will be, so a
+        // restore that stops midway is finished from it.
+        let mut asides: Vec<PathBuf> = replaced
+            .iter()
+            .filter_map(|u| backup::sqlite_path(u))
+            .filter(|p| p != db)
+            .collect();
+        asides.push(aside.clone());
+        write_marker(&marker, &asides)?;
+        match backup::install(from, db, &aside).await {
+            Ok(set_aside) => {
+                println!(
+                    "restored {} ({} subjects, {} audit leaves) to {}",
+                    from.display(),
+                    info.subjects,
+                    info.audit_leaves,
+                    db.display()
+                );
+                if set_aside {
+                    println!(
+                        "the replaced database is kept as {} (delete it once you no longer need it)",
+                        aside.display()
+                    );
+                }
+            }
+            Err(e) => {
+                // Rolled back: nothing is half done, no marker needed
+                // (unless an earlier restore's still stands).
+                if !aside.exists() && !swapped_before {
+                    let _ = std::fs::remove_file(&marker);
+                }
+                return Err(e.into());
+            }
         }
-    } else {
-        write_marker(&marker, &replaced)?;
+    } else if !marker.exists() {
+        write_marker(&marker, &[])?;
     }
 
     // Shred again, in the restored database, everyone deleted.
-    let vault = idvault_server::app::open_vault(&cfg, &url).await?;
+    let vault = idvault_server::app::open_vault_restoring(&cfg, &url).await?;
     let actor = idvault_server::service::Caller::new("idvault restore");
     let (mut shredded, mut absent) = (0u64, 0u64);
     let mut failed = None;
@@ -297,20 +384,36 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Writes the restore-pending marker durably: the sources a rerun needs.
-fn write_marker(path: &std::path::Path, replaced: &[String]) -> anyhow::Result<()> {
+/// Writes the restore-pending marker durably and atomically (mode 0600):
+/// the set-aside database files a rerun reads. Only file paths, never a
+/// database URL (it may hold a password).
+fn write_marker(path: &std::path::Path, asides: &[PathBuf]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut text = String::from(
         "# An `idvault restore` has not finished: the vault refuses to start until\n\
-         # `idvault restore` (without --from) ends. Sources it reads:\n",
+         # `idvault restore` (without --from) ends. The old database it set aside:\n",
     );
-    for u in replaced {
-        text.push_str(&format!("replaced-database {u}\n"));
+    for a in asides {
+        text.push_str(&format!("set-aside {}\n", a.display()));
     }
-    let mut f =
-        std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

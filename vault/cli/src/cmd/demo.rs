@@ -106,11 +106,13 @@ pub(crate) async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         vault.backend()
     );
     let mut story = Story { step: 0, checks: 0 };
-    let result = tell(&vault, &mut story).await;
-    vault
-        .stop()
-        .await
-        .map_err(|e| anyhow::anyhow!("stopping the demo vault: {e}"))?;
+    let result = match empty(&vault).await {
+        Ok(()) => tell(&vault, &mut story).await,
+        Err(e) => Err(e),
+    };
+    let stopped = vault.stop().await;
+    let result =
+        result.and_then(|()| stopped.map_err(|e| anyhow::anyhow!("stopping the demo vault: {e}")));
     match result {
         Ok(()) => {
             println!(
@@ -124,6 +126,24 @@ pub(crate) async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.context("the demo FAILED")),
     }
+}
+
+/// The demo writes under throw-away keys: only into an empty database.
+async fn empty(vault: &InProcess) -> anyhow::Result<()> {
+    let pool = vault.vault().store().pool();
+    let subjects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subjects")
+        .fetch_one(pool)
+        .await?;
+    let leaves: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+        .fetch_one(pool)
+        .await?;
+    if subjects > 0 || leaves > 0 {
+        bail!(
+            "the demo writes under throw-away keys and needs an empty database; this one holds \
+             {subjects} subjects and {leaves} audit records"
+        );
+    }
+    Ok(())
 }
 
 async fn tell(vault: &InProcess, story: &mut Story) -> anyhow::Result<()> {

@@ -135,6 +135,9 @@ fn rotate(cfg: &Config) -> anyhow::Result<()> {
 async fn rewrap(dir: &DataDir, database_url: Option<String>) -> anyhow::Result<()> {
     let cfg = dir.load()?;
     let url = database_url.unwrap_or_else(|| cfg.database_url());
+    // Not during a restore (it holds the lock exclusively).
+    let _lock =
+        idvault_server::backup::DataDirLock::shared(&cfg.base_dir).map_err(anyhow::Error::msg)?;
     let vault = idvault_server::app::open_vault(&cfg, &url).await?;
     let target = vault.keys().current_version();
     // A vault process started before the key file last changed (the
@@ -248,6 +251,9 @@ async fn retire(dir: &DataDir, version: u32, database_url: Option<String>) -> an
     if file.root_key(version).is_err() {
         bail!("the key file holds no version {version}");
     }
+    // Not during a restore (it holds the lock exclusively).
+    let _lock =
+        idvault_server::backup::DataDirLock::shared(&cfg.base_dir).map_err(anyhow::Error::msg)?;
     let vault = idvault_server::app::open_vault(&cfg, &url).await?;
     // No process may write under `version` from now on (its audit leaves
     // fall below the floor and its writes fail), so nothing can start
@@ -336,6 +342,9 @@ async fn status(dir: &DataDir, database_url: Option<String>) -> anyhow::Result<(
             }
         );
     }
+    // Not during a restore (it holds the lock exclusively).
+    let _lock =
+        idvault_server::backup::DataDirLock::shared(&cfg.base_dir).map_err(anyhow::Error::msg)?;
     let vault = idvault_server::app::open_vault(&cfg, &url).await?;
     let backlog = vault.rewrap_backlog().await?;
     println!(

@@ -26,7 +26,7 @@ pub(crate) async fn run(
     let cfg = dir.load()?;
     // Held while serving: a restore refuses to swap files under it.
     let _lock =
-        idvault_server::backup::DataDirLock::serving(&cfg.base_dir).map_err(anyhow::Error::msg)?;
+        idvault_server::backup::DataDirLock::shared(&cfg.base_dir).map_err(anyhow::Error::msg)?;
     let url = database_url.unwrap_or_else(|| cfg.database_url());
     let mut loaded = idvault_server::app::load(&cfg, &url).await?;
     if metrics_listen.is_some() {

@@ -105,8 +105,11 @@ impl SubjectService for SubjectApi {
         let subject = req.into_inner().subject_id;
         let vault = std::sync::Arc::clone(&self.vault);
         // Detached: once committed, a deletion is journaled for restores
-        // (service::subjects) even if the caller stops waiting.
+        // (service::subjects) even if the caller stops waiting; shutdown
+        // waits for it (the job guard).
+        let job = self.vault.detached_job();
         let n = super::consent::detached(self.deadline, async move {
+            let _job = job;
             vault.delete_subject(&who, &subject).await
         })
         .await?;

@@ -279,6 +279,20 @@ pub struct Vault {
     /// Where each committed deletion is journaled, outside the database
     /// (see [`crate::shredlog`]); `None`: not journaled.
     shred_log: Option<crate::shredlog::ShredLog>,
+    /// Use cases running on tasks of their own (deletions) that shutdown
+    /// waits for, and the signal each gives when it ends.
+    detached: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+}
+
+/// A detached use case in flight (see [`Vault::detached_job`]).
+#[derive(Debug)]
+pub struct DetachedJob(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+impl Drop for DetachedJob {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
 }
 
 impl Vault {
@@ -308,6 +322,7 @@ impl Vault {
             rewrap_running: Arc::default(),
             metrics,
             shred_log: None,
+            detached: Arc::default(),
             policies: std::sync::RwLock::new(Arc::new(policies)),
             policy_dir: None,
             store,
@@ -351,6 +366,36 @@ impl Vault {
     /// The deletion journal, when configured.
     pub fn shred_log(&self) -> Option<&crate::shredlog::ShredLog> {
         self.shred_log.as_ref()
+    }
+
+    /// Marks a use case that runs on a task of its own as in flight, until
+    /// the returned guard drops: shutdown waits for it
+    /// ([`Self::wait_detached`]).
+    pub fn detached_job(&self) -> DetachedJob {
+        self.detached
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        DetachedJob(Arc::clone(&self.detached))
+    }
+
+    /// Waits until no detached use case is in flight, at most `max`;
+    /// returns how many were still running.
+    pub async fn wait_detached(&self, max: std::time::Duration) -> usize {
+        let (count, done) = &*self.detached;
+        let waited = tokio::time::timeout(max, async {
+            loop {
+                let notified = done.notified();
+                if count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => 0,
+            Err(_) => count.load(std::sync::atomic::Ordering::SeqCst),
+        }
     }
 
     /// The vault's metrics.

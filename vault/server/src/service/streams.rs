@@ -72,9 +72,7 @@ impl Vault {
             Err(_) => false,
         };
         if !taken {
-            let e = VaultError::TooManyStreams(kind, MAX_STREAMS_PER_PARTNER);
-            self.metrics().observe_error(&e);
-            return Err(e);
+            return Err(VaultError::TooManyStreams(kind, MAX_STREAMS_PER_PARTNER));
         }
         Ok(StreamSlot {
             vault: Arc::clone(self),

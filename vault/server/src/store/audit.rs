@@ -239,6 +239,15 @@ impl Store {
         rows.iter().map(leaf_row).collect()
     }
 
+    /// The time of the newest audit leaf (unix ms; 0 when none).
+    pub async fn newest_leaf_ms(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(time_ms), 0) FROM audit_log")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// The newest leaf carrying `request_id`.
     pub async fn leaf_by_request(&self, request_id: &[u8]) -> Result<Option<LeafRow>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
