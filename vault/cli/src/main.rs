@@ -126,6 +126,9 @@ async fn main() -> anyhow::Result<()> {
     let default_filter = match &cli.command {
         // The demo's own story is its output; warnings and errors still show.
         Command::Demo(_) => "warn,sqlx=warn",
+        // A benchmark's in-process vault answers tens of thousands of
+        // calls a second: no access line each (`RUST_LOG` can ask).
+        Command::Bench { .. } => "info,sqlx=warn,idvault::access=off",
         _ => "info,sqlx=warn",
     };
     idvault_server::logging::install(
