@@ -397,9 +397,8 @@ impl Metrics {
     }
 
     fn set_database(&self, g: &DatabaseGauges) {
-        // A partner whose outbox emptied must read 0, not its last value.
-        self.outbox_depth.clear();
-        self.outbox_age.clear();
+        // Every registered partner has its entry (0 when its outbox is
+        // empty), so each series is overwritten, never left stale.
         for (partner, depth, age) in &g.outbox {
             let l = PartnerLabels {
                 partner: partner.clone(),

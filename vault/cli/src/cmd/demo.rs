@@ -430,6 +430,18 @@ async fn tell(vault: &InProcess, story: &mut Story) -> anyhow::Result<()> {
         got.len() == 1 && cmd.fields.len() == 1 && cmd.pairwise_token == best.pairwise_token,
         "one command, only the address, under partner-b's own token",
     )?;
+    // What the operator sees meanwhile (docs/operations.md, "Metrics").
+    let addr = vault
+        .metrics_addr()
+        .context("the dev config serves metrics")?;
+    let waiting = scrape(addr)
+        .await?
+        .lines()
+        .any(|l| l == "idvault_outbox_depth{partner=\"partner-b\"} 1");
+    story.check(
+        waiting,
+        "the operator's metrics show it waiting in partner-b's outbox",
+    )?;
     let acked = commands
         .ack_commands(pb::AckCommandsRequest {
             command_ids: vec![cmd.command_id.clone()],

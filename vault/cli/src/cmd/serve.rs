@@ -31,7 +31,16 @@ pub(crate) async fn run(
     let mut loaded = idvault_server::app::load(&cfg, &url).await?;
     if metrics_listen.is_some() {
         loaded.options.metrics_listen = metrics_listen;
-    } else if dev
+    } else if dev {
+        // On in development even for a data directory made before the
+        // `[metrics]` section existed.
+        loaded.options.metrics_listen = loaded
+            .options
+            .metrics_listen
+            .or(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))));
+    }
+    if metrics_listen.is_none()
+        && dev
         && let Some(m) = loaded.options.metrics_listen
         && std::net::TcpListener::bind(m).is_err()
     {
