@@ -111,10 +111,14 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let mut swapped_before = false;
     if let Ok(text) = std::fs::read_to_string(&marker) {
         println!("finishing the restore {} describes", marker.display());
-        for aside in text.lines().filter_map(|l| l.strip_prefix("set-aside ")) {
-            let aside = PathBuf::from(aside);
+        let asides: Vec<PathBuf> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("set-aside "))
+            .map(PathBuf::from)
+            .collect();
+        for aside in &asides {
             if let Some(db) = &db
-                && backup::recover_interrupted(db, &aside)?
+                && backup::recover_interrupted(db, aside)?
             {
                 println!("moved the old database's WAL back beside it (the swap had not happened)");
             }
@@ -123,7 +127,10 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
                 replaced.push(format!("sqlite://{}", aside.display()));
             }
         }
-        if !swapped_before && args.from.is_none() {
+        // A `--from` restore (it named where the old database would go)
+        // that never swapped: nothing to finish. (A restore without
+        // `--from`, PostgreSQL's, names none and is simply run again.)
+        if !asides.is_empty() && !swapped_before && args.from.is_none() {
             std::fs::remove_file(&marker)?;
             bail!(
                 "the last restore stopped before it put the backup in place (the database is as \
