@@ -131,6 +131,29 @@ async fn check_after_restore(
     }
 }
 
+/// `idvault restore --from BACKUP` expected to be refused; its output.
+fn refused_restore(dir: &Path, backup: &Path) -> String {
+    let out = idvault(&[
+        "restore",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--from",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "{}", show(&out));
+    show(&out)
+}
+
+/// Moves the SQLite database (with its -wal and -shm) from `from` to `to`.
+fn move_db(from: &Path, to: &Path) {
+    for s in ["", "-wal", "-shm"] {
+        let f = from.join(format!("idvault.db{s}"));
+        if f.exists() {
+            std::fs::rename(&f, to.join(format!("idvault.db{s}"))).unwrap();
+        }
+    }
+}
+
 fn audit_verify(dir: &Path, database_url: Option<&str>) {
     let out = run_cli(dir, &["audit", "verify"], database_url);
     assert!(out.contains("intact"), "{out}");
@@ -179,19 +202,8 @@ async fn sqlite_restore_from_the_journal_alone_keeps_the_deleted_deleted() {
     let server = Server::start(dir, None, 2).await;
     check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
     // No restore under a serving vault.
-    let busy = idvault(&[
-        "restore",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--from",
-        backup.to_str().unwrap(),
-    ]);
-    assert!(!busy.status.success(), "{}", show(&busy));
-    assert!(
-        show(&busy).contains("stop every vault process"),
-        "{}",
-        show(&busy)
-    );
+    let busy = refused_restore(dir, &backup);
+    assert!(busy.contains("stop every vault process"), "{busy}");
     server.terminate().await;
     audit_verify(dir, None);
 }
@@ -208,31 +220,14 @@ async fn sqlite_restore_reads_the_replaced_database_and_refuses_blind() {
     // With neither a journal nor a database to replace, it refuses.
     let elsewhere = dir.join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    for s in ["", "-wal", "-shm"] {
-        let from = dir.join(format!("idvault.db{s}"));
-        if from.exists() {
-            std::fs::rename(&from, elsewhere.join(format!("idvault.db{s}"))).unwrap();
-        }
-    }
-    let blind = idvault(&[
-        "restore",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--from",
-        backup.to_str().unwrap(),
-    ]);
-    assert!(!blind.status.success(), "{}", show(&blind));
-    assert!(show(&blind).contains("would come back"), "{}", show(&blind));
+    move_db(dir, &elsewhere);
+    let blind = refused_restore(dir, &backup);
+    assert!(blind.contains("would come back"), "{blind}");
     assert!(
         !dir.join("idvault.db").exists(),
         "a refused restore changed nothing"
     );
-    for s in ["", "-wal", "-shm"] {
-        let from = elsewhere.join(format!("idvault.db{s}"));
-        if from.exists() {
-            std::fs::rename(&from, dir.join(format!("idvault.db{s}"))).unwrap();
-        }
-    }
+    move_db(&elsewhere, dir);
     // An unfinished restore (its marker left behind) keeps the vault from
     // starting.
     std::fs::write(dir.join("restore-pending"), "# test\n").unwrap();

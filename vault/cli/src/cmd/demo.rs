@@ -211,17 +211,7 @@ async fn tell(vault: &InProcess, story: &mut Story) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let found = MatchServiceClient::new(b.clone())
-        .r#match(pb::MatchRequest {
-            query: Some(pb::MatchQuery {
-                fields: fields(AS_SEEN_BY_B),
-                max_results: 3,
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .candidates;
+    let found = search_as_b(&b).await?;
     let best = found
         .first()
         .context("partner-b's query found no candidate")?;
@@ -571,17 +561,7 @@ async fn tell(vault: &InProcess, story: &mut Story) -> anyhow::Result<()> {
         receipt.is_ok_and(|r| r.subject == subject),
         "the receipt verifies with the vault's published receipt key and names her",
     )?;
-    let again = MatchServiceClient::new(b.clone())
-        .r#match(pb::MatchRequest {
-            query: Some(pb::MatchQuery {
-                fields: fields(AS_SEEN_BY_B),
-                max_results: 3,
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .candidates;
+    let again = search_as_b(&b).await?;
     story.check(again.is_empty(), "partner-b's query finds nobody now")?;
 
     // 9. Operations.
@@ -610,6 +590,21 @@ async fn tell(vault: &InProcess, story: &mut Story) -> anyhow::Result<()> {
         "and nothing of her is in the metrics",
     )?;
     Ok(())
+}
+
+/// partner-b's query for her, as it knows her.
+async fn search_as_b(b: &tonic::transport::Channel) -> anyhow::Result<Vec<pb::MatchCandidate>> {
+    Ok(MatchServiceClient::new(b.clone())
+        .r#match(pb::MatchRequest {
+            query: Some(pb::MatchQuery {
+                fields: fields(AS_SEEN_BY_B),
+                max_results: 3,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .candidates)
 }
 
 /// `GET /metrics` over plain HTTP/1.1.
