@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod em;
 pub mod ident;
 pub mod json;
 pub mod manifest;

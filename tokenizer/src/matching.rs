@@ -40,7 +40,14 @@ pub enum Level {
     Year,
     /// Same last four characters of the national id only.
     Last4,
+    /// Partial agreement: similar q-gram sets (Dice coefficient of the
+    /// keyed bigram Bloom filters at least [`PARTIAL_DICE`]).
+    Partial,
 }
+
+/// Dice coefficient of two bigram Bloom filters from which a field counts
+/// as partially agreeing.
+pub const PARTIAL_DICE: f64 = 0.75;
 
 impl Level {
     /// Name used in answers and documentation.
@@ -52,15 +59,19 @@ impl Level {
             Self::Swapped => "swapped",
             Self::Year => "year",
             Self::Last4 => "last4",
+            Self::Partial => "partial",
         }
     }
 }
 
-/// One value to blind-index under the key of `(field, kind)` and look up.
+/// One value to blind-index under the key of `(stored, kind)` and look up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
-    /// The field.
+    /// The query field a hit is evidence about.
     pub field: MatchField,
+    /// The stored field whose indexes are looked up: `field` itself, or
+    /// the other name for swapped given and family names.
+    pub stored: MatchField,
     /// The variant kind whose key indexes `value`.
     pub kind: &'static str,
     /// The value.
@@ -72,8 +83,9 @@ pub struct Probe {
     pub block: bool,
 }
 
-/// Fields whose exact indexes select candidates: each is close to unique
-/// per person (a date of birth is shared by about 1 in 25,000 people).
+/// Fields of which a query must give at least one (the identifying fields:
+/// each is close to unique per person, a date of birth is shared by about
+/// 1 in 25,000 people); their exact indexes select candidates.
 pub const BLOCKING_FIELDS: [MatchField; 5] = [
     MatchField::DateOfBirth,
     MatchField::NationalId,
@@ -85,6 +97,8 @@ pub const BLOCKING_FIELDS: [MatchField; 5] = [
 /// Whether stored variants of `kind` on `field` are looked up by blocking
 /// probes. Only these need an index by value; the others are compared
 /// within the candidates a blocking probe selected.
+/// Compound blocking keys ([`crate::variants::compound_variants`]) are
+/// always looked up by value.
 pub fn is_blocking_kind(field: MatchField, kind: &str) -> bool {
     BLOCKING_FIELDS.contains(&field)
         && matches!(
@@ -92,47 +106,87 @@ pub fn is_blocking_kind(field: MatchField, kind: &str) -> bool {
             "dob.iso.v1"
                 | "dob.swapped.v1"
                 | "nid.full.v1"
+                | "nid.edit1.v1"
                 | "phone.e164.v1"
                 | "email.canonical.v1"
                 | "address.folded.v1"
+                | "address.near.v1"
         )
 }
 
+/// The agreement level a stored variant of `kind` proves when a query's
+/// variant of the same kind equals it.
+fn level_of(kind: &str) -> Option<Level> {
+    Some(match kind {
+        "name.folded.v1" | "dob.iso.v1" | "nid.full.v1" | "phone.e164.v1"
+        | "email.canonical.v1" | "address.folded.v1" | "postcode.folded.v1" | "city.folded.v1" => {
+            Level::Exact
+        }
+        "name.nickname.v1" => Level::Nickname,
+        "name.phonetic.v1" | "name.edit1.v1" | "dob.edit1.v1" | "nid.edit1.v1"
+        | "address.near.v1" | "postcode.edit1.v1" | "city.edit1.v1" => Level::Similar,
+        "dob.year.v1" => Level::Year,
+        "nid.last4.v1" => Level::Last4,
+        _ => return None,
+    })
+}
+
+/// The level two stored records agree at when they share a variant of
+/// `kind` (for estimating weights from stored pairs); `None` for kinds
+/// whose sharing proves nothing on its own (the stored day/month swap).
+pub fn stored_pair_level(kind: &str) -> Option<Level> {
+    level_of(kind)
+}
+
 /// The probes of one query field. Stored subjects hold [`variants`] of the
-/// same value; the only cross-kind probe is the date of birth as given,
-/// looked up among stored day/month-swapped forms.
+/// same value. Cross probes: the date of birth as given is looked up among
+/// stored day/month-swapped forms, and each name among the other name's
+/// folded, phonetic and one-typo forms (given and family exchanged).
 pub fn probes(field: MatchField, value: &str, opts: &NormalizeOptions) -> Vec<Probe> {
-    let blocking = BLOCKING_FIELDS.contains(&field);
     let mut out = Vec::new();
+    let other_name = match field {
+        MatchField::GivenName => Some(MatchField::FamilyName),
+        MatchField::FamilyName => Some(MatchField::GivenName),
+        _ => None,
+    };
     for var in variants(field, value, opts) {
-        let (kind, level, block) = match var.kind {
-            "name.folded.v1" | "dob.iso.v1" | "nid.full.v1" | "phone.e164.v1"
-            | "email.canonical.v1" | "address.folded.v1" | "postcode.folded.v1"
-            | "city.folded.v1" => (var.kind, Level::Exact, blocking),
-            "name.nickname.v1" => (var.kind, Level::Nickname, false),
-            "name.phonetic.v1" | "name.edit1.v1" => (var.kind, Level::Similar, false),
-            "dob.year.v1" => (var.kind, Level::Year, false),
-            "nid.last4.v1" => (var.kind, Level::Last4, false),
-            // The query's own swapped form would only find stored records
-            // with the same date; the swap is found by the probe below.
-            "dob.swapped.v1" => continue,
-            _ => continue,
+        // The query's own swapped form would only find stored records
+        // with the same date; the swap is found by the probe below.
+        let Some(level) = level_of(var.kind) else {
+            continue;
         };
         if var.kind == "dob.iso.v1" {
             out.push(Probe {
                 field,
+                stored: field,
                 kind: "dob.swapped.v1",
                 value: var.value.clone(),
                 level: Level::Swapped,
                 block: true,
             });
         }
+        if let Some(other) = other_name
+            && matches!(
+                var.kind,
+                "name.folded.v1" | "name.phonetic.v1" | "name.edit1.v1"
+            )
+        {
+            out.push(Probe {
+                field,
+                stored: other,
+                kind: var.kind,
+                value: var.value.clone(),
+                level: Level::Swapped,
+                block: false,
+            });
+        }
         out.push(Probe {
             field,
-            kind,
+            stored: field,
+            kind: var.kind,
+            block: is_blocking_kind(field, var.kind),
             value: var.value,
             level,
-            block,
         });
     }
     out
@@ -162,41 +216,49 @@ const fn mu(m: f64, u: f64) -> MU {
     MU { m, u }
 }
 
-/// The weight table; reasoning per row in `docs/blind-matching.md`.
+/// The weight table; reasoning per row in `docs/blind-matching.md`. It is
+/// the prior of the estimate learned from a vault's own population (see
+/// [`crate::em`]) and what is used until one exists.
 pub const WEIGHTS: [FieldWeights; 9] = [
     FieldWeights {
         field: MatchField::GivenName,
         agree: &[
             (Level::Exact, mu(0.86, 0.01)),
-            (Level::Nickname, mu(0.06, 0.004)),
-            (Level::Similar, mu(0.05, 0.01)),
+            (Level::Swapped, mu(0.015, 0.0002)),
+            (Level::Nickname, mu(0.05, 0.004)),
+            (Level::Similar, mu(0.04, 0.008)),
+            (Level::Partial, mu(0.01, 0.003)),
         ],
-        disagree: mu(0.03, 0.976),
+        disagree: mu(0.025, 0.9748),
     },
     FieldWeights {
         field: MatchField::FamilyName,
         agree: &[
-            (Level::Exact, mu(0.88, 0.003)),
-            (Level::Similar, mu(0.09, 0.006)),
+            (Level::Exact, mu(0.86, 0.003)),
+            (Level::Swapped, mu(0.015, 0.0002)),
+            (Level::Similar, mu(0.08, 0.006)),
+            (Level::Partial, mu(0.015, 0.003)),
         ],
-        disagree: mu(0.03, 0.991),
+        disagree: mu(0.03, 0.9878),
     },
     FieldWeights {
         field: MatchField::DateOfBirth,
         agree: &[
-            (Level::Exact, mu(0.88, 0.00004)),
-            (Level::Swapped, mu(0.05, 0.00004)),
-            (Level::Year, mu(0.04, 0.015)),
+            (Level::Exact, mu(0.86, 0.00004)),
+            (Level::Swapped, mu(0.04, 0.00004)),
+            (Level::Similar, mu(0.05, 0.0012)),
+            (Level::Year, mu(0.03, 0.015)),
         ],
-        disagree: mu(0.03, 0.984_92),
+        disagree: mu(0.02, 0.98372),
     },
     FieldWeights {
         field: MatchField::NationalId,
         agree: &[
-            (Level::Exact, mu(0.97, 0.000_000_1)),
-            (Level::Last4, mu(0.01, 0.0001)),
+            (Level::Exact, mu(0.94, 0.000_000_1)),
+            (Level::Similar, mu(0.04, 0.000_05)),
+            (Level::Last4, mu(0.005, 0.0001)),
         ],
-        disagree: mu(0.02, 0.999_899_9),
+        disagree: mu(0.015, 0.999_849_9),
     },
     FieldWeights {
         field: MatchField::Phone,
@@ -210,18 +272,29 @@ pub const WEIGHTS: [FieldWeights; 9] = [
     },
     FieldWeights {
         field: MatchField::StreetAddress,
-        agree: &[(Level::Exact, mu(0.7, 0.0001))],
-        disagree: mu(0.3, 0.9999),
+        agree: &[
+            (Level::Exact, mu(0.68, 0.0001)),
+            (Level::Similar, mu(0.08, 0.0003)),
+            (Level::Partial, mu(0.04, 0.002)),
+        ],
+        disagree: mu(0.2, 0.9976),
     },
     FieldWeights {
         field: MatchField::Postcode,
-        agree: &[(Level::Exact, mu(0.8, 0.001))],
-        disagree: mu(0.2, 0.999),
+        agree: &[
+            (Level::Exact, mu(0.8, 0.001)),
+            (Level::Similar, mu(0.06, 0.01)),
+        ],
+        disagree: mu(0.14, 0.989),
     },
     FieldWeights {
         field: MatchField::City,
-        agree: &[(Level::Exact, mu(0.9, 0.02))],
-        disagree: mu(0.1, 0.98),
+        agree: &[
+            (Level::Exact, mu(0.88, 0.02)),
+            (Level::Similar, mu(0.05, 0.005)),
+            (Level::Partial, mu(0.02, 0.01)),
+        ],
+        disagree: mu(0.05, 0.965),
     },
 ];
 
@@ -235,7 +308,8 @@ const NEUTRAL: FieldWeights = FieldWeights {
     disagree: mu(0.5, 0.5),
 };
 
-fn weights_of(field: MatchField) -> &'static FieldWeights {
+/// The weight-table row of `field`.
+pub fn weights_of(field: MatchField) -> &'static FieldWeights {
     WEIGHTS
         .iter()
         .find(|w| w.field == field)
@@ -254,6 +328,82 @@ pub fn weight(field: MatchField, level: Option<Level>) -> f64 {
             .map_or(w.disagree, |(_, mu)| *mu),
     };
     (m / u).log2()
+}
+
+/// The weights of one field in a [`Model`]: agreement levels best first,
+/// and disagreement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldModel {
+    /// The field.
+    pub field: MatchField,
+    /// Agreement levels, best first.
+    pub agree: Vec<(Level, MU)>,
+    /// Disagreement.
+    pub disagree: MU,
+}
+
+impl FieldModel {
+    /// Weight in bits of `level`, or of disagreement (`None`).
+    pub fn weight(&self, level: Option<Level>) -> f64 {
+        let MU { m, u } = match level {
+            None => self.disagree,
+            Some(l) => self
+                .agree
+                .iter()
+                .find(|(x, _)| *x == l)
+                .map_or(self.disagree, |(_, mu)| *mu),
+        };
+        (m / u).log2()
+    }
+
+    /// The best level among `hits` (in the order of [`Self::agree`]).
+    pub fn best(&self, hits: &[Level]) -> Option<Level> {
+        self.agree
+            .iter()
+            .map(|(l, _)| *l)
+            .find(|l| hits.contains(l))
+    }
+}
+
+/// m and u of every field: the hand-set [`WEIGHTS`] ([`Model::prior`]) or
+/// an estimate learned from a vault's population.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// One entry per field, in [`MatchField::ALL`] order.
+    pub fields: Vec<FieldModel>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::prior()
+    }
+}
+
+impl Model {
+    /// The hand-set table.
+    pub fn prior() -> Self {
+        Self {
+            fields: WEIGHTS
+                .iter()
+                .map(|w| FieldModel {
+                    field: w.field,
+                    agree: w.agree.to_vec(),
+                    disagree: w.disagree,
+                })
+                .collect(),
+        }
+    }
+
+    /// The weights of `field`.
+    pub fn field(&self, field: MatchField) -> Option<&FieldModel> {
+        self.fields.iter().find(|f| f.field == field)
+    }
+
+    /// Weight in bits of `level` on `field`, or of disagreement (`None`);
+    /// 0 for a field the model lacks.
+    pub fn weight(&self, field: MatchField, level: Option<Level>) -> f64 {
+        self.field(field).map_or(0.0, |f| f.weight(level))
+    }
 }
 
 /// How one field of the query compared with a candidate.
@@ -347,7 +497,7 @@ pub fn assess(probes: &[Probe]) -> Result<f64, QueryRefusal> {
             need: THRESHOLD_BITS,
         });
     }
-    if !probes.iter().any(|p| p.block) {
+    if !probes.iter().any(|p| BLOCKING_FIELDS.contains(&p.field)) {
         return Err(QueryRefusal::NoBlockingField);
     }
     Ok(have)

@@ -10,13 +10,23 @@
 //! |---|---|
 //! | given name | `name.folded.v1`, `name.nickname.v1` (one per canonical name), `name.phonetic.v1` (Double Metaphone primary and alternate), `name.edit1.v1` |
 //! | family name | `name.folded.v1`, `name.phonetic.v1`, `name.edit1.v1` |
-//! | date of birth | `dob.iso.v1`, `dob.swapped.v1` (day and month exchanged, when both ≤ 12 and differ), `dob.year.v1` |
-//! | national id | `nid.full.v1` (alphanumerics, upper case), `nid.last4.v1` |
+//! | date of birth | `dob.iso.v1`, `dob.swapped.v1` (day and month exchanged, when both ≤ 12 and differ), `dob.year.v1`, `dob.edit1.v1` (one-deletion neighbourhood of `YYYYMMDD`, also for dates that do not exist) |
+//! | national id | `nid.full.v1` (alphanumerics, upper case), `nid.last4.v1`, `nid.edit1.v1` |
 //! | phone | `phone.e164.v1` |
 //! | e-mail | `email.canonical.v1` (lower case, `+tag` removed; Gmail: dots removed and googlemail.com → gmail.com) |
-//! | street address | `address.folded.v1` (folded, street types abbreviated) |
-//! | postcode | `postcode.folded.v1` (alphanumerics, upper case) |
-//! | city | `city.folded.v1` |
+//! | street address | `address.folded.v1` (folded, street types abbreviated), `address.near.v1` (the street words with each one-deletion neighbour of the house number) |
+//! | postcode | `postcode.folded.v1` (alphanumerics, upper case), `postcode.edit1.v1` |
+//! | city | `city.folded.v1`, `city.edit1.v1` |
+//!
+//! Compound *blocking keys* ([`compound_variants`]) join several fields of
+//! one record, so that a duplicate whose identifying fields are all
+//! corrupted still shares a key with its original: `block.names.v1` (the
+//! two names' phonetic codes, in sorted order, so swapped names agree),
+//! `block.family_year.v1`, `block.given_mmdd.v1` and
+//! `block.postcode_house.v1`.
+//!
+//! [`qgrams`] gives the bigram sets that the vault encodes, under a key, in
+//! small Bloom filters (names, street, city) compared by Dice coefficient.
 //!
 //! Folding = Unicode NFKD, combining marks removed, lower case, every run
 //! of non-alphanumerics becomes one space, trimmed.
@@ -27,7 +37,9 @@
 //! characters. Two names share an entry exactly when one typo apart: a
 //! substitution, an insertion or deletion, or two adjacent letters swapped
 //! ("smith"/"smtih" share "smth"). Short names are left out because their
-//! neighbourhoods collide with too many other names.
+//! neighbourhoods collide with too many other names. The `*.edit1.v1` kinds
+//! of national ids, dates (as `YYYYMMDD`), postcodes and cities are built
+//! the same way ([`deletion_neighbourhood`]).
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
@@ -123,15 +135,42 @@ pub fn kinds(field: MatchField) -> &'static [&'static str] {
             "name.edit1.v1",
         ],
         MatchField::FamilyName => &["name.folded.v1", "name.phonetic.v1", "name.edit1.v1"],
-        MatchField::DateOfBirth => &["dob.iso.v1", "dob.swapped.v1", "dob.year.v1"],
-        MatchField::NationalId => &["nid.full.v1", "nid.last4.v1"],
+        MatchField::DateOfBirth => &[
+            "dob.iso.v1",
+            "dob.swapped.v1",
+            "dob.year.v1",
+            "dob.edit1.v1",
+        ],
+        MatchField::NationalId => &["nid.full.v1", "nid.last4.v1", "nid.edit1.v1"],
         MatchField::Phone => &["phone.e164.v1"],
         MatchField::Email => &["email.canonical.v1"],
-        MatchField::StreetAddress => &["address.folded.v1"],
-        MatchField::Postcode => &["postcode.folded.v1"],
-        MatchField::City => &["city.folded.v1"],
+        MatchField::StreetAddress => &["address.folded.v1", "address.near.v1"],
+        MatchField::Postcode => &["postcode.folded.v1", "postcode.edit1.v1"],
+        MatchField::City => &["city.folded.v1", "city.edit1.v1"],
     }
 }
+
+/// The storage code of `kind` within `field`: its position in
+/// [`kinds`] (kinds are only ever appended, never reordered).
+pub fn kind_code(field: MatchField, kind: &str) -> Option<u8> {
+    kinds(field)
+        .iter()
+        .position(|k| *k == kind)
+        .and_then(|i| u8::try_from(i).ok())
+}
+
+/// The kind of a storage code ([`kind_code`]).
+pub fn kind_of_code(field: MatchField, code: u8) -> Option<&'static str> {
+    kinds(field).get(usize::from(code)).copied()
+}
+
+/// Compound blocking-key kinds ([`compound_variants`]), in storage order.
+pub const COMPOUND_KINDS: [&str; 4] = [
+    "block.names.v1",
+    "block.family_year.v1",
+    "block.given_mmdd.v1",
+    "block.postcode_house.v1",
+];
 
 /// A variant: its kind (with version) and value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -175,8 +214,17 @@ pub const EDIT1_MAX_CHARS: usize = 24;
 
 /// The one-deletion neighbourhood of `folded` (spaces removed), itself included.
 fn edit1(folded: &str) -> Vec<String> {
-    let chars: Vec<char> = folded.chars().filter(|c| *c != ' ').collect();
-    if !(EDIT1_MIN_CHARS..=EDIT1_MAX_CHARS).contains(&chars.len()) {
+    deletion_neighbourhood(folded, EDIT1_MIN_CHARS)
+}
+
+/// The one-deletion neighbourhood of `s` without its spaces: `s` itself
+/// and every string with one character deleted, for strings of `min` to
+/// [`EDIT1_MAX_CHARS`] characters (none otherwise). Two strings share an
+/// entry exactly when they are at most one substitution, insertion,
+/// deletion or adjacent transposition apart.
+pub fn deletion_neighbourhood(s: &str, min: usize) -> Vec<String> {
+    let chars: Vec<char> = s.chars().filter(|c| *c != ' ').collect();
+    if !(min..=EDIT1_MAX_CHARS).contains(&chars.len()) {
         return Vec::new();
     }
     let mut out = Vec::with_capacity(chars.len() + 1);
@@ -217,6 +265,168 @@ pub const STREET_ABBREVIATIONS: &[(&str, &str)] = &[
     ("apartment", "apt"),
     ("flat", "apt"),
 ];
+
+/// The digits of a date as `YYYYMMDD` when it has the shape of one of the
+/// [`parse_date`] forms, whether or not the date exists: a typo can make
+/// "1990-13-07" of "1990-03-07", and the two are still one digit apart.
+pub fn date_digits(s: &str) -> Option<String> {
+    if let Some((y, m, d)) = parse_date(s) {
+        return Some(format!("{y:04}{m:02}{d:02}"));
+    }
+    let parts: Vec<&str> = s
+        .trim()
+        .split(['-', '/', '.', ' '])
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let (y, m, d) = match parts.as_slice() {
+        [one] if one.len() == 8 => (one.get(0..4)?, one.get(4..6)?, one.get(6..8)?),
+        [a, b, c] if a.len() == 4 && b.len() <= 2 && c.len() <= 2 => (*a, *b, *c),
+        [a, b, c] if c.len() == 4 && a.len() <= 2 && b.len() <= 2 => (*c, *b, *a),
+        _ => return None,
+    };
+    Some(format!("{y}{m:0>2}{d:0>2}"))
+}
+
+/// The house number of a folded street address: its first word holding a
+/// digit ("12", "12a", "3b"), if any.
+pub fn house_number(folded_address: &str) -> Option<&str> {
+    folded_address
+        .split(' ')
+        .find(|w| w.bytes().any(|b| b.is_ascii_digit()))
+}
+
+/// A street address folded with street types abbreviated (the value of
+/// `address.folded.v1`), or `None` when nothing is left.
+pub fn fold_address(value: &str) -> Option<String> {
+    let f = fold(value);
+    let words: Vec<&str> = f
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            STREET_ABBREVIATIONS
+                .iter()
+                .find(|(l, _)| *l == w)
+                .map_or(w, |(_, s)| *s)
+        })
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// Alphanumerics of a postcode, upper case (the value of `postcode.folded.v1`).
+pub fn fold_postcode(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+/// Alphanumerics of a national id, ASCII upper case (`nid.full.v1`).
+pub fn fold_national_id(value: &str) -> String {
+    value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// The primary Double Metaphone code of a folded name, or the folded name
+/// without spaces when it has no Latin letters.
+pub fn name_code(folded: &str) -> String {
+    let ascii: String = folded.chars().filter(char::is_ascii_alphabetic).collect();
+    if ascii.is_empty() {
+        return folded.replace(' ', "");
+    }
+    let dm = rphonetic::DoubleMetaphone::new(None).double_metaphone(&ascii);
+    let code = dm.primary();
+    if code.is_empty() { ascii } else { code }
+}
+
+/// Compound blocking keys of one record (`(field, value)` pairs, each
+/// field at most once): keys that join fields, so that a duplicate whose
+/// identifying fields are all corrupted still shares one with its
+/// original. Each is built only when its parts are present:
+///
+/// * `block.names.v1`: the phonetic codes of both names, sorted (swapped
+///   given and family names give the same key);
+/// * `block.family_year.v1`: family-name code and year of birth;
+/// * `block.given_mmdd.v1`: given-name code, month and day of birth;
+/// * `block.postcode_house.v1`: postcode and house number.
+///
+/// `swap` builds the keys as if given and family name were exchanged
+/// (what a query probes besides its own keys).
+pub fn compound_variants(record: &[(MatchField, &str)], swap: bool) -> Vec<Variant> {
+    let get = |f: MatchField| record.iter().find(|(g, _)| *g == f).map(|(_, v)| *v);
+    let code = |f: MatchField| {
+        let folded = fold(get(f)?);
+        let first = if f == MatchField::GivenName {
+            folded.split(' ').next().unwrap_or_default().to_owned()
+        } else {
+            folded
+        };
+        (!first.is_empty()).then(|| name_code(&first))
+    };
+    let (mut given, mut family) = (code(MatchField::GivenName), code(MatchField::FamilyName));
+    if swap {
+        std::mem::swap(&mut given, &mut family);
+    }
+    let date = get(MatchField::DateOfBirth).and_then(parse_date);
+    let mut out = Vec::new();
+    if let (Some(g), Some(f)) = (&given, &family) {
+        let (a, b) = if g <= f { (g, f) } else { (f, g) };
+        out.push(v("block.names.v1", format!("{a}|{b}")));
+    }
+    if let (Some(f), Some((y, _, _))) = (&family, date) {
+        out.push(v("block.family_year.v1", format!("{f}|{y:04}")));
+    }
+    if let (Some(g), Some((_, m, d))) = (&given, date) {
+        out.push(v("block.given_mmdd.v1", format!("{g}|{m:02}{d:02}")));
+    }
+    if !swap && let (Some(p), Some(a)) = (get(MatchField::Postcode), get(MatchField::StreetAddress))
+    {
+        let p = fold_postcode(p);
+        if let Some(h) = fold_address(a).as_deref().and_then(house_number)
+            && !p.is_empty()
+        {
+            out.push(v("block.postcode_house.v1", format!("{p}|{h}")));
+        }
+    }
+    out
+}
+
+/// Fields whose bigram sets are encoded in keyed Bloom filters.
+pub const QGRAM_FIELDS: [MatchField; 4] = [
+    MatchField::GivenName,
+    MatchField::FamilyName,
+    MatchField::StreetAddress,
+    MatchField::City,
+];
+
+/// The distinct bigrams of a field's folded value (street addresses with
+/// their types abbreviated), padded with `_` at both ends and with `_` for
+/// spaces: "ann lee" → `_a an nn n_ _l le ee e_`. Empty for fields
+/// without q-gram encodings.
+pub fn qgrams(field: MatchField, value: &str) -> Vec<String> {
+    let folded = match field {
+        MatchField::GivenName | MatchField::FamilyName | MatchField::City => fold(value),
+        MatchField::StreetAddress => fold_address(value).unwrap_or_default(),
+        _ => return Vec::new(),
+    };
+    if folded.is_empty() {
+        return Vec::new();
+    }
+    let padded: Vec<char> = std::iter::once('_')
+        .chain(folded.chars().map(|c| if c == ' ' { '_' } else { c }))
+        .chain(std::iter::once('_'))
+        .collect();
+    let mut out: Vec<String> = padded.windows(2).map(|w| w.iter().collect()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// Parses a date of birth into `(year, month, day)`: `YYYY-MM-DD`,
 /// `YYYY/MM/DD`, `YYYYMMDD`, `DD/MM/YYYY`, `DD.MM.YYYY`, `DD-MM-YYYY`.
@@ -289,18 +499,26 @@ pub fn variants(field: MatchField, value: &str, opts: &NormalizeOptions) -> Vec<
                 }
                 out.push(v("dob.year.v1", format!("{y:04}")));
             }
+            // A date that does not exist still gets its neighbourhood:
+            // it is most likely a typo of one that does.
+            if let Some(digits) = date_digits(value) {
+                for e in deletion_neighbourhood(&digits, 8) {
+                    out.push(v("dob.edit1.v1", e));
+                }
+            }
         }
         MatchField::NationalId => {
-            let id: String = value
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .map(|c| c.to_ascii_uppercase())
-                .collect();
+            let id = fold_national_id(value);
             if id.len() >= 4 {
                 out.push(v(
                     "nid.last4.v1",
                     id.get(id.len() - 4..).unwrap_or_default(),
                 ));
+                // Ids of five characters or more: shorter ones have
+                // neighbourhoods shared by too many others.
+                for e in deletion_neighbourhood(&id, 5) {
+                    out.push(v("nid.edit1.v1", e));
+                }
                 out.push(v("nid.full.v1", id));
             }
         }
@@ -315,34 +533,42 @@ pub fn variants(field: MatchField, value: &str, opts: &NormalizeOptions) -> Vec<
             }
         }
         MatchField::StreetAddress => {
-            let f = fold(value);
-            let words: Vec<&str> = f
-                .split(' ')
-                .filter(|w| !w.is_empty())
-                .map(|w| {
-                    STREET_ABBREVIATIONS
-                        .iter()
-                        .find(|(l, _)| *l == w)
-                        .map_or(w, |(_, s)| *s)
-                })
-                .collect();
-            if !words.is_empty() {
-                out.push(v("address.folded.v1", words.join(" ")));
+            if let Some(a) = fold_address(value) {
+                if let Some(h) = house_number(&a) {
+                    // Same street words, house numbers at most one edit
+                    // apart ("12"/"21"/"13"/"112"): one shared entry.
+                    let street: Vec<&str> = a.split(' ').filter(|w| *w != h).collect();
+                    let street = street.join(" ");
+                    if !street.is_empty() {
+                        let mut near = deletion_neighbourhood(h, 1);
+                        if h.chars().count() == 1 {
+                            // A one-character number's deletion is empty:
+                            // keep only the number itself.
+                            near.truncate(1);
+                        }
+                        for n in near {
+                            out.push(v("address.near.v1", format!("{street}|{n}")));
+                        }
+                    }
+                }
+                out.push(v("address.folded.v1", a));
             }
         }
         MatchField::Postcode => {
-            let p: String = value
-                .chars()
-                .filter(|c| c.is_alphanumeric())
-                .flat_map(char::to_uppercase)
-                .collect();
+            let p = fold_postcode(value);
             if !p.is_empty() {
+                for e in deletion_neighbourhood(&p, 4) {
+                    out.push(v("postcode.edit1.v1", e));
+                }
                 out.push(v("postcode.folded.v1", p));
             }
         }
         MatchField::City => {
             let f = fold(value);
             if !f.is_empty() {
+                for e in deletion_neighbourhood(&f, EDIT1_MIN_CHARS) {
+                    out.push(v("city.edit1.v1", e));
+                }
                 out.push(v("city.folded.v1", f));
             }
         }
@@ -522,7 +748,130 @@ mod tests {
                 .iter()
                 .any(|x| x.0 == "dob.swapped.v1")
         );
-        assert!(kinds(MatchField::DateOfBirth, "31/31/1990").is_empty());
+        // A date that does not exist gets no date variant, only the
+        // neighbourhood of its digits (a typo of one that does).
+        let impossible = kinds(MatchField::DateOfBirth, "31/31/1990");
+        assert!(
+            impossible.iter().all(|x| x.0 == "dob.edit1.v1"),
+            "{impossible:?}"
+        );
+        assert!(kinds(MatchField::DateOfBirth, "soon").is_empty());
+    }
+
+    fn share(field: MatchField, kind: &str, a: &str, b: &str) -> bool {
+        let a = kinds(field, a);
+        let b = kinds(field, b);
+        a.iter().any(|x| x.0 == kind && b.contains(x))
+    }
+
+    #[test]
+    fn one_edit_neighbourhoods_of_ids_dates_postcodes_and_cities() {
+        let nid = |a, b| share(MatchField::NationalId, "nid.edit1.v1", a, b);
+        assert!(nid("1234567", "1234568")); // one digit changed
+        assert!(nid("1234567", "1243567")); // adjacent digits transposed
+        assert!(nid("AB123456C", "AB12356C")); // a digit lost
+        assert!(!nid("1234567", "1243576")); // two transpositions
+        assert!(!nid("1234567", "7654321"));
+        let dob = |a, b| share(MatchField::DateOfBirth, "dob.edit1.v1", a, b);
+        assert!(dob("1990-03-07", "1990-03-01")); // day digit
+        assert!(!dob("1990-03-17", "1909-03-71")); // two transpositions
+        assert!(dob("1990-03-07", "1990-13-07")); // typo into no date at all
+        assert!(dob("19900307", "07/03/1990")); // formats agree
+        assert!(!dob("1990-03-07", "1991-04-07"));
+        let pc = |a, b| share(MatchField::Postcode, "postcode.edit1.v1", a, b);
+        assert!(pc("2615", "2651")); // transposed
+        assert!(pc("SW1A 1AA", "SW1A 1AB"));
+        assert!(!pc("2615", "3716"));
+        assert!(
+            kinds(MatchField::Postcode, "261")
+                .iter()
+                .all(|x| x.0 != "postcode.edit1.v1")
+        );
+        let city = |a, b| share(MatchField::City, "city.edit1.v1", a, b);
+        assert!(city("Canberra", "Canbera"));
+        assert!(city("Sydney", "Sydnye"));
+        assert!(!city("Sydney", "Perth"));
+    }
+
+    #[test]
+    fn near_addresses_share_the_street_with_a_house_number_one_edit_away() {
+        let near = |a, b| share(MatchField::StreetAddress, "address.near.v1", a, b);
+        assert!(near("12 High Street", "21 High St")); // transposed number
+        assert!(near("12 High Street", "13 high st")); // one digit changed
+        assert!(near("2 High Street", "12 High Street")); // a digit added
+        assert!(near("7 Mill Lane", "7 Mill Lane"));
+        assert!(!near("12 High Street", "12 Low Street"));
+        assert!(!near("12 High Street", "45 High Street"));
+        assert!(
+            !kinds(MatchField::StreetAddress, "High Street")
+                .iter()
+                .any(|x| x.0 == "address.near.v1")
+        );
+        assert_eq!(house_number("flat 3 12 high st"), Some("3"));
+        assert_eq!(house_number("12a high st"), Some("12a"));
+    }
+
+    #[test]
+    fn compound_keys_survive_corrupted_identifiers_and_swapped_names() {
+        let rec = |g: &'static str, f: &'static str, d: &'static str| {
+            vec![
+                (MatchField::GivenName, g),
+                (MatchField::FamilyName, f),
+                (MatchField::DateOfBirth, d),
+                (MatchField::StreetAddress, "12 High Street"),
+                (MatchField::Postcode, "sw1a 1aa"),
+            ]
+        };
+        let a = compound_variants(&rec("Jane", "Smith", "1990-03-07"), false);
+        let kinds_of = |v: &[Variant]| v.iter().map(|x| x.kind).collect::<Vec<_>>();
+        assert_eq!(kinds_of(&a), COMPOUND_KINDS);
+        // Swapped names: the sorted name pair agrees as stored, and the
+        // query's swapped keys find the others.
+        let b = compound_variants(&rec("Smith", "Jane", "1990-03-08"), false);
+        assert!(
+            a.iter()
+                .any(|x| x.kind == "block.names.v1" && b.contains(x))
+        );
+        let b_swapped = compound_variants(&rec("Smith", "Jane", "1990-03-07"), true);
+        assert!(
+            a.iter()
+                .any(|x| x.kind == "block.family_year.v1" && b_swapped.contains(x))
+        );
+        assert!(
+            a.iter()
+                .any(|x| x.kind == "block.given_mmdd.v1" && b_swapped.contains(x))
+        );
+        assert!(
+            !b_swapped
+                .iter()
+                .any(|x| x.kind == "block.postcode_house.v1")
+        );
+        // Family name misspelt alike and a wrong year: given name and day still agree.
+        let c = compound_variants(&rec("Jane", "Smyth", "1991-03-07"), false);
+        assert!(
+            a.iter()
+                .any(|x| x.kind == "block.given_mmdd.v1" && c.contains(x))
+        );
+        assert!(
+            a.iter()
+                .any(|x| x.kind == "block.names.v1" && c.contains(x))
+        );
+        // Parts missing: no key that needs them.
+        assert!(compound_variants(&[(MatchField::FamilyName, "Smith")], false).is_empty());
+    }
+
+    #[test]
+    fn qgrams_are_padded_distinct_bigrams() {
+        assert_eq!(
+            qgrams(MatchField::GivenName, "Ann Lee"),
+            ["_a", "_l", "an", "e_", "ee", "le", "n_", "nn"]
+        );
+        assert_eq!(
+            qgrams(MatchField::StreetAddress, "1 Mill Road"),
+            qgrams(MatchField::StreetAddress, "1 mill rd")
+        );
+        assert!(qgrams(MatchField::Phone, "07700 900123").is_empty());
+        assert!(qgrams(MatchField::City, "--").is_empty());
     }
 
     #[test]
@@ -598,6 +947,11 @@ mod tests {
             for s in samples {
                 for var in kinds(f, s) {
                     assert!(super::kinds(f).contains(&var.0.as_str()), "{f:?} {var:?}");
+                    let code = kind_code(f, &var.0).unwrap();
+                    assert_eq!(
+                        kind_of_code(f, code),
+                        Some(super::kinds(f)[usize::from(code)])
+                    );
                 }
             }
         }

@@ -97,6 +97,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::rate_limit_triggers,
     matching::match_needs_the_match_role,
     matching::new_match_domain_is_backfilled_at_start,
+    matching::link_answers_each_record_and_one_to_one_holds,
     consent::happy_path_end_to_end,
     consent::signature_refusals,
     consent::grant_checks_refuse,

@@ -1,10 +1,11 @@
 //! Blind matching over mTLS: pairwise tokens, refusals, rate limits,
-//! deletion, updates, backfill of a new match domain.
+//! deletion, updates, backfill of a new match domain, dataset linking.
 
 use idvault_tests::idvault_proto::v1::match_service_client::MatchServiceClient;
 use idvault_tests::idvault_proto::v1::{
-    AgreementLevel, CreateSubjectRequest, DeleteSubjectRequest, Field, MatchBatchRequest,
-    MatchCandidate, MatchQuery, MatchRequest, UpdateSubjectRequest,
+    AgreementLevel, CreateSubjectRequest, DeleteSubjectRequest, Field, LinkOptions, LinkRecord,
+    LinkRequest, LinkResponse, MatchBatchRequest, MatchCandidate, MatchQuery, MatchRequest,
+    UpdateSubjectRequest,
 };
 use idvault_tests::{Backend, TestVault};
 use prost::Message;
@@ -221,8 +222,16 @@ pub async fn update_moves_the_index(b: Backend) -> anyhow::Result<()> {
     let now = query(&mut a, &[("phone", "07911 123456")]).await?;
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].pairwise_token, token);
-    // The other fields still count after the update.
-    let full = query(&mut a, ADA_AS_SEEN_ELSEWHERE).await?;
+    // The other fields still count after the update (the new phone with
+    // the names and date as another partner spelled them).
+    const ELSEWHERE_NOW: &[(&str, &str)] = &[
+        ("given_name", "Bill"),
+        ("family_name", "Smtih"),
+        ("date_of_birth", "03/07/1990"),
+        ("phone", "+44 7911 123456"),
+    ];
+    let full = query(&mut a, ELSEWHERE_NOW).await?;
+    assert_eq!(full.len(), 1);
     assert!(full[0].agreements.iter().any(|g| g.field == "family_name"));
     // Updating a field that is never matched leaves matching as it was.
     tv.subjects("partner-a")
@@ -232,7 +241,7 @@ pub async fn update_moves_the_index(b: Backend) -> anyhow::Result<()> {
             fields: fields(&[("country", "GB")]),
         })
         .await?;
-    let after = query(&mut a, ADA_AS_SEEN_ELSEWHERE).await?;
+    let after = query(&mut a, ELSEWHERE_NOW).await?;
     assert_eq!(
         after.len(),
         1,
@@ -479,5 +488,189 @@ pub async fn match_streams_per_partner_are_limited(b: Backend) -> anyhow::Result
     while s.message().await?.is_some() {}
     // Close the others too: a graceful stop waits for open streams.
     drop(open);
+    tv.stop().await
+}
+
+const GRACE: &[(&str, &str)] = &[
+    ("given_name", "Grace"),
+    ("family_name", "Hopper"),
+    ("date_of_birth", "1906-12-09"),
+    ("email", "grace@navy.example"),
+];
+
+fn record(id: &str, f: &[(&str, &str)]) -> LinkRecord {
+    LinkRecord {
+        record_id: id.to_owned(),
+        fields: fields(f),
+    }
+}
+
+/// Runs one Link job: the records in messages of `per`, the options on
+/// the first; returns every response.
+async fn link(
+    tv: &TestVault,
+    partner: &str,
+    options: LinkOptions,
+    records: Vec<LinkRecord>,
+    per: usize,
+) -> Result<Vec<LinkResponse>, tonic::Status> {
+    let mut msgs: Vec<LinkRequest> = records
+        .chunks(per)
+        .map(|c| LinkRequest {
+            options: None,
+            records: c.to_vec(),
+        })
+        .collect();
+    if msgs.is_empty() {
+        msgs.push(LinkRequest::default());
+    }
+    msgs[0].options = Some(options);
+    let mut out = client(tv, partner)
+        .await
+        .link(tokio_stream::iter(msgs))
+        .await?
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(m) = out.message().await? {
+        all.push(m);
+    }
+    Ok(all)
+}
+
+/// Both spellings of Ada, Grace with a typo'd family name, a record too
+/// thin to answer, and a stranger.
+fn dataset() -> Vec<LinkRecord> {
+    vec![
+        record("r1", ADA_AS_SEEN_ELSEWHERE),
+        record("r2", ADA),
+        record(
+            "r3",
+            &[
+                ("given_name", "Grace"),
+                ("family_name", "Hoper"),
+                ("date_of_birth", "1906-12-09"),
+                ("email", "grace@navy.example"),
+            ],
+        ),
+        record("r4", &[("family_name", "Smith")]),
+        record(
+            "r5",
+            &[
+                ("given_name", "Alan"),
+                ("family_name", "Turing"),
+                ("date_of_birth", "1912-06-23"),
+                ("email", "alan@example.org"),
+            ],
+        ),
+    ]
+}
+
+pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (ada, ada_token) = create(&tv, "partner-a", ADA).await;
+    let (grace, grace_token) = create(&tv, "partner-a", GRACE).await;
+
+    // Best candidate per record, answered message by message.
+    let replies = link(&tv, "partner-a", LinkOptions::default(), dataset(), 2).await?;
+    assert_eq!(replies.len(), 3, "one answer per message");
+    assert_eq!(replies.last().map(|r| r.received), Some(5));
+    let results: Vec<_> = replies.into_iter().flat_map(|r| r.results).collect();
+    let got: Vec<(&str, &str, bool)> = results
+        .iter()
+        .map(|r| {
+            (
+                r.record_id.as_str(),
+                r.pairwise_token.as_str(),
+                !r.refused.is_empty(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("r1", ada_token.as_str(), false),
+            ("r2", ada_token.as_str(), false),
+            ("r3", grace_token.as_str(), false),
+            ("r4", "", true),
+            ("r5", "", false),
+        ]
+    );
+    assert!(results[3].refused.contains("too little information"));
+    assert!(results[2].score > 0.5 && results[4].score == 0.0);
+    assert!(
+        results[2]
+            .agreements
+            .iter()
+            .any(|a| a.field == "family_name" && a.level() != AgreementLevel::Exact)
+    );
+
+    // One-to-one: Ada goes to the better-scoring record (r2, exact) only.
+    let before = audit_text(&tv).await.len();
+    let replies = link(
+        &tv,
+        "partner-a",
+        LinkOptions {
+            one_to_one: true,
+            min_score: 0.0,
+        },
+        dataset(),
+        2,
+    )
+    .await?;
+    // Three acknowledgements without results, then the answers.
+    assert!(replies[..3].iter().all(|r| r.results.is_empty()));
+    assert_eq!(replies[2].received, 5);
+    let results: Vec<_> = replies.into_iter().flat_map(|r| r.results).collect();
+    let tokens: Vec<&str> = results.iter().map(|r| r.pairwise_token.as_str()).collect();
+    assert_eq!(
+        tokens,
+        vec!["", ada_token.as_str(), grace_token.as_str(), "", ""]
+    );
+    let ids: Vec<&str> = results.iter().map(|r| r.record_id.as_str()).collect();
+    assert_eq!(ids, vec!["r1", "r2", "r3", "r4", "r5"]);
+    // The lookups revealed nothing; the answer names exactly the subjects
+    // it revealed.
+    let audit = audit_text(&tv).await;
+    let new = &audit[before..];
+    let lookups: Vec<&String> = new.iter().filter(|l| l.contains("link lookup")).collect();
+    assert_eq!(lookups.len(), 3, "{new:?}");
+    assert!(
+        lookups
+            .iter()
+            .all(|l| !l.contains(&ada) && !l.contains(&grace))
+    );
+    let answers: Vec<&String> = new
+        .iter()
+        .filter(|l| l.contains("link one_to_one queries"))
+        .collect();
+    assert_eq!(answers.len(), 1, "{new:?}");
+    assert!(answers[0].contains(&ada) && answers[0].contains(&grace));
+    assert!(answers[0].contains("queries=5 refused=1 matched=2"));
+    assert_no_pii(&new.join("\n"), ADA);
+    assert_no_pii(&new.join("\n"), GRACE);
+
+    // Another partner gets its own tokens; a bad option ends the stream.
+    let other = link(&tv, "partner-b", LinkOptions::default(), dataset(), 5).await?;
+    let other_ada = &other[0].results[1].pairwise_token;
+    assert!(other_ada.starts_with("pw_") && *other_ada != ada_token);
+    let bad = link(
+        &tv,
+        "partner-a",
+        LinkOptions {
+            one_to_one: false,
+            min_score: 0.2,
+        },
+        dataset(),
+        5,
+    )
+    .await;
+    assert_eq!(bad.map(|_| ()).unwrap_err().code(), Code::InvalidArgument);
+    // More than 100 records in one message is refused.
+    let many: Vec<LinkRecord> = (0..101).map(|i| record(&i.to_string(), ADA)).collect();
+    let err = link(&tv, "partner-a", LinkOptions::default(), many, 101)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     tv.stop().await
 }

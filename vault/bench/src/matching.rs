@@ -25,7 +25,6 @@ use idvault_tokenizer::variants::MatchField;
 
 use crate::BenchError;
 use crate::synth::{self, Person, Rng};
-use idvault_core::matching::{encode_signature, field_mask};
 use idvault_core::subject::SubjectId;
 use idvault_server::service::matching::{MatchQuery, Pacing, QueryAnswer};
 use idvault_server::service::{Caller, Vault};
@@ -295,20 +294,19 @@ pub async fn latency(
                     s.spawn(move || {
                         let mut out = Vec::with_capacity(part.len());
                         for (id, p) in part {
-                            let mut entries = Vec::new();
-                            let mut blocking = Vec::new();
-                            for (name, value) in p {
-                                if let Some(f) = MatchField::parse(name) {
-                                    for (i, b) in ring.subject_indexes(f, value, opts) {
-                                        entries.push((f, i));
-                                        if b {
-                                            blocking.push((f.code(), i));
-                                        }
-                                    }
-                                }
-                            }
-                            let present = field_mask(entries.iter().map(|(f, _)| *f));
-                            out.push((*id, blocking, present, encode_signature(&entries)));
+                            let record: Vec<(MatchField, &str)> = p
+                                .iter()
+                                .filter_map(|(name, value)| {
+                                    Some((MatchField::parse(name)?, value.as_str()))
+                                })
+                                .collect();
+                            let idx = ring.subject_index(&record, opts);
+                            out.push((
+                                *id,
+                                idx.blocking.clone(),
+                                idx.present(),
+                                idx.signature(ring.version()),
+                            ));
                         }
                         out
                     })

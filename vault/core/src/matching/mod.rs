@@ -1,20 +1,29 @@
-//! Blind matching (pure part): blind indexes of variants, query plans and
-//! candidate scoring.
+//! Blind matching (pure part): blind indexes of variants, keyed q-gram
+//! Bloom filters, query plans and candidate scoring.
 //!
 //! A variant is stored only as its blind index
 //! `trunc64(HMAC-SHA256(K[domain, field, kind, v], value))`, where the key
 //! is derived per match domain (one per partner unless partners are
 //! configured to share one), field and variant kind from root key `v`
-//! (label `idvault/v1/match-index/<domain>/<field>/<kind>`). Keys separate
-//! kinds, so the MAC input is the bare value. 64 bits are kept: enough that
-//! chance collisions inside one key stay below one in a million for a
-//! billion stored values, and a collision only adds a candidate that is
-//! then scored on every field.
+//! (label `idvault/v1/match-index/<domain>/<field>/<kind>`; compound
+//! blocking keys use `block` as the field). Keys separate kinds, so the
+//! MAC input is the bare value. 64 bits are kept: enough that chance
+//! collisions inside one key stay below one in a million for a billion
+//! stored values, and a collision only adds a candidate that is then
+//! scored on every field.
+//!
+//! Names, street and city also get a *q-gram Bloom filter*: each bigram of
+//! the folded value sets [`BLOOM_HASHES`] bits chosen by
+//! `HMAC-SHA256(K[domain, field, qgram.bloom.v1, v], bigram)`, in a filter of
+//! [`bloom_bits`] bits. Two values' filters are compared by their Dice
+//! coefficient, which counts partial agreement (two typos, a changed
+//! syllable) that no exact index can see.
 //!
 //! A query becomes a [`QueryPlan`]: the blind index of each probe under
 //! every live key version, tagged with the field and agreement level it
-//! proves. Candidates are the subjects holding a *blocking* probe; each is
-//! scored from the indexes it holds ([`QueryPlan::score`]). The `query`
+//! proves, and the query's own Bloom filters. Candidates are the subjects
+//! holding a *blocking* probe, ranked by an upper bound of their weight;
+//! each is scored from its signature ([`QueryPlan::score`]). The `query`
 //! submodule validates a partner's query into a [`PlannedQuery`] and ranks
 //! its candidates with the score cut-off.
 //!
@@ -24,15 +33,22 @@
 
 use std::collections::HashMap;
 
+mod link;
+mod model;
 mod query;
 
+pub use link::assign_one_to_one;
+
+pub use model::{
+    FREQUENCY_FIELDS, Frequencies, MAX_FREQUENCY_SHIFT_BITS, MIN_FREQUENCY_POPULATION, MatchModel,
+};
 pub use query::{
     BadSignature, CANDIDATE_LIMIT, Candidate, FIRST_CANDIDATES, Hit, MAX_QUERY_ID, MAX_RESULTS,
     MIN_SCORE, MatchQuery, PlannedQuery, plan_query,
 };
 
 use idvault_tokenizer::NormalizeOptions;
-use idvault_tokenizer::matching::{self, FieldOutcome, Level, QueryRefusal};
+use idvault_tokenizer::matching::{self, FieldModel, FieldOutcome, Level, QueryRefusal};
 use idvault_tokenizer::variants::{self, MatchField};
 use ring::hmac;
 use zeroize::Zeroize;
@@ -44,6 +60,31 @@ use super::secret::{MatchIndexMaterial, Secret};
 pub const LABEL_MATCH_INDEX: &str = "idvault/v1/match-index";
 /// Bytes of HMAC output kept in a blind index.
 pub const BLIND_INDEX_BYTES: usize = 8;
+/// The "field" of compound blocking keys in key labels.
+pub const COMPOUND_LABEL: &str = "block";
+/// The kind name of q-gram Bloom filter keys.
+pub const BLOOM_KIND: &str = "qgram.bloom.v1";
+/// Bits set per bigram in a q-gram Bloom filter.
+pub const BLOOM_HASHES: usize = 2;
+/// `match_index.field` of compound key `i` ([`variants::COMPOUND_KINDS`]):
+/// above every field code, one per compound kind, so that a candidate's
+/// hits group by field or compound.
+pub const COMPOUND_FIELD_BASE: u8 = 16;
+
+/// The storage version of the indexes this code writes. A domain indexed
+/// under an older scheme is indexed again at start (`match_domains.scheme`).
+/// 1: the first variant kinds; 2: one-edit neighbourhoods, near addresses,
+/// compound blocking keys, q-gram Bloom filters, kind codes in signatures.
+pub const INDEX_SCHEME: i64 = 2;
+
+/// Bits of the q-gram Bloom filter of `field` (0: none).
+pub fn bloom_bits(field: MatchField) -> usize {
+    match field {
+        MatchField::GivenName | MatchField::FamilyName | MatchField::City => 128,
+        MatchField::StreetAddress => 256,
+        _ => 0,
+    }
+}
 
 /// One blind-matching index key (before it is turned into HMAC state).
 pub type MatchIndexKey = Secret<MatchIndexMaterial>;
@@ -53,13 +94,27 @@ pub fn key_label(domain: &str, field: MatchField, kind: &str) -> String {
     format!("{LABEL_MATCH_INDEX}/{domain}/{}/{kind}", field.name())
 }
 
-/// The HMAC states of every `(field, kind)` key of one match domain and
-/// root key version. ring keeps only the pad states, not the raw key; the
-/// derived bytes are wiped as soon as the state is built.
+/// The label of the key of compound blocking key `kind` in `domain`.
+pub fn compound_key_label(domain: &str, kind: &str) -> String {
+    format!("{LABEL_MATCH_INDEX}/{domain}/{COMPOUND_LABEL}/{kind}")
+}
+
+/// Where a key belongs: a field's variant kind, a compound key, or a
+/// field's Bloom filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyId {
+    Kind(MatchField, &'static str),
+    Compound(&'static str),
+    Bloom(MatchField),
+}
+
+/// The HMAC states of every key of one match domain and root key version.
+/// ring keeps only the pad states, not the raw key; the derived bytes are
+/// wiped as soon as the state is built.
 pub struct MatchKeyring {
     domain: String,
     version: u32,
-    keys: HashMap<(MatchField, &'static str), hmac::Key>,
+    keys: HashMap<KeyId, hmac::Key>,
 }
 
 impl std::fmt::Debug for MatchKeyring {
@@ -72,17 +127,65 @@ impl std::fmt::Debug for MatchKeyring {
     }
 }
 
+/// One blind index of a subject: field, kind code ([`variants::kind_code`])
+/// and index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Entry {
+    /// The field.
+    pub field: MatchField,
+    /// The kind's storage code within the field.
+    pub kind: u8,
+    /// The blind index.
+    pub index: i64,
+}
+
+/// Everything stored for one subject in one domain: its signature entries,
+/// its blocking rows (looked up by value) and its Bloom filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectIndex {
+    /// Every blind index of its variants.
+    pub entries: Vec<Entry>,
+    /// The rows looked up by value: `(match_index.field, index)` — blocking
+    /// kinds under their field code, compound keys under
+    /// [`COMPOUND_FIELD_BASE`] + their position.
+    pub blocking: Vec<(u8, i64)>,
+    /// Q-gram Bloom filters by field.
+    pub filters: Vec<(MatchField, Vec<u8>)>,
+}
+
+impl SubjectIndex {
+    /// Which fields it has indexes for (see [`field_mask`]).
+    pub fn present(&self) -> u16 {
+        field_mask(self.entries.iter().map(|e| e.field))
+    }
+
+    /// Its packed signature at key `version`.
+    pub fn signature(&self, version: u32) -> Vec<u8> {
+        encode_signature(version, &self.entries, &self.filters)
+    }
+}
+
 impl MatchKeyring {
     /// Derives the keyring of `domain` (a validated name) at `version`.
     pub fn derive(keys: &KeyHierarchy, domain: &str, version: u32) -> Result<Self, KeyError> {
         let mut map = HashMap::new();
+        let mut add = |id: KeyId, label: String| -> Result<(), KeyError> {
+            let k: MatchIndexKey = keys.derive(&label, version)?;
+            let mut bytes = *k.expose();
+            map.insert(id, hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+            bytes.zeroize();
+            Ok(())
+        };
         for field in MatchField::ALL {
             for kind in variants::kinds(field) {
-                let k: MatchIndexKey = keys.derive(&key_label(domain, field, kind), version)?;
-                let mut bytes = *k.expose();
-                map.insert((field, *kind), hmac::Key::new(hmac::HMAC_SHA256, &bytes));
-                bytes.zeroize();
+                add(KeyId::Kind(field, kind), key_label(domain, field, kind))?;
             }
+            if bloom_bits(field) > 0 {
+                add(KeyId::Bloom(field), key_label(domain, field, BLOOM_KIND))?;
+            }
+        }
+        for kind in variants::COMPOUND_KINDS {
+            add(KeyId::Compound(kind), compound_key_label(domain, kind))?;
         }
         Ok(Self {
             domain: domain.to_owned(),
@@ -101,66 +204,211 @@ impl MatchKeyring {
         &self.domain
     }
 
-    /// The blind index of `value` as variant `kind` of `field`.
-    pub fn index(&self, field: MatchField, kind: &str, value: &str) -> Option<i64> {
-        let key = self.keys.get(&(field, kind))?;
+    fn mac(&self, id: KeyId, value: &str) -> Option<i64> {
+        let key = self.keys.get(&id)?;
         let tag = hmac::sign(key, value.as_bytes());
         let head: [u8; BLIND_INDEX_BYTES] =
             tag.as_ref().get(..BLIND_INDEX_BYTES)?.try_into().ok()?;
         Some(i64::from_be_bytes(head))
     }
 
-    /// The blind indexes stored for a subject's `field` holding `value`,
-    /// each flagged when it is of a blocking kind (looked up by value).
-    pub fn subject_indexes(
+    /// The blind index of `value` as variant `kind` of `field`.
+    pub fn index(&self, field: MatchField, kind: &str, value: &str) -> Option<i64> {
+        let kind = variants::kinds(field).iter().find(|k| **k == kind)?;
+        self.mac(KeyId::Kind(field, kind), value)
+    }
+
+    /// The blind index of compound blocking key `kind` of `value`.
+    pub fn compound_index(&self, kind: &str, value: &str) -> Option<i64> {
+        let kind = variants::COMPOUND_KINDS.iter().find(|k| **k == kind)?;
+        self.mac(KeyId::Compound(kind), value)
+    }
+
+    /// The keyed Bloom filter of `field`'s bigrams of `value` (`None` for
+    /// fields without one, or a value without letters).
+    pub fn bloom(&self, field: MatchField, value: &str) -> Option<Vec<u8>> {
+        let bits = bloom_bits(field);
+        let key = self.keys.get(&KeyId::Bloom(field))?;
+        let grams = variants::qgrams(field, value);
+        if bits == 0 || grams.is_empty() {
+            return None;
+        }
+        let mut filter = vec![0u8; bits / 8];
+        for g in grams {
+            let tag = hmac::sign(key, g.as_bytes());
+            for pair in tag.as_ref().chunks_exact(2).take(BLOOM_HASHES) {
+                let pos = usize::from(u16::from_be_bytes([
+                    pair.first().copied().unwrap_or(0),
+                    pair.get(1).copied().unwrap_or(0),
+                ])) % bits;
+                if let Some(byte) = filter.get_mut(pos / 8) {
+                    *byte |= 1 << (pos % 8);
+                }
+            }
+        }
+        Some(filter)
+    }
+
+    /// Everything stored for a subject whose matchable fields are `record`
+    /// (each field at most once).
+    pub fn subject_index(
         &self,
-        field: MatchField,
-        value: &str,
+        record: &[(MatchField, &str)],
         opts: &NormalizeOptions,
-    ) -> Vec<(i64, bool)> {
-        let mut out: Vec<(i64, bool)> = variants::variants(field, value, opts)
-            .iter()
-            .filter_map(|v| {
-                self.index(field, v.kind, &v.value)
-                    .map(|i| (i, matching::is_blocking_kind(field, v.kind)))
-            })
-            .collect();
-        out.sort_unstable();
-        out.dedup();
+    ) -> SubjectIndex {
+        let mut out = SubjectIndex::default();
+        for (field, value) in record {
+            for v in variants::variants(*field, value, opts) {
+                let (Some(index), Some(kind)) = (
+                    self.index(*field, v.kind, &v.value),
+                    variants::kind_code(*field, v.kind),
+                ) else {
+                    continue;
+                };
+                out.entries.push(Entry {
+                    field: *field,
+                    kind,
+                    index,
+                });
+                if matching::is_blocking_kind(*field, v.kind) {
+                    out.blocking.push((field.code(), index));
+                }
+            }
+            if let Some(f) = self.bloom(*field, value) {
+                out.filters.push((*field, f));
+            }
+        }
+        for v in variants::compound_variants(record, false) {
+            if let (Some(index), Some(pos)) = (
+                self.compound_index(v.kind, &v.value),
+                variants::COMPOUND_KINDS.iter().position(|k| *k == v.kind),
+            ) {
+                let code = COMPOUND_FIELD_BASE + u8::try_from(pos).unwrap_or(0);
+                out.blocking.push((code, index));
+            }
+        }
+        out.entries.sort_unstable();
+        out.entries.dedup();
+        out.blocking.sort_unstable();
+        out.blocking.dedup();
+        out.filters.sort_by_key(|(f, _)| *f);
+        out.filters.dedup_by_key(|(f, _)| *f);
         out
     }
 }
 
-/// Bytes per signature entry: field code and big-endian blind index.
-const SIGNATURE_ENTRY: usize = 9;
+/// First byte of a version-2 signature (a version-1 signature starts with
+/// a field code, at most 8).
+const SIGNATURE_V2: u8 = 0xF2;
+/// Bytes per signature entry: field code, kind code, big-endian index.
+const SIGNATURE_ENTRY: usize = 10;
+/// Most entries or filters a signature may hold (bounds what a corrupt
+/// row can make a reader allocate).
+const MAX_SIGNATURE_ENTRIES: usize = 4096;
 
-/// A subject's *signature* in one domain: every blind index of its
-/// variants with its field, packed as `field code ‖ index (8 bytes, BE)`
-/// entries. Scoring a candidate reads this one value instead of one row
-/// per variant.
-pub fn encode_signature(entries: &[(MatchField, i64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * SIGNATURE_ENTRY);
-    for (f, i) in entries {
-        out.push(f.code());
-        out.extend_from_slice(&i.to_be_bytes());
+/// A subject's decoded signature in one domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signature {
+    /// The root key version its indexes and filters were made under.
+    pub version: u32,
+    /// Every blind index of its variants.
+    pub entries: Vec<Entry>,
+    /// Its q-gram Bloom filters.
+    pub filters: Vec<(MatchField, Vec<u8>)>,
+}
+
+/// A subject's *signature* in one domain: `0xF2 ‖ key version (4) ‖ entry
+/// count (2) ‖ (field code ‖ kind code ‖ index (8, BE))* ‖ filter count (1)
+/// ‖ (field code ‖ length (1) ‖ filter)*`. Scoring a candidate reads this
+/// one value instead of one row per variant.
+pub fn encode_signature(
+    version: u32,
+    entries: &[Entry],
+    filters: &[(MatchField, Vec<u8>)],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + entries.len() * SIGNATURE_ENTRY + filters.len() * 34);
+    out.push(SIGNATURE_V2);
+    out.extend_from_slice(&version.to_be_bytes());
+    let n = u16::try_from(entries.len().min(MAX_SIGNATURE_ENTRIES)).unwrap_or(0);
+    out.extend_from_slice(&n.to_be_bytes());
+    for e in entries.iter().take(usize::from(n)) {
+        out.push(e.field.code());
+        out.push(e.kind);
+        out.extend_from_slice(&e.index.to_be_bytes());
+    }
+    let fs: Vec<&(MatchField, Vec<u8>)> = filters.iter().filter(|(_, f)| f.len() <= 255).collect();
+    out.push(u8::try_from(fs.len().min(255)).unwrap_or(0));
+    for (field, f) in fs.into_iter().take(255) {
+        out.push(field.code());
+        out.push(u8::try_from(f.len()).unwrap_or(0));
+        out.extend_from_slice(f);
     }
     out
 }
 
-/// Unpacks [`encode_signature`] output; `None` if it is malformed (a
-/// length that is not a whole number of entries, or an unknown field).
-pub fn decode_signature(bytes: &[u8]) -> Option<Vec<(MatchField, i64)>> {
-    if !bytes.len().is_multiple_of(SIGNATURE_ENTRY) {
+/// Unpacks [`encode_signature`] output; `None` if it is malformed (wrong
+/// version byte, truncated, trailing bytes, an unknown field or kind).
+pub fn decode_signature(bytes: &[u8]) -> Option<Signature> {
+    let (&tag, rest) = bytes.split_first()?;
+    if tag != SIGNATURE_V2 {
         return None;
     }
-    bytes
-        .chunks_exact(SIGNATURE_ENTRY)
-        .map(|e| {
-            let (code, index) = e.split_first()?;
-            let index: [u8; 8] = index.try_into().ok()?;
-            Some((MatchField::from_code(*code)?, i64::from_be_bytes(index)))
-        })
-        .collect()
+    let (version, rest) = rest.split_at_checked(4)?;
+    let version = u32::from_be_bytes(version.try_into().ok()?);
+    let (n, mut rest) = rest.split_at_checked(2)?;
+    let n = usize::from(u16::from_be_bytes(n.try_into().ok()?));
+    if n > MAX_SIGNATURE_ENTRIES {
+        return None;
+    }
+    let (body, tail) = rest.split_at_checked(n.checked_mul(SIGNATURE_ENTRY)?)?;
+    let mut entries = Vec::with_capacity(n);
+    for e in body.chunks_exact(SIGNATURE_ENTRY) {
+        let (&field, e) = e.split_first()?;
+        let (&kind, index) = e.split_first()?;
+        let field = MatchField::from_code(field)?;
+        variants::kind_of_code(field, kind)?;
+        entries.push(Entry {
+            field,
+            kind,
+            index: i64::from_be_bytes(index.try_into().ok()?),
+        });
+    }
+    rest = tail;
+    let (&nf, mut rest) = rest.split_first()?;
+    let mut filters = Vec::with_capacity(usize::from(nf));
+    for _ in 0..nf {
+        let (&field, r) = rest.split_first()?;
+        let (&len, r) = r.split_first()?;
+        let (f, r) = r.split_at_checked(usize::from(len))?;
+        let field = MatchField::from_code(field)?;
+        if f.len() * 8 != bloom_bits(field) {
+            return None;
+        }
+        filters.push((field, f.to_vec()));
+        rest = r;
+    }
+    rest.is_empty().then_some(Signature {
+        version,
+        entries,
+        filters,
+    })
+}
+
+/// Dice coefficient of two equally long bit sets: `2|A∩B| / (|A|+|B|)`.
+pub fn dice(a: &[u8], b: &[u8]) -> f64 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    let (mut both, mut total) = (0u32, 0u32);
+    for (x, y) in a.iter().zip(b) {
+        both += (x & y).count_ones();
+        total += x.count_ones() + y.count_ones();
+    }
+    if total == 0 {
+        0.0
+    } else {
+        f64::from(2 * both) / f64::from(total)
+    }
 }
 
 /// The bit of `field` in a presence mask (bit n = field code n).
@@ -178,20 +426,30 @@ pub fn field_mask(fields: impl IntoIterator<Item = MatchField>) -> u16 {
 pub struct PlannedProbe {
     /// Blind index.
     pub index: i64,
-    /// Field.
+    /// The query field it is evidence about.
     pub field: MatchField,
+    /// The stored field whose entries it is compared with.
+    pub stored: MatchField,
     /// Level proved by a hit.
     pub level: Level,
     /// Whether it selects candidates.
     pub block: bool,
 }
 
-/// A query ready to run: probe indexes under every live key version.
+/// A query ready to run: probe indexes under every live key version, its
+/// Bloom filters per version, and the weights of its fields.
 #[derive(Debug, Clone)]
 pub struct QueryPlan {
     probes: Vec<PlannedProbe>,
     by_index: HashMap<i64, Vec<usize>>,
-    fields: Vec<MatchField>,
+    fields: Vec<FieldModel>,
+    /// `(version, field, filter)`.
+    filters: Vec<(u32, MatchField, Vec<u8>)>,
+    /// Blocking indexes with the most weight a hit on each can add above
+    /// [`Self::base`].
+    blocking: Vec<(i64, f64)>,
+    /// The most weight a candidate can score without any blocking hit.
+    base: f64,
 }
 
 /// How a candidate compared with the query.
@@ -205,14 +463,39 @@ pub struct Scored {
     pub outcomes: Vec<FieldOutcome>,
 }
 
+/// The levels a compound key hit suggests, for ranking candidates: the
+/// fields it joins, each at the level a shared key needs at least.
+fn compound_levels(kind: &str) -> &'static [(MatchField, Level)] {
+    match kind {
+        "block.names.v1" => &[
+            (MatchField::GivenName, Level::Similar),
+            (MatchField::FamilyName, Level::Similar),
+        ],
+        "block.family_year.v1" => &[
+            (MatchField::FamilyName, Level::Similar),
+            (MatchField::DateOfBirth, Level::Year),
+        ],
+        "block.given_mmdd.v1" => &[
+            (MatchField::GivenName, Level::Similar),
+            (MatchField::DateOfBirth, Level::Similar),
+        ],
+        "block.postcode_house.v1" => &[
+            (MatchField::Postcode, Level::Exact),
+            (MatchField::StreetAddress, Level::Similar),
+        ],
+        _ => &[],
+    }
+}
+
 impl QueryPlan {
     /// Plans a query of `fields` with the keyrings of the partner's domain
-    /// (one per live version). Refuses queries that carry too little
-    /// information (see [`matching::assess`]).
+    /// (one per live version) and the domain's weights. Refuses queries
+    /// that carry too little information (see [`matching::assess`]).
     pub fn new(
         keyrings: &[impl std::ops::Deref<Target = MatchKeyring>],
         fields: &[(MatchField, &str)],
         opts: &NormalizeOptions,
+        model: &MatchModel,
     ) -> Result<Self, QueryRefusal> {
         let probes: Vec<matching::Probe> = fields
             .iter()
@@ -220,15 +503,33 @@ impl QueryPlan {
             .collect();
         matching::assess(&probes)?;
         let mut planned = Vec::with_capacity(probes.len() * keyrings.len());
+        let mut filters = Vec::new();
+        let mut compounds: Vec<(i64, &'static str)> = Vec::new();
         for ring in keyrings {
             for p in &probes {
-                if let Some(index) = ring.index(p.field, p.kind, &p.value) {
+                if let Some(index) = ring.index(p.stored, p.kind, &p.value) {
                     planned.push(PlannedProbe {
                         index,
                         field: p.field,
+                        stored: p.stored,
                         level: p.level,
                         block: p.block,
                     });
+                }
+            }
+            for (f, v) in fields {
+                if let Some(b) = ring.bloom(*f, v) {
+                    filters.push((ring.version(), *f, b));
+                }
+            }
+            for swap in [false, true] {
+                for v in variants::compound_variants(fields, swap) {
+                    if let (Some(i), Some(kind)) = (
+                        ring.compound_index(v.kind, &v.value),
+                        variants::COMPOUND_KINDS.iter().find(|k| **k == v.kind),
+                    ) {
+                        compounds.push((i, kind));
+                    }
                 }
             }
         }
@@ -236,99 +537,134 @@ impl QueryPlan {
         for (i, p) in planned.iter().enumerate() {
             by_index.entry(p.index).or_default().push(i);
         }
-        let mut fields: Vec<MatchField> = probes.iter().map(|p| p.field).collect();
-        fields.sort_unstable();
-        fields.dedup();
+        let mut names: Vec<MatchField> = probes.iter().map(|p| p.field).collect();
+        names.sort_unstable();
+        names.dedup();
+        // Per-query weights: the model's, with the exact agreement of a
+        // value whose frequency is known weighted by that frequency.
+        let exact_index = |f: MatchField| {
+            planned
+                .iter()
+                .filter(|p| p.field == f && p.stored == f && p.level == Level::Exact)
+                .map(|p| p.index)
+                .collect::<Vec<_>>()
+        };
+        let field_models: Vec<FieldModel> = names
+            .iter()
+            .filter_map(|f| model.field_for_query(*f, &exact_index(*f)))
+            .collect();
+        let weight = |f: MatchField, l: Option<Level>| {
+            field_models
+                .iter()
+                .find(|m| m.field == f)
+                .map_or(0.0, |m| m.weight(l))
+        };
+        // What each field can reach without a blocking hit: the best level
+        // its non-blocking probes or its Bloom filter can prove.
+        let mut base = 0.0;
+        let mut unblocked: HashMap<MatchField, f64> = HashMap::new();
+        for f in &names {
+            let mut best = 0.0f64;
+            for p in probes.iter().filter(|p| p.field == *f && !p.block) {
+                best = best.max(weight(*f, Some(p.level)));
+            }
+            if bloom_bits(*f) > 0 {
+                best = best.max(weight(*f, Some(Level::Partial)));
+            }
+            unblocked.insert(*f, best);
+            base += best;
+        }
+        let gain = |f: MatchField, l: Level| {
+            (weight(f, Some(l)) - unblocked.get(&f).copied().unwrap_or(0.0)).max(0.0)
+        };
+        let mut blocking: HashMap<i64, f64> = HashMap::new();
+        for p in planned.iter().filter(|p| p.block) {
+            let g = gain(p.field, p.level);
+            let slot = blocking.entry(p.index).or_insert(0.0);
+            *slot = slot.max(g);
+        }
+        // A compound hit ranks by the full weight of the levels it
+        // suggests, not their gain over the unblocked levels (names are
+        // never blocking, so that gain is often 0): among the many people
+        // sharing a date of birth, the one whose names also agree must come
+        // first. Ranking higher only loosens the bound, never breaks it.
+        for (index, kind) in compounds {
+            let g: f64 = compound_levels(kind)
+                .iter()
+                .map(|(f, l)| weight(*f, Some(*l)).max(0.0))
+                .sum();
+            let slot = blocking.entry(index).or_insert(0.0);
+            *slot = slot.max(g);
+        }
+        let mut blocking: Vec<(i64, f64)> = blocking.into_iter().collect();
+        blocking.sort_unstable_by_key(|(i, _)| *i);
         Ok(Self {
             probes: planned,
             by_index,
-            fields,
+            fields: field_models,
+            filters,
+            blocking,
+            base,
         })
     }
 
-    /// Distinct indexes of blocking probes: candidates hold one of these.
+    /// Distinct blocking indexes, each with the most weight a hit on it can
+    /// add to a candidate (candidates hold at least one of these; they are
+    /// ranked by the sum over fields of their best hit's gain).
+    pub fn blocking(&self) -> &[(i64, f64)] {
+        &self.blocking
+    }
+
+    /// Distinct indexes of blocking probes.
     pub fn blocking_indexes(&self) -> Vec<i64> {
-        let mut v: Vec<i64> = self
-            .probes
-            .iter()
-            .filter(|p| p.block)
-            .map(|p| p.index)
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+        self.blocking.iter().map(|(i, _)| *i).collect()
     }
 
-    /// Every probe index (what a candidate's rows are filtered by).
-    pub fn probe_indexes(&self) -> Vec<i64> {
-        let mut v: Vec<i64> = self.probes.iter().map(|p| p.index).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    }
-
-    /// The most bits a candidate holding at most `blocking_hits` blocking
-    /// indexes could score: every field at its best level, except that at
-    /// most `blocking_hits` blocking fields reach a blocking level (exact,
-    /// or a swapped date); the others get at most their best non-blocking
-    /// level (a year of birth, the last four of a national id). Lets a
-    /// lookup stop after the best-ranked candidates when they beat it.
-    pub fn bound_with_blocking_hits(&self, blocking_hits: u32) -> f64 {
-        let levels = |f: MatchField| {
-            matching::WEIGHTS
-                .iter()
-                .find(|w| w.field == f)
-                .map_or(&[][..], |w| w.agree)
-        };
-        let best = |f: MatchField, blocking_level: Option<bool>| {
-            levels(f)
-                .iter()
-                .filter(|(l, _)| {
-                    blocking_level.is_none_or(|b| b == matches!(l, Level::Exact | Level::Swapped))
-                })
-                .map(|(l, _)| matching::weight(f, Some(*l)))
-                .fold(0.0, f64::max)
-        };
-        let mut total = 0.0;
-        let mut gains = Vec::new();
-        for f in &self.fields {
-            if matching::BLOCKING_FIELDS.contains(f) {
-                let without = best(*f, Some(false));
-                total += without;
-                gains.push(best(*f, Some(true)) - without);
-            } else {
-                total += best(*f, None);
-            }
-        }
-        gains.sort_by(|a, b| b.total_cmp(a));
-        total
-            + gains
-                .iter()
-                .take(usize::try_from(blocking_hits).unwrap_or(usize::MAX))
-                .sum::<f64>()
+    /// The most bits a candidate whose blocking hits add up to `gain` (the
+    /// rank the store computes) could score: every field at its best level
+    /// reachable without a blocking hit, plus the gain. Lets a lookup stop
+    /// after the best-ranked candidates when they beat it.
+    pub fn bound(&self, gain: f64) -> f64 {
+        self.base + gain
     }
 
     /// Scores a candidate from the fields it has indexes for (`present`,
-    /// see [`field_mask`]) and those of its `(field, index)` rows that are
-    /// probe indexes (other rows are ignored).
-    pub fn score(&self, present: u16, rows: &[(MatchField, i64)]) -> Scored {
+    /// see [`field_mask`]) and its signature.
+    pub fn score(&self, present: u16, signature: &Signature) -> Scored {
         let mut hits: HashMap<MatchField, Vec<Level>> = HashMap::new();
-        for (field, index) in rows {
-            for i in self.by_index.get(index).into_iter().flatten() {
+        for e in &signature.entries {
+            for i in self.by_index.get(&e.index).into_iter().flatten() {
                 if let Some(p) = self.probes.get(*i)
-                    && p.field == *field
+                    && p.stored == e.field
                 {
                     hits.entry(p.field).or_default().push(p.level);
                 }
             }
         }
-        let mut outcomes = Vec::new();
-        for f in &self.fields {
-            let has = present & field_bit(*f) != 0;
-            let levels = hits.get(f).map_or(&[][..], Vec::as_slice);
-            if let Some(o) = matching::field_outcome(*f, levels, has) {
-                outcomes.push(o);
+        for (field, theirs) in &signature.filters {
+            let ours = self
+                .filters
+                .iter()
+                .find(|(v, f, _)| *v == signature.version && f == field);
+            if let Some((_, _, ours)) = ours
+                && dice(ours, theirs) >= matching::PARTIAL_DICE
+            {
+                hits.entry(*field).or_default().push(Level::Partial);
             }
+        }
+        let mut outcomes = Vec::new();
+        for m in &self.fields {
+            let has = present & field_bit(m.field) != 0;
+            let levels = hits.get(&m.field).map_or(&[][..], Vec::as_slice);
+            let best = m.best(levels);
+            if best.is_none() && !has {
+                continue;
+            }
+            outcomes.push(FieldOutcome {
+                field: m.field,
+                level: best,
+                weight: m.weight(best),
+            });
         }
         let bits: f64 = outcomes.iter().map(|o| o.weight).sum();
         Scored {
@@ -356,17 +692,29 @@ mod tests {
         }
     }
 
-    /// A stored subject: presence mask and index rows.
-    fn stored(ring: &MatchKeyring, fields: &[(MatchField, &str)]) -> (u16, Vec<(MatchField, i64)>) {
-        let rows: Vec<(MatchField, i64)> = fields
-            .iter()
-            .flat_map(|(f, v)| {
-                ring.subject_indexes(*f, v, &opts())
-                    .into_iter()
-                    .map(|(i, _)| (*f, i))
-            })
-            .collect();
-        (field_mask(rows.iter().map(|(f, _)| *f)), rows)
+    /// A stored subject: presence mask and decoded signature.
+    fn stored(ring: &MatchKeyring, fields: &[(MatchField, &str)]) -> (u16, Signature) {
+        let idx = ring.subject_index(fields, &opts());
+        let sig = decode_signature(&idx.signature(ring.version())).unwrap();
+        (idx.present(), sig)
+    }
+
+    fn plan(rings: &[&MatchKeyring], fields: &[(MatchField, &str)]) -> QueryPlan {
+        QueryPlan::new(rings, fields, &opts(), &MatchModel::prior()).unwrap()
+    }
+
+    /// A stored subject's rank for `plan`, as the store computes it: per
+    /// field (or compound key) the best gain of its blocking rows, summed.
+    fn gain_of(plan: &QueryPlan, ring: &MatchKeyring, fields: &[(MatchField, &str)]) -> f64 {
+        let idx = ring.subject_index(fields, &opts());
+        let mut best: HashMap<u8, f64> = HashMap::new();
+        for (code, index) in &idx.blocking {
+            if let Some((_, g)) = plan.blocking().iter().find(|(i, _)| i == index) {
+                let slot = best.entry(*code).or_insert(0.0);
+                *slot = slot.max(*g);
+            }
+        }
+        best.values().sum()
     }
 
     #[test]
@@ -396,11 +744,128 @@ mod tests {
 
     #[test]
     fn signatures_round_trip_and_reject_garbage() {
-        let e = vec![(MatchField::City, -5), (MatchField::GivenName, i64::MAX)];
-        assert_eq!(decode_signature(&encode_signature(&e)), Some(e));
-        assert_eq!(decode_signature(&[]), Some(vec![]));
-        assert_eq!(decode_signature(&[0; 8]), None);
-        assert_eq!(decode_signature(&[42, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        let e = vec![
+            Entry {
+                field: MatchField::City,
+                kind: 1,
+                index: -5,
+            },
+            Entry {
+                field: MatchField::GivenName,
+                kind: 0,
+                index: i64::MAX,
+            },
+        ];
+        let f = vec![(MatchField::City, vec![0xA5; 16])];
+        let bytes = encode_signature(7, &e, &f);
+        let want = Signature {
+            version: 7,
+            entries: e.clone(),
+            filters: f,
+        };
+        assert_eq!(decode_signature(&bytes), Some(want));
+        // Every truncation, a trailing byte, a v1 signature, an unknown
+        // kind code and a filter of the wrong size are refused.
+        for n in 0..bytes.len() {
+            assert_eq!(decode_signature(&bytes[..n]), None, "{n}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(decode_signature(&long), None);
+        assert_eq!(decode_signature(&[2, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        let bad_kind = [Entry { kind: 99, ..e[0] }];
+        assert_eq!(decode_signature(&encode_signature(1, &bad_kind, &[])), None);
+        let bad_filter = [(MatchField::City, vec![0; 8])];
+        assert_eq!(
+            decode_signature(&encode_signature(1, &[], &bad_filter)),
+            None
+        );
+        assert_eq!(
+            decode_signature(&encode_signature(1, &[], &[])),
+            Some(Signature {
+                version: 1,
+                ..Signature::default()
+            })
+        );
+    }
+
+    #[test]
+    fn bloom_filters_are_keyed_and_dice_counts_partial_agreement() {
+        let h = hierarchy(1);
+        let a = MatchKeyring::derive(&h, "partner-a", 1).unwrap();
+        let b = MatchKeyring::derive(&h, "partner-b", 1).unwrap();
+        let f = |r: &MatchKeyring, v| r.bloom(MatchField::FamilyName, v).unwrap();
+        assert_eq!(f(&a, "Lovelace").len(), 16);
+        assert_eq!(dice(&f(&a, "Lovelace"), &f(&a, "LOVELACE")), 1.0);
+        // Two typos apart: no one-edit neighbour is shared, but most bigrams are.
+        assert!(dice(&f(&a, "Wolstenholme"), &f(&a, "Wolstenhome")) >= 0.75);
+        assert!(dice(&f(&a, "Wolstenholme"), &f(&a, "Wolsetnholmes")) >= 0.6);
+        assert!(dice(&f(&a, "Lovelace"), &f(&a, "Babbage")) < 0.4);
+        // Another domain's key sets other bits.
+        assert!(dice(&f(&a, "Lovelace"), &f(&b, "Lovelace")) < 0.6);
+        assert_eq!(a.bloom(MatchField::Phone, "07700 900123"), None);
+        assert_eq!(dice(&[], &[]), 0.0);
+        assert_eq!(dice(&[1], &[1, 2]), 0.0);
+    }
+
+    #[test]
+    fn swapped_names_typod_ids_and_near_addresses_are_levels() {
+        let h = hierarchy(1);
+        let ring = MatchKeyring::derive(&h, "d", 1).unwrap();
+        let stored_one = stored(
+            &ring,
+            &[
+                (MatchField::GivenName, "Jane"),
+                (MatchField::FamilyName, "Wolstenholme"),
+                (MatchField::DateOfBirth, "1990-03-17"),
+                (MatchField::NationalId, "4917261"),
+                (MatchField::StreetAddress, "12 Kurrajong Street"),
+                (MatchField::Postcode, "2615"),
+                (MatchField::City, "Canberra"),
+            ],
+        );
+        let s = plan(
+            &[&ring],
+            &[
+                (MatchField::GivenName, "Wolstenholme"),
+                (MatchField::FamilyName, "Jane"),
+                (MatchField::DateOfBirth, "1990-03-71"),
+                (MatchField::NationalId, "4917621"),
+                (MatchField::StreetAddress, "21 Kurrajong St"),
+                (MatchField::Postcode, "2651"),
+                (MatchField::City, "Canbera"),
+            ],
+        )
+        .score(stored_one.0, &stored_one.1);
+        let level = |f| {
+            s.outcomes
+                .iter()
+                .find(|o| o.field == f)
+                .and_then(|o| o.level)
+        };
+        assert_eq!(level(MatchField::GivenName), Some(Level::Swapped));
+        assert_eq!(level(MatchField::FamilyName), Some(Level::Swapped));
+        assert_eq!(level(MatchField::DateOfBirth), Some(Level::Similar));
+        assert_eq!(level(MatchField::NationalId), Some(Level::Similar));
+        assert_eq!(level(MatchField::StreetAddress), Some(Level::Similar));
+        assert_eq!(level(MatchField::Postcode), Some(Level::Similar));
+        assert_eq!(level(MatchField::City), Some(Level::Similar));
+        assert!(s.score > 0.99, "{s:?}");
+        // A street with two typos agrees only partially (Bloom filter).
+        let p = plan(
+            &[&ring],
+            &[
+                (MatchField::NationalId, "4917261"),
+                (MatchField::StreetAddress, "12 Kurajong Steet"),
+            ],
+        )
+        .score(stored_one.0, &stored_one.1);
+        assert!(
+            p.outcomes
+                .iter()
+                .any(|o| o.field == MatchField::StreetAddress && o.level == Some(Level::Partial)),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -429,7 +894,7 @@ mod tests {
                 (MatchField::Postcode, "SW1A 1AA"),
             ],
         );
-        let plan = QueryPlan::new(
+        let s = plan(
             &[&ring],
             &[
                 (MatchField::GivenName, "Bill"),
@@ -437,10 +902,8 @@ mod tests {
                 (MatchField::DateOfBirth, "07/03/1990"),
                 (MatchField::Phone, "+44 7700 900123"),
             ],
-            &opts(),
         )
-        .unwrap();
-        let s = plan.score(ada.0, &ada.1);
+        .score(ada.0, &ada.1);
         assert!(s.score > 0.5, "{s:?}");
         let level = |f| {
             s.outcomes
@@ -456,15 +919,13 @@ mod tests {
         assert!(!s.outcomes.iter().any(|o| o.field == MatchField::Phone));
 
         // Month-first writer: 03/07/1990 reads as 3 July, the swap of 7 March.
-        let swapped = QueryPlan::new(
+        let swapped = plan(
             &[&ring],
             &[
                 (MatchField::GivenName, "William"),
                 (MatchField::DateOfBirth, "03/07/1990"),
             ],
-            &opts(),
         )
-        .unwrap()
         .score(ada.0, &ada.1);
         assert!(
             swapped
@@ -474,22 +935,20 @@ mod tests {
             "{swapped:?}"
         );
 
-        let stranger = QueryPlan::new(
+        let stranger = plan(
             &[&ring],
             &[
                 (MatchField::GivenName, "Grace"),
                 (MatchField::FamilyName, "Hopper"),
                 (MatchField::DateOfBirth, "1990-03-07"),
             ],
-            &opts(),
         )
-        .unwrap()
         .score(ada.0, &ada.1);
         assert!(stranger.score < 0.5, "{stranger:?}");
     }
 
     #[test]
-    fn the_bound_caps_every_candidate_with_that_many_blocking_hits() {
+    fn the_bound_caps_every_candidate_at_its_rank() {
         let h = hierarchy(1);
         let ring = MatchKeyring::derive(&h, "d", 1).unwrap();
         let query = [
@@ -498,12 +957,14 @@ mod tests {
             (MatchField::DateOfBirth, "1815-12-10"),
             (MatchField::NationalId, "AB123456C"),
             (MatchField::Email, "ada@example.org"),
+            (MatchField::StreetAddress, "12 St James's Square"),
+            (MatchField::Postcode, "SW1Y 4JH"),
+            (MatchField::City, "London"),
         ];
-        let plan = QueryPlan::new(&[&ring], &query, &opts()).unwrap();
-        // One blocking hit (the e-mail), plus the year and last four that
-        // are not blocking: the bound must still cover it.
-        let one_hit = stored(
-            &ring,
+        let p = plan(&[&ring], &query);
+        let people: [&[(MatchField, &str)]; 5] = [
+            &query,
+            // One blocking hit (the e-mail), the year and last four not blocking.
             &[
                 (MatchField::GivenName, "Ada"),
                 (MatchField::FamilyName, "Lovelace"),
@@ -511,13 +972,45 @@ mod tests {
                 (MatchField::NationalId, "ZZ993456C"),
                 (MatchField::Email, "ada@example.org"),
             ],
-        );
-        let s = plan.score(one_hit.0, &one_hit.1);
-        assert!(s.bits <= plan.bound_with_blocking_hits(1), "{s:?}");
-        let exact = stored(&ring, &query);
-        let s = plan.score(exact.0, &exact.1);
-        assert!(s.bits <= plan.bound_with_blocking_hits(3) + 1e-9);
-        assert!(s.bits > plan.bound_with_blocking_hits(1));
+            // Hits through compound keys and near neighbourhoods only.
+            &[
+                (MatchField::GivenName, "Ada"),
+                (MatchField::FamilyName, "Lovelace"),
+                (MatchField::DateOfBirth, "1815-12-01"),
+                (MatchField::NationalId, "AB123465C"),
+                (MatchField::StreetAddress, "21 St James's Square"),
+                (MatchField::Postcode, "SW1Y 4JH"),
+                (MatchField::City, "Londn"),
+            ],
+            // Swapped names.
+            &[
+                (MatchField::GivenName, "Lovelace"),
+                (MatchField::FamilyName, "Ada"),
+                (MatchField::DateOfBirth, "1815-12-10"),
+            ],
+            // A stranger on the same day.
+            &[
+                (MatchField::GivenName, "Charles"),
+                (MatchField::FamilyName, "Babbage"),
+                (MatchField::DateOfBirth, "1815-12-10"),
+            ],
+        ];
+        let mut ranks = Vec::new();
+        for person in people {
+            let (present, sig) = stored(&ring, person);
+            let gain = gain_of(&p, &ring, person);
+            let s = p.score(present, &sig);
+            assert!(
+                s.bits <= p.bound(gain) + 1e-9,
+                "{person:?}: {} > {}",
+                s.bits,
+                p.bound(gain)
+            );
+            ranks.push(gain);
+        }
+        // The exact duplicate ranks above everyone, the stranger below the others.
+        assert!(ranks[1..].iter().all(|g| *g < ranks[0]), "{ranks:?}");
+        assert!(ranks[..4].iter().all(|g| *g > ranks[4]), "{ranks:?}");
     }
 
     #[test]
@@ -526,16 +1019,10 @@ mod tests {
         let v1 = MatchKeyring::derive(&h, "d", 1).unwrap();
         let v2 = MatchKeyring::derive(&h, "d", 2).unwrap();
         let old = stored(&v1, &[(MatchField::Email, "ada@example.org")]);
-        let plan = QueryPlan::new(
-            &[&v2, &v1],
-            &[(MatchField::Email, "ADA@example.org")],
-            &opts(),
-        )
-        .unwrap();
-        assert!(plan.blocking_indexes().contains(&old.1[0].1));
-        assert!(plan.score(old.0, &old.1).score > 0.5);
-        let only_new =
-            QueryPlan::new(&[&v2], &[(MatchField::Email, "ada@example.org")], &opts()).unwrap();
+        let both = plan(&[&v2, &v1], &[(MatchField::Email, "ADA@example.org")]);
+        assert!(both.blocking_indexes().contains(&old.1.entries[0].index));
+        assert!(both.score(old.0, &old.1).score > 0.5);
+        let only_new = plan(&[&v2], &[(MatchField::Email, "ada@example.org")]);
         assert!(only_new.score(old.0, &old.1).score < 0.5);
     }
 }

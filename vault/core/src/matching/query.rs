@@ -10,12 +10,12 @@ use idvault_tokenizer::NormalizeOptions;
 use idvault_tokenizer::matching::Level;
 use idvault_tokenizer::variants::MatchField;
 
-use super::{MatchKeyring, QueryPlan, decode_signature};
+use super::{MatchKeyring, MatchModel, QueryPlan, decode_signature};
 use crate::subject::{SubjectId, validate_fields};
 
 /// Most candidates one query may ask for.
 pub const MAX_RESULTS: u32 = 10;
-/// Candidates scored per query (those holding the most blocking indexes).
+/// Candidates scored per query (those with the highest weight bound).
 pub const CANDIDATE_LIMIT: u32 = 64;
 /// Candidates fetched first: enough when the best of them beats anything
 /// a lower-ranked candidate could score (see [`PlannedQuery::settled_by`]).
@@ -40,7 +40,7 @@ pub struct MatchQuery {
 
 /// A candidate of a query as the store found it: a subject holding at
 /// least one of the query's blocking indexes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     /// The subject.
     pub subject: SubjectId,
@@ -48,8 +48,9 @@ pub struct Candidate {
     pub present: u16,
     /// Its packed signature ([`super::encode_signature`]).
     pub signature: Vec<u8>,
-    /// How many blocking indexes of the query it holds (the rank).
-    pub blocking_hits: u32,
+    /// Its rank: over the fields (and compound keys) of its blocking hits,
+    /// the sum of each one's best gain ([`QueryPlan::blocking`]).
+    pub gain: f64,
 }
 
 /// A stored signature that does not decode: a corrupt index row.
@@ -85,6 +86,7 @@ pub fn plan_query(
     q: MatchQuery,
     keyrings: &[impl Deref<Target = MatchKeyring>],
     opts: &NormalizeOptions,
+    model: &MatchModel,
 ) -> Result<PlannedQuery, String> {
     if q.query_id.len() > MAX_QUERY_ID {
         return Err(format!("query_id is longer than {MAX_QUERY_ID} bytes"));
@@ -115,7 +117,7 @@ pub fn plan_query(
         };
         matchable.push((f, value.expose()));
     }
-    let plan = QueryPlan::new(keyrings, &matchable, opts).map_err(|e| e.to_string())?;
+    let plan = QueryPlan::new(keyrings, &matchable, opts, model).map_err(|e| e.to_string())?;
     Ok(PlannedQuery {
         plan,
         max_results: usize::try_from(max_results).unwrap_or(1),
@@ -127,8 +129,8 @@ impl PlannedQuery {
     /// Whether the first [`FIRST_CANDIDATES`] fetched (best ranked first)
     /// settle the query: the `max_results` best of them already beat
     /// anything a lower-ranked candidate could score, since such a
-    /// candidate holds at most as many blocking indexes as the last one
-    /// fetched. Fewer than a full first page means every candidate is in.
+    /// candidate's weight bound is at most the last fetched one's. Fewer
+    /// than a full first page means every candidate is in.
     pub fn settled_by(&self, first: &[Candidate]) -> Result<bool, BadSignature> {
         let Some(last) = first.last() else {
             return Ok(true);
@@ -136,11 +138,11 @@ impl PlannedQuery {
         if first.len() < FIRST_CANDIDATES as usize {
             return Ok(true);
         }
-        let cap = self.plan.bound_with_blocking_hits(last.blocking_hits);
+        let cap = self.plan.bound(last.gain);
         let mut above = 0;
         for c in first {
-            let entries = decode_signature(&c.signature).ok_or(BadSignature)?;
-            if self.plan.score(c.present, &entries).bits > cap {
+            let sig = decode_signature(&c.signature).ok_or(BadSignature)?;
+            if self.plan.score(c.present, &sig).bits > cap {
                 above += 1;
             }
         }
@@ -152,8 +154,8 @@ impl PlannedQuery {
     pub fn rank(&self, candidates: Vec<Candidate>) -> Result<Vec<Hit>, BadSignature> {
         let mut hits = Vec::new();
         for c in candidates {
-            let entries = decode_signature(&c.signature).ok_or(BadSignature)?;
-            let sc = self.plan.score(c.present, &entries);
+            let sig = decode_signature(&c.signature).ok_or(BadSignature)?;
+            let sc = self.plan.score(c.present, &sig);
             if sc.score >= self.min_score {
                 hits.push(Hit {
                     subject: c.subject,
@@ -180,7 +182,7 @@ impl PlannedQuery {
 mod tests {
     use super::*;
     use crate::keys::{KeyHierarchy, StaticKeyProvider};
-    use crate::matching::{encode_signature, field_mask};
+    use crate::matching::{MatchModel, field_mask};
     use crate::secret::RootKey;
 
     fn ring() -> MatchKeyring {
@@ -213,27 +215,29 @@ mod tests {
     ];
 
     /// A candidate as the store would return it for `fields`.
-    fn candidate(ring: &MatchKeyring, id: u8, fields: &[(&str, &str)], hits: u32) -> Candidate {
-        let mut entries = Vec::new();
-        for (n, v) in fields {
-            let f = MatchField::parse(n).unwrap();
-            for (i, _) in ring.subject_indexes(f, v, &opts()) {
-                entries.push((f, i));
-            }
-        }
+    fn candidate(ring: &MatchKeyring, id: u8, fields: &[(&str, &str)], gain: f64) -> Candidate {
+        let record: Vec<(MatchField, &str)> = fields
+            .iter()
+            .map(|(n, v)| (MatchField::parse(n).unwrap(), *v))
+            .collect();
+        let idx = ring.subject_index(&record, &opts());
         Candidate {
             subject: SubjectId::from_bytes([id; 16]),
-            present: field_mask(entries.iter().map(|(f, _)| *f)),
-            signature: encode_signature(&entries),
-            blocking_hits: hits,
+            present: field_mask(idx.entries.iter().map(|e| e.field)),
+            signature: idx.signature(ring.version()),
+            gain,
         }
+    }
+
+    fn plan(q: MatchQuery, rings: &[&MatchKeyring]) -> Result<PlannedQuery, String> {
+        plan_query(q, rings, &opts(), &MatchModel::prior())
     }
 
     #[test]
     fn bad_queries_are_refused_by_name_never_by_value() {
         let r = ring();
         let rings = [&r];
-        let refused = |q: MatchQuery| plan_query(q, &rings, &opts()).unwrap_err();
+        let refused = |q: MatchQuery| plan(q, &rings).unwrap_err();
         let mut q = query(ADA);
         q.query_id = "x".repeat(MAX_QUERY_ID + 1);
         assert!(refused(q).contains("query_id"));
@@ -255,7 +259,7 @@ mod tests {
         );
         let e = refused(query(&[("family_name", "Lovelace")]));
         assert!(!e.contains("Lovelace"), "{e}");
-        let p = plan_query(query(ADA), &rings, &opts()).unwrap();
+        let p = plan(query(ADA), &rings).unwrap();
         assert_eq!((p.max_results, p.min_score), (1, MIN_SCORE));
     }
 
@@ -264,20 +268,20 @@ mod tests {
         let r = ring();
         let mut q = query(ADA);
         q.max_results = 2;
-        let p = plan_query(q, &[&r], &opts()).unwrap();
-        let same = candidate(&r, 9, ADA, 4);
-        let twin = candidate(&r, 3, ADA, 4);
+        let p = plan(q, &[&r]).unwrap();
+        let same = candidate(&r, 9, ADA, 40.0);
+        let twin = candidate(&r, 3, ADA, 40.0);
         let near = candidate(
             &r,
             5,
             &[("given_name", "Ada"), ("family_name", "Lovelace")],
-            2,
+            2.0,
         );
         let stranger = candidate(
             &r,
             1,
             &[("family_name", "Babbage"), ("given_name", "Charles")],
-            1,
+            1.0,
         );
         let hits = p
             .rank(vec![stranger.clone(), near, same.clone(), twin.clone()])
@@ -290,7 +294,7 @@ mod tests {
         );
         assert!(hits.iter().all(|h| h.score >= MIN_SCORE));
         assert!(p.rank(vec![stranger]).unwrap().is_empty());
-        let mut corrupt = candidate(&r, 2, ADA, 4);
+        let mut corrupt = candidate(&r, 2, ADA, 40.0);
         corrupt.signature = vec![1, 2, 3];
         assert_eq!(p.rank(vec![corrupt]), Err(BadSignature));
     }
@@ -298,18 +302,25 @@ mod tests {
     #[test]
     fn a_short_first_page_or_a_clear_winner_settles_the_query() {
         let r = ring();
-        let p = plan_query(query(ADA), &[&r], &opts()).unwrap();
+        let p = plan(query(ADA), &[&r]).unwrap();
         assert_eq!(p.settled_by(&[]), Ok(true));
         let full = |c: &Candidate| vec![c.clone(); FIRST_CANDIDATES as usize];
-        // A page of weak candidates holding one blocking index each: a
-        // lower-ranked one might still score as well, so not settled…
-        let weak = candidate(&r, 1, &[("family_name", "Lovelace")], 1);
+        // The gain of the e-mail alone: what a candidate holding only it ranks at.
+        let email_gain = p
+            .plan
+            .blocking()
+            .iter()
+            .map(|(_, g)| *g)
+            .fold(0.0, f64::max);
+        // A page of weak candidates ranked at that gain: a lower-ranked one
+        // might still score as well, so not settled…
+        let weak = candidate(&r, 1, &[("family_name", "Lovelace")], email_gain);
         assert_eq!(p.settled_by(&full(&weak)[..1]), Ok(true));
         assert_eq!(p.settled_by(&full(&weak)), Ok(false));
-        // …but a full match beats anything that holds only one blocking
-        // index, so the first page settles it.
-        let mut page = full(&weak);
-        page[0] = candidate(&r, 2, ADA, 4);
+        // …but a full match beats anything ranked at a small gain, so the
+        // first page settles it.
+        let mut page = full(&candidate(&r, 1, &[("family_name", "Lovelace")], 0.5));
+        page[0] = candidate(&r, 2, ADA, 40.0);
         assert_eq!(p.settled_by(&page), Ok(true));
     }
 }

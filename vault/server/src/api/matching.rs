@@ -5,15 +5,17 @@ use std::sync::Arc;
 use idvault_policies::Action;
 use idvault_proto::v1::match_service_server::MatchService;
 use idvault_proto::v1::{
-    AgreementLevel, FieldAgreement, MatchBatchRequest, MatchBatchResponse,
-    MatchCandidate as PbCandidate, MatchRequest, MatchResponse, MatchResult,
+    AgreementLevel, FieldAgreement, LinkRequest, LinkResponse, LinkResult, MatchBatchRequest,
+    MatchBatchResponse, MatchCandidate as PbCandidate, MatchRequest, MatchResponse, MatchResult,
 };
 use idvault_tokenizer::matching::Level;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::subjects::pairs;
 use super::{caller, status, within};
-use crate::service::matching::{MatchCandidate, MatchQuery, Pacing, QueryAnswer};
+use crate::service::matching::{
+    LinkAnswer, LinkJob, LinkRecord, MatchCandidate, MatchQuery, Pacing, QueryAnswer,
+};
 
 adapter!(
     /// The match service.
@@ -37,8 +39,18 @@ fn level(l: Level) -> AgreementLevel {
         Level::Swapped => AgreementLevel::Swapped,
         Level::Year => AgreementLevel::Year,
         Level::Last4 => AgreementLevel::Last4,
+        Level::Partial => AgreementLevel::Partial,
         _ => AgreementLevel::Unspecified,
     }
+}
+
+fn agreements(a: Vec<(idvault_tokenizer::variants::MatchField, Level)>) -> Vec<FieldAgreement> {
+    a.into_iter()
+        .map(|(f, l)| FieldAgreement {
+            field: f.name().to_owned(),
+            level: level(l).into(),
+        })
+        .collect()
 }
 
 fn candidates(c: Vec<MatchCandidate>) -> Vec<PbCandidate> {
@@ -46,14 +58,40 @@ fn candidates(c: Vec<MatchCandidate>) -> Vec<PbCandidate> {
         .map(|c| PbCandidate {
             pairwise_token: c.pairwise_token,
             score: c.score,
-            agreements: c
-                .agreements
-                .into_iter()
-                .map(|(f, l)| FieldAgreement {
-                    field: f.name().to_owned(),
-                    level: level(l).into(),
-                })
-                .collect(),
+            agreements: agreements(c.agreements),
+        })
+        .collect()
+}
+
+fn link_results(answers: Vec<LinkAnswer>) -> Vec<LinkResult> {
+    answers
+        .into_iter()
+        .map(|a| match a.answer {
+            Ok(Some(c)) => LinkResult {
+                record_id: a.record_id,
+                pairwise_token: c.pairwise_token,
+                score: c.score,
+                agreements: agreements(c.agreements),
+                refused: String::new(),
+            },
+            Ok(None) => LinkResult {
+                record_id: a.record_id,
+                ..LinkResult::default()
+            },
+            Err(why) => LinkResult {
+                record_id: a.record_id,
+                refused: why,
+                ..LinkResult::default()
+            },
+        })
+        .collect()
+}
+
+fn link_records(r: Vec<idvault_proto::v1::LinkRecord>) -> Vec<LinkRecord> {
+    r.into_iter()
+        .map(|r| LinkRecord {
+            record_id: r.record_id,
+            fields: pairs(r.fields),
         })
         .collect()
 }
@@ -61,6 +99,7 @@ fn candidates(c: Vec<MatchCandidate>) -> Vec<PbCandidate> {
 #[tonic::async_trait]
 impl MatchService for MatchApi {
     type MatchStreamStream = super::Replies<MatchBatchResponse>;
+    type LinkStream = super::Replies<LinkResponse>;
 
     async fn r#match(&self, req: Request<MatchRequest>) -> Result<Response<MatchResponse>, Status> {
         let who = caller(&req)?;
@@ -145,6 +184,102 @@ impl MatchService for MatchApi {
                     })
                     .collect();
                 if !super::send_within(&tx, MatchBatchResponse { results }, deadline).await {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(rx))
+    }
+
+    async fn link(
+        &self,
+        req: Request<Streaming<LinkRequest>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let who = caller(&req)?;
+        let mut stream = req.into_inner();
+        let vault = Arc::clone(&self.vault);
+        // A Link job is a match stream: the same per-partner slots.
+        let slot = within(self.deadline, async {
+            vault.open_match_stream(&who).await.map_err(status)
+        })
+        .await?;
+        let (tx, rx) = super::replies(4);
+        let deadline = super::stream_deadline(&who, self.stream_deadline);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut job: Option<LinkJob> = None;
+            loop {
+                let msg = match super::next_message(&mut stream, deadline, "Link").await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        super::send_final(&tx, e).await;
+                        return;
+                    }
+                };
+                let job = match &mut job {
+                    Some(j) => j,
+                    None => {
+                        let o = msg.options.unwrap_or_default();
+                        match LinkJob::new(o.one_to_one, o.min_score) {
+                            Ok(j) => job.insert(j),
+                            Err(e) => {
+                                let e = vault
+                                    .reject(&who, Action::MatchSubjects, Action::MatchSubjects, e)
+                                    .await;
+                                super::send_final(&tx, status(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                // Pacing waits for the rate budget; the deadline still holds.
+                let answered = tokio::time::timeout_at(
+                    deadline,
+                    vault.link_batch(&who, job, link_records(msg.records)),
+                )
+                .await;
+                let results = match answered {
+                    Ok(Ok(a)) => link_results(a),
+                    Ok(Err(e)) => {
+                        super::send_final(&tx, status(e)).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let e = Status::deadline_exceeded("Link past its deadline");
+                        super::send_final(&tx, e).await;
+                        return;
+                    }
+                };
+                let reply = LinkResponse {
+                    received: job.received() as u64,
+                    results,
+                };
+                if !super::send_within(&tx, reply, deadline).await {
+                    return;
+                }
+            }
+            let Some(job) = job.filter(LinkJob::one_to_one) else {
+                return;
+            };
+            let received = job.received() as u64;
+            for chunk in job.assign() {
+                let answered =
+                    tokio::time::timeout_at(deadline, vault.link_reveal(&who, chunk)).await;
+                let results = match answered {
+                    Ok(Ok(a)) => link_results(a),
+                    Ok(Err(e)) => {
+                        super::send_final(&tx, status(e)).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let e = Status::deadline_exceeded("Link past its deadline");
+                        super::send_final(&tx, e).await;
+                        return;
+                    }
+                };
+                // The client went away: nothing more is revealed.
+                if !super::send_within(&tx, LinkResponse { received, results }, deadline).await {
                     return;
                 }
             }

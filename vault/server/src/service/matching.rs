@@ -21,8 +21,8 @@ use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, MatchRow};
 use idvault_core::keys::KeyError;
 use idvault_core::matching::{
-    BadSignature, CANDIDATE_LIMIT, FIRST_CANDIDATES, Hit, MatchKeyring, PlannedQuery,
-    decode_signature, encode_signature, field_mask, plan_query,
+    BadSignature, CANDIDATE_LIMIT, FIRST_CANDIDATES, Hit, INDEX_SCHEME, MatchKeyring, MatchModel,
+    PlannedQuery, SubjectIndex, assign_one_to_one, plan_query,
 };
 pub use idvault_core::matching::{MAX_QUERY_ID, MAX_RESULTS, MIN_SCORE, MatchQuery};
 use idvault_core::subject::{FieldName, FieldValue, SubjectId};
@@ -36,7 +36,7 @@ pub fn check_query(
     keyrings: &[Arc<MatchKeyring>],
     opts: &NormalizeOptions,
 ) -> Result<usize, String> {
-    plan_query(q, keyrings, opts).map(|p| p.plan.blocking_indexes().len())
+    plan_query(q, keyrings, opts, &MatchModel::prior()).map(|p| p.plan.blocking().len())
 }
 
 impl From<BadSignature> for VaultError {
@@ -53,14 +53,14 @@ async fn best_candidates(
     partner: &Partner,
     p: &PlannedQuery,
 ) -> Result<Vec<Hit>, VaultError> {
-    let blocking = p.plan.blocking_indexes();
+    let blocking = p.plan.blocking();
     let domain = partner.match_domain.as_str();
     let mut candidates = store
-        .match_candidates(domain, &blocking, FIRST_CANDIDATES)
+        .match_candidates(domain, blocking, FIRST_CANDIDATES)
         .await?;
     if !p.settled_by(&candidates)? {
         candidates = store
-            .match_candidates(domain, &blocking, CANDIDATE_LIMIT)
+            .match_candidates(domain, blocking, CANDIDATE_LIMIT)
             .await?;
     }
     Ok(p.rank(candidates)?)
@@ -98,13 +98,147 @@ pub enum Pacing {
     Wait,
 }
 
-/// A subject's blind indexes in one match domain: `(field, index,
-/// blocking)` entries at key `version`.
+/// Most records of a one-to-one Link job: their candidates are held until
+/// the client closes its side (at most [`LINK_CANDIDATES`] each).
+pub const MAX_LINK_RECORDS: usize = 100_000;
+/// Candidates kept per record of a one-to-one Link job, so that a record
+/// whose best subject goes to another can fall back to its next.
+pub const LINK_CANDIDATES: u32 = 3;
+
+/// One record of a Link job.
+#[derive(Debug, Clone)]
+pub struct LinkRecord {
+    /// The partner's reference, echoed in the answer (at most
+    /// [`MAX_QUERY_ID`] bytes).
+    pub record_id: String,
+    /// Field name and value pairs.
+    pub fields: Vec<(String, String)>,
+}
+
+/// The answer to one Link record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkAnswer {
+    /// The record's reference.
+    pub record_id: String,
+    /// Its best (one-to-one: assigned) candidate, if any; `Err` when the
+    /// record was refused (the reason names fields, never values).
+    pub answer: Result<Option<MatchCandidate>, String>,
+}
+
+/// The state of one Link stream.
+#[derive(Debug)]
+pub struct LinkJob {
+    one_to_one: bool,
+    min_score: f64,
+    received: usize,
+    /// One-to-one: each record's reference and candidates, in order.
+    pending: Vec<(String, Result<Vec<Hit>, String>)>,
+}
+
+impl LinkJob {
+    /// A job; refuses a `min_score` outside \[[`MIN_SCORE`], 1\] (0 means
+    /// the threshold).
+    pub fn new(one_to_one: bool, min_score: f64) -> Result<Self, VaultError> {
+        if min_score != 0.0 && !(MIN_SCORE..=1.0).contains(&min_score) {
+            return Err(VaultError::BadRequest(format!(
+                "LinkOptions.min_score must be 0 or in [{MIN_SCORE}, 1]"
+            )));
+        }
+        Ok(Self {
+            one_to_one,
+            min_score,
+            received: 0,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Records received so far.
+    pub fn received(&self) -> usize {
+        self.received
+    }
+
+    /// Whether records are assigned one-to-one at the end.
+    pub fn one_to_one(&self) -> bool {
+        self.one_to_one
+    }
+
+    /// Ends a one-to-one job: assigns its records (see
+    /// [`assign_one_to_one`]) and returns them in record order, in chunks
+    /// of [`MAX_BATCH`] for [`Vault::link_reveal`]. Nothing is revealed
+    /// until a chunk is.
+    pub fn assign(self) -> Vec<LinkChunk> {
+        let (ids, kept): (Vec<String>, Vec<Result<Vec<Hit>, String>>) =
+            self.pending.into_iter().unzip();
+        let candidates: Vec<Vec<Hit>> = kept
+            .iter()
+            .map(|k| k.as_ref().map_or_else(|_| Vec::new(), Clone::clone))
+            .collect();
+        let chosen = assign_one_to_one(&candidates);
+        let mut assigned = kept
+            .into_iter()
+            .zip(candidates)
+            .zip(chosen)
+            .map(|((k, c), choice)| {
+                k.map(|_| {
+                    choice
+                        .and_then(|i| c.into_iter().nth(i))
+                        .into_iter()
+                        .collect()
+                })
+            });
+        let mut ids = ids.into_iter().peekable();
+        let mut out = Vec::new();
+        while ids.peek().is_some() {
+            let ids: Vec<String> = ids.by_ref().take(MAX_BATCH).collect();
+            let assigned = assigned.by_ref().take(ids.len()).collect();
+            out.push(LinkChunk { ids, assigned });
+        }
+        out
+    }
+}
+
+/// Up to [`MAX_BATCH`] assigned records of a one-to-one Link job.
+#[derive(Debug)]
+pub struct LinkChunk {
+    ids: Vec<String>,
+    assigned: Vec<Result<Vec<Hit>, String>>,
+}
+
+fn link_answers(ids: Vec<String>, answers: Vec<QueryAnswer>) -> Vec<LinkAnswer> {
+    ids.into_iter()
+        .zip(answers)
+        .map(|(record_id, a)| LinkAnswer {
+            record_id,
+            answer: match a {
+                QueryAnswer::Answered(c) => Ok(c.into_iter().next()),
+                QueryAnswer::Refused(why) => Err(why),
+            },
+        })
+        .collect()
+}
+
+/// Everything a subject stores in one match domain, at key `version`.
 #[derive(Debug, Clone)]
 pub(crate) struct DomainIndexes {
     domain: String,
     version: u32,
-    entries: Vec<(MatchField, i64, bool)>,
+    index: SubjectIndex,
+}
+
+/// The matchable fields of `fields`, each once (the first occurrence
+/// wins), as the record blind indexes are built from.
+pub(crate) fn matchable<'a>(
+    fields: impl IntoIterator<Item = &'a (FieldName, FieldValue)>,
+) -> Vec<(MatchField, &'a str)> {
+    let mut out: Vec<(MatchField, &str)> = Vec::new();
+    for (name, value) in fields {
+        if let Some(f) = MatchField::parse(name.as_str())
+            && !out.iter().any(|(g, _)| *g == f)
+        {
+            out.push((f, value.expose()));
+        }
+    }
+    out
 }
 
 /// Whether `s` has the shape of a pairwise token: `pw_` and 26 lower-case
@@ -124,25 +258,6 @@ fn new_pairwise_token(rng: &dyn idvault_core::Rng) -> Result<String, VaultError>
     let mut out = String::from(PAIRWISE_PREFIX);
     idvault_tokenizer::token::base32_lower_into(&b, &mut out);
     Ok(out)
-}
-
-/// The blind indexes of a subject's `fields` under `ring`: `(field,
-/// index, blocking)`. The one place indexes are built, for a create or an
-/// update as for a re-index.
-fn subject_entries(
-    ring: &MatchKeyring,
-    fields: &[(FieldName, FieldValue)],
-    opts: &NormalizeOptions,
-) -> Vec<(MatchField, i64, bool)> {
-    let mut entries = Vec::new();
-    for (name, value) in fields {
-        if let Some(f) = MatchField::parse(name.as_str()) {
-            for (i, blocking) in ring.subject_indexes(f, value.expose(), opts) {
-                entries.push((f, i, blocking));
-            }
-        }
-    }
-    entries
 }
 
 impl Vault {
@@ -168,6 +283,17 @@ impl Vault {
             .collect()
     }
 
+    /// The weights `domain`'s queries are scored with.
+    pub fn match_model(&self, domain: &str) -> Arc<MatchModel> {
+        self.matching()
+            .models
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(domain)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The current keyring of `domain` (benchmarks load fixtures with it).
     pub fn current_keyring(&self, domain: &str) -> Result<Arc<MatchKeyring>, VaultError> {
         self.keyrings(domain)?
@@ -181,12 +307,11 @@ impl Vault {
         &self.matching().opts
     }
 
-    /// The blind indexes of `fields` in every match domain, current key
-    /// version (computed before the transaction). Non-matchable fields give
-    /// none.
+    /// What a subject whose matchable fields are `record` stores in every
+    /// match domain, current key version (computed before the transaction).
     pub(crate) fn match_rows_of(
         &self,
-        fields: &[(FieldName, FieldValue)],
+        record: &[(MatchField, &str)],
     ) -> Result<Vec<DomainIndexes>, VaultError> {
         let st = self.matching();
         let mut out = Vec::with_capacity(st.domains.len());
@@ -195,59 +320,43 @@ impl Vault {
             out.push(DomainIndexes {
                 domain: domain.clone(),
                 version: ring.version(),
-                entries: subject_entries(&ring, fields, &st.opts),
+                index: ring.subject_index(record, &st.opts),
             });
         }
         Ok(out)
     }
 
-    /// Writes a subject's indexes in `tx`. With `replace` (an update), the
-    /// subject's old indexes of those fields are dropped first and its
-    /// other fields' indexes kept.
+    /// Writes a subject's indexes in `tx`, whole: with `replace` (an
+    /// update, a re-index) its old rows are dropped first, and its
+    /// signatures are overwritten either way. Compound blocking keys join
+    /// several fields, so a subject is always indexed from all its newest
+    /// values, never field by field.
     pub(crate) async fn write_match_rows(
         &self,
         tx: &mut AuditedTx,
         subject: &SubjectId,
-        replace: &[(FieldName, FieldValue)],
+        replace: bool,
         indexes: &[DomainIndexes],
     ) -> Result<(), VaultError> {
-        let codes: Vec<u8> = replace
-            .iter()
-            .filter_map(|(n, _)| MatchField::parse(n.as_str()).map(MatchField::code))
-            .collect();
-        let update = !replace.is_empty();
-        if update && codes.is_empty() {
-            // An update of fields that are never matched: nothing changes.
-            return Ok(());
+        if replace {
+            tx.match_delete_subject(subject).await?;
         }
-        let mut old = if update {
-            tx.match_delete_fields(subject, &codes).await?;
-            tx.match_signatures(subject).await?
-        } else {
-            HashMap::new()
-        };
         // One statement for every domain's signature, one for every
         // domain's blocking rows: each statement is a round trip inside the
         // write lock.
         let mut signatures = Vec::with_capacity(indexes.len());
         let mut rows: Vec<MatchRow<'_>> = Vec::new();
         for d in indexes {
-            let mut entries: Vec<(MatchField, i64)> = match old.remove(&d.domain) {
-                Some(sig) => decode_signature(&sig)
-                    .ok_or(VaultError::Integrity("match_subjects.signature"))?
-                    .into_iter()
-                    .filter(|(f, _)| !codes.contains(&f.code()))
-                    .collect(),
-                None => Vec::new(),
-            };
-            entries.extend(d.entries.iter().map(|(f, i, _)| (*f, *i)));
-            let present = field_mask(entries.iter().map(|(f, _)| *f));
-            signatures.push((d.domain.as_str(), present, encode_signature(&entries)));
+            signatures.push((
+                d.domain.as_str(),
+                d.index.present(),
+                d.index.signature(d.version),
+            ));
             rows.extend(
-                d.entries
+                d.index
+                    .blocking
                     .iter()
-                    .filter(|(_, _, blocking)| *blocking)
-                    .map(|(f, i, _)| (d.domain.as_str(), f.code(), d.version, *i)),
+                    .map(|(code, i)| (d.domain.as_str(), *code, d.version, *i)),
             );
         }
         tx.match_set_subject(subject, &signatures);
@@ -309,9 +418,10 @@ impl Vault {
             self.spend_rate(partner, n, pacing).await?;
             let keyrings = self.keyrings(&partner.match_domain)?;
             let opts = &self.matching().opts;
+            let model = self.match_model(&partner.match_domain);
             let planned: Vec<Result<PlannedQuery, String>> = queries
                 .into_iter()
-                .map(|q| plan_query(q, &keyrings, opts))
+                .map(|q| plan_query(q, &keyrings, opts, &model))
                 .collect();
             if refusal_is_error && let [Err(why)] = planned.as_slice() {
                 return Err(VaultError::BadRequest(why.clone()));
@@ -355,20 +465,39 @@ impl Vault {
         req: &super::pipeline::Request<'_>,
         planned: Vec<Result<PlannedQuery, String>>,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
-        let partner = req.partner;
-        // Monotonic, for the debug phase timings only (never a decision).
-        let started = tokio::time::Instant::now();
-        // Candidates and known tokens are read from the pool, outside the
-        // writer; only new tokens and the leaf go through it.
-        let began = started.elapsed();
-        let mut kept: Vec<Result<Vec<Hit>, String>> = Vec::with_capacity(planned.len());
+        let kept = self.lookup(req.partner, planned).await?;
+        self.reveal(req, kept, "").await
+    }
+
+    /// The candidates of each planned query, read from the pool, outside
+    /// the writer: nothing is revealed or written yet.
+    async fn lookup(
+        &self,
+        partner: &Partner,
+        planned: Vec<Result<PlannedQuery, String>>,
+    ) -> Result<Vec<Result<Vec<Hit>, String>>, VaultError> {
+        let mut kept = Vec::with_capacity(planned.len());
         for p in planned {
             kept.push(match p {
                 Ok(p) => Ok(best_candidates(self.store(), partner, &p).await?),
                 Err(why) => Err(why),
             });
         }
-        let looked_up = started.elapsed();
+        Ok(kept)
+    }
+
+    /// Answers `kept` with the partner's pairwise tokens, issuing the ones
+    /// it lacks, in one audited transaction whose record lists every
+    /// subject revealed (`kind` prefixes the record's detail).
+    async fn reveal(
+        &self,
+        req: &super::pipeline::Request<'_>,
+        kept: Vec<Result<Vec<Hit>, String>>,
+        kind: &str,
+    ) -> Result<Vec<QueryAnswer>, VaultError> {
+        let partner = req.partner;
+        // Monotonic, for the debug phase timings only (never a decision).
+        let started = tokio::time::Instant::now();
         let mut subjects: Vec<SubjectId> = kept
             .iter()
             .flat_map(|k| k.iter().flatten().map(|h| h.subject))
@@ -390,6 +519,7 @@ impl Vault {
                 fresh.push((*s, new_pairwise_token(self.rng())?));
             }
         }
+        let looked_up = started.elapsed();
         let mut tx = self.begin().await?;
         // A subject deleted since the lookup gets no token (on PostgreSQL
         // the row lock also orders this against a concurrent delete).
@@ -411,10 +541,11 @@ impl Vault {
             .filter(|k| matches!(k, Ok(c) if !c.is_empty()))
             .count();
         let detail = format!(
-            "queries={} refused={refused} matched={matched} subjects=[{}]",
+            "{kind}queries={} refused={refused} matched={matched} subjects=[{}]",
             kept.len(),
             subjects
                 .iter()
+                .filter(|s| tokens.contains_key(s))
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
@@ -423,8 +554,6 @@ impl Vault {
         self.commit(tx, req, None, detail).await?;
         // Phase timings for latency work (`RUST_LOG=idvault::matching=debug`).
         tracing::debug!(
-            begin_us = began.as_micros(),
-            lookup_us = (looked_up - began).as_micros(),
             tokens_us = (tokens_done - looked_up).as_micros(),
             commit_us = (started.elapsed() - tokens_done).as_micros(),
             "match batch timings"
@@ -450,21 +579,109 @@ impl Vault {
             .collect())
     }
 
-    /// Makes every configured match domain cover every subject: forgets
-    /// domains no longer configured, and indexes existing subjects for new
-    /// ones (decrypting each subject's newest values). Run at start.
+    /// Matches one message of a Link job (1 to [`MAX_BATCH`] records),
+    /// paced to the partner's rate limit. Without one-to-one the records
+    /// are answered at once with their best candidate. With it, their
+    /// candidates are kept in `job` (nothing is revealed, the lookup is
+    /// audited with counts only) and the answer is empty: the records are
+    /// answered by [`Self::link_finish`].
+    pub async fn link_batch(
+        &self,
+        caller: &Caller,
+        job: &mut LinkJob,
+        records: Vec<LinkRecord>,
+    ) -> Result<Vec<LinkAnswer>, VaultError> {
+        self.handle(caller, Action::MatchSubjects, async |req| {
+            let partner = req.partner;
+            let n = records.len();
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            if n > MAX_BATCH {
+                return Err(VaultError::BadRequest(format!(
+                    "a Link message holds at most {MAX_BATCH} records"
+                )));
+            }
+            if job.one_to_one && job.pending.len() + n > MAX_LINK_RECORDS {
+                return Err(VaultError::BadRequest(format!(
+                    "a one-to-one Link job holds at most {MAX_LINK_RECORDS} records"
+                )));
+            }
+            self.spend_rate(partner, n, Pacing::Wait).await?;
+            let keyrings = self.keyrings(&partner.match_domain)?;
+            let opts = &self.matching().opts;
+            let model = self.match_model(&partner.match_domain);
+            let mut ids = Vec::with_capacity(n);
+            let planned: Vec<Result<PlannedQuery, String>> = records
+                .into_iter()
+                .map(|r| {
+                    ids.push(r.record_id.clone());
+                    let q = MatchQuery {
+                        fields: r.fields,
+                        max_results: if job.one_to_one { LINK_CANDIDATES } else { 1 },
+                        min_score: job.min_score,
+                        query_id: r.record_id,
+                    };
+                    plan_query(q, &keyrings, opts, &model)
+                })
+                .collect();
+            let kept = self.lookup(partner, planned).await?;
+            job.received += n;
+            if !job.one_to_one {
+                let answers = self.reveal(req, kept, "link ").await?;
+                return Ok(link_answers(ids, answers));
+            }
+            // Nothing revealed yet: the record says what was looked up.
+            let refused = kept.iter().filter(|k| k.is_err()).count();
+            let with = kept
+                .iter()
+                .filter(|k| matches!(k, Ok(c) if !c.is_empty()))
+                .count();
+            let tx = self.begin().await?;
+            let detail = format!(
+                "link lookup one_to_one queries={n} refused={refused} with_candidates={with}"
+            );
+            self.commit(tx, req, None, detail).await?;
+            job.pending.extend(ids.into_iter().zip(kept));
+            Ok(Vec::new())
+        })
+        .await
+    }
+
+    /// Answers one chunk of an ended one-to-one Link job (see
+    /// [`LinkJob::assign`]) in one audited transaction listing the subjects
+    /// revealed.
+    pub async fn link_reveal(
+        &self,
+        caller: &Caller,
+        chunk: LinkChunk,
+    ) -> Result<Vec<LinkAnswer>, VaultError> {
+        let LinkChunk { ids, assigned } = chunk;
+        let answers = self
+            .handle(caller, Action::MatchSubjects, async |req| {
+                self.reveal(req, assigned, "link one_to_one ").await
+            })
+            .await?;
+        Ok(link_answers(ids, answers))
+    }
+
+    /// Makes every configured match domain cover every subject under the
+    /// current index scheme: forgets domains no longer configured, and
+    /// indexes existing subjects (decrypting each subject's newest values)
+    /// for new domains and for domains built under an older scheme (new
+    /// variant kinds are backfilled this way). Run at start.
     pub async fn prepare_matching(&self) -> Result<(), VaultError> {
         let st = self.matching();
         let recorded = self.store().match_domains().await?;
         let indexed: Vec<&String> = recorded
             .iter()
-            .filter(|(_, done)| *done)
-            .map(|(d, _)| d)
+            .filter(|(_, done, scheme)| *done && *scheme == INDEX_SCHEME)
+            .map(|(d, _, _)| d)
             .collect();
         let system = Caller::new("idvault");
         let stale = recorded
             .iter()
-            .filter(|(d, _)| !st.domains.contains(d))
+            .filter(|(d, _, _)| !st.domains.contains(d))
             .count();
         if stale > 0 {
             let mut tx = self.begin().await?;
@@ -474,19 +691,34 @@ impl Vault {
                 .await?;
         }
         for domain in st.domains.iter().filter(|d| !indexed.contains(d)) {
-            self.store().mark_match_domain(domain, 0).await?;
+            let older = recorded
+                .iter()
+                .any(|(d, _, scheme)| d == domain && *scheme != INDEX_SCHEME);
+            self.store()
+                .mark_match_domain(domain, 0, INDEX_SCHEME)
+                .await?;
+            if older {
+                // Rows of the older scheme: dropped before the rebuild, in
+                // one audited transaction.
+                let mut tx = self.begin().await?;
+                let rows = tx.match_clear_domain(domain).await?;
+                let detail = format!("reindex domain={domain} cleared_rows={rows}");
+                self.commit_job(tx, &system, Action::MatchSubjects, detail)
+                    .await?;
+            }
             let n = self.backfill(&system, domain).await?;
             // Bookkeeping only (no personal data): not an audited write.
             self.store()
-                .mark_match_domain(domain, self.now_millis())
+                .mark_match_domain(domain, self.now_millis(), INDEX_SCHEME)
                 .await?;
-            tracing::info!(domain = %domain, subjects = n, "match domain indexed");
+            tracing::info!(domain = %domain, subjects = n, scheme = INDEX_SCHEME, "match domain indexed");
         }
         Ok(())
     }
 
     /// Indexes every subject for `domain`, a page per audited transaction;
-    /// returns subjects indexed.
+    /// returns subjects indexed. A subject indexed before an interrupted
+    /// backfill is indexed again whole.
     async fn backfill(&self, system: &Caller, domain: &str) -> Result<u64, VaultError> {
         const PAGE: u32 = 200;
         let ring = self
@@ -513,9 +745,10 @@ impl Vault {
                 let indexes = [DomainIndexes {
                     domain: domain.to_owned(),
                     version: ring.version(),
-                    entries: subject_entries(&ring, &values, opts),
+                    index: ring.subject_index(&matchable(&values), opts),
                 }];
-                self.write_match_rows(&mut tx, id, &[], &indexes).await?;
+                tx.match_delete_domain_subject(domain, id).await?;
+                self.write_match_rows(&mut tx, id, false, &indexes).await?;
                 total += 1;
             }
             let detail = format!("reindex domain={domain} subjects={}", ids.len());

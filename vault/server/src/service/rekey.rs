@@ -174,7 +174,7 @@ impl Vault {
                 let values: Vec<_> = values.into_iter().collect();
                 let wrapped = ckeys::wrap_dek(&kek, &row.id, &dek, self.rng())?;
                 drop(dek);
-                indexes.push(self.match_rows_of(&values)?);
+                indexes.push(self.match_rows_of(&super::matching::matchable(&values))?);
                 moves.push((row.id, row.wrapped_dek.kek_version, wrapped));
             }
             let moved = tx.rewrap_subject_keys(&moves).await?;
@@ -186,7 +186,7 @@ impl Vault {
             tx.match_delete_subjects(&moved_ids).await?;
             for ((id, _, _), idx) in moves.iter().zip(&indexes) {
                 if moved.contains(id) {
-                    self.write_match_rows(&mut tx, id, &[], idx).await?;
+                    self.write_match_rows(&mut tx, id, false, idx).await?;
                 }
             }
             let moved = moved.len() as u64;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use idvault_core::crypto::HASH_LEN;
-use idvault_core::matching::MatchKeyring;
+use idvault_core::matching::{MatchKeyring, MatchModel};
 use idvault_tokenizer::NormalizeOptions;
 
 use crate::config::PartnerRegistry;
@@ -21,6 +21,8 @@ pub(crate) struct MatchState {
     pub(crate) domains: Vec<String>,
     pub(crate) keyrings: Mutex<HashMap<(String, u32), Arc<MatchKeyring>>>,
     pub(crate) limiters: HashMap<String, DefaultDirectRateLimiter>,
+    /// Learned weights per domain (absent: the hand-set table).
+    pub(crate) models: RwLock<HashMap<String, Arc<MatchModel>>>,
 }
 
 impl MatchState {
@@ -44,6 +46,7 @@ impl MatchState {
             domains: registry.match_domains(),
             keyrings: Mutex::new(HashMap::new()),
             limiters,
+            models: RwLock::new(HashMap::new()),
         }
     }
 }

@@ -79,11 +79,11 @@ impl Vault {
                 created_at_ms: now,
                 updated_at_ms: now,
             };
-            let match_rows = self.match_rows_of(&fields)?;
+            let match_rows = self.match_rows_of(&super::matching::matchable(&fields))?;
             let mut tx = self.begin().await?;
             tx.insert_subject(&row)?;
             tx.insert_packets(&id, &packets)?;
-            self.write_match_rows(&mut tx, &id, &[], &match_rows)
+            self.write_match_rows(&mut tx, &id, false, &match_rows)
                 .await?;
             let token = self.issue_pairwise(&mut tx, req.partner, &id).await?;
             let detail = format!("fields={}", fields.len());
@@ -114,13 +114,24 @@ impl Vault {
             }
             let dek = self.subject_dek(&row)?;
             let now = self.now_millis();
+            // A changed matchable field re-indexes the subject whole, from
+            // its newest values with the update applied (compound keys join
+            // fields). Read before the new packets join the transaction.
+            let reindex = !super::matching::matchable(&fields).is_empty();
+            let match_rows = if reindex {
+                let old = self.newest_values(&mut tx, &row).await?;
+                Some(self.match_rows_of(&super::matching::matchable(fields.iter().chain(&old)))?)
+            } else {
+                None
+            };
             let (packets, head) = packet::append(&id, &dek, row.head, &fields, now, self.rng())
                 .map_err(|_| VaultError::Integrity("packet sealing"))?;
             tx.insert_packets(&id, &packets)?;
             tx.set_head(&id, head, now).await?;
-            let match_rows = self.match_rows_of(&fields)?;
-            self.write_match_rows(&mut tx, &id, &fields, &match_rows)
-                .await?;
+            if let Some(match_rows) = match_rows {
+                self.write_match_rows(&mut tx, &id, true, &match_rows)
+                    .await?;
+            }
             let detail = format!("fields={}", fields.len());
             self.commit(tx, req, Some(&id), detail).await?;
             Ok(ChainUpdate {

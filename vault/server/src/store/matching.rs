@@ -109,19 +109,27 @@ impl AuditedTx {
         }
     }
 
-    /// Removes a subject's blind indexes of `fields` (codes) in every domain.
-    pub async fn match_delete_fields(
+    /// Removes a subject's blind-index rows in every domain (before they
+    /// are written again whole; its signatures are overwritten).
+    pub async fn match_delete_subject(&mut self, subject: &SubjectId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM match_index WHERE subject_id = $1")
+            .bind(subject.as_bytes().to_vec())
+            .execute(self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a subject's blind-index rows in one domain.
+    pub async fn match_delete_domain_subject(
         &mut self,
+        domain: &str,
         subject: &SubjectId,
-        fields: &[u8],
     ) -> Result<(), StoreError> {
-        for f in fields {
-            sqlx::query("DELETE FROM match_index WHERE subject_id = $1 AND field = $2")
-                .bind(subject.as_bytes().to_vec())
-                .bind(i64::from(*f))
-                .execute(self.conn().await?)
-                .await?;
-        }
+        sqlx::query("DELETE FROM match_index WHERE domain = $1 AND subject_id = $2")
+            .bind(domain.to_owned())
+            .bind(subject.as_bytes().to_vec())
+            .execute(self.conn().await?)
+            .await?;
         Ok(())
     }
 
@@ -139,19 +147,6 @@ impl AuditedTx {
                 ],
             );
         }
-    }
-
-    /// `subject`'s signatures, by domain.
-    pub async fn match_signatures(
-        &mut self,
-        subject: &SubjectId,
-    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
-        let rows: Vec<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT domain, signature FROM match_subjects WHERE subject_id = $1")
-                .bind(subject.as_bytes().to_vec())
-                .fetch_all(self.conn().await?)
-                .await?;
-        Ok(rows.into_iter().collect())
     }
 
     /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
@@ -183,6 +178,21 @@ impl AuditedTx {
         }
     }
 
+    /// Drops every index row and signature of `domain` (before it is
+    /// indexed again under a newer scheme); returns the rows dropped.
+    pub async fn match_clear_domain(&mut self, domain: &str) -> Result<u64, StoreError> {
+        let rows = sqlx::query("DELETE FROM match_index WHERE domain = $1")
+            .bind(domain.to_owned())
+            .execute(self.conn().await?)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM match_subjects WHERE domain = $1")
+            .bind(domain.to_owned())
+            .execute(self.conn().await?)
+            .await?;
+        Ok(rows)
+    }
+
     /// Forgets domains no longer configured, and their indexes.
     pub async fn match_drop_domains_except(&mut self, keep: &[String]) -> Result<u64, StoreError> {
         // Every domain is recorded here before it gets any row.
@@ -211,13 +221,13 @@ impl AuditedTx {
 
 impl Store {
     /// The candidates of one query in one round trip, from the pool (not
-    /// through the writer): the at most `limit` subjects of `domain`
-    /// holding the most `blocking` indexes, with their presence masks and
-    /// signatures, most blocking hits first.
+    /// through the writer): the at most `limit` subjects of `domain` with
+    /// the highest rank over the `blocking` `(index, gain)` pairs, with
+    /// their presence masks and signatures, best ranked first.
     pub async fn match_candidates(
         &self,
         domain: &str,
-        blocking: &[i64],
+        blocking: &[(i64, f64)],
         limit: u32,
     ) -> Result<Vec<Candidate>, StoreError> {
         candidates(self.pool(), domain, blocking, limit).await
@@ -269,30 +279,38 @@ impl Store {
         })
     }
 
-    /// Records `domain` as being indexed (`now_ms` 0: backfill under way;
-    /// otherwise the time it came to cover every subject). Bookkeeping
-    /// only, no personal data. Recording before the backfill means a
-    /// domain whose backfill was interrupted is still known, so its rows
-    /// are dropped if it leaves the configuration.
-    pub async fn mark_match_domain(&self, domain: &str, now_ms: i64) -> Result<(), StoreError> {
+    /// Records `domain` as being indexed under index `scheme` (`now_ms` 0:
+    /// backfill under way; otherwise the time it came to cover every
+    /// subject). Bookkeeping only, no personal data. Recording before the
+    /// backfill means a domain whose backfill was interrupted is still
+    /// known, so its rows are dropped if it leaves the configuration.
+    pub async fn mark_match_domain(
+        &self,
+        domain: &str,
+        now_ms: i64,
+        scheme: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO match_domains (domain, indexed_at_ms) VALUES ($1, $2) \
-             ON CONFLICT (domain) DO UPDATE SET indexed_at_ms = excluded.indexed_at_ms",
+            "INSERT INTO match_domains (domain, indexed_at_ms, scheme) VALUES ($1, $2, $3) \
+             ON CONFLICT (domain) DO UPDATE SET indexed_at_ms = excluded.indexed_at_ms, \
+             scheme = excluded.scheme",
         )
         .bind(domain.to_owned())
         .bind(now_ms)
+        .bind(scheme)
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    /// Recorded match domains: `(domain, complete)`.
-    pub async fn match_domains(&self) -> Result<Vec<(String, bool)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT domain, indexed_at_ms FROM match_domains ORDER BY domain")
-                .fetch_all(self.pool())
-                .await?;
-        Ok(rows.into_iter().map(|(d, t)| (d, t > 0)).collect())
+    /// Recorded match domains: `(domain, complete, index scheme)`.
+    pub async fn match_domains(&self) -> Result<Vec<(String, bool, i64)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT domain, indexed_at_ms, scheme FROM match_domains ORDER BY domain",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(d, t, s)| (d, t > 0, s)).collect())
     }
 
     /// Up to `limit` subject ids after `after` (all from the start when
@@ -399,41 +417,57 @@ impl BenchLoader {
 }
 
 /// The candidates of one query in one round trip: the at most `limit`
-/// subjects of `domain` holding the most `blocking` indexes, with their
-/// presence masks and signatures, most blocking hits first.
+/// subjects of `domain` with the highest rank, with their presence masks
+/// and signatures, best first. A subject's rank is, over the fields (and
+/// compound keys) of its rows among `blocking`, the sum of each one's best
+/// gain: a national id hit through its exact form and through its one-edit
+/// neighbours counts once.
 pub(super) async fn candidates<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     domain: &str,
-    blocking: &[i64],
+    blocking: &[(i64, f64)],
     limit: u32,
 ) -> Result<Vec<Candidate>, StoreError> {
     if blocking.is_empty() {
         return Ok(Vec::new());
     }
+    let n = blocking.len();
+    // The IN list lets the planner use the (domain, bidx) key; the VALUES
+    // list carries each index's gain. Both VALUES columns are named
+    // column1, column2 by SQLite and PostgreSQL alike.
+    let values: Vec<String> = (0..n)
+        .map(|i| format!("(${}, ${})", 3 + n + 2 * i, 4 + n + 2 * i))
+        .collect();
     let sql = format!(
-        "SELECT s.subject_id, s.fields, s.signature, c.n FROM match_subjects s \
-             JOIN (SELECT subject_id, COUNT(*) AS n FROM match_index \
-             WHERE domain = $1 AND bidx IN ({}) \
-             GROUP BY subject_id ORDER BY COUNT(*) DESC, subject_id LIMIT $2) c \
-             ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.n DESC, s.subject_id",
-        placeholders(3, blocking.len()),
+        "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
+         JOIN (SELECT h.subject_id, SUM(h.g) AS g FROM \
+           (SELECT m.subject_id, m.field, MAX(p.column2) AS g FROM match_index m \
+            JOIN (VALUES {}) p ON p.column1 = m.bidx \
+            WHERE m.domain = $1 AND m.bidx IN ({}) GROUP BY m.subject_id, m.field) h \
+           GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT $2) c \
+         ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
+        values.join(", "),
+        placeholders(3, n),
     );
-    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, i64)>(sqlx::AssertSqlSafe(sql))
+    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
         .bind(domain.to_owned())
         .bind(i64::from(limit));
-    for b in blocking {
+    for (b, _) in blocking {
         q = q.bind(*b);
+    }
+    for (b, g) in blocking {
+        q = q.bind(*b).bind(*g);
     }
     q.fetch_all(ex)
         .await?
         .into_iter()
-        .map(|(s, mask, signature, n)| {
+        .map(|(s, mask, signature, gain)| {
             Ok(Candidate {
                 subject: subject_of(&s, "match_subjects.subject_id")?,
                 present: u16::try_from(mask)
                     .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
                 signature,
-                blocking_hits: u32::try_from(n).unwrap_or(u32::MAX),
+                gain,
             })
         })
         .collect()

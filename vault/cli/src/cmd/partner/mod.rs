@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 mod consent;
 mod credentials;
 mod events;
+mod link;
 mod transactions;
 
 use super::{ConnectArgs, parse_field};
@@ -65,6 +66,11 @@ pub(crate) enum PartnerCommand {
         #[arg(long, default_value_t = 3)]
         max_results: u32,
     },
+    /// Link a whole dataset (CSV with a header row, or JSON Lines): writes
+    /// each record's best subject (pairwise token, score, agreeing fields)
+    /// as CSV or JSON Lines, optionally one-to-one (no subject given to two
+    /// records; greedy, best score first). Shows a progress bar.
+    Link(link::LinkArgs),
     /// Check the vault's audit log: verify the newest signed checkpoint
     /// with the vault's public key, prove it extends the checkpoint kept in
     /// --state (a rolled-back or forked log exits 1), optionally prove a
@@ -122,6 +128,7 @@ pub(crate) async fn run(args: PartnerArgs) -> anyhow::Result<()> {
             transactions::partner(&args.conn, command).await?
         }
         PartnerCommand::Consent(c) => consent::partner(&args.conn, c).await?,
+        PartnerCommand::Link(l) => link::link(&args.conn, l).await?,
         PartnerCommand::Events(c) => events::partner(&args.conn, c).await?,
         PartnerCommand::CreateSubject { fields: f } => {
             let r = subjects()

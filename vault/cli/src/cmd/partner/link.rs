@@ -1,0 +1,442 @@
+//! `idvault partner link FILE`: link a whole dataset through
+//! `MatchService.Link` (docs/blind-matching.md, "Linking a dataset").
+//!
+//! The file is CSV with a header row, or JSON Lines (one object a line).
+//! Columns (keys) named like a matchable catalogue field are sent; `--map
+//! FIELD=COLUMN` sends another column as that field; the `--id-column`
+//! (default `record_id`, or the line number when absent) names each record
+//! in the results; every other column stays on this machine. Results are
+//! written as CSV or JSON Lines, one per record, in file order.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use idvault_proto::v1::match_service_client::MatchServiceClient;
+use idvault_proto::v1::{Field, LinkOptions, LinkRecord, LinkRequest, LinkResult};
+use idvault_tokenizer::variants::MatchField;
+
+use crate::cmd::ConnectArgs;
+
+/// Records per request message (the service's limit).
+const PER_MESSAGE: usize = 100;
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Csv,
+    Jsonl,
+}
+
+impl Format {
+    /// From a file name: `.jsonl`, `.ndjson` and `.json` are JSON Lines,
+    /// anything else CSV.
+    fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "ndjson" | "json") => Self::Jsonl,
+            _ => Self::Csv,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct LinkArgs {
+    /// The dataset: CSV with a header row, or JSON Lines.
+    file: PathBuf,
+    /// Input format (default: from the file name; CSV unless .jsonl).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Write results here instead of standard output (replaced).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Output format (default: from --out's name; CSV on standard output).
+    #[arg(long)]
+    out_format: Option<Format>,
+    /// Column holding each record's reference (default `record_id`; the
+    /// line number when the file has no such column).
+    #[arg(long, value_name = "COLUMN")]
+    id_column: Option<String>,
+    /// Send COLUMN as the catalogue field FIELD, e.g.
+    /// `--map family_name=surname` (repeatable).
+    #[arg(long = "map", value_name = "FIELD=COLUMN", value_parser = crate::cmd::parse_field)]
+    map: Vec<(String, String)>,
+    /// Give no subject to two records: candidates are assigned greedily,
+    /// best score first, once the whole file is sent.
+    #[arg(long)]
+    one_to_one: bool,
+    /// Lowest score to return, in [0.5, 1] (default: the vault threshold).
+    #[arg(long)]
+    min_score: Option<f64>,
+}
+
+/// Which input column becomes which field.
+#[derive(Debug)]
+struct Columns {
+    id: String,
+    /// Column name to catalogue field name.
+    fields: HashMap<String, String>,
+}
+
+impl Columns {
+    fn new(args: &LinkArgs) -> anyhow::Result<Self> {
+        let mut fields = HashMap::new();
+        for (field, column) in &args.map {
+            if MatchField::parse(field).is_none() {
+                bail!(
+                    "--map {field}={column}: {field} is not a matchable field (one of {})",
+                    MatchField::ALL.map(MatchField::name).join(", ")
+                );
+            }
+            if fields.insert(column.clone(), field.clone()).is_some() {
+                bail!("--map: column {column} is mapped twice");
+            }
+        }
+        for f in MatchField::ALL {
+            let name = f.name().to_owned();
+            // A mapped field is taken from its mapped column only.
+            if !fields.values().any(|v| *v == name) {
+                fields.entry(name.clone()).or_insert(name);
+            }
+        }
+        Ok(Self {
+            id: args
+                .id_column
+                .clone()
+                .unwrap_or_else(|| "record_id".to_owned()),
+            fields,
+        })
+    }
+
+    /// The record of one row: `(column, value)` pairs, `line` its number.
+    fn record<'a>(&self, line: u64, row: impl Iterator<Item = (&'a str, String)>) -> LinkRecord {
+        let mut record_id = None;
+        let mut fields = Vec::new();
+        for (column, value) in row {
+            let value = value.trim();
+            if column == self.id {
+                record_id = Some(value.to_owned());
+            } else if let Some(field) = self.fields.get(column)
+                && !value.is_empty()
+            {
+                fields.push(Field {
+                    name: field.clone(),
+                    value: value.to_owned(),
+                });
+            }
+        }
+        LinkRecord {
+            record_id: record_id.unwrap_or_else(|| line.to_string()),
+            fields,
+        }
+    }
+}
+
+/// Reads `path` and hands its records to `sink` in messages of
+/// [`PER_MESSAGE`] (the first also carries `options`); stops quietly when
+/// `sink` says `false`. Returns the records read. With `warn`, says which
+/// columns are not sent.
+fn read_records(
+    path: &Path,
+    format: Format,
+    columns: &Columns,
+    options: LinkOptions,
+    warn: bool,
+    sink: &mut dyn FnMut(LinkRequest) -> bool,
+) -> anyhow::Result<u64> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut batch = Vec::with_capacity(PER_MESSAGE);
+    let mut options = Some(options);
+    let mut sent = 0u64;
+    let mut flush = |batch: &mut Vec<LinkRecord>, last: bool| -> bool {
+        if batch.is_empty() && !(last && options.is_some()) {
+            return true;
+        }
+        sent += batch.len() as u64;
+        let msg = LinkRequest {
+            options: options.take(),
+            records: std::mem::take(batch),
+        };
+        sink(msg)
+    };
+    match format {
+        Format::Csv => {
+            let mut r = csv::ReaderBuilder::new().flexible(false).from_reader(file);
+            let header: Vec<String> = r
+                .headers()
+                .with_context(|| format!("{}: reading the header row", path.display()))?
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .collect();
+            if warn {
+                warn_unused(&header, columns);
+            }
+            for (i, row) in r.records().enumerate() {
+                let row =
+                    row.with_context(|| format!("{}: CSV record {}", path.display(), i + 1))?;
+                let line = row.position().map_or(i as u64 + 2, |p| p.line());
+                let cells = header
+                    .iter()
+                    .map(String::as_str)
+                    .zip(row.iter().map(str::to_owned));
+                batch.push(columns.record(line, cells));
+                if batch.len() == PER_MESSAGE && !flush(&mut batch, false) {
+                    return Ok(sent);
+                }
+            }
+        }
+        Format::Jsonl => {
+            let mut warned = !warn;
+            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let n = i as u64 + 1;
+                let line = line.with_context(|| format!("{}: line {n}", path.display()))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
+                    .with_context(|| {
+                    format!("{}: line {n} is not a JSON object", path.display())
+                })?;
+                if !warned {
+                    let keys: Vec<String> = obj.keys().cloned().collect();
+                    warn_unused(&keys, columns);
+                    warned = true;
+                }
+                let mut cells = Vec::with_capacity(obj.len());
+                for (k, v) in &obj {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Number(x) => x.to_string(),
+                        serde_json::Value::Null => String::new(),
+                        _ => bail!(
+                            "{}: line {n}: \"{k}\" must be a string or a number",
+                            path.display()
+                        ),
+                    };
+                    cells.push((k.as_str(), v));
+                }
+                batch.push(columns.record(n, cells.into_iter()));
+                if batch.len() == PER_MESSAGE && !flush(&mut batch, false) {
+                    return Ok(sent);
+                }
+            }
+        }
+    }
+    flush(&mut batch, true);
+    Ok(sent)
+}
+
+/// Says on stderr which columns are not sent (they stay here).
+fn warn_unused(header: &[String], columns: &Columns) {
+    let unused: Vec<&str> = header
+        .iter()
+        .map(String::as_str)
+        .filter(|h| *h != columns.id && !columns.fields.contains_key(*h))
+        .collect();
+    if !unused.is_empty() {
+        eprintln!(
+            "not sent (not a matchable field; see --map): {}",
+            unused.join(", ")
+        );
+    }
+}
+
+/// Writes results in one format.
+enum Writer {
+    Csv(Box<csv::Writer<Box<dyn Write + Send>>>),
+    Jsonl(Box<dyn Write + Send>),
+}
+
+fn level_name(r: &idvault_proto::v1::FieldAgreement) -> String {
+    r.level()
+        .as_str_name()
+        .trim_start_matches("AGREEMENT_LEVEL_")
+        .to_lowercase()
+}
+
+impl Writer {
+    fn new(out: Box<dyn Write + Send>, format: Format) -> anyhow::Result<Self> {
+        Ok(match format {
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record([
+                    "record_id",
+                    "pairwise_token",
+                    "score",
+                    "agreements",
+                    "refused",
+                ])?;
+                Self::Csv(Box::new(w))
+            }
+            Format::Jsonl => Self::Jsonl(out),
+        })
+    }
+
+    fn write(&mut self, r: &LinkResult) -> anyhow::Result<()> {
+        match self {
+            Self::Csv(w) => {
+                let agreements: Vec<String> = r
+                    .agreements
+                    .iter()
+                    .map(|a| format!("{}:{}", a.field, level_name(a)))
+                    .collect();
+                let score = if r.pairwise_token.is_empty() {
+                    String::new()
+                } else {
+                    format!("{:.6}", r.score)
+                };
+                w.write_record([
+                    r.record_id.as_str(),
+                    r.pairwise_token.as_str(),
+                    score.as_str(),
+                    agreements.join(";").as_str(),
+                    r.refused.as_str(),
+                ])?;
+            }
+            Self::Jsonl(w) => {
+                let agreements: serde_json::Map<String, serde_json::Value> = r
+                    .agreements
+                    .iter()
+                    .map(|a| (a.field.clone(), level_name(a).into()))
+                    .collect();
+                let token = (!r.pairwise_token.is_empty()).then_some(&r.pairwise_token);
+                let v = serde_json::json!({
+                    "record_id": r.record_id,
+                    "pairwise_token": token,
+                    "score": token.map(|_| r.score),
+                    "agreements": agreements,
+                    "refused": (!r.refused.is_empty()).then_some(&r.refused),
+                });
+                writeln!(w, "{v}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Self::Csv(mut w) => w.flush()?,
+            Self::Jsonl(mut w) => w.flush()?,
+        }
+        Ok(())
+    }
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Default)]
+struct Tally {
+    matched: u64,
+    unmatched: u64,
+    refused: u64,
+}
+
+pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<()> {
+    let columns = Columns::new(&args)?;
+    let in_format = args.format.unwrap_or_else(|| Format::of(&args.file));
+    let out_format = args
+        .out_format
+        .or_else(|| args.out.as_deref().map(Format::of))
+        .unwrap_or(Format::Csv);
+    let options = LinkOptions {
+        one_to_one: args.one_to_one,
+        min_score: args.min_score.unwrap_or(0.0),
+    };
+    if !std::fs::metadata(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?
+        .is_file()
+    {
+        bail!("{} is not a file", args.file.display());
+    }
+    let out: Box<dyn Write + Send> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let mut writer = Writer::new(out, out_format)?;
+
+    // A first pass checks the whole file (and counts it for the progress
+    // bar) before anything is sent: a bad row found halfway would
+    // otherwise end the stream early, and a one-to-one job would assign
+    // and reveal the records sent so far.
+    let total = {
+        let (file, o) = (args.file.clone(), options);
+        let columns = Columns::new(&args)?;
+        tokio::task::spawn_blocking(move || {
+            read_records(&file, in_format, &columns, o, true, &mut |_| true)
+        })
+        .await
+        .context("reading the dataset")??
+    };
+    let mut client = MatchServiceClient::new(conn.channel().await?);
+    let (tx, rx) = tokio::sync::mpsc::channel::<LinkRequest>(4);
+    let file = args.file.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        read_records(&file, in_format, &columns, options, false, &mut |m| {
+            tx.blocking_send(m).is_ok()
+        })
+    });
+    let mut replies = client
+        .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    // Monotonic, for the summary line only.
+    let started = tokio::time::Instant::now();
+    let bar = crate::progress::counting_bar(total);
+    let mut tally = Tally::default();
+    let mut received = 0u64;
+    let failed = loop {
+        match replies.message().await {
+            Ok(Some(m)) => {
+                received = m.received;
+                for r in &m.results {
+                    match (r.refused.is_empty(), r.pairwise_token.is_empty()) {
+                        (false, _) => tally.refused += 1,
+                        (true, false) => tally.matched += 1,
+                        (true, true) => tally.unmatched += 1,
+                    }
+                    writer.write(r)?;
+                }
+                if let Some(pb) = &bar {
+                    // Matched so far (one-to-one: answers come at the end).
+                    pb.set_position(received);
+                    pb.set_message(format!(
+                        "{} matched, {} refused",
+                        tally.matched, tally.refused
+                    ));
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    writer.finish()?;
+    // A reading error (bad row) is the first thing to report: the server
+    // only saw the stream end early.
+    let sent = reader.await.context("reading the dataset")??;
+    if sent != total {
+        bail!(
+            "{} changed while it was linked ({total} records, then {sent})",
+            args.file.display()
+        );
+    }
+    if let Some(e) = failed {
+        bail!("Link failed after {received} records: {}", e.message());
+    }
+    let answered = tally.matched + tally.unmatched + tally.refused;
+    if answered != sent {
+        bail!("sent {sent} records but {answered} were answered");
+    }
+    eprintln!(
+        "linked {sent} records in {:.1} s: {} matched, {} without a match, {} refused{}",
+        started.elapsed().as_secs_f64(),
+        tally.matched,
+        tally.unmatched,
+        tally.refused,
+        if args.one_to_one { " (one-to-one)" } else { "" }
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The weights a domain's queries are scored with: the hand-set table, or
+//! m/u learned from the domain's own population by expectation
+//! maximisation (`idvault_tokenizer::em`), and value frequencies for
+//! frequency-based u.
+//!
+//! Frequency-based u: an exact agreement on a common family name is weaker
+//! evidence than on a rare one. For the fields in [`FREQUENCY_FIELDS`], the
+//! estimate counts how many subjects hold each exact blind index (no value
+//! is decrypted: equal values have equal indexes). A query whose exact
+//! index is counted uses `u = count / population` for its exact level; a
+//! value rarer than every counted one uses at most the rarest count's
+//! share. The change is capped at [`MAX_FREQUENCY_SHIFT_BITS`] either way:
+//! relatives share rare family names and addresses, so rarity must not
+//! outweigh the other fields.
+
+use std::collections::HashMap;
+
+use idvault_tokenizer::matching::{FieldModel, Level, MU, Model};
+use idvault_tokenizer::variants::MatchField;
+
+/// Fields whose exact agreement is weighted by the value's frequency.
+pub const FREQUENCY_FIELDS: [MatchField; 4] = [
+    MatchField::GivenName,
+    MatchField::FamilyName,
+    MatchField::Postcode,
+    MatchField::City,
+];
+
+/// Most bits frequency moves an exact agreement weight, up or down.
+pub const MAX_FREQUENCY_SHIFT_BITS: f64 = 3.0;
+
+/// Smallest population for which frequencies are used: below it, counts
+/// say more about chance than about the population.
+pub const MIN_FREQUENCY_POPULATION: u64 = 1000;
+
+/// How many subjects hold each counted exact blind index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frequencies {
+    /// Subjects in the domain when counted.
+    pub population: u64,
+    /// Counted exact indexes (the commonest values) and their counts.
+    pub counts: HashMap<i64, u32>,
+    /// The smallest count kept: every value not counted is at most this common.
+    pub floor: u32,
+}
+
+/// A domain's scoring weights.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MatchModel {
+    /// m and u per field and level.
+    pub model: Model,
+    /// Value frequencies, if estimated.
+    pub frequencies: Option<Frequencies>,
+}
+
+impl MatchModel {
+    /// The hand-set table, no frequencies.
+    pub fn prior() -> Self {
+        Self::default()
+    }
+
+    /// The weights of `field` for a query whose exact blind indexes of it
+    /// (one per live key version) are `exact`: the model's, with exact
+    /// agreement weighted by the value's frequency where it is known.
+    pub fn field_for_query(&self, field: MatchField, exact: &[i64]) -> Option<FieldModel> {
+        let mut fm = self.model.field(field)?.clone();
+        let Some(freq) = &self.frequencies else {
+            return Some(fm);
+        };
+        if !FREQUENCY_FIELDS.contains(&field) || freq.population < MIN_FREQUENCY_POPULATION {
+            return Some(fm);
+        }
+        let n = freq.population as f64;
+        let count: u32 = exact
+            .iter()
+            .filter_map(|i| freq.counts.get(i))
+            .copied()
+            .max()
+            .unwrap_or(0);
+        if let Some((_, mu)) = fm.agree.iter_mut().find(|(l, _)| *l == Level::Exact) {
+            let share = if count > 0 {
+                f64::from(count) / n
+            } else {
+                // Rarer than every counted value.
+                (f64::from(freq.floor.max(1)) / n).min(mu.u)
+            };
+            let scale = MAX_FREQUENCY_SHIFT_BITS.exp2();
+            let u = share
+                .clamp(mu.u / scale, mu.u * scale)
+                .max(1.0 / n.max(1.0));
+            *mu = MU { m: mu.m, u };
+        }
+        Some(fm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_values_weigh_less_and_rare_ones_more_within_the_cap() {
+        let prior = MatchModel::prior();
+        let table = prior
+            .field_for_query(MatchField::FamilyName, &[7])
+            .unwrap()
+            .weight(Some(Level::Exact));
+        let freq = Frequencies {
+            population: 100_000,
+            counts: HashMap::from([(7, 2_000), (8, 50)]),
+            floor: 50,
+        };
+        let m = MatchModel {
+            frequencies: Some(freq),
+            ..MatchModel::prior()
+        };
+        let w = |i: i64| {
+            m.field_for_query(MatchField::FamilyName, &[i])
+                .unwrap()
+                .weight(Some(Level::Exact))
+        };
+        // 2 % of the population: weaker than the table's 0.3 %.
+        assert!(w(7) < table - 1.0, "{} {table}", w(7));
+        // Not counted, so rarer than 0.05 %: stronger, but capped.
+        assert!(w(9) > table && w(9) <= table + MAX_FREQUENCY_SHIFT_BITS + 1e-9);
+        // Disagreement and other levels are untouched.
+        let f = m.field_for_query(MatchField::FamilyName, &[7]).unwrap();
+        let t = prior.field_for_query(MatchField::FamilyName, &[7]).unwrap();
+        assert_eq!(f.weight(None), t.weight(None));
+        assert_eq!(
+            f.weight(Some(Level::Similar)),
+            t.weight(Some(Level::Similar))
+        );
+        // Fields without frequencies keep the table.
+        assert_eq!(
+            m.field_for_query(MatchField::Phone, &[7]),
+            prior.field_for_query(MatchField::Phone, &[7])
+        );
+    }
+}
