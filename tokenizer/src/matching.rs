@@ -50,6 +50,31 @@ pub enum Level {
 pub const PARTIAL_DICE: f64 = 0.75;
 
 impl Level {
+    /// Every level, in storage-code order (append only).
+    pub const ALL: [Level; 7] = [
+        Level::Exact,
+        Level::Nickname,
+        Level::Similar,
+        Level::Swapped,
+        Level::Year,
+        Level::Last4,
+        Level::Partial,
+    ];
+
+    /// The level's storage code (its position in [`Level::ALL`]).
+    pub fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|l| *l == self)
+            .and_then(|i| u8::try_from(i).ok())
+            .unwrap_or(u8::MAX)
+    }
+
+    /// The level of a storage code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
     /// Name used in answers and documentation.
     pub fn name(self) -> &'static str {
         match self {
@@ -223,13 +248,13 @@ pub const WEIGHTS: [FieldWeights; 9] = [
     FieldWeights {
         field: MatchField::GivenName,
         agree: &[
-            (Level::Exact, mu(0.86, 0.01)),
+            (Level::Exact, mu(0.86, 0.015)),
             (Level::Swapped, mu(0.015, 0.0002)),
             (Level::Nickname, mu(0.05, 0.004)),
             (Level::Similar, mu(0.04, 0.008)),
             (Level::Partial, mu(0.01, 0.003)),
         ],
-        disagree: mu(0.025, 0.9748),
+        disagree: mu(0.025, 0.9698),
     },
     FieldWeights {
         field: MatchField::FamilyName,
@@ -246,10 +271,10 @@ pub const WEIGHTS: [FieldWeights; 9] = [
         agree: &[
             (Level::Exact, mu(0.86, 0.00004)),
             (Level::Swapped, mu(0.04, 0.00004)),
-            (Level::Similar, mu(0.05, 0.0012)),
-            (Level::Year, mu(0.03, 0.015)),
+            (Level::Similar, mu(0.05, 0.004)),
+            (Level::Year, mu(0.02, 0.015)),
         ],
-        disagree: mu(0.02, 0.98372),
+        disagree: mu(0.03, 0.98092),
     },
     FieldWeights {
         field: MatchField::NationalId,
@@ -290,11 +315,11 @@ pub const WEIGHTS: [FieldWeights; 9] = [
     FieldWeights {
         field: MatchField::City,
         agree: &[
-            (Level::Exact, mu(0.88, 0.02)),
+            (Level::Exact, mu(0.88, 0.04)),
             (Level::Similar, mu(0.05, 0.005)),
             (Level::Partial, mu(0.02, 0.01)),
         ],
-        disagree: mu(0.05, 0.965),
+        disagree: mu(0.05, 0.945),
     },
 ];
 

@@ -98,6 +98,8 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::match_needs_the_match_role,
     matching::new_match_domain_is_backfilled_at_start,
     matching::link_answers_each_record_and_one_to_one_holds,
+    matching::new_variant_kinds_are_backfilled_at_start,
+    matching::estimated_weights_are_sealed_and_used,
     consent::happy_path_end_to_end,
     consent::signature_refusals,
     consent::grant_checks_refuse,

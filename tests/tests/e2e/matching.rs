@@ -674,3 +674,139 @@ pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow
     assert_eq!(err.code(), Code::InvalidArgument);
     tv.stop().await
 }
+
+/// A vault built under an older index scheme (the first generation's
+/// rows, before the new variant kinds) is rebuilt at start: the new kinds
+/// are backfilled, so a query that only they can answer (a one-digit typo
+/// in the national id, given and family names exchanged) finds its
+/// subject after the restart.
+pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Result<()> {
+    let mut tv = TestVault::start(b).await?;
+    const LIN: &[(&str, &str)] = &[
+        ("given_name", "Wei"),
+        ("family_name", "Lindqvist"),
+        ("national_id", "QQ123456C"),
+        ("postcode", "EH1 1YZ"),
+    ];
+    const TYPO: &[(&str, &str)] = &[
+        ("given_name", "Lindqvist"),
+        ("family_name", "Wei"),
+        ("national_id", "QQ123465C"),
+        ("postcode", "EH1 1YZ"),
+    ];
+    let (_, token) = create(&tv, "partner-a", LIN).await;
+    let mut a = client(&tv, "partner-a").await;
+    assert_eq!(query(&mut a, TYPO).await?.len(), 1);
+    // What a first-generation vault holds: no rows of the new kinds (the
+    // rows are emptied here) and its domains marked with scheme 1.
+    sqlx::query("DELETE FROM match_index")
+        .execute(tv.db())
+        .await?;
+    sqlx::query("DELETE FROM match_subjects")
+        .execute(tv.db())
+        .await?;
+    sqlx::query("UPDATE match_domains SET scheme = 1")
+        .execute(tv.db())
+        .await?;
+    tv.restart().await?;
+    let schemes: Vec<i64> = sqlx::query_scalar("SELECT scheme FROM match_domains")
+        .fetch_all(tv.db())
+        .await?;
+    assert!(
+        !schemes.is_empty() && schemes.iter().all(|s| *s == 2),
+        "{schemes:?}"
+    );
+    let mut a = client(&tv, "partner-a").await;
+    let found = query(&mut a, TYPO).await?;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].pairwise_token, token);
+    let levels: Vec<(String, AgreementLevel)> = found[0]
+        .agreements
+        .iter()
+        .map(|g| (g.field.clone(), g.level()))
+        .collect();
+    assert!(
+        levels.contains(&("national_id".into(), AgreementLevel::Similar)),
+        "{levels:?}"
+    );
+    assert!(
+        levels.contains(&("given_name".into(), AgreementLevel::Swapped)),
+        "{levels:?}"
+    );
+    // The rebuild is audited.
+    let audit = audit_text(&tv).await.join("\n");
+    assert!(
+        audit.contains("reindex domain=partner-a cleared_rows="),
+        "{audit}"
+    );
+    tv.stop().await
+}
+
+/// `estimate_match_model` learns a domain's weights from its own indexes,
+/// stores them sealed and audited, and scores with them; a stored row a
+/// database writer edits fails its MAC and the hand-set table is used.
+pub async fn estimated_weights_are_sealed_and_used(b: Backend) -> anyhow::Result<()> {
+    let mut tv = TestVault::start(b).await?;
+    let mut subjects = tv.subjects("partner-a").await?;
+    for i in 0..60 {
+        let f = [
+            ("given_name", ["Ann", "Ben", "Cy", "Dee"][i % 4].to_owned()),
+            ("family_name", format!("Family{}", i % 7)),
+            (
+                "date_of_birth",
+                format!("19{:02}-0{}-1{}", 50 + i % 40, 1 + i % 9, i % 10),
+            ),
+            ("email", format!("person{i}@example.org")),
+        ];
+        let f: Vec<(&str, &str)> = f.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        subjects
+            .create_subject(CreateSubjectRequest { fields: fields(&f) })
+            .await?;
+    }
+    let before = query(&mut client(&tv, "partner-a").await, ADA).await?;
+    assert!(before.is_empty());
+    let (_, token) = create(&tv, "partner-a", ADA).await;
+    let prior = query(&mut client(&tv, "partner-a").await, ADA_AS_SEEN_ELSEWHERE).await?;
+    let est = tv.vault.estimate_match_model("partner-a", 1000).await?;
+    assert_eq!(est.population, 61);
+    assert!(est.random_pairs > 0);
+    let (action, outcome, detail) = tv.last_audit().await;
+    assert_eq!((action.as_str(), outcome.as_str()), ("Match", "ok"));
+    assert!(
+        detail.starts_with("estimate domain=partner-a subjects=61"),
+        "{detail}"
+    );
+    let reports = tv.vault.match_model_reports().await?;
+    let mine = reports
+        .iter()
+        .find(|r| r.domain == "partner-a")
+        .expect("domain");
+    assert!(mine.problem.is_none() && mine.estimate.is_some());
+    // Scored with the estimate now: still found, score may move.
+    let learned = query(&mut client(&tv, "partner-a").await, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(learned[0].pairwise_token, token);
+    assert_eq!(prior[0].pairwise_token, token);
+    // A database writer raises the stored date: the MAC no longer holds.
+    sqlx::query("UPDATE match_models SET estimated_at_ms = estimated_at_ms + 1")
+        .execute(tv.db())
+        .await?;
+    tv.restart().await?;
+    let reports = tv.vault.match_model_reports().await?;
+    let mine = reports
+        .iter()
+        .find(|r| r.domain == "partner-a")
+        .expect("domain");
+    assert!(mine.estimate.is_none());
+    assert!(
+        mine.problem
+            .as_deref()
+            .is_some_and(|p| p.contains("match-model")),
+        "{:?}",
+        mine.problem
+    );
+    let after = query(&mut client(&tv, "partner-a").await, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(after[0].score, prior[0].score, "the hand-set table again");
+    // An unknown domain is refused.
+    assert!(tv.vault.estimate_match_model("nobody", 10).await.is_err());
+    tv.stop().await
+}

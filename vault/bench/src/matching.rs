@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use idvault_tokenizer::variants::MatchField;
 
 use crate::BenchError;
+pub use crate::synth::Profile;
 use crate::synth::{self, Person, Rng};
 use idvault_core::subject::SubjectId;
-use idvault_server::service::matching::{MatchQuery, Pacing, QueryAnswer};
+use idvault_server::service::matching::{LinkJob, LinkRecord, MatchQuery, Pacing, QueryAnswer};
 use idvault_server::service::{Caller, Vault};
 
 /// Partner whose identity the benchmark uses.
@@ -172,15 +173,68 @@ fn best(a: &QueryAnswer) -> Option<&str> {
     }
 }
 
-/// The quality run.
-pub async fn quality(o: &MatchBenchOptions) -> Result<Quality, BenchError> {
+/// Quality of one corruption profile.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileQuality {
+    /// The profile.
+    pub profile: Profile,
+    /// Its figures.
+    pub quality: Quality,
+}
+
+/// Dataset-linking figures (the default profile's duplicates and the
+/// strangers linked as one file through `Vault::link_batch`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkFigures {
+    /// Records linked.
+    pub records: usize,
+    /// Records per second, best candidate per record.
+    pub best_per_sec: f64,
+    /// Records per second, one-to-one (lookups, assignment, answers).
+    pub one_to_one_per_sec: f64,
+    /// Quality of the one-to-one links.
+    pub one_to_one: Quality,
+}
+
+/// The whole quality run.
+#[derive(Debug, Clone, Default)]
+pub struct QualityReport {
+    /// Seconds creating the originals.
+    pub create_secs: f64,
+    /// One entry per profile run.
+    pub profiles: Vec<ProfileQuality>,
+    /// Dataset linking.
+    pub link: LinkFigures,
+}
+
+/// Tallies one answer: `truth` is the duplicate's original token (`None`
+/// for a stranger), `best` the answer's token, if any.
+fn tally(q: &mut Quality, truth: Option<&str>, best: Option<&str>) {
+    match (truth, best) {
+        (Some(t), Some(b)) if t == b => q.true_positives += 1,
+        (Some(_), Some(_)) => {
+            q.false_positives += 1;
+            q.false_negatives += 1;
+        }
+        (Some(_), None) => q.false_negatives += 1,
+        (None, Some(_)) => q.false_positives += 1,
+        (None, None) => {}
+    }
+}
+
+/// The quality run: the originals are created once, then every profile in
+/// `profiles` is matched (its duplicates and the same strangers), then the
+/// default profile is linked as a dataset.
+pub async fn quality(
+    o: &MatchBenchOptions,
+    profiles: &[Profile],
+) -> Result<QualityReport, BenchError> {
     let scratch = Scratch::start(o.database_url.as_deref()).await?;
     let vault = Arc::clone(&scratch.vault);
     let mut rng = Rng::new(o.seed);
     let originals: Vec<Person> = (0..o.originals).map(|_| synth::person(&mut rng)).collect();
     let t = Instant::now();
-    // Eight writers: commits are serialised by the audit chain anyway, but
-    // the crypto of one overlaps the commit of another.
+    // Eight writers: the crypto of one overlaps the commit of another.
     let mut tasks = Vec::new();
     for (w, chunk) in originals.chunks(o.originals.div_ceil(8).max(1)).enumerate() {
         let vault = Arc::clone(&vault);
@@ -200,20 +254,48 @@ pub async fn quality(o: &MatchBenchOptions) -> Result<Quality, BenchError> {
     }
     parts.sort_by_key(|(w, _)| *w);
     let tokens: Vec<String> = parts.into_iter().flat_map(|(_, t)| t).collect();
-    let create_secs = t.elapsed().as_secs_f64();
-
-    let duplicates: Vec<Person> = originals
-        .iter()
-        .map(|p| synth::duplicate(&mut rng, p))
-        .collect();
+    let mut report = QualityReport {
+        create_secs: t.elapsed().as_secs_f64(),
+        ..QualityReport::default()
+    };
     let mut stranger_rng = Rng::new(o.seed ^ 0x005E_ED0F_574A_6EE5);
     let strangers: Vec<Person> = (0..o.strangers)
         .map(|_| synth::person(&mut stranger_rng))
         .collect();
-    let mut q = Quality {
-        create_secs,
-        ..Quality::default()
-    };
+    let mut default_dups = None;
+    for (i, profile) in profiles.iter().enumerate() {
+        // Each profile its own stream, so adding one leaves the others'
+        // duplicates as they were.
+        let mut dup_rng = Rng::new(o.seed.wrapping_add(0x9E37_79B9 * (i as u64 + 1)));
+        let duplicates: Vec<Person> = originals
+            .iter()
+            .map(|p| synth::duplicate_with(&mut dup_rng, p, *profile))
+            .collect();
+        let quality = match_all(&vault, &duplicates, &tokens, &strangers).await?;
+        report.profiles.push(ProfileQuality {
+            profile: *profile,
+            quality,
+        });
+        if *profile == Profile::Default {
+            default_dups = Some(duplicates);
+        }
+    }
+    if let Some(dups) = default_dups {
+        report.link = link_all(&vault, &dups, &tokens, &strangers).await?;
+    }
+    scratch.stop().await;
+    Ok(report)
+}
+
+/// Matches the duplicates and the strangers in batches of 100, as one
+/// partner would send them.
+async fn match_all(
+    vault: &Vault,
+    duplicates: &[Person],
+    tokens: &[String],
+    strangers: &[Person],
+) -> Result<Quality, BenchError> {
+    let mut q = Quality::default();
     let all: Vec<(&Person, Option<&String>)> = duplicates
         .iter()
         .zip(tokens.iter().map(Some))
@@ -235,21 +317,68 @@ pub async fn quality(o: &MatchBenchOptions) -> Result<Quality, BenchError> {
             if matches!(a, QueryAnswer::Refused(_)) {
                 q.refused += 1;
             }
-            match (truth, best(a)) {
-                (Some(t), Some(b)) if t.as_str() == b => q.true_positives += 1,
-                (Some(_), Some(_)) => {
-                    q.false_positives += 1;
-                    q.false_negatives += 1;
-                }
-                (Some(_), None) => q.false_negatives += 1,
-                (None, Some(_)) => q.false_positives += 1,
-                (None, None) => {}
-            }
+            tally(&mut q, truth.map(String::as_str), best(a));
         }
     }
     q.queries_per_sec = all.len() as f64 / t.elapsed().as_secs_f64();
-    scratch.stop().await;
     Ok(q)
+}
+
+/// Links the duplicates and strangers as one dataset: best candidate per
+/// record, then one-to-one.
+async fn link_all(
+    vault: &Vault,
+    duplicates: &[Person],
+    tokens: &[String],
+    strangers: &[Person],
+) -> Result<LinkFigures, BenchError> {
+    let records: Vec<(LinkRecord, Option<&String>)> = duplicates
+        .iter()
+        .zip(tokens.iter().map(Some))
+        .chain(strangers.iter().map(|p| (p, None)))
+        .enumerate()
+        .map(|(i, (p, truth))| {
+            (
+                LinkRecord {
+                    record_id: i.to_string(),
+                    fields: pairs(p),
+                },
+                truth,
+            )
+        })
+        .collect();
+    let mut figures = LinkFigures {
+        records: records.len(),
+        ..LinkFigures::default()
+    };
+    for one_to_one in [false, true] {
+        let t = Instant::now();
+        let mut job = LinkJob::new(one_to_one, 0.0)?;
+        let mut answers = Vec::with_capacity(records.len());
+        for batch in records.chunks(idvault_server::service::matching::MAX_BATCH) {
+            let recs = batch.iter().map(|(r, _)| r.clone()).collect();
+            answers.extend(vault.link_batch(&caller(), &mut job, recs).await?);
+        }
+        if one_to_one {
+            for chunk in job.assign() {
+                answers.extend(vault.link_reveal(&caller(), chunk).await?);
+            }
+        }
+        let per_sec = records.len() as f64 / t.elapsed().as_secs_f64();
+        if one_to_one {
+            figures.one_to_one_per_sec = per_sec;
+            for ((_, truth), a) in records.iter().zip(&answers) {
+                let best = match &a.answer {
+                    Ok(Some(c)) => Some(c.pairwise_token.as_str()),
+                    _ => None,
+                };
+                tally(&mut figures.one_to_one, truth.map(String::as_str), best);
+            }
+        } else {
+            figures.best_per_sec = per_sec;
+        }
+    }
+    Ok(figures)
 }
 
 /// The latency run.

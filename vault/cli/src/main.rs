@@ -76,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         command: cmd::issuer::IssuerCommand,
     },
+    /// Blind matching: a domain's learned weights.
+    Match {
+        #[command(subcommand)]
+        command: cmd::matching::MatchCommand,
+    },
     /// Root key tools.
     Keys {
         #[command(subcommand)]
@@ -157,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => cmd::demo::run(&args).await,
         Command::Audit { command } => cmd::audit::run(command).await,
         Command::Keys { command } => cmd::keys::run(command).await,
+        Command::Match { command } => cmd::matching::run(command).await,
         Command::Issuer { command } => cmd::issuer::run(command),
         Command::Partner(args) => cmd::partner::run(args).await.map_err(plain_status),
         Command::Device(args) => cmd::device::run(args).await.map_err(plain_status),

@@ -169,6 +169,16 @@ pub fn consent(c: &Consent) -> RowBytes {
         .opt_int(c.revoked_at_ms)
 }
 
+/// A match domain's learned weights: domain, estimate time, the
+/// estimate's canonical bytes (`ModelEstimate::encode`). A database writer
+/// who could set weights could make strangers match.
+pub fn match_model(domain: &str, estimated_at_ms: i64, model: &[u8]) -> RowBytes {
+    RowBytes::new("match-model")
+        .text(domain)
+        .int(estimated_at_ms)
+        .bytes(model)
+}
+
 /// A person's link to an entity: subject, entity, link time.
 pub fn entity_link(subject: &SubjectId, entity: &str, linked_at_ms: i64) -> RowBytes {
     RowBytes::new("entity-link")

@@ -45,6 +45,11 @@ pub(crate) enum BenchCommand {
         /// Database URL (default: SQLite in a fresh temporary directory).
         #[arg(long)]
         database_url: Option<String>,
+        /// Corruption profiles to measure (repeatable; default all):
+        /// default, swapped-names, identifier-typos, place-typos,
+        /// multi-field, hardest.
+        #[arg(long = "profile", value_parser = parse_profile)]
+        profiles: Vec<idvault_bench::matching::Profile>,
     },
     /// Consent verifications/s (against a bare ECDSA baseline) and full
     /// consented releases/s (challenge, verify, decrypt, HPKE seal, audit).
@@ -201,29 +206,61 @@ pub(crate) async fn bench_consent(
 
 pub(crate) async fn bench_match(
     o: idvault_bench::matching::MatchBenchOptions,
+    profiles: Vec<idvault_bench::matching::Profile>,
 ) -> anyhow::Result<()> {
-    use idvault_bench::matching::{latency, quality};
+    use idvault_bench::matching::{Profile, latency, quality};
     if o.originals > 0 {
-        let q = quality(&o).await.map_err(anyhow::Error::from_boxed)?;
+        let profiles: Vec<Profile> = if profiles.is_empty() {
+            Profile::ALL.to_vec()
+        } else {
+            profiles
+        };
+        let r = quality(&o, &profiles)
+            .await
+            .map_err(anyhow::Error::from_boxed)?;
         println!(
-            "quality: {} originals created in {:.1} s; {} corrupted duplicates and {} strangers matched (seed {})",
-            o.originals, q.create_secs, o.originals, o.strangers, o.seed
-        );
-        println!(
-            "  threshold score 0.5 ({} bits): TP {}  FP {}  FN {}  refused {}",
+            "quality: {} originals created in {:.1} s; per profile {} corrupted duplicates and {} strangers matched (seed {}, threshold score 0.5 = {} bits)",
+            o.originals,
+            r.create_secs,
+            o.originals,
+            o.strangers,
+            o.seed,
             idvault_tokenizer::matching::THRESHOLD_BITS,
-            q.true_positives,
-            q.false_positives,
-            q.false_negatives,
-            q.refused
         );
         println!(
-            "  precision {:.4}  recall {:.4}  F1 {:.4}  ({:.0} queries/s in batches of 100)",
-            q.precision(),
-            q.recall(),
-            q.f1(),
-            q.queries_per_sec
+            "  {:<17} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>7} {:>10}",
+            "profile", "precision", "recall", "F1", "TP", "FP", "FN", "refused", "queries/s"
         );
+        for p in &r.profiles {
+            let q = &p.quality;
+            println!(
+                "  {:<17} {:>9.4} {:>9.4} {:>9.4} {:>6} {:>6} {:>6} {:>7} {:>10.0}",
+                p.profile.name(),
+                q.precision(),
+                q.recall(),
+                q.f1(),
+                q.true_positives,
+                q.false_positives,
+                q.false_negatives,
+                q.refused,
+                q.queries_per_sec
+            );
+        }
+        for p in &r.profiles {
+            println!("  {}: {}", p.profile.name(), p.profile.describe());
+        }
+        if r.link.records > 0 {
+            let l = &r.link;
+            println!(
+                "link: {} records (default profile + strangers): {:.0} records/s best candidate, {:.0} records/s one-to-one (precision {:.4} recall {:.4} F1 {:.4})",
+                l.records,
+                l.best_per_sec,
+                l.one_to_one_per_sec,
+                l.one_to_one.precision(),
+                l.one_to_one.recall(),
+                l.one_to_one.f1()
+            );
+        }
     }
     if o.subjects > 0 {
         let bar = crate::progress::progress_bar();
@@ -398,15 +435,19 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             queries,
             seed,
             database_url,
+            profiles,
         } => {
-            bench_match(idvault_bench::matching::MatchBenchOptions {
-                originals,
-                strangers,
-                subjects,
-                queries,
-                seed,
-                database_url,
-            })
+            bench_match(
+                idvault_bench::matching::MatchBenchOptions {
+                    originals,
+                    strangers,
+                    subjects,
+                    queries,
+                    seed,
+                    database_url,
+                },
+                profiles,
+            )
             .await
         }
         BenchCommand::Tokenize { records, mode, .. } if mode == "xref" => {
@@ -614,4 +655,15 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from_boxed),
     }
+}
+
+fn parse_profile(s: &str) -> Result<idvault_bench::matching::Profile, String> {
+    idvault_bench::matching::Profile::parse(s).ok_or_else(|| {
+        format!(
+            "unknown profile {s:?} (one of {})",
+            idvault_bench::matching::Profile::ALL
+                .map(|p| p.name())
+                .join(", ")
+        )
+    })
 }

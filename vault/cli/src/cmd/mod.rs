@@ -11,6 +11,7 @@ pub(crate) mod init;
 pub(crate) mod issuer;
 pub(crate) mod keys;
 pub(crate) mod manifest;
+pub(crate) mod matching;
 pub(crate) mod partner;
 pub(crate) mod policy;
 pub(crate) mod serve;

@@ -33,10 +33,12 @@
 
 use std::collections::HashMap;
 
+mod estimate;
 mod link;
 mod model;
 mod query;
 
+pub use estimate::{EstimateOptions, ModelEstimate, estimate_model};
 pub use link::assign_one_to_one;
 
 pub use model::{

@@ -165,6 +165,7 @@ impl Vault {
         // On its own task: a long first clean-up must not delay checkpoints.
         tokio::spawn(Arc::clone(&self).run_retention(stop.clone()));
         tokio::spawn(Arc::clone(&self).run_status_lists(stop.clone()));
+        tokio::spawn(Arc::clone(&self).run_match_models(stop.clone()));
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,

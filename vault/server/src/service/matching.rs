@@ -21,8 +21,9 @@ use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, MatchRow};
 use idvault_core::keys::KeyError;
 use idvault_core::matching::{
-    BadSignature, CANDIDATE_LIMIT, FIRST_CANDIDATES, Hit, INDEX_SCHEME, MatchKeyring, MatchModel,
-    PlannedQuery, SubjectIndex, assign_one_to_one, plan_query,
+    BadSignature, CANDIDATE_LIMIT, EstimateOptions, FIRST_CANDIDATES, Hit, INDEX_SCHEME,
+    MatchKeyring, MatchModel, ModelEstimate, PlannedQuery, SubjectIndex, assign_one_to_one,
+    decode_signature, estimate_model, plan_query,
 };
 pub use idvault_core::matching::{MAX_QUERY_ID, MAX_RESULTS, MIN_SCORE, MatchQuery};
 use idvault_core::subject::{FieldName, FieldValue, SubjectId};
@@ -217,6 +218,24 @@ fn link_answers(ids: Vec<String>, answers: Vec<QueryAnswer>) -> Vec<LinkAnswer> 
         .collect()
 }
 
+/// Most subjects sampled for an estimate of a domain's weights.
+pub const MAX_ESTIMATE_SAMPLE: u32 = 100_000;
+/// How often a serving vault reloads the stored weights (another process,
+/// `idvault match estimate`, may have learned new ones).
+const MODEL_RELOAD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A domain's weights as the operator sees them.
+#[derive(Debug, Clone)]
+pub struct ModelReport {
+    /// The match domain.
+    pub domain: String,
+    /// The stored estimate and when it was made (unix ms); `None`: the
+    /// hand-set table is in use.
+    pub estimate: Option<(i64, ModelEstimate)>,
+    /// Why a stored estimate is not used (fails its MAC, unreadable).
+    pub problem: Option<String>,
+}
+
 /// Everything a subject stores in one match domain, at key `version`.
 #[derive(Debug, Clone)]
 pub(crate) struct DomainIndexes {
@@ -300,6 +319,11 @@ impl Vault {
             .into_iter()
             .next()
             .ok_or(VaultError::Internal("no key version"))
+    }
+
+    /// The configured match domains.
+    pub fn match_domains(&self) -> &[String] {
+        &self.matching().domains
     }
 
     /// The country code phone numbers without one are read in.
@@ -665,6 +689,124 @@ impl Vault {
         Ok(link_answers(ids, answers))
     }
 
+    /// Learns `domain`'s weights from a random sample of at most `sample`
+    /// of its subjects (see [`estimate_model`]), stores them sealed with
+    /// the row MAC in an audited transaction, and scores with them from
+    /// now on (other processes reload them within [`MODEL_RELOAD`]).
+    pub async fn estimate_match_model(
+        &self,
+        domain: &str,
+        sample: u32,
+    ) -> Result<ModelEstimate, VaultError> {
+        if !self.matching().domains.iter().any(|d| d == domain) {
+            return Err(VaultError::BadRequest(format!(
+                "{domain} is not a configured match domain"
+            )));
+        }
+        let sample = sample.clamp(2, MAX_ESTIMATE_SAMPLE);
+        let raw = self.store().match_signature_sample(domain, sample).await?;
+        let total = raw.len();
+        let signatures: Vec<_> = raw.iter().filter_map(|b| decode_signature(b)).collect();
+        let unreadable = total - signatures.len();
+        let mut seed = [0u8; 8];
+        self.rng().fill(&mut seed).map_err(KeyError::from)?;
+        let seed = u64::from_be_bytes(seed);
+        // Seconds of CPU for a large sample: off the async workers.
+        let est = tokio::task::spawn_blocking(move || {
+            estimate_model(
+                &signatures,
+                &idvault_tokenizer::matching::Model::prior(),
+                seed,
+                &EstimateOptions::default(),
+            )
+        })
+        .await
+        .map_err(|_| VaultError::Internal("estimate task failed"))?
+        .map_err(|e| VaultError::BadRequest(format!("cannot estimate {domain}'s weights: {e}")))?;
+        let now = self.now_millis();
+        let mut tx = self.begin().await?;
+        tx.match_model_put(domain, now, &est.encode()).await?;
+        let detail = format!(
+            "estimate domain={domain} subjects={} unreadable={unreadable} blocked_pairs={} random_pairs={} converged={}",
+            est.population, est.blocked_pairs, est.random_pairs, est.converged
+        );
+        self.commit_job(tx, &Caller::new("idvault"), Action::MatchSubjects, detail)
+            .await?;
+        self.matching()
+            .models
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(domain.to_owned(), Arc::new(est.model.clone()));
+        Ok(est)
+    }
+
+    /// Every configured domain's weights: the stored estimate, or the
+    /// hand-set table.
+    pub async fn match_model_reports(&self) -> Result<Vec<ModelReport>, VaultError> {
+        let stored = self.store().match_models().await?;
+        Ok(self
+            .matching()
+            .domains
+            .iter()
+            .map(|d| {
+                let found = stored.iter().find(|(x, _)| x == d).map(|(_, r)| r);
+                let (estimate, problem) = match found {
+                    None => (None, None),
+                    Some(Err(e)) => (None, Some(e.to_string())),
+                    Some(Ok((at, bytes))) => match ModelEstimate::decode(bytes) {
+                        Some(e) => (Some((*at, e)), None),
+                        None => (None, Some("the stored estimate is unreadable".to_owned())),
+                    },
+                };
+                ModelReport {
+                    domain: d.clone(),
+                    estimate,
+                    problem,
+                }
+            })
+            .collect())
+    }
+
+    /// Loads the stored weights of every configured domain; a domain whose
+    /// row fails its MAC or cannot be read is scored with the hand-set
+    /// table (and the problem logged, never the row).
+    pub async fn refresh_match_models(&self) -> Result<(), VaultError> {
+        let reports = self.match_model_reports().await?;
+        let mut models = HashMap::new();
+        for r in reports {
+            if let Some(problem) = &r.problem {
+                tracing::error!(domain = %r.domain, problem = %problem, "stored match weights not used; scoring with the hand-set table");
+            }
+            if let Some((_, e)) = r.estimate {
+                models.insert(r.domain, Arc::new(e.model));
+            }
+        }
+        *self
+            .matching()
+            .models
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = models;
+        Ok(())
+    }
+
+    /// Reloads the stored weights every [`MODEL_RELOAD`] until `stop`.
+    pub(crate) async fn run_match_models(
+        self: Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(MODEL_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            }
+            if let Err(e) = self.refresh_match_models().await {
+                tracing::warn!(error = %e, "reloading match weights failed");
+            }
+        }
+    }
+
     /// Makes every configured match domain cover every subject under the
     /// current index scheme: forgets domains no longer configured, and
     /// indexes existing subjects (decrypting each subject's newest values)
@@ -713,7 +855,7 @@ impl Vault {
                 .await?;
             tracing::info!(domain = %domain, subjects = n, scheme = INDEX_SCHEME, "match domain indexed");
         }
-        Ok(())
+        self.refresh_match_models().await
     }
 
     /// Indexes every subject for `domain`, a page per audited transaction;

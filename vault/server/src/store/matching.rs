@@ -18,6 +18,9 @@ use idvault_core::subject::SubjectId;
 /// presence mask, signature.
 pub type LoadedSubject = (SubjectId, Vec<(u8, i64)>, u16, Vec<u8>);
 
+/// A stored model row: domain, estimate time, bytes, MAC version, MAC.
+type ModelRow = (String, i64, Vec<u8>, Option<i64>, Option<Vec<u8>>);
+
 /// One index row to write: `(domain, field code, key version, blind index)`.
 pub type MatchRow<'a> = (&'a str, u8, u32, i64);
 
@@ -193,6 +196,34 @@ impl AuditedTx {
         Ok(rows)
     }
 
+    /// Stores `domain`'s learned weights (replacing older ones), sealed
+    /// with the row MAC.
+    pub async fn match_model_put(
+        &mut self,
+        domain: &str,
+        estimated_at_ms: i64,
+        model: &[u8],
+    ) -> Result<(), StoreError> {
+        let row = idvault_core::rowmac::match_model(domain, estimated_at_ms, model);
+        let (v, mac) = super::seal_row(&*self.store.row_keys()?, &row);
+        sqlx::query("DELETE FROM match_models WHERE domain = $1")
+            .bind(domain.to_owned())
+            .execute(self.conn().await?)
+            .await?;
+        sqlx::query(
+            "INSERT INTO match_models (domain, estimated_at_ms, model, mac_version, mac) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(domain.to_owned())
+        .bind(estimated_at_ms)
+        .bind(model.to_vec())
+        .bind(v)
+        .bind(mac)
+        .execute(self.conn().await?)
+        .await?;
+        Ok(())
+    }
+
     /// Forgets domains no longer configured, and their indexes.
     pub async fn match_drop_domains_except(&mut self, keep: &[String]) -> Result<u64, StoreError> {
         // Every domain is recorded here before it gets any row.
@@ -311,6 +342,47 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|(d, t, s)| (d, t > 0, s)).collect())
+    }
+
+    /// Up to `limit` signatures of `domain`'s subjects, drawn at random
+    /// (for estimating its weights).
+    pub async fn match_signature_sample(
+        &self,
+        domain: &str,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT signature FROM match_subjects WHERE domain = $1 ORDER BY random() LIMIT $2",
+        )
+        .bind(domain.to_owned())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every stored model `(domain, estimated at, bytes)`, each checked
+    /// against its row MAC: a row that fails is reported as `Err` in its
+    /// place (it must not set any weight).
+    pub async fn match_models(
+        &self,
+    ) -> Result<Vec<(String, Result<(i64, Vec<u8>), StoreError>)>, StoreError> {
+        let keys = self.row_keys()?;
+        let rows: Vec<ModelRow> = sqlx::query_as(
+            "SELECT domain, estimated_at_ms, model, mac_version, mac FROM match_models ORDER BY domain",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(domain, at, model, v, mac)| {
+                let row = idvault_core::rowmac::match_model(&domain, at, &model);
+                let checked = keys
+                    .check(&row, v, mac.as_deref())
+                    .map(|()| (at, model))
+                    .map_err(StoreError::from);
+                (domain, checked)
+            })
+            .collect())
     }
 
     /// Up to `limit` subject ids after `after` (all from the start when
