@@ -249,12 +249,12 @@ pub const WEIGHTS: [FieldWeights; 9] = [
         field: MatchField::GivenName,
         agree: &[
             (Level::Exact, mu(0.86, 0.015)),
-            (Level::Swapped, mu(0.015, 0.0002)),
+            (Level::Swapped, mu(0.015, 0.0004)),
             (Level::Nickname, mu(0.05, 0.004)),
             (Level::Similar, mu(0.04, 0.008)),
             (Level::Partial, mu(0.01, 0.003)),
         ],
-        disagree: mu(0.025, 0.9698),
+        disagree: mu(0.025, 0.9696),
     },
     FieldWeights {
         field: MatchField::FamilyName,
@@ -522,7 +522,12 @@ pub fn assess(probes: &[Probe]) -> Result<f64, QueryRefusal> {
             need: THRESHOLD_BITS,
         });
     }
-    if !probes.iter().any(|p| BLOCKING_FIELDS.contains(&p.field)) {
+    // A real blocking probe of an identifying field: an impossible date
+    // (only its typo neighbourhood) or a bare compound key does not count.
+    if !probes
+        .iter()
+        .any(|p| p.block && BLOCKING_FIELDS.contains(&p.field))
+    {
         return Err(QueryRefusal::NoBlockingField);
     }
     Ok(have)

@@ -48,6 +48,9 @@ pub struct MatchBenchOptions {
     pub seed: u64,
     /// Database URL (default: SQLite in a temporary directory).
     pub database_url: Option<String>,
+    /// Learn the domain's weights (`Vault::estimate_match_model`) after
+    /// creating the originals, before matching.
+    pub estimate: bool,
 }
 
 /// Quality figures.
@@ -205,6 +208,8 @@ pub struct QualityReport {
     pub profiles: Vec<ProfileQuality>,
     /// Dataset linking.
     pub link: LinkFigures,
+    /// Seconds estimating and the estimate, when asked for.
+    pub estimate: Option<(f64, idvault_core::matching::ModelEstimate)>,
 }
 
 /// Tallies one answer: `truth` is the duplicate's original token (`None`
@@ -258,6 +263,11 @@ pub async fn quality(
         create_secs: t.elapsed().as_secs_f64(),
         ..QualityReport::default()
     };
+    if o.estimate {
+        let t = Instant::now();
+        let e = vault.estimate_match_model(PARTNER, 100_000).await?;
+        report.estimate = Some((t.elapsed().as_secs_f64(), e));
+    }
     let mut stranger_rng = Rng::new(o.seed ^ 0x005E_ED0F_574A_6EE5);
     let strangers: Vec<Person> = (0..o.strangers)
         .map(|_| synth::person(&mut stranger_rng))

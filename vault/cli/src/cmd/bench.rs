@@ -50,6 +50,10 @@ pub(crate) enum BenchCommand {
         /// multi-field, hardest.
         #[arg(long = "profile", value_parser = parse_profile)]
         profiles: Vec<idvault_bench::matching::Profile>,
+        /// Learn the domain's weights from the originals (`idvault match
+        /// estimate`) before matching, instead of the hand-set table.
+        #[arg(long)]
+        estimate: bool,
     },
     /// Consent verifications/s (against a bare ECDSA baseline) and full
     /// consented releases/s (challenge, verify, decrypt, HPKE seal, audit).
@@ -227,6 +231,22 @@ pub(crate) async fn bench_match(
             o.seed,
             idvault_tokenizer::matching::THRESHOLD_BITS,
         );
+        match &r.estimate {
+            Some((secs, e)) => println!(
+                "  weights: learned in {secs:.1} s from {} subjects ({} blocked and {} random pairs, {} EM iterations, {}), {} common values counted",
+                e.population,
+                e.blocked_pairs,
+                e.random_pairs,
+                e.iterations,
+                if e.converged {
+                    "converged"
+                } else {
+                    "not converged"
+                },
+                e.model.frequencies.as_ref().map_or(0, |f| f.counts.len())
+            ),
+            None => println!("  weights: the hand-set table (--estimate learns them first)"),
+        }
         println!(
             "  {:<17} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>7} {:>10}",
             "profile", "precision", "recall", "F1", "TP", "FP", "FN", "refused", "queries/s"
@@ -436,6 +456,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             seed,
             database_url,
             profiles,
+            estimate,
         } => {
             bench_match(
                 idvault_bench::matching::MatchBenchOptions {
@@ -445,6 +466,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
                     queries,
                     seed,
                     database_url,
+                    estimate,
                 },
                 profiles,
             )

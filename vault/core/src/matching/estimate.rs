@@ -17,10 +17,12 @@
 //! Levels two stored records cannot show (a day/month swap, exchanged
 //! names: their variants live under other kinds' keys) keep their prior
 //! m and u; the observable levels share the rest of the probability mass.
-//! Every learned weight is kept within [`EstimateOptions::max_shift_bits`]
-//! of the prior's: the population is partly written by partners, and one
-//! that creates many crafted subjects must not be able to turn a weak
-//! level into a strong one.
+//! Every learned weight is kept between [`EstimateOptions::max_shift_bits`]
+//! below the prior's and [`MAX_STRENGTHEN_BITS`] above it: the population
+//! is partly written by partners, and one that creates many crafted
+//! subjects (clusters sharing an e-mail but not a name, to make name
+//! disagreement look common among matches) must not be able to turn weak
+//! evidence into strong, nor disagreement into no evidence.
 
 use std::collections::{HashMap, HashSet};
 
@@ -242,17 +244,32 @@ fn frequencies(signatures: &[Signature], max: usize) -> Frequencies {
     }
 }
 
-/// `mu` with u moved so that its weight is within `bits` of `prior`'s.
+/// Most bits a learned weight may be *above* the prior's: evidence may
+/// weaken freely (down to [`EstimateOptions::max_shift_bits`]) but barely
+/// strengthen, so crafted subjects can cost matches, not make strangers
+/// match.
+pub const MAX_STRENGTHEN_BITS: f64 = 0.5;
+
+/// `mu` moved so that its weight is within `[prior - bits, prior +
+/// MAX_STRENGTHEN_BITS]`.
 fn clamp_weight(mu: MU, prior: MU, bits: f64) -> MU {
     let w = (mu.m / mu.u).log2();
     let p = (prior.m / prior.u).log2();
-    let target = w.clamp(p - bits, p + bits);
+    let target = w.clamp(p - bits, p + MAX_STRENGTHEN_BITS);
     if (target - w).abs() < 1e-12 {
         return mu;
     }
+    let u = mu.m / target.exp2();
+    if u <= 1.0 {
+        return MU {
+            m: mu.m,
+            u: u.max(1e-12),
+        };
+    }
+    // u cannot exceed 1: lower m instead.
     MU {
-        m: mu.m,
-        u: (mu.m / target.exp2()).clamp(1e-12, 1.0),
+        m: target.exp2().clamp(1e-12, 1.0),
+        u: 1.0,
     }
 }
 

@@ -38,11 +38,12 @@ mod link;
 mod model;
 mod query;
 
-pub use estimate::{EstimateOptions, ModelEstimate, estimate_model};
+pub use estimate::{EstimateOptions, MAX_STRENGTHEN_BITS, ModelEstimate, estimate_model};
 pub use link::assign_one_to_one;
 
 pub use model::{
-    FREQUENCY_FIELDS, Frequencies, MAX_FREQUENCY_SHIFT_BITS, MIN_FREQUENCY_POPULATION, MatchModel,
+    FREQUENCY_FIELDS, Frequencies, MAX_FREQUENCY_GAIN_BITS, MAX_FREQUENCY_SHIFT_BITS,
+    MIN_FREQUENCY_POPULATION, MatchModel,
 };
 pub use query::{
     BadSignature, CANDIDATE_LIMIT, Candidate, FIRST_CANDIDATES, Hit, MAX_QUERY_ID, MAX_RESULTS,
@@ -450,9 +451,22 @@ pub struct QueryPlan {
     /// Blocking indexes with the most weight a hit on each can add above
     /// [`Self::base`].
     blocking: Vec<(i64, f64)>,
+    /// Wide compound keys ([`WIDE_COMPOUNDS`]) with their ranking gain:
+    /// looked up only when the blocking ones do not settle the query.
+    wide: Vec<(i64, f64)>,
     /// The most weight a candidate can score without any blocking hit.
     base: f64,
 }
+
+/// Compound kinds shared by many people at once (a common name pair, a
+/// family name and a birth year): a lookup on them reads up to a cap of
+/// subjects each, and only when the other blocking keys found no answer
+/// that a candidate holding none of them could beat.
+pub const WIDE_COMPOUNDS: [&str; 3] = [
+    "block.names.v1",
+    "block.family_year.v1",
+    "block.given_mmdd.v1",
+];
 
 /// How a candidate compared with the query.
 #[derive(Debug, Clone, PartialEq)]
@@ -590,24 +604,45 @@ impl QueryPlan {
         // never blocking, so that gain is often 0): among the many people
         // sharing a date of birth, the one whose names also agree must come
         // first. Ranking higher only loosens the bound, never breaks it.
+        let mut wide: HashMap<i64, f64> = HashMap::new();
         for (index, kind) in compounds {
             let g: f64 = compound_levels(kind)
                 .iter()
                 .map(|(f, l)| weight(*f, Some(*l)).max(0.0))
                 .sum();
-            let slot = blocking.entry(index).or_insert(0.0);
+            let map = if WIDE_COMPOUNDS.contains(&kind) {
+                &mut wide
+            } else {
+                &mut blocking
+            };
+            let slot = map.entry(index).or_insert(0.0);
             *slot = slot.max(g);
         }
         let mut blocking: Vec<(i64, f64)> = blocking.into_iter().collect();
         blocking.sort_unstable_by_key(|(i, _)| *i);
+        let mut wide: Vec<(i64, f64)> = wide.into_iter().collect();
+        wide.sort_unstable_by_key(|(i, _)| *i);
         Ok(Self {
             probes: planned,
             by_index,
             fields: field_models,
             filters,
             blocking,
+            wide,
             base,
         })
+    }
+
+    /// The wide compound keys ([`WIDE_COMPOUNDS`]) with their ranking gain.
+    pub fn wide(&self) -> &[(i64, f64)] {
+        &self.wide
+    }
+
+    /// The most bits a candidate holding no blocking index of the query
+    /// can score (one found by a wide key alone): every field at its best
+    /// level reachable without a blocking hit.
+    pub fn base(&self) -> f64 {
+        self.base
     }
 
     /// Distinct blocking indexes, each with the most weight a hit on it can
@@ -652,6 +687,17 @@ impl QueryPlan {
                 && dice(ours, theirs) >= matching::PARTIAL_DICE
             {
                 hits.entry(*field).or_default().push(Level::Partial);
+            }
+        }
+        // Exchanged names count only when both are exchanged: one name
+        // found in the other's place alone is as likely a stranger whose
+        // given name sounds like the query's family name.
+        let swapped = |f: MatchField| hits.get(&f).is_some_and(|l| l.contains(&Level::Swapped));
+        if swapped(MatchField::GivenName) != swapped(MatchField::FamilyName) {
+            for f in [MatchField::GivenName, MatchField::FamilyName] {
+                if let Some(l) = hits.get_mut(&f) {
+                    l.retain(|x| *x != Level::Swapped);
+                }
             }
         }
         let mut outcomes = Vec::new();
@@ -707,6 +753,19 @@ mod tests {
 
     /// A stored subject's rank for `plan`, as the store computes it: per
     /// field (or compound key) the best gain of its blocking rows, summed.
+    /// The rank the store gives a subject over `keys` (blocking or wide).
+    fn rank_over(keys: &[(i64, f64)], ring: &MatchKeyring, fields: &[(MatchField, &str)]) -> f64 {
+        let idx = ring.subject_index(fields, &opts());
+        let mut best: HashMap<u8, f64> = HashMap::new();
+        for (code, index) in &idx.blocking {
+            if let Some((_, g)) = keys.iter().find(|(i, _)| i == index) {
+                let slot = best.entry(*code).or_insert(0.0);
+                *slot = slot.max(*g);
+            }
+        }
+        best.values().sum()
+    }
+
     fn gain_of(plan: &QueryPlan, ring: &MatchKeyring, fields: &[(MatchField, &str)]) -> f64 {
         let idx = ring.subject_index(fields, &opts());
         let mut best: HashMap<u8, f64> = HashMap::new();
@@ -808,6 +867,43 @@ mod tests {
         assert_eq!(a.bloom(MatchField::Phone, "07700 900123"), None);
         assert_eq!(dice(&[], &[]), 0.0);
         assert_eq!(dice(&[1], &[1, 2]), 0.0);
+    }
+
+    /// One name found in the other's place is no evidence on its own: a
+    /// stranger whose family name sounds like the query's given name
+    /// (Jane Smith / Mary Jayne) does not gain from it.
+    #[test]
+    fn one_exchanged_name_alone_counts_nothing() {
+        let h = hierarchy(1);
+        let ring = MatchKeyring::derive(&h, "d", 1).unwrap();
+        let mary = stored(
+            &ring,
+            &[
+                (MatchField::GivenName, "Mary"),
+                (MatchField::FamilyName, "Jayne"),
+                (MatchField::DateOfBirth, "1990-03-17"),
+                (MatchField::City, "Leeds"),
+            ],
+        );
+        let s = plan(
+            &[&ring],
+            &[
+                (MatchField::GivenName, "Jane"),
+                (MatchField::FamilyName, "Smith"),
+                (MatchField::DateOfBirth, "1990-03-17"),
+                (MatchField::City, "Leeds"),
+            ],
+        )
+        .score(mary.0, &mary.1);
+        let level = |f| {
+            s.outcomes
+                .iter()
+                .find(|o| o.field == f)
+                .and_then(|o| o.level)
+        };
+        assert_eq!(level(MatchField::GivenName), None, "{s:?}");
+        assert_eq!(level(MatchField::FamilyName), None, "{s:?}");
+        assert!(s.score < 0.5, "{s:?}");
     }
 
     #[test]
@@ -1008,9 +1104,14 @@ mod tests {
                 s.bits,
                 p.bound(gain)
             );
-            ranks.push(gain);
+            // Found by wide keys alone: at most the base.
+            if gain == 0.0 {
+                assert!(s.bits <= p.base() + 1e-9, "{person:?}");
+            }
+            ranks.push(gain + rank_over(p.wide(), &ring, person));
         }
-        // The exact duplicate ranks above everyone, the stranger below the others.
+        // The exact duplicate ranks above everyone, the stranger below the
+        // others (counting the wide keys that find them in a second lookup).
         assert!(ranks[1..].iter().all(|g| *g < ranks[0]), "{ranks:?}");
         assert!(ranks[..4].iter().all(|g| *g > ranks[4]), "{ranks:?}");
     }

@@ -9,9 +9,11 @@
 //! is decrypted: equal values have equal indexes). A query whose exact
 //! index is counted uses `u = count / population` for its exact level; a
 //! value rarer than every counted one uses at most the rarest count's
-//! share. The change is capped at [`MAX_FREQUENCY_SHIFT_BITS`] either way:
-//! relatives share rare family names and addresses, so rarity must not
-//! outweigh the other fields.
+//! share. A common value weakens the weight by up to
+//! [`MAX_FREQUENCY_SHIFT_BITS`], a rare one strengthens it by
+//! [`MAX_FREQUENCY_GAIN_BITS`] at most: relatives share rare family names,
+//! so rarity must not outweigh the other fields, and the counts come from
+//! a population partners write.
 
 use std::collections::HashMap;
 
@@ -26,8 +28,10 @@ pub const FREQUENCY_FIELDS: [MatchField; 4] = [
     MatchField::City,
 ];
 
-/// Most bits frequency moves an exact agreement weight, up or down.
+/// Most bits frequency lowers an exact agreement weight (a common value).
 pub const MAX_FREQUENCY_SHIFT_BITS: f64 = 3.0;
+/// Most bits frequency raises an exact agreement weight (a rare value).
+pub const MAX_FREQUENCY_GAIN_BITS: f64 = 1.0;
 
 /// Smallest population for which frequencies are used: below it, counts
 /// say more about chance than about the population.
@@ -84,9 +88,14 @@ impl MatchModel {
                 // Rarer than every counted value.
                 (f64::from(freq.floor.max(1)) / n).min(mu.u)
             };
-            let scale = MAX_FREQUENCY_SHIFT_BITS.exp2();
+            // Common values weaken the evidence by up to 3 bits; rare ones
+            // strengthen it by 1 bit at most (counts come from a
+            // population partners write).
             let u = share
-                .clamp(mu.u / scale, mu.u * scale)
+                .clamp(
+                    mu.u / MAX_FREQUENCY_GAIN_BITS.exp2(),
+                    mu.u * MAX_FREQUENCY_SHIFT_BITS.exp2(),
+                )
                 .max(1.0 / n.max(1.0));
             *mu = MU { m: mu.m, u };
         }
@@ -122,7 +131,9 @@ mod tests {
         // 2 % of the population: weaker than the table's 0.3 %.
         assert!(w(7) < table - 1.0, "{} {table}", w(7));
         // Not counted, so rarer than 0.05 %: stronger, but capped.
-        assert!(w(9) > table && w(9) <= table + MAX_FREQUENCY_SHIFT_BITS + 1e-9);
+        assert!(w(9) > table && w(9) <= table + MAX_FREQUENCY_GAIN_BITS + 1e-9);
+        // Very common: weaker by at most the cap.
+        assert!(w(7) >= table - MAX_FREQUENCY_SHIFT_BITS - 1e-9);
         // Disagreement and other levels are untouched.
         let f = m.field_for_query(MatchField::FamilyName, &[7]).unwrap();
         let t = prior.field_for_query(MatchField::FamilyName, &[7]).unwrap();

@@ -149,6 +149,19 @@ impl PlannedQuery {
         Ok(above >= self.max_results)
     }
 
+    /// Whether the wide compound keys must be looked up after the
+    /// blocking ones found `hits`: unless `max_results` of them already
+    /// score more than any candidate holding no blocking index could
+    /// ([`QueryPlan::base`]), one found by a wide key alone might beat or
+    /// join them.
+    pub fn needs_wide(&self, hits: &[Hit]) -> bool {
+        if self.plan.wide().is_empty() {
+            return false;
+        }
+        let cap = idvault_tokenizer::matching::score(self.plan.base());
+        hits.iter().filter(|h| h.score > cap).count() < self.max_results
+    }
+
     /// The candidates scoring at least the cut-off, best first (ties in
     /// subject order, so answers are repeatable), at most `max_results`.
     pub fn rank(&self, candidates: Vec<Candidate>) -> Result<Vec<Hit>, BadSignature> {
@@ -168,13 +181,18 @@ impl PlannedQuery {
                 });
             }
         }
+        Ok(self.merge(hits))
+    }
+
+    /// `hits` best first (ties in subject order), at most `max_results`.
+    pub fn merge(&self, mut hits: Vec<Hit>) -> Vec<Hit> {
         hits.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
                 .then_with(|| a.subject.as_bytes().cmp(b.subject.as_bytes()))
         });
         hits.truncate(self.max_results);
-        Ok(hits)
+        hits
     }
 }
 

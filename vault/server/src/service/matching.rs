@@ -64,7 +64,20 @@ async fn best_candidates(
             .match_candidates(domain, blocking, CANDIDATE_LIMIT)
             .await?;
     }
-    Ok(p.rank(candidates)?)
+    let hits = p.rank(candidates)?;
+    if !p.needs_wide(&hits) {
+        return Ok(hits);
+    }
+    // Wide keys (a name pair, a family name and birth year): a duplicate
+    // whose identifying fields are all corrupted is only found this way.
+    let mut all = store
+        .match_wide_candidates(domain, p.plan.wide(), CANDIDATE_LIMIT)
+        .await?;
+    let seen: std::collections::HashSet<SubjectId> = hits.iter().map(|h| h.subject).collect();
+    all.retain(|c| !seen.contains(&c.subject));
+    let mut merged = hits;
+    merged.extend(p.rank(all)?);
+    Ok(p.merge(merged))
 }
 
 /// Prefix of pairwise tokens.
@@ -626,6 +639,13 @@ impl Vault {
                     "a Link message holds at most {MAX_BATCH} records"
                 )));
             }
+            // Checked before anything is kept: a one-to-one job holds its
+            // records' ids until the end.
+            if records.iter().any(|r| r.record_id.len() > MAX_QUERY_ID) {
+                return Err(VaultError::BadRequest(format!(
+                    "a record_id holds at most {MAX_QUERY_ID} bytes"
+                )));
+            }
             if job.one_to_one && job.pending.len() + n > MAX_LINK_RECORDS {
                 return Err(VaultError::BadRequest(format!(
                     "a one-to-one Link job holds at most {MAX_LINK_RECORDS} records"
@@ -706,8 +726,18 @@ impl Vault {
         let sample = sample.clamp(2, MAX_ESTIMATE_SAMPLE);
         let raw = self.store().match_signature_sample(domain, sample).await?;
         let total = raw.len();
-        let signatures: Vec<_> = raw.iter().filter_map(|b| decode_signature(b)).collect();
+        let mut signatures: Vec<_> = raw.iter().filter_map(|b| decode_signature(b)).collect();
         let unreadable = total - signatures.len();
+        // One key version only: indexes of two versions never agree, and
+        // counts would split between them (after a rotation, until rewrap).
+        let mut by_version: HashMap<u32, usize> = HashMap::new();
+        for s in &signatures {
+            *by_version.entry(s.version).or_default() += 1;
+        }
+        if let Some((v, _)) = by_version.iter().max_by_key(|(v, n)| (**n, **v)) {
+            let v = *v;
+            signatures.retain(|s| s.version == v);
+        }
         let mut seed = [0u8; 8];
         self.rng().fill(&mut seed).map_err(KeyError::from)?;
         let seed = u64::from_be_bytes(seed);

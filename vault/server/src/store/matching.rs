@@ -264,6 +264,17 @@ impl Store {
         candidates(self.pool(), domain, blocking, limit).await
     }
 
+    /// [`Self::match_candidates`] over wide compound keys, each read up to
+    /// 256 subjects.
+    pub async fn match_wide_candidates(
+        &self,
+        domain: &str,
+        wide: &[(i64, f64)],
+        limit: u32,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        wide_candidates(self.pool(), domain, wide, limit).await
+    }
+
     /// `partner`'s pairwise tokens of `subjects` (absent ones left out),
     /// from the pool.
     pub async fn pairwise_tokens_of(
@@ -528,6 +539,64 @@ pub(super) async fn candidates<'e>(
         q = q.bind(*b);
     }
     for (b, g) in blocking {
+        q = q.bind(*b).bind(*g);
+    }
+    q.fetch_all(ex)
+        .await?
+        .into_iter()
+        .map(|(s, mask, signature, gain)| {
+            Ok(Candidate {
+                subject: subject_of(&s, "match_subjects.subject_id")?,
+                present: u16::try_from(mask)
+                    .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
+                signature,
+                gain,
+            })
+        })
+        .collect()
+}
+
+/// Most subjects read per wide compound key (`QueryPlan::wide`): a key
+/// shared by more people than this (a common name pair) is too common to
+/// select candidates, and reading all of it would let one query scan a
+/// large share of the vault.
+pub(super) const WIDE_KEY_CAP: u32 = 256;
+
+/// [`candidates`] over wide compound keys: each key contributes at most
+/// [`WIDE_KEY_CAP`] subjects (in index order), each with the key's gain.
+pub(super) async fn wide_candidates<'e>(
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    domain: &str,
+    wide: &[(i64, f64)],
+    limit: u32,
+) -> Result<Vec<Candidate>, StoreError> {
+    if wide.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One capped sub-select per key; compound keys are distinct fields,
+    // so a subject's gains add up across keys.
+    let parts: Vec<String> = (0..wide.len())
+        .map(|i| {
+            format!(
+                "SELECT w{i}.subject_id, CAST(${} AS DOUBLE PRECISION) AS g FROM \
+                 (SELECT subject_id FROM match_index WHERE domain = $1 AND bidx = ${} \
+                  ORDER BY subject_id LIMIT {WIDE_KEY_CAP}) w{i}",
+                4 + 2 * i,
+                3 + 2 * i
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
+         JOIN (SELECT u.subject_id, SUM(u.g) AS g FROM ({}) u \
+           GROUP BY u.subject_id ORDER BY SUM(u.g) DESC, u.subject_id LIMIT $2) c \
+         ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
+        parts.join(" UNION ALL "),
+    );
+    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
+        .bind(domain.to_owned())
+        .bind(i64::from(limit));
+    for (b, g) in wide {
         q = q.bind(*b).bind(*g);
     }
     q.fetch_all(ex)

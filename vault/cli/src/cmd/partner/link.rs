@@ -20,9 +20,6 @@ use idvault_tokenizer::variants::MatchField;
 
 use crate::cmd::ConnectArgs;
 
-/// Records per request message (the service's limit).
-const PER_MESSAGE: usize = 100;
-
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Csv,
@@ -68,6 +65,9 @@ pub(crate) struct LinkArgs {
     /// Lowest score to return, in [0.5, 1] (default: the vault threshold).
     #[arg(long)]
     min_score: Option<f64>,
+    /// Records per message (1 to 100; at most the partner's match burst).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=100))]
+    batch: u16,
 }
 
 /// Which input column becomes which field.
@@ -133,19 +133,19 @@ impl Columns {
 }
 
 /// Reads `path` and hands its records to `sink` in messages of
-/// [`PER_MESSAGE`] (the first also carries `options`); stops quietly when
+/// `per_message` (the first also carries `options`); stops quietly when
 /// `sink` says `false`. Returns the records read. With `warn`, says which
 /// columns are not sent.
 fn read_records(
     path: &Path,
     format: Format,
     columns: &Columns,
-    options: LinkOptions,
+    (options, per_message): (LinkOptions, usize),
     warn: bool,
     sink: &mut dyn FnMut(LinkRequest) -> bool,
 ) -> anyhow::Result<u64> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut batch = Vec::with_capacity(PER_MESSAGE);
+    let mut batch = Vec::with_capacity(per_message);
     let mut options = Some(options);
     let mut sent = 0u64;
     let mut flush = |batch: &mut Vec<LinkRecord>, last: bool| -> bool {
@@ -180,7 +180,7 @@ fn read_records(
                     .map(String::as_str)
                     .zip(row.iter().map(str::to_owned));
                 batch.push(columns.record(line, cells));
-                if batch.len() == PER_MESSAGE && !flush(&mut batch, false) {
+                if batch.len() == per_message && !flush(&mut batch, false) {
                     return Ok(sent);
                 }
             }
@@ -193,9 +193,15 @@ fn read_records(
                 if line.trim().is_empty() {
                     continue;
                 }
+                // The parser's own message may quote the line's text (a
+                // person's data): only its position is reported.
                 let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
-                    .with_context(|| {
-                    format!("{}: line {n} is not a JSON object", path.display())
+                    .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: line {n} is not a JSON object (column {})",
+                        path.display(),
+                        e.column()
+                    )
                 })?;
                 if !warned {
                     let keys: Vec<String> = obj.keys().cloned().collect();
@@ -216,7 +222,7 @@ fn read_records(
                     cells.push((k.as_str(), v));
                 }
                 batch.push(columns.record(n, cells.into_iter()));
-                if batch.len() == PER_MESSAGE && !flush(&mut batch, false) {
+                if batch.len() == per_message && !flush(&mut batch, false) {
                     return Ok(sent);
                 }
             }
@@ -359,11 +365,19 @@ pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<(
     // bar) before anything is sent: a bad row found halfway would
     // otherwise end the stream early, and a one-to-one job would assign
     // and reveal the records sent so far.
+    let per_message = usize::from(args.batch);
     let total = {
         let (file, o) = (args.file.clone(), options);
         let columns = Columns::new(&args)?;
         tokio::task::spawn_blocking(move || {
-            read_records(&file, in_format, &columns, o, true, &mut |_| true)
+            read_records(
+                &file,
+                in_format,
+                &columns,
+                (o, per_message),
+                true,
+                &mut |_| true,
+            )
         })
         .await
         .context("reading the dataset")??
@@ -371,22 +385,53 @@ pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<(
     let mut client = MatchServiceClient::new(conn.channel().await?);
     let (tx, rx) = tokio::sync::mpsc::channel::<LinkRequest>(4);
     let file = args.file.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        read_records(&file, in_format, &columns, options, false, &mut |m| {
-            tx.blocking_send(m).is_ok()
-        })
+    // On a reading error the sender is handed back, not dropped: dropping
+    // it would end the stream cleanly, and the vault would answer (for a
+    // one-to-one job: assign and reveal) the records sent so far. The
+    // call is cancelled instead.
+    let mut reader = tokio::task::spawn_blocking(move || {
+        let read = read_records(
+            &file,
+            in_format,
+            &columns,
+            (options, per_message),
+            false,
+            &mut |m| tx.blocking_send(m).is_ok(),
+        );
+        match read {
+            Ok(n) => Ok(n),
+            Err(e) => Err((e, tx)),
+        }
     });
     let mut replies = client
         .link(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
-    // Monotonic, for the summary line only.
     let started = tokio::time::Instant::now();
     let bar = crate::progress::counting_bar(total);
     let mut tally = Tally::default();
     let mut received = 0u64;
+    let mut sent = None;
     let failed = loop {
-        match replies.message().await {
+        let next = tokio::select! {
+            r = &mut reader, if sent.is_none() => {
+                match r {
+                    Ok(Ok(n)) => {
+                        sent = Some(n);
+                        continue;
+                    }
+                    Ok(Err((e, tx))) => {
+                        // Cancel the call while the request side is open.
+                        drop(replies);
+                        drop(tx);
+                        return Err(e.context("reading the dataset; the link was cancelled"));
+                    }
+                    Err(e) => bail!("reading the dataset: {e}"),
+                }
+            }
+            m = replies.message() => m,
+        };
+        match next {
             Ok(Some(m)) => {
                 received = m.received;
                 for r in &m.results {
@@ -414,9 +459,14 @@ pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<(
         pb.finish_and_clear();
     }
     writer.finish()?;
-    // A reading error (bad row) is the first thing to report: the server
-    // only saw the stream end early.
-    let sent = reader.await.context("reading the dataset")??;
+    let sent = match sent {
+        Some(n) => n,
+        None => match reader.await {
+            Ok(Ok(n)) => n,
+            Ok(Err((e, _))) => return Err(e.context("reading the dataset")),
+            Err(e) => bail!("reading the dataset: {e}"),
+        },
+    };
     if sent != total {
         bail!(
             "{} changed while it was linked ({total} records, then {sent})",
