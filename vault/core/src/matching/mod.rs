@@ -456,6 +456,8 @@ pub struct QueryPlan {
     wide: Vec<(i64, f64)>,
     /// The most weight a candidate can score without any blocking hit.
     base: f64,
+    /// The most the one-typo keys among `wide` can add above `base`.
+    second_gain: f64,
 }
 
 /// Compound kinds shared by many people at once (a common name pair, a
@@ -593,10 +595,22 @@ impl QueryPlan {
         let gain = |f: MatchField, l: Level| {
             (weight(f, Some(l)) - unblocked.get(&f).copied().unwrap_or(0.0)).max(0.0)
         };
+        // One-typo blocking keys (national id, house number) go to the
+        // second lookup with the wide compounds: a duplicate that kept an
+        // exact identifier is settled by the first, cheaper one.
         let mut blocking: HashMap<i64, f64> = HashMap::new();
+        let mut wide: HashMap<i64, f64> = HashMap::new();
+        let mut second_gain: HashMap<MatchField, f64> = HashMap::new();
         for p in planned.iter().filter(|p| p.block) {
             let g = gain(p.field, p.level);
-            let slot = blocking.entry(p.index).or_insert(0.0);
+            let map = if p.level == Level::Similar {
+                let s = second_gain.entry(p.field).or_insert(0.0);
+                *s = s.max(g);
+                &mut wide
+            } else {
+                &mut blocking
+            };
+            let slot = map.entry(p.index).or_insert(0.0);
             *slot = slot.max(g);
         }
         // A compound hit ranks by the full weight of the levels it
@@ -604,7 +618,6 @@ impl QueryPlan {
         // never blocking, so that gain is often 0): among the many people
         // sharing a date of birth, the one whose names also agree must come
         // first. Ranking higher only loosens the bound, never breaks it.
-        let mut wide: HashMap<i64, f64> = HashMap::new();
         for (index, kind) in compounds {
             let g: f64 = compound_levels(kind)
                 .iter()
@@ -630,19 +643,23 @@ impl QueryPlan {
             blocking,
             wide,
             base,
+            second_gain: second_gain.values().sum(),
         })
     }
 
-    /// The wide compound keys ([`WIDE_COMPOUNDS`]) with their ranking gain.
+    /// The keys of the second lookup with their ranking gain: the wide
+    /// compound keys ([`WIDE_COMPOUNDS`]) and the one-typo blocking keys.
     pub fn wide(&self) -> &[(i64, f64)] {
         &self.wide
     }
 
-    /// The most bits a candidate holding no blocking index of the query
-    /// can score (one found by a wide key alone): every field at its best
-    /// level reachable without a blocking hit.
+    /// The most bits a candidate holding none of the first lookup's keys
+    /// can score (one found by the second lookup alone): every field at
+    /// its best level reachable without a blocking hit, plus what the
+    /// one-typo keys can add (compound keys add nothing over that: the
+    /// levels they suggest are reachable without them).
     pub fn base(&self) -> f64 {
-        self.base
+        self.base + self.second_gain
     }
 
     /// Distinct blocking indexes, each with the most weight a hit on it can
@@ -662,7 +679,9 @@ impl QueryPlan {
     /// reachable without a blocking hit, plus the gain. Lets a lookup stop
     /// after the best-ranked candidates when they beat it.
     pub fn bound(&self, gain: f64) -> f64 {
-        self.base + gain
+        // The one-typo keys are not in the first lookup's rank, so their
+        // gain is added whether the candidate holds them or not.
+        self.base + self.second_gain + gain
     }
 
     /// Scores a candidate from the fields it has indexes for (`present`,
