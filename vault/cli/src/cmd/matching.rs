@@ -128,6 +128,23 @@ fn print_report(r: &ModelReport) {
     }
 }
 
+/// The vault of `dir` (not during a restore: the data dir lock is held
+/// shared while it is open).
+async fn open(
+    dir: &DataDir,
+    database_url: Option<String>,
+) -> anyhow::Result<(
+    idvault_server::service::Vault,
+    Option<idvault_server::backup::DataDirLock>,
+)> {
+    let cfg = dir.load()?;
+    let url = database_url.unwrap_or_else(|| cfg.database_url());
+    let lock =
+        idvault_server::backup::DataDirLock::shared(&cfg.base_dir).map_err(anyhow::Error::msg)?;
+    let vault = idvault_server::app::open_vault(&cfg, &url).await?;
+    Ok((vault, lock))
+}
+
 pub(crate) async fn run(command: MatchCommand) -> anyhow::Result<()> {
     match command {
         MatchCommand::Estimate {
@@ -136,16 +153,12 @@ pub(crate) async fn run(command: MatchCommand) -> anyhow::Result<()> {
             sample,
             database_url,
         } => {
-            let cfg = dir.load()?;
-            let url = database_url.unwrap_or_else(|| cfg.database_url());
-            let _lock = idvault_server::backup::DataDirLock::shared(&cfg.base_dir)
-                .map_err(anyhow::Error::msg)?;
-            let vault = idvault_server::app::open_vault(&cfg, &url).await?;
+            let (vault, _lock) = open(&dir, database_url).await?;
             let domains: Vec<String> = match domain {
                 Some(d) => vec![d],
                 None => vault.match_domains().to_vec(),
             };
-            let mut failed = None;
+            let mut failed = 0usize;
             for d in &domains {
                 match vault.estimate_match_model(d, sample).await {
                     Ok(e) => {
@@ -154,13 +167,16 @@ pub(crate) async fn run(command: MatchCommand) -> anyhow::Result<()> {
                     }
                     Err(e) => {
                         eprintln!("{d}: {e}");
-                        failed = Some(e);
+                        failed += 1;
                     }
                 }
             }
             vault.store().close().await;
-            if let Some(e) = failed {
-                bail!("estimating failed: {e}");
+            if failed > 0 {
+                bail!(
+                    "estimating failed for {failed} of {} domains",
+                    domains.len()
+                );
             }
             Ok(())
         }
@@ -169,11 +185,7 @@ pub(crate) async fn run(command: MatchCommand) -> anyhow::Result<()> {
             domain,
             database_url,
         } => {
-            let cfg = dir.load()?;
-            let url = database_url.unwrap_or_else(|| cfg.database_url());
-            let _lock = idvault_server::backup::DataDirLock::shared(&cfg.base_dir)
-                .map_err(anyhow::Error::msg)?;
-            let vault = idvault_server::app::open_vault(&cfg, &url).await?;
+            let (vault, _lock) = open(&dir, database_url).await?;
             let reports = vault.match_model_reports().await?;
             vault.store().close().await;
             let mut shown = 0;

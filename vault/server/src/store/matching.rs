@@ -541,19 +541,7 @@ pub(super) async fn candidates<'e>(
     for (b, g) in blocking {
         q = q.bind(*b).bind(*g);
     }
-    q.fetch_all(ex)
-        .await?
-        .into_iter()
-        .map(|(s, mask, signature, gain)| {
-            Ok(Candidate {
-                subject: subject_of(&s, "match_subjects.subject_id")?,
-                present: u16::try_from(mask)
-                    .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
-                signature,
-                gain,
-            })
-        })
-        .collect()
+    candidate_rows(q.fetch_all(ex).await?)
 }
 
 /// Most subjects read per wide compound key (`QueryPlan::wide`): a key
@@ -599,9 +587,12 @@ pub(super) async fn wide_candidates<'e>(
     for (b, g) in wide {
         q = q.bind(*b).bind(*g);
     }
-    q.fetch_all(ex)
-        .await?
-        .into_iter()
+    candidate_rows(q.fetch_all(ex).await?)
+}
+
+/// Candidate rows `(subject, presence mask, signature, rank)` as read.
+fn candidate_rows(rows: Vec<(Vec<u8>, i64, Vec<u8>, f64)>) -> Result<Vec<Candidate>, StoreError> {
+    rows.into_iter()
         .map(|(s, mask, signature, gain)| {
             Ok(Candidate {
                 subject: subject_of(&s, "match_subjects.subject_id")?,
