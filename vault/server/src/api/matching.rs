@@ -87,6 +87,29 @@ fn link_results(answers: Vec<LinkAnswer>) -> Vec<LinkResult> {
         .collect()
 }
 
+/// Runs one step of a stream's work within the stream's `deadline`: its
+/// answer, or `None` after ending the stream with the step's error (or
+/// DEADLINE_EXCEEDED naming the `rpc`).
+async fn until<T>(
+    tx: &super::ReplyTx<impl Send>,
+    deadline: tokio::time::Instant,
+    rpc: &str,
+    step: impl Future<Output = Result<T, crate::service::VaultError>>,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(Ok(a)) => Some(a),
+        Ok(Err(e)) => {
+            super::send_final(tx, status(e)).await;
+            None
+        }
+        Err(_) => {
+            let e = Status::deadline_exceeded(format!("{rpc} past its deadline"));
+            super::send_final(tx, e).await;
+            None
+        }
+    }
+}
+
 fn link_records(r: Vec<idvault_proto::v1::LinkRecord>) -> Vec<LinkRecord> {
     r.into_iter()
         .map(|r| LinkRecord {
@@ -150,22 +173,9 @@ impl MatchService for MatchApi {
                 let ids: Vec<String> = batch.queries.iter().map(|q| q.query_id.clone()).collect();
                 let queries = batch.queries.into_iter().map(query).collect();
                 // Pacing waits for the rate budget; the deadline still holds.
-                let answered = tokio::time::timeout_at(
-                    deadline,
-                    vault.match_batch(&who, queries, Pacing::Wait, false),
-                )
-                .await;
-                let answers = match answered {
-                    Ok(Ok(a)) => a,
-                    Ok(Err(e)) => {
-                        super::send_final(&tx, status(e)).await;
-                        return;
-                    }
-                    Err(_) => {
-                        let e = Status::deadline_exceeded("MatchStream past its deadline");
-                        super::send_final(&tx, e).await;
-                        return;
-                    }
+                let answered = vault.match_batch(&who, queries, Pacing::Wait, false);
+                let Some(answers) = until(&tx, deadline, "MatchStream", answered).await else {
+                    return;
                 };
                 let results = ids
                     .into_iter()
@@ -234,23 +244,11 @@ impl MatchService for MatchApi {
                     }
                 };
                 // Pacing waits for the rate budget; the deadline still holds.
-                let answered = tokio::time::timeout_at(
-                    deadline,
-                    vault.link_batch(&who, job, link_records(msg.records)),
-                )
-                .await;
-                let results = match answered {
-                    Ok(Ok(a)) => link_results(a),
-                    Ok(Err(e)) => {
-                        super::send_final(&tx, status(e)).await;
-                        return;
-                    }
-                    Err(_) => {
-                        let e = Status::deadline_exceeded("Link past its deadline");
-                        super::send_final(&tx, e).await;
-                        return;
-                    }
+                let answered = vault.link_batch(&who, job, link_records(msg.records));
+                let Some(answers) = until(&tx, deadline, "Link", answered).await else {
+                    return;
                 };
+                let results = link_results(answers);
                 let reply = LinkResponse {
                     received: job.received() as u64,
                     results,
@@ -264,20 +262,11 @@ impl MatchService for MatchApi {
             };
             let received = job.received() as u64;
             for chunk in job.assign() {
-                let answered =
-                    tokio::time::timeout_at(deadline, vault.link_reveal(&who, chunk)).await;
-                let results = match answered {
-                    Ok(Ok(a)) => link_results(a),
-                    Ok(Err(e)) => {
-                        super::send_final(&tx, status(e)).await;
-                        return;
-                    }
-                    Err(_) => {
-                        let e = Status::deadline_exceeded("Link past its deadline");
-                        super::send_final(&tx, e).await;
-                        return;
-                    }
+                let answered = vault.link_reveal(&who, chunk);
+                let Some(answers) = until(&tx, deadline, "Link", answered).await else {
+                    return;
                 };
+                let results = link_results(answers);
                 // The client went away: nothing more is revealed.
                 if !super::send_within(&tx, LinkResponse { received, results }, deadline).await {
                     return;
