@@ -160,6 +160,9 @@ const EDGE: &[(&str, TestFn)] = tests![
 /// (SQLite serves one process).
 const POSTGRES_ONLY: &[(&str, TestFn)] = tests![consent::grant_replay_across_replicas];
 
+/// Tests of SQLite's own housekeeping.
+const SQLITE_ONLY: &[(&str, TestFn)] = tests![ops::wal_is_checkpointed_in_the_background];
+
 fn run(f: TestFn, backend: Backend) -> Result<(), Failed> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -214,6 +217,12 @@ fn main() {
             })
             .with_ignored_flag(skip_pg),
         );
+    }
+    for (name, f) in SQLITE_ONLY {
+        let f = *f;
+        trials.push(Trial::test(format!("sqlite::{name}"), move || {
+            run(f, Backend::Sqlite)
+        }));
     }
     for (name, f) in EDGE {
         let f = *f;

@@ -128,6 +128,12 @@ impl Latency {
 struct Scratch {
     dir: std::path::PathBuf,
     vault: Arc<Vault>,
+    /// The background tasks of a serving vault (sequencer, WAL
+    /// checkpoints, …), so timings include their share of the writer.
+    background: (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ),
 }
 
 impl Scratch {
@@ -144,13 +150,19 @@ impl Scratch {
         let cfg = idvault_server::config::Config::load(&path)?;
         let url = database_url.map_or_else(|| cfg.database_url(), str::to_owned);
         let loaded = idvault_server::app::load(&cfg, &url).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let job = tokio::spawn(Arc::clone(&loaded.vault).run_background(stopped));
         Ok(Self {
             dir,
             vault: loaded.vault,
+            background: (stop, job),
         })
     }
 
     async fn stop(self) {
+        let (stop, job) = self.background;
+        let _ = stop.send(true);
+        let _ = job.await;
         self.vault.store().close().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -166,6 +166,7 @@ impl Vault {
         tokio::spawn(Arc::clone(&self).run_retention(stop.clone()));
         tokio::spawn(Arc::clone(&self).run_status_lists(stop.clone()));
         tokio::spawn(Arc::clone(&self).run_match_models(stop.clone()));
+        tokio::spawn(Arc::clone(&self).run_wal_checkpoints(stop.clone()));
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
@@ -182,6 +183,26 @@ impl Vault {
             }
             if stopping {
                 break;
+            }
+        }
+    }
+
+    /// Checkpoints the SQLite WAL every
+    /// [`crate::store::WAL_CHECKPOINT_EVERY`] until
+    /// `stop`, off the request path (see `Store::checkpoint_wal`).
+    async fn run_wal_checkpoints(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if self.store().backend() != crate::store::Backend::Sqlite {
+            return;
+        }
+        let mut tick = tokio::time::interval(crate::store::WAL_CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            }
+            if let Err(e) = self.store().checkpoint_wal().await {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
             }
         }
     }

@@ -56,16 +56,31 @@ async fn best_candidates(
 ) -> Result<Vec<Hit>, VaultError> {
     let blocking = p.plan.blocking();
     let domain = partner.match_domain.as_str();
+    // Monotonic, for the debug phase timings only (never a decision).
+    let started = tokio::time::Instant::now();
     let mut candidates = store
         .match_candidates(domain, blocking, FIRST_CANDIDATES)
         .await?;
-    if !p.settled_by(&candidates)? {
+    let first = started.elapsed();
+    let settled = p.settled_by(&candidates)?;
+    if !settled {
         candidates = store
             .match_candidates(domain, blocking, CANDIDATE_LIMIT)
             .await?;
     }
+    let read = started.elapsed();
     let hits = p.rank(candidates)?;
-    if !p.needs_wide(&hits) {
+    let wide = p.needs_wide(&hits);
+    tracing::debug!(
+        keys = blocking.len(),
+        settled,
+        wide,
+        first_us = first.as_micros(),
+        read_us = read.as_micros(),
+        rank_us = (started.elapsed() - read).as_micros(),
+        "match lookup timings"
+    );
+    if !wide {
         return Ok(hits);
     }
     // Wide keys (a name pair, a family name and birth year): a duplicate

@@ -482,7 +482,7 @@ impl BenchLoader {
         Ok(())
     }
 
-    /// Commits and restores the connection's cache size.
+    /// Commits and closes the connection.
     pub async fn finish(mut self) -> Result<(), StoreError> {
         sqlx::query("COMMIT").execute(&mut *self.conn).await?;
         if self.sqlite {
@@ -491,9 +491,12 @@ impl BenchLoader {
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(&mut *self.conn)
                 .await?;
-            sqlx::query("PRAGMA cache_size = -65536; PRAGMA temp_store = DEFAULT")
-                .execute(&mut *self.conn)
-                .await?;
+            // Closed, not returned to the pool: SQLite never shrinks a
+            // cache's hash table, and a connection that held gigabytes of
+            // pages would scan millions of empty buckets each time another
+            // connection's commit makes it drop its cache (milliseconds
+            // per read transaction).
+            self.conn.close().await?;
         }
         Ok(())
     }

@@ -174,14 +174,38 @@ pub const WRITE_QUEUE: usize = 1024;
 /// SQLite settings applied to every connection. `synchronous=FULL` with WAL
 /// makes an acknowledged commit survive power loss; `secure_delete`
 /// overwrites deleted rows so a shredded DEK does not linger in free pages.
-/// A 64 MiB page cache per connection (the default is 2 MiB) keeps the
-/// upper levels of the blind-matching index in memory at millions of rows.
+///
+/// Readers keep a small page cache (4 MiB; the writer has its own, see
+/// [`SQLITE_WRITER_PRAGMAS`]). In WAL mode a connection drops its whole
+/// page cache when it starts a read after another connection committed,
+/// and every audited request commits, so readers' caches almost never
+/// survive from one read to the next, and dropping one takes time in
+/// proportion to the most pages it ever held (`pcache1TruncateUnsafe` was
+/// the top function of a match lookup). The pages come back from the OS
+/// page cache.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 10000; \
      PRAGMA secure_delete = ON; \
      PRAGMA foreign_keys = ON; \
-     PRAGMA cache_size = -65536;";
+     PRAGMA cache_size = -4096;";
+
+/// Settings of the batch writer connection. It commits, so its page cache
+/// survives its own transactions, and 64 MiB keeps the upper levels and
+/// recently written pages of the blind-matching index at millions of
+/// rows. WAL checkpoints run on a task of their own
+/// ([`Store::checkpoint_wal`], every [`WAL_CHECKPOINT_EVERY`]): SQLite
+/// otherwise copies the WAL into the database, and fsyncs it, inside the
+/// COMMIT that crossed 1,000 pages, so every few hundredth request waited
+/// milliseconds for it. The writer still checkpoints itself past 8,192
+/// pages (32 MiB), so the WAL stays bounded in a process that runs no
+/// background task (the CLI's maintenance commands) or when the task
+/// falls behind.
+const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 8192";
+
+/// How often the serving process copies the WAL into the database file
+/// (SQLite; see [`Store::checkpoint_wal`]).
+pub const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 impl Store {
     /// Connects, applies the backend's pragmas, runs migrations and checks
@@ -230,7 +254,8 @@ impl Store {
             Backend::Sqlite => {
                 SQLITE_MIGRATIONS.run(&store.pool).await?;
                 store.check_sqlite_durability().await?;
-                let conn = store.pool.acquire().await?;
+                let mut conn = store.pool.acquire().await?;
+                conn.execute(SQLITE_WRITER_PRAGMAS).await?;
                 store.writer = Some(std::sync::Arc::new(GroupWriter::new(
                     conn,
                     store.batch_sizes.clone(),
@@ -471,6 +496,24 @@ impl Store {
         let links = links_of(&mut *tx, &canonical).await?;
         tx.commit().await?;
         Ok(Some((canonical, links)))
+    }
+
+    /// Copies committed WAL frames into the database file without waiting
+    /// for, or blocking, readers and the writer (SQLite's PASSIVE
+    /// checkpoint; the writer then restarts the WAL from its start).
+    /// Returns the frames in the WAL. Nothing to do on PostgreSQL.
+    pub async fn checkpoint_wal(&self) -> Result<i64, StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                // (busy, frames in the WAL, frames checkpointed)
+                let (_, frames, _): (i64, i64, i64) =
+                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(frames)
+            }
+            Backend::Postgres => Ok(0),
+        }
     }
 
     /// After a shredding delete: push the WAL into the main file and
