@@ -161,7 +161,11 @@ const EDGE: &[(&str, TestFn)] = tests![
 const POSTGRES_ONLY: &[(&str, TestFn)] = tests![consent::grant_replay_across_replicas];
 
 /// Tests of SQLite's own housekeeping.
-const SQLITE_ONLY: &[(&str, TestFn)] = tests![ops::wal_is_checkpointed_in_the_background];
+const SQLITE_ONLY: &[(&str, TestFn)] = tests![
+    ops::wal_is_checkpointed_in_the_background,
+    ops::held_back_truncation_is_retried,
+    ops::deletions_truncate_beside_checkpoints,
+];
 
 fn run(f: TestFn, backend: Backend) -> Result<(), Failed> {
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -336,3 +336,98 @@ pub async fn wal_is_checkpointed_in_the_background(b: Backend) -> anyhow::Result
     );
     tv.stop().await
 }
+
+/// A reader holds a deletion's truncating checkpoint back: the receipt
+/// says the truncation is pending instead of claiming the WAL is clean,
+/// and once the reader ends the vault's checkpoint task truncates the WAL,
+/// so no copy of the person's wrapped data key is left in either file.
+pub async fn held_back_truncation_is_retried(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::DeleteSubjectRequest;
+    use sqlx::Connection;
+
+    let tv = TestVault::start(b).await?;
+    let victim = create(&tv, "partner-a", &[("national_id", "ZX998877A")]).await?;
+    let _other = create(&tv, "partner-a", &[("city", "Oslo")]).await?;
+    let vid = idvault_tests::idvault_core::subject::SubjectId::parse(&victim)?;
+    let wrapped: Vec<u8> =
+        sqlx::query_scalar("SELECT wrapped_dek FROM subjects WHERE subject_id = $1")
+            .bind(vid.as_bytes().to_vec())
+            .fetch_one(tv.db())
+            .await?;
+    // A reader on a connection of its own, inside a read transaction: it
+    // holds its snapshot (and the WAL frames under it) until it ends.
+    let url = format!("sqlite://{}", tv.dir.path().join("idvault.db").display());
+    let mut reader = sqlx::SqliteConnection::connect(&url).await?;
+    let mut snapshot = reader.begin().await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM subjects")
+        .fetch_one(&mut *snapshot)
+        .await?;
+    anyhow::ensure!(n == 2, "{n} subjects");
+
+    let d = tv
+        .subjects("partner-a")
+        .await?
+        .delete_subject(DeleteSubjectRequest { subject_id: victim })
+        .await?
+        .into_inner();
+    let r = crate::subjects::open_deletion_receipt(&tv, &d.receipt)?;
+    anyhow::ensure!(
+        r.final_when.contains("the WAL's truncation is pending"),
+        "receipt claims more than was done: {}",
+        r.final_when
+    );
+
+    snapshot.rollback().await?;
+    reader.close().await?;
+    crate::subjects::wait_until_files_lack(&tv, &wrapped).await?;
+    tv.stop().await
+}
+
+/// The vault's periodic checkpoints and deletions' truncating ones take
+/// turns: with checkpoints running back to back beside them (four loops),
+/// every deletion still truncates the WAL and nothing deadlocks. (The
+/// race the turns prevent, a deletion's TRUNCATE refused because a
+/// PASSIVE is copying, needs a WAL far larger than a test vault's to show
+/// often; this checks the turns, not that race.)
+pub async fn deletions_truncate_beside_checkpoints(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::DeleteSubjectRequest;
+
+    let tv = TestVault::start(b).await?;
+    // Several loops at once, so that some checkpoint is nearly always in
+    // progress.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, mut stopped) = (tv.vault.store().clone(), stopped.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !*stopped.borrow_and_update() {
+                    store.checkpoint_wal().await?;
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    let mut c = tv.subjects("partner-a").await?;
+    for i in 0..6 {
+        let id = create(&tv, "partner-a", &[("city", &format!("T{i}"))]).await?;
+        let d = c
+            .delete_subject(DeleteSubjectRequest { subject_id: id })
+            .await?
+            .into_inner();
+        let r = crate::subjects::open_deletion_receipt(&tv, &d.receipt)?;
+        anyhow::ensure!(
+            r.final_when.starts_with(crate::subjects::TRUNCATED),
+            "deletion {i}: {}",
+            r.final_when
+        );
+    }
+    stop.send(true)?;
+    let mut n = 0;
+    for l in loops {
+        n += l.await??;
+    }
+    anyhow::ensure!(n > 24, "only {n} checkpoints ran beside the deletions");
+    tv.stop().await
+}

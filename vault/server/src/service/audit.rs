@@ -30,6 +30,10 @@ const SEQUENCE_BATCH: u32 = 20_000;
 /// Bad leaves (MAC does not verify) the sequencer remembers skipping.
 const MAX_SKIPPED: usize = 10_000;
 
+/// How long a stopping vault waits for its background jobs' steps in
+/// progress before it drops them.
+const JOBS_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// A signed checkpoint handed to a partner.
 #[derive(Debug, Clone)]
 pub struct SignedCheckpoint {
@@ -154,57 +158,80 @@ impl Vault {
     }
 
     /// Runs the sequencer and the coalesced-refusal flush until `stop`
-    /// turns true, then runs one last step; starts the retention job
-    /// beside them.
+    /// turns true, then runs one last step; runs the other background jobs
+    /// (retention, status lists, match weights, WAL checkpoints) beside
+    /// them, and returns once all have ended.
     pub async fn run_background(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let every = Duration::from_millis(self.audit_settings().checkpoint_interval_ms);
         let mut st = SequencerState::default();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_flush = tokio::time::Instant::now();
-        // On its own task: a long first clean-up must not delay checkpoints.
-        tokio::spawn(Arc::clone(&self).run_retention(stop.clone()));
-        tokio::spawn(Arc::clone(&self).run_status_lists(stop.clone()));
-        tokio::spawn(Arc::clone(&self).run_match_models(stop.clone()));
-        tokio::spawn(Arc::clone(&self).run_wal_checkpoints(stop.clone()));
+        // On tasks of their own: a long first clean-up must not delay
+        // checkpoints.
+        let jobs = [
+            tokio::spawn(Arc::clone(&self).run_retention(stop.clone())),
+            tokio::spawn(Arc::clone(&self).run_status_lists(stop.clone())),
+            tokio::spawn(Arc::clone(&self).run_match_models(stop.clone())),
+            tokio::spawn(Arc::clone(&self).run_wal_checkpoints(stop.clone())),
+        ];
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
                 r = stop.changed() => r.is_err() || *stop.borrow(),
             };
-            if stopping || last_flush.elapsed() >= REFUSAL_INTERVAL {
-                last_flush = tokio::time::Instant::now();
-                if let Err(e) = self.flush_refusals().await {
-                    tracing::error!(error = %e, "auditing coalesced refusals failed");
-                }
-            }
-            if let Err(e) = self.sequence_once(&mut st).await {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "audit sequencer step failed");
-            }
             if stopping {
                 break;
             }
+            if last_flush.elapsed() >= REFUSAL_INTERVAL {
+                last_flush = tokio::time::Instant::now();
+                self.flush_refusals_logged().await;
+            }
+            self.sequence_logged(&mut st).await;
+        }
+        // The jobs end before the last step, which then sequences what
+        // they committed; none may still touch the store once this
+        // returns (the caller closes it next). A job step that outlasts
+        // the wait (a retention clean-up of a large backlog) is dropped:
+        // each of its transactions commits whole or not at all.
+        let ending = tokio::time::Instant::now() + JOBS_STOP_WAIT;
+        for mut job in jobs {
+            if tokio::time::timeout_at(ending, &mut job).await.is_err() {
+                tracing::warn!("a background job did not stop in time; dropped");
+                job.abort();
+                let _ = job.await;
+            }
+        }
+        self.flush_refusals_logged().await;
+        self.sequence_logged(&mut st).await;
+    }
+
+    async fn flush_refusals_logged(&self) {
+        if let Err(e) = self.flush_refusals().await {
+            tracing::error!(error = %e, "auditing coalesced refusals failed");
+        }
+    }
+
+    async fn sequence_logged(&self, st: &mut SequencerState) {
+        if let Err(e) = self.sequence_once(st).await {
+            tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "audit sequencer step failed");
         }
     }
 
     /// Checkpoints the SQLite WAL every
-    /// [`crate::store::WAL_CHECKPOINT_EVERY`] until
-    /// `stop`, off the request path (see `Store::checkpoint_wal`).
-    async fn run_wal_checkpoints(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// [`crate::store::WAL_CHECKPOINT_EVERY`] until `stop`, off the request
+    /// path (see `Store::checkpoint_wal`).
+    async fn run_wal_checkpoints(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
         if self.store().backend() != crate::store::Backend::Sqlite {
             return;
         }
-        let mut tick = tokio::time::interval(crate::store::WAL_CHECKPOINT_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            }
-            if let Err(e) = self.store().checkpoint_wal().await {
+        let (this, period) = (&self, crate::store::WAL_CHECKPOINT_EVERY);
+        super::periodic::every(tokio::time::Instant::now(), period, stop, || async move {
+            if let Err(e) = this.store().checkpoint_wal().await {
                 tracing::warn!(error = %e, "WAL checkpoint failed");
             }
-        }
+        })
+        .await;
     }
 
     /// The newest signed checkpoint.

@@ -837,19 +837,15 @@ impl Vault {
     /// Reloads the stored weights every [`MODEL_RELOAD`] until `stop`.
     pub(crate) async fn run_match_models(
         self: Arc<Self>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(MODEL_RELOAD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            }
-            if let Err(e) = self.refresh_match_models().await {
+        let (this, first) = (&self, tokio::time::Instant::now());
+        super::periodic::every(first, MODEL_RELOAD, stop, || async move {
+            if let Err(e) = this.refresh_match_models().await {
                 tracing::warn!(error = %e, "reloading match weights failed");
             }
-        }
+        })
+        .await;
     }
 
     /// Makes every configured match domain cover every subject under the

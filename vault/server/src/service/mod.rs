@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod devices;
 pub mod events;
 pub mod matching;
+mod periodic;
 pub(crate) mod pipeline;
 pub mod receipts;
 pub mod rekey;

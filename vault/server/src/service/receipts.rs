@@ -51,8 +51,9 @@ impl Vault {
                  checkpointed and truncated"
             }
             (Backend::Sqlite, false) => {
-                "rows overwritten (secure_delete) in the database file; copies in the WAL go at \
-                 its next checkpoint"
+                "rows overwritten (secure_delete) in the database file; the WAL's truncation is \
+                 pending (a reader held it back, or it did not finish in time) and the vault \
+                 retries it until it completes"
             }
             (Backend::Postgres, _) => {
                 "the rows are dead tuples until VACUUM (started after deletions) reclaims them; \

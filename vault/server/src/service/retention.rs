@@ -82,16 +82,11 @@ impl Vault {
 impl Vault {
     /// Runs [`Vault::prune_once`] every `[retention] interval_minutes`
     /// (the first run one interval after start) until `stop` turns true.
-    pub async fn run_retention(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_retention(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
         let every = Duration::from_secs(u64::from(self.retention_settings().interval_minutes) * 60);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            }
-            match self.prune_once().await {
+        let (this, first) = (&self, tokio::time::Instant::now() + every);
+        super::periodic::every(first, every, stop, || async move {
+            match this.prune_once().await {
                 Ok(done) => {
                     let removed: u64 = done.iter().map(|(_, n)| n).sum();
                     if removed > 0 {
@@ -100,6 +95,7 @@ impl Vault {
                 }
                 Err(e) => tracing::error!(error = %e, "retention job failed"),
             }
-        }
+        })
+        .await;
     }
 }

@@ -355,22 +355,18 @@ impl Vault {
 
     /// Re-signs the lists every ttl (so a relying party's copy never goes
     /// stale while the vault runs), until `stop`.
-    pub async fn run_status_lists(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_status_lists(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
         let every = Duration::from_secs(u64::from(
             self.credential_settings().status_list_ttl_seconds,
         ));
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            }
-            let _one = self.status_lists.rebuild.lock().await;
-            if let Err(e) = self.rebuild_status_lists().await {
+        let (this, first) = (&self, tokio::time::Instant::now());
+        super::periodic::every(first, every, stop, || async move {
+            let _one = this.status_lists.rebuild.lock().await;
+            if let Err(e) = this.rebuild_status_lists().await {
                 tracing::error!(error = %e, "re-signing the status lists failed");
             }
-        }
+        })
+        .await;
     }
 
     /// The live status check of `VerifyPresentation`: the credential's

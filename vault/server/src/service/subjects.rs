@@ -272,7 +272,7 @@ impl Vault {
         {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "compaction after delete failed; deleted rows stay in the WAL or as dead tuples until the next checkpoint or VACUUM");
+                tracing::warn!(error = %e, "compaction after delete failed; deleted rows stay in the WAL or as dead tuples until a later truncating checkpoint or VACUUM");
                 false
             }
             Err(_) => false,

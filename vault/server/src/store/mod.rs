@@ -43,6 +43,7 @@ mod rekey;
 mod retention;
 mod rows;
 mod transactions;
+mod wal;
 mod writer;
 mod writeset;
 
@@ -59,7 +60,8 @@ pub use events::IGNORED_UNLINKED;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
 pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};
 pub use retention::Prunable;
-pub use writer::MAX_BATCH;
+pub use wal::WAL_CHECKPOINT_EVERY;
+pub use writer::{MAX_BATCH, WalCheckpoint};
 
 use rows::{i64_to_u64, u64_to_i64};
 use writer::{GroupWriter, TxConn};
@@ -161,6 +163,8 @@ pub struct Store {
     /// carries one and every one read is checked. Without keys (never set)
     /// those rows can be neither written nor trusted.
     row_mac: Option<std::sync::Arc<RowMac>>,
+    /// SQLite: this process's WAL checkpoints (see [`wal`]).
+    wal: std::sync::Arc<wal::WalJobs>,
     /// A deletion wants a VACUUM (PostgreSQL), and whether one runs.
     vacuum_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
     vacuum_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -183,29 +187,33 @@ pub const WRITE_QUEUE: usize = 1024;
 /// proportion to the most pages it ever held (`pcache1TruncateUnsafe` was
 /// the top function of a match lookup). The pages come back from the OS
 /// page cache.
+///
+/// WAL checkpoints run on a task of their own ([`Store::checkpoint_wal`],
+/// every [`WAL_CHECKPOINT_EVERY`]): SQLite otherwise copies the WAL into
+/// the database, and fsyncs it, inside the COMMIT that crossed 1,000
+/// pages, so every few hundredth request waited milliseconds for it. A
+/// connection that commits still checkpoints itself past 8,192 pages
+/// (32 MiB), so the WAL stays bounded in a process that runs no background
+/// task (the CLI's maintenance commands); and the WAL file is cut back to
+/// 32 MiB when it restarts, after a reader held it back and it grew.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 10000; \
      PRAGMA secure_delete = ON; \
      PRAGMA foreign_keys = ON; \
-     PRAGMA cache_size = -4096;";
+     PRAGMA cache_size = -4096; \
+     PRAGMA wal_autocheckpoint = 8192; \
+     PRAGMA journal_size_limit = 33554432;";
+
+/// How long a SQLite connection waits for a lock another connection
+/// holds (`busy_timeout` in [`SQLITE_PRAGMAS`]).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the batch writer connection. It commits, so its page cache
 /// survives its own transactions, and 64 MiB keeps the upper levels and
 /// recently written pages of the blind-matching index at millions of
-/// rows. WAL checkpoints run on a task of their own
-/// ([`Store::checkpoint_wal`], every [`WAL_CHECKPOINT_EVERY`]): SQLite
-/// otherwise copies the WAL into the database, and fsyncs it, inside the
-/// COMMIT that crossed 1,000 pages, so every few hundredth request waited
-/// milliseconds for it. The writer still checkpoints itself past 8,192
-/// pages (32 MiB), so the WAL stays bounded in a process that runs no
-/// background task (the CLI's maintenance commands) or when the task
-/// falls behind.
-const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 8192";
-
-/// How often the serving process copies the WAL into the database file
-/// (SQLite; see [`Store::checkpoint_wal`]).
-pub const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// rows.
+const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536";
 
 impl Store {
     /// Connects, applies the backend's pragmas, runs migrations and checks
@@ -246,6 +254,7 @@ impl Store {
             applier: None,
             queue: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
             row_mac: None,
+            wal: std::sync::Arc::default(),
             vacuum_due: std::sync::Arc::default(),
             vacuum_running: std::sync::Arc::default(),
             batch_sizes: crate::metrics::batch_histogram(),
@@ -498,27 +507,10 @@ impl Store {
         Ok(Some((canonical, links)))
     }
 
-    /// Copies committed WAL frames into the database file without waiting
-    /// for, or blocking, readers and the writer (SQLite's PASSIVE
-    /// checkpoint; the writer then restarts the WAL from its start).
-    /// Returns the frames in the WAL. Nothing to do on PostgreSQL.
-    pub async fn checkpoint_wal(&self) -> Result<i64, StoreError> {
-        match self.backend {
-            Backend::Sqlite => {
-                // (busy, frames in the WAL, frames checkpointed)
-                let (_, frames, _): (i64, i64, i64) =
-                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                        .fetch_one(&self.pool)
-                        .await?;
-                Ok(frames)
-            }
-            Backend::Postgres => Ok(0),
-        }
-    }
-
     /// After a shredding delete: push the WAL into the main file and
     /// truncate it, so deleted pages (overwritten by `secure_delete`) do not
-    /// survive in the WAL. Best effort; a busy reader can postpone it.
+    /// survive in the WAL. A reader can hold it back; then the periodic
+    /// checkpoint retries it (see [`wal`]).
     ///
     /// On PostgreSQL a deleted row stays in its page as a dead tuple until
     /// VACUUM reclaims it: one VACUUM of the tables holding a person's keys
@@ -529,14 +521,7 @@ impl Store {
     /// now (SQLite: the checkpoint was not held back by a reader).
     pub async fn compact_after_delete(&self) -> Result<bool, StoreError> {
         match self.backend {
-            Backend::Sqlite => {
-                // One row: (busy, WAL frames, frames checkpointed); busy = 1
-                // means a reader held the checkpoint back.
-                let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .fetch_one(&self.pool)
-                    .await?;
-                Ok(busy == 0)
-            }
+            Backend::Sqlite => self.truncate_wal().await,
             Backend::Postgres => {
                 use std::sync::atomic::Ordering;
                 self.vacuum_due.store(true, Ordering::SeqCst);
@@ -1038,5 +1023,18 @@ impl AuditedTx {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer restores [`BUSY_TIMEOUT`] after a truncating checkpoint
+    /// shortened it: it must be the value every connection starts with.
+    #[test]
+    fn busy_timeout_matches_the_pragmas() {
+        let set = format!("PRAGMA busy_timeout = {};", BUSY_TIMEOUT.as_millis());
+        assert!(SQLITE_PRAGMAS.contains(&set), "{SQLITE_PRAGMAS}");
     }
 }

@@ -40,6 +40,30 @@ pub const MAX_BATCH: usize = 256;
 /// waiter that gave up in the queue).
 const HANDOVER_GRACE: Duration = Duration::from_millis(20);
 
+/// What a SQLite WAL checkpoint did (the row `PRAGMA wal_checkpoint`
+/// returns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// It did not finish: another connection was checkpointing (SQLite
+    /// then refuses at once), or a reader of an older snapshot or another
+    /// process's writer held a TRUNCATE back past its wait.
+    pub busy: bool,
+    /// Frames in the WAL; −1 when it could not even start.
+    pub frames: i64,
+    /// Of those, frames now copied into the database file; −1 likewise.
+    pub copied: i64,
+}
+
+impl From<(i64, i64, i64)> for WalCheckpoint {
+    fn from((busy, frames, copied): (i64, i64, i64)) -> Self {
+        Self {
+            busy: busy != 0,
+            frames,
+            copied,
+        }
+    }
+}
+
 /// The SQLite group-commit writer.
 #[derive(Debug)]
 pub(super) struct GroupWriter {
@@ -254,6 +278,52 @@ impl GroupWriter {
                 }
             });
         }
+    }
+
+    /// Runs a WAL checkpoint (`sql`, a `PRAGMA wal_checkpoint(…)`) on the
+    /// writer connection between batches: the open batch is committed
+    /// first and none opens until the checkpoint is done, so nothing of
+    /// this process writes meanwhile. A PASSIVE one then copies every
+    /// frame no reader still needs, and the next batch restarts the WAL
+    /// from its start; a TRUNCATE one waits at most `reader_wait` for
+    /// readers of older snapshots (SQLite's busy handler) instead of the
+    /// connection's usual 10 s, since writers queue behind it.
+    ///
+    /// On a task of its own, like the writer's other steps: a caller that
+    /// gives up cannot leave the connection mid-statement.
+    pub(super) async fn checkpoint_between_batches(
+        self: &Arc<Self>,
+        sql: &'static str,
+        reader_wait: Option<Duration>,
+    ) -> Result<WalCheckpoint, StoreError> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut b = Arc::clone(&me.batch).lock_owned().await;
+            b.undo_abandoned().await;
+            b.end().await;
+            if let Some(wait) = reader_wait {
+                // Numbers only: nothing outside reaches this SQL.
+                let pragma = format!("PRAGMA busy_timeout = {}", wait.as_millis());
+                sqlx::query(sqlx::AssertSqlSafe(pragma))
+                    .execute(&mut b.conn)
+                    .await?;
+            }
+            let row = sqlx::query_as::<_, (i64, i64, i64)>(sql)
+                .fetch_one(&mut b.conn)
+                .await;
+            if reader_wait.is_some() {
+                // Back to the usual wait (a constant, not the value read
+                // before: a restore that failed once must not stick). Only
+                // a dead connection fails here, and then every batch does.
+                let pragma = format!("PRAGMA busy_timeout = {}", super::BUSY_TIMEOUT.as_millis());
+                sqlx::query(sqlx::AssertSqlSafe(pragma))
+                    .execute(&mut b.conn)
+                    .await?;
+            }
+            Ok(WalCheckpoint::from(row?))
+        })
+        .await
+        .map_err(|_| StoreError::Batch("the writer task failed".into()))?
     }
 
     async fn release_step(

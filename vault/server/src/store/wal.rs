@@ -1,0 +1,222 @@
+//! SQLite WAL housekeeping: the periodic checkpoint that keeps the WAL
+//! small and off the COMMIT path, and the truncating checkpoint a
+//! shredding delete asks for.
+//!
+//! SQLite runs one checkpoint at a time and refuses a second at once
+//! (busy, without waiting), so every checkpoint the vault starts takes
+//! [`WalJobs::state`] first: the periodic one can no longer make a
+//! deletion's truncation fail. (SQLite's own fallback checkpoint, inside
+//! a COMMIT that crossed `wal_autocheckpoint`, does not take it; the
+//! periodic task keeps the WAL far below that.)
+//!
+//! Each checkpoint first copies what it can on a pool connection while
+//! batches go on. Only if that left little to copy does it pause the
+//! writer (between batches) to finish: a reader that holds frames back
+//! (a backup, a long export) shows as many frames left, and then the
+//! writer is not paused at all, however large the WAL has grown.
+//!
+//! A truncation held back is not forgotten: deletions take a ticket after
+//! their COMMIT, a completed truncation records the tickets it covered,
+//! and the periodic task truncates while any is left uncovered, backing
+//! off while readers keep holding it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::writer::WalCheckpoint;
+use super::{Backend, Store, StoreError};
+
+/// How often the serving process checkpoints the WAL (see
+/// [`Store::checkpoint_wal`]).
+pub const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Past this many frames (4 MiB of pages) the periodic checkpoint also
+/// runs on the writer between batches. Below it, the pass on a pool
+/// connection is enough: the first batch after it restarts the WAL from
+/// its start. But a writer that starts batches back to back always has
+/// frames that pass has not copied yet, so the WAL never restarts and
+/// grows until the writer's own fallback copies it inside a COMMIT.
+const WRITER_CHECKPOINT_FRAMES: i64 = 1024;
+
+/// The most frames the pool pass may leave for the writer to copy: the
+/// writer's pause is bounded by copying this much (and two fsyncs). More
+/// left means a reader holds them back, and pausing the writer would not
+/// help.
+const WRITER_COPY_BOUND: i64 = 1024;
+
+/// How long a truncating checkpoint waits for readers using the WAL.
+/// Writers queue behind it, so this is short.
+const TRUNCATE_READER_WAIT: Duration = Duration::from_millis(50);
+
+/// Consecutive failed truncations after which a deletion no longer tries
+/// one itself (its receipt says the truncation is pending) and retries
+/// back off: a partner deleting in a loop while a reader holds the WAL
+/// must not keep the writer paused.
+const TRUNCATE_ATTEMPTS: u32 = 4;
+/// The pause between a deletion's attempts (the writer runs meanwhile).
+const TRUNCATE_RETRY: Duration = Duration::from_millis(25);
+/// The longest back-off between retries of a held-back truncation.
+const TRUNCATE_BACKOFF_MAX: Duration = Duration::from_millis(6400);
+
+const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+const TRUNCATE: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
+
+/// The state of this process's checkpoints, shared by the store's clones.
+#[derive(Debug)]
+pub(super) struct WalJobs {
+    /// Held by whichever checkpoint the vault runs.
+    state: tokio::sync::Mutex<Truncations>,
+    /// Truncation tickets handed out. Starts at 1, as if a deletion had
+    /// asked: a truncation a previous process left pending (the tickets
+    /// live in memory only) is done by the first periodic checkpoint.
+    asked: AtomicU64,
+}
+
+impl Default for WalJobs {
+    fn default() -> Self {
+        Self {
+            state: tokio::sync::Mutex::default(),
+            asked: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Truncations done and held back.
+#[derive(Debug, Default)]
+struct Truncations {
+    /// The highest ticket a completed truncation covered.
+    covered: u64,
+    /// Consecutive truncations held back since the last that completed.
+    failures: u32,
+    /// No retry before this (back-off after [`TRUNCATE_ATTEMPTS`]
+    /// failures).
+    not_before: Option<Instant>,
+}
+
+impl Truncations {
+    fn record(&mut self, covers: u64, done: &WalCheckpoint) {
+        if done.busy {
+            self.failures = self.failures.saturating_add(1);
+            if self.failures >= TRUNCATE_ATTEMPTS {
+                let doublings = (self.failures - TRUNCATE_ATTEMPTS).min(5);
+                let wait = (WAL_CHECKPOINT_EVERY * 2u32.pow(doublings)).min(TRUNCATE_BACKOFF_MAX);
+                self.not_before = Some(Instant::now() + wait);
+            }
+        } else {
+            self.covered = self.covered.max(covers);
+            self.failures = 0;
+            self.not_before = None;
+        }
+    }
+
+    /// Whether a retry is allowed now.
+    fn may_retry(&self) -> bool {
+        self.not_before.is_none_or(|t| Instant::now() >= t)
+    }
+}
+
+impl Store {
+    /// The periodic checkpoint (SQLite; nothing to do on PostgreSQL):
+    /// copies committed WAL frames into the database file on a pool
+    /// connection, without waiting for readers or the writer; if the WAL
+    /// has grown past [`WRITER_CHECKPOINT_FRAMES`] and little is left,
+    /// finishes on the writer between batches so the next batch restarts
+    /// it. If a deletion's truncation is pending, truncates instead (with
+    /// back-off while readers hold it).
+    ///
+    /// A checkpoint held back (another process checkpointing, readers
+    /// using the WAL) comes back `busy`; the next one catches up.
+    pub async fn checkpoint_wal(&self) -> Result<Option<WalCheckpoint>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let mut st = self.wal.state.lock().await;
+        if self.wal.asked.load(Ordering::SeqCst) > st.covered && st.may_retry() {
+            return self.truncate(&mut st).await.map(Some);
+        }
+        let first = self.checkpoint_on_pool().await?;
+        if first.busy
+            || first.frames < WRITER_CHECKPOINT_FRAMES
+            || first.frames - first.copied > WRITER_COPY_BOUND
+        {
+            return Ok(Some(first));
+        }
+        self.writer()?
+            .checkpoint_between_batches(PASSIVE, None)
+            .await
+            .map(Some)
+    }
+
+    async fn checkpoint_on_pool(&self) -> Result<WalCheckpoint, StoreError> {
+        Ok(sqlx::query_as::<_, (i64, i64, i64)>(PASSIVE)
+            .fetch_one(&self.pool)
+            .await?
+            .into())
+    }
+
+    fn writer(&self) -> Result<&std::sync::Arc<super::GroupWriter>, StoreError> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Batch("no SQLite writer".into()))
+    }
+
+    /// One truncating checkpoint: the pool pass, then, if it left little,
+    /// TRUNCATE on the writer between batches. Records the outcome.
+    async fn truncate(&self, st: &mut Truncations) -> Result<WalCheckpoint, StoreError> {
+        // Every ticket taken by now belongs to a committed deletion.
+        let covers = self.wal.asked.load(Ordering::SeqCst);
+        let first = self.checkpoint_on_pool().await?;
+        let done = if first.busy || first.frames - first.copied > WRITER_COPY_BOUND {
+            WalCheckpoint {
+                busy: true,
+                ..first
+            }
+        } else {
+            self.writer()?
+                .checkpoint_between_batches(TRUNCATE, Some(TRUNCATE_READER_WAIT))
+                .await?
+        };
+        st.record(covers, &done);
+        Ok(done)
+    }
+
+    /// SQLite: pushes the WAL into the main file and truncates it. After a
+    /// committed shredding delete, so the deleted rows' old pages (the main
+    /// file's copies are overwritten by `secure_delete`) do not survive in
+    /// the WAL; after a bulk load, so reads do not look every page up in a
+    /// huge WAL index. Tries up to [`TRUNCATE_ATTEMPTS`] times, fewer if
+    /// other truncations failed just before; one held back is left to the
+    /// periodic task, which retries until one completes. Returns whether
+    /// the WAL is truncated.
+    pub(super) async fn truncate_wal(&self) -> Result<bool, StoreError> {
+        let ticket = self.wal.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let store = self.clone();
+        // On a task of its own: a caller that gives up (its deadline) must
+        // not drop the lock while the checkpoint still runs.
+        tokio::spawn(async move {
+            for attempt in 0..TRUNCATE_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(TRUNCATE_RETRY).await;
+                }
+                let mut st = store.wal.state.lock().await;
+                if st.covered >= ticket {
+                    return Ok(true);
+                }
+                // Failures count across deletions: a burst of them while a
+                // reader holds the WAL pauses the writer a few times, not
+                // a few times each.
+                if st.failures >= TRUNCATE_ATTEMPTS {
+                    return Ok(false);
+                }
+                if !store.truncate(&mut st).await?.busy {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+        .map_err(|_| StoreError::Batch("the checkpoint task failed".into()))?
+    }
+}
