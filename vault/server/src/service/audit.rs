@@ -204,6 +204,9 @@ impl Vault {
         }
         self.flush_refusals_logged().await;
         self.sequence_logged(&mut st).await;
+        if let Err(e) = self.store().settle_wal().await {
+            tracing::warn!(error = %e, "last WAL truncation failed; the next start retries it");
+        }
     }
 
     async fn flush_refusals_logged(&self) {

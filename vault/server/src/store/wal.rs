@@ -40,10 +40,11 @@ pub const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// grows until the writer's own fallback copies it inside a COMMIT.
 const WRITER_CHECKPOINT_FRAMES: i64 = 1024;
 
-/// The most frames the pool pass may leave for the writer to copy: the
-/// writer's pause is bounded by copying this much (and two fsyncs). More
+/// The most frames the pool pass may leave for the writer to copy. More
 /// left means a reader holds them back, and pausing the writer would not
-/// help.
+/// help. The writer's pause is then bounded by copying this much plus
+/// what requests queued for the writer commit before the checkpoint's
+/// turn (which it gives up if that takes long), and two fsyncs.
 const WRITER_COPY_BOUND: i64 = 1024;
 
 /// How long a truncating checkpoint waits for readers using the WAL.
@@ -57,9 +58,6 @@ const TRUNCATE_READER_WAIT: Duration = Duration::from_millis(50);
 const TRUNCATE_ATTEMPTS: u32 = 4;
 /// The pause between a deletion's attempts (the writer runs meanwhile).
 const TRUNCATE_RETRY: Duration = Duration::from_millis(25);
-/// The longest back-off between retries of a held-back truncation.
-const TRUNCATE_BACKOFF_MAX: Duration = Duration::from_millis(6400);
-
 const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 const TRUNCATE: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
 
@@ -90,8 +88,8 @@ struct Truncations {
     covered: u64,
     /// Consecutive truncations held back since the last that completed.
     failures: u32,
-    /// No retry before this (back-off after [`TRUNCATE_ATTEMPTS`]
-    /// failures).
+    /// No retry before this: after [`TRUNCATE_ATTEMPTS`] failures, the
+    /// checkpoint interval doubled per further failure, 6.4 s at most.
     not_before: Option<Instant>,
 }
 
@@ -101,7 +99,7 @@ impl Truncations {
             self.failures = self.failures.saturating_add(1);
             if self.failures >= TRUNCATE_ATTEMPTS {
                 let doublings = (self.failures - TRUNCATE_ATTEMPTS).min(5);
-                let wait = (WAL_CHECKPOINT_EVERY * 2u32.pow(doublings)).min(TRUNCATE_BACKOFF_MAX);
+                let wait = WAL_CHECKPOINT_EVERY * 2u32.pow(doublings);
                 self.not_before = Some(Instant::now() + wait);
             }
         } else {
@@ -143,10 +141,11 @@ impl Store {
         {
             return Ok(Some(first));
         }
-        self.writer()?
+        let last = self
+            .writer()?
             .checkpoint_between_batches(PASSIVE, None)
-            .await
-            .map(Some)
+            .await?;
+        Ok(Some(last.unwrap_or(first)))
     }
 
     async fn checkpoint_on_pool(&self) -> Result<WalCheckpoint, StoreError> {
@@ -168,15 +167,23 @@ impl Store {
         // Every ticket taken by now belongs to a committed deletion.
         let covers = self.wal.asked.load(Ordering::SeqCst);
         let first = self.checkpoint_on_pool().await?;
+        let held = WalCheckpoint {
+            busy: true,
+            ..first
+        };
         let done = if first.busy || first.frames - first.copied > WRITER_COPY_BOUND {
-            WalCheckpoint {
-                busy: true,
-                ..first
-            }
+            held
         } else {
-            self.writer()?
+            match self
+                .writer()?
                 .checkpoint_between_batches(TRUNCATE, Some(TRUNCATE_READER_WAIT))
                 .await?
+            {
+                Some(done) => done,
+                // The writer was busy with queued requests: not a reader
+                // holding the WAL, so not a failure to back off from.
+                None => return Ok(held),
+            }
         };
         st.record(covers, &done);
         Ok(done)
@@ -207,7 +214,7 @@ impl Store {
                 // Failures count across deletions: a burst of them while a
                 // reader holds the WAL pauses the writer a few times, not
                 // a few times each.
-                if st.failures >= TRUNCATE_ATTEMPTS {
+                if st.failures >= TRUNCATE_ATTEMPTS && !st.may_retry() {
                     return Ok(false);
                 }
                 if !store.truncate(&mut st).await?.busy {
@@ -218,5 +225,63 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Batch("the checkpoint task failed".into()))?
+    }
+}
+
+impl Store {
+    /// Called once the vault's background jobs have stopped: waits for a
+    /// checkpoint still running (a deletion's, on its own task) and, if a
+    /// truncation is pending, tries it once more.
+    pub async fn settle_wal(&self) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let mut st = self.wal.state.lock().await;
+        if self.wal.asked.load(Ordering::SeqCst) > st.covered {
+            self.truncate(&mut st).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(busy: bool) -> WalCheckpoint {
+        WalCheckpoint {
+            busy,
+            frames: 10,
+            copied: if busy { 5 } else { 10 },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_back_truncations_back_off_then_reset() {
+        let mut t = Truncations::default();
+        for _ in 1..TRUNCATE_ATTEMPTS {
+            t.record(7, &outcome(true));
+            assert!(
+                t.may_retry(),
+                "no back-off before {TRUNCATE_ATTEMPTS} failures"
+            );
+        }
+        // The 4th failure waits one interval, then two, four, … 32.
+        for doublings in 0..8u32 {
+            t.record(7, &outcome(true));
+            let wait = WAL_CHECKPOINT_EVERY * 2u32.pow(doublings.min(5));
+            assert!(!t.may_retry());
+            tokio::time::advance(wait - Duration::from_millis(1)).await;
+            assert!(!t.may_retry(), "after {doublings} doublings");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(t.may_retry());
+        }
+        assert_eq!(t.covered, 0, "nothing covered while held back");
+        t.record(7, &outcome(false));
+        assert_eq!((t.covered, t.failures), (7, 0));
+        assert!(t.may_retry());
+        // A completed truncation never moves the mark back.
+        t.record(3, &outcome(false));
+        assert_eq!(t.covered, 7);
     }
 }

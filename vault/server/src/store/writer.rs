@@ -40,6 +40,10 @@ pub const MAX_BATCH: usize = 256;
 /// waiter that gave up in the queue).
 const HANDOVER_GRACE: Duration = Duration::from_millis(20);
 
+/// The longest wait for the writer a checkpoint accepts (see
+/// [`GroupWriter::checkpoint_between_batches`]).
+const WRITER_TURN_MAX: Duration = Duration::from_millis(20);
+
 /// What a SQLite WAL checkpoint did (the row `PRAGMA wal_checkpoint`
 /// returns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,16 +293,27 @@ impl GroupWriter {
     /// readers of older snapshots (SQLite's busy handler) instead of the
     /// connection's usual 10 s, since writers queue behind it.
     ///
+    /// The caller has just copied the WAL on another connection and
+    /// wants the pause bounded by what was committed since. Requests
+    /// queued for the writer go first, though, and commit more: if taking
+    /// the writer took longer than [`WRITER_TURN_MAX`], nothing is done
+    /// and `None` comes back.
+    ///
     /// On a task of its own, like the writer's other steps: a caller that
     /// gives up cannot leave the connection mid-statement.
     pub(super) async fn checkpoint_between_batches(
         self: &Arc<Self>,
         sql: &'static str,
         reader_wait: Option<Duration>,
-    ) -> Result<WalCheckpoint, StoreError> {
+    ) -> Result<Option<WalCheckpoint>, StoreError> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
+            // Monotonic, for the bound only.
+            let asked = tokio::time::Instant::now();
             let mut b = Arc::clone(&me.batch).lock_owned().await;
+            if asked.elapsed() > WRITER_TURN_MAX {
+                return Ok(None);
+            }
             b.undo_abandoned().await;
             b.end().await;
             if let Some(wait) = reader_wait {
@@ -320,7 +335,7 @@ impl GroupWriter {
                     .execute(&mut b.conn)
                     .await?;
             }
-            Ok(WalCheckpoint::from(row?))
+            Ok(Some(WalCheckpoint::from(row?)))
         })
         .await
         .map_err(|_| StoreError::Batch("the writer task failed".into()))?
