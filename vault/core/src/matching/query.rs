@@ -127,10 +127,11 @@ pub fn plan_query(
 
 impl PlannedQuery {
     /// Whether the first [`FIRST_CANDIDATES`] fetched (best ranked first)
-    /// settle the query: the `max_results` best of them already beat
-    /// anything a lower-ranked candidate could score, since such a
-    /// candidate's weight bound is at most the last fetched one's. Fewer
-    /// than a full first page means every candidate is in.
+    /// settle the query. A lower-ranked candidate's weight bound is at
+    /// most the last fetched one's, so they do when that bound stays under
+    /// the score cut-off (no lower-ranked candidate could be answered) or
+    /// when the `max_results` best fetched already beat it. Fewer than a
+    /// full first page means every candidate is in.
     pub fn settled_by(&self, first: &[Candidate]) -> Result<bool, BadSignature> {
         let Some(last) = first.last() else {
             return Ok(true);
@@ -139,6 +140,9 @@ impl PlannedQuery {
             return Ok(true);
         }
         let cap = self.plan.bound(last.gain);
+        if idvault_tokenizer::matching::score(cap) < self.min_score {
+            return Ok(true);
+        }
         let mut above = 0;
         for c in first {
             let sig = decode_signature(&c.signature).ok_or(BadSignature)?;
@@ -153,12 +157,13 @@ impl PlannedQuery {
     /// blocking ones found `hits`: unless `max_results` of them already
     /// score more than any candidate holding no blocking index could
     /// ([`QueryPlan::base`]), one found by a wide key alone might beat or
-    /// join them.
+    /// join them; never when even that most stays under the score
+    /// cut-off.
     pub fn needs_wide(&self, hits: &[Hit]) -> bool {
-        if self.plan.wide().is_empty() {
+        let cap = idvault_tokenizer::matching::score(self.plan.base());
+        if self.plan.wide().is_empty() || cap < self.min_score {
             return false;
         }
-        let cap = idvault_tokenizer::matching::score(self.plan.base());
         hits.iter().filter(|h| h.score > cap).count() < self.max_results
     }
 
@@ -340,5 +345,58 @@ mod tests {
         let mut page = full(&candidate(&r, 1, &[("family_name", "Lovelace")], 0.5));
         page[0] = candidate(&r, 2, ADA, 40.0);
         assert_eq!(p.settled_by(&page), Ok(true));
+    }
+
+    #[test]
+    fn a_page_ranked_under_the_cut_off_settles_the_query() {
+        use idvault_tokenizer::matching::score;
+        let r = ring();
+        // A strict partner: with the vault's own cut-off a candidate with
+        // no ranked hit at all could still be answered (partial names,
+        // one-typo keys), so only a higher one settles early.
+        let mut q = query(ADA);
+        q.min_score = 0.99;
+        let p = plan(q, &[&r]).unwrap();
+        assert!(score(p.plan.bound(0.0)) < p.min_score);
+        // The highest rank whose bound still stays under the cut-off.
+        let (mut under, mut over) = (0.0, 64.0);
+        assert!(score(p.plan.bound(over)) >= p.min_score);
+        for _ in 0..40 {
+            let mid = f64::midpoint(under, over);
+            if score(p.plan.bound(mid)) < p.min_score {
+                under = mid;
+            } else {
+                over = mid;
+            }
+        }
+        let page = |gain| {
+            let weak = candidate(&r, 1, &[("family_name", "Lovelace")], gain);
+            vec![weak; FIRST_CANDIDATES as usize]
+        };
+        // Nobody ranked below the page could be answered: settled, though
+        // none of the page beats the bound either…
+        assert_eq!(p.settled_by(&page(under)), Ok(true));
+        // …and just above, one might be: not settled.
+        assert_eq!(p.settled_by(&page(over)), Ok(false));
+    }
+
+    #[test]
+    fn wide_keys_are_skipped_when_they_cannot_reach_the_cut_off() {
+        use idvault_tokenizer::matching::score;
+        let r = ring();
+        let mut q = query(ADA);
+        let p = plan(q.clone(), &[&r]).unwrap();
+        assert!(!p.plan.wide().is_empty());
+        // With the vault's cut-off one found by the wide keys alone might
+        // be answered: needed while the blocking keys found nobody.
+        assert!(score(p.plan.base()) >= p.min_score);
+        assert!(p.needs_wide(&[]));
+        // A strict partner: such a candidate scores at most the base,
+        // under its cut-off, so looking the wide keys up cannot add an
+        // answer.
+        q.min_score = 0.99;
+        let strict = plan(q, &[&r]).unwrap();
+        assert!(score(strict.plan.base()) < strict.min_score);
+        assert!(!strict.needs_wide(&[]));
     }
 }

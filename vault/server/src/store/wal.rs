@@ -58,6 +58,7 @@ const TRUNCATE_READER_WAIT: Duration = Duration::from_millis(50);
 const TRUNCATE_ATTEMPTS: u32 = 4;
 /// The pause between a deletion's attempts (the writer runs meanwhile).
 const TRUNCATE_RETRY: Duration = Duration::from_millis(25);
+
 const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 const TRUNCATE: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
 
@@ -226,9 +227,7 @@ impl Store {
         .await
         .map_err(|_| StoreError::Batch("the checkpoint task failed".into()))?
     }
-}
 
-impl Store {
     /// Called once the vault's background jobs have stopped: waits for a
     /// checkpoint still running (a deletion's, on its own task) and, if a
     /// truncation is pending, tries it once more.
