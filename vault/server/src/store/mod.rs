@@ -60,8 +60,8 @@ pub use events::IGNORED_UNLINKED;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
 pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};
 pub use retention::Prunable;
-pub use wal::WAL_CHECKPOINT_EVERY;
-pub use writer::{MAX_BATCH, WalCheckpoint};
+pub use wal::{WAL_CHECKPOINT_EVERY, WalCheckpoint};
+pub use writer::MAX_BATCH;
 
 use rows::{i64_to_u64, u64_to_i64};
 use writer::{GroupWriter, TxConn};

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::writer::WalCheckpoint;
 use super::{Backend, Store, StoreError};
 
 /// How often the serving process checkpoints the WAL (see
@@ -61,6 +60,39 @@ const TRUNCATE_RETRY: Duration = Duration::from_millis(25);
 
 const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 const TRUNCATE: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
+
+/// What a SQLite WAL checkpoint did (the row `PRAGMA wal_checkpoint`
+/// returns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// It did not finish: another connection was checkpointing (SQLite
+    /// then refuses at once), or a reader using the WAL or another
+    /// process's writer held a TRUNCATE back past its wait.
+    pub busy: bool,
+    /// Frames in the WAL; −1 when it could not even start.
+    pub frames: i64,
+    /// Of those, frames now copied into the database file; −1 likewise.
+    pub copied: i64,
+}
+
+impl From<(i64, i64, i64)> for WalCheckpoint {
+    fn from((busy, frames, copied): (i64, i64, i64)) -> Self {
+        Self {
+            busy: busy != 0,
+            frames,
+            copied,
+        }
+    }
+}
+
+impl WalCheckpoint {
+    /// Whether the writer may finish what this pass (on a pool
+    /// connection) left: it completed, and left at most
+    /// [`WRITER_COPY_BOUND`] frames.
+    fn left_little(&self) -> bool {
+        !self.busy && self.frames - self.copied <= WRITER_COPY_BOUND
+    }
+}
 
 /// The state of this process's checkpoints, shared by the store's clones.
 #[derive(Debug)]
@@ -136,10 +168,7 @@ impl Store {
             return self.truncate(&mut st).await.map(Some);
         }
         let first = self.checkpoint_on_pool().await?;
-        if first.busy
-            || first.frames < WRITER_CHECKPOINT_FRAMES
-            || first.frames - first.copied > WRITER_COPY_BOUND
-        {
+        if first.frames < WRITER_CHECKPOINT_FRAMES || !first.left_little() {
             return Ok(Some(first));
         }
         let last = self
@@ -172,7 +201,7 @@ impl Store {
             busy: true,
             ..first
         };
-        let done = if first.busy || first.frames - first.copied > WRITER_COPY_BOUND {
+        let done = if !first.left_little() {
             held
         } else {
             match self

@@ -29,6 +29,7 @@ use sqlx::{Any, AnyConnection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, oneshot};
 
 use super::StoreError;
+use super::wal::WalCheckpoint;
 use super::writeset::{self, Submitted, WriteSet, fail_all};
 
 /// Requests in one SQLite batch at most: bounds the work one fsync waits
@@ -43,30 +44,6 @@ const HANDOVER_GRACE: Duration = Duration::from_millis(20);
 /// The longest wait for the writer a checkpoint accepts (see
 /// [`GroupWriter::checkpoint_between_batches`]).
 const WRITER_TURN_MAX: Duration = Duration::from_millis(20);
-
-/// What a SQLite WAL checkpoint did (the row `PRAGMA wal_checkpoint`
-/// returns).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalCheckpoint {
-    /// It did not finish: another connection was checkpointing (SQLite
-    /// then refuses at once), or a reader of an older snapshot or another
-    /// process's writer held a TRUNCATE back past its wait.
-    pub busy: bool,
-    /// Frames in the WAL; −1 when it could not even start.
-    pub frames: i64,
-    /// Of those, frames now copied into the database file; −1 likewise.
-    pub copied: i64,
-}
-
-impl From<(i64, i64, i64)> for WalCheckpoint {
-    fn from((busy, frames, copied): (i64, i64, i64)) -> Self {
-        Self {
-            busy: busy != 0,
-            frames,
-            copied,
-        }
-    }
-}
 
 /// The SQLite group-commit writer.
 #[derive(Debug)]
