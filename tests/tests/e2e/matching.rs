@@ -187,6 +187,70 @@ pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow
     tv.stop().await
 }
 
+/// The first page of candidates is ranked by blocking hits alone, and a
+/// candidate ranked below it can still score best. Nine people share the
+/// query's names, e-mail and phone (exact blocking hits that rank them
+/// first) and disagree on everything else; the person sought has no
+/// e-mail or phone on file, ranks below all nine, and agrees on every
+/// other field. The vault must read past the first page of eight to
+/// answer with them (this fails when it stops at that page).
+pub async fn candidates_past_the_first_page_are_read(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let query_fields = [
+        ("given_name", "Augusta"),
+        ("family_name", "Byron"),
+        ("date_of_birth", "1815-12-10"),
+        ("email", "augusta.byron@example.org"),
+        ("phone", "07700 900456"),
+        ("postcode", "W1K 3AB"),
+        ("city", "London"),
+    ];
+    for _ in 0..9 {
+        create(
+            &tv,
+            "partner-a",
+            &[
+                ("given_name", "Augusta"),
+                ("family_name", "Byron"),
+                ("date_of_birth", "1962-04-30"),
+                ("email", "augusta.byron@example.org"),
+                ("phone", "07700 900456"),
+                ("postcode", "M1 1AE"),
+                ("city", "Manchester"),
+            ],
+        )
+        .await;
+    }
+    let (_, sought) = create(
+        &tv,
+        "partner-a",
+        &[
+            ("given_name", "Augusta"),
+            ("family_name", "Byron"),
+            ("date_of_birth", "1815-12-10"),
+            ("postcode", "W1K 3AB"),
+            ("city", "London"),
+        ],
+    )
+    .await;
+
+    let mut a = client(&tv, "partner-a").await;
+    let found = a
+        .r#match(MatchRequest {
+            query: Some(MatchQuery {
+                fields: fields(&query_fields),
+                max_results: 1,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .candidates;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].pairwise_token, sought, "{found:?}");
+    Ok(())
+}
+
 pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let (id, _) = create(&tv, "partner-a", ADA).await;

@@ -17,8 +17,10 @@ use crate::subject::{SubjectId, validate_fields};
 pub const MAX_RESULTS: u32 = 10;
 /// Candidates scored per query (those with the highest weight bound).
 pub const CANDIDATE_LIMIT: u32 = 64;
-/// Candidates fetched first: enough when the best of them beats anything
-/// a lower-ranked candidate could score (see [`PlannedQuery::settled_by`]).
+/// Candidates whose signatures are read first: enough when the best of
+/// them beats anything a lower-ranked candidate could score (see
+/// [`PlannedQuery::settled_by`]); more are read, a page at a time, only
+/// while that is not so.
 pub const FIRST_CANDIDATES: u32 = 8;
 /// Lowest `min_score` a query may set: the vault's match threshold.
 pub const MIN_SCORE: f64 = 0.5;
@@ -126,25 +128,25 @@ pub fn plan_query(
 }
 
 impl PlannedQuery {
-    /// Whether the first [`FIRST_CANDIDATES`] fetched (best ranked first)
-    /// settle the query. A lower-ranked candidate's weight bound is at
-    /// most the last fetched one's, so they do when that bound stays under
-    /// the score cut-off (no lower-ranked candidate could be answered) or
-    /// when the `max_results` best fetched already beat it. Fewer than a
-    /// full first page means every candidate is in.
-    pub fn settled_by(&self, first: &[Candidate]) -> Result<bool, BadSignature> {
-        let Some(last) = first.last() else {
+    /// Whether the candidates read so far (best ranked first) settle the
+    /// query, `next` being the rank of the best one not read yet (`None`:
+    /// every candidate is read). A candidate not read ranks at most
+    /// `next`, so its weight is at most [`QueryPlan::bound`] of it: the
+    /// query is settled when that bound stays under the score cut-off (no
+    /// unread candidate could be answered) or when the `max_results` best
+    /// read already score more (none could join the answer). Then the
+    /// answer from the candidates read is the one reading every candidate
+    /// would give.
+    pub fn settled_by(&self, read: &[Candidate], next: Option<f64>) -> Result<bool, BadSignature> {
+        let Some(next) = next else {
             return Ok(true);
         };
-        if first.len() < FIRST_CANDIDATES as usize {
-            return Ok(true);
-        }
-        let cap = self.plan.bound(last.gain);
+        let cap = self.plan.bound(next);
         if idvault_tokenizer::matching::score(cap) < self.min_score {
             return Ok(true);
         }
         let mut above = 0;
-        for c in first {
+        for c in read {
             let sig = decode_signature(&c.signature).ok_or(BadSignature)?;
             if self.plan.score(c.present, &sig).bits > cap {
                 above += 1;
@@ -326,7 +328,7 @@ mod tests {
     fn a_short_first_page_or_a_clear_winner_settles_the_query() {
         let r = ring();
         let p = plan(query(ADA), &[&r]).unwrap();
-        assert_eq!(p.settled_by(&[]), Ok(true));
+        assert_eq!(p.settled_by(&[], None), Ok(true));
         let full = |c: &Candidate| vec![c.clone(); FIRST_CANDIDATES as usize];
         // The gain of the e-mail alone: what a candidate holding only it ranks at.
         let email_gain = p
@@ -338,13 +340,18 @@ mod tests {
         // A page of weak candidates ranked at that gain: a lower-ranked one
         // might still score as well, so not settled…
         let weak = candidate(&r, 1, &[("family_name", "Lovelace")], email_gain);
-        assert_eq!(p.settled_by(&full(&weak)[..1]), Ok(true));
-        assert_eq!(p.settled_by(&full(&weak)), Ok(false));
+        // Nobody left unread: settled whatever was read.
+        assert_eq!(p.settled_by(&full(&weak)[..1], None), Ok(true));
+        assert_eq!(p.settled_by(&full(&weak), Some(email_gain)), Ok(false));
         // …but a full match beats anything ranked at a small gain, so the
         // first page settles it.
         let mut page = full(&candidate(&r, 1, &[("family_name", "Lovelace")], 0.5));
         page[0] = candidate(&r, 2, ADA, 40.0);
-        assert_eq!(p.settled_by(&page), Ok(true));
+        assert_eq!(p.settled_by(&page, Some(0.5)), Ok(true));
+        // What counts is the rank of the next unread candidate, not of
+        // the last one read: the same page with a strong one still unread
+        // is not settled.
+        assert_eq!(p.settled_by(&page, Some(40.0)), Ok(false));
     }
 
     #[test]
@@ -375,9 +382,9 @@ mod tests {
         };
         // Nobody ranked below the page could be answered: settled, though
         // none of the page beats the bound either…
-        assert_eq!(p.settled_by(&page(under)), Ok(true));
+        assert_eq!(p.settled_by(&page(under), Some(under)), Ok(true));
         // …and just above, one might be: not settled.
-        assert_eq!(p.settled_by(&page(over)), Ok(false));
+        assert_eq!(p.settled_by(&page(over), Some(over)), Ok(false));
     }
 
     #[test]

@@ -47,8 +47,13 @@ impl From<BadSignature> for VaultError {
 }
 
 /// Candidates of one planned query in the partner's domain scoring at
-/// least its cut-off, best first: the few best-ranked first, all of them
-/// only when those do not settle it (`PlannedQuery::settled_by`).
+/// least its cut-off, best first. The [`FIRST_CANDIDATES`] best ranked by
+/// their blocking hits are read with their signatures in one query. Only
+/// if those do not settle the query (`PlannedQuery::settled_by`) are the
+/// [`CANDIDATE_LIMIT`] best ranked again, without signatures, and the
+/// signatures of the next ones read a page at a time (8, 16, then 32)
+/// until the query is settled; the answer is the one reading all of them
+/// would give.
 async fn best_candidates(
     store: &crate::store::Store,
     partner: &Partner,
@@ -58,26 +63,47 @@ async fn best_candidates(
     let domain = partner.match_domain.as_str();
     // Monotonic, for the debug phase timings only (never a decision).
     let started = tokio::time::Instant::now();
-    let mut candidates = store
+    let mut read = store
         .match_candidates(domain, blocking, FIRST_CANDIDATES)
         .await?;
     let first = started.elapsed();
-    let settled = p.settled_by(&candidates)?;
-    if !settled {
-        candidates = store
-            .match_candidates(domain, blocking, CANDIDATE_LIMIT)
-            .await?;
+    // A short first page holds every candidate; otherwise the unread rank
+    // at most as high as the last one read.
+    let next = (read.len() >= FIRST_CANDIDATES as usize)
+        .then(|| read.last().map(|c| c.gain))
+        .flatten();
+    let mut pages = 1;
+    if !p.settled_by(&read, next)? {
+        let seen: std::collections::HashSet<SubjectId> = read.iter().map(|c| c.subject).collect();
+        let ranks = store.match_ranks(domain, blocking, CANDIDATE_LIMIT).await?;
+        let mut unread = ranks
+            .into_iter()
+            .filter(|(s, _)| !seen.contains(s))
+            .peekable();
+        let mut page = FIRST_CANDIDATES as usize;
+        loop {
+            let next: Vec<_> = unread.by_ref().take(page).collect();
+            read.extend(store.match_signatures(domain, &next).await?);
+            page *= 2;
+            pages += 1;
+            if p.settled_by(&read, unread.peek().map(|(_, g)| *g))? {
+                break;
+            }
+        }
     }
-    let read = started.elapsed();
-    let hits = p.rank(candidates)?;
+    let read_time = started.elapsed();
+    let candidates = read.len();
+    let hits = p.rank(read)?;
     let wide = p.needs_wide(&hits);
     tracing::debug!(
         keys = blocking.len(),
-        settled,
+        settled = pages == 1,
+        pages,
+        candidates,
         wide,
         first_us = first.as_micros(),
-        read_us = read.as_micros(),
-        rank_us = (started.elapsed() - read).as_micros(),
+        read_us = read_time.as_micros(),
+        rank_us = (started.elapsed() - read_time).as_micros(),
         "match lookup timings"
     );
     if !wide {

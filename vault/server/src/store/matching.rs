@@ -264,8 +264,30 @@ impl Store {
         candidates(self.pool(), domain, blocking, limit).await
     }
 
-    /// [`Self::match_candidates`] over wide compound keys, each read up to
-    /// 256 subjects.
+    /// The ranks of one query's candidates, without their signatures,
+    /// from the pool; see [`ranks`].
+    pub async fn match_ranks(
+        &self,
+        domain: &str,
+        blocking: &[(i64, f64)],
+        limit: u32,
+    ) -> Result<Vec<(SubjectId, f64)>, StoreError> {
+        ranks(self.pool(), domain, blocking, limit).await
+    }
+
+    /// The signatures of ranked candidates (at most [`IN_CHUNK`]), from
+    /// the pool, as candidates in the order given; see [`signatures`].
+    pub async fn match_signatures(
+        &self,
+        domain: &str,
+        ranked: &[(SubjectId, f64)],
+    ) -> Result<Vec<Candidate>, StoreError> {
+        signatures(self.pool(), domain, ranked).await
+    }
+
+    /// The candidates of a query's wide compound keys, from the pool, with
+    /// their signatures, each key read up to [`WIDE_KEY_CAP`] subjects
+    /// (see [`wide_candidates`]).
     pub async fn match_wide_candidates(
         &self,
         domain: &str,
@@ -549,6 +571,88 @@ pub(super) async fn candidates<'e>(
     candidate_rows(q.fetch_all(ex).await?)
 }
 
+/// The ranks of one query's candidates, without their signatures: the at
+/// most `limit` subjects of `domain` ranked highest by [`candidates`],
+/// `(subject, rank)`, best first. Read when the first candidates do not
+/// settle a query, to read the signatures of the next ones a page at a
+/// time ([`signatures`]) instead of `limit` of them at once.
+pub(super) async fn ranks<'e>(
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    domain: &str,
+    blocking: &[(i64, f64)],
+    limit: u32,
+) -> Result<Vec<(SubjectId, f64)>, StoreError> {
+    if blocking.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = blocking.len();
+    // As in `candidates`.
+    let values: Vec<String> = (0..n)
+        .map(|i| format!("(${}, ${})", 3 + n + 2 * i, 4 + n + 2 * i))
+        .collect();
+    let sql = format!(
+        "SELECT h.subject_id, SUM(h.g) FROM \
+           (SELECT m.subject_id, m.field, MAX(p.column2) AS g FROM match_index m \
+            JOIN (VALUES {}) p ON p.column1 = m.bidx \
+            WHERE m.domain = $1 AND m.bidx IN ({}) GROUP BY m.subject_id, m.field) h \
+         GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT $2",
+        values.join(", "),
+        placeholders(3, n),
+    );
+    let mut q = sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
+        .bind(domain.to_owned())
+        .bind(i64::from(limit));
+    for (b, _) in blocking {
+        q = q.bind(*b);
+    }
+    for (b, g) in blocking {
+        q = q.bind(*b).bind(*g);
+    }
+    q.fetch_all(ex)
+        .await?
+        .into_iter()
+        .map(|(s, gain)| Ok((subject_of(&s, "match_index.subject_id")?, gain)))
+        .collect()
+}
+
+/// The presence masks and signatures of `ranked` subjects of `domain`
+/// (at most [`IN_CHUNK`]), as candidates in the order given; a subject
+/// without a signature row (deleted meanwhile) is left out.
+pub(super) async fn signatures<'e>(
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    domain: &str,
+    ranked: &[(SubjectId, f64)],
+) -> Result<Vec<Candidate>, StoreError> {
+    if ranked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT subject_id, fields, signature FROM match_subjects \
+         WHERE domain = $1 AND subject_id IN ({})",
+        placeholders(2, ranked.len())
+    );
+    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql))
+        .bind(domain.to_owned());
+    for (s, _) in ranked {
+        q = q.bind(s.as_bytes().to_vec());
+    }
+    let mut found: HashMap<SubjectId, (i64, Vec<u8>)> = HashMap::with_capacity(ranked.len());
+    for (s, mask, signature) in q.fetch_all(ex).await? {
+        found.insert(
+            subject_of(&s, "match_subjects.subject_id")?,
+            (mask, signature),
+        );
+    }
+    ranked
+        .iter()
+        .filter_map(|(s, gain)| {
+            found
+                .remove(s)
+                .map(|(mask, signature)| candidate(*s, mask, signature, *gain))
+        })
+        .collect()
+}
+
 /// Most subjects read per wide compound key (`QueryPlan::wide`): a key
 /// shared by more people than this (a common name pair) is too common to
 /// select candidates, and reading all of it would let one query scan a
@@ -599,13 +703,26 @@ pub(super) async fn wide_candidates<'e>(
 fn candidate_rows(rows: Vec<(Vec<u8>, i64, Vec<u8>, f64)>) -> Result<Vec<Candidate>, StoreError> {
     rows.into_iter()
         .map(|(s, mask, signature, gain)| {
-            Ok(Candidate {
-                subject: subject_of(&s, "match_subjects.subject_id")?,
-                present: u16::try_from(mask)
-                    .map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
+            candidate(
+                subject_of(&s, "match_subjects.subject_id")?,
+                mask,
                 signature,
                 gain,
-            })
+            )
         })
         .collect()
+}
+
+fn candidate(
+    subject: SubjectId,
+    mask: i64,
+    signature: Vec<u8>,
+    gain: f64,
+) -> Result<Candidate, StoreError> {
+    Ok(Candidate {
+        subject,
+        present: u16::try_from(mask).map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
+        signature,
+        gain,
+    })
 }
