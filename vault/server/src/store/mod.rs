@@ -213,14 +213,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// survives its own transactions, and 64 MiB keeps the upper levels and
 /// recently written pages of the blind-matching index at millions of
 /// rows.
-///
-/// `temp_store = MEMORY`: every page a request's savepoint changes is first
-/// copied to the batch's statement journal (to roll that request back
-/// alone), and past 64 KiB SQLite spills that journal to a temporary file,
-/// one `pwrite` per page, which made a fifth of the writer's time. In
-/// memory it is bounded by the batch ([`writer::MAX_BATCH`] requests), and
-/// no page image of the vault lands in an unencrypted temporary file.
-const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY";
+const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536";
 
 impl Store {
     /// Connects, applies the backend's pragmas, runs migrations and checks
