@@ -248,7 +248,7 @@ pub async fn candidates_past_the_first_page_are_read(b: Backend) -> anyhow::Resu
         .candidates;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].pairwise_token, sought, "{found:?}");
-    Ok(())
+    tv.stop().await
 }
 
 pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Result<()> {

@@ -130,7 +130,7 @@ pub fn plan_query(
 impl PlannedQuery {
     /// Whether the candidates read so far (best ranked first) settle the
     /// query, `next` being the rank of the best one not read yet (`None`:
-    /// every candidate is read). A candidate not read ranks at most
+    /// none is left among the [`CANDIDATE_LIMIT`] best ranked). A candidate not read ranks at most
     /// `next`, so its weight is at most [`QueryPlan::bound`] of it: the
     /// query is settled when that bound stays under the score cut-off (no
     /// unread candidate could be answered) or when the `max_results` best
@@ -145,10 +145,14 @@ impl PlannedQuery {
         if idvault_tokenizer::matching::score(cap) < self.min_score {
             return Ok(true);
         }
+        // Compared as scores, as answers are ranked: weights far apart can
+        // round to the same score (1.0), and a tie is broken by subject
+        // order, so an unread candidate could still join the answer.
+        let cap_score = idvault_tokenizer::matching::score(cap);
         let mut above = 0;
         for c in read {
             let sig = decode_signature(&c.signature).ok_or(BadSignature)?;
-            if self.plan.score(c.present, &sig).bits > cap {
+            if self.plan.score(c.present, &sig).score > cap_score {
                 above += 1;
             }
         }

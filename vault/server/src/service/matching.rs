@@ -82,7 +82,13 @@ async fn best_candidates(
             .peekable();
         let mut page = FIRST_CANDIDATES as usize;
         loop {
-            let next: Vec<_> = unread.by_ref().take(page).collect();
+            // At most CANDIDATE_LIMIT in all, even if the first page's
+            // subjects left the best ranked meanwhile.
+            let budget = (CANDIDATE_LIMIT as usize).saturating_sub(read.len());
+            if budget == 0 {
+                break;
+            }
+            let next: Vec<_> = unread.by_ref().take(page.min(budget)).collect();
             read.extend(store.match_signatures(domain, &next).await?);
             page *= 2;
             pages += 1;
