@@ -541,34 +541,56 @@ pub(super) async fn candidates<'e>(
     if blocking.is_empty() {
         return Ok(Vec::new());
     }
-    let n = blocking.len();
-    // The IN list lets the planner use the (domain, bidx) key; the VALUES
-    // list carries each index's gain. Both VALUES columns are named
-    // column1, column2 by SQLite and PostgreSQL alike.
+    let sql = format!(
+        "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
+         JOIN ({}) c \
+         ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
+        ranking_sql(blocking.len()),
+    );
+    let q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql));
+    candidate_rows(
+        bind_ranking(q, domain, blocking, limit)
+            .fetch_all(ex)
+            .await?,
+    )
+}
+
+/// The ranking of [`candidates`] and [`ranks`]: `(subject_id, g)`, the at
+/// most `$2` subjects of domain `$1` with the highest rank over `n`
+/// blocking indexes, best first. The IN list lets the planner use the
+/// (domain, bidx) key; the VALUES list carries each index's gain. Both
+/// VALUES columns are named column1, column2 by SQLite and PostgreSQL
+/// alike. Only placeholders are formatted in; [`bind_ranking`] binds them.
+fn ranking_sql(n: usize) -> String {
     let values: Vec<String> = (0..n)
         .map(|i| format!("(${}, ${})", 3 + n + 2 * i, 4 + n + 2 * i))
         .collect();
-    let sql = format!(
-        "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
-         JOIN (SELECT h.subject_id, SUM(h.g) AS g FROM \
+    format!(
+        "SELECT h.subject_id, SUM(h.g) AS g FROM \
            (SELECT m.subject_id, m.field, MAX(p.column2) AS g FROM match_index m \
             JOIN (VALUES {}) p ON p.column1 = m.bidx \
             WHERE m.domain = $1 AND m.bidx IN ({}) GROUP BY m.subject_id, m.field) h \
-           GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT $2) c \
-         ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
+         GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT $2",
         values.join(", "),
         placeholders(3, n),
-    );
-    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
-        .bind(domain.to_owned())
-        .bind(i64::from(limit));
+    )
+}
+
+/// Binds [`ranking_sql`]'s parameters, in its order.
+fn bind_ranking<'q, O>(
+    mut q: sqlx::query::QueryAs<'q, Any, O, sqlx::any::AnyArguments>,
+    domain: &str,
+    blocking: &[(i64, f64)],
+    limit: u32,
+) -> sqlx::query::QueryAs<'q, Any, O, sqlx::any::AnyArguments> {
+    q = q.bind(domain.to_owned()).bind(i64::from(limit));
     for (b, _) in blocking {
         q = q.bind(*b);
     }
     for (b, g) in blocking {
         q = q.bind(*b).bind(*g);
     }
-    candidate_rows(q.fetch_all(ex).await?)
+    q
 }
 
 /// The ranks of one query's candidates, without their signatures: the at
@@ -585,30 +607,9 @@ pub(super) async fn ranks<'e>(
     if blocking.is_empty() {
         return Ok(Vec::new());
     }
-    let n = blocking.len();
-    // As in `candidates`.
-    let values: Vec<String> = (0..n)
-        .map(|i| format!("(${}, ${})", 3 + n + 2 * i, 4 + n + 2 * i))
-        .collect();
-    let sql = format!(
-        "SELECT h.subject_id, SUM(h.g) FROM \
-           (SELECT m.subject_id, m.field, MAX(p.column2) AS g FROM match_index m \
-            JOIN (VALUES {}) p ON p.column1 = m.bidx \
-            WHERE m.domain = $1 AND m.bidx IN ({}) GROUP BY m.subject_id, m.field) h \
-         GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT $2",
-        values.join(", "),
-        placeholders(3, n),
-    );
-    let mut q = sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
-        .bind(domain.to_owned())
-        .bind(i64::from(limit));
-    for (b, _) in blocking {
-        q = q.bind(*b);
-    }
-    for (b, g) in blocking {
-        q = q.bind(*b).bind(*g);
-    }
-    q.fetch_all(ex)
+    let q = sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(ranking_sql(blocking.len())));
+    bind_ranking(q, domain, blocking, limit)
+        .fetch_all(ex)
         .await?
         .into_iter()
         .map(|(s, gain)| Ok((subject_of(&s, "match_index.subject_id")?, gain)))
@@ -623,6 +624,7 @@ pub(super) async fn signatures<'e>(
     domain: &str,
     ranked: &[(SubjectId, f64)],
 ) -> Result<Vec<Candidate>, StoreError> {
+    debug_assert!(ranked.len() <= IN_CHUNK, "one IN list per call");
     if ranked.is_empty() {
         return Ok(Vec::new());
     }
