@@ -130,8 +130,9 @@ pub fn plan_query(
 impl PlannedQuery {
     /// Whether the candidates read so far (best ranked first) settle the
     /// query, `next` being the rank of the best one not read yet (`None`:
-    /// none is left among the [`CANDIDATE_LIMIT`] best ranked). A candidate not read ranks at most
-    /// `next`, so its weight is at most [`QueryPlan::bound`] of it: the
+    /// none is left among the [`CANDIDATE_LIMIT`] best ranked). A
+    /// candidate not read ranks at most `next`, so its weight is at most
+    /// [`QueryPlan::bound`] of it: the
     /// query is settled when that bound stays under the score cut-off (no
     /// unread candidate could be answered) or when the `max_results` best
     /// read already score more (none could join the answer). Then the
@@ -389,6 +390,47 @@ mod tests {
         assert_eq!(p.settled_by(&page(under), Some(under)), Ok(true));
         // …and just above, one might be: not settled.
         assert_eq!(p.settled_by(&page(over), Some(over)), Ok(false));
+    }
+
+    #[test]
+    fn weights_whose_scores_round_alike_do_not_settle_the_query() {
+        use idvault_tokenizer::matching::score;
+        const FULL: &[(&str, &str)] = &[
+            ("given_name", "Ada"),
+            ("family_name", "Lovelace"),
+            ("date_of_birth", "1815-12-10"),
+            ("email", "ada@example.org"),
+            ("phone", "07700 900123"),
+            ("national_id", "AB123456C"),
+            ("postcode", "W1K 3AB"),
+            ("street_address", "12 St James's Square"),
+            ("city", "London"),
+        ];
+        let r = ring();
+        let p = plan(query(FULL), &[&r]).unwrap();
+        let best = candidate(&r, 2, FULL, 0.0);
+        let bits = p
+            .plan
+            .score(best.present, &decode_signature(&best.signature).unwrap())
+            .bits;
+        assert!((score(bits) - 1.0).abs() < f64::EPSILON, "rounds to 1.0");
+        // The highest rank whose weight bound stays under the full match's
+        // weight: its bound rounds to a score of 1.0 too.
+        let (mut under, mut over) = (0.0, 512.0);
+        assert!(p.plan.bound(under) < bits && p.plan.bound(over) >= bits);
+        for _ in 0..60 {
+            let mid = f64::midpoint(under, over);
+            if p.plan.bound(mid) < bits {
+                under = mid;
+            } else {
+                over = mid;
+            }
+        }
+        assert!((score(p.plan.bound(under)) - 1.0).abs() < f64::EPSILON);
+        // A heavier weight than anything unread could have, but an equal
+        // score: an unread candidate could tie and win on subject order.
+        let page = vec![best; FIRST_CANDIDATES as usize];
+        assert_eq!(p.settled_by(&page, Some(under)), Ok(false));
     }
 
     #[test]
