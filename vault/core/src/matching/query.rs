@@ -142,14 +142,13 @@ impl PlannedQuery {
         let Some(next) = next else {
             return Ok(true);
         };
-        let cap = self.plan.bound(next);
-        if idvault_tokenizer::matching::score(cap) < self.min_score {
-            return Ok(true);
-        }
         // Compared as scores, as answers are ranked: weights far apart can
         // round to the same score (1.0), and a tie is broken by subject
         // order, so an unread candidate could still join the answer.
-        let cap_score = idvault_tokenizer::matching::score(cap);
+        let cap_score = idvault_tokenizer::matching::score(self.plan.bound(next));
+        if cap_score < self.min_score {
+            return Ok(true);
+        }
         let mut above = 0;
         for c in read {
             let sig = decode_signature(&c.signature).ok_or(BadSignature)?;

@@ -68,10 +68,9 @@ async fn best_candidates(
         .await?;
     let first = started.elapsed();
     // A short first page holds every candidate; otherwise the unread rank
-    // at most as high as the last one read.
-    let next = (read.len() >= FIRST_CANDIDATES as usize)
-        .then(|| read.last().map(|c| c.gain))
-        .flatten();
+    // at most as high as the last one read (the page holds at most
+    // FIRST_CANDIDATES).
+    let next = read.get(FIRST_CANDIDATES as usize - 1).map(|c| c.gain);
     let mut pages = 1;
     if !p.settled_by(&read, next)? {
         let seen: std::collections::HashSet<SubjectId> = read.iter().map(|c| c.subject).collect();
