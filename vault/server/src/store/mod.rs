@@ -215,6 +215,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// rows.
 const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536";
 
+/// The compile-time option `.cargo/config.toml` hands to the bundled
+/// SQLite (`LIBSQLITE3_FLAGS`), as `PRAGMA compile_options` reports it:
+/// the sub-journal (the pages a savepoint or a statement may have to
+/// undo) stays in memory up to 8 MiB before it spills to a temporary
+/// file. The writer runs every batch in savepoints, and with SQLite's
+/// default of 64 KiB nearly every batch created, wrote and deleted a
+/// temporary file (docs/BENCHMARKS.md, "SQLite writer: the sub-journal in
+/// memory"). Unlike `PRAGMA temp_store = MEMORY`, the memory stays bounded
+/// however many pages one request changes. A build without it is slower,
+/// not less safe: the vault warns when it starts.
+const SQLITE_SUBJOURNAL_OPTION: &str = "STMTJRNL_SPILL=8388608";
+
 impl Store {
     /// Connects, applies the backend's pragmas, runs migrations and checks
     /// SQLite durability settings by reading them back.
@@ -263,6 +275,14 @@ impl Store {
             Backend::Sqlite => {
                 SQLITE_MIGRATIONS.run(&store.pool).await?;
                 store.check_sqlite_durability().await?;
+                if !store.sqlite_compiled_with(SQLITE_SUBJOURNAL_OPTION).await? {
+                    tracing::warn!(
+                        option = SQLITE_SUBJOURNAL_OPTION,
+                        "SQLite was built without this option (build from the repository so \
+                         .cargo/config.toml applies): write batches journal to a temporary \
+                         file, which makes writes slower"
+                    );
+                }
                 let mut conn = store.pool.acquire().await?;
                 conn.execute(SQLITE_WRITER_PRAGMAS).await?;
                 store.writer = Some(std::sync::Arc::new(GroupWriter::new(
@@ -301,6 +321,15 @@ impl Store {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the linked SQLite was compiled with `option` (as `PRAGMA
+    /// compile_options` spells it, without the `SQLITE_` prefix).
+    async fn sqlite_compiled_with(&self, option: &str) -> Result<bool, StoreError> {
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(options.iter().any(|o| o == option))
     }
 
     /// Installs the row MAC keys (done by the vault when it starts, from
@@ -1036,5 +1065,23 @@ mod tests {
     fn busy_timeout_matches_the_pragmas() {
         let set = format!("PRAGMA busy_timeout = {};", BUSY_TIMEOUT.as_millis());
         assert!(SQLITE_PRAGMAS.contains(&set), "{SQLITE_PRAGMAS}");
+    }
+
+    /// The workspace's `.cargo/config.toml` reaches the bundled SQLite's
+    /// build: this fails if the option is lost (the file moved, the
+    /// variable renamed by a libsqlite3-sys upgrade).
+    #[tokio::test]
+    async fn sqlite_keeps_write_batch_journals_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        assert!(
+            store
+                .sqlite_compiled_with(SQLITE_SUBJOURNAL_OPTION)
+                .await
+                .expect("compile options"),
+            "the bundled SQLite lacks {SQLITE_SUBJOURNAL_OPTION}: is LIBSQLITE3_FLAGS in \
+             .cargo/config.toml?"
+        );
     }
 }

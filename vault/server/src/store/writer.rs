@@ -14,6 +14,11 @@
 //! savepoint open; whoever takes the writer next rolls back to it first,
 //! so only that request's writes are undone.
 //!
+//! Savepoints journal the pages they change (SQLite's sub-journal). The
+//! bundled SQLite is built to keep that journal in memory up to 8 MiB
+//! (`.cargo/config.toml`, checked at start by `Store::connect`), so a
+//! batch does not go through a temporary file; a bigger one spills to it.
+//!
 //! PostgreSQL needs none of this: each request is its own transaction from
 //! the pool and concurrent requests commit in parallel. Per-subject order
 //! comes from the subject's own row (`SELECT … FOR UPDATE`), never from a
