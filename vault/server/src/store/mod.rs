@@ -223,8 +223,10 @@ const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536";
 /// default of 64 KiB nearly every batch created, wrote and deleted a
 /// temporary file (docs/BENCHMARKS.md, "SQLite writer: the sub-journal in
 /// memory"). Unlike `PRAGMA temp_store = MEMORY`, the memory stays bounded
-/// however many pages one request changes. A build without it is slower,
-/// not less safe: the vault warns when it starts.
+/// however many pages one request changes. A build without it is slower
+/// and sends more page pre-images through unlinked temporary files (which
+/// `secure_delete` does not reach); durability is the same, since crash
+/// recovery never reads a sub-journal. The vault warns when it starts.
 const SQLITE_SUBJOURNAL_OPTION: &str = "STMTJRNL_SPILL=8388608";
 
 impl Store {
@@ -278,9 +280,10 @@ impl Store {
                 if !store.sqlite_compiled_with(SQLITE_SUBJOURNAL_OPTION).await? {
                     tracing::warn!(
                         option = SQLITE_SUBJOURNAL_OPTION,
-                        "SQLite was built without this option (build from the repository so \
-                         .cargo/config.toml applies): write batches journal to a temporary \
-                         file, which makes writes slower"
+                        "the linked SQLite was not compiled with this option (a build \
+                         outside the repository, LIBSQLITE3_FLAGS set in the environment, or \
+                         a system SQLite): write batches journal to a temporary file, which \
+                         makes writes slower"
                     );
                 }
                 let mut conn = store.pool.acquire().await?;

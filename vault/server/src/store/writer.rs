@@ -14,10 +14,12 @@
 //! savepoint open; whoever takes the writer next rolls back to it first,
 //! so only that request's writes are undone.
 //!
-//! Savepoints journal the pages they change (SQLite's sub-journal). The
-//! bundled SQLite is built to keep that journal in memory up to 8 MiB
-//! (`.cargo/config.toml`, checked at start by `Store::connect`), so a
-//! batch does not go through a temporary file; a bigger one spills to it.
+//! Savepoints journal the pages they change (SQLite's sub-journal, emptied
+//! at each RELEASE of the outer savepoint: one request's, or one applied
+//! group's). The bundled SQLite is built to keep that journal in memory up
+//! to 8 MiB (`.cargo/config.toml`, checked at start by `Store::connect`),
+//! so it no longer goes through a temporary file; a bigger one spills to
+//! it, and stays there until the batch ends.
 //!
 //! PostgreSQL needs none of this: each request is its own transaction from
 //! the pool and concurrent requests commit in parallel. Per-subject order
