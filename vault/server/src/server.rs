@@ -391,7 +391,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let id = uuid::Uuid::new_v4().into_bytes();
+        let id = crate::service::new_request_id();
         req.extensions_mut().insert(RequestId(id));
         let call = CallRecord {
             vault: Arc::clone(&self.vault),

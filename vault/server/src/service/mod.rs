@@ -186,12 +186,12 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// A caller proven to hold `spiffe_id`, with a fresh random request id
-    /// and no deadline.
+    /// A caller proven to hold `spiffe_id`, with a fresh request id (see
+    /// [`new_request_id`]) and no deadline.
     pub fn new(spiffe_id: impl Into<String>) -> Self {
         Self {
             spiffe_id: spiffe_id.into(),
-            request_id: uuid::Uuid::new_v4().into_bytes(),
+            request_id: new_request_id(),
             deadline: None,
         }
     }
@@ -207,6 +207,30 @@ impl Caller {
         self.deadline = deadline;
         self
     }
+}
+
+/// A fresh request id: a version-7 UUID (RFC 9562), 48 bits of Unix time
+/// in milliseconds, then 74 random bits.
+///
+/// Time-ordered because every audited request inserts its id into the
+/// `audit_log_request` index: random ids put each one on a random page of
+/// that index (a page written to the WAL per request), ordered ids put a
+/// whole batch on its last page or two. The time it reveals is the one its
+/// audit leaf (`time_ms`) and its caller already hold; the random bits
+/// keep ids unguessable, though an id authorises nothing (an inclusion
+/// proof by request id is only for the caller's own leaves).
+pub(crate) fn new_request_id() -> [u8; 16] {
+    // A clock before 1970 gives 0: still a valid id, only not ordered.
+    let millis = u64::try_from(crate::clock::SystemClock.now_millis()).unwrap_or(0);
+    // 80 bits from the OS generator that fills a version-4 UUID: its bytes
+    // 0-5 and 10-13 carry no version or variant bits.
+    let v4 = uuid::Uuid::new_v4().into_bytes();
+    let mut random = [0u8; 10];
+    random[..6].copy_from_slice(&v4[..6]);
+    random[6..].copy_from_slice(&v4[10..14]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .into_bytes()
 }
 
 /// A value made once per root key version and kept while that version is
@@ -582,5 +606,32 @@ impl Vault {
         let values = packet::newest_values(&row.id, &dek, stored.iter().map(|(_, b)| b.as_slice()))
             .map_err(|_| VaultError::Integrity("packet open"))?;
         Ok(values.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_request_id;
+    use idvault_core::Clock;
+
+    /// Version 7, RFC 9562 variant, ordered by time, and distinct within
+    /// one millisecond (the random bits).
+    #[test]
+    fn request_ids_are_time_ordered_version_7_uuids() {
+        let a = uuid::Uuid::from_bytes(new_request_id());
+        assert_eq!(a.get_version(), Some(uuid::Version::SortRand));
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        let burst: std::collections::HashSet<[u8; 16]> =
+            (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(burst.len(), 1000);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = uuid::Uuid::from_bytes(new_request_id());
+        assert!(a < b, "{a} then {b}");
+        let (secs, _) = a.get_timestamp().expect("a v7 timestamp").to_unix();
+        let now = crate::clock::SystemClock.now_millis() / 1000;
+        assert!(
+            now.abs_diff(i64::try_from(secs).expect("secs")) < 60,
+            "{secs} vs {now}"
+        );
     }
 }
