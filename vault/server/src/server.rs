@@ -361,7 +361,7 @@ async fn watch_crls(
     }
 }
 
-/// The edge of every call: gives it a random request id (in the request's
+/// The edge of every call: gives it a fresh request id (in the request's
 /// extensions for the handlers, whose audit leaves carry it, and in the
 /// `idvault-request-id` response header for the caller, who can later ask
 /// for the inclusion proof of its request), then, once the call's status

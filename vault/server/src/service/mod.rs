@@ -215,12 +215,13 @@ impl Caller {
 /// Time-ordered because every audited request inserts its id into the
 /// `audit_log_request` index: random ids put each one on a random page of
 /// that index (a page written to the WAL per request), ordered ids put a
-/// whole batch on its last page or two. The time it reveals is the one its
-/// audit leaf (`time_ms`) and its caller already hold; the random bits
-/// keep ids unguessable, though an id authorises nothing (an inclusion
-/// proof by request id is only for the caller's own leaves).
+/// whole batch on its last page or two. The time it carries is when the
+/// call arrived, which its caller knows and its audit leaf (`time_ms`)
+/// records a moment later; the random bits keep ids unguessable, though
+/// an id authorises nothing (an inclusion proof by request id is only for
+/// the caller's own leaves). The system clock, not the vault's injected
+/// one: the time only orders index entries and is never trusted.
 pub(crate) fn new_request_id() -> [u8; 16] {
-    // A clock before 1970 gives 0: still a valid id, only not ordered.
     let millis = u64::try_from(crate::clock::SystemClock.now_millis()).unwrap_or(0);
     // 80 bits from the OS generator that fills a version-4 UUID: its bytes
     // 0-5 and 10-13 carry no version or variant bits.
