@@ -355,15 +355,16 @@ pub(crate) async fn send_final<T>(tx: &ReplyTx<T>, e: Status) {
 /// The caller proven by the connection's client certificate, with the
 /// request id the edge gave the call and the caller's deadline.
 pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    let who = req
+    let peer = req
         .extensions()
         .get::<PeerInfo>()
-        .map(|p| Caller::new(p.spiffe_id.as_str()))
         // Unreachable behind the TLS acceptor; refuse rather than guess.
         .ok_or_else(|| Status::unauthenticated("no client certificate identity"))?;
+    // The edge's id when it gave one (always, behind the edge); a fresh
+    // one is drawn only otherwise.
     let who = match req.extensions().get::<RequestId>() {
-        Some(id) => who.with_request_id(id.0),
-        None => who,
+        Some(id) => Caller::with_id(peer.spiffe_id.as_str(), id.0),
+        None => Caller::new(peer.spiffe_id.as_str()),
     };
     let deadline = req
         .metadata()

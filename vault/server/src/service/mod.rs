@@ -189,17 +189,17 @@ impl Caller {
     /// A caller proven to hold `spiffe_id`, with a fresh request id (see
     /// [`new_request_id`]) and no deadline.
     pub fn new(spiffe_id: impl Into<String>) -> Self {
-        Self {
-            spiffe_id: spiffe_id.into(),
-            request_id: new_request_id(),
-            deadline: None,
-        }
+        Self::with_id(spiffe_id, new_request_id())
     }
 
-    /// The same caller with the request id the edge gave the call.
-    pub fn with_request_id(mut self, id: [u8; 16]) -> Self {
-        self.request_id = id;
-        self
+    /// A caller proven to hold `spiffe_id`, with the request id the edge
+    /// gave the call and no deadline.
+    pub fn with_id(spiffe_id: impl Into<String>, request_id: [u8; 16]) -> Self {
+        Self {
+            spiffe_id: spiffe_id.into(),
+            request_id,
+            deadline: None,
+        }
     }
 
     /// The same caller with a deadline.
