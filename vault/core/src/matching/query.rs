@@ -132,12 +132,11 @@ impl PlannedQuery {
     /// query, `next` being the rank of the best one not read yet (`None`:
     /// none is left among the [`CANDIDATE_LIMIT`] best ranked). A
     /// candidate not read ranks at most `next`, so its weight is at most
-    /// [`QueryPlan::bound`] of it: the
-    /// query is settled when that bound stays under the score cut-off (no
-    /// unread candidate could be answered) or when the `max_results` best
-    /// read already score more (none could join the answer). Then the
-    /// answer from the candidates read is the one reading every candidate
-    /// would give.
+    /// [`QueryPlan::bound`] of it: the query is settled when that bound's
+    /// score stays under the cut-off (no unread candidate could be
+    /// answered) or when the `max_results` best read already score more
+    /// (none could join the answer). Then the answer from the candidates
+    /// read is the one reading every candidate would give.
     pub fn settled_by(&self, read: &[Candidate], next: Option<f64>) -> Result<bool, BadSignature> {
         let Some(next) = next else {
             return Ok(true);
