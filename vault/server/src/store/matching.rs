@@ -545,34 +545,38 @@ pub(super) async fn candidates<'e>(
         "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
          JOIN ({}) c \
          ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
-        ranking_sql(blocking.len()),
+        ranking_sql(blocking.len(), limit),
     );
     let q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql));
-    candidate_rows(
-        bind_ranking(q, domain, blocking, limit)
-            .fetch_all(ex)
-            .await?,
-    )
+    candidate_rows(bind_ranking(q, domain, blocking).fetch_all(ex).await?)
 }
 
 /// The ranking of [`candidates`] and [`ranks`]: `(subject_id, g)`, the at
-/// most `$2` subjects of domain `$1` with the highest rank over `n`
+/// most `limit` subjects of domain `$1` with the highest rank over `n`
 /// blocking indexes, best first. The IN list lets the planner use the
 /// (domain, bidx) key; the VALUES list carries each index's gain. Both
 /// VALUES columns are named column1, column2 by SQLite and PostgreSQL
-/// alike. Only placeholders are formatted in; [`bind_ranking`] binds them.
-fn ranking_sql(n: usize) -> String {
+/// alike. Only placeholders and the integer `limit` are formatted in;
+/// [`bind_ranking`] binds the placeholders.
+///
+/// The limit is written into the text, not bound: SQLite reads a bound
+/// `LIMIT` when it plans a statement, so each new binding of it marks the
+/// statement expired and its next step parses and plans the whole query
+/// again (`sqlite3Reprepare`), about a seventh of the vault's CPU under a
+/// Match load. As a literal, one cached statement serves each
+/// (n, limit), and the limits are a few constants.
+fn ranking_sql(n: usize, limit: u32) -> String {
     let values: Vec<String> = (0..n)
-        .map(|i| format!("(${}, ${})", 3 + n + 2 * i, 4 + n + 2 * i))
+        .map(|i| format!("(${}, ${})", 2 + n + 2 * i, 3 + n + 2 * i))
         .collect();
     format!(
         "SELECT h.subject_id, SUM(h.g) AS g FROM \
            (SELECT m.subject_id, m.field, MAX(p.column2) AS g FROM match_index m \
             JOIN (VALUES {}) p ON p.column1 = m.bidx \
             WHERE m.domain = $1 AND m.bidx IN ({}) GROUP BY m.subject_id, m.field) h \
-         GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT $2",
+         GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT {limit}",
         values.join(", "),
-        placeholders(3, n),
+        placeholders(2, n),
     )
 }
 
@@ -581,9 +585,8 @@ fn bind_ranking<'q, O>(
     mut q: sqlx::query::QueryAs<'q, Any, O, sqlx::any::AnyArguments>,
     domain: &str,
     blocking: &[(i64, f64)],
-    limit: u32,
 ) -> sqlx::query::QueryAs<'q, Any, O, sqlx::any::AnyArguments> {
-    q = q.bind(domain.to_owned()).bind(i64::from(limit));
+    q = q.bind(domain.to_owned());
     for (b, _) in blocking {
         q = q.bind(*b);
     }
@@ -607,8 +610,9 @@ pub(super) async fn ranks<'e>(
     if blocking.is_empty() {
         return Ok(Vec::new());
     }
-    let q = sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(ranking_sql(blocking.len())));
-    bind_ranking(q, domain, blocking, limit)
+    let sql = ranking_sql(blocking.len(), limit);
+    let q = sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql));
+    bind_ranking(q, domain, blocking)
         .fetch_all(ex)
         .await?
         .into_iter()
@@ -672,33 +676,39 @@ pub(super) async fn wide_candidates<'e>(
     if wide.is_empty() {
         return Ok(Vec::new());
     }
+    let sql = wide_sql(wide.len(), limit);
+    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
+        .bind(domain.to_owned());
+    for (b, g) in wide {
+        q = q.bind(*b).bind(*g);
+    }
+    candidate_rows(q.fetch_all(ex).await?)
+}
+
+/// The SQL of [`wide_candidates`] over `n` wide keys: domain `$1`, then
+/// each key's index and gain. The limits are literals for the reason given
+/// at [`ranking_sql`].
+fn wide_sql(n: usize, limit: u32) -> String {
     // One capped sub-select per key; compound keys are distinct fields,
     // so a subject's gains add up across keys.
-    let parts: Vec<String> = (0..wide.len())
+    let parts: Vec<String> = (0..n)
         .map(|i| {
             format!(
                 "SELECT w{i}.subject_id, CAST(${} AS DOUBLE PRECISION) AS g FROM \
                  (SELECT subject_id FROM match_index WHERE domain = $1 AND bidx = ${} \
                   ORDER BY subject_id LIMIT {WIDE_KEY_CAP}) w{i}",
-                4 + 2 * i,
-                3 + 2 * i
+                3 + 2 * i,
+                2 + 2 * i
             )
         })
         .collect();
-    let sql = format!(
+    format!(
         "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
          JOIN (SELECT u.subject_id, SUM(u.g) AS g FROM ({}) u \
-           GROUP BY u.subject_id ORDER BY SUM(u.g) DESC, u.subject_id LIMIT $2) c \
+           GROUP BY u.subject_id ORDER BY SUM(u.g) DESC, u.subject_id LIMIT {limit}) c \
          ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
         parts.join(" UNION ALL "),
-    );
-    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
-        .bind(domain.to_owned())
-        .bind(i64::from(limit));
-    for (b, g) in wide {
-        q = q.bind(*b).bind(*g);
-    }
-    candidate_rows(q.fetch_all(ex).await?)
+    )
 }
 
 /// Candidate rows `(subject, presence mask, signature, rank)` as read.
@@ -727,4 +737,33 @@ fn candidate(
         signature,
         gain,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bound LIMIT makes SQLite plan the statement again at every call
+    /// (see `ranking_sql`); the match lookups write theirs into the text.
+    #[test]
+    fn match_lookups_do_not_bind_their_limits() {
+        for sql in [ranking_sql(3, 8), wide_sql(2, 64)] {
+            assert!(!sql.contains("LIMIT $"), "{sql}");
+        }
+        assert!(ranking_sql(3, 8).ends_with("LIMIT 8"));
+        assert!(wide_sql(2, 64).contains("LIMIT 64)"));
+        // Placeholders are numbered from $1 without a gap: domain, the IN
+        // list, then (index, gain) pairs: 1 + 3n for the ranking, 1 + 2n
+        // for the wide keys.
+        let sql = ranking_sql(3, 8);
+        for i in 1..=10 {
+            assert!(sql.contains(&format!("${i}")), "${i} in {sql}");
+        }
+        assert!(!sql.contains("$11"));
+        let sql = wide_sql(2, 64);
+        for i in 1..=5 {
+            assert!(sql.contains(&format!("${i}")), "${i} in {sql}");
+        }
+        assert!(!sql.contains("$6"));
+    }
 }
