@@ -10,6 +10,15 @@ use clap::{Parser, Subcommand};
 
 use cmd::{DataDir, plain_status};
 
+/// mimalloc instead of glibc's malloc: under load the vault allocates and
+/// frees many small buffers on one thread and releases them on another
+/// (tokio's workers, sqlx's SQLite threads), where glibc's arenas took
+/// about a sixth of the CPU (`_int_malloc`, `malloc_consolidate`, …;
+/// docs/BENCHMARKS.md). Secrets are zeroized before they are freed
+/// whatever the allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "idvault",
