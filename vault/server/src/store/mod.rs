@@ -212,7 +212,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of the batch writer connection. It commits, so its page cache
 /// survives its own transactions, and 64 MiB keeps the upper levels and
 /// recently written pages of the blind-matching index at millions of
-/// rows.
+/// rows. Below 1 GiB of database it has a cost: after a B-tree split
+/// SQLite walks the whole page cache at COMMIT (the balancer renumbers
+/// pages through the lock-byte page's number, and the cache is then
+/// truncated above the database's size), so a 16 MiB cache measured
+/// 6–11 % more creates/s on a small database (docs/BENCHMARKS.md, "a
+/// page-cache walk after B-tree splits"). Above 1 GiB the walk does not
+/// happen.
 const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536";
 
 /// The compile-time option `.cargo/config.toml` hands to the bundled
