@@ -10,12 +10,18 @@ use clap::{Parser, Subcommand};
 
 use cmd::{DataDir, plain_status};
 
-/// mimalloc instead of glibc's malloc: under load the vault allocates and
-/// frees many small buffers on one thread and releases them on another
-/// (tokio's workers, sqlx's SQLite threads), where glibc's arenas took
-/// about a sixth of the CPU (`_int_malloc`, `malloc_consolidate`, …;
-/// docs/BENCHMARKS.md). Secrets are zeroized before they are freed
-/// whatever the allocator.
+/// mimalloc (its v3 line, as libmimalloc-sys builds it) instead of the C
+/// library's malloc: under load tokio's workers, sqlx's SQLite threads and
+/// the writer free on one thread what another allocated, and glibc's
+/// arenas took about a sixth of the CPU (`_int_malloc`,
+/// `malloc_consolidate`, …; docs/BENCHMARKS.md). Built in its `secure`
+/// mode (`MI_SECURE=4`: guard pages around its metadata, randomised
+/// addresses, encoded free lists, double-free detection), so the heap
+/// stays hardened as glibc's is. What the vault
+/// wipes before freeing (SECURITY.md, "Secrets in memory") is wiped
+/// whatever the allocator; what it lists as not wiped stays in freed
+/// memory with either. SQLite's own C allocations still use the C
+/// library's malloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

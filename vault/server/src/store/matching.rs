@@ -752,18 +752,32 @@ mod tests {
         }
         assert!(ranking_sql(3, 8).ends_with("LIMIT 8"));
         assert!(wide_sql(2, 64).contains("LIMIT 64)"));
-        // Placeholders are numbered from $1 without a gap: domain, the IN
+        // Placeholders are numbered from $1 without a gap (domain, the IN
         // list, then (index, gain) pairs: 1 + 3n for the ranking, 1 + 2n
-        // for the wide keys.
-        let sql = ranking_sql(3, 8);
-        for i in 1..=10 {
-            assert!(sql.contains(&format!("${i}")), "${i} in {sql}");
-        }
-        assert!(!sql.contains("$11"));
+        // for the wide keys), and exactly that many values are bound: a
+        // short bind count would bind NULLs on SQLite and find nothing.
+        let has = |sql: &str, i: usize| {
+            let p = format!("${i}");
+            sql.match_indices(&p).any(|(at, _)| {
+                !sql.get(at + p.len()..)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+        };
+        let blocking = [(11, 0.5), (12, 1.5), (13, 2.5)];
+        let sql = ranking_sql(blocking.len(), 8);
+        assert!((1..=10).all(|i| has(&sql, i)), "{sql}");
+        assert!(!has(&sql, 11), "{sql}");
+        let mut q = bind_ranking(
+            sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql)),
+            "d",
+            &blocking,
+        );
+        let bound = sqlx::Execute::take_arguments(&mut q)
+            .expect("arguments")
+            .expect("some arguments");
+        assert_eq!(sqlx::Arguments::len(&bound), 10);
         let sql = wide_sql(2, 64);
-        for i in 1..=5 {
-            assert!(sql.contains(&format!("${i}")), "${i} in {sql}");
-        }
-        assert!(!sql.contains("$6"));
+        assert!((1..=5).all(|i| has(&sql, i)), "{sql}");
+        assert!(!has(&sql, 6), "{sql}");
     }
 }

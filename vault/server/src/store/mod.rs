@@ -235,6 +235,15 @@ const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536";
 /// recovery never reads a sub-journal. The vault warns when it starts.
 const SQLITE_SUBJOURNAL_OPTION: &str = "STMTJRNL_SPILL=8388608";
 
+/// The other option `.cargo/config.toml` hands to the bundled SQLite: the
+/// query planner stability guarantee. SQLite otherwise plans some
+/// statements with the values bound to them (a bound LIMIT; with ANALYZE
+/// statistics, any bound value compared with an indexed column) and then
+/// parses and plans them again at every new binding, which took 14 % of
+/// the CPU under a Match load (docs/BENCHMARKS.md, "The match lookup
+/// planned once"). A build without it is slower, never wrong.
+const SQLITE_QPSG_OPTION: &str = "ENABLE_QPSG";
+
 impl Store {
     /// Connects, applies the backend's pragmas, runs migrations and checks
     /// SQLite durability settings by reading them back.
@@ -290,6 +299,15 @@ impl Store {
                          outside the repository, LIBSQLITE3_FLAGS set in the environment, or \
                          a system SQLite): write batches journal to a temporary file, which \
                          makes writes slower"
+                    );
+                }
+                if !store.sqlite_compiled_with(SQLITE_QPSG_OPTION).await? {
+                    tracing::warn!(
+                        option = SQLITE_QPSG_OPTION,
+                        "the linked SQLite was not compiled with this option (a build \
+                         outside the repository, LIBSQLITE3_FLAGS set in the environment, or \
+                         a system SQLite): statements whose plan reads a bound value are \
+                         planned again at every call, which makes them slower"
                     );
                 }
                 let mut conn = store.pool.acquire().await?;
@@ -1090,6 +1108,24 @@ mod tests {
                 .await
                 .expect("compile options"),
             "the bundled SQLite lacks {SQLITE_SUBJOURNAL_OPTION}: is LIBSQLITE3_FLAGS in \
+             .cargo/config.toml?"
+        );
+    }
+
+    /// The query planner stability guarantee is compiled in
+    /// (`.cargo/config.toml`), so no statement is planned again because a
+    /// value was bound to it.
+    #[tokio::test]
+    async fn sqlite_plans_do_not_depend_on_bound_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        assert!(
+            store
+                .sqlite_compiled_with(SQLITE_QPSG_OPTION)
+                .await
+                .expect("compile options"),
+            "the bundled SQLite lacks {SQLITE_QPSG_OPTION}: is LIBSQLITE3_FLAGS in \
              .cargo/config.toml?"
         );
     }
