@@ -1095,38 +1095,23 @@ mod tests {
     }
 
     /// The workspace's `.cargo/config.toml` reaches the bundled SQLite's
-    /// build: this fails if the option is lost (the file moved, the
-    /// variable renamed by a libsqlite3-sys upgrade).
+    /// build: this fails if an option is lost (the file moved, the
+    /// variable renamed by a libsqlite3-sys upgrade). The sub-journal stays
+    /// in memory, and no statement is planned again because a value was
+    /// bound to it.
     #[tokio::test]
-    async fn sqlite_keeps_write_batch_journals_in_memory() {
+    async fn sqlite_is_built_with_the_repository_options() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
         let store = Store::connect(&url).await.expect("connect");
-        assert!(
-            store
-                .sqlite_compiled_with(SQLITE_SUBJOURNAL_OPTION)
-                .await
-                .expect("compile options"),
-            "the bundled SQLite lacks {SQLITE_SUBJOURNAL_OPTION}: is LIBSQLITE3_FLAGS in \
-             .cargo/config.toml?"
-        );
-    }
-
-    /// The query planner stability guarantee is compiled in
-    /// (`.cargo/config.toml`), so no statement is planned again because a
-    /// value was bound to it.
-    #[tokio::test]
-    async fn sqlite_plans_do_not_depend_on_bound_values() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
-        let store = Store::connect(&url).await.expect("connect");
-        assert!(
-            store
-                .sqlite_compiled_with(SQLITE_QPSG_OPTION)
-                .await
-                .expect("compile options"),
-            "the bundled SQLite lacks {SQLITE_QPSG_OPTION}: is LIBSQLITE3_FLAGS in \
-             .cargo/config.toml?"
-        );
+        for option in [SQLITE_SUBJOURNAL_OPTION, SQLITE_QPSG_OPTION] {
+            assert!(
+                store
+                    .sqlite_compiled_with(option)
+                    .await
+                    .expect("compile options"),
+                "the bundled SQLite lacks {option}: is LIBSQLITE3_FLAGS in .cargo/config.toml?"
+            );
+        }
     }
 }
