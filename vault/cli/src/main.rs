@@ -17,11 +17,10 @@ use cmd::{DataDir, plain_status};
 /// `malloc_consolidate`, …; docs/BENCHMARKS.md). Built in its `secure`
 /// mode (`MI_SECURE=4`: guard pages around its metadata, randomised
 /// addresses, encoded free lists, double-free detection), so the heap
-/// stays hardened as glibc's is. What the vault
-/// wipes before freeing (SECURITY.md, "Secrets in memory") is wiped
-/// whatever the allocator; what it lists as not wiped stays in freed
-/// memory with either. SQLite's own C allocations still use the C
-/// library's malloc.
+/// stays hardened as glibc's is. What the vault wipes before freeing
+/// (SECURITY.md, "Secrets in memory") is wiped whatever the allocator;
+/// what it lists as not wiped stays in freed memory with either. SQLite's
+/// own C allocations still use the C library's malloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
