@@ -292,23 +292,27 @@ impl Store {
             Backend::Sqlite => {
                 SQLITE_MIGRATIONS.run(&store.pool).await?;
                 store.check_sqlite_durability().await?;
-                if !store.sqlite_compiled_with(SQLITE_SUBJOURNAL_OPTION).await? {
-                    tracing::warn!(
-                        option = SQLITE_SUBJOURNAL_OPTION,
-                        "the linked SQLite was not compiled with this option (a build \
-                         outside the repository, LIBSQLITE3_FLAGS set in the environment, or \
-                         a system SQLite): write batches journal to a temporary file, which \
-                         makes writes slower"
-                    );
-                }
-                if !store.sqlite_compiled_with(SQLITE_QPSG_OPTION).await? {
-                    tracing::warn!(
-                        option = SQLITE_QPSG_OPTION,
-                        "the linked SQLite was not compiled with this option (a build \
-                         outside the repository, LIBSQLITE3_FLAGS set in the environment, or \
-                         a system SQLite): statements whose plan reads a bound value are \
-                         planned again at every call, which makes them slower"
-                    );
+                // `.cargo/config.toml`'s options: without them the vault is
+                // slower, never wrong.
+                for (option, without) in [
+                    (
+                        SQLITE_SUBJOURNAL_OPTION,
+                        "write batches journal to a temporary file",
+                    ),
+                    (
+                        SQLITE_QPSG_OPTION,
+                        "statements whose plan reads a bound value are planned again at every call",
+                    ),
+                ] {
+                    if !store.sqlite_compiled_with(option).await? {
+                        tracing::warn!(
+                            option,
+                            without,
+                            "the linked SQLite was not compiled with this option (a build \
+                             outside the repository, LIBSQLITE3_FLAGS set in the environment, \
+                             or a system SQLite), which makes the vault slower"
+                        );
+                    }
                 }
                 let mut conn = store.pool.acquire().await?;
                 conn.execute(SQLITE_WRITER_PRAGMAS).await?;
