@@ -244,6 +244,19 @@ const SQLITE_SUBJOURNAL_OPTION: &str = "STMTJRNL_SPILL=8388608";
 /// planned once"). A build without it is slower, never wrong.
 const SQLITE_QPSG_OPTION: &str = "ENABLE_QPSG";
 
+/// `.cargo/config.toml`'s options for the bundled SQLite, each with what is
+/// slower without it (never wrong): checked once at start.
+const SQLITE_BUILD_OPTIONS: [(&str, &str); 2] = [
+    (
+        SQLITE_SUBJOURNAL_OPTION,
+        "write batches journal to a temporary file",
+    ),
+    (
+        SQLITE_QPSG_OPTION,
+        "statements whose plan reads a bound value are planned again at every call",
+    ),
+];
+
 impl Store {
     /// Connects, applies the backend's pragmas, runs migrations and checks
     /// SQLite durability settings by reading them back.
@@ -292,19 +305,9 @@ impl Store {
             Backend::Sqlite => {
                 SQLITE_MIGRATIONS.run(&store.pool).await?;
                 store.check_sqlite_durability().await?;
-                // `.cargo/config.toml`'s options: without them the vault is
-                // slower, never wrong.
-                for (option, without) in [
-                    (
-                        SQLITE_SUBJOURNAL_OPTION,
-                        "write batches journal to a temporary file",
-                    ),
-                    (
-                        SQLITE_QPSG_OPTION,
-                        "statements whose plan reads a bound value are planned again at every call",
-                    ),
-                ] {
-                    if !store.sqlite_compiled_with(option).await? {
+                let compiled = store.sqlite_compile_options().await?;
+                for (option, without) in SQLITE_BUILD_OPTIONS {
+                    if !compiled.iter().any(|o| o == option) {
                         tracing::warn!(
                             option,
                             without,
@@ -354,13 +357,12 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the linked SQLite was compiled with `option` (as `PRAGMA
-    /// compile_options` spells it, without the `SQLITE_` prefix).
-    async fn sqlite_compiled_with(&self, option: &str) -> Result<bool, StoreError> {
-        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+    /// The linked SQLite's compile-time options, as `PRAGMA
+    /// compile_options` spells them (without the `SQLITE_` prefix).
+    async fn sqlite_compile_options(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA compile_options")
             .fetch_all(&self.pool)
-            .await?;
-        Ok(options.iter().any(|o| o == option))
+            .await?)
     }
 
     /// Installs the row MAC keys (done by the vault when it starts, from
@@ -1108,12 +1110,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
         let store = Store::connect(&url).await.expect("connect");
-        for option in [SQLITE_SUBJOURNAL_OPTION, SQLITE_QPSG_OPTION] {
+        let compiled = store
+            .sqlite_compile_options()
+            .await
+            .expect("compile options");
+        for (option, _) in SQLITE_BUILD_OPTIONS {
             assert!(
-                store
-                    .sqlite_compiled_with(option)
-                    .await
-                    .expect("compile options"),
+                compiled.iter().any(|o| o == option),
                 "the bundled SQLite lacks {option}: is LIBSQLITE3_FLAGS in .cargo/config.toml?"
             );
         }
