@@ -67,9 +67,21 @@ pub struct Hit {
     pub subject: SubjectId,
     /// Score in \[0, 1\].
     pub score: f64,
+    /// Total weight in bits, which ranks hits: the score is a logistic of
+    /// it that rounds to exactly 1.0 above about 69 bits, so two strong
+    /// candidates can share score 1.0 while one holds far more evidence.
+    pub bits: f64,
     /// Fields that agreed, and how.
     pub agreements: Vec<(MatchField, Level)>,
 }
+
+/// Slack, in bits, when a candidate's weight is compared with an upper
+/// bound of unread ones: the bound and the weight add the same field
+/// weights in different orders, so a candidate at the bound can come out
+/// a few ulps above it. Counting it as beating the bound could settle a
+/// query an unread candidate would still join; the slack only ever keeps
+/// reading.
+const BOUND_SLACK_BITS: f64 = 1e-9;
 
 /// A validated query, ready to run.
 #[derive(Debug, Clone)]
@@ -134,24 +146,24 @@ impl PlannedQuery {
     /// candidate not read ranks at most `next`, so its weight is at most
     /// [`QueryPlan::bound`] of it: the query is settled when that bound's
     /// score stays under the cut-off (no unread candidate could be
-    /// answered) or when the `max_results` best read already score more
+    /// answered) or when the `max_results` best read already weigh more
     /// (none could join the answer). Then the answer from the candidates
     /// read is the one reading every candidate would give.
     pub fn settled_by(&self, read: &[Candidate], next: Option<f64>) -> Result<bool, BadSignature> {
         let Some(next) = next else {
             return Ok(true);
         };
-        // Compared as scores, as answers are ranked: weights far apart can
-        // round to the same score (1.0), and a tie is broken by subject
-        // order, so an unread candidate could still join the answer.
-        let cap_score = idvault_tokenizer::matching::score(self.plan.bound(next));
-        if cap_score < self.min_score {
+        let cap = self.plan.bound(next);
+        if idvault_tokenizer::matching::score(cap) < self.min_score {
             return Ok(true);
         }
+        // Compared as weights, as answers are ranked (`merge`): scores of
+        // strong candidates all round to 1.0, so comparing them would
+        // almost never settle a query whose answer is plain.
         let mut above = 0;
         for c in read {
             let sig = decode_signature(&c.signature).ok_or(BadSignature)?;
-            if self.plan.score(c.present, &sig).score > cap_score {
+            if self.plan.score(c.present, &sig).bits > cap + BOUND_SLACK_BITS {
                 above += 1;
             }
         }
@@ -160,20 +172,23 @@ impl PlannedQuery {
 
     /// Whether the wide compound keys must be looked up after the
     /// blocking ones found `hits`: unless `max_results` of them already
-    /// score more than any candidate holding no blocking index could
+    /// weigh more than any candidate holding no blocking index could
     /// ([`QueryPlan::base`]), one found by a wide key alone might beat or
     /// join them; never when even that most stays under the score
     /// cut-off.
     pub fn needs_wide(&self, hits: &[Hit]) -> bool {
-        let cap = idvault_tokenizer::matching::score(self.plan.base());
-        if self.plan.wide().is_empty() || cap < self.min_score {
+        let cap = self.plan.base();
+        if self.plan.wide().is_empty() || idvault_tokenizer::matching::score(cap) < self.min_score {
             return false;
         }
-        hits.iter().filter(|h| h.score > cap).count() < self.max_results
+        hits.iter()
+            .filter(|h| h.bits > cap + BOUND_SLACK_BITS)
+            .count()
+            < self.max_results
     }
 
-    /// The candidates scoring at least the cut-off, best first (ties in
-    /// subject order, so answers are repeatable), at most `max_results`.
+    /// The candidates scoring at least the cut-off, best first (by weight,
+    /// ties in subject order, so answers are repeatable), at most `max_results`.
     pub fn rank(&self, candidates: Vec<Candidate>) -> Result<Vec<Hit>, BadSignature> {
         let mut hits = Vec::new();
         for c in candidates {
@@ -183,6 +198,7 @@ impl PlannedQuery {
                 hits.push(Hit {
                     subject: c.subject,
                     score: sc.score,
+                    bits: sc.bits,
                     agreements: sc
                         .outcomes
                         .iter()
@@ -194,11 +210,12 @@ impl PlannedQuery {
         Ok(self.merge(hits))
     }
 
-    /// `hits` best first (ties in subject order), at most `max_results`.
+    /// `hits` best first (most weight first, ties in subject order), at
+    /// most `max_results`.
     pub fn merge(&self, mut hits: Vec<Hit>) -> Vec<Hit> {
         hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
+            b.bits
+                .total_cmp(&a.bits)
                 .then_with(|| a.subject.as_bytes().cmp(b.subject.as_bytes()))
         });
         hits.truncate(self.max_results);
@@ -391,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn weights_whose_scores_round_alike_do_not_settle_the_query() {
+    fn weights_whose_scores_round_alike_rank_and_settle_by_weight() {
         use idvault_tokenizer::matching::score;
         const FULL: &[(&str, &str)] = &[
             ("given_name", "Ada"),
@@ -407,11 +424,22 @@ mod tests {
         let r = ring();
         let p = plan(query(FULL), &[&r]).unwrap();
         let best = candidate(&r, 2, FULL, 0.0);
-        let bits = p
-            .plan
-            .score(best.present, &decode_signature(&best.signature).unwrap())
-            .bits;
+        let weigh = |c: &Candidate| {
+            p.plan
+                .score(c.present, &decode_signature(&c.signature).unwrap())
+                .bits
+        };
+        let bits = weigh(&best);
         assert!((score(bits) - 1.0).abs() < f64::EPSILON, "rounds to 1.0");
+        // A lesser match (no address) whose score rounds to 1.0 as well,
+        // on a subject that sorts first: the heavier one is the answer.
+        let lesser = candidate(&r, 1, &FULL[..6], 0.0);
+        assert!(weigh(&lesser) < bits);
+        assert!((score(weigh(&lesser)) - 1.0).abs() < f64::EPSILON);
+        let hits = p.rank(vec![lesser, best.clone()]).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].subject, best.subject);
+        assert!((hits[0].bits - bits).abs() < f64::EPSILON);
         // The highest rank whose weight bound stays under the full match's
         // weight: its bound rounds to a score of 1.0 too.
         let (mut under, mut over) = (0.0, 512.0);
@@ -425,10 +453,13 @@ mod tests {
             }
         }
         assert!((score(p.plan.bound(under)) - 1.0).abs() < f64::EPSILON);
-        // A heavier weight than anything unread could have, but an equal
-        // score: an unread candidate could tie and win on subject order.
+        // Heavier than anything unread could be, though the scores are
+        // equal: settled. An unread candidate that could weigh as much
+        // (`over`), or within the float slack of it (`under`): not settled.
         let page = vec![best; FIRST_CANDIDATES as usize];
+        assert_eq!(p.settled_by(&page, Some(under - 1e-6)), Ok(true));
         assert_eq!(p.settled_by(&page, Some(under)), Ok(false));
+        assert_eq!(p.settled_by(&page, Some(over)), Ok(false));
     }
 
     #[test]
