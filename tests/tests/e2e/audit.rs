@@ -590,7 +590,8 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
 
 /// Batched write sets (requests that only insert): one member of a batch
 /// failing (its token is taken) leaves the others committed and none of its
-/// own rows, its leaf included.
+/// own rows, its leaf included. A pairwise token is only stored for a live
+/// subject (a match may reveal one deleted since its lookup).
 pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
     use idvault_tests::idvault_core::subject::SubjectId;
     use idvault_tests::idvault_server::store::Store;
@@ -598,6 +599,21 @@ pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Re
     let store = tv.vault.store().clone();
     let key = tv.vault.keys().audit_key(1)?;
     let key_bytes = *key.expose();
+    // The subjects the tokens name (bare rows: only their ids matter here).
+    for i in (0..48u8).chain([100]) {
+        for id in [i, i | 0x80] {
+            sqlx::query(
+                "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
+                 head_seq, head_hash, created_at_ms, updated_at_ms) \
+                 VALUES ($1, 'group-test', $2, 1, 0, $3, 0, 0)",
+            )
+            .bind(vec![id; 16])
+            .bind(vec![0u8; 60])
+            .bind(vec![0u8; 32])
+            .execute(tv.db())
+            .await?;
+        }
+    }
     async fn one(store: Store, key: [u8; 32], i: u8, token: String) -> anyhow::Result<()> {
         let mut tx = store.begin_audited(None)?;
         tx.pairwise_insert(
@@ -645,6 +661,40 @@ pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Re
         tv.count("SELECT count(*) FROM audit_log WHERE action = 'WriteSetTest'")
             .await,
         48
+    );
+    // No subject 0x55: the request commits (its leaf), its token is not
+    // stored, and its other row is.
+    let mut tx = store.begin_audited(None)?;
+    tx.pairwise_insert(
+        "group-test",
+        &[
+            (
+                SubjectId::from_slice(&[0x55; 16]).expect("16"),
+                "gone".into(),
+            ),
+            (SubjectId::from_slice(&[1; 16]).expect("16"), "other".into()),
+        ],
+    );
+    tx.pairwise_insert(
+        "group-test-2",
+        &[(SubjectId::from_slice(&[2; 16]).expect("16"), "live".into())],
+    );
+    commit_test_leaf(tx, &key_bytes, "WriteSetTest", 200).await?;
+    assert_eq!(
+        tv.count("SELECT count(*) FROM pairwise_tokens WHERE token IN ('gone', 'other')")
+            .await,
+        0,
+        "no token for a missing subject; (group-test, 1) already had one"
+    );
+    assert_eq!(
+        tv.count("SELECT count(*) FROM pairwise_tokens WHERE token = 'live'")
+            .await,
+        1
+    );
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE action = 'WriteSetTest'")
+            .await,
+        49
     );
     assert!(matches!(
         tv.verify_audit().await?,

@@ -603,38 +603,41 @@ impl Vault {
             }
         }
         let looked_up = started.elapsed();
+        // Only written, never read inside the transaction, so the request
+        // joins the writer's next batch instead of holding the writer for
+        // its reads; the token of a subject deleted since the lookup is
+        // not stored (`pairwise_insert`), and then it is not answered.
         let mut tx = self.begin().await?;
-        // A subject deleted since the lookup gets no token (on PostgreSQL
-        // the row lock also orders this against a concurrent delete).
-        let mut live = Vec::with_capacity(fresh.len());
-        for (s, t) in fresh {
-            if tx.subject(&s).await?.is_some() {
-                live.push((s, t));
-            }
-        }
-        let fresh = live;
-        if !fresh.is_empty() {
-            tx.pairwise_insert(&partner.name, &fresh);
-            let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
-            tokens.extend(tx.pairwise_tokens(&partner.name, &made).await?);
-        }
+        tx.pairwise_insert(&partner.name, &fresh);
         let refused = kept.iter().filter(|k| k.is_err()).count();
         let matched = kept
             .iter()
             .filter(|k| matches!(k, Ok(c) if !c.is_empty()))
             .count();
+        // Every subject about to be answered. One deleted between the
+        // lookup and this commit is listed but gets no token, so it is
+        // not in the answer: the record never leaves out a subject
+        // answered.
         let detail = format!(
             "{kind}queries={} refused={refused} matched={matched} subjects=[{}]",
             kept.len(),
             subjects
                 .iter()
-                .filter(|s| tokens.contains_key(s))
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
         );
         let tokens_done = started.elapsed();
         self.commit(tx, req, None, detail).await?;
+        if !fresh.is_empty() {
+            // Durable now: ours, or the one a concurrent match stored first.
+            let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
+            tokens.extend(
+                self.store()
+                    .pairwise_tokens_of(&partner.name, &made)
+                    .await?,
+            );
+        }
         // Phase timings for latency work (`RUST_LOG=idvault::matching=debug`).
         tracing::debug!(
             tokens_us = (tokens_done - looked_up).as_micros(),

@@ -78,7 +78,7 @@ impl Table {
 
     /// The statement up to `VALUES`, the number of columns, and what
     /// follows the rows.
-    fn shape(self) -> (&'static str, usize, &'static str) {
+    fn shape(self, backend: Backend) -> (&'static str, usize, &'static str) {
         match self {
             Self::Subjects => (
                 concat!("INSERT INTO subjects (", subject_columns!(), ") VALUES "),
@@ -104,12 +104,30 @@ impl Table {
                 5,
                 " ON CONFLICT DO NOTHING",
             ),
-            // A concurrent match may have made the token first; the
-            // request reads back whichever was stored.
+            // Only for a live subject: a match reveals candidates it found
+            // before its write, and a deletion may have committed since.
+            // On PostgreSQL the subject's row is locked too (KEY SHARE,
+            // which a deletion's FOR UPDATE waits for and which waits for
+            // it): a deletion committing meanwhile is seen, and one
+            // starting later removes the token with the rest. A
+            // concurrent match may have made the token first; the request
+            // reads back whichever was stored.
             Self::Pairwise => (
-                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES ",
+                "INSERT INTO pairwise_tokens (partner, subject_id, token) \
+                 SELECT v.column1, v.column2, v.column3 FROM (VALUES ",
                 3,
-                " ON CONFLICT (partner, subject_id) DO NOTHING",
+                match backend {
+                    Backend::Sqlite => {
+                        ") v WHERE EXISTS (SELECT 1 FROM subjects s \
+                         WHERE s.subject_id = v.column2) \
+                         ON CONFLICT (partner, subject_id) DO NOTHING"
+                    }
+                    Backend::Postgres => {
+                        ") v WHERE EXISTS (SELECT 1 FROM subjects s \
+                         WHERE s.subject_id = v.column2 FOR KEY SHARE) \
+                         ON CONFLICT (partner, subject_id) DO NOTHING"
+                    }
+                },
             ),
             Self::Leaves => (
                 "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, \
@@ -125,7 +143,7 @@ impl Table {
     /// inserted in key order, so two batches never wait on each other in
     /// a cycle.
     fn may_conflict(self) -> bool {
-        !self.shape().2.is_empty()
+        !self.shape(Backend::Postgres).2.is_empty()
     }
 }
 
@@ -154,7 +172,7 @@ impl WriteSet {
 
     /// Adds a row of `t` (as many values as its columns, in their order).
     pub(super) fn push(&mut self, t: Table, row: Vec<Value>) {
-        debug_assert_eq!(row.len(), t.shape().1, "{t:?}");
+        debug_assert_eq!(row.len(), t.shape(Backend::Sqlite).1, "{t:?}");
         match t {
             Table::Subjects => self.subjects.push(row),
             Table::Packets => self.packets.push(row),
@@ -198,7 +216,7 @@ fn statements<'s>(backend: Backend, sets: &[&'s WriteSet]) -> Vec<(Table, Vec<&'
 /// Appends one multi-row INSERT of `rows` rows of `t` to `sql`; `n` counts
 /// the placeholders so far (PostgreSQL numbers them).
 fn push_insert(sql: &mut String, backend: Backend, t: Table, rows: usize, n: &mut usize) {
-    let (head, width, tail) = t.shape();
+    let (head, width, tail) = t.shape(backend);
     sql.push_str(head);
     for i in 0..rows {
         if i > 0 {
