@@ -216,7 +216,18 @@ impl Vault {
     }
 
     async fn sequence_logged(&self, st: &mut SequencerState) {
-        if let Err(e) = self.sequence_once(st).await {
+        // Monotonic, for the debug timing only (never a decision).
+        let started = tokio::time::Instant::now();
+        let done = self.sequence_once(st).await;
+        if let Ok(Some(leaves)) = &done {
+            // For latency work (`RUST_LOG=idvault_server::service::audit=debug`).
+            tracing::debug!(
+                leaves,
+                step_us = started.elapsed().as_micros(),
+                "sequencer step timing"
+            );
+        }
+        if let Err(e) = done {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "audit sequencer step failed");
         }
     }
@@ -230,8 +241,18 @@ impl Vault {
         }
         let (this, period) = (&self, crate::store::WAL_CHECKPOINT_EVERY);
         super::periodic::every(tokio::time::Instant::now(), period, stop, || async move {
-            if let Err(e) = this.store().checkpoint_wal().await {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
+            // Monotonic, for the debug timing only (never a decision).
+            let started = tokio::time::Instant::now();
+            match this.store().checkpoint_wal().await {
+                Ok(Some(c)) => tracing::debug!(
+                    frames = c.frames,
+                    copied = c.copied,
+                    busy = c.busy,
+                    step_us = started.elapsed().as_micros(),
+                    "WAL checkpoint timing"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
             }
         })
         .await;
@@ -380,9 +401,14 @@ async fn sequence(
     keys: &mut HashMap<u32, AuditKey>,
 ) -> Result<u64, VaultError> {
     let store = vault.store();
-    // Nothing waiting (a pool read): do not take the writer at all. On
-    // SQLite the writer's transaction is SQLite's one write lock.
-    if store.unsequenced_leaves(0, 1).await?.is_empty() {
+    // Everything is read and computed before the batch starts, outside
+    // the writer (see `SequencerLease::tree_state`): on SQLite the batch
+    // holds the one writer, and every request's commit waits meanwhile.
+    let extra = u32::try_from(skipped.len()).unwrap_or(u32::MAX);
+    let pending = lease
+        .pending(store, SEQUENCE_BATCH.saturating_add(extra))
+        .await?;
+    if pending.is_empty() {
         return Ok(0);
     }
     // A process left behind by a rewrap or retire (the key floor above its
@@ -397,10 +423,7 @@ async fn sequence(
         );
         return Ok(0);
     }
-    let mut tx = lease.begin(store).await?;
-    let (size, edge) = tx.tree_state(merkle::root_nodes).await?;
-    let extra = u32::try_from(skipped.len()).unwrap_or(u32::MAX);
-    let pending = tx.pending(SEQUENCE_BATCH.saturating_add(extra)).await?;
+    let (size, edge) = lease.tree_state(store, merkle::root_nodes).await?;
     let mut tree = Appender::resume(size, &edge).map_err(tree_err)?;
     let mut assigned = Vec::with_capacity(pending.len());
     let mut nodes = Vec::new();
@@ -428,15 +451,8 @@ async fn sequence(
         assigned.push((row.id, index));
     }
     if assigned.is_empty() {
-        // Ended, not dropped: a dropped SQLite writer transaction stays
-        // open (holding the database's write lock, so every other writer,
-        // an operator's tool included, gets SQLITE_BUSY) until the next
-        // write comes, which on an idle vault is never.
-        tx.commit().await?;
         return Ok(0);
     }
-    tx.assign(&assigned).await?;
-    tx.insert_nodes(&nodes).await?;
     let cp = Checkpoint {
         origin: vault.audit_settings().origin.clone(),
         size: tree.size(),
@@ -446,6 +462,13 @@ async fn sequence(
         .signer()?
         .sign_checkpoint(&cp)
         .map_err(|_| VaultError::Internal("checkpoint signing"))?;
+    // Monotonic, for the debug phase timings only (never a decision).
+    let started = tokio::time::Instant::now();
+    let mut tx = lease.begin(store).await?;
+    let began = started.elapsed();
+    tx.assign(&assigned).await?;
+    let assigned_at = started.elapsed();
+    tx.insert_nodes(&nodes).await?;
     tx.insert_checkpoint(&CheckpointRow {
         size: cp.size,
         root: cp.root,
@@ -453,7 +476,17 @@ async fn sequence(
         time_ms: vault.now_millis(),
     })
     .await?;
+    let written = started.elapsed();
     tx.commit().await.map_err(VaultError::AuditUnavailable)?;
+    tracing::debug!(
+        leaves = assigned.len(),
+        nodes = nodes.len(),
+        begin_us = began.as_micros(),
+        assign_us = (assigned_at - began).as_micros(),
+        nodes_us = (written - assigned_at).as_micros(),
+        commit_us = (started.elapsed() - written).as_micros(),
+        "sequencer batch timings"
+    );
     Ok(assigned.len() as u64)
 }
 
