@@ -166,15 +166,18 @@ impl AuditedTx {
     }
 
     /// Records `partner`'s pairwise tokens `(subject, token)` where it has
-    /// none yet (a concurrent match may have made one first: read them
-    /// back, in the same transaction, with [`Self::pairwise_tokens`]).
+    /// none yet and the subject exists when the write is applied: a
+    /// concurrent match may have made one first, and the subject may have
+    /// been deleted since the caller read it. Read back whichever was
+    /// stored, if any (in the same transaction with
+    /// [`Self::pairwise_tokens`], or after the commit).
     pub fn pairwise_insert(&mut self, partner: &str, tokens: &[(SubjectId, String)]) {
         for (subject, token) in tokens {
             self.pending.push(
                 Table::Pairwise,
                 vec![
-                    Value::Text(partner.to_owned()),
                     Value::Bytes(subject.as_bytes().to_vec()),
+                    Value::Text(partner.to_owned()),
                     Value::Text(token.clone()),
                 ],
             );

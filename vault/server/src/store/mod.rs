@@ -22,13 +22,18 @@ macro_rules! subject_columns {
 }
 
 /// A `SELECT` that locks its rows until the transaction ends on
-/// PostgreSQL (`… FOR UPDATE`); on SQLite the writer already orders
-/// writes. The parts are string literals (or macros giving them), so the
-/// query stays a literal.
+/// PostgreSQL; on SQLite the writer already orders writes. The parts are
+/// string literals (or macros giving them), so the query stays a literal.
+///
+/// `FOR NO KEY UPDATE`: it excludes every other locker as `FOR UPDATE`
+/// did, except `FOR KEY SHARE`, which only a pairwise token's insert takes
+/// (its subject may change meanwhile, not disappear). So a match's
+/// batched token insert never waits behind a subject's update, and a
+/// deletion still orders against it (`DELETE` takes `FOR UPDATE`).
 macro_rules! locked {
     ($backend:expr, $($sql:tt)+) => {
         match $backend {
-            $crate::store::Backend::Postgres => concat!($($sql)+, " FOR UPDATE"),
+            $crate::store::Backend::Postgres => concat!($($sql)+, " FOR NO KEY UPDATE"),
             $crate::store::Backend::Sqlite => concat!($($sql)+),
         }
     };

@@ -608,8 +608,10 @@ impl AuditedTx {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // As `locked!`: excludes other writers of these subjects, not a
+        // match's token insert.
         let lock = match self.store.backend {
-            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Postgres => " FOR NO KEY UPDATE",
             super::Backend::Sqlite => "",
         };
         let sql = format!(

@@ -39,13 +39,13 @@ pub const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// grows until the writer's own fallback copies it inside a COMMIT.
 const WRITER_CHECKPOINT_FRAMES: i64 = 1024;
 
-/// Past this many frames (16 MiB of pages) the writer finishes a
+/// Past this many frames (8 MiB of pages) the writer finishes a
 /// checkpoint even when the pool pass copied everything (see
 /// [`WalCheckpoint::restarts`]). Below it, pausing the writer would only
 /// add a wait to every request queued meanwhile: at a few hundred lone
 /// requests a second the pause, every 200 ms, was the largest part of
 /// their p99.
-const WRITER_RESTART_FRAMES: i64 = 4096;
+const WRITER_RESTART_FRAMES: i64 = 2048;
 
 /// The most frames the pool pass may leave for the writer to copy. More
 /// left means a reader holds them back, and pausing the writer would not

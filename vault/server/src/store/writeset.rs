@@ -111,20 +111,22 @@ impl Table {
             // it): a deletion committing meanwhile is seen, and one
             // starting later removes the token with the rest. A
             // concurrent match may have made the token first; the request
-            // reads back whichever was stored.
+            // reads back whichever was stored. The subject comes first, so
+            // PostgreSQL's sorted rows lock subjects in ascending order,
+            // as every other multi-subject locker does.
             Self::Pairwise => (
-                "INSERT INTO pairwise_tokens (partner, subject_id, token) \
+                "INSERT INTO pairwise_tokens (subject_id, partner, token) \
                  SELECT v.column1, v.column2, v.column3 FROM (VALUES ",
                 3,
                 match backend {
                     Backend::Sqlite => {
                         ") v WHERE EXISTS (SELECT 1 FROM subjects s \
-                         WHERE s.subject_id = v.column2) \
+                         WHERE s.subject_id = v.column1) \
                          ON CONFLICT (partner, subject_id) DO NOTHING"
                     }
                     Backend::Postgres => {
                         ") v WHERE EXISTS (SELECT 1 FROM subjects s \
-                         WHERE s.subject_id = v.column2 FOR KEY SHARE) \
+                         WHERE s.subject_id = v.column1 FOR KEY SHARE) \
                          ON CONFLICT (partner, subject_id) DO NOTHING"
                     }
                 },
