@@ -600,30 +600,11 @@ impl SequencerTx<'_> {
 /// backends' bound-parameter limits).
 const ASSIGN_CHUNK: usize = 200;
 
-/// `rows` parenthesised rows of `width` placeholders: anonymous on SQLite,
-/// where each `$n` is a named parameter looked up among the statement's
-/// others as it is parsed (quadratic in a statement's 400–600
-/// parameters; it was most of the sequencer's time on the writer),
-/// numbered on PostgreSQL.
+/// `rows` parenthesised rows of `width` placeholders, anonymous on SQLite
+/// ([`super::writeset::push_value_rows`]: numbered `$n` there were most
+/// of the sequencer's time on the writer, with 400–600 per statement).
 fn value_rows(backend: Backend, rows: usize, width: usize) -> String {
     let mut sql = String::with_capacity(rows * (width * 5 + 4));
-    let mut n = 0;
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..width {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            n += 1;
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => sql.push_str(&format!("${n}")),
-            }
-        }
-        sql.push(')');
-    }
+    super::writeset::push_value_rows(&mut sql, backend, rows, width, &mut 0);
     sql
 }

@@ -220,6 +220,19 @@ fn statements<'s>(backend: Backend, sets: &[&'s WriteSet]) -> Vec<(Table, Vec<&'
 fn push_insert(sql: &mut String, backend: Backend, t: Table, rows: usize, n: &mut usize) {
     let (head, width, tail) = t.shape(backend);
     sql.push_str(head);
+    push_value_rows(sql, backend, rows, width, n);
+    sql.push_str(tail);
+}
+
+/// Appends `rows` parenthesised rows of `width` placeholders to `sql`; `n`
+/// counts the placeholders so far.
+pub(super) fn push_value_rows(
+    sql: &mut String,
+    backend: Backend,
+    rows: usize,
+    width: usize,
+    n: &mut usize,
+) {
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
@@ -231,9 +244,10 @@ fn push_insert(sql: &mut String, backend: Backend, t: Table, rows: usize, n: &mu
             }
             *n += 1;
             match backend {
-                // Anonymous: sqlx's SQLite driver binds them by position,
-                // where `$n` costs a name lookup per parameter (quadratic
-                // in a statement's parameters).
+                // Anonymous: sqlx's SQLite driver binds them by position.
+                // A `$n` is a named parameter to SQLite, looked up among
+                // the statement's others as it is parsed (quadratic in a
+                // statement's parameters).
                 Backend::Sqlite => sql.push('?'),
                 Backend::Postgres => {
                     sql.push('$');
@@ -243,7 +257,6 @@ fn push_insert(sql: &mut String, backend: Backend, t: Table, rows: usize, n: &mu
         }
         sql.push(')');
     }
-    sql.push_str(tail);
 }
 
 fn bind_rows<'q>(
