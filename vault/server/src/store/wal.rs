@@ -172,8 +172,9 @@ impl Store {
     /// connection, without waiting for readers or the writer; if the WAL
     /// has grown past [`WRITER_CHECKPOINT_FRAMES`] and little but not
     /// nothing is left ([`WalCheckpoint::restarts`]), finishes on the
-    /// writer between batches so the next batch restarts it. If a deletion's truncation is pending, truncates instead (with
-    /// back-off while readers hold it).
+    /// writer between batches so the next batch restarts it. If a
+    /// deletion's truncation is pending, truncates instead (with back-off
+    /// while readers hold it).
     ///
     /// A checkpoint held back (another process checkpointing, readers
     /// using the WAL) comes back `busy`; the next one catches up.
