@@ -216,18 +216,7 @@ impl Vault {
     }
 
     async fn sequence_logged(&self, st: &mut SequencerState) {
-        // Monotonic, for the debug timing only (never a decision).
-        let started = tokio::time::Instant::now();
-        let done = self.sequence_once(st).await;
-        if let Ok(Some(leaves)) = &done {
-            // For latency work (`RUST_LOG=idvault_server::service::audit=debug`).
-            tracing::debug!(
-                leaves,
-                step_us = started.elapsed().as_micros(),
-                "sequencer step timing"
-            );
-        }
-        if let Err(e) = done {
+        if let Err(e) = self.sequence_once(st).await {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "audit sequencer step failed");
         }
     }
@@ -401,6 +390,8 @@ async fn sequence(
     keys: &mut HashMap<u32, AuditKey>,
 ) -> Result<u64, VaultError> {
     let store = vault.store();
+    // Monotonic, for the debug phase timings only (never a decision).
+    let started = tokio::time::Instant::now();
     // Everything is read and computed before the batch starts, outside
     // the writer (see `SequencerLease::tree_state`): on SQLite the batch
     // holds the one writer, and every request's commit waits meanwhile.
@@ -462,8 +453,7 @@ async fn sequence(
         .signer()?
         .sign_checkpoint(&cp)
         .map_err(|_| VaultError::Internal("checkpoint signing"))?;
-    // Monotonic, for the debug phase timings only (never a decision).
-    let started = tokio::time::Instant::now();
+    let prepared = started.elapsed();
     let mut tx = lease.begin(store).await?;
     let began = started.elapsed();
     tx.assign(&assigned).await?;
@@ -478,10 +468,13 @@ async fn sequence(
     .await?;
     let written = started.elapsed();
     tx.commit().await.map_err(VaultError::AuditUnavailable)?;
+    // For latency work (`RUST_LOG=idvault_server::service::audit=debug`):
+    // only the phases from `begin_us` on hold the SQLite writer.
     tracing::debug!(
         leaves = assigned.len(),
         nodes = nodes.len(),
-        begin_us = began.as_micros(),
+        prepare_us = prepared.as_micros(),
+        begin_us = (began - prepared).as_micros(),
         assign_us = (assigned_at - began).as_micros(),
         nodes_us = (written - assigned_at).as_micros(),
         commit_us = (started.elapsed() - written).as_micros(),
