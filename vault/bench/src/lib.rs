@@ -7,6 +7,8 @@
 //! - [`tokenize`]: the stateless log tokenizer against a bare loop, and
 //!   TokenizeLog in cross-reference mode through the vault.
 //! - [`matching`]: blind-matching quality and latency.
+//! - [`dataset`]: blind-matching quality on a labelled dataset of the
+//!   user's own (a public record-linkage benchmark).
 //! - [`consent`]: grant verification and consented releases.
 //! - [`credentials`]: digital IDs issued, presented and verified.
 //! - [`events`]: events to delivered commands.
@@ -20,6 +22,7 @@
 
 pub mod consent;
 pub mod credentials;
+pub mod dataset;
 pub mod events;
 pub mod inprocess;
 pub mod manifest;

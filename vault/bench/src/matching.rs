@@ -31,7 +31,7 @@ use idvault_server::service::matching::{LinkJob, LinkRecord, MatchQuery, Pacing,
 use idvault_server::service::{Caller, Vault};
 
 /// Partner whose identity the benchmark uses.
-const PARTNER: &str = "partner-a";
+pub(crate) const PARTNER: &str = "partner-a";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -125,9 +125,9 @@ impl Latency {
 }
 
 /// A scratch vault whose benchmark partner has no practical rate limit.
-struct Scratch {
+pub(crate) struct Scratch {
     dir: std::path::PathBuf,
-    vault: Arc<Vault>,
+    pub(crate) vault: Arc<Vault>,
     /// The background tasks of a serving vault (sequencer, WAL
     /// checkpoints, …), so timings include their share of the writer.
     background: (
@@ -137,7 +137,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    async fn start(database_url: Option<&str>) -> Result<Self, BenchError> {
+    pub(crate) async fn start(database_url: Option<&str>) -> Result<Self, BenchError> {
         let dir = crate::inprocess::dev_data_dir()?;
         let path = dir.join(idvault_server::config::CONFIG_FILE);
         let text = std::fs::read_to_string(&path)?.replace(
@@ -159,7 +159,7 @@ impl Scratch {
         })
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let (stop, job) = self.background;
         let _ = stop.send(true);
         let _ = job.await;
@@ -168,7 +168,7 @@ impl Scratch {
     }
 }
 
-fn caller() -> Caller {
+pub(crate) fn caller() -> Caller {
     Caller::new(format!(
         "spiffe://{}/partner/{PARTNER}",
         idvault_server::devinit::DEV_TRUST_DOMAIN
@@ -226,7 +226,7 @@ pub struct QualityReport {
 
 /// Tallies one answer: `truth` is the duplicate's original token (`None`
 /// for a stranger), `best` the answer's token, if any.
-fn tally(q: &mut Quality, truth: Option<&str>, best: Option<&str>) {
+pub(crate) fn tally(q: &mut Quality, truth: Option<&str>, best: Option<&str>) {
     match (truth, best) {
         (Some(t), Some(b)) if t == b => q.true_positives += 1,
         (Some(_), Some(_)) => {

@@ -54,6 +54,30 @@ pub(crate) enum BenchCommand {
         /// estimate`) before matching, instead of the hand-set table.
         #[arg(long)]
         estimate: bool,
+        /// A dataset of your own instead of synthetic people: these rows
+        /// (CSV with a header row) are created, then `--queries-file` matched
+        /// and linked one-to-one against them.
+        #[arg(long, value_name = "FILE", requires = "queries_file")]
+        records: Option<std::path::PathBuf>,
+        /// The rows matched against `--records` (CSV with a header row).
+        #[arg(long, value_name = "FILE", requires = "records")]
+        queries_file: Option<std::path::PathBuf>,
+        /// Column naming the person a row belongs to (records and queries
+        /// with the same value are the same person).
+        #[arg(long, value_name = "COLUMN", default_value = "entity")]
+        entity_column: String,
+        /// Column naming each row in the list of misses (default: its
+        /// line number).
+        #[arg(long, value_name = "COLUMN")]
+        id_column: Option<String>,
+        /// Read COLUMN as the catalogue field FIELD, e.g.
+        /// `--map family_name=surname` (repeatable).
+        #[arg(long = "map", value_name = "FIELD=COLUMN", value_parser = crate::cmd::parse_field)]
+        map: Vec<(String, String)>,
+        /// Print each query answered wrongly or not at all (row ids and
+        /// scores only).
+        #[arg(long)]
+        misses: bool,
     },
     /// Consent verifications/s (against a bare ECDSA baseline) and full
     /// consented releases/s (challenge, verify, decrypt, HPKE seal, audit).
@@ -313,6 +337,81 @@ pub(crate) async fn bench_match(
     Ok(())
 }
 
+pub(crate) async fn bench_dataset(
+    database_url: Option<&str>,
+    estimate: bool,
+    (records, queries, columns): (
+        &std::path::Path,
+        &std::path::Path,
+        &idvault_bench::dataset::DatasetColumns,
+    ),
+    misses: bool,
+) -> anyhow::Result<()> {
+    use idvault_bench::dataset::{read_csv, run};
+    let recs = read_csv(records, columns).map_err(anyhow::Error::from_boxed)?;
+    let qs = read_csv(queries, columns).map_err(anyhow::Error::from_boxed)?;
+    let r = run(database_url, estimate, &recs, &qs)
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
+    println!(
+        "dataset: {} of {} records created in {:.1} s; {} queries, {} of them of an entity among the records",
+        r.created,
+        recs.len(),
+        r.create_secs,
+        qs.len(),
+        r.duplicates
+    );
+    for (why, n) in &r.refused_records {
+        println!("  {n} records refused: {why}");
+    }
+    if let Some((secs, e)) = &r.estimate {
+        println!(
+            "  weights: learned in {secs:.1} s from {} subjects ({} EM iterations, {})",
+            e.population,
+            e.iterations,
+            if e.converged {
+                "converged"
+            } else {
+                "not converged"
+            },
+        );
+    }
+    println!(
+        "  {:<22} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>7} {:>10}",
+        "run", "precision", "recall", "F1", "TP", "FP", "FN", "refused", "queries/s"
+    );
+    for (name, q, rate) in [
+        ("best answer (Match)", &r.best, r.best.queries_per_sec),
+        ("one-to-one (Link)", &r.one_to_one, r.one_to_one_per_sec),
+    ] {
+        println!(
+            "  {:<22} {:>9.4} {:>9.4} {:>9.4} {:>6} {:>6} {:>6} {:>7} {:>10.0}",
+            name,
+            q.precision(),
+            q.recall(),
+            q.f1(),
+            q.true_positives,
+            q.false_positives,
+            q.false_negatives,
+            q.refused,
+            rate
+        );
+    }
+    if misses {
+        for m in &r.misses {
+            println!(
+                "  miss: query {} expected {} answered {} score {}",
+                m.query,
+                m.expected.as_deref().unwrap_or("-"),
+                m.answered.as_deref().unwrap_or("-"),
+                m.score
+                    .map_or_else(|| "-".to_owned(), |s| format!("{s:.4}"))
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn bench_rpc(
     o: idvault_bench::rpc::RpcBenchOptions,
     json: bool,
@@ -457,7 +556,27 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             database_url,
             profiles,
             estimate,
+            records,
+            queries_file,
+            entity_column,
+            id_column,
+            map,
+            misses,
         } => {
+            if let (Some(records), Some(queries)) = (records, queries_file) {
+                let columns = idvault_bench::dataset::DatasetColumns {
+                    entity: entity_column,
+                    id: id_column,
+                    map,
+                };
+                return bench_dataset(
+                    database_url.as_deref(),
+                    estimate,
+                    (&records, &queries, &columns),
+                    misses,
+                )
+                .await;
+            }
             bench_match(
                 idvault_bench::matching::MatchBenchOptions {
                     originals,

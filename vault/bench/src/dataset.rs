@@ -1,0 +1,319 @@
+//! `idvault bench match --records FILE --queries FILE`: blind-matching
+//! quality on a dataset of the user's own (a public record-linkage
+//! benchmark, a labelled sample of production data), in process.
+//!
+//! Every row of the records file is created through the full
+//! CreateSubject path; every row of the queries file is then matched in
+//! batches of 100 (as `MatchService.Match` would receive them), and the
+//! queries file is linked one-to-one as one dataset (as
+//! `MatchService.Link` would). Truth comes from an entity column: a
+//! record and a query with the same entity are the same person; a query
+//! whose entity no record has is a stranger. Tallied as in the synthetic
+//! run ([`super::matching`]): the best answer being a record of the
+//! query's entity is a true positive; any other answer is a false
+//! positive (and, for a duplicate, a false negative too).
+//!
+//! Columns are taken as in `idvault partner link`: a column named like a
+//! matchable catalogue field is that field, `--map FIELD=COLUMN` takes
+//! another column as FIELD, every other column is ignored.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use idvault_server::service::matching::{LinkJob, LinkRecord, MatchQuery, Pacing, QueryAnswer};
+use idvault_tokenizer::variants::MatchField;
+
+use crate::BenchError;
+use crate::matching::{Quality, Scratch, caller, tally};
+
+/// One labelled row.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    /// The row's reference (its id column, or its line number).
+    pub id: String,
+    /// The person it belongs to.
+    pub entity: String,
+    /// Catalogue field name and value, empty cells left out.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Which columns are read.
+#[derive(Debug, Clone)]
+pub struct DatasetColumns {
+    /// Column naming each row's entity.
+    pub entity: String,
+    /// Column naming each row (default: the line number).
+    pub id: Option<String>,
+    /// `(field, column)`: the column read as the catalogue field.
+    pub map: Vec<(String, String)>,
+}
+
+impl DatasetColumns {
+    /// Column name to catalogue field name: mapped columns, then every
+    /// matchable field whose own name is a column and is not mapped from
+    /// another one.
+    fn fields(&self) -> Result<HashMap<String, String>, BenchError> {
+        let mut fields = HashMap::new();
+        for (field, column) in &self.map {
+            if MatchField::parse(field).is_none() {
+                return Err(format!(
+                    "--map {field}={column}: {field} is not a matchable field (one of {})",
+                    MatchField::ALL.map(MatchField::name).join(", ")
+                )
+                .into());
+            }
+            if fields.insert(column.clone(), field.clone()).is_some() {
+                return Err(format!("--map: column {column} is mapped twice").into());
+            }
+        }
+        for f in MatchField::ALL {
+            let name = f.name().to_owned();
+            if !fields.values().any(|v| *v == name) {
+                fields.entry(name.clone()).or_insert(name);
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// Reads a CSV file with a header row (cells trimmed, so `a, b` reads as
+/// `a,b`). Errors name the file and the row, never a cell's content.
+pub fn read_csv(path: &Path, columns: &DatasetColumns) -> Result<Vec<Labelled>, BenchError> {
+    let fields = columns.fields()?;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut r = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(file);
+    let header: Vec<String> = r
+        .headers()
+        .map_err(|e| format!("{}: reading the header row: {e}", path.display()))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let Some(entity_at) = header.iter().position(|h| *h == columns.entity) else {
+        return Err(format!(
+            "{}: no entity column {:?} (set it with --entity-column)",
+            path.display(),
+            columns.entity
+        )
+        .into());
+    };
+    let id_at = match &columns.id {
+        Some(c) => Some(
+            header
+                .iter()
+                .position(|h| h == c)
+                .ok_or_else(|| format!("{}: no id column {c:?}", path.display()))?,
+        ),
+        None => None,
+    };
+    let used: Vec<(usize, &String)> = header
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| fields.get(h).map(|f| (i, f)))
+        .collect();
+    if used.is_empty() {
+        return Err(format!(
+            "{}: no column is a matchable field (name them like one, or --map FIELD=COLUMN)",
+            path.display()
+        )
+        .into());
+    }
+    let mut out = Vec::new();
+    for (n, row) in r.records().enumerate() {
+        // The CSV parser's message may quote a cell: report the row only.
+        let row = row.map_err(|_| format!("{}: row {} is not valid CSV", path.display(), n + 1))?;
+        let cell = |i: usize| row.get(i).unwrap_or_default().to_owned();
+        out.push(Labelled {
+            id: id_at.map_or_else(|| (n + 2).to_string(), cell),
+            entity: cell(entity_at),
+            fields: used
+                .iter()
+                .map(|(i, f)| ((*f).clone(), cell(*i)))
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// A query answered wrongly or not at all.
+#[derive(Debug, Clone)]
+pub struct Miss {
+    /// The query's id.
+    pub query: String,
+    /// The id of a record of its entity (`None`: a stranger).
+    pub expected: Option<String>,
+    /// The id of the record answered (`None`: no answer).
+    pub answered: Option<String>,
+    /// The answer's score.
+    pub score: Option<f64>,
+}
+
+/// The dataset run's figures.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetReport {
+    /// Records created.
+    pub created: usize,
+    /// Records the vault refused to create, by reason.
+    pub refused_records: Vec<(String, usize)>,
+    /// Seconds creating them.
+    pub create_secs: f64,
+    /// Queries whose entity some record has.
+    pub duplicates: usize,
+    /// Best answer per query (`MatchService.Match`, batches of 100).
+    pub best: Quality,
+    /// One-to-one linking of the whole query file (`MatchService.Link`).
+    pub one_to_one: Quality,
+    /// One-to-one records linked per second.
+    pub one_to_one_per_sec: f64,
+    /// The best-answer run's mistakes.
+    pub misses: Vec<Miss>,
+    /// Seconds estimating and the estimate, when asked for.
+    pub estimate: Option<(f64, idvault_core::matching::ModelEstimate)>,
+}
+
+/// Creates `records`, then matches and links `queries`.
+pub async fn run(
+    database_url: Option<&str>,
+    estimate: bool,
+    records: &[Labelled],
+    queries: &[Labelled],
+) -> Result<DatasetReport, BenchError> {
+    let scratch = Scratch::start(database_url).await?;
+    let result = run_in(&scratch, estimate, records, queries).await;
+    scratch.stop().await;
+    result
+}
+
+async fn run_in(
+    scratch: &Scratch,
+    estimate: bool,
+    records: &[Labelled],
+    queries: &[Labelled],
+) -> Result<DatasetReport, BenchError> {
+    let vault = Arc::clone(&scratch.vault);
+    let mut report = DatasetReport::default();
+    let t = Instant::now();
+    // Eight writers: the crypto of one overlaps the commit of another.
+    let mut tasks = Vec::new();
+    for chunk in records.chunks(records.len().div_ceil(8).max(1)) {
+        let vault = Arc::clone(&vault);
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let created = vault.create_subject(&caller(), r.fields.clone()).await;
+                out.push((r, created.map(|c| c.pairwise_token.unwrap_or_default())));
+            }
+            out
+        }));
+    }
+    // Token to (record id, entity).
+    let mut by_token: HashMap<String, (String, String)> = HashMap::new();
+    let mut example: HashMap<String, String> = HashMap::new();
+    let mut refused: HashMap<String, usize> = HashMap::new();
+    for task in tasks {
+        for (r, created) in task.await? {
+            match created {
+                Ok(token) => {
+                    example.entry(r.entity.clone()).or_insert(r.id.clone());
+                    by_token.insert(token, (r.id, r.entity));
+                }
+                // Error texts name the field and the rule, never the value.
+                Err(e) => *refused.entry(e.to_string()).or_default() += 1,
+            }
+        }
+    }
+    report.created = by_token.len();
+    report.refused_records = refused.into_iter().collect();
+    report.refused_records.sort();
+    report.create_secs = t.elapsed().as_secs_f64();
+    if estimate {
+        let t = Instant::now();
+        let e = vault
+            .estimate_match_model(crate::matching::PARTNER, 100_000)
+            .await?;
+        report.estimate = Some((t.elapsed().as_secs_f64(), e));
+    }
+    fn truth<'q>(example: &HashMap<String, String>, q: &'q Labelled) -> Option<&'q str> {
+        example.contains_key(&q.entity).then_some(q.entity.as_str())
+    }
+    let truth = |q| truth(&example, q);
+    report.duplicates = queries.iter().filter(|q| truth(q).is_some()).count();
+    let entity_of = |token: &str| by_token.get(token).map_or("", |(_, e)| e.as_str());
+
+    let t = Instant::now();
+    for batch in queries.chunks(idvault_server::service::matching::MAX_BATCH) {
+        let asked = batch
+            .iter()
+            .map(|q| MatchQuery {
+                fields: q.fields.clone(),
+                ..MatchQuery::default()
+            })
+            .collect();
+        let answers = vault
+            .match_batch(&caller(), asked, Pacing::Wait, false)
+            .await?;
+        for (q, a) in batch.iter().zip(&answers) {
+            let best = match a {
+                QueryAnswer::Answered(c) => c.first(),
+                QueryAnswer::Refused(_) => {
+                    report.best.refused += 1;
+                    None
+                }
+            };
+            let got = best.map(|c| entity_of(&c.pairwise_token));
+            tally(&mut report.best, truth(q), got);
+            if got != truth(q) {
+                report.misses.push(Miss {
+                    query: q.id.clone(),
+                    expected: truth(q).and_then(|e| example.get(e).cloned()),
+                    answered: best
+                        .and_then(|c| by_token.get(&c.pairwise_token))
+                        .map(|(id, _)| id.clone()),
+                    score: best.map(|c| c.score),
+                });
+            }
+        }
+    }
+    report.best.queries_per_sec = queries.len() as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut job = LinkJob::new(true, 0.0)?;
+    let mut answers = Vec::with_capacity(queries.len());
+    let mut done = 0;
+    for batch in queries.chunks(idvault_server::service::matching::MAX_BATCH) {
+        let recs = batch
+            .iter()
+            .enumerate()
+            .map(|(i, q)| LinkRecord {
+                record_id: (done + i).to_string(),
+                fields: q.fields.clone(),
+            })
+            .collect();
+        answers.extend(vault.link_batch(&caller(), &mut job, recs).await?);
+        done += batch.len();
+    }
+    for chunk in job.assign() {
+        answers.extend(vault.link_reveal(&caller(), chunk).await?);
+    }
+    report.one_to_one_per_sec = queries.len() as f64 / t.elapsed().as_secs_f64();
+    let mut linked: HashMap<usize, Option<&str>> = HashMap::new();
+    for a in &answers {
+        if let (Ok(i), Ok(Some(c))) = (a.record_id.parse::<usize>(), &a.answer) {
+            linked.insert(i, Some(entity_of(&c.pairwise_token)));
+        }
+    }
+    for (i, q) in queries.iter().enumerate() {
+        tally(
+            &mut report.one_to_one,
+            truth(q),
+            linked.get(&i).copied().flatten(),
+        );
+    }
+    Ok(report)
+}
