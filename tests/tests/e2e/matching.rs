@@ -777,7 +777,10 @@ pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Re
         .fetch_all(tv.db())
         .await?;
     assert!(
-        !schemes.is_empty() && schemes.iter().all(|s| *s == 2),
+        !schemes.is_empty()
+            && schemes
+                .iter()
+                .all(|s| *s == idvault_tests::idvault_core::matching::INDEX_SCHEME),
         "{schemes:?}"
     );
     let mut a = client(&tv, "partner-a").await;
