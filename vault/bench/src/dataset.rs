@@ -164,6 +164,9 @@ pub struct DatasetReport {
     pub create_secs: f64,
     /// Queries whose entity some record has.
     pub duplicates: usize,
+    /// Distinct entities among them: the most true positives one-to-one
+    /// linking can give (it gives no subject to two queries).
+    pub linkable: usize,
     /// Best answer per query (`MatchService.Match`, batches of 100).
     pub best: Quality,
     /// One-to-one linking of the whole query file (`MatchService.Link`).
@@ -244,6 +247,11 @@ async fn run_in(
     }
     let truth = |q| truth(&example, q);
     report.duplicates = queries.iter().filter(|q| truth(q).is_some()).count();
+    report.linkable = queries
+        .iter()
+        .filter_map(truth)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     let entity_of = |token: &str| by_token.get(token).map_or("", |(_, e)| e.as_str());
 
     let t = Instant::now();

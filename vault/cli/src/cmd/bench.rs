@@ -361,6 +361,12 @@ pub(crate) async fn bench_dataset(
         qs.len(),
         r.duplicates
     );
+    if r.linkable < r.duplicates {
+        println!(
+            "  those queries hold {} distinct entities: one-to-one linking gives no subject to two queries, so it can find at most {}",
+            r.linkable, r.linkable
+        );
+    }
     for (why, n) in &r.refused_records {
         println!("  {n} records refused: {why}");
     }
