@@ -315,58 +315,6 @@ pub fn fold_address(value: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" "))
 }
 
-/// The street type words of [`STREET_ABBREVIATIONS`] in one long form
-/// each, by abbreviation (directions and flats are left abbreviated: a
-/// stray letter such as the "s" of "s treet" must not become "south").
-const STREET_TYPES: &[(&str, &str)] = &[
-    ("st", "street"),
-    ("rd", "road"),
-    ("ave", "avenue"),
-    ("blvd", "boulevard"),
-    ("dr", "drive"),
-    ("ln", "lane"),
-    ("ct", "court"),
-    ("pl", "place"),
-    ("sq", "square"),
-    ("ter", "terrace"),
-    ("cres", "crescent"),
-    ("cl", "close"),
-    ("hwy", "highway"),
-];
-
-/// The form of a street address whose bigrams go in its Bloom filter: the
-/// words holding a digit (house and flat numbers) as they are, then the
-/// other words with street types in their long form, joined without
-/// spaces. "12 Colebatch Pl", "12 colebatch place" and "12 colebatchplace"
-/// give "12 colebatchplace"; "23 bat h pace" gives "23 bathpace", one
-/// letter from "23 bathplace". Data entry and OCR insert and drop spaces
-/// inside street names, and with spaces as bigram boundaries and types
-/// abbreviated word by word, such a pair shared too few bigrams to count
-/// as partial agreement. `None` when nothing is left.
-pub fn street_qgram_form(value: &str) -> Option<String> {
-    let folded = fold_address(value)?;
-    let (numbers, words): (Vec<&str>, Vec<&str>) = folded
-        .split(' ')
-        .partition(|w| w.bytes().any(|b| b.is_ascii_digit()));
-    let street: String = words
-        .iter()
-        .map(|w| {
-            STREET_TYPES
-                .iter()
-                .find(|(short, _)| short == w)
-                .map_or(*w, |(_, long)| *long)
-        })
-        .collect();
-    let mut out = numbers.join(" ");
-    if !street.is_empty() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&street);
-    }
-    (!out.is_empty()).then_some(out)
-}
-
 /// Alphanumerics of a postcode, upper case (the value of `postcode.folded.v1`).
 pub fn fold_postcode(value: &str) -> String {
     value
@@ -457,14 +405,14 @@ pub const QGRAM_FIELDS: [MatchField; 4] = [
     MatchField::City,
 ];
 
-/// The distinct bigrams of a field's folded value, padded with `_` at
-/// both ends and with `_` for spaces: "ann lee" → `_a an nn n_ _l le ee
-/// e_`; a street address in its [`street_qgram_form`]. Empty for fields
+/// The distinct bigrams of a field's folded value (street addresses with
+/// their types abbreviated), padded with `_` at both ends and with `_` for
+/// spaces: "ann lee" → `_a an nn n_ _l le ee e_`. Empty for fields
 /// without q-gram encodings.
 pub fn qgrams(field: MatchField, value: &str) -> Vec<String> {
     let folded = match field {
         MatchField::GivenName | MatchField::FamilyName | MatchField::City => fold(value),
-        MatchField::StreetAddress => street_qgram_form(value).unwrap_or_default(),
+        MatchField::StreetAddress => fold_address(value).unwrap_or_default(),
         _ => return Vec::new(),
     };
     if folded.is_empty() {
@@ -924,29 +872,6 @@ mod tests {
         );
         assert!(qgrams(MatchField::Phone, "07700 900123").is_empty());
         assert!(qgrams(MatchField::City, "--").is_empty());
-    }
-
-    #[test]
-    fn street_qgram_form_ignores_spaces_inside_the_street() {
-        let form = |v| street_qgram_form(v).unwrap_or_default();
-        assert_eq!(form("12 Colebatch Pl"), "12 colebatchplace");
-        assert_eq!(form("12 colebatchplace"), "12 colebatchplace");
-        assert_eq!(form("Flat 3, 12 Mill Road"), "3 12 aptmillroad");
-        assert_eq!(form("20 temperley s treet"), "20 temperleystreet");
-        assert_eq!(form("Mill Road"), "millroad");
-        assert_eq!(form("297"), "297");
-        assert_eq!(street_qgram_form(" , "), None);
-        assert_eq!(
-            qgrams(MatchField::StreetAddress, "12 colebatch place"),
-            qgrams(MatchField::StreetAddress, "12 colebatchplace")
-        );
-        assert_eq!(
-            qgrams(MatchField::StreetAddress, "12 colebatchplace"),
-            [
-                "12", "2_", "_1", "_c", "ac", "at", "ba", "ce", "ch", "co", "e_", "eb", "hp", "la",
-                "le", "ol", "pl", "tc"
-            ]
-        );
     }
 
     #[test]

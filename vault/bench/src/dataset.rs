@@ -1,4 +1,4 @@
-//! `idvault bench match --records FILE --queries FILE`: blind-matching
+//! `idvault bench match --records FILE --queries-file FILE`: blind-matching
 //! quality on a dataset of the user's own (a public record-linkage
 //! benchmark, a labelled sample of production data), in process.
 //!
@@ -15,7 +15,10 @@
 //!
 //! Columns are taken as in `idvault partner link`: a column named like a
 //! matchable catalogue field is that field, `--map FIELD=COLUMN` takes
-//! another column as FIELD, every other column is ignored.
+//! another column as FIELD, every other column is ignored; cells are
+//! trimmed. One-to-one linking gives no subject to two queries, so when
+//! the queries hold an entity more than once, the extra ones can only be
+//! false negatives there ([`DatasetReport::linkable`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -124,12 +127,38 @@ pub fn read_csv(path: &Path, columns: &DatasetColumns) -> Result<Vec<Labelled>, 
     }
     let mut out = Vec::new();
     for (n, row) in r.records().enumerate() {
-        // The CSV parser's message may quote a cell: report the row only.
-        let row = row.map_err(|_| format!("{}: row {} is not valid CSV", path.display(), n + 1))?;
+        // The CSV parser's message may quote a cell: report the row's
+        // position only (and a field count, which holds no data).
+        let row = row.map_err(|e| {
+            let at = e.position().map_or_else(
+                || format!("row {}", n + 1),
+                |p| format!("line {}", p.line()),
+            );
+            match e.kind() {
+                csv::ErrorKind::UnequalLengths {
+                    expected_len, len, ..
+                } => format!(
+                    "{}: {at} has {len} cells where the header has {expected_len}",
+                    path.display()
+                ),
+                _ => format!("{}: {at} is not valid CSV", path.display()),
+            }
+        })?;
+        let line = row.position().map_or(n as u64 + 2, csv::Position::line);
         let cell = |i: usize| row.get(i).unwrap_or_default().to_owned();
+        let entity = cell(entity_at);
+        if entity.is_empty() {
+            // Unlabelled rows would all count as one person.
+            return Err(format!(
+                "{}: line {line} has no value in the entity column {:?}",
+                path.display(),
+                columns.entity
+            )
+            .into());
+        }
         out.push(Labelled {
-            id: id_at.map_or_else(|| (n + 2).to_string(), cell),
-            entity: cell(entity_at),
+            id: id_at.map_or_else(|| line.to_string(), cell),
+            entity,
             fields: used
                 .iter()
                 .map(|(i, f)| ((*f).clone(), cell(*i)))
@@ -312,8 +341,12 @@ async fn run_in(
     report.one_to_one_per_sec = queries.len() as f64 / t.elapsed().as_secs_f64();
     let mut linked: HashMap<usize, Option<&str>> = HashMap::new();
     for a in &answers {
-        if let (Ok(i), Ok(Some(c))) = (a.record_id.parse::<usize>(), &a.answer) {
-            linked.insert(i, Some(entity_of(&c.pairwise_token)));
+        match (a.record_id.parse::<usize>(), &a.answer) {
+            (Ok(i), Ok(Some(c))) => {
+                linked.insert(i, Some(entity_of(&c.pairwise_token)));
+            }
+            (_, Err(_)) => report.one_to_one.refused += 1,
+            _ => {}
         }
     }
     for (i, q) in queries.iter().enumerate() {

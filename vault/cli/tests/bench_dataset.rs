@@ -62,49 +62,58 @@ const MAP: [&str; 6] = [
     "national_id=soc_sec_id",
 ];
 
-#[test]
-fn a_labelled_dataset_is_matched_and_linked_with_known_truth() {
-    let dir = tempfile::tempdir().unwrap();
-    let records = write(dir.path(), "a.csv", RECORDS);
-    let queries = write(dir.path(), "b.csv", QUERIES);
+/// Figures of one result line: precision, recall, F1, TP, FP, FN, refused.
+fn figures<'a>(stdout: &'a str, run: &str) -> Vec<&'a str> {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(run))
+        .unwrap_or_else(|| panic!("no {run} line in {stdout}"));
+    line[line.find(')').unwrap() + 1..]
+        .split_whitespace()
+        .take(7)
+        .collect()
+}
+
+fn bench(records: &str, queries: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "bench",
         "match",
         "--records",
-        &records,
+        records,
         "--queries-file",
-        &queries,
-        "--id-column",
-        "rec_id",
-        "--map",
-        "city=suburb",
-        "--misses",
+        queries,
     ];
+    args.extend_from_slice(extra);
     args.extend_from_slice(&MAP);
     let out = idvault(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn a_labelled_dataset_is_matched_and_linked_with_known_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = write(dir.path(), "a.csv", RECORDS);
+    let queries = write(dir.path(), "b.csv", QUERIES);
+    let stdout = bench(
+        &records,
+        &queries,
+        &["--id-column", "rec_id", "--map", "city=suburb", "--misses"],
+    );
     assert!(
         stdout.contains("6 of 6 records created") && stdout.contains("6 queries, 4 of them"),
         "{stdout}"
     );
-    // precision, recall, F1, TP, FP, FN, refused for both runs.
     for run in ["best answer (Match)", "one-to-one (Link)"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(run))
-            .unwrap_or_else(|| panic!("no {run} line in {stdout}"));
-        let figures: Vec<&str> = line[line.find(')').unwrap() + 1..]
-            .split_whitespace()
-            .collect();
         assert_eq!(
-            &figures[..7],
+            figures(&stdout, run),
             ["1.0000", "1.0000", "1.0000", "4", "0", "0", "0"],
-            "{line}"
+            "{stdout}"
         );
     }
     assert!(!stdout.contains("miss:"), "{stdout}");
@@ -112,6 +121,77 @@ fn a_labelled_dataset_is_matched_and_linked_with_known_truth() {
     for name in ["michaela", "neumann", "5304218", "stanley"] {
         assert!(!stdout.contains(name), "{stdout}");
     }
+}
+
+/// More queries than one batch of 100, answers paired with their queries
+/// across batches, a duplicate nothing can find (listed as a miss, by row
+/// id), an entity queried twice (one-to-one can link it once), and a
+/// stranger.
+#[test]
+fn misses_are_listed_and_answers_stay_paired_across_batches() {
+    const GIVEN: [&str; 12] = [
+        "amelia", "bruno", "chiara", "dmitri", "elena", "farid", "greta", "hugo", "ines", "jonas",
+        "kasia", "lars",
+    ];
+    const FAMILY: [&str; 11] = [
+        "abbott",
+        "brennan",
+        "castillo",
+        "dubois",
+        "eriksen",
+        "fischer",
+        "gallagher",
+        "horvath",
+        "ivanova",
+        "jensen",
+        "kowalski",
+    ];
+    let header = "rec_id,given,surname,date_of_birth,soc_sec_id,street_address,postcode,entity\n";
+    let person = |i: usize| {
+        format!(
+            "{},{},{:04}{:02}{:02},{},{} mill road,{}",
+            GIVEN[i % 12],
+            FAMILY[i / 12],
+            1940 + i % 50,
+            1 + i % 12,
+            1 + i % 28,
+            1_000_003 + i * 7_919,
+            1 + i,
+            2000 + i
+        )
+    };
+    let mut records = header.to_owned();
+    for i in 0..130 {
+        records.push_str(&format!("r{i},{},e{i}\n", person(i)));
+    }
+    let mut queries = header.to_owned();
+    for i in 0..120 {
+        queries.push_str(&format!("q{i},{},e{i}\n", person(i)));
+    }
+    // e5 again: a second query of one entity.
+    queries.push_str(&format!("q5again,{},e5\n", person(5)));
+    // e125 by a given name alone: too little to find anyone.
+    queries.push_str("qlost,farid,,,,,,e125\n");
+    queries.push_str("qstranger,zoltan,quist,19990909,8888888,9 far lane,9999,nobody\n");
+    let dir = tempfile::tempdir().unwrap();
+    let records = write(dir.path(), "a.csv", &records);
+    let queries = write(dir.path(), "b.csv", &queries);
+    let stdout = bench(&records, &queries, &["--id-column", "rec_id", "--misses"]);
+    assert!(
+        stdout.contains("123 queries, 122 of them") && stdout.contains("at most 121"),
+        "{stdout}"
+    );
+    let best = figures(&stdout, "best answer (Match)");
+    assert_eq!(best[3..6], ["121", "0", "1"], "{stdout}");
+    // One-to-one: q5 or q5again gets e5's subject, the other nothing.
+    let linked = figures(&stdout, "one-to-one (Link)");
+    assert_eq!(linked[3..6], ["120", "0", "2"], "{stdout}");
+    let misses: Vec<&str> = stdout.lines().filter(|l| l.contains("miss:")).collect();
+    assert_eq!(
+        misses,
+        ["  miss: query qlost expected r125 answered - score -"],
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -165,4 +245,43 @@ fn a_missing_entity_column_or_unmatchable_columns_are_refused_clearly() {
         stderr.contains("shoe_size is not a matchable field"),
         "{stderr}"
     );
+
+    // A row without a label would count as everyone else without one.
+    let unlabelled = write(
+        dir.path(),
+        "d.csv",
+        "given_name,family_name,entity\nada,lovelace,1\ncharles,babbage,\n",
+    );
+    let out = idvault(&[
+        "bench",
+        "match",
+        "--records",
+        &unlabelled,
+        "--queries-file",
+        &unlabelled,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 3 has no value in the entity column") && !stderr.contains("babbage"),
+        "{stderr}"
+    );
+
+    // Dataset flags without a dataset, and synthetic-run flags with one,
+    // are refused rather than ignored.
+    let out = idvault(&["bench", "match", "--misses"]);
+    assert!(!out.status.success());
+    let out = idvault(&[
+        "bench",
+        "match",
+        "--records",
+        &records,
+        "--queries-file",
+        &queries,
+        "--subjects",
+        "1000",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }

@@ -57,26 +57,32 @@ pub(crate) enum BenchCommand {
         /// A dataset of your own instead of synthetic people: these rows
         /// (CSV with a header row) are created, then `--queries-file` matched
         /// and linked one-to-one against them.
-        #[arg(long, value_name = "FILE", requires = "queries_file")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "queries_file",
+            conflicts_with_all = ["originals", "strangers", "subjects", "queries", "seed", "profiles"]
+        )]
         records: Option<std::path::PathBuf>,
         /// The rows matched against `--records` (CSV with a header row).
         #[arg(long, value_name = "FILE", requires = "records")]
         queries_file: Option<std::path::PathBuf>,
         /// Column naming the person a row belongs to (records and queries
-        /// with the same value are the same person).
-        #[arg(long, value_name = "COLUMN", default_value = "entity")]
-        entity_column: String,
+        /// with the same value are the same person) [default: entity].
+        #[arg(long, value_name = "COLUMN", requires = "records")]
+        entity_column: Option<String>,
         /// Column naming each row in the list of misses (default: its
-        /// line number).
-        #[arg(long, value_name = "COLUMN")]
+        /// line number). It is printed: choose a reference, not a
+        /// person's data.
+        #[arg(long, value_name = "COLUMN", requires = "records")]
         id_column: Option<String>,
         /// Read COLUMN as the catalogue field FIELD, e.g.
         /// `--map family_name=surname` (repeatable).
-        #[arg(long = "map", value_name = "FIELD=COLUMN", value_parser = crate::cmd::parse_field)]
+        #[arg(long = "map", value_name = "FIELD=COLUMN", value_parser = crate::cmd::parse_field, requires = "records")]
         map: Vec<(String, String)>,
         /// Print each query answered wrongly or not at all (row ids and
         /// scores only).
-        #[arg(long)]
+        #[arg(long, requires = "records")]
         misses: bool,
     },
     /// Consent verifications/s (against a bare ECDSA baseline) and full
@@ -571,7 +577,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => {
             if let (Some(records), Some(queries)) = (records, queries_file) {
                 let columns = idvault_bench::dataset::DatasetColumns {
-                    entity: entity_column,
+                    entity: entity_column.unwrap_or_else(|| "entity".to_owned()),
                     id: id_column,
                     map,
                 };
