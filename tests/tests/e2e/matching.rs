@@ -743,7 +743,7 @@ pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow
 /// rows, before the new variant kinds) is rebuilt at start: the new kinds
 /// are backfilled, so a query that only they can answer (a one-digit typo
 /// in the national id, given and family names exchanged) finds its
-/// subject after the restart.
+/// subject after the restart. One built by a newer version is refused.
 pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Result<()> {
     let mut tv = TestVault::start(b).await?;
     const LIN: &[(&str, &str)] = &[
@@ -805,6 +805,22 @@ pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Re
     assert!(
         audit.contains("reindex domain=partner-a cleared_rows="),
         "{audit}"
+    );
+    // Indexes a newer version built are never rebuilt down: this version
+    // refuses to start, naming the schemes.
+    let newer = idvault_tests::idvault_core::matching::INDEX_SCHEME + 1;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE match_domains SET scheme = {newer}"
+    )))
+    .execute(tv.db())
+    .await?;
+    let err = tv.restart().await.unwrap_err();
+    let why = format!("{err:#}");
+    assert!(
+        why.contains(&format!(
+            "indexed under index scheme {newer} by a newer idvault"
+        )),
+        "{why}"
     );
     tv.stop().await
 }

@@ -53,6 +53,20 @@ pub enum StartError {
         /// This process's current version.
         current: u32,
     },
+    /// A newer version built the match indexes under an index scheme this
+    /// one does not know; rebuilding them down would undo its work (and,
+    /// with replicas of both versions running, leave both forms).
+    #[error(
+        "match domain {domain} was indexed under index scheme {stored} by a newer idvault; this          version writes scheme {binary}: start the newer version"
+    )]
+    IndexSchemeAhead {
+        /// The domain.
+        domain: String,
+        /// Its recorded scheme.
+        stored: i64,
+        /// This binary's.
+        binary: i64,
+    },
 }
 
 /// Everything the server needs.
@@ -115,6 +129,19 @@ pub async fn open_vault_restoring(
     let (floor, current) = (store.key_floor().await?, keys.current_version());
     if current < floor {
         return Err(StartError::KeysBehind { floor, current });
+    }
+    let binary = idvault_core::matching::INDEX_SCHEME;
+    if let Some((domain, _, stored)) = store
+        .match_domains()
+        .await?
+        .into_iter()
+        .find(|(_, _, scheme)| *scheme > binary)
+    {
+        return Err(StartError::IndexSchemeAhead {
+            domain,
+            stored,
+            binary,
+        });
     }
     let vault = Vault::new(
         store,
