@@ -818,7 +818,8 @@ pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Re
     let why = format!("{err:#}");
     assert!(
         why.contains(&format!(
-            "indexed under index scheme {newer} by a newer idvault"
+            "indexed under index scheme {newer} by a newer idvault; this version writes scheme {}",
+            newer - 1
         )),
         "{why}"
     );

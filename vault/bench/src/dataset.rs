@@ -191,7 +191,8 @@ pub struct DatasetReport {
     pub refused_records: Vec<(String, usize)>,
     /// Seconds creating them.
     pub create_secs: f64,
-    /// Queries whose entity some record has.
+    /// Queries whose entity some created record has (a record the vault
+    /// refused makes its queries strangers).
     pub duplicates: usize,
     /// Distinct entities among them: the most true positives one-to-one
     /// linking can give (it gives no subject to two queries).
@@ -215,6 +216,15 @@ pub async fn run(
     records: &[Labelled],
     queries: &[Labelled],
 ) -> Result<DatasetReport, BenchError> {
+    let most = idvault_server::service::matching::MAX_LINK_RECORDS;
+    if queries.len() > most {
+        // Checked first: Link would refuse the file after the Match pass.
+        return Err(format!(
+            "{} queries: one Link stream takes at most {most}; split the file",
+            queries.len()
+        )
+        .into());
+    }
     let scratch = Scratch::start(database_url).await?;
     let result = run_in(&scratch, estimate, records, queries).await;
     scratch.stop().await;

@@ -57,7 +57,9 @@ pub enum StartError {
     /// one does not know; rebuilding them down would undo its work (and,
     /// with replicas of both versions running, leave both forms).
     #[error(
-        "match domain {domain} was indexed under index scheme {stored} by a newer idvault; this          version writes scheme {binary}: start the newer version"
+        "match domain {domain} was indexed under index scheme {stored} by a newer idvault; this \
+         version writes scheme {binary}: start the newer version (or delete the domain's \
+         match_domains row to have this version rebuild it)"
     )]
     IndexSchemeAhead {
         /// The domain.

@@ -360,7 +360,7 @@ pub(crate) async fn bench_dataset(
         .await
         .map_err(anyhow::Error::from_boxed)?;
     println!(
-        "dataset: {} of {} records created in {:.1} s; {} queries, {} of them of an entity among the records",
+        "dataset: {} of {} records created in {:.1} s; {} queries, {} of them of an entity among the created records",
         r.created,
         recs.len(),
         r.create_secs,
