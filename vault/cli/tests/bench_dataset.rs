@@ -10,19 +10,11 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
+use common::idvault;
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_idvault");
-
-fn idvault(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run idvault")
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -194,55 +186,50 @@ fn misses_are_listed_and_answers_stay_paired_across_batches() {
     );
 }
 
+/// Runs `bench match ARGS…`, which must fail; its standard error.
+fn refused(args: &[&str]) -> String {
+    let mut all = vec!["bench", "match"];
+    all.extend_from_slice(args);
+    let out = idvault(&all);
+    assert!(!out.status.success(), "{all:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_missing_entity_column_or_unmatchable_columns_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let records = write(dir.path(), "a.csv", RECORDS);
     let queries = write(dir.path(), "b.csv", QUERIES);
-    let out = idvault(&[
-        "bench",
-        "match",
-        "--records",
-        &records,
-        "--queries-file",
-        &queries,
-        "--entity-column",
-        "person",
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let with = |extra: &[&str]| {
+        let mut args = vec![
+            "--records",
+            records.as_str(),
+            "--queries-file",
+            queries.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        refused(&args)
+    };
+
+    let stderr = with(&["--entity-column", "person"]);
     assert!(stderr.contains("no entity column \"person\""), "{stderr}");
 
-    let bare = write(dir.path(), "c.csv", "entity,colour\n1,red\n");
-    let out = idvault(&[
-        "bench",
-        "match",
-        "--records",
-        &bare,
-        "--queries-file",
-        &bare,
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = with(&["--map", "shoe_size=given"]);
     assert!(
-        stderr.contains("no column is a matchable field"),
+        stderr.contains("shoe_size is not a matchable field"),
         "{stderr}"
     );
 
-    let out = idvault(&[
-        "bench",
-        "match",
-        "--records",
-        &records,
-        "--queries-file",
-        &queries,
-        "--map",
-        "shoe_size=given",
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Synthetic-run flags with a dataset are refused rather than ignored,
+    // and so are dataset flags without one.
+    let stderr = with(&["--subjects", "1000"]);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    refused(&["--misses"]);
+
+    let bare = write(dir.path(), "c.csv", "entity,colour\n1,red\n");
+    let stderr = refused(&["--records", &bare, "--queries-file", &bare]);
     assert!(
-        stderr.contains("shoe_size is not a matchable field"),
+        stderr.contains("no column is a matchable field"),
         "{stderr}"
     );
 
@@ -252,36 +239,9 @@ fn a_missing_entity_column_or_unmatchable_columns_are_refused_clearly() {
         "d.csv",
         "given_name,family_name,entity\nada,lovelace,1\ncharles,babbage,\n",
     );
-    let out = idvault(&[
-        "bench",
-        "match",
-        "--records",
-        &unlabelled,
-        "--queries-file",
-        &unlabelled,
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&["--records", &unlabelled, "--queries-file", &unlabelled]);
     assert!(
         stderr.contains("line 3 has no value in the entity column") && !stderr.contains("babbage"),
         "{stderr}"
     );
-
-    // Dataset flags without a dataset, and synthetic-run flags with one,
-    // are refused rather than ignored.
-    let out = idvault(&["bench", "match", "--misses"]);
-    assert!(!out.status.success());
-    let out = idvault(&[
-        "bench",
-        "match",
-        "--records",
-        &records,
-        "--queries-file",
-        &queries,
-        "--subjects",
-        "1000",
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }

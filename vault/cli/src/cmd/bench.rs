@@ -282,19 +282,7 @@ pub(crate) async fn bench_match(
             "profile", "precision", "recall", "F1", "TP", "FP", "FN", "refused", "queries/s"
         );
         for p in &r.profiles {
-            let q = &p.quality;
-            println!(
-                "  {:<17} {:>9.4} {:>9.4} {:>9.4} {:>6} {:>6} {:>6} {:>7} {:>10.0}",
-                p.profile.name(),
-                q.precision(),
-                q.recall(),
-                q.f1(),
-                q.true_positives,
-                q.false_positives,
-                q.false_negatives,
-                q.refused,
-                q.queries_per_sec
-            );
+            quality_row(p.profile.name(), 17, &p.quality, p.quality.queries_per_sec);
         }
         for p in &r.profiles {
             println!("  {}: {}", p.profile.name(), p.profile.describe());
@@ -341,6 +329,22 @@ pub(crate) async fn bench_match(
         );
     }
     Ok(())
+}
+
+/// One line of a quality table: the label in a column `width` wide, then
+/// precision, recall, F1, TP, FP, FN, refused and queries/s.
+fn quality_row(label: &str, width: usize, q: &idvault_bench::matching::Quality, per_sec: f64) {
+    println!(
+        "  {label:<width$} {:>9.4} {:>9.4} {:>9.4} {:>6} {:>6} {:>6} {:>7} {:>10.0}",
+        q.precision(),
+        q.recall(),
+        q.f1(),
+        q.true_positives,
+        q.false_positives,
+        q.false_negatives,
+        q.refused,
+        per_sec
+    );
 }
 
 pub(crate) async fn bench_dataset(
@@ -396,18 +400,7 @@ pub(crate) async fn bench_dataset(
         ("best answer (Match)", &r.best, r.best.queries_per_sec),
         ("one-to-one (Link)", &r.one_to_one, r.one_to_one_per_sec),
     ] {
-        println!(
-            "  {:<22} {:>9.4} {:>9.4} {:>9.4} {:>6} {:>6} {:>6} {:>7} {:>10.0}",
-            name,
-            q.precision(),
-            q.recall(),
-            q.f1(),
-            q.true_positives,
-            q.false_positives,
-            q.false_negatives,
-            q.refused,
-            rate
-        );
+        quality_row(name, 22, q, rate);
     }
     if misses {
         for m in &r.misses {
