@@ -104,6 +104,37 @@ impl MatchField {
         Self::ALL.into_iter().find(|f| f.name() == s)
     }
 
+    /// Which column of a partner's file holds which field (`idvault
+    /// partner link`, `idvault bench match --records`): column name to
+    /// catalogue name. `map` holds `(field, column)` pairs (`--map
+    /// FIELD=COLUMN`); every field not mapped is read from the column
+    /// named like it. An unknown field or a column mapped twice is an
+    /// error naming them.
+    pub fn columns(
+        map: &[(String, String)],
+    ) -> Result<std::collections::HashMap<String, String>, String> {
+        let mut fields = std::collections::HashMap::new();
+        for (field, column) in map {
+            if Self::parse(field).is_none() {
+                return Err(format!(
+                    "--map {field}={column}: {field} is not a matchable field (one of {})",
+                    Self::ALL.map(Self::name).join(", ")
+                ));
+            }
+            if fields.insert(column.clone(), field.clone()).is_some() {
+                return Err(format!("--map: column {column} is mapped twice"));
+            }
+        }
+        for f in Self::ALL {
+            let name = f.name().to_owned();
+            // A mapped field is taken from its mapped column only.
+            if !fields.values().any(|v| *v == name) {
+                fields.entry(name.clone()).or_insert(name);
+            }
+        }
+        Ok(fields)
+    }
+
     /// Stable storage code (the index in [`Self::ALL`]; never renumbered).
     pub fn code(self) -> u8 {
         match self {

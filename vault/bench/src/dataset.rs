@@ -29,7 +29,7 @@ use idvault_server::service::matching::{LinkJob, LinkRecord, MatchQuery, Pacing,
 use idvault_tokenizer::variants::MatchField;
 
 use crate::BenchError;
-use crate::matching::{Quality, Scratch, caller, tally};
+use crate::matching::{Quality, Scratch, caller, create_all, tally};
 
 /// One labelled row.
 #[derive(Debug, Clone)]
@@ -53,38 +53,10 @@ pub struct DatasetColumns {
     pub map: Vec<(String, String)>,
 }
 
-impl DatasetColumns {
-    /// Column name to catalogue field name: mapped columns, then every
-    /// matchable field whose own name is a column and is not mapped from
-    /// another one.
-    fn fields(&self) -> Result<HashMap<String, String>, BenchError> {
-        let mut fields = HashMap::new();
-        for (field, column) in &self.map {
-            if MatchField::parse(field).is_none() {
-                return Err(format!(
-                    "--map {field}={column}: {field} is not a matchable field (one of {})",
-                    MatchField::ALL.map(MatchField::name).join(", ")
-                )
-                .into());
-            }
-            if fields.insert(column.clone(), field.clone()).is_some() {
-                return Err(format!("--map: column {column} is mapped twice").into());
-            }
-        }
-        for f in MatchField::ALL {
-            let name = f.name().to_owned();
-            if !fields.values().any(|v| *v == name) {
-                fields.entry(name.clone()).or_insert(name);
-            }
-        }
-        Ok(fields)
-    }
-}
-
 /// Reads a CSV file with a header row (cells trimmed, so `a, b` reads as
 /// `a,b`). Errors name the file and the row, never a cell's content.
 pub fn read_csv(path: &Path, columns: &DatasetColumns) -> Result<Vec<Labelled>, BenchError> {
-    let fields = columns.fields()?;
+    let fields = MatchField::columns(&columns.map)?;
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut r = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -240,34 +212,19 @@ async fn run_in(
     let vault = Arc::clone(&scratch.vault);
     let mut report = DatasetReport::default();
     let t = Instant::now();
-    // Eight writers: the crypto of one overlaps the commit of another.
-    let mut tasks = Vec::new();
-    for chunk in records.chunks(records.len().div_ceil(8).max(1)) {
-        let vault = Arc::clone(&vault);
-        let chunk = chunk.to_vec();
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                let created = vault.create_subject(&caller(), r.fields.clone()).await;
-                out.push((r, created.map(|c| c.pairwise_token.unwrap_or_default())));
-            }
-            out
-        }));
-    }
+    let created = create_all(&vault, records.iter().map(|r| r.fields.clone()).collect()).await?;
     // Token to (record id, entity).
     let mut by_token: HashMap<String, (String, String)> = HashMap::new();
     let mut example: HashMap<String, String> = HashMap::new();
     let mut refused: HashMap<String, usize> = HashMap::new();
-    for task in tasks {
-        for (r, created) in task.await? {
-            match created {
-                Ok(token) => {
-                    example.entry(r.entity.clone()).or_insert(r.id.clone());
-                    by_token.insert(token, (r.id, r.entity));
-                }
-                // Error texts name the field and the rule, never the value.
-                Err(e) => *refused.entry(e.to_string()).or_default() += 1,
+    for (r, created) in records.iter().zip(created) {
+        match created {
+            Ok(token) => {
+                example.entry(r.entity.clone()).or_insert(r.id.clone());
+                by_token.insert(token, (r.id.clone(), r.entity.clone()));
             }
+            // Error texts name the field and the rule, never the value.
+            Err(e) => *refused.entry(e.to_string()).or_default() += 1,
         }
     }
     report.created = by_token.len();

@@ -28,7 +28,7 @@ pub use crate::synth::Profile;
 use crate::synth::{self, Person, Rng};
 use idvault_core::subject::SubjectId;
 use idvault_server::service::matching::{LinkJob, LinkRecord, MatchQuery, Pacing, QueryAnswer};
-use idvault_server::service::{Caller, Vault};
+use idvault_server::service::{Caller, Vault, VaultError};
 
 /// Partner whose identity the benchmark uses.
 pub(crate) const PARTNER: &str = "partner-a";
@@ -188,6 +188,33 @@ fn best(a: &QueryAnswer) -> Option<&str> {
     }
 }
 
+/// Creates one subject per field list as the benchmark partner, with eight
+/// writers (the crypto of one overlaps the commit of another); each one's
+/// pairwise token or refusal, in order.
+pub(crate) async fn create_all(
+    vault: &Arc<Vault>,
+    people: Vec<Vec<(String, String)>>,
+) -> Result<Vec<Result<String, VaultError>>, BenchError> {
+    let mut tasks = Vec::new();
+    for chunk in people.chunks(people.len().div_ceil(8).max(1)) {
+        let vault = Arc::clone(vault);
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(chunk.len());
+            for fields in chunk {
+                let created = vault.create_subject(&caller(), fields).await;
+                out.push(created.map(|c| c.pairwise_token.unwrap_or_default()));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::with_capacity(people.len());
+    for task in tasks {
+        all.extend(task.await?);
+    }
+    Ok(all)
+}
+
 /// Quality of one corruption profile.
 #[derive(Debug, Clone, Copy)]
 pub struct ProfileQuality {
@@ -251,26 +278,10 @@ pub async fn quality(
     let mut rng = Rng::new(o.seed);
     let originals: Vec<Person> = (0..o.originals).map(|_| synth::person(&mut rng)).collect();
     let t = Instant::now();
-    // Eight writers: the crypto of one overlaps the commit of another.
-    let mut tasks = Vec::new();
-    for (w, chunk) in originals.chunks(o.originals.div_ceil(8).max(1)).enumerate() {
-        let vault = Arc::clone(&vault);
-        let chunk: Vec<Person> = chunk.to_vec();
-        tasks.push(tokio::spawn(async move {
-            let mut tokens = Vec::with_capacity(chunk.len());
-            for p in &chunk {
-                let r = vault.create_subject(&caller(), pairs(p)).await?;
-                tokens.push(r.pairwise_token.unwrap_or_default());
-            }
-            Ok::<_, idvault_server::service::VaultError>((w, tokens))
-        }));
-    }
-    let mut parts = Vec::new();
-    for t in tasks {
-        parts.push(t.await??);
-    }
-    parts.sort_by_key(|(w, _)| *w);
-    let tokens: Vec<String> = parts.into_iter().flat_map(|(_, t)| t).collect();
+    let tokens = create_all(&vault, originals.iter().map(pairs).collect())
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<String>, _>>()?;
     let mut report = QualityReport {
         create_secs: t.elapsed().as_secs_f64(),
         ..QualityReport::default()

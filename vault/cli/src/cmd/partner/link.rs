@@ -80,25 +80,7 @@ struct Columns {
 
 impl Columns {
     fn new(args: &LinkArgs) -> anyhow::Result<Self> {
-        let mut fields = HashMap::new();
-        for (field, column) in &args.map {
-            if MatchField::parse(field).is_none() {
-                bail!(
-                    "--map {field}={column}: {field} is not a matchable field (one of {})",
-                    MatchField::ALL.map(MatchField::name).join(", ")
-                );
-            }
-            if fields.insert(column.clone(), field.clone()).is_some() {
-                bail!("--map: column {column} is mapped twice");
-            }
-        }
-        for f in MatchField::ALL {
-            let name = f.name().to_owned();
-            // A mapped field is taken from its mapped column only.
-            if !fields.values().any(|v| *v == name) {
-                fields.entry(name.clone()).or_insert(name);
-            }
-        }
+        let fields = MatchField::columns(&args.map).map_err(anyhow::Error::msg)?;
         Ok(Self {
             id: args
                 .id_column
