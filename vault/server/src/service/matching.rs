@@ -53,19 +53,22 @@ impl From<BadSignature> for VaultError {
 /// [`CANDIDATE_LIMIT`] best ranked again, without signatures, and the
 /// signatures of the next ones read a page at a time (8, 16, then 32)
 /// until the query is settled; the answer is the one reading all of them
-/// would give.
+/// would give. The partner's pairwise tokens of the first candidates come
+/// with them, into `tokens`.
 async fn best_candidates(
     store: &crate::store::Store,
     partner: &Partner,
     p: &PlannedQuery,
+    tokens: &mut HashMap<SubjectId, String>,
 ) -> Result<Vec<Hit>, VaultError> {
     let blocking = p.plan.blocking();
     let domain = partner.match_domain.as_str();
     // Monotonic, for the debug phase timings only (never a decision).
     let started = tokio::time::Instant::now();
-    let mut read = store
-        .match_candidates(domain, blocking, FIRST_CANDIDATES)
+    let (mut read, first_tokens) = store
+        .match_candidates(domain, &partner.name, blocking, FIRST_CANDIDATES)
         .await?;
+    tokens.extend(first_tokens);
     let first = started.elapsed();
     // A short first page holds every candidate; otherwise the unread rank
     // at most as high as the last one read (the page holds at most
@@ -548,34 +551,38 @@ impl Vault {
         req: &super::pipeline::Request<'_>,
         planned: Vec<Result<PlannedQuery, String>>,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
-        let kept = self.lookup(req.partner, planned).await?;
-        self.reveal(req, kept, "").await
+        let (kept, tokens) = self.lookup(req.partner, planned).await?;
+        self.reveal(req, kept, tokens, "").await
     }
 
     /// The candidates of each planned query, read from the pool, outside
-    /// the writer: nothing is revealed or written yet.
+    /// the writer: nothing is revealed or written yet. Also the partner's
+    /// pairwise tokens read with them (of some candidates, not all).
     async fn lookup(
         &self,
         partner: &Partner,
         planned: Vec<Result<PlannedQuery, String>>,
-    ) -> Result<Vec<Result<Vec<Hit>, String>>, VaultError> {
+    ) -> Result<(Vec<Result<Vec<Hit>, String>>, HashMap<SubjectId, String>), VaultError> {
         let mut kept = Vec::with_capacity(planned.len());
+        let mut tokens = HashMap::new();
         for p in planned {
             kept.push(match p {
-                Ok(p) => Ok(best_candidates(self.store(), partner, &p).await?),
+                Ok(p) => Ok(best_candidates(self.store(), partner, &p, &mut tokens).await?),
                 Err(why) => Err(why),
             });
         }
-        Ok(kept)
+        Ok((kept, tokens))
     }
 
     /// Answers `kept` with the partner's pairwise tokens, issuing the ones
     /// it lacks, in one audited transaction whose record lists every
-    /// subject revealed (`kind` prefixes the record's detail).
+    /// subject revealed (`kind` prefixes the record's detail). `known`
+    /// holds tokens the lookup read already; the rest are read here.
     async fn reveal(
         &self,
         req: &super::pipeline::Request<'_>,
         kept: Vec<Result<Vec<Hit>, String>>,
+        known: HashMap<SubjectId, String>,
         kind: &str,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
         let partner = req.partner;
@@ -587,13 +594,22 @@ impl Vault {
             .collect();
         subjects.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         subjects.dedup();
-        let mut tokens = if subjects.is_empty() {
-            HashMap::new()
-        } else {
-            self.store()
-                .pairwise_tokens_of(&partner.name, &subjects)
-                .await?
-        };
+        // A token read before a concurrent deletion of its subject is
+        // still answered (as one read an instant earlier would be): the
+        // partner was given it before, and the answer is as of the lookup.
+        let mut tokens = known;
+        let unknown: Vec<SubjectId> = subjects
+            .iter()
+            .filter(|s| !tokens.contains_key(s))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            tokens.extend(
+                self.store()
+                    .pairwise_tokens_of(&partner.name, &unknown)
+                    .await?,
+            );
+        }
         // First answer to this partner about a subject: make its token
         // (or take the one a concurrent match made first).
         let mut fresh = Vec::new();
@@ -614,10 +630,10 @@ impl Vault {
             .iter()
             .filter(|k| matches!(k, Ok(c) if !c.is_empty()))
             .count();
-        // Every subject about to be answered. One deleted between the
-        // lookup and this commit is listed but gets no token, so it is
-        // not in the answer: the record never leaves out a subject
-        // answered.
+        // Every subject about to be answered: the record never leaves out
+        // a subject answered. One deleted since the lookup is listed; it
+        // is answered only with a token read before the deletion (see
+        // above), never with a new one.
         let detail = format!(
             "{kind}queries={} refused={refused} matched={matched} subjects=[{}]",
             kept.len(),
@@ -650,8 +666,8 @@ impl Vault {
                 Err(why) => QueryAnswer::Refused(why),
                 Ok(c) => QueryAnswer::Answered(
                     c.into_iter()
-                        // A subject deleted since the lookup has no token:
-                        // it is no longer an answer.
+                        // A subject without a token (deleted before its
+                        // token was read or made) is no answer.
                         .filter_map(|h| {
                             Some(MatchCandidate {
                                 pairwise_token: tokens.get(&h.subject)?.clone(),
@@ -718,10 +734,10 @@ impl Vault {
                     plan_query(q, &keyrings, opts, &model)
                 })
                 .collect();
-            let kept = self.lookup(partner, planned).await?;
+            let (kept, tokens) = self.lookup(partner, planned).await?;
             job.received += n;
             if !job.one_to_one {
-                let answers = self.reveal(req, kept, "link ").await?;
+                let answers = self.reveal(req, kept, tokens, "link ").await?;
                 return Ok(link_answers(ids, answers));
             }
             // Nothing revealed yet: the record says what was looked up.
@@ -752,7 +768,9 @@ impl Vault {
         let LinkChunk { ids, assigned } = chunk;
         let answers = self
             .handle(caller, Action::MatchSubjects, async |req| {
-                self.reveal(req, assigned, "link one_to_one ").await
+                // Tokens read now: the lookup was long ago.
+                self.reveal(req, assigned, HashMap::new(), "link one_to_one ")
+                    .await
             })
             .await?;
         Ok(link_answers(ids, answers))

@@ -257,14 +257,16 @@ impl Store {
     /// The candidates of one query in one round trip, from the pool (not
     /// through the writer): the at most `limit` subjects of `domain` with
     /// the highest rank over the `blocking` `(index, gain)` pairs, with
-    /// their presence masks and signatures, best ranked first.
+    /// their presence masks and signatures, best ranked first; and
+    /// `partner`'s pairwise token of each one that has one.
     pub async fn match_candidates(
         &self,
         domain: &str,
+        partner: &str,
         blocking: &[(i64, f64)],
         limit: u32,
-    ) -> Result<Vec<Candidate>, StoreError> {
-        candidates(self.pool(), domain, blocking, limit).await
+    ) -> Result<(Vec<Candidate>, HashMap<SubjectId, String>), StoreError> {
+        candidates(self.pool(), domain, partner, blocking, limit).await
     }
 
     /// The ranks of one query's candidates, without their signatures,
@@ -535,23 +537,46 @@ impl BenchLoader {
 /// compound keys) of its rows among `blocking`, the sum of each one's best
 /// gain: a national id hit through its exact form and through its one-edit
 /// neighbours counts once.
+///
+/// `partner`'s pairwise tokens of the candidates come in the same read: a
+/// query's answer is nearly always among them, and each read from the
+/// pool costs a hand-off to a connection's thread and back, more than
+/// the join.
 pub(super) async fn candidates<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     domain: &str,
+    partner: &str,
     blocking: &[(i64, f64)],
     limit: u32,
-) -> Result<Vec<Candidate>, StoreError> {
+) -> Result<(Vec<Candidate>, HashMap<SubjectId, String>), StoreError> {
     if blocking.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), HashMap::new()));
     }
+    // The ranking's placeholders run to $(1 + 3n); the partner comes next.
     let sql = format!(
-        "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
-         JOIN ({}) c \
-         ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
+        "SELECT s.subject_id, s.fields, s.signature, c.g, t.token FROM match_subjects s \
+         JOIN ({}) c ON c.subject_id = s.subject_id \
+         LEFT JOIN pairwise_tokens t ON t.subject_id = s.subject_id AND t.partner = ${} \
+         WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
         ranking_sql(blocking.len(), limit),
+        2 + 3 * blocking.len(),
     );
-    let q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql));
-    candidate_rows(bind_ranking(q, domain, blocking).fetch_all(ex).await?)
+    let q =
+        sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64, Option<String>)>(sqlx::AssertSqlSafe(sql));
+    let rows = bind_ranking(q, domain, blocking)
+        .bind(partner.to_owned())
+        .fetch_all(ex)
+        .await?;
+    let mut tokens = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for (s, mask, signature, gain, token) in rows {
+        let subject = subject_of(&s, "match_subjects.subject_id")?;
+        if let Some(t) = token {
+            tokens.insert(subject, t);
+        }
+        out.push(candidate(subject, mask, signature, gain)?);
+    }
+    Ok((out, tokens))
 }
 
 /// The ranking of [`candidates`] and [`ranks`]: `(subject_id, g)`, the at
