@@ -154,8 +154,7 @@ impl Vault {
             self.rng().fill(&mut challenge).map_err(KeyError::from)?;
             let ttl = i64::from(self.consent_settings().challenge_ttl_seconds);
             let expires_ms = self.now_millis() + ttl * 1000;
-            tx.insert_challenge(&challenge, &req.partner.name, &id, expires_ms)
-                .await?;
+            tx.insert_challenge(&challenge, &req.partner.name, &id, expires_ms)?;
             let expires = expires_ms.div_euclid(1000);
             self.commit(tx, req, Some(&id), format!("expires_at={expires}"))
                 .await?;
@@ -276,7 +275,11 @@ impl Vault {
             // The subject row first (PostgreSQL): the lock order of every
             // call that writes a person's rows, so a release cannot
             // deadlock with a revocation or an issuance from the same phone.
-            tx.subject(&g.subject).await?.ok_or(VaultError::NotFound)?;
+            let head = tx
+                .subject(&g.subject)
+                .await?
+                .ok_or(VaultError::NotFound)?
+                .head;
             let now = self.now_millis();
             row.presented_at_ms = now;
             self.still_active(&mut tx, device).await?;
@@ -292,7 +295,7 @@ impl Vault {
             if !tx.use_challenge(&g.challenge, &challenge, now).await? {
                 return Err(refused(Refusal::ChallengeReused));
             }
-            if let Some(r) = self.commit_release(tx, req, &row, sealed).await? {
+            if let Some(r) = self.commit_release(tx, req, &row, head, sealed).await? {
                 return Ok(r);
             }
         }
@@ -336,9 +339,11 @@ impl Vault {
             // revocation that landed meanwhile wins.
             let mut tx = self.begin().await?;
             // The subject row first, as above.
-            tx.subject(&first.subject)
+            let head = tx
+                .subject(&first.subject)
                 .await?
-                .ok_or(VaultError::NotFound)?;
+                .ok_or(VaultError::NotFound)?
+                .head;
             let stored = tx.consent(&id).await?;
             let row =
                 Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
@@ -357,7 +362,7 @@ impl Vault {
                 .ok_or(Refusal::UnknownDevice)
                 .and_then(|d| d.check_still(&device))
                 .map_err(refused)?;
-            if let Some(r) = self.commit_release(tx, req, row, sealed).await? {
+            if let Some(r) = self.commit_release(tx, req, row, head, sealed).await? {
                 return Ok(r);
             }
         }
@@ -424,19 +429,21 @@ impl Vault {
     }
 
     /// Writes the receipt of a sealed release and commits with the audit
-    /// record. The subject must still exist (on PostgreSQL its row lock
-    /// orders this against a concurrent delete) and be as sealed: if it
-    /// changed since, `None` (nothing written; seal again).
+    /// record, if the subject is still as sealed: `head` is its chain head
+    /// as `tx` read it first (its row locked on PostgreSQL, which orders
+    /// this against a concurrent delete; the writer held on SQLite). If
+    /// the chain moved since the seal, `None` (nothing written; seal
+    /// again).
     async fn commit_release(
         &self,
         mut tx: AuditedTx,
         req: &Request<'_>,
         consent: &Consent,
+        head: idvault_core::packet::ChainHead,
         sealed: Sealed,
     ) -> Result<Option<Release>, VaultError> {
         let id = consent.subject;
-        let now = tx.subject(&id).await?.ok_or(VaultError::NotFound)?;
-        if now.head != sealed.head {
+        if head != sealed.head {
             return Ok(None);
         }
         let receipt = Receipt {
@@ -450,7 +457,7 @@ impl Vault {
             released_at_ms: self.now_millis(),
             grant_hash: consent.grant_hash,
         };
-        tx.insert_receipt(&receipt).await?;
+        tx.insert_receipt(&receipt);
         let detail = format!(
             "consent={} purpose={} consented={} released={} receipt={}",
             hex::encode(consent.consent_id),

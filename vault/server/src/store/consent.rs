@@ -10,6 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::rows::{fixed, list_col, list_text, subject_col};
+use super::writeset::{Table, Value};
 use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
 use idvault_core::rowmac::{self, RowMac};
@@ -326,8 +327,10 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
-    /// Stores a new challenge.
-    pub async fn insert_challenge(
+    /// Stores a new challenge, unused. Only written, never read back in
+    /// the transaction: the row joins the write set, so a request that
+    /// issues a challenge never holds the writer.
+    pub fn insert_challenge(
         &mut self,
         challenge: &[u8; 32],
         partner: &str,
@@ -344,18 +347,17 @@ impl AuditedTx {
             &*self.store.row_keys()?,
             &rowmac::challenge(challenge, &row),
         );
-        sqlx::query(
-            "INSERT INTO consent_challenges (challenge, partner, subject_id, expires_at_ms, used_at_ms, \
-             mac_version, mac) VALUES ($1, $2, $3, $4, NULL, $5, $6)",
-        )
-        .bind(challenge.to_vec())
-        .bind(partner.to_owned())
-        .bind(subject.as_bytes().to_vec())
-        .bind(expires_at_ms)
-        .bind(v)
-        .bind(mac)
-        .execute(self.conn().await?)
-        .await?;
+        self.pending.push(
+            Table::Challenges,
+            vec![
+                Value::Bytes(challenge.to_vec()),
+                Value::Text(partner.to_owned()),
+                Value::Bytes(subject.as_bytes().to_vec()),
+                Value::Int(expires_at_ms),
+                Value::Int(v),
+                Value::Bytes(mac),
+            ],
+        );
         Ok(())
     }
 
@@ -491,23 +493,21 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
-    /// Appends a receipt.
-    pub async fn insert_receipt(&mut self, r: &Receipt) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO consent_receipts (receipt_id, consent_id, subject_id, partner, purpose, fields, \
-             released_at_ms, grant_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(r.receipt_id.clone())
-        .bind(r.consent_id.to_vec())
-        .bind(r.subject.as_bytes().to_vec())
-        .bind(r.partner.clone())
-        .bind(r.purpose.clone())
-        .bind(field_list(&r.fields))
-        .bind(r.released_at_ms)
-        .bind(r.grant_hash.to_vec())
-        .execute(self.conn().await?)
-        .await?;
-        Ok(())
+    /// Appends a receipt (written with the transaction's leaf).
+    pub fn insert_receipt(&mut self, r: &Receipt) {
+        self.pending.push(
+            Table::Receipts,
+            vec![
+                Value::Text(r.receipt_id.clone()),
+                Value::Bytes(r.consent_id.to_vec()),
+                Value::Bytes(r.subject.as_bytes().to_vec()),
+                Value::Text(r.partner.clone()),
+                Value::Text(r.purpose.clone()),
+                Value::Text(field_list(&r.fields)),
+                Value::Int(r.released_at_ms),
+                Value::Bytes(r.grant_hash.to_vec()),
+            ],
+        );
     }
 
     /// A subject's newest `limit` receipts, newest first.

@@ -787,15 +787,25 @@ impl AuditedTx {
             let set = std::mem::take(&mut self.pending);
             return applier.submit(set, self.deadline, slot).await;
         }
-        // The request's own rows first: a failure here is the request's.
-        self.conn().await?;
-        // A failed COMMIT is not: its outcome may be unknown.
-        self.finish().await.map_err(commit_failed)
+        self.finish().await
     }
 
     /// The transaction's connection, opened on first use; rows waiting in
     /// the write set are written on it first, so reads see them.
     async fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, StoreError> {
+        self.open().await?;
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(StoreError::Batch("the write has no connection".into()));
+        };
+        if !self.pending.is_empty() {
+            let set = std::mem::take(&mut self.pending);
+            writeset::apply(tx, self.store.backend, &[&set]).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Opens the transaction's connection if it has none yet.
+    async fn open(&mut self) -> Result<(), StoreError> {
         if self.tx.is_none() {
             let slot = self
                 .slot
@@ -810,26 +820,27 @@ impl AuditedTx {
             self.tx = Some(opened.0);
             self.slot = Some(opened.1);
         }
-        let Some(tx) = self.tx.as_mut() else {
-            return Err(StoreError::Batch("the write has no connection".into()));
-        };
-        if !self.pending.is_empty() {
-            let set = std::mem::take(&mut self.pending);
-            writeset::apply(tx, self.store.backend, &[&set]).await?;
-        }
-        Ok(tx)
+        Ok(())
     }
 
+    /// Writes the rows still waiting and commits. A failure of those rows
+    /// is the request's ([`StoreError::Database`]); a failed COMMIT is not
+    /// (its outcome may be unknown): [`StoreError::Batch`].
     async fn finish(mut self) -> Result<(), StoreError> {
         if !self.pending.is_empty() {
-            self.conn().await?;
+            self.open().await?;
         }
         let _slot = self.slot.take();
+        let rest = std::mem::take(&mut self.pending);
         match (self.tx.take(), &self.store.writer) {
             // Nothing was ever written: nothing to commit.
             (None, _) => Ok(()),
-            (Some(TxConn::Own(t)), _) => Ok(t.commit().await?),
-            (Some(TxConn::Batch(b)), Some(w)) => w.commit(b).await,
+            (Some(TxConn::Own(mut t)), _) => {
+                writeset::apply(&mut t, self.store.backend, &[&rest]).await?;
+                t.commit().await.map_err(|e| commit_failed(e.into()))
+            }
+            // The rows ride with the release (see `GroupWriter::commit`).
+            (Some(TxConn::Batch(b)), Some(w)) => w.commit(b, rest).await,
             (Some(TxConn::Batch(_)), None) => Err(StoreError::Corrupt("batch without a writer")),
         }
     }

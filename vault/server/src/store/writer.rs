@@ -147,14 +147,18 @@ impl GroupWriter {
             .map_err(|_| StoreError::Batch("the writer task failed".into()))?
     }
 
-    /// Releases the request's savepoint into the batch and waits until the
-    /// batch is durable (or failed).
+    /// Writes the request's remaining rows (`rest`), releases its
+    /// savepoint into the batch and waits until the batch is durable (or
+    /// failed). A failure of the request's own rows comes back as
+    /// [`StoreError::Database`], with the request undone and the batch
+    /// going on; a failure of the batch as [`StoreError::Batch`].
     pub(super) async fn commit(
         self: &Arc<Self>,
         b: OwnedMutexGuard<Batch>,
+        rest: WriteSet,
     ) -> Result<(), StoreError> {
         let me = Arc::clone(self);
-        let (generation, mut rx) = tokio::spawn(async move { me.release_step(b).await })
+        let (generation, mut rx) = tokio::spawn(async move { me.release_step(b, rest).await })
             .await
             .map_err(|_| StoreError::Batch("the writer task failed".into()))??;
         let res = match tokio::time::timeout(HANDOVER_GRACE, &mut rx).await {
@@ -213,21 +217,41 @@ impl GroupWriter {
             // IMMEDIATE: see `open_savepoint`.
             "BEGIN IMMEDIATE; SAVEPOINT request"
         };
-        let together = writeset::apply_script(&mut b.conn, before, &sets, "RELEASE request").await;
+        // Nobody is waiting to add to the batch: the COMMIT ends the same
+        // script, saving the connection a hand-off per batch (the writer's
+        // thread hand-offs, not its SQL, are most of a small batch's time).
+        // If an insert fails, the script stops before the RELEASE and the
+        // COMMIT, and the members are applied one by one as below.
+        let commit_too =
+            self.queued.load(Ordering::SeqCst) == 0 || b.members.len() + sets.len() >= MAX_BATCH;
+        let after = if commit_too {
+            "RELEASE request; COMMIT"
+        } else {
+            "RELEASE request"
+        };
+        let together = writeset::apply_script(&mut b.conn, before, &sets, after).await;
         drop(sets);
         if together.is_ok() {
             b.open = true;
             b.members.extend(group.into_iter().map(|s| s.done));
+            if commit_too {
+                b.committed();
+                return;
+            }
         } else {
             // Undo the group's statements, keep its savepoint, and apply
-            // each write set alone inside it. If there is no savepoint to
-            // roll back to, the script failed before opening it: the batch
-            // is in an unknown state and is ended as failed.
+            // each write set alone inside it.
             tracing::debug!(
                 members = group.len(),
                 "a write-set batch failed; applying its members one by one"
             );
+            // No savepoint to roll back to: the script failed before
+            // opening it, or at its COMMIT. Either way the batch is in an
+            // unknown state and is ended as failed.
             if b.conn.execute("ROLLBACK TO request").await.is_err() {
+                if commit_too && let Err(e) = &together {
+                    tracing::error!(error = %e, "batch commit failed");
+                }
                 b.abort("the batch could not be continued").await;
                 return fail_all(group, "the batch was rolled back");
             }
@@ -328,14 +352,46 @@ impl GroupWriter {
     async fn release_step(
         &self,
         mut b: OwnedMutexGuard<Batch>,
+        rest: WriteSet,
     ) -> Result<(u64, oneshot::Receiver<Result<(), StoreError>>), StoreError> {
-        b.conn.execute("RELEASE request").await?;
+        // The rows, the release and, if nobody waits to add to the batch,
+        // its COMMIT in one call to the connection: each call is a
+        // hand-off to its thread and back, made while holding the writer.
+        let end_now = self.queued.load(Ordering::SeqCst) == 0 || b.members.len() + 1 >= MAX_BATCH;
+        let after = if end_now {
+            "RELEASE request; COMMIT"
+        } else {
+            "RELEASE request"
+        };
+        if let Err(e) = writeset::apply_script(&mut b.conn, "", &[&rest], after).await {
+            // The savepoint is still open only if the request's own rows
+            // failed (the script stops at the failing statement): then
+            // undoing it keeps the batch, and the failure is the
+            // request's. If it cannot be undone, the RELEASE or the COMMIT
+            // failed: the batch is ended as failed.
+            b.in_savepoint = false;
+            let undone = async {
+                b.conn.execute("ROLLBACK TO request").await?;
+                b.conn.execute("RELEASE request").await
+            }
+            .await;
+            if undone.is_err() {
+                tracing::error!(error = %e, "batch release or commit failed");
+                b.abort("the batch commit failed").await;
+                return Err(StoreError::Batch(format!("the commit failed: {e}")));
+            }
+            if self.queued.load(Ordering::SeqCst) == 0 {
+                // Earlier members would otherwise wait out their grace.
+                b.end().await;
+            }
+            return Err(e);
+        }
         b.in_savepoint = false;
         let (tx, rx) = oneshot::channel();
         b.members.push(tx);
         let generation = b.generation;
-        if self.queued.load(Ordering::SeqCst) == 0 || b.members.len() >= MAX_BATCH {
-            b.end().await;
+        if end_now {
+            b.committed();
         }
         Ok((generation, rx))
     }
@@ -404,22 +460,25 @@ impl Batch {
             return;
         }
         match self.conn.execute("COMMIT").await {
-            Ok(_) => {
-                // Batch sizes, for group-commit tuning
-                // (`RUST_LOG=idvault_server::store=trace`).
-                tracing::trace!(members = self.members.len(), "batch committed");
-                #[allow(clippy::cast_precision_loss)] // at most MAX_BATCH
-                self.sizes.observe(self.members.len() as f64);
-                self.open = false;
-                self.generation += 1;
-                for m in self.members.drain(..) {
-                    let _ = m.send(Ok(()));
-                }
-            }
+            Ok(_) => self.committed(),
             Err(e) => {
                 tracing::error!(error = %e, "batch commit failed");
                 self.abort("the batch commit failed").await;
             }
+        }
+    }
+
+    /// The batch's COMMIT succeeded: answers every member.
+    fn committed(&mut self) {
+        // Batch sizes, for group-commit tuning
+        // (`RUST_LOG=idvault_server::store=trace`).
+        tracing::trace!(members = self.members.len(), "batch committed");
+        #[allow(clippy::cast_precision_loss)] // at most MAX_BATCH
+        self.sizes.observe(self.members.len() as f64);
+        self.open = false;
+        self.generation += 1;
+        for m in self.members.drain(..) {
+            let _ = m.send(Ok(()));
         }
     }
 

@@ -63,16 +63,20 @@ pub(super) enum Table {
     MatchSubjects,
     MatchIndex,
     Pairwise,
+    Challenges,
+    Receipts,
     Leaves,
 }
 
 impl Table {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::Subjects,
         Self::Packets,
         Self::MatchSubjects,
         Self::MatchIndex,
         Self::Pairwise,
+        Self::Challenges,
+        Self::Receipts,
         Self::Leaves,
     ];
 
@@ -131,6 +135,19 @@ impl Table {
                     }
                 },
             ),
+            // A fresh random key: a conflict fails the request (alone).
+            Self::Challenges => (
+                "INSERT INTO consent_challenges (challenge, partner, subject_id, expires_at_ms, \
+                 mac_version, mac) VALUES ",
+                6,
+                "",
+            ),
+            Self::Receipts => (
+                "INSERT INTO consent_receipts (receipt_id, consent_id, subject_id, partner, \
+                 purpose, fields, released_at_ms, grant_hash) VALUES ",
+                8,
+                "",
+            ),
             Self::Leaves => (
                 "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, \
                  request_id, head_seq, leaf, key_version, mac) VALUES ",
@@ -157,6 +174,8 @@ pub(super) struct WriteSet {
     match_subjects: Vec<Vec<Value>>,
     match_index: Vec<Vec<Value>>,
     pairwise: Vec<Vec<Value>>,
+    challenges: Vec<Vec<Value>>,
+    receipts: Vec<Vec<Value>>,
     leaves: Vec<Vec<Value>>,
 }
 
@@ -168,6 +187,8 @@ impl WriteSet {
             Table::MatchSubjects => &self.match_subjects,
             Table::MatchIndex => &self.match_index,
             Table::Pairwise => &self.pairwise,
+            Table::Challenges => &self.challenges,
+            Table::Receipts => &self.receipts,
             Table::Leaves => &self.leaves,
         }
     }
@@ -181,6 +202,8 @@ impl WriteSet {
             Table::MatchSubjects => self.match_subjects.push(row),
             Table::MatchIndex => self.match_index.push(row),
             Table::Pairwise => self.pairwise.push(row),
+            Table::Challenges => self.challenges.push(row),
+            Table::Receipts => self.receipts.push(row),
             Table::Leaves => self.leaves.push(row),
         }
     }
@@ -294,11 +317,11 @@ pub(super) async fn apply(
     Ok(())
 }
 
-/// SQLite only: runs `before`, the inserts of `sets` and `after` as one
-/// script, in one call to the connection's worker thread (every call is a
-/// hand-off between threads, which costs more than the inserts). It stops
-/// at the first statement that fails; the caller undoes the rest with the
-/// savepoint it opened in `before`.
+/// SQLite only: runs `before` (may be empty), the inserts of `sets` and
+/// `after` as one script, in one call to the connection's worker thread
+/// (every call is a hand-off between threads, which costs more than the
+/// inserts). It stops at the first statement that fails; the caller
+/// undoes the rest with the savepoint it opened.
 pub(super) async fn apply_script(
     conn: &mut AnyConnection,
     before: &str,
@@ -308,10 +331,14 @@ pub(super) async fn apply_script(
     let parts = statements(Backend::Sqlite, sets);
     let mut sql = String::from(before);
     for (t, rows) in &parts {
-        sql.push_str("; ");
+        if !sql.is_empty() {
+            sql.push_str("; ");
+        }
         push_insert(&mut sql, Backend::Sqlite, *t, rows.len(), &mut 0);
     }
-    sql.push_str("; ");
+    if !sql.is_empty() {
+        sql.push_str("; ");
+    }
     sql.push_str(after);
     let all: Vec<&Vec<Value>> = parts.iter().flat_map(|(_, r)| r.iter().copied()).collect();
     // Only placeholders are formatted in; every value is bound, in order
