@@ -588,6 +588,86 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
     tv.stop().await
 }
 
+/// A request holding the writer whose last rows fail (they are written
+/// with its RELEASE and the batch COMMIT, in one call on SQLite) fails
+/// alone: none of its rows stay, its earlier statement included, and the
+/// other requests, before and after it in the batch, are committed.
+pub async fn group_commit_isolates_a_request_whose_last_rows_fail(
+    b: Backend,
+) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::subject::SubjectId;
+    let tv = TestVault::start(b).await?;
+    let store = tv.vault.store().clone();
+    let key = tv.vault.keys().audit_key(1)?;
+    let key_bytes = *key.expose();
+    for id in [100u8, 101] {
+        sqlx::query(
+            "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
+             head_seq, head_hash, created_at_ms, updated_at_ms) \
+             VALUES ($1, 'group-test', $2, 1, 0, $3, 0, 0)",
+        )
+        .bind(vec![id; 16])
+        .bind(vec![0u8; 60])
+        .bind(vec![0u8; 32])
+        .execute(tv.db())
+        .await?;
+    }
+    let subject = |i: u8| SubjectId::from_slice(&[i; 16]).expect("16");
+    let mut tx = store.begin_audited(None)?;
+    tx.pairwise_insert("group-test", &[(subject(100), "taken".into())]);
+    commit_test_leaf(tx, &key_bytes, "LastRowsSetup", 200).await?;
+    let mut tasks = Vec::new();
+    for i in 0..24u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = store.begin_audited(None)?;
+            // Runs at once: the request now holds the writer (SQLite) or
+            // its own transaction (PostgreSQL).
+            tx.xref_create("last-rows", &format!("tok-{i}"), 1).await?;
+            if i == 7 {
+                // Waits for the commit, and then fails there: the token
+                // is another subject's.
+                tx.pairwise_insert("group-test", &[(subject(101), "taken".into())]);
+            }
+            commit_test_leaf(tx, &key_bytes, "LastRowsTest", i).await?;
+            anyhow::Ok(())
+        }));
+    }
+    let mut failed = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if t.await?.is_err() {
+            failed.push(i);
+        }
+    }
+    assert_eq!(failed, [7]);
+    let tokens: Vec<String> = sqlx::query_scalar(
+        "SELECT token FROM xref_entities WHERE owner = 'last-rows' ORDER BY token",
+    )
+    .fetch_all(tv.db())
+    .await?;
+    assert_eq!(tokens.len(), 23, "{tokens:?}");
+    assert!(!tokens.contains(&"tok-7".to_owned()));
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE action = 'LastRowsTest'")
+            .await,
+        23
+    );
+    assert_eq!(
+        tv.count("SELECT count(*) FROM pairwise_tokens WHERE partner = 'group-test'")
+            .await,
+        1
+    );
+    // The vault goes on writing after it.
+    let mut tx = store.begin_audited(None)?;
+    tx.xref_create("last-rows", "after", 1).await?;
+    commit_test_leaf(tx, &key_bytes, "LastRowsTest", 99).await?;
+    assert!(matches!(
+        tv.verify_audit().await?,
+        AuditVerdict::Intact { .. }
+    ));
+    tv.stop().await
+}
+
 /// Batched write sets (requests that only insert): one member of a batch
 /// failing (its token is taken) leaves the others committed and none of its
 /// own rows, its leaf included. A pairwise token is only stored for a live

@@ -65,6 +65,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     audit::rolled_back_chain_is_detected,
     audit::proofs_over_grpc,
     audit::group_commit_isolates_a_failed_request,
+    audit::group_commit_isolates_a_request_whose_last_rows_fail,
     audit::write_set_batch_isolates_a_failed_request,
     audit::fail_closed,
     audit::refusals_are_audited_without_pii,
