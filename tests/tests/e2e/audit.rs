@@ -542,8 +542,30 @@ async fn commit_test_leaf(
     Ok(())
 }
 
-pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
-    let tv = TestVault::start(b).await?;
+/// How request 7 of [`one_of_24_fails`] fails.
+#[derive(Clone, Copy)]
+enum Spoil {
+    /// A second statement, run at once, fails (duplicate key).
+    SecondStatement,
+    /// A row left for the commit fails there (the pairwise token "taken"
+    /// is another subject's): on SQLite it goes with the RELEASE and the
+    /// batch COMMIT in one call.
+    LastRows,
+}
+
+/// 24 concurrent requests, each creating the xref token `tok-{i}` of
+/// `owner` (a statement run at once, so each holds the writer on SQLite)
+/// and committing a leaf of `action`; request 7 is spoiled. Checks that it
+/// alone failed, that none of its rows stayed (its first insert
+/// included), that the others are committed, and that the vault writes
+/// on and its log verifies.
+async fn one_of_24_fails(
+    tv: &TestVault,
+    owner: &'static str,
+    action: &'static str,
+    spoil: Spoil,
+) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::subject::SubjectId;
     let store = tv.vault.store().clone();
     let key = tv.vault.keys().audit_key(1)?;
     let key_bytes = *key.expose();
@@ -552,13 +574,21 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut tx = store.begin_audited(None)?;
-            tx.xref_create("group-test", &format!("tok-{i}"), 1).await?;
-            if i == 7 {
-                // A second statement fails (duplicate key): the request
-                // ends with an error and its first insert must not stay.
-                tx.xref_create("group-test", &format!("tok-{i}"), 1).await?;
+            tx.xref_create(owner, &format!("tok-{i}"), 1).await?;
+            match spoil {
+                _ if i != 7 => {}
+                Spoil::SecondStatement => {
+                    tx.xref_create(owner, &format!("tok-{i}"), 1).await?;
+                }
+                Spoil::LastRows => tx.pairwise_insert(
+                    "group-test",
+                    &[(
+                        SubjectId::from_slice(&[101; 16]).expect("16"),
+                        "taken".into(),
+                    )],
+                ),
             }
-            commit_test_leaf(tx, &key_bytes, "GroupCommitTest", i).await?;
+            commit_test_leaf(tx, &key_bytes, action, i).await?;
             anyhow::Ok(())
         }));
     }
@@ -569,37 +599,43 @@ pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Resul
         }
     }
     assert_eq!(failed, [7]);
-    let tokens: Vec<String> = sqlx::query_scalar(
-        "SELECT token FROM xref_entities WHERE owner = 'group-test' ORDER BY token",
-    )
-    .fetch_all(tv.db())
-    .await?;
+    let tokens: Vec<String> =
+        sqlx::query_scalar("SELECT token FROM xref_entities WHERE owner = $1 ORDER BY token")
+            .bind(owner)
+            .fetch_all(tv.db())
+            .await?;
     assert_eq!(tokens.len(), 23, "{tokens:?}");
     assert!(!tokens.contains(&"tok-7".to_owned()));
-    assert_eq!(
-        tv.count("SELECT count(*) FROM audit_log WHERE action = 'GroupCommitTest'")
-            .await,
-        23
-    );
+    let leaves: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
+        .bind(action)
+        .fetch_one(tv.db())
+        .await?;
+    assert_eq!(leaves, 23);
+    // The vault goes on writing after it.
+    let mut tx = store.begin_audited(None)?;
+    tx.xref_create(owner, "after", 1).await?;
+    commit_test_leaf(tx, &key_bytes, action, 99).await?;
     assert!(matches!(
         tv.verify_audit().await?,
         AuditVerdict::Intact { .. }
     ));
+    Ok(())
+}
+
+pub async fn group_commit_isolates_a_failed_request(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    one_of_24_fails(&tv, "group-test", "GroupCommitTest", Spoil::SecondStatement).await?;
     tv.stop().await
 }
 
 /// A request holding the writer whose last rows fail (they are written
 /// with its RELEASE and the batch COMMIT, in one call on SQLite) fails
-/// alone: none of its rows stay, its earlier statement included, and the
-/// other requests, before and after it in the batch, are committed.
+/// alone.
 pub async fn group_commit_isolates_a_request_whose_last_rows_fail(
     b: Backend,
 ) -> anyhow::Result<()> {
     use idvault_tests::idvault_core::subject::SubjectId;
     let tv = TestVault::start(b).await?;
-    let store = tv.vault.store().clone();
-    let key = tv.vault.keys().audit_key(1)?;
-    let key_bytes = *key.expose();
     for id in [100u8, 101] {
         sqlx::query(
             "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
@@ -612,59 +648,22 @@ pub async fn group_commit_isolates_a_request_whose_last_rows_fail(
         .execute(tv.db())
         .await?;
     }
-    let subject = |i: u8| SubjectId::from_slice(&[i; 16]).expect("16");
-    let mut tx = store.begin_audited(None)?;
-    tx.pairwise_insert("group-test", &[(subject(100), "taken".into())]);
-    commit_test_leaf(tx, &key_bytes, "LastRowsSetup", 200).await?;
-    let mut tasks = Vec::new();
-    for i in 0..24u8 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tx = store.begin_audited(None)?;
-            // Runs at once: the request now holds the writer (SQLite) or
-            // its own transaction (PostgreSQL).
-            tx.xref_create("last-rows", &format!("tok-{i}"), 1).await?;
-            if i == 7 {
-                // Waits for the commit, and then fails there: the token
-                // is another subject's.
-                tx.pairwise_insert("group-test", &[(subject(101), "taken".into())]);
-            }
-            commit_test_leaf(tx, &key_bytes, "LastRowsTest", i).await?;
-            anyhow::Ok(())
-        }));
-    }
-    let mut failed = Vec::new();
-    for (i, t) in tasks.into_iter().enumerate() {
-        if t.await?.is_err() {
-            failed.push(i);
-        }
-    }
-    assert_eq!(failed, [7]);
-    let tokens: Vec<String> = sqlx::query_scalar(
-        "SELECT token FROM xref_entities WHERE owner = 'last-rows' ORDER BY token",
-    )
-    .fetch_all(tv.db())
-    .await?;
-    assert_eq!(tokens.len(), 23, "{tokens:?}");
-    assert!(!tokens.contains(&"tok-7".to_owned()));
-    assert_eq!(
-        tv.count("SELECT count(*) FROM audit_log WHERE action = 'LastRowsTest'")
-            .await,
-        23
+    let key = tv.vault.keys().audit_key(1)?;
+    let mut tx = tv.vault.store().begin_audited(None)?;
+    tx.pairwise_insert(
+        "group-test",
+        &[(
+            SubjectId::from_slice(&[100; 16]).expect("16"),
+            "taken".into(),
+        )],
     );
+    commit_test_leaf(tx, key.expose(), "LastRowsSetup", 200).await?;
+    one_of_24_fails(&tv, "last-rows", "LastRowsTest", Spoil::LastRows).await?;
     assert_eq!(
         tv.count("SELECT count(*) FROM pairwise_tokens WHERE partner = 'group-test'")
             .await,
         1
     );
-    // The vault goes on writing after it.
-    let mut tx = store.begin_audited(None)?;
-    tx.xref_create("last-rows", "after", 1).await?;
-    commit_test_leaf(tx, &key_bytes, "LastRowsTest", 99).await?;
-    assert!(matches!(
-        tv.verify_audit().await?,
-        AuditVerdict::Intact { .. }
-    ));
     tv.stop().await
 }
 

@@ -369,13 +369,7 @@ impl GroupWriter {
             // undoing it keeps the batch, and the failure is the
             // request's. If it cannot be undone, the RELEASE or the COMMIT
             // failed: the batch is ended as failed.
-            b.in_savepoint = false;
-            let undone = async {
-                b.conn.execute("ROLLBACK TO request").await?;
-                b.conn.execute("RELEASE request").await
-            }
-            .await;
-            if undone.is_err() {
+            if b.roll_back_request().await.is_err() {
                 tracing::error!(error = %e, "batch release or commit failed");
                 b.abort("the batch commit failed").await;
                 return Err(StoreError::Batch(format!("the commit failed: {e}")));
@@ -435,18 +429,21 @@ impl Batch {
         }
     }
 
+    /// Rolls back and closes the request's savepoint; fails if there is
+    /// none (then the batch is in an unknown state).
+    async fn roll_back_request(&mut self) -> Result<(), sqlx::Error> {
+        self.in_savepoint = false;
+        self.conn.execute("ROLLBACK TO request").await?;
+        self.conn.execute("RELEASE request").await?;
+        Ok(())
+    }
+
     /// Rolls back a savepoint its request left open (failed or dropped).
     async fn undo_abandoned(&mut self) {
         if !self.in_savepoint {
             return;
         }
-        self.in_savepoint = false;
-        let undone = async {
-            self.conn.execute("ROLLBACK TO request").await?;
-            self.conn.execute("RELEASE request").await
-        }
-        .await;
-        if undone.is_err() {
+        if self.roll_back_request().await.is_err() {
             // SQLite rolled the whole transaction back (an I/O error, a
             // full disk): the batch's earlier members are lost with it and
             // must not be acknowledged.
