@@ -542,6 +542,24 @@ async fn commit_test_leaf(
     Ok(())
 }
 
+/// Subject rows with ids `[id; 16]` and nothing else: for tests where only
+/// a subject's existence matters (pairwise tokens are stored only for one).
+async fn bare_subjects(tv: &TestVault, ids: impl IntoIterator<Item = u8>) -> anyhow::Result<()> {
+    for id in ids {
+        sqlx::query(
+            "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
+             head_seq, head_hash, created_at_ms, updated_at_ms) \
+             VALUES ($1, 'group-test', $2, 1, 0, $3, 0, 0)",
+        )
+        .bind(vec![id; 16])
+        .bind(vec![0u8; 60])
+        .bind(vec![0u8; 32])
+        .execute(tv.db())
+        .await?;
+    }
+    Ok(())
+}
+
 /// How request 7 of [`one_of_24_fails`] fails.
 #[derive(Clone, Copy)]
 enum Spoil {
@@ -636,18 +654,7 @@ pub async fn group_commit_isolates_a_request_whose_last_rows_fail(
 ) -> anyhow::Result<()> {
     use idvault_tests::idvault_core::subject::SubjectId;
     let tv = TestVault::start(b).await?;
-    for id in [100u8, 101] {
-        sqlx::query(
-            "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
-             head_seq, head_hash, created_at_ms, updated_at_ms) \
-             VALUES ($1, 'group-test', $2, 1, 0, $3, 0, 0)",
-        )
-        .bind(vec![id; 16])
-        .bind(vec![0u8; 60])
-        .bind(vec![0u8; 32])
-        .execute(tv.db())
-        .await?;
-    }
+    bare_subjects(&tv, [100, 101]).await?;
     let key = tv.vault.keys().audit_key(1)?;
     let mut tx = tv.vault.store().begin_audited(None)?;
     tx.pairwise_insert(
@@ -678,21 +685,8 @@ pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Re
     let store = tv.vault.store().clone();
     let key = tv.vault.keys().audit_key(1)?;
     let key_bytes = *key.expose();
-    // The subjects the tokens name (bare rows: only their ids matter here).
-    for i in (0..48u8).chain([100]) {
-        for id in [i, i | 0x80] {
-            sqlx::query(
-                "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
-                 head_seq, head_hash, created_at_ms, updated_at_ms) \
-                 VALUES ($1, 'group-test', $2, 1, 0, $3, 0, 0)",
-            )
-            .bind(vec![id; 16])
-            .bind(vec![0u8; 60])
-            .bind(vec![0u8; 32])
-            .execute(tv.db())
-            .await?;
-        }
-    }
+    // The subjects the tokens name.
+    bare_subjects(&tv, (0..48u8).chain([100]).flat_map(|i| [i, i | 0x80])).await?;
     async fn one(store: Store, key: [u8; 32], i: u8, token: String) -> anyhow::Result<()> {
         let mut tx = store.begin_audited(None)?;
         tx.pairwise_insert(
