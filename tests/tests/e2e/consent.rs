@@ -859,6 +859,64 @@ pub async fn challenge_and_replay_refusals(backend: Backend) -> anyhow::Result<(
     cx.tv.stop().await
 }
 
+/// Presentations raced on one vault: the same grant sent eight times at
+/// once is released exactly once, and eight grants on one challenge
+/// likewise. On SQLite the claim is decided by reads on the one writer and
+/// its writes ride in the commit (`AuditedTx::claim_grant`); on PostgreSQL
+/// the conditional writes decide. Either way one wins, the others are
+/// refused as replays, and one consent row and one receipt are written.
+pub async fn raced_presentations_release_once(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let present = |s: pb::SignedConsent| pb::ReleaseRequest {
+        consent: Some(pb::release_request::Consent::Signed(s)),
+        nonce: NONCE.to_vec(),
+    };
+    let race = |reqs: Vec<pb::ReleaseRequest>, client: ConsentServiceClient<Channel>| async move {
+        let mut calls = tokio::task::JoinSet::new();
+        for r in reqs {
+            let mut c = client.clone();
+            calls.spawn(async move { c.release(r).await });
+        }
+        calls.join_all().await
+    };
+    // The same grant, eight times.
+    let ch = cx.challenge(true).await;
+    let signed = cx.sign(&cx.grant(ch));
+    let same = race(vec![present(signed); 8], cx.b.clone()).await;
+    // Eight grants (eight consent ids) on one challenge.
+    let ch = cx.challenge(true).await;
+    let grants = (0..8)
+        .map(|_| present(cx.sign(&cx.grant(ch.clone()))))
+        .collect();
+    let one_challenge = race(grants, cx.b.clone()).await;
+    for (results, loser_reason) in [
+        (same, "consent_replayed"),
+        (one_challenge, "challenge_reused"),
+    ] {
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{results:?}");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(
+                (r.code(), reason(r)),
+                (Code::AlreadyExists, loser_reason),
+                "{r:?}"
+            );
+        }
+    }
+    assert_eq!(cx.tv.count("SELECT COUNT(*) FROM consents").await, 2);
+    assert_eq!(
+        cx.tv.count("SELECT COUNT(*) FROM consent_receipts").await,
+        2
+    );
+    assert_eq!(
+        cx.tv
+            .count("SELECT COUNT(*) FROM consent_challenges WHERE used_at_ms IS NOT NULL")
+            .await,
+        2
+    );
+    cx.tv.stop().await
+}
+
 /// A consent and a device request presented again after a restart are
 /// still refused: replay state lives in the database.
 pub async fn replay_refused_after_restart(backend: Backend) -> anyhow::Result<()> {

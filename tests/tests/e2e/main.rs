@@ -109,6 +109,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::forged_release_is_refused,
     consent::release_reads_only_the_newest_packets,
     consent::challenge_and_replay_refusals,
+    consent::raced_presentations_release_once,
     consent::replay_refused_after_restart,
     consent::standing_consent_and_revocation,
     consent::forged_consent_rows_authorise_nothing,

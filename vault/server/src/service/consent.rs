@@ -14,7 +14,7 @@ use idvault_policies::{Action, RequestContext, Resource};
 
 use super::pipeline::Request;
 use crate::service::{Caller, Vault, VaultError};
-use crate::store::AuditedTx;
+use crate::store::{AuditedTx, GrantClaim};
 use idvault_core::consent::{
     self as c, CHALLENGE_LEN, Challenge, Consent, Device, DevicePublicKey, GRANT_CONTEXT, Grant,
     ID_LEN, Receipt, Refusal,
@@ -272,28 +272,33 @@ impl Vault {
         for _ in 0..RELEASE_TRIES {
             let sealed = self.seal(req, &row).await?;
             let mut tx = self.begin().await?;
-            // The subject row first (PostgreSQL): the lock order of every
-            // call that writes a person's rows, so a release cannot
-            // deadlock with a revocation or an issuance from the same phone.
-            let head = tx
-                .subject(&g.subject)
-                .await?
-                .ok_or(VaultError::NotFound)?
-                .head;
+            // Every row the claim is decided on, in one read (see
+            // `AuditedTx::grant_claim_rows`); on PostgreSQL the subject's
+            // row is locked first: the lock order of every call that
+            // writes a person's rows, so a release cannot deadlock with a
+            // revocation or an issuance from the same phone.
+            let rows = tx
+                .grant_claim_rows(&g.subject, &device.device_id, &g.consent_id, &g.challenge)
+                .await?;
+            let head = rows.subject.ok_or(VaultError::NotFound)?.head;
             let now = self.now_millis();
             row.presented_at_ms = now;
-            self.still_active(&mut tx, device).await?;
-            if !tx.insert_consent(&row).await? {
+            rows.device
+                .ok_or(Refusal::UnknownDevice)
+                .and_then(|d| d.check_still(device))
+                .map_err(refused)?;
+            if rows.consent_presented {
                 return Err(refused(Refusal::ConsentReplayed));
             }
-            let challenge = tx.challenge(&g.challenge).await?;
-            Challenge::check(challenge.as_ref(), &req.partner.name, &g.subject, now)
+            Challenge::check(rows.challenge.as_ref(), &req.partner.name, &g.subject, now)
                 .map_err(refused)?;
-            let Some(challenge) = challenge else {
+            let Some(challenge) = rows.challenge else {
                 return Err(refused(Refusal::ChallengeUnknown));
             };
-            if !tx.use_challenge(&g.challenge, &challenge, now).await? {
-                return Err(refused(Refusal::ChallengeReused));
+            match tx.claim_grant(&row, &g.challenge, &challenge, now).await? {
+                GrantClaim::Claimed => {}
+                GrantClaim::ConsentPresented => return Err(refused(Refusal::ConsentReplayed)),
+                GrantClaim::ChallengeUsed => return Err(refused(Refusal::ChallengeReused)),
             }
             if let Some(r) = self.commit_release(tx, req, &row, head, sealed).await? {
                 return Ok(r);

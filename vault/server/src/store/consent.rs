@@ -5,6 +5,13 @@
 //! count says whether this caller won: `UPDATE … WHERE used_at_ms IS NULL`
 //! or `INSERT … ON CONFLICT DO NOTHING`. Two vault replicas racing on
 //! PostgreSQL serialise on the row, so exactly one sees a row written.
+//!
+//! One exception, on SQLite only: a grant's claim
+//! ([`AuditedTx::claim_grant`]) is decided by reads made on the one writer,
+//! which holds the database's write lock from those reads to the commit
+//! that carries the claim's writes, so no other writer (of this process or
+//! another) can come between; the consent id's primary key stays as a
+//! backstop (a plain INSERT: a duplicate fails the request).
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -13,6 +20,7 @@ use super::rows::{fixed, list_col, list_text, subject_col};
 use super::writeset::{Table, Value};
 use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
+use idvault_core::records::SubjectRecord;
 use idvault_core::rowmac::{self, RowMac};
 use idvault_core::subject::{FieldName, SubjectId};
 
@@ -26,6 +34,72 @@ fn fields_col(row: &AnyRow, col: &'static str) -> Result<Vec<FieldName>, StoreEr
 
 fn field_list(fields: &[FieldName]) -> String {
     list_text(fields.iter().map(FieldName::as_str))
+}
+
+/// A challenge row (`partner, subject_id, expires_at_ms, used_at_ms,
+/// mac_version, mac`), its MAC checked.
+fn challenge_row(keys: &RowMac, challenge: &[u8; 32], r: &AnyRow) -> Result<Challenge, StoreError> {
+    let c = Challenge {
+        partner: r.try_get("partner")?,
+        subject: subject_col(r, "subject_id")?,
+        expires_at_ms: r.try_get("expires_at_ms")?,
+        used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
+    };
+    check_row(keys, &rowmac::challenge(challenge, &c), r)?;
+    Ok(c)
+}
+
+/// A presented consent's row as inserted (not revoked), MACed: the 16
+/// columns of `consents` in their order.
+fn consent_values(keys: &RowMac, c: &Consent) -> Vec<Value> {
+    let row = Consent {
+        revoked_at_ms: None,
+        ..c.clone()
+    };
+    let (v, mac) = seal_row(keys, &rowmac::consent(&row));
+    vec![
+        Value::Bytes(c.consent_id.to_vec()),
+        Value::Bytes(c.subject.as_bytes().to_vec()),
+        Value::Text(c.device_id.clone()),
+        Value::Text(c.audience.clone()),
+        Value::Text(c.purpose.clone()),
+        Value::Text(field_list(&c.fields)),
+        Value::Int(i64::from(c.standing)),
+        Value::Int(c.issued_at),
+        Value::Int(c.expires_at),
+        Value::Bytes(c.grant_hash.to_vec()),
+        Value::Int(c.presented_at_ms),
+        Value::OptInt(None),
+        Value::Bytes(c.grant.clone()),
+        Value::Bytes(c.signature.clone()),
+        Value::Int(v),
+        Value::Bytes(mac),
+    ]
+}
+
+/// The rows a grant's claim is decided on ([`AuditedTx::grant_claim_rows`]).
+#[derive(Debug)]
+pub struct GrantClaimRows {
+    /// The subject's row.
+    pub subject: Option<SubjectRecord>,
+    /// The device's row.
+    pub device: Option<Device>,
+    /// Whether the consent id was presented before.
+    pub consent_presented: bool,
+    /// The challenge's row.
+    pub challenge: Option<Challenge>,
+}
+
+/// How a claim ended ([`AuditedTx::claim_grant`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantClaim {
+    /// The consent is recorded and the challenge used.
+    Claimed,
+    /// The consent id was presented before (a concurrent presentation
+    /// won, on PostgreSQL).
+    ConsentPresented,
+    /// The challenge was used before (likewise).
+    ChallengeUsed,
 }
 
 /// A device row, its MAC checked.
@@ -374,27 +448,110 @@ impl AuditedTx {
         .fetch_optional(self.conn().await?)
         .await?;
         let keys = self.store.row_keys()?;
-        row.map(|r| {
-            let c = Challenge {
-                partner: r.try_get("partner")?,
-                subject: subject_col(&r, "subject_id")?,
-                expires_at_ms: r.try_get("expires_at_ms")?,
-                used: r.try_get::<Option<i64>, _>("used_at_ms")?.is_some(),
-            };
-            check_row(&keys, &rowmac::challenge(challenge, &c), &r)?;
-            Ok(c)
-        })
-        .transpose()
+        row.map(|r| challenge_row(&keys, challenge, &r)).transpose()
     }
 
-    /// Marks a challenge used (its state as read, `row`, re-MACed as
-    /// used); false if it was used already.
-    pub async fn use_challenge(
+    /// Records a presented consent; false if its id was presented before.
+    async fn insert_consent(&mut self, c: &Consent) -> Result<bool, StoreError> {
+        let mut q = sqlx::query(
+            "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, fields, standing, \
+             issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
+             mac_version, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING",
+        );
+        for v in consent_values(&*self.store.row_keys()?, c) {
+            q = v.bind_to(q);
+        }
+        let n = q.execute(self.conn().await?).await?.rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The rows a grant's claim is decided on, read inside its
+    /// transaction (see [`Self::claim_grant`]).
+    ///
+    /// On SQLite the transaction holds the one writer (and the database's
+    /// write lock, `BEGIN IMMEDIATE`) from here to its commit, so nothing
+    /// can change these rows before the claim's writes: the four reads go
+    /// to the connection in one call, and the writes ride in the commit's.
+    /// On PostgreSQL the subject's row, then the device's, are locked
+    /// (the lock order of every call that writes a person's rows), and the
+    /// claim's conditional writes stay the authority.
+    pub async fn grant_claim_rows(
         &mut self,
+        subject: &SubjectId,
+        device_id: &str,
+        consent_id: &[u8; 16],
+        challenge: &[u8; 32],
+    ) -> Result<GrantClaimRows, StoreError> {
+        if self.store.backend == super::Backend::Postgres {
+            let subject = self.subject(subject).await?;
+            let device = self.device(device_id).await?;
+            let consent_presented = sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1")
+                .bind(consent_id.to_vec())
+                .fetch_optional(self.conn().await?)
+                .await?
+                .is_some();
+            let challenge = self.challenge(challenge).await?;
+            return Ok(GrantClaimRows {
+                subject,
+                device,
+                consent_presented,
+                challenge,
+            });
+        }
+        // One script, four statements; each row says which it is.
+        let rows = sqlx::query(concat!(
+            "SELECT 'subject' AS claim_row, ",
+            subject_columns!(),
+            " FROM subjects WHERE subject_id = $1; ",
+            "SELECT 'device' AS claim_row, device_id, subject_id, public_key, enrolled_by, \
+             enrolled_at_ms, revoked_at_ms, mac_version, mac FROM devices WHERE device_id = $2; ",
+            "SELECT 'consent' AS claim_row FROM consents WHERE consent_id = $3; ",
+            "SELECT 'challenge' AS claim_row, partner, subject_id, expires_at_ms, used_at_ms, \
+             mac_version, mac FROM consent_challenges WHERE challenge = $4"
+        ))
+        .bind(subject.as_bytes().to_vec())
+        .bind(device_id.to_owned())
+        .bind(consent_id.to_vec())
+        .bind(challenge.to_vec())
+        .fetch_all(self.conn().await?)
+        .await?;
+        let keys = self.store.row_keys()?;
+        let mut out = GrantClaimRows {
+            subject: None,
+            device: None,
+            consent_presented: false,
+            challenge: None,
+        };
+        for r in &rows {
+            match r.try_get::<String, _>("claim_row")?.as_str() {
+                "subject" => out.subject = Some(super::rows::subject_record(r)?),
+                "device" => out.device = Some(device(&keys, r)?),
+                "consent" => out.consent_presented = true,
+                "challenge" => out.challenge = Some(challenge_row(&keys, challenge, r)?),
+                _ => return Err(StoreError::Corrupt("claim_row")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a presented consent and marks its challenge used (`row`,
+    /// its state as read by [`Self::grant_claim_rows`] and checked by the
+    /// caller, re-MACed as used).
+    ///
+    /// On SQLite the outcome was decided by those reads, made on the
+    /// exclusive writer in this same transaction: the two writes are
+    /// queued for the commit's one call, and a plain INSERT of the consent
+    /// fails the request (never passes) should its id exist after all. On
+    /// PostgreSQL the conditional writes run here and their affected-row
+    /// counts decide, as the module docs say.
+    pub async fn claim_grant(
+        &mut self,
+        consent: &Consent,
         challenge: &[u8; 32],
         row: &Challenge,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<GrantClaim, StoreError> {
         let used = Challenge {
             used: true,
             ..row.clone()
@@ -403,6 +560,31 @@ impl AuditedTx {
             &*self.store.row_keys()?,
             &rowmac::challenge(challenge, &used),
         );
+        if self.store.backend == super::Backend::Sqlite {
+            // Queued only behind reads made on the writer in this same
+            // transaction (`grant_claim_rows`): without them the rows
+            // would go to the batch applier, where nothing decided them.
+            if self.tx.is_none() {
+                return Err(StoreError::Batch(
+                    "a grant's claim without its reads on the writer".into(),
+                ));
+            }
+            let values = consent_values(&*self.store.row_keys()?, consent);
+            self.pending.push(Table::Consents, values);
+            self.pending.push(
+                Table::ChallengeUses,
+                vec![
+                    Value::Int(now_ms),
+                    Value::Int(v),
+                    Value::Bytes(mac),
+                    Value::Bytes(challenge.to_vec()),
+                ],
+            );
+            return Ok(GrantClaim::Claimed);
+        }
+        if !self.insert_consent(consent).await? {
+            return Ok(GrantClaim::ConsentPresented);
+        }
         let n = sqlx::query(
             "UPDATE consent_challenges SET used_at_ms = $1, mac_version = $2, mac = $3 \
              WHERE challenge = $4 AND used_at_ms IS NULL",
@@ -414,41 +596,11 @@ impl AuditedTx {
         .execute(self.conn().await?)
         .await?
         .rows_affected();
-        Ok(n == 1)
-    }
-
-    /// Records a presented consent; false if its id was presented before.
-    pub async fn insert_consent(&mut self, c: &Consent) -> Result<bool, StoreError> {
-        let row = Consent {
-            revoked_at_ms: None,
-            ..c.clone()
-        };
-        let (v, mac) = seal_row(&*self.store.row_keys()?, &rowmac::consent(&row));
-        let n = sqlx::query(
-            "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, fields, standing, \
-             issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
-             mac_version, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13, $14, $15) ON CONFLICT DO NOTHING",
-        )
-        .bind(c.consent_id.to_vec())
-        .bind(c.subject.as_bytes().to_vec())
-        .bind(c.device_id.clone())
-        .bind(c.audience.clone())
-        .bind(c.purpose.clone())
-        .bind(field_list(&c.fields))
-        .bind(i64::from(c.standing))
-        .bind(c.issued_at)
-        .bind(c.expires_at)
-        .bind(c.grant_hash.to_vec())
-        .bind(c.presented_at_ms)
-        .bind(c.grant.clone())
-        .bind(c.signature.clone())
-        .bind(v)
-        .bind(mac)
-        .execute(self.conn().await?)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        Ok(if n == 1 {
+            GrantClaim::Claimed
+        } else {
+            GrantClaim::ChallengeUsed
+        })
     }
 
     /// A consent by id, inside the transaction.
@@ -545,5 +697,104 @@ impl AuditedTx {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idvault_core::secret::Secret;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let mut store = Store::connect(&url).await.expect("connect");
+        store.set_row_mac(RowMac::from_keys([Secret::from_bytes([7; 32], 1)]).expect("key"));
+        (dir, store)
+    }
+
+    /// On SQLite a grant's claim is decided by its reads on the writer
+    /// (`grant_claim_rows`): the four reads come back from one call, MACs
+    /// checked, and a claim queued without them is refused, since its rows
+    /// would otherwise reach the batch applier undecided.
+    #[tokio::test]
+    async fn sqlite_claim_is_decided_by_reads_on_the_writer() {
+        let (_dir, store) = store().await;
+        let subject = SubjectId::from_bytes([1; 16]);
+        let (challenge, consent_id) = ([2u8; 32], [3u8; 16]);
+
+        let mut tx = store.begin_audited(None).expect("queue");
+        tx.insert_challenge(&challenge, "partner-b", &subject, i64::MAX)
+            .expect("challenge");
+        store.commit_write(tx).await.expect("commit");
+
+        let mut tx = store.begin_audited(None).expect("queue");
+        let row = Challenge {
+            partner: "partner-b".into(),
+            subject,
+            expires_at_ms: i64::MAX,
+            used: false,
+        };
+        let consent = Consent {
+            consent_id,
+            subject,
+            device_id: "dev_0".into(),
+            audience: "spiffe://idvault.test/partner/partner-b".into(),
+            purpose: "kyc".into(),
+            fields: vec![],
+            standing: false,
+            issued_at: 1,
+            expires_at: 2,
+            grant_hash: [4; 32],
+            presented_at_ms: 5,
+            revoked_at_ms: None,
+            grant: vec![6],
+            signature: vec![7],
+        };
+        // No reads on the writer yet: refused, nothing queued.
+        assert!(matches!(
+            tx.claim_grant(&consent, &challenge, &row, 10).await,
+            Err(StoreError::Batch(_))
+        ));
+        let rows = tx
+            .grant_claim_rows(&subject, "dev_0", &consent_id, &challenge)
+            .await
+            .expect("reads");
+        assert!(rows.subject.is_none() && rows.device.is_none() && !rows.consent_presented);
+        assert_eq!(rows.challenge.as_ref(), Some(&row));
+        assert_eq!(
+            tx.claim_grant(&consent, &challenge, &row, 10)
+                .await
+                .expect("claim"),
+            GrantClaim::Claimed
+        );
+        store.commit_write(tx).await.expect("commit");
+
+        // Both writes landed with the commit: the next claim sees them.
+        let mut tx = store.begin_audited(None).expect("queue");
+        let rows = tx
+            .grant_claim_rows(&subject, "dev_0", &consent_id, &challenge)
+            .await
+            .expect("reads");
+        assert!(rows.consent_presented);
+        assert!(rows.challenge.expect("challenge").used);
+        // A consent id queued twice fails its request (the key is the
+        // backstop), never passes.
+        tx.claim_grant(&consent, &challenge, &row, 11)
+            .await
+            .expect("queued");
+        assert!(store.commit_write(tx).await.is_err());
+
+        // A challenge row edited without the key is refused as forged.
+        sqlx::query("UPDATE consent_challenges SET expires_at_ms = 1")
+            .execute(store.pool())
+            .await
+            .expect("edit");
+        let mut tx = store.begin_audited(None).expect("queue");
+        assert!(matches!(
+            tx.grant_claim_rows(&subject, "dev_0", &consent_id, &challenge)
+                .await,
+            Err(StoreError::Forged(_))
+        ));
     }
 }

@@ -61,6 +61,7 @@ use sqlx::{Any, AnyPool, Executor, Row};
 pub use audit::{
     CheckpointRow, LeafColumns, LeafRow, NewLeaf, SequencerLease, SequencerTx, SubjectSnapshot,
 };
+pub use consent::{GrantClaim, GrantClaimRows};
 pub use events::IGNORED_UNLINKED;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
 pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};

@@ -395,16 +395,28 @@ impl Batch {
     /// Opens a request's savepoint (and the batch, if none is open).
     async fn open_savepoint(&mut self) -> Result<(), StoreError> {
         self.undo_abandoned().await;
-        if !self.open {
-            // IMMEDIATE: take the write lock now, so no statement of the
-            // batch ever has to upgrade a read lock (which can fail busy).
-            self.conn.execute("BEGIN IMMEDIATE").await?;
-            self.open = true;
-        }
-        if let Err(e) = self.conn.execute("SAVEPOINT request").await {
-            self.abort("savepoint failed").await;
+        // IMMEDIATE: take the write lock now, so no statement of the batch
+        // ever has to upgrade a read lock (which can fail busy). One call
+        // for both statements (each call is a hand-off to the connection's
+        // thread, made while holding the writer).
+        let sql = if self.open {
+            "SAVEPOINT request"
+        } else {
+            "BEGIN IMMEDIATE; SAVEPOINT request"
+        };
+        if let Err(e) = self.conn.execute(sql).await {
+            if self.open {
+                self.abort("savepoint failed").await;
+            } else {
+                // The BEGIN failed (busy, I/O), or it ran and the
+                // SAVEPOINT failed: no member waits on this batch yet, so
+                // undo whatever began, quietly (the usual "no transaction"
+                // answer is the BEGIN-failed case).
+                let _ = self.conn.execute("ROLLBACK").await;
+            }
             return Err(e.into());
         }
+        self.open = true;
         self.in_savepoint = true;
         Ok(())
     }

@@ -54,8 +54,9 @@ pub(super) enum Value {
     Bytes(Vec<u8>),
 }
 
-/// A table a write set inserts into, in the order they are applied
-/// (parents before children, for foreign keys).
+/// A table a write set inserts into (one, [`Table::ChallengeUses`],
+/// updates), in the order they are applied (parents before children, for
+/// foreign keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Table {
     Subjects,
@@ -64,18 +65,22 @@ pub(super) enum Table {
     MatchIndex,
     Pairwise,
     Challenges,
+    Consents,
+    ChallengeUses,
     Receipts,
     Leaves,
 }
 
 impl Table {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 10] = [
         Self::Subjects,
         Self::Packets,
         Self::MatchSubjects,
         Self::MatchIndex,
         Self::Pairwise,
         Self::Challenges,
+        Self::Consents,
+        Self::ChallengeUses,
         Self::Receipts,
         Self::Leaves,
     ];
@@ -142,6 +147,28 @@ impl Table {
                 6,
                 "",
             ),
+            // A presented consent: a conflict (the id presented before)
+            // fails the request, never passes silently.
+            Self::Consents => (
+                "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, \
+                 fields, standing, issued_at, expires_at, grant_hash, presented_at_ms, \
+                 revoked_at_ms, grant_bytes, grant_signature, mac_version, mac) VALUES ",
+                16,
+                "",
+            ),
+            // A challenge marked used (re-MACed as used). Queued only by
+            // a SQLite request that read it unused on the writer in the
+            // same transaction (`AuditedTx::claim_grant` refuses
+            // otherwise), so the condition always holds there. It cannot
+            // refuse anything: a row it does not match is skipped, not an
+            // error.
+            Self::ChallengeUses => (
+                "UPDATE consent_challenges SET used_at_ms = v.column1, mac_version = v.column2, \
+                 mac = v.column3 FROM (VALUES ",
+                4,
+                ") AS v WHERE consent_challenges.challenge = v.column4 \
+                 AND consent_challenges.used_at_ms IS NULL",
+            ),
             Self::Receipts => (
                 "INSERT INTO consent_receipts (receipt_id, consent_id, subject_id, partner, \
                  purpose, fields, released_at_ms, grant_hash) VALUES ",
@@ -175,6 +202,8 @@ pub(super) struct WriteSet {
     match_index: Vec<Vec<Value>>,
     pairwise: Vec<Vec<Value>>,
     challenges: Vec<Vec<Value>>,
+    consents: Vec<Vec<Value>>,
+    challenge_uses: Vec<Vec<Value>>,
     receipts: Vec<Vec<Value>>,
     leaves: Vec<Vec<Value>>,
 }
@@ -188,6 +217,8 @@ impl WriteSet {
             Table::MatchIndex => &self.match_index,
             Table::Pairwise => &self.pairwise,
             Table::Challenges => &self.challenges,
+            Table::Consents => &self.consents,
+            Table::ChallengeUses => &self.challenge_uses,
             Table::Receipts => &self.receipts,
             Table::Leaves => &self.leaves,
         }
@@ -203,6 +234,8 @@ impl WriteSet {
             Table::MatchIndex => self.match_index.push(row),
             Table::Pairwise => self.pairwise.push(row),
             Table::Challenges => self.challenges.push(row),
+            Table::Consents => self.consents.push(row),
+            Table::ChallengeUses => self.challenge_uses.push(row),
             Table::Receipts => self.receipts.push(row),
             Table::Leaves => self.leaves.push(row),
         }
@@ -288,16 +321,26 @@ fn bind_rows<'q>(
 ) -> sqlx::query::Query<'q, Any, AnyArguments> {
     for row in rows {
         for v in row.iter() {
-            q = match v {
-                Value::Int(x) => q.bind(*x),
-                Value::OptInt(x) => q.bind(*x),
-                Value::Text(x) => q.bind(x.clone()),
-                Value::OptText(x) => q.bind(x.clone()),
-                Value::Bytes(x) => q.bind(x.clone()),
-            };
+            q = v.bind_to(q);
         }
     }
     q
+}
+
+impl Value {
+    /// Binds this value as the query's next argument.
+    pub(super) fn bind_to<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Any, AnyArguments>,
+    ) -> sqlx::query::Query<'q, Any, AnyArguments> {
+        match self {
+            Self::Int(x) => q.bind(*x),
+            Self::OptInt(x) => q.bind(*x),
+            Self::Text(x) => q.bind(x.clone()),
+            Self::OptText(x) => q.bind(x.clone()),
+            Self::Bytes(x) => q.bind(x.clone()),
+        }
+    }
 }
 
 /// Inserts the rows of `sets` on `conn`: one multi-row statement per
