@@ -158,10 +158,23 @@ fn receipt(r: &AnyRow) -> Result<Receipt, StoreError> {
 
 /// `SELECT` of every device column, as a macro so queries stay string
 /// literals.
+macro_rules! device_columns {
+    () => {
+        "device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
+         mac_version, mac"
+    };
+}
+
 macro_rules! select_devices {
     () => {
-        "SELECT device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
-         mac_version, mac FROM devices"
+        concat!("SELECT ", device_columns!(), " FROM devices")
+    };
+}
+
+/// Column list of a challenge row as [`challenge_row`] reads it.
+macro_rules! challenge_columns {
+    () => {
+        "partner, subject_id, expires_at_ms, used_at_ms, mac_version, mac"
     };
 }
 
@@ -173,9 +186,11 @@ async fn consent_by_id<'e>(
 ) -> Result<Option<Consent>, StoreError> {
     macro_rules! select {
         () => {
-            "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
-             expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
-             mac_version, mac FROM consents WHERE consent_id = $1"
+            concat!(
+                "SELECT ",
+                consent_columns!(),
+                " FROM consents WHERE consent_id = $1"
+            )
         };
     }
     // Locked (PostgreSQL): a revocation racing a release waits for it, or
@@ -440,10 +455,11 @@ impl AuditedTx {
         &mut self,
         challenge: &[u8; 32],
     ) -> Result<Option<Challenge>, StoreError> {
-        let row = sqlx::query(
-            "SELECT partner, subject_id, expires_at_ms, used_at_ms, mac_version, mac \
-             FROM consent_challenges WHERE challenge = $1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            challenge_columns!(),
+            " FROM consent_challenges WHERE challenge = $1"
+        ))
         .bind(challenge.to_vec())
         .fetch_optional(self.conn().await?)
         .await?;
@@ -453,12 +469,12 @@ impl AuditedTx {
 
     /// Records a presented consent; false if its id was presented before.
     async fn insert_consent(&mut self, c: &Consent) -> Result<bool, StoreError> {
-        let mut q = sqlx::query(
-            "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, fields, standing, \
-             issued_at, expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
-             mac_version, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING",
-        );
+        let mut q = sqlx::query(concat!(
+            "INSERT INTO consents (",
+            consent_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT DO NOTHING"
+        ));
         for v in consent_values(&*self.store.row_keys()?, c) {
             q = v.bind_to(q);
         }
@@ -504,11 +520,13 @@ impl AuditedTx {
             "SELECT 'subject' AS claim_row, ",
             subject_columns!(),
             " FROM subjects WHERE subject_id = $1; ",
-            "SELECT 'device' AS claim_row, device_id, subject_id, public_key, enrolled_by, \
-             enrolled_at_ms, revoked_at_ms, mac_version, mac FROM devices WHERE device_id = $2; ",
+            "SELECT 'device' AS claim_row, ",
+            device_columns!(),
+            " FROM devices WHERE device_id = $2; ",
             "SELECT 'consent' AS claim_row FROM consents WHERE consent_id = $3; ",
-            "SELECT 'challenge' AS claim_row, partner, subject_id, expires_at_ms, used_at_ms, \
-             mac_version, mac FROM consent_challenges WHERE challenge = $4"
+            "SELECT 'challenge' AS claim_row, ",
+            challenge_columns!(),
+            " FROM consent_challenges WHERE challenge = $4"
         ))
         .bind(subject.as_bytes().to_vec())
         .bind(device_id.to_owned())

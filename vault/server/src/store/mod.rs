@@ -21,6 +21,16 @@ macro_rules! subject_columns {
     };
 }
 
+/// Column list of `consents` (the row MAC and its version last), as
+/// read and as inserted.
+macro_rules! consent_columns {
+    () => {
+        "consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
+         expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
+         mac_version, mac"
+    };
+}
+
 /// A `SELECT` that locks its rows until the transaction ends on
 /// PostgreSQL; on SQLite the writer already orders writes. The parts are
 /// string literals (or macros giving them), so the query stays a literal.

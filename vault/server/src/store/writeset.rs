@@ -150,9 +150,7 @@ impl Table {
             // A presented consent: a conflict (the id presented before)
             // fails the request, never passes silently.
             Self::Consents => (
-                "INSERT INTO consents (consent_id, subject_id, device_id, audience, purpose, \
-                 fields, standing, issued_at, expires_at, grant_hash, presented_at_ms, \
-                 revoked_at_ms, grant_bytes, grant_signature, mac_version, mac) VALUES ",
+                concat!("INSERT INTO consents (", consent_columns!(), ") VALUES "),
                 16,
                 "",
             ),
