@@ -9,6 +9,7 @@
 //! - [`matching`]: blind-matching quality and latency.
 //! - [`dataset`]: blind-matching quality on a labelled dataset of the
 //!   user's own (a public record-linkage benchmark).
+//! - [`cpu`]: the CPU a phase used (machine, process, busiest thread).
 //! - [`consent`]: grant verification and consented releases.
 //! - [`credentials`]: digital IDs issued, presented and verified.
 //! - [`events`]: events to delivered commands.
@@ -21,6 +22,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod consent;
+pub mod cpu;
 pub mod credentials;
 pub mod dataset;
 pub mod events;

@@ -51,6 +51,7 @@ use idvault_server::service::Vault;
 use tonic::transport::Channel;
 
 use crate::BenchError;
+use crate::cpu::{CpuMark, CpuUse};
 use crate::synth::{self, Person, Rng};
 
 /// Partner whose identity the benchmark uses.
@@ -93,6 +94,8 @@ pub struct Phase {
     pub secs: f64,
     /// Sorted latencies of the successful calls.
     pub latency: Vec<Duration>,
+    /// CPU used while the phase ran (Linux only).
+    pub cpu: Option<CpuUse>,
 }
 
 impl Phase {
@@ -220,6 +223,15 @@ impl std::fmt::Display for RpcReport {
             self.releases_opened,
             self.open_mean
         )?;
+        writeln!(
+            f,
+            "CPU (whole machine, every process; ceiling = its cores at that CPU per call):"
+        )?;
+        for p in &self.phases {
+            if let Some(c) = &p.cpu {
+                writeln!(f, "  {:<32} {}", p.name, c.summary(p.ok))?;
+            }
+        }
         writeln!(
             f,
             "checkpoint lag of {} CreateSubject leaves: p50 {} ms  p99 {} ms  max {} ms  ({} checkpoints; all leaves sequenced {:.1} s after the last phase)",
@@ -365,6 +377,7 @@ where
 {
     let f = Arc::new(f);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu = CpuMark::now();
     let t = Instant::now();
     let mut tasks = Vec::new();
     for (w, ch) in channels.iter().enumerate() {
@@ -409,6 +422,7 @@ where
         }
     }
     phase.secs = t.elapsed().as_secs_f64();
+    phase.cpu = cpu.since();
     phase.ok = phase.latency.len();
     phase.latency.sort();
     Ok((phase, outs))

@@ -17,6 +17,9 @@ pub async fn run(
 ) -> Result<(), BenchError> {
     let vault = crate::InProcess::start(database_url).await?;
     let per = count.div_ceil(concurrency.max(1));
+    // The connections' set-up (mTLS handshakes) counts in the CPU, as it
+    // does in the wall time.
+    let cpu = crate::cpu::CpuMark::now();
     let t = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency.max(1) {
@@ -53,6 +56,7 @@ pub async fn run(
         lat.extend(task.await??);
     }
     let elapsed = t.elapsed();
+    let cpu = cpu.since();
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -70,5 +74,8 @@ pub async fn run(
         3.0 * lat.len() as f64 / elapsed.as_secs_f64()
     );
     println!("latency:    p50 {:?}  p99 {:?}", pct(0.50), pct(0.99));
+    if let Some(c) = cpu {
+        println!("CPU:        {}", c.summary(lat.len()));
+    }
     vault.stop().await
 }

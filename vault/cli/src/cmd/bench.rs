@@ -455,6 +455,7 @@ pub(crate) async fn bench_rpc(
                     "p50_ms": ms(p.quantile(0.5)),
                     "p99_ms": ms(p.quantile(0.99)),
                     "ratio_to_baseline": r.ratio(p),
+                    "cpu": p.cpu.as_ref().map(|c| c.to_json(p.ok)),
                 })
             })
             .collect();
