@@ -3,7 +3,11 @@
 //! One implementation per job: AES-256-GCM from `aes-gcm`, HKDF-SHA256
 //! from `hkdf`, HMAC-SHA256 and SHA-256 from `ring`. Everything else in the
 //! vault calls these functions, and the known-answer tests (Wycheproof)
-//! exercise exactly these functions.
+//! exercise exactly these functions. One exception: the HPKE seal
+//! (`consent::release`) runs RFC 9180's labeled HKDF steps on `hkdf`
+//! itself, and its P-256 Diffie-Hellman is `ring`'s, while opening (for
+//! partners and tests) is the `hpke` crate's on `p256`; the reason and the
+//! checks are written there.
 //!
 //! It must never bring in a second implementation of a primitive, compare
 //! a MAC or tag with `==` (use [`ct_eq`] or [`hmac_sha256_verify`]), or
@@ -44,6 +48,16 @@ pub enum CryptoError {
 pub trait Rng: Send + Sync {
     /// Fills `buf` with random bytes.
     fn fill(&self, buf: &mut [u8]) -> Result<(), CryptoError>;
+
+    /// The same source as `ring` sees it, for the `ring` operations that
+    /// draw their randomness themselves (the HPKE seal's ephemeral key).
+    /// `ring` lets no one else implement its trait, so a source that is not
+    /// `ring`'s (a fixed one in a test) answers `None`, and those
+    /// operations refuse rather than fall back to the OS's source behind
+    /// the caller's back.
+    fn ring(&self) -> Option<&dyn ring::rand::SecureRandom> {
+        None
+    }
 }
 
 /// The operating system's CSPRNG (through `ring`).
@@ -59,6 +73,10 @@ impl Default for SystemRng {
 impl Rng for SystemRng {
     fn fill(&self, buf: &mut [u8]) -> Result<(), CryptoError> {
         ring::rand::SecureRandom::fill(&self.0, buf).map_err(|_| CryptoError::Rng)
+    }
+
+    fn ring(&self) -> Option<&dyn ring::rand::SecureRandom> {
+        Some(&self.0)
     }
 }
 
