@@ -117,10 +117,10 @@ fn labeled_expand(
 /// crate (the ephemeral public key twice, then the Diffie-Hellman), and
 /// moving them to ring's ECDH (the two it needs, several times faster)
 /// cut a full consented release's CPU by about a fifth
-/// (docs/BENCHMARKS.md, "The release seal on ring"). What remains is the key schedule, a few lines of
-/// HKDF. The known-answer tests check the output byte for byte against
-/// RFC 9180's vector, and every round-trip test opens with the `hpke`
-/// crate, an independent implementation.
+/// (docs/BENCHMARKS.md, "The release seal on ring"). What remains is the
+/// key schedule, a few lines of HKDF. The known-answer tests check the
+/// output byte for byte against RFC 9180's vector, and every round-trip
+/// test opens with the `hpke` crate, an independent implementation.
 ///
 /// ring consumes the ephemeral key in the agreement, so one key can never
 /// seal twice (that would reuse the AES-GCM key and nonce). The key comes
