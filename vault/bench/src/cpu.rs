@@ -48,9 +48,7 @@ impl CpuUse {
         self.machine_us_per_call(calls)
             .map(|us| self.cores as f64 * 1e6 / us)
     }
-}
 
-impl CpuUse {
     /// One line for a phase of `calls` calls: machine CPU per call, the
     /// ceiling, this process's share and its busiest thread.
     pub fn summary(&self, calls: usize) -> String {

@@ -468,26 +468,30 @@ mod tests {
         plaintext: &[u8],
     ) -> (Vec<u8>, Vec<u8>) {
         let sk_e = <Kem as hpke::Kem>::derive_keypair(ikm_e).0.to_bytes();
-        let bytes: &'static [u8] = Box::leak(sk_e.to_vec().into_boxed_slice());
-        seal(pk, info, aad, plaintext, &Fixed(Some(bytes))).unwrap()
+        seal(pk, info, aad, plaintext, &Fixed::new(Some(&sk_e))).unwrap()
     }
+
+    #[allow(deprecated)] // ring's fixed "random" source, for tests
+    type FixedSlice<'a> = ring::test::rand::FixedSliceRandom<'a>;
 
     /// A fixed source: its `ring` view yields exactly these bytes, or it
     /// has no `ring` view at all.
-    struct Fixed(Option<&'static [u8]>);
+    struct Fixed<'a>(Option<FixedSlice<'a>>);
 
-    #[allow(deprecated)] // ring's fixed "random" source, for tests
-    type FixedSlice = ring::test::rand::FixedSliceRandom<'static>;
+    impl<'a> Fixed<'a> {
+        fn new(bytes: Option<&'a [u8]>) -> Self {
+            Self(bytes.map(|bytes| FixedSlice { bytes }))
+        }
+    }
 
-    impl Rng for Fixed {
+    impl Rng for Fixed<'_> {
         fn fill(&self, buf: &mut [u8]) -> Result<(), CryptoError> {
             buf.fill(7);
             Ok(())
         }
 
         fn ring(&self) -> Option<&dyn ring::rand::SecureRandom> {
-            let bytes = self.0?;
-            Some(Box::leak(Box::new(FixedSlice { bytes })))
+            self.0.as_ref().map(|r| r as &dyn ring::rand::SecureRandom)
         }
     }
 
@@ -583,7 +587,7 @@ mod tests {
     #[test]
     fn no_valid_ephemeral_scalar_is_an_error() {
         let pk = ReleaseSecretKey::derive(&[9; 32]).public_key();
-        let beyond_the_order = Fixed(Some(&[0xff; 32]));
+        let beyond_the_order = Fixed::new(Some(&[0xff; 32]));
         assert!(matches!(
             seal(&pk, RELEASE_INFO, b"", b"x", &beyond_the_order),
             Err(CryptoError::Rng)
@@ -591,7 +595,7 @@ mod tests {
         // A source `ring` cannot draw from is refused, not replaced by the
         // OS's behind the caller's back.
         assert!(matches!(
-            seal(&pk, RELEASE_INFO, b"", b"x", &Fixed(None)),
+            seal(&pk, RELEASE_INFO, b"", b"x", &Fixed::new(None)),
             Err(CryptoError::Rng)
         ));
     }
