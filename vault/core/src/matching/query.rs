@@ -19,8 +19,8 @@ pub const MAX_RESULTS: u32 = 10;
 pub const CANDIDATE_LIMIT: u32 = 64;
 /// Candidates whose signatures are read first: enough when the best of
 /// them beats anything a lower-ranked candidate could score (see
-/// [`PlannedQuery::settled_by`]); more are read, a page at a time, only
-/// while that is not so.
+/// [`PlannedQuery::settled_by`]); the rest of the [`CANDIDATE_LIMIT`]
+/// best are read only when that is not so.
 pub const FIRST_CANDIDATES: u32 = 8;
 /// Lowest `min_score` a query may set: the vault's match threshold.
 pub const MIN_SCORE: f64 = 0.5;

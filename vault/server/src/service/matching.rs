@@ -51,10 +51,10 @@ impl From<BadSignature> for VaultError {
 /// their blocking hits are read with their signatures in one query. Only
 /// if those do not settle the query (`PlannedQuery::settled_by`) are the
 /// [`CANDIDATE_LIMIT`] best ranked again, without signatures, and the
-/// signatures of the next ones read a page at a time (8, 16, then 32)
-/// until the query is settled; the answer is the one reading all of them
-/// would give. The partner's pairwise tokens of the first candidates come
-/// with them, into `tokens`.
+/// signatures of all the others read, in two halves side by side on two
+/// pool connections: the answer is then the one reading all of them
+/// gives. The partner's pairwise tokens of the first candidates come with
+/// them, into `tokens`.
 async fn best_candidates(
     store: &crate::store::Store,
     partner: &Partner,
@@ -74,30 +74,36 @@ async fn best_candidates(
     // at most as high as the last one read (the page holds at most
     // FIRST_CANDIDATES).
     let next = read.get(FIRST_CANDIDATES as usize - 1).map(|c| c.gain);
-    let mut pages = 1;
-    if !p.settled_by(&read, next)? {
+    let settled = p.settled_by(&read, next)?;
+    let mut ranked = first;
+    if !settled {
+        // Read the rest at once rather than a page at a time: at
+        // 1,000,000 subjects 138 of the 139 queries (of 2,000) the first
+        // page left open went on to the last page anyway, each page a
+        // round trip of its own (docs/BENCHMARKS.md, "The rest of the
+        // candidates at once"). Two halves on two connections, since a
+        // signature read is mostly page reads (a reader's page cache does
+        // not outlive another connection's commit), which two cores do
+        // side by side.
         let seen: std::collections::HashSet<SubjectId> = read.iter().map(|c| c.subject).collect();
-        let ranks = store.match_ranks(domain, blocking, CANDIDATE_LIMIT).await?;
-        let mut unread = ranks
+        // At most CANDIDATE_LIMIT in all, even if the first page's
+        // subjects left the best ranked meanwhile.
+        let budget = (CANDIDATE_LIMIT as usize).saturating_sub(read.len());
+        let rest: Vec<(SubjectId, f64)> = store
+            .match_ranks(domain, blocking, CANDIDATE_LIMIT)
+            .await?
             .into_iter()
             .filter(|(s, _)| !seen.contains(s))
-            .peekable();
-        let mut page = FIRST_CANDIDATES as usize;
-        loop {
-            // At most CANDIDATE_LIMIT in all, even if the first page's
-            // subjects left the best ranked meanwhile.
-            let budget = (CANDIDATE_LIMIT as usize).saturating_sub(read.len());
-            if budget == 0 {
-                break;
-            }
-            let next: Vec<_> = unread.by_ref().take(page.min(budget)).collect();
-            read.extend(store.match_signatures(domain, &next).await?);
-            page *= 2;
-            pages += 1;
-            if p.settled_by(&read, unread.peek().map(|(_, g)| *g))? {
-                break;
-            }
-        }
+            .take(budget)
+            .collect();
+        ranked = started.elapsed();
+        let (front, back) = rest.split_at(rest.len().div_ceil(2));
+        let (front, back) = tokio::try_join!(
+            store.match_signatures(domain, front),
+            store.match_signatures(domain, back)
+        )?;
+        read.extend(front);
+        read.extend(back);
     }
     let read_time = started.elapsed();
     let candidates = read.len();
@@ -105,11 +111,11 @@ async fn best_candidates(
     let wide = p.needs_wide(&hits);
     tracing::debug!(
         keys = blocking.len(),
-        settled = pages == 1,
-        pages,
+        settled,
         candidates,
         wide,
         first_us = first.as_micros(),
+        ranks_us = (ranked - first).as_micros(),
         read_us = read_time.as_micros(),
         rank_us = (started.elapsed() - read_time).as_micros(),
         "match lookup timings"
@@ -645,6 +651,7 @@ impl Vault {
         );
         let tokens_done = started.elapsed();
         self.commit(tx, req, None, detail).await?;
+        let committed = started.elapsed();
         if !fresh.is_empty() {
             // Durable now: ours, or the one a concurrent match stored first.
             let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
@@ -654,10 +661,12 @@ impl Vault {
                     .await?,
             );
         }
-        // Phase timings for latency work (`RUST_LOG=idvault::matching=debug`).
+        // Phase timings for latency work
+        // (`RUST_LOG=idvault_server::service::matching=debug`).
         tracing::debug!(
             tokens_us = (tokens_done - looked_up).as_micros(),
-            commit_us = (started.elapsed() - tokens_done).as_micros(),
+            commit_us = (committed - tokens_done).as_micros(),
+            read_back_us = (started.elapsed() - committed).as_micros(),
             "match batch timings"
         );
         Ok(kept

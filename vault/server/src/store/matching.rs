@@ -627,8 +627,8 @@ fn bind_ranking<'q, O>(
 /// The ranks of one query's candidates, without their signatures: the at
 /// most `limit` subjects of `domain` ranked highest by [`candidates`],
 /// `(subject, rank)`, best first. Read when the first candidates do not
-/// settle a query, to read the signatures of the next ones a page at a
-/// time ([`signatures`]) instead of `limit` of them at once.
+/// settle a query, to read the signatures of the others ([`signatures`])
+/// in parts side by side.
 pub(super) async fn ranks<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     domain: &str,
