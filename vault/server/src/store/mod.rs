@@ -287,7 +287,9 @@ impl Store {
         };
         let mut opts = AnyPoolOptions::new()
             .max_connections(match backend {
-                // One is the batch writer's; the rest serve reads.
+                // Readers. The batch writer's connection comes from the
+                // pool too but is detached from it at once, and the pool
+                // opens another in its place: 8 readers and the writer.
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })

@@ -40,6 +40,18 @@ const MAX_GROUP: usize = super::writer::MAX_BATCH;
 /// number of distinct prepared statements small.
 const ROWS_PER_STATEMENT: usize = 64;
 
+/// Most bound values of a SQLite write script kept prepared on the writer
+/// connection (sqlx's statement cache, 100 statements per connection).
+/// Parsing the script was a fifth of the writer thread's time, and the
+/// scripts of lone requests and small groups repeat (a Match's leaf, a
+/// Release's challenge use, receipt and leaf), so those are prepared once:
+/// +20 % full releases/s (docs/BENCHMARKS.md, "The writer's scripts
+/// prepared once"). The bound keeps the cache's memory small (about
+/// 110 bytes of prepared statement per value, so at most about 11 MB)
+/// and keeps the one-off shapes of big groups, which never repeat, from
+/// pushing the writer's other statements out of the cache.
+const CACHED_SCRIPT_VALUES: usize = 1000;
+
 /// PostgreSQL appliers running at once, each on its own connection:
 /// batches still commit in parallel, as the requests did.
 const POSTGRES_APPLIERS: usize = 4;
@@ -383,9 +395,11 @@ pub(super) async fn apply_script(
     sql.push_str(after);
     let all: Vec<&Vec<Value>> = parts.iter().flat_map(|(_, r)| r.iter().copied()).collect();
     // Only placeholders are formatted in; every value is bound, in order
-    // across the script's statements. Not cached: nearly every script is
-    // a different shape.
-    let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), &all).persistent(false);
+    // across the script's statements. A small script is prepared once and
+    // kept (see [`CACHED_SCRIPT_VALUES`]); a big one is prepared for this
+    // batch only.
+    let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), &all)
+        .persistent(all.iter().map(|r| r.len()).sum::<usize>() <= CACHED_SCRIPT_VALUES);
     q.execute(conn).await?;
     Ok(())
 }
