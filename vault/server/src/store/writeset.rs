@@ -45,7 +45,7 @@ const ROWS_PER_STATEMENT: usize = 64;
 /// Parsing the script was a fifth of the writer thread's time, and the
 /// scripts of lone requests and small groups repeat (a Match's leaf, a
 /// Release's challenge use, receipt and leaf), so those are prepared once:
-/// +20 % full releases/s (docs/BENCHMARKS.md, "The writer's scripts
+/// +17 % full releases/s (docs/BENCHMARKS.md, "The writer's scripts
 /// prepared once"). The bound keeps the cache's memory small (about
 /// 110 bytes of prepared statement per value, so at most about 11 MB)
 /// and keeps the one-off shapes of big groups, which never repeat, from
