@@ -90,6 +90,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::streams_that_never_read_are_ended_at_their_deadline,
     tokens::tokenize_stream_output_growth_and_csv_quotes,
     matching::same_person_gets_a_pairwise_token_per_partner,
+    matching::concurrent_first_answers_share_one_token,
     matching::candidates_past_the_first_page_are_read,
     matching::deleted_subject_is_no_longer_matchable,
     matching::update_moves_the_index,

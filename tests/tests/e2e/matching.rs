@@ -187,6 +187,39 @@ pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow
     tv.stop().await
 }
 
+/// Concurrent first answers about one subject to one partner: each
+/// request makes a token, one of them is stored, and every answer must
+/// carry that one (the lookup found none, so each reads back the stored
+/// token after its commit). Answering with the token a request made
+/// itself would give the partner several tokens for one person.
+pub async fn concurrent_first_answers_share_one_token(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    create(&tv, "partner-a", ADA).await;
+    let bq = client(&tv, "partner-b").await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let mut c = bq.clone();
+        calls.spawn(async move { query(&mut c, ADA_AS_SEEN_ELSEWHERE).await });
+    }
+    let mut tokens = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        let found = r??;
+        assert_eq!(found.len(), 1, "{found:?}");
+        tokens.push(found[0].pairwise_token.clone());
+    }
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one token per partner and person: {tokens:?}"
+    );
+    let mut bq = bq;
+    let later = query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(later[0].pairwise_token, tokens[0], "the stored one");
+    tv.stop().await
+}
+
 /// The first page of candidates is ranked by blocking hits alone, and a
 /// candidate ranked below it can still score best. Nine people share the
 /// query's names, e-mail and phone (exact blocking hits that rank them

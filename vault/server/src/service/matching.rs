@@ -54,12 +54,12 @@ impl From<BadSignature> for VaultError {
 /// signatures of all the others read, in two halves side by side on two
 /// pool connections: the answer is then the one reading all of them
 /// gives. The partner's pairwise tokens of the first candidates come with
-/// them, into `tokens`.
+/// them, into `tokens` (`None`: the subject had none).
 async fn best_candidates(
     store: &crate::store::Store,
     partner: &Partner,
     p: &PlannedQuery,
-    tokens: &mut HashMap<SubjectId, String>,
+    tokens: &mut KnownTokens,
 ) -> Result<Vec<Hit>, VaultError> {
     let blocking = p.plan.blocking();
     let domain = partner.match_domain.as_str();
@@ -134,6 +134,9 @@ async fn best_candidates(
     merged.extend(p.rank(all)?);
     Ok(p.merge(merged))
 }
+
+/// Pairwise tokens a lookup read: `None` when the subject had none.
+type KnownTokens = HashMap<SubjectId, Option<String>>;
 
 /// Prefix of pairwise tokens.
 pub const PAIRWISE_PREFIX: &str = "pw_";
@@ -563,12 +566,13 @@ impl Vault {
 
     /// The candidates of each planned query, read from the pool, outside
     /// the writer: nothing is revealed or written yet. Also the partner's
-    /// pairwise tokens read with them (of some candidates, not all).
+    /// pairwise tokens read with them (of some candidates, not all; `None`:
+    /// read, and the subject had none).
     async fn lookup(
         &self,
         partner: &Partner,
         planned: Vec<Result<PlannedQuery, String>>,
-    ) -> Result<(Vec<Result<Vec<Hit>, String>>, HashMap<SubjectId, String>), VaultError> {
+    ) -> Result<(Vec<Result<Vec<Hit>, String>>, KnownTokens), VaultError> {
         let mut kept = Vec::with_capacity(planned.len());
         let mut tokens = HashMap::new();
         for p in planned {
@@ -583,12 +587,13 @@ impl Vault {
     /// Answers `kept` with the partner's pairwise tokens, issuing the ones
     /// it lacks, in one audited transaction whose record lists every
     /// subject revealed (`kind` prefixes the record's detail). `known`
-    /// holds tokens the lookup read already; the rest are read here.
+    /// holds tokens the lookup read already (`None`: it read that the
+    /// subject had none); the rest are read here.
     async fn reveal(
         &self,
         req: &super::pipeline::Request<'_>,
         kept: Vec<Result<Vec<Hit>, String>>,
-        known: HashMap<SubjectId, String>,
+        known: KnownTokens,
         kind: &str,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
         let partner = req.partner;
@@ -603,12 +608,20 @@ impl Vault {
         // A token read before a concurrent deletion of its subject is
         // still answered (as one read an instant earlier would be): the
         // partner was given it before, and the answer is as of the lookup.
-        let mut tokens = known;
-        let unknown: Vec<SubjectId> = subjects
-            .iter()
-            .filter(|s| !tokens.contains_key(s))
-            .copied()
-            .collect();
+        // A subject the lookup found without a token is not read again: if
+        // a concurrent match made one since, the read back after the
+        // commit finds it in place of ours.
+        let mut tokens: HashMap<SubjectId, String> = HashMap::with_capacity(subjects.len());
+        let mut unknown = Vec::new();
+        for s in &subjects {
+            match known.get(s) {
+                Some(Some(t)) => {
+                    tokens.insert(*s, t.clone());
+                }
+                Some(None) => {}
+                None => unknown.push(*s),
+            }
+        }
         if !unknown.is_empty() {
             tokens.extend(
                 self.store()
@@ -664,6 +677,7 @@ impl Vault {
         // Phase timings for latency work
         // (`RUST_LOG=idvault_server::service::matching=debug`).
         tracing::debug!(
+            read_tokens_us = looked_up.as_micros(),
             tokens_us = (tokens_done - looked_up).as_micros(),
             commit_us = (committed - tokens_done).as_micros(),
             read_back_us = (started.elapsed() - committed).as_micros(),

@@ -258,14 +258,14 @@ impl Store {
     /// through the writer): the at most `limit` subjects of `domain` with
     /// the highest rank over the `blocking` `(index, gain)` pairs, with
     /// their presence masks and signatures, best ranked first; and
-    /// `partner`'s pairwise token of each one that has one.
+    /// `partner`'s pairwise token of each one (`None`: it has none).
     pub async fn match_candidates(
         &self,
         domain: &str,
         partner: &str,
         blocking: &[(i64, f64)],
         limit: u32,
-    ) -> Result<(Vec<Candidate>, HashMap<SubjectId, String>), StoreError> {
+    ) -> Result<(Vec<Candidate>, HashMap<SubjectId, Option<String>>), StoreError> {
         candidates(self.pool(), domain, partner, blocking, limit).await
     }
 
@@ -538,17 +538,18 @@ impl BenchLoader {
 /// gain: a national id hit through its exact form and through its one-edit
 /// neighbours counts once.
 ///
-/// `partner`'s pairwise tokens of the candidates come in the same read: a
-/// query's answer is nearly always among them, and each read from the
-/// pool costs a hand-off to a connection's thread and back, more than
-/// the join.
+/// `partner`'s pairwise tokens of the candidates come in the same read
+/// (`None`: the candidate has none), so that answering them needs no read
+/// of its own: a query's answer is nearly always among them, and each
+/// read from the pool costs a hand-off to a connection's thread and back,
+/// more than the join.
 pub(super) async fn candidates<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     domain: &str,
     partner: &str,
     blocking: &[(i64, f64)],
     limit: u32,
-) -> Result<(Vec<Candidate>, HashMap<SubjectId, String>), StoreError> {
+) -> Result<(Vec<Candidate>, HashMap<SubjectId, Option<String>>), StoreError> {
     if blocking.is_empty() {
         return Ok((Vec::new(), HashMap::new()));
     }
@@ -571,9 +572,7 @@ pub(super) async fn candidates<'e>(
     let mut out = Vec::with_capacity(rows.len());
     for (s, mask, signature, gain, token) in rows {
         let subject = subject_of(&s, "match_subjects.subject_id")?;
-        if let Some(t) = token {
-            tokens.insert(subject, t);
-        }
+        tokens.insert(subject, token);
         out.push(candidate(subject, mask, signature, gain)?);
     }
     Ok((out, tokens))
