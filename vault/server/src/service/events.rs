@@ -278,10 +278,19 @@ impl Vault {
         partner: &Partner,
         id: &SubjectId,
     ) -> Result<String, VaultError> {
-        match tx.pairwise_tokens(&partner.name, &[*id]).await?.remove(id) {
-            Some(t) => Ok(t),
-            None => self.issue_pairwise(tx, partner, id).await,
+        if let Some(t) = tx.pairwise_tokens(&partner.name, &[*id]).await?.remove(id) {
+            return Ok(t);
         }
+        self.issue_pairwise(tx, partner, id).await?;
+        // Read back the stored one: on PostgreSQL a match may store the
+        // partner's token between the read above and this insert (this
+        // transaction's lock on the subject does not hold its insert off),
+        // and then ours is not stored; a command carrying it would name a
+        // token that resolves to nobody.
+        tx.pairwise_tokens(&partner.name, &[*id])
+            .await?
+            .remove(id)
+            .ok_or(VaultError::Internal("a pairwise token was not stored"))
     }
 
     /// Authorises a command receiver and takes one of its stream slots
