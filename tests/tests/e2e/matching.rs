@@ -188,13 +188,13 @@ pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow
 }
 
 /// Concurrent first answers about one subject to one partner: each
-/// request makes a token, one of them is stored, and every answer must
-/// carry that one (the lookup found none, so each reads back the stored
-/// token after its commit). Answering with the token a request made
-/// itself would give the partner several tokens for one person.
+/// request whose lookup found no token makes one, one of them is stored,
+/// and every answer must carry that one (each reads back the stored token
+/// after its commit). Answering with the token a request made itself would
+/// give the partner several tokens for one person.
 pub async fn concurrent_first_answers_share_one_token(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
-    create(&tv, "partner-a", ADA).await;
+    let (_, token_a) = create(&tv, "partner-a", ADA).await;
     let bq = client(&tv, "partner-b").await;
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..12 {
@@ -214,8 +214,10 @@ pub async fn concurrent_first_answers_share_one_token(b: Backend) -> anyhow::Res
         1,
         "one token per partner and person: {tokens:?}"
     );
+    assert_ne!(tokens[0], token_a, "partner-b's own token");
     let mut bq = bq;
     let later = query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(later.len(), 1, "{later:?}");
     assert_eq!(later[0].pairwise_token, tokens[0], "the stored one");
     tv.stop().await
 }

@@ -677,7 +677,8 @@ impl Vault {
         // Phase timings for latency work
         // (`RUST_LOG=idvault_server::service::matching=debug`).
         tracing::debug!(
-            read_tokens_us = looked_up.as_micros(),
+            // Reading the tokens the lookup did not, and making new ones.
+            before_tx_us = looked_up.as_micros(),
             tokens_us = (tokens_done - looked_up).as_micros(),
             commit_us = (committed - tokens_done).as_micros(),
             read_back_us = (started.elapsed() - committed).as_micros(),

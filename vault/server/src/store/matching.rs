@@ -540,9 +540,10 @@ impl BenchLoader {
 ///
 /// `partner`'s pairwise tokens of the candidates come in the same read
 /// (`None`: the candidate has none), so that answering them needs no read
-/// of its own: a query's answer is nearly always among them, and each
-/// read from the pool costs a hand-off to a connection's thread and back,
-/// more than the join.
+/// before the commit (a first answer still reads back the stored token
+/// after it): a query's answer is nearly always among them, and each read
+/// from the pool costs a hand-off to a connection's thread and back, more
+/// than the join.
 pub(super) async fn candidates<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     domain: &str,
