@@ -593,7 +593,7 @@ impl Vault {
         &self,
         req: &super::pipeline::Request<'_>,
         kept: Vec<Result<Vec<Hit>, String>>,
-        known: KnownTokens,
+        mut known: KnownTokens,
         kind: &str,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
         let partner = req.partner;
@@ -614,9 +614,9 @@ impl Vault {
         let mut tokens: HashMap<SubjectId, String> = HashMap::with_capacity(subjects.len());
         let mut unknown = Vec::new();
         for s in &subjects {
-            match known.get(s) {
+            match known.remove(s) {
                 Some(Some(t)) => {
-                    tokens.insert(*s, t.clone());
+                    tokens.insert(*s, t);
                 }
                 Some(None) => {}
                 None => unknown.push(*s),
