@@ -12,8 +12,14 @@ use crate::subject::SubjectId;
 pub struct SubjectRecord {
     /// The subject.
     pub id: SubjectId,
-    /// Partner name that created it.
+    /// Partner name that created it. It is the subject's owner only when
+    /// [`Self::owner_verified`].
     pub created_by: String,
+    /// Whether the row's MAC over its id, `created_by` and creation time
+    /// verified when it was read (`idvault_core::rowmac::subject_owner`):
+    /// a row a database writer edited, or one written before row MACs
+    /// that no audit leaf vouches for, has no owner. Set by the store.
+    pub owner_verified: bool,
     /// The wrapped DEK (deleting it is crypto-shredding).
     pub wrapped_dek: WrappedDek,
     /// Newest packet.

@@ -1,7 +1,7 @@
 //! MACs binding the rows that authorise something but carry no signature
-//! of their own to the root key: enrolled devices, enrollment codes,
-//! presented consents (beside the grant bytes and signature they keep),
-//! entity links and rules.
+//! of their own to the root key: subject owners, enrolled devices,
+//! enrollment codes, presented consents (beside the grant bytes and
+//! signature they keep), entity links and rules.
 //!
 //! The threat is a database writer without the root key (SECURITY.md): a
 //! row they insert or edit must authorise nothing. Each row kind has a
@@ -177,6 +177,17 @@ pub fn match_model(domain: &str, estimated_at_ms: i64, model: &[u8]) -> RowBytes
         .text(domain)
         .int(estimated_at_ms)
         .bytes(model)
+}
+
+/// A subject's owner: subject, the partner that created it, creation
+/// time. Only these: the rest of the row changes with every update (the
+/// chain head, checked against the audit log) or is bound elsewhere (the
+/// wrapped data key names the subject in its associated data).
+pub fn subject_owner(subject: &SubjectId, created_by: &str, created_at_ms: i64) -> RowBytes {
+    RowBytes::new("subject")
+        .bytes(subject.as_bytes())
+        .text(created_by)
+        .int(created_at_ms)
 }
 
 /// A person's link to an entity: subject, entity, link time.
@@ -358,6 +369,34 @@ mod tests {
             hex::encode(mac),
             "93a8e5dcdd766e0291a355392d4139adee1ce966ff44b3e8317fd8958b9f93b6"
         );
+    }
+
+    #[test]
+    fn subject_owner_binds_every_column() {
+        let mut want = b"idvault/v1/row/subject\x00".to_vec();
+        want.extend_from_slice(&16u32.to_be_bytes());
+        want.extend_from_slice(&[7; 16]);
+        want.extend_from_slice(&9u32.to_be_bytes());
+        want.extend_from_slice(b"partner-a");
+        want.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
+        let id = SubjectId::from_bytes([7; 16]);
+        let row = subject_owner(&id, "partner-a", 1_700_000_000_000);
+        assert_eq!(row.as_bytes(), want.as_slice());
+        let m = RowMac::from_keys([key(1, 0x42)]).unwrap();
+        let (v, mac) = m.seal(&row);
+        assert_eq!(m.check(&row, Some(i64::from(v)), Some(&mac)), Ok(()));
+        let forged = Err(RowMacError::Forged("subject"));
+        for other in [
+            subject_owner(&id, "partner-b", 1_700_000_000_000),
+            subject_owner(
+                &SubjectId::from_bytes([8; 16]),
+                "partner-a",
+                1_700_000_000_000,
+            ),
+            subject_owner(&id, "partner-a", 1_700_000_000_001),
+        ] {
+            assert_eq!(m.check(&other, Some(i64::from(v)), Some(&mac)), forged);
+        }
     }
 
     #[test]

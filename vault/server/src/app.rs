@@ -36,6 +36,9 @@ pub enum StartError {
     /// Indexing match domains failed.
     #[error("preparing blind matching: {0}")]
     Matching(#[from] crate::service::VaultError),
+    /// Sealing the owners of subjects from before owner MACs failed.
+    #[error("sealing the owners of older subjects: {0}")]
+    SealOwners(crate::service::VaultError),
     /// An `idvault restore` did not finish.
     #[error(
         "{0} exists: an `idvault restore` did not finish, and the restored data may still hold \
@@ -161,6 +164,19 @@ pub async fn open_vault_restoring(
     .with_policy_dir(policy_dir)
     .with_shred_log(config.shred_log_path().map(crate::shredlog::ShredLog::new));
     vault.prepare_matching().await?;
+    // Owners of subjects from before owner MACs (migration 0016): sealed
+    // where their creation leaf vouches for them.
+    match vault.seal_subject_owners().await {
+        Ok((0, 0)) => {}
+        Ok((sealed, 0)) => tracing::info!(subjects = sealed, "subject owners sealed"),
+        Ok((sealed, left)) => tracing::warn!(
+            sealed,
+            left,
+            "subjects without an owner MAC and without a CreateSubject audit leaf naming their \
+             creator: nobody may update, delete or verify them or enroll a device for them"
+        ),
+        Err(e) => return Err(StartError::SealOwners(e)),
+    }
     // Rows from before row MACs authorise nothing (migration 0010): say so
     // once, with a count (never their contents).
     match vault.store().unsealed_rows().await {

@@ -33,6 +33,23 @@ pub struct ChainVerification {
     pub report: ChainReport,
 }
 
+/// Whether the calling partner owns `row`: it created it, and the row's
+/// MAC says so. Another partner's subject is reported as absent (no
+/// existence oracle). A row naming the caller whose MAC does not verify
+/// was edited by someone without the root key (or predates row MACs and
+/// no audit leaf vouched for it at start): an integrity failure, never an
+/// owner, since whoever set `created_by` could otherwise enroll a device
+/// and have the person's data released to them.
+fn owned_by(row: &SubjectRecord, req: &Request<'_>) -> Result<(), VaultError> {
+    if row.created_by != req.partner.name {
+        Err(VaultError::NotFound)
+    } else if !row.owner_verified {
+        Err(VaultError::Integrity("subject owner"))
+    } else {
+        Ok(())
+    }
+}
+
 fn names(fields: &[(FieldName, FieldValue)]) -> Vec<&str> {
     fields.iter().map(|(f, _)| f.as_str()).collect()
 }
@@ -48,8 +65,11 @@ impl Vault {
     ) -> Result<(AuditedTx, SubjectRecord), VaultError> {
         let mut tx = self.begin().await?;
         match tx.subject(id).await? {
-            Some(row) if row.created_by == req.partner.name => Ok((tx, row)),
-            _ => Err(VaultError::NotFound),
+            Some(row) => {
+                owned_by(&row, req)?;
+                Ok((tx, row))
+            }
+            None => Err(VaultError::NotFound),
         }
     }
 
@@ -74,6 +94,7 @@ impl Vault {
             let row = SubjectRecord {
                 id,
                 created_by: req.partner.name.clone(),
+                owner_verified: true,
                 wrapped_dek: wrapped,
                 head,
                 created_at_ms: now,
@@ -154,10 +175,10 @@ impl Vault {
             req.decide_on_subject(&id, &[])?;
             // Read outside the writer, from one snapshot; only the leaf
             // goes through it.
-            let snap = match self.store().subject_snapshot(&id).await? {
-                Some(s) if s.row.created_by == req.partner.name => s,
-                _ => return Err(VaultError::NotFound),
+            let Some(snap) = self.store().subject_snapshot(&id).await? else {
+                return Err(VaultError::NotFound);
             };
+            owned_by(&snap.row, req)?;
             let row = snap.row;
             let mut report = match self.subject_dek(&row) {
                 Ok(dek) => packet::verify_chain(
@@ -342,4 +363,70 @@ pub struct Deletion {
     pub credentials_revoked: u64,
     /// The signed deletion receipt (idvault_core::receipt).
     pub receipt: String,
+}
+
+/// Subjects read per batch when sealing the owners of old rows.
+const SEAL_BATCH: u32 = 500;
+
+impl Vault {
+    /// Seals the owner of every subject written before owner MACs
+    /// (migration 0016), on evidence a database writer cannot forge: the
+    /// subject's CreateSubject leaf, whose MAC verifies under the audit
+    /// key and whose caller is the partner the row names. A row without
+    /// such a leaf stays unsealed and has no owner (it can still be
+    /// matched and released; nobody may update, delete, verify it or
+    /// enroll a device for it). Safe to run at every start: it never
+    /// seals what a leaf does not vouch for. Returns `(sealed, left)`.
+    pub async fn seal_subject_owners(&self) -> Result<(u64, u64), VaultError> {
+        let system = super::Caller::new("idvault");
+        let mut audit_keys = std::collections::HashMap::new();
+        let (mut sealed, mut left) = (0u64, 0u64);
+        let mut after: Option<SubjectId> = None;
+        loop {
+            let page = self
+                .store()
+                .unsealed_subjects(after.as_ref(), SEAL_BATCH)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            let mut vouched = Vec::new();
+            for (id, created_by, at) in &page {
+                let Some(leaf) = self.store().creation_leaf(&id.to_string()).await? else {
+                    continue;
+                };
+                if !super::audit::mac_ok(self.keys(), &mut audit_keys, &leaf) {
+                    continue;
+                }
+                // The leaf's own bytes, not its query columns (those are
+                // not under the MAC).
+                let Ok(l) = idvault_core::tlog::leaf::AuditLeaf::decode(&leaf.bytes) else {
+                    continue;
+                };
+                let creator = self.registry().by_spiffe_id(&l.actor).map(|p| &p.name);
+                if l.action == Action::CreateSubject.name()
+                    && l.outcome == "ok"
+                    && l.subject.as_deref() == Some(id.to_string().as_str())
+                    && creator == Some(created_by)
+                {
+                    vouched.push((*id, created_by.clone(), *at));
+                }
+            }
+            let n = if vouched.is_empty() {
+                0
+            } else {
+                let mut tx = self.begin().await?;
+                let n = tx.seal_subject_owners(&vouched).await?;
+                let detail = format!("seal subject_owners={n}");
+                self.commit_job(tx, &system, Action::CreateSubject, detail)
+                    .await?;
+                n
+            };
+            sealed += n;
+            left += page.len() as u64 - n;
+            if page.len() < SEAL_BATCH as usize {
+                break;
+            }
+        }
+        Ok((sealed, left))
+    }
 }

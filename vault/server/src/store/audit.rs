@@ -248,6 +248,19 @@ impl Store {
         )
     }
 
+    /// The first `ok` CreateSubject leaf naming `subject` (its columns as
+    /// stored: the caller checks the leaf's MAC and decodes its bytes).
+    pub async fn creation_leaf(&self, subject: &str) -> Result<Option<LeafRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 \
+             AND action = 'CreateSubject' AND outcome = 'ok' ORDER BY id LIMIT 1"
+        )))
+        .bind(subject.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(leaf_row).transpose()
+    }
+
     /// The newest leaf carrying `request_id`.
     pub async fn leaf_by_request(&self, request_id: &[u8]) -> Result<Option<LeafRow>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -284,7 +297,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let Some(row) = super::subject_by_id(&mut *tx, id).await? else {
+        let Some(row) = super::subject_by_id(&mut *tx, self.row_mac.as_deref(), id).await? else {
             return Ok(None);
         };
         let packets = super::packets_of(&mut *tx, id).await?;

@@ -543,7 +543,7 @@ impl AuditedTx {
         };
         for r in &rows {
             match r.try_get::<String, _>("claim_row")?.as_str() {
-                "subject" => out.subject = Some(super::rows::subject_record(r)?),
+                "subject" => out.subject = Some(super::rows::subject_record(r, Some(&keys))?),
                 "device" => out.device = Some(device(&keys, r)?),
                 "consent" => out.consent_presented = true,
                 "challenge" => out.challenge = Some(challenge_row(&keys, challenge, r)?),

@@ -122,7 +122,7 @@ impl super::Store {
 
     /// A subject row, read outside any write transaction.
     pub async fn subject_row(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
-        super::subject_by_id(self.pool(), id).await
+        super::subject_by_id(self.pool(), self.row_mac.as_deref(), id).await
     }
 
     /// Whether `recipient` has unacknowledged commands after outbox

@@ -13,11 +13,13 @@
 //! [`writeset`]. Reads that need no write go to the pool, never through
 //! the writer.
 
-/// Column list of `subjects`, as a macro so queries stay string literals
-/// (sqlx refuses dynamically built SQL).
+/// Column list of `subjects` (the owner's row MAC and its version last),
+/// as read and as inserted; a macro so queries stay string literals (sqlx
+/// refuses dynamically built SQL).
 macro_rules! subject_columns {
     () => {
-        "subject_id, created_by, wrapped_dek, kek_version, head_seq, head_hash, created_at_ms, updated_at_ms"
+        "subject_id, created_by, wrapped_dek, kek_version, head_seq, head_hash, created_at_ms, \
+         updated_at_ms, mac_version, mac"
     };
 }
 
@@ -396,6 +398,31 @@ impl Store {
             .ok_or(StoreError::Forged("any (no row key)"))
     }
 
+    /// Up to `limit` subjects whose owner carries no MAC (written before
+    /// owner MACs), after `after` by id: `(subject, created_by,
+    /// created_at_ms)`.
+    pub async fn unsealed_subjects(
+        &self,
+        after: Option<&SubjectId>,
+        limit: u32,
+    ) -> Result<Vec<(SubjectId, String, i64)>, StoreError> {
+        let rows: Vec<(Vec<u8>, String, i64)> = sqlx::query_as(
+            "SELECT subject_id, created_by, created_at_ms FROM subjects \
+             WHERE mac IS NULL AND subject_id > $1 ORDER BY subject_id LIMIT $2",
+        )
+        .bind(after.map_or_else(Vec::new, |s| s.as_bytes().to_vec()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, by, at)| {
+                let id =
+                    SubjectId::from_slice(&id).ok_or(StoreError::Corrupt("subjects.subject_id"))?;
+                Ok((id, by, at))
+            })
+            .collect()
+    }
+
     /// How many rows that authorise something carry no MAC (written before
     /// row MACs existed): they authorise nothing, and the vault says so
     /// when it starts.
@@ -665,9 +692,10 @@ async fn packets_of<'e>(
         .collect()
 }
 
-/// A subject row, without a lock.
+/// A subject row, without a lock, its owner checked with `keys`.
 async fn subject_by_id<'e>(
     ex: impl Executor<'e, Database = Any>,
+    keys: Option<&RowMac>,
     id: &SubjectId,
 ) -> Result<Option<SubjectRecord>, StoreError> {
     let row: Option<AnyRow> = sqlx::query(concat!(
@@ -678,7 +706,9 @@ async fn subject_by_id<'e>(
     .bind(id.as_bytes().to_vec())
     .fetch_optional(ex)
     .await?;
-    row.as_ref().map(rows::subject_record).transpose()
+    row.as_ref()
+        .map(|r| rows::subject_record(r, keys))
+        .transpose()
 }
 
 /// Blind indexes per lookup query.
@@ -872,7 +902,10 @@ impl AuditedTx {
             .bind(id.as_bytes().to_vec())
             .fetch_optional(self.conn().await?)
             .await?;
-        row.as_ref().map(rows::subject_record).transpose()
+        let keys = self.store.row_mac.clone();
+        row.as_ref()
+            .map(|r| rows::subject_record(r, keys.as_deref()))
+            .transpose()
     }
 
     /// A subject's packets as `(seq, bytes)`, ascending.
@@ -880,8 +913,40 @@ impl AuditedTx {
         packets_of(self.conn().await?, id).await
     }
 
-    /// Inserts a new subject row.
+    /// Seals the owners of subjects written before owner MACs `(subject,
+    /// created_by, created_at_ms)`, each only if its row still says that
+    /// and has no MAC; returns how many were sealed. The caller vouches
+    /// for each owner with the subject's CreateSubject audit leaf.
+    pub async fn seal_subject_owners(
+        &mut self,
+        owners: &[(SubjectId, String, i64)],
+    ) -> Result<u64, StoreError> {
+        let keys = self.store.row_keys()?;
+        let mut sealed = 0;
+        for (id, by, at) in owners {
+            let (v, mac) = seal_row(&keys, &idvault_core::rowmac::subject_owner(id, by, *at));
+            sealed += sqlx::query(
+                "UPDATE subjects SET mac_version = $1, mac = $2 WHERE subject_id = $3 \
+                 AND mac IS NULL AND created_by = $4 AND created_at_ms = $5",
+            )
+            .bind(v)
+            .bind(mac)
+            .bind(id.as_bytes().to_vec())
+            .bind(by.clone())
+            .bind(*at)
+            .execute(self.conn().await?)
+            .await?
+            .rows_affected();
+        }
+        Ok(sealed)
+    }
+
+    /// Inserts a new subject row, its owner sealed with the row MAC.
     pub fn insert_subject(&mut self, s: &SubjectRecord) -> Result<(), StoreError> {
+        let (mac_version, mac) = seal_row(
+            &*self.store.row_keys()?,
+            &idvault_core::rowmac::subject_owner(&s.id, &s.created_by, s.created_at_ms),
+        );
         self.pending.push(
             Table::Subjects,
             vec![
@@ -893,6 +958,8 @@ impl AuditedTx {
                 Value::Bytes(s.head.hash.to_vec()),
                 Value::Int(s.created_at_ms),
                 Value::Int(s.updated_at_ms),
+                Value::Int(mac_version),
+                Value::Bytes(mac),
             ],
         );
         self.changed = Some((s.id, s.head));

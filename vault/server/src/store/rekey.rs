@@ -25,6 +25,8 @@ use idvault_core::subject::SubjectId;
 /// A table whose rows carry row MACs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MacTable {
+    /// `subjects` (the owner's MAC)
+    Subjects,
     /// `devices`
     Devices,
     /// `enrollment_codes`
@@ -54,7 +56,8 @@ enum Pk {
 
 impl MacTable {
     /// Every MACed table.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
+        Self::Subjects,
         Self::Devices,
         Self::EnrollmentCodes,
         Self::ConsentChallenges,
@@ -69,6 +72,7 @@ impl MacTable {
     /// The table's name.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Subjects => "subjects",
             Self::Devices => "devices",
             Self::EnrollmentCodes => "enrollment_codes",
             Self::ConsentChallenges => "consent_challenges",
@@ -85,6 +89,10 @@ impl MacTable {
     /// (migration 0013), `$2` of them after skipping `$3`.
     fn select(self) -> &'static str {
         match self {
+            Self::Subjects => {
+                "SELECT subject_id, created_by, created_at_ms, mac_version, mac FROM subjects \
+                 WHERE mac_version < $1 ORDER BY mac_version, subject_id LIMIT $2 OFFSET $3"
+            }
             Self::Devices => {
                 "SELECT device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
                  mac_version, mac FROM devices WHERE mac_version < $1 \
@@ -137,6 +145,9 @@ impl MacTable {
     /// the MAC is still the one read (last parameter).
     fn update(self) -> &'static str {
         match self {
+            Self::Subjects => {
+                "UPDATE subjects SET mac_version = $1, mac = $2 WHERE subject_id = $3 AND mac = $4"
+            }
             Self::Devices => {
                 "UPDATE devices SET mac_version = $1, mac = $2 WHERE device_id = $3 AND mac = $4"
             }
@@ -173,6 +184,7 @@ impl MacTable {
     /// Rows MACed under exactly `$1`.
     fn count_at(self) -> &'static str {
         match self {
+            Self::Subjects => "SELECT COUNT(*) FROM subjects WHERE mac_version = $1",
             Self::Devices => "SELECT COUNT(*) FROM devices WHERE mac_version = $1",
             Self::EnrollmentCodes => "SELECT COUNT(*) FROM enrollment_codes WHERE mac_version = $1",
             Self::ConsentChallenges => {
@@ -190,6 +202,7 @@ impl MacTable {
     /// Rows MACed under a version below `$1`.
     fn count_below(self) -> &'static str {
         match self {
+            Self::Subjects => "SELECT COUNT(*) FROM subjects WHERE mac_version < $1",
             Self::Devices => "SELECT COUNT(*) FROM devices WHERE mac_version < $1",
             Self::EnrollmentCodes => "SELECT COUNT(*) FROM enrollment_codes WHERE mac_version < $1",
             Self::ConsentChallenges => {
@@ -210,6 +223,14 @@ impl MacTable {
         let text = |c: &str| -> Result<Pk, StoreError> { Ok(Pk::Text(r.try_get(c)?)) };
         let int = |c: &str| -> Result<Pk, StoreError> { Ok(Pk::Int(r.try_get(c)?)) };
         Ok(match self {
+            Self::Subjects => {
+                let subject = subject_col(r, "subject_id")?;
+                let created_by: String = r.try_get("created_by")?;
+                let bytes =
+                    rowmac::subject_owner(&subject, &created_by, r.try_get("created_at_ms")?);
+                check_row(keys, &bytes, r)?;
+                (bytes, vec![blob("subject_id")?])
+            }
             Self::Devices => {
                 let d = super::consent::device(keys, r)?;
                 (rowmac::device(&d), vec![text("device_id")?])
@@ -625,9 +646,10 @@ impl AuditedTx {
             q = q.bind(id.as_bytes().to_vec());
         }
         let rows: Vec<AnyRow> = q.fetch_all(self.conn().await?).await?;
+        let keys = self.store.row_mac.clone();
         let subjects = rows
             .iter()
-            .map(rows::subject_record)
+            .map(|r| rows::subject_record(r, keys.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
         if subjects.is_empty() {
             return Ok(Vec::new());

@@ -11,6 +11,7 @@ use super::StoreError;
 use idvault_core::keys::WrappedDek;
 use idvault_core::packet::ChainHead;
 use idvault_core::records::SubjectRecord;
+use idvault_core::rowmac::{self, RowMac};
 use idvault_core::subject::SubjectId;
 
 pub(super) fn i64_to_u64(v: i64, col: &'static str) -> Result<u64, StoreError> {
@@ -56,14 +57,24 @@ fn array32(v: Vec<u8>, col: &'static str) -> Result<[u8; 32], StoreError> {
     v.try_into().map_err(|_| StoreError::Corrupt(col))
 }
 
-/// A `subjects` row as the domain record.
-pub(super) fn subject_record(r: &AnyRow) -> Result<SubjectRecord, StoreError> {
+/// A `subjects` row as the domain record, its owner checked against the
+/// row's MAC with `keys` (no keys: no owner).
+pub(super) fn subject_record(
+    r: &AnyRow,
+    keys: Option<&RowMac>,
+) -> Result<SubjectRecord, StoreError> {
     let id: Vec<u8> = r.try_get("subject_id")?;
+    let id = SubjectId::from_slice(&id).ok_or(StoreError::Corrupt("subjects.subject_id"))?;
     let kek_version: i64 = r.try_get("kek_version")?;
     let head_seq: i64 = r.try_get("head_seq")?;
+    let created_by: String = r.try_get("created_by")?;
+    let created_at_ms: i64 = r.try_get("created_at_ms")?;
+    let owner = rowmac::subject_owner(&id, &created_by, created_at_ms);
+    let owner_verified = keys.is_some_and(|k| super::check_row(k, &owner, r).is_ok());
     Ok(SubjectRecord {
-        id: SubjectId::from_slice(&id).ok_or(StoreError::Corrupt("subjects.subject_id"))?,
-        created_by: r.try_get("created_by")?,
+        id,
+        created_by,
+        owner_verified,
         wrapped_dek: WrappedDek {
             kek_version: u32::try_from(kek_version)
                 .map_err(|_| StoreError::Corrupt("subjects.kek_version"))?,
@@ -73,7 +84,7 @@ pub(super) fn subject_record(r: &AnyRow) -> Result<SubjectRecord, StoreError> {
             seq: i64_to_u64(head_seq, "subjects.head_seq")?,
             hash: array32(r.try_get("head_hash")?, "subjects.head_hash")?,
         },
-        created_at_ms: r.try_get("created_at_ms")?,
+        created_at_ms,
         updated_at_ms: r.try_get("updated_at_ms")?,
     })
 }

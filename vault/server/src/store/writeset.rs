@@ -103,7 +103,7 @@ impl Table {
         match self {
             Self::Subjects => (
                 concat!("INSERT INTO subjects (", subject_columns!(), ") VALUES "),
-                8,
+                10,
                 "",
             ),
             Self::Packets => (
