@@ -517,3 +517,205 @@ pub async fn every_rpc_refuses_oversized_and_nested_messages(b: Backend) -> anyh
     create(&tv, "partner-a", &[("city", "Lima")]).await?;
     tv.stop().await
 }
+
+/// A database writer without the root key hands partner-b's subject to
+/// partner-a by editing `subjects.created_by`. The owner's row MAC no
+/// longer verifies, so partner-a can neither issue an enrollment code for
+/// it (the way to enroll its own device and have the person's data
+/// released to it) nor update, delete or verify it: each is DATA_LOSS,
+/// audited as an integrity failure, and nothing changes. Put back, the row
+/// verifies again. With its MAC wiped as well (a row "from before owner
+/// MACs") a restart seals it only when the subject's CreateSubject audit
+/// leaf names the same partner: never the writer's choice.
+pub async fn forged_owner_authorises_nothing(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::IssueEnrollmentCodeRequest;
+    use idvault_tests::idvault_proto::v1::consent_service_client::ConsentServiceClient;
+    let mut tv = TestVault::start(b).await?;
+    let theirs = create(&tv, "partner-b", &[("city", "Oslo")]).await?;
+    let id = idvault_tests::idvault_core::subject::SubjectId::parse(&theirs)?;
+    let set_owner = async |tv: &TestVault, who: &str, wipe_mac: bool| -> anyhow::Result<()> {
+        let sql = if wipe_mac {
+            "UPDATE subjects SET created_by = $1, mac = NULL, mac_version = NULL \
+             WHERE subject_id = $2"
+        } else {
+            "UPDATE subjects SET created_by = $1 WHERE subject_id = $2"
+        };
+        sqlx::query(sql)
+            .bind(who.to_owned())
+            .bind(id.as_bytes().to_vec())
+            .execute(tv.db())
+            .await?;
+        Ok(())
+    };
+    // Every owner-only call partner-a could make on the subject.
+    let attempts = async |tv: &TestVault| -> anyhow::Result<Vec<(tonic::Code, String)>> {
+        let mut consent = ConsentServiceClient::new(tv.channel("partner-a").await?);
+        let mut subjects = tv.subjects("partner-a").await?;
+        Ok(vec![
+            refusal(
+                consent
+                    .issue_enrollment_code(IssueEnrollmentCodeRequest {
+                        subject_id: theirs.clone(),
+                    })
+                    .await,
+            ),
+            refusal(
+                subjects
+                    .update_subject(UpdateSubjectRequest {
+                        subject_id: theirs.clone(),
+                        fields: fields(&[("city", "Rome")]),
+                    })
+                    .await,
+            ),
+            refusal(
+                subjects
+                    .verify_subject_chain(VerifySubjectChainRequest {
+                        subject_id: theirs.clone(),
+                    })
+                    .await,
+            ),
+        ])
+    };
+    let all_forged = |got: &[(tonic::Code, String)]| {
+        got.iter()
+            .all(|(c, m)| *c == tonic::Code::DataLoss && !m.contains("Oslo"))
+    };
+    let codes = "SELECT count(*) FROM enrollment_codes";
+    let packets = "SELECT count(*) FROM packets";
+    let (codes_before, packets_before) = (tv.count(codes).await, tv.count(packets).await);
+
+    set_owner(&tv, "partner-a", false).await?;
+    let got = attempts(&tv).await?;
+    assert!(all_forged(&got), "{got:?}");
+    let (_, outcome, detail) = tv.last_audit().await;
+    assert_eq!(outcome, "error");
+    assert!(detail.contains("integrity: subject owner"), "{detail}");
+    assert_eq!(tv.count(codes).await, codes_before);
+    assert_eq!(tv.count(packets).await, packets_before);
+    // Put back as it was: the MAC verifies again for its real owner.
+    set_owner(&tv, "partner-b", false).await?;
+    let mut own = tv.subjects("partner-b").await?;
+    own.verify_subject_chain(VerifySubjectChainRequest {
+        subject_id: theirs.clone(),
+    })
+    .await?;
+
+    // MAC wiped and owner changed, then a restart: the creation leaf
+    // names partner-b, so nothing is sealed for partner-a.
+    set_owner(&tv, "partner-a", true).await?;
+    tv.restart().await?;
+    let got = attempts(&tv).await?;
+    assert!(all_forged(&got), "{got:?}");
+    assert_eq!(
+        tv.count("SELECT count(*) FROM subjects WHERE mac IS NULL")
+            .await,
+        1
+    );
+    // MAC wiped, owner as created: the leaf vouches for it at start.
+    set_owner(&tv, "partner-b", true).await?;
+    tv.restart().await?;
+    assert_eq!(
+        tv.count("SELECT count(*) FROM subjects WHERE mac IS NULL")
+            .await,
+        0
+    );
+    let mut own = tv.subjects("partner-b").await?;
+    own.verify_subject_chain(VerifySubjectChainRequest {
+        subject_id: theirs.clone(),
+    })
+    .await?;
+    let v = tv.verify_audit().await?;
+    assert!(
+        matches!(
+            v,
+            idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
+        ),
+        "{v:?}"
+    );
+    tv.stop().await
+}
+
+/// A database writer without the root key points partner-a's
+/// cross-reference links at partner-b's entity, or hands partner-a's
+/// entity to partner-b. The sealed identifiers still open (their seal key
+/// is one for all partners), but the blind index under partner-b's key
+/// does not match: partner-b's Detokenize is DATA_LOSS and reveals none
+/// of partner-a's customers' identifiers.
+pub async fn forged_links_detokenize_for_nobody_else(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::IdentifierType::Account;
+    let tv = TestVault::start_with_roles(b, "partner-b", &["tokens.detokenize", "bridge.import"])
+        .await?;
+    import(
+        &tv,
+        "partner-a",
+        vec![vec![rec("a1", &[(Account, "AC-SECRET-1")])]],
+    )
+    .await?;
+    import(
+        &tv,
+        "partner-b",
+        vec![vec![rec("b1", &[(Account, "AC-B-1")])]],
+    )
+    .await?;
+    let token_of = async |owner: &str| -> anyhow::Result<String> {
+        Ok(
+            sqlx::query_scalar("SELECT token FROM xref_entities WHERE owner = $1")
+                .bind(owner.to_owned())
+                .fetch_one(tv.db())
+                .await?,
+        )
+    };
+    let (a_token, b_token) = (token_of("partner-a").await?, token_of("partner-b").await?);
+    let mut b_tokens = TokenServiceClient::new(tv.channel("partner-b").await?);
+    let own = b_tokens
+        .detokenize(DetokenizeRequest {
+            token: b_token.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(own.identifiers.len(), 1);
+
+    let leaks = |r: &Result<_, tonic::Status>| format!("{r:?}").contains("AC-SECRET");
+    let a_links: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT blind_index FROM xref_links WHERE token = $1")
+            .bind(a_token.clone())
+            .fetch_all(tv.db())
+            .await?;
+    let move_links = async |to: &str| -> anyhow::Result<()> {
+        for bi in &a_links {
+            sqlx::query("UPDATE xref_links SET token = $1 WHERE blind_index = $2")
+                .bind(to.to_owned())
+                .bind(bi.clone())
+                .execute(tv.db())
+                .await?;
+        }
+        Ok(())
+    };
+    // partner-a's link moved onto partner-b's entity.
+    move_links(&b_token).await?;
+    let r = b_tokens
+        .detokenize(DetokenizeRequest {
+            token: b_token.clone(),
+        })
+        .await;
+    assert!(!leaks(&r), "{r:?}");
+    assert_eq!(refusal(r).0, tonic::Code::DataLoss);
+    let (_, outcome, detail) = tv.last_audit().await;
+    assert_eq!(outcome, "error");
+    assert!(
+        detail.contains("integrity: cross-reference link owner"),
+        "{detail}"
+    );
+    move_links(&a_token).await?;
+    // partner-a's whole entity handed to partner-b.
+    sqlx::query("UPDATE xref_entities SET owner = 'partner-b' WHERE token = $1")
+        .bind(a_token.clone())
+        .execute(tv.db())
+        .await?;
+    let r = b_tokens
+        .detokenize(DetokenizeRequest { token: a_token })
+        .await;
+    assert!(!leaks(&r), "{r:?}");
+    assert_eq!(refusal(r).0, tonic::Code::DataLoss);
+    tv.stop().await
+}

@@ -53,6 +53,8 @@ const BOTH: &[(&str, TestFn)] = tests![
     subjects::crypto_shredding,
     subjects::chain_length_is_capped,
     hostile::other_partners_ids_look_absent,
+    hostile::forged_owner_authorises_nothing,
+    hostile::forged_links_detokenize_for_nobody_else,
     hostile::other_partners_tokens_consents_and_commands_look_absent,
     hostile::every_rpc_refuses_oversized_and_nested_messages,
     tamper::flipped_ciphertext_byte,

@@ -354,6 +354,18 @@ impl Vault {
             let value = idvault_core::xref::open_identifier(&key, &bi, &sealed)
                 .map_err(|_| VaultError::Integrity("sealed identifier"))?;
             let ty = IdentifierType::parse(&ty).ok_or(VaultError::Integrity("identifier type"))?;
+            // The seal proves the vault wrote the identifier, not for whom:
+            // its key is one for every partner, and the link's `token` and
+            // the entity's `owner` and `alias_of` columns are not sealed. A
+            // database writer could point another partner's link at this
+            // caller's entity. The blind index is keyed per partner, so
+            // the link is the caller's only if the caller's key gives that
+            // index for the identifier it seals (as the rewrap checks).
+            let index_key = self.keys().xref_index_key(&req.partner.name, version)?;
+            let ours = blind_index(&index_key, ty, &value);
+            if !idvault_core::crypto::ct_eq(&ours, &bi) {
+                return Err(VaultError::Integrity("cross-reference link owner"));
+            }
             identifiers.push((ty, value));
         }
         let detail = format!(
