@@ -348,3 +348,105 @@ pub async fn sealed_bridge_file_opens_only_for_its_partner(b: Backend) -> anyhow
     );
     tv.stop().await
 }
+
+/// An ImportBridge stream holds its running summary, so a partner has at
+/// most `MAX_STREAMS_PER_PARTNER` open at once: one more is
+/// RESOURCE_EXHAUSTED at once, another partner is not affected, and
+/// closing one frees its place. The summary keeps the first 1,000 of each
+/// list while its totals count them all; a record id that is refused for
+/// its length is not echoed; and a message that fails says the stream's
+/// earlier messages were imported and stay.
+pub async fn import_streams_and_summaries_are_bounded(b: Backend) -> anyhow::Result<()> {
+    use IdentifierType::Account;
+    use idvault_tests::idvault_server::service::streams::MAX_STREAMS_PER_PARTNER;
+    use tokio_stream::wrappers::ReceiverStream;
+    let tv = TestVault::start_with_roles(b, "partner-b", &["bridge.import"]).await?;
+    let c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..MAX_STREAMS_PER_PARTNER {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(ImportBridgeRequest {
+            records: vec![rec(&format!("held-{i}"), &[(Account, &format!("AC-H{i}"))])],
+            default_country_code: 44,
+        })
+        .await?;
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.import_bridge(ReceiverStream::new(rx)).await
+        }));
+        senders.push(tx);
+    }
+    // Each stream's first message is committed (and audited) by the
+    // handler that holds its place.
+    let held = "SELECT count(*) FROM audit_log WHERE action = 'ImportBridge' AND outcome = 'ok'";
+    for _ in 0..1000 {
+        if tv.count(held).await >= MAX_STREAMS_PER_PARTNER as i64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(tv.count(held).await, MAX_STREAMS_PER_PARTNER as i64);
+    let one = || vec![vec![rec("one", &[(Account, "AC-1")])]];
+    let e = import(&tv, "partner-a", one()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("ImportBridge streams"),
+        "{}",
+        e.message()
+    );
+    import(&tv, "partner-b", one()).await?;
+    drop(senders.pop());
+    let closed = calls.pop().expect("a call").await??.into_inner();
+    assert_eq!(closed.records, 1);
+    import(&tv, "partner-a", one()).await?;
+    drop(senders);
+    for call in calls {
+        call.await??;
+    }
+
+    // 1,200 refused records in two messages: 1,000 listed, 1,200 counted.
+    let empty = |n: usize, from: usize| -> Vec<BridgeRecord> {
+        (from..from + n)
+            .map(|i| rec(&format!("e{i}"), &[]))
+            .collect()
+    };
+    let r = import(&tv, "partner-a", vec![empty(600, 0), empty(600, 600)]).await?;
+    assert_eq!((r.records, r.rejected_total), (1200, 1200));
+    assert_eq!(r.rejected.len(), 1000);
+    assert_eq!(r.rejected.last().map(|e| e.index), Some(999));
+    // A record id too long to accept is not echoed back.
+    let long = "x".repeat(5000);
+    let r = import(
+        &tv,
+        "partner-a",
+        vec![vec![rec(&long, &[(Account, "AC-L")])]],
+    )
+    .await?;
+    assert_eq!(r.rejected.len(), 1);
+    assert!(r.rejected[0].record_id.is_empty());
+    assert!(
+        r.rejected[0].reason.contains("128"),
+        "{}",
+        r.rejected[0].reason
+    );
+    // The second message is refused whole; the first stays imported.
+    let too_many: Vec<BridgeRecord> = (0..1001)
+        .map(|i| rec(&format!("m{i}"), &[(Account, &format!("AC-M{i}"))]))
+        .collect();
+    let e = import(
+        &tv,
+        "partner-a",
+        vec![vec![rec("first", &[(Account, "AC-FIRST")])], too_many],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains("earlier messages, 1 records, were imported and stay"),
+        "{}",
+        e.message()
+    );
+    tv.stop().await
+}

@@ -82,6 +82,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     bridge::import_needs_the_bridge_role,
     bridge::sealed_identifiers_import_like_plain_ones,
     bridge::sealed_bridge_file_opens_only_for_its_partner,
+    bridge::import_streams_and_summaries_are_bounded,
     tokens::tokenize_stream_stateless,
     tokens::tokenize_stream_cross_reference,
     tokens::detokenize_is_role_gated_and_audited,

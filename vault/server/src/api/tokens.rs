@@ -18,6 +18,22 @@ adapter!(
     TokenApi, streams
 );
 
+/// A failed ImportBridge message's status, saying that the stream's
+/// earlier messages (`imported` records) were committed and stay: each
+/// message is its own transaction, so the sender resumes after them
+/// instead of sending them again.
+fn earlier_batches_stay(mut st: Status, imported: u64) -> Status {
+    if imported == 0 {
+        return st;
+    }
+    let message = format!(
+        "{} (the stream's earlier messages, {imported} records, were imported and stay)",
+        st.message()
+    );
+    let metadata = std::mem::take(st.metadata_mut());
+    Status::with_metadata(st.code(), message, metadata)
+}
+
 fn id_type(t: i32) -> Option<IdentifierType> {
     match PbType::try_from(t).ok()? {
         PbType::Msisdn => Some(IdentifierType::Msisdn),
@@ -229,8 +245,12 @@ impl TokenService for TokenApi {
         req: Request<Streaming<ImportBridgeRequest>>,
     ) -> Result<Response<ImportBridgeResponse>, Status> {
         let who = caller(&req)?;
+        // Held until the stream ends: a partner has a few import streams
+        // open at a time, like its other streams.
+        let _slot = self.vault.open_import_stream(&who).await.map_err(status)?;
         let mut stream = req.into_inner();
         let mut total = ImportSummary::default();
+        let (mut merges_total, mut rejected_total) = (0u64, 0u64);
         let mut offset = 0u64;
         let mut batches = 0u64;
         let deadline = super::stream_deadline(&who, self.stream_deadline);
@@ -279,7 +299,7 @@ impl TokenService for TokenApi {
                 .vault
                 .import_bridge(&who, records, opts)
                 .await
-                .map_err(status)?;
+                .map_err(|e| earlier_batches_stay(status(e), offset))?;
             for e in &mut s.rejected {
                 if bad_types.contains(&e.index) {
                     e.reason = "identifier with an unknown type, or not exactly one of value and sealed_value".into();
@@ -289,7 +309,11 @@ impl TokenService for TokenApi {
                 e.index += usize::try_from(offset).unwrap_or(usize::MAX);
             }
             offset += n;
-            total.absorb(s);
+            // Kept bounded as the stream goes: only the first
+            // REPORT_LIMIT of each list are answered anyway.
+            let (m, r) = total.absorb(s, REPORT_LIMIT);
+            merges_total += m;
+            rejected_total += r;
         }
         if batches == 0 {
             // An empty stream is still an authorised, audited import.
@@ -300,11 +324,8 @@ impl TokenService for TokenApi {
                 .map_err(status)?;
         }
         // Every batch is already committed: the answer must fit the
-        // message limit whatever the stream held, so long lists are cut.
-        let merges_total = total.merges.len() as u64;
-        let rejected_total = total.rejected.len() as u64;
-        total.merges.truncate(REPORT_LIMIT);
-        total.rejected.truncate(REPORT_LIMIT);
+        // message limit whatever the stream held, so the lists hold the
+        // first REPORT_LIMIT of each and the totals count them all.
         Ok(Response::new(ImportBridgeResponse {
             records: total.records,
             entities_created: total.entities_created,

@@ -18,6 +18,8 @@ pub enum StreamKind {
     TokenizeLog,
     /// `MatchStream`.
     Match,
+    /// `ImportBridge`.
+    ImportBridge,
 }
 
 impl std::fmt::Display for StreamKind {
@@ -26,6 +28,7 @@ impl std::fmt::Display for StreamKind {
             Self::Commands => "command",
             Self::TokenizeLog => "TokenizeLog",
             Self::Match => "MatchStream",
+            Self::ImportBridge => "ImportBridge",
         })
     }
 }
@@ -92,6 +95,24 @@ impl Vault {
             caller,
             idvault_policies::Action::MatchSubjects,
             async |req| self.take_stream_slot(StreamKind::Match, &req.partner.name),
+        )
+        .await
+    }
+}
+
+impl Vault {
+    /// Authorises an `ImportBridge` stream and takes one of the partner's
+    /// slots for it (a refusal is audited; each message is audited as it
+    /// commits). The stream holds its running summary, so a partner gets
+    /// a few at a time, like the other streams.
+    pub async fn open_import_stream(
+        self: &Arc<Self>,
+        caller: &super::Caller,
+    ) -> Result<StreamSlot, VaultError> {
+        self.handle(
+            caller,
+            idvault_policies::Action::ImportBridge,
+            async |req| self.take_stream_slot(StreamKind::ImportBridge, &req.partner.name),
         )
         .await
     }

@@ -12,6 +12,9 @@ use idvault_core::xref::{blind_index, plan_record};
 /// Most records in one import batch (one transaction).
 pub const MAX_BATCH: usize = 1000;
 
+/// Longest `record_id`, in bytes.
+pub const MAX_RECORD_ID: usize = 128;
+
 /// An identifier as received: in clear, or sealed with the bridge key.
 /// `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -84,14 +87,25 @@ pub struct ImportSummary {
 }
 
 impl ImportSummary {
-    /// Adds another batch's counts.
-    pub fn absorb(&mut self, other: Self) {
+    /// Adds another batch's counts, keeping at most `keep` merges and
+    /// rejected records (the first ones): a stream's summary stays bounded
+    /// whatever the stream held. Returns how many of each it was given.
+    pub fn absorb(&mut self, other: Self, keep: usize) -> (u64, u64) {
+        let given = (other.merges.len() as u64, other.rejected.len() as u64);
         self.records += other.records;
         self.entities_created += other.entities_created;
         self.identifiers_linked += other.identifiers_linked;
         self.records_unchanged += other.records_unchanged;
-        self.merges.extend(other.merges);
-        self.rejected.extend(other.rejected);
+        let room = keep.saturating_sub(self.merges.len());
+        self.merges.extend(other.merges.into_iter().take(room));
+        let room = keep.saturating_sub(self.rejected.len());
+        self.rejected.extend(other.rejected.into_iter().take(room));
+        given
+    }
+
+    /// Whether the batch changed any link or entity.
+    pub fn changed_links(&self) -> bool {
+        self.entities_created > 0 || self.identifiers_linked > 0 || !self.merges.is_empty()
     }
 }
 
@@ -114,16 +128,22 @@ impl Vault {
         opts: &NormalizeOptions,
         keys: &[idvault_core::xref::XrefIndexKey],
     ) -> Result<Prepared, RecordError> {
+        if r.record_id.len() > MAX_RECORD_ID || r.record_id.chars().any(char::is_control) {
+            // Not echoed: it is what is wrong, and echoing it would let
+            // the refusals of one stream hold whatever the sender put there.
+            return Err(RecordError {
+                index,
+                record_id: String::new(),
+                reason: format!(
+                    "record_id must be at most {MAX_RECORD_ID} bytes of printable characters"
+                ),
+            });
+        }
         let fail = |reason: String| RecordError {
             index,
             record_id: r.record_id.clone(),
             reason,
         };
-        if r.record_id.len() > 128 || r.record_id.chars().any(char::is_control) {
-            return Err(fail(
-                "record_id must be at most 128 printable characters".into(),
-            ));
-        }
         if r.identifiers.is_empty() {
             return Err(fail("no identifiers".into()));
         }
@@ -190,8 +210,11 @@ impl Vault {
                 self.import_batch(req, records, &opts).await
             })
             .await?;
-        // Links or merges changed: cached lookups may be stale.
-        self.xref_cache().clear();
+        // Links or merges changed: cached lookups may be stale. An import
+        // that changed nothing leaves every partner's cache alone.
+        if summary.changed_links() {
+            self.xref_cache().clear();
+        }
         Ok(summary)
     }
 
