@@ -843,3 +843,39 @@ pub async fn flood_is_refused_at_once(b: Backend) -> anyhow::Result<()> {
     assert!(detail.contains(&format!("count={exhausted}")), "{detail}");
     tv.stop().await
 }
+
+/// A COMMIT that fails leaves the request's outcome unknown to the vault
+/// (a connection lost during it may have committed): the caller gets
+/// UNKNOWN saying so, not UNAVAILABLE, which gRPC clients retry on their
+/// own and which would then create a second subject. Here PostgreSQL
+/// refuses the commit through a deferred trigger on the audit log.
+pub async fn failed_commit_reports_an_unknown_outcome(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    sqlx::query(
+        "CREATE FUNCTION audit_late() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$ LANGUAGE plpgsql",
+    )
+    .execute(tv.db())
+    .await?;
+    sqlx::query(
+        "CREATE CONSTRAINT TRIGGER audit_late AFTER INSERT ON audit_log \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION audit_late()",
+    )
+    .execute(tv.db())
+    .await?;
+    let mut c = tv.subjects("partner-a").await?;
+    let e = c
+        .create_subject(CreateSubjectRequest {
+            fields: fields(&[("city", "Lima")]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unknown, "{e:?}");
+    assert!(
+        e.message().contains("outcome is unknown"),
+        "{}",
+        e.message()
+    );
+    assert!(!e.message().contains("Lima"), "{}", e.message());
+    assert_eq!(tv.count("SELECT count(*) FROM subjects").await, 0);
+    tv.stop().await
+}

@@ -165,7 +165,10 @@ const EDGE: &[(&str, TestFn)] = tests![
 
 /// Tests of several vault replicas sharing one database: PostgreSQL only
 /// (SQLite serves one process).
-const POSTGRES_ONLY: &[(&str, TestFn)] = tests![consent::grant_replay_across_replicas];
+const POSTGRES_ONLY: &[(&str, TestFn)] = tests![
+    consent::grant_replay_across_replicas,
+    audit::failed_commit_reports_an_unknown_outcome,
+];
 
 /// Tests of SQLite's own housekeeping.
 const SQLITE_ONLY: &[(&str, TestFn)] = tests![

@@ -111,12 +111,17 @@ pub fn status(err: VaultError) -> Status {
         VaultError::ChainFull(_) => Code::FailedPrecondition,
         VaultError::Busy(_) => Code::Aborted,
         VaultError::AuditUnavailable(_) | VaultError::Storage(_) => Code::Unavailable,
+        // Not UNAVAILABLE: clients retry that on their own.
+        VaultError::OutcomeUnknown(_) => Code::Unknown,
         VaultError::Integrity(_) => Code::DataLoss,
         VaultError::Refused(r) => refusal_code(*r),
         VaultError::Credential(_) => Code::InvalidArgument,
         _ => Code::Internal,
     };
-    if matches!(code, Code::Unavailable | Code::DataLoss | Code::Internal) {
+    if matches!(
+        code,
+        Code::Unavailable | Code::DataLoss | Code::Internal | Code::Unknown
+    ) {
         // Sources are storage or key errors: table/column names, versions.
         tracing::error!(error = %err, source = ?std::error::Error::source(&err).map(ToString::to_string), "request failed");
     }

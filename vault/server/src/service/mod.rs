@@ -67,6 +67,15 @@ pub enum VaultError {
     /// The audit record could not be written, so nothing was done.
     #[error("audit log unavailable; request not performed")]
     AuditUnavailable(#[source] StoreError),
+    /// The commit of the request's writes and audit record failed in a
+    /// way that leaves its outcome unknown: it may have been performed.
+    /// Not `UNAVAILABLE`, which clients retry on their own (a retried
+    /// create would make a second subject).
+    #[error(
+        "the commit failed and its outcome is unknown: the request may have been performed; \
+         check before retrying"
+    )]
+    OutcomeUnknown(#[source] StoreError),
     /// The store failed.
     #[error("storage unavailable")]
     Storage(#[source] StoreError),

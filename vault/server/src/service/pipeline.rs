@@ -277,8 +277,9 @@ impl Vault {
         match body(&mut req).await {
             Ok(v) => Ok(v),
             Err(e) if req.refusal_recorded => Err(e),
-            // Nothing to record it in: the caller learns the audit is down.
-            Err(e @ VaultError::AuditUnavailable(_)) => Err(e),
+            // Nothing to record it in: the caller learns the audit is down,
+            // or that the commit's outcome is unknown.
+            Err(e @ (VaultError::AuditUnavailable(_) | VaultError::OutcomeUnknown(_))) => Err(e),
             // Not executed: counted, not recorded one by one.
             Err(e @ (VaultError::Overloaded(_) | VaultError::DeadlineExceeded)) => {
                 let why = match e {
@@ -462,46 +463,72 @@ impl Vault {
             StoreError::Deadline | StoreError::QueueFull(_) | StoreError::Database(_) => {
                 VaultError::from(e)
             }
-            // The commit itself failed or the batch was rolled back.
+            // The commit itself failed: it may have taken effect.
+            e @ StoreError::CommitUnknown(_) => VaultError::OutcomeUnknown(e),
+            // The batch was rolled back (nothing of it committed).
             e => VaultError::AuditUnavailable(e),
         })?;
         Ok(leaf_hash)
     }
 
     /// Audits the refusals counted since the last call, one leaf per
-    /// identity and reason (`count=N`), in one transaction.
+    /// identity and reason (`count=N`). It waits for a place in the
+    /// writer queue rather than being refused: overload is when most of
+    /// these refusals are counted. Counts whose record could not be
+    /// written are put back for the next call, never dropped (a record
+    /// whose commit failed with an unknown outcome may then be counted
+    /// twice, which is the safer error for a record of refusals).
     pub async fn flush_refusals(&self) -> Result<usize, VaultError> {
         let counts = self.admission.take_refusals();
         if counts.is_empty() {
             return Ok(0);
         }
         let n = counts.len();
-        for ((who, why), count) in counts {
-            let caller = Caller::new(who);
-            let decision = Decision {
-                allowed: false,
-                policies: Vec::new(),
-            };
-            let leaf = event(
-                self,
-                &caller,
-                "Refused",
-                None,
-                if why == REFUSED_UNREGISTERED {
-                    "denied"
-                } else {
-                    "rate_limited"
-                },
-                format!("{why} count={count}"),
-                Some(&decision),
-            );
-            let tx = self
-                .store()
-                .begin_audited(None)
-                .map_err(VaultError::AuditUnavailable)?;
-            self.append(tx, leaf).await?;
+        let mut counts = counts.into_iter();
+        while let Some(((who, why), count)) = counts.next() {
+            if let Err(e) = self.record_refusal_count(&who, why, count).await {
+                self.admission.count_refusals(&who, why, count);
+                for ((who, why), count) in counts {
+                    self.admission.count_refusals(&who, why, count);
+                }
+                return Err(e);
+            }
         }
         Ok(n)
+    }
+
+    /// Writes one coalesced refusal record: `count` refusals of `who` for
+    /// `why`.
+    async fn record_refusal_count(
+        &self,
+        who: &str,
+        why: &'static str,
+        count: u64,
+    ) -> Result<(), VaultError> {
+        let caller = Caller::new(who);
+        let decision = Decision {
+            allowed: false,
+            policies: Vec::new(),
+        };
+        let leaf = event(
+            self,
+            &caller,
+            "Refused",
+            None,
+            if why == REFUSED_UNREGISTERED {
+                "denied"
+            } else {
+                "rate_limited"
+            },
+            format!("{why} count={count}"),
+            Some(&decision),
+        );
+        let tx = self
+            .store()
+            .begin_audited_waiting()
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        self.append(tx, leaf).await.map(|_| ())
     }
 
     /// Records a refusal or failure of `req` in its own transaction and

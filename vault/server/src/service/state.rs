@@ -168,6 +168,12 @@ impl Admission {
 
     /// Counts one coalesced refusal of `who` for `why`.
     pub(crate) fn count_refusal(&self, who: &str, why: &'static str) {
+        self.count_refusals(who, why, 1);
+    }
+
+    /// Counts `n` coalesced refusals of `who` for `why` (also: counts
+    /// taken for a record that could not be written, put back).
+    pub(crate) fn count_refusals(&self, who: &str, why: &'static str, n: u64) {
         let mut m = match self.refusals.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
@@ -177,7 +183,8 @@ impl Admission {
         } else {
             ("(other identities)".to_owned(), why)
         };
-        *m.entry(key).or_default() += 1;
+        let c = m.entry(key).or_default();
+        *c = c.saturating_add(n);
     }
 
     /// Takes the counts gathered since the last call.
@@ -195,6 +202,32 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_counts_put_back_add_up_and_stay_bounded() {
+        let a = Admission {
+            per_partner: HashMap::new(),
+            refusals: Mutex::new(HashMap::new()),
+        };
+        a.count_refusal("x", "overloaded");
+        let taken = a.take_refusals();
+        assert_eq!(taken, vec![(("x".to_owned(), "overloaded"), 1)]);
+        assert!(a.take_refusals().is_empty());
+        // A record that could not be written: its count comes back and
+        // adds to the ones counted meanwhile.
+        a.count_refusal("x", "overloaded");
+        a.count_refusals("x", "overloaded", 1);
+        assert_eq!(a.take_refusals(), vec![(("x".to_owned(), "overloaded"), 2)]);
+        for i in 0..MAX_REFUSAL_KEYS + 10 {
+            a.count_refusals(&format!("id-{i}"), "unregistered", 3);
+        }
+        let taken = a.take_refusals();
+        assert_eq!(taken.len(), MAX_REFUSAL_KEYS + 1);
+        assert_eq!(
+            taken.iter().map(|(_, n)| n).sum::<u64>(),
+            3 * (MAX_REFUSAL_KEYS as u64 + 10)
+        );
+    }
 
     #[test]
     fn one_partners_lookups_never_evict_anothers() {

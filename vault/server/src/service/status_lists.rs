@@ -206,6 +206,7 @@ impl Vault {
                 e,
                 VaultError::Storage(_)
                     | VaultError::AuditUnavailable(_)
+                    | VaultError::OutcomeUnknown(_)
                     | VaultError::DeadlineExceeded
             )
         };

@@ -116,6 +116,10 @@ pub enum StoreError {
     /// The group commit this write joined did not become durable.
     #[error("the write batch failed: {0}")]
     Batch(String),
+    /// The COMMIT of this write failed: it may or may not have taken
+    /// effect (a connection lost during it, an I/O error while syncing).
+    #[error("the commit failed and its outcome is unknown: {0}")]
+    CommitUnknown(String),
     /// The writer queue is full (this many writes queued or running).
     #[error("the writer queue is full ({0} writes)")]
     QueueFull(usize),
@@ -784,12 +788,13 @@ async fn resolve<'e>(
     Ok(row.map(|(t, a)| a.unwrap_or(t)))
 }
 
-/// A database error of a COMMIT, as [`StoreError::Batch`]: unlike a
-/// failed statement, it is not the request's own failure (its outcome may
-/// be unknown), so the pipeline must not record it as a refusal.
+/// A database error of a COMMIT, as [`StoreError::CommitUnknown`]: unlike
+/// a failed statement, it is not the request's own failure, and its
+/// outcome is unknown, so the pipeline must neither record it as a
+/// refusal nor tell the caller nothing was done.
 pub(super) fn commit_failed(e: StoreError) -> StoreError {
     match e {
-        StoreError::Database(e) => StoreError::Batch(format!("the commit failed: {e}")),
+        StoreError::Database(e) => StoreError::CommitUnknown(e.to_string()),
         e => e,
     }
 }

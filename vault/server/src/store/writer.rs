@@ -371,8 +371,8 @@ impl GroupWriter {
             // failed: the batch is ended as failed.
             if b.roll_back_request().await.is_err() {
                 tracing::error!(error = %e, "batch release or commit failed");
-                b.abort("the batch commit failed").await;
-                return Err(StoreError::Batch(format!("the commit failed: {e}")));
+                b.abort_unknown("the batch commit failed").await;
+                return Err(StoreError::CommitUnknown(e.to_string()));
             }
             if self.queued.load(Ordering::SeqCst) == 0 {
                 // Earlier members would otherwise wait out their grace.
@@ -472,7 +472,7 @@ impl Batch {
             Ok(_) => self.committed(),
             Err(e) => {
                 tracing::error!(error = %e, "batch commit failed");
-                self.abort("the batch commit failed").await;
+                self.abort_unknown("the batch commit failed").await;
             }
         }
     }
@@ -491,8 +491,21 @@ impl Batch {
         }
     }
 
-    /// Rolls the batch back and fails every member.
+    /// Rolls the batch back and fails every member: nothing of it was
+    /// committed.
     async fn abort(&mut self, why: &str) {
+        self.end_failed(false, why).await;
+    }
+
+    /// [`Self::abort`] after a COMMIT that failed: SQLite may have
+    /// written the batch to the log before the error (a failed sync), so
+    /// its members are told the outcome is unknown, not that nothing was
+    /// done.
+    async fn abort_unknown(&mut self, why: &str) {
+        self.end_failed(true, why).await;
+    }
+
+    async fn end_failed(&mut self, unknown: bool, why: &str) {
         if let Err(e) = self.conn.execute("ROLLBACK").await {
             // No transaction left to roll back is the expected case after
             // SQLite's own rollback; anything else is logged.
@@ -502,7 +515,11 @@ impl Batch {
         self.in_savepoint = false;
         self.generation += 1;
         for m in self.members.drain(..) {
-            let _ = m.send(Err(StoreError::Batch(why.to_owned())));
+            let _ = m.send(Err(if unknown {
+                StoreError::CommitUnknown(why.to_owned())
+            } else {
+                StoreError::Batch(why.to_owned())
+            }));
         }
     }
 }

@@ -542,7 +542,12 @@ async fn apply_own_transactions(
                     let _ = s.done.send(Ok(()));
                 }
             }
-            Err(e) => fail_all(group, &e.to_string()),
+            Err(e) => {
+                tracing::error!(members = group.len(), error = %e, "write batch commit failed");
+                for s in group {
+                    let _ = s.done.send(Err(StoreError::CommitUnknown(e.to_string())));
+                }
+            }
         }
         return;
     }
