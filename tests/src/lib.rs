@@ -339,3 +339,4 @@ pub use idvault_client;
 pub use idvault_core;
 pub use idvault_proto;
 pub use idvault_server;
+pub use idvault_tokenizer;

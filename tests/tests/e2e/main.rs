@@ -83,6 +83,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     bridge::sealed_identifiers_import_like_plain_ones,
     bridge::sealed_bridge_file_opens_only_for_its_partner,
     bridge::import_streams_and_summaries_are_bounded,
+    bridge::concurrent_overlapping_imports_merge_into_one,
     tokens::tokenize_stream_stateless,
     tokens::tokenize_stream_cross_reference,
     tokens::detokenize_is_role_gated_and_audited,
@@ -168,6 +169,7 @@ const EDGE: &[(&str, TestFn)] = tests![
 const POSTGRES_ONLY: &[(&str, TestFn)] = tests![
     consent::grant_replay_across_replicas,
     audit::failed_commit_reports_an_unknown_outcome,
+    bridge::imports_of_one_owner_wait_for_each_other,
 ];
 
 /// Tests of SQLite's own housekeeping.

@@ -788,6 +788,18 @@ async fn resolve<'e>(
     Ok(row.map(|(t, a)| a.unwrap_or(t)))
 }
 
+/// The PostgreSQL advisory lock `(class, key)` that orders one owner's
+/// cross-reference imports ([`AuditedTx::xref_lock_owner`]): class `idvx`,
+/// key the first 4 bytes of a SHA-256 of the owner.
+pub fn xref_import_lock(owner: &str) -> (i32, i32) {
+    let digest =
+        idvault_core::crypto::sha256(&[b"idvault/v1/xref-import-lock\0", owner.as_bytes()]);
+    (
+        i32::from_be_bytes(*b"idvx"),
+        i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
+    )
+}
+
 /// A database error of a COMMIT, as [`StoreError::CommitUnknown`]: unlike
 /// a failed statement, it is not the request's own failure, and its
 /// outcome is unknown, so the pipeline must neither record it as a
@@ -1090,6 +1102,29 @@ impl AuditedTx {
             out.push((what, n));
         }
         Ok(out)
+    }
+
+    /// Orders this transaction's cross-reference changes after every
+    /// other import of `owner` still running: on PostgreSQL a transaction
+    /// advisory lock per owner, held until the commit (on SQLite the
+    /// writer already orders them). Without it two imports could each
+    /// read a link set the other is changing and merge on stale reads
+    /// (an alias pointing to an alias, which lookups, following one hop,
+    /// would not resolve), or both insert one new identifier and fail.
+    /// Owners' namespaces are separate, so owners never wait for each
+    /// other. The two-int key (class `idvx`, then a hash of the owner)
+    /// cannot meet the vault's single-bigint advisory locks.
+    pub async fn xref_lock_owner(&mut self, owner: &str) -> Result<(), StoreError> {
+        if self.store.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let (class, key) = xref_import_lock(owner);
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(class)
+            .bind(key)
+            .execute(self.conn().await?)
+            .await?;
+        Ok(())
     }
 
     /// Canonical tokens for blind indexes, inside the transaction.

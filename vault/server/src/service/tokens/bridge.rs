@@ -248,6 +248,11 @@ impl Vault {
         }
         let now = self.now_millis();
         let mut tx = self.begin().await?;
+        if !prepared.is_empty() {
+            // Before the first lookup: this import reads what the one
+            // before it committed (PostgreSQL; SQLite's writer orders them).
+            tx.xref_lock_owner(owner).await?;
+        }
         for p in &prepared {
             // One query for every identifier and key version of the record.
             let all: Vec<[u8; HASH_LEN]> = p
