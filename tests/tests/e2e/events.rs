@@ -890,3 +890,48 @@ pub async fn forged_links_and_rules_route_nothing(backend: Backend) -> anyhow::R
     assert!(ctx.drain("partner-a").await.is_empty());
     ctx.tv.stop().await
 }
+
+/// Eight retries of one event sent at once (a publisher whose first call
+/// timed out): every call succeeds, exactly one delivers, the others are
+/// answered as duplicates, and the recipient gets one command. On
+/// PostgreSQL the retries run side by side until the event's own row
+/// orders them; the ones that find it taken roll their commands back.
+pub async fn concurrent_retries_of_one_event_deliver_once(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    ctx.forward_addresses(&p).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let ch = ctx.tv.channel("partner-a").await?;
+        let subject = p.subject.clone();
+        tasks.push(tokio::spawn(async move {
+            EventServiceClient::new(ch)
+                .publish_event(pb::PublishEventRequest {
+                    subject: Some(pb::publish_event_request::Subject::SubjectId(subject)),
+                    event_type: "address.changed".into(),
+                    event_id: "once".into(),
+                    fields: vec![field("address", "1 New Street")],
+                })
+                .await
+        }));
+    }
+    let mut delivered = 0;
+    for t in tasks {
+        let r = t.await?;
+        assert!(r.is_ok(), "{r:?}");
+        if !r?.into_inner().duplicate {
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, 1);
+    assert_eq!(ctx.drain("partner-b").await.len(), 1);
+    let outcomes: Vec<String> = ctx
+        .audit("PublishEvent")
+        .await
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    assert_eq!(outcomes.len(), 8);
+    assert!(outcomes.iter().all(|o| o == "ok"), "{outcomes:?}");
+    ctx.tv.stop().await
+}

@@ -134,7 +134,17 @@ impl Vault {
             // a refusal is audited once the transaction is dropped.
             req.decide_on_subject(&id, &[])?;
             let (outcome, ids, skipped) =
-                self.apply_event(&mut tx, req.caller, &id, &event).await?;
+                match self.apply_event(&mut tx, req.caller, &id, &event).await? {
+                    Some(applied) => applied,
+                    None => {
+                        // The same event (a retry) committed first: this
+                        // one's commands are rolled back with `tx`, and
+                        // the call is answered as the duplicate it is.
+                        drop(tx);
+                        tx = self.begin().await?;
+                        (EventOutcome::Duplicate, Vec::new(), Vec::new())
+                    }
+                };
             let mut detail = match outcome {
                 EventOutcome::Delivered(n) => {
                     format!("outcome=delivered commands={n} ids={}", ids.join(","))
@@ -177,16 +187,18 @@ impl Vault {
     }
 
     /// Inside `tx`: the event's outcome, the ids of the commands it wrote,
-    /// and the ids of triggered rules whose target is no longer registered.
+    /// and the ids of triggered rules whose target is no longer registered;
+    /// `None` when the same event was committed concurrently (its commands
+    /// must then be rolled back with `tx`).
     async fn apply_event(
         &self,
         tx: &mut AuditedTx,
         caller: &Caller,
         id: &SubjectId,
         event: &rules::Event,
-    ) -> Result<(EventOutcome, Vec<String>, Vec<String>), VaultError> {
+    ) -> Result<Option<(EventOutcome, Vec<String>, Vec<String>)>, VaultError> {
         if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
-            return Ok((EventOutcome::Duplicate, Vec::new(), Vec::new()));
+            return Ok(Some((EventOutcome::Duplicate, Vec::new(), Vec::new())));
         }
         let now = self.now_millis();
         // Both lookups run whatever the first finds, so an unlinked
@@ -252,13 +264,15 @@ impl Vault {
             commands: u32::try_from(ids.len()).unwrap_or(u32::MAX),
             accepted_at_ms: now,
         };
-        // `event_seen` ran in this transaction and audited transactions are
-        // serialised, so the id cannot have been taken since; if it was,
-        // roll everything back rather than commit commands as a duplicate.
+        // On SQLite the writer orders audited transactions, so the id
+        // cannot have been taken since `event_seen`. On PostgreSQL a
+        // concurrent retry of the same event can: this insert waits for
+        // it and, once it committed, inserts nothing. Then nothing of this
+        // call may commit (its commands would be delivered twice).
         if !tx.insert_event(&row).await? {
-            return Err(VaultError::Internal("event id taken concurrently"));
+            return Ok(None);
         }
-        Ok((outcome, ids, skipped))
+        Ok(Some((outcome, ids, skipped)))
     }
 
     /// The subject's data key, inside `tx`.
