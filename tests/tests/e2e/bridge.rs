@@ -444,7 +444,7 @@ pub async fn import_streams_and_summaries_are_bounded(b: Backend) -> anyhow::Res
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(
         e.message()
-            .contains("earlier messages, 1 records, were imported and stay"),
+            .contains("earlier messages, 1 records sent, were committed and stay"),
         "{}",
         e.message()
     );

@@ -27,7 +27,7 @@ fn earlier_batches_stay(mut st: Status, imported: u64) -> Status {
         return st;
     }
     let message = format!(
-        "{} (the stream's earlier messages, {imported} records, were imported and stay)",
+        "{} (the stream's earlier messages, {imported} records sent, were committed and stay)",
         st.message()
     );
     let metadata = std::mem::take(st.metadata_mut());

@@ -557,8 +557,11 @@ impl Vault {
                 Err(e)
             }
             // Even the refusal's own leaf could not be written: the audit
-            // log is what failed.
-            Err(VaultError::Storage(e)) => Err(VaultError::AuditUnavailable(e)),
+            // log is what failed. An unknown outcome here is the refusal
+            // record's, not the request's (which was refused, so not done).
+            Err(VaultError::Storage(e) | VaultError::OutcomeUnknown(e)) => {
+                Err(VaultError::AuditUnavailable(e))
+            }
             Err(e) => Err(e),
         }
     }

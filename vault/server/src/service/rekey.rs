@@ -226,6 +226,16 @@ impl Vault {
             };
             after = Some(last.blind_index);
             let mut tx = self.begin().await?;
+            // The owners' import locks before any link moves, in one order
+            // (an import takes just its own): a concurrent import's merge
+            // would otherwise skip a link moved under it, leaving it on an
+            // alias, or deadlock with the move on the rows (PostgreSQL).
+            let mut owners: Vec<&str> = rows.iter().map(|r| r.owner.as_str()).collect();
+            owners.sort_unstable();
+            owners.dedup();
+            for owner in owners {
+                tx.xref_lock_owner(owner).await?;
+            }
             let (mut moved, mut damaged) = (0u64, 0u64);
             for row in &rows {
                 // The owner and type columns are not sealed: the row is

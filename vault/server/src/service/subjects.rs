@@ -368,6 +368,9 @@ pub struct Deletion {
 /// Subjects read per batch when sealing the owners of old rows.
 const SEAL_BATCH: u32 = 500;
 
+/// The action the sealing job's audit records carry.
+const SEAL_OWNERS_ACTION: &str = "SealSubjectOwners";
+
 impl Vault {
     /// Seals the owner of every subject written before owner MACs
     /// (migration 0016), on evidence a database writer cannot forge: the
@@ -416,8 +419,8 @@ impl Vault {
             } else {
                 let mut tx = self.begin().await?;
                 let n = tx.seal_subject_owners(&vouched).await?;
-                let detail = format!("seal subject_owners={n}");
-                self.commit_job(tx, &system, Action::CreateSubject, detail)
+                let detail = format!("subject_owners={n}");
+                self.commit_job_as(tx, &system, SEAL_OWNERS_ACTION, detail)
                     .await?;
                 n
             };

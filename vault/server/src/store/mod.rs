@@ -568,12 +568,13 @@ impl Store {
     /// in batches of [`LOOKUP_BATCH`] indexes per query.
     pub async fn xref_lookup(
         &self,
+        owner: &str,
         indexes: &[[u8; HASH_LEN]],
     ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
         let mut out = HashMap::with_capacity(indexes.len());
         let mut conn = self.pool.acquire().await?;
         for part in indexes.chunks(LOOKUP_BATCH) {
-            lookup_chunk(&mut *conn, part, &mut out).await?;
+            lookup_chunk(&mut *conn, owner, part, &mut out).await?;
         }
         Ok(out)
     }
@@ -718,26 +719,32 @@ async fn subject_by_id<'e>(
 /// Blind indexes per lookup query.
 pub const LOOKUP_BATCH: usize = 500;
 
-/// Looks up at most [`LOOKUP_BATCH`] blind indexes in one query and adds
-/// the canonical token of each one found to `out`.
+/// Looks up at most [`LOOKUP_BATCH`] blind indexes of `owner` in one
+/// query and adds the canonical token of each one found to `out`. Blind
+/// indexes are keyed per owner, so the owner filters never drop a row the
+/// vault wrote; they keep a row a database writer moved to another
+/// partner's entity from joining that partner's lookups or imports.
 async fn lookup_chunk<'e>(
     ex: impl Executor<'e, Database = Any>,
+    owner: &str,
     part: &[[u8; HASH_LEN]],
     out: &mut HashMap<[u8; HASH_LEN], String>,
 ) -> Result<(), StoreError> {
     if part.is_empty() {
         return Ok(());
     }
-    let placeholders: Vec<String> = (1..=part.len()).map(|n| format!("${n}")).collect();
+    let placeholders: Vec<String> = (2..=part.len() + 1).map(|n| format!("${n}")).collect();
     // Only numbered placeholders are formatted into the text; every value
     // is bound. (sqlx's QueryBuilder would emit `?` for the Any driver,
     // which PostgreSQL does not accept.)
     let sql = format!(
         "SELECT l.blind_index, e.token, e.alias_of FROM xref_links l \
-         JOIN xref_entities e ON e.token = l.token WHERE l.blind_index IN ({})",
+         JOIN xref_entities e ON e.token = l.token \
+         WHERE l.owner = $1 AND e.owner = $1 AND l.blind_index IN ({})",
         placeholders.join(", ")
     );
-    let mut q = sqlx::query_as::<_, (Vec<u8>, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, (Vec<u8>, String, Option<String>)>(sqlx::AssertSqlSafe(sql))
+        .bind(owner.to_owned());
     for bi in part {
         q = q.bind(bi.to_vec());
     }
@@ -1130,11 +1137,12 @@ impl AuditedTx {
     /// Canonical tokens for blind indexes, inside the transaction.
     pub async fn xref_lookup(
         &mut self,
+        owner: &str,
         indexes: &[[u8; HASH_LEN]],
     ) -> Result<HashMap<[u8; HASH_LEN], String>, StoreError> {
         let mut out = HashMap::with_capacity(indexes.len());
         for part in indexes.chunks(LOOKUP_BATCH) {
-            lookup_chunk(self.conn().await?, part, &mut out).await?;
+            lookup_chunk(self.conn().await?, owner, part, &mut out).await?;
         }
         Ok(out)
     }

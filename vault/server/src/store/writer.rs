@@ -249,8 +249,17 @@ impl GroupWriter {
             // opening it, or at its COMMIT. Either way the batch is in an
             // unknown state and is ended as failed.
             if b.conn.execute("ROLLBACK TO request").await.is_err() {
-                if commit_too && let Err(e) = &together {
-                    tracing::error!(error = %e, "batch commit failed");
+                if commit_too {
+                    // The script may have failed at its COMMIT, which a
+                    // failed sync can leave written: the members (and the
+                    // earlier ones) are told the outcome is unknown, never
+                    // that nothing was done (a retried create would make a
+                    // second subject).
+                    if let Err(e) = &together {
+                        tracing::error!(error = %e, "batch commit failed");
+                    }
+                    b.abort_unknown("the batch commit failed").await;
+                    return writeset::fail_all_unknown(group, "the batch commit failed");
                 }
                 b.abort("the batch could not be continued").await;
                 return fail_all(group, "the batch was rolled back");

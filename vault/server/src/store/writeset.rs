@@ -542,12 +542,7 @@ async fn apply_own_transactions(
                     let _ = s.done.send(Ok(()));
                 }
             }
-            Err(e) => {
-                tracing::error!(members = group.len(), error = %e, "write batch commit failed");
-                for s in group {
-                    let _ = s.done.send(Err(StoreError::CommitUnknown(e.to_string())));
-                }
-            }
+            Err(e) => fail_all_unknown(group, &e.to_string()),
         }
         return;
     }
@@ -558,10 +553,12 @@ async fn apply_own_transactions(
     );
     for s in group.into_iter().filter_map(Submitted::expired) {
         let res = async {
+            // A BEGIN that fails did nothing: the batch's failure, not an
+            // unknown outcome.
             let mut tx = pool
                 .begin()
                 .await
-                .map_err(|e| super::commit_failed(e.into()))?;
+                .map_err(|e| StoreError::Batch(format!("the write could not begin: {e}")))?;
             apply(&mut tx, Backend::Postgres, &[&s.set]).await?;
             tx.commit()
                 .await
@@ -573,10 +570,24 @@ async fn apply_own_transactions(
     }
 }
 
-/// Answers every member of a group with the same failure.
+/// Answers every member of a group with the same failure: nothing of it
+/// was committed.
 pub(super) fn fail_all(group: Vec<Submitted>, why: &str) {
     tracing::error!(members = group.len(), error = why, "write batch failed");
     for s in group {
         let _ = s.done.send(Err(StoreError::Batch(why.to_owned())));
+    }
+}
+
+/// Answers every member of a group whose COMMIT failed: it may have
+/// taken effect.
+pub(super) fn fail_all_unknown(group: Vec<Submitted>, why: &str) {
+    tracing::error!(
+        members = group.len(),
+        error = why,
+        "write batch commit failed"
+    );
+    for s in group {
+        let _ = s.done.send(Err(StoreError::CommitUnknown(why.to_owned())));
     }
 }

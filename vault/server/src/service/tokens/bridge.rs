@@ -260,7 +260,7 @@ impl Vault {
                 .iter()
                 .flat_map(|(_, idx, _)| idx.iter().copied())
                 .collect();
-            let found = tx.xref_lookup(&all).await?;
+            let found = tx.xref_lookup(owner, &all).await?;
             let existing: Vec<Option<String>> = p
                 .ids
                 .iter()

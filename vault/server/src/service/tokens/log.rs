@@ -376,7 +376,7 @@ impl Vault {
                 })
                 .collect();
             let all: Vec<[u8; HASH_LEN]> = per_miss.iter().flatten().copied().collect();
-            let found = self.store().xref_lookup(&all).await?;
+            let found = self.store().xref_lookup(owner, &all).await?;
             for ((ty, n, bi), indexes) in chunk.into_iter().zip(per_miss) {
                 // Newest version first, as at import.
                 let token = indexes.iter().find_map(|i| found.get(i)).cloned();
