@@ -129,7 +129,21 @@ struct Sealed {
 
 /// Seal-then-record attempts of one release when the subject keeps
 /// changing in between.
-const RELEASE_TRIES: usize = 3;
+const RELEASE_TRIES: u32 = 3;
+
+/// The wait before sealing a release again, times the attempt. Longer
+/// than the SQLite writer's hand-over grace (20 ms): an update of the same
+/// person can sit in a batch left open for the release queued behind it,
+/// visible to the writer but not yet to the pool the seal reads from;
+/// once the release steps aside, the batch commits within the grace and
+/// the next seal reads the update.
+const RELEASE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// The refusal of a release whose subject changed under every attempt.
+const RELEASE_RACED: VaultError = VaultError::Busy(
+    "the person's data changed while the release was prepared, on every attempt; \
+     nothing was released; retry",
+);
 
 impl Vault {
     pub(crate) fn now_secs(&self) -> i64 {
@@ -269,7 +283,10 @@ impl Vault {
         };
         // Decrypt and seal outside the writer; the claim (consent row,
         // challenge) and the receipt are one transaction.
-        for _ in 0..RELEASE_TRIES {
+        for attempt in 0..RELEASE_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(RELEASE_BACKOFF * attempt).await;
+            }
             let sealed = self.seal(req, &row).await?;
             let mut tx = self.begin().await?;
             // Every row the claim is decided on, in one read (see
@@ -304,7 +321,7 @@ impl Vault {
                 return Ok(r);
             }
         }
-        Err(VaultError::Overloaded(RELEASE_TRIES))
+        Err(RELEASE_RACED)
     }
 
     async fn release_standing(
@@ -337,7 +354,10 @@ impl Vault {
         }
         // The registry may have narrowed since the grant was presented.
         release_allowed(req, &first.subject, &first.purpose, &first.fields).map_err(refused)?;
-        for _ in 0..RELEASE_TRIES {
+        for attempt in 0..RELEASE_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(RELEASE_BACKOFF * attempt).await;
+            }
             let sealed = self.seal(req, &first).await?;
             // … then checked again in the transaction that records the
             // receipt, with the consent and device rows locked: a
@@ -371,7 +391,7 @@ impl Vault {
                 return Ok(r);
             }
         }
-        Err(VaultError::Overloaded(RELEASE_TRIES))
+        Err(RELEASE_RACED)
     }
 
     /// Decrypts the consented fields and seals them to the partner,
