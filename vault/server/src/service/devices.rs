@@ -267,6 +267,17 @@ impl Vault {
                     .await?;
                 let subject = device.subject;
                 let now = self.now_millis();
+                // Read from the pool before the transaction: what it reads
+                // grows with what publishers sent, and must not hold the
+                // writer. Discarded if the checks below refuse the call.
+                let suggestion_inputs = match &call.action {
+                    DeviceAction::SuggestRules => Some(
+                        self.store()
+                            .suggestion_inputs(&subject, super::events::MAX_PEERS)
+                            .await?,
+                    ),
+                    _ => None,
+                };
                 let mut tx = self.begin().await?;
                 // Subject, then device, then the rows the action writes:
                 // the order every call writing a person's rows locks them
@@ -318,6 +329,9 @@ impl Vault {
                             DeviceOutcome::Revoked(out.revoked),
                             format!("list={} idx={} revoked={}", r.uri, r.idx, out.revoked),
                         )
+                    }
+                    DeviceAction::SuggestRules => {
+                        Self::suggest_rules(suggestion_inputs.unwrap_or_default())
                     }
                     other => self
                         .rules_action(&mut tx, &subject, other)

@@ -443,6 +443,25 @@ impl Vault {
     /// A device action on the person's links and rules, inside the device
     /// call's transaction; returns the outcome and the audit detail (ids
     /// and counts only).
+    /// Rule suggestions from `inputs`, read from the pool before the
+    /// call's transaction (never under the writer), and the audit detail.
+    pub(crate) fn suggest_rules(inputs: crate::store::SuggestionInputs) -> (DeviceOutcome, String) {
+        let peers: Vec<rules::Peer> = inputs
+            .peers
+            .into_iter()
+            .map(|(history, rules)| rules::Peer { history, rules })
+            .collect();
+        let s: Vec<Suggestion> = rules::suggest(
+            &inputs.me,
+            &inputs.mine,
+            &peers,
+            rules::DEFAULT_MIN_SUPPORT,
+            rules::MAX_SUGGESTIONS,
+        );
+        let detail = format!("peers={} suggestions={}", peers.len(), s.len());
+        (DeviceOutcome::Suggestions(s), detail)
+    }
+
     pub(crate) async fn rules_action(
         &self,
         tx: &mut AuditedTx,
@@ -502,26 +521,6 @@ impl Vault {
                 let rules = tx.rules_of(subject).await?;
                 let detail = format!("entities={} rules={}", entities.len(), rules.len());
                 (DeviceOutcome::RuleList { entities, rules }, detail)
-            }
-            DeviceAction::SuggestRules => {
-                let me = tx.history_of(subject).await?;
-                let mine = tx.rules_of(subject).await?;
-                let entities: Vec<String> = me.linked.iter().cloned().collect();
-                let peers: Vec<rules::Peer> = tx
-                    .peers(subject, &entities, MAX_PEERS)
-                    .await?
-                    .into_iter()
-                    .map(|(history, rules)| rules::Peer { history, rules })
-                    .collect();
-                let s: Vec<Suggestion> = rules::suggest(
-                    &me,
-                    &mine,
-                    &peers,
-                    rules::DEFAULT_MIN_SUPPORT,
-                    rules::MAX_SUGGESTIONS,
-                );
-                let detail = format!("peers={} suggestions={}", peers.len(), s.len());
-                (DeviceOutcome::Suggestions(s), detail)
             }
             _ => return Ok(None),
         }))

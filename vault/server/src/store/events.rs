@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use super::matching::{IN_CHUNK, placeholders};
 use super::rows::{i64_to_u64, list_col, list_text, subject_col, u64_to_i64};
@@ -23,6 +23,17 @@ macro_rules! ignored_unlinked {
     () => {
         "ignored_unlinked"
     };
+}
+
+/// What suggesting rules reads ([`super::Store::suggestion_inputs`]).
+#[derive(Debug, Clone, Default)]
+pub struct SuggestionInputs {
+    /// The person's history.
+    pub me: History,
+    /// The person's rules.
+    pub mine: Vec<Rule>,
+    /// Peers' histories and rules.
+    pub peers: Vec<(History, Vec<Rule>)>,
 }
 
 /// Outcome word of an event whose publisher the person has not linked.
@@ -74,6 +85,24 @@ fn verified<T>(r: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
 }
 
 impl super::Store {
+    /// What suggesting rules for `subject` reads, from the pool (never
+    /// under the writer: a publisher can grow the events read here): the
+    /// person's history and rules, and up to `max_peers` peers who linked
+    /// one of the same entities, with theirs.
+    pub async fn suggestion_inputs(
+        &self,
+        subject: &SubjectId,
+        max_peers: u32,
+    ) -> Result<SuggestionInputs, StoreError> {
+        let keys = self.row_keys()?;
+        let mut conn = self.pool().acquire().await?;
+        let me = history_of(&mut conn, &keys, subject).await?;
+        let mine = rules_of(&mut conn, &keys, subject).await?;
+        let entities: Vec<String> = me.linked.iter().cloned().collect();
+        let peers = peers(&mut conn, &keys, subject, &entities, max_peers).await?;
+        Ok(SuggestionInputs { me, mine, peers })
+    }
+
     /// Up to `limit` commands of `recipient` after outbox position
     /// `after`, oldest first. Read outside any write transaction: opening
     /// them (key unwrap, decryption) does not hold the write lock.
@@ -281,17 +310,8 @@ impl AuditedTx {
 
     /// The person's rules, by id.
     pub async fn rules_of(&mut self, subject: &SubjectId) -> Result<Vec<Rule>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
-             WHERE subject_id = $1 ORDER BY rule_id",
-        )
-        .bind(subject.as_bytes().to_vec())
-        .fetch_all(self.conn().await?)
-        .await?;
         let keys = self.store.row_keys()?;
-        rows.iter()
-            .map(|r| rule_from_row(&keys, subject, r))
-            .collect()
+        rules_of(self.conn().await?, &keys, subject).await
     }
 
     /// The person's rules that `source` reporting `event_type` triggers.
@@ -447,60 +467,8 @@ impl AuditedTx {
     /// The person's engagement history: linked entities, and the
     /// (publisher, event type) pairs of events from linked publishers.
     pub async fn history_of(&mut self, subject: &SubjectId) -> Result<History, StoreError> {
-        let mut h = self.histories(&[*subject]).await?;
-        Ok(h.remove(subject).unwrap_or_default())
-    }
-
-    /// Rows of `head IN (…)` for at most [`IN_CHUNK`] subjects. `head` is
-    /// a constant query ending in a subject id column; only numbered
-    /// placeholders are formatted into the text, every id is bound.
-    async fn rows_for(
-        &mut self,
-        head: &'static str,
-        part: &[SubjectId],
-    ) -> Result<Vec<AnyRow>, StoreError> {
-        let sql = format!("{head} IN ({})", placeholders(1, part.len()));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for s in part {
-            q = q.bind(s.as_bytes().to_vec());
-        }
-        Ok(q.fetch_all(self.conn().await?).await?)
-    }
-
-    /// Histories of `subjects`.
-    async fn histories(
-        &mut self,
-        subjects: &[SubjectId],
-    ) -> Result<HashMap<SubjectId, History>, StoreError> {
-        let mut out: HashMap<SubjectId, History> = HashMap::new();
         let keys = self.store.row_keys()?;
-        for part in subjects.chunks(IN_CHUNK) {
-            let links = "SELECT subject_id, entity, linked_at_ms, mac_version, mac FROM entity_links \
-                         WHERE subject_id";
-            for r in self.rows_for(links, part).await? {
-                let s = subject_col(&r, "subject_id")?;
-                // Histories only feed suggestions: a forged link is left
-                // out (it suggests nothing) rather than failing the call.
-                let Some((entity, _)) = verified(link_from_row(&keys, &s, &r))? else {
-                    continue;
-                };
-                out.entry(s).or_default().linked.insert(entity);
-            }
-            let events = concat!(
-                "SELECT DISTINCT subject_id, source, event_type FROM events ",
-                "WHERE outcome <> '",
-                ignored_unlinked!(),
-                "' AND subject_id"
-            );
-            for r in self.rows_for(events, part).await? {
-                let s = subject_col(&r, "subject_id")?;
-                out.entry(s)
-                    .or_default()
-                    .events
-                    .insert((r.try_get("source")?, r.try_get("event_type")?));
-            }
-        }
-        Ok(out)
+        history_of(self.conn().await?, &keys, subject).await
     }
 
     /// Up to `limit` other people who linked one of `entities` and hold
@@ -511,51 +479,8 @@ impl AuditedTx {
         entities: &[String],
         limit: u32,
     ) -> Result<Vec<(History, Vec<Rule>)>, StoreError> {
-        if entities.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT DISTINCT l.subject_id FROM entity_links l WHERE l.entity IN ({}) \
-             AND l.subject_id <> $1 AND EXISTS (SELECT 1 FROM subject_rules r WHERE r.subject_id = l.subject_id) \
-             ORDER BY l.subject_id LIMIT {limit}",
-            placeholders(2, entities.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(me.as_bytes().to_vec());
-        for e in entities {
-            q = q.bind(e.clone());
-        }
-        let ids: Vec<SubjectId> = q
-            .fetch_all(self.conn().await?)
-            .await?
-            .iter()
-            .map(|r| subject_col(r, "subject_id"))
-            .collect::<Result<_, _>>()?;
-        let mut histories = self.histories(&ids).await?;
-        let mut rules: HashMap<SubjectId, Vec<Rule>> = HashMap::new();
         let keys = self.store.row_keys()?;
-        for part in ids.chunks(IN_CHUNK) {
-            let rules_sql = concat!(
-                "SELECT subject_id, source, event_type, target, command, fields, mac_version, mac ",
-                "FROM subject_rules WHERE subject_id"
-            );
-            for r in self.rows_for(rules_sql, part).await? {
-                let s = subject_col(&r, "subject_id")?;
-                // Another person's rules only shape suggestions: a forged
-                // one is left out.
-                if let Some(rule) = verified(rule_from_row(&keys, &s, &r))? {
-                    rules.entry(s).or_default().push(rule);
-                }
-            }
-        }
-        Ok(ids
-            .iter()
-            .map(|s| {
-                (
-                    histories.remove(s).unwrap_or_default(),
-                    rules.remove(s).unwrap_or_default(),
-                )
-            })
-            .collect())
+        peers(self.conn().await?, &keys, me, entities, limit).await
     }
 
     /// The subject a partner's pairwise token names.
@@ -576,4 +501,140 @@ impl AuditedTx {
         })
         .transpose()
     }
+}
+
+/// The person's engagement history: linked entities, and the
+/// (publisher, event type) pairs of events from linked publishers.
+async fn history_of(
+    conn: &mut AnyConnection,
+    keys: &RowMac,
+    subject: &SubjectId,
+) -> Result<History, StoreError> {
+    let mut h = histories(conn, keys, &[*subject]).await?;
+    Ok(h.remove(subject).unwrap_or_default())
+}
+
+/// Rows of `head IN (…)` for at most [`IN_CHUNK`] subjects. `head` is
+/// a constant query ending in a subject id column; only numbered
+/// placeholders are formatted into the text, every id is bound.
+async fn rows_for(
+    conn: &mut AnyConnection,
+    head: &'static str,
+    part: &[SubjectId],
+) -> Result<Vec<AnyRow>, StoreError> {
+    let sql = format!("{head} IN ({})", placeholders(1, part.len()));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for s in part {
+        q = q.bind(s.as_bytes().to_vec());
+    }
+    Ok(q.fetch_all(&mut *conn).await?)
+}
+
+/// Histories of `subjects`.
+async fn histories(
+    conn: &mut AnyConnection,
+    keys: &RowMac,
+    subjects: &[SubjectId],
+) -> Result<HashMap<SubjectId, History>, StoreError> {
+    let mut out: HashMap<SubjectId, History> = HashMap::new();
+    for part in subjects.chunks(IN_CHUNK) {
+        let links = "SELECT subject_id, entity, linked_at_ms, mac_version, mac FROM entity_links \
+                         WHERE subject_id";
+        for r in rows_for(conn, links, part).await? {
+            let s = subject_col(&r, "subject_id")?;
+            // Histories only feed suggestions: a forged link is left
+            // out (it suggests nothing) rather than failing the call.
+            let Some((entity, _)) = verified(link_from_row(keys, &s, &r))? else {
+                continue;
+            };
+            out.entry(s).or_default().linked.insert(entity);
+        }
+        let events = concat!(
+            "SELECT DISTINCT subject_id, source, event_type FROM events ",
+            "WHERE outcome <> '",
+            ignored_unlinked!(),
+            "' AND subject_id"
+        );
+        for r in rows_for(conn, events, part).await? {
+            let s = subject_col(&r, "subject_id")?;
+            out.entry(s)
+                .or_default()
+                .events
+                .insert((r.try_get("source")?, r.try_get("event_type")?));
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `limit` other people who linked one of `entities` and hold
+/// rules, with their histories and rules.
+async fn peers(
+    conn: &mut AnyConnection,
+    keys: &RowMac,
+    me: &SubjectId,
+    entities: &[String],
+    limit: u32,
+) -> Result<Vec<(History, Vec<Rule>)>, StoreError> {
+    if entities.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT DISTINCT l.subject_id FROM entity_links l WHERE l.entity IN ({}) \
+             AND l.subject_id <> $1 AND EXISTS (SELECT 1 FROM subject_rules r WHERE r.subject_id = l.subject_id) \
+             ORDER BY l.subject_id LIMIT {limit}",
+        placeholders(2, entities.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(me.as_bytes().to_vec());
+    for e in entities {
+        q = q.bind(e.clone());
+    }
+    let ids: Vec<SubjectId> = q
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| subject_col(r, "subject_id"))
+        .collect::<Result<_, _>>()?;
+    let mut histories = histories(conn, keys, &ids).await?;
+    let mut rules: HashMap<SubjectId, Vec<Rule>> = HashMap::new();
+    for part in ids.chunks(IN_CHUNK) {
+        let rules_sql = concat!(
+            "SELECT subject_id, source, event_type, target, command, fields, mac_version, mac ",
+            "FROM subject_rules WHERE subject_id"
+        );
+        for r in rows_for(conn, rules_sql, part).await? {
+            let s = subject_col(&r, "subject_id")?;
+            // Another person's rules only shape suggestions: a forged
+            // one is left out.
+            if let Some(rule) = verified(rule_from_row(keys, &s, &r))? {
+                rules.entry(s).or_default().push(rule);
+            }
+        }
+    }
+    Ok(ids
+        .iter()
+        .map(|s| {
+            (
+                histories.remove(s).unwrap_or_default(),
+                rules.remove(s).unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// The person's rules, checked against their MACs.
+async fn rules_of(
+    conn: &mut AnyConnection,
+    keys: &RowMac,
+    subject: &SubjectId,
+) -> Result<Vec<Rule>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
+         WHERE subject_id = $1 ORDER BY rule_id",
+    )
+    .bind(subject.as_bytes().to_vec())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| rule_from_row(keys, subject, r))
+        .collect()
 }

@@ -74,7 +74,7 @@ pub use audit::{
     CheckpointRow, LeafColumns, LeafRow, NewLeaf, SequencerLease, SequencerTx, SubjectSnapshot,
 };
 pub use consent::{GrantClaim, GrantClaimRows};
-pub use events::IGNORED_UNLINKED;
+pub use events::{IGNORED_UNLINKED, SuggestionInputs};
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
 pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};
 pub use retention::Prunable;
