@@ -22,4 +22,15 @@ fuzz_target!(|data: &[u8]| {
         out.clear();
         rw.rewrite_chunk(data, 2, &mut out, &mut rejects);
     }
+    // The header row and delimiter as a client sends them: the first byte
+    // is the delimiter, the first line the header, the rest the records.
+    if let Some((&delimiter, rest)) = data.split_first() {
+        let end = rest.iter().position(|b| *b == b'\n').map_or(rest.len(), |i| i + 1);
+        let (header, body) = rest.split_at(end);
+        let fields = vec![FieldSpec::parse("m=msisdn").unwrap()];
+        if let Ok(rw) = Rewriter::csv(fields, header, delimiter, opts, &key) {
+            out.clear();
+            rw.rewrite_chunk(body, 2, &mut out, &mut rejects);
+        }
+    }
 });

@@ -20,6 +20,7 @@ pub mod audit;
 pub mod bridge_file;
 pub mod channel;
 pub mod device;
+pub mod link_file;
 pub mod release;
 
 pub use channel::{ClientError, PartnerCredentials, connect};

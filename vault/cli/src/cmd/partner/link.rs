@@ -8,14 +8,14 @@
 //! in the results; every other column stays on this machine. Results are
 //! written as CSV or JSON Lines, one per record, in file order.
 
-use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use idvault_client::link_file::{self, Columns};
 use idvault_proto::v1::match_service_client::MatchServiceClient;
-use idvault_proto::v1::{Field, LinkOptions, LinkRecord, LinkRequest, LinkResult};
+use idvault_proto::v1::{LinkOptions, LinkRequest, LinkResult};
 use idvault_tokenizer::variants::MatchField;
 
 use crate::cmd::ConnectArgs;
@@ -71,47 +71,15 @@ pub(crate) struct LinkArgs {
 }
 
 /// Which input column becomes which field.
-#[derive(Debug)]
-struct Columns {
-    id: String,
-    /// Column name to catalogue field name.
-    fields: HashMap<String, String>,
-}
-
-impl Columns {
-    fn new(args: &LinkArgs) -> anyhow::Result<Self> {
-        let fields = MatchField::columns(&args.map).map_err(anyhow::Error::msg)?;
-        Ok(Self {
-            id: args
-                .id_column
-                .clone()
-                .unwrap_or_else(|| "record_id".to_owned()),
-            fields,
-        })
-    }
-
-    /// The record of one row: `(column, value)` pairs, `line` its number.
-    fn record<'a>(&self, line: u64, row: impl Iterator<Item = (&'a str, String)>) -> LinkRecord {
-        let mut record_id = None;
-        let mut fields = Vec::new();
-        for (column, value) in row {
-            let value = value.trim();
-            if column == self.id {
-                record_id = Some(value.to_owned());
-            } else if let Some(field) = self.fields.get(column)
-                && !value.is_empty()
-            {
-                fields.push(Field {
-                    name: field.clone(),
-                    value: value.to_owned(),
-                });
-            }
-        }
-        LinkRecord {
-            record_id: record_id.unwrap_or_else(|| line.to_string()),
-            fields,
-        }
-    }
+fn columns_of(args: &LinkArgs) -> anyhow::Result<Columns> {
+    let fields = MatchField::columns(&args.map).map_err(anyhow::Error::msg)?;
+    Ok(Columns {
+        id: args
+            .id_column
+            .clone()
+            .unwrap_or_else(|| "record_id".to_owned()),
+        fields,
+    })
 }
 
 /// Reads `path` and hands its records to `sink` in messages of
@@ -122,111 +90,33 @@ fn read_records(
     path: &Path,
     format: Format,
     columns: &Columns,
-    (options, per_message): (LinkOptions, usize),
+    batching: (LinkOptions, usize),
     warn: bool,
     sink: &mut dyn FnMut(LinkRequest) -> bool,
 ) -> anyhow::Result<u64> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut batch = Vec::with_capacity(per_message);
-    let mut options = Some(options);
-    let mut sent = 0u64;
-    let mut flush = |batch: &mut Vec<LinkRecord>, last: bool| -> bool {
-        if batch.is_empty() && !(last && options.is_some()) {
-            return true;
-        }
-        sent += batch.len() as u64;
-        let msg = LinkRequest {
-            options: options.take(),
-            records: std::mem::take(batch),
-        };
-        sink(msg)
+    let format = match format {
+        Format::Csv => link_file::Format::Csv,
+        Format::Jsonl => link_file::Format::Jsonl,
     };
-    match format {
-        Format::Csv => {
-            let mut r = csv::ReaderBuilder::new().flexible(false).from_reader(file);
-            let header: Vec<String> = r
-                .headers()
-                .with_context(|| format!("{}: reading the header row", path.display()))?
-                .iter()
-                .map(|h| h.trim().to_owned())
-                .collect();
-            if warn {
-                warn_unused(&header, columns);
+    link_file::read_records(
+        file,
+        &path.display().to_string(),
+        format,
+        columns,
+        batching,
+        &mut |header| {
+            let unused = columns.unused(header);
+            if warn && !unused.is_empty() {
+                eprintln!(
+                    "not sent (not a matchable field; see --map): {}",
+                    unused.join(", ")
+                );
             }
-            for (i, row) in r.records().enumerate() {
-                let row =
-                    row.with_context(|| format!("{}: CSV record {}", path.display(), i + 1))?;
-                let line = row.position().map_or(i as u64 + 2, |p| p.line());
-                let cells = header
-                    .iter()
-                    .map(String::as_str)
-                    .zip(row.iter().map(str::to_owned));
-                batch.push(columns.record(line, cells));
-                if batch.len() == per_message && !flush(&mut batch, false) {
-                    return Ok(sent);
-                }
-            }
-        }
-        Format::Jsonl => {
-            let mut warned = !warn;
-            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-                let n = i as u64 + 1;
-                let line = line.with_context(|| format!("{}: line {n}", path.display()))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                // The parser's own message may quote the line's text (a
-                // person's data): only its position is reported.
-                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
-                    .map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: line {n} is not a JSON object (column {})",
-                        path.display(),
-                        e.column()
-                    )
-                })?;
-                if !warned {
-                    let keys: Vec<String> = obj.keys().cloned().collect();
-                    warn_unused(&keys, columns);
-                    warned = true;
-                }
-                let mut cells = Vec::with_capacity(obj.len());
-                for (k, v) in &obj {
-                    let v = match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Number(x) => x.to_string(),
-                        serde_json::Value::Null => String::new(),
-                        _ => bail!(
-                            "{}: line {n}: \"{k}\" must be a string or a number",
-                            path.display()
-                        ),
-                    };
-                    cells.push((k.as_str(), v));
-                }
-                batch.push(columns.record(n, cells.into_iter()));
-                if batch.len() == per_message && !flush(&mut batch, false) {
-                    return Ok(sent);
-                }
-            }
-        }
-    }
-    flush(&mut batch, true);
-    Ok(sent)
-}
-
-/// Says on stderr which columns are not sent (they stay here).
-fn warn_unused(header: &[String], columns: &Columns) {
-    let unused: Vec<&str> = header
-        .iter()
-        .map(String::as_str)
-        .filter(|h| *h != columns.id && !columns.fields.contains_key(*h))
-        .collect();
-    if !unused.is_empty() {
-        eprintln!(
-            "not sent (not a matchable field; see --map): {}",
-            unused.join(", ")
-        );
-    }
+        },
+        sink,
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 /// Writes results in one format.
@@ -319,7 +209,7 @@ struct Tally {
 }
 
 pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<()> {
-    let columns = Columns::new(&args)?;
+    let columns = columns_of(&args)?;
     let in_format = args.format.unwrap_or_else(|| Format::of(&args.file));
     let out_format = args
         .out_format
@@ -350,7 +240,7 @@ pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<(
     let per_message = usize::from(args.batch);
     let total = {
         let (file, o) = (args.file.clone(), options);
-        let columns = Columns::new(&args)?;
+        let columns = columns_of(&args)?;
         tokio::task::spawn_blocking(move || {
             read_records(
                 &file,
