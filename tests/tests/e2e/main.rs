@@ -158,6 +158,7 @@ const EDGE: &[(&str, TestFn)] = tests![
     mtls::certificate_from_another_trust_domain,
     mtls::unregistered_partner_is_denied_and_audited,
     mtls::health_and_reflection,
+    mtls::open_connections_per_identity_are_bounded,
     audit::flood_is_refused_at_once,
     logs::no_pii_in_logs_or_statuses,
     ops::start_refuses_missing_material,

@@ -354,3 +354,47 @@ pub async fn crl_reload_closes_revoked_connections(b: Backend) -> anyhow::Result
         .expect("stale CRL with stale_crl = warn");
     tv.stop().await
 }
+
+/// One identity holds at most `MAX_CONNECTIONS_PER_IDENTITY` open
+/// connections: past that, a new connection is dropped after its
+/// handshake (its first call fails), another partner still connects, and
+/// a connection closed frees a place.
+pub async fn open_connections_per_identity_are_bounded(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::crl::MAX_CONNECTIONS_PER_IDENTITY;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let tv = TestVault::start(b).await?;
+    let check = async |ch: tonic::transport::Channel| {
+        HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+    };
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_IDENTITY {
+        let ch = tv.channel("partner-b").await?;
+        check(ch.clone()).await?;
+        held.push(ch);
+    }
+    let one_more = tv.channel("partner-b").await?;
+    assert!(
+        check(one_more).await.is_err(),
+        "a connection past the limit"
+    );
+    check(tv.channel("partner-a").await?).await?;
+    // Dropping one held connection frees a place (the server sees the
+    // close a moment later).
+    drop(held.pop());
+    let mut admitted = false;
+    for _ in 0..100 {
+        if check(tv.channel("partner-b").await?).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "a freed place was not given back");
+    drop(held);
+    tv.stop().await
+}

@@ -117,6 +117,12 @@ pub struct Reloaded {
     pub closed: usize,
 }
 
+/// Most authenticated connections open at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Most authenticated connections one identity may hold open at once.
+pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 256;
+
 /// The client-certificate verifier, its CRL files and the open
 /// connections it admitted.
 pub struct ClientAuth {
@@ -184,6 +190,29 @@ impl ClientAuth {
 
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenConn>> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`Self::register`], unless `spiffe_id` already holds
+    /// [`MAX_CONNECTIONS_PER_IDENTITY`] open connections or the vault
+    /// [`MAX_CONNECTIONS`]: each holds buffers and a task, so a partner
+    /// holding a valid certificate cannot grow them without bound, nor
+    /// take every place from the others. `None`: the caller drops it.
+    pub fn try_register(
+        self: &Arc<Self>,
+        spiffe_id: &str,
+        chain: Vec<CertificateDer<'static>>,
+    ) -> Option<Registration> {
+        {
+            let conns = self.conns();
+            let mine = conns.values().filter(|c| c.spiffe_id == spiffe_id).count();
+            if conns.len() >= MAX_CONNECTIONS || mine >= MAX_CONNECTIONS_PER_IDENTITY {
+                return None;
+            }
+        }
+        // Checked and registered under two holds of the lock: a burst can
+        // overshoot by the handshakes finishing in between, at most
+        // MAX_HANDSHAKES, which bounds it all the same.
+        Some(self.register(spiffe_id, chain))
     }
 
     /// Registers an authenticated connection; it is unregistered when the

@@ -350,7 +350,15 @@ pub fn incoming(
                         // The verifier already demanded the id; this cannot
                         // be None, but a connection without one is dropped.
                         if let Some(spiffe_id) = id {
-                            let registration = auth.register(spiffe_id.as_str(), chain);
+                            let Some(registration) = auth.try_register(spiffe_id.as_str(), chain)
+                            else {
+                                tracing::warn!(
+                                    %remote,
+                                    partner = %spiffe_id,
+                                    "too many open connections; connection dropped"
+                                );
+                                return;
+                            };
                             let conn = TlsConn {
                                 inner: tls,
                                 info: PeerInfo { remote, spiffe_id },
