@@ -17,8 +17,8 @@ fuzz_target!(|data: &[u8]| {
         .collect(),
     };
     for format in [Format::Csv, Format::Jsonl] {
-        let mut records = 0usize;
-        let _ = read_records(
+        let (mut records, mut options) = (0u64, 0u32);
+        let read = read_records(
             data,
             "fuzz",
             format,
@@ -26,11 +26,17 @@ fuzz_target!(|data: &[u8]| {
             (LinkOptions::default(), 7),
             &mut |_| {},
             &mut |m| {
-                records += m.records.len();
+                records += m.records.len() as u64;
+                options += u32::from(m.options.is_some());
                 // Every message holds at most its batch size.
                 assert!(m.records.len() <= 7);
                 true
             },
         );
+        // What it says it read is what it sent, and the options went once.
+        if let Ok(n) = read {
+            assert_eq!(n, records);
+            assert_eq!(options, 1);
+        }
     }
 });

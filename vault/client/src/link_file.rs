@@ -217,7 +217,8 @@ mod tests {
             assert_eq!(recs[0].fields[0].name, "family_name");
             assert!(recs[2].fields.is_empty());
         }
-        // No reference: the line number (CSV line 3, JSON line 3).
+        // An empty reference cell is sent as it is (empty); no reference
+        // column at all: the line number.
         assert_eq!(a[0].records[1].record_id, "");
         assert_eq!(b[0].records[1].record_id, "3");
     }

@@ -285,7 +285,7 @@ impl Vault {
         // challenge) and the receipt are one transaction.
         for attempt in 0..RELEASE_TRIES {
             if attempt > 0 {
-                tokio::time::sleep(RELEASE_BACKOFF * attempt).await;
+                super::pipeline::back_off(RELEASE_BACKOFF * attempt).await?;
             }
             let sealed = self.seal(req, &row).await?;
             let mut tx = self.begin().await?;
@@ -356,7 +356,7 @@ impl Vault {
         release_allowed(req, &first.subject, &first.purpose, &first.fields).map_err(refused)?;
         for attempt in 0..RELEASE_TRIES {
             if attempt > 0 {
-                tokio::time::sleep(RELEASE_BACKOFF * attempt).await;
+                super::pipeline::back_off(RELEASE_BACKOFF * attempt).await?;
             }
             let sealed = self.seal(req, &first).await?;
             // … then checked again in the transaction that records the

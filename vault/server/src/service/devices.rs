@@ -271,11 +271,18 @@ impl Vault {
                 // grows with what publishers sent, and must not hold the
                 // writer. Discarded if the checks below refuse the call.
                 let suggestion_inputs = match &call.action {
-                    DeviceAction::SuggestRules => Some(
-                        self.store()
-                            .suggestion_inputs(&subject, super::events::MAX_PEERS)
-                            .await?,
-                    ),
+                    DeviceAction::SuggestRules => {
+                        // A replayed request is refused before the read,
+                        // not after it.
+                        if self.store().device_request_used(&call.request_id).await? {
+                            return Err(refused(Refusal::RequestReplayed));
+                        }
+                        Some(
+                            self.store()
+                                .suggestion_inputs(&subject, super::events::MAX_PEERS)
+                                .await?,
+                        )
+                    }
                     _ => None,
                 };
                 let mut tx = self.begin().await?;

@@ -440,9 +440,6 @@ impl Vault {
         .await
     }
 
-    /// A device action on the person's links and rules, inside the device
-    /// call's transaction; returns the outcome and the audit detail (ids
-    /// and counts only).
     /// Rule suggestions from `inputs`, read from the pool before the
     /// call's transaction (never under the writer), and the audit detail.
     pub(crate) fn suggest_rules(inputs: crate::store::SuggestionInputs) -> (DeviceOutcome, String) {
@@ -462,6 +459,9 @@ impl Vault {
         (DeviceOutcome::Suggestions(s), detail)
     }
 
+    /// A device action on the person's links and rules, inside the device
+    /// call's transaction; returns the outcome and the audit detail (ids
+    /// and counts only).
     pub(crate) async fn rules_action(
         &self,
         tx: &mut AuditedTx,

@@ -37,6 +37,17 @@ tokio::task_local! {
     static DEADLINE: tokio::time::Instant;
 }
 
+/// Waits `d` before trying again, unless the request's deadline comes
+/// first: then it is refused as past its time, and nothing more is done.
+pub(crate) async fn back_off(d: std::time::Duration) -> Result<(), VaultError> {
+    let until = tokio::time::Instant::now() + d;
+    if DEADLINE.try_with(|dl| *dl).is_ok_and(|dl| dl <= until) {
+        return Err(VaultError::DeadlineExceeded);
+    }
+    tokio::time::sleep_until(until).await;
+    Ok(())
+}
+
 /// A request on its way through the pipeline: the identified partner, the
 /// action it is audited as, the policy decision in force and, once known,
 /// the subject it is about.

@@ -233,7 +233,7 @@ impl Vault {
             let mut owners: Vec<&str> = rows.iter().map(|r| r.owner.as_str()).collect();
             owners.sort_unstable();
             owners.dedup();
-            for owner in owners {
+            for owner in &owners {
                 tx.xref_lock_owner(owner).await?;
             }
             let (mut moved, mut damaged) = (0u64, 0u64);
@@ -268,7 +268,10 @@ impl Vault {
                     moved += 1;
                 }
             }
-            tx.bump_xref_generation().await?;
+            // Every replica's cache of these owners' lookups is stale.
+            for owner in &owners {
+                tx.xref_bump_generation(owner).await?;
+            }
             let detail = format!("rewrap to=v{target} links={moved} damaged={damaged}");
             self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
             report.links += moved;

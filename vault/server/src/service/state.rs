@@ -58,44 +58,60 @@ const CACHE_LIMIT_PER_PARTNER: usize = 250_000;
 
 /// Identifier → canonical entity token, by current-version blind index.
 ///
-/// Entries are tagged with the cross-reference generation they were read
-/// under. Imports that change links bump the generation in the database
-/// (so every replica sees it) and clear this cache locally; a lookup that
-/// raced with such an import does not insert its possibly pre-merge answer.
+/// Entries are tagged with their partner's cross-reference generation,
+/// read before the lookup. A partner's imports that change links bump its
+/// generation in the database (so every replica sees it) and clear its
+/// part of this cache locally; a lookup that raced with such an import
+/// does not insert its possibly pre-merge answer. Another partner's
+/// imports never empty this partner's part.
 #[derive(Debug, Default)]
-pub(crate) struct XrefCache(RwLock<CacheInner>);
+pub(crate) struct XrefCache(RwLock<HashMap<String, CachePart>>);
 
+/// One partner's cross-reference namespace in the cache: blind index →
+/// token, tagged with the partner's generation. `None` records "linked to
+/// no entity" (any import of the partner that adds links bumps its
+/// generation, which empties its part). Partners come from the registry,
+/// so the number of parts is bounded too.
 #[derive(Debug, Default)]
-struct CacheInner {
+struct CachePart {
     generation: i64,
-    /// Per partner (its cross-reference namespace): blind index → token.
-    /// `None` records "linked to no entity" (any import that adds links
-    /// bumps the generation, which empties the cache). Partners come from
-    /// the registry, so the number of parts is bounded too.
-    parts: HashMap<String, HashMap<[u8; HASH_LEN], Option<String>>>,
+    entries: HashMap<[u8; HASH_LEN], Option<String>>,
 }
 
 impl XrefCache {
-    /// Drops every entry and forgets the generation.
-    pub(crate) fn clear(&self) {
-        if let Ok(mut c) = self.0.write() {
-            c.parts.clear();
-            c.generation = -1;
+    /// Drops `owner`'s entries and forgets its generation.
+    pub(crate) fn clear_owner(&self, owner: &str) {
+        if let Ok(mut c) = self.0.write()
+            && let Some(part) = c.get_mut(owner)
+        {
+            part.entries.clear();
+            part.generation = -1;
         }
     }
 
-    /// Makes the cache current for `generation`, dropping older entries.
-    pub(crate) fn sync(&self, generation: i64) {
-        if let Ok(mut c) = self.0.write()
-            && c.generation != generation
-        {
-            c.parts.clear();
-            c.generation = generation;
+    /// Makes `owner`'s part current for its `generation`, dropping older
+    /// entries; other partners' parts are untouched.
+    pub(crate) fn sync(&self, owner: &str, generation: i64) {
+        if let Ok(mut c) = self.0.write() {
+            if let Some(part) = c.get_mut(owner) {
+                if part.generation != generation {
+                    part.entries.clear();
+                    part.generation = generation;
+                }
+            } else {
+                c.insert(
+                    owner.to_owned(),
+                    CachePart {
+                        generation,
+                        entries: HashMap::new(),
+                    },
+                );
+            }
         }
     }
 
     pub(crate) fn get(&self, owner: &str, k: &[u8; HASH_LEN]) -> Option<Option<String>> {
-        self.0.read().ok()?.parts.get(owner)?.get(k).cloned()
+        self.0.read().ok()?.get(owner)?.entries.get(k).cloned()
     }
 
     pub(crate) fn insert(
@@ -106,20 +122,18 @@ impl XrefCache {
         v: Option<String>,
     ) {
         if let Ok(mut c) = self.0.write() {
-            if c.generation != generation {
-                return;
-            }
-            // No allocation for the owner's name on the hot path.
-            if !c.parts.contains_key(owner) {
-                c.parts.insert(owner.to_owned(), HashMap::new());
-            }
-            let Some(part) = c.parts.get_mut(owner) else {
+            // A part is made by `sync`; an answer read under an older
+            // generation (an import raced the lookup) is not kept.
+            let Some(part) = c.get_mut(owner) else {
                 return;
             };
-            if part.len() >= CACHE_LIMIT_PER_PARTNER {
-                part.clear();
+            if part.generation != generation {
+                return;
             }
-            part.insert(k, v);
+            if part.entries.len() >= CACHE_LIMIT_PER_PARTNER {
+                part.entries.clear();
+            }
+            part.entries.insert(k, v);
         }
     }
 }
@@ -232,7 +246,8 @@ mod tests {
     #[test]
     fn one_partners_lookups_never_evict_anothers() {
         let c = XrefCache::default();
-        c.sync(1);
+        c.sync("a", 1);
+        c.sync("b", 1);
         c.insert(1, "a", [1; HASH_LEN], Some("et_a".into()));
         for i in 0..=CACHE_LIMIT_PER_PARTNER as u32 {
             let mut k = [0u8; HASH_LEN];
@@ -242,9 +257,19 @@ mod tests {
         assert_eq!(c.get("a", &[1; HASH_LEN]), Some(Some("et_a".into())));
         // Namespaces do not see each other's entries.
         assert_eq!(c.get("b", &[1; HASH_LEN]), None);
-        // A new generation empties every part; a stale insert is dropped.
-        c.sync(2);
+        // Another partner's new generation (its import) leaves this
+        // partner's entries alone.
+        c.sync("b", 2);
+        c.clear_owner("b");
+        assert_eq!(c.get("a", &[1; HASH_LEN]), Some(Some("et_a".into())));
+        // Its own new generation empties its part; a stale insert is
+        // dropped.
+        c.sync("a", 2);
+        assert_eq!(c.get("a", &[1; HASH_LEN]), None);
         c.insert(1, "a", [1; HASH_LEN], Some("et_a".into()));
         assert_eq!(c.get("a", &[1; HASH_LEN]), None);
+        // A part never synced takes no entries.
+        c.insert(0, "c", [1; HASH_LEN], None);
+        assert_eq!(c.get("c", &[1; HASH_LEN]), None);
     }
 }

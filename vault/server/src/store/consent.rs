@@ -207,6 +207,19 @@ async fn consent_by_id<'e>(
 }
 
 impl Store {
+    /// Whether a device request id was used already, read from the pool:
+    /// a cheap early refusal only, the insert in the call's transaction
+    /// decides ([`AuditedTx::insert_device_request`]).
+    pub async fn device_request_used(&self, request_id: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT 1 FROM device_requests WHERE request_id = $1")
+                .bind(request_id.to_vec())
+                .fetch_optional(self.pool())
+                .await?
+                .is_some(),
+        )
+    }
+
     /// A consent by id (read outside any write transaction).
     pub async fn consent(&self, id: &[u8; 16]) -> Result<Option<Consent>, StoreError> {
         consent_by_id(&*self.row_keys()?, self.pool(), id, false).await

@@ -464,25 +464,6 @@ impl AuditedTx {
         Ok(n)
     }
 
-    /// The person's engagement history: linked entities, and the
-    /// (publisher, event type) pairs of events from linked publishers.
-    pub async fn history_of(&mut self, subject: &SubjectId) -> Result<History, StoreError> {
-        let keys = self.store.row_keys()?;
-        history_of(self.conn().await?, &keys, subject).await
-    }
-
-    /// Up to `limit` other people who linked one of `entities` and hold
-    /// rules, with their histories and rules.
-    pub async fn peers(
-        &mut self,
-        me: &SubjectId,
-        entities: &[String],
-        limit: u32,
-    ) -> Result<Vec<(History, Vec<Rule>)>, StoreError> {
-        let keys = self.store.row_keys()?;
-        peers(self.conn().await?, &keys, me, entities, limit).await
-    }
-
     /// The subject a partner's pairwise token names.
     pub async fn subject_of_pairwise(
         &mut self,

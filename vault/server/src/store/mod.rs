@@ -579,13 +579,15 @@ impl Store {
         Ok(out)
     }
 
-    /// The cross-reference generation (bumped by imports that change links).
-    pub async fn xref_generation(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM xref_generation WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    /// `owner`'s cross-reference generation (bumped by its imports that
+    /// change links; 0 before the first).
+    pub async fn xref_generation(&self, owner: &str) -> Result<i64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM xref_owner_generation WHERE owner = $1")
+                .bind(owner.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.unwrap_or(0))
     }
 
     /// Resolves an entity token (or an alias) to its canonical token.
@@ -740,7 +742,9 @@ async fn lookup_chunk<'e>(
     let sql = format!(
         "SELECT l.blind_index, e.token, e.alias_of FROM xref_links l \
          JOIN xref_entities e ON e.token = l.token \
-         WHERE l.owner = $1 AND e.owner = $1 AND l.blind_index IN ({})",
+         LEFT JOIN xref_entities c ON c.token = e.alias_of \
+         WHERE l.owner = $1 AND e.owner = $1 AND (e.alias_of IS NULL OR c.owner = $1) \
+         AND l.blind_index IN ({})",
         placeholders.join(", ")
     );
     let mut q = sqlx::query_as::<_, (Vec<u8>, String, Option<String>)>(sqlx::AssertSqlSafe(sql))
@@ -786,12 +790,17 @@ async fn resolve<'e>(
     owner: &str,
     token: &str,
 ) -> Result<Option<String>, StoreError> {
-    let row: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT token, alias_of FROM xref_entities WHERE token = $1 AND owner = $2")
-            .bind(token.to_owned())
-            .bind(owner.to_owned())
-            .fetch_optional(ex)
-            .await?;
+    // An alias is followed only to an entity of the same owner (a row a
+    // database writer pointed elsewhere resolves to nothing).
+    let row: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT e.token, e.alias_of FROM xref_entities e \
+         LEFT JOIN xref_entities c ON c.token = e.alias_of \
+         WHERE e.token = $1 AND e.owner = $2 AND (e.alias_of IS NULL OR c.owner = $2)",
+    )
+    .bind(token.to_owned())
+    .bind(owner.to_owned())
+    .fetch_optional(ex)
+    .await?;
     Ok(row.map(|(t, a)| a.unwrap_or(t)))
 }
 
@@ -1161,11 +1170,16 @@ impl AuditedTx {
         links_of(self.conn().await?, token).await
     }
 
-    /// Bumps the cross-reference generation (links or merges changed).
-    pub async fn xref_bump_generation(&mut self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE xref_generation SET value = value + 1 WHERE id = 1")
-            .execute(self.conn().await?)
-            .await?;
+    /// Bumps `owner`'s cross-reference generation (its links or merges
+    /// changed).
+    pub async fn xref_bump_generation(&mut self, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO xref_owner_generation (owner, value) VALUES ($1, 1) \
+             ON CONFLICT (owner) DO UPDATE SET value = xref_owner_generation.value + 1",
+        )
+        .bind(owner.to_owned())
+        .execute(self.conn().await?)
+        .await?;
         Ok(())
     }
 

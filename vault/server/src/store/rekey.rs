@@ -736,8 +736,12 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// Moves a link to its new blind index and seal, if it is still as
-    /// read; returns whether it moved.
+    /// Moves a link to its new blind index and seal, if it is still under
+    /// its old version, owner and type as read; returns whether it moved.
+    /// It keeps the entity the link names *now*: an import may have merged
+    /// it into another entity of its owner since the link was read (the
+    /// caller holds the owner's import lock from before the move, not
+    /// from before the read).
     pub async fn relink(
         &mut self,
         old: &LinkRow,
@@ -745,18 +749,19 @@ impl AuditedTx {
         new_version: u32,
         sealed: Vec<u8>,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "DELETE FROM xref_links WHERE blind_index = $1 AND key_version = $2 AND token = $3",
+        let token: Option<String> = sqlx::query_scalar(
+            "DELETE FROM xref_links WHERE blind_index = $1 AND key_version = $2 AND owner = $3 \
+             AND id_type = $4 RETURNING token",
         )
         .bind(old.blind_index.to_vec())
         .bind(i64::from(old.key_version))
-        .bind(old.token.clone())
-        .execute(self.conn().await?)
-        .await?
-        .rows_affected();
-        if n != 1 {
+        .bind(old.owner.clone())
+        .bind(old.id_type.clone())
+        .fetch_optional(self.conn().await?)
+        .await?;
+        let Some(token) = token else {
             return Ok(false);
-        }
+        };
         // A link under the new index can only exist if the same identifier
         // was linked again meanwhile; it is then the one that counts.
         sqlx::query(
@@ -767,19 +772,11 @@ impl AuditedTx {
         .bind(i64::from(new_version))
         .bind(old.id_type.clone())
         .bind(old.owner.clone())
-        .bind(old.token.clone())
+        .bind(token)
         .bind(sealed)
         .execute(self.conn().await?)
         .await?;
         Ok(true)
-    }
-
-    /// Tells every replica's link cache to drop what it holds.
-    pub async fn bump_xref_generation(&mut self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE xref_generation SET value = value + 1 WHERE id = 1")
-            .execute(self.conn().await?)
-            .await?;
-        Ok(())
     }
 
     /// Replaces a leaf's MAC if it is still the one read.

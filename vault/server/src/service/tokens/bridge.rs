@@ -207,14 +207,16 @@ impl Vault {
                         "at most {MAX_BATCH} records per ImportBridge message"
                     )));
                 }
-                self.import_batch(req, records, &opts).await
+                let summary = self.import_batch(req, records, &opts).await?;
+                // Links or merges changed: this partner's cached lookups
+                // may be stale (other partners' namespaces are untouched).
+                // An import that changed nothing leaves the cache alone.
+                if summary.changed_links() {
+                    self.xref_cache().clear_owner(&req.partner.name);
+                }
+                Ok(summary)
             })
             .await?;
-        // Links or merges changed: cached lookups may be stale. An import
-        // that changed nothing leaves every partner's cache alone.
-        if summary.changed_links() {
-            self.xref_cache().clear();
-        }
         Ok(summary)
     }
 
@@ -316,7 +318,7 @@ impl Vault {
             summary.rejected.len()
         );
         if summary.entities_created + summary.identifiers_linked > 0 || !summary.merges.is_empty() {
-            tx.xref_bump_generation().await?;
+            tx.xref_bump_generation(owner).await?;
         }
         self.commit(tx, req, None, detail).await?;
         Ok(summary)

@@ -341,8 +341,8 @@ impl Vault {
         max_unlinked: usize,
     ) -> Result<HashMap<(IdentifierType, String), String>, VaultError> {
         // One cheap read per chunk keeps every replica's cache honest.
-        let generation = self.store().xref_generation().await?;
-        self.xref_cache().sync(generation);
+        let generation = self.store().xref_generation(owner).await?;
+        self.xref_cache().sync(owner, generation);
         let mut out = HashMap::with_capacity(wanted.len());
         let mut misses = Vec::new();
         let mut unlinked = 0usize;
