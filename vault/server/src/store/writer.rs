@@ -380,6 +380,12 @@ impl GroupWriter {
             // failed: the batch is ended as failed.
             if b.roll_back_request().await.is_err() {
                 tracing::error!(error = %e, "batch release or commit failed");
+                if !end_now {
+                    // No COMMIT in the script: the RELEASE failed, and the
+                    // rollback undoes everything, known not done.
+                    b.abort("a batch member's release failed").await;
+                    return Err(StoreError::Batch(format!("the release failed: {e}")));
+                }
                 b.abort_unknown("the batch commit failed").await;
                 return Err(StoreError::CommitUnknown(e.to_string()));
             }
