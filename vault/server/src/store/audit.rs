@@ -530,31 +530,44 @@ impl SequencerTx<'_> {
 
     /// Gives leaf row `id` the tree index `idx`.
     pub async fn assign(&mut self, assignments: &[(i64, u64)]) -> Result<(), StoreError> {
-        // Numbered placeholders, as each id is used twice: `?NNN` on
-        // SQLite, which (unlike `$NNN`, a named parameter there) is not
-        // looked up among the statement's others as it is parsed.
-        let mark = match self.store.backend {
-            Backend::Sqlite => '?',
-            Backend::Postgres => '$',
-        };
+        let backend = self.store.backend;
         for part in assignments.chunks(ASSIGN_CHUNK) {
-            // One statement per chunk: `CASE id WHEN $1 THEN $2 …` (values
-            // bound, only placeholders formatted in).
-            let mut sql = String::from("UPDATE audit_log SET idx = CASE id");
-            for n in 0..part.len() {
-                sql.push_str(&format!(
-                    " WHEN {mark}{} THEN CAST({mark}{} AS BIGINT)",
-                    2 * n + 1,
-                    2 * n + 2
-                ));
-            }
-            sql.push_str(" END WHERE idx IS NULL AND id IN (");
-            let ins: Vec<String> = (0..part.len())
-                .map(|n| format!("{mark}{}", 2 * n + 1))
-                .collect();
-            sql.push_str(&ins.join(", "));
-            sql.push(')');
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            // One statement per chunk, values bound, only placeholders
+            // formatted in.
+            let mut q = match backend {
+                // Joined with its `(id, idx)` rows. A `CASE id WHEN … THEN
+                // …` of 200 arms compares every row with the arms: 38 µs of
+                // PostgreSQL's time per leaf against 21 µs joined
+                // (docs/BENCHMARKS.md, "Fewer statements per create on
+                // PostgreSQL").
+                Backend::Postgres => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE audit_log SET idx = v.column2 FROM (VALUES {}) AS v \
+                     WHERE audit_log.id = v.column1 AND audit_log.idx IS NULL",
+                    value_rows(backend, part.len(), 2)
+                ))),
+                // SQLite keeps the `CASE`, the form measured on its writer
+                // (docs/BENCHMARKS.md, "What holds the writer while a lone
+                // query commits"); the join was not measured there. `?NNN`,
+                // as each id is used twice: unlike `$NNN`, a named
+                // parameter there, it is not looked up among the
+                // statement's others as it is parsed.
+                Backend::Sqlite => {
+                    let mut sql = String::from("UPDATE audit_log SET idx = CASE id");
+                    for n in 0..part.len() {
+                        sql.push_str(&format!(
+                            " WHEN ?{} THEN CAST(?{} AS BIGINT)",
+                            2 * n + 1,
+                            2 * n + 2
+                        ));
+                    }
+                    sql.push_str(" END WHERE idx IS NULL AND id IN (");
+                    let ins: Vec<String> =
+                        (0..part.len()).map(|n| format!("?{}", 2 * n + 1)).collect();
+                    sql.push_str(&ins.join(", "));
+                    sql.push(')');
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                }
+            };
             for (id, idx) in part {
                 q = q.bind(*id).bind(u64_to_i64(*idx)?);
             }
