@@ -879,3 +879,54 @@ pub async fn failed_commit_reports_an_unknown_outcome(b: Backend) -> anyhow::Res
     assert_eq!(tv.count("SELECT count(*) FROM subjects").await, 0);
     tv.stop().await
 }
+
+/// PostgreSQL: a batch of inserts runs as one statement that commits on
+/// its own (no `BEGIN`/`COMMIT`). If its session ends while it runs (a
+/// `FATAL`, as a shutdown sends, or the connection lost), the commit may
+/// or may not have happened: the request is told its outcome is unknown,
+/// and it is not applied again (a retry could write it twice). Here the
+/// backend terminates itself from inside the statement (57P01 at
+/// `FATAL`), so in fact nothing was stored.
+pub async fn lost_connection_during_a_batch_reports_an_unknown_outcome(
+    b: Backend,
+) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    sqlx::query(
+        "CREATE FUNCTION audit_gone() RETURNS trigger AS $$ \
+         BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END \
+         $$ LANGUAGE plpgsql",
+    )
+    .execute(tv.db())
+    .await?;
+    sqlx::query(
+        "CREATE TRIGGER audit_gone BEFORE INSERT ON audit_log \
+         FOR EACH ROW WHEN (NEW.action = 'CreateSubject') EXECUTE FUNCTION audit_gone()",
+    )
+    .execute(tv.db())
+    .await?;
+    let mut c = tv.subjects("partner-a").await?;
+    let e = c
+        .create_subject(CreateSubjectRequest {
+            fields: fields(&[("city", "Lima")]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unknown, "{e:?}");
+    assert!(
+        e.message().contains("outcome is unknown"),
+        "{}",
+        e.message()
+    );
+    assert!(!e.message().contains("Lima"), "{}", e.message());
+    assert_eq!(tv.count("SELECT count(*) FROM subjects").await, 0);
+    // The vault goes on: the pool replaces the lost connection.
+    sqlx::query("DROP TRIGGER audit_gone ON audit_log")
+        .execute(tv.db())
+        .await?;
+    c.create_subject(CreateSubjectRequest {
+        fields: fields(&[("city", "Lima")]),
+    })
+    .await?;
+    assert_eq!(tv.count("SELECT count(*) FROM subjects").await, 1);
+    tv.stop().await
+}

@@ -171,6 +171,7 @@ const EDGE: &[(&str, TestFn)] = tests![
 const POSTGRES_ONLY: &[(&str, TestFn)] = tests![
     consent::grant_replay_across_replicas,
     audit::failed_commit_reports_an_unknown_outcome,
+    audit::lost_connection_during_a_batch_reports_an_unknown_outcome,
     bridge::imports_of_one_owner_wait_for_each_other,
 ];
 

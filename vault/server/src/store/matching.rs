@@ -98,9 +98,14 @@ async fn pairwise_chunk<'e>(
 impl AuditedTx {
     /// Adds a subject's blind indexes.
     pub fn match_insert(&mut self, subject: &SubjectId, rows: &[MatchRow<'_>]) {
+        let table = if self.pending.creates(subject.as_bytes()) {
+            Table::NewMatchIndex
+        } else {
+            Table::MatchIndex
+        };
         for (domain, field, version, bidx) in rows {
             self.pending.push(
-                Table::MatchIndex,
+                table,
                 vec![
                     Value::Text((*domain).to_owned()),
                     Value::Int(*bidx),
@@ -139,9 +144,14 @@ impl AuditedTx {
     /// Sets `subject`'s presence mask and signature in each domain of
     /// `by_domain` `(domain, mask, signature)`, in one statement.
     pub fn match_set_subject(&mut self, subject: &SubjectId, by_domain: &[(&str, u16, Vec<u8>)]) {
+        let table = if self.pending.creates(subject.as_bytes()) {
+            Table::NewMatchSubjects
+        } else {
+            Table::MatchSubjects
+        };
         for (domain, present, signature) in by_domain {
             self.pending.push(
-                Table::MatchSubjects,
+                table,
                 vec![
                     Value::Text((*domain).to_owned()),
                     Value::Bytes(subject.as_bytes().to_vec()),
@@ -173,8 +183,13 @@ impl AuditedTx {
     /// [`Self::pairwise_tokens`], or after the commit).
     pub fn pairwise_insert(&mut self, partner: &str, tokens: &[(SubjectId, String)]) {
         for (subject, token) in tokens {
+            let table = if self.pending.creates(subject.as_bytes()) {
+                Table::NewPairwise
+            } else {
+                Table::Pairwise
+            };
             self.pending.push(
-                Table::Pairwise,
+                table,
                 vec![
                     Value::Bytes(subject.as_bytes().to_vec()),
                     Value::Text(partner.to_owned()),

@@ -74,8 +74,14 @@ pub(super) enum Table {
     Subjects,
     Packets,
     MatchSubjects,
+    /// [`Table::MatchSubjects`] of a subject the same write set creates.
+    NewMatchSubjects,
     MatchIndex,
+    /// [`Table::MatchIndex`] of a subject the same write set creates.
+    NewMatchIndex,
     Pairwise,
+    /// [`Table::Pairwise`] of a subject the same write set creates.
+    NewPairwise,
     Challenges,
     Consents,
     ChallengeUses,
@@ -84,12 +90,15 @@ pub(super) enum Table {
 }
 
 impl Table {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 13] = [
         Self::Subjects,
         Self::Packets,
         Self::MatchSubjects,
+        Self::NewMatchSubjects,
         Self::MatchIndex,
+        Self::NewMatchIndex,
         Self::Pairwise,
+        Self::NewPairwise,
         Self::Challenges,
         Self::Consents,
         Self::ChallengeUses,
@@ -116,6 +125,30 @@ impl Table {
                 4,
                 " ON CONFLICT (domain, subject_id) DO UPDATE \
                  SET fields = excluded.fields, signature = excluded.signature",
+            ),
+            // The rows of a subject created in the same write set: no
+            // other transaction can hold or lock a row naming it, so they
+            // are plain inserts. A conflict clause costs PostgreSQL a
+            // speculative insertion (a unique-index probe before the
+            // insert, another after), and the pairwise token's `EXISTS`
+            // a row lock on the subject just inserted: together about a
+            // sixth of its time per create (docs/BENCHMARKS.md, "Fewer
+            // statements per create"). [`statements`] drops a new
+            // subject's repeated keys, which the conflict clause skipped.
+            Self::NewMatchSubjects => (
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES ",
+                4,
+                "",
+            ),
+            Self::NewMatchIndex => (
+                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) VALUES ",
+                5,
+                "",
+            ),
+            Self::NewPairwise => (
+                "INSERT INTO pairwise_tokens (subject_id, partner, token) VALUES ",
+                3,
+                "",
             ),
             // Conflicts are a re-index of the same value (or a 2^-64
             // chance collision inside one key): the row already says what
@@ -194,10 +227,31 @@ impl Table {
         }
     }
 
+    /// Whether this table's statement may run beside the others of a
+    /// batch in one PostgreSQL statement ([`joined_sql`]): its
+    /// sub-statements share one snapshot and none sees another's rows, so
+    /// only a statement that reads no row the batch writes may join. A
+    /// challenge use updates a row a challenge insert could have made, so
+    /// it runs on its own. A pairwise token's `EXISTS` reads its subject,
+    /// which another member cannot have created: a subject's id is known
+    /// only after its create committed, and its creator's own token is a
+    /// [`Table::NewPairwise`] row. (Were it so, the token would be left
+    /// out and the match read back none and not answer: never a token for
+    /// nobody.) PostgreSQL has no foreign keys here whose checks would need
+    /// the parents first.
+    fn joins_one_statement(self) -> bool {
+        self != Self::ChallengeUses
+    }
+
     /// Whether rows of this table may wait on a concurrent transaction's
     /// uncommitted row (a conflict clause): on PostgreSQL such rows are
     /// inserted in key order, so two batches never wait on each other in
-    /// a cycle.
+    /// a cycle within one table. Across tables the order is the fixed
+    /// order of [`Table::ALL`] for batches run statement by statement, and
+    /// PostgreSQL's own for one statement ([`joined_sql`]); no two write
+    /// sets share keys in two such tables today, and should a cycle form,
+    /// PostgreSQL ends it with a deadlock error (an `ERROR`), after which
+    /// the members go one by one.
     fn may_conflict(self) -> bool {
         !self.shape(Backend::Postgres).2.is_empty()
     }
@@ -209,8 +263,11 @@ pub(super) struct WriteSet {
     subjects: Vec<Vec<Value>>,
     packets: Vec<Vec<Value>>,
     match_subjects: Vec<Vec<Value>>,
+    new_match_subjects: Vec<Vec<Value>>,
     match_index: Vec<Vec<Value>>,
+    new_match_index: Vec<Vec<Value>>,
     pairwise: Vec<Vec<Value>>,
+    new_pairwise: Vec<Vec<Value>>,
     challenges: Vec<Vec<Value>>,
     consents: Vec<Vec<Value>>,
     challenge_uses: Vec<Vec<Value>>,
@@ -224,8 +281,11 @@ impl WriteSet {
             Table::Subjects => &self.subjects,
             Table::Packets => &self.packets,
             Table::MatchSubjects => &self.match_subjects,
+            Table::NewMatchSubjects => &self.new_match_subjects,
             Table::MatchIndex => &self.match_index,
+            Table::NewMatchIndex => &self.new_match_index,
             Table::Pairwise => &self.pairwise,
+            Table::NewPairwise => &self.new_pairwise,
             Table::Challenges => &self.challenges,
             Table::Consents => &self.consents,
             Table::ChallengeUses => &self.challenge_uses,
@@ -241,8 +301,11 @@ impl WriteSet {
             Table::Subjects => self.subjects.push(row),
             Table::Packets => self.packets.push(row),
             Table::MatchSubjects => self.match_subjects.push(row),
+            Table::NewMatchSubjects => self.new_match_subjects.push(row),
             Table::MatchIndex => self.match_index.push(row),
+            Table::NewMatchIndex => self.new_match_index.push(row),
             Table::Pairwise => self.pairwise.push(row),
+            Table::NewPairwise => self.new_pairwise.push(row),
             Table::Challenges => self.challenges.push(row),
             Table::Consents => self.consents.push(row),
             Table::ChallengeUses => self.challenge_uses.push(row),
@@ -254,6 +317,16 @@ impl WriteSet {
     pub(super) fn is_empty(&self) -> bool {
         Table::ALL.iter().all(|t| self.rows(*t).is_empty())
     }
+
+    /// Whether this write set inserts subject `id`'s row (then its other
+    /// rows go to the `New…` tables). Once a set is flushed to its
+    /// connection it is empty and says no: the rows that follow take the
+    /// conflict-checked tables, which are always right, only slower.
+    pub(super) fn creates(&self, id: &[u8]) -> bool {
+        self.subjects
+            .iter()
+            .any(|r| matches!(r.first(), Some(Value::Bytes(b)) if b.as_slice() == id))
+    }
 }
 
 /// The rows of `sets`, by table in the fixed order, in chunks of at most
@@ -263,13 +336,24 @@ fn statements<'s>(backend: Backend, sets: &[&'s WriteSet]) -> Vec<(Table, Vec<&'
     let mut out = Vec::new();
     for t in Table::ALL {
         let mut rows: Vec<&Vec<Value>> = sets.iter().flat_map(|s| s.rows(t)).collect();
-        if t == Table::MatchSubjects {
+        if matches!(t, Table::MatchSubjects | Table::NewMatchSubjects) {
             // An upsert: one statement may not touch a key twice on
             // PostgreSQL. The last row of a key is the one that counts.
             let mut seen = std::collections::HashSet::new();
             rows.reverse();
             rows.retain(|r| seen.insert(r.get(..2)));
             rows.reverse();
+        }
+        if t == Table::NewMatchIndex {
+            // One subject's indexes may repeat a key (domain, index,
+            // subject); the first row stays, as the conflict clause of
+            // `MatchIndex` keeps it.
+            let mut seen = std::collections::HashSet::new();
+            rows.retain(|r| seen.insert(r.get(..3)));
+        }
+        if t == Table::NewPairwise {
+            let mut seen = std::collections::HashSet::new();
+            rows.retain(|r| seen.insert(r.get(..2)));
         }
         if backend == Backend::Postgres && t.may_conflict() {
             rows.sort();
@@ -353,14 +437,113 @@ impl Value {
     }
 }
 
+/// Most bound values of one PostgreSQL statement joining a batch's
+/// inserts ([`joined_sql`]): far below its 65,535, and small enough that
+/// the statement stays a modest parse.
+const JOINED_VALUES: usize = 4096;
+
+/// PostgreSQL: `parts` as one statement, every insert but the last in a
+/// `WITH` clause (`WITH w0 AS (INSERT …), w1 AS (INSERT …) INSERT …`),
+/// placeholders numbered on across them, or `None` when a part may not
+/// join ([`Table::joins_one_statement`]) or the values pass
+/// [`JOINED_VALUES`]. Every statement is a round trip, a parse and an
+/// executor start on both sides, and a batch of creates has six inserts;
+/// the statement is as atomic as a transaction.
+///
+/// A table's rows make one sub-statement, not one per
+/// [`ROWS_PER_STATEMENT`] chunk: PostgreSQL runs the sub-statements in an
+/// order of its own (the main one first, then the `WITH` clauses from the
+/// last), so chunks of one table would take their keys out of the sorted
+/// order that keeps concurrent batches from waiting on each other in a
+/// cycle. `parts` holds the chunks of a table next to each other, so the
+/// rows bound in `parts` order match.
+fn joined_sql(parts: &[(Table, Vec<&Vec<Value>>)]) -> Option<String> {
+    let values: usize = parts
+        .iter()
+        .flat_map(|(_, r)| r.iter())
+        .map(|r| r.len())
+        .sum();
+    if parts.is_empty()
+        || values > JOINED_VALUES
+        || !parts.iter().all(|(t, _)| t.joins_one_statement())
+        || token_of_a_batch_subject(parts)
+    {
+        return None;
+    }
+    let mut tables: Vec<(Table, usize)> = Vec::new();
+    for (t, rows) in parts {
+        match tables.last_mut() {
+            Some((last, n)) if last == t => *n += rows.len(),
+            _ => tables.push((*t, rows.len())),
+        }
+    }
+    let mut sql = String::new();
+    let mut n = 0;
+    let last = tables.len() - 1;
+    for (i, (t, rows)) in tables.iter().enumerate() {
+        if i < last {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!("w{i} AS ("));
+            push_insert(&mut sql, Backend::Postgres, *t, *rows, &mut n);
+            sql.push_str(") ");
+        } else {
+            push_insert(&mut sql, Backend::Postgres, *t, *rows, &mut n);
+        }
+    }
+    Some(sql)
+}
+
+/// Whether a [`Table::Pairwise`] row names a subject the batch inserts:
+/// its `EXISTS` would not see that row from a sibling sub-statement, and
+/// the token would be left out. No caller does that today (a new
+/// subject's token is a [`Table::NewPairwise`] row); should one, the
+/// batch runs statement by statement instead.
+fn token_of_a_batch_subject(parts: &[(Table, Vec<&Vec<Value>>)]) -> bool {
+    let created: std::collections::HashSet<&Value> = parts
+        .iter()
+        .filter(|(t, _)| *t == Table::Subjects)
+        .flat_map(|(_, rows)| rows.iter().filter_map(|r| r.first()))
+        .collect();
+    !created.is_empty()
+        && parts
+            .iter()
+            .filter(|(t, _)| *t == Table::Pairwise)
+            .flat_map(|(_, rows)| rows.iter().filter_map(|r| r.first()))
+            .any(|s| created.contains(s))
+}
+
+/// [`joined_sql`]'s statement with `rows` bound. Kept prepared on its
+/// connection (sqlx's statement cache) up to [`CACHED_SCRIPT_VALUES`]
+/// values, as the SQLite scripts are: the shapes of small batches repeat,
+/// those of big ones hardly ever, and each would hold a prepared statement
+/// on a PostgreSQL backend until pushed out.
+fn joined_query<'q>(
+    sql: String,
+    rows: &[&Vec<Value>],
+) -> sqlx::query::Query<'q, Any, AnyArguments> {
+    let values: usize = rows.iter().map(|r| r.len()).sum();
+    bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), rows)
+        .persistent(values <= CACHED_SCRIPT_VALUES)
+}
+
 /// Inserts the rows of `sets` on `conn`: one multi-row statement per
-/// table (and per [`ROWS_PER_STATEMENT`] rows), tables in a fixed order.
+/// table (and per [`ROWS_PER_STATEMENT`] rows), tables in a fixed order;
+/// on PostgreSQL one statement for all when they may ([`joined_sql`]).
 pub(super) async fn apply(
     conn: &mut AnyConnection,
     backend: Backend,
     sets: &[&WriteSet],
 ) -> Result<(), StoreError> {
-    for (t, rows) in statements(backend, sets) {
+    let parts = statements(backend, sets);
+    if backend == Backend::Postgres
+        && let Some(sql) = joined_sql(&parts)
+    {
+        let all: Vec<&Vec<Value>> = parts.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        // Only placeholders are formatted in; every value is bound.
+        joined_query(sql, &all).execute(&mut *conn).await?;
+        return Ok(());
+    }
+    for (t, rows) in parts {
         let mut sql = String::new();
         push_insert(&mut sql, backend, t, rows.len(), &mut 0);
         // Only placeholders are formatted in; every value is bound.
@@ -526,6 +709,15 @@ async fn apply_own_transactions(
     if group.is_empty() {
         return;
     }
+    let parts = statements(
+        Backend::Postgres,
+        &group.iter().map(|s| &s.set).collect::<Vec<_>>(),
+    );
+    if let Some(sql) = joined_sql(&parts) {
+        drop(parts);
+        return apply_one_statement(pool, group, sql, sizes).await;
+    }
+    drop(parts);
     let mut tx = match pool.begin().await {
         Ok(t) => t,
         Err(e) => return fail_all(group, &e.to_string()),
@@ -547,6 +739,12 @@ async fn apply_own_transactions(
         return;
     }
     drop(tx);
+    apply_one_by_one(pool, group).await;
+}
+
+/// PostgreSQL: after a batch failed, each member in a transaction of its
+/// own, so that one bad request fails alone.
+async fn apply_one_by_one(pool: &AnyPool, group: Vec<Submitted>) {
     tracing::debug!(
         members = group.len(),
         "a write-set batch failed; applying its members one by one"
@@ -570,6 +768,99 @@ async fn apply_own_transactions(
     }
 }
 
+/// PostgreSQL: a group whose inserts make one statement ([`joined_sql`]),
+/// run without `BEGIN` and `COMMIT`: one statement is its own transaction,
+/// so a batch is one round trip instead of three, and it is answered
+/// once PostgreSQL said `ReadyForQuery`, after its commit is durable. An
+/// error PostgreSQL reports rolled the statement back, so the members go
+/// on their own as after any failed batch; any other failure (the
+/// connection lost while it ran) leaves the outcome unknown.
+async fn apply_one_statement(
+    pool: &AnyPool,
+    group: Vec<Submitted>,
+    sql: String,
+    sizes: &prometheus_client::metrics::histogram::Histogram,
+) {
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => return fail_all(group, &e.to_string()),
+    };
+    // Waiting for a connection may have taken a member past its deadline;
+    // the statement is made again only then.
+    let before = group.len();
+    let group: Vec<Submitted> = group.into_iter().filter_map(Submitted::expired).collect();
+    if group.is_empty() {
+        return;
+    }
+    let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
+    let parts = statements(Backend::Postgres, &sets);
+    let sql = if group.len() == before {
+        Some(sql)
+    } else {
+        joined_sql(&parts)
+    };
+    let Some(sql) = sql else {
+        drop(parts);
+        drop(sets);
+        return apply_one_by_one(pool, group).await;
+    };
+    let all: Vec<&Vec<Value>> = parts.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    let res = joined_query(sql, &all).execute(&mut *conn).await;
+    drop(all);
+    drop(parts);
+    drop(sets);
+    match res {
+        Ok(_) => {
+            #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
+            sizes.observe(group.len() as f64);
+            for s in group {
+                let _ = s.done.send(Ok(()));
+            }
+        }
+        // The session answering again after the error proves no PANIC
+        // followed it: PostgreSQL sends an error raised in a commit's
+        // clean-up (out of memory, an extension's callback) and only then
+        // panics, the commit already on disk.
+        Err(e) if rolled_back(&e) && sqlx::Connection::ping(&mut *conn).await.is_ok() => {
+            drop(conn);
+            apply_one_by_one(pool, group).await;
+        }
+        Err(e) => fail_all_unknown(group, &e.to_string()),
+    }
+}
+
+/// Whether a failed one-statement batch certainly did not commit: an
+/// error PostgreSQL reported at severity `ERROR` (see [`error_rolled_back`]).
+fn rolled_back(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        // The connection lost, a protocol error: it may have committed.
+        return false;
+    };
+    let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() else {
+        return false;
+    };
+    error_rolled_back(pg.severity(), pg.code())
+}
+
+/// Whether a PostgreSQL error of `severity` and SQLSTATE `code` ended a
+/// statement that runs as its own transaction without committing it
+/// (given that the session still answers afterwards, which the caller
+/// checks). An `ERROR` leaves the session up with the transaction
+/// aborted; deferred triggers and constraints raise theirs before the
+/// commit record, and the statement timeout is off by then. A `FATAL` (a
+/// shutdown's 57P01, a terminated backend) or a `PANIC` may follow the
+/// commit. Whatever the severity, these say the outcome is unknown: 40003
+/// "statement completion unknown" (CockroachDB sends it for a commit that
+/// may have landed), class 08 (a connection failure a proxy reports as an
+/// `ERROR`, such as PgBouncer's when the server went away) and class XX
+/// (internal errors).
+fn error_rolled_back(severity: sqlx::postgres::PgSeverity, code: &str) -> bool {
+    matches!(severity, sqlx::postgres::PgSeverity::Error)
+        && code != "40003"
+        && !code.starts_with("08")
+        && !code.starts_with("XX")
+}
+
 /// Answers every member of a group with the same failure: nothing of it
 /// was committed.
 pub(super) fn fail_all(group: Vec<Submitted>, why: &str) {
@@ -589,5 +880,139 @@ pub(super) fn fail_all_unknown(group: Vec<Submitted>, why: &str) {
     );
     for s in group {
         let _ = s.done.send(Err(StoreError::CommitUnknown(why.to_owned())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(id: u8) -> Vec<Value> {
+        let mut row = vec![Value::Bytes(vec![id; 16])];
+        row.extend((1..10).map(Value::Int));
+        row
+    }
+
+    fn index_row(id: u8, bidx: i64, field: i64) -> Vec<Value> {
+        vec![
+            Value::Text("d".into()),
+            Value::Int(bidx),
+            Value::Bytes(vec![id; 16]),
+            Value::Int(field),
+            Value::Int(1),
+        ]
+    }
+
+    /// A new subject's rows go to the plain-insert tables, which have no
+    /// conflict clause to skip a repeated key: `statements` drops the
+    /// repeats (the first row stays, as the conflict clause kept it).
+    #[test]
+    fn a_new_subjects_repeated_keys_are_written_once() {
+        let mut set = WriteSet::default();
+        set.push(Table::Subjects, subject(1));
+        assert!(set.creates(&[1; 16]));
+        assert!(!set.creates(&[2; 16]));
+        set.push(Table::NewMatchIndex, index_row(1, 7, 3));
+        set.push(Table::NewMatchIndex, index_row(1, 7, 4));
+        set.push(Table::NewMatchIndex, index_row(1, 8, 3));
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let parts = statements(backend, &[&set]);
+            let index: Vec<_> = parts
+                .iter()
+                .filter(|(t, _)| *t == Table::NewMatchIndex)
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect();
+            assert_eq!(index, vec![&index_row(1, 7, 3), &index_row(1, 8, 3)]);
+        }
+    }
+
+    /// PostgreSQL: a batch's inserts as one statement, placeholders
+    /// numbered on across its clauses, every bound value used once; not
+    /// when a part reads what the batch writes, or past the value bound.
+    #[test]
+    fn a_batch_joins_one_statement_on_postgres() {
+        let mut set = WriteSet::default();
+        set.push(Table::Subjects, subject(1));
+        set.push(Table::NewMatchIndex, index_row(1, 7, 3));
+        set.push(Table::NewMatchIndex, index_row(1, 8, 3));
+        let sql = joined_sql(&statements(Backend::Postgres, &[&set])).expect("joins");
+        assert!(sql.starts_with("WITH w0 AS (INSERT INTO subjects"), "{sql}");
+        assert!(sql.contains(") INSERT INTO match_index"), "{sql}");
+        assert!(sql.contains("$20") && !sql.contains("$21"), "{sql}");
+        let mut with_use = WriteSet::default();
+        with_use.push(
+            Table::ChallengeUses,
+            vec![
+                Value::Int(1),
+                Value::Int(1),
+                Value::Bytes(vec![3; 32]),
+                Value::Bytes(vec![4; 32]),
+            ],
+        );
+        assert!(joined_sql(&statements(Backend::Postgres, &[&set, &with_use])).is_none());
+        let big: Vec<WriteSet> = (0..=JOINED_VALUES / 10)
+            .map(|i| {
+                let mut s = WriteSet::default();
+                s.push(Table::Subjects, subject(u8::try_from(i % 250).unwrap_or(0)));
+                s
+            })
+            .collect();
+        let refs: Vec<&WriteSet> = big.iter().collect();
+        assert!(joined_sql(&statements(Backend::Postgres, &refs)).is_none());
+    }
+
+    /// Only errors that ended the statement without its commit send a
+    /// one-statement batch's members on their own; a shutdown's `FATAL`
+    /// may follow its commit.
+    #[test]
+    fn only_statement_errors_are_known_rollbacks() {
+        use sqlx::postgres::PgSeverity;
+        for code in [
+            "23505", "40001", "40P01", "22001", "42P01", "P0001", "57014", "55P03",
+        ] {
+            assert!(error_rolled_back(PgSeverity::Error, code), "{code}");
+        }
+        for code in ["40003", "08P01", "08006", "XX000"] {
+            assert!(!error_rolled_back(PgSeverity::Error, code), "{code}");
+        }
+        for code in ["57P01", "57P02", "08006", "XX000"] {
+            assert!(!error_rolled_back(PgSeverity::Fatal, code), "{code}");
+            assert!(!error_rolled_back(PgSeverity::Panic, code), "{code}");
+        }
+        assert!(!rolled_back(&sqlx::Error::PoolClosed));
+    }
+
+    /// One sub-statement per table, however many chunks its rows fill,
+    /// with the rows bound in the chunks' order; and no joined statement
+    /// when a plain token names a subject of the same batch.
+    #[test]
+    fn a_tables_chunks_make_one_sub_statement() {
+        let sets: Vec<WriteSet> = (0..70u8)
+            .map(|i| {
+                let mut s = WriteSet::default();
+                s.push(Table::NewMatchIndex, index_row(i, i64::from(i), 1));
+                s.push(Table::Leaves, (0..11).map(Value::Int).collect());
+                s
+            })
+            .collect();
+        let refs: Vec<&WriteSet> = sets.iter().collect();
+        let parts = statements(Backend::Postgres, &refs);
+        assert_eq!(parts.len(), 4, "two chunks of each table");
+        let sql = joined_sql(&parts).expect("joins");
+        assert_eq!(sql.matches("INSERT INTO").count(), 2, "{sql}");
+        let values = 70 * 5 + 70 * 11;
+        assert!(sql.contains(&format!("${values})")), "{sql}");
+        assert!(!sql.contains(&format!("${}", values + 1)), "{sql}");
+        let mut set = WriteSet::default();
+        set.push(Table::Subjects, subject(9));
+        set.push(
+            Table::Pairwise,
+            vec![
+                Value::Bytes(vec![9; 16]),
+                Value::Text("p".into()),
+                Value::Text("t".into()),
+            ],
+        );
+        assert!(joined_sql(&statements(Backend::Postgres, &[&set])).is_none());
     }
 }
