@@ -771,10 +771,11 @@ async fn apply_one_by_one(pool: &AnyPool, group: Vec<Submitted>) {
 /// PostgreSQL: a group whose inserts make one statement ([`joined_sql`]),
 /// run without `BEGIN` and `COMMIT`: one statement is its own transaction,
 /// so a batch is one round trip instead of three, and it is answered
-/// once PostgreSQL said `ReadyForQuery`, after its commit is durable. An
-/// error PostgreSQL reports rolled the statement back, so the members go
-/// on their own as after any failed batch; any other failure (the
-/// connection lost while it ran) leaves the outcome unknown.
+/// once PostgreSQL said `ReadyForQuery`, after its commit is durable. A
+/// failure that certainly rolled the statement back ([`rolled_back`], and
+/// the session still answering) sends the members on their own as after
+/// any failed batch; any other (a `FATAL`, the connection lost while it
+/// ran) leaves every member's outcome unknown.
 async fn apply_one_statement(
     pool: &AnyPool,
     group: Vec<Submitted>,
@@ -799,6 +800,8 @@ async fn apply_one_statement(
     } else {
         joined_sql(&parts)
     };
+    // A subset of a batch that joined joins too (fewer values, no new
+    // table); should it not, its members go on their own.
     let Some(sql) = sql else {
         drop(parts);
         drop(sets);
