@@ -133,8 +133,9 @@ impl Table {
             // insert, another after), and the pairwise token's `EXISTS`
             // a row lock on the subject just inserted: together about a
             // sixth of its time per create (docs/BENCHMARKS.md, "Fewer
-            // statements per create"). [`statements`] drops a new
-            // subject's repeated keys, which the conflict clause skipped.
+            // statements per create on PostgreSQL"). [`statements`] drops
+            // a new subject's repeated keys, which the conflict clause
+            // skipped.
             Self::NewMatchSubjects => (
                 "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES ",
                 4,
