@@ -96,13 +96,19 @@ async fn pairwise_chunk<'e>(
 }
 
 impl AuditedTx {
+    /// `new` when this transaction's pending rows create `subject` (its
+    /// plain-insert form, `store/writeset.rs`), else `existing`.
+    fn table_for(&self, subject: &SubjectId, existing: Table, new: Table) -> Table {
+        if self.pending.creates(subject.as_bytes()) {
+            new
+        } else {
+            existing
+        }
+    }
+
     /// Adds a subject's blind indexes.
     pub fn match_insert(&mut self, subject: &SubjectId, rows: &[MatchRow<'_>]) {
-        let table = if self.pending.creates(subject.as_bytes()) {
-            Table::NewMatchIndex
-        } else {
-            Table::MatchIndex
-        };
+        let table = self.table_for(subject, Table::MatchIndex, Table::NewMatchIndex);
         for (domain, field, version, bidx) in rows {
             self.pending.push(
                 table,
@@ -144,11 +150,7 @@ impl AuditedTx {
     /// Sets `subject`'s presence mask and signature in each domain of
     /// `by_domain` `(domain, mask, signature)`, in one statement.
     pub fn match_set_subject(&mut self, subject: &SubjectId, by_domain: &[(&str, u16, Vec<u8>)]) {
-        let table = if self.pending.creates(subject.as_bytes()) {
-            Table::NewMatchSubjects
-        } else {
-            Table::MatchSubjects
-        };
+        let table = self.table_for(subject, Table::MatchSubjects, Table::NewMatchSubjects);
         for (domain, present, signature) in by_domain {
             self.pending.push(
                 table,
@@ -183,11 +185,7 @@ impl AuditedTx {
     /// [`Self::pairwise_tokens`], or after the commit).
     pub fn pairwise_insert(&mut self, partner: &str, tokens: &[(SubjectId, String)]) {
         for (subject, token) in tokens {
-            let table = if self.pending.creates(subject.as_bytes()) {
-                Table::NewPairwise
-            } else {
-                Table::Pairwise
-            };
+            let table = self.table_for(subject, Table::Pairwise, Table::NewPairwise);
             self.pending.push(
                 table,
                 vec![

@@ -337,24 +337,20 @@ fn statements<'s>(backend: Backend, sets: &[&'s WriteSet]) -> Vec<(Table, Vec<&'
     let mut out = Vec::new();
     for t in Table::ALL {
         let mut rows: Vec<&Vec<Value>> = sets.iter().flat_map(|s| s.rows(t)).collect();
-        if matches!(t, Table::MatchSubjects | Table::NewMatchSubjects) {
+        match t {
             // An upsert: one statement may not touch a key twice on
-            // PostgreSQL. The last row of a key is the one that counts.
-            let mut seen = std::collections::HashSet::new();
-            rows.reverse();
-            rows.retain(|r| seen.insert(r.get(..2)));
-            rows.reverse();
-        }
-        if t == Table::NewMatchIndex {
-            // One subject's indexes may repeat a key (domain, index,
-            // subject); the first row stays, as the conflict clause of
-            // `MatchIndex` keeps it.
-            let mut seen = std::collections::HashSet::new();
-            rows.retain(|r| seen.insert(r.get(..3)));
-        }
-        if t == Table::NewPairwise {
-            let mut seen = std::collections::HashSet::new();
-            rows.retain(|r| seen.insert(r.get(..2)));
+            // PostgreSQL. The last row of a key (domain, subject) counts.
+            Table::MatchSubjects | Table::NewMatchSubjects => {
+                rows.reverse();
+                keep_first_of_each_key(&mut rows, 2);
+                rows.reverse();
+            }
+            // Plain inserts of a new subject may repeat a key (domain,
+            // index, subject; subject, partner); the first row stays, as
+            // the conflict clauses of the other forms keep it.
+            Table::NewMatchIndex => keep_first_of_each_key(&mut rows, 3),
+            Table::NewPairwise => keep_first_of_each_key(&mut rows, 2),
+            _ => {}
         }
         if backend == Backend::Postgres && t.may_conflict() {
             rows.sort();
@@ -364,6 +360,12 @@ fn statements<'s>(backend: Backend, sets: &[&'s WriteSet]) -> Vec<(Table, Vec<&'
         }
     }
     out
+}
+
+/// Drops each row whose first `key` values an earlier row already had.
+fn keep_first_of_each_key(rows: &mut Vec<&Vec<Value>>, key: usize) {
+    let mut seen = std::collections::HashSet::new();
+    rows.retain(|r| seen.insert(r.get(..key)));
 }
 
 /// Appends one multi-row INSERT of `rows` rows of `t` to `sql`; `n` counts
@@ -700,8 +702,20 @@ async fn next_group(rx: &Mutex<mpsc::Receiver<Submitted>>) -> Option<Vec<Submitt
     Some(group)
 }
 
-/// PostgreSQL: the group in one transaction; if its statements fail,
-/// each member in a transaction of its own.
+/// How a PostgreSQL batch ended.
+enum BatchEnd {
+    Committed,
+    /// Certainly not committed: each member goes on its own.
+    RolledBack,
+    /// Nothing was sent, or it failed before doing anything.
+    Failed(String),
+    /// It may have committed: never retried.
+    Unknown(String),
+}
+
+/// PostgreSQL: the group as one statement when its inserts make one
+/// ([`joined_sql`]), otherwise in one transaction; if that fails before
+/// its commit, each member in a transaction of its own.
 async fn apply_own_transactions(
     pool: &AnyPool,
     group: Vec<Submitted>,
@@ -710,37 +724,54 @@ async fn apply_own_transactions(
     if group.is_empty() {
         return;
     }
-    let parts = statements(
-        Backend::Postgres,
-        &group.iter().map(|s| &s.set).collect::<Vec<_>>(),
-    );
-    if let Some(sql) = joined_sql(&parts) {
-        drop(parts);
-        return apply_one_statement(pool, group, sql, sizes).await;
-    }
-    drop(parts);
-    let mut tx = match pool.begin().await {
-        Ok(t) => t,
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
         Err(e) => return fail_all(group, &e.to_string()),
     };
     // Waiting for a connection may have taken a member past its deadline.
     let group: Vec<Submitted> = group.into_iter().filter_map(Submitted::expired).collect();
-    let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
-    if apply(&mut tx, Backend::Postgres, &sets).await.is_ok() {
-        match tx.commit().await {
-            Ok(()) => {
-                #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
-                sizes.observe(group.len() as f64);
-                for s in group {
-                    let _ = s.done.send(Ok(()));
-                }
-            }
-            Err(e) => fail_all_unknown(group, &e.to_string()),
-        }
+    if group.is_empty() {
         return;
     }
-    drop(tx);
-    apply_one_by_one(pool, group).await;
+    let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
+    let parts = statements(Backend::Postgres, &sets);
+    let end = match joined_sql(&parts) {
+        Some(sql) => one_statement(&mut conn, sql, &parts).await,
+        None => in_transaction(&mut conn, &sets).await,
+    };
+    drop(parts);
+    drop(sets);
+    match end {
+        BatchEnd::Committed => {
+            #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
+            sizes.observe(group.len() as f64);
+            for s in group {
+                let _ = s.done.send(Ok(()));
+            }
+        }
+        BatchEnd::RolledBack => {
+            drop(conn);
+            apply_one_by_one(pool, group).await;
+        }
+        BatchEnd::Failed(why) => fail_all(group, &why),
+        BatchEnd::Unknown(why) => fail_all_unknown(group, &why),
+    }
+}
+
+/// The batch's inserts statement by statement in a transaction of their
+/// own on `conn`.
+async fn in_transaction(conn: &mut AnyConnection, sets: &[&WriteSet]) -> BatchEnd {
+    let mut tx = match sqlx::Connection::begin(&mut *conn).await {
+        Ok(t) => t,
+        Err(e) => return BatchEnd::Failed(e.to_string()),
+    };
+    if apply(&mut tx, Backend::Postgres, sets).await.is_err() {
+        return BatchEnd::RolledBack;
+    }
+    match tx.commit().await {
+        Ok(()) => BatchEnd::Committed,
+        Err(e) => BatchEnd::Unknown(e.to_string()),
+    }
 }
 
 /// PostgreSQL: after a batch failed, each member in a transaction of its
@@ -769,7 +800,7 @@ async fn apply_one_by_one(pool: &AnyPool, group: Vec<Submitted>) {
     }
 }
 
-/// PostgreSQL: a group whose inserts make one statement ([`joined_sql`]),
+/// PostgreSQL: a batch whose inserts make one statement ([`joined_sql`]),
 /// run without `BEGIN` and `COMMIT`: one statement is its own transaction,
 /// so a batch is one round trip instead of three, and it is answered
 /// once PostgreSQL said `ReadyForQuery`, after its commit is durable. A
@@ -777,59 +808,22 @@ async fn apply_one_by_one(pool: &AnyPool, group: Vec<Submitted>) {
 /// the session still answering) sends the members on their own as after
 /// any failed batch; any other (a `FATAL`, the connection lost while it
 /// ran) leaves every member's outcome unknown.
-async fn apply_one_statement(
-    pool: &AnyPool,
-    group: Vec<Submitted>,
+async fn one_statement(
+    conn: &mut AnyConnection,
     sql: String,
-    sizes: &prometheus_client::metrics::histogram::Histogram,
-) {
-    let mut conn = match pool.acquire().await {
-        Ok(c) => c,
-        Err(e) => return fail_all(group, &e.to_string()),
-    };
-    // Waiting for a connection may have taken a member past its deadline;
-    // the statement is made again only then.
-    let before = group.len();
-    let group: Vec<Submitted> = group.into_iter().filter_map(Submitted::expired).collect();
-    if group.is_empty() {
-        return;
-    }
-    let sets: Vec<&WriteSet> = group.iter().map(|s| &s.set).collect();
-    let parts = statements(Backend::Postgres, &sets);
-    let sql = if group.len() == before {
-        Some(sql)
-    } else {
-        joined_sql(&parts)
-    };
-    // A subset of a batch that joined joins too (fewer values, no new
-    // table); should it not, its members go on their own.
-    let Some(sql) = sql else {
-        drop(parts);
-        drop(sets);
-        return apply_one_by_one(pool, group).await;
-    };
+    parts: &[(Table, Vec<&Vec<Value>>)],
+) -> BatchEnd {
     let all: Vec<&Vec<Value>> = parts.iter().flat_map(|(_, r)| r.iter().copied()).collect();
-    let res = joined_query(sql, &all).execute(&mut *conn).await;
-    drop(all);
-    drop(parts);
-    drop(sets);
-    match res {
-        Ok(_) => {
-            #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
-            sizes.observe(group.len() as f64);
-            for s in group {
-                let _ = s.done.send(Ok(()));
-            }
-        }
+    match joined_query(sql, &all).execute(&mut *conn).await {
+        Ok(_) => BatchEnd::Committed,
         // The session answering again after the error proves no PANIC
         // followed it: PostgreSQL sends an error raised in a commit's
         // clean-up (out of memory, an extension's callback) and only then
         // panics, the commit already on disk.
         Err(e) if rolled_back(&e) && sqlx::Connection::ping(&mut *conn).await.is_ok() => {
-            drop(conn);
-            apply_one_by_one(pool, group).await;
+            BatchEnd::RolledBack
         }
-        Err(e) => fail_all_unknown(group, &e.to_string()),
+        Err(e) => BatchEnd::Unknown(e.to_string()),
     }
 }
 
