@@ -173,6 +173,39 @@ impl Ctx {
             .map(tonic::Response::into_inner)
     }
 
+    /// `n` address events about `p` from partner-a, all sent at once, each
+    /// on its own connection (ids `{prefix}-0`…, address `a{i}`); the
+    /// answers in id order.
+    async fn publish_at_once(
+        &self,
+        p: &Person,
+        prefix: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<Result<pb::PublishEventResponse, tonic::Status>>> {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let ch = self.tv.channel("partner-a").await?;
+            let subject = p.subject.clone();
+            let event_id = format!("{prefix}-{i}");
+            tasks.push(tokio::spawn(async move {
+                EventServiceClient::new(ch)
+                    .publish_event(pb::PublishEventRequest {
+                        subject: Some(pb::publish_event_request::Subject::SubjectId(subject)),
+                        event_type: "address.changed".into(),
+                        event_id,
+                        fields: vec![field("address", &format!("a{i}"))],
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await?);
+        }
+        Ok(out)
+    }
+
     /// Everything `partner` has waiting now (stream without follow).
     async fn drain(&self, partner: &str) -> Vec<pb::Command> {
         let mut c = CommandServiceClient::new(self.tv.channel(partner).await.unwrap());
@@ -473,23 +506,8 @@ pub async fn concurrency_bad_rows_unlink_and_limits(backend: Backend) -> anyhow:
     let q = ctx.person("Alan").await;
     ctx.forward_addresses(&p).await;
     ctx.forward_addresses(&q).await;
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let ch = ctx.tv.channel("partner-a").await?;
-        let subject = p.subject.clone();
-        tasks.push(tokio::spawn(async move {
-            EventServiceClient::new(ch)
-                .publish_event(pb::PublishEventRequest {
-                    subject: Some(pb::publish_event_request::Subject::SubjectId(subject)),
-                    event_type: "address.changed".into(),
-                    event_id: format!("c-{i}"),
-                    fields: vec![field("address", &format!("a{i}"))],
-                })
-                .await
-        }));
-    }
-    for t in tasks {
-        t.await??;
+    for r in ctx.publish_at_once(&p, "c", 8).await? {
+        r?;
     }
     let got = ctx.drain("partner-b").await;
     assert_eq!(
@@ -933,5 +951,139 @@ pub async fn concurrent_retries_of_one_event_deliver_once(backend: Backend) -> a
         .collect();
     assert_eq!(outcomes.len(), 8);
     assert!(outcomes.iter().all(|o| o == "ok"), "{outcomes:?}");
+    ctx.tv.stop().await
+}
+
+/// Each publisher has its own share of a recipient's outbox (the
+/// recipient's `outbox_per_source`). An event that would pass it is
+/// refused whole (RESOURCE_EXHAUSTED, nothing written, so it can be sent
+/// again), concurrent events never take more than the share, another
+/// publisher's events to the same recipient go through, and acknowledging
+/// makes room again.
+pub async fn outbox_share_is_per_publisher(backend: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start_config(backend, |text| {
+        let anchor = "name = \"partner-b\"\n";
+        assert!(
+            text.contains(anchor),
+            "no partner-b entry in the dev config"
+        );
+        text.replacen(anchor, &format!("{anchor}outbox_per_source = 3\n"), 1)
+    })
+    .await?;
+    let wallet = DeviceServiceClient::new(tv.channel("wallet").await?);
+    let mut ctx = Ctx { tv, wallet };
+    let p = ctx.person("Ada").await;
+    assert!(ctx.link(&p, A).await?);
+    assert!(ctx.link(&p, B).await?);
+    // One address event makes one command for partner-b; a move makes two
+    // for partner-b and one for partner-a.
+    ctx.set_rules(
+        &p,
+        vec![
+            rule(A, "address.changed", B, "update_address", &["address"]),
+            rule(A, "person.moved", B, "update_address", &["address"]),
+            rule(A, "person.moved", B, "send_welcome", &[]),
+            rule(A, "person.moved", A, "note_move", &[]),
+            rule(B, "note.added", B, "file_note", &["note"]),
+        ],
+    )
+    .await?;
+    let address = |v: &str| vec![field("address", v)];
+    // Eight concurrent events for a share of three: exactly three written.
+    let mut refused = Vec::new();
+    for (i, r) in ctx
+        .publish_at_once(&p, "a", 8)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Ok(r) => assert!(!r.duplicate),
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("outbox_per_source"), "{e:?}");
+                refused.push(format!("a-{i}"));
+            }
+        }
+    }
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    let db = ctx.tv.db().clone();
+    let waiting_from = async |source: &str| -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM command_outbox WHERE recipient = 'partner-b' AND source = $1",
+        )
+        .bind(source.to_owned())
+        .fetch_one(&db)
+        .await?)
+    };
+    assert_eq!(waiting_from(A).await?, 3);
+    // A refused event wrote nothing, not even its event record.
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE source = $1")
+        .bind(A)
+        .fetch_one(&db)
+        .await?;
+    assert_eq!(events, 3);
+    // Another publisher's events to the same recipient go through
+    // (partner-b knows the person from the commands it was sent).
+    ctx.publish(
+        "partner-b",
+        &p.subject,
+        "note.added",
+        "b-0",
+        vec![field("note", "n")],
+    )
+    .await?;
+    let got = ctx.drain("partner-b").await;
+    let commands: Vec<&str> = got.iter().map(|c| c.command.as_str()).collect();
+    assert_eq!(
+        commands,
+        [
+            "update_address",
+            "update_address",
+            "update_address",
+            "file_note"
+        ]
+    );
+    assert_eq!(
+        got.iter().map(|c| c.subject_seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // Room for one after one acknowledgement: a refused event sent again
+    // goes through, and a move (two commands to partner-b) is refused
+    // whole rather than half delivered.
+    assert_eq!(
+        ctx.ack("partner-b", vec![got[0].command_id.clone()]).await,
+        1
+    );
+    let again = &refused[0];
+    assert!(
+        !ctx.publish(
+            "partner-a",
+            &p.subject,
+            "address.changed",
+            again,
+            address(again)
+        )
+        .await?
+        .duplicate
+    );
+    assert_eq!(waiting_from(A).await?, 3);
+    let ack_one = got[1].command_id.clone();
+    assert_eq!(ctx.ack("partner-b", vec![ack_one]).await, 1);
+    let moved = ctx
+        .publish("partner-a", &p.subject, "person.moved", "m-0", address("m"))
+        .await
+        .unwrap_err();
+    assert_eq!(moved.code(), Code::ResourceExhausted, "{moved:?}");
+    assert_eq!(waiting_from(A).await?, 2);
+    // Its command to partner-a, which had room, was not written either.
+    assert!(ctx.drain("partner-a").await.is_empty());
+    let audit = ctx.audit("PublishEvent").await;
+    let outcomes: Vec<&str> = audit.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "rate_limited").count(),
+        6,
+        "{audit:?}"
+    );
     ctx.tv.stop().await
 }

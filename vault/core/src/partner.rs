@@ -12,6 +12,14 @@ use crate::subject::FieldName;
 pub const DEFAULT_MATCH_RATE: u32 = 50;
 /// Default match query burst per partner.
 pub const DEFAULT_MATCH_BURST: u32 = 100;
+/// Default bound on the commands from one publisher waiting in a partner's
+/// outbox ([`Partner::outbox_per_source`]).
+pub const DEFAULT_OUTBOX_PER_SOURCE: u32 = 10_000;
+/// Largest [`Partner::outbox_per_source`] a config may set: an event's
+/// check counts up to this many waiting commands per recipient while it
+/// holds the recipient's outbox lock (and, on SQLite, the one writer):
+/// about 0.3 ms at 10,000.
+pub const MAX_OUTBOX_PER_SOURCE: u32 = 10_000;
 
 /// A partner's match query rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +54,9 @@ pub struct Partner {
     /// Audiences besides its SPIFFE id it may name when it asks the vault
     /// to verify a digital-ID presentation (its own web origins).
     pub presentation_audiences: Vec<String>,
+    /// Commands from any one publisher that may wait in this partner's
+    /// outbox (unacknowledged); an event that would pass it is refused.
+    pub outbox_per_source: u32,
 }
 
 /// The validated partner registry.
@@ -157,6 +168,7 @@ mod tests {
             release_purposes: vec!["kyc".into()],
             release_fields: vec![f("email")],
             presentation_audiences: Vec::new(),
+            outbox_per_source: 1,
         };
         assert_eq!(
             p.release_refusal("marketing", &[f("email")]),

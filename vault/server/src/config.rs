@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use idvault_core::partner::{
-    DEFAULT_MATCH_BURST, DEFAULT_MATCH_RATE, MatchRate, Partner, PartnerRegistry,
-    valid_partner_name, valid_trust_domain,
+    DEFAULT_MATCH_BURST, DEFAULT_MATCH_RATE, DEFAULT_OUTBOX_PER_SOURCE, MAX_OUTBOX_PER_SOURCE,
+    MatchRate, Partner, PartnerRegistry, valid_partner_name, valid_trust_domain,
 };
 use idvault_policies::Role;
 use serde::Deserialize;
@@ -490,6 +490,12 @@ pub struct PartnerEntry {
     /// digital-ID presentations it asks the vault to verify may name.
     #[serde(default)]
     pub presentation_audiences: Vec<String>,
+    /// Commands from any one publisher that may wait, unacknowledged, in
+    /// this partner's outbox (1 ..= 10,000, the default). That publisher's
+    /// events that would pass it are refused with RESOURCE_EXHAUSTED and
+    /// change nothing; other publishers' events are not affected
+    /// (docs/events.md, "Bounds").
+    pub outbox_per_source: Option<u32>,
 }
 
 /// A loaded and validated configuration with absolute paths.
@@ -687,6 +693,13 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
                 p.name
             )));
         }
+        let outbox_per_source = p.outbox_per_source.unwrap_or(DEFAULT_OUTBOX_PER_SOURCE);
+        if !(1..=MAX_OUTBOX_PER_SOURCE).contains(&outbox_per_source) {
+            return Err(ConfigError::Invalid(format!(
+                "partner '{}': outbox_per_source must be 1 ..= {MAX_OUTBOX_PER_SOURCE}",
+                p.name
+            )));
+        }
         let release_key = match &p.release_key {
             None => None,
             Some(h) => Some(
@@ -752,6 +765,7 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             release_purposes: p.release_purposes.clone(),
             release_fields,
             presentation_audiences: p.presentation_audiences.clone(),
+            outbox_per_source,
         });
     }
     // An audience names one partner: naming another partner's identity, or
@@ -878,5 +892,21 @@ roles = ["subjects.write"]
             "{GOOD}\n[[partner]]\nname = \"partner-a\"\nspiffe_id = \"spiffe://idvault.dev/partner/partner-a\"\n"
         );
         assert!(parse(&dup).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn outbox_share_defaults_and_is_bounded() {
+        let share = |c: &Config| c.registry.partners()[0].outbox_per_source;
+        assert_eq!(share(&parse(GOOD).unwrap()), DEFAULT_OUTBOX_PER_SOURCE);
+        let set = |n: u64| parse(&format!("{GOOD}outbox_per_source = {n}\n"));
+        assert_eq!(share(&set(1).unwrap()), 1);
+        assert_eq!(
+            share(&set(u64::from(MAX_OUTBOX_PER_SOURCE)).unwrap()),
+            MAX_OUTBOX_PER_SOURCE
+        );
+        for n in [0, u64::from(MAX_OUTBOX_PER_SOURCE) + 1] {
+            let err = set(n).unwrap_err().to_string();
+            assert!(err.contains("outbox_per_source"), "{err}");
+        }
     }
 }

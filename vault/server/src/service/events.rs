@@ -12,6 +12,8 @@
 //! commands or not at all, so an acknowledged event's commands survive a
 //! crash.
 
+use std::collections::BTreeMap;
+
 use idvault_policies::Action;
 
 use super::streams::{StreamKind, StreamSlot};
@@ -112,6 +114,43 @@ fn new_command_id(vault: &Vault) -> Result<String, VaultError> {
     let mut b = [0u8; 16];
     vault.rng().fill(&mut b).map_err(KeyError::from)?;
     Ok(format!("{}{}", rules::COMMAND_ID_PREFIX, hex::encode(b)))
+}
+
+/// Refuses the event, before anything is written, when it would take a
+/// target's outbox past `outbox_per_source` commands from `source`. Each
+/// publisher has its own share of each outbox: a publisher that floods one
+/// (it can make up a person, enroll a phone it holds and set 64 rules to
+/// one recipient) fills only its own share, and other publishers' events
+/// are never refused for it. Refused whole, so nothing is half delivered
+/// and the same event can be sent again once the target has acknowledged
+/// some. Call with the targets' outbox rows taken
+/// ([`AuditedTx::lock_outboxes`]), so the counts are exact; it stops at
+/// the first target without room.
+async fn check_outbox_room(
+    tx: &mut AuditedTx,
+    source: &str,
+    targets: &[&Partner],
+) -> Result<(), VaultError> {
+    // In name order, as `lock_outboxes` takes them: which share is checked
+    // first does not vary from call to call.
+    let mut adding: BTreeMap<&str, (u32, u64)> = BTreeMap::new();
+    for t in targets {
+        adding
+            .entry(t.name.as_str())
+            .or_insert((t.outbox_per_source, 0))
+            .1 += 1;
+    }
+    for (name, (cap, n)) in adding {
+        let waiting = tx.outbox_waiting(name, source, cap).await?;
+        if waiting.saturating_add(n) > u64::from(cap) {
+            return Err(VaultError::Limit(
+                "a recipient of this event has no room for more of your commands (its \
+                 outbox_per_source); nothing was written: send the event again once it has \
+                 acknowledged some",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Vault {
@@ -222,12 +261,22 @@ impl Vault {
             let dek = self.subject_dek_in(tx, id).await?;
             // Outbox positions of a recipient commit in order (no stream
             // passes one that commits later).
-            let recipients: Vec<&str> = hits
+            let targets: Vec<&Partner> = hits
                 .iter()
                 .filter_map(|h| self.registry().by_spiffe_id(&h.rule.target))
-                .map(|t| t.name.as_str())
                 .collect();
+            let recipients: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
             tx.lock_outboxes(&recipients).await?;
+            if let Err(full) = check_outbox_room(tx, &caller.spiffe_id, &targets).await {
+                // On PostgreSQL a concurrent attempt at this same event may
+                // have committed while this one waited for the outbox rows,
+                // and filled the share itself: that is a duplicate, not a
+                // refusal.
+                if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
+                    return Ok(None);
+                }
+                return Err(full);
+            }
             for hit in hits {
                 // A target removed from the registry gets nothing (audited).
                 let Some(target) = self.registry().by_spiffe_id(&hit.rule.target) else {

@@ -418,6 +418,32 @@ impl AuditedTx {
         i64_to_u64(seq, "command_counters.last_seq")
     }
 
+    /// How many of `source`'s commands wait in `recipient`'s outbox,
+    /// counted up to `cap`: the count reads at most `cap` entries of the
+    /// (recipient, source) index, however many other publishers' commands
+    /// wait there. Exact when called after [`Self::lock_outboxes`] took
+    /// `recipient`'s row: no other transaction adds to that outbox before
+    /// this one ends (acknowledgements may only lower it meanwhile).
+    pub async fn outbox_waiting(
+        &mut self,
+        recipient: &str,
+        source: &str,
+        cap: u32,
+    ) -> Result<u64, StoreError> {
+        // Only the integer cap is formatted into the text, as a literal
+        // LIMIT (see `ranking_sql` in store/matching.rs on bound LIMITs).
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM command_outbox \
+             WHERE recipient = $1 AND source = $2 LIMIT {cap}) w"
+        );
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(recipient.to_owned())
+            .bind(source.to_owned())
+            .fetch_one(self.conn().await?)
+            .await?;
+        i64_to_u64(n, "command_outbox count")
+    }
+
     /// Counts a delivery of `recipient`'s commands at outbox positions
     /// `seqs` (rows acknowledged meanwhile are gone and not counted).
     pub async fn count_deliveries(
