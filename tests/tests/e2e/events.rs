@@ -60,7 +60,11 @@ struct Ctx {
 
 impl Ctx {
     async fn start(backend: Backend) -> Self {
-        let tv = TestVault::start(backend).await.unwrap();
+        Self::on(TestVault::start(backend).await.unwrap()).await
+    }
+
+    /// On a vault already started (with a config of the test's own).
+    async fn on(tv: TestVault) -> Self {
         let wallet = DeviceServiceClient::new(tv.channel("wallet").await.unwrap());
         Self { tv, wallet }
     }
@@ -970,8 +974,7 @@ pub async fn outbox_share_is_per_publisher(backend: Backend) -> anyhow::Result<(
         text.replacen(anchor, &format!("{anchor}outbox_per_source = 3\n"), 1)
     })
     .await?;
-    let wallet = DeviceServiceClient::new(tv.channel("wallet").await?);
-    let mut ctx = Ctx { tv, wallet };
+    let mut ctx = Ctx::on(tv).await;
     let p = ctx.person("Ada").await;
     assert!(ctx.link(&p, A).await?);
     assert!(ctx.link(&p, B).await?);
