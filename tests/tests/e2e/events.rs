@@ -47,9 +47,11 @@ fn field(name: &str, value: &str) -> pb::EventField {
     }
 }
 
-/// A person: subject (created by partner-a) and enrolled phone.
+/// A person: subject (created by partner-a), partner-a's pairwise token
+/// for it, and enrolled phone.
 struct Person {
     subject: String,
+    token: String,
     key: DeviceKey,
 }
 
@@ -84,8 +86,8 @@ impl Ctx {
             })
             .await
             .unwrap()
-            .into_inner()
-            .subject_id;
+            .into_inner();
+        let (subject, token) = (subject.subject_id, subject.pairwise_token);
         let code = ConsentServiceClient::new(self.tv.channel("partner-a").await.unwrap())
             .issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
                 subject_id: subject.clone(),
@@ -99,7 +101,11 @@ impl Ctx {
             .enroll(key.enrollment(&subject, &code).unwrap())
             .await
             .unwrap();
-        Person { subject, key }
+        Person {
+            subject,
+            token,
+            key,
+        }
     }
 
     fn signed(&self, p: &Person, action: Action) -> pb::SignedDeviceRequest {
@@ -290,13 +296,17 @@ pub async fn unlinked_and_unruled_events_are_ignored(backend: Backend) -> anyhow
     )
     .await?;
     assert!(ctx.drain("partner-b").await.is_empty());
+    // What each event did is in the vault's own record, named by the
+    // publisher's request; the publisher's records all say the same.
     let outcomes: Vec<String> = ctx
-        .audit("PublishEvent")
+        .audit("EventOutcome")
         .await
         .into_iter()
         .map(|(o, d)| {
             assert_eq!(o, "ok");
-            d.split_whitespace().next().unwrap().to_owned()
+            let mut words = d.split_whitespace();
+            assert!(words.next().unwrap().starts_with("request="), "{d}");
+            words.next().unwrap().to_owned()
         })
         .collect();
     assert_eq!(
@@ -307,6 +317,13 @@ pub async fn unlinked_and_unruled_events_are_ignored(backend: Backend) -> anyhow
             "outcome=ignored_unlinked"
         ]
     );
+    for (o, d) in ctx.audit("PublishEvent").await {
+        assert_eq!(
+            (o.as_str(), d.split_whitespace().next()),
+            ("ok", Some("accepted"))
+        );
+        assert!(!d.contains("outcome"), "{d}");
+    }
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_outbox")
         .fetch_one(ctx.tv.db())
         .await?;
@@ -588,7 +605,8 @@ pub async fn concurrency_bad_rows_unlink_and_limits(backend: Backend) -> anyhow:
     ctx.tv.stop().await
 }
 
-/// Rules may name only linked, registered entities; every rule call is
+/// Rules may name only linked, registered entities, and target only
+/// partners that may receive commands; every rule call is
 /// device-signed and refused otherwise; suggestions come only from enough
 /// similar people and are applied only by a signed SetRules.
 pub async fn rules_are_signed_linked_and_suggested(backend: Backend) -> anyhow::Result<()> {
@@ -632,7 +650,7 @@ pub async fn rules_are_signed_linked_and_suggested(backend: Backend) -> anyhow::
     // card rule; one a rule naming an entity I have not linked.
     let fwd = rule(A, "address.changed", B, "update_address", &["address"]);
     let block = rule(A, "card.lost", B, "block_card", &[]);
-    let to_wallet = rule(A, "address.changed", WALLET, "notify", &[]);
+    let from_wallet = rule(WALLET, "address.changed", B, "notify", &[]);
     let mut peers = Vec::new();
     for (i, rules) in [
         vec![fwd.clone(), block.clone()],
@@ -648,7 +666,19 @@ pub async fn rules_are_signed_linked_and_suggested(backend: Backend) -> anyhow::
         let mut rules = rules;
         if i == 2 {
             ctx.link(&p, WALLET).await?;
-            rules.push(to_wallet.clone());
+            // The wallet may not receive commands: no rule may target it,
+            // and the refused set changes nothing.
+            let to_wallet = rule(A, "address.changed", WALLET, "notify", &[]);
+            let r = ctx
+                .set_rules(&p, vec![fwd.clone(), to_wallet])
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (r.code(), reason(&r)),
+                (Code::FailedPrecondition, "target_cannot_receive")
+            );
+            assert!(ctx.list_rules(&p).await.rules.is_empty());
+            rules.push(from_wallet.clone());
         }
         ctx.set_rules(&p, rules).await?;
         peers.push(p);
@@ -665,7 +695,7 @@ pub async fn rules_are_signed_linked_and_suggested(backend: Backend) -> anyhow::
     assert_eq!(s[0].rules.len(), 1);
     assert_eq!(s[0].rules[0].command, "update_address");
     assert!(s[0].confidence > 0.99);
-    assert!(!s.iter().flat_map(|x| &x.rules).any(|r| r.target == WALLET));
+    assert!(!s.iter().flat_map(|x| &x.rules).any(|r| r.source == WALLET));
     // Nothing was applied.
     assert!(ctx.list_rules(&me).await.rules.is_empty());
     // The person adopts it by signing it.
@@ -1087,6 +1117,117 @@ pub async fn outbox_share_is_per_publisher(backend: Backend) -> anyhow::Result<(
         outcomes.iter().filter(|o| **o == "rate_limited").count(),
         6,
         "{audit:?}"
+    );
+    ctx.tv.stop().await
+}
+
+/// The publisher's own audit record, which `GetInclusionProof` hands back
+/// to it, reads the same whether its event was delivered or ignored: what
+/// the event did is in the vault's record, which the publisher cannot
+/// fetch by index or by request id.
+pub async fn publisher_leaf_does_not_tell_the_outcome(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::tlog::leaf::AuditLeaf;
+    use idvault_tests::idvault_proto::v1::audit_service_client::AuditServiceClient;
+    use pb::get_inclusion_proof_request::Leaf;
+
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    ctx.forward_addresses(&p).await;
+    use pb::publish_event_request::Subject;
+    let mut requests = Vec::new();
+    // Delivered (a rule names it), then ignored (no rule for the type),
+    // then ignored again, the person named by the publisher's token.
+    for (event_type, event_id, subject) in [
+        (
+            "address.changed",
+            "d-1",
+            Subject::SubjectId(p.subject.clone()),
+        ),
+        ("card.lost", "i-1", Subject::SubjectId(p.subject.clone())),
+        ("card.lost", "i-2", Subject::PairwiseToken(p.token.clone())),
+    ] {
+        let resp = EventServiceClient::new(ctx.tv.channel("partner-a").await?)
+            .publish_event(pb::PublishEventRequest {
+                subject: Some(subject),
+                event_type: event_type.into(),
+                event_id: event_id.into(),
+                fields: vec![field("address", "1 High St")],
+            })
+            .await?;
+        let id = resp
+            .metadata()
+            .get("idvault-request-id")
+            .expect("request id header")
+            .to_str()?
+            .to_owned();
+        requests.push(id);
+    }
+    assert_eq!(ctx.drain("partner-b").await.len(), 1);
+    ctx.tv.checkpointed().await?;
+    let mut audit = AuditServiceClient::new(ctx.tv.channel("partner-a").await?);
+    let mut own = Vec::new();
+    for id in &requests {
+        let proof = audit
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                leaf: Some(Leaf::RequestId(id.clone())),
+                tree_size: 0,
+            })
+            .await?
+            .into_inner();
+        let leaf = AuditLeaf::decode(&proof.leaf)?;
+        assert_eq!(
+            (leaf.action.as_str(), leaf.outcome.as_str()),
+            ("PublishEvent", "ok")
+        );
+        own.push((leaf.detail, leaf.subject));
+    }
+    assert_eq!(own[0], own[1], "the publisher's records differ: {own:?}");
+    assert_eq!(own[0].1.as_deref(), Some(p.subject.as_str()));
+    // Named by its token, the person's vault id is not in the record.
+    assert_eq!((&own[2].0, &own[2].1), (&own[0].0, &None), "{own:?}");
+    let own: Vec<String> = own.into_iter().map(|(d, _)| d).collect();
+    assert!(!own[0].contains("outcome"), "{own:?}");
+    // The vault's records say what happened, each naming its request.
+    let vault: Vec<(Option<i64>, String)> = sqlx::query_as(
+        "SELECT idx, detail FROM audit_log WHERE action = 'EventOutcome' ORDER BY id",
+    )
+    .fetch_all(ctx.tv.db())
+    .await?;
+    assert_eq!(vault.len(), 3);
+    assert!(vault[0].1.starts_with(&format!(
+        "request={} outcome=delivered commands=1",
+        requests[0]
+    )));
+    assert!(
+        vault[1]
+            .1
+            .starts_with(&format!("request={} outcome=ignored_no_rule", requests[1]))
+    );
+    assert!(
+        vault[2]
+            .1
+            .starts_with(&format!("request={} outcome=ignored_no_rule", requests[2]))
+    );
+    // … and are not the publisher's to read.
+    for (idx, _) in &vault {
+        let idx = u64::try_from(idx.expect("sequenced"))?;
+        let err = audit
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                leaf: Some(Leaf::LeafIndex(idx)),
+                tree_size: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    // The log still verifies with the public key alone.
+    let v = ctx.tv.verify_audit().await?;
+    assert!(
+        matches!(
+            v,
+            idvault_tests::idvault_server::service::AuditVerdict::Intact { pending: 0, .. }
+        ),
+        "{v:?}"
     );
     ctx.tv.stop().await
 }

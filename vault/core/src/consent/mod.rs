@@ -154,6 +154,10 @@ pub enum Refusal {
     /// A rule names an entity the person has not linked.
     #[error("a rule names an entity the person has not linked")]
     EntityNotLinked,
+    /// A rule's target is a partner the policies do not let receive
+    /// commands: its share of the outbox would fill and never drain.
+    #[error("a rule's target may not receive commands")]
+    TargetCannotReceive,
     /// No outstanding transaction of this person has that code (the
     /// attempt is counted against their outstanding codes).
     #[error("the code does not match a transaction of this person")]
@@ -207,6 +211,7 @@ impl Refusal {
             Self::WrongAction => "wrong_action",
             Self::EntityUnknown => "entity_unknown",
             Self::EntityNotLinked => "entity_not_linked",
+            Self::TargetCannotReceive => "target_cannot_receive",
             Self::WrongCode => "wrong_code",
             Self::CodeExpired => "code_expired",
             Self::CodeUsed => "code_used",

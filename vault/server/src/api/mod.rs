@@ -168,6 +168,7 @@ fn refusal_code(r: idvault_core::consent::Refusal) -> tonic::Code {
         | R::EnrollmentCodeInvalid
         | R::RequestOutsideWindow
         | R::EntityNotLinked
+        | R::TargetCannotReceive
         | R::CodeExpired
         | R::CodeUsed => Code::FailedPrecondition,
         R::WrongCode | R::WrongPerson | R::ShownMismatch => Code::PermissionDenied,

@@ -338,7 +338,7 @@ impl Vault {
                         )
                     }
                     DeviceAction::SuggestRules => {
-                        Self::suggest_rules(suggestion_inputs.unwrap_or_default())
+                        self.suggest_rules(suggestion_inputs.unwrap_or_default())
                     }
                     other => self
                         .rules_action(&mut tx, &subject, other)

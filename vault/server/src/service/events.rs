@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use idvault_policies::Action;
+use idvault_policies::{Action, RequestContext, Resource};
 
 use super::streams::{StreamKind, StreamSlot};
 use crate::config::Partner;
@@ -53,7 +53,11 @@ impl std::fmt::Debug for SubjectRef {
     }
 }
 
-/// What happened to an event (audited; not told to the publisher).
+/// The action of the vault's record of what an event did.
+pub const EVENT_OUTCOME_ACTION: &str = "EventOutcome";
+
+/// What happened to an event (audited in the vault's own record; not told
+/// to the publisher).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventOutcome {
     /// Commands were written for its rules.
@@ -169,6 +173,10 @@ impl Vault {
                 .map_err(|e| VaultError::BadRequest(e.to_string()))?;
             let mut tx = self.begin().await?;
             let id = self.known_subject(&mut tx, req.partner, &subject).await?;
+            // The publisher's own record names the subject only if the
+            // publisher named it by id: one that used its pairwise token
+            // (a matcher) must not learn the vault's id from its leaf.
+            let own_subject = matches!(subject, SubjectRef::Id(_)).then_some(id);
             // The decision on this subject (operator policies may hold one);
             // a refusal is audited once the transaction is dropped.
             req.decide_on_subject(&id, &[])?;
@@ -184,16 +192,28 @@ impl Vault {
                         (EventOutcome::Duplicate, Vec::new(), Vec::new())
                     }
                 };
-            let mut detail = match outcome {
+            let mut detail = format!("request={} ", hex::encode(req.caller.request_id));
+            detail.push_str(&match outcome {
                 EventOutcome::Delivered(n) => {
                     format!("outcome=delivered commands={n} ids={}", ids.join(","))
                 }
                 o => format!("outcome={}", o.word()),
-            };
+            });
             if !skipped.is_empty() {
                 detail.push_str(&format!(" skipped_unregistered={}", skipped.join(",")));
             }
-            self.commit(tx, req, Some(&id), detail).await?;
+            // What the event did is the vault's record, not the
+            // publisher's: a partner reads its own records back
+            // (GetInclusionProof), and whether the person linked it or
+            // holds a rule is not its to learn (docs/events.md, "What
+            // leaks"). Its own record says only that the event was taken.
+            // The vault's record has a fresh random request id of its own
+            // (`add_job_leaf`): it is often the sibling in the publisher's
+            // inclusion proof, and an id the publisher could derive would
+            // let it test the few possible details against that hash.
+            self.add_job_leaf(&mut tx, EVENT_OUTCOME_ACTION, Some(&id), detail)?;
+            self.commit(tx, req, own_subject.as_ref(), "accepted".to_owned())
+                .await?;
             if matches!(outcome, EventOutcome::Delivered(n) if n > 0) {
                 self.commands_ready().notify_waiters();
             }
@@ -322,6 +342,18 @@ impl Vault {
             return Ok(None);
         }
         Ok(Some((outcome, ids, skipped)))
+    }
+
+    /// Whether the policies let `p` open a command stream now (the gate
+    /// its `StreamCommands` and `AckCommands` calls pass).
+    fn may_receive_commands(&self, p: &Partner) -> bool {
+        self.decision(
+            p,
+            Action::ReceiveCommands,
+            Resource::Vault,
+            RequestContext::default(),
+        )
+        .allowed
     }
 
     /// The subject's data key, inside `tx`.
@@ -491,11 +523,24 @@ impl Vault {
 
     /// Rule suggestions from `inputs`, read from the pool before the
     /// call's transaction (never under the writer), and the audit detail.
-    pub(crate) fn suggest_rules(inputs: crate::store::SuggestionInputs) -> (DeviceOutcome, String) {
+    pub(crate) fn suggest_rules(
+        &self,
+        inputs: crate::store::SuggestionInputs,
+    ) -> (DeviceOutcome, String) {
+        // Peers' rules to targets that may not receive commands (set
+        // before SetRules refused them, or whose target lost the right)
+        // could not be adopted: they are not suggested.
         let peers: Vec<rules::Peer> = inputs
             .peers
             .into_iter()
-            .map(|(history, rules)| rules::Peer { history, rules })
+            .map(|(history, mut rules)| {
+                rules.retain(|r| {
+                    self.registry()
+                        .by_spiffe_id(&r.target)
+                        .is_some_and(|t| self.may_receive_commands(t))
+                });
+                rules::Peer { history, rules }
+            })
             .collect();
         let s: Vec<Suggestion> = rules::suggest(
             &inputs.me,
@@ -557,6 +602,20 @@ impl Vault {
                     .any(|r| r.entities().iter().any(|e| !linked.iter().any(|l| l == e)))
                 {
                     return Err(VaultError::Refused(Refusal::EntityNotLinked));
+                }
+                // A target that may not drain its outbox would keep every
+                // command sent to it, and once its share from a publisher
+                // is full that publisher's events for the people with such
+                // rules would be refused (docs/events.md, "Bounds"). The
+                // policies are asked as its own stream would be.
+                for r in rules.iter() {
+                    match self.registry().by_spiffe_id(&r.target) {
+                        None => return Err(VaultError::Refused(Refusal::EntityUnknown)),
+                        Some(t) if !self.may_receive_commands(t) => {
+                            return Err(VaultError::Refused(Refusal::TargetCannotReceive));
+                        }
+                        Some(_) => {}
+                    }
                 }
                 tx.set_rules(subject, rules).await?;
                 let ids: Vec<String> = rules.iter().map(Rule::id).collect();

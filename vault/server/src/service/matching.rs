@@ -17,6 +17,7 @@ use idvault_tokenizer::matching::Level;
 use idvault_tokenizer::variants::MatchField;
 
 use crate::config::Partner;
+use crate::service::pipeline::JOB_ACTOR;
 use crate::service::{Caller, Vault, VaultError};
 use crate::store::{AuditedTx, MatchRow};
 use idvault_core::keys::KeyError;
@@ -851,7 +852,7 @@ impl Vault {
             "estimate domain={domain} subjects={} unreadable={unreadable} blocked_pairs={} random_pairs={} converged={}",
             est.population, est.blocked_pairs, est.random_pairs, est.converged
         );
-        self.commit_job(tx, &Caller::new("idvault"), Action::MatchSubjects, detail)
+        self.commit_job(tx, &Caller::new(JOB_ACTOR), Action::MatchSubjects, detail)
             .await?;
         self.matching()
             .models
@@ -937,7 +938,7 @@ impl Vault {
             .filter(|(_, done, scheme)| *done && *scheme == INDEX_SCHEME)
             .map(|(d, _, _)| d)
             .collect();
-        let system = Caller::new("idvault");
+        let system = Caller::new(JOB_ACTOR);
         let stale = recorded
             .iter()
             .filter(|(d, _, _)| !st.domains.contains(d))

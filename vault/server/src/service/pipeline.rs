@@ -447,6 +447,39 @@ impl Vault {
         self.append(tx, ev).await
     }
 
+    /// Adds to `tx` a record of the vault's own (actor [`JOB_ACTOR`], a
+    /// fresh random request id) about `subject`, committed with the
+    /// request's record or not at all. What the caller may not learn goes
+    /// here rather than in the caller's record: `GetInclusionProof` hands
+    /// a partner the bytes of its own records, never another actor's.
+    pub(crate) fn add_job_leaf(
+        &self,
+        tx: &mut AuditedTx,
+        action: &str,
+        subject: Option<&SubjectId>,
+        detail: String,
+    ) -> Result<(), VaultError> {
+        let actor = Caller::new(JOB_ACTOR);
+        let leaf = event(self, &actor, action, subject, "ok", detail, None);
+        let sealed = self.seal_leaf(&leaf)?;
+        tx.add_leaf(&sealed.new_leaf(&leaf))
+            .map_err(VaultError::from)
+    }
+
+    /// A leaf's bytes, hash and MAC under the current audit key.
+    fn seal_leaf(&self, leaf: &AuditLeaf) -> Result<SealedLeaf, VaultError> {
+        let key = self.keys().audit_key(self.keys().current_version())?;
+        let bytes = leaf.encode();
+        let hash = merkle::leaf_hash(&bytes);
+        let mac = crypto::hmac_sha256(key.expose(), &[&hash]);
+        Ok(SealedLeaf {
+            bytes,
+            hash,
+            key_version: key.version(),
+            mac,
+        })
+    }
+
     /// Writes `leaf` in `tx` and commits. The leaf names the chain head
     /// the transaction left its subject at, so a rolled-back chain shows.
     async fn append(&self, tx: AuditedTx, mut leaf: AuditLeaf) -> Result<[u8; 32], VaultError> {
@@ -457,16 +490,9 @@ impl Vault {
                 leaf.head = Some((head.seq, head.hash));
             }
         }
-        let key = self.keys().audit_key(self.keys().current_version())?;
-        let bytes = leaf.encode();
-        let leaf_hash = merkle::leaf_hash(&bytes);
-        let mac = crypto::hmac_sha256(key.expose(), &[&leaf_hash]);
-        let new = NewLeaf {
-            leaf: &leaf,
-            bytes: &bytes,
-            key_version: key.version(),
-            mac,
-        };
+        let sealed = self.seal_leaf(&leaf)?;
+        let leaf_hash = sealed.hash;
+        let new = sealed.new_leaf(&leaf);
         tx.commit(&new).await.map_err(|e| match e {
             // Not executed, or a statement of the request failed (its rows
             // were inserted at commit): the request's own failure, which
@@ -578,8 +604,32 @@ impl Vault {
     }
 }
 
+/// The actor of the records the vault writes of its own (never a
+/// partner's SPIFFE id, so no partner can read them back).
+pub(crate) const JOB_ACTOR: &str = "idvault";
+
 /// Coalesced refusal reasons (the `detail` of their leaves).
 const REFUSED_UNREGISTERED: &str = "unregistered identity";
 const REFUSED_BUSY: &str = "overloaded";
 const REFUSED_LATE: &str = "deadline passed in the queue";
 const REFUSED_UNRECORDED: &str = "refused while the writer was busy";
+
+/// A leaf's canonical bytes, RFC 9162 leaf hash, and the version and MAC
+/// of the audit key over that hash.
+struct SealedLeaf {
+    bytes: Vec<u8>,
+    hash: [u8; 32],
+    key_version: u32,
+    mac: [u8; 32],
+}
+
+impl SealedLeaf {
+    fn new_leaf<'a>(&'a self, leaf: &'a AuditLeaf) -> NewLeaf<'a> {
+        NewLeaf {
+            leaf,
+            bytes: &self.bytes,
+            key_version: self.key_version,
+            mac: self.mac,
+        }
+    }
+}

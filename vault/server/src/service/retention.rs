@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pipeline::JOB_ACTOR;
 use super::{Caller, Vault, VaultError};
 use crate::store::Prunable;
 
@@ -48,7 +49,7 @@ impl Vault {
     /// (`Retention`, `kind=… removed=N before_ms=…`); a kind with nothing
     /// to remove writes nothing.
     pub async fn prune_once(&self) -> Result<Vec<(Prunable, u64)>, VaultError> {
-        let system = Caller::new("idvault");
+        let system = Caller::new(JOB_ACTOR);
         let now = self.now_millis();
         let mut out = Vec::with_capacity(Prunable::ALL.len());
         for kind in Prunable::ALL {

@@ -381,7 +381,7 @@ impl Vault {
     /// enroll a device for it). Safe to run at every start: it never
     /// seals what a leaf does not vouch for. Returns `(sealed, left)`.
     pub async fn seal_subject_owners(&self) -> Result<(u64, u64), VaultError> {
-        let system = super::Caller::new("idvault");
+        let system = super::Caller::new(super::pipeline::JOB_ACTOR);
         let mut audit_keys = std::collections::HashMap::new();
         let (mut sealed, mut left) = (0u64, 0u64);
         let mut after: Option<SubjectId> = None;

@@ -4,9 +4,10 @@
 //! same SQL through sqlx's `Any` driver (positional `$n` parameters work on
 //! both); schemas and migrations are kept per backend in `migrations/`.
 //!
-//! Every write is one [`AuditedTx`] that ends by writing exactly one audit
-//! leaf and committing: if the leaf cannot be written, nothing is (the
-//! request fails closed). No shared row is touched on the way: SQLite
+//! Every write is one [`AuditedTx`] that ends by writing its request's
+//! audit leaf (and any record of the vault's own it added,
+//! [`AuditedTx::add_leaf`]) and committing: if the leaf cannot be
+//! written, nothing is (the request fails closed). No shared row is touched on the way: SQLite
 //! requests share group commits ([`writer`]), PostgreSQL requests commit
 //! in parallel and a subject's writes are ordered by its own row lock.
 //! Transactions that only insert are applied many at a time by
@@ -827,7 +828,8 @@ pub(super) fn commit_failed(e: StoreError) -> StoreError {
     }
 }
 
-/// A write transaction that ends by appending exactly one audit leaf.
+/// A write transaction that ends by appending its request's audit leaf
+/// (after any the vault added of its own).
 /// Dropping it without [`AuditedTx::commit`] rolls its writes back.
 ///
 /// It takes a connection only when a statement needs one (a read, an
@@ -851,6 +853,14 @@ impl AuditedTx {
     /// records it, so a rolled-back chain is detected).
     pub fn changed_head(&self) -> Option<(SubjectId, ChainHead)> {
         self.changed
+    }
+
+    /// Adds one more leaf, written with this transaction's own at
+    /// [`AuditedTx::commit`] (the vault's record of what the request did
+    /// that its caller's record must not say).
+    pub(crate) fn add_leaf(&mut self, leaf: &NewLeaf<'_>) -> Result<(), StoreError> {
+        self.pending.push(Table::Leaves, leaf.values()?);
+        Ok(())
     }
 
     /// Appends the leaf and commits; returns once the write is durable.
