@@ -1231,3 +1231,55 @@ pub async fn publisher_leaf_does_not_tell_the_outcome(backend: Backend) -> anyho
     );
     ctx.tv.stop().await
 }
+
+/// Once the policies stop a partner from receiving commands, rules may
+/// no longer target it and rules to it that people set before are not
+/// suggested; rules from it (it may still publish) are unaffected.
+pub async fn rules_target_only_receivers(backend: Backend) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let fwd = rule(A, "address.changed", B, "update_address", &["address"]);
+    for i in 0..3 {
+        let p = ctx.person(&format!("Peer{i}")).await;
+        ctx.forward_addresses(&p).await;
+    }
+    let me = ctx.person("Ada").await;
+    assert!(ctx.link(&me, A).await?);
+    assert!(ctx.link(&me, B).await?);
+    let req = ctx.signed(&me, Action::SuggestRules(pb::SuggestRules {}));
+    let s = ctx
+        .wallet
+        .suggest_rules(req)
+        .await?
+        .into_inner()
+        .suggestions;
+    assert_eq!(s.len(), 1, "{s:?}");
+    std::fs::write(
+        ctx.tv.dir.path().join("policies").join("review.cedar"),
+        r#"@id("partner-b-receives-nothing")
+forbid (
+  principal == IdVault::Partner::"partner-b",
+  action == IdVault::Action::"ReceiveCommands",
+  resource
+);
+"#,
+    )?;
+    ctx.tv.restart().await?;
+    let mut ctx = Ctx::on(ctx.tv).await;
+    let req = ctx.signed(&me, Action::SuggestRules(pb::SuggestRules {}));
+    let s = ctx
+        .wallet
+        .suggest_rules(req)
+        .await?
+        .into_inner()
+        .suggestions;
+    assert!(s.is_empty(), "{s:?}");
+    let r = ctx.set_rules(&me, vec![fwd]).await.unwrap_err();
+    assert_eq!(
+        (r.code(), reason(&r)),
+        (Code::FailedPrecondition, "target_cannot_receive")
+    );
+    assert!(ctx.list_rules(&me).await.rules.is_empty());
+    let back = rule(B, "address.changed", A, "update_address", &["address"]);
+    assert_eq!(ctx.set_rules(&me, vec![back]).await?.len(), 1);
+    ctx.tv.stop().await
+}

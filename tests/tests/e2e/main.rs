@@ -145,6 +145,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     events::concurrent_retries_of_one_event_deliver_once,
     events::outbox_share_is_per_publisher,
     events::publisher_leaf_does_not_tell_the_outcome,
+    events::rules_target_only_receivers,
     events::rules_are_signed_linked_and_suggested,
     events::publish_and_receive_are_policy_gated,
 ];
