@@ -132,6 +132,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     transactions::every_refusal_is_distinct_and_audited,
     transactions::codes_are_single_use_under_concurrency,
     transactions::codes_expire,
+    transactions::third_party_records_name_no_subject,
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,

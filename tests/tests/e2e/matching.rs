@@ -184,6 +184,29 @@ pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow
     );
     let matches = audit.lines().filter(|l| l.contains(" Match - ok ")).count();
     assert_eq!(matches, 4, "every query is audited:\n{audit}");
+    // Partner-b's own records, which it may read back, do not give it the
+    // vault's id of the person it was answered with (it could join its
+    // records with partner-a's through it); the vault's record does.
+    let ada: String = sqlx::query_scalar(
+        "SELECT subject FROM audit_log WHERE action = 'CreateSubject' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(tv.db())
+    .await?;
+    let own: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT leaf FROM audit_log WHERE actor = 'spiffe://idvault.dev/partner/partner-b'",
+    )
+    .fetch_all(tv.db())
+    .await?;
+    assert_eq!(own.len(), 3);
+    assert!(
+        own.iter()
+            .all(|l| !String::from_utf8_lossy(l).contains(&ada))
+    );
+    let revealed = audit
+        .lines()
+        .filter(|l| l.starts_with("idvault MatchRevealed - ok ") && l.contains(&ada))
+        .count();
+    assert_eq!(revealed, 3, "{audit}");
     tv.stop().await
 }
 
@@ -743,8 +766,17 @@ pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow
         .filter(|l| l.contains("link one_to_one queries"))
         .collect();
     assert_eq!(answers.len(), 1, "{new:?}");
-    assert!(answers[0].contains(&ada) && answers[0].contains(&grace));
-    assert!(answers[0].contains("queries=5 refused=1 matched=2"));
+    assert!(answers[0].contains("queries=5 refused=1 matched=2 subjects=2"));
+    // The partner's own record, which it may read back, names no subject
+    // id; the vault's record beside it names both, and the request.
+    assert!(!answers[0].contains(&ada) && !answers[0].contains(&grace));
+    let revealed: Vec<&String> = new
+        .iter()
+        .filter(|l| l.starts_with("idvault MatchRevealed - ok request="))
+        .collect();
+    assert_eq!(revealed.len(), 1, "{new:?}");
+    assert!(revealed[0].contains("link one_to_one subjects=["));
+    assert!(revealed[0].contains(&ada) && revealed[0].contains(&grace));
     assert_no_pii(&new.join("\n"), ADA);
     assert_no_pii(&new.join("\n"), GRACE);
 

@@ -637,3 +637,92 @@ pub async fn codes_are_single_use_under_concurrency(b: Backend) -> anyhow::Resul
     assert_eq!(answers, 1);
     cx.tv.stop().await
 }
+
+/// A third party names the person by its pairwise token, so its own audit
+/// records (which `GetInclusionProof` hands back to it) name no subject,
+/// answered or refused: the vault's id would let it join its records with
+/// another partner's. A record of the vault's own, which no partner can
+/// fetch, names the subject and the request.
+pub async fn third_party_records_name_no_subject(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::tlog::leaf::AuditLeaf;
+    let mut cx = setup(b).await?;
+    let mut asked = Vec::new();
+    for n in 0..3 {
+        let r =
+            cx.a.request_code(ask(&cx.token_a, &format!("Order {n}"), &[], 0))
+                .await?
+                .into_inner();
+        asked.push(r);
+    }
+    // The fourth is refused after the person was found.
+    let e =
+        cx.a.request_code(ask(&cx.token_a, "Order 3", &[], 0))
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    // The person declines the first; the third party reads the outcome.
+    let shown = cx
+        .wallet
+        .lookup_transaction(lookup_req(&cx.phone, &asked[0].code))
+        .await?
+        .into_inner();
+    cx.wallet
+        .answer_transaction(answer_req(&cx.phone, &shown, &asked[0].code, false, &[]))
+        .await?;
+    assert_eq!(
+        state_of(&mut cx.a, &asked[0].transaction_id, 0).await.state,
+        "denied"
+    );
+    let subject: String = sqlx::query_scalar(
+        "SELECT subject FROM audit_log WHERE action = 'CreateSubject' AND outcome = 'ok'",
+    )
+    .fetch_one(cx.tv.db())
+    .await?;
+    // action, outcome, subject column, request id, leaf bytes
+    type Row = (String, String, Option<String>, Vec<u8>, Vec<u8>);
+    let own: Vec<Row> = sqlx::query_as(
+        "SELECT action, outcome, subject, request_id, leaf FROM audit_log \
+         WHERE actor = $1 AND action IN ('RequestTransactionCode', 'AwaitTransaction') \
+         ORDER BY id",
+    )
+    .bind(PARTNER_A)
+    .fetch_all(cx.tv.db())
+    .await?;
+    let outcomes: Vec<(&str, &str)> = own
+        .iter()
+        .map(|(a, o, ..)| (a.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("RequestTransactionCode", "ok"),
+            ("RequestTransactionCode", "ok"),
+            ("RequestTransactionCode", "ok"),
+            ("RequestTransactionCode", "rate_limited"),
+            ("AwaitTransaction", "ok"),
+        ]
+    );
+    let named: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT subject, detail FROM audit_log WHERE actor = 'idvault' \
+         AND action = 'RequestSubject' ORDER BY id",
+    )
+    .fetch_all(cx.tv.db())
+    .await?;
+    assert_eq!(named.len(), own.len(), "{named:?}");
+    for ((action, _, column, request_id, bytes), (vault_subject, detail)) in own.iter().zip(&named)
+    {
+        assert_eq!(column, &None, "{action}");
+        let leaf = AuditLeaf::decode(bytes)?;
+        assert_eq!(leaf.subject, None, "{action}");
+        assert!(
+            !String::from_utf8_lossy(bytes).contains(&subject),
+            "{action}"
+        );
+        assert_eq!(vault_subject.as_deref(), Some(subject.as_str()));
+        assert_eq!(
+            detail,
+            &format!("request={} action={action}", hex::encode(request_id))
+        );
+    }
+    cx.tv.stop().await
+}

@@ -172,11 +172,12 @@ impl Vault {
             let event = rules::Event::new(event_type, event_id, fields)
                 .map_err(|e| VaultError::BadRequest(e.to_string()))?;
             let mut tx = self.begin().await?;
+            if matches!(subject, SubjectRef::Pairwise(_)) {
+                // A matcher that knows the person by its token only must
+                // not learn the vault's id from its records.
+                req.hide_subject();
+            }
             let id = self.known_subject(&mut tx, req.partner, &subject).await?;
-            // The publisher's own record names the subject only if the
-            // publisher named it by id: one that used its pairwise token
-            // (a matcher) must not learn the vault's id from its leaf.
-            let own_subject = matches!(subject, SubjectRef::Id(_)).then_some(id);
             // The decision on this subject (operator policies may hold one);
             // a refusal is audited once the transaction is dropped.
             req.decide_on_subject(&id, &[])?;
@@ -212,7 +213,7 @@ impl Vault {
             // inclusion proof, and an id the publisher could derive would
             // let it test the few possible details against that hash.
             self.add_job_leaf(&mut tx, EVENT_OUTCOME_ACTION, Some(&id), detail)?;
-            self.commit(tx, req, own_subject.as_ref(), "accepted".to_owned())
+            self.commit(tx, req, Some(&id), "accepted".to_owned())
                 .await?;
             if matches!(outcome, EventOutcome::Delivered(n) if n > 0) {
                 self.commands_ready().notify_waiters();

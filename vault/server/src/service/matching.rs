@@ -136,6 +136,10 @@ async fn best_candidates(
     Ok(p.merge(merged))
 }
 
+/// The action of the vault's record of the subjects a match or link
+/// answer revealed (docs/blind-matching.md, "Audit").
+pub const MATCH_REVEALED_ACTION: &str = "MatchRevealed";
+
 /// Pairwise tokens a lookup read: `None` when the subject had none.
 type KnownTokens = HashMap<SubjectId, Option<String>>;
 
@@ -653,15 +657,31 @@ impl Vault {
         // Every subject about to be answered: the record never leaves out
         // a subject answered. One deleted since the lookup is listed; it
         // is answered only with a token read before the deletion (see
-        // above), never with a new one.
+        // above), never with a new one. The list is the vault's record,
+        // beside the partner's own: a partner reads its own records back
+        // (GetInclusionProof), and the vault's ids of the people it was
+        // answered with would tie its pairwise tokens to them, so partners
+        // could join their records through them.
+        if !subjects.is_empty() {
+            self.add_job_leaf(
+                &mut tx,
+                MATCH_REVEALED_ACTION,
+                None,
+                format!(
+                    "request={} {kind}subjects=[{}]",
+                    hex::encode(req.caller.request_id),
+                    subjects
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            )?;
+        }
         let detail = format!(
-            "{kind}queries={} refused={refused} matched={matched} subjects=[{}]",
+            "{kind}queries={} refused={refused} matched={matched} subjects={}",
             kept.len(),
-            subjects
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            subjects.len()
         );
         let tokens_done = started.elapsed();
         self.commit(tx, req, None, detail).await?;

@@ -61,12 +61,26 @@ pub(crate) struct Request<'a> {
     pub(crate) action: Action,
     decision: Decision,
     subject: Option<SubjectId>,
+    /// The caller did not name the subject by its id ([`Request::hide_subject`]).
+    subject_hidden: bool,
     vault: &'a Vault,
     /// Its refusal is on the record already ([`Vault::commit_refused`]).
     refusal_recorded: bool,
 }
 
 impl Request<'_> {
+    /// The caller named the person by its own pairwise token, or by
+    /// something of its own (a transaction id), not by the vault's subject
+    /// id: its records, which it may read back (`GetInclusionProof`),
+    /// must not hand it that id, which would let it join its records with
+    /// another partner's. They name no subject; a record of the vault's
+    /// own committed with each ([`REQUEST_SUBJECT_ACTION`]) names it.
+    /// Such a request must not change a subject's chain (that record
+    /// names the subject).
+    pub(crate) fn hide_subject(&mut self) {
+        self.subject_hidden = true;
+    }
+
     /// Names the subject the request is about: its refusal and failure
     /// records name it from here on.
     pub(crate) fn about(&mut self, id: SubjectId) {
@@ -278,6 +292,7 @@ impl Vault {
                 policies: Vec::new(),
             },
             subject: None,
+            subject_hidden: false,
             vault: self,
             refusal_recorded: false,
         };
@@ -365,9 +380,40 @@ impl Vault {
         subject: Option<&SubjectId>,
         detail: String,
     ) -> Result<(), VaultError> {
-        self.append(tx, req.event(subject, "ok", detail))
-            .await
-            .map(|_| ())
+        self.commit_leaf(tx, req, subject, detail).await.map(|_| ())
+    }
+
+    /// The request's own leaf about `subject` in `tx`; if the subject is
+    /// hidden from the caller ([`Request::hide_subject`]), the leaf names
+    /// none and the vault's own record of it is added to `tx`.
+    fn own_leaf(
+        &self,
+        tx: &mut AuditedTx,
+        req: &Request<'_>,
+        subject: Option<&SubjectId>,
+        outcome: &str,
+        detail: String,
+    ) -> Result<AuditLeaf, VaultError> {
+        let Some(id) = subject.filter(|_| req.subject_hidden) else {
+            return Ok(req.event(subject, outcome, detail));
+        };
+        // `append` would name the subject in the caller's leaf with the
+        // chain head (see `Request::hide_subject`).
+        debug_assert!(
+            tx.changed_head().is_none(),
+            "a hidden subject's chain changed"
+        );
+        self.add_job_leaf(
+            tx,
+            REQUEST_SUBJECT_ACTION,
+            Some(id),
+            format!(
+                "request={} action={}",
+                hex::encode(req.caller.request_id),
+                req.action.name()
+            ),
+        )?;
+        Ok(req.event(None, outcome, detail))
     }
 
     /// [`Self::commit`], returning the RFC 9162 leaf hash of the record
@@ -379,7 +425,9 @@ impl Vault {
         subject: Option<&SubjectId>,
         detail: String,
     ) -> Result<[u8; 32], VaultError> {
-        self.append(tx, req.event(subject, "ok", detail)).await
+        let mut tx = tx;
+        let leaf = self.own_leaf(&mut tx, req, subject, "ok", detail)?;
+        self.append(tx, leaf).await
     }
 
     /// Commits `tx`, the writes a refused request must keep (a wrong code
@@ -394,11 +442,17 @@ impl Vault {
         err: VaultError,
         detail: &str,
     ) -> VaultError {
-        let ev = req.event(
+        let mut tx = tx;
+        let ev = match self.own_leaf(
+            &mut tx,
+            req,
             subject,
             err.outcome(),
             format!("{} {detail}", refusal_detail(&err)),
-        );
+        ) {
+            Ok(ev) => ev,
+            Err(e) => return e,
+        };
         match self.append(tx, ev).await {
             Ok(_) => {
                 req.refusal_recorded = true;
@@ -571,21 +625,26 @@ impl Vault {
     /// Records a refusal or failure of `req` in its own transaction and
     /// returns the error; if even that fails, the caller learns the audit
     /// is down.
+    /// Records `req`'s refusal, about the subject it named (as
+    /// [`Self::own_leaf`] writes it), in a transaction of its own.
     async fn refuse<T>(&self, req: &Request<'_>, err: VaultError) -> Result<T, VaultError> {
-        let ev = req.event(req.subject(), err.outcome(), refusal_detail(&err));
-        self.record_refusal(ev, err).await
-    }
-
-    async fn record_refusal<T>(&self, ev: AuditLeaf, err: VaultError) -> Result<T, VaultError> {
-        let tx = match self.begin().await {
+        let mut tx = match self.begin().await {
             Ok(tx) => tx,
             Err(e @ (VaultError::Overloaded(_) | VaultError::DeadlineExceeded)) => {
                 // Counted instead, so the refusal is still on the record.
-                self.admission.count_refusal(&ev.actor, REFUSED_UNRECORDED);
+                self.admission
+                    .count_refusal(&req.caller.spiffe_id, REFUSED_UNRECORDED);
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
+        let ev = self.own_leaf(
+            &mut tx,
+            req,
+            req.subject(),
+            err.outcome(),
+            refusal_detail(&err),
+        )?;
         let actor = ev.actor.clone();
         match self.append(tx, ev).await {
             Ok(_) => Err(err),
@@ -607,6 +666,10 @@ impl Vault {
 /// The actor of the records the vault writes of its own (never a
 /// partner's SPIFFE id, so no partner can read them back).
 pub(crate) const JOB_ACTOR: &str = "idvault";
+
+/// The action of the vault's record naming the subject of a request whose
+/// caller did not name it by id ([`Request::hide_subject`]).
+pub(crate) const REQUEST_SUBJECT_ACTION: &str = "RequestSubject";
 
 /// Coalesced refusal reasons (the `detail` of their leaves).
 const REFUSED_UNREGISTERED: &str = "unregistered identity";

@@ -221,6 +221,9 @@ impl Vault {
         ttl_secs: u32,
     ) -> Result<CodeIssued, VaultError> {
         self.handle(caller, Action::RequestTransactionCode, async |req| {
+            // Named by the third party's pairwise token: its records must
+            // not hand it the vault's subject id.
+            req.hide_subject();
             if !txn::valid_binding_message(binding_message) {
                 return Err(VaultError::BadRequest(format!(
                     "binding_message must be 1 to {} characters without control, format or direction characters, not starting or ending with a space",
@@ -579,6 +582,8 @@ impl Vault {
         wait: Duration,
     ) -> Result<Outcome, VaultError> {
         self.handle(caller, Action::AwaitTransaction, async |req| {
+            // Its transaction names the person by the third party's token.
+            req.hide_subject();
             let id = txn::parse_id(id).ok_or(VaultError::NotFound)?;
             let mut until = tokio::time::Instant::now()
                 + wait.min(Duration::from_secs(u64::from(MAX_WAIT_SECS)));
