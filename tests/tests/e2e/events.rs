@@ -382,6 +382,14 @@ pub async fn command_carries_only_named_fields(backend: Backend) -> anyhow::Resu
         .await?
         .into_inner();
     assert!(!r.duplicate);
+    // By subject id, only the creator: partner-b holds a token for the
+    // person but was never given the id by the vault, and must not be able
+    // to test ids it got elsewhere.
+    let r = ctx
+        .publish("partner-b", &p.subject, "contract.ended", "b-2", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), Code::NotFound);
     // No value in the audit log; the outbox holds only ciphertext.
     let details: Vec<String> = sqlx::query_scalar("SELECT detail FROM audit_log")
         .fetch_all(ctx.tv.db())
@@ -1057,15 +1065,19 @@ pub async fn outbox_share_is_per_publisher(backend: Backend) -> anyhow::Result<(
         .await?;
     assert_eq!(events, 3);
     // Another publisher's events to the same recipient go through
-    // (partner-b knows the person from the commands it was sent).
-    ctx.publish(
-        "partner-b",
-        &p.subject,
-        "note.added",
-        "b-0",
-        vec![field("note", "n")],
-    )
-    .await?;
+    // (partner-b knows the person by the token its commands carry).
+    let b_token: String =
+        sqlx::query_scalar("SELECT token FROM pairwise_tokens WHERE partner = 'partner-b'")
+            .fetch_one(&db)
+            .await?;
+    EventServiceClient::new(ctx.tv.channel("partner-b").await?)
+        .publish_event(pb::PublishEventRequest {
+            subject: Some(pb::publish_event_request::Subject::PairwiseToken(b_token)),
+            event_type: "note.added".into(),
+            event_id: "b-0".into(),
+            fields: vec![field("note", "n")],
+        })
+        .await?;
     let got = ctx.drain("partner-b").await;
     let commands: Vec<&str> = got.iter().map(|c| c.command.as_str()).collect();
     assert_eq!(
@@ -1183,8 +1195,13 @@ pub async fn publisher_leaf_does_not_tell_the_outcome(backend: Backend) -> anyho
     }
     assert_eq!(own[0], own[1], "the publisher's records differ: {own:?}");
     assert_eq!(own[0].1.as_deref(), Some(p.subject.as_str()));
-    // Named by its token, the person's vault id is not in the record.
-    assert_eq!((&own[2].0, &own[2].1), (&own[0].0, &None), "{own:?}");
+    // Named by its token, neither the person's vault id nor a policy
+    // decided on that person is in the record.
+    assert_eq!(
+        (own[2].0.as_str(), &own[2].1),
+        ("accepted", &None),
+        "{own:?}"
+    );
     let own: Vec<String> = own.into_iter().map(|(d, _)| d).collect();
     assert!(!own[0].contains("outcome"), "{own:?}");
     // The vault's records say what happened, each naming its request.

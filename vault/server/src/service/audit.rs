@@ -121,6 +121,21 @@ pub struct SequencerState {
     keys: HashMap<u32, AuditKey>,
 }
 
+/// Whether a caller's own leaf is of a form written before the vault kept
+/// out of partners' records what they may not read (docs/audit.md, "Leaf
+/// bytes"): the subject ids a match answer revealed, what a published
+/// event did, the subject of a transaction named by token. Such a leaf
+/// stays in the tree (consistency proofs cover it) but its bytes are not
+/// handed back, or an upgraded vault would still give partners those ids.
+fn withheld(leaf: &AuditLeaf) -> bool {
+    match leaf.action.as_str() {
+        "Match" => leaf.detail.contains("subjects=["),
+        "PublishEvent" => leaf.detail.starts_with("outcome="),
+        "RequestTransactionCode" | "AwaitTransaction" => leaf.subject.is_some(),
+        _ => false,
+    }
+}
+
 impl Vault {
     fn signer(&self) -> Result<NoteSigner, VaultError> {
         audit_signer(
@@ -280,6 +295,12 @@ impl Vault {
             let row = row
                 .filter(|r| crypto::ct_eq(r.columns.actor.as_bytes(), caller.spiffe_id.as_bytes()))
                 .ok_or(VaultError::NotFound)?;
+            if AuditLeaf::decode(&row.bytes).is_ok_and(|l| withheld(&l)) {
+                return Err(VaultError::BadRequest(
+                    "this record was written before records stopped naming what a partner may                      not read; its proof is not served"
+                        .into(),
+                ));
+            }
             let Some(index) = row.idx else {
                 return Err(VaultError::BadRequest(
                     "the leaf is not in a checkpoint yet; retry in a second".into(),
@@ -815,5 +836,71 @@ impl Vault {
             Some(self.keys()),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(action: &str, subject: Option<&str>, detail: &str) -> AuditLeaf {
+        AuditLeaf {
+            time_ms: 0,
+            actor: "spiffe://idvault.dev/partner/partner-b".into(),
+            action: action.into(),
+            subject: subject.map(Into::into),
+            outcome: "ok".into(),
+            detail: detail.into(),
+            policies: Vec::new(),
+            request_id: [0; 16],
+            head: None,
+        }
+    }
+
+    /// Leaves of the earlier forms are not handed back; today's are, and
+    /// so is every other action's, subject or not.
+    #[test]
+    fn earlier_forms_of_partner_records_are_withheld() {
+        let id = "8222fe1c-08ad-460e-9dc6-92834823430b";
+        let old_match = format!("queries=1 refused=0 matched=1 subjects=[{id}]");
+        let old_link = format!("link one_to_one queries=2 refused=0 matched=1 subjects=[{id}]");
+        for (l, hidden) in [
+            (leaf("Match", None, &old_match), true),
+            (leaf("Match", None, &old_link), true),
+            (
+                leaf("Match", None, "queries=1 refused=0 matched=1 subjects=1"),
+                false,
+            ),
+            (
+                leaf("PublishEvent", Some(id), "outcome=ignored_no_rule"),
+                true,
+            ),
+            (
+                leaf(
+                    "PublishEvent",
+                    None,
+                    "outcome=delivered commands=1 ids=cmd_1",
+                ),
+                true,
+            ),
+            (
+                leaf("PublishEvent", Some(id), "accepted policy=events-publish"),
+                false,
+            ),
+            (
+                leaf("RequestTransactionCode", Some(id), "op=request_code"),
+                true,
+            ),
+            (
+                leaf("RequestTransactionCode", None, "op=request_code"),
+                false,
+            ),
+            (leaf("AwaitTransaction", Some(id), "op=outcome"), true),
+            (leaf("AwaitTransaction", None, "op=outcome"), false),
+            (leaf("CreateSubject", Some(id), "fields=3"), false),
+            (leaf("Release", Some(id), "consent=00"), false),
+        ] {
+            assert_eq!(withheld(&l), hidden, "{l:?}");
+        }
     }
 }

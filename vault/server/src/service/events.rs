@@ -224,8 +224,8 @@ impl Vault {
     }
 
     /// The subject `r` names, if the partner knows it: by id when the
-    /// partner holds a pairwise token for it (creator or matcher), or by
-    /// the partner's own pairwise token. Anything else reads as absent.
+    /// partner created it, or by the partner's own pairwise token.
+    /// Anything else reads as absent.
     async fn known_subject(
         &self,
         tx: &mut AuditedTx,
@@ -233,10 +233,20 @@ impl Vault {
         r: &SubjectRef,
     ) -> Result<SubjectId, VaultError> {
         let found = match r {
+            // By id only for its creator: a partner that knows the person
+            // by its token (a matcher, a receiver) and was handed the id
+            // by another must not be able to test which ids it knows.
             SubjectRef::Id(s) => {
                 let id = SubjectId::parse(s)?;
-                let known = tx.pairwise_tokens(&partner.name, &[id]).await?;
-                known.contains_key(&id).then_some(id)
+                match self.store().subject_row(&id).await? {
+                    Some(row) if row.created_by == partner.name => {
+                        if !row.owner_verified {
+                            return Err(VaultError::Integrity("subject owner"));
+                        }
+                        Some(id)
+                    }
+                    _ => None,
+                }
             }
             // A token of the wrong shape names no one (and never reaches
             // the database).

@@ -398,12 +398,15 @@ impl Vault {
             return Ok(req.event(subject, outcome, detail));
         };
         // `append` would name the subject in the caller's leaf with the
-        // chain head (see `Request::hide_subject`).
-        debug_assert!(
-            tx.changed_head().is_none(),
-            "a hidden subject's chain changed"
-        );
-        self.add_job_leaf(
+        // chain head it moved (see `Request::hide_subject`).
+        if tx.changed_head().is_some() {
+            return Err(VaultError::Internal(
+                "a request that hides its subject changed its chain",
+            ));
+        }
+        // The deciding policies go with the subject too: a policy about
+        // one person, named in two partners' records, would tie them.
+        self.add_leaf_of(
             tx,
             REQUEST_SUBJECT_ACTION,
             Some(id),
@@ -412,8 +415,17 @@ impl Vault {
                 hex::encode(req.caller.request_id),
                 req.action.name()
             ),
+            Some(&req.decision),
         )?;
-        Ok(req.event(None, outcome, detail))
+        Ok(event(
+            self,
+            req.caller,
+            req.action.name(),
+            None,
+            outcome,
+            detail,
+            None,
+        ))
     }
 
     /// [`Self::commit`], returning the RFC 9162 leaf hash of the record
@@ -513,8 +525,20 @@ impl Vault {
         subject: Option<&SubjectId>,
         detail: String,
     ) -> Result<(), VaultError> {
+        self.add_leaf_of(tx, action, subject, detail, None)
+    }
+
+    /// [`Self::add_job_leaf`], with the policy decision it records.
+    fn add_leaf_of(
+        &self,
+        tx: &mut AuditedTx,
+        action: &str,
+        subject: Option<&SubjectId>,
+        detail: String,
+        decision: Option<&Decision>,
+    ) -> Result<(), VaultError> {
         let actor = Caller::new(JOB_ACTOR);
-        let leaf = event(self, &actor, action, subject, "ok", detail, None);
+        let leaf = event(self, &actor, action, subject, "ok", detail, decision);
         let sealed = self.seal_leaf(&leaf)?;
         tx.add_leaf(&sealed.new_leaf(&leaf))
             .map_err(VaultError::from)
@@ -638,13 +662,21 @@ impl Vault {
             }
             Err(e) => return Err(e),
         };
-        let ev = self.own_leaf(
+        let ev = match self.own_leaf(
             &mut tx,
             req,
             req.subject(),
             err.outcome(),
             refusal_detail(&err),
-        )?;
+        ) {
+            Ok(ev) => ev,
+            Err(e) => {
+                // Not on the record one by one: counted.
+                self.admission
+                    .count_refusal(&req.caller.spiffe_id, REFUSED_UNRECORDED);
+                return Err(e);
+            }
+        };
         let actor = ev.actor.clone();
         match self.append(tx, ev).await {
             Ok(_) => Err(err),
