@@ -1,6 +1,7 @@
 //! Blind matching over mTLS: pairwise tokens, refusals, rate limits,
 //! deletion, updates, backfill of a new match domain, dataset linking.
 
+use idvault_tests::idvault_core::subject::SubjectId;
 use idvault_tests::idvault_proto::v1::match_service_client::MatchServiceClient;
 use idvault_tests::idvault_proto::v1::{
     AgreementLevel, CreateSubjectRequest, DeleteSubjectRequest, Field, LinkOptions, LinkRecord,
@@ -202,11 +203,20 @@ pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow
         own.iter()
             .all(|l| !String::from_utf8_lossy(l).contains(&ada))
     );
-    let revealed = audit
-        .lines()
-        .filter(|l| l.starts_with("idvault MatchRevealed - ok ") && l.contains(&ada))
-        .count();
-    assert_eq!(revealed, 3, "{audit}");
+    // With the key, the operator finds the three answers that revealed
+    // Ada (partner-a's one, partner-b's two), and no other.
+    tv.checkpointed().await?;
+    let revealed = tv.vault.audit_revealed(&SubjectId::parse(&ada)?).await?;
+    let who: Vec<&str> = revealed.iter().map(|r| r.actor.as_str()).collect();
+    assert_eq!(
+        who,
+        [
+            "spiffe://idvault.dev/partner/partner-a",
+            "spiffe://idvault.dev/partner/partner-b",
+            "spiffe://idvault.dev/partner/partner-b"
+        ],
+        "{revealed:?}"
+    );
     tv.stop().await
 }
 
@@ -766,17 +776,22 @@ pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow
         .filter(|l| l.contains("link one_to_one queries"))
         .collect();
     assert_eq!(answers.len(), 1, "{new:?}");
-    assert!(answers[0].contains("queries=5 refused=1 matched=2 subjects=2"));
+    assert!(answers[0].contains("queries=5 refused=1 matched=2 revealed=v1:["));
     // The partner's own record, which it may read back, names no subject
-    // id; the vault's record beside it names both, and the request.
+    // id, only keyed tags; with the key the operator finds both subjects
+    // revealed by it.
     assert!(!answers[0].contains(&ada) && !answers[0].contains(&grace));
-    let revealed: Vec<&String> = new
-        .iter()
-        .filter(|l| l.starts_with("idvault MatchRevealed - ok request="))
-        .collect();
-    assert_eq!(revealed.len(), 1, "{new:?}");
-    assert!(revealed[0].contains("link one_to_one subjects=["));
-    assert!(revealed[0].contains(&ada) && revealed[0].contains(&grace));
+    tv.checkpointed().await?;
+    for id in [&ada, &grace] {
+        let found = tv
+            .vault
+            .audit_revealed(&SubjectId::parse(id)?)
+            .await?
+            .into_iter()
+            .filter(|r| r.actor.ends_with("/partner-a"))
+            .count();
+        assert!(found >= 1, "{id}");
+    }
     assert_no_pii(&new.join("\n"), ADA);
     assert_no_pii(&new.join("\n"), GRACE);
 

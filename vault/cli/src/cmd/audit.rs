@@ -25,6 +25,19 @@ pub(crate) enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         public_key: Option<std::path::PathBuf>,
     },
+    /// List the match answers that revealed a subject to a partner (its
+    /// pairwise token): tree index, time, partner and request id, one per
+    /// line, from the checkpointed log. Match records carry keyed tags,
+    /// not subject ids (docs/audit.md), so this needs the root key.
+    Revealed {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Database URL (overrides the config).
+        #[arg(long, env = "IDVAULT_DATABASE_URL")]
+        database_url: Option<String>,
+        /// The subject id.
+        subject: String,
+    },
     /// Print the audit log's verifier key in signed-note form
     /// (`name+keyid+base64`); with --all, one per root key version.
     PublicKey {
@@ -120,6 +133,26 @@ pub(crate) async fn run(command: AuditCommand) -> anyhow::Result<()> {
             database_url,
             public_key,
         } => verify(&dir, database_url, public_key.as_deref()).await,
+        AuditCommand::Revealed {
+            dir,
+            database_url,
+            subject,
+        } => {
+            let id = idvault_core::subject::SubjectId::parse(&subject)
+                .context("SUBJECT is not a subject id")?;
+            let cfg = dir.load()?;
+            let keys = idvault_server::app::open_keys(&cfg)?;
+            let url = database_url.unwrap_or_else(|| cfg.database_url());
+            let store = idvault_server::store::Store::connect(&url).await?;
+            let found = audit::revealed_to_partners(&store, &keys, &id).await;
+            store.close().await;
+            let found = found?;
+            for r in &found {
+                println!("{}\t{}\t{}\t{}", r.index, r.time_ms, r.actor, r.request_id);
+            }
+            eprintln!("{} match answers revealed this subject", found.len());
+            Ok(())
+        }
         AuditCommand::PublicKey { dir, all } => {
             let cfg = dir.load()?;
             let keys = idvault_server::app::open_keys(&cfg)?;

@@ -237,11 +237,51 @@ pub fn request_id_hex(id: &[u8; 16]) -> String {
     hex::encode(id)
 }
 
+/// Domain label of a [`reveal_tag`].
+pub const REVEAL_TAG_LABEL: &[u8] = b"idvault/v1/audit-reveal\0";
+/// Bytes of a [`reveal_tag`].
+pub const REVEAL_TAG_LEN: usize = 16;
+
+/// What a `Match` leaf carries for each subject its answer revealed, in
+/// place of the subject id: `HMAC-SHA256(audit MAC key, "idvault/v1/
+/// audit-reveal\0" ‖ request id ‖ subject id's 16 bytes)`, the first 16
+/// bytes. The partner reads its own leaves back, and the vault's ids of
+/// the people it was answered with would tie its pairwise tokens to them;
+/// keyed, a tag lets no one without the root key test a guessed id, and
+/// bound to the request, one person's tags differ from leaf to leaf. The
+/// operator, holding the key, finds the leaves that revealed a subject by
+/// computing its tag for each (docs/audit.md).
+pub fn reveal_tag(
+    key: &crate::secret::AuditKey,
+    request_id: &[u8; 16],
+    subject: &[u8; 16],
+) -> [u8; REVEAL_TAG_LEN] {
+    let full = crate::crypto::hmac_sha256(key.expose(), &[REVEAL_TAG_LABEL, request_id, subject]);
+    let mut tag = [0u8; REVEAL_TAG_LEN];
+    tag.copy_from_slice(&full[..REVEAL_TAG_LEN]);
+    tag
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Known answer (computed independently with Python's `hmac`), the
+    /// vector docs/audit.md gives.
+    #[test]
+    fn reveal_tag_vector() {
+        let key = crate::secret::AuditKey::from_bytes([7; 32], 1);
+        assert_eq!(
+            hex::encode(reveal_tag(&key, &[1; 16], &[2; 16])),
+            "16c99375f631f8e2b2653c96060391cc"
+        );
+        assert_ne!(
+            reveal_tag(&key, &[3; 16], &[2; 16]),
+            reveal_tag(&key, &[1; 16], &[2; 16])
+        );
+    }
 
     fn sample() -> AuditLeaf {
         AuditLeaf {

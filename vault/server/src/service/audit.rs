@@ -121,6 +121,95 @@ pub struct SequencerState {
     keys: HashMap<u32, AuditKey>,
 }
 
+/// A checkpointed `Match` leaf whose answer revealed a given subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revealed {
+    /// Tree index.
+    pub index: u64,
+    /// Milliseconds since the epoch.
+    pub time_ms: i64,
+    /// The partner answered.
+    pub actor: String,
+    /// Its request id, 32 hex digits.
+    pub request_id: String,
+}
+
+/// The subjects-revealed list of a `Match` leaf's detail: the key version
+/// and hex tags of `revealed=v<N>:[…]`, or the ids of the earlier form
+/// `subjects=[…]` (version `None`).
+fn revealed_list(detail: &str) -> Option<(Option<u32>, Vec<&str>)> {
+    fn list(rest: &str) -> Option<Vec<&str>> {
+        let inner = rest.strip_prefix('[')?.split(']').next()?;
+        Some(inner.split(',').filter(|t| !t.is_empty()).collect())
+    }
+    if let Some((_, rest)) = detail.split_once("revealed=v") {
+        let (version, rest) = rest.split_once(':')?;
+        return Some((Some(version.parse().ok()?), list(rest)?));
+    }
+    let (_, rest) = detail.split_once("subjects=")?;
+    Some((None, list(rest)?))
+}
+
+/// The checkpointed `Match` leaves whose answers revealed `subject` to
+/// their partner, in tree order: each leaf's tags
+/// ([`idvault_core::tlog::leaf::reveal_tag`]) are compared with the
+/// subject's under the key version the leaf names (leaves of the earlier
+/// form list the ids). Needs the root key: what a person's history shows
+/// about who matched them.
+pub async fn revealed_to_partners(
+    store: &Store,
+    keys: &KeyHierarchy,
+    subject: &idvault_core::subject::SubjectId,
+) -> Result<Vec<Revealed>, VaultError> {
+    let id = subject.to_string();
+    let mut audit_keys: HashMap<u32, AuditKey> = HashMap::new();
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = store.leaves_from(from, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        from = last.idx.map_or(u64::MAX, |i| i.saturating_add(1));
+        for row in page {
+            let (Some(index), Ok(leaf)) = (row.idx, AuditLeaf::decode(&row.bytes)) else {
+                continue;
+            };
+            if leaf.action != Action::MatchSubjects.name() {
+                continue;
+            }
+            let Some((version, list)) = revealed_list(&leaf.detail) else {
+                continue;
+            };
+            let found = match version {
+                None => list.contains(&id.as_str()),
+                Some(v) => {
+                    let key = match audit_keys.entry(v) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(keys.audit_key(v)?)
+                        }
+                    };
+                    let tag = hex::encode(idvault_core::tlog::leaf::reveal_tag(
+                        key,
+                        &leaf.request_id,
+                        subject.as_bytes(),
+                    ));
+                    list.iter()
+                        .any(|t| crypto::ct_eq(t.as_bytes(), tag.as_bytes()))
+                }
+            };
+            if found {
+                out.push(Revealed {
+                    index,
+                    time_ms: leaf.time_ms,
+                    actor: leaf.actor,
+                    request_id: hex::encode(leaf.request_id),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Whether a caller's own leaf is of a form written before the vault kept
 /// out of partners' records what they may not read (docs/audit.md, "Leaf
 /// bytes"): the subject ids a match answer revealed, what a published
@@ -820,6 +909,14 @@ impl Vault {
         }
     }
 
+    /// [`revealed_to_partners`] over this vault's log and keys.
+    pub async fn audit_revealed(
+        &self,
+        subject: &idvault_core::subject::SubjectId,
+    ) -> Result<Vec<Revealed>, VaultError> {
+        revealed_to_partners(self.store(), self.keys(), subject).await
+    }
+
     /// [`verify_audit_log`] of this vault's own log with its own keys
     /// (signatures and MACs).
     pub async fn verify_own_audit_log(&self) -> Result<AuditVerdict, VaultError> {
@@ -855,6 +952,24 @@ mod tests {
             request_id: [0; 16],
             head: None,
         }
+    }
+
+    #[test]
+    fn revealed_lists_are_read_in_both_forms() {
+        assert_eq!(
+            revealed_list("link queries=2 refused=0 matched=1 revealed=v3:[aa,bb] policy=p"),
+            Some((Some(3), vec!["aa", "bb"]))
+        );
+        assert_eq!(
+            revealed_list("queries=1 refused=0 matched=0 revealed=v1:[]"),
+            Some((Some(1), vec![]))
+        );
+        assert_eq!(
+            revealed_list("queries=1 refused=0 matched=1 subjects=[s-1,s-2]"),
+            Some((None, vec!["s-1", "s-2"]))
+        );
+        assert_eq!(revealed_list("queries=1 revealed=vX:[aa]"), None);
+        assert_eq!(revealed_list("link lookup one_to_one queries=3"), None);
     }
 
     /// Leaves of the earlier forms are not handed back; today's are, and

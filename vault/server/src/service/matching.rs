@@ -28,6 +28,7 @@ use idvault_core::matching::{
 };
 pub use idvault_core::matching::{MAX_QUERY_ID, MAX_RESULTS, MIN_SCORE, MatchQuery};
 use idvault_core::subject::{FieldName, FieldValue, SubjectId};
+use idvault_core::tlog::leaf::reveal_tag;
 
 /// Most queries in one batch message.
 pub const MAX_BATCH: usize = 100;
@@ -135,10 +136,6 @@ async fn best_candidates(
     merged.extend(p.rank(all)?);
     Ok(p.merge(merged))
 }
-
-/// The action of the vault's record of the subjects a match or link
-/// answer revealed (docs/blind-matching.md, "Audit").
-pub const MATCH_REVEALED_ACTION: &str = "MatchRevealed";
 
 /// Pairwise tokens a lookup read: `None` when the subject had none.
 type KnownTokens = HashMap<SubjectId, Option<String>>;
@@ -657,31 +654,24 @@ impl Vault {
         // Every subject about to be answered: the record never leaves out
         // a subject answered. One deleted since the lookup is listed; it
         // is answered only with a token read before the deletion (see
-        // above), never with a new one. The list is the vault's record,
-        // beside the partner's own: a partner reads its own records back
-        // (GetInclusionProof), and the vault's ids of the people it was
-        // answered with would tie its pairwise tokens to them, so partners
-        // could join their records through them.
-        if !subjects.is_empty() {
-            self.add_job_leaf(
-                &mut tx,
-                MATCH_REVEALED_ACTION,
-                None,
-                format!(
-                    "request={} {kind}subjects=[{}]",
-                    hex::encode(req.caller.request_id),
-                    subjects
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            )?;
-        }
+        // above), never with a new one. Listed as keyed tags, not ids: a
+        // partner reads its own records back (GetInclusionProof), and the
+        // vault's ids of the people it was answered with would tie its
+        // pairwise tokens to them, so partners could join their records
+        // through them. The operator finds a subject's tags with the key
+        // (`idvault audit revealed`). A record of the vault's own beside
+        // this one would cost a second leaf per query, sequenced and
+        // hashed: about a sixth of Match's throughput (docs/BENCHMARKS.md).
+        let key = self.keys().audit_key(self.keys().current_version())?;
+        let tags: Vec<String> = subjects
+            .iter()
+            .map(|s| hex::encode(reveal_tag(&key, &req.caller.request_id, s.as_bytes())))
+            .collect();
         let detail = format!(
-            "{kind}queries={} refused={refused} matched={matched} subjects={}",
+            "{kind}queries={} refused={refused} matched={matched} revealed=v{}:[{}]",
             kept.len(),
-            subjects.len()
+            key.version(),
+            tags.join(",")
         );
         let tokens_done = started.elapsed();
         self.commit(tx, req, None, detail).await?;
