@@ -201,6 +201,23 @@ async fn sqlite_restore_from_the_journal_alone_keeps_the_deleted_deleted() {
     audit_verify(dir, None);
     let server = Server::start(dir, None, 2).await;
     check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
+    // Those match answers are on the record as keyed tags: with the root
+    // key, `audit revealed` finds the one that revealed a kept person
+    // (once its leaf is in a checkpoint, within about a second).
+    let mut listed = String::new();
+    for _ in 0..40 {
+        listed = run_cli(dir, &["audit", "revealed", &people[1].0], None);
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("\tspiffe://idvault.dev/partner/partner-a\t")),
+        "{listed}"
+    );
     // No restore under a serving vault.
     let busy = refused_restore(dir, &backup);
     assert!(busy.contains("stop every vault process"), "{busy}");
