@@ -206,7 +206,9 @@ pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow
     // With the key, the operator finds the three answers that revealed
     // Ada (partner-a's one, partner-b's two), and no other.
     tv.checkpointed().await?;
-    let revealed = tv.vault.audit_revealed(&SubjectId::parse(&ada)?).await?;
+    let report = tv.vault.audit_revealed(&SubjectId::parse(&ada)?).await?;
+    assert_eq!((report.bad_mac, report.unsearchable), (0, 0));
+    let revealed = report.found;
     let who: Vec<&str> = revealed.iter().map(|r| r.actor.as_str()).collect();
     assert_eq!(
         who,
@@ -217,6 +219,32 @@ pub async fn same_person_gets_a_pairwise_token_per_partner(b: Backend) -> anyhow
         ],
         "{revealed:?}"
     );
+    // A database writer planting a record of the earlier form (the id in
+    // clear, no key needed) is not believed: its MAC fails, and it counts.
+    let planted = idvault_tests::idvault_core::tlog::leaf::AuditLeaf {
+        time_ms: 1,
+        actor: "spiffe://idvault.dev/partner/partner-b".into(),
+        action: "Match".into(),
+        subject: None,
+        outcome: "ok".into(),
+        detail: format!("queries=1 refused=0 matched=1 subjects=[{ada}]"),
+        policies: Vec::new(),
+        request_id: [9; 16],
+        head: None,
+    };
+    sqlx::query(
+        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
+         idx, leaf, key_version, mac) VALUES (1, $1, 'Match', NULL, 'ok', $2, $3, 1000000, $4, 1, $5)",
+    )
+    .bind(planted.actor.clone())
+    .bind(planted.detail.clone())
+    .bind(planted.request_id.to_vec())
+    .bind(planted.encode())
+    .bind(vec![0u8; 32])
+    .execute(tv.db())
+    .await?;
+    let report = tv.vault.audit_revealed(&SubjectId::parse(&ada)?).await?;
+    assert_eq!((report.found.len(), report.bad_mac), (3, 1), "{report:?}");
     tv.stop().await
 }
 
@@ -782,15 +810,20 @@ pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow
     // revealed by it.
     assert!(!answers[0].contains(&ada) && !answers[0].contains(&grace));
     tv.checkpointed().await?;
+    let answer: Vec<u8> = sqlx::query_scalar(
+        "SELECT request_id FROM audit_log WHERE detail LIKE 'link one_to_one queries%'",
+    )
+    .fetch_one(tv.db())
+    .await?;
     for id in [&ada, &grace] {
-        let found = tv
-            .vault
-            .audit_revealed(&SubjectId::parse(id)?)
-            .await?
-            .into_iter()
-            .filter(|r| r.actor.ends_with("/partner-a"))
-            .count();
-        assert!(found >= 1, "{id}");
+        let report = tv.vault.audit_revealed(&SubjectId::parse(id)?).await?;
+        assert!(
+            report
+                .found
+                .iter()
+                .any(|r| r.request_id == hex::encode(&answer) && r.actor.ends_with("/partner-a")),
+            "{id}: {report:?}"
+        );
     }
     assert_no_pii(&new.join("\n"), ADA);
     assert_no_pii(&new.join("\n"), GRACE);

@@ -41,6 +41,10 @@ pub const HKDF_SALT: &[u8] = b"idvault/v1/hkdf-salt";
 pub const LABEL_KEK: &str = "idvault/v1/kek";
 /// HKDF label of the audit MAC key.
 pub const LABEL_AUDIT_MAC: &str = "idvault/v1/audit-mac";
+/// HKDF label of the key of revealed-subject tags in match records (see
+/// [`crate::tlog::leaf::reveal_tag`]): a key of its own, so that whoever
+/// may search the tags cannot MAC audit leaves.
+pub const LABEL_AUDIT_REVEAL: &str = "idvault/v1/audit-reveal";
 /// HKDF label of the audit checkpoint signing seed (Ed25519, see
 /// [`crate::tlog::checkpoint`]).
 pub const LABEL_AUDIT_SIGNING: &str = "idvault/v1/audit-signing";
@@ -497,6 +501,14 @@ impl KeyHierarchy {
         self.derive(LABEL_AUDIT_MAC, version)
     }
 
+    /// The key of revealed-subject tags in match records, of `version`.
+    pub fn audit_reveal_key(
+        &self,
+        version: u32,
+    ) -> Result<super::secret::AuditRevealKey, KeyError> {
+        self.derive(LABEL_AUDIT_REVEAL, version)
+    }
+
     /// The Ed25519 seed that signs audit checkpoints, of `version`.
     pub fn audit_signing_seed(&self, version: u32) -> Result<AuditSigningSeed, KeyError> {
         self.derive(LABEL_AUDIT_SIGNING, version)
@@ -802,6 +814,23 @@ mod tests {
         assert_ne!(signing1.expose(), h.audit_signing_seed(2).unwrap().expose());
         assert_eq!(h.kek(1).unwrap().expose(), kek1.expose());
         assert_eq!(h.kek(9).unwrap_err(), KeyError::UnknownVersion(9));
+    }
+
+    /// Vector computed with Python's `hmac`/`hashlib` HKDF; also in
+    /// docs/keys.md.
+    #[test]
+    fn audit_reveal_key_known_answer() {
+        let h = KeyHierarchy::new(Box::new(provider()));
+        let k = h.audit_reveal_key(1).unwrap();
+        assert_eq!(
+            hex::encode(k.expose()),
+            "9a38d74b3bc7321fcdc2ac5c7c8b1399fe034952736e0818cea37beb604c824c"
+        );
+        assert_ne!(k.expose(), h.audit_key(1).unwrap().expose());
+        assert_eq!(
+            hex::encode(crate::tlog::leaf::reveal_tag(&k, &[1; 16], &[2; 16])),
+            "b08651f7a2886c61e7f18066178260e8"
+        );
     }
 
     /// Vector cross-checked with Python (`hmac`/`hashlib` HKDF and

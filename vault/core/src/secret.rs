@@ -37,6 +37,9 @@ purposes! {
     DataKeyMaterial => "data-key";
     /// The audit-log MAC key.
     AuditKeyMaterial => "audit-mac-key";
+    /// The key of the tags that stand for revealed subjects in match
+    /// records (see [`crate::tlog::leaf::reveal_tag`]).
+    AuditRevealMaterial => "audit-reveal-key";
     /// The Ed25519 seed the audit transparency log signs checkpoints with.
     AuditSigningMaterial => "audit-signing-seed";
     /// The Ed25519 seed the vault signs consented releases with.
@@ -154,6 +157,8 @@ pub type Kek = Secret<KekMaterial>;
 pub type DataKey = Secret<DataKeyMaterial>;
 /// The audit MAC key.
 pub type AuditKey = Secret<AuditKeyMaterial>;
+/// The key of revealed-subject tags in match records.
+pub type AuditRevealKey = Secret<AuditRevealMaterial>;
 /// The audit checkpoint signing seed (an Ed25519 private key).
 pub type AuditSigningSeed = Secret<AuditSigningMaterial>;
 /// The release signing seed (an Ed25519 private key).

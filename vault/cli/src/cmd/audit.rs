@@ -27,8 +27,9 @@ pub(crate) enum AuditCommand {
     },
     /// List the match answers that revealed a subject to a partner (its
     /// pairwise token): tree index, time, partner and request id, one per
-    /// line, from the checkpointed log. Match records carry keyed tags,
-    /// not subject ids (docs/audit.md), so this needs the root key.
+    /// line, from the sequenced log. Match records carry keyed tags, not
+    /// subject ids (docs/audit.md), so this needs the root key; records
+    /// whose MAC fails are counted and make it exit 1.
     Revealed {
         #[command(flatten)]
         dir: DataDir,
@@ -144,13 +145,26 @@ pub(crate) async fn run(command: AuditCommand) -> anyhow::Result<()> {
             let keys = idvault_server::app::open_keys(&cfg)?;
             let url = database_url.unwrap_or_else(|| cfg.database_url());
             let store = idvault_server::store::Store::connect(&url).await?;
-            let found = audit::revealed_to_partners(&store, &keys, &id).await;
+            let report = audit::revealed_to_partners(&store, &keys, &id).await;
             store.close().await;
-            let found = found?;
-            for r in &found {
+            let report = report?;
+            for r in &report.found {
                 println!("{}\t{}\t{}\t{}", r.index, r.time_ms, r.actor, r.request_id);
             }
-            eprintln!("{} match answers revealed this subject", found.len());
+            eprintln!("{} match answers revealed this subject", report.found.len());
+            if report.unsearchable > 0 {
+                eprintln!(
+                    "{} match records are under retired key versions: their tags cannot be searched",
+                    report.unsearchable
+                );
+            }
+            if report.bad_mac > 0 {
+                eprintln!(
+                    "{} match records failed their MAC and were not read (run `idvault audit verify`)",
+                    report.bad_mac
+                );
+                std::process::exit(1);
+            }
             Ok(())
         }
         AuditCommand::PublicKey { dir, all } => {

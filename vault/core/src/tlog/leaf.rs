@@ -243,16 +243,18 @@ pub const REVEAL_TAG_LABEL: &[u8] = b"idvault/v1/audit-reveal\0";
 pub const REVEAL_TAG_LEN: usize = 16;
 
 /// What a `Match` leaf carries for each subject its answer revealed, in
-/// place of the subject id: `HMAC-SHA256(audit MAC key, "idvault/v1/
+/// place of the subject id: `HMAC-SHA256(reveal key, "idvault/v1/
 /// audit-reveal\0" ‖ request id ‖ subject id's 16 bytes)`, the first 16
-/// bytes. The partner reads its own leaves back, and the vault's ids of
-/// the people it was answered with would tie its pairwise tokens to them;
-/// keyed, a tag lets no one without the root key test a guessed id, and
-/// bound to the request, one person's tags differ from leaf to leaf. The
-/// operator, holding the key, finds the leaves that revealed a subject by
-/// computing its tag for each (docs/audit.md).
+/// bytes ([`crate::keys::KeyHierarchy::audit_reveal_key`]). The partner
+/// reads its own leaves back, and the vault's ids of the people it was
+/// answered with would tie its pairwise tokens to them; keyed, a tag lets
+/// no one without the root key test a guessed id, and bound to the
+/// request, one person's tags differ from request to request (a Link
+/// stream's records share its request id). The operator, holding the key,
+/// finds the leaves that revealed a subject by computing its tag for each
+/// (docs/audit.md).
 pub fn reveal_tag(
-    key: &crate::secret::AuditKey,
+    key: &crate::secret::AuditRevealKey,
     request_id: &[u8; 16],
     subject: &[u8; 16],
 ) -> [u8; REVEAL_TAG_LEN] {
@@ -272,7 +274,7 @@ mod tests {
     /// vector docs/audit.md gives.
     #[test]
     fn reveal_tag_vector() {
-        let key = crate::secret::AuditKey::from_bytes([7; 32], 1);
+        let key = crate::secret::AuditRevealKey::from_bytes([7; 32], 1);
         assert_eq!(
             hex::encode(reveal_tag(&key, &[1; 16], &[2; 16])),
             "16c99375f631f8e2b2653c96060391cc"

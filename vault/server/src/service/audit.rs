@@ -121,7 +121,7 @@ pub struct SequencerState {
     keys: HashMap<u32, AuditKey>,
 }
 
-/// A checkpointed `Match` leaf whose answer revealed a given subject.
+/// A sequenced `Match` leaf whose answer revealed a given subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revealed {
     /// Tree index.
@@ -132,6 +132,19 @@ pub struct Revealed {
     pub actor: String,
     /// Its request id, 32 hex digits.
     pub request_id: String,
+}
+
+/// What [`revealed_to_partners`] found, and what it could not check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevealReport {
+    /// The answers that revealed the subject, in tree order.
+    pub found: Vec<Revealed>,
+    /// `Match` leaves whose MAC did not verify (edited or planted in the
+    /// database, or MACed under a version no longer held): not read.
+    pub bad_mac: u64,
+    /// `Match` leaves whose tags are under a key version no longer held
+    /// (retired): they cannot be searched.
+    pub unsearchable: u64,
 }
 
 /// The subjects-revealed list of a `Match` leaf's detail: the key version
@@ -150,43 +163,51 @@ fn revealed_list(detail: &str) -> Option<(Option<u32>, Vec<&str>)> {
     Some((None, list(rest)?))
 }
 
-/// The checkpointed `Match` leaves whose answers revealed `subject` to
-/// their partner, in tree order: each leaf's tags
+/// The sequenced `Match` leaves whose answers revealed `subject` to their
+/// partner, in tree order: what a person's history shows about who
+/// matched them. Each leaf's MAC is checked first (a row edited or
+/// planted by a database writer is counted, not believed); then its tags
 /// ([`idvault_core::tlog::leaf::reveal_tag`]) are compared with the
-/// subject's under the key version the leaf names (leaves of the earlier
-/// form list the ids). Needs the root key: what a person's history shows
-/// about who matched them.
+/// subject's under the reveal key of the version the leaf names (leaves
+/// of the earlier form list the ids). Tags under a retired version cannot
+/// be searched any more and are counted. Needs the root key.
 pub async fn revealed_to_partners(
     store: &Store,
     keys: &KeyHierarchy,
     subject: &idvault_core::subject::SubjectId,
-) -> Result<Vec<Revealed>, VaultError> {
+) -> Result<RevealReport, VaultError> {
     let id = subject.to_string();
-    let mut audit_keys: HashMap<u32, AuditKey> = HashMap::new();
-    let mut out = Vec::new();
+    let mut mac_keys: HashMap<u32, AuditKey> = HashMap::new();
+    let mut reveal_keys: HashMap<u32, Option<idvault_core::secret::AuditRevealKey>> =
+        HashMap::new();
+    let mut report = RevealReport::default();
     let mut from = 0;
     loop {
-        let page = store.leaves_from(from, PAGE).await?;
+        let page = store
+            .action_leaves_from(Action::MatchSubjects.name(), from, PAGE)
+            .await?;
         let Some(last) = page.last() else { break };
         from = last.idx.map_or(u64::MAX, |i| i.saturating_add(1));
         for row in page {
+            if !mac_ok(keys, &mut mac_keys, &row) {
+                report.bad_mac += 1;
+                continue;
+            }
             let (Some(index), Ok(leaf)) = (row.idx, AuditLeaf::decode(&row.bytes)) else {
                 continue;
             };
-            if leaf.action != Action::MatchSubjects.name() {
-                continue;
-            }
             let Some((version, list)) = revealed_list(&leaf.detail) else {
                 continue;
             };
             let found = match version {
                 None => list.contains(&id.as_str()),
                 Some(v) => {
-                    let key = match audit_keys.entry(v) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(keys.audit_key(v)?)
-                        }
+                    let key = reveal_keys
+                        .entry(v)
+                        .or_insert_with(|| keys.audit_reveal_key(v).ok());
+                    let Some(key) = key else {
+                        report.unsearchable += 1;
+                        continue;
                     };
                     let tag = hex::encode(idvault_core::tlog::leaf::reveal_tag(
                         key,
@@ -198,7 +219,7 @@ pub async fn revealed_to_partners(
                 }
             };
             if found {
-                out.push(Revealed {
+                report.found.push(Revealed {
                     index,
                     time_ms: leaf.time_ms,
                     actor: leaf.actor,
@@ -207,7 +228,7 @@ pub async fn revealed_to_partners(
             }
         }
     }
-    Ok(out)
+    Ok(report)
 }
 
 /// Whether a caller's own leaf is of a form written before the vault kept
@@ -386,7 +407,8 @@ impl Vault {
                 .ok_or(VaultError::NotFound)?;
             if AuditLeaf::decode(&row.bytes).is_ok_and(|l| withheld(&l)) {
                 return Err(VaultError::BadRequest(
-                    "this record was written before records stopped naming what a partner may                      not read; its proof is not served"
+                    "this record was written before records stopped naming what a partner may \
+                     not read; its proof is not served"
                         .into(),
                 ));
             }
@@ -913,7 +935,7 @@ impl Vault {
     pub async fn audit_revealed(
         &self,
         subject: &idvault_core::subject::SubjectId,
-    ) -> Result<Vec<Revealed>, VaultError> {
+    ) -> Result<RevealReport, VaultError> {
         revealed_to_partners(self.store(), self.keys(), subject).await
     }
 

@@ -662,11 +662,15 @@ impl Vault {
         // (`idvault audit revealed`). A record of the vault's own beside
         // this one would cost a second leaf per query, sequenced and
         // hashed: about a sixth of Match's throughput (docs/BENCHMARKS.md).
-        let key = self.keys().audit_key(self.keys().current_version())?;
-        let tags: Vec<String> = subjects
+        let key = self
+            .keys()
+            .audit_reveal_key(self.keys().current_version())?;
+        let mut tags: Vec<String> = subjects
             .iter()
             .map(|s| hex::encode(reveal_tag(&key, &req.caller.request_id, s.as_bytes())))
             .collect();
+        // In tag order, not subject order.
+        tags.sort_unstable();
         let detail = format!(
             "{kind}queries={} refused={refused} matched={matched} revealed=v{}:[{}]",
             kept.len(),

@@ -204,6 +204,26 @@ impl Store {
         rows.iter().map(leaf_row).collect()
     }
 
+    /// Up to `limit` sequenced leaves of `action` (as its query column
+    /// says) with index `>= from`, by index.
+    pub async fn action_leaves_from(
+        &self,
+        action: &str,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<LeafRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LEAF_COLUMNS} FROM audit_log WHERE idx >= $1 AND action = $2 \
+             ORDER BY idx LIMIT $3"
+        )))
+        .bind(u64_to_i64(from)?)
+        .bind(action.to_owned())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(leaf_row).collect()
+    }
+
     /// Up to `limit` leaves not yet sequenced with an id above `after`.
     pub async fn unsequenced_leaves(
         &self,
