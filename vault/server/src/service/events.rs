@@ -540,15 +540,20 @@ impl Vault {
     ) -> (DeviceOutcome, String) {
         // Peers' rules to targets that may not receive commands (set
         // before SetRules refused them, or whose target lost the right)
-        // could not be adopted: they are not suggested.
+        // could not be adopted: they are not suggested. One decision per
+        // target, not per rule (up to 1000 peers of 64 rules each).
+        let mut receives: std::collections::HashMap<String, bool> =
+            std::collections::HashMap::new();
         let peers: Vec<rules::Peer> = inputs
             .peers
             .into_iter()
             .map(|(history, mut rules)| {
                 rules.retain(|r| {
-                    self.registry()
-                        .by_spiffe_id(&r.target)
-                        .is_some_and(|t| self.may_receive_commands(t))
+                    *receives.entry(r.target.clone()).or_insert_with(|| {
+                        self.registry()
+                            .by_spiffe_id(&r.target)
+                            .is_some_and(|t| self.may_receive_commands(t))
+                    })
                 });
                 rules::Peer { history, rules }
             })

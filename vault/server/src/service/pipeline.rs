@@ -646,11 +646,9 @@ impl Vault {
         self.append(tx, leaf).await.map(|_| ())
     }
 
-    /// Records a refusal or failure of `req` in its own transaction and
-    /// returns the error; if even that fails, the caller learns the audit
-    /// is down.
-    /// Records `req`'s refusal, about the subject it named (as
-    /// [`Self::own_leaf`] writes it), in a transaction of its own.
+    /// Records a refusal or failure of `req` in its own transaction, about
+    /// the subject it named (as [`Self::own_leaf`] writes it), and returns
+    /// the error; if even that fails, the caller learns the audit is down.
     async fn refuse<T>(&self, req: &Request<'_>, err: VaultError) -> Result<T, VaultError> {
         let mut tx = match self.begin().await {
             Ok(tx) => tx,
