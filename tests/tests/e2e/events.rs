@@ -170,17 +170,30 @@ impl Ctx {
         event_id: &str,
         fields: Vec<pb::EventField>,
     ) -> Result<pb::PublishEventResponse, tonic::Status> {
+        let subject = pb::publish_event_request::Subject::SubjectId(subject.into());
+        self.publish_as(partner, subject, event_type, event_id, fields)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// [`Ctx::publish`] naming the person either way, with the response's
+    /// metadata (its request id).
+    async fn publish_as(
+        &self,
+        partner: &str,
+        subject: pb::publish_event_request::Subject,
+        event_type: &str,
+        event_id: &str,
+        fields: Vec<pb::EventField>,
+    ) -> Result<tonic::Response<pb::PublishEventResponse>, tonic::Status> {
         EventServiceClient::new(self.tv.channel(partner).await.unwrap())
             .publish_event(pb::PublishEventRequest {
-                subject: Some(pb::publish_event_request::Subject::SubjectId(
-                    subject.into(),
-                )),
+                subject: Some(subject),
                 event_type: event_type.into(),
                 event_id: event_id.into(),
                 fields,
             })
             .await
-            .map(tonic::Response::into_inner)
     }
 
     /// `n` address events about `p` from partner-a, all sent at once, each
@@ -370,15 +383,14 @@ pub async fn command_carries_only_named_fields(backend: Backend) -> anyhow::Resu
             .await?;
     assert_eq!(c.pairwise_token, b_token);
     // partner-b can publish about the person with that token too.
-    let r = EventServiceClient::new(ctx.tv.channel("partner-b").await?)
-        .publish_event(pb::PublishEventRequest {
-            subject: Some(pb::publish_event_request::Subject::PairwiseToken(
-                b_token.clone(),
-            )),
-            event_type: "contract.ended".into(),
-            event_id: "b-1".into(),
-            fields: vec![],
-        })
+    let r = ctx
+        .publish_as(
+            "partner-b",
+            pb::publish_event_request::Subject::PairwiseToken(b_token.clone()),
+            "contract.ended",
+            "b-1",
+            vec![],
+        )
         .await?
         .into_inner();
     assert!(!r.duplicate);
@@ -1070,14 +1082,14 @@ pub async fn outbox_share_is_per_publisher(backend: Backend) -> anyhow::Result<(
         sqlx::query_scalar("SELECT token FROM pairwise_tokens WHERE partner = 'partner-b'")
             .fetch_one(&db)
             .await?;
-    EventServiceClient::new(ctx.tv.channel("partner-b").await?)
-        .publish_event(pb::PublishEventRequest {
-            subject: Some(pb::publish_event_request::Subject::PairwiseToken(b_token)),
-            event_type: "note.added".into(),
-            event_id: "b-0".into(),
-            fields: vec![field("note", "n")],
-        })
-        .await?;
+    ctx.publish_as(
+        "partner-b",
+        pb::publish_event_request::Subject::PairwiseToken(b_token),
+        "note.added",
+        "b-0",
+        vec![field("note", "n")],
+    )
+    .await?;
     let got = ctx.drain("partner-b").await;
     let commands: Vec<&str> = got.iter().map(|c| c.command.as_str()).collect();
     assert_eq!(
@@ -1158,13 +1170,14 @@ pub async fn publisher_leaf_does_not_tell_the_outcome(backend: Backend) -> anyho
         ("card.lost", "i-1", Subject::SubjectId(p.subject.clone())),
         ("card.lost", "i-2", Subject::PairwiseToken(p.token.clone())),
     ] {
-        let resp = EventServiceClient::new(ctx.tv.channel("partner-a").await?)
-            .publish_event(pb::PublishEventRequest {
-                subject: Some(subject),
-                event_type: event_type.into(),
-                event_id: event_id.into(),
-                fields: vec![field("address", "1 High St")],
-            })
+        let resp = ctx
+            .publish_as(
+                "partner-a",
+                subject,
+                event_type,
+                event_id,
+                vec![field("address", "1 High St")],
+            )
             .await?;
         let id = resp
             .metadata()
