@@ -779,16 +779,15 @@ impl Vault {
                 let answers = self.reveal(req, kept, tokens, "link ").await?;
                 return Ok(link_answers(ids, answers));
             }
-            // Nothing revealed yet: the record says what was looked up.
+            // Nothing revealed yet: the record says what was looked up,
+            // not how many records found someone. The partner reads its
+            // records back (`GetInclusionProof`), and a job it abandons
+            // before its end reveals nothing: a count of records with
+            // candidates would tell it, per message, whether a guessed
+            // record is someone in the vault, with no reveal recorded.
             let refused = kept.iter().filter(|k| k.is_err()).count();
-            let with = kept
-                .iter()
-                .filter(|k| matches!(k, Ok(c) if !c.is_empty()))
-                .count();
             let tx = self.begin().await?;
-            let detail = format!(
-                "link lookup one_to_one queries={n} refused={refused} with_candidates={with}"
-            );
+            let detail = format!("link lookup one_to_one queries={n} refused={refused}");
             self.commit(tx, req, None, detail).await?;
             job.pending.extend(ids.into_iter().zip(kept));
             Ok(Vec::new())

@@ -567,14 +567,14 @@ pub(super) async fn candidates<'e>(
     if blocking.is_empty() {
         return Ok((Vec::new(), HashMap::new()));
     }
-    // The ranking's placeholders run to $(1 + 3n); the partner comes next.
+    // The ranking's placeholders run to $(1 + 2n); the partner comes next.
     let sql = format!(
         "SELECT s.subject_id, s.fields, s.signature, c.g, t.token FROM match_subjects s \
          JOIN ({}) c ON c.subject_id = s.subject_id \
          LEFT JOIN pairwise_tokens t ON t.subject_id = s.subject_id AND t.partner = ${} \
          WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
         ranking_sql(blocking.len(), limit),
-        2 + 3 * blocking.len(),
+        2 + 2 * blocking.len(),
     );
     let q =
         sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64, Option<String>)>(sqlx::AssertSqlSafe(sql));
@@ -592,13 +592,27 @@ pub(super) async fn candidates<'e>(
     Ok((out, tokens))
 }
 
+/// Most subjects read per blocking key of the first lookup
+/// ([`ranking_sql`]). A blocking key is held by few people in real data
+/// (an identifier, a date of birth: about 27 people per date at 1,000,000
+/// subjects), but a value can be common by accident (a placeholder date,
+/// a care home's address) or on purpose (a partner creating many people
+/// with one value): without a cap, every query with that value would group
+/// every row holding it, on the reader connections all partners share,
+/// in time proportional to their number. With it a query reads at most
+/// this many rows per key (in index order), like the wide keys'
+/// [`WIDE_KEY_CAP`]; a duplicate beyond the cap of a crowded key is found
+/// through its other keys.
+pub(super) const BLOCKING_KEY_CAP: u32 = 1024;
+
 /// The ranking of [`candidates`] and [`ranks`]: `(subject_id, g)`, the at
 /// most `limit` subjects of domain `$1` with the highest rank over `n`
-/// blocking indexes, best first. The IN list lets the planner use the
-/// (domain, bidx) key; the VALUES list carries each index's gain. Both
-/// VALUES columns are named column1, column2 by SQLite and PostgreSQL
-/// alike. Only placeholders and the integer `limit` are formatted in;
-/// [`bind_ranking`] binds the placeholders.
+/// blocking indexes, best first: for each field, the gain of its best key
+/// the subject holds, summed over fields. Each key is one sub-select on
+/// the (domain, bidx) key capped at [`BLOCKING_KEY_CAP`] subjects, with
+/// its gain beside it. Only placeholders and integer constants are
+/// formatted in; [`bind_ranking`] binds the placeholders: the domain,
+/// then each key's index and gain.
 ///
 /// The limit is written into the text, not bound: SQLite reads a bound
 /// `LIMIT` when it plans a statement, so each new binding of it marks the
@@ -607,17 +621,25 @@ pub(super) async fn candidates<'e>(
 /// Match load. As a literal, one cached statement serves each
 /// (n, limit), and the limits are a few constants.
 fn ranking_sql(n: usize, limit: u32) -> String {
-    let values: Vec<String> = (0..n)
-        .map(|i| format!("(${}, ${})", 2 + n + 2 * i, 3 + n + 2 * i))
+    // SQLite allows no ORDER BY or LIMIT on a member of a compound
+    // SELECT, hence each capped read in a sub-select of its own.
+    let parts: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "SELECT k{i}.subject_id, k{i}.field, CAST(${} AS DOUBLE PRECISION) AS g FROM \
+                 (SELECT subject_id, field FROM match_index WHERE domain = $1 AND bidx = ${} \
+                  ORDER BY subject_id LIMIT {BLOCKING_KEY_CAP}) k{i}",
+                3 + 2 * i,
+                2 + 2 * i
+            )
+        })
         .collect();
     format!(
         "SELECT h.subject_id, SUM(h.g) AS g FROM \
-           (SELECT m.subject_id, m.field, MAX(p.column2) AS g FROM match_index m \
-            JOIN (VALUES {}) p ON p.column1 = m.bidx \
-            WHERE m.domain = $1 AND m.bidx IN ({}) GROUP BY m.subject_id, m.field) h \
+           (SELECT u.subject_id, u.field, MAX(u.g) AS g FROM ({}) u \
+            GROUP BY u.subject_id, u.field) h \
          GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT {limit}",
-        values.join(", "),
-        placeholders(2, n),
+        parts.join(" UNION ALL "),
     )
 }
 
@@ -628,9 +650,6 @@ fn bind_ranking<'q, O>(
     blocking: &[(i64, f64)],
 ) -> sqlx::query::QueryAs<'q, Any, O, sqlx::any::AnyArguments> {
     q = q.bind(domain.to_owned());
-    for (b, _) in blocking {
-        q = q.bind(*b);
-    }
     for (b, g) in blocking {
         q = q.bind(*b).bind(*g);
     }
@@ -793,9 +812,9 @@ mod tests {
         }
         assert!(ranking_sql(3, 8).ends_with("LIMIT 8"));
         assert!(wide_sql(2, 64).contains("LIMIT 64)"));
-        // Placeholders are numbered from $1 without a gap (domain, the IN
-        // list, then (index, gain) pairs: 1 + 3n for the ranking, 1 + 2n
-        // for the wide keys), and exactly that many values are bound: a
+        // Placeholders are numbered from $1 without a gap (domain, then
+        // (index, gain) pairs: 1 + 2n for the ranking and for the wide
+        // keys), and exactly that many values are bound: a
         // short bind count would bind NULLs on SQLite and find nothing.
         let has = |sql: &str, i: usize| {
             let p = format!("${i}");
@@ -806,8 +825,13 @@ mod tests {
         };
         let blocking = [(11, 0.5), (12, 1.5), (13, 2.5)];
         let sql = ranking_sql(blocking.len(), 8);
-        assert!((1..=10).all(|i| has(&sql, i)), "{sql}");
-        assert!(!has(&sql, 11), "{sql}");
+        assert!((1..=7).all(|i| has(&sql, i)), "{sql}");
+        assert!(!has(&sql, 8), "{sql}");
+        assert_eq!(
+            sql.matches(&format!("LIMIT {BLOCKING_KEY_CAP})")).count(),
+            blocking.len(),
+            "each key capped: {sql}"
+        );
         let mut q = bind_ranking(
             sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql)),
             "d",
@@ -816,9 +840,76 @@ mod tests {
         let bound = sqlx::Execute::take_arguments(&mut q)
             .expect("arguments")
             .expect("some arguments");
-        assert_eq!(sqlx::Arguments::len(&bound), 10);
+        assert_eq!(sqlx::Arguments::len(&bound), 7);
         let sql = wide_sql(2, 64);
         assert!((1..=5).all(|i| has(&sql, i)), "{sql}");
         assert!(!has(&sql, 6), "{sql}");
+    }
+
+    /// A key held by more subjects than [`BLOCKING_KEY_CAP`] reads only
+    /// that many of them, and a subject beyond the cap is still ranked
+    /// through its other keys.
+    #[tokio::test]
+    async fn a_crowded_blocking_key_reads_at_most_its_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let store = super::super::Store::connect(&url).await.expect("connect");
+        let crowd = BLOCKING_KEY_CAP as usize + 100;
+        let mut conn = store.pool().acquire().await.expect("conn");
+        sqlx::query("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .expect("begin");
+        for i in 0..crowd {
+            // Big-endian: index order is creation order.
+            let mut id = [0u8; 16];
+            id[12..].copy_from_slice(&u32::try_from(i).expect("small").to_be_bytes());
+            sqlx::query(
+                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
+                 VALUES ('d', 7, $1, 2, 1)",
+            )
+            .bind(id.to_vec())
+            .execute(&mut *conn)
+            .await
+            .expect("index row");
+        }
+        // The last of the crowd also holds a key of its own.
+        let mut last = [0u8; 16];
+        last[12..].copy_from_slice(&u32::try_from(crowd - 1).expect("small").to_be_bytes());
+        sqlx::query(
+            "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
+             VALUES ('d', 9, $1, 5, 1)",
+        )
+        .bind(last.to_vec())
+        .execute(&mut *conn)
+        .await
+        .expect("index row");
+        sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .expect("commit");
+        drop(conn);
+
+        let limit = u32::try_from(crowd).expect("small");
+        let one = store
+            .match_ranks("d", &[(7, 1.0)], limit)
+            .await
+            .expect("ranks");
+        assert_eq!(one.len(), BLOCKING_KEY_CAP as usize);
+        assert!(one.iter().all(|(s, _)| s.as_bytes() != &last));
+
+        let both = store
+            .match_ranks("d", &[(7, 1.0), (9, 2.0)], 8)
+            .await
+            .expect("ranks");
+        assert_eq!(both[0].0.as_bytes(), &last, "found through its own key");
+        assert!((both[0].1 - 2.0).abs() < 1e-9, "beyond the cap: key 9 only");
+        assert!(both[1..].iter().all(|(_, g)| (g - 1.0).abs() < 1e-9));
+        // A field's gain counts once: the best of its keys.
+        let same_field = store
+            .match_ranks("d", &[(7, 1.0), (7, 1.0)], 2)
+            .await
+            .expect("ranks");
+        assert!((same_field[0].1 - 1.0).abs() < 1e-9);
     }
 }
