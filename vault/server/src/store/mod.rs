@@ -1289,4 +1289,53 @@ mod tests {
             );
         }
     }
+
+    /// Calls that give up while queued for the SQLite writer free their
+    /// places at once: one partner calling with short deadlines while the
+    /// writer is held cannot fill the queue everyone's writes need.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_writer_waits_free_their_places() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        let id = SubjectId::parse("00000000-0000-0000-0000-000000000000").expect("id");
+        // A request holding the writer (a slow one).
+        let mut holder = store.begin_audited(None).expect("holder");
+        holder.subject(&id).await.expect("read on the writer");
+        // More short-deadline calls than the queue has places.
+        let mut gave_up = 0;
+        for _ in 0..(WRITE_QUEUE / 64 + 4) {
+            let calls: Vec<_> = (0..64)
+                .map(|_| {
+                    let s = store.clone();
+                    tokio::spawn(async move {
+                        let d = tokio::time::Instant::now() + Duration::from_millis(5);
+                        match s.begin_audited(Some(d)) {
+                            Ok(mut tx) => tx.subject(&id).await.map(|_| ()),
+                            Err(e) => Err(e),
+                        }
+                    })
+                })
+                .collect();
+            for c in calls {
+                match c.await.expect("task") {
+                    Err(StoreError::Deadline) => gave_up += 1,
+                    other => panic!("expected the deadline, got {other:?}"),
+                }
+            }
+        }
+        assert_eq!(gave_up, (WRITE_QUEUE / 64 + 4) * 64);
+        // Their places are free while the writer is still held.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            store.write_queue_use() <= 1,
+            "places held by abandoned waits: {}",
+            store.write_queue_use()
+        );
+        assert!(
+            store.begin_audited(None).is_ok(),
+            "another partner's write is queued"
+        );
+        drop(holder);
+    }
 }

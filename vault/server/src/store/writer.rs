@@ -118,21 +118,30 @@ impl GroupWriter {
     /// holder.
     ///
     /// `slot` (the request's place in the writer queue) travels with the
-    /// task and comes back with the writer: a caller that gave up while
-    /// queued still holds its place until its task is done, so abandoned
-    /// waits cannot pile up beyond the queue bound, and a task whose
-    /// caller is gone when its turn comes opens nothing.
+    /// task and comes back with the writer. The wait for the writer is the
+    /// one part of the task that may be cut short: if the caller gives up
+    /// while queued (its deadline, the client going away), the task stops
+    /// waiting at once and its place in the queue is freed. Otherwise a
+    /// partner calling with deadlines shorter than the writer's turn would
+    /// leave a waiting task behind per call, each holding a place and
+    /// counted as queued, and fill the queue every other partner's writes
+    /// need (its in-flight limit counts calls, which return at their
+    /// deadline).
     pub(super) async fn begin(
         self: &Arc<Self>,
         slot: OwnedSemaphorePermit,
     ) -> Result<(OwnedMutexGuard<Batch>, OwnedSemaphorePermit), StoreError> {
         let me = Arc::clone(self);
-        let (tx, rx) = oneshot::channel();
+        let (mut tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             let mut b = {
                 me.queued.fetch_add(1, Ordering::SeqCst);
                 let _q = Queued(&me.queued);
-                Arc::clone(&me.batch).lock_owned().await
+                // Cancel-safe: a lock not yet taken is simply not taken.
+                tokio::select! {
+                    b = Arc::clone(&me.batch).lock_owned() => b,
+                    () = tx.closed() => return,
+                }
             };
             if tx.is_closed() {
                 return;
