@@ -604,7 +604,7 @@ async fn one_of_24_fails(
                         SubjectId::from_slice(&[101; 16]).expect("16"),
                         "taken".into(),
                     )],
-                ),
+                )?,
             }
             commit_test_leaf(tx, &key_bytes, action, i).await?;
             anyhow::Ok(())
@@ -663,7 +663,7 @@ pub async fn group_commit_isolates_a_request_whose_last_rows_fail(
             SubjectId::from_slice(&[100; 16]).expect("16"),
             "taken".into(),
         )],
-    );
+    )?;
     commit_test_leaf(tx, key.expose(), "LastRowsSetup", 200).await?;
     one_of_24_fails(&tv, "last-rows", "LastRowsTest", Spoil::LastRows).await?;
     assert_eq!(
@@ -692,7 +692,7 @@ pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Re
         tx.pairwise_insert(
             "group-test",
             &[(SubjectId::from_slice(&[i; 16]).expect("16"), token)],
-        );
+        )?;
         // A second row of the same request, written only if all of it is.
         tx.pairwise_insert(
             "group-test",
@@ -700,7 +700,7 @@ pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Re
                 SubjectId::from_slice(&[i | 0x80; 16]).expect("16"),
                 format!("second-{i}"),
             )],
-        );
+        )?;
         commit_test_leaf(tx, &key, "WriteSetTest", i).await
     }
     one(store.clone(), key_bytes, 100, "taken".into()).await?;
@@ -747,11 +747,11 @@ pub async fn write_set_batch_isolates_a_failed_request(b: Backend) -> anyhow::Re
             ),
             (SubjectId::from_slice(&[1; 16]).expect("16"), "other".into()),
         ],
-    );
+    )?;
     tx.pairwise_insert(
         "group-test-2",
         &[(SubjectId::from_slice(&[2; 16]).expect("16"), "live".into())],
-    );
+    )?;
     commit_test_leaf(tx, &key_bytes, "WriteSetTest", 200).await?;
     assert_eq!(
         tv.count("SELECT count(*) FROM pairwise_tokens WHERE token IN ('gone', 'other')")

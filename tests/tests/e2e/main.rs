@@ -133,6 +133,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     transactions::codes_are_single_use_under_concurrency,
     transactions::codes_expire,
     transactions::third_party_records_name_no_subject,
+    transactions::forged_pairwise_tokens_reach_nobody,
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,

@@ -729,3 +729,76 @@ pub async fn third_party_records_name_no_subject(b: Backend) -> anyhow::Result<(
     }
     cx.tv.stop().await
 }
+
+/// A database writer without the root key (SECURITY.md) cannot point a
+/// partner's pairwise token at another person, nor invent a token: the
+/// partner's code request by that token is refused with DATA_LOSS,
+/// audited as an integrity failure, and no other person's phone is asked.
+pub async fn forged_pairwise_tokens_reach_nobody(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(b).await?;
+    // Another person, with a phone of their own (the writer's accomplice).
+    let other = cx
+        .tv
+        .subjects("partner-a")
+        .await?
+        .create_subject(pb::CreateSubjectRequest {
+            fields: fields(&[("given_name", "Mallory"), ("family_name", "Other")]),
+        })
+        .await?
+        .into_inner();
+    let other_phone = enroll(&cx.tv, &mut cx.wallet, &other.subject_id).await;
+    let other_id = idvault_tests::idvault_core::subject::SubjectId::parse(&other.subject_id)
+        .expect("subject id")
+        .as_bytes()
+        .to_vec();
+    let forged_refusal = |r: Result<tonic::Response<pb::RequestCodeResponse>, tonic::Status>| {
+        let s = r.expect_err("a forged token row");
+        assert_eq!(s.code(), Code::DataLoss, "{}", s.message());
+    };
+
+    // Pointed at the other person: their own token row goes, the
+    // person's token now names them.
+    sqlx::query("DELETE FROM pairwise_tokens WHERE token = $1")
+        .bind(other.pairwise_token.clone())
+        .execute(cx.tv.db())
+        .await?;
+    sqlx::query("UPDATE pairwise_tokens SET subject_id = $1 WHERE token = $2")
+        .bind(other_id.clone())
+        .bind(cx.token_a.clone())
+        .execute(cx.tv.db())
+        .await?;
+    forged_refusal(
+        cx.a.request_code(ask(&cx.token_a, "Pay 10 EUR", &[], 0))
+            .await,
+    );
+    let (_, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(outcome, "error");
+    assert!(
+        detail.contains("integrity: pairwise token row MAC"),
+        "{detail}"
+    );
+
+    // Invented, without a MAC (as a row from before token MACs).
+    let invented = "pw_aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    sqlx::query(
+        "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES ('partner-a', $1, $2)",
+    )
+    .bind(vec![0x11u8; 16])
+    .bind(invented)
+    .execute(cx.tv.db())
+    .await?;
+    forged_refusal(cx.a.request_code(ask(invented, "Pay 10 EUR", &[], 0)).await);
+    // It stays unsealed when the vault starts again: tokens are sealed
+    // already, so it is no upgrade's.
+    cx.tv.restart().await?;
+    let mut a = TransactionServiceClient::new(cx.tv.channel("partner-a").await?);
+    forged_refusal(a.request_code(ask(invented, "Pay 10 EUR", &[], 0)).await);
+
+    // No transaction was made, so the other phone has nothing to answer.
+    let none: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transactions")
+        .fetch_one(cx.tv.db())
+        .await?;
+    assert_eq!(none, 0);
+    drop(other_phone);
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! MACs binding the rows that authorise something but carry no signature
 //! of their own to the root key: subject owners, enrolled devices,
 //! enrollment codes, presented consents (beside the grant bytes and
-//! signature they keep), entity links and rules.
+//! signature they keep), entity links, rules and pairwise tokens.
 //!
 //! The threat is a database writer without the root key (SECURITY.md): a
 //! row they insert or edit must authorise nothing. Each row kind has a
@@ -188,6 +188,17 @@ pub fn subject_owner(subject: &SubjectId, created_by: &str, created_at_ms: i64) 
         .bytes(subject.as_bytes())
         .text(created_by)
         .int(created_at_ms)
+}
+
+/// A partner's pairwise token for a person: partner, subject, token. A
+/// partner names the person by it when it asks for a transaction code or
+/// publishes an event, so a row pointing its token at someone else would
+/// send that person's approval request to another's phone.
+pub fn pairwise_token(partner: &str, subject: &SubjectId, token: &str) -> RowBytes {
+    RowBytes::new("pairwise-token")
+        .text(partner)
+        .bytes(subject.as_bytes())
+        .text(token)
 }
 
 /// A person's link to an entity: subject, entity, link time.
@@ -394,6 +405,35 @@ mod tests {
                 1_700_000_000_000,
             ),
             subject_owner(&id, "partner-a", 1_700_000_000_001),
+        ] {
+            assert_eq!(m.check(&other, Some(i64::from(v)), Some(&mac)), forged);
+        }
+    }
+
+    #[test]
+    fn pairwise_token_binds_every_column() {
+        let mut want = b"idvault/v1/row/pairwise-token\x00".to_vec();
+        want.extend_from_slice(&9u32.to_be_bytes());
+        want.extend_from_slice(b"partner-a");
+        want.extend_from_slice(&16u32.to_be_bytes());
+        want.extend_from_slice(&[7; 16]);
+        want.extend_from_slice(&29u32.to_be_bytes());
+        want.extend_from_slice(b"pw_abcdefghijklmnopqrstuvwxyz");
+        let id = SubjectId::from_bytes([7; 16]);
+        let row = pairwise_token("partner-a", &id, "pw_abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(row.as_bytes(), want.as_slice());
+        let m = RowMac::from_keys([key(1, 0x42)]).unwrap();
+        let (v, mac) = m.seal(&row);
+        assert_eq!(m.check(&row, Some(i64::from(v)), Some(&mac)), Ok(()));
+        let forged = Err(RowMacError::Forged("pairwise-token"));
+        for other in [
+            pairwise_token("partner-b", &id, "pw_abcdefghijklmnopqrstuvwxyz"),
+            pairwise_token(
+                "partner-a",
+                &SubjectId::from_bytes([8; 16]),
+                "pw_abcdefghijklmnopqrstuvwxyz",
+            ),
+            pairwise_token("partner-a", &id, "pw_abcdefghijklmnopqrstuvwxy2"),
         ] {
             assert_eq!(m.check(&other, Some(i64::from(v)), Some(&mac)), forged);
         }

@@ -469,7 +469,7 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<String, VaultError> {
         let token = new_pairwise_token(self.rng())?;
-        tx.pairwise_insert(&partner.name, &[(*subject, token.clone())]);
+        tx.pairwise_insert(&partner.name, &[(*subject, token.clone())])?;
         Ok(token)
     }
 
@@ -645,7 +645,7 @@ impl Vault {
         // its reads; the token of a subject deleted since the lookup is
         // not stored (`pairwise_insert`), and then it is not answered.
         let mut tx = self.begin().await?;
-        tx.pairwise_insert(&partner.name, &fresh);
+        tx.pairwise_insert(&partner.name, &fresh)?;
         let refused = kept.iter().filter(|k| k.is_err()).count();
         let matched = kept
             .iter()

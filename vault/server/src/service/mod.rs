@@ -147,6 +147,7 @@ impl From<StoreError> for VaultError {
                 "consent" => "consent row MAC",
                 "entity-link" => "entity link row MAC",
                 "rule" => "rule row MAC",
+                "pairwise-token" => "pairwise token row MAC",
                 _ => "row MAC key missing",
             }),
             e => Self::Storage(e),

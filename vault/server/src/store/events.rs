@@ -490,23 +490,39 @@ impl AuditedTx {
         Ok(n)
     }
 
-    /// The subject a partner's pairwise token names.
+    /// The subject a partner's pairwise token names. The row's MAC is
+    /// checked: one pointing the token at another subject (a database
+    /// writer's) fails the request rather than reach that subject's
+    /// phone or rules.
     pub async fn subject_of_pairwise(
         &mut self,
         partner: &str,
         token: &str,
     ) -> Result<Option<SubjectId>, StoreError> {
-        let b: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT subject_id FROM pairwise_tokens WHERE partner = $1 AND token = $2",
+        // subject id, MAC version, MAC
+        type TokenRow = (Vec<u8>, Option<i64>, Option<Vec<u8>>);
+        let row: Option<TokenRow> = sqlx::query_as(
+            "SELECT subject_id, mac_version, mac FROM pairwise_tokens \
+             WHERE partner = $1 AND token = $2",
         )
         .bind(partner.to_owned())
         .bind(token.to_owned())
         .fetch_optional(self.conn().await?)
         .await?;
-        b.map(|b| {
-            SubjectId::from_slice(&b).ok_or(StoreError::Corrupt("pairwise_tokens.subject_id"))
-        })
-        .transpose()
+        let Some((b, v, mac)) = row else {
+            return Ok(None);
+        };
+        let subject =
+            SubjectId::from_slice(&b).ok_or(StoreError::Corrupt("pairwise_tokens.subject_id"))?;
+        super::matching::check_pairwise(
+            &*self.store.row_keys()?,
+            partner,
+            &subject,
+            token,
+            v,
+            mac.as_deref(),
+        )?;
+        Ok(Some(subject))
     }
 }
 

@@ -12,6 +12,7 @@ use super::rows::u64_to_i64;
 use super::writeset::{Table, Value};
 use super::{AuditedTx, Store, StoreError};
 use idvault_core::matching::Candidate;
+use idvault_core::rowmac::{self, RowMac};
 use idvault_core::subject::SubjectId;
 
 /// A benchmark fixture subject: blocking `(field code, index)` rows,
@@ -38,7 +39,7 @@ pub(super) fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
-fn subject_of(bytes: &[u8], col: &'static str) -> Result<SubjectId, StoreError> {
+pub(super) fn subject_of(bytes: &[u8], col: &'static str) -> Result<SubjectId, StoreError> {
     SubjectId::from_slice(bytes).ok_or(StoreError::Corrupt(col))
 }
 
@@ -70,9 +71,11 @@ async fn insert_rows<'e>(
     Ok(())
 }
 
-/// Adds `partner`'s pairwise tokens of at most [`IN_CHUNK`] subjects to `out`.
+/// Adds `partner`'s pairwise tokens of at most [`IN_CHUNK`] subjects to
+/// `out`, each row's MAC checked (a row that fails it fails the read).
 async fn pairwise_chunk<'e>(
     ex: impl Executor<'e, Database = Any>,
+    keys: &RowMac,
     partner: &str,
     part: &[SubjectId],
     out: &mut HashMap<SubjectId, String>,
@@ -81,17 +84,39 @@ async fn pairwise_chunk<'e>(
         return Ok(());
     }
     let sql = format!(
-        "SELECT subject_id, token FROM pairwise_tokens WHERE partner = $1 AND subject_id IN ({})",
+        "SELECT subject_id, token, mac_version, mac FROM pairwise_tokens \
+         WHERE partner = $1 AND subject_id IN ({})",
         placeholders(2, part.len())
     );
-    let mut q =
-        sqlx::query_as::<_, (Vec<u8>, String)>(sqlx::AssertSqlSafe(sql)).bind(partner.to_owned());
+    let mut q = sqlx::query_as::<_, (Vec<u8>, String, Option<i64>, Option<Vec<u8>>)>(
+        sqlx::AssertSqlSafe(sql),
+    )
+    .bind(partner.to_owned());
     for s in part {
         q = q.bind(s.as_bytes().to_vec());
     }
-    for (s, t) in q.fetch_all(ex).await? {
-        out.insert(subject_of(&s, "pairwise_tokens.subject_id")?, t);
+    for (s, t, v, mac) in q.fetch_all(ex).await? {
+        let subject = subject_of(&s, "pairwise_tokens.subject_id")?;
+        check_pairwise(keys, partner, &subject, &t, v, mac.as_deref())?;
+        out.insert(subject, t);
     }
+    Ok(())
+}
+
+/// Checks a pairwise token row's MAC (`rowmac::pairwise_token`).
+pub(super) fn check_pairwise(
+    keys: &RowMac,
+    partner: &str,
+    subject: &SubjectId,
+    token: &str,
+    version: Option<i64>,
+    mac: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    keys.check(
+        &rowmac::pairwise_token(partner, subject, token),
+        version,
+        mac,
+    )?;
     Ok(())
 }
 
@@ -170,9 +195,10 @@ impl AuditedTx {
         partner: &str,
         subjects: &[SubjectId],
     ) -> Result<HashMap<SubjectId, String>, StoreError> {
+        let keys = self.store.row_keys()?;
         let mut out = HashMap::new();
         for part in subjects.chunks(IN_CHUNK) {
-            pairwise_chunk(self.conn().await?, partner, part, &mut out).await?;
+            pairwise_chunk(self.conn().await?, &keys, partner, part, &mut out).await?;
         }
         Ok(out)
     }
@@ -183,8 +209,15 @@ impl AuditedTx {
     /// been deleted since the caller read it. Read back whichever was
     /// stored, if any (in the same transaction with
     /// [`Self::pairwise_tokens`], or after the commit).
-    pub fn pairwise_insert(&mut self, partner: &str, tokens: &[(SubjectId, String)]) {
+    /// Each row carries its MAC (`rowmac::pairwise_token`).
+    pub fn pairwise_insert(
+        &mut self,
+        partner: &str,
+        tokens: &[(SubjectId, String)],
+    ) -> Result<(), StoreError> {
+        let keys = self.store.row_keys()?;
         for (subject, token) in tokens {
+            let (v, mac) = super::seal_row(&keys, &rowmac::pairwise_token(partner, subject, token));
             let table = self.table_for(subject, Table::Pairwise, Table::NewPairwise);
             self.pending.push(
                 table,
@@ -192,9 +225,12 @@ impl AuditedTx {
                     Value::Bytes(subject.as_bytes().to_vec()),
                     Value::Text(partner.to_owned()),
                     Value::Text(token.clone()),
+                    Value::Int(v),
+                    Value::Bytes(mac),
                 ],
             );
         }
+        Ok(())
     }
 
     /// Drops every index row and signature of `domain` (before it is
@@ -279,7 +315,15 @@ impl Store {
         blocking: &[(i64, f64)],
         limit: u32,
     ) -> Result<(Vec<Candidate>, HashMap<SubjectId, Option<String>>), StoreError> {
-        candidates(self.pool(), domain, partner, blocking, limit).await
+        candidates(
+            self.pool(),
+            &*self.row_keys()?,
+            domain,
+            partner,
+            blocking,
+            limit,
+        )
+        .await
     }
 
     /// The ranks of one query's candidates, without their signatures,
@@ -322,10 +366,11 @@ impl Store {
         partner: &str,
         subjects: &[SubjectId],
     ) -> Result<HashMap<SubjectId, String>, StoreError> {
+        let keys = self.row_keys()?;
         let mut out = HashMap::new();
         let mut conn = self.pool().acquire().await?;
         for part in subjects.chunks(IN_CHUNK) {
-            pairwise_chunk(&mut *conn, partner, part, &mut out).await?;
+            pairwise_chunk(&mut *conn, &keys, partner, part, &mut out).await?;
         }
         Ok(out)
     }
@@ -557,8 +602,22 @@ impl BenchLoader {
 /// after it): a query's answer is nearly always among them, and each read
 /// from the pool costs a hand-off to a connection's thread and back, more
 /// than the join.
+/// A candidate row with the partner's pairwise token row, if any:
+/// subject, presence mask, signature, rank, token, its MAC version and
+/// MAC.
+type CandidateWithToken = (
+    Vec<u8>,
+    i64,
+    Vec<u8>,
+    f64,
+    Option<String>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
 pub(super) async fn candidates<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    keys: &RowMac,
     domain: &str,
     partner: &str,
     blocking: &[(i64, f64)],
@@ -569,23 +628,26 @@ pub(super) async fn candidates<'e>(
     }
     // The ranking's placeholders run to $(1 + 2n); the partner comes next.
     let sql = format!(
-        "SELECT s.subject_id, s.fields, s.signature, c.g, t.token FROM match_subjects s \
+        "SELECT s.subject_id, s.fields, s.signature, c.g, t.token, t.mac_version, t.mac \
+         FROM match_subjects s \
          JOIN ({}) c ON c.subject_id = s.subject_id \
          LEFT JOIN pairwise_tokens t ON t.subject_id = s.subject_id AND t.partner = ${} \
          WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
         ranking_sql(blocking.len(), limit),
         2 + 2 * blocking.len(),
     );
-    let q =
-        sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64, Option<String>)>(sqlx::AssertSqlSafe(sql));
+    let q = sqlx::query_as::<_, CandidateWithToken>(sqlx::AssertSqlSafe(sql));
     let rows = bind_ranking(q, domain, blocking)
         .bind(partner.to_owned())
         .fetch_all(ex)
         .await?;
     let mut tokens = HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
-    for (s, mask, signature, gain, token) in rows {
+    for (s, mask, signature, gain, token, v, mac) in rows {
         let subject = subject_of(&s, "match_subjects.subject_id")?;
+        if let Some(t) = &token {
+            check_pairwise(keys, partner, &subject, t, v, mac.as_deref())?;
+        }
         tokens.insert(subject, token);
         out.push(candidate(subject, mask, signature, gain)?);
     }

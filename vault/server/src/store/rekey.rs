@@ -45,6 +45,8 @@ pub enum MacTable {
     Credentials,
     /// `transactions`
     Transactions,
+    /// `pairwise_tokens`
+    PairwiseTokens,
 }
 
 /// A primary key value to bind.
@@ -56,7 +58,7 @@ enum Pk {
 
 impl MacTable {
     /// Every MACed table.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Subjects,
         Self::Devices,
         Self::EnrollmentCodes,
@@ -67,6 +69,7 @@ impl MacTable {
         Self::StatusLists,
         Self::Credentials,
         Self::Transactions,
+        Self::PairwiseTokens,
     ];
 
     /// The table's name.
@@ -82,6 +85,7 @@ impl MacTable {
             Self::StatusLists => "status_lists",
             Self::Credentials => "credentials",
             Self::Transactions => "transactions",
+            Self::PairwiseTokens => "pairwise_tokens",
         }
     }
 
@@ -138,6 +142,10 @@ impl MacTable {
                  approved, mac_version, mac FROM transactions WHERE mac_version < $1 \
                  ORDER BY mac_version, transaction_id LIMIT $2 OFFSET $3"
             }
+            Self::PairwiseTokens => {
+                "SELECT partner, subject_id, token, mac_version, mac FROM pairwise_tokens \
+                 WHERE mac_version < $1 ORDER BY mac_version, partner, subject_id LIMIT $2 OFFSET $3"
+            }
         }
     }
 
@@ -178,6 +186,10 @@ impl MacTable {
             Self::Transactions => {
                 "UPDATE transactions SET mac_version = $1, mac = $2 WHERE transaction_id = $3 AND mac = $4"
             }
+            Self::PairwiseTokens => {
+                "UPDATE pairwise_tokens SET mac_version = $1, mac = $2 \
+                 WHERE partner = $3 AND subject_id = $4 AND mac = $5"
+            }
         }
     }
 
@@ -196,6 +208,7 @@ impl MacTable {
             Self::StatusLists => "SELECT COUNT(*) FROM status_lists WHERE mac_version = $1",
             Self::Credentials => "SELECT COUNT(*) FROM credentials WHERE mac_version = $1",
             Self::Transactions => "SELECT COUNT(*) FROM transactions WHERE mac_version = $1",
+            Self::PairwiseTokens => "SELECT COUNT(*) FROM pairwise_tokens WHERE mac_version = $1",
         }
     }
 
@@ -214,6 +227,7 @@ impl MacTable {
             Self::StatusLists => "SELECT COUNT(*) FROM status_lists WHERE mac_version < $1",
             Self::Credentials => "SELECT COUNT(*) FROM credentials WHERE mac_version < $1",
             Self::Transactions => "SELECT COUNT(*) FROM transactions WHERE mac_version < $1",
+            Self::PairwiseTokens => "SELECT COUNT(*) FROM pairwise_tokens WHERE mac_version < $1",
         }
     }
 
@@ -298,6 +312,14 @@ impl MacTable {
             Self::Transactions => {
                 let t = super::transactions::transaction(keys, r)?;
                 (rowmac::transaction(&t), vec![blob("transaction_id")?])
+            }
+            Self::PairwiseTokens => {
+                let partner: String = r.try_get("partner")?;
+                let subject = subject_col(r, "subject_id")?;
+                let token: String = r.try_get("token")?;
+                let bytes = rowmac::pairwise_token(&partner, &subject, &token);
+                check_row(keys, &bytes, r)?;
+                (bytes, vec![text("partner")?, blob("subject_id")?])
             }
         })
     }

@@ -147,8 +147,9 @@ impl Table {
                 "",
             ),
             Self::NewPairwise => (
-                "INSERT INTO pairwise_tokens (subject_id, partner, token) VALUES ",
-                3,
+                "INSERT INTO pairwise_tokens (subject_id, partner, token, mac_version, mac) \
+                 VALUES ",
+                5,
                 "",
             ),
             // Conflicts are a re-index of the same value (or a 2^-64
@@ -170,9 +171,9 @@ impl Table {
             // PostgreSQL's sorted rows lock subjects in ascending order,
             // as every other multi-subject locker does.
             Self::Pairwise => (
-                "INSERT INTO pairwise_tokens (subject_id, partner, token) \
-                 SELECT v.column1, v.column2, v.column3 FROM (VALUES ",
-                3,
+                "INSERT INTO pairwise_tokens (subject_id, partner, token, mac_version, mac) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES ",
+                5,
                 match backend {
                     Backend::Sqlite => {
                         ") v WHERE EXISTS (SELECT 1 FROM subjects s \
@@ -1009,6 +1010,8 @@ mod tests {
                 Value::Bytes(vec![9; 16]),
                 Value::Text("p".into()),
                 Value::Text("t".into()),
+                Value::Int(1),
+                Value::Bytes(vec![0; 32]),
             ],
         );
         assert!(joined_sql(&statements(Backend::Postgres, &[&set])).is_none());
