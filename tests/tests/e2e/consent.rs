@@ -1538,6 +1538,7 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
         "devices",
         "consents",
         "consent_challenges",
+        "pairwise_tokens",
         "audit leaves",
     ] {
         assert!(

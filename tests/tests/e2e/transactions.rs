@@ -788,11 +788,25 @@ pub async fn forged_pairwise_tokens_reach_nobody(b: Backend) -> anyhow::Result<(
     .execute(cx.tv.db())
     .await?;
     forged_refusal(cx.a.request_code(ask(invented, "Pay 10 EUR", &[], 0)).await);
-    // It stays unsealed when the vault starts again: tokens are sealed
-    // already, so it is no upgrade's.
+    // The redirected row with its MAC taken away, as an upgraded
+    // database's rows look: neither stays nor becomes sealed when the
+    // vault starts again. Only the operator's `keys seal-upgraded-tokens`
+    // seals tokens without a MAC.
+    sqlx::query("UPDATE pairwise_tokens SET mac = NULL, mac_version = NULL WHERE token = $1")
+        .bind(cx.token_a.clone())
+        .execute(cx.tv.db())
+        .await?;
     cx.tv.restart().await?;
     let mut a = TransactionServiceClient::new(cx.tv.channel("partner-a").await?);
     forged_refusal(a.request_code(ask(invented, "Pay 10 EUR", &[], 0)).await);
+    forged_refusal(a.request_code(ask(&cx.token_a, "Pay 10 EUR", &[], 0)).await);
+    assert_eq!(cx.tv.vault.seal_upgraded_pairwise_tokens().await?, 2);
+    let (action, outcome, detail) = cx.tv.last_audit().await;
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("SealUpgradedTokens", "ok")
+    );
+    assert_eq!(detail, "sealed=2");
 
     // No transaction was made, so the other phone has nothing to answer.
     let none: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transactions")

@@ -39,10 +39,6 @@ pub enum StartError {
     /// Sealing the owners of subjects from before owner MACs failed.
     #[error("sealing the owners of older subjects: {0}")]
     SealOwners(crate::service::VaultError),
-    /// Sealing the pairwise tokens found at the upgrade that gave them a
-    /// MAC failed (the next start tries again while none is sealed).
-    #[error("sealing the pairwise tokens of the upgrade: {0}")]
-    SealTokens(crate::store::StoreError),
     /// An `idvault restore` did not finish.
     #[error(
         "{0} exists: an `idvault restore` did not finish, and the restored data may still hold \
@@ -181,13 +177,6 @@ pub async fn open_vault_restoring(
         ),
         Err(e) => return Err(StartError::SealOwners(e)),
     }
-    // Pairwise tokens from before token MACs (migration 0019): sealed
-    // once, as they are, while none carries a MAC yet.
-    match vault.store().seal_upgraded_pairwise_tokens().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(tokens = n, "pairwise tokens of the upgrade sealed"),
-        Err(e) => return Err(StartError::SealTokens(e)),
-    }
     // Rows from before row MACs authorise nothing (migration 0010): say so
     // once, with a count (never their contents).
     match vault.store().unsealed_rows().await {
@@ -196,7 +185,9 @@ pub async fn open_vault_restoring(
             rows = n,
             "device, enrollment code, consent, link, rule or pairwise token rows carry no MAC \
              (written before row MACs, or inserted by hand): they authorise nothing until \
-             enrolled, signed or set again"
+             enrolled, signed or set again; pairwise tokens of a database upgraded from before \
+             token MACs are sealed by `idvault keys seal-upgraded-tokens`, run once right after \
+             the upgrade (at any other time an unsealed token is tampering)"
         ),
         Err(e) => tracing::warn!(error = %e, "could not count rows without a MAC"),
     }

@@ -53,6 +53,18 @@ pub(crate) enum KeysCommand {
         #[arg(long, env = "IDVAULT_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// Once, right after upgrading a database from before pairwise token
+    /// MACs (migration 0019): seal every pairwise token that carries no
+    /// MAC, as it is, in audited batches. The vault never does this on its
+    /// own; at any other time a token without a MAC was put in the
+    /// database by hand, and names nobody. Resumable.
+    SealUpgradedTokens {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Database URL (overrides the config).
+        #[arg(long, env = "IDVAULT_DATABASE_URL")]
+        database_url: Option<String>,
+    },
     /// Seal an existing plain root key file with a PKCS#11 (HSM) key,
     /// made in the token if absent; the PIN comes from `[keys] pin_file`
     /// or IDVAULT_PKCS11_PIN.
@@ -129,6 +141,19 @@ fn rotate(cfg: &Config) -> anyhow::Result<()> {
             pinned.join(", ")
         );
     }
+    Ok(())
+}
+
+async fn seal_upgraded_tokens(dir: &DataDir, database_url: Option<String>) -> anyhow::Result<()> {
+    let cfg = dir.load()?;
+    let url = database_url.unwrap_or_else(|| cfg.database_url());
+    // Not during a restore (it holds the lock exclusively).
+    let _lock =
+        idvault_server::backup::DataDirLock::shared(&cfg.base_dir).map_err(anyhow::Error::msg)?;
+    let vault = idvault_server::app::open_vault(&cfg, &url).await?;
+    let sealed = vault.seal_upgraded_pairwise_tokens().await;
+    vault.store().close().await;
+    println!("pairwise tokens sealed: {}", sealed?);
     Ok(())
 }
 
@@ -372,6 +397,9 @@ pub(crate) async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Rotate { dir } => rotate(&dir.load()?),
         KeysCommand::Rewrap { dir, database_url } => rewrap(&dir, database_url).await,
+        KeysCommand::SealUpgradedTokens { dir, database_url } => {
+            seal_upgraded_tokens(&dir, database_url).await
+        }
         KeysCommand::Retire {
             dir,
             version,

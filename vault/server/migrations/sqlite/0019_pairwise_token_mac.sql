@@ -9,14 +9,17 @@
 -- row now carries a MAC over (partner, subject_id, token) under the row
 -- MAC key, checked on every read.
 --
--- Rows written before this migration are sealed once, by the first
--- process with the root key that opens the database while no token
--- carries a MAC yet (Store::seal_upgraded_pairwise_tokens; it logs the
--- count): the table is trusted as it is at the upgrade, as a fresh vault
--- trusts its empty one. A row without a MAC found once any token is
--- sealed was inserted by hand: it authorises nothing and is never sealed.
+-- Rows written before this migration have no MAC and name nobody until
+-- the operator runs `idvault keys seal-upgraded-tokens`, once, right after
+-- the upgrade: it seals them as they are (the table trusted as it is at
+-- the upgrade, as a fresh vault trusts its empty one), in audited
+-- batches. The vault never seals a token on its own: whatever it decided
+-- from would be in the database, which a writer without the root key
+-- could set up (take every MAC away, redirect a token) to have forged
+-- rows sealed. The vault logs at start how many rows carry no MAC.
 
 ALTER TABLE pairwise_tokens ADD COLUMN mac_version INTEGER;
 ALTER TABLE pairwise_tokens ADD COLUMN mac BLOB;
 
 CREATE INDEX pairwise_tokens_mac_version ON pairwise_tokens (mac_version, partner, subject_id);
+CREATE INDEX pairwise_tokens_unsealed ON pairwise_tokens (partner, subject_id) WHERE mac IS NULL;

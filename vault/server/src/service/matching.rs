@@ -140,6 +140,9 @@ async fn best_candidates(
 /// Pairwise tokens a lookup read: `None` when the subject had none.
 type KnownTokens = HashMap<SubjectId, Option<String>>;
 
+/// The action of the records `idvault keys seal-upgraded-tokens` writes.
+pub const SEAL_TOKENS_ACTION: &str = "SealUpgradedTokens";
+
 /// Prefix of pairwise tokens.
 pub const PAIRWISE_PREFIX: &str = "pw_";
 
@@ -462,6 +465,30 @@ impl Vault {
     }
 
     /// Records the creator's pairwise token of a new subject; returns it.
+    /// `idvault keys seal-upgraded-tokens`: seals the pairwise tokens that
+    /// carry no MAC, as they are, in audited batches of 1,000 (each a
+    /// record of the vault's own, `SealUpgradedTokens sealed=N`); returns
+    /// how many. The operator runs it once, right after upgrading a
+    /// database from before token MACs (migration 0019), and may run it
+    /// again if it was interrupted. The vault never does this on its own:
+    /// whatever it decided from would be in the database, which a writer
+    /// without the root key could set up to have forged tokens sealed.
+    pub async fn seal_upgraded_pairwise_tokens(&self) -> Result<u64, VaultError> {
+        const BATCH: u32 = 1000;
+        let actor = Caller::new(JOB_ACTOR);
+        let mut total = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let n = tx.seal_unsealed_pairwise_tokens(BATCH).await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            self.commit_job_as(tx, &actor, SEAL_TOKENS_ACTION, format!("sealed={n}"))
+                .await?;
+            total += n;
+        }
+    }
+
     pub(crate) async fn issue_pairwise(
         &self,
         tx: &mut AuditedTx,

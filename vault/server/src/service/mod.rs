@@ -606,14 +606,15 @@ impl Vault {
     }
 
     /// The newest value of each of a subject's fields, decrypted inside
-    /// `tx` (the values wipe themselves when dropped).
+    /// `tx` (the values wipe themselves when dropped). Reads the newest
+    /// packet of each field only (see `AuditedTx::newest_packets`).
     pub(crate) async fn newest_values(
         &self,
         tx: &mut AuditedTx,
         row: &SubjectRecord,
     ) -> Result<Vec<(FieldName, FieldValue)>, VaultError> {
         let dek = self.subject_dek(row)?;
-        let stored = tx.packets(&row.id).await?;
+        let stored = tx.newest_packets(&row.id, row.head.seq).await?;
         let values = packet::newest_values(&row.id, &dek, stored.iter().map(|(_, b)| b.as_slice()))
             .map_err(|_| VaultError::Integrity("packet open"))?;
         Ok(values.into_iter().collect())

@@ -589,19 +589,6 @@ impl BenchLoader {
     }
 }
 
-/// The candidates of one query in one round trip: the at most `limit`
-/// subjects of `domain` with the highest rank, with their presence masks
-/// and signatures, best first. A subject's rank is, over the fields (and
-/// compound keys) of its rows among `blocking`, the sum of each one's best
-/// gain: a national id hit through its exact form and through its one-edit
-/// neighbours counts once.
-///
-/// `partner`'s pairwise tokens of the candidates come in the same read
-/// (`None`: the candidate has none), so that answering them needs no read
-/// before the commit (a first answer still reads back the stored token
-/// after it): a query's answer is nearly always among them, and each read
-/// from the pool costs a hand-off to a connection's thread and back, more
-/// than the join.
 /// A candidate row with the partner's pairwise token row, if any:
 /// subject, presence mask, signature, rank, token, its MAC version and
 /// MAC.
@@ -615,6 +602,19 @@ type CandidateWithToken = (
     Option<Vec<u8>>,
 );
 
+/// The candidates of one query in one round trip: the at most `limit`
+/// subjects of `domain` with the highest rank, with their presence masks
+/// and signatures, best first. A subject's rank is, over the fields (and
+/// compound keys) of its rows among `blocking`, the sum of each one's best
+/// gain: a national id hit through its exact form and through its one-edit
+/// neighbours counts once.
+///
+/// `partner`'s pairwise tokens of the candidates come in the same read
+/// (`None`: the candidate has none), so that answering them needs no read
+/// before the commit (a first answer still reads back the stored token
+/// after it): a query's answer is nearly always among them, and each read
+/// from the pool costs a hand-off to a connection's thread and back, more
+/// than the join.
 pub(super) async fn candidates<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     keys: &RowMac,

@@ -428,56 +428,6 @@ impl Store {
             .collect()
     }
 
-    /// Seals the pairwise tokens of a database upgraded to token MACs
-    /// (migration 0019), once: only while no token carries a MAC yet,
-    /// that is before the first token is sealed by this or any later
-    /// version (its comment says why the table is trusted as it is
-    /// then). Afterwards a row without a MAC was inserted by hand and is
-    /// left as it is: it names nobody. (Having every token sealed again
-    /// would take deleting every sealed token first, every partner's.)
-    /// Returns how many were sealed.
-    pub async fn seal_upgraded_pairwise_tokens(&self) -> Result<u64, StoreError> {
-        let sealed_before: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM pairwise_tokens WHERE mac IS NOT NULL LIMIT 1) t",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if sealed_before > 0 {
-            return Ok(0);
-        }
-        let keys = self.row_keys()?;
-        let rows: Vec<(Vec<u8>, String, String)> = sqlx::query_as(
-            "SELECT subject_id, partner, token FROM pairwise_tokens WHERE mac IS NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut sealed = 0u64;
-        for part in rows.chunks(1000) {
-            let mut tx = self.pool.begin().await?;
-            for (s, partner, token) in part {
-                let subject = matching::subject_of(s, "pairwise_tokens.subject_id")?;
-                let (v, mac) = seal_row(
-                    &keys,
-                    &idvault_core::rowmac::pairwise_token(partner, &subject, token),
-                );
-                sealed += sqlx::query(
-                    "UPDATE pairwise_tokens SET mac_version = $1, mac = $2 \
-                     WHERE partner = $3 AND subject_id = $4 AND token = $5 AND mac IS NULL",
-                )
-                .bind(v)
-                .bind(mac)
-                .bind(partner.clone())
-                .bind(s.clone())
-                .bind(token.clone())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            }
-            tx.commit().await?;
-        }
-        Ok(sealed)
-    }
-
     /// How many rows that authorise something carry no MAC (written before
     /// row MACs existed): they authorise nothing, and the vault says so
     /// when it starts.
@@ -1002,9 +952,68 @@ impl AuditedTx {
             .transpose()
     }
 
-    /// A subject's packets as `(seq, bytes)`, ascending.
-    pub async fn packets(&mut self, id: &SubjectId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        packets_of(self.conn().await?, id).await
+    /// Up to `head_seq`, the newest packet of each of a subject's fields
+    /// (by the `field_name` column; the caller opens them, and the header
+    /// each authenticates is what counts), ascending: the number of
+    /// fields, not the history. An update reads them on the SQLite writer,
+    /// where reading a long history (up to 10,000 packets) would hold
+    /// every other partner's writes.
+    pub async fn newest_packets(
+        &mut self,
+        id: &SubjectId,
+        head_seq: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT p.seq, p.packet FROM packets p \
+             JOIN (SELECT field_name, max(seq) AS seq FROM packets \
+                   WHERE subject_id = $1 AND seq <= $2 GROUP BY field_name) n \
+             ON p.seq = n.seq WHERE p.subject_id = $1 ORDER BY p.seq",
+        )
+        .bind(id.as_bytes().to_vec())
+        .bind(u64_to_i64(head_seq)?)
+        .fetch_all(self.conn().await?)
+        .await?;
+        rows.into_iter()
+            .map(|(seq, b)| Ok((i64_to_u64(seq, "packets.seq")?, b)))
+            .collect()
+    }
+
+    /// Seals up to `limit` pairwise tokens that carry no MAC, as they are;
+    /// returns how many. Only for `idvault keys seal-upgraded-tokens`, run
+    /// by the operator once after upgrading from before token MACs
+    /// (migration 0019 says why the table is then trusted as it is). At
+    /// any other time a token without a MAC was put there by hand, and
+    /// the vault never seals one on its own.
+    pub async fn seal_unsealed_pairwise_tokens(&mut self, limit: u32) -> Result<u64, StoreError> {
+        let keys = self.store.row_keys()?;
+        let rows: Vec<(Vec<u8>, String, String)> = sqlx::query_as(
+            "SELECT subject_id, partner, token FROM pairwise_tokens WHERE mac IS NULL \
+             ORDER BY partner, subject_id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(self.conn().await?)
+        .await?;
+        let mut sealed = 0u64;
+        for (s, partner, token) in rows {
+            let subject = matching::subject_of(&s, "pairwise_tokens.subject_id")?;
+            let (v, mac) = seal_row(
+                &keys,
+                &idvault_core::rowmac::pairwise_token(&partner, &subject, &token),
+            );
+            sealed += sqlx::query(
+                "UPDATE pairwise_tokens SET mac_version = $1, mac = $2 \
+                 WHERE partner = $3 AND subject_id = $4 AND token = $5 AND mac IS NULL",
+            )
+            .bind(v)
+            .bind(mac)
+            .bind(partner)
+            .bind(s)
+            .bind(token)
+            .execute(self.conn().await?)
+            .await?
+            .rows_affected();
+        }
+        Ok(sealed)
     }
 
     /// Seals the owners of subjects written before owner MACs `(subject,
@@ -1389,46 +1398,4 @@ mod tests {
         );
         drop(holder);
     }
-
-    /// Tokens from before token MACs are sealed as found, once; a row
-    /// without a MAC that turns up later names nobody, however often the
-    /// vault starts.
-    #[tokio::test]
-    async fn upgraded_pairwise_tokens_are_sealed_once() {
-        use idvault_core::rowmac::RowMac;
-        use idvault_core::secret::Secret;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
-        let mut store = Store::connect(&url).await.expect("connect");
-        store.set_row_mac(RowMac::from_keys([Secret::from_bytes([7; 32], 1)]).expect("key"));
-        let plant = |subject: u8, token: &'static str| {
-            sqlx::query(
-                "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES ('p', $1, $2)",
-            )
-            .bind(vec![subject; 16])
-            .bind(token)
-        };
-        // As an upgraded database holds them.
-        plant(1, "pw_one").execute(&store.pool).await.expect("row");
-        plant(2, "pw_two").execute(&store.pool).await.expect("row");
-        let ids = [SubjectId::from_bytes([1; 16]), SubjectId::from_bytes([2; 16])];
-        assert!(matches!(
-            store.pairwise_tokens_of("p", &ids).await,
-            Err(StoreError::Forged("pairwise-token"))
-        ));
-        assert_eq!(store.seal_upgraded_pairwise_tokens().await.expect("seal"), 2);
-        let found = store.pairwise_tokens_of("p", &ids).await.expect("sealed");
-        assert_eq!(found.len(), 2);
-        assert_eq!(found[&ids[0]], "pw_one");
-        // Planted after the upgrade: never sealed.
-        plant(3, "pw_three").execute(&store.pool).await.expect("row");
-        assert_eq!(store.seal_upgraded_pairwise_tokens().await.expect("seal"), 0);
-        assert!(matches!(
-            store
-                .pairwise_tokens_of("p", &[SubjectId::from_bytes([3; 16])])
-                .await,
-            Err(StoreError::Forged("pairwise-token"))
-        ));
-    }
-
 }

@@ -188,7 +188,7 @@ impl MacTable {
             }
             Self::PairwiseTokens => {
                 "UPDATE pairwise_tokens SET mac_version = $1, mac = $2 \
-                 WHERE partner = $3 AND subject_id = $4 AND mac = $5"
+                 WHERE partner = $3 AND subject_id = $4 AND token = $5 AND mac = $6"
             }
         }
     }
@@ -319,7 +319,11 @@ impl MacTable {
                 let token: String = r.try_get("token")?;
                 let bytes = rowmac::pairwise_token(&partner, &subject, &token);
                 check_row(keys, &bytes, r)?;
-                (bytes, vec![text("partner")?, blob("subject_id")?])
+                // The token too: the new MAC is over the token read.
+                (
+                    bytes,
+                    vec![text("partner")?, blob("subject_id")?, text("token")?],
+                )
             }
         })
     }
