@@ -178,6 +178,12 @@ pub enum Pacing {
 /// Most records of a one-to-one Link job: their candidates are held until
 /// the client closes its side (at most [`LINK_CANDIDATES`] each).
 pub const MAX_LINK_RECORDS: usize = 100_000;
+/// Records all one-to-one Link jobs together hold at most (about 450
+/// bytes each with their candidates, so about 450 MB): each partner's jobs
+/// are bounded by [`MAX_LINK_RECORDS`] and its stream limit, and this
+/// bounds the sum over partners. A message that would pass it is refused
+/// with RESOURCE_EXHAUSTED; the job goes on, and may send it again later.
+pub const MAX_HELD_LINK_RECORDS: usize = 1_000_000;
 /// Candidates kept per record of a one-to-one Link job, so that a record
 /// whose best subject goes to another can fall back to its next.
 pub const LINK_CANDIDATES: u32 = 3;
@@ -210,6 +216,10 @@ pub struct LinkJob {
     received: usize,
     /// One-to-one: each record's reference and candidates, in order.
     pending: Vec<(String, Result<Vec<Hit>, String>)>,
+    /// One-to-one: a permit per record in `pending`, from the vault-wide
+    /// bound ([`MAX_HELD_LINK_RECORDS`]); given back when the job ends or
+    /// is dropped.
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl LinkJob {
@@ -226,7 +236,32 @@ impl LinkJob {
             min_score,
             received: 0,
             pending: Vec::new(),
+            held: None,
         })
+    }
+
+    /// Takes `n` of the vault-wide permits for records a job will hold
+    /// ([`MAX_HELD_LINK_RECORDS`]); refused at once when they are all
+    /// taken. Given back when dropped, unless kept by [`Self::keep`].
+    fn reserve(
+        all: &Arc<tokio::sync::Semaphore>,
+        n: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, VaultError> {
+        u32::try_from(n)
+            .ok()
+            .and_then(|n| Arc::clone(all).try_acquire_many_owned(n).ok())
+            .ok_or(VaultError::Limit(
+                "one-to-one Link jobs hold as many records as the vault keeps; send this \
+                 message again later",
+            ))
+    }
+
+    /// Keeps the permits of records now held, until the job ends.
+    fn keep(&mut self, more: tokio::sync::OwnedSemaphorePermit) {
+        match &mut self.held {
+            Some(p) => p.merge(more),
+            None => self.held = Some(more),
+        }
     }
 
     /// Records received so far.
@@ -782,6 +817,13 @@ impl Vault {
                     "a one-to-one Link job holds at most {MAX_LINK_RECORDS} records"
                 )));
             }
+            // Before the rate is spent and anything is looked up; given
+            // back if this message fails.
+            let reserved = if job.one_to_one {
+                Some(LinkJob::reserve(&self.matching().held_link_records, n)?)
+            } else {
+                None
+            };
             self.spend_rate(partner, n, Pacing::Wait).await?;
             let keyrings = self.keyrings(&partner.match_domain)?;
             let opts = &self.matching().opts;
@@ -817,6 +859,9 @@ impl Vault {
             let detail = format!("link lookup one_to_one queries={n} refused={refused}");
             self.commit(tx, req, None, detail).await?;
             job.pending.extend(ids.into_iter().zip(kept));
+            if let Some(r) = reserved {
+                job.keep(r);
+            }
             Ok(Vec::new())
         })
         .await
@@ -1056,5 +1101,36 @@ impl Vault {
                 .await?;
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LinkJob, VaultError};
+    use std::sync::Arc;
+
+    /// One-to-one jobs together hold at most the vault-wide number of
+    /// records: a message past it is refused, and a job's records come
+    /// back when it ends, or when its message fails before they are kept.
+    #[test]
+    fn held_link_records_are_bounded_across_jobs() {
+        let all = Arc::new(tokio::sync::Semaphore::new(10));
+        let mut a = LinkJob::new(true, 0.0).expect("job");
+        let mut b = LinkJob::new(true, 0.0).expect("job");
+        a.keep(LinkJob::reserve(&all, 6).expect("room"));
+        b.keep(LinkJob::reserve(&all, 3).expect("room"));
+        assert!(matches!(
+            LinkJob::reserve(&all, 2),
+            Err(VaultError::Limit(_))
+        ));
+        // A message that failed after reserving gives its records back.
+        drop(LinkJob::reserve(&all, 1).expect("room"));
+        assert_eq!(all.available_permits(), 1);
+        drop(a);
+        assert_eq!(all.available_permits(), 7);
+        b.keep(LinkJob::reserve(&all, 7).expect("room"));
+        assert_eq!(all.available_permits(), 0);
+        drop(b);
+        assert_eq!(all.available_permits(), 10);
     }
 }

@@ -23,6 +23,10 @@ pub(crate) struct MatchState {
     pub(crate) limiters: HashMap<String, DefaultDirectRateLimiter>,
     /// Learned weights per domain (absent: the hand-set table).
     pub(crate) models: RwLock<HashMap<String, Arc<MatchModel>>>,
+    /// Records held by one-to-one Link jobs until their end, across all
+    /// partners (a permit each; see
+    /// [`super::matching::MAX_HELD_LINK_RECORDS`]).
+    pub(crate) held_link_records: Arc<tokio::sync::Semaphore>,
 }
 
 impl MatchState {
@@ -47,6 +51,9 @@ impl MatchState {
             keyrings: Mutex::new(HashMap::new()),
             limiters,
             models: RwLock::new(HashMap::new()),
+            held_link_records: Arc::new(tokio::sync::Semaphore::new(
+                super::matching::MAX_HELD_LINK_RECORDS,
+            )),
         }
     }
 }

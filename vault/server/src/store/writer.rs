@@ -167,29 +167,35 @@ impl GroupWriter {
         rest: WriteSet,
     ) -> Result<(), StoreError> {
         let me = Arc::clone(self);
-        let (generation, mut rx) = tokio::spawn(async move { me.release_step(b, rest).await })
-            .await
-            .map_err(|_| StoreError::Batch("the writer task failed".into()))??;
-        let res = match tokio::time::timeout(HANDOVER_GRACE, &mut rx).await {
-            Ok(r) => r,
-            Err(_) => {
-                // Nobody ended the batch in time: end it ourselves.
-                let me = Arc::clone(self);
-                let _ = tokio::spawn(async move {
-                    let mut b = Arc::clone(&me.batch).lock_owned().await;
-                    if b.generation == generation {
-                        b.undo_abandoned().await;
-                        b.end().await;
+        // The release and the wait for the batch's end both run on the
+        // task, so the grace period's fallback (ending the batch if nobody
+        // else did) runs even when the caller is cancelled meanwhile (its
+        // deadline, the client going away): otherwise a batch whose next
+        // holder also left would stay open, its rows uncommitted and the
+        // database's write lock held, until some later write came.
+        tokio::spawn(async move {
+            let (generation, mut rx) = me.release_step(b, rest).await?;
+            let res = match tokio::time::timeout(HANDOVER_GRACE, &mut rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Nobody ended the batch in time: end it ourselves.
+                    {
+                        let mut b = Arc::clone(&me.batch).lock_owned().await;
+                        if b.generation == generation {
+                            b.undo_abandoned().await;
+                            b.end().await;
+                        }
                     }
-                })
-                .await;
-                rx.await
+                    rx.await
+                }
+            };
+            match res {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Batch("the batch writer went away".into())),
             }
-        };
-        match res {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Batch("the batch writer went away".into())),
-        }
+        })
+        .await
+        .map_err(|_| StoreError::Batch("the writer task failed".into()))?
     }
 
     /// Applies a group of write sets (see [`super::writeset`]) as members
