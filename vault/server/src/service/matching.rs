@@ -181,8 +181,9 @@ pub const MAX_LINK_RECORDS: usize = 100_000;
 /// Records all one-to-one Link jobs together hold at most (about 450
 /// bytes each with their candidates, so about 450 MB): each partner's jobs
 /// are bounded by [`MAX_LINK_RECORDS`] and its stream limit, and this
-/// bounds the sum over partners. A message that would pass it is refused
-/// with RESOURCE_EXHAUSTED; the job goes on, and may send it again later.
+/// bounds the sum over partners. A message that would pass it ends its
+/// job with RESOURCE_EXHAUSTED (nothing was revealed yet; the partner
+/// runs the job again later).
 pub const MAX_HELD_LINK_RECORDS: usize = 1_000_000;
 /// Candidates kept per record of a one-to-one Link job, so that a record
 /// whose best subject goes to another can fall back to its next.
@@ -251,8 +252,8 @@ impl LinkJob {
             .ok()
             .and_then(|n| Arc::clone(all).try_acquire_many_owned(n).ok())
             .ok_or(VaultError::Limit(
-                "one-to-one Link jobs hold as many records as the vault keeps; send this \
-                 message again later",
+                "one-to-one Link jobs hold as many records as the vault keeps; run the job \
+                 again later",
             ))
     }
 
