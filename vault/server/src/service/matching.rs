@@ -500,7 +500,6 @@ impl Vault {
         Ok(())
     }
 
-    /// Records the creator's pairwise token of a new subject; returns it.
     /// `idvault keys seal-upgraded-tokens`: seals the pairwise tokens that
     /// carry no MAC, as they are, in audited batches of 1,000 (each a
     /// record of the vault's own, `SealUpgradedTokens sealed=N`); returns
@@ -525,6 +524,7 @@ impl Vault {
         }
     }
 
+    /// Records the creator's pairwise token of a new subject; returns it.
     pub(crate) async fn issue_pairwise(
         &self,
         tx: &mut AuditedTx,

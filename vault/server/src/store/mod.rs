@@ -1383,6 +1383,9 @@ mod tests {
                     other => panic!("expected the deadline, got {other:?}"),
                 }
             }
+            // Room for the writer tasks to see their callers gone (a busy
+            // machine); without the fix no pause frees a place.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(gave_up, (WRITE_QUEUE / 64 + 4) * 64);
         // Their places are free while the writer is still held.
