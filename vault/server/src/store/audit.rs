@@ -348,20 +348,7 @@ impl Store {
         let Some(row) = self.subject_row(id).await? else {
             return Ok(None);
         };
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT p.seq, p.packet FROM packets p \
-             JOIN (SELECT field_name, max(seq) AS seq FROM packets \
-                   WHERE subject_id = $1 AND seq <= $2 GROUP BY field_name) n \
-             ON p.seq = n.seq WHERE p.subject_id = $1 ORDER BY p.seq",
-        )
-        .bind(id.as_bytes().to_vec())
-        .bind(u64_to_i64(row.head.seq)?)
-        .fetch_all(&self.pool)
-        .await?;
-        let packets = rows
-            .into_iter()
-            .map(|(seq, b)| Ok((i64_to_u64(seq, "packets.seq")?, b)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let packets = super::newest_packets_of(&self.pool, id, row.head.seq).await?;
         Ok(Some((row, packets)))
     }
 

@@ -701,6 +701,28 @@ async fn packets_of<'e>(
         .collect()
 }
 
+/// Up to `head_seq`, the newest packet of each of a subject's fields (by
+/// the `field_name` column), ascending (see `AuditedTx::newest_packets`).
+async fn newest_packets_of<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &SubjectId,
+    head_seq: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT p.seq, p.packet FROM packets p \
+         JOIN (SELECT field_name, max(seq) AS seq FROM packets \
+               WHERE subject_id = $1 AND seq <= $2 GROUP BY field_name) n \
+         ON p.seq = n.seq WHERE p.subject_id = $1 ORDER BY p.seq",
+    )
+    .bind(id.as_bytes().to_vec())
+    .bind(u64_to_i64(head_seq)?)
+    .fetch_all(ex)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, b)| Ok((i64_to_u64(seq, "packets.seq")?, b)))
+        .collect()
+}
+
 /// A subject row, without a lock, its owner checked with `keys`.
 async fn subject_by_id<'e>(
     ex: impl Executor<'e, Database = Any>,
@@ -963,19 +985,7 @@ impl AuditedTx {
         id: &SubjectId,
         head_seq: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT p.seq, p.packet FROM packets p \
-             JOIN (SELECT field_name, max(seq) AS seq FROM packets \
-                   WHERE subject_id = $1 AND seq <= $2 GROUP BY field_name) n \
-             ON p.seq = n.seq WHERE p.subject_id = $1 ORDER BY p.seq",
-        )
-        .bind(id.as_bytes().to_vec())
-        .bind(u64_to_i64(head_seq)?)
-        .fetch_all(self.conn().await?)
-        .await?;
-        rows.into_iter()
-            .map(|(seq, b)| Ok((i64_to_u64(seq, "packets.seq")?, b)))
-            .collect()
+        newest_packets_of(self.conn().await?, id, head_seq).await
     }
 
     /// Seals up to `limit` pairwise tokens that carry no MAC, as they are;
