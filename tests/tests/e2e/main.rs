@@ -107,6 +107,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::link_answers_each_record_and_one_to_one_holds,
     matching::new_variant_kinds_are_backfilled_at_start,
     matching::estimated_weights_are_sealed_and_used,
+    matching::copied_match_rows_name_nobody,
     consent::happy_path_end_to_end,
     consent::signature_refusals,
     consent::grant_checks_refuse,

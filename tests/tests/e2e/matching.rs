@@ -876,6 +876,14 @@ pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Re
     let (_, token) = create(&tv, "partner-a", LIN).await;
     let mut a = client(&tv, "partner-a").await;
     assert_eq!(query(&mut a, TYPO).await?.len(), 1);
+    // A subject whose data key no longer opens (a damaged row) is left
+    // out of the rebuild and counted; it does not stop the start.
+    let (damaged, _) = create(&tv, "partner-a", ADA).await;
+    sqlx::query("UPDATE subjects SET wrapped_dek = $1 WHERE subject_id = $2")
+        .bind(vec![0u8; 60])
+        .bind(SubjectId::parse(&damaged)?.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
     // What a first-generation vault holds: no rows of the new kinds (the
     // rows are emptied here) and its domains marked with scheme 1.
     sqlx::query("DELETE FROM match_index")
@@ -921,6 +929,8 @@ pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Re
         audit.contains("reindex domain=partner-a cleared_rows="),
         "{audit}"
     );
+    assert!(audit.contains(" damaged=1"), "{audit}");
+    assert!(query(&mut a, ADA_AS_SEEN_ELSEWHERE).await?.is_empty());
     // Indexes a newer version built are never rebuilt down: this version
     // refuses to start, naming the schemes.
     let newer = idvault_tests::idvault_core::matching::INDEX_SCHEME + 1;
@@ -1007,5 +1017,90 @@ pub async fn estimated_weights_are_sealed_and_used(b: Backend) -> anyhow::Result
     assert_eq!(after[0].score, prior[0].score, "the hand-set table again");
     // An unknown domain is refused.
     assert!(tv.vault.estimate_match_model("nobody", 10).await.is_err());
+    tv.stop().await
+}
+
+/// A database writer copies one person's match rows, MAC included, onto
+/// another subject and removes the person's own: the query about the
+/// person is refused as an integrity failure instead of answering with
+/// the other subject's token (which a transaction code would then be
+/// sent by). Rows the vault writes again verify.
+pub async fn copied_match_rows_name_nobody(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (ada, _) = create(&tv, "partner-a", ADA).await;
+    const OTHER: &[(&str, &str)] = &[
+        ("given_name", "Mallory"),
+        ("family_name", "Quinn"),
+        ("date_of_birth", "1971-01-02"),
+        ("email", "mq@example.net"),
+    ];
+    let (other_id, _) = create(&tv, "partner-a", OTHER).await;
+    let id = |s: &str| SubjectId::parse(s).expect("subject id").as_bytes().to_vec();
+    let (ada, other) = (id(&ada), id(&other_id));
+    let mut bq = client(&tv, "partner-b").await;
+    assert_eq!(query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?.len(), 1);
+    sqlx::query("DELETE FROM pairwise_tokens WHERE partner = 'partner-b'")
+        .execute(tv.db())
+        .await?;
+
+    // The copy: signature, presence mask and MAC onto the other subject,
+    // the blocking rows beside it, the person's own rows gone.
+    sqlx::query(
+        "UPDATE match_subjects SET fields = v.fields, signature = v.signature, \
+         mac_version = v.mac_version, mac = v.mac \
+         FROM (SELECT domain, fields, signature, mac_version, mac FROM match_subjects \
+               WHERE subject_id = $1) v \
+         WHERE match_subjects.domain = v.domain AND match_subjects.subject_id = $2",
+    )
+    .bind(ada.clone())
+    .bind(other.clone())
+    .execute(tv.db())
+    .await?;
+    sqlx::query(
+        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
+         SELECT domain, bidx, $2, field, key_version FROM match_index WHERE subject_id = $1",
+    )
+    .bind(ada.clone())
+    .bind(other.clone())
+    .execute(tv.db())
+    .await?;
+    for table in ["match_index", "match_subjects"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE subject_id = $1"
+        )))
+        .bind(ada.clone())
+        .execute(tv.db())
+        .await?;
+    }
+    let refused = query(&mut bq, ADA_AS_SEEN_ELSEWHERE)
+        .await
+        .expect_err("an answer from a copied row");
+    assert_eq!(refused.code(), Code::DataLoss, "{}", refused.message());
+    let (action, outcome, detail) = tv.last_audit().await;
+    assert_eq!((action.as_str(), outcome.as_str()), ("Match", "error"));
+    assert!(
+        detail.contains("integrity: match signature row MAC"),
+        "{detail}"
+    );
+    // Nothing was revealed: partner-b holds no token for the other subject.
+    let tokens: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pairwise_tokens WHERE partner = 'partner-b'")
+            .fetch_one(tv.db())
+            .await?;
+    assert_eq!(tokens, 0);
+
+    // An update writes the other subject's rows again, sealed: found by
+    // its own values, and the person's values find nobody.
+    tv.subjects("partner-a")
+        .await?
+        .update_subject(UpdateSubjectRequest {
+            subject_id: other_id,
+            fields: fields(&[("email", "mq2@example.net")]),
+        })
+        .await?;
+    let mut own = OTHER.to_vec();
+    own[3] = ("email", "mq2@example.net");
+    assert_eq!(query(&mut bq, &own).await?.len(), 1);
+    assert!(query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?.is_empty());
     tv.stop().await
 }

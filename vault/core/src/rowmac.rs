@@ -1,7 +1,8 @@
 //! MACs binding the rows that authorise something but carry no signature
 //! of their own to the root key: subject owners, enrolled devices,
 //! enrollment codes, presented consents (beside the grant bytes and
-//! signature they keep), entity links, rules and pairwise tokens.
+//! signature they keep), entity links, rules, pairwise tokens and match
+//! signatures.
 //!
 //! The threat is a database writer without the root key (SECURITY.md): a
 //! row they insert or edit must authorise nothing. Each row kind has a
@@ -199,6 +200,33 @@ pub fn pairwise_token(partner: &str, subject: &SubjectId, token: &str) -> RowByt
         .text(partner)
         .bytes(subject.as_bytes())
         .text(token)
+}
+
+/// A subject's match signature in one domain: domain, subject, presence
+/// mask, signature. A match answer names the subject whose row scored, so
+/// a row copied onto another subject would hand the partner that other
+/// subject's pairwise token for the person it asked about.
+pub fn match_signature(
+    domain: &str,
+    subject: &SubjectId,
+    present: u16,
+    signature: &[u8],
+) -> RowBytes {
+    RowBytes::new("match-signature")
+        .text(domain)
+        .bytes(subject.as_bytes())
+        .int(i64::from(present))
+        .bytes(signature)
+}
+
+/// A row's MAC as stored: its key version and bytes, each `None` where the
+/// row has none (checked by [`RowMac::check`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredMac {
+    /// The `mac_version` column.
+    pub version: Option<i64>,
+    /// The `mac` column.
+    pub mac: Option<Vec<u8>>,
 }
 
 /// A person's link to an entity: subject, entity, link time.
@@ -434,6 +462,38 @@ mod tests {
                 "pw_abcdefghijklmnopqrstuvwxyz",
             ),
             pairwise_token("partner-a", &id, "pw_abcdefghijklmnopqrstuvwxy2"),
+        ] {
+            assert_eq!(m.check(&other, Some(i64::from(v)), Some(&mac)), forged);
+        }
+    }
+
+    #[test]
+    fn match_signature_binds_every_column() {
+        let mut want = b"idvault/v1/row/match-signature\x00".to_vec();
+        want.extend_from_slice(&9u32.to_be_bytes());
+        want.extend_from_slice(b"partner-a");
+        want.extend_from_slice(&16u32.to_be_bytes());
+        want.extend_from_slice(&[7; 16]);
+        want.extend_from_slice(&0x0105i64.to_be_bytes());
+        want.extend_from_slice(&3u32.to_be_bytes());
+        want.extend_from_slice(&[1, 2, 3]);
+        let id = SubjectId::from_bytes([7; 16]);
+        let row = match_signature("partner-a", &id, 0x0105, &[1, 2, 3]);
+        assert_eq!(row.as_bytes(), want.as_slice());
+        let m = RowMac::from_keys([key(1, 0x42)]).unwrap();
+        let (v, mac) = m.seal(&row);
+        assert_eq!(m.check(&row, Some(i64::from(v)), Some(&mac)), Ok(()));
+        let forged = Err(RowMacError::Forged("match-signature"));
+        for other in [
+            match_signature("partner-b", &id, 0x0105, &[1, 2, 3]),
+            match_signature(
+                "partner-a",
+                &SubjectId::from_bytes([8; 16]),
+                0x0105,
+                &[1, 2, 3],
+            ),
+            match_signature("partner-a", &id, 0x0104, &[1, 2, 3]),
+            match_signature("partner-a", &id, 0x0105, &[1, 2, 4]),
         ] {
             assert_eq!(m.check(&other, Some(i64::from(v)), Some(&mac)), forged);
         }

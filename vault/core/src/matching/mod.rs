@@ -77,8 +77,10 @@ pub const COMPOUND_FIELD_BASE: u8 = 16;
 /// The storage version of the indexes this code writes. A domain indexed
 /// under an older scheme is indexed again at start (`match_domains.scheme`).
 /// 1: the first variant kinds; 2: one-edit neighbourhoods, near addresses,
-/// compound blocking keys, q-gram Bloom filters, kind codes in signatures.
-pub const INDEX_SCHEME: i64 = 2;
+/// compound blocking keys, q-gram Bloom filters, kind codes in signatures;
+/// 3: signature rows carry a row MAC (`rowmac::match_signature`), so rows
+/// of scheme 2 are rebuilt from the packets rather than sealed as found.
+pub const INDEX_SCHEME: i64 = 3;
 
 /// Bits of the q-gram Bloom filter of `field` (0: none).
 pub fn bloom_bits(field: MatchField) -> usize {

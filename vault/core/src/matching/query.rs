@@ -11,6 +11,7 @@ use idvault_tokenizer::matching::Level;
 use idvault_tokenizer::variants::MatchField;
 
 use super::{MatchKeyring, MatchModel, QueryPlan, decode_signature};
+use crate::rowmac::StoredMac;
 use crate::subject::{SubjectId, validate_fields};
 
 /// Most candidates one query may ask for.
@@ -53,6 +54,9 @@ pub struct Candidate {
     /// Its rank: over the fields (and compound keys) of its blocking hits,
     /// the sum of each one's best gain ([`QueryPlan::blocking`]).
     pub gain: f64,
+    /// The signature row's MAC as stored ([`crate::rowmac::match_signature`]),
+    /// checked by the server for the candidates it answers with.
+    pub mac: StoredMac,
 }
 
 /// A stored signature that does not decode: a corrupt index row.
@@ -189,7 +193,7 @@ impl PlannedQuery {
 
     /// The candidates scoring at least the cut-off, best first (by weight,
     /// ties in subject order, so answers are repeatable), at most `max_results`.
-    pub fn rank(&self, candidates: Vec<Candidate>) -> Result<Vec<Hit>, BadSignature> {
+    pub fn rank(&self, candidates: &[Candidate]) -> Result<Vec<Hit>, BadSignature> {
         let mut hits = Vec::new();
         for c in candidates {
             let sig = decode_signature(&c.signature).ok_or(BadSignature)?;
@@ -271,6 +275,7 @@ mod tests {
             present: field_mask(idx.entries.iter().map(|e| e.field)),
             signature: idx.signature(ring.version()),
             gain,
+            mac: StoredMac::default(),
         }
     }
 
@@ -329,7 +334,7 @@ mod tests {
             1.0,
         );
         let hits = p
-            .rank(vec![stranger.clone(), near, same.clone(), twin.clone()])
+            .rank(&[stranger.clone(), near, same.clone(), twin.clone()])
             .unwrap();
         // Two equal best scores: subject order breaks the tie; the
         // stranger is under the cut-off; at most max_results.
@@ -338,10 +343,10 @@ mod tests {
             [twin.subject, same.subject]
         );
         assert!(hits.iter().all(|h| h.score >= MIN_SCORE));
-        assert!(p.rank(vec![stranger]).unwrap().is_empty());
+        assert!(p.rank(&[stranger]).unwrap().is_empty());
         let mut corrupt = candidate(&r, 2, ADA, 40.0);
         corrupt.signature = vec![1, 2, 3];
-        assert_eq!(p.rank(vec![corrupt]), Err(BadSignature));
+        assert_eq!(p.rank(&[corrupt]), Err(BadSignature));
     }
 
     #[test]
@@ -436,7 +441,7 @@ mod tests {
         let lesser = candidate(&r, 1, &FULL[..6], 0.0);
         assert!(weigh(&lesser) < bits);
         assert!((score(weigh(&lesser)) - 1.0).abs() < f64::EPSILON);
-        let hits = p.rank(vec![lesser, best.clone()]).unwrap();
+        let hits = p.rank(&[lesser, best.clone()]).unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].subject, best.subject);
         assert!((hits[0].bits - bits).abs() < f64::EPSILON);

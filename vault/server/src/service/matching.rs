@@ -109,7 +109,7 @@ async fn best_candidates(
     }
     let read_time = started.elapsed();
     let candidates = read.len();
-    let hits = p.rank(read)?;
+    let hits = p.rank(&read)?;
     let wide = p.needs_wide(&hits);
     tracing::debug!(
         keys = blocking.len(),
@@ -123,6 +123,7 @@ async fn best_candidates(
         "match lookup timings"
     );
     if !wide {
+        check_answered(store, domain, &hits, &read)?;
         return Ok(hits);
     }
     // Wide keys (a name pair, a family name and birth year): a duplicate
@@ -130,11 +131,56 @@ async fn best_candidates(
     let mut all = store
         .match_wide_candidates(domain, p.plan.wide(), CANDIDATE_LIMIT)
         .await?;
-    let seen: std::collections::HashSet<SubjectId> = hits.iter().map(|h| h.subject).collect();
+    // Every subject is scored once, from the row read first: a subject
+    // read again here (a later read, outside the first one's snapshot)
+    // scores as it did, unless its row changed in between, and then the
+    // row scored and the row checked would differ.
+    let seen: std::collections::HashSet<SubjectId> = read.iter().map(|c| c.subject).collect();
     all.retain(|c| !seen.contains(&c.subject));
     let mut merged = hits;
-    merged.extend(p.rank(all)?);
-    Ok(p.merge(merged))
+    merged.extend(p.rank(&all)?);
+    let hits = p.merge(merged);
+    read.extend(all);
+    check_answered(store, domain, &hits, &read)?;
+    Ok(hits)
+}
+
+/// Checks the signature row MAC of every candidate in `hits` (the ones a
+/// query answers with, at most `MAX_RESULTS`), among the candidates read:
+/// a row that fails refuses the query as an integrity failure, before any
+/// token is revealed. Only these are checked, not every candidate scored:
+/// a forged row can then only push real candidates out of an answer
+/// (which deleting them does too), never stand in one. Every row read
+/// for an answered subject is checked, should one have been read twice.
+fn check_answered(
+    store: &crate::store::Store,
+    domain: &str,
+    hits: &[Hit],
+    read: &[idvault_core::matching::Candidate],
+) -> Result<(), VaultError> {
+    if hits.is_empty() {
+        return Ok(());
+    }
+    check_answered_with(&*store.row_keys()?, domain, hits, read)
+}
+
+/// [`check_answered`] with the row MAC keys at hand.
+fn check_answered_with(
+    keys: &idvault_core::rowmac::RowMac,
+    domain: &str,
+    hits: &[Hit],
+    read: &[idvault_core::matching::Candidate],
+) -> Result<(), VaultError> {
+    for h in hits {
+        let mut rows = read.iter().filter(|c| c.subject == h.subject).peekable();
+        if rows.peek().is_none() {
+            return Err(VaultError::Internal("an answered candidate was not read"));
+        }
+        for c in rows {
+            crate::store::check_signature(keys, domain, c)?;
+        }
+    }
+    Ok(())
 }
 
 /// Pairwise tokens a lookup read: `None` when the subject had none.
@@ -495,7 +541,7 @@ impl Vault {
                     .map(|(code, i)| (d.domain.as_str(), *code, d.version, *i)),
             );
         }
-        tx.match_set_subject(subject, &signatures);
+        tx.match_set_subject(subject, &signatures)?;
         tx.match_insert(subject, &rows);
         Ok(())
     }
@@ -1064,7 +1110,11 @@ impl Vault {
 
     /// Indexes every subject for `domain`, a page per audited transaction;
     /// returns subjects indexed. A subject indexed before an interrupted
-    /// backfill is indexed again whole.
+    /// backfill is indexed again whole. A subject whose data key or packets
+    /// do not open (damaged, or tampered with) is left without blocking rows
+    /// in the domain and counted (`damaged=N` in the page's record, and a
+    /// warning), as a rewrap leaves one behind: an upgrade rebuilds every
+    /// domain, and one such subject must not keep the vault from starting.
     async fn backfill(&self, system: &Caller, domain: &str) -> Result<u64, VaultError> {
         const PAGE: u32 = 200;
         let ring = self
@@ -1082,12 +1132,21 @@ impl Vault {
             };
             after = Some(last);
             let mut tx = self.begin().await?;
+            let mut damaged = 0u64;
             for id in &ids {
                 // Deleted since the page was read: nothing to index.
                 let Some(row) = tx.subject(id).await? else {
                     continue;
                 };
-                let values = self.newest_values(&mut tx, &row).await?;
+                let values = match self.newest_values(&mut tx, &row).await {
+                    Ok(v) => v,
+                    Err(VaultError::Integrity(_) | VaultError::Key(_)) => {
+                        damaged += 1;
+                        tx.match_delete_domain_subject(domain, id).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let indexes = [DomainIndexes {
                     domain: domain.to_owned(),
                     version: ring.version(),
@@ -1097,9 +1156,19 @@ impl Vault {
                 self.write_match_rows(&mut tx, id, false, &indexes).await?;
                 total += 1;
             }
-            let detail = format!("reindex domain={domain} subjects={}", ids.len());
+            let detail = format!(
+                "reindex domain={domain} subjects={} damaged={damaged}",
+                ids.len()
+            );
             self.commit_job(tx, system, Action::MatchSubjects, detail)
                 .await?;
+            if damaged > 0 {
+                tracing::warn!(
+                    domain = %domain,
+                    damaged,
+                    "subjects whose data key or packets do not open were left unindexed"
+                );
+            }
         }
         Ok(total)
     }
@@ -1107,8 +1176,86 @@ impl Vault {
 
 #[cfg(test)]
 mod tests {
-    use super::{LinkJob, VaultError};
+    use super::{LinkJob, VaultError, check_answered_with};
+    use idvault_core::matching::{Candidate, Hit};
+    use idvault_core::rowmac::{self, RowMac, StoredMac};
+    use idvault_core::secret::Secret;
+    use idvault_core::subject::SubjectId;
     use std::sync::Arc;
+
+    /// Only answered candidates are checked, and every row read for one:
+    /// a subject read twice (its row changed between two reads) is refused
+    /// if either row fails, whichever was scored.
+    #[test]
+    fn every_row_of_an_answered_candidate_is_checked() {
+        let keys = RowMac::from_keys([Secret::from_bytes([0x42; 32], 1)]).expect("keys");
+        let row = |id: u8, signature: &[u8], sealed: bool| {
+            let subject = SubjectId::from_bytes([id; 16]);
+            let (v, mac) = keys.seal(&rowmac::match_signature("d", &subject, 3, signature));
+            Candidate {
+                subject,
+                present: 3,
+                signature: signature.to_vec(),
+                gain: 1.0,
+                mac: if sealed {
+                    StoredMac {
+                        version: Some(i64::from(v)),
+                        mac: Some(mac.to_vec()),
+                    }
+                } else {
+                    StoredMac::default()
+                },
+            }
+        };
+        let hit = |id: u8| Hit {
+            subject: SubjectId::from_bytes([id; 16]),
+            score: 0.9,
+            bits: 10.0,
+            agreements: Vec::new(),
+        };
+        let genuine = row(1, &[1, 2], true);
+        let mut copied = row(1, &[9, 9], true);
+        // Another subject's MAC pasted beside the copied signature.
+        copied.mac = row(2, &[9, 9], true).mac;
+        let unsealed = row(3, &[1], false);
+        let forged = |e: Result<(), VaultError>| {
+            assert!(
+                matches!(e, Err(VaultError::Integrity("match signature row MAC"))),
+                "{e:?}"
+            );
+        };
+        assert!(check_answered_with(&keys, "d", &[hit(1)], std::slice::from_ref(&genuine)).is_ok());
+        forged(check_answered_with(
+            &keys,
+            "e",
+            &[hit(1)],
+            std::slice::from_ref(&genuine),
+        ));
+        forged(check_answered_with(
+            &keys,
+            "d",
+            &[hit(1)],
+            &[genuine.clone(), copied.clone()],
+        ));
+        forged(check_answered_with(
+            &keys,
+            "d",
+            &[hit(1)],
+            &[copied, genuine.clone()],
+        ));
+        forged(check_answered_with(
+            &keys,
+            "d",
+            &[hit(3)],
+            std::slice::from_ref(&unsealed),
+        ));
+        // A forged row that is only scored, not answered, is not read here.
+        assert!(check_answered_with(&keys, "d", &[hit(1)], &[genuine, unsealed]).is_ok());
+        assert!(matches!(
+            check_answered_with(&keys, "d", &[hit(4)], &[]),
+            Err(VaultError::Internal(_))
+        ));
+    }
 
     /// One-to-one jobs together hold at most the vault-wide number of
     /// records: a message past it is refused, and a job's records come

@@ -103,6 +103,25 @@ async fn pairwise_chunk<'e>(
     Ok(())
 }
 
+/// Checks the MAC of a candidate's signature row in `domain`
+/// (`rowmac::match_signature`). The lookups read rows without checking
+/// them, since most candidates are only scored; each candidate a query
+/// answers with is checked before its token is revealed, so an answer
+/// never rests on a row the vault did not write as it is (a signature
+/// copied onto another subject would name that subject's token).
+pub(crate) fn check_signature(
+    keys: &RowMac,
+    domain: &str,
+    c: &Candidate,
+) -> Result<(), StoreError> {
+    keys.check(
+        &rowmac::match_signature(domain, &c.subject, c.present, &c.signature),
+        c.mac.version,
+        c.mac.mac.as_deref(),
+    )?;
+    Ok(())
+}
+
 /// Checks a pairwise token row's MAC (`rowmac::pairwise_token`).
 pub(super) fn check_pairwise(
     keys: &RowMac,
@@ -173,10 +192,20 @@ impl AuditedTx {
     }
 
     /// Sets `subject`'s presence mask and signature in each domain of
-    /// `by_domain` `(domain, mask, signature)`, in one statement.
-    pub fn match_set_subject(&mut self, subject: &SubjectId, by_domain: &[(&str, u16, Vec<u8>)]) {
+    /// `by_domain` `(domain, mask, signature)`, in one statement, each row
+    /// with its MAC (`rowmac::match_signature`).
+    pub fn match_set_subject(
+        &mut self,
+        subject: &SubjectId,
+        by_domain: &[(&str, u16, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let keys = self.store.row_keys()?;
         let table = self.table_for(subject, Table::MatchSubjects, Table::NewMatchSubjects);
         for (domain, present, signature) in by_domain {
+            let (v, mac) = super::seal_row(
+                &keys,
+                &rowmac::match_signature(domain, subject, *present, signature),
+            );
             self.pending.push(
                 table,
                 vec![
@@ -184,9 +213,12 @@ impl AuditedTx {
                     Value::Bytes(subject.as_bytes().to_vec()),
                     Value::Int(i64::from(*present)),
                     Value::Bytes(signature.clone()),
+                    Value::Int(v),
+                    Value::Bytes(mac),
                 ],
             );
         }
+        Ok(())
     }
 
     /// `partner`'s pairwise tokens of `subjects` (absent ones left out).
@@ -444,19 +476,35 @@ impl Store {
     }
 
     /// Up to `limit` signatures of `domain`'s subjects, drawn at random
-    /// (for estimating its weights).
+    /// (for estimating its weights), each row's MAC checked: weights
+    /// learned from rows a database writer made would decide matches.
     pub async fn match_signature_sample(
         &self,
         domain: &str,
         limit: u32,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT signature FROM match_subjects WHERE domain = $1 ORDER BY random() LIMIT $2",
+        let keys = self.row_keys()?;
+        let rows: Vec<SignatureRow> = sqlx::query_as(
+            "SELECT subject_id, fields, signature, mac_version, mac FROM match_subjects \
+             WHERE domain = $1 ORDER BY random() LIMIT $2",
         )
         .bind(domain.to_owned())
         .bind(i64::from(limit))
         .fetch_all(self.pool())
-        .await?)
+        .await?;
+        rows.into_iter()
+            .map(|(s, mask, signature, v, mac)| {
+                let c = candidate(
+                    subject_of(&s, "match_subjects.subject_id")?,
+                    mask,
+                    signature,
+                    (v, mac),
+                    0.0,
+                )?;
+                check_signature(&keys, domain, &c)?;
+                Ok(c.signature)
+            })
+            .collect()
     }
 
     /// Every stored model `(domain, estimated at, bytes)`, each checked
@@ -538,21 +586,27 @@ impl BenchLoader {
         }
         let mut order: Vec<&LoadedSubject> = subjects.iter().collect();
         order.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let keys = self.store.row_keys()?;
         for part in order.chunks(INSERT_CHUNK) {
             let values: Vec<String> = (0..part.len())
-                .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
+                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
                 .collect();
             let sql = format!(
-                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES {}",
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, mac) \
+                 VALUES {}",
                 values.join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (s, _, mask, sig) in part {
+                let (v, mac) =
+                    super::seal_row(&keys, &rowmac::match_signature(&self.domain, s, *mask, sig));
                 q = q
                     .bind(self.domain.clone())
                     .bind(s.as_bytes().to_vec())
                     .bind(i64::from(*mask))
-                    .bind(sig.clone());
+                    .bind(sig.clone())
+                    .bind(v)
+                    .bind(mac);
             }
             q.execute(&mut self.conn).await?;
             // A stand-in subject row for each (no data key, no packets):
@@ -590,12 +644,14 @@ impl BenchLoader {
 }
 
 /// A candidate row with the partner's pairwise token row, if any:
-/// subject, presence mask, signature, rank, token, its MAC version and
-/// MAC.
+/// subject, presence mask, signature, its MAC version and MAC, rank,
+/// token, its MAC version and MAC.
 type CandidateWithToken = (
     Vec<u8>,
     i64,
     Vec<u8>,
+    Option<i64>,
+    Option<Vec<u8>>,
     f64,
     Option<String>,
     Option<i64>,
@@ -628,8 +684,8 @@ pub(super) async fn candidates<'e>(
     }
     // The ranking's placeholders run to $(1 + 2n); the partner comes next.
     let sql = format!(
-        "SELECT s.subject_id, s.fields, s.signature, c.g, t.token, t.mac_version, t.mac \
-         FROM match_subjects s \
+        "SELECT s.subject_id, s.fields, s.signature, s.mac_version, s.mac, c.g, \
+         t.token, t.mac_version, t.mac FROM match_subjects s \
          JOIN ({}) c ON c.subject_id = s.subject_id \
          LEFT JOIN pairwise_tokens t ON t.subject_id = s.subject_id AND t.partner = ${} \
          WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
@@ -643,13 +699,13 @@ pub(super) async fn candidates<'e>(
         .await?;
     let mut tokens = HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
-    for (s, mask, signature, gain, token, v, mac) in rows {
+    for (s, mask, signature, sv, smac, gain, token, v, mac) in rows {
         let subject = subject_of(&s, "match_subjects.subject_id")?;
         if let Some(t) = &token {
             check_pairwise(keys, partner, &subject, t, v, mac.as_deref())?;
         }
         tokens.insert(subject, token);
-        out.push(candidate(subject, mask, signature, gain)?);
+        out.push(candidate(subject, mask, signature, (sv, smac), gain)?);
     }
     Ok((out, tokens))
 }
@@ -755,20 +811,20 @@ pub(super) async fn signatures<'e>(
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT subject_id, fields, signature FROM match_subjects \
+        "SELECT subject_id, fields, signature, mac_version, mac FROM match_subjects \
          WHERE domain = $1 AND subject_id IN ({})",
         placeholders(2, ranked.len())
     );
-    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql))
-        .bind(domain.to_owned());
+    let mut q = sqlx::query_as::<_, SignatureRow>(sqlx::AssertSqlSafe(sql)).bind(domain.to_owned());
     for (s, _) in ranked {
         q = q.bind(s.as_bytes().to_vec());
     }
-    let mut found: HashMap<SubjectId, (i64, Vec<u8>)> = HashMap::with_capacity(ranked.len());
-    for (s, mask, signature) in q.fetch_all(ex).await? {
+    let mut found: HashMap<SubjectId, (i64, Vec<u8>, StoredMacRow)> =
+        HashMap::with_capacity(ranked.len());
+    for (s, mask, signature, v, mac) in q.fetch_all(ex).await? {
         found.insert(
             subject_of(&s, "match_subjects.subject_id")?,
-            (mask, signature),
+            (mask, signature, (v, mac)),
         );
     }
     ranked
@@ -776,7 +832,7 @@ pub(super) async fn signatures<'e>(
         .filter_map(|(s, gain)| {
             found
                 .remove(s)
-                .map(|(mask, signature)| candidate(*s, mask, signature, *gain))
+                .map(|(mask, signature, mac)| candidate(*s, mask, signature, mac, *gain))
         })
         .collect()
 }
@@ -799,8 +855,7 @@ pub(super) async fn wide_candidates<'e>(
         return Ok(Vec::new());
     }
     let sql = wide_sql(wide.len(), limit);
-    let mut q = sqlx::query_as::<_, (Vec<u8>, i64, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql))
-        .bind(domain.to_owned());
+    let mut q = sqlx::query_as::<_, CandidateRow>(sqlx::AssertSqlSafe(sql)).bind(domain.to_owned());
     for (b, g) in wide {
         q = q.bind(*b).bind(*g);
     }
@@ -825,7 +880,8 @@ fn wide_sql(n: usize, limit: u32) -> String {
         })
         .collect();
     format!(
-        "SELECT s.subject_id, s.fields, s.signature, c.g FROM match_subjects s \
+        "SELECT s.subject_id, s.fields, s.signature, s.mac_version, s.mac, c.g \
+         FROM match_subjects s \
          JOIN (SELECT u.subject_id, SUM(u.g) AS g FROM ({}) u \
            GROUP BY u.subject_id ORDER BY SUM(u.g) DESC, u.subject_id LIMIT {limit}) c \
          ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
@@ -833,14 +889,25 @@ fn wide_sql(n: usize, limit: u32) -> String {
     )
 }
 
-/// Candidate rows `(subject, presence mask, signature, rank)` as read.
-fn candidate_rows(rows: Vec<(Vec<u8>, i64, Vec<u8>, f64)>) -> Result<Vec<Candidate>, StoreError> {
+/// A stored MAC's `(mac_version, mac)` columns.
+type StoredMacRow = (Option<i64>, Option<Vec<u8>>);
+
+/// A signature row: subject, presence mask, signature, MAC version, MAC.
+type SignatureRow = (Vec<u8>, i64, Vec<u8>, Option<i64>, Option<Vec<u8>>);
+
+/// A candidate row: subject, presence mask, signature, MAC version, MAC,
+/// rank.
+type CandidateRow = (Vec<u8>, i64, Vec<u8>, Option<i64>, Option<Vec<u8>>, f64);
+
+/// Candidate rows as read.
+fn candidate_rows(rows: Vec<CandidateRow>) -> Result<Vec<Candidate>, StoreError> {
     rows.into_iter()
-        .map(|(s, mask, signature, gain)| {
+        .map(|(s, mask, signature, v, mac, gain)| {
             candidate(
                 subject_of(&s, "match_subjects.subject_id")?,
                 mask,
                 signature,
+                (v, mac),
                 gain,
             )
         })
@@ -851,6 +918,7 @@ fn candidate(
     subject: SubjectId,
     mask: i64,
     signature: Vec<u8>,
+    (version, mac): StoredMacRow,
     gain: f64,
 ) -> Result<Candidate, StoreError> {
     Ok(Candidate {
@@ -858,6 +926,7 @@ fn candidate(
         present: u16::try_from(mask).map_err(|_| StoreError::Corrupt("match_subjects.fields"))?,
         signature,
         gain,
+        mac: rowmac::StoredMac { version, mac },
     })
 }
 

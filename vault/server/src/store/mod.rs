@@ -76,6 +76,7 @@ pub use audit::{
 };
 pub use consent::{GrantClaim, GrantClaimRows};
 pub use events::{IGNORED_UNLINKED, SuggestionInputs};
+pub(crate) use matching::check_signature;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow};
 pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};
 pub use retention::Prunable;

@@ -557,6 +557,17 @@ impl Store {
             )
             .await?,
         );
+        // Rewritten with the subject's indexes when it is rewrapped (so
+        // never the last reference to a version), counted in case one is
+        // left: a signature whose key is retired could never be answered.
+        add(
+            "match signatures (row MACs)",
+            self.scalar(
+                "SELECT COUNT(*) FROM match_subjects WHERE mac_version = $1",
+                version,
+            )
+            .await?,
+        );
         add(
             "cross-reference links",
             self.scalar(

@@ -121,10 +121,12 @@ impl Table {
                 "",
             ),
             Self::MatchSubjects => (
-                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES ",
-                4,
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, \
+                 mac) VALUES ",
+                6,
                 " ON CONFLICT (domain, subject_id) DO UPDATE \
-                 SET fields = excluded.fields, signature = excluded.signature",
+                 SET fields = excluded.fields, signature = excluded.signature, \
+                 mac_version = excluded.mac_version, mac = excluded.mac",
             ),
             // The rows of a subject created in the same write set: no
             // other transaction can hold or lock a row naming it, so they
@@ -137,8 +139,9 @@ impl Table {
             // a new subject's repeated keys, which the conflict clause
             // skipped.
             Self::NewMatchSubjects => (
-                "INSERT INTO match_subjects (domain, subject_id, fields, signature) VALUES ",
-                4,
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, \
+                 mac) VALUES ",
+                6,
                 "",
             ),
             Self::NewMatchIndex => (
