@@ -719,3 +719,128 @@ pub async fn forged_links_detokenize_for_nobody_else(b: Backend) -> anyhow::Resu
     assert_eq!(refusal(r).0, tonic::Code::DataLoss);
     tv.stop().await
 }
+
+/// One partner's requests queued on one subject's row lock hold at most
+/// its share of the pool's connections (half of them), so another
+/// partner's writes still get one (PostgreSQL, where a transaction holds
+/// a pool connection from its first read to its commit). Calls it gives
+/// up on while they wait keep their share until their connection is free:
+/// cancelling and calling again gains it nothing.
+pub async fn one_partner_cannot_hold_every_connection(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let theirs = create(&tv, "partner-a", &[("city", "Paris")]).await?;
+    let own = create(&tv, "partner-b", &[("city", "Oslo")]).await?;
+    let share = tv.vault.store().connections_per_partner();
+    assert!((1..16).contains(&share), "{share}");
+    // The test holds the subject's row lock, as a long transaction would.
+    let id = idvault_tests::idvault_core::subject::SubjectId::parse(&theirs)?;
+    let mut lock = tv.db().begin().await?;
+    sqlx::query("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE")
+        .bind(id.as_bytes().to_vec())
+        .execute(&mut *lock)
+        .await?;
+    let a = tv.subjects("partner-a").await?;
+    // Three times its share of updates to that subject, `timeout` each.
+    let wave = |timeout: Option<std::time::Duration>| {
+        (0..share * 3)
+            .map(|i| {
+                let mut a = a.clone();
+                let mut req = tonic::Request::new(UpdateSubjectRequest {
+                    subject_id: theirs.clone(),
+                    fields: fields(&[("city", format!("Paris {i}").as_str())]),
+                });
+                if let Some(t) = timeout {
+                    req.set_timeout(t);
+                }
+                tokio::spawn(async move { a.update_subject(req).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    let waiting = async || -> anyhow::Result<usize> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(tv.db())
+        .await?;
+        Ok(usize::try_from(n)?)
+    };
+    // The first wave gives up after 2 s; its share waits on the lock.
+    let given_up = wave(Some(std::time::Duration::from_secs(2)));
+    let mut n = 0;
+    for _ in 0..200 {
+        n = waiting().await?;
+        if n >= share {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, share, "partner-a's waiting transactions");
+    for call in given_up {
+        let refused = call.await?.expect_err("gave up while the lock was held");
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            "{refused:?}"
+        );
+    }
+    // The second wave waits for the first one's connections.
+    let queued = wave(None);
+    // partner-b's write needs a connection of its own (it reads the
+    // subject first): it gets one while partner-a's wait.
+    let mut b_subjects = tv.subjects("partner-b").await?;
+    b_subjects
+        .update_subject(UpdateSubjectRequest {
+            subject_id: own.clone(),
+            fields: fields(&[("city", "Bergen")]),
+        })
+        .await?;
+    b_subjects
+        .verify_subject_chain(VerifySubjectChainRequest {
+            subject_id: own.clone(),
+        })
+        .await?;
+    assert_eq!(
+        waiting().await?,
+        share,
+        "no more of partner-a's transactions wait than its share"
+    );
+    // partner-b queues on a lock of its own too: together they hold all
+    // but the reserved connections, and a write that only inserts (its
+    // batch is committed on a reserved one) still goes through.
+    let all = 16 - usize::try_from(idvault_tests::idvault_server::store::RESERVED_CONNECTIONS)?;
+    let mut lock_b = tv.db().begin().await?;
+    let own_id = idvault_tests::idvault_core::subject::SubjectId::parse(&own)?;
+    sqlx::query("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE")
+        .bind(own_id.as_bytes().to_vec())
+        .execute(&mut *lock_b)
+        .await?;
+    let queued_b: Vec<_> = (0..share * 3)
+        .map(|i| {
+            let mut b = b_subjects.clone();
+            let req = UpdateSubjectRequest {
+                subject_id: own.clone(),
+                fields: fields(&[("city", format!("Oslo {i}").as_str())]),
+            };
+            tokio::spawn(async move { b.update_subject(req).await })
+        })
+        .collect();
+    for _ in 0..200 {
+        n = waiting().await?;
+        if n >= all {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, all, "both partners' waiting transactions");
+    create(&tv, "partner-b", &[("city", "Tromso")]).await?;
+    assert_eq!(waiting().await?, all);
+    lock.commit().await?;
+    lock_b.commit().await?;
+    for call in queued.into_iter().chain(queued_b) {
+        call.await??;
+    }
+    tv.stop().await
+}

@@ -179,6 +179,7 @@ const POSTGRES_ONLY: &[(&str, TestFn)] = tests![
     audit::failed_commit_reports_an_unknown_outcome,
     audit::lost_connection_during_a_batch_reports_an_unknown_outcome,
     bridge::imports_of_one_owner_wait_for_each_other,
+    hostile::one_partner_cannot_hold_every_connection,
 ];
 
 /// Tests of SQLite's own housekeeping.

@@ -349,7 +349,7 @@ impl Vault {
         rng: Arc<dyn Rng>,
     ) -> Self {
         let matching = state::MatchState::new(&registry, None);
-        let admission = state::Admission::new(&registry);
+        let admission = state::Admission::new(&registry, store.connections_per_partner());
         let mut store = store;
         // Without row keys the store refuses every row that authorises
         // something (fail closed); the current version always derives.

@@ -35,6 +35,9 @@ use crate::store::{AuditedTx, NewLeaf, StoreError};
 tokio::task_local! {
     /// The deadline of the request this task serves, if it has one.
     static DEADLINE: tokio::time::Instant;
+    /// The share of the store's connections of the partner whose request
+    /// this task serves (`Store::connections_per_partner`).
+    static CONNECTIONS: std::sync::Arc<tokio::sync::Semaphore>;
 }
 
 /// Waits `d` before trying again, unless the request's deadline comes
@@ -265,13 +268,19 @@ impl Vault {
                 .count_refusal(&caller.spiffe_id, REFUSED_BUSY);
             return Err(VaultError::Overloaded(MAX_IN_FLIGHT_PER_PARTNER));
         };
-        match caller.deadline {
-            Some(d) => {
-                DEADLINE
-                    .scope(d, self.admitted(caller, partner, gate, action, body))
-                    .await
+        let run = async {
+            match caller.deadline {
+                Some(d) => {
+                    DEADLINE
+                        .scope(d, self.admitted(caller, partner, gate, action, body))
+                        .await
+                }
+                None => self.admitted(caller, partner, gate, action, body).await,
             }
-            None => self.admitted(caller, partner, gate, action, body).await,
+        };
+        match self.admission.connections(&partner.name) {
+            Some(share) => CONNECTIONS.scope(share, run).await,
+            None => run.await,
         }
     }
 
@@ -365,7 +374,12 @@ impl Vault {
             return Err(VaultError::DeadlineExceeded);
         }
         match self.store().begin_audited(deadline) {
-            Ok(tx) => Ok(tx),
+            Ok(mut tx) => {
+                if let Ok(share) = CONNECTIONS.try_with(std::sync::Arc::clone) {
+                    tx.limit_connections(share);
+                }
+                Ok(tx)
+            }
             Err(StoreError::QueueFull(n)) => Err(VaultError::Overloaded(n)),
             Err(e) => Err(VaultError::AuditUnavailable(e)),
         }

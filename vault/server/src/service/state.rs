@@ -160,24 +160,33 @@ const MAX_REFUSAL_KEYS: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Admission {
     per_partner: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Each partner's share of the store's connections
+    /// (`Store::connections_per_partner`).
+    connections: HashMap<String, Arc<tokio::sync::Semaphore>>,
     refusals: Mutex<HashMap<(String, &'static str), u64>>,
 }
 
 impl Admission {
-    pub(crate) fn new(registry: &PartnerRegistry) -> Self {
-        Self {
-            per_partner: registry
+    /// Admission for `registry`'s partners, each allowed
+    /// `connections_per_partner` store connections at once.
+    pub(crate) fn new(registry: &PartnerRegistry, connections_per_partner: usize) -> Self {
+        let each = |n: usize| {
+            registry
                 .partners()
                 .iter()
-                .map(|p| {
-                    (
-                        p.name.clone(),
-                        Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_PARTNER)),
-                    )
-                })
-                .collect(),
+                .map(|p| (p.name.clone(), Arc::new(tokio::sync::Semaphore::new(n))))
+                .collect()
+        };
+        Self {
+            per_partner: each(MAX_IN_FLIGHT_PER_PARTNER),
+            connections: each(connections_per_partner),
             refusals: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `partner`'s share of the store's connections.
+    pub(crate) fn connections(&self, partner: &str) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.connections.get(partner).cloned()
     }
 
     /// A slot for one request of `partner`, or `None` when it already has
@@ -228,6 +237,7 @@ mod tests {
     fn refusal_counts_put_back_add_up_and_stay_bounded() {
         let a = Admission {
             per_partner: HashMap::new(),
+            connections: HashMap::new(),
             refusals: Mutex::new(HashMap::new()),
         };
         a.count_refusal("x", "overloaded");

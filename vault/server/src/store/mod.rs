@@ -182,6 +182,10 @@ pub struct Store {
     /// Bounds the writes queued or running (admission control): a write
     /// beyond it is refused at once instead of waiting.
     queue: std::sync::Arc<tokio::sync::Semaphore>,
+    /// PostgreSQL: the pool's connections partners' transactions may hold
+    /// together, all but [`RESERVED_CONNECTIONS`] (see
+    /// [`Store::connections_per_partner`]).
+    partner_txs: std::sync::Arc<tokio::sync::Semaphore>,
     /// Keys of the MACs on rows that authorise something (devices,
     /// enrollment codes, consents, links, rules): every such row written
     /// carries one and every one read is checked. Without keys (never set)
@@ -198,6 +202,14 @@ pub struct Store {
 
 /// Writes queued for or holding the writer, at most.
 pub const WRITE_QUEUE: usize = 1024;
+
+/// PostgreSQL: the pool's connections.
+const POSTGRES_CONNECTIONS: u32 = 16;
+
+/// PostgreSQL: connections of the pool partners' transactions never hold,
+/// left to the batch applier (which commits every insert-only request,
+/// its audit leaf included), the sequencer, jobs and reads.
+pub const RESERVED_CONNECTIONS: u32 = 4;
 
 /// SQLite settings applied to every connection. `synchronous=FULL` with WAL
 /// makes an acknowledged commit survive power loss; `secure_delete`
@@ -299,7 +311,7 @@ impl Store {
                 // pool too but is detached from it at once, and the pool
                 // opens another in its place: 8 readers and the writer.
                 Backend::Sqlite => 8,
-                Backend::Postgres => 16,
+                Backend::Postgres => POSTGRES_CONNECTIONS,
             })
             .acquire_timeout(Duration::from_secs(15));
         if backend == Backend::Sqlite {
@@ -321,6 +333,11 @@ impl Store {
             writer: None,
             applier: None,
             queue: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
+            partner_txs: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(POSTGRES_CONNECTIONS.saturating_sub(RESERVED_CONNECTIONS))
+                    .unwrap_or(1)
+                    .max(1),
+            )),
             row_mac: None,
             wal: std::sync::Arc::default(),
             vacuum_due: std::sync::Arc::default(),
@@ -543,7 +560,28 @@ impl Store {
             deadline,
             changed: None,
             slot: Some(slot),
+            share: None,
+            share_held: None,
         }
+    }
+
+    /// How many connections one partner's transactions may hold at once
+    /// ([`AuditedTx::limit_connections`]): half the pool on PostgreSQL,
+    /// where a transaction holds a pool connection from its first read to
+    /// its commit, waiting on row locks meanwhile. Without a share, one
+    /// partner's requests queued on one subject's lock could hold every
+    /// connection, and every other partner would wait for one. All
+    /// partners' transactions together also leave
+    /// [`RESERVED_CONNECTIONS`] to the applier, jobs and reads, so that two
+    /// such partners stall no commit. On SQLite transactions go through
+    /// the one writer (its queue is bounded and its waits end with their
+    /// caller) and hold no pool connection.
+    pub fn connections_per_partner(&self) -> usize {
+        let max = match self.backend {
+            Backend::Postgres => self.pool.options().get_max_connections() / 2,
+            Backend::Sqlite => self.pool.options().get_max_connections(),
+        };
+        usize::try_from(max).unwrap_or(1).max(1)
     }
 
     /// Opens the connection of a write: the writer's savepoint on SQLite,
@@ -870,6 +908,43 @@ pub struct AuditedTx {
     /// Its place in the writer queue, given back when it ends (while its
     /// connection is being opened, the opening task holds it).
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The requesting partner's share of the pool's connections, taken
+    /// (with one of all partners' connections) before a transaction of
+    /// its own opens on PostgreSQL, and held until its connection is free
+    /// again ([`AuditedTx::limit_connections`]).
+    share: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    share_held: Option<SharePermits>,
+}
+
+/// A partner's permits for one connection: its own share's and all
+/// partners'.
+#[derive(Debug)]
+struct SharePermits {
+    _partner: tokio::sync::OwnedSemaphorePermit,
+    _all: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for AuditedTx {
+    /// A transaction dropped with its connection (a request that failed,
+    /// or was cancelled while a statement waited on a row lock) keeps its
+    /// partner's permits until the connection is free: sqlx hands the
+    /// connection back to the pool only once the statement in flight has
+    /// answered, so releasing them at once would let a partner that
+    /// cancels its calls hold more connections than its share.
+    fn drop(&mut self) {
+        let Some(permits) = self.share_held.take() else {
+            return;
+        };
+        if let Some(TxConn::Own(t)) = self.tx.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                // Waits for the statement in flight, then rolls back.
+                let _ = t.rollback().await;
+                drop(permits);
+            });
+        }
+    }
 }
 
 impl AuditedTx {
@@ -914,6 +989,15 @@ impl AuditedTx {
         Ok(tx)
     }
 
+    /// Counts this transaction's connection against `share`, its
+    /// partner's ([`Store::connections_per_partner`]): on PostgreSQL it
+    /// waits for a permit before it takes a pool connection, within its
+    /// deadline, and keeps it until it ends. The request pipeline sets
+    /// this for every partner's request; the vault's own jobs have none.
+    pub(crate) fn limit_connections(&mut self, share: std::sync::Arc<tokio::sync::Semaphore>) {
+        self.share = Some(share);
+    }
+
     /// Opens the transaction's connection if it has none yet.
     async fn open(&mut self) -> Result<(), StoreError> {
         if self.tx.is_none() {
@@ -921,14 +1005,39 @@ impl AuditedTx {
                 .slot
                 .take()
                 .ok_or(StoreError::Batch("the write lost its queue place".into()))?;
+            let share = match &self.share {
+                Some(s) if self.store.writer.is_none() && self.share_held.is_none() => {
+                    Some(std::sync::Arc::clone(s))
+                }
+                _ => None,
+            };
+            let store = &self.store;
+            let open = async move {
+                let closed = |_| StoreError::Batch("the store is closed".into());
+                let held = match share {
+                    Some(s) => Some(SharePermits {
+                        _partner: s.acquire_owned().await.map_err(closed)?,
+                        _all: std::sync::Arc::clone(&store.partner_txs)
+                            .acquire_owned()
+                            .await
+                            .map_err(closed)?,
+                    }),
+                    None => None,
+                };
+                let (tx, slot) = store.open_write(slot).await?;
+                Ok::<_, StoreError>((tx, slot, held))
+            };
             let opened = match self.deadline {
-                Some(d) => tokio::time::timeout_at(d, self.store.open_write(slot))
+                Some(d) => tokio::time::timeout_at(d, open)
                     .await
                     .map_err(|_| StoreError::Deadline)?,
-                None => self.store.open_write(slot).await,
+                None => open.await,
             }?;
             self.tx = Some(opened.0);
             self.slot = Some(opened.1);
+            if opened.2.is_some() {
+                self.share_held = opened.2;
+            }
         }
         Ok(())
     }
