@@ -1035,6 +1035,12 @@ pub async fn copied_match_rows_name_nobody(b: Backend) -> anyhow::Result<()> {
         ("email", "mq@example.net"),
     ];
     let (other_id, _) = create(&tv, "partner-a", OTHER).await;
+    const GRACE: &[(&str, &str)] = &[
+        ("given_name", "Grace"),
+        ("family_name", "Hopper"),
+        ("date_of_birth", "1906-12-09"),
+    ];
+    create(&tv, "partner-a", GRACE).await;
     let id = |s: &str| SubjectId::parse(s).expect("subject id").as_bytes().to_vec();
     let (ada, other) = (id(&ada), id(&other_id));
     let mut bq = client(&tv, "partner-b").await;
@@ -1088,6 +1094,46 @@ pub async fn copied_match_rows_name_nobody(b: Backend) -> anyhow::Result<()> {
             .fetch_one(tv.db())
             .await?;
     assert_eq!(tokens, 0);
+    // In a batch the query is refused in its place, counted in the
+    // record, and the others are answered.
+    let mut out = bq
+        .match_stream(tokio_stream::iter([MatchBatchRequest {
+            queries: vec![
+                MatchQuery {
+                    fields: fields(ADA_AS_SEEN_ELSEWHERE),
+                    query_id: "copied".into(),
+                    ..Default::default()
+                },
+                MatchQuery {
+                    fields: fields(GRACE),
+                    query_id: "honest".into(),
+                    ..Default::default()
+                },
+            ],
+        }]))
+        .await?
+        .into_inner();
+    let r = out.message().await?.expect("an answer");
+    assert_eq!(r.results.len(), 2);
+    assert_eq!(
+        r.results[0].refused, "integrity: match signature row MAC",
+        "{r:?}"
+    );
+    assert!(r.results[0].candidates.is_empty());
+    assert!(r.results[1].refused.is_empty(), "{r:?}");
+    assert_eq!(r.results[1].candidates.len(), 1);
+    assert!(out.message().await?.is_none());
+    let (action, outcome, detail) = tv.last_audit().await;
+    assert_eq!((action.as_str(), outcome.as_str()), ("Match", "ok"));
+    assert!(
+        detail.starts_with("queries=2 refused=1 matched=1 ") && detail.contains("] integrity=1 "),
+        "{detail}"
+    );
+    let tokens: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pairwise_tokens WHERE partner = 'partner-b'")
+            .fetch_one(tv.db())
+            .await?;
+    assert_eq!(tokens, 1, "only the honest answer's token");
 
     // An update writes the other subject's rows again, sealed: found by
     // its own values, and the person's values find nobody.

@@ -186,6 +186,14 @@ fn check_answered_with(
 /// Pairwise tokens a lookup read: `None` when the subject had none.
 type KnownTokens = HashMap<SubjectId, Option<String>>;
 
+/// The queries of a lookup refused because a row they would have
+/// answered with failed its MAC: how many, and the first one's row kind.
+#[derive(Debug, Default)]
+struct Forged {
+    count: usize,
+    first: Option<&'static str>,
+}
+
 /// The action of the records `idvault keys seal-upgraded-tokens` writes.
 pub const SEAL_TOKENS_ACTION: &str = "SealUpgradedTokens";
 
@@ -632,7 +640,7 @@ impl Vault {
             if refusal_is_error && let [Err(why)] = planned.as_slice() {
                 return Err(VaultError::BadRequest(why.clone()));
             }
-            self.run_batch(req, planned).await
+            self.run_batch(req, planned, refusal_is_error).await
         })
         .await
     }
@@ -666,46 +674,75 @@ impl Vault {
         }
     }
 
+    /// Looks up and answers a batch. With `refusal_is_error`, a batch of
+    /// one query that failed an integrity check fails as a whole (the
+    /// unary call's DATA_LOSS and its error record).
     async fn run_batch(
         &self,
         req: &super::pipeline::Request<'_>,
         planned: Vec<Result<PlannedQuery, String>>,
+        refusal_is_error: bool,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
-        let (kept, tokens) = self.lookup(req.partner, planned).await?;
-        self.reveal(req, kept, tokens, "").await
+        let (kept, tokens, forged) = self.lookup(req.partner, planned).await?;
+        if refusal_is_error
+            && kept.len() == 1
+            && let Some(kind) = forged.first
+        {
+            return Err(VaultError::Integrity(kind));
+        }
+        self.reveal(req, kept, tokens, "", forged.count).await
     }
 
     /// The candidates of each planned query, read from the pool, outside
     /// the writer: nothing is revealed or written yet. Also the partner's
     /// pairwise tokens read with them (of some candidates, not all; `None`:
-    /// read, and the subject had none).
+    /// read, and the subject had none). A query whose answer would rest on
+    /// a row that fails its MAC is refused alone (`integrity: …`), and
+    /// counted: the batch's other queries are still answered, so one
+    /// forged row cannot take a whole batch or Link job down with it.
     async fn lookup(
         &self,
         partner: &Partner,
         planned: Vec<Result<PlannedQuery, String>>,
-    ) -> Result<(Vec<Result<Vec<Hit>, String>>, KnownTokens), VaultError> {
+    ) -> Result<(Vec<Result<Vec<Hit>, String>>, KnownTokens, Forged), VaultError> {
         let mut kept = Vec::with_capacity(planned.len());
         let mut tokens = HashMap::new();
+        let mut forged = Forged::default();
         for p in planned {
             kept.push(match p {
-                Ok(p) => Ok(best_candidates(self.store(), partner, &p, &mut tokens).await?),
+                Ok(p) => match best_candidates(self.store(), partner, &p, &mut tokens).await {
+                    Ok(hits) => Ok(hits),
+                    Err(VaultError::Integrity(kind)) => {
+                        tracing::error!(
+                            partner = %partner.name,
+                            what = kind,
+                            "a match query was refused: a stored row failed its integrity check"
+                        );
+                        forged.count += 1;
+                        forged.first.get_or_insert(kind);
+                        Err(format!("integrity: {kind}"))
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(why) => Err(why),
             });
         }
-        Ok((kept, tokens))
+        Ok((kept, tokens, forged))
     }
 
     /// Answers `kept` with the partner's pairwise tokens, issuing the ones
     /// it lacks, in one audited transaction whose record lists every
     /// subject revealed (`kind` prefixes the record's detail). `known`
     /// holds tokens the lookup read already (`None`: it read that the
-    /// subject had none); the rest are read here.
+    /// subject had none); the rest are read here. `forged` of the refused
+    /// queries failed an integrity check (`integrity=N` in the record).
     async fn reveal(
         &self,
         req: &super::pipeline::Request<'_>,
         kept: Vec<Result<Vec<Hit>, String>>,
         mut known: KnownTokens,
         kind: &str,
+        forged: usize,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
         let partner = req.partner;
         // Monotonic, for the debug phase timings only (never a decision).
@@ -780,12 +817,15 @@ impl Vault {
             .collect();
         // In tag order, not subject order.
         tags.sort_unstable();
-        let detail = format!(
+        let mut detail = format!(
             "{kind}queries={} refused={refused} matched={matched} revealed=v{}:[{}]",
             kept.len(),
             key.version(),
             tags.join(",")
         );
+        if forged > 0 {
+            detail.push_str(&format!(" integrity={forged}"));
+        }
         let tokens_done = started.elapsed();
         self.commit(tx, req, None, detail).await?;
         let committed = started.elapsed();
@@ -889,10 +929,12 @@ impl Vault {
                     plan_query(q, &keyrings, opts, &model)
                 })
                 .collect();
-            let (kept, tokens) = self.lookup(partner, planned).await?;
+            let (kept, tokens, forged) = self.lookup(partner, planned).await?;
             job.received += n;
             if !job.one_to_one {
-                let answers = self.reveal(req, kept, tokens, "link ").await?;
+                let answers = self
+                    .reveal(req, kept, tokens, "link ", forged.count)
+                    .await?;
                 return Ok(link_answers(ids, answers));
             }
             // Nothing revealed yet: the record says what was looked up,
@@ -903,7 +945,10 @@ impl Vault {
             // record is someone in the vault, with no reveal recorded.
             let refused = kept.iter().filter(|k| k.is_err()).count();
             let tx = self.begin().await?;
-            let detail = format!("link lookup one_to_one queries={n} refused={refused}");
+            let mut detail = format!("link lookup one_to_one queries={n} refused={refused}");
+            if forged.count > 0 {
+                detail.push_str(&format!(" integrity={}", forged.count));
+            }
             self.commit(tx, req, None, detail).await?;
             job.pending.extend(ids.into_iter().zip(kept));
             if let Some(r) = reserved {
@@ -926,7 +971,7 @@ impl Vault {
         let answers = self
             .handle(caller, Action::MatchSubjects, async |req| {
                 // Tokens read now: the lookup was long ago.
-                self.reveal(req, assigned, HashMap::new(), "link one_to_one ")
+                self.reveal(req, assigned, HashMap::new(), "link one_to_one ", 0)
                     .await
             })
             .await?;
