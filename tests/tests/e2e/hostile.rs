@@ -3,12 +3,14 @@
 //! an identifier that does not exist (same code, same message), and
 //! changes nothing.
 
+use idvault_tests::idvault_proto::v1::subject_service_client::SubjectServiceClient;
 use idvault_tests::idvault_proto::v1::token_service_client::TokenServiceClient;
 use idvault_tests::idvault_proto::v1::{
     DeleteSubjectRequest, DetokenizeRequest, IdentifierType, UpdateSubjectRequest,
     VerifySubjectChainRequest,
 };
 use idvault_tests::{Backend, TestVault};
+use tonic::transport::Channel;
 
 use crate::bridge::{import, rec};
 use crate::subjects::{create, fields};
@@ -727,35 +729,40 @@ pub async fn forged_links_detokenize_for_nobody_else(b: Backend) -> anyhow::Resu
 /// up on while they wait keep their share until their connection is free:
 /// cancelling and calling again gains it nothing.
 pub async fn one_partner_cannot_hold_every_connection(b: Backend) -> anyhow::Result<()> {
+    use std::time::Duration;
     let tv = TestVault::start(b).await?;
     let theirs = create(&tv, "partner-a", &[("city", "Paris")]).await?;
     let own = create(&tv, "partner-b", &[("city", "Oslo")]).await?;
     let share = tv.vault.store().connections_per_partner();
     assert!((1..16).contains(&share), "{share}");
-    // The test holds the subject's row lock, as a long transaction would.
-    let id = idvault_tests::idvault_core::subject::SubjectId::parse(&theirs)?;
-    let mut lock = tv.db().begin().await?;
-    sqlx::query("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE")
-        .bind(id.as_bytes().to_vec())
-        .execute(&mut *lock)
-        .await?;
-    let a = tv.subjects("partner-a").await?;
-    // Three times its share of updates to that subject, `timeout` each.
-    let wave = |timeout: Option<std::time::Duration>| {
-        (0..share * 3)
-            .map(|i| {
-                let mut a = a.clone();
-                let mut req = tonic::Request::new(UpdateSubjectRequest {
-                    subject_id: theirs.clone(),
-                    fields: fields(&[("city", format!("Paris {i}").as_str())]),
-                });
-                if let Some(t) = timeout {
-                    req.set_timeout(t);
-                }
-                tokio::spawn(async move { a.update_subject(req).await })
-            })
-            .collect::<Vec<_>>()
+    // The test holds a subject's row lock, as a long transaction would.
+    let lock_row = async |subject: &str| -> anyhow::Result<sqlx::Transaction<'_, sqlx::Any>> {
+        let id = idvault_tests::idvault_core::subject::SubjectId::parse(subject)?;
+        let mut lock = tv.db().begin().await?;
+        sqlx::query("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE")
+            .bind(id.as_bytes().to_vec())
+            .execute(&mut *lock)
+            .await?;
+        Ok(lock)
     };
+    // Three times a share of updates to `subject` by `client`, `timeout`
+    // each.
+    let wave =
+        |client: &SubjectServiceClient<Channel>, subject: &str, timeout: Option<Duration>| {
+            (0..share * 3)
+                .map(|i| {
+                    let mut c = client.clone();
+                    let mut req = tonic::Request::new(UpdateSubjectRequest {
+                        subject_id: subject.to_owned(),
+                        fields: fields(&[("city", format!("City {i}").as_str())]),
+                    });
+                    if let Some(t) = timeout {
+                        req.set_timeout(t);
+                    }
+                    tokio::spawn(async move { c.update_subject(req).await })
+                })
+                .collect::<Vec<_>>()
+        };
     let waiting = async || -> anyhow::Result<usize> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity \
@@ -765,17 +772,27 @@ pub async fn one_partner_cannot_hold_every_connection(b: Backend) -> anyhow::Res
         .await?;
         Ok(usize::try_from(n)?)
     };
-    // The first wave gives up after 2 s; its share waits on the lock.
-    let given_up = wave(Some(std::time::Duration::from_secs(2)));
-    let mut n = 0;
-    for _ in 0..200 {
-        n = waiting().await?;
-        if n >= share {
-            break;
+    // Transactions waiting on locks once `target` wait (at most 20 s).
+    let waiting_reaches = async |target: usize| -> anyhow::Result<usize> {
+        let mut n = 0;
+        for _ in 0..200 {
+            n = waiting().await?;
+            if n >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(n, share, "partner-a's waiting transactions");
+        Ok(n)
+    };
+    let lock = lock_row(&theirs).await?;
+    let a = tv.subjects("partner-a").await?;
+    // The first wave gives up after 2 s; its share waits on the lock.
+    let given_up = wave(&a, &theirs, Some(Duration::from_secs(2)));
+    assert_eq!(
+        waiting_reaches(share).await?,
+        share,
+        "partner-a's waiting transactions"
+    );
     for call in given_up {
         let refused = call.await?.expect_err("gave up while the lock was held");
         assert!(
@@ -787,7 +804,7 @@ pub async fn one_partner_cannot_hold_every_connection(b: Backend) -> anyhow::Res
         );
     }
     // The second wave waits for the first one's connections.
-    let queued = wave(None);
+    let queued = wave(&a, &theirs, None);
     // partner-b's write needs a connection of its own (it reads the
     // subject first): it gets one while partner-a's wait.
     let mut b_subjects = tv.subjects("partner-b").await?;
@@ -811,30 +828,13 @@ pub async fn one_partner_cannot_hold_every_connection(b: Backend) -> anyhow::Res
     // but the reserved connections, and a write that only inserts (its
     // batch is committed on a reserved one) still goes through.
     let all = 16 - usize::try_from(idvault_tests::idvault_server::store::RESERVED_CONNECTIONS)?;
-    let mut lock_b = tv.db().begin().await?;
-    let own_id = idvault_tests::idvault_core::subject::SubjectId::parse(&own)?;
-    sqlx::query("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE")
-        .bind(own_id.as_bytes().to_vec())
-        .execute(&mut *lock_b)
-        .await?;
-    let queued_b: Vec<_> = (0..share * 3)
-        .map(|i| {
-            let mut b = b_subjects.clone();
-            let req = UpdateSubjectRequest {
-                subject_id: own.clone(),
-                fields: fields(&[("city", format!("Oslo {i}").as_str())]),
-            };
-            tokio::spawn(async move { b.update_subject(req).await })
-        })
-        .collect();
-    for _ in 0..200 {
-        n = waiting().await?;
-        if n >= all {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(n, all, "both partners' waiting transactions");
+    let lock_b = lock_row(&own).await?;
+    let queued_b = wave(&b_subjects, &own, None);
+    assert_eq!(
+        waiting_reaches(all).await?,
+        all,
+        "both partners' waiting transactions"
+    );
     create(&tv, "partner-b", &[("city", "Tromso")]).await?;
     assert_eq!(waiting().await?, all);
     lock.commit().await?;
