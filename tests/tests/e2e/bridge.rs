@@ -448,6 +448,22 @@ pub async fn import_streams_and_summaries_are_bounded(b: Backend) -> anyhow::Res
         "{}",
         e.message()
     );
+    // A stream cut while reading, after its first message committed (the
+    // next one is larger than the vault decodes), says so too.
+    let too_big = vec![rec(&"y".repeat(1024 * 1024 + 1), &[(Account, "AC-BIG")])];
+    let e = import(
+        &tv,
+        "partner-a",
+        vec![vec![rec("before", &[(Account, "AC-BEFORE")])], too_big],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.message()
+            .contains("earlier messages, 1 records sent, were committed and stay"),
+        "{}",
+        e.message()
+    );
     tv.stop().await
 }
 

@@ -254,7 +254,14 @@ impl TokenService for TokenApi {
         let mut offset = 0u64;
         let mut batches = 0u64;
         let deadline = super::stream_deadline(&who, self.stream_deadline);
-        while let Some(batch) = super::next_message(&mut stream, deadline, "ImportBridge").await? {
+        // A stream cut after some messages committed (one too large to
+        // decode, the client gone silent, its deadline) says so as well:
+        // otherwise the sender cannot tell them from nothing written and
+        // sends the whole file again.
+        while let Some(batch) = super::next_message(&mut stream, deadline, "ImportBridge")
+            .await
+            .map_err(|e| earlier_batches_stay(e, offset))?
+        {
             batches += 1;
             let opts = NormalizeOptions {
                 default_country_code: u16::try_from(batch.default_country_code)
