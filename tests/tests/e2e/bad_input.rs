@@ -227,6 +227,21 @@ pub async fn edge_refusals_are_audited(b: Backend) -> anyhow::Result<()> {
         .unwrap_err();
     expect(e, "TokenizeLog").await;
 
+    let mut audit =
+        pb::audit_service_client::AuditServiceClient::new(tv.channel("partner-a").await?);
+    for leaf in [
+        None,
+        Some(pb::get_inclusion_proof_request::Leaf::RequestId(
+            "not-hex".into(),
+        )),
+    ] {
+        let e = audit
+            .get_inclusion_proof(pb::GetInclusionProofRequest { leaf, tree_size: 0 })
+            .await
+            .unwrap_err();
+        expect(e, "ReadAudit").await;
+    }
+
     nothing_written(&tv, 0, 0).await;
     tv.stop().await
 }

@@ -1,5 +1,6 @@
 //! `idvault.v1.AuditService`: checkpoints and proofs (docs/audit.md).
 
+use idvault_policies::Action;
 use idvault_proto::v1 as pb;
 use idvault_proto::v1::audit_service_server::AuditService;
 use tonic::{Request, Response, Status};
@@ -11,6 +12,10 @@ adapter!(
     /// The audit log service.
     AuditApi
 );
+
+/// A malformed proof request is refused and recorded like any other
+/// (`api::malformed`), under the action a well-formed one is gated by.
+const READ: (Action, Action) = (Action::ReadAudit, Action::ReadAudit);
 
 fn hashes(v: Vec<[u8; 32]>) -> Vec<Vec<u8>> {
     v.into_iter().map(|h| h.to_vec()).collect()
@@ -46,14 +51,16 @@ impl AuditService for AuditApi {
             Some(Leaf::RequestId(text)) => {
                 let mut id = [0u8; 16];
                 if text.len() != 32 || hex::decode_to_slice(&text, &mut id).is_err() {
-                    return Err(Status::invalid_argument("request_id must be 32 hex digits"));
+                    return Err(self
+                        .malformed(&who, READ, "request_id must be 32 hex digits")
+                        .await);
                 }
                 LeafRef::Request(id)
             }
             None => {
-                return Err(Status::invalid_argument(
-                    "name the leaf: leaf_index or request_id",
-                ));
+                return Err(self
+                    .malformed(&who, READ, "name the leaf: leaf_index or request_id")
+                    .await);
             }
         };
         let p = within(self.deadline, async {
