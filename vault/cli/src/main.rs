@@ -204,6 +204,13 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("sqlite:///x.db"), "sqlite:///x.db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        let both = redact_url("postgres://u:p%40ss@h/db?SSLPassword=key-secret");
+        assert_eq!(both, "postgres://u:***@h/db?SSLPassword=***");
+        assert!(!redact_url("postgres://u:secret@[bad").contains("secret"));
     }
 
     #[test]

@@ -147,14 +147,38 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Shows a database URL without its password.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+/// Shows a database URL without its secrets: the password of its user
+/// part and the `password` and `sslpassword` query parameters (sqlx and
+/// libpq take either form). A URL that does not parse is not shown at all,
+/// since where its password sits cannot be told.
+pub(crate) fn redact_url(text: &str) -> String {
+    const HIDDEN: &str = "***";
+    let Ok(mut url) = url::Url::parse(text) else {
+        return "<a database URL that does not parse>".to_owned();
+    };
+    let secret =
+        |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+    let query_secret = url.query_pairs().any(|(k, _)| secret(&k));
+    if url.password().is_none() && !query_secret {
+        return text.to_owned();
     }
+    if url.password().is_some() {
+        // Only URLs with a host carry a user part, so this cannot fail.
+        let _ = url.set_password(Some(HIDDEN));
+    }
+    if query_secret {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    HIDDEN.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
