@@ -302,11 +302,7 @@ async fn audit_check(
             std::process::exit(1);
         }
     };
-    // Keep the new checkpoint: write a temporary file, then rename, so a
-    // crash never leaves a torn state file.
-    let tmp = state.with_extension("tmp");
-    std::fs::write(&tmp, &c.note).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, state).with_context(|| format!("replacing {}", state.display()))?;
+    keep_checkpoint(state, &c.note)?;
     match c.extends {
         Some(old) => println!(
             "checkpoint {} verified; consistent with the kept checkpoint {old}",
@@ -364,4 +360,30 @@ fn verify_receipt(receipt: &std::path::Path, public_key: &std::path::Path) -> an
             std::process::exit(1);
         }
     }
+}
+
+/// Keeps the new checkpoint in `state`: written to a temporary file beside
+/// it, flushed to disk, renamed over it, and the directory flushed too. A
+/// crash then leaves the old note or the new one, never an empty or torn
+/// file: a state file that fails to parse would push the operator to
+/// delete it, and that silently restarts rollback detection.
+fn keep_checkpoint(state: &std::path::Path, note: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let dir = match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(note.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing a temporary file in {}", dir.display()))?;
+    tmp.persist(state)
+        .with_context(|| format!("replacing {}", state.display()))?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("flushing {}", dir.display()))?;
+    Ok(())
 }
