@@ -1150,3 +1150,55 @@ pub async fn copied_match_rows_name_nobody(b: Backend) -> anyhow::Result<()> {
     assert!(query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?.is_empty());
     tv.stop().await
 }
+
+/// A pairwise token row that fails its MAC refuses only the answers that
+/// rest on it: in a one-to-one Link job (whose answers read every token
+/// afresh) the record answered with that person is refused
+/// (`integrity: pairwise token row MAC`), the other record is answered,
+/// and the stream ends OK; the refused person's token is not revealed.
+pub async fn a_forged_token_refuses_only_its_own_answers(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (_, ada_token) = create(&tv, "partner-a", ADA).await;
+    let (grace, grace_token) = create(&tv, "partner-a", GRACE).await;
+    // A writer without the root key edits Grace's token row for partner-a.
+    let forged = sqlx::query(
+        "UPDATE pairwise_tokens SET token = 'pw_forgedforgedforgedforged' \
+         WHERE partner = 'partner-a' AND subject_id = $1",
+    )
+    .bind(SubjectId::parse(&grace)?.as_bytes().to_vec())
+    .execute(tv.db())
+    .await?;
+    assert_eq!(forged.rows_affected(), 1);
+    let replies = link(
+        &tv,
+        "partner-a",
+        LinkOptions {
+            one_to_one: true,
+            min_score: 0.0,
+        },
+        dataset()[1..3].to_vec(),
+        2,
+    )
+    .await?;
+    let results: Vec<_> = replies.into_iter().flat_map(|r| r.results).collect();
+    let got: Vec<(&str, &str, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r.record_id.as_str(),
+                r.pairwise_token.as_str(),
+                r.refused.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("r2", ada_token.as_str(), ""),
+            ("r3", "", "integrity: pairwise token row MAC"),
+        ]
+    );
+    let text = audit_text(&tv).await.join("\n");
+    assert!(!text.contains(&grace_token) && !text.contains("pw_forged"));
+    tv.stop().await
+}

@@ -518,7 +518,11 @@ pub async fn latency(
         );
     }
     let ids: Vec<SubjectId> = sampled.iter().map(|(id, _)| *id).collect();
-    let truth = vault.store().pairwise_tokens_of(PARTNER, &ids).await?;
+    let truth = vault
+        .store()
+        .pairwise_tokens_of(PARTNER, &ids)
+        .await?
+        .tokens;
     lat.correct = sampled
         .iter()
         .zip(&answered)

@@ -194,6 +194,47 @@ struct Forged {
     first: Option<&'static str>,
 }
 
+/// Why a query is refused whose answer's pairwise token row failed its
+/// MAC (the name `VaultError` gives the row kind).
+const PAIRWISE_FORGED: &str = "pairwise token row MAC";
+
+/// Why a query is refused whose answer's new token, made and committed,
+/// could not be read back: asking again answers it (with that token).
+const UNREADABLE: &str = "unavailable: the answer's pairwise token could not be read; ask again";
+
+/// Refuses each answered query of `kept` that would answer with one of
+/// `subjects`, with `why` (prefixed `integrity: ` for a row that failed its
+/// MAC, and then logged as an error naming the partner and the row kind,
+/// never a value); returns how many it refused.
+fn refuse_resting_on(
+    kept: &mut [Result<Vec<Hit>, String>],
+    subjects: &[SubjectId],
+    why: &'static str,
+    partner: &Partner,
+) -> usize {
+    let integrity = why == PAIRWISE_FORGED;
+    let mut n = 0;
+    for k in kept.iter_mut() {
+        if matches!(k, Ok(hits) if hits.iter().any(|h| subjects.contains(&h.subject))) {
+            *k = Err(if integrity {
+                format!("integrity: {why}")
+            } else {
+                why.to_owned()
+            });
+            n += 1;
+        }
+    }
+    if integrity && n > 0 {
+        tracing::error!(
+            partner = %partner.name,
+            what = why,
+            queries = n,
+            "match queries were refused: a stored row failed its integrity check"
+        );
+    }
+    n
+}
+
 /// The action of the records `idvault keys seal-upgraded-tokens` writes.
 pub const SEAL_TOKENS_ACTION: &str = "SealUpgradedTokens";
 
@@ -690,7 +731,29 @@ impl Vault {
         {
             return Err(VaultError::Integrity(kind));
         }
-        self.reveal(req, kept, tokens, "", forged.count).await
+        self.reveal(req, kept, tokens, "", forged.count, refusal_is_error)
+            .await
+    }
+
+    /// `made`'s tokens after the commit that stored them, from the pool;
+    /// a failed read is tried twice more (a pool timeout, a connection
+    /// lost), since the answer's record is committed already.
+    async fn read_back(
+        &self,
+        partner: &str,
+        made: &[SubjectId],
+    ) -> Result<crate::store::PairwiseRead, crate::store::StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.store().pairwise_tokens_of(partner, made).await {
+                Ok(read) => return Ok(read),
+                Err(e) if tries >= 2 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                }
+            }
+        }
     }
 
     /// The candidates of each planned query, read from the pool, outside
@@ -736,6 +799,10 @@ impl Vault {
     /// holds tokens the lookup read already (`None`: it read that the
     /// subject had none); the rest are read here. `forged` of the refused
     /// queries failed an integrity check (`integrity=N` in the record).
+    ///
+    /// With `whole` (a unary Match), a lone query that cannot be answered
+    /// for a stored row failing its MAC, or for its new token not reading
+    /// back, fails the call instead of being refused in its answer.
     async fn reveal(
         &self,
         req: &super::pipeline::Request<'_>,
@@ -743,6 +810,7 @@ impl Vault {
         mut known: KnownTokens,
         kind: &str,
         forged: usize,
+        whole: bool,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
         let partner = req.partner;
         // Monotonic, for the debug phase timings only (never a decision).
@@ -770,12 +838,23 @@ impl Vault {
                 None => unknown.push(*s),
             }
         }
+        let mut kept = kept;
+        let mut forged = forged;
         if !unknown.is_empty() {
-            tokens.extend(
-                self.store()
-                    .pairwise_tokens_of(&partner.name, &unknown)
-                    .await?,
-            );
+            let read = self
+                .store()
+                .pairwise_tokens_of(&partner.name, &unknown)
+                .await?;
+            tokens.extend(read.tokens);
+            if !read.forged.is_empty() {
+                // Refused alone, before anything is revealed or made: a
+                // token row that fails its MAC names nobody.
+                if whole && kept.len() == 1 {
+                    return Err(VaultError::Integrity(PAIRWISE_FORGED));
+                }
+                forged += refuse_resting_on(&mut kept, &read.forged, PAIRWISE_FORGED, partner);
+                subjects.retain(|s| !read.forged.contains(s));
+            }
         }
         // First answer to this partner about a subject: make its token
         // (or take the one a concurrent match made first).
@@ -831,12 +910,36 @@ impl Vault {
         let committed = started.elapsed();
         if !fresh.is_empty() {
             // Durable now: ours, or the one a concurrent match stored first.
+            // The record is committed, so nothing here may fail the call
+            // (the pipeline would not record it again, and a caller told
+            // "failed" would ask again and reveal twice): a read that fails
+            // is tried again, and the queries resting on a token that still
+            // cannot be read, or whose row fails its MAC, are refused alone.
             let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
-            tokens.extend(
-                self.store()
-                    .pairwise_tokens_of(&partner.name, &made)
-                    .await?,
-            );
+            match self.read_back(&partner.name, &made).await {
+                Ok(read) => {
+                    tokens.extend(read.tokens);
+                    if !read.forged.is_empty() {
+                        if whole && kept.len() == 1 {
+                            return Err(VaultError::Integrity(PAIRWISE_FORGED));
+                        }
+                        // After the commit: logged, not counted in the
+                        // record (a writer swapped the row since it was made).
+                        refuse_resting_on(&mut kept, &read.forged, PAIRWISE_FORGED, partner);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        partner = %partner.name,
+                        error = %e,
+                        "a match's new pairwise tokens could not be read back after its commit"
+                    );
+                    if whole && kept.len() == 1 {
+                        return Err(VaultError::from(e));
+                    }
+                    refuse_resting_on(&mut kept, &made, UNREADABLE, partner);
+                }
+            }
         }
         // Phase timings for latency work
         // (`RUST_LOG=idvault_server::service::matching=debug`).
@@ -933,7 +1036,7 @@ impl Vault {
             job.received += n;
             if !job.one_to_one {
                 let answers = self
-                    .reveal(req, kept, tokens, "link ", forged.count)
+                    .reveal(req, kept, tokens, "link ", forged.count, false)
                     .await?;
                 return Ok(link_answers(ids, answers));
             }
@@ -971,7 +1074,7 @@ impl Vault {
         let answers = self
             .handle(caller, Action::MatchSubjects, async |req| {
                 // Tokens read now: the lookup was long ago.
-                self.reveal(req, assigned, HashMap::new(), "link one_to_one ", 0)
+                self.reveal(req, assigned, HashMap::new(), "link one_to_one ", 0, false)
                     .await
             })
             .await?;

@@ -69,6 +69,12 @@ pub(crate) struct Request<'a> {
     vault: &'a Vault,
     /// Its refusal is on the record already ([`Vault::commit_refused`]).
     refusal_recorded: bool,
+    /// It committed its record ([`Vault::commit_leaf`]): an error after
+    /// that is the caller's to see, never a second record. A refusal
+    /// recorded with the same request id would be the one
+    /// `GetInclusionProof` finds by that id, and would prove "failed" for
+    /// a request whose writes and `ok` record are durable.
+    committed: std::sync::atomic::AtomicBool,
 }
 
 impl Request<'_> {
@@ -304,6 +310,7 @@ impl Vault {
             subject_hidden: false,
             vault: self,
             refusal_recorded: false,
+            committed: std::sync::atomic::AtomicBool::new(false),
         };
         if !req.decide(Resource::Vault, RequestContext::default()) {
             return self.refuse(&req, VaultError::Denied(gate)).await;
@@ -312,6 +319,15 @@ impl Vault {
         match body(&mut req).await {
             Ok(v) => Ok(v),
             Err(e) if req.refusal_recorded => Err(e),
+            Err(e) if req.committed.load(std::sync::atomic::Ordering::Relaxed) => {
+                tracing::warn!(
+                    partner = %partner.name,
+                    action = action.name(),
+                    error = %e,
+                    "a request failed after its record was committed"
+                );
+                Err(e)
+            }
             // Nothing to record it in: the caller learns the audit is down,
             // or that the commit's outcome is unknown.
             Err(e @ (VaultError::AuditUnavailable(_) | VaultError::OutcomeUnknown(_))) => Err(e),
@@ -453,7 +469,10 @@ impl Vault {
     ) -> Result<[u8; 32], VaultError> {
         let mut tx = tx;
         let leaf = self.own_leaf(&mut tx, req, subject, "ok", detail)?;
-        self.append(tx, leaf).await
+        let hash = self.append(tx, leaf).await?;
+        req.committed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(hash)
     }
 
     /// Commits `tx`, the writes a refused request must keep (a wrong code

@@ -79,6 +79,7 @@ async fn pairwise_chunk<'e>(
     partner: &str,
     part: &[SubjectId],
     out: &mut HashMap<SubjectId, String>,
+    forged: &mut Vec<SubjectId>,
 ) -> Result<(), StoreError> {
     if part.is_empty() {
         return Ok(());
@@ -97,10 +98,26 @@ async fn pairwise_chunk<'e>(
     }
     for (s, t, v, mac) in q.fetch_all(ex).await? {
         let subject = subject_of(&s, "pairwise_tokens.subject_id")?;
-        check_pairwise(keys, partner, &subject, &t, v, mac.as_deref())?;
-        out.insert(subject, t);
+        match check_pairwise(keys, partner, &subject, &t, v, mac.as_deref()) {
+            Ok(()) => {
+                out.insert(subject, t);
+            }
+            // Named, not failed: the caller refuses what rests on it alone.
+            Err(StoreError::Forged(_)) => forged.push(subject),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
+}
+
+/// Pairwise tokens read from the pool ([`Store::pairwise_tokens_of`]).
+#[derive(Debug, Default)]
+pub struct PairwiseRead {
+    /// The tokens whose rows passed their MAC check (absent ones left out).
+    pub tokens: HashMap<SubjectId, String>,
+    /// Subjects whose token row failed its MAC (forged, or never sealed):
+    /// nothing may be answered with them.
+    pub forged: Vec<SubjectId>,
 }
 
 /// Checks the MAC of a candidate's signature row in `domain`
@@ -229,8 +246,20 @@ impl AuditedTx {
     ) -> Result<HashMap<SubjectId, String>, StoreError> {
         let keys = self.store.row_keys()?;
         let mut out = HashMap::new();
+        let mut forged = Vec::new();
         for part in subjects.chunks(IN_CHUNK) {
-            pairwise_chunk(self.conn().await?, &keys, partner, part, &mut out).await?;
+            pairwise_chunk(
+                self.conn().await?,
+                &keys,
+                partner,
+                part,
+                &mut out,
+                &mut forged,
+            )
+            .await?;
+        }
+        if !forged.is_empty() {
+            return Err(StoreError::Forged("pairwise-token"));
         }
         Ok(out)
     }
@@ -392,17 +421,27 @@ impl Store {
     }
 
     /// `partner`'s pairwise tokens of `subjects` (absent ones left out),
-    /// from the pool.
+    /// from the pool. A row that fails its MAC is named in
+    /// [`PairwiseRead::forged`] rather than failing the read, so a batch
+    /// refuses only the queries that would answer with that subject.
     pub async fn pairwise_tokens_of(
         &self,
         partner: &str,
         subjects: &[SubjectId],
-    ) -> Result<HashMap<SubjectId, String>, StoreError> {
+    ) -> Result<PairwiseRead, StoreError> {
         let keys = self.row_keys()?;
-        let mut out = HashMap::new();
+        let mut out = PairwiseRead::default();
         let mut conn = self.pool().acquire().await?;
         for part in subjects.chunks(IN_CHUNK) {
-            pairwise_chunk(&mut *conn, &keys, partner, part, &mut out).await?;
+            pairwise_chunk(
+                &mut *conn,
+                &keys,
+                partner,
+                part,
+                &mut out.tokens,
+                &mut out.forged,
+            )
+            .await?;
         }
         Ok(out)
     }

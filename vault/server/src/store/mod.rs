@@ -77,7 +77,7 @@ pub use audit::{
 pub use consent::{GrantClaim, GrantClaimRows};
 pub use events::{IGNORED_UNLINKED, SuggestionInputs};
 pub(crate) use matching::check_signature;
-pub use matching::{BenchLoader, LoadedSubject, MatchRow};
+pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead};
 pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};
 pub use retention::Prunable;
 pub use wal::{WAL_CHECKPOINT_EVERY, WalCheckpoint};
@@ -1076,6 +1076,33 @@ impl AuditedTx {
         );
         let row: Option<AnyRow> = sqlx::query(sql)
             .bind(id.as_bytes().to_vec())
+            .fetch_optional(self.conn().await?)
+            .await?;
+        let keys = self.store.row_mac.clone();
+        row.as_ref()
+            .map(|r| rows::subject_record(r, keys.as_deref()))
+            .transpose()
+    }
+
+    /// Loads a subject row only if `created_by` made it, locking it on
+    /// PostgreSQL as [`AuditedTx::subject`] does. Another partner's row is
+    /// neither returned nor locked: a partner naming someone else's subject
+    /// must not get to hold that person's row (and stall its owner's
+    /// writes) for the length of a call that then finds it absent.
+    pub async fn subject_created_by(
+        &mut self,
+        id: &SubjectId,
+        created_by: &str,
+    ) -> Result<Option<SubjectRecord>, StoreError> {
+        let sql = locked!(
+            self.store.backend,
+            "SELECT ",
+            subject_columns!(),
+            " FROM subjects WHERE subject_id = $1 AND created_by = $2"
+        );
+        let row: Option<AnyRow> = sqlx::query(sql)
+            .bind(id.as_bytes().to_vec())
+            .bind(created_by.to_owned())
             .fetch_optional(self.conn().await?)
             .await?;
         let keys = self.store.row_mac.clone();
