@@ -844,3 +844,72 @@ pub async fn one_partner_cannot_hold_every_connection(b: Backend) -> anyhow::Res
     }
     tv.stop().await
 }
+
+/// A partner naming another partner's subject takes no lock on that
+/// person's row (PostgreSQL): while something else holds the row, partner-b's
+/// update and deletion of it, and an enrollment signed for it with a code
+/// for someone else, are refused as absent at once instead of queueing
+/// behind the lock (each would otherwise wait out its 10 s deadline, and
+/// every such call would stall the owner's writes for as long as it held
+/// the row).
+pub async fn naming_anothers_subject_takes_no_lock(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_client::device::DeviceKey;
+    use idvault_tests::idvault_core::SystemRng;
+    use idvault_tests::idvault_proto::v1 as pb;
+    let tv = TestVault::start_with_roles(b, "partner-b", &["subjects.delete"]).await?;
+    let theirs = create(&tv, "partner-a", &[("city", "Paris")]).await?;
+    let other = create(&tv, "partner-a", &[("city", "Lyon")]).await?;
+    let id = idvault_tests::idvault_core::subject::SubjectId::parse(&theirs)?;
+    let mut lock = tv.db().begin().await?;
+    sqlx::query("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE")
+        .bind(id.as_bytes().to_vec())
+        .execute(&mut *lock)
+        .await?;
+    fn within<M>(m: M) -> tonic::Request<M> {
+        let mut r = tonic::Request::new(m);
+        r.set_timeout(std::time::Duration::from_secs(10));
+        r
+    }
+    let mut b_subjects = tv.subjects("partner-b").await?;
+    let update = b_subjects
+        .update_subject(within(UpdateSubjectRequest {
+            subject_id: theirs.clone(),
+            fields: fields(&[("city", "Rome")]),
+        }))
+        .await;
+    assert_eq!(refusal(update).0, tonic::Code::NotFound);
+    let delete = b_subjects
+        .delete_subject(within(DeleteSubjectRequest {
+            subject_id: theirs.clone(),
+        }))
+        .await;
+    assert_eq!(refusal(delete).0, tonic::Code::NotFound);
+    // A real code, but for another person: refused before the row is
+    // taken.
+    let mut consent =
+        pb::consent_service_client::ConsentServiceClient::new(tv.channel("partner-a").await?);
+    let code = consent
+        .issue_enrollment_code(pb::IssueEnrollmentCodeRequest {
+            subject_id: other.clone(),
+        })
+        .await?
+        .into_inner()
+        .enrollment_code;
+    let key = DeviceKey::generate(&SystemRng::default())?;
+    let mut wallet =
+        pb::device_service_client::DeviceServiceClient::new(tv.channel("wallet").await?);
+    let enroll = wallet.enroll(within(key.enrollment(&theirs, &code)?)).await;
+    let (code_of, _) = refusal(enroll);
+    assert_ne!(code_of, tonic::Code::DeadlineExceeded);
+    assert_ne!(code_of, tonic::Code::Ok);
+    lock.commit().await?;
+    // The owner's own update goes through once the row is free.
+    tv.subjects("partner-a")
+        .await?
+        .update_subject(UpdateSubjectRequest {
+            subject_id: theirs,
+            fields: fields(&[("city", "Nice")]),
+        })
+        .await?;
+    tv.stop().await
+}

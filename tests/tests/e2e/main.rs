@@ -108,6 +108,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::new_variant_kinds_are_backfilled_at_start,
     matching::estimated_weights_are_sealed_and_used,
     matching::copied_match_rows_name_nobody,
+    matching::a_forged_token_refuses_only_its_own_answers,
     consent::happy_path_end_to_end,
     consent::signature_refusals,
     consent::grant_checks_refuse,
@@ -180,6 +181,7 @@ const POSTGRES_ONLY: &[(&str, TestFn)] = tests![
     audit::lost_connection_during_a_batch_reports_an_unknown_outcome,
     bridge::imports_of_one_owner_wait_for_each_other,
     hostile::one_partner_cannot_hold_every_connection,
+    hostile::naming_anothers_subject_takes_no_lock,
 ];
 
 /// Tests of SQLite's own housekeeping.

@@ -156,18 +156,24 @@ impl Vault {
             let now = self.now_millis();
             let hash = c::enrollment_code_hash(&e.code);
             let mut tx = self.begin().await?;
-            // The subject row first (PostgreSQL), as every call writing a
-            // person's rows takes it: a deletion running meanwhile cannot
-            // deadlock with this enrollment.
-            let subject_exists = tx.subject(&e.subject).await?.is_some();
             // Unknown, used, expired and other-subject codes, and a deleted
             // subject, are one refusal: the answer must not help guess
-            // codes.
+            // codes. The code is checked before the subject's row is
+            // locked (PostgreSQL): anyone can sign an enrollment naming any
+            // subject, and one without that subject's code must not get to
+            // hold the person's row and stall the writes of its owner. The
+            // read takes no lock, so the order below still holds.
             let code = tx.enrollment_code(&hash).await?;
             EnrollmentCode::check(code.as_ref(), &e.subject, now).map_err(refused)?;
             let Some(code) = code else {
                 return Err(refused(Refusal::EnrollmentCodeInvalid));
             };
+            // Then the subject row (PostgreSQL), as every call writing a
+            // person's rows takes it before them: a deletion running
+            // meanwhile cannot deadlock with this enrollment. The code's
+            // use is conditional (unused), so a code used since the read
+            // above is refused here.
+            let subject_exists = tx.subject(&e.subject).await?.is_some();
             if !subject_exists || !tx.use_enrollment_code(&hash, &code, now).await? {
                 return Err(refused(Refusal::EnrollmentCodeInvalid));
             }

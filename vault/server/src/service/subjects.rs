@@ -64,7 +64,7 @@ impl Vault {
         id: &SubjectId,
     ) -> Result<(AuditedTx, SubjectRecord), VaultError> {
         let mut tx = self.begin().await?;
-        match tx.subject(id).await? {
+        match tx.subject_created_by(id, &req.partner.name).await? {
             Some(row) => {
                 owned_by(&row, req)?;
                 Ok((tx, row))
@@ -175,7 +175,11 @@ impl Vault {
             req.decide_on_subject(&id, &[])?;
             // Read outside the writer, from one snapshot; only the leaf
             // goes through it.
-            let Some(snap) = self.store().subject_snapshot(&id).await? else {
+            let Some(snap) = self
+                .store()
+                .subject_snapshot(&id, &req.partner.name)
+                .await?
+            else {
                 return Err(VaultError::NotFound);
             };
             owned_by(&snap.row, req)?;
