@@ -193,9 +193,14 @@ impl Vault {
     }
 
     /// After a call that may have revoked: rebuild if it did, or if its
-    /// commit's outcome is unknown (a storage failure or deadline during
-    /// the commit may still have committed). A call that changed nothing
-    /// costs no rebuild.
+    /// commit's outcome is unknown (a storage failure during the commit
+    /// may still have committed). A call that changed nothing costs no
+    /// rebuild. `DeadlineExceeded` is not uncertain: it is answered only
+    /// for a request that was not executed (its deadline passed before it
+    /// began or while it queued for the writer; a commit cut short is
+    /// `OutcomeUnknown`), and counting it would let any partner with
+    /// `subjects.delete` force a rebuild and re-signing of every list per
+    /// call by sending deletions that are already late.
     pub(crate) fn status_maybe_changed<T>(
         &self,
         r: &Result<T, VaultError>,
@@ -207,7 +212,6 @@ impl Vault {
                 VaultError::Storage(_)
                     | VaultError::AuditUnavailable(_)
                     | VaultError::OutcomeUnknown(_)
-                    | VaultError::DeadlineExceeded
             )
         };
         if r.as_ref().map_or_else(uncertain, changed) {
