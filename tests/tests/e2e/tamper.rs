@@ -111,3 +111,62 @@ pub async fn middle_packet_deleted(b: Backend) -> anyhow::Result<()> {
     );
     tv.stop().await
 }
+
+/// A history longer than a page of the snapshot read (256 packets) is
+/// checked page by page: intact, every packet counted; a packet flipped
+/// on a later page is named. A partner runs at most two verifications at
+/// once: a third is refused at once (RESOURCE_EXHAUSTED), and goes through
+/// when one ends.
+pub async fn long_chain_is_checked_a_page_at_a_time(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::streams::MAX_CHAIN_CHECKS_PER_PARTNER;
+    let tv = TestVault::start(b).await?;
+    let id = create(&tv, "partner-a", &[("city", "Quito")]).await?;
+    let sid = SubjectId::parse(&id)?;
+    let mut c = tv.subjects("partner-a").await?;
+    for i in 0..100 {
+        c.update_subject(UpdateSubjectRequest {
+            subject_id: id.clone(),
+            fields: fields(&[
+                ("city", format!("City {i}").as_str()),
+                ("given_name", format!("Name {i}").as_str()),
+                ("family_name", format!("Family {i}").as_str()),
+            ]),
+        })
+        .await?;
+    }
+    let v = verify(&tv, &id).await?;
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.packets_checked, 301);
+
+    let held: Vec<_> = (0..MAX_CHAIN_CHECKS_PER_PARTNER)
+        .map(|_| tv.vault.chain_check_slot("partner-a"))
+        .collect::<Result<_, _>>()?;
+    let e = verify(&tv, &id).await.unwrap_err();
+    let e = e.downcast_ref::<tonic::Status>().expect("a status");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("chain verifications"),
+        "{}",
+        e.message()
+    );
+    drop(held);
+
+    let mut p: Vec<u8> =
+        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = 300")
+            .bind(sid.as_bytes().to_vec())
+            .fetch_one(tv.db())
+            .await?;
+    let last = p.len() - 20;
+    p[last] ^= 0x01;
+    sqlx::query("UPDATE packets SET packet = $1 WHERE subject_id = $2 AND seq = 300")
+        .bind(p)
+        .bind(sid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    let v = verify(&tv, &id).await?;
+    assert!(!v.intact);
+    assert_eq!(v.first_broken_sequence, Some(300));
+    assert_eq!(v.reason(), ChainBreakReason::DecryptionFailed);
+    assert_eq!(v.packets_checked, 299);
+    tv.stop().await
+}

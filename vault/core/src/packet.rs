@@ -345,41 +345,94 @@ pub fn verify_chain<'a>(
     stored: impl IntoIterator<Item = (u64, &'a [u8])>,
     head: ChainHead,
 ) -> ChainReport {
-    let mut prev = genesis_hash(subject);
-    let mut checked = 0u64;
+    let mut v = ChainVerifier::new(subject, dek);
     for (stored_seq, bytes) in stored {
-        let expected = checked + 1;
-        let fail = |reason| ChainReport {
-            checked,
-            first_break: Some((expected.min(stored_seq.max(1)), reason)),
-        };
-        let Ok(p) = parse(bytes) else {
-            return fail(BreakReason::Malformed);
-        };
-        if p.header.subject != *subject {
-            return fail(BreakReason::WrongSubject);
+        if !v.push(stored_seq, bytes) {
+            break;
         }
-        if stored_seq != expected || p.header.seq != expected {
-            return fail(BreakReason::SequenceGap);
-        }
-        if !crypto::ct_eq(&p.header.prev_hash, &prev) {
-            return fail(BreakReason::PreviousHashMismatch);
-        }
-        if p.open(dek).is_err() {
-            return fail(BreakReason::DecryptionFailed);
-        }
-        prev = packet_hash(bytes);
-        checked = expected;
     }
-    if checked != head.seq || !crypto::ct_eq(&prev, &head.hash) {
-        return ChainReport {
-            checked,
-            first_break: Some((checked + 1, BreakReason::HeadMismatch)),
-        };
+    v.finish(head)
+}
+
+/// [`verify_chain`] one packet at a time, so that a history of up to
+/// [`MAX_CHAIN_PACKETS`] can be read and checked a page at a time instead
+/// of being held in memory whole.
+pub struct ChainVerifier<'k> {
+    subject: SubjectId,
+    dek: &'k DataKey,
+    prev: [u8; 32],
+    checked: u64,
+    broken: Option<(u64, BreakReason)>,
+}
+
+impl std::fmt::Debug for ChainVerifier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainVerifier")
+            .field("checked", &self.checked)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
     }
-    ChainReport {
-        checked,
-        first_break: None,
+}
+
+impl<'k> ChainVerifier<'k> {
+    /// A verifier of `subject`'s chain from its genesis.
+    pub fn new(subject: &SubjectId, dek: &'k DataKey) -> Self {
+        Self {
+            subject: *subject,
+            dek,
+            prev: genesis_hash(subject),
+            checked: 0,
+            broken: None,
+        }
+    }
+
+    /// Checks the next stored packet (`stored_seq` ascending); false once
+    /// the chain is broken, after which further packets are ignored (the
+    /// report names the first break).
+    pub fn push(&mut self, stored_seq: u64, bytes: &[u8]) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        let expected = self.checked + 1;
+        let reason = match parse(bytes) {
+            Err(_) => Some(BreakReason::Malformed),
+            Ok(p) if p.header.subject != self.subject => Some(BreakReason::WrongSubject),
+            Ok(p) if stored_seq != expected || p.header.seq != expected => {
+                Some(BreakReason::SequenceGap)
+            }
+            Ok(p) if !crypto::ct_eq(&p.header.prev_hash, &self.prev) => {
+                Some(BreakReason::PreviousHashMismatch)
+            }
+            Ok(p) if p.open(self.dek).is_err() => Some(BreakReason::DecryptionFailed),
+            Ok(_) => None,
+        };
+        if let Some(r) = reason {
+            self.broken = Some((expected.min(stored_seq.max(1)), r));
+            return false;
+        }
+        self.prev = packet_hash(bytes);
+        self.checked = expected;
+        true
+    }
+
+    /// The report, the last packet checked against the stored `head`.
+    pub fn finish(self, head: ChainHead) -> ChainReport {
+        if self.broken.is_some() {
+            return ChainReport {
+                checked: self.checked,
+                first_break: self.broken,
+            };
+        }
+        if self.checked != head.seq || !crypto::ct_eq(&self.prev, &head.hash) {
+            return ChainReport {
+                checked: self.checked,
+                first_break: Some((self.checked + 1, BreakReason::HeadMismatch)),
+            };
+        }
+        ChainReport {
+            checked: self.checked,
+            first_break: None,
+        }
     }
 }
 

@@ -312,6 +312,9 @@ pub struct Vault {
     /// Open long-lived streams per kind and partner name.
     pub(crate) open_streams:
         std::sync::Mutex<std::collections::HashMap<(StreamKind, String), usize>>,
+    /// Chain verifications running per partner name
+    /// ([`Vault::chain_check_slot`]).
+    pub(crate) chain_checks: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Set when the server shuts down: following streams end.
     pub(crate) streams_stop: tokio::sync::watch::Sender<bool>,
     /// Whether a rewrap runs in this process (`KeyService.Rewrap`).
@@ -386,6 +389,7 @@ impl Vault {
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),
             open_streams: std::sync::Mutex::default(),
+            chain_checks: std::sync::Mutex::default(),
             streams_stop: tokio::sync::watch::Sender::new(false),
         }
     }

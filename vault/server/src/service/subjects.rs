@@ -3,7 +3,7 @@
 //! module decides who may do it and writes it, audited, in one commit.
 
 use idvault_core::keys;
-use idvault_core::packet::{self, BreakReason, ChainHead, ChainReport};
+use idvault_core::packet::{self, BreakReason, ChainHead, ChainReport, ChainVerifier};
 use idvault_core::receipt::DeletionReceipt;
 use idvault_core::subject::{FieldName, FieldValue, SubjectId, validate_fields};
 use idvault_policies::{Action, Resource};
@@ -173,9 +173,13 @@ impl Vault {
         self.handle(caller, Action::VerifySubjectChain, async |req| {
             let id = req.subject_id(subject)?;
             req.decide_on_subject(&id, &[])?;
-            // Read outside the writer, from one snapshot; only the leaf
-            // goes through it.
-            let Some(snap) = self
+            // At most a few at a time per partner: each reads and
+            // decrypts a whole history (up to 10,000 packets) on a pool
+            // connection, and the pool's readers serve every partner.
+            let _slot = self.chain_check_slot(&req.partner.name)?;
+            // Read outside the writer, from one snapshot, a page at a time;
+            // only the leaf goes through it.
+            let Some(mut snap) = self
                 .store()
                 .subject_snapshot(&id, &req.partner.name)
                 .await?
@@ -183,14 +187,23 @@ impl Vault {
                 return Err(VaultError::NotFound);
             };
             owned_by(&snap.row, req)?;
-            let row = snap.row;
+            let row = snap.row.clone();
             let mut report = match self.subject_dek(&row) {
-                Ok(dek) => packet::verify_chain(
-                    &id,
-                    &dek,
-                    snap.packets.iter().map(|(s, b)| (*s, b.as_slice())),
-                    row.head,
-                ),
+                Ok(dek) => {
+                    let mut v = ChainVerifier::new(&id, &dek);
+                    'pages: loop {
+                        let page = snap.next_packets().await?;
+                        if page.is_empty() {
+                            break;
+                        }
+                        for (seq, bytes) in &page {
+                            if !v.push(*seq, bytes) {
+                                break 'pages;
+                            }
+                        }
+                    }
+                    v.finish(row.head)
+                }
                 // A DEK that does not unwrap makes every packet unreadable.
                 Err(VaultError::Integrity(_)) => ChainReport {
                     checked: 0,
@@ -201,8 +214,11 @@ impl Vault {
             // The stored head must be the one the subject's newest leaf
             // recorded (a leaf whose MAC verifies): otherwise the chain was
             // rolled back (newest packets dropped, head reset).
-            if report.first_break.is_none() && !self.head_matches_leaf(&row, snap.leaf.as_ref()) {
-                report.first_break = Some((row.head.seq + 1, BreakReason::HeadMismatch));
+            if report.first_break.is_none() {
+                let leaf = snap.head_leaf().await?;
+                if !self.head_matches_leaf(&row, leaf.as_ref()) {
+                    report.first_break = Some((row.head.seq + 1, BreakReason::HeadMismatch));
+                }
             }
             let tx = self.begin().await?;
             let detail = match report.first_break {

@@ -304,12 +304,15 @@ impl Store {
     }
 
     /// One consistent read of a subject for chain verification, outside
-    /// the writer: its row, its packets and its newest subject-changing
-    /// leaf, all from one snapshot (a read transaction; REPEATABLE READ
-    /// on PostgreSQL), so a concurrent update cannot make them disagree.
-    /// A subject `created_by` did not make reads as absent, and its packets
-    /// are not read: a partner naming someone else's subject costs one row
-    /// read, not a history of up to 10,000 packets.
+    /// the writer: its row now, then its packets a page at a time
+    /// ([`SubjectSnapshot::next_packets`]) and its newest subject-changing
+    /// leaf ([`SubjectSnapshot::head_leaf`]), all from one snapshot (a read
+    /// transaction; REPEATABLE READ on PostgreSQL), so a concurrent update
+    /// cannot make them disagree. Paged so that a history of up to 10,000
+    /// packets is never held in memory whole, however many verifications
+    /// run at once. A subject `created_by` did not make reads as absent,
+    /// and nothing more of it is read: a partner naming someone else's
+    /// subject costs one row read.
     pub async fn subject_snapshot(
         &self,
         id: &idvault_core::subject::SubjectId,
@@ -327,17 +330,7 @@ impl Store {
         if row.created_by != created_by {
             return Ok(None);
         }
-        let packets = super::packets_of(&mut *tx, id).await?;
-        let leaf = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 AND head_seq IS NOT NULL \
-             ORDER BY id DESC LIMIT 1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let leaf = leaf.as_ref().map(leaf_row).transpose()?;
-        tx.commit().await?;
-        Ok(Some(SubjectSnapshot { row, packets, leaf }))
+        Ok(Some(SubjectSnapshot { row, tx, after: 0 }))
     }
 
     /// A subject's row and, up to the head that row names, the newest
@@ -394,10 +387,56 @@ impl Store {
 pub struct SubjectSnapshot {
     /// The subject row.
     pub row: idvault_core::records::SubjectRecord,
-    /// Its packets `(seq, bytes)`, ascending.
-    pub packets: Vec<(u64, Vec<u8>)>,
-    /// Its newest leaf that recorded a chain head.
-    pub leaf: Option<LeafRow>,
+    /// The read transaction the rest is read in.
+    tx: Transaction<'static, Any>,
+    /// The last packet sequence number read.
+    after: i64,
+}
+
+/// Packets per page of [`SubjectSnapshot::next_packets`]: at most about
+/// 1 MiB at a time (packets are at most a few KiB).
+const SNAPSHOT_PAGE: usize = 256;
+
+impl SubjectSnapshot {
+    /// The next packets `(seq, bytes)`, ascending; empty after the last.
+    pub async fn next_packets(&mut self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        // The page size in the SQL text, not bound: SQLite re-plans a
+        // statement whose bound LIMIT changes (docs/BENCHMARKS.md).
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT seq, packet FROM packets WHERE subject_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT {SNAPSHOT_PAGE}"
+        )))
+        .bind(self.row.id.as_bytes().to_vec())
+        .bind(self.after)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let page = rows
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.try_get("seq")?;
+                Ok((i64_to_u64(seq, "packets.seq")?, r.try_get("packet")?))
+            })
+            .collect::<Result<Vec<(u64, Vec<u8>)>, StoreError>>()?;
+        if let Some((last, _)) = page.last() {
+            self.after = u64_to_i64(*last)?;
+        }
+        Ok(page)
+    }
+
+    /// The subject's newest leaf that recorded a chain head, from the same
+    /// snapshot; ends the read.
+    pub async fn head_leaf(mut self) -> Result<Option<LeafRow>, StoreError> {
+        let leaf = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 AND head_seq IS NOT NULL \
+             ORDER BY id DESC LIMIT 1"
+        )))
+        .bind(self.row.id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let leaf = leaf.as_ref().map(leaf_row).transpose()?;
+        self.tx.commit().await?;
+        Ok(leaf)
+    }
 }
 
 /// The PostgreSQL advisory lock key of the sequencer ("idvseq" in ASCII).

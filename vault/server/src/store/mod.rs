@@ -721,25 +721,6 @@ impl Store {
     }
 }
 
-/// A subject's packets as `(seq, bytes)`, ascending.
-async fn packets_of<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    id: &SubjectId,
-) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let rows = sqlx::query("SELECT seq, packet FROM packets WHERE subject_id = $1 ORDER BY seq")
-        .bind(id.as_bytes().to_vec())
-        .fetch_all(ex)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                i64_to_u64(r.try_get("seq")?, "packets.seq")?,
-                r.try_get("packet")?,
-            ))
-        })
-        .collect()
-}
-
 /// Up to `head_seq`, the newest packet of each of a subject's fields (by
 /// the `field_name` column), ascending (see `AuditedTx::newest_packets`).
 async fn newest_packets_of<'e>(
