@@ -1029,6 +1029,17 @@ pub async fn standing_consent_and_revocation(backend: Backend) -> anyhow::Result
         Code::PermissionDenied,
         "device_revoked",
     );
+    // Without the device's key, a revoked device answers as an active one
+    // does to a forged signature: a partner that knows its id from a grant
+    // cannot watch for the person revoking it.
+    let ch = cx.challenge(true).await;
+    let mut forged = cx.sign(&cx.grant(ch));
+    forged.signature[10] ^= 1;
+    refused(
+        cx.release(true, forged).await,
+        Code::Unauthenticated,
+        "bad_signature",
+    );
     cx.tv.stop().await
 }
 

@@ -238,9 +238,9 @@ impl Vault {
         req: &mut Request<'_>,
         s: &Signed,
     ) -> Result<(Grant, Device, [u8; 32]), VaultError> {
-        let (device, key) = self.active_device(&s.device_id).await?;
-        key.verify(GRANT_CONTEXT, &s.bytes, &s.signature)
-            .map_err(refused)?;
+        let device = self
+            .signed_by_active_device(&s.device_id, GRANT_CONTEXT, &s.bytes, &s.signature)
+            .await?;
         req.about(device.subject);
         let g = idvault_core::wire::decode_grant(&s.bytes).map_err(refused)?;
         if g.subject != device.subject {

@@ -197,11 +197,20 @@ impl Vault {
         .await
     }
 
-    /// An active device and its key, read outside the write transaction.
-    pub(crate) async fn active_device(
+    /// An active device whose key signed `bytes` (under `context`), read
+    /// outside the write transaction. The signature is checked before the
+    /// device's revocation: whoever knows a device id (a partner it sent a
+    /// grant to) but not its key gets `bad_signature` from an active and a
+    /// revoked device alike, so it cannot watch for the person revoking or
+    /// replacing a phone. The device itself, signing validly, is told it
+    /// is revoked.
+    pub(crate) async fn signed_by_active_device(
         &self,
         device_id: &str,
-    ) -> Result<(Device, DevicePublicKey), VaultError> {
+        context: &[u8],
+        bytes: &[u8],
+        signature: &[u8],
+    ) -> Result<Device, VaultError> {
         if !c::valid_device_id(device_id) {
             return Err(refused(Refusal::Malformed));
         }
@@ -210,12 +219,13 @@ impl Vault {
             .device(device_id)
             .await?
             .ok_or(refused(Refusal::UnknownDevice))?;
+        let key = DevicePublicKey::from_sec1(&row.public_key)
+            .map_err(|_| VaultError::Integrity("stored device key"))?;
+        key.verify(context, bytes, signature).map_err(refused)?;
         if row.revoked_at_ms.is_some() {
             return Err(refused(Refusal::DeviceRevoked));
         }
-        let key = DevicePublicKey::from_sec1(&row.public_key)
-            .map_err(|_| VaultError::Integrity("stored device key"))?;
-        Ok((row, key))
+        Ok(row)
     }
 
     /// Re-checks inside `tx` that the device verified outside it is still
@@ -233,8 +243,9 @@ impl Vault {
     }
 
     /// The checks every device-signed request passes before its action
-    /// runs (docs/consent.md, "Device requests"), in this order: an active
-    /// device, its signature over the bytes as sent, only then decoding,
+    /// runs (docs/consent.md, "Device requests"), in this order: a known
+    /// device, its signature over the bytes as sent, the device not
+    /// revoked, only then decoding,
     /// the action the RPC `expects`, and the time window. The request is
     /// then about the device's subject. Replay (the request id) is checked
     /// by the caller, in its transaction.
@@ -244,9 +255,9 @@ impl Vault {
         s: &Signed,
         expects: impl Fn(&DeviceAction) -> bool,
     ) -> Result<(Device, idvault_core::device_request::DeviceCall), VaultError> {
-        let (device, key) = self.active_device(&s.device_id).await?;
-        key.verify(DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
-            .map_err(refused)?;
+        let device = self
+            .signed_by_active_device(&s.device_id, DEVICE_REQUEST_CONTEXT, &s.bytes, &s.signature)
+            .await?;
         let call = idvault_core::wire::decode_device_request(&s.bytes).map_err(refused)?;
         req.about(device.subject);
         if !expects(&call.action) {
