@@ -413,10 +413,27 @@ pub async fn every_refusal_is_distinct_and_audited(b: Backend) -> anyhow::Result
         ),
         (Code::PermissionDenied, "wrong_code".into())
     );
+    // The relaying wallet partner's own record, which it may read back,
+    // says only what the phone was told; the vault's record beside it says
+    // what happened.
     let audited = last(&cx).await;
     assert!(
-        audited.contains("wrong_person") && audited.contains("ended=true"),
+        audited.contains("wrong_code")
+            && !audited.contains("wrong_person")
+            && !audited.contains(&r.transaction_id),
         "{audited}"
+    );
+    let vault_record: String = sqlx::query_scalar(
+        "SELECT detail FROM audit_log WHERE action = 'TransactionWrongPerson' \
+         ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(cx.tv.db())
+    .await?;
+    assert!(
+        vault_record.contains("wrong_person")
+            && vault_record.contains("ended=true")
+            && vault_record.contains(&r.transaction_id),
+        "{vault_record}"
     );
     assert_eq!(
         state_of(&mut cx.a, &r.transaction_id, 0).await.state,

@@ -562,7 +562,7 @@ impl Vault {
     }
 
     /// [`Self::add_job_leaf`], with the policy decision it records.
-    fn add_leaf_of(
+    pub(crate) fn add_leaf_of(
         &self,
         tx: &mut AuditedTx,
         action: &str,

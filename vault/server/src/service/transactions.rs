@@ -179,6 +179,10 @@ fn fields_of(claims: &[String]) -> Vec<&'static str> {
         .collect()
 }
 
+/// The vault's own record of a code entered on another person's phone
+/// (the relaying partner's record says only `wrong_code`).
+pub const WRONG_PERSON_ACTION: &str = "TransactionWrongPerson";
+
 impl Vault {
     fn code_mac(&self, code: &TransactionCode, version: u32) -> Result<[u8; 32], VaultError> {
         let key = self.keys().transaction_code_key(version)?;
@@ -517,24 +521,37 @@ impl Vault {
                 // Counted against the phone's own person as any wrong code
                 // is, so the guesser cannot tell a hit from a miss.
                 let (counted, own_ended) = count_wrong_code(&mut tx, &device.subject, now).await?;
+                // The relaying wallet partner reads its own record back
+                // (`GetInclusionProof`), so that record says `wrong_code`,
+                // as the phone is told: the relay learns no more than the
+                // phone whether a code entered was someone else's. The
+                // vault's own record beside it names the transaction and
+                // what happened (the requesting partner sees its state).
+                self.add_leaf_of(
+                    &mut tx,
+                    WRONG_PERSON_ACTION,
+                    Some(&device.subject),
+                    format!(
+                        "request={} {} txn={} ended={ended}",
+                        hex::encode(req.caller.request_id),
+                        Refusal::WrongPerson.name(),
+                        t.id_text()
+                    ),
+                    None,
+                )?;
                 let detail = format!(
-                    "op=code device={} txn={} ended={ended} counted={counted} own_ended={own_ended}",
+                    "op=code device={} counted={counted} own_ended={own_ended}",
                     device.device_id,
-                    t.id_text()
                 );
-                let recorded = self
+                Err(self
                     .commit_refused(
                         tx,
                         req,
                         Some(&device.subject),
-                        refused(Refusal::WrongPerson),
+                        refused(Refusal::WrongCode),
                         &detail,
                     )
-                    .await;
-                Err(match recorded {
-                    VaultError::Refused(Refusal::WrongPerson) => refused(Refusal::WrongCode),
-                    other => other,
-                })
+                    .await)
             }
             Some(t) if expect.is_none_or(|id| *id == t.id) => {
                 if t.state != TxState::Pending {
