@@ -19,7 +19,7 @@
 //! partner cannot keep using an HTTP/2 connection it opened before.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -393,14 +393,11 @@ fn build(
     // Stamps first: a file replaced while it is read is read again at the
     // next poll.
     let stamps: Vec<Stamp> = paths.iter().map(stamp).collect();
-    let crls = paths
-        .iter()
-        .map(|p| crate::tls::read_crl(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut crls = Vec::with_capacity(paths.len());
     let mut next_update = None;
-    for (crl, path) in crls.iter().zip(paths) {
-        let t = crl_next_update(crl)
-            .ok_or_else(|| TlsError::Config(format!("{}: not a parsable CRL", path.display())))?;
+    for path in paths {
+        let (crl, t) = read(path)?;
+        crls.push(crl);
         next_update = Some(next_update.map_or(t, |n: i64| n.min(t)));
     }
     let mut b =
@@ -420,6 +417,15 @@ fn build(
         stamps,
         next_update: if paths.is_empty() { None } else { next_update },
     })
+}
+
+/// Reads a CRL file (PEM or DER) and its `nextUpdate` (Unix seconds;
+/// `i64::MAX` without one). Refused when the file is not a parsable CRL.
+pub fn read(path: &Path) -> Result<(CertificateRevocationListDer<'static>, i64), TlsError> {
+    let crl = crate::tls::read_crl(path)?;
+    let t = crl_next_update(&crl)
+        .ok_or_else(|| TlsError::Config(format!("{}: not a parsable CRL", path.display())))?;
+    Ok((crl, t))
 }
 
 /// A CRL's `nextUpdate` (Unix seconds); one without it never goes stale
