@@ -179,9 +179,10 @@ fn fields_of(claims: &[String]) -> Vec<&'static str> {
         .collect()
 }
 
-/// The vault's own record of a code entered on another person's phone
-/// (the relaying partner's record says only `wrong_code`).
-pub const WRONG_PERSON_ACTION: &str = "TransactionWrongPerson";
+/// The vault's own record of a refused code entry: `wrong_code`, or
+/// `wrong_person` with the transaction whose code another person's phone
+/// entered (the relaying partner's own record says `wrong_code` either way).
+pub const CODE_REFUSED_ACTION: &str = "TransactionCodeRefused";
 
 impl Vault {
     fn code_mac(&self, code: &TransactionCode, version: u32) -> Result<[u8; 32], VaultError> {
@@ -522,35 +523,20 @@ impl Vault {
                 // is, so the guesser cannot tell a hit from a miss.
                 let (counted, own_ended) = count_wrong_code(&mut tx, &device.subject, now).await?;
                 // The relaying wallet partner reads its own record back
-                // (`GetInclusionProof`), so that record says `wrong_code`,
-                // as the phone is told: the relay learns no more than the
-                // phone whether a code entered was someone else's. The
-                // vault's own record beside it names the transaction and
-                // what happened (the requesting partner sees its state).
-                self.add_leaf_of(
-                    &mut tx,
-                    WRONG_PERSON_ACTION,
-                    Some(&device.subject),
-                    format!(
-                        "request={} {} txn={} ended={ended}",
-                        hex::encode(req.caller.request_id),
-                        Refusal::WrongPerson.name(),
-                        t.id_text()
-                    ),
-                    None,
-                )?;
-                let detail = format!(
-                    "op=code device={} counted={counted} own_ended={own_ended}",
-                    device.device_id,
+                // (`GetInclusionProof`), so that record is the one a wrong
+                // code gets, byte for byte in form (`wrong_code`, the
+                // phone owner's codes counted and ended), as the phone is
+                // told: the relay learns no more than the phone whether a
+                // code entered was someone else's. The vault's own record
+                // beside it (a wrong code gets one too, so the number of
+                // records says nothing either) names the transaction.
+                let vault_detail = format!(
+                    "{} txn={} ended={ended}",
+                    Refusal::WrongPerson.name(),
+                    t.id_text()
                 );
                 Err(self
-                    .commit_refused(
-                        tx,
-                        req,
-                        Some(&device.subject),
-                        refused(Refusal::WrongCode),
-                        &detail,
-                    )
+                    .refuse_code(tx, req, device, counted, own_ended, vault_detail)
                     .await)
             }
             Some(t) if expect.is_none_or(|id| *id == t.id) => {
@@ -568,21 +554,51 @@ impl Vault {
             _ => {
                 tx.insert_code_failure(&device.device_id, now).await?;
                 let (counted, ended) = count_wrong_code(&mut tx, &device.subject, now).await?;
-                let detail = format!(
-                    "op=code device={} counted={counted} ended={ended}",
-                    device.device_id
-                );
+                let vault_detail = Refusal::WrongCode.name().to_owned();
                 Err(self
-                    .commit_refused(
-                        tx,
-                        req,
-                        Some(&device.subject),
-                        refused(Refusal::WrongCode),
-                        &detail,
-                    )
+                    .refuse_code(tx, req, device, counted, ended, vault_detail)
                     .await)
             }
         }
+    }
+
+    /// Commits a refused code entry: the vault's own record
+    /// ([`CODE_REFUSED_ACTION`], `vault_detail` saying what happened) and
+    /// the relaying partner's refusal, `wrong_code` in one form whatever
+    /// the code was (see the caller).
+    async fn refuse_code(
+        &self,
+        mut tx: AuditedTx,
+        req: &mut Request<'_>,
+        device: &Device,
+        counted: usize,
+        ended: usize,
+        vault_detail: String,
+    ) -> VaultError {
+        if let Err(e) = self.add_leaf_of(
+            &mut tx,
+            CODE_REFUSED_ACTION,
+            Some(&device.subject),
+            format!(
+                "request={} {vault_detail}",
+                hex::encode(req.caller.request_id)
+            ),
+            None,
+        ) {
+            return e;
+        }
+        let detail = format!(
+            "op=code device={} counted={counted} ended={ended}",
+            device.device_id
+        );
+        self.commit_refused(
+            tx,
+            req,
+            Some(&device.subject),
+            refused(Refusal::WrongCode),
+            &detail,
+        )
+        .await
     }
 
     /// `TransactionService.AwaitTransaction`: the third party's own
