@@ -61,6 +61,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tamper::packet_moved_to_other_subject,
     tamper::middle_packet_deleted,
     tamper::long_chain_is_checked_a_page_at_a_time,
+    tamper::packet_relabelled_as_another_field,
     audit::edited_record_is_named,
     audit::removed_and_reordered_leaves_are_named,
     audit::forged_checkpoint_is_named,

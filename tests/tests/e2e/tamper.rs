@@ -170,3 +170,22 @@ pub async fn long_chain_is_checked_a_page_at_a_time(b: Backend) -> anyhow::Resul
     assert_eq!(v.packets_checked, 299);
     tv.stop().await
 }
+
+/// A packet row relabelled as another field (its `field_name` column, by
+/// which a field's newest packet is found, no longer the field its
+/// authenticated header names) is a broken link: otherwise the older value
+/// of the field would be served as the newest, unseen by the chain.
+pub async fn packet_relabelled_as_another_field(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (id, sid) = three_packets(&tv).await?;
+    sqlx::query("UPDATE packets SET field_name = 'given_name' WHERE subject_id = $1 AND seq = 3")
+        .bind(sid.as_bytes().to_vec())
+        .execute(tv.db())
+        .await?;
+    let v = verify(&tv, &id).await?;
+    assert!(!v.intact);
+    assert_eq!(v.first_broken_sequence, Some(3));
+    assert_eq!(v.reason(), ChainBreakReason::Malformed);
+    assert_eq!(v.packets_checked, 2);
+    tv.stop().await
+}

@@ -390,12 +390,29 @@ impl<'k> ChainVerifier<'k> {
     /// the chain is broken, after which further packets are ignored (the
     /// report names the first break).
     pub fn push(&mut self, stored_seq: u64, bytes: &[u8]) -> bool {
+        self.check(stored_seq, None, bytes)
+    }
+
+    /// [`ChainVerifier::push`] of a stored row that also names the packet's
+    /// field in a column of its own (the store selects a field's newest
+    /// packet by it): a row whose column is not the field its
+    /// authenticated header names is `Malformed`. Otherwise a database
+    /// writer could relabel a field's newest packet as another field and
+    /// have the older value served as the newest, unseen by the chain.
+    pub fn push_labelled(&mut self, stored_seq: u64, field: &str, bytes: &[u8]) -> bool {
+        self.check(stored_seq, Some(field), bytes)
+    }
+
+    fn check(&mut self, stored_seq: u64, field: Option<&str>, bytes: &[u8]) -> bool {
         if self.broken.is_some() {
             return false;
         }
         let expected = self.checked + 1;
         let reason = match parse(bytes) {
             Err(_) => Some(BreakReason::Malformed),
+            Ok(p) if field.is_some_and(|f| f != p.header.field.as_str()) => {
+                Some(BreakReason::Malformed)
+            }
             Ok(p) if p.header.subject != self.subject => Some(BreakReason::WrongSubject),
             Ok(p) if stored_seq != expected || p.header.seq != expected => {
                 Some(BreakReason::SequenceGap)

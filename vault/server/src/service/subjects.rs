@@ -196,8 +196,8 @@ impl Vault {
                         if page.is_empty() {
                             break;
                         }
-                        for (seq, bytes) in &page {
-                            if !v.push(*seq, bytes) {
+                        for (seq, field, bytes) in &page {
+                            if !v.push_labelled(*seq, field, bytes) {
                                 break 'pages;
                             }
                         }
@@ -219,6 +219,10 @@ impl Vault {
                 if !self.head_matches_leaf(&row, leaf.as_ref()) {
                     report.first_break = Some((row.head.seq + 1, BreakReason::HeadMismatch));
                 }
+            } else {
+                // The snapshot's connection goes back before the leaf waits
+                // for the writer (or, on PostgreSQL, for a connection).
+                drop(snap);
             }
             let tx = self.begin().await?;
             let detail = match report.first_break {

@@ -330,7 +330,11 @@ impl Store {
         if row.created_by != created_by {
             return Ok(None);
         }
-        Ok(Some(SubjectSnapshot { row, tx, after: 0 }))
+        Ok(Some(SubjectSnapshot {
+            row,
+            tx,
+            after: None,
+        }))
     }
 
     /// A subject's row and, up to the head that row names, the newest
@@ -389,8 +393,10 @@ pub struct SubjectSnapshot {
     pub row: idvault_core::records::SubjectRecord,
     /// The read transaction the rest is read in.
     tx: Transaction<'static, Any>,
-    /// The last packet sequence number read.
-    after: i64,
+    /// The last packet sequence number read (`None`: none yet, so the
+    /// first page has no lower bound and a row a writer put at 0 or below
+    /// is read, and refused, like any other).
+    after: Option<i64>,
 }
 
 /// Packets per page of [`SubjectSnapshot::next_packets`]: at most about
@@ -398,27 +404,42 @@ pub struct SubjectSnapshot {
 const SNAPSHOT_PAGE: usize = 256;
 
 impl SubjectSnapshot {
-    /// The next packets `(seq, bytes)`, ascending; empty after the last.
-    pub async fn next_packets(&mut self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    /// The next packets `(seq, field_name column, bytes)`, ascending;
+    /// empty after the last.
+    pub async fn next_packets(&mut self) -> Result<Vec<(u64, String, Vec<u8>)>, StoreError> {
         // The page size in the SQL text, not bound: SQLite re-plans a
         // statement whose bound LIMIT changes (docs/BENCHMARKS.md).
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT seq, packet FROM packets WHERE subject_id = $1 AND seq > $2 \
-             ORDER BY seq LIMIT {SNAPSHOT_PAGE}"
-        )))
-        .bind(self.row.id.as_bytes().to_vec())
-        .bind(self.after)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let page = rows
-            .iter()
-            .map(|r| {
-                let seq: i64 = r.try_get("seq")?;
-                Ok((i64_to_u64(seq, "packets.seq")?, r.try_get("packet")?))
-            })
-            .collect::<Result<Vec<(u64, Vec<u8>)>, StoreError>>()?;
-        if let Some((last, _)) = page.last() {
-            self.after = u64_to_i64(*last)?;
+        let id = self.row.id.as_bytes().to_vec();
+        let rows = match self.after {
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT seq, field_name, packet FROM packets WHERE subject_id = $1 \
+                     ORDER BY seq LIMIT {SNAPSHOT_PAGE}"
+                )))
+                .bind(id)
+                .fetch_all(&mut *self.tx)
+                .await?
+            }
+            Some(after) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT seq, field_name, packet FROM packets WHERE subject_id = $1 \
+                     AND seq > $2 ORDER BY seq LIMIT {SNAPSHOT_PAGE}"
+                )))
+                .bind(id)
+                .bind(after)
+                .fetch_all(&mut *self.tx)
+                .await?
+            }
+        };
+        let mut page = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.try_get("seq")?;
+            self.after = Some(seq);
+            page.push((
+                i64_to_u64(seq, "packets.seq")?,
+                r.try_get("field_name")?,
+                r.try_get("packet")?,
+            ));
         }
         Ok(page)
     }
