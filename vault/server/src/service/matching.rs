@@ -853,7 +853,13 @@ impl Vault {
                     return Err(VaultError::Integrity(PAIRWISE_FORGED));
                 }
                 forged += refuse_resting_on(&mut kept, &read.forged, PAIRWISE_FORGED, partner);
-                subjects.retain(|s| !read.forged.contains(s));
+                // Only the subjects a query still answers with get tokens
+                // and are listed as revealed: a refused query's other
+                // candidates are not revealed.
+                subjects.retain(|s| {
+                    kept.iter()
+                        .any(|k| matches!(k, Ok(hits) if hits.iter().any(|h| h.subject == *s)))
+                });
             }
         }
         // First answer to this partner about a subject: make its token
@@ -910,11 +916,13 @@ impl Vault {
         let committed = started.elapsed();
         if !fresh.is_empty() {
             // Durable now: ours, or the one a concurrent match stored first.
-            // The record is committed, so nothing here may fail the call
-            // (the pipeline would not record it again, and a caller told
-            // "failed" would ask again and reveal twice): a read that fails
-            // is tried again, and the queries resting on a token that still
-            // cannot be read, or whose row fails its MAC, are refused alone.
+            // The record is committed, so nothing here fails a batch (a
+            // caller told "failed" would ask again and reveal twice): a
+            // read that fails is tried again, and the queries resting on a
+            // token that still cannot be read, or whose row fails its MAC,
+            // are refused alone. A unary Match's lone query fails the call
+            // with that error instead, and the pipeline records nothing
+            // more (its record is the committed one).
             let made: Vec<SubjectId> = fresh.iter().map(|(s, _)| *s).collect();
             match self.read_back(&partner.name, &made).await {
                 Ok(read) => {
