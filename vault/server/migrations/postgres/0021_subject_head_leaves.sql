@@ -1,3 +1,4 @@
+-- no-transaction
 -- Only a subject's chain-changing leaves are looked up by subject.
 --
 -- Chain verification (`VerifySubjectChain`, `Store::subject_snapshot`)
@@ -9,6 +10,13 @@
 -- partner could make the verification of someone else's subject as slow
 -- as it liked. The new index holds the head-carrying leaves alone, which
 -- only the subject's own writes add, and it is smaller to write: reads,
--- releases and challenges no longer add an entry.
-DROP INDEX audit_log_subject;
-CREATE INDEX audit_log_subject_head ON audit_log (subject, id) WHERE head_seq IS NOT NULL;
+-- releases and challenges no longer add an entry. The old one goes in
+-- 0022.
+--
+-- Built CONCURRENTLY (outside a transaction, so alone in its file: a
+-- query of several statements is one transaction), so that replicas
+-- still serving keep writing audit leaves while it builds. If the build
+-- is interrupted, PostgreSQL leaves an invalid index of this name and the
+-- next start stops here ("already exists"): drop it
+-- (`DROP INDEX CONCURRENTLY audit_log_subject_head`) and start again.
+CREATE INDEX CONCURRENTLY audit_log_subject_head ON audit_log (subject, id) WHERE head_seq IS NOT NULL;

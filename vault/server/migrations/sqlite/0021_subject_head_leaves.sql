@@ -9,6 +9,6 @@
 -- partner could make the verification of someone else's subject as slow
 -- as it liked. The new index holds the head-carrying leaves alone, which
 -- only the subject's own writes add, and it is smaller to write: reads,
--- releases and challenges no longer add an entry.
-DROP INDEX audit_log_subject;
+-- releases and challenges no longer add an entry. The old one goes in
+-- 0022 (as on PostgreSQL, where each step must be alone in its file).
 CREATE INDEX audit_log_subject_head ON audit_log (subject, id) WHERE head_seq IS NOT NULL;

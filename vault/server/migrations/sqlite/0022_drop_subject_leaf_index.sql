@@ -1,0 +1,3 @@
+-- The index of every leaf naming a subject, replaced by the one of
+-- chain-head leaves in 0021.
+DROP INDEX IF EXISTS audit_log_subject;
