@@ -124,6 +124,9 @@ impl Vault {
 /// PostgreSQL), so one partner verifying a long chain over and over must
 /// leave most of them to the others.
 pub const MAX_CHAIN_CHECKS_PER_PARTNER: usize = 2;
+// The refusal below spells the number out (`VaultError::Limit` holds a
+// static text).
+const _: () = assert!(MAX_CHAIN_CHECKS_PER_PARTNER == 2);
 
 /// A running chain verification's place in its partner's allowance; freed
 /// on drop.
