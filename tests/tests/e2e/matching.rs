@@ -1198,6 +1198,48 @@ pub async fn a_forged_token_refuses_only_its_own_answers(b: Backend) -> anyhow::
             ("r3", "", "integrity: pairwise token row MAC"),
         ]
     );
+    // A MatchStream batch (whose first lookup reads the candidates'
+    // tokens with them): the query answered with Grace is refused, the
+    // other answered; a unary Match for her fails as a whole (DATA_LOSS).
+    let batch = MatchBatchRequest {
+        queries: [("ada", ADA), ("grace", GRACE)]
+            .iter()
+            .map(|(id, f)| MatchQuery {
+                fields: fields(f),
+                query_id: (*id).to_owned(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut out = client(&tv, "partner-a")
+        .await
+        .match_stream(tokio_stream::iter([batch]))
+        .await?
+        .into_inner();
+    let r = out.message().await?.expect("one answer");
+    let got: Vec<(&str, &str, &str)> = r
+        .results
+        .iter()
+        .map(|q| {
+            (
+                q.query_id.as_str(),
+                q.candidates
+                    .first()
+                    .map_or("", |c| c.pairwise_token.as_str()),
+                q.refused.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ada", ada_token.as_str(), ""),
+            ("grace", "", "integrity: pairwise token row MAC"),
+        ]
+    );
+    let mut a = client(&tv, "partner-a").await;
+    let e = query(&mut a, GRACE).await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     let text = audit_text(&tv).await.join("\n");
     assert!(!text.contains(&grace_token) && !text.contains("pw_forged"));
     tv.stop().await

@@ -709,7 +709,8 @@ type CandidateWithToken = (
 /// before the commit (a first answer still reads back the stored token
 /// after it): a query's answer is nearly always among them, and each read
 /// from the pool costs a hand-off to a connection's thread and back, more
-/// than the join.
+/// than the join. A token whose row fails its MAC is left out of the map,
+/// as if not read.
 pub(super) async fn candidates<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     keys: &RowMac,
@@ -740,10 +741,22 @@ pub(super) async fn candidates<'e>(
     let mut out = Vec::with_capacity(rows.len());
     for (s, mask, signature, sv, smac, gain, token, v, mac) in rows {
         let subject = subject_of(&s, "match_subjects.subject_id")?;
-        if let Some(t) = &token {
-            check_pairwise(keys, partner, &subject, t, v, mac.as_deref())?;
+        match &token {
+            Some(t) => match check_pairwise(keys, partner, &subject, t, v, mac.as_deref()) {
+                Ok(()) => {
+                    tokens.insert(subject, token);
+                }
+                // Left unknown rather than failing the lookup: the answer
+                // reads it again (`Store::pairwise_tokens_of`), and only a
+                // query answering with this subject is refused. A
+                // candidate that is merely scored refuses nothing.
+                Err(StoreError::Forged(_)) => {}
+                Err(e) => return Err(e),
+            },
+            None => {
+                tokens.insert(subject, None);
+            }
         }
-        tokens.insert(subject, token);
         out.push(candidate(subject, mask, signature, (sv, smac), gain)?);
     }
     Ok((out, tokens))
