@@ -314,7 +314,8 @@ pub struct Vault {
         std::sync::Mutex<std::collections::HashMap<(StreamKind, String), usize>>,
     /// Chain verifications running per partner name
     /// ([`Vault::chain_check_slot`]).
-    pub(crate) chain_checks: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    pub(crate) chain_checks:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Set when the server shuts down: following streams end.
     pub(crate) streams_stop: tokio::sync::watch::Sender<bool>,
     /// Whether a rewrap runs in this process (`KeyService.Rewrap`).

@@ -121,58 +121,39 @@ impl Vault {
 /// Most chain verifications one partner may run at once: each reads and
 /// decrypts a whole history on one of the pool's connections, which serve
 /// every partner's reads (8 readers on SQLite, 16 connections on
-/// PostgreSQL), so one partner verifying a long chain over and over must
-/// leave most of them to the others.
+/// PostgreSQL), so one partner verifying long chains over and over must
+/// leave most of them to the others. More wait their turn, within their
+/// deadline (the partner's requests in flight are bounded already).
 pub const MAX_CHAIN_CHECKS_PER_PARTNER: usize = 2;
-// The refusal below spells the number out (`VaultError::Limit` holds a
-// static text).
-const _: () = assert!(MAX_CHAIN_CHECKS_PER_PARTNER == 2);
-
-/// A running chain verification's place in its partner's allowance; freed
-/// on drop.
-#[derive(Debug)]
-pub struct ChainCheckSlot<'a> {
-    vault: &'a Vault,
-    partner: String,
-}
-
-impl Drop for ChainCheckSlot<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.vault.chain_checks.lock()
-            && let Some(n) = m.get_mut(&self.partner)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.partner);
-            }
-        }
-    }
-}
 
 impl Vault {
-    /// Takes one of `partner`'s [`MAX_CHAIN_CHECKS_PER_PARTNER`] places for
-    /// a chain verification, or refuses at once (RESOURCE_EXHAUSTED).
-    pub fn chain_check_slot(&self, partner: &str) -> Result<ChainCheckSlot<'_>, VaultError> {
-        let taken = match self.chain_checks.lock() {
-            Ok(mut m) => {
-                let n = m.entry(partner.to_owned()).or_insert(0);
-                if *n >= MAX_CHAIN_CHECKS_PER_PARTNER {
-                    false
-                } else {
-                    *n += 1;
-                    true
-                }
-            }
-            Err(_) => false,
+    /// Waits for one of `partner`'s [`MAX_CHAIN_CHECKS_PER_PARTNER`]
+    /// places for a chain verification's reads, at most until `deadline`
+    /// (then `DeadlineExceeded`: nothing was done). Held while the chain
+    /// is read and checked, not while its record is written.
+    pub async fn chain_check_slot(
+        &self,
+        partner: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, VaultError> {
+        let places = {
+            let mut m = self
+                .chain_checks
+                .lock()
+                .map_err(|_| VaultError::Internal("chain check places"))?;
+            // One entry per registered partner name (unregistered callers
+            // are refused before any handler runs), so the map is bounded.
+            Arc::clone(m.entry(partner.to_owned()).or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(MAX_CHAIN_CHECKS_PER_PARTNER))
+            }))
         };
-        if !taken {
-            return Err(VaultError::Limit(
-                "at most 2 chain verifications may run at once per partner; retry when one ends",
-            ));
-        }
-        Ok(ChainCheckSlot {
-            vault: self,
-            partner: partner.to_owned(),
-        })
+        let wait = places.acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d, wait)
+                .await
+                .map_err(|_| VaultError::DeadlineExceeded)?,
+            None => wait.await,
+        };
+        permit.map_err(|_| VaultError::Internal("chain check places"))
     }
 }

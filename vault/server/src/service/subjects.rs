@@ -176,7 +176,9 @@ impl Vault {
             // At most a few at a time per partner: each reads and
             // decrypts a whole history (up to 10,000 packets) on a pool
             // connection, and the pool's readers serve every partner.
-            let _slot = self.chain_check_slot(&req.partner.name)?;
+            let slot = self
+                .chain_check_slot(&req.partner.name, req.caller.deadline)
+                .await?;
             // Read outside the writer, from one snapshot, a page at a time;
             // only the leaf goes through it.
             let Some(mut snap) = self
@@ -224,6 +226,8 @@ impl Vault {
                 // for the writer (or, on PostgreSQL, for a connection).
                 drop(snap);
             }
+            // The reads are done: the record does not hold a place.
+            drop(slot);
             let tx = self.begin().await?;
             let detail = match report.first_break {
                 None => format!("intact packets={}", report.checked),
