@@ -739,3 +739,26 @@ pub async fn revocation_by_device_operator_and_deletion(b: Backend) -> anyhow::R
     ));
     cx2.tv.stop().await
 }
+
+/// A revocation whose deadline passed before it ran did nothing, so the
+/// status lists are not rebuilt and signed again for it (any partner with
+/// a revoking role could otherwise force that with every late call); a
+/// real revocation is.
+pub async fn late_revocations_force_no_status_list_rebuild(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::{Caller, VaultError};
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let a = cx.issue(&[]).await?;
+    let s = a.parsed.status()?;
+    let first = cx.status_list(&s.uri).await.issued_at;
+    // A new signing would carry a later `iat` (whole seconds).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut late = Caller::new("spiffe://idvault.dev/partner/partner-a");
+    late.deadline = Some(tokio::time::Instant::now());
+    let r = cx.tv.vault.revoke_credential(&late, &s).await;
+    assert!(matches!(r, Err(VaultError::DeadlineExceeded)), "{r:?}");
+    assert_eq!(cx.status_list(&s.uri).await.issued_at, first);
+    let on_time = Caller::new("spiffe://idvault.dev/partner/partner-a");
+    assert!(cx.tv.vault.revoke_credential(&on_time, &s).await?.revoked);
+    assert!(cx.status_list(&s.uri).await.issued_at > first);
+    cx.tv.stop().await
+}

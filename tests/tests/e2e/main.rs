@@ -132,6 +132,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     credentials::presentations_are_refused_for_each_fault,
     credentials::issuance_checks_and_policy,
     credentials::revocation_by_device_operator_and_deletion,
+    credentials::late_revocations_force_no_status_list_rebuild,
     transactions::approve_and_deny_with_two_third_parties,
     transactions::every_refusal_is_distinct_and_audited,
     transactions::codes_are_single_use_under_concurrency,
