@@ -35,6 +35,25 @@ async fn delete_packet(tv: &TestVault, sid: &SubjectId, seq: i64) -> anyhow::Res
     Ok(())
 }
 
+/// Flips one bit of packet `seq`'s ciphertext (before its tag).
+async fn flip_ciphertext_byte(tv: &TestVault, sid: &SubjectId, seq: i64) -> anyhow::Result<()> {
+    let mut p: Vec<u8> =
+        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = $2")
+            .bind(sid.as_bytes().to_vec())
+            .bind(seq)
+            .fetch_one(tv.db())
+            .await?;
+    let last = p.len() - 20; // inside the ciphertext, before the tag
+    p[last] ^= 0x01;
+    sqlx::query("UPDATE packets SET packet = $1 WHERE subject_id = $2 AND seq = $3")
+        .bind(p)
+        .bind(sid.as_bytes().to_vec())
+        .bind(seq)
+        .execute(tv.db())
+        .await?;
+    Ok(())
+}
+
 async fn verify(tv: &TestVault, id: &str) -> anyhow::Result<VerifySubjectChainResponse> {
     Ok(tv
         .subjects("partner-a")
@@ -49,18 +68,7 @@ async fn verify(tv: &TestVault, id: &str) -> anyhow::Result<VerifySubjectChainRe
 pub async fn flipped_ciphertext_byte(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let (id, sid) = three_packets(&tv).await?;
-    let mut p: Vec<u8> =
-        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = 2")
-            .bind(sid.as_bytes().to_vec())
-            .fetch_one(tv.db())
-            .await?;
-    let last = p.len() - 20; // inside the ciphertext, before the tag
-    p[last] ^= 0x01;
-    sqlx::query("UPDATE packets SET packet = $1 WHERE subject_id = $2 AND seq = 2")
-        .bind(p)
-        .bind(sid.as_bytes().to_vec())
-        .execute(tv.db())
-        .await?;
+    flip_ciphertext_byte(&tv, &sid, 2).await?;
     let v = verify(&tv, &id).await?;
     assert!(!v.intact);
     assert_eq!(v.first_broken_sequence, Some(2));
@@ -173,18 +181,7 @@ pub async fn long_chain_is_checked_a_page_at_a_time(b: Backend) -> anyhow::Resul
     assert!(verify(&tv, &id).await?.intact);
     drop(held);
 
-    let mut p: Vec<u8> =
-        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = 300")
-            .bind(sid.as_bytes().to_vec())
-            .fetch_one(tv.db())
-            .await?;
-    let last = p.len() - 20;
-    p[last] ^= 0x01;
-    sqlx::query("UPDATE packets SET packet = $1 WHERE subject_id = $2 AND seq = 300")
-        .bind(p)
-        .bind(sid.as_bytes().to_vec())
-        .execute(tv.db())
-        .await?;
+    flip_ciphertext_byte(&tv, &sid, 300).await?;
     let v = verify(&tv, &id).await?;
     assert!(!v.intact);
     assert_eq!(v.first_broken_sequence, Some(300));

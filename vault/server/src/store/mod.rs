@@ -1055,14 +1055,7 @@ impl AuditedTx {
             subject_columns!(),
             " FROM subjects WHERE subject_id = $1"
         );
-        let row: Option<AnyRow> = sqlx::query(sql)
-            .bind(id.as_bytes().to_vec())
-            .fetch_optional(self.conn().await?)
-            .await?;
-        let keys = self.store.row_mac.clone();
-        row.as_ref()
-            .map(|r| rows::subject_record(r, keys.as_deref()))
-            .transpose()
+        self.subject_by(sql, id, None).await
     }
 
     /// Loads a subject row only if `created_by` made it, locking it on
@@ -1081,11 +1074,22 @@ impl AuditedTx {
             subject_columns!(),
             " FROM subjects WHERE subject_id = $1 AND created_by = $2"
         );
-        let row: Option<AnyRow> = sqlx::query(sql)
-            .bind(id.as_bytes().to_vec())
-            .bind(created_by.to_owned())
-            .fetch_optional(self.conn().await?)
-            .await?;
+        self.subject_by(sql, id, Some(created_by)).await
+    }
+
+    /// Runs one of the subject row reads above (`$1` the id, `$2` the
+    /// creator when given).
+    async fn subject_by(
+        &mut self,
+        sql: &'static str,
+        id: &SubjectId,
+        created_by: Option<&str>,
+    ) -> Result<Option<SubjectRecord>, StoreError> {
+        let mut q = sqlx::query(sql).bind(id.as_bytes().to_vec());
+        if let Some(c) = created_by {
+            q = q.bind(c.to_owned());
+        }
+        let row: Option<AnyRow> = q.fetch_optional(self.conn().await?).await?;
         let keys = self.store.row_mac.clone();
         row.as_ref()
             .map(|r| rows::subject_record(r, keys.as_deref()))
