@@ -107,6 +107,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::match_needs_the_match_role,
     matching::new_match_domain_is_backfilled_at_start,
     matching::link_answers_each_record_and_one_to_one_holds,
+    matching::a_dropped_domain_is_cleared_in_parts,
     matching::new_variant_kinds_are_backfilled_at_start,
     matching::estimated_weights_are_sealed_and_used,
     matching::copied_match_rows_name_nobody,

@@ -951,6 +951,69 @@ pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Re
     tv.stop().await
 }
 
+/// A match domain no longer configured is dropped at start in bounded
+/// parts (each its own audited transaction), not in one transaction the
+/// size of the domain, and forgotten only once its rows are gone.
+pub async fn a_dropped_domain_is_cleared_in_parts(b: Backend) -> anyhow::Result<()> {
+    let mut tv = TestVault::start(b).await?;
+    // 5,000 index rows and 2,500 signatures of a domain no partner has.
+    let subject = match b {
+        Backend::Sqlite => "randomblob(16)",
+        Backend::Postgres => "decode(md5(i::text || 's'), 'hex')",
+    };
+    let mac = match b {
+        Backend::Sqlite => "randomblob(32)",
+        Backend::Postgres => "decode(md5(i::text) || md5(i::text || 'm'), 'hex')",
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) \
+         SELECT 'gone', i, {subject}, 1, 1 FROM n"
+    )))
+    .execute(tv.db())
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, mac) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+         SELECT 'gone', {subject}, 1, {subject}, 1, {mac} FROM n"
+    )))
+    .execute(tv.db())
+    .await?;
+    sqlx::query("INSERT INTO match_domains (domain, indexed_at_ms, scheme) VALUES ('gone', 1, $1)")
+        .bind(idvault_tests::idvault_core::matching::INDEX_SCHEME)
+        .execute(tv.db())
+        .await?;
+    tv.restart().await?;
+    let left = tv
+        .count("SELECT count(*) FROM match_index WHERE domain = 'gone'")
+        .await
+        + tv.count("SELECT count(*) FROM match_subjects WHERE domain = 'gone'")
+            .await
+        + tv.count("SELECT count(*) FROM match_domains WHERE domain = 'gone'")
+            .await;
+    assert_eq!(left, 0);
+    let audit = audit_text(&tv).await;
+    let parts = audit
+        .iter()
+        .filter(|l| l.contains("reindex domain=gone cleared_rows="))
+        .count();
+    assert!(
+        parts >= 3,
+        "5,000 rows in parts of 2,000: {parts}\n{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("reindex dropped_domain=gone rows=5000")),
+        "{audit:#?}"
+    );
+    // The configured domains are untouched and still answer.
+    let (_, token) = create(&tv, "partner-a", ADA).await;
+    let mut a = client(&tv, "partner-a").await;
+    assert_eq!(query(&mut a, ADA).await?[0].pairwise_token, token);
+    tv.stop().await
+}
+
 /// `estimate_match_model` learns a domain's weights from its own indexes,
 /// stores them sealed and audited, and scores with them; a stored row a
 /// database writer edits fails its MAC and the hand-set table is used.

@@ -137,8 +137,12 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
     let response = client
         .import_bridge(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    let line_errors = reader.await??;
+    // A vault that ends the stream early (a refused batch) closes it under
+    // the reader too: its status says why, the reader's error only that
+    // the stream closed, so the status goes first.
+    let read = reader.await?;
     let s = response?.into_inner();
+    let line_errors = read?;
     println!(
         "records sent {}: {} entities created, {} identifiers linked, {} unchanged, {} merges, {} refused by the vault, {} unreadable lines",
         s.records,

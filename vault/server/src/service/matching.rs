@@ -32,6 +32,12 @@ use idvault_core::tlog::leaf::reveal_tag;
 
 /// Most queries in one batch message.
 pub const MAX_BATCH: usize = 100;
+
+/// Index rows (and signatures) a domain's clearing drops per transaction:
+/// each is a random page of the subject-keyed indexes, so this bounds the
+/// pages one transaction journals (SQLite keeps that journal in memory) and
+/// how long it holds the writer.
+const CLEAR_PART: u32 = 2_000;
 /// Validates and plans `q` as the service does, without a store: for the
 /// fuzz target over decoded requests. Returns the blocking probe count.
 pub fn check_query(
@@ -1227,14 +1233,13 @@ impl Vault {
             .map(|(d, _, _)| d)
             .collect();
         let system = Caller::new(JOB_ACTOR);
-        let stale = recorded
-            .iter()
-            .filter(|(d, _, _)| !st.domains.contains(d))
-            .count();
-        if stale > 0 {
+        for (domain, _, _) in recorded.iter().filter(|(d, _, _)| !st.domains.contains(d)) {
+            // Forgotten only once its rows are gone: a start interrupted
+            // part way drops the rest at the next.
+            let rows = self.clear_domain(&system, domain).await?;
             let mut tx = self.begin().await?;
-            let rows = tx.match_drop_domains_except(&st.domains).await?;
-            let detail = format!("reindex dropped_domains={stale} rows={rows}");
+            tx.match_forget_domain(domain).await?;
+            let detail = format!("reindex dropped_domain={domain} rows={rows}");
             self.commit_job(tx, &system, Action::MatchSubjects, detail)
                 .await?;
         }
@@ -1242,18 +1247,15 @@ impl Vault {
             let older = recorded
                 .iter()
                 .any(|(d, _, scheme)| d == domain && *scheme != INDEX_SCHEME);
+            if older {
+                // Rows of the older scheme: dropped before the rebuild. The
+                // domain keeps its older scheme until they are all gone, so
+                // a start interrupted part way drops the rest at the next.
+                self.clear_domain(&system, domain).await?;
+            }
             self.store()
                 .mark_match_domain(domain, 0, INDEX_SCHEME)
                 .await?;
-            if older {
-                // Rows of the older scheme: dropped before the rebuild, in
-                // one audited transaction.
-                let mut tx = self.begin().await?;
-                let rows = tx.match_clear_domain(domain).await?;
-                let detail = format!("reindex domain={domain} cleared_rows={rows}");
-                self.commit_job(tx, &system, Action::MatchSubjects, detail)
-                    .await?;
-            }
             let n = self.backfill(&system, domain).await?;
             // Bookkeeping only (no personal data): not an audited write.
             self.store()
@@ -1262,6 +1264,26 @@ impl Vault {
             tracing::info!(domain = %domain, subjects = n, scheme = INDEX_SCHEME, "match domain indexed");
         }
         self.refresh_match_models().await
+    }
+
+    /// Drops every index row and signature of `domain`, a bounded part per
+    /// audited transaction ([`CLEAR_PART`] rows of each table); returns the
+    /// index rows dropped.
+    async fn clear_domain(&self, system: &Caller, domain: &str) -> Result<u64, VaultError> {
+        let mut total = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let (index, signatures) = tx.match_clear_domain_part(domain, CLEAR_PART).await?;
+            total += index;
+            let detail = format!(
+                "reindex domain={domain} cleared_rows={index} cleared_signatures={signatures}"
+            );
+            self.commit_job(tx, system, Action::MatchSubjects, detail)
+                .await?;
+            if index < u64::from(CLEAR_PART) && signatures < u64::from(CLEAR_PART) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Indexes every subject for `domain`, a page per audited transaction;

@@ -294,19 +294,47 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// Drops every index row and signature of `domain` (before it is
-    /// indexed again under a newer scheme); returns the rows dropped.
-    pub async fn match_clear_domain(&mut self, domain: &str) -> Result<u64, StoreError> {
-        let rows = sqlx::query("DELETE FROM match_index WHERE domain = $1")
-            .bind(domain.to_owned())
-            .execute(self.conn().await?)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM match_subjects WHERE domain = $1")
+    /// Drops up to `limit` index rows and up to `limit` signatures of
+    /// `domain` (before it is indexed again under a newer scheme, or once
+    /// it is no longer configured); returns how many of each it dropped.
+    /// Called until both are under `limit`: a domain of millions of
+    /// subjects dropped in one transaction would hold the writer for
+    /// minutes and journal every page it changes at once (SQLite's
+    /// sub-journal is in memory).
+    pub async fn match_clear_domain_part(
+        &mut self,
+        domain: &str,
+        limit: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let index = sqlx::query(
+            "DELETE FROM match_index WHERE (domain, bidx, subject_id) IN \
+             (SELECT domain, bidx, subject_id FROM match_index WHERE domain = $1 LIMIT $2)",
+        )
+        .bind(domain.to_owned())
+        .bind(i64::from(limit))
+        .execute(self.conn().await?)
+        .await?
+        .rows_affected();
+        let signatures = sqlx::query(
+            "DELETE FROM match_subjects WHERE (domain, subject_id) IN \
+             (SELECT domain, subject_id FROM match_subjects WHERE domain = $1 LIMIT $2)",
+        )
+        .bind(domain.to_owned())
+        .bind(i64::from(limit))
+        .execute(self.conn().await?)
+        .await?
+        .rows_affected();
+        Ok((index, signatures))
+    }
+
+    /// Forgets `domain` (no longer configured) once its rows are dropped
+    /// ([`Self::match_clear_domain_part`]).
+    pub async fn match_forget_domain(&mut self, domain: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM match_domains WHERE domain = $1")
             .bind(domain.to_owned())
             .execute(self.conn().await?)
             .await?;
-        Ok(rows)
+        Ok(())
     }
 
     /// Stores `domain`'s learned weights (replacing older ones), sealed
@@ -335,31 +363,6 @@ impl AuditedTx {
         .execute(self.conn().await?)
         .await?;
         Ok(())
-    }
-
-    /// Forgets domains no longer configured, and their indexes.
-    pub async fn match_drop_domains_except(&mut self, keep: &[String]) -> Result<u64, StoreError> {
-        // Every domain is recorded here before it gets any row.
-        let stored: Vec<String> = sqlx::query_scalar("SELECT domain FROM match_domains")
-            .fetch_all(self.conn().await?)
-            .await?;
-        let mut removed = 0;
-        for d in stored.iter().filter(|d| !keep.contains(d)) {
-            removed += sqlx::query("DELETE FROM match_index WHERE domain = $1")
-                .bind(d.clone())
-                .execute(self.conn().await?)
-                .await?
-                .rows_affected();
-            sqlx::query("DELETE FROM match_subjects WHERE domain = $1")
-                .bind(d.clone())
-                .execute(self.conn().await?)
-                .await?;
-            sqlx::query("DELETE FROM match_domains WHERE domain = $1")
-                .bind(d.clone())
-                .execute(self.conn().await?)
-                .await?;
-        }
-        Ok(removed)
     }
 }
 

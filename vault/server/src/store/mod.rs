@@ -260,16 +260,31 @@ const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA cache_size = -65536";
 /// The compile-time option `.cargo/config.toml` hands to the bundled
 /// SQLite (`LIBSQLITE3_FLAGS`), as `PRAGMA compile_options` reports it:
 /// the sub-journal (the pages a savepoint or a statement may have to
-/// undo) stays in memory up to 8 MiB before it spills to a temporary
-/// file. The writer runs every batch in savepoints, and with SQLite's
-/// default of 64 KiB nearly every batch created, wrote and deleted a
-/// temporary file (docs/BENCHMARKS.md, "SQLite writer: the sub-journal in
-/// memory"). Unlike `PRAGMA temp_store = MEMORY`, the memory stays bounded
-/// however many pages one request changes. A build without it is slower
-/// and sends more page pre-images through unlinked temporary files (which
-/// `secure_delete` does not reach); durability is the same, since crash
-/// recovery never reads a sub-journal. The vault warns when it starts.
-const SQLITE_SUBJOURNAL_OPTION: &str = "STMTJRNL_SPILL=8388608";
+/// undo) stays in memory and never goes to a temporary file. The writer
+/// runs every batch in savepoints, and with SQLite's default (a file past
+/// 64 KiB) nearly every batch created, wrote and deleted one
+/// (docs/BENCHMARKS.md, "SQLite writer: the sub-journal in memory"). A
+/// threshold above 128 KiB is not an option: SQLite spills the journal in
+/// one write, its unix layer cuts writes to 128 KiB and the spill fails
+/// as "database or disk is full" (the 8 MiB threshold used before failed
+/// every transaction past it). So the journal holds, in memory, the
+/// earlier content of every page one transaction changes, and what bounds
+/// it is that every transaction is bounded: a write group
+/// ([`writer::MAX_BATCH`] requests, each within its message limits), an
+/// ImportBridge message (1,000 records), a rewrap or prune batch, a part
+/// of a match domain's clearing, one person's deletion. A build without
+/// the option is slower and sends page pre-images through unlinked
+/// temporary files (which `secure_delete` does not reach); durability is
+/// the same, since crash recovery never reads a sub-journal. The vault
+/// warns when it starts.
+const SQLITE_SUBJOURNAL_OPTION: &str = "STMTJRNL_SPILL=-1";
+
+/// Another option: no allocation statistics. They take a process-wide
+/// mutex on every SQLite allocation, and the in-memory sub-journal
+/// allocates a chunk of 1 KiB at a time (about 7 % of the creates/s,
+/// docs/BENCHMARKS.md, "The sub-journal in memory, and why not 8 MiB").
+/// Nothing in the vault reads them.
+const SQLITE_MEMSTATUS_OPTION: &str = "DEFAULT_MEMSTATUS=0";
 
 /// The other option `.cargo/config.toml` hands to the bundled SQLite: the
 /// query planner stability guarantee. SQLite otherwise plans some
@@ -282,10 +297,14 @@ const SQLITE_QPSG_OPTION: &str = "ENABLE_QPSG";
 
 /// `.cargo/config.toml`'s options for the bundled SQLite, each with what is
 /// slower without it (never wrong): checked once at start.
-const SQLITE_BUILD_OPTIONS: [(&str, &str); 2] = [
+const SQLITE_BUILD_OPTIONS: [(&str, &str); 3] = [
     (
         SQLITE_SUBJOURNAL_OPTION,
         "write batches journal to a temporary file",
+    ),
+    (
+        SQLITE_MEMSTATUS_OPTION,
+        "every SQLite allocation takes a process-wide lock",
     ),
     (
         SQLITE_QPSG_OPTION,
@@ -1480,6 +1499,42 @@ mod tests {
                 "the bundled SQLite lacks {option}: is LIBSQLITE3_FLAGS in .cargo/config.toml?"
             );
         }
+    }
+
+    /// A transaction whose savepoint changes far more pages than SQLite
+    /// keeps of its sub-journal in memory still commits. Built with an
+    /// 8 MiB threshold, SQLite spilled that journal to its file in one
+    /// write of the whole 8 MiB, which its unix layer cuts to 128 KiB
+    /// pieces and then fails as "database or disk is full": every
+    /// ImportBridge batch failed once the cross-reference tables had grown
+    /// to about 30,000 entities, and so did dropping a large match domain.
+    #[tokio::test]
+    async fn a_savepoint_changing_many_pages_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        let mut conn = store.pool.acquire().await.expect("connection");
+        // About 24 MiB of rows, committed, so that changing them journals
+        // every page's earlier content.
+        conn.execute(
+            "CREATE TABLE big (id INTEGER PRIMARY KEY, b BLOB NOT NULL); \
+             INSERT INTO big (b) SELECT randomblob(3000) FROM \
+             (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 8000) \
+              SELECT i FROM n)",
+        )
+        .await
+        .expect("rows");
+        conn.execute(
+            "BEGIN IMMEDIATE; SAVEPOINT request; UPDATE big SET b = zeroblob(3000); \
+             RELEASE request; COMMIT",
+        )
+        .await
+        .expect("a savepoint over 24 MiB of pages commits");
+        let zeroed: i64 = sqlx::query_scalar("SELECT count(*) FROM big WHERE b = zeroblob(3000)")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("count");
+        assert_eq!(zeroed, 8000);
     }
 
     /// Calls that give up while queued for the SQLite writer free their

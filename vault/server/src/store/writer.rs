@@ -16,10 +16,10 @@
 //!
 //! Savepoints journal the pages they change (SQLite's sub-journal, emptied
 //! at each RELEASE of the outer savepoint: one request's, or one applied
-//! group's). The bundled SQLite is built to keep that journal in memory up
-//! to 8 MiB (`.cargo/config.toml`, checked at start by `Store::connect`),
-//! so it no longer goes through a temporary file; a bigger one spills to
-//! it, and stays there until the batch ends.
+//! group's). The bundled SQLite is built to keep that journal in memory,
+//! never in a temporary file (`.cargo/config.toml`, checked at start by
+//! `Store::connect`), so its size is what one request or group changes:
+//! [`MAX_BATCH`] bounds a group, and each request's own limits the rest.
 //!
 //! PostgreSQL needs none of this: each request is its own transaction from
 //! the pool and concurrent requests commit in parallel. Per-subject order
