@@ -825,22 +825,33 @@ pub async fn flood_is_refused_at_once(b: Backend) -> anyhow::Result<()> {
         ok as i64,
         "every acknowledged write, and only those"
     );
-    // The refusals are one coalesced leaf, not one each.
+    // The refusals are coalesced leaves, not one each: those past the
+    // in-flight limit ("overloaded") and those past the calls an identity
+    // may hold open at the edge (the flood is wider than both).
     tv.checkpointed().await?;
-    let mut detail: Option<String> = None;
+    let mut counted = 0;
+    let mut details = Vec::new();
     for _ in 0..50 {
-        detail = sqlx::query_scalar(
-            "SELECT detail FROM audit_log WHERE action = 'Refused' AND detail LIKE 'overloaded%'",
+        details = sqlx::query_scalar::<_, String>(
+            "SELECT detail FROM audit_log WHERE action = 'Refused' \
+             AND (detail LIKE 'overloaded%' OR detail LIKE 'too many calls open%')",
         )
-        .fetch_optional(tv.db())
+        .fetch_all(tv.db())
         .await?;
-        if detail.is_some() {
+        counted = details
+            .iter()
+            .filter_map(|d| {
+                let n = d.split_once("count=")?.1;
+                n.split(' ').next()?.parse::<usize>().ok()
+            })
+            .sum::<usize>();
+        if counted >= exhausted {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let detail = detail.expect("coalesced overload refusal audited");
-    assert!(detail.contains(&format!("count={exhausted}")), "{detail}");
+    assert_eq!(counted, exhausted, "{details:?}");
+    assert!(details.len() <= 4, "coalesced: {details:?}");
     tv.stop().await
 }
 

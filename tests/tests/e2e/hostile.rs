@@ -913,3 +913,104 @@ pub async fn naming_anothers_subject_takes_no_lock(b: Backend) -> anyhow::Result
         .await?;
     tv.stop().await
 }
+
+/// A partner's calls are bounded from their headers on, before their
+/// message is read: calls whose message never comes (here TokenizeLog
+/// streams that send nothing) hold at most
+/// `MAX_EDGE_CALLS_PER_IDENTITY` places, so one identity cannot make the
+/// vault hold without end what it sends slowly. Its next call is refused
+/// at once (RESOURCE_EXHAUSTED) and the refusals are audited coalesced;
+/// another partner is not affected; the places come back when the calls
+/// end.
+pub async fn calls_held_open_are_bounded_per_identity(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::TokenizeLogRequest;
+    use idvault_tests::idvault_server::service::MAX_EDGE_CALLS_PER_IDENTITY;
+    use std::time::Duration;
+    let tv = TestVault::start(b).await?;
+    // Two connections: the places are per identity, not per connection.
+    let channels = [
+        tv.channel("partner-a").await?,
+        tv.channel("partner-a").await?,
+    ];
+    let mut held = Vec::new();
+    let mut senders = Vec::new();
+    // A few more than the places: whichever arrive last are refused, so
+    // every place ends up held however the calls race.
+    for i in 0..MAX_EDGE_CALLS_PER_IDENTITY + 8 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<TokenizeLogRequest>(1);
+        senders.push(tx);
+        let mut c = TokenServiceClient::new(channels[i % 2].clone());
+        held.push(tokio::spawn(async move {
+            c.tokenize_log(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map(|_| ())
+        }));
+    }
+    // The calls past the places are refused at once (they end); the
+    // others hold every place.
+    for _ in 0..100 {
+        if held.iter().filter(|h| h.is_finished()).count() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ended = held.iter().filter(|h| h.is_finished()).count();
+    assert_eq!(ended, 8, "only the calls past the places end");
+    // The next call, whatever it is, is refused at once.
+    let mut subjects = SubjectServiceClient::new(channels[0].clone());
+    let mut req = tonic::Request::new(idvault_tests::idvault_proto::v1::CreateSubjectRequest {
+        fields: fields(&[("city", "Lyon")]),
+    });
+    req.set_timeout(Duration::from_secs(5));
+    let e = subjects.create_subject(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("calls open"), "{}", e.message());
+    // Another partner is not affected.
+    create(&tv, "partner-b", &[("city", "Oslo")]).await?;
+    // The held calls end (the client cancels them): their places return.
+    drop(senders);
+    for h in &held {
+        h.abort();
+    }
+    drop(channels);
+    let mut again = false;
+    for _ in 0..100 {
+        if create(&tv, "partner-a", &[("city", "Lyon")]).await.is_ok() {
+            again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again, "partner-a's places came back");
+    // The 9 refusals (8 held calls, 1 create) are counted in coalesced
+    // records, not a record each.
+    let mut details: Vec<String> = Vec::new();
+    let mut counted = 0;
+    for _ in 0..100 {
+        details = sqlx::query_scalar(
+            "SELECT detail FROM audit_log WHERE action = 'Refused' \
+             AND detail LIKE 'too many calls open%'",
+        )
+        .fetch_all(tv.db())
+        .await?;
+        counted = details
+            .iter()
+            .filter_map(|d| {
+                d.split_once("count=")?
+                    .1
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .sum::<u32>();
+        if counted >= 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 9, "{details:?}");
+    assert!(details.len() <= 2, "coalesced: {details:?}");
+    tv.stop().await
+}

@@ -57,6 +57,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     hostile::forged_links_detokenize_for_nobody_else,
     hostile::other_partners_tokens_consents_and_commands_look_absent,
     hostile::every_rpc_refuses_oversized_and_nested_messages,
+    hostile::calls_held_open_are_bounded_per_identity,
     tamper::flipped_ciphertext_byte,
     tamper::packet_moved_to_other_subject,
     tamper::middle_packet_deleted,

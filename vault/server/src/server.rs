@@ -393,18 +393,35 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id = crate::service::new_request_id();
         req.extensions_mut().insert(RequestId(id));
-        let call = CallRecord {
+        let spiffe_id = req
+            .extensions()
+            .get::<crate::tls::PeerInfo>()
+            .map(|p| p.spiffe_id.as_str().to_owned());
+        let place = self.vault.enter_edge(spiffe_id.as_deref());
+        let mut call = CallRecord {
             vault: Arc::clone(&self.vault),
             id,
             path: req.uri().path().to_owned(),
-            spiffe_id: req
-                .extensions()
-                .get::<crate::tls::PeerInfo>()
-                .map(|p| p.spiffe_id.as_str().to_owned()),
+            spiffe_id,
             // Monotonic (tokio's clock): a latency, not a time of day.
             started: tokio::time::Instant::now(),
             done: false,
+            _place: place,
         };
+        if call._place.is_none() {
+            // Refused before the request's message is read: a caller with
+            // every place taken cannot make the vault buffer one more.
+            let mut resp = tonic::Status::resource_exhausted(format!(
+                "this identity has {} calls open; wait for some to end",
+                crate::service::MAX_EDGE_CALLS_PER_IDENTITY
+            ))
+            .into_http();
+            if let Ok(v) = http::HeaderValue::from_str(&hex::encode(id)) {
+                resp.headers_mut().insert(crate::api::REQUEST_ID_HEADER, v);
+            }
+            call.finish(tonic::Code::ResourceExhausted as i32);
+            return Box::pin(async move { Ok(resp) });
+        }
         let fut = self.inner.call(req);
         Box::pin(async move {
             // Until the response exists, dropping `call` (the transport's
@@ -445,6 +462,10 @@ struct CallRecord {
     spiffe_id: Option<String>,
     started: tokio::time::Instant,
     done: bool,
+    /// The call's place at the edge ([`Vault::enter_edge`]), given back
+    /// when the record goes: after the answer's last byte, or when the
+    /// call is cut.
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl CallRecord {

@@ -26,6 +26,7 @@ pub mod rekey;
 pub mod restore;
 pub mod retention;
 mod state;
+pub use state::MAX_EDGE_CALLS_PER_IDENTITY;
 pub mod status_lists;
 pub mod streams;
 pub mod subjects;

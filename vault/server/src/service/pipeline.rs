@@ -228,6 +228,24 @@ fn refusal_detail(err: &VaultError) -> String {
 }
 
 impl Vault {
+    /// A place for one call at the edge, taken when its headers arrive and
+    /// held until its answer ends ([`super::state::MAX_EDGE_CALLS_PER_IDENTITY`]
+    /// per identity; callers the registry does not know share one such
+    /// share). `None` when every place is taken: the call is refused at
+    /// once, before its message is read, and counted like the other
+    /// coalesced refusals.
+    pub(crate) fn enter_edge(
+        &self,
+        spiffe_id: Option<&str>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let place = self.admission.enter_edge(spiffe_id);
+        if place.is_none() {
+            self.admission
+                .count_refusal(spiffe_id.unwrap_or("(no identity)"), REFUSED_EDGE);
+        }
+        place
+    }
+
     /// The one request path (see the module comment): identify, decide
     /// `action`'s gate, run `body`, audit a failure once.
     pub(crate) async fn handle<T>(
@@ -737,6 +755,7 @@ pub(crate) const REQUEST_SUBJECT_ACTION: &str = "RequestSubject";
 /// Coalesced refusal reasons (the `detail` of their leaves).
 const REFUSED_UNREGISTERED: &str = "unregistered identity";
 const REFUSED_BUSY: &str = "overloaded";
+const REFUSED_EDGE: &str = "too many calls open";
 const REFUSED_LATE: &str = "deadline passed in the queue";
 const REFUSED_UNRECORDED: &str = "refused while the writer was busy";
 

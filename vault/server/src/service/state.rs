@@ -148,6 +148,16 @@ impl XrefCache {
 /// Requests in flight per partner, at most (admission control).
 pub(crate) const MAX_IN_FLIGHT_PER_PARTNER: usize = 64;
 
+/// Calls one identity may have open at the edge, from their headers to
+/// the end of their answer: room for [`MAX_IN_FLIGHT_PER_PARTNER`] requests
+/// and every long-lived stream a partner may hold. The edge sees a call
+/// before its request message is read, so this bounds what one identity
+/// can make the vault buffer (calls times the message size cap, about
+/// 128 MiB at the default 1 MiB) however many connections and streams it
+/// opens; the in-flight limit above is only reached once a message was
+/// read whole.
+pub const MAX_EDGE_CALLS_PER_IDENTITY: usize = 128;
+
 /// Distinct identities whose coalesced refusals are counted per interval;
 /// the rest share one counter.
 const MAX_REFUSAL_KEYS: usize = 1024;
@@ -163,6 +173,13 @@ pub(crate) struct Admission {
     /// Each partner's share of the store's connections
     /// (`Store::connections_per_partner`).
     connections: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Calls open at the edge per registered SPIFFE id
+    /// ([`MAX_EDGE_CALLS_PER_IDENTITY`]).
+    edge: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// The same, shared by every identity the registry does not know
+    /// (they are refused once their message is read; until then they must
+    /// not hold more than one partner's share).
+    edge_unregistered: Arc<tokio::sync::Semaphore>,
     refusals: Mutex<HashMap<(String, &'static str), u64>>,
 }
 
@@ -180,8 +197,31 @@ impl Admission {
         Self {
             per_partner: each(MAX_IN_FLIGHT_PER_PARTNER),
             connections: each(connections_per_partner),
+            edge: registry
+                .partners()
+                .iter()
+                .map(|p| {
+                    let s = tokio::sync::Semaphore::new(MAX_EDGE_CALLS_PER_IDENTITY);
+                    (p.spiffe_id.clone(), Arc::new(s))
+                })
+                .collect(),
+            edge_unregistered: Arc::new(tokio::sync::Semaphore::new(MAX_EDGE_CALLS_PER_IDENTITY)),
             refusals: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A place for one call of `spiffe_id` at the edge (`None`: a caller
+    /// without an identity, or one of an unknown identity, shares the
+    /// unregistered places), or `None` when it already has
+    /// [`MAX_EDGE_CALLS_PER_IDENTITY`] calls open.
+    pub(crate) fn enter_edge(
+        &self,
+        spiffe_id: Option<&str>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let places = spiffe_id
+            .and_then(|id| self.edge.get(id))
+            .unwrap_or(&self.edge_unregistered);
+        Arc::clone(places).try_acquire_owned().ok()
     }
 
     /// `partner`'s share of the store's connections.
@@ -238,6 +278,8 @@ mod tests {
         let a = Admission {
             per_partner: HashMap::new(),
             connections: HashMap::new(),
+            edge: HashMap::new(),
+            edge_unregistered: Arc::new(tokio::sync::Semaphore::new(1)),
             refusals: Mutex::new(HashMap::new()),
         };
         a.count_refusal("x", "overloaded");
