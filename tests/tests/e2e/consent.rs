@@ -859,6 +859,50 @@ pub async fn challenge_and_replay_refusals(backend: Backend) -> anyhow::Result<(
     cx.tv.stop().await
 }
 
+/// Open challenges are capped per partner and subject (8): the ninth is
+/// refused with RESOURCE_EXHAUSTED, with the same answer for a subject id
+/// that does not exist; another partner is not affected; using one gives
+/// its place back.
+pub async fn open_challenges_are_capped(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::consent::MAX_OPEN_CHALLENGES_PER_PERSON;
+    let mut cx = setup(backend).await;
+    let ghost = "00000000-0000-4000-8000-000000000000".to_owned();
+    let mut messages = Vec::new();
+    let mut first = None;
+    for subject in [cx.subject.clone(), ghost] {
+        for _ in 0..MAX_OPEN_CHALLENGES_PER_PERSON {
+            let ch =
+                cx.b.request_challenge(pb::RequestChallengeRequest {
+                    subject_id: subject.clone(),
+                })
+                .await?
+                .into_inner()
+                .challenge;
+            first.get_or_insert(ch);
+        }
+        let e =
+            cx.b.request_challenge(pb::RequestChallengeRequest {
+                subject_id: subject.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        messages.push(e.message().to_owned());
+    }
+    assert_eq!(
+        messages[0], messages[1],
+        "the answer says nothing of the subject"
+    );
+    assert!(messages[0].contains("challenges open"), "{}", messages[0]);
+    // Another partner is not affected.
+    cx.challenge(false).await;
+    // A used challenge is no longer open.
+    let used = first.expect("a challenge");
+    cx.release(true, cx.sign(&cx.grant(used))).await?;
+    cx.challenge(true).await;
+    cx.tv.stop().await
+}
+
 /// Presentations raced on one vault: the same grant sent eight times at
 /// once is released exactly once, and eight grants on one challenge
 /// likewise. On SQLite the claim is decided by reads on the one writer and

@@ -119,6 +119,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::allowances_hold_against_a_broad_permit,
     consent::forged_release_is_refused,
     consent::release_reads_only_the_newest_packets,
+    consent::open_challenges_are_capped,
     consent::challenge_and_replay_refusals,
     consent::raced_presentations_release_once,
     consent::replay_refused_after_restart,

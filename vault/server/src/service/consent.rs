@@ -127,6 +127,22 @@ struct Sealed {
     head: idvault_core::packet::ChainHead,
 }
 
+/// Challenges one partner may hold open (unused and unexpired) at once.
+/// A challenge is issued for any subject id, existing or not, so without
+/// this a partner could grow the table without end; each open one stays
+/// a row until the retention job removes it after its expiry and grace.
+pub const MAX_OPEN_CHALLENGES_PER_PARTNER: u32 = 10_000;
+
+/// Challenges one partner may hold open for one subject: a person's
+/// deletion removes every row naming them in one transaction, so no
+/// partner may pile rows onto one person.
+pub const MAX_OPEN_CHALLENGES_PER_PERSON: u32 = 8;
+
+// The refusals name the caps in words (`VaultError::Limit` takes a
+// constant message): keep them in step.
+const _: () = assert!(MAX_OPEN_CHALLENGES_PER_PARTNER == 10_000);
+const _: () = assert!(MAX_OPEN_CHALLENGES_PER_PERSON == 8);
+
 /// Seal-then-record attempts of one release when the subject keeps
 /// changing in between.
 const RELEASE_TRIES: u32 = 3;
@@ -162,12 +178,34 @@ impl Vault {
             req.decide_on_subject(&id, &[])?;
             // Issued whether or not the subject exists: the answer must
             // not tell a partner which subject ids exist (a grant for a
-            // subject that does not exist is refused when presented).
+            // subject that does not exist is refused when presented). So
+            // the caps count this partner's own open challenges only,
+            // and say the same whatever the subject.
+            let now = self.now_millis();
+            let (all, this) = self
+                .store()
+                .open_challenges(
+                    &req.partner.name,
+                    &id,
+                    now,
+                    (MAX_OPEN_CHALLENGES_PER_PARTNER, MAX_OPEN_CHALLENGES_PER_PERSON),
+                )
+                .await?;
+            if all >= i64::from(MAX_OPEN_CHALLENGES_PER_PARTNER) {
+                return Err(VaultError::Limit(
+                    "this partner has 10000 challenges open; use them or let them expire",
+                ));
+            }
+            if this >= i64::from(MAX_OPEN_CHALLENGES_PER_PERSON) {
+                return Err(VaultError::Limit(
+                    "this partner has 8 challenges open for this subject; use them or let them expire",
+                ));
+            }
             let mut tx = self.begin().await?;
             let mut challenge = [0u8; CHALLENGE_LEN];
             self.rng().fill(&mut challenge).map_err(KeyError::from)?;
             let ttl = i64::from(self.consent_settings().challenge_ttl_seconds);
-            let expires_ms = self.now_millis() + ttl * 1000;
+            let expires_ms = now + ttl * 1000;
             tx.insert_challenge(&challenge, &req.partner.name, &id, expires_ms)?;
             let expires = expires_ms.div_euclid(1000);
             self.commit(tx, req, Some(&id), format!("expires_at={expires}"))

@@ -207,6 +207,32 @@ async fn consent_by_id<'e>(
 }
 
 impl Store {
+    /// `partner`'s open challenges (unused, unexpired at `now_ms`): in all,
+    /// and for `subject`; each count stops at its `cap` (read from the
+    /// pool, so the cost of a check is bounded by the caps too).
+    pub async fn open_challenges(
+        &self,
+        partner: &str,
+        subject: &SubjectId,
+        now_ms: i64,
+        caps: (u32, u32),
+    ) -> Result<(i64, i64), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT \
+             (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
+               AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
+             (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
+               AND partner = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)",
+        )
+        .bind(partner.to_owned())
+        .bind(now_ms)
+        .bind(i64::from(caps.0))
+        .bind(subject.as_bytes().to_vec())
+        .bind(i64::from(caps.1))
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     /// Whether a device request id was used already, read from the pool:
     /// a cheap early refusal only, the insert in the call's transaction
     /// decides ([`AuditedTx::insert_device_request`]).

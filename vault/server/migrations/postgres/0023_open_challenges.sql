@@ -1,0 +1,12 @@
+-- no-transaction
+-- A partner's open challenges (unused, unexpired), counted before each
+-- RequestChallenge against its caps (`MAX_OPEN_CHALLENGES_PER_PARTNER`,
+-- `MAX_OPEN_CHALLENGES_PER_PERSON`). Partial: a used challenge leaves it,
+-- so the count walks only what is still open.
+--
+-- Built CONCURRENTLY (outside a transaction, so alone in its file), so
+-- that replicas still serving keep issuing challenges while it builds. If
+-- the build is interrupted, PostgreSQL leaves an invalid index of this
+-- name and the next start stops here ("already exists"): drop it
+-- (`DROP INDEX CONCURRENTLY consent_challenges_open`) and start again.
+CREATE INDEX CONCURRENTLY consent_challenges_open ON consent_challenges (partner, expires_at_ms) WHERE used_at_ms IS NULL;
