@@ -149,6 +149,46 @@ impl Ctx {
     }
 }
 
+/// A device holds at most `[credentials] max_per_device` digital IDs that
+/// have not expired, revoked ones included: the next is refused with
+/// RESOURCE_EXHAUSTED and writes nothing; another device is not affected.
+pub async fn issuance_per_device_is_capped(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start_config(b, |text| {
+        text.replacen(
+            "[[partner]]",
+            "[credentials]\nmax_per_device = 2\n\n[[partner]]",
+            1,
+        )
+    })
+    .await?;
+    let mut cx = setup(tv).await;
+    let first = cx.issue(&["given_name"]).await?;
+    cx.issue(&["given_name"]).await?;
+    // Revoking one does not give its place back (its status entry stays).
+    let mut rp = CredentialServiceClient::new(cx.tv.channel("partner-a").await?);
+    let status = first.parsed.status()?;
+    rp.revoke_credential(pb::RevokeCredentialRequest {
+        credential: Some(pb::RevokeCredential {
+            status_list_uri: status.uri.clone(),
+            index: status.idx,
+        }),
+    })
+    .await?;
+    let before = cx.tv.count("SELECT count(*) FROM credentials").await;
+    let e = cx.issue(&["given_name"]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_per_device"), "{}", e.message());
+    assert_eq!(
+        cx.tv.count("SELECT count(*) FROM credentials").await,
+        before
+    );
+    // Another device of the same person still gets one.
+    let subject = create_subject(&cx.tv, PERSON).await;
+    cx.device = enroll(&cx.tv, &mut cx.wallet, &subject).await;
+    cx.issue(&["given_name"]).await?;
+    cx.tv.stop().await
+}
+
 /// Issue, present a subset, verify by RPC and offline; the audit names
 /// claims, never values.
 pub async fn issue_present_and_verify(b: Backend) -> anyhow::Result<()> {

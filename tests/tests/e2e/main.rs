@@ -131,6 +131,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     subjects::deletion_receipt_verifies,
     tokens::token_domain_rotation_is_per_domain,
     consent::enrollment_and_device_call_checks,
+    credentials::issuance_per_device_is_capped,
     credentials::issue_present_and_verify,
     credentials::presentations_are_refused_for_each_fault,
     credentials::issuance_checks_and_policy,

@@ -290,7 +290,8 @@ pub(crate) async fn health_check(ch: Channel) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// The vault and its server, with partner-a's match rate limit lifted.
+/// The vault and its server, with partner-a's match rate limit and the
+/// per-device digital-ID cap lifted.
 pub(crate) struct Served {
     dir: std::path::PathBuf,
     pub(crate) vault: Arc<Vault>,
@@ -301,12 +302,21 @@ impl Served {
     pub(crate) async fn start(database_url: Option<String>) -> Result<Self, BenchError> {
         let dir = crate::inprocess::dev_data_dir()?;
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path)?.replace(
-            &format!("name = \"{PARTNER}\"\n"),
-            &format!(
-                "name = \"{PARTNER}\"\nmatch_queries_per_second = 1000000\nmatch_burst = 1000000\n"
-            ),
-        );
+        // The credential phases issue thousands of digital IDs to each of
+        // a few devices: the per-device cap is lifted too, so they measure
+        // issuance and not the cap.
+        let text = std::fs::read_to_string(&path)?
+            .replace(
+                &format!("name = \"{PARTNER}\"\n"),
+                &format!(
+                    "name = \"{PARTNER}\"\nmatch_queries_per_second = 1000000\nmatch_burst = 1000000\n"
+                ),
+            )
+            .replacen(
+                "[[partner]]",
+                "[credentials]\nmax_per_device = 4000000000\n\n[[partner]]",
+                1,
+            );
         std::fs::write(&path, text)?;
         let cfg = Config::load(&path)?;
         let url = database_url.unwrap_or_else(|| cfg.database_url());

@@ -349,6 +349,14 @@ pub struct CredentialsSection {
     /// `exp` is four times this after its `iat`.
     #[serde(default = "default_status_ttl")]
     pub status_list_ttl_seconds: u32,
+    /// Digital IDs one device may have been issued that have not expired
+    /// yet, revoked ones included (each holds a status-list entry until it
+    /// expires): past it, IssueCredential is refused until some expire. A
+    /// device issuing and revoking in a loop would otherwise fill status
+    /// lists and have every list built and signed again after each
+    /// revocation.
+    #[serde(default = "default_max_per_device")]
+    pub max_per_device: u32,
 }
 
 impl CredentialsSection {
@@ -371,6 +379,7 @@ impl Default for CredentialsSection {
             status_list_base: None,
             status_list_size_log2: default_status_log2(),
             status_list_ttl_seconds: default_status_ttl(),
+            max_per_device: default_max_per_device(),
         }
     }
 }
@@ -392,6 +401,9 @@ fn default_status_log2() -> u32 {
 }
 fn default_status_ttl() -> u32 {
     300
+}
+fn default_max_per_device() -> u32 {
+    64
 }
 
 /// `[consent]`: lifetimes of consent-signed release (docs/consent.md).
@@ -615,6 +627,11 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
     {
         return Err(ConfigError::Invalid(
             "[credentials] status_list_base must be a URI of at most 400 characters without spaces; status_list_size_log2 10 ..= 24; status_list_ttl_seconds 10 ..= 86400".into(),
+        ));
+    }
+    if cr.max_per_device == 0 {
+        return Err(ConfigError::Invalid(
+            "[credentials] max_per_device must be at least 1".into(),
         ));
     }
     let c = &file.consent;

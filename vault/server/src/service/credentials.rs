@@ -119,6 +119,18 @@ impl Vault {
             // or has happened and the person is gone.
             tx.subject(&subject).await?.ok_or(VaultError::NotFound)?;
             self.still_active(&mut tx, &device).await?;
+            // `[credentials] max_per_device`: see its comment.
+            let cap = cfg.max_per_device;
+            if tx
+                .unexpired_credentials_of_device(&device.device_id, now, cap)
+                .await?
+                >= i64::from(cap)
+            {
+                return Err(VaultError::Limit(
+                    "this device holds as many digital IDs that have not expired as a device \
+                     may ([credentials] max_per_device); no more until some expire",
+                ));
+            }
             if !tx
                 .insert_device_request(&call.request_id, &device.device_id, self.now_millis())
                 .await?

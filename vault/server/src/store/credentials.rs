@@ -181,6 +181,26 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
+    /// How many digital IDs issued to `device_id` have not expired by
+    /// `now` (revoked ones too: each took a status entry), counting up to
+    /// `cap` at most.
+    pub async fn unexpired_credentials_of_device(
+        &mut self,
+        device_id: &str,
+        now: i64,
+        cap: u32,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM credentials WHERE device_id = $1 \
+             AND expires_at > $2 LIMIT $3) AS c",
+        )
+        .bind(device_id.to_owned())
+        .bind(now)
+        .bind(i64::from(cap))
+        .fetch_one(self.conn().await?)
+        .await?)
+    }
+
     /// Records an issued credential's entry; false if its index or
     /// sequence number is taken.
     pub async fn insert_credential(&mut self, e: &CredentialEntry) -> Result<bool, StoreError> {
