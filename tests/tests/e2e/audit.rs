@@ -355,6 +355,25 @@ pub async fn proofs_over_grpc(b: Backend) -> anyhow::Result<()> {
         &new_cp.root,
         &hashes,
     )?;
+    // From size 0 the proof is empty (docs/audit.md, "Proofs"), and the
+    // empty tree is consistent with any; past the newest size is refused.
+    let from_empty = audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 0,
+            new_size: 0,
+        })
+        .await?
+        .into_inner();
+    assert_eq!((from_empty.old_size, from_empty.new_size), (0, new_cp.size));
+    assert!(from_empty.hashes.is_empty());
+    let e = audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: new_cp.size + 1,
+            new_size: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     // partner-b's leaves are not partner-a's to read.
     let b_leaf: i64 = sqlx::query_scalar(
         "SELECT idx FROM audit_log WHERE actor = 'spiffe://idvault.dev/partner/partner-b' ORDER BY idx LIMIT 1",

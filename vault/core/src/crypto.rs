@@ -121,15 +121,12 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
     out
 }
 
-/// Verifies a (possibly truncated, at least 16-byte) HMAC-SHA256 tag in
-/// constant time.
+/// Verifies a whole (32-byte) HMAC-SHA256 tag in constant time. The vault
+/// writes only whole tags, so a shorter one is refused: accepting a
+/// truncated tag would let a database writer store a 16-byte MAC and
+/// halve the margin of every check reading it.
 pub fn hmac_sha256_verify(key: &[u8], msg: &[u8], tag: &[u8]) -> bool {
-    if tag.len() < 16 || tag.len() > HASH_LEN {
-        return false;
-    }
-    let full = hmac_sha256(key, &[msg]);
-    full.get(..tag.len())
-        .is_some_and(|prefix| ct_eq(prefix, tag))
+    tag.len() == HASH_LEN && ct_eq(&hmac_sha256(key, &[msg]), tag)
 }
 
 /// Constant-time equality of two byte strings (length is not secret).

@@ -78,13 +78,18 @@ fn hmac_sha256() {
             let ok = crypto::hmac_sha256_verify(&t.key, &t.msg, &t.tag);
             let full = crypto::hmac_sha256(&t.key, &[&t.msg]);
             match t.result {
-                TestResult::Valid | TestResult::Acceptable if t.tag.len() >= 16 => {
+                TestResult::Valid | TestResult::Acceptable if t.tag.len() == 32 => {
                     assert!(ok, "tc {}", t.tc_id);
-                    assert_eq!(&full[..t.tag.len()], &t.tag[..], "tc {}", t.tc_id);
+                    assert_eq!(&full[..], &t.tag[..], "tc {}", t.tc_id);
                     valid += 1;
                 }
-                // Tags under 128 bits are refused by policy even when valid.
-                TestResult::Valid | TestResult::Acceptable => assert!(!ok, "tc {}", t.tc_id),
+                // Truncated tags are refused by policy even when valid (the
+                // vault writes and reads whole tags only); they still match
+                // a prefix of the whole tag.
+                TestResult::Valid | TestResult::Acceptable => {
+                    assert!(!ok, "tc {}", t.tc_id);
+                    assert_eq!(&full[..t.tag.len()], &t.tag[..], "tc {}", t.tc_id);
+                }
                 TestResult::Invalid => {
                     assert!(!ok, "tc {}", t.tc_id);
                     invalid += 1;
@@ -93,7 +98,7 @@ fn hmac_sha256() {
         }
     }
     assert!(
-        valid > 50 && invalid > 50,
+        valid > 20 && invalid > 50,
         "valid {valid} invalid {invalid}"
     );
 }

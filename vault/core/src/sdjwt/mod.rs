@@ -633,13 +633,32 @@ fn process(v: &mut Value, pool: &mut Pool) -> Result<Vec<String>, SdJwtError> {
     Ok(disclosed)
 }
 
+/// A NumericDate claim (RFC 7519 section 2: seconds, which may have a
+/// fraction; wallets that write `Date.now() / 1000` send one), rounded
+/// down to whole seconds: an `exp` then ends at most a second early, an
+/// `iat` or `nbf` reads at most a second older.
 fn int_claim(m: &Map<String, Value>, name: &str) -> Result<Option<i64>, SdJwtError> {
+    const NOT_A_TIME: SdJwtError = SdJwtError::Malformed("a time claim is not a number of seconds");
     match m.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or(SdJwtError::Malformed("a time claim is not an integer")),
+        Some(v) => match (v.as_i64(), v.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            // Bounded well inside i64 so the cast is exact: years past
+            // 292 billion are no time a vault checks against.
+            #[allow(clippy::cast_possible_truncation)]
+            (None, Some(f)) if f.is_finite() && f.abs() < 9.0e15 => Ok(Some(f.floor() as i64)),
+            _ => Err(NOT_A_TIME),
+        },
+    }
+}
+
+/// Whether a JWT's `aud` names `audience`: the one string, or an array
+/// holding it (RFC 7519 section 4.1.3).
+fn audience_includes(aud: Option<&Value>, audience: &str) -> bool {
+    match aud {
+        Some(Value::String(a)) => a == audience,
+        Some(Value::Array(all)) => all.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
     }
 }
 
@@ -750,7 +769,7 @@ pub fn verify_presentation(
     if kb.payload.get("sd_hash").and_then(Value::as_str) != Some(sha256_b64(sd_jwt).as_str()) {
         return Err(SdJwtError::KeyBinding("sd_hash does not match the SD-JWT"));
     }
-    if kb.payload.get("aud").and_then(Value::as_str) != Some(expect.audience) {
+    if !audience_includes(kb.payload.get("aud"), expect.audience) {
         return Err(SdJwtError::KeyBinding("audience"));
     }
     if kb.payload.get("nonce").and_then(Value::as_str) != Some(expect.nonce) {
@@ -763,6 +782,16 @@ pub fn verify_presentation(
         || iat < expect.now - expect.max_key_binding_age_secs - expect.skew_secs
     {
         return Err(SdJwtError::KeyBinding("iat outside the accepted window"));
+    }
+    // Optional in a KB-JWT, but binding when the holder set them (RFC 9901
+    // section 7.3, RFC 7519 sections 4.1.4-5).
+    let kb_exp = int_claim(&kb.payload, "exp").map_err(|_| SdJwtError::KeyBinding("exp"))?;
+    if kb_exp.is_some_and(|t| t <= expect.now - expect.skew_secs) {
+        return Err(SdJwtError::KeyBinding("expired"));
+    }
+    let kb_nbf = int_claim(&kb.payload, "nbf").map_err(|_| SdJwtError::KeyBinding("nbf"))?;
+    if kb_nbf.is_some_and(|t| t > expect.now + expect.skew_secs) {
+        return Err(SdJwtError::KeyBinding("not yet valid"));
     }
 
     let disclosed = top

@@ -397,6 +397,61 @@ fn presentations_are_refused_for_each_fault() {
     assert!(verify_presentation(&huge, &keys, &e).is_err());
 }
 
+/// Key Binding JWTs as other wallets write them (RFC 7519): a fractional
+/// `iat`, `aud` as an array naming the verifier, and the optional `exp`
+/// and `nbf`, which bind when present.
+#[test]
+fn key_binding_jwts_of_other_wallets() {
+    let w = Wallet(SigningKey::from_slice(&[5u8; 32]).unwrap());
+    let cred = issued(&w);
+    let now = 1_800_000_100;
+    let e = ours(now);
+    let keys = issuer_set();
+    let sd = Credential::parse(&cred)
+        .unwrap()
+        .disclose(&["given_name"])
+        .unwrap();
+    let present = |extra: Value| {
+        let mut payload = json!({
+            "aud": e.audience,
+            "iat": now,
+            "nonce": e.nonce,
+            "sd_hash": sha256_b64(&sd),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            payload[k] = v.clone();
+        }
+        let input = format!(
+            "{}.{}",
+            b64(json!({"alg": "ES256", "typ": "kb+jwt"})
+                .to_string()
+                .as_bytes()),
+            b64(payload.to_string().as_bytes())
+        );
+        let sig: Signature = w.0.sign(input.as_bytes());
+        verify_presentation(&with_key_binding(&sd, &input, &sig.to_bytes()), &keys, &e)
+    };
+    assert!(present(json!({"iat": 1_800_000_099.731})).is_ok());
+    assert!(present(json!({"aud": ["https://other.example", e.audience]})).is_ok());
+    assert!(present(json!({"exp": now + 120, "nbf": now - 1})).is_ok());
+    for (extra, why) in [
+        (json!({"aud": ["https://other.example"]}), "audience"),
+        (json!({"aud": []}), "audience"),
+        (json!({"aud": 7}), "audience"),
+        (json!({"iat": "1800000100"}), "iat"),
+        (json!({"iat": 1.0e300}), "iat"),
+        (json!({"exp": now - 61}), "expired"),
+        (json!({"exp": "soon"}), "exp"),
+        (json!({"nbf": now + 61}), "not yet valid"),
+    ] {
+        assert_eq!(
+            present(extra.clone()).unwrap_err(),
+            SdJwtError::KeyBinding(why),
+            "{extra}"
+        );
+    }
+}
+
 #[test]
 fn errors_and_debug_never_show_claim_values() {
     let w = Wallet(SigningKey::from_slice(&[5u8; 32]).unwrap());

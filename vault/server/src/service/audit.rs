@@ -449,11 +449,21 @@ impl Vault {
     ) -> Result<Consistency, VaultError> {
         self.handle(caller, Action::ReadAudit, async |_req| {
             let cp = self.checkpoint_of(new).await?;
-            if old == 0 || old > cp.size {
+            if old > cp.size {
                 return Err(VaultError::BadRequest(format!(
-                    "old_size must be 1 ..= {} (the new checkpoint's size)",
+                    "old_size must be 0 ..= {} (the new checkpoint's size)",
                     cp.size
                 )));
+            }
+            if old == 0 {
+                // The empty tree is a prefix of every tree: its proof is
+                // empty (docs/audit.md, "Proofs").
+                return Ok(Consistency {
+                    old_size: 0,
+                    new_size: cp.size,
+                    hashes: Vec::new(),
+                    checkpoint: cp.note,
+                });
             }
             let get = self
                 .nodes(&merkle::consistency_nodes(old, cp.size).map_err(tree_err)?)
