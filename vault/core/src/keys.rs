@@ -6,7 +6,12 @@
 //!        ├─ "idvault/v1/kek"        → key-encryption key, wraps subject DEKs
 //!        ├─ "idvault/v1/audit-mac"  → audit-log record MAC key
 //!        ├─ "idvault/v1/audit-signing" → Ed25519 seed signing audit checkpoints
-//!        └─ (later) token, blind-index keys, one label each
+//!        ├─ "idvault/v1/token/<domain>" → stateless token key of a token domain
+//!        ├─ "idvault/v1/xref-index/<partner>", "idvault/v1/match-index/<domain>/<field>/<kind>"
+//!        │                          → blind-index keys (cross-references, blind matching)
+//!        └─ one label per other purpose: audit-reveal, xref-seal, bridge-seal/<partner>,
+//!           release-signing, receipt-signing, row-mac, issuer-key, status-index,
+//!           transaction-code, shred-log (every label: docs/keys.md)
 //! subject DEK: 32 random bytes, stored only wrapped:
 //!   AES-256-GCM(kek_v, nonce, aad = "idvault/v1/dek-wrap" ‖ subject_id ‖ version_be32)
 //! ```

@@ -1,8 +1,10 @@
 //! MACs binding the rows that authorise something but carry no signature
 //! of their own to the root key: subject owners, enrolled devices,
-//! enrollment codes, presented consents (beside the grant bytes and
-//! signature they keep), entity links, rules, pairwise tokens and match
-//! signatures.
+//! enrollment codes, consent challenges, presented consents (beside the
+//! grant bytes and signature they keep), entity links, rules, pairwise
+//! tokens, match signatures and learned match weights, status lists and
+//! their credential entries, and one-time transactions (docs/keys.md,
+//! "Row MACs", lists every kind and its columns).
 //!
 //! The threat is a database writer without the root key (SECURITY.md): a
 //! row they insert or edit must authorise nothing. Each row kind has a
