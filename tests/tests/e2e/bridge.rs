@@ -448,6 +448,21 @@ pub async fn import_streams_and_summaries_are_bounded(b: Backend) -> anyhow::Res
         "{}",
         e.message()
     );
+    // So is one of more than 10,000 identifiers (here 1,000 records of 11),
+    // and nothing of it is written.
+    let wide: Vec<BridgeRecord> = (0..1000)
+        .map(|i| {
+            let ids: Vec<String> = (0..11).map(|j| format!("AC-W{i}-{j}")).collect();
+            let ids: Vec<(IdentifierType, &str)> =
+                ids.iter().map(|v| (Account, v.as_str())).collect();
+            rec(&format!("w{i}"), &ids)
+        })
+        .collect();
+    let links = tv.count("SELECT count(*) FROM xref_links").await;
+    let e = import(&tv, "partner-a", vec![wide]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("10000 identifiers"), "{}", e.message());
+    assert_eq!(tv.count("SELECT count(*) FROM xref_links").await, links);
     // A stream cut while reading, after its first message committed (the
     // next one is larger than the vault decodes), says so too.
     let too_big = vec![rec(&"y".repeat(1024 * 1024 + 1), &[(Account, "AC-BIG")])];

@@ -63,9 +63,10 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
     use idvault_proto::v1::token_service_client::TokenServiceClient;
     use std::io::BufRead;
 
-    let batch = args
-        .batch
-        .clamp(1, idvault_server::service::tokens::bridge::MAX_BATCH);
+    use idvault_server::service::tokens::bridge::{
+        MAX_BATCH, MAX_BATCH_IDENTIFIERS, MAX_RECORD_IDENTIFIERS,
+    };
+    let batch = args.batch.clamp(1, MAX_BATCH);
     let csv = is_csv(args.format.as_deref(), Some(&args.file));
     let file = std::fs::File::open(&args.file).with_context(|| args.file.display().to_string())?;
     let country = u32::from(args.country_code.unwrap_or(0));
@@ -73,7 +74,24 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
     // Read on a blocking thread, a batch at a time: constant memory.
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<LineError>> {
         let mut errors = Vec::new();
-        let mut records = Vec::with_capacity(batch);
+        let mut records: Vec<idvault_proto::v1::BridgeRecord> = Vec::with_capacity(batch);
+        // A message is also cut before it would pass the vault's cap on
+        // identifiers per message.
+        let full = |records: &Vec<idvault_proto::v1::BridgeRecord>| {
+            records.len() == batch
+                || records.iter().map(|r| r.identifiers.len()).sum::<usize>()
+                    + MAX_RECORD_IDENTIFIERS
+                    > MAX_BATCH_IDENTIFIERS
+        };
+        // Refused by the vault anyway; refused here so that one such record
+        // cannot take its message past the cap on identifiers.
+        let too_many = |r: idvault_proto::v1::BridgeRecord| {
+            if r.identifiers.len() > MAX_RECORD_IDENTIFIERS {
+                Err(format!("more than {MAX_RECORD_IDENTIFIERS} identifiers"))
+            } else {
+                Ok(r)
+            }
+        };
         let flush = |records: &mut Vec<_>| -> anyhow::Result<()> {
             if !records.is_empty() {
                 let req = ImportBridgeRequest {
@@ -94,11 +112,12 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
                 match row
                     .map_err(|e| e.to_string())
                     .and_then(|r| layout.record(&r))
+                    .and_then(too_many)
                 {
                     Ok(r) => records.push(r),
                     Err(reason) => errors.push(LineError { line, reason }),
                 }
-                if records.len() == batch {
+                if full(&records) {
                     flush(&mut records)?;
                 }
             }
@@ -118,14 +137,14 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
                 if line.trim().is_empty() {
                     continue;
                 }
-                match parse_json_line(&line) {
+                match parse_json_line(&line).and_then(too_many) {
                     Ok(r) => records.push(r),
                     Err(reason) => errors.push(LineError {
                         line: line_no,
                         reason,
                     }),
                 }
-                if records.len() == batch {
+                if full(&records) {
                     flush(&mut records)?;
                 }
             }

@@ -12,6 +12,16 @@ use idvault_core::xref::{blind_index, plan_record};
 /// Most records in one import batch (one transaction).
 pub const MAX_BATCH: usize = 1000;
 
+/// Most identifiers in one record.
+pub const MAX_RECORD_IDENTIFIERS: usize = 64;
+
+/// Most identifiers in one import batch, all records together. Each new
+/// link is a row at a random place in the link and index B-trees, and on
+/// SQLite a transaction keeps the earlier content of every page it changes
+/// in memory: 1,000 records of 64 identifiers each would change some
+/// 200 MiB of pages in one transaction.
+pub const MAX_BATCH_IDENTIFIERS: usize = 10_000;
+
 /// Longest `record_id`, in bytes.
 pub const MAX_RECORD_ID: usize = 128;
 
@@ -147,8 +157,10 @@ impl Vault {
         if r.identifiers.is_empty() {
             return Err(fail("no identifiers".into()));
         }
-        if r.identifiers.len() > 64 {
-            return Err(fail("more than 64 identifiers".into()));
+        if r.identifiers.len() > MAX_RECORD_IDENTIFIERS {
+            return Err(fail(format!(
+                "more than {MAX_RECORD_IDENTIFIERS} identifiers"
+            )));
         }
         for loc in [&r.customer_location, &r.address_location]
             .into_iter()
@@ -205,6 +217,14 @@ impl Vault {
                 if records.len() > MAX_BATCH {
                     return Err(VaultError::BadRequest(format!(
                         "at most {MAX_BATCH} records per ImportBridge message"
+                    )));
+                }
+                if records.iter().map(|r| r.identifiers.len()).sum::<usize>()
+                    > MAX_BATCH_IDENTIFIERS
+                {
+                    return Err(VaultError::BadRequest(format!(
+                        "at most {MAX_BATCH_IDENTIFIERS} identifiers per ImportBridge message, \
+                         all records together"
                     )));
                 }
                 let summary = self.import_batch(req, records, &opts).await?;
