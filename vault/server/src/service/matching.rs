@@ -1233,9 +1233,12 @@ impl Vault {
             .map(|(d, _, _)| d)
             .collect();
         let system = Caller::new(JOB_ACTOR);
-        for (domain, _, _) in recorded.iter().filter(|(d, _, _)| !st.domains.contains(d)) {
+        for (domain, _, scheme) in recorded.iter().filter(|(d, _, _)| !st.domains.contains(d)) {
             // Forgotten only once its rows are gone: a start interrupted
-            // part way drops the rest at the next.
+            // part way drops the rest at the next. Marked incomplete first,
+            // so that if the operator configures it again meanwhile, it is
+            // indexed again whole rather than served half cleared.
+            self.store().mark_match_domain(domain, 0, *scheme).await?;
             let rows = self.clear_domain(&system, domain).await?;
             let mut tx = self.begin().await?;
             tx.match_forget_domain(domain).await?;

@@ -18,7 +18,7 @@ use sqlx::any::AnyRow;
 
 use super::rows::{fixed, list_col, list_text, subject_col};
 use super::writeset::{Table, Value};
-use super::{AuditedTx, Store, StoreError, check_row, seal_row};
+use super::{AuditedTx, Backend, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
 use idvault_core::records::SubjectRecord;
 use idvault_core::rowmac::{self, RowMac};
@@ -217,20 +217,34 @@ impl Store {
         now_ms: i64,
         caps: (u32, u32),
     ) -> Result<(i64, i64), StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT \
-             (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
-               AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
-             (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
-               AND partner = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)",
-        )
-        .bind(partner.to_owned())
-        .bind(now_ms)
-        .bind(i64::from(caps.0))
-        .bind(subject.as_bytes().to_vec())
-        .bind(i64::from(caps.1))
-        .fetch_one(self.pool())
-        .await?)
+        // The per-subject count must walk the subject's rows (a few), not
+        // the partner's open ones (up to its cap): without statistics
+        // SQLite would pick the partial index by partner for both, so its
+        // `partner` term is kept off any index (a unary `+`, SQLite only).
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT \
+                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
+                   AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
+                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
+                   AND +partner = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
+            }
+            Backend::Postgres => {
+                "SELECT \
+                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
+                   AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
+                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
+                   AND partner = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
+            }
+        };
+        Ok(sqlx::query_as(sql)
+            .bind(partner.to_owned())
+            .bind(now_ms)
+            .bind(i64::from(caps.0))
+            .bind(subject.as_bytes().to_vec())
+            .bind(i64::from(caps.1))
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// Whether a device request id was used already, read from the pool:
