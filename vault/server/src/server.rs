@@ -220,14 +220,14 @@ pub async fn start(
     // Consent messages are small (a grant is at most 4 KiB) and events carry
     // at most 32 fields of 1 KiB: a lower request cap than the bulk services.
     let small = bulk.min(64 * 1024);
-    // Marks one service as serving in the health check and caps the size of
-    // the messages it decodes (answers keep the bulk cap).
     // Health and reflection requests are a few bytes; without a cap of
     // their own tonic would decode up to 4 MiB of each, four times what
     // the calls an identity may hold open are counted against.
     let health = health.max_decoding_message_size(small);
     let reflection = reflection.max_decoding_message_size(small);
     let reflection_alpha = reflection_alpha.max_decoding_message_size(small);
+    // Marks one service as serving in the health check and caps the size of
+    // the messages it decodes (answers keep the bulk cap).
     macro_rules! service {
         ($server:ident < $api:ty >, $new:expr, $decode:expr) => {{
             health_reporter.set_serving::<$server<$api>>().await;

@@ -38,6 +38,7 @@ pub const MAX_BATCH: usize = 100;
 /// pages one transaction journals (SQLite keeps that journal in memory) and
 /// how long it holds the writer.
 const CLEAR_PART: u32 = 2_000;
+
 /// Validates and plans `q` as the service does, without a store: for the
 /// fuzz target over decoded requests. Returns the blocking probe count.
 pub fn check_query(

@@ -231,8 +231,8 @@ impl Vault {
     /// A place for one call at the edge, taken when its headers arrive and
     /// held until its answer ends ([`super::state::MAX_EDGE_CALLS_PER_IDENTITY`]
     /// per identity; callers the registry does not know share one such
-    /// share). `None` when every place is taken: the call is refused at
-    /// once, before its message is read, and counted like the other
+    /// allowance). `None` when every place is taken: the call is refused
+    /// at once, before its message is read, and counted like the other
     /// coalesced refusals.
     pub(crate) fn enter_edge(
         &self,
