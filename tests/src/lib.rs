@@ -218,6 +218,17 @@ impl TestVault {
         Ok(idvault_client::connect(&self.url(), "localhost", &creds).await?)
     }
 
+    /// An mTLS channel as a dev partner from the local address `local`
+    /// (any of 127.0.0.0/8 reaches the vault on loopback).
+    pub async fn channel_from(
+        &self,
+        partner: &str,
+        local: std::net::IpAddr,
+    ) -> anyhow::Result<Channel> {
+        let creds = idvault_client::PartnerCredentials::from_dir(&self.tls_dir(), partner)?;
+        Ok(idvault_client::connect_from(&self.url(), "localhost", &creds, Some(local)).await?)
+    }
+
     /// Starts a second vault replica on the same data and database (for
     /// PostgreSQL: two vault processes sharing one database); it serves
     /// until the returned server is shut down.

@@ -1027,3 +1027,190 @@ pub async fn calls_held_open_are_bounded_per_identity(b: Backend) -> anyhow::Res
     assert!(details.len() <= 2, "coalesced: {details:?}");
     tv.stop().await
 }
+
+/// A wallet app's identity is shared by every phone, so its calls open at
+/// the edge are counted per source address: one source holding calls
+/// whose message never arrives takes only its own share
+/// (`SHARED_CALLS_PER_SOURCE`), and the wallet's calls from another source
+/// are still served.
+pub async fn wallet_calls_are_counted_per_source(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::sources::SHARED_CALLS_PER_SOURCE;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+    let tv = TestVault::start(b).await?;
+    let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+    const ENROLL: &str = "/idvault.v1.DeviceService/Enroll";
+    // Calls to a unary method whose message never comes: each holds its
+    // place until the client gives up.
+    let channels = [
+        tv.channel_from("wallet", one).await?,
+        tv.channel_from("wallet", one).await?,
+    ];
+    let mut senders = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..SHARED_CALLS_PER_SOURCE + 4 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        senders.push(tx);
+        let ch = channels[i % 2].clone();
+        held.push(tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(ch);
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+            grpc.client_streaming(
+                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                http::uri::PathAndQuery::from_static(ENROLL),
+                RawCodec,
+            )
+            .await
+            .map(|_| ())
+        }));
+    }
+    for _ in 0..100 {
+        if held.iter().filter(|h| h.is_finished()).count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = Vec::new();
+    for h in &mut held {
+        if h.is_finished() {
+            refused.push(h.await?.unwrap_err());
+        }
+    }
+    assert_eq!(
+        refused.len(),
+        4,
+        "only the calls past the source's share end"
+    );
+    for e in &refused {
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("this address"), "{}", e.message());
+    }
+    // The wallet from another source is answered (a malformed enrollment
+    // is refused on its merits, not at the edge).
+    let answered = send_raw(
+        tv.channel_from("wallet", other).await?,
+        ENROLL,
+        false,
+        false,
+        vec![0xff],
+    )
+    .await;
+    assert_ne!(
+        answered.code(),
+        tonic::Code::ResourceExhausted,
+        "{answered:?}"
+    );
+    assert_ne!(answered.code(), tonic::Code::Ok, "{answered:?}");
+    // Partners are not affected either.
+    create(&tv, "partner-a", &[("city", "Lyon")]).await?;
+    // The held calls end: their source's places come back.
+    drop(senders);
+    for h in &held {
+        h.abort();
+    }
+    drop(channels);
+    let mut again = false;
+    for _ in 0..100 {
+        let s = send_raw(
+            tv.channel_from("wallet", one).await?,
+            ENROLL,
+            false,
+            false,
+            vec![0xff],
+        )
+        .await;
+        if s.code() != tonic::Code::ResourceExhausted {
+            again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again, "the source's places came back");
+    tv.stop().await
+}
+
+/// A wallet app's requests in flight are counted per source address too:
+/// one host's requests held up in the vault (here: behind a lock the test
+/// holds on the table enrollments read) take only its host's share
+/// (`SHARED_IN_FLIGHT_PER_SOURCE`), and a phone elsewhere is still
+/// admitted.
+pub async fn wallet_requests_in_flight_are_counted_per_source(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_client::{DeviceKey, SystemRng};
+    use idvault_tests::idvault_proto::v1::device_service_client::DeviceServiceClient;
+    use idvault_tests::idvault_server::sources::SHARED_IN_FLIGHT_PER_SOURCE;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+    let tv = TestVault::start(b).await?;
+    let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7));
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 8));
+    // A self-made enrollment: its signature verifies, then the vault reads
+    // the (unknown) code in a transaction, which waits for the lock.
+    let enrollment = || {
+        let key = DeviceKey::generate(&SystemRng::default()).unwrap();
+        key.enrollment("0190f3a2-0000-7000-8000-000000000001", "code-1234")
+            .unwrap()
+    };
+    let mut lock = tv.db().acquire().await?;
+    match b {
+        Backend::Sqlite => {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await?;
+        }
+        Backend::Postgres => {
+            sqlx::query("BEGIN").execute(&mut *lock).await?;
+            sqlx::query("LOCK TABLE enrollment_codes IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *lock)
+                .await?;
+        }
+    }
+    let wallet = DeviceServiceClient::new(tv.channel_from("wallet", one).await?);
+    let mut held = Vec::new();
+    for _ in 0..SHARED_IN_FLIGHT_PER_SOURCE {
+        let mut w = wallet.clone();
+        let req = enrollment();
+        held.push(tokio::spawn(async move { w.enroll(req).await }));
+    }
+    // Wait until every one is admitted (they then wait for the lock).
+    for _ in 0..200 {
+        if tv.vault.shared_requests_in_flight_from(one) >= SHARED_IN_FLIGHT_PER_SOURCE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        tv.vault.shared_requests_in_flight_from(one),
+        SHARED_IN_FLIGHT_PER_SOURCE
+    );
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "held behind the lock"
+    );
+    let mut req = tonic::Request::new(enrollment());
+    req.set_timeout(Duration::from_secs(5));
+    let e = wallet.clone().enroll(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("busy"), "{}", e.message());
+    // A phone at another address is admitted (and waits for the lock
+    // like the others, until its own deadline).
+    let mut req = tonic::Request::new(enrollment());
+    req.set_timeout(Duration::from_millis(800));
+    let e = DeviceServiceClient::new(tv.channel_from("wallet", other).await?)
+        .enroll(req)
+        .await
+        .unwrap_err();
+    assert_ne!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    sqlx::query("ROLLBACK").execute(&mut *lock).await?;
+    drop(lock);
+    // Once the lock is gone the held enrollments end (refused on their
+    // merits: the code is unknown) and the host is admitted again.
+    for h in held {
+        let e = h.await?.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    }
+    let e = wallet.clone().enroll(enrollment()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    tv.stop().await
+}

@@ -361,34 +361,25 @@ pub async fn crl_reload_closes_revoked_connections(b: Backend) -> anyhow::Result
 /// a connection closed frees a place.
 pub async fn open_connections_per_identity_are_bounded(b: Backend) -> anyhow::Result<()> {
     use idvault_tests::idvault_server::crl::MAX_CONNECTIONS_PER_IDENTITY;
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
     let tv = TestVault::start(b).await?;
-    let check = async |ch: tonic::transport::Channel| {
-        HealthClient::new(ch)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-    };
     let mut held = Vec::new();
     for _ in 0..MAX_CONNECTIONS_PER_IDENTITY {
         let ch = tv.channel("partner-b").await?;
-        check(ch.clone()).await?;
+        health_check(ch.clone()).await?;
         held.push(ch);
     }
     let one_more = tv.channel("partner-b").await?;
     assert!(
-        check(one_more).await.is_err(),
+        health_check(one_more).await.is_err(),
         "a connection past the limit"
     );
-    check(tv.channel("partner-a").await?).await?;
+    health_check(tv.channel("partner-a").await?).await?;
     // Dropping one held connection frees a place (the server sees the
     // close a moment later).
     drop(held.pop());
     let mut admitted = false;
     for _ in 0..100 {
-        if check(tv.channel("partner-b").await?).await.is_ok() {
+        if health_check(tv.channel("partner-b").await?).await.is_ok() {
             admitted = true;
             break;
         }
@@ -397,4 +388,62 @@ pub async fn open_connections_per_identity_are_bounded(b: Backend) -> anyhow::Re
     assert!(admitted, "a freed place was not given back");
     drop(held);
     tv.stop().await
+}
+
+/// A wallet app's certificate is shared by every phone (and by anyone who
+/// extracts it from the app), so its connections are counted per source
+/// address: one source holds at most `SHARED_CONNECTIONS_PER_SOURCE`,
+/// past that its new connections are dropped after the handshake, while
+/// the same identity from another source still connects, as do partners.
+pub async fn wallet_connections_are_counted_per_source(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::sources::SHARED_CONNECTIONS_PER_SOURCE;
+    use std::net::{IpAddr, Ipv4Addr};
+    let tv = TestVault::start(b).await?;
+    let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+    let mut held = Vec::new();
+    for _ in 0..SHARED_CONNECTIONS_PER_SOURCE {
+        let ch = tv.channel_from("wallet", one).await?;
+        health_check(ch.clone()).await?;
+        held.push(ch);
+    }
+    // The source's share is taken: dropped after the handshake (the
+    // connect or the first call fails).
+    let refused = match tv.channel_from("wallet", one).await {
+        Ok(ch) => health_check(ch).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a wallet connection past its source's share");
+    // The same identity from another source, and a partner from the
+    // first, are not affected: the wallet's share is not the identity's
+    // whole allowance, nor anyone else's.
+    health_check(tv.channel_from("wallet", other).await?).await?;
+    health_check(tv.channel_from("partner-a", one).await?).await?;
+    // A closed connection gives its place back.
+    drop(held.pop());
+    let mut admitted = false;
+    for _ in 0..100 {
+        if let Ok(ch) = tv.channel_from("wallet", one).await
+            && health_check(ch).await.is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "a freed place was not given back");
+    drop(held);
+    tv.stop().await
+}
+
+/// A gRPC health check over `ch`: answered only on a connection the vault
+/// kept.
+async fn health_check(
+    ch: tonic::transport::Channel,
+) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
 }

@@ -4,9 +4,26 @@ use idvault_server::config::{CONFIG_FILE, Config};
 
 /// A fresh development data directory (root key, dev PKI, config) under
 /// the system's temporary directory; the caller removes it.
+///
+/// Every simulated phone of a bench connects from 127.0.0.1, one host to
+/// the vault, which counts a wallet app's connections, calls and requests
+/// per host (`idvault_server::sources`): the shares are lifted to the
+/// whole pools, so the benches measure the vault and not those shares.
 pub fn dev_data_dir() -> Result<std::path::PathBuf, crate::BenchError> {
+    use idvault_server::sources::{SHARED_CALLS, SHARED_CONNECTIONS, SHARED_IN_FLIGHT};
     let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
     idvault_server::devinit::init_dev(&dir, "127.0.0.1:0", &idvault_core::SystemRng::default())?;
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path)?.replacen(
+        "[server]\n",
+        &format!(
+            "[server]\nshared_calls_per_source = {SHARED_CALLS}\n\
+             shared_connections_per_source = {SHARED_CONNECTIONS}\n\
+             shared_requests_per_source = {SHARED_IN_FLIGHT}\n"
+        ),
+        1,
+    );
+    std::fs::write(&path, text)?;
     Ok(dir)
 }
 

@@ -64,6 +64,17 @@ pub async fn connect(
     server_name: &str,
     creds: &PartnerCredentials,
 ) -> Result<Channel, ClientError> {
+    connect_from(url, server_name, creds, None).await
+}
+
+/// [`connect`] from the local address `local` (on a host with several:
+/// the vault counts a wallet app's connections per source address).
+pub async fn connect_from(
+    url: &str,
+    server_name: &str,
+    creds: &PartnerCredentials,
+    local: Option<std::net::IpAddr>,
+) -> Result<Channel, ClientError> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&creds.ca_pem))
         .identity(Identity::from_pem(
@@ -76,6 +87,7 @@ pub async fn connect(
         // No per-request timeout here: streams may run for a long time; the
         // server enforces its deadlines and callers can set grpc-timeout.
         .connect_timeout(Duration::from_secs(10))
+        .local_address(local)
         .connect()
         .await?;
     Ok(channel)

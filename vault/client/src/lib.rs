@@ -23,7 +23,7 @@ pub mod device;
 pub mod link_file;
 pub mod release;
 
-pub use channel::{ClientError, PartnerCredentials, connect};
+pub use channel::{ClientError, PartnerCredentials, connect, connect_from};
 pub use device::{DeviceKey, GrantRequest, unix_now};
 pub use idvault_core::SystemRng;
 pub use idvault_core::consent::ReleaseVerifier;

@@ -109,6 +109,18 @@ impl PartnerRegistry {
         &self.partners
     }
 
+    /// The SPIFFE ids many end users share: the partners holding
+    /// `devices.wallet` (a wallet app's certificate is in every copy of
+    /// the app). The vault counts their connections and calls per source
+    /// address rather than per identity.
+    pub fn shared_identities(&self) -> Vec<String> {
+        self.partners
+            .iter()
+            .filter(|p| p.roles.contains(&Role::DevicesWallet))
+            .map(|p| p.spiffe_id.clone())
+            .collect()
+    }
+
     /// Every distinct blind-matching domain of a partner that may match
     /// (`subjects.match`), sorted. Only these are indexed: a domain nobody
     /// can query would cost every CreateSubject a signature for nothing.

@@ -161,6 +161,10 @@ pub async fn open_vault_restoring(
     .with_credentials(config.file.credentials.clone())
     .with_audit(config.file.audit.clone())
     .with_retention(config.file.retention.clone())
+    .with_shared_shares(
+        config.file.server.shared_calls_per_source,
+        config.file.server.shared_requests_per_source,
+    )
     .with_policy_dir(policy_dir)
     .with_shred_log(config.shred_log_path().map(crate::shredlog::ShredLog::new));
     vault.prepare_matching().await?;
@@ -213,6 +217,12 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
     let s = &config.file.server;
     let tls = crate::tls::server_config(&client_auth, chain, key, &s.trust_domain)?;
     let vault = open_vault(config, database_url).await?;
+    // A wallet app's certificate is in every copy of the app: its
+    // connections are counted per source address (crate::sources).
+    client_auth.count_by_source(
+        vault.registry().shared_identities(),
+        s.shared_connections_per_source,
+    );
     Ok(Loaded {
         vault: Arc::new(vault),
         tls,

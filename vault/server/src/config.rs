@@ -109,6 +109,25 @@ pub struct ServerSection {
     /// Time allowed for a TLS handshake.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
+    /// Calls the identities every phone shares (wallet apps', role
+    /// `devices.wallet`) may have open from one host (an IPv4 address, an
+    /// IPv6 /64; twice that from one IPv4 /24 or IPv6 /48), of the
+    /// 512 they share (`crate::sources`). Behind something that hides
+    /// phones' addresses (a TCP load balancer without the PROXY protocol,
+    /// which the vault does not read) every phone comes from one host:
+    /// raising the three `shared_*_per_source` settings to their pools
+    /// lets phones in again, and lets one holder of the app's certificate
+    /// take every place again.
+    #[serde(default = "default_shared_calls_per_source")]
+    pub shared_calls_per_source: usize,
+    /// Connections those identities may hold open from one host (twice
+    /// that from one network), of the 2,048 they share.
+    #[serde(default = "default_shared_connections_per_source")]
+    pub shared_connections_per_source: usize,
+    /// Requests those identities may have in flight from one host (twice
+    /// that from one network), of the 256 they share.
+    #[serde(default = "default_shared_requests_per_source")]
+    pub shared_requests_per_source: usize,
 }
 
 fn default_listen() -> SocketAddr {
@@ -125,6 +144,15 @@ fn default_stream_timeout() -> u64 {
 }
 fn default_handshake_timeout() -> u64 {
     10
+}
+fn default_shared_calls_per_source() -> usize {
+    crate::sources::SHARED_CALLS_PER_SOURCE
+}
+fn default_shared_connections_per_source() -> usize {
+    crate::sources::SHARED_CONNECTIONS_PER_SOURCE
+}
+fn default_shared_requests_per_source() -> usize {
+    crate::sources::SHARED_IN_FLIGHT_PER_SOURCE
 }
 
 /// `[storage]`
@@ -654,6 +682,29 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             "timeouts must be at least 1 second".into(),
         ));
     }
+    for (key, value, most) in [
+        (
+            "shared_calls_per_source",
+            file.server.shared_calls_per_source,
+            crate::sources::SHARED_CALLS,
+        ),
+        (
+            "shared_connections_per_source",
+            file.server.shared_connections_per_source,
+            crate::sources::SHARED_CONNECTIONS,
+        ),
+        (
+            "shared_requests_per_source",
+            file.server.shared_requests_per_source,
+            crate::sources::SHARED_IN_FLIGHT,
+        ),
+    ] {
+        if !(1..=most).contains(&value) {
+            return Err(ConfigError::Invalid(format!(
+                "server.{key} must be 1 ..= {most}"
+            )));
+        }
+    }
     let mut names = HashSet::new();
     let mut ids = HashSet::new();
     let mut partners = Vec::new();
@@ -909,6 +960,45 @@ roles = ["subjects.write"]
             "{GOOD}\n[[partner]]\nname = \"partner-a\"\nspiffe_id = \"spiffe://idvault.dev/partner/partner-a\"\n"
         );
         assert!(parse(&dup).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn shared_identity_shares_default_and_are_bounded() {
+        let c = parse(GOOD).unwrap();
+        let server = &c.file.server;
+        assert_eq!(
+            (
+                server.shared_calls_per_source,
+                server.shared_connections_per_source,
+                server.shared_requests_per_source
+            ),
+            (
+                crate::sources::SHARED_CALLS_PER_SOURCE,
+                crate::sources::SHARED_CONNECTIONS_PER_SOURCE,
+                crate::sources::SHARED_IN_FLIGHT_PER_SOURCE
+            )
+        );
+        let set = |key: &str, n: usize| {
+            parse(&GOOD.replacen("[server]\n", &format!("[server]\n{key} = {n}\n"), 1))
+        };
+        for (key, most) in [
+            ("shared_calls_per_source", crate::sources::SHARED_CALLS),
+            (
+                "shared_connections_per_source",
+                crate::sources::SHARED_CONNECTIONS,
+            ),
+            (
+                "shared_requests_per_source",
+                crate::sources::SHARED_IN_FLIGHT,
+            ),
+        ] {
+            assert!(set(key, 1).is_ok(), "{key}");
+            assert!(set(key, most).is_ok(), "{key}");
+            for n in [0, most + 1] {
+                let err = set(key, n).unwrap_err().to_string();
+                assert!(err.contains(&format!("server.{key} must be")), "{err}");
+            }
+        }
     }
 
     #[test]

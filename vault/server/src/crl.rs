@@ -18,16 +18,19 @@
 //! covered by a stale CRL under `refuse`) is closed at once, so a revoked
 //! partner cannot keep using an HTTP/2 connection it opened before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use atomic_waker::AtomicWaker;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+
+use crate::sources::{SHARED_CONNECTIONS, SourcePlace, SourcePlaces};
 use rustls::server::danger::ClientCertVerifier;
 use serde::Deserialize;
 
@@ -100,6 +103,9 @@ pub struct Registration {
     id: u64,
     /// The connection's close signal.
     pub closer: Arc<Closer>,
+    /// Its place among its source's connections, for an identity counted
+    /// per source ([`ClientAuth::count_by_source`]).
+    _source: Option<SourcePlace>,
 }
 
 impl Drop for Registration {
@@ -132,6 +138,10 @@ pub struct ClientAuth {
     stale: StaleCrl,
     current: RwLock<Current>,
     conns: Mutex<HashMap<u64, OpenConn>>,
+    /// Identities whose connections are counted per source address
+    /// (shared by many end users: a wallet app's), and their one pool of
+    /// places. Set once, before the first connection.
+    by_source: OnceLock<(HashSet<String>, SourcePlaces)>,
     next_id: AtomicU64,
     /// Serialises reloads (SIGHUP and the file poll), so a slower one never
     /// installs an older CRL set over a newer one.
@@ -172,6 +182,7 @@ impl ClientAuth {
             stale,
             current: RwLock::new(current),
             conns: Mutex::default(),
+            by_source: OnceLock::new(),
             next_id: AtomicU64::new(1),
             reloading: Mutex::new(()),
         }))
@@ -192,27 +203,66 @@ impl ClientAuth {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// [`Self::register`], unless `spiffe_id` already holds
-    /// [`MAX_CONNECTIONS_PER_IDENTITY`] open connections or the vault
-    /// [`MAX_CONNECTIONS`]: each holds buffers and a task, so a partner
-    /// holding a valid certificate cannot grow them without bound, nor
-    /// take every place from the others. `None`: the caller drops it.
+    /// Counts the connections of `spiffe_ids` per source address from now
+    /// on: identities many end users share (a wallet app's certificate is
+    /// in every copy of the app), so that one holder of it cannot take
+    /// every place (see [`crate::sources`]): together they hold at most
+    /// [`SHARED_CONNECTIONS`], `per_source` from one host. Set once at
+    /// start, from the partner registry, before the listener accepts;
+    /// `false` (nothing changed) if it was set already.
+    pub fn count_by_source(
+        &self,
+        spiffe_ids: impl IntoIterator<Item = String>,
+        per_source: usize,
+    ) -> bool {
+        let ids: HashSet<String> = spiffe_ids.into_iter().collect();
+        self.by_source
+            .set((ids, SourcePlaces::new(per_source, SHARED_CONNECTIONS)))
+            .is_ok()
+    }
+
+    /// [`Self::register`], unless the vault holds [`MAX_CONNECTIONS`] or
+    /// `spiffe_id` its allowance: [`MAX_CONNECTIONS_PER_IDENTITY`], or for
+    /// an identity counted per source ([`Self::count_by_source`]) its
+    /// host's or network's share (`[server] shared_connections_per_source`,
+    /// [`crate::sources`]) or [`SHARED_CONNECTIONS`], which all of them
+    /// share. Each connection holds buffers and a
+    /// task, so a partner holding a valid certificate cannot grow them
+    /// without bound, nor take every place from the others. `None`: the
+    /// caller drops it.
     pub fn try_register(
         self: &Arc<Self>,
         spiffe_id: &str,
+        remote: IpAddr,
         chain: Vec<CertificateDer<'static>>,
     ) -> Option<Registration> {
-        {
+        let source = {
             let conns = self.conns();
-            let mine = conns.values().filter(|c| c.spiffe_id == spiffe_id).count();
-            if conns.len() >= MAX_CONNECTIONS || mine >= MAX_CONNECTIONS_PER_IDENTITY {
+            if conns.len() >= MAX_CONNECTIONS {
                 return None;
             }
-        }
+            match self
+                .by_source
+                .get()
+                .filter(|(ids, _)| ids.contains(spiffe_id))
+            {
+                Some((_, places)) => Some(places.try_take(remote).ok()?),
+                None => {
+                    let mine = conns.values().filter(|c| c.spiffe_id == spiffe_id).count();
+                    if mine >= MAX_CONNECTIONS_PER_IDENTITY {
+                        return None;
+                    }
+                    None
+                }
+            }
+        };
         // Checked and registered under two holds of the lock: a burst can
-        // overshoot by the handshakes finishing in between, at most
-        // MAX_HANDSHAKES, which bounds it all the same.
-        Some(self.register(spiffe_id, chain))
+        // overshoot the per-identity and overall counts by the handshakes
+        // finishing in between, at most MAX_HANDSHAKES, which bounds them
+        // all the same (a source's places are taken exactly).
+        let mut r = self.register(spiffe_id, chain);
+        r._source = source;
+        Some(r)
     }
 
     /// Registers an authenticated connection; it is unregistered when the
@@ -254,6 +304,7 @@ impl ClientAuth {
             auth: Arc::clone(self),
             id,
             closer,
+            _source: None,
         }
     }
 

@@ -28,5 +28,6 @@ pub mod policy;
 pub mod server;
 pub mod service;
 pub mod shredlog;
+pub mod sources;
 pub mod store;
 pub mod tls;

@@ -399,11 +399,14 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id = crate::service::new_request_id();
         req.extensions_mut().insert(RequestId(id));
-        let spiffe_id = req
-            .extensions()
-            .get::<crate::tls::PeerInfo>()
-            .map(|p| p.spiffe_id.as_str().to_owned());
-        let place = self.vault.enter_edge(spiffe_id.as_deref());
+        let peer = req.extensions().get::<crate::tls::PeerInfo>();
+        let remote = peer.map(|p| p.remote.ip());
+        let spiffe_id = peer.map(|p| p.spiffe_id.as_str().to_owned());
+        let place = self.vault.enter_edge(spiffe_id.as_deref(), remote);
+        let (place, full) = match place {
+            Ok(p) => (Some(p), None),
+            Err(full) => (None, Some(full)),
+        };
         let mut call = CallRecord {
             vault: Arc::clone(&self.vault),
             id,
@@ -414,14 +417,10 @@ where
             done: false,
             _place: place,
         };
-        if call._place.is_none() {
+        if let Some(full) = full {
             // Refused before the request's message is read: a caller with
             // every place taken cannot make the vault buffer one more.
-            let mut resp = tonic::Status::resource_exhausted(format!(
-                "this identity has {} calls open; wait for some to end",
-                crate::service::MAX_EDGE_CALLS_PER_IDENTITY
-            ))
-            .into_http();
+            let mut resp = tonic::Status::resource_exhausted(full.message()).into_http();
             if let Ok(v) = http::HeaderValue::from_str(&hex::encode(id)) {
                 resp.headers_mut().insert(crate::api::REQUEST_ID_HEADER, v);
             }
@@ -471,7 +470,7 @@ struct CallRecord {
     /// The call's place at the edge ([`Vault::enter_edge`]), given back
     /// when the record goes: after the answer's last byte, or when the
     /// call is cut.
-    _place: Option<tokio::sync::OwnedSemaphorePermit>,
+    _place: Option<crate::service::EdgePlace>,
 }
 
 impl CallRecord {

@@ -350,7 +350,8 @@ pub fn incoming(
                         // The verifier already demanded the id; this cannot
                         // be None, but a connection without one is dropped.
                         if let Some(spiffe_id) = id {
-                            let Some(registration) = auth.try_register(spiffe_id.as_str(), chain)
+                            let Some(registration) =
+                                auth.try_register(spiffe_id.as_str(), remote.ip(), chain)
                             else {
                                 tracing::warn!(
                                     %remote,

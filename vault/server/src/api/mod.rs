@@ -371,7 +371,8 @@ pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     let who = match req.extensions().get::<RequestId>() {
         Some(id) => Caller::with_id(peer.spiffe_id.as_str(), id.0),
         None => Caller::new(peer.spiffe_id.as_str()),
-    };
+    }
+    .from_address(peer.remote.ip());
     let deadline = req
         .metadata()
         .get("grpc-timeout")

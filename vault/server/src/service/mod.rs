@@ -26,6 +26,7 @@ pub mod rekey;
 pub mod restore;
 pub mod retention;
 mod state;
+pub(crate) use state::EdgePlace;
 pub use state::MAX_EDGE_CALLS_PER_IDENTITY;
 pub mod status_lists;
 pub mod streams;
@@ -200,6 +201,10 @@ pub struct Caller {
     pub request_id: [u8; 16],
     /// When the caller stops waiting, if it said.
     pub deadline: Option<tokio::time::Instant>,
+    /// The address its connection came from (`None`: an in-process
+    /// caller). Identities many end users share are admitted per source
+    /// address ([`crate::sources`]).
+    pub remote: Option<std::net::IpAddr>,
 }
 
 impl Caller {
@@ -216,7 +221,14 @@ impl Caller {
             spiffe_id: spiffe_id.into(),
             request_id,
             deadline: None,
+            remote: None,
         }
+    }
+
+    /// The same caller, from `remote`.
+    pub fn from_address(mut self, remote: std::net::IpAddr) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// The same caller with a deadline.
@@ -523,6 +535,21 @@ impl Vault {
     pub fn with_audit(mut self, audit: crate::config::AuditSection) -> Self {
         self.audit = audit;
         self
+    }
+
+    /// Calls and requests in flight the identities every phone shares
+    /// may have from one host (`[server] shared_calls_per_source` and
+    /// `shared_requests_per_source`, [`crate::sources`]; at least 1 each).
+    #[must_use]
+    pub fn with_shared_shares(mut self, calls: usize, requests: usize) -> Self {
+        self.admission.set_shared_shares(calls, requests);
+        self
+    }
+
+    /// Requests of the identities every phone shares in flight from
+    /// `remote`'s host now (for tests and diagnostics).
+    pub fn shared_requests_in_flight_from(&self, remote: std::net::IpAddr) -> usize {
+        self.admission.shared_in_flight_from(remote)
     }
 
     /// Sets what the retention job keeps (`[retention]`).

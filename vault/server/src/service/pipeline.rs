@@ -27,7 +27,6 @@ use idvault_core::tlog::leaf::AuditLeaf;
 use idvault_core::tlog::merkle;
 use idvault_policies::{Action, Decision, RequestContext, Resource};
 
-use super::state::MAX_IN_FLIGHT_PER_PARTNER;
 use super::{Caller, Vault, VaultError};
 use crate::config::Partner;
 use crate::store::{AuditedTx, NewLeaf, StoreError};
@@ -231,17 +230,19 @@ impl Vault {
     /// A place for one call at the edge, taken when its headers arrive and
     /// held until its answer ends ([`super::state::MAX_EDGE_CALLS_PER_IDENTITY`]
     /// per identity; callers the registry does not know share one such
-    /// allowance). `None` when every place is taken: the call is refused
-    /// at once, before its message is read, and counted like the other
-    /// coalesced refusals.
+    /// allowance; an identity many end users share has places per source
+    /// address, [`crate::sources`]). An error when its allowance is taken:
+    /// the call is refused at once, before its message is read, and
+    /// counted like the other coalesced refusals.
     pub(crate) fn enter_edge(
         &self,
         spiffe_id: Option<&str>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let place = self.admission.enter_edge(spiffe_id);
-        if place.is_none() {
+        remote: Option<std::net::IpAddr>,
+    ) -> Result<super::state::EdgePlace, super::state::EdgeFull> {
+        let place = self.admission.enter_edge(spiffe_id, remote);
+        if let Err(full) = place {
             self.admission
-                .count_refusal(spiffe_id.unwrap_or("(no identity)"), REFUSED_EDGE);
+                .count_refusal(spiffe_id.unwrap_or("(no identity)"), full.reason());
         }
         place
     }
@@ -287,10 +288,13 @@ impl Vault {
                 .count_refusal(&caller.spiffe_id, REFUSED_UNREGISTERED);
             return Err(VaultError::Unregistered);
         };
-        let Some(_slot) = self.admission.enter(&partner.name) else {
-            self.admission
-                .count_refusal(&caller.spiffe_id, REFUSED_BUSY);
-            return Err(VaultError::Overloaded(MAX_IN_FLIGHT_PER_PARTNER));
+        let _slot = match self.admission.enter(partner, caller.remote) {
+            Ok(slot) => slot,
+            Err(n) => {
+                self.admission
+                    .count_refusal(&caller.spiffe_id, REFUSED_BUSY);
+                return Err(VaultError::Overloaded(n));
+            }
         };
         let run = async {
             match caller.deadline {
@@ -752,10 +756,10 @@ pub(crate) const JOB_ACTOR: &str = "idvault";
 /// caller did not name it by id ([`Request::hide_subject`]).
 pub(crate) const REQUEST_SUBJECT_ACTION: &str = "RequestSubject";
 
-/// Coalesced refusal reasons (the `detail` of their leaves).
+/// Coalesced refusal reasons (the `detail` of their leaves; the edge's
+/// are `EdgeFull::reason`).
 const REFUSED_UNREGISTERED: &str = "unregistered identity";
 const REFUSED_BUSY: &str = "overloaded";
-const REFUSED_EDGE: &str = "too many calls open";
 const REFUSED_LATE: &str = "deadline passed in the queue";
 const REFUSED_UNRECORDED: &str = "refused while the writer was busy";
 

@@ -3,7 +3,7 @@
 //! lookup cache. It holds values only; it never calls a use case (the
 //! `Vault` owns it, the use cases read it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -12,7 +12,11 @@ use idvault_core::crypto::HASH_LEN;
 use idvault_core::matching::{MatchKeyring, MatchModel};
 use idvault_tokenizer::NormalizeOptions;
 
-use crate::config::PartnerRegistry;
+use crate::config::{Partner, PartnerRegistry};
+use crate::sources::{
+    Full, SHARED_CALLS, SHARED_CALLS_PER_SOURCE, SHARED_IN_FLIGHT, SHARED_IN_FLIGHT_PER_SOURCE,
+    SourcePlace, SourcePlaces,
+};
 
 /// Blind-matching state of a vault: settings, derived keyrings, limiters.
 #[derive(Debug)]
@@ -155,8 +159,66 @@ pub(crate) const MAX_IN_FLIGHT_PER_PARTNER: usize = 64;
 /// can make the vault buffer (calls times the message size cap, about
 /// 128 MiB at the default 1 MiB) however many connections and streams it
 /// opens; the in-flight limit above is only reached once a message was
-/// read whole.
+/// read whole. The identities many end users share (wallet apps') are
+/// counted per source address instead, from one pool
+/// ([`crate::sources::SHARED_CALLS`]).
 pub const MAX_EDGE_CALLS_PER_IDENTITY: usize = 128;
+
+/// A call's place at the edge, given back when dropped.
+#[derive(Debug)]
+pub(crate) enum EdgePlace {
+    /// One of its identity's places (or of the unregistered ones).
+    Identity(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit),
+    /// One of its source's places, for an identity many end users share.
+    Source(#[allow(dead_code, reason = "held for its drop")] SourcePlace),
+}
+
+/// A request's slot among those in flight, given back when dropped.
+#[derive(Debug)]
+pub(crate) enum InFlight {
+    /// One of its partner's.
+    Partner(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit),
+    /// One of its source's, for an identity many end users share.
+    Source(#[allow(dead_code, reason = "held for its drop")] SourcePlace),
+}
+
+/// Which allowance refused a call at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EdgeFull {
+    /// Its identity's [`MAX_EDGE_CALLS_PER_IDENTITY`].
+    Identity,
+    /// Its host's (or network's) share of the shared identities' places:
+    /// the host's share.
+    Source(usize),
+    /// The shared identities' whole pool: its size.
+    Shared(usize),
+}
+
+impl EdgeFull {
+    /// The refusal's message.
+    pub(crate) fn message(self) -> String {
+        match self {
+            Self::Identity => format!(
+                "this identity has {MAX_EDGE_CALLS_PER_IDENTITY} calls open; wait for some to end"
+            ),
+            Self::Source(n) => format!(
+                "this address (or its network) has {n} or more calls open; wait for some to end"
+            ),
+            Self::Shared(n) => {
+                format!("the wallet app identities have {n} calls open; wait for some to end")
+            }
+        }
+    }
+
+    /// The coalesced refusal's reason: a host's share full is an abuser
+    /// contained, the whole pool full is every phone refused.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Identity | Self::Source(_) => "too many calls open",
+            Self::Shared(_) => "too many calls open (all sources)",
+        }
+    }
+}
 
 /// Distinct identities whose coalesced refusals are counted per interval;
 /// the rest share one counter.
@@ -176,6 +238,13 @@ pub(crate) struct Admission {
     /// Calls open at the edge per registered SPIFFE id
     /// ([`MAX_EDGE_CALLS_PER_IDENTITY`]).
     edge: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Identities many end users share (a wallet app's,
+    /// [`PartnerRegistry::shared_identities`]): their calls at the edge
+    /// and their requests in flight are counted per source address, in
+    /// one pool each for all of them ([`crate::sources`]).
+    shared: HashSet<String>,
+    edge_shared: SourcePlaces,
+    in_flight_shared: SourcePlaces,
     /// The same, shared by every identity the registry does not know
     /// (they are refused once their message is read; until then they must
     /// not hold more than one partner's share).
@@ -187,6 +256,7 @@ impl Admission {
     /// Admission for `registry`'s partners, each allowed
     /// `connections_per_partner` store connections at once.
     pub(crate) fn new(registry: &PartnerRegistry, connections_per_partner: usize) -> Self {
+        let shared: HashSet<String> = registry.shared_identities().into_iter().collect();
         let each = |n: usize| {
             registry
                 .partners()
@@ -200,28 +270,64 @@ impl Admission {
             edge: registry
                 .partners()
                 .iter()
+                .filter(|p| !shared.contains(&p.spiffe_id))
                 .map(|p| {
                     let s = tokio::sync::Semaphore::new(MAX_EDGE_CALLS_PER_IDENTITY);
                     (p.spiffe_id.clone(), Arc::new(s))
                 })
                 .collect(),
+            shared,
+            edge_shared: SourcePlaces::new(SHARED_CALLS_PER_SOURCE, SHARED_CALLS),
+            in_flight_shared: SourcePlaces::new(SHARED_IN_FLIGHT_PER_SOURCE, SHARED_IN_FLIGHT),
             edge_unregistered: Arc::new(tokio::sync::Semaphore::new(MAX_EDGE_CALLS_PER_IDENTITY)),
             refusals: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A place for one call of `spiffe_id` at the edge (`None`: a caller
-    /// without an identity, or one of an unknown identity, shares the
-    /// unregistered places), or `None` when it already has
-    /// [`MAX_EDGE_CALLS_PER_IDENTITY`] calls open.
+    /// Gives each host `calls` of the shared identities' [`SHARED_CALLS`]
+    /// and `requests` of their [`SHARED_IN_FLIGHT`] (each at least 1); set
+    /// at start, before any call.
+    pub(crate) fn set_shared_shares(&mut self, calls: usize, requests: usize) {
+        self.edge_shared = SourcePlaces::new(calls.max(1), SHARED_CALLS);
+        self.in_flight_shared = SourcePlaces::new(requests.max(1), SHARED_IN_FLIGHT);
+    }
+
+    /// Requests of the shared identities in flight from `remote`'s host.
+    pub(crate) fn shared_in_flight_from(&self, remote: std::net::IpAddr) -> usize {
+        self.in_flight_shared.taken(remote).0
+    }
+
+    /// A place for one call of `spiffe_id` from `remote` at the edge
+    /// (`None`: a caller without an identity, or one of an unknown
+    /// identity, shares the unregistered places), unless its allowance is
+    /// taken: [`MAX_EDGE_CALLS_PER_IDENTITY`] calls open, or for an
+    /// identity many end users share its host's share (`[server]
+    /// shared_calls_per_source`, twice that per network) of the
+    /// [`SHARED_CALLS`] they all share.
     pub(crate) fn enter_edge(
         &self,
         spiffe_id: Option<&str>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        remote: Option<std::net::IpAddr>,
+    ) -> Result<EdgePlace, EdgeFull> {
+        // The identity and the address both come from the connection
+        // (`PeerInfo`): a shared identity always has an address here.
+        if let (Some(id), Some(remote)) = (spiffe_id, remote)
+            && self.shared.contains(id)
+        {
+            let places = &self.edge_shared;
+            return match places.try_take(remote) {
+                Ok(p) => Ok(EdgePlace::Source(p)),
+                Err(Full::Source) => Err(EdgeFull::Source(places.per_host())),
+                Err(Full::Pool) => Err(EdgeFull::Shared(places.total())),
+            };
+        }
         let places = spiffe_id
             .and_then(|id| self.edge.get(id))
             .unwrap_or(&self.edge_unregistered);
-        Arc::clone(places).try_acquire_owned().ok()
+        Arc::clone(places)
+            .try_acquire_owned()
+            .map(EdgePlace::Identity)
+            .map_err(|_| EdgeFull::Identity)
     }
 
     /// `partner`'s share of the store's connections.
@@ -229,11 +335,34 @@ impl Admission {
         self.connections.get(partner).cloned()
     }
 
-    /// A slot for one request of `partner`, or `None` when it already has
-    /// [`MAX_IN_FLIGHT_PER_PARTNER`] in flight.
-    pub(crate) fn enter(&self, partner: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let s = self.per_partner.get(partner)?;
-        Arc::clone(s).try_acquire_owned().ok()
+    /// A slot for one request of `partner` from `remote`, or the number
+    /// of requests in flight that refused it: [`MAX_IN_FLIGHT_PER_PARTNER`]
+    /// of its own, or for an identity many end users share its host's
+    /// share (`[server] shared_requests_per_source`, twice that per
+    /// network) of the [`SHARED_IN_FLIGHT`] they all share.
+    pub(crate) fn enter(
+        &self,
+        partner: &Partner,
+        remote: Option<std::net::IpAddr>,
+    ) -> Result<InFlight, usize> {
+        if let Some(remote) = remote
+            && self.shared.contains(&partner.spiffe_id)
+        {
+            let places = &self.in_flight_shared;
+            return match places.try_take(remote) {
+                Ok(p) => Ok(InFlight::Source(p)),
+                Err(Full::Source) => Err(places.per_host()),
+                Err(Full::Pool) => Err(places.total()),
+            };
+        }
+        let s = self
+            .per_partner
+            .get(&partner.name)
+            .ok_or(MAX_IN_FLIGHT_PER_PARTNER)?;
+        Arc::clone(s)
+            .try_acquire_owned()
+            .map(InFlight::Partner)
+            .map_err(|_| MAX_IN_FLIGHT_PER_PARTNER)
     }
 
     /// Counts one coalesced refusal of `who` for `why`.
@@ -273,12 +402,135 @@ impl Admission {
 mod tests {
     use super::*;
 
+    fn partner(name: &str, roles: Vec<idvault_policies::Role>) -> Partner {
+        Partner {
+            name: name.into(),
+            spiffe_id: format!("spiffe://t/partner/{name}"),
+            roles,
+            token_domains: Vec::new(),
+            match_domain: name.into(),
+            match_rate: idvault_core::partner::MatchRate {
+                per_second: 1,
+                burst: 1,
+            },
+            release_key: None,
+            release_purposes: Vec::new(),
+            release_fields: Vec::new(),
+            presentation_audiences: Vec::new(),
+            outbox_per_source: 1,
+        }
+    }
+
+    /// Two wallet identities draw on one pool per allowance, counted per
+    /// source; a partner keeps its own allowances whatever its address.
+    #[test]
+    fn shared_identities_are_admitted_per_source_from_one_pool() {
+        use idvault_policies::Role;
+        use std::net::{IpAddr, Ipv4Addr};
+        let wallets = [
+            partner("ios", vec![Role::DevicesWallet]),
+            partner("android", vec![Role::DevicesWallet]),
+        ];
+        let bank = partner("bank", vec![Role::SubjectsWrite]);
+        let registry =
+            PartnerRegistry::new(wallets.iter().cloned().chain([bank.clone()]).collect());
+        let a = Admission::new(&registry, 4);
+        let host = |d: u8, h: u8| Some(IpAddr::V4(Ipv4Addr::new(192, 0, d, h)));
+        // Requests in flight: a host's share, across both wallet identities.
+        let mut held = Vec::new();
+        for i in 0..SHARED_IN_FLIGHT_PER_SOURCE {
+            held.push(a.enter(&wallets[i % 2], host(2, 1)).unwrap());
+        }
+        assert_eq!(
+            a.enter(&wallets[0], host(2, 1)).unwrap_err(),
+            SHARED_IN_FLIGHT_PER_SOURCE
+        );
+        assert_eq!(
+            a.enter(&wallets[1], host(2, 1)).unwrap_err(),
+            SHARED_IN_FLIGHT_PER_SOURCE
+        );
+        // Another host is admitted; the partner from the same address too.
+        held.push(a.enter(&wallets[0], host(2, 2)).unwrap());
+        for _ in 0..MAX_IN_FLIGHT_PER_PARTNER {
+            held.push(a.enter(&bank, host(2, 1)).unwrap());
+        }
+        assert_eq!(
+            a.enter(&bank, host(9, 9)).unwrap_err(),
+            MAX_IN_FLIGHT_PER_PARTNER
+        );
+        // Calls at the edge: the same, with the host's share in the refusal.
+        let mut calls = Vec::new();
+        for _ in 0..SHARED_CALLS_PER_SOURCE {
+            calls.push(
+                a.enter_edge(Some(&wallets[1].spiffe_id), host(3, 1))
+                    .unwrap(),
+            );
+        }
+        let full = a
+            .enter_edge(Some(&wallets[0].spiffe_id), host(3, 1))
+            .unwrap_err();
+        assert_eq!(full, EdgeFull::Source(SHARED_CALLS_PER_SOURCE));
+        assert!(
+            full.message().contains("this address"),
+            "{}",
+            full.message()
+        );
+        assert!(
+            a.enter_edge(Some(&wallets[0].spiffe_id), host(3, 2))
+                .is_ok()
+        );
+        // Places come back when dropped.
+        held.clear();
+        calls.clear();
+        assert!(a.enter(&wallets[0], host(2, 1)).is_ok());
+        assert!(
+            a.enter_edge(Some(&wallets[0].spiffe_id), host(3, 1))
+                .is_ok()
+        );
+    }
+
+    /// Hosts in many networks can fill the shared pool; then every wallet
+    /// call is refused with the pool's own message and reason.
+    #[test]
+    fn a_full_shared_pool_refuses_with_its_own_reason() {
+        use idvault_policies::Role;
+        use std::net::{IpAddr, Ipv4Addr};
+        let wallet = partner("ios", vec![Role::DevicesWallet]);
+        let mut a = Admission::new(&PartnerRegistry::new(vec![wallet.clone()]), 4);
+        a.set_shared_shares(SHARED_CALLS, 1);
+        let id = Some(wallet.spiffe_id.as_str());
+        let mut calls = Vec::new();
+        for i in 0..SHARED_CALLS {
+            let net = u8::try_from(i / 256).unwrap();
+            let h = u8::try_from(i % 256).unwrap();
+            let ip = IpAddr::V4(Ipv4Addr::new(10, net, 0, h));
+            calls.push(a.enter_edge(id, Some(ip)).unwrap());
+        }
+        let full = a
+            .enter_edge(id, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))))
+            .unwrap_err();
+        assert_eq!(full, EdgeFull::Shared(SHARED_CALLS));
+        assert!(
+            full.message().contains("wallet app identities"),
+            "{}",
+            full.message()
+        );
+        assert_ne!(full.reason(), EdgeFull::Identity.reason());
+        // One request per host, as configured.
+        let ip = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        let _one = a.enter(&wallet, ip).unwrap();
+        assert_eq!(a.enter(&wallet, ip).unwrap_err(), 1);
+    }
+
     #[test]
     fn refusal_counts_put_back_add_up_and_stay_bounded() {
         let a = Admission {
             per_partner: HashMap::new(),
             connections: HashMap::new(),
             edge: HashMap::new(),
+            shared: HashSet::new(),
+            edge_shared: SourcePlaces::new(1, 1),
+            in_flight_shared: SourcePlaces::new(1, 1),
             edge_unregistered: Arc::new(tokio::sync::Semaphore::new(1)),
             refusals: Mutex::new(HashMap::new()),
         };
