@@ -9,21 +9,24 @@
 //! one such holder could take every place and have every phone refused.
 //! So the identities many end users share draw on one pool of places per
 //! allowance, counted per source: a *host* (an IPv4 address, an IPv6 /64:
-//! what one phone or one home network gets) holds at most a small share,
-//! and a *network* (an IPv4 /24, an IPv6 /48: what one customer of an
-//! ISP or one cloud tenant gets easily) two host shares. Taking every
-//! place then needs addresses in many networks; one host, or one network
-//! however many /64s it holds, takes only its own share.
+//! what one phone or one home network gets) holds at most a share, and a
+//! *network* (an IPv4 /24, an IPv6 /48: what one customer of an ISP or
+//! one cloud tenant gets easily) two host shares, a quarter of the pool.
+//! Taking every place then needs addresses in four networks; one host, or
+//! one network however many /64s it holds, takes only its own share. The
+//! host shares are generous (a partner's connections, half its calls and
+//! requests) so that many phones behind one address, or a test driving
+//! many phones from one machine, are not refused in ordinary use.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Connections the shared identities may hold open from one host, by
-/// default (`[server] shared_connections_per_source`). Generous, because
-/// many phones can share one public IPv4 address (carrier-grade NAT), and
-/// each needs only one.
-pub const SHARED_CONNECTIONS_PER_SOURCE: usize = 128;
+/// default (`[server] shared_connections_per_source`). As many as a
+/// partner's identity, because many phones can share one public IPv4
+/// address (carrier-grade NAT), each with a connection of its own.
+pub const SHARED_CONNECTIONS_PER_SOURCE: usize = 256;
 
 /// Connections the shared identities may hold open in all, together (half
 /// of [`crate::crl::MAX_CONNECTIONS`]: partners keep the other half).
@@ -32,7 +35,7 @@ pub const SHARED_CONNECTIONS: usize = 2048;
 /// Calls the shared identities may have open at the edge from one host,
 /// by default (`[server] shared_calls_per_source`; a partner's own
 /// allowance is [`crate::service::MAX_EDGE_CALLS_PER_IDENTITY`]).
-pub const SHARED_CALLS_PER_SOURCE: usize = 32;
+pub const SHARED_CALLS_PER_SOURCE: usize = 64;
 
 /// Calls the shared identities may have open at the edge in all,
 /// together. What they can make the vault buffer is this many messages,
@@ -48,7 +51,7 @@ pub const SHARED_CALLS: usize = 512;
 /// the pool's connections (8): one host can hold all of it, and the other
 /// phones' requests then wait for a connection (SECURITY.md, "Known
 /// limits").
-pub const SHARED_IN_FLIGHT_PER_SOURCE: usize = 16;
+pub const SHARED_IN_FLIGHT_PER_SOURCE: usize = 32;
 
 /// Requests of the shared identities in flight in all, together: a
 /// quarter of the writer queue ([`crate::store::WRITE_QUEUE`]).
