@@ -1039,7 +1039,8 @@ pub async fn wallet_calls_are_counted_per_source(b: Backend) -> anyhow::Result<(
     use std::time::Duration;
     let tv = TestVault::start(b).await?;
     let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
-    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+    // Another host in another network (127.0.1.0/24).
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 6));
     const ENROLL: &str = "/idvault.v1.DeviceService/Enroll";
     // Calls to a unary method whose message never comes: each holds its
     // place until the client gives up.
@@ -1049,7 +1050,9 @@ pub async fn wallet_calls_are_counted_per_source(b: Backend) -> anyhow::Result<(
     ];
     let mut senders = Vec::new();
     let mut held = Vec::new();
-    for i in 0..SHARED_CALLS_PER_SOURCE + 4 {
+    // A few calls past the host's share: those are refused at once.
+    const PAST: usize = 4;
+    for i in 0..SHARED_CALLS_PER_SOURCE + PAST {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
         senders.push(tx);
         let ch = channels[i % 2].clone();
@@ -1068,7 +1071,7 @@ pub async fn wallet_calls_are_counted_per_source(b: Backend) -> anyhow::Result<(
         }));
     }
     for _ in 0..100 {
-        if held.iter().filter(|h| h.is_finished()).count() >= 4 {
+        if held.iter().filter(|h| h.is_finished()).count() >= PAST {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1082,7 +1085,7 @@ pub async fn wallet_calls_are_counted_per_source(b: Backend) -> anyhow::Result<(
     }
     assert_eq!(
         refused.len(),
-        4,
+        PAST,
         "only the calls past the source's share end"
     );
     for e in &refused {
@@ -1146,7 +1149,8 @@ pub async fn wallet_requests_in_flight_are_counted_per_source(b: Backend) -> any
     use std::time::Duration;
     let tv = TestVault::start(b).await?;
     let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7));
-    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 8));
+    // Another host in another network (127.0.1.0/24).
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 8));
     // A self-made enrollment: its signature verifies, then the vault reads
     // the (unknown) code in a transaction, which waits for the lock.
     let enrollment = || {

@@ -400,7 +400,8 @@ pub async fn wallet_connections_are_counted_per_source(b: Backend) -> anyhow::Re
     use std::net::{IpAddr, Ipv4Addr};
     let tv = TestVault::start(b).await?;
     let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+    // Another host in another network (127.0.1.0/24).
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 4));
     let mut held = Vec::new();
     for _ in 0..SHARED_CONNECTIONS_PER_SOURCE {
         let ch = tv.channel_from("wallet", one).await?;

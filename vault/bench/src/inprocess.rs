@@ -14,7 +14,8 @@ pub fn dev_data_dir() -> Result<std::path::PathBuf, crate::BenchError> {
     let dir = std::env::temp_dir().join(format!("idvault-bench-{}", uuid::Uuid::new_v4()));
     idvault_server::devinit::init_dev(&dir, "127.0.0.1:0", &idvault_core::SystemRng::default())?;
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path)?.replacen(
+    let dev = std::fs::read_to_string(&path)?;
+    let text = dev.replacen(
         "[server]\n",
         &format!(
             "[server]\nshared_calls_per_source = {SHARED_CALLS}\n\
@@ -23,6 +24,12 @@ pub fn dev_data_dir() -> Result<std::path::PathBuf, crate::BenchError> {
         ),
         1,
     );
+    if text == dev {
+        return Err(std::io::Error::other(
+            "the dev config has no [server] line to lift the wallet shares in",
+        )
+        .into());
+    }
     std::fs::write(&path, text)?;
     Ok(dir)
 }

@@ -111,8 +111,8 @@ impl PartnerRegistry {
 
     /// The SPIFFE ids many end users share: the partners holding
     /// `devices.wallet` (a wallet app's certificate is in every copy of
-    /// the app). The vault counts their connections and calls per source
-    /// address rather than per identity.
+    /// the app). The vault counts their connections, calls and requests
+    /// in flight per source address rather than per identity.
     pub fn shared_identities(&self) -> Vec<String> {
         self.partners
             .iter()

@@ -29,11 +29,10 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-
-use crate::sources::{SHARED_CONNECTIONS, SourcePlace, SourcePlaces};
 use rustls::server::danger::ClientCertVerifier;
 use serde::Deserialize;
 
+use crate::sources::{SHARED_CONNECTIONS, SourcePlace, SourcePlaces};
 use crate::tls::TlsError;
 
 /// What a CRL past its `nextUpdate` does.
@@ -104,8 +103,10 @@ pub struct Registration {
     /// The connection's close signal.
     pub closer: Arc<Closer>,
     /// Its place among its source's connections, for an identity counted
-    /// per source ([`ClientAuth::count_by_source`]).
-    _source: Option<SourcePlace>,
+    /// per source ([`ClientAuth::count_by_source`]); given back after the
+    /// connection leaves the registry.
+    #[allow(dead_code, reason = "held for its drop")]
+    source: Option<SourcePlace>,
 }
 
 impl Drop for Registration {
@@ -208,17 +209,15 @@ impl ClientAuth {
     /// in every copy of the app), so that one holder of it cannot take
     /// every place (see [`crate::sources`]): together they hold at most
     /// [`SHARED_CONNECTIONS`], `per_source` from one host. Set once at
-    /// start, from the partner registry, before the listener accepts;
-    /// `false` (nothing changed) if it was set already.
-    pub fn count_by_source(
-        &self,
-        spiffe_ids: impl IntoIterator<Item = String>,
-        per_source: usize,
-    ) -> bool {
+    /// start, from the partner registry, before the listener accepts: a
+    /// second call changes nothing (connections already counted keep
+    /// their places).
+    pub fn count_by_source(&self, spiffe_ids: impl IntoIterator<Item = String>, per_source: usize) {
         let ids: HashSet<String> = spiffe_ids.into_iter().collect();
-        self.by_source
-            .set((ids, SourcePlaces::new(per_source, SHARED_CONNECTIONS)))
-            .is_ok()
+        let set = self
+            .by_source
+            .set((ids, SourcePlaces::new(per_source, SHARED_CONNECTIONS)));
+        debug_assert!(set.is_ok(), "count_by_source is set once, at start");
     }
 
     /// [`Self::register`], unless the vault holds [`MAX_CONNECTIONS`] or
@@ -260,9 +259,7 @@ impl ClientAuth {
         // overshoot the per-identity and overall counts by the handshakes
         // finishing in between, at most MAX_HANDSHAKES, which bounds them
         // all the same (a source's places are taken exactly).
-        let mut r = self.register(spiffe_id, chain);
-        r._source = source;
-        Some(r)
+        Some(self.register_with(spiffe_id, chain, source))
     }
 
     /// Registers an authenticated connection; it is unregistered when the
@@ -278,6 +275,17 @@ impl ClientAuth {
         self: &Arc<Self>,
         spiffe_id: &str,
         chain: Vec<CertificateDer<'static>>,
+    ) -> Registration {
+        self.register_with(spiffe_id, chain, None)
+    }
+
+    /// [`Self::register`], holding `source` (its place among its
+    /// source's connections) for as long as it stays registered.
+    fn register_with(
+        self: &Arc<Self>,
+        spiffe_id: &str,
+        chain: Vec<CertificateDer<'static>>,
+        source: Option<SourcePlace>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
@@ -304,7 +312,7 @@ impl ClientAuth {
             auth: Arc::clone(self),
             id,
             closer,
-            _source: None,
+            source,
         }
     }
 

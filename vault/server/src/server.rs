@@ -470,7 +470,7 @@ struct CallRecord {
     /// The call's place at the edge ([`Vault::enter_edge`]), given back
     /// when the record goes: after the answer's last byte, or when the
     /// call is cut.
-    _place: Option<crate::service::EdgePlace>,
+    _place: Option<crate::service::Place>,
 }
 
 impl CallRecord {

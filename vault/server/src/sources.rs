@@ -267,6 +267,7 @@ mod tests {
         assert_eq!(p.try_take(ip("192.0.2.1")).unwrap_err(), Full::Source);
         // Another address of the same /64 is the same host.
         let v6 = p.try_take(ip("2001:db8::1")).unwrap();
+        assert_eq!(p.taken(ip("2001:db8::2")), (1, 1, 3));
         assert_eq!(p.try_take(ip("2001:db8::2")).unwrap_err(), Full::Pool);
         assert_eq!(p.taken(ip("192.0.2.1")), (2, 2, 3));
         drop(a1);

@@ -26,8 +26,8 @@ pub mod rekey;
 pub mod restore;
 pub mod retention;
 mod state;
-pub(crate) use state::EdgePlace;
 pub use state::MAX_EDGE_CALLS_PER_IDENTITY;
+pub(crate) use state::Place;
 pub mod status_lists;
 pub mod streams;
 pub mod subjects;
@@ -113,8 +113,9 @@ pub enum VaultError {
     /// stream ends (the input is most likely not in the declared format).
     #[error("more than {0} rejected records {1}; check the stream's format and fields")]
     TooManyRejects(usize, &'static str),
-    /// Admission control refused the request: the partner has this many
-    /// requests in flight, or the writer queue is this long.
+    /// Admission control refused the request: the partner (for a wallet
+    /// app's identity: the caller's address, or all wallets together) has
+    /// this many requests in flight, or the writer queue is this long.
     #[error("the vault is busy ({0} requests in flight or queued); retry with back-off")]
     Overloaded(usize),
     /// The request's deadline passed before it could run; it did nothing.

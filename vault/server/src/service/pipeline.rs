@@ -238,7 +238,7 @@ impl Vault {
         &self,
         spiffe_id: Option<&str>,
         remote: Option<std::net::IpAddr>,
-    ) -> Result<super::state::EdgePlace, super::state::EdgeFull> {
+    ) -> Result<super::state::Place, super::state::EdgeFull> {
         let place = self.admission.enter_edge(spiffe_id, remote);
         if let Err(full) = place {
             self.admission
@@ -290,10 +290,10 @@ impl Vault {
         };
         let _slot = match self.admission.enter(partner, caller.remote) {
             Ok(slot) => slot,
-            Err(n) => {
+            Err(full) => {
                 self.admission
-                    .count_refusal(&caller.spiffe_id, REFUSED_BUSY);
-                return Err(VaultError::Overloaded(n));
+                    .count_refusal(&caller.spiffe_id, full.reason());
+                return Err(VaultError::Overloaded(full.limit()));
             }
         };
         let run = async {

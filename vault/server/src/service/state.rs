@@ -164,22 +164,64 @@ pub(crate) const MAX_IN_FLIGHT_PER_PARTNER: usize = 64;
 /// ([`crate::sources::SHARED_CALLS`]).
 pub const MAX_EDGE_CALLS_PER_IDENTITY: usize = 128;
 
-/// A call's place at the edge, given back when dropped.
+/// A call's place at the edge or a request's slot among those in flight,
+/// given back when dropped.
 #[derive(Debug)]
-pub(crate) enum EdgePlace {
-    /// One of its identity's places (or of the unregistered ones).
+pub(crate) enum Place {
+    /// One of its identity's (or of the unregistered ones, at the edge).
     Identity(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit),
-    /// One of its source's places, for an identity many end users share.
+    /// One of its source's, for an identity many end users share.
     Source(#[allow(dead_code, reason = "held for its drop")] SourcePlace),
 }
 
-/// A request's slot among those in flight, given back when dropped.
-#[derive(Debug)]
-pub(crate) enum InFlight {
-    /// One of its partner's.
-    Partner(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit),
-    /// One of its source's, for an identity many end users share.
-    Source(#[allow(dead_code, reason = "held for its drop")] SourcePlace),
+/// A place from one of the shared identities' pools, or which share
+/// refused it: the host's share, or the whole pool.
+fn take_shared(places: &SourcePlaces, remote: std::net::IpAddr) -> Result<Place, SharedFull> {
+    places
+        .try_take(remote)
+        .map(Place::Source)
+        .map_err(|f| match f {
+            Full::Source => SharedFull::Source(places.per_host()),
+            Full::Pool => SharedFull::Pool(places.total()),
+        })
+}
+
+/// Which share of a shared identities' pool refused a place, with its
+/// size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SharedFull {
+    /// Its host's (or its network's) share: the host's share.
+    Source(usize),
+    /// The whole pool: its size.
+    Pool(usize),
+}
+
+/// Which allowance refused a request in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InFlightFull {
+    /// Its partner's [`MAX_IN_FLIGHT_PER_PARTNER`].
+    Partner,
+    /// A share of the shared identities' pool.
+    Shared(SharedFull),
+}
+
+impl InFlightFull {
+    /// The number of requests in flight that refused it.
+    pub(crate) fn limit(self) -> usize {
+        match self {
+            Self::Partner => MAX_IN_FLIGHT_PER_PARTNER,
+            Self::Shared(SharedFull::Source(n) | SharedFull::Pool(n)) => n,
+        }
+    }
+
+    /// The coalesced refusal's reason: the whole pool full (every phone
+    /// refused) has one of its own.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Partner | Self::Shared(SharedFull::Source(_)) => "overloaded",
+            Self::Shared(SharedFull::Pool(_)) => "overloaded (all sources)",
+        }
+    }
 }
 
 /// Which allowance refused a call at the edge.
@@ -187,11 +229,8 @@ pub(crate) enum InFlight {
 pub(crate) enum EdgeFull {
     /// Its identity's [`MAX_EDGE_CALLS_PER_IDENTITY`].
     Identity,
-    /// Its host's (or network's) share of the shared identities' places:
-    /// the host's share.
-    Source(usize),
-    /// The shared identities' whole pool: its size.
-    Shared(usize),
+    /// A share of the shared identities' pool.
+    Shared(SharedFull),
 }
 
 impl EdgeFull {
@@ -201,10 +240,10 @@ impl EdgeFull {
             Self::Identity => format!(
                 "this identity has {MAX_EDGE_CALLS_PER_IDENTITY} calls open; wait for some to end"
             ),
-            Self::Source(n) => format!(
+            Self::Shared(SharedFull::Source(n)) => format!(
                 "this address (or its network) has {n} or more calls open; wait for some to end"
             ),
-            Self::Shared(n) => {
+            Self::Shared(SharedFull::Pool(n)) => {
                 format!("the wallet app identities have {n} calls open; wait for some to end")
             }
         }
@@ -214,8 +253,8 @@ impl EdgeFull {
     /// contained, the whole pool full is every phone refused.
     pub(crate) fn reason(self) -> &'static str {
         match self {
-            Self::Identity | Self::Source(_) => "too many calls open",
-            Self::Shared(_) => "too many calls open (all sources)",
+            Self::Identity | Self::Shared(SharedFull::Source(_)) => "too many calls open",
+            Self::Shared(SharedFull::Pool(_)) => "too many calls open (all sources)",
         }
     }
 }
@@ -224,7 +263,8 @@ impl EdgeFull {
 /// the rest share one counter.
 const MAX_REFUSAL_KEYS: usize = 1024;
 
-/// Admission control: a limit of requests in flight per partner, so one
+/// Admission control: a limit of requests in flight per partner (per
+/// source address for the identities many end users share), so one
 /// partner cannot occupy the writer queue, and coalesced counts of the
 /// refusals that must not each write a leaf (unregistered identities,
 /// overload, calls whose deadline passed in the queue), so a flood cannot
@@ -235,9 +275,13 @@ pub(crate) struct Admission {
     /// Each partner's share of the store's connections
     /// (`Store::connections_per_partner`).
     connections: HashMap<String, Arc<tokio::sync::Semaphore>>,
-    /// Calls open at the edge per registered SPIFFE id
-    /// ([`MAX_EDGE_CALLS_PER_IDENTITY`]).
+    /// Calls open at the edge per registered SPIFFE id, but for the
+    /// shared identities ([`MAX_EDGE_CALLS_PER_IDENTITY`]).
     edge: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// The same, shared by every identity the registry does not know
+    /// (they are refused once their message is read; until then they must
+    /// not hold more than one partner's share).
+    edge_unregistered: Arc<tokio::sync::Semaphore>,
     /// Identities many end users share (a wallet app's,
     /// [`PartnerRegistry::shared_identities`]): their calls at the edge
     /// and their requests in flight are counted per source address, in
@@ -245,10 +289,6 @@ pub(crate) struct Admission {
     shared: HashSet<String>,
     edge_shared: SourcePlaces,
     in_flight_shared: SourcePlaces,
-    /// The same, shared by every identity the registry does not know
-    /// (they are refused once their message is read; until then they must
-    /// not hold more than one partner's share).
-    edge_unregistered: Arc<tokio::sync::Semaphore>,
     refusals: Mutex<HashMap<(String, &'static str), u64>>,
 }
 
@@ -308,25 +348,20 @@ impl Admission {
         &self,
         spiffe_id: Option<&str>,
         remote: Option<std::net::IpAddr>,
-    ) -> Result<EdgePlace, EdgeFull> {
+    ) -> Result<Place, EdgeFull> {
         // The identity and the address both come from the connection
         // (`PeerInfo`): a shared identity always has an address here.
         if let (Some(id), Some(remote)) = (spiffe_id, remote)
             && self.shared.contains(id)
         {
-            let places = &self.edge_shared;
-            return match places.try_take(remote) {
-                Ok(p) => Ok(EdgePlace::Source(p)),
-                Err(Full::Source) => Err(EdgeFull::Source(places.per_host())),
-                Err(Full::Pool) => Err(EdgeFull::Shared(places.total())),
-            };
+            return take_shared(&self.edge_shared, remote).map_err(EdgeFull::Shared);
         }
         let places = spiffe_id
             .and_then(|id| self.edge.get(id))
             .unwrap_or(&self.edge_unregistered);
         Arc::clone(places)
             .try_acquire_owned()
-            .map(EdgePlace::Identity)
+            .map(Place::Identity)
             .map_err(|_| EdgeFull::Identity)
     }
 
@@ -335,34 +370,30 @@ impl Admission {
         self.connections.get(partner).cloned()
     }
 
-    /// A slot for one request of `partner` from `remote`, or the number
-    /// of requests in flight that refused it: [`MAX_IN_FLIGHT_PER_PARTNER`]
-    /// of its own, or for an identity many end users share its host's
-    /// share (`[server] shared_requests_per_source`, twice that per
-    /// network) of the [`SHARED_IN_FLIGHT`] they all share.
+    /// A slot for one request of `partner` from `remote`, unless its
+    /// allowance is taken: [`MAX_IN_FLIGHT_PER_PARTNER`] of its own, or
+    /// for an identity many end users share its host's share (`[server]
+    /// shared_requests_per_source`, twice that per network) of the
+    /// [`SHARED_IN_FLIGHT`] they all share. A caller without an address
+    /// (in process) counts as its partner.
     pub(crate) fn enter(
         &self,
         partner: &Partner,
         remote: Option<std::net::IpAddr>,
-    ) -> Result<InFlight, usize> {
+    ) -> Result<Place, InFlightFull> {
         if let Some(remote) = remote
             && self.shared.contains(&partner.spiffe_id)
         {
-            let places = &self.in_flight_shared;
-            return match places.try_take(remote) {
-                Ok(p) => Ok(InFlight::Source(p)),
-                Err(Full::Source) => Err(places.per_host()),
-                Err(Full::Pool) => Err(places.total()),
-            };
+            return take_shared(&self.in_flight_shared, remote).map_err(InFlightFull::Shared);
         }
         let s = self
             .per_partner
             .get(&partner.name)
-            .ok_or(MAX_IN_FLIGHT_PER_PARTNER)?;
+            .ok_or(InFlightFull::Partner)?;
         Arc::clone(s)
             .try_acquire_owned()
-            .map(InFlight::Partner)
-            .map_err(|_| MAX_IN_FLIGHT_PER_PARTNER)
+            .map(Place::Identity)
+            .map_err(|_| InFlightFull::Partner)
     }
 
     /// Counts one coalesced refusal of `who` for `why`.
@@ -441,14 +472,12 @@ mod tests {
         for i in 0..SHARED_IN_FLIGHT_PER_SOURCE {
             held.push(a.enter(&wallets[i % 2], host(2, 1)).unwrap());
         }
-        assert_eq!(
-            a.enter(&wallets[0], host(2, 1)).unwrap_err(),
-            SHARED_IN_FLIGHT_PER_SOURCE
-        );
-        assert_eq!(
-            a.enter(&wallets[1], host(2, 1)).unwrap_err(),
-            SHARED_IN_FLIGHT_PER_SOURCE
-        );
+        for w in &wallets {
+            assert_eq!(
+                a.enter(w, host(2, 1)).unwrap_err(),
+                InFlightFull::Shared(SharedFull::Source(SHARED_IN_FLIGHT_PER_SOURCE))
+            );
+        }
         // Another host is admitted; the partner from the same address too.
         held.push(a.enter(&wallets[0], host(2, 2)).unwrap());
         for _ in 0..MAX_IN_FLIGHT_PER_PARTNER {
@@ -456,7 +485,7 @@ mod tests {
         }
         assert_eq!(
             a.enter(&bank, host(9, 9)).unwrap_err(),
-            MAX_IN_FLIGHT_PER_PARTNER
+            InFlightFull::Partner
         );
         // Calls at the edge: the same, with the host's share in the refusal.
         let mut calls = Vec::new();
@@ -469,7 +498,10 @@ mod tests {
         let full = a
             .enter_edge(Some(&wallets[0].spiffe_id), host(3, 1))
             .unwrap_err();
-        assert_eq!(full, EdgeFull::Source(SHARED_CALLS_PER_SOURCE));
+        assert_eq!(
+            full,
+            EdgeFull::Shared(SharedFull::Source(SHARED_CALLS_PER_SOURCE))
+        );
         assert!(
             full.message().contains("this address"),
             "{}",
@@ -489,37 +521,77 @@ mod tests {
         );
     }
 
-    /// Hosts in many networks can fill the shared pool; then every wallet
-    /// call is refused with the pool's own message and reason.
+    /// With the default shares, hosts of four networks fill a pool (each
+    /// network two host shares, a quarter of it): the last host of the
+    /// fourth is refused for the pool, with its own message and reason.
     #[test]
-    fn a_full_shared_pool_refuses_with_its_own_reason() {
+    fn four_networks_fill_a_shared_pool() {
+        use idvault_policies::Role;
+        use std::net::{IpAddr, Ipv4Addr};
+        let wallet = partner("ios", vec![Role::DevicesWallet]);
+        let a = Admission::new(&PartnerRegistry::new(vec![wallet.clone()]), 4);
+        let ip = |net: u8, h: u8| Some(IpAddr::V4(Ipv4Addr::new(10, net, 0, h)));
+        let id = Some(wallet.spiffe_id.as_str());
+        let mut calls = Vec::new();
+        for net in 0..4 {
+            // A third host of a network is refused for its network's share.
+            for h in 0..2 {
+                for _ in 0..SHARED_CALLS_PER_SOURCE {
+                    calls.push(a.enter_edge(id, ip(net, h)).unwrap());
+                }
+            }
+            let third = a.enter_edge(id, ip(net, 2));
+            if net < 3 {
+                assert_eq!(
+                    third.unwrap_err(),
+                    EdgeFull::Shared(SharedFull::Source(SHARED_CALLS_PER_SOURCE))
+                );
+            } else {
+                let full = third.unwrap_err();
+                assert_eq!(full, EdgeFull::Shared(SharedFull::Pool(SHARED_CALLS)));
+                assert!(
+                    full.message().contains("wallet app identities"),
+                    "{}",
+                    full.message()
+                );
+                assert_ne!(full.reason(), EdgeFull::Identity.reason());
+            }
+        }
+        assert_eq!(calls.len(), SHARED_CALLS);
+        // Requests in flight: the same shape, with the pool's own reason.
+        let mut held = Vec::new();
+        for net in 0..4 {
+            for h in 0..2 {
+                for _ in 0..SHARED_IN_FLIGHT_PER_SOURCE {
+                    held.push(a.enter(&wallet, ip(net, h)).unwrap());
+                }
+            }
+        }
+        let full = a.enter(&wallet, ip(9, 9)).unwrap_err();
+        assert_eq!(
+            full,
+            InFlightFull::Shared(SharedFull::Pool(SHARED_IN_FLIGHT))
+        );
+        assert_eq!(full.limit(), SHARED_IN_FLIGHT);
+        assert_ne!(full.reason(), InFlightFull::Partner.reason());
+    }
+
+    /// The configured host shares apply.
+    #[test]
+    fn configured_shares_apply() {
         use idvault_policies::Role;
         use std::net::{IpAddr, Ipv4Addr};
         let wallet = partner("ios", vec![Role::DevicesWallet]);
         let mut a = Admission::new(&PartnerRegistry::new(vec![wallet.clone()]), 4);
-        a.set_shared_shares(SHARED_CALLS, 1);
-        let id = Some(wallet.spiffe_id.as_str());
-        let mut calls = Vec::new();
-        for i in 0..SHARED_CALLS {
-            let net = u8::try_from(i / 256).unwrap();
-            let h = u8::try_from(i % 256).unwrap();
-            let ip = IpAddr::V4(Ipv4Addr::new(10, net, 0, h));
-            calls.push(a.enter_edge(id, Some(ip)).unwrap());
-        }
-        let full = a
-            .enter_edge(id, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))))
-            .unwrap_err();
-        assert_eq!(full, EdgeFull::Shared(SHARED_CALLS));
-        assert!(
-            full.message().contains("wallet app identities"),
-            "{}",
-            full.message()
-        );
-        assert_ne!(full.reason(), EdgeFull::Identity.reason());
-        // One request per host, as configured.
+        a.set_shared_shares(3, 1);
         let ip = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        let id = Some(wallet.spiffe_id.as_str());
+        let _calls: Vec<_> = (0..3).map(|_| a.enter_edge(id, ip).unwrap()).collect();
+        let full = a.enter_edge(id, ip).unwrap_err();
+        assert_eq!(full, EdgeFull::Shared(SharedFull::Source(3)));
+        assert!(full.message().contains(" 3 "), "{}", full.message());
         let _one = a.enter(&wallet, ip).unwrap();
-        assert_eq!(a.enter(&wallet, ip).unwrap_err(), 1);
+        assert_eq!(a.enter(&wallet, ip).unwrap_err().limit(), 1);
     }
 
     #[test]
