@@ -229,6 +229,18 @@ impl TestVault {
         Ok(idvault_client::connect_from(&self.url(), "localhost", &creds, Some(local)).await?)
     }
 
+    /// The refusals a coalesced `Refused` record's `detail` counts (its
+    /// `count=N`), if it has a count.
+    pub fn coalesced_count(detail: &str) -> Option<u64> {
+        detail
+            .split_once("count=")?
+            .1
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Starts a second vault replica on the same data and database (for
     /// PostgreSQL: two vault processes sharing one database); it serves
     /// until the returned server is shut down.

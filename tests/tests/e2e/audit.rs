@@ -859,10 +859,8 @@ pub async fn flood_is_refused_at_once(b: Backend) -> anyhow::Result<()> {
         .await?;
         counted = details
             .iter()
-            .filter_map(|d| {
-                let n = d.split_once("count=")?.1;
-                n.split(' ').next()?.parse::<usize>().ok()
-            })
+            .filter_map(|d| TestVault::coalesced_count(d))
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
             .sum::<usize>();
         if counted >= exhausted {
             break;

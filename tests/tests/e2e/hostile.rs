@@ -977,7 +977,7 @@ pub async fn calls_held_open_are_bounded_per_identity(b: Backend) -> anyhow::Res
     let mut again = false;
     // Creates made before the cancelled calls' places came back are
     // refused (and counted) too.
-    let mut refused_meanwhile = 0;
+    let mut refused_meanwhile: u64 = 0;
     for _ in 0..100 {
         match create(&tv, "partner-a", &[("city", "Lyon")]).await {
             Ok(_) => {
@@ -1009,15 +1009,8 @@ pub async fn calls_held_open_are_bounded_per_identity(b: Backend) -> anyhow::Res
         .await?;
         counted = details
             .iter()
-            .filter_map(|d| {
-                d.split_once("count=")?
-                    .1
-                    .split(' ')
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .sum::<u32>();
+            .filter_map(|d| TestVault::coalesced_count(d))
+            .sum::<u64>();
         if counted >= expected {
             break;
         }
@@ -1094,14 +1087,13 @@ pub async fn wallet_calls_are_counted_per_source(b: Backend) -> anyhow::Result<(
     }
     // The wallet from another source is answered (a malformed enrollment
     // is refused on its merits, not at the edge).
-    let answered = send_raw(
-        tv.channel_from("wallet", other).await?,
-        ENROLL,
-        false,
-        false,
-        vec![0xff],
-    )
-    .await;
+    // A malformed enrollment from `from`: refused on its merits unless
+    // refused at the edge.
+    let malformed_enroll = async |from| -> anyhow::Result<tonic::Status> {
+        let ch = tv.channel_from("wallet", from).await?;
+        Ok(send_raw(ch, ENROLL, false, false, vec![0xff]).await)
+    };
+    let answered = malformed_enroll(other).await?;
     assert_ne!(
         answered.code(),
         tonic::Code::ResourceExhausted,
@@ -1118,14 +1110,7 @@ pub async fn wallet_calls_are_counted_per_source(b: Backend) -> anyhow::Result<(
     drop(channels);
     let mut again = false;
     for _ in 0..100 {
-        let s = send_raw(
-            tv.channel_from("wallet", one).await?,
-            ENROLL,
-            false,
-            false,
-            vec![0xff],
-        )
-        .await;
+        let s = malformed_enroll(one).await?;
         if s.code() != tonic::Code::ResourceExhausted {
             again = true;
             break;

@@ -377,14 +377,7 @@ pub async fn open_connections_per_identity_are_bounded(b: Backend) -> anyhow::Re
     // Dropping one held connection frees a place (the server sees the
     // close a moment later).
     drop(held.pop());
-    let mut admitted = false;
-    for _ in 0..100 {
-        if health_check(tv.channel("partner-b").await?).await.is_ok() {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let admitted = admitted_soon(&tv, "partner-b", None).await;
     assert!(admitted, "a freed place was not given back");
     drop(held);
     tv.stop().await
@@ -422,19 +415,29 @@ pub async fn wallet_connections_are_counted_per_source(b: Backend) -> anyhow::Re
     health_check(tv.channel_from("partner-a", one).await?).await?;
     // A closed connection gives its place back.
     drop(held.pop());
-    let mut admitted = false;
-    for _ in 0..100 {
-        if let Ok(ch) = tv.channel_from("wallet", one).await
-            && health_check(ch).await.is_ok()
-        {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let admitted = admitted_soon(&tv, "wallet", Some(one)).await;
     assert!(admitted, "a freed place was not given back");
     drop(held);
     tv.stop().await
+}
+
+/// Whether `partner` (from `from`, when given) connects and is answered
+/// within about 2 s (the server sees a closed connection, and frees its
+/// place, a moment after the client drops it).
+async fn admitted_soon(tv: &TestVault, partner: &str, from: Option<std::net::IpAddr>) -> bool {
+    for _ in 0..100 {
+        let ch = match from {
+            Some(ip) => tv.channel_from(partner, ip).await,
+            None => tv.channel(partner).await,
+        };
+        if let Ok(ch) = ch
+            && health_check(ch).await.is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// A gRPC health check over `ch`: answered only on a connection the vault

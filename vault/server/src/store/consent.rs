@@ -221,21 +221,23 @@ impl Store {
         // the partner's open ones (up to its cap): without statistics
         // SQLite would pick the partial index by partner for both, so its
         // `partner` term is kept off any index (a unary `+`, SQLite only).
+        // `$partner`: the per-subject count's partner term.
+        macro_rules! counts {
+            ($partner:literal) => {
+                concat!(
+                    "SELECT \
+                     (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
+                       AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
+                     (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
+                       AND ",
+                    $partner,
+                    " = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
+                )
+            };
+        }
         let sql = match self.backend {
-            Backend::Sqlite => {
-                "SELECT \
-                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
-                   AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
-                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
-                   AND +partner = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
-            }
-            Backend::Postgres => {
-                "SELECT \
-                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
-                   AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
-                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
-                   AND partner = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
-            }
+            Backend::Sqlite => counts!("+partner"),
+            Backend::Postgres => counts!("partner"),
         };
         Ok(sqlx::query_as(sql)
             .bind(partner.to_owned())
