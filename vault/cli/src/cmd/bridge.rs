@@ -75,14 +75,6 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<LineError>> {
         let mut errors = Vec::new();
         let mut records: Vec<idvault_proto::v1::BridgeRecord> = Vec::with_capacity(batch);
-        // A message is also cut before it would pass the vault's cap on
-        // identifiers per message.
-        let full = |records: &Vec<idvault_proto::v1::BridgeRecord>| {
-            records.len() == batch
-                || records.iter().map(|r| r.identifiers.len()).sum::<usize>()
-                    + MAX_RECORD_IDENTIFIERS
-                    > MAX_BATCH_IDENTIFIERS
-        };
         // Refused by the vault anyway; refused here so that one such record
         // cannot take its message past the cap on identifiers.
         let too_many = |r: idvault_proto::v1::BridgeRecord| {
@@ -103,6 +95,22 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
             }
             Ok(())
         };
+        // Adds a record, sending the batch once it is full: `batch`
+        // records, or (counted as they come) so many identifiers that one
+        // more record could pass the vault's cap per message.
+        let mut identifiers = 0usize;
+        let mut add =
+            |records: &mut Vec<_>, r: idvault_proto::v1::BridgeRecord| -> anyhow::Result<()> {
+                identifiers += r.identifiers.len();
+                records.push(r);
+                if records.len() == batch
+                    || identifiers + MAX_RECORD_IDENTIFIERS > MAX_BATCH_IDENTIFIERS
+                {
+                    identifiers = 0;
+                    flush(records)?;
+                }
+                Ok(())
+            };
         if csv {
             let mut rdr = ::csv::ReaderBuilder::new().flexible(true).from_reader(file);
             let layout = CsvLayout::from_header(rdr.headers()?)
@@ -114,11 +122,8 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
                     .and_then(|r| layout.record(&r))
                     .and_then(too_many)
                 {
-                    Ok(r) => records.push(r),
+                    Ok(r) => add(&mut records, r)?,
                     Err(reason) => errors.push(LineError { line, reason }),
-                }
-                if full(&records) {
-                    flush(&mut records)?;
                 }
             }
         } else {
@@ -138,14 +143,11 @@ pub(crate) async fn bridge_import(args: BridgeImportArgs) -> anyhow::Result<()> 
                     continue;
                 }
                 match parse_json_line(&line).and_then(too_many) {
-                    Ok(r) => records.push(r),
+                    Ok(r) => add(&mut records, r)?,
                     Err(reason) => errors.push(LineError {
                         line: line_no,
                         reason,
                     }),
-                }
-                if full(&records) {
-                    flush(&mut records)?;
                 }
             }
         }
