@@ -1689,6 +1689,72 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
     cx.tv.stop().await
 }
 
+/// The row-MAC walk goes in primary-key order from the last key read
+/// (no index on the version): over several batches, rows whose MAC fails
+/// (the first, the last, and either side of a batch's edge) are passed
+/// over and counted, and every other row moves to the new version.
+pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::Caller;
+    use idvault_tests::idvault_server::service::rekey::REWRAP_BATCH;
+
+    let tv = TestVault::start(backend).await?;
+    let n = 2 * REWRAP_BATCH as usize + 30;
+    let mut subjects = tv.subjects("partner-a").await?;
+    for i in 0..n {
+        subjects
+            .create_subject(pb::CreateSubjectRequest {
+                fields: vec![pb::Field {
+                    name: "email".into(),
+                    value: format!("walk{i}@example.org"),
+                }],
+            })
+            .await?;
+    }
+    idvault_tests::idvault_server::keyfile::rotate(
+        &tv.dir.path().join("root.key"),
+        None,
+        &SystemRng::default(),
+        &[],
+    )?;
+    let mut tv = tv;
+    tv.restart().await?;
+    // A database writer breaks the MACs of tokens at these places of the
+    // key order: 0, a batch's last and the next batch's first, the end.
+    let edge = REWRAP_BATCH as i64;
+    let places = [0, edge - 1, edge, n as i64 - 1];
+    for at in places {
+        sqlx::query(
+            "UPDATE pairwise_tokens SET mac = $1 WHERE (partner, subject_id) = \
+             (SELECT partner, subject_id FROM pairwise_tokens \
+              ORDER BY partner, subject_id LIMIT 1 OFFSET $2)",
+        )
+        .bind(vec![7u8; 32])
+        .bind(at)
+        .execute(tv.db())
+        .await?;
+    }
+    let report = tv.vault.rewrap(&Caller::new("idvault"), |_| {}).await?;
+    assert_eq!(report.forged_rows, places.len() as u64, "{report:?}");
+    let at = |v: i64| {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM pairwise_tokens WHERE mac_version = $1")
+            .bind(v)
+            .fetch_one(tv.db())
+    };
+    assert_eq!(at(1).await?, places.len() as i64, "the forged rows keep v1");
+    assert_eq!(
+        at(2).await? as usize,
+        n - places.len(),
+        "every other row moved"
+    );
+    // A second run passes over the same rows, moving nothing.
+    let again = tv.vault.rewrap(&Caller::new("idvault"), |_| {}).await?;
+    assert_eq!(
+        (again.row_macs, again.forged_rows),
+        (0, places.len() as u64)
+    );
+    tv.stop().await
+}
+
 /// What a database writer forged or edited is never blessed by a rewrap:
 /// a device row whose MAC fails keeps its old MAC, and a link whose
 /// `owner` was changed is not re-indexed under the new owner's key; both

@@ -297,55 +297,45 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let mut done = 0;
         for table in MacTable::ALL {
-            // Forged rows keep their place in the order and are skipped by
-            // count. Should one vanish during a pass (retention, a
-            // deletion), the count overshoots and good rows are passed
-            // over: each pass after the first starts again from the top,
-            // until a pass moves nothing (all that is left is forged) or
-            // three passes ran; only the last pass's forged count is kept.
-            for pass in 0..3 {
-                let (mut skip, mut moved) = (0u64, 0u64);
-                loop {
-                    let mut tx = self.begin().await?;
-                    let b = tx
-                        .remac_rows(table, target, REWRAP_BATCH, skip)
-                        .await
-                        .map_err(VaultError::from)?;
-                    if b.seen == 0 {
-                        // Nothing read and nothing written: the
-                        // transaction ends unused.
-                        drop(tx);
-                        break;
-                    }
-                    skip += b.forged;
-                    moved += b.moved;
-                    let detail = format!(
-                        "rewrap to=v{target} table={} row_macs={} forged={}",
-                        table.name(),
-                        b.moved,
-                        b.forged
-                    );
-                    self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
-                    report.row_macs += b.moved;
-                    report.batches += 1;
-                    if pass == 0 {
-                        done += b.seen;
-                        progress(&RewrapProgress {
-                            phase: "row-macs",
-                            done,
-                            total,
-                        });
-                    }
-                    if b.seen < u64::from(REWRAP_BATCH) {
-                        break;
-                    }
-                }
-                let left = self.store().mac_rows_below(table, target).await?;
-                if moved == 0 || left == 0 || pass == 2 {
-                    report.forged_rows += left;
+            // One walk in primary-key order, each batch after the last key
+            // the one before read: every row is visited once, forged ones
+            // (left as they are) included, and rows written meanwhile are
+            // MACed under the current version already. What is left below
+            // the target afterwards is what did not verify.
+            let mut after = None;
+            loop {
+                let mut tx = self.begin().await?;
+                let b = tx
+                    .remac_rows(table, target, REWRAP_BATCH, after.as_ref())
+                    .await
+                    .map_err(VaultError::from)?;
+                if b.seen == 0 {
+                    // Nothing read and nothing written: the transaction
+                    // ends unused.
+                    drop(tx);
                     break;
                 }
+                let detail = format!(
+                    "rewrap to=v{target} table={} row_macs={} forged={}",
+                    table.name(),
+                    b.moved,
+                    b.forged
+                );
+                self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+                report.row_macs += b.moved;
+                report.batches += 1;
+                done += b.seen;
+                progress(&RewrapProgress {
+                    phase: "row-macs",
+                    done,
+                    total,
+                });
+                if b.seen < u64::from(REWRAP_BATCH) {
+                    break;
+                }
+                after = b.next;
             }
+            report.forged_rows += self.store().mac_rows_below(table, target).await?;
         }
         Ok(())
     }

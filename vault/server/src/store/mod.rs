@@ -34,6 +34,28 @@ macro_rules! consent_columns {
     };
 }
 
+/// The distinct values of `$col`, the first column of `$table`'s primary
+/// key, by a loose index scan: one seek per value (`MIN` above the last),
+/// so a handful of domains or partners cost a handful of seeks however
+/// many rows they hold. A `SELECT` to use in `IN (…)`, on both backends.
+macro_rules! loose_scan {
+    ($table:ident, $col:ident) => {
+        concat!(
+            "WITH RECURSIVE v(x) AS (SELECT MIN(",
+            stringify!($col),
+            ") FROM ",
+            stringify!($table),
+            " UNION ALL SELECT (SELECT MIN(",
+            stringify!($col),
+            ") FROM ",
+            stringify!($table),
+            " WHERE ",
+            stringify!($col),
+            " > v.x) FROM v WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL"
+        )
+    };
+}
+
 /// A `SELECT` that locks its rows until the transaction ends on
 /// PostgreSQL; on SQLite the writer already orders writes. The parts are
 /// string literals (or macros giving them), so the query stays a literal.
@@ -1275,13 +1297,27 @@ impl AuditedTx {
                 "match-index",
                 "DELETE FROM match_index WHERE subject_id = $1",
             ),
+            // Keyed by (domain, subject) and (partner, subject), with no
+            // index by subject alone (migration 0024): a loose index scan
+            // names the few domains and partners present, one seek each,
+            // and the rows go by key. Every value present is named, so
+            // nothing is left behind whatever `match_domains` or the
+            // configuration say.
             (
                 "match-signatures",
-                "DELETE FROM match_subjects WHERE subject_id = $1",
+                concat!(
+                    "DELETE FROM match_subjects WHERE subject_id = $1 AND domain IN (",
+                    loose_scan!(match_subjects, domain),
+                    ")"
+                ),
             ),
             (
                 "pairwise-tokens",
-                "DELETE FROM pairwise_tokens WHERE subject_id = $1",
+                concat!(
+                    "DELETE FROM pairwise_tokens WHERE subject_id = $1 AND partner IN (",
+                    loose_scan!(pairwise_tokens, partner),
+                    ")"
+                ),
             ),
             // Its devices (and their request ids), codes, challenges,
             // consents and receipts.

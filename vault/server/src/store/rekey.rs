@@ -49,7 +49,16 @@ pub enum MacTable {
     PairwiseTokens,
 }
 
+/// How a key column binds.
+#[derive(Debug, Clone, Copy)]
+enum KeyKind {
+    Blob,
+    Text,
+    Int,
+}
+
 /// A primary key value to bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pk {
     Blob(Vec<u8>),
     Text(String),
@@ -89,64 +98,108 @@ impl MacTable {
         }
     }
 
-    /// Rows below `$1`, in the order of the `(mac_version, key)` index
-    /// (migration 0013), `$2` of them after skipping `$3`.
-    fn select(self) -> &'static str {
+    /// The columns a re-MAC reads (the key's among them).
+    fn columns(self) -> &'static str {
         match self {
-            Self::Subjects => {
-                "SELECT subject_id, created_by, created_at_ms, mac_version, mac FROM subjects \
-                 WHERE mac_version < $1 ORDER BY mac_version, subject_id LIMIT $2 OFFSET $3"
-            }
+            Self::Subjects => "subject_id, created_by, created_at_ms, mac_version, mac",
             Self::Devices => {
-                "SELECT device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
-                 mac_version, mac FROM devices WHERE mac_version < $1 \
-                 ORDER BY mac_version, device_id LIMIT $2 OFFSET $3"
+                "device_id, subject_id, public_key, enrolled_by, enrolled_at_ms, revoked_at_ms, \
+                 mac_version, mac"
             }
             Self::EnrollmentCodes => {
-                "SELECT code_hash, subject_id, issued_to, expires_at_ms, used_at_ms, mac_version, mac \
-                 FROM enrollment_codes WHERE mac_version < $1 \
-                 ORDER BY mac_version, code_hash LIMIT $2 OFFSET $3"
+                "code_hash, subject_id, issued_to, expires_at_ms, used_at_ms, mac_version, mac"
             }
             Self::ConsentChallenges => {
-                "SELECT challenge, partner, subject_id, expires_at_ms, used_at_ms, mac_version, mac \
-                 FROM consent_challenges WHERE mac_version < $1 \
-                 ORDER BY mac_version, challenge LIMIT $2 OFFSET $3"
+                "challenge, partner, subject_id, expires_at_ms, used_at_ms, mac_version, mac"
             }
             Self::Consents => {
-                "SELECT consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
+                "consent_id, subject_id, device_id, audience, purpose, fields, standing, issued_at, \
                  expires_at, grant_hash, presented_at_ms, revoked_at_ms, grant_bytes, grant_signature, \
-                 mac_version, mac FROM consents WHERE mac_version < $1 \
-                 ORDER BY mac_version, consent_id LIMIT $2 OFFSET $3"
+                 mac_version, mac"
             }
-            Self::EntityLinks => {
-                "SELECT subject_id, entity, linked_at_ms, mac_version, mac FROM entity_links \
-                 WHERE mac_version < $1 ORDER BY mac_version, subject_id, entity LIMIT $2 OFFSET $3"
-            }
+            Self::EntityLinks => "subject_id, entity, linked_at_ms, mac_version, mac",
             Self::SubjectRules => {
-                "SELECT subject_id, rule_id, source, event_type, target, command, fields, mac_version, mac \
-                 FROM subject_rules WHERE mac_version < $1 \
-                 ORDER BY mac_version, subject_id, rule_id LIMIT $2 OFFSET $3"
+                "subject_id, rule_id, source, event_type, target, command, fields, mac_version, mac"
             }
-            Self::StatusLists => {
-                "SELECT list_id, log2, key_version, next_seq, mac_version, mac FROM status_lists \
-                 WHERE mac_version < $1 ORDER BY mac_version, list_id LIMIT $2 OFFSET $3"
-            }
+            Self::StatusLists => "list_id, log2, key_version, next_seq, mac_version, mac",
             Self::Credentials => {
-                "SELECT list_id, idx, seq, subject_id, device_id, expires_at, revoked_at_ms, mac_version, mac \
-                 FROM credentials WHERE mac_version < $1 \
-                 ORDER BY mac_version, list_id, idx LIMIT $2 OFFSET $3"
+                "list_id, idx, seq, subject_id, device_id, expires_at, revoked_at_ms, mac_version, mac"
             }
             Self::Transactions => {
-                "SELECT transaction_id, code_mac, partner, subject_id, pairwise_token, binding_message, \
+                "transaction_id, code_mac, partner, subject_id, pairwise_token, binding_message, \
                  claims, created_at_ms, expires_at_ms, attempts, state, answered_by, answered_at_ms, \
-                 approved, mac_version, mac FROM transactions WHERE mac_version < $1 \
-                 ORDER BY mac_version, transaction_id LIMIT $2 OFFSET $3"
+                 approved, mac_version, mac"
             }
-            Self::PairwiseTokens => {
-                "SELECT partner, subject_id, token, mac_version, mac FROM pairwise_tokens \
-                 WHERE mac_version < $1 ORDER BY mac_version, partner, subject_id LIMIT $2 OFFSET $3"
-            }
+            Self::PairwiseTokens => "partner, subject_id, token, mac_version, mac",
         }
+    }
+
+    /// The primary key's columns, in its order, and how each binds.
+    fn key(self) -> &'static [(&'static str, KeyKind)] {
+        use KeyKind::{Blob, Int, Text};
+        match self {
+            Self::Subjects => &[("subject_id", Blob)],
+            Self::Devices => &[("device_id", Text)],
+            Self::EnrollmentCodes => &[("code_hash", Blob)],
+            Self::ConsentChallenges => &[("challenge", Blob)],
+            Self::Consents => &[("consent_id", Blob)],
+            Self::EntityLinks => &[("subject_id", Blob), ("entity", Text)],
+            Self::SubjectRules => &[("subject_id", Blob), ("rule_id", Text)],
+            Self::StatusLists => &[("list_id", Int)],
+            Self::Credentials => &[("list_id", Int), ("idx", Int)],
+            Self::Transactions => &[("transaction_id", Blob)],
+            Self::PairwiseTokens => &[("partner", Text), ("subject_id", Blob)],
+        }
+    }
+
+    /// Rows MACed below `$1` in primary-key order, after the key bound
+    /// next when `after`, then at most the last parameter's count of them.
+    ///
+    /// Primary-key order rather than version order: the tables keep no
+    /// index on `mac_version` (migration 0024: every insert paid for one
+    /// on a random page), and a walk from the last key read visits each
+    /// row once, forged rows included, whatever rows come and go behind
+    /// it. Built from this type's constant names only.
+    fn select(self, after: bool) -> String {
+        let key = self.key();
+        let order = key.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
+        let (from, limit) = if after {
+            let params = (2..2 + key.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // A one-column key compares as a value; a composite one as a
+            // row value, which both backends answer from the key's index.
+            let cond = if key.len() == 1 {
+                format!(" AND {order} > {params}")
+            } else {
+                format!(" AND ({order}) > ({params})")
+            };
+            (cond, 2 + key.len())
+        } else {
+            (String::new(), 2)
+        };
+        format!(
+            "SELECT {} FROM {} WHERE mac_version < $1{from} ORDER BY {order} LIMIT ${limit}",
+            self.columns(),
+            self.name()
+        )
+    }
+
+    /// The key of row `r`, read as the cursor of the next batch. Read
+    /// straight from its columns, so a row that does not verify still
+    /// moves the walk on.
+    fn key_of(self, r: &AnyRow) -> Result<Vec<Pk>, StoreError> {
+        self.key()
+            .iter()
+            .map(|&(c, kind)| {
+                Ok(match kind {
+                    KeyKind::Blob => Pk::Blob(r.try_get(c)?),
+                    KeyKind::Text => Pk::Text(r.try_get(c)?),
+                    KeyKind::Int => Pk::Int(r.try_get(c)?),
+                })
+            })
+            .collect()
     }
 
     /// Sets `(mac_version, mac) = ($1, $2)` where the key is `$3…` and
@@ -329,8 +382,12 @@ impl MacTable {
     }
 }
 
+/// Where a re-MAC walk stands: the primary key of the last row read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacCursor(Vec<Pk>);
+
 /// What one re-MAC batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemacBatch {
     /// Rows read.
     pub seen: u64,
@@ -338,6 +395,9 @@ pub struct RemacBatch {
     pub moved: u64,
     /// Rows whose MAC did not verify (left as they are).
     pub forged: u64,
+    /// Where the next batch starts: after the last row read (`None` when
+    /// none was).
+    pub next: Option<MacCursor>,
 }
 
 /// One cross-reference link as stored.
@@ -837,23 +897,35 @@ impl AuditedTx {
     }
 
     /// Re-MACs up to `limit` rows of `table` below `target` under the
-    /// current row MAC key, skipping the first `skip` (rows earlier
-    /// batches found forged, which keep their place in the order).
+    /// current row MAC key, the first after `after` in primary-key order
+    /// (from the start when `None`). Rows that do not verify are left as
+    /// they are and counted; the batch's `next` is where the following
+    /// one starts, past them too.
     pub async fn remac_rows(
         &mut self,
         table: MacTable,
         target: u32,
         limit: u32,
-        skip: u64,
+        after: Option<&MacCursor>,
     ) -> Result<RemacBatch, StoreError> {
         let keys = self.store.row_keys()?;
-        let rows = sqlx::query(table.select())
-            .bind(i64::from(target))
+        let sql = table.select(after.is_some());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(target));
+        for k in after.map_or(&[][..], |c| &c.0) {
+            q = match k.clone() {
+                Pk::Blob(b) => q.bind(b),
+                Pk::Text(t) => q.bind(t),
+                Pk::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q
             .bind(u64_to_i64(u64::from(limit))?)
-            .bind(u64_to_i64(skip)?)
             .fetch_all(self.conn().await?)
             .await?;
         let mut out = RemacBatch::default();
+        if let Some(last) = rows.last() {
+            out.next = Some(MacCursor(table.key_of(last)?));
+        }
         for r in &rows {
             out.seen += 1;
             // A row that does not verify or does not even parse (a
