@@ -1699,8 +1699,17 @@ pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> 
 
     let tv = TestVault::start(backend).await?;
     let n = 2 * REWRAP_BATCH as usize + 30;
-    let mut subjects = tv.subjects("partner-a").await?;
+    // The key is (partner, subject): partner-a's tokens fill the first
+    // batch exactly, so the second starts where the partner changes, at
+    // subject ids below the cursor's.
+    let mut a = tv.subjects("partner-a").await?;
+    let mut b = tv.subjects("partner-b").await?;
     for i in 0..n {
+        let subjects = if i < REWRAP_BATCH as usize {
+            &mut a
+        } else {
+            &mut b
+        };
         subjects
             .create_subject(pb::CreateSubjectRequest {
                 fields: vec![pb::Field {
@@ -1733,7 +1742,17 @@ pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> 
         .execute(tv.db())
         .await?;
     }
-    let report = tv.vault.rewrap(&Caller::new("idvault"), |_| {}).await?;
+    let mut read = 0;
+    let report = tv
+        .vault
+        .rewrap(&Caller::new("idvault"), |p| {
+            if p.phase == "row-macs" {
+                read = p.done;
+            }
+        })
+        .await?;
+    // The subjects' owner MACs and the tokens, each row read once.
+    assert_eq!(read, 2 * n as u64, "{report:?}");
     assert_eq!(report.forged_rows, places.len() as u64, "{report:?}");
     let at = |v: i64| {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM pairwise_tokens WHERE mac_version = $1")

@@ -304,17 +304,15 @@ impl Vault {
             // the target afterwards is what did not verify.
             let mut after = None;
             loop {
-                let mut tx = self.begin().await?;
-                let b = tx
-                    .remac_rows(table, target, REWRAP_BATCH, after.as_ref())
-                    .await
-                    .map_err(VaultError::from)?;
-                if b.seen == 0 {
-                    // Nothing read and nothing written: the transaction
-                    // ends unused.
-                    drop(tx);
+                let page = self
+                    .store()
+                    .mac_rows_page(table, target, REWRAP_BATCH, after.as_ref())
+                    .await?;
+                if page.is_empty() {
                     break;
                 }
+                let mut tx = self.begin().await?;
+                let b = tx.remac_rows(&page).await.map_err(VaultError::from)?;
                 let detail = format!(
                     "rewrap to=v{target} table={} row_macs={} forged={}",
                     table.name(),
@@ -333,7 +331,7 @@ impl Vault {
                 if b.seen < u64::from(REWRAP_BATCH) {
                     break;
                 }
-                after = b.next;
+                after = page.next;
             }
             report.forged_rows += self.store().mac_rows_below(table, target).await?;
         }

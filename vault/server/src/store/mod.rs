@@ -38,6 +38,9 @@ macro_rules! consent_columns {
 /// key, by a loose index scan: one seek per value (`MIN` above the last),
 /// so a handful of domains or partners cost a handful of seeks however
 /// many rows they hold. A `SELECT` to use in `IN (…)`, on both backends.
+/// (On PostgreSQL, right after a domain's rows were purged and before
+/// VACUUM, the first seek past them walks their dead index entries once:
+/// bounded, and gone at the next VACUUM.)
 macro_rules! loose_scan {
     ($table:ident, $col:ident) => {
         concat!(
@@ -100,7 +103,7 @@ pub use consent::{GrantClaim, GrantClaimRows};
 pub use events::{IGNORED_UNLINKED, SuggestionInputs};
 pub(crate) use matching::check_signature;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead};
-pub use rekey::{LeafMacRow, LinkRow, MacTable, RemacBatch};
+pub use rekey::{LeafMacRow, LinkRow, MacCursor, MacPage, MacTable, RemacBatch};
 pub use retention::Prunable;
 pub use wal::{WAL_CHECKPOINT_EVERY, WalCheckpoint};
 pub use writer::MAX_BATCH;

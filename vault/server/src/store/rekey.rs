@@ -386,8 +386,40 @@ impl MacTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MacCursor(Vec<Pk>);
 
+/// One page of a re-MAC walk: rows of a table below the target version,
+/// read from the pool.
+pub struct MacPage {
+    table: MacTable,
+    rows: Vec<AnyRow>,
+    /// Where the next page starts: after the last row read (`None` when
+    /// none was).
+    pub next: Option<MacCursor>,
+}
+
+impl std::fmt::Debug for MacPage {
+    // The rows hold MACs and keys: only their count is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacPage")
+            .field("table", &self.table)
+            .field("rows", &self.rows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MacPage {
+    /// Rows read.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the walk has passed the table's last row below the target.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 /// What one re-MAC batch did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemacBatch {
     /// Rows read.
     pub seen: u64,
@@ -395,9 +427,6 @@ pub struct RemacBatch {
     pub moved: u64,
     /// Rows whose MAC did not verify (left as they are).
     pub forged: u64,
-    /// Where the next batch starts: after the last row read (`None` when
-    /// none was).
-    pub next: Option<MacCursor>,
 }
 
 /// One cross-reference link as stored.
@@ -670,6 +699,41 @@ impl Store {
         self.scalar(table.count_below(), target).await
     }
 
+    /// Up to `limit` rows of `table` MACed below `target`, the first after
+    /// `after` in primary-key order (from the start when `None`).
+    ///
+    /// Read from the pool, not in the batch's transaction: when few rows
+    /// are left below the target the statement reads on to the end of the
+    /// table to find them (there is no index on the version), and that
+    /// must not hold the writer. The update re-checks each row's MAC, so
+    /// reading first is safe.
+    pub async fn mac_rows_page(
+        &self,
+        table: MacTable,
+        target: u32,
+        limit: u32,
+        after: Option<&MacCursor>,
+    ) -> Result<MacPage, StoreError> {
+        let sql = table.select(after.is_some());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(target));
+        for k in after.map_or(&[][..], |c| &c.0) {
+            q = match k.clone() {
+                Pk::Blob(b) => q.bind(b),
+                Pk::Text(t) => q.bind(t),
+                Pk::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q
+            .bind(u64_to_i64(u64::from(limit))?)
+            .fetch_all(self.pool())
+            .await?;
+        let next = match rows.last() {
+            Some(last) => Some(MacCursor(table.key_of(last)?)),
+            None => None,
+        };
+        Ok(MacPage { table, rows, next })
+    }
+
     /// Work left for a rewrap to `target`: `(what, rows)`.
     pub async fn rewrap_backlog(&self, target: u32) -> Result<Vec<(String, u64)>, StoreError> {
         let mut out = vec![
@@ -896,37 +960,15 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
-    /// Re-MACs up to `limit` rows of `table` below `target` under the
-    /// current row MAC key, the first after `after` in primary-key order
-    /// (from the start when `None`). Rows that do not verify are left as
-    /// they are and counted; the batch's `next` is where the following
-    /// one starts, past them too.
-    pub async fn remac_rows(
-        &mut self,
-        table: MacTable,
-        target: u32,
-        limit: u32,
-        after: Option<&MacCursor>,
-    ) -> Result<RemacBatch, StoreError> {
+    /// Re-MACs the rows of `page` under the current row MAC key, each only
+    /// if its MAC is still the one read (a request that rewrote the row
+    /// meanwhile wrote it under the current version). Rows that do not
+    /// verify are left as they are and counted.
+    pub async fn remac_rows(&mut self, page: &MacPage) -> Result<RemacBatch, StoreError> {
+        let (table, rows) = (page.table, &page.rows);
         let keys = self.store.row_keys()?;
-        let sql = table.select(after.is_some());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(target));
-        for k in after.map_or(&[][..], |c| &c.0) {
-            q = match k.clone() {
-                Pk::Blob(b) => q.bind(b),
-                Pk::Text(t) => q.bind(t),
-                Pk::Int(i) => q.bind(i),
-            };
-        }
-        let rows = q
-            .bind(u64_to_i64(u64::from(limit))?)
-            .fetch_all(self.conn().await?)
-            .await?;
         let mut out = RemacBatch::default();
-        if let Some(last) = rows.last() {
-            out.next = Some(MacCursor(table.key_of(last)?));
-        }
-        for r in &rows {
+        for r in rows {
             out.seen += 1;
             // A row that does not verify or does not even parse (a
             // database writer's, or damage) is left as it is and counted:
