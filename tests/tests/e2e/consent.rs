@@ -1689,27 +1689,25 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
     cx.tv.stop().await
 }
 
-/// The row-MAC walk goes in primary-key order from the last key read
-/// (no index on the version): over several batches, rows whose MAC fails
-/// (the first, the last, and either side of a batch's edge) are passed
-/// over and counted, and every other row moves to the new version.
+/// The row-MAC walk goes in primary-key order, a window of keys at a
+/// time from the last key read (no index on the version): across
+/// windows, rows whose MAC fails (the first, the last, and either side of
+/// a window's edge) are passed over and counted, each row is read once,
+/// and every other row moves to the new version.
 pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> anyhow::Result<()> {
     use idvault_tests::idvault_server::service::Caller;
-    use idvault_tests::idvault_server::service::rekey::REWRAP_BATCH;
+    use idvault_tests::idvault_server::store::MAC_WALK_WINDOW;
 
     let tv = TestVault::start(backend).await?;
-    let n = 2 * REWRAP_BATCH as usize + 30;
+    let w = MAC_WALK_WINDOW as usize;
+    let n = w + 30;
     // The key is (partner, subject): partner-a's tokens fill the first
-    // batch exactly, so the second starts where the partner changes, at
+    // window exactly, so the second starts where the partner changes, at
     // subject ids below the cursor's.
     let mut a = tv.subjects("partner-a").await?;
     let mut b = tv.subjects("partner-b").await?;
     for i in 0..n {
-        let subjects = if i < REWRAP_BATCH as usize {
-            &mut a
-        } else {
-            &mut b
-        };
+        let subjects = if i < w { &mut a } else { &mut b };
         subjects
             .create_subject(pb::CreateSubjectRequest {
                 fields: vec![pb::Field {
@@ -1728,8 +1726,8 @@ pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> 
     let mut tv = tv;
     tv.restart().await?;
     // A database writer breaks the MACs of tokens at these places of the
-    // key order: 0, a batch's last and the next batch's first, the end.
-    let edge = REWRAP_BATCH as i64;
+    // key order: 0, a window's last and the next window's first, the end.
+    let edge = w as i64;
     let places = [0, edge - 1, edge, n as i64 - 1];
     for at in places {
         sqlx::query(

@@ -28,7 +28,7 @@ use idvault_core::{crypto, packet, xref};
 use idvault_tokenizer::ident::IdentifierType;
 
 use super::{Caller, Vault, VaultError};
-use crate::store::MacTable;
+use crate::store::{MAC_WALK_WINDOW, MacTable};
 
 /// Items per batch transaction.
 pub const REWRAP_BATCH: u32 = 100;
@@ -297,38 +297,42 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let mut done = 0;
         for table in MacTable::ALL {
-            // One walk in primary-key order, each batch after the last key
-            // the one before read: every row is visited once, forged ones
-            // (left as they are) included, and rows written meanwhile are
-            // MACed under the current version already. What is left below
-            // the target afterwards is what did not verify.
+            // One walk in primary-key order, a window of keys at a time
+            // read from the pool, each window after the last key the one
+            // before read: every row is visited once, forged ones (left as
+            // they are) included, and rows written meanwhile are MACed
+            // under the current version already. A window's rows below the
+            // target are re-read and updated in batches under the writer.
+            // What is left below the target afterwards did not verify.
             let mut after = None;
             loop {
                 let page = self
                     .store()
-                    .mac_rows_page(table, target, REWRAP_BATCH, after.as_ref())
+                    .mac_rows_page(table, target, MAC_WALK_WINDOW, after.as_ref())
                     .await?;
-                if page.is_empty() {
-                    break;
+                for batch in page.chunks(REWRAP_BATCH as usize) {
+                    let mut tx = self.begin().await?;
+                    let b = tx
+                        .remac_rows(batch, target)
+                        .await
+                        .map_err(VaultError::from)?;
+                    let detail = format!(
+                        "rewrap to=v{target} table={} row_macs={} forged={}",
+                        table.name(),
+                        b.moved,
+                        b.forged
+                    );
+                    self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+                    report.row_macs += b.moved;
+                    report.batches += 1;
+                    done += b.seen;
+                    progress(&RewrapProgress {
+                        phase: "row-macs",
+                        done,
+                        total,
+                    });
                 }
-                let mut tx = self.begin().await?;
-                let b = tx.remac_rows(&page).await.map_err(VaultError::from)?;
-                let detail = format!(
-                    "rewrap to=v{target} table={} row_macs={} forged={}",
-                    table.name(),
-                    b.moved,
-                    b.forged
-                );
-                self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
-                report.row_macs += b.moved;
-                report.batches += 1;
-                done += b.seen;
-                progress(&RewrapProgress {
-                    phase: "row-macs",
-                    done,
-                    total,
-                });
-                if b.seen < u64::from(REWRAP_BATCH) {
+                if page.last() {
                     break;
                 }
                 after = page.next;

@@ -103,7 +103,9 @@ pub use consent::{GrantClaim, GrantClaimRows};
 pub use events::{IGNORED_UNLINKED, SuggestionInputs};
 pub(crate) use matching::check_signature;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead};
-pub use rekey::{LeafMacRow, LinkRow, MacCursor, MacPage, MacTable, RemacBatch};
+pub use rekey::{
+    LeafMacRow, LinkRow, MAC_WALK_WINDOW, MacCursor, MacKeys, MacPage, MacTable, RemacBatch,
+};
 pub use retention::Prunable;
 pub use wal::{WAL_CHECKPOINT_EVERY, WalCheckpoint};
 pub use writer::MAX_BATCH;

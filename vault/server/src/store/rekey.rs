@@ -2,8 +2,9 @@
 //! what still names a version (docs/keys.md, "Rewrap and retire").
 //!
 //! Every change here is conditional on the row being as read (its old
-//! version, its old MAC): a request that rewrote the row meanwhile wrote
-//! it under the current version already, and the rewrap leaves it alone.
+//! MAC, or its old version where it has no MAC): a request that rewrote
+//! the row meanwhile wrote it under the current version already, and the
+//! rewrap leaves it alone.
 //! A row whose MAC does not verify is never re-MACed (that would bless a
 //! forgery); it keeps naming its old version, and `keys retire` counts it.
 
@@ -63,6 +64,18 @@ enum Pk {
     Blob(Vec<u8>),
     Text(String),
     Int(i64),
+}
+
+/// `q` with key value `k` bound next.
+fn bind_pk<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    k: Pk,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    match k {
+        Pk::Blob(b) => q.bind(b),
+        Pk::Text(t) => q.bind(t),
+        Pk::Int(i) => q.bind(i),
+    }
 }
 
 impl MacTable {
@@ -152,37 +165,60 @@ impl MacTable {
         }
     }
 
-    /// Rows MACed below `$1` in primary-key order, after the key bound
-    /// next when `after`, then at most the last parameter's count of them.
+    /// The next `$N` keys and versions in primary-key order (`N` the last
+    /// parameter), after the key bound first when `after`: a bounded
+    /// window, whatever versions its rows hold.
     ///
     /// Primary-key order rather than version order: the tables keep no
     /// index on `mac_version` (migration 0024: every insert paid for one
     /// on a random page), and a walk from the last key read visits each
     /// row once, forged rows included, whatever rows come and go behind
-    /// it. Built from this type's constant names only.
-    fn select(self, after: bool) -> String {
+    /// it. A window of keys rather than `LIMIT` rows below the target:
+    /// with few rows left below it, such a statement would read on to
+    /// the table's end (a long read snapshot on SQLite, perhaps a
+    /// sequential scan on PostgreSQL). Built from this type's constant
+    /// names only.
+    fn window(self, after: bool) -> String {
         let key = self.key();
         let order = key.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
         let (from, limit) = if after {
-            let params = (2..2 + key.len())
+            let params = (1..=key.len())
                 .map(|i| format!("${i}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             // A one-column key compares as a value; a composite one as a
             // row value, which both backends answer from the key's index.
             let cond = if key.len() == 1 {
-                format!(" AND {order} > {params}")
+                format!(" WHERE {order} > {params}")
             } else {
-                format!(" AND ({order}) > ({params})")
+                format!(" WHERE ({order}) > ({params})")
             };
-            (cond, 2 + key.len())
+            (cond, key.len() + 1)
         } else {
-            (String::new(), 2)
+            (String::new(), 1)
         };
         format!(
-            "SELECT {} FROM {} WHERE mac_version < $1{from} ORDER BY {order} LIMIT ${limit}",
-            self.columns(),
+            "SELECT {order}, mac_version FROM {}{from} ORDER BY {order} LIMIT ${limit}",
             self.name()
+        )
+    }
+
+    /// The row whose key is `$1…`, if it is still MACed below the last
+    /// parameter: read again inside the batch's transaction, so the MAC
+    /// checked is the one the update replaces.
+    fn row_below(self) -> String {
+        let key = self.key();
+        let eq = key
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| format!("{c} = ${}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        format!(
+            "SELECT {} FROM {} WHERE {eq} AND mac_version < ${}",
+            self.columns(),
+            self.name(),
+            key.len() + 1
         )
     }
 
@@ -386,36 +422,56 @@ impl MacTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MacCursor(Vec<Pk>);
 
-/// One page of a re-MAC walk: rows of a table below the target version,
-/// read from the pool.
+/// One window of a re-MAC walk: the keys of a table's rows below the
+/// target version among the next few in key order, read from the pool.
+#[derive(Debug)]
 pub struct MacPage {
     table: MacTable,
-    rows: Vec<AnyRow>,
-    /// Where the next page starts: after the last row read (`None` when
+    /// Keys of the rows below the target, in key order.
+    below: Vec<Vec<Pk>>,
+    /// Rows the window read, at any version, and the most it could.
+    read: usize,
+    window: usize,
+    /// Where the next window starts: after the last row read (`None` when
     /// none was).
     pub next: Option<MacCursor>,
 }
 
-impl std::fmt::Debug for MacPage {
-    // The rows hold MACs and keys: only their count is shown.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MacPage")
-            .field("table", &self.table)
-            .field("rows", &self.rows.len())
-            .finish_non_exhaustive()
+/// Keys a walk window reads (keys and versions only): the service's
+/// [`Store::mac_rows_page`] argument.
+pub const MAC_WALK_WINDOW: u32 = 1000;
+
+impl MacPage {
+    /// Rows below the target in this window.
+    pub fn len(&self) -> usize {
+        self.below.len()
+    }
+
+    /// Whether no row of this window is below the target.
+    pub fn is_empty(&self) -> bool {
+        self.below.is_empty()
+    }
+
+    /// Whether the walk has read the table's last row.
+    pub fn last(&self) -> bool {
+        self.read < self.window
+    }
+
+    /// The window's rows below the target, `n` at a time: each chunk one
+    /// batch transaction.
+    pub fn chunks(&self, n: usize) -> impl Iterator<Item = MacKeys<'_>> {
+        self.below.chunks(n.max(1)).map(|keys| MacKeys {
+            table: self.table,
+            keys,
+        })
     }
 }
 
-impl MacPage {
-    /// Rows read.
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// Whether the walk has passed the table's last row below the target.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
+/// Keys of one re-MAC batch (see [`MacPage::chunks`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MacKeys<'a> {
+    table: MacTable,
+    keys: &'a [Vec<Pk>],
 }
 
 /// What one re-MAC batch did.
@@ -699,39 +755,44 @@ impl Store {
         self.scalar(table.count_below(), target).await
     }
 
-    /// Up to `limit` rows of `table` MACed below `target`, the first after
-    /// `after` in primary-key order (from the start when `None`).
+    /// The next `window` rows of `table`'s walk after `after` (from the
+    /// start when `None`): the keys of those MACed below `target`.
     ///
-    /// Read from the pool, not in the batch's transaction: when few rows
-    /// are left below the target the statement reads on to the end of the
-    /// table to find them (there is no index on the version), and that
-    /// must not hold the writer. The update re-checks each row's MAC, so
-    /// reading first is safe.
+    /// Read from the pool, a bounded statement: the writer is held only
+    /// for each batch's point reads and updates.
     pub async fn mac_rows_page(
         &self,
         table: MacTable,
         target: u32,
-        limit: u32,
+        window: u32,
         after: Option<&MacCursor>,
     ) -> Result<MacPage, StoreError> {
-        let sql = table.select(after.is_some());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(target));
+        let sql = table.window(after.is_some());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for k in after.map_or(&[][..], |c| &c.0) {
-            q = match k.clone() {
-                Pk::Blob(b) => q.bind(b),
-                Pk::Text(t) => q.bind(t),
-                Pk::Int(i) => q.bind(i),
-            };
+            q = bind_pk(q, k.clone());
         }
-        let rows = q
-            .bind(u64_to_i64(u64::from(limit))?)
-            .fetch_all(self.pool())
-            .await?;
+        let rows = q.bind(i64::from(window)).fetch_all(self.pool()).await?;
+        let mut below = Vec::new();
+        for r in &rows {
+            // Unsealed rows (no version yet) are sealed at start, not here.
+            if let Some(v) = r.try_get::<Option<i64>, _>("mac_version")?
+                && v < i64::from(target)
+            {
+                below.push(table.key_of(r)?);
+            }
+        }
         let next = match rows.last() {
             Some(last) => Some(MacCursor(table.key_of(last)?)),
             None => None,
         };
-        Ok(MacPage { table, rows, next })
+        Ok(MacPage {
+            table,
+            below,
+            read: rows.len(),
+            window: usize::try_from(window).unwrap_or(usize::MAX),
+            next,
+        })
     }
 
     /// Work left for a rewrap to `target`: `(what, rows)`.
@@ -960,15 +1021,36 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
-    /// Re-MACs the rows of `page` under the current row MAC key, each only
-    /// if its MAC is still the one read (a request that rewrote the row
-    /// meanwhile wrote it under the current version). Rows that do not
-    /// verify are left as they are and counted.
-    pub async fn remac_rows(&mut self, page: &MacPage) -> Result<RemacBatch, StoreError> {
-        let (table, rows) = (page.table, &page.rows);
+    /// Re-MACs the rows of `batch` still below `target` under the current
+    /// row MAC key. Each is read again here, inside the transaction (on
+    /// SQLite under the writer, so nothing changes it before its update),
+    /// checked, and updated only if its MAC is still the one read. Rows
+    /// that do not verify are left as they are and counted.
+    pub async fn remac_rows(
+        &mut self,
+        batch: MacKeys<'_>,
+        target: u32,
+    ) -> Result<RemacBatch, StoreError> {
+        let table = batch.table;
         let keys = self.store.row_keys()?;
+        let sql = table.row_below();
+        let mut rows = Vec::with_capacity(batch.keys.len());
+        for k in batch.keys {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for v in k {
+                q = bind_pk(q, v.clone());
+            }
+            // Gone or moved meanwhile: nothing to do.
+            if let Some(r) = q
+                .bind(i64::from(target))
+                .fetch_optional(self.conn().await?)
+                .await?
+            {
+                rows.push(r);
+            }
+        }
         let mut out = RemacBatch::default();
-        for r in rows {
+        for r in &rows {
             out.seen += 1;
             // A row that does not verify or does not even parse (a
             // database writer's, or damage) is left as it is and counted:
@@ -991,11 +1073,7 @@ impl AuditedTx {
             let (v, mac) = seal_row(&keys, &bytes);
             let mut q = sqlx::query(table.update()).bind(v).bind(mac);
             for k in pk {
-                q = match k {
-                    Pk::Blob(b) => q.bind(b),
-                    Pk::Text(t) => q.bind(t),
-                    Pk::Int(i) => q.bind(i),
-                };
+                q = bind_pk(q, k);
             }
             let n = q
                 .bind(old_mac)
