@@ -1691,10 +1691,13 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
 
 /// The row-MAC walk goes in primary-key order, a window of keys at a
 /// time from the last key read (no index on the version): across
-/// windows, rows whose MAC fails (the first, the last, and either side of
-/// a window's edge) are passed over and counted, each row is read once,
-/// and every other row moves to the new version.
-pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> anyhow::Result<()> {
+/// windows, rows whose MAC fails (a window's first, the next, the last)
+/// are passed over and counted, each row below the target is read once,
+/// every other row moves to the new version, and a window with nothing
+/// below the target does not end the walk.
+pub async fn rewrap_walk_crosses_windows_and_passes_forged_rows(
+    backend: Backend,
+) -> anyhow::Result<()> {
     use idvault_tests::idvault_server::service::Caller;
     use idvault_tests::idvault_server::store::MAC_WALK_WINDOW;
 
@@ -1726,9 +1729,9 @@ pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> 
     let mut tv = tv;
     tv.restart().await?;
     // A database writer breaks the MACs of tokens at these places of the
-    // key order: 0, a window's last and the next window's first, the end.
+    // key order, all past the first window: its first two rows, the end.
     let edge = w as i64;
-    let places = [0, edge - 1, edge, n as i64 - 1];
+    let places = [edge, edge + 1, n as i64 - 1];
     for at in places {
         sqlx::query(
             "UPDATE pairwise_tokens SET mac = $1 WHERE (partner, subject_id) = \
@@ -1763,11 +1766,20 @@ pub async fn rewrap_walk_passes_forged_rows_across_batches(backend: Backend) -> 
         n - places.len(),
         "every other row moved"
     );
-    // A second run passes over the same rows, moving nothing.
-    let again = tv.vault.rewrap(&Caller::new("idvault"), |_| {}).await?;
+    // A second run moves nothing: the first window has no row below the
+    // target now, and the walk goes on to the forged rows of the second.
+    let mut read = 0;
+    let again = tv
+        .vault
+        .rewrap(&Caller::new("idvault"), |p| {
+            if p.phase == "row-macs" {
+                read = p.done;
+            }
+        })
+        .await?;
     assert_eq!(
-        (again.row_macs, again.forged_rows),
-        (0, places.len() as u64)
+        (again.row_macs, again.forged_rows, read),
+        (0, places.len() as u64, places.len() as u64)
     );
     tv.stop().await
 }

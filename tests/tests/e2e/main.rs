@@ -129,7 +129,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::forged_consent_rows_authorise_nothing,
     consent::rewrap_then_retire,
     consent::rewrap_leaves_forged_rows_and_edited_links,
-    consent::rewrap_walk_passes_forged_rows_across_batches,
+    consent::rewrap_walk_crosses_windows_and_passes_forged_rows,
     ops::rewrap_rpc_is_gated_and_reports,
     subjects::deletion_receipt_verifies,
     tokens::token_domain_rotation_is_per_domain,

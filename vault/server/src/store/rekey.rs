@@ -222,9 +222,9 @@ impl MacTable {
         )
     }
 
-    /// The key of row `r`, read as the cursor of the next batch. Read
-    /// straight from its columns, so a row that does not verify still
-    /// moves the walk on.
+    /// The key of row `r` of a window: a key to re-MAC, or the cursor of
+    /// the next window. Read straight from its columns, so a row that does
+    /// not verify still moves the walk on.
     fn key_of(self, r: &AnyRow) -> Result<Vec<Pk>, StoreError> {
         self.key()
             .iter()
@@ -419,12 +419,11 @@ impl MacTable {
 }
 
 /// Where a re-MAC walk stands: the primary key of the last row read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MacCursor(Vec<Pk>);
 
 /// One window of a re-MAC walk: the keys of a table's rows below the
 /// target version among the next few in key order, read from the pool.
-#[derive(Debug)]
 pub struct MacPage {
     table: MacTable,
     /// Keys of the rows below the target, in key order.
@@ -468,10 +467,37 @@ impl MacPage {
 }
 
 /// Keys of one re-MAC batch (see [`MacPage::chunks`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct MacKeys<'a> {
     table: MacTable,
     keys: &'a [Vec<Pk>],
+}
+
+// Keys pair partners with subjects and name codes and challenges: a walk's
+// types show only how many they hold, whatever logs them.
+impl std::fmt::Debug for MacPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacPage")
+            .field("table", &self.table)
+            .field("below", &self.below.len())
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for MacKeys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacKeys")
+            .field("table", &self.table)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MacCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacCursor(..)")
+    }
 }
 
 /// What one re-MAC batch did.
@@ -772,7 +798,10 @@ impl Store {
         for k in after.map_or(&[][..], |c| &c.0) {
             q = bind_pk(q, k.clone());
         }
-        let rows = q.bind(i64::from(window)).fetch_all(self.pool()).await?;
+        let rows = q
+            .bind(i64::from(window.max(1)))
+            .fetch_all(self.pool())
+            .await?;
         let mut below = Vec::new();
         for r in &rows {
             // Unsealed rows (no version yet) are sealed at start, not here.
@@ -790,7 +819,7 @@ impl Store {
             table,
             below,
             read: rows.len(),
-            window: usize::try_from(window).unwrap_or(usize::MAX),
+            window: usize::try_from(window.max(1)).unwrap_or(usize::MAX),
             next,
         })
     }
