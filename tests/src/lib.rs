@@ -190,6 +190,19 @@ impl TestVault {
         Ok(())
     }
 
+    /// Rotates the root key (a new version, no token domain moved) and
+    /// restarts on it; returns the new version.
+    pub async fn rotate_root_key(&mut self) -> anyhow::Result<u32> {
+        let (v, _) = idvault_server::keyfile::rotate(
+            &self.dir.path().join("root.key"),
+            None,
+            &SystemRng::default(),
+            &[],
+        )?;
+        self.restart().await?;
+        Ok(v)
+    }
+
     /// Rewrites the config file through `edit` and reloads it; takes
     /// effect at the next [`TestVault::restart`].
     pub fn edit_config(&mut self, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {

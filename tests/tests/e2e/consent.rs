@@ -1720,14 +1720,8 @@ pub async fn rewrap_walk_crosses_windows_and_passes_forged_rows(
             })
             .await?;
     }
-    idvault_tests::idvault_server::keyfile::rotate(
-        &tv.dir.path().join("root.key"),
-        None,
-        &SystemRng::default(),
-        &[],
-    )?;
     let mut tv = tv;
-    tv.restart().await?;
+    tv.rotate_root_key().await?;
     // A database writer breaks the MACs of tokens at these places of the
     // key order, all past the first window: its first two rows, the end.
     let edge = w as i64;
@@ -1743,15 +1737,20 @@ pub async fn rewrap_walk_crosses_windows_and_passes_forged_rows(
         .execute(tv.db())
         .await?;
     }
-    let mut read = 0;
-    let report = tv
-        .vault
-        .rewrap(&Caller::new("idvault"), |p| {
-            if p.phase == "row-macs" {
-                read = p.done;
-            }
-        })
-        .await?;
+    // A rewrap, with the rows its row-MAC walk read below the target.
+    let rewrap = async |tv: &TestVault| {
+        let mut read = 0;
+        let report = tv
+            .vault
+            .rewrap(&Caller::new("idvault"), |p| {
+                if p.phase == "row-macs" {
+                    read = p.done;
+                }
+            })
+            .await?;
+        anyhow::Ok((report, read))
+    };
+    let (report, read) = rewrap(&tv).await?;
     // The subjects' owner MACs and the tokens, each row read once.
     assert_eq!(read, 2 * n as u64, "{report:?}");
     assert_eq!(report.forged_rows, places.len() as u64, "{report:?}");
@@ -1768,15 +1767,7 @@ pub async fn rewrap_walk_crosses_windows_and_passes_forged_rows(
     );
     // A second run moves nothing: the first window has no row below the
     // target now, and the walk goes on to the forged rows of the second.
-    let mut read = 0;
-    let again = tv
-        .vault
-        .rewrap(&Caller::new("idvault"), |p| {
-            if p.phase == "row-macs" {
-                read = p.done;
-            }
-        })
-        .await?;
+    let (again, read) = rewrap(&tv).await?;
     assert_eq!(
         (again.row_macs, again.forged_rows, read),
         (0, places.len() as u64, places.len() as u64)
@@ -1803,13 +1794,7 @@ pub async fn rewrap_leaves_forged_rows_and_edited_links(backend: Backend) -> any
     )
     .await?;
     assert_eq!(first.entities_created, 2);
-    idvault_tests::idvault_server::keyfile::rotate(
-        &cx.tv.dir.path().join("root.key"),
-        None,
-        &SystemRng::default(),
-        &[],
-    )?;
-    cx.tv.restart().await?;
+    cx.tv.rotate_root_key().await?;
     cx.reconnect().await;
     // A database writer edits one link's owner and one device row.
     sqlx::query(

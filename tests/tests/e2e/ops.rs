@@ -1,6 +1,5 @@
 //! Operations: concurrency, key rotation, start-up refusals.
 
-use idvault_tests::idvault_core::SystemRng;
 use idvault_tests::idvault_proto::v1::{
     CreateSubjectRequest, UpdateSubjectRequest, VerifySubjectChainRequest,
 };
@@ -64,15 +63,7 @@ pub async fn concurrent_writes_keep_one_audit_chain(b: Backend) -> anyhow::Resul
 pub async fn root_key_rotation_keeps_old_data(b: Backend) -> anyhow::Result<()> {
     let mut tv = TestVault::start(b).await?;
     let old = create(&tv, "partner-a", &[("email", "old@example.org")]).await?;
-    let v = idvault_tests::idvault_server::keyfile::rotate(
-        &tv.dir.path().join("root.key"),
-        None,
-        &SystemRng::default(),
-        &[],
-    )?
-    .0;
-    assert_eq!(v, 2);
-    tv.restart().await?;
+    assert_eq!(tv.rotate_root_key().await?, 2);
     let new = create(&tv, "partner-a", &[("email", "new@example.org")]).await?;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT kek_version FROM subjects ORDER BY created_at_ms, kek_version")
@@ -237,13 +228,7 @@ pub async fn rewrap_rpc_is_gated_and_reports(b: Backend) -> anyhow::Result<()> {
     use idvault_tests::idvault_proto::v1::{RewrapRequest, RewrapUpdate};
     let mut tv = TestVault::start(b).await?;
     let id = create(&tv, "partner-a", &[("email", "rewrap@example.org")]).await?;
-    idvault_tests::idvault_server::keyfile::rotate(
-        &tv.dir.path().join("root.key"),
-        None,
-        &SystemRng::default(),
-        &[],
-    )?;
-    tv.restart().await?;
+    tv.rotate_root_key().await?;
     let denied = KeyServiceClient::new(tv.channel("partner-b").await?)
         .rewrap(RewrapRequest {})
         .await

@@ -327,13 +327,7 @@ pub async fn rotation_keeps_tokens_resolvable(b: Backend) -> anyhow::Result<()> 
     .await?;
     assert!(v1_stateless.data.contains("tk_logs_v1_"));
 
-    idvault_tests::idvault_server::keyfile::rotate(
-        &tv.dir.path().join("root.key"),
-        None,
-        &SystemRng::default(),
-        &[],
-    )?;
-    tv.restart().await?;
+    tv.rotate_root_key().await?;
 
     // Identifiers linked under v1 are still found, by every live version.
     let after = tokenize(

@@ -441,16 +441,6 @@ pub struct MacPage {
 pub const MAC_WALK_WINDOW: u32 = 1000;
 
 impl MacPage {
-    /// Rows below the target in this window.
-    pub fn len(&self) -> usize {
-        self.below.len()
-    }
-
-    /// Whether no row of this window is below the target.
-    pub fn is_empty(&self) -> bool {
-        self.below.is_empty()
-    }
-
     /// Whether the walk has read the table's last row.
     pub fn last(&self) -> bool {
         self.read < self.window
