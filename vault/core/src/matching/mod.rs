@@ -232,9 +232,16 @@ impl MatchKeyring {
     /// The keyed Bloom filter of `field`'s bigrams of `value` (`None` for
     /// fields without one, or a value without letters).
     pub fn bloom(&self, field: MatchField, value: &str) -> Option<Vec<u8>> {
+        let mut grams = variants::qgrams(field, value);
+        let filter = self.bloom_of(field, &grams);
+        grams.zeroize();
+        filter
+    }
+
+    /// The keyed Bloom filter of `field` over its bigrams `grams`.
+    fn bloom_of(&self, field: MatchField, grams: &[String]) -> Option<Vec<u8>> {
         let bits = bloom_bits(field);
         let key = self.keys.get(&KeyId::Bloom(field))?;
-        let grams = variants::qgrams(field, value);
         if bits == 0 || grams.is_empty() {
             return None;
         }
@@ -255,15 +262,22 @@ impl MatchKeyring {
     }
 
     /// Everything stored for a subject whose matchable fields are `record`
-    /// (each field at most once).
+    /// (each field at most once). To index one record in several domains,
+    /// prepare it once ([`PreparedRecord`]) and use [`Self::index_prepared`].
     pub fn subject_index(
         &self,
         record: &[(MatchField, &str)],
         opts: &NormalizeOptions,
     ) -> SubjectIndex {
+        self.index_prepared(&PreparedRecord::new(record, opts))
+    }
+
+    /// [`Self::subject_index`] of a prepared record: only the keyed part
+    /// (the HMACs) is computed here.
+    pub fn index_prepared(&self, record: &PreparedRecord) -> SubjectIndex {
         let mut out = SubjectIndex::default();
-        for (field, value) in record {
-            for v in variants::variants(*field, value, opts) {
+        for (field, forms, grams) in &record.fields {
+            for v in forms {
                 let (Some(index), Some(kind)) = (
                     self.index(*field, v.kind, &v.value),
                     variants::kind_code(*field, v.kind),
@@ -279,11 +293,11 @@ impl MatchKeyring {
                     out.blocking.push((field.code(), index));
                 }
             }
-            if let Some(f) = self.bloom(*field, value) {
+            if let Some(f) = self.bloom_of(*field, grams) {
                 out.filters.push((*field, f));
             }
         }
-        for v in variants::compound_variants(record, false) {
+        for v in &record.compounds {
             if let (Some(index), Some(pos)) = (
                 self.compound_index(v.kind, &v.value),
                 variants::COMPOUND_KINDS.iter().position(|k| *k == v.kind),
@@ -299,6 +313,53 @@ impl MatchKeyring {
         out.filters.sort_by_key(|(f, _)| *f);
         out.filters.dedup_by_key(|(f, _)| *f);
         out
+    }
+}
+
+/// The part of a subject's indexes that no key enters: each field's
+/// variants and bigrams, and the compound values. A record indexed in
+/// several match domains (every create, one per partner domain) is
+/// prepared once and keyed once per domain; normalising, phonetic codes
+/// and edit neighbourhoods cost about as much as the HMACs. Holds
+/// normalised personal values: wiped on drop, never printed.
+pub struct PreparedRecord {
+    /// `(field, variants, bigrams)`, in the record's order.
+    fields: Vec<(MatchField, Vec<variants::Variant>, Vec<String>)>,
+    compounds: Vec<variants::Variant>,
+}
+
+impl PreparedRecord {
+    /// Prepares `record` (each field at most once).
+    pub fn new(record: &[(MatchField, &str)], opts: &NormalizeOptions) -> Self {
+        Self {
+            fields: record
+                .iter()
+                .map(|(field, value)| {
+                    (
+                        *field,
+                        variants::variants(*field, value, opts),
+                        variants::qgrams(*field, value),
+                    )
+                })
+                .collect(),
+            compounds: variants::compound_variants(record, false),
+        }
+    }
+}
+
+impl Drop for PreparedRecord {
+    fn drop(&mut self) {
+        for (_, forms, grams) in &mut self.fields {
+            forms.iter_mut().for_each(|v| v.value.zeroize());
+            grams.zeroize();
+        }
+        self.compounds.iter_mut().for_each(|v| v.value.zeroize());
+    }
+}
+
+impl std::fmt::Debug for PreparedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedRecord({} fields, redacted)", self.fields.len())
     }
 }
 
@@ -984,6 +1045,59 @@ mod tests {
                 .iter()
                 .any(|o| o.field == MatchField::StreetAddress && o.level == Some(Level::Partial)),
             "{p:?}"
+        );
+    }
+
+    /// Everything a subject stores in a domain, pinned: its signature
+    /// (every variant's index, the Bloom filters), blocking rows and
+    /// presence mask, as a SHA-256 over their bytes. The digest was
+    /// computed before records were prepared once for every domain
+    /// ([`PreparedRecord`]); a change of it orphans stored indexes unless
+    /// [`INDEX_SCHEME`] moves too. One prepared record serves two domains
+    /// and gives each what it gives indexed on its own.
+    #[test]
+    fn subject_index_known_answer_and_prepared_once_for_two_domains() {
+        let h = hierarchy(1);
+        let a = MatchKeyring::derive(&h, "partner-a", 1).unwrap();
+        let b = MatchKeyring::derive(&h, "partner-b", 1).unwrap();
+        let rec = [
+            (MatchField::GivenName, "Ada"),
+            (MatchField::FamilyName, "Lovelace"),
+            (MatchField::DateOfBirth, "1815-12-10"),
+            (MatchField::NationalId, "QQ123456C"),
+            (MatchField::Postcode, "W1J 7NT"),
+            (MatchField::City, "London"),
+            (MatchField::StreetAddress, "12 St James's Square"),
+            (MatchField::Phone, "020 7946 0018"),
+            (MatchField::Email, "Ada@Example.org"),
+        ];
+        let digest = |idx: &SubjectIndex| {
+            let mut bytes = idx.signature(1);
+            for (code, i) in &idx.blocking {
+                bytes.push(*code);
+                bytes.extend_from_slice(&i.to_be_bytes());
+            }
+            bytes.extend_from_slice(&idx.present().to_be_bytes());
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
+        };
+        let prepared = PreparedRecord::new(&rec, &opts());
+        let in_a = a.index_prepared(&prepared);
+        assert_eq!(
+            (in_a.entries.len(), in_a.blocking.len(), in_a.filters.len()),
+            (58, 22, 4)
+        );
+        assert_eq!(
+            digest(&in_a),
+            "ebcd3a3e74736fd3b9a090f451743a12553d74c5b285e59b181b402430448a07"
+        );
+        assert_eq!(in_a, a.subject_index(&rec, &opts()));
+        let in_b = b.index_prepared(&prepared);
+        assert_eq!(in_b, b.subject_index(&rec, &opts()));
+        assert_ne!(in_a.blocking, in_b.blocking, "domains' keys differ");
+        let shown = format!("{prepared:?}");
+        assert!(
+            !shown.contains("lovelace") && !shown.contains("Lovelace"),
+            "{shown}"
         );
     }
 

@@ -23,8 +23,8 @@ use crate::store::{AuditedTx, MatchRow};
 use idvault_core::keys::KeyError;
 use idvault_core::matching::{
     BadSignature, CANDIDATE_LIMIT, EstimateOptions, FIRST_CANDIDATES, Hit, INDEX_SCHEME,
-    MatchKeyring, MatchModel, ModelEstimate, PlannedQuery, SubjectIndex, assign_one_to_one,
-    decode_signature, estimate_model, plan_query,
+    MatchKeyring, MatchModel, ModelEstimate, PlannedQuery, PreparedRecord, SubjectIndex,
+    assign_one_to_one, decode_signature, estimate_model, plan_query,
 };
 pub use idvault_core::matching::{MAX_QUERY_ID, MAX_RESULTS, MIN_SCORE, MatchQuery};
 use idvault_core::subject::{FieldName, FieldValue, SubjectId};
@@ -553,12 +553,17 @@ impl Vault {
     ) -> Result<Vec<DomainIndexes>, VaultError> {
         let st = self.matching();
         let mut out = Vec::with_capacity(st.domains.len());
+        if st.domains.is_empty() {
+            return Ok(out);
+        }
+        // Normalised once, keyed once per domain.
+        let prepared = PreparedRecord::new(record, &st.opts);
         for domain in &st.domains {
             let ring = self.current_keyring(domain)?;
             out.push(DomainIndexes {
                 domain: domain.clone(),
                 version: ring.version(),
-                index: ring.subject_index(record, &st.opts),
+                index: ring.index_prepared(&prepared),
             });
         }
         Ok(out)
