@@ -206,6 +206,35 @@ async fn consent_by_id<'e>(
     row.as_ref().map(|r| consent(keys, r)).transpose()
 }
 
+/// The two counts of [`Store::open_challenges`]: `partner`'s open
+/// challenges (`$1`, unexpired after `$2`, up to `$3`) and those it holds
+/// for person `$4` (up to `$5`). Each walks a partial index of open
+/// challenges only (migrations 0023 and 0025), so neither grows with the
+/// used and expired rows retention has not dropped yet. The per-person
+/// count walks the person's open rows of every partner (a few each), not
+/// the partner's (up to its cap): SQLite, without statistics, would pick
+/// the index by partner for both, so there its `partner` term is kept off
+/// any index (a unary `+`).
+fn open_challenges_sql(backend: Backend) -> &'static str {
+    macro_rules! counts {
+        ($partner:literal) => {
+            concat!(
+                "SELECT \
+                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
+                   AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
+                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
+                   AND ",
+                $partner,
+                " = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
+            )
+        };
+    }
+    match backend {
+        Backend::Sqlite => counts!("+partner"),
+        Backend::Postgres => counts!("partner"),
+    }
+}
+
 impl Store {
     /// `partner`'s open challenges (unused, unexpired at `now_ms`): in all,
     /// and for `subject`; each count stops at its `cap` (read from the
@@ -217,28 +246,7 @@ impl Store {
         now_ms: i64,
         caps: (u32, u32),
     ) -> Result<(i64, i64), StoreError> {
-        // The per-subject count must walk the subject's rows (a few), not
-        // the partner's open ones (up to its cap): without statistics
-        // SQLite would pick the partial index by partner for both, so its
-        // `partner` term is kept off any index (a unary `+`, SQLite only).
-        // `$partner`: the per-subject count's partner term.
-        macro_rules! counts {
-            ($partner:literal) => {
-                concat!(
-                    "SELECT \
-                     (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
-                       AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
-                     (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
-                       AND ",
-                    $partner,
-                    " = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
-                )
-            };
-        }
-        let sql = match self.backend {
-            Backend::Sqlite => counts!("+partner"),
-            Backend::Postgres => counts!("partner"),
-        };
+        let sql = open_challenges_sql(self.backend);
         Ok(sqlx::query_as(sql)
             .bind(partner.to_owned())
             .bind(now_ms)
@@ -784,6 +792,78 @@ mod tests {
         let mut store = Store::connect(&url).await.expect("connect");
         store.set_row_mac(RowMac::from_keys([Secret::from_bytes([7; 32], 1)]).expect("key"));
         (dir, store)
+    }
+
+    /// The open-challenge counts read open rows only: a person's used and
+    /// expired challenges (kept until retention drops them) and another
+    /// partner's are neither counted nor, on SQLite, walked (each count
+    /// seeks its partial index; before migration 0025 the per-person one
+    /// walked every challenge row the person had).
+    #[tokio::test]
+    async fn open_challenge_counts_seek_open_rows_only() {
+        let (_dir, store) = store().await;
+        let person = SubjectId::from_bytes([1; 16]);
+        let other = SubjectId::from_bytes([2; 16]);
+        let now = 1_000_000;
+        let mut n = 0u8;
+        let mut add = |partner: &'static str, subject: SubjectId, expires: i64| {
+            n += 1;
+            ([n; 32], partner, subject, expires)
+        };
+        let rows = [
+            add("partner-b", person, now + 60_000),
+            add("partner-b", person, now + 60_000),
+            add("partner-b", person, now + 60_000), // used below
+            add("partner-b", person, now - 1),      // expired
+            add("partner-b", other, now + 60_000),
+            add("partner-c", person, now + 60_000),
+        ];
+        let mut tx = store.begin_audited(None).expect("queue");
+        for (challenge, partner, subject, expires) in &rows {
+            tx.insert_challenge(challenge, partner, subject, *expires)
+                .expect("challenge");
+        }
+        store.commit_write(tx).await.expect("commit");
+        sqlx::query("UPDATE consent_challenges SET used_at_ms = 1 WHERE challenge = $1")
+            .bind([3u8; 32].to_vec())
+            .execute(store.pool())
+            .await
+            .expect("use");
+        assert_eq!(
+            store
+                .open_challenges("partner-b", &person, now, (100, 100))
+                .await
+                .expect("counts"),
+            (3, 2)
+        );
+        assert_eq!(
+            store
+                .open_challenges("partner-b", &person, now, (2, 1))
+                .await
+                .expect("counts"),
+            (2, 1),
+            "each count stops at its cap"
+        );
+
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            open_challenges_sql(Backend::Sqlite)
+        )))
+        .bind("partner-b")
+        .bind(now)
+        .bind(100i64)
+        .bind(person.as_bytes().to_vec())
+        .bind(100i64)
+        .fetch_all(store.pool())
+        .await
+        .expect("plan");
+        let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+        for want in [
+            "USING INDEX consent_challenges_open (partner=? AND expires_at_ms>?)",
+            "USING INDEX consent_challenges_open_subject (subject_id=? AND expires_at_ms>?)",
+        ] {
+            assert!(steps.iter().any(|d| d.ends_with(want)), "{want}: {steps:?}");
+        }
     }
 
     /// On SQLite a grant's claim is decided by its reads on the writer

@@ -1,0 +1,16 @@
+-- no-transaction
+-- A person's open challenges (unused, unexpired), counted before each
+-- RequestChallenge against `MAX_OPEN_CHALLENGES_PER_PERSON`. Without it the
+-- count walked every challenge row of the person still kept (used and
+-- expired ones too, until retention drops them): its cost grew with the
+-- person's history, and a partner requesting challenges it never uses made
+-- every partner's next request for that person slower. Partial and ordered
+-- by expiry, the count now reads only what is still open.
+--
+-- Built CONCURRENTLY (outside a transaction, so alone in its file), so
+-- that replicas still serving keep issuing challenges while it builds. If
+-- the build is interrupted, PostgreSQL leaves an invalid index of this
+-- name and the next start stops here ("already exists"): drop it
+-- (`DROP INDEX CONCURRENTLY consent_challenges_open_subject`) and start
+-- again.
+CREATE INDEX CONCURRENTLY consent_challenges_open_subject ON consent_challenges (subject_id, expires_at_ms) WHERE used_at_ms IS NULL;
