@@ -4,8 +4,9 @@
 -- count walked every challenge row of the person still kept (used and
 -- expired ones too, until retention drops them): its cost grew with the
 -- person's history, and a partner requesting challenges it never uses made
--- every partner's next request for that person slower. Partial and ordered
--- by expiry, the count now reads only what is still open.
+-- every partner's next request for that person slower. Partial, by person
+-- and partner, ordered by expiry: the count now reads only the partner's
+-- own challenges for the person that are still open.
 --
 -- Built CONCURRENTLY (outside a transaction, so alone in its file), so
 -- that replicas still serving keep issuing challenges while it builds. If
@@ -13,4 +14,4 @@
 -- name and the next start stops here ("already exists"): drop it
 -- (`DROP INDEX CONCURRENTLY consent_challenges_open_subject`) and start
 -- again.
-CREATE INDEX CONCURRENTLY consent_challenges_open_subject ON consent_challenges (subject_id, expires_at_ms) WHERE used_at_ms IS NULL;
+CREATE INDEX CONCURRENTLY consent_challenges_open_subject ON consent_challenges (subject_id, partner, expires_at_ms) WHERE used_at_ms IS NULL;

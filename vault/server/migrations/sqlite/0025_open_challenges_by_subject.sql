@@ -4,6 +4,7 @@
 -- expired ones too, until retention drops them), each with a table read:
 -- its cost grew with the person's history, and a partner requesting
 -- challenges it never uses made every partner's next request for that
--- person slower. Partial and ordered by expiry, the count now reads only
--- what is still open.
-CREATE INDEX consent_challenges_open_subject ON consent_challenges (subject_id, expires_at_ms) WHERE used_at_ms IS NULL;
+-- person slower. Partial, by person and partner, ordered by expiry: the
+-- count now reads only the partner's own challenges for the person that
+-- are still open.
+CREATE INDEX consent_challenges_open_subject ON consent_challenges (subject_id, partner, expires_at_ms) WHERE used_at_ms IS NULL;

@@ -18,7 +18,7 @@ use sqlx::any::AnyRow;
 
 use super::rows::{fixed, list_col, list_text, subject_col};
 use super::writeset::{Table, Value};
-use super::{AuditedTx, Backend, Store, StoreError, check_row, seal_row};
+use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, Consent, Device, EnrollmentCode, Receipt};
 use idvault_core::records::SubjectRecord;
 use idvault_core::rowmac::{self, RowMac};
@@ -208,32 +208,15 @@ async fn consent_by_id<'e>(
 
 /// The two counts of [`Store::open_challenges`]: `partner`'s open
 /// challenges (`$1`, unexpired after `$2`, up to `$3`) and those it holds
-/// for person `$4` (up to `$5`). Each walks a partial index of open
-/// challenges only (migrations 0023 and 0025), so neither grows with the
-/// used and expired rows retention has not dropped yet. The per-person
-/// count walks the person's open rows of every partner (a few each), not
-/// the partner's (up to its cap): SQLite, without statistics, would pick
-/// the index by partner for both, so there its `partner` term is kept off
-/// any index (a unary `+`).
-fn open_challenges_sql(backend: Backend) -> &'static str {
-    macro_rules! counts {
-        ($partner:literal) => {
-            concat!(
-                "SELECT \
-                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
-                   AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
-                 (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
-                   AND ",
-                $partner,
-                " = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)"
-            )
-        };
-    }
-    match backend {
-        Backend::Sqlite => counts!("+partner"),
-        Backend::Postgres => counts!("partner"),
-    }
-}
+/// for person `$4` (up to `$5`). Each seeks a partial index of unused
+/// challenges, ordered by expiry (by partner, migration 0023; by person
+/// and partner, migration 0025), so neither reads the used and expired
+/// rows kept until retention drops them, nor another partner's.
+const OPEN_CHALLENGES_SQL: &str = "SELECT \
+     (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE partner = $1 \
+       AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $3) AS p), \
+     (SELECT count(*) FROM (SELECT 1 FROM consent_challenges WHERE subject_id = $4 \
+       AND partner = $1 AND used_at_ms IS NULL AND expires_at_ms > $2 LIMIT $5) AS s)";
 
 impl Store {
     /// `partner`'s open challenges (unused, unexpired at `now_ms`): in all,
@@ -246,8 +229,7 @@ impl Store {
         now_ms: i64,
         caps: (u32, u32),
     ) -> Result<(i64, i64), StoreError> {
-        let sql = open_challenges_sql(self.backend);
-        Ok(sqlx::query_as(sql)
+        Ok(sqlx::query_as(OPEN_CHALLENGES_SQL)
             .bind(partner.to_owned())
             .bind(now_ms)
             .bind(i64::from(caps.0))
@@ -798,7 +780,7 @@ mod tests {
     /// expired challenges (kept until retention drops them) and another
     /// partner's are neither counted nor, on SQLite, walked (each count
     /// seeks its partial index; before migration 0025 the per-person one
-    /// walked every challenge row the person had).
+    /// walked every challenge row the person had, of every partner).
     #[tokio::test]
     async fn open_challenge_counts_seek_open_rows_only() {
         let (_dir, store) = store().await;
@@ -846,8 +828,7 @@ mod tests {
         );
 
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN QUERY PLAN {}",
-            open_challenges_sql(Backend::Sqlite)
+            "EXPLAIN QUERY PLAN {OPEN_CHALLENGES_SQL}"
         )))
         .bind("partner-b")
         .bind(now)
@@ -860,7 +841,7 @@ mod tests {
         let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
         for want in [
             "USING INDEX consent_challenges_open (partner=? AND expires_at_ms>?)",
-            "USING INDEX consent_challenges_open_subject (subject_id=? AND expires_at_ms>?)",
+            "USING INDEX consent_challenges_open_subject (subject_id=? AND partner=? AND expires_at_ms>?)",
         ] {
             assert!(steps.iter().any(|d| d.ends_with(want)), "{want}: {steps:?}");
         }
