@@ -252,16 +252,7 @@ impl Caller {
 /// the caller's own leaves). The system clock, not the vault's injected
 /// one: the time only orders index entries and is never trusted.
 pub(crate) fn new_request_id() -> [u8; 16] {
-    let millis = u64::try_from(crate::clock::SystemClock.now_millis()).unwrap_or(0);
-    // 80 bits from the OS generator that fills a version-4 UUID: its bytes
-    // 0-5 and 10-13 carry no version or variant bits.
-    let v4 = uuid::Uuid::new_v4().into_bytes();
-    let mut random = [0u8; 10];
-    random[..6].copy_from_slice(&v4[..6]);
-    random[6..].copy_from_slice(&v4[10..14]);
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .into_bytes()
+    crate::clock::time_ordered_id()
 }
 
 /// A value made once per root key version and kept while that version is

@@ -413,8 +413,12 @@ impl SubjectSnapshot {
         let rows = match self.after {
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT seq, field_name, packet FROM packets WHERE subject_id = $1 \
-                     ORDER BY seq LIMIT {SNAPSHOT_PAGE}"
+                    concat!(
+                        "SELECT seq, field_name, packet FROM packets WHERE subject_key = ",
+                        key_of_subject!(),
+                        " AND subject_id = $1 ORDER BY seq LIMIT {}"
+                    ),
+                    SNAPSHOT_PAGE
                 )))
                 .bind(id)
                 .fetch_all(&mut *self.tx)
@@ -422,8 +426,12 @@ impl SubjectSnapshot {
             }
             Some(after) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT seq, field_name, packet FROM packets WHERE subject_id = $1 \
-                     AND seq > $2 ORDER BY seq LIMIT {SNAPSHOT_PAGE}"
+                    concat!(
+                        "SELECT seq, field_name, packet FROM packets WHERE subject_key = ",
+                        key_of_subject!(),
+                        " AND subject_id = $1 AND seq > $2 ORDER BY seq LIMIT {}"
+                    ),
+                    SNAPSHOT_PAGE
                 )))
                 .bind(id)
                 .bind(after)

@@ -24,6 +24,19 @@ macro_rules! subject_columns {
     };
 }
 
+/// The storage key of subject `$1` (migration 0026), as a scalar
+/// subquery: the one the subject was created with, or its id for a
+/// subject created before keys were kept. Reads of packets by key also
+/// ask for `subject_id = $1`: a row moved to another key is not returned
+/// (it would fail to open anyway), and an engine that distributes
+/// `packets` by subject id routes the read to one shard
+/// (docs/scale-out.md).
+macro_rules! key_of_subject {
+    () => {
+        "(SELECT COALESCE(subject_key, subject_id) FROM subjects WHERE subject_id = $1)"
+    };
+}
+
 /// Column list of `consents` (the row MAC and its version last), as
 /// read and as inserted.
 macro_rules! consent_columns {
@@ -605,6 +618,7 @@ impl Store {
             store: self.clone(),
             deadline,
             changed: None,
+            subject_keys: Vec::new(),
             slot: Some(slot),
             share: None,
             share_held: None,
@@ -767,6 +781,16 @@ impl Store {
     }
 }
 
+/// [`newest_packets_of`]: `$1` the subject id, `$2` the head's sequence.
+const NEWEST_PACKETS_SQL: &str = concat!(
+    "SELECT p.seq, p.packet FROM packets p \
+         JOIN (SELECT subject_key, field_name, max(seq) AS seq FROM packets \
+               WHERE subject_key = ",
+    key_of_subject!(),
+    " AND subject_id = $1 AND seq <= $2 GROUP BY subject_key, field_name) n \
+         ON p.subject_key = n.subject_key AND p.seq = n.seq ORDER BY p.seq"
+);
+
 /// Up to `head_seq`, the newest packet of each of a subject's fields (by
 /// the `field_name` column), ascending (see `AuditedTx::newest_packets`).
 async fn newest_packets_of<'e>(
@@ -774,16 +798,11 @@ async fn newest_packets_of<'e>(
     id: &SubjectId,
     head_seq: u64,
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT p.seq, p.packet FROM packets p \
-         JOIN (SELECT field_name, max(seq) AS seq FROM packets \
-               WHERE subject_id = $1 AND seq <= $2 GROUP BY field_name) n \
-         ON p.seq = n.seq WHERE p.subject_id = $1 ORDER BY p.seq",
-    )
-    .bind(id.as_bytes().to_vec())
-    .bind(u64_to_i64(head_seq)?)
-    .fetch_all(ex)
-    .await?;
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(NEWEST_PACKETS_SQL)
+        .bind(id.as_bytes().to_vec())
+        .bind(u64_to_i64(head_seq)?)
+        .fetch_all(ex)
+        .await?;
     rows.into_iter()
         .map(|(seq, b)| Ok((i64_to_u64(seq, "packets.seq")?, b)))
         .collect()
@@ -932,6 +951,10 @@ pub struct AuditedTx {
     store: Store,
     deadline: Option<tokio::time::Instant>,
     changed: Option<(SubjectId, ChainHead)>,
+    /// The storage keys (migration 0026) of the subjects this transaction
+    /// created or read by row, so that their packets can be inserted
+    /// under them. A handful at most: a request names one subject.
+    subject_keys: Vec<(SubjectId, [u8; 16])>,
     /// Its place in the writer queue, given back when it ends (while its
     /// connection is being opened, the opening task holds it).
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -1099,7 +1122,7 @@ impl AuditedTx {
             self.store.backend,
             "SELECT ",
             subject_columns!(),
-            " FROM subjects WHERE subject_id = $1"
+            ", COALESCE(subject_key, subject_id) AS subject_key FROM subjects WHERE subject_id = $1"
         );
         self.subject_by(sql, id, None).await
     }
@@ -1118,13 +1141,15 @@ impl AuditedTx {
             self.store.backend,
             "SELECT ",
             subject_columns!(),
-            " FROM subjects WHERE subject_id = $1 AND created_by = $2"
+            ", COALESCE(subject_key, subject_id) AS subject_key \
+             FROM subjects WHERE subject_id = $1 AND created_by = $2"
         );
         self.subject_by(sql, id, Some(created_by)).await
     }
 
     /// Runs one of the subject row reads above (`$1` the id, `$2` the
-    /// creator when given).
+    /// creator when given), keeping the row's storage key for
+    /// [`AuditedTx::insert_packets`].
     async fn subject_by(
         &mut self,
         sql: &'static str,
@@ -1136,10 +1161,22 @@ impl AuditedTx {
             q = q.bind(c.to_owned());
         }
         let row: Option<AnyRow> = q.fetch_optional(self.conn().await?).await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
         let keys = self.store.row_mac.clone();
-        row.as_ref()
-            .map(|r| rows::subject_record(r, keys.as_deref()))
-            .transpose()
+        let record = rows::subject_record(&row, keys.as_deref())?;
+        let key: Vec<u8> = row.try_get("subject_key")?;
+        let key = <[u8; 16]>::try_from(key.as_slice())
+            .map_err(|_| StoreError::Corrupt("subjects.subject_key"))?;
+        self.keep_subject_key(*id, key);
+        Ok(Some(record))
+    }
+
+    fn keep_subject_key(&mut self, id: SubjectId, key: [u8; 16]) {
+        if !self.subject_keys.iter().any(|(s, _)| *s == id) {
+            self.subject_keys.push((id, key));
+        }
     }
 
     /// Up to `head_seq`, the newest packet of each of a subject's fields
@@ -1222,8 +1259,12 @@ impl AuditedTx {
         Ok(sealed)
     }
 
-    /// Inserts a new subject row, its owner sealed with the row MAC.
+    /// Inserts a new subject row, its owner sealed with the row MAC, under
+    /// a fresh time-ordered storage key (migration 0026: its packets then
+    /// land on the last pages of their B-tree, beside the rest of its
+    /// group commit's). The key is internal: it never leaves the store.
     pub fn insert_subject(&mut self, s: &SubjectRecord) -> Result<(), StoreError> {
+        let key = crate::clock::time_ordered_id();
         let (mac_version, mac) = seal_row(
             &*self.store.row_keys()?,
             &idvault_core::rowmac::subject_owner(&s.id, &s.created_by, s.created_at_ms),
@@ -1241,22 +1282,36 @@ impl AuditedTx {
                 Value::Int(s.updated_at_ms),
                 Value::Int(mac_version),
                 Value::Bytes(mac),
+                Value::Bytes(key.to_vec()),
             ],
         );
+        self.keep_subject_key(s.id, key);
         self.changed = Some((s.id, s.head));
         Ok(())
     }
 
-    /// Appends packets.
+    /// Appends packets to a subject this transaction created or read by
+    /// row ([`AuditedTx::subject`], [`AuditedTx::subject_created_by`]),
+    /// under its storage key; any other subject is refused (a request
+    /// that has not read the subject has not checked its head either).
     pub fn insert_packets(
         &mut self,
         id: &SubjectId,
         packets: &[NewPacket],
     ) -> Result<(), StoreError> {
+        let key = self
+            .subject_keys
+            .iter()
+            .find(|(s, _)| s == id)
+            .map(|(_, k)| *k)
+            .ok_or(StoreError::Corrupt(
+                "packets for a subject this transaction did not read",
+            ))?;
         for p in packets {
             self.pending.push(
                 Table::Packets,
                 vec![
+                    Value::Bytes(key.to_vec()),
                     Value::Bytes(id.as_bytes().to_vec()),
                     Value::Int(u64_to_i64(p.seq)?),
                     Value::Text(p.field.as_str().to_owned()),
@@ -1295,7 +1350,13 @@ impl AuditedTx {
     ) -> Result<Vec<(&'static str, u64)>, StoreError> {
         let mut out = Vec::with_capacity(19);
         for (what, sql) in [
-            ("packets", "DELETE FROM packets WHERE subject_id = $1"),
+            (
+                "packets",
+                concat!(
+                    "DELETE FROM packets WHERE subject_key = ",
+                    key_of_subject!()
+                ),
+            ),
             ("data-key", "DELETE FROM subjects WHERE subject_id = $1"),
             // No longer matchable, and no partner's token points at it.
             (
@@ -1511,6 +1572,261 @@ impl AuditedTx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A subject's packets go under its storage key (migration 0026): a
+    /// new subject's is a fresh version-7 UUID, never its id; a subject
+    /// from before keeps its id as its key (`subject_key` NULL). Both
+    /// read back and take updates; a row inserted by subject id alone
+    /// gets the key; packets for a subject the transaction has not read
+    /// are refused; the reads seek the key, never scan.
+    #[tokio::test]
+    async fn packets_live_under_the_subjects_storage_key() {
+        use idvault_core::packet;
+        use idvault_core::subject::{FieldName, FieldValue};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let mut store = Store::connect(&url).await.expect("connect");
+        store.set_row_mac(
+            RowMac::from_keys([idvault_core::secret::Secret::from_bytes([7; 32], 1)]).expect("key"),
+        );
+        let rng = idvault_core::SystemRng::default();
+        let dek = idvault_core::keys::generate_dek(&rng).expect("dek");
+        let fields = |v: &str| {
+            let name = FieldName::parse("email").expect("name");
+            vec![(name, FieldValue::parse(name, v.to_owned()).expect("value"))]
+        };
+        let create = |id: SubjectId| {
+            let (packets, head) = packet::append(
+                &id,
+                &dek,
+                ChainHead::genesis(&id),
+                &fields("a@example.com"),
+                1,
+                &rng,
+            )
+            .expect("seal");
+            let row = SubjectRecord {
+                id,
+                created_by: "partner-a".into(),
+                owner_verified: true,
+                wrapped_dek: idvault_core::keys::WrappedDek {
+                    kek_version: 1,
+                    bytes: vec![0; 60],
+                },
+                head,
+                created_at_ms: 1,
+                updated_at_ms: 1,
+            };
+            (row, packets)
+        };
+        let new = SubjectId::generate(&rng).expect("id");
+        let old = SubjectId::generate(&rng).expect("id");
+        let mut tx = store.begin_audited(None).expect("queue");
+        for id in [new, old] {
+            let (row, packets) = create(id);
+            tx.insert_subject(&row).expect("subject");
+            tx.insert_packets(&id, &packets).expect("packets");
+        }
+        store.commit_write(tx).await.expect("commit");
+
+        let key_of = |id: SubjectId| {
+            sqlx::query_scalar::<_, Option<Vec<u8>>>(
+                "SELECT subject_key FROM subjects WHERE subject_id = $1",
+            )
+            .bind(id.as_bytes().to_vec())
+        };
+        let key = key_of(new)
+            .fetch_one(store.pool())
+            .await
+            .expect("key")
+            .expect("set");
+        assert_eq!(key.len(), 16);
+        assert_eq!(key[6] >> 4, 7, "a version-7 UUID");
+        assert_ne!(key.as_slice(), new.as_bytes());
+        let stored: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT subject_key FROM packets WHERE subject_id = $1")
+                .bind(new.as_bytes().to_vec())
+                .fetch_all(store.pool())
+                .await
+                .expect("packets");
+        assert_eq!(stored, vec![key.clone()]);
+        // A row a tool inserts by subject id alone takes the subject's key.
+        sqlx::query(
+            "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ($1, 99, 'x', $2)",
+        )
+        .bind(new.as_bytes().to_vec())
+        .bind(vec![0u8; 8])
+        .execute(store.pool())
+        .await
+        .expect("insert by id");
+        let given: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT subject_key FROM packets WHERE seq = 99")
+                .fetch_one(store.pool())
+                .await
+                .expect("row");
+        assert_eq!(given, Some(key));
+        sqlx::query("DELETE FROM packets WHERE seq = 99")
+            .execute(store.pool())
+            .await
+            .expect("delete");
+        // As a subject created before migration 0026 is stored.
+        sqlx::query("UPDATE subjects SET subject_key = NULL WHERE subject_id = $1")
+            .bind(old.as_bytes().to_vec())
+            .execute(store.pool())
+            .await
+            .expect("unkey");
+        sqlx::query("UPDATE packets SET subject_key = subject_id WHERE subject_id = $1")
+            .bind(old.as_bytes().to_vec())
+            .execute(store.pool())
+            .await
+            .expect("rekey packets");
+        assert_eq!(
+            key_of(old).fetch_one(store.pool()).await.expect("key"),
+            None
+        );
+
+        let mut tx = store.begin_audited(None).expect("queue");
+        let refused = tx.insert_packets(&new, &create(new).1);
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{refused:?}"
+        );
+        for id in [new, old] {
+            let row = tx.subject(&id).await.expect("read").expect("exists");
+            let (packets, head) =
+                packet::append(&id, &dek, row.head, &fields("b@example.com"), 2, &rng)
+                    .expect("seal");
+            tx.insert_packets(&id, &packets).expect("packets");
+            tx.set_head(&id, head, 2).await.expect("head");
+        }
+        store.commit_write(tx).await.expect("commit");
+        for id in [new, old] {
+            let newest = newest_packets_of(store.pool(), &id, 2)
+                .await
+                .expect("newest");
+            assert_eq!(
+                newest.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+                vec![2],
+                "{id:?}"
+            );
+        }
+
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {NEWEST_PACKETS_SQL}"
+        )))
+        .bind(new.as_bytes().to_vec())
+        .bind(9i64)
+        .fetch_all(store.pool())
+        .await
+        .expect("plan");
+        let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+        assert!(
+            steps
+                .iter()
+                .any(|d| d.contains("USING INDEX packets_key (subject_key=? AND seq<?)")),
+            "{steps:?}"
+        );
+        assert!(!steps.iter().any(|d| d.starts_with("SCAN p")), "{steps:?}");
+    }
+
+    /// Migration 0026 on a database holding packets from before it: they
+    /// move under their subject's id as its key and read back, and the
+    /// subject (key NULL) takes new packets under the same key.
+    #[tokio::test]
+    async fn packets_from_before_0026_survive_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let older = dir.path().join("migrations");
+        std::fs::create_dir(&older).expect("dir");
+        let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for entry in std::fs::read_dir(&all).expect("migrations") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("name")
+                .to_owned();
+            if name.as_str() < "0026" {
+                std::fs::copy(&path, older.join(&name)).expect("copy");
+            }
+        }
+        sqlx::any::install_default_drivers();
+        let id = SubjectId::from_bytes([5; 16]);
+        {
+            let pool = AnyPool::connect(&url).await.expect("pool");
+            sqlx::migrate::Migrator::new(older.as_path())
+                .await
+                .expect("older migrations")
+                .run(&pool)
+                .await
+                .expect("run older");
+            sqlx::query(concat!(
+                "INSERT INTO subjects (",
+                subject_columns!(),
+                ") VALUES ($1, 'partner-a', $2, 1, 2, $3, 1, 1, NULL, NULL)"
+            ))
+            .bind(id.as_bytes().to_vec())
+            .bind(vec![0u8; 60])
+            .bind(vec![0u8; 32])
+            .execute(&pool)
+            .await
+            .expect("subject");
+            for (seq, field) in [(1i64, "email"), (2, "city")] {
+                sqlx::query(
+                    "INSERT INTO packets (subject_id, seq, field_name, packet) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id.as_bytes().to_vec())
+                .bind(seq)
+                .bind(field)
+                .bind(vec![u8::try_from(seq).expect("small"); 8])
+                .execute(&pool)
+                .await
+                .expect("packet");
+            }
+            pool.close().await;
+        }
+        let store = Store::connect(&url).await.expect("migrate to the newest");
+        let newest = newest_packets_of(store.pool(), &id, 2)
+            .await
+            .expect("newest");
+        assert_eq!(newest, vec![(1, vec![1; 8]), (2, vec![2; 8])]);
+        let keys: Vec<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT subject_key, subject_id FROM packets ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .expect("keys");
+        assert!(
+            keys.iter()
+                .all(|(k, s)| k == s && s.as_slice() == id.as_bytes())
+        );
+        let mut tx = store.begin_audited(None).expect("queue");
+        tx.subject(&id).await.expect("read").expect("exists");
+        let rng = idvault_core::SystemRng::default();
+        let dek = idvault_core::keys::generate_dek(&rng).expect("dek");
+        let email = idvault_core::subject::FieldName::parse("email").expect("name");
+        let value =
+            idvault_core::subject::FieldValue::parse(email, "a@example.com".into()).expect("value");
+        let head = ChainHead {
+            seq: 2,
+            hash: [0; 32],
+        };
+        let (packets, _) =
+            idvault_core::packet::append(&id, &dek, head, &[(email, value)], 2, &rng)
+                .expect("seal");
+        tx.insert_packets(&id, &packets).expect("packets");
+        store.commit_write(tx).await.expect("commit");
+        let newest = newest_packets_of(store.pool(), &id, 3)
+            .await
+            .expect("newest");
+        let sealed = packets[0].packet.as_bytes().to_vec();
+        assert_eq!(newest, vec![(2, vec![2; 8]), (3, sealed)]);
+        let key: Vec<u8> = sqlx::query_scalar("SELECT subject_key FROM packets WHERE seq = 3")
+            .fetch_one(store.pool())
+            .await
+            .expect("key");
+        assert_eq!(key.as_slice(), id.as_bytes());
+    }
 
     /// The writer restores [`BUSY_TIMEOUT`] after a truncating checkpoint
     /// shortened it: it must be the value every connection starts with.

@@ -896,8 +896,10 @@ impl AuditedTx {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT subject_id, seq, packet FROM packets WHERE subject_id IN ({}) \
-             ORDER BY subject_id, seq",
+            "SELECT s.subject_id, p.seq, p.packet FROM subjects s \
+             JOIN packets p ON p.subject_key = COALESCE(s.subject_key, s.subject_id) \
+             AND p.subject_id = s.subject_id WHERE s.subject_id IN ({}) \
+             ORDER BY s.subject_id, p.seq",
             placeholders(1, subjects.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));

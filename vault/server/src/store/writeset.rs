@@ -110,14 +110,19 @@ impl Table {
     /// follows the rows.
     fn shape(self, backend: Backend) -> (&'static str, usize, &'static str) {
         match self {
+            // The storage key last: the id stays first ([`WriteSet::creates`]).
             Self::Subjects => (
-                concat!("INSERT INTO subjects (", subject_columns!(), ") VALUES "),
-                10,
+                concat!(
+                    "INSERT INTO subjects (",
+                    subject_columns!(),
+                    ", subject_key) VALUES "
+                ),
+                11,
                 "",
             ),
             Self::Packets => (
-                "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ",
-                4,
+                "INSERT INTO packets (subject_key, subject_id, seq, field_name, packet) VALUES ",
+                5,
                 "",
             ),
             Self::MatchSubjects => (
@@ -891,7 +896,7 @@ mod tests {
 
     fn subject(id: u8) -> Vec<Value> {
         let mut row = vec![Value::Bytes(vec![id; 16])];
-        row.extend((1..10).map(Value::Int));
+        row.extend((1..11).map(Value::Int));
         row
     }
 
@@ -940,7 +945,7 @@ mod tests {
         let sql = joined_sql(&statements(Backend::Postgres, &[&set])).expect("joins");
         assert!(sql.starts_with("WITH w0 AS (INSERT INTO subjects"), "{sql}");
         assert!(sql.contains(") INSERT INTO match_index"), "{sql}");
-        assert!(sql.contains("$20") && !sql.contains("$21"), "{sql}");
+        assert!(sql.contains("$21") && !sql.contains("$22"), "{sql}");
         let mut with_use = WriteSet::default();
         with_use.push(
             Table::ChallengeUses,
