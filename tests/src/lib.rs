@@ -50,7 +50,8 @@ pub async fn postgres_reachable() -> Result<(), String> {
     }
 }
 
-fn with_database(url: &str, db: &str) -> String {
+/// `url` naming database `db` instead of its own.
+pub fn with_database(url: &str, db: &str) -> String {
     match url.rfind('/') {
         Some(i) if i > url.find("://").map_or(0, |s| s + 2) => format!("{}/{db}", &url[..i]),
         _ => format!("{url}/{db}"),

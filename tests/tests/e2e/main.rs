@@ -29,6 +29,7 @@ mod subjects;
 mod tamper;
 mod tokens;
 mod transactions;
+mod upgrade;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,6 +66,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tamper::middle_packet_deleted,
     tamper::long_chain_is_checked_a_page_at_a_time,
     tamper::packet_relabelled_as_another_field,
+    upgrade::packets_from_before_0026_survive_it,
     audit::edited_record_is_named,
     audit::removed_and_reordered_leaves_are_named,
     audit::forged_checkpoint_is_named,

@@ -4,23 +4,35 @@
 -- NULL (created before) has its id as its key: version 4, so never
 -- equal to a new version-7 key.
 --
--- It rewrites `packets` under an exclusive lock. Replicas of an older
--- version keep working beside this one: the trigger gives their packets
--- their subject's key, though their reads of packets by subject id then
--- scan the table; upgrade them all soon.
+-- `packets` is rebuilt (each row written once, the new primary key built
+-- once) under an exclusive lock: stop every replica of an older version
+-- first. They would read packets by subject id, which no index serves
+-- any more.
 ALTER TABLE subjects ADD COLUMN subject_key BYTEA CHECK (length(subject_key) = 16);
 
 -- `subject_id` stays beside the key, unindexed, for operators' own
 -- queries and tools.
-ALTER TABLE packets ADD COLUMN subject_key BYTEA CHECK (length(subject_key) = 16);
-UPDATE packets SET subject_key = subject_id;
-ALTER TABLE packets DROP CONSTRAINT packets_pkey;
-ALTER TABLE packets ADD PRIMARY KEY (subject_key, seq);
+CREATE TABLE packets_by_key (
+    subject_key BYTEA   NOT NULL,
+    seq         BIGINT  NOT NULL,
+    subject_id  BYTEA   NOT NULL,
+    field_name  TEXT    NOT NULL,
+    packet      BYTEA   NOT NULL
+);
+INSERT INTO packets_by_key (subject_key, seq, subject_id, field_name, packet)
+    SELECT subject_id, seq, subject_id, field_name, packet FROM packets;
+DROP TABLE packets;
+ALTER TABLE packets_by_key RENAME TO packets;
+ALTER TABLE packets ADD CONSTRAINT packets_pkey PRIMARY KEY (subject_key, seq);
 
--- A packet inserted without a key (by a tool, by hand, by an older
--- replica) or whose subject id is edited takes its subject's key, so
--- whatever names a packet by subject id, the vault finds it there.
-CREATE FUNCTION packets_subject_key() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A packet inserted without a key (by a tool, by hand) or whose subject
+-- id is edited takes its subject's key, so whatever names a packet by
+-- subject id, the vault finds it there (an edit that moves a packet to
+-- another subject is then reported as that, not as a missing packet).
+-- The search path is the migration's, so a caller's own cannot redirect
+-- `subjects`.
+CREATE FUNCTION packets_subject_key() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     NEW.subject_key := COALESCE(
         (SELECT COALESCE(s.subject_key, s.subject_id) FROM subjects s

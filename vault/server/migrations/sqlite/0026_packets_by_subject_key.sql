@@ -5,7 +5,7 @@
 -- index: a WAL frame per create at COMMIT however few bytes changed.
 -- The key is a version-7 UUID made when the subject is created, ordered
 -- by time, so a group commit's new packets share the index's last pages
--- (docs/BENCHMARKS.md, "Packets under a time-ordered subject key").
+-- (docs/BENCHMARKS.md, "Where a create's WAL frames come from").
 --
 -- The key is a locator only: it never leaves the store (no API, log,
 -- leaf or error carries it) and authorises nothing, so it has no MAC. A
@@ -26,7 +26,7 @@ ALTER TABLE subjects ADD COLUMN subject_key BLOB
 -- and tools name packets by it, and the triggers below keep the key
 -- following it.
 CREATE TABLE packets_by_key (
-    subject_key BLOB    CHECK (subject_key IS NULL OR length(subject_key) = 16),
+    subject_key BLOB,
     seq         INTEGER NOT NULL,
     subject_id  BLOB    NOT NULL,
     field_name  TEXT    NOT NULL,

@@ -26,11 +26,11 @@ macro_rules! subject_columns {
 
 /// The storage key of subject `$1` (migration 0026), as a scalar
 /// subquery: the one the subject was created with, or its id for a
-/// subject created before keys were kept. Reads of packets by key also
-/// ask for `subject_id = $1`: a row moved to another key is not returned
-/// (it would fail to open anyway), and an engine that distributes
-/// `packets` by subject id routes the read to one shard
-/// (docs/scale-out.md).
+/// subject created before keys were kept. Every statement on packets by
+/// key also asks for `subject_id = $1`: a row moved to another key is
+/// not returned (it would fail to open anyway), and a key a database
+/// writer copied from another subject reaches none of that subject's
+/// rows (a deletion would otherwise destroy them, and count them).
 macro_rules! key_of_subject {
     () => {
         "(SELECT COALESCE(subject_key, subject_id) FROM subjects WHERE subject_id = $1)"
@@ -1354,7 +1354,8 @@ impl AuditedTx {
                 "packets",
                 concat!(
                     "DELETE FROM packets WHERE subject_key = ",
-                    key_of_subject!()
+                    key_of_subject!(),
+                    " AND subject_id = $1"
                 ),
             ),
             ("data-key", "DELETE FROM subjects WHERE subject_id = $1"),
@@ -1573,6 +1574,108 @@ impl AuditedTx {
 mod tests {
     use super::*;
 
+    /// A SQLite store in a fresh directory, with a row-MAC key.
+    async fn keyed_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let mut store = Store::connect(&url).await.expect("connect");
+        store.set_row_mac(
+            RowMac::from_keys([idvault_core::secret::Secret::from_bytes([7; 32], 1)]).expect("key"),
+        );
+        (dir, store)
+    }
+
+    fn email(
+        v: &str,
+    ) -> Vec<(
+        idvault_core::subject::FieldName,
+        idvault_core::subject::FieldValue,
+    )> {
+        use idvault_core::subject::{FieldName, FieldValue};
+        let name = FieldName::parse("email").expect("name");
+        vec![(name, FieldValue::parse(name, v.to_owned()).expect("value"))]
+    }
+
+    /// A new subject's row and its first packet (an e-mail address).
+    fn sealed_subject(
+        id: SubjectId,
+        dek: &idvault_core::secret::DataKey,
+        rng: &idvault_core::SystemRng,
+    ) -> (SubjectRecord, Vec<NewPacket>) {
+        let (packets, head) = idvault_core::packet::append(
+            &id,
+            dek,
+            ChainHead::genesis(&id),
+            &email("a@example.com"),
+            1,
+            rng,
+        )
+        .expect("seal");
+        let row = SubjectRecord {
+            id,
+            created_by: "partner-a".into(),
+            owner_verified: true,
+            wrapped_dek: idvault_core::keys::WrappedDek {
+                kek_version: 1,
+                bytes: vec![0; 60],
+            },
+            head,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        };
+        (row, packets)
+    }
+
+    /// A storage key a database writer copies from one subject onto
+    /// another reaches none of the first one's packets: deleting the
+    /// second removes and counts none of them (nor its own, moved off its
+    /// key: they stay behind, unreadable without the deleted data key).
+    #[tokio::test]
+    async fn a_copied_storage_key_reaches_none_of_its_owners_packets() {
+        let (_dir, store) = keyed_store().await;
+        let rng = idvault_core::SystemRng::default();
+        let dek = idvault_core::keys::generate_dek(&rng).expect("dek");
+        let (a, b) = (
+            SubjectId::from_bytes([1; 16]),
+            SubjectId::from_bytes([2; 16]),
+        );
+        let mut tx = store.begin_audited(None).expect("queue");
+        for id in [a, b] {
+            let (row, packets) = sealed_subject(id, &dek, &rng);
+            tx.insert_subject(&row).expect("subject");
+            tx.insert_packets(&id, &packets).expect("packets");
+        }
+        store.commit_write(tx).await.expect("commit");
+        sqlx::query(
+            "UPDATE subjects SET subject_key = \
+             (SELECT subject_key FROM subjects WHERE subject_id = $1) WHERE subject_id = $2",
+        )
+        .bind(a.as_bytes().to_vec())
+        .bind(b.as_bytes().to_vec())
+        .execute(store.pool())
+        .await
+        .expect("copy the key");
+        assert!(
+            newest_packets_of(store.pool(), &b, 1)
+                .await
+                .expect("read")
+                .is_empty(),
+            "b reads none of a's packets"
+        );
+        let mut tx = store.begin_audited(None).expect("queue");
+        let removed = tx.delete_subject(&b).await.expect("delete");
+        store.commit_write(tx).await.expect("commit");
+        assert_eq!(removed.first(), Some(&("packets", 0)));
+        assert_eq!(
+            newest_packets_of(store.pool(), &a, 1)
+                .await
+                .expect("read")
+                .len(),
+            1,
+            "a's packet is still there"
+        );
+    }
+
     /// A subject's packets go under its storage key (migration 0026): a
     /// new subject's is a fresh version-7 UUID, never its id; a subject
     /// from before keeps its id as its key (`subject_key` NULL). Both
@@ -1582,43 +1685,11 @@ mod tests {
     #[tokio::test]
     async fn packets_live_under_the_subjects_storage_key() {
         use idvault_core::packet;
-        use idvault_core::subject::{FieldName, FieldValue};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
-        let mut store = Store::connect(&url).await.expect("connect");
-        store.set_row_mac(
-            RowMac::from_keys([idvault_core::secret::Secret::from_bytes([7; 32], 1)]).expect("key"),
-        );
+        let (_dir, store) = keyed_store().await;
         let rng = idvault_core::SystemRng::default();
         let dek = idvault_core::keys::generate_dek(&rng).expect("dek");
-        let fields = |v: &str| {
-            let name = FieldName::parse("email").expect("name");
-            vec![(name, FieldValue::parse(name, v.to_owned()).expect("value"))]
-        };
-        let create = |id: SubjectId| {
-            let (packets, head) = packet::append(
-                &id,
-                &dek,
-                ChainHead::genesis(&id),
-                &fields("a@example.com"),
-                1,
-                &rng,
-            )
-            .expect("seal");
-            let row = SubjectRecord {
-                id,
-                created_by: "partner-a".into(),
-                owner_verified: true,
-                wrapped_dek: idvault_core::keys::WrappedDek {
-                    kek_version: 1,
-                    bytes: vec![0; 60],
-                },
-                head,
-                created_at_ms: 1,
-                updated_at_ms: 1,
-            };
-            (row, packets)
-        };
+        let fields = |v: &str| email(v);
+        let create = |id: SubjectId| sealed_subject(id, &dek, &rng);
         let new = SubjectId::generate(&rng).expect("id");
         let old = SubjectId::generate(&rng).expect("id");
         let mut tx = store.begin_audited(None).expect("queue");

@@ -1,0 +1,156 @@
+//! Migrations on databases that hold data from before them.
+
+use anyhow::Context;
+use idvault_server::store::Store;
+use idvault_tests::idvault_core::subject::SubjectId;
+use idvault_tests::{Backend, postgres_admin_url, with_database};
+use sqlx::AnyPool;
+
+/// A database with the migrations before `first_new` applied (copies of
+/// the files, so the vault's own run later finds their checksums); its
+/// URL and, on PostgreSQL, the database's name to drop.
+async fn database_before(
+    b: Backend,
+    dir: &std::path::Path,
+    first_new: &str,
+) -> anyhow::Result<(String, Option<String>)> {
+    let backend = match b {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../vault/server/migrations")
+        .join(backend);
+    let older = dir.join("older-migrations");
+    std::fs::create_dir(&older)?;
+    for entry in std::fs::read_dir(&all)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("migration file name")?
+            .to_owned();
+        if name.as_str() < first_new {
+            std::fs::copy(&path, older.join(&name))?;
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let (url, name) = match b {
+        Backend::Sqlite => (
+            format!("sqlite://{}?mode=rwc", dir.join("v.db").display()),
+            None,
+        ),
+        Backend::Postgres => {
+            let admin = postgres_admin_url();
+            let name = format!(
+                "idvault_upgrade_{}",
+                hex::encode(uuid::Uuid::new_v4().as_bytes())
+            );
+            let pool = AnyPool::connect(&admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            (with_database(&admin, &name), Some(name))
+        }
+    };
+    let pool = AnyPool::connect(&url).await?;
+    sqlx::migrate::Migrator::new(older.as_path())
+        .await?
+        .run(&pool)
+        .await?;
+    pool.close().await;
+    Ok((url, name))
+}
+
+async fn drop_database(name: Option<String>) -> anyhow::Result<()> {
+    if let Some(name) = name {
+        let pool = AnyPool::connect(&postgres_admin_url()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+    }
+    Ok(())
+}
+
+/// Migration 0026 (packets keyed by the subject's storage key) on a
+/// database holding packets: they stay readable under the subject's id
+/// as its key, and a packet a tool then inserts by subject id alone is
+/// found with them.
+pub async fn packets_from_before_0026_survive_it(b: Backend) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (url, name) = database_before(b, dir.path(), "0026").await?;
+    let id = SubjectId::from_bytes([5; 16]);
+    let other = SubjectId::from_bytes([6; 16]);
+    {
+        let pool = AnyPool::connect(&url).await?;
+        for s in [id, other] {
+            sqlx::query(
+                "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
+                 head_seq, head_hash, created_at_ms, updated_at_ms) \
+                 VALUES ($1, 'partner-a', $2, 1, 3, $3, 1, 1)",
+            )
+            .bind(s.as_bytes().to_vec())
+            .bind(vec![0u8; 60])
+            .bind(vec![0u8; 32])
+            .execute(&pool)
+            .await?;
+        }
+        for (s, seq, field) in [(id, 1i64, "email"), (id, 2, "city"), (other, 1, "email")] {
+            sqlx::query(
+                "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(s.as_bytes().to_vec())
+            .bind(seq)
+            .bind(field)
+            .bind(vec![u8::try_from(seq)?; 8])
+            .execute(&pool)
+            .await?;
+        }
+        pool.close().await;
+    }
+    let result = async {
+        let store = Store::connect(&url).await?;
+        let (_, newest) = store
+            .subject_with_newest_packets(&id)
+            .await?
+            .context("the subject is there")?;
+        assert_eq!(newest, vec![(1, vec![1; 8]), (2, vec![2; 8])]);
+        let pool = AnyPool::connect(&url).await?;
+        let keys: Vec<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT subject_key, subject_id FROM packets ORDER BY subject_id, seq")
+                .fetch_all(&pool)
+                .await?;
+        assert_eq!(keys.len(), 3);
+        assert!(
+            keys.iter().all(|(k, s)| k == s),
+            "each packet keyed by its subject's id"
+        );
+        let unset: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM subjects WHERE subject_key IS NULL")
+                .fetch_one(&pool)
+                .await?;
+        assert_eq!(unset, 2, "subjects from before keep no key of their own");
+        sqlx::query(
+            "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ($1, 3, 'email', $2)",
+        )
+        .bind(id.as_bytes().to_vec())
+        .bind(vec![3u8; 8])
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+        let (_, newest) = store
+            .subject_with_newest_packets(&id)
+            .await?
+            .context("the subject is there")?;
+        assert_eq!(newest, vec![(2, vec![2; 8]), (3, vec![3; 8])]);
+        store.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    drop_database(name).await?;
+    result
+}
