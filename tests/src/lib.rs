@@ -50,8 +50,37 @@ pub async fn postgres_reachable() -> Result<(), String> {
     }
 }
 
+/// A fresh PostgreSQL database named `prefix_<random hex>`: its URL and
+/// its name (for [`drop_postgres_database`]).
+pub async fn create_postgres_database(prefix: &str) -> anyhow::Result<(String, String)> {
+    let admin = postgres_admin_url();
+    let name = format!("{prefix}_{}", hex::encode(uuid::Uuid::new_v4().as_bytes()));
+    sqlx::any::install_default_drivers();
+    let pool = AnyPool::connect(&admin).await.with_context(|| {
+        format!("PostgreSQL is required for this test but {admin} is unreachable")
+    })?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok((with_database(&admin, &name), name))
+}
+
+/// Drops a database [`create_postgres_database`] made, with whoever is
+/// still connected to it.
+pub async fn drop_postgres_database(name: &str) -> anyhow::Result<()> {
+    let pool = AnyPool::connect(&postgres_admin_url()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+    Ok(())
+}
+
 /// `url` naming database `db` instead of its own.
-pub fn with_database(url: &str, db: &str) -> String {
+fn with_database(url: &str, db: &str) -> String {
     match url.rfind('/') {
         Some(i) if i > url.find("://").map_or(0, |s| s + 2) => format!("{}/{db}", &url[..i]),
         _ => format!("{url}/{db}"),
@@ -144,20 +173,8 @@ impl TestVault {
         let (database_url, pg_db) = match backend {
             Backend::Sqlite => (config.database_url(), None),
             Backend::Postgres => {
-                let admin = postgres_admin_url();
-                let name = format!(
-                    "idvault_test_{}",
-                    hex::encode(uuid::Uuid::new_v4().as_bytes())
-                );
-                sqlx::any::install_default_drivers();
-                let pool = AnyPool::connect(&admin).await.with_context(|| {
-                    format!("PostgreSQL is required for this test but {admin} is unreachable")
-                })?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&pool)
-                    .await?;
-                pool.close().await;
-                (with_database(&admin, &name), Some(name))
+                let (url, name) = create_postgres_database("idvault_test").await?;
+                (url, Some(name))
             }
         };
         let (vault, server, client_auth) = boot(&config, &database_url).await?;
@@ -338,13 +355,7 @@ impl TestVault {
         }
         self.vault.store().close().await;
         if let Some(db) = self.pg_db.take() {
-            let pool = AnyPool::connect(&postgres_admin_url()).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-            )))
-            .execute(&pool)
-            .await?;
-            pool.close().await;
+            drop_postgres_database(&db).await?;
         }
         Ok(())
     }

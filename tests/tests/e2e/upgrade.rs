@@ -3,7 +3,7 @@
 use anyhow::Context;
 use idvault_server::store::Store;
 use idvault_tests::idvault_core::subject::SubjectId;
-use idvault_tests::{Backend, postgres_admin_url, with_database};
+use idvault_tests::{Backend, create_postgres_database, drop_postgres_database};
 use sqlx::AnyPool;
 
 /// A database with the migrations before `first_new` applied (copies of
@@ -41,17 +41,8 @@ async fn database_before(
             None,
         ),
         Backend::Postgres => {
-            let admin = postgres_admin_url();
-            let name = format!(
-                "idvault_upgrade_{}",
-                hex::encode(uuid::Uuid::new_v4().as_bytes())
-            );
-            let pool = AnyPool::connect(&admin).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&pool)
-                .await?;
-            pool.close().await;
-            (with_database(&admin, &name), Some(name))
+            let (url, name) = create_postgres_database("idvault_upgrade").await?;
+            (url, Some(name))
         }
     };
     let pool = AnyPool::connect(&url).await?;
@@ -61,19 +52,6 @@ async fn database_before(
         .await?;
     pool.close().await;
     Ok((url, name))
-}
-
-async fn drop_database(name: Option<String>) -> anyhow::Result<()> {
-    if let Some(name) = name {
-        let pool = AnyPool::connect(&postgres_admin_url()).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&pool)
-        .await?;
-        pool.close().await;
-    }
-    Ok(())
 }
 
 /// Migration 0026 (packets keyed by the subject's storage key) on a
@@ -151,6 +129,8 @@ pub async fn packets_from_before_0026_survive_it(b: Backend) -> anyhow::Result<(
         anyhow::Ok(())
     }
     .await;
-    drop_database(name).await?;
+    if let Some(name) = name {
+        drop_postgres_database(&name).await?;
+    }
     result
 }
