@@ -67,6 +67,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tamper::long_chain_is_checked_a_page_at_a_time,
     tamper::packet_relabelled_as_another_field,
     upgrade::packets_from_before_0026_survive_it,
+    upgrade::match_rows_from_before_0027_survive_it,
     audit::edited_record_is_named,
     audit::removed_and_reordered_leaves_are_named,
     audit::forged_checkpoint_is_named,

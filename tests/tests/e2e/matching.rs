@@ -349,7 +349,9 @@ pub async fn candidates_past_the_first_page_are_read(b: Backend) -> anyhow::Resu
 
 /// A deleted subject leaves no index row, signature or token in any
 /// domain or of any partner (found by key: migration 0024 dropped the
-/// indexes by subject), and another subject's rows all stay.
+/// indexes by subject), and another subject's rows all stay; so for a
+/// subject stored as before migration 0026 (its id as its storage key)
+/// and for one created since.
 pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Result<()> {
     const OTHER: &[(&str, &str)] = &[
         ("given_name", "Grace"),
@@ -376,9 +378,28 @@ pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Resul
     let ada = counts().await;
     // Another person, known to both partners, on either side in key order
     // or not: their rows must all stay.
-    create(&tv, "partner-b", OTHER).await;
+    let (other_id, _) = create(&tv, "partner-a", OTHER).await;
+    assert_eq!(query(&mut bq, OTHER).await?.len(), 1);
     assert_eq!(query(&mut aq, OTHER).await?.len(), 1);
     let both = counts().await;
+    // Ada as a subject from before migration 0026 is stored: no key of
+    // its own, every row under its id; still found.
+    let ada_bytes = SubjectId::parse(&id)
+        .expect("subject id")
+        .as_bytes()
+        .to_vec();
+    for sql in [
+        "UPDATE subjects SET subject_key = NULL WHERE subject_id = $1",
+        "UPDATE packets SET subject_key = subject_id WHERE subject_id = $1",
+        "UPDATE match_index SET subject_key = subject_id WHERE subject_id = $1",
+        "UPDATE match_subjects SET subject_key = subject_id WHERE subject_id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(ada_bytes.clone())
+            .execute(tv.db())
+            .await?;
+    }
+    assert_eq!(query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?.len(), 1);
     assert!(
         ada.iter().zip(&both).all(|(a, b)| b > a),
         "{ada:?} {both:?}"
@@ -392,9 +413,43 @@ pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Resul
     let other: Vec<i64> = both.iter().zip(&ada).map(|(b, a)| b - a).collect();
     assert_eq!(left, other, "exactly the deleted subject's rows went");
     assert_eq!(query(&mut aq, OTHER).await?.len(), 1);
+    // The other, under a storage key of its own, goes whole too.
+    tv.subjects("partner-a")
+        .await?
+        .delete_subject(DeleteSubjectRequest {
+            subject_id: other_id,
+        })
+        .await?;
+    assert_eq!(counts().await, vec![0, 0, 0]);
+    assert!(query(&mut aq, OTHER).await?.is_empty());
     tv.stop().await
 }
 
+/// Match rows (blocking rows and signatures) not under their subject's
+/// own storage key (migration 0027), and all match rows: every row of a
+/// subject created since 0026 lies under its version-7 key, not its id.
+pub(crate) async fn match_rows_off_key(tv: &TestVault) -> (i64, i64) {
+    let mut off = 0;
+    let mut all = 0;
+    for table in ["match_index", "match_subjects"] {
+        let count = async |sql: String| {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .fetch_one(tv.db())
+                .await
+                .expect("count")
+        };
+        off += count(format!(
+            "SELECT COUNT(*) FROM {table} m WHERE NOT EXISTS (SELECT 1 FROM subjects s \
+             WHERE s.subject_id = m.subject_id AND s.subject_key = m.subject_key \
+             AND s.subject_key <> s.subject_id)"
+        ))
+        .await;
+        all += count(format!("SELECT COUNT(*) FROM {table}")).await;
+    }
+    (off, all)
+}
+
+/// An update replaces a subject's match rows, under its storage key.
 pub async fn update_moves_the_index(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let (id, token) = create(&tv, "partner-a", ADA).await;
@@ -414,6 +469,9 @@ pub async fn update_moves_the_index(b: Backend) -> anyhow::Result<()> {
     let now = query(&mut a, &[("phone", "07911 123456")]).await?;
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].pairwise_token, token);
+    let (off, all) = match_rows_off_key(&tv).await;
+    assert!(all > 0);
+    assert_eq!(off, 0, "every match row under its subject's key");
     // The other fields still count after the update (the new phone with
     // the names and date as another partner spelled them).
     const ELSEWHERE_NOW: &[(&str, &str)] = &[
@@ -998,16 +1056,17 @@ pub async fn a_dropped_domain_is_cleared_in_parts(b: Backend) -> anyhow::Result<
         Backend::Postgres => "decode(md5(i::text) || md5(i::text || 'm'), 'hex')",
     };
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
+        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version, subject_key) \
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) \
-         SELECT 'gone', i, {subject}, 1, 1 FROM n"
+         SELECT 'gone', i, {subject}, 1, 1, {subject} FROM n"
     )))
     .execute(tv.db())
     .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, mac) \
+        "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, mac, \
+         subject_key) \
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
-         SELECT 'gone', {subject}, 1, {subject}, 1, {mac} FROM n"
+         SELECT 'gone', {subject}, 1, {subject}, 1, {mac}, {subject} FROM n"
     )))
     .execute(tv.db())
     .await?;
@@ -1158,8 +1217,10 @@ pub async fn copied_match_rows_name_nobody(b: Backend) -> anyhow::Result<()> {
     .execute(tv.db())
     .await?;
     sqlx::query(
-        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
-         SELECT domain, bidx, $2, field, key_version FROM match_index WHERE subject_id = $1",
+        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version, subject_key) \
+         SELECT domain, bidx, $2, field, key_version, \
+         (SELECT COALESCE(subject_key, subject_id) FROM subjects WHERE subject_id = $2) \
+         FROM match_index WHERE subject_id = $1",
     )
     .bind(ada.clone())
     .bind(other.clone())

@@ -228,6 +228,8 @@ pub async fn rewrap_rpc_is_gated_and_reports(b: Backend) -> anyhow::Result<()> {
     use idvault_tests::idvault_proto::v1::{RewrapRequest, RewrapUpdate};
     let mut tv = TestVault::start(b).await?;
     let id = create(&tv, "partner-a", &[("email", "rewrap@example.org")]).await?;
+    let (_, match_rows) = crate::matching::match_rows_off_key(&tv).await;
+    assert!(match_rows > 0);
     tv.rotate_root_key().await?;
     let denied = KeyServiceClient::new(tv.channel("partner-b").await?)
         .rewrap(RewrapRequest {})
@@ -260,6 +262,11 @@ pub async fn rewrap_rpc_is_gated_and_reports(b: Backend) -> anyhow::Result<()> {
         .fetch_all(tv.db())
         .await?;
     assert_eq!(versions, [2]);
+    // Its match rows written again, under its storage key.
+    assert_eq!(
+        crate::matching::match_rows_off_key(&tv).await,
+        (0, match_rows)
+    );
     let r = tv
         .subjects("partner-a")
         .await?

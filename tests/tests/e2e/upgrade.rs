@@ -134,3 +134,95 @@ pub async fn packets_from_before_0026_survive_it(b: Backend) -> anyhow::Result<(
     }
     result
 }
+
+/// Migration 0027 (match rows found by the subject's storage key) on a
+/// database holding match rows of a subject from before 0026 (no key of
+/// its own) and of one created after it: each row takes its subject's
+/// key (the id for the first), and both subjects are still ranked and
+/// their signatures read.
+pub async fn match_rows_from_before_0027_survive_it(b: Backend) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (url, name) = database_before(b, dir.path(), "0027").await?;
+    let old = SubjectId::from_bytes([5; 16]);
+    let new = SubjectId::from_bytes([6; 16]);
+    let new_key = [7u8; 16];
+    {
+        let pool = AnyPool::connect(&url).await?;
+        for (s, key) in [(old, None), (new, Some(new_key.to_vec()))] {
+            sqlx::query(
+                "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
+                 head_seq, head_hash, created_at_ms, updated_at_ms, subject_key) \
+                 VALUES ($1, 'partner-a', $2, 1, 1, $3, 1, 1, $4)",
+            )
+            .bind(s.as_bytes().to_vec())
+            .bind(vec![0u8; 60])
+            .bind(vec![0u8; 32])
+            .bind(key)
+            .execute(&pool)
+            .await?;
+            // One blocking key both hold, one each of their own.
+            for (bidx, field) in [(100i64, 2i64), (i64::from(s.as_bytes()[0]), 5)] {
+                sqlx::query(
+                    "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
+                     VALUES ('d', $1, $2, $3, 1)",
+                )
+                .bind(bidx)
+                .bind(s.as_bytes().to_vec())
+                .bind(field)
+                .execute(&pool)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature, \
+                 mac_version, mac) VALUES ('d', $1, 3, $2, 1, $3)",
+            )
+            .bind(s.as_bytes().to_vec())
+            .bind(vec![s.as_bytes()[0]; 12])
+            .bind(vec![0u8; 32])
+            .execute(&pool)
+            .await?;
+        }
+        pool.close().await;
+    }
+    let result = async {
+        let store = Store::connect(&url).await?;
+        let pool = AnyPool::connect(&url).await?;
+        for table in ["match_index", "match_subjects"] {
+            let keys: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT subject_id, subject_key FROM {table} ORDER BY subject_id"
+            )))
+            .fetch_all(&pool)
+            .await?;
+            assert!(!keys.is_empty(), "{table} kept its rows");
+            for (s, k) in keys {
+                let want = if s == old.as_bytes() {
+                    old.as_bytes().to_vec()
+                } else {
+                    new_key.to_vec()
+                };
+                assert_eq!(k, want, "{table}: each row under its subject's key");
+            }
+        }
+        pool.close().await;
+        let ranked = store.match_ranks("d", &[(100, 1.0), (6, 2.0)], 8).await?;
+        let order: Vec<_> = ranked.iter().map(|r| r.subject).collect();
+        assert_eq!(order, vec![new, old], "ranked by their rows' gains");
+        let read = store.match_signatures("d", &ranked).await?;
+        let signatures: Vec<_> = read
+            .iter()
+            .map(|c| (c.subject, c.signature.clone()))
+            .collect();
+        assert_eq!(
+            signatures,
+            vec![(new, vec![6; 12]), (old, vec![5; 12])],
+            "each signature found under its key"
+        );
+        store.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(name) = name {
+        drop_postgres_database(&name).await?;
+    }
+    result
+}

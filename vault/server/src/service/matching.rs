@@ -98,11 +98,11 @@ async fn best_candidates(
         // At most CANDIDATE_LIMIT in all, even if the first page's
         // subjects left the best ranked meanwhile.
         let budget = (CANDIDATE_LIMIT as usize).saturating_sub(read.len());
-        let rest: Vec<(SubjectId, f64)> = store
+        let rest: Vec<crate::store::Ranked> = store
             .match_ranks(domain, blocking, CANDIDATE_LIMIT)
             .await?
             .into_iter()
-            .filter(|(s, _)| !seen.contains(s))
+            .filter(|r| !seen.contains(&r.subject))
             .take(budget)
             .collect();
         ranked = started.elapsed();
@@ -603,7 +603,7 @@ impl Vault {
             );
         }
         tx.match_set_subject(subject, &signatures)?;
-        tx.match_insert(subject, &rows);
+        tx.match_insert(subject, &rows)?;
         Ok(())
     }
 

@@ -43,19 +43,21 @@ pub(super) fn subject_of(bytes: &[u8], col: &'static str) -> Result<SubjectId, S
     SubjectId::from_slice(bytes).ok_or(StoreError::Corrupt(col))
 }
 
-/// Inserts rows `(domain, subject, field code, key version, index)`.
+/// Inserts rows `(domain, subject, field code, key version, index)` of
+/// [`BenchLoader`]'s stand-in subjects, each under its id as storage key
+/// (as a subject from before migration 0026 is stored).
 async fn insert_rows<'e>(
     ex: impl Executor<'e, Database = Any>,
     rows: &[(&str, SubjectId, u8, u32, i64)],
 ) -> Result<(), StoreError> {
     let values: Vec<String> = (0..rows.len())
-        .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+        .map(|i| format!("({}, ${})", placeholders(i * 5 + 1, 5), i * 5 + 3))
         .collect();
     // Conflicts are a re-index of the same value (or a 2^-64 chance
     // collision inside one key): the row already says what it would say.
     let sql = format!(
-        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) VALUES {} \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO match_index (domain, bidx, subject_id, field, key_version, subject_key) \
+         VALUES {} ON CONFLICT DO NOTHING",
         values.join(", ")
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -167,8 +169,14 @@ impl AuditedTx {
         }
     }
 
-    /// Adds a subject's blind indexes.
-    pub fn match_insert(&mut self, subject: &SubjectId, rows: &[MatchRow<'_>]) {
+    /// Adds the blind indexes of a subject this transaction created or
+    /// read by row, under its storage key (migration 0027).
+    pub fn match_insert(
+        &mut self,
+        subject: &SubjectId,
+        rows: &[MatchRow<'_>],
+    ) -> Result<(), StoreError> {
+        let key = self.subject_key(subject)?;
         let table = self.table_for(subject, Table::MatchIndex, Table::NewMatchIndex);
         for (domain, field, version, bidx) in rows {
             self.pending.push(
@@ -179,15 +187,19 @@ impl AuditedTx {
                     Value::Bytes(subject.as_bytes().to_vec()),
                     Value::Int(i64::from(*field)),
                     Value::Int(i64::from(*version)),
+                    Value::Bytes(key.to_vec()),
                 ],
             );
         }
+        Ok(())
     }
 
     /// Removes a subject's blind-index rows in every domain (before they
     /// are written again whole; its signatures are overwritten).
     pub async fn match_delete_subject(&mut self, subject: &SubjectId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM match_index WHERE subject_id = $1")
+        let key = self.subject_key(subject)?;
+        sqlx::query("DELETE FROM match_index WHERE subject_key = $1 AND subject_id = $2")
+            .bind(key.to_vec())
             .bind(subject.as_bytes().to_vec())
             .execute(self.conn().await?)
             .await?;
@@ -200,22 +212,28 @@ impl AuditedTx {
         domain: &str,
         subject: &SubjectId,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM match_index WHERE domain = $1 AND subject_id = $2")
-            .bind(domain.to_owned())
-            .bind(subject.as_bytes().to_vec())
-            .execute(self.conn().await?)
-            .await?;
+        let key = self.subject_key(subject)?;
+        sqlx::query(
+            "DELETE FROM match_index WHERE subject_key = $1 AND domain = $2 AND subject_id = $3",
+        )
+        .bind(key.to_vec())
+        .bind(domain.to_owned())
+        .bind(subject.as_bytes().to_vec())
+        .execute(self.conn().await?)
+        .await?;
         Ok(())
     }
 
     /// Sets `subject`'s presence mask and signature in each domain of
     /// `by_domain` `(domain, mask, signature)`, in one statement, each row
-    /// with its MAC (`rowmac::match_signature`).
+    /// with its MAC (`rowmac::match_signature`), under its storage key (a
+    /// subject this transaction created or read by row).
     pub fn match_set_subject(
         &mut self,
         subject: &SubjectId,
         by_domain: &[(&str, u16, Vec<u8>)],
     ) -> Result<(), StoreError> {
+        let key = self.subject_key(subject)?;
         let keys = self.store.row_keys()?;
         let table = self.table_for(subject, Table::MatchSubjects, Table::NewMatchSubjects);
         for (domain, present, signature) in by_domain {
@@ -232,6 +250,7 @@ impl AuditedTx {
                     Value::Bytes(signature.clone()),
                     Value::Int(v),
                     Value::Bytes(mac),
+                    Value::Bytes(key.to_vec()),
                 ],
             );
         }
@@ -316,8 +335,9 @@ impl AuditedTx {
         .await?
         .rows_affected();
         let signatures = sqlx::query(
-            "DELETE FROM match_subjects WHERE (domain, subject_id) IN \
-             (SELECT domain, subject_id FROM match_subjects WHERE domain = $1 LIMIT $2)",
+            "DELETE FROM match_subjects WHERE (domain, subject_key, subject_id) IN \
+             (SELECT domain, subject_key, subject_id FROM match_subjects \
+              WHERE domain = $1 LIMIT $2)",
         )
         .bind(domain.to_owned())
         .bind(i64::from(limit))
@@ -397,7 +417,7 @@ impl Store {
         domain: &str,
         blocking: &[(i64, f64)],
         limit: u32,
-    ) -> Result<Vec<(SubjectId, f64)>, StoreError> {
+    ) -> Result<Vec<Ranked>, StoreError> {
         ranks(self.pool(), domain, blocking, limit).await
     }
 
@@ -406,7 +426,7 @@ impl Store {
     pub async fn match_signatures(
         &self,
         domain: &str,
-        ranked: &[(SubjectId, f64)],
+        ranked: &[Ranked],
     ) -> Result<Vec<Candidate>, StoreError> {
         signatures(self.pool(), domain, ranked).await
     }
@@ -630,12 +650,13 @@ impl BenchLoader {
         order.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let keys = self.store.row_keys()?;
         for part in order.chunks(INSERT_CHUNK) {
+            // The id as storage key, as for the stand-in subject rows below.
             let values: Vec<String> = (0..part.len())
-                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
+                .map(|i| format!("({}, ${})", placeholders(i * 6 + 1, 6), i * 6 + 2))
                 .collect();
             let sql = format!(
-                "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, mac) \
-                 VALUES {}",
+                "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, \
+                 mac, subject_key) VALUES {}",
                 values.join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -725,16 +746,7 @@ pub(super) async fn candidates<'e>(
     if blocking.is_empty() {
         return Ok((Vec::new(), HashMap::new()));
     }
-    // The ranking's placeholders run to $(1 + 2n); the partner comes next.
-    let sql = format!(
-        "SELECT s.subject_id, s.fields, s.signature, s.mac_version, s.mac, c.g, \
-         t.token, t.mac_version, t.mac FROM match_subjects s \
-         JOIN ({}) c ON c.subject_id = s.subject_id \
-         LEFT JOIN pairwise_tokens t ON t.subject_id = s.subject_id AND t.partner = ${} \
-         WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
-        ranking_sql(blocking.len(), limit),
-        2 + 2 * blocking.len(),
-    );
+    let sql = candidates_sql(blocking.len(), limit);
     let q = sqlx::query_as::<_, CandidateWithToken>(sqlx::AssertSqlSafe(sql));
     let rows = bind_ranking(q, domain, blocking)
         .bind(partner.to_owned())
@@ -765,6 +777,22 @@ pub(super) async fn candidates<'e>(
     Ok((out, tokens))
 }
 
+/// The SQL of [`candidates`] over `n` blocking keys: the ranking's
+/// placeholders run to $(1 + 2n); the partner comes next. Each ranked
+/// subject's signature row is sought by its full primary key, the storage
+/// key carried from the blocking row (migration 0027).
+fn candidates_sql(n: usize, limit: u32) -> String {
+    format!(
+        "SELECT s.subject_id, s.fields, s.signature, s.mac_version, s.mac, c.g, \
+         t.token, t.mac_version, t.mac FROM match_subjects s \
+         JOIN ({}) c ON c.subject_key = s.subject_key AND c.subject_id = s.subject_id \
+         LEFT JOIN pairwise_tokens t ON t.subject_id = s.subject_id AND t.partner = ${} \
+         WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
+        ranking_sql(n, limit),
+        2 + 2 * n,
+    )
+}
+
 /// Most subjects read per blocking key of the first lookup
 /// ([`ranking_sql`]). A blocking key is held by few people in real data
 /// (an identifier, a date of birth: about 27 people per date at 1,000,000
@@ -778,9 +806,10 @@ pub(super) async fn candidates<'e>(
 /// through its other keys.
 pub(super) const BLOCKING_KEY_CAP: u32 = 1024;
 
-/// The ranking of [`candidates`] and [`ranks`]: `(subject_id, g)`, the at
-/// most `limit` subjects of domain `$1` with the highest rank over `n`
-/// blocking indexes, best first: for each field, the gain of its best key
+/// The ranking of [`candidates`] and [`ranks`]: `(subject_id, subject_key,
+/// g)`, the at most `limit` subjects of domain `$1` with the highest rank
+/// over `n` blocking indexes, best first (the storage key comes along to
+/// find the signature row by, migration 0027): for each field, the gain of its best key
 /// the subject holds, summed over fields. Each key is one sub-select on
 /// the (domain, bidx) key capped at [`BLOCKING_KEY_CAP`] subjects, with
 /// its gain beside it. Only placeholders and integer constants are
@@ -799,8 +828,10 @@ fn ranking_sql(n: usize, limit: u32) -> String {
     let parts: Vec<String> = (0..n)
         .map(|i| {
             format!(
-                "SELECT k{i}.subject_id, k{i}.field, CAST(${} AS DOUBLE PRECISION) AS g FROM \
-                 (SELECT subject_id, field FROM match_index WHERE domain = $1 AND bidx = ${} \
+                "SELECT k{i}.subject_id, k{i}.subject_key, k{i}.field, \
+                 CAST(${} AS DOUBLE PRECISION) AS g FROM \
+                 (SELECT subject_id, subject_key, field FROM match_index \
+                  WHERE domain = $1 AND bidx = ${} \
                   ORDER BY subject_id LIMIT {BLOCKING_KEY_CAP}) k{i}",
                 3 + 2 * i,
                 2 + 2 * i
@@ -808,10 +839,11 @@ fn ranking_sql(n: usize, limit: u32) -> String {
         })
         .collect();
     format!(
-        "SELECT h.subject_id, SUM(h.g) AS g FROM \
-           (SELECT u.subject_id, u.field, MAX(u.g) AS g FROM ({}) u \
-            GROUP BY u.subject_id, u.field) h \
-         GROUP BY h.subject_id ORDER BY SUM(h.g) DESC, h.subject_id LIMIT {limit}",
+        "SELECT h.subject_id, h.subject_key, SUM(h.g) AS g FROM \
+           (SELECT u.subject_id, u.subject_key, u.field, MAX(u.g) AS g FROM ({}) u \
+            GROUP BY u.subject_id, u.subject_key, u.field) h \
+         GROUP BY h.subject_id, h.subject_key \
+         ORDER BY SUM(h.g) DESC, h.subject_id LIMIT {limit}",
         parts.join(" UNION ALL "),
     )
 }
@@ -829,67 +861,110 @@ fn bind_ranking<'q, O>(
     q
 }
 
+/// A candidate ranked without its signature ([`ranks`]): the subject,
+/// its rank, and the storage key its signature row is found by, which
+/// stays inside the store (its `Debug` leaves it out).
+#[derive(Clone, Copy)]
+pub struct Ranked {
+    /// The subject.
+    pub subject: SubjectId,
+    /// Its rank over the query's blocking keys.
+    pub gain: f64,
+    key: [u8; 16],
+}
+
+impl std::fmt::Debug for Ranked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ranked")
+            .field("subject", &self.subject)
+            .field("gain", &self.gain)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The ranks of one query's candidates, without their signatures: the at
 /// most `limit` subjects of `domain` ranked highest by [`candidates`],
-/// `(subject, rank)`, best first. Read when the first candidates do not
-/// settle a query, to read the signatures of the others ([`signatures`])
-/// in parts side by side.
+/// best first. Read when the first candidates do not settle a query, to
+/// read the signatures of the others ([`signatures`]) in parts side by
+/// side.
 pub(super) async fn ranks<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     domain: &str,
     blocking: &[(i64, f64)],
     limit: u32,
-) -> Result<Vec<(SubjectId, f64)>, StoreError> {
+) -> Result<Vec<Ranked>, StoreError> {
     if blocking.is_empty() {
         return Ok(Vec::new());
     }
     let sql = ranking_sql(blocking.len(), limit);
-    let q = sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql));
+    let q = sqlx::query_as::<_, (Vec<u8>, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql));
     bind_ranking(q, domain, blocking)
         .fetch_all(ex)
         .await?
         .into_iter()
-        .map(|(s, gain)| Ok((subject_of(&s, "match_index.subject_id")?, gain)))
+        .map(|(s, key, gain)| {
+            Ok(Ranked {
+                subject: subject_of(&s, "match_index.subject_id")?,
+                gain,
+                key: key
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("match_index.subject_key"))?,
+            })
+        })
         .collect()
 }
 
 /// The presence masks and signatures of `ranked` subjects of `domain`
 /// (at most [`IN_CHUNK`]), as candidates in the order given; a subject
-/// without a signature row (deleted meanwhile) is left out.
+/// without a signature row under its key (deleted meanwhile) is left out.
 pub(super) async fn signatures<'e>(
     ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     domain: &str,
-    ranked: &[(SubjectId, f64)],
+    ranked: &[Ranked],
 ) -> Result<Vec<Candidate>, StoreError> {
     debug_assert!(ranked.len() <= IN_CHUNK, "one IN list per call");
     if ranked.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!(
-        "SELECT subject_id, fields, signature, mac_version, mac FROM match_subjects \
-         WHERE domain = $1 AND subject_id IN ({})",
-        placeholders(2, ranked.len())
-    );
-    let mut q = sqlx::query_as::<_, SignatureRow>(sqlx::AssertSqlSafe(sql)).bind(domain.to_owned());
-    for (s, _) in ranked {
-        q = q.bind(s.as_bytes().to_vec());
+    let sql = signatures_sql(ranked.len());
+    let mut q =
+        sqlx::query_as::<_, KeyedSignatureRow>(sqlx::AssertSqlSafe(sql)).bind(domain.to_owned());
+    for r in ranked {
+        q = q.bind(r.key.to_vec());
     }
-    let mut found: HashMap<SubjectId, (i64, Vec<u8>, StoredMacRow)> =
+    let mut found: HashMap<(SubjectId, Vec<u8>), SignatureFields> =
         HashMap::with_capacity(ranked.len());
-    for (s, mask, signature, v, mac) in q.fetch_all(ex).await? {
+    for (s, key, mask, signature, v, mac) in q.fetch_all(ex).await? {
         found.insert(
-            subject_of(&s, "match_subjects.subject_id")?,
+            (subject_of(&s, "match_subjects.subject_id")?, key),
             (mask, signature, (v, mac)),
         );
     }
     ranked
         .iter()
-        .filter_map(|(s, gain)| {
+        .filter_map(|r| {
             found
-                .remove(s)
-                .map(|(mask, signature, mac)| candidate(*s, mask, signature, mac, *gain))
+                .remove(&(r.subject, r.key.to_vec()))
+                .map(|(mask, signature, mac)| candidate(r.subject, mask, signature, mac, r.gain))
         })
         .collect()
+}
+
+/// The SQL of [`signatures`] for `n` subjects: by key, the primary key's
+/// second column (the domain `$1` its first); each row's id is then
+/// matched to the one ranked under that key. Not by `(key, id)` pairs:
+/// SQLite seeks a row value `IN (VALUES …)` by the domain alone (a scan
+/// of it), and a second `IN` list by every key and id combination. A key
+/// holds one row of a domain; the limit (a literal, as at
+/// [`ranking_sql`]) bounds what rows a database writer piled under one
+/// key could make a lookup read.
+fn signatures_sql(n: usize) -> String {
+    format!(
+        "SELECT subject_id, subject_key, fields, signature, mac_version, mac \
+         FROM match_subjects WHERE domain = $1 AND subject_key IN ({}) LIMIT {}",
+        placeholders(2, n),
+        2 * n
+    )
 }
 
 /// Most subjects read per wide compound key (`QueryPlan::wide`): a key
@@ -926,8 +1001,9 @@ fn wide_sql(n: usize, limit: u32) -> String {
     let parts: Vec<String> = (0..n)
         .map(|i| {
             format!(
-                "SELECT w{i}.subject_id, CAST(${} AS DOUBLE PRECISION) AS g FROM \
-                 (SELECT subject_id FROM match_index WHERE domain = $1 AND bidx = ${} \
+                "SELECT w{i}.subject_id, w{i}.subject_key, CAST(${} AS DOUBLE PRECISION) AS g \
+                 FROM (SELECT subject_id, subject_key FROM match_index \
+                  WHERE domain = $1 AND bidx = ${} \
                   ORDER BY subject_id LIMIT {WIDE_KEY_CAP}) w{i}",
                 3 + 2 * i,
                 2 + 2 * i
@@ -937,9 +1013,11 @@ fn wide_sql(n: usize, limit: u32) -> String {
     format!(
         "SELECT s.subject_id, s.fields, s.signature, s.mac_version, s.mac, c.g \
          FROM match_subjects s \
-         JOIN (SELECT u.subject_id, SUM(u.g) AS g FROM ({}) u \
-           GROUP BY u.subject_id ORDER BY SUM(u.g) DESC, u.subject_id LIMIT {limit}) c \
-         ON c.subject_id = s.subject_id WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
+         JOIN (SELECT u.subject_id, u.subject_key, SUM(u.g) AS g FROM ({}) u \
+           GROUP BY u.subject_id, u.subject_key \
+           ORDER BY SUM(u.g) DESC, u.subject_id LIMIT {limit}) c \
+         ON c.subject_key = s.subject_key AND c.subject_id = s.subject_id \
+         WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
         parts.join(" UNION ALL "),
     )
 }
@@ -949,6 +1027,12 @@ type StoredMacRow = (Option<i64>, Option<Vec<u8>>);
 
 /// A signature row: subject, presence mask, signature, MAC version, MAC.
 type SignatureRow = (Vec<u8>, i64, Vec<u8>, Option<i64>, Option<Vec<u8>>);
+
+/// A signature row's presence mask, signature and MAC columns.
+type SignatureFields = (i64, Vec<u8>, StoredMacRow);
+
+/// A signature row with its storage key after the subject.
+type KeyedSignatureRow = (Vec<u8>, Vec<u8>, i64, Vec<u8>, Option<i64>, Option<Vec<u8>>);
 
 /// A candidate row: subject, presence mask, signature, MAC version, MAC,
 /// rank.
@@ -1019,7 +1103,7 @@ mod tests {
             "each key capped: {sql}"
         );
         let mut q = bind_ranking(
-            sqlx::query_as::<_, (Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql)),
+            sqlx::query_as::<_, (Vec<u8>, Vec<u8>, f64)>(sqlx::AssertSqlSafe(sql)),
             "d",
             &blocking,
         );
@@ -1030,6 +1114,51 @@ mod tests {
         let sql = wide_sql(2, 64);
         assert!((1..=5).all(|i| has(&sql, i)), "{sql}");
         assert!(!has(&sql, 6), "{sql}");
+    }
+
+    /// The lookups reach a candidate's signature row by its whole primary
+    /// key, the storage key carried from its blocking row (migration
+    /// 0027), never by a scan of the domain.
+    #[tokio::test]
+    async fn signature_rows_are_sought_by_storage_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let store = super::super::Store::connect(&url).await.expect("connect");
+        let plan = async |sql: String, binds: usize| {
+            let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {sql}"
+            )));
+            for i in 0..binds {
+                q = q.bind(i64::try_from(i).expect("small"));
+            }
+            let rows = q.fetch_all(store.pool()).await.expect("plan");
+            rows.into_iter().map(|(_, _, _, d)| d).collect::<Vec<_>>()
+        };
+        for (sql, binds, seek) in [
+            (
+                candidates_sql(2, 8),
+                6,
+                "SEARCH s USING PRIMARY KEY (domain=? AND subject_key=? AND subject_id=?)",
+            ),
+            (
+                wide_sql(2, 8),
+                5,
+                "SEARCH s USING PRIMARY KEY (domain=? AND subject_key=? AND subject_id=?)",
+            ),
+            (
+                signatures_sql(3),
+                4,
+                "SEARCH match_subjects USING PRIMARY KEY (domain=? AND subject_key=?)",
+            ),
+        ] {
+            let steps = plan(sql, binds).await;
+            assert!(steps.iter().any(|d| d == seek), "{steps:?}");
+            assert!(
+                !steps.iter().any(|d| d.starts_with("SCAN match_")),
+                "{steps:?}"
+            );
+        }
+        store.close().await;
     }
 
     /// A key held by more subjects than [`BLOCKING_KEY_CAP`] reads only
@@ -1051,8 +1180,8 @@ mod tests {
             let mut id = [0u8; 16];
             id[12..].copy_from_slice(&u32::try_from(i).expect("small").to_be_bytes());
             sqlx::query(
-                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
-                 VALUES ('d', 7, $1, 2, 1)",
+                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version, \
+                 subject_key) VALUES ('d', 7, $1, 2, 1, $1)",
             )
             .bind(id.to_vec())
             .execute(&mut *conn)
@@ -1063,8 +1192,8 @@ mod tests {
         let mut last = [0u8; 16];
         last[12..].copy_from_slice(&u32::try_from(crowd - 1).expect("small").to_be_bytes());
         sqlx::query(
-            "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) \
-             VALUES ('d', 9, $1, 5, 1)",
+            "INSERT INTO match_index (domain, bidx, subject_id, field, key_version, \
+             subject_key) VALUES ('d', 9, $1, 5, 1, $1)",
         )
         .bind(last.to_vec())
         .execute(&mut *conn)
@@ -1082,20 +1211,27 @@ mod tests {
             .await
             .expect("ranks");
         assert_eq!(one.len(), BLOCKING_KEY_CAP as usize);
-        assert!(one.iter().all(|(s, _)| s.as_bytes() != &last));
+        assert!(one.iter().all(|r| r.subject.as_bytes() != &last));
 
         let both = store
             .match_ranks("d", &[(7, 1.0), (9, 2.0)], 8)
             .await
             .expect("ranks");
-        assert_eq!(both[0].0.as_bytes(), &last, "found through its own key");
-        assert!((both[0].1 - 2.0).abs() < 1e-9, "beyond the cap: key 9 only");
-        assert!(both[1..].iter().all(|(_, g)| (g - 1.0).abs() < 1e-9));
+        assert_eq!(
+            both[0].subject.as_bytes(),
+            &last,
+            "found through its own key"
+        );
+        assert!(
+            (both[0].gain - 2.0).abs() < 1e-9,
+            "beyond the cap: key 9 only"
+        );
+        assert!(both[1..].iter().all(|r| (r.gain - 1.0).abs() < 1e-9));
         // A field's gain counts once: the best of its keys.
         let same_field = store
             .match_ranks("d", &[(7, 1.0), (7, 1.0)], 2)
             .await
             .expect("ranks");
-        assert!((same_field[0].1 - 1.0).abs() < 1e-9);
+        assert!((same_field[0].gain - 1.0).abs() < 1e-9);
     }
 }

@@ -115,7 +115,7 @@ pub use audit::{
 pub use consent::{GrantClaim, GrantClaimRows};
 pub use events::{IGNORED_UNLINKED, SuggestionInputs};
 pub(crate) use matching::check_signature;
-pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead};
+pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead, Ranked};
 pub use rekey::{
     LeafMacRow, LinkRow, MAC_WALK_WINDOW, MacCursor, MacKeys, MacPage, MacTable, RemacBatch,
 };
@@ -618,7 +618,7 @@ impl Store {
             store: self.clone(),
             deadline,
             changed: None,
-            subject_keys: Vec::new(),
+            subject_keys: HashMap::new(),
             slot: Some(slot),
             share: None,
             share_held: None,
@@ -951,10 +951,11 @@ pub struct AuditedTx {
     store: Store,
     deadline: Option<tokio::time::Instant>,
     changed: Option<(SubjectId, ChainHead)>,
-    /// The storage keys (migration 0026) of the subjects this transaction
-    /// created or read by row, so that their packets can be inserted
-    /// under them. A handful at most: a request names one subject.
-    subject_keys: Vec<(SubjectId, [u8; 16])>,
+    /// The storage keys (migrations 0026, 0027) of the subjects this
+    /// transaction created or read by row, so that their packets and match
+    /// rows can be written under them. One for most requests; a re-index
+    /// or rewrap batch, a page of subjects.
+    subject_keys: HashMap<SubjectId, [u8; 16]>,
     /// Its place in the writer queue, given back when it ends (while its
     /// connection is being opened, the opening task holds it).
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -1166,17 +1167,25 @@ impl AuditedTx {
         };
         let keys = self.store.row_mac.clone();
         let record = rows::subject_record(&row, keys.as_deref())?;
-        let key: Vec<u8> = row.try_get("subject_key")?;
-        let key = <[u8; 16]>::try_from(key.as_slice())
-            .map_err(|_| StoreError::Corrupt("subjects.subject_key"))?;
-        self.keep_subject_key(*id, key);
+        self.keep_subject_key(*id, rows::fixed(&row, "subject_key")?);
         Ok(Some(record))
     }
 
-    fn keep_subject_key(&mut self, id: SubjectId, key: [u8; 16]) {
-        if !self.subject_keys.iter().any(|(s, _)| *s == id) {
-            self.subject_keys.push((id, key));
-        }
+    pub(super) fn keep_subject_key(&mut self, id: SubjectId, key: [u8; 16]) {
+        self.subject_keys.entry(id).or_insert(key);
+    }
+
+    /// The storage key of a subject this transaction created or read by
+    /// row ([`AuditedTx::subject`], [`AuditedTx::subject_created_by`]);
+    /// any other subject is refused: a request that has not read the
+    /// subject has not checked it either.
+    pub(super) fn subject_key(&self, id: &SubjectId) -> Result<[u8; 16], StoreError> {
+        self.subject_keys
+            .get(id)
+            .copied()
+            .ok_or(StoreError::Corrupt(
+                "rows for a subject this transaction did not read",
+            ))
     }
 
     /// Up to `head_seq`, the newest packet of each of a subject's fields
@@ -1299,14 +1308,7 @@ impl AuditedTx {
         id: &SubjectId,
         packets: &[NewPacket],
     ) -> Result<(), StoreError> {
-        let key = self
-            .subject_keys
-            .iter()
-            .find(|(s, _)| s == id)
-            .map(|(_, k)| *k)
-            .ok_or(StoreError::Corrupt(
-                "packets for a subject this transaction did not read",
-            ))?;
+        let key = self.subject_key(id)?;
         for p in packets {
             self.pending.push(
                 Table::Packets,
@@ -1348,32 +1350,45 @@ impl AuditedTx {
         &mut self,
         id: &SubjectId,
     ) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        // The storage key (migrations 0026, 0027), read before its row
+        // goes: the packets and match rows are found by it, each beside
+        // the subject id.
+        let key = match self.subject_keys.get(id) {
+            Some(k) => k.to_vec(),
+            None => {
+                let k: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT COALESCE(subject_key, subject_id) FROM subjects WHERE subject_id = $1",
+                )
+                .bind(id.as_bytes().to_vec())
+                .fetch_optional(self.conn().await?)
+                .await?;
+                k.unwrap_or_else(|| id.as_bytes().to_vec())
+            }
+        };
         let mut out = Vec::with_capacity(19);
+        // `$1` the subject id, `$2` (where named) its storage key.
         for (what, sql) in [
             (
                 "packets",
-                concat!(
-                    "DELETE FROM packets WHERE subject_key = ",
-                    key_of_subject!(),
-                    " AND subject_id = $1"
-                ),
+                "DELETE FROM packets WHERE subject_key = $2 AND subject_id = $1",
             ),
             ("data-key", "DELETE FROM subjects WHERE subject_id = $1"),
             // No longer matchable, and no partner's token points at it.
             (
                 "match-index",
-                "DELETE FROM match_index WHERE subject_id = $1",
+                "DELETE FROM match_index WHERE subject_key = $2 AND subject_id = $1",
             ),
-            // Keyed by (domain, subject) and (partner, subject), with no
-            // index by subject alone (migration 0024): a loose index scan
-            // names the few domains and partners present, one seek each,
-            // and the rows go by key. Every value present is named, so
-            // nothing is left behind whatever `match_domains` or the
-            // configuration say.
+            // Keyed by (domain, key, subject) and (partner, subject), with
+            // no index by subject alone (migrations 0024, 0027): a loose
+            // index scan names the few domains and partners present, one
+            // seek each, and the rows go by key. Every value present is
+            // named, so nothing is left behind whatever `match_domains` or
+            // the configuration say.
             (
                 "match-signatures",
                 concat!(
-                    "DELETE FROM match_subjects WHERE subject_id = $1 AND domain IN (",
+                    "DELETE FROM match_subjects WHERE subject_key = $2 AND subject_id = $1 \
+                     AND domain IN (",
                     loose_scan!(match_subjects, domain),
                     ")"
                 ),
@@ -1434,11 +1449,11 @@ impl AuditedTx {
                 "DELETE FROM command_counters WHERE subject_id = $1",
             ),
         ] {
-            let n = sqlx::query(sql)
-                .bind(id.as_bytes().to_vec())
-                .execute(self.conn().await?)
-                .await?
-                .rows_affected();
+            let mut q = sqlx::query(sql).bind(id.as_bytes().to_vec());
+            if sql.contains("$2") {
+                q = q.bind(key.clone());
+            }
+            let n = q.execute(self.conn().await?).await?.rows_affected();
             out.push((what, n));
         }
         Ok(out)

@@ -877,8 +877,8 @@ impl AuditedTx {
             super::Backend::Sqlite => "",
         };
         let sql = format!(
-            "SELECT {} FROM subjects WHERE kek_version < $1 AND subject_id IN ({}) \
-             ORDER BY subject_id{lock}",
+            "SELECT {}, COALESCE(subject_key, subject_id) AS subject_key FROM subjects \
+             WHERE kek_version < $1 AND subject_id IN ({}) ORDER BY subject_id{lock}",
             subject_columns!(),
             placeholders(2, ids.len())
         );
@@ -888,10 +888,13 @@ impl AuditedTx {
         }
         let rows: Vec<AnyRow> = q.fetch_all(self.conn().await?).await?;
         let keys = self.store.row_mac.clone();
-        let subjects = rows
-            .iter()
-            .map(|r| rows::subject_record(r, keys.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut subjects = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let record = rows::subject_record(r, keys.as_deref())?;
+            // Kept for their match rows, written again by the caller.
+            self.keep_subject_key(record.id, fixed(r, "subject_key")?);
+            subjects.push(record);
+        }
         if subjects.is_empty() {
             return Ok(Vec::new());
         }
@@ -961,17 +964,31 @@ impl AuditedTx {
             .collect()
     }
 
-    /// Removes every blocking row of `ids`, in every domain (their
-    /// signatures are rewritten whole by the caller).
+    /// Removes every blocking row of `ids` (subjects this transaction
+    /// read by row), in every domain (their signatures are rewritten whole
+    /// by the caller).
     pub async fn match_delete_subjects(&mut self, ids: &[SubjectId]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
+        let keys = ids
+            .iter()
+            .map(|id| self.subject_key(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        // By key (`match_index_key`), each row's id among the batch's
+        // too: a row a database writer moved under one of these keys from
+        // a subject outside the batch stays. A row of one batch subject
+        // under another's key goes, and its subject's rows are written
+        // again anyway.
         let sql = format!(
-            "DELETE FROM match_index WHERE subject_id IN ({})",
-            placeholders(1, ids.len())
+            "DELETE FROM match_index WHERE subject_key IN ({}) AND subject_id IN ({})",
+            placeholders(1, ids.len()),
+            placeholders(1 + ids.len(), ids.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for key in &keys {
+            q = q.bind(key.to_vec());
+        }
         for id in ids {
             q = q.bind(id.as_bytes().to_vec());
         }

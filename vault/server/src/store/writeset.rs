@@ -125,11 +125,14 @@ impl Table {
                 5,
                 "",
             ),
+            // The storage key last (migration 0027), so that the first
+            // two values stay the (domain, subject) that [`statements`]
+            // dedupes by.
             Self::MatchSubjects => (
                 "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, \
-                 mac) VALUES ",
-                6,
-                " ON CONFLICT (domain, subject_id) DO UPDATE \
+                 mac, subject_key) VALUES ",
+                7,
+                " ON CONFLICT (domain, subject_key, subject_id) DO UPDATE \
                  SET fields = excluded.fields, signature = excluded.signature, \
                  mac_version = excluded.mac_version, mac = excluded.mac",
             ),
@@ -145,13 +148,14 @@ impl Table {
             // skipped.
             Self::NewMatchSubjects => (
                 "INSERT INTO match_subjects (domain, subject_id, fields, signature, mac_version, \
-                 mac) VALUES ",
-                6,
+                 mac, subject_key) VALUES ",
+                7,
                 "",
             ),
             Self::NewMatchIndex => (
-                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) VALUES ",
-                5,
+                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version, \
+                 subject_key) VALUES ",
+                6,
                 "",
             ),
             Self::NewPairwise => (
@@ -164,8 +168,9 @@ impl Table {
             // chance collision inside one key): the row already says what
             // it would say.
             Self::MatchIndex => (
-                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version) VALUES ",
-                5,
+                "INSERT INTO match_index (domain, bidx, subject_id, field, key_version, \
+                 subject_key) VALUES ",
+                6,
                 " ON CONFLICT DO NOTHING",
             ),
             // Only for a live subject: a match reveals candidates it found
@@ -907,6 +912,7 @@ mod tests {
             Value::Bytes(vec![id; 16]),
             Value::Int(field),
             Value::Int(1),
+            Value::Bytes(vec![id ^ 0x80; 16]),
         ]
     }
 
@@ -945,7 +951,7 @@ mod tests {
         let sql = joined_sql(&statements(Backend::Postgres, &[&set])).expect("joins");
         assert!(sql.starts_with("WITH w0 AS (INSERT INTO subjects"), "{sql}");
         assert!(sql.contains(") INSERT INTO match_index"), "{sql}");
-        assert!(sql.contains("$21") && !sql.contains("$22"), "{sql}");
+        assert!(sql.contains("$23") && !sql.contains("$24"), "{sql}");
         let mut with_use = WriteSet::default();
         with_use.push(
             Table::ChallengeUses,
@@ -1007,7 +1013,7 @@ mod tests {
         assert_eq!(parts.len(), 4, "two chunks of each table");
         let sql = joined_sql(&parts).expect("joins");
         assert_eq!(sql.matches("INSERT INTO").count(), 2, "{sql}");
-        let values = 70 * 5 + 70 * 11;
+        let values = 70 * 6 + 70 * 11;
         assert!(sql.contains(&format!("${values})")), "{sql}");
         assert!(!sql.contains(&format!("${}", values + 1)), "{sql}");
         let mut set = WriteSet::default();
