@@ -1695,8 +1695,9 @@ mod tests {
     /// new subject's is a fresh version-7 UUID, never its id; a subject
     /// from before keeps its id as its key (`subject_key` NULL). Both
     /// read back and take updates; a row inserted by subject id alone
-    /// gets the key; packets for a subject the transaction has not read
-    /// are refused; the reads seek the key, never scan.
+    /// gets the key; packets and match rows for a subject the
+    /// transaction has not read are refused; the reads seek the key,
+    /// never scan.
     #[tokio::test]
     async fn packets_live_under_the_subjects_storage_key() {
         use idvault_core::packet;
@@ -1773,6 +1774,22 @@ mod tests {
 
         let mut tx = store.begin_audited(None).expect("queue");
         let refused = tx.insert_packets(&new, &create(new).1);
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{refused:?}"
+        );
+        // So are match rows (migration 0027), written or deleted.
+        let refused = tx.match_set_subject(&new, &[("d", 1, vec![1])]);
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{refused:?}"
+        );
+        let refused = tx.match_insert(&new, &[("d", 1, 1, 7)]);
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{refused:?}"
+        );
+        let refused = tx.match_delete_subject(&new).await;
         assert!(
             matches!(refused, Err(StoreError::Corrupt(_))),
             "{refused:?}"
