@@ -996,6 +996,7 @@ pub async fn new_variant_kinds_are_backfilled_at_start(b: Backend) -> anyhow::Re
                 .all(|s| *s == idvault_tests::idvault_core::matching::INDEX_SCHEME),
         "{schemes:?}"
     );
+    assert_eq!(match_rows_off_key(&tv).await.0, 0, "backfilled by key");
     let mut a = client(&tv, "partner-a").await;
     let found = query(&mut a, TYPO).await?;
     assert_eq!(found.len(), 1);

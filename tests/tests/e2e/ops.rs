@@ -262,11 +262,17 @@ pub async fn rewrap_rpc_is_gated_and_reports(b: Backend) -> anyhow::Result<()> {
         .fetch_all(tv.db())
         .await?;
     assert_eq!(versions, [2]);
-    // Its match rows written again, under its storage key.
+    // Its match rows written again (under the new key version), under
+    // its storage key.
     assert_eq!(
         crate::matching::match_rows_off_key(&tv).await,
         (0, match_rows)
     );
+    let index_versions: Vec<i64> =
+        sqlx::query_scalar("SELECT DISTINCT key_version FROM match_index")
+            .fetch_all(tv.db())
+            .await?;
+    assert_eq!(index_versions, [2]);
     let r = tv
         .subjects("partner-a")
         .await?

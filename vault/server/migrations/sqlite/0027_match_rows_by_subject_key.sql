@@ -9,11 +9,13 @@
 --
 -- As for packets, the key is a locator only, with no MAC: every row
 -- still names its subject id, a signature's MAC covers the id (not the
--- key), and every read and delete names the id beside the key. A row a
--- database writer moves to another key is not found (its subject stops
--- matching, as if its rows were deleted), and one it copies under
--- another subject's key answers for the subject it names, whose MAC it
--- carries. Rows of subjects created before 0026 take their id as key.
+-- key), and every per-subject read and delete names the id beside the
+-- key (a signature read by key keeps only the row of the id ranked
+-- under it). Rows a database writer moves or copies under another key
+-- answer, if at all, for the subject they name, whose MAC they carry;
+-- moved off their subject's key, they are out of reach of its updates
+-- and deletion (SECURITY.md). Rows of subjects created before 0026 take
+-- their id as key.
 CREATE TABLE match_index_by_key (
     domain       TEXT    NOT NULL,
     bidx         INTEGER NOT NULL,

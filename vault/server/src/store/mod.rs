@@ -1149,8 +1149,8 @@ impl AuditedTx {
     }
 
     /// Runs one of the subject row reads above (`$1` the id, `$2` the
-    /// creator when given), keeping the row's storage key for
-    /// [`AuditedTx::insert_packets`].
+    /// creator when given), keeping the row's storage key for its packets
+    /// and match rows ([`AuditedTx::subject_key`]).
     async fn subject_by(
         &mut self,
         sql: &'static str,
@@ -1366,17 +1366,24 @@ impl AuditedTx {
             }
         };
         let mut out = Vec::with_capacity(19);
-        // `$1` the subject id, `$2` (where named) its storage key.
-        for (what, sql) in [
+        // `$1` the subject id; `$2`, in the statements marked keyed, its
+        // storage key.
+        for (what, sql, keyed) in [
             (
                 "packets",
                 "DELETE FROM packets WHERE subject_key = $2 AND subject_id = $1",
+                true,
             ),
-            ("data-key", "DELETE FROM subjects WHERE subject_id = $1"),
+            (
+                "data-key",
+                "DELETE FROM subjects WHERE subject_id = $1",
+                false,
+            ),
             // No longer matchable, and no partner's token points at it.
             (
                 "match-index",
                 "DELETE FROM match_index WHERE subject_key = $2 AND subject_id = $1",
+                true,
             ),
             // Keyed by (domain, key, subject) and (partner, subject), with
             // no index by subject alone (migrations 0024, 0027): a loose
@@ -1392,6 +1399,7 @@ impl AuditedTx {
                     loose_scan!(match_subjects, domain),
                     ")"
                 ),
+                true,
             ),
             (
                 "pairwise-tokens",
@@ -1400,6 +1408,7 @@ impl AuditedTx {
                     loose_scan!(pairwise_tokens, partner),
                     ")"
                 ),
+                false,
             ),
             // Its devices (and their request ids), codes, challenges,
             // consents and receipts.
@@ -1407,50 +1416,71 @@ impl AuditedTx {
                 "device-requests",
                 "DELETE FROM device_requests WHERE device_id IN \
                  (SELECT device_id FROM devices WHERE subject_id = $1)",
+                false,
             ),
             (
                 "code-failures",
                 "DELETE FROM code_failures WHERE device_id IN \
                  (SELECT device_id FROM devices WHERE subject_id = $1)",
+                false,
             ),
             // Its one-time transactions (their third parties see NotFound).
             (
                 "transactions",
                 "DELETE FROM transactions WHERE subject_id = $1",
+                false,
             ),
-            ("devices", "DELETE FROM devices WHERE subject_id = $1"),
+            (
+                "devices",
+                "DELETE FROM devices WHERE subject_id = $1",
+                false,
+            ),
             (
                 "enrollment-codes",
                 "DELETE FROM enrollment_codes WHERE subject_id = $1",
+                false,
             ),
             (
                 "consent-challenges",
                 "DELETE FROM consent_challenges WHERE subject_id = $1",
+                false,
             ),
-            ("consents", "DELETE FROM consents WHERE subject_id = $1"),
+            (
+                "consents",
+                "DELETE FROM consents WHERE subject_id = $1",
+                false,
+            ),
             (
                 "consent-receipts",
                 "DELETE FROM consent_receipts WHERE subject_id = $1",
+                false,
             ),
             // Its links, rules, event history and pending commands (whose
             // payloads its data key sealed).
             (
                 "entity-links",
                 "DELETE FROM entity_links WHERE subject_id = $1",
+                false,
             ),
-            ("rules", "DELETE FROM subject_rules WHERE subject_id = $1"),
-            ("events", "DELETE FROM events WHERE subject_id = $1"),
+            (
+                "rules",
+                "DELETE FROM subject_rules WHERE subject_id = $1",
+                false,
+            ),
+            ("events", "DELETE FROM events WHERE subject_id = $1", false),
             (
                 "commands",
                 "DELETE FROM command_outbox WHERE subject_id = $1",
+                false,
             ),
             (
                 "command-counters",
                 "DELETE FROM command_counters WHERE subject_id = $1",
+                false,
             ),
         ] {
             let mut q = sqlx::query(sql).bind(id.as_bytes().to_vec());
-            if sql.contains("$2") {
+            if keyed {
                 q = q.bind(key.clone());
             }
             let n = q.execute(self.conn().await?).await?.rows_affected();
@@ -1790,6 +1820,16 @@ mod tests {
             "{refused:?}"
         );
         let refused = tx.match_delete_subject(&new).await;
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{refused:?}"
+        );
+        let refused = tx.match_delete_domain_subject("d", &new).await;
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{refused:?}"
+        );
+        let refused = tx.match_delete_subjects(&[new]).await;
         assert!(
             matches!(refused, Err(StoreError::Corrupt(_))),
             "{refused:?}"

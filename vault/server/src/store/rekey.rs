@@ -630,8 +630,9 @@ impl Store {
     /// Refreshes the planner's statistics of the tables a rewrap walks
     /// (PostgreSQL; SQLite plans by its indexes without them). Without
     /// them, as after a bulk load with autovacuum off or behind, the
-    /// batch's `DELETE … WHERE subject_id IN (…)` was planned as a
-    /// sequential scan of every match row: measured at 1,000,000 subjects,
+    /// batch's delete of its subjects' match rows (then by `subject_id IN
+    /// (…)`, now by storage key) was planned as a sequential scan of
+    /// every match row: measured at 1,000,000 subjects,
     /// about 100 subjects/s before and 1,000/s after.
     pub async fn analyze_for_rewrap(&self) -> Result<(), StoreError> {
         if self.backend == super::Backend::Postgres {
