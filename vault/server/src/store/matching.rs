@@ -809,8 +809,8 @@ pub(super) const BLOCKING_KEY_CAP: u32 = 1024;
 /// The ranking of [`candidates`] and [`ranks`]: `(subject_id, subject_key,
 /// g)`, the at most `limit` subjects of domain `$1` with the highest rank
 /// over `n` blocking indexes, best first (the storage key comes along to
-/// find the signature row by, migration 0027): for each field, the gain of its best key
-/// the subject holds, summed over fields. Each key is one sub-select on
+/// find the signature row by, migration 0027): for each field, the gain
+/// of its best key the subject holds, summed over fields. Each key is one sub-select on
 /// the (domain, bidx) key capped at [`BLOCKING_KEY_CAP`] subjects, with
 /// its gain beside it. Only placeholders and integer constants are
 /// formatted in; [`bind_ranking`] binds the placeholders: the domain,
