@@ -43,6 +43,11 @@ pub(super) fn subject_of(bytes: &[u8], col: &'static str) -> Result<SubjectId, S
     SubjectId::from_slice(bytes).ok_or(StoreError::Corrupt(col))
 }
 
+/// A storage key column (migration 0027) as read.
+fn storage_key_of(bytes: &[u8], col: &'static str) -> Result<[u8; 16], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt(col))
+}
+
 /// Inserts rows `(domain, subject, field code, key version, index)` of
 /// [`BenchLoader`]'s stand-in subjects, each under its id as storage key
 /// (as a subject from before migration 0026 is stored).
@@ -906,9 +911,7 @@ pub(super) async fn ranks<'e>(
             Ok(Ranked {
                 subject: subject_of(&s, "match_index.subject_id")?,
                 gain,
-                key: key
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("match_index.subject_key"))?,
+                key: storage_key_of(&key, "match_index.subject_key")?,
             })
         })
         .collect()
@@ -932,11 +935,14 @@ pub(super) async fn signatures<'e>(
     for r in ranked {
         q = q.bind(r.key.to_vec());
     }
-    let mut found: HashMap<(SubjectId, Vec<u8>), SignatureFields> =
+    let mut found: HashMap<(SubjectId, [u8; 16]), SignatureFields> =
         HashMap::with_capacity(ranked.len());
     for (s, key, mask, signature, v, mac) in q.fetch_all(ex).await? {
         found.insert(
-            (subject_of(&s, "match_subjects.subject_id")?, key),
+            (
+                subject_of(&s, "match_subjects.subject_id")?,
+                storage_key_of(&key, "match_subjects.subject_key")?,
+            ),
             (mask, signature, (v, mac)),
         );
     }
@@ -944,7 +950,7 @@ pub(super) async fn signatures<'e>(
         .iter()
         .filter_map(|r| {
             found
-                .remove(&(r.subject, r.key.to_vec()))
+                .remove(&(r.subject, r.key))
                 .map(|(mask, signature, mac)| candidate(r.subject, mask, signature, mac, r.gain))
         })
         .collect()
