@@ -104,22 +104,23 @@ pub fn compound_key_label(domain: &str, kind: &str) -> String {
     format!("{LABEL_MATCH_INDEX}/{domain}/{COMPOUND_LABEL}/{kind}")
 }
 
-/// Where a key belongs: a field's variant kind, a compound key, or a
-/// field's Bloom filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum KeyId {
-    Kind(MatchField, &'static str),
-    Compound(&'static str),
-    Bloom(MatchField),
-}
-
 /// The HMAC states of every key of one match domain and root key version.
 /// ring keeps only the pad states, not the raw key; the derived bytes are
 /// wiped as soon as the state is built.
+///
+/// Keys sit in slots found by position (field code, then the kind's place
+/// in [`variants::kinds`]), not in a map: a query plan takes about a
+/// hundred of them, and hashing a key name for each cost about a quarter
+/// of the HMAC it selects.
 pub struct MatchKeyring {
     domain: String,
     version: u32,
-    keys: HashMap<KeyId, hmac::Key>,
+    /// By field code, then kind position.
+    kinds: Vec<Vec<hmac::Key>>,
+    /// By position in [`variants::COMPOUND_KINDS`].
+    compounds: Vec<hmac::Key>,
+    /// By field code; `None` for fields without a Bloom filter.
+    blooms: Vec<Option<hmac::Key>>,
 }
 
 impl std::fmt::Debug for MatchKeyring {
@@ -173,29 +174,42 @@ impl SubjectIndex {
 impl MatchKeyring {
     /// Derives the keyring of `domain` (a validated name) at `version`.
     pub fn derive(keys: &KeyHierarchy, domain: &str, version: u32) -> Result<Self, KeyError> {
-        let mut map = HashMap::new();
-        let mut add = |id: KeyId, label: String| -> Result<(), KeyError> {
+        let key = |label: String| -> Result<hmac::Key, KeyError> {
             let k: MatchIndexKey = keys.derive(&label, version)?;
             let mut bytes = *k.expose();
-            map.insert(id, hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+            let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
             bytes.zeroize();
-            Ok(())
+            Ok(key)
         };
-        for field in MatchField::ALL {
-            for kind in variants::kinds(field) {
-                add(KeyId::Kind(field, kind), key_label(domain, field, kind))?;
-            }
-            if bloom_bits(field) > 0 {
-                add(KeyId::Bloom(field), key_label(domain, field, BLOOM_KIND))?;
-            }
+        let mut fields = MatchField::ALL;
+        fields.sort_unstable_by_key(|f| f.code());
+        let mut kinds = Vec::with_capacity(fields.len());
+        let mut blooms = Vec::with_capacity(fields.len());
+        for (code, field) in fields.into_iter().enumerate() {
+            // Slots are found by code: the codes must run 0, 1, 2, ….
+            debug_assert_eq!(usize::from(field.code()), code);
+            kinds.push(
+                variants::kinds(field)
+                    .iter()
+                    .map(|kind| key(key_label(domain, field, kind)))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+            blooms.push(if bloom_bits(field) > 0 {
+                Some(key(key_label(domain, field, BLOOM_KIND))?)
+            } else {
+                None
+            });
         }
-        for kind in variants::COMPOUND_KINDS {
-            add(KeyId::Compound(kind), compound_key_label(domain, kind))?;
-        }
+        let compounds = variants::COMPOUND_KINDS
+            .iter()
+            .map(|kind| key(compound_key_label(domain, kind)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             domain: domain.to_owned(),
             version,
-            keys: map,
+            kinds,
+            compounds,
+            blooms,
         })
     }
 
@@ -209,8 +223,7 @@ impl MatchKeyring {
         &self.domain
     }
 
-    fn mac(&self, id: KeyId, value: &str) -> Option<i64> {
-        let key = self.keys.get(&id)?;
+    fn mac(key: &hmac::Key, value: &str) -> Option<i64> {
         let tag = hmac::sign(key, value.as_bytes());
         let head: [u8; BLIND_INDEX_BYTES] =
             tag.as_ref().get(..BLIND_INDEX_BYTES)?.try_into().ok()?;
@@ -219,14 +232,15 @@ impl MatchKeyring {
 
     /// The blind index of `value` as variant `kind` of `field`.
     pub fn index(&self, field: MatchField, kind: &str, value: &str) -> Option<i64> {
-        let kind = variants::kinds(field).iter().find(|k| **k == kind)?;
-        self.mac(KeyId::Kind(field, kind), value)
+        let pos = variants::kinds(field).iter().position(|k| *k == kind)?;
+        let key = self.kinds.get(usize::from(field.code()))?.get(pos)?;
+        Self::mac(key, value)
     }
 
     /// The blind index of compound blocking key `kind` of `value`.
     pub fn compound_index(&self, kind: &str, value: &str) -> Option<i64> {
-        let kind = variants::COMPOUND_KINDS.iter().find(|k| **k == kind)?;
-        self.mac(KeyId::Compound(kind), value)
+        let pos = variants::COMPOUND_KINDS.iter().position(|k| *k == kind)?;
+        Self::mac(self.compounds.get(pos)?, value)
     }
 
     /// The keyed Bloom filter of `field`'s bigrams of `value` (`None` for
@@ -244,7 +258,7 @@ impl MatchKeyring {
     /// The keyed Bloom filter of `field` over its bigrams `grams`.
     fn bloom_of(&self, field: MatchField, grams: &[String]) -> Option<Vec<u8>> {
         let bits = bloom_bits(field);
-        let key = self.keys.get(&KeyId::Bloom(field))?;
+        let key = self.blooms.get(usize::from(field.code()))?.as_ref()?;
         if bits == 0 || grams.is_empty() {
             return None;
         }
@@ -510,7 +524,11 @@ pub struct PlannedProbe {
 #[derive(Debug, Clone)]
 pub struct QueryPlan {
     probes: Vec<PlannedProbe>,
-    by_index: HashMap<i64, Vec<usize>>,
+    /// `(index, position in probes)`, sorted: a candidate's entries are
+    /// sought here by binary search (scoring reads one per entry, up to 64
+    /// candidates a query; a hash map cost more per lookup, and a vector
+    /// per key to build).
+    by_index: Vec<(i64, usize)>,
     fields: Vec<FieldModel>,
     /// `(version, field, filter)`.
     filters: Vec<(u32, MatchField, Vec<u8>)>,
@@ -571,6 +589,50 @@ fn compound_levels(kind: &str) -> &'static [(MatchField, Level)] {
     }
 }
 
+/// The levels a candidate's hits prove, per field: a bit per level (in
+/// [`Level::ALL`] order) for each field code.
+#[derive(Default)]
+struct Hits([u8; MatchField::ALL.len()]);
+
+impl Hits {
+    fn bit(level: Level) -> u8 {
+        1u8.checked_shl(u32::from(level.code())).unwrap_or(0)
+    }
+
+    fn add(&mut self, field: MatchField, level: Level) {
+        if let Some(set) = self.0.get_mut(usize::from(field.code())) {
+            *set |= Self::bit(level);
+        }
+    }
+
+    fn has(&self, field: MatchField, level: Level) -> bool {
+        self.0
+            .get(usize::from(field.code()))
+            .is_some_and(|set| set & Self::bit(level) != 0)
+    }
+
+    fn remove(&mut self, field: MatchField, level: Level) {
+        if let Some(set) = self.0.get_mut(usize::from(field.code())) {
+            *set &= !Self::bit(level);
+        }
+    }
+
+    /// The field's levels, each once: the first `n` of the array.
+    fn levels(&self, field: MatchField) -> ([Level; Level::ALL.len()], usize) {
+        let mut out = [Level::Exact; Level::ALL.len()];
+        let mut n = 0;
+        for l in Level::ALL {
+            if self.has(field, l)
+                && let Some(slot) = out.get_mut(n)
+            {
+                *slot = l;
+                n += 1;
+            }
+        }
+        (out, n)
+    }
+}
+
 impl QueryPlan {
     /// Plans a query of `fields` with the keyrings of the partner's domain
     /// (one per live version) and the domain's weights. Refuses queries
@@ -617,10 +679,12 @@ impl QueryPlan {
                 }
             }
         }
-        let mut by_index: HashMap<i64, Vec<usize>> = HashMap::new();
-        for (i, p) in planned.iter().enumerate() {
-            by_index.entry(p.index).or_default().push(i);
-        }
+        let mut by_index: Vec<(i64, usize)> = planned
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.index, i))
+            .collect();
+        by_index.sort_unstable();
         let mut names: Vec<MatchField> = probes.iter().map(|p| p.field).collect();
         names.sort_unstable();
         names.dedup();
@@ -753,13 +817,21 @@ impl QueryPlan {
     /// Scores a candidate from the fields it has indexes for (`present`,
     /// see [`field_mask`]) and its signature.
     pub fn score(&self, present: u16, signature: &Signature) -> Scored {
-        let mut hits: HashMap<MatchField, Vec<Level>> = HashMap::new();
+        // The levels each field's hits prove, as a set of levels per field
+        // code (this runs for every candidate: no allocation).
+        let mut hits = Hits::default();
         for e in &signature.entries {
-            for i in self.by_index.get(&e.index).into_iter().flatten() {
+            let from = self.by_index.partition_point(|(i, _)| *i < e.index);
+            for (_, i) in self
+                .by_index
+                .iter()
+                .skip(from)
+                .take_while(|(i, _)| *i == e.index)
+            {
                 if let Some(p) = self.probes.get(*i)
                     && p.stored == e.field
                 {
-                    hits.entry(p.field).or_default().push(p.level);
+                    hits.add(p.field, p.level);
                 }
             }
         }
@@ -771,25 +843,22 @@ impl QueryPlan {
             if let Some((_, _, ours)) = ours
                 && dice(ours, theirs) >= matching::PARTIAL_DICE
             {
-                hits.entry(*field).or_default().push(Level::Partial);
+                hits.add(*field, Level::Partial);
             }
         }
         // Exchanged names count only when both are exchanged: one name
         // found in the other's place alone is as likely a stranger whose
         // given name sounds like the query's family name.
-        let swapped = |f: MatchField| hits.get(&f).is_some_and(|l| l.contains(&Level::Swapped));
-        if swapped(MatchField::GivenName) != swapped(MatchField::FamilyName) {
-            for f in [MatchField::GivenName, MatchField::FamilyName] {
-                if let Some(l) = hits.get_mut(&f) {
-                    l.retain(|x| *x != Level::Swapped);
-                }
-            }
+        let (given, family) = (MatchField::GivenName, MatchField::FamilyName);
+        if hits.has(given, Level::Swapped) != hits.has(family, Level::Swapped) {
+            hits.remove(given, Level::Swapped);
+            hits.remove(family, Level::Swapped);
         }
         let mut outcomes = Vec::new();
         for m in &self.fields {
             let has = present & field_bit(m.field) != 0;
-            let levels = hits.get(&m.field).map_or(&[][..], Vec::as_slice);
-            let best = m.best(levels);
+            let (levels, n) = hits.levels(m.field);
+            let best = m.best(levels.get(..n).unwrap_or_default());
             if best.is_none() && !has {
                 continue;
             }
@@ -1034,6 +1103,23 @@ mod tests {
         assert_eq!(level(MatchField::Postcode), Some(Level::Similar));
         assert_eq!(level(MatchField::City), Some(Level::Similar));
         assert!(s.score > 0.99, "{s:?}");
+        // One name found in the other's place alone is not a swap: the
+        // given name's hit on the stored family name does not count.
+        let one = plan(
+            &[&ring],
+            &[
+                (MatchField::GivenName, "Wolstenholme"),
+                (MatchField::FamilyName, "Okonkwo"),
+                (MatchField::DateOfBirth, "1990-03-17"),
+            ],
+        )
+        .score(stored_one.0, &stored_one.1);
+        let given = one
+            .outcomes
+            .iter()
+            .find(|o| o.field == MatchField::GivenName)
+            .map(|o| o.level);
+        assert_eq!(given, Some(None), "{one:?}");
         // A street with two typos agrees only partially (Bloom filter).
         let p = plan(
             &[&ring],
