@@ -181,24 +181,30 @@ impl MatchKeyring {
             bytes.zeroize();
             Ok(key)
         };
-        let mut fields = MatchField::ALL;
-        fields.sort_unstable_by_key(|f| f.code());
-        let mut kinds = Vec::with_capacity(fields.len());
-        let mut blooms = Vec::with_capacity(fields.len());
-        for (code, field) in fields.into_iter().enumerate() {
-            // Slots are found by code: the codes must run 0, 1, 2, ….
-            debug_assert_eq!(usize::from(field.code()), code);
-            kinds.push(
-                variants::kinds(field)
+        // Each field's keys go in the slot of its code, whatever order the
+        // codes run in (a field missing a slot has no keys: no index).
+        let slots = MatchField::ALL
+            .iter()
+            .map(|f| usize::from(f.code()) + 1)
+            .max()
+            .unwrap_or(0);
+        let mut kinds: Vec<Vec<hmac::Key>> = Vec::new();
+        kinds.resize_with(slots, Vec::new);
+        let mut blooms: Vec<Option<hmac::Key>> = Vec::new();
+        blooms.resize_with(slots, || None);
+        for field in MatchField::ALL {
+            let code = usize::from(field.code());
+            if let Some(slot) = kinds.get_mut(code) {
+                *slot = variants::kinds(field)
                     .iter()
                     .map(|kind| key(key_label(domain, field, kind)))
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
-            blooms.push(if bloom_bits(field) > 0 {
-                Some(key(key_label(domain, field, BLOOM_KIND))?)
-            } else {
-                None
-            });
+                    .collect::<Result<Vec<_>, _>>()?;
+            }
+            if bloom_bits(field) > 0
+                && let Some(slot) = blooms.get_mut(code)
+            {
+                *slot = Some(key(key_label(domain, field, BLOOM_KIND))?);
+            }
         }
         let compounds = variants::COMPOUND_KINDS
             .iter()
@@ -589,10 +595,15 @@ fn compound_levels(kind: &str) -> &'static [(MatchField, Level)] {
     }
 }
 
-/// The levels a candidate's hits prove, per field: a bit per level (in
-/// [`Level::ALL`] order) for each field code.
+/// The levels a candidate's hits prove, per field: a bit per level (its
+/// [`Level::code`]) for each field code.
 #[derive(Default)]
 struct Hits([u8; MatchField::ALL.len()]);
+
+// Every level has a bit of a `u8`, every field code a slot of `Hits`
+// (the codes are pinned 0…8 by the tokenizer's catalogue test; a test
+// below checks both).
+const _: () = assert!(Level::ALL.len() <= 8);
 
 impl Hits {
     fn bit(level: Level) -> u8 {
@@ -1058,6 +1069,78 @@ mod tests {
         assert_eq!(level(MatchField::GivenName), None, "{s:?}");
         assert_eq!(level(MatchField::FamilyName), None, "{s:?}");
         assert!(s.score < 0.5, "{s:?}");
+    }
+
+    /// Scoring keeps a candidate's levels as a bit per level and a slot
+    /// per field code: each level must have a bit of its own, each field
+    /// a slot, or hits would be dropped without a sound.
+    #[test]
+    fn every_level_and_field_has_a_place_in_a_candidates_hits() {
+        let mut seen = 0u8;
+        for l in Level::ALL {
+            let bit = Hits::bit(l);
+            assert_ne!(bit, 0, "{l:?}");
+            assert_eq!(seen & bit, 0, "{l:?}");
+            seen |= bit;
+        }
+        for f in MatchField::ALL {
+            for l in Level::ALL {
+                let mut h = Hits::default();
+                h.add(f, l);
+                assert!(h.has(f, l), "{f:?} {l:?}");
+                let (levels, n) = h.levels(f);
+                assert_eq!(levels.get(..n), Some(&[l][..]));
+            }
+        }
+    }
+
+    /// Each key slot holds the key of its own label: every kind of every
+    /// field, every compound kind and every Bloom filter.
+    #[test]
+    fn every_key_slot_holds_its_labels_key() {
+        let h = hierarchy(1);
+        let ring = MatchKeyring::derive(&h, "d", 1).unwrap();
+        let direct = |label: String, value: &str| {
+            let k: MatchIndexKey = h.derive(&label, 1).unwrap();
+            let tag = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, k.expose()),
+                value.as_bytes(),
+            );
+            let head: [u8; BLIND_INDEX_BYTES] =
+                tag.as_ref()[..BLIND_INDEX_BYTES].try_into().unwrap();
+            i64::from_be_bytes(head)
+        };
+        for field in MatchField::ALL {
+            for kind in variants::kinds(field) {
+                assert_eq!(
+                    ring.index(field, kind, "value"),
+                    Some(direct(key_label("d", field, kind), "value")),
+                    "{field:?} {kind}"
+                );
+            }
+            if bloom_bits(field) > 0 {
+                let grams = vec!["ab".to_owned()];
+                let filter = ring.bloom_of(field, &grams).unwrap();
+                let tag = direct(key_label("d", field, BLOOM_KIND), "ab").to_be_bytes();
+                let bits = bloom_bits(field);
+                for pair in tag.chunks_exact(2).take(BLOOM_HASHES) {
+                    let pos = usize::from(u16::from_be_bytes([pair[0], pair[1]])) % bits;
+                    assert_ne!(filter[pos / 8] & (1 << (pos % 8)), 0, "{field:?}");
+                }
+            }
+        }
+        for kind in variants::COMPOUND_KINDS {
+            assert_eq!(
+                ring.compound_index(kind, "value"),
+                Some(direct(compound_key_label("d", kind), "value")),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            ring.index(MatchField::GivenName, "no.such.kind", "value"),
+            None
+        );
+        assert_eq!(ring.compound_index("no.such.kind", "value"), None);
     }
 
     #[test]
