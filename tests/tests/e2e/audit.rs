@@ -232,6 +232,27 @@ pub async fn forged_leaf_is_not_sequenced(b: Backend) -> anyhow::Result<()> {
     tv.stop().await
 }
 
+/// Rolls subject `raw`'s chain back to its first packet as a database
+/// writer would: its second packet dropped, its head reset to the first.
+async fn roll_back_to_first_packet(tv: &TestVault, raw: Vec<u8>) -> anyhow::Result<()> {
+    let prev: Vec<u8> =
+        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = 1")
+            .bind(raw.clone())
+            .fetch_one(tv.db())
+            .await?;
+    let head = idvault_tests::idvault_core::packet::packet_hash(&prev);
+    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 2")
+        .bind(raw.clone())
+        .execute(tv.db())
+        .await?;
+    sqlx::query("UPDATE subjects SET head_seq = 1, head_hash = $1 WHERE subject_id = $2")
+        .bind(head.to_vec())
+        .bind(raw)
+        .execute(tv.db())
+        .await?;
+    Ok(())
+}
+
 /// A subject's chain rolled back (newest packet dropped, head reset) is
 /// caught by `audit verify` and by VerifySubjectChain.
 pub async fn rolled_back_chain_is_detected(b: Backend) -> anyhow::Result<()> {
@@ -248,22 +269,7 @@ pub async fn rolled_back_chain_is_detected(b: Backend) -> anyhow::Result<()> {
         AuditVerdict::Intact { .. }
     ));
     let raw = hex::decode(id.replace('-', ""))?;
-    // Drop the newest packet and reset the head to the one before it.
-    let prev: Vec<u8> =
-        sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = 1")
-            .bind(raw.clone())
-            .fetch_one(tv.db())
-            .await?;
-    let head = idvault_tests::idvault_core::packet::packet_hash(&prev);
-    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = 2")
-        .bind(raw.clone())
-        .execute(tv.db())
-        .await?;
-    sqlx::query("UPDATE subjects SET head_seq = 1, head_hash = $1 WHERE subject_id = $2")
-        .bind(head.to_vec())
-        .bind(raw)
-        .execute(tv.db())
-        .await?;
+    roll_back_to_first_packet(&tv, raw).await?;
     let f = broken(verdict(&tv).await?);
     assert_eq!(
         f,
@@ -276,6 +282,68 @@ pub async fn rolled_back_chain_is_detected(b: Backend) -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(!v.intact, "{v:?}");
+    tv.stop().await
+}
+
+/// A subject never updated has only its creation leaf to compare its head
+/// with, found through the creating request its row names (migration
+/// 0029), not by subject: its chain rolled back is still caught by
+/// VerifySubjectChain and by `audit verify`. Its row pointed at another
+/// subject's creation request finds a leaf that names that subject, which
+/// does not vouch for this one; pointed back, it verifies again.
+pub async fn rolled_back_creation_is_detected(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let id = create(&tv, "partner-a", &[("city", "Lima"), ("postcode", "15001")]).await?;
+    let other = create(&tv, "partner-a", &[("city", "Quito")]).await?;
+    let raw = hex::decode(id.replace('-', ""))?;
+    let other_raw = hex::decode(other.replace('-', ""))?;
+    let check = async |id: &str| {
+        anyhow::Ok(
+            tv.subjects("partner-a")
+                .await?
+                .verify_subject_chain(VerifySubjectChainRequest {
+                    subject_id: id.to_owned(),
+                })
+                .await?
+                .into_inner()
+                .intact,
+        )
+    };
+    assert!(check(&id).await?);
+    let created: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT created_request FROM subjects WHERE subject_id = $1")
+            .bind(raw.clone())
+            .fetch_one(tv.db())
+            .await?;
+    assert_eq!(created.as_ref().map(Vec::len), Some(16));
+    let others: Vec<u8> =
+        sqlx::query_scalar("SELECT created_request FROM subjects WHERE subject_id = $1")
+            .bind(other_raw)
+            .fetch_one(tv.db())
+            .await?;
+    let point = async |to: Option<Vec<u8>>| -> anyhow::Result<()> {
+        sqlx::query("UPDATE subjects SET created_request = $1 WHERE subject_id = $2")
+            .bind(to)
+            .bind(raw.clone())
+            .execute(tv.db())
+            .await?;
+        Ok(())
+    };
+    point(Some(others)).await?;
+    assert!(
+        !check(&id).await?,
+        "another subject's leaf vouches for nothing"
+    );
+    point(created).await?;
+    assert!(check(&id).await?);
+
+    roll_back_to_first_packet(&tv, raw).await?;
+    assert!(!check(&id).await?, "rolled back");
+    assert!(check(&other).await?, "the other is untouched");
+    assert_eq!(
+        broken(verdict(&tv).await?),
+        AuditFault::SubjectRolledBack { subject: id }
+    );
     tv.stop().await
 }
 

@@ -1689,7 +1689,7 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
     cx.tv.stop().await
 }
 
-/// The row-MAC walk goes in primary-key order, a window of keys at a
+/// The row-MAC walk goes in key order (pairwise tokens by token), a window of keys at a
 /// time from the last key read (no index on the version): across
 /// windows, rows whose MAC fails (a window's first, the next, the last)
 /// are passed over and counted, each row below the target is read once,
@@ -1723,14 +1723,14 @@ pub async fn rewrap_walk_crosses_windows_and_passes_forged_rows(
     let mut tv = tv;
     tv.rotate_root_key().await?;
     // A database writer breaks the MACs of tokens at these places of the
-    // key order, all past the first window: its first two rows, the end.
+    // order the walk goes in (by token, migration 0028), all past the
+    // first window: its first two rows, the end.
     let edge = w as i64;
     let places = [edge, edge + 1, n as i64 - 1];
     for at in places {
         sqlx::query(
-            "UPDATE pairwise_tokens SET mac = $1 WHERE (partner, subject_id) = \
-             (SELECT partner, subject_id FROM pairwise_tokens \
-              ORDER BY partner, subject_id LIMIT 1 OFFSET $2)",
+            "UPDATE pairwise_tokens SET mac = $1 WHERE token = \
+             (SELECT token FROM pairwise_tokens ORDER BY token LIMIT 1 OFFSET $2)",
         )
         .bind(vec![7u8; 32])
         .bind(at)

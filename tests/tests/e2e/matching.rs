@@ -405,6 +405,7 @@ pub async fn deleted_subject_is_no_longer_matchable(b: Backend) -> anyhow::Resul
         "UPDATE packets SET subject_key = subject_id WHERE subject_id = $1",
         "UPDATE match_index SET subject_key = subject_id WHERE subject_id = $1",
         "UPDATE match_subjects SET subject_key = subject_id WHERE subject_id = $1",
+        "UPDATE pairwise_tokens SET subject_key = subject_id WHERE subject_id = $1",
     ] {
         sqlx::query(sql)
             .bind(ada_bytes.clone())

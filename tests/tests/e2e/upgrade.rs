@@ -54,6 +54,24 @@ async fn database_before(
     Ok((url, name))
 }
 
+/// A subject row of partner-a's with head 1 and storage key `key` (`None`:
+/// a subject from before migration 0026), as the migrations after 0026
+/// found it.
+async fn subject_row(pool: &AnyPool, s: SubjectId, key: Option<Vec<u8>>) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
+         head_seq, head_hash, created_at_ms, updated_at_ms, subject_key) \
+         VALUES ($1, 'partner-a', $2, 1, 1, $3, 1, 1, $4)",
+    )
+    .bind(s.as_bytes().to_vec())
+    .bind(vec![0u8; 60])
+    .bind(vec![0u8; 32])
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Migration 0026 (packets keyed by the subject's storage key) on a
 /// database holding packets: they stay readable under the subject's id
 /// as its key, and a packet a tool then inserts by subject id alone is
@@ -149,17 +167,7 @@ pub async fn match_rows_from_before_0027_survive_it(b: Backend) -> anyhow::Resul
     {
         let pool = AnyPool::connect(&url).await?;
         for (s, key) in [(old, None), (new, Some(new_key.to_vec()))] {
-            sqlx::query(
-                "INSERT INTO subjects (subject_id, created_by, wrapped_dek, kek_version, \
-                 head_seq, head_hash, created_at_ms, updated_at_ms, subject_key) \
-                 VALUES ($1, 'partner-a', $2, 1, 1, $3, 1, 1, $4)",
-            )
-            .bind(s.as_bytes().to_vec())
-            .bind(vec![0u8; 60])
-            .bind(vec![0u8; 32])
-            .bind(key)
-            .execute(&pool)
-            .await?;
+            subject_row(&pool, s, key).await?;
             // One blocking key both hold, one each of their own.
             for (bidx, field) in [(100i64, 2i64), (i64::from(s.as_bytes()[0]), 5)] {
                 sqlx::query(
@@ -217,6 +225,106 @@ pub async fn match_rows_from_before_0027_survive_it(b: Backend) -> anyhow::Resul
             vec![(new, vec![6; 12]), (old, vec![5; 12])],
             "each signature found under its key"
         );
+        store.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(name) = name {
+        drop_postgres_database(&name).await?;
+    }
+    result
+}
+
+/// Migrations 0028 (pairwise tokens found by the subject's storage key)
+/// and 0029 (a subject's creation leaf found through its creating
+/// request) on a database holding a token and a creation leaf of a
+/// subject from before 0026 (no key of its own) and of one created after
+/// it: each token takes its subject's key (the id for the first), each
+/// subject row names the request of its `ok` CreateSubject leaf (not of
+/// a later leaf, nor of another subject's), and the leaf is found by it.
+pub async fn tokens_and_creation_leaves_from_before_0028_survive_them(
+    b: Backend,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (url, name) = database_before(b, dir.path(), "0028").await?;
+    let old = SubjectId::from_bytes([5; 16]);
+    let new = SubjectId::from_bytes([0xa6; 16]);
+    let new_key = [7u8; 16];
+    // (subject, action, request id, head): its creation, then an update.
+    let leaves = [
+        (old, "CreateSubject", [1u8; 16], Some(1i64)),
+        (new, "CreateSubject", [2u8; 16], Some(1)),
+        (old, "UpdateSubject", [3u8; 16], Some(2)),
+    ];
+    {
+        let pool = AnyPool::connect(&url).await?;
+        for (s, key) in [(old, None), (new, Some(new_key.to_vec()))] {
+            subject_row(&pool, s, key).await?;
+            sqlx::query(
+                "INSERT INTO pairwise_tokens (partner, subject_id, token, mac_version, mac) \
+                 VALUES ('partner-a', $1, $2, 1, $3)",
+            )
+            .bind(s.as_bytes().to_vec())
+            .bind(format!("pw_{}", s.as_bytes()[0]))
+            .bind(vec![0u8; 32])
+            .execute(&pool)
+            .await?;
+        }
+        for (i, (s, action, request, head)) in leaves.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, \
+                 request_id, head_seq, leaf, key_version, mac) \
+                 VALUES ($1, 'spiffe://idvault.test/partner/partner-a', $2, $3, 'ok', '', $4, $5, \
+                 $6, 1, $7)",
+            )
+            .bind(i64::try_from(i)?)
+            .bind(*action)
+            .bind(s.to_string())
+            .bind(request.to_vec())
+            .bind(*head)
+            .bind(vec![u8::try_from(i)?; 8])
+            .bind(vec![0u8; 32])
+            .execute(&pool)
+            .await?;
+        }
+        pool.close().await;
+    }
+    let result = async {
+        let store = Store::connect(&url).await?;
+        let pool = AnyPool::connect(&url).await?;
+        let tokens: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT subject_id, subject_key FROM pairwise_tokens ORDER BY subject_id",
+        )
+        .fetch_all(&pool)
+        .await?;
+        assert_eq!(
+            tokens,
+            vec![
+                (old.as_bytes().to_vec(), old.as_bytes().to_vec()),
+                (new.as_bytes().to_vec(), new_key.to_vec()),
+            ],
+            "each token under its subject's key"
+        );
+        let created: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT subject_id, created_request FROM subjects ORDER BY subject_id")
+                .fetch_all(&pool)
+                .await?;
+        assert_eq!(
+            created,
+            vec![
+                (old.as_bytes().to_vec(), Some(vec![1; 16])),
+                (new.as_bytes().to_vec(), Some(vec![2; 16])),
+            ],
+            "each subject names its own creation's request"
+        );
+        pool.close().await;
+        for (s, leaf) in [(old, 0u8), (new, 1)] {
+            let found = store
+                .creation_leaf(&s)
+                .await?
+                .context("the creation leaf is found")?;
+            assert_eq!(found.bytes, vec![leaf; 8]);
+        }
         store.close().await;
         anyhow::Ok(())
     }

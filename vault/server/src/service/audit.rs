@@ -930,8 +930,11 @@ impl Vault {
         let Ok(leaf) = AuditLeaf::decode(&l.bytes) else {
             return false;
         };
+        // The request id too: the creation leaf is found by it (migration
+        // 0029).
         if leaf.subject.as_deref() != Some(row.id.to_string().as_str())
             || LeafColumns::of(&leaf) != l.columns
+            || leaf.request_id.as_slice() != l.request_id.as_slice()
         {
             return false;
         }

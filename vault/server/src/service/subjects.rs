@@ -102,7 +102,7 @@ impl Vault {
             };
             let match_rows = self.match_rows_of(&super::matching::matchable(&fields))?;
             let mut tx = self.begin().await?;
-            tx.insert_subject(&row)?;
+            tx.insert_subject(&row, &req.caller.request_id)?;
             tx.insert_packets(&id, &packets)?;
             self.write_match_rows(&mut tx, &id, false, &match_rows)
                 .await?;
@@ -422,7 +422,7 @@ impl Vault {
             after = Some(last.0);
             let mut vouched = Vec::new();
             for (id, created_by, at) in &page {
-                let Some(leaf) = self.store().creation_leaf(&id.to_string()).await? else {
+                let Some(leaf) = self.store().creation_leaf(id).await? else {
                     continue;
                 };
                 if !super::audit::mac_ok(self.keys(), &mut audit_keys, &leaf) {

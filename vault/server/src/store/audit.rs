@@ -83,6 +83,32 @@ impl LeafColumns {
 const LEAF_COLUMNS: &str = "id, idx, time_ms, actor, action, subject, outcome, detail, request_id, \
      head_seq, leaf, key_version, mac";
 
+/// The newest chain-changing leaf of subject `$1` (its id as text) other
+/// than its creation: index `audit_log_subject_update` (migration 0030),
+/// which holds only the leaves the subject's own writes add.
+fn update_leaf_sql() -> String {
+    format!(
+        "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 AND head_seq IS NOT NULL \
+         AND action <> 'CreateSubject' ORDER BY id DESC LIMIT 1"
+    )
+}
+
+/// The creation leaf of subject `$1` (its id), found through the creating
+/// request its row names (migration 0029), by the time-ordered
+/// `audit_log_request` index. The row's column is a locator only, and
+/// the leaf is not selected by subject on purpose: the caller checks that
+/// the leaf's MACed bytes name this subject (and agree with the columns
+/// that selected it), so a column a database writer pointed at another
+/// subject's creation finds that subject's leaf, which vouches for
+/// nothing here, rather than no leaf at all.
+fn creation_leaf_sql() -> String {
+    format!(
+        "SELECT {LEAF_COLUMNS} FROM audit_log WHERE request_id = \
+         (SELECT created_request FROM subjects WHERE subject_id = $1) \
+         AND head_seq IS NOT NULL AND action = 'CreateSubject'"
+    )
+}
+
 fn leaf_row(r: &AnyRow) -> Result<LeafRow, StoreError> {
     let idx: Option<i64> = r.try_get("idx")?;
     Ok(LeafRow {
@@ -268,14 +294,18 @@ impl Store {
         )
     }
 
-    /// The first `ok` CreateSubject leaf naming `subject` (its columns as
-    /// stored: the caller checks the leaf's MAC and decodes its bytes).
-    pub async fn creation_leaf(&self, subject: &str) -> Result<Option<LeafRow>, StoreError> {
+    /// The first `ok` CreateSubject leaf of the request that created
+    /// `subject`, as its row names it (its columns as stored: the caller
+    /// checks the leaf's MAC, and that its bytes name this subject).
+    pub async fn creation_leaf(
+        &self,
+        subject: &idvault_core::subject::SubjectId,
+    ) -> Result<Option<LeafRow>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 AND head_seq IS NOT NULL \
-             AND action = 'CreateSubject' AND outcome = 'ok' ORDER BY id LIMIT 1"
+            "{} AND outcome = 'ok' ORDER BY id LIMIT 1",
+            creation_leaf_sql()
         )))
-        .bind(subject.to_owned())
+        .bind(subject.as_bytes().to_vec())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(leaf_row).transpose()
@@ -453,15 +483,23 @@ impl SubjectSnapshot {
     }
 
     /// The subject's newest leaf that recorded a chain head, from the same
-    /// snapshot; ends the read.
+    /// snapshot; ends the read. Its newest update's, by the index of
+    /// chain-changing leaves by subject; with none, its creation's, through
+    /// the request its row names (migration 0029).
     pub async fn head_leaf(mut self) -> Result<Option<LeafRow>, StoreError> {
-        let leaf = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LEAF_COLUMNS} FROM audit_log WHERE subject = $1 AND head_seq IS NOT NULL \
-             ORDER BY id DESC LIMIT 1"
-        )))
-        .bind(self.row.id.to_string())
-        .fetch_optional(&mut *self.tx)
-        .await?;
+        let mut leaf = sqlx::query(sqlx::AssertSqlSafe(update_leaf_sql()))
+            .bind(self.row.id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        if leaf.is_none() {
+            leaf = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{} AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
+                creation_leaf_sql()
+            )))
+            .bind(self.row.id.as_bytes().to_vec())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        }
         let leaf = leaf.as_ref().map(leaf_row).transpose()?;
         self.tx.commit().await?;
         Ok(leaf)
@@ -715,4 +753,54 @@ fn value_rows(backend: Backend, rows: usize, width: usize) -> String {
     let mut sql = String::with_capacity(rows * (width * 5 + 4));
     super::writeset::push_value_rows(&mut sql, backend, rows, width, &mut 0);
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::{creation_leaf_sql, update_leaf_sql};
+
+    /// A subject's head leaf is sought, never scanned for: its updates'
+    /// by the index of chain-changing leaves by subject, which leaves
+    /// creations out (migration 0030), and its creation's through the
+    /// creating request (migration 0029). A create then adds no entry by
+    /// subject, whose id is random.
+    #[tokio::test]
+    async fn head_leaves_are_sought_by_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("v.db").display());
+        let store = super::super::Store::connect(&url).await.expect("connect");
+        for (sql, seek) in [
+            (
+                update_leaf_sql(),
+                "SEARCH audit_log USING INDEX audit_log_subject_update (subject=?)",
+            ),
+            (
+                creation_leaf_sql(),
+                "SEARCH audit_log USING INDEX audit_log_request (request_id=?)",
+            ),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind(vec![0u8; 16])
+                    .fetch_all(store.pool())
+                    .await
+                    .expect("plan");
+            let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+            assert!(steps.contains(&seek), "{steps:?}");
+            assert!(
+                !steps.iter().any(|d| d.starts_with("SCAN audit_log")),
+                "{steps:?}"
+            );
+        }
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_log' \
+             AND sql LIKE '%subject%'",
+        )
+        .fetch_all(store.pool())
+        .await
+        .expect("indexes");
+        assert_eq!(indexes, vec!["audit_log_subject_update".to_owned()]);
+        store.close().await;
+    }
 }

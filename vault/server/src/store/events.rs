@@ -490,7 +490,8 @@ impl AuditedTx {
         Ok(n)
     }
 
-    /// The subject a partner's pairwise token names. The row's MAC is
+    /// The subject a partner's pairwise token names, if it still exists
+    /// (else `None`, as for a token never issued). The row's MAC is
     /// checked: one pointing the token at another subject (a database
     /// writer's) fails the request rather than reach that subject's
     /// phone or rules.
@@ -499,17 +500,19 @@ impl AuditedTx {
         partner: &str,
         token: &str,
     ) -> Result<Option<SubjectId>, StoreError> {
-        // subject id, MAC version, MAC
-        type TokenRow = (Vec<u8>, Option<i64>, Option<Vec<u8>>);
+        // subject id, MAC version, MAC, whether the subject still exists
+        type TokenRow = (Vec<u8>, Option<i64>, Option<Vec<u8>>, i64);
         let row: Option<TokenRow> = sqlx::query_as(
-            "SELECT subject_id, mac_version, mac FROM pairwise_tokens \
-             WHERE partner = $1 AND token = $2",
+            "SELECT t.subject_id, t.mac_version, t.mac, \
+             CASE WHEN EXISTS (SELECT 1 FROM subjects s WHERE s.subject_id = t.subject_id) \
+             THEN 1 ELSE 0 END \
+             FROM pairwise_tokens t WHERE t.partner = $1 AND t.token = $2",
         )
         .bind(partner.to_owned())
         .bind(token.to_owned())
         .fetch_optional(self.conn().await?)
         .await?;
-        let Some((b, v, mac)) = row else {
+        let Some((b, v, mac, live)) = row else {
             return Ok(None);
         };
         let subject =
@@ -522,7 +525,11 @@ impl AuditedTx {
             v,
             mac.as_deref(),
         )?;
-        Ok(Some(subject))
+        // Checked after the MAC, so that a forged row is reported as such.
+        // A deletion removes a subject's tokens by storage key, so a row a
+        // database writer moved off that key outlives it, MAC intact
+        // (migration 0028): it names nobody.
+        Ok((live == 1).then_some(subject))
     }
 }
 

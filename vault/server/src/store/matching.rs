@@ -91,11 +91,7 @@ async fn pairwise_chunk<'e>(
     if part.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "SELECT subject_id, token, mac_version, mac FROM pairwise_tokens \
-         WHERE partner = $1 AND subject_id IN ({})",
-        placeholders(2, part.len())
-    );
+    let sql = pairwise_sql(part.len());
     let mut q = sqlx::query_as::<_, (Vec<u8>, String, Option<i64>, Option<Vec<u8>>)>(
         sqlx::AssertSqlSafe(sql),
     )
@@ -115,6 +111,20 @@ async fn pairwise_chunk<'e>(
         }
     }
     Ok(())
+}
+
+/// The SQL of [`pairwise_chunk`] over `n` subjects (`$1` the partner):
+/// each token sought under its subject's storage key (migration 0028),
+/// the id named beside it, so a row a database writer moved under another
+/// subject's key answers for nobody.
+fn pairwise_sql(n: usize) -> String {
+    format!(
+        "SELECT t.subject_id, t.token, t.mac_version, t.mac FROM subjects s \
+         JOIN pairwise_tokens t ON t.partner = $1 \
+         AND t.subject_key = COALESCE(s.subject_key, s.subject_id) AND t.subject_id = s.subject_id \
+         WHERE s.subject_id IN ({})",
+        placeholders(2, n)
+    )
 }
 
 /// Pairwise tokens read from the pool ([`Store::pairwise_tokens_of`]).
@@ -304,16 +314,20 @@ impl AuditedTx {
         for (subject, token) in tokens {
             let (v, mac) = super::seal_row(&keys, &rowmac::pairwise_token(partner, subject, token));
             let table = self.table_for(subject, Table::Pairwise, Table::NewPairwise);
-            self.pending.push(
-                table,
-                vec![
-                    Value::Bytes(subject.as_bytes().to_vec()),
-                    Value::Text(partner.to_owned()),
-                    Value::Text(token.clone()),
-                    Value::Int(v),
-                    Value::Bytes(mac),
-                ],
-            );
+            let mut row = vec![
+                Value::Bytes(subject.as_bytes().to_vec()),
+                Value::Text(partner.to_owned()),
+                Value::Text(token.clone()),
+                Value::Int(v),
+                Value::Bytes(mac),
+            ];
+            // A subject this transaction creates has its storage key here;
+            // any other's is read from its row by the statement
+            // (migration 0028).
+            if table == Table::NewPairwise {
+                row.push(Value::Bytes(self.subject_key(subject)?.to_vec()));
+            }
+            self.pending.push(table, row);
         }
         Ok(())
     }
@@ -791,7 +805,8 @@ fn candidates_sql(n: usize, limit: u32) -> String {
         "SELECT s.subject_id, s.fields, s.signature, s.mac_version, s.mac, c.g, \
          t.token, t.mac_version, t.mac FROM match_subjects s \
          JOIN ({}) c ON c.subject_key = s.subject_key AND c.subject_id = s.subject_id \
-         LEFT JOIN pairwise_tokens t ON t.subject_id = s.subject_id AND t.partner = ${} \
+         LEFT JOIN pairwise_tokens t ON t.partner = ${} AND t.subject_key = s.subject_key \
+         AND t.subject_id = s.subject_id \
          WHERE s.domain = $1 ORDER BY c.g DESC, s.subject_id",
         ranking_sql(n, limit),
         2 + 2 * n,
@@ -1124,7 +1139,8 @@ mod tests {
 
     /// The lookups reach a candidate's signature row by its whole primary
     /// key, the storage key carried from its blocking row (migration
-    /// 0027), never by a scan of the domain.
+    /// 0027), never by a scan of the domain; and a partner's pairwise
+    /// tokens by their whole key, under the storage key (migration 0028).
     #[tokio::test]
     async fn signature_rows_are_sought_by_storage_key() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1156,11 +1172,29 @@ mod tests {
                 4,
                 "SEARCH match_subjects USING PRIMARY KEY (domain=? AND subject_key=?)",
             ),
+            (
+                candidates_sql(2, 8),
+                6,
+                "SEARCH t USING INDEX pairwise_tokens_key (partner=? AND subject_key=? AND subject_id=?)",
+            ),
+            (
+                pairwise_sql(3),
+                4,
+                "SEARCH t USING INDEX pairwise_tokens_key (partner=? AND subject_key=? AND subject_id=?)",
+            ),
         ] {
             let steps = plan(sql, binds).await;
-            assert!(steps.iter().any(|d| d == seek), "{steps:?}");
+            // A left join says so after the step.
             assert!(
-                !steps.iter().any(|d| d.starts_with("SCAN match_")),
+                steps
+                    .iter()
+                    .any(|d| d.strip_suffix(" LEFT-JOIN").unwrap_or(d) == seek),
+                "{steps:?}"
+            );
+            assert!(
+                !steps
+                    .iter()
+                    .any(|d| d.starts_with("SCAN match_") || d.starts_with("SCAN t")),
                 "{steps:?}"
             );
         }

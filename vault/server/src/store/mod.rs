@@ -1272,7 +1272,14 @@ impl AuditedTx {
     /// a fresh time-ordered storage key (migration 0026: its packets then
     /// land on the last pages of their B-tree, beside the rest of its
     /// group commit's). The key is internal: it never leaves the store.
-    pub fn insert_subject(&mut self, s: &SubjectRecord) -> Result<(), StoreError> {
+    /// `request` is the id of the creating request, whose audit leaf
+    /// (this transaction's) chain verification finds by it while the
+    /// subject has no later one (migration 0029).
+    pub fn insert_subject(
+        &mut self,
+        s: &SubjectRecord,
+        request: &[u8; 16],
+    ) -> Result<(), StoreError> {
         let key = crate::clock::time_ordered_id();
         let (mac_version, mac) = seal_row(
             &*self.store.row_keys()?,
@@ -1292,6 +1299,7 @@ impl AuditedTx {
                 Value::Int(mac_version),
                 Value::Bytes(mac),
                 Value::Bytes(key.to_vec()),
+                Value::Bytes(request.to_vec()),
             ],
         );
         self.keep_subject_key(s.id, key);
@@ -1350,9 +1358,9 @@ impl AuditedTx {
         &mut self,
         id: &SubjectId,
     ) -> Result<Vec<(&'static str, u64)>, StoreError> {
-        // The storage key (migrations 0026, 0027), read before its row
-        // goes: the packets and match rows are found by it, each beside
-        // the subject id.
+        // The storage key (migrations 0026–0028), read before its row
+        // goes: the packets, match rows and tokens are found by it, each
+        // beside the subject id.
         let key = match self.subject_keys.get(id) {
             Some(k) => k.to_vec(),
             None => {
@@ -1385,10 +1393,10 @@ impl AuditedTx {
                 "DELETE FROM match_index WHERE subject_key = $2 AND subject_id = $1",
                 true,
             ),
-            // Keyed by (domain, key, subject) and (partner, subject), with
-            // no index by subject alone (migrations 0024, 0027): a loose
-            // index scan names the few domains and partners present, one
-            // seek each, and the rows go by key. Every value present is
+            // Keyed by (domain, key, subject) and (partner, key, subject),
+            // with no index by subject alone (migrations 0024, 0027,
+            // 0028): a loose index scan names the few domains and partners
+            // present, one seek each, and the rows go by key. Every value present is
             // named, so nothing is left behind whatever `match_domains` or
             // the configuration say.
             (
@@ -1404,11 +1412,12 @@ impl AuditedTx {
             (
                 "pairwise-tokens",
                 concat!(
-                    "DELETE FROM pairwise_tokens WHERE subject_id = $1 AND partner IN (",
+                    "DELETE FROM pairwise_tokens WHERE subject_key = $2 AND subject_id = $1 \
+                     AND partner IN (",
                     loose_scan!(pairwise_tokens, partner),
                     ")"
                 ),
-                false,
+                true,
             ),
             // Its devices (and their request ids), codes, challenges,
             // consents and receipts.
@@ -1687,7 +1696,7 @@ mod tests {
         let mut tx = store.begin_audited(None).expect("queue");
         for id in [a, b] {
             let (row, packets) = sealed_subject(id, &dek, &rng);
-            tx.insert_subject(&row).expect("subject");
+            tx.insert_subject(&row, &[9; 16]).expect("subject");
             tx.insert_packets(&id, &packets).expect("packets");
         }
         store.commit_write(tx).await.expect("commit");
@@ -1741,7 +1750,7 @@ mod tests {
         let mut tx = store.begin_audited(None).expect("queue");
         for id in [new, old] {
             let (row, packets) = create(id);
-            tx.insert_subject(&row).expect("subject");
+            tx.insert_subject(&row, &[9; 16]).expect("subject");
             tx.insert_packets(&id, &packets).expect("packets");
         }
         store.commit_write(tx).await.expect("commit");
@@ -1870,6 +1879,147 @@ mod tests {
             "{steps:?}"
         );
         assert!(!steps.iter().any(|d| d.starts_with("SCAN p")), "{steps:?}");
+    }
+
+    /// A partner's pairwise tokens go under the subject's storage key
+    /// (migration 0028): the creator's, written with the new subject, and
+    /// a later one (a match answer's, for a subject the transaction did
+    /// not read) alike. A row inserted or moved by subject id alone takes
+    /// the key of the subject it names; a key copied onto another subject
+    /// reads none of its owner's tokens; a deletion removes the subject's
+    /// own, and one a writer moved off the key, which outlives it, names
+    /// nobody once the subject is gone. (The MAC walk of a key rotation, which goes by token now, is
+    /// `consent::rewrap_walk_crosses_windows_and_passes_forged_rows`'s in the e2e suite.)
+    #[tokio::test]
+    async fn pairwise_tokens_live_under_the_subjects_storage_key() {
+        let (_dir, store) = keyed_store().await;
+        let rng = idvault_core::SystemRng::default();
+        let dek = idvault_core::keys::generate_dek(&rng).expect("dek");
+        let (a, b) = (
+            SubjectId::generate(&rng).expect("id"),
+            SubjectId::generate(&rng).expect("id"),
+        );
+        let mut tx = store.begin_audited(None).expect("queue");
+        for id in [a, b] {
+            let (row, packets) = sealed_subject(id, &dek, &rng);
+            tx.insert_subject(&row, &[9; 16]).expect("subject");
+            tx.insert_packets(&id, &packets).expect("packets");
+        }
+        tx.pairwise_insert("partner-a", &[(a, "pw_a".into()), (b, "pw_b".into())])
+            .expect("creator's tokens");
+        store.commit_write(tx).await.expect("commit");
+        let mut tx = store.begin_audited(None).expect("queue");
+        tx.pairwise_insert("partner-b", &[(a, "pw_a2".into())])
+            .expect("a later token");
+        store.commit_write(tx).await.expect("commit");
+
+        let key_of = async |id: SubjectId| -> Vec<u8> {
+            sqlx::query_scalar("SELECT subject_key FROM subjects WHERE subject_id = $1")
+                .bind(id.as_bytes().to_vec())
+                .fetch_one(store.pool())
+                .await
+                .expect("key")
+        };
+        let token_key = async |token: &str| -> Vec<u8> {
+            sqlx::query_scalar("SELECT subject_key FROM pairwise_tokens WHERE token = $1")
+                .bind(token.to_owned())
+                .fetch_one(store.pool())
+                .await
+                .expect("token key")
+        };
+        let (ka, kb) = (key_of(a).await, key_of(b).await);
+        assert_ne!(ka.as_slice(), a.as_bytes());
+        assert_eq!(token_key("pw_a").await, ka);
+        assert_eq!(token_key("pw_a2").await, ka);
+        assert_eq!(token_key("pw_b").await, kb);
+        let read = store
+            .pairwise_tokens_of("partner-a", &[a, b])
+            .await
+            .expect("read");
+        assert_eq!(read.tokens.get(&a).map(String::as_str), Some("pw_a"));
+        assert_eq!(read.tokens.get(&b).map(String::as_str), Some("pw_b"));
+        assert!(read.forged.is_empty());
+
+        // A tool's row by subject id alone takes the subject's key, and so
+        // does a row moved to another subject.
+        sqlx::query(
+            "INSERT INTO pairwise_tokens (partner, subject_id, token) VALUES ('partner-c', $1, 'x')",
+        )
+        .bind(b.as_bytes().to_vec())
+        .execute(store.pool())
+        .await
+        .expect("insert by id");
+        assert_eq!(token_key("x").await, kb);
+        sqlx::query("UPDATE pairwise_tokens SET subject_id = $1 WHERE token = 'x'")
+            .bind(a.as_bytes().to_vec())
+            .execute(store.pool())
+            .await
+            .expect("move");
+        assert_eq!(token_key("x").await, ka);
+        sqlx::query("DELETE FROM pairwise_tokens WHERE token = 'x'")
+            .execute(store.pool())
+            .await
+            .expect("delete");
+
+        // b's key copied onto a: a reads none of b's tokens, b none of its
+        // own (moved off its key by the copy), and the deletion of a takes
+        // only a's.
+        sqlx::query("UPDATE subjects SET subject_key = $1 WHERE subject_id = $2")
+            .bind(kb.clone())
+            .bind(a.as_bytes().to_vec())
+            .execute(store.pool())
+            .await
+            .expect("copy the key");
+        let read = store
+            .pairwise_tokens_of("partner-a", &[a, b])
+            .await
+            .expect("read");
+        assert_eq!(read.tokens.get(&b).map(String::as_str), Some("pw_b"));
+        assert!(!read.tokens.contains_key(&a), "{:?}", read.tokens);
+        sqlx::query("UPDATE subjects SET subject_key = $1 WHERE subject_id = $2")
+            .bind(ka)
+            .bind(a.as_bytes().to_vec())
+            .execute(store.pool())
+            .await
+            .expect("put the key back");
+        let mut tx = store.begin_audited(None).expect("queue");
+        let removed = tx.delete_subject(&a).await.expect("delete");
+        store.commit_write(tx).await.expect("commit");
+        assert!(removed.contains(&("pairwise-tokens", 2)), "{removed:?}");
+        let left: Vec<String> = sqlx::query_scalar("SELECT token FROM pairwise_tokens")
+            .fetch_all(store.pool())
+            .await
+            .expect("left");
+        assert_eq!(left, vec!["pw_b".to_owned()]);
+
+        // b's token moved off its key outlives b's deletion, MAC intact,
+        // and then names nobody.
+        let mut tx = store.begin_audited(None).expect("queue");
+        assert_eq!(
+            tx.subject_of_pairwise("partner-a", "pw_b")
+                .await
+                .expect("lookup"),
+            Some(b)
+        );
+        store.commit_write(tx).await.expect("commit");
+        sqlx::query("UPDATE pairwise_tokens SET subject_key = $1 WHERE token = 'pw_b'")
+            .bind(vec![0u8; 16])
+            .execute(store.pool())
+            .await
+            .expect("move off the key");
+        let mut tx = store.begin_audited(None).expect("queue");
+        let removed = tx.delete_subject(&b).await.expect("delete");
+        store.commit_write(tx).await.expect("commit");
+        assert!(removed.contains(&("pairwise-tokens", 0)), "{removed:?}");
+        let mut tx = store.begin_audited(None).expect("queue");
+        assert_eq!(
+            tx.subject_of_pairwise("partner-a", "pw_b")
+                .await
+                .expect("lookup"),
+            None,
+            "a token of a deleted subject names nobody"
+        );
+        store.commit_write(tx).await.expect("commit");
     }
 
     /// Migration 0026 on a database holding packets from before it: they

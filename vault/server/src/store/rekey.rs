@@ -147,7 +147,8 @@ impl MacTable {
         }
     }
 
-    /// The primary key's columns, in its order, and how each binds.
+    /// The columns of the unique key the walk goes by (the primary key's
+    /// but for pairwise tokens), in its order, and how each binds.
     fn key(self) -> &'static [(&'static str, KeyKind)] {
         use KeyKind::{Blob, Int, Text};
         match self {
@@ -161,7 +162,11 @@ impl MacTable {
             Self::StatusLists => &[("list_id", Int)],
             Self::Credentials => &[("list_id", Int), ("idx", Int)],
             Self::Transactions => &[("transaction_id", Blob)],
-            Self::PairwiseTokens => &[("partner", Text), ("subject_id", Blob)],
+            // The token: unique, never NULL, and what the row is found
+            // by; its key is `(partner, subject_key, subject_id)` with the
+            // storage key filled in by a trigger for rows written by id
+            // alone (migration 0028).
+            Self::PairwiseTokens => &[("token", Text)],
         }
     }
 
@@ -277,7 +282,7 @@ impl MacTable {
             }
             Self::PairwiseTokens => {
                 "UPDATE pairwise_tokens SET mac_version = $1, mac = $2 \
-                 WHERE partner = $3 AND subject_id = $4 AND token = $5 AND mac = $6"
+                 WHERE token = $3 AND partner = $4 AND subject_id = $5 AND mac = $6"
             }
         }
     }
@@ -408,10 +413,10 @@ impl MacTable {
                 let token: String = r.try_get("token")?;
                 let bytes = rowmac::pairwise_token(&partner, &subject, &token);
                 check_row(keys, &bytes, r)?;
-                // The token too: the new MAC is over the token read.
+                // Partner and subject too: the new MAC is over the row as read.
                 (
                     bytes,
-                    vec![text("partner")?, blob("subject_id")?, text("token")?],
+                    vec![text("token")?, text("partner")?, blob("subject_id")?],
                 )
             }
         })

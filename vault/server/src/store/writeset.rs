@@ -110,14 +110,15 @@ impl Table {
     /// follows the rows.
     fn shape(self, backend: Backend) -> (&'static str, usize, &'static str) {
         match self {
-            // The storage key last: the id stays first ([`WriteSet::creates`]).
+            // The storage key and the creating request last: the id stays
+            // first ([`WriteSet::creates`]).
             Self::Subjects => (
                 concat!(
                     "INSERT INTO subjects (",
                     subject_columns!(),
-                    ", subject_key) VALUES "
+                    ", subject_key, created_request) VALUES "
                 ),
-                11,
+                12,
                 "",
             ),
             Self::Packets => (
@@ -158,10 +159,13 @@ impl Table {
                 6,
                 "",
             ),
+            // The storage key last (migration 0028), so that the first
+            // two values stay the (subject, partner) [`statements`]
+            // dedupes by.
             Self::NewPairwise => (
-                "INSERT INTO pairwise_tokens (subject_id, partner, token, mac_version, mac) \
-                 VALUES ",
-                5,
+                "INSERT INTO pairwise_tokens (subject_id, partner, token, mac_version, mac, \
+                 subject_key) VALUES ",
+                6,
                 "",
             ),
             // Conflicts are a re-index of the same value (or a 2^-64
@@ -183,20 +187,25 @@ impl Table {
             // reads back whichever was stored. The subject comes first, so
             // PostgreSQL's sorted rows lock subjects in ascending order,
             // as every other multi-subject locker does.
+            // The storage key is the subject row's (migration 0028): the
+            // subject was read from the pool, not by this transaction.
             Self::Pairwise => (
-                "INSERT INTO pairwise_tokens (subject_id, partner, token, mac_version, mac) \
-                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES ",
+                "INSERT INTO pairwise_tokens (subject_id, partner, token, mac_version, mac, \
+                 subject_key) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, \
+                 (SELECT COALESCE(k.subject_key, k.subject_id) FROM subjects k \
+                  WHERE k.subject_id = v.column1) FROM (VALUES ",
                 5,
                 match backend {
                     Backend::Sqlite => {
                         ") v WHERE EXISTS (SELECT 1 FROM subjects s \
                          WHERE s.subject_id = v.column1) \
-                         ON CONFLICT (partner, subject_id) DO NOTHING"
+                         ON CONFLICT (partner, subject_key, subject_id) DO NOTHING"
                     }
                     Backend::Postgres => {
                         ") v WHERE EXISTS (SELECT 1 FROM subjects s \
                          WHERE s.subject_id = v.column1 FOR KEY SHARE) \
-                         ON CONFLICT (partner, subject_id) DO NOTHING"
+                         ON CONFLICT (partner, subject_key, subject_id) DO NOTHING"
                     }
                 },
             ),
@@ -901,7 +910,7 @@ mod tests {
 
     fn subject(id: u8) -> Vec<Value> {
         let mut row = vec![Value::Bytes(vec![id; 16])];
-        row.extend((1..11).map(Value::Int));
+        row.extend((1..12).map(Value::Int));
         row
     }
 
@@ -951,7 +960,7 @@ mod tests {
         let sql = joined_sql(&statements(Backend::Postgres, &[&set])).expect("joins");
         assert!(sql.starts_with("WITH w0 AS (INSERT INTO subjects"), "{sql}");
         assert!(sql.contains(") INSERT INTO match_index"), "{sql}");
-        assert!(sql.contains("$23") && !sql.contains("$24"), "{sql}");
+        assert!(sql.contains("$24") && !sql.contains("$25"), "{sql}");
         let mut with_use = WriteSet::default();
         with_use.push(
             Table::ChallengeUses,

@@ -1,0 +1,5 @@
+-- no-transaction
+-- The index of every chain-head leaf by subject, replaced in 0030 by one
+-- that leaves creations out (migration 0029); dropped without blocking
+-- writes.
+DROP INDEX CONCURRENTLY IF EXISTS audit_log_subject_head;
