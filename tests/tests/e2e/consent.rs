@@ -869,6 +869,7 @@ pub async fn open_challenges_are_capped(backend: Backend) -> anyhow::Result<()> 
     let ghost = "00000000-0000-4000-8000-000000000000".to_owned();
     let mut messages = Vec::new();
     let mut first = None;
+    let mut issued = Vec::new();
     for subject in [cx.subject.clone(), ghost] {
         for _ in 0..MAX_OPEN_CHALLENGES_PER_PERSON {
             let ch =
@@ -878,7 +879,8 @@ pub async fn open_challenges_are_capped(backend: Backend) -> anyhow::Result<()> 
                 .await?
                 .into_inner()
                 .challenge;
-            first.get_or_insert(ch);
+            first.get_or_insert(ch.clone());
+            issued.push(ch);
         }
         let e =
             cx.b.request_challenge(pb::RequestChallengeRequest {
@@ -894,6 +896,11 @@ pub async fn open_challenges_are_capped(backend: Backend) -> anyhow::Result<()> 
         "the answer says nothing of the subject"
     );
     assert!(messages[0].contains("challenges open"), "{}", messages[0]);
+    // Time-ordered (a version-7 UUID first, then 16 random bytes; their
+    // order is the clock's, which a test cannot rely on), and all differ.
+    assert!(issued.iter().all(|c| c.len() == 32 && c[6] >> 4 == 7));
+    let distinct: std::collections::HashSet<_> = issued.iter().collect();
+    assert_eq!(distinct.len(), issued.len());
     // Another partner is not affected.
     cx.challenge(false).await;
     // A used challenge is no longer open.
@@ -1003,6 +1010,15 @@ pub async fn standing_consent_and_revocation(backend: Backend) -> anyhow::Result
     let r1 = cx.release(true, signed).await?;
     let r2 = cx.release_standing(true, &id).await?;
     assert_ne!(r1.receipt_id, r2.receipt_id);
+    // Time-ordered: `rcp_` and a version-7 UUID in hex. (Their order is
+    // the clock's, which a test cannot rely on.)
+    for r in [&r1, &r2] {
+        assert!(
+            r.receipt_id.len() == 36 && r.receipt_id.as_bytes()[16] == b'7',
+            "{}",
+            r.receipt_id
+        );
+    }
     assert_eq!(cx.open(&r2).len(), 2);
     // Only the audience may use it.
     refused(

@@ -26,14 +26,21 @@ impl Clock for SystemClock {
 /// time is no secret from whoever sees them; the time only orders, it is
 /// never trusted.
 pub(crate) fn time_ordered_id() -> [u8; 16] {
-    let millis = u64::try_from(SystemClock.now_millis()).unwrap_or(0);
     // 80 bits from the OS generator that fills a version-4 UUID: its bytes
     // 0-5 and 10-13 carry no version or variant bits.
     let v4 = uuid::Uuid::new_v4().into_bytes();
     let mut random = [0u8; 10];
     random[..6].copy_from_slice(&v4[..6]);
     random[6..].copy_from_slice(&v4[10..14]);
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+    time_ordered_id_from(&random)
+}
+
+/// [`time_ordered_id`] with its random bits from `random` (74 of its 80
+/// bits are used): for ids a caller receives, drawn from the vault's own
+/// generator, whose failure is an error rather than a panic.
+pub(crate) fn time_ordered_id_from(random: &[u8; 10]) -> [u8; 16] {
+    let millis = u64::try_from(SystemClock.now_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, random)
         .into_uuid()
         .into_bytes()
 }
