@@ -555,11 +555,11 @@ impl Vault {
 
     /// A fresh single-use challenge: a version-7 UUID (the time in
     /// milliseconds, then 74 random bits), then 16 more random bytes, all
-    /// from the vault's generator. Time first, so that the challenges of a write batch go
-    /// on the last pages of the challenge index instead of a random page
-    /// each (a WAL frame each at COMMIT on SQLite); its 202 random bits
-    /// keep it unguessable. The time tells the partner and the phone it
-    /// goes to only when it was issued, which they see.
+    /// from the vault's generator. Time first, so that the challenges of
+    /// a write batch go on the last pages of the challenge index instead
+    /// of a random page each (a WAL frame each at COMMIT on SQLite); its
+    /// 202 random bits keep it unguessable. The time tells the partner
+    /// and the phone it goes to only when it was issued, which they see.
     fn new_challenge(&self) -> Result<[u8; CHALLENGE_LEN], VaultError> {
         let mut challenge = [0u8; CHALLENGE_LEN];
         let (time, random) = challenge
