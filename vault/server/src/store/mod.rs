@@ -1982,9 +1982,13 @@ mod tests {
             .execute(store.pool())
             .await
             .expect("put the key back");
-        let mut tx = store.begin_audited(None).expect("queue");
-        let removed = tx.delete_subject(&a).await.expect("delete");
-        store.commit_write(tx).await.expect("commit");
+        let delete = async |id: SubjectId| {
+            let mut tx = store.begin_audited(None).expect("queue");
+            let removed = tx.delete_subject(&id).await.expect("delete");
+            store.commit_write(tx).await.expect("commit");
+            removed
+        };
+        let removed = delete(a).await;
         assert!(removed.contains(&("pairwise-tokens", 2)), "{removed:?}");
         let left: Vec<String> = sqlx::query_scalar("SELECT token FROM pairwise_tokens")
             .fetch_all(store.pool())
@@ -1994,32 +1998,28 @@ mod tests {
 
         // b's token moved off its key outlives b's deletion, MAC intact,
         // and then names nobody.
-        let mut tx = store.begin_audited(None).expect("queue");
-        assert_eq!(
-            tx.subject_of_pairwise("partner-a", "pw_b")
+        let named = async || {
+            let mut tx = store.begin_audited(None).expect("queue");
+            let found = tx
+                .subject_of_pairwise("partner-a", "pw_b")
                 .await
-                .expect("lookup"),
-            Some(b)
-        );
-        store.commit_write(tx).await.expect("commit");
+                .expect("lookup");
+            store.commit_write(tx).await.expect("commit");
+            found
+        };
+        assert_eq!(named().await, Some(b));
         sqlx::query("UPDATE pairwise_tokens SET subject_key = $1 WHERE token = 'pw_b'")
             .bind(vec![0u8; 16])
             .execute(store.pool())
             .await
             .expect("move off the key");
-        let mut tx = store.begin_audited(None).expect("queue");
-        let removed = tx.delete_subject(&b).await.expect("delete");
-        store.commit_write(tx).await.expect("commit");
+        let removed = delete(b).await;
         assert!(removed.contains(&("pairwise-tokens", 0)), "{removed:?}");
-        let mut tx = store.begin_audited(None).expect("queue");
         assert_eq!(
-            tx.subject_of_pairwise("partner-a", "pw_b")
-                .await
-                .expect("lookup"),
+            named().await,
             None,
             "a token of a deleted subject names nobody"
         );
-        store.commit_write(tx).await.expect("commit");
     }
 
     /// Migration 0026 on a database holding packets from before it: they
