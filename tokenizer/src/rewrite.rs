@@ -89,6 +89,9 @@ pub enum RewriteError {
     /// Too many fields.
     #[error("at most {} fields", json::MAX_PATHS)]
     TooManyFields,
+    /// The same field named twice.
+    #[error("field '{0}' is named more than once")]
+    DuplicateField(String),
     /// A CSV column named by --field is not in the header.
     #[error("CSV header has no column '{0}'")]
     MissingColumn(String),
@@ -149,6 +152,12 @@ fn check_fields(fields: &[FieldSpec]) -> Result<(), RewriteError> {
     }
     if fields.len() > json::MAX_PATHS {
         return Err(RewriteError::TooManyFields);
+    }
+    // A value named twice would be rewritten twice: in JSON the second
+    // token written after the first, an invalid line.
+    let mut seen = std::collections::HashSet::with_capacity(fields.len());
+    if let Some(f) = fields.iter().find(|f| !seen.insert(f.path.as_str())) {
+        return Err(RewriteError::DuplicateField(f.path.clone()));
     }
     Ok(())
 }
@@ -328,6 +337,12 @@ impl<'t> Rewriter<'t> {
         }
         let mut pos = 0;
         for h in hits.iter() {
+            // Spans come in order and apart; two paths on one value (which
+            // `check_fields` refuses when they are spelled alike) would
+            // write an invalid line, so the record is refused instead.
+            if h.start < pos {
+                return Err("two fields name the same value".to_owned());
+            }
             let span = line.get(h.start..h.end).ok_or("internal: span")?;
             let unescaped;
             let value: &str = match h.kind {
@@ -596,6 +611,34 @@ mod tests {
     const UK: NormalizeOptions = NormalizeOptions {
         default_country_code: Some(44),
     };
+
+    /// A field named twice (even with different identifier types) is
+    /// refused before any record is read: rewriting one value twice made
+    /// an invalid JSON line (two tokens in a row).
+    #[test]
+    fn a_field_named_twice_is_refused() {
+        let k = key();
+        for twice in [
+            &["a=account", "a=account"][..],
+            &["a=account", "b", "a=email"],
+        ] {
+            assert!(matches!(
+                Rewriter::json_lines(specs(twice), UK, &k),
+                Err(RewriteError::DuplicateField(f)) if f == "a"
+            ));
+            assert!(matches!(
+                Rewriter::csv(specs(twice), b"a,b", b',', UK, &k),
+                Err(RewriteError::DuplicateField(f)) if f == "a"
+            ));
+        }
+        let rw = Rewriter::json_lines(specs(&["a=account", "b"]), UK, &k).unwrap();
+        let mut out = Vec::new();
+        let mut rejects = Vec::new();
+        rw.rewrite_chunk(b"{\"a\":\"x\",\"b\":\"y\"}\n", 1, &mut out, &mut rejects);
+        assert!(rejects.is_empty(), "{rejects:?}");
+        let line: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert!(line["a"].as_str().is_some_and(|t| t.starts_with("tk_")));
+    }
 
     #[test]
     fn json_lines_rewrite_and_rejects() {
