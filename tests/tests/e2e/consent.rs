@@ -720,11 +720,14 @@ pub async fn forged_release_is_refused(backend: Backend) -> anyhow::Result<()> {
     cx.tv.stop().await
 }
 
-/// A release decrypts only the newest packet of each field: a damaged
-/// older version of a field does not stop it (the chain's own check is
-/// `VerifySubjectChain`), and the newest value is what is released. A
-/// damaged newest packet still fails closed.
-pub async fn release_reads_only_the_newest_packets(backend: Backend) -> anyhow::Result<()> {
+/// A release reads the newest value of each field from packets that link
+/// up to the subject's chain head, deciding which is newest by their
+/// authenticated headers. A database writer that hides a field's newest
+/// packet, by relabelling its `field_name` column or deleting it, gets the
+/// release refused (`DATA_LOSS`), never an older value released.
+pub async fn release_reads_the_newest_packets_linked_to_the_head(
+    backend: Backend,
+) -> anyhow::Result<()> {
     use idvault_tests::idvault_core::subject::SubjectId;
     use idvault_tests::idvault_proto::v1::UpdateSubjectRequest;
     let mut cx = setup(backend).await;
@@ -740,22 +743,6 @@ pub async fn release_reads_only_the_newest_packets(backend: Backend) -> anyhow::
         .await?;
     }
     let sid = SubjectId::parse(&cx.subject)?.as_bytes().to_vec();
-    let flip = async |tv: &TestVault, seq: i64| -> anyhow::Result<()> {
-        let mut bytes: Vec<u8> =
-            sqlx::query_scalar("SELECT packet FROM packets WHERE subject_id = $1 AND seq = $2")
-                .bind(sid.clone())
-                .bind(seq)
-                .fetch_one(tv.db())
-                .await?;
-        *bytes.last_mut().expect("bytes") ^= 1;
-        sqlx::query("UPDATE packets SET packet = $1 WHERE subject_id = $2 AND seq = $3")
-            .bind(bytes)
-            .bind(sid.clone())
-            .bind(seq)
-            .execute(tv.db())
-            .await?;
-        Ok(())
-    };
     let emails: Vec<i64> = sqlx::query_scalar(
         "SELECT seq FROM packets WHERE subject_id = $1 AND field_name = 'email' ORDER BY seq",
     )
@@ -763,22 +750,48 @@ pub async fn release_reads_only_the_newest_packets(backend: Backend) -> anyhow::
     .fetch_all(cx.tv.db())
     .await?;
     assert_eq!(emails.len(), 3);
-    // The first email packet is damaged: the release does not open it.
-    flip(&cx.tv, emails[0]).await?;
     let ch = cx.challenge(true).await;
     let g = cx.grant(ch);
     let r = cx.release(true, cx.sign(&g)).await?;
-    let got = cx.open(&r);
+    let before = cx.open(&r);
     assert!(
-        got.contains(&("email".to_owned(), "ada@third.example".to_owned())),
-        "{got:?}"
+        before.contains(&("email".to_owned(), "ada@third.example".to_owned())),
+        "{before:?}"
     );
-    // The newest one damaged: refused, nothing released.
-    flip(&cx.tv, emails[2]).await?;
+
+    // The newest email relabelled as another field by its column: it
+    // would otherwise read as email's newest the packet before it.
+    let label = async |tv: &TestVault, field: &str| -> anyhow::Result<()> {
+        sqlx::query("UPDATE packets SET field_name = $1 WHERE subject_id = $2 AND seq = $3")
+            .bind(field.to_owned())
+            .bind(sid.clone())
+            .bind(emails[2])
+            .execute(tv.db())
+            .await?;
+        Ok(())
+    };
+    label(&cx.tv, "given_name").await?;
     let ch = cx.challenge(true).await;
     let g = cx.grant(ch);
     let e = cx.release(true, cx.sign(&g)).await.unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    label(&cx.tv, "email").await?;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let r = cx.release(true, cx.sign(&g)).await?;
+    assert_eq!(cx.open(&r), before);
+
+    // The newest email deleted: the run no longer reaches the head.
+    sqlx::query("DELETE FROM packets WHERE subject_id = $1 AND seq = $2")
+        .bind(sid.clone())
+        .bind(emails[2])
+        .execute(cx.tv.db())
+        .await?;
+    let ch = cx.challenge(true).await;
+    let g = cx.grant(ch);
+    let e = cx.release(true, cx.sign(&g)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    assert!(!e.message().contains("ada@"), "{e:?}");
     cx.tv.stop().await
 }
 

@@ -46,6 +46,9 @@ pub enum PacketError {
     /// The decrypted value is not UTF-8.
     #[error("packet value is not UTF-8")]
     NotUtf8,
+    /// Packets read as the end of a chain do not link up to its head.
+    #[error("packets do not link to the chain head")]
+    Unlinked,
     /// A cryptographic primitive failed while sealing.
     #[error("sealing failed: {0}")]
     Seal(crypto::CryptoError),
@@ -482,6 +485,69 @@ pub fn newest_values<'a>(
         .collect()
 }
 
+/// The newest value of each field, read from the end of a subject's chain:
+/// `stored` must be consecutive packets, ascending by sequence, whose last
+/// is the packet `head` names, each linked to the one before it. Inside
+/// that authenticated run every packet is known, so the newest of each
+/// field it holds is decided by the packets' own headers, never by a
+/// stored column.
+///
+/// This guards what leaves the vault (a release, a digital ID) against a
+/// database writer without the keys: [`newest_values`] trusts the rows it
+/// is handed to be the newest of each field, so hiding a field's newest
+/// packet (deleting the row, or renaming its `field_name` column) would
+/// make it return the value before, with the chain head unchanged. Here
+/// a missing row breaks the run and a renamed one changes nothing. A
+/// field with no packet in the run is left out, as if never set: the
+/// caller chooses where the run starts (at the oldest of the fields'
+/// newest packets by the column, which a writer can only move later by
+/// hiding every packet of a field, so a field is at worst withheld,
+/// never answered with an older value).
+///
+/// Each row comes with the field name the store keeps beside it (the
+/// column the run's start was chosen by): a row of the run whose column
+/// is not the field its header names is `Malformed`, as in
+/// [`ChainVerifier::push_labelled`], so a relabelling inside the run fails
+/// closed rather than withholding the field it pointed away from.
+///
+/// Fails with [`PacketError::Unlinked`] when the packets do not form such
+/// a run, and as [`newest_values`] on a packet that does not open. An
+/// empty `stored` is the answer for an empty chain only.
+pub fn newest_values_to_head<'a>(
+    subject: &SubjectId,
+    dek: &DataKey,
+    head: ChainHead,
+    stored: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<BTreeMap<FieldName, FieldValue>, PacketError> {
+    let mut newest: BTreeMap<FieldName, ParsedPacket<'a>> = BTreeMap::new();
+    // The previous packet's sequence and hash, once there is one.
+    let mut last: Option<(u64, [u8; HASH_LEN])> = None;
+    for (label, bytes) in stored {
+        let p = parse(bytes)?;
+        if p.header.subject != *subject || p.header.field.as_str() != label {
+            return Err(PacketError::Malformed);
+        }
+        if let Some((seq, hash)) = last
+            && (seq.checked_add(1) != Some(p.header.seq) || p.header.prev_hash != hash)
+        {
+            return Err(PacketError::Unlinked);
+        }
+        last = Some((p.header.seq, packet_hash(bytes)));
+        // Ascending and consecutive: a later packet of a field replaces
+        // the earlier one.
+        newest.insert(p.header.field, p);
+    }
+    match last {
+        Some((seq, hash)) if seq == head.seq && crypto::ct_eq(&hash, &head.hash) => {}
+        None if head.seq == 0 => {}
+        _ => return Err(PacketError::Unlinked),
+    }
+    newest
+        .into_iter()
+        .map(|(field, p)| Ok((field, p.open(dek)?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,6 +635,98 @@ mod tests {
             vals[&FieldName::parse("given_name").unwrap()].expose(),
             "Ada"
         );
+    }
+
+    /// Reads the run `from..=head.seq` of `pk` (1-based sequences).
+    fn to_head(
+        s: &SubjectId,
+        dek: &DataKey,
+        head: ChainHead,
+        run: &[&[u8]],
+    ) -> Result<Vec<(String, String)>, PacketError> {
+        let labelled = run.iter().map(|b| {
+            let field = parse(b).map_or("", |p| p.header.field.as_str());
+            (field, *b)
+        });
+        Ok(newest_values_to_head(s, dek, head, labelled)?
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.expose().to_owned()))
+            .collect())
+    }
+
+    #[test]
+    fn a_run_to_the_head_reads_the_newest_of_each_field() {
+        // Packets: 1 given_name, 2 city, then cities 3, 4, 5.
+        let (s, dek, pk, head) = chain(3);
+        let all: Vec<&[u8]> = pk.iter().map(Vec::as_slice).collect();
+        let want = vec![
+            ("city".to_owned(), "City2".to_owned()),
+            ("given_name".to_owned(), "Ada".to_owned()),
+        ];
+        assert_eq!(to_head(&s, &dek, head, &all).unwrap(), want);
+        // A run that starts later holds only what it holds.
+        assert_eq!(
+            to_head(&s, &dek, head, &all[3..]).unwrap(),
+            vec![("city".to_owned(), "City2".to_owned())]
+        );
+        // An empty chain reads as nothing; an empty run of a non-empty
+        // chain does not read at all.
+        assert!(
+            to_head(&s, &dek, ChainHead::genesis(&s), &[])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(to_head(&s, &dek, head, &[]), Err(PacketError::Unlinked));
+    }
+
+    /// What a database writer could do to have an older value read
+    /// without moving the head: drop the newest packet of a field, or
+    /// hand over the rows out of order or short of the head.
+    #[test]
+    fn a_run_that_does_not_link_to_the_head_is_refused() {
+        let (s, dek, pk, head) = chain(3);
+        let all: Vec<&[u8]> = pk.iter().map(Vec::as_slice).collect();
+        // The newest city (packet 5) hidden.
+        assert_eq!(
+            to_head(&s, &dek, head, &all[..4]),
+            Err(PacketError::Unlinked)
+        );
+        // A middle city (packet 4) hidden.
+        let gap = [all[0], all[1], all[2], all[4]];
+        assert_eq!(to_head(&s, &dek, head, &gap), Err(PacketError::Unlinked));
+        // Reordered.
+        let swapped = [all[0], all[1], all[3], all[2], all[4]];
+        assert_eq!(
+            to_head(&s, &dek, head, &swapped),
+            Err(PacketError::Unlinked)
+        );
+        // A packet replaced by another subject's, or a head from elsewhere.
+        let (_, _, other, other_head) = chain(3);
+        let mixed = [all[0], all[1], all[2], all[3], other[4].as_slice()];
+        assert_eq!(to_head(&s, &dek, head, &mixed), Err(PacketError::Malformed));
+        assert_eq!(
+            to_head(&s, &dek, other_head, &all),
+            Err(PacketError::Unlinked)
+        );
+        // A packet of the run stored under another field's name.
+        let labelled = all.iter().enumerate().map(|(i, b)| {
+            let field = if i == 4 {
+                "given_name"
+            } else {
+                parse(b).unwrap().header.field.as_str()
+            };
+            (field, *b)
+        });
+        assert_eq!(
+            newest_values_to_head(&s, &dek, head, labelled).map(|_| ()),
+            Err(PacketError::Malformed)
+        );
+        // The head's own packet with a flipped byte no longer hashes to it.
+        let mut last = pk[4].clone();
+        let n = last.len() - 1;
+        last[n] ^= 1;
+        let edited = [all[0], all[1], all[2], all[3], last.as_slice()];
+        assert_eq!(to_head(&s, &dek, head, &edited), Err(PacketError::Unlinked));
     }
 
     #[test]

@@ -464,27 +464,37 @@ impl Vault {
 
     /// The subject's newest value of each field and the chain head they
     /// were read at, from the pool (never under the writer): two plain
-    /// reads, then one decrypt per field. Packets newer than the head read
-    /// first are left out, so the values are exactly the chain up to it.
+    /// reads, then one decrypt per field. The packets read must link up to
+    /// that head, and the newest of each field is decided by their
+    /// authenticated headers, so a database writer cannot have an older
+    /// value released or issued by hiding a newer packet
+    /// (`packet::newest_values_to_head`).
     pub(crate) async fn newest_fields(
         &self,
         id: &SubjectId,
     ) -> Result<(packet::ChainHead, Vec<(FieldName, FieldValue)>), VaultError> {
         let (row, packets) = self
             .store()
-            .subject_with_newest_packets(id)
+            .subject_with_packets_to_head(id)
             .await?
             .ok_or(VaultError::NotFound)?;
         let dek = self.subject_dek(&row)?;
-        let values = packet::newest_values(
+        let values = packet::newest_values_to_head(
             id,
             &dek,
+            row.head,
             packets
                 .iter()
-                .filter(|(seq, _)| *seq <= row.head.seq)
-                .map(|(_, b)| b.as_slice()),
+                .map(|p| (p.field.as_str(), p.packet.as_slice())),
         )
-        .map_err(|_| VaultError::Integrity("packet open"))?
+        .map_err(|e| match e {
+            // Rows that do not form the run up to the head: missing,
+            // reordered, relabelled or from elsewhere.
+            packet::PacketError::Unlinked | packet::PacketError::Malformed => {
+                VaultError::Integrity("packet chain")
+            }
+            _ => VaultError::Integrity("packet open"),
+        })?
         .into_iter()
         .collect();
         Ok((row.head, values))

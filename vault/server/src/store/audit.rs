@@ -367,22 +367,29 @@ impl Store {
         }))
     }
 
-    /// A subject's row and, up to the head that row names, the newest
-    /// packet of each field (by the `field_name` column; the caller opens
-    /// them, and the packet header it authenticates is what counts). What a
-    /// release reads: the number of fields, not the history. Two plain
-    /// queries (no snapshot): the caller must check, in its write
-    /// transaction, that the head it acts on is still the row's (a release
-    /// does), since a write may land between the two reads.
-    pub async fn subject_with_newest_packets(
+    /// A subject's row and the end of its chain up to the head that row
+    /// names, from the oldest of its fields' newest packets on
+    /// (`packets_to_head_of`; the caller checks the run links to the head
+    /// and reads the newest of each field from the packets' own headers,
+    /// `packet::newest_values_to_head`). What a release reads: about the
+    /// number of fields, not the history. Two plain queries (no snapshot):
+    /// the caller must check, in its write transaction, that the head it
+    /// acts on is still the row's (a release does), since a write may land
+    /// between the two reads.
+    pub async fn subject_with_packets_to_head(
         &self,
         id: &idvault_core::subject::SubjectId,
-    ) -> Result<Option<(idvault_core::records::SubjectRecord, Vec<(u64, Vec<u8>)>)>, StoreError>
-    {
+    ) -> Result<
+        Option<(
+            idvault_core::records::SubjectRecord,
+            Vec<super::StoredPacket>,
+        )>,
+        StoreError,
+    > {
         let Some(row) = self.subject_row(id).await? else {
             return Ok(None);
         };
-        let packets = super::newest_packets_of(&self.pool, id, row.head.seq).await?;
+        let packets = super::packets_to_head_of(&self.pool, id, row.head.seq).await?;
         Ok(Some((row, packets)))
     }
 

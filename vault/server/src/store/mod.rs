@@ -791,6 +791,59 @@ const NEWEST_PACKETS_SQL: &str = concat!(
          ON p.subject_key = n.subject_key AND p.seq = n.seq ORDER BY p.seq"
 );
 
+/// [`packets_to_head_of`]: `$1` the subject id, `$2` the head's sequence.
+/// The run starts at the oldest of the fields' newest packets (by the
+/// `field_name` column, which only chooses where to start: the packets'
+/// own headers decide, see `packet::newest_values_to_head`).
+const PACKETS_TO_HEAD_SQL: &str = concat!(
+    "SELECT seq, field_name, packet FROM packets WHERE subject_key = ",
+    key_of_subject!(),
+    " AND subject_id = $1 AND seq <= $2 AND seq >= \
+         (SELECT min(n.seq) FROM (SELECT max(seq) AS seq FROM packets WHERE subject_key = ",
+    key_of_subject!(),
+    " AND subject_id = $1 AND seq <= $2 GROUP BY field_name) n) ORDER BY seq"
+);
+
+/// The end of a subject's chain up to `head_seq`, ascending, from the
+/// oldest of its fields' newest packets (by the `field_name` column) on:
+/// with the `field_name` column beside each: what
+/// `packet::newest_values_to_head` checks and reads. As many rows as
+/// the fields when each was written once; a field written long ago and
+/// another updated often since make it longer (at most the chain, 10,000
+/// packets).
+pub(crate) async fn packets_to_head_of<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &SubjectId,
+    head_seq: u64,
+) -> Result<Vec<StoredPacket>, StoreError> {
+    let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(PACKETS_TO_HEAD_SQL)
+        .bind(id.as_bytes().to_vec())
+        .bind(u64_to_i64(head_seq)?)
+        .fetch_all(ex)
+        .await?;
+    rows.into_iter()
+        .map(|(seq, field, packet)| {
+            Ok(StoredPacket {
+                seq: i64_to_u64(seq, "packets.seq")?,
+                field,
+                packet,
+            })
+        })
+        .collect()
+}
+
+/// A packet row as stored: its sequence, the field name kept beside it
+/// (unauthenticated; the packet's header is what counts) and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPacket {
+    /// The `seq` column.
+    pub seq: u64,
+    /// The `field_name` column.
+    pub field: String,
+    /// The packet.
+    pub packet: Vec<u8>,
+}
+
 /// Up to `head_seq`, the newest packet of each of a subject's fields (by
 /// the `field_name` column), ascending (see `AuditedTx::newest_packets`).
 async fn newest_packets_of<'e>(
@@ -1879,6 +1932,25 @@ mod tests {
             "{steps:?}"
         );
         assert!(!steps.iter().any(|d| d.starts_with("SCAN p")), "{steps:?}");
+        // The run to the head: both of its reads seek the storage key.
+        for id in [new, old] {
+            let run = packets_to_head_of(store.pool(), &id, 2).await.expect("run");
+            assert_eq!(
+                run.iter().map(|p| p.seq).collect::<Vec<_>>(),
+                vec![2],
+                "{id:?}"
+            );
+        }
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {PACKETS_TO_HEAD_SQL}"
+        )))
+        .bind(new.as_bytes().to_vec())
+        .bind(9i64)
+        .fetch_all(store.pool())
+        .await
+        .expect("plan");
+        let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+        assert!(!steps.iter().any(|d| d.starts_with("SCAN")), "{steps:?}");
     }
 
     /// A partner's pairwise tokens go under the subject's storage key
