@@ -479,25 +479,29 @@ impl Vault {
             .await?
             .ok_or(VaultError::NotFound)?;
         let dek = self.subject_dek(&row)?;
-        let values = packet::newest_values_to_head(
+        let read = packet::newest_values_to_head(
             id,
             &dek,
             row.head,
             packets
                 .iter()
                 .map(|p| (p.field.as_str(), p.packet.as_slice())),
-        )
-        .map_err(|e| match e {
+        );
+        let values = match read {
+            Ok(values) => values,
             // Rows that do not form the run up to the head: missing,
-            // reordered, relabelled or from elsewhere.
-            packet::PacketError::Unlinked | packet::PacketError::Malformed => {
-                VaultError::Integrity("packet chain")
+            // reordered, relabelled or from elsewhere, or deleted with
+            // their subject between the two reads (not a tamper: the
+            // subject is gone).
+            Err(packet::PacketError::Unlinked | packet::PacketError::Malformed) => {
+                return Err(match self.store().subject_row(id).await? {
+                    None => VaultError::NotFound,
+                    Some(_) => VaultError::Integrity("packet chain"),
+                });
             }
-            _ => VaultError::Integrity("packet open"),
-        })?
-        .into_iter()
-        .collect();
-        Ok((row.head, values))
+            Err(_) => return Err(VaultError::Integrity("packet open")),
+        };
+        Ok((row.head, values.into_iter().collect()))
     }
 
     /// Writes the receipt of a sealed release and commits with the audit
