@@ -795,6 +795,68 @@ pub async fn release_reads_the_newest_packets_linked_to_the_head(
     cx.tv.stop().await
 }
 
+/// One partner updating a person without pause does not starve another
+/// partner's consented releases of that person: a release whose sealed
+/// values went stale on its first attempts seals its last one inside the
+/// claim's transaction, where the chain cannot move. Each release holds
+/// a value the person had (the newest at its commit).
+pub async fn releases_go_through_while_the_person_is_updated(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    use idvault_tests::idvault_proto::v1::UpdateSubjectRequest;
+    let mut cx = setup(backend).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut updaters = Vec::new();
+    for u in 0..4 {
+        let mut s = cx.tv.subjects("partner-a").await?;
+        let (subject, stop) = (cx.subject.clone(), std::sync::Arc::clone(&stop));
+        updaters.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.update_subject(UpdateSubjectRequest {
+                    subject_id: subject.clone(),
+                    fields: vec![pb::Field {
+                        name: "email".into(),
+                        value: format!("ada{u}-{n}@example.com"),
+                    }],
+                })
+                .await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut released = Vec::new();
+    let outcome = async {
+        for _ in 0..6 {
+            let ch = cx.challenge(true).await;
+            let g = cx.grant(ch);
+            let r = cx.release(true, cx.sign(&g)).await?;
+            released.push(cx.open(&r));
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut updates = 0;
+    for u in updaters {
+        updates += u.await??;
+    }
+    outcome?;
+    assert!(updates > 0);
+    for got in &released {
+        let email = got
+            .iter()
+            .find(|(n, _)| n == "email")
+            .map(|(_, v)| v.as_str());
+        assert!(
+            email.is_some_and(|e| e.starts_with("ada") && e.ends_with("@example.com")),
+            "{got:?}"
+        );
+    }
+    cx.tv.stop().await
+}
+
 pub async fn challenge_and_replay_refusals(backend: Backend) -> anyhow::Result<()> {
     let mut cx = setup(backend).await;
     let ch = cx.challenge(true).await;

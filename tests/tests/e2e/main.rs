@@ -126,6 +126,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::allowances_hold_against_a_broad_permit,
     consent::forged_release_is_refused,
     consent::release_reads_the_newest_packets_linked_to_the_head,
+    consent::releases_go_through_while_the_person_is_updated,
     consent::open_challenges_are_capped,
     consent::challenge_and_replay_refusals,
     consent::raced_presentations_release_once,

@@ -319,12 +319,18 @@ impl Vault {
             signature: s.signature.clone(),
         };
         // Decrypt and seal outside the writer; the claim (consent row,
-        // challenge) and the receipt are one transaction.
+        // challenge) and the receipt are one transaction. The last
+        // attempt seals inside it (`seal_in`).
         for attempt in 0..RELEASE_TRIES {
             if attempt > 0 {
                 super::pipeline::back_off(RELEASE_BACKOFF * attempt).await?;
             }
-            let sealed = self.seal(req, &row).await?;
+            let last = attempt + 1 == RELEASE_TRIES;
+            let early = if last {
+                None
+            } else {
+                Some(self.seal(req, &row).await?)
+            };
             let mut tx = self.begin().await?;
             // Every row the claim is decided on, in one read (see
             // `AuditedTx::grant_claim_rows`); on PostgreSQL the subject's
@@ -334,7 +340,8 @@ impl Vault {
             let rows = tx
                 .grant_claim_rows(&g.subject, &device.device_id, &g.consent_id, &g.challenge)
                 .await?;
-            let head = rows.subject.ok_or(VaultError::NotFound)?.head;
+            let subject = rows.subject.ok_or(VaultError::NotFound)?;
+            let head = subject.head;
             let now = self.now_millis();
             row.presented_at_ms = now;
             rows.device
@@ -354,6 +361,10 @@ impl Vault {
                 GrantClaim::ConsentPresented => return Err(refused(Refusal::ConsentReplayed)),
                 GrantClaim::ChallengeUsed => return Err(refused(Refusal::ChallengeReused)),
             }
+            let sealed = match early {
+                Some(sealed) => sealed,
+                None => self.seal_in(&mut tx, req, &row, &subject).await?,
+            };
             if let Some(r) = self.commit_release(tx, req, &row, head, sealed).await? {
                 return Ok(r);
             }
@@ -395,17 +406,23 @@ impl Vault {
             if attempt > 0 {
                 super::pipeline::back_off(RELEASE_BACKOFF * attempt).await?;
             }
-            let sealed = self.seal(req, &first).await?;
+            // The last attempt seals inside the transaction (`seal_in`).
+            let last = attempt + 1 == RELEASE_TRIES;
+            let early = if last {
+                None
+            } else {
+                Some(self.seal(req, &first).await?)
+            };
             // … then checked again in the transaction that records the
             // receipt, with the consent and device rows locked: a
             // revocation that landed meanwhile wins.
             let mut tx = self.begin().await?;
             // The subject row first, as above.
-            let head = tx
+            let subject = tx
                 .subject(&first.subject)
                 .await?
-                .ok_or(VaultError::NotFound)?
-                .head;
+                .ok_or(VaultError::NotFound)?;
+            let head = subject.head;
             let stored = tx.consent(&id).await?;
             let row =
                 Consent::check_standing(stored.as_ref(), &req.caller.spiffe_id, self.now_secs())
@@ -424,6 +441,10 @@ impl Vault {
                 .ok_or(Refusal::UnknownDevice)
                 .and_then(|d| d.check_still(&device))
                 .map_err(refused)?;
+            let sealed = match early {
+                Some(sealed) => sealed,
+                None => self.seal_in(&mut tx, req, row, &subject).await?,
+            };
             if let Some(r) = self.commit_release(tx, req, row, head, sealed).await? {
                 return Ok(r);
             }
@@ -435,9 +456,39 @@ impl Vault {
     /// reading from the pool: the decrypt and the HPKE seal never run
     /// under the writer.
     async fn seal(&self, req: &Request<'_>, consent: &Consent) -> Result<Sealed, VaultError> {
-        let id = consent.subject;
         // `commit_release` re-checks the head the values were read at.
-        let (head, values) = self.newest_fields(&id).await?;
+        let (head, values) = self.newest_fields(&consent.subject).await?;
+        self.seal_values(req, consent, head, &values)
+    }
+
+    /// [`Vault::seal`] reading inside `tx`, whose read of `subject` (the
+    /// subject's row locked on PostgreSQL, the writer held on SQLite)
+    /// keeps the chain where it is until the commit: a release's last
+    /// attempt, so that a person updated faster than a release can seal
+    /// outside the writer is still released to (one partner's updates must
+    /// not starve another's consented releases). The cost, a decrypt per
+    /// field and the HPKE seal while the writer waits, is paid only then.
+    async fn seal_in(
+        &self,
+        tx: &mut crate::store::AuditedTx,
+        req: &Request<'_>,
+        consent: &Consent,
+        subject: &idvault_core::records::SubjectRecord,
+    ) -> Result<Sealed, VaultError> {
+        let packets = tx.packets_to_head(&subject.id, subject.head.seq).await?;
+        let values = self.values_to_head(subject, &packets)?;
+        self.seal_values(req, consent, subject.head, &values)
+    }
+
+    /// The HPKE seal of `values` (read at `head`) to the partner.
+    fn seal_values(
+        &self,
+        req: &Request<'_>,
+        consent: &Consent,
+        head: packet::ChainHead,
+        values: &[(FieldName, FieldValue)],
+    ) -> Result<Sealed, VaultError> {
+        let id = consent.subject;
         // Only consented names are copied out: a field the person did not
         // sign for cannot reach the plaintext.
         let chosen: Vec<(FieldName, &str)> = values
@@ -478,30 +529,43 @@ impl Vault {
             .subject_with_packets_to_head(id)
             .await?
             .ok_or(VaultError::NotFound)?;
-        let dek = self.subject_dek(&row)?;
-        let read = packet::newest_values_to_head(
-            id,
+        match self.values_to_head(&row, &packets) {
+            Ok(values) => Ok((row.head, values)),
+            // A run broken by the subject's deletion between the two reads
+            // is not a tamper: the subject is gone.
+            Err(VaultError::Integrity(_)) if self.store().subject_row(id).await?.is_none() => {
+                Err(VaultError::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The newest value of each field from `packets`, the run of the
+    /// subject's chain up to the head `row` names
+    /// (`packet::newest_values_to_head`).
+    fn values_to_head(
+        &self,
+        row: &idvault_core::records::SubjectRecord,
+        packets: &[crate::store::StoredPacket],
+    ) -> Result<Vec<(FieldName, FieldValue)>, VaultError> {
+        let dek = self.subject_dek(row)?;
+        let values = packet::newest_values_to_head(
+            &row.id,
             &dek,
             row.head,
             packets
                 .iter()
                 .map(|p| (p.field.as_str(), p.packet.as_slice())),
-        );
-        let values = match read {
-            Ok(values) => values,
+        )
+        .map_err(|e| match e {
             // Rows that do not form the run up to the head: missing,
-            // reordered, relabelled or from elsewhere, or deleted with
-            // their subject between the two reads (not a tamper: the
-            // subject is gone).
-            Err(packet::PacketError::Unlinked | packet::PacketError::Malformed) => {
-                return Err(match self.store().subject_row(id).await? {
-                    None => VaultError::NotFound,
-                    Some(_) => VaultError::Integrity("packet chain"),
-                });
+            // reordered, relabelled or from elsewhere.
+            packet::PacketError::Unlinked | packet::PacketError::Malformed => {
+                VaultError::Integrity("packet chain")
             }
-            Err(_) => return Err(VaultError::Integrity("packet open")),
-        };
-        Ok((row.head, values.into_iter().collect()))
+            _ => VaultError::Integrity("packet open"),
+        })?;
+        Ok(values.into_iter().collect())
     }
 
     /// Writes the receipt of a sealed release and commits with the audit

@@ -1255,6 +1255,17 @@ impl AuditedTx {
         newest_packets_of(self.conn().await?, id, head_seq).await
     }
 
+    /// The run of a subject's chain up to `head_seq` (see
+    /// [`packets_to_head_of`]), read inside the transaction: a release's
+    /// last attempt, which seals under the writer.
+    pub async fn packets_to_head(
+        &mut self,
+        id: &SubjectId,
+        head_seq: u64,
+    ) -> Result<Vec<StoredPacket>, StoreError> {
+        packets_to_head_of(self.conn().await?, id, head_seq).await
+    }
+
     /// Seals up to `limit` pairwise tokens that carry no MAC, as they are;
     /// returns how many. Only for `idvault keys seal-upgraded-tokens`, run
     /// by the operator once after upgrading from before token MACs
