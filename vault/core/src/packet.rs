@@ -519,9 +519,35 @@ pub fn newest_values_to_head<'a>(
     head: ChainHead,
     stored: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<BTreeMap<FieldName, FieldValue>, PacketError> {
+    newest_in_run(subject, dek, None, head, stored)
+}
+
+/// [`newest_values_to_head`] of the packets written after `from`, an
+/// earlier head of the same chain: the run must start right after it
+/// (its first packet's sequence `from.seq + 1`, linked to `from.hash`)
+/// and end at `head`; an empty run is the answer only when `head` is
+/// `from`. What changed since values were read at `from`: a later value
+/// of a field replaces the one read then, the others stand.
+pub fn newest_values_since<'a>(
+    subject: &SubjectId,
+    dek: &DataKey,
+    from: ChainHead,
+    head: ChainHead,
+    stored: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<BTreeMap<FieldName, FieldValue>, PacketError> {
+    newest_in_run(subject, dek, Some(from), head, stored)
+}
+
+fn newest_in_run<'a>(
+    subject: &SubjectId,
+    dek: &DataKey,
+    from: Option<ChainHead>,
+    head: ChainHead,
+    stored: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<BTreeMap<FieldName, FieldValue>, PacketError> {
     let mut newest: BTreeMap<FieldName, ParsedPacket<'a>> = BTreeMap::new();
     // The previous packet's sequence and hash, once there is one.
-    let mut last: Option<(u64, [u8; HASH_LEN])> = None;
+    let mut last: Option<(u64, [u8; HASH_LEN])> = from.map(|f| (f.seq, f.hash));
     for (label, bytes) in stored {
         let p = parse(bytes)?;
         if p.header.subject != *subject || p.header.field.as_str() != label {
@@ -727,6 +753,50 @@ mod tests {
         last[n] ^= 1;
         let edited = [all[0], all[1], all[2], all[3], last.as_slice()];
         assert_eq!(to_head(&s, &dek, head, &edited), Err(PacketError::Unlinked));
+    }
+
+    /// What changed after an earlier head: read from right after it.
+    #[test]
+    fn a_run_since_an_earlier_head_reads_what_changed() {
+        // Packets: 1 given_name, 2 city, then cities 3, 4, 5.
+        let (s, dek, pk, head) = chain(3);
+        let all: Vec<&[u8]> = pk.iter().map(Vec::as_slice).collect();
+        let labelled = |run: &[&'_ [u8]]| -> Vec<(&'static str, Vec<u8>)> {
+            run.iter()
+                .map(|b| (parse(b).unwrap().header.field.as_str(), b.to_vec()))
+                .collect()
+        };
+        let at = |n: usize| ChainHead {
+            seq: n as u64,
+            hash: packet_hash(all[n - 1]),
+        };
+        let since = |from: ChainHead, run: &[&[u8]]| {
+            let rows = labelled(run);
+            newest_values_since(
+                &s,
+                &dek,
+                from,
+                head,
+                rows.iter().map(|(f, b)| (*f, b.as_slice())),
+            )
+            .map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.expose().to_owned()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            since(at(3), &all[3..]).unwrap(),
+            vec![("city".to_owned(), "City2".to_owned())]
+        );
+        assert!(since(head, &[]).unwrap().is_empty());
+        // Not starting right after `from`, or short of the head.
+        assert_eq!(since(at(2), &all[3..]), Err(PacketError::Unlinked));
+        assert_eq!(since(at(3), &all[3..4]), Err(PacketError::Unlinked));
+        assert_eq!(since(at(3), &[]), Err(PacketError::Unlinked));
+        // A `from` that is not this chain's.
+        let (_, _, _, other) = chain(2);
+        assert_eq!(since(other, &all[3..]), Err(PacketError::Unlinked));
     }
 
     #[test]

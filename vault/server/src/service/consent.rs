@@ -118,6 +118,9 @@ fn release_allowed(
     }
 }
 
+/// A subject's newest values and the chain head they were read at.
+type FieldsAt = (packet::ChainHead, Vec<(FieldName, FieldValue)>);
+
 /// A release sealed to its partner, before its receipt is written.
 struct Sealed {
     enc: Vec<u8>,
@@ -154,6 +157,11 @@ const RELEASE_TRIES: u32 = 3;
 /// once the release steps aside, the batch commits within the grace and
 /// the next seal reads the update.
 const RELEASE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// The most packets a release's last attempt reads under the writer to
+/// catch up with a person updated since its previous read (each update
+/// writes at most a request's fields).
+const MAX_CATCH_UP_PACKETS: u64 = 512;
 
 /// The refusal of a release whose subject changed under every attempt.
 const RELEASE_RACED: VaultError = VaultError::Busy(
@@ -320,16 +328,17 @@ impl Vault {
         };
         // Decrypt and seal outside the writer; the claim (consent row,
         // challenge) and the receipt are one transaction. The last
-        // attempt seals inside it (`seal_in`).
+        // attempt catches up and seals inside it (`seal_in`), from the
+        // previous attempt's values and their head (`read`).
+        let mut read: Option<FieldsAt> = None;
         for attempt in 0..RELEASE_TRIES {
             if attempt > 0 {
                 super::pipeline::back_off(RELEASE_BACKOFF * attempt).await?;
             }
             let last = attempt + 1 == RELEASE_TRIES;
-            let early = if last {
-                None
-            } else {
-                Some(self.seal(req, &row).await?)
+            let early = match read.take() {
+                Some(r) if last => Err(r),
+                _ => Ok(self.seal(req, &row).await?),
             };
             let mut tx = self.begin().await?;
             // Every row the claim is decided on, in one read (see
@@ -362,8 +371,14 @@ impl Vault {
                 GrantClaim::ChallengeUsed => return Err(refused(Refusal::ChallengeReused)),
             }
             let sealed = match early {
-                Some(sealed) => sealed,
-                None => self.seal_in(&mut tx, req, &row, &subject).await?,
+                Ok((sealed, r)) => {
+                    read = Some(r);
+                    sealed
+                }
+                Err(r) => match self.seal_in(&mut tx, req, &row, &subject, r).await? {
+                    Some(sealed) => sealed,
+                    None => break,
+                },
             };
             if let Some(r) = self.commit_release(tx, req, &row, head, sealed).await? {
                 return Ok(r);
@@ -402,16 +417,18 @@ impl Vault {
         }
         // The registry may have narrowed since the grant was presented.
         release_allowed(req, &first.subject, &first.purpose, &first.fields).map_err(refused)?;
+        // The previous attempt's values and their head.
+        let mut read: Option<FieldsAt> = None;
         for attempt in 0..RELEASE_TRIES {
             if attempt > 0 {
                 super::pipeline::back_off(RELEASE_BACKOFF * attempt).await?;
             }
-            // The last attempt seals inside the transaction (`seal_in`).
+            // The last attempt catches up and seals inside the
+            // transaction (`seal_in`).
             let last = attempt + 1 == RELEASE_TRIES;
-            let early = if last {
-                None
-            } else {
-                Some(self.seal(req, &first).await?)
+            let early = match read.take() {
+                Some(r) if last => Err(r),
+                _ => Ok(self.seal(req, &first).await?),
             };
             // … then checked again in the transaction that records the
             // receipt, with the consent and device rows locked: a
@@ -442,8 +459,14 @@ impl Vault {
                 .and_then(|d| d.check_still(&device))
                 .map_err(refused)?;
             let sealed = match early {
-                Some(sealed) => sealed,
-                None => self.seal_in(&mut tx, req, row, &subject).await?,
+                Ok((sealed, r)) => {
+                    read = Some(r);
+                    sealed
+                }
+                Err(r) => match self.seal_in(&mut tx, req, row, &subject, r).await? {
+                    Some(sealed) => sealed,
+                    None => break,
+                },
             };
             if let Some(r) = self.commit_release(tx, req, row, head, sealed).await? {
                 return Ok(r);
@@ -455,29 +478,71 @@ impl Vault {
     /// Decrypts the consented fields and seals them to the partner,
     /// reading from the pool: the decrypt and the HPKE seal never run
     /// under the writer.
-    async fn seal(&self, req: &Request<'_>, consent: &Consent) -> Result<Sealed, VaultError> {
+    /// Returns the values read with their head too, for the next attempt
+    /// to catch up from ([`Vault::seal_in`]).
+    async fn seal(
+        &self,
+        req: &Request<'_>,
+        consent: &Consent,
+    ) -> Result<(Sealed, FieldsAt), VaultError> {
         // `commit_release` re-checks the head the values were read at.
         let (head, values) = self.newest_fields(&consent.subject).await?;
-        self.seal_values(req, consent, head, &values)
+        let sealed = self.seal_values(req, consent, head, &values)?;
+        Ok((sealed, (head, values)))
     }
 
-    /// [`Vault::seal`] reading inside `tx`, whose read of `subject` (the
-    /// subject's row locked on PostgreSQL, the writer held on SQLite)
-    /// keeps the chain where it is until the commit: a release's last
-    /// attempt, so that a person updated faster than a release can seal
-    /// outside the writer is still released to (one partner's updates must
-    /// not starve another's consented releases). The cost, a decrypt per
-    /// field and the HPKE seal while the writer waits, is paid only then.
+    /// A release's last attempt: the values its previous attempt read at
+    /// `read.0` (from the pool), brought up to the head `subject` names
+    /// with what changed since, read inside `tx`, whose read of the subject
+    /// (its row locked on PostgreSQL, the writer held on SQLite) keeps the
+    /// chain where it is until the commit, and sealed there. So one
+    /// partner updating a person without pause cannot starve another's
+    /// consented releases. Under the writer only the packets written in
+    /// between are read (a few, at most [`MAX_CATCH_UP_PACKETS`]: a
+    /// person's whole history would hold every other partner's writes);
+    /// past that, `None`, and the release is refused as raced.
     async fn seal_in(
         &self,
         tx: &mut crate::store::AuditedTx,
         req: &Request<'_>,
         consent: &Consent,
         subject: &idvault_core::records::SubjectRecord,
-    ) -> Result<Sealed, VaultError> {
-        let packets = tx.packets_to_head(&subject.id, subject.head.seq).await?;
-        let values = self.values_to_head(subject, &packets)?;
-        self.seal_values(req, consent, subject.head, &values)
+        read: FieldsAt,
+    ) -> Result<Option<Sealed>, VaultError> {
+        let (from, mut values) = read;
+        let head = subject.head;
+        if head != from {
+            let Some(gap) = head.seq.checked_sub(from.seq) else {
+                return Err(VaultError::Integrity("packet chain"));
+            };
+            if gap > MAX_CATCH_UP_PACKETS {
+                return Ok(None);
+            }
+            let packets = tx.packets_between(&subject.id, from.seq, head.seq).await?;
+            let dek = self.subject_dek(subject)?;
+            let changed = packet::newest_values_since(
+                &subject.id,
+                &dek,
+                from,
+                head,
+                packets
+                    .iter()
+                    .map(|p| (p.field.as_str(), p.packet.as_slice())),
+            )
+            .map_err(|e| match e {
+                packet::PacketError::Unlinked | packet::PacketError::Malformed => {
+                    VaultError::Integrity("packet chain")
+                }
+                _ => VaultError::Integrity("packet open"),
+            })?;
+            for (field, value) in changed {
+                match values.iter_mut().find(|(f, _)| *f == field) {
+                    Some(slot) => slot.1 = value,
+                    None => values.push((field, value)),
+                }
+            }
+        }
+        self.seal_values(req, consent, head, &values).map(Some)
     }
 
     /// The HPKE seal of `values` (read at `head`) to the partner.

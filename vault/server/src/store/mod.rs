@@ -804,6 +804,14 @@ const PACKETS_TO_HEAD_SQL: &str = concat!(
     " AND subject_id = $1 AND seq <= $2 GROUP BY field_name) n) ORDER BY seq"
 );
 
+/// [`AuditedTx::packets_between`]: `$1` the subject id, `$2` and `$3`
+/// the sequences after which and up to which.
+const PACKETS_BETWEEN_SQL: &str = concat!(
+    "SELECT seq, field_name, packet FROM packets WHERE subject_key = ",
+    key_of_subject!(),
+    " AND subject_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq"
+);
+
 /// The end of a subject's chain up to `head_seq`, ascending, from the
 /// oldest of its fields' newest packets (by the `field_name` column) on:
 /// with the `field_name` column beside each: what
@@ -1255,15 +1263,32 @@ impl AuditedTx {
         newest_packets_of(self.conn().await?, id, head_seq).await
     }
 
-    /// The run of a subject's chain up to `head_seq` (see
-    /// [`packets_to_head_of`]), read inside the transaction: a release's
-    /// last attempt, which seals under the writer.
-    pub async fn packets_to_head(
+    /// A subject's packets after sequence `after` up to `head_seq`,
+    /// ascending, with their `field_name` column (what
+    /// `packet::newest_values_since` checks): a release's last attempt
+    /// reads, under the writer, only what changed since its previous
+    /// read. The caller bounds `head_seq - after`.
+    pub async fn packets_between(
         &mut self,
         id: &SubjectId,
+        after: u64,
         head_seq: u64,
     ) -> Result<Vec<StoredPacket>, StoreError> {
-        packets_to_head_of(self.conn().await?, id, head_seq).await
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(PACKETS_BETWEEN_SQL)
+            .bind(id.as_bytes().to_vec())
+            .bind(u64_to_i64(after)?)
+            .bind(u64_to_i64(head_seq)?)
+            .fetch_all(self.conn().await?)
+            .await?;
+        rows.into_iter()
+            .map(|(seq, field, packet)| {
+                Ok(StoredPacket {
+                    seq: i64_to_u64(seq, "packets.seq")?,
+                    field,
+                    packet,
+                })
+            })
+            .collect()
     }
 
     /// Seals up to `limit` pairwise tokens that carry no MAC, as they are;
