@@ -794,9 +794,20 @@ mod tests {
         assert_eq!(since(at(2), &all[3..]), Err(PacketError::Unlinked));
         assert_eq!(since(at(3), &all[3..4]), Err(PacketError::Unlinked));
         assert_eq!(since(at(3), &[]), Err(PacketError::Unlinked));
-        // A `from` that is not this chain's.
+        // A `from` that is not this chain's: another length, or this
+        // length with another hash (a fork), also with nothing since.
         let (_, _, _, other) = chain(2);
         assert_eq!(since(other, &all[3..]), Err(PacketError::Unlinked));
+        let fork = ChainHead {
+            seq: 3,
+            hash: [0xab; HASH_LEN],
+        };
+        assert_eq!(since(fork, &all[3..]), Err(PacketError::Unlinked));
+        let forked_head = ChainHead {
+            seq: head.seq,
+            hash: [0xab; HASH_LEN],
+        };
+        assert_eq!(since(forked_head, &[]), Err(PacketError::Unlinked));
     }
 
     #[test]

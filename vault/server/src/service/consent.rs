@@ -486,7 +486,9 @@ impl Vault {
         consent: &Consent,
     ) -> Result<(Sealed, FieldsAt), VaultError> {
         // `commit_release` re-checks the head the values were read at.
-        let (head, values) = self.newest_fields(&consent.subject).await?;
+        let (head, mut values) = self.newest_fields(&consent.subject).await?;
+        // Only the consented fields' plaintext is kept past this call.
+        values.retain(|(name, _)| consent.fields.contains(name));
         let sealed = self.seal_values(req, consent, head, &values)?;
         Ok((sealed, (head, values)))
     }
@@ -541,6 +543,9 @@ impl Vault {
                     None => values.push((field, value)),
                 }
             }
+            // In name order, as every read gives them (the receipt and the
+            // sealed plaintext list them so).
+            values.sort_by_key(|(name, _)| *name);
         }
         self.seal_values(req, consent, head, &values).map(Some)
     }
