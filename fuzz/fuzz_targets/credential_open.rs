@@ -55,9 +55,13 @@ fn phone() -> &'static Phone {
 
 fn open_sealed(p: &Phone, credential: &[u8]) {
     let rng = SystemRng::default();
-    if let Ok((enc, sealed_credential)) =
-        seal_credential(&p.response_key, &p.request_id, &p.device_id, credential, &rng)
-    {
+    if let Ok((enc, sealed_credential)) = seal_credential(
+        &p.response_key,
+        &p.request_id,
+        &p.device_id,
+        credential,
+        &rng,
+    ) {
         let r = IssueCredentialResponse {
             enc,
             sealed_credential,

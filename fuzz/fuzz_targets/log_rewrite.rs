@@ -15,7 +15,11 @@ fn check_json_out(input: &[u8], out: &[u8], rewritten: u64) {
             .collect()
     };
     let written = lines(out);
-    assert_eq!(written.len() as u64, rewritten, "one line out per record rewritten");
+    assert_eq!(
+        written.len() as u64,
+        rewritten,
+        "one line out per record rewritten"
+    );
     if lines(input)
         .iter()
         .all(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok())
@@ -50,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // Field settings as a client sends them: the first line, split at ';',
     // names the fields; the rest are JSON Lines records.
-    let end = data.iter().position(|b| *b == b'\n').map_or(data.len(), |i| i + 1);
+    let end = data
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(data.len(), |i| i + 1);
     let (settings, body) = data.split_at(end);
     if let Ok(settings) = std::str::from_utf8(settings) {
         let specs: Option<Vec<FieldSpec>> = settings
@@ -67,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
     // The header row and delimiter as a client sends them: the first byte
     // is the delimiter, the first line the header, the rest the records.
     if let Some((&delimiter, rest)) = data.split_first() {
-        let end = rest.iter().position(|b| *b == b'\n').map_or(rest.len(), |i| i + 1);
+        let end = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
         let (header, body) = rest.split_at(end);
         let fields = vec![FieldSpec::parse("m=msisdn").unwrap()];
         if let Ok(rw) = Rewriter::csv(fields, header, delimiter, opts, &key) {

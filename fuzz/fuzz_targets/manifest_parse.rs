@@ -44,9 +44,14 @@ fn reference() -> &'static Vec<u8> {
             build_id: [1; 16],
             created: 0,
         };
-        build(&schema(), key(), &opts, csv.as_bytes(), &mut out, &mut || {
-            Err(std::io::Error::other("no spill"))
-        })
+        build(
+            &schema(),
+            key(),
+            &opts,
+            csv.as_bytes(),
+            &mut out,
+            &mut || Err(std::io::Error::other("no spill")),
+        )
         .expect("reference manifest");
         out
     })
@@ -74,27 +79,35 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(mut r) = ManifestReader::new(Cursor::new(&body), key()) {
                 while let Ok(Some(_)) = r.next_entry() {}
             }
-            let _ = diff(Cursor::new(&body), Cursor::new(reference()), key(), &mut |_| Ok(()));
+            let _ = diff(
+                Cursor::new(&body),
+                Cursor::new(reference()),
+                key(),
+                &mut |_| Ok(()),
+            );
         }
         1 => {
             // Sealed with the right MAC, so the cells reach the decoder
             // (a crafted table from the other side, which holds the key).
             if let Ok(s) = Summary::read(Cursor::new(sealed(rest)), key()) {
-                let _ = diff_with_summary(
-                    &mut || Ok(Cursor::new(reference())),
-                    key(),
-                    &s,
-                    &mut |_| Ok(()),
-                );
+                let _ =
+                    diff_with_summary(&mut || Ok(Cursor::new(reference())), key(), &s, &mut |_| {
+                        Ok(())
+                    });
                 if let Ok(m) = Summary::from_manifest(Cursor::new(reference()), key(), s.cells()) {
                     let _ = m.difference(&s);
                 }
             }
-            let _ = Summary::from_manifest(Cursor::new(reference()), key(), cells_for(1).unwrap_or(3));
+            let _ =
+                Summary::from_manifest(Cursor::new(reference()), key(), cells_for(1).unwrap_or(3));
         }
         m => {
             let opts = BuildOptions {
-                format: if m == 2 { InputFormat::Csv } else { InputFormat::JsonLines },
+                format: if m == 2 {
+                    InputFormat::Csv
+                } else {
+                    InputFormat::JsonLines
+                },
                 run_entries: 1 << 20,
                 build_id: [2; 16],
                 created: 0,

@@ -15,9 +15,7 @@ fn keys() -> &'static KeyHierarchy {
     static K: OnceLock<KeyHierarchy> = OnceLock::new();
     K.get_or_init(|| {
         let root = RootKey::from_bytes([0x5a; 32], 1);
-        KeyHierarchy::new(Box::new(
-            StaticKeyProvider::new([root]).expect("provider"),
-        ))
+        KeyHierarchy::new(Box::new(StaticKeyProvider::new([root]).expect("provider")))
     })
 }
 
