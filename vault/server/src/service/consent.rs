@@ -14,7 +14,7 @@ use idvault_policies::{Action, RequestContext, Resource};
 
 use super::pipeline::Request;
 use crate::service::{Caller, Vault, VaultError};
-use crate::store::{AuditedTx, GrantClaim};
+use crate::store::{AuditedTx, GrantClaim, StoredPacket};
 use idvault_core::consent::{
     self as c, CHALLENGE_LEN, Challenge, Consent, Device, DevicePublicKey, GRANT_CONTEXT, Grant,
     ID_LEN, Receipt, Refusal,
@@ -115,6 +115,18 @@ fn release_allowed(
         Ok(())
     } else {
         Err(req.partner.release_refusal(purpose, fields))
+    }
+}
+
+/// The error of a read of a chain's run: rows that do not form the run
+/// (missing, reordered, relabelled or from elsewhere) against a packet
+/// that does not open.
+fn chain_read_error(e: packet::PacketError) -> VaultError {
+    match e {
+        packet::PacketError::Unlinked | packet::PacketError::Malformed => {
+            VaultError::Integrity("packet chain")
+        }
+        _ => VaultError::Integrity("packet open"),
     }
 }
 
@@ -527,16 +539,9 @@ impl Vault {
                 &dek,
                 from,
                 head,
-                packets
-                    .iter()
-                    .map(|p| (p.field.as_str(), p.packet.as_slice())),
+                packets.iter().map(StoredPacket::labelled),
             )
-            .map_err(|e| match e {
-                packet::PacketError::Unlinked | packet::PacketError::Malformed => {
-                    VaultError::Integrity("packet chain")
-                }
-                _ => VaultError::Integrity("packet open"),
-            })?;
+            .map_err(chain_read_error)?;
             for (field, value) in changed {
                 match values.iter_mut().find(|(f, _)| *f == field) {
                     Some(slot) => slot.1 = value,
@@ -616,25 +621,16 @@ impl Vault {
     fn values_to_head(
         &self,
         row: &idvault_core::records::SubjectRecord,
-        packets: &[crate::store::StoredPacket],
+        packets: &[StoredPacket],
     ) -> Result<Vec<(FieldName, FieldValue)>, VaultError> {
         let dek = self.subject_dek(row)?;
         let values = packet::newest_values_to_head(
             &row.id,
             &dek,
             row.head,
-            packets
-                .iter()
-                .map(|p| (p.field.as_str(), p.packet.as_slice())),
+            packets.iter().map(StoredPacket::labelled),
         )
-        .map_err(|e| match e {
-            // Rows that do not form the run up to the head: missing,
-            // reordered, relabelled or from elsewhere.
-            packet::PacketError::Unlinked | packet::PacketError::Malformed => {
-                VaultError::Integrity("packet chain")
-            }
-            _ => VaultError::Integrity("packet open"),
-        })?;
+        .map_err(chain_read_error)?;
         Ok(values.into_iter().collect())
     }
 

@@ -829,6 +829,11 @@ pub(crate) async fn packets_to_head_of<'e>(
         .bind(u64_to_i64(head_seq)?)
         .fetch_all(ex)
         .await?;
+    stored_packets(rows)
+}
+
+/// Packet rows as read (`seq, field_name, packet`).
+fn stored_packets(rows: Vec<(i64, String, Vec<u8>)>) -> Result<Vec<StoredPacket>, StoreError> {
     rows.into_iter()
         .map(|(seq, field, packet)| {
             Ok(StoredPacket {
@@ -850,6 +855,14 @@ pub struct StoredPacket {
     pub field: String,
     /// The packet.
     pub packet: Vec<u8>,
+}
+
+impl StoredPacket {
+    /// The field name column and the bytes, as
+    /// `packet::newest_values_to_head` takes them.
+    pub fn labelled(&self) -> (&str, &[u8]) {
+        (&self.field, &self.packet)
+    }
 }
 
 /// Up to `head_seq`, the newest packet of each of a subject's fields (by
@@ -1280,15 +1293,7 @@ impl AuditedTx {
             .bind(u64_to_i64(head_seq)?)
             .fetch_all(self.conn().await?)
             .await?;
-        rows.into_iter()
-            .map(|(seq, field, packet)| {
-                Ok(StoredPacket {
-                    seq: i64_to_u64(seq, "packets.seq")?,
-                    field,
-                    packet,
-                })
-            })
-            .collect()
+        stored_packets(rows)
     }
 
     /// Seals up to `limit` pairwise tokens that carry no MAC, as they are;
