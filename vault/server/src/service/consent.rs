@@ -542,6 +542,10 @@ impl Vault {
                 packets.iter().map(StoredPacket::labelled),
             )
             .map_err(chain_read_error)?;
+            // Only consented fields, as in `seal`.
+            let changed = changed
+                .into_iter()
+                .filter(|(field, _)| consent.fields.contains(field));
             for (field, value) in changed {
                 match values.iter_mut().find(|(f, _)| *f == field) {
                     Some(slot) => slot.1 = value,
