@@ -1957,15 +1957,18 @@ mod tests {
             );
         }
 
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN QUERY PLAN {NEWEST_PACKETS_SQL}"
-        )))
-        .bind(new.as_bytes().to_vec())
-        .bind(9i64)
-        .fetch_all(store.pool())
-        .await
-        .expect("plan");
-        let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+        // The steps of a statement's plan, bound to `new` and head 9.
+        let plan_of = async |sql: &str| -> Vec<String> {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind(new.as_bytes().to_vec())
+                    .bind(9i64)
+                    .fetch_all(store.pool())
+                    .await
+                    .expect("plan");
+            plan.into_iter().map(|(_, _, _, d)| d).collect()
+        };
+        let steps = plan_of(NEWEST_PACKETS_SQL).await;
         assert!(
             steps
                 .iter()
@@ -1982,15 +1985,7 @@ mod tests {
                 "{id:?}"
             );
         }
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN QUERY PLAN {PACKETS_TO_HEAD_SQL}"
-        )))
-        .bind(new.as_bytes().to_vec())
-        .bind(9i64)
-        .fetch_all(store.pool())
-        .await
-        .expect("plan");
-        let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+        let steps = plan_of(PACKETS_TO_HEAD_SQL).await;
         assert!(!steps.iter().any(|d| d.starts_with("SCAN")), "{steps:?}");
     }
 
