@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use crate::rewrite::{Format, Reject, Rewriter, split_point};
+use crate::rewrite::{Format, Reject, Rewriter, Splitter, split_point};
 
 /// Longest record accepted.
 pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
@@ -274,16 +274,23 @@ fn read_chunks(
         let over_long = buf.len() > MAX_RECORD_BYTES
             && split_point(format, buf.get(..MAX_RECORD_BYTES).unwrap_or_default()).is_none();
         if over_long {
-            // Reject the record and skip to the newline that ends it.
+            // Reject the record and skip to the newline that ends it, as
+            // the splitter sees it: a newline inside a quoted CSV field
+            // does not, or the field's rest would be read as records.
             let reject = Reject {
                 line,
                 reason: format!("record longer than {MAX_RECORD_BYTES} bytes"),
             };
+            let mut skip = Splitter::new(format);
+            let mut newlines = 0u64;
             loop {
-                if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-                    buf.drain(..=i);
+                if let Some(end) = skip.scan_first(&buf) {
+                    newlines += count_newlines(buf.get(..end).unwrap_or_default());
+                    buf.drain(..end);
                     break;
                 }
+                newlines += count_newlines(&buf);
+                skip.consume(buf.len());
                 buf.clear();
                 if read_some(input, &mut buf, 64 * 1024)? == 0 {
                     eof = true;
@@ -300,7 +307,7 @@ fn read_chunks(
                 },
             )?;
             seq += 1;
-            line += 1;
+            line += newlines.max(1);
             continue;
         }
         let cut = if eof {
@@ -316,8 +323,7 @@ fn read_chunks(
         };
         let rest = buf.split_off(cut);
         let data = std::mem::replace(&mut buf, rest);
-        let lines = data.iter().filter(|&&b| b == b'\n').count() as u64
-            + u64::from(data.last().is_some_and(|&b| b != b'\n'));
+        let lines = count_newlines(&data) + u64::from(data.last().is_some_and(|&b| b != b'\n'));
         send(
             tx,
             Chunk {
@@ -330,6 +336,10 @@ fn read_chunks(
         seq += 1;
         line += lines;
     }
+}
+
+fn count_newlines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
 }
 
 fn send(tx: &crossbeam_channel::Sender<Chunk>, c: Chunk) -> io::Result<()> {
@@ -450,6 +460,66 @@ mod tests {
             rej.starts_with("{\"line\":2,\"reason\":\"record longer than"),
             "{rej}"
         );
+    }
+
+    /// An over-long CSV record whose quoted field holds newlines is
+    /// skipped whole: the field's rest is not read as records.
+    #[test]
+    fn over_long_quoted_csv_record_is_skipped_whole() {
+        let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
+        let rw = Rewriter::csv(
+            vec![FieldSpec::parse("id=account").unwrap()],
+            b"id,note",
+            b',',
+            NormalizeOptions::default(),
+            &key,
+        )
+        .unwrap();
+        let mut input = b"a,x\nb,\"".to_vec();
+        for _ in 0..(MAX_RECORD_BYTES / 64 + 1) {
+            input.extend_from_slice(b"inner,line\n");
+            input.extend(std::iter::repeat_n(b'y', 53));
+        }
+        input.extend_from_slice(b"\"\nc,z\n");
+        let (s, out, rej) = run_str(
+            &rw,
+            &input,
+            Vec::new(),
+            2,
+            PipelineOptions {
+                threads: 2,
+                chunk_bytes: 1 << 16,
+            },
+        );
+        assert_eq!((s.rewritten, s.rejected), (2, 1), "{rej}");
+        let rows: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            rows,
+            [
+                format!("{},x", key.token(IdentifierType::Account, "a")),
+                format!("{},z", key.token(IdentifierType::Account, "c")),
+            ]
+        );
+        assert!(
+            rej.starts_with("{\"line\":3,\"reason\":\"record longer than"),
+            "{rej}"
+        );
+    }
+
+    /// A header row ended by `\r\n` or a lone `\r` (as the csv crate reads
+    /// it) is cut there: the next record is data, not part of the header.
+    #[test]
+    fn csv_header_ends_at_any_terminator() {
+        for (data, header, rest) in [
+            (&b"h1,h2\r\n1,2\r\n"[..], &b"h1,h2\r\n"[..], &b"1,2\r\n"[..]),
+            (b"h1,h2\r1,2\r", b"h1,h2\r", b"1,2\r"),
+            (b"\"h\r1\",h2\r1,2", b"\"h\r1\",h2\r", b"1,2"),
+            (b"h1,h2", b"h1,h2", b""),
+        ] {
+            let mut src = data;
+            let (h, r) = read_csv_header(&mut src, b',').unwrap();
+            assert_eq!((&h[..], &r[..]), (header, rest));
+        }
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub enum RewriteError {
     /// The CSV header row is not readable.
     #[error("CSV header row is not valid: {0}")]
     BadHeader(String),
+    /// A CSV delimiter that would also quote or end records.
+    #[error("the CSV delimiter cannot be a quote, a carriage return or a newline")]
+    BadDelimiter,
 }
 
 /// A record that was not rewritten.
@@ -195,6 +198,11 @@ impl<'t> Rewriter<'t> {
         tokens: &'t dyn TokenSource,
     ) -> Result<Self, RewriteError> {
         check_fields(&fields)?;
+        if matches!(delimiter, b'"' | b'\r' | b'\n') {
+            // Record boundaries are found without the csv crate (Splitter),
+            // by a lexer that cannot follow such a delimiter.
+            return Err(RewriteError::BadDelimiter);
+        }
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(false)
             .delimiter(delimiter)
@@ -203,7 +211,16 @@ impl<'t> Rewriter<'t> {
         match rdr.read_byte_record(&mut rec) {
             Ok(true) => {}
             Ok(false) => return Err(RewriteError::BadHeader("empty".into())),
-            Err(e) => return Err(RewriteError::BadHeader(e.to_string())),
+            Err(e) => return Err(RewriteError::BadHeader(csv_reason(&e))),
+        }
+        // A second record would be dropped unread: refuse it instead.
+        if rdr
+            .read_byte_record(&mut csv::ByteRecord::new())
+            .map_or(true, |more| more)
+        {
+            return Err(RewriteError::BadHeader(
+                "it holds more than one record".into(),
+            ));
         }
         let mut columns = Vec::new();
         for (fi, f) in fields.iter().enumerate() {
@@ -554,7 +571,15 @@ impl Splitter {
         self.last_end
     }
 
-    /// Advances the CSV state by one byte; true when it ended a record.
+    /// Advances the CSV state by one byte; true when it ended a record
+    /// with a newline.
+    ///
+    /// A carriage return outside quotes also ends a record, as it does
+    /// for the csv crate that parses each chunk (its default terminator
+    /// takes `\r`, `\n` and `\r\n`), so a quote after a lone `\r` opens
+    /// a quoted field here as it does there. Chunks are still cut only
+    /// after a `\n`, which keeps a `\r\n` pair whole and line numbers
+    /// counted by newlines right.
     fn csv_step(&mut self, b: u8, delimiter: u8) -> bool {
         let (next, ended) = match (self.state, b) {
             (CsvState::FieldStart, b'"') => (CsvState::Quoted, false),
@@ -562,11 +587,26 @@ impl Splitter {
             (CsvState::Quoted, _) => (CsvState::Quoted, false),
             (CsvState::QuoteInQuoted, b'"') => (CsvState::Quoted, false),
             (_, b'\n') => (CsvState::FieldStart, true),
+            (_, b'\r') => (CsvState::FieldStart, false),
             (_, d) if d == delimiter => (CsvState::FieldStart, false),
             _ => (CsvState::Unquoted, false),
         };
         self.state = next;
         ended
+    }
+
+    /// Scans the bytes of `buf` not seen yet and returns the index just
+    /// past the first record-ending newline among them, if any (for
+    /// skipping one record).
+    pub fn scan_first(&mut self, buf: &[u8]) -> Option<usize> {
+        let start = self.scanned;
+        let new = buf.get(start..).unwrap_or_default();
+        let found = match self.format {
+            Format::JsonLines => new.iter().position(|&b| b == b'\n'),
+            Format::Csv { delimiter } => new.iter().position(|&b| self.csv_step(b, delimiter)),
+        };
+        self.scanned = found.map_or(buf.len(), |i| start + i + 1);
+        found.map(|i| start + i + 1)
     }
 
     /// The caller removed the first `n` bytes (a record end from [`scan`]).
@@ -587,12 +627,25 @@ pub fn split_point(format: Format, buf: &[u8]) -> Option<usize> {
     Splitter::new(format).scan(buf)
 }
 
-/// End of the first CSV record (the header), just past its newline.
+/// End of the first CSV record (the header): just past its terminator,
+/// `\n`, `\r\n` or a lone `\r`, as the csv crate reads it. `None` while
+/// `buf` may not hold the whole terminator yet.
 pub fn first_record_end(buf: &[u8], delimiter: u8) -> Option<usize> {
     let mut s = Splitter::new(Format::Csv { delimiter });
-    buf.iter()
-        .position(|&b| s.csv_step(b, delimiter))
-        .map(|i| i + 1)
+    for (i, &b) in buf.iter().enumerate() {
+        let in_quotes = s.state == CsvState::Quoted;
+        if s.csv_step(b, delimiter) {
+            return Some(i + 1);
+        }
+        if b == b'\r' && !in_quotes {
+            return match buf.get(i + 1) {
+                Some(b'\n') => Some(i + 2),
+                Some(_) => Some(i + 1),
+                None => None,
+            };
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -768,6 +821,34 @@ mod tests {
         assert_eq!((rejects.len(), stats.stopped), (5, true));
     }
 
+    fn scan_first(format: Format, buf: &[u8]) -> Option<usize> {
+        Splitter::new(format).scan_first(buf)
+    }
+
+    /// Delimiters the record lexer cannot follow, and headers holding more
+    /// than one record, are refused rather than misread.
+    #[test]
+    fn csv_settings_that_would_misread_are_refused() {
+        let k = key();
+        for d in [b'"', b'\r', b'\n'] {
+            assert!(matches!(
+                Rewriter::csv(specs(&["a"]), b"a,b", d, UK, &k),
+                Err(RewriteError::BadDelimiter)
+            ));
+        }
+        for header in [&b"a,b\nc,d\n"[..], b"a,b\rc,d", b"a,b\r\n\r\nc"] {
+            assert!(
+                matches!(
+                    Rewriter::csv(specs(&["a"]), header, b',', UK, &k),
+                    Err(RewriteError::BadHeader(_))
+                ),
+                "{header:?}"
+            );
+        }
+        assert!(Rewriter::csv(specs(&["a"]), b"a,b\r\n", b',', UK, &k).is_ok());
+        assert!(Rewriter::csv(specs(&["a"]), b"a;b", b';', UK, &k).is_ok());
+    }
+
     #[test]
     fn split_points() {
         assert_eq!(split_point(Format::JsonLines, b"{}\n{}\n{"), Some(6));
@@ -782,6 +863,14 @@ mod tests {
             split_point(csv, b"a,\"say \"\"hi\"\"\nthere\",b\nc"),
             Some(23)
         );
+        // A lone carriage return ends a record, so a quote after it opens
+        // a quoted field whose newline ends nothing (the csv crate reads
+        // `a,b` and then a record whose field holds `x\ny...`).
+        assert_eq!(split_point(csv, b"a,b\r\"x\ny"), None);
+        assert_eq!(split_point(csv, b"a,b\r\n\"x\ny"), Some(5));
+        // The first record's end is found whatever the terminator.
+        assert_eq!(scan_first(csv, b"a,\"x\ny\"\nb\n"), Some(8));
+        assert_eq!(scan_first(Format::JsonLines, b"{}\n{}\n"), Some(3));
         // Incremental scanning gives the same answer as one pass.
         let data = b"a,\"x\ny\"\nb,c\nd,\"e";
         let mut sp = Splitter::new(csv);

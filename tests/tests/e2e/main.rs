@@ -103,6 +103,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::tokenize_streams_per_partner_are_limited,
     tokens::streams_that_never_read_are_ended_at_their_deadline,
     tokens::tokenize_stream_output_growth_and_csv_quotes,
+    tokens::tokenize_stream_reads_csv_the_same_however_split,
     matching::same_person_gets_a_pairwise_token_per_partner,
     matching::concurrent_first_answers_share_one_token,
     matching::candidates_past_the_first_page_are_read,

@@ -441,6 +441,74 @@ pub async fn tokenize_stream_output_growth_and_csv_quotes(b: Backend) -> anyhow:
     tv.stop().await
 }
 
+/// A CSV stream reads the same records however its client splits the
+/// bytes into messages: a lone `\r` ends a record (as in the csv crate),
+/// so a quote after it opens a field whose newline ends nothing. Settings
+/// that would be misread (a header holding two records, a quote as the
+/// delimiter) are refused.
+pub async fn tokenize_stream_reads_csv_the_same_however_split(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let settings = |header: &[u8], delimiter: u32| TokenizeSettings {
+        format: LogFormat::Csv.into(),
+        fields: vec!["id=account".into()],
+        mode: TokenizeMode::Stateless.into(),
+        domain: "logs".into(),
+        csv_header: header.to_vec(),
+        csv_delimiter: delimiter,
+        ..Default::default()
+    };
+    let body: &[u8] = b"x,A1\r\"n\n2\",A2\r\nq,A3\n\"r\r\ns\",A4\n";
+    let mut answers = Vec::new();
+    for piece in [body.len(), 1, 3, 7] {
+        let mut reqs = vec![TokenizeLogRequest {
+            settings: Some(settings(b"note,id\n", 0)),
+            data: Vec::new(),
+        }];
+        reqs.extend(body.chunks(piece).map(|p| TokenizeLogRequest {
+            settings: None,
+            data: p.to_vec(),
+        }));
+        let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+        let (mut data, mut rewritten, mut rejected) = (Vec::new(), 0, 0);
+        while let Some(m) = stream.message().await? {
+            data.extend_from_slice(&m.data);
+            rewritten += m.records_rewritten;
+            rejected += m.rejected.len();
+        }
+        assert_eq!((rewritten, rejected), (4, 0), "pieces of {piece} bytes");
+        answers.push(String::from_utf8(data)?);
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    let key = domain_key(&tv, 1);
+    let account = |v: &str| key.token(idvault_tokenizer::IdentifierType::Account, v);
+    assert_eq!(
+        answers[0],
+        format!(
+            "x,{}\n\"n\n2\",{}\nq,{}\n\"r\r\ns\",{}\n",
+            account("A1"),
+            account("A2"),
+            account("A3"),
+            account("A4")
+        )
+    );
+    for (header, delimiter) in [(&b"id,note\nA0,w\n"[..], 0), (b"id\"note", u32::from(b'"'))] {
+        let reqs = vec![TokenizeLogRequest {
+            settings: Some(settings(header, delimiter)),
+            data: Vec::new(),
+        }];
+        let e = match c.tokenize_log(tokio_stream::iter(reqs)).await {
+            Err(e) => e,
+            Ok(r) => match r.into_inner().message().await {
+                Err(e) => e,
+                Ok(m) => anyhow::bail!("settings {header:?} were accepted: {m:?}"),
+            },
+        };
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    tv.stop().await
+}
+
 fn stateless_settings() -> TokenizeSettings {
     TokenizeSettings {
         format: LogFormat::JsonLines.into(),
