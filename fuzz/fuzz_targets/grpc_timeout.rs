@@ -4,10 +4,10 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        if let Some(d) = idvault_server::api::grpc_timeout(s) {
-            // Capped at a day whatever the digits say.
-            assert!(d <= std::time::Duration::from_secs(86_400));
-        }
+    if let Ok(s) = std::str::from_utf8(data)
+        && let Some(d) = idvault_server::api::grpc_timeout(s)
+    {
+        // Capped at a day whatever the digits say.
+        assert!(d <= std::time::Duration::from_secs(86_400));
     }
 });

@@ -1,13 +1,14 @@
 //! Key and certificate material read from files a user points the vault
 //! or its clients at: a phone's device key and a partner's release key
-//! (PKCS#8 PEM), a manifest comparison key (hex), and the vault's TLS
+//! (PKCS#8 PEM), a manifest comparison key (hex), the vault release keys
+//! a partner trusts (`--vault-key`, hex lines), and the vault's TLS
 //! certificates, private key and CRLs (PEM or DER; a CRL's `nextUpdate`
 //! is parsed too). Refusals are errors, never panics.
 #![no_main]
 use std::io::Write;
 
-use idvault_client::ReleaseKey;
 use idvault_client::device::DeviceKey;
+use idvault_client::{ReleaseKey, ReleaseVerifier};
 use idvault_tokenizer::manifest::ComparisonKey;
 use libfuzzer_sys::fuzz_target;
 
@@ -16,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = DeviceKey::from_pem(text);
         let _ = ReleaseKey::from_pem(text);
         let _ = ComparisonKey::from_hex(text);
+        if let Ok(v) = ReleaseVerifier::from_text(text) {
+            assert!(!v.keys().is_empty());
+        }
     }
     let Ok(mut f) = tempfile_in_tmp() else {
         return;

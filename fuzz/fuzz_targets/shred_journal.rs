@@ -2,13 +2,16 @@
 //! attacker may have written: parsed, then authenticated under a fixed
 //! test key. Nothing may panic; a line that parses must be the canonical
 //! spelling of its entry, and a line this key did not write (without its
-//! MAC) is never accepted.
+//! MAC) is never accepted. The same bytes are also read as a whole
+//! journal file (`read_journal_from`: line framing, over-long lines, a
+//! torn last line), where every line is accounted for once.
 #![no_main]
 use std::sync::OnceLock;
 
 use idvault_core::keys::{KeyHierarchy, StaticKeyProvider};
 use idvault_core::secret::RootKey;
 use idvault_core::shred::{ShredEntry, parse};
+use idvault_server::shredlog::{JournalRead, read_journal_from};
 use libfuzzer_sys::fuzz_target;
 
 fn keys() -> &'static KeyHierarchy {
@@ -20,6 +23,20 @@ fn keys() -> &'static KeyHierarchy {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // A small buffer, so lines cross buffer refills.
+    let mut r = std::io::BufReader::with_capacity(16, data);
+    let mut read = JournalRead::default();
+    read_journal_from(&mut r, "journal", keys(), &mut read).expect("reading from memory");
+    let lines = data.split(|&b| b == b'\n').count() - usize::from(data.ends_with(b"\n"));
+    let seen = read.lines + read.torn_tail + read.refused.len() as u64;
+    assert!(
+        seen <= lines as u64,
+        "{seen} lines accounted for, {lines} in the file"
+    );
+    assert!(read.torn_tail <= 1);
+    assert_eq!(read.leaves.len() as u64, read.lines);
+    assert!(read.refused.iter().all(|r| r.starts_with("journal:")));
+
     let Ok(line) = std::str::from_utf8(data) else {
         return;
     };

@@ -113,13 +113,24 @@ pub fn read_journal(
     into: &mut JournalRead,
 ) -> std::io::Result<()> {
     let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+    read_journal_from(&mut r, &path.display().to_string(), keys, into)
+}
+
+/// Reads one journal's bytes from `r` into `into`, as [`read_journal`]
+/// does; `name` says where a refused line was in the report.
+pub fn read_journal_from(
+    r: &mut impl BufRead,
+    name: &str,
+    keys: &KeyHierarchy,
+    into: &mut JournalRead,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(MAX_LINE + 1);
     let mut n = 0u64;
     loop {
         buf.clear();
         // One line at most MAX_LINE + 1 bytes: a longer one is refused
         // without being held in memory.
-        let read = Read::take(&mut r, u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1)
+        let read = Read::take(&mut *r, u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1)
             .read_until(b'\n', &mut buf)?;
         if read == 0 {
             return Ok(());
@@ -127,9 +138,8 @@ pub fn read_journal(
         n += 1;
         if buf.last() != Some(&b'\n') {
             if read > MAX_LINE {
-                into.refused
-                    .push(format!("{}:{n}: line too long", path.display()));
-                skip_line(&mut r)?;
+                into.refused.push(format!("{name}:{n}: line too long"));
+                skip_line(r)?;
                 continue;
             }
             // The end of the file without a newline: a torn last append.
@@ -138,8 +148,7 @@ pub fn read_journal(
         }
         buf.pop();
         let Ok(line) = std::str::from_utf8(&buf) else {
-            into.refused
-                .push(format!("{}:{n}: not text", path.display()));
+            into.refused.push(format!("{name}:{n}: not text"));
             continue;
         };
         match ShredEntry::from_line(line, keys) {
@@ -151,7 +160,7 @@ pub fn read_journal(
                 *t = (*t).max(e.deleted_at_ms);
             }
             // Never the line itself in the report: only where and why.
-            Err(e) => into.refused.push(format!("{}:{n}: {e}", path.display())),
+            Err(e) => into.refused.push(format!("{name}:{n}: {e}")),
         }
     }
 }

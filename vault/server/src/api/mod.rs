@@ -83,7 +83,7 @@ pub use events::{CommandApi, EventApi};
 pub use keys::KeyApi;
 pub use matching::MatchApi;
 pub use subjects::SubjectApi;
-pub use tokens::TokenApi;
+pub use tokens::{TokenApi, bridge_batch};
 pub use transactions::TransactionApi;
 
 use tonic::{Request, Status};

@@ -145,6 +145,52 @@ fn responses(fed: crate::service::tokens::log::Fed) -> Vec<TokenizeLogResponse> 
     out
 }
 
+/// An `ImportBridge` message as the service takes it: its records, the
+/// positions of those with an identifier of unknown type or with both or
+/// neither of `value` and `sealed_value` (kept empty, so the service
+/// refuses them at their place), and its normalising options.
+pub fn bridge_batch(
+    batch: ImportBridgeRequest,
+) -> (Vec<BridgeRecord>, Vec<usize>, NormalizeOptions) {
+    let opts = NormalizeOptions {
+        default_country_code: u16::try_from(batch.default_country_code)
+            .ok()
+            .filter(|c| *c > 0),
+    };
+    let mut records = Vec::with_capacity(batch.records.len());
+    let mut bad_types = Vec::new();
+    for (i, r) in batch.records.into_iter().enumerate() {
+        let mut ids = Vec::with_capacity(r.identifiers.len());
+        let mut bad = false;
+        for id in r.identifiers {
+            let value = match (id.value.is_empty(), id.sealed_value.is_empty()) {
+                (false, true) => Some(crate::service::tokens::bridge::IdValue::Plain(id.value)),
+                (true, false) => Some(crate::service::tokens::bridge::IdValue::Sealed(
+                    id.sealed_value,
+                )),
+                // Both or neither: refuse rather than guess.
+                _ => None,
+            };
+            match (id_type(id.r#type), value) {
+                (Some(t), Some(v)) => ids.push((t, v)),
+                _ => bad = true,
+            }
+        }
+        if bad {
+            // Keep positions: an empty record is refused with the reason below.
+            bad_types.push(i);
+            ids.clear();
+        }
+        records.push(BridgeRecord {
+            record_id: r.record_id,
+            identifiers: ids,
+            customer_location: non_empty(r.customer_location),
+            address_location: non_empty(r.address_location),
+        });
+    }
+    (records, bad_types, opts)
+}
+
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -263,44 +309,7 @@ impl TokenService for TokenApi {
             .map_err(|e| earlier_batches_stay(e, offset))?
         {
             batches += 1;
-            let opts = NormalizeOptions {
-                default_country_code: u16::try_from(batch.default_country_code)
-                    .ok()
-                    .filter(|c| *c > 0),
-            };
-            let mut records = Vec::with_capacity(batch.records.len());
-            let mut bad_types = Vec::new();
-            for (i, r) in batch.records.into_iter().enumerate() {
-                let mut ids = Vec::with_capacity(r.identifiers.len());
-                let mut bad = false;
-                for id in r.identifiers {
-                    let value = match (id.value.is_empty(), id.sealed_value.is_empty()) {
-                        (false, true) => {
-                            Some(crate::service::tokens::bridge::IdValue::Plain(id.value))
-                        }
-                        (true, false) => Some(crate::service::tokens::bridge::IdValue::Sealed(
-                            id.sealed_value,
-                        )),
-                        // Both or neither: refuse rather than guess.
-                        _ => None,
-                    };
-                    match (id_type(id.r#type), value) {
-                        (Some(t), Some(v)) => ids.push((t, v)),
-                        _ => bad = true,
-                    }
-                }
-                if bad {
-                    // Keep positions: an empty record is refused with the reason below.
-                    bad_types.push(i);
-                    ids.clear();
-                }
-                records.push(BridgeRecord {
-                    record_id: r.record_id,
-                    identifiers: ids,
-                    customer_location: non_empty(r.customer_location),
-                    address_location: non_empty(r.address_location),
-                });
-            }
+            let (records, bad_types, opts) = bridge_batch(batch);
             let n = records.len() as u64;
             let mut s = self
                 .vault

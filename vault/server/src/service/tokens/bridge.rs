@@ -119,7 +119,10 @@ impl ImportSummary {
     }
 }
 
-struct Prepared {
+/// A record ready to link: what [`prepare_record`] makes of a
+/// [`BridgeRecord`].
+#[derive(Debug)]
+pub struct Prepared {
     record_id: String,
     /// (type, blind indexes for every live key version newest first, normalised value)
     ids: Vec<(
@@ -138,72 +141,91 @@ impl Vault {
         opts: &NormalizeOptions,
         keys: &[idvault_core::xref::XrefIndexKey],
     ) -> Result<Prepared, RecordError> {
-        if r.record_id.len() > MAX_RECORD_ID || r.record_id.chars().any(char::is_control) {
-            // Not echoed: it is what is wrong, and echoing it would let
-            // the refusals of one stream hold whatever the sender put there.
-            return Err(RecordError {
-                index,
-                record_id: String::new(),
-                reason: format!(
-                    "record_id must be at most {MAX_RECORD_ID} bytes of printable characters"
-                ),
-            });
-        }
-        let fail = |reason: String| RecordError {
-            index,
-            record_id: r.record_id.clone(),
-            reason,
-        };
-        if r.identifiers.is_empty() {
-            return Err(fail("no identifiers".into()));
-        }
-        if r.identifiers.len() > MAX_RECORD_IDENTIFIERS {
-            return Err(fail(format!(
-                "more than {MAX_RECORD_IDENTIFIERS} identifiers"
-            )));
-        }
-        for loc in [&r.customer_location, &r.address_location]
-            .into_iter()
-            .flatten()
-        {
-            normalize(IdentifierType::Location, loc, opts).map_err(|e| fail(e.to_string()))?;
-        }
-        let mut ids: Vec<(
-            IdentifierType,
-            Vec<[u8; HASH_LEN]>,
-            zeroize::Zeroizing<String>,
-        )> = Vec::new();
-        for (ty, value) in &r.identifiers {
-            let opened;
-            let raw: &str = match value {
-                IdValue::Plain(v) => v,
-                IdValue::Sealed(bytes) => {
-                    // The caller's own key and name: a file sealed for
-                    // another partner does not open here.
-                    let key = idvault_core::xref::sealed_bridge_version(bytes)
-                        .and_then(|v| self.keys().bridge_seal_key(owner, v).ok())
-                        .ok_or_else(|| fail(format!("sealed {ty} names an unknown key version")))?;
-                    opened = idvault_core::xref::open_bridge_identifier(&key, owner, *ty, bytes)
-                        .map_err(|_| {
-                            fail(format!(
-                                "sealed {ty} does not open with this partner's bridge key"
-                            ))
-                        })?;
-                    &opened
-                }
-            };
-            let n = normalize(*ty, raw, opts).map_err(|e| fail(e.to_string()))?;
-            let idx: Vec<[u8; HASH_LEN]> = keys.iter().map(|k| blind_index(k, *ty, &n)).collect();
-            if !ids.iter().any(|(_, other, _)| other.first() == idx.first()) {
-                ids.push((*ty, idx, zeroize::Zeroizing::new(n.into_owned())));
-            }
-        }
-        Ok(Prepared {
-            record_id: r.record_id,
-            ids,
+        prepare_record(owner, index, r, opts, keys, &|v| {
+            self.keys().bridge_seal_key(owner, v).ok()
         })
     }
+}
 
+/// Checks one record of partner `owner` at `index` of its batch, opens its
+/// sealed identifiers (`seal_key` gives the partner's bridge seal key of a
+/// version) and computes their blind indexes under `keys`, newest first.
+/// A refusal names the identifier type, never the value.
+pub fn prepare_record(
+    owner: &str,
+    index: usize,
+    r: BridgeRecord,
+    opts: &NormalizeOptions,
+    keys: &[idvault_core::xref::XrefIndexKey],
+    seal_key: &dyn Fn(u32) -> Option<idvault_core::xref::BridgeSealKey>,
+) -> Result<Prepared, RecordError> {
+    if r.record_id.len() > MAX_RECORD_ID || r.record_id.chars().any(char::is_control) {
+        // Not echoed: it is what is wrong, and echoing it would let
+        // the refusals of one stream hold whatever the sender put there.
+        return Err(RecordError {
+            index,
+            record_id: String::new(),
+            reason: format!(
+                "record_id must be at most {MAX_RECORD_ID} bytes of printable characters"
+            ),
+        });
+    }
+    let fail = |reason: String| RecordError {
+        index,
+        record_id: r.record_id.clone(),
+        reason,
+    };
+    if r.identifiers.is_empty() {
+        return Err(fail("no identifiers".into()));
+    }
+    if r.identifiers.len() > MAX_RECORD_IDENTIFIERS {
+        return Err(fail(format!(
+            "more than {MAX_RECORD_IDENTIFIERS} identifiers"
+        )));
+    }
+    for loc in [&r.customer_location, &r.address_location]
+        .into_iter()
+        .flatten()
+    {
+        normalize(IdentifierType::Location, loc, opts).map_err(|e| fail(e.to_string()))?;
+    }
+    let mut ids: Vec<(
+        IdentifierType,
+        Vec<[u8; HASH_LEN]>,
+        zeroize::Zeroizing<String>,
+    )> = Vec::new();
+    for (ty, value) in &r.identifiers {
+        let opened;
+        let raw: &str = match value {
+            IdValue::Plain(v) => v,
+            IdValue::Sealed(bytes) => {
+                // The caller's own key and name: a file sealed for
+                // another partner does not open here.
+                let key = idvault_core::xref::sealed_bridge_version(bytes)
+                    .and_then(seal_key)
+                    .ok_or_else(|| fail(format!("sealed {ty} names an unknown key version")))?;
+                opened = idvault_core::xref::open_bridge_identifier(&key, owner, *ty, bytes)
+                    .map_err(|_| {
+                        fail(format!(
+                            "sealed {ty} does not open with this partner's bridge key"
+                        ))
+                    })?;
+                &opened
+            }
+        };
+        let n = normalize(*ty, raw, opts).map_err(|e| fail(e.to_string()))?;
+        let idx: Vec<[u8; HASH_LEN]> = keys.iter().map(|k| blind_index(k, *ty, &n)).collect();
+        if !ids.iter().any(|(_, other, _)| other.first() == idx.first()) {
+            ids.push((*ty, idx, zeroize::Zeroizing::new(n.into_owned())));
+        }
+    }
+    Ok(Prepared {
+        record_id: r.record_id,
+        ids,
+    })
+}
+
+impl Vault {
     /// Imports one batch of bridge records in one audited transaction.
     /// Invalid records are reported, not imported; valid ones are.
     pub async fn import_bridge(
