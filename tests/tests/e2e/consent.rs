@@ -1072,6 +1072,104 @@ pub async fn replay_refused_after_restart(backend: Backend) -> anyhow::Result<()
     cx.tv.stop().await
 }
 
+/// A consent the person revokes before a partner presented it is
+/// withdrawn: presenting it is refused (`consent_revoked`), the challenge
+/// stays usable for another grant, a second revocation answers false, and
+/// another person's withdrawal of the same id does not touch it. A phone
+/// has at most 64 withdrawals live at a time. Deleting the person removes
+/// them.
+pub async fn consent_revoked_before_presentation_is_refused(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let mut g = cx.grant(ch.clone());
+    g.standing = true;
+    g.expires_at = g.issued_at + 86_400;
+    let signed = cx.sign(&g);
+    let id = grant_of(&signed).consent_id;
+    assert!(
+        cx.revoke_consent(&id).await,
+        "withdrawn before presentation"
+    );
+    assert!(!cx.revoke_consent(&id).await, "already withdrawn");
+    refused(
+        cx.release(true, signed.clone()).await,
+        Code::PermissionDenied,
+        "consent_revoked",
+    );
+    refused(
+        cx.release_standing(true, &id).await,
+        Code::NotFound,
+        "consent_unknown",
+    );
+    // The refusal left the challenge unused: another grant presents it.
+    let other = cx.sign(&cx.grant(ch));
+    let r = cx.release(true, other).await?;
+    assert_eq!(cx.open(&r).len(), 2);
+    let rows = cx.audit("DeviceCall").await;
+    assert!(
+        rows.iter()
+            .any(|(_, d)| d.contains("op=revoke_consent") && d.contains("revoked=true withdrawn")),
+        "{rows:?}"
+    );
+
+    // Another person's phone withdrawing the same id changes nothing for
+    // this person's grant of it.
+    let second = create_subject(
+        &cx.tv,
+        &[("given_name", "Ola"), ("email", "ola@example.org")],
+    )
+    .await;
+    let other_phone = enroll(&mut cx.a, &mut cx.wallet, &second).await;
+    let ch = cx.challenge(true).await;
+    let mine = cx.sign(&cx.grant(ch));
+    let mine_id = grant_of(&mine).consent_id;
+    let req = cx.device_request(
+        &other_phone,
+        pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
+            consent_id: mine_id.clone(),
+        }),
+    );
+    assert!(cx.wallet.revoke_consent(req).await?.into_inner().revoked);
+    cx.release(true, mine).await?;
+
+    // At most 64 live withdrawals per person (the first one counts).
+    for i in 0..63u8 {
+        assert!(cx.revoke_consent(&[i; 16]).await);
+    }
+    let req = cx.device_request(
+        &cx.device,
+        pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
+            consent_id: vec![0xee; 16],
+        }),
+    );
+    refused(
+        cx.wallet.revoke_consent(req).await,
+        Code::ResourceExhausted,
+        "",
+    );
+    let count = |sql: &'static str| {
+        let db = cx.tv.db().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM consent_withdrawals").await, 65);
+    cx.tv
+        .subjects("partner-a")
+        .await?
+        .delete_subject(pb::DeleteSubjectRequest {
+            subject_id: cx.subject.clone(),
+        })
+        .await?;
+    assert_eq!(count("SELECT count(*) FROM consent_withdrawals").await, 1);
+    cx.tv.stop().await
+}
+
 /// Standing consents are used by id until revoked; revoked devices sign
 /// nothing more.
 pub async fn standing_consent_and_revocation(backend: Backend) -> anyhow::Result<()> {

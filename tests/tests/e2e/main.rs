@@ -133,6 +133,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::raced_presentations_release_once,
     consent::replay_refused_after_restart,
     consent::standing_consent_and_revocation,
+    consent::consent_revoked_before_presentation_is_refused,
     consent::forged_consent_rows_authorise_nothing,
     consent::rewrap_then_retire,
     consent::rewrap_leaves_forged_rows_and_edited_links,

@@ -133,7 +133,7 @@ pub async fn loose_key_file_permissions_refused(b: Backend) -> anyhow::Result<()
 /// The retention job removes spent single-use rows and old processed
 /// events, in audited batches, and keeps everything still in use: fresh
 /// challenges and codes, device request ids inside their replay window,
-/// recent events.
+/// recent events, live consent withdrawals.
 pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> {
     use idvault_tests::idvault_server::store::Prunable;
     let tv = TestVault::start(b).await?;
@@ -154,6 +154,15 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
             "INSERT INTO enrollment_codes (code_hash, subject_id, issued_to, expires_at_ms) VALUES ($1, $2, 'partner-a', $3)",
         )
         .bind(vec![i; 32])
+        .bind(vec![9u8; 16])
+        .bind(at)
+        .execute(&mut *t)
+        .await?;
+        sqlx::query(
+            "INSERT INTO consent_withdrawals (consent_id, subject_id, withdrawn_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $3)",
+        )
+        .bind(vec![i; 16])
         .bind(vec![9u8; 16])
         .bind(at)
         .execute(&mut *t)
@@ -189,17 +198,22 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
     assert_eq!(removed(Prunable::Challenges), Some(1));
     assert_eq!(removed(Prunable::EnrollmentCodes), Some(1));
     assert_eq!(removed(Prunable::Events), Some(1));
+    assert_eq!(removed(Prunable::Withdrawals), Some(1));
     assert_eq!(removed(Prunable::DeviceRequests), Some(n_old as u64));
     assert_eq!(tv.count("SELECT count(*) FROM consent_challenges").await, 1);
     assert_eq!(tv.count("SELECT count(*) FROM enrollment_codes").await, 1);
     assert_eq!(tv.count("SELECT count(*) FROM events").await, 1);
+    assert_eq!(
+        tv.count("SELECT count(*) FROM consent_withdrawals").await,
+        1
+    );
     assert_eq!(tv.count("SELECT count(*) FROM device_requests").await, 1);
     // Audited: one record per batch (device requests took two).
     let details: Vec<String> =
         sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'Retention' ORDER BY id")
             .fetch_all(tv.db())
             .await?;
-    assert_eq!(details.len(), 5, "{details:?}");
+    assert_eq!(details.len(), 6, "{details:?}");
     assert!(
         details
             .iter()
@@ -211,7 +225,7 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
     assert_eq!(
         tv.count("SELECT count(*) FROM audit_log WHERE action = 'Retention'")
             .await,
-        5
+        6
     );
     tv.checkpointed().await?;
     assert!(matches!(

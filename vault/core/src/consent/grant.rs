@@ -36,6 +36,18 @@ impl Default for ConsentLimits {
     }
 }
 
+impl ConsentLimits {
+    /// How long a consent withdrawn before it was presented must stay
+    /// refused, in seconds: a grant signed before the withdrawal has an
+    /// `issued_at` at most the skew past it (a phone's clock may run
+    /// ahead), and [`Grant::check_window`] refuses it once the challenge
+    /// lifetime and the skew have passed since then.
+    pub fn withdrawal_secs(&self) -> i64 {
+        self.challenge_ttl_secs
+            .saturating_add(self.skew_secs.saturating_mul(2))
+    }
+}
+
 /// A verified and validated consent grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -153,6 +165,11 @@ mod tests {
             g.check_window(last + 1, &limits),
             Err(Refusal::ChallengeExpired)
         );
+        // A withdrawal made when the grant already existed (its issued_at
+        // at most the skew ahead of the vault's clock) outlasts the last
+        // moment it could be presented.
+        let withdrawn_at = g.issued_at - limits.skew_secs;
+        assert_eq!(withdrawn_at + limits.withdrawal_secs(), last);
     }
     use crate::wire::decode_grant;
     use crate::wire::tests::sample_grant;

@@ -372,6 +372,10 @@ impl Vault {
             if rows.consent_presented {
                 return Err(refused(Refusal::ConsentReplayed));
             }
+            // The person withdrew it before it was presented.
+            if rows.withdrawn {
+                return Err(refused(Refusal::ConsentRevoked));
+            }
             Challenge::check(rows.challenge.as_ref(), &req.partner.name, &g.subject, now)
                 .map_err(refused)?;
             let Some(challenge) = rows.challenge else {

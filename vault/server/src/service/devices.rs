@@ -8,17 +8,27 @@ use zeroize::Zeroizing;
 
 use super::consent::refused;
 use crate::service::{Caller, Vault, VaultError};
-use crate::store::AuditedTx;
+use crate::store::{AuditedTx, ConsentRevocation, Withdrawal};
 use idvault_core::consent::{
     self as c, DEVICE_REQUEST_CONTEXT, Device, DevicePublicKey, EnrollmentCode, Receipt, Refusal,
 };
 use idvault_core::device_request::DeviceAction;
 use idvault_core::keys::KeyError;
+use idvault_core::subject::SubjectId;
 
 pub use super::consent::Signed;
 
 /// Most receipts a device listing returns.
 pub const MAX_RECEIPTS: u32 = 1000;
+
+/// Most consents one person may have withdrawn before presentation at a
+/// time (each is a row kept for `ConsentLimits::withdrawal_secs`, about
+/// 9 minutes by default): a phone cannot grow the table without bound.
+pub const MAX_WITHDRAWALS_PER_PERSON: u32 = 64;
+const _: () = assert!(
+    MAX_WITHDRAWALS_PER_PERSON == 64,
+    "the refusal's message says 64"
+);
 
 /// Which device RPC is being served (the signed action must match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +280,45 @@ impl Vault {
         Ok((device, call))
     }
 
+    /// A person's `RevokeConsent`: a consent a partner presented is
+    /// revoked; one the vault holds no row of (not presented yet) is
+    /// withdrawn, so that presenting it is refused (`consent_revoked`).
+    /// Either way the answer is true when the consent can no longer be
+    /// used and was usable before. The second element says which, for
+    /// the audit record.
+    async fn revoke_or_withdraw(
+        &self,
+        tx: &mut AuditedTx,
+        id: &[u8; idvault_core::consent::ID_LEN],
+        subject: &SubjectId,
+        now: i64,
+    ) -> Result<(bool, &'static str), VaultError> {
+        Ok(match tx.revoke_consent(id, subject, now).await? {
+            ConsentRevocation::Revoked => (true, "presented"),
+            ConsentRevocation::AlreadyRevoked => (false, "presented"),
+            // Another person's consent with this id is untouched: the
+            // withdrawal names this person, and only refuses a grant for
+            // them. So the answer says nothing of other people's ids.
+            ConsentRevocation::NotHeld => {
+                let lasts = self.consent_settings().limits().withdrawal_secs();
+                let expires = now.saturating_add(lasts.saturating_mul(1000));
+                match tx
+                    .withdraw_consent(id, subject, now, expires, MAX_WITHDRAWALS_PER_PERSON)
+                    .await?
+                {
+                    Withdrawal::Withdrawn => (true, "withdrawn"),
+                    Withdrawal::AlreadyWithdrawn => (false, "withdrawn"),
+                    Withdrawal::Full => {
+                        return Err(VaultError::Limit(
+                            "this person has 64 consents withdrawn in the last minutes; \
+                             wait for them to lapse",
+                        ));
+                    }
+                }
+            }
+        })
+    }
+
     /// Serves a device-signed call for the person's own records.
     pub async fn device_call(
         &self,
@@ -327,10 +376,11 @@ impl Vault {
                         (DeviceOutcome::Devices(d), format!("devices={n}"))
                     }
                     DeviceAction::RevokeConsent(id) => {
-                        let done = tx.revoke_consent(id, &subject, now).await?;
+                        let (done, what) =
+                            self.revoke_or_withdraw(&mut tx, id, &subject, now).await?;
                         (
                             DeviceOutcome::Revoked(done),
-                            format!("consent={} revoked={done}", hex::encode(id)),
+                            format!("consent={} revoked={done} {what}", hex::encode(id)),
                         )
                     }
                     DeviceAction::RevokeDevice(id) => {

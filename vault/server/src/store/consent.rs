@@ -86,8 +86,35 @@ pub struct GrantClaimRows {
     pub device: Option<Device>,
     /// Whether the consent id was presented before.
     pub consent_presented: bool,
+    /// Whether the person withdrew the consent id before it was presented
+    /// ([`AuditedTx::withdraw_consent`]).
+    pub withdrawn: bool,
     /// The challenge's row.
     pub challenge: Option<Challenge>,
+}
+
+/// What a person's `RevokeConsent` found ([`AuditedTx::revoke_consent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentRevocation {
+    /// The person's presented consent is revoked now.
+    Revoked,
+    /// It was revoked before.
+    AlreadyRevoked,
+    /// The vault holds no consent of this person's with that id: it was
+    /// not presented (yet), or it is another person's.
+    NotHeld,
+}
+
+/// What withdrawing a consent not yet presented did
+/// ([`AuditedTx::withdraw_consent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Withdrawn now.
+    Withdrawn,
+    /// Already withdrawn, and still refused.
+    AlreadyWithdrawn,
+    /// The person has as many live withdrawals as allowed.
+    Full,
 }
 
 /// How a claim ended ([`AuditedTx::claim_grant`]).
@@ -539,28 +566,37 @@ impl AuditedTx {
     /// claim's conditional writes stay the authority.
     pub async fn grant_claim_rows(
         &mut self,
-        subject: &SubjectId,
+        subject_id: &SubjectId,
         device_id: &str,
         consent_id: &[u8; 16],
         challenge: &[u8; 32],
     ) -> Result<GrantClaimRows, StoreError> {
         if self.store.backend == super::Backend::Postgres {
-            let subject = self.subject(subject).await?;
+            let subject = self.subject(subject_id).await?;
             let device = self.device(device_id).await?;
             let consent_presented = sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1")
                 .bind(consent_id.to_vec())
                 .fetch_optional(self.conn().await?)
                 .await?
                 .is_some();
+            let withdrawn = sqlx::query(
+                "SELECT 1 FROM consent_withdrawals WHERE consent_id = $1 AND subject_id = $2",
+            )
+            .bind(consent_id.to_vec())
+            .bind(subject_id.as_bytes().to_vec())
+            .fetch_optional(self.conn().await?)
+            .await?
+            .is_some();
             let challenge = self.challenge(challenge).await?;
             return Ok(GrantClaimRows {
                 subject,
                 device,
                 consent_presented,
+                withdrawn,
                 challenge,
             });
         }
-        // One script, four statements; each row says which it is.
+        // One script, five statements; each row says which it is.
         let rows = sqlx::query(concat!(
             "SELECT 'subject' AS claim_row, ",
             subject_columns!(),
@@ -569,11 +605,13 @@ impl AuditedTx {
             device_columns!(),
             " FROM devices WHERE device_id = $2; ",
             "SELECT 'consent' AS claim_row FROM consents WHERE consent_id = $3; ",
+            "SELECT 'withdrawn' AS claim_row FROM consent_withdrawals \
+             WHERE consent_id = $3 AND subject_id = $1; ",
             "SELECT 'challenge' AS claim_row, ",
             challenge_columns!(),
             " FROM consent_challenges WHERE challenge = $4"
         ))
-        .bind(subject.as_bytes().to_vec())
+        .bind(subject_id.as_bytes().to_vec())
         .bind(device_id.to_owned())
         .bind(consent_id.to_vec())
         .bind(challenge.to_vec())
@@ -584,6 +622,7 @@ impl AuditedTx {
             subject: None,
             device: None,
             consent_presented: false,
+            withdrawn: false,
             challenge: None,
         };
         for r in &rows {
@@ -591,6 +630,7 @@ impl AuditedTx {
                 "subject" => out.subject = Some(super::rows::subject_record(r, Some(&keys))?),
                 "device" => out.device = Some(device(&keys, r)?),
                 "consent" => out.consent_presented = true,
+                "withdrawn" => out.withdrawn = true,
                 "challenge" => out.challenge = Some(challenge_row(&keys, challenge, r)?),
                 _ => return Err(StoreError::Corrupt("claim_row")),
             }
@@ -673,20 +713,22 @@ impl AuditedTx {
         consent_by_id(&keys, self.conn().await?, id, lock).await
     }
 
-    /// Revokes a consent of `subject`; false if absent or already revoked.
-    /// The row is read (MAC checked, locked on PostgreSQL) and written
-    /// back with its new MAC.
+    /// Revokes a presented consent of `subject`. The row is read (MAC
+    /// checked, locked on PostgreSQL) and written back with its new MAC.
     pub async fn revoke_consent(
         &mut self,
         id: &[u8; 16],
         subject: &SubjectId,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<ConsentRevocation, StoreError> {
         let Some(c) = self.consent(id).await? else {
-            return Ok(false);
+            return Ok(ConsentRevocation::NotHeld);
         };
-        if c.subject != *subject || c.revoked_at_ms.is_some() {
-            return Ok(false);
+        if c.subject != *subject {
+            return Ok(ConsentRevocation::NotHeld);
+        }
+        if c.revoked_at_ms.is_some() {
+            return Ok(ConsentRevocation::AlreadyRevoked);
         }
         let revoked = Consent {
             revoked_at_ms: Some(now_ms),
@@ -705,7 +747,65 @@ impl AuditedTx {
         .execute(self.conn().await?)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        Ok(if n == 1 {
+            ConsentRevocation::Revoked
+        } else {
+            ConsentRevocation::AlreadyRevoked
+        })
+    }
+
+    /// Withdraws consent id `id` of `subject` before any partner presented
+    /// it: a grant with that id for that subject is refused until
+    /// `expires_ms` ([`GrantClaimRows::withdrawn`]). At most `cap` live
+    /// withdrawals per person. Read after the subject's row in the same
+    /// transaction (locked on PostgreSQL; the writer held on SQLite), so
+    /// it is ordered against a presentation of the same grant.
+    pub async fn withdraw_consent(
+        &mut self,
+        id: &[u8; 16],
+        subject: &SubjectId,
+        now_ms: i64,
+        expires_ms: i64,
+        cap: u32,
+    ) -> Result<Withdrawal, StoreError> {
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM consent_withdrawals \
+             WHERE subject_id = $1 AND expires_at_ms >= $2 LIMIT $3) AS live",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .bind(now_ms)
+        .bind(i64::from(cap))
+        .fetch_one(self.conn().await?)
+        .await?;
+        let live_already = sqlx::query(
+            "SELECT 1 FROM consent_withdrawals \
+             WHERE consent_id = $1 AND subject_id = $2 AND expires_at_ms >= $3",
+        )
+        .bind(id.to_vec())
+        .bind(subject.as_bytes().to_vec())
+        .bind(now_ms)
+        .fetch_optional(self.conn().await?)
+        .await?
+        .is_some();
+        if live_already {
+            return Ok(Withdrawal::AlreadyWithdrawn);
+        }
+        if live >= i64::from(cap) {
+            return Ok(Withdrawal::Full);
+        }
+        // An expired row of the same id (not yet pruned) is renewed.
+        sqlx::query(
+            "INSERT INTO consent_withdrawals (consent_id, subject_id, withdrawn_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (consent_id, subject_id) DO UPDATE \
+             SET withdrawn_at_ms = excluded.withdrawn_at_ms, expires_at_ms = excluded.expires_at_ms",
+        )
+        .bind(id.to_vec())
+        .bind(subject.as_bytes().to_vec())
+        .bind(now_ms)
+        .bind(expires_ms)
+        .execute(self.conn().await?)
+        .await?;
+        Ok(Withdrawal::Withdrawn)
     }
 
     /// Appends a receipt (written with the transaction's leaf).

@@ -112,7 +112,7 @@ use sqlx::{Any, AnyPool, Executor, Row};
 pub use audit::{
     CheckpointRow, LeafColumns, LeafRow, NewLeaf, SequencerLease, SequencerTx, SubjectSnapshot,
 };
-pub use consent::{GrantClaim, GrantClaimRows};
+pub use consent::{ConsentRevocation, GrantClaim, GrantClaimRows, Withdrawal};
 pub use events::{IGNORED_UNLINKED, SuggestionInputs};
 pub(crate) use matching::check_signature;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead, Ranked};
@@ -756,7 +756,7 @@ impl Store {
                             if let Err(e) = sqlx::query(
                                 "VACUUM subjects, packets, match_index, match_subjects, \
                                  pairwise_tokens, device_requests, code_failures, devices, \
-                                 enrollment_codes, consent_challenges, \
+                                 enrollment_codes, consent_challenges, consent_withdrawals, \
                                  consents, consent_receipts, transactions, credentials, \
                                  entity_links, subject_rules, events, command_outbox, \
                                  command_counters",
@@ -1556,6 +1556,11 @@ impl AuditedTx {
             (
                 "consent-receipts",
                 "DELETE FROM consent_receipts WHERE subject_id = $1",
+                false,
+            ),
+            (
+                "consent-withdrawals",
+                "DELETE FROM consent_withdrawals WHERE subject_id = $1",
                 false,
             ),
             // Its links, rules, event history and pending commands (whose

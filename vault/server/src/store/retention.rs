@@ -19,17 +19,20 @@ pub enum Prunable {
     Transactions,
     /// `code_failures` (wrong codes entered) by time.
     CodeFailures,
+    /// `consent_withdrawals` by expiry.
+    Withdrawals,
 }
 
 impl Prunable {
     /// All kinds, in the order the job runs them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Challenges,
         Self::EnrollmentCodes,
         Self::DeviceRequests,
         Self::Events,
         Self::Transactions,
         Self::CodeFailures,
+        Self::Withdrawals,
     ];
 
     /// The name the audit record uses.
@@ -41,6 +44,7 @@ impl Prunable {
             Self::Events => "events",
             Self::Transactions => "transactions",
             Self::CodeFailures => "code_failures",
+            Self::Withdrawals => "consent_withdrawals",
         }
     }
 
@@ -77,6 +81,11 @@ impl Prunable {
                 "DELETE FROM code_failures WHERE (device_id, at_ms) IN \
                  (SELECT device_id, at_ms FROM code_failures WHERE at_ms < $1 \
                   ORDER BY at_ms LIMIT $2)"
+            }
+            Self::Withdrawals => {
+                "DELETE FROM consent_withdrawals WHERE (consent_id, subject_id) IN \
+                 (SELECT consent_id, subject_id FROM consent_withdrawals WHERE expires_at_ms < $1 \
+                  ORDER BY expires_at_ms LIMIT $2)"
             }
         }
     }
