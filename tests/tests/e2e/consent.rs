@@ -1076,8 +1076,8 @@ pub async fn replay_refused_after_restart(backend: Backend) -> anyhow::Result<()
 /// withdrawn: presenting it is refused (`consent_revoked`), the challenge
 /// stays usable for another grant, a second revocation answers false, and
 /// another person's withdrawal of the same id does not touch it. A phone
-/// has at most 64 withdrawals live at a time. Deleting the person removes
-/// them.
+/// has at most 64 withdrawals live at a time, which does not hold the
+/// person's other phones back. Deleting the person removes them.
 pub async fn consent_revoked_before_presentation_is_refused(
     backend: Backend,
 ) -> anyhow::Result<()> {
@@ -1134,7 +1134,7 @@ pub async fn consent_revoked_before_presentation_is_refused(
     assert!(cx.wallet.revoke_consent(req).await?.into_inner().revoked);
     cx.release(true, mine).await?;
 
-    // At most 64 live withdrawals per person (the first one counts).
+    // At most 64 live withdrawals per device (the first one counts).
     for i in 0..63u8 {
         assert!(cx.revoke_consent(&[i; 16]).await);
     }
@@ -1144,11 +1144,19 @@ pub async fn consent_revoked_before_presentation_is_refused(
             consent_id: vec![0xee; 16],
         }),
     );
-    refused(
-        cx.wallet.revoke_consent(req).await,
-        Code::ResourceExhausted,
-        "",
+    let full = cx.wallet.revoke_consent(req).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("64 consents"), "{full:?}");
+    // The person's other phone is not held back by this one's withdrawals
+    // (a stolen phone, once revoked, cannot block the owner).
+    let spare = enroll(&mut cx.a, &mut cx.wallet, &cx.subject).await;
+    let req = cx.device_request(
+        &spare,
+        pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
+            consent_id: vec![0xee; 16],
+        }),
     );
+    assert!(cx.wallet.revoke_consent(req).await?.into_inner().revoked);
     let count = |sql: &'static str| {
         let db = cx.tv.db().clone();
         async move {
@@ -1158,7 +1166,7 @@ pub async fn consent_revoked_before_presentation_is_refused(
                 .unwrap()
         }
     };
-    assert_eq!(count("SELECT count(*) FROM consent_withdrawals").await, 65);
+    assert_eq!(count("SELECT count(*) FROM consent_withdrawals").await, 66);
     cx.tv
         .subjects("partner-a")
         .await?
@@ -1167,6 +1175,65 @@ pub async fn consent_revoked_before_presentation_is_refused(
         })
         .await?;
     assert_eq!(count("SELECT count(*) FROM consent_withdrawals").await, 1);
+    cx.tv.stop().await
+}
+
+/// A presentation and a revocation of the same consent racing: one wins
+/// whole. Either the release went through and the revocation revoked the
+/// presented consent, or the withdrawal came first and the presentation
+/// was refused; never a release after a withdrawal.
+pub async fn withdrawal_and_presentation_race_one_wins(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    for _ in 0..6 {
+        let ch = cx.challenge(true).await;
+        let mut g = cx.grant(ch);
+        g.standing = true;
+        g.expires_at = g.issued_at + 86_400;
+        let signed = cx.sign(&g);
+        let id = grant_of(&signed).consent_id;
+        let revoke = cx.device_request(
+            &cx.device,
+            pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
+                consent_id: id.clone(),
+            }),
+        );
+        let (mut b, mut wallet) = (cx.b.clone(), cx.wallet.clone());
+        let release = tokio::spawn(async move {
+            b.release(pb::ReleaseRequest {
+                consent: Some(pb::release_request::Consent::Signed(signed)),
+                nonce: NONCE.to_vec(),
+            })
+            .await
+        });
+        let revoked = tokio::spawn(async move { wallet.revoke_consent(revoke).await });
+        let (release, revoked) = (release.await?, revoked.await??);
+        assert!(revoked.into_inner().revoked);
+        let audit = cx.audit("DeviceCall").await;
+        let detail = audit
+            .iter()
+            .map(|(_, d)| d)
+            .rfind(|d| d.contains(&hex::encode(&id)))
+            .expect("the revocation's audit record")
+            .clone();
+        match release {
+            Ok(_) => {
+                assert!(detail.contains("revoked=true presented "), "{detail}");
+                refused(
+                    cx.release_standing(true, &id).await,
+                    Code::PermissionDenied,
+                    "consent_revoked",
+                );
+            }
+            Err(e) => {
+                assert_eq!(
+                    (e.code(), reason(&e)),
+                    (Code::PermissionDenied, "consent_revoked"),
+                    "{e:?}"
+                );
+                assert!(detail.contains("revoked=true withdrawn "), "{detail}");
+            }
+        }
+    }
     cx.tv.stop().await
 }
 

@@ -134,6 +134,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::replay_refused_after_restart,
     consent::standing_consent_and_revocation,
     consent::consent_revoked_before_presentation_is_refused,
+    consent::withdrawal_and_presentation_race_one_wins,
     consent::forged_consent_rows_authorise_nothing,
     consent::rewrap_then_retire,
     consent::rewrap_leaves_forged_rows_and_edited_links,

@@ -159,8 +159,8 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
         .execute(&mut *t)
         .await?;
         sqlx::query(
-            "INSERT INTO consent_withdrawals (consent_id, subject_id, withdrawn_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $3)",
+            "INSERT INTO consent_withdrawals (consent_id, subject_id, device_id, withdrawn_at_ms, expires_at_ms) \
+             VALUES ($1, $2, 'dev_x', $3, $3)",
         )
         .bind(vec![i; 16])
         .bind(vec![9u8; 16])

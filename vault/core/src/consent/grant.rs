@@ -38,10 +38,16 @@ impl Default for ConsentLimits {
 
 impl ConsentLimits {
     /// How long a consent withdrawn before it was presented must stay
-    /// refused, in seconds: a grant signed before the withdrawal has an
-    /// `issued_at` at most the skew past it (a phone's clock may run
-    /// ahead), and [`Grant::check_window`] refuses it once the challenge
-    /// lifetime and the skew have passed since then.
+    /// refused, in seconds. A grant signed before the withdrawal names a
+    /// challenge the vault issued before it, on its own clock, and a
+    /// presentation needs that challenge unexpired: at most the challenge
+    /// lifetime after the withdrawal. Check 10a
+    /// ([`Grant::check_window`]) bounds it too, without the challenge row
+    /// (which a database writer could plant), when the phone's clock is
+    /// within the skew: `issued_at` at most the skew past the withdrawal,
+    /// presentable until the lifetime and the skew after that. The larger
+    /// of the two, which this is, also covers clocks that differ between
+    /// replicas by up to the skew.
     pub fn withdrawal_secs(&self) -> i64 {
         self.challenge_ttl_secs
             .saturating_add(self.skew_secs.saturating_mul(2))

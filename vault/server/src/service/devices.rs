@@ -14,19 +14,20 @@ use idvault_core::consent::{
 };
 use idvault_core::device_request::DeviceAction;
 use idvault_core::keys::KeyError;
-use idvault_core::subject::SubjectId;
 
 pub use super::consent::Signed;
 
 /// Most receipts a device listing returns.
 pub const MAX_RECEIPTS: u32 = 1000;
 
-/// Most consents one person may have withdrawn before presentation at a
+/// Most consents one device may have withdrawn before presentation at a
 /// time (each is a row kept for `ConsentLimits::withdrawal_secs`, about
-/// 9 minutes by default): a phone cannot grow the table without bound.
-pub const MAX_WITHDRAWALS_PER_PERSON: u32 = 64;
+/// 9 minutes by default): a phone cannot grow the table without bound,
+/// and a stolen one, once revoked, does not hold the person's other
+/// phones back.
+pub const MAX_WITHDRAWALS_PER_DEVICE: u32 = 64;
 const _: () = assert!(
-    MAX_WITHDRAWALS_PER_PERSON == 64,
+    MAX_WITHDRAWALS_PER_DEVICE == 64,
     "the refusal's message says 64"
 );
 
@@ -290,9 +291,10 @@ impl Vault {
         &self,
         tx: &mut AuditedTx,
         id: &[u8; idvault_core::consent::ID_LEN],
-        subject: &SubjectId,
+        device: &Device,
         now: i64,
     ) -> Result<(bool, &'static str), VaultError> {
+        let subject = &device.subject;
         Ok(match tx.revoke_consent(id, subject, now).await? {
             ConsentRevocation::Revoked => (true, "presented"),
             ConsentRevocation::AlreadyRevoked => (false, "presented"),
@@ -303,14 +305,21 @@ impl Vault {
                 let lasts = self.consent_settings().limits().withdrawal_secs();
                 let expires = now.saturating_add(lasts.saturating_mul(1000));
                 match tx
-                    .withdraw_consent(id, subject, now, expires, MAX_WITHDRAWALS_PER_PERSON)
+                    .withdraw_consent(
+                        id,
+                        subject,
+                        &device.device_id,
+                        now,
+                        expires,
+                        MAX_WITHDRAWALS_PER_DEVICE,
+                    )
                     .await?
                 {
                     Withdrawal::Withdrawn => (true, "withdrawn"),
                     Withdrawal::AlreadyWithdrawn => (false, "withdrawn"),
                     Withdrawal::Full => {
                         return Err(VaultError::Limit(
-                            "this person has 64 consents withdrawn in the last minutes; \
+                            "this device has 64 consents withdrawn in the last minutes; \
                              wait for them to lapse",
                         ));
                     }
@@ -377,7 +386,7 @@ impl Vault {
                     }
                     DeviceAction::RevokeConsent(id) => {
                         let (done, what) =
-                            self.revoke_or_withdraw(&mut tx, id, &subject, now).await?;
+                            self.revoke_or_withdraw(&mut tx, id, &device, now).await?;
                         (
                             DeviceOutcome::Revoked(done),
                             format!("consent={} revoked={done} {what}", hex::encode(id)),

@@ -27,9 +27,10 @@ impl Vault {
         let r = self.retention_settings();
         let grace = i64::from(r.expired_grace_hours) * 3_600_000;
         match kind {
+            Prunable::Challenges | Prunable::EnrollmentCodes => now - grace,
             // A withdrawal expires once no grant it refuses could be
-            // presented anyway (`ConsentLimits::withdrawal_secs`).
-            Prunable::Challenges | Prunable::EnrollmentCodes | Prunable::Withdrawals => now - grace,
+            // presented anyway (`ConsentLimits::withdrawal_secs`): no grace.
+            Prunable::Withdrawals => now,
             // An hour after expiry: past any assertion (5 minutes after the
             // answer) and any third party still asking for the outcome.
             Prunable::Transactions => now - super::transactions::TRANSACTION_KEEP_MS,

@@ -113,7 +113,7 @@ pub enum Withdrawal {
     Withdrawn,
     /// Already withdrawn, and still refused.
     AlreadyWithdrawn,
-    /// The person has as many live withdrawals as allowed.
+    /// The device has as many live withdrawals as allowed.
     Full,
 }
 
@@ -754,53 +754,60 @@ impl AuditedTx {
         })
     }
 
-    /// Withdraws consent id `id` of `subject` before any partner presented
-    /// it: a grant with that id for that subject is refused until
-    /// `expires_ms` ([`GrantClaimRows::withdrawn`]). At most `cap` live
-    /// withdrawals per person. Read after the subject's row in the same
+    /// Withdraws consent id `id` of `subject`, asked by its device
+    /// `device_id`, before any partner presented it: a grant with that id
+    /// for that subject is refused until `expires_ms`
+    /// ([`GrantClaimRows::withdrawn`]). At most `cap` live withdrawals
+    /// per device; the person's expired ones are removed first, so the
+    /// rows a person holds stay bounded whatever the retention job's
+    /// schedule. Run after the subject's row is read in the same
     /// transaction (locked on PostgreSQL; the writer held on SQLite), so
     /// it is ordered against a presentation of the same grant.
     pub async fn withdraw_consent(
         &mut self,
         id: &[u8; 16],
         subject: &SubjectId,
+        device_id: &str,
         now_ms: i64,
         expires_ms: i64,
         cap: u32,
     ) -> Result<Withdrawal, StoreError> {
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM consent_withdrawals \
-             WHERE subject_id = $1 AND expires_at_ms >= $2 LIMIT $3) AS live",
-        )
-        .bind(subject.as_bytes().to_vec())
-        .bind(now_ms)
-        .bind(i64::from(cap))
-        .fetch_one(self.conn().await?)
-        .await?;
-        let live_already = sqlx::query(
-            "SELECT 1 FROM consent_withdrawals \
-             WHERE consent_id = $1 AND subject_id = $2 AND expires_at_ms >= $3",
+        sqlx::query("DELETE FROM consent_withdrawals WHERE subject_id = $1 AND expires_at_ms < $2")
+            .bind(subject.as_bytes().to_vec())
+            .bind(now_ms)
+            .execute(self.conn().await?)
+            .await?;
+        let already = sqlx::query(
+            "SELECT 1 FROM consent_withdrawals WHERE consent_id = $1 AND subject_id = $2",
         )
         .bind(id.to_vec())
         .bind(subject.as_bytes().to_vec())
-        .bind(now_ms)
         .fetch_optional(self.conn().await?)
         .await?
         .is_some();
-        if live_already {
+        if already {
             return Ok(Withdrawal::AlreadyWithdrawn);
         }
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM consent_withdrawals \
+             WHERE subject_id = $1 AND device_id = $2 LIMIT $3) AS live",
+        )
+        .bind(subject.as_bytes().to_vec())
+        .bind(device_id.to_owned())
+        .bind(i64::from(cap))
+        .fetch_one(self.conn().await?)
+        .await?;
         if live >= i64::from(cap) {
             return Ok(Withdrawal::Full);
         }
-        // An expired row of the same id (not yet pruned) is renewed.
         sqlx::query(
-            "INSERT INTO consent_withdrawals (consent_id, subject_id, withdrawn_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (consent_id, subject_id) DO UPDATE \
-             SET withdrawn_at_ms = excluded.withdrawn_at_ms, expires_at_ms = excluded.expires_at_ms",
+            "INSERT INTO consent_withdrawals \
+             (consent_id, subject_id, device_id, withdrawn_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id.to_vec())
         .bind(subject.as_bytes().to_vec())
+        .bind(device_id.to_owned())
         .bind(now_ms)
         .bind(expires_ms)
         .execute(self.conn().await?)
