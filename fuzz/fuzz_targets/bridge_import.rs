@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (hierarchy, index_key) = keys();
+    let mut opened = None;
     if let (Some(text), Some(first)) = (
         extra.and_then(|e| std::str::from_utf8(e).ok()),
         batch.records.first_mut(),
@@ -55,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             &SystemRng::default(),
         )
         .expect("seal");
+        opened = Some(text.to_owned());
         first.identifiers.push(BridgeIdentifier {
             r#type: PbType::Email.into(),
             value: String::new(),
@@ -74,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
                 IdValue::Plain(p) if p.contains('@') => Some(p.clone()),
                 _ => None,
             })
+            .chain(opened.iter().filter(|t| i == 0 && t.contains('@')).cloned())
             .collect();
         let was_bad = bad.contains(&i);
         match prepare_record(OWNER, i, r, &opts, std::slice::from_ref(index_key), &|v| {

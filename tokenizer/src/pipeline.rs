@@ -323,7 +323,9 @@ fn read_chunks(
         };
         let rest = buf.split_off(cut);
         let data = std::mem::replace(&mut buf, rest);
-        let lines = count_newlines(&data) + u64::from(data.last().is_some_and(|&b| b != b'\n'));
+        // Lines as the csv crate and the JSON rewriter number them: by
+        // newlines (a chunk may end at a lone `\r`, still on its line).
+        let lines = count_newlines(&data);
         send(
             tx,
             Chunk {
@@ -506,6 +508,58 @@ mod tests {
         );
     }
 
+    /// A file whose records end in lone `\r`s is cut into chunks at them
+    /// (not read as one over-long record), and reads as it does whole;
+    /// a byte order mark inside the body is data wherever the chunks are
+    /// cut (the csv crate drops one only at the start of what it reads),
+    /// so a quote after it opens nothing.
+    #[test]
+    fn lone_carriage_returns_and_byte_order_marks_read_the_same_in_chunks() {
+        let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
+        let rw = Rewriter::csv(
+            vec![FieldSpec::parse("id=account").unwrap()],
+            b"note,id",
+            b',',
+            NormalizeOptions::default(),
+            &key,
+        )
+        .unwrap();
+        let mut body = Vec::new();
+        for i in 0..5000 {
+            body.extend_from_slice(format!("n{i},A{i}\r").as_bytes());
+        }
+        body.extend_from_slice(b"\xEF\xBB\xBF\"hello\nbob@example.com,z\",c\n");
+        body.extend_from_slice(b"\n\nlast,Z\n");
+        let run = |chunk_bytes| {
+            run_str(
+                &rw,
+                &body,
+                Vec::new(),
+                2,
+                PipelineOptions {
+                    threads: 2,
+                    chunk_bytes,
+                },
+            )
+        };
+        let (whole, out, rej) = run(1 << 24);
+        let (small, out_small, rej_small) = run(4096);
+        assert_eq!((whole.rewritten, whole.rejected), (5001, 2), "{rej}");
+        assert_eq!((out_small, rej_small), (out.clone(), rej.clone()));
+        assert_eq!(small.rewritten, 5001);
+        // The quote after the mark opened nothing: the address stayed in
+        // a record that was refused, not in a note column written out.
+        assert!(!out.contains("bob@example.com"), "{out}");
+        assert!(
+            rej.contains("\"line\":2,") && rej.contains("\"line\":3,"),
+            "{rej}"
+        );
+        assert!(out.ends_with(&format!(
+            "last,{}\n",
+            key.token(IdentifierType::Account, "Z")
+        )));
+    }
+
     /// A header row ended by `\r\n` or a lone `\r` (as the csv crate reads
     /// it) is cut there: the next record is data, not part of the header.
     #[test]
@@ -515,6 +569,13 @@ mod tests {
             (b"h1,h2\r1,2\r", b"h1,h2\r", b"1,2\r"),
             (b"\"h\r1\",h2\r1,2", b"\"h\r1\",h2\r", b"1,2"),
             (b"h1,h2", b"h1,h2", b""),
+            // A byte order mark at the start is dropped by the csv crate,
+            // so the quote after it opens a field.
+            (
+                b"\xEF\xBB\xBF\"h\n1\",h2\n1,2",
+                b"\xEF\xBB\xBF\"h\n1\",h2\n",
+                b"1,2",
+            ),
         ] {
             let mut src = data;
             let (h, r) = read_csv_header(&mut src, b',').unwrap();

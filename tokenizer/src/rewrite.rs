@@ -406,11 +406,16 @@ impl<'t> Rewriter<'t> {
             lines: newlines + u64::from(chunk.last().is_some_and(|&b| b != b'\n')),
             ..ChunkStats::default()
         };
+        // The csv crate drops a byte order mark at the start of what a
+        // reader reads, which would make a chunk read differently from the
+        // same bytes inside the whole input (the splitter keeps it, as
+        // field bytes). A blank line first, which the reader skips, means
+        // no chunk starts its reader: line numbers count from 2.
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(false)
             .delimiter(delimiter)
             .flexible(true)
-            .from_reader(chunk);
+            .from_reader(std::io::Read::chain(&b"\n"[..], chunk));
         let mut wtr = csv::WriterBuilder::new()
             .delimiter(delimiter)
             .flexible(true)
@@ -423,7 +428,7 @@ impl<'t> Rewriter<'t> {
                 stats.stopped = true;
                 break;
             }
-            let line_no = first_line + rdr.position().line().saturating_sub(1);
+            let line_no = first_line + rdr.position().line().saturating_sub(2);
             match rdr.read_byte_record(&mut rec) {
                 Ok(false) => break,
                 Err(e) => {
@@ -439,8 +444,8 @@ impl<'t> Rewriter<'t> {
             let line_no = first_line
                 + rec
                     .position()
-                    .map_or(1, csv::Position::line)
-                    .saturating_sub(1);
+                    .map_or(2, |p| record_line(chunk, p))
+                    .saturating_sub(2);
             if rec.len() != self.width {
                 stats.rejected += 1;
                 rejects.push(Reject {
@@ -507,6 +512,25 @@ impl<'t> Rewriter<'t> {
     }
 }
 
+/// The line a CSV record starts on, counted by newlines in what the
+/// rewriter's reader reads (`\n` then the chunk). The csv crate reports
+/// where its reader began the record, before the blank lines it skipped
+/// on the way; those are walked past here, so a record after a blank line
+/// is reported on its own line, wherever the chunks were cut.
+fn record_line(chunk: &[u8], pos: &csv::Position) -> u64 {
+    let byte = |i: usize| match i {
+        0 => Some(b'\n'),
+        _ => chunk.get(i - 1).copied(),
+    };
+    let mut line = pos.line();
+    let mut i = usize::try_from(pos.byte()).unwrap_or(usize::MAX);
+    while let Some(b @ (b'\r' | b'\n')) = byte(i) {
+        line += u64::from(b == b'\n');
+        i += 1;
+    }
+    line
+}
+
 /// A CSV error's kind, without record contents.
 fn csv_reason(e: &csv::Error) -> String {
     match e.kind() {
@@ -526,10 +550,32 @@ enum CsvState {
     Unquoted,
     Quoted,
     QuoteInQuoted,
+    /// Just after a `\r` outside quotes, which ended a record: the
+    /// terminator is `\r\n` if a `\n` follows, else the `\r` alone.
+    AfterCr,
 }
+
+/// Where a record ended, relative to the byte just scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// After it (a `\n`).
+    After,
+    /// Before it (a lone `\r` was the terminator; this byte starts the
+    /// next record).
+    Before,
+}
+
+/// The UTF-8 byte order mark, which the csv crate drops at the start of
+/// what a reader reads.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Finds record boundaries incrementally: each byte is scanned once, so a
 /// long record arriving in small pieces costs linear, not quadratic, time.
+///
+/// CSV records end where the csv crate that parses each chunk ends them
+/// (its default terminator: `\n`, `\r\n` or a lone `\r`, outside quotes):
+/// a chunk cut anywhere else would be read differently from the whole, a
+/// quoted field's rest as records of its own.
 #[derive(Debug, Clone)]
 pub struct Splitter {
     format: Format,
@@ -550,7 +596,7 @@ impl Splitter {
     }
 
     /// Scans the bytes of `buf` not seen yet; returns the index just past
-    /// the last record-ending newline found so far, if any.
+    /// the last record end found so far, if any.
     pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
         let new = buf.get(self.scanned..).unwrap_or_default();
         match self.format {
@@ -561,8 +607,10 @@ impl Splitter {
             }
             Format::Csv { delimiter } => {
                 for (i, &b) in new.iter().enumerate() {
-                    if self.csv_step(b, delimiter) {
-                        self.last_end = Some(self.scanned + i + 1);
+                    match self.csv_step(b, delimiter) {
+                        Some(End::After) => self.last_end = Some(self.scanned + i + 1),
+                        Some(End::Before) => self.last_end = Some(self.scanned + i),
+                        None => {}
                     }
                 }
             }
@@ -571,42 +619,51 @@ impl Splitter {
         self.last_end
     }
 
-    /// Advances the CSV state by one byte; true when it ended a record
-    /// with a newline.
-    ///
-    /// A carriage return outside quotes also ends a record, as it does
-    /// for the csv crate that parses each chunk (its default terminator
-    /// takes `\r`, `\n` and `\r\n`), so a quote after a lone `\r` opens
-    /// a quoted field here as it does there. Chunks are still cut only
-    /// after a `\n`, which keeps a `\r\n` pair whole and line numbers
-    /// counted by newlines right.
-    fn csv_step(&mut self, b: u8, delimiter: u8) -> bool {
+    /// Advances the CSV state by one byte; says whether a record ended
+    /// there. A lone `\r` is known to have ended one only at the next byte.
+    fn csv_step(&mut self, b: u8, delimiter: u8) -> Option<End> {
+        if self.state == CsvState::AfterCr {
+            self.state = CsvState::FieldStart;
+            if b == b'\n' {
+                return Some(End::After);
+            }
+            // This byte starts the next record (it is no `\n`, so it
+            // ends nothing itself).
+            let _ = self.csv_step(b, delimiter);
+            return Some(End::Before);
+        }
         let (next, ended) = match (self.state, b) {
-            (CsvState::FieldStart, b'"') => (CsvState::Quoted, false),
-            (CsvState::Quoted, b'"') => (CsvState::QuoteInQuoted, false),
-            (CsvState::Quoted, _) => (CsvState::Quoted, false),
-            (CsvState::QuoteInQuoted, b'"') => (CsvState::Quoted, false),
-            (_, b'\n') => (CsvState::FieldStart, true),
-            (_, b'\r') => (CsvState::FieldStart, false),
-            (_, d) if d == delimiter => (CsvState::FieldStart, false),
-            _ => (CsvState::Unquoted, false),
+            (CsvState::FieldStart, b'"') => (CsvState::Quoted, None),
+            (CsvState::Quoted, b'"') => (CsvState::QuoteInQuoted, None),
+            (CsvState::Quoted, _) => (CsvState::Quoted, None),
+            (CsvState::QuoteInQuoted, b'"') => (CsvState::Quoted, None),
+            (_, b'\n') => (CsvState::FieldStart, Some(End::After)),
+            (_, b'\r') => (CsvState::AfterCr, None),
+            (_, d) if d == delimiter => (CsvState::FieldStart, None),
+            _ => (CsvState::Unquoted, None),
         };
         self.state = next;
         ended
     }
 
     /// Scans the bytes of `buf` not seen yet and returns the index just
-    /// past the first record-ending newline among them, if any (for
-    /// skipping one record).
+    /// past the first record end among them, if any (for skipping one
+    /// record).
     pub fn scan_first(&mut self, buf: &[u8]) -> Option<usize> {
         let start = self.scanned;
         let new = buf.get(start..).unwrap_or_default();
-        let found = match self.format {
-            Format::JsonLines => new.iter().position(|&b| b == b'\n'),
-            Format::Csv { delimiter } => new.iter().position(|&b| self.csv_step(b, delimiter)),
-        };
-        self.scanned = found.map_or(buf.len(), |i| start + i + 1);
-        found.map(|i| start + i + 1)
+        let found =
+            match self.format {
+                Format::JsonLines => new.iter().position(|&b| b == b'\n').map(|i| start + i + 1),
+                Format::Csv { delimiter } => new.iter().enumerate().find_map(|(i, &b)| match self
+                    .csv_step(b, delimiter)?
+                {
+                    End::After => Some(start + i + 1),
+                    End::Before => Some(start + i),
+                }),
+            };
+        self.scanned = found.unwrap_or(buf.len());
+        found
     }
 
     /// The caller removed the first `n` bytes (a record end from [`scan`]).
@@ -620,32 +677,26 @@ impl Splitter {
 }
 
 /// Where to cut `buf` so the first part holds only whole records: the
-/// index just past the last record-ending newline, or `None` if there is
-/// none. CSV newlines inside quoted fields do not end a record; `buf` must
-/// start at a record boundary.
+/// index just past the last record end, or `None` if there is none. CSV
+/// terminators inside quoted fields do not end a record; `buf` must start
+/// at a record boundary.
 pub fn split_point(format: Format, buf: &[u8]) -> Option<usize> {
     Splitter::new(format).scan(buf)
 }
 
 /// End of the first CSV record (the header): just past its terminator,
-/// `\n`, `\r\n` or a lone `\r`, as the csv crate reads it. `None` while
-/// `buf` may not hold the whole terminator yet.
+/// `\n`, `\r\n` or a lone `\r`, as the csv crate reads it, after a byte
+/// order mark at the start (which the csv crate drops there, so a quote
+/// after it opens a field). `None` while `buf` may not hold the whole
+/// terminator yet.
 pub fn first_record_end(buf: &[u8], delimiter: u8) -> Option<usize> {
-    let mut s = Splitter::new(Format::Csv { delimiter });
-    for (i, &b) in buf.iter().enumerate() {
-        let in_quotes = s.state == CsvState::Quoted;
-        if s.csv_step(b, delimiter) {
-            return Some(i + 1);
-        }
-        if b == b'\r' && !in_quotes {
-            return match buf.get(i + 1) {
-                Some(b'\n') => Some(i + 2),
-                Some(_) => Some(i + 1),
-                None => None,
-            };
-        }
+    if BOM.starts_with(buf) {
+        return None;
     }
-    None
+    let skip = if buf.starts_with(BOM) { BOM.len() } else { 0 };
+    let mut s = Splitter::new(Format::Csv { delimiter });
+    s.scanned = skip;
+    s.scan_first(buf)
 }
 
 #[cfg(test)]
@@ -866,8 +917,13 @@ mod tests {
         // A lone carriage return ends a record, so a quote after it opens
         // a quoted field whose newline ends nothing (the csv crate reads
         // `a,b` and then a record whose field holds `x\ny...`).
-        assert_eq!(split_point(csv, b"a,b\r\"x\ny"), None);
+        assert_eq!(split_point(csv, b"a,b\r\"x\ny"), Some(4));
         assert_eq!(split_point(csv, b"a,b\r\n\"x\ny"), Some(5));
+        // A file whose records end in lone `\r`s is cut at them, once the
+        // next byte shows no `\n` follows.
+        assert_eq!(split_point(csv, b"a,b\rc,d\re"), Some(8));
+        assert_eq!(split_point(csv, b"a,b\rc,d\r"), Some(4));
+        assert_eq!(split_point(csv, b"a,\"b\rc\"\r"), None);
         // The first record's end is found whatever the terminator.
         assert_eq!(scan_first(csv, b"a,\"x\ny\"\nb\n"), Some(8));
         assert_eq!(scan_first(Format::JsonLines, b"{}\n{}\n"), Some(3));

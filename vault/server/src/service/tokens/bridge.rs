@@ -120,8 +120,8 @@ impl ImportSummary {
 }
 
 /// A record ready to link: what [`prepare_record`] makes of a
-/// [`BridgeRecord`].
-#[derive(Debug)]
+/// [`BridgeRecord`]. `Debug` shows the record id and the identifier
+/// types, never a value.
 pub struct Prepared {
     record_id: String,
     /// (type, blind indexes for every live key version newest first, normalised value)
@@ -130,6 +130,18 @@ pub struct Prepared {
         Vec<[u8; HASH_LEN]>,
         zeroize::Zeroizing<String>,
     )>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("record_id", &self.record_id)
+            .field(
+                "types",
+                &self.ids.iter().map(|(t, _, _)| *t).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Vault {

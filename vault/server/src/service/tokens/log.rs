@@ -257,8 +257,9 @@ impl LogTokenizer {
         let chunk = std::mem::replace(&mut self.pending, rest);
         self.splitter.consume(cut);
         let first = self.next_line;
-        self.next_line += chunk.iter().filter(|&&b| b == b'\n').count() as u64
-            + u64::from(chunk.last().is_some_and(|&b| b != b'\n'));
+        // Numbered by newlines, as the rewriters number lines (a chunk may
+        // end at a lone `\r`, still on its line).
+        self.next_line += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         let settings = Arc::clone(&self.settings);
         let fed = match &self.source {
             Source::Stateless(key) => {
