@@ -156,16 +156,21 @@ fn check(ctl: u8, data: &[u8]) {
         }
     }
 
-    // The first record's end, as the over-long skip finds it, in pieces.
+    // The first record's end, as the over-long skip finds it: in pieces,
+    // each dropped once scanned (the skip never holds the record).
     let mut sp = Splitter::new(Format::Csv { delimiter });
-    let mut seen = Vec::new();
+    let mut buf = Vec::new();
+    let mut dropped = 0;
     let mut first = None;
     for p in data.chunks(piece) {
-        seen.extend_from_slice(p);
-        if let Some(end) = sp.scan_first(&seen) {
-            first = Some(end);
+        buf.extend_from_slice(p);
+        if let Some(end) = sp.scan_first(&buf) {
+            first = Some(dropped + end);
             break;
         }
+        sp.consume(buf.len());
+        dropped += buf.len();
+        buf.clear();
     }
     if let Some(end) = first {
         let (a, b) = data.split_at(end);

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use crate::rewrite::{Format, Reject, Rewriter, Splitter, split_point};
+use crate::rewrite::{Format, Reject, Rewriter, Splitter};
 
 /// Longest record accepted.
 pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
@@ -142,8 +142,9 @@ fn read_some(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> io::Result
 /// `rest` holds bytes read past the header.
 pub fn read_csv_header(input: &mut dyn Read, delimiter: u8) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::new();
+    let mut header = crate::rewrite::HeaderSplitter::new(delimiter);
     loop {
-        if let Some(end) = crate::rewrite::first_record_end(&buf, delimiter) {
+        if let Some(end) = header.scan(&buf) {
             let rest = buf.split_off(end);
             return Ok((buf, rest));
         }
@@ -261,6 +262,7 @@ fn read_chunks(
 ) -> io::Result<()> {
     let mut seq = 0u64;
     let mut eof = false;
+    let mut splitter = Splitter::new(format);
     loop {
         while !eof && buf.len() < chunk_bytes {
             let want = chunk_bytes - buf.len() + 4096;
@@ -271,8 +273,12 @@ fn read_chunks(
         if buf.is_empty() && eof {
             return Ok(());
         }
+        // Scanned once, however many reads a long record takes. Over long:
+        // the first record's end, if found, is past the limit (found by
+        // scanning one byte past it, where a lone `\r` is known to end one).
+        let last_end = splitter.scan(&buf);
         let over_long = buf.len() > MAX_RECORD_BYTES
-            && split_point(format, buf.get(..MAX_RECORD_BYTES).unwrap_or_default()).is_none();
+            && splitter.first_end().is_none_or(|e| e > MAX_RECORD_BYTES);
         if over_long {
             // Reject the record and skip to the newline that ends it, as
             // the splitter sees it: a newline inside a quoted CSV field
@@ -307,12 +313,14 @@ fn read_chunks(
                 },
             )?;
             seq += 1;
-            line += newlines.max(1);
+            line += newlines;
+            // What is left starts at a record boundary, not scanned yet.
+            splitter = Splitter::new(format);
             continue;
         }
         let cut = if eof {
             buf.len()
-        } else if let Some(c) = split_point(format, &buf) {
+        } else if let Some(c) = last_end {
             c
         } else {
             // One record longer than a chunk: read on until it ends.
@@ -323,6 +331,7 @@ fn read_chunks(
         };
         let rest = buf.split_off(cut);
         let data = std::mem::replace(&mut buf, rest);
+        splitter.consume(cut);
         // Lines as the csv crate and the JSON rewriter number them: by
         // newlines (a chunk may end at a lone `\r`, still on its line).
         let lines = count_newlines(&data);
@@ -558,6 +567,47 @@ mod tests {
             "last,{}\n",
             key.token(IdentifierType::Account, "Z")
         )));
+    }
+
+    /// An over-long record ended by a lone `\r` is skipped to there, and
+    /// the lines after it keep their numbers (counted by newlines); a
+    /// record of exactly the limit, ended by a lone `\r`, is not over long.
+    #[test]
+    fn over_long_record_ended_by_a_lone_carriage_return() {
+        let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
+        let rw = Rewriter::csv(
+            vec![FieldSpec::parse("id=account").unwrap()],
+            b"id,note",
+            b',',
+            NormalizeOptions::default(),
+            &key,
+        )
+        .unwrap();
+        let opts = PipelineOptions {
+            threads: 2,
+            chunk_bytes: 1 << 16,
+        };
+        let mut input = b"a,x\rb,".to_vec();
+        input.extend(std::iter::repeat_n(b'y', MAX_RECORD_BYTES));
+        input.extend_from_slice(b"\rc\rd,z\n");
+        let (s, out, rej) = run_str(&rw, &input, Vec::new(), 2, opts);
+        assert_eq!((s.rewritten, s.rejected), (2, 2), "{rej}");
+        assert_eq!(out.lines().count(), 2);
+        // The over-long record and `c` (one column) are both on line 2.
+        assert!(
+            rej.starts_with("{\"line\":2,\"reason\":\"record longer than")
+                && rej.contains("{\"line\":2,\"reason\":\"expected 2 columns"),
+            "{rej}"
+        );
+        let mut exact = b"b,".to_vec();
+        exact.extend(std::iter::repeat_n(b'y', MAX_RECORD_BYTES - 3));
+        exact.extend_from_slice(b"\rd,z\n");
+        assert_eq!(
+            exact.iter().position(|&b| b == b'\r'),
+            Some(MAX_RECORD_BYTES - 1)
+        );
+        let (s, _, rej) = run_str(&rw, &exact, Vec::new(), 2, opts);
+        assert_eq!((s.rewritten, s.rejected), (2, 0), "{rej}");
     }
 
     /// A header row ended by `\r\n` or a lone `\r` (as the csv crate reads

@@ -121,7 +121,8 @@ pub struct ChunkStats {
     pub rejected: u64,
     /// Blank lines skipped.
     pub blank: u64,
-    /// Lines consumed (to number the next chunk).
+    /// Lines the chunk spans, an unterminated last line counted (callers
+    /// number the next chunk by its newlines alone).
     pub lines: u64,
     /// The chunk was cut short: its rejects reached the rewriter's limit
     /// ([`Rewriter::with_reject_limit`]) with records left to read.
@@ -581,6 +582,7 @@ pub struct Splitter {
     format: Format,
     state: CsvState,
     scanned: usize,
+    first_end: Option<usize>,
     last_end: Option<usize>,
 }
 
@@ -591,6 +593,7 @@ impl Splitter {
             format,
             state: CsvState::FieldStart,
             scanned: 0,
+            first_end: None,
             last_end: None,
         }
     }
@@ -598,25 +601,40 @@ impl Splitter {
     /// Scans the bytes of `buf` not seen yet; returns the index just past
     /// the last record end found so far, if any.
     pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
-        let new = buf.get(self.scanned..).unwrap_or_default();
+        let start = self.scanned;
+        let new = buf.get(start..).unwrap_or_default();
         match self.format {
             Format::JsonLines => {
                 if let Some(i) = new.iter().rposition(|&b| b == b'\n') {
-                    self.last_end = Some(self.scanned + i + 1);
+                    self.last_end = Some(start + i + 1);
+                    if self.first_end.is_none() {
+                        self.first_end =
+                            new.iter().position(|&b| b == b'\n').map(|j| start + j + 1);
+                    }
                 }
             }
             Format::Csv { delimiter } => {
                 for (i, &b) in new.iter().enumerate() {
-                    match self.csv_step(b, delimiter) {
-                        Some(End::After) => self.last_end = Some(self.scanned + i + 1),
-                        Some(End::Before) => self.last_end = Some(self.scanned + i),
-                        None => {}
-                    }
+                    let end = match self.csv_step(b, delimiter) {
+                        Some(End::After) => start + i + 1,
+                        Some(End::Before) => start + i,
+                        None => continue,
+                    };
+                    self.last_end = Some(end);
+                    self.first_end.get_or_insert(end);
                 }
             }
         }
         self.scanned = buf.len();
         self.last_end
+    }
+
+    /// The first record end [`scan`] found since the splitter was made or
+    /// last consumed: with no end before it, the first record's length.
+    ///
+    /// [`scan`]: Splitter::scan
+    pub fn first_end(&self) -> Option<usize> {
+        self.first_end
     }
 
     /// Advances the CSV state by one byte; says whether a record ended
@@ -672,6 +690,7 @@ impl Splitter {
     pub fn consume(&mut self, n: usize) {
         self.scanned = self.scanned.saturating_sub(n);
         // `n` was the last record end seen: none remains in what is left.
+        self.first_end = None;
         self.last_end = None;
     }
 }
@@ -684,19 +703,50 @@ pub fn split_point(format: Format, buf: &[u8]) -> Option<usize> {
     Splitter::new(format).scan(buf)
 }
 
+/// Finds the end of the first CSV record (the header) incrementally, as
+/// [`first_record_end`] does, each byte scanned once however the header
+/// arrives.
+#[derive(Debug, Clone)]
+pub struct HeaderSplitter {
+    delimiter: u8,
+    inner: Option<Splitter>,
+}
+
+impl HeaderSplitter {
+    /// A splitter at the start of a CSV file.
+    pub fn new(delimiter: u8) -> Self {
+        Self {
+            delimiter,
+            inner: None,
+        }
+    }
+
+    /// The header's end in `buf` (the file's first bytes, growing between
+    /// calls), or `None` while it may not hold all of it.
+    pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+        if self.inner.is_none() {
+            // Whether the file starts with a byte order mark is known only
+            // once it holds three bytes or differs from one.
+            if BOM.starts_with(buf) {
+                return None;
+            }
+            let mut s = Splitter::new(Format::Csv {
+                delimiter: self.delimiter,
+            });
+            s.scanned = if buf.starts_with(BOM) { BOM.len() } else { 0 };
+            self.inner = Some(s);
+        }
+        self.inner.as_mut()?.scan_first(buf)
+    }
+}
+
 /// End of the first CSV record (the header): just past its terminator,
 /// `\n`, `\r\n` or a lone `\r`, as the csv crate reads it, after a byte
 /// order mark at the start (which the csv crate drops there, so a quote
 /// after it opens a field). `None` while `buf` may not hold the whole
 /// terminator yet.
 pub fn first_record_end(buf: &[u8], delimiter: u8) -> Option<usize> {
-    if BOM.starts_with(buf) {
-        return None;
-    }
-    let skip = if buf.starts_with(BOM) { BOM.len() } else { 0 };
-    let mut s = Splitter::new(Format::Csv { delimiter });
-    s.scanned = skip;
-    s.scan_first(buf)
+    HeaderSplitter::new(delimiter).scan(buf)
 }
 
 #[cfg(test)]
