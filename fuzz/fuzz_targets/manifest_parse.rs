@@ -1,7 +1,8 @@
 //! Everything `idvault manifest` reads from the other platform or from
 //! an export: manifest files, summary files (also decoded against a real
-//! summary, where a crafted table must not loop or panic) and CSV / JSON
-//! Lines records. The first byte picks which. Nothing may panic.
+//! summary, where a crafted table must not loop or panic), CSV / JSON
+//! Lines records, and schema files (TOML, then used to build a manifest
+//! of a small export). The first byte picks which. Nothing may panic.
 #![no_main]
 use std::io::Cursor;
 use std::sync::OnceLock;
@@ -9,7 +10,7 @@ use std::sync::OnceLock;
 use idvault_tokenizer::manifest::summary::{Summary, cells_for, diff_with_summary};
 use idvault_tokenizer::manifest::{
     BuildOptions, ComparisonKey, InputFormat, ManifestReader, Normaliser, Schema, SchemaField,
-    build, diff,
+    build, diff, parse_schema,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -72,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 4 {
+    match mode % 5 {
         0 => {
             let _ = ManifestReader::new(Cursor::new(rest), key());
             let body = sealed(rest);
@@ -100,6 +101,27 @@ fuzz_target!(|data: &[u8]| {
             }
             let _ =
                 Summary::from_manifest(Cursor::new(reference()), key(), cells_for(1).unwrap_or(3));
+        }
+        4 => {
+            let Ok(text) = std::str::from_utf8(rest) else {
+                return;
+            };
+            if let Ok((schema, format)) = parse_schema(text) {
+                let format = format.unwrap_or(InputFormat::Csv);
+                let export: &[u8] = match format {
+                    InputFormat::Csv => b"id,a,b\n1,x,y\n2,,z\n",
+                    _ => b"{\"id\":\"1\",\"a\":\"x\"}\n",
+                };
+                let opts = BuildOptions {
+                    format,
+                    run_entries: 1 << 20,
+                    build_id: [3; 16],
+                    created: 0,
+                };
+                let _ = build(&schema, key(), &opts, export, &mut Vec::new(), &mut || {
+                    Err(std::io::Error::other("no spill"))
+                });
+            }
         }
         m => {
             let opts = BuildOptions {

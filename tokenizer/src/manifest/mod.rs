@@ -22,6 +22,7 @@
 mod build;
 mod diff;
 mod format;
+mod schema_file;
 pub mod summary;
 
 use std::fmt;
@@ -35,6 +36,7 @@ use crate::variants::{fold, parse_date};
 pub use build::{BuildOptions, BuildSummary, InputFormat, build};
 pub use diff::{DiffItem, DiffStatus, DiffTotals, diff};
 pub use format::{Entry, Header, ManifestReader};
+pub use schema_file::{MAX_SCHEMA_BYTES, parse_schema};
 
 /// The first line of a manifest file.
 pub const MANIFEST_MAGIC: &str = "idvault-manifest/v1";

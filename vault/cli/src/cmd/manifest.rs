@@ -12,9 +12,8 @@ use idvault_core::Rng;
 use idvault_tokenizer::manifest::summary::{self, SUMMARY_MAGIC, Summary};
 use idvault_tokenizer::manifest::{
     self, BuildOptions, ComparisonKey, DiffItem, DiffTotals, InputFormat, MANIFEST_MAGIC,
-    Normaliser, Schema, SchemaField,
+    MAX_SCHEMA_BYTES, ManifestError, Schema,
 };
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::write_secret_file;
@@ -88,88 +87,31 @@ pub(crate) enum ManifestCommand {
     },
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Csv,
     Jsonl,
 }
 
-/// The schema file.
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct SchemaFile {
-    format: Option<Format>,
-    default_country_code: Option<u16>,
-    key: FieldFile,
-    fields: Vec<FieldFile>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct FieldFile {
-    /// Canonical name (both sides use the same); default: the column.
-    name: Option<String>,
-    /// Column or JSON path on this side; default: the name.
-    column: Option<String>,
-    /// Normaliser; default `trim`.
-    normalise: Option<String>,
-}
-
-fn field(f: FieldFile, what: &str) -> anyhow::Result<SchemaField> {
-    let (name, column) = match (f.name, f.column) {
-        (Some(n), Some(c)) => (n, c),
-        (Some(n), None) => (n.clone(), n),
-        (None, Some(c)) => (c.clone(), c),
-        (None, None) => bail!("{what} needs a name or a column"),
-    };
-    let norm = f.normalise.unwrap_or_else(|| "trim".into());
-    let normaliser = Normaliser::parse(&norm).with_context(|| {
-        let all: Vec<_> = Normaliser::ALL.iter().map(|n| n.name()).collect();
-        format!(
-            "{what} {name:?}: unknown normaliser {norm:?} (one of {})",
-            all.join(", ")
-        )
-    })?;
-    Ok(SchemaField::new(&name, &column, normaliser))
-}
-
-/// Largest schema file read.
-const MAX_SCHEMA_BYTES: u64 = 1 << 20;
-
+/// The schema file, parsed by `manifest::parse_schema` (fuzzed there).
 fn load_schema(path: &Path) -> anyhow::Result<(Schema, Option<Format>)> {
     let mut text = String::new();
     File::open(path)
-        .and_then(|f| f.take(MAX_SCHEMA_BYTES + 1).read_to_string(&mut text))
+        .and_then(|f| {
+            f.take(MAX_SCHEMA_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
         .with_context(|| format!("cannot read schema {}", path.display()))?;
-    if text.len() as u64 > MAX_SCHEMA_BYTES {
-        bail!("schema {} is over 1 MiB", path.display());
-    }
-    // toml's own message quotes the offending line: a key file or an
-    // export passed as the schema by mistake would be echoed. Only the
-    // message and the position are shown.
-    let f: SchemaFile = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text.get(..s.start).unwrap_or("").matches('\n').count() + 1);
-        anyhow::anyhow!(
-            "schema {}{}: {}",
-            path.display(),
-            line.map(|l| format!(" line {l}")).unwrap_or_default(),
-            e.message()
-        )
-    })?;
-    let schema = Schema {
-        key: field(f.key, "key")?,
-        fields: f
-            .fields
-            .into_iter()
-            .map(|x| field(x, "field"))
-            .collect::<anyhow::Result<_>>()?,
-        default_country_code: f.default_country_code,
+    let (schema, format) = match manifest::parse_schema(&text) {
+        Ok(parsed) => parsed,
+        Err(ManifestError::Schema(why)) => bail!("schema {}: {why}", path.display()),
+        Err(e) => bail!("schema {}: {e}", path.display()),
     };
-    schema.validate()?;
-    Ok((schema, f.format))
+    let format = format.map(|f| match f {
+        InputFormat::Csv => Format::Csv,
+        InputFormat::JsonLines => Format::Jsonl,
+    });
+    Ok((schema, format))
 }
 
 fn load_key(path: &Path) -> anyhow::Result<ComparisonKey> {
