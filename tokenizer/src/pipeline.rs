@@ -473,19 +473,24 @@ mod tests {
         );
     }
 
+    /// A CSV rewriter of `header` tokenizing its `id` column as accounts.
+    fn account_rewriter<'k>(key: &'k DomainKey, header: &[u8]) -> Rewriter<'k> {
+        Rewriter::csv(
+            vec![FieldSpec::parse("id=account").unwrap()],
+            header,
+            b',',
+            NormalizeOptions::default(),
+            key,
+        )
+        .unwrap()
+    }
+
     /// An over-long CSV record whose quoted field holds newlines is
     /// skipped whole: the field's rest is not read as records.
     #[test]
     fn over_long_quoted_csv_record_is_skipped_whole() {
         let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
-        let rw = Rewriter::csv(
-            vec![FieldSpec::parse("id=account").unwrap()],
-            b"id,note",
-            b',',
-            NormalizeOptions::default(),
-            &key,
-        )
-        .unwrap();
+        let rw = account_rewriter(&key, b"id,note");
         let mut input = b"a,x\nb,\"".to_vec();
         for _ in 0..(MAX_RECORD_BYTES / 64 + 1) {
             input.extend_from_slice(b"inner,line\n");
@@ -525,14 +530,7 @@ mod tests {
     #[test]
     fn lone_carriage_returns_and_byte_order_marks_read_the_same_in_chunks() {
         let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
-        let rw = Rewriter::csv(
-            vec![FieldSpec::parse("id=account").unwrap()],
-            b"note,id",
-            b',',
-            NormalizeOptions::default(),
-            &key,
-        )
-        .unwrap();
+        let rw = account_rewriter(&key, b"note,id");
         let mut body = Vec::new();
         for i in 0..5000 {
             body.extend_from_slice(format!("n{i},A{i}\r").as_bytes());
@@ -575,14 +573,7 @@ mod tests {
     #[test]
     fn over_long_record_ended_by_a_lone_carriage_return() {
         let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
-        let rw = Rewriter::csv(
-            vec![FieldSpec::parse("id=account").unwrap()],
-            b"id,note",
-            b',',
-            NormalizeOptions::default(),
-            &key,
-        )
-        .unwrap();
+        let rw = account_rewriter(&key, b"id,note");
         let opts = PipelineOptions {
             threads: 2,
             chunk_bytes: 1 << 16,

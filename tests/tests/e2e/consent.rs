@@ -248,13 +248,18 @@ impl Ctx {
             .receipts
     }
 
-    async fn revoke_consent(&mut self, id: &[u8]) -> bool {
-        let req = self.device_request(
-            &self.device,
+    /// A `RevokeConsent` of consent `id`, signed by `key`.
+    fn revoke_request(&self, key: &DeviceKey, id: &[u8]) -> pb::SignedDeviceRequest {
+        self.device_request(
+            key,
             pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
                 consent_id: id.to_vec(),
             }),
-        );
+        )
+    }
+
+    async fn revoke_consent(&mut self, id: &[u8]) -> bool {
+        let req = self.revoke_request(&self.device, id);
         self.wallet
             .revoke_consent(req)
             .await
@@ -1125,12 +1130,7 @@ pub async fn consent_revoked_before_presentation_is_refused(
     let ch = cx.challenge(true).await;
     let mine = cx.sign(&cx.grant(ch));
     let mine_id = grant_of(&mine).consent_id;
-    let req = cx.device_request(
-        &other_phone,
-        pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
-            consent_id: mine_id.clone(),
-        }),
-    );
+    let req = cx.revoke_request(&other_phone, &mine_id);
     assert!(cx.wallet.revoke_consent(req).await?.into_inner().revoked);
     cx.release(true, mine).await?;
 
@@ -1138,24 +1138,14 @@ pub async fn consent_revoked_before_presentation_is_refused(
     for i in 0..63u8 {
         assert!(cx.revoke_consent(&[i; 16]).await);
     }
-    let req = cx.device_request(
-        &cx.device,
-        pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
-            consent_id: vec![0xee; 16],
-        }),
-    );
+    let req = cx.revoke_request(&cx.device, &[0xee; 16]);
     let full = cx.wallet.revoke_consent(req).await.unwrap_err();
     assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
     assert!(full.message().contains("64 consents"), "{full:?}");
     // The person's other phone is not held back by this one's withdrawals
     // (a stolen phone, once revoked, cannot block the owner).
     let spare = enroll(&mut cx.a, &mut cx.wallet, &cx.subject).await;
-    let req = cx.device_request(
-        &spare,
-        pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
-            consent_id: vec![0xee; 16],
-        }),
-    );
+    let req = cx.revoke_request(&spare, &[0xee; 16]);
     assert!(cx.wallet.revoke_consent(req).await?.into_inner().revoked);
     let count = |sql: &'static str| {
         let db = cx.tv.db().clone();
@@ -1191,12 +1181,7 @@ pub async fn withdrawal_and_presentation_race_one_wins(backend: Backend) -> anyh
         g.expires_at = g.issued_at + 86_400;
         let signed = cx.sign(&g);
         let id = grant_of(&signed).consent_id;
-        let revoke = cx.device_request(
-            &cx.device,
-            pb::device_request::Action::RevokeConsent(pb::RevokeConsent {
-                consent_id: id.clone(),
-            }),
-        );
+        let revoke = cx.revoke_request(&cx.device, &id);
         let (mut b, mut wallet) = (cx.b.clone(), cx.wallet.clone());
         let release = tokio::spawn(async move {
             b.release(pb::ReleaseRequest {
