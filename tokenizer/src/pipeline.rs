@@ -455,16 +455,7 @@ mod tests {
         let mut input = b"{\"id\":\"a\"}\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES + 10));
         input.extend_from_slice(b"\n{\"id\":\"b\"}\n");
-        let (s, out, rej) = run_str(
-            &rw,
-            &input,
-            Vec::new(),
-            1,
-            PipelineOptions {
-                threads: 2,
-                chunk_bytes: 1 << 16,
-            },
-        );
+        let (s, out, rej) = run_str(&rw, &input, Vec::new(), 1, SMALL_CHUNKS);
         assert_eq!((s.rewritten, s.rejected), (2, 1));
         assert_eq!(out.lines().count(), 2);
         assert!(
@@ -472,6 +463,12 @@ mod tests {
             "{rej}"
         );
     }
+
+    /// Two workers, 64 KiB chunks: many chunks from a few MiB.
+    const SMALL_CHUNKS: PipelineOptions = PipelineOptions {
+        threads: 2,
+        chunk_bytes: 1 << 16,
+    };
 
     /// A CSV rewriter of `header` tokenizing its `id` column as accounts.
     fn account_rewriter<'k>(key: &'k DomainKey, header: &[u8]) -> Rewriter<'k> {
@@ -497,16 +494,7 @@ mod tests {
             input.extend(std::iter::repeat_n(b'y', 53));
         }
         input.extend_from_slice(b"\"\nc,z\n");
-        let (s, out, rej) = run_str(
-            &rw,
-            &input,
-            Vec::new(),
-            2,
-            PipelineOptions {
-                threads: 2,
-                chunk_bytes: 1 << 16,
-            },
-        );
+        let (s, out, rej) = run_str(&rw, &input, Vec::new(), 2, SMALL_CHUNKS);
         assert_eq!((s.rewritten, s.rejected), (2, 1), "{rej}");
         let rows: Vec<&str> = out.lines().collect();
         assert_eq!(
@@ -574,10 +562,7 @@ mod tests {
     fn over_long_record_ended_by_a_lone_carriage_return() {
         let key = DomainKey::new("logs", 1, &[1; 32]).unwrap();
         let rw = account_rewriter(&key, b"id,note");
-        let opts = PipelineOptions {
-            threads: 2,
-            chunk_bytes: 1 << 16,
-        };
+        let opts = SMALL_CHUNKS;
         let mut input = b"a,x\rb,".to_vec();
         input.extend(std::iter::repeat_n(b'y', MAX_RECORD_BYTES));
         input.extend_from_slice(b"\rc\rd,z\n");

@@ -248,6 +248,18 @@ impl Ctx {
             .receipts
     }
 
+    /// Deletes the person (as partner-a, which created them).
+    async fn delete_subject(&self) -> anyhow::Result<()> {
+        self.tv
+            .subjects("partner-a")
+            .await?
+            .delete_subject(pb::DeleteSubjectRequest {
+                subject_id: self.subject.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// A `RevokeConsent` of consent `id`, signed by `key`.
     fn revoke_request(&self, key: &DeviceKey, id: &[u8]) -> pb::SignedDeviceRequest {
         self.device_request(
@@ -1147,24 +1159,19 @@ pub async fn consent_revoked_before_presentation_is_refused(
     let spare = enroll(&mut cx.a, &mut cx.wallet, &cx.subject).await;
     let req = cx.revoke_request(&spare, &[0xee; 16]);
     assert!(cx.wallet.revoke_consent(req).await?.into_inner().revoked);
-    let count = |sql: &'static str| {
-        let db = cx.tv.db().clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&db)
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(count("SELECT count(*) FROM consent_withdrawals").await, 66);
-    cx.tv
-        .subjects("partner-a")
-        .await?
-        .delete_subject(pb::DeleteSubjectRequest {
-            subject_id: cx.subject.clone(),
-        })
-        .await?;
-    assert_eq!(count("SELECT count(*) FROM consent_withdrawals").await, 1);
+    assert_eq!(
+        cx.tv
+            .count("SELECT count(*) FROM consent_withdrawals")
+            .await,
+        66
+    );
+    cx.delete_subject().await?;
+    assert_eq!(
+        cx.tv
+            .count("SELECT count(*) FROM consent_withdrawals")
+            .await,
+        1
+    );
     cx.tv.stop().await
 }
 
@@ -1460,13 +1467,7 @@ pub async fn enrollment_and_device_call_checks(backend: Backend) -> anyhow::Resu
         "request_outside_window",
     );
     // Deleting the subject removes its devices.
-    cx.tv
-        .subjects("partner-a")
-        .await?
-        .delete_subject(pb::DeleteSubjectRequest {
-            subject_id: cx.subject.clone(),
-        })
-        .await?;
+    cx.delete_subject().await?;
     let req = cx.device_request(
         &cx.device,
         pb::device_request::Action::ListReceipts(pb::ListReceipts {}),
