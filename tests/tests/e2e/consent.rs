@@ -1814,6 +1814,8 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
     for p in &people {
         tokens.push(token_of(&mut matcher, p).await.expect("found before"));
     }
+    // Learned weights: a row MACed under version 1 too.
+    cx.tv.vault.estimate_match_model("partner-a", 1000).await?;
 
     let root = cx.tv.dir.path().join("root.key");
     let domains: Vec<String> = vec!["logs".into(), "partner-a".into(), "partner-b".into()];
@@ -1836,6 +1838,7 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
         "consents",
         "consent_challenges",
         "pairwise_tokens",
+        "match_models",
         "audit leaves",
     ] {
         assert!(
@@ -1887,6 +1890,13 @@ pub async fn rewrap_then_retire(backend: Backend) -> anyhow::Result<()> {
     cx.tv.restart().await?;
     cx.reconnect().await;
     assert_eq!(cx.tv.vault.keys().versions(), vec![2]);
+    // The learned weights were re-MACed, so they are still used.
+    let models = cx.tv.vault.match_model_reports().await?;
+    let model = models.iter().find(|r| r.domain == "partner-a");
+    assert!(
+        model.is_some_and(|r| r.problem.is_none() && r.estimate.is_some()),
+        "{model:?}"
+    );
 
     let mut subjects = cx.tv.subjects("partner-a").await?;
     for (id, ..) in people.iter().chain(std::iter::once(&(

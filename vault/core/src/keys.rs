@@ -117,7 +117,19 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     fn retired_public_keys(&self) -> Vec<RetiredPublicKey> {
         Vec::new()
     }
+    /// The deletion-journal MAC key kept from retired version `version`
+    /// (`idvault/v1/shred-log`), if the provider kept it.
+    fn retired_shred_log_key(&self, _version: u32) -> Option<ShredLogKey> {
+        None
+    }
 }
+
+/// The key MACing deletion-journal lines.
+pub type ShredLogKey = super::secret::Secret<super::secret::ShredLogMaterial>;
+
+/// The word of a `retired` line keeping a version's deletion-journal MAC
+/// key.
+const RETIRED_SHRED_LOG: &str = "shred-log";
 
 /// What a retired version's kept public key verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -158,6 +170,16 @@ pub struct RetiredPublicKey {
     pub public: [u8; 32],
 }
 
+/// Appends `bytes` as lower-case hex, one character at a time, so no
+/// temporary copy of them is left unwiped.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
+    for b in bytes {
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0f));
+    }
+}
+
 /// Root keys held in memory, parsed from the key-file format.
 ///
 /// Key file format (text, one item per line, `#` comments allowed):
@@ -176,6 +198,11 @@ pub struct StaticKeyProvider {
     keys: BTreeMap<u32, RootKey>,
     domains: BTreeMap<String, u32>,
     retired: Vec<RetiredPublicKey>,
+    /// Retired versions' deletion-journal MAC keys: a journal outlives
+    /// the versions that wrote it, and a restore must still tell its
+    /// lines from forgeries. The key opens nothing (it only MACs lines),
+    /// so keeping it leaves a retired version's data unreadable.
+    retired_shred: BTreeMap<u32, ShredLogKey>,
 }
 
 impl fmt::Debug for StaticKeyProvider {
@@ -184,6 +211,7 @@ impl fmt::Debug for StaticKeyProvider {
             .field("versions", &self.keys.keys().collect::<Vec<_>>())
             .field("token_domains", &self.domains)
             .field("retired", &self.retired.len())
+            .field("retired_shred_log_keys", &self.retired_shred.len())
             .finish()
     }
 }
@@ -216,6 +244,7 @@ impl StaticKeyProvider {
             keys,
             domains: BTreeMap::new(),
             retired: Vec::new(),
+            retired_shred: BTreeMap::new(),
         })
     }
 
@@ -232,6 +261,9 @@ impl StaticKeyProvider {
             .iter()
             .any(|r| self.keys.contains_key(&r.version))
         {
+            return Err(KeyError::Malformed("a version is both held and retired"));
+        }
+        if self.retired_shred.keys().any(|v| self.keys.contains_key(v)) {
             return Err(KeyError::Malformed("a version is both held and retired"));
         }
         Ok(self)
@@ -271,7 +303,8 @@ impl StaticKeyProvider {
     }
 
     /// A copy without version `version`, keeping `public` (the retired
-    /// version's verification keys). Refuses to remove the current version.
+    /// version's verification keys) and its deletion-journal MAC key.
+    /// Refuses to remove the current version.
     pub fn without_version(
         &self,
         version: u32,
@@ -280,11 +313,14 @@ impl StaticKeyProvider {
         if version == self.current_version() {
             return Err(KeyError::Malformed("the current version cannot be retired"));
         }
-        if !self.keys.contains_key(&version) {
-            return Err(KeyError::UnknownVersion(version));
-        }
+        let root = self
+            .keys
+            .get(&version)
+            .ok_or(KeyError::UnknownVersion(version))?;
+        let shred: ShredLogKey = derive_from_root(root, LABEL_SHRED_LOG)?;
         let mut next = self.clone_all();
         next.keys.remove(&version);
+        next.retired_shred.insert(version, shred);
         next.retired.extend(public);
         next.retired.sort_by_key(|r| (r.version, r.purpose));
         next.checked()
@@ -295,6 +331,7 @@ impl StaticKeyProvider {
             keys: self.keys.clone(),
             domains: self.domains.clone(),
             retired: self.retired.clone(),
+            retired_shred: self.retired_shred.clone(),
         }
     }
 
@@ -310,6 +347,7 @@ impl StaticKeyProvider {
         let mut keys = BTreeMap::new();
         let mut domains = BTreeMap::new();
         let mut retired: Vec<RetiredPublicKey> = Vec::new();
+        let mut retired_shred = BTreeMap::new();
         for line in lines {
             let (ver, hex_key) = line
                 .split_once(char::is_whitespace)
@@ -344,6 +382,19 @@ impl StaticKeyProvider {
                 let version: u32 = v
                     .parse()
                     .map_err(|_| KeyError::Malformed("retired version is not a number"))?;
+                if purpose == RETIRED_SHRED_LOG {
+                    let mut bytes = [0u8; KEY_LEN];
+                    let parsed = hex::decode_to_slice(public, &mut bytes);
+                    let key = ShredLogKey::from_bytes(bytes, version);
+                    bytes.zeroize();
+                    parsed.map_err(|_| {
+                        KeyError::Malformed("retired shred-log key is not 64 hex digits")
+                    })?;
+                    if retired_shred.insert(version, key).is_some() {
+                        return Err(KeyError::Malformed("duplicate retired line"));
+                    }
+                    continue;
+                }
                 let purpose = RetiredPurpose::parse(purpose)
                     .ok_or(KeyError::Malformed("unknown retired key purpose"))?;
                 let mut key = [0u8; 32];
@@ -380,29 +431,46 @@ impl StaticKeyProvider {
         let mut p = Self::new(keys.into_values())?;
         p.domains = domains;
         p.retired = retired;
+        p.retired_shred = retired_shred;
         p.checked()
     }
 
     /// Serialises to the key-file format. The result holds key material:
     /// it is wiped on drop and must only be written to a 0600 file.
     pub fn to_key_file(&self) -> zeroize::Zeroizing<String> {
-        let mut out = zeroize::Zeroizing::new(format!("{KEY_FILE_HEADER}\n"));
+        use std::fmt::Write as _;
+        // Sized once and written in place: a buffer that grew by
+        // reallocation, or a `format!` temporary, would leave copies of
+        // key hex in freed memory that nothing wipes.
+        let line = 12 + 2 * KEY_LEN;
+        let capacity = KEY_FILE_HEADER.len()
+            + 1
+            + self.keys.len() * line
+            + self.domains.keys().map(|d| d.len() + 26).sum::<usize>()
+            + (self.retired.len() + self.retired_shred.len()) * (line + 32);
+        let mut out = zeroize::Zeroizing::new(String::with_capacity(capacity));
+        out.push_str(KEY_FILE_HEADER);
+        out.push('\n');
         for (v, k) in &self.keys {
-            let mut h = hex::encode(k.expose());
-            out.push_str(&format!("{v} {h}\n"));
-            h.zeroize();
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{v} ");
+            push_hex(&mut out, k.expose());
+            out.push('\n');
         }
         for (d, v) in &self.domains {
-            out.push_str(&format!("token-domain {d} {v}\n"));
+            let _ = writeln!(out, "token-domain {d} {v}");
         }
         for r in &self.retired {
-            out.push_str(&format!(
-                "retired {} {} {}\n",
-                r.version,
-                r.purpose.as_str(),
-                hex::encode(r.public)
-            ));
+            let _ = write!(out, "retired {} {} ", r.version, r.purpose.as_str());
+            push_hex(&mut out, &r.public);
+            out.push('\n');
         }
+        for (v, k) in &self.retired_shred {
+            let _ = write!(out, "retired {v} {RETIRED_SHRED_LOG} ");
+            push_hex(&mut out, k.expose());
+            out.push('\n');
+        }
+        debug_assert!(out.len() <= capacity, "the key file outgrew its buffer");
         out
     }
 
@@ -417,7 +485,15 @@ impl StaticKeyProvider {
 
     /// Returns a provider with a new current version appended (rotation).
     pub fn rotated(&self, rng: &dyn Rng) -> Result<Self, KeyError> {
-        let next = self.current_version().saturating_add(1);
+        // Never past the last version: a saturating add would replace the
+        // current key with a fresh one, and everything under it would be
+        // lost.
+        let next = self
+            .current_version()
+            .checked_add(1)
+            .ok_or(KeyError::Malformed(
+                "the root key version cannot go past 4294967295",
+            ))?;
         let new = Self::generate_key(rng, next)?;
         let mut out = self.clone_all();
         out.keys.insert(next, new);
@@ -447,6 +523,10 @@ impl KeyProvider for StaticKeyProvider {
 
     fn retired_public_keys(&self) -> Vec<RetiredPublicKey> {
         self.retired.clone()
+    }
+
+    fn retired_shred_log_key(&self, version: u32) -> Option<ShredLogKey> {
+        self.retired_shred.get(&version).cloned()
     }
 }
 
@@ -568,11 +648,15 @@ impl KeyHierarchy {
 
     /// The key MACing deletion journal entries, of `version`
     /// ([`crate::shred`]).
-    pub fn shred_log_key(
-        &self,
-        version: u32,
-    ) -> Result<super::secret::Secret<super::secret::ShredLogMaterial>, KeyError> {
-        self.derive(LABEL_SHRED_LOG, version)
+    pub fn shred_log_key(&self, version: u32) -> Result<ShredLogKey, KeyError> {
+        match self.derive(LABEL_SHRED_LOG, version) {
+            // A retired version's key, kept for its journal lines.
+            Err(KeyError::UnknownVersion(_)) => self
+                .provider
+                .retired_shred_log_key(version)
+                .ok_or(KeyError::UnknownVersion(version)),
+            r => r,
+        }
     }
 
     /// The key MACing one-time transaction codes, of `version`: stored
@@ -731,6 +815,13 @@ mod tests {
     }
 
     #[test]
+    fn rotation_stops_at_the_last_version() {
+        let last = StaticKeyProvider::new([RootKey::from_bytes([1; 32], u32::MAX)]).unwrap();
+        assert!(last.rotated(&crate::SystemRng::default()).is_err());
+        assert_eq!(last.root_key(u32::MAX).unwrap().expose(), &[1; 32]);
+    }
+
+    #[test]
     fn key_file_round_trip() {
         let p = provider();
         let text = p.to_key_file();
@@ -773,6 +864,13 @@ mod tests {
         );
         let again = StaticKeyProvider::parse(&p.to_key_file()).unwrap();
         assert_eq!(again.token_domains(), p.token_domains());
+        assert_eq!(
+            StaticKeyProvider::parse(&format!("{text}retired 1 shred-log {}\n", "33".repeat(32)))
+                .unwrap()
+                .retired_shred_log_key(1)
+                .map(|k| *k.expose()),
+            Some([0x33; 32])
+        );
         // Cross-line rules.
         for bad in [
             text.replace("token-domain logs 2", "token-domain logs 9"),
@@ -780,6 +878,12 @@ mod tests {
             text.replace("token-domain logs 2", "token-domain LOGS 2"),
             format!("{text}token-domain logs 3\n"),
             text.replace("audit-signing", "signing"),
+            format!("{text}retired 2 shred-log {}\n", "33".repeat(32)),
+            format!("{text}retired 1 shred-log {}\n", "3".repeat(63)),
+            format!(
+                "{text}retired 1 shred-log {k}\nretired 1 shred-log {k}\n",
+                k = "33".repeat(32)
+            ),
         ] {
             assert!(StaticKeyProvider::parse(&bad).is_err(), "{bad}");
         }

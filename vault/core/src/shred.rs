@@ -152,7 +152,7 @@ fn lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::keys::StaticKeyProvider;
+    use crate::keys::{KeyProvider, StaticKeyProvider};
     use crate::secret::RootKey;
 
     fn keys() -> KeyHierarchy {
@@ -184,6 +184,42 @@ mod tests {
             hex::encode(hmac_sha256(key.expose(), &[body.as_bytes()]))
         );
         assert!(body.starts_with("shred1 07070707-0707-"));
+    }
+
+    /// A journal outlives the versions that MACed it: once version 1 is
+    /// retired (its root key gone), its lines still verify with the MAC
+    /// key the key file keeps, through the file's text too, and a forged
+    /// line under it is still refused.
+    #[test]
+    fn lines_of_a_retired_version_still_verify() {
+        let v1 = StaticKeyProvider::new([RootKey::from_bytes([0x11; 32], 1)]).unwrap();
+        let line = entry().to_line(&keys()).unwrap();
+        let line = line.trim_end();
+        let v2 = v1.rotated(&crate::SystemRng::default()).unwrap();
+        let retired = v2.without_version(1, Vec::new()).unwrap();
+        let reread = StaticKeyProvider::parse(&retired.to_key_file()).unwrap();
+        assert_eq!(reread.versions(), vec![2]);
+        for p in [retired, reread] {
+            let k = KeyHierarchy::new(Box::new(p));
+            assert!(k.kek(1).is_err(), "the version's own keys are gone");
+            assert_eq!(ShredEntry::from_line(line, &k).unwrap(), entry());
+            let forged = line.replace("shred1 07", "shred1 08");
+            let forged = format!(
+                "{} {}",
+                forged.rsplit_once(' ').unwrap().0,
+                hex::encode([0u8; 32])
+            );
+            assert_eq!(
+                ShredEntry::from_line(&forged, &k),
+                Err(ShredLineError::BadMac)
+            );
+            // A version never held stays unknown.
+            let other = line.replace(" 1 ", " 7 ");
+            assert_eq!(
+                ShredEntry::from_line(&other, &k),
+                Err(ShredLineError::UnknownVersion(7))
+            );
+        }
     }
 
     #[test]

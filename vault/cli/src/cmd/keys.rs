@@ -322,7 +322,7 @@ async fn retire(dir: &DataDir, version: u32, database_url: Option<String>) -> an
     vault.store().close().await;
     println!(
         "root key version {version} retired: removed from {} (its audit and receipt verification \
-         keys kept). Copies of data made before the rewrap (backups) that only version {version} \
+         keys and its deletion-journal MAC key kept). Copies of data made before the rewrap (backups) that only version {version} \
          opens are now unreadable",
         path.display()
     );

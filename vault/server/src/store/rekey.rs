@@ -48,6 +48,8 @@ pub enum MacTable {
     Transactions,
     /// `pairwise_tokens`
     PairwiseTokens,
+    /// `match_models` (a domain's learned weights)
+    MatchModels,
 }
 
 /// How a key column binds.
@@ -80,7 +82,7 @@ fn bind_pk<'q>(
 
 impl MacTable {
     /// Every MACed table.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Subjects,
         Self::Devices,
         Self::EnrollmentCodes,
@@ -92,6 +94,7 @@ impl MacTable {
         Self::Credentials,
         Self::Transactions,
         Self::PairwiseTokens,
+        Self::MatchModels,
     ];
 
     /// The table's name.
@@ -108,6 +111,7 @@ impl MacTable {
             Self::Credentials => "credentials",
             Self::Transactions => "transactions",
             Self::PairwiseTokens => "pairwise_tokens",
+            Self::MatchModels => "match_models",
         }
     }
 
@@ -144,6 +148,7 @@ impl MacTable {
                  approved, mac_version, mac"
             }
             Self::PairwiseTokens => "partner, subject_id, token, mac_version, mac",
+            Self::MatchModels => "domain, estimated_at_ms, model, mac_version, mac",
         }
     }
 
@@ -167,6 +172,7 @@ impl MacTable {
             // storage key filled in by a trigger for rows written by id
             // alone (migration 0028).
             Self::PairwiseTokens => &[("token", Text)],
+            Self::MatchModels => &[("domain", Text)],
         }
     }
 
@@ -284,6 +290,9 @@ impl MacTable {
                 "UPDATE pairwise_tokens SET mac_version = $1, mac = $2 \
                  WHERE token = $3 AND partner = $4 AND subject_id = $5 AND mac = $6"
             }
+            Self::MatchModels => {
+                "UPDATE match_models SET mac_version = $1, mac = $2 WHERE domain = $3 AND mac = $4"
+            }
         }
     }
 
@@ -303,6 +312,7 @@ impl MacTable {
             Self::Credentials => "SELECT COUNT(*) FROM credentials WHERE mac_version = $1",
             Self::Transactions => "SELECT COUNT(*) FROM transactions WHERE mac_version = $1",
             Self::PairwiseTokens => "SELECT COUNT(*) FROM pairwise_tokens WHERE mac_version = $1",
+            Self::MatchModels => "SELECT COUNT(*) FROM match_models WHERE mac_version = $1",
         }
     }
 
@@ -322,6 +332,7 @@ impl MacTable {
             Self::Credentials => "SELECT COUNT(*) FROM credentials WHERE mac_version < $1",
             Self::Transactions => "SELECT COUNT(*) FROM transactions WHERE mac_version < $1",
             Self::PairwiseTokens => "SELECT COUNT(*) FROM pairwise_tokens WHERE mac_version < $1",
+            Self::MatchModels => "SELECT COUNT(*) FROM match_models WHERE mac_version < $1",
         }
     }
 
@@ -418,6 +429,13 @@ impl MacTable {
                     bytes,
                     vec![text("token")?, text("partner")?, blob("subject_id")?],
                 )
+            }
+            Self::MatchModels => {
+                let domain: String = r.try_get("domain")?;
+                let model: Vec<u8> = r.try_get("model")?;
+                let bytes = rowmac::match_model(&domain, r.try_get("estimated_at_ms")?, &model);
+                check_row(keys, &bytes, r)?;
+                (bytes, vec![text("domain")?])
             }
         })
     }
