@@ -232,6 +232,111 @@ pub async fn forged_leaf_is_not_sequenced(b: Backend) -> anyhow::Result<()> {
     tv.stop().await
 }
 
+/// A database writer without the root key stages a forged leaf as if it
+/// were already sequenced: the leaf row with the next index, the tree
+/// nodes its hash gives, and a checkpoint row of the larger size (first
+/// with a made-up note, then with the genuine newest note copied). The
+/// sequencer resumes only from a tree the newest signed note signs, so it
+/// signs nothing over the forgery: real leaves wait unsequenced, no
+/// checkpoint past the forged size appears, and once the rows are gone it
+/// goes on and the log verifies.
+pub async fn forged_tree_state_is_not_signed(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 3).await?;
+    let mut tree = merkle::Appender::new();
+    let mut nodes = Vec::new();
+    for i in 0..3i64 {
+        let bytes: Vec<u8> = sqlx::query_scalar("SELECT leaf FROM audit_log WHERE idx = $1")
+            .bind(i)
+            .fetch_one(tv.db())
+            .await?;
+        nodes.extend(tree.push(merkle::leaf_hash(&bytes)));
+    }
+    let mut forged = leaf_at(&tv, 0).await?;
+    forged.actor = "spiffe://idvault.dev/partner/partner-b".into();
+    forged.action = "Release".into();
+    forged.request_id = [9; 16];
+    let added = tree.push(merkle::leaf_hash(&forged.encode()));
+    sqlx::query(
+        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
+         head_seq, leaf, key_version, mac, idx) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, 3)",
+    )
+    .bind(forged.time_ms)
+    .bind(forged.actor.clone())
+    .bind(forged.action.clone())
+    .bind(forged.subject.clone())
+    .bind(forged.outcome.clone())
+    .bind(forged.detail.clone())
+    .bind(forged.request_id.to_vec())
+    .bind(forged.head.map(|(s, _)| s as i64))
+    .bind(forged.encode())
+    .bind(vec![0u8; 32])
+    .execute(tv.db())
+    .await?;
+    for (id, hash) in &added {
+        sqlx::query(
+            "INSERT INTO audit_nodes (level, idx, hash) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(i64::from(id.level))
+        .bind(id.index as i64)
+        .bind(hash.to_vec())
+        .execute(tv.db())
+        .await?;
+    }
+    let genuine: String =
+        sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE tree_size = 3")
+            .fetch_one(tv.db())
+            .await?;
+    let past = "SELECT count(*) FROM audit_checkpoints WHERE tree_size > 4";
+    let waiting = "SELECT count(*) FROM audit_log WHERE idx IS NULL";
+    for note in ["x".to_owned(), genuine] {
+        sqlx::query("DELETE FROM audit_checkpoints WHERE tree_size = 4")
+            .execute(tv.db())
+            .await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root, note, time_ms) VALUES (4, $1, $2, 0)",
+        )
+        .bind(tree.root().to_vec())
+        .bind(note)
+        .execute(tv.db())
+        .await?;
+        // A real write: it waits, and nothing is signed over the forgery.
+        create(&tv, "partner-a", &[("city", "Quito")]).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(tv.count(past).await, 0, "a checkpoint over the forged leaf");
+        assert!(tv.count(waiting).await >= 1);
+    }
+    // The forgery removed: sequencing goes on, and the log verifies.
+    sqlx::query("DELETE FROM audit_checkpoints WHERE tree_size = 4")
+        .execute(tv.db())
+        .await?;
+    sqlx::query("DELETE FROM audit_log WHERE idx = 3")
+        .execute(tv.db())
+        .await?;
+    for (id, _) in &added {
+        sqlx::query("DELETE FROM audit_nodes WHERE level = $1 AND idx = $2")
+            .bind(i64::from(id.level))
+            .bind(id.index as i64)
+            .execute(tv.db())
+            .await?;
+    }
+    tv.checkpointed().await?;
+    let v = verdict(&tv).await?;
+    assert!(
+        matches!(
+            v,
+            AuditVerdict::Intact {
+                leaves: 5,
+                pending: 0,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    tv.stop().await
+}
+
 /// Rolls subject `raw`'s chain back to its first packet as a database
 /// writer would: its second packet dropped, its head reset to the first.
 async fn roll_back_to_first_packet(tv: &TestVault, raw: Vec<u8>) -> anyhow::Result<()> {

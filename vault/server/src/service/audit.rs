@@ -119,6 +119,12 @@ pub struct SequencerState {
     lease: Option<SequencerLease>,
     skipped: HashSet<(i64, Hash)>,
     keys: HashMap<u32, AuditKey>,
+    /// The vault's own checkpoint verifiers, made once.
+    verifiers: Vec<NoteVerifier>,
+    /// The largest tree this process saw signed (size, root): the stored
+    /// newest checkpoint may only grow from it, so a log cut back and
+    /// re-sequenced while this process runs is refused, not signed again.
+    seen: Option<(u64, Hash)>,
 }
 
 /// A sequenced `Match` leaf whose answer revealed a given subject.
@@ -271,7 +277,19 @@ impl Vault {
         let Some(lease) = st.lease.as_mut() else {
             return Ok(None);
         };
-        match sequence(self, lease, &mut st.skipped, &mut st.keys).await {
+        if st.verifiers.is_empty() {
+            st.verifiers = self
+                .audit_verifier_keys()?
+                .iter()
+                .map(|k| NoteVerifier::parse(k))
+                .collect::<Result<_, _>>()
+                .map_err(|_| VaultError::Internal("audit verifier key"))?;
+        }
+        let resume = Resume {
+            verifiers: &st.verifiers,
+            seen: &mut st.seen,
+        };
+        match sequence(self, lease, &mut st.skipped, &mut st.keys, resume).await {
             Ok(n) => Ok(Some(n)),
             Err(e) => {
                 // The lease's connection may be gone with its lock: take
@@ -525,11 +543,79 @@ pub(crate) fn mac_ok(
     })
 }
 
+/// What the sequencer checks the stored tree against before extending it.
+struct Resume<'a> {
+    verifiers: &'a [NoteVerifier],
+    seen: &'a mut Option<(u64, Hash)>,
+}
+
+impl Resume<'_> {
+    /// The tree to extend: the stored right edge, accepted only when it
+    /// hashes to the root the newest checkpoint's note signs, and when
+    /// that checkpoint does not go back on one this process saw.
+    ///
+    /// Guards against a database writer without the root key: the edge
+    /// nodes, the leaf rows already given an index and the checkpoint
+    /// rows are all writable, and a sequencer that extended whatever they
+    /// hold would sign a forged leaf into the tree (a placeholder
+    /// checkpoint row of a larger size, nodes made from the forged leaf's
+    /// hash). Only a signed note pins what was signed.
+    fn check(
+        &mut self,
+        origin: &str,
+        size: u64,
+        note: Option<&str>,
+        edge: &[(NodeId, Hash)],
+    ) -> Result<Appender, VaultError> {
+        const REFUSED: VaultError = VaultError::Integrity(
+            "audit: the stored tree does not match the newest signed checkpoint; not sequencing",
+        );
+        let tree = Appender::resume(size, edge).map_err(tree_err)?;
+        let root = tree.root();
+        if let Some(note) = note {
+            let cp = checkpoint::open_checkpoint(note, self.verifiers, origin);
+            if matches!(cp, Err(checkpoint::NoteError::NoKnownSignature)) {
+                // Most likely signed under a root key version this
+                // process does not hold yet (a rolling rotation).
+                tracing::error!(
+                    size,
+                    "the newest checkpoint is signed by a key this process does not hold: not sequencing; restart it with the current key file (or run `idvault audit verify`)"
+                );
+                return Err(REFUSED);
+            }
+            let good = cp.is_ok_and(|cp| cp.size == size && crypto::ct_eq(&cp.root, &root));
+            if !good {
+                tracing::error!(
+                    size,
+                    "the newest checkpoint's note does not sign the stored tree: audit rows edited; not sequencing (run `idvault audit verify`)"
+                );
+                return Err(REFUSED);
+            }
+        } else if size != 0 {
+            return Err(REFUSED);
+        }
+        if let Some((seen, seen_root)) = *self.seen {
+            let back = size < seen || (size == seen && !crypto::ct_eq(&seen_root, &root));
+            if back {
+                tracing::error!(
+                    size,
+                    seen,
+                    "the newest checkpoint is older than one this process saw signed: the log was cut back; not sequencing (run `idvault audit verify`)"
+                );
+                return Err(REFUSED);
+            }
+        }
+        *self.seen = Some((size, root));
+        Ok(tree)
+    }
+}
+
 async fn sequence(
     vault: &Vault,
     lease: &mut SequencerLease,
     skipped: &mut HashSet<(i64, Hash)>,
     keys: &mut HashMap<u32, AuditKey>,
+    mut resume: Resume<'_>,
 ) -> Result<u64, VaultError> {
     let store = vault.store();
     // Monotonic, for the debug phase timings only (never a decision).
@@ -556,8 +642,9 @@ async fn sequence(
         );
         return Ok(0);
     }
-    let (size, edge) = lease.tree_state(store, merkle::root_nodes).await?;
-    let mut tree = Appender::resume(size, &edge).map_err(tree_err)?;
+    let origin = &vault.audit_settings().origin;
+    let (size, note, edge) = lease.tree_state(store, merkle::root_nodes).await?;
+    let mut tree = resume.check(origin, size, note.as_deref(), &edge)?;
     let mut assigned = Vec::with_capacity(pending.len());
     let mut nodes = Vec::new();
     for row in &pending {
@@ -610,6 +697,7 @@ async fn sequence(
     .await?;
     let written = started.elapsed();
     tx.commit().await.map_err(VaultError::AuditUnavailable)?;
+    *resume.seen = Some((cp.size, cp.root));
     // For latency work (`RUST_LOG=idvault_server::service::audit=debug`):
     // only the phases from `begin_us` on hold the SQLite writer.
     tracing::debug!(

@@ -598,20 +598,25 @@ impl SequencerLease {
         })
     }
 
-    /// The size of the newest checkpoint and its right-edge nodes.
+    /// The newest checkpoint's signed note (`None` before the first) and
+    /// the right-edge nodes of its size. The caller checks the note and
+    /// that the nodes hash to its root before extending the tree: neither
+    /// row is trusted by itself.
     pub async fn tree_state(
         &mut self,
         store: &Store,
         edge: impl Fn(u64) -> Vec<NodeId>,
-    ) -> Result<(u64, Vec<(NodeId, Hash)>), StoreError> {
+    ) -> Result<(u64, Option<String>, Vec<(NodeId, Hash)>), StoreError> {
         let mut conn = self.reader(store).await?;
-        let size: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
-            .fetch_one(&mut *conn)
-            .await?;
-        let size = size
-            .map(|s| i64_to_u64(s, "audit_checkpoints.tree_size"))
-            .transpose()?
-            .unwrap_or(0);
+        let newest: Option<(i64, String)> = sqlx::query_as(
+            "SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        let (size, note) = match newest {
+            Some((s, note)) => (i64_to_u64(s, "audit_checkpoints.tree_size")?, Some(note)),
+            None => (0, None),
+        };
         let ids = edge(size);
         let found = nodes(&mut conn, &ids).await?;
         if found.len() != ids.len() {
@@ -619,7 +624,7 @@ impl SequencerLease {
                 "audit_nodes: right edge of the newest checkpoint missing",
             ));
         }
-        Ok((size, found))
+        Ok((size, note, found))
     }
 
     /// Up to `limit` leaves waiting for an index, in insertion order.
