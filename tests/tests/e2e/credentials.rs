@@ -595,6 +595,15 @@ impl Ctx {
         (by_vault, offline)
     }
 
+    /// Whether the vault's live check accepts a presentation of `issued`.
+    async fn accepted_by_vault(&mut self, issued: &Issued) -> Result<(), String> {
+        let p = self.present(issued, "n-status");
+        match self.verify(&p, "n-status").await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(reason(&e).to_owned()),
+        }
+    }
+
     async fn device_revoke(
         &mut self,
         key: &DeviceKey,
@@ -778,6 +787,43 @@ pub async fn revocation_by_device_operator_and_deletion(b: Backend) -> anyhow::R
         idvault_tests::idvault_server::service::AuditVerdict::Intact { .. }
     ));
     cx2.tv.stop().await
+}
+
+/// A database writer deletes the newest status list and its entries, so
+/// that the list would be started again with the same id and hand its
+/// indexes, in the same order, to new credentials: a running vault
+/// refuses to start a list id it has seen, and nothing is written. After a
+/// restart (the vault no longer knows the list existed) a new credential
+/// does take the removed one's index, but the live check still refuses
+/// the removed, revoked credential: the row is the new credential's, and
+/// its expiry is not the one the old credential carries.
+pub async fn removed_status_list_is_not_started_again(b: Backend) -> anyhow::Result<()> {
+    let revoked = || Err("revoked".to_owned());
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let a = cx.issue(&[]).await?;
+    let device = cx.device.clone();
+    assert!(cx.device_revoke(&device, &a).await?);
+    assert_eq!(cx.accepted(&a).await.0, revoked());
+    for sql in ["DELETE FROM credentials", "DELETE FROM status_lists"] {
+        sqlx::query(sql).execute(cx.tv.db()).await?;
+    }
+    assert_eq!(cx.accepted_by_vault(&a).await, revoked());
+    let e = cx.issue(&[]).await.unwrap_err();
+    assert!(matches!(e.code(), Code::DataLoss | Code::Internal), "{e:?}");
+    assert_eq!(cx.tv.count("SELECT count(*) FROM status_lists").await, 0);
+    assert_eq!(cx.tv.count("SELECT count(*) FROM credentials").await, 0);
+
+    // A later second: the next credential's expiry differs from A's.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    cx.tv.restart().await?;
+    cx.wallet = DeviceServiceClient::new(cx.tv.channel("wallet").await?);
+    cx.rp = CredentialServiceClient::new(cx.tv.channel("partner-a").await?);
+    let c = cx.issue(&[]).await?;
+    let (sa, sc) = (a.parsed.status()?, c.parsed.status()?);
+    assert_eq!((&sa.uri, sa.idx), (&sc.uri, sc.idx), "the same place again");
+    assert_eq!(cx.accepted_by_vault(&c).await, Ok(()));
+    assert_eq!(cx.accepted_by_vault(&a).await, revoked());
+    cx.tv.stop().await
 }
 
 /// A revocation whose deadline passed before it ran did nothing, so the

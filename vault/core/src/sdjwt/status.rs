@@ -380,12 +380,16 @@ pub struct CredentialEntry {
 
 /// Builds a one-bit list from its state and its stored entries, each with
 /// whether its row MAC verified. Fails closed: an entry placed before the
-/// count was read (`seq < next_seq`) is [`VALID`] only if its row verified
-/// and is not revoked; one with no such row (deleted, or edited) is
+/// count was read (`seq < next_seq`) is [`VALID`] only if a row of this
+/// list whose MAC verified, not revoked, sits at the index its place gives
+/// (`idx == P(seq)`); one with no such row (deleted, edited, moved) is
 /// [`INVALID`] at the index the permutation gives it, and so is a row that
 /// did not verify. A verified row at or past the count was placed after
 /// the count was read (the caller reads the list first, then its
-/// entries): it keeps its own state.
+/// entries): it keeps its own state. Indexes not placed yet stay valid, so
+/// a new credential is valid in the published list before it is re-signed
+/// (nothing refers to them until then; `service::status_lists` keeps a
+/// removed list from being started again).
 pub fn build_list(
     state: &StatusListState,
     perm: &IndexPermutation,
@@ -399,7 +403,9 @@ pub fn build_list(
         let Ok(idx) = u64::try_from(e.idx) else {
             continue;
         };
-        if !mac_ok || e.revoked_at_ms.is_some() {
+        let in_place = e.list_id == state.list_id
+            && u64::try_from(e.seq).is_ok_and(|seq| seq < size && perm.apply(seq) == idx);
+        if !mac_ok || e.revoked_at_ms.is_some() || !in_place {
             list.set(idx, INVALID);
         } else if let Some(v) = usize::try_from(e.seq).ok().and_then(|s| valid.get_mut(s)) {
             *v = true;
@@ -671,7 +677,9 @@ mod tests {
             revoked_at_ms: revoked.then_some(1),
         };
         // 0 and 1 valid; 2 deleted; 3 revoked; 4 edited (MAC fails); 9
-        // and 10 placed after the count was read keep their own state.
+        // and 10 placed after the count was read keep their own state; a
+        // row of another list, and one at an index its place does not
+        // give, are not valid.
         let rows = vec![
             (entry(0, false), true),
             (entry(1, false), true),
@@ -679,6 +687,20 @@ mod tests {
             (entry(4, false), false),
             (entry(9, false), true),
             (entry(10, true), true),
+            (
+                CredentialEntry {
+                    list_id: 2,
+                    ..entry(11, false)
+                },
+                true,
+            ),
+            (
+                CredentialEntry {
+                    idx: perm.apply(13) as i64,
+                    ..entry(12, false)
+                },
+                true,
+            ),
         ];
         let list = build_list(&state, &perm, rows).unwrap();
         assert_eq!(list.len(), 1024);
@@ -693,9 +715,13 @@ mod tests {
         }
         assert_eq!(list.get(perm.apply(9)), Some(VALID));
         assert_eq!(list.get(perm.apply(10)), Some(INVALID));
+        // A row of another list, and one away from its place, are not
+        // valid (at the index they sit at).
+        assert_eq!(list.get(perm.apply(11)), Some(INVALID));
+        assert_eq!(list.get(perm.apply(13)), Some(INVALID));
         // Entries never placed stay valid (nothing refers to them).
         let invalid = (0..1024).filter(|i| list.get(*i) == Some(INVALID)).count();
-        assert_eq!(invalid, 4);
+        assert_eq!(invalid, 6);
         assert!(!state.is_full());
         assert!(
             StatusListState {

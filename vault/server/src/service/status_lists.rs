@@ -5,9 +5,21 @@
 //! (docs/digital-id.md, "Revocation").
 //!
 //! The published list fails closed against a database writer: an entry is
-//! valid only when its row's MAC verifies and it is not revoked, and every
-//! credential the list's (MACed) count says was placed but whose row is
-//! gone is published as revoked ([`idvault_core::sdjwt::status::build_list`]).
+//! valid only when its row's MAC verifies, it is not revoked and it sits
+//! at the index its place gives, and every credential the list's (MACed)
+//! count says was placed but whose row is gone is published as revoked
+//! ([`idvault_core::sdjwt::status::build_list`]).
+//!
+//! A list's id is never given twice while a vault process runs: each
+//! process remembers the highest list id it has read or made
+//! ([`StatusLists::highest`]) and refuses to start a list at or below it.
+//! A writer who deletes the newest list and its rows would otherwise get
+//! the same list id, and so the same indexes in the same order, handed to
+//! new credentials, which would then publish revoked credentials of the
+//! removed list as valid again. The live check of `VerifyPresentation`
+//! also requires the row's (MACed) expiry to be the presented
+//! credential's `exp`, so a row given to another credential never answers
+//! for an earlier one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,9 +52,21 @@ pub(crate) struct StatusCache {
 pub(crate) struct StatusLists {
     cache: std::sync::Mutex<StatusCache>,
     rebuild: tokio::sync::Mutex<()>,
+    /// The highest list id this process has read or started: no list at
+    /// or below it is started again (see the module's documentation).
+    highest: std::sync::atomic::AtomicI64,
 }
 
 impl StatusLists {
+    fn seen(&self, list_id: i64) {
+        self.highest
+            .fetch_max(list_id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn highest(&self) -> i64 {
+        self.highest.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, StatusCache> {
         self.cache
             .lock()
@@ -112,8 +136,17 @@ impl Vault {
                     break;
                 }
                 newest => {
+                    let list_id = newest.map_or(1, |n| n.list_id + 1);
+                    if list_id <= self.status_lists.highest() {
+                        tracing::error!(
+                            list_id,
+                            highest = self.status_lists.highest(),
+                            "status lists up to this id existed and their rows are gone (removed behind the vault's back?): not starting it again"
+                        );
+                        return Err(VaultError::Integrity("status list rows removed"));
+                    }
                     let l = StatusListState {
-                        list_id: newest.map_or(1, |n| n.list_id + 1),
+                        list_id,
                         log2,
                         key_version: self.keys().current_version(),
                         next_seq: 0,
@@ -127,6 +160,7 @@ impl Vault {
             }
         }
         let l = list.ok_or(VaultError::Internal("no status list could be started"))?;
+        self.status_lists.seen(l.list_id);
         let idx = self.permutation(&l)?.apply(
             u64::try_from(l.next_seq).map_err(|_| VaultError::Integrity("status list count"))?,
         );
@@ -305,6 +339,7 @@ impl Vault {
         let key = self.issuer_key()?;
         let mut tokens = BTreeMap::new();
         for (list_id, l) in self.store().status_lists().await? {
+            self.status_lists.seen(list_id);
             let l = match l {
                 Ok(l) => l,
                 Err(e) => {
@@ -391,9 +426,13 @@ impl Vault {
             return refuse(SdJwtError::Status("status index out of range"));
         };
         match self.store().credential_entry(list_id, idx).await? {
-            Some((e, true)) if e.revoked_at_ms.is_none() => Ok(()),
-            // Revoked, a row that does not verify, or none at all (the
-            // issuer signed this index, so its row was removed).
+            // The row is this credential's: its MACed expiry is the one the
+            // credential carries (a row given to a later credential at the
+            // same index has a later one).
+            Some((e, true)) if e.revoked_at_ms.is_none() && e.expires_at == v.expires_at => Ok(()),
+            // Revoked, a row that does not verify or is another
+            // credential's, or none at all (the issuer signed this index,
+            // so its row was removed).
             _ => refuse(SdJwtError::Revoked),
         }
     }
