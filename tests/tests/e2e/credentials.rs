@@ -707,6 +707,14 @@ pub async fn revocation_by_device_operator_and_deletion(b: Backend) -> anyhow::R
         ("RevokeCredential", "invalid")
     );
     assert!(cx.rp.revoke_credential(op(&sb)).await?.into_inner().revoked);
+    // Named by its status entry: the operator's own records never name
+    // the holder's subject id; the vault's own record does.
+    let named = "SELECT count(*) FROM audit_log WHERE action = 'RevokeCredential' \
+                 AND subject IS NOT NULL";
+    assert_eq!(cx.tv.count(named).await, 0);
+    let own = "SELECT count(*) FROM audit_log WHERE action = 'RequestSubject' \
+               AND detail LIKE '%RevokeCredential%'";
+    assert_eq!(cx.tv.count(own).await, 1);
     assert_eq!(cx.accepted(&b_cred).await, revoked());
     let (action, outcome, detail) = cx.tv.last_audit().await;
     assert_eq!(

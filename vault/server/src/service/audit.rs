@@ -247,7 +247,9 @@ fn withheld(leaf: &AuditLeaf) -> bool {
     match leaf.action.as_str() {
         "Match" => leaf.detail.contains("subjects=["),
         "PublishEvent" => leaf.detail.starts_with("outcome="),
-        "RequestTransactionCode" | "AwaitTransaction" => leaf.subject.is_some(),
+        "RequestTransactionCode" | "AwaitTransaction" | "RevokeCredential" => {
+            leaf.subject.is_some()
+        }
         _ => false,
     }
 }

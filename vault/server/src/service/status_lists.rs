@@ -262,6 +262,10 @@ impl Vault {
     ) -> Result<Revoked, VaultError> {
         let out = self
             .handle(caller, Action::RevokeCredential, async |req| {
+                // Named by list and index, which any relying party sees in
+                // a presentation: its records must not hand it the vault's
+                // subject id (the vault's own record names it).
+                req.hide_subject();
                 let mut tx = self.begin().await?;
                 let (out, subject) = self.revoke_entry(&mut tx, r, None).await?;
                 if let Some(s) = subject {
