@@ -829,6 +829,58 @@ fn dataset() -> Vec<LinkRecord> {
     ]
 }
 
+/// A one-to-one job's assignment is decided over the whole job, so what
+/// its first records get depends on its last: every chunk's audit record
+/// is committed before the first chunk is sent, and a client that reads
+/// the first answer and goes away has still had every subject the job
+/// revealed recorded.
+pub async fn one_to_one_link_records_every_chunk_before_answering(
+    b: Backend,
+) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (_, ada_token) = create(&tv, "partner-a", ADA).await;
+    // 130 records: two chunks; Ada's record is in the second.
+    let mut records: Vec<LinkRecord> = (0..129)
+        .map(|i| record(&format!("f{i}"), &[("family_name", "Smith")]))
+        .collect();
+    records.push(record("ada", ADA));
+    let mut msgs: Vec<LinkRequest> = records
+        .chunks(100)
+        .map(|c| LinkRequest {
+            options: None,
+            records: c.to_vec(),
+        })
+        .collect();
+    msgs[0].options = Some(LinkOptions {
+        one_to_one: true,
+        min_score: 0.0,
+    });
+    let mut out = client(&tv, "partner-a")
+        .await
+        .link(tokio_stream::iter(msgs))
+        .await?
+        .into_inner();
+    let revealed = "SELECT count(*) FROM audit_log WHERE detail LIKE 'link one_to_one queries%'";
+    loop {
+        let m = out.message().await?.expect("an answer");
+        if !m.results.is_empty() {
+            assert_eq!(m.results.len(), 100, "the first chunk");
+            break;
+        }
+    }
+    // Before reading on: both chunks are on record already.
+    assert_eq!(tv.count(revealed).await, 2);
+    drop(out);
+    let ada: String = sqlx::query_scalar(
+        "SELECT detail FROM audit_log WHERE detail LIKE 'link one_to_one queries=30 %'",
+    )
+    .fetch_one(tv.db())
+    .await?;
+    assert!(ada.contains("matched=1"), "{ada}");
+    assert!(!ada_token.is_empty());
+    tv.stop().await
+}
+
 pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let (ada, ada_token) = create(&tv, "partner-a", ADA).await;

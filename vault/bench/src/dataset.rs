@@ -302,7 +302,7 @@ async fn run_in(
         answers.extend(vault.link_batch(&caller(), &mut job, recs).await?);
         done += batch.len();
     }
-    for chunk in job.assign() {
+    for chunk in job.assign().0 {
         answers.extend(vault.link_reveal(&caller(), chunk).await?);
     }
     report.one_to_one_per_sec = queries.len() as f64 / t.elapsed().as_secs_f64();

@@ -393,7 +393,7 @@ async fn link_all(
             answers.extend(vault.link_batch(&caller(), &mut job, recs).await?);
         }
         if one_to_one {
-            for chunk in job.assign() {
+            for chunk in job.assign().0 {
                 answers.extend(vault.link_reveal(&caller(), chunk).await?);
             }
         }

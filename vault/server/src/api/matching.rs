@@ -261,13 +261,22 @@ impl MatchService for MatchApi {
                 return;
             };
             let received = job.received() as u64;
-            for chunk in job.assign() {
+            let (chunks, _held) = job.assign();
+            // Every chunk is revealed (its audit record committed) before
+            // the first answer goes out. The assignment is decided over the
+            // whole job, so what an early record gets depends on later
+            // ones: a client that read the first answers and then went
+            // away would otherwise have learnt about subjects named by
+            // later chunks that no audit record would name.
+            let mut replies = Vec::with_capacity(chunks.len());
+            for chunk in chunks {
                 let answered = vault.link_reveal(&who, chunk);
                 let Some(answers) = until(&tx, deadline, "Link", answered).await else {
                     return;
                 };
-                let results = link_results(answers);
-                // The client went away: nothing more is revealed.
+                replies.push(link_results(answers));
+            }
+            for results in replies {
                 if !super::send_within(&tx, LinkResponse { received, results }, deadline).await {
                     return;
                 }

@@ -379,9 +379,13 @@ impl LinkJob {
 
     /// Ends a one-to-one job: assigns its records (see
     /// [`assign_one_to_one`]) and returns them in record order, in chunks
-    /// of [`MAX_BATCH`] for [`Vault::link_reveal`]. Nothing is revealed
-    /// until a chunk is.
-    pub fn assign(self) -> Vec<LinkChunk> {
+    /// of [`MAX_BATCH`] for [`Vault::link_reveal`], with the job's permits
+    /// ([`LinkHeld`]: keep it until the answers are sent). Nothing is
+    /// revealed until a chunk is.
+    pub fn assign(self) -> (Vec<LinkChunk>, LinkHeld) {
+        let held = LinkHeld {
+            _permits: self.held,
+        };
         let (ids, kept): (Vec<String>, Vec<Result<Vec<Hit>, String>>) =
             self.pending.into_iter().unzip();
         let candidates: Vec<Vec<Hit>> = kept
@@ -408,8 +412,16 @@ impl LinkJob {
             let assigned = assigned.by_ref().take(ids.len()).collect();
             out.push(LinkChunk { ids, assigned });
         }
-        out
+        (out, held)
     }
+}
+
+/// The permits of an ended one-to-one job's records: its answers stay in
+/// memory until sent, so they count against [`MAX_HELD_LINK_RECORDS`]
+/// until this is dropped.
+#[derive(Debug)]
+pub struct LinkHeld {
+    _permits: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Up to [`MAX_BATCH`] assigned records of a one-to-one Link job.
