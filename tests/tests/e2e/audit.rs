@@ -337,6 +337,52 @@ pub async fn forged_tree_state_is_not_signed(b: Backend) -> anyhow::Result<()> {
     tv.stop().await
 }
 
+/// A database writer cuts a running vault's log back to an older signed
+/// checkpoint (newer checkpoints and nodes deleted, later leaves' indexes
+/// cleared, one of them removed): re-sequencing would sign a fork at sizes
+/// already signed. The vault remembers the newest checkpoint it saw, so
+/// it signs nothing until it is restarted.
+pub async fn cut_back_log_is_not_signed_again(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 3).await?;
+    for city in ["Cusco", "Arequipa"] {
+        create(&tv, "partner-a", &[("city", city)]).await?;
+    }
+    tv.checkpointed().await?;
+    let newest = "SELECT max(tree_size) FROM audit_checkpoints";
+    assert_eq!(tv.count(newest).await, 5);
+    // Let every replica's follower see size 5.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    sqlx::query("DELETE FROM audit_checkpoints WHERE tree_size > 3")
+        .execute(tv.db())
+        .await?;
+    for level in 0..4i64 {
+        for idx in 0..8i64 {
+            if (idx + 1) << level > 3 {
+                sqlx::query("DELETE FROM audit_nodes WHERE level = $1 AND idx = $2")
+                    .bind(level)
+                    .bind(idx)
+                    .execute(tv.db())
+                    .await?;
+            }
+        }
+    }
+    sqlx::query("DELETE FROM audit_log WHERE idx = 3")
+        .execute(tv.db())
+        .await?;
+    sqlx::query("UPDATE audit_log SET idx = NULL WHERE idx > 3")
+        .execute(tv.db())
+        .await?;
+    create(&tv, "partner-a", &[("city", "Puno")]).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(tv.count(newest).await, 3, "nothing signed over the cut");
+    assert_eq!(
+        tv.count("SELECT count(*) FROM audit_log WHERE idx IS NULL")
+            .await,
+        2
+    );
+    tv.stop().await
+}
+
 /// Rolls subject `raw`'s chain back to its first packet as a database
 /// writer would: its second packet dropped, its head reset to the first.
 async fn roll_back_to_first_packet(tv: &TestVault, raw: Vec<u8>) -> anyhow::Result<()> {

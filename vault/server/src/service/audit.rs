@@ -121,9 +121,11 @@ pub struct SequencerState {
     keys: HashMap<u32, AuditKey>,
     /// The vault's own checkpoint verifiers, made once.
     verifiers: Vec<NoteVerifier>,
-    /// The largest tree this process saw signed (size, root): the stored
-    /// newest checkpoint may only grow from it, so a log cut back and
-    /// re-sequenced while this process runs is refused, not signed again.
+    /// The largest tree this process saw signed (size, root), kept by
+    /// every replica whether it sequences or not: the stored newest
+    /// checkpoint may only be it or a consistent extension of it, so a log
+    /// cut back (or forked) while this process runs is refused, not
+    /// signed again, by this replica or after it takes the lease over.
     seen: Option<(u64, Hash)>,
 }
 
@@ -273,12 +275,6 @@ impl Vault {
     /// how many leaves it sequenced (`None` when another replica holds the
     /// lease).
     pub async fn sequence_once(&self, st: &mut SequencerState) -> Result<Option<u64>, VaultError> {
-        if st.lease.is_none() {
-            st.lease = self.store().sequencer_lease().await?;
-        }
-        let Some(lease) = st.lease.as_mut() else {
-            return Ok(None);
-        };
         if st.verifiers.is_empty() {
             st.verifiers = self
                 .audit_verifier_keys()?
@@ -287,12 +283,24 @@ impl Vault {
                 .collect::<Result<_, _>>()
                 .map_err(|_| VaultError::Internal("audit verifier key"))?;
         }
+        // Every replica, lease or not: a refusal keeps the lease where it
+        // is, so no replica without this one's memory signs over a log
+        // cut back meanwhile.
+        self.follow_checkpoints(&st.verifiers, &mut st.seen).await?;
+        if st.lease.is_none() {
+            st.lease = self.store().sequencer_lease().await?;
+        }
+        let Some(lease) = st.lease.as_mut() else {
+            return Ok(None);
+        };
         let resume = Resume {
             verifiers: &st.verifiers,
             seen: &mut st.seen,
         };
         match sequence(self, lease, &mut st.skipped, &mut st.keys, resume).await {
             Ok(n) => Ok(Some(n)),
+            // Kept: this replica refuses to sign, and so must the next.
+            Err(e @ VaultError::Integrity(_)) => Err(e),
             Err(e) => {
                 // The lease's connection may be gone with its lock: take
                 // the lease again next time (another replica may have it).
@@ -300,6 +308,46 @@ impl Vault {
                 Err(e)
             }
         }
+    }
+
+    /// Checks the newest stored checkpoint against the newest this
+    /// process saw (`seen`) and moves `seen` to it: its note must verify
+    /// and sign its size and root, and it must be `seen` or, proved from
+    /// the stored nodes, a consistent extension of it. Nothing here trusts
+    /// a row: the proof is checked against two signed roots.
+    async fn follow_checkpoints(
+        &self,
+        verifiers: &[NoteVerifier],
+        seen: &mut Option<(u64, Hash)>,
+    ) -> Result<(), VaultError> {
+        let origin = &self.audit_settings().origin;
+        let Some(cp) = self.store().latest_checkpoint().await? else {
+            return match seen {
+                None => Ok(()),
+                Some((size, _)) => Err(cut_back(*size, 0)),
+            };
+        };
+        signed_tree(verifiers, origin, &cp.note, cp.size, &cp.root)?;
+        if let Some((size, root)) = *seen {
+            let extends = if cp.size < size {
+                false
+            } else if cp.size == size {
+                crypto::ct_eq(&cp.root, &root)
+            } else {
+                let ids = merkle::consistency_nodes(size, cp.size).map_err(tree_err)?;
+                let get = self.nodes(&ids).await?;
+                merkle::consistency_proof(size, cp.size, &|id| get.get(&id).copied())
+                    .ok()
+                    .is_some_and(|proof| {
+                        merkle::verify_consistency(size, cp.size, &root, &cp.root, &proof).is_ok()
+                    })
+            };
+            if !extends {
+                return Err(cut_back(size, cp.size));
+            }
+        }
+        *seen = Some((cp.size, cp.root));
+        Ok(())
     }
 
     /// Runs the sequencer and the coalesced-refusal flush until `stop`
@@ -545,6 +593,51 @@ pub(crate) fn mac_ok(
     })
 }
 
+/// The refusal of a stored tree the sequencer will not extend.
+const NOT_SEQUENCING: VaultError = VaultError::Integrity(
+    "audit: the stored tree does not match the newest signed checkpoint; not sequencing",
+);
+
+/// Checks that `note` is this log's, signed by one of `verifiers`, for
+/// `size` and `root`.
+fn signed_tree(
+    verifiers: &[NoteVerifier],
+    origin: &str,
+    note: &str,
+    size: u64,
+    root: &Hash,
+) -> Result<(), VaultError> {
+    let cp = checkpoint::open_checkpoint(note, verifiers, origin);
+    if matches!(cp, Err(checkpoint::NoteError::NoKnownSignature)) {
+        // Most likely signed under a root key version this process does
+        // not hold yet (a rolling rotation), or for another origin.
+        tracing::error!(
+            size,
+            "the newest checkpoint is not signed by a key of this process for this origin: not sequencing; restart it with the current key file and configuration (or run `idvault audit verify`)"
+        );
+        return Err(NOT_SEQUENCING);
+    }
+    if !cp.is_ok_and(|cp| cp.size == size && crypto::ct_eq(&cp.root, root)) {
+        tracing::error!(
+            size,
+            "the newest checkpoint's note does not sign the stored tree: audit rows edited; not sequencing (run `idvault audit verify`)"
+        );
+        return Err(NOT_SEQUENCING);
+    }
+    Ok(())
+}
+
+/// The refusal of a newest checkpoint (`size`) that is not an extension of
+/// the one this process saw (`seen`).
+fn cut_back(seen: u64, size: u64) -> VaultError {
+    tracing::error!(
+        size,
+        seen,
+        "the newest checkpoint does not extend one this process saw signed: the log was cut back or forked; not sequencing (run `idvault audit verify`; after a database restore, or a failover that lost recent commits, restart the process)"
+    );
+    NOT_SEQUENCING
+}
+
 /// What the sequencer checks the stored tree against before extending it.
 struct Resume<'a> {
     verifiers: &'a [NoteVerifier],
@@ -569,45 +662,23 @@ impl Resume<'_> {
         note: Option<&str>,
         edge: &[(NodeId, Hash)],
     ) -> Result<Appender, VaultError> {
-        const REFUSED: VaultError = VaultError::Integrity(
-            "audit: the stored tree does not match the newest signed checkpoint; not sequencing",
-        );
         let tree = Appender::resume(size, edge).map_err(tree_err)?;
         let root = tree.root();
-        if let Some(note) = note {
-            let cp = checkpoint::open_checkpoint(note, self.verifiers, origin);
-            if matches!(cp, Err(checkpoint::NoteError::NoKnownSignature)) {
-                // Most likely signed under a root key version this
-                // process does not hold yet (a rolling rotation).
-                tracing::error!(
-                    size,
-                    "the newest checkpoint is signed by a key this process does not hold: not sequencing; restart it with the current key file (or run `idvault audit verify`)"
-                );
-                return Err(REFUSED);
-            }
-            let good = cp.is_ok_and(|cp| cp.size == size && crypto::ct_eq(&cp.root, &root));
-            if !good {
-                tracing::error!(
-                    size,
-                    "the newest checkpoint's note does not sign the stored tree: audit rows edited; not sequencing (run `idvault audit verify`)"
-                );
-                return Err(REFUSED);
-            }
-        } else if size != 0 {
-            return Err(REFUSED);
+        match note {
+            Some(note) => signed_tree(self.verifiers, origin, note, size, &root)?,
+            None if size != 0 => return Err(NOT_SEQUENCING),
+            None => {}
         }
-        if let Some((seen, seen_root)) = *self.seen {
-            let back = size < seen || (size == seen && !crypto::ct_eq(&seen_root, &root));
-            if back {
-                tracing::error!(
-                    size,
-                    seen,
-                    "the newest checkpoint is older than one this process saw signed: the log was cut back; not sequencing (run `idvault audit verify`)"
-                );
-                return Err(REFUSED);
-            }
+        // `seen` was just moved to the newest checkpoint
+        // (`follow_checkpoints`), and only this lease holder adds one: any
+        // other tree now is a writer's.
+        let same = match *self.seen {
+            Some((seen, seen_root)) => size == seen && crypto::ct_eq(&seen_root, &root),
+            None => size == 0,
+        };
+        if !same {
+            return Err(cut_back(self.seen.map_or(0, |(s, _)| s), size));
         }
-        *self.seen = Some((size, root));
         Ok(tree)
     }
 }

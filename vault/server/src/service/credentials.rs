@@ -173,6 +173,7 @@ impl Vault {
             );
             self.commit(tx, req, Some(&subject), detail).await?;
             if new_list {
+                self.status_list_started(&status.uri);
                 self.status_changed();
             }
             Ok(IssuedCredential { enc, sealed })

@@ -160,7 +160,12 @@ impl Vault {
             }
         }
         let l = list.ok_or(VaultError::Internal("no status list could be started"))?;
-        self.status_lists.seen(l.list_id);
+        // A list read is known to exist; one started here only once its
+        // transaction commits (`Self::status_list_started`): a start that
+        // rolls back must not keep the next issuance from starting it.
+        if !started {
+            self.status_lists.seen(l.list_id);
+        }
         let idx = self.permutation(&l)?.apply(
             u64::try_from(l.next_seq).map_err(|_| VaultError::Integrity("status list count"))?,
         );
@@ -218,6 +223,14 @@ impl Vault {
             tx.revoke_credential(&e, self.now_millis(), false).await?;
         }
         Ok((Revoked { revoked: changed }, e.subject.filter(|_| mac_ok)))
+    }
+
+    /// The issuance that started the list `uri` names committed: no list
+    /// at or below it is started again.
+    pub(crate) fn status_list_started(&self, uri: &str) {
+        if let Some(id) = self.status_list_id(uri) {
+            self.status_lists.seen(id);
+        }
     }
 
     /// A revocation (or a new list) committed: the next token request
@@ -343,9 +356,13 @@ impl Vault {
         let key = self.issuer_key()?;
         let mut tokens = BTreeMap::new();
         for (list_id, l) in self.store().status_lists().await? {
-            self.status_lists.seen(list_id);
             let l = match l {
-                Ok(l) => l,
+                // Only a row that verifies counts as a list that existed: a
+                // forged one with a huge id would block every new list.
+                Ok(l) => {
+                    self.status_lists.seen(l.list_id);
+                    l
+                }
                 Err(e) => {
                     tracing::error!(list_id, error = %e, "status list row refused; its token is not published");
                     continue;
