@@ -930,6 +930,40 @@ pub async fn forged_links_and_rules_route_nothing(backend: Backend) -> anyhow::R
         .await?;
     refused_as(&ctx, "e3", "rule row MAC").await;
 
+    // A real rule copied, MAC and all, under a second id (it would fire
+    // twice).
+    sqlx::query("UPDATE subject_rules SET target = $1 WHERE subject_id = $2")
+        .bind(A)
+        .bind(subject.clone())
+        .execute(ctx.tv.db())
+        .await?;
+    sqlx::query(
+        "INSERT INTO subject_rules (subject_id, rule_id, source, event_type, target, command, \
+         fields, mac_version, mac) SELECT subject_id, 'r_copy', source, event_type, target, \
+         command, fields, mac_version, mac FROM subject_rules WHERE subject_id = $1",
+    )
+    .bind(subject.clone())
+    .execute(ctx.tv.db())
+    .await?;
+    refused_as(&ctx, "e4", "rule row MAC").await;
+    sqlx::query("DELETE FROM subject_rules WHERE subject_id = $1 AND rule_id = 'r_copy'")
+        .bind(subject.clone())
+        .execute(ctx.tv.db())
+        .await?;
+    ctx.publish(
+        "partner-a",
+        &p.subject,
+        "address.changed",
+        "e5",
+        vec![field("address", "1 Main St")],
+    )
+    .await
+    .expect("the genuine rule alone");
+    let sent = ctx.drain("partner-a").await;
+    assert_eq!(sent.len(), 1);
+    let ids = sent.into_iter().map(|c| c.command_id).collect();
+    assert_eq!(ctx.ack("partner-a", ids).await, 1);
+
     // A link planted for a person who never linked the publisher.
     let q = ctx.person("Quiet").await;
     let q_subject = uuid::Uuid::parse_str(&q.subject)?.as_bytes().to_vec();

@@ -352,6 +352,14 @@ impl Vault {
                         if self.store().device_request_used(&call.request_id).await? {
                             return Err(refused(Refusal::RequestReplayed));
                         }
+                        let wait = self.suggestion_reads.acquire();
+                        let _place = match req.caller.deadline {
+                            Some(d) => tokio::time::timeout_at(d, wait)
+                                .await
+                                .map_err(|_| VaultError::DeadlineExceeded)?,
+                            None => wait.await,
+                        }
+                        .map_err(|_| VaultError::Internal("suggestion reads"))?;
                         Some(
                             self.store()
                                 .suggestion_inputs(&subject, super::events::MAX_PEERS)

@@ -34,6 +34,12 @@ pub const DELIVERY_BATCH: u32 = 64;
 pub const MAX_ACK_IDS: usize = 1000;
 /// Most peers a suggestion looks at.
 pub const MAX_PEERS: u32 = 1000;
+
+/// Rule suggestions that may read histories at once, in the whole process:
+/// every phone asks through the wallet app's identity, and each read goes
+/// to the pool every partner's reads share, so a few are let through at a
+/// time and the rest wait their turn within their deadline.
+pub const MAX_SUGGESTION_READS: usize = 2;
 /// How a publisher names the person. `Debug` shows which form, never the
 /// id or token.
 #[derive(Clone, PartialEq, Eq)]
@@ -267,6 +273,14 @@ impl Vault {
         id: &SubjectId,
         event: &rules::Event,
     ) -> Result<Option<(EventOutcome, Vec<String>, Vec<String>)>, VaultError> {
+        // The person's row first (locked on PostgreSQL), as every call
+        // that changes their links or rules does: read after it, the links
+        // and rules cannot change before this commits, so an unlink or a
+        // rule change that committed first is seen, and one that comes
+        // after waits (its clean-up then removes what this wrote). Read
+        // before it, an unlink could commit in between and this would
+        // still write a command the person withdrew.
+        let row = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
         if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
             return Ok(Some((EventOutcome::Duplicate, Vec::new(), Vec::new())));
         }
@@ -289,7 +303,7 @@ impl Vault {
         } else if hits.is_empty() {
             EventOutcome::IgnoredNoRule
         } else {
-            let dek = self.subject_dek_in(tx, id).await?;
+            let dek = self.subject_dek(&row)?;
             // Outbox positions of a recipient commit in order (no stream
             // passes one that commits later).
             let targets: Vec<&Partner> = hits
@@ -365,16 +379,6 @@ impl Vault {
             RequestContext::default(),
         )
         .allowed
-    }
-
-    /// The subject's data key, inside `tx`.
-    async fn subject_dek_in(
-        &self,
-        tx: &mut AuditedTx,
-        id: &SubjectId,
-    ) -> Result<idvault_core::secret::DataKey, VaultError> {
-        let row = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
-        self.subject_dek(&row)
     }
 
     /// `partner`'s pairwise token for the subject, issued if it has none.

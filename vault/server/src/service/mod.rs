@@ -321,6 +321,9 @@ pub struct Vault {
     /// ([`Vault::chain_check_slot`]).
     pub(crate) chain_checks:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Rule suggestions reading histories at once
+    /// ([`events::MAX_SUGGESTION_READS`]).
+    pub(crate) suggestion_reads: tokio::sync::Semaphore,
     /// Set when the server shuts down: following streams end.
     pub(crate) streams_stop: tokio::sync::watch::Sender<bool>,
     /// Whether a rewrap runs in this process (`KeyService.Rewrap`).
@@ -396,6 +399,7 @@ impl Vault {
             commands_ready: tokio::sync::Notify::new(),
             open_streams: std::sync::Mutex::default(),
             chain_checks: std::sync::Mutex::default(),
+            suggestion_reads: tokio::sync::Semaphore::new(events::MAX_SUGGESTION_READS),
             streams_stop: tokio::sync::watch::Sender::new(false),
         }
     }

@@ -53,6 +53,13 @@ pub(super) fn rule_from_row(
         fields: list_col(r, "fields")?,
     };
     check_row(keys, &rowmac::rule(subject, &rule), r)?;
+    // The MAC covers the rule, and its id is derived from the rule; the
+    // stored id (half the row's key) must be that one, or a writer could
+    // copy a rule under a second id and have every event trigger it twice.
+    let id: String = r.try_get("rule_id")?;
+    if id != rule.id() {
+        return Err(StoreError::Forged("rule"));
+    }
     Ok(rule)
 }
 
@@ -322,7 +329,7 @@ impl AuditedTx {
         event_type: &str,
     ) -> Result<Vec<Rule>, StoreError> {
         let rows = sqlx::query(
-            "SELECT source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
+            "SELECT rule_id, source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
              WHERE subject_id = $1 AND source = $2 AND event_type = $3 ORDER BY rule_id",
         )
         .bind(subject.as_bytes().to_vec())
@@ -560,6 +567,10 @@ async fn rows_for(
     Ok(q.fetch_all(&mut *conn).await?)
 }
 
+/// Most event rows a suggestion reads per chunk of people (see
+/// `histories`).
+const EVENT_ROWS_READ: u32 = 20_000;
+
 /// Histories of `subjects`.
 async fn histories(
     conn: &mut AnyConnection,
@@ -579,13 +590,25 @@ async fn histories(
             };
             out.entry(s).or_default().linked.insert(entity);
         }
+        // At most EVENT_ROWS_READ rows per chunk of people, whatever they
+        // hold: a publisher can send one person millions of events, and
+        // this read must stay short (a partial history only makes a
+        // suggestion less likely).
         let events = concat!(
-            "SELECT DISTINCT subject_id, source, event_type FROM events ",
+            "SELECT subject_id, source, event_type FROM events ",
             "WHERE outcome <> '",
             ignored_unlinked!(),
             "' AND subject_id"
         );
-        for r in rows_for(conn, events, part).await? {
+        let sql = format!(
+            "SELECT DISTINCT subject_id, source, event_type FROM ({events} IN ({}) LIMIT {EVENT_ROWS_READ}) e",
+            placeholders(1, part.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in part {
+            q = q.bind(s.as_bytes().to_vec());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
             let s = subject_col(&r, "subject_id")?;
             out.entry(s)
                 .or_default()
@@ -628,7 +651,7 @@ async fn peers(
     let mut rules: HashMap<SubjectId, Vec<Rule>> = HashMap::new();
     for part in ids.chunks(IN_CHUNK) {
         let rules_sql = concat!(
-            "SELECT subject_id, source, event_type, target, command, fields, mac_version, mac ",
+            "SELECT subject_id, rule_id, source, event_type, target, command, fields, mac_version, mac ",
             "FROM subject_rules WHERE subject_id"
         );
         for r in rows_for(conn, rules_sql, part).await? {
@@ -658,7 +681,7 @@ async fn rules_of(
     subject: &SubjectId,
 ) -> Result<Vec<Rule>, StoreError> {
     let rows = sqlx::query(
-        "SELECT source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
+        "SELECT rule_id, source, event_type, target, command, fields, mac_version, mac FROM subject_rules \
          WHERE subject_id = $1 ORDER BY rule_id",
     )
     .bind(subject.as_bytes().to_vec())
