@@ -383,6 +383,32 @@ pub async fn cut_back_log_is_not_signed_again(b: Backend) -> anyhow::Result<()> 
     tv.stop().await
 }
 
+/// The newest checkpoint deleted: its leaves keep their indexes but no
+/// signed checkpoint covers them (and their bytes could then be edited
+/// unnoticed); `audit verify` names the first.
+pub async fn uncovered_leaves_are_named(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 2).await?;
+    for city in ["Cusco", "Arequipa"] {
+        create(&tv, "partner-a", &[("city", city)]).await?;
+    }
+    tv.checkpointed().await?;
+    let newest: i64 = sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
+        .fetch_one(tv.db())
+        .await?;
+    assert_eq!(newest, 4);
+    sqlx::query("DELETE FROM audit_checkpoints WHERE tree_size = 4")
+        .execute(tv.db())
+        .await?;
+    let covered: i64 = sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
+        .fetch_one(tv.db())
+        .await?;
+    assert!(matches!(
+        broken(verdict(&tv).await?),
+        AuditFault::Uncovered { index } if index == covered as u64
+    ));
+    tv.stop().await
+}
+
 /// Rolls subject `raw`'s chain back to its first packet as a database
 /// writer would: its second packet dropped, its head reset to the first.
 async fn roll_back_to_first_packet(tv: &TestVault, raw: Vec<u8>) -> anyhow::Result<()> {
@@ -593,6 +619,26 @@ pub async fn proofs_over_grpc(b: Backend) -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // Sizes and indexes past what the store holds are the caller's
+    // mistake, not a storage fault to retry.
+    let e = audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 1,
+            new_size: 1 << 63,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for (index, size) in [(1 << 63, 0), (0, u64::MAX)] {
+        let e = audit
+            .get_inclusion_proof(GetInclusionProofRequest {
+                leaf: Some(Leaf::LeafIndex(index)),
+                tree_size: size,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
     // partner-b's leaves are not partner-a's to read.
     let b_leaf: i64 = sqlx::query_scalar(
         "SELECT idx FROM audit_log WHERE actor = 'spiffe://idvault.dev/partner/partner-b' ORDER BY idx LIMIT 1",

@@ -75,6 +75,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     audit::forged_leaf_is_not_sequenced,
     audit::forged_tree_state_is_not_signed,
     audit::cut_back_log_is_not_signed_again,
+    audit::uncovered_leaves_are_named,
     audit::rolled_back_chain_is_detected,
     audit::rolled_back_creation_is_detected,
     audit::proofs_over_grpc,

@@ -464,8 +464,9 @@ impl Vault {
         size: u64,
     ) -> Result<Inclusion, VaultError> {
         self.handle(caller, Action::ReadAudit, async |_req| {
+            in_range(size, "tree_size")?;
             let row = match leaf {
-                LeafRef::Index(i) => self.store().leaf_at(i).await?,
+                LeafRef::Index(i) => self.store().leaf_at(in_range(i, "leaf_index")?).await?,
                 LeafRef::Request(id) => self.store().leaf_by_request(&id).await?,
             };
             // Another partner's leaf is as absent as a missing one: its
@@ -516,7 +517,7 @@ impl Vault {
         new: u64,
     ) -> Result<Consistency, VaultError> {
         self.handle(caller, Action::ReadAudit, async |_req| {
-            let cp = self.checkpoint_of(new).await?;
+            let cp = self.checkpoint_of(in_range(new, "new_size")?).await?;
             if old > cp.size {
                 return Err(VaultError::BadRequest(format!(
                     "old_size must be 0 ..= {} (the new checkpoint's size)",
@@ -591,6 +592,17 @@ pub(crate) fn mac_ok(
     cache.get(&row.key_version).is_some_and(|k| {
         crypto::hmac_sha256_verify(k.expose(), &merkle::leaf_hash(&row.bytes), &row.mac)
     })
+}
+
+/// `v`, if the store can hold it (sizes and indexes are stored as signed
+/// 64-bit integers): a larger one names nothing, and is the caller's
+/// mistake, not a storage fault to retry.
+fn in_range(v: u64, what: &str) -> Result<u64, VaultError> {
+    if i64::try_from(v).is_ok() {
+        Ok(v)
+    } else {
+        Err(VaultError::BadRequest(format!("{what} must be below 2^63")))
+    }
 }
 
 /// The refusal of a stored tree the sequencer will not extend.
@@ -825,6 +837,13 @@ pub enum AuditFault {
         /// Its index.
         index: u64,
     },
+    /// A leaf has an index but no signed checkpoint covers it: a newer
+    /// checkpoint was deleted (the sequencer writes both in one
+    /// transaction).
+    Uncovered {
+        /// The first such index.
+        index: u64,
+    },
     /// A leaf's bytes no longer hash to the tree's stored node for it, or
     /// do not decode, or its columns disagree with its bytes (edited).
     LeafEdited {
@@ -869,6 +888,10 @@ impl std::fmt::Display for AuditFault {
                     "leaf {index}: missing, though a signed checkpoint covers it (deleted)"
                 )
             }
+            Self::Uncovered { index } => write!(
+                f,
+                "leaf {index}: sequenced, but no signed checkpoint covers it (a newer checkpoint was deleted)"
+            ),
             Self::LeafEdited { index, row } => {
                 write!(
                     f,
@@ -981,6 +1004,27 @@ pub async fn verify_audit_log(
         return Ok(AuditVerdict::Broken(AuditFault::LeafMissing {
             index: tree.size(),
         }));
+    }
+    // Leaves past the newest checkpoint read: the sequencer gives indexes
+    // and their checkpoint in one transaction, so such leaves mean a
+    // newer checkpoint was deleted (and their bytes could then be edited
+    // unnoticed), unless one was committed while this ran.
+    let covered = cps.last().map_or(0, |(size, _)| *size);
+    if tree.size() > covered {
+        let now = store.latest_checkpoint().await?;
+        let signed_later = now.is_some_and(|c| {
+            c.size >= tree.size()
+                && checkpoint::open_checkpoint(&c.note, verifiers, origin).is_ok_and(|cp| {
+                    cp.size == c.size
+                        && crypto::ct_eq(&cp.root, &c.root)
+                        && (c.size > tree.size() || crypto::ct_eq(&c.root, &tree.root()))
+                })
+        });
+        if !signed_later {
+            return Ok(AuditVerdict::Broken(AuditFault::Uncovered {
+                index: covered,
+            }));
+        }
     }
     let leaves = tree.size();
     let mut pending = 0u64;

@@ -50,6 +50,22 @@ pub(crate) async fn back_off(d: std::time::Duration) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// The deciding policy ids a leaf records: at most
+/// [`leaf::MAX_POLICIES`](idvault_core::tlog::leaf::MAX_POLICIES), the
+/// last one then saying how many more matched (an operator's policy set
+/// can match any number of permits, and a leaf over the limit would not
+/// decode).
+fn leaf_policies(ids: &[String]) -> Vec<String> {
+    use idvault_core::tlog::leaf::MAX_POLICIES;
+    if ids.len() <= MAX_POLICIES {
+        return ids.to_vec();
+    }
+    let kept = MAX_POLICIES - 1;
+    let mut out: Vec<String> = ids.iter().take(kept).cloned().collect();
+    out.push(format!("+{} more", ids.len() - kept));
+    out
+}
+
 /// A request on its way through the pipeline: the identified partner, the
 /// action it is audited as, the policy decision in force and, once known,
 /// the subject it is about.
@@ -194,7 +210,9 @@ fn event(
         subject: subject.map(ToString::to_string),
         outcome: outcome.to_owned(),
         detail,
-        policies: decision.map(|d| d.policies.clone()).unwrap_or_default(),
+        policies: decision
+            .map(|d| leaf_policies(&d.policies))
+            .unwrap_or_default(),
         request_id: caller.request_id,
         head: None,
     }
@@ -601,6 +619,10 @@ impl Vault {
 
     /// A leaf's bytes, hash and MAC under the current audit key.
     fn seal_leaf(&self, leaf: &AuditLeaf) -> Result<SealedLeaf, VaultError> {
+        // A leaf that would not decode is never written: `audit verify`
+        // would report the genuine, signed leaf as edited forever.
+        leaf.check()
+            .map_err(|_| VaultError::Internal("audit leaf over its limits"))?;
         let key = self.keys().audit_key(self.keys().current_version())?;
         let bytes = leaf.encode();
         let hash = merkle::leaf_hash(&bytes);
@@ -780,5 +802,36 @@ impl SealedLeaf {
             key_version: self.key_version,
             mac: self.mac,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::leaf_policies;
+    use idvault_core::tlog::leaf::{AuditLeaf, MAX_POLICIES};
+
+    /// However many permits match, the leaf keeps at most the limit and
+    /// still decodes.
+    #[test]
+    fn many_deciding_policies_still_make_a_leaf() {
+        let ids: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+        let kept = leaf_policies(&ids);
+        assert_eq!(kept.len(), MAX_POLICIES);
+        assert_eq!(kept.last().unwrap(), "+37 more");
+        assert_eq!(leaf_policies(&ids[..5]), ids[..5].to_vec());
+        let leaf = AuditLeaf {
+            time_ms: 1,
+            actor: "a".into(),
+            action: "Match".into(),
+            subject: None,
+            outcome: "ok".into(),
+            detail: String::new(),
+            policies: kept,
+            request_id: [0; 16],
+            head: None,
+        };
+        leaf.check().unwrap();
+        assert_eq!(AuditLeaf::decode(&leaf.encode()).unwrap(), leaf);
     }
 }
