@@ -109,6 +109,28 @@ fn temp_beside(path: &Path, tag: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{tag}-{}", uuid::Uuid::new_v4().simple()))
 }
 
+/// Removes copies of a backup [`install`] left beside `db` when it was
+/// stopped (named by [`temp_beside`] with the tag `restoring`).
+fn remove_stale_copies(db: &Path) {
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.restoring-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn sync_dir(path: &Path) -> Result<(), BackupError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -293,11 +315,32 @@ pub async fn install(backup: &Path, db: &Path, aside: &Path) -> Result<bool, Bac
     result
 }
 
-/// After a restore stopped between moving the old database's `-wal` (or
-/// `-shm`) aside and moving its main file: puts them back beside the main
-/// file, so it is read with its newest transactions. Returns whether it
-/// moved anything.
+/// After a restore stopped midway through [`install`]'s swap: puts the old
+/// database's files back where they were, so it is read with its newest
+/// transactions and the restore can be run again. Two places it can have
+/// stopped:
+///
+/// - between moving the `-wal` (or `-shm`) aside and moving the main
+///   file: they go back beside it;
+/// - between moving the main file aside and putting the backup in place:
+///   there is no database at `db` (and opening one there would create an
+///   empty one, which a restore rerun would then finish on), so the old
+///   one goes back, main file first, and the unfinished copy of the backup
+///   is removed.
+///
+/// Returns whether it moved anything.
 pub fn recover_interrupted(db: &Path, aside: &Path) -> Result<bool, BackupError> {
+    if aside.exists() && !db.exists() {
+        for suffix in ["", "-wal", "-shm"] {
+            let (stray, home) = (with_suffix(aside, suffix), with_suffix(db, suffix));
+            if stray.exists() && !home.exists() {
+                std::fs::rename(&stray, &home).map_err(io("moving back", &stray))?;
+            }
+        }
+        sync_dir(db)?;
+        remove_stale_copies(db);
+        return Ok(true);
+    }
     if aside.exists() || !db.exists() {
         return Ok(false);
     }
@@ -430,6 +473,21 @@ mod tests {
         assert!(recover_interrupted(&db, &other).unwrap());
         assert!(with_suffix(&db, "-wal").exists());
         assert!(!recover_interrupted(&db, &other).unwrap());
+        // A restore stopped after moving the main file aside too, before
+        // the backup was in place (its copy left beside): the old files go
+        // back, the copy goes.
+        let third = aside_name(&db, 1_700_000_000_001);
+        let before = std::fs::read(&db).unwrap();
+        for suffix in ["-wal", ""] {
+            std::fs::rename(with_suffix(&db, suffix), with_suffix(&third, suffix)).unwrap();
+        }
+        let copy = temp_beside(&db, "restoring");
+        std::fs::write(&copy, b"half a copy").unwrap();
+        assert!(recover_interrupted(&db, &third).unwrap());
+        assert_eq!(std::fs::read(&db).unwrap(), before);
+        assert!(with_suffix(&db, "-wal").exists());
+        assert!(!third.exists() && !copy.exists());
+        assert!(!recover_interrupted(&db, &third).unwrap());
     }
 
     #[test]

@@ -120,7 +120,9 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             if let Some(db) = &db
                 && backup::recover_interrupted(db, aside)?
             {
-                println!("moved the old database's WAL back beside it (the swap had not happened)");
+                println!(
+                    "put the old database's files back in place (the swap had not finished)"
+                );
             }
             if aside.exists() {
                 swapped_before = true;
