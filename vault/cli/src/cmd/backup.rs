@@ -120,9 +120,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             if let Some(db) = &db
                 && backup::recover_interrupted(db, aside)?
             {
-                println!(
-                    "put the old database's files back in place (the swap had not finished)"
-                );
+                println!("put the old database's files back in place (the swap had not finished)");
             }
             if aside.exists() {
                 swapped_before = true;

@@ -203,7 +203,11 @@ struct Open {
 /// in the vault and hands it the PIN, so only a file the operator (or the
 /// system) controls is loaded. (The sealed file names the module and is
 /// authenticated, but only by the module itself, after it is loaded.)
-fn check_module(module: &Path) -> Result<(), SealError> {
+///
+/// Returns the path to load: the resolved one that was checked, never the
+/// name given, whose links someone could point elsewhere between the
+/// check and the load.
+fn check_module(module: &Path) -> Result<std::path::PathBuf, SealError> {
     let refuse = |reason: String| SealError::Module {
         module: module.display().to_string(),
         reason,
@@ -215,6 +219,9 @@ fn check_module(module: &Path) -> Result<(), SealError> {
     {
         use std::os::unix::fs::MetadataExt;
         let real = std::fs::canonicalize(module).map_err(|e| refuse(e.to_string()))?;
+        // The links followed to it are checked too: each lies in a
+        // directory that must be as safe as the file's own.
+        check_links(module, &refuse)?;
         // This process's user: the owner of its own /proc entry.
         let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
         for p in real.ancestors() {
@@ -227,13 +234,37 @@ fn check_module(module: &Path) -> Result<(), SealError> {
                 )));
             }
         }
+        Ok(real)
+    }
+    #[cfg(not(unix))]
+    Ok(module.to_path_buf())
+}
+
+/// Every directory the given path passes through (before links are
+/// resolved) must belong to root or this process's user and be writable
+/// by nobody else: otherwise someone could swap a link in it.
+#[cfg(unix)]
+fn check_links(module: &Path, refuse: &dyn Fn(String) -> SealError) -> Result<(), SealError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    for p in module.ancestors().skip(1) {
+        // The directories as named (a directory that is itself a link is
+        // followed here, and its target checked again by the caller).
+        let m = std::fs::metadata(p).map_err(|e| refuse(e.to_string()))?;
+        let owner_ok = m.uid() == 0 || Some(m.uid()) == me;
+        if !owner_ok || m.mode() & 0o022 != 0 {
+            return Err(refuse(format!(
+                "{} (on the module's path as named) is writable by others than root or this user; refusing to load the module",
+                p.display()
+            )));
+        }
     }
     Ok(())
 }
 
 fn open(params: &Pkcs11Params, pin: &Pin, rw: bool) -> Result<Open, SealError> {
-    check_module(&params.module)?;
-    let ctx = Pkcs11::new(&params.module).map_err(|e| SealError::Module {
+    let module = check_module(&params.module)?;
+    let ctx = Pkcs11::new(&module).map_err(|e| SealError::Module {
         module: params.module.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -428,5 +459,28 @@ pub fn unseal(
             _,
         )) => Err(SealError::Unseal),
         Err(e) => Err(other(e)),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::check_module;
+
+    /// A link to a safe library, in a directory others can write (they
+    /// could point it elsewhere between the check and the load), is
+    /// refused; the library itself, named by its resolved path, is not.
+    #[test]
+    fn a_module_reached_through_a_writable_directory_is_refused() {
+        let target = std::fs::canonicalize("/bin/sh").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let link = dir.path().join("libmodule.so");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        // In a world-writable directory: refused, whatever the target.
+        assert!(check_module(&link).is_err());
+        assert_eq!(check_module(&target).unwrap(), target);
+        assert!(check_module(std::path::Path::new("relative.so")).is_err());
     }
 }
