@@ -37,6 +37,15 @@ impl Columns {
         line: u64,
         row: impl Iterator<Item = (&'a str, String)>,
     ) -> LinkRecord {
+        self.record_with_id(line, row).0
+    }
+
+    /// [`Self::record`], and whether the row had the id column.
+    fn record_with_id<'a>(
+        &self,
+        line: u64,
+        row: impl Iterator<Item = (&'a str, String)>,
+    ) -> (LinkRecord, bool) {
         let mut record_id = None;
         let mut fields = Vec::new();
         for (column, value) in row {
@@ -52,10 +61,12 @@ impl Columns {
                 });
             }
         }
-        LinkRecord {
+        let had_id = record_id.is_some();
+        let record = LinkRecord {
             record_id: record_id.unwrap_or_else(|| line.to_string()),
             fields,
-        }
+        };
+        (record, had_id)
     }
 
     /// The columns of `header` that are not sent.
@@ -66,6 +77,19 @@ impl Columns {
             .filter(|h| *h != self.id && !self.fields.contains_key(*h))
             .collect()
     }
+}
+
+/// The id of `record` (on `line` of `name`), refused when the vault would
+/// refuse it: checked before anything is sent, so a bad row never ends a
+/// one-to-one job midway.
+fn checked(name: &str, line: u64, record: LinkRecord) -> Result<LinkRecord, String> {
+    use idvault_core::matching::MAX_QUERY_ID;
+    if record.record_id.len() > MAX_QUERY_ID {
+        return Err(format!(
+            "{name}: line {line}: the record id is longer than {MAX_QUERY_ID} bytes"
+        ));
+    }
+    Ok(record)
 }
 
 /// Reads a dataset from `input` (`name` labels errors) and hands its
@@ -115,7 +139,7 @@ pub fn read_records(
                     .iter()
                     .map(String::as_str)
                     .zip(row.iter().map(str::to_owned));
-                batch.push(columns.record(line, cells));
+                batch.push(checked(name, line, columns.record(line, cells))?);
                 if batch.len() == per_message && !flush(&mut batch, false) {
                     return Ok(sent);
                 }
@@ -123,6 +147,10 @@ pub fn read_records(
         }
         Format::Jsonl => {
             let mut seen_header = false;
+            // Whether the first object had the id key: every object must
+            // agree, or an object without it would be named by its line
+            // number, which can be another record's id.
+            let mut ids = None;
             for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
                 let n = i as u64 + 1;
                 let line = line.map_err(|e| format!("{name}: line {n}: {e}"))?;
@@ -157,7 +185,23 @@ pub fn read_records(
                     };
                     cells.push((k.as_str(), v));
                 }
-                batch.push(columns.record(n, cells.into_iter()));
+                let (record, had_id) = columns.record_with_id(n, cells.into_iter());
+                match *ids.get_or_insert(had_id) {
+                    true if !had_id => {
+                        return Err(format!(
+                            "{name}: line {n} has no \"{}\" (the first object has it)",
+                            columns.id
+                        ));
+                    }
+                    false if had_id => {
+                        return Err(format!(
+                            "{name}: line {n} has \"{}\" (the first object does not, so records are named by line number)",
+                            columns.id
+                        ));
+                    }
+                    _ => {}
+                }
+                batch.push(checked(name, n, record)?);
                 if batch.len() == per_message && !flush(&mut batch, false) {
                     return Ok(sent);
                 }
@@ -204,7 +248,7 @@ mod tests {
     fn csv_and_jsonl_read_alike_in_messages() {
         let csv = "ref,surname,secret\nr1,Lovelace,x\n,Byron,y\nr3,,z\n";
         let jsonl = "{\"ref\":\"r1\",\"surname\":\"Lovelace\",\"secret\":\"x\"}\n\n\
-                     {\"surname\":\"Byron\",\"secret\":\"y\"}\n{\"ref\":\"r3\",\"surname\":null}\n";
+                     {\"ref\":\"\",\"surname\":\"Byron\",\"secret\":\"y\"}\n{\"ref\":\"r3\",\"surname\":null}\n";
         let a = read(csv, Format::Csv).unwrap();
         let b = read(jsonl, Format::Jsonl).unwrap();
         for msgs in [&a, &b] {
@@ -217,10 +261,33 @@ mod tests {
             assert_eq!(recs[0].fields[0].name, "family_name");
             assert!(recs[2].fields.is_empty());
         }
-        // An empty reference cell is sent as it is (empty); no reference
-        // column at all: the line number.
+        // An empty reference cell is sent as it is (empty).
         assert_eq!(a[0].records[1].record_id, "");
-        assert_eq!(b[0].records[1].record_id, "3");
+        assert_eq!(b[0].records[1].record_id, "");
+        // No reference key at all: the line number; an object without it
+        // among objects with it (its line number could be another's id),
+        // or with it among objects without, is refused, naming the line.
+        let bare = read(
+            "{\"surname\":\"Byron\"}\n\n{\"surname\":\"Ada\"}\n",
+            Format::Jsonl,
+        );
+        let ids: Vec<String> = bare.unwrap()[0]
+            .records
+            .iter()
+            .map(|r| r.record_id.clone())
+            .collect();
+        assert_eq!(ids, ["1", "3"]);
+        for mixed in [
+            "{\"ref\":\"5\",\"surname\":\"A\"}\n{\"surname\":\"B\"}\n",
+            "{\"surname\":\"A\"}\n{\"ref\":\"1\",\"surname\":\"B\"}\n",
+        ] {
+            let e = read(mixed, Format::Jsonl).unwrap_err();
+            assert!(e.contains("line 2") && e.contains("\"ref\""), "{e}");
+        }
+        // A reference the vault would refuse is refused before sending.
+        let long = format!("ref,surname\n{},Byron\n", "r".repeat(129));
+        let e = read(&long, Format::Csv).unwrap_err();
+        assert!(e.contains("line 2") && e.contains("128 bytes"), "{e}");
     }
 
     #[test]

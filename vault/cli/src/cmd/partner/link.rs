@@ -254,6 +254,13 @@ pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<(
         .await
         .context("reading the dataset")??
     };
+    let most = idvault_server::service::matching::MAX_LINK_RECORDS;
+    if args.one_to_one && total > most as u64 {
+        bail!(
+            "{} holds {total} records; a one-to-one link takes at most {most} (split the file)",
+            args.file.display()
+        );
+    }
     let mut client = MatchServiceClient::new(conn.channel().await?);
     let (tx, rx) = tokio::sync::mpsc::channel::<LinkRequest>(4);
     let file = args.file.clone();
@@ -339,14 +346,16 @@ pub(crate) async fn link(conn: &ConnectArgs, args: LinkArgs) -> anyhow::Result<(
             Err(e) => bail!("reading the dataset: {e}"),
         },
     };
+    // The vault's own refusal first: when it ends the call early, the
+    // reader stops sending too, and the counts then differ.
+    if let Some(e) = failed {
+        bail!("Link failed after {received} records: {}", e.message());
+    }
     if sent != total {
         bail!(
             "{} changed while it was linked ({total} records, then {sent})",
             args.file.display()
         );
-    }
-    if let Some(e) = failed {
-        bail!("Link failed after {received} records: {}", e.message());
     }
     let answered = tally.matched + tally.unmatched + tally.refused;
     if answered != sent {
