@@ -137,31 +137,7 @@ pub async fn check(
     }
     let included = match request_id {
         None => None,
-        Some(id) => {
-            let p = c
-                .get_inclusion_proof(pb::GetInclusionProofRequest {
-                    leaf: Some(pb::get_inclusion_proof_request::Leaf::RequestId(
-                        id.to_owned(),
-                    )),
-                    tree_size: cp.size,
-                })
-                .await?
-                .into_inner();
-            let leaf_hash = merkle::leaf_hash(&p.leaf);
-            merkle::verify_inclusion(
-                p.leaf_index,
-                cp.size,
-                &leaf_hash,
-                &hashes(&p.hashes)?,
-                &cp.root,
-            )
-            .map_err(|_| AuditCheckError::NotIncluded)?;
-            let leaf = AuditLeaf::decode(&p.leaf).map_err(|_| AuditCheckError::Malformed)?;
-            if hex::encode(leaf.request_id) != id.to_ascii_lowercase() {
-                return Err(AuditCheckError::NotIncluded);
-            }
-            Some((p.leaf_index, leaf))
-        }
+        Some(id) => Some(included(&mut c, &cp, id).await?),
     };
     Ok(AuditCheck {
         checkpoint: cp,
@@ -169,4 +145,45 @@ pub async fn check(
         extends,
         included,
     })
+}
+
+/// Proves that request `request_id` (32 hex digits) is a leaf of the tree
+/// `cp` (a checkpoint already verified, e.g. by [`check`]): its index and
+/// leaf.
+pub async fn check_included(
+    channel: Channel,
+    cp: &Checkpoint,
+    request_id: &str,
+) -> Result<(u64, AuditLeaf), AuditCheckError> {
+    included(&mut AuditServiceClient::new(channel), cp, request_id).await
+}
+
+async fn included(
+    c: &mut AuditServiceClient<Channel>,
+    cp: &Checkpoint,
+    id: &str,
+) -> Result<(u64, AuditLeaf), AuditCheckError> {
+    let p = c
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            leaf: Some(pb::get_inclusion_proof_request::Leaf::RequestId(
+                id.to_owned(),
+            )),
+            tree_size: cp.size,
+        })
+        .await?
+        .into_inner();
+    let leaf_hash = merkle::leaf_hash(&p.leaf);
+    merkle::verify_inclusion(
+        p.leaf_index,
+        cp.size,
+        &leaf_hash,
+        &hashes(&p.hashes)?,
+        &cp.root,
+    )
+    .map_err(|_| AuditCheckError::NotIncluded)?;
+    let leaf = AuditLeaf::decode(&p.leaf).map_err(|_| AuditCheckError::Malformed)?;
+    if hex::encode(leaf.request_id) != id.to_ascii_lowercase() {
+        return Err(AuditCheckError::NotIncluded);
+    }
+    Ok((p.leaf_index, leaf))
 }

@@ -2,9 +2,10 @@
 //! read by `idvault restore` (the line format and its MAC are
 //! [`idvault_core::shred`]).
 //!
-//! Appends are serialised in this process and each is on disk (`fsync`)
-//! before the deletion is answered. Several processes (PostgreSQL
-//! replicas) each keep their own file; a restore reads them all.
+//! Appends are serialised in this process, and across processes by an
+//! exclusive lock on the file, and each is on disk (`fsync`) before the
+//! deletion is answered. Several processes (PostgreSQL replicas) each keep
+//! their own file or share one per host; a restore reads them all.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -57,6 +58,12 @@ fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
+    // Exclusive for the whole check-and-append, across processes: several
+    // vault processes on one host may share one journal, and one that
+    // read the file while another's line was half written would take that
+    // line for a torn one and cut it off after it was acknowledged.
+    // (Released when `f` is closed.)
+    f.lock()?;
     // A crash during an earlier append may have left a line cut short (it
     // was never on disk whole, so its deletion was not yet answered: the
     // database's audit log holds it). Cut it off, so this line starts

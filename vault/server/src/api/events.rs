@@ -91,7 +91,23 @@ impl CommandService for CommandApi {
             // Every stream starts from the oldest unacknowledged command.
             let mut cursor = 0u64;
             loop {
-                if *stop.borrow_and_update() || tokio::time::Instant::now() >= deadline {
+                let stopping = *stop.borrow_and_update();
+                if stopping || tokio::time::Instant::now() >= deadline {
+                    // A drain (`follow` off) cut before it found nothing
+                    // left must not end OK: its client would take the
+                    // outbox for empty. (A following stream just ends.)
+                    if !follow {
+                        let cut = if stopping {
+                            Status::unavailable(
+                                "the vault is stopping; commands may still be waiting",
+                            )
+                        } else {
+                            Status::deadline_exceeded(
+                                "the stream's time ran out; commands may still be waiting",
+                            )
+                        };
+                        super::send_final(&tx, cut).await;
+                    }
                     return;
                 }
                 // Registered before the read, so a write that lands

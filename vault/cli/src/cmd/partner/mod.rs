@@ -282,26 +282,38 @@ async fn audit_check(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let (keys, origin) = super::audit::read_verifiers(public_key)?;
+    // One check at a time per state file (a scheduled run overlapping
+    // another): each reads the kept checkpoint, proves the newest extends
+    // it and keeps that, so none can put back an older one that a later
+    // fork would then be checked against. Released at exit.
+    let lock_path = {
+        let mut p = state.as_os_str().to_owned();
+        p.push(".lock");
+        std::path::PathBuf::from(p)
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     let kept = match std::fs::read_to_string(state) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
     };
-    let checked = idvault_client::audit::check(
-        conn.channel().await?,
-        &keys,
-        &origin,
-        kept.as_deref(),
-        request_id,
-    )
-    .await;
-    let c = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            println!("audit check FAILED: {e}");
-            std::process::exit(1);
-        }
+    let channel = conn.channel().await?;
+    let failed = |e: idvault_client::audit::AuditCheckError| -> ! {
+        println!("audit check FAILED: {e}");
+        std::process::exit(1);
     };
+    // Consistency first, and the checkpoint it proved kept at once: a
+    // failed inclusion step (not checkpointed yet) must not lose it.
+    let c = idvault_client::audit::check(channel.clone(), &keys, &origin, kept.as_deref(), None)
+        .await
+        .unwrap_or_else(|e| failed(e));
     keep_checkpoint(state, &c.note)?;
     match c.extends {
         Some(old) => println!(
@@ -314,7 +326,10 @@ async fn audit_check(
             state.display()
         ),
     }
-    if let Some((index, leaf)) = c.included {
+    if let Some(id) = request_id {
+        let (index, leaf) = idvault_client::audit::check_included(channel, &c.checkpoint, id)
+            .await
+            .unwrap_or_else(|e| failed(e));
         println!(
             "request {} is leaf {index}: {} {} {}",
             hex::encode(leaf.request_id),
