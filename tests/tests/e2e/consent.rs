@@ -2046,8 +2046,38 @@ pub async fn rewrap_leaves_forged_rows_and_edited_links(backend: Backend) -> any
     )
     .await?;
     assert_eq!(first.entities_created, 2);
+    // Two more people: one whose family name changed (two packets of it).
+    let rho = create_subject(&cx.tv, &[("given_name", "Rho"), ("family_name", "Old")]).await;
+    cx.tv
+        .subjects("partner-a")
+        .await?
+        .update_subject(pb::UpdateSubjectRequest {
+            subject_id: rho.clone(),
+            fields: vec![pb::Field {
+                name: "family_name".into(),
+                value: "New".into(),
+            }],
+        })
+        .await?;
+    let sigma = create_subject(&cx.tv, &[("given_name", "Sigma")]).await;
     cx.tv.rotate_root_key().await?;
     cx.reconnect().await;
+    // A database writer drops Rho's newest packet (its head left as it
+    // was: the older family name would be indexed), and sets Sigma's key
+    // version out of range (the row no longer decodes). Each is counted;
+    // neither stops the rewrap of the others.
+    let raw = |s: &str| uuid::Uuid::parse_str(s).unwrap().as_bytes().to_vec();
+    sqlx::query(
+        "DELETE FROM packets WHERE subject_id = $1 \
+         AND seq = (SELECT max(seq) FROM packets WHERE subject_id = $1)",
+    )
+    .bind(raw(&rho))
+    .execute(cx.tv.db())
+    .await?;
+    sqlx::query("UPDATE subjects SET kek_version = -1 WHERE subject_id = $1")
+        .bind(raw(&sigma))
+        .execute(cx.tv.db())
+        .await?;
     // A database writer edits one link's owner and one device row.
     sqlx::query(
         "UPDATE xref_links SET owner = 'partner-b' WHERE id_type = (SELECT min(id_type) FROM xref_links)",
@@ -2061,7 +2091,15 @@ pub async fn rewrap_leaves_forged_rows_and_edited_links(backend: Backend) -> any
     assert_eq!(report.damaged_links, 1, "{report:?}");
     assert_eq!(report.links, 1, "{report:?}");
     assert_eq!(report.forged_rows, 1, "{report:?}");
-    assert_eq!(report.left_behind(), 2, "{report:?}");
+    assert_eq!(report.damaged_subjects, 2, "{report:?}");
+    assert_eq!(report.subjects, 1, "{report:?}");
+    assert_eq!(report.left_behind(), 4, "{report:?}");
+    let rho_version: i64 =
+        sqlx::query_scalar("SELECT kek_version FROM subjects WHERE subject_id = $1")
+            .bind(raw(&rho))
+            .fetch_one(cx.tv.db())
+            .await?;
+    assert_eq!(rho_version, 1, "left under its old key");
     let moved_to_b: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM xref_links WHERE owner = 'partner-b' AND key_version = 2",
     )

@@ -160,14 +160,24 @@ impl Vault {
             // Two reads, one update and one delete per batch (the match
             // rows go in with the commit): per-subject statements made the
             // PostgreSQL rewrap round-trip bound.
-            for (row, packets) in tx.subjects_for_rewrap(&ids, target).await? {
+            let (found, undecoded) = tx.subjects_for_rewrap(&ids, target).await?;
+            damaged += undecoded;
+            for (row, packets) in found {
                 let Ok(dek) = self.subject_dek(&row) else {
                     damaged += 1;
                     continue;
                 };
-                let Ok(values) =
-                    packet::newest_values(&row.id, &dek, packets.iter().map(|(_, b)| b.as_slice()))
-                else {
+                // The indexes are made from the newest values of a chain
+                // that links up to the stored head: a newer packet a
+                // database writer deleted or relabelled makes the subject
+                // damaged (left, counted), never indexed under an older
+                // value with a fresh MAC.
+                let Ok(values) = packet::newest_values_to_head(
+                    &row.id,
+                    &dek,
+                    row.head,
+                    packets.iter().map(|(f, b)| (f.as_str(), b.as_slice())),
+                ) else {
                     damaged += 1;
                     continue;
                 };

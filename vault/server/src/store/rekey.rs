@@ -14,7 +14,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::matching::placeholders;
-use super::rows::{self, i64_to_u64, u64_to_i64};
+use super::rows::{self, u64_to_i64};
 use super::rows::{fixed, list_col, subject_col};
 use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, EnrollmentCode};
@@ -590,8 +590,11 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<LinkRow>, StoreError> {
         let rows = sqlx::query(
+            // A version out of range (a writer's edit) is never selected:
+            // left as it is, and `keys retire` counts it.
             "SELECT blind_index, key_version, id_type, owner, token, sealed FROM xref_links \
-             WHERE blind_index > $1 AND key_version < $2 ORDER BY blind_index LIMIT $3",
+             WHERE blind_index > $1 AND key_version < $2 AND key_version >= 0 \
+             ORDER BY blind_index LIMIT $3",
         )
         .bind(after.map_or_else(Vec::new, |b| b.to_vec()))
         .bind(i64::from(target))
@@ -622,7 +625,7 @@ impl Store {
     ) -> Result<Vec<LeafMacRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, leaf, key_version, mac FROM audit_log WHERE id > $1 AND key_version < $2 \
-             ORDER BY id LIMIT $3",
+             AND key_version >= 0 ORDER BY id LIMIT $3",
         )
         .bind(after)
         .bind(i64::from(target))
@@ -877,7 +880,7 @@ impl Store {
 
 /// A subject row of a rewrap batch with its packets (`(seq, bytes)`,
 /// ascending).
-pub(crate) type SubjectWithPackets = (SubjectRecord, Vec<(u64, Vec<u8>)>);
+pub(crate) type SubjectWithPackets = (SubjectRecord, Vec<(String, Vec<u8>)>);
 
 impl AuditedTx {
     /// Loads the subjects of `ids` still wrapped below `target`, with
@@ -890,9 +893,9 @@ impl AuditedTx {
         &mut self,
         ids: &[SubjectId],
         target: u32,
-    ) -> Result<Vec<SubjectWithPackets>, StoreError> {
+    ) -> Result<(Vec<SubjectWithPackets>, u64), StoreError> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         // As `locked!`: excludes other writers of these subjects, not a
         // match's token insert.
@@ -913,17 +916,32 @@ impl AuditedTx {
         let rows: Vec<AnyRow> = q.fetch_all(self.conn().await?).await?;
         let keys = self.store.row_mac.clone();
         let mut subjects = Vec::with_capacity(rows.len());
+        // A row that does not decode or verify (a column a database writer
+        // set out of range, an owner MAC that fails) is left as it is and
+        // counted: it must not stop the rewrap of every subject after it.
+        let mut damaged = 0u64;
         for r in &rows {
-            let record = rows::subject_record(r, keys.as_deref())?;
+            let record = match rows::subject_record(r, keys.as_deref()) {
+                Ok(record) => record,
+                Err(StoreError::Corrupt(_) | StoreError::Forged(_)) => {
+                    damaged += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Ok(key) = fixed(r, "subject_key") else {
+                damaged += 1;
+                continue;
+            };
             // Kept for their match rows, written again by the caller.
-            self.keep_subject_key(record.id, fixed(r, "subject_key")?);
+            self.keep_subject_key(record.id, key);
             subjects.push(record);
         }
         if subjects.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), damaged));
         }
         let sql = format!(
-            "SELECT s.subject_id, p.seq, p.packet FROM subjects s \
+            "SELECT s.subject_id, p.seq, p.field_name, p.packet FROM subjects s \
              JOIN packets p ON p.subject_key = COALESCE(s.subject_key, s.subject_id) \
              AND p.subject_id = s.subject_id WHERE s.subject_id IN ({}) \
              ORDER BY s.subject_id, p.seq",
@@ -933,22 +951,24 @@ impl AuditedTx {
         for s in &subjects {
             q = q.bind(s.id.as_bytes().to_vec());
         }
-        let mut packets: HashMap<SubjectId, Vec<(u64, Vec<u8>)>> = HashMap::new();
+        // In sequence order (the statement's), with the field each row is
+        // stored under: the caller checks they link up to the head.
+        let mut packets: HashMap<SubjectId, Vec<(String, Vec<u8>)>> = HashMap::new();
         for r in q.fetch_all(self.conn().await?).await? {
             let id = subject_col(&r, "subject_id")?;
-            let seq = i64_to_u64(r.try_get("seq")?, "packets.seq")?;
             packets
                 .entry(id)
                 .or_default()
-                .push((seq, r.try_get("packet")?));
+                .push((r.try_get("field_name")?, r.try_get("packet")?));
         }
-        Ok(subjects
+        let found = subjects
             .into_iter()
             .map(|s| {
                 let p = packets.remove(&s.id).unwrap_or_default();
                 (s, p)
             })
-            .collect())
+            .collect();
+        Ok((found, damaged))
     }
 
     /// Replaces the wrapped data keys of `moves` `(subject, old version,
