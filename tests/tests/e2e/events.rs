@@ -586,6 +586,27 @@ pub async fn concurrency_bad_rows_unlink_and_limits(backend: Backend) -> anyhow:
         audit.iter().any(|(_, d)| d.contains(" unreadable=cmd_")),
         "{audit:?}"
     );
+    assert_eq!(ctx.ack("partner-b", ids(&got)).await, 1);
+    // A row whose columns no longer decode (a position out of range) is
+    // skipped the same way, not the end of every stream at it.
+    ctx.publish(
+        "partner-a",
+        &q.subject,
+        "address.changed",
+        "odd",
+        vec![field("address", "v")],
+    )
+    .await?;
+    sqlx::query("UPDATE command_outbox SET subject_seq = -1 WHERE subject_seq = 9")
+        .execute(ctx.tv.db())
+        .await?;
+    let got = ctx.drain("partner-b").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].fields, vec![field("address", "v")]);
+    assert_eq!(ctx.ack("partner-b", ids(&got)).await, 1);
+    sqlx::query("DELETE FROM command_outbox WHERE subject_seq = -1")
+        .execute(ctx.tv.db())
+        .await?;
     // Unlinking partner-b withdraws the person's commands waiting for it.
     ctx.publish(
         "partner-a",

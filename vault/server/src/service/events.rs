@@ -446,17 +446,38 @@ impl Vault {
                     next_after: after,
                 });
             };
-            let next_after = last.seq;
+            let next_after = match last {
+                Ok(row) => row.seq,
+                Err(bad) => bad.seq,
+            };
             let mut out = Vec::with_capacity(rows.len());
             let mut unreadable = Vec::new();
             let mut deks: Vec<(SubjectId, idvault_core::secret::DataKey)> = Vec::new();
             for row in rows {
+                let row = match row {
+                    Ok(row) => row,
+                    Err(bad) => {
+                        tracing::error!(seq = bad.seq, "outbox row does not decode; skipped");
+                        unreadable.push(bad.command_id);
+                        continue;
+                    }
+                };
                 match self.open_command(&row, &mut deks).await {
                     Ok(Some(d)) => out.push(d),
                     // Its subject was deleted since the read: gone.
                     Ok(None) => {}
-                    Err(VaultError::Integrity(what)) => {
-                        tracing::error!(command_id = %row.command.command_id, what, "outbox command cannot be opened; skipped");
+                    // What cannot be opened now will not be on the next
+                    // try either (a failed MAC or AEAD, a data key under a
+                    // version this process lacks, a subject row that does
+                    // not decode): skipped and audited, so one bad row
+                    // does not stop every stream of the recipient at it.
+                    // A storage fault that may pass ends the batch instead.
+                    Err(
+                        e @ (VaultError::Integrity(_)
+                        | VaultError::Key(_)
+                        | VaultError::Storage(crate::store::StoreError::Corrupt(_))),
+                    ) => {
+                        tracing::error!(command_id = %row.command.command_id, error = %e, "outbox command cannot be opened; skipped");
                         unreadable.push(row.command.command_id);
                     }
                     Err(e) => return Err(e),

@@ -112,13 +112,16 @@ impl super::Store {
 
     /// Up to `limit` commands of `recipient` after outbox position
     /// `after`, oldest first. Read outside any write transaction: opening
-    /// them (key unwrap, decryption) does not hold the write lock.
+    /// them (key unwrap, decryption) does not hold the write lock. A row
+    /// whose columns do not decode (edited behind the vault's back) comes
+    /// back as [`UnreadableCommand`], in its place: one bad row must not
+    /// stop every stream of the recipient at it.
     pub async fn pending_commands(
         &self,
         recipient: &str,
         after: u64,
         limit: u32,
-    ) -> Result<Vec<PendingCommand>, StoreError> {
+    ) -> Result<Vec<Result<PendingCommand, UnreadableCommand>>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, command_id, subject_id, subject_seq, pairwise_token, source, event_type, \
              command, rule_id, payload, created_at_ms, deliveries FROM command_outbox \
@@ -129,31 +132,18 @@ impl super::Store {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let deliveries: i64 = r.try_get("deliveries")?;
-                Ok(PendingCommand {
-                    seq: i64_to_u64(r.try_get("seq")?, "command_outbox.seq")?,
-                    subject_seq: i64_to_u64(
-                        r.try_get("subject_seq")?,
-                        "command_outbox.subject_seq",
-                    )?,
-                    deliveries: u32::try_from(deliveries.saturating_add(1)).unwrap_or(u32::MAX),
-                    command: OutboxCommand {
-                        command_id: r.try_get("command_id")?,
-                        recipient: recipient.to_owned(),
-                        subject: subject_col(r, "subject_id")?,
-                        pairwise_token: r.try_get("pairwise_token")?,
-                        source: r.try_get("source")?,
-                        event_type: r.try_get("event_type")?,
-                        command: r.try_get("command")?,
-                        rule_id: r.try_get("rule_id")?,
-                        payload: r.try_get("payload")?,
-                        created_at_ms: r.try_get("created_at_ms")?,
-                    },
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // `seq > after` (after ≥ 0) selects only positions that fit.
+            let seq = i64_to_u64(r.try_get("seq")?, "command_outbox.seq")?;
+            out.push(
+                pending_command(recipient, seq, r).map_err(|_| UnreadableCommand {
+                    seq,
+                    command_id: r.try_get("command_id").unwrap_or_default(),
+                }),
+            );
+        }
+        Ok(out)
     }
 
     /// A subject row, read outside any write transaction.
@@ -565,6 +555,38 @@ async fn rows_for(
         q = q.bind(s.as_bytes().to_vec());
     }
     Ok(q.fetch_all(&mut *conn).await?)
+}
+
+/// An outbox row whose columns do not decode: where it is, and its id if
+/// that much reads (for the audit record that says it was skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableCommand {
+    /// Its outbox position.
+    pub seq: u64,
+    /// Its command id (empty when that does not read either).
+    pub command_id: String,
+}
+
+/// One outbox row of `recipient` at position `seq`.
+fn pending_command(recipient: &str, seq: u64, r: &AnyRow) -> Result<PendingCommand, StoreError> {
+    let deliveries: i64 = r.try_get("deliveries")?;
+    Ok(PendingCommand {
+        seq,
+        subject_seq: i64_to_u64(r.try_get("subject_seq")?, "command_outbox.subject_seq")?,
+        deliveries: u32::try_from(deliveries.saturating_add(1)).unwrap_or(u32::MAX),
+        command: OutboxCommand {
+            command_id: r.try_get("command_id")?,
+            recipient: recipient.to_owned(),
+            subject: subject_col(r, "subject_id")?,
+            pairwise_token: r.try_get("pairwise_token")?,
+            source: r.try_get("source")?,
+            event_type: r.try_get("event_type")?,
+            command: r.try_get("command")?,
+            rule_id: r.try_get("rule_id")?,
+            payload: r.try_get("payload")?,
+            created_at_ms: r.try_get("created_at_ms")?,
+        },
+    })
 }
 
 /// Most event rows a suggestion reads per chunk of people (see
