@@ -322,15 +322,16 @@ pub async fn install(backup: &Path, db: &Path, aside: &Path) -> Result<bool, Bac
 ///
 /// - between moving the `-wal` (or `-shm`) aside and moving the main
 ///   file: they go back beside it;
-/// - between moving the main file aside and putting the backup in place:
-///   there is no database at `db` (and opening one there would create an
-///   empty one, which a restore rerun would then finish on), so the old
-///   one goes back, main file first, and the unfinished copy of the backup
-///   is removed.
+/// - between moving the main file aside and putting the backup in place
+///   (only when `own`: `aside` is where that restore moved the database at
+///   `db`, not a database the operator named): there is no database at
+///   `db` (and opening one there would create an empty one, which a
+///   restore rerun would then finish on), so the old one goes back, main
+///   file first, and the unfinished copy of the backup is removed.
 ///
 /// Returns whether it moved anything.
-pub fn recover_interrupted(db: &Path, aside: &Path) -> Result<bool, BackupError> {
-    if aside.exists() && !db.exists() {
+pub fn recover_interrupted(db: &Path, aside: &Path, own: bool) -> Result<bool, BackupError> {
+    if own && aside.exists() && !db.exists() {
         for suffix in ["", "-wal", "-shm"] {
             let (stray, home) = (with_suffix(aside, suffix), with_suffix(db, suffix));
             if stray.exists() && !home.exists() {
@@ -470,9 +471,9 @@ mod tests {
         let other = aside_name(&db, 1_700_000_000_000);
         assert_ne!(other, aside);
         std::fs::write(with_suffix(&other, "-wal"), b"wal").unwrap();
-        assert!(recover_interrupted(&db, &other).unwrap());
+        assert!(recover_interrupted(&db, &other, true).unwrap());
         assert!(with_suffix(&db, "-wal").exists());
-        assert!(!recover_interrupted(&db, &other).unwrap());
+        assert!(!recover_interrupted(&db, &other, true).unwrap());
         // A restore stopped after moving the main file aside too, before
         // the backup was in place (its copy left beside): the old files go
         // back, the copy goes.
@@ -483,11 +484,14 @@ mod tests {
         }
         let copy = temp_beside(&db, "restoring");
         std::fs::write(&copy, b"half a copy").unwrap();
-        assert!(recover_interrupted(&db, &third).unwrap());
+        // A database the restore did not set aside itself is never moved in.
+        assert!(!recover_interrupted(&db, &third, false).unwrap());
+        assert!(!db.exists());
+        assert!(recover_interrupted(&db, &third, true).unwrap());
         assert_eq!(std::fs::read(&db).unwrap(), before);
         assert!(with_suffix(&db, "-wal").exists());
         assert!(!third.exists() && !copy.exists());
-        assert!(!recover_interrupted(&db, &third).unwrap());
+        assert!(!recover_interrupted(&db, &third, true).unwrap());
     }
 
     #[test]

@@ -63,7 +63,7 @@ fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
     // read the file while another's line was half written would take that
     // line for a torn one and cut it off after it was acknowledged.
     // (Released when `f` is closed.)
-    f.lock()?;
+    lock_for_append(&f, path)?;
     // A crash during an earlier append may have left a line cut short (it
     // was never on disk whole, so its deletion was not yet answered: the
     // database's audit log holds it). Cut it off, so this line starts
@@ -93,6 +93,43 @@ fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long an append waits for another process's append to end.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the journal's exclusive lock, waiting at most [`LOCK_WAIT`] (a
+/// holder that hangs must not stop every deletion's answer forever). A
+/// file system without locks (some network mounts) gets the append
+/// unlocked, as before locks were taken, with a warning: a journal that
+/// refused every append would quietly lose every deletion's line.
+fn lock_for_append(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    // Counted in tries (the workspace reads no clock outside a `Clock`).
+    const TRY_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+    let mut tries = LOCK_WAIT.as_millis() / TRY_EVERY.as_millis();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if tries > 0 => {
+                tries -= 1;
+                std::thread::sleep(TRY_EVERY);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "another process held the deletion journal's lock for 10 s",
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(
+                    journal = %path.display(),
+                    error = %e,
+                    "the deletion journal's file system takes no locks: appending without one (give each process its own journal)"
+                );
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// What reading journals found.

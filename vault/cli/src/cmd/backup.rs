@@ -116,9 +116,19 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             .filter_map(|l| l.strip_prefix("set-aside "))
             .map(PathBuf::from)
             .collect();
+        // Where that restore was to move the current database itself (a
+        // marker written before this line existed: its last set-aside).
+        // Only that file may be moved back into place: the others are
+        // databases an operator named, or earlier restores left.
+        let swap: Option<PathBuf> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("swap-aside "))
+            .map(PathBuf::from)
+            .or_else(|| asides.last().cloned());
         for aside in &asides {
+            let own = swap.as_ref() == Some(aside);
             if let Some(db) = &db
-                && backup::recover_interrupted(db, aside)?
+                && backup::recover_interrupted(db, aside, own)?
             {
                 println!("put the old database's files back in place (the swap had not finished)");
             }
@@ -299,7 +309,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             .filter(|p| p != db)
             .collect();
         asides.push(aside.clone());
-        write_marker(&marker, &asides)?;
+        write_marker(&marker, &asides, Some(&aside))?;
         match backup::install(from, db, &aside).await {
             Ok(set_aside) => {
                 println!(
@@ -326,7 +336,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             }
         }
     } else if !marker.exists() {
-        write_marker(&marker, &[])?;
+        write_marker(&marker, &[], None)?;
     }
 
     // Shred again, in the restored database, everyone deleted.
@@ -394,7 +404,11 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
 /// Writes the restore-pending marker durably and atomically (mode 0600):
 /// the set-aside database files a rerun reads. Only file paths, never a
 /// database URL (it may hold a password).
-fn write_marker(path: &std::path::Path, asides: &[PathBuf]) -> anyhow::Result<()> {
+fn write_marker(
+    path: &std::path::Path,
+    asides: &[PathBuf],
+    swap: Option<&PathBuf>,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let mut text = String::from(
         "# An `idvault restore` has not finished: the vault refuses to start until\n\
@@ -402,6 +416,9 @@ fn write_marker(path: &std::path::Path, asides: &[PathBuf]) -> anyhow::Result<()
     );
     for a in asides {
         text.push_str(&format!("set-aside {}\n", a.display()));
+    }
+    if let Some(a) = swap {
+        text.push_str(&format!("swap-aside {}\n", a.display()));
     }
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();

@@ -23,7 +23,10 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, crate::service::VaultError>> + Send + 'static,
 {
-    let task = tokio::spawn(f);
+    // Nothing is started after the server stopped waiting for it (what
+    // started finishes: see above).
+    let until = tokio::time::Instant::now() + deadline;
+    let task = tokio::spawn(crate::service::pipeline::scoped_deadline(until, f));
     within(deadline, async {
         task.await
             .map_err(|_| Status::internal("internal error"))?

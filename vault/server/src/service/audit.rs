@@ -285,8 +285,16 @@ impl Vault {
         }
         // Every replica, lease or not: a refusal keeps the lease where it
         // is, so no replica without this one's memory signs over a log
-        // cut back meanwhile.
-        self.follow_checkpoints(&st.verifiers, &mut st.seen).await?;
+        // cut back meanwhile (as long as its connection, and so the
+        // lock, lives: checked while it refuses).
+        if let Err(e) = self.follow_checkpoints(&st.verifiers, &mut st.seen).await {
+            if let Some(lease) = st.lease.as_mut()
+                && !lease.alive().await
+            {
+                st.lease = None;
+            }
+            return Err(e);
+        }
         if st.lease.is_none() {
             st.lease = self.store().sequencer_lease().await?;
         }
@@ -728,6 +736,11 @@ async fn sequence(
         return Ok(0);
     }
     let origin = &vault.audit_settings().origin;
+    // Once more now that the lease is held: a previous holder may have
+    // committed a checkpoint since the follow at the start of the step.
+    vault
+        .follow_checkpoints(resume.verifiers, resume.seen)
+        .await?;
     let (size, note, edge) = lease.tree_state(store, merkle::root_nodes).await?;
     let mut tree = resume.check(origin, size, note.as_deref(), &edge)?;
     let mut assigned = Vec::with_capacity(pending.len());
@@ -796,6 +809,38 @@ async fn sequence(
         "sequencer batch timings"
     );
     Ok(assigned.len() as u64)
+}
+
+/// Whether a checkpoint committed while [`verify_audit_log`] ran covers the
+/// whole `tree` it read: the newest stored one, its note verified, is the
+/// tree, or proves (from the stored nodes, against both roots) to extend
+/// it. The nodes are not trusted: a proof from them holds only if the
+/// leaves read hash to a prefix of the signed tree.
+async fn signed_since(
+    store: &Store,
+    verifiers: &[NoteVerifier],
+    origin: &str,
+    tree: &Appender,
+) -> Result<bool, VaultError> {
+    let Some(c) = store.latest_checkpoint().await? else {
+        return Ok(false);
+    };
+    let signed = checkpoint::open_checkpoint(&c.note, verifiers, origin)
+        .is_ok_and(|cp| cp.size == c.size && crypto::ct_eq(&cp.root, &c.root));
+    let (size, root) = (tree.size(), tree.root());
+    if !signed || c.size < size {
+        return Ok(false);
+    }
+    if c.size == size {
+        return Ok(crypto::ct_eq(&c.root, &root));
+    }
+    let ids = merkle::consistency_nodes(size, c.size).map_err(tree_err)?;
+    let found: HashMap<NodeId, Hash> = store.audit_nodes(&ids).await?.into_iter().collect();
+    Ok(
+        merkle::consistency_proof(size, c.size, &|id| found.get(&id).copied()).is_ok_and(|proof| {
+            merkle::verify_consistency(size, c.size, &root, &c.root, &proof).is_ok()
+        }),
+    )
 }
 
 /// Outcome of [`verify_audit_log`].
@@ -1010,21 +1055,10 @@ pub async fn verify_audit_log(
     // newer checkpoint was deleted (and their bytes could then be edited
     // unnoticed), unless one was committed while this ran.
     let covered = cps.last().map_or(0, |(size, _)| *size);
-    if tree.size() > covered {
-        let now = store.latest_checkpoint().await?;
-        let signed_later = now.is_some_and(|c| {
-            c.size >= tree.size()
-                && checkpoint::open_checkpoint(&c.note, verifiers, origin).is_ok_and(|cp| {
-                    cp.size == c.size
-                        && crypto::ct_eq(&cp.root, &c.root)
-                        && (c.size > tree.size() || crypto::ct_eq(&c.root, &tree.root()))
-                })
-        });
-        if !signed_later {
-            return Ok(AuditVerdict::Broken(AuditFault::Uncovered {
-                index: covered,
-            }));
-        }
+    if tree.size() > covered && !signed_since(store, verifiers, origin, &tree).await? {
+        return Ok(AuditVerdict::Broken(AuditFault::Uncovered {
+            index: covered,
+        }));
     }
     let leaves = tree.size();
     let mut pending = 0u64;

@@ -353,7 +353,7 @@ impl Vault {
                             return Err(refused(Refusal::RequestReplayed));
                         }
                         let wait = self.suggestion_reads.acquire();
-                        let _place = match req.caller.deadline {
+                        let _place = match super::pipeline::current_deadline() {
                             Some(d) => tokio::time::timeout_at(d, wait)
                                 .await
                                 .map_err(|_| VaultError::DeadlineExceeded)?,

@@ -39,6 +39,20 @@ tokio::task_local! {
     static CONNECTIONS: std::sync::Arc<tokio::sync::Semaphore>;
 }
 
+/// Runs `f` with `deadline` as the deadline of the request it serves,
+/// unless its caller's is earlier. For a call that finishes on a task of
+/// its own after its client stopped waiting: without it such a call, sent
+/// without a `grpc-timeout`, could queue for the writer or a connection
+/// for as long as they are busy, holding its place in flight.
+pub(crate) async fn scoped_deadline<F: Future>(deadline: tokio::time::Instant, f: F) -> F::Output {
+    DEADLINE.scope(deadline, f).await
+}
+
+/// The deadline of the request this task serves, if it has one.
+pub(crate) fn current_deadline() -> Option<tokio::time::Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
 /// Waits `d` before trying again, unless the request's deadline comes
 /// first: then it is refused as past its time, and nothing more is done.
 pub(crate) async fn back_off(d: std::time::Duration) -> Result<(), VaultError> {
@@ -314,8 +328,16 @@ impl Vault {
                 return Err(VaultError::Overloaded(full.limit()));
             }
         };
+        // The caller's deadline, or an earlier one the edge set around
+        // this call (`scoped_deadline`: the server's own request timeout
+        // for calls that finish on a task of their own).
+        let outer = DEADLINE.try_with(|d| *d).ok();
+        let deadline = match (caller.deadline, outer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let run = async {
-            match caller.deadline {
+            match deadline {
                 Some(d) => {
                     DEADLINE
                         .scope(d, self.admitted(caller, partner, gate, action, body))

@@ -585,6 +585,15 @@ impl std::ops::DerefMut for SeqReader<'_> {
 }
 
 impl SequencerLease {
+    /// Whether the lease still holds: on PostgreSQL its connection (and
+    /// with it the advisory lock) answers; on SQLite it always does.
+    pub async fn alive(&mut self) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(c) => sqlx::query("SELECT 1").execute(&mut *c).await.is_ok(),
+        }
+    }
+
     /// The sequencer reads the tree and the waiting leaves before it
     /// starts its batch, outside the writer (on SQLite, every request's
     /// commit waits while a batch holds it). It is the only one that
