@@ -81,6 +81,15 @@ impl MatchModel {
             .copied()
             .max()
             .unwrap_or(0);
+        // The strongest agreement short of exact: exact agreement on a
+        // common value must never weigh less than a near miss on any value
+        // ("London" agreeing is not weaker than "Londn" against "London").
+        let below_exact = fm
+            .agree
+            .iter()
+            .filter(|(l, _)| *l != Level::Exact)
+            .map(|(_, x)| (x.m / x.u).log2())
+            .fold(f64::NEG_INFINITY, f64::max);
         if let Some((_, mu)) = fm.agree.iter_mut().find(|(l, _)| *l == Level::Exact) {
             let share = if count > 0 {
                 f64::from(count) / n
@@ -97,6 +106,11 @@ impl MatchModel {
                     mu.u * MAX_FREQUENCY_SHIFT_BITS.exp2(),
                 )
                 .max(1.0 / n.max(1.0));
+            let u = if below_exact.is_finite() {
+                u.min(mu.m / below_exact.exp2())
+            } else {
+                u
+            };
             *mu = MU { m: mu.m, u };
         }
         Some(fm)
@@ -147,5 +161,27 @@ mod tests {
             m.field_for_query(MatchField::Phone, &[7]),
             prior.field_for_query(MatchField::Phone, &[7])
         );
+        // A value so common that its exact weight would fall below the
+        // field's next level is held at that level's weight.
+        let everywhere = MatchModel {
+            frequencies: Some(Frequencies {
+                population: 100_000,
+                counts: HashMap::from([(7, 60_000)]),
+                floor: 50,
+            }),
+            ..MatchModel::prior()
+        };
+        for field in FREQUENCY_FIELDS {
+            let Some(f) = everywhere.field_for_query(field, &[7]) else {
+                continue;
+            };
+            let exact = f.weight(Some(Level::Exact));
+            for (level, _) in f.agree.iter().filter(|(l, _)| *l != Level::Exact) {
+                assert!(
+                    exact >= f.weight(Some(*level)) - 1e-9,
+                    "{field:?}: exact {exact} below {level:?}"
+                );
+            }
+        }
     }
 }
