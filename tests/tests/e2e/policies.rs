@@ -238,6 +238,26 @@ pub async fn resource_and_field_policies(b: Backend) -> anyhow::Result<()> {
             .await;
         assert_eq!(r.is_ok(), subject == &free, "{r:?}");
     }
+    // Another partner naming the held subject learns nothing from the
+    // hold: it is absent, as any id that is not its own.
+    let mut b = tv.subjects("partner-b").await?;
+    for subject in [&held, &free] {
+        let e = b
+            .verify_subject_chain(VerifySubjectChainRequest {
+                subject_id: subject.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let e = b
+            .update_subject(UpdateSubjectRequest {
+                subject_id: subject.clone(),
+                fields: vec![field("email", "x@example.net")],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
     let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
         "SELECT action, outcome, subject, detail FROM audit_log WHERE outcome = 'denied' ORDER BY id",
     )

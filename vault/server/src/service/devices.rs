@@ -130,11 +130,13 @@ impl Vault {
     ) -> Result<(Zeroizing<String>, i64), VaultError> {
         self.handle(caller, Action::IssueEnrollmentCode, async |req| {
             let id = req.subject_id(subject)?;
-            req.decide_on_subject(&id, &[])?;
+            req.about(id);
             // Only the partner that created the subject (and so verified
             // the person) may let a phone enroll to it; another partner's
-            // subject reads as absent, as everywhere else.
+            // subject reads as absent, as everywhere else, whatever policy
+            // names it (ownership is checked before the policy is asked).
             let (mut tx, _) = self.open_owned(req, &id).await?;
+            req.decide_on_subject(&id, &[])?;
             let code = c::generate_enrollment_code(self.rng()).map_err(KeyError::from)?;
             let ttl = i64::from(self.consent_settings().enrollment_code_ttl_seconds);
             let expires = self.now_secs() + ttl;

@@ -128,8 +128,12 @@ impl Vault {
         self.handle(caller, Action::UpdateSubject, async |req| {
             let fields = validate_fields(fields)?;
             let id = req.subject_id(subject)?;
-            req.decide_on_subject(&id, &names(&fields))?;
+            req.about(id);
+            // Ownership first: another partner's subject reads as absent
+            // whatever policy names it (a per-subject forbid answered
+            // PERMISSION_DENIED would say that the id exists).
             let (mut tx, row) = self.open_owned(req, &id).await?;
+            req.decide_on_subject(&id, &names(&fields))?;
             if row.head.seq + fields.len() as u64 > packet::MAX_CHAIN_PACKETS {
                 return Err(VaultError::ChainFull(packet::MAX_CHAIN_PACKETS));
             }
@@ -172,7 +176,7 @@ impl Vault {
     ) -> Result<ChainVerification, VaultError> {
         self.handle(caller, Action::VerifySubjectChain, async |req| {
             let id = req.subject_id(subject)?;
-            req.decide_on_subject(&id, &[])?;
+            req.about(id);
             // At most a few at a time per partner: each reads and
             // decrypts a whole history (up to 10,000 packets) on a pool
             // connection, and the pool's readers serve every partner.
@@ -189,6 +193,8 @@ impl Vault {
                 return Err(VaultError::NotFound);
             };
             owned_by(&snap.row, req)?;
+            // Decided once ownership is known (see `update_subject`).
+            req.decide_on_subject(&id, &[])?;
             let row = snap.row.clone();
             let mut report = match self.subject_dek(&row) {
                 Ok(dek) => {
@@ -252,8 +258,10 @@ impl Vault {
         let done = self
             .handle(caller, Action::DeleteSubject, async |req| {
                 let id = req.subject_id(subject)?;
-                req.decide_on_subject(&id, &[])?;
+                req.about(id);
+                // Ownership first (see `update_subject`).
                 let (mut tx, row) = self.open_owned(req, &id).await?;
+                req.decide_on_subject(&id, &[])?;
                 // Their digital IDs are revoked and the status entries
                 // forget them (the entries stay: an index is never reused).
                 let credentials = tx.forget_credentials_of(&id, self.now_millis()).await?;
