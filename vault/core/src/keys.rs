@@ -497,7 +497,9 @@ impl StaticKeyProvider {
         let new = Self::generate_key(rng, next)?;
         let mut out = self.clone_all();
         out.keys.insert(next, new);
-        Ok(out)
+        // A hand-edited file can name a retired version above the current
+        // one: refused here, rather than written and then unreadable.
+        out.checked()
     }
 }
 
