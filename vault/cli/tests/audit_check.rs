@@ -66,13 +66,7 @@ fn check(
     state: &Path,
     id: Option<&str>,
 ) -> (bool, String) {
-    let url = format!("https://{}", server.addr);
     let mut all = vec![
-        "partner",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--server",
-        url.as_str(),
         "audit-check",
         "--public-key",
         vkey.to_str().unwrap(),
@@ -82,7 +76,7 @@ fn check(
     if let Some(id) = id {
         all.extend(["--request-id", id]);
     }
-    let out = idvault(&all);
+    let out = partner(dir, server, &all);
     (out.status.success(), show(&out))
 }
 

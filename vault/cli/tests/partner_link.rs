@@ -64,17 +64,9 @@ async fn create_people(server: &Server, dir: &Path) -> Vec<String> {
 }
 
 fn link(dir: &Path, server: &Server, args: &[&str]) -> std::process::Output {
-    let url = format!("https://{}", server.addr);
-    let mut all = vec![
-        "partner",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--server",
-        url.as_str(),
-        "link",
-    ];
+    let mut all = vec!["link"];
     all.extend(args);
-    idvault(&all)
+    partner(dir, server, &all)
 }
 
 /// `(record_id, pairwise_token, refused?)` per CSV result row.

@@ -390,6 +390,20 @@ pub(crate) fn idvault_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     }
 }
 
+/// `idvault partner --data-dir DIR --server <server> <args…>`.
+pub(crate) fn partner(dir: &Path, server: &Server, args: &[&str]) -> Output {
+    let url = format!("https://{}", server.addr);
+    let mut all = vec![
+        "partner",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--server",
+        url.as_str(),
+    ];
+    all.extend(args);
+    idvault(&all)
+}
+
 pub(crate) fn show(out: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",

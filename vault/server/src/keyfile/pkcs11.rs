@@ -217,44 +217,40 @@ fn check_module(module: &Path) -> Result<std::path::PathBuf, SealError> {
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::MetadataExt;
         let real = std::fs::canonicalize(module).map_err(|e| refuse(e.to_string()))?;
-        // The links followed to it are checked too: each lies in a
-        // directory that must be as safe as the file's own.
-        check_links(module, &refuse)?;
-        // This process's user: the owner of its own /proc entry.
-        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-        for p in real.ancestors() {
-            let m = std::fs::metadata(p).map_err(|e| refuse(e.to_string()))?;
-            let owner_ok = m.uid() == 0 || Some(m.uid()) == me;
-            if !owner_ok || m.mode() & 0o022 != 0 {
-                return Err(refuse(format!(
-                    "{} is writable by others than root or this user; refusing to load the module",
-                    p.display()
-                )));
-            }
-        }
+        // The file and every directory above it, links resolved; and the
+        // directories of the path as named, where a link could be swapped
+        // (a directory that is itself a link is followed there, and its
+        // target is among the resolved ones).
+        safe_paths(real.ancestors(), "", &refuse)?;
+        safe_paths(
+            module.ancestors().skip(1),
+            " (on the module's path as named)",
+            &refuse,
+        )?;
         Ok(real)
     }
     #[cfg(not(unix))]
     Ok(module.to_path_buf())
 }
 
-/// Every directory the given path passes through (before links are
-/// resolved) must belong to root or this process's user and be writable
-/// by nobody else: otherwise someone could swap a link in it.
+/// Each of `paths` must belong to root or this process's user and be
+/// writable by nobody else; `named` says which path a refusal is about.
 #[cfg(unix)]
-fn check_links(module: &Path, refuse: &dyn Fn(String) -> SealError) -> Result<(), SealError> {
+fn safe_paths<'a>(
+    paths: impl Iterator<Item = &'a Path>,
+    named: &str,
+    refuse: &dyn Fn(String) -> SealError,
+) -> Result<(), SealError> {
     use std::os::unix::fs::MetadataExt;
+    // This process's user: the owner of its own /proc entry.
     let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    for p in module.ancestors().skip(1) {
-        // The directories as named (a directory that is itself a link is
-        // followed here, and its target checked again by the caller).
+    for p in paths {
         let m = std::fs::metadata(p).map_err(|e| refuse(e.to_string()))?;
         let owner_ok = m.uid() == 0 || Some(m.uid()) == me;
         if !owner_ok || m.mode() & 0o022 != 0 {
             return Err(refuse(format!(
-                "{} (on the module's path as named) is writable by others than root or this user; refusing to load the module",
+                "{}{named} is writable by others than root or this user; refusing to load the module",
                 p.display()
             )));
         }

@@ -342,13 +342,7 @@ impl Vault {
             } else if cp.size == size {
                 crypto::ct_eq(&cp.root, &root)
             } else {
-                let ids = merkle::consistency_nodes(size, cp.size).map_err(tree_err)?;
-                let get = self.nodes(&ids).await?;
-                merkle::consistency_proof(size, cp.size, &|id| get.get(&id).copied())
-                    .ok()
-                    .is_some_and(|proof| {
-                        merkle::verify_consistency(size, cp.size, &root, &cp.root, &proof).is_ok()
-                    })
+                extends_by_stored_nodes(self.store(), (size, &root), (cp.size, &cp.root)).await?
             };
             if !extends {
                 return Err(cut_back(size, cp.size));
@@ -834,11 +828,23 @@ async fn signed_since(
     if c.size == size {
         return Ok(crypto::ct_eq(&c.root, &root));
     }
-    let ids = merkle::consistency_nodes(size, c.size).map_err(tree_err)?;
+    extends_by_stored_nodes(store, (size, &root), (c.size, &c.root)).await
+}
+
+/// Whether the tree `new` extends the tree `old` (sizes and roots, both
+/// trusted, `old` the smaller), by a consistency proof built from the
+/// stored nodes: the nodes are not trusted, the proof holds only if they
+/// hash to both roots. Missing nodes prove nothing.
+async fn extends_by_stored_nodes(
+    store: &Store,
+    (old, old_root): (u64, &Hash),
+    (new, new_root): (u64, &Hash),
+) -> Result<bool, VaultError> {
+    let ids = merkle::consistency_nodes(old, new).map_err(tree_err)?;
     let found: HashMap<NodeId, Hash> = store.audit_nodes(&ids).await?.into_iter().collect();
     Ok(
-        merkle::consistency_proof(size, c.size, &|id| found.get(&id).copied()).is_ok_and(|proof| {
-            merkle::verify_consistency(size, c.size, &root, &c.root, &proof).is_ok()
+        merkle::consistency_proof(old, new, &|id| found.get(&id).copied()).is_ok_and(|proof| {
+            merkle::verify_consistency(old, new, old_root, new_root, &proof).is_ok()
         }),
     )
 }
