@@ -856,3 +856,35 @@ pub async fn late_revocations_force_no_status_list_rebuild(b: Backend) -> anyhow
     assert!(cx.status_list(&s.uri).await.issued_at > first);
     cx.tv.stop().await
 }
+
+/// The retention job removes the status entries of expired credentials
+/// (docs/digital-id.md, "Expired credentials"): the list then publishes a
+/// removed entry as revoked, the others keep their state, and the list's
+/// indexes are not given again.
+pub async fn expired_entries_are_pruned_and_published_revoked(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::store::Prunable;
+    let ok = (Ok(()), Ok(()));
+    let revoked = || (Err("revoked".to_owned()), Err("revoked".to_owned()));
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let a = cx.issue(&[]).await?;
+    let b_cred = cx.issue(&[]).await?;
+    let sa = a.parsed.status()?;
+    // A's entry as an entry expired long ago looks to the job (the
+    // credential itself still verifies, so the list answers for it).
+    sqlx::query("UPDATE credentials SET expires_at = 1 WHERE idx = $1")
+        .bind(i64::try_from(sa.idx)?)
+        .execute(cx.tv.db())
+        .await?;
+    let done = cx.tv.vault.prune_once().await?;
+    assert!(done.contains(&(Prunable::Credentials, 1)), "{done:?}");
+    assert_eq!(cx.tv.count("SELECT count(*) FROM credentials").await, 1);
+    assert_eq!(cx.accepted(&a).await, revoked());
+    assert_eq!(cx.accepted(&b_cred).await, ok);
+    let c = cx.issue(&[]).await?;
+    let sc = c.parsed.status()?;
+    assert_eq!(sc.uri, sa.uri);
+    assert_ne!(sc.idx, sa.idx, "a removed entry's index is not given again");
+    assert_eq!(cx.accepted(&c).await, ok);
+    assert_eq!(cx.accepted(&a).await, revoked());
+    cx.tv.stop().await
+}

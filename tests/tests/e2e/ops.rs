@@ -133,7 +133,8 @@ pub async fn loose_key_file_permissions_refused(b: Backend) -> anyhow::Result<()
 /// The retention job removes spent single-use rows and old processed
 /// events, in audited batches, and keeps everything still in use: fresh
 /// challenges and codes, device request ids inside their replay window,
-/// recent events, live consent withdrawals.
+/// recent events, live consent withdrawals, the status entries of
+/// credentials not long expired.
 pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> {
     use idvault_tests::idvault_server::store::Prunable;
     let tv = TestVault::start(b).await?;
@@ -167,6 +168,21 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
         .bind(at)
         .execute(&mut *t)
         .await?;
+        // A digital ID's status entry, by its `exp` in seconds; the one
+        // expired a minute ago is still inside the grace and stays.
+        for (seq, exp) in [(0i64, at), (1, now - 60_000)] {
+            sqlx::query(
+                "INSERT INTO credentials (list_id, idx, seq, subject_id, device_id, expires_at) \
+                 VALUES ($1, $2, $3, $4, 'dev_x', $5)",
+            )
+            .bind(i64::from(i))
+            .bind(seq + 10)
+            .bind(seq)
+            .bind(vec![9u8; 16])
+            .bind(exp / 1000)
+            .execute(&mut *t)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO events (source, event_id, subject_id, event_type, outcome, commands, accepted_at_ms) \
              VALUES ('partner-a', $1, $2, 'address_changed', 'accepted', 0, $3)",
@@ -200,6 +216,13 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
     assert_eq!(removed(Prunable::Events), Some(1));
     assert_eq!(removed(Prunable::Withdrawals), Some(1));
     assert_eq!(removed(Prunable::DeviceRequests), Some(n_old as u64));
+    assert_eq!(removed(Prunable::Credentials), Some(1));
+    assert_eq!(tv.count("SELECT count(*) FROM credentials").await, 3);
+    assert_eq!(
+        tv.count("SELECT count(*) FROM credentials WHERE list_id = 1 AND seq = 0")
+            .await,
+        0
+    );
     assert_eq!(tv.count("SELECT count(*) FROM consent_challenges").await, 1);
     assert_eq!(tv.count("SELECT count(*) FROM enrollment_codes").await, 1);
     assert_eq!(tv.count("SELECT count(*) FROM events").await, 1);
@@ -213,7 +236,7 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
         sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'Retention' ORDER BY id")
             .fetch_all(tv.db())
             .await?;
-    assert_eq!(details.len(), 6, "{details:?}");
+    assert_eq!(details.len(), 7, "{details:?}");
     assert!(
         details
             .iter()
@@ -225,7 +248,7 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
     assert_eq!(
         tv.count("SELECT count(*) FROM audit_log WHERE action = 'Retention'")
             .await,
-        6
+        7
     );
     tv.checkpointed().await?;
     assert!(matches!(

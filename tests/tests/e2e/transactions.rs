@@ -842,3 +842,63 @@ pub async fn forged_pairwise_tokens_reach_nobody(b: Backend) -> anyhow::Result<(
     drop(other_phone);
     Ok(())
 }
+
+/// Phones of two people entering each other's codes at the same moment,
+/// eight pairs at once, three rounds: every entry is an ordinary wrong
+/// code and every code ends. On PostgreSQL each entry locks its own
+/// person's codes and the code it names, so without one lock order the
+/// two entries of a pair waited for each other and the database aborted
+/// one of them.
+pub async fn crossed_codes_end_without_deadlock(b: Backend) -> anyhow::Result<()> {
+    const PAIRS: usize = 8;
+    let tv = TestVault::start(b).await?;
+    let mut subjects = tv.subjects("partner-a").await?;
+    let mut wallet = DeviceServiceClient::new(tv.channel("wallet").await?);
+    let mut people = Vec::new();
+    for n in 0..2 * PAIRS {
+        let created = subjects
+            .create_subject(pb::CreateSubjectRequest {
+                fields: fields(&[
+                    ("given_name", "Ines"),
+                    ("family_name", &format!("Crossed{n}")),
+                ]),
+            })
+            .await?
+            .into_inner();
+        let phone = enroll(&tv, &mut wallet, &created.subject_id).await;
+        people.push((created.pairwise_token, phone));
+    }
+    let mut a = TransactionServiceClient::new(tv.channel("partner-a").await?);
+    for round in 0..3 {
+        let mut issued = Vec::new();
+        for (token, _) in &people {
+            issued.push(
+                a.request_code(ask(token, &format!("Round {round}"), &[], 0))
+                    .await?
+                    .into_inner(),
+            );
+        }
+        let mut calls = Vec::new();
+        for (n, (_, phone)) in people.iter().enumerate() {
+            // Each phone enters the code of the other person of its pair.
+            let req = lookup_req(phone, &issued[n ^ 1].code);
+            let mut w = DeviceServiceClient::new(tv.channel("wallet").await?);
+            calls.push(tokio::spawn(async move { w.lookup_transaction(req).await }));
+        }
+        for c in calls {
+            assert_eq!(
+                refusal(c.await?),
+                (Code::PermissionDenied, "wrong_code".into()),
+                "round {round}"
+            );
+        }
+        for r in &issued {
+            assert_eq!(
+                state_of(&mut a, &r.transaction_id, 0).await.state,
+                "wrong_person",
+                "round {round}"
+            );
+        }
+    }
+    tv.stop().await
+}

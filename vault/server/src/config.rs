@@ -301,7 +301,8 @@ pub struct RetentionSection {
     pub interval_minutes: u32,
     /// Expired challenges and enrollment codes are removed this long after
     /// they expire (an expired one is refused whether its row is there or
-    /// not).
+    /// not), and the status entries of expired credentials this long plus
+    /// the clock skew after their `exp`.
     #[serde(default = "default_expired_grace")]
     pub expired_grace_hours: u32,
     /// Processed events are kept this long: within it a republished event

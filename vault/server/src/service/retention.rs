@@ -1,6 +1,7 @@
 //! The retention job: removes spent single-use records (expired consent
 //! challenges and enrollment codes, device request ids past their replay
-//! window, expired transaction codes and old wrong-code records) and
+//! window, expired transaction codes and old wrong-code records, the
+//! status entries of expired digital IDs) and
 //! processed events older than `[retention] events_days`, in
 //! audited batches. It never touches subjects, consents, receipts,
 //! devices or the audit log.
@@ -44,6 +45,13 @@ impl Vault {
                 now - (2 * skew + REPLAY_MARGIN_MS)
             }
             Prunable::Events => now - i64::from(r.events_days) * 86_400_000,
+            // A presentation is refused as expired once `exp` plus the
+            // skew has passed, before its status is read; its list then
+            // publishes the removed row as revoked.
+            Prunable::Credentials => {
+                let skew = i64::from(self.consent_settings().clock_skew_seconds) * 1000;
+                now - grace - skew
+            }
         }
     }
 
@@ -73,6 +81,10 @@ impl Vault {
                 total += n;
                 let detail = format!("kind={} removed={n} before_ms={before}", kind.name());
                 self.commit_job_as(tx, &system, "Retention", detail).await?;
+                if kind == Prunable::Credentials {
+                    // The lists now publish the removed entries as revoked.
+                    self.status_changed();
+                }
                 if n < u64::from(PRUNE_BATCH) {
                     break;
                 }

@@ -474,10 +474,32 @@ impl Vault {
         }
         let macs = self.code_macs(code)?;
         let now = self.now_millis();
+        // Whose code it is, read before any lock. An entry writes its own
+        // person's codes (the count below) and, when the code is someone
+        // else's, that code too; both persons' rows are locked first, in
+        // one order. Without it two phones entering each other's codes at
+        // once each held one person's codes and waited for the other's
+        // (PostgreSQL aborted one as a deadlock). A code's person never
+        // changes, so the locked read below finds the same one, unless the
+        // code was issued in between (a fresh random code, entered before
+        // it was shown to anyone).
+        let mut owner = None;
+        for mac in &macs {
+            if let Some(t) = self.store().transaction_by_code(mac).await? {
+                owner = Some(t.subject);
+                break;
+            }
+        }
+        let mut persons = vec![device.subject];
+        persons.extend(owner.filter(|o| *o != device.subject));
+        persons.sort_unstable();
         let mut tx = self.begin().await?;
-        tx.subject(&device.subject)
-            .await?
-            .ok_or(VaultError::NotFound)?;
+        for person in &persons {
+            let row = tx.subject(person).await?;
+            if *person == device.subject && row.is_none() {
+                return Err(VaultError::NotFound);
+            }
+        }
         self.still_active(&mut tx, device).await?;
         // Counted under the device's lock (PostgreSQL) or the writer
         // (SQLite): concurrent guesses from one device are seen one after

@@ -21,11 +21,13 @@ pub enum Prunable {
     CodeFailures,
     /// `consent_withdrawals` by expiry.
     Withdrawals,
+    /// `credentials` (digital IDs' status entries) by expiry.
+    Credentials,
 }
 
 impl Prunable {
     /// All kinds, in the order the job runs them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Challenges,
         Self::EnrollmentCodes,
         Self::DeviceRequests,
@@ -33,6 +35,7 @@ impl Prunable {
         Self::Transactions,
         Self::CodeFailures,
         Self::Withdrawals,
+        Self::Credentials,
     ];
 
     /// The name the audit record uses.
@@ -45,6 +48,7 @@ impl Prunable {
             Self::Transactions => "transactions",
             Self::CodeFailures => "code_failures",
             Self::Withdrawals => "consent_withdrawals",
+            Self::Credentials => "credentials",
         }
     }
 
@@ -86,6 +90,12 @@ impl Prunable {
                 "DELETE FROM consent_withdrawals WHERE (consent_id, subject_id) IN \
                  (SELECT consent_id, subject_id FROM consent_withdrawals WHERE expires_at_ms < $1 \
                   ORDER BY expires_at_ms LIMIT $2)"
+            }
+            // `expires_at` is a credential's `exp`, in seconds.
+            Self::Credentials => {
+                "DELETE FROM credentials WHERE (list_id, idx) IN \
+                 (SELECT list_id, idx FROM credentials WHERE expires_at < $1 / 1000 \
+                  ORDER BY expires_at LIMIT $2)"
             }
         }
     }

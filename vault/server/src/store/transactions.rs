@@ -58,6 +58,21 @@ impl Store {
         let keys = self.row_keys()?;
         row.as_ref().map(|r| transaction(&keys, r)).transpose()
     }
+
+    /// The transaction a code MAC names, read outside any write and
+    /// unlocked: whose code it is, so that a write can lock the persons it
+    /// touches in one order before it reads the row again, locked.
+    pub async fn transaction_by_code(
+        &self,
+        code_mac: &[u8; 32],
+    ) -> Result<Option<Transaction>, StoreError> {
+        let row = sqlx::query(concat!(select_transactions!(), " WHERE code_mac = $1"))
+            .bind(code_mac.to_vec())
+            .fetch_optional(self.pool())
+            .await?;
+        let keys = self.row_keys()?;
+        row.as_ref().map(|r| transaction(&keys, r)).transpose()
+    }
 }
 
 impl AuditedTx {
@@ -93,7 +108,9 @@ impl AuditedTx {
         Ok(n == 1)
     }
 
-    /// The transaction a code MAC names, locked on PostgreSQL.
+    /// The transaction a code MAC names, locked on PostgreSQL: the caller
+    /// holds its person's row lock first ([`AuditedTx::subject`]), as every
+    /// writer of a person's transactions does.
     pub async fn transaction_by_code(
         &mut self,
         code_mac: &[u8; 32],
