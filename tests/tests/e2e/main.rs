@@ -162,6 +162,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     transactions::third_party_records_name_no_subject,
     transactions::forged_pairwise_tokens_reach_nobody,
     transactions::crossed_codes_end_without_deadlock,
+    transactions::spent_codes_lock_nobody_else,
     policies::default_deny_and_decisions_audited,
     policies::operator_forbid_overrides_and_is_named,
     policies::reload_swaps_and_keeps_old_set_on_error,

@@ -902,3 +902,88 @@ pub async fn crossed_codes_end_without_deadlock(b: Backend) -> anyhow::Result<()
     }
     tv.stop().await
 }
+
+/// A phone entering someone else's code locks that person's row only to
+/// end a live code: an ended code entered again, or any entry from a
+/// phone past its limit of wrong codes, goes through while another
+/// transaction holds the person's row (PostgreSQL), so one known code
+/// cannot be used to stall its person again and again.
+pub async fn spent_codes_lock_nobody_else(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let mut subjects = tv.subjects("partner-a").await?;
+    let mut wallet = DeviceServiceClient::new(tv.channel("wallet").await?);
+    let mut people = Vec::new();
+    for name in ["Victim", "Mallory"] {
+        let created = subjects
+            .create_subject(pb::CreateSubjectRequest {
+                fields: fields(&[("given_name", "Noor"), ("family_name", name)]),
+            })
+            .await?
+            .into_inner();
+        let phone = enroll(&tv, &mut wallet, &created.subject_id).await;
+        people.push((created, phone));
+    }
+    let (victim, _) = &people[0];
+    let mallory = &people[1].1;
+    let mut a = TransactionServiceClient::new(tv.channel("partner-a").await?);
+    let r = a
+        .request_code(ask(&victim.pairwise_token, "Pay 5 EUR", &[], 0))
+        .await?
+        .into_inner();
+    assert_eq!(
+        refusal(
+            wallet
+                .lookup_transaction(lookup_req(mallory, &r.code))
+                .await
+        ),
+        (Code::PermissionDenied, "wrong_code".into())
+    );
+    assert_eq!(
+        state_of(&mut a, &r.transaction_id, 0).await.state,
+        "wrong_person"
+    );
+
+    // Another transaction holds the victim's row from here on (on SQLite
+    // the one writer orders everything, and a held write would stop it).
+    let mut held = tv.db().begin().await?;
+    if b == Backend::Postgres {
+        let id = idvault_tests::idvault_core::subject::SubjectId::parse(&victim.subject_id)?;
+        sqlx::query("SELECT subject_id FROM subjects WHERE subject_id = $1 FOR UPDATE")
+            .bind(id.as_bytes().to_vec())
+            .fetch_one(&mut *held)
+            .await?;
+    }
+    let within = std::time::Duration::from_secs(10);
+    // The ended code again, until the phone is past its limit, and once
+    // more after it: each answered while the row is held.
+    for n in 2..=transactions_limit() {
+        let answer = tokio::time::timeout(
+            within,
+            wallet.lookup_transaction(lookup_req(mallory, &r.code)),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("entry {n} waited for the victim's row"))?;
+        assert_eq!(
+            refusal(answer),
+            (Code::PermissionDenied, "wrong_code".into()),
+            "entry {n}"
+        );
+    }
+    let answer = tokio::time::timeout(
+        within,
+        wallet.lookup_transaction(lookup_req(mallory, &r.code)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("an entry past the limit waited for the victim's row"))?;
+    assert_eq!(
+        refusal(answer),
+        (Code::ResourceExhausted, "too_many_attempts".into())
+    );
+    held.rollback().await?;
+    tv.stop().await
+}
+
+/// Wrong codes a phone may enter in the window.
+fn transactions_limit() -> i64 {
+    idvault_tests::idvault_server::service::transactions::MAX_DEVICE_FAILURES
+}

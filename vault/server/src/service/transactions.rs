@@ -474,19 +474,35 @@ impl Vault {
         }
         let macs = self.code_macs(code)?;
         let now = self.now_millis();
+        // A phone past its limit of wrong codes is refused before anything
+        // is read or locked (the locked count below stays the authority):
+        // otherwise every further entry would still lock the person a code
+        // it holds belongs to.
+        if self
+            .store()
+            .code_failures_since(&device.device_id, now - FAILURE_WINDOW_MS)
+            .await?
+            >= MAX_DEVICE_FAILURES
+        {
+            return Err(refused(Refusal::TooManyAttempts));
+        }
         // Whose code it is, read before any lock. An entry writes its own
         // person's codes (the count below) and, when the code is someone
-        // else's, that code too; both persons' rows are locked first, in
-        // one order. Without it two phones entering each other's codes at
-        // once each held one person's codes and waited for the other's
-        // (PostgreSQL aborted one as a deadlock). A code's person never
-        // changes, so the locked read below finds the same one, unless the
-        // code was issued in between (a fresh random code, entered before
-        // it was shown to anyone).
+        // else's and still pending, that code too; both persons' rows are
+        // locked first, in one order. Without it two phones entering each
+        // other's codes at once each held one person's codes and waited
+        // for the other's (PostgreSQL aborted one as a deadlock). Another
+        // person's row is locked only for a pending, unexpired code, the
+        // one case that writes it, and that entry ends the code: a phone
+        // cannot hold someone's row again and again with one code it
+        // knows. A code's person never changes and it never becomes
+        // pending again, so the locked read below finds the same one,
+        // unless the code was issued in between (a fresh random code,
+        // entered before it was shown to anyone).
         let mut owner = None;
         for mac in &macs {
             if let Some(t) = self.store().transaction_by_code(mac).await? {
-                owner = Some(t.subject);
+                owner = (t.state == TxState::Pending && t.expires_at_ms > now).then_some(t.subject);
                 break;
             }
         }

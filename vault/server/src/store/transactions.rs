@@ -73,6 +73,22 @@ impl Store {
         let keys = self.row_keys()?;
         row.as_ref().map(|r| transaction(&keys, r)).transpose()
     }
+
+    /// Wrong codes entered on `device_id` since `since_ms`, read outside
+    /// any write (a first look; [`AuditedTx::code_failures_since`] decides).
+    pub async fn code_failures_since(
+        &self,
+        device_id: &str,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM code_failures WHERE device_id = $1 AND at_ms >= $2",
+        )
+        .bind(device_id.to_owned())
+        .bind(since_ms)
+        .fetch_one(self.pool())
+        .await?)
+    }
 }
 
 impl AuditedTx {
