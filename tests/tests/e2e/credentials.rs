@@ -877,6 +877,11 @@ pub async fn expired_entries_are_pruned_and_published_revoked(b: Backend) -> any
         .await?;
     let done = cx.tv.vault.prune_once().await?;
     assert!(done.contains(&(Prunable::Credentials, 1)), "{done:?}");
+    // Its expiry was lowered outside the vault, so its MAC fails: the
+    // retention record says so.
+    let (action, _, detail) = cx.tv.last_audit().await;
+    assert_eq!(action, "Retention");
+    assert!(detail.ends_with(" unverified=1"), "{detail}");
     assert_eq!(cx.tv.count("SELECT count(*) FROM credentials").await, 1);
     assert_eq!(cx.accepted(&a).await, revoked());
     assert_eq!(cx.accepted(&b_cred).await, ok);

@@ -242,6 +242,14 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
             .iter()
             .any(|d| d.starts_with("kind=device_requests removed=1000 "))
     );
+    // The credential rows were written here without a MAC: removed, and
+    // the record says so.
+    assert!(
+        details
+            .iter()
+            .any(|d| d.starts_with("kind=credentials removed=1 ") && d.ends_with(" unverified=1")),
+        "{details:?}"
+    );
     // A second run finds nothing and writes nothing.
     let again = tv.vault.prune_once().await?;
     assert!(again.iter().all(|(_, n)| *n == 0));

@@ -33,6 +33,11 @@ use crate::store::{MAC_WALK_WINDOW, MacTable};
 /// Items per batch transaction.
 pub const REWRAP_BATCH: u32 = 100;
 
+/// Packet bytes one batch of subjects holds in memory before the rest of
+/// its page is left to the next batch
+/// ([`AuditedTx::subjects_for_rewrap`](crate::store::AuditedTx::subjects_for_rewrap)).
+pub const REWRAP_BATCH_BYTES: usize = 32 << 20;
+
 /// What a rewrap pass reports as it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewrapProgress {
@@ -149,20 +154,22 @@ impl Vault {
                 .store()
                 .subjects_below(after.as_ref(), target, REWRAP_BATCH)
                 .await?;
-            let Some(last) = ids.last().copied() else {
-                break;
-            };
-            after = Some(last);
             let mut tx = self.begin().await?;
-            let mut damaged = 0u64;
-            let mut moves = Vec::with_capacity(ids.len());
-            let mut indexes = Vec::with_capacity(ids.len());
             // Two reads, one update and one delete per batch (the match
             // rows go in with the commit): per-subject statements made the
             // PostgreSQL rewrap round-trip bound.
-            let (found, undecoded) = tx.subjects_for_rewrap(&ids, target).await?;
-            damaged += undecoded;
-            for (row, packets) in found {
+            let Some(batch) = tx
+                .subjects_for_rewrap(&ids, target, REWRAP_BATCH_BYTES)
+                .await?
+            else {
+                break;
+            };
+            after = Some(batch.through);
+            let covered = ids.iter().filter(|id| **id <= batch.through).count();
+            let mut damaged = batch.damaged;
+            let mut moves = Vec::with_capacity(batch.found.len());
+            let mut indexes = Vec::with_capacity(batch.found.len());
+            for (row, packets) in batch.found {
                 let Ok(dek) = self.subject_dek(&row) else {
                     damaged += 1;
                     continue;
@@ -205,7 +212,7 @@ impl Vault {
             report.subjects += moved;
             report.damaged_subjects += damaged;
             report.batches += 1;
-            done += ids.len() as u64;
+            done += covered as u64;
             progress(&RewrapProgress {
                 phase: "subjects",
                 done,

@@ -48,9 +48,12 @@ impl Vault {
             // A presentation is refused as expired once `exp` plus the
             // skew has passed, before its status is read; its list then
             // publishes the removed row as revoked.
+            // At least an hour, whatever the grace: replicas' clocks
+            // differ, and one a little behind still checks the status of
+            // a credential another one finds expired.
             Prunable::Credentials => {
                 let skew = i64::from(self.consent_settings().clock_skew_seconds) * 1000;
-                now - grace - skew
+                now - grace.max(3_600_000) - skew
             }
         }
     }
@@ -72,14 +75,23 @@ impl Vault {
                     .begin_audited_waiting()
                     .await
                     .map_err(VaultError::AuditUnavailable)?;
-                let n = tx.prune(kind, before, PRUNE_BATCH).await?;
+                let pruned = tx.prune(kind, before, PRUNE_BATCH).await?;
+                let n = pruned.removed;
                 if n == 0 {
                     // Nothing removed: no record (the transaction is
                     // dropped, writing nothing).
                     break;
                 }
                 total += n;
-                let detail = format!("kind={} removed={n} before_ms={before}", kind.name());
+                let mut detail = format!("kind={} removed={n} before_ms={before}", kind.name());
+                if pruned.unverified > 0 {
+                    tracing::error!(
+                        kind = kind.name(),
+                        unverified = pruned.unverified,
+                        "expired rows whose MAC did not verify were removed (edited outside the vault?); the Retention audit record counts them"
+                    );
+                    detail.push_str(&format!(" unverified={}", pruned.unverified));
+                }
                 self.commit_job_as(tx, &system, "Retention", detail).await?;
                 if kind == Prunable::Credentials {
                     // The lists now publish the removed entries as revoked.

@@ -306,8 +306,9 @@ impl Vault {
                             count("match-index") + count("match-signatures"),
                         ),
                         ("related-rows".to_owned(), related),
-                        // Revoked and cleared of the person, not removed:
-                        // a status list index is never reused.
+                        // Revoked and cleared of the person, not removed
+                        // (until they expire: the retention job's): a
+                        // status list index is never reused.
                         ("credentials-revoked".to_owned(), credentials),
                     ],
                     final_when: String::new(),

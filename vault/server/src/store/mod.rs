@@ -118,8 +118,9 @@ pub(crate) use matching::check_signature;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead, Ranked};
 pub use rekey::{
     LeafMacRow, LinkRow, MAC_WALK_WINDOW, MacCursor, MacKeys, MacPage, MacTable, RemacBatch,
+    RewrapBatch,
 };
-pub use retention::Prunable;
+pub use retention::{Prunable, Pruned};
 pub use wal::{WAL_CHECKPOINT_EVERY, WalCheckpoint};
 pub use writer::MAX_BATCH;
 
@@ -2350,5 +2351,123 @@ mod tests {
             "another partner's write is queued"
         );
         drop(holder);
+    }
+
+    /// The retention job's credential batches: oldest first, at most
+    /// `limit`, only entries whose `exp` is before the cut-off, and a row
+    /// whose MAC fails is removed but counted.
+    #[tokio::test]
+    async fn expired_credential_entries_go_oldest_first_forged_counted() {
+        use idvault_core::sdjwt::status::CredentialEntry;
+        let (_dir, store) = keyed_store().await;
+        let entry = |seq: i64, expires_at: i64| CredentialEntry {
+            list_id: 1,
+            idx: 100 + seq,
+            seq,
+            subject: Some(SubjectId::from_bytes([1; 16])),
+            device_id: Some("dev_a".into()),
+            expires_at,
+            revoked_at_ms: None,
+        };
+        let mut tx = store.begin_audited(None).expect("queue");
+        for (seq, exp) in [(0, 300), (1, 100), (2, 200), (3, 5_000)] {
+            assert!(
+                tx.insert_credential(&entry(seq, exp))
+                    .await
+                    .expect("insert")
+            );
+        }
+        store.commit_write(tx).await.expect("commit");
+        // Someone without the root key moves the device of seq 2.
+        sqlx::query("UPDATE credentials SET device_id = 'dev_b' WHERE seq = 2")
+            .execute(store.pool())
+            .await
+            .expect("edit");
+        let left = async || -> Vec<i64> {
+            sqlx::query_scalar("SELECT seq FROM credentials ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .expect("read")
+        };
+        let mut tx = store.begin_audited(None).expect("queue");
+        let first = tx.prune_expired_credentials(1_000, 2).await.expect("prune");
+        store.commit_write(tx).await.expect("commit");
+        assert_eq!(
+            first,
+            Pruned {
+                removed: 2,
+                unverified: 1
+            }
+        );
+        assert_eq!(left().await, vec![0, 3]);
+        let mut tx = store.begin_audited(None).expect("queue");
+        let second = tx.prune_expired_credentials(1_000, 2).await.expect("prune");
+        store.commit_write(tx).await.expect("commit");
+        assert_eq!(
+            second,
+            Pruned {
+                removed: 1,
+                unverified: 0
+            }
+        );
+        assert_eq!(left().await, vec![3]);
+    }
+
+    /// A rewrap batch holds the packets of its subjects up to its byte
+    /// budget: with a budget below one chain it covers only the first
+    /// subject, and the next batch starts after it; a subject holding more
+    /// packets than any chain can is counted damaged, not held.
+    #[tokio::test]
+    async fn rewrap_batches_stop_at_their_byte_budget() {
+        let (_dir, store) = keyed_store().await;
+        let rng = idvault_core::SystemRng::default();
+        let dek = idvault_core::keys::generate_dek(&rng).expect("dek");
+        let mut ids: Vec<SubjectId> = (1u8..=3).map(|b| SubjectId::from_bytes([b; 16])).collect();
+        ids.sort_unstable();
+        let mut tx = store.begin_audited(None).expect("queue");
+        for id in &ids {
+            let (row, packets) = sealed_subject(*id, &dek, &rng);
+            tx.insert_subject(&row, &[9; 16]).expect("subject");
+            tx.insert_packets(id, &packets).expect("packets");
+        }
+        store.commit_write(tx).await.expect("commit");
+        let batch = async |ids: &[SubjectId], budget: usize| {
+            let mut tx = store.begin_audited(None).expect("queue");
+            let b = tx
+                .subjects_for_rewrap(ids, 2, budget)
+                .await
+                .expect("read")
+                .expect("a batch");
+            drop(tx);
+            b
+        };
+        let whole = batch(&ids, usize::MAX).await;
+        assert_eq!(whole.found_ids(), ids);
+        assert_eq!((whole.damaged, whole.through), (0, ids[2]));
+        assert!(whole.found.iter().all(|(_, p)| !p.is_empty()));
+        let small = batch(&ids, 1).await;
+        assert_eq!(small.found_ids(), vec![ids[0]]);
+        assert_eq!((small.damaged, small.through), (0, ids[0]));
+        let rest = batch(&ids[1..], 1).await;
+        assert_eq!(rest.found_ids(), vec![ids[1]]);
+
+        // The middle subject's one packet copied past any chain's length
+        // (through the writer, which an abandoned batch above still holds).
+        let mut tx = store.begin_audited(None).expect("queue");
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i <= $2) \
+             INSERT INTO packets (subject_key, seq, subject_id, field_name, packet) \
+             SELECT p.subject_key, p.seq + n.i, p.subject_id, p.field_name, p.packet \
+             FROM packets p, n WHERE p.subject_id = $1",
+        )
+        .bind(ids[1].as_bytes().to_vec())
+        .bind(i64::try_from(idvault_core::packet::MAX_CHAIN_PACKETS).expect("fits"))
+        .execute(tx.conn().await.expect("writer"))
+        .await
+        .expect("copies");
+        store.commit_write(tx).await.expect("commit");
+        let forged = batch(&ids, usize::MAX).await;
+        assert_eq!(forged.found_ids(), vec![ids[0], ids[2]]);
+        assert_eq!((forged.damaged, forged.through), (1, ids[2]));
     }
 }

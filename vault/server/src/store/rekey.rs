@@ -19,6 +19,7 @@ use super::rows::{fixed, list_col, subject_col};
 use super::{AuditedTx, Store, StoreError, check_row, seal_row};
 use idvault_core::consent::{Challenge, EnrollmentCode};
 use idvault_core::keys::WrappedDek;
+use idvault_core::packet;
 use idvault_core::records::SubjectRecord;
 use idvault_core::rowmac::{self, RowBytes, RowMac};
 use idvault_core::subject::SubjectId;
@@ -878,25 +879,56 @@ impl Store {
     }
 }
 
-/// A subject row of a rewrap batch with its packets (`(seq, bytes)`,
-/// ascending).
+/// A subject row of a rewrap batch with its packets (`(field, bytes)`,
+/// in sequence order).
 pub(crate) type SubjectWithPackets = (SubjectRecord, Vec<(String, Vec<u8>)>);
 
+/// What [`AuditedTx::subjects_for_rewrap`] read of a page of subject ids.
+#[derive(Debug)]
+pub struct RewrapBatch {
+    /// The subjects to rewrap, with their packets.
+    pub(crate) found: Vec<SubjectWithPackets>,
+    /// Rows left as they are: they do not decode or verify, or hold more
+    /// packets than a chain can ([`packet::MAX_CHAIN_PACKETS`]).
+    pub damaged: u64,
+    /// The last id of the page this batch covers; the next page starts
+    /// after it. Below the page's last id when the packets read reached
+    /// the byte budget: the subjects after it are read by the next batch.
+    pub through: SubjectId,
+}
+
+impl RewrapBatch {
+    /// The ids of the subjects to rewrap, in order.
+    pub fn found_ids(&self) -> Vec<SubjectId> {
+        self.found.iter().map(|(s, _)| s.id).collect()
+    }
+}
+
 impl AuditedTx {
-    /// Loads the subjects of `ids` still wrapped below `target`, with
-    /// their packets, in two statements whatever the batch size (one round
-    /// trip per subject made PostgreSQL rewraps round-trip bound). On
-    /// PostgreSQL the subject rows stay locked until the transaction ends:
-    /// a concurrent update of one of them waits for the batch, or the
-    /// batch reads the update.
+    /// Loads the subjects of `ids` (ascending) still wrapped below
+    /// `target`, with their packets, in two statements whatever the batch
+    /// size (one round trip per subject made PostgreSQL rewraps round-trip
+    /// bound). On PostgreSQL the subject rows stay locked until the
+    /// transaction ends: a concurrent update of one of them waits for the
+    /// batch, or the batch reads the update.
+    ///
+    /// The packets are held in memory, so their reading stops at the first
+    /// subject that starts once `budget` bytes are held (a chain holds up
+    /// to 10,000 packets of up to 4 KiB values: a page of full chains
+    /// would be gigabytes); the batch then covers the subjects before it
+    /// ([`RewrapBatch::through`]). A subject with more packets than any
+    /// chain holds (rows a database writer added) is counted damaged
+    /// without being held.
     pub async fn subjects_for_rewrap(
         &mut self,
         ids: &[SubjectId],
         target: u32,
-    ) -> Result<(Vec<SubjectWithPackets>, u64), StoreError> {
-        if ids.is_empty() {
-            return Ok((Vec::new(), 0));
-        }
+        budget: usize,
+    ) -> Result<Option<RewrapBatch>, StoreError> {
+        use tokio_stream::StreamExt;
+        let Some(last) = ids.last().copied() else {
+            return Ok(None);
+        };
         // As `locked!`: excludes other writers of these subjects, not a
         // match's token insert.
         let lock = match self.store.backend {
@@ -919,56 +951,100 @@ impl AuditedTx {
         // A row that does not decode or verify (a column a database writer
         // set out of range, an owner MAC that fails) is left as it is and
         // counted: it must not stop the rewrap of every subject after it.
-        let mut damaged = 0u64;
+        // Its id (when it has one) places it before or after a cut.
+        let mut damaged: Vec<Option<SubjectId>> = Vec::new();
         for r in &rows {
             let record = match rows::subject_record(r, keys.as_deref()) {
                 Ok(record) => record,
                 Err(StoreError::Corrupt(_) | StoreError::Forged(_)) => {
-                    damaged += 1;
+                    damaged.push(subject_col(r, "subject_id").ok());
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             let Ok(key) = fixed(r, "subject_key") else {
-                damaged += 1;
+                damaged.push(Some(record.id));
                 continue;
             };
             // Kept for their match rows, written again by the caller.
             self.keep_subject_key(record.id, key);
             subjects.push(record);
         }
-        if subjects.is_empty() {
-            return Ok((Vec::new(), damaged));
-        }
-        let sql = format!(
-            "SELECT s.subject_id, p.seq, p.field_name, p.packet FROM subjects s \
-             JOIN packets p ON p.subject_key = COALESCE(s.subject_key, s.subject_id) \
-             AND p.subject_id = s.subject_id WHERE s.subject_id IN ({}) \
-             ORDER BY s.subject_id, p.seq",
-            placeholders(1, subjects.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for s in &subjects {
-            q = q.bind(s.id.as_bytes().to_vec());
-        }
-        // In sequence order (the statement's), with the field each row is
-        // stored under: the caller checks they link up to the head.
         let mut packets: HashMap<SubjectId, Vec<(String, Vec<u8>)>> = HashMap::new();
-        for r in q.fetch_all(self.conn().await?).await? {
-            let id = subject_col(&r, "subject_id")?;
-            packets
-                .entry(id)
-                .or_default()
-                .push((r.try_get("field_name")?, r.try_get("packet")?));
+        let mut cut = None;
+        if !subjects.is_empty() {
+            let sql = format!(
+                "SELECT s.subject_id, p.seq, p.field_name, p.packet FROM subjects s \
+                 JOIN packets p ON p.subject_key = COALESCE(s.subject_key, s.subject_id) \
+                 AND p.subject_id = s.subject_id WHERE s.subject_id IN ({}) \
+                 ORDER BY s.subject_id, p.seq",
+                placeholders(1, subjects.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for s in &subjects {
+                q = q.bind(s.id.as_bytes().to_vec());
+            }
+            // In sequence order (the statement's), with the field each row
+            // is stored under: the caller checks they link up to the head.
+            let limit = usize::try_from(packet::MAX_CHAIN_PACKETS).unwrap_or(usize::MAX);
+            let mut oversized = HashSet::new();
+            let (mut held, mut current) = (0usize, None);
+            let mut stream = q.fetch(self.conn().await?);
+            while let Some(r) = stream.next().await {
+                let r = r?;
+                let id = subject_col(&r, "subject_id")?;
+                if current != Some(id) {
+                    if current.is_some() && held >= budget {
+                        cut = Some(id);
+                        break;
+                    }
+                    current = Some(id);
+                }
+                if oversized.contains(&id) {
+                    continue;
+                }
+                let list = packets.entry(id).or_default();
+                if list.len() >= limit {
+                    held -= list.iter().map(|(f, p)| f.len() + p.len()).sum::<usize>();
+                    packets.remove(&id);
+                    oversized.insert(id);
+                    continue;
+                }
+                let (field, bytes): (String, Vec<u8>) =
+                    (r.try_get("field_name")?, r.try_get("packet")?);
+                held += field.len() + bytes.len();
+                list.push((field, bytes));
+            }
+            drop(stream);
+            damaged.extend(oversized.into_iter().map(Some));
         }
+        let before_cut = |id: &SubjectId| cut.is_none_or(|c| *id < c);
         let found = subjects
             .into_iter()
+            .filter(|s| before_cut(&s.id) && !damaged.contains(&Some(s.id)))
             .map(|s| {
                 let p = packets.remove(&s.id).unwrap_or_default();
                 (s, p)
             })
             .collect();
-        Ok((found, damaged))
+        let damaged = damaged
+            .iter()
+            .filter(|d| d.as_ref().is_none_or(before_cut))
+            .count() as u64;
+        let through = match cut {
+            Some(c) => ids
+                .iter()
+                .copied()
+                .filter(|id| *id < c)
+                .max()
+                .unwrap_or(last),
+            None => last,
+        };
+        Ok(Some(RewrapBatch {
+            found,
+            damaged,
+            through,
+        }))
     }
 
     /// Replaces the wrapped data keys of `moves` `(subject, old version,

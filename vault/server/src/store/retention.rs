@@ -52,10 +52,11 @@ impl Prunable {
         }
     }
 
-    fn sql(self) -> &'static str {
+    /// One batch's statement ([`Self::Credentials`] has its own path).
+    fn sql(self) -> Option<&'static str> {
         // One batch: the oldest rows before the cut-off, by their key (the
         // time column is indexed, migration 0009).
-        match self {
+        Some(match self {
             Self::Challenges => {
                 "DELETE FROM consent_challenges WHERE challenge IN \
                  (SELECT challenge FROM consent_challenges WHERE expires_at_ms < $1 \
@@ -91,14 +92,20 @@ impl Prunable {
                  (SELECT consent_id, subject_id FROM consent_withdrawals WHERE expires_at_ms < $1 \
                   ORDER BY expires_at_ms LIMIT $2)"
             }
-            // `expires_at` is a credential's `exp`, in seconds.
-            Self::Credentials => {
-                "DELETE FROM credentials WHERE (list_id, idx) IN \
-                 (SELECT list_id, idx FROM credentials WHERE expires_at < $1 / 1000 \
-                  ORDER BY expires_at LIMIT $2)"
-            }
-        }
+            Self::Credentials => return None,
+        })
     }
+}
+
+/// What one batch of the retention job removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Rows removed.
+    pub removed: u64,
+    /// Of them, rows whose MAC did not verify (edited by someone without
+    /// the root key): removed all the same, and named in the batch's
+    /// audit record.
+    pub unverified: u64,
 }
 
 impl AuditedTx {
@@ -109,12 +116,20 @@ impl AuditedTx {
         kind: Prunable,
         before_ms: i64,
         limit: u32,
-    ) -> Result<u64, StoreError> {
-        Ok(sqlx::query(kind.sql())
-            .bind(before_ms)
-            .bind(i64::from(limit))
-            .execute(self.conn().await?)
-            .await?
-            .rows_affected())
+    ) -> Result<Pruned, StoreError> {
+        let Some(sql) = kind.sql() else {
+            return self
+                .prune_expired_credentials(before_ms.div_euclid(1000), limit)
+                .await;
+        };
+        Ok(Pruned {
+            removed: sqlx::query(sql)
+                .bind(before_ms)
+                .bind(i64::from(limit))
+                .execute(self.conn().await?)
+                .await?
+                .rows_affected(),
+            unverified: 0,
+        })
     }
 }
