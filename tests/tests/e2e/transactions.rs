@@ -947,11 +947,7 @@ pub async fn spent_codes_lock_nobody_else(b: Backend) -> anyhow::Result<()> {
     // the one writer orders everything, and a held write would stop it).
     let mut held = tv.db().begin().await?;
     if b == Backend::Postgres {
-        let id = idvault_tests::idvault_core::subject::SubjectId::parse(&victim.subject_id)?;
-        sqlx::query("SELECT subject_id FROM subjects WHERE subject_id = $1 FOR UPDATE")
-            .bind(id.as_bytes().to_vec())
-            .fetch_one(&mut *held)
-            .await?;
+        hold_row(&mut held, &victim.subject_id).await?;
     }
     let within = std::time::Duration::from_secs(10);
     // The ended code again, until the phone is past its limit, and once
@@ -969,9 +965,21 @@ pub async fn spent_codes_lock_nobody_else(b: Backend) -> anyhow::Result<()> {
             "entry {n}"
         );
     }
+    // Past the limit, even a live code of the victim's is refused before
+    // anything is locked, and stays as it was. (Issued before the row is
+    // held again: its request locks the row too.)
+    held.rollback().await?;
+    let live = a
+        .request_code(ask(&victim.pairwise_token, "Pay 6 EUR", &[], 0))
+        .await?
+        .into_inner();
+    let mut held = tv.db().begin().await?;
+    if b == Backend::Postgres {
+        hold_row(&mut held, &victim.subject_id).await?;
+    }
     let answer = tokio::time::timeout(
         within,
-        wallet.lookup_transaction(lookup_req(mallory, &r.code)),
+        wallet.lookup_transaction(lookup_req(mallory, &live.code)),
     )
     .await
     .map_err(|_| anyhow::anyhow!("an entry past the limit waited for the victim's row"))?;
@@ -980,7 +988,24 @@ pub async fn spent_codes_lock_nobody_else(b: Backend) -> anyhow::Result<()> {
         (Code::ResourceExhausted, "too_many_attempts".into())
     );
     held.rollback().await?;
+    assert_eq!(
+        state_of(&mut a, &live.transaction_id, 0).await.state,
+        "pending"
+    );
     tv.stop().await
+}
+
+/// Locks a person's subject row in `tx` until it ends.
+async fn hold_row(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    subject_id: &str,
+) -> anyhow::Result<()> {
+    let id = idvault_tests::idvault_core::subject::SubjectId::parse(subject_id)?;
+    sqlx::query("SELECT subject_id FROM subjects WHERE subject_id = $1 FOR UPDATE")
+        .bind(id.as_bytes().to_vec())
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Wrong codes a phone may enter in the window.

@@ -256,6 +256,12 @@ pub struct NewPacket {
 /// without end; past this the vault refuses the update.
 pub const MAX_CHAIN_PACKETS: u64 = 10_000;
 
+/// The longest packet [`seal`] makes: the header with a field name of 255
+/// bytes, the nonce, a value of [`MAX_VALUE_BYTES`](crate::subject::MAX_VALUE_BYTES)
+/// and the tag. A stored one longer than this was not written by the vault.
+pub const MAX_PACKET_LEN: usize =
+    FIXED_HEADER_LEN + 255 + NONCE_LEN + crate::subject::MAX_VALUE_BYTES + TAG_LEN;
+
 /// Seals `fields` as the next packets of the chain at `head`.
 /// Returns the packets and the new head. Pure: nothing is stored.
 pub fn append(

@@ -33,8 +33,9 @@ use crate::store::{MAC_WALK_WINDOW, MacTable};
 /// Items per batch transaction.
 pub const REWRAP_BATCH: u32 = 100;
 
-/// Packet bytes one batch of subjects holds in memory before the rest of
-/// its page is left to the next batch
+/// Packet bytes one batch of subjects holds in memory (at least one
+/// subject's, whatever its size); the rest of its page is left to the
+/// next batch
 /// ([`AuditedTx::subjects_for_rewrap`](crate::store::AuditedTx::subjects_for_rewrap)).
 pub const REWRAP_BATCH_BYTES: usize = 32 << 20;
 

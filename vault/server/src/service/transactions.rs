@@ -546,15 +546,17 @@ impl Vault {
                 // a guess. A pending code ends, so it cannot be tried
                 // further; the phone is told only "wrong code" (a guesser
                 // must not learn it hit one).
-                let ended = t.state == TxState::Pending && t.expires_at_ms > now;
-                if ended {
+                // The record says whether this entry ended it: an answer
+                // racing it may have been first.
+                let mut ended = false;
+                if t.state == TxState::Pending && t.expires_at_ms > now {
                     let dead = Transaction {
                         state: TxState::WrongPerson,
                         answered_by: Some(device.device_id.clone()),
                         answered_at_ms: Some(now),
                         ..t.clone()
                     };
-                    tx.update_transaction(&t, &dead).await?;
+                    ended = tx.update_transaction(&t, &dead).await?;
                 }
                 tx.insert_code_failure(&device.device_id, now).await?;
                 // Counted against the phone's own person as any wrong code

@@ -2416,7 +2416,8 @@ mod tests {
     /// A rewrap batch holds the packets of its subjects up to its byte
     /// budget: with a budget below one chain it covers only the first
     /// subject, and the next batch starts after it; a subject holding more
-    /// packets than any chain can is counted damaged, not held.
+    /// packets than any chain can, or a packet longer than any the vault
+    /// seals, is counted damaged, not read.
     #[tokio::test]
     async fn rewrap_batches_stop_at_their_byte_budget() {
         let (_dir, store) = keyed_store().await;
@@ -2469,5 +2470,17 @@ mod tests {
         let forged = batch(&ids, usize::MAX).await;
         assert_eq!(forged.found_ids(), vec![ids[0], ids[2]]);
         assert_eq!((forged.damaged, forged.through), (1, ids[2]));
+        // The last one's packet longer than any the vault seals.
+        let mut tx = store.begin_audited(None).expect("queue");
+        sqlx::query("UPDATE packets SET packet = randomblob($2) WHERE subject_id = $1")
+            .bind(ids[2].as_bytes().to_vec())
+            .bind(i64::try_from(idvault_core::packet::MAX_PACKET_LEN + 1).expect("fits"))
+            .execute(tx.conn().await.expect("writer"))
+            .await
+            .expect("long packet");
+        store.commit_write(tx).await.expect("commit");
+        let long = batch(&ids, usize::MAX).await;
+        assert_eq!(long.found_ids(), vec![ids[0]]);
+        assert_eq!((long.damaged, long.through), (2, ids[2]));
     }
 }

@@ -906,26 +906,23 @@ impl RewrapBatch {
 
 impl AuditedTx {
     /// Loads the subjects of `ids` (ascending) still wrapped below
-    /// `target`, with their packets, in two statements whatever the batch
-    /// size (one round trip per subject made PostgreSQL rewraps round-trip
-    /// bound). On PostgreSQL the subject rows stay locked until the
-    /// transaction ends: a concurrent update of one of them waits for the
-    /// batch, or the batch reads the update.
+    /// `target`, with their packets, in three statements whatever the
+    /// batch size (one round trip per subject made PostgreSQL rewraps
+    /// round-trip bound). On PostgreSQL the subject rows stay locked until
+    /// the transaction ends: a concurrent update of one of them waits for
+    /// the batch, or the batch reads the update.
     ///
-    /// The packets are held in memory, so their reading stops at the first
-    /// subject that starts once `budget` bytes are held (a chain holds up
-    /// to 10,000 packets of up to 4 KiB values: a page of full chains
-    /// would be gigabytes); the batch then covers the subjects before it
-    /// ([`RewrapBatch::through`]). A subject with more packets than any
-    /// chain holds (rows a database writer added) is counted damaged
-    /// without being held.
+    /// The packets are held in memory, so a batch takes subjects only up
+    /// to `budget` bytes of packets (a chain holds up to 10,000 packets of
+    /// up to 4 KiB values: a page of full chains would be gigabytes) and
+    /// covers the subjects before the first it did not take
+    /// ([`RewrapBatch::through`]); see `rewrap_sizes`.
     pub async fn subjects_for_rewrap(
         &mut self,
         ids: &[SubjectId],
         target: u32,
         budget: usize,
     ) -> Result<Option<RewrapBatch>, StoreError> {
-        use tokio_stream::StreamExt;
         let Some(last) = ids.last().copied() else {
             return Ok(None);
         };
@@ -970,58 +967,34 @@ impl AuditedTx {
             self.keep_subject_key(record.id, key);
             subjects.push(record);
         }
+        let (taken, cut) = self.rewrap_sizes(&subjects, budget, &mut damaged).await?;
         let mut packets: HashMap<SubjectId, Vec<(String, Vec<u8>)>> = HashMap::new();
-        let mut cut = None;
-        if !subjects.is_empty() {
+        if !taken.is_empty() {
             let sql = format!(
                 "SELECT s.subject_id, p.seq, p.field_name, p.packet FROM subjects s \
                  JOIN packets p ON p.subject_key = COALESCE(s.subject_key, s.subject_id) \
                  AND p.subject_id = s.subject_id WHERE s.subject_id IN ({}) \
-                 ORDER BY s.subject_id, p.seq",
-                placeholders(1, subjects.len())
+                 AND LENGTH(p.packet) <= {} ORDER BY s.subject_id, p.seq",
+                placeholders(1, taken.len()),
+                packet::MAX_PACKET_LEN
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for s in &subjects {
-                q = q.bind(s.id.as_bytes().to_vec());
+            for id in &taken {
+                q = q.bind(id.as_bytes().to_vec());
             }
             // In sequence order (the statement's), with the field each row
             // is stored under: the caller checks they link up to the head.
-            let limit = usize::try_from(packet::MAX_CHAIN_PACKETS).unwrap_or(usize::MAX);
-            let mut oversized = HashSet::new();
-            let (mut held, mut current) = (0usize, None);
-            let mut stream = q.fetch(self.conn().await?);
-            while let Some(r) = stream.next().await {
-                let r = r?;
-                let id = subject_col(&r, "subject_id")?;
-                if current != Some(id) {
-                    if current.is_some() && held >= budget {
-                        cut = Some(id);
-                        break;
-                    }
-                    current = Some(id);
-                }
-                if oversized.contains(&id) {
-                    continue;
-                }
-                let list = packets.entry(id).or_default();
-                if list.len() >= limit {
-                    held -= list.iter().map(|(f, p)| f.len() + p.len()).sum::<usize>();
-                    packets.remove(&id);
-                    oversized.insert(id);
-                    continue;
-                }
-                let (field, bytes): (String, Vec<u8>) =
-                    (r.try_get("field_name")?, r.try_get("packet")?);
-                held += field.len() + bytes.len();
-                list.push((field, bytes));
+            for r in q.fetch_all(self.conn().await?).await? {
+                packets
+                    .entry(subject_col(&r, "subject_id")?)
+                    .or_default()
+                    .push((r.try_get("field_name")?, r.try_get("packet")?));
             }
-            drop(stream);
-            damaged.extend(oversized.into_iter().map(Some));
         }
         let before_cut = |id: &SubjectId| cut.is_none_or(|c| *id < c);
         let found = subjects
             .into_iter()
-            .filter(|s| before_cut(&s.id) && !damaged.contains(&Some(s.id)))
+            .filter(|s| taken.contains(&s.id))
             .map(|s| {
                 let p = packets.remove(&s.id).unwrap_or_default();
                 (s, p)
@@ -1045,6 +1018,64 @@ impl AuditedTx {
             damaged,
             through,
         }))
+    }
+
+    /// Which of `subjects` (ascending) a rewrap batch takes: their packet
+    /// counts and sizes are read first, so that only the taken subjects'
+    /// packets are ever fetched. Subjects are taken in order until the
+    /// next would bring the packets held past `budget` (the first is always
+    /// taken); that one is the cut, and it and those after it are left to
+    /// the next batch. A subject before the cut with more packets than a
+    /// chain holds, or a packet longer than the vault writes, is counted
+    /// in `damaged` and not taken: those rows are not the vault's.
+    async fn rewrap_sizes(
+        &mut self,
+        subjects: &[SubjectRecord],
+        budget: usize,
+        damaged: &mut Vec<Option<SubjectId>>,
+    ) -> Result<(Vec<SubjectId>, Option<SubjectId>), StoreError> {
+        if subjects.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let sql = format!(
+            "SELECT s.subject_id, COUNT(*) AS n, CAST(SUM(LENGTH(p.packet)) AS BIGINT) AS bytes, \
+             CAST(MAX(LENGTH(p.packet)) AS BIGINT) AS longest FROM subjects s \
+             JOIN packets p ON p.subject_key = COALESCE(s.subject_key, s.subject_id) \
+             AND p.subject_id = s.subject_id WHERE s.subject_id IN ({}) GROUP BY s.subject_id",
+            placeholders(1, subjects.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in subjects {
+            q = q.bind(s.id.as_bytes().to_vec());
+        }
+        let mut sizes = HashMap::new();
+        for r in q.fetch_all(self.conn().await?).await? {
+            let int = |col: &'static str| -> Result<u64, StoreError> {
+                u64::try_from(r.try_get::<i64, _>(col)?).map_err(|_| StoreError::Corrupt(col))
+            };
+            sizes.insert(
+                subject_col(&r, "subject_id")?,
+                (int("n")?, int("bytes")?, int("longest")?),
+            );
+        }
+        let max_len = u64::try_from(packet::MAX_PACKET_LEN).unwrap_or(u64::MAX);
+        let budget = u64::try_from(budget).unwrap_or(u64::MAX);
+        let (mut taken, mut held) = (Vec::new(), 0u64);
+        for s in subjects {
+            // A subject without packets is taken: the caller finds it
+            // does not link up to its head and counts it.
+            let (n, bytes, longest) = sizes.get(&s.id).copied().unwrap_or_default();
+            if n > packet::MAX_CHAIN_PACKETS || longest > max_len {
+                damaged.push(Some(s.id));
+                continue;
+            }
+            if !taken.is_empty() && held.saturating_add(bytes) > budget {
+                return Ok((taken, Some(s.id)));
+            }
+            held = held.saturating_add(bytes);
+            taken.push(s.id);
+        }
+        Ok((taken, None))
     }
 
     /// Replaces the wrapped data keys of `moves` `(subject, old version,
