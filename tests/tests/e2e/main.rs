@@ -109,6 +109,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::tokenize_stream_reads_csv_the_same_however_split,
     matching::same_person_gets_a_pairwise_token_per_partner,
     matching::concurrent_first_answers_share_one_token,
+    matching::a_deletion_under_way_stalls_no_batch,
     matching::candidates_past_the_first_page_are_read,
     matching::deleted_subject_is_no_longer_matchable,
     matching::update_moves_the_index,

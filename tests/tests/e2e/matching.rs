@@ -283,6 +283,71 @@ pub async fn concurrent_first_answers_share_one_token(b: Backend) -> anyhow::Res
     tv.stop().await
 }
 
+/// A person whose deletion is under way (its subject row held FOR
+/// UPDATE, as a deletion's DELETE holds it until its transaction ends)
+/// stalls nobody: a partner's first answer about them, whose token insert
+/// joins a batch of every partner's writes, does not wait for it, and
+/// neither does another partner's create in that batch. The person is not
+/// answered meanwhile; once the row is free again, they are. On SQLite the
+/// one writer orders everything, so only the answers are checked there.
+pub async fn a_deletion_under_way_stalls_no_batch(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (ada, _) = create(&tv, "partner-a", ADA).await;
+    let mut bq = client(&tv, "partner-b").await;
+    let mut held = tv.db().begin().await?;
+    if b == Backend::Postgres {
+        sqlx::query("SELECT subject_id FROM subjects WHERE subject_id = $1 FOR UPDATE")
+            .bind(SubjectId::parse(&ada)?.as_bytes().to_vec())
+            .fetch_one(&mut *held)
+            .await?;
+    }
+    let within = std::time::Duration::from_secs(10);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut c = bq.clone();
+        calls.spawn(async move {
+            query(&mut c, ADA_AS_SEEN_ELSEWHERE)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    for n in 0..4 {
+        let name = format!("Other{n}");
+        let mut subjects = tv.subjects("partner-a").await?;
+        calls.spawn(async move {
+            subjects
+                .create_subject(CreateSubjectRequest {
+                    fields: fields(&[("given_name", "Grace"), ("family_name", &name)]),
+                })
+                .await
+                .map(|_| Vec::<MatchCandidate>::new())
+                .map_err(anyhow::Error::from)
+        });
+    }
+    let answered = tokio::time::timeout(within, async {
+        let mut out = Vec::new();
+        while let Some(r) = calls.join_next().await {
+            out.push(r);
+        }
+        out
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("a batch waited for the deletion under way"))?;
+    for r in answered {
+        let found = r??;
+        if b == Backend::Postgres {
+            assert!(
+                found.is_empty(),
+                "answered with a person being deleted: {found:?}"
+            );
+        }
+    }
+    held.rollback().await?;
+    let later = query(&mut bq, ADA_AS_SEEN_ELSEWHERE).await?;
+    assert_eq!(later.len(), 1, "{later:?}");
+    tv.stop().await
+}
+
 /// The first page of candidates is ranked by blocking hits alone, and a
 /// candidate ranked below it can still score best. Nine people share the
 /// query's names, e-mail and phone (exact blocking hits that rank them

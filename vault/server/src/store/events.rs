@@ -448,10 +448,21 @@ impl AuditedTx {
         recipient: &str,
         seqs: &[u64],
     ) -> Result<(), StoreError> {
+        // On PostgreSQL a row another transaction holds (an
+        // acknowledgement from another of the recipient's consumers,
+        // taking its rows in id order) is not counted rather than waited
+        // for in seq order: the count is a hint, and waiting could
+        // deadlock the two.
+        let lock = match self.store.backend {
+            super::Backend::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
+            super::Backend::Sqlite => "",
+        };
         for part in seqs.chunks(IN_CHUNK) {
-            // Only numbered placeholders are formatted into the text.
+            // Only numbered placeholders and the clause above are
+            // formatted into the text.
             let sql = format!(
-                "UPDATE command_outbox SET deliveries = deliveries + 1 WHERE recipient = $1 AND seq IN ({})",
+                "UPDATE command_outbox SET deliveries = deliveries + 1 WHERE recipient = $1 AND seq IN \
+                 (SELECT seq FROM command_outbox WHERE recipient = $1 AND seq IN ({}) ORDER BY seq{lock})",
                 placeholders(2, part.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(recipient.to_owned());
@@ -471,6 +482,12 @@ impl AuditedTx {
         recipient: &str,
         ids: &[String],
     ) -> Result<u64, StoreError> {
+        // Sorted, so two acknowledgements of overlapping ids (two of the
+        // recipient's consumers) take their rows in one order, chunk by
+        // chunk.
+        let mut ids: Vec<&String> = ids.iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut n = 0;
         for part in ids.chunks(IN_CHUNK) {
             // Only numbered placeholders are formatted into the text.
@@ -480,7 +497,7 @@ impl AuditedTx {
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(recipient.to_owned());
             for id in part {
-                q = q.bind(id.clone());
+                q = q.bind((*id).clone());
             }
             n += q.execute(self.conn().await?).await?.rows_affected();
         }

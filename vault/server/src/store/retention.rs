@@ -52,7 +52,8 @@ impl Prunable {
         }
     }
 
-    /// One batch's statement ([`Self::Credentials`] has its own path).
+    /// One batch's statement, up to its subquery's locking clause and
+    /// closing parenthesis ([`Self::Credentials`] has its own path).
     fn sql(self) -> Option<&'static str> {
         // One batch: the oldest rows before the cut-off, by their key (the
         // time column is indexed, migration 0009).
@@ -60,37 +61,37 @@ impl Prunable {
             Self::Challenges => {
                 "DELETE FROM consent_challenges WHERE challenge IN \
                  (SELECT challenge FROM consent_challenges WHERE expires_at_ms < $1 \
-                  ORDER BY expires_at_ms LIMIT $2)"
+                  ORDER BY expires_at_ms LIMIT $2"
             }
             Self::EnrollmentCodes => {
                 "DELETE FROM enrollment_codes WHERE code_hash IN \
                  (SELECT code_hash FROM enrollment_codes WHERE expires_at_ms < $1 \
-                  ORDER BY expires_at_ms LIMIT $2)"
+                  ORDER BY expires_at_ms LIMIT $2"
             }
             Self::DeviceRequests => {
                 "DELETE FROM device_requests WHERE request_id IN \
                  (SELECT request_id FROM device_requests WHERE at_ms < $1 \
-                  ORDER BY at_ms LIMIT $2)"
+                  ORDER BY at_ms LIMIT $2"
             }
             Self::Events => {
                 "DELETE FROM events WHERE (source, event_id) IN \
                  (SELECT source, event_id FROM events WHERE accepted_at_ms < $1 \
-                  ORDER BY accepted_at_ms LIMIT $2)"
+                  ORDER BY accepted_at_ms LIMIT $2"
             }
             Self::Transactions => {
                 "DELETE FROM transactions WHERE transaction_id IN \
                  (SELECT transaction_id FROM transactions WHERE expires_at_ms < $1 \
-                  ORDER BY expires_at_ms LIMIT $2)"
+                  ORDER BY expires_at_ms LIMIT $2"
             }
             Self::CodeFailures => {
                 "DELETE FROM code_failures WHERE (device_id, at_ms) IN \
                  (SELECT device_id, at_ms FROM code_failures WHERE at_ms < $1 \
-                  ORDER BY at_ms LIMIT $2)"
+                  ORDER BY at_ms LIMIT $2"
             }
             Self::Withdrawals => {
                 "DELETE FROM consent_withdrawals WHERE (consent_id, subject_id) IN \
                  (SELECT consent_id, subject_id FROM consent_withdrawals WHERE expires_at_ms < $1 \
-                  ORDER BY expires_at_ms LIMIT $2)"
+                  ORDER BY expires_at_ms LIMIT $2"
             }
             Self::Credentials => return None,
         })
@@ -122,8 +123,16 @@ impl AuditedTx {
                 .prune_expired_credentials(before_ms.div_euclid(1000), limit)
                 .await;
         };
+        // On PostgreSQL rows another transaction holds are left for the
+        // next run: this delete takes its rows in time order, a subject's
+        // deletion (or a rewrap) takes the same rows in another, and
+        // waiting could deadlock one of them.
+        let lock = match self.store.backend {
+            super::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            super::Backend::Sqlite => "",
+        };
         Ok(Pruned {
-            removed: sqlx::query(sql)
+            removed: sqlx::query(sqlx::AssertSqlSafe(format!("{sql}{lock})")))
                 .bind(before_ms)
                 .bind(i64::from(limit))
                 .execute(self.conn().await?)

@@ -180,9 +180,17 @@ impl Table {
             // Only for a live subject: a match reveals candidates it found
             // before its write, and a deletion may have committed since.
             // On PostgreSQL the subject's row is locked too (KEY SHARE,
-            // which a deletion's FOR UPDATE waits for and which waits for
-            // it): a deletion committing meanwhile is seen, and one
-            // starting later removes the token with the rest. A
+            // which a deletion's FOR UPDATE waits for): a deletion
+            // committing before is seen, one starting later removes the
+            // token with the rest, and a subject whose deletion is under
+            // way (its row held FOR UPDATE, which only a deletion takes)
+            // counts as deleted: SKIP LOCKED, because this insert runs in
+            // a batch of every partner's writes, and waiting for a
+            // deletion of a person with a long history (its events,
+            // commands and receipts go in the same transaction) would
+            // stall all of them, which a partner could bring about on
+            // purpose. If that deletion rolls back, the match simply did
+            // not answer with that person. A
             // concurrent match may have made the token first; the request
             // reads back whichever was stored. The subject comes first, so
             // PostgreSQL's sorted rows lock subjects in ascending order,
@@ -204,7 +212,7 @@ impl Table {
                     }
                     Backend::Postgres => {
                         ") v WHERE EXISTS (SELECT 1 FROM subjects s \
-                         WHERE s.subject_id = v.column1 FOR KEY SHARE) \
+                         WHERE s.subject_id = v.column1 FOR KEY SHARE SKIP LOCKED) \
                          ON CONFLICT (partner, subject_key, subject_id) DO NOTHING"
                     }
                 },
