@@ -893,3 +893,55 @@ pub async fn expired_entries_are_pruned_and_published_revoked(b: Backend) -> any
     assert_eq!(cx.accepted(&a).await, revoked());
     cx.tv.stop().await
 }
+
+/// A phone naming another person's device or status entry in a
+/// revocation gets "not revoked" / not found without taking that row's
+/// lock: the call goes through while another transaction holds it
+/// (PostgreSQL), so nobody can stall someone else's device or credential
+/// by naming it.
+pub async fn naming_anothers_rows_locks_none(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(TestVault::start(b).await?).await;
+    let issued = cx.issue(&[]).await?;
+    let status = issued.parsed.status()?;
+    let other = create_subject(
+        &cx.tv,
+        &[("given_name", "Oskar"), ("family_name", "Lindgren")],
+    )
+    .await;
+    let mut wallet = cx.wallet.clone();
+    let stranger = enroll(&cx.tv, &mut wallet, &other).await;
+    let mut held = cx.tv.db().begin().await?;
+    if b == Backend::Postgres {
+        sqlx::query("SELECT device_id FROM devices WHERE device_id = $1 FOR UPDATE")
+            .bind(cx.device.device_id())
+            .fetch_one(&mut *held)
+            .await?;
+        sqlx::query("SELECT idx FROM credentials WHERE idx = $1 FOR UPDATE")
+            .bind(i64::try_from(status.idx)?)
+            .fetch_one(&mut *held)
+            .await?;
+    }
+    let within = std::time::Duration::from_secs(10);
+    let req = stranger.sign_request(
+        pb::device_request::Action::RevokeDevice(pb::RevokeDevice {
+            device_id: cx.device.device_id(),
+        }),
+        unix_now(),
+        &SystemRng::default(),
+    )?;
+    let revoked = tokio::time::timeout(within, wallet.revoke_device(req))
+        .await
+        .map_err(|_| anyhow::anyhow!("waited for another person's device row"))??
+        .into_inner()
+        .revoked;
+    assert!(!revoked);
+    let e = tokio::time::timeout(within, cx.device_revoke(&stranger, &issued))
+        .await
+        .map_err(|_| anyhow::anyhow!("waited for another person's status entry"))?
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    held.rollback().await?;
+    // Both still stand.
+    assert_eq!(cx.accepted_by_vault(&issued).await, Ok(()));
+    cx.tv.stop().await
+}

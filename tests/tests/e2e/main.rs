@@ -156,6 +156,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     credentials::late_revocations_force_no_status_list_rebuild,
     credentials::removed_status_list_is_not_started_again,
     credentials::expired_entries_are_pruned_and_published_revoked,
+    credentials::naming_anothers_rows_locks_none,
     transactions::approve_and_deny_with_two_third_parties,
     transactions::every_refusal_is_distinct_and_audited,
     transactions::codes_are_single_use_under_concurrency,

@@ -210,7 +210,11 @@ impl Vault {
             || VaultError::BadRequest("no credential of this vault has that status entry".into());
         let list_id = self.status_list_id(&r.uri).ok_or_else(not_found)?;
         let idx = i64::try_from(r.idx).map_err(|_| not_found())?;
-        let Some((e, mac_ok)) = tx.credential_entry(list_id, idx).await? else {
+        let found = match owner {
+            Some(owner) => tx.credential_entry_of(list_id, idx, owner).await?,
+            None => tx.credential_entry(list_id, idx).await?,
+        };
+        let Some((e, mac_ok)) = found else {
             return Err(not_found());
         };
         if let Some(owner) = owner

@@ -327,6 +327,31 @@ impl AuditedTx {
             .transpose()
     }
 
+    /// `subject`'s device `device_id`, locked on PostgreSQL like
+    /// [`Self::device`]. Another person's device is neither returned nor
+    /// locked: a phone naming someone else's device must not get to hold
+    /// that row (and stall its owner) for the length of a call that then
+    /// finds it is not theirs.
+    pub async fn device_of(
+        &mut self,
+        device_id: &str,
+        subject: &SubjectId,
+    ) -> Result<Option<Device>, StoreError> {
+        let sql = locked!(
+            self.store.backend,
+            select_devices!(),
+            " WHERE device_id = $1 AND subject_id = $2"
+        );
+        let row = sqlx::query(sql)
+            .bind(device_id.to_owned())
+            .bind(subject.as_bytes().to_vec())
+            .fetch_optional(self.conn().await?)
+            .await?;
+        row.as_ref()
+            .map(|r| device(&*self.store.row_keys()?, r))
+            .transpose()
+    }
+
     /// A subject's devices, oldest first.
     pub async fn devices_of(&mut self, subject: &SubjectId) -> Result<Vec<Device>, StoreError> {
         let rows = sqlx::query(concat!(
@@ -373,7 +398,7 @@ impl AuditedTx {
         subject: &SubjectId,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let Some(d) = self.device(device_id).await? else {
+        let Some(d) = self.device_of(device_id, subject).await? else {
             return Ok(false);
         };
         if d.subject != *subject || d.revoked_at_ms.is_some() {
@@ -721,7 +746,27 @@ impl AuditedTx {
         subject: &SubjectId,
         now_ms: i64,
     ) -> Result<ConsentRevocation, StoreError> {
-        let Some(c) = self.consent(id).await? else {
+        // Only this person's row is read and locked: another person's
+        // consent with this id is not theirs to hold (see `device_of`).
+        let sql = match self.store.backend {
+            super::Backend::Postgres => concat!(
+                "SELECT ",
+                consent_columns!(),
+                " FROM consents WHERE consent_id = $1 AND subject_id = $2 FOR UPDATE"
+            ),
+            super::Backend::Sqlite => concat!(
+                "SELECT ",
+                consent_columns!(),
+                " FROM consents WHERE consent_id = $1 AND subject_id = $2"
+            ),
+        };
+        let row = sqlx::query(sql)
+            .bind(id.to_vec())
+            .bind(subject.as_bytes().to_vec())
+            .fetch_optional(self.conn().await?)
+            .await?;
+        let keys = self.store.row_keys()?;
+        let Some(c) = row.as_ref().map(|r| consent(&keys, r)).transpose()? else {
             return Ok(ConsentRevocation::NotHeld);
         };
         if c.subject != *subject {

@@ -244,6 +244,31 @@ impl AuditedTx {
         row.as_ref().map(|r| entry_row(&keys, r)).transpose()
     }
 
+    /// The entry at `list_id`/`idx` if it is `subject`'s, locked on
+    /// PostgreSQL like [`Self::credential_entry`]; another person's entry
+    /// is neither returned nor locked (a phone naming someone else's index
+    /// must not hold that row).
+    pub async fn credential_entry_of(
+        &mut self,
+        list_id: i64,
+        idx: i64,
+        subject: &SubjectId,
+    ) -> Result<Option<(CredentialEntry, bool)>, StoreError> {
+        let sql = locked!(
+            self.store.backend,
+            select_entries!(),
+            " WHERE list_id = $1 AND idx = $2 AND subject_id = $3"
+        );
+        let row = sqlx::query(sql)
+            .bind(list_id)
+            .bind(idx)
+            .bind(subject.as_bytes().to_vec())
+            .fetch_optional(self.conn().await?)
+            .await?;
+        let keys = self.store.row_keys()?;
+        row.as_ref().map(|r| entry_row(&keys, r)).transpose()
+    }
+
     /// Writes `e` back as revoked at `now_ms` (and, with `forget`, with its
     /// subject and device cleared). Revoking only ever moves an entry one
     /// way, so a row whose MAC failed is rewritten too: it was published
