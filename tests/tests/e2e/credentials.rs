@@ -943,5 +943,30 @@ pub async fn naming_anothers_rows_locks_none(b: Backend) -> anyhow::Result<()> {
     held.rollback().await?;
     // Both still stand.
     assert_eq!(cx.accepted_by_vault(&issued).await, Ok(()));
+
+    // A device of this person's that a database writer moved to the
+    // stranger: revoking it is refused as forged, not answered as another
+    // person's device.
+    let second = enroll(&cx.tv, &mut wallet, &other).await;
+    let mine = idvault_tests::idvault_core::subject::SubjectId::parse(&other)?;
+    let theirs: Vec<u8> = sqlx::query_scalar("SELECT subject_id FROM devices WHERE device_id = $1")
+        .bind(cx.device.device_id())
+        .fetch_one(cx.tv.db())
+        .await?;
+    assert_ne!(theirs, mine.as_bytes().to_vec());
+    sqlx::query("UPDATE devices SET subject_id = $1 WHERE device_id = $2")
+        .bind(theirs)
+        .bind(second.device_id())
+        .execute(cx.tv.db())
+        .await?;
+    let req = stranger.sign_request(
+        pb::device_request::Action::RevokeDevice(pb::RevokeDevice {
+            device_id: second.device_id(),
+        }),
+        unix_now(),
+        &SystemRng::default(),
+    )?;
+    let e = wallet.revoke_device(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     cx.tv.stop().await
 }

@@ -399,6 +399,10 @@ impl AuditedTx {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let Some(d) = self.device_of(device_id, subject).await? else {
+            // Not this person's, or not there: read, unlocked, to tell a
+            // row whose MAC fails (its owner moved by a database writer)
+            // from another person's, as before the owner was in the read.
+            self.store.device(device_id).await?;
             return Ok(false);
         };
         if d.subject != *subject || d.revoked_at_ms.is_some() {
@@ -767,6 +771,10 @@ impl AuditedTx {
             .await?;
         let keys = self.store.row_keys()?;
         let Some(c) = row.as_ref().map(|r| consent(&keys, r)).transpose()? else {
+            // Not this person's, or not there: read, unlocked, so that a
+            // row whose MAC fails (its owner moved by a database writer)
+            // is refused as forged rather than taken for another person's.
+            self.store.consent(id).await?;
             return Ok(ConsentRevocation::NotHeld);
         };
         if c.subject != *subject {

@@ -482,17 +482,24 @@ impl AuditedTx {
         recipient: &str,
         ids: &[String],
     ) -> Result<u64, StoreError> {
-        // Sorted, so two acknowledgements of overlapping ids (two of the
-        // recipient's consumers) take their rows in one order, chunk by
-        // chunk.
+        // Sorted, and each chunk's rows locked in id order before they go
+        // (PostgreSQL), so two acknowledgements of overlapping ids (two of
+        // the recipient's consumers) take their rows in one order.
         let mut ids: Vec<&String> = ids.iter().collect();
         ids.sort_unstable();
         ids.dedup();
+        let lock = match self.store.backend {
+            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
         let mut n = 0;
         for part in ids.chunks(IN_CHUNK) {
-            // Only numbered placeholders are formatted into the text.
+            // Only numbered placeholders and the clause above are
+            // formatted into the text.
             let sql = format!(
-                "DELETE FROM command_outbox WHERE recipient = $1 AND command_id IN ({})",
+                "DELETE FROM command_outbox WHERE recipient = $1 AND command_id IN \
+                 (SELECT command_id FROM command_outbox WHERE recipient = $1 \
+                  AND command_id IN ({}) ORDER BY command_id{lock})",
                 placeholders(2, part.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(recipient.to_owned());
