@@ -48,15 +48,11 @@ pub(super) fn transaction(keys: &RowMac, r: &AnyRow) -> Result<Transaction, Stor
 impl Store {
     /// A transaction by id (read outside any write).
     pub async fn transaction(&self, id: &[u8; 16]) -> Result<Option<Transaction>, StoreError> {
-        let row = sqlx::query(concat!(
-            select_transactions!(),
-            " WHERE transaction_id = $1"
-        ))
-        .bind(id.to_vec())
-        .fetch_optional(self.pool())
-        .await?;
-        let keys = self.row_keys()?;
-        row.as_ref().map(|r| transaction(&keys, r)).transpose()
+        self.transaction_where(
+            concat!(select_transactions!(), " WHERE transaction_id = $1"),
+            id.to_vec(),
+        )
+        .await
     }
 
     /// The transaction a code MAC names, read outside any write and
@@ -66,8 +62,21 @@ impl Store {
         &self,
         code_mac: &[u8; 32],
     ) -> Result<Option<Transaction>, StoreError> {
-        let row = sqlx::query(concat!(select_transactions!(), " WHERE code_mac = $1"))
-            .bind(code_mac.to_vec())
+        self.transaction_where(
+            concat!(select_transactions!(), " WHERE code_mac = $1"),
+            code_mac.to_vec(),
+        )
+        .await
+    }
+
+    /// The one transaction `sql` finds by its unique key `$1`, MAC checked.
+    async fn transaction_where(
+        &self,
+        sql: &'static str,
+        key: Vec<u8>,
+    ) -> Result<Option<Transaction>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
             .fetch_optional(self.pool())
             .await?;
         let keys = self.row_keys()?;
