@@ -1368,3 +1368,250 @@ forbid (
     assert_eq!(ctx.set_rules(&me, vec![back]).await?.len(), 1);
     ctx.tv.stop().await
 }
+
+/// An event that is only ignored never waits for the person's row, where
+/// the person's own calls queue: a partner that knows the person cannot
+/// stall them by publishing about them, linked or not (SECURITY.md,
+/// hostile partner). An event with a rule to fire still waits for the
+/// person's calls. A deletion waits for the ignored events under way and
+/// removes their rows; one that comes while it waits finds nobody, so
+/// events cannot hold a deletion off.
+pub async fn ignored_events_hold_no_ones_row(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_core::subject::SubjectId;
+    use idvault_tests::idvault_proto::v1::subject_service_client::SubjectServiceClient;
+
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    let pg = backend == Backend::Postgres;
+    let id = SubjectId::parse(&p.subject)?;
+    // What a call of the person's holds until rolled back: their row, as
+    // the per-subject guard takes it. On SQLite the one writer orders
+    // everything, and a held write would stop it: there the test checks
+    // the outcomes only.
+    let db = ctx.tv.db().clone();
+    let hold_row = async || {
+        let mut held = db.begin().await?;
+        if pg {
+            sqlx::query("SELECT subject_id FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE")
+                .bind(id.as_bytes().to_vec())
+                .fetch_one(&mut *held)
+                .await?;
+        }
+        anyhow::Ok(held)
+    };
+    // Until some call in this database waits for a lock.
+    let someone_waits = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                )
+                .fetch_one(&db)
+                .await?;
+                if waiting > 0 {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("nothing waited for the held lock"))?
+    };
+    async fn publish(
+        ctx: &Ctx,
+        p: &Person,
+        event_type: &str,
+        event_id: &str,
+    ) -> Result<Result<pb::PublishEventResponse, tonic::Status>, tokio::time::error::Elapsed> {
+        let fields = vec![field("address", "x")];
+        let call = ctx.publish("partner-a", &p.subject, event_type, event_id, fields);
+        tokio::time::timeout(std::time::Duration::from_secs(10), call).await
+    }
+
+    let held = hold_row().await?;
+    let r = publish(&ctx, &p, "address.changed", "e1")
+        .await
+        .map_err(|_| anyhow::anyhow!("an unlinked publisher waited for the person's row"))??;
+    assert!(!r.duplicate);
+    held.rollback().await?;
+    ctx.forward_addresses(&p).await;
+    let held = hold_row().await?;
+    publish(&ctx, &p, "card.lost", "e2")
+        .await
+        .map_err(|_| anyhow::anyhow!("an event without a rule waited for the person's row"))??;
+    // With a rule to fire, the event waits for the row, then delivers.
+    let firing = {
+        let ch = ctx.tv.channel("partner-a").await?;
+        let subject = p.subject.clone();
+        tokio::spawn(async move {
+            EventServiceClient::new(ch)
+                .publish_event(pb::PublishEventRequest {
+                    subject: Some(pb::publish_event_request::Subject::SubjectId(subject)),
+                    event_type: "address.changed".into(),
+                    event_id: "e3".into(),
+                    fields: vec![field("address", "y")],
+                })
+                .await
+        })
+    };
+    if pg {
+        someone_waits().await?;
+    }
+    held.rollback().await?;
+    firing.await??;
+    assert_eq!(ctx.drain("partner-b").await.len(), 1);
+
+    // A deletion while an ignored event is under way (on PostgreSQL: the
+    // shared hold it takes on the person's deletion lock, here held by
+    // the test) waits for it; an event that comes meanwhile reads the
+    // person as absent and writes nothing.
+    let mut event = db.begin().await?;
+    if pg {
+        let (class, key) = idvault_tests::idvault_server::store::subject_lock(&id);
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+            .bind(class)
+            .bind(key)
+            .execute(&mut *event)
+            .await?;
+    }
+    let deleting = {
+        let mut subjects: SubjectServiceClient<Channel> = ctx.tv.subjects("partner-a").await?;
+        let subject = p.subject.clone();
+        tokio::spawn(async move {
+            subjects
+                .delete_subject(pb::DeleteSubjectRequest {
+                    subject_id: subject,
+                })
+                .await
+        })
+    };
+    if pg {
+        someone_waits().await?;
+        let refused = publish(&ctx, &p, "card.lost", "e4")
+            .await
+            .map_err(|_| anyhow::anyhow!("an event waited for a deletion"))?
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+        // The event under way writes its row (as an ignored event would)
+        // and commits; the deletion then removes it.
+        sqlx::query(
+            "INSERT INTO events (source, event_id, subject_id, event_type, outcome, commands, \
+             accepted_at_ms) VALUES ($1, 'e5', $2, 'card.lost', 'ignored_no_rule', 0, 0)",
+        )
+        .bind(A)
+        .bind(id.as_bytes().to_vec())
+        .execute(&mut *event)
+        .await?;
+    }
+    event.commit().await?;
+    deleting.await??;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE subject_id = $1")
+        .bind(id.as_bytes().to_vec())
+        .fetch_one(&db)
+        .await?;
+    assert_eq!(left, 0, "no event row outlives the person");
+    let outcomes: Vec<String> = ctx
+        .audit("EventOutcome")
+        .await
+        .into_iter()
+        .map(|(_, d)| d.split_whitespace().nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "outcome=ignored_unlinked",
+            "outcome=ignored_no_rule",
+            "outcome=delivered"
+        ]
+    );
+    ctx.tv.stop().await
+}
+
+/// An unlink withdraws the person's waiting commands in id order, the
+/// order an acknowledgement takes them in: the recipient acknowledging
+/// some of them at that moment waits for the unlink or the unlink for it,
+/// never each for a row the other holds (on PostgreSQL that was a
+/// deadlock, and one of the two calls failed).
+pub async fn unlink_and_acknowledgement_take_commands_in_one_order(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut ctx = Ctx::start(backend).await;
+    let p = ctx.person("Ada").await;
+    ctx.forward_addresses(&p).await;
+    for i in 0..8 {
+        let r = ctx
+            .publish(
+                "partner-a",
+                &p.subject,
+                "address.changed",
+                &format!("o{i}"),
+                vec![field("address", &format!("a{i}"))],
+            )
+            .await?;
+        assert!(!r.duplicate);
+    }
+    // In id order, with their positions: two commands whose positions
+    // run the other way (with 8 random ids, all but certain to exist).
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT command_id, seq FROM command_outbox WHERE recipient = 'partner-b' ORDER BY command_id",
+    )
+    .fetch_all(ctx.tv.db())
+    .await?;
+    assert_eq!(rows.len(), 8);
+    let pair = (0..rows.len())
+        .flat_map(|i| (i + 1..rows.len()).map(move |j| (i, j)))
+        .find(|&(i, j)| rows[i].1 > rows[j].1);
+    let unlink = ctx.signed(
+        &p,
+        Action::UnlinkEntity(pb::UnlinkEntity { entity: B.into() }),
+    );
+    let mut wallet = DeviceServiceClient::new(ctx.tv.channel("wallet").await?);
+    let pg = backend == Backend::Postgres;
+    let (Some((i, j)), true) = (pair, pg) else {
+        // SQLite's one writer orders everything: the unlink alone.
+        let u = wallet.unlink_entity(unlink).await?.into_inner();
+        assert!(u.unlinked);
+        assert!(ctx.drain("partner-b").await.is_empty());
+        return ctx.tv.stop().await;
+    };
+    let (first, second) = (rows[i].0.clone(), rows[j].0.clone());
+    // An acknowledgement in progress: it took the lower id and is about
+    // to take the higher one.
+    let lock = "SELECT command_id FROM command_outbox WHERE command_id = $1 FOR UPDATE";
+    let mut ack = ctx.tv.db().begin().await?;
+    sqlx::query(lock)
+        .bind(first.clone())
+        .fetch_one(&mut *ack)
+        .await?;
+    let unlinking = tokio::spawn(async move { wallet.unlink_entity(unlink).await });
+    // Once the unlink waits for a row (in this database):
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )
+            .fetch_one(ctx.tv.db())
+            .await?;
+            if waiting > 0 {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the unlink never waited for the held command"))??;
+    let took = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sqlx::query(lock).bind(second).fetch_one(&mut *ack),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the unlink holds a command the acknowledgement needs"))?;
+    took?;
+    ack.rollback().await?;
+    let u = unlinking.await??.into_inner();
+    assert!(u.unlinked);
+    assert!(ctx.drain("partner-b").await.is_empty());
+    ctx.tv.stop().await
+}

@@ -179,6 +179,8 @@ const BOTH: &[(&str, TestFn)] = tests![
     events::outbox_share_is_per_publisher,
     events::publisher_leaf_does_not_tell_the_outcome,
     events::rules_target_only_receivers,
+    events::ignored_events_hold_no_ones_row,
+    events::unlink_and_acknowledgement_take_commands_in_one_order,
     events::rules_are_signed_linked_and_suggested,
     events::publish_and_receive_are_policy_gated,
 ];

@@ -273,81 +273,94 @@ impl Vault {
         id: &SubjectId,
         event: &rules::Event,
     ) -> Result<Option<(EventOutcome, Vec<String>, Vec<String>)>, VaultError> {
-        // The person's row first (locked on PostgreSQL), as every call
-        // that changes their links or rules does: read after it, the links
-        // and rules cannot change before this commits, so an unlink or a
-        // rule change that committed first is seen, and one that comes
-        // after waits (its clean-up then removes what this wrote). Read
-        // before it, an unlink could commit in between and this would
-        // still write a command the person withdrew.
-        let row = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
         if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
             return Ok(Some((EventOutcome::Duplicate, Vec::new(), Vec::new())));
         }
         let now = self.now_millis();
-        // Both lookups run whatever the first finds, so an unlinked
-        // publisher and a linked one without a rule cost the same
+        // Whether the event does anything is read first, without the
+        // person's row: any partner holding the person's token may publish,
+        // and an event that only gets ignored must not queue on that row
+        // (where the person's own calls wait for it). Its one write, the
+        // event's row, only needs the person not deleted meanwhile
+        // (`subject_kept`). Both cost the same, unlinked or without a rule
         // (docs/events.md, "What leaks").
-        let linked = tx.is_linked(id, &caller.spiffe_id).await?;
-        let stored = tx
-            .rules_for_event(id, &caller.spiffe_id, &event.event_type)
-            .await?;
-        let hits = if linked {
-            rules::triggered(&stored, &caller.spiffe_id, event)
+        let (mut linked, mut stored) = Self::event_rules(tx, id, caller, event).await?;
+        let fires = !rules::triggered(&stored, &caller.spiffe_id, event).is_empty();
+        let row = if !fires {
+            if !tx.subject_kept(id).await? {
+                return Err(VaultError::NotFound);
+            }
+            None
         } else {
-            Vec::new()
+            // Commands to write: the person's row now (locked on
+            // PostgreSQL), as every call that changes their links or
+            // rules takes it, and the links and rules read again under
+            // it. An unlink or a rule change that committed meanwhile is
+            // seen, and one that comes after waits (its clean-up then
+            // removes what this wrote); from the first read alone, this
+            // could write a command the person had just withdrawn.
+            let row = tx.subject(id).await?.ok_or(VaultError::NotFound)?;
+            // A retry of this event may have committed while this waited.
+            if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
+                return Ok(None);
+            }
+            (linked, stored) = Self::event_rules(tx, id, caller, event).await?;
+            Some(row)
         };
+        let hits = rules::triggered(&stored, &caller.spiffe_id, event);
         let (mut ids, mut skipped) = (Vec::new(), Vec::new());
-        let outcome = if !linked {
-            EventOutcome::IgnoredUnlinked
-        } else if hits.is_empty() {
-            EventOutcome::IgnoredNoRule
-        } else {
-            let dek = self.subject_dek(&row)?;
-            // Outbox positions of a recipient commit in order (no stream
-            // passes one that commits later).
-            let targets: Vec<&Partner> = hits
-                .iter()
-                .filter_map(|h| self.registry().by_spiffe_id(&h.rule.target))
-                .collect();
-            let recipients: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-            tx.lock_outboxes(&recipients).await?;
-            if let Err(full) = check_outbox_room(tx, &caller.spiffe_id, &targets).await {
-                // On PostgreSQL a concurrent attempt at this same event may
-                // have committed while this one waited for the outbox rows,
-                // and filled the share itself: that is a duplicate, not a
-                // refusal.
-                if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
-                    return Ok(None);
+        let outcome = match row {
+            // (Rules are triggered only for a linked publisher.)
+            Some(row) if !hits.is_empty() => {
+                let dek = self.subject_dek(&row)?;
+                // Outbox positions of a recipient commit in order (no stream
+                // passes one that commits later).
+                let targets: Vec<&Partner> = hits
+                    .iter()
+                    .filter_map(|h| self.registry().by_spiffe_id(&h.rule.target))
+                    .collect();
+                let recipients: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+                tx.lock_outboxes(&recipients).await?;
+                if let Err(full) = check_outbox_room(tx, &caller.spiffe_id, &targets).await {
+                    // On PostgreSQL a concurrent attempt at this same event may
+                    // have committed while this one waited for the outbox rows,
+                    // and filled the share itself: that is a duplicate, not a
+                    // refusal.
+                    if tx.event_seen(&caller.spiffe_id, &event.event_id).await? {
+                        return Ok(None);
+                    }
+                    return Err(full);
                 }
-                return Err(full);
+                for hit in hits {
+                    // A target removed from the registry gets nothing (audited).
+                    let Some(target) = self.registry().by_spiffe_id(&hit.rule.target) else {
+                        skipped.push(hit.rule.id());
+                        continue;
+                    };
+                    let token = self.pairwise_for(tx, target, id).await?;
+                    let command = OutboxCommand {
+                        command_id: new_command_id(self)?,
+                        recipient: target.name.clone(),
+                        subject: *id,
+                        pairwise_token: token,
+                        source: caller.spiffe_id.clone(),
+                        event_type: event.event_type.clone(),
+                        command: hit.rule.command.clone(),
+                        rule_id: hit.rule.id(),
+                        payload: Vec::new(),
+                        created_at_ms: now,
+                    };
+                    let payload =
+                        rules::seal_payload(&dek, &command.header(), &hit.fields, self.rng())
+                            .map_err(|_| VaultError::Internal("command sealing"))?;
+                    let command = OutboxCommand { payload, ..command };
+                    tx.enqueue_command(&command).await?;
+                    ids.push(command.command_id);
+                }
+                EventOutcome::Delivered(u32::try_from(ids.len()).unwrap_or(u32::MAX))
             }
-            for hit in hits {
-                // A target removed from the registry gets nothing (audited).
-                let Some(target) = self.registry().by_spiffe_id(&hit.rule.target) else {
-                    skipped.push(hit.rule.id());
-                    continue;
-                };
-                let token = self.pairwise_for(tx, target, id).await?;
-                let command = OutboxCommand {
-                    command_id: new_command_id(self)?,
-                    recipient: target.name.clone(),
-                    subject: *id,
-                    pairwise_token: token,
-                    source: caller.spiffe_id.clone(),
-                    event_type: event.event_type.clone(),
-                    command: hit.rule.command.clone(),
-                    rule_id: hit.rule.id(),
-                    payload: Vec::new(),
-                    created_at_ms: now,
-                };
-                let payload = rules::seal_payload(&dek, &command.header(), &hit.fields, self.rng())
-                    .map_err(|_| VaultError::Internal("command sealing"))?;
-                let command = OutboxCommand { payload, ..command };
-                tx.enqueue_command(&command).await?;
-                ids.push(command.command_id);
-            }
-            EventOutcome::Delivered(u32::try_from(ids.len()).unwrap_or(u32::MAX))
+            _ if linked => EventOutcome::IgnoredNoRule,
+            _ => EventOutcome::IgnoredUnlinked,
         };
         let row = AcceptedEvent {
             source: caller.spiffe_id.clone(),
@@ -367,6 +380,24 @@ impl Vault {
             return Ok(None);
         }
         Ok(Some((outcome, ids, skipped)))
+    }
+
+    /// Whether the person linked the publisher, and the person's rules
+    /// for this publisher and event type (none when not linked). Both
+    /// lookups run whatever the first finds, so an unlinked publisher and
+    /// a linked one without a rule cost the same (docs/events.md, "What
+    /// leaks").
+    async fn event_rules(
+        tx: &mut AuditedTx,
+        id: &SubjectId,
+        caller: &Caller,
+        event: &rules::Event,
+    ) -> Result<(bool, Vec<Rule>), VaultError> {
+        let linked = tx.is_linked(id, &caller.spiffe_id).await?;
+        let stored = tx
+            .rules_for_event(id, &caller.spiffe_id, &event.event_type)
+            .await?;
+        Ok((linked, if linked { stored } else { Vec::new() }))
     }
 
     /// Whether the policies let `p` open a command stream now (the gate

@@ -209,7 +209,21 @@ impl AuditedTx {
     ) -> Result<(bool, u64, u64), StoreError> {
         let withdrawn = match recipient {
             Some(name) => {
-                sqlx::query("DELETE FROM command_outbox WHERE subject_id = $1 AND recipient = $2")
+                // Locked in id order first (PostgreSQL), as acknowledgements
+                // take them: the recipient acknowledging some of these at
+                // the same moment must not hold one this waits for while
+                // waiting for one this holds.
+                let sql = match self.store.backend {
+                    super::Backend::Postgres => {
+                        "DELETE FROM command_outbox WHERE command_id IN \
+                         (SELECT command_id FROM command_outbox \
+                          WHERE subject_id = $1 AND recipient = $2 ORDER BY command_id FOR UPDATE)"
+                    }
+                    super::Backend::Sqlite => {
+                        "DELETE FROM command_outbox WHERE subject_id = $1 AND recipient = $2"
+                    }
+                };
+                sqlx::query(sql)
                     .bind(subject.as_bytes().to_vec())
                     .bind(name.to_owned())
                     .execute(self.conn().await?)

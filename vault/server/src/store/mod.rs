@@ -117,7 +117,7 @@ pub use events::{IGNORED_UNLINKED, SuggestionInputs};
 pub(crate) use matching::check_signature;
 pub use matching::{BenchLoader, LoadedSubject, MatchRow, PairwiseRead, Ranked};
 pub use rekey::{
-    LeafMacRow, LinkRow, MAC_WALK_WINDOW, MacCursor, MacKeys, MacPage, MacTable, RemacBatch,
+    LeafMacRow, LinkRow, MAC_WALK_WINDOW, MacCursor, MacKeys, MacPage, MacTable, Remac, RemacBatch,
     RewrapBatch,
 };
 pub use retention::{Prunable, Pruned};
@@ -1000,6 +1000,21 @@ pub fn xref_import_lock(owner: &str) -> (i32, i32) {
     )
 }
 
+/// The PostgreSQL advisory lock `(class, key)` a subject's deletion holds
+/// exclusively from its first statement to its commit, and an ignored
+/// event shared ([`AuditedTx::subject_kept`]): class `idvs`, key the
+/// first 4 bytes of a SHA-256 of the subject id. Two people sharing a key
+/// (one pair in 2^32) only order their deletions and ignored events
+/// together: an event about the one while the other is being deleted
+/// reads as NOT_FOUND, and the publisher may send it again.
+pub fn subject_lock(id: &SubjectId) -> (i32, i32) {
+    let digest = idvault_core::crypto::sha256(&[b"idvault/v1/subject-lock\0", id.as_bytes()]);
+    (
+        i32::from_be_bytes(*b"idvs"),
+        i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
+    )
+}
+
 /// A database error of a COMMIT, as [`StoreError::CommitUnknown`]: unlike
 /// a failed statement, it is not the request's own failure, and its
 /// outcome is unknown, so the pipeline must neither record it as a
@@ -1201,6 +1216,45 @@ impl AuditedTx {
             ", COALESCE(subject_key, subject_id) AS subject_key FROM subjects WHERE subject_id = $1"
         );
         self.subject_by(sql, id, None).await
+    }
+
+    /// Whether the subject exists, kept from being deleted until the
+    /// transaction ends. For a call that writes rows naming the person
+    /// without changing the person (an ignored event): it takes neither
+    /// the person's row (where the person's own calls wait, `FOR NO KEY
+    /// UPDATE`) nor any row lock at all, so a partner repeating such a
+    /// call cannot stall the person. On PostgreSQL it takes the person's
+    /// deletion lock ([`subject_lock`]) shared, and only if it is free:
+    /// a deletion takes it exclusively first ([`Self::delete_subject`]),
+    /// so it waits for the calls holding it and then finds their rows
+    /// committed, and a call that comes while a deletion holds or waits
+    /// for the lock reads the person as absent. PostgreSQL refuses a
+    /// shared try-lock while an exclusive request waits, so these calls
+    /// cannot starve a deletion, as shared row locks could.
+    pub async fn subject_kept(&mut self, id: &SubjectId) -> Result<bool, StoreError> {
+        let found = match self.store.backend {
+            Backend::Postgres => {
+                let (class, key) = subject_lock(id);
+                let r = sqlx::query(
+                    "SELECT pg_try_advisory_xact_lock_shared($1, $2) AS held, \
+                     EXISTS (SELECT 1 FROM subjects WHERE subject_id = $3) AS present",
+                )
+                .bind(class)
+                .bind(key)
+                .bind(id.as_bytes().to_vec())
+                .fetch_one(self.conn().await?)
+                .await?;
+                r.try_get::<bool, _>("held")? && r.try_get::<bool, _>("present")?
+            }
+            Backend::Sqlite => {
+                sqlx::query_scalar::<_, i64>("SELECT 1 FROM subjects WHERE subject_id = $1")
+                    .bind(id.as_bytes().to_vec())
+                    .fetch_optional(self.conn().await?)
+                    .await?
+                    .is_some()
+            }
+        };
+        Ok(found)
     }
 
     /// Loads a subject row only if `created_by` made it, locking it on
@@ -1453,6 +1507,17 @@ impl AuditedTx {
         &mut self,
         id: &SubjectId,
     ) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        // Calls that write rows naming the person without its row lock
+        // (`subject_kept`) hold this lock shared: waiting for them here,
+        // before anything is deleted, leaves none of their rows behind.
+        if self.store.backend == Backend::Postgres {
+            let (class, key) = subject_lock(id);
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(class)
+                .bind(key)
+                .execute(self.conn().await?)
+                .await?;
+        }
         // The storage key (migrations 0026–0028), read before its row
         // goes: the packets, match rows and tokens are found by it, each
         // beside the subject id.
@@ -1467,6 +1532,18 @@ impl AuditedTx {
                 .await?;
                 k.unwrap_or_else(|| id.as_bytes().to_vec())
             }
+        };
+        // Pending commands are locked in id order first (PostgreSQL), as
+        // acknowledgements take them (`ack_commands`): a recipient
+        // acknowledging some of them meanwhile then waits for this, or this
+        // for it, never each for the other.
+        let commands = match self.store.backend {
+            Backend::Postgres => {
+                "DELETE FROM command_outbox WHERE command_id IN \
+                 (SELECT command_id FROM command_outbox WHERE subject_id = $1 \
+                  ORDER BY command_id FOR UPDATE)"
+            }
+            Backend::Sqlite => "DELETE FROM command_outbox WHERE subject_id = $1",
         };
         let mut out = Vec::with_capacity(19);
         // `$1` the subject id; `$2`, in the statements marked keyed, its
@@ -1577,11 +1654,7 @@ impl AuditedTx {
                 false,
             ),
             ("events", "DELETE FROM events WHERE subject_id = $1", false),
-            (
-                "commands",
-                "DELETE FROM command_outbox WHERE subject_id = $1",
-                false,
-            ),
+            ("commands", commands, false),
             (
                 "command-counters",
                 "DELETE FROM command_counters WHERE subject_id = $1",
