@@ -1089,6 +1089,53 @@ pub async fn replay_refused_after_restart(backend: Backend) -> anyhow::Result<()
     cx.tv.stop().await
 }
 
+/// A phone naming another person's presented consent neither waits for
+/// that consent's row nor takes it: the call answers while the owner's
+/// row is held (a withdrawal of its own, for the caller's person only),
+/// and the consent stands.
+pub async fn revoking_anothers_consent_locks_nothing(backend: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(backend).await;
+    let ch = cx.challenge(true).await;
+    let signed = cx.sign(&cx.grant(ch));
+    let id = grant_of(&signed).consent_id;
+    cx.release(true, signed).await?;
+    let stranger = create_subject(
+        &cx.tv,
+        &[("given_name", "Ola"), ("email", "ola@example.org")],
+    )
+    .await;
+    let phone = enroll(&mut cx.a, &mut cx.wallet, &stranger).await;
+    // The consent's row held as the owner's own call would hold it (on
+    // SQLite the one writer orders everything, and a held write would
+    // stop it: there the outcome alone is checked).
+    let mut held = cx.tv.db().begin().await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT consent_id FROM consents WHERE consent_id = $1 FOR UPDATE")
+            .bind(id.clone())
+            .fetch_one(&mut *held)
+            .await?;
+    }
+    let req = cx.revoke_request(&phone, &id);
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        cx.wallet.revoke_consent(req),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("waited for another person's consent row"))??;
+    assert!(
+        answer.into_inner().revoked,
+        "withdrawn for the caller's person"
+    );
+    held.rollback().await?;
+    let revoked: Option<i64> =
+        sqlx::query_scalar("SELECT revoked_at_ms FROM consents WHERE consent_id = $1")
+            .bind(id.clone())
+            .fetch_one(cx.tv.db())
+            .await?;
+    assert_eq!(revoked, None, "the owner's consent stands");
+    cx.tv.stop().await
+}
+
 /// A consent the person revokes before a partner presented it is
 /// withdrawn: presenting it is refused (`consent_revoked`), the challenge
 /// stays usable for another grant, a second revocation answers false, and
@@ -2024,6 +2071,68 @@ pub async fn rewrap_walk_crosses_windows_and_passes_forged_rows(
         (again.row_macs, again.forged_rows, read),
         (0, places.len() as u64, places.len() as u64)
     );
+    tv.stop().await
+}
+
+/// The row-MAC walk never waits for a row another transaction holds while
+/// it holds the rows its batch already re-MACed (a call locking rows of
+/// one table in another order would close a cycle): on PostgreSQL it skips
+/// the held row, commits the rest, and takes the held one afterwards on
+/// its own, once its holder is done. Nothing is miscounted as forged.
+pub async fn rewrap_walk_waits_for_no_held_row(backend: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::service::Caller;
+
+    let mut cx = setup(backend).await;
+    for _ in 0..3 {
+        enroll(&mut cx.a, &mut cx.wallet, &cx.subject).await;
+    }
+    let mut tv = cx.tv;
+    let target = tv.rotate_root_key().await?;
+    let devices: Vec<String> =
+        sqlx::query_scalar("SELECT device_id FROM devices ORDER BY device_id")
+            .fetch_all(tv.db())
+            .await?;
+    assert_eq!(devices.len(), 4);
+    let (first, last) = (&devices[0], &devices[3]);
+    // The walk's last device is held as a call would hold it (on SQLite
+    // the one writer orders everything, and a held write would stop it).
+    let mut held = tv.db().begin().await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT device_id FROM devices WHERE device_id = $1 FOR NO KEY UPDATE")
+            .bind(last.clone())
+            .fetch_one(&mut *held)
+            .await?;
+    }
+    let version_of = async |id: &String| {
+        sqlx::query_scalar::<_, i64>("SELECT mac_version FROM devices WHERE device_id = $1")
+            .bind(id.clone())
+            .fetch_one(tv.db())
+            .await
+    };
+    let caller = Caller::new("idvault");
+    let rewrap = tv.vault.rewrap(&caller, |_| {});
+    // The first device's new MAC commits while the last is still held.
+    let probe = async {
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while version_of(first).await? != i64::from(target) {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the walk's batch waited for a held row with the rows before it")
+        });
+        held.rollback().await?;
+        seen?
+    };
+    let (report, seen) = tokio::join!(rewrap, probe);
+    let report = report?;
+    seen?;
+    assert_eq!(report.forged_rows, 0, "{report:?}");
+    for d in &devices {
+        assert_eq!(version_of(d).await?, i64::from(target));
+    }
     tv.stop().await
 }
 

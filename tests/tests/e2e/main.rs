@@ -144,6 +144,8 @@ const BOTH: &[(&str, TestFn)] = tests![
     consent::rewrap_then_retire,
     consent::rewrap_leaves_forged_rows_and_edited_links,
     consent::rewrap_walk_crosses_windows_and_passes_forged_rows,
+    consent::rewrap_walk_waits_for_no_held_row,
+    consent::revoking_anothers_consent_locks_nothing,
     ops::rewrap_rpc_is_gated_and_reports,
     subjects::deletion_receipt_verifies,
     tokens::token_domain_rotation_is_per_domain,

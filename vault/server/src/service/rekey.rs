@@ -28,7 +28,7 @@ use idvault_core::{crypto, packet, xref};
 use idvault_tokenizer::ident::IdentifierType;
 
 use super::{Caller, Vault, VaultError};
-use crate::store::{MAC_WALK_WINDOW, MacTable};
+use crate::store::{MAC_WALK_WINDOW, MacKeys, MacTable, Remac, RemacBatch};
 
 /// Items per batch transaction.
 pub const REWRAP_BATCH: u32 = 100;
@@ -329,21 +329,25 @@ impl Vault {
                     .mac_rows_page(table, target, MAC_WALK_WINDOW, after.as_ref())
                     .await?;
                 for batch in page.chunks(REWRAP_BATCH as usize) {
-                    let mut tx = self.begin().await?;
-                    let b = tx
-                        .remac_rows(batch, target)
-                        .await
-                        .map_err(VaultError::from)?;
-                    let detail = format!(
-                        "rewrap to=v{target} table={} row_macs={} forged={}",
-                        table.name(),
-                        b.moved,
-                        b.forged
-                    );
-                    self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
-                    report.row_macs += b.moved;
+                    // Rows another transaction holds are skipped
+                    // (`Remac::SkipHeld`: a batch that waited for one
+                    // while holding the rows before it could close a
+                    // cycle), then taken one at a time, each waiting for
+                    // its holder while holding nothing else.
+                    let b = self
+                        .remac_batch(actor, batch, target, Remac::SkipHeld)
+                        .await?;
+                    let mut tally = |b: &RemacBatch| {
+                        report.row_macs += b.moved;
+                        done += b.seen;
+                    };
+                    tally(&b);
+                    for i in &b.missed {
+                        if let Some(one) = batch.one(*i) {
+                            tally(&self.remac_batch(actor, one, target, Remac::Wait).await?);
+                        }
+                    }
                     report.batches += 1;
-                    done += b.seen;
                     progress(&RewrapProgress {
                         phase: "row-macs",
                         done,
@@ -358,6 +362,32 @@ impl Vault {
             report.forged_rows += self.store().mac_rows_below(table, target).await?;
         }
         Ok(())
+    }
+
+    /// Re-MACs one batch of a walk in its own audited transaction; one
+    /// that found none of its rows (all gone, or held) records nothing.
+    async fn remac_batch(
+        &self,
+        actor: &Caller,
+        batch: MacKeys<'_>,
+        target: u32,
+        how: Remac,
+    ) -> Result<RemacBatch, VaultError> {
+        let mut tx = self.begin().await?;
+        let b = tx
+            .remac_rows(batch, target, how)
+            .await
+            .map_err(VaultError::from)?;
+        if b.seen > 0 {
+            let detail = format!(
+                "rewrap to=v{target} table={} row_macs={} forged={}",
+                batch.table().name(),
+                b.moved,
+                b.forged
+            );
+            self.commit_job_as(tx, actor, REWRAP_ACTION, detail).await?;
+        }
+        Ok(b)
     }
 
     async fn rewrap_leaves(

@@ -217,8 +217,10 @@ impl MacTable {
 
     /// The row whose key is `$1…`, if it is still MACed below the last
     /// parameter: read again inside the batch's transaction, so the MAC
-    /// checked is the one the update replaces.
-    fn row_below(self) -> String {
+    /// checked is the one the update replaces. On PostgreSQL it is locked
+    /// from here to the commit; with [`Remac::SkipHeld`] a row another
+    /// transaction holds is not read at all.
+    fn row_below(self, backend: super::Backend, how: Remac) -> String {
         let key = self.key();
         let eq = key
             .iter()
@@ -226,8 +228,13 @@ impl MacTable {
             .map(|(i, (c, _))| format!("{c} = ${}", i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
+        let lock = match (backend, how) {
+            (super::Backend::Sqlite, _) => "",
+            (super::Backend::Postgres, Remac::SkipHeld) => " FOR NO KEY UPDATE SKIP LOCKED",
+            (super::Backend::Postgres, Remac::Wait) => " FOR NO KEY UPDATE",
+        };
         format!(
-            "SELECT {} FROM {} WHERE {eq} AND mac_version < ${}",
+            "SELECT {} FROM {} WHERE {eq} AND mac_version < ${}{lock}",
             self.columns(),
             self.name(),
             key.len() + 1
@@ -487,6 +494,21 @@ pub struct MacKeys<'a> {
     keys: &'a [Vec<Pk>],
 }
 
+impl<'a> MacKeys<'a> {
+    /// The table the keys are of.
+    pub fn table(&self) -> MacTable {
+        self.table
+    }
+
+    /// The batch's `i`-th key alone (see [`RemacBatch::missed`]).
+    pub fn one(&self, i: usize) -> Option<MacKeys<'a>> {
+        Some(MacKeys {
+            table: self.table,
+            keys: self.keys.get(i..=i)?,
+        })
+    }
+}
+
 // Keys pair partners with subjects and name codes and challenges: a walk's
 // types show only how many they hold, whatever logs them.
 impl std::fmt::Debug for MacPage {
@@ -514,8 +536,24 @@ impl std::fmt::Debug for MacCursor {
     }
 }
 
+/// How a re-MAC batch takes its rows on PostgreSQL (SQLite's one writer
+/// orders everything already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remac {
+    /// Skips a row another transaction holds. A batch holds the rows it
+    /// re-MACed while it takes the next ones, in its walk's key order;
+    /// waiting there for a call that locks rows of the same table in
+    /// another order (and then wants one of the batch's) would deadlock.
+    /// A batch that never waits is never part of a cycle. What it
+    /// skipped is still below the target afterwards, for [`Remac::Wait`].
+    SkipHeld,
+    /// Waits for the row's holder: only for a batch of one row, which
+    /// then holds nothing else while it waits.
+    Wait,
+}
+
 /// What one re-MAC batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemacBatch {
     /// Rows read.
     pub seen: u64,
@@ -523,6 +561,10 @@ pub struct RemacBatch {
     pub moved: u64,
     /// Rows whose MAC did not verify (left as they are).
     pub forged: u64,
+    /// The positions in the batch of the keys not read: gone or moved
+    /// meanwhile, or (with [`Remac::SkipHeld`]) held by another
+    /// transaction, to be taken again with [`Remac::Wait`] ([`MacKeys::one`]).
+    pub missed: Vec<usize>,
 }
 
 /// One cross-reference link as stored.
@@ -1219,26 +1261,36 @@ impl AuditedTx {
         &mut self,
         batch: MacKeys<'_>,
         target: u32,
+        how: Remac,
     ) -> Result<RemacBatch, StoreError> {
         let table = batch.table;
+        debug_assert!(
+            how == Remac::SkipHeld || batch.keys.len() <= 1,
+            "a batch that waits for rows holds only one"
+        );
         let keys = self.store.row_keys()?;
-        let sql = table.row_below();
+        let sql = table.row_below(self.store.backend, how);
         let mut rows = Vec::with_capacity(batch.keys.len());
-        for k in batch.keys {
+        let mut missed = Vec::new();
+        for (i, k) in batch.keys.iter().enumerate() {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for v in k {
                 q = bind_pk(q, v.clone());
             }
-            // Gone or moved meanwhile: nothing to do.
-            if let Some(r) = q
+            // Gone or moved meanwhile, or held (when skipped).
+            match q
                 .bind(i64::from(target))
                 .fetch_optional(self.conn().await?)
                 .await?
             {
-                rows.push(r);
+                Some(r) => rows.push(r),
+                None => missed.push(i),
             }
         }
-        let mut out = RemacBatch::default();
+        let mut out = RemacBatch {
+            missed,
+            ..RemacBatch::default()
+        };
         for r in &rows {
             out.seen += 1;
             // A row that does not verify or does not even parse (a
