@@ -1399,16 +1399,19 @@ pub async fn ignored_events_hold_no_ones_row(backend: Backend) -> anyhow::Result
         }
         anyhow::Ok(held)
     };
-    // Until some call in this database waits for a lock.
-    let someone_waits = async || {
+    // Until some call in this database waits for a row's lock
+    // (`transactionid`, `tuple`), or else for an advisory lock.
+    let someone_waits = async |for_row: bool| {
+        let sql = if for_row {
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND wait_event IN ('transactionid', 'tuple') AND datname = current_database()"
+        } else {
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND wait_event = 'advisory' AND datname = current_database()"
+        };
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
             loop {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                )
-                .fetch_one(&db)
-                .await?;
+                let waiting: i64 = sqlx::query_scalar(sql).fetch_one(&db).await?;
                 if waiting > 0 {
                     return anyhow::Ok(());
                 }
@@ -1456,7 +1459,7 @@ pub async fn ignored_events_hold_no_ones_row(backend: Backend) -> anyhow::Result
         })
     };
     if pg {
-        someone_waits().await?;
+        someone_waits(true).await?;
     }
     held.rollback().await?;
     firing.await??;
@@ -1487,7 +1490,7 @@ pub async fn ignored_events_hold_no_ones_row(backend: Backend) -> anyhow::Result
         })
     };
     if pg {
-        someone_waits().await?;
+        someone_waits(false).await?;
         let refused = publish(&ctx, &p, "card.lost", "e4")
             .await
             .map_err(|_| anyhow::anyhow!("an event waited for a deletion"))?
@@ -1589,8 +1592,8 @@ pub async fn unlink_and_acknowledgement_take_commands_in_one_order(
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
             let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND wait_event IN ('transactionid', 'tuple') AND datname = current_database()",
             )
             .fetch_one(ctx.tv.db())
             .await?;
