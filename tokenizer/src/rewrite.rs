@@ -129,12 +129,21 @@ pub struct ChunkStats {
     pub stopped: bool,
 }
 
+/// Longest CSV header accepted, in bytes. The rewriter is rebuilt from
+/// the header for every chunk of a stream, so the header's cost must stay
+/// small next to a chunk's.
+pub const MAX_CSV_HEADER_BYTES: usize = 64 * 1024;
+
+/// Most columns a CSV header may name; every record must have as many.
+pub const MAX_CSV_COLUMNS: usize = 4_096;
+
 /// The rewriter for one stream.
 pub struct Rewriter<'t> {
     format: Format,
     fields: Vec<FieldSpec>,
     paths: Vec<FieldPath>,
-    columns: Vec<(usize, usize)>,
+    /// CSV: for each column of the header, the field it holds, if any.
+    columns: Vec<Option<usize>>,
     width: usize,
     opts: NormalizeOptions,
     tokens: &'t dyn TokenSource,
@@ -204,6 +213,11 @@ impl<'t> Rewriter<'t> {
             // by a lexer that cannot follow such a delimiter.
             return Err(RewriteError::BadDelimiter);
         }
+        if header.len() > MAX_CSV_HEADER_BYTES {
+            return Err(RewriteError::BadHeader(format!(
+                "longer than {MAX_CSV_HEADER_BYTES} bytes"
+            )));
+        }
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(false)
             .delimiter(delimiter)
@@ -223,18 +237,28 @@ impl<'t> Rewriter<'t> {
                 "it holds more than one record".into(),
             ));
         }
-        let mut columns = Vec::new();
+        if rec.len() > MAX_CSV_COLUMNS {
+            return Err(RewriteError::BadHeader(format!(
+                "more than {MAX_CSV_COLUMNS} columns"
+            )));
+        }
+        // Looked up by column for every value of every record: one slot
+        // per column, not a search (a header repeating a field's name
+        // thousands of times made each record's cost the square of its
+        // width). Field paths are distinct (`check_fields`), so a column
+        // holds at most one field.
+        let mut columns = vec![None; rec.len()];
         for (fi, f) in fields.iter().enumerate() {
-            let found: Vec<usize> = rec
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| *c == f.path.as_bytes())
-                .map(|(i, _)| i)
-                .collect();
-            if found.is_empty() {
+            let mut found = false;
+            for (slot, c) in columns.iter_mut().zip(rec.iter()) {
+                if c == f.path.as_bytes() {
+                    *slot = Some(fi);
+                    found = true;
+                }
+            }
+            if !found {
                 return Err(RewriteError::MissingColumn(f.path.clone()));
             }
-            columns.extend(found.into_iter().map(|c| (c, fi)));
         }
         Ok(Self {
             format: Format::Csv { delimiter },
@@ -458,19 +482,19 @@ impl<'t> Rewriter<'t> {
             outrec.clear();
             let mut failed = None;
             for (ci, col) in rec.iter().enumerate() {
-                match self.columns.iter().find(|(c, _)| *c == ci) {
+                match self.columns.get(ci).copied().flatten() {
                     None => outrec.push_field(col),
-                    Some((_, fi)) => {
+                    Some(fi) => {
                         let r = std::str::from_utf8(col)
                             .map_err(|_| {
                                 format!(
                                     "field {}: invalid UTF-8",
-                                    self.fields.get(*fi).map_or("?", |f| f.path.as_str())
+                                    self.fields.get(fi).map_or("?", |f| f.path.as_str())
                                 )
                             })
                             .and_then(|v| {
                                 tok.clear();
-                                self.token_for(*fi, v, &mut tok)
+                                self.token_for(fi, v, &mut tok)
                             });
                         match r {
                             Ok(()) => outrec.push_field(tok.as_bytes()),
@@ -948,6 +972,49 @@ mod tests {
         }
         assert!(Rewriter::csv(specs(&["a"]), b"a,b\r\n", b',', UK, &k).is_ok());
         assert!(Rewriter::csv(specs(&["a"]), b"a;b", b';', UK, &k).is_ok());
+    }
+
+    /// A header is at most `MAX_CSV_HEADER_BYTES` long and names at most
+    /// `MAX_CSV_COLUMNS` columns; a field's name may repeat across all of
+    /// them, and every repeat is rewritten.
+    #[test]
+    fn csv_headers_are_bounded_and_repeated_columns_all_rewritten() {
+        let k = key();
+        let wide = vec!["a"; MAX_CSV_COLUMNS + 1].join(",");
+        assert!(matches!(
+            Rewriter::csv(specs(&["a"]), wide.as_bytes(), b',', UK, &k),
+            Err(RewriteError::BadHeader(m)) if m.contains("columns")
+        ));
+        let long = format!("a,{}", "b".repeat(MAX_CSV_HEADER_BYTES));
+        assert!(matches!(
+            Rewriter::csv(specs(&["a"]), long.as_bytes(), b',', UK, &k),
+            Err(RewriteError::BadHeader(m)) if m.contains("bytes")
+        ));
+        // The widest header, one field's name in every column but the
+        // last: each of those values becomes the field's token.
+        let mut names = vec!["acct"; MAX_CSV_COLUMNS - 1];
+        names.push("note");
+        let rw = Rewriter::csv(
+            specs(&["acct=account"]),
+            names.join(",").as_bytes(),
+            b',',
+            UK,
+            &k,
+        )
+        .unwrap();
+        let mut values = vec!["A-1"; MAX_CSV_COLUMNS - 1];
+        values.push("kept");
+        let body = format!("{}\n", values.join(","));
+        let (mut out, mut rejects) = (Vec::new(), Vec::new());
+        let stats = rw.rewrite_chunk(body.as_bytes(), 2, &mut out, &mut rejects);
+        assert_eq!((stats.rewritten, stats.rejected), (1, 0), "{rejects:?}");
+        let t = k.token(IdentifierType::Account, "A-1");
+        let mut want = vec![t.as_str(); MAX_CSV_COLUMNS - 1];
+        want.push("kept");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{}\n", want.join(","))
+        );
     }
 
     #[test]
