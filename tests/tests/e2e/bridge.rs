@@ -602,3 +602,72 @@ pub async fn imports_of_one_owner_wait_for_each_other(b: Backend) -> anyhow::Res
     assert_eq!(done.identifiers_linked, 1);
     tv.stop().await
 }
+
+/// A customer holds at most `MAX_ENTITY_LINKS` identifiers: a record whose
+/// links would take it past that is refused (and writes nothing), so one
+/// detokenization stays bounded; a customer found past it anyway (rows
+/// written behind the vault's back) is refused with RESOURCE_EXHAUSTED
+/// instead of being read whole.
+pub async fn a_customer_holds_a_bounded_number_of_identifiers(b: Backend) -> anyhow::Result<()> {
+    use IdentifierType::Account;
+    use idvault_tests::idvault_server::service::tokens::bridge::{
+        MAX_ENTITY_LINKS, MAX_RECORD_IDENTIFIERS,
+    };
+    let tv = TestVault::start(b).await?;
+    // Each record brings the previous record's last account and new ones
+    // (the record's maximum), so one customer grows until the cap.
+    let per = MAX_RECORD_IDENTIFIERS - 1;
+    let fits = usize::try_from(MAX_ENTITY_LINKS)? - 1;
+    let mut held = 1;
+    let mut next = 0;
+    let mut records = Vec::new();
+    while held + per <= fits {
+        let accounts: Vec<String> = (next..=next + per).map(|i| format!("CAP-{i}")).collect();
+        let ids: Vec<(IdentifierType, &str)> =
+            accounts.iter().map(|a| (Account, a.as_str())).collect();
+        records.push(rec(&format!("r{}", records.len()), &ids));
+        next += per;
+        held += per;
+    }
+    let r = import(&tv, "partner-a", vec![records]).await?;
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let linked = tv.count("SELECT count(*) FROM xref_links").await;
+    assert_eq!(linked, held as i64);
+    // The customer's token, and one more record that would pass the cap.
+    let (token,): (String,) =
+        sqlx::query_as("SELECT token FROM xref_entities WHERE alias_of IS NULL")
+            .fetch_one(tv.db())
+            .await?;
+    let over: Vec<String> = (next..=next + per).map(|i| format!("CAP-{i}")).collect();
+    let ids: Vec<(IdentifierType, &str)> = over.iter().map(|a| (Account, a.as_str())).collect();
+    let r = import(&tv, "partner-a", vec![vec![rec("too-many", &ids)]]).await?;
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    assert_eq!(r.rejected[0].record_id, "too-many");
+    assert!(
+        r.rejected[0].reason.contains("more than 1000 identifiers"),
+        "{:?}",
+        r.rejected[0]
+    );
+    assert_eq!(tv.count("SELECT count(*) FROM xref_links").await, linked);
+    // Answered whole below the cap.
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let detok = |t: String| idvault_tests::idvault_proto::v1::DetokenizeRequest { token: t };
+    let all = c.detokenize(detok(token.clone())).await?.into_inner();
+    assert_eq!(all.identifiers.len(), held);
+    // A database writer copies links onto the customer past the cap.
+    let copy = match b {
+        Backend::Sqlite => {
+            "INSERT INTO xref_links (blind_index, key_version, id_type, owner, token, sealed) \
+             SELECT randomblob(32), key_version, id_type, owner, token, sealed FROM xref_links"
+        }
+        Backend::Postgres => {
+            "INSERT INTO xref_links (blind_index, key_version, id_type, owner, token, sealed) \
+             SELECT sha256(blind_index || 'copy'::bytea), key_version, id_type, owner, token, \
+             sealed FROM xref_links"
+        }
+    };
+    sqlx::query(copy).execute(tv.db()).await?;
+    let e = c.detokenize(detok(token)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    tv.stop().await
+}

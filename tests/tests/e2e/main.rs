@@ -97,6 +97,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     bridge::sealed_bridge_file_opens_only_for_its_partner,
     bridge::import_streams_and_summaries_are_bounded,
     bridge::concurrent_overlapping_imports_merge_into_one,
+    bridge::a_customer_holds_a_bounded_number_of_identifiers,
     tokens::tokenize_stream_stateless,
     tokens::tokenize_stream_cross_reference,
     tokens::detokenize_is_role_gated_and_audited,

@@ -704,10 +704,13 @@ impl Store {
     /// Resolves `token` for `owner` and reads its canonical entity's links
     /// outside any write transaction, from one snapshot (REPEATABLE READ
     /// on PostgreSQL), so a concurrent merge is seen whole or not at all.
+    ///
+    /// At most `cap + 1` links are read: more than `cap` means too many.
     pub async fn xref_detokenize(
         &self,
         owner: &str,
         token: &str,
+        cap: u64,
     ) -> Result<Option<(String, Vec<XrefLink>)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
@@ -718,7 +721,7 @@ impl Store {
         let Some(canonical) = resolve(&mut *tx, owner, token).await? else {
             return Ok(None);
         };
-        let links = links_of(&mut *tx, &canonical).await?;
+        let links = links_of(&mut *tx, &canonical, cap.saturating_add(1)).await?;
         tx.commit().await?;
         Ok(Some((canonical, links)))
     }
@@ -951,11 +954,14 @@ pub type XrefLink = (String, u32, [u8; HASH_LEN], Vec<u8>);
 async fn links_of<'e>(
     ex: impl Executor<'e, Database = Any>,
     token: &str,
+    limit: u64,
 ) -> Result<Vec<XrefLink>, StoreError> {
     let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT id_type, key_version, blind_index, sealed FROM xref_links WHERE token = $1 ORDER BY id_type, blind_index",
+        "SELECT id_type, key_version, blind_index, sealed FROM xref_links WHERE token = $1 \
+         ORDER BY id_type, blind_index LIMIT $2",
     )
     .bind(token.to_owned())
+    .bind(u64_to_i64(limit)?)
     .fetch_all(ex)
     .await?;
     rows.into_iter()
@@ -1716,11 +1722,6 @@ impl AuditedTx {
         resolve(self.conn().await?, owner, token).await
     }
 
-    /// The links of a canonical entity, inside the transaction.
-    pub async fn xref_links_of(&mut self, token: &str) -> Result<Vec<XrefLink>, StoreError> {
-        links_of(self.conn().await?, token).await
-    }
-
     /// Bumps `owner`'s cross-reference generation (its links or merges
     /// changed).
     pub async fn xref_bump_generation(&mut self, owner: &str) -> Result<(), StoreError> {
@@ -1772,6 +1773,31 @@ impl AuditedTx {
             .execute(self.conn().await?)
             .await?;
         Ok(())
+    }
+
+    /// How many links the entities `tokens` hold together, counted up to
+    /// just past `cap` (the count stops there).
+    pub async fn xref_link_count(
+        &mut self,
+        tokens: &[String],
+        cap: u64,
+    ) -> Result<u64, StoreError> {
+        let mut n: u64 = 0;
+        for t in tokens {
+            let left = cap.saturating_add(1).saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+            let c: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM xref_links WHERE token = $1 LIMIT $2) AS c",
+            )
+            .bind(t.clone())
+            .bind(u64_to_i64(left)?)
+            .fetch_one(self.conn().await?)
+            .await?;
+            n = n.saturating_add(i64_to_u64(c, "xref_links count")?);
+        }
+        Ok(n)
     }
 
     /// Merges `merged` entities into `survivor`: they and their aliases

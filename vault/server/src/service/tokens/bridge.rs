@@ -15,6 +15,14 @@ pub const MAX_BATCH: usize = 1000;
 /// Most identifiers in one record.
 pub const MAX_RECORD_IDENTIFIERS: usize = 64;
 
+/// Most identifiers one customer (entity) may have linked. A record whose
+/// links or merge would take its customer past it is refused, and a
+/// customer found past it anyway (rows written behind the vault's back)
+/// is not detokenized: one detokenization reads, opens and checks every
+/// identifier of the customer at once, and a partner chaining identifiers
+/// onto one customer must not make that unbounded.
+pub const MAX_ENTITY_LINKS: u64 = 1_000;
+
 /// Most identifiers in one import batch, all records together. Each new
 /// link is a row at a random place in the link and index B-trees, and on
 /// SQLite a transaction keeps the earlier content of every page it changes
@@ -123,6 +131,7 @@ impl ImportSummary {
 /// [`BridgeRecord`]. `Debug` shows the record id and the identifier
 /// types, never a value.
 pub struct Prepared {
+    index: usize,
     record_id: String,
     /// (type, blind indexes for every live key version newest first, normalised value)
     ids: Vec<(
@@ -232,6 +241,7 @@ pub fn prepare_record(
         }
     }
     Ok(Prepared {
+        index,
         record_id: r.record_id,
         ids,
     })
@@ -337,6 +347,23 @@ impl Vault {
                 summary.records_unchanged += 1;
                 continue;
             }
+            if !plan.merged.is_empty() || !plan.new_links.is_empty() {
+                let mut joined = plan.merged.clone();
+                if !plan.created {
+                    joined.push(plan.token.clone());
+                }
+                let held = tx.xref_link_count(&joined, MAX_ENTITY_LINKS).await?;
+                if held.saturating_add(plan.new_links.len() as u64) > MAX_ENTITY_LINKS {
+                    summary.rejected.push(RecordError {
+                        index: p.index,
+                        record_id: p.record_id.clone(),
+                        reason: format!(
+                            "its customer would have more than {MAX_ENTITY_LINKS} identifiers"
+                        ),
+                    });
+                    continue;
+                }
+            }
             if plan.created {
                 tx.xref_create(owner, &plan.token, now).await?;
                 summary.entities_created += 1;
@@ -429,9 +456,14 @@ impl Vault {
         // goes through it, and nothing is answered unless it commits.
         let (canonical, links) = self
             .store()
-            .xref_detokenize(&req.partner.name, token)
+            .xref_detokenize(&req.partner.name, token, MAX_ENTITY_LINKS)
             .await?
             .ok_or(VaultError::NotFound)?;
+        if links.len() as u64 > MAX_ENTITY_LINKS {
+            return Err(VaultError::Limit(
+                "this customer has more identifiers than one detokenization answers (1,000)",
+            ));
+        }
         let mut identifiers = Vec::with_capacity(links.len());
         for (ty, version, bi, sealed) in links {
             let key = self.keys().xref_seal_key(version)?;
