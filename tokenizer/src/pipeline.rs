@@ -148,10 +148,14 @@ pub fn read_csv_header(input: &mut dyn Read, delimiter: u8) -> io::Result<(Vec<u
             let rest = buf.split_off(end);
             return Ok((buf, rest));
         }
-        if buf.len() > MAX_RECORD_BYTES {
+        // The rewriter refuses a longer header anyway: stop reading there.
+        if buf.len() > crate::rewrite::MAX_CSV_HEADER_BYTES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "CSV header row longer than 8 MiB",
+                format!(
+                    "CSV header row longer than {} bytes",
+                    crate::rewrite::MAX_CSV_HEADER_BYTES
+                ),
             ));
         }
         if read_some(input, &mut buf, 64 * 1024)? == 0 {

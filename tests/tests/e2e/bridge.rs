@@ -649,7 +649,31 @@ pub async fn a_customer_holds_a_bounded_number_of_identifiers(b: Backend) -> any
         r.rejected[0]
     );
     assert_eq!(tv.count("SELECT count(*) FROM xref_links").await, linked);
-    // Answered whole below the cap.
+    // Exactly to the cap: taken; one more: refused.
+    let cap = usize::try_from(MAX_ENTITY_LINKS)?;
+    let upto: Vec<String> = (next..next + 1 + cap - held)
+        .map(|i| format!("CAP-{i}"))
+        .collect();
+    next += cap - held;
+    let ids: Vec<(IdentifierType, &str)> = upto.iter().map(|a| (Account, a.as_str())).collect();
+    let r = import(&tv, "partner-a", vec![vec![rec("to-the-cap", &ids)]]).await?;
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let held = cap;
+    let one_more = [format!("CAP-{next}"), format!("CAP-{}", next + 1)];
+    let ids: Vec<(IdentifierType, &str)> = one_more.iter().map(|a| (Account, a.as_str())).collect();
+    let r = import(&tv, "partner-a", vec![vec![rec("one-more", &ids)]]).await?;
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    // Two customers each under the cap are not merged past it.
+    let other: Vec<String> = (0..per + 1).map(|i| format!("OTHER-{i}")).collect();
+    let ids: Vec<(IdentifierType, &str)> = other.iter().map(|a| (Account, a.as_str())).collect();
+    let r = import(&tv, "partner-a", vec![vec![rec("other", &ids)]]).await?;
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let bridge = ["CAP-0".to_owned(), "OTHER-0".to_owned()];
+    let ids: Vec<(IdentifierType, &str)> = bridge.iter().map(|a| (Account, a.as_str())).collect();
+    let r = import(&tv, "partner-a", vec![vec![rec("merge", &ids)]]).await?;
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    assert!(r.merges.is_empty(), "{r:?}");
+    // Answered whole at the cap.
     let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
     let detok = |t: String| idvault_tests::idvault_proto::v1::DetokenizeRequest { token: t };
     let all = c.detokenize(detok(token.clone())).await?.into_inner();

@@ -389,6 +389,9 @@ impl Vault {
                 }
             }
         }
+        // In the batch's order: refusals at the customer cap come after
+        // the per-record checks.
+        summary.rejected.sort_by_key(|r| r.index);
         let detail = format!(
             "records={} created={} linked={} merged={} unchanged={} rejected={}",
             summary.records,
