@@ -1,6 +1,8 @@
 //! Identity-bridge import: link a customer's identifiers to one entity
 //! token, merging fragments (see [`idvault_core::xref`]).
 
+use std::collections::HashMap;
+
 use idvault_policies::Action;
 use idvault_tokenizer::{IdentifierType, NormalizeOptions, normalize};
 
@@ -319,6 +321,11 @@ impl Vault {
             // before it committed (PostgreSQL; SQLite's writer orders them).
             tx.xref_lock_owner(owner).await?;
         }
+        // Links each customer this batch touched holds now: counted once
+        // from the database, then kept up to date by the batch's own
+        // writes (the batch holds its owner's import lock), so records
+        // aimed at one customer do not recount it each time.
+        let mut links_held: HashMap<String, u64> = HashMap::new();
         for p in &prepared {
             // One query for every identifier and key version of the record.
             let all: Vec<[u8; HASH_LEN]> = p
@@ -352,8 +359,22 @@ impl Vault {
                 if !plan.created {
                     joined.push(plan.token.clone());
                 }
-                let held = tx.xref_link_count(&joined, MAX_ENTITY_LINKS).await?;
-                if held.saturating_add(plan.new_links.len() as u64) > MAX_ENTITY_LINKS {
+                let mut held: u64 = 0;
+                for t in &joined {
+                    let n = match links_held.get(t) {
+                        Some(n) => *n,
+                        None => {
+                            let n = tx
+                                .xref_link_count(std::slice::from_ref(t), MAX_ENTITY_LINKS)
+                                .await?;
+                            links_held.insert(t.clone(), n);
+                            n
+                        }
+                    };
+                    held = held.saturating_add(n);
+                }
+                let after = held.saturating_add(plan.new_links.len() as u64);
+                if after > MAX_ENTITY_LINKS {
                     summary.rejected.push(RecordError {
                         index: p.index,
                         record_id: p.record_id.clone(),
@@ -363,6 +384,10 @@ impl Vault {
                     });
                     continue;
                 }
+                for m in &plan.merged {
+                    links_held.remove(m);
+                }
+                links_held.insert(plan.token.clone(), after);
             }
             if plan.created {
                 tx.xref_create(owner, &plan.token, now).await?;
