@@ -998,12 +998,7 @@ async fn resolve<'e>(
 /// cross-reference imports ([`AuditedTx::xref_lock_owner`]): class `idvx`,
 /// key the first 4 bytes of a SHA-256 of the owner.
 pub fn xref_import_lock(owner: &str) -> (i32, i32) {
-    let digest =
-        idvault_core::crypto::sha256(&[b"idvault/v1/xref-import-lock\0", owner.as_bytes()]);
-    (
-        i32::from_be_bytes(*b"idvx"),
-        i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
-    )
+    advisory_key(*b"idvx", b"idvault/v1/xref-import-lock\0", owner.as_bytes())
 }
 
 /// The PostgreSQL advisory lock `(class, key)` a subject's deletion holds
@@ -1014,9 +1009,16 @@ pub fn xref_import_lock(owner: &str) -> (i32, i32) {
 /// together: an event about the one while the other is being deleted
 /// reads as NOT_FOUND, and the publisher may send it again.
 pub fn subject_lock(id: &SubjectId) -> (i32, i32) {
-    let digest = idvault_core::crypto::sha256(&[b"idvault/v1/subject-lock\0", id.as_bytes()]);
+    advisory_key(*b"idvs", b"idvault/v1/subject-lock\0", id.as_bytes())
+}
+
+/// A two-int advisory lock key: `class` names what the lock orders (so
+/// the vault's kinds never meet), the key is the first 4 bytes of a
+/// SHA-256 of `label` and `data`.
+fn advisory_key(class: [u8; 4], label: &[u8], data: &[u8]) -> (i32, i32) {
+    let digest = idvault_core::crypto::sha256(&[label, data]);
     (
-        i32::from_be_bytes(*b"idvs"),
+        i32::from_be_bytes(class),
         i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
     )
 }
@@ -1238,7 +1240,6 @@ impl AuditedTx {
     /// shared try-lock while an exclusive request waits, so these calls
     /// cannot starve a deletion, as shared row locks could.
     pub async fn subject_kept(&mut self, id: &SubjectId) -> Result<bool, StoreError> {
-        let exists = "SELECT 1 FROM subjects WHERE subject_id = $1";
         if self.store.backend == Backend::Postgres {
             let (class, key) = subject_lock(id);
             let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock_shared($1, $2)")
@@ -1255,12 +1256,11 @@ impl AuditedTx {
             // than the lock and could still see the row of a person whose
             // deletion has committed (and has deleted their events).
         }
-        let found = sqlx::query_scalar::<_, i64>(exists)
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM subjects WHERE subject_id = $1")
             .bind(id.as_bytes().to_vec())
             .fetch_optional(self.conn().await?)
-            .await?
-            .is_some();
-        Ok(found)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Loads a subject row only if `created_by` made it, locking it on
@@ -1516,14 +1516,7 @@ impl AuditedTx {
         // Calls that write rows naming the person without its row lock
         // (`subject_kept`) hold this lock shared: waiting for them here,
         // before anything is deleted, leaves none of their rows behind.
-        if self.store.backend == Backend::Postgres {
-            let (class, key) = subject_lock(id);
-            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                .bind(class)
-                .bind(key)
-                .execute(self.conn().await?)
-                .await?;
-        }
+        self.advisory_xact_lock(subject_lock(id)).await?;
         // The storage key (migrations 0026–0028), read before its row
         // goes: the packets, match rows and tokens are found by it, each
         // beside the subject id.
@@ -1688,10 +1681,16 @@ impl AuditedTx {
     /// other. The two-int key (class `idvx`, then a hash of the owner)
     /// cannot meet the vault's single-bigint advisory locks.
     pub async fn xref_lock_owner(&mut self, owner: &str) -> Result<(), StoreError> {
+        self.advisory_xact_lock(xref_import_lock(owner)).await
+    }
+
+    /// Takes the advisory lock `(class, key)` exclusively until the
+    /// transaction ends, waiting for its holders (PostgreSQL; on SQLite
+    /// the writer already orders every write transaction).
+    async fn advisory_xact_lock(&mut self, (class, key): (i32, i32)) -> Result<(), StoreError> {
         if self.store.backend != Backend::Postgres {
             return Ok(());
         }
-        let (class, key) = xref_import_lock(owner);
         sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
             .bind(class)
             .bind(key)
@@ -1775,29 +1774,17 @@ impl AuditedTx {
         Ok(())
     }
 
-    /// How many links the entities `tokens` hold together, counted up to
-    /// just past `cap` (the count stops there).
-    pub async fn xref_link_count(
-        &mut self,
-        tokens: &[String],
-        cap: u64,
-    ) -> Result<u64, StoreError> {
-        let mut n: u64 = 0;
-        for t in tokens {
-            let left = cap.saturating_add(1).saturating_sub(n);
-            if left == 0 {
-                break;
-            }
-            let c: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM xref_links WHERE token = $1 LIMIT $2) AS c",
-            )
-            .bind(t.clone())
-            .bind(u64_to_i64(left)?)
-            .fetch_one(self.conn().await?)
-            .await?;
-            n = n.saturating_add(i64_to_u64(c, "xref_links count")?);
-        }
-        Ok(n)
+    /// How many links the entity `token` holds, counted up to just past
+    /// `cap` (the count stops there).
+    pub async fn xref_link_count(&mut self, token: &str, cap: u64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM xref_links WHERE token = $1 LIMIT $2) AS c",
+        )
+        .bind(token.to_owned())
+        .bind(u64_to_i64(cap.saturating_add(1))?)
+        .fetch_one(self.conn().await?)
+        .await?;
+        i64_to_u64(n, "xref_links count")
     }
 
     /// Merges `merged` entities into `survivor`: they and their aliases

@@ -364,9 +364,7 @@ impl Vault {
                     let n = match links_held.get(t) {
                         Some(n) => *n,
                         None => {
-                            let n = tx
-                                .xref_link_count(std::slice::from_ref(t), MAX_ENTITY_LINKS)
-                                .await?;
+                            let n = tx.xref_link_count(t, MAX_ENTITY_LINKS).await?;
                             links_held.insert(t.clone(), n);
                             n
                         }
