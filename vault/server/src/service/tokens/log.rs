@@ -271,19 +271,31 @@ impl LogTokenizer {
             Source::CrossReference(owner, keys) => {
                 let (owner, keys) = (owner.clone(), Arc::clone(keys));
                 let vault = Arc::clone(&self.vault);
-                // Pass 1: which identifiers does this chunk need?
-                let (chunk, settings, wanted) = tokio::task::spawn_blocking(move || {
-                    let c = Collect::default();
-                    let _ = rewrite(&settings, &c, &chunk, first);
-                    let mut wanted = c.0.into_inner().unwrap_or_default();
-                    wanted.sort();
-                    wanted.dedup();
-                    (chunk, settings, wanted)
+                // One cheap read per chunk keeps every replica's cache honest.
+                let generation = vault.store().xref_generation(&owner).await?;
+                vault.xref_cache().sync(&owner, generation);
+                // Pass 1: which identifiers does this chunk need, and which
+                // of them does the cache answer? Their keyed hashes (one
+                // HMAC each, up to a message's worth) and cache reads run
+                // on the blocking pool, not on the runtime's workers that
+                // every other partner's calls share.
+                let (chunk, settings, known) = tokio::task::spawn_blocking({
+                    let (vault, owner, keys) =
+                        (Arc::clone(&vault), owner.clone(), Arc::clone(&keys));
+                    move || {
+                        let c = Collect::default();
+                        let _ = rewrite(&settings, &c, &chunk, first);
+                        let mut wanted = c.0.into_inner().unwrap_or_default();
+                        wanted.sort();
+                        wanted.dedup();
+                        let known = vault.classify_identifiers(&owner, &keys, wanted);
+                        (chunk, settings, known)
+                    }
                 })
                 .await
                 .map_err(|_| VaultError::Internal("tokenizer task failed"))?;
                 let map = vault
-                    .resolve_entities(&owner, &keys, wanted, MAX_REJECTS_PER_MESSAGE)
+                    .resolve_entities(&owner, &keys, generation, known, MAX_REJECTS_PER_MESSAGE)
                     .await?;
                 // Pass 2: rewrite with the resolved tokens.
                 tokio::task::spawn_blocking(move || {
@@ -328,37 +340,66 @@ fn rewrite(
     Ok(fed)
 }
 
+/// A chunk's identifiers sorted by what the cache knows of them.
+#[derive(Default)]
+struct Known {
+    /// Linked, with their entity token.
+    found: HashMap<(IdentifierType, String), String>,
+    /// Known to be linked to nothing.
+    unlinked: usize,
+    /// Not in the cache, with their current-version blind index.
+    misses: Vec<(IdentifierType, String, [u8; HASH_LEN])>,
+}
+
 impl Vault {
-    /// Resolves normalised identifiers to canonical entity tokens, through
-    /// the cache, looking up every live key version's blind index on a miss.
-    /// More than `max_unlinked` identifiers linked to nothing end the
-    /// message (each would be a refused record): the lookups stop there,
-    /// so junk cannot buy unbounded database work.
-    async fn resolve_entities(
+    /// Hashes each identifier under the current key version and reads the
+    /// cache (already synced to the partner's generation). CPU-bound: called
+    /// on the blocking pool.
+    fn classify_identifiers(
         &self,
         owner: &str,
         keys: &[XrefIndexKey],
         wanted: Vec<(IdentifierType, String)>,
-        max_unlinked: usize,
-    ) -> Result<HashMap<(IdentifierType, String), String>, VaultError> {
-        // One cheap read per chunk keeps every replica's cache honest.
-        let generation = self.store().xref_generation(owner).await?;
-        self.xref_cache().sync(owner, generation);
-        let mut out = HashMap::with_capacity(wanted.len());
-        let mut misses = Vec::new();
-        let mut unlinked = 0usize;
+    ) -> Known {
+        let mut known = Known {
+            found: HashMap::with_capacity(wanted.len()),
+            ..Known::default()
+        };
+        let Some(current) = keys.first() else {
+            return known;
+        };
         for (ty, n) in wanted {
-            let Some(current) = keys.first() else { break };
             let bi = blind_index(current, ty, &n);
             match self.xref_cache().get(owner, &bi) {
                 Some(Some(t)) => {
-                    out.insert((ty, n), t);
+                    known.found.insert((ty, n), t);
                 }
                 // Known to be linked to nothing: no database round trip.
-                Some(None) => unlinked += 1,
-                None => misses.push((ty, n, bi)),
+                Some(None) => known.unlinked += 1,
+                None => known.misses.push((ty, n, bi)),
             }
         }
+        known
+    }
+
+    /// Resolves the identifiers the cache did not know to canonical entity
+    /// tokens, looking up every live key version's blind index. More than
+    /// `max_unlinked` identifiers linked to nothing end the message (each
+    /// would be a refused record): the lookups stop there, so junk cannot
+    /// buy unbounded database work.
+    async fn resolve_entities(
+        &self,
+        owner: &str,
+        keys: &Arc<Vec<XrefIndexKey>>,
+        generation: i64,
+        known: Known,
+        max_unlinked: usize,
+    ) -> Result<HashMap<(IdentifierType, String), String>, VaultError> {
+        let Known {
+            found: mut out,
+            mut unlinked,
+            misses,
+        } = known;
         let too_many = || VaultError::TooManyRejects(max_unlinked, "in one message");
         if unlinked > max_unlinked {
             return Err(too_many());
@@ -368,14 +409,20 @@ impl Vault {
         let mut misses = misses.into_iter().peekable();
         while misses.peek().is_some() {
             let chunk: Vec<_> = misses.by_ref().take(RESOLVE_CHUNK).collect();
-            let per_miss: Vec<Vec<[u8; HASH_LEN]>> = chunk
-                .iter()
-                .map(|(ty, n, bi)| {
-                    std::iter::once(*bi)
-                        .chain(keys.iter().skip(1).map(|k| blind_index(k, *ty, n)))
-                        .collect()
+            // Older versions' indexes (only while a rotation is under way)
+            // are hashed on the blocking pool too.
+            let (chunk, per_miss) = if keys.len() > 1 {
+                let keys = Arc::clone(keys);
+                tokio::task::spawn_blocking(move || {
+                    let per_miss = older_indexes(&keys, &chunk);
+                    (chunk, per_miss)
                 })
-                .collect();
+                .await
+                .map_err(|_| VaultError::Internal("tokenizer task failed"))?
+            } else {
+                let per_miss = chunk.iter().map(|(_, _, bi)| vec![*bi]).collect();
+                (chunk, per_miss)
+            };
             let all: Vec<[u8; HASH_LEN]> = per_miss.iter().flatten().copied().collect();
             let found = self.store().xref_lookup(owner, &all).await?;
             for ((ty, n, bi), indexes) in chunk.into_iter().zip(per_miss) {
@@ -396,4 +443,19 @@ impl Vault {
         }
         Ok(out)
     }
+}
+
+/// Each miss's blind indexes, newest key version first.
+fn older_indexes(
+    keys: &[XrefIndexKey],
+    chunk: &[(IdentifierType, String, [u8; HASH_LEN])],
+) -> Vec<Vec<[u8; HASH_LEN]>> {
+    chunk
+        .iter()
+        .map(|(ty, n, bi)| {
+            std::iter::once(*bi)
+                .chain(keys.iter().skip(1).map(|k| blind_index(k, *ty, n)))
+                .collect()
+        })
+        .collect()
 }
