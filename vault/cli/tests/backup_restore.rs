@@ -165,6 +165,15 @@ async fn back_up_then_delete(dir: &Path) -> Vec<(String, String)> {
     run_cli(dir, &["init", "--dev"], None);
     let server = Server::start(dir, None, 1).await;
     let people = create_people(&server, dir).await;
+    // The database is the owner's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["idvault.db", "idvault.db-wal", "idvault.db-shm"] {
+            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{f:?} is mode {mode:o}");
+        }
+    }
     delete(&server, dir, &people[5].0).await; // before the backup: stays deleted
     let backup = dir.join("backup.db");
     let out = run_cli(dir, &["backup", "--out", backup.to_str().unwrap()], None);
@@ -274,6 +283,67 @@ async fn sqlite_restore_reads_the_replaced_database_and_refuses_blind() {
         !dir.join("restore-pending").exists(),
         "a finished restore leaves no marker"
     );
+    let server = Server::start(dir, None, 2).await;
+    check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
+    server.terminate().await;
+    audit_verify(dir, None);
+}
+
+/// A restore that stopped after it put the backup in place, where no
+/// database was left to set aside (a lost disk), is finished by a rerun
+/// without `--from`; a rerun that would finish it from fewer sources than
+/// it read, or on another database, is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_unfinished_restore_is_finished_from_what_it_read() {
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    let people = back_up_then_delete(dir).await;
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("idvault.db{s}")));
+    }
+    // Where `restore --from` stops when shredding again fails: the backup
+    // in place, the marker naming a set-aside name that was never used.
+    std::fs::copy(dir.join("backup.db"), dir.join("idvault.db")).unwrap();
+    let extra = dir.join("elsewhere.log");
+    std::fs::copy(dir.join("shreds.log"), &extra).unwrap();
+    let never = dir.join("idvault.db.replaced-1-00000000");
+    let marker = |target: &str| {
+        format!(
+            "# test\nset-aside {n}\nswap-aside {n}\ndb-absent\n{target}shred-log {j}\nshred-log {e}\n",
+            n = never.display(),
+            j = std::fs::canonicalize(dir.join("shreds.log"))
+                .unwrap()
+                .display(),
+            e = std::fs::canonicalize(&extra).unwrap().display(),
+        )
+    };
+    let pending = dir.join("restore-pending");
+    let rerun = |more: &[&str]| {
+        let mut a = vec!["restore", "--data-dir", dir.to_str().unwrap()];
+        a.extend_from_slice(more);
+        idvault(&a)
+    };
+    // On another database: refused.
+    std::fs::write(
+        &pending,
+        marker("target sqlite:///elsewhere/idvault.db?mode=rwc\n"),
+    )
+    .unwrap();
+    let out = rerun(&["--shred-log", extra.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("was of the database"), "{}", show(&out));
+    assert!(pending.exists(), "a refused rerun keeps the marker");
+    // Without a journal the first run read: refused.
+    std::fs::write(&pending, marker("")).unwrap();
+    let out = rerun(&[]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("--shred-log"), "{}", show(&out));
+    assert!(pending.exists(), "a refused rerun keeps the marker");
+    // With it: finished, the people deleted after the backup shredded.
+    let out = rerun(&["--shred-log", extra.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("3 subjects shredded"), "{}", show(&out));
+    assert!(!pending.exists(), "a finished restore leaves no marker");
     let server = Server::start(dir, None, 2).await;
     check_after_restore(&server, dir, &people, &[0, 2, 3, 5]).await;
     server.terminate().await;

@@ -373,28 +373,38 @@ pub struct DataDirLock {
 pub const LOCK_FILE: &str = "idvault.lock";
 
 impl DataDirLock {
+    /// Opens (or makes) the lock file. One this process may not write (made
+    /// by another user, e.g. a backup run as root) is opened read-only:
+    /// `flock` locks through any descriptor, so the lock still holds.
     fn open(dir: &Path) -> Result<std::fs::File, BackupError> {
         let path = dir.join(LOCK_FILE);
-        std::fs::OpenOptions::new()
+        match std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io("opening the lock file", &path))
+        {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.is_file() => {
+                std::fs::File::open(&path).map_err(io("opening the lock file", &path))
+            }
+            Err(e) => Err(io("opening the lock file", &path)(e)),
+        }
     }
 
     /// Taken (shared) by a serving process and by the maintenance
-    /// commands; refused while a restore runs. A data directory where the
-    /// lock file cannot be made (read-only) is served without it, with a
-    /// warning.
+    /// commands; refused while a restore runs, and when the lock file can
+    /// be neither opened nor made (a restore could not tell this process
+    /// runs). On a file system without file locks the process goes on,
+    /// with a warning.
     pub fn shared(dir: &Path) -> Result<Option<Self>, String> {
-        let f = match Self::open(dir) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "no data directory lock: a restore could not tell this process is running");
-                return Ok(None);
-            }
-        };
+        let f = Self::open(dir).map_err(|e| {
+            format!(
+                "{e}: without it a restore could not tell this process runs; create {} (an \
+                 empty file, in the config file's directory) readable by this user",
+                dir.join(LOCK_FILE).display()
+            )
+        })?;
         match f.try_lock_shared() {
             Ok(()) => Ok(Some(Self { _file: f })),
             Err(std::fs::TryLockError::WouldBlock) => Err(format!(

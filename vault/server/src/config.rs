@@ -555,7 +555,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Self, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: parse_message(&e, text),
         })?;
         let registry = validate(&file)?;
         Ok(Self {
@@ -592,6 +592,35 @@ impl Config {
                 self.base_dir.join("idvault.db").display()
             )
         })
+    }
+}
+
+/// A parse error's position and message, never the text around it: the
+/// `Display` of toml's error quotes the offending line, which may hold a
+/// database password (a misspelt `database_url`) or a key, and serde's
+/// messages quote string values (`invalid type: string "…"`), so quoted
+/// text is left out too.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let mut message = String::with_capacity(e.message().len());
+    let mut quoted = false;
+    for c in e.message().chars() {
+        if c == '"' {
+            if !quoted {
+                message.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            message.push(c);
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -892,6 +921,28 @@ roles = ["subjects.write"]
             PathBuf::from("/data/tls/ca.crt")
         );
         assert_eq!(c.database_url(), "sqlite:///data/idvault.db?mode=rwc");
+    }
+
+    #[test]
+    fn parse_errors_quote_no_config_text() {
+        // A misspelt key whose value holds a password, a string where a
+        // number belongs, and a line that is no TOML: each error says
+        // where, never what the line holds.
+        let cases = [
+            "databse_url = \"postgres://vault:hunter2-secret@db/idvault\"\n",
+            "[storage]\ndatabase_url = \"postgres://vault:hunter2-secret@db/x\"\n[server]\nlisten = 7\n",
+            "[server]\ntrust_domain = 42\n[keys]\nroot_key_file = \"hunter2-secret\"\n[tls]\nclient_ca = 1\n",
+            "hunter2-secret\n",
+        ];
+        for (i, t) in cases.into_iter().enumerate() {
+            let text = format!("{GOOD}{t}");
+            let Err(e) = parse(&text) else {
+                panic!("case {i} parsed")
+            };
+            let shown = e.to_string();
+            assert!(!shown.contains("hunter2"), "case {i}: {shown}");
+            assert!(shown.contains("line "), "case {i}: {shown}");
+        }
     }
 
     #[test]

@@ -106,26 +106,36 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
 
     // The databases whose audit logs say who was deleted.
     let mut replaced: Vec<String> = args.replaced_database.iter().cloned().collect();
+    // The deletion journals this run reads (the configured one if it
+    // exists, and those named), by their canonical paths.
+    let journal_paths: Vec<PathBuf> = cfg
+        .shred_log_path()
+        .filter(|p| p.exists())
+        .into_iter()
+        .chain(args.shred_logs.iter().cloned())
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
     // An unfinished restore: the database it set aside is a source (and
     // files it left half moved go back first).
     let mut swapped_before = false;
     if let Ok(text) = std::fs::read_to_string(&marker) {
         println!("finishing the restore {} describes", marker.display());
-        let asides: Vec<PathBuf> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("set-aside "))
-            .map(PathBuf::from)
-            .collect();
+        let m = Marker::parse(&text);
+        // It is finished on the database it restored, from at least the
+        // sources it read: a rerun on another database, or without a
+        // journal or replaced database that recorded deletions, would end
+        // the restore with those people back.
+        m.check_rerun(
+            &redact(&url),
+            &journal_paths,
+            args.replaced_database.as_slice(),
+        )?;
         // Where that restore was to move the current database itself (a
         // marker written before this line existed: its last set-aside).
         // Only that file may be moved back into place: the others are
         // databases an operator named, or earlier restores left.
-        let swap: Option<PathBuf> = text
-            .lines()
-            .find_map(|l| l.strip_prefix("swap-aside "))
-            .map(PathBuf::from)
-            .or_else(|| asides.last().cloned());
-        for aside in &asides {
+        let swap: Option<PathBuf> = m.swap.clone().or_else(|| m.asides.last().cloned());
+        for aside in &m.asides {
             let own = swap.as_ref() == Some(aside);
             if let Some(db) = &db
                 && backup::recover_interrupted(db, aside, own)?
@@ -137,10 +147,15 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
                 replaced.push(format!("sqlite://{}", aside.display()));
             }
         }
+        // There was no database to set aside: whatever is in its place now
+        // is the backup that restore put there.
+        if m.db_absent && db.as_ref().is_some_and(|p| p.exists()) {
+            swapped_before = true;
+        }
         // A `--from` restore (it named where the old database would go)
         // that never swapped: nothing to finish. (A restore without
         // `--from`, PostgreSQL's, names none and is simply run again.)
-        if !asides.is_empty() && !swapped_before && args.from.is_none() {
+        if !m.asides.is_empty() && !swapped_before && args.from.is_none() {
             std::fs::remove_file(&marker)?;
             bail!(
                 "the last restore stopped before it put the backup in place (the database is as \
@@ -309,7 +324,15 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             .filter(|p| p != db)
             .collect();
         asides.push(aside.clone());
-        write_marker(&marker, &asides, Some(&aside))?;
+        Marker {
+            asides,
+            swap: Some(aside.clone()),
+            db_absent: !db.exists(),
+            target: Some(redact(&url)),
+            journals: journal_paths.clone(),
+            replaced: args.replaced_database.iter().map(|u| redact(u)).collect(),
+        }
+        .write(&marker)?;
         match backup::install(from, db, &aside).await {
             Ok(set_aside) => {
                 println!(
@@ -336,7 +359,13 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             }
         }
     } else if !marker.exists() {
-        write_marker(&marker, &[], None)?;
+        Marker {
+            target: Some(redact(&url)),
+            journals: journal_paths.clone(),
+            replaced: args.replaced_database.iter().map(|u| redact(u)).collect(),
+            ..Marker::default()
+        }
+        .write(&marker)?;
     }
 
     // Shred again, in the restored database, everyone deleted.
@@ -401,44 +430,134 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Writes the restore-pending marker durably and atomically (mode 0600):
-/// the set-aside database files a rerun reads. Only file paths, never a
-/// database URL (it may hold a password).
-fn write_marker(
-    path: &std::path::Path,
-    asides: &[PathBuf],
-    swap: Option<&PathBuf>,
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut text = String::from(
-        "# An `idvault restore` has not finished: the vault refuses to start until\n\
-         # `idvault restore` (without --from) ends. The old database it set aside:\n",
-    );
-    for a in asides {
-        text.push_str(&format!("set-aside {}\n", a.display()));
+/// What the restore-pending marker records: the set-aside database files
+/// a rerun reads, and what the restore ran on and read, which a rerun must
+/// name again. Only file paths and database URLs without their password
+/// ([`redact`]).
+#[derive(Debug, Default)]
+struct Marker {
+    /// Databases set aside (`set-aside`).
+    asides: Vec<PathBuf>,
+    /// Where that restore moved the current database (`swap-aside`).
+    swap: Option<PathBuf>,
+    /// There was no database to move aside (`db-absent`): a database in
+    /// its place is the backup.
+    db_absent: bool,
+    /// The database restored (`target`).
+    target: Option<String>,
+    /// The deletion journals read (`shred-log`).
+    journals: Vec<PathBuf>,
+    /// The replaced databases named (`replaced-database`).
+    replaced: Vec<String>,
+}
+
+impl Marker {
+    /// Reads a marker; lines it does not know (and those of markers
+    /// written before a line existed) are skipped.
+    fn parse(text: &str) -> Self {
+        let mut m = Self::default();
+        for l in text.lines() {
+            if let Some(p) = l.strip_prefix("set-aside ") {
+                m.asides.push(PathBuf::from(p));
+            } else if let Some(p) = l.strip_prefix("swap-aside ") {
+                m.swap = Some(PathBuf::from(p));
+            } else if l == "db-absent" {
+                m.db_absent = true;
+            } else if let Some(t) = l.strip_prefix("target ") {
+                m.target = Some(t.to_owned());
+            } else if let Some(p) = l.strip_prefix("shred-log ") {
+                m.journals.push(PathBuf::from(p));
+            } else if let Some(u) = l.strip_prefix("replaced-database ") {
+                m.replaced.push(u.to_owned());
+            }
+        }
+        m
     }
-    if let Some(a) = swap {
-        text.push_str(&format!("swap-aside {}\n", a.display()));
+
+    /// Refuses a rerun on another database than the one restored, or
+    /// without a journal or replaced database the restore read.
+    fn check_rerun(
+        &self,
+        target: &str,
+        journals: &[PathBuf],
+        replaced: &[String],
+    ) -> anyhow::Result<()> {
+        if let Some(t) = &self.target
+            && t != target
+        {
+            bail!(
+                "the unfinished restore was of the database {t}, not {target}: finish it with \
+                 --database-url naming that database"
+            );
+        }
+        for j in &self.journals {
+            if !journals.contains(j) {
+                bail!(
+                    "the unfinished restore read the deletion journal {}, which this run does not: \
+                     pass it again with --shred-log (the people it records as deleted would \
+                     otherwise come back)",
+                    j.display()
+                );
+            }
+        }
+        let named: Vec<String> = replaced.iter().map(|u| redact(u)).collect();
+        for r in &self.replaced {
+            if !named.contains(r) {
+                bail!(
+                    "the unfinished restore read the deletions of the replaced database {r}: pass \
+                     it again with --replaced-database"
+                );
+            }
+        }
+        Ok(())
     }
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+
+    /// Writes the marker durably and atomically (mode 0600).
+    fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut text = String::from(
+            "# An `idvault restore` has not finished: the vault refuses to start until\n\
+             # `idvault restore` (without --from) ends, on the same database and with the\n\
+             # same journals and replaced databases. The old database it set aside:\n",
+        );
+        for a in &self.asides {
+            text.push_str(&format!("set-aside {}\n", a.display()));
+        }
+        if let Some(a) = &self.swap {
+            text.push_str(&format!("swap-aside {}\n", a.display()));
+        }
+        if self.db_absent {
+            text.push_str("db-absent\n");
+        }
+        if let Some(t) = &self.target {
+            text.push_str(&format!("target {t}\n"));
+        }
+        for j in &self.journals {
+            text.push_str(&format!("shred-log {}\n", j.display()));
+        }
+        for r in &self.replaced {
+            text.push_str(&format!("replaced-database {r}\n"));
+        }
+        let tmp = path.with_extension("tmp");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// A database URL without its password.

@@ -79,7 +79,17 @@ fn record_pin_file(cfg: &Path, pin_file: &Path) -> anyhow::Result<()> {
 pub(crate) fn run(dir: &DataDir, dev: bool, listen: &str, seal: &SealArgs) -> anyhow::Result<()> {
     let rng = SystemRng::default();
     let protection = seal.protection()?;
-    std::fs::create_dir_all(&dir.data_dir).with_context(|| dir.data_dir.display().to_string())?;
+    // The data directory holds the database and keys: owner only.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(&dir.data_dir)
+        .with_context(|| dir.data_dir.display().to_string())?;
     let root = dir.data_dir.join("root.key");
     let cfg = dir.config_path();
     let cfg_existed = cfg.exists();

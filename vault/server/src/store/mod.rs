@@ -386,6 +386,9 @@ impl Store {
                 })
             });
         }
+        if backend == Backend::Sqlite {
+            create_private_sqlite_file(url);
+        }
         let pool = opts.connect(url).await?;
         let mut store = Self {
             pool,
@@ -1808,6 +1811,31 @@ impl AuditedTx {
         }
         Ok(())
     }
+}
+
+/// Makes a new SQLite database file readable by its owner only before
+/// SQLite opens it: SQLite would make it (and its `-wal` and `-shm`, which
+/// take the database file's mode) 0644, readable by every local user. Only
+/// for a URL that asks for creation (`mode=rwc`) and whose path needs no
+/// decoding (anything else is left to SQLite, so no stray file is made at
+/// a path SQLite would read differently).
+fn create_private_sqlite_file(url: &str) {
+    if !url.contains("mode=rwc") || url.contains('%') {
+        return;
+    }
+    let Some(path) = crate::backup::sqlite_path(url) else {
+        return;
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    // An existing file is left as it is; a missing directory or no
+    // permission is SQLite's to report when it opens the path.
+    let _ = opts.open(&path);
 }
 
 #[cfg(test)]
