@@ -152,6 +152,13 @@ pub(crate) async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 println!("{}\t{}\t{}\t{}", r.index, r.time_ms, r.actor, r.request_id);
             }
             eprintln!("{} match answers revealed this subject", report.found.len());
+            for r in report.found.iter().filter(|r| r.contested > 0) {
+                eprintln!(
+                    "leaf {}: {} more records of that one-to-one link job held this subject as a \
+                     candidate (each learned a heavier record took it)",
+                    r.index, r.contested
+                );
+            }
             if report.unsearchable > 0 {
                 eprintln!(
                     "{} match records are under retired key versions: their tags cannot be searched",

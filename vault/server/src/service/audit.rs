@@ -140,6 +140,10 @@ pub struct Revealed {
     pub actor: String,
     /// Its request id, 32 hex digits.
     pub request_id: String,
+    /// For a chunk of a one-to-one `Link` job: how many other records of
+    /// the job held the subject as a candidate (each learned that a
+    /// heavier record took it). 0 otherwise.
+    pub contested: u64,
 }
 
 /// What [`revealed_to_partners`] found, and what it could not check.
@@ -169,6 +173,21 @@ fn revealed_list(detail: &str) -> Option<(Option<u32>, Vec<&str>)> {
     }
     let (_, rest) = detail.split_once("subjects=")?;
     Some((None, list(rest)?))
+}
+
+/// How many other records of a one-to-one job held the subject whose tag
+/// is `tag`: its `tag*N` entry in the detail's `contested=[…]`, or 0.
+fn contested_count(detail: &str, tag: &str) -> u64 {
+    let Some((_, rest)) = detail.split_once(" contested=[") else {
+        return 0;
+    };
+    let inner = rest.split(']').next().unwrap_or_default();
+    inner
+        .split(',')
+        .filter_map(|e| e.split_once('*'))
+        .find(|(t, _)| crypto::ct_eq(t.as_bytes(), tag.as_bytes()))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The sequenced `Match` leaves whose answers revealed `subject` to their
@@ -207,6 +226,7 @@ pub async fn revealed_to_partners(
             let Some((version, list)) = revealed_list(&leaf.detail) else {
                 continue;
             };
+            let mut contested = 0;
             let found = match version {
                 None => list.contains(&id.as_str()),
                 Some(v) => {
@@ -222,8 +242,11 @@ pub async fn revealed_to_partners(
                         &leaf.request_id,
                         subject.as_bytes(),
                     ));
-                    list.iter()
-                        .any(|t| crypto::ct_eq(t.as_bytes(), tag.as_bytes()))
+                    let found = list
+                        .iter()
+                        .any(|t| crypto::ct_eq(t.as_bytes(), tag.as_bytes()));
+                    contested = contested_count(&leaf.detail, &tag);
+                    found
                 }
             };
             if found {
@@ -232,6 +255,7 @@ pub async fn revealed_to_partners(
                     time_ms: leaf.time_ms,
                     actor: leaf.actor,
                     request_id: hex::encode(leaf.request_id),
+                    contested,
                 });
             }
         }
@@ -1249,6 +1273,10 @@ mod tests {
             Some((None, vec!["s-1", "s-2"]))
         );
         assert_eq!(revealed_list("queries=1 revealed=vX:[aa]"), None);
+        let one_to_one = "link one_to_one queries=2 refused=0 matched=2 revealed=v1:[aa,bb] contested=[aa*3,cc*1]";
+        assert_eq!(contested_count(one_to_one, "aa"), 3);
+        assert_eq!(contested_count(one_to_one, "bb"), 0);
+        assert_eq!(contested_count("queries=1 revealed=v1:[aa]", "aa"), 0);
         assert_eq!(revealed_list("link lookup one_to_one queries=3"), None);
     }
 

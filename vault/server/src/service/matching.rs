@@ -393,6 +393,30 @@ impl LinkJob {
             .map(|k| k.as_ref().map_or_else(|_| Vec::new(), Clone::clone))
             .collect();
         let chosen = assign_one_to_one(&candidates);
+        // For each subject assigned, how many other records of the job held
+        // it as a candidate: each of them learns from what it is given (or
+        // not) that a heavier record took that subject, so a job of many
+        // variants of one person probes them all for one reveal. Their
+        // count goes into the record that reveals the subject.
+        let mut held_by: HashMap<SubjectId, usize> = HashMap::new();
+        for hits in &candidates {
+            for h in hits {
+                *held_by.entry(h.subject).or_default() += 1;
+            }
+        }
+        let mut contested = kept
+            .iter()
+            .zip(&candidates)
+            .zip(&chosen)
+            .map(|((k, c), choice)| {
+                let won = choice.filter(|_| k.is_ok()).and_then(|i| c.get(i));
+                won.and_then(|h| {
+                    let others = held_by.get(&h.subject).copied().unwrap_or(1) - 1;
+                    (others > 0).then_some((h.subject, others))
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter();
         let mut assigned = kept
             .into_iter()
             .zip(candidates)
@@ -410,7 +434,12 @@ impl LinkJob {
         while ids.peek().is_some() {
             let ids: Vec<String> = ids.by_ref().take(MAX_BATCH).collect();
             let assigned = assigned.by_ref().take(ids.len()).collect();
-            out.push(LinkChunk { ids, assigned });
+            let contested = contested.by_ref().take(ids.len()).flatten().collect();
+            out.push(LinkChunk {
+                ids,
+                assigned,
+                contested,
+            });
         }
         (out, held)
     }
@@ -429,6 +458,32 @@ pub struct LinkHeld {
 pub struct LinkChunk {
     ids: Vec<String>,
     assigned: Vec<Result<Vec<Hit>, String>>,
+    /// The chunk's assigned subjects that other records of the job held
+    /// as candidates, with how many such records.
+    contested: HashMap<SubjectId, usize>,
+}
+
+/// Which call a reveal's audit record is for.
+#[derive(Debug, Clone, Copy)]
+enum RevealKind<'a> {
+    /// A unary `Match` or a `MatchStream` batch.
+    Match,
+    /// A best-candidate `Link` message.
+    Link,
+    /// A chunk of a one-to-one `Link` job's answers, with its contested
+    /// subjects ([`LinkChunk`]).
+    OneToOne(&'a HashMap<SubjectId, usize>),
+}
+
+impl RevealKind<'_> {
+    /// The record's detail starts with this.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Match => "",
+            Self::Link => "link ",
+            Self::OneToOne(_) => "link one_to_one ",
+        }
+    }
 }
 
 fn link_answers(ids: Vec<String>, answers: Vec<QueryAnswer>) -> Vec<LinkAnswer> {
@@ -755,8 +810,15 @@ impl Vault {
         {
             return Err(VaultError::Integrity(kind));
         }
-        self.reveal(req, kept, tokens, "", forged.count, refusal_is_error)
-            .await
+        self.reveal(
+            req,
+            kept,
+            tokens,
+            RevealKind::Match,
+            forged.count,
+            refusal_is_error,
+        )
+        .await
     }
 
     /// `made`'s tokens after the commit that stored them, from the pool;
@@ -832,7 +894,7 @@ impl Vault {
         req: &super::pipeline::Request<'_>,
         kept: Vec<Result<Vec<Hit>, String>>,
         mut known: KnownTokens,
-        kind: &str,
+        kind: RevealKind<'_>,
         forged: usize,
         whole: bool,
     ) -> Result<Vec<QueryAnswer>, VaultError> {
@@ -927,11 +989,29 @@ impl Vault {
         // In tag order, not subject order.
         tags.sort_unstable();
         let mut detail = format!(
-            "{kind}queries={} refused={refused} matched={matched} revealed=v{}:[{}]",
+            "{}queries={} refused={refused} matched={matched} revealed=v{}:[{}]",
+            kind.prefix(),
             kept.len(),
             key.version(),
             tags.join(",")
         );
+        if let RevealKind::OneToOne(contested) = kind {
+            // The same tags as in `revealed`, each with how many other
+            // records of the job held that subject (`audit revealed`
+            // reports them).
+            let mut held: Vec<String> = subjects
+                .iter()
+                .filter_map(|s| {
+                    let n = contested.get(s)?;
+                    let tag = reveal_tag(&key, &req.caller.request_id, s.as_bytes());
+                    Some(format!("{}*{n}", hex::encode(tag)))
+                })
+                .collect();
+            if !held.is_empty() {
+                held.sort_unstable();
+                detail.push_str(&format!(" contested=[{}]", held.join(",")));
+            }
+        }
         if forged > 0 {
             detail.push_str(&format!(" integrity={forged}"));
         }
@@ -1068,7 +1148,7 @@ impl Vault {
             job.received += n;
             if !job.one_to_one {
                 let answers = self
-                    .reveal(req, kept, tokens, "link ", forged.count, false)
+                    .reveal(req, kept, tokens, RevealKind::Link, forged.count, false)
                     .await?;
                 return Ok(link_answers(ids, answers));
             }
@@ -1102,11 +1182,16 @@ impl Vault {
         caller: &Caller,
         chunk: LinkChunk,
     ) -> Result<Vec<LinkAnswer>, VaultError> {
-        let LinkChunk { ids, assigned } = chunk;
+        let LinkChunk {
+            ids,
+            assigned,
+            contested,
+        } = chunk;
         let answers = self
             .handle(caller, Action::MatchSubjects, async |req| {
                 // Tokens read now: the lookup was long ago.
-                self.reveal(req, assigned, HashMap::new(), "link one_to_one ", 0, false)
+                let kind = RevealKind::OneToOne(&contested);
+                self.reveal(req, assigned, HashMap::new(), kind, 0, false)
                     .await
             })
             .await?;
