@@ -1267,8 +1267,26 @@ pub async fn estimated_weights_are_sealed_and_used(b: Backend) -> anyhow::Result
     assert!(before.is_empty());
     let (_, token) = create(&tv, "partner-a", ADA).await;
     let prior = query(&mut client(&tv, "partner-a").await, ADA_AS_SEEN_ELSEWHERE).await?;
+    // A database writer copies Ada's signature row (its MAC does not cover
+    // the storage key) under 20 made-up keys: still one sampled subject.
+    let ada_id: Vec<u8> = sqlx::query_scalar(
+        "SELECT subject_id FROM subjects ORDER BY created_at_ms DESC, subject_id LIMIT 1",
+    )
+    .fetch_one(tv.db())
+    .await?;
+    for i in 0..20u8 {
+        sqlx::query(
+            "INSERT INTO match_subjects (domain, subject_key, subject_id, fields, signature, mac_version, mac) \
+             SELECT domain, $1, subject_id, fields, signature, mac_version, mac FROM match_subjects \
+             WHERE domain = 'partner-a' AND subject_id = $2 LIMIT 1",
+        )
+        .bind(vec![0xA0 ^ i; 16])
+        .bind(&ada_id)
+        .execute(tv.db())
+        .await?;
+    }
     let est = tv.vault.estimate_match_model("partner-a", 1000).await?;
-    assert_eq!(est.population, 61);
+    assert_eq!(est.population, 61, "copies of one row are not sampled");
     assert!(est.random_pairs > 0);
     let (action, outcome, detail) = tv.last_audit().await;
     assert_eq!((action.as_str(), outcome.as_str()), ("Match", "ok"));

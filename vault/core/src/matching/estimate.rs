@@ -241,6 +241,8 @@ fn frequencies(signatures: &[Signature], max: usize) -> Frequencies {
         population: signatures.len() as u64,
         counts: common.into_iter().collect(),
         floor,
+        // The caller passes one version's signatures.
+        key_version: signatures.first().map_or(0, |s| s.version),
     }
 }
 
@@ -382,17 +384,21 @@ pub fn estimate_model(
 }
 
 /// Magic of a stored estimate.
-const MAGIC: &[u8; 6] = b"IDVMM1";
+const MAGIC: &[u8; 6] = b"IDVMM2";
+/// Magic of an estimate stored before frequencies named their key version
+/// (read with version 0, unknown).
+const MAGIC_V1: &[u8; 6] = b"IDVMM1";
 /// Most counted indexes a stored estimate may hold.
 const MAX_STORED_FREQUENCIES: usize = 100_000;
 
 impl ModelEstimate {
     /// The canonical bytes stored (and MACed) for the estimate:
-    /// `IDVMM1 ‖ population (8) ‖ blocked (8) ‖ random (8) ‖ match share
+    /// `IDVMM2 ‖ population (8) ‖ blocked (8) ‖ random (8) ‖ match share
     /// (f64) ‖ iterations (4) ‖ converged (1) ‖ field count (1) ‖ (field ‖
     /// level count (1) ‖ (level ‖ m ‖ u)* ‖ disagree m ‖ u)* ‖ has
-    /// frequencies (1) [‖ population (8) ‖ floor (4) ‖ count (4) ‖ (index
-    /// (8) ‖ count (4))*]`, big-endian, counts sorted by index.
+    /// frequencies (1) [‖ key version (4) ‖ population (8) ‖ floor (4) ‖
+    /// count (4) ‖ (index (8) ‖ count (4))*]`, big-endian, counts sorted by
+    /// index. (`IDVMM1`, read too, has no key version.)
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(MAGIC);
@@ -419,6 +425,7 @@ impl ModelEstimate {
             None => out.push(0),
             Some(fr) => {
                 out.push(1);
+                out.extend_from_slice(&fr.key_version.to_be_bytes());
                 out.extend_from_slice(&fr.population.to_be_bytes());
                 out.extend_from_slice(&fr.floor.to_be_bytes());
                 let mut counts: Vec<(&i64, &u32)> = fr.counts.iter().collect();
@@ -438,9 +445,12 @@ impl ModelEstimate {
     /// many counts, trailing bytes).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
-        if r.take(MAGIC.len())? != MAGIC {
-            return None;
-        }
+        let magic = r.take(MAGIC.len())?;
+        let versioned = match magic {
+            m if m == MAGIC => true,
+            m if m == MAGIC_V1 => false,
+            _ => return None,
+        };
         let population = usize::try_from(r.u64()?).ok()?;
         let blocked_pairs = usize::try_from(r.u64()?).ok()?;
         let random_pairs = usize::try_from(r.u64()?).ok()?;
@@ -486,6 +496,7 @@ impl ModelEstimate {
         let frequencies = match r.u8()? {
             0 => None,
             1 => {
+                let key_version = if versioned { r.u32()? } else { 0 };
                 let population = r.u64()?;
                 let floor = r.u32()?;
                 let count = usize::try_from(r.u32()?).ok()?;
@@ -503,6 +514,7 @@ impl ModelEstimate {
                     population,
                     counts,
                     floor,
+                    key_version,
                 })
             }
             _ => return None,
@@ -680,8 +692,19 @@ mod tests {
         assert_eq!(fr.population, sigs.len() as u64);
         // Every family name is held by about 55 subjects: all counted.
         assert!(fr.counts.len() >= 16, "{}", fr.counts.len());
+        // Counted under the signatures' key version, which is stored.
+        assert_eq!(fr.key_version, 1);
         let back = ModelEstimate::decode(&e.encode()).unwrap();
         assert_eq!(back, e);
+        // An estimate stored before the version was recorded reads back
+        // with version 0 (unknown): the same bytes without it.
+        let mut v1 = e.encode();
+        v1[..6].copy_from_slice(b"IDVMM1");
+        let at = v1.len() - (fr.counts.len() * 12 + 4 + 4 + 8 + 4);
+        assert_eq!(v1.drain(at..at + 4).collect::<Vec<_>>(), 1u32.to_be_bytes());
+        let old = ModelEstimate::decode(&v1).unwrap();
+        assert_eq!(old.model.frequencies.as_ref().unwrap().key_version, 0);
+        assert_eq!(old.model.frequencies.as_ref().unwrap().counts, fr.counts);
         // Same seed, same estimate.
         assert_eq!(estimate_model(&sigs, &prior, 7, &o).unwrap(), e);
     }

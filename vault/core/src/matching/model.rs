@@ -46,6 +46,12 @@ pub struct Frequencies {
     pub counts: HashMap<i64, u32>,
     /// The smallest count kept: every value not counted is at most this common.
     pub floor: u32,
+    /// The key version whose blind indexes were counted; 0 if unknown (an
+    /// estimate stored before it was recorded). Counts of a version no
+    /// longer live match no query's index, and every value would then
+    /// look rarer than every counted one: see
+    /// [`MatchModel::without_stale_frequencies`].
+    pub key_version: u32,
 }
 
 /// A domain's scoring weights.
@@ -61,6 +67,23 @@ impl MatchModel {
     /// The hand-set table, no frequencies.
     pub fn prior() -> Self {
         Self::default()
+    }
+
+    /// The model with its frequencies dropped if they were not counted
+    /// under one of the `live` key versions (retired since, or unknown),
+    /// and whether they were dropped. Without this, after a rotation's
+    /// rewrap and retire every value's count reads 0 and every exact
+    /// agreement on a frequency field gains the rare-value bit, common
+    /// family names and cities included.
+    pub fn without_stale_frequencies(mut self, live: &[u32]) -> (Self, bool) {
+        let stale = self
+            .frequencies
+            .as_ref()
+            .is_some_and(|f| !live.contains(&f.key_version));
+        if stale {
+            self.frequencies = None;
+        }
+        (self, stale)
     }
 
     /// The weights of `field` for a query whose exact blind indexes of it
@@ -132,6 +155,7 @@ mod tests {
             population: 100_000,
             counts: HashMap::from([(7, 2_000), (8, 50)]),
             floor: 50,
+            key_version: 1,
         };
         let m = MatchModel {
             frequencies: Some(freq),
@@ -168,6 +192,7 @@ mod tests {
                 population: 100_000,
                 counts: HashMap::from([(7, 60_000)]),
                 floor: 50,
+                key_version: 1,
             }),
             ..MatchModel::prior()
         };
@@ -183,5 +208,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn frequencies_of_a_key_version_no_longer_live_are_dropped() {
+        let m = MatchModel {
+            frequencies: Some(Frequencies {
+                population: 100_000,
+                counts: HashMap::from([(7, 60_000)]),
+                floor: 50,
+                key_version: 1,
+            }),
+            ..MatchModel::prior()
+        };
+        let (kept, dropped) = m.clone().without_stale_frequencies(&[1, 2]);
+        assert!(!dropped && kept.frequencies.is_some());
+        let (gone, dropped) = m.clone().without_stale_frequencies(&[2]);
+        assert!(dropped && gone.frequencies.is_none());
+        // An estimate that does not say its version (stored before it was
+        // recorded) is not trusted either.
+        let unknown = MatchModel {
+            frequencies: m.frequencies.map(|f| Frequencies {
+                key_version: 0,
+                ..f
+            }),
+            ..MatchModel::prior()
+        };
+        assert!(unknown.without_stale_frequencies(&[1]).1);
+        // Without frequencies nothing is dropped.
+        assert!(!MatchModel::prior().without_stale_frequencies(&[]).1);
     }
 }

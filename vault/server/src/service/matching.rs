@@ -1251,12 +1251,24 @@ impl Vault {
         );
         self.commit_job(tx, &Caller::new(JOB_ACTOR), Action::MatchSubjects, detail)
             .await?;
+        let model = self.live_model(domain, est.model.clone());
         self.matching()
             .models
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(domain.to_owned(), Arc::new(est.model.clone()));
+            .insert(domain.to_owned(), Arc::new(model));
         Ok(est)
+    }
+
+    /// `model` without value frequencies counted under a key version this
+    /// process no longer holds (see
+    /// [`MatchModel::without_stale_frequencies`]), said once per load.
+    fn live_model(&self, domain: &str, model: MatchModel) -> MatchModel {
+        let (model, dropped) = model.without_stale_frequencies(&self.keys().versions());
+        if dropped {
+            tracing::warn!(domain = %domain, "the stored value frequencies were counted under a key version no longer live (or an unknown one): scoring without them; run `idvault match estimate` again");
+        }
+        model
     }
 
     /// Every configured domain's weights: the stored estimate, or the
@@ -1297,7 +1309,8 @@ impl Vault {
                 tracing::error!(domain = %r.domain, problem = %problem, "stored match weights not used; scoring with the hand-set table");
             }
             if let Some((_, e)) = r.estimate {
-                models.insert(r.domain, Arc::new(e.model));
+                let model = self.live_model(&r.domain, e.model);
+                models.insert(r.domain, Arc::new(model));
             }
         }
         *self

@@ -558,7 +558,12 @@ impl Store {
 
     /// Up to `limit` signatures of `domain`'s subjects, drawn at random
     /// (for estimating its weights), each row's MAC checked: weights
-    /// learned from rows a database writer made would decide matches.
+    /// learned from rows a database writer made would decide matches. Only
+    /// rows under their subject's own storage key, of a subject that
+    /// exists, and one per subject: the MAC does not cover the storage
+    /// key, so a writer could otherwise copy one genuine row under many
+    /// made-up keys (or leave a deleted subject's) and have it counted
+    /// many times, skewing the learned weights and the value frequencies.
     pub async fn match_signature_sample(
         &self,
         domain: &str,
@@ -566,26 +571,31 @@ impl Store {
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let keys = self.row_keys()?;
         let rows: Vec<SignatureRow> = sqlx::query_as(
-            "SELECT subject_id, fields, signature, mac_version, mac FROM match_subjects \
-             WHERE domain = $1 ORDER BY random() LIMIT $2",
+            "SELECT m.subject_id, m.fields, m.signature, m.mac_version, m.mac \
+             FROM match_subjects m JOIN subjects s ON s.subject_id = m.subject_id \
+             WHERE m.domain = $1 AND COALESCE(s.subject_key, s.subject_id) = m.subject_key \
+             ORDER BY random() LIMIT $2",
         )
         .bind(domain.to_owned())
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        rows.into_iter()
-            .map(|(s, mask, signature, v, mac)| {
-                let c = candidate(
-                    subject_of(&s, "match_subjects.subject_id")?,
-                    mask,
-                    signature,
-                    (v, mac),
-                    0.0,
-                )?;
-                check_signature(&keys, domain, &c)?;
-                Ok(c.signature)
-            })
-            .collect()
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        let mut out = Vec::with_capacity(rows.len());
+        for (s, mask, signature, v, mac) in rows {
+            let c = candidate(
+                subject_of(&s, "match_subjects.subject_id")?,
+                mask,
+                signature,
+                (v, mac),
+                0.0,
+            )?;
+            check_signature(&keys, domain, &c)?;
+            if seen.insert(c.subject) {
+                out.push(c.signature);
+            }
+        }
+        Ok(out)
     }
 
     /// Every stored model `(domain, estimated at, bytes)`, each checked
