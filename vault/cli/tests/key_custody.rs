@@ -262,6 +262,101 @@ async fn sealed_start_postgres() {
     db.drop_now().await;
 }
 
+/// Not a test of its own: run by [`a_seal_key_usable_without_the_pin_is_refused`]
+/// in a child process whose environment names the token store
+/// (`SOFTHSM2_CONF`), it makes the seal key `IDVAULT_TEST_WEAK_KEY`
+/// describes (`public`: not private; `aes128`: 16 bytes), otherwise as
+/// the vault makes it.
+#[test]
+fn make_weak_seal_key() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let Some(kind) = std::env::var_os("IDVAULT_TEST_WEAK_KEY") else {
+        return;
+    };
+    let module = SoftHsm::module().unwrap();
+    let ctx = Pkcs11::new(module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == TOKEN)
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .unwrap();
+    let (private, len) = match kind.to_str().unwrap() {
+        "public" => (false, 32u64),
+        "aes128" => (true, 16),
+        other => panic!("unknown kind {other}"),
+    };
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Label(KEY.as_bytes().to_vec()),
+                Attribute::ValueLen(len.into()),
+                Attribute::Token(true),
+                Attribute::Private(private),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+}
+
+/// A seal key any session may use without the PIN (not `CKA_PRIVATE`), or
+/// one shorter than AES-256, is refused: `init --seal` does not seal the
+/// root key under it.
+#[test]
+fn a_seal_key_usable_without_the_pin_is_refused() {
+    for kind in ["public", "aes128"] {
+        let dir = TempDir::new();
+        let d = dir.0.as_path();
+        let Some(hsm) = SoftHsm::new(d) else {
+            return;
+        };
+        let made = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "make_weak_seal_key", "--nocapture"])
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .env("IDVAULT_TEST_WEAK_KEY", kind)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let module = hsm.module.to_str().unwrap().to_owned();
+        let out = idvault_env(
+            &[
+                "init",
+                "--dev",
+                "--data-dir",
+                d.to_str().unwrap(),
+                "--seal",
+                "pkcs11",
+                "--module",
+                &module,
+                "--token-label",
+                TOKEN,
+                "--key-label",
+                KEY,
+            ],
+            &hsm.env(Some(PIN)),
+        );
+        assert!(!out.status.success(), "{kind}: {}", show(&out));
+        assert!(show(&out).contains("not private"), "{kind}: {}", show(&out));
+        assert!(!d.join("root.key").exists(), "{kind}: nothing sealed");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Rewrap killed at random points under load, resumed, then retire.
 

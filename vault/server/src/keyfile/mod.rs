@@ -39,6 +39,15 @@ pub enum KeyFileError {
     /// The file is readable by group or others.
     #[error("{0}: key file must not be readable by group or others (chmod 600)")]
     Permissions(String),
+    /// The file is not one this process may trust with keys: not a
+    /// regular file, owned by another user, or too large.
+    #[error("{path}: {why}")]
+    Untrusted {
+        /// Which file.
+        path: String,
+        /// Why.
+        why: &'static str,
+    },
     /// Content did not parse.
     #[error("{path}: {source}")]
     Key {
@@ -138,19 +147,89 @@ fn seal_err(path: &Path) -> impl FnOnce(SealError) -> KeyFileError + '_ {
     }
 }
 
-fn check_owner_only(path: &Path) -> Result<(), KeyFileError> {
+/// Largest key or PIN file read (a key file holds a few hundred bytes per
+/// version).
+pub const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Why [`read_private`] refused a file.
+#[derive(Debug)]
+pub enum PrivateFileError {
+    /// Opening, inspecting or reading it failed.
+    Io(std::io::Error),
+    /// Group or others may read it.
+    Permissions,
+    /// Not a regular file, owned by another user, or too large.
+    Untrusted(&'static str),
+}
+
+/// Reads a file holding secrets into a buffer wiped on drop, through one
+/// open: the checks are made on the open file (`fstat`), so what is
+/// checked is what is read. It must be a regular file (a FIFO would hang
+/// the start), owned by this process's user or by root (as OpenSSH
+/// demands of its keys: a file another user owns could be read or
+/// replaced by them), unreadable by group and others, and at most
+/// [`MAX_SECRET_FILE_BYTES`]. Symbolic links are followed (secrets are
+/// often mounted through them); the checks apply to the file read.
+pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
+    use std::io::Read;
+    // A path that is no regular file is refused before it is opened: opening
+    // a FIFO blocks until someone writes to it.
+    let before = std::fs::metadata(path).map_err(PrivateFileError::Io)?;
+    if !before.is_file() {
+        return Err(PrivateFileError::Untrusted("is not a regular file"));
+    }
+    let mut f = std::fs::File::open(path).map_err(PrivateFileError::Io)?;
+    let meta = f.metadata().map_err(PrivateFileError::Io)?;
+    if !meta.is_file() {
+        return Err(PrivateFileError::Untrusted("is not a regular file"));
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(io(path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions(path.display().to_string()));
+        use std::os::unix::fs::MetadataExt;
+        if meta.mode() & 0o077 != 0 {
+            return Err(PrivateFileError::Permissions);
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(PrivateFileError::Untrusted(
+                "is owned by another user (it must be this user's, or root's)",
+            ));
         }
     }
-    Ok(())
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(PrivateFileError::Untrusted("is too large for a key file"));
+    }
+    // A buffer of its final size, filled in place: no reallocation leaves
+    // an unwiped copy behind.
+    let cap = usize::try_from(meta.len()).unwrap_or(0) + 1;
+    let mut buf = Zeroizing::new(vec![0u8; cap]);
+    let mut n = 0;
+    while n < buf.len() {
+        let Some(rest) = buf.get_mut(n..) else { break };
+        match f.read(rest) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(PrivateFileError::Io(e)),
+        }
+    }
+    if n == buf.len() {
+        // It grew while being read.
+        return Err(PrivateFileError::Untrusted("changed while it was read"));
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    read_private(path).map_err(|e| match e {
+        PrivateFileError::Io(source) => io(path)(source),
+        PrivateFileError::Permissions => KeyFileError::Permissions(path.display().to_string()),
+        PrivateFileError::Untrusted(why) => KeyFileError::Untrusted {
+            path: path.display().to_string(),
+            why,
+        },
+    })
 }
 
 /// Loads a root key file, checking its permissions; a sealed file is
@@ -164,13 +243,14 @@ pub fn load_with_protection(
     path: &Path,
     pin_file: Option<&Path>,
 ) -> Result<(StaticKeyProvider, Protection), KeyFileError> {
-    check_owner_only(path)?;
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io(path))?);
-    if !is_sealed(&text) {
-        let keys = StaticKeyProvider::parse(&text).map_err(key_err(path))?;
+    let bytes = read_key_file(path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| key_err(path)(KeyError::Malformed("key file is not UTF-8 text")))?;
+    if !is_sealed(text) {
+        let keys = StaticKeyProvider::parse(text).map_err(key_err(path))?;
         return Ok((keys, Protection::Plain));
     }
-    let file = SealedKeyFile::parse(&text).map_err(key_err(path))?;
+    let file = SealedKeyFile::parse(text).map_err(key_err(path))?;
     let seal = seal_for(&file, pin_file).map_err(seal_err(path))?;
     let plain = seal
         .unseal(&file.aad(), &file.sealed)
@@ -223,9 +303,13 @@ fn file_text(
     }
 }
 
-/// Writes `text` to `path` with mode 0600. Refuses to overwrite unless
-/// `replace`, which writes a temp file of a random name beside it, syncs
-/// it and renames it over.
+/// Writes `text` to `path` with mode 0600, durably: a temp file of a
+/// random name beside it is written and synced, then renamed over `path`
+/// (`replace`) or linked to it (a new file: `link` fails if `path` exists,
+/// so nothing is overwritten), and the directory is synced. A failure at
+/// any step is an error (a rotation reported done whose file a power loss
+/// takes back would leave rows under a version no key file holds), and
+/// never leaves a partial file at `path`.
 fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError> {
     let mut salt = [0u8; 8];
     idvault_core::SystemRng::default()
@@ -236,7 +320,6 @@ fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", hex::encode(salt)));
-    let target = if replace { tmp.as_path() } else { path };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -244,24 +327,34 @@ fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(target).map_err(io(target))?;
+    let mut f = opts.open(&tmp).map_err(io(&tmp))?;
     let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
+    drop(f);
     if let Err(e) = written {
-        if replace {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        return Err(io(target)(e));
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
     }
-    if replace {
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(path)(e));
-        }
-        // The rename is durable only once the directory is synced.
-        if let Ok(d) = std::fs::File::open(parent_dir(path)) {
-            let _ = d.sync_all();
-        }
+    let placed = if replace {
+        std::fs::rename(&tmp, path)
+    } else {
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        linked
+    };
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path)(e));
     }
+    // The new name is durable only once the directory is synced.
+    let dir = parent_dir(path);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| {
+            io(path)(std::io::Error::new(
+                e.kind(),
+                format!("written, but its directory could not be synced ({e}): it may not survive a power loss"),
+            ))
+        })?;
     Ok(())
 }
 
@@ -444,4 +537,96 @@ pub fn seal_existing(
         rng,
         true,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn rng() -> idvault_core::SystemRng {
+        idvault_core::SystemRng::default()
+    }
+
+    #[test]
+    fn a_new_key_file_is_private_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        let made = create(&path, &Protection::Plain, None, &rng()).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert_eq!(
+            load(&path, None).unwrap().current_version(),
+            made.current_version()
+        );
+        // A second create leaves the first untouched, and no temp file.
+        assert!(matches!(
+            create(&path, &Protection::Plain, None, &rng()),
+            Err(KeyFileError::Io { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("root.key")]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_a_private_regular_file_of_this_user_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        create(&path, &Protection::Plain, None, &rng()).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let set_mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+
+        set_mode(&path, 0o644);
+        assert!(matches!(
+            load(&path, None),
+            Err(KeyFileError::Permissions(_))
+        ));
+        set_mode(&path, 0o600);
+
+        // Another user's file: refused (unless we are root and cannot
+        // give it away, which only root can).
+        let me = rustix::process::geteuid().as_raw();
+        if me == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let e = load(&path, None).unwrap_err();
+            assert!(e.to_string().contains("owned by another user"), "{e}");
+            std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        }
+
+        // A FIFO is refused at once instead of blocking the start.
+        let fifo = dir.path().join("fifo.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        set_mode(&fifo, 0o600);
+        let e = load(&fifo, None).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+
+        // Too large, and not text: refused with an error, never a panic.
+        let big = dir.path().join("big.key");
+        std::fs::write(&big, vec![b'#'; 1024 * 1024 + 1]).unwrap();
+        set_mode(&big, 0o600);
+        let e = load(&big, None).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+        let mut bad = good.clone();
+        bad.extend_from_slice(b"# \xff\n");
+        std::fs::write(&path, &bad).unwrap();
+        let e = load(&path, None).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+
+        // A symbolic link to a private file is followed (mounted secrets).
+        std::fs::write(&path, &good).unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(load(&link, None).is_ok());
+    }
 }

@@ -149,24 +149,20 @@ impl Pin {
     pub fn from_file_or_env(pin_file: Option<&Path>) -> Result<Self, SealError> {
         if let Some(path) = pin_file {
             let shown = path.display().to_string();
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(path)
-                    .map_err(|e| SealError::PinFile(shown.clone(), e.to_string()))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(SealError::PinFile(
-                        shown,
-                        "must not be readable by group or others (chmod 600)".into(),
-                    ));
-                }
-            }
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| SealError::PinFile(shown.clone(), e.to_string()))?,
-            );
+            let bytes = super::read_private(path).map_err(|e| {
+                SealError::PinFile(
+                    shown.clone(),
+                    match e {
+                        super::PrivateFileError::Io(e) => e.to_string(),
+                        super::PrivateFileError::Permissions => {
+                            "must not be readable by group or others (chmod 600)".into()
+                        }
+                        super::PrivateFileError::Untrusted(why) => why.into(),
+                    },
+                )
+            })?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| SealError::PinFile(shown.clone(), "is not UTF-8 text".into()))?;
             let pin = text.lines().next().unwrap_or_default().trim();
             if pin.is_empty() {
                 return Err(SealError::PinFile(shown, "is empty".into()));
@@ -332,21 +328,30 @@ fn find_key(open: &Open, params: &Pkcs11Params) -> Result<Option<ObjectHandle>, 
                         AttributeType::Sensitive,
                         AttributeType::NeverExtractable,
                         AttributeType::AlwaysSensitive,
+                        AttributeType::Private,
+                        AttributeType::Token,
+                        AttributeType::ValueLen,
                     ],
                 )
                 .map_err(other)?;
             // Not extractable now, and never was: a key exported once and
-            // then locked down does not count.
+            // then locked down does not count. Private: a public object
+            // may be used by any session on the slot without the PIN (and
+            // SoftHSM2 stores its value unencrypted). On the token, and
+            // AES-256 as documented.
             let safe = attrs.iter().all(|a| match a {
                 Attribute::Extractable(x) => !*x,
                 Attribute::Sensitive(s) | Attribute::AlwaysSensitive(s) => *s,
                 Attribute::NeverExtractable(n) => *n,
+                Attribute::Private(p) | Attribute::Token(p) => *p,
+                Attribute::ValueLen(n) => **n == 32,
                 _ => true,
-            }) && attrs.len() == 4;
+            }) && attrs.len() == 7;
             if !safe {
                 return Err(SealError::Other(format!(
-                    "token '{}': key '{}' is extractable or not sensitive; a seal key must never \
-                     leave the HSM",
+                    "token '{}': key '{}' is extractable, not sensitive, not private, not on the \
+                     token or not AES-256; a seal key must never leave the HSM nor be usable \
+                     without the PIN",
                     params.token_label, params.key_label
                 )));
             }
