@@ -350,6 +350,76 @@ async fn sqlite_unfinished_restore_is_finished_from_what_it_read() {
     audit_verify(dir, None);
 }
 
+/// A deletion journal line under a retired key version, about a person the
+/// restored database holds and no other record says was deleted, is not
+/// applied: whoever kept a copy of the retired root key could write such
+/// lines. Genuine lines of that version (people deleted before the
+/// rotation) change nothing and stop nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restore_does_not_apply_retired_key_lines_alone() {
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    run_cli(dir, &["init", "--dev"], None);
+    let server = Server::start(dir, None, 1).await;
+    let people = create_people(&server, dir).await;
+    delete(&server, dir, &people[5].0).await; // journaled under version 1
+    server.terminate().await;
+    // Version 2, everything moved to it, version 1 retired.
+    run_cli(dir, &["keys", "rotate"], None);
+    run_cli(dir, &["keys", "rewrap"], None);
+    for domain in ["logs", "partner-a", "partner-b"] {
+        run_cli(dir, &["tokens", "rotate", "--domain", domain], None);
+    }
+    let out = run_cli(dir, &["keys", "retire", "1"], None);
+    assert!(out.contains("retired"), "{out}");
+    let backup = dir.join("backup.db");
+    run_cli(dir, &["backup", "--out", backup.to_str().unwrap()], None);
+    // Someone with a copy of version 1's root key (its journal key is in
+    // the key file, as `retired 1 shred-log`) writes a line deleting
+    // person 1 long before the backup.
+    let key_file = std::fs::read_to_string(dir.join("root.key")).unwrap();
+    let key_hex = key_file
+        .lines()
+        .find_map(|l| l.strip_prefix("retired 1 shred-log "))
+        .expect("version 1's journal key is kept");
+    let key = hex::decode(key_hex.trim()).unwrap();
+    let body = format!(
+        "shred1 {} 1 {} {} 1",
+        people[1].0,
+        "ab".repeat(16),
+        "cd".repeat(32)
+    );
+    let mac = idvault_core::crypto::hmac_sha256(&key, &[body.as_bytes()]);
+    let journal = dir.join("shreds.log");
+    let mut text = std::fs::read_to_string(&journal).unwrap();
+    text.push_str(&format!("{body} {}\n", hex::encode(mac)));
+    std::fs::write(&journal, text).unwrap();
+    // The database is lost: the backup and the journal are all there is.
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("idvault.db{s}")));
+    }
+    let refused = refused_restore(dir, &backup);
+    assert!(refused.contains("retired root key version"), "{refused}");
+    assert!(
+        !dir.join("idvault.db").exists(),
+        "a refused restore changed nothing"
+    );
+    let out = run_cli(
+        dir,
+        &[
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--accept-unverified-deletions",
+        ],
+        None,
+    );
+    assert!(out.contains("audit log intact"), "{out}");
+    let server = Server::start(dir, None, 2).await;
+    check_after_restore(&server, dir, &people, &[5]).await;
+    server.terminate().await;
+}
+
 fn pg_tool(tool: &str, args: &[&str]) {
     let out = Command::new(tool)
         .args(args)

@@ -79,6 +79,15 @@ impl ShredEntry {
 
     /// Parses and authenticates one line (without its newline).
     pub fn from_line(line: &str, keys: &KeyHierarchy) -> Result<Self, ShredLineError> {
+        Self::from_line_versioned(line, keys).map(|(e, _)| e)
+    }
+
+    /// [`Self::from_line`], also giving the root key version the line was
+    /// MACed under (it may be retired: see `KeyHierarchy::shred_log_key`).
+    pub fn from_line_versioned(
+        line: &str,
+        keys: &KeyHierarchy,
+    ) -> Result<(Self, u32), ShredLineError> {
         let (entry, version, body, mac) = parse(line)?;
         let key = keys
             .shred_log_key(version)
@@ -86,7 +95,7 @@ impl ShredEntry {
         if !hmac_sha256_verify(key.expose(), body.as_bytes(), &mac) {
             return Err(ShredLineError::BadMac);
         }
-        Ok(entry)
+        Ok((entry, version))
     }
 }
 

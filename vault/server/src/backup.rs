@@ -245,6 +245,26 @@ pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
     })
 }
 
+/// Which of `ids` the SQLite backup at `path` holds (read-only).
+pub async fn subjects_present(
+    path: &Path,
+    ids: &[idvault_core::subject::SubjectId],
+) -> Result<Vec<idvault_core::subject::SubjectId>, BackupError> {
+    let mut conn = open(path, true).await?;
+    let mut out = Vec::new();
+    for id in ids {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM subjects WHERE subject_id = ?")
+            .bind(id.as_bytes().to_vec())
+            .fetch_optional(&mut conn)
+            .await?;
+        if found.is_some() {
+            out.push(*id);
+        }
+    }
+    conn.close().await?;
+    Ok(out)
+}
+
 async fn count(conn: &mut SqliteConnection, sql: &'static str) -> Result<u64, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(sql).fetch_one(conn).await?;
     Ok(u64::try_from(n).unwrap_or(0))

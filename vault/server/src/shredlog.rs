@@ -146,6 +146,12 @@ pub struct JournalRead {
     pub torn_tail: u64,
     /// Lines refused, with why (file and line number; never the line).
     pub refused: Vec<String>,
+    /// Accepted lines MACed under a retired root key version, kept apart
+    /// (not in `deleted` or `leaves`): a retired version's journal key
+    /// stays in the key file so its lines verify, but a copy of that
+    /// version's root key left somewhere could also write new ones, so a
+    /// restore applies them only where another record agrees.
+    pub retired: Vec<ShredEntry>,
 }
 
 /// Reads journal `path` into `into`, authenticating every line with
@@ -170,6 +176,7 @@ pub fn read_journal_from(
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(MAX_LINE + 1);
     let mut n = 0u64;
+    let live = keys.versions();
     loop {
         buf.clear();
         // One line at most MAX_LINE + 1 bytes: a longer one is refused
@@ -195,8 +202,12 @@ pub fn read_journal_from(
             into.refused.push(format!("{name}:{n}: not text"));
             continue;
         };
-        match ShredEntry::from_line(line, keys) {
-            Ok(e) => {
+        match ShredEntry::from_line_versioned(line, keys) {
+            Ok((e, version)) if !live.contains(&version) => {
+                into.lines += 1;
+                into.retired.push(e);
+            }
+            Ok((e, _)) => {
                 into.lines += 1;
                 into.leaves
                     .push((e.deleted_at_ms, e.request_id, e.audit_leaf));

@@ -281,6 +281,54 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         }
         sources.push(format!("the audit log of {}", redact(u)));
     }
+    // Lines under a retired key version are applied only where another
+    // record (a line under a live version, a verified replaced log) says
+    // the same person was deleted: the version's journal key stays in the
+    // key file so its lines verify, but anyone holding a copy of that
+    // retired root key could also write new ones. Uncorroborated lines
+    // about people the restored database does not hold change nothing;
+    // about people it holds, they could destroy them, so they stop the
+    // restore like any other record that does not verify.
+    let mut doubtful: Vec<SubjectId> = journals
+        .retired
+        .iter()
+        .map(|e| e.subject)
+        .filter(|s| !deleted.contains_key(s))
+        .collect();
+    doubtful.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    doubtful.dedup();
+    if !doubtful.is_empty() {
+        let present = match &args.from {
+            Some(from) => backup::subjects_present(from, &doubtful).await?,
+            None => {
+                let store = idvault_server::store::Store::connect(&url)
+                    .await
+                    .context("opening the restored database")?;
+                let mut present = Vec::new();
+                for id in &doubtful {
+                    match store.subject_row(id).await {
+                        Ok(Some(_)) => present.push(*id),
+                        Ok(None) => {}
+                        Err(e) => {
+                            store.close().await;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                store.close().await;
+                present
+            }
+        };
+        if !present.is_empty() {
+            unverified.push(format!(
+                "{} deletion journal lines under a retired root key version name people the \
+                 restored database holds, and no other record (a line under a live version, a \
+                 replaced database's audit log) says they were deleted: a copy of the retired key \
+                 could have written them; they are not applied",
+                present.len()
+            ));
+        }
+    }
     if !replaced.is_empty() && !unseen.is_empty() {
         unverified.push(format!(
             "{} deletions the journals record after the backup are missing from the replaced \
