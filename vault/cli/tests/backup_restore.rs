@@ -420,6 +420,36 @@ async fn sqlite_restore_does_not_apply_retired_key_lines_alone() {
     server.terminate().await;
 }
 
+/// A backup altered to keep people a deletion removes (a trigger that
+/// ignores deletes) does not pass for restored: the restore stops when a
+/// person it shreds again is still there, and the vault does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restore_stops_when_a_deleted_person_stays() {
+    use sqlx::Connection;
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    back_up_then_delete(dir).await;
+    let backup = dir.join("backup.db");
+    let mut conn = sqlx::sqlite::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&backup),
+    )
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER keep_them BEFORE DELETE ON subjects BEGIN SELECT RAISE(IGNORE); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let out = refused_restore(dir, &backup);
+    assert!(out.contains("still there"), "{out}");
+    assert!(
+        dir.join("restore-pending").exists(),
+        "the vault does not start on it"
+    );
+}
+
 fn pg_tool(tool: &str, args: &[&str]) {
     let out = Command::new(tool)
         .args(args)

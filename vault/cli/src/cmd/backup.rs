@@ -443,6 +443,11 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let verdict = vault.verify_own_audit_log().await;
     vault.store().close().await;
     if let Some(e) = failed {
+        // The operator's own tool: an integrity failure names its cause.
+        let e = match &e {
+            idvault_server::service::VaultError::Integrity(why) => format!("{e}: {why}"),
+            _ => e.to_string(),
+        };
         bail!(
             "shredding again stopped after {shredded} subjects: {e}. The vault will not start \
              until `idvault restore` (without --from) finishes; {} names the sources",

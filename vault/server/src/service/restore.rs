@@ -89,6 +89,17 @@ impl Vault {
             .filter(|(w, _)| *w == "packets")
             .map(|(_, n)| *n)
             .sum();
+        // The data key's row must be gone: a trigger planted in a backup
+        // (`BEFORE DELETE … RAISE(IGNORE)`) would otherwise keep the person
+        // while the log records the deletion. Nothing is committed then.
+        let keys_removed: u64 = removed
+            .iter()
+            .filter(|(w, _)| *w == "data-key")
+            .map(|(_, n)| *n)
+            .sum();
+        if keys_removed != 1 {
+            return Err(VaultError::Integrity(RESHRED_KEPT));
+        }
         self.commit_job_on(
             tx,
             actor,
@@ -97,6 +108,13 @@ impl Vault {
             format!("restore: deleted after the backup; packets={packets} credentials_revoked={credentials}"),
         )
         .await?;
+        if self.store().subject_row(id).await?.is_some() {
+            return Err(VaultError::Integrity(RESHRED_KEPT));
+        }
         Ok(Reshred::Shredded)
     }
 }
+
+/// Why a restore stops when a deletion did not remove the person.
+const RESHRED_KEPT: &str =
+    "a deleted subject's row is still there (a trigger or rule in the restored database keeps it)";
