@@ -123,12 +123,16 @@ impl MatchModel {
             // Common values weaken the evidence by up to 3 bits; rare ones
             // strengthen it by 1 bit at most (counts come from a
             // population partners write).
-            let u = share
-                .clamp(
-                    mu.u / MAX_FREQUENCY_GAIN_BITS.exp2(),
-                    mu.u * MAX_FREQUENCY_SHIFT_BITS.exp2(),
-                )
-                .max(1.0 / n.max(1.0));
+            let u = share.clamp(
+                mu.u / MAX_FREQUENCY_GAIN_BITS.exp2(),
+                mu.u * MAX_FREQUENCY_SHIFT_BITS.exp2(),
+            );
+            // In whole bits: a partner reads its answers' scores exactly,
+            // and the difference a field makes would otherwise give the
+            // value's count among every partner's subjects; rounded, it
+            // tells only its share to within a factor of two or so, about
+            // what public name-frequency tables tell.
+            let u = (mu.u * (u / mu.u).log2().round().exp2()).max(1.0 / n.max(1.0));
             let u = if below_exact.is_finite() {
                 u.min(mu.m / below_exact.exp2())
             } else {
@@ -208,6 +212,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Frequency moves a weight by whole bits only: counts that differ by
+    /// a few subjects give the same weight, so exact scores do not read
+    /// out how many subjects (of every partner) hold a value.
+    #[test]
+    fn frequency_shifts_are_whole_bits() {
+        let table = MatchModel::prior()
+            .field_for_query(MatchField::FamilyName, &[7])
+            .unwrap()
+            .weight(Some(Level::Exact));
+        let weight = |count: u32| {
+            MatchModel {
+                frequencies: Some(Frequencies {
+                    population: 100_000,
+                    counts: HashMap::from([(7, count)]),
+                    floor: 2,
+                    key_version: 1,
+                }),
+                ..MatchModel::prior()
+            }
+            .field_for_query(MatchField::FamilyName, &[7])
+            .unwrap()
+            .weight(Some(Level::Exact))
+        };
+        // (Past about 1 % the field's next level holds the weight up: a
+        // bound set by the model, not by the count.)
+        for count in [40, 100, 200, 400] {
+            let shift = weight(count) - table;
+            assert!(
+                (shift - shift.round()).abs() < 1e-9,
+                "{count}: shift {shift}"
+            );
+        }
+        assert_eq!(weight(150), weight(160));
+        assert_eq!(weight(1_500), weight(1_520));
     }
 
     #[test]
