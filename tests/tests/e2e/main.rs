@@ -122,6 +122,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     matching::new_match_domain_is_backfilled_at_start,
     matching::link_answers_each_record_and_one_to_one_holds,
     matching::one_to_one_link_records_every_chunk_before_answering,
+    matching::one_to_one_link_answers_once_the_writer_has_room,
     matching::a_dropped_domain_is_cleared_in_parts,
     matching::new_variant_kinds_are_backfilled_at_start,
     matching::estimated_weights_are_sealed_and_used,

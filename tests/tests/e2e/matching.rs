@@ -946,6 +946,43 @@ pub async fn one_to_one_link_records_every_chunk_before_answering(
     tv.stop().await
 }
 
+/// A one-to-one job that ends while the writer queue is full waits for
+/// room and answers, instead of failing with its answers unsent.
+pub async fn one_to_one_link_answers_once_the_writer_has_room(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start(b).await?;
+    let (_, ada_token) = create(&tv, "partner-a", ADA).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<LinkRequest>(4);
+    tx.send(LinkRequest {
+        options: Some(LinkOptions {
+            one_to_one: true,
+            min_score: 0.0,
+        }),
+        records: vec![record("ada", ADA)],
+    })
+    .await?;
+    let mut out = client(&tv, "partner-a")
+        .await
+        .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    // The lookup is acknowledged; then every place in the writer queue is
+    // taken, and the job ends.
+    let ack = out.message().await?.expect("an acknowledgement");
+    assert!(ack.results.is_empty() && ack.received == 1);
+    let held: Vec<_> = (0..idvault_server::store::WRITE_QUEUE)
+        .map(|_| tv.vault.store().begin_audited(None))
+        .collect::<Result<_, _>>()?;
+    drop(tx);
+    let answer = tokio::spawn(async move { out.message().await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!answer.is_finished(), "the answer waits for room");
+    drop(held);
+    let m = answer.await??.expect("the answer");
+    assert_eq!(m.results.len(), 1);
+    assert_eq!(m.results[0].pairwise_token, ada_token);
+    tv.stop().await
+}
+
 pub async fn link_answers_each_record_and_one_to_one_holds(b: Backend) -> anyhow::Result<()> {
     let tv = TestVault::start(b).await?;
     let (ada, ada_token) = create(&tv, "partner-a", ADA).await;

@@ -463,6 +463,10 @@ pub struct LinkChunk {
     contested: HashMap<SubjectId, usize>,
 }
 
+/// How long a one-to-one job's answer chunk keeps trying while the vault
+/// is too busy to take it.
+const LINK_REVEAL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Which call a reveal's audit record is for.
 #[derive(Debug, Clone, Copy)]
 enum RevealKind<'a> {
@@ -1187,14 +1191,33 @@ impl Vault {
             assigned,
             contested,
         } = chunk;
-        let answers = self
-            .handle(caller, Action::MatchSubjects, async |req| {
-                // Tokens read now: the lookup was long ago.
-                let kind = RevealKind::OneToOne(&contested);
-                self.reveal(req, assigned, HashMap::new(), kind, 0, false)
-                    .await
-            })
-            .await?;
+        // A full writer queue (or the partner's requests in flight at
+        // their limit) refuses a chunk before anything is written or
+        // revealed; it is tried again, backing off, rather than throwing
+        // the whole job away with its earlier chunks recorded as revealed
+        // but never sent. The stream's deadline still bounds the wait (the
+        // caller drops this future), and so does `LINK_REVEAL_PATIENCE`.
+        let mut pause = std::time::Duration::from_millis(10);
+        let mut waited = std::time::Duration::ZERO;
+        let answers = loop {
+            let attempt = assigned.clone();
+            let answered = self
+                .handle(caller, Action::MatchSubjects, async |req| {
+                    // Tokens read now: the lookup was long ago.
+                    let kind = RevealKind::OneToOne(&contested);
+                    self.reveal(req, attempt, HashMap::new(), kind, 0, false)
+                        .await
+                })
+                .await;
+            match answered {
+                Err(VaultError::Overloaded(_)) if waited < LINK_REVEAL_PATIENCE => {
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                other => break other?,
+            }
+        };
         Ok(link_answers(ids, answers))
     }
 
