@@ -70,17 +70,29 @@ fn append_blocking(path: &Path, line: &[u8]) -> std::io::Result<()> {
     // clean and the journal stays all whole lines.
     let len = f.metadata()?.len();
     if len > 0 {
-        let back = len.min(u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1);
-        f.seek(SeekFrom::Start(len - back))?;
-        let mut tail = vec![0u8; usize::try_from(back).unwrap_or(0)];
-        f.read_exact(&mut tail)?;
-        if tail.last() != Some(&b'\n') {
-            let keep = match tail.iter().rposition(|b| *b == b'\n') {
-                Some(i) => len - back + u64::try_from(i).unwrap_or(0) + 1,
-                // No newline in the last MAX_LINE bytes: the whole tail
-                // is one torn line (or no journal at all).
-                None => len - back,
-            };
+        f.seek(SeekFrom::Start(len - 1))?;
+        let mut last = [0u8; 1];
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            // Back to just after the last newline, however far: a tail
+            // longer than a line (damage, not a torn append) must not be
+            // left for this line to be glued onto and lost with it.
+            let mut end = len;
+            let mut keep = 0;
+            let mut chunk = vec![0u8; 4096];
+            while end > 0 {
+                let start = end.saturating_sub(chunk.len() as u64);
+                let part = chunk
+                    .get_mut(..usize::try_from(end - start).unwrap_or(0))
+                    .unwrap_or_default();
+                f.seek(SeekFrom::Start(start))?;
+                f.read_exact(part)?;
+                if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+                    keep = start + u64::try_from(i).unwrap_or(0) + 1;
+                    break;
+                }
+                end = start;
+            }
             f.set_len(keep)?;
         }
     }
@@ -307,5 +319,25 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0);
         }
+        // A damaged tail longer than any line, without a newline: cut back
+        // to the last newline whole, so the next line is not glued on.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        write!(f, "{}", "z".repeat(10_000)).unwrap();
+        drop(f);
+        let e = ShredEntry {
+            subject: SubjectId::from_bytes([8; 16]),
+            deleted_at_ms: 6,
+            request_id: [8; 16],
+            audit_leaf: [8; 32],
+        };
+        log.append(e.to_line(&k).unwrap()).await.unwrap();
+        let mut read = JournalRead::default();
+        read_journal(&path, &k, &mut read).unwrap();
+        assert_eq!(read.lines, 5);
+        assert!(read.deleted.contains_key(&e.subject));
+        assert_eq!(read.refused.len(), 2, "{:?}", read.refused);
     }
 }

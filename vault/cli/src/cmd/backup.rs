@@ -193,6 +193,16 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let mut journals = JournalRead::default();
     let mut sources = Vec::new();
     let mut unverified = Vec::new();
+    if let Some(p) = cfg.shred_log_path().filter(|p| !p.exists()) {
+        // Made at the first deletion, so its absence may be right; but it
+        // may also be a volume that is not mounted.
+        eprintln!(
+            "warning: the configured deletion journal {} does not exist: either this vault never \
+             deleted anyone, or the journal's storage is missing (is it mounted?); deletions it \
+             would record are then known only from a replaced database",
+            p.display()
+        );
+    }
     if let Some(p) = cfg.shred_log_path().filter(|p| p.exists()) {
         read_journal(&p, &keys, &mut journals)
             .with_context(|| format!("reading the deletion journal {}", p.display()))?;
