@@ -309,7 +309,7 @@ async fn sqlite_unfinished_restore_is_finished_from_what_it_read() {
     let never = dir.join("idvault.db.replaced-1-00000000");
     let marker = |target: &str| {
         format!(
-            "# test\nset-aside {n}\nswap-aside {n}\ndb-absent\n{target}shred-log {j}\nshred-log {e}\n",
+            "# test\nset-aside {n}\nswap-aside {n}\ndb-absent\nbackup-leaves 1\n{target}shred-log {j}\nshred-log {e}\n",
             n = never.display(),
             j = std::fs::canonicalize(dir.join("shreds.log"))
                 .unwrap()
@@ -339,6 +339,19 @@ async fn sqlite_unfinished_restore_is_finished_from_what_it_read() {
     assert!(!out.status.success(), "{}", show(&out));
     assert!(show(&out).contains("--shred-log"), "{}", show(&out));
     assert!(pending.exists(), "a refused rerun keeps the marker");
+    // A database made since in the backup's place (an empty one, as any
+    // command opening the configured URL makes) is not taken for it.
+    let kept = dir.join("kept.db");
+    std::fs::rename(dir.join("idvault.db"), &kept).unwrap();
+    std::fs::write(dir.join("idvault.db"), b"").unwrap();
+    let out = rerun(&["--shred-log", extra.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("is not the backup"), "{}", show(&out));
+    assert!(pending.exists(), "a refused rerun keeps the marker");
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("idvault.db{s}")));
+    }
+    std::fs::rename(&kept, dir.join("idvault.db")).unwrap();
     // With it: finished, the people deleted after the backup shredded.
     let out = rerun(&["--shred-log", extra.to_str().unwrap()]);
     assert!(out.status.success(), "{}", show(&out));

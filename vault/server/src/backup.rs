@@ -245,6 +245,17 @@ pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
     })
 }
 
+/// How many audit leaves the SQLite database at `path` holds, its WAL
+/// included (0 if it has no audit log).
+pub async fn audit_leaf_count(path: &Path) -> Result<u64, BackupError> {
+    let mut conn = open(path, false).await?;
+    let n = count(&mut conn, "SELECT COUNT(*) FROM audit_log")
+        .await
+        .unwrap_or(0);
+    conn.close().await?;
+    Ok(n)
+}
+
 /// Which of `ids` the SQLite backup at `path` holds (read-only).
 pub async fn subjects_present(
     path: &Path,
@@ -405,7 +416,12 @@ impl DataDirLock {
             .open(&path)
         {
             Ok(f) => Ok(f),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.is_file() => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) && path.is_file() =>
+            {
                 std::fs::File::open(&path).map_err(io("opening the lock file", &path))
             }
             Err(e) => Err(io("opening the lock file", &path)(e)),
@@ -421,7 +437,8 @@ impl DataDirLock {
         let f = Self::open(dir).map_err(|e| {
             format!(
                 "{e}: without it a restore could not tell this process runs; create {} (an \
-                 empty file, in the config file's directory) readable by this user",
+                 empty file, in the config file's directory; on a read-only mount, put it in \
+                 what is mounted) readable by this user",
                 dir.join(LOCK_FILE).display()
             )
         })?;

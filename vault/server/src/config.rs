@@ -601,18 +601,13 @@ impl Config {
 /// messages quote string values (`invalid type: string "…"`), so quoted
 /// text is left out too.
 fn parse_message(e: &toml::de::Error, text: &str) -> String {
-    let mut message = String::with_capacity(e.message().len());
-    let mut quoted = false;
-    for c in e.message().chars() {
-        if c == '"' {
-            if !quoted {
-                message.push_str("\"…\"");
-            }
-            quoted = !quoted;
-        } else if !quoted {
-            message.push(c);
-        }
-    }
+    // Everything from the first quote on is left out (a quoted value may
+    // hold escaped quotes, so no attempt is made to find where it ends).
+    let full = e.message();
+    let message = match full.find('"') {
+        Some(i) => format!("{}\"…", full.get(..i).unwrap_or_default()),
+        None => full.to_owned(),
+    };
     match e.span() {
         Some(span) => {
             let before = text.get(..span.start).unwrap_or_default();
@@ -932,6 +927,7 @@ roles = ["subjects.write"]
             "databse_url = \"postgres://vault:hunter2-secret@db/idvault\"\n",
             "[storage]\ndatabase_url = \"postgres://vault:hunter2-secret@db/x\"\n[server]\nlisten = 7\n",
             "[server]\ntrust_domain = 42\n[keys]\nroot_key_file = \"hunter2-secret\"\n[tls]\nclient_ca = 1\n",
+            "[server]\nlisten = \"pa\\\"hunter2-secret\"\n",
             "hunter2-secret\n",
         ];
         for (i, t) in cases.into_iter().enumerate() {

@@ -118,7 +118,13 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     // An unfinished restore: the database it set aside is a source (and
     // files it left half moved go back first).
     let mut swapped_before = false;
-    if let Ok(text) = std::fs::read_to_string(&marker) {
+    let marker_text = match std::fs::read_to_string(&marker) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // One that exists but cannot be read must not be passed over.
+        Err(e) => return Err(e).with_context(|| format!("reading {}", marker.display())),
+    };
+    if let Some(text) = marker_text {
         println!("finishing the restore {} describes", marker.display());
         let m = Marker::parse(&text);
         // It is finished on the database it restored, from at least the
@@ -149,7 +155,22 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         }
         // There was no database to set aside: whatever is in its place now
         // is the backup that restore put there.
-        if m.db_absent && db.as_ref().is_some_and(|p| p.exists()) {
+        if m.db_absent
+            && let Some(p) = db.as_ref().filter(|p| p.exists())
+        {
+            // Unless it is not: a database made since (any command that
+            // opens the configured URL makes an empty one) holds fewer
+            // audit records than the backup did.
+            let held = backup::audit_leaf_count(p).await.unwrap_or(0);
+            if m.backup_leaves.is_some_and(|n| held < n) {
+                bail!(
+                    "{} is not the backup the unfinished restore put there (it holds {held} audit \
+                     records, the backup {}): move it aside and run `idvault restore --from FILE` \
+                     again",
+                    p.display(),
+                    m.backup_leaves.unwrap_or_default()
+                );
+            }
             swapped_before = true;
         }
         // A `--from` restore (it named where the old database would go)
@@ -386,6 +407,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             asides,
             swap: Some(aside.clone()),
             db_absent: !db.exists(),
+            backup_leaves: Some(info.audit_leaves),
             target: Some(redact(&url)),
             journals: journal_paths.clone(),
             replaced: args.replaced_database.iter().map(|u| redact(u)).collect(),
@@ -506,6 +528,9 @@ struct Marker {
     /// There was no database to move aside (`db-absent`): a database in
     /// its place is the backup.
     db_absent: bool,
+    /// The backup's audit leaves (`backup-leaves`): a database put in
+    /// place by the restore holds at least as many.
+    backup_leaves: Option<u64>,
     /// The database restored (`target`).
     target: Option<String>,
     /// The deletion journals read (`shred-log`).
@@ -526,6 +551,8 @@ impl Marker {
                 m.swap = Some(PathBuf::from(p));
             } else if l == "db-absent" {
                 m.db_absent = true;
+            } else if let Some(n) = l.strip_prefix("backup-leaves ") {
+                m.backup_leaves = n.parse().ok();
             } else if let Some(t) = l.strip_prefix("target ") {
                 m.target = Some(t.to_owned());
             } else if let Some(p) = l.strip_prefix("shred-log ") {
@@ -591,6 +618,9 @@ impl Marker {
         }
         if self.db_absent {
             text.push_str("db-absent\n");
+        }
+        if let Some(n) = self.backup_leaves {
+            text.push_str(&format!("backup-leaves {n}\n"));
         }
         if let Some(t) = &self.target {
             text.push_str(&format!("target {t}\n"));

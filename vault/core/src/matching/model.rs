@@ -123,7 +123,7 @@ impl MatchModel {
             // Common values weaken the evidence by up to 3 bits; rare ones
             // strengthen it by 1 bit at most (counts come from a
             // population partners write).
-            let u = share.clamp(
+            let u = share.max(1.0 / n.max(1.0)).clamp(
                 mu.u / MAX_FREQUENCY_GAIN_BITS.exp2(),
                 mu.u * MAX_FREQUENCY_SHIFT_BITS.exp2(),
             );
@@ -132,7 +132,9 @@ impl MatchModel {
             // value's count among every partner's subjects; rounded, it
             // tells only its share to within a factor of two or so, about
             // what public name-frequency tables tell.
-            let u = (mu.u * (u / mu.u).log2().round().exp2()).max(1.0 / n.max(1.0));
+            // (The population's floor applies before the rounding: after
+            // it, a rare value's weight would read out the population.)
+            let u = mu.u * (u / mu.u).log2().round().exp2();
             let u = if below_exact.is_finite() {
                 u.min(mu.m / below_exact.exp2())
             } else {
@@ -248,6 +250,22 @@ mod tests {
         }
         assert_eq!(weight(150), weight(160));
         assert_eq!(weight(1_500), weight(1_520));
+        // A rare value's weight does not read out the population either.
+        let rare = |population: u64| {
+            MatchModel {
+                frequencies: Some(Frequencies {
+                    population,
+                    counts: HashMap::from([(8, 3)]),
+                    floor: 1,
+                    key_version: 1,
+                }),
+                ..MatchModel::prior()
+            }
+            .field_for_query(MatchField::Postcode, &[7])
+            .unwrap()
+            .weight(Some(Level::Exact))
+        };
+        assert_eq!(rare(1_200), rare(1_300));
     }
 
     #[test]

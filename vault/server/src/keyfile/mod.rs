@@ -172,13 +172,16 @@ pub enum PrivateFileError {
 /// often mounted through them); the checks apply to the file read.
 pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
     use std::io::Read;
-    // A path that is no regular file is refused before it is opened: opening
-    // a FIFO blocks until someone writes to it.
-    let before = std::fs::metadata(path).map_err(PrivateFileError::Io)?;
-    if !before.is_file() {
-        return Err(PrivateFileError::Untrusted("is not a regular file"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    // Opening a FIFO would block until someone writes to it: opened
+    // without waiting, it is then refused by the check on what was opened.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
     }
-    let mut f = std::fs::File::open(path).map_err(PrivateFileError::Io)?;
+    let mut f = opts.open(path).map_err(PrivateFileError::Io)?;
     let meta = f.metadata().map_err(PrivateFileError::Io)?;
     if !meta.is_file() {
         return Err(PrivateFileError::Untrusted("is not a regular file"));
@@ -337,7 +340,26 @@ fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
     let placed = if replace {
         std::fs::rename(&tmp, path)
     } else {
-        let linked = std::fs::hard_link(&tmp, path);
+        let linked = match std::fs::hard_link(&tmp, path) {
+            // A file system without hard links (vfat, some network and
+            // object-store mounts): the file is written in place instead,
+            // never over an existing one, and removed if that fails.
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                let mut direct = opts.clone();
+                direct.create_new(true);
+                match direct.open(path) {
+                    Ok(mut f) => f
+                        .write_all(text.as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .inspect_err(|_| {
+                            let _ = std::fs::remove_file(path);
+                        }),
+                    Err(e2) if e2.kind() == std::io::ErrorKind::AlreadyExists => Err(e2),
+                    Err(_) => Err(e),
+                }
+            }
+            other => other,
+        };
         let _ = std::fs::remove_file(&tmp);
         linked
     };

@@ -398,9 +398,13 @@ impl LinkJob {
         // not) that a heavier record took that subject, so a job of many
         // variants of one person probes them all for one reveal. Their
         // count goes into the record that reveals the subject.
+        // A record counts for a subject it ranked above what it was given
+        // (or when it was given nothing): one given a better candidate of
+        // its own lost nothing to the other record.
         let mut held_by: HashMap<SubjectId, usize> = HashMap::new();
-        for hits in &candidates {
-            for h in hits {
+        for (hits, choice) in candidates.iter().zip(&chosen) {
+            let given = choice.unwrap_or(hits.len());
+            for h in hits.iter().take(given.saturating_add(1)) {
                 *held_by.entry(h.subject).or_default() += 1;
             }
         }
@@ -1575,6 +1579,35 @@ mod tests {
             check_answered_with(&keys, "d", &[hit(4)], &[]),
             Err(VaultError::Internal(_))
         ));
+    }
+
+    /// A subject's contested count is the records that wanted it and did
+    /// not get it: not the winner, not a record given a candidate it
+    /// ranked higher.
+    #[test]
+    fn contested_counts_only_the_records_that_lost_the_subject() {
+        let h = |s: u8, bits: f64| Hit {
+            subject: SubjectId::from_bytes([s; 16]),
+            score: idvault_tokenizer::matching::score(bits),
+            bits,
+            agreements: Vec::new(),
+        };
+        let mut job = LinkJob::new(true, 0.0).expect("job");
+        job.pending = vec![
+            ("r0".into(), Ok(vec![h(1, 90.0)])),
+            // Gets subject 2, which it ranks above 1: lost nothing.
+            ("r1".into(), Ok(vec![h(2, 50.0), h(1, 40.0)])),
+            // Wanted 1, got nothing.
+            ("r2".into(), Ok(vec![h(1, 30.0)])),
+            // Wanted 1 first, falls back to 3.
+            ("r3".into(), Ok(vec![h(1, 35.0), h(3, 20.0)])),
+            ("r4".into(), Err("refused".into())),
+        ];
+        let (chunks, _held) = job.assign();
+        let contested = &chunks[0].contested;
+        assert_eq!(contested.get(&SubjectId::from_bytes([1; 16])), Some(&2));
+        assert_eq!(contested.get(&SubjectId::from_bytes([2; 16])), None);
+        assert_eq!(contested.get(&SubjectId::from_bytes([3; 16])), None);
     }
 
     /// One-to-one jobs together hold at most the vault-wide number of
