@@ -463,6 +463,39 @@ async fn sqlite_restore_stops_when_a_deleted_person_stays() {
     );
 }
 
+/// A backup of another vault (its checkpoints signed by another key) is
+/// refused before anything moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restore_refuses_another_vaults_backup() {
+    let (mine, theirs) = (TempDir::new(), TempDir::new());
+    let (dir, other) = (mine.0.as_path(), theirs.0.as_path());
+    run_cli(dir, &["init", "--dev"], None);
+    run_cli(other, &["init", "--dev"], None);
+    let server = Server::start(other, None, 1).await;
+    create_people(&server, other).await;
+    // Backed up once a checkpoint covers something.
+    let foreign = other.join("foreign.db");
+    let mut taken = String::new();
+    for i in 0..80 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let out = other.join(format!("try-{i}.db"));
+        taken = run_cli(other, &["backup", "--out", out.to_str().unwrap()], None);
+        if !taken.contains("newest checkpoint 0 leaves") {
+            std::fs::rename(&out, &foreign).unwrap();
+            break;
+        }
+    }
+    assert!(foreign.exists(), "no checkpoint in 20 s: {taken}");
+    server.terminate().await;
+    let server = Server::start(dir, None, 2).await;
+    server.terminate().await;
+    let before = std::fs::read(dir.join("idvault.db")).unwrap();
+    let out = refused_restore(dir, &foreign);
+    assert!(out.contains("not a backup of this vault"), "{out}");
+    assert_eq!(std::fs::read(dir.join("idvault.db")).unwrap(), before);
+    assert!(!dir.join("restore-pending").exists());
+}
+
 fn pg_tool(tool: &str, args: &[&str]) {
     let out = Command::new(tool)
         .args(args)

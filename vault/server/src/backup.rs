@@ -245,6 +245,18 @@ pub async fn check(path: &Path) -> Result<SnapshotInfo, BackupError> {
     })
 }
 
+/// The signed note of the newest checkpoint in the SQLite backup at
+/// `path`, if it holds one.
+pub async fn newest_checkpoint_note(path: &Path) -> Result<Option<String>, BackupError> {
+    let mut conn = open(path, true).await?;
+    let note: Option<String> =
+        sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1")
+            .fetch_optional(&mut conn)
+            .await?;
+    conn.close().await?;
+    Ok(note)
+}
+
 /// How many audit leaves the SQLite database at `path` holds, its WAL
 /// included (0 if it has no audit log).
 pub async fn audit_leaf_count(path: &Path) -> Result<u64, BackupError> {

@@ -389,6 +389,19 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(from) = &args.from
+        && let Some(note) = backup::newest_checkpoint_note(from).await?
+        && let Err(e) = idvault_core::tlog::checkpoint::open_checkpoint(&note, &verifiers, &origin)
+    {
+        // Before anything moves: a backup of another vault (or made under
+        // another key file, or altered) would otherwise be put in place
+        // and only found out by the final check, the current database
+        // already set aside.
+        bail!(
+            "the backup's newest audit checkpoint does not verify with this vault's audit keys \
+             ({e}): it is not a backup of this vault under this key file. Nothing was changed"
+        );
+    }
     if let (Some(from), Some(info)) = (&args.from, &backup_info) {
         let db = db.as_ref().with_context(|| {
             "--from restores a SQLite backup; for PostgreSQL use pg_restore, then `idvault restore` without --from (docs/operations.md)"
