@@ -258,12 +258,19 @@ pub async fn newest_checkpoint_note(path: &Path) -> Result<Option<String>, Backu
 }
 
 /// How many audit leaves the SQLite database at `path` holds, its WAL
-/// included (0 if it has no audit log).
+/// included (0 if it has no audit log table; a database that cannot be
+/// read is an error, not "none").
 pub async fn audit_leaf_count(path: &Path) -> Result<u64, BackupError> {
     let mut conn = open(path, false).await?;
-    let n = count(&mut conn, "SELECT COUNT(*) FROM audit_log")
-        .await
-        .unwrap_or(0);
+    let has_log: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'",
+    )
+    .fetch_optional(&mut conn)
+    .await?;
+    let n = match has_log {
+        Some(_) => count(&mut conn, "SELECT COUNT(*) FROM audit_log").await?,
+        None => 0,
+    };
     conn.close().await?;
     Ok(n)
 }

@@ -154,8 +154,8 @@ pub(crate) async fn run(command: AuditCommand) -> anyhow::Result<()> {
             eprintln!("{} match answers revealed this subject", report.found.len());
             for r in report.found.iter().filter(|r| r.contested > 0) {
                 eprintln!(
-                    "leaf {}: {} more records of that one-to-one link job held this subject as a \
-                     candidate (each learned a heavier record took it)",
+                    "leaf {}: {} more records of that one-to-one link job wanted this subject and \
+                     did not get it (each learned a heavier record took it)",
                     r.index, r.contested
                 );
             }

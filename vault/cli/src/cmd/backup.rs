@@ -161,7 +161,9 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             // Unless it is not: a database made since (any command that
             // opens the configured URL makes an empty one) holds fewer
             // audit records than the backup did.
-            let held = backup::audit_leaf_count(p).await.unwrap_or(0);
+            let held = backup::audit_leaf_count(p)
+                .await
+                .with_context(|| format!("reading {}", p.display()))?;
             if m.backup_leaves.is_some_and(|n| held < n) {
                 bail!(
                     "{} is not the backup the unfinished restore put there (it holds {held} audit \

@@ -308,11 +308,13 @@ fn file_text(
 
 /// Writes `text` to `path` with mode 0600, durably: a temp file of a
 /// random name beside it is written and synced, then renamed over `path`
-/// (`replace`) or linked to it (a new file: `link` fails if `path` exists,
-/// so nothing is overwritten), and the directory is synced. A failure at
-/// any step is an error (a rotation reported done whose file a power loss
-/// takes back would leave rows under a version no key file holds), and
-/// never leaves a partial file at `path`.
+/// (`replace`) or, for a new file, linked to it or renamed without
+/// replacing (both fail if `path` exists, so nothing is overwritten), and
+/// the directory is synced. A failure at any step is an error (a rotation
+/// reported done whose file a power loss takes back would leave rows under
+/// a version no key file holds). Only on a file system that supports
+/// neither hard links nor no-replace renames is a new file written in
+/// place, where a crash mid-write can leave it partial.
 fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError> {
     let mut salt = [0u8; 8];
     idvault_core::SystemRng::default()
@@ -342,8 +344,23 @@ fn write_text(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
     } else {
         let linked = match std::fs::hard_link(&tmp, path) {
             // A file system without hard links (vfat, some network and
-            // object-store mounts): the file is written in place instead,
-            // never over an existing one, and removed if that fails.
+            // object-store mounts): an atomic rename that refuses to
+            // replace, or failing that the file written in place, never
+            // over an existing one, and removed if that fails.
+            #[cfg(target_os = "linux")]
+            Err(e)
+                if e.kind() != std::io::ErrorKind::AlreadyExists
+                    && rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &tmp,
+                        rustix::fs::CWD,
+                        path,
+                        rustix::fs::RenameFlags::NOREPLACE,
+                    )
+                    .is_ok() =>
+            {
+                Ok(())
+            }
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 let mut direct = opts.clone();
                 direct.create_new(true);

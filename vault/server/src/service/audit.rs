@@ -141,8 +141,9 @@ pub struct Revealed {
     /// Its request id, 32 hex digits.
     pub request_id: String,
     /// For a chunk of a one-to-one `Link` job: how many other records of
-    /// the job held the subject as a candidate (each learned that a
-    /// heavier record took it). 0 otherwise.
+    /// the job ranked the subject above what they were given, or were
+    /// given nothing (each learned that a heavier record took it). 0
+    /// otherwise.
     pub contested: u64,
 }
 

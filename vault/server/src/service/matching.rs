@@ -1005,8 +1005,8 @@ impl Vault {
         );
         if let RevealKind::OneToOne(contested) = kind {
             // The same tags as in `revealed`, each with how many other
-            // records of the job held that subject (`audit revealed`
-            // reports them).
+            // records of the job wanted that subject and did not get it
+            // (`audit revealed` reports them).
             let mut held: Vec<String> = subjects
                 .iter()
                 .filter_map(|s| {
