@@ -515,3 +515,16 @@ async fn deleted_leaf_breaks_verify_postgres() {
     deleted_leaf_breaks_verify(Some(&db.url)).await;
     db.drop_now().await;
 }
+
+/// A SIGTERM sent the moment the vault says it listens takes the graceful
+/// path (its handlers are in place before that line), several times over:
+/// a supervisor that stops a vault right after start must not kill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_listening_stops_gracefully() {
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    run_cli(dir, &["init", "--dev"], None);
+    for i in 0..5 {
+        Server::start(dir, None, i).await.terminate().await;
+    }
+}

@@ -64,6 +64,11 @@ pub(crate) async fn run(
         loaded.options,
     )
     .await?;
+    // The signal handlers are in place before the vault says it listens:
+    // a SIGTERM (or SIGHUP, whose default is to end the process) sent as
+    // soon as it is ready must take the graceful path, not kill it.
+    let shutdown = shutdown_signal();
+    spawn_reload(Arc::clone(&loaded.vault), client_auth);
     println!(
         "idvault listening on {} (mTLS), storage {}",
         server.addr,
@@ -72,10 +77,9 @@ pub(crate) async fn run(
     if let Some(m) = server.metrics_addr {
         println!("metrics at http://{m}/metrics");
     }
-    spawn_reload(Arc::clone(&loaded.vault), client_auth);
     let stop = server.take_shutdown();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down");
         if let Some(tx) = stop {
             let _ = tx.send(());
@@ -93,57 +97,68 @@ pub(crate) fn spawn_reload(
     auth: Arc<idvault_server::crl::ClientAuth>,
 ) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{SignalKind, signal};
+        // Registered now, not in the task: the handler is in place when
+        // this returns.
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!(
                 "cannot listen for SIGHUP; policies and CRLs reload only at restart (CRL files are still polled)"
             );
             return;
         };
-        while hup.recv().await.is_some() {
-            match vault.reload_policies() {
-                Ok(n) => tracing::info!(policies = n, "policy set reloaded"),
-                Err(d) => tracing::error!(
-                    errors = %idvault_server::policy::report(&d),
-                    "policy reload refused; the previous policy set stays in force"
-                ),
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match vault.reload_policies() {
+                    Ok(n) => tracing::info!(policies = n, "policy set reloaded"),
+                    Err(d) => tracing::error!(
+                        errors = %idvault_server::policy::report(&d),
+                        "policy reload refused; the previous policy set stays in force"
+                    ),
+                }
+                let a = Arc::clone(&auth);
+                match tokio::task::spawn_blocking(move || a.reload()).await {
+                    Ok(Ok(r)) => tracing::info!(
+                        crls = r.crls,
+                        closed_connections = r.closed,
+                        "client CRLs reloaded"
+                    ),
+                    Ok(Err(e)) => tracing::error!(
+                        error = %e,
+                        "client CRL reload failed; the CRLs in force stay"
+                    ),
+                    Err(_) => {}
+                }
             }
-            let a = Arc::clone(&auth);
-            match tokio::task::spawn_blocking(move || a.reload()).await {
-                Ok(Ok(r)) => tracing::info!(
-                    crls = r.crls,
-                    closed_connections = r.closed,
-                    "client CRLs reloaded"
-                ),
-                Ok(Err(e)) => tracing::error!(
-                    error = %e,
-                    "client CRL reload failed; the CRLs in force stay"
-                ),
-                Err(_) => {}
-            }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     let _ = (vault, auth);
 }
 
-pub(crate) async fn shutdown_signal() {
+/// Registers the shutdown signals (SIGTERM, SIGINT) at once and returns a
+/// future that ends when one arrives.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            let (Ok(mut term), Ok(mut int)) = (term, int) else {
+                return std::future::pending().await;
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
