@@ -112,6 +112,29 @@ impl SoftHsm {
         self.util(&["--delete-token", "--token", label]);
     }
 
+    /// `idvault init --dev --seal pkcs11` of data directory `d` with the
+    /// test token's seal key and PIN.
+    fn init_sealed(&self, d: &Path) -> std::process::Output {
+        let module = self.module.to_str().unwrap().to_owned();
+        idvault_env(
+            &[
+                "init",
+                "--dev",
+                "--data-dir",
+                d.to_str().unwrap(),
+                "--seal",
+                "pkcs11",
+                "--module",
+                &module,
+                "--token-label",
+                TOKEN,
+                "--key-label",
+                KEY,
+            ],
+            &self.env(Some(PIN)),
+        )
+    }
+
     fn env<'a>(&'a self, pin: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
         let mut env = vec![("SOFTHSM2_CONF", self.conf.to_str().unwrap())];
         if let Some(pin) = pin {
@@ -144,24 +167,7 @@ async fn sealed_start(database_url: Option<&str>) {
     let Some(hsm) = SoftHsm::new(d) else {
         return;
     };
-    let module = hsm.module.to_str().unwrap().to_owned();
-    let out = idvault_env(
-        &[
-            "init",
-            "--dev",
-            "--data-dir",
-            d.to_str().unwrap(),
-            "--seal",
-            "pkcs11",
-            "--module",
-            &module,
-            "--token-label",
-            TOKEN,
-            "--key-label",
-            KEY,
-        ],
-        &hsm.env(Some(PIN)),
-    );
+    let out = hsm.init_sealed(d);
     assert!(out.status.success(), "{}", show(&out));
     let sealed = std::fs::read_to_string(d.join("root.key")).unwrap();
     assert!(
@@ -333,24 +339,7 @@ fn a_seal_key_usable_without_the_pin_is_refused() {
             .output()
             .unwrap();
         assert!(made.status.success(), "{made:?}");
-        let module = hsm.module.to_str().unwrap().to_owned();
-        let out = idvault_env(
-            &[
-                "init",
-                "--dev",
-                "--data-dir",
-                d.to_str().unwrap(),
-                "--seal",
-                "pkcs11",
-                "--module",
-                &module,
-                "--token-label",
-                TOKEN,
-                "--key-label",
-                KEY,
-            ],
-            &hsm.env(Some(PIN)),
-        );
+        let out = hsm.init_sealed(d);
         assert!(!out.status.success(), "{kind}: {}", show(&out));
         assert!(show(&out).contains("not private"), "{kind}: {}", show(&out));
         assert!(!d.join("root.key").exists(), "{kind}: nothing sealed");

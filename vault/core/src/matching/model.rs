@@ -225,20 +225,23 @@ mod tests {
             .field_for_query(MatchField::FamilyName, &[7])
             .unwrap()
             .weight(Some(Level::Exact));
-        let weight = |count: u32| {
+        // The exact weight of `field`'s value with index 7 when the
+        // estimate counted `counts` among `population` subjects.
+        let exact = |field, population, counts: (i64, u32), floor| {
             MatchModel {
                 frequencies: Some(Frequencies {
-                    population: 100_000,
-                    counts: HashMap::from([(7, count)]),
-                    floor: 2,
+                    population,
+                    counts: HashMap::from([counts]),
+                    floor,
                     key_version: 1,
                 }),
                 ..MatchModel::prior()
             }
-            .field_for_query(MatchField::FamilyName, &[7])
+            .field_for_query(field, &[7])
             .unwrap()
             .weight(Some(Level::Exact))
         };
+        let weight = |count: u32| exact(MatchField::FamilyName, 100_000, (7, count), 2);
         // (Past about 1 % the field's next level holds the weight up: a
         // bound set by the model, not by the count.)
         for count in [40, 100, 200, 400] {
@@ -251,20 +254,7 @@ mod tests {
         assert_eq!(weight(150), weight(160));
         assert_eq!(weight(1_500), weight(1_520));
         // A rare value's weight does not read out the population either.
-        let rare = |population: u64| {
-            MatchModel {
-                frequencies: Some(Frequencies {
-                    population,
-                    counts: HashMap::from([(8, 3)]),
-                    floor: 1,
-                    key_version: 1,
-                }),
-                ..MatchModel::prior()
-            }
-            .field_for_query(MatchField::Postcode, &[7])
-            .unwrap()
-            .weight(Some(Level::Exact))
-        };
+        let rare = |population: u64| exact(MatchField::Postcode, population, (8, 3), 1);
         assert_eq!(rare(1_200), rare(1_300));
     }
 

@@ -990,12 +990,16 @@ impl Vault {
         let key = self
             .keys()
             .audit_reveal_key(self.keys().current_version())?;
-        let mut tags: Vec<String> = subjects
+        // Each subject's tag once, in tag order (not subject order).
+        let mut tagged: Vec<(String, &SubjectId)> = subjects
             .iter()
-            .map(|s| hex::encode(reveal_tag(&key, &req.caller.request_id, s.as_bytes())))
+            .map(|s| {
+                let tag = reveal_tag(&key, &req.caller.request_id, s.as_bytes());
+                (hex::encode(tag), s)
+            })
             .collect();
-        // In tag order, not subject order.
-        tags.sort_unstable();
+        tagged.sort_unstable();
+        let tags: Vec<&str> = tagged.iter().map(|(t, _)| t.as_str()).collect();
         let mut detail = format!(
             "{}queries={} refused={refused} matched={matched} revealed=v{}:[{}]",
             kind.prefix(),
@@ -1007,16 +1011,11 @@ impl Vault {
             // The same tags as in `revealed`, each with how many other
             // records of the job wanted that subject and did not get it
             // (`audit revealed` reports them).
-            let mut held: Vec<String> = subjects
+            let held: Vec<String> = tagged
                 .iter()
-                .filter_map(|s| {
-                    let n = contested.get(s)?;
-                    let tag = reveal_tag(&key, &req.caller.request_id, s.as_bytes());
-                    Some(format!("{}*{n}", hex::encode(tag)))
-                })
+                .filter_map(|(t, s)| Some(format!("{t}*{}", contested.get(*s)?)))
                 .collect();
             if !held.is_empty() {
-                held.sort_unstable();
                 detail.push_str(&format!(" contested=[{}]", held.join(",")));
             }
         }
