@@ -333,6 +333,23 @@ async fn sqlite_unfinished_restore_is_finished_from_what_it_read() {
     assert!(!out.status.success(), "{}", show(&out));
     assert!(show(&out).contains("was of the database"), "{}", show(&out));
     assert!(pending.exists(), "a refused rerun keeps the marker");
+    // On another file, by its resolved path, whatever the URL's text
+    // (a relative path read from another directory): refused.
+    std::fs::write(
+        &pending,
+        marker(&format!(
+            "target-path {}\n",
+            std::fs::canonicalize(dir)
+                .unwrap()
+                .join("other.db")
+                .display()
+        )),
+    )
+    .unwrap();
+    let out = rerun(&["--shred-log", extra.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("was of the database"), "{}", show(&out));
+    assert!(pending.exists(), "a refused rerun keeps the marker");
     // Without a journal the first run read: refused.
     std::fs::write(&pending, marker("")).unwrap();
     let out = rerun(&[]);

@@ -103,6 +103,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let _lock = backup::DataDirLock::exclusive(&cfg.base_dir).map_err(anyhow::Error::msg)?;
     let marker = cfg.base_dir.join(backup::RESTORE_PENDING);
     let db = backup::sqlite_path(&url);
+    let target_path = db.as_deref().map(resolved_path);
 
     // The databases whose audit logs say who was deleted.
     let mut replaced: Vec<String> = args.replaced_database.iter().cloned().collect();
@@ -133,6 +134,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         // the restore with those people back.
         m.check_rerun(
             &redact(&url),
+            target_path.as_deref(),
             &journal_paths,
             args.replaced_database.as_slice(),
         )?;
@@ -424,6 +426,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             db_absent: !db.exists(),
             backup_leaves: Some(info.audit_leaves),
             target: Some(redact(&url)),
+            target_path: target_path.clone(),
             journals: journal_paths.clone(),
             replaced: args.replaced_database.iter().map(|u| redact(u)).collect(),
         }
@@ -456,6 +459,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     } else if !marker.exists() {
         Marker {
             target: Some(redact(&url)),
+            target_path: target_path.clone(),
             journals: journal_paths.clone(),
             replaced: args.replaced_database.iter().map(|u| redact(u)).collect(),
             ..Marker::default()
@@ -548,6 +552,10 @@ struct Marker {
     backup_leaves: Option<u64>,
     /// The database restored (`target`).
     target: Option<String>,
+    /// A SQLite database restored, by its resolved path (`target-path`):
+    /// the URL's text alone names another file when the path in it is
+    /// relative and the rerun starts elsewhere.
+    target_path: Option<PathBuf>,
     /// The deletion journals read (`shred-log`).
     journals: Vec<PathBuf>,
     /// The replaced databases named (`replaced-database`).
@@ -570,6 +578,8 @@ impl Marker {
                 m.backup_leaves = n.parse().ok();
             } else if let Some(t) = l.strip_prefix("target ") {
                 m.target = Some(t.to_owned());
+            } else if let Some(p) = l.strip_prefix("target-path ") {
+                m.target_path = Some(PathBuf::from(p));
             } else if let Some(p) = l.strip_prefix("shred-log ") {
                 m.journals.push(PathBuf::from(p));
             } else if let Some(u) = l.strip_prefix("replaced-database ") {
@@ -584,10 +594,22 @@ impl Marker {
     fn check_rerun(
         &self,
         target: &str,
+        target_path: Option<&std::path::Path>,
         journals: &[PathBuf],
         replaced: &[String],
     ) -> anyhow::Result<()> {
-        if let Some(t) = &self.target
+        // A SQLite file by where it is; a marker from before `target-path`
+        // (or a server database) by the URL's text.
+        if let (Some(was), Some(now)) = (&self.target_path, target_path) {
+            if was != now {
+                bail!(
+                    "the unfinished restore was of the database {}, not {}: finish it with \
+                     --database-url naming that database",
+                    was.display(),
+                    now.display()
+                );
+            }
+        } else if let Some(t) = &self.target
             && t != target
         {
             bail!(
@@ -640,6 +662,9 @@ impl Marker {
         if let Some(t) = &self.target {
             text.push_str(&format!("target {t}\n"));
         }
+        if let Some(p) = &self.target_path {
+            text.push_str(&format!("target-path {}\n", p.display()));
+        }
         for j in &self.journals {
             text.push_str(&format!("shred-log {}\n", j.display()));
         }
@@ -669,6 +694,19 @@ impl Marker {
 }
 
 /// A database URL without its password.
+/// `path` made absolute with its directory's links resolved (the file
+/// itself may not exist yet, nor its directory): what a rerun compares,
+/// whatever directory it starts in.
+fn resolved_path(path: &std::path::Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs),
+        _ => abs,
+    }
+}
+
 fn redact(url: &str) -> String {
     super::serve::redact_url(url)
 }
