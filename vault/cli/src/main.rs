@@ -135,7 +135,43 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let trace = std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v == "1");
+            eprintln!("{}", error_report(&e, trace));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a failed command reports its error on stderr: the message and its
+/// causes, as `anyhow` prints them, without the stack trace `anyhow` also
+/// prints whenever `RUST_BACKTRACE` is set (a developer's shell often sets
+/// it, for panics): an operator's mistake is not a bug, and thirty lines of
+/// frames bury the one line that says what to do. `RUST_LIB_BACKTRACE=1`
+/// still asks for the trace.
+fn error_report(e: &anyhow::Error, trace: bool) -> String {
+    if trace {
+        return format!("Error: {e:?}");
+    }
+    let mut out = format!("Error: {e}");
+    let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+    match causes.as_slice() {
+        [] => {}
+        [one] => out.push_str(&format!("\n\nCaused by:\n    {one}")),
+        many => {
+            out.push_str("\n\nCaused by:");
+            for (i, c) in many.iter().enumerate() {
+                out.push_str(&format!("\n    {i}: {c}"));
+            }
+        }
+    }
+    out
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let format = cli.log_format.unwrap_or_else(|| match &cli.command {
         // A config that does not load yet is reported by `serve` itself.
@@ -196,6 +232,22 @@ mod tests {
     use crate::cmd::serve::redact_url;
     use idvault_server::config::Config;
     use std::path::Path;
+
+    #[test]
+    fn errors_are_reported_with_their_causes_and_no_stack_trace() {
+        let plain = anyhow::anyhow!("no such subject");
+        assert_eq!(error_report(&plain, false), "Error: no such subject");
+        let one = anyhow::Error::msg("disk full").context("writing the marker");
+        assert_eq!(
+            error_report(&one, false),
+            "Error: writing the marker\n\nCaused by:\n    disk full"
+        );
+        let two = one.context("restoring");
+        assert_eq!(
+            error_report(&two, false),
+            "Error: restoring\n\nCaused by:\n    0: writing the marker\n    1: disk full"
+        );
+    }
 
     #[test]
     fn urls_are_redacted() {
