@@ -69,6 +69,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     upgrade::packets_from_before_0026_survive_it,
     upgrade::match_rows_from_before_0027_survive_it,
     upgrade::tokens_and_creation_leaves_from_before_0028_survive_them,
+    upgrade::code_failures_from_before_0034_survive_it,
     audit::edited_record_is_named,
     audit::removed_and_reordered_leaves_are_named,
     audit::forged_checkpoint_is_named,

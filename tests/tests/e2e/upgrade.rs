@@ -351,3 +351,63 @@ pub async fn tokens_and_creation_leaves_from_before_0028_survive_them(
     }
     result
 }
+
+/// Migration 0034 (a primary key for `code_failures`) on a database holding
+/// wrong codes from before it, two of one device in the same millisecond:
+/// every row survives and is counted, a new one can be recorded beside
+/// them, and afterwards every table of the PostgreSQL schema has a
+/// primary key (a table without one refuses deletes under logical
+/// replication).
+pub async fn code_failures_from_before_0034_survive_it(b: Backend) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (url, name) = database_before(b, dir.path(), "0034").await?;
+    {
+        let pool = AnyPool::connect(&url).await?;
+        for (device, at) in [("dev-1", 1_000i64), ("dev-1", 1_000), ("dev-2", 2_000)] {
+            sqlx::query("INSERT INTO code_failures (device_id, at_ms) VALUES ($1, $2)")
+                .bind(device)
+                .bind(at)
+                .execute(&pool)
+                .await?;
+        }
+        pool.close().await;
+    }
+    let result = async {
+        let store = Store::connect(&url).await?;
+        assert_eq!(store.code_failures_since("dev-1", 0).await?, 2);
+        assert_eq!(store.code_failures_since("dev-2", 2_000).await?, 1);
+        assert_eq!(store.code_failures_since("dev-2", 2_001).await?, 0);
+        let pool = AnyPool::connect(&url).await?;
+        sqlx::query("INSERT INTO code_failures (device_id, at_ms) VALUES ('dev-1', 1000)")
+            .execute(&pool)
+            .await?;
+        assert_eq!(store.code_failures_since("dev-1", 0).await?, 3);
+        // On SQLite every table but a WITHOUT ROWID one is keyed by its
+        // rowid (`packets` and `pairwise_tokens` keep theirs on purpose:
+        // new rows append), and nothing refuses deletes without a key.
+        if b == Backend::Postgres {
+            let keyless: Vec<String> = sqlx::query_scalar(
+                "SELECT c.relname::TEXT FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND n.nspname = current_schema() \
+                 AND NOT EXISTS (SELECT 1 FROM pg_index i \
+                   WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await?;
+            assert!(
+                keyless.is_empty(),
+                "tables without a primary key: {keyless:?}"
+            );
+        }
+        pool.close().await;
+        store.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(name) = name {
+        drop_postgres_database(&name).await?;
+    }
+    result
+}
