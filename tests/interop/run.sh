@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Interoperability with independent implementations of the public formats
+# idvault emits (run by .ci/run; needs go with golang.org/x/mod, and python3
+# with the `sd-jwt` package):
+#   - the audit log's signed checkpoint (C2SP signed-note + tlog-checkpoint)
+#     and its tree, checked with Go's golang.org/x/mod/sumdb/{note,tlog};
+#   - a digital ID (SD-JWT VC) presented with key binding, checked with the
+#     IETF reference implementation (PyPI `sd-jwt`).
+# Everything comes from a real vault started as the README starts it (dev
+# defaults, SQLite, mTLS) on a free port, driven by the CLI.
+#
+# usage: tests/interop/run.sh IDVAULT_BINARY PYTHON
+set -euo pipefail
+bin=$(realpath "$1")
+# Absolute, but not through its links: a venv's python is a link to the
+# base interpreter, which would lose the venv's packages.
+case $2 in */*) python="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")" ;; *) python=$(command -v "$2") ;; esac
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+vault_pid=
+cleanup() {
+  [ -n "$vault_pid" ] && kill "$vault_pid" 2>/dev/null && wait "$vault_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cd "$work"
+d="$work/d"
+
+"$bin" serve --dev --data-dir "$d" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 >serve.log 2>&1 &
+vault_pid=$!
+addr=
+for _ in $(seq 1 100); do
+  addr=$(sed -n 's/^idvault listening on \([0-9.:]*\) .*/\1/p' serve.log | head -1)
+  [ -n "$addr" ] && break
+  kill -0 "$vault_pid" 2>/dev/null || { cat serve.log; echo "FAIL: the vault did not start" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat serve.log; echo "FAIL: the vault did not say where it listens" >&2; exit 1; }
+server="https://$addr"
+partner() { "$bin" partner --data-dir "$d" --server "$server" "$@"; }
+device() { "$bin" device --data-dir "$d" --server "$server" "$@"; }
+
+# People, so the log holds create leaves of several sizes of tree.
+subject=
+for i in $(seq 1 11); do
+  out=$(partner create-subject --field given_name="Ada$i" --field family_name=Lovelace \
+    --field date_of_birth=1815-12-10 --field email="ada$i@example.org")
+  [ -n "$subject" ] || subject=$(printf '%s\n' "$out" | sed -n 's/^subject_id=\([^ ]*\).*/\1/p')
+done
+
+# A digital ID, held by a phone key and presented to partner-a.
+code=$(partner enrollment-code "$subject" | sed -n 's/^enrollment_code=\([^ ]*\).*/\1/p')
+device keygen --out phone.key >/dev/null
+device enroll --key phone.key --subject "$subject" --code "$code" >/dev/null
+"$bin" issuer jwks --data-dir "$d" >jwks.json
+device credential get --key phone.key --out id.sd-jwt --jwks jwks.json >/dev/null
+audience=spiffe://idvault.dev/partner/partner-a
+nonce=n-$(od -An -N9 -tx1 /dev/urandom | tr -d ' \n')
+device credential present --key phone.key --credential id.sd-jwt \
+  --disclose given_name,age_over_18 --audience "$audience" --nonce "$nonce" --out pres.txt >/dev/null
+"$python" "$here/sdjwt_verify.py" jwks.json pres.txt "$audience" "$nonce" \
+  '{"given_name": "Ada1", "age_over_18": true}'
+# The same presentation for another audience or nonce must be refused.
+if "$python" "$here/sdjwt_verify.py" jwks.json pres.txt spiffe://idvault.dev/partner/partner-b "$nonce" \
+  '{"given_name": "Ada1"}' >/dev/null 2>&1; then
+  echo "FAIL: the reference implementation accepted a presentation made for another audience" >&2
+  exit 1
+fi
+
+# The audit log: wait until every leaf is in a signed checkpoint, keep it
+# as a partner does, then check it and the stored leaves with Go.
+"$bin" audit public-key --data-dir "$d" >audit.pub
+written=$("$python" - "$d/idvault.db" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+print(c.execute("SELECT count(*) FROM audit_log").fetchone()[0])
+PY
+)
+size=0
+for _ in $(seq 1 50); do
+  partner audit-check --public-key audit.pub --state checkpoint >/dev/null
+  size=$(sed -n 2p checkpoint)
+  [ "$size" -ge "$written" ] && break
+  sleep 0.2
+done
+[ "$size" -ge "$written" ] || { echo "FAIL: $written leaves written, the newest checkpoint holds $size" >&2; exit 1; }
+"$python" - "$d/idvault.db" "$size" >leaves.hex <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+for (leaf,) in c.execute("SELECT leaf FROM audit_log WHERE idx < ? ORDER BY idx", (int(sys.argv[2]),)):
+    print(bytes(leaf).hex())
+PY
+(cd "$here" && GOPATH=${GOPATH:-/usr/share/gocode} GO111MODULE=off GOFLAGS= go run checkpoint.go "$work/audit.pub" "$work/checkpoint" "$work/leaves.hex")
+# A leaf changed after it was checkpointed must not pass.
+"$python" - leaves.hex <<'PY'
+import sys
+lines = open(sys.argv[1]).read().split()
+lines[len(lines) // 2] = lines[len(lines) // 2][:-2] + ("00" if not lines[len(lines) // 2].endswith("00") else "01")
+open(sys.argv[1] + ".edited", "w").write("\n".join(lines) + "\n")
+PY
+if (cd "$here" && GOPATH=${GOPATH:-/usr/share/gocode} GO111MODULE=off GOFLAGS= go run checkpoint.go \
+  "$work/audit.pub" "$work/checkpoint" "$work/leaves.hex.edited") >/dev/null 2>&1; then
+  echo "FAIL: x/mod/sumdb accepted an edited leaf" >&2
+  exit 1
+fi
+echo "interop: ok"
