@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Interoperability with independent implementations of the public formats
-# idvault emits (run by .ci/run; needs go with golang.org/x/mod, and python3
-# with the `sd-jwt` package):
+# idvault emits (run by .ci/run; needs go with golang.org/x/mod):
 #   - the audit log's signed checkpoint (C2SP signed-note + tlog-checkpoint)
 #     and its tree, checked with Go's golang.org/x/mod/sumdb/{note,tlog};
 #   - a digital ID (SD-JWT VC) presented with key binding, checked with the
-#     IETF reference implementation (PyPI `sd-jwt`).
+#     IETF reference implementation (PyPI `sd-jwt`);
+#   - AuditService's inclusion and consistency proofs, asked for over mTLS
+#     by a partner written with Python grpcio and checked with RFC 9162's
+#     algorithms and the verifier key alone.
 # Everything comes from a real vault started as the README starts it (dev
-# defaults, SQLite, mTLS) on a free port, driven by the CLI.
+# defaults, SQLite, mTLS) on a free port, driven by the CLI and grpcio.
 #
 # usage: tests/interop/run.sh IDVAULT_BINARY PYTHON
+# (PYTHON with the packages sd-jwt, grpcio and grpcio-tools)
 set -euo pipefail
 bin=$(realpath "$1")
 # Absolute, but not through its links: a venv's python is a link to the
@@ -91,6 +94,9 @@ for (leaf,) in c.execute("SELECT leaf FROM audit_log WHERE idx < ? ORDER BY idx"
     print(bytes(leaf).hex())
 PY
 (cd "$here" && GOPATH=${GOPATH:-/usr/share/gocode} GO111MODULE=off GOFLAGS= go run checkpoint.go "$work/audit.pub" "$work/checkpoint" "$work/leaves.hex")
+# A partner written with grpcio proves its own requests are in the log.
+"$python" "$here/audit_proofs.py" "$here/../../proto/proto" "$d/tls" "$addr" audit.pub
+
 # A leaf changed after it was checkpointed must not pass.
 "$python" - leaves.hex <<'PY'
 import sys
