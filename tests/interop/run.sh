@@ -4,7 +4,9 @@
 #   - the audit log's signed checkpoint (C2SP signed-note + tlog-checkpoint)
 #     and its tree, checked with Go's golang.org/x/mod/sumdb/{note,tlog};
 #   - a digital ID (SD-JWT VC) presented with key binding, checked with the
-#     IETF reference implementation (PyPI `sd-jwt`);
+#     IETF reference implementation (PyPI `sd-jwt`), and its entry in the
+#     signed Token Status List read with jwcrypto and zlib, before and after
+#     it is revoked;
 #   - AuditService's inclusion and consistency proofs, asked for over mTLS
 #     by a partner written with Python grpcio and checked with RFC 9162's
 #     algorithms and the verifier key alone.
@@ -69,6 +71,14 @@ if "$python" "$here/sdjwt_verify.py" jwks.json pres.txt spiffe://idvault.dev/par
   echo "FAIL: the reference implementation accepted a presentation made for another audience" >&2
   exit 1
 fi
+
+# Its status list entry, read as a relying party does: valid, then
+# invalid once the phone revokes it.
+partner status-list --jwks jwks.json --out status-1.jwt >/dev/null
+"$python" "$here/status_list_check.py" jwks.json status-1.jwt id.sd-jwt valid
+device credential revoke --key phone.key --credential id.sd-jwt >/dev/null
+partner status-list --jwks jwks.json --out status-2.jwt >/dev/null
+"$python" "$here/status_list_check.py" jwks.json status-2.jwt id.sd-jwt invalid
 
 # The audit log: wait until every leaf is in a signed checkpoint, keep it
 # as a partner does, then check it and the stored leaves with Go.
