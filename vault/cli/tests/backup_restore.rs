@@ -472,12 +472,45 @@ async fn sqlite_restore_stops_when_a_deleted_person_stays() {
     .await
     .unwrap();
     conn.close().await.unwrap();
-    let out = refused_restore(dir, &backup);
-    assert!(out.contains("still there"), "{out}");
-    assert!(
-        dir.join("restore-pending").exists(),
-        "the vault does not start on it"
+    // Named relative to where it starts: the marker must still name every
+    // file by its resolved path, for a rerun started anywhere.
+    let parent = dir.parent().unwrap();
+    let relative = dir.file_name().unwrap().to_str().unwrap();
+    let out = idvault_in(
+        parent,
+        &[
+            "restore",
+            "--data-dir",
+            relative,
+            "--from",
+            backup.to_str().unwrap(),
+        ],
+        &[],
     );
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("still there"), "{}", show(&out));
+    let pending = dir.join("restore-pending");
+    assert!(pending.exists(), "the vault does not start on it");
+    let marker = std::fs::read_to_string(&pending).unwrap();
+    let real = std::fs::canonicalize(dir).unwrap();
+    for line in marker.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((key, path)) = line.split_once(' ')
+            && ["set-aside", "swap-aside", "target-path", "shred-log"].contains(&key)
+        {
+            assert!(
+                Path::new(path).starts_with(&real),
+                "{key} is not resolved: {marker}"
+            );
+        }
+    }
+    // Rerun from elsewhere, the data directory named absolutely: the
+    // restore is found unfinished (the backup is in place), not taken for
+    // one that never swapped, and stops at the same person again.
+    let out = idvault_in(dir, &["restore", "--data-dir", real.to_str().unwrap()], &[]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("still there"), "{}", show(&out));
+    assert!(!show(&out).contains("as it was"), "{}", show(&out));
+    assert!(pending.exists(), "the vault still does not start on it");
 }
 
 /// A backup of another vault (its checkpoints signed by another key) is

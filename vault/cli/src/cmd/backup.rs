@@ -102,8 +102,30 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     // starts before the restore ends.
     let _lock = backup::DataDirLock::exclusive(&cfg.base_dir).map_err(anyhow::Error::msg)?;
     let marker = cfg.base_dir.join(backup::RESTORE_PENDING);
-    let db = backup::sqlite_path(&url);
-    let target_path = db.as_deref().map(resolved_path);
+    // Resolved (see `resolved_path`): the set-aside names derive from it,
+    // and a relative path would name other files from another directory.
+    let db = backup::sqlite_path(&url).map(|p| resolved_path(&p));
+    let target_path = db.clone();
+    let origin = cfg.file.audit.origin.clone();
+    let verifiers: Vec<NoteVerifier> =
+        idvault_server::service::audit::verifier_keys(&keys, &origin)?
+            .iter()
+            .map(|k| NoteVerifier::parse(k))
+            .collect::<Result<_, _>>()?;
+    if let Some(from) = &args.from
+        && let Some(note) = backup::newest_checkpoint_note(from).await?
+        && let Err(e) = idvault_core::tlog::checkpoint::open_checkpoint(&note, &verifiers, &origin)
+    {
+        // First, before any database is opened (reading a replaced one's
+        // deletions opens it as a store) and before anything moves: a
+        // backup of another vault (or made under another key file, or
+        // altered) would otherwise be put in place and only found out by
+        // the final check, the current database already set aside.
+        bail!(
+            "the backup's newest audit checkpoint does not verify with this vault's audit keys \
+             ({e}): it is not a backup of this vault under this key file. Nothing was changed"
+        );
+    }
 
     // The databases whose audit logs say who was deleted.
     let mut replaced: Vec<String> = args.replaced_database.iter().cloned().collect();
@@ -255,12 +277,6 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|(t, _, _)| *t > backup_time)
         .collect();
-    let origin = cfg.file.audit.origin.clone();
-    let verifiers: Vec<NoteVerifier> =
-        idvault_server::service::audit::verifier_keys(&keys, &origin)?
-            .iter()
-            .map(|k| NoteVerifier::parse(k))
-            .collect::<Result<_, _>>()?;
     for u in &replaced {
         let store = idvault_server::store::Store::connect(u)
             .await
@@ -393,19 +409,6 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         );
     }
 
-    if let Some(from) = &args.from
-        && let Some(note) = backup::newest_checkpoint_note(from).await?
-        && let Err(e) = idvault_core::tlog::checkpoint::open_checkpoint(&note, &verifiers, &origin)
-    {
-        // Before anything moves: a backup of another vault (or made under
-        // another key file, or altered) would otherwise be put in place
-        // and only found out by the final check, the current database
-        // already set aside.
-        bail!(
-            "the backup's newest audit checkpoint does not verify with this vault's audit keys \
-             ({e}): it is not a backup of this vault under this key file. Nothing was changed"
-        );
-    }
     if let (Some(from), Some(info)) = (&args.from, &backup_info) {
         let db = db.as_ref().with_context(|| {
             "--from restores a SQLite backup; for PostgreSQL use pg_restore, then `idvault restore` without --from (docs/operations.md)"
@@ -417,6 +420,7 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         let mut asides: Vec<PathBuf> = replaced
             .iter()
             .filter_map(|u| backup::sqlite_path(u))
+            .map(|p| resolved_path(&p))
             .filter(|p| p != db)
             .collect();
         asides.push(aside.clone());
@@ -693,11 +697,15 @@ impl Marker {
     }
 }
 
-/// A database URL without its password.
-/// `path` made absolute with its directory's links resolved (the file
-/// itself may not exist yet, nor its directory): what a rerun compares,
-/// whatever directory it starts in.
+/// `path` made absolute with its links resolved: the file's own if it
+/// exists, else its directory's (the file, or its directory, may not exist
+/// yet). Every path the restore works on and writes into its marker is one
+/// of these, so a rerun started in another directory, or naming the data
+/// directory another way, finds the same files and is compared by them.
 fn resolved_path(path: &std::path::Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     match (abs.parent(), abs.file_name()) {
         (Some(dir), Some(name)) => std::fs::canonicalize(dir)
@@ -707,6 +715,7 @@ fn resolved_path(path: &std::path::Path) -> PathBuf {
     }
 }
 
+/// A database URL without its password.
 fn redact(url: &str) -> String {
     super::serve::redact_url(url)
 }

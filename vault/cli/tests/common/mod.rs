@@ -346,12 +346,17 @@ pub(crate) fn idvault(args: &[&str]) -> Output {
 
 /// [`idvault`] with extra environment variables.
 pub(crate) fn idvault_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    idvault_in(&std::env::temp_dir(), args, env)
+}
+
+/// [`idvault_env`] started in the directory `cwd`.
+pub(crate) fn idvault_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())
         .env_remove("IDVAULT_DATABASE_URL")
         .env_remove("IDVAULT_DATA_DIR")
-        .current_dir(std::env::temp_dir())
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
