@@ -207,6 +207,14 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
         .execute(&mut *t)
         .await?;
     }
+    // Wrong transaction codes: two of one device in the same old
+    // millisecond (distinct rows since migration 0034), one recent.
+    for at in [old, old, now - 60_000] {
+        sqlx::query("INSERT INTO code_failures (device_id, at_ms) VALUES ('dev_x', $1)")
+            .bind(at)
+            .execute(&mut *t)
+            .await?;
+    }
     t.commit().await?;
 
     let done = tv.vault.prune_once().await?;
@@ -217,6 +225,8 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
     assert_eq!(removed(Prunable::Withdrawals), Some(1));
     assert_eq!(removed(Prunable::DeviceRequests), Some(n_old as u64));
     assert_eq!(removed(Prunable::Credentials), Some(1));
+    assert_eq!(removed(Prunable::CodeFailures), Some(2));
+    assert_eq!(tv.count("SELECT count(*) FROM code_failures").await, 1);
     assert_eq!(tv.count("SELECT count(*) FROM credentials").await, 3);
     assert_eq!(
         tv.count("SELECT count(*) FROM credentials WHERE list_id = 1 AND seq = 0")
@@ -236,7 +246,7 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
         sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'Retention' ORDER BY id")
             .fetch_all(tv.db())
             .await?;
-    assert_eq!(details.len(), 7, "{details:?}");
+    assert_eq!(details.len(), 8, "{details:?}");
     assert!(
         details
             .iter()
@@ -256,7 +266,7 @@ pub async fn retention_prunes_spent_rows_only(b: Backend) -> anyhow::Result<()> 
     assert_eq!(
         tv.count("SELECT count(*) FROM audit_log WHERE action = 'Retention'")
             .await,
-        7
+        8
     );
     tv.checkpointed().await?;
     assert!(matches!(

@@ -8,7 +8,7 @@ CREATE TABLE code_failures_keyed (
     at_ms     INTEGER NOT NULL,
     id        BLOB    NOT NULL DEFAULT (randomblob(16)),
     PRIMARY KEY (device_id, at_ms, id)
-) WITHOUT ROWID;
+) STRICT, WITHOUT ROWID;
 INSERT INTO code_failures_keyed (device_id, at_ms) SELECT device_id, at_ms FROM code_failures;
 DROP TABLE code_failures;
 ALTER TABLE code_failures_keyed RENAME TO code_failures;

@@ -84,8 +84,8 @@ impl Prunable {
                   ORDER BY expires_at_ms LIMIT $2"
             }
             Self::CodeFailures => {
-                "DELETE FROM code_failures WHERE (device_id, at_ms) IN \
-                 (SELECT device_id, at_ms FROM code_failures WHERE at_ms < $1 \
+                "DELETE FROM code_failures WHERE (device_id, at_ms, id) IN \
+                 (SELECT device_id, at_ms, id FROM code_failures WHERE at_ms < $1 \
                   ORDER BY at_ms LIMIT $2"
             }
             Self::Withdrawals => {
