@@ -139,7 +139,7 @@ async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let trace = std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v == "1");
+            let trace = std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0");
             eprintln!("{}", error_report(&e, trace));
             std::process::ExitCode::FAILURE
         }
@@ -150,8 +150,8 @@ async fn main() -> std::process::ExitCode {
 /// causes, as `anyhow` prints them, without the stack trace `anyhow` also
 /// prints whenever `RUST_BACKTRACE` is set (a developer's shell often sets
 /// it, for panics): an operator's mistake is not a bug, and thirty lines of
-/// frames bury the one line that says what to do. `RUST_LIB_BACKTRACE=1`
-/// still asks for the trace.
+/// frames bury the one line that says what to do. `RUST_LIB_BACKTRACE`
+/// (other than `0`) still asks for the trace.
 fn error_report(e: &anyhow::Error, trace: bool) -> String {
     if trace {
         return format!("Error: {e:?}");
