@@ -20,7 +20,8 @@ from grpc_tools import protoc
 proto_dir, tls_dir, addr, vkey_file = sys.argv[1:5]
 vkey = open(vkey_file).read().strip()
 
-out = tempfile.mkdtemp()
+generated = tempfile.TemporaryDirectory()
+out = generated.name
 for name in ("audit", "subjects"):
     rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}",
                       f"--grpc_python_out={out}", f"idvault/v1/{name}.proto"])
@@ -117,10 +118,13 @@ def verify_consistency(old, new, old_root, new_root, proof):  # RFC 9162 2.1.4.2
     return fr == old_root and sr == new_root and sn == 0
 
 
+# Every call is bounded: a vault that stops answering fails the run.
+TIMEOUT = 10
+
 audit = audit_pb2_grpc.AuditServiceStub(channel("partner-a"))
 subjects = subjects_pb2_grpc.SubjectServiceStub(channel("partner-a"))
 
-first = audit.GetCheckpoint(audit_pb2.GetCheckpointRequest())
+first = audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=TIMEOUT)
 old_size, old_root = open_checkpoint(first.note)
 assert (old_size, old_root) == (first.tree_size, first.root_hash)
 
@@ -129,14 +133,14 @@ for i in range(5):
     _, call = subjects.CreateSubject.with_call(subjects_pb2.CreateSubjectRequest(fields=[
         subjects_pb2.Field(name="given_name", value=f"Grace{i}"),
         subjects_pb2.Field(name="family_name", value="Hopper"),
-    ]))
+    ]), timeout=TIMEOUT)
     rid = dict(call.initial_metadata()).get("idvault-request-id")
     assert rid and len(rid) == 32, call.initial_metadata()
     request_ids.append(rid)
 
 deadline = time.time() + 20
 while True:
-    newest = audit.GetCheckpoint(audit_pb2.GetCheckpointRequest())
+    newest = audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=TIMEOUT)
     size, root = open_checkpoint(newest.note)
     if size >= old_size + len(request_ids):
         break
@@ -144,7 +148,7 @@ while True:
     time.sleep(0.2)
 
 for rid in request_ids:
-    p = audit.GetInclusionProof(audit_pb2.GetInclusionProofRequest(request_id=rid, tree_size=size))
+    p = audit.GetInclusionProof(audit_pb2.GetInclusionProofRequest(request_id=rid, tree_size=size), timeout=TIMEOUT)
     assert p.tree_size == size and open_checkpoint(p.checkpoint) == (size, root)
     assert bytes.fromhex(rid) in p.leaf, "the leaf carries the request id"
     leaf_hash = sha256(b"\x00", p.leaf)
@@ -154,7 +158,7 @@ for rid in request_ids:
         bad[0] = bytes([bad[0][0] ^ 1]) + bad[0][1:]
         assert not verify_inclusion(p.leaf_index, size, leaf_hash, bad, root)
 
-c = audit.GetConsistencyProof(audit_pb2.GetConsistencyProofRequest(old_size=old_size, new_size=size))
+c = audit.GetConsistencyProof(audit_pb2.GetConsistencyProofRequest(old_size=old_size, new_size=size), timeout=TIMEOUT)
 assert open_checkpoint(c.checkpoint) == (size, root)
 assert verify_consistency(old_size, size, old_root, root, list(c.hashes)), "consistency"
 if old_size > 0 and c.hashes:
@@ -165,7 +169,8 @@ if old_size > 0 and c.hashes:
 # Another partner cannot have partner-a's leaves proven to it.
 other = audit_pb2_grpc.AuditServiceStub(channel("partner-b"))
 try:
-    other.GetInclusionProof(audit_pb2.GetInclusionProofRequest(request_id=request_ids[0]))
+    other.GetInclusionProof(audit_pb2.GetInclusionProofRequest(request_id=request_ids[0]),
+                            timeout=TIMEOUT)
     raise AssertionError("partner-b was given partner-a's leaf")
 except grpc.RpcError as e:
     assert e.code() == grpc.StatusCode.NOT_FOUND, e

@@ -2,8 +2,8 @@
 // packages, independent of the vault's own code: `note.Open` verifies the
 // signed note with the verifier key `idvault audit public-key` prints, and
 // `tlog` recomputes the RFC 6962 / RFC 9162 tree root from the raw leaf
-// bytes (hex, one per line, in index order) and checks an inclusion proof
-// of every leaf and a consistency proof from every smaller size.
+// bytes (hex, one per line, in index order), which must be the signed one.
+// (The vault's own proofs are checked by audit_proofs.py.)
 //
 // It first checks the test vectors docs/audit.md publishes (the signed
 // checkpoint of the three-leaf tree, its inclusion and consistency proofs)
@@ -123,49 +123,32 @@ func main() {
 		}
 		return out, nil
 	})
-	var leaves []tlog.Hash
-	var roots []tlog.Hash
+	count := int64(0)
 	for sc.Scan() {
 		leaf, err := hex.DecodeString(sc.Text())
 		if err != nil {
-			fail("leaf %d: %v", len(leaves), err)
+			fail("leaf %d: %v", count, err)
 		}
-		hs, err := tlog.StoredHashes(int64(len(leaves)), leaf, reader)
+		hs, err := tlog.StoredHashes(count, leaf, reader)
 		if err != nil {
 			fail("%v", err)
 		}
 		stored = append(stored, hs...)
-		leaves = append(leaves, tlog.RecordHash(leaf))
-		r, err := tlog.TreeHash(int64(len(leaves)), reader)
-		if err != nil {
-			fail("%v", err)
-		}
-		roots = append(roots, r)
+		count++
 	}
-	if int64(len(leaves)) != size {
-		fail("%d leaves given, the checkpoint says %d", len(leaves), size)
+	if err := sc.Err(); err != nil {
+		fail("%v", err)
 	}
-	if size == 0 || roots[size-1] != root {
+	if count != size {
+		fail("%d leaves given, the checkpoint says %d", count, size)
+	}
+	got, err := tlog.TreeHash(count, reader)
+	if err != nil {
+		fail("%v", err)
+	}
+	if size == 0 || got != root {
 		fail("the leaves do not hash to the signed root")
 	}
-	for i := int64(0); i < size; i++ {
-		p, err := tlog.ProveRecord(size, i, reader)
-		if err != nil {
-			fail("%v", err)
-		}
-		if err := tlog.CheckRecord(p, size, root, i, leaves[i]); err != nil {
-			fail("inclusion of leaf %d: %v", i, err)
-		}
-	}
-	for old := int64(1); old < size; old++ {
-		p, err := tlog.ProveTree(size, old, reader)
-		if err != nil {
-			fail("%v", err)
-		}
-		if err := tlog.CheckTree(p, size, root, old, roots[old-1]); err != nil {
-			fail("consistency from %d: %v", old, err)
-		}
-	}
-	fmt.Printf("x/mod/sumdb: checkpoint %s size %d verifies; root recomputed from the leaves; %d inclusion and %d consistency proofs check\n",
-		lines[0], size, size, size-1)
+	fmt.Printf("x/mod/sumdb: checkpoint %s size %d verifies; its root recomputed from the stored leaves\n",
+		lines[0], size)
 }
