@@ -112,6 +112,12 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             .iter()
             .map(|k| NoteVerifier::parse(k))
             .collect::<Result<_, _>>()?;
+    // The backup is an intact idvault database (read-only; it says why
+    // not), then one of this vault's.
+    let backup_info = match &args.from {
+        Some(from) => Some(backup::check(from).await?),
+        None => None,
+    };
     if let Some(from) = &args.from
         && let Some(note) = backup::newest_checkpoint_note(from).await?
         && let Err(e) = idvault_core::tlog::checkpoint::open_checkpoint(&note, &verifiers, &origin)
@@ -219,10 +225,6 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     replaced.dedup();
 
     // Deletions after the backup are the ones to check closely.
-    let backup_info = match &args.from {
-        Some(from) => Some(backup::check(from).await?),
-        None => None,
-    };
     let backup_time = match &backup_info {
         Some(i) => i.newest_leaf_ms,
         None => {
@@ -697,25 +699,75 @@ impl Marker {
     }
 }
 
-/// `path` made absolute with its links resolved: the file's own if it
-/// exists, else its directory's (the file, or its directory, may not exist
-/// yet). Every path the restore works on and writes into its marker is one
-/// of these, so a rerun started in another directory, or naming the data
-/// directory another way, finds the same files and is compared by them.
+/// `path` made absolute with its links resolved: the file's own links
+/// followed even to a target that does not exist (as SQLite names the file
+/// it opens, and as a restore interrupted after it set the database aside
+/// leaves a link), then its directory's. Every path the restore works on
+/// and writes into its marker is one of these, so a rerun started in
+/// another directory, or naming the data directory another way, finds the
+/// same files and is compared by them.
 fn resolved_path(path: &std::path::Path) -> PathBuf {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return p;
+    let mut p = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    // Bounded, as the kernel bounds a chain of links (a loop stops here).
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
+        let Some(target) = is_link.then(|| std::fs::read_link(&p).ok()).flatten() else {
+            break;
+        };
+        p = match p.parent() {
+            Some(dir) => dir.join(target),
+            None => target,
+        };
     }
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    match (abs.parent(), abs.file_name()) {
+    match (p.parent(), p.file_name()) {
         (Some(dir), Some(name)) => std::fs::canonicalize(dir)
             .map(|d| d.join(name))
-            .unwrap_or(abs),
-        _ => abs,
+            .unwrap_or(p),
+        _ => p,
     }
 }
 
 /// A database URL without its password.
 fn redact(url: &str) -> String {
     super::serve::redact_url(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolved_path;
+
+    /// A database named through a link resolves to the link's target,
+    /// whether the target exists (a database in place) or not (one a
+    /// restore set aside before it was interrupted), and the same through
+    /// a relative spelling of the directory.
+    #[test]
+    fn paths_resolve_through_links_even_dangling() {
+        let tmp = std::env::temp_dir().join(format!("idvault-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("disk")).unwrap();
+        let real = std::fs::canonicalize(tmp.join("disk"))
+            .unwrap()
+            .join("real.db");
+        let link = tmp.join("vault.db");
+        std::os::unix::fs::symlink("disk/real.db", &link).unwrap();
+        assert_eq!(resolved_path(&link), real, "dangling");
+        std::fs::write(&real, b"").unwrap();
+        assert_eq!(resolved_path(&link), real, "in place");
+        let dotted = tmp.join("disk/../vault.db");
+        assert_eq!(resolved_path(&dotted), real);
+        let missing = tmp.join("disk/new.db");
+        assert_eq!(
+            resolved_path(&missing),
+            real.with_file_name("new.db"),
+            "a file not made yet"
+        );
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("vault.db", &link).unwrap();
+        assert_eq!(
+            resolved_path(&link),
+            std::fs::canonicalize(&tmp).unwrap().join("vault.db"),
+            "a loop ends"
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }
