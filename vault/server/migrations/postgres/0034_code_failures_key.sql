@@ -10,3 +10,6 @@
 ALTER TABLE code_failures ADD COLUMN id UUID NOT NULL DEFAULT gen_random_uuid();
 ALTER TABLE code_failures ADD PRIMARY KEY (device_id, at_ms, id);
 DROP INDEX code_failures_device;
+-- The retention job takes the oldest rows first: by time, without reading
+-- the whole table.
+CREATE INDEX code_failures_time ON code_failures (at_ms);
