@@ -7,6 +7,9 @@
 #     IETF reference implementation (PyPI `sd-jwt`), and its entry in the
 #     signed Token Status List read with jwcrypto and zlib, before and after
 #     it is revoked;
+#   - a consented release presented by a partner written with Python
+#     grpcio, its signature checked with `cryptography` and its HPKE seal
+#     opened with pyhpke;
 #   - AuditService's inclusion and consistency proofs, asked for over mTLS
 #     by a partner written with Python grpcio and checked with RFC 9162's
 #     algorithms and the verifier key alone.
@@ -14,7 +17,7 @@
 # defaults, SQLite, mTLS) on a free port, driven by the CLI and grpcio.
 #
 # usage: tests/interop/run.sh IDVAULT_BINARY PYTHON
-# (PYTHON with the packages sd-jwt, grpcio and grpcio-tools)
+# (PYTHON with the packages of tests/interop/requirements.txt)
 set -euo pipefail
 bin=$(realpath "$1")
 # Absolute, but not through its links: a venv's python is a link to the
@@ -86,6 +89,15 @@ refused "Invalid audience in KB-JWT" "$python" "$here/sdjwt_verify.py" jwks.json
 refused "Invalid nonce in KB-JWT" "$python" "$here/sdjwt_verify.py" jwks.json pres.txt \
   "$audience" "n-other" '{"given_name": "Ada1"}'
 
+
+# A consented release, presented and opened by a grpcio partner with
+# pyhpke: the phone signs a grant for two fields (the CLI), partner-a
+# presents it.
+challenge=$(partner challenge "$subject" | sed -n 's/^challenge=\([0-9a-f]*\).*/\1/p')
+device sign-consent --key phone.key --subject "$subject" --audience "$audience" \
+  --purpose kyc --field given_name --field email --challenge "$challenge" --out consent.pb >/dev/null
+"$python" "$here/release_open.py" "$here/../../proto/proto" "$d/tls" "$addr" consent.pb \
+  "$d/tls/vault.release.pub" '{"given_name": "Ada1", "email": "ada1@example.org"}'
 
 # Its status list entry, read as a relying party does: valid, then
 # invalid once the phone revokes it.
