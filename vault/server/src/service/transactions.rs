@@ -368,11 +368,8 @@ impl Vault {
                 })
             })
             .await;
-        // A refusal may have ended transactions (wrong codes, another
-        // person's code): their waiting third parties hear at once.
-        if out.is_err() {
-            self.transactions_changed.notify_waiters();
-        }
+        // A refusal that ended transactions woke their waiting third
+        // parties itself (`refuse_code`); any other refusal changed nothing.
         out
     }
 
@@ -452,7 +449,12 @@ impl Vault {
                 Ok(answered.state.name())
             })
             .await;
-        self.transactions_changed.notify_waiters();
+        // Only an answer wakes the waiting third parties: every waiter of
+        // every partner reads its row when woken, so a refused call (which
+        // anyone reaching the vault can make) must not wake them.
+        if state.is_ok() {
+            self.transactions_changed.notify_waiters();
+        }
         state
     }
 
@@ -575,8 +577,9 @@ impl Vault {
                     Refusal::WrongPerson.name(),
                     t.id_text()
                 );
+                let wake = ended || own_ended > 0;
                 Err(self
-                    .refuse_code(tx, req, device, counted, own_ended, vault_detail)
+                    .refuse_code(tx, req, device, (counted, own_ended), vault_detail, wake)
                     .await)
             }
             Some(t) if expect.is_none_or(|id| *id == t.id) => {
@@ -596,7 +599,7 @@ impl Vault {
                 let (counted, ended) = count_wrong_code(&mut tx, &device.subject, now).await?;
                 let vault_detail = Refusal::WrongCode.name().to_owned();
                 Err(self
-                    .refuse_code(tx, req, device, counted, ended, vault_detail)
+                    .refuse_code(tx, req, device, (counted, ended), vault_detail, ended > 0)
                     .await)
             }
         }
@@ -605,15 +608,16 @@ impl Vault {
     /// Commits a refused code entry: the vault's own record
     /// ([`CODE_REFUSED_ACTION`], `vault_detail` saying what happened) and
     /// the relaying partner's refusal, `wrong_code` in one form whatever
-    /// the code was (see the caller).
+    /// the code was (see the caller); with `wake`, it ended transactions,
+    /// whose waiting third parties are woken.
     async fn refuse_code(
         &self,
         mut tx: AuditedTx,
         req: &mut Request<'_>,
         device: &Device,
-        counted: usize,
-        ended: usize,
+        (counted, ended): (usize, usize),
         vault_detail: String,
+        wake: bool,
     ) -> VaultError {
         if let Err(e) = self.add_leaf_of(
             &mut tx,
@@ -631,14 +635,20 @@ impl Vault {
             "op=code device={} counted={counted} ended={ended}",
             device.device_id
         );
-        self.commit_refused(
-            tx,
-            req,
-            Some(&device.subject),
-            refused(Refusal::WrongCode),
-            &detail,
-        )
-        .await
+        let e = self
+            .commit_refused(
+                tx,
+                req,
+                Some(&device.subject),
+                refused(Refusal::WrongCode),
+                &detail,
+            )
+            .await;
+        // Transactions it ended: their waiting third parties hear at once.
+        if wake {
+            self.transactions_changed.notify_waiters();
+        }
+        e
     }
 
     /// `TransactionService.AwaitTransaction`: the third party's own
