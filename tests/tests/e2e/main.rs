@@ -165,6 +165,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     transactions::approve_and_deny_with_two_third_parties,
     transactions::every_refusal_is_distinct_and_audited,
     transactions::codes_are_single_use_under_concurrency,
+    transactions::refused_calls_wake_no_waiter,
     transactions::codes_expire,
     transactions::third_party_records_name_no_subject,
     transactions::forged_pairwise_tokens_reach_nobody,

@@ -1012,3 +1012,88 @@ async fn hold_row(
 fn transactions_limit() -> i64 {
     idvault_tests::idvault_server::service::transactions::MAX_DEVICE_FAILURES
 }
+
+/// Refused device calls wake no third party waiting in `AwaitTransaction`
+/// (each woken waiter reads its row, so a refusal anyone can cause would
+/// make every waiter of every partner read); an answer does, and so does
+/// the wrong code that ends the person's codes.
+pub async fn refused_calls_wake_no_waiter(b: Backend) -> anyhow::Result<()> {
+    let mut cx = setup(b).await?;
+    let issued =
+        cx.a.request_code(ask(&cx.token_a, "Pay 10 EUR", &["given_name"], 0))
+            .await?
+            .into_inner();
+    let before = cx.tv.vault.transaction_wakeups();
+    // A wrong code (counted against the pending one, which stays pending),
+    // a phone never enrolled, the same signed request twice.
+    let wrong = if issued.code == "2222-2222" {
+        "3333-3333"
+    } else {
+        "2222-2222"
+    };
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&cx.phone, wrong))
+                .await
+        ),
+        (Code::PermissionDenied, "wrong_code".into())
+    );
+    let stranger = DeviceKey::generate(&SystemRng::default())?;
+    assert_eq!(
+        refusal(
+            cx.wallet
+                .lookup_transaction(lookup_req(&stranger, &issued.code))
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+    let once = lookup_req(&cx.phone, &issued.code);
+    let shown = cx
+        .wallet
+        .lookup_transaction(once.clone())
+        .await?
+        .into_inner();
+    assert_eq!(
+        refusal(cx.wallet.lookup_transaction(once).await).1,
+        "request_replayed"
+    );
+    assert_eq!(
+        cx.tv.vault.transaction_wakeups(),
+        before,
+        "refusals woke waiters"
+    );
+    // The answer wakes them.
+    cx.wallet
+        .answer_transaction(answer_req(
+            &cx.phone,
+            &shown,
+            &issued.code,
+            true,
+            &["given_name"],
+        ))
+        .await?;
+    assert_eq!(cx.tv.vault.transaction_wakeups(), before + 1);
+    assert_eq!(
+        state_of(&mut cx.a, &issued.transaction_id, 0).await.state,
+        "approved"
+    );
+    // Wrong codes that end the person's pending code wake them too.
+    let second =
+        cx.a.request_code(ask(&cx.token_a, "Pay 20 EUR", &[], 0))
+            .await?
+            .into_inner();
+    let mut n = 0;
+    while state_of(&mut cx.a, &second.transaction_id, 0).await.state == "pending" {
+        n += 1;
+        assert!(n <= 10, "five wrong codes end the person's codes");
+        let wrong = format!("{:04}-{:04}", 1000 + n, 2000 + n);
+        let _ = cx
+            .wallet
+            .lookup_transaction(lookup_req(&cx.phone, &wrong))
+            .await;
+    }
+    assert_eq!(cx.tv.vault.transaction_wakeups(), before + 2);
+    cx.tv.stop().await
+}

@@ -308,6 +308,8 @@ pub struct Vault {
     /// Woken when a transaction is answered, so waiting third parties of
     /// this process hear at once (other replicas' answers by polling).
     transactions_changed: tokio::sync::Notify,
+    /// How many times [`Self::transactions_changed`] was woken.
+    transaction_wakeups: std::sync::atomic::AtomicU64,
     consent: crate::config::ConsentSection,
     policies: std::sync::RwLock<Arc<PolicyEngine>>,
     policy_dir: Option<std::path::PathBuf>,
@@ -394,6 +396,7 @@ impl Vault {
             credentials: crate::config::CredentialsSection::default(),
             status_lists: status_lists::StatusLists::default(),
             transactions_changed: tokio::sync::Notify::new(),
+            transaction_wakeups: std::sync::atomic::AtomicU64::new(0),
             matching,
             consent: crate::config::ConsentSection::default(),
             commands_ready: tokio::sync::Notify::new(),

@@ -453,7 +453,7 @@ impl Vault {
         // every partner reads its row when woken, so a refused call (which
         // anyone reaching the vault can make) must not wake them.
         if state.is_ok() {
-            self.transactions_changed.notify_waiters();
+            self.wake_transaction_waiters();
         }
         state
     }
@@ -646,9 +646,24 @@ impl Vault {
             .await;
         // Transactions it ended: their waiting third parties hear at once.
         if wake {
-            self.transactions_changed.notify_waiters();
+            self.wake_transaction_waiters();
         }
         e
+    }
+
+    /// Wakes every third party waiting in `AwaitTransaction` in this
+    /// process; each reads its row. Only for a change to transactions.
+    fn wake_transaction_waiters(&self) {
+        self.transaction_wakeups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.transactions_changed.notify_waiters();
+    }
+
+    /// How many times the waiting third parties were woken (see
+    /// `wake_transaction_waiters`): a refused call must not add to it.
+    pub fn transaction_wakeups(&self) -> u64 {
+        self.transaction_wakeups
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `TransactionService.AwaitTransaction`: the third party's own
