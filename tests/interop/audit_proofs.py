@@ -8,36 +8,24 @@ with one hash changed, and another partner's request, must fail.
 usage: audit_proofs.py PROTO_DIR TLS_DIR HOST:PORT VERIFIER_KEY_FILE"""
 import base64
 import hashlib
-import os
 import sys
-import tempfile
 import time
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from grpc_tools import protoc
+
+import grpc_partner
+from grpc_partner import compile_protos
 
 proto_dir, tls_dir, addr, vkey_file = sys.argv[1:5]
 vkey = open(vkey_file).read().strip()
 
-generated = tempfile.TemporaryDirectory()
-out = generated.name
-for name in ("audit", "subjects"):
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}",
-                      f"--grpc_python_out={out}", f"idvault/v1/{name}.proto"])
-    assert rc == 0, f"protoc failed on {name}.proto"
-sys.path.insert(0, out)
+compile_protos(proto_dir, ("audit", "subjects"))
 from idvault.v1 import audit_pb2, audit_pb2_grpc, subjects_pb2, subjects_pb2_grpc  # noqa: E402
 
 
 def channel(partner):
-    read = lambda f: open(os.path.join(tls_dir, f), "rb").read()  # noqa: E731
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=read("ca.crt"),
-        private_key=read(f"{partner}.key"),
-        certificate_chain=read(f"{partner}.crt"),
-    )
-    return grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    return grpc_partner.channel(tls_dir, addr, partner)
 
 
 def sha256(*parts):

@@ -13,17 +13,16 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import uuid
 
-import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from grpc_tools import protoc
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey
 from pyhpke.exceptions import OpenError
+
+from grpc_partner import channel, compile_protos, tls_file
 
 proto_dir, tls_dir, addr, consent_file, vault_pub_file, expected = sys.argv[1:7]
 expected = json.loads(expected)
@@ -49,59 +48,49 @@ assert doc_plain.hex() == (
     "6e616d651207416dc3a96c6965"
 ), doc_plain.hex()
 
-with tempfile.TemporaryDirectory() as out:
-    for name in ("consent", "subjects", "credentials", "events", "transactions"):
-        rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}",
-                          f"--grpc_python_out={out}", f"idvault/v1/{name}.proto"])
-        assert rc == 0, f"protoc failed on {name}.proto"
-    sys.path.insert(0, out)
-    from idvault.v1 import consent_pb2, consent_pb2_grpc  # noqa: E402
+compile_protos(proto_dir, ("consent", "subjects", "credentials", "events", "transactions"))
+from idvault.v1 import consent_pb2, consent_pb2_grpc  # noqa: E402
 
-    read = lambda f: open(os.path.join(tls_dir, f), "rb").read()  # noqa: E731
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=read("ca.crt"),
-        private_key=read("partner-a.key"),
-        certificate_chain=read("partner-a.crt"),
-    )
-    channel = grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")])
-    signed = consent_pb2.SignedConsent()
-    signed.ParseFromString(open(consent_file, "rb").read())
-    nonce = os.urandom(16)
-    r = consent_pb2_grpc.ConsentServiceStub(channel).Release(
-        consent_pb2.ReleaseRequest(signed=signed, nonce=nonce), timeout=10
-    )
+signed = consent_pb2.SignedConsent()
+signed.ParseFromString(open(consent_file, "rb").read())
+nonce = os.urandom(16)
+r = consent_pb2_grpc.ConsentServiceStub(channel(tls_dir, addr, "partner-a")).Release(
+    consent_pb2.ReleaseRequest(signed=signed, nonce=nonce), timeout=10
+)
 
-    def signed_bytes(nonce):
-        def short(b):
-            return struct.pack(">H", len(b)) + b
-        return (b"idvault/v1/release-signature\x00" + r.consent_id + uuid.UUID(r.subject_id).bytes
-                + r.grant_hash + short(nonce) + short(r.receipt_id.encode()) + short(r.enc)
-                + struct.pack(">I", len(r.ciphertext)) + r.ciphertext)
 
-    keys = [Ed25519PublicKey.from_public_bytes(bytes.fromhex(line.strip()))
-            for line in open(vault_pub_file) if line.strip() and not line.startswith("#")]
+def signed_bytes(nonce):
+    def short(b):
+        return struct.pack(">H", len(b)) + b
+    return (b"idvault/v1/release-signature\x00" + r.consent_id + uuid.UUID(r.subject_id).bytes
+            + r.grant_hash + short(nonce) + short(r.receipt_id.encode()) + short(r.enc)
+            + struct.pack(">I", len(r.ciphertext)) + r.ciphertext)
 
-    def verifies(nonce):
-        for k in keys:
-            try:
-                k.verify(r.signature, signed_bytes(nonce))
-                return True
-            except InvalidSignature:
-                pass
-        return False
+keys = [Ed25519PublicKey.from_public_bytes(bytes.fromhex(line.strip()))
+        for line in open(vault_pub_file) if line.strip() and not line.startswith("#")]
 
-    assert verifies(nonce), "the release signature does not verify under the pinned keys"
-    assert not verifies(os.urandom(16)), "the signature does not bind the request's nonce"
-    partner_key = load_pem_private_key(read("partner-a.release.key"), password=None)
-    aad = r.consent_id + uuid.UUID(r.subject_id).bytes
-    fields = consent_pb2.ReleasedFields()
-    fields.ParseFromString(hpke_open(partner_key, r.enc, r.ciphertext, aad))
-    got = {f.name: f.value for f in fields.fields}
-    assert got == expected, (got, expected)
-    try:
-        hpke_open(partner_key, r.enc, r.ciphertext, r.consent_id + uuid.uuid4().bytes)
-        raise AssertionError("the release opened under another subject's aad")
-    except OpenError:
-        pass
-    print(f"grpcio partner: release signed by the vault, opened with pyhpke: {sorted(got)}; "
-          "docs/consent.md's worked example opens too")
+
+def verifies(nonce):
+    for k in keys:
+        try:
+            k.verify(r.signature, signed_bytes(nonce))
+            return True
+        except InvalidSignature:
+            pass
+    return False
+
+assert verifies(nonce), "the release signature does not verify under the pinned keys"
+assert not verifies(os.urandom(16)), "the signature does not bind the request's nonce"
+partner_key = load_pem_private_key(tls_file(tls_dir, "partner-a.release.key"), password=None)
+aad = r.consent_id + uuid.UUID(r.subject_id).bytes
+fields = consent_pb2.ReleasedFields()
+fields.ParseFromString(hpke_open(partner_key, r.enc, r.ciphertext, aad))
+got = {f.name: f.value for f in fields.fields}
+assert got == expected, (got, expected)
+try:
+    hpke_open(partner_key, r.enc, r.ciphertext, r.consent_id + uuid.uuid4().bytes)
+    raise AssertionError("the release opened under another subject's aad")
+except OpenError:
+    pass
+print(f"grpcio partner: release signed by the vault, opened with pyhpke: {sorted(got)}; "
+      "docs/consent.md's worked example opens too")

@@ -19,6 +19,8 @@
 # usage: tests/interop/run.sh IDVAULT_BINARY PYTHON
 # (PYTHON with the packages of tests/interop/requirements.txt)
 set -euo pipefail
+# The helpers import grpc_partner.py from here: no __pycache__ in the tree.
+export PYTHONDONTWRITEBYTECODE=1
 bin=$(realpath "$1")
 # Absolute, but not through its links: a venv's python is a link to the
 # base interpreter, which would lose the venv's packages.
