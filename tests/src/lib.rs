@@ -50,8 +50,43 @@ pub async fn postgres_reachable() -> Result<(), String> {
     }
 }
 
+tokio::task_local! {
+    /// The PostgreSQL databases the running test made and has not dropped
+    /// yet (set by [`run_test`]).
+    static TEST_DATABASES: Arc<std::sync::Mutex<Vec<String>>>;
+}
+
+/// Runs one test to its end on a runtime of its own, then drops every
+/// PostgreSQL database it made and did not drop itself. A failed
+/// assertion panics past the test's own clean-up; without this, each
+/// failure left a database behind on the test server.
+pub fn run_test(test: impl std::future::Future<Output = anyhow::Result<()>>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let made = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(TEST_DATABASES.scope(Arc::clone(&made), test))
+    }));
+    let left: Vec<String> = std::mem::take(&mut *made.lock().unwrap_or_else(|p| p.into_inner()));
+    let cleanup = rt.block_on(async {
+        for name in &left {
+            drop_postgres_database(name).await?;
+        }
+        anyhow::Ok(())
+    });
+    match outcome {
+        Err(panic) => std::panic::resume_unwind(panic),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Ok(Ok(())) => cleanup.map_err(|e| format!("dropping the test's databases: {e:#}")),
+    }
+}
+
 /// A fresh PostgreSQL database named `prefix_<random hex>`: its URL and
-/// its name (for [`drop_postgres_database`]).
+/// its name (for [`drop_postgres_database`]). Under [`run_test`] it is
+/// dropped after the test if the test does not drop it.
 pub async fn create_postgres_database(prefix: &str) -> anyhow::Result<(String, String)> {
     let admin = postgres_admin_url();
     let name = format!("{prefix}_{}", hex::encode(uuid::Uuid::new_v4().as_bytes()));
@@ -63,6 +98,13 @@ pub async fn create_postgres_database(prefix: &str) -> anyhow::Result<(String, S
         .execute(&pool)
         .await?;
     pool.close().await;
+    // Outside run_test (another harness) nobody collects it: the caller
+    // drops it.
+    let _ = TEST_DATABASES.try_with(|made| {
+        made.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+    });
     Ok((with_database(&admin, &name), name))
 }
 
@@ -76,6 +118,11 @@ pub async fn drop_postgres_database(name: &str) -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
     pool.close().await;
+    let _ = TEST_DATABASES.try_with(|made| {
+        made.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n| n != name);
+    });
     Ok(())
 }
 

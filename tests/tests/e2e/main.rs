@@ -230,13 +230,7 @@ const SQLITE_ONLY: &[(&str, TestFn)] = tests![
 ];
 
 fn run(f: TestFn, backend: Backend) -> Result<(), Failed> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(e.to_string()))?;
-    rt.block_on(f(backend))
-        .map_err(|e| Failed::from(format!("{e:#}")))
+    idvault_tests::run_test(f(backend)).map_err(Failed::from)
 }
 
 fn main() {

@@ -3,17 +3,17 @@
 use anyhow::Context;
 use idvault_server::store::Store;
 use idvault_tests::idvault_core::subject::SubjectId;
-use idvault_tests::{Backend, create_postgres_database, drop_postgres_database};
+use idvault_tests::{Backend, create_postgres_database};
 use sqlx::AnyPool;
 
 /// A database with the migrations before `first_new` applied (copies of
-/// the files, so the vault's own run later finds their checksums); its
-/// URL and, on PostgreSQL, the database's name to drop.
+/// the files, so the vault's own run later finds their checksums), and
+/// its URL.
 async fn database_before(
     b: Backend,
     dir: &std::path::Path,
     first_new: &str,
-) -> anyhow::Result<(String, Option<String>)> {
+) -> anyhow::Result<String> {
     let backend = match b {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
@@ -35,15 +35,10 @@ async fn database_before(
         }
     }
     sqlx::any::install_default_drivers();
-    let (url, name) = match b {
-        Backend::Sqlite => (
-            format!("sqlite://{}?mode=rwc", dir.join("v.db").display()),
-            None,
-        ),
-        Backend::Postgres => {
-            let (url, name) = create_postgres_database("idvault_upgrade").await?;
-            (url, Some(name))
-        }
+    let url = match b {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("v.db").display()),
+        // Dropped by the harness after the test, whatever its outcome.
+        Backend::Postgres => create_postgres_database("idvault_upgrade").await?.0,
     };
     let pool = AnyPool::connect(&url).await?;
     sqlx::migrate::Migrator::new(older.as_path())
@@ -51,7 +46,7 @@ async fn database_before(
         .run(&pool)
         .await?;
     pool.close().await;
-    Ok((url, name))
+    Ok(url)
 }
 
 /// A subject row of partner-a's with head 1 and storage key `key` (`None`:
@@ -78,7 +73,7 @@ async fn subject_row(pool: &AnyPool, s: SubjectId, key: Option<Vec<u8>>) -> anyh
 /// found with them.
 pub async fn packets_from_before_0026_survive_it(b: Backend) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (url, name) = database_before(b, dir.path(), "0026").await?;
+    let url = database_before(b, dir.path(), "0026").await?;
     let id = SubjectId::from_bytes([5; 16]);
     let other = SubjectId::from_bytes([6; 16]);
     {
@@ -108,66 +103,58 @@ pub async fn packets_from_before_0026_survive_it(b: Backend) -> anyhow::Result<(
         }
         pool.close().await;
     }
-    let result = async {
-        let store = Store::connect(&url).await?;
-        let (_, newest) = store
-            .subject_with_packets_to_head(&id)
-            .await?
-            .context("the subject is there")?;
-        let rows = |v: Vec<idvault_tests::idvault_server::store::StoredPacket>| {
-            v.into_iter()
-                .map(|p| (p.seq, p.field, p.packet))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            rows(newest),
-            vec![
-                (1, "email".into(), vec![1; 8]),
-                (2, "city".into(), vec![2; 8])
-            ]
-        );
-        let pool = AnyPool::connect(&url).await?;
-        let keys: Vec<(Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT subject_key, subject_id FROM packets ORDER BY subject_id, seq")
-                .fetch_all(&pool)
-                .await?;
-        assert_eq!(keys.len(), 3);
-        assert!(
-            keys.iter().all(|(k, s)| k == s),
-            "each packet keyed by its subject's id"
-        );
-        let unset: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM subjects WHERE subject_key IS NULL")
-                .fetch_one(&pool)
-                .await?;
-        assert_eq!(unset, 2, "subjects from before keep no key of their own");
-        sqlx::query(
-            "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ($1, 3, 'email', $2)",
-        )
-        .bind(id.as_bytes().to_vec())
-        .bind(vec![3u8; 8])
-        .execute(&pool)
+    let store = Store::connect(&url).await?;
+    let (_, newest) = store
+        .subject_with_packets_to_head(&id)
+        .await?
+        .context("the subject is there")?;
+    let rows = |v: Vec<idvault_tests::idvault_server::store::StoredPacket>| {
+        v.into_iter()
+            .map(|p| (p.seq, p.field, p.packet))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rows(newest),
+        vec![
+            (1, "email".into(), vec![1; 8]),
+            (2, "city".into(), vec![2; 8])
+        ]
+    );
+    let pool = AnyPool::connect(&url).await?;
+    let keys: Vec<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT subject_key, subject_id FROM packets ORDER BY subject_id, seq")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(keys.len(), 3);
+    assert!(
+        keys.iter().all(|(k, s)| k == s),
+        "each packet keyed by its subject's id"
+    );
+    let unset: i64 = sqlx::query_scalar("SELECT count(*) FROM subjects WHERE subject_key IS NULL")
+        .fetch_one(&pool)
         .await?;
-        pool.close().await;
-        let (_, newest) = store
-            .subject_with_packets_to_head(&id)
-            .await?
-            .context("the subject is there")?;
-        assert_eq!(
-            rows(newest),
-            vec![
-                (2, "city".into(), vec![2; 8]),
-                (3, "email".into(), vec![3; 8])
-            ]
-        );
-        store.close().await;
-        anyhow::Ok(())
-    }
-    .await;
-    if let Some(name) = name {
-        drop_postgres_database(&name).await?;
-    }
-    result
+    assert_eq!(unset, 2, "subjects from before keep no key of their own");
+    sqlx::query(
+        "INSERT INTO packets (subject_id, seq, field_name, packet) VALUES ($1, 3, 'email', $2)",
+    )
+    .bind(id.as_bytes().to_vec())
+    .bind(vec![3u8; 8])
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+    let (_, newest) = store
+        .subject_with_packets_to_head(&id)
+        .await?
+        .context("the subject is there")?;
+    assert_eq!(
+        rows(newest),
+        vec![
+            (2, "city".into(), vec![2; 8]),
+            (3, "email".into(), vec![3; 8])
+        ]
+    );
+    store.close().await;
+    Ok(())
 }
 
 /// Migration 0027 (match rows found by the subject's storage key) on a
@@ -177,7 +164,7 @@ pub async fn packets_from_before_0026_survive_it(b: Backend) -> anyhow::Result<(
 /// their signatures read.
 pub async fn match_rows_from_before_0027_survive_it(b: Backend) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (url, name) = database_before(b, dir.path(), "0027").await?;
+    let url = database_before(b, dir.path(), "0027").await?;
     let old = SubjectId::from_bytes([5; 16]);
     let new = SubjectId::from_bytes([6; 16]);
     let new_key = [7u8; 16];
@@ -209,47 +196,40 @@ pub async fn match_rows_from_before_0027_survive_it(b: Backend) -> anyhow::Resul
         }
         pool.close().await;
     }
-    let result = async {
-        let store = Store::connect(&url).await?;
-        let pool = AnyPool::connect(&url).await?;
-        for table in ["match_index", "match_subjects"] {
-            let keys: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT subject_id, subject_key FROM {table} ORDER BY subject_id"
-            )))
-            .fetch_all(&pool)
-            .await?;
-            assert!(!keys.is_empty(), "{table} kept its rows");
-            for (s, k) in keys {
-                let want = if s == old.as_bytes() {
-                    old.as_bytes().to_vec()
-                } else {
-                    new_key.to_vec()
-                };
-                assert_eq!(k, want, "{table}: each row under its subject's key");
-            }
+    let store = Store::connect(&url).await?;
+    let pool = AnyPool::connect(&url).await?;
+    for table in ["match_index", "match_subjects"] {
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT subject_id, subject_key FROM {table} ORDER BY subject_id"
+        )))
+        .fetch_all(&pool)
+        .await?;
+        assert!(!keys.is_empty(), "{table} kept its rows");
+        for (s, k) in keys {
+            let want = if s == old.as_bytes() {
+                old.as_bytes().to_vec()
+            } else {
+                new_key.to_vec()
+            };
+            assert_eq!(k, want, "{table}: each row under its subject's key");
         }
-        pool.close().await;
-        let ranked = store.match_ranks("d", &[(100, 1.0), (6, 2.0)], 8).await?;
-        let order: Vec<_> = ranked.iter().map(|r| r.subject).collect();
-        assert_eq!(order, vec![new, old], "ranked by their rows' gains");
-        let read = store.match_signatures("d", &ranked).await?;
-        let signatures: Vec<_> = read
-            .iter()
-            .map(|c| (c.subject, c.signature.clone()))
-            .collect();
-        assert_eq!(
-            signatures,
-            vec![(new, vec![6; 12]), (old, vec![5; 12])],
-            "each signature found under its key"
-        );
-        store.close().await;
-        anyhow::Ok(())
     }
-    .await;
-    if let Some(name) = name {
-        drop_postgres_database(&name).await?;
-    }
-    result
+    pool.close().await;
+    let ranked = store.match_ranks("d", &[(100, 1.0), (6, 2.0)], 8).await?;
+    let order: Vec<_> = ranked.iter().map(|r| r.subject).collect();
+    assert_eq!(order, vec![new, old], "ranked by their rows' gains");
+    let read = store.match_signatures("d", &ranked).await?;
+    let signatures: Vec<_> = read
+        .iter()
+        .map(|c| (c.subject, c.signature.clone()))
+        .collect();
+    assert_eq!(
+        signatures,
+        vec![(new, vec![6; 12]), (old, vec![5; 12])],
+        "each signature found under its key"
+    );
+    store.close().await;
+    Ok(())
 }
 
 /// Migrations 0028 (pairwise tokens found by the subject's storage key)
@@ -263,7 +243,7 @@ pub async fn tokens_and_creation_leaves_from_before_0028_survive_them(
     b: Backend,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (url, name) = database_before(b, dir.path(), "0028").await?;
+    let url = database_before(b, dir.path(), "0028").await?;
     let old = SubjectId::from_bytes([5; 16]);
     let new = SubjectId::from_bytes([0xa6; 16]);
     let new_key = [7u8; 16];
@@ -306,50 +286,42 @@ pub async fn tokens_and_creation_leaves_from_before_0028_survive_them(
         }
         pool.close().await;
     }
-    let result = async {
-        let store = Store::connect(&url).await?;
-        let pool = AnyPool::connect(&url).await?;
-        let tokens: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT subject_id, subject_key FROM pairwise_tokens ORDER BY subject_id",
-        )
-        .fetch_all(&pool)
-        .await?;
-        assert_eq!(
-            tokens,
-            vec![
-                (old.as_bytes().to_vec(), old.as_bytes().to_vec()),
-                (new.as_bytes().to_vec(), new_key.to_vec()),
-            ],
-            "each token under its subject's key"
-        );
-        let created: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            sqlx::query_as("SELECT subject_id, created_request FROM subjects ORDER BY subject_id")
-                .fetch_all(&pool)
-                .await?;
-        assert_eq!(
-            created,
-            vec![
-                (old.as_bytes().to_vec(), Some(vec![1; 16])),
-                (new.as_bytes().to_vec(), Some(vec![2; 16])),
-            ],
-            "each subject names its own creation's request"
-        );
-        pool.close().await;
-        for (s, leaf) in [(old, 0u8), (new, 1)] {
-            let found = store
-                .creation_leaf(&s)
-                .await?
-                .context("the creation leaf is found")?;
-            assert_eq!(found.bytes, vec![leaf; 8]);
-        }
-        store.close().await;
-        anyhow::Ok(())
+    let store = Store::connect(&url).await?;
+    let pool = AnyPool::connect(&url).await?;
+    let tokens: Vec<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT subject_id, subject_key FROM pairwise_tokens ORDER BY subject_id")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(
+        tokens,
+        vec![
+            (old.as_bytes().to_vec(), old.as_bytes().to_vec()),
+            (new.as_bytes().to_vec(), new_key.to_vec()),
+        ],
+        "each token under its subject's key"
+    );
+    let created: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT subject_id, created_request FROM subjects ORDER BY subject_id")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(
+        created,
+        vec![
+            (old.as_bytes().to_vec(), Some(vec![1; 16])),
+            (new.as_bytes().to_vec(), Some(vec![2; 16])),
+        ],
+        "each subject names its own creation's request"
+    );
+    pool.close().await;
+    for (s, leaf) in [(old, 0u8), (new, 1)] {
+        let found = store
+            .creation_leaf(&s)
+            .await?
+            .context("the creation leaf is found")?;
+        assert_eq!(found.bytes, vec![leaf; 8]);
     }
-    .await;
-    if let Some(name) = name {
-        drop_postgres_database(&name).await?;
-    }
-    result
+    store.close().await;
+    Ok(())
 }
 
 /// Migration 0034 (a primary key for `code_failures`) on a database holding
@@ -360,7 +332,7 @@ pub async fn tokens_and_creation_leaves_from_before_0028_survive_them(
 /// replication).
 pub async fn code_failures_from_before_0034_survive_it(b: Backend) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (url, name) = database_before(b, dir.path(), "0034").await?;
+    let url = database_before(b, dir.path(), "0034").await?;
     {
         let pool = AnyPool::connect(&url).await?;
         for (device, at) in [("dev-1", 1_000i64), ("dev-1", 1_000), ("dev-2", 2_000)] {
@@ -372,42 +344,35 @@ pub async fn code_failures_from_before_0034_survive_it(b: Backend) -> anyhow::Re
         }
         pool.close().await;
     }
-    let result = async {
-        let store = Store::connect(&url).await?;
-        assert_eq!(store.code_failures_since("dev-1", 0).await?, 2);
-        assert_eq!(store.code_failures_since("dev-2", 2_000).await?, 1);
-        assert_eq!(store.code_failures_since("dev-2", 2_001).await?, 0);
-        let pool = AnyPool::connect(&url).await?;
-        sqlx::query("INSERT INTO code_failures (device_id, at_ms) VALUES ('dev-1', 1000)")
-            .execute(&pool)
-            .await?;
-        assert_eq!(store.code_failures_since("dev-1", 0).await?, 3);
-        // On SQLite every table but a WITHOUT ROWID one is keyed by its
-        // rowid (`packets` and `pairwise_tokens` keep theirs on purpose:
-        // new rows append), and nothing refuses deletes without a key.
-        if b == Backend::Postgres {
-            let keyless: Vec<String> = sqlx::query_scalar(
-                "SELECT c.relname::TEXT FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'r' AND n.nspname = current_schema() \
-                 AND NOT EXISTS (SELECT 1 FROM pg_index i \
-                   WHERE i.indrelid = c.oid AND i.indisprimary) \
-                 ORDER BY 1",
-            )
-            .fetch_all(&pool)
-            .await?;
-            assert!(
-                keyless.is_empty(),
-                "tables without a primary key: {keyless:?}"
-            );
-        }
-        pool.close().await;
-        store.close().await;
-        anyhow::Ok(())
+    let store = Store::connect(&url).await?;
+    assert_eq!(store.code_failures_since("dev-1", 0).await?, 2);
+    assert_eq!(store.code_failures_since("dev-2", 2_000).await?, 1);
+    assert_eq!(store.code_failures_since("dev-2", 2_001).await?, 0);
+    let pool = AnyPool::connect(&url).await?;
+    sqlx::query("INSERT INTO code_failures (device_id, at_ms) VALUES ('dev-1', 1000)")
+        .execute(&pool)
+        .await?;
+    assert_eq!(store.code_failures_since("dev-1", 0).await?, 3);
+    // On SQLite every table but a WITHOUT ROWID one is keyed by its
+    // rowid (`packets` and `pairwise_tokens` keep theirs on purpose:
+    // new rows append), and nothing refuses deletes without a key.
+    if b == Backend::Postgres {
+        let keyless: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::TEXT FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname = current_schema() \
+             AND NOT EXISTS (SELECT 1 FROM pg_index i \
+               WHERE i.indrelid = c.oid AND i.indisprimary) \
+             ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await?;
+        assert!(
+            keyless.is_empty(),
+            "tables without a primary key: {keyless:?}"
+        );
     }
-    .await;
-    if let Some(name) = name {
-        drop_postgres_database(&name).await?;
-    }
-    result
+    pool.close().await;
+    store.close().await;
+    Ok(())
 }
