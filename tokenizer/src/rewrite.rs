@@ -47,10 +47,20 @@ impl FieldSpec {
         let (path, ty) = match s.split_once('=') {
             Some((p, t)) => (
                 p,
-                IdentifierType::parse(t).ok_or_else(|| RewriteError::UnknownType(t.to_owned()))?,
+                IdentifierType::parse(t).ok_or_else(|| {
+                    // Named back only when short: the text is the caller's.
+                    RewriteError::UnknownType(if t.len() <= 32 {
+                        t.to_owned()
+                    } else {
+                        format!("{}…", t.chars().take(16).collect::<String>())
+                    })
+                })?,
             ),
             None => (s, IdentifierType::infer(s)),
         };
+        if path.len() > MAX_PATH_BYTES {
+            return Err(RewriteError::PathTooLong);
+        }
         if path.is_empty() {
             return Err(RewriteError::BadPath(s.to_owned()));
         }
@@ -80,6 +90,9 @@ pub enum RewriteError {
     /// Unknown identifier type after `=`.
     #[error("unknown identifier type '{0}' (msisdn, email, account, service, location)")]
     UnknownType(String),
+    /// A field path or column name over [`MAX_PATH_BYTES`].
+    #[error("field path or column name longer than {MAX_PATH_BYTES} bytes")]
+    PathTooLong,
     /// A path with an empty segment.
     #[error("invalid field path '{0}'")]
     BadPath(String),
@@ -159,12 +172,20 @@ impl std::fmt::Debug for Rewriter<'_> {
     }
 }
 
+/// The longest field path or column name, in bytes. Every refused
+/// record's reason names its field, and a stream may refuse thousands of
+/// records: unbounded, one long name made each reason as long.
+pub const MAX_PATH_BYTES: usize = 256;
+
 fn check_fields(fields: &[FieldSpec]) -> Result<(), RewriteError> {
     if fields.is_empty() {
         return Err(RewriteError::NoFields);
     }
     if fields.len() > json::MAX_PATHS {
         return Err(RewriteError::TooManyFields);
+    }
+    if fields.iter().any(|f| f.path.len() > MAX_PATH_BYTES) {
+        return Err(RewriteError::PathTooLong);
     }
     // A value named twice would be rewritten twice: in JSON the second
     // token written after the first, an invalid line.
@@ -608,6 +629,8 @@ pub struct Splitter {
     scanned: usize,
     first_end: Option<usize>,
     last_end: Option<usize>,
+    /// The longest whole record found since the last consume.
+    longest: usize,
 }
 
 impl Splitter {
@@ -619,6 +642,7 @@ impl Splitter {
             scanned: 0,
             first_end: None,
             last_end: None,
+            longest: 0,
         }
     }
 
@@ -629,12 +653,8 @@ impl Splitter {
         let new = buf.get(start..).unwrap_or_default();
         match self.format {
             Format::JsonLines => {
-                if let Some(i) = new.iter().rposition(|&b| b == b'\n') {
-                    self.last_end = Some(start + i + 1);
-                    if self.first_end.is_none() {
-                        self.first_end =
-                            new.iter().position(|&b| b == b'\n').map(|j| start + j + 1);
-                    }
+                for i in memchr::memchr_iter(b'\n', new) {
+                    self.ended(start + i + 1);
                 }
             }
             Format::Csv { delimiter } => {
@@ -644,13 +664,28 @@ impl Splitter {
                         Some(End::Before) => start + i,
                         None => continue,
                     };
-                    self.last_end = Some(end);
-                    self.first_end.get_or_insert(end);
+                    self.ended(end);
                 }
             }
         }
         self.scanned = buf.len();
         self.last_end
+    }
+
+    fn ended(&mut self, end: usize) {
+        let len = end - self.last_end.unwrap_or(0);
+        self.longest = self.longest.max(len);
+        self.last_end = Some(end);
+        self.first_end.get_or_insert(end);
+    }
+
+    /// The length of the longest whole record [`scan`] found since the
+    /// splitter was made or last consumed, terminator included: a caller
+    /// bounding records checks it, since one cut may hold many.
+    ///
+    /// [`scan`]: Splitter::scan
+    pub fn longest_record(&self) -> usize {
+        self.longest
     }
 
     /// The first record end [`scan`] found since the splitter was made or
@@ -716,6 +751,7 @@ impl Splitter {
         // `n` was the last record end seen: none remains in what is left.
         self.first_end = None;
         self.last_end = None;
+        self.longest = 0;
     }
 }
 
@@ -793,6 +829,40 @@ mod tests {
     /// A field named twice (even with different identifier types) is
     /// refused before any record is read: rewriting one value twice made
     /// an invalid JSON line (two tokens in a row).
+    /// A field path or column name is at most 256 bytes, refused before
+    /// any record is read and without being echoed: every refused record's
+    /// reason names its field, so one long name made each reason as long
+    /// (a 1 MiB path and 10,000 empty records: about 10 GiB of reasons).
+    #[test]
+    fn long_field_paths_are_refused_unechoed() {
+        let k = key();
+        let at_limit = "a".repeat(MAX_PATH_BYTES);
+        let over = "a".repeat(MAX_PATH_BYTES + 1);
+        assert!(FieldSpec::parse(&format!("{at_limit}=account")).is_ok());
+        let e = FieldSpec::parse(&format!("{over}=account")).unwrap_err();
+        assert_eq!(e, RewriteError::PathTooLong);
+        assert!(e.to_string().len() < 100, "{e}");
+        let e = FieldSpec::parse(&format!("a={}", "x".repeat(10_000))).unwrap_err();
+        assert!(e.to_string().len() < 120, "{e}");
+        let long = vec![FieldSpec {
+            path: over.clone(),
+            ty: IdentifierType::Account,
+        }];
+        assert_eq!(
+            Rewriter::json_lines(long.clone(), UK, &k).unwrap_err(),
+            RewriteError::PathTooLong
+        );
+        assert_eq!(
+            Rewriter::csv(long, over.as_bytes(), b',', UK, &k).unwrap_err(),
+            RewriteError::PathTooLong
+        );
+        let rw = Rewriter::json_lines(specs(&[&format!("{at_limit}=account")]), UK, &k).unwrap();
+        let mut out = Vec::new();
+        let mut rejects = Vec::new();
+        rw.rewrite_chunk(b"{}\n", 1, &mut out, &mut rejects);
+        assert_eq!(rejects.len(), 1);
+    }
+
     #[test]
     fn a_field_named_twice_is_refused() {
         let k = key();

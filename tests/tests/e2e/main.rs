@@ -105,6 +105,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     tokens::rotation_keeps_tokens_resolvable,
     tokens::oversized_stream_message_is_resource_exhausted,
     tokens::tokenize_rejects_are_capped,
+    tokens::tokenize_refuses_long_paths_and_records,
     tokens::tokenize_streams_per_partner_are_limited,
     tokens::streams_that_never_read_are_ended_at_their_deadline,
     tokens::tokenize_stream_output_growth_and_csv_quotes,

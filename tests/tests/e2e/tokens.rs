@@ -519,6 +519,83 @@ fn stateless_settings() -> TokenizeSettings {
     }
 }
 
+/// Outside bytes that would make the vault hold many times their size are
+/// refused with INVALID_ARGUMENT: a field path over 256 bytes (each
+/// refused record's reason names its field), and a record over 8 MiB
+/// even when its end arrives in the same message as its last bytes
+/// (before, only a record still unfinished was measured, so one of
+/// 8 MiB plus a message was rewritten whole, several times its size).
+pub async fn tokenize_refuses_long_paths_and_records(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_tokenizer::pipeline::MAX_RECORD_BYTES;
+    let tv = TestVault::start(b).await?;
+    let mut c = TokenServiceClient::new(tv.channel("partner-a").await?);
+    let long_path = TokenizeSettings {
+        fields: vec![format!("{}=msisdn", "a".repeat(257))],
+        ..stateless_settings()
+    };
+    let reqs = vec![
+        TokenizeLogRequest {
+            settings: Some(long_path),
+            data: Vec::new(),
+        },
+        TokenizeLogRequest {
+            settings: None,
+            data: b"{}\n".repeat(1_000),
+        },
+    ];
+    let e = c
+        .tokenize_log(tokio_stream::iter(reqs))
+        .await
+        .map(tonic::Response::into_inner);
+    let e = match e {
+        Err(e) => e,
+        Ok(mut stream) => loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("a 257-byte field path was accepted"),
+                Err(e) => break e,
+            }
+        },
+    };
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("256 bytes"), "{}", e.message());
+    assert!(e.message().len() < 200, "the path is not echoed");
+
+    // One record of 8 MiB and 100 bytes, its newline in its last message,
+    // after a short record in the first.
+    let piece = 512 * 1024;
+    let mut record = b"{\"user\":{\"msisdn\":\"+447700900123\"},\"pad\":\"".to_vec();
+    record.resize(MAX_RECORD_BYTES + 100, b'x');
+    record.extend_from_slice(b"\"}\n");
+    let mut data = b"{\"user\":{\"msisdn\":\"+447700900123\"}}\n".to_vec();
+    data.extend_from_slice(&record);
+    let mut reqs = vec![TokenizeLogRequest {
+        settings: Some(stateless_settings()),
+        data: Vec::new(),
+    }];
+    reqs.extend(data.chunks(piece).map(|c| TokenizeLogRequest {
+        settings: None,
+        data: c.to_vec(),
+    }));
+    let mut stream = c.tokenize_log(tokio_stream::iter(reqs)).await?.into_inner();
+    let mut rewritten = 0;
+    let e = loop {
+        match stream.message().await {
+            Ok(Some(m)) => rewritten += m.records_rewritten,
+            Ok(None) => anyhow::bail!("a record over {MAX_RECORD_BYTES} bytes was accepted"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("record longer than"),
+        "{}",
+        e.message()
+    );
+    assert!(rewritten <= 1, "{rewritten} records rewritten");
+    tv.stop().await
+}
+
 /// Rejects are capped: a message of one-byte junk lines (about 500,000
 /// rejects in 1 MB) ends the stream with RESOURCE_EXHAUSTED instead of
 /// being held in memory, and so does a stream whose messages add up past

@@ -169,9 +169,23 @@ enum Role {
     AddressLocation,
 }
 
+/// The longest bridge CSV header, in bytes (its fields, separators
+/// aside), as docs/tokenize.md states.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The widest bridge CSV header, in columns.
+pub const MAX_HEADER_COLUMNS: usize = 4_096;
+
 impl CsvLayout {
     /// Reads the header row.
     pub fn from_header(header: &csv::StringRecord) -> Result<Self, String> {
+        if header.as_byte_record().as_slice().len() > MAX_HEADER_BYTES
+            || header.len() > MAX_HEADER_COLUMNS
+        {
+            return Err(format!(
+                "the header is longer than {MAX_HEADER_BYTES} bytes or wider than \
+                 {MAX_HEADER_COLUMNS} columns"
+            ));
+        }
         let roles = header
             .iter()
             .map(|h| match h.trim() {
@@ -274,6 +288,21 @@ mod tests {
             CsvLayout::from_header(&csv::StringRecord::from(vec!["phone"]))
                 .unwrap_err()
                 .contains("unknown column")
+        );
+        // The documented header bounds: width, then length.
+        let wide = csv::StringRecord::from(vec!["msisdn"; MAX_HEADER_COLUMNS + 1]);
+        assert!(
+            CsvLayout::from_header(&wide)
+                .unwrap_err()
+                .contains("4096 columns")
+        );
+        let ok = csv::StringRecord::from(vec!["msisdn"; MAX_HEADER_COLUMNS]);
+        assert!(CsvLayout::from_header(&ok).is_ok());
+        let long = csv::StringRecord::from(vec!["x".repeat(MAX_HEADER_BYTES + 1)]);
+        assert!(
+            CsvLayout::from_header(&long)
+                .unwrap_err()
+                .contains("65536 bytes")
         );
     }
 }

@@ -239,19 +239,22 @@ impl LogTokenizer {
     /// far, or everything when `last`.
     pub async fn feed(&mut self, data: &[u8], last: bool) -> Result<Fed, VaultError> {
         self.pending.extend_from_slice(data);
-        let cut = if last {
-            self.pending.len()
-        } else {
-            // Each byte is scanned once however the client splits its data.
-            match self.splitter.scan(&self.pending) {
-                Some(c) => c,
-                None if self.pending.len() > MAX_RECORD_BYTES => {
-                    return Err(VaultError::BadRequest(format!(
-                        "record longer than {MAX_RECORD_BYTES} bytes"
-                    )));
-                }
-                None => return Ok(Fed::default()),
-            }
+        // Each byte is scanned once however the client splits its data.
+        let end = self.splitter.scan(&self.pending);
+        // Every record of the cut, not only the unfinished one: a message
+        // may bring many records, and one longer than the bound would
+        // otherwise be rewritten whole (its output several times larger).
+        if self.splitter.longest_record() > MAX_RECORD_BYTES
+            || self.pending.len() - end.unwrap_or(0) > MAX_RECORD_BYTES
+        {
+            return Err(VaultError::BadRequest(format!(
+                "record longer than {MAX_RECORD_BYTES} bytes"
+            )));
+        }
+        let cut = match end {
+            _ if last => self.pending.len(),
+            Some(c) => c,
+            None => return Ok(Fed::default()),
         };
         let rest = self.pending.split_off(cut);
         let chunk = std::mem::replace(&mut self.pending, rest);
