@@ -1,7 +1,7 @@
 //! The audit log: tamper detection, fail-closed writes, no PII.
 
 use idvault_tests::idvault_core::tlog::checkpoint::{NoteVerifier, open_checkpoint};
-use idvault_tests::idvault_core::tlog::leaf::AuditLeaf;
+use idvault_tests::idvault_core::tlog::leaf::{self, AuditLeaf};
 use idvault_tests::idvault_core::tlog::merkle;
 use idvault_tests::idvault_proto::v1::audit_service_client::AuditServiceClient;
 use idvault_tests::idvault_proto::v1::{
@@ -229,6 +229,126 @@ pub async fn forged_leaf_is_not_sequenced(b: Backend) -> anyhow::Result<()> {
         broken(verdict(&tv).await?),
         AuditFault::BadMac { index: None, .. }
     ));
+    tv.stop().await
+}
+
+/// How many leaves are signed, once `want` are or after 10 s.
+async fn signed_leaves(tv: &TestVault, want: i64) -> i64 {
+    let q = "SELECT count(*) FROM audit_log WHERE idx IS NOT NULL";
+    for _ in 0..100 {
+        if tv.count(q).await == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tv.count(q).await
+}
+
+/// Copies `audit_log` row `id` as a new row (every column but the id and
+/// the index); the copy's row id.
+async fn copy_leaf_row(tv: &TestVault, id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
+         head_seq, leaf, key_version, nonce, mac) \
+         SELECT time_ms, actor, action, subject, outcome, detail, request_id, head_seq, leaf, \
+         key_version, nonce, mac FROM audit_log WHERE id = $1 RETURNING id",
+    )
+    .bind(id)
+    .fetch_one(tv.db())
+    .await
+}
+
+/// A database writer without the root key copies a genuine, signed leaf
+/// row. The nonce its MAC covers is unique: the copy is refused by the
+/// index, and with the index dropped it is stored but never signed, and
+/// the root key names it. A row from before nonces (MAC over the leaf
+/// alone) is still signed, and a copy of it is not either.
+pub async fn copied_leaf_is_not_signed(b: Backend) -> anyhow::Result<()> {
+    let tv = log_of(b, 2).await?;
+    let first: i64 = sqlx::query_scalar("SELECT id FROM audit_log WHERE idx = 0")
+        .fetch_one(tv.db())
+        .await?;
+    let nonce: Option<Vec<u8>> = sqlx::query_scalar("SELECT nonce FROM audit_log WHERE id = $1")
+        .bind(first)
+        .fetch_one(tv.db())
+        .await?;
+    assert_eq!(nonce.map(|n| n.len()), Some(16), "new rows carry a nonce");
+    let refused = copy_leaf_row(&tv, first).await;
+    assert!(refused.is_err(), "the nonce index refuses a copy");
+    sqlx::query("DROP INDEX audit_log_nonce")
+        .execute(tv.db())
+        .await?;
+    let copy = copy_leaf_row(&tv, first).await?;
+    create(&tv, "partner-a", &[("city", "Oslo")]).await?;
+    assert_eq!(signed_leaves(&tv, 3).await, 3);
+    // Give the sequencer another round at the copy.
+    create(&tv, "partner-a", &[("city", "Quito")]).await?;
+    assert_eq!(signed_leaves(&tv, 4).await, 4);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(signed_leaves(&tv, 4).await, 4, "the copy is never signed");
+    assert_eq!(
+        broken(verdict(&tv).await?),
+        AuditFault::LeafCopied {
+            index: None,
+            row: copy
+        }
+    );
+    sqlx::query("DELETE FROM audit_log WHERE id = $1")
+        .bind(copy)
+        .execute(tv.db())
+        .await?;
+
+    // A row as a build before nonces wrote it, then its copy.
+    let mut old = leaf_at(&tv, 1).await?;
+    old.request_id = [0x5a; 16];
+    old.subject = None;
+    old.head = None;
+    let bytes = old.encode();
+    let keys = tv.vault.keys();
+    let key = keys.audit_key(keys.current_version())?;
+    let mac = leaf::row_mac(&key, &merkle::leaf_hash(&bytes), None);
+    let legacy: i64 = sqlx::query_scalar(
+        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
+         head_seq, leaf, key_version, mac) VALUES ($1, $2, $3, NULL, $4, $5, $6, NULL, $7, $8, $9) \
+         RETURNING id",
+    )
+    .bind(old.time_ms)
+    .bind(old.actor.clone())
+    .bind(old.action.clone())
+    .bind(old.outcome.clone())
+    .bind(old.detail.clone())
+    .bind(old.request_id.to_vec())
+    .bind(bytes.clone())
+    .bind(i64::from(key.version()))
+    .bind(mac.to_vec())
+    .fetch_one(tv.db())
+    .await?;
+    assert_eq!(
+        signed_leaves(&tv, 5).await,
+        5,
+        "a row from before nonces is signed"
+    );
+    let copy = copy_leaf_row(&tv, legacy).await?;
+    create(&tv, "partner-a", &[("city", "Accra")]).await?;
+    assert_eq!(signed_leaves(&tv, 6).await, 6);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(signed_leaves(&tv, 6).await, 6, "its copy is never signed");
+    assert_eq!(
+        broken(verdict(&tv).await?),
+        AuditFault::LeafCopied {
+            index: None,
+            row: copy
+        }
+    );
+    // The public key alone cannot tell a copy: only the MAC vouches for
+    // the nonce.
+    assert!(
+        matches!(
+            public_verdict(&tv).await?,
+            AuditVerdict::Intact { pending: 1, .. }
+        ),
+        "public verification sees one unsigned row"
+    );
     tv.stop().await
 }
 
@@ -815,11 +935,15 @@ async fn commit_test_leaf(
         head: None,
     };
     let bytes = leaf.encode();
-    let mac = crypto::hmac_sha256(key, &[&merkle::leaf_hash(&bytes)]);
+    let mut random = [0u8; 8];
+    random.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    let nonce = leaf::row_nonce(leaf.time_ms, random);
+    let mac = crypto::hmac_sha256(key, &[&merkle::leaf_hash(&bytes), &nonce]);
     tx.commit(&NewLeaf {
         leaf: &leaf,
         bytes: &bytes,
         key_version: 1,
+        nonce,
         mac,
     })
     .await?;

@@ -74,6 +74,7 @@ const BOTH: &[(&str, TestFn)] = tests![
     audit::removed_and_reordered_leaves_are_named,
     audit::forged_checkpoint_is_named,
     audit::forged_leaf_is_not_sequenced,
+    audit::copied_leaf_is_not_signed,
     audit::forged_tree_state_is_not_signed,
     audit::cut_back_log_is_not_signed_again,
     audit::uncovered_leaves_are_named,

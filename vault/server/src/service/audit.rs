@@ -17,7 +17,7 @@ use idvault_core::crypto;
 use idvault_core::keys::KeyHierarchy;
 use idvault_core::secret::AuditKey;
 use idvault_core::tlog::checkpoint::{self, Checkpoint, NoteSigner, NoteVerifier};
-use idvault_core::tlog::leaf::AuditLeaf;
+use idvault_core::tlog::leaf::{self, AuditLeaf};
 use idvault_core::tlog::merkle::{self, Appender, Hash, NodeId};
 use idvault_policies::Action;
 
@@ -617,7 +617,12 @@ pub(crate) fn mac_ok(
         }
     }
     cache.get(&row.key_version).is_some_and(|k| {
-        crypto::hmac_sha256_verify(k.expose(), &merkle::leaf_hash(&row.bytes), &row.mac)
+        leaf::row_mac_ok(
+            k,
+            &merkle::leaf_hash(&row.bytes),
+            row.nonce.as_ref(),
+            &row.mac,
+        )
     })
 }
 
@@ -762,6 +767,12 @@ async fn sequence(
         .await?;
     let (size, note, edge) = lease.tree_state(store, merkle::root_nodes).await?;
     let mut tree = resume.check(origin, size, note.as_deref(), &edge)?;
+    // A row's nonce is unique in the log (`audit_log_nonce`, which a
+    // writer able to drop it could): one a signed leaf carries already,
+    // or an earlier row of this batch, marks a copy.
+    let nonces: Vec<_> = pending.iter().filter_map(|r| r.nonce).collect();
+    let signed = store.sequenced_nonces(&nonces).await?;
+    let mut taken = HashSet::with_capacity(nonces.len());
     let mut assigned = Vec::with_capacity(pending.len());
     let mut nodes = Vec::new();
     for row in &pending {
@@ -777,6 +788,20 @@ async fn sequence(
             tracing::error!(
                 row = row.id,
                 "audit leaf MAC does not verify; not sequenced"
+            );
+            if skipped.len() < MAX_SKIPPED {
+                skipped.insert((row.id, hash));
+            }
+            continue;
+        }
+        let copied = match row.nonce {
+            Some(n) => signed.contains(&n) || !taken.insert(n),
+            None => copies_leaf_without_nonce(store, row, &mut taken).await?,
+        };
+        if copied {
+            tracing::error!(
+                row = row.id,
+                "audit leaf row is a copy of another (same nonce, or the same bytes before nonces); not sequenced"
             );
             if skipped.len() < MAX_SKIPPED {
                 skipped.insert((row.id, hash));
@@ -829,6 +854,45 @@ async fn sequence(
     );
     Ok(assigned.len() as u64)
 }
+
+/// Whether `row`, a leaf row without a nonce (as every row written before
+/// migration 0035 is), repeats a signed leaf of its request byte for
+/// byte, or one of this batch (`taken` holds the batch's nonces, and for
+/// rows without one, their leaf hash in a nonce-sized key that no real
+/// nonce takes). Its MAC covers only the leaf, so a copy of such a row
+/// verifies: its bytes are what tell it. Genuine leaves of one request
+/// can be identical too (a job's batches in one millisecond), so the
+/// second of such a pair written by a build before 0035 and not yet
+/// signed when it was upgraded is held back as well, the safer error.
+async fn copies_leaf_without_nonce(
+    store: &Store,
+    row: &LeafRow,
+    taken: &mut HashSet<[u8; leaf::ROW_NONCE_LEN]>,
+) -> Result<bool, VaultError> {
+    let hash = merkle::leaf_hash(&row.bytes);
+    // All ones first: a real nonce starts with a time before the year
+    // 292 million.
+    let mut key = [0xff; leaf::ROW_NONCE_LEN];
+    key[8..].copy_from_slice(&hash[..8]);
+    Ok(!taken.insert(key) || repeats_signed_leaf(store, row).await?)
+}
+
+/// Whether `row`, a leaf row without a nonce, repeats byte for byte a
+/// signed leaf without one of the request its bytes name.
+async fn repeats_signed_leaf(store: &Store, row: &LeafRow) -> Result<bool, VaultError> {
+    let Ok(decoded) = AuditLeaf::decode(&row.bytes) else {
+        // Its MAC verified, so the vault wrote it; `audit verify` names
+        // bytes that do not decode.
+        return Ok(false);
+    };
+    Ok(store
+        .sequenced_leaves_without_nonce(&decoded.request_id, MAX_SAME_REQUEST)
+        .await?
+        .contains(&row.bytes))
+}
+
+/// Signed leaves of one request compared with a row without a nonce.
+const MAX_SAME_REQUEST: u32 = 4_096;
 
 /// Whether a checkpoint committed while [`verify_audit_log`] ran covers the
 /// whole `tree` it read: the newest stored one, its note verified, is the
@@ -928,6 +992,14 @@ pub enum AuditFault {
         /// Its row id.
         row: i64,
     },
+    /// A leaf row carries the nonce of a row before it (a genuine row
+    /// copied by a database writer; checked with the root key).
+    LeafCopied {
+        /// Its index (or, unsequenced, `None`).
+        index: Option<u64>,
+        /// Its row id.
+        row: i64,
+    },
     /// A leaf's MAC does not verify with the root key (forged).
     BadMac {
         /// Its index (or, unsequenced, `None`).
@@ -975,6 +1047,13 @@ impl std::fmt::Display for AuditFault {
                     at(index, row)
                 )
             }
+            Self::LeafCopied { index, row } => {
+                write!(
+                    f,
+                    "{}: a copy of an earlier leaf row (its nonce is that row's)",
+                    at(index, row)
+                )
+            }
             Self::BadMac { index, row } => {
                 write!(
                     f,
@@ -991,6 +1070,10 @@ impl std::fmt::Display for AuditFault {
 }
 
 const PAGE: u32 = 2_000;
+
+/// Nonces shared by several rows that `audit verify` looks into (the
+/// first copy it meets is the fault it names).
+const MAX_COPIES_LISTED: u32 = 1_000;
 
 /// Walks the whole log: every checkpoint's signature (`verifiers`, for the
 /// log named `origin`), every leaf against its stored node and the signed
@@ -1021,6 +1104,16 @@ pub async fn verify_audit_log(
             cps.push((c.size, c.root));
         }
     }
+    // Copies are told by their nonce, which only the MAC vouches for, so
+    // only with the root key.
+    let copies: HashSet<i64> = match keys {
+        Some(_) => store
+            .copied_leaf_rows(MAX_COPIES_LISTED)
+            .await?
+            .into_iter()
+            .collect(),
+        None => HashSet::new(),
+    };
     let mut tree = Appender::new();
     let mut next_cp = cps.iter().peekable();
     let mut prev_cp = 0;
@@ -1050,7 +1143,7 @@ pub async fn verify_audit_log(
             let node_ok = stored
                 .get(&NodeId { level: 0, index })
                 .is_some_and(|h| crypto::ct_eq(h, &hash));
-            if let Some(fault) = check_leaf(row, keys, &mut mac_keys, &mut heads) {
+            if let Some(fault) = check_leaf(row, keys, &copies, &mut mac_keys, &mut heads) {
                 return Ok(AuditVerdict::Broken(fault));
             }
             if !node_ok {
@@ -1099,8 +1192,16 @@ pub async fn verify_audit_log(
         let Some(last) = page.last() else { break };
         after_id = last.id;
         for row in &page {
-            if let Some(fault) = check_leaf(row, keys, &mut mac_keys, &mut heads) {
+            if let Some(fault) = check_leaf(row, keys, &copies, &mut mac_keys, &mut heads) {
                 return Ok(AuditVerdict::Broken(fault));
+            }
+            // A row without a nonce the sequencer holds back as a copy of
+            // a signed one (`copies_leaf_without_nonce`).
+            if keys.is_some() && row.nonce.is_none() && repeats_signed_leaf(store, row).await? {
+                return Ok(AuditVerdict::Broken(AuditFault::LeafCopied {
+                    index: None,
+                    row: row.id,
+                }));
             }
             pending += 1;
         }
@@ -1135,6 +1236,7 @@ pub async fn verify_audit_log(
 fn check_leaf(
     row: &LeafRow,
     keys: Option<&KeyHierarchy>,
+    copies: &HashSet<i64>,
     mac_keys: &mut HashMap<u32, AuditKey>,
     heads: &mut HashMap<String, Option<(u64, Hash)>>,
 ) -> Option<AuditFault> {
@@ -1156,6 +1258,12 @@ fn check_leaf(
         && !mac_ok(k, mac_keys, row)
     {
         return Some(AuditFault::BadMac {
+            index: row.idx,
+            row: row.id,
+        });
+    }
+    if copies.contains(&row.id) {
+        return Some(AuditFault::LeafCopied {
             index: row.idx,
             row: row.id,
         });

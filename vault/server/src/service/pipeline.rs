@@ -21,9 +21,8 @@
 //! writes its own refusal record, and nothing here is shared between
 //! requests: a decision lives in its request, not in the caller.
 
-use idvault_core::crypto;
 use idvault_core::subject::SubjectId;
-use idvault_core::tlog::leaf::AuditLeaf;
+use idvault_core::tlog::leaf::{self as tlog_leaf, AuditLeaf};
 use idvault_core::tlog::merkle;
 use idvault_policies::{Action, Decision, RequestContext, Resource};
 
@@ -648,11 +647,17 @@ impl Vault {
         let key = self.keys().audit_key(self.keys().current_version())?;
         let bytes = leaf.encode();
         let hash = merkle::leaf_hash(&bytes);
-        let mac = crypto::hmac_sha256(key.expose(), &[&hash]);
+        let mut random = [0u8; 8];
+        self.rng()
+            .fill(&mut random)
+            .map_err(|_| VaultError::Internal("random source"))?;
+        let nonce = tlog_leaf::row_nonce(leaf.time_ms, random);
+        let mac = tlog_leaf::row_mac(&key, &hash, Some(&nonce));
         Ok(SealedLeaf {
             bytes,
             hash,
             key_version: key.version(),
+            nonce,
             mac,
         })
     }
@@ -813,6 +818,7 @@ struct SealedLeaf {
     bytes: Vec<u8>,
     hash: [u8; 32],
     key_version: u32,
+    nonce: [u8; tlog_leaf::ROW_NONCE_LEN],
     mac: [u8; 32],
 }
 
@@ -822,6 +828,7 @@ impl SealedLeaf {
             leaf,
             bytes: &self.bytes,
             key_version: self.key_version,
+            nonce: self.nonce,
             mac: self.mac,
         }
     }

@@ -23,6 +23,7 @@
 //! batch or the batch sees the update.
 
 use idvault_core::keys::{self as ckeys};
+use idvault_core::tlog::leaf as tlog_leaf;
 use idvault_core::tlog::merkle;
 use idvault_core::{crypto, packet, xref};
 use idvault_tokenizer::ident::IdentifierType;
@@ -421,15 +422,16 @@ impl Vault {
                 {
                     e.insert(self.keys().audit_key(row.key_version).ok());
                 }
+                let nonce = row.nonce.as_ref();
                 let ok = old_keys
                     .get(&row.key_version)
                     .and_then(Option::as_ref)
-                    .is_some_and(|old| crypto::hmac_sha256_verify(old.expose(), &hash, &row.mac));
+                    .is_some_and(|old| tlog_leaf::row_mac_ok(old, &hash, nonce, &row.mac));
                 if !ok {
                     forged += 1;
                     continue;
                 }
-                let mac = crypto::hmac_sha256(key.expose(), &[&hash]);
+                let mac = tlog_leaf::row_mac(&key, &hash, nonce);
                 if tx
                     .remac_leaf(row, target, &mac)
                     .await

@@ -12,7 +12,7 @@ use super::rows::{fixed, i64_to_u64, u64_to_i64};
 use super::writeset::Value;
 use super::{AuditedTx, Backend, Store, StoreError};
 use idvault_core::crypto::HASH_LEN;
-use idvault_core::tlog::leaf::AuditLeaf;
+use idvault_core::tlog::leaf::{AuditLeaf, ROW_NONCE_LEN};
 use idvault_core::tlog::merkle::{Hash, NodeId};
 
 /// A leaf as a request writes it.
@@ -24,7 +24,9 @@ pub struct NewLeaf<'a> {
     pub bytes: &'a [u8],
     /// Version of the audit MAC key.
     pub key_version: u32,
-    /// HMAC of the leaf hash under that key.
+    /// The row's nonce (`idvault_core::tlog::leaf::row_nonce`).
+    pub nonce: [u8; ROW_NONCE_LEN],
+    /// The row's MAC (`idvault_core::tlog::leaf::row_mac`) under that key.
     pub mac: [u8; HASH_LEN],
 }
 
@@ -45,6 +47,8 @@ pub struct LeafRow {
     pub bytes: Vec<u8>,
     /// MAC key version.
     pub key_version: u32,
+    /// The row's nonce; `None` on rows written before migration 0035.
+    pub nonce: Option<[u8; ROW_NONCE_LEN]>,
     /// MAC.
     pub mac: [u8; HASH_LEN],
 }
@@ -81,7 +85,7 @@ impl LeafColumns {
 }
 
 const LEAF_COLUMNS: &str = "id, idx, time_ms, actor, action, subject, outcome, detail, request_id, \
-     head_seq, leaf, key_version, mac";
+     head_seq, leaf, key_version, nonce, mac";
 
 /// The newest chain-changing leaf of subject `$1` (its id as text) other
 /// than its creation: index `audit_log_subject_update` (migration 0030),
@@ -127,6 +131,13 @@ fn leaf_row(r: &AnyRow) -> Result<LeafRow, StoreError> {
         bytes: r.try_get("leaf")?,
         key_version: u32::try_from(r.try_get::<i64, _>("key_version")?)
             .map_err(|_| StoreError::Corrupt("audit_log.key_version"))?,
+        nonce: r
+            .try_get::<Option<Vec<u8>>, _>("nonce")?
+            .map(|n| {
+                n.try_into()
+                    .map_err(|_| StoreError::Corrupt("audit_log.nonce"))
+            })
+            .transpose()?,
         mac: fixed(r, "mac")?,
     })
 }
@@ -175,6 +186,7 @@ impl NewLeaf<'_> {
             Value::OptInt(l.head.map(|(seq, _)| u64_to_i64(seq)).transpose()?),
             Value::Bytes(self.bytes.to_vec()),
             Value::Int(i64::from(self.key_version)),
+            Value::Bytes(self.nonce.to_vec()),
             Value::Bytes(self.mac.to_vec()),
         ])
     }
@@ -283,6 +295,78 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(leaf_row).collect()
+    }
+
+    /// Which of `nonces` a sequenced leaf row carries already (read in
+    /// chunks, each a seek in `audit_log_nonce`).
+    pub async fn sequenced_nonces(
+        &self,
+        nonces: &[[u8; ROW_NONCE_LEN]],
+    ) -> Result<std::collections::HashSet<[u8; ROW_NONCE_LEN]>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in nonces.chunks(500) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(format!(
+                "SELECT nonce FROM audit_log WHERE nonce IN ({list}) AND idx IS NOT NULL"
+            )));
+            for n in chunk {
+                q = q.bind(n.to_vec());
+            }
+            for n in q.fetch_all(&self.pool).await? {
+                found.insert(
+                    n.try_into()
+                        .map_err(|_| StoreError::Corrupt("audit_log.nonce"))?,
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// The bytes of the sequenced leaves without a nonce (written before
+    /// migration 0035) whose request id column is `request_id`, at most
+    /// `limit` (through `audit_log_request`).
+    pub async fn sequenced_leaves_without_nonce(
+        &self,
+        request_id: &[u8],
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT leaf FROM audit_log WHERE request_id = $1 AND idx IS NOT NULL \
+             AND nonce IS NULL LIMIT $2",
+        )
+        .bind(request_id.to_vec())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The ids of up to `limit` leaf rows that share their nonce with a row
+    /// before them (sequenced rows by index first, then unsequenced ones
+    /// by id): copies, the first row of each nonce being the one signed or
+    /// to be signed.
+    pub async fn copied_leaf_rows(&self, limit: u32) -> Result<Vec<i64>, StoreError> {
+        let dups: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT nonce FROM audit_log WHERE nonce IS NOT NULL GROUP BY nonce \
+             HAVING COUNT(*) > 1 LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut copies = Vec::new();
+        for nonce in dups {
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM audit_log WHERE nonce = $1 \
+                 ORDER BY CASE WHEN idx IS NULL THEN 1 ELSE 0 END, idx, id",
+            )
+            .bind(nonce)
+            .fetch_all(&self.pool)
+            .await?;
+            copies.extend(ids.into_iter().skip(1));
+        }
+        Ok(copies)
     }
 
     /// The time of the newest audit leaf (unix ms; 0 when none).

@@ -593,6 +593,8 @@ pub struct LeafMacRow {
     pub leaf: Vec<u8>,
     /// MAC key version.
     pub key_version: u32,
+    /// The row's nonce (`None` on rows from before migration 0035).
+    pub nonce: Option<[u8; idvault_core::tlog::leaf::ROW_NONCE_LEN]>,
     /// The MAC.
     pub mac: Vec<u8>,
 }
@@ -667,7 +669,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<LeafMacRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, leaf, key_version, mac FROM audit_log WHERE id > $1 AND key_version < $2 \
+            "SELECT id, leaf, key_version, nonce, mac FROM audit_log WHERE id > $1 AND key_version < $2 \
              AND key_version >= 0 ORDER BY id LIMIT $3",
         )
         .bind(after)
@@ -681,6 +683,13 @@ impl Store {
                     id: r.try_get("id")?,
                     leaf: r.try_get("leaf")?,
                     key_version: version_col(r, "key_version")?,
+                    nonce: r
+                        .try_get::<Option<Vec<u8>>, _>("nonce")?
+                        .map(|n| {
+                            n.try_into()
+                                .map_err(|_| StoreError::Corrupt("audit_log.nonce"))
+                        })
+                        .transpose()?,
                     mac: r.try_get("mac")?,
                 })
             })
@@ -1239,13 +1248,17 @@ impl AuditedTx {
         version: u32,
         mac: &[u8; 32],
     ) -> Result<bool, StoreError> {
+        // The new MAC covers the nonce read with the row: the update takes
+        // effect only if neither changed since.
         let n = sqlx::query(
-            "UPDATE audit_log SET key_version = $1, mac = $2 WHERE id = $3 AND mac = $4",
+            "UPDATE audit_log SET key_version = $1, mac = $2 WHERE id = $3 AND mac = $4 \
+             AND (nonce = $5 OR (nonce IS NULL AND $5 IS NULL))",
         )
         .bind(i64::from(version))
         .bind(mac.to_vec())
         .bind(row.id)
         .bind(row.mac.clone())
+        .bind(row.nonce.map(|n| n.to_vec()))
         .execute(self.conn().await?)
         .await?
         .rows_affected();

@@ -252,8 +252,8 @@ impl Table {
             ),
             Self::Leaves => (
                 "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, \
-                 request_id, head_seq, leaf, key_version, mac) VALUES ",
-                11,
+                 request_id, head_seq, leaf, key_version, nonce, mac) VALUES ",
+                12,
                 "",
             ),
         }
@@ -1021,7 +1021,7 @@ mod tests {
             .map(|i| {
                 let mut s = WriteSet::default();
                 s.push(Table::NewMatchIndex, index_row(i, i64::from(i), 1));
-                s.push(Table::Leaves, (0..11).map(Value::Int).collect());
+                s.push(Table::Leaves, (0..12).map(Value::Int).collect());
                 s
             })
             .collect();
@@ -1030,7 +1030,7 @@ mod tests {
         assert_eq!(parts.len(), 4, "two chunks of each table");
         let sql = joined_sql(&parts).expect("joins");
         assert_eq!(sql.matches("INSERT INTO").count(), 2, "{sql}");
-        let values = 70 * 6 + 70 * 11;
+        let values = 70 * 6 + 70 * 12;
         assert!(sql.contains(&format!("${values})")), "{sql}");
         assert!(!sql.contains(&format!("${}", values + 1)), "{sql}");
         let mut set = WriteSet::default();
