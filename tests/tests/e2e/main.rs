@@ -200,6 +200,8 @@ const EDGE: &[(&str, TestFn)] = tests![
     mtls::expired_certificate,
     mtls::revoked_certificate,
     mtls::crl_reload_closes_revoked_connections,
+    mtls::expiry_closes_open_connections,
+    mtls::handshakes_are_counted_per_source,
     mtls::certificate_without_partner_san,
     mtls::certificate_from_another_trust_domain,
     mtls::unregistered_partner_is_denied_and_audited,

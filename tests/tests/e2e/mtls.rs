@@ -19,6 +19,15 @@ use crate::subjects::fields;
 /// then reads: a server that refuses the client certificate answers with
 /// an alert. Returns the error text, or `Ok` if the server accepted.
 async fn handshake(tv: &TestVault, client: Option<&Issued>) -> Result<(), String> {
+    handshake_from(tv, client, [127, 0, 0, 1]).await
+}
+
+/// [`handshake`] from local address `from` (any of 127.0.0.0/8).
+async fn handshake_from(
+    tv: &TestVault,
+    client: Option<&Issued>,
+    from: [u8; 4],
+) -> Result<(), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -39,7 +48,7 @@ async fn handshake(tv: &TestVault, client: Option<&Issued>) -> Result<(), String
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(tv.addr).await.unwrap();
+    let tcp = connect_from(tv, from).await.map_err(|e| e.to_string())?;
     let mut tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -55,6 +64,59 @@ async fn handshake(tv: &TestVault, client: Option<&Issued>) -> Result<(), String
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".into()),
     }
+}
+
+/// A TCP connection to the vault from local address `from`.
+async fn connect_from(tv: &TestVault, from: [u8; 4]) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((from, 0)))?;
+    socket.connect(tv.addr).await
+}
+
+/// TLS handshakes in progress are counted per source: idle connections
+/// from one host take its 32 places, after which its next connection is
+/// dropped at once, while another host of its network still connects (a
+/// network holds 64), and the host gets its places back as its idle
+/// connections end. Before, one host's idle connections took every one
+/// of the 1,024 places, and everyone's new connections were dropped.
+pub async fn handshakes_are_counted_per_source(b: Backend) -> anyhow::Result<()> {
+    use idvault_tests::idvault_server::tls::HANDSHAKES_PER_SOURCE;
+    let tv = TestVault::start(b).await?;
+    let partner = partner_a(&tv);
+    let mut idle = Vec::new();
+    for _ in 0..HANDSHAKES_PER_SOURCE {
+        idle.push(connect_from(&tv, [127, 0, 0, 1]).await?);
+    }
+    // The server takes the places as it accepts them.
+    let mut dropped = false;
+    for _ in 0..50 {
+        if handshake_from(&tv, Some(&partner), [127, 0, 0, 1])
+            .await
+            .is_err()
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "a host past its share still got a handshake");
+    handshake_from(&tv, Some(&partner), [127, 0, 0, 2])
+        .await
+        .map_err(|e| anyhow::anyhow!("another host of the network was refused: {e}"))?;
+    drop(idle);
+    let mut back = false;
+    for _ in 0..50 {
+        if handshake_from(&tv, Some(&partner), [127, 0, 0, 1])
+            .await
+            .is_ok()
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(back, "the host's places did not come back");
+    tv.stop().await
 }
 
 async fn refused(tv: &TestVault, client: Option<&Issued>, alert: &str) {
@@ -266,6 +328,46 @@ pub async fn health_and_reflection(b: Backend) -> anyhow::Result<()> {
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
     );
+    tv.stop().await
+}
+
+/// A client certificate that expires while its connection is open: the
+/// vault closes the connection at its next check (`crl_poll_seconds`,
+/// with or without CRLs), and the handshake then refuses the certificate;
+/// other partners carry on. Before, a handshake checked validity once and
+/// HTTP/2 pings kept the connection, and with it every call the expired
+/// certificate's roles allow, open for good.
+pub async fn expiry_closes_open_connections(b: Backend) -> anyhow::Result<()> {
+    let tv = TestVault::start_with(b, |_, _| Ok("crls = []\ncrl_poll_seconds = 1".into())).await?;
+    let now = OffsetDateTime::now_utc();
+    let spec = ClientSpec {
+        not_before: now - Duration::minutes(5),
+        not_after: now + Duration::seconds(3),
+        ..ClientSpec::partner("idvault.dev", "partner-a", 1)
+    };
+    let short = tv.issue(&spec);
+    let mut a = SubjectServiceClient::new(tv.channel_with(&short).await?);
+    let mut b_client = SubjectServiceClient::new(tv.channel("partner-b").await?);
+    let create = || CreateSubjectRequest {
+        fields: fields(&[("given_name", "Ada")]),
+    };
+    a.create_subject(create()).await?;
+    let mut closed = false;
+    for _ in 0..150 {
+        if a.create_subject(create()).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the expired certificate's connection stayed usable");
+    assert!(
+        OffsetDateTime::now_utc() > spec.not_after,
+        "closed before the certificate expired"
+    );
+    let err = handshake(&tv, Some(&short)).await.unwrap_err();
+    assert!(err.contains("CertificateExpired"), "{err}");
+    b_client.create_subject(create()).await?;
     tv.stop().await
 }
 

@@ -92,6 +92,9 @@ impl Closer {
 struct OpenConn {
     spiffe_id: String,
     chain: Vec<CertificateDer<'static>>,
+    /// The earliest `notAfter` of its chain (Unix seconds): past it the
+    /// connection is closed ([`ClientAuth::close_expired`]).
+    not_after: i64,
     closer: Arc<Closer>,
 }
 
@@ -299,11 +302,13 @@ impl ClientAuth {
             );
             closer.close();
         }
+        let not_after = chain_not_after(&chain);
         conns.insert(
             id,
             OpenConn {
                 spiffe_id: spiffe_id.to_owned(),
                 chain,
+                not_after,
                 closer: Arc::clone(&closer),
             },
         );
@@ -381,6 +386,33 @@ impl ClientAuth {
         None
     }
 
+    /// Closes every open connection whose chain has a certificate past its
+    /// `notAfter`; returns how many. A handshake
+    /// checks validity once, and HTTP/2 keeps a connection open as long as
+    /// its pings are answered: without this, a certificate that expired,
+    /// as short-lived ones (SPIFFE's) are meant to instead of being
+    /// revoked, kept every call its roles allow on a connection opened
+    /// before.
+    pub fn close_expired(&self) -> usize {
+        let now = now_secs();
+        let mut conns = self.conns();
+        let expired: Vec<u64> = conns
+            .iter()
+            .filter(|(_, c)| c.not_after < now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            if let Some(c) = conns.remove(id) {
+                tracing::warn!(
+                    partner = %c.spiffe_id,
+                    "closing a connection: its client certificate has expired"
+                );
+                c.closer.close();
+            }
+        }
+        expired.len()
+    }
+
     /// Closes every open connection whose chain `verifier` refuses now.
     /// The chains are checked outside the registry lock (the lock is taken
     /// by every connection's start and end on async threads).
@@ -411,6 +443,20 @@ impl ClientAuth {
         }
         closed
     }
+}
+
+/// The earliest `notAfter` among `chain`'s certificates (Unix seconds).
+/// The handshake verified the chain, so each parses; one that would not
+/// counts as expired.
+fn chain_not_after(chain: &[CertificateDer<'_>]) -> i64 {
+    chain
+        .iter()
+        .map(|c| {
+            x509_parser::parse_x509_certificate(c)
+                .map_or(i64::MIN, |(_, cert)| cert.validity().not_after.timestamp())
+        })
+        .min()
+        .unwrap_or(i64::MIN)
 }
 
 /// Whether `verifier` accepts `chain` (end entity first) at `now`.

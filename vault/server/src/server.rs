@@ -336,7 +336,8 @@ pub async fn start(
     })
 }
 
-/// Reloads the CRLs when a file changes, until `stopped` turns true.
+/// Every `every`, until `stopped` turns true: closes the connections whose
+/// client certificate expired, and reloads the CRLs when a file changed.
 async fn watch_crls(
     auth: Arc<crate::crl::ClientAuth>,
     every: Duration,
@@ -352,17 +353,28 @@ async fn watch_crls(
         }
         let a = Arc::clone(&auth);
         // File reads and chain checks are blocking work.
-        match tokio::task::spawn_blocking(move || a.reload_if_changed()).await {
-            Ok(Some(Ok(r))) => tracing::info!(
+        let checked =
+            tokio::task::spawn_blocking(move || (a.close_expired(), a.reload_if_changed()));
+        let Ok((expired, reloaded)) = checked.await else {
+            continue;
+        };
+        if expired > 0 {
+            tracing::info!(
+                closed_connections = expired,
+                "connections whose client certificate expired closed"
+            );
+        }
+        match reloaded {
+            Some(Ok(r)) => tracing::info!(
                 crls = r.crls,
                 closed_connections = r.closed,
                 "client CRLs reloaded"
             ),
-            Ok(Some(Err(e))) => tracing::error!(
+            Some(Err(e)) => tracing::error!(
                 error = %e,
                 "client CRL reload failed; the CRLs in force stay"
             ),
-            Ok(None) | Err(_) => {}
+            None => {}
         }
     }
 }

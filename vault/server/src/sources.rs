@@ -85,7 +85,7 @@ fn prefix(ip: IpAddr, v4_bits: u32, v6_bits: u32) -> IpAddr {
     };
     match ip {
         IpAddr::V4(a) => v4(a),
-        IpAddr::V6(a) => match a.to_ipv4_mapped().or_else(|| six_to_four(a)) {
+        IpAddr::V6(a) => match a.to_ipv4_mapped().or_else(|| embedded_v4(a)) {
             Some(m) => v4(m),
             None => {
                 let mask = u128::MAX.checked_shl(128 - v6_bits).unwrap_or(0);
@@ -95,16 +95,30 @@ fn prefix(ip: IpAddr, v4_bits: u32, v6_bits: u32) -> IpAddr {
     }
 }
 
-/// The IPv4 address a 6to4 address (`2002:V4ADDR::/48`, RFC 3056) is
-/// made from: each IPv4 address has a /48 of its own there, so counting
-/// it as IPv6 would give one IPv4 /24 256 networks.
-fn six_to_four(a: Ipv6Addr) -> Option<Ipv4Addr> {
+/// The IPv4 address an IPv6 address stands for, where it embeds one:
+/// - 6to4 (`2002:V4ADDR::/48`, RFC 3056): each IPv4 address has a /48 of
+///   its own there, so counting it as IPv6 would give one IPv4 /24 256
+///   networks;
+/// - NAT64's well-known prefix (`64:ff9b::/96`, RFC 6052): behind a
+///   translator every IPv4 client arrives there, and counted as IPv6 all
+///   of them would share one host's places;
+/// - Teredo (`2001:0::/32`, RFC 4380): the client's public IPv4 address,
+///   inverted, in the last 32 bits; the server field before it is the
+///   client's to choose, so counted as IPv6 one IPv4 host could appear as
+///   any number of networks.
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = a.segments();
-    (s[0] == 0x2002).then(|| {
-        let [a, b] = s[1].to_be_bytes();
-        let [c, d] = s[2].to_be_bytes();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
         Ipv4Addr::new(a, b, c, d)
-    })
+    };
+    match s {
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2001, 0, _, _, _, _, hi, lo] => Some(v4(!hi, !lo)),
+        _ => None,
+    }
 }
 
 /// Which share was full.
@@ -257,6 +271,18 @@ mod tests {
         // 6to4 counts as the IPv4 address it is made from.
         assert_eq!(host_of(ip("2002:c000:0207:1::5")), ip("192.0.2.7"));
         assert_eq!(network_of(ip("2002:c000:0208:9::")), ip("192.0.2.0"));
+        // So do NAT64's well-known prefix and Teredo (whatever server
+        // field the client put in; RFC 4380's example client 192.0.2.45).
+        assert_eq!(host_of(ip("64:ff9b::192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(network_of(ip("64:ff9b::198.51.100.9")), ip("198.51.100.0"));
+        assert_eq!(
+            host_of(ip("2001:0:4136:e378:8000:63bf:3fff:fdd2")),
+            ip("192.0.2.45")
+        );
+        assert_eq!(
+            host_of(ip("2001:0:ffff:1:8000:63bf:3fff:fdd2")),
+            ip("192.0.2.45")
+        );
     }
 
     #[test]

@@ -298,6 +298,57 @@ impl AsyncWrite for TlsConn {
 /// Most TLS handshakes in progress at once; further connections are dropped.
 pub const MAX_HANDSHAKES: usize = 1024;
 
+/// Most TLS handshakes in progress at once from one host (an IPv4
+/// address, an IPv6 /64), and twice that from one network (an IPv4 /24,
+/// an IPv6 /48; [`crate::sources`]). A handshake holds its place from the
+/// TCP accept, before any certificate: without a share per source, one
+/// host opening idle connections faster than they time out held every
+/// place, and every partner's and phone's new connection was dropped.
+pub const HANDSHAKES_PER_SOURCE: usize = 32;
+
+/// Counts refused or dropped connections and logs them at most once a
+/// second per kind, with the count since the last line: a flood of bad
+/// or idle connections costs its sender nothing, and one line each would
+/// let it fill the disk or the log pipeline.
+#[derive(Debug)]
+struct Coalesced {
+    what: &'static str,
+    /// When the last line was written, and the count since.
+    since: std::sync::Mutex<(tokio::time::Instant, u64)>,
+}
+
+impl Coalesced {
+    fn new(what: &'static str) -> Self {
+        let long_ago = tokio::time::Instant::now()
+            .checked_sub(Duration::from_secs(2))
+            .unwrap_or_else(tokio::time::Instant::now);
+        Self {
+            what,
+            since: std::sync::Mutex::new((long_ago, 0)),
+        }
+    }
+
+    /// One more, from `remote`; logs the count since the last line (and
+    /// this one's sender and reason) if that line is a second old.
+    fn note(&self, remote: SocketAddr, detail: &dyn std::fmt::Display) {
+        let mut g = self
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.1 += 1;
+        if g.0.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!(
+                count = g.1,
+                last_remote = %remote,
+                last = %detail,
+                "{}",
+                self.what
+            );
+            *g = (tokio::time::Instant::now(), 0);
+        }
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a
 /// slow or hostile client cannot stall the accept loop), yielding only
 /// authenticated connections. Refused handshakes are logged with the
@@ -311,7 +362,14 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Arc::new(crate::sources::SourcePlaces::new(
+        HANDSHAKES_PER_SOURCE,
+        MAX_HANDSHAKES,
+    ));
+    let dropped = Arc::new(Coalesced::new(
+        "connections dropped: too many TLS handshakes in progress (in all or from one source)",
+    ));
+    let refused = Arc::new(Coalesced::new("TLS handshakes refused or timed out"));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -327,15 +385,19 @@ pub fn incoming(
             };
             // Bound handshakes in flight: a flood of idle TCP connections
             // must not grow tasks and memory without limit.
-            let Ok(permit) = std::sync::Arc::clone(&handshakes).try_acquire_owned() else {
-                tracing::warn!(%remote, "too many TLS handshakes in progress; connection dropped");
-                continue;
+            let permit = match handshakes.try_take(remote.ip()) {
+                Ok(p) => p,
+                Err(full) => {
+                    dropped.note(remote, &format_args!("{full:?}"));
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let td = trust_domain.clone();
             let auth = Arc::clone(&auth);
+            let refused = Arc::clone(&refused);
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -368,8 +430,8 @@ pub fn incoming(
                             let _ = tx.send(Ok(conn)).await;
                         }
                     }
-                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                    Ok(Err(e)) => refused.note(remote, &e),
+                    Err(_) => refused.note(remote, &"timed out"),
                 }
             });
         }
