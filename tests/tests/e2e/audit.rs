@@ -262,7 +262,8 @@ async fn copy_leaf_row(tv: &TestVault, id: i64) -> Result<i64, sqlx::Error> {
 /// row. The nonce its MAC covers is unique: the copy is refused by the
 /// index, and with the index dropped it is stored but never signed, and
 /// the root key names it. A row from before nonces (MAC over the leaf
-/// alone) is still signed, and a copy of it is not either.
+/// alone) is still signed, and a copy of it is not either, nor one whose
+/// leaf is over a day old.
 pub async fn copied_leaf_is_not_signed(b: Backend) -> anyhow::Result<()> {
     let tv = log_of(b, 2).await?;
     let first: i64 = sqlx::query_scalar("SELECT id FROM audit_log WHERE idx = 0")
@@ -329,10 +330,37 @@ pub async fn copied_leaf_is_not_signed(b: Backend) -> anyhow::Result<()> {
         "a row from before nonces is signed"
     );
     let copy = copy_leaf_row(&tv, legacy).await?;
+    // And one without a nonce over a day old, as a copy of a leaf signed
+    // long ago with its request id column changed would be: nothing in
+    // the database can vouch it is no copy, so it is not signed either.
+    let mut stale = old.clone();
+    stale.request_id = [0x5b; 16];
+    stale.time_ms -= 25 * 3_600_000;
+    let bytes = stale.encode();
+    let mac = leaf::row_mac(&key, &merkle::leaf_hash(&bytes), None);
+    sqlx::query(
+        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
+         head_seq, leaf, key_version, mac) VALUES ($1, $2, $3, NULL, $4, $5, $6, NULL, $7, $8, $9)",
+    )
+    .bind(stale.time_ms)
+    .bind(stale.actor.clone())
+    .bind(stale.action.clone())
+    .bind(stale.outcome.clone())
+    .bind(stale.detail.clone())
+    .bind(stale.request_id.to_vec())
+    .bind(bytes)
+    .bind(i64::from(key.version()))
+    .bind(mac.to_vec())
+    .execute(tv.db())
+    .await?;
     create(&tv, "partner-a", &[("city", "Accra")]).await?;
     assert_eq!(signed_leaves(&tv, 6).await, 6);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(signed_leaves(&tv, 6).await, 6, "its copy is never signed");
+    assert_eq!(
+        signed_leaves(&tv, 6).await,
+        6,
+        "neither the copy nor the day-old row is signed"
+    );
     assert_eq!(
         broken(verdict(&tv).await?),
         AuditFault::LeafCopied {
@@ -345,9 +373,9 @@ pub async fn copied_leaf_is_not_signed(b: Backend) -> anyhow::Result<()> {
     assert!(
         matches!(
             public_verdict(&tv).await?,
-            AuditVerdict::Intact { pending: 1, .. }
+            AuditVerdict::Intact { pending: 2, .. }
         ),
-        "public verification sees one unsigned row"
+        "public verification sees two unsigned rows"
     );
     tv.stop().await
 }

@@ -232,6 +232,7 @@ pub async fn load(config: &Config, database_url: &str) -> Result<Loaded, StartEr
             request_timeout: Duration::from_secs(s.request_timeout_secs),
             stream_timeout: Duration::from_secs(s.stream_timeout_secs),
             handshake_timeout: Duration::from_secs(s.handshake_timeout_secs),
+            handshakes_per_source: s.handshakes_per_source,
             client_auth,
             crl_poll: Duration::from_secs(t.crl_poll_seconds.clamp(1, 3600)),
             metrics_listen: config.file.metrics.listen,

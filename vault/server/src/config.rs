@@ -128,6 +128,14 @@ pub struct ServerSection {
     /// that from one network), of the 256 they share.
     #[serde(default = "default_shared_requests_per_source")]
     pub shared_requests_per_source: usize,
+    /// TLS handshakes in progress from one host (twice that from one
+    /// network), of the 1,024 everyone shares, counted from the TCP
+    /// accept, before any certificate (`crate::tls::HANDSHAKES_PER_SOURCE`).
+    /// Behind something that hides clients' addresses every client comes
+    /// from one host: raise it towards 1,024 there (which lets anyone
+    /// reaching the vault hold every place with idle connections again).
+    #[serde(default = "default_handshakes_per_source")]
+    pub handshakes_per_source: usize,
 }
 
 fn default_listen() -> SocketAddr {
@@ -153,6 +161,9 @@ fn default_shared_connections_per_source() -> usize {
 }
 fn default_shared_requests_per_source() -> usize {
     crate::sources::SHARED_IN_FLIGHT_PER_SOURCE
+}
+fn default_handshakes_per_source() -> usize {
+    crate::tls::HANDSHAKES_PER_SOURCE
 }
 
 /// `[storage]`
@@ -723,6 +734,11 @@ fn validate(file: &ConfigFile) -> Result<PartnerRegistry, ConfigError> {
             file.server.shared_requests_per_source,
             crate::sources::SHARED_IN_FLIGHT,
         ),
+        (
+            "handshakes_per_source",
+            file.server.handshakes_per_source,
+            crate::tls::MAX_HANDSHAKES,
+        ),
     ] {
         if !(1..=most).contains(&value) {
             return Err(ConfigError::Invalid(format!(
@@ -1039,6 +1055,7 @@ roles = ["subjects.write"]
                 "shared_requests_per_source",
                 crate::sources::SHARED_IN_FLIGHT,
             ),
+            ("handshakes_per_source", crate::tls::MAX_HANDSHAKES),
         ] {
             assert!(set(key, 1).is_ok(), "{key}");
             assert!(set(key, most).is_ok(), "{key}");

@@ -39,6 +39,9 @@ pub struct ServerOptions {
     pub stream_timeout: Duration,
     /// TLS handshake deadline.
     pub handshake_timeout: Duration,
+    /// TLS handshakes in progress from one host (`[server]
+    /// handshakes_per_source`).
+    pub handshakes_per_source: usize,
     /// The client verifier (CRLs reloadable) and the connections it
     /// admitted.
     pub client_auth: Arc<crate::crl::ClientAuth>,
@@ -258,6 +261,7 @@ pub async fn start(
         Arc::clone(&opts.client_auth),
         opts.trust_domain.clone(),
         opts.handshake_timeout,
+        opts.handshakes_per_source,
     );
     let (tx, rx) = oneshot::channel::<()>();
     let edge = Arc::clone(&vault);

@@ -298,7 +298,8 @@ impl AsyncWrite for TlsConn {
 /// Most TLS handshakes in progress at once; further connections are dropped.
 pub const MAX_HANDSHAKES: usize = 1024;
 
-/// Most TLS handshakes in progress at once from one host (an IPv4
+/// Most TLS handshakes in progress at once from one host by default
+/// (`[server] handshakes_per_source`; an IPv4
 /// address, an IPv6 /64), and twice that from one network (an IPv4 /24,
 /// an IPv6 /48; [`crate::sources`]). A handshake holds its place from the
 /// TCP accept, before any certificate: without a share per source, one
@@ -359,11 +360,12 @@ pub fn incoming(
     auth: Arc<ClientAuth>,
     trust_domain: String,
     handshake_timeout: Duration,
+    handshakes_per_source: usize,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     let handshakes = Arc::new(crate::sources::SourcePlaces::new(
-        HANDSHAKES_PER_SOURCE,
+        handshakes_per_source,
         MAX_HANDSHAKES,
     ));
     let dropped = Arc::new(Coalesced::new(

@@ -796,12 +796,12 @@ async fn sequence(
         }
         let copied = match row.nonce {
             Some(n) => signed.contains(&n) || !taken.insert(n),
-            None => copies_leaf_without_nonce(store, row, &mut taken).await?,
+            None => held_back_without_nonce(store, row, vault.now_millis(), &mut taken).await?,
         };
         if copied {
             tracing::error!(
                 row = row.id,
-                "audit leaf row is a copy of another (same nonce, or the same bytes before nonces); not sequenced"
+                "audit leaf row is a copy of another (same nonce; or, without one, the same bytes or over a day old); not sequenced"
             );
             if skipped.len() < MAX_SKIPPED {
                 skipped.insert((row.id, hash));
@@ -855,20 +855,41 @@ async fn sequence(
     Ok(assigned.len() as u64)
 }
 
-/// Whether `row`, a leaf row without a nonce (as every row written before
-/// migration 0035 is), repeats a signed leaf of its request byte for
-/// byte, or one of this batch (`taken` holds the batch's nonces, and for
-/// rows without one, their leaf hash in a nonce-sized key that no real
-/// nonce takes). Its MAC covers only the leaf, so a copy of such a row
-/// verifies: its bytes are what tell it. Genuine leaves of one request
-/// can be identical too (a job's batches in one millisecond), so the
-/// second of such a pair written by a build before 0035 and not yet
-/// signed when it was upgraded is held back as well, the safer error.
-async fn copies_leaf_without_nonce(
+/// Whether the sequencer holds back `row`, a leaf row without a nonce (as
+/// every row written before migration 0035 is). Its MAC covers only the
+/// leaf, so a copy of such a row verifies; what tells one:
+/// - its leaf's time (which the MAC covers) is more than
+///   [`WITHOUT_NONCE_GRACE_MS`] old: rows of older builds still waiting
+///   when the vault was upgraded (or written by replicas not yet
+///   upgraded) are signed within seconds, so one that old is a copy of a
+///   signed leaf, or was left unsigned so long that nothing vouches for
+///   it; a day after the upgrade no row without a nonce is signed again;
+/// - its bytes are those of an earlier row of this batch (`taken` holds
+///   the batch's nonces, and for rows without one their leaf hash in a
+///   nonce-sized key no real nonce takes);
+/// - its bytes are a signed leaf's without a nonce of its request.
+///
+/// The last two read columns a database writer can change meanwhile
+/// (hide the original, and the copy is signed; `audit verify` with the
+/// root key cannot tell it afterwards either), which the time bound
+/// limits to leaves of the last day. Genuine leaves of one request can be
+/// identical (a job's batches in one millisecond): the second of such a
+/// pair written by an older build and not yet signed at the upgrade is
+/// held back too, the safer error.
+async fn held_back_without_nonce(
     store: &Store,
     row: &LeafRow,
+    now_ms: i64,
     taken: &mut HashSet<[u8; leaf::ROW_NONCE_LEN]>,
 ) -> Result<bool, VaultError> {
+    let Ok(decoded) = AuditLeaf::decode(&row.bytes) else {
+        // Its MAC verified, so a vault wrote it; `audit verify` names
+        // bytes that do not decode.
+        return Ok(false);
+    };
+    if decoded.time_ms < now_ms.saturating_sub(WITHOUT_NONCE_GRACE_MS) {
+        return Ok(true);
+    }
     let hash = merkle::leaf_hash(&row.bytes);
     // All ones first: a real nonce starts with a time before the year
     // 292 million.
@@ -877,22 +898,19 @@ async fn copies_leaf_without_nonce(
     Ok(!taken.insert(key) || repeats_signed_leaf(store, row).await?)
 }
 
+/// How old a leaf row without a nonce may be and still be signed.
+const WITHOUT_NONCE_GRACE_MS: i64 = 24 * 3_600_000;
+
 /// Whether `row`, a leaf row without a nonce, repeats byte for byte a
 /// signed leaf without one of the request its bytes name.
 async fn repeats_signed_leaf(store: &Store, row: &LeafRow) -> Result<bool, VaultError> {
     let Ok(decoded) = AuditLeaf::decode(&row.bytes) else {
-        // Its MAC verified, so the vault wrote it; `audit verify` names
-        // bytes that do not decode.
         return Ok(false);
     };
     Ok(store
-        .sequenced_leaves_without_nonce(&decoded.request_id, MAX_SAME_REQUEST)
-        .await?
-        .contains(&row.bytes))
+        .signed_leaf_without_nonce(&decoded.request_id, &row.bytes)
+        .await?)
 }
-
-/// Signed leaves of one request compared with a row without a nonce.
-const MAX_SAME_REQUEST: u32 = 4_096;
 
 /// Whether a checkpoint committed while [`verify_audit_log`] ran covers the
 /// whole `tree` it read: the newest stored one, its note verified, is the

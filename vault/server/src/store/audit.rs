@@ -325,22 +325,23 @@ impl Store {
         Ok(found)
     }
 
-    /// The bytes of the sequenced leaves without a nonce (written before
-    /// migration 0035) whose request id column is `request_id`, at most
-    /// `limit` (through `audit_log_request`).
-    pub async fn sequenced_leaves_without_nonce(
+    /// Whether a sequenced leaf row without a nonce (written before
+    /// migration 0035) has request id column `request_id` and leaf bytes
+    /// `leaf` (through `audit_log_request`).
+    pub async fn signed_leaf_without_nonce(
         &self,
         request_id: &[u8],
-        limit: u32,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT leaf FROM audit_log WHERE request_id = $1 AND idx IS NOT NULL \
-             AND nonce IS NULL LIMIT $2",
+        leaf: &[u8],
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT 1 FROM audit_log WHERE request_id = $1 AND idx IS NOT NULL \
+             AND nonce IS NULL AND leaf = $2 LIMIT 1",
         )
         .bind(request_id.to_vec())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        .bind(leaf.to_vec())
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
     }
 
     /// The ids of up to `limit` leaf rows that share their nonce with a row
