@@ -1214,7 +1214,7 @@ pub async fn verify_audit_log(
                 return Ok(AuditVerdict::Broken(fault));
             }
             // A row without a nonce the sequencer holds back as a copy of
-            // a signed one (`copies_leaf_without_nonce`).
+            // a signed one (`held_back_without_nonce`).
             if keys.is_some() && row.nonce.is_none() && repeats_signed_leaf(store, row).await? {
                 return Ok(AuditVerdict::Broken(AuditFault::LeafCopied {
                     index: None,
