@@ -258,6 +258,32 @@ async fn copy_leaf_row(tv: &TestVault, id: i64) -> Result<i64, sqlx::Error> {
     .await
 }
 
+/// Inserts `leaf` (no subject, no head) as a build before migration 0035
+/// wrote a leaf row: no nonce, its MAC over the leaf hash alone under the
+/// current audit key; the row's id.
+async fn insert_leaf_without_nonce(tv: &TestVault, leaf: &AuditLeaf) -> anyhow::Result<i64> {
+    let bytes = leaf.encode();
+    let keys = tv.vault.keys();
+    let key = keys.audit_key(keys.current_version())?;
+    let mac = leaf::row_mac(&key, &merkle::leaf_hash(&bytes), None);
+    Ok(sqlx::query_scalar(
+        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
+         head_seq, leaf, key_version, mac) VALUES ($1, $2, $3, NULL, $4, $5, $6, NULL, $7, $8, $9) \
+         RETURNING id",
+    )
+    .bind(leaf.time_ms)
+    .bind(leaf.actor.clone())
+    .bind(leaf.action.clone())
+    .bind(leaf.outcome.clone())
+    .bind(leaf.detail.clone())
+    .bind(leaf.request_id.to_vec())
+    .bind(bytes)
+    .bind(i64::from(key.version()))
+    .bind(mac.to_vec())
+    .fetch_one(tv.db())
+    .await?)
+}
+
 /// A database writer without the root key copies a genuine, signed leaf
 /// row. The nonce its MAC covers is unique: the copy is refused by the
 /// index, and with the index dropped it is stored but never signed, and
@@ -304,26 +330,7 @@ pub async fn copied_leaf_is_not_signed(b: Backend) -> anyhow::Result<()> {
     old.request_id = [0x5a; 16];
     old.subject = None;
     old.head = None;
-    let bytes = old.encode();
-    let keys = tv.vault.keys();
-    let key = keys.audit_key(keys.current_version())?;
-    let mac = leaf::row_mac(&key, &merkle::leaf_hash(&bytes), None);
-    let legacy: i64 = sqlx::query_scalar(
-        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
-         head_seq, leaf, key_version, mac) VALUES ($1, $2, $3, NULL, $4, $5, $6, NULL, $7, $8, $9) \
-         RETURNING id",
-    )
-    .bind(old.time_ms)
-    .bind(old.actor.clone())
-    .bind(old.action.clone())
-    .bind(old.outcome.clone())
-    .bind(old.detail.clone())
-    .bind(old.request_id.to_vec())
-    .bind(bytes.clone())
-    .bind(i64::from(key.version()))
-    .bind(mac.to_vec())
-    .fetch_one(tv.db())
-    .await?;
+    let legacy = insert_leaf_without_nonce(&tv, &old).await?;
     assert_eq!(
         signed_leaves(&tv, 5).await,
         5,
@@ -336,23 +343,7 @@ pub async fn copied_leaf_is_not_signed(b: Backend) -> anyhow::Result<()> {
     let mut stale = old.clone();
     stale.request_id = [0x5b; 16];
     stale.time_ms -= 25 * 3_600_000;
-    let bytes = stale.encode();
-    let mac = leaf::row_mac(&key, &merkle::leaf_hash(&bytes), None);
-    sqlx::query(
-        "INSERT INTO audit_log (time_ms, actor, action, subject, outcome, detail, request_id, \
-         head_seq, leaf, key_version, mac) VALUES ($1, $2, $3, NULL, $4, $5, $6, NULL, $7, $8, $9)",
-    )
-    .bind(stale.time_ms)
-    .bind(stale.actor.clone())
-    .bind(stale.action.clone())
-    .bind(stale.outcome.clone())
-    .bind(stale.detail.clone())
-    .bind(stale.request_id.to_vec())
-    .bind(bytes)
-    .bind(i64::from(key.version()))
-    .bind(mac.to_vec())
-    .execute(tv.db())
-    .await?;
+    insert_leaf_without_nonce(&tv, &stale).await?;
     create(&tv, "partner-a", &[("city", "Accra")]).await?;
     assert_eq!(signed_leaves(&tv, 6).await, 6);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

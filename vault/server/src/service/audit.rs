@@ -784,25 +784,20 @@ async fn sequence(
         }
         // A row a database writer inserted without the audit key is never
         // signed into the tree; `audit verify` reports it.
-        if !mac_ok(vault.keys(), keys, row) {
-            tracing::error!(
-                row = row.id,
-                "audit leaf MAC does not verify; not sequenced"
-            );
-            if skipped.len() < MAX_SKIPPED {
-                skipped.insert((row.id, hash));
-            }
-            continue;
-        }
-        let copied = match row.nonce {
+        let refused = if !mac_ok(vault.keys(), keys, row) {
+            Some("audit leaf MAC does not verify; not sequenced")
+        } else if match row.nonce {
             Some(n) => signed.contains(&n) || !taken.insert(n),
             None => held_back_without_nonce(store, row, vault.now_millis(), &mut taken).await?,
+        } {
+            Some(
+                "audit leaf row is a copy of another (same nonce; or, without one, the same bytes or over a day old); not sequenced",
+            )
+        } else {
+            None
         };
-        if copied {
-            tracing::error!(
-                row = row.id,
-                "audit leaf row is a copy of another (same nonce; or, without one, the same bytes or over a day old); not sequenced"
-            );
+        if let Some(why) = refused {
+            tracing::error!(row = row.id, "{why}");
             if skipped.len() < MAX_SKIPPED {
                 skipped.insert((row.id, hash));
             }

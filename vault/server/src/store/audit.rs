@@ -8,7 +8,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Connection, Row, Transaction};
 
-use super::rows::{fixed, i64_to_u64, u64_to_i64};
+use super::matching::placeholders;
+use super::rows::{fixed, i64_to_u64, opt_fixed, u64_to_i64};
 use super::writeset::Value;
 use super::{AuditedTx, Backend, Store, StoreError};
 use idvault_core::crypto::HASH_LEN;
@@ -131,13 +132,7 @@ fn leaf_row(r: &AnyRow) -> Result<LeafRow, StoreError> {
         bytes: r.try_get("leaf")?,
         key_version: u32::try_from(r.try_get::<i64, _>("key_version")?)
             .map_err(|_| StoreError::Corrupt("audit_log.key_version"))?,
-        nonce: r
-            .try_get::<Option<Vec<u8>>, _>("nonce")?
-            .map(|n| {
-                n.try_into()
-                    .map_err(|_| StoreError::Corrupt("audit_log.nonce"))
-            })
-            .transpose()?,
+        nonce: opt_fixed(r, "nonce")?,
         mac: fixed(r, "mac")?,
     })
 }
@@ -305,10 +300,7 @@ impl Store {
     ) -> Result<std::collections::HashSet<[u8; ROW_NONCE_LEN]>, StoreError> {
         let mut found = std::collections::HashSet::new();
         for chunk in nonces.chunks(500) {
-            let list = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = placeholders(1, chunk.len());
             let mut q = sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(format!(
                 "SELECT nonce FROM audit_log WHERE nonce IN ({list}) AND idx IS NOT NULL"
             )));

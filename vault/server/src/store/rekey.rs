@@ -683,13 +683,7 @@ impl Store {
                     id: r.try_get("id")?,
                     leaf: r.try_get("leaf")?,
                     key_version: version_col(r, "key_version")?,
-                    nonce: r
-                        .try_get::<Option<Vec<u8>>, _>("nonce")?
-                        .map(|n| {
-                            n.try_into()
-                                .map_err(|_| StoreError::Corrupt("audit_log.nonce"))
-                        })
-                        .transpose()?,
+                    nonce: rows::opt_fixed(r, "nonce")?,
                     mac: r.try_get("mac")?,
                 })
             })

@@ -37,6 +37,17 @@ pub(super) fn fixed<const N: usize>(
     b.try_into().map_err(|_| StoreError::Corrupt(col))
 }
 
+/// A nullable fixed-size bytes column: `None` when NULL, corrupt when
+/// of another length.
+pub(super) fn opt_fixed<const N: usize>(
+    row: &AnyRow,
+    col: &'static str,
+) -> Result<Option<[u8; N]>, StoreError> {
+    row.try_get::<Option<Vec<u8>>, _>(col)?
+        .map(|b| b.try_into().map_err(|_| StoreError::Corrupt(col)))
+        .transpose()
+}
+
 /// A stored list column: items joined by commas (every list stored this
 /// way holds names that cannot contain one). The one reader of the encoding.
 pub(super) fn list_col(row: &AnyRow, col: &'static str) -> Result<Vec<String>, StoreError> {
